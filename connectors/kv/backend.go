@@ -1,0 +1,50 @@
+package kv
+
+import "context"
+
+// Backend is the storage seam under the kv command set: an ordered byte-key
+// store with per-key expiry and atomic, serialised read-modify-write
+// transactions. The command logic (connectors/kv) is written only against
+// Backend and Txn, so every backend runs the same conformance table.
+//
+// Backends know nothing of namespaces, JSON or commands: keys and values are
+// opaque bytes laid out by the command layer.
+type Backend interface {
+	// Update runs fns in order, serialised with every other Update on the
+	// same backend. Each fn is atomic on its own: fn sees the writes of every
+	// fn before it (in this call or earlier ones); when fn returns an error,
+	// none of its writes are applied and errs[i] holds that error.
+	//
+	// Update returns once the writes of every successful fn are committed
+	// under the backend's durability policy (by default synced to disk). A
+	// non-nil return means the commit failed: then no fn of this call took
+	// effect, whatever errs says. errs must have len(fns) entries.
+	Update(ctx context.Context, fns []TxnFunc, errs []error) error
+
+	// Close waits for committed writes to be durable and releases the store.
+	Close() error
+}
+
+// TxnFunc is one atomic unit of work run by Backend.Update.
+type TxnFunc func(tx Txn) error
+
+// Txn is the read-write view a TxnFunc has of the store. Reads observe every
+// write made before them, including earlier writes of the same TxnFunc.
+// Byte slices passed to Txn methods may be reused by the caller after the
+// call returns; slices returned by Get and passed to Scan's callback are
+// valid only until the next Txn call (copy them to keep them).
+type Txn interface {
+	// Get returns the value stored at key and its expiry (Unix
+	// milliseconds, 0 for none). Expired records are returned too: the
+	// command layer decides visibility with its own clock.
+	Get(key []byte) (value []byte, expireAt int64, found bool, err error)
+	// Set stores value at key with the given expiry (0: never expires).
+	Set(key, value []byte, expireAt int64) error
+	// Delete removes key; deleting an absent key is not an error.
+	Delete(key []byte) error
+	// DeleteRange removes every key in [start, end) without reading them.
+	DeleteRange(start, end []byte) error
+	// Scan calls fn for each record with start <= key < end, in byte order,
+	// until fn returns false or an error. A nil end means no upper bound.
+	Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error
+}

@@ -1,0 +1,368 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// Errors returned while building a graph.
+var (
+	ErrDuplicateNode = errors.New("duplicate node")
+	ErrUnknownNode   = errors.New("unknown node")
+	ErrUnknownPort   = errors.New("unknown port")
+	ErrCycle         = errors.New("links form a cycle")
+	ErrGraphStarted  = errors.New("graph already started")
+)
+
+// DefaultQueueDepth is the number of batches a node's input channel holds
+// before senders block.
+const DefaultQueueDepth = 16
+
+// Options tune a Graph. The zero value is ready to use.
+type Options struct {
+	// QueueDepth bounds each node's input channel, in batches.
+	// Default DefaultQueueDepth.
+	QueueDepth int
+	// Unlinked receives events emitted on ports that have no link. The
+	// default logs events of the "err" port at error level (so failures are
+	// never silent) and discards the others.
+	Unlinked func(node, port string, ev Event)
+	// Logger is used by the default Unlinked hook. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) ensureDefaults() {
+	if o.QueueDepth <= 0 {
+		o.QueueDepth = DefaultQueueDepth
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Unlinked == nil {
+		logger := o.Logger
+		o.Unlinked = func(node, port string, ev Event) {
+			if port == PortErr {
+				logger.Error("event on unlinked err port", "node", node,
+					"data", string(ev.DataJSON()), "meta", string(ev.MetaJSON()))
+			}
+		}
+	}
+}
+
+// Graph is a set of named nodes and the links between their ports. Build it
+// with AddSource, AddProcessor and Link, then call Run once.
+type Graph struct {
+	opts    Options
+	nodes   map[string]*node
+	order   []*node
+	started bool
+}
+
+type node struct {
+	name      string
+	source    Source
+	processor Processor
+	ports     []string        // output ports in declaration order
+	portIndex map[string]int  // port name -> index into ports
+	targets   [][]*node       // per port: the nodes it is linked to
+	in        chan []Event    // nil for sources
+	upstream  map[*node]bool  // distinct nodes linked into this one
+	pending   atomic.Int32    // upstream nodes still running
+	counts    []atomic.Uint64 // events emitted per port
+	received  atomic.Uint64   // events received on "in"
+}
+
+// New returns an empty graph.
+func New(opts Options) *Graph {
+	opts.ensureDefaults()
+	return &Graph{opts: opts, nodes: map[string]*node{}}
+}
+
+func (g *Graph) add(name string, n *node, ports []string) error {
+	if g.started {
+		return ErrGraphStarted
+	}
+	if _, ok := g.nodes[name]; ok {
+		return fmt.Errorf("%w %q", ErrDuplicateNode, name)
+	}
+	n.name = name
+	n.portIndex = map[string]int{}
+	for _, p := range ports {
+		if _, dup := n.portIndex[p]; dup {
+			continue
+		}
+		n.portIndex[p] = len(n.ports)
+		n.ports = append(n.ports, p)
+	}
+	n.targets = make([][]*node, len(n.ports))
+	n.counts = make([]atomic.Uint64, len(n.ports))
+	n.upstream = map[*node]bool{}
+	g.nodes[name] = n
+	g.order = append(g.order, n)
+	return nil
+}
+
+// AddSource adds a node that produces events on the given output ports.
+func (g *Graph) AddSource(name string, s Source, ports ...string) error {
+	return g.add(name, &node{source: s}, ports)
+}
+
+// AddProcessor adds a node that receives events on "in" and emits on the
+// given output ports. A sink is a processor with no output ports.
+func (g *Graph) AddProcessor(name string, p Processor, ports ...string) error {
+	return g.add(name, &node{processor: p}, ports)
+}
+
+// Link connects the output port fromPort of node from to the "in" port of
+// node to. A port may be linked to several nodes (each receives every event)
+// and a node may receive from several ports (events of each upstream node
+// keep their order).
+func (g *Graph) Link(from, fromPort, to string) error {
+	if g.started {
+		return ErrGraphStarted
+	}
+	src, ok := g.nodes[from]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownNode, from)
+	}
+	dst, ok := g.nodes[to]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownNode, to)
+	}
+	pi, ok := src.portIndex[fromPort]
+	if !ok {
+		return fmt.Errorf("node %q has no output port %q (ports: %v): %w", from, fromPort, src.ports, ErrUnknownPort)
+	}
+	if dst.processor == nil {
+		return fmt.Errorf("node %q is a source and has no %q port: %w", to, PortIn, ErrUnknownPort)
+	}
+	for _, t := range src.targets[pi] {
+		if t == dst {
+			return nil
+		}
+	}
+	src.targets[pi] = append(src.targets[pi], dst)
+	dst.upstream[src] = true
+	return nil
+}
+
+// checkAcyclic reports a cycle among the links, naming the nodes on it.
+func (g *Graph) checkAcyclic() error {
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := map[*node]int{}
+	var path []string
+	var visit func(n *node) error
+	visit = func(n *node) error {
+		switch state[n] {
+		case visiting:
+			return fmt.Errorf("%w: %v -> %s", ErrCycle, path, n.name)
+		case done:
+			return nil
+		}
+		state[n] = visiting
+		path = append(path, n.name)
+		for _, ts := range n.targets {
+			for _, t := range ts {
+				if err := visit(t); err != nil {
+					return err
+				}
+			}
+		}
+		path = path[:len(path)-1]
+		state[n] = done
+		return nil
+	}
+	for _, n := range g.order {
+		if err := visit(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Run starts every node and blocks until the graph has finished.
+//
+// The graph finishes when every source has ended and every event has been
+// processed by every node downstream of it. Cancelling ctx stops the sources;
+// the events they already emitted are still processed (draining) before Run
+// returns. If a node fails (Process, Run or Close returns an error), the
+// graph stops without draining and Run returns the first error.
+func (g *Graph) Run(ctx context.Context) error {
+	if g.started {
+		return ErrGraphStarted
+	}
+	g.started = true
+	if err := g.checkAcyclic(); err != nil {
+		return err
+	}
+	for _, n := range g.order {
+		if n.processor != nil {
+			n.in = make(chan []Event, g.opts.QueueDepth)
+		}
+		n.pending.Store(int32(len(n.upstream)))
+	}
+
+	// hard is cancelled only when a node fails; drain contexts derive from
+	// it so that processing continues after ctx is cancelled.
+	hard, abort := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer abort(nil)
+	sourceCtx, stopSources := context.WithCancel(ctx)
+	defer stopSources()
+
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	fail := func(n *node, err error) {
+		errOnce.Do(func() {
+			firstErr = fmt.Errorf("node %q: %w", n.name, err)
+			abort(firstErr)
+			stopSources()
+		})
+	}
+
+	for _, n := range g.order {
+		if n.processor != nil && len(n.upstream) == 0 {
+			close(n.in) // nothing will ever feed it
+		}
+	}
+	for _, n := range g.order {
+		wg.Add(1)
+		go func(n *node) {
+			defer wg.Done()
+			em := &emitter{g: g, n: n, buf: make([][]Event, len(n.ports))}
+			if n.source != nil {
+				if err := n.source.Run(sourceCtx, em); err != nil {
+					fail(n, err)
+				}
+				if err := em.Flush(hard); err != nil {
+					fail(n, err)
+				}
+			} else {
+				for batch := range n.in {
+					if hard.Err() != nil {
+						continue // failing: discard so upstream never blocks
+					}
+					n.received.Add(uint64(len(batch)))
+					if err := n.processor.Process(hard, batch, em); err != nil {
+						fail(n, err)
+						continue
+					}
+					if err := em.Flush(hard); err != nil {
+						fail(n, err)
+					}
+				}
+			}
+			if c, ok := nodeCloser(n); ok {
+				if err := c.Close(hard); err != nil {
+					fail(n, err)
+				}
+			}
+			g.release(n)
+		}(n)
+	}
+	wg.Wait()
+	return firstErr
+}
+
+func nodeCloser(n *node) (Closer, bool) {
+	if n.source != nil {
+		c, ok := n.source.(Closer)
+		return c, ok
+	}
+	c, ok := n.processor.(Closer)
+	return c, ok
+}
+
+// release tells every node downstream of n that n will send nothing more,
+// closing the input of those that have no running upstream left.
+func (g *Graph) release(n *node) {
+	seen := map[*node]bool{}
+	for _, ts := range n.targets {
+		for _, t := range ts {
+			if seen[t] {
+				continue
+			}
+			seen[t] = true
+			if t.pending.Add(-1) == 0 {
+				close(t.in)
+			}
+		}
+	}
+}
+
+// emitter buffers a node's output per port until Flush.
+type emitter struct {
+	g   *Graph
+	n   *node
+	buf [][]Event
+}
+
+func (e *emitter) Emit(port string, ev Event) {
+	i, ok := e.n.portIndex[port]
+	if !ok || len(e.n.targets[i]) == 0 {
+		if ok {
+			e.n.counts[i].Add(1)
+		}
+		e.g.opts.Unlinked(e.n.name, port, ev)
+		return
+	}
+	e.buf[i] = append(e.buf[i], ev)
+}
+
+func (e *emitter) Flush(ctx context.Context) error {
+	for i, batch := range e.buf {
+		if len(batch) == 0 {
+			continue
+		}
+		e.n.counts[i].Add(uint64(len(batch)))
+		for _, t := range e.n.targets[i] {
+			select {
+			case t.in <- batch:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		e.buf[i] = nil // receivers own the sent slice now
+	}
+	return nil
+}
+
+// PortCount is the number of events one node emitted on one port.
+type PortCount struct {
+	Node   string
+	Port   string
+	Events uint64
+}
+
+// Counts returns how many events each node emitted per port and received on
+// "in" (reported with Port "in"), sorted by node then port. It is safe to
+// call while the graph runs.
+func (g *Graph) Counts() []PortCount {
+	var out []PortCount
+	for _, n := range g.order {
+		if n.processor != nil {
+			out = append(out, PortCount{Node: n.name, Port: PortIn, Events: n.received.Load()})
+		}
+		for i, p := range n.ports {
+			out = append(out, PortCount{Node: n.name, Port: p, Events: n.counts[i].Load()})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Node != out[j].Node {
+			return out[i].Node < out[j].Node
+		}
+		return out[i].Port < out[j].Port
+	})
+	return out
+}

@@ -1,0 +1,61 @@
+package pipeline
+
+import "context"
+
+// Emitter queues events on a node's output ports. Events queued while a
+// Processor handles a batch are sent downstream, one slice per port, when
+// Process returns; a Source decides when to send with Flush. Emitting on a
+// port with no link hands the event to the graph's Unlinked hook.
+type Emitter interface {
+	Emit(port string, ev Event)
+}
+
+// SourceEmitter is the Emitter given to a Source.
+type SourceEmitter interface {
+	Emitter
+	// Flush sends every queued event downstream, blocking while the
+	// downstream channels are full (backpressure). It returns an error only
+	// when the graph is stopping because a node failed.
+	Flush(ctx context.Context) error
+}
+
+// Processor handles batches of events arriving on its "in" port.
+//
+// Process is called from one goroutine per node, batch after batch in arrival
+// order, so a Processor needs no locking of its own. It must not keep or
+// modify batch or the events in it. A returned error is fatal for the whole
+// graph; per-event failures are emitted on the "err" port instead.
+type Processor interface {
+	Process(ctx context.Context, batch []Event, emit Emitter) error
+}
+
+// ProcessorFunc adapts a function to the Processor interface.
+type ProcessorFunc func(ctx context.Context, batch []Event, emit Emitter) error
+
+// Process calls f(ctx, batch, emit).
+func (f ProcessorFunc) Process(ctx context.Context, batch []Event, emit Emitter) error {
+	return f(ctx, batch, emit)
+}
+
+// Source produces events until it is exhausted or ctx is cancelled.
+//
+// Run returns nil when the source ended normally, including when ctx was
+// cancelled: stopping on cancellation is how a graph shuts down. Events
+// queued but not flushed when Run returns are flushed by the graph.
+type Source interface {
+	Run(ctx context.Context, emit SourceEmitter) error
+}
+
+// SourceFunc adapts a function to the Source interface.
+type SourceFunc func(ctx context.Context, emit SourceEmitter) error
+
+// Run calls f(ctx, emit).
+func (f SourceFunc) Run(ctx context.Context, emit SourceEmitter) error { return f(ctx, emit) }
+
+// Closer is implemented by nodes that hold resources (stores, files). The
+// graph calls Close once, after the node has processed its last event, with
+// a context that is not cancelled by the shutdown signal so that flushing can
+// finish.
+type Closer interface {
+	Close(ctx context.Context) error
+}
