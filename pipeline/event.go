@@ -36,6 +36,17 @@ const (
 type Event struct {
 	Data []byte
 	Meta []byte
+	// Seq is the position of the source event this event derives from,
+	// assigned by sources. Nodes carry it into every event they derive
+	// (use Derive), which lets replay order its output deterministically.
+	Seq uint64
+}
+
+// Derive returns a new event with the given data and metadata that keeps
+// e's Seq. Every event a node emits in response to e should be built with
+// Derive.
+func (e Event) Derive(data, meta []byte) Event {
+	return Event{Data: data, Meta: meta, Seq: e.Seq}
 }
 
 // null is the encoding of a nil Data.

@@ -61,6 +61,13 @@ type Graph struct {
 	nodes   map[string]*node
 	order   []*node
 	started bool
+
+	// inflight counts batches sent to a node and not yet fully processed
+	// (processed, emitted and flushed); idle is signalled when it drops to
+	// zero. See WaitIdle.
+	inflight atomic.Int64
+	idleMu   sync.Mutex
+	idle     *sync.Cond
 }
 
 type node struct {
@@ -80,7 +87,39 @@ type node struct {
 // New returns an empty graph.
 func New(opts Options) *Graph {
 	opts.ensureDefaults()
-	return &Graph{opts: opts, nodes: map[string]*node{}}
+	g := &Graph{opts: opts, nodes: map[string]*node{}}
+	g.idle = sync.NewCond(&g.idleMu)
+	return g
+}
+
+// WaitIdle blocks until no batch is queued or being processed anywhere in
+// the graph, or ctx is done. A source that calls it right after Flush knows
+// that every event derived from what it flushed has reached its sinks; replay
+// uses this to order output deterministically.
+func (g *Graph) WaitIdle(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		g.idleMu.Lock()
+		g.idle.Broadcast()
+		g.idleMu.Unlock()
+	})
+	defer stop()
+	g.idleMu.Lock()
+	defer g.idleMu.Unlock()
+	for g.inflight.Load() != 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		g.idle.Wait()
+	}
+	return nil
+}
+
+func (g *Graph) batchDone() {
+	if g.inflight.Add(-1) == 0 {
+		g.idleMu.Lock()
+		g.idle.Broadcast()
+		g.idleMu.Unlock()
+	}
 }
 
 func (g *Graph) add(name string, n *node, ports []string) error {
@@ -251,16 +290,16 @@ func (g *Graph) Run(ctx context.Context) error {
 			} else {
 				for batch := range n.in {
 					if hard.Err() != nil {
+						g.batchDone()
 						continue // failing: discard so upstream never blocks
 					}
 					n.received.Add(uint64(len(batch)))
 					if err := n.processor.Process(hard, batch, em); err != nil {
 						fail(n, err)
-						continue
-					}
-					if err := em.Flush(hard); err != nil {
+					} else if err := em.Flush(hard); err != nil {
 						fail(n, err)
 					}
+					g.batchDone()
 				}
 			}
 			if c, ok := nodeCloser(n); ok {
@@ -327,9 +366,11 @@ func (e *emitter) Flush(ctx context.Context) error {
 		}
 		e.n.counts[i].Add(uint64(len(batch)))
 		for _, t := range e.n.targets[i] {
+			e.g.inflight.Add(1)
 			select {
 			case t.in <- batch:
 			case <-ctx.Done():
+				e.g.batchDone()
 				return context.Cause(ctx)
 			}
 		}
