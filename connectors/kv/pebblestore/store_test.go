@@ -1,0 +1,286 @@
+package pebblestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+)
+
+func openTest(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func update(t *testing.T, s kv.Backend, fns ...kv.TxnFunc) []error {
+	t.Helper()
+	errs := make([]error, len(fns))
+	if err := s.Update(context.Background(), fns, errs); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	return errs
+}
+
+func set(key, value string, expireAt int64) kv.TxnFunc {
+	return func(tx kv.Txn) error { return tx.Set([]byte(key), []byte(value), expireAt) }
+}
+
+type got struct {
+	value    string
+	expireAt int64
+	found    bool
+}
+
+func get(key string, into *got) kv.TxnFunc {
+	return func(tx kv.Txn) error {
+		v, e, ok, err := tx.Get([]byte(key))
+		*into = got{string(v), e, ok}
+		return err
+	}
+}
+
+func scanAll(start, end string, into *[]string) kv.TxnFunc {
+	return func(tx kv.Txn) error {
+		*into = nil
+		var endKey []byte
+		if end != "" {
+			endKey = []byte(end)
+		}
+		return tx.Scan([]byte(start), endKey, func(k, v []byte, _ int64) (bool, error) {
+			*into = append(*into, string(k)+"="+string(v))
+			return true, nil
+		})
+	}
+}
+
+var errBoom = errors.New("boom")
+
+func TestTxnSemantics(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+
+	var g1, g2, g3 got
+	var rows []string
+	errs := update(t, s,
+		set("a", "1", 0),
+		get("a", &g1), // sees the write before it in the same group
+		set("b", "2", 1234),
+		func(tx kv.Txn) error { // fails after writing: must leave no trace
+			if err := tx.Set([]byte("a"), []byte("clobbered"), 0); err != nil {
+				return err
+			}
+			if err := tx.Set([]byte("c"), []byte("3"), 0); err != nil {
+				return err
+			}
+			return errBoom
+		},
+		get("a", &g2),
+		get("b", &g3),
+		scanAll("", "", &rows),
+	)
+	for i, err := range errs {
+		if (i == 3) != (err != nil) {
+			t.Fatalf("errs[%d] = %v", i, err)
+		}
+	}
+	if !errors.Is(errs[3], errBoom) {
+		t.Fatalf("errs[3] = %v, want errBoom", errs[3])
+	}
+	if g1 != (got{"1", 0, true}) || g2 != (got{"1", 0, true}) {
+		t.Fatalf("reads in group: %+v %+v", g1, g2)
+	}
+	if g3 != (got{"2", 1234, true}) {
+		t.Fatalf("expiry round trip: %+v", g3)
+	}
+	if fmt.Sprint(rows) != "[a=1 b=2]" {
+		t.Fatalf("scan after rollback = %v", rows)
+	}
+
+	// A later call sees the committed state; a failed first writer of an
+	// empty batch rolls back to nothing.
+	var g4 got
+	errs = update(t, s,
+		func(tx kv.Txn) error { _ = tx.Set([]byte("z"), []byte("9"), 0); return errBoom },
+		get("z", &g4),
+		func(tx kv.Txn) error { return tx.DeleteRange([]byte("a"), []byte("b")) },
+		scanAll("", "", &rows),
+	)
+	if errs[0] == nil || g4.found {
+		t.Fatalf("failed first write leaked: errs=%v z=%+v", errs, g4)
+	}
+	if fmt.Sprint(rows) != "[b=2]" {
+		t.Fatalf("scan after DeleteRange = %v", rows)
+	}
+}
+
+func TestScanBounds(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	update(t, s, set("a", "1", 0), set("b", "2", 0), set("c", "3", 0), set("ü", "4", 0))
+	tests := []struct {
+		start, end string
+		want       string
+	}{
+		{"", "", "[a=1 b=2 c=3 ü=4]"},
+		{"b", "c", "[b=2]"},
+		{"b", "", "[b=2 c=3 ü=4]"},
+		{"c", "b", "[]"},
+		{"d", "", "[ü=4]"},
+	}
+	for _, tt := range tests {
+		var rows []string
+		update(t, s, scanAll(tt.start, tt.end, &rows))
+		if got := fmt.Sprint(rows); got != tt.want {
+			t.Errorf("scan [%q,%q) = %s, want %s", tt.start, tt.end, got, tt.want)
+		}
+	}
+	// Stopping early.
+	var n int
+	update(t, s, func(tx kv.Txn) error {
+		return tx.Scan(nil, nil, func(k, v []byte, _ int64) (bool, error) { n++; return n < 2, nil })
+	})
+	if n != 2 {
+		t.Fatalf("scan stopped after %d rows, want 2", n)
+	}
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	update(t, s, set("k", "v", 0), set("e", "x", 99))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(context.Background(), []kv.TxnFunc{set("k", "w", 0)}, make([]error, 1)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Update after Close = %v, want ErrClosed", err)
+	}
+	s = openTest(t, dir)
+	defer s.Close()
+	var k, e got
+	update(t, s, get("k", &k), get("e", &e))
+	if k != (got{"v", 0, true}) || e != (got{"x", 99, true}) {
+		t.Fatalf("after reopen: %+v %+v", k, e)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	defer s.Close()
+	if _, err := Open(dir, Options{}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open = %v, want ErrLocked", err)
+	}
+
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(filepath.Join(file, "sub"), Options{}); err == nil {
+		t.Fatal("Open under a regular file succeeded")
+	}
+}
+
+func TestPanickingTxnIsAnError(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	var g got
+	errs := update(t, s,
+		func(tx kv.Txn) error { _ = tx.Set([]byte("p"), []byte("1"), 0); panic("bad command") },
+		get("p", &g),
+	)
+	if errs[0] == nil || g.found {
+		t.Fatalf("panic: errs=%v p=%+v", errs, g)
+	}
+}
+
+// TestConcurrentReadModifyWrite checks that transactions from many
+// goroutines are serialised: read-increment-write loses no update.
+func TestConcurrentReadModifyWrite(t *testing.T) {
+	for _, opts := range []Options{{}, {NoSync: true}, {MaxDelay: 200_000, MaxBatch: 16}} {
+		t.Run(fmt.Sprintf("%+v", opts), func(t *testing.T) {
+			s, err := Open(t.TempDir(), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			incr := func(tx kv.Txn) error {
+				v, _, _, err := tx.Get([]byte("n"))
+				if err != nil {
+					return err
+				}
+				var n int
+				fmt.Sscan(string(v), &n)
+				return tx.Set([]byte("n"), []byte(fmt.Sprint(n+1)), 0)
+			}
+			const workers, perWorker, perCall = 4, 50, 10
+			var wg sync.WaitGroup
+			for w := 0; w < workers; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; i < perWorker; i++ {
+						fns := make([]kv.TxnFunc, perCall)
+						for j := range fns {
+							fns[j] = incr
+						}
+						errs := make([]error, perCall)
+						if err := s.Update(context.Background(), fns, errs); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			var g got
+			update(t, s, get("n", &g))
+			if want := fmt.Sprint(workers * perWorker * perCall); g.value != want {
+				t.Fatalf("n = %q, want %s", g.value, want)
+			}
+		})
+	}
+}
+
+func TestPoolSharesOneStore(t *testing.T) {
+	dir := t.TempDir()
+	p := NewPool()
+	a, err := p.Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Open(filepath.Join(dir, "."), Options{})
+	if err != nil {
+		t.Fatalf("second pooled Open: %v", err)
+	}
+	if _, err := p.Open(dir, Options{NoSync: true}); err == nil {
+		t.Fatal("pooled Open with a different sync policy succeeded")
+	}
+	update(t, a, set("k", "from-a", 0))
+	var g got
+	update(t, b, get("k", &g))
+	if g.value != "from-a" {
+		t.Fatalf("b sees %+v", g)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("double Close = %v", err)
+	}
+	update(t, b, get("k", &g)) // still open through b
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Fully released: the directory can be opened again.
+	s := openTest(t, dir)
+	s.Close()
+}
