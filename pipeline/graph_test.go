@@ -1,0 +1,337 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countSource emits n events whose data is their index, flushing every
+// batch events.
+func countSource(n, batch int) Source {
+	return SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
+		for i := 0; i < n; i++ {
+			if ctx.Err() != nil {
+				return nil
+			}
+			emit.Emit(PortOut, Event{Data: []byte(strconv.Itoa(i)), Seq: uint64(i)})
+			if (i+1)%batch == 0 {
+				if err := emit.Flush(ctx); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// collector is a sink recording what it receives.
+type collector struct {
+	mu     sync.Mutex
+	events []Event
+	closed bool
+}
+
+func (c *collector) Process(_ context.Context, batch []Event, _ Emitter) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.events = append(c.events, batch...)
+	return nil
+}
+
+func (c *collector) Close(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return nil
+}
+
+func (c *collector) datas() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, e := range c.events {
+		out = append(out, string(e.Data))
+	}
+	return out
+}
+
+// evenOdd routes even numbers to out and odd ones to err.
+var evenOdd = ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
+	for _, ev := range batch {
+		n, _ := strconv.Atoi(string(ev.Data))
+		port := PortOut
+		if n%2 == 1 {
+			port = PortErr
+		}
+		emit.Emit(port, ev.Derive(ev.Data, []byte(`{"p":"`+port+`"}`)))
+	}
+	return nil
+})
+
+func TestLinearAndFanOut(t *testing.T) {
+	g := New(Options{QueueDepth: 1})
+	evens, odds, all := &collector{}, &collector{}, &collector{}
+	must(t, g.AddSource("src", countSource(1000, 7), PortOut))
+	must(t, g.AddProcessor("split", evenOdd, PortOut, PortErr))
+	must(t, g.AddProcessor("evens", evens))
+	must(t, g.AddProcessor("odds", odds))
+	must(t, g.AddProcessor("all", all))
+	must(t, g.Link("src", PortOut, "split"))
+	must(t, g.Link("split", PortOut, "evens"))
+	must(t, g.Link("split", PortErr, "odds"))
+	must(t, g.Link("split", PortOut, "all"))
+	must(t, g.Link("split", PortErr, "all"))
+	if err := g.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(evens.events) != 500 || len(odds.events) != 500 || len(all.events) != 1000 {
+		t.Fatalf("got %d evens, %d odds, %d all", len(evens.events), len(odds.events), len(all.events))
+	}
+	for i, d := range evens.datas() {
+		if d != strconv.Itoa(2*i) {
+			t.Fatalf("evens[%d] = %s: order not kept", i, d)
+		}
+	}
+	for _, e := range evens.events {
+		if string(e.Data) != strconv.FormatUint(e.Seq, 10) {
+			t.Fatalf("Seq not kept by Derive: %+v", e)
+		}
+	}
+	if !evens.closed || !odds.closed || !all.closed {
+		t.Fatal("sinks not closed")
+	}
+	counts := map[string]uint64{}
+	for _, c := range g.Counts() {
+		counts[c.Node+"/"+c.Port] = c.Events
+	}
+	if counts["src/out"] != 1000 || counts["split/in"] != 1000 || counts["split/err"] != 500 || counts["all/in"] != 1000 {
+		t.Fatalf("counts = %v", counts)
+	}
+}
+
+func TestFanInKeepsPerSourceOrder(t *testing.T) {
+	g := New(Options{})
+	sink := &collector{}
+	must(t, g.AddSource("a", countSource(2000, 3), PortOut))
+	must(t, g.AddSource("b", countSource(2000, 5), PortOut))
+	must(t, g.AddProcessor("tagA", tag("a"), PortOut))
+	must(t, g.AddProcessor("tagB", tag("b"), PortOut))
+	must(t, g.AddProcessor("sink", sink))
+	must(t, g.Link("a", PortOut, "tagA"))
+	must(t, g.Link("b", PortOut, "tagB"))
+	must(t, g.Link("tagA", PortOut, "sink"))
+	must(t, g.Link("tagB", PortOut, "sink"))
+	if err := g.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	next := map[string]int{}
+	for _, e := range sink.events {
+		src := string(e.Meta)
+		if string(e.Data) != strconv.Itoa(next[src]) {
+			t.Fatalf("source %s: got %s, want %d", src, e.Data, next[src])
+		}
+		next[src]++
+	}
+	if next["a"] != 2000 || next["b"] != 2000 {
+		t.Fatalf("received %v", next)
+	}
+}
+
+func tag(name string) Processor {
+	return ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
+		for _, ev := range batch {
+			emit.Emit(PortOut, ev.Derive(ev.Data, []byte(name)))
+		}
+		return nil
+	})
+}
+
+// TestCancelDrains cancels while events are queued behind a slow sink and
+// checks that every event the source flushed is still delivered.
+func TestCancelDrains(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var flushed atomic.Int64
+	src := SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
+		for i := 0; ; i++ {
+			if ctx.Err() != nil {
+				return nil
+			}
+			emit.Emit(PortOut, Event{Data: []byte(strconv.Itoa(i))})
+			if err := emit.Flush(ctx); err != nil {
+				return err
+			}
+			flushed.Add(1)
+			if i == 50 {
+				cancel()
+			}
+		}
+	})
+	slow := &collector{}
+	g := New(Options{QueueDepth: 4})
+	must(t, g.AddSource("src", src, PortOut))
+	must(t, g.AddProcessor("slow", ProcessorFunc(func(ctx context.Context, b []Event, e Emitter) error {
+		time.Sleep(time.Millisecond)
+		if ctx.Err() != nil {
+			return fmt.Errorf("processor saw cancelled context during drain: %w", ctx.Err())
+		}
+		return slow.Process(ctx, b, e)
+	}), PortOut))
+	must(t, g.AddProcessor("sink", &collector{}))
+	must(t, g.Link("src", PortOut, "slow"))
+	must(t, g.Link("slow", PortOut, "sink"))
+	if err := g.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(slow.events)) != flushed.Load() {
+		t.Fatalf("flushed %d events, processed %d", flushed.Load(), len(slow.events))
+	}
+}
+
+func TestNodeFailureStopsGraph(t *testing.T) {
+	boom := errors.New("boom")
+	g := New(Options{QueueDepth: 1})
+	must(t, g.AddSource("src", countSource(1_000_000, 1), PortOut))
+	must(t, g.AddProcessor("bad", ProcessorFunc(func(_ context.Context, b []Event, _ Emitter) error {
+		if string(b[0].Data) == "10" {
+			return boom
+		}
+		return nil
+	})))
+	must(t, g.Link("src", PortOut, "bad"))
+	done := make(chan error)
+	go func() { done <- g.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, boom) {
+			t.Fatalf("Run = %v, want boom", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("graph did not stop after a node failed")
+	}
+}
+
+func TestBuildErrors(t *testing.T) {
+	g := New(Options{})
+	must(t, g.AddSource("src", countSource(1, 1), PortOut))
+	must(t, g.AddProcessor("a", evenOdd, PortOut, PortErr))
+	must(t, g.AddProcessor("b", evenOdd, PortOut))
+	tests := []struct {
+		from, port, to string
+		want           error
+	}{
+		{"nope", PortOut, "a", ErrUnknownNode},
+		{"src", PortOut, "nope", ErrUnknownNode},
+		{"src", "sideways", "a", ErrUnknownPort},
+		{"a", PortOut, "src", ErrUnknownPort},
+	}
+	for _, tt := range tests {
+		if err := g.Link(tt.from, tt.port, tt.to); !errors.Is(err, tt.want) {
+			t.Errorf("Link(%s/%s -> %s) = %v, want %v", tt.from, tt.port, tt.to, err, tt.want)
+		}
+	}
+	if err := g.AddProcessor("a", evenOdd); !errors.Is(err, ErrDuplicateNode) {
+		t.Errorf("duplicate = %v", err)
+	}
+	must(t, g.Link("src", PortOut, "a"))
+	must(t, g.Link("a", PortOut, "b"))
+	must(t, g.Link("b", PortOut, "a"))
+	if err := g.Run(context.Background()); !errors.Is(err, ErrCycle) {
+		t.Fatalf("Run with cycle = %v", err)
+	}
+}
+
+func TestUnlinkedErrIsReported(t *testing.T) {
+	var mu sync.Mutex
+	var unlinked []string
+	g := New(Options{Unlinked: func(node, port string, ev Event) {
+		mu.Lock()
+		unlinked = append(unlinked, node+"/"+port+":"+string(ev.Data))
+		mu.Unlock()
+	}})
+	must(t, g.AddSource("src", countSource(2, 1), PortOut))
+	must(t, g.AddProcessor("split", evenOdd, PortOut, PortErr))
+	must(t, g.AddProcessor("sink", &collector{}))
+	must(t, g.Link("src", PortOut, "split"))
+	must(t, g.Link("split", PortOut, "sink"))
+	must(t, g.Run(context.Background()))
+	if fmt.Sprint(unlinked) != "[split/err:1]" {
+		t.Fatalf("unlinked = %v", unlinked)
+	}
+}
+
+func TestWaitIdle(t *testing.T) {
+	g := New(Options{})
+	sink := &collector{}
+	src := SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
+		for i := 0; i < 20; i++ {
+			emit.Emit(PortOut, Event{Data: []byte(strconv.Itoa(i))})
+			if err := emit.Flush(ctx); err != nil {
+				return err
+			}
+			if err := g.WaitIdle(ctx); err != nil {
+				return err
+			}
+			if n := len(sink.datas()); n != i+1 {
+				return fmt.Errorf("after WaitIdle for event %d the sink has %d events", i, n)
+			}
+		}
+		return nil
+	})
+	must(t, g.AddSource("src", src, PortOut))
+	must(t, g.AddProcessor("slow", ProcessorFunc(func(_ context.Context, b []Event, e Emitter) error {
+		time.Sleep(200 * time.Microsecond)
+		for _, ev := range b {
+			e.Emit(PortOut, ev)
+		}
+		return nil
+	}), PortOut))
+	must(t, g.AddProcessor("sink", sink))
+	must(t, g.Link("src", PortOut, "slow"))
+	must(t, g.Link("slow", PortOut, "sink"))
+	must(t, g.Run(context.Background()))
+}
+
+func TestEventJSON(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    string
+		wantErr bool
+	}{
+		{`{"data":{"a":1},"meta":{"kv":{"get":"x"}}}`, `{"data":{"a":1},"meta":{"kv":{"get":"x"}}}`, false},
+		{`{"data":"x"}`, `{"data":"x","meta":{}}`, false},
+		{`{"meta":null}`, `{"data":null,"meta":{}}`, false},
+		{`{"data":1,"meta":[1]}`, "", true},
+		{`{"data":`, "", true},
+		{`[1]`, "", true},
+	}
+	for _, tt := range tests {
+		var ev Event
+		err := ev.UnmarshalJSON([]byte(tt.in))
+		if (err != nil) != tt.wantErr {
+			t.Errorf("%s: err = %v", tt.in, err)
+			continue
+		}
+		if err != nil {
+			if !errors.Is(err, ErrInvalidEvent) {
+				t.Errorf("%s: err %v is not ErrInvalidEvent", tt.in, err)
+			}
+			continue
+		}
+		if got := string(ev.AppendJSON(nil)); got != tt.want {
+			t.Errorf("%s: round trip = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
