@@ -1,0 +1,94 @@
+package jsonl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// Mode says how the file connector opens its file.
+type Mode string
+
+// File modes. ModeRead makes the file a source; the others make it a sink.
+const (
+	// ModeRead reads events from an existing file.
+	ModeRead Mode = "read"
+	// ModeWrite creates the file or truncates an existing one (the same as
+	// ModeTruncate).
+	ModeWrite Mode = "write"
+	// ModeAppend creates the file or appends to an existing one.
+	ModeAppend Mode = "append"
+	// ModeTruncate creates the file or truncates an existing one.
+	ModeTruncate Mode = "truncate"
+)
+
+// Modes lists every valid Mode.
+func Modes() []Mode { return []Mode{ModeRead, ModeWrite, ModeAppend, ModeTruncate} }
+
+// ErrUnknownMode reports a file mode that is not one of Modes.
+var ErrUnknownMode = errors.New("unknown file mode")
+
+// IsSink reports whether a file opened in mode m is written to.
+func (m Mode) IsSink() bool { return m == ModeWrite || m == ModeAppend || m == ModeTruncate }
+
+// fileSource is a Reader over a file it owns.
+type fileSource struct {
+	*Reader
+	f *os.File
+}
+
+// OpenFileSource opens path for reading and returns a source emitting its
+// JSON lines (see NewReader). The file is opened now, so a missing or
+// unreadable file is reported before the flow starts; it is closed when the
+// graph closes the source.
+func OpenFileSource(path string, opts ReaderOptions) (pipeline.Source, error) {
+	if opts.Name == "" {
+		opts.Name = path
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: open %w", opts.Name, err)
+	}
+	opts.EnsureDefaults()
+	return &fileSource{Reader: &Reader{r: f, opts: opts}, f: f}, nil
+}
+
+// Close implements pipeline.Closer by closing the file.
+func (s *fileSource) Close(context.Context) error {
+	if err := s.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("%s: close: %w", s.opts.Name, err)
+	}
+	return nil
+}
+
+// OpenFileSink opens (creating it and its parent directories when missing)
+// path for writing in the given mode and returns a Writer that owns the
+// file: its Close flushes, syncs and closes the file.
+func OpenFileSink(path string, mode Mode, opts WriterOptions) (pipeline.Processor, error) {
+	if opts.Name == "" {
+		opts.Name = path
+	}
+	flags := os.O_WRONLY | os.O_CREATE
+	switch mode {
+	case ModeWrite, ModeTruncate:
+		flags |= os.O_TRUNC
+	case ModeAppend:
+		flags |= os.O_APPEND
+	default:
+		return nil, fmt.Errorf("%s: %w %q (a sink needs %q, %q or %q)", opts.Name, ErrUnknownMode, mode, ModeWrite, ModeAppend, ModeTruncate)
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("%s: create directory: %w", opts.Name, err)
+		}
+	}
+	f, err := os.OpenFile(path, flags, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("%s: open %w", opts.Name, err)
+	}
+	return newWriter(f, f, opts), nil
+}

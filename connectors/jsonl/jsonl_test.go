@@ -1,0 +1,458 @@
+package jsonl
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// recorder is a SourceEmitter that records emitted events per port and
+// counts flushes.
+type recorder struct {
+	mu      sync.Mutex
+	events  map[string][]pipeline.Event
+	flushes int
+	flushed chan struct{}
+}
+
+func newRecorder() *recorder {
+	return &recorder{events: map[string][]pipeline.Event{}, flushed: make(chan struct{}, 1000)}
+}
+
+func (r *recorder) Emit(port string, ev pipeline.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events[port] = append(r.events[port], ev)
+}
+
+func (r *recorder) Flush(context.Context) error {
+	r.mu.Lock()
+	r.flushes++
+	r.mu.Unlock()
+	r.flushed <- struct{}{}
+	return nil
+}
+
+func (r *recorder) lines(port string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, ev := range r.events[port] {
+		out = append(out, string(ev.AppendJSON(nil)))
+	}
+	return out
+}
+
+func (r *recorder) seqs(port string) []uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []uint64
+	for _, ev := range r.events[port] {
+		out = append(out, ev.Seq)
+	}
+	return out
+}
+
+func TestReaderDecode(t *testing.T) {
+	tests := []struct {
+		name     string
+		codec    string
+		input    string
+		out      []string
+		outSeq   []uint64
+		errMeta  []string
+		errData  []string
+		errorsIs error
+	}{
+		{
+			name:   "event codec",
+			input:  `{"data":{"a":1},"meta":{"kv":{"get":"k"}}}` + "\n" + `{"data":2}` + "\n",
+			out:    []string{`{"data":{"a":1},"meta":{"kv":{"get":"k"}}}`, `{"data":2,"meta":{}}`},
+			outSeq: []uint64{1, 2},
+		},
+		{
+			name:   "blank lines skipped but counted, CRLF, no final newline",
+			input:  "\n  \r\n" + `{"data":"x"}` + "\r\n\n" + `{"meta":{"m":true}}`,
+			out:    []string{`{"data":"x","meta":{}}`, `{"data":null,"meta":{"m":true}}`},
+			outSeq: []uint64{3, 5},
+		},
+		{
+			name:   "meta null is empty",
+			input:  `{"data":1,"meta":null}`,
+			out:    []string{`{"data":1,"meta":{}}`},
+			outSeq: []uint64{1},
+		},
+		{
+			name:    "invalid JSON",
+			input:   `{"data":1}` + "\n" + `{"data":` + "\n" + `{"data":3}`,
+			out:     []string{`{"data":1,"meta":{}}`, `{"data":3,"meta":{}}`},
+			outSeq:  []uint64{1, 3},
+			errMeta: []string{`{"error":"in: line 2: invalid JSON: unexpected end of JSON input (at byte 8)","line":2}`},
+			errData: []string{`"{\"data\":"`},
+		},
+		{
+			name:    "not an object",
+			input:   `[1,2]`,
+			errMeta: []string{`{"error":"in: line 1: expected an event object {\"data\": ..., \"meta\": {...}}","line":1}`},
+			errData: []string{`"[1,2]"`},
+		},
+		{
+			name:    "neither data nor meta",
+			input:   `{"dta":1}`,
+			errMeta: []string{`{"error":"in: line 1: expected an event object {\"data\": ..., \"meta\": {...}}, found neither \"data\" nor \"meta\"","line":1}`},
+			errData: []string{`"{\"dta\":1}"`},
+		},
+		{
+			name:    "meta not an object",
+			input:   `{"data":1,"meta":[1]}`,
+			errMeta: []string{`{"error":"in: line 1: \"meta\" must be a JSON object","line":1}`},
+			errData: []string{`"{\"data\":1,\"meta\":[1]}"`},
+		},
+		{
+			name:   "json codec",
+			codec:  CodecJSON,
+			input:  `{"a":1}` + "\n" + `"s"` + "\n" + `[1]`,
+			out:    []string{`{"data":{"a":1},"meta":{}}`, `{"data":"s","meta":{}}`, `{"data":[1],"meta":{}}`},
+			outSeq: []uint64{1, 2, 3},
+		},
+		{
+			name:    "json codec invalid",
+			codec:   CodecJSON,
+			input:   `{"a":}`,
+			errMeta: []string{`{"error":"in: line 1: invalid JSON: invalid character '}' looking for beginning of value (at byte 6)","line":1}`},
+			errData: []string{`"{\"a\":}"`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := newRecorder()
+			var hooked []error
+			src := NewReader(strings.NewReader(tt.input), ReaderOptions{Name: "in", Codec: tt.codec,
+				OnError: func(ev pipeline.Event, err error) error {
+					hooked = append(hooked, err)
+					return nil
+				}})
+			if err := src.Run(context.Background(), rec); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			assertEqual(t, "out", rec.lines("out"), tt.out)
+			assertEqual(t, "out seq", rec.seqs("out"), tt.outSeq)
+			var metas, datas []string
+			for _, ev := range rec.events["err"] {
+				metas = append(metas, string(ev.Meta))
+				datas = append(datas, string(ev.Data))
+			}
+			assertEqual(t, "err meta", metas, tt.errMeta)
+			assertEqual(t, "err data", datas, tt.errData)
+			if len(hooked) != len(tt.errMeta) {
+				t.Fatalf("OnError called %d times, want %d", len(hooked), len(tt.errMeta))
+			}
+			for _, err := range hooked {
+				if !errors.Is(err, ErrInvalidLine) {
+					t.Errorf("OnError error %v is not ErrInvalidLine", err)
+				}
+			}
+		})
+	}
+}
+
+func assertEqual[T comparable](t *testing.T, what string, got, want []T) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: got %d items %v, want %d %v", what, len(got), got, len(want), want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Errorf("%s[%d]:\n got  %v\n want %v", what, i, got[i], want[i])
+		}
+	}
+}
+
+func TestReaderOnErrorAborts(t *testing.T) {
+	stop := errors.New("strict")
+	rec := newRecorder()
+	src := NewReader(strings.NewReader("{\"data\":1}\nbad\n{\"data\":3}\n"), ReaderOptions{
+		OnError: func(ev pipeline.Event, err error) error {
+			var le *LineError
+			if !errors.As(err, &le) || le.Line != 2 {
+				t.Errorf("OnError got %v, want a *LineError for line 2", err)
+			}
+			return stop
+		}})
+	if err := src.Run(context.Background(), rec); !errors.Is(err, stop) {
+		t.Fatalf("Run = %v, want %v", err, stop)
+	}
+	if got := rec.lines("out"); len(got) != 1 {
+		t.Fatalf("emitted %v after aborting, want only line 1", got)
+	}
+}
+
+func TestReaderUnknownCodec(t *testing.T) {
+	src := NewReader(strings.NewReader(""), ReaderOptions{Codec: "xml"})
+	if err := src.Run(context.Background(), newRecorder()); !errors.Is(err, ErrUnknownCodec) {
+		t.Fatalf("Run = %v, want ErrUnknownCodec", err)
+	}
+}
+
+// zeros is a reader producing n bytes of 'x' without holding them.
+type zeros struct{ n int }
+
+func (z *zeros) Read(p []byte) (int, error) {
+	if z.n == 0 {
+		return 0, io.EOF
+	}
+	k := min(len(p), z.n)
+	for i := range p[:k] {
+		p[i] = 'x'
+	}
+	z.n -= k
+	return k, nil
+}
+
+func TestReaderOverlongLineIsSkippedWithoutBuffering(t *testing.T) {
+	const lineLen = 100 << 20
+	in := io.MultiReader(strings.NewReader(`{"data":1}`+"\n"), &zeros{n: lineLen}, strings.NewReader("\n"+`{"data":3}`+"\n"))
+	rec := newRecorder()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	src := NewReader(in, ReaderOptions{Name: "big", MaxLineBytes: 1 << 20})
+	if err := src.Run(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 16<<20 {
+		t.Errorf("reading a %d-byte line allocated %d bytes; it must be skipped, not buffered", lineLen, alloc)
+	}
+	assertEqual(t, "out seq", rec.seqs("out"), []uint64{1, 3})
+	errs := rec.events["err"]
+	if len(errs) != 1 {
+		t.Fatalf("got %d error events, want 1", len(errs))
+	}
+	want := `{"error":"big: line 2: line is 104857600 bytes, longer than the limit of 1048576 bytes","line":2}`
+	if string(errs[0].Meta) != want {
+		t.Errorf("error meta\n got  %s\n want %s", errs[0].Meta, want)
+	}
+	if n := len(errs[0].Data); n > maxRawErrorBytes+2 || n < 100 {
+		t.Errorf("error data is %d bytes, want a truncated copy of at most %d", n, maxRawErrorBytes+2)
+	}
+}
+
+func TestReaderAcceptsLineAtLimit(t *testing.T) {
+	payload := `"` + strings.Repeat("y", 200<<10) + `"`
+	line := `{"data":` + payload + `}`
+	rec := newRecorder()
+	src := NewReader(strings.NewReader(line+"\n"), ReaderOptions{MaxLineBytes: len(line)})
+	if err := src.Run(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.events["out"]; len(got) != 1 || string(got[0].Data) != payload {
+		t.Fatalf("line of exactly MaxLineBytes was not read back intact (%d events, %d errors)", len(got), len(rec.events["err"]))
+	}
+}
+
+func TestReaderFlushesInteractiveInput(t *testing.T) {
+	pr, pw := io.Pipe()
+	rec := newRecorder()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- NewReader(pr, ReaderOptions{}).Run(ctx, rec) }()
+	for i := 1; i <= 3; i++ {
+		if _, err := pw.Write([]byte(`{"data":1}` + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-rec.flushed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("line %d was not flushed while the input waits for more", i)
+		}
+		if n := len(rec.lines("out")); n != i {
+			t.Fatalf("after line %d, %d events emitted", i, n)
+		}
+	}
+	// Cancelling stops Run promptly although the pipe blocks.
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after ctx was cancelled")
+	}
+	pw.Close()
+}
+
+func TestReaderBatches(t *testing.T) {
+	var b strings.Builder
+	for range 1000 {
+		b.WriteString(`{"data":1}` + "\n")
+	}
+	rec := newRecorder()
+	if err := NewReader(strings.NewReader(b.String()), ReaderOptions{BatchSize: 100}).Run(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rec.lines("out")); n != 1000 {
+		t.Fatalf("%d events, want 1000", n)
+	}
+	if rec.flushes < 10 || rec.flushes > 12 {
+		t.Errorf("%d flushes for 1000 events in batches of 100", rec.flushes)
+	}
+}
+
+func TestWriterCodecs(t *testing.T) {
+	batch := []pipeline.Event{
+		{Data: []byte(`{"a":1}`), Meta: []byte(`{"m":2}`)},
+		{},
+	}
+	tests := []struct {
+		codec string
+		want  string
+	}{
+		{CodecEvent, `{"data":{"a":1},"meta":{"m":2}}` + "\n" + `{"data":null,"meta":{}}` + "\n"},
+		{CodecJSON, `{"a":1}` + "\n" + "null\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.codec, func(t *testing.T) {
+			var buf bytes.Buffer
+			w := NewWriter(&buf, WriterOptions{Codec: tt.codec})
+			if err := w.Process(context.Background(), batch, nil); err != nil {
+				t.Fatal(err)
+			}
+			// Flushed after the batch, before Close.
+			if buf.String() != tt.want {
+				t.Errorf("got %q, want %q", buf.String(), tt.want)
+			}
+			if err := w.(pipeline.Closer).Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+type failWriter struct{}
+
+func (failWriter) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+func TestWriterReportsWriteErrors(t *testing.T) {
+	w := NewWriter(failWriter{}, WriterOptions{Name: "out"})
+	err := w.Process(context.Background(), []pipeline.Event{{Data: []byte("1")}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "out: write: broken pipe") {
+		t.Fatalf("Process = %v, want the write error", err)
+	}
+}
+
+func TestFileModes(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sub", "out.jsonl")
+	write := func(mode Mode, data string) {
+		t.Helper()
+		sink, err := OpenFileSink(path, mode, WriterOptions{Codec: CodecJSON})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sink.Process(ctx, []pipeline.Event{{Data: []byte(data)}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := sink.(pipeline.Closer).Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() string {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	write(ModeTruncate, "1")
+	write(ModeAppend, "2")
+	if got := read(); got != "1\n2\n" {
+		t.Fatalf("after truncate+append: %q", got)
+	}
+	write(ModeWrite, "3")
+	if got := read(); got != "3\n" {
+		t.Fatalf("write mode must truncate: %q", got)
+	}
+
+	src, err := OpenFileSource(path, ReaderOptions{Codec: CodecJSON})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	if err := src.Run(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.(pipeline.Closer).Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertEqual(t, "read back", rec.lines("out"), []string{`{"data":3,"meta":{}}`})
+
+	if _, err := OpenFileSource(filepath.Join(dir, "missing.jsonl"), ReaderOptions{}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("opening a missing file: %v, want ErrNotExist", err)
+	}
+	if _, err := OpenFileSink(path, ModeRead, WriterOptions{}); !errors.Is(err, ErrUnknownMode) {
+		t.Errorf("sink in read mode: %v, want ErrUnknownMode", err)
+	}
+}
+
+func TestReaderThroughGraph(t *testing.T) {
+	var out bytes.Buffer
+	g := pipeline.New(pipeline.Options{})
+	in := "{\"data\":1}\nnot json\n{\"data\":2,\"meta\":{\"k\":1}}\n"
+	var errs bytes.Buffer
+	must(t, g.AddSource("src", NewReader(strings.NewReader(in), ReaderOptions{Name: "src"}), ReaderPorts...))
+	must(t, g.AddProcessor("sink", NewWriter(&out, WriterOptions{})))
+	must(t, g.AddProcessor("errs", NewWriter(&errs, WriterOptions{})))
+	must(t, g.AddProcessor("null", NewNull()))
+	must(t, g.Link("src", "out", "sink"))
+	must(t, g.Link("src", "out", "null"))
+	must(t, g.Link("src", "err", "errs"))
+	must(t, g.Run(context.Background()))
+	if want := "{\"data\":1,\"meta\":{}}\n{\"data\":2,\"meta\":{\"k\":1}}\n"; out.String() != want {
+		t.Errorf("sink got %q, want %q", out.String(), want)
+	}
+	if !strings.Contains(errs.String(), `"src: line 2: invalid JSON`) {
+		t.Errorf("err sink got %q", errs.String())
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func BenchmarkReader(b *testing.B) {
+	var buf bytes.Buffer
+	for range 10000 {
+		buf.WriteString(`{"data":{"steam_id":"76561198000000000","count":3},"meta":{"kv":{"increment":"warnings_1"}}}` + "\n")
+	}
+	b.SetBytes(int64(buf.Len()))
+	for b.Loop() {
+		rec := &countEmitter{}
+		if err := NewReader(bytes.NewReader(buf.Bytes()), ReaderOptions{}).Run(context.Background(), rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*10000)/b.Elapsed().Seconds(), "events/s")
+}
+
+type countEmitter struct{ n int }
+
+func (c *countEmitter) Emit(string, pipeline.Event) { c.n++ }
+func (c *countEmitter) Flush(context.Context) error { return nil }

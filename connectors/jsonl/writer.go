@@ -1,0 +1,120 @@
+package jsonl
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// DefaultWriteBufferBytes is the size of a Writer's output buffer.
+const DefaultWriteBufferBytes = 64 << 10
+
+// WriterOptions configure a Writer.
+type WriterOptions struct {
+	// Name names the sink in error messages. Default "output".
+	Name string
+	// Codec is CodecEvent (write {"data":...,"meta":...}) or CodecJSON
+	// (write the payload only). Default CodecEvent; any other value is
+	// treated as CodecEvent by NewWriter (validate codecs at config time).
+	Codec string
+	// BufferBytes is the output buffer size. Default
+	// DefaultWriteBufferBytes.
+	BufferBytes int
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *WriterOptions) EnsureDefaults() {
+	if o.Name == "" {
+		o.Name = "output"
+	}
+	if o.Codec == "" {
+		o.Codec = CodecEvent
+	}
+	if o.BufferBytes <= 0 {
+		o.BufferBytes = DefaultWriteBufferBytes
+	}
+}
+
+// Writer is a sink (a pipeline.Processor with no output ports) writing each
+// event it receives as one JSON line. Output is buffered and flushed after
+// every batch, so a line is visible to readers of the output once the batch
+// that carried it has been processed. Writer implements pipeline.Closer:
+// Close flushes, and when the Writer owns a file (OpenFileSink) it also
+// syncs and closes it.
+type Writer struct {
+	bw    *bufio.Writer
+	opts  WriterOptions
+	file  *os.File // owned file, nil when writing to a caller's io.Writer
+	line  []byte
+	close bool
+}
+
+// NewWriter returns a sink writing JSON lines to w. w is not closed by the
+// Writer. A failed write is returned from Process, which stops the graph:
+// a sink that cannot write (a closed stdout, a full disk) must not silently
+// drop events.
+func NewWriter(w io.Writer, opts WriterOptions) pipeline.Processor {
+	return newWriter(w, nil, opts)
+}
+
+func newWriter(w io.Writer, f *os.File, opts WriterOptions) *Writer {
+	opts.EnsureDefaults()
+	return &Writer{bw: bufio.NewWriterSize(w, opts.BufferBytes), opts: opts, file: f}
+}
+
+// Process implements pipeline.Processor.
+func (w *Writer) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+	for _, ev := range batch {
+		w.line = w.line[:0]
+		if w.opts.Codec == CodecJSON {
+			w.line = append(w.line, ev.DataJSON()...)
+		} else {
+			w.line = ev.AppendJSON(w.line)
+		}
+		w.line = append(w.line, '\n')
+		if _, err := w.bw.Write(w.line); err != nil {
+			return fmt.Errorf("%s: write: %w", w.opts.Name, err)
+		}
+	}
+	if err := w.bw.Flush(); err != nil {
+		return fmt.Errorf("%s: write: %w", w.opts.Name, err)
+	}
+	return nil
+}
+
+// Close implements pipeline.Closer: it flushes buffered output and, for an
+// owned file, syncs it to disk and closes it. Calling Close again is a
+// no-op.
+func (w *Writer) Close(context.Context) error {
+	if w.close {
+		return nil
+	}
+	w.close = true
+	err := w.bw.Flush()
+	if err != nil {
+		err = fmt.Errorf("%s: write: %w", w.opts.Name, err)
+	}
+	if w.file != nil {
+		if serr := w.file.Sync(); serr != nil && !errors.Is(serr, os.ErrInvalid) {
+			err = errors.Join(err, fmt.Errorf("%s: sync: %w", w.opts.Name, serr))
+		}
+		if cerr := w.file.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("%s: close: %w", w.opts.Name, cerr))
+		}
+	}
+	return err
+}
+
+// Null is a sink that discards every event.
+type Null struct{}
+
+// NewNull returns a sink that discards every event.
+func NewNull() pipeline.Processor { return Null{} }
+
+// Process implements pipeline.Processor by doing nothing.
+func (Null) Process(context.Context, []pipeline.Event, pipeline.Emitter) error { return nil }
