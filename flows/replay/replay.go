@@ -1,0 +1,173 @@
+// Package replay runs recorded events through a flow in batch: events from a
+// JSON-lines input are fed into one of the flow's sources, and every event
+// that reaches a sink is captured as one JSON line
+// {"sink": NAME, "data": ..., "meta": ...}.
+//
+// Output order is deterministic: the input is fed in windows, the graph is
+// allowed to go idle after each window, and the window's captured events are
+// written ordered by the input line they derive from (Event.Seq), then by
+// sink declaration order, then by arrival at that sink.
+package replay
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"sort"
+	"sync"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// Capture collects the events reaching a flow's sinks and writes them as
+// JSON lines when Release is called.
+type Capture struct {
+	mu      sync.Mutex
+	sinks   map[string]int
+	pending []captured
+	w       *bufio.Writer
+	buf     []byte
+	written uint64
+}
+
+type captured struct {
+	sink int
+	name string
+	ev   pipeline.Event
+}
+
+// NewCapture returns a capture writing to w. sinks lists the flow's sink
+// names in declaration order, which orders the output of events derived
+// from the same input line.
+func NewCapture(w io.Writer, sinks []string) *Capture {
+	c := &Capture{sinks: map[string]int{}, w: bufio.NewWriterSize(w, 64<<10)}
+	for i, s := range sinks {
+		c.sinks[s] = i
+	}
+	return c
+}
+
+// Sink returns the processor that stands in for the sink named name.
+func (c *Capture) Sink(name string) pipeline.Processor {
+	idx, ok := c.sinks[name]
+	if !ok {
+		idx = len(c.sinks)
+	}
+	return pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+		c.mu.Lock()
+		for _, ev := range batch {
+			c.pending = append(c.pending, captured{sink: idx, name: name, ev: ev})
+		}
+		c.mu.Unlock()
+		return nil
+	})
+}
+
+// Release writes every captured event in deterministic order and flushes.
+func (c *Capture) Release() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sort.SliceStable(c.pending, func(i, j int) bool {
+		a, b := c.pending[i], c.pending[j]
+		if a.ev.Seq != b.ev.Seq {
+			return a.ev.Seq < b.ev.Seq
+		}
+		return a.sink < b.sink
+	})
+	for _, p := range c.pending {
+		c.buf = AppendLine(c.buf[:0], p.name, p.ev)
+		if _, err := c.w.Write(c.buf); err != nil {
+			return err
+		}
+	}
+	c.written += uint64(len(c.pending))
+	clear(c.pending)
+	c.pending = c.pending[:0]
+	return c.w.Flush()
+}
+
+// Written returns how many events have been written so far.
+func (c *Capture) Written() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.written
+}
+
+// AppendLine appends {"sink":NAME,"data":...,"meta":...} and a newline.
+func AppendLine(dst []byte, sink string, ev pipeline.Event) []byte {
+	dst = append(dst, `{"sink":`...)
+	dst = appendJSONString(dst, sink)
+	dst = append(dst, `,"data":`...)
+	dst = append(dst, ev.DataJSON()...)
+	dst = append(dst, `,"meta":`...)
+	dst = append(dst, ev.MetaJSON()...)
+	return append(dst, '}', '\n')
+}
+
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return append(dst, '"')
+}
+
+// Idler is what a windowed source needs from the graph: a way to wait until
+// everything fed so far has been processed.
+type Idler interface {
+	WaitIdle(ctx context.Context) error
+}
+
+// WindowedSource wraps the source that feeds a replay so that after every
+// flush it waits for the graph to go idle and releases the capture. Set
+// Graph before the graph runs.
+//
+// Events the inner source emits on its "err" port (malformed input lines)
+// are not fed into the flow: replay reports them through the reader's own
+// error hook and skips them.
+type WindowedSource struct {
+	Inner   pipeline.Source
+	Capture *Capture
+	Graph   Idler
+}
+
+// Run implements pipeline.Source.
+func (s *WindowedSource) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
+	return s.Inner.Run(ctx, &windowEmitter{SourceEmitter: emit, s: s})
+}
+
+type windowEmitter struct {
+	pipeline.SourceEmitter
+	s *WindowedSource
+}
+
+func (w *windowEmitter) Emit(port string, ev pipeline.Event) {
+	if port == pipeline.PortErr {
+		return
+	}
+	w.SourceEmitter.Emit(port, ev)
+}
+
+func (w *windowEmitter) Flush(ctx context.Context) error {
+	if err := w.SourceEmitter.Flush(ctx); err != nil {
+		return err
+	}
+	if w.s.Capture == nil {
+		return nil
+	}
+	// Idle waiting must not be cut short by a shutdown signal: the window's
+	// events are being drained either way.
+	if err := w.s.Graph.WaitIdle(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	return w.s.Capture.Release()
+}
