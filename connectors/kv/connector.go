@@ -1,0 +1,309 @@
+package kv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// Ports returns the output ports of a Connector: "out" for results and
+// "err" for refused or failed commands.
+func Ports() []string { return []string{pipeline.PortOut, pipeline.PortErr} }
+
+// Connector is the kv node of a flow: it applies the command in each
+// event's meta.kv to its Backend, within its namespace, and emits results on
+// "out" and failures on "err". It implements pipeline.Processor and
+// pipeline.Closer, owns its Backend (Close closes it) and runs a janitor
+// goroutine reclaiming expired keys. Process is safe for concurrent use;
+// several Connectors (one per namespace) may share one Backend through
+// handles that each close independently.
+type Connector struct {
+	b      Backend
+	opts   Options
+	layout layout
+	dec    decoder
+
+	stop      context.CancelFunc
+	janitor   sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var (
+	_ pipeline.Processor = (*Connector)(nil)
+	_ pipeline.Closer    = (*Connector)(nil)
+)
+
+// New returns a Connector over b. It starts the janitor unless
+// opts.ReclaimInterval is negative. The Connector owns b from now on.
+func New(b Backend, opts Options) (*Connector, error) {
+	if b == nil {
+		return nil, errors.New("kv: New needs a Backend")
+	}
+	opts.EnsureDefaults()
+	c := &Connector{b: b, opts: opts, layout: newLayout(opts.Namespace)}
+	c.dec = decoder{opts: &c.opts}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stop = cancel
+	if opts.ReclaimInterval > 0 {
+		c.janitor.Add(1)
+		go c.runJanitor(ctx)
+	}
+	return c, nil
+}
+
+// Options returns the connector's options with defaults filled in.
+func (c *Connector) Options() Options { return c.opts }
+
+// Close stops the janitor, waits for it, then closes the Backend. Calls
+// after the first return the first result.
+func (c *Connector) Close(context.Context) error {
+	c.closeOnce.Do(func() {
+		c.stop()
+		c.janitor.Wait()
+		c.closeErr = c.b.Close()
+	})
+	return c.closeErr
+}
+
+// Process decodes every event of batch, runs all valid commands in one
+// Backend.Update (one TxnFunc each, so the backend can commit them as a
+// group), then emits each event's results in input order. Per-command
+// failures go to "err"; if the commit itself fails, every command of the
+// batch goes to "err" with that error and none to "out". Process returns an
+// error only for misuse it cannot report per event (never, today).
+func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+	cmds := make([]command, len(batch))
+	errs := make([]error, len(batch))
+	results := make([]result, len(batch))
+	fns := make([]TxnFunc, 0, len(batch))
+	idx := make([]int, 0, len(batch))
+	for i, ev := range batch {
+		cmds[i], errs[i] = c.decodeEvent(ev)
+		if errs[i] != nil {
+			continue
+		}
+		fns = append(fns, func(tx Txn) error {
+			x := execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}
+			r, err := x.run(&cmds[i])
+			results[i] = r
+			return err
+		})
+		idx = append(idx, i)
+	}
+	if len(fns) > 0 {
+		txErrs := make([]error, len(fns))
+		if err := c.b.Update(ctx, fns, txErrs); err != nil {
+			for _, i := range idx {
+				errs[i] = fmt.Errorf("%s: %w: %w", cmds[i].op, ErrCommit, err)
+			}
+		} else {
+			for j, i := range idx {
+				errs[i] = txErrs[j]
+			}
+		}
+	}
+	for i, ev := range batch {
+		c.emit(emit, ev, &cmds[i], &results[i], errs[i])
+	}
+	return nil
+}
+
+// decodeEvent reads the command of one event.
+func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
+	meta := ev.MetaJSON()
+	if !gjson.ValidBytes(meta) {
+		return command{}, fmt.Errorf("meta is not valid JSON: %w", ErrInvalidCommand)
+	}
+	m := gjson.ParseBytes(meta)
+	if !m.IsObject() {
+		return command{}, fmt.Errorf("meta must be an object: %w", ErrInvalidCommand)
+	}
+	return c.dec.decode(m.Get("kv"), ev.Data, false)
+}
+
+// correlation returns the raw meta.correlation of ev, nil when absent.
+func correlation(ev pipeline.Event) []byte {
+	if len(ev.Meta) == 0 || !gjson.ValidBytes(ev.Meta) {
+		return nil
+	}
+	r := gjson.GetBytes(ev.Meta, "correlation")
+	if !r.Exists() {
+		return nil
+	}
+	return []byte(r.Raw)
+}
+
+func asCmdError(err error, target **cmdError) bool { return errors.As(err, target) }
+
+// emit sends the outcome of one command.
+func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command, r *result, err error) {
+	corr := correlation(ev)
+	if err != nil {
+		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
+		return
+	}
+	if cmd.op == opScan {
+		for i, rw := range r.rows {
+			meta := openMeta(nil, cmd.op, rw.key, true)
+			if i == len(r.rows)-1 {
+				meta = append(meta, `,"last":true`...)
+			}
+			emit.Emit(pipeline.PortOut, ev.Derive(rw.value, closeMeta(meta, corr)))
+		}
+		return
+	}
+	var meta []byte
+	if cmd.op == opBatch {
+		meta = append(meta, `{"kv":{"op":"batch","found":true`...)
+	} else {
+		meta = openMeta(meta, cmd.op, cmd.key, r.found)
+	}
+	if r.next != nil {
+		meta = append(meta, `,"next":`...)
+		meta = append(meta, r.next...)
+	}
+	emit.Emit(pipeline.PortOut, ev.Derive(r.data, closeMeta(meta, corr)))
+}
+
+// openMeta starts an out meta: {"kv":{"op":..,"key":..,"found":..
+func openMeta(dst []byte, o op, key string, found bool) []byte {
+	dst = append(dst, `{"kv":{"op":"`...)
+	dst = append(dst, o.String()...)
+	dst = append(dst, `","key":`...)
+	dst = appendString(dst, key)
+	if found {
+		return append(dst, `,"found":true`...)
+	}
+	return append(dst, `,"found":false`...)
+}
+
+// closeMeta ends the kv object and appends the correlation.
+func closeMeta(dst, corr []byte) []byte {
+	dst = append(dst, '}')
+	if corr != nil {
+		dst = append(dst, `,"correlation":`...)
+		dst = append(dst, corr...)
+	}
+	return append(dst, '}')
+}
+
+// errMeta builds {"error":..,"kv":{"op":..,"key":..},"correlation":..}.
+func errMeta(cmd *command, corr []byte, err error) []byte {
+	dst := append([]byte(nil), `{"error":`...)
+	dst = appendString(dst, err.Error())
+	if cmd.op != opNone {
+		dst = append(dst, `,"kv":{"op":"`...)
+		dst = append(dst, cmd.op.String()...)
+		dst = append(dst, '"')
+		if cmd.hasKey && cmd.op != opBatch {
+			dst = append(dst, `,"key":`...)
+			dst = appendString(dst, cmd.key)
+		}
+		var ce *cmdError
+		if errors.As(err, &ce) {
+			if cmd.op == opBatch {
+				dst = append(dst, `,"index":`...)
+				dst = fmt.Appendf(dst, "%d", ce.index)
+			}
+			if ce.hasCurrent {
+				dst = append(dst, `,"current":`...)
+				dst = append(dst, ce.current...)
+			}
+		}
+		dst = append(dst, '}')
+	}
+	if corr != nil {
+		dst = append(dst, `,"correlation":`...)
+		dst = append(dst, corr...)
+	}
+	return append(dst, '}')
+}
+
+// reclaimChunk bounds the expiry index entries handled per transaction, so
+// the janitor never holds the writer for long.
+const reclaimChunk = 1000
+
+// Reclaim deletes the records of this namespace that expired at or before
+// the connector's clock's now, with their expiry index entries, and returns
+// how many records it deleted. The janitor calls it every
+// Options.ReclaimInterval; expired records are invisible to commands
+// whether or not they have been reclaimed.
+func (c *Connector) Reclaim(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		n, more := 0, false
+		fn := func(tx Txn) error {
+			n, more = 0, false
+			now := c.opts.Now().UnixMilli()
+			end := c.layout.expiryKey(nil, now+1, nil) // entries with expireAt <= now
+			var idx [][]byte
+			err := tx.Scan(c.layout.expiry, end, func(k, _ []byte, _ int64) (bool, error) {
+				if len(idx) == reclaimChunk {
+					more = true
+					return false, nil
+				}
+				idx = append(idx, append([]byte(nil), k...))
+				return true, nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, ik := range idx {
+				exp, uk, ok := c.layout.parseExpiryKey(ik)
+				if ok {
+					dk := c.layout.dataKey(nil, string(uk))
+					_, stored, found, err := tx.Get(dk)
+					if err != nil {
+						return err
+					}
+					// Only a record still carrying this expiry is expired;
+					// one rewritten since has its own index entry.
+					if found && stored == exp {
+						if err := tx.Delete(dk); err != nil {
+							return err
+						}
+						n++
+					}
+				}
+				if err := tx.Delete(ik); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		errs := make([]error, 1)
+		if err := c.b.Update(ctx, []TxnFunc{fn}, errs); err != nil {
+			return total, fmt.Errorf("reclaim namespace %q: %w", c.opts.Namespace, err)
+		}
+		if errs[0] != nil {
+			return total, fmt.Errorf("reclaim namespace %q: %w", c.opts.Namespace, errs[0])
+		}
+		total += n
+		if !more || ctx.Err() != nil {
+			return total, ctx.Err()
+		}
+	}
+}
+
+func (c *Connector) runJanitor(ctx context.Context) {
+	defer c.janitor.Done()
+	t := time.NewTicker(c.opts.ReclaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := c.Reclaim(ctx); err != nil && ctx.Err() == nil {
+				c.opts.Logger.Error("kv: reclaiming expired keys failed", "namespace", c.opts.Namespace, "error", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,442 @@
+package kv
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// cmdError is a failed command with what its err event reports besides the
+// message: the batch index that failed and the current value of a cas or
+// cad mismatch.
+type cmdError struct {
+	err        error
+	index      int // failing batch element; meaningful for batch errors
+	current    []byte
+	hasCurrent bool
+}
+
+func (e *cmdError) Error() string { return e.err.Error() }
+func (e *cmdError) Unwrap() error { return e.err }
+
+// result is what a successful command emits.
+type result struct {
+	data  []byte
+	found bool
+	next  []byte // keys: JSON cursor of the next page ("null" at the end)
+	rows  []row  // scan
+}
+
+type row struct {
+	key   string
+	value []byte
+}
+
+// record is a stored record as the command layer sees it.
+type record struct {
+	value  []byte // copied; valid for the whole command
+	rawExp int64  // expiry stored with the record, even when it has passed
+	exists bool   // a record is stored (live or expired)
+	live   bool   // stored and not expired
+}
+
+// execer runs commands inside one TxnFunc.
+type execer struct {
+	c   *Connector
+	tx  Txn
+	now int64 // Unix ms; a record with expireAt <= now is expired
+	buf []byte
+}
+
+func (x *execer) expired(exp int64) bool { return exp != 0 && x.now >= exp }
+
+func (x *execer) load(key string) (record, error) {
+	x.buf = x.c.layout.dataKey(x.buf[:0], key)
+	v, exp, found, err := x.tx.Get(x.buf)
+	if err != nil || !found {
+		return record{}, err
+	}
+	r := record{rawExp: exp, exists: true}
+	if !x.expired(exp) {
+		r.live = true
+		r.value = bytes.Clone(v)
+	}
+	return r, nil
+}
+
+// store writes value at key with expiry exp, keeping the expiry index in
+// step with the record it replaces.
+func (x *execer) store(key string, value []byte, exp int64, old record) error {
+	if old.exists && old.rawExp != 0 && old.rawExp != exp {
+		if err := x.tx.Delete(x.c.layout.expiryKey(nil, old.rawExp, []byte(key))); err != nil {
+			return err
+		}
+	}
+	if err := x.tx.Set(x.c.layout.dataKey(nil, key), value, exp); err != nil {
+		return err
+	}
+	if exp != 0 {
+		return x.tx.Set(x.c.layout.expiryKey(nil, exp, []byte(key)), nil, 0)
+	}
+	return nil
+}
+
+func (x *execer) remove(key string, old record) error {
+	if old.rawExp != 0 {
+		if err := x.tx.Delete(x.c.layout.expiryKey(nil, old.rawExp, []byte(key))); err != nil {
+			return err
+		}
+	}
+	return x.tx.Delete(x.c.layout.dataKey(nil, key))
+}
+
+// expiry resolves a command's ttl or expire_at against the clock.
+func (x *execer) expiry(cmd *command) int64 {
+	if cmd.ttlMs > 0 {
+		return x.now + cmd.ttlMs
+	}
+	return cmd.expireAt
+}
+
+// scanLive calls fn for each live record of [start, end) in key order until
+// fn returns false. key and value are valid only during the call.
+func (x *execer) scanLive(start, end []byte, fn func(key, value []byte) bool) error {
+	return x.tx.Scan(start, end, func(k, v []byte, exp int64) (bool, error) {
+		if x.expired(exp) {
+			return true, nil
+		}
+		return fn(k, v), nil
+	})
+}
+
+var nullJSON = []byte("null")
+
+func orNull(v []byte) []byte {
+	if v == nil {
+		return nullJSON
+	}
+	return v
+}
+
+// mismatch builds the error of a failed cas or cad.
+func mismatch(cmd *command, cur record) error {
+	expected := "the key to be absent"
+	if cmd.old != nil {
+		expected = shortJSON(cmd.old)
+	}
+	found := "no value (key absent)"
+	if cur.live {
+		found = shortJSON(cur.value)
+	}
+	return &cmdError{
+		err:        cmd.errf(ErrCASMismatch, "expected %s, found %s", expected, found),
+		current:    orNull(cur.value),
+		hasCurrent: true,
+	}
+}
+
+// run executes cmd. Every check and read happens before the first write, so
+// a failing command writes nothing (batch relies on the backend's rollback
+// of the whole TxnFunc instead).
+func (x *execer) run(cmd *command) (result, error) {
+	switch cmd.op {
+	case opGet, opExists:
+		cur, err := x.load(cmd.key)
+		if err != nil {
+			return result{}, err
+		}
+		if cmd.op == opExists {
+			return result{data: []byte(strconv.FormatBool(cur.live)), found: cur.live}, nil
+		}
+		if cur.live {
+			return result{data: cur.value, found: true}, nil
+		}
+		return result{data: orNull(cmd.def)}, nil
+
+	case opPut, opSwap:
+		cur, err := x.load(cmd.key)
+		if err != nil {
+			return result{}, err
+		}
+		var exp int64
+		if cmd.op == opPut {
+			exp = x.expiry(cmd)
+		}
+		if err := x.store(cmd.key, cmd.value, exp, cur); err != nil {
+			return result{}, err
+		}
+		if cmd.op == opPut {
+			return result{data: cmd.value, found: cur.live}, nil
+		}
+		return result{data: orNull(cur.value), found: cur.live}, nil
+
+	case opCas:
+		cur, err := x.load(cmd.key)
+		if err != nil {
+			return result{}, err
+		}
+		if cmd.old == nil && cur.live || cmd.old != nil && (!cur.live || !bytes.Equal(cmd.old, cur.value)) {
+			return result{}, mismatch(cmd, cur)
+		}
+		if err := x.store(cmd.key, cmd.value, x.expiry(cmd), cur); err != nil {
+			return result{}, err
+		}
+		return result{data: nullJSON, found: cur.live}, nil
+
+	case opCad:
+		cur, err := x.load(cmd.key)
+		if err != nil {
+			return result{}, err
+		}
+		if !cur.live || !bytes.Equal(cmd.old, cur.value) {
+			return result{}, mismatch(cmd, cur)
+		}
+		if err := x.remove(cmd.key, cur); err != nil {
+			return result{}, err
+		}
+		return result{data: cur.value, found: true}, nil
+
+	case opDelete:
+		cur, err := x.load(cmd.key)
+		if err != nil {
+			return result{}, err
+		}
+		if cur.exists {
+			// An expired record is deleted too: it is invisible already,
+			// so this only reclaims its space early.
+			if err := x.remove(cmd.key, cur); err != nil {
+				return result{}, err
+			}
+		}
+		return result{data: orNull(cur.value), found: cur.live}, nil
+
+	case opIncrement:
+		return x.increment(cmd)
+
+	case opScan:
+		start := x.c.layout.dataKey(nil, cmd.key)
+		end := x.c.layout.dataEnd
+		if cmd.hasEnd {
+			end = x.c.layout.dataKey(nil, cmd.end)
+		}
+		var res result
+		if cmd.limit == 0 || bytes.Compare(start, end) >= 0 {
+			return res, nil
+		}
+		err := x.scanLive(start, end, func(k, v []byte) bool {
+			res.rows = append(res.rows, row{key: x.c.layout.userKey(k), value: bytes.Clone(v)})
+			return len(res.rows) < cmd.limit
+		})
+		res.found = len(res.rows) > 0
+		return res, err
+
+	case opCount:
+		start, end := x.c.layout.prefixRange(cmd.key)
+		n, err := x.count(start, end)
+		return result{data: strconv.AppendInt(nil, int64(n), 10), found: n > 0}, err
+
+	case opKeys:
+		return x.keys(cmd)
+
+	case opGetAll:
+		start, end := x.c.layout.prefixRange(cmd.key)
+		max := x.c.opts.MaxGetAll
+		data := []byte{'{'}
+		n := 0
+		err := x.scanLive(start, end, func(k, v []byte) bool {
+			n++
+			if n > max {
+				return false
+			}
+			if n > 1 {
+				data = append(data, ',')
+			}
+			data = appendString(data, x.c.layout.userKey(k))
+			data = append(data, ':')
+			data = append(data, v...)
+			return true
+		})
+		if err != nil {
+			return result{}, err
+		}
+		if n > max {
+			return result{}, cmd.errf(ErrTooManyEntries, "more than %d keys match, limit is %d (use keys to page through them)", max, max)
+		}
+		return result{data: append(data, '}'), found: n > 0}, nil
+
+	case opClear:
+		start, end := x.c.layout.prefixRange(cmd.key)
+		n, err := x.count(start, end)
+		if err != nil {
+			return result{}, err
+		}
+		// One range deletion, whatever the number of keys. Expiry index
+		// entries of the cleared keys are left for the janitor, which drops
+		// index entries whose record is gone.
+		if err := x.tx.DeleteRange(start, end); err != nil {
+			return result{}, err
+		}
+		return result{data: strconv.AppendInt(nil, int64(n), 10), found: n > 0}, nil
+
+	case opBatch:
+		return x.batch(cmd)
+	}
+	return result{}, fmt.Errorf("%s: %w", cmd.op, ErrUnknownCommand)
+}
+
+func (x *execer) count(start, end []byte) (int, error) {
+	n := 0
+	err := x.scanLive(start, end, func(_, _ []byte) bool {
+		n++
+		return true
+	})
+	return n, err
+}
+
+func (x *execer) keys(cmd *command) (result, error) {
+	start, end := x.c.layout.prefixRange(cmd.key)
+	if cmd.hasAfter {
+		// The first key after the cursor is the cursor followed by 0x00.
+		from := append(x.c.layout.dataKey(nil, cmd.after), 0)
+		if bytes.Compare(from, start) > 0 {
+			start = from
+		}
+	}
+	data := []byte{'['}
+	var last string
+	n, more := 0, false
+	var err error
+	if bytes.Compare(start, end) < 0 {
+		err = x.scanLive(start, end, func(k, _ []byte) bool {
+			if n == cmd.limit {
+				more = true
+				return false
+			}
+			if n > 0 {
+				data = append(data, ',')
+			}
+			last = x.c.layout.userKey(k)
+			data = appendString(data, last)
+			n++
+			return true
+		})
+	}
+	if err != nil {
+		return result{}, err
+	}
+	res := result{data: append(data, ']'), found: n > 0, next: nullJSON}
+	if more {
+		if n == 0 {
+			last = cmd.after // limit 0: the next page starts where this one would have
+		}
+		res.next = appendString(nil, last)
+	}
+	return res, nil
+}
+
+// number is a parsed JSON number: an exact int64 or a float.
+type number struct {
+	i     int64
+	f     float64
+	float bool
+}
+
+func parseNumber(lit string) (number, bool) {
+	if isIntLiteral(lit) {
+		i, err := strconv.ParseInt(lit, 10, 64)
+		if err != nil {
+			return number{}, false
+		}
+		return number{i: i}, true
+	}
+	f, err := strconv.ParseFloat(lit, 64)
+	return number{f: f, float: true}, err == nil
+}
+
+func (x *execer) increment(cmd *command) (result, error) {
+	cur, err := x.load(cmd.key)
+	if err != nil {
+		return result{}, err
+	}
+	var n number
+	if cur.live {
+		lit := string(cur.value)
+		if len(lit) == 0 || !(lit[0] == '-' || lit[0] >= '0' && lit[0] <= '9') {
+			return result{}, cmd.errf(ErrNotNumber, "stored value is %s", shortJSON(cur.value))
+		}
+		var ok bool
+		if n, ok = parseNumber(lit); !ok {
+			return result{}, cmd.errf(ErrOverflow, "stored number %s does not fit a 64-bit integer or float", shortJSON(cur.value))
+		}
+	}
+	var out []byte
+	if n.float || cmd.byIsF {
+		a, b := n.f, cmd.byFloat
+		if !n.float {
+			a = float64(n.i)
+		}
+		if !cmd.byIsF {
+			b = float64(cmd.byInt)
+		}
+		s := a + b
+		if math.IsInf(s, 0) || math.IsNaN(s) {
+			return result{}, cmd.errf(ErrOverflow, "%v + %v is not a finite number", a, b)
+		}
+		out = strconv.AppendFloat(nil, s, 'g', -1, 64)
+		if !strings.ContainsAny(string(out), ".eE") {
+			out = append(out, ".0"...) // stay a float once a float
+		}
+	} else {
+		s := n.i + cmd.byInt
+		if (cmd.byInt > 0 && s < n.i) || (cmd.byInt < 0 && s > n.i) {
+			return result{}, cmd.errf(ErrOverflow, "%d + %d does not fit a 64-bit integer", n.i, cmd.byInt)
+		}
+		out = strconv.AppendInt(nil, s, 10)
+	}
+	exp := int64(0)
+	if cur.live {
+		exp = cur.rawExp // an increment keeps the key's expiry
+	}
+	if err := x.store(cmd.key, out, exp, cur); err != nil {
+		return result{}, err
+	}
+	return result{data: out, found: cur.live}, nil
+}
+
+func (x *execer) batch(cmd *command) (result, error) {
+	data := []byte{'['}
+	for i := range cmd.sub {
+		sub := &cmd.sub[i]
+		r, err := x.run(sub)
+		if err != nil {
+			ce := &cmdError{err: fmt.Errorf("batch[%d]: %w", i, err), index: i}
+			var inner *cmdError
+			if asCmdError(err, &inner) {
+				ce.current, ce.hasCurrent = inner.current, inner.hasCurrent
+			}
+			return result{}, ce
+		}
+		if i > 0 {
+			data = append(data, ',')
+		}
+		if sub.op == opScan {
+			data = append(data, '[')
+			for j, rw := range r.rows {
+				if j > 0 {
+					data = append(data, ',')
+				}
+				data = append(data, `{"key":`...)
+				data = appendString(data, rw.key)
+				data = append(data, `,"value":`...)
+				data = append(data, rw.value...)
+				data = append(data, '}')
+			}
+			data = append(data, ']')
+			continue
+		}
+		data = append(data, r.data...)
+	}
+	return result{data: append(data, ']'), found: true}, nil
+}
