@@ -1,7 +1,6 @@
 package jsonl
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -22,7 +21,8 @@ type WriterOptions struct {
 	// (write the payload only). Default CodecEvent; any other value is
 	// treated as CodecEvent by NewWriter (validate codecs at config time).
 	Codec string
-	// BufferBytes is the output buffer size. Default
+	// BufferBytes is how much output is gathered before it is written
+	// within a batch. Default
 	// DefaultWriteBufferBytes.
 	BufferBytes int
 }
@@ -46,11 +46,15 @@ func (o *WriterOptions) EnsureDefaults() {
 // that carried it has been processed. Writer implements pipeline.Closer:
 // Close flushes, and when the Writer owns a file (OpenFileSink) it also
 // syncs and closes it.
+//
+// Every Write to the underlying writer holds whole lines, so several
+// Writers sharing one io.Writer behind a lock never interleave partial
+// lines.
 type Writer struct {
-	bw    *bufio.Writer
+	w     io.Writer
 	opts  WriterOptions
 	file  *os.File // owned file, nil when writing to a caller's io.Writer
-	line  []byte
+	buf   []byte
 	close bool
 }
 
@@ -64,24 +68,39 @@ func NewWriter(w io.Writer, opts WriterOptions) pipeline.Processor {
 
 func newWriter(w io.Writer, f *os.File, opts WriterOptions) *Writer {
 	opts.EnsureDefaults()
-	return &Writer{bw: bufio.NewWriterSize(w, opts.BufferBytes), opts: opts, file: f}
+	return &Writer{w: w, opts: opts, file: f}
 }
 
 // Process implements pipeline.Processor.
 func (w *Writer) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
 	for _, ev := range batch {
-		w.line = w.line[:0]
 		if w.opts.Codec == CodecJSON {
-			w.line = append(w.line, ev.DataJSON()...)
+			w.buf = append(w.buf, ev.DataJSON()...)
 		} else {
-			w.line = ev.AppendJSON(w.line)
+			w.buf = ev.AppendJSON(w.buf)
 		}
-		w.line = append(w.line, '\n')
-		if _, err := w.bw.Write(w.line); err != nil {
-			return fmt.Errorf("%s: write: %w", w.opts.Name, err)
+		w.buf = append(w.buf, '\n')
+		if len(w.buf) >= w.opts.BufferBytes {
+			if err := w.flush(); err != nil {
+				return err
+			}
 		}
 	}
-	if err := w.bw.Flush(); err != nil {
+	return w.flush()
+}
+
+// flush writes the buffered lines.
+func (w *Writer) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	_, err := w.w.Write(w.buf)
+	if cap(w.buf) > 4*w.opts.BufferBytes {
+		w.buf = nil // one huge event must not pin its buffer forever
+	} else {
+		w.buf = w.buf[:0]
+	}
+	if err != nil {
 		return fmt.Errorf("%s: write: %w", w.opts.Name, err)
 	}
 	return nil
@@ -95,10 +114,7 @@ func (w *Writer) Close(context.Context) error {
 		return nil
 	}
 	w.close = true
-	err := w.bw.Flush()
-	if err != nil {
-		err = fmt.Errorf("%s: write: %w", w.opts.Name, err)
-	}
+	err := w.flush()
 	if w.file != nil {
 		if serr := w.file.Sync(); serr != nil && !errors.Is(serr, os.ErrInvalid) {
 			err = errors.Join(err, fmt.Errorf("%s: sync: %w", w.opts.Name, serr))

@@ -1,0 +1,189 @@
+package flows
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/operators"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// ErrUnknownSource reports a BuildOptions.ReplaceSource that is not a
+// source of the flow.
+var ErrUnknownSource = errors.New("unknown source")
+
+// BuildOptions say how a flow's components reach the outside world.
+type BuildOptions struct {
+	// Stdin is read by the stdin connector. Default os.Stdin.
+	Stdin io.Reader
+	// Stdout is written by stdout connectors. Default os.Stdout.
+	Stdout io.Writer
+	// Stores shares kv stores between the kv connectors of this process.
+	// Default: a new pool for this build.
+	Stores *pebblestore.Pool
+	// Logger receives component logs. Default slog.Default().
+	Logger *slog.Logger
+	// ReplaceSource names a source to be replaced by Source (replay feeds
+	// recorded events this way). When set, the other sources are not run
+	// (nor opened): they end at once.
+	ReplaceSource string
+	// Source stands in for ReplaceSource.
+	Source pipeline.Source
+	// Capture, when set, replaces every sink node by Capture(name); the
+	// real sinks are not opened.
+	Capture func(sink string) pipeline.Processor
+	// Graph configures the pipeline.Graph.
+	Graph pipeline.Options
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *BuildOptions) EnsureDefaults() {
+	if o.Stdin == nil {
+		o.Stdin = os.Stdin
+	}
+	if o.Stdout == nil {
+		o.Stdout = os.Stdout
+	}
+	if o.Stores == nil {
+		o.Stores = pebblestore.NewPool()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Graph.Logger == nil {
+		o.Graph.Logger = o.Logger
+	}
+}
+
+// BuildEnv is what a Spec's Build function sees of the flow being built.
+type BuildEnv struct {
+	// Flow is the flow being built (nil while validating).
+	Flow *Flow
+	// Options are the build options, defaults filled.
+	Options BuildOptions
+	// Validating is true when Build runs only to check an operator config.
+	Validating bool
+
+	stdout io.Writer
+}
+
+// Stdout returns the writer stdout connectors share. Each Write is atomic
+// with respect to the other stdout connectors of the flow, so lines they
+// write never interleave.
+func (e *BuildEnv) Stdout() io.Writer { return e.stdout }
+
+// lockedWriter serialises writes to a shared writer.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// Built is a flow turned into a runnable graph.
+type Built struct {
+	// Graph is the runtime graph, one node per connector and pipeline.
+	Graph *pipeline.Graph
+	// Sources and Sinks name the source and sink nodes in file order.
+	Sources []string
+	Sinks   []string
+}
+
+// Run runs the graph until its sources end or ctx is cancelled, then drains
+// and closes every node (see pipeline.Graph.Run).
+func (b *Built) Run(ctx context.Context) error { return b.Graph.Run(ctx) }
+
+// Build creates the flow's components and wires them into a graph. Stores
+// are opened here, so a locked or unwritable store directory is reported by
+// Build, naming the flow, the connector and the directory. When Build fails
+// it closes whatever it had already opened.
+func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
+	opts.EnsureDefaults()
+	env := &BuildEnv{Flow: f, Options: opts, stdout: &lockedWriter{w: opts.Stdout}}
+	if opts.ReplaceSource != "" {
+		n, ok := f.Node(opts.ReplaceSource)
+		if !ok || n.Kind != KindSource {
+			return nil, fmt.Errorf("flow %s: %w %q (sources: %v)", f.Name, ErrUnknownSource, opts.ReplaceSource, f.Sources())
+		}
+		if opts.Source == nil {
+			return nil, fmt.Errorf("flow %s: ReplaceSource %q given without a Source", f.Name, opts.ReplaceSource)
+		}
+	}
+	g := pipeline.New(opts.Graph)
+	built := &Built{Graph: g, Sources: f.Sources(), Sinks: f.Sinks()}
+	var opened []pipeline.Closer
+	fail := func(err error) (*Built, error) {
+		for i := len(opened) - 1; i >= 0; i-- {
+			_ = opened[i].Close(context.WithoutCancel(ctx))
+		}
+		return nil, err
+	}
+	for _, n := range f.Nodes {
+		var err error
+		switch {
+		case n.IsPipeline():
+			err = f.addPipeline(ctx, env, g, n)
+		case n.Kind == KindSource && opts.ReplaceSource != "":
+			src := opts.Source
+			if n.Name != opts.ReplaceSource {
+				src = pipeline.SourceFunc(func(context.Context, pipeline.SourceEmitter) error { return nil })
+			}
+			err = g.AddSource(n.Name, src, n.Ports...)
+		case n.Kind == KindSink && opts.Capture != nil:
+			err = g.AddProcessor(n.Name, opts.Capture(n.Name))
+		default:
+			var c Component
+			c, err = n.Spec.Build(ctx, env, n.Config)
+			if err != nil {
+				err = fmt.Errorf("flow %s, connector %s: %w", f.Name, n.Name, err)
+				break
+			}
+			switch {
+			case n.Kind == KindSource && c.Source != nil:
+				if cl, ok := c.Source.(pipeline.Closer); ok {
+					opened = append(opened, cl)
+				}
+				err = g.AddSource(n.Name, c.Source, n.Ports...)
+			case n.Kind != KindSource && c.Processor != nil:
+				if cl, ok := c.Processor.(pipeline.Closer); ok {
+					opened = append(opened, cl)
+				}
+				err = g.AddProcessor(n.Name, c.Processor, n.Ports...)
+			default:
+				err = fmt.Errorf("flow %s, connector %s: type %q built no %s", f.Name, n.Name, n.Spec.Type, n.Kind)
+			}
+		}
+		if err != nil {
+			return fail(err)
+		}
+	}
+	for _, lk := range f.Links {
+		if err := g.Link(lk.From, lk.FromPort, lk.To); err != nil {
+			return fail(fmt.Errorf("flow %s: link %s (line %d): %w", f.Name, lk, lk.Line, err))
+		}
+	}
+	return built, nil
+}
+
+func (f *Flow) addPipeline(ctx context.Context, env *BuildEnv, g *pipeline.Graph, n *Node) error {
+	ops := make([]operators.Operator, 0, len(n.Operators))
+	for i, op := range n.Operators {
+		c, err := op.Spec.Build(ctx, env, op.Config)
+		if err != nil {
+			return fmt.Errorf("flow %s, pipeline %s, step %d (%s): %w", f.Name, n.Name, i, op.Spec.Type, err)
+		}
+		ops = append(ops, c.Operator)
+	}
+	p := operators.NewPipeline(ops)
+	return g.AddProcessor(n.Name, p, p.Ports()...)
+}

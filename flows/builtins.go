@@ -1,0 +1,267 @@
+package flows
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/flowrun/flowrun/connectors/jsonl"
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/operators"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// NewRegistry returns a registry holding the built-in components:
+// connectors stdin, stdout, file, null and kv, and operators filter, set,
+// route and drop. Expressions are checked with the operators' compiler.
+func NewRegistry() *Registry {
+	r := NewEmptyRegistry()
+	r.SetExprChecker(checkExpr)
+	for _, s := range builtinSpecs() {
+		if err := r.Register(s); err != nil {
+			panic(err) // a broken built-in spec is a programming error caught by every test
+		}
+	}
+	return r
+}
+
+// checkExpr compiles src as a condition, which accepts every expression
+// of the language: any value has a truth value.
+func checkExpr(src string) error {
+	_, err := operators.NewFilter(operators.FilterOptions{If: src})
+	return err
+}
+
+
+func codecField() Field {
+	return Field{Name: "codec", Type: TypeEnum, Enum: []string{jsonl.CodecEvent, jsonl.CodecJSON}, Default: jsonl.CodecEvent,
+		Doc: `"event": each line is {"data": ..., "meta": {...}}; "json": each line is the payload alone (metadata empty on read, dropped on write).`}
+}
+
+func maxLineField() Field {
+	return Field{Name: "max_line_bytes", Type: TypeByteSize, Default: "16MiB",
+		Doc: "Longest accepted input line; longer lines are skipped and reported on err."}
+}
+
+func readerOptions(c *Config) jsonl.ReaderOptions {
+	return jsonl.ReaderOptions{Name: c.Node, Codec: c.String("codec"), MaxLineBytes: int(min(c.ByteSize("max_line_bytes"), 1<<40))}
+}
+
+var readerPorts = StaticPorts(pipeline.PortOut, pipeline.PortErr)
+
+func builtinSpecs() []Spec {
+	return []Spec{
+		{
+			Type: "stdin",
+			Kind: KindSource,
+			Summary: "Reads events from standard input, one JSON line each, until end of input. " +
+				"A malformed line is emitted on `err` with `meta.error` naming the line number, and reading goes on.",
+			Fields: []Field{codecField(), maxLineField()},
+			Ports:  readerPorts,
+			Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
+				return Component{Source: jsonl.NewReader(env.Options.Stdin, readerOptions(c))}, nil
+			},
+		},
+		{
+			Type:    "stdout",
+			Kind:    KindSink,
+			Summary: "Writes every event it receives to standard output as one JSON line.",
+			Fields:  []Field{codecField()},
+			Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
+				return Component{Processor: jsonl.NewWriter(env.Stdout(), jsonl.WriterOptions{Name: c.Node, Codec: c.String("codec")})}, nil
+			},
+		},
+		{
+			Type: "file",
+			Kind: KindSink,
+			KindOf: func(c *Config) Kind {
+				if c.String("mode") == string(jsonl.ModeRead) {
+					return KindSource
+				}
+				return KindSink
+			},
+			Summary: "Reads events from a JSON-lines file (`mode: read`, a source) or writes them to one " +
+				"(`write` or `truncate`: start empty; `append`: keep what is there; a sink). " +
+				"A written file and its directory are created when missing; it is synced to disk when the flow stops.",
+			Fields: []Field{
+				{Name: "path", Type: TypePath, Required: true, Doc: "The file, relative to the flow file unless absolute."},
+				{Name: "mode", Type: TypeEnum, Required: true, Enum: []string{"read", "write", "append", "truncate"},
+					Doc: "read: source; write/truncate: sink starting from an empty file; append: sink adding to the file."},
+				codecField(),
+				maxLineField(),
+			},
+			Ports: func(c *Config) []string {
+				if c.String("mode") == string(jsonl.ModeRead) {
+					return []string{pipeline.PortOut, pipeline.PortErr}
+				}
+				return nil
+			},
+			PortsDoc: "`out`, `err` in mode read; none otherwise",
+			Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
+				mode := jsonl.Mode(c.String("mode"))
+				if mode == jsonl.ModeRead {
+					s, err := jsonl.OpenFileSource(c.String("path"), readerOptions(c))
+					return Component{Source: s}, err
+				}
+				p, err := jsonl.OpenFileSink(c.String("path"), mode, jsonl.WriterOptions{Name: c.Node, Codec: c.String("codec")})
+				return Component{Processor: p}, err
+			},
+		},
+		{
+			Type:    "null",
+			Kind:    KindSink,
+			Summary: "Discards every event it receives.",
+			Build: func(context.Context, *BuildEnv, *Config) (Component, error) {
+				return Component{Processor: jsonl.NewNull()}, nil
+			},
+		},
+		kvSpec(),
+		{
+			Type:      "filter",
+			Kind:      KindOperator,
+			Summary:   "Keeps the events for which the condition is true and drops the others.",
+			Shorthand: "if",
+			Fields:    []Field{{Name: "if", Type: TypeExpr, Required: true, Doc: "Condition an event must meet to be kept."}},
+			Build: func(_ context.Context, _ *BuildEnv, c *Config) (Component, error) {
+				op, err := operators.NewFilter(operators.FilterOptions{If: c.String("if")})
+				return Component{Operator: op}, err
+			},
+		},
+		{
+			Type: "set",
+			Kind: KindOperator,
+			Summary: "Sets payload (`data.…`) or metadata (`meta.…`) fields to the values of expressions, " +
+				"in the order written. Each expression sees the event as changed by the assignments before it.",
+			Extra: &Field{Name: "TARGET", Type: TypeExpr, Required: true,
+				Doc: "Each key is a target path (`data.count`, `meta.kv`) and its value the expression to store there."},
+			Build: func(_ context.Context, _ *BuildEnv, c *Config) (Component, error) {
+				if len(c.Extra) == 0 {
+					return Component{}, errors.New("set needs at least one assignment such as `data.x: 'data.y + 1'`")
+				}
+				var opts operators.SetOptions
+				for _, e := range c.Extra {
+					opts.Fields = append(opts.Fields, operators.Assignment{Target: e.Key, Expr: e.Value})
+				}
+				op, err := operators.NewSet(opts)
+				return Component{Operator: op}, err
+			},
+		},
+		{
+			Type: "route",
+			Kind: KindOperator,
+			Summary: "Sends each event to the port of the first route whose condition is true, " +
+				"or to the default port. Every port named here becomes an output port of the pipeline.",
+			Fields: []Field{{Name: "default", Type: TypeString,
+				Doc: "Port for events matching no route (by default they continue on out)."}},
+			Extra: &Field{Name: "PORT", Type: TypeExpr,
+				Doc: "Each other key is a port name and its value the condition for sending an event there."},
+			Ports: func(c *Config) []string {
+				var ports []string
+				for _, e := range c.Extra {
+					ports = append(ports, e.Key)
+				}
+				if d := c.String("default"); d != "" {
+					ports = append(ports, d)
+				}
+				return ports
+			},
+			PortsDoc: "one per route, plus the default",
+			Build: func(_ context.Context, _ *BuildEnv, c *Config) (Component, error) {
+				if len(c.Extra) == 0 {
+					return Component{}, errors.New("route needs at least one route such as `bans: 'data.count >= 3'`")
+				}
+				opts := operators.RouteOptions{Default: c.String("default")}
+				ports := append([]string(nil), c.String("default"))
+				for _, e := range c.Extra {
+					opts.Routes = append(opts.Routes, operators.Route{Port: e.Key, If: e.Value})
+					ports = append(ports, e.Key)
+				}
+				for _, p := range ports {
+					if p == "" {
+						continue
+					}
+					if !validName(p) {
+						return Component{}, fmt.Errorf("invalid port name %q: use letters, digits, '_', '-' and '.'", p)
+					}
+					if p == pipeline.PortIn {
+						return Component{}, fmt.Errorf("cannot route to port %q: it is the input port", p)
+					}
+				}
+				op, err := operators.NewRoute(opts)
+				return Component{Operator: op}, err
+			},
+		},
+		{
+			Type:      "drop",
+			Kind:      KindOperator,
+			Summary:   "Drops every event (`drop: {}`), or those for which the condition is true (`drop: EXPR`).",
+			Shorthand: "if",
+			Fields:    []Field{{Name: "if", Type: TypeExpr, Doc: "Condition for dropping; every event when unset."}},
+			Build: func(_ context.Context, _ *BuildEnv, c *Config) (Component, error) {
+				op, err := operators.NewDrop(operators.DropOptions{If: c.String("if")})
+				return Component{Operator: op}, err
+			},
+		},
+	}
+}
+
+func kvSpec() Spec {
+	itoa := strconv.Itoa
+	return Spec{
+		Type: "kv",
+		Kind: KindProcessor,
+		Summary: "The persistent key-value store. Applies the command in each event's `meta.kv` to a Pebble store " +
+			"and emits the result on `out`, or the event with `meta.error` on `err`; `meta.correlation` is copied unchanged. " +
+			"Several kv connectors of one process may share a directory (one store), each in its own namespace.",
+		Fields: []Field{
+			{Name: "dir", Aliases: []string{"path"}, Type: TypePath, Required: true,
+				Doc: "Store directory, relative to the flow file unless absolute; created when missing."},
+			{Name: "namespace", Type: TypeString, Doc: "Key namespace; defaults to the flow's name."},
+			{Name: "sync", Type: TypeBool, Default: "true",
+				Doc: "Release results only once their writes are synced to disk; false trades the last writes before a power failure for throughput."},
+			{Name: "max_batch", Type: TypeInt, Default: itoa(pebblestore.DefaultMaxBatch),
+				Doc: "Most commands committed together as one group (one disk sync)."},
+			{Name: "max_delay", Type: TypeDuration, Default: "0s",
+				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once."},
+			{Name: "max_key_length", Type: TypeInt, Default: itoa(kv.DefaultMaxKeyLength), Doc: "Longest key, in characters."},
+			{Name: "max_value_bytes", Type: TypeByteSize, Default: "4MiB", Doc: "Largest value, measured as canonical JSON."},
+			{Name: "max_get_all", Type: TypeInt, Default: itoa(kv.DefaultMaxGetAll), Doc: "Most entries one get_all may return."},
+			{Name: "max_scan", Type: TypeInt, Default: itoa(kv.DefaultMaxScan), Doc: "Default and highest limit of scan and keys."},
+			{Name: "reclaim_interval", Type: TypeDuration, Default: kv.DefaultReclaimInterval.String(),
+				Doc: "How often expired keys are deleted in the background."},
+		},
+		Ports: StaticPorts(kv.Ports()...),
+		Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
+			ns := c.String("namespace")
+			if ns == "" && env.Flow != nil {
+				ns = env.Flow.Name
+			}
+			dir := c.String("dir")
+			backend, err := env.Options.Stores.Open(dir, pebblestore.Options{
+				NoSync:   !c.Bool("sync"),
+				MaxBatch: c.Int("max_batch"),
+				MaxDelay: c.Duration("max_delay"),
+				Logger:   env.Options.Logger,
+			})
+			if err != nil {
+				return Component{}, err
+			}
+			conn, err := kv.New(backend, kv.Options{
+				Namespace:       ns,
+				MaxKeyLength:    c.Int("max_key_length"),
+				MaxValueBytes:   int(min(c.ByteSize("max_value_bytes"), 1<<40)),
+				MaxGetAll:       c.Int("max_get_all"),
+				MaxScan:         c.Int("max_scan"),
+				ReclaimInterval: c.Duration("reclaim_interval"),
+				Logger:          env.Options.Logger,
+			})
+			if err != nil {
+				_ = backend.Close()
+				return Component{}, fmt.Errorf("store %q: %w", dir, err)
+			}
+			return Component{Processor: conn}, nil
+		},
+	}
+}

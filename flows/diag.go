@@ -1,0 +1,166 @@
+package flows
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// ErrInvalidFlow is wrapped by the error Load returns when a flow file has
+// at least one Error-severity diagnostic.
+var ErrInvalidFlow = errors.New("invalid flow")
+
+// Severity says whether a Diagnostic stops a flow from loading.
+type Severity int
+
+// Severities.
+const (
+	// Error diagnostics make Load fail.
+	Error Severity = iota
+	// Warning diagnostics point at likely mistakes that do not stop a flow.
+	Warning
+)
+
+// String returns "error" or "warning".
+func (s Severity) String() string {
+	if s == Warning {
+		return "warning"
+	}
+	return "error"
+}
+
+// Diagnostic is one problem found in a flow file, located by file, line and
+// column (1-based; 0 when unknown) and by the dotted path of the field
+// concerned, such as "connectors.store.dir".
+type Diagnostic struct {
+	File     string
+	Line     int
+	Col      int
+	Field    string
+	Severity Severity
+	Message  string
+}
+
+// String formats the diagnostic as
+// "file:line:col: error: field: message", the form compilers use so that
+// editors and terminals can jump to it. Unknown positions and an empty field
+// are left out.
+func (d Diagnostic) String() string {
+	var b strings.Builder
+	b.WriteString(d.File)
+	if d.Line > 0 {
+		fmt.Fprintf(&b, ":%d", d.Line)
+		if d.Col > 0 {
+			fmt.Fprintf(&b, ":%d", d.Col)
+		}
+	}
+	b.WriteString(": ")
+	b.WriteString(d.Severity.String())
+	b.WriteString(": ")
+	if d.Field != "" {
+		b.WriteString(d.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(d.Message)
+	return b.String()
+}
+
+// HasErrors reports whether any of diags has Error severity.
+func HasErrors(diags []Diagnostic) bool {
+	for _, d := range diags {
+		if d.Severity == Error {
+			return true
+		}
+	}
+	return false
+}
+
+// invalidFlowError is the error Load returns for a flow with errors: it
+// wraps ErrInvalidFlow and lists the error diagnostics.
+type invalidFlowError struct {
+	file  string
+	diags []Diagnostic
+}
+
+func (e *invalidFlowError) Error() string {
+	var b strings.Builder
+	n := 0
+	for _, d := range e.diags {
+		if d.Severity == Error {
+			n++
+		}
+	}
+	fmt.Fprintf(&b, "%s: %v (%d error", e.file, ErrInvalidFlow, n)
+	if n != 1 {
+		b.WriteString("s")
+	}
+	b.WriteString(")")
+	for _, d := range e.diags {
+		if d.Severity == Error {
+			b.WriteString("\n")
+			b.WriteString(d.String())
+		}
+	}
+	return b.String()
+}
+
+func (e *invalidFlowError) Unwrap() error { return ErrInvalidFlow }
+
+// sortDiagnostics orders diagnostics by position, keeping the order in
+// which they were found for equal positions.
+func sortDiagnostics(diags []Diagnostic) {
+	sort.SliceStable(diags, func(i, j int) bool {
+		if diags[i].Line != diags[j].Line {
+			return diags[i].Line < diags[j].Line
+		}
+		return diags[i].Col < diags[j].Col
+	})
+}
+
+// didYouMean returns ` (did you mean "x"?)` for the candidate closest to
+// s, or "" when none is close enough to be a likely typo.
+func didYouMean(s string, candidates []string) string {
+	best, bestDist := "", 0
+	for _, c := range candidates {
+		d := editDistance(strings.ToLower(s), strings.ToLower(c))
+		limit := max(1, min(len(c), len(s))/3)
+		if d <= limit && (best == "" || d < bestDist) {
+			best, bestDist = c, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// editDistance is the Levenshtein distance between a and b, counting an
+// adjacent transposition as one edit.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	if len(ra) > 64 || len(rb) > 64 {
+		return max(len(ra), len(rb)) // not worth comparing
+	}
+	prev2 := make([]int, len(rb)+1)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(rb)]
+}

@@ -1,0 +1,737 @@
+package flows
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// Flow is a loaded, validated flow file.
+type Flow struct {
+	// Name is the flow's name (also the default kv namespace).
+	Name string
+	// File is the path the flow was loaded from.
+	File string
+	// Dir is the directory relative paths in the flow are resolved against.
+	Dir string
+	// Nodes are the connectors, then the pipelines, in file order.
+	Nodes []*Node
+	// Links are the links in file order.
+	Links []Link
+
+	reg *Registry
+}
+
+// Node is a connector or a pipeline of a flow.
+type Node struct {
+	// Name is the node's name, unique in the flow.
+	Name string
+	// Kind is KindSource, KindSink or KindProcessor (pipelines are
+	// processors).
+	Kind Kind
+	// Spec is the connector's spec; nil for a pipeline.
+	Spec *Spec
+	// Config is the connector's validated config; nil for a pipeline.
+	Config *Config
+	// Operators are the steps of a pipeline, in order.
+	Operators []Operator
+	// Ports are the node's output ports.
+	Ports []string
+	// Line and Col locate the node's name in the flow file.
+	Line, Col int
+}
+
+// IsPipeline reports whether the node is a pipeline of operators.
+func (n *Node) IsPipeline() bool { return n.Spec == nil }
+
+// Operator is one step of a pipeline.
+type Operator struct {
+	Spec   *Spec
+	Config *Config
+	// Line and Col locate the operator in the flow file.
+	Line, Col int
+}
+
+// Link connects an output port of one node to the input of another.
+type Link struct {
+	From, FromPort string
+	To, ToPort     string
+	// Line and Col locate the link in the flow file.
+	Line, Col int
+}
+
+// String returns the link in flow file syntax, "from/port -> to/in".
+func (l Link) String() string {
+	return l.From + "/" + l.FromPort + " -> " + l.To + "/" + l.ToPort
+}
+
+// Node returns the node with the given name.
+func (f *Flow) Node(name string) (*Node, bool) {
+	for _, n := range f.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return nil, false
+}
+
+// Sources returns the names of the flow's source nodes in file order.
+func (f *Flow) Sources() []string { return f.namesOf(KindSource) }
+
+// Sinks returns the names of the flow's sink nodes in file order.
+func (f *Flow) Sinks() []string { return f.namesOf(KindSink) }
+
+func (f *Flow) namesOf(k Kind) []string {
+	var out []string
+	for _, n := range f.Nodes {
+		if n.Kind == k {
+			out = append(out, n.Name)
+		}
+	}
+	return out
+}
+
+// Load reads, parses and validates the flow file at path. It returns every
+// diagnostic found (errors and warnings, ordered by position). When any
+// diagnostic is an error, the flow is nil and the error wraps
+// ErrInvalidFlow and lists the errors. Load never panics, whatever the
+// file holds.
+func Load(path string, reg *Registry) (*Flow, []Diagnostic, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read flow file: %w", err)
+	}
+	return LoadBytes(path, src, reg)
+}
+
+// LoadBytes is Load for a flow file already in memory; file names it in
+// diagnostics and relative paths are resolved against its directory.
+func LoadBytes(file string, src []byte, reg *Registry) (*Flow, []Diagnostic, error) {
+	l := &loader{file: file, dir: filepath.Dir(file), reg: reg}
+	flow := l.load(src)
+	sortDiagnostics(l.diags)
+	if HasErrors(l.diags) {
+		return nil, l.diags, &invalidFlowError{file: file, diags: l.diags}
+	}
+	return flow, l.diags, nil
+}
+
+// Validate checks the flow file at path without running it and returns
+// every diagnostic; a file that cannot be read gives one error diagnostic.
+func Validate(path string, reg *Registry) []Diagnostic {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return []Diagnostic{{File: path, Severity: Error, Message: fmt.Sprintf("read flow file: %v", err)}}
+	}
+	_, diags, _ := LoadBytes(path, src, reg)
+	return diags
+}
+
+// loader accumulates diagnostics while walking the YAML tree.
+type loader struct {
+	file  string
+	dir   string
+	reg   *Registry
+	diags []Diagnostic
+}
+
+func (l *loader) report(sev Severity, n *yaml.Node, field, format string, args ...any) {
+	d := Diagnostic{File: l.file, Field: field, Severity: sev, Message: fmt.Sprintf(format, args...)}
+	if n != nil {
+		d.Line, d.Col = n.Line, n.Column
+	}
+	l.diags = append(l.diags, d)
+}
+
+func (l *loader) errorf(n *yaml.Node, field, format string, args ...any) {
+	l.report(Error, n, field, format, args...)
+}
+
+func (l *loader) warnf(n *yaml.Node, field, format string, args ...any) {
+	l.report(Warning, n, field, format, args...)
+}
+
+var yamlLineRe = regexp.MustCompile(`line (\d+)`)
+
+// load parses src. A panic anywhere (a bug, or a pathological document) is
+// turned into a diagnostic: loading must never crash the caller.
+func (l *loader) load(src []byte) (flow *Flow) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.errorf(nil, "", "internal error while loading the flow: %v", p)
+			flow = nil
+		}
+	}()
+	if l.reg == nil {
+		l.errorf(nil, "", "no component registry")
+		return nil
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		d := Diagnostic{File: l.file, Severity: Error, Message: "invalid YAML: " + msg}
+		if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
+			d.Line, _ = strconv.Atoi(m[1])
+			d.Col = 1
+			d.Message = "invalid YAML: " + strings.TrimPrefix(msg, m[0]+": ")
+		}
+		l.diags = append(l.diags, d)
+		return nil
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		l.errorf(nil, "", "empty flow file")
+		return nil
+	}
+	root := deref(doc.Content[0])
+	if root.Kind != yaml.MappingNode {
+		l.errorf(root, "", "a flow file must be a mapping with name, connectors, pipelines and links, got %s", describe(root))
+		return nil
+	}
+	flow = &Flow{File: l.file, Dir: l.dir, reg: l.reg}
+	var connectors, pipelines, links *yaml.Node
+	var nameNode *yaml.Node
+	l.eachPair(root, "", func(key string, k, v *yaml.Node) {
+		switch key {
+		case "name":
+			nameNode = v
+		case "connectors":
+			connectors = v
+		case "pipelines":
+			pipelines = v
+		case "links":
+			links = v
+		default:
+			l.errorf(k, "", "unknown top-level field %q%s (want name, connectors, pipelines, links)", key,
+				didYouMean(key, []string{"name", "connectors", "pipelines", "links"}))
+		}
+	})
+	if nameNode == nil {
+		l.errorf(root, "name", "missing required field \"name\"")
+	} else if s, ok := valueText(nameNode); !ok || s == "" || isNull(nameNode) {
+		l.errorf(nameNode, "name", "expected a non-empty name, got %s", describe(nameNode))
+	} else if !validName(s) {
+		l.errorf(nameNode, "name", "invalid name %q: use letters, digits, '_', '-' and '.'", s)
+	} else {
+		flow.Name = s
+	}
+	names := map[string]*Node{}
+	if connectors != nil {
+		l.loadConnectors(flow, connectors, names)
+	}
+	if pipelines != nil {
+		l.loadPipelines(flow, pipelines, names)
+	}
+	var linkNodes []linkPos
+	if links != nil {
+		linkNodes = l.loadLinks(flow, links, names)
+	}
+	l.checkCycles(flow, linkNodes)
+	l.checkUsage(flow)
+	return flow
+}
+
+// eachPair calls fn for every key of mapping n, reporting non-scalar and
+// duplicate keys.
+func (l *loader) eachPair(n *yaml.Node, field string, fn func(key string, k, v *yaml.Node)) {
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		key, ok := valueText(k)
+		if !ok {
+			l.errorf(k, field, "keys must be plain strings, got %s", describe(k))
+			continue
+		}
+		if seen[key] {
+			l.errorf(k, field, "duplicate key %q", key)
+			continue
+		}
+		seen[key] = true
+		fn(key, k, v)
+	}
+}
+
+// deref follows YAML aliases to the node they stand for.
+func deref(n *yaml.Node) *yaml.Node {
+	for i := 0; i < 16 && n != nil && n.Kind == yaml.AliasNode && n.Alias != nil; i++ {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+}
+
+// describe names a node's kind for messages.
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if isNull(n) {
+			return "nothing"
+		}
+		return strconv.Quote(n.Value)
+	}
+	return "an unsupported YAML value"
+}
+
+var nameRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+
+// validName reports whether s can name a flow, node or port: link syntax
+// relies on names having no '/', spaces or "->".
+func validName(s string) bool { return len(s) <= 128 && nameRe.MatchString(s) }
+
+func (l *loader) addNode(flow *Flow, names map[string]*Node, n *Node, k *yaml.Node, field string) {
+	if prev, dup := names[n.Name]; dup {
+		l.errorf(k, field, "node name %q is already used at line %d", n.Name, prev.Line)
+		return
+	}
+	names[n.Name] = n
+	flow.Nodes = append(flow.Nodes, n)
+}
+
+func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node) {
+	if m.Kind != yaml.MappingNode {
+		if !isNull(m) {
+			l.errorf(m, "connectors", "expected a mapping of connector names to configs, got %s", describe(m))
+		}
+		return
+	}
+	stdin := ""
+	l.eachPair(m, "connectors", func(name string, k, v *yaml.Node) {
+		field := "connectors." + name
+		if !validName(name) {
+			l.errorf(k, "connectors", "invalid connector name %q: use letters, digits, '_', '-' and '.'", name)
+			return
+		}
+		if v.Kind != yaml.MappingNode {
+			l.errorf(v, field, "expected a mapping with a type, got %s", describe(v))
+			return
+		}
+		var typ string
+		var typeNode *yaml.Node
+		for i := 0; i+1 < len(v.Content); i += 2 {
+			if key, _ := valueText(deref(v.Content[i])); key == "type" {
+				typeNode = deref(v.Content[i+1])
+			}
+		}
+		if typeNode == nil {
+			l.errorf(k, field, "missing required option \"type\" (one of %s)", strings.Join(l.reg.connectorTypes(), ", "))
+			return
+		}
+		typ, ok := valueText(typeNode)
+		if !ok || typ == "" {
+			l.errorf(typeNode, field+".type", "expected a connector type, got %s", describe(typeNode))
+			return
+		}
+		spec, found := l.reg.Spec(typ)
+		if !found {
+			l.errorf(typeNode, field+".type", "unknown connector type %q%s", typ, didYouMean(typ, l.reg.connectorTypes()))
+			return
+		}
+		if spec.Kind == KindOperator {
+			l.errorf(typeNode, field+".type", "%q is an operator, not a connector: use it as a step of a pipeline", typ)
+			return
+		}
+		if typ == "stdin" {
+			if stdin != "" {
+				l.errorf(typeNode, field+".type", "only one stdin connector is allowed per flow (%q already reads stdin)", stdin)
+			}
+			stdin = name
+		}
+		cfg, ok := l.parseOptions(spec, v, k, field, name, "type")
+		node := &Node{Name: name, Spec: spec, Config: cfg, Line: k.Line, Col: k.Column}
+		if ok {
+			node.Kind = spec.kindOf(cfg)
+			node.Ports = spec.portsOf(cfg)
+		} else {
+			node.Kind = spec.Kind
+			node.Ports = spec.portsOf(NewConfig(name, typ, nil))
+		}
+		l.addNode(flow, names, node, k, "connectors")
+	})
+}
+
+// parseOptions validates the options in mapping m (nil: no options) against
+// spec. key locates the component for missing-option errors. ok is false
+// when any option was invalid.
+func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, node string, skip string) (*Config, bool) {
+	cfg := NewConfig(node, spec.Type, nil)
+	ok := true
+	if m != nil {
+		l.eachPair(m, field, func(name string, k, v *yaml.Node) {
+			if name == skip {
+				return
+			}
+			f := spec.field(name)
+			if f == nil && spec.Extra == nil {
+				l.errorf(k, field, "unknown option %q%s", name, didYouMean(name, spec.keys()))
+				ok = false
+				return
+			}
+			sub := field + "." + name
+			if f == nil {
+				f = spec.Extra
+			} else if cfg.set[f.Name] {
+				l.errorf(k, field, "option %q is set twice (%q is an alias of %q)", f.Name, name, f.Name)
+				ok = false
+				return
+			}
+			text, scalar := valueText(v)
+			if !scalar {
+				l.errorf(v, sub, "expected %s, got %s", typeDesc(f), describe(v))
+				ok = false
+				return
+			}
+			if isNull(v) && f.Type != TypeExpr {
+				l.errorf(v, sub, "expected %s, got nothing", typeDesc(f))
+				ok = false
+				return
+			}
+			val, msg := l.reg.parseValue(f, text, isNull(v), l.dir)
+			if msg == "" && f.Type == TypeExpr && l.reg.checkExpr != nil {
+				if err := l.reg.checkExpr(text); err != nil {
+					msg = fmt.Sprintf("invalid expression %q: %v", text, err)
+				}
+			}
+			if msg != "" {
+				l.errorf(v, sub, "%s", msg)
+				ok = false
+				return
+			}
+			if f == spec.Extra {
+				cfg.Extra = append(cfg.Extra, Entry{Key: name, Value: text, Line: k.Line, Col: k.Column})
+				return
+			}
+			cfg.values[f.Name] = val
+			cfg.set[f.Name] = true
+		})
+	}
+	for i := range spec.Fields {
+		f := &spec.Fields[i]
+		if cfg.set[f.Name] {
+			continue
+		}
+		if f.Required {
+			l.errorf(key, field, "missing required option %q", f.Name)
+			ok = false
+			continue
+		}
+		if f.Default != "" {
+			if val, msg := l.reg.parseValue(f, f.Default, false, l.dir); msg == "" {
+				cfg.values[f.Name] = val
+			}
+		}
+	}
+	return cfg, ok
+}
+
+// typeDesc says in words what a field expects.
+func typeDesc(f *Field) string {
+	switch f.Type {
+	case TypeInt:
+		return "an integer"
+	case TypeBool:
+		return "true or false"
+	case TypeDuration:
+		return "a duration"
+	case TypeByteSize:
+		return "a size in bytes"
+	case TypeExpr:
+		return "an expression"
+	case TypePath:
+		return "a path"
+	case TypeEnum:
+		return "one of " + strings.Join(f.Enum, ", ")
+	}
+	return "a string"
+}
+
+func (l *loader) loadPipelines(flow *Flow, m *yaml.Node, names map[string]*Node) {
+	if m.Kind != yaml.MappingNode {
+		if !isNull(m) {
+			l.errorf(m, "pipelines", "expected a mapping of pipeline names to lists of operators, got %s", describe(m))
+		}
+		return
+	}
+	l.eachPair(m, "pipelines", func(name string, k, v *yaml.Node) {
+		field := "pipelines." + name
+		if !validName(name) {
+			l.errorf(k, "pipelines", "invalid pipeline name %q: use letters, digits, '_', '-' and '.'", name)
+			return
+		}
+		node := &Node{Name: name, Kind: KindProcessor, Line: k.Line, Col: k.Column,
+			Ports: []string{pipeline.PortOut, pipeline.PortErr}}
+		switch {
+		case isNull(v):
+			// An empty pipeline passes events through.
+		case v.Kind != yaml.SequenceNode:
+			l.errorf(v, field, "expected a list of operators, got %s", describe(v))
+		default:
+			for i, item := range v.Content {
+				op, ok := l.loadOperator(deref(item), fmt.Sprintf("%s[%d]", field, i), name)
+				if !ok {
+					continue
+				}
+				node.Operators = append(node.Operators, op)
+				for _, p := range op.Spec.portsOf(op.Config) {
+					if !contains(node.Ports, p) {
+						node.Ports = append(node.Ports, p)
+					}
+				}
+			}
+		}
+		l.addNode(flow, names, node, k, "pipelines")
+	})
+}
+
+func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Operator, bool) {
+	if item.Kind != yaml.MappingNode || len(item.Content) != 2 {
+		l.errorf(item, field, "expected one operator such as `filter: EXPR`, got %s", describeOp(item))
+		return Operator{}, false
+	}
+	k, v := deref(item.Content[0]), deref(item.Content[1])
+	typ, ok := valueText(k)
+	if !ok {
+		l.errorf(k, field, "expected an operator name, got %s", describe(k))
+		return Operator{}, false
+	}
+	spec, found := l.reg.Spec(typ)
+	if !found {
+		l.errorf(k, field, "unknown operator %q%s", typ, didYouMean(typ, l.reg.Types(KindOperator)))
+		return Operator{}, false
+	}
+	if spec.Kind != KindOperator {
+		l.errorf(k, field, "%q is a connector, not an operator: declare it under connectors and link to it", typ)
+		return Operator{}, false
+	}
+	field += "." + typ
+	var opts *yaml.Node
+	switch {
+	case isNull(v):
+	case v.Kind == yaml.MappingNode:
+		opts = v
+	case v.Kind == yaml.ScalarNode && spec.Shorthand != "":
+		// filter: EXPR is filter: {if: EXPR}.
+		opts = &yaml.Node{Kind: yaml.MappingNode, Line: v.Line, Column: v.Column, Content: []*yaml.Node{
+			{Kind: yaml.ScalarNode, Tag: "!!str", Value: spec.Shorthand, Line: v.Line, Column: v.Column}, v,
+		}}
+	default:
+		l.errorf(v, field, "expected a mapping of options, got %s", describe(v))
+		return Operator{}, false
+	}
+	cfg, ok := l.parseOptions(spec, opts, k, field, pipelineName, "")
+	if !ok {
+		return Operator{}, false
+	}
+	// Building an operator has no side effects, and catches what field
+	// checks cannot (an invalid set target, a route to port "in").
+	if _, err := spec.Build(context.Background(), &BuildEnv{Validating: true}, cfg); err != nil {
+		l.errorf(k, field, "%v", err)
+		return Operator{}, false
+	}
+	return Operator{Spec: spec, Config: cfg, Line: k.Line, Col: k.Column}, true
+}
+
+func describeOp(n *yaml.Node) string {
+	if n.Kind == yaml.MappingNode && len(n.Content) > 2 {
+		return fmt.Sprintf("a mapping with %d keys (start each operator with its own \"- \")", len(n.Content)/2)
+	}
+	return describe(n)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// parseLink parses "from[/port] -> to[/port]"; omitted ports are "out"
+// and "in".
+func parseLink(text string) (Link, bool) {
+	from, to, ok := strings.Cut(text, "->")
+	if !ok || strings.Contains(to, "->") {
+		return Link{}, false
+	}
+	end := func(s, defPort string) (string, string, bool) {
+		s = strings.TrimSpace(s)
+		name, port, hasPort := strings.Cut(s, "/")
+		if !hasPort {
+			port = defPort
+		}
+		return name, port, validName(name) && validName(port)
+	}
+	var lk Link
+	var okFrom, okTo bool
+	lk.From, lk.FromPort, okFrom = end(from, pipeline.PortOut)
+	lk.To, lk.ToPort, okTo = end(to, pipeline.PortIn)
+	return lk, okFrom && okTo
+}
+
+// loadLinks parses and checks links, returning the YAML node of each link
+// in flow.Links for later diagnostics.
+func (l *loader) loadLinks(flow *Flow, seq *yaml.Node, names map[string]*Node) []linkPos {
+	if seq.Kind != yaml.SequenceNode {
+		if !isNull(seq) {
+			l.errorf(seq, "links", "expected a list of links such as \"input/out -> main/in\", got %s", describe(seq))
+		}
+		return nil
+	}
+	var nodes []linkPos
+	seen := map[Link]int{}
+	for i, item := range seq.Content {
+		item = deref(item)
+		field := fmt.Sprintf("links[%d]", i)
+		text, ok := valueText(item)
+		if !ok || isNull(item) {
+			l.errorf(item, field, "expected a link such as \"input/out -> main/in\", got %s", describe(item))
+			continue
+		}
+		link, ok := parseLink(text)
+		if !ok {
+			l.errorf(item, field, "malformed link %q: want \"NODE/PORT -> NODE/in\"", text)
+			continue
+		}
+		link.Line, link.Col = item.Line, item.Column
+		from, okFrom := names[link.From]
+		to, okTo := names[link.To]
+		if !okFrom {
+			l.errorf(item, field, "link from unknown node %q%s", link.From, didYouMean(link.From, sortedKeys(names)))
+		}
+		if !okTo {
+			l.errorf(item, field, "link to unknown node %q%s", link.To, didYouMean(link.To, sortedKeys(names)))
+		}
+		if !okFrom || !okTo {
+			continue
+		}
+		bad := false
+		if !contains(from.Ports, link.FromPort) {
+			bad = true
+			if len(from.Ports) == 0 {
+				l.errorf(item, field, "%s %q is a sink and has no output ports", nodeWord(from), from.Name)
+			} else {
+				l.errorf(item, field, "%s %q has no output port %q%s (ports: %s)", nodeWord(from), from.Name, link.FromPort,
+					didYouMean(link.FromPort, from.Ports), strings.Join(from.Ports, ", "))
+			}
+		}
+		if to.Kind == KindSource {
+			bad = true
+			l.errorf(item, field, "link into a source: %s %q is a source and has no input port", nodeWord(to), to.Name)
+		} else if link.ToPort != pipeline.PortIn {
+			bad = true
+			l.errorf(item, field, "%s %q has no input port %q (links go into port \"in\")", nodeWord(to), to.Name, link.ToPort)
+		}
+		if bad {
+			continue
+		}
+		key := link
+		key.Line, key.Col = 0, 0
+		if prev, dup := seen[key]; dup {
+			l.warnf(item, field, "duplicate link %q (also at line %d)", text, prev)
+			continue
+		}
+		seen[key] = item.Line
+		flow.Links = append(flow.Links, link)
+		nodes = append(nodes, linkPos{node: item, field: field})
+	}
+	return nodes
+}
+
+// linkPos remembers where a link of Flow.Links was written.
+type linkPos struct {
+	node  *yaml.Node
+	field string
+}
+
+func nodeWord(n *Node) string {
+	if n.IsPipeline() {
+		return "pipeline"
+	}
+	return "connector"
+}
+
+// checkCycles reports every link that closes a cycle.
+func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
+	out := map[string][]int{} // node -> indices of links from it
+	for i, lk := range flow.Links {
+		out[lk.From] = append(out[lk.From], i)
+	}
+	const (
+		visiting = 1
+		done     = 2
+	)
+	state := map[string]int{}
+	var path []string
+	var visit func(name string)
+	visit = func(name string) {
+		state[name] = visiting
+		path = append(path, name)
+		for _, i := range out[name] {
+			to := flow.Links[i].To
+			switch state[to] {
+			case visiting:
+				start := 0
+				for j, p := range path {
+					if p == to {
+						start = j
+					}
+				}
+				cycle := append(append([]string(nil), path[start:]...), to)
+				l.errorf(linkNodes[i].node, linkNodes[i].field, "links form a cycle: %s", strings.Join(cycle, " -> "))
+			case 0:
+				visit(to)
+			}
+		}
+		path = path[:len(path)-1]
+		state[name] = done
+	}
+	for _, n := range flow.Nodes {
+		if state[n.Name] == 0 {
+			visit(n.Name)
+		}
+	}
+}
+
+// checkUsage warns about nodes nothing links to or from, and unlinked err
+// ports.
+func (l *loader) checkUsage(flow *Flow) {
+	linkedOut := map[string]bool{} // "node/port"
+	in := map[string]bool{}
+	any := map[string]bool{}
+	for _, lk := range flow.Links {
+		linkedOut[lk.From+"/"+lk.FromPort] = true
+		in[lk.To] = true
+		any[lk.From], any[lk.To] = true, true
+	}
+	for _, n := range flow.Nodes {
+		pos := &yaml.Node{Line: n.Line, Column: n.Col}
+		field := "connectors." + n.Name
+		if n.IsPipeline() {
+			field = "pipelines." + n.Name
+		}
+		if !any[n.Name] {
+			l.warnf(pos, field, "%s %q is not linked to anything", nodeWord(n), n.Name)
+			continue
+		}
+		if n.Kind != KindSource && !in[n.Name] {
+			l.warnf(pos, field, "nothing links into %s %q, so it receives no events", nodeWord(n), n.Name)
+		}
+		if contains(n.Ports, pipeline.PortErr) && !linkedOut[n.Name+"/"+pipeline.PortErr] {
+			l.warnf(pos, field, "port \"err\" is not linked: failed events will only be logged (link %s/err to a sink)", n.Name)
+		}
+	}
+}
