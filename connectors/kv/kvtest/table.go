@@ -1,0 +1,427 @@
+package kvtest
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// step is one event sent to the connector and what it must produce.
+type step struct {
+	ns      string        // namespace; "t" when empty
+	meta    string        // the event's meta
+	data    string        // the event's data; "" for none
+	advance time.Duration // moves the clock before the step
+	want    []string      // exact out events, in order (Out/OutC)
+	err     error         // when set: exactly one err event wrapping this sentinel
+	errKV   string        // when set: the err event's exact meta.kv
+	errHas  []string      // substrings the err event's meta.error must contain
+}
+
+// tcase is one scenario, run on a fresh backend.
+type tcase struct {
+	name  string
+	opts  func(*kv.Options)
+	steps []step
+}
+
+// S is a step expecting out events.
+func s(meta, data string, want ...string) step { return step{meta: meta, data: data, want: want} }
+
+// e is a step expecting an err event.
+func e(meta, data string, err error, errKV string, has ...string) step {
+	return step{meta: meta, data: data, err: err, errKV: errKV, errHas: has}
+}
+
+func at(d time.Duration, st step) step { st.advance = d; return st }
+
+func inNS(ns string, st step) step { st.ns = ns; return st }
+
+// runStep sends st and checks the outcome.
+func runStep(t *testing.T, h *Harness, i int, st step) {
+	t.Helper()
+	if st.advance != 0 {
+		h.Clock.Advance(st.advance)
+	}
+	ns := st.ns
+	if ns == "" {
+		ns = "t"
+	}
+	got := h.Do(ns, st.meta, st.data)
+	if st.err == nil {
+		if g, w := join(Strings(got)), join(st.want); g != w {
+			t.Fatalf("step %d: meta %s data %s:\n got: %s\nwant: %s", i, st.meta, st.data, g, w)
+		}
+		return
+	}
+	if len(got) != 1 || got[0].Port != "err" {
+		t.Fatalf("step %d: meta %s data %s: want one err event (%v), got:\n%s", i, st.meta, st.data, st.err, join(Strings(got)))
+	}
+	checkErrEvent(t, i, Event(st.meta, st.data), got[0], st.err, st.errKV, st.errHas...)
+}
+
+// checkErrEvent checks the err event ev emitted for input in.
+func checkErrEvent(t *testing.T, i int, in pipeline.Event, got Emitted, sentinel error, wantKV string, has ...string) {
+	t.Helper()
+	ev := got.Event
+	if !bytes.Equal(ev.Data, in.Data) {
+		t.Errorf("step %d: err data %q, want the original payload %q", i, ev.Data, in.Data)
+	}
+	if ev.Seq != in.Seq {
+		t.Errorf("step %d: err Seq %d, want %d", i, ev.Seq, in.Seq)
+	}
+	meta := gjson.ParseBytes(ev.Meta)
+	if !gjson.ValidBytes(ev.Meta) || !meta.IsObject() {
+		t.Fatalf("step %d: err meta is not a JSON object: %s", i, ev.Meta)
+	}
+	msg := meta.Get("error").String()
+	if !strings.Contains(msg, sentinel.Error()) {
+		t.Errorf("step %d: meta.error %q does not report %q", i, msg, sentinel)
+	}
+	for _, h := range has {
+		if !strings.Contains(msg, h) {
+			t.Errorf("step %d: meta.error %q does not mention %q", i, msg, h)
+		}
+	}
+	if wantKV != "" {
+		if g := meta.Get("kv").Raw; g != wantKV {
+			t.Errorf("step %d: err meta.kv = %s, want %s", i, g, wantKV)
+		}
+	}
+	checkCorrelation(t, i, in.Meta, ev.Meta)
+	meta.ForEach(func(k, _ gjson.Result) bool {
+		switch k.Str {
+		case "error", "kv", "correlation":
+		default:
+			t.Errorf("step %d: err meta leaks field %q: %s", i, k.Str, ev.Meta)
+		}
+		return true
+	})
+}
+
+// checkCorrelation asserts out carries in's correlation byte for byte.
+func checkCorrelation(t *testing.T, i int, inMeta, outMeta []byte) {
+	t.Helper()
+	var want gjson.Result
+	if gjson.ValidBytes(inMeta) {
+		want = gjson.GetBytes(inMeta, "correlation")
+	}
+	got := gjson.GetBytes(outMeta, "correlation")
+	if want.Exists() != got.Exists() || want.Raw != got.Raw {
+		t.Errorf("step %d: correlation %q, want %q", i, got.Raw, want.Raw)
+	}
+}
+
+// get is the out event of a get.
+func get(key, data string, found bool) string {
+	return Out(data, `"op":"get","key":`+strconv.Quote(key)+`,"found":`+strconv.FormatBool(found))
+}
+
+func op(o, key, data string, found bool, extra ...string) string {
+	return Out(data, `"op":"`+o+`","key":`+strconv.Quote(key)+`,"found":`+strconv.FormatBool(found)+strings.Join(extra, ""))
+}
+
+func row(key, data string, last bool) string {
+	x := ""
+	if last {
+		x = `,"last":true`
+	}
+	return op("scan", key, data, true, x)
+}
+
+func deep(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+
+func casesTable() []tcase {
+	kvCAS := func(key, current string) string {
+		return `{"op":"cas","key":"` + key + `","current":` + current + `}`
+	}
+	return []tcase{
+		{name: "tremor sequence", steps: []step{
+			s(M(`"get":"snot"`), ``, get("snot", `null`, false)),
+			s(M(`"put":"snot"`), `"badger"`, op("put", "snot", `"badger"`, false)),
+			s(M(`"swap":"snot"`), `"velociraptor"`, op("swap", "snot", `"badger"`, true)),
+			s(M(`"put":"heinz"`), `"ketchup"`, op("put", "heinz", `"ketchup"`, false)),
+			s(M(`"scan":""`), ``, row("heinz", `"ketchup"`, false), row("snot", `"velociraptor"`, true)),
+			s(M(`"scan":"heinz","end":"meins"`), ``, row("heinz", `"ketchup"`, true)),
+			s(M(`"scan":"","end":"heinz"`), ``),
+			e(M(`"cas":"heinz","old":"gies"`), `"mustard"`, kv.ErrCASMismatch, kvCAS("heinz", `"ketchup"`), `expected "gies"`, `found "ketchup"`),
+			s(M(`"cas":"heinz","old":"ketchup"`), `"gies"`, op("cas", "heinz", `null`, true)),
+			s(M(`"delete":"heinz"`), ``, op("delete", "heinz", `"gies"`, true)),
+			s(M(`"get":"heinz"`), ``, get("heinz", `null`, false)),
+			s(M(`"get":"snot"`), ``, get("snot", `"velociraptor"`, true)),
+		}},
+		{name: "get default and canonical values", steps: []step{
+			s(M(`"get":"a","default":{ "z": 1, "a" : [true, null] }`), ``, get("a", `{"a":[true,null],"z":1}`, false)),
+			s(M(`"put":"a"`), ` { "b" : [1, 2.50, -0, 1e3], "a": "\u0041\n\u00e9", "c": {"y":1,"x":2}, "a": "last" } `,
+				op("put", "a", `{"a":"last","b":[1,2.50,-0,1e3],"c":{"x":2,"y":1}}`, false)),
+			s(M(`"get":"a","default":0`), ``, get("a", `{"a":"last","b":[1,2.50,-0,1e3],"c":{"x":2,"y":1}}`, true)),
+			s(M(`"put":"s"`), `"tab\there \"q\" \\ \u0001 \u00e9 é"`, op("put", "s", `"tab\there \"q\" \\ \u0001 é é"`, false)),
+			s(M(`"put":"n"`), `0`, op("put", "n", `0`, false)),
+			s(M(`"put":"f"`), `false`, op("put", "f", `false`, false)),
+			s(M(`"put":"f"`), `false`, op("put", "f", `false`, true)),
+		}},
+		{name: "put swap refusals", steps: []step{
+			e(M(`"put":"a"`), ``, kv.ErrNullValue, `{"op":"put","key":"a"}`, `put "a"`),
+			e(M(`"put":"a"`), `null`, kv.ErrNullValue, `{"op":"put","key":"a"}`),
+			e(M(`"swap":"a"`), ` null `, kv.ErrNullValue, `{"op":"swap","key":"a"}`),
+			e(M(`"cas":"a"`), `null`, kv.ErrNullValue, `{"op":"cas","key":"a"}`),
+			e(M(`"put":"a"`), `{"a":`, kv.ErrInvalidJSON, `{"op":"put","key":"a"}`),
+			e(M(`"put":"a"`), `[1,]`, kv.ErrInvalidJSON, ``),
+			e(M(`"put":"a"`), deep(kv.MaxDepth+1), kv.ErrInvalidJSON, ``, "nesting"),
+			s(M(`"put":"d"`), deep(kv.MaxDepth), op("put", "d", deep(kv.MaxDepth), false)),
+			e(M(`"put":"a","value":1`), `1`, kv.ErrInvalidCommand, ``, "batch"),
+			s(M(`"get":"a"`), ``, get("a", `null`, false)),
+			s(M(`"swap":"a"`), `1`, op("swap", "a", `null`, false)),
+			s(M(`"swap":"a"`), `2`, op("swap", "a", `1`, true)),
+		}},
+		{name: "cas", steps: []step{
+			s(M(`"cas":"k"`), `1`, op("cas", "k", `null`, false)),
+			e(M(`"cas":"k"`), `2`, kv.ErrCASMismatch, kvCAS("k", `1`), "absent", "found 1"),
+			e(M(`"cas":"k","old":null`), `2`, kv.ErrCASMismatch, kvCAS("k", `1`)),
+			s(M(`"cas":"k","old":1`), `{"b":1,"a":{"d":2,"c":3}}`, op("cas", "k", `null`, true)),
+			s(M(`"cas":"k","old":{"a":{"c":3,"d":2},"b":1}`), `"x"`, op("cas", "k", `null`, true)),
+			e(M(`"cas":"k","old":"y"`), `"z"`, kv.ErrCASMismatch, kvCAS("k", `"x"`)),
+			e(M(`"cas":"absent","old":"y"`), `"z"`, kv.ErrCASMismatch, kvCAS("absent", `null`), "found no value"),
+			s(M(`"get":"k"`), ``, get("k", `"x"`, true)),
+			s(M(`"get":"absent"`), ``, get("absent", `null`, false)),
+			e(M(`"cas":"k","old":1.0`), `1`, kv.ErrCASMismatch, ``),
+		}},
+		{name: "delete and cad", steps: []step{
+			s(M(`"delete":"a"`), ``, op("delete", "a", `null`, false)),
+			s(M(`"put":"a"`), `{"x":[1,2]}`, op("put", "a", `{"x":[1,2]}`, false)),
+			e(M(`"cad":"a","old":{"x":[2,1]}`), ``, kv.ErrCASMismatch, `{"op":"cad","key":"a","current":{"x":[1,2]}}`),
+			e(M(`"cad":"a"`), ``, kv.ErrInvalidCommand, `{"op":"cad","key":"a"}`, `"old"`),
+			e(M(`"cad":"a","old":null`), ``, kv.ErrInvalidCommand, ``),
+			s(M(`"cad":"a","old":{ "x" : [1,2] }`), ``, op("cad", "a", `{"x":[1,2]}`, true)),
+			e(M(`"cad":"a","old":1`), ``, kv.ErrCASMismatch, `{"op":"cad","key":"a","current":null}`),
+			s(M(`"put":"b"`), `1`, op("put", "b", `1`, false)),
+			s(M(`"delete":"b"`), ``, op("delete", "b", `1`, true)),
+			s(M(`"delete":"b"`), ``, op("delete", "b", `null`, false)),
+			s(M(`"exists":"b"`), ``, op("exists", "b", `false`, false)),
+		}},
+		{name: "scan ranges and order", steps: []step{
+			s(M(`"scan":""`), ``),
+			s(M(`"put":"é"`), `1`, op("put", "é", `1`, false)),
+			s(M(`"put":"z"`), `2`, op("put", "z", `2`, false)),
+			s(M(`"put":"Ω"`), `3`, op("put", "Ω", `3`, false)),
+			s(M(`"put":"日本"`), `4`, op("put", "日本", `4`, false)),
+			s(M(`"put":"a"`), `5`, op("put", "a", `5`, false)),
+			s(M(`"put":"a\u0000"`), `6`, Out(`6`, `"op":"put","key":"a\u0000","found":false`)),
+			s(M(`"scan":""`), ``, row("a", `5`, false), Out(`6`, `"op":"scan","key":"a\u0000","found":true`),
+				row("z", `2`, false), row("é", `1`, false), row("Ω", `3`, false), row("日本", `4`, true)),
+			s(M(`"scan":"b","end":"a"`), ``),
+			s(M(`"scan":"z","end":"z"`), ``),
+			s(M(`"scan":"z","end":"z\u0000"`), ``, row("z", `2`, true)),
+			s(M(`"scan":"b","end":"Ω"`), ``, row("z", `2`, false), row("é", `1`, true)),
+			s(M(`"scan":"b","limit":2`), ``, row("z", `2`, false), row("é", `1`, true)),
+			s(M(`"scan":"","limit":0`), ``),
+			s(M(`"scan":"日本\uffff"`), ``),
+			s(M(`"scan":"a","end":""`), ``),
+		}},
+		{name: "correlation and meta hygiene", steps: []step{
+			s(MC(`"put":"a"`, `"abc"`), `1`, OutC(`1`, `"op":"put","key":"a","found":false`, `"abc"`)),
+			s(MC(`"get":"a"`, `42.50`), ``, OutC(`1`, `"op":"get","key":"a","found":true`, `42.50`)),
+			s(MC(`"get":"a"`, `{"z": 1, "a":[true]}`), ``, OutC(`1`, `"op":"get","key":"a","found":true`, `{"z": 1, "a":[true]}`)),
+			s(MC(`"get":"a"`, `null`), ``, OutC(`1`, `"op":"get","key":"a","found":true`, `null`)),
+			s(`{"trace":"t1","kv":{"get":"a"},"error":"old","correlation":[1]}`, ``, OutC(`1`, `"op":"get","key":"a","found":true`, `[1]`)),
+			s(`{"trace":"t1","kv":{"get":"a"}}`, ``, get("a", `1`, true)),
+			s(MC(`"put":"b"`, `7`), `2`, OutC(`2`, `"op":"put","key":"b","found":false`, `7`)),
+			s(MC(`"scan":""`, `{"id":"q"}`), ``,
+				OutC(`1`, `"op":"scan","key":"a","found":true`, `{"id":"q"}`),
+				OutC(`2`, `"op":"scan","key":"b","found":true,"last":true`, `{"id":"q"}`)),
+			e(MC(`"cas":"a","old":2`, `"c-1"`), `3`, kv.ErrCASMismatch, kvCAS("a", `1`)),
+			e(`{"other":1,"correlation":{"x":1}}`, `3`, kv.ErrInvalidCommand, ``, "meta.kv is missing"),
+			e(`{"kv":{"put":"a"},"trace":"t","correlation":true}`, ``, kv.ErrNullValue, `{"op":"put","key":"a"}`),
+		}},
+		{name: "decoding errors", steps: []step{
+			e(``, `1`, kv.ErrInvalidCommand, ``, "meta.kv is missing"),
+			e(`{}`, `1`, kv.ErrInvalidCommand, ``, "meta.kv is missing"),
+			e(`{"kv":"get"}`, ``, kv.ErrInvalidCommand, ``, "must be an object"),
+			e(`{"kv":[{"get":"a"}]}`, ``, kv.ErrInvalidCommand, ``, "must be an object"),
+			e(`{"kv":{"get":"a"}`, ``, kv.ErrInvalidCommand, ``, "not valid JSON"),
+			e(`[1]`, ``, kv.ErrInvalidCommand, ``),
+			e(M(``), ``, kv.ErrInvalidCommand, ``, "no command"),
+			e(M(`"fetch":"a"`), ``, kv.ErrUnknownCommand, ``, `"fetch"`),
+			e(M(`"GET":"a"`), ``, kv.ErrUnknownCommand, ``),
+			e(M(`"limit":1`), ``, kv.ErrInvalidCommand, ``, "no command"),
+			e(M(`"get":"a","put":"b"`), `1`, kv.ErrInvalidCommand, `{"op":"get","key":"a"}`, `"put"`),
+			e(M(`"get":"a","get":"b"`), ``, kv.ErrInvalidCommand, ``, "twice"),
+			e(M(`"get":"a","limit":1`), ``, kv.ErrInvalidCommand, `{"op":"get","key":"a"}`, `"limit"`, "get"),
+			e(M(`"get":"a","color":1`), ``, kv.ErrInvalidCommand, ``, `"color"`),
+			e(M(`"delete":"a","old":1`), ``, kv.ErrInvalidCommand, ``),
+			e(M(`"put":"a","old":1`), `1`, kv.ErrInvalidCommand, ``),
+			e(M(`"get":""`), ``, kv.ErrInvalidKey, `{"op":"get","key":""}`, "non-empty"),
+			e(M(`"get":5`), ``, kv.ErrInvalidKey, `{"op":"get"}`, "a number 5"),
+			e(M(`"get":null`), ``, kv.ErrInvalidKey, `{"op":"get"}`),
+			e(M(`"put":true`), `1`, kv.ErrInvalidKey, `{"op":"put"}`),
+			e(M(`"delete":{"a":1}`), ``, kv.ErrInvalidKey, ``),
+			e(M(`"increment":["a"]`), ``, kv.ErrInvalidKey, ``),
+			e("{\"kv\":{\"get\":\"a\xffb\"}}", ``, kv.ErrInvalidKey, ``, "UTF-8"),
+			e(M(`"scan":5`), ``, kv.ErrInvalidKey, ``),
+			e(M(`"scan":"","end":5`), ``, kv.ErrInvalidCommand, ``, `"end"`),
+			e(M(`"scan":"","end":null`), ``, kv.ErrInvalidCommand, ``, `"end"`),
+			e(M(`"scan":"","limit":"1"`), ``, kv.ErrInvalidCommand, ``, `"limit"`),
+			e(M(`"scan":"","limit":-1`), ``, kv.ErrInvalidCommand, ``, `"limit"`),
+			e(M(`"scan":"","limit":1.5`), ``, kv.ErrInvalidCommand, ``, `"limit"`),
+			e(M(`"scan":"","limit":1e2`), ``, kv.ErrInvalidCommand, ``, `"limit"`),
+			e(M(`"keys":"","after":1`), ``, kv.ErrInvalidCommand, ``, `"after"`),
+			e(M(`"keys":1`), ``, kv.ErrInvalidKey, ``, "prefix"),
+			e(M(`"count":true`), ``, kv.ErrInvalidKey, ``),
+			e(M(`"increment":"a","by":"1"`), ``, kv.ErrInvalidCommand, ``, `"by"`),
+			e(M(`"increment":"a","by":null`), ``, kv.ErrInvalidCommand, ``, `"by"`),
+			e(M(`"increment":"a","by":99999999999999999999`), ``, kv.ErrOverflow, ``),
+			e(M(`"put":"a","ttl":0`), `1`, kv.ErrInvalidCommand, ``, `"ttl"`),
+			e(M(`"put":"a","ttl":-1`), `1`, kv.ErrInvalidCommand, ``, `"ttl"`),
+			e(M(`"put":"a","ttl":"10"`), `1`, kv.ErrInvalidCommand, ``, `"ttl"`),
+			e(M(`"put":"a","ttl":1e300`), `1`, kv.ErrInvalidCommand, ``, `"ttl"`),
+			e(M(`"put":"a","expire_at":1.5`), `1`, kv.ErrInvalidCommand, ``, `"expire_at"`),
+			e(M(`"put":"a","expire_at":"1"`), `1`, kv.ErrInvalidCommand, ``, `"expire_at"`),
+			e(M(`"put":"a","expire_at":0`), `1`, kv.ErrInvalidCommand, ``, `"expire_at"`),
+			e(M(`"put":"a","ttl":1,"expire_at":1`), `1`, kv.ErrInvalidCommand, ``, "not both"),
+			e(M(`"swap":"a","ttl":1`), `1`, kv.ErrInvalidCommand, ``, `"ttl"`),
+			e(M(`"get":"a","default":[`), ``, kv.ErrInvalidCommand, ``),
+			e(M(`"batch":{}`), ``, kv.ErrInvalidCommand, `{"op":"batch"}`, "array"),
+			s(M(`"count":null`), ``, op("count", "", `0`, false)),
+		}},
+		{name: "increment", steps: []step{
+			s(M(`"increment":"n"`), ``, op("increment", "n", `1`, false)),
+			s(M(`"increment":"n","by":5`), ``, op("increment", "n", `6`, true)),
+			s(M(`"increment":"n","by":-10`), ``, op("increment", "n", `-4`, true)),
+			s(M(`"increment":"n","by":0.5`), ``, op("increment", "n", `-3.5`, true)),
+			s(M(`"increment":"n","by":3.5`), ``, op("increment", "n", `0.0`, true)),
+			s(M(`"increment":"n"`), ``, op("increment", "n", `1.0`, true)),
+			s(M(`"put":"i"`), `1`, op("put", "i", `1`, false)),
+			s(M(`"increment":"i","by":2.0`), ``, op("increment", "i", `3.0`, true)),
+			s(M(`"put":"big"`), `9223372036854775806`, op("put", "big", `9223372036854775806`, false)),
+			s(M(`"increment":"big"`), ``, op("increment", "big", `9223372036854775807`, true)),
+			e(M(`"increment":"big"`), ``, kv.ErrOverflow, `{"op":"increment","key":"big"}`, "9223372036854775807"),
+			s(M(`"get":"big"`), ``, get("big", `9223372036854775807`, true)),
+			s(M(`"put":"small"`), `-9223372036854775807`, op("put", "small", `-9223372036854775807`, false)),
+			s(M(`"increment":"small","by":-1`), ``, op("increment", "small", `-9223372036854775808`, true)),
+			e(M(`"increment":"small","by":-1`), ``, kv.ErrOverflow, ``),
+			s(M(`"put":"huge"`), `1e308`, op("put", "huge", `1e308`, false)),
+			e(M(`"increment":"huge","by":1e308`), ``, kv.ErrOverflow, ``),
+			s(M(`"put":"s"`), `"12"`, op("put", "s", `"12"`, false)),
+			e(M(`"increment":"s"`), ``, kv.ErrNotNumber, `{"op":"increment","key":"s"}`, `"12"`),
+			s(M(`"put":"o"`), `{"n":1}`, op("put", "o", `{"n":1}`, false)),
+			e(M(`"increment":"o"`), ``, kv.ErrNotNumber, ``),
+			s(M(`"get":"s"`), ``, get("s", `"12"`, true)),
+			s(M(`"increment":"z","by":0`), ``, op("increment", "z", `0`, false)),
+		}},
+		{name: "exists count keys get_all clear", steps: []step{
+			s(M(`"exists":"a1"`), ``, op("exists", "a1", `false`, false)),
+			s(M(`"keys":null`), ``, op("keys", "", `[]`, false, `,"next":null`)),
+			s(M(`"get_all":null`), ``, op("get_all", "", `{}`, false)),
+			s(M(`"put":"a1"`), `1`, op("put", "a1", `1`, false)),
+			s(M(`"put":"a2"`), `2`, op("put", "a2", `2`, false)),
+			s(M(`"put":"a3"`), `{"b":1,"a":2}`, op("put", "a3", `{"a":2,"b":1}`, false)),
+			s(M(`"put":"b1"`), `4`, op("put", "b1", `4`, false)),
+			s(M(`"exists":"a1"`), ``, op("exists", "a1", `true`, true)),
+			s(M(`"count":"a"`), ``, op("count", "a", `3`, true)),
+			s(M(`"count":null`), ``, op("count", "", `4`, true)),
+			s(M(`"count":""`), ``, op("count", "", `4`, true)),
+			s(M(`"count":"a1"`), ``, op("count", "a1", `1`, true)),
+			s(M(`"count":"c"`), ``, op("count", "c", `0`, false)),
+			s(M(`"keys":"a","limit":2`), ``, op("keys", "a", `["a1","a2"]`, true, `,"next":"a2"`)),
+			s(M(`"keys":"a","limit":2,"after":"a2"`), ``, op("keys", "a", `["a3"]`, true, `,"next":null`)),
+			s(M(`"keys":"a","limit":3`), ``, op("keys", "a", `["a1","a2","a3"]`, true, `,"next":null`)),
+			s(M(`"keys":null,"after":"a"`), ``, op("keys", "", `["a1","a2","a3","b1"]`, true, `,"next":null`)),
+			s(M(`"keys":"b","after":"a3"`), ``, op("keys", "b", `["b1"]`, true, `,"next":null`)),
+			s(M(`"keys":"a","after":"b"`), ``, op("keys", "a", `[]`, false, `,"next":null`)),
+			s(M(`"keys":null,"limit":0`), ``, op("keys", "", `[]`, false, `,"next":""`)),
+			s(M(`"get_all":"a"`), ``, op("get_all", "a", `{"a1":1,"a2":2,"a3":{"a":2,"b":1}}`, true)),
+			s(M(`"get_all":"b1"`), ``, op("get_all", "b1", `{"b1":4}`, true)),
+			s(M(`"clear":"a"`), ``, op("clear", "a", `3`, true)),
+			s(M(`"count":null`), ``, op("count", "", `1`, true)),
+			s(M(`"get":"a1"`), ``, get("a1", `null`, false)),
+			s(M(`"clear":"a"`), ``, op("clear", "a", `0`, false)),
+			s(M(`"clear":null`), ``, op("clear", "", `1`, true)),
+			s(M(`"scan":""`), ``),
+		}},
+		{name: "ttl and expiry", steps: []step{
+			s(M(`"put":"a","ttl":10`), `"v"`, op("put", "a", `"v"`, false)),
+			s(M(`"put":"b","expire_at":`+strconv.FormatInt(Start+5000, 10)), `"w"`, op("put", "b", `"w"`, false)),
+			s(M(`"put":"c","ttl":1`), `1`, op("put", "c", `1`, false)),
+			s(M(`"put":"c"`), `2`, op("put", "c", `2`, true)),
+			s(M(`"put":"d"`), `3`, op("put", "d", `3`, false)),
+			s(M(`"cas":"e","ttl":0.5`), `4`, op("cas", "e", `null`, false)),
+			s(M(`"increment":"n"`), ``, op("increment", "n", `1`, false)),
+			at(4999*time.Millisecond, s(M(`"get":"b"`), ``, get("b", `"w"`, true))),
+			at(time.Millisecond, s(M(`"get":"b"`), ``, get("b", `null`, false))),
+			s(M(`"get":"e","default":"gone"`), ``, get("e", `"gone"`, false)),
+			s(M(`"get":"a"`), ``, get("a", `"v"`, true)),
+			s(M(`"count":null`), ``, op("count", "", `4`, true)),
+			at(5*time.Second, s(M(`"get":"a"`), ``, get("a", `null`, false))),
+			s(M(`"exists":"a"`), ``, op("exists", "a", `false`, false)),
+			s(M(`"scan":""`), ``, row("c", `2`, false), row("d", `3`, false), row("n", `1`, true)),
+			s(M(`"count":null`), ``, op("count", "", `3`, true)),
+			s(M(`"keys":null`), ``, op("keys", "", `["c","d","n"]`, true, `,"next":null`)),
+			s(M(`"get_all":null`), ``, op("get_all", "", `{"c":2,"d":3,"n":1}`, true)),
+			e(M(`"cas":"a","old":"v"`), `"x"`, kv.ErrCASMismatch, kvCAS("a", `null`)),
+			e(M(`"cad":"a","old":"v"`), ``, kv.ErrCASMismatch, `{"op":"cad","key":"a","current":null}`),
+			s(M(`"swap":"b"`), `1`, op("swap", "b", `null`, false)),
+			s(M(`"delete":"a"`), ``, op("delete", "a", `null`, false)),
+			s(M(`"cas":"a","ttl":1`), `"new"`, op("cas", "a", `null`, false)),
+			s(M(`"put":"t","ttl":2`), `10`, op("put", "t", `10`, false)),
+			s(M(`"increment":"t"`), ``, op("increment", "t", `11`, true)),
+			at(2*time.Second, s(M(`"increment":"t"`), ``, op("increment", "t", `1`, false))),
+			s(M(`"get":"a"`), ``, get("a", `null`, false)),
+			s(M(`"clear":null`), ``, op("clear", "", `5`, true)),
+		}},
+		{name: "limits", opts: func(o *kv.Options) {
+			o.MaxKeyLength = 5
+			o.MaxValueBytes = 16
+			o.MaxGetAll = 2
+			o.MaxScan = 3
+			o.MaxBatch = 2
+		}, steps: []step{
+			s(M(`"put":"ééééé"`), `1`, op("put", "ééééé", `1`, false)),
+			e(M(`"put":"abcdef"`), `1`, kv.ErrKeyTooLong, `{"op":"put","key":"abcdef"}`, "6 characters", "limit is 5", `put "abcdef"`),
+			e(M(`"get":"`+strings.Repeat("k", 300)+`"`), ``, kv.ErrKeyTooLong, ``, "300 characters", "..."),
+			e(M(`"scan":"abcdef"`), ``, kv.ErrKeyTooLong, ``),
+			e(M(`"scan":"","end":"abcdef"`), ``, kv.ErrKeyTooLong, ``),
+			e(M(`"count":"abcdef"`), ``, kv.ErrKeyTooLong, ``),
+			s(M(`"put":"v"`), `"0123456789abcd"`, op("put", "v", `"0123456789abcd"`, false)),
+			e(M(`"put":"v"`), `"0123456789abcde"`, kv.ErrValueTooLarge, `{"op":"put","key":"v"}`, "17 bytes", "limit is 16 bytes"),
+			s(M(`"put":"v"`), `{ "a" : 1 ,  "b" : 2 }`, op("put", "v", `{"a":1,"b":2}`, true)),
+			s(M(`"get":"v"`), ``, get("v", `{"a":1,"b":2}`, true)),
+			s(M(`"put":"w"`), `1`, op("put", "w", `1`, false)),
+			e(M(`"get_all":null`), ``, kv.ErrTooManyEntries, `{"op":"get_all","key":""}`, "limit is 2"),
+			s(M(`"get_all":"v"`), ``, op("get_all", "v", `{"v":{"a":1,"b":2}}`, true)),
+			e(M(`"scan":"","limit":4`), ``, kv.ErrTooManyEntries, ``, "maximum of 3"),
+			s(M(`"put":"x"`), `1`, op("put", "x", `1`, false)),
+			s(M(`"scan":""`), ``, row("v", `{"a":1,"b":2}`, false), row("w", `1`, false), row("x", `1`, true)),
+			s(M(`"keys":null`), ``, op("keys", "", `["v","w","x"]`, true, `,"next":"x"`)),
+			e(M(`"batch":[{"get":"a"},{"get":"b"},{"get":"c"}]`), ``, kv.ErrTooManyEntries, `{"op":"batch"}`, "limit is 2"),
+			s(M(`"count":null`), ``, op("count", "", `4`, true)),
+		}},
+		{name: "batch", steps: []step{
+			s(M(`"batch":[]`), ``, Out(`[]`, `"op":"batch","found":true`)),
+			s(M(`"batch":[{"put":"x","value":1},{"increment":"x"},{"get":"x"},{"swap":"y","value":{"b":1,"a":2}},{"scan":"","limit":5},{"exists":"y"},{"count":null},{"keys":null},{"get_all":"y"}]`), `"ignored"`,
+				Out(`[1,2,2,null,[{"key":"x","value":2},{"key":"y","value":{"a":2,"b":1}}],true,2,["x","y"],{"y":{"a":2,"b":1}}]`, `"op":"batch","found":true`)),
+			e(MC(`"batch":[{"put":"z","value":1},{"delete":"x"},{"cas":"y","old":99,"value":3}]`, `"b1"`), `{"p":1}`, kv.ErrCASMismatch,
+				`{"op":"batch","index":2,"current":{"a":2,"b":1}}`, "batch[2]", `cas "y"`),
+			s(M(`"get":"z"`), ``, get("z", `null`, false)),
+			s(M(`"get":"x"`), ``, get("x", `2`, true)),
+			e(M(`"batch":[{"put":"z","value":1},{"fetch":"x"}]`), ``, kv.ErrUnknownCommand, `{"op":"batch","index":1}`, "batch[1]"),
+			e(M(`"batch":[{"put":"z","value":1},{"batch":[]}]`), ``, kv.ErrInvalidCommand, `{"op":"batch","index":1}`),
+			e(M(`"batch":[{"put":"z"}]`), ``, kv.ErrInvalidCommand, `{"op":"batch","index":0}`, `"value"`),
+			e(M(`"batch":[{"put":"z","value":null}]`), ``, kv.ErrNullValue, ``),
+			e(M(`"batch":[{"put":"z","value":1},"get"]`), ``, kv.ErrInvalidCommand, `{"op":"batch","index":1}`),
+			e(M(`"batch":[{"put":"z","value":1},{"increment":"z"},{"increment":"x","by":9223372036854775807}]`), ``, kv.ErrOverflow, `{"op":"batch","index":2}`),
+			s(M(`"get":"z"`), ``, get("z", `null`, false)),
+			s(M(`"batch":[{"cas":"z","value":1},{"cas":"z","old":1,"value":2},{"cad":"z","old":2},{"get":"z","default":0}]`), ``,
+				Out(`[null,null,2,0]`, `"op":"batch","found":true`)),
+			e(M(`"batch":[{"clear":null},{"get":"q","limit":1}]`), ``, kv.ErrInvalidCommand, `{"op":"batch","index":1}`),
+			s(M(`"count":null`), ``, op("count", "", `2`, true)),
+			s(M(`"batch":[{"clear":null},{"count":null}]`), ``, Out(`[2,0]`, `"op":"batch","found":true`)),
+		}},
+	}
+}
