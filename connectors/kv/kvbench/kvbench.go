@@ -1,0 +1,241 @@
+// Package kvbench measures the kv connector end to end against raw Pebble.
+//
+// Each workload (put, get, mixed, increment, cas, scan) runs twice over the
+// same deterministic operation sequence, each time on a fresh directory:
+//
+//   - the flowrun side builds a pipeline.Graph of a generating source, the kv
+//     Connector over a pebblestore.Store and a counting sink, and feeds it
+//     events whose meta.kv carries the command, exactly as a flow would;
+//   - the raw side performs the same operations with Pebble directly, with
+//     the same batch size and sync policy and no flowrun code.
+//
+// The ratio of the two throughputs is the cost of the event path. Latency is
+// measured on the flowrun side only: for every batch, the time from the
+// source handing it to the graph (just before Flush) to the sink receiving
+// the last of its results, attributed to every operation of the batch. It
+// therefore includes queueing behind earlier batches when the graph is
+// saturated, which it is: the source produces as fast as backpressure lets
+// it.
+package kvbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+)
+
+// Defaults for Config.
+const (
+	DefaultOps        = 1_000_000
+	DefaultKeys       = 100_000
+	DefaultValueBytes = 100
+	// DefaultBatch is the number of events per batch handed to the graph
+	// (and committed together by the raw side). 1000 is large enough to
+	// amortise an fsync per batch and small enough to keep per-batch
+	// latency in the low milliseconds.
+	DefaultBatch = 1000
+	// MinValueBytes is the smallest value size: a JSON string holding a
+	// ten-digit version between its quotes.
+	MinValueBytes = 12
+	// ScanLimit is the number of entries each scan operation reads, on both
+	// sides.
+	ScanLimit = 10
+)
+
+// Workload names, in the order Run uses when Config.Workloads is empty.
+const (
+	Put       = "put"
+	Get       = "get"
+	Mixed     = "mixed"
+	Increment = "increment"
+	CAS       = "cas"
+	Scan      = "scan"
+)
+
+// Workloads returns every workload name in run order.
+func Workloads() []string { return []string{Put, Get, Mixed, Increment, CAS, Scan} }
+
+// ErrBadConfig reports a Config that cannot be run.
+var ErrBadConfig = errors.New("bad benchmark config")
+
+// Config selects what Run measures. DefaultConfig gives the documented
+// defaults; EnsureDefaults fills unset numeric fields of any Config.
+type Config struct {
+	// Workloads to run, in order. Default: all of Workloads().
+	Workloads []string
+	// Ops is the number of timed operations per workload and side.
+	// Default DefaultOps.
+	Ops int
+	// Keys is the size of the key space operations draw from (uniformly,
+	// with a fixed seed). Default DefaultKeys.
+	Keys int
+	// ValueBytes is the size of each stored value, a JSON string of exactly
+	// this many bytes (or, for increment, a number). Default
+	// DefaultValueBytes, at least MinValueBytes.
+	ValueBytes int
+	// Batch is the number of events per batch fed to the connector, and the
+	// number of operations per raw Pebble batch. Default DefaultBatch.
+	Batch int
+	// Sync makes every batch durable before its results count: the flowrun
+	// store waits for the WAL fsync, the raw side commits with pebble.Sync.
+	// A bool cannot be defaulted by EnsureDefaults, so the zero Config runs
+	// without sync; DefaultConfig and the CLI set it to true.
+	Sync bool
+	// Dir is where each workload gets its own temporary directory, removed
+	// when the workload ends. Default os.TempDir().
+	Dir string
+	// Progress, when set, is called after each completed batch with the
+	// operations done so far and the total over all workloads and both
+	// sides. It is called from one goroutine at a time, never concurrently.
+	Progress func(done, total int)
+}
+
+// DefaultConfig returns the documented defaults, with Sync on.
+func DefaultConfig() Config {
+	c := Config{Sync: true}
+	c.EnsureDefaults()
+	return c
+}
+
+// EnsureDefaults fills unset (zero or negative) fields with their defaults.
+func (c *Config) EnsureDefaults() {
+	if len(c.Workloads) == 0 {
+		c.Workloads = Workloads()
+	}
+	if c.Ops <= 0 {
+		c.Ops = DefaultOps
+	}
+	if c.Keys <= 0 {
+		c.Keys = DefaultKeys
+	}
+	if c.ValueBytes <= 0 {
+		c.ValueBytes = DefaultValueBytes
+	}
+	if c.Batch <= 0 {
+		c.Batch = DefaultBatch
+	}
+	if c.Dir == "" {
+		c.Dir = os.TempDir()
+	}
+}
+
+// Validate reports, wrapping ErrBadConfig, the first field that cannot be
+// run. It expects defaults to be filled.
+func (c *Config) Validate() error {
+	for _, w := range c.Workloads {
+		if !slices.Contains(Workloads(), w) {
+			return fmt.Errorf("%w: unknown workload %q (known: %s)", ErrBadConfig, w, strings.Join(Workloads(), ", "))
+		}
+	}
+	if c.ValueBytes < MinValueBytes {
+		return fmt.Errorf("%w: value size %d bytes is below the minimum of %d", ErrBadConfig, c.ValueBytes, MinValueBytes)
+	}
+	if c.Keys >= maxKeys {
+		return fmt.Errorf("%w: %d keys is more than the %d supported", ErrBadConfig, c.Keys, maxKeys-1)
+	}
+	if c.Ops <= 0 || c.Batch <= 0 {
+		return fmt.Errorf("%w: ops and batch must be positive", ErrBadConfig)
+	}
+	return nil
+}
+
+// Result is one workload's measurement.
+type Result struct {
+	// Workload is the workload name.
+	Workload string `json:"workload"`
+	// Ops is the number of timed operations each side completed.
+	Ops int `json:"ops"`
+	// FlowrunOpsPerS is operations per second through the event path: from
+	// the first timed batch handed to the graph to the last result reaching
+	// the sink.
+	FlowrunOpsPerS float64 `json:"flowrun_ops_per_s"`
+	// PebbleOpsPerS is operations per second of the same operations on raw
+	// Pebble.
+	PebbleOpsPerS float64 `json:"pebble_ops_per_s"`
+	// Ratio is FlowrunOpsPerS / PebbleOpsPerS.
+	Ratio float64 `json:"ratio"`
+	// P50us and P99us are the median and 99th percentile per-operation
+	// latency of the flowrun side in microseconds (see the package doc).
+	P50us float64 `json:"p50_us"`
+	P99us float64 `json:"p99_us"`
+	// PeakRSSMB is the process's peak resident set (VmHWM, MiB) over the
+	// flowrun side of the workload, preload included; 0 when the platform
+	// does not report it. When the peak cannot be reset between workloads
+	// (see ResetPeakRSS) it is the peak of the whole process so far.
+	PeakRSSMB float64 `json:"peak_rss_mb"`
+}
+
+// Run runs every configured workload, flowrun side then raw side, and
+// returns one Result per workload in order. It stops at the first failure,
+// returning the results completed so far with the error.
+func Run(ctx context.Context, cfg Config) ([]Result, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := &progress{fn: cfg.Progress, total: 2 * cfg.Ops * len(cfg.Workloads)}
+	var results []Result
+	for _, name := range cfg.Workloads {
+		r, err := runWorkload(ctx, cfg, name, p)
+		if err != nil {
+			return results, fmt.Errorf("workload %s: %w", name, err)
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Result, error) {
+	dir, err := os.MkdirTemp(cfg.Dir, "kvbench-"+name+"-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(dir)
+
+	// Start the RSS window from as little retained heap as possible.
+	runtime.GC()
+	debug.FreeOSMemory()
+	ResetPeakRSS()
+
+	fr, err := runFlowrun(ctx, cfg, name, dir+"/flowrun", p)
+	if err != nil {
+		return Result{}, fmt.Errorf("flowrun side: %w", err)
+	}
+	rss := PeakRSSMB()
+	pr, err := runPebble(ctx, cfg, name, dir+"/pebble", p)
+	if err != nil {
+		return Result{}, fmt.Errorf("pebble side: %w", err)
+	}
+	r := Result{
+		Workload:       name,
+		Ops:            cfg.Ops,
+		FlowrunOpsPerS: opsPerSec(cfg.Ops, fr.elapsed),
+		PebbleOpsPerS:  opsPerSec(cfg.Ops, pr.elapsed),
+		P50us:          fr.p50us,
+		P99us:          fr.p99us,
+		PeakRSSMB:      rss,
+	}
+	if r.PebbleOpsPerS > 0 {
+		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS
+	}
+	return r, nil
+}
+
+// progress accumulates completed operations across workloads and sides.
+type progress struct {
+	fn    func(done, total int)
+	done  int
+	total int
+}
+
+func (p *progress) add(n int) {
+	p.done += n
+	if p.fn != nil {
+		p.fn(p.done, p.total)
+	}
+}

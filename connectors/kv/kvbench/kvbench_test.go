@@ -1,0 +1,158 @@
+package kvbench
+
+import (
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestRunEveryWorkload(t *testing.T) {
+	for _, sync := range []bool{false, true} {
+		cfg := Config{Ops: 1050, Keys: 300, ValueBytes: 40, Batch: 100, Sync: sync, Dir: t.TempDir()}
+		var calls, last, total int
+		cfg.Progress = func(done, tot int) {
+			if done < last {
+				t.Errorf("progress went back from %d to %d", last, done)
+			}
+			calls++
+			last, total = done, tot
+		}
+		results, err := Run(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("sync=%t: %v", sync, err)
+		}
+		var names []string
+		for _, r := range results {
+			names = append(names, r.Workload)
+			if r.Ops != cfg.Ops {
+				t.Errorf("%s: ops = %d, want %d", r.Workload, r.Ops, cfg.Ops)
+			}
+			if r.FlowrunOpsPerS <= 0 || r.PebbleOpsPerS <= 0 {
+				t.Errorf("%s: throughputs %v, %v must be positive", r.Workload, r.FlowrunOpsPerS, r.PebbleOpsPerS)
+			}
+			if want := r.FlowrunOpsPerS / r.PebbleOpsPerS; math.Abs(r.Ratio-want) > 1e-9*want {
+				t.Errorf("%s: ratio = %v, want flowrun/pebble = %v", r.Workload, r.Ratio, want)
+			}
+			if r.P50us <= 0 || r.P99us < r.P50us {
+				t.Errorf("%s: p50 %v, p99 %v", r.Workload, r.P50us, r.P99us)
+			}
+			if r.PeakRSSMB < 0 {
+				t.Errorf("%s: peak RSS %v", r.Workload, r.PeakRSSMB)
+			}
+		}
+		if !slices.Equal(names, Workloads()) {
+			t.Errorf("workloads run = %v, want %v", names, Workloads())
+		}
+		if want := 2 * cfg.Ops * len(Workloads()); last != want || total != want {
+			t.Errorf("progress ended at %d of %d, want %d of %d", last, total, want, want)
+		}
+		// 11 batches per side and workload: 1050 ops in batches of 100.
+		if want := 2 * 11 * len(Workloads()); calls != want {
+			t.Errorf("progress called %d times, want once per batch (%d)", calls, want)
+		}
+	}
+}
+
+func TestRunRejectsBadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+	}{
+		{"unknown workload", Config{Workloads: []string{"put", "delete"}}},
+		{"tiny values", Config{ValueBytes: MinValueBytes - 1}},
+		{"too many keys", Config{Keys: maxKeys}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.Dir = t.TempDir()
+			_, err := Run(context.Background(), tt.cfg)
+			if !errors.Is(err, ErrBadConfig) {
+				t.Fatalf("err = %v, want ErrBadConfig", err)
+			}
+		})
+	}
+}
+
+func TestRunStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Run(ctx, Config{Workloads: []string{Put}, Ops: 1000, Keys: 10, Dir: t.TempDir()})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c := DefaultConfig()
+	if !c.Sync || c.Ops != DefaultOps || c.Keys != DefaultKeys || c.ValueBytes != DefaultValueBytes ||
+		c.Batch != DefaultBatch || !slices.Equal(c.Workloads, Workloads()) || c.Dir == "" {
+		t.Fatalf("DefaultConfig() = %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	us := time.Microsecond
+	tests := []struct {
+		lat     []time.Duration
+		weights []int
+		q       float64
+		want    float64
+	}{
+		{[]time.Duration{3 * us, 1 * us, 2 * us}, []int{1, 1, 1}, 0.5, 2},
+		{[]time.Duration{3 * us, 1 * us, 2 * us}, []int{1, 1, 1}, 0.99, 3},
+		{[]time.Duration{10 * us, 1 * us}, []int{1, 99}, 0.99, 1},
+		{[]time.Duration{10 * us, 1 * us}, []int{2, 98}, 0.99, 10},
+		{nil, nil, 0.5, 0},
+	}
+	for _, tt := range tests {
+		if got := percentile(tt.lat, tt.weights, tt.q); got != tt.want {
+			t.Errorf("percentile(%v, %v, %v) = %v, want %v", tt.lat, tt.weights, tt.q, got, tt.want)
+		}
+	}
+}
+
+func TestParseVmHWM(t *testing.T) {
+	tests := []struct {
+		status string
+		want   float64
+	}{
+		{"Name:\tx\nVmPeak:\t 9 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1 kB\n", 2},
+		{"Name:\tx\n", 0},
+		{"VmHWM:\tlots kB\n", 0},
+	}
+	for _, tt := range tests {
+		if got := parseVmHWM([]byte(tt.status)); got != tt.want {
+			t.Errorf("parseVmHWM(%q) = %v, want %v", tt.status, got, tt.want)
+		}
+	}
+}
+
+func TestGeneratorIsDeterministic(t *testing.T) {
+	for _, w := range Workloads() {
+		a, b := newGen(w, 50), newGen(w, 50)
+		for range 500 {
+			oa, ob := a.op(), b.op()
+			if oa != ob {
+				t.Fatalf("%s: %+v != %+v", w, oa, ob)
+			}
+			if oa.key < 0 || oa.key >= 50 {
+				t.Fatalf("%s: key %d out of range", w, oa.key)
+			}
+		}
+	}
+}
+
+func TestValueSize(t *testing.T) {
+	for _, size := range []int{MinValueBytes, 100, 10000} {
+		v := newValues(size).appendValue(nil, 12345)
+		if len(v) != size || v[0] != '"' || v[size-1] != '"' {
+			t.Errorf("value of size %d: got %d bytes %.20q", size, len(v), v)
+		}
+	}
+}
