@@ -13,7 +13,7 @@ import (
 // Canonical JSON is how values are stored and compared: object members
 // sorted by key bytes (recursively, the last of duplicate keys kept), no
 // insignificant whitespace, strings re-encoded with the minimal escapes
-// (invalid UTF-8 replaced by U+FFFD), numbers kept as their literal text.
+// (invalid UTF-8 replaced by U+FFFD, non-ASCII kept as UTF-8), numbers kept as their literal text.
 // Two values are equal for cas and cad when their canonical forms are equal
 // bytes, so {"a":1,"b":2} equals {"b":2,"a":1} but 1 does not equal 1.0.
 
@@ -147,7 +147,7 @@ func appendString(dst []byte, s string) []byte {
 				continue
 			}
 			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
+			dst = append(dst, "\ufffd"...) // as the character itself, like every non-ASCII rune
 			i++
 			start = i
 			continue
