@@ -80,11 +80,17 @@ func process(t *testing.T, c *kv.Connector, evs ...pipeline.Event) []kvtest.Emit
 }
 
 func TestClearUsesOneRangeDeletion(t *testing.T) {
+	testClearMillion(t, memstore.New())
+}
+
+// testClearMillion clears a million keys (50,000 under -short) and asserts
+// it was done with one range deletion and no point deletion.
+func testClearMillion(t *testing.T, backend kv.Backend) {
 	n := 1_000_000
 	if testing.Short() {
 		n = 50_000
 	}
-	b := &countingBackend{Backend: memstore.New()}
+	b := &countingBackend{Backend: backend}
 	c, err := kv.New(b, kv.Options{ReclaimInterval: -1})
 	if err != nil {
 		t.Fatal(err)

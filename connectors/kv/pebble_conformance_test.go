@@ -25,3 +25,7 @@ func TestPebbleConformance(t *testing.T) {
 func TestPebblePersistence(t *testing.T) {
 	kvtest.RunPersistent(t, openPebble)
 }
+
+func TestPebbleClearMillion(t *testing.T) {
+	testClearMillion(t, openPebble(t, t.TempDir()))
+}
