@@ -253,11 +253,15 @@ func (c *command) errf(sentinel error, format string, args ...any) error {
 // metadata, and an error describing the first problem.
 func (d *decoder) decode(obj gjson.Result, payload []byte, inBatch bool) (command, error) {
 	var cmd command
+	where := "meta.kv"
+	if inBatch {
+		where = "a batch element"
+	}
 	if !obj.Exists() {
-		return cmd, fmt.Errorf("meta.kv is missing: %w", ErrInvalidCommand)
+		return cmd, fmt.Errorf("%s is missing: %w", where, ErrInvalidCommand)
 	}
 	if !obj.IsObject() {
-		return cmd, fmt.Errorf("meta.kv must be an object, got %s: %w", shortJSON([]byte(obj.Raw)), ErrInvalidCommand)
+		return cmd, fmt.Errorf("%s must be an object, got %s: %w", where, shortJSON([]byte(obj.Raw)), ErrInvalidCommand)
 	}
 	var (
 		arg     gjson.Result
@@ -300,9 +304,9 @@ func (d *decoder) decode(obj gjson.Result, payload []byte, inBatch bool) (comman
 			return cmd, fmt.Errorf("unknown command %q (commands: %s): %w", unknown, strings.Join(CommandNames(), ", "), ErrUnknownCommand)
 		}
 		if fields != 0 {
-			return cmd, fmt.Errorf("meta.kv has modifiers but no command (commands: %s): %w", strings.Join(CommandNames(), ", "), ErrInvalidCommand)
+			return cmd, fmt.Errorf("%s has modifiers but no command (commands: %s): %w", where, strings.Join(CommandNames(), ", "), ErrInvalidCommand)
 		}
-		return cmd, fmt.Errorf("meta.kv names no command (commands: %s): %w", strings.Join(CommandNames(), ", "), ErrInvalidCommand)
+		return cmd, fmt.Errorf("%s names no command (commands: %s): %w", where, strings.Join(CommandNames(), ", "), ErrInvalidCommand)
 	}
 	if err := d.readArg(&cmd, arg); err != nil {
 		return cmd, err
