@@ -1,0 +1,93 @@
+package pebblestore
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+)
+
+// The put benchmarks write b.N 100-byte values over benchKeys keys in
+// batches of benchBatch, each batch synced, once through Store.Update and
+// once on raw Pebble, and report ops/s; their ratio is the store's
+// overhead over Pebble.
+const (
+	benchBatch = 1000
+	benchKeys  = 10_000
+)
+
+func benchKeyAt(dst []byte, i int) []byte {
+	return fmt.Appendf(dst[:0], "k%08d", (i*7919)%benchKeys)
+}
+
+var benchValue = make([]byte, 100)
+
+type quietPebbleLogger struct{}
+
+func (quietPebbleLogger) Infof(string, ...any)  {}
+func (quietPebbleLogger) Errorf(string, ...any) {}
+func (quietPebbleLogger) Fatalf(f string, a ...any) {
+	panic(fmt.Sprintf(f, a...))
+}
+
+func BenchmarkRawPebblePut(b *testing.B) {
+	db, err := pebble.Open(b.TempDir(), &pebble.Options{Logger: quietPebbleLogger{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	var key []byte
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; {
+		batch := db.NewBatch()
+		for ; i < b.N && int(batch.Count()) < benchBatch; i++ {
+			key = benchKeyAt(key, i)
+			if err := batch.Set(key, benchValue, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := batch.Commit(pebble.Sync); err != nil {
+			b.Fatal(err)
+		}
+		_ = batch.Close()
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+}
+
+func BenchmarkStoreUpdatePut(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	keys := make([][]byte, benchBatch)
+	fns := make([]kv.TxnFunc, 0, benchBatch)
+	errs := make([]error, benchBatch)
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; {
+		fns = fns[:0]
+		for ; i < b.N && len(fns) < benchBatch; i++ {
+			j := len(fns)
+			keys[j] = benchKeyAt(keys[j], i)
+			fns = append(fns, func(tx kv.Txn) error { return tx.Set(keys[j], benchValue, 0) })
+		}
+		if err := s.Update(ctx, fns, errs[:len(fns)]); err != nil {
+			b.Fatal(err)
+		}
+		for _, err := range errs[:len(fns)] {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+}
