@@ -36,23 +36,23 @@ type captured struct {
 	ev   pipeline.Event
 }
 
-// NewCapture returns a capture writing to w. sinks lists the flow's sink
-// names in declaration order, which orders the output of events derived
-// from the same input line.
-func NewCapture(w io.Writer, sinks []string) *Capture {
-	c := &Capture{sinks: map[string]int{}, w: bufio.NewWriterSize(w, 64<<10)}
-	for i, s := range sinks {
-		c.sinks[s] = i
-	}
-	return c
+// NewCapture returns a capture writing to w.
+func NewCapture(w io.Writer) *Capture {
+	return &Capture{sinks: map[string]int{}, w: bufio.NewWriterSize(w, 64<<10)}
 }
 
-// Sink returns the processor that stands in for the sink named name.
+// Sink returns the processor that stands in for the sink named name. The
+// order of the first Sink call for each name (the flow's declaration order,
+// when called while building it) orders the output of events derived from
+// the same input line.
 func (c *Capture) Sink(name string) pipeline.Processor {
+	c.mu.Lock()
 	idx, ok := c.sinks[name]
 	if !ok {
 		idx = len(c.sinks)
+		c.sinks[name] = idx
 	}
+	c.mu.Unlock()
 	return pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
 		c.mu.Lock()
 		for _, ev := range batch {

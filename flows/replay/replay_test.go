@@ -16,7 +16,7 @@ import (
 func TestDeterministicOrder(t *testing.T) {
 	for run := 0; run < 5; run++ {
 		var out bytes.Buffer
-		capture := NewCapture(&out, []string{"evens", "all"})
+		capture := NewCapture(&out)
 		inner := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
 			for i := 1; i <= 300; i++ {
 				emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte(strconv.Itoa(i)), Seq: uint64(i)})
@@ -43,7 +43,8 @@ func TestDeterministicOrder(t *testing.T) {
 		}
 		must(t, g.AddSource("src", src, pipeline.PortOut, pipeline.PortErr))
 		must(t, g.AddProcessor("slow", pipeline.ProcessorFunc(jitter), pipeline.PortOut))
-		must(t, g.AddProcessor("evens", capture.Sink("evens")))
+		evens := capture.Sink("evens") // first: orders before "all"
+		must(t, g.AddProcessor("evens", evens))
 		must(t, g.AddProcessor("all", capture.Sink("all")))
 		must(t, g.Link("src", pipeline.PortOut, "slow"))
 		must(t, g.Link("src", pipeline.PortErr, "all"))
