@@ -10,6 +10,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/operators"
+	"github.com/flowrun/flowrun/operators/expr"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -27,13 +28,11 @@ func NewRegistry() *Registry {
 	return r
 }
 
-// checkExpr compiles src as a condition, which accepts every expression
-// of the language: any value has a truth value.
+// checkExpr parses src with the operators' expression parser.
 func checkExpr(src string) error {
-	_, err := operators.NewFilter(operators.FilterOptions{If: src})
+	_, err := expr.Parse(src)
 	return err
 }
-
 
 func codecField() Field {
 	return Field{Name: "codec", Type: TypeEnum, Enum: []string{jsonl.CodecEvent, jsonl.CodecJSON}, Default: jsonl.CodecEvent,
@@ -173,21 +172,8 @@ func builtinSpecs() []Spec {
 					return Component{}, errors.New("route needs at least one route such as `bans: 'data.count >= 3'`")
 				}
 				opts := operators.RouteOptions{Default: c.String("default")}
-				ports := append([]string(nil), c.String("default"))
 				for _, e := range c.Extra {
 					opts.Routes = append(opts.Routes, operators.Route{Port: e.Key, If: e.Value})
-					ports = append(ports, e.Key)
-				}
-				for _, p := range ports {
-					if p == "" {
-						continue
-					}
-					if !validName(p) {
-						return Component{}, fmt.Errorf("invalid port name %q: use letters, digits, '_', '-' and '.'", p)
-					}
-					if p == pipeline.PortIn {
-						return Component{}, fmt.Errorf("cannot route to port %q: it is the input port", p)
-					}
 				}
 				op, err := operators.NewRoute(opts)
 				return Component{Operator: op}, err

@@ -121,12 +121,18 @@ func sortDiagnostics(diags []Diagnostic) {
 // didYouMean returns ` (did you mean "x"?)` for the candidate closest to
 // s, or "" when none is close enough to be a likely typo.
 func didYouMean(s string, candidates []string) string {
-	best, bestDist := "", 0
+	best, bestDist, bestPrefix := "", 0, 0
 	for _, c := range candidates {
 		d := editDistance(strings.ToLower(s), strings.ToLower(c))
-		limit := max(1, min(len(c), len(s))/3)
-		if d <= limit && (best == "" || d < bestDist) {
-			best, bestDist = c, d
+		limit := max(1, (len(s)+1)/3)
+		if d > limit {
+			continue
+		}
+		// Typos rarely hit the first letters: on equal distance, prefer
+		// the candidate sharing the longer prefix.
+		p := commonPrefix(s, c)
+		if best == "" || d < bestDist || (d == bestDist && p > bestPrefix) {
+			best, bestDist, bestPrefix = c, d, p
 		}
 	}
 	if best == "" {
@@ -163,4 +169,12 @@ func editDistance(a, b string) int {
 		prev2, prev, cur = prev, cur, prev2
 	}
 	return prev[len(rb)]
+}
+
+func commonPrefix(a, b string) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
 }

@@ -2,6 +2,7 @@ package flows
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/flowrun/flowrun/operators/expr"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -47,6 +49,10 @@ type Node struct {
 	Ports []string
 	// Line and Col locate the node's name in the flow file.
 	Line, Col int
+
+	// broken marks a node whose declaration had errors: links to it are
+	// not checked further, so one mistake gives one diagnostic.
+	broken bool
 }
 
 // IsPipeline reports whether the node is a pipeline of operators.
@@ -159,7 +165,16 @@ func (l *loader) warnf(n *yaml.Node, field, format string, args ...any) {
 	l.report(Warning, n, field, format, args...)
 }
 
-var yamlLineRe = regexp.MustCompile(`line (\d+)`)
+var yamlLineRe = regexp.MustCompile(`^line (\d+)`)
+
+// yamlContextErrors are the YAML parser errors located by the collection
+// they occur in, with that collection's kind.
+var yamlContextErrors = map[string]string{
+	"did not find expected ',' or '}'":    "flow mapping",
+	"did not find expected ',' or ']'":    "flow sequence",
+	"did not find expected key":           "mapping",
+	"did not find expected '-' indicator": "list",
+}
 
 // load parses src. A panic anywhere (a bug, or a pathological document) is
 // turned into a diagnostic: loading must never crash the caller.
@@ -181,7 +196,14 @@ func (l *loader) load(src []byte) (flow *Flow) {
 		if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
 			d.Line, _ = strconv.Atoi(m[1])
 			d.Col = 1
-			d.Message = "invalid YAML: " + strings.TrimPrefix(msg, m[0]+": ")
+			rest := strings.TrimPrefix(msg, m[0]+": ")
+			if ctx, ok := yamlContextErrors[rest]; ok {
+				// The YAML parser reports these at the 0-based line where
+				// the enclosing collection starts.
+				d.Line++
+				rest += " in the " + ctx + " starting here"
+			}
+			d.Message = "invalid YAML: " + rest
 		}
 		l.diags = append(l.diags, d)
 		return nil
@@ -230,11 +252,12 @@ func (l *loader) load(src []byte) (flow *Flow) {
 		l.loadPipelines(flow, pipelines, names)
 	}
 	var linkNodes []linkPos
+	use := &usage{linked: map[string]bool{}, in: map[string]bool{}, out: map[string]bool{}}
 	if links != nil {
-		linkNodes = l.loadLinks(flow, links, names)
+		linkNodes = l.loadLinks(flow, links, names, use)
 	}
 	l.checkCycles(flow, linkNodes)
-	l.checkUsage(flow)
+	l.checkUsage(flow, use)
 	return flow
 }
 
@@ -293,7 +316,7 @@ var nameRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
 func validName(s string) bool { return len(s) <= 128 && nameRe.MatchString(s) }
 
 func (l *loader) addNode(flow *Flow, names map[string]*Node, n *Node, k *yaml.Node, field string) {
-	if prev, dup := names[n.Name]; dup {
+	if prev, dup := names[n.Name]; dup && (prev.Line != n.Line || prev.Col != n.Col) {
 		l.errorf(k, field, "node name %q is already used at line %d", n.Name, prev.Line)
 		return
 	}
@@ -314,6 +337,10 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 		if !validName(name) {
 			l.errorf(k, "connectors", "invalid connector name %q: use letters, digits, '_', '-' and '.'", name)
 			return
+		}
+		if _, dup := names[name]; !dup {
+			// Stands for the connector until it is known to be valid.
+			names[name] = &Node{Name: name, Line: k.Line, Col: k.Column, broken: true}
 		}
 		if v.Kind != yaml.MappingNode {
 			l.errorf(v, field, "expected a mapping with a type, got %s", describe(v))
@@ -351,14 +378,11 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 			stdin = name
 		}
 		cfg, ok := l.parseOptions(spec, v, k, field, name, "type")
-		node := &Node{Name: name, Spec: spec, Config: cfg, Line: k.Line, Col: k.Column}
-		if ok {
-			node.Kind = spec.kindOf(cfg)
-			node.Ports = spec.portsOf(cfg)
-		} else {
-			node.Kind = spec.Kind
-			node.Ports = spec.portsOf(NewConfig(name, typ, nil))
+		if !ok {
+			return
 		}
+		node := &Node{Name: name, Spec: spec, Config: cfg, Line: k.Line, Col: k.Column,
+			Kind: spec.kindOf(cfg), Ports: spec.portsOf(cfg)}
 		l.addNode(flow, names, node, k, "connectors")
 	})
 }
@@ -369,6 +393,7 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, node string, skip string) (*Config, bool) {
 	cfg := NewConfig(node, spec.Type, nil)
 	ok := true
+	given := map[string]bool{} // options present, valid or not
 	if m != nil {
 		l.eachPair(m, field, func(name string, k, v *yaml.Node) {
 			if name == skip {
@@ -383,10 +408,12 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 			sub := field + "." + name
 			if f == nil {
 				f = spec.Extra
-			} else if cfg.set[f.Name] {
+			} else if given[f.Name] {
 				l.errorf(k, field, "option %q is set twice (%q is an alias of %q)", f.Name, name, f.Name)
 				ok = false
 				return
+			} else {
+				given[f.Name] = true
 			}
 			text, scalar := valueText(v)
 			if !scalar {
@@ -400,13 +427,15 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 				return
 			}
 			val, msg := l.reg.parseValue(f, text, isNull(v), l.dir)
+			pos := v
 			if msg == "" && f.Type == TypeExpr && l.reg.checkExpr != nil {
 				if err := l.reg.checkExpr(text); err != nil {
 					msg = fmt.Sprintf("invalid expression %q: %v", text, err)
+					pos = exprErrorPos(v, err)
 				}
 			}
 			if msg != "" {
-				l.errorf(v, sub, "%s", msg)
+				l.errorf(pos, sub, "%s", msg)
 				ok = false
 				return
 			}
@@ -420,7 +449,7 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 	}
 	for i := range spec.Fields {
 		f := &spec.Fields[i]
-		if cfg.set[f.Name] {
+		if cfg.set[f.Name] || given[f.Name] {
 			continue
 		}
 		if f.Required {
@@ -435,6 +464,25 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 		}
 	}
 	return cfg, ok
+}
+
+// exprErrorPos points at the problem inside an expression when the
+// expression's error says where it is and the YAML scalar is written on one
+// line, so that the column of the diagnostic is the column of the mistake.
+func exprErrorPos(v *yaml.Node, err error) *yaml.Node {
+	var se *expr.SyntaxError
+	if !errors.As(err, &se) || se.Line != 1 || strings.ContainsAny(v.Value, "\n\\") || strings.Contains(v.Value, "'") {
+		return v
+	}
+	col := v.Column + se.Column - 1
+	switch v.Style {
+	case 0, yaml.TaggedStyle:
+	case yaml.SingleQuotedStyle, yaml.DoubleQuotedStyle:
+		col++ // the opening quote
+	default:
+		return v
+	}
+	return &yaml.Node{Line: v.Line, Column: col}
 }
 
 // typeDesc says in words what a field expects.
@@ -482,6 +530,7 @@ func (l *loader) loadPipelines(flow *Flow, m *yaml.Node, names map[string]*Node)
 			for i, item := range v.Content {
 				op, ok := l.loadOperator(deref(item), fmt.Sprintf("%s[%d]", field, i), name)
 				if !ok {
+					node.broken = true
 					continue
 				}
 				node.Operators = append(node.Operators, op)
@@ -538,7 +587,7 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 	// Building an operator has no side effects, and catches what field
 	// checks cannot (an invalid set target, a route to port "in").
 	if _, err := spec.Build(context.Background(), &BuildEnv{Validating: true}, cfg); err != nil {
-		l.errorf(k, field, "%v", err)
+		l.errorf(k, field, "%s", strings.TrimPrefix(err.Error(), typ+": "))
 		return Operator{}, false
 	}
 	return Operator{Spec: spec, Config: cfg, Line: k.Line, Col: k.Column}, true
@@ -584,7 +633,7 @@ func parseLink(text string) (Link, bool) {
 
 // loadLinks parses and checks links, returning the YAML node of each link
 // in flow.Links for later diagnostics.
-func (l *loader) loadLinks(flow *Flow, seq *yaml.Node, names map[string]*Node) []linkPos {
+func (l *loader) loadLinks(flow *Flow, seq *yaml.Node, names map[string]*Node, use *usage) []linkPos {
 	if seq.Kind != yaml.SequenceNode {
 		if !isNull(seq) {
 			l.errorf(seq, "links", "expected a list of links such as \"input/out -> main/in\", got %s", describe(seq))
@@ -607,6 +656,9 @@ func (l *loader) loadLinks(flow *Flow, seq *yaml.Node, names map[string]*Node) [
 			continue
 		}
 		link.Line, link.Col = item.Line, item.Column
+		use.linked[link.From], use.linked[link.To] = true, true
+		use.in[link.To] = true
+		use.out[link.From+"/"+link.FromPort] = true
 		from, okFrom := names[link.From]
 		to, okTo := names[link.To]
 		if !okFrom {
@@ -615,7 +667,7 @@ func (l *loader) loadLinks(flow *Flow, seq *yaml.Node, names map[string]*Node) [
 		if !okTo {
 			l.errorf(item, field, "link to unknown node %q%s", link.To, didYouMean(link.To, sortedKeys(names)))
 		}
-		if !okFrom || !okTo {
+		if !okFrom || !okTo || from.broken || to.broken {
 			continue
 		}
 		bad := false
@@ -706,18 +758,23 @@ func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
 	}
 }
 
+// usage records what the links of a flow mention, including links
+// rejected for other reasons, so that one bad link does not also produce
+// "not linked" warnings.
+type usage struct {
+	linked map[string]bool // node names
+	in     map[string]bool // node names linked into
+	out    map[string]bool // "node/port" linked from
+}
+
 // checkUsage warns about nodes nothing links to or from, and unlinked err
 // ports.
-func (l *loader) checkUsage(flow *Flow) {
-	linkedOut := map[string]bool{} // "node/port"
-	in := map[string]bool{}
-	any := map[string]bool{}
-	for _, lk := range flow.Links {
-		linkedOut[lk.From+"/"+lk.FromPort] = true
-		in[lk.To] = true
-		any[lk.From], any[lk.To] = true, true
-	}
+func (l *loader) checkUsage(flow *Flow, use *usage) {
+	linkedOut, in, any := use.out, use.in, use.linked
 	for _, n := range flow.Nodes {
+		if n.broken {
+			continue
+		}
 		pos := &yaml.Node{Line: n.Line, Column: n.Col}
 		field := "connectors." + n.Name
 		if n.IsPipeline() {

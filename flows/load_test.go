@@ -1,0 +1,358 @@
+package flows
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBrokenFiles checks the exact diagnostics, with positions, of one
+// broken flow file per kind of problem.
+func TestBrokenFiles(t *testing.T) {
+	tests := []struct {
+		file string
+		want []string
+	}{
+		{"valid.yaml", nil},
+		{"yaml_syntax.yaml", []string{
+			`3:1: error: invalid YAML: did not find expected ',' or '}' in the flow mapping starting here`}},
+		{"missing_name.yaml", []string{
+			`1:1: error: name: missing required field "name"`}},
+		{"unknown_connector_type.yaml", []string{
+			`3:18: error: connectors.input.type: unknown connector type "stdn" (did you mean "stdin"?)`}},
+		{"unknown_operator.yaml", []string{
+			`7:7: error: pipelines.main[0]: unknown operator "filtr" (did you mean "filter"?)`}},
+		{"unknown_option.yaml", []string{
+			`4:3: error: connectors.store: missing required option "dir"`,
+			`6:5: error: connectors.store: unknown option "dri" (did you mean "dir"?)`}},
+		{"missing_required.yaml", []string{
+			`4:3: error: connectors.store: missing required option "dir"`}},
+		{"wrong_type.yaml", []string{
+			`7:16: error: connectors.store.max_batch: expected an integer, got "lots"`,
+			`8:11: error: connectors.store.sync: expected true or false, got "maybe"`,
+			`9:16: error: connectors.store.max_delay: expected a duration such as "5ms" or "1m30s", got "5"`}},
+		{"bad_enum.yaml", []string{
+			`4:45: error: connectors.out.mode: invalid value "rwite" (want one of read, write, append, truncate) (did you mean "write"?)`}},
+		{"invalid_expr.yaml", []string{
+			`7:30: error: pipelines.main[0].filter.if: invalid expression "exists(meta.kv": ` + exprError(t, "exists(meta.kv")}},
+		{"malformed_link.yaml", []string{
+			`6:5: error: links[0]: malformed link "input/out => out/in": want "NODE/PORT -> NODE/in"`}},
+		{"unknown_node.yaml", []string{
+			`6:5: error: links[0]: link to unknown node "ouput" (did you mean "out"?)`}},
+		{"unknown_port.yaml", []string{
+			`4:3: warning: connectors.store: port "err" is not linked: failed events will only be logged (link store/err to a sink)`,
+			`10:5: error: links[3]: connector "store" has no output port "error" (did you mean "err"?) (ports: out, err)`}},
+		{"link_into_source.yaml", []string{
+			`7:5: error: links[0]: link into a source: connector "replay" is a source and has no input port`}},
+		{"cycle.yaml", []string{
+			`12:5: error: links[3]: links form a cycle: a -> b -> a`}},
+		{"unlinked_err.yaml", []string{
+			`4:3: warning: connectors.store: port "err" is not linked: failed events will only be logged (link store/err to a sink)`}},
+		{"unused_node.yaml", []string{
+			`5:3: warning: connectors.spare: connector "spare" is not linked to anything`}},
+	}
+	reg := NewRegistry()
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		seen[tt.file] = true
+		t.Run(tt.file, func(t *testing.T) {
+			path := filepath.Join("testdata", "broken", tt.file)
+			var got []string
+			for _, d := range Validate(path, reg) {
+				got = append(got, strings.TrimPrefix(d.String(), path+":"))
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("diagnostics:\n got  %q\n want %q", got, tt.want)
+			}
+			flow, diags, err := Load(path, reg)
+			wantErr := HasErrors(diags)
+			if wantErr != (err != nil) || wantErr != (flow == nil) {
+				t.Fatalf("Load: flow %v, err %v, but errors in diagnostics: %v", flow != nil, err, wantErr)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidFlow) {
+				t.Errorf("Load error %v does not wrap ErrInvalidFlow", err)
+			}
+		})
+	}
+	files, _ := filepath.Glob(filepath.Join("testdata", "broken", "*.yaml"))
+	for _, f := range files {
+		if !seen[filepath.Base(f)] {
+			t.Errorf("%s has no expected diagnostics in this table", f)
+		}
+	}
+}
+
+// exprError is the expression compiler's own message for src.
+func exprError(t *testing.T, src string) string {
+	t.Helper()
+	err := checkExpr(src)
+	if err == nil {
+		t.Fatalf("expression %q compiles; the invalid_expr test needs an invalid one", src)
+	}
+	return err.Error()
+}
+
+const header = "name: t\n"
+
+// TestDiagnostics covers more problems, on inline flows.
+func TestDiagnostics(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want []string // substrings of the diagnostics, in order; one per diagnostic
+	}{
+		{"empty file", "", []string{"f.yaml: error: empty flow file"}},
+		{"root not a mapping", "- a\n", []string{"1:1: error: a flow file must be a mapping"}},
+		{"unknown top-level field", header + "conectors: {}\n", []string{`2:1: error: unknown top-level field "conectors" (did you mean "connectors"?)`}},
+		{"duplicate key", header + "name: u\n", []string{`2:1: error: duplicate key "name"`}},
+		{"name not a string", "name: [a]\n", []string{`1:7: error: name: expected a non-empty name, got a list`}},
+		{"bad name", "name: a b\n", []string{`1:7: error: name: invalid name "a b"`}},
+		{"connectors not a mapping", header + "connectors: [a]\n", []string{`2:13: error: connectors: expected a mapping`}},
+		{"connector not a mapping", header + "connectors:\n  a: stdin\n", []string{`3:6: error: connectors.a: expected a mapping with a type, got "stdin"`}},
+		{"connector without type", header + "connectors:\n  a: {dir: x}\n", []string{`3:3: error: connectors.a: missing required option "type" (one of stdin, stdout, file, null, kv)`}},
+		{"operator as connector", header + "connectors:\n  a: {type: filter}\n", []string{`3:13: error: connectors.a.type: "filter" is an operator, not a connector`}},
+		{"connector as operator", header + "pipelines:\n  p:\n    - kv: {dir: x}\n", []string{`4:7: error: pipelines.p[0]: "kv" is a connector, not an operator`}},
+		{"two stdin", header + "connectors:\n  a: {type: stdin}\n  b: {type: stdin}\n  d: {type: null}\nlinks: [a/out -> c, a/err -> c, b -> c, b/err -> c, c/err -> d, c -> d]\npipelines: {c: []}\n",
+			[]string{`4:13: error: connectors.b.type: only one stdin connector is allowed per flow ("a" already reads stdin)`}},
+		{"duplicate node name", header + "connectors:\n  a: {type: null}\npipelines:\n  a: []\n", []string{`3:3: warning: connectors.a: connector "a" is not linked to anything`, `5:3: error: pipelines: node name "a" is already used at line 3`}},
+		{"option set twice by alias", header + "connectors:\n  s: {type: kv, dir: a, path: b}\n", []string{`3:25: error: connectors.s: option "dir" is set twice ("path" is an alias of "dir")`}},
+		{"option without value", header + "connectors:\n  s: {type: kv, dir: }\n", []string{`3:22: error: connectors.s.dir: expected a path, got nothing`}},
+		{"option of wrong shape", header + "connectors:\n  s: {type: kv, dir: [a]}\n", []string{`3:22: error: connectors.s.dir: expected a path, got a list`}},
+		{"bad bytesize", header + "connectors:\n  s: {type: kv, dir: a, max_value_bytes: 4 parsecs}\n", []string{`connectors.s.max_value_bytes: expected a size such as 4096, "64KiB" or "16MiB", got "4 parsecs"`}},
+		{"operator entry with two keys", header + "pipelines:\n  p:\n    - filter: a\n      drop: {}\n", []string{`4:7: error: pipelines.p[0]: expected one operator such as ` + "`filter: EXPR`" + `, got a mapping with 2 keys (start each operator with its own "- ")`}},
+		{"pipeline not a list", header + "pipelines:\n  p: {filter: a}\n", []string{`3:3: warning: pipelines.p: pipeline "p" is not linked to anything`, `3:6: error: pipelines.p: expected a list of operators, got a mapping`}},
+		{"set without shorthand", header + "pipelines:\n  p:\n    - set: data.x\n", []string{`4:12: error: pipelines.p[0].set: expected a mapping of options, got "data.x"`}},
+		{"set without assignments", header + "pipelines:\n  p:\n    - set: {}\n", []string{`4:7: error: pipelines.p[0].set: set needs at least one assignment`}},
+		{"filter without condition", header + "pipelines:\n  p:\n    - filter:\n", []string{`4:7: error: pipelines.p[0].filter: missing required option "if"`}},
+		{"unknown filter option", header + "pipelines:\n  p:\n    - filter: {iff: a}\n", []string{`4:7: error: pipelines.p[0].filter: missing required option "if"`, `4:16: error: pipelines.p[0].filter: unknown option "iff" (did you mean "if"?)`}},
+		{"route to in", header + "pipelines:\n  p:\n    - route: {in: 'true'}\n", []string{`4:7: error: pipelines.p[0].route: route 1: invalid option: port "in" is reserved`}},
+		{"route bad port name", header + "pipelines:\n  p:\n    - route: {a b: 'true'}\n", []string{`4:7: error: pipelines.p[0].route: route 1: invalid option: port "a b" must be letters`}},
+		{"links not a list", header + "links: a -> b\n", []string{`2:8: error: links: expected a list of links`}},
+		{"link not a string", header + "links:\n  - {a: b}\n", []string{`3:5: error: links[0]: expected a link such as "input/out -> main/in", got a mapping`}},
+		{"link with two arrows", header + "links:\n  - a -> b -> c\n", []string{`3:5: error: links[0]: malformed link "a -> b -> c"`}},
+		{"link from unknown node", header + "connectors:\n  o: {type: null}\nlinks:\n  - x -> o\n", []string{`5:5: error: links[0]: link from unknown node "x"`}},
+		{"link from a sink", header + "connectors:\n  o: {type: null}\n  p: {type: null}\nlinks:\n  - o -> p\n", []string{`3:3: warning: connectors.o: nothing links into connector "o"`, `6:5: error: links[0]: connector "o" is a sink and has no output ports`}},
+		{"link to port other than in", header + "connectors:\n  i: {type: stdin}\n  o: {type: null}\nlinks:\n  - i -> o/out\n  - i/err -> o\n", []string{`6:5: error: links[0]: connector "o" has no input port "out" (links go into port "in")`}},
+		{"duplicate link", header + "connectors:\n  i: {type: stdin}\n  o: {type: null}\nlinks:\n  - i -> o\n  - i/out -> o/in\n  - i/err -> o\n", []string{`7:5: warning: links[1]: duplicate link "i/out -> o/in" (also at line 6)`}},
+		{"nothing links in", header + "connectors:\n  i: {type: stdin}\n  o: {type: null}\npipelines:\n  p: []\nlinks:\n  - i -> o\n  - i/err -> o\n  - p -> o\n  - p/err -> o\n",
+			[]string{`6:3: warning: pipelines.p: nothing links into pipeline "p", so it receives no events`}},
+		{"self loop", header + "pipelines:\n  p: []\nlinks:\n  - p -> p\n  - p/err -> p\n", []string{
+			`5:5: error: links[0]: links form a cycle: p -> p`,
+			`6:5: error: links[1]: links form a cycle: p -> p`}},
+		{"route ports are pipeline ports", header + "connectors:\n  i: {type: stdin}\n  o: {type: null}\npipelines:\n  p:\n    - route: {hot: 'true', default: cold}\nlinks:\n  - i -> p\n  - i/err -> o\n  - p/hot -> o\n  - p/cold -> o\n  - p/err -> o\n  - p/lukewarm -> o\n",
+			[]string{`14:5: error: links[5]: pipeline "p" has no output port "lukewarm" (ports: out, err, hot, cold)`}},
+	}
+	reg := NewRegistry()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, diags, _ := LoadBytes("f.yaml", []byte(tt.src), reg)
+			if len(diags) != len(tt.want) {
+				t.Fatalf("got %d diagnostics, want %d:\n%s", len(diags), len(tt.want), joinDiags(diags))
+			}
+			for i, d := range diags {
+				if !strings.Contains(d.String(), tt.want[i]) {
+					t.Errorf("diagnostic %d:\n got  %s\n want it to contain %s", i, d, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+func joinDiags(diags []Diagnostic) string {
+	var b strings.Builder
+	for _, d := range diags {
+		b.WriteString(d.String())
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func TestLoadResolvesOptions(t *testing.T) {
+	dir := t.TempDir()
+	src := `name: opts
+connectors:
+  in: { type: file, path: in.jsonl, mode: read, codec: json, max_line_bytes: 1KiB }
+  store: { type: kv, path: /abs/state, sync: false, max_delay: 2ms, max_value_bytes: 1_000 }
+  out: { type: stdout }
+pipelines:
+  p:
+    - set:
+        meta.b: '2'
+        meta.a: '1'
+links:
+  - in -> p
+  - in/err -> out
+  - p -> store
+  - p/err -> out
+  - store -> out
+  - store/err -> out
+`
+	path := filepath.Join(dir, "flow.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	flow, diags, err := Load(path, NewRegistry())
+	if err != nil || len(diags) != 0 {
+		t.Fatalf("Load: %v\n%s", err, joinDiags(diags))
+	}
+	in, _ := flow.Node("in")
+	store, _ := flow.Node("store")
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"file path", in.Config.String("path"), filepath.Join(dir, "in.jsonl")},
+		{"file kind", in.Kind, KindSource},
+		{"codec", in.Config.String("codec"), "json"},
+		{"max_line_bytes", in.Config.ByteSize("max_line_bytes"), int64(1024)},
+		{"kv dir via alias, absolute", store.Config.String("dir"), "/abs/state"},
+		{"sync", store.Config.Bool("sync"), false},
+		{"max_delay", store.Config.Duration("max_delay").String(), "2ms"},
+		{"max_value_bytes", store.Config.ByteSize("max_value_bytes"), int64(1000)},
+		{"default max_scan", store.Config.Int("max_scan"), 10000},
+		{"explicitly set", store.Config.Has("sync"), true},
+		{"defaulted is not set", store.Config.Has("max_scan"), false},
+		{"sources", strings.Join(flow.Sources(), ","), "in"},
+		{"sinks", strings.Join(flow.Sinks(), ","), "out"},
+		{"links", len(flow.Links), 6},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	p, _ := flow.Node("p")
+	var keys []string
+	for _, e := range p.Operators[0].Config.Extra {
+		keys = append(keys, e.Key)
+	}
+	if strings.Join(keys, ",") != "meta.b,meta.a" {
+		t.Errorf("set assignments out of YAML order: %v", keys)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope.yaml")
+	if _, _, err := Load(path, NewRegistry()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load of a missing file: %v", err)
+	}
+	diags := Validate(path, NewRegistry())
+	if len(diags) != 1 || diags[0].Severity != Error || !strings.Contains(diags[0].String(), "nope.yaml: error: read flow file") {
+		t.Errorf("Validate of a missing file: %v", diags)
+	}
+}
+
+func TestLoadErrorListsErrors(t *testing.T) {
+	_, _, err := LoadBytes("f.yaml", []byte("name: t\nconnectors:\n  a: {type: nope}\n  b: {type: kv}\n"), NewRegistry())
+	if !errors.Is(err, ErrInvalidFlow) {
+		t.Fatalf("err = %v, want ErrInvalidFlow", err)
+	}
+	want := "f.yaml: invalid flow (2 errors)\n" +
+		"f.yaml:3:13: error: connectors.a.type: unknown connector type \"nope\"\n" +
+		"f.yaml:4:3: error: connectors.b: missing required option \"dir\""
+	if err.Error() != want {
+		t.Errorf("error text:\n got  %s\n want %s", err, want)
+	}
+}
+
+func TestDiagnosticString(t *testing.T) {
+	tests := []struct {
+		d    Diagnostic
+		want string
+	}{
+		{Diagnostic{File: "f.yaml", Line: 3, Col: 5, Field: "connectors.store", Message: `unknown option "dri"`},
+			`f.yaml:3:5: error: connectors.store: unknown option "dri"`},
+		{Diagnostic{File: "f.yaml", Line: 3, Severity: Warning, Message: "m"}, "f.yaml:3: warning: m"},
+		{Diagnostic{File: "f.yaml", Message: "m"}, "f.yaml: error: m"},
+	}
+	for _, tt := range tests {
+		if got := tt.d.String(); got != tt.want {
+			t.Errorf("got %q, want %q", got, tt.want)
+		}
+	}
+}
+
+func TestDidYouMean(t *testing.T) {
+	tests := []struct {
+		s    string
+		want string
+	}{
+		{"dri", ` (did you mean "dir"?)`},
+		{"namespce", ` (did you mean "namespace"?)`},
+		{"max_bacth", ` (did you mean "max_batch"?)`},
+		{"zzz", ""},
+		{"", ""},
+	}
+	cands := []string{"dir", "path", "namespace", "max_batch", "max_scan"}
+	for _, tt := range tests {
+		if got := didYouMean(tt.s, cands); got != tt.want {
+			t.Errorf("didYouMean(%q) = %q, want %q", tt.s, got, tt.want)
+		}
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"4096", 4096, true},
+		{"64KiB", 64 << 10, true},
+		{"16 MiB", 16 << 20, true},
+		{"1GB", 1e9, true},
+		{"1_000", 1000, true},
+		{"", 0, false},
+		{"MiB", 0, false},
+		{"-1", 0, false},
+		{"1.5MiB", 0, false},
+		{"99999999999999GiB", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := parseByteSize(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("parseByteSize(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestRegistry(t *testing.T) {
+	r := NewRegistry()
+	if err := r.Register(Spec{Type: "kv", Build: noopBuild}); err == nil {
+		t.Error("registering a type twice succeeded")
+	}
+	if err := r.Register(Spec{Type: "x"}); err == nil {
+		t.Error("registering a spec without Build succeeded")
+	}
+	if got := strings.Join(r.Types(KindOperator), ","); got != "filter,set,route,drop" {
+		t.Errorf("operators: %s", got)
+	}
+	if got := strings.Join(r.Types(KindSink), ","); got != "stdout,file,null" {
+		t.Errorf("sinks: %s", got)
+	}
+	// Every default parses with its own field type.
+	for _, typ := range r.Types("") {
+		s, _ := r.Spec(typ)
+		for _, f := range s.Fields {
+			if f.Default == "" {
+				continue
+			}
+			if _, msg := r.parseValue(&f, f.Default, false, ""); msg != "" {
+				t.Errorf("%s.%s: default %q: %s", typ, f.Name, f.Default, msg)
+			}
+		}
+	}
+	// Registries are independent.
+	other := NewRegistry()
+	if err := other.Register(Spec{Type: "custom", Kind: KindSink, Build: noopBuild}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.Spec("custom"); ok {
+		t.Error("a spec registered in one registry is visible in another")
+	}
+}
+
+func noopBuild(context.Context, *BuildEnv, *Config) (Component, error) { return Component{}, nil }
