@@ -1,11 +1,14 @@
 package operators
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
 	"github.com/flowrun/flowrun/pipeline"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 )
 
@@ -104,9 +107,16 @@ func (r *run) emit(i int, port string, ev pipeline.Event) {
 // errorMeta returns a copy of meta with "error" set to msg, or a fresh
 // object when meta cannot be updated.
 func errorMeta(meta []byte, msg string) []byte {
-	out, err := sjson.SetBytes(meta, "error", msg)
-	if err != nil {
-		out, _ = sjson.SetBytes([]byte("{}"), "error", msg)
+	// Encode without HTML escaping so that messages with <, > and & stay
+	// readable in the output.
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(msg) // a string always encodes
+	raw := bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+	out, err := sjson.SetRawBytes(meta, "error", raw)
+	if err != nil || !gjson.ValidBytes(out) {
+		out, _ = sjson.SetRawBytes([]byte("{}"), "error", raw)
 	}
 	return out
 }
