@@ -102,7 +102,9 @@ type Segment struct {
 
 // Path is a parsed path such as data.player.id or meta["odd key"].
 type Path struct {
-	Root     Root
+	// Root is the part of the event the path starts from.
+	Root Root
+	// Segments are the steps below Root; empty for the whole root.
 	Segments []Segment
 }
 
