@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flowrun/flowrun/connectors/kv/kvbench"
+)
+
+type benchFlags struct {
+	workloads  []string
+	ops        int
+	keys       int
+	valueBytes int
+	batch      int
+	sync       bool
+	dir        string
+	json       bool
+	cpuprofile string
+}
+
+func newBenchCommand(e env) *cobra.Command {
+	var f benchFlags
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure kv connector throughput end to end against raw Pebble",
+		Long: `Run key-value workloads through the full event path (source -> kv connector
+on a Pebble store -> sink) and, on a fresh directory, the same operations
+against Pebble directly, with the same batch size and sync policy.
+
+Workloads: put, get, mixed (50% put, 50% get), increment, cas, scan (10
+entries per scan). Keys are drawn uniformly from --keys keys; get, mixed,
+increment, cas and scan preload every key first (untimed).
+
+One JSON object per workload is printed on stdout with --json or when stdout
+is not a terminal:
+  {"workload","ops","flowrun_ops_per_s","pebble_ops_per_s","ratio",
+   "p50_us","p99_us","peak_rss_mb"}
+and an aligned table otherwise. Latency is per batch, from the source
+handing the batch to the graph to the sink receiving its last result,
+counted once for each operation of the batch. Progress goes to stderr.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd.Context(), e)
+			defer stop()
+			return runBench(ctx, e, f)
+		},
+	}
+	d := kvbench.DefaultConfig()
+	fl := cmd.Flags()
+	fl.StringSliceVar(&f.workloads, "workload", d.Workloads, "workloads to run, comma-separated")
+	fl.IntVar(&f.ops, "ops", d.Ops, "timed operations per workload and side")
+	fl.IntVar(&f.keys, "keys", d.Keys, "number of distinct keys")
+	fl.IntVar(&f.valueBytes, "value-bytes", d.ValueBytes, "size of each value in bytes")
+	fl.IntVar(&f.batch, "batch", d.Batch, "events per batch (and operations per raw Pebble batch)")
+	fl.BoolVar(&f.sync, "sync", d.Sync, "fsync every batch before its results count")
+	fl.StringVar(&f.dir, "dir", "", "directory for the temporary stores (default: the system temp dir)")
+	fl.BoolVar(&f.json, "json", false, "print JSON lines even on a terminal")
+	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
+	return cmd
+}
+
+func runBench(ctx context.Context, e env, f benchFlags) error {
+	for name, v := range map[string]int{"--ops": f.ops, "--keys": f.keys, "--value-bytes": f.valueBytes, "--batch": f.batch} {
+		if v <= 0 {
+			return usageError{fmt.Errorf("%s must be positive, got %d", name, v)}
+		}
+	}
+	cfg := kvbench.Config{
+		Workloads:  f.workloads,
+		Ops:        f.ops,
+		Keys:       f.keys,
+		ValueBytes: f.valueBytes,
+		Batch:      f.batch,
+		Sync:       f.sync,
+		Dir:        f.dir,
+	}
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	if st, err := os.Stat(cfg.Dir); err != nil || !st.IsDir() {
+		return usageError{fmt.Errorf("--dir %q is not a directory", cfg.Dir)}
+	}
+
+	if f.cpuprofile != "" {
+		pf, err := os.Create(f.cpuprofile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	asJSON := f.json || !stdoutIsTerminal(e)
+	enc := json.NewEncoder(e.stdout)
+	prog := newBenchProgress(e, 2*cfg.Ops*len(cfg.Workloads))
+	var results []kvbench.Result
+	// One workload at a time, so each JSON line appears as soon as its
+	// workload is done.
+	for i, w := range cfg.Workloads {
+		one := cfg
+		one.Workloads = []string{w}
+		offset := 2 * cfg.Ops * i
+		one.Progress = func(done, _ int) { prog.update(w, offset+done) }
+		rs, err := kvbench.Run(ctx, one)
+		if err != nil {
+			prog.clear()
+			if errors.Is(err, context.Canceled) {
+				return exitError{exitFail}
+			}
+			return err
+		}
+		for _, r := range rs {
+			if asJSON {
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+			}
+			results = append(results, r)
+		}
+	}
+	prog.clear()
+	if !asJSON {
+		printBenchTable(e, results)
+	}
+	return nil
+}
+
+func stdoutIsTerminal(e env) bool {
+	f, ok := e.stdout.(*os.File)
+	return ok && isTerminal(f)
+}
+
+func printBenchTable(e env, results []kvbench.Result) {
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tops\tflowrun ops/s\tpebble ops/s\tratio\tp50 µs\tp99 µs\tpeak RSS MiB\t")
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%.0f\t%.0f\t\n",
+			r.Workload, r.Ops, r.FlowrunOpsPerS, r.PebbleOpsPerS, r.Ratio, r.P50us, r.P99us, r.PeakRSSMB)
+	}
+	tw.Flush()
+}
+
+// benchProgress reports progress on stderr: one rewritten line on a
+// terminal, a line per workload and tenth otherwise.
+type benchProgress struct {
+	e        env
+	total    int
+	last     time.Time
+	lastStep int
+	shown    bool
+}
+
+func newBenchProgress(e env, total int) *benchProgress {
+	return &benchProgress{e: e, total: total, lastStep: -1}
+}
+
+func (p *benchProgress) update(workload string, done int) {
+	pct := 100 * done / p.total
+	if p.e.stderrIsTerminal {
+		if now := time.Now(); now.Sub(p.last) >= 200*time.Millisecond || done == p.total {
+			p.last = now
+			fmt.Fprintf(p.e.stderr, "\rbench: %-9s %3d%% (%d/%d ops)", workload, pct, done, p.total)
+			p.shown = true
+		}
+		return
+	}
+	if step := pct / 10; step != p.lastStep {
+		p.lastStep = step
+		fmt.Fprintf(p.e.stderr, "bench: %s %d%%\n", workload, pct)
+	}
+}
+
+func (p *benchProgress) clear() {
+	if p.shown {
+		fmt.Fprintf(p.e.stderr, "\r%s\r", strings.Repeat(" ", 60))
+		p.shown = false
+	}
+}

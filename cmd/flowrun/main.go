@@ -1,0 +1,113 @@
+// Command flowrun runs, replays and validates flowrun flows.
+//
+// Usage:
+//
+//	flowrun run FLOW.yaml
+//	flowrun replay FLOW.yaml INPUT.jsonl
+//	flowrun validate FLOW.yaml...
+//
+// Exit codes: 0 success, 1 failure, 2 bad usage. Results go to stdout;
+// diagnostics, progress and summaries go to stderr.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+// usageError marks errors caused by how the command was invoked.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// exitError carries an exit code for a failure already reported.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// env is what a command sees of the process, so tests can run commands
+// in-process.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	// stderrIsTerminal turns on progress bars.
+	stderrIsTerminal bool
+}
+
+func main() {
+	e := env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, stderrIsTerminal: isTerminal(os.Stderr)}
+	os.Exit(execute(e, os.Args[1:]))
+}
+
+// execute runs the CLI with args and returns the exit code.
+func execute(e env, args []string) int {
+	root := newRootCommand(e)
+	root.SetArgs(args)
+	err := root.Execute()
+	var ee exitError
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.As(err, &ue), strings.HasPrefix(err.Error(), "unknown command"):
+		// cobra reports an unknown verb as a plain error.
+		fmt.Fprintf(e.stderr, "flowrun: %v\n", err)
+		fmt.Fprintln(e.stderr, "Run 'flowrun --help' for usage.")
+		return exitUsage
+	default:
+		fmt.Fprintf(e.stderr, "flowrun: %v\n", err)
+		return exitFail
+	}
+}
+
+func newRootCommand(e env) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "flowrun",
+		Short: "flowrun runs stream-processing flows with a durable key-value store",
+		Long: `flowrun runs flows declared in YAML files: sources feed events through
+pipelines of operators into connectors such as the Pebble-backed kv store,
+whose results go to sinks.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newRunCommand(e), newReplayCommand(e), newValidateCommand(e), newBenchCommand(e))
+	return root
+}
+
+// exactArgs is cobra.ExactArgs reporting a usage error.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+func minArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.MinimumNArgs(n)(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// runCLI runs flowrun in-process with the given stdin and returns its exit
+// code, stdout and stderr.
+func runCLI(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := execute(env{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errOut}, args)
+	return code, out.String(), errOut.String()
+}
+
+// copyExample copies examples/NAME into a temporary directory so that its
+// store starts empty and the repository stays clean.
+func copyExample(t *testing.T, name string) string {
+	t.Helper()
+	src := filepath.Join("..", "..", "examples", name)
+	dst := filepath.Join(t.TempDir(), name)
+	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.RemoveAll(filepath.Join(dst, "state"))
+	return dst
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestReplayKVExample(t *testing.T) {
+	dir := copyExample(t, "kv")
+	code, out, stderr := runCLI(t, "", "replay", filepath.Join(dir, "flow.yaml"), filepath.Join(dir, "events.jsonl"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if want := readFile(t, filepath.Join(dir, "expected.jsonl")); out != want {
+		t.Fatalf("output differs from examples/kv/expected.jsonl:\n got:\n%s\nwant:\n%s", out, want)
+	}
+	if !strings.Contains(stderr, "replayed 11 events") || !strings.Contains(stderr, "1 errors") {
+		t.Fatalf("summary missing or wrong: %q", stderr)
+	}
+
+	// The store survives: a later replay reads what the first one wrote.
+	gets := `{"data":null,"meta":{"kv":{"get":"snot"},"correlation":"a"}}
+{"data":null,"meta":{"kv":{"get":"heinz"},"correlation":"b"}}
+`
+	code, out, stderr = runCLI(t, gets, "replay", "-q", filepath.Join(dir, "flow.yaml"), "-")
+	if code != 0 {
+		t.Fatalf("second replay: exit %d: %s", code, stderr)
+	}
+	want := `{"sink":"results","data":"velociraptor","meta":{"kv":{"op":"get","key":"snot","found":true},"correlation":"a"}}
+{"sink":"results","data":null,"meta":{"kv":{"op":"get","key":"heinz","found":false},"correlation":"b"}}
+`
+	if out != want {
+		t.Fatalf("second replay:\n got: %s\nwant: %s", out, want)
+	}
+}
+
+func TestReplayMalformedLines(t *testing.T) {
+	dir := copyExample(t, "kv")
+	input := `{"data":"v","meta":{"kv":{"put":"k"}}}
+{"data": oops
+{"data":null,"meta":{"kv":{"get":"k"}}}
+`
+	code, out, stderr := runCLI(t, input, "replay", "-q", filepath.Join(dir, "flow.yaml"), "-")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "line 2") {
+		t.Fatalf("stderr does not name line 2: %q", stderr)
+	}
+	if n := strings.Count(out, "\n"); n != 2 || !strings.Contains(out, `"op":"get","key":"k","found":true`) {
+		t.Fatalf("malformed line not skipped cleanly:\n%s", out)
+	}
+
+	code, _, stderr = runCLI(t, input, "replay", "--strict", filepath.Join(dir, "flow.yaml"), "-")
+	if code != 1 || !strings.Contains(stderr, "line 2") {
+		t.Fatalf("--strict: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	dir := copyExample(t, "kv")
+	flow := filepath.Join(dir, "flow.yaml")
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"no args", []string{"replay"}, 2, "accepts 2 arg"},
+		{"unknown flag", []string{"replay", "--nope", flow, "x"}, 2, "unknown flag"},
+		{"unknown verb", []string{"frobnicate"}, 2, "unknown command"},
+		{"missing input", []string{"replay", flow, filepath.Join(dir, "missing.jsonl")}, 1, "no such file"},
+		{"missing flow", []string{"run", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
+		{"help", []string{"replay", "--help"}, 0, ""},
+		{"validate ok", []string{"validate", flow}, 0, "ok"},
+		{"validate broken", []string{"validate", "../../flows/testdata/broken/unknown_option.yaml"}, 1, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, "", tt.args...)
+			if code != tt.code || !strings.Contains(stderr, tt.stderr) {
+				t.Fatalf("exit %d (want %d), stderr %q (want it to contain %q)", code, tt.code, stderr, tt.stderr)
+			}
+		})
+	}
+}
+
+func TestRunReadsStdinToEnd(t *testing.T) {
+	dir := copyExample(t, "kv")
+	code, out, stderr := runCLI(t, readFile(t, filepath.Join(dir, "events.jsonl")), "run", filepath.Join(dir, "flow.yaml"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	// run writes events as {"data","meta"} lines: one per result or error.
+	if n := strings.Count(out, "\n"); n != 11 {
+		t.Fatalf("run printed %d lines, want 11:\n%s", n, out)
+	}
+	if !strings.Contains(out, `"error":"cas \"heinz\"`) {
+		t.Fatalf("cas mismatch missing from output:\n%s", out)
+	}
+}
+
+// TestRunDrainsOnSIGTERM runs the real binary, sends SIGTERM while its
+// stdin is still open, and checks that it exits 0 after handling every
+// line it had been given.
+func TestRunDrainsOnSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the flowrun binary")
+	}
+	bin := filepath.Join(t.TempDir(), "flowrun")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir := copyExample(t, "kv")
+	cmd := exec.Command(bin, "run", filepath.Join(dir, "flow.yaml"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	if _, err := stdin.Write([]byte(`{"data":"v1","meta":{"kv":{"put":"a"},"correlation":1}}` + "\n" +
+		`{"data":"v2","meta":{"kv":{"put":"b"},"correlation":2}}` + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(out.String(), "\n") < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("flowrun run after SIGTERM: %v\nstderr: %s", err, errOut.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("flowrun did not stop after SIGTERM; stderr: %s", errOut.String())
+	}
+	if strings.Count(out.String(), "\n") != 2 {
+		t.Fatalf("output: %q", out.String())
+	}
+
+	// A second process sees both writes.
+	get := exec.Command(bin, "replay", "-q", filepath.Join(dir, "flow.yaml"), "-")
+	get.Stdin = strings.NewReader(`{"meta":{"kv":{"scan":""}}}` + "\n")
+	res, err := get.Output()
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if !strings.Contains(string(res), `"data":"v1"`) || !strings.Contains(string(res), `"data":"v2"`) {
+		t.Fatalf("second process sees: %s", res)
+	}
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/flowrun/flowrun/connectors/jsonl"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/replay"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+type replayFlags struct {
+	source    string
+	keepSinks bool
+	strict    bool
+	quiet     bool
+}
+
+func newReplayCommand(e env) *cobra.Command {
+	var f replayFlags
+	cmd := &cobra.Command{
+		Use:   "replay FLOW.yaml INPUT.jsonl",
+		Short: "Run recorded events through a flow and print what reaches its sinks",
+		Long: `Feed each line of INPUT.jsonl ({"data": <any JSON>, "meta": {...}}), in order,
+into the flow's source and print every event reaching a sink as one JSON line
+{"sink": NAME, "data": ..., "meta": ...}. The flow's real sinks are replaced by
+this capture unless --keep-sinks. Use - as INPUT to read standard input.
+
+Output order is deterministic: events appear in the order of the input lines
+they derive from, then in sink declaration order. A malformed input line is
+reported on stderr with its line number and skipped (--strict: exit 1).
+A summary line is printed on stderr at the end.`,
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signalContext(cmd.Context(), e)
+			defer stop()
+			return runReplay(ctx, e, args[0], args[1], f)
+		},
+	}
+	cmd.Flags().StringVar(&f.source, "source", "", "source to feed when the flow has several")
+	cmd.Flags().BoolVar(&f.keepSinks, "keep-sinks", false, "send events to the flow's real sinks instead of stdout")
+	cmd.Flags().BoolVar(&f.strict, "strict", false, "stop with exit 1 at the first malformed input line")
+	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "no progress bar and no summary")
+	return cmd
+}
+
+// countingReader counts bytes read, for progress.
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func runReplay(ctx context.Context, e env, flowPath, inputPath string, f replayFlags) error {
+	flow, err := loadFlow(e, flowPath)
+	if err != nil {
+		return err
+	}
+	source := f.source
+	if source == "" {
+		sources := flow.Sources()
+		switch len(sources) {
+		case 0:
+			return fmt.Errorf("flow %s has no source to feed", flow.Name)
+		case 1:
+			source = sources[0]
+		default:
+			return usageError{fmt.Errorf("flow %s has several sources %v: choose one with --source", flow.Name, sources)}
+		}
+	}
+	var input io.Reader = e.stdin
+	var size int64 = -1
+	if inputPath != "-" {
+		file, err := os.Open(inputPath)
+		if err != nil {
+			return err
+		}
+		defer file.Close()
+		if st, err := file.Stat(); err == nil {
+			size = st.Size()
+		}
+		input = file
+	}
+	counter := &countingReader{r: input}
+
+	var malformed atomic.Uint64
+	var strictErr atomic.Pointer[error]
+	reader := jsonl.NewReader(counter, jsonl.ReaderOptions{
+		Name:      inputPath,
+		BatchSize: 1024,
+		OnError: func(ev pipeline.Event, lerr error) error {
+			malformed.Add(1)
+			fmt.Fprintf(e.stderr, "flowrun: replay: %v\n", lerr)
+			if f.strict {
+				strictErr.Store(&lerr)
+				return lerr
+			}
+			return nil
+		},
+	})
+
+	var capture *replay.Capture
+	src := &replay.WindowedSource{Inner: reader}
+	opts := flows.BuildOptions{
+		Stdin:         e.stdin,
+		Stdout:        e.stdout,
+		Stores:        pebblestore.NewPool(),
+		Logger:        newLogger(e),
+		ReplaceSource: source,
+		Source:        src,
+	}
+	if !f.keepSinks {
+		capture = replay.NewCapture(e.stdout)
+		src.Capture = capture
+		opts.Capture = capture.Sink
+	}
+	built, err := flow.Build(ctx, opts)
+	if err != nil {
+		return err
+	}
+	src.Graph = built.Graph
+
+	stopProgress := startProgress(e, f.quiet, size, counter)
+	start := time.Now()
+	runErr := built.Run(ctx)
+	stopProgress()
+	if capture != nil {
+		if err := capture.Release(); err != nil && runErr == nil {
+			runErr = err
+		}
+	}
+	if p := strictErr.Load(); p != nil {
+		return fmt.Errorf("replay stopped at a malformed line (--strict): %w", *p)
+	}
+	if runErr != nil {
+		return runErr
+	}
+	if !f.quiet {
+		printSummary(e, built.Graph, capture, malformed.Load(), time.Since(start))
+	}
+	return nil
+}
+
+// printSummary writes one line: events in, out, errors, rate.
+func printSummary(e env, g *pipeline.Graph, capture *replay.Capture, malformed uint64, elapsed time.Duration) {
+	var in, errs uint64
+	for _, c := range g.Counts() {
+		switch c.Port {
+		case pipeline.PortErr:
+			errs += c.Events
+		}
+	}
+	in = sourceEvents(g)
+	var out uint64
+	if capture != nil {
+		out = capture.Written()
+	}
+	rate := float64(in) / elapsed.Seconds()
+	fmt.Fprintf(e.stderr, "replayed %d events in %s (%.0f events/s): %d out, %d errors, %d malformed lines skipped\n",
+		in, elapsed.Round(time.Millisecond), rate, out, errs, malformed)
+}
+
+// sourceEvents counts the events sources emitted on "out".
+func sourceEvents(g *pipeline.Graph) uint64 {
+	received := map[string]bool{}
+	for _, c := range g.Counts() {
+		if c.Port == pipeline.PortIn {
+			received[c.Node] = true
+		}
+	}
+	var n uint64
+	for _, c := range g.Counts() {
+		if !received[c.Node] && c.Port == pipeline.PortOut {
+			n += c.Events
+		}
+	}
+	return n
+}
+
+// startProgress shows a progress bar over the input bytes on a terminal.
+func startProgress(e env, quiet bool, size int64, counter *countingReader) func() {
+	if quiet || !e.stderrIsTerminal {
+		return func() {}
+	}
+	bar := progressbar.NewOptions64(size,
+		progressbar.OptionSetWriter(e.stderr),
+		progressbar.OptionSetDescription("replay"),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				_ = bar.Set64(counter.n.Load())
+			case <-done:
+				_ = bar.Finish()
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
