@@ -456,3 +456,36 @@ type countEmitter struct{ n int }
 
 func (c *countEmitter) Emit(string, pipeline.Event) { c.n++ }
 func (c *countEmitter) Flush(context.Context) error { return nil }
+
+// writes records each Write call.
+type writes struct{ calls []string }
+
+func (w *writes) Write(p []byte) (int, error) {
+	w.calls = append(w.calls, string(p))
+	return len(p), nil
+}
+
+func TestWriterWritesWholeLines(t *testing.T) {
+	var rec writes
+	w := NewWriter(&rec, WriterOptions{BufferBytes: 50})
+	var batch []pipeline.Event
+	for i := range 20 {
+		batch = append(batch, pipeline.Event{Data: []byte(`"` + strings.Repeat("x", i) + `"`)})
+	}
+	if err := w.Process(context.Background(), batch, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.calls) < 5 {
+		t.Fatalf("%d writes for 20 lines with a 50-byte buffer, want several", len(rec.calls))
+	}
+	lines := 0
+	for _, c := range rec.calls {
+		if !strings.HasSuffix(c, "\n") {
+			t.Fatalf("write %q does not end on a line boundary", c)
+		}
+		lines += strings.Count(c, "\n")
+	}
+	if lines != 20 {
+		t.Errorf("wrote %d lines, want 20", lines)
+	}
+}
