@@ -195,7 +195,7 @@ type Config struct {
 // NewConfig returns a config with the given option values, for building
 // components from code and in tests. Values must already have the Go type
 // matching the field type (string, int, bool, time.Duration; int64 for
-// TypeByteSize).
+// TypeByteSize). Field defaults are not applied: only Load does that.
 func NewConfig(node, typ string, values map[string]any, extra ...Entry) *Config {
 	c := &Config{Node: node, Type: typ, Extra: extra, values: map[string]any{}, set: map[string]bool{}}
 	for k, v := range values {
