@@ -279,9 +279,9 @@ func (g *Graph) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func(n *node) {
 			defer wg.Done()
-			em := &emitter{g: g, n: n, buf: make([][]Event, len(n.ports))}
+			em := &emitter{g: g, n: n, buf: make([][]Event, len(n.ports)), sent: make([]int, len(n.ports))}
 			if n.source != nil {
-				if err := n.source.Run(sourceCtx, em); err != nil {
+				if err := n.source.Run(sourceCtx, em); err != nil && !stoppedBy(sourceCtx, err) {
 					fail(n, err)
 				}
 				if err := em.Flush(hard); err != nil {
@@ -314,6 +314,12 @@ func (g *Graph) Run(ctx context.Context) error {
 	return firstErr
 }
 
+// stoppedBy reports whether err is just ctx's own cancellation, which is
+// how a source that was asked to stop may legitimately end.
+func stoppedBy(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, ctx.Err())
+}
+
 func nodeCloser(n *node) (Closer, bool) {
 	if n.source != nil {
 		c, ok := n.source.(Closer)
@@ -342,9 +348,10 @@ func (g *Graph) release(n *node) {
 
 // emitter buffers a node's output per port until Flush.
 type emitter struct {
-	g   *Graph
-	n   *node
-	buf [][]Event
+	g    *Graph
+	n    *node
+	buf  [][]Event
+	sent []int // per port: targets that already have buf[i]
 }
 
 func (e *emitter) Emit(port string, ev Event) {
@@ -359,22 +366,29 @@ func (e *emitter) Emit(port string, ev Event) {
 	e.buf[i] = append(e.buf[i], ev)
 }
 
+// Flush sends each port's queued batch to every node linked to it. If ctx
+// ends part way, the targets already served are remembered so that a later
+// Flush (the graph's final one, when draining) does not deliver the same
+// batch to them twice.
 func (e *emitter) Flush(ctx context.Context) error {
 	for i, batch := range e.buf {
 		if len(batch) == 0 {
 			continue
 		}
-		e.n.counts[i].Add(uint64(len(batch)))
-		for _, t := range e.n.targets[i] {
+		targets := e.n.targets[i]
+		for e.sent[i] < len(targets) {
 			e.g.inflight.Add(1)
 			select {
-			case t.in <- batch:
+			case targets[e.sent[i]].in <- batch:
+				e.sent[i]++
 			case <-ctx.Done():
 				e.g.batchDone()
 				return context.Cause(ctx)
 			}
 		}
+		e.n.counts[i].Add(uint64(len(batch)))
 		e.buf[i] = nil // receivers own the sent slice now
+		e.sent[i] = 0
 	}
 	return nil
 }

@@ -335,3 +335,46 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestCancelDuringFanOutFlushDeliversOnce cancels a source while its flush
+// is blocked on the second of two linked nodes, and checks both nodes still
+// receive every event exactly once.
+func TestCancelDuringFanOutFlushDeliversOnce(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	src := SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
+		for i := 0; i < 10; i++ {
+			emit.Emit(PortOut, Event{Data: []byte(strconv.Itoa(i))})
+		}
+		go func() { time.Sleep(20 * time.Millisecond); cancel(); close(release) }()
+		return emit.Flush(ctx)
+	})
+	fast, slow := &collector{}, &collector{}
+	g := New(Options{QueueDepth: 1})
+	must(t, g.AddSource("src", src, PortOut))
+	// "block" holds the only slot of slow's queue until after the cancel,
+	// so the source's flush to slow is blocked when ctx ends.
+	must(t, g.AddProcessor("fast", fast))
+	must(t, g.AddProcessor("slow", ProcessorFunc(func(ctx context.Context, b []Event, e Emitter) error {
+		<-release
+		return slow.Process(ctx, b, e)
+	})))
+	must(t, g.AddSource("blocker", SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
+		emit.Emit(PortOut, Event{Data: []byte(`"b1"`)})
+		if err := emit.Flush(context.Background()); err != nil {
+			return err
+		}
+		emit.Emit(PortOut, Event{Data: []byte(`"b2"`)})
+		return emit.Flush(context.Background())
+	}), PortOut))
+	must(t, g.Link("blocker", PortOut, "slow"))
+	must(t, g.Link("src", PortOut, "fast"))
+	must(t, g.Link("src", PortOut, "slow"))
+	must(t, g.Run(ctx))
+	if len(fast.events) != 10 {
+		t.Fatalf("fast got %d events, want 10", len(fast.events))
+	}
+	if len(slow.events) != 12 {
+		t.Fatalf("slow got %d events, want 12 (10 + 2 from blocker)", len(slow.events))
+	}
+}

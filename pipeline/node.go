@@ -40,7 +40,8 @@ func (f ProcessorFunc) Process(ctx context.Context, batch []Event, emit Emitter)
 // Source produces events until it is exhausted or ctx is cancelled.
 //
 // Run returns nil when the source ended normally, including when ctx was
-// cancelled: stopping on cancellation is how a graph shuts down. Events
+// cancelled: stopping on cancellation is how a graph shuts down (returning
+// ctx's own error then is also treated as a normal end). Events
 // queued but not flushed when Run returns are flushed by the graph.
 type Source interface {
 	Run(ctx context.Context, emit SourceEmitter) error
