@@ -16,6 +16,8 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -96,29 +98,12 @@ func (c *Capture) Written() uint64 {
 // AppendLine appends {"sink":NAME,"data":...,"meta":...} and a newline.
 func AppendLine(dst []byte, sink string, ev pipeline.Event) []byte {
 	dst = append(dst, `{"sink":`...)
-	dst = appendJSONString(dst, sink)
+	dst = gjson.AppendJSONString(dst, sink)
 	dst = append(dst, `,"data":`...)
 	dst = append(dst, ev.DataJSON()...)
 	dst = append(dst, `,"meta":`...)
 	dst = append(dst, ev.MetaJSON()...)
 	return append(dst, '}', '\n')
-}
-
-func appendJSONString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			dst = append(dst, '\\', c)
-		case c < 0x20:
-			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return append(dst, '"')
 }
 
 // Idler is what a windowed source needs from the graph: a way to wait until

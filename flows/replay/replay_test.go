@@ -69,7 +69,7 @@ func TestDeterministicOrder(t *testing.T) {
 
 func TestAppendLineEscapesSinkName(t *testing.T) {
 	got := string(AppendLine(nil, "a\"b\\c\n", pipeline.Event{Data: []byte(`1`), Meta: []byte(`{"x":2}`)}))
-	want := `{"sink":"a\"b\\c\u000a","data":1,"meta":{"x":2}}` + "\n"
+	want := `{"sink":"a\"b\\c\n","data":1,"meta":{"x":2}}` + "\n"
 	if got != want {
 		t.Fatalf("got %s want %s", got, want)
 	}
