@@ -13,8 +13,9 @@ import (
 // so that flows with different namespaces can use one store directory (one
 // Pebble instance underneath). Its zero value is not usable; use NewPool.
 type Pool struct {
-	mu     sync.Mutex
-	stores map[string]*pooled
+	mu       sync.Mutex
+	stores   map[string]*pooled
+	onCommit func(CommitInfo)
 }
 
 type pooled struct {
@@ -25,6 +26,14 @@ type pooled struct {
 // NewPool returns an empty pool.
 func NewPool() *Pool {
 	return &Pool{stores: map[string]*pooled{}}
+}
+
+// NewObservedPool returns an empty pool whose stores report every commit
+// group to onCommit (see Options.OnCommit), unless the Options given to Open
+// set their own. A process serving metrics uses it so that every store its
+// flows open is observed without the flows knowing.
+func NewObservedPool(onCommit func(CommitInfo)) *Pool {
+	return &Pool{stores: map[string]*pooled{}, onCommit: onCommit}
 }
 
 // Open returns a handle on the store in dir, opening it on first use. The
@@ -45,6 +54,9 @@ func (p *Pool) Open(dir string, opts Options) (kv.Backend, error) {
 		}
 		e.refs++
 		return &handle{pool: p, key: abs, store: e.store}, nil
+	}
+	if opts.OnCommit == nil {
+		opts.OnCommit = p.onCommit
 	}
 	s, err := Open(abs, opts)
 	if err != nil {

@@ -64,6 +64,30 @@ type Options struct {
 	// Pebble, when set, is called with the Pebble options before the
 	// database is opened, for tuning and fault injection in tests.
 	Pebble func(*pebble.Options)
+	// OnCommit, when set, is called once per commit group after the group
+	// is released (its writes durable, or its commit failed), from the
+	// store's syncer goroutine. It must be quick and must not call back
+	// into the store; metrics use it. Default nil: nothing is called.
+	OnCommit func(CommitInfo)
+}
+
+// CommitInfo describes one commit group, for OnCommit.
+type CommitInfo struct {
+	// Dir is the store directory.
+	Dir string
+	// Transactions is the number of kv.TxnFunc run in the group (failed
+	// ones included); Requests the number of Update calls they came in.
+	Transactions, Requests int
+	// Wrote reports whether the group wrote anything; a group of reads
+	// only is released without a commit.
+	Wrote bool
+	// Latency runs from the writer starting the group to its release:
+	// applying every transaction, the commit and, unless NoSync, the WAL
+	// sync.
+	Latency time.Duration
+	// Err is the commit or sync error reported to every request of the
+	// group, nil on success.
+	Err error
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -105,6 +129,8 @@ type group struct {
 	batch *pebble.Batch // nil when the group wrote nothing
 	reqs  []*request
 	err   error // commit error, reported to every request
+	start time.Time
+	wrote bool
 }
 
 // Open opens (creating when missing) the Pebble store in dir.
@@ -240,6 +266,10 @@ func (s *Store) write() {
 
 // apply runs the transactions of reqs in order and commits their writes.
 func (s *Store) apply(reqs []*request) *group {
+	var start time.Time
+	if s.opts.OnCommit != nil {
+		start = time.Now()
+	}
 	tx := &txn{db: s.db, batch: s.db.NewIndexedBatch()}
 	for _, r := range reqs {
 		for i, fn := range r.fns {
@@ -249,16 +279,17 @@ func (s *Store) apply(reqs []*request) *group {
 			r.errs[i] = err
 			if err != nil && tx.batch.Len() != markLen {
 				if rerr := tx.rollback(markLen, markCount); rerr != nil {
-					return &group{reqs: reqs, err: rerr}
+					return &group{reqs: reqs, err: rerr, start: start}
 				}
 			}
 		}
 	}
-	g := &group{reqs: reqs}
+	g := &group{reqs: reqs, start: start}
 	if tx.batch.Empty() {
 		_ = tx.batch.Close()
 		return g
 	}
+	g.wrote = true
 	g.batch = tx.batch
 	var err error
 	if s.opts.NoSync {
@@ -302,7 +333,19 @@ func (s *Store) sync() {
 		for _, r := range g.reqs {
 			r.done <- err
 		}
+		if s.opts.OnCommit != nil {
+			s.observe(g, err)
+		}
 	}
+}
+
+// observe reports a released group to Options.OnCommit.
+func (s *Store) observe(g *group, err error) {
+	info := CommitInfo{Dir: s.dir, Requests: len(g.reqs), Wrote: g.wrote, Latency: time.Since(g.start), Err: err}
+	for _, r := range g.reqs {
+		info.Transactions += len(r.fns)
+	}
+	s.opts.OnCommit(info)
 }
 
 // txn implements kv.Txn over an indexed batch. Until the group writes

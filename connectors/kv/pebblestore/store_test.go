@@ -284,3 +284,74 @@ func TestPoolSharesOneStore(t *testing.T) {
 	s := openTest(t, dir)
 	s.Close()
 }
+
+func TestOnCommitReportsGroups(t *testing.T) {
+	tests := []struct {
+		name   string
+		noSync bool
+	}{{"sync", false}, {"nosync", true}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var infos []CommitInfo
+			pool := NewObservedPool(func(ci CommitInfo) {
+				mu.Lock()
+				infos = append(infos, ci)
+				mu.Unlock()
+			})
+			dir := t.TempDir()
+			b, err := pool.Open(dir, Options{NoSync: tt.noSync})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g got
+			update(t, b, set("a", "1", 0), set("b", "2", 0), func(kv.Txn) error { return errBoom })
+			update(t, b, get("a", &g))
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(infos) != 2 {
+				t.Fatalf("got %d commit reports, want 2: %+v", len(infos), infos)
+			}
+			w, r := infos[0], infos[1]
+			if w.Transactions != 3 || w.Requests != 1 || !w.Wrote || w.Err != nil || w.Latency <= 0 {
+				t.Errorf("write group reported as %+v", w)
+			}
+			if r.Transactions != 1 || r.Wrote {
+				t.Errorf("read group reported as %+v", r)
+			}
+			if abs, _ := filepath.Abs(dir); w.Dir != abs {
+				t.Errorf("Dir = %q, want %q", w.Dir, abs)
+			}
+		})
+	}
+}
+
+func TestOnCommitSilentAfterClose(t *testing.T) {
+	var infos []CommitInfo
+	var mu sync.Mutex
+	s, err := Open(t.TempDir(), Options{OnCommit: func(ci CommitInfo) {
+		mu.Lock()
+		infos = append(infos, ci)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Updates after Close fail before reaching the writer: nothing is
+	// reported, and no report is made up.
+	errs := make([]error, 1)
+	if err := s.Update(context.Background(), []kv.TxnFunc{set("a", "1", 0)}, errs); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Update after Close: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(infos) != 0 {
+		t.Fatalf("reports after Close: %+v", infos)
+	}
+}
