@@ -68,6 +68,12 @@ type Graph struct {
 	inflight atomic.Int64
 	idleMu   sync.Mutex
 	idle     *sync.Cond
+
+	// watchers are called after opts.Unlinked; fixed before Run, so node
+	// goroutines read the slice without locking.
+	watchers []func(node, port string, ev Event)
+	// failed holds the error that stopped the graph (see Err).
+	failed atomic.Pointer[error]
 }
 
 type node struct {
@@ -110,6 +116,32 @@ func (g *Graph) WaitIdle(ctx context.Context) error {
 			return err
 		}
 		g.idle.Wait()
+	}
+	return nil
+}
+
+// WatchUnlinked registers fn to be called for every event emitted on a port
+// that has no link, after Options.Unlinked (which keeps its default
+// logging). It lets a source learn which of its events ended on an unlinked
+// "err" port, by Event.Seq, without replacing the graph's hook. fn is called
+// from the emitting node's goroutine, concurrently for different nodes, so
+// it must be safe for that. WatchUnlinked must be called before Run; after it
+// has started it returns ErrGraphStarted.
+func (g *Graph) WatchUnlinked(fn func(node, port string, ev Event)) error {
+	if g.started {
+		return ErrGraphStarted
+	}
+	g.watchers = append(g.watchers, fn)
+	return nil
+}
+
+// Err returns the error that is stopping (or stopped) the graph because a
+// node failed, and nil while no node has failed. A source that waited for
+// the graph to go idle checks it to tell "every event was handled" from
+// "the graph discarded events because it is failing".
+func (g *Graph) Err() error {
+	if p := g.failed.Load(); p != nil {
+		return *p
 	}
 	return nil
 }
@@ -265,6 +297,7 @@ func (g *Graph) Run(ctx context.Context) error {
 	fail := func(n *node, err error) {
 		errOnce.Do(func() {
 			firstErr = fmt.Errorf("node %q: %w", n.name, err)
+			g.failed.Store(&firstErr)
 			abort(firstErr)
 			stopSources()
 		})
@@ -361,6 +394,9 @@ func (e *emitter) Emit(port string, ev Event) {
 			e.n.counts[i].Add(1)
 		}
 		e.g.opts.Unlinked(e.n.name, port, ev)
+		for _, w := range e.g.watchers {
+			w(e.n.name, port, ev)
+		}
 		return
 	}
 	e.buf[i] = append(e.buf[i], ev)
