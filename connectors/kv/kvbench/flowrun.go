@@ -40,7 +40,7 @@ func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progre
 		opsIn:     make([]int, nb),
 		arenas:    make([][]byte, nb),
 		lat:       make([]time.Duration, nb),
-		free:      make(chan []byte, 2*pipeline.DefaultQueueDepth+4),
+		free:      make(chan []byte, 4), // spares; in-flight arenas are bounded by the queues
 		preloaded: make(chan struct{}),
 		p:         p,
 	}
@@ -144,7 +144,14 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 
 	g := newGen(f.workload, f.cfg.Keys)
 	scanEnd := appendKey(nil, f.cfg.Keys)
-	perEvent := 2*f.cfg.ValueBytes + 96
+	// Room for one event's meta and data, so an arena never regrows.
+	perEvent := 96
+	switch f.workload {
+	case Put, Mixed:
+		perEvent += f.cfg.ValueBytes
+	case CAS:
+		perEvent += 2 * f.cfg.ValueBytes
+	}
 	for b := range f.starts {
 		if ctx.Err() != nil {
 			return nil
