@@ -186,7 +186,9 @@ func (g *Graph) AddSource(name string, s Source, ports ...string) error {
 // AddProcessor adds a node that receives events on "in" and emits on the
 // given output ports. A sink is a processor with no output ports.
 func (g *Graph) AddProcessor(name string, p Processor, ports ...string) error {
-	return g.add(name, &node{processor: p}, ports)
+	// The input channel is made here rather than in Run so that
+	// QueueDepths can read it while Run starts.
+	return g.add(name, &node{processor: p, in: make(chan []Event, g.opts.QueueDepth)}, ports)
 }
 
 // Link connects the output port fromPort of node from to the "in" port of
@@ -276,9 +278,6 @@ func (g *Graph) Run(ctx context.Context) error {
 		return err
 	}
 	for _, n := range g.order {
-		if n.processor != nil {
-			n.in = make(chan []Event, g.opts.QueueDepth)
-		}
 		n.pending.Store(int32(len(n.upstream)))
 	}
 
@@ -455,5 +454,29 @@ func (g *Graph) Counts() []PortCount {
 		}
 		return out[i].Port < out[j].Port
 	})
+	return out
+}
+
+// QueueDepth is how full one processor's input queue is. Every link into a
+// node feeds the same queue, so this is the depth of all its incoming links
+// together.
+type QueueDepth struct {
+	Node string
+	// Batches is the number of batches waiting; Capacity the most it holds
+	// before senders block (Options.QueueDepth).
+	Batches, Capacity int
+}
+
+// QueueDepths returns the input queue depth of every processor, sorted by
+// node. It is safe to call while the graph runs; a queue stuck at Capacity
+// marks the node that holds the flow back.
+func (g *Graph) QueueDepths() []QueueDepth {
+	var out []QueueDepth
+	for _, n := range g.order {
+		if n.processor != nil {
+			out = append(out, QueueDepth{Node: n.name, Batches: len(n.in), Capacity: cap(n.in)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out
 }

@@ -378,3 +378,42 @@ func TestCancelDuringFanOutFlushDeliversOnce(t *testing.T) {
 		t.Fatalf("slow got %d events, want 12 (10 + 2 from blocker)", len(slow.events))
 	}
 }
+
+func TestQueueDepths(t *testing.T) {
+	g := New(Options{QueueDepth: 2})
+	release := make(chan struct{})
+	sink := ProcessorFunc(func(ctx context.Context, _ []Event, _ Emitter) error {
+		<-release
+		return nil
+	})
+	if got := g.QueueDepths(); len(got) != 0 {
+		t.Fatalf("empty graph: %+v", got)
+	}
+	must(t, g.AddSource("src", countSource(5, 1), PortOut))
+	must(t, g.AddProcessor("sink", sink))
+	must(t, g.Link("src", PortOut, "sink"))
+	if got := g.QueueDepths(); len(got) != 1 || got[0] != (QueueDepth{Node: "sink", Capacity: 2}) {
+		t.Fatalf("before Run: %+v", got)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.Run(context.Background()) }()
+	// The sink holds one batch, so two more fill its queue.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := g.QueueDepths()
+		if got[0].Batches == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue never filled: %+v", got)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := g.QueueDepths(); got[0].Batches != 0 {
+		t.Fatalf("after Run: %+v", got)
+	}
+}
