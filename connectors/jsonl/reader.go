@@ -195,6 +195,16 @@ func (rd *Reader) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 		if err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("%s: read: %w", rd.opts.Name, err)
 		}
+		if !tooLong && len(long)+len(bytes.TrimRight(frag, "\r\n")) > rd.opts.MaxLineBytes {
+			// The line ends in this fragment and is over the limit: a
+			// line shorter than the read buffer never fills it, so the
+			// limit must be checked here too.
+			tooLong, skipped = true, len(long)
+			if len(long) < maxRawErrorBytes {
+				long = append(long, frag[:min(len(frag), maxRawErrorBytes-len(long))]...)
+			}
+			long = long[:min(len(long), maxRawErrorBytes)]
+		}
 		if len(frag) > 0 || len(long) > 0 || tooLong {
 			lineNo++
 			line := frag

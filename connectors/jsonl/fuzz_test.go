@@ -1,0 +1,113 @@
+package jsonl
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// FuzzReader reads arbitrary input with both codecs and a small line limit
+// and checks the Reader's contract line by line against a model built with
+// encoding/json: nothing panics, every non-blank line yields exactly one
+// event (on out, or on err with meta.error and meta.line), Seq is the line
+// number, lines over the limit are refused, invalid JSON never reaches out,
+// and every out event has valid JSON data and an object (or no) meta.
+func FuzzReader(f *testing.F) {
+	seeds := []string{
+		`{"data":1,"meta":{"kv":{"get":"a"}}}` + "\n" + `{"data":"x"}`,
+		"{\"data\": oops\n\n  \r\n{\"meta\":{}}\r\n",
+		`[1,2]` + "\n" + `"str"` + "\n" + `null`,
+		`{"data":1,"meta":[]}` + "\n" + `{"other":1}`,
+		`{"data":NaN}` + "\n" + `{"data":1e999}` + "\n" + `{"data":123456789012345678901234567890}`,
+		"{\"data\":\"\xff\xfe\"}\n{\"meta\":{\"k\xc3\":1}}",
+		`{"data":` + string(bytes.Repeat([]byte("["), 300)) + string(bytes.Repeat([]byte("]"), 300)) + `}`,
+		`{"data":1}{"data":2}` + "\n" + `{"data":1} trailing`,
+		string(bytes.Repeat([]byte("x"), 300)) + "\n" + `{"data":3}`,
+	}
+	for i, s := range seeds {
+		f.Add([]byte(s), i%2 == 0, uint16(64+i*40))
+	}
+	f.Fuzz(func(t *testing.T, input []byte, jsonCodec bool, maxLine uint16) {
+		limit := int(maxLine)%4096 + 1
+		codec := CodecEvent
+		if jsonCodec {
+			codec = CodecJSON
+		}
+		rec := newRecorder()
+		// Flush signals are not read here: make room for all of them.
+		rec.flushed = make(chan struct{}, bytes.Count(input, []byte("\n"))+2)
+		src := NewReader(bytes.NewReader(input), ReaderOptions{Codec: codec, MaxLineBytes: limit, BatchSize: 3})
+		if err := src.Run(context.Background(), rec); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		byLine := map[uint64]pipeline.Event{}
+		ports := map[uint64]string{}
+		for _, port := range []string{pipeline.PortOut, pipeline.PortErr} {
+			last := uint64(0)
+			for _, ev := range rec.events[port] {
+				if ev.Seq <= last {
+					t.Fatalf("%s: Seq %d after %d: out of order or repeated", port, ev.Seq, last)
+				}
+				last = ev.Seq
+				if _, dup := byLine[ev.Seq]; dup {
+					t.Fatalf("line %d emitted on both out and err", ev.Seq)
+				}
+				byLine[ev.Seq], ports[ev.Seq] = ev, port
+			}
+		}
+		lines := bytes.Split(input, []byte("\n"))
+		if len(lines[len(lines)-1]) == 0 {
+			lines = lines[:len(lines)-1]
+		}
+		for i, line := range lines {
+			n := uint64(i + 1)
+			content := bytes.TrimRight(line, "\r\n")
+			ev, emitted := byLine[n]
+			blank := len(bytes.TrimSpace(content)) == 0
+			switch {
+			case len(content) > limit:
+				if ports[n] != pipeline.PortErr {
+					t.Fatalf("line %d is %d bytes, over the limit of %d, and was not refused (%q)", n, len(content), limit, ports[n])
+				}
+			case blank:
+				if emitted {
+					t.Fatalf("blank line %d emitted %s", n, ev.AppendJSON(nil))
+				}
+				continue
+			case !emitted:
+				t.Fatalf("line %d (%q) emitted nothing", n, content)
+			case !json.Valid(bytes.TrimSpace(content)) && ports[n] != pipeline.PortErr:
+				t.Fatalf("invalid JSON line %d (%q) reached out as %s", n, content, ev.AppendJSON(nil))
+			}
+			if ports[n] == pipeline.PortErr {
+				if msg := gjson.GetBytes(ev.Meta, "error"); msg.Type != gjson.String || msg.Str == "" {
+					t.Fatalf("line %d: error event without meta.error: %s", n, ev.Meta)
+				}
+				if l := gjson.GetBytes(ev.Meta, "line"); l.Uint() != n {
+					t.Fatalf("line %d: error event names line %s", n, l.Raw)
+				}
+				if !json.Valid(ev.DataJSON()) || len(ev.Data) > maxRawErrorBytes*6+2 {
+					t.Fatalf("line %d: error event data is not a bounded JSON string: %d bytes", n, len(ev.Data))
+				}
+				continue
+			}
+			if !json.Valid(ev.DataJSON()) {
+				t.Fatalf("line %d: out data is not valid JSON: %q", n, ev.Data)
+			}
+			if ev.Meta != nil && (!json.Valid(ev.Meta) || ev.Meta[0] != '{') {
+				t.Fatalf("line %d: out meta is not a JSON object: %q", n, ev.Meta)
+			}
+			if jsonCodec && ev.Meta != nil {
+				t.Fatalf("line %d: json codec produced meta %q", n, ev.Meta)
+			}
+		}
+		if len(byLine) > len(lines) {
+			t.Fatalf("%d events for %d lines", len(byLine), len(lines))
+		}
+	})
+}
