@@ -112,7 +112,40 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	for i, ev := range batch {
 		c.emit(emit, ev, &cmds[i], &results[i], errs[i])
 	}
+	if c.opts.OnCommands != nil {
+		c.observe(cmds, errs)
+	}
 	return nil
+}
+
+// InvalidOp is the op reported to Options.OnCommands for events whose
+// command could not be decoded.
+const InvalidOp = "invalid"
+
+// observe tallies the outcomes of one batch by op and reports each
+// non-zero count once, so the hook costs a few calls per batch, not one
+// per event.
+func (c *Connector) observe(cmds []command, errs []error) {
+	var tally [opBatch + 1][2]int
+	for i := range cmds {
+		ok := 0
+		if errs[i] == nil {
+			ok = 1
+		}
+		tally[cmds[i].op][ok]++
+	}
+	for o := range tally {
+		for ok, n := range tally[o] {
+			if n == 0 {
+				continue
+			}
+			name := op(o).String()
+			if name == "" {
+				name = InvalidOp
+			}
+			c.opts.OnCommands(c.opts.Namespace, name, ok == 1, n)
+		}
+	}
 }
 
 // decodeEvent reads the command of one event.

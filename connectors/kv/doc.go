@@ -8,7 +8,10 @@
 //
 // Commands run against the small Backend interface, so the command layer
 // owns the key layout (namespaces, expiry index) and every backend runs the
-// same conformance table (package kvtest). The Pebble backend lives in the
+// same conformance table (package kvtest). Dump and Load copy every live
+// record of every namespace of a Backend to and from Records (one JSON line
+// each), for backups and offline tools; Options.OnCommands counts command
+// outcomes for metrics. The Pebble backend lives in the
 // pebblestore subpackage, an in-memory one in memstore. docs/kv.md is the
 // user reference of the command set.
 package kv

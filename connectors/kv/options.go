@@ -50,6 +50,14 @@ type Options struct {
 	ReclaimInterval time.Duration
 	// Logger receives janitor failures. Default slog.Default().
 	Logger *slog.Logger
+	// OnCommands, when set, is told the outcome of the commands of each
+	// processed batch: it is called once per op and outcome present in the
+	// batch with the number of commands concerned, after their events are
+	// emitted, from the goroutine running Process. op is the command name
+	// ("get", "batch", ...) or "invalid" for an event whose command could
+	// not be decoded; ok is false for commands emitted on "err". Metrics use
+	// it; it must be quick. Default nil: nothing is counted.
+	OnCommands func(namespace, op string, ok bool, n int)
 }
 
 // EnsureDefaults fills unset (zero or negative) fields with their defaults;

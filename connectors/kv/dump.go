@@ -1,0 +1,298 @@
+package kv
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tidwall/gjson"
+)
+
+// ErrInvalidRecord reports a dump line that does not decode into a Record,
+// or a stored key that does not follow the key layout.
+var ErrInvalidRecord = errors.New("invalid record")
+
+// Record is one live key of a store, as Dump reports it and Load writes it.
+type Record struct {
+	// Namespace and Key locate the value; Key is valid UTF-8.
+	Namespace, Key string
+	// Value is the stored canonical JSON.
+	Value []byte
+	// ExpireAt is the expiry in Unix milliseconds, 0 for none.
+	ExpireAt int64
+}
+
+// AppendJSON appends the record as one JSON object
+//
+//	{"namespace":NS,"key":K,"value":V,"expire_at":MS}
+//
+// with expire_at null when the record never expires. The encoding depends
+// only on the record, so dumping the same records gives the same bytes.
+func (r Record) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"namespace":`...)
+	dst = appendString(dst, r.Namespace)
+	dst = append(dst, `,"key":`...)
+	dst = appendString(dst, r.Key)
+	dst = append(dst, `,"value":`...)
+	dst = append(dst, r.Value...)
+	dst = append(dst, `,"expire_at":`...)
+	if r.ExpireAt == 0 {
+		dst = append(dst, "null"...)
+	} else {
+		dst = strconv.AppendInt(dst, r.ExpireAt, 10)
+	}
+	return append(dst, '}')
+}
+
+// ParseRecord decodes one line written by Record.AppendJSON. namespace,
+// key and value are required; expire_at may be absent, null or 0 for no
+// expiry. The value is canonicalised, so a hand-edited dump loads the same
+// as a dumped one. Every failure wraps ErrInvalidRecord.
+func ParseRecord(line []byte) (Record, error) {
+	var r Record
+	bad := func(format string, args ...any) (Record, error) {
+		return Record{}, fmt.Errorf("%w: %s", ErrInvalidRecord, fmt.Sprintf(format, args...))
+	}
+	if err := checkDepth(line); err != nil {
+		return bad("%v", err)
+	}
+	if !gjson.ValidBytes(line) {
+		return bad("not valid JSON")
+	}
+	obj := gjson.ParseBytes(line)
+	if !obj.IsObject() {
+		return bad("not a JSON object")
+	}
+	var err error
+	obj.ForEach(func(k, v gjson.Result) bool {
+		switch k.String() {
+		case "namespace", "key", "value", "expire_at":
+		default:
+			err = fmt.Errorf("unknown field %q", k.String())
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return bad("%v", err)
+	}
+	ns, key, value := obj.Get("namespace"), obj.Get("key"), obj.Get("value")
+	if ns.Type != gjson.String {
+		return bad(`"namespace" must be a string`)
+	}
+	if key.Type != gjson.String || key.Str == "" || !utf8.ValidString(key.Str) {
+		return bad(`"key" must be a non-empty UTF-8 string`)
+	}
+	if !value.Exists() || value.Type == gjson.Null {
+		return bad(`"value" is missing or null`)
+	}
+	r.Namespace, r.Key = ns.Str, key.Str
+	if r.Value, err = canonicalResult(value); err != nil {
+		return bad("value: %v", err)
+	}
+	switch exp := obj.Get("expire_at"); exp.Type {
+	case gjson.Null:
+	case gjson.Number:
+		n, perr := strconv.ParseInt(exp.Raw, 10, 64)
+		if perr != nil || n < 0 {
+			return bad(`"expire_at" must be a non-negative integer (Unix milliseconds), got %s`, exp.Raw)
+		}
+		r.ExpireAt = n
+	default:
+		return bad(`"expire_at" must be a number or null`)
+	}
+	return r, nil
+}
+
+// DumpOptions configure Dump.
+type DumpOptions struct {
+	// Now decides which records have expired (and are left out).
+	// Default time.Now.
+	Now func() time.Time
+	// Chunk is the most records read per Backend.Update, so a long dump
+	// never holds the store's writer for long. Default 1000.
+	Chunk int
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *DumpOptions) EnsureDefaults() {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Chunk <= 0 {
+		o.Chunk = 1000
+	}
+}
+
+// dataRange bounds every data key of every namespace.
+var dataStart, dataEnd = []byte{tagData}, []byte{tagData + 1}
+
+// parseDataKey splits a raw data key into namespace and user key.
+func parseDataKey(k []byte) (ns, key string, ok bool) {
+	if len(k) == 0 || k[0] != tagData {
+		return "", "", false
+	}
+	n, w := binary.Uvarint(k[1:])
+	if w <= 0 || uint64(len(k)-1-w) < n {
+		return "", "", false
+	}
+	rest := k[1+w:]
+	return string(rest[:n]), string(rest[n:]), true
+}
+
+// Dump calls fn with every live record of every namespace of b, ordered by
+// namespace length, then namespace bytes, then key bytes (the order of the
+// key layout). Records expired at the time of reading are left out. fn runs
+// outside any transaction, so it may be slow (write to a file); its error
+// stops the dump and is returned. Reads are chunked (DumpOptions.Chunk), so
+// a dump taken while writers run sees each chunk consistently but not the
+// whole store at one instant: dump a store no flow is writing.
+func Dump(ctx context.Context, b Backend, opts DumpOptions, fn func(Record) error) error {
+	opts.EnsureDefaults()
+	cursor := dataStart
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var recs []Record
+		var last []byte
+		read := func(tx Txn) error {
+			recs, last = recs[:0], nil
+			now := opts.Now().UnixMilli()
+			return tx.Scan(cursor, dataEnd, func(k, v []byte, exp int64) (bool, error) {
+				if len(recs) == opts.Chunk {
+					return false, nil
+				}
+				last = append(last[:0], k...)
+				if exp != 0 && now >= exp {
+					return true, nil
+				}
+				ns, key, ok := parseDataKey(k)
+				if !ok || !utf8.ValidString(ns) || !utf8.ValidString(key) {
+					return false, fmt.Errorf("%w: stored key %q does not follow the key layout", ErrInvalidRecord, k)
+				}
+				recs = append(recs, Record{Namespace: ns, Key: key, Value: bytes.Clone(v), ExpireAt: exp})
+				return true, nil
+			})
+		}
+		errs := make([]error, 1)
+		if err := b.Update(ctx, []TxnFunc{read}, errs); err != nil {
+			return fmt.Errorf("dump: %w", err)
+		}
+		if errs[0] != nil {
+			return fmt.Errorf("dump: %w", errs[0])
+		}
+		for _, r := range recs {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		if last == nil {
+			return nil
+		}
+		// Resume just after the last key read.
+		cursor = append(last, 0)
+	}
+}
+
+// LoadOptions configure Load.
+type LoadOptions struct {
+	// Batch is the number of records written per Backend.Update (one
+	// commit group). Default 1000.
+	Batch int
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *LoadOptions) EnsureDefaults() {
+	if o.Batch <= 0 {
+		o.Batch = 1000
+	}
+}
+
+// Load writes the records next returns, until next returns io.EOF, and
+// returns how many it wrote. Each record is stored as put with expire_at
+// would store it: an existing key is overwritten and the expiry index is
+// kept in step. Records are committed in batches of LoadOptions.Batch; when
+// Load fails, the batches before the failing one are committed and n counts
+// them. Records should come from ParseRecord (or Dump), which validates
+// them; Load refuses an empty key or a negative expiry.
+func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record, error)) (n int, err error) {
+	opts.EnsureDefaults()
+	layouts := map[string]*layout{}
+	batch := make([]Record, 0, opts.Batch)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		fns := make([]TxnFunc, len(batch))
+		for i := range batch {
+			r := &batch[i]
+			l := layouts[r.Namespace]
+			if l == nil {
+				nl := newLayout(r.Namespace)
+				l = &nl
+				layouts[r.Namespace] = l
+			}
+			fns[i] = func(tx Txn) error { return loadRecord(tx, l, r) }
+		}
+		errs := make([]error, len(fns))
+		if err := b.Update(ctx, fns, errs); err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+		n += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	for {
+		r, err := next()
+		if errors.Is(err, io.EOF) {
+			return n, flush()
+		}
+		if err != nil {
+			return n, err
+		}
+		if r.Key == "" || r.ExpireAt < 0 || len(r.Value) == 0 {
+			return n, fmt.Errorf("load: %w: namespace %q, key %q: empty key or value, or negative expiry", ErrInvalidRecord, r.Namespace, r.Key)
+		}
+		batch = append(batch, r)
+		if len(batch) == opts.Batch {
+			if err := flush(); err != nil {
+				return n, err
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+	}
+}
+
+// loadRecord stores r, replacing the expiry index entry of the record it
+// overwrites (as execer.store does for put).
+func loadRecord(tx Txn, l *layout, r *Record) error {
+	dk := l.dataKey(nil, r.Key)
+	_, oldExp, found, err := tx.Get(dk)
+	if err != nil {
+		return err
+	}
+	if found && oldExp != 0 && oldExp != r.ExpireAt {
+		if err := tx.Delete(l.expiryKey(nil, oldExp, []byte(r.Key))); err != nil {
+			return err
+		}
+	}
+	if err := tx.Set(dk, r.Value, r.ExpireAt); err != nil {
+		return err
+	}
+	if r.ExpireAt != 0 {
+		return tx.Set(l.expiryKey(nil, r.ExpireAt, []byte(r.Key)), nil, 0)
+	}
+	return nil
+}
