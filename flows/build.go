@@ -40,6 +40,9 @@ type BuildOptions struct {
 	Capture func(sink string) pipeline.Processor
 	// Graph configures the pipeline.Graph.
 	Graph pipeline.Options
+	// KVCommands, when set, becomes the kv.Options.OnCommands of every kv
+	// connector, for metrics. Default nil.
+	KVCommands func(namespace, op string, ok bool, n int)
 }
 
 // EnsureDefaults fills unset fields with their defaults.

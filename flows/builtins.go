@@ -242,6 +242,7 @@ func kvSpec() Spec {
 				MaxScan:         c.Int("max_scan"),
 				ReclaimInterval: c.Duration("reclaim_interval"),
 				Logger:          env.Options.Logger,
+				OnCommands:      env.Options.KVCommands,
 			})
 			if err != nil {
 				_ = backend.Close()
