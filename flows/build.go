@@ -9,6 +9,9 @@ import (
 	"os"
 	"sync"
 
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/pipeline"
@@ -29,6 +32,10 @@ type BuildOptions struct {
 	Stores *pebblestore.Pool
 	// Logger receives component logs. Default slog.Default().
 	Logger *slog.Logger
+	// Local is the in-process bus of the gochannel connectors. Pass the
+	// same one to every flow of a process that should exchange messages.
+	// Default: a new one for this build.
+	Local *gochannel.GoChannel
 	// ReplaceSource names a source to be replaced by Source (replay feeds
 	// recorded events this way). When set, the other sources are not run
 	// (nor opened): they end at once.
@@ -62,6 +69,9 @@ func (o *BuildOptions) EnsureDefaults() {
 	if o.Graph.Logger == nil {
 		o.Graph.Logger = o.Logger
 	}
+	if o.Local == nil {
+		o.Local = bus.NewLocal(o.Logger)
+	}
 }
 
 // BuildEnv is what a Spec's Build function sees of the flow being built.
@@ -72,6 +82,10 @@ type BuildEnv struct {
 	Options BuildOptions
 	// Validating is true when Build runs only to check an operator config.
 	Validating bool
+	// Graph is the graph being built (nil while validating). Components
+	// that must wait for it to go idle or watch its unlinked events (bus
+	// sources) use it before it runs.
+	Graph *pipeline.Graph
 
 	stdout io.Writer
 }
@@ -123,6 +137,7 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 		}
 	}
 	g := pipeline.New(opts.Graph)
+	env.Graph = g
 	built := &Built{Graph: g, Sources: f.Sources(), Sinks: f.Sinks()}
 	var opened []pipeline.Closer
 	fail := func(err error) (*Built, error) {

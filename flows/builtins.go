@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/connectors/jsonl"
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
@@ -117,6 +118,8 @@ func builtinSpecs() []Spec {
 			},
 		},
 		kvSpec(),
+		gochannelSpec(),
+		natsSpec(),
 		{
 			Type:      "filter",
 			Kind:      KindOperator,
@@ -249,6 +252,137 @@ func kvSpec() Spec {
 				return Component{}, fmt.Errorf("store %q: %w", dir, err)
 			}
 			return Component{Processor: conn}, nil
+		},
+	}
+}
+
+// busMode tells a bus connector's role from its mode option.
+func busMode(c *Config) Kind {
+	if c.String("mode") == "read" {
+		return KindSource
+	}
+	return KindSink
+}
+
+func busPorts(c *Config) []string {
+	if busMode(c) == KindSource {
+		return bus.Ports()
+	}
+	return nil
+}
+
+// busSourceFields are the delivery options shared by the bus sources.
+func busSourceFields() []Field {
+	itoa := strconv.Itoa
+	return []Field{
+		{Name: "window", Type: TypeInt, Default: itoa(bus.DefaultWindow),
+			Doc: "read: most messages emitted, then acknowledged, together once the flow has handled them."},
+		{Name: "linger", Type: TypeDuration, Default: bus.DefaultLinger.String(),
+			Doc: "read: how long a window waits for one more message before it is processed."},
+		{Name: "max_deliveries", Type: TypeInt, Default: itoa(bus.DefaultMaxDeliveries),
+			Doc: "read: deliveries after which a message that still fails goes to the dead-letter topic."},
+		{Name: "dead_letter", Type: TypeString,
+			Doc: "read: topic receiving failed messages with metadata `error`; default the topic + `" + bus.DeadLetterSuffix + "`."},
+	}
+}
+
+func busSourceOptions(env *BuildEnv, c *Config) bus.SourceOptions {
+	return bus.SourceOptions{
+		Name:          c.Node,
+		Window:        c.Int("window"),
+		Linger:        c.Duration("linger"),
+		MaxDeliveries: c.Int("max_deliveries"),
+		DeadLetter:    c.String("dead_letter"),
+		Logger:        env.Options.Logger,
+	}
+}
+
+func busModeField() Field {
+	return Field{Name: "mode", Type: TypeEnum, Required: true, Enum: []string{"read", "write"},
+		Doc: "read: a source consuming the topic; write: a sink publishing to it."}
+}
+
+func gochannelSpec() Spec {
+	return Spec{
+		Type:   "gochannel",
+		Kind:   KindSink,
+		KindOf: busMode,
+		Summary: "The in-process message bus (watermill gochannel) shared by the flows of one process: `mode: read` " +
+			"consumes a topic with at-least-once delivery (see docs/bus.md), `mode: write` publishes every event it receives. " +
+			"Nothing is persisted: messages published while no flow reads the topic are dropped.",
+		Fields: append([]Field{
+			busModeField(),
+			{Name: "topic", Aliases: []string{"subject"}, Type: TypeString, Required: true, Doc: "The topic."},
+		}, busSourceFields()...),
+		Ports:    busPorts,
+		PortsDoc: "`out`, `err` in mode read; none otherwise",
+		Build: func(ctx context.Context, env *BuildEnv, c *Config) (Component, error) {
+			local := env.Options.Local
+			if busMode(c) == KindSink {
+				s, err := bus.NewSink(local, bus.SinkOptions{Name: c.Node, Topic: c.String("topic")})
+				return Component{Processor: s}, err
+			}
+			if env.Graph == nil {
+				return Component{}, errors.New("a bus source needs the graph it feeds")
+			}
+			o := busSourceOptions(env, c)
+			o.Topic = c.String("topic")
+			s, err := bus.NewSource(ctx, local, local, env.Graph, o)
+			return Component{Source: s}, err
+		},
+	}
+}
+
+func natsSpec() Spec {
+	return Spec{
+		Type:   "nats",
+		Kind:   KindSink,
+		KindOf: busMode,
+		Summary: "NATS JetStream through watermill: `mode: read` consumes a subject through a durable consumer with " +
+			"at-least-once delivery, acknowledging messages once the flow has handled them, redelivering failed ones and " +
+			"dead-lettering those that keep failing (see docs/bus.md); `mode: write` publishes every event it receives and " +
+			"waits for the broker to store it. Streams and the consumer are created when missing.",
+		Fields: append([]Field{
+			busModeField(),
+			{Name: "url", Type: TypeString, Default: bus.DefaultNATSURL, Doc: "The broker's address."},
+			{Name: "subject", Aliases: []string{"topic"}, Type: TypeString, Required: true, Doc: "The subject."},
+			{Name: "stream", Type: TypeString,
+				Doc: "JetStream stream of the subject; default the stream capturing it, else one named after it (`.` → `_`) is created."},
+			{Name: "durable", Aliases: []string{"queue"}, Type: TypeString,
+				Doc: "read: durable consumer and queue group; processes sharing it share the messages. Default FLOW_NODE."},
+			{Name: "ack_wait", Type: TypeDuration, Default: bus.DefaultAckWait.String(),
+				Doc: "read: how long the broker waits for an ack before redelivering (after a crash, too)."},
+			{Name: "connect_timeout", Type: TypeDuration, Default: bus.DefaultConnectTimeout.String(),
+				Doc: "How long connecting, and draining at shutdown, may take."},
+		}, busSourceFields()...),
+		Ports:    busPorts,
+		PortsDoc: "`out`, `err` in mode read; none otherwise",
+		Build: func(ctx context.Context, env *BuildEnv, c *Config) (Component, error) {
+			no := bus.NATSOptions{
+				URL:            c.String("url"),
+				Subject:        c.String("subject"),
+				Stream:         c.String("stream"),
+				Durable:        c.String("durable"),
+				AckWait:        c.Duration("ack_wait"),
+				ConnectTimeout: c.Duration("connect_timeout"),
+				Logger:         env.Options.Logger,
+			}
+			if busMode(c) == KindSink {
+				s, err := bus.NewNATSSink(ctx, c.Node, no)
+				return Component{Processor: s}, err
+			}
+			if env.Graph == nil {
+				return Component{}, errors.New("a bus source needs the graph it feeds")
+			}
+			if no.Durable == "" {
+				flow := "flowrun"
+				if env.Flow != nil {
+					flow = env.Flow.Name
+				}
+				no.Durable = bus.StreamName(flow + "_" + c.Node)
+			}
+			s, err := bus.NewNATSSource(ctx, env.Graph, bus.NATSSourceOptions{NATSOptions: no, Source: busSourceOptions(env, c)})
+			return Component{Source: s}, err
 		},
 	}
 }

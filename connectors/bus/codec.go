@@ -1,0 +1,147 @@
+package bus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"sort"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// Metadata keys with a meaning of their own.
+const (
+	// CorrelationKey is the metadata key that carries meta.correlation: the
+	// key watermill's CorrelationID middleware reads and writes.
+	CorrelationKey = middleware.CorrelationIDMetadataKey
+	// CorrelationMeta is the event meta field mapped to CorrelationKey.
+	CorrelationMeta = "correlation"
+	// JSONKeysKey lists, comma-separated, the metadata keys whose values
+	// are JSON text rather than plain strings.
+	JSONKeysKey = "flowrun_json"
+	// DeliveredKey is set by the NATS connector to the number of times the
+	// broker has delivered the message (1 on first delivery). It is not
+	// copied into event meta.
+	DeliveredKey = "flowrun_delivered"
+	// ErrorKey is the metadata key of a dead letter's failure reason (it
+	// becomes meta.error when read back by a flowrun source).
+	ErrorKey = "error"
+)
+
+// ErrNotJSON reports a message payload that is not valid JSON.
+var ErrNotJSON = errors.New("message payload is not JSON")
+
+// ToEvent converts a message into an event with the given Seq. A payload that
+// is not JSON gives an error wrapping ErrNotJSON and an event suitable for
+// an "err" port: its data is the payload as a JSON string and its meta
+// carries the message metadata plus "error".
+func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
+	meta := metaFromMetadata(msg.Metadata)
+	payload := bytes.TrimSpace(msg.Payload)
+	if len(payload) == 0 {
+		return pipeline.Event{Data: nil, Meta: meta, Seq: seq}, nil
+	}
+	if !json.Valid(payload) {
+		err := ErrNotJSON
+		raw, _ := json.Marshal(string(msg.Payload)) // invalid UTF-8 becomes U+FFFD
+		meta = setString(meta, "error", "message "+msg.UUID+": "+err.Error())
+		return pipeline.Event{Data: raw, Meta: meta, Seq: seq}, err
+	}
+	return pipeline.Event{Data: append([]byte(nil), payload...), Meta: meta, Seq: seq}, nil
+}
+
+// ToMessage converts an event into a message with a new UUID.
+func ToMessage(ev pipeline.Event) *message.Message {
+	msg := message.NewMessage(watermill.NewUUID(), append([]byte(nil), ev.DataJSON()...))
+	var jsonKeys []string
+	gjson.ParseBytes(ev.MetaJSON()).ForEach(func(k, v gjson.Result) bool {
+		key := k.String()
+		if key == CorrelationMeta {
+			key = CorrelationKey
+		}
+		if v.Type == gjson.String {
+			msg.Metadata.Set(key, v.String())
+		} else {
+			msg.Metadata.Set(key, v.Raw)
+			jsonKeys = append(jsonKeys, key)
+		}
+		return true
+	})
+	if len(jsonKeys) > 0 {
+		msg.Metadata.Set(JSONKeysKey, strings.Join(jsonKeys, ","))
+	}
+	return msg
+}
+
+// metaFromMetadata builds the meta object of a received message, keys
+// sorted so the same message always gives the same bytes.
+func metaFromMetadata(md message.Metadata) []byte {
+	jsonKeys, marked := md[JSONKeysKey]
+	isJSON := map[string]bool{}
+	for _, k := range strings.Split(jsonKeys, ",") {
+		isJSON[strings.TrimSpace(k)] = true
+	}
+	fields := map[string]json.RawMessage{}
+	for k, v := range md {
+		if k == JSONKeysKey || k == DeliveredKey {
+			continue
+		}
+		name := k
+		if k == CorrelationKey {
+			name = CorrelationMeta
+		} else if k == CorrelationMeta {
+			if _, both := md[CorrelationKey]; both {
+				continue // correlation_id is the authoritative one
+			}
+		}
+		trimmed := strings.TrimSpace(v)
+		switch {
+		case marked && isJSON[k] && json.Valid([]byte(trimmed)):
+			fields[name] = json.RawMessage(trimmed)
+		case !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "[")) && json.Valid([]byte(trimmed)):
+			fields[name] = json.RawMessage(trimmed)
+		default:
+			s, _ := json.Marshal(v)
+			fields[name] = s
+		}
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		kb, _ := json.Marshal(k)
+		b.Write(kb)
+		b.WriteByte(':')
+		b.Write(fields[k])
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// setString returns a copy of the meta object with key set to the string s.
+func setString(meta []byte, key, s string) []byte {
+	fields := map[string]json.RawMessage{}
+	if len(meta) > 0 {
+		_ = json.Unmarshal(meta, &fields)
+	}
+	v, _ := json.Marshal(s)
+	fields[key] = v
+	out, _ := json.Marshal(fields)
+	return out
+}

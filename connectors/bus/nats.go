@@ -1,0 +1,375 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+)
+
+// Defaults for NATSOptions.
+const (
+	// DefaultNATSURL is the broker address used when none is given.
+	DefaultNATSURL = "nats://127.0.0.1:4222"
+	// DefaultAckWait is how long JetStream waits for an ack before it
+	// redelivers a message.
+	DefaultAckWait = 30 * time.Second
+	// DefaultConnectTimeout bounds connecting to the broker.
+	DefaultConnectTimeout = 5 * time.Second
+)
+
+// ErrConnect reports a broker that could not be reached or set up.
+var ErrConnect = errors.New("cannot reach the message bus")
+
+// NATSOptions say how to reach NATS JetStream and what to consume.
+type NATSOptions struct {
+	// URL is the broker's address. Default DefaultNATSURL.
+	URL string
+	// Subject is the subject consumed or published to. Required.
+	Subject string
+	// Stream is the JetStream stream holding Subject. Default: the stream
+	// that already captures Subject, else a new file-backed stream named
+	// after Subject ("orders.in" → "orders_in") is created.
+	Stream string
+	// Durable names the durable consumer (and its queue group) of a
+	// source: several processes with the same Durable share the work, and
+	// a restarted process resumes where the consumer left off. Required
+	// for a source.
+	Durable string
+	// AckWait is how long the broker waits for an ack before redelivering
+	// (also after a crash). Default DefaultAckWait.
+	AckWait time.Duration
+	// ConnectTimeout bounds connecting. Default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Logger receives the watermill adapter's logs (at debug level) and
+	// connection events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *NATSOptions) EnsureDefaults() {
+	if o.URL == "" {
+		o.URL = DefaultNATSURL
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = DefaultAckWait
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// StreamName returns the stream name derived from a subject: characters a
+// stream name may not hold (. * > and spaces) become "_".
+func StreamName(subject string) string {
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '.', '*', '>', ' ', '\t', '/', '\\':
+			return '_'
+		}
+		return r
+	}, subject)
+}
+
+// watermillLogger maps the adapter's info logs to debug: it reports every
+// subscriber start and close, which is noise in a flow's log.
+func watermillLogger(l *slog.Logger) watermill.LoggerAdapter {
+	return watermill.NewSlogLoggerWithLevelMapping(l, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+}
+
+// natsConn is a broker connection with the streams of its subjects.
+type natsConn struct {
+	conn    *nats.Conn
+	js      nats.JetStreamContext
+	streams map[string]string // subject -> stream
+	closed  chan struct{}     // closed once the connection is closed
+}
+
+// drain drains the connection (pending acks and publishes are sent) and
+// waits, at most timeout, until it is closed.
+func (c *natsConn) drain(timeout time.Duration) error {
+	if err := c.conn.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		c.conn.Close()
+		return err
+	}
+	return c.waitClosed(timeout)
+}
+
+func (c *natsConn) waitClosed(timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-c.closed:
+		return nil
+	case <-t.C:
+		c.conn.Close()
+		return fmt.Errorf("connection did not drain within %v", timeout)
+	}
+}
+
+// connect dials the broker and makes sure a stream captures each subject.
+func connect(ctx context.Context, name string, o NATSOptions, subjects ...string) (*natsConn, error) {
+	logger := o.Logger
+	closed := make(chan struct{})
+	conn, err := nats.Connect(o.URL,
+		nats.Name("flowrun "+name),
+		nats.Timeout(o.ConnectTimeout),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				logger.Warn("disconnected from NATS", "node", name, "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			logger.Info("reconnected to NATS", "node", name, "url", c.ConnectedUrl())
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("%w at %s: %w", ErrConnect, o.URL, err)
+	}
+	c := &natsConn{conn: conn, streams: map[string]string{}, closed: closed}
+	c.js, err = conn.JetStream(nats.Context(ctx))
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("%w at %s: jetstream: %w", ErrConnect, o.URL, err)
+	}
+	for i, subj := range subjects {
+		want := ""
+		if i == 0 {
+			want = o.Stream // the option names the main subject's stream
+		}
+		stream, err := ensureStream(ctx, c.js, subj, want)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("%w at %s: %w", ErrConnect, o.URL, err)
+		}
+		c.streams[subj] = stream
+	}
+	return c, nil
+}
+
+// ensureConsumer creates the durable push consumer of a source, or adapts
+// an existing one's ack wait and pending limit. The library-side
+// subscription only binds to it: a consumer nats.go creates itself is
+// deleted when the subscription ends, which would forget the position.
+func ensureConsumer(ctx context.Context, js nats.JetStreamContext, stream, subject, durable string, ackWait time.Duration, window int) error {
+	info, err := js.ConsumerInfo(stream, durable, nats.Context(ctx))
+	if errors.Is(err, nats.ErrConsumerNotFound) {
+		_, err = js.AddConsumer(stream, &nats.ConsumerConfig{
+			Durable:        durable,
+			DeliverSubject: nats.NewInbox(),
+			DeliverGroup:   durable,
+			DeliverPolicy:  nats.DeliverAllPolicy,
+			AckPolicy:      nats.AckExplicitPolicy,
+			AckWait:        ackWait,
+			MaxAckPending:  window,
+			MaxDeliver:     -1, // the source dead-letters; the broker never drops
+			FilterSubject:  subject,
+		}, nats.Context(ctx))
+		if err != nil {
+			return fmt.Errorf("create consumer %q on stream %q: %w", durable, stream, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("consumer %q on stream %q: %w", durable, stream, err)
+	}
+	cfg := info.Config
+	if cfg.DeliverSubject == "" || cfg.DeliverGroup != durable || cfg.AckPolicy != nats.AckExplicitPolicy {
+		return fmt.Errorf("consumer %q on stream %q exists but is not a push consumer with explicit acks and deliver group %q: delete it or choose another durable name", durable, stream, durable)
+	}
+	if cfg.FilterSubject != "" && cfg.FilterSubject != subject {
+		return fmt.Errorf("consumer %q on stream %q reads subject %q, not %q: choose another durable name", durable, stream, cfg.FilterSubject, subject)
+	}
+	if cfg.AckWait != ackWait || cfg.MaxAckPending != window {
+		cfg.AckWait, cfg.MaxAckPending = ackWait, window
+		if _, err := js.UpdateConsumer(stream, &cfg, nats.Context(ctx)); err != nil {
+			return fmt.Errorf("update consumer %q on stream %q: %w", durable, stream, err)
+		}
+	}
+	return nil
+}
+
+// ensureStream returns the stream capturing subject, creating it when
+// there is none.
+func ensureStream(ctx context.Context, js nats.JetStreamContext, subject, stream string) (string, error) {
+	if stream == "" {
+		name, err := js.StreamNameBySubject(subject, nats.Context(ctx))
+		if err == nil {
+			return name, nil
+		}
+		if !errors.Is(err, nats.ErrNoMatchingStream) && !errors.Is(err, nats.ErrStreamNotFound) {
+			return "", fmt.Errorf("find the stream of subject %q: %w", subject, err)
+		}
+		stream = StreamName(subject)
+	} else if info, err := js.StreamInfo(stream, nats.Context(ctx)); err == nil {
+		for _, s := range info.Config.Subjects {
+			if s == subject {
+				return stream, nil
+			}
+		}
+		return "", fmt.Errorf("stream %q does not capture subject %q (its subjects: %v)", stream, subject, info.Config.Subjects)
+	} else if !errors.Is(err, nats.ErrStreamNotFound) {
+		return "", fmt.Errorf("stream %q: %w", stream, err)
+	}
+	_, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}, Storage: nats.FileStorage}, nats.Context(ctx))
+	if err != nil {
+		return "", fmt.Errorf("create stream %q for subject %q (set `stream` to use an existing one): %w", stream, subject, err)
+	}
+	return stream, nil
+}
+
+// natsUnmarshaler turns a JetStream message into a watermill message:
+// headers become metadata (several values of one header are joined with
+// ", "), and DeliveredKey holds the broker's delivery count. Unlike
+// watermill-nats' NATSMarshaler it never refuses a message, which would
+// leave it unacknowledged and redelivered forever.
+type natsUnmarshaler struct{}
+
+func (natsUnmarshaler) Unmarshal(m *nats.Msg) (*message.Message, error) {
+	msg := message.NewMessage(m.Header.Get(wmnats.WatermillUUIDHdr), m.Data)
+	if msg.UUID == "" {
+		msg.UUID = watermill.NewUUID()
+	}
+	for k, v := range m.Header {
+		switch k {
+		case wmnats.WatermillUUIDHdr, nats.MsgIdHdr, nats.ExpectedLastMsgIdHdr, nats.ExpectedStreamHdr,
+			nats.ExpectedLastSubjSeqHdr, nats.ExpectedLastSeqHdr:
+			continue
+		}
+		msg.Metadata.Set(k, strings.Join(v, ", "))
+	}
+	if md, err := m.Metadata(); err == nil {
+		msg.Metadata.Set(DeliveredKey, fmt.Sprint(md.NumDelivered))
+	}
+	return msg, nil
+}
+
+// NATSSourceOptions configure NewNATSSource.
+type NATSSourceOptions struct {
+	NATSOptions
+	// Source configures the windowed acknowledgement; its Topic is
+	// NATSOptions.Subject.
+	Source SourceOptions
+}
+
+// NewNATSSource connects to JetStream, binds the durable consumer
+// opts.Durable on opts.Subject (creating the stream and consumer when
+// missing, the dead-letter subject's stream too) and returns a Source
+// feeding graph. The consumer acknowledges explicitly, waits AckWait before
+// redelivering, and lets at most Window messages be unacknowledged, one per
+// watermill subscriber (watermill hands a subscriber its next message only
+// after the previous one is settled, so Window subscribers make a window).
+func NewNATSSource(ctx context.Context, graph Graph, opts NATSSourceOptions) (*Source, error) {
+	opts.NATSOptions.EnsureDefaults()
+	so := opts.Source
+	so.Topic = opts.Subject
+	if so.Logger == nil {
+		so.Logger = opts.Logger
+	}
+	so.EnsureDefaults()
+	if opts.Subject == "" {
+		return nil, fmt.Errorf("source %s: %w: no subject", so.Name, ErrSubscribe)
+	}
+	if opts.Durable == "" {
+		return nil, fmt.Errorf("source %s: %w: no durable consumer name", so.Name, ErrSubscribe)
+	}
+	nc, err := connect(ctx, so.Name, opts.NATSOptions, opts.Subject, so.DeadLetter)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", so.Name, err)
+	}
+	conn, stream := nc.conn, nc.streams[opts.Subject]
+	if err := ensureConsumer(ctx, nc.js, stream, opts.Subject, opts.Durable, opts.AckWait, so.Window); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("source %s: %w: %w", so.Name, ErrSubscribe, err)
+	}
+	wl := watermillLogger(opts.Logger)
+	sub, err := wmnats.NewSubscriberWithNatsConn(conn, wmnats.SubscriberSubscriptionConfig{
+		Unmarshaler:      natsUnmarshaler{},
+		SubscribersCount: so.Window,
+		AckWaitTimeout:   opts.AckWait,
+		CloseTimeout:     opts.AckWait,
+		SubscribeTimeout: opts.ConnectTimeout,
+		QueueGroupPrefix: opts.Durable,
+		JetStream: wmnats.JetStreamConfig{
+			DurablePrefix: opts.Durable,
+			SubscribeOptions: []nats.SubOpt{
+				nats.Bind(stream, opts.Durable),
+				// Without ManualAck nats.go acks every message once the
+				// adapter's callback returns, even one it gave up on.
+				nats.ManualAck(),
+			},
+		},
+	}, wl)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("source %s: %w: %w", so.Name, ErrSubscribe, err)
+	}
+	pub, err := newNATSPublisher(conn, wl)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("source %s: %w", so.Name, err)
+	}
+	so.OnClose = func() error {
+		// Subscriber.Close starts draining the connection: acks still
+		// being sent go out before it closes. Wait for that, so a process
+		// exiting right after Close loses none.
+		err := sub.Close()
+		if werr := nc.waitClosed(opts.ConnectTimeout); err == nil {
+			err = werr
+		}
+		return err
+	}
+	src, err := NewSource(ctx, sub, pub, graph, so)
+	if err != nil {
+		_ = sub.Close()
+		return nil, err
+	}
+	return src, nil
+}
+
+func newNATSPublisher(conn *nats.Conn, wl watermill.LoggerAdapter) (*wmnats.Publisher, error) {
+	pub, err := wmnats.NewPublisherWithNatsConn(conn, wmnats.PublisherPublishConfig{
+		Marshaler:         &wmnats.NATSMarshaler{},
+		SubjectCalculator: wmnats.DefaultSubjectCalculator,
+	}, wl)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConnect, err)
+	}
+	return pub, nil
+}
+
+// NewNATSSink connects to JetStream, makes sure a stream captures
+// opts.Subject and returns a Sink publishing there. Each publish waits for
+// the broker's acknowledgement that the message is stored.
+func NewNATSSink(ctx context.Context, name string, opts NATSOptions) (*Sink, error) {
+	opts.EnsureDefaults()
+	if opts.Subject == "" {
+		return nil, fmt.Errorf("sink %s: %w: no subject", name, ErrPublish)
+	}
+	nc, err := connect(ctx, name, opts, opts.Subject)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", name, err)
+	}
+	pub, err := newNATSPublisher(nc.conn, watermillLogger(opts.Logger))
+	if err != nil {
+		nc.conn.Close()
+		return nil, fmt.Errorf("sink %s: %w", name, err)
+	}
+	// Every publish already waited for the broker's ack: draining only
+	// tidies the connection.
+	return NewSink(pub, SinkOptions{Name: name, Topic: opts.Subject, OnClose: func() error {
+		return nc.drain(opts.ConnectTimeout)
+	}})
+}

@@ -1,0 +1,87 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// ErrPublish reports an event that could not be published.
+var ErrPublish = errors.New("cannot publish")
+
+// SinkOptions configure a Sink.
+type SinkOptions struct {
+	// Name is the sink node's name, used in errors. Default "bus".
+	Name string
+	// Topic is the topic (NATS subject) published to. Required.
+	Topic string
+	// OnClose, when set, is called by Close to release what the sink owns
+	// (a broker connection).
+	OnClose func() error
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *SinkOptions) EnsureDefaults() {
+	if o.Name == "" {
+		o.Name = "bus"
+	}
+}
+
+// Sink is a pipeline.Processor that publishes every event it receives to a
+// topic, converted with ToMessage. Process returns only once the publisher
+// has accepted each message (for JetStream: the broker stored it), so a bus
+// Source acking after the graph is idle never acks a message whose results
+// are not yet published.
+//
+// An event that cannot be published is emitted on "err" with meta.error;
+// the Sink declares no output ports, so that event goes to the graph's
+// Unlinked hook (logged) and makes a bus Source upstream redeliver the
+// message it derives from. After a failure the rest of the batch is not
+// attempted (the broker is most likely unreachable) and fails the same way.
+type Sink struct {
+	pub  message.Publisher
+	opts SinkOptions
+}
+
+// NewSink returns a sink publishing with pub.
+func NewSink(pub message.Publisher, opts SinkOptions) (*Sink, error) {
+	opts.EnsureDefaults()
+	if opts.Topic == "" {
+		return nil, fmt.Errorf("sink %s: %w: no topic", opts.Name, ErrPublish)
+	}
+	return &Sink{pub: pub, opts: opts}, nil
+}
+
+// Process implements pipeline.Processor.
+func (s *Sink) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+	var failed error
+	for _, ev := range batch {
+		if failed == nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := s.pub.Publish(s.opts.Topic, ToMessage(ev)); err != nil {
+				failed = fmt.Errorf("sink %s: %w to %q: %w", s.opts.Name, ErrPublish, s.opts.Topic, err)
+			}
+		}
+		if failed != nil {
+			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, setString(ev.Meta, "error", failed.Error())))
+		}
+	}
+	return nil
+}
+
+// Close releases the publisher through OnClose.
+func (s *Sink) Close(context.Context) error {
+	if s.opts.OnClose == nil {
+		return nil
+	}
+	if err := s.opts.OnClose(); err != nil {
+		return fmt.Errorf("sink %s: close: %w", s.opts.Name, err)
+	}
+	return nil
+}
