@@ -64,9 +64,9 @@ type Options struct {
 	// Pebble, when set, is called with the Pebble options before the
 	// database is opened, for tuning and fault injection in tests.
 	Pebble func(*pebble.Options)
-	// OnCommit, when set, is called once per commit group after the group
-	// is released (its writes durable, or its commit failed), from the
-	// store's syncer goroutine. It must be quick and must not call back
+	// OnCommit, when set, is called once per commit group when its outcome
+	// is known (its writes durable, or its commit failed) and before its
+	// Update calls return, from the store's syncer goroutine. It must be quick and must not call back
 	// into the store; metrics use it. Default nil: nothing is called.
 	OnCommit func(CommitInfo)
 }
@@ -81,7 +81,7 @@ type CommitInfo struct {
 	// Wrote reports whether the group wrote anything; a group of reads
 	// only is released without a commit.
 	Wrote bool
-	// Latency runs from the writer starting the group to its release:
+	// Latency runs from the writer starting the group to its outcome:
 	// applying every transaction, the commit and, unless NoSync, the WAL
 	// sync.
 	Latency time.Duration
@@ -330,11 +330,13 @@ func (s *Store) sync() {
 			}
 			_ = g.batch.Close()
 		}
-		for _, r := range g.reqs {
-			r.done <- err
-		}
+		// Observe before releasing, so that a caller whose Update has
+		// returned finds its commit already counted.
 		if s.opts.OnCommit != nil {
 			s.observe(g, err)
+		}
+		for _, r := range g.reqs {
+			r.done <- err
 		}
 	}
 }
