@@ -23,7 +23,8 @@ const (
 	// CorrelationMeta is the event meta field mapped to CorrelationKey.
 	CorrelationMeta = "correlation"
 	// JSONKeysKey lists, comma-separated, the metadata keys whose values
-	// are JSON text rather than plain strings.
+	// are JSON text rather than plain strings. Every message flowrun
+	// publishes has it, empty when all values are strings.
 	JSONKeysKey = "flowrun_json"
 	// DeliveredKey is set by the NATS connector to the number of times the
 	// broker has delivered the message (1 on first delivery). It is not
@@ -73,9 +74,9 @@ func ToMessage(ev pipeline.Event) *message.Message {
 		}
 		return true
 	})
-	if len(jsonKeys) > 0 {
-		msg.Metadata.Set(JSONKeysKey, strings.Join(jsonKeys, ","))
-	}
+	// Set even when empty: it marks the metadata as written by flowrun, so
+	// a string that looks like JSON is read back as a string.
+	msg.Metadata.Set(JSONKeysKey, strings.Join(jsonKeys, ","))
 	return msg
 }
 

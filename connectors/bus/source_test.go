@@ -1,0 +1,320 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// fakeSub hands out the messages sent on ch.
+type fakeSub struct{ ch chan *message.Message }
+
+func (f *fakeSub) Subscribe(context.Context, string) (<-chan *message.Message, error) { return f.ch, nil }
+func (f *fakeSub) Close() error                                                       { return nil }
+
+// recorder is a sink remembering the events it received.
+type recorder struct {
+	mu     sync.Mutex
+	events []pipeline.Event
+}
+
+func (r *recorder) Process(_ context.Context, b []pipeline.Event, _ pipeline.Emitter) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, b...)
+	return nil
+}
+
+func (r *recorder) count(pred func(pipeline.Event) bool) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, ev := range r.events {
+		if pred(ev) {
+			n++
+		}
+	}
+	return n
+}
+
+// worker passes events on, sends those with data.fail to "err", fails the
+// graph on data.boom and sleeps data.sleep milliseconds.
+var worker = pipeline.ProcessorFunc(func(_ context.Context, b []pipeline.Event, emit pipeline.Emitter) error {
+	for _, ev := range b {
+		d := gjson.ParseBytes(ev.Data)
+		time.Sleep(time.Duration(d.Get("sleep").Int()) * time.Millisecond)
+		switch {
+		case d.Get("boom").Bool():
+			return errors.New("boom")
+		case d.Get("fail").Bool():
+			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, setString(ev.Meta, "error", "asked to fail")))
+		default:
+			emit.Emit(pipeline.PortOut, ev)
+		}
+	}
+	return nil
+})
+
+// flow is src -> work -> out, with src/err linked to errs when linkErr.
+type flow struct {
+	g    *pipeline.Graph
+	src  *Source
+	out  *recorder
+	errs *recorder
+}
+
+func newFlow(t *testing.T, sub message.Subscriber, dead message.Publisher, linkErr bool, opts SourceOptions) *flow {
+	t.Helper()
+	f := &flow{g: pipeline.New(pipeline.Options{}), out: &recorder{}, errs: &recorder{}}
+	src, err := NewSource(context.Background(), sub, dead, f.g, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.src = src
+	must(t, f.g.AddSource("src", src, Ports()...))
+	must(t, f.g.AddProcessor("work", worker, pipeline.PortOut, pipeline.PortErr))
+	must(t, f.g.AddProcessor("out", f.out))
+	must(t, f.g.AddProcessor("errs", f.errs))
+	must(t, f.g.Link("src", pipeline.PortOut, "work"))
+	must(t, f.g.Link("work", pipeline.PortOut, "out"))
+	if linkErr {
+		must(t, f.g.Link("src", pipeline.PortErr, "errs"))
+	}
+	return f
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// settled waits for a message's ack or nack.
+func settled(t *testing.T, m *message.Message) string {
+	t.Helper()
+	select {
+	case <-m.Acked():
+		return "ack"
+	case <-m.Nacked():
+		return "nack"
+	case <-time.After(10 * time.Second):
+		t.Fatalf("message %s never settled", m.UUID)
+		return ""
+	}
+}
+
+func msg(id, payload string) *message.Message {
+	m := message.NewMessage(id, []byte(payload))
+	m.Metadata.Set(CorrelationKey, id)
+	return m
+}
+
+func TestSourceAcksAfterTheGraphHandledTheWindow(t *testing.T) {
+	tests := []struct {
+		name    string
+		payload string
+		linkErr bool
+		want    string // how the middle message is settled
+	}{
+		{"ok", `{"n":1}`, false, "ack"},
+		{"slow ok", `{"sleep":30}`, false, "ack"},
+		{"failed on unlinked err", `{"fail":true}`, false, "nack"},
+		{"not JSON, err linked", `not json`, true, "ack"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sub := &fakeSub{ch: make(chan *message.Message, 3)}
+			f := newFlow(t, sub, nil, tt.linkErr, SourceOptions{Topic: "t", MaxDeliveries: 5})
+			ms := []*message.Message{msg("a", `{}`), msg("b", tt.payload), msg("c", `{}`)}
+			for _, m := range ms {
+				sub.ch <- m
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- f.g.Run(ctx) }()
+			got := []string{settled(t, ms[0]), settled(t, ms[1]), settled(t, ms[2])}
+			// An ack is given only once the derived event reached the sink.
+			if n := f.out.count(func(ev pipeline.Event) bool { return true }); got[0] == "ack" && n < 2 {
+				t.Errorf("acked before the sink saw the events (%d)", n)
+			}
+			cancel()
+			must(t, <-done)
+			if want := []string{"ack", tt.want, "ack"}; fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("settled %v, want %v", got, want)
+			}
+			if n := f.out.count(func(ev pipeline.Event) bool { return gjson.GetBytes(ev.Meta, "correlation").String() == "a" }); n != 1 {
+				t.Errorf("correlation a reached the sink %d times", n)
+			}
+		})
+	}
+}
+
+func TestSourceDeadLettersAfterMaxDeliveries(t *testing.T) {
+	local := NewLocal(nil)
+	defer local.Close()
+	dead, err := local.Subscribe(context.Background(), "in"+DeadLetterSuffix)
+	must(t, err)
+	f := newFlow(t, local, local, false, SourceOptions{Topic: "in", MaxDeliveries: 3, Linger: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+
+	sink, err := NewSink(local, SinkOptions{Topic: "in"})
+	must(t, err)
+	batch := []pipeline.Event{
+		{Data: []byte(`{"n":1}`), Meta: []byte(`{"correlation":1}`)},
+		{Data: []byte(`{"fail":true}`), Meta: []byte(`{"correlation":2,"kv":{"get":"x"}}`)},
+		{Data: []byte(`{"n":3}`), Meta: []byte(`{"correlation":3}`)},
+	}
+	must(t, sink.Process(context.Background(), batch, nil))
+
+	var dl *message.Message
+	select {
+	case dl = <-dead:
+		dl.Ack()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no dead letter")
+	}
+	cancel()
+	must(t, <-done)
+	ev, err := ToEvent(dl, 0)
+	must(t, err)
+	if c := gjson.GetBytes(ev.Meta, "correlation").Raw; c != "2" {
+		t.Errorf("dead letter correlation = %s, want 2 (meta %s)", c, ev.Meta)
+	}
+	if e := gjson.GetBytes(ev.Meta, "error").String(); !strings.Contains(e, "asked to fail") || !strings.Contains(e, "delivery 3 of 3") {
+		t.Errorf("dead letter error = %q", e)
+	}
+	if kv := gjson.GetBytes(ev.Meta, "kv.get").String(); kv != "x" {
+		t.Errorf("dead letter lost meta.kv: %s", ev.Meta)
+	}
+	if n := f.out.count(func(pipeline.Event) bool { return true }); n != 2 {
+		t.Errorf("sink saw %d events, want 2", n)
+	}
+}
+
+func TestSourceNotJSONGoesStraightToDeadLetter(t *testing.T) {
+	local := NewLocal(nil)
+	defer local.Close()
+	dead, err := local.Subscribe(context.Background(), "raw.dead")
+	must(t, err)
+	f := newFlow(t, local, local, false, SourceOptions{Topic: "raw", DeadLetter: "raw.dead"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+	must(t, local.Publish("raw", message.NewMessage("m1", []byte("<xml/>"))))
+	select {
+	case dl := <-dead:
+		dl.Ack()
+		if string(dl.Payload) != "<xml/>" || !strings.Contains(dl.Metadata.Get(ErrorKey), "not JSON") ||
+			!strings.Contains(dl.Metadata.Get(ErrorKey), "delivery 1 of") {
+			t.Errorf("dead letter %q %v", dl.Payload, dl.Metadata)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no dead letter")
+	}
+	cancel()
+	must(t, <-done)
+}
+
+func TestSourceNacksWindowWhenTheGraphFails(t *testing.T) {
+	sub := &fakeSub{ch: make(chan *message.Message, 2)}
+	f := newFlow(t, sub, nil, false, SourceOptions{Topic: "t", Linger: 50 * time.Millisecond})
+	ms := []*message.Message{msg("a", `{}`), msg("b", `{"boom":true}`)}
+	for _, m := range ms {
+		sub.ch <- m
+	}
+	err := f.g.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("Run = %v, want the node's failure", err)
+	}
+	for _, m := range ms {
+		if s := settled(t, m); s != "nack" {
+			t.Errorf("message %s: %s, want nack", m.UUID, s)
+		}
+	}
+}
+
+func TestSourceShutdownFinishesTheWindow(t *testing.T) {
+	sub := &fakeSub{ch: make(chan *message.Message, 4)}
+	f := newFlow(t, sub, nil, false, SourceOptions{Topic: "t", Linger: 20 * time.Millisecond})
+	inflight := []*message.Message{msg("a", `{"sleep":150}`), msg("b", `{}`)}
+	for _, m := range inflight {
+		sub.ch <- m
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+	time.Sleep(60 * time.Millisecond) // the window is being processed
+	cancel()
+	late := msg("late", `{}`)
+	sub.ch <- late // arrives after the signal: not taken, nacked by Close
+	must(t, <-done)
+	for _, m := range inflight {
+		if s := settled(t, m); s != "ack" {
+			t.Errorf("in-flight message %s: %s, want ack", m.UUID, s)
+		}
+	}
+	if n := f.out.count(func(pipeline.Event) bool { return true }); n != 2 {
+		t.Errorf("sink saw %d events, want the 2 in flight", n)
+	}
+	if s := settled(t, late); s != "nack" {
+		t.Errorf("late message: %s, want nack", s)
+	}
+}
+
+func TestNewSourceErrors(t *testing.T) {
+	g := pipeline.New(pipeline.Options{})
+	sub := &fakeSub{ch: make(chan *message.Message)}
+	if _, err := NewSource(context.Background(), sub, nil, g, SourceOptions{}); !errors.Is(err, ErrSubscribe) {
+		t.Errorf("no topic: %v", err)
+	}
+	if _, err := NewSource(context.Background(), sub, nil, nil, SourceOptions{Topic: "t"}); !errors.Is(err, ErrSubscribe) {
+		t.Errorf("no graph: %v", err)
+	}
+	if _, err := NewSink(nil, SinkOptions{}); !errors.Is(err, ErrPublish) {
+		t.Errorf("sink without topic: %v", err)
+	}
+}
+
+// failingPub fails every publish.
+type failingPub struct{ n int }
+
+func (p *failingPub) Publish(string, ...*message.Message) error { p.n++; return errors.New("broker down") }
+func (p *failingPub) Close() error                              { return nil }
+
+func TestSinkReportsFailedPublishesOnErr(t *testing.T) {
+	pub := &failingPub{}
+	s, err := NewSink(pub, SinkOptions{Name: "results", Topic: "out"})
+	must(t, err)
+	var got []pipeline.Event
+	emit := emitFunc(func(port string, ev pipeline.Event) {
+		if port == pipeline.PortErr {
+			got = append(got, ev)
+		}
+	})
+	batch := []pipeline.Event{{Data: []byte(`1`), Seq: 1}, {Data: []byte(`2`), Seq: 2}}
+	must(t, s.Process(context.Background(), batch, emit))
+	if len(got) != 2 || pub.n != 1 {
+		t.Fatalf("err events %d after %d publishes, want 2 after 1", len(got), pub.n)
+	}
+	for i, ev := range got {
+		if ev.Seq != batch[i].Seq || !strings.Contains(gjson.GetBytes(ev.Meta, "error").String(), "broker down") {
+			t.Errorf("err event %d: seq %d meta %s", i, ev.Seq, ev.Meta)
+		}
+	}
+}
+
+type emitFunc func(port string, ev pipeline.Event)
+
+func (f emitFunc) Emit(port string, ev pipeline.Event) { f(port, ev) }
