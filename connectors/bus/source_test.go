@@ -18,8 +18,10 @@ import (
 // fakeSub hands out the messages sent on ch.
 type fakeSub struct{ ch chan *message.Message }
 
-func (f *fakeSub) Subscribe(context.Context, string) (<-chan *message.Message, error) { return f.ch, nil }
-func (f *fakeSub) Close() error                                                       { return nil }
+func (f *fakeSub) Subscribe(context.Context, string) (<-chan *message.Message, error) {
+	return f.ch, nil
+}
+func (f *fakeSub) Close() error { return nil }
 
 // recorder is a sink remembering the events it received.
 type recorder struct {
@@ -290,8 +292,11 @@ func TestNewSourceErrors(t *testing.T) {
 // failingPub fails every publish.
 type failingPub struct{ n int }
 
-func (p *failingPub) Publish(string, ...*message.Message) error { p.n++; return errors.New("broker down") }
-func (p *failingPub) Close() error                              { return nil }
+func (p *failingPub) Publish(string, ...*message.Message) error {
+	p.n++
+	return errors.New("broker down")
+}
+func (p *failingPub) Close() error { return nil }
 
 func TestSinkReportsFailedPublishesOnErr(t *testing.T) {
 	pub := &failingPub{}
