@@ -20,6 +20,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -164,6 +165,10 @@ func Open(dir string, opts Options) (*Store, error) {
 }
 
 func isLockError(err error) bool {
+	// Another process holding the flock surfaces as a bare EAGAIN.
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) {
+		return true
+	}
 	msg := err.Error()
 	return strings.Contains(msg, "lock") &&
 		(strings.Contains(msg, "resource temporarily unavailable") || strings.Contains(msg, "held"))
