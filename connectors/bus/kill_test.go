@@ -45,7 +45,7 @@ func killInput(i int) pipeline.Event {
 	corr := fmt.Sprintf(`"m-%d"`, i)
 	if i%2 == 0 {
 		return pipeline.Event{Data: []byte(`{}`),
-			Meta: []byte(fmt.Sprintf(`{"correlation":%s,"kv":{"increment":"c/%d"}}`, corr, i%killCounters))}
+			Meta: []byte(fmt.Sprintf(`{"correlation":%s,"kv":{"increment":"c/%d"}}`, corr, (i/2)%killCounters))}
 	}
 	return pipeline.Event{Data: []byte(fmt.Sprintf(`{"i":%d}`, i)),
 		Meta: []byte(fmt.Sprintf(`{"correlation":%s,"kv":{"put":"p/%d"}}`, corr, i))}
