@@ -3,9 +3,11 @@ package pebblestore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -157,5 +159,70 @@ func TestFailedCommitNotVisible(t *testing.T) {
 	got := processAll(t, c, kvtest.Event(kvtest.M(`"get":"phantom"`), ``))
 	if len(got) == 1 && got[0].Port == pipeline.PortOut && string(got[0].Event.Data) == "1" {
 		t.Fatalf("a put reported failed is visible: %s", got[0])
+	}
+}
+
+// TestResultWaitsForWALSync holds every WAL sync until released and checks
+// that, with sync on, a write's result is not emitted before its sync has
+// completed, while with sync off (NoSync) it is emitted without waiting.
+func TestResultWaitsForWALSync(t *testing.T) {
+	for _, noSync := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoSync=%t", noSync), func(t *testing.T) {
+			var holding atomic.Bool
+			gate := make(chan struct{})
+			var synced atomic.Int64
+			inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
+				if !strings.HasSuffix(op.Path, ".log") {
+					return nil
+				}
+				switch op.Kind {
+				case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
+					if holding.Load() {
+						<-gate
+					}
+					synced.Add(1)
+				}
+				return nil
+			})
+			s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{NoSync: noSync,
+				Pebble: func(o *pebble.Options) { o.FS = errorfs.Wrap(vfs.Default, inj) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := kv.New(s, kv.Options{ReclaimInterval: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close(context.Background())
+			holding.Store(true)
+			done := make(chan []kvtest.Emitted, 1)
+			go func() {
+				var rec kvtest.Recorder
+				_ = c.Process(context.Background(), []pipeline.Event{kvtest.Event(kvtest.M(`"put":"k"`), `1`)}, &rec)
+				done <- rec.Events
+			}()
+			var got []kvtest.Emitted
+			select {
+			case got = <-done:
+				if !noSync {
+					t.Fatalf("result emitted while its WAL sync was still held: %v", kvtest.Strings(got))
+				}
+			case <-time.After(300 * time.Millisecond):
+				if noSync {
+					t.Fatal("with NoSync the result waited for a WAL sync")
+				}
+			}
+			holding.Store(false)
+			close(gate)
+			if got == nil {
+				got = <-done
+			}
+			if synced.Load() == 0 && !noSync {
+				t.Error("no WAL sync was seen")
+			}
+			if len(got) != 1 || got[0].Port != pipeline.PortOut {
+				t.Fatalf("after the sync: %v", kvtest.Strings(got))
+			}
+		})
 	}
 }
