@@ -61,7 +61,7 @@ func testBatchOrder(t *testing.T, h *Harness) {
 	}
 	got := h.DoBatch("t", evs...)
 	want := []string{
-		op("put", "a", `1`, false),
+		op("put", "a", `1`, true),
 		op("increment", "a", `2`, true),
 		"err",
 		"err",
@@ -96,7 +96,7 @@ func testNamespaces(t *testing.T, h *Harness) {
 	for _, ns := range spaces {
 		for _, k := range keys {
 			meta := M(`"put":` + quoteJSON(k))
-			want := Out(quoteJSON(ns), `"op":"put","key":`+quoteJSON(k)+`,"found":false`)
+			want := Out(quoteJSON(ns), `"op":"put","key":`+quoteJSON(k)+`,"found":true`)
 			if g := join(Strings(h.Do(ns, meta, quoteJSON(ns)))); g != want {
 				t.Fatalf("ns %q put %q:\n got %s\nwant %s", ns, k, g, want)
 			}
