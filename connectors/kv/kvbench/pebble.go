@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
 
 // sideResult is what one side of a workload measured.
@@ -42,7 +44,11 @@ type rawSide struct {
 }
 
 func runPebble(ctx context.Context, cfg Config, workload, dir string, p *progress) (sideResult, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	// The same block cache size as the store under test, so that both
+	// sides read from memory equally often.
+	cache := pebble.NewCache(pebblestore.DefaultCacheBytes)
+	defer cache.Unref()
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}, Cache: cache})
 	if err != nil {
 		return sideResult{}, err
 	}
