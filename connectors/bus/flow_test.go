@@ -1,0 +1,88 @@
+package bus_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/flows"
+)
+
+// TestGochannelFlowFromYAML wires gochannel connectors from a flow file
+// (the registry's specs, BuildEnv.Graph, a shared BuildOptions.Local):
+// messages published on "in" come out of the kv store on "out" with their
+// correlation.
+func TestGochannelFlowFromYAML(t *testing.T) {
+	dir := t.TempDir()
+	flow := `name: local
+connectors:
+  input:  { type: gochannel, mode: read, topic: in, linger: 1ms }
+  store:  { type: kv, dir: state }
+  output: { type: gochannel, mode: write, topic: out }
+links:
+  - input/out -> store/in
+  - store/out -> output/in
+`
+	path := filepath.Join(dir, "flow.yaml")
+	if err := os.WriteFile(path, []byte(flow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, diags, err := flows.Load(path, flows.NewRegistry())
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	local := bus.NewLocal(nil)
+	defer local.Close()
+	out, err := local.Subscribe(context.Background(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := f.Build(context.Background(), flows.BuildOptions{Local: local})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- built.Run(ctx) }()
+
+	const n = 20
+	for i := range n {
+		m := message.NewMessage(string(rune('a'+i)), []byte(`{}`))
+		m.Metadata.Set(bus.CorrelationKey, m.UUID)
+		m.Metadata.Set("kv", `{"increment":"hits"}`) // foreign producer: object decoded
+		if err := local.Publish("in", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	var max int64
+	for len(seen) < n {
+		select {
+		case m := <-out:
+			m.Ack()
+			ev, err := bus.ToEvent(m, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[gjson.GetBytes(ev.Meta, "correlation").String()] = true
+			if v := gjson.GetBytes(ev.Data, "@this").Int(); v > max {
+				max = v
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d results", len(seen), n)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if max != n {
+		t.Errorf("counter reached %d, want %d", max, n)
+	}
+}
