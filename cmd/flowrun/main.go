@@ -5,6 +5,8 @@
 //	flowrun run FLOW.yaml
 //	flowrun replay FLOW.yaml INPUT.jsonl
 //	flowrun validate FLOW.yaml...
+//	flowrun kv get|scan|count|keys|dump|load DIR ...
+//	flowrun docs
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage. Results go to stdout;
 // diagnostics, progress and summaries go to stderr.
@@ -14,10 +16,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/flowrun/flowrun/logs"
 )
 
 // Exit codes.
@@ -45,6 +51,19 @@ type env struct {
 	stdout, stderr io.Writer
 	// stderrIsTerminal turns on progress bars.
 	stderrIsTerminal bool
+	// progressEvery is the period of plain progress lines when stderr is
+	// not a terminal. Default progressInterval.
+	progressEvery time.Duration
+	// log holds the logging flags, shared by every command; execute sets
+	// it.
+	log *logSettings
+}
+
+// logSettings are the persistent logging flags and the logger built from
+// them before a command runs.
+type logSettings struct {
+	level, format string
+	logger        *slog.Logger
 }
 
 func main() {
@@ -54,6 +73,12 @@ func main() {
 
 // execute runs the CLI with args and returns the exit code.
 func execute(e env, args []string) int {
+	if e.log == nil {
+		e.log = &logSettings{}
+	}
+	if e.progressEvery <= 0 {
+		e.progressEvery = progressInterval
+	}
 	root := newRootCommand(e)
 	root.SetArgs(args)
 	err := root.Execute()
@@ -89,8 +114,28 @@ whose results go to sinks.`,
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCommand(e), newReplayCommand(e), newValidateCommand(e), newBenchCommand(e))
+	pf := root.PersistentFlags()
+	pf.StringVar(&e.log.level, "log-level", "info", "least severe log lines written to stderr: "+strings.Join(logs.Levels, ", "))
+	pf.StringVar(&e.log.format, "log-format", "text", "log line format: "+strings.Join(logs.Formats, ", "))
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		l, err := logs.New(e.stderr, e.log.level, e.log.format)
+		if err != nil {
+			return usageError{err}
+		}
+		e.log.logger = l
+		return nil
+	}
+	root.AddCommand(newRunCommand(e), newReplayCommand(e), newValidateCommand(e), newBenchCommand(e),
+		newKVCommand(e), newDocsCommand(e))
 	return root
+}
+
+// newLogger returns the logger the logging flags asked for.
+func newLogger(e env) *slog.Logger {
+	if e.log == nil || e.log.logger == nil {
+		return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return e.log.logger
 }
 
 // exactArgs is cobra.ExactArgs reporting a usage error.

@@ -4,15 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync/atomic"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/connectors/jsonl"
-	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/flows/replay"
 	"github.com/flowrun/flowrun/pipeline"
@@ -23,6 +22,7 @@ type replayFlags struct {
 	keepSinks bool
 	strict    bool
 	quiet     bool
+	metrics   string
 }
 
 func newReplayCommand(e env) *cobra.Command {
@@ -38,7 +38,9 @@ this capture unless --keep-sinks. Use - as INPUT to read standard input.
 Output order is deterministic: events appear in the order of the input lines
 they derive from, then in sink declaration order. A malformed input line is
 reported on stderr with its line number and skipped (--strict: exit 1).
-A summary line is printed on stderr at the end.`,
+Progress goes to stderr: a progress bar on a terminal, otherwise a plain
+line every 5 seconds (bytes read, events, rate); a summary line is printed
+at the end. -q turns both off.`,
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signalContext(cmd.Context(), e)
@@ -49,7 +51,8 @@ A summary line is printed on stderr at the end.`,
 	cmd.Flags().StringVar(&f.source, "source", "", "source to feed when the flow has several")
 	cmd.Flags().BoolVar(&f.keepSinks, "keep-sinks", false, "send events to the flow's real sinks instead of stdout")
 	cmd.Flags().BoolVar(&f.strict, "strict", false, "stop with exit 1 at the first malformed input line")
-	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "no progress bar and no summary")
+	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "no progress and no summary")
+	cmd.Flags().StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics while replaying")
 	return cmd
 }
 
@@ -118,11 +121,15 @@ func runReplay(ctx context.Context, e env, flowPath, inputPath string, f replayF
 	opts := flows.BuildOptions{
 		Stdin:         e.stdin,
 		Stdout:        e.stdout,
-		Stores:        pebblestore.NewPool(),
-		Logger:        newLogger(e),
 		ReplaceSource: source,
 		Source:        src,
 	}
+	obs, err := newObserver(e, f.metrics, &opts)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
+	obs.lifecycle = slog.LevelDebug
 	if !f.keepSinks {
 		capture = replay.NewCapture(e.stdout)
 		src.Capture = capture
@@ -134,10 +141,15 @@ func runReplay(ctx context.Context, e env, flowPath, inputPath string, f replayF
 	}
 	src.Graph = built.Graph
 
-	stopProgress := startProgress(e, f.quiet, size, counter)
+	obs.started(flow, flowPath, built.Graph)
+	stopProgress := startProgress(e, f.quiet, progress{
+		what: "replay", size: size, bytes: &counter.n,
+		items: func() uint64 { return sourceEvents(built.Graph) },
+	})
 	start := time.Now()
 	runErr := built.Run(ctx)
 	stopProgress()
+	obs.stopped(flow.Name, built.Graph, runErr)
 	if capture != nil {
 		if err := capture.Release(); err != nil && runErr == nil {
 			runErr = err
@@ -189,35 +201,4 @@ func sourceEvents(g *pipeline.Graph) uint64 {
 		}
 	}
 	return n
-}
-
-// startProgress shows a progress bar over the input bytes on a terminal.
-func startProgress(e env, quiet bool, size int64, counter *countingReader) func() {
-	if quiet || !e.stderrIsTerminal {
-		return func() {}
-	}
-	bar := progressbar.NewOptions64(size,
-		progressbar.OptionSetWriter(e.stderr),
-		progressbar.OptionSetDescription("replay"),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionClearOnFinish(),
-	)
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				_ = bar.Set64(counter.n.Load())
-			case <-done:
-				_ = bar.Finish()
-				return
-			}
-		}
-	}()
-	return func() { close(done); <-stopped }
 }

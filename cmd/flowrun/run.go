@@ -3,32 +3,36 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/flows"
 )
 
 func newRunCommand(e env) *cobra.Command {
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "run FLOW.yaml",
 		Short: "Run a flow until its sources end or a signal arrives",
 		Long: `Run a flow until its sources end or SIGINT/SIGTERM arrives. On the first
 signal the sources stop, every event already read is processed, the store is
-flushed and flowrun exits 0. A second signal forces an immediate exit (1).`,
+flushed and flowrun exits 0. A second signal forces an immediate exit (1).
+
+Logs go to stderr: one line when the flow starts and stops (with its event
+and error totals), one per failure; events dropped on an unlinked err port
+are logged one by one up to 10 per node, then counted every 10 seconds.
+With --metrics-addr, Prometheus metrics are served while the flow runs.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signalContext(cmd.Context(), e)
 			defer stop()
-			return runFlow(ctx, e, args[0])
+			return runFlow(ctx, e, args[0], metricsAddr)
 		},
 	}
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (port 0: any free port, logged at start)")
 	return cmd
 }
 
@@ -60,32 +64,27 @@ func signalContext(parent context.Context, e env) (context.Context, func()) {
 	}
 }
 
-func newLogger(e env) *slog.Logger {
-	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-func runFlow(ctx context.Context, e env, path string) error {
-	logger := newLogger(e)
+func runFlow(ctx context.Context, e env, path, metricsAddr string) error {
 	flow, err := loadFlow(e, path)
 	if err != nil {
 		return err
 	}
-	pool := pebblestore.NewPool()
-	built, err := flow.Build(ctx, flows.BuildOptions{
-		Stdin:  e.stdin,
-		Stdout: e.stdout,
-		Stores: pool,
-		Logger: logger,
-	})
+	opts := flows.BuildOptions{Stdin: e.stdin, Stdout: e.stdout}
+	obs, err := newObserver(e, metricsAddr, &opts)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	logger.Info("flow started", "flow", flow.Name, "file", path)
-	if err := built.Run(ctx); err != nil {
-		return fmt.Errorf("flow %s: %w", flow.Name, err)
+	defer obs.close()
+	built, err := flow.Build(ctx, opts)
+	if err != nil {
+		return err
 	}
-	logger.Info("flow stopped", "flow", flow.Name, "elapsed", time.Since(start).Round(time.Millisecond))
+	obs.started(flow, path, built.Graph)
+	runErr := built.Run(ctx)
+	obs.stopped(flow.Name, built.Graph, runErr)
+	if runErr != nil {
+		return fmt.Errorf("flow %s: %w", flow.Name, runErr)
+	}
 	return nil
 }
 
