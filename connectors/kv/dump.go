@@ -218,9 +218,10 @@ func (o *LoadOptions) EnsureDefaults() {
 // Load writes the records next returns, until next returns io.EOF, and
 // returns how many it wrote. Each record is stored as put with expire_at
 // would store it: an existing key is overwritten and the expiry index is
-// kept in step. Records are committed in batches of LoadOptions.Batch; when
-// Load fails, the batches before the failing one are committed and n counts
-// them. Records should come from ParseRecord (or Dump), which validates
+// kept in step. Records are committed in batches of LoadOptions.Batch. When
+// next fails, the records it returned before are committed and counted in
+// n, then its error is returned; when a commit fails, the batches before it
+// are committed and counted. Records should come from ParseRecord (or Dump), which validates
 // them; Load refuses an empty key or a negative expiry.
 func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record, error)) (n int, err error) {
 	opts.EnsureDefaults()
@@ -258,6 +259,10 @@ func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record,
 			return n, flush()
 		}
 		if err != nil {
+			// Keep every record read before the bad one.
+			if ferr := flush(); ferr != nil {
+				return n, errors.Join(err, ferr)
+			}
 			return n, err
 		}
 		if r.Key == "" || r.ExpireAt < 0 || len(r.Value) == 0 {

@@ -165,7 +165,7 @@ func TestLoadStopsAtBadInput(t *testing.T) {
 	b := memstore.New()
 	boom := errors.New("line 3: broken")
 	i := 0
-	n, err := kv.Load(context.Background(), b, kv.LoadOptions{Batch: 1}, func() (kv.Record, error) {
+	n, err := kv.Load(context.Background(), b, kv.LoadOptions{Batch: 10}, func() (kv.Record, error) {
 		i++
 		if i == 3 {
 			return kv.Record{}, boom

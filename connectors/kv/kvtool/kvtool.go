@@ -132,7 +132,7 @@ type LoadOptions struct {
 // Load reads JSON lines written by Dump from r and stores every record,
 // overwriting existing keys, and returns how many it stored. Blank lines
 // are skipped. A line that does not parse stops the load with an error
-// naming it (kv.ErrInvalidRecord); the batches before it are committed.
+// naming it (kv.ErrInvalidRecord); the lines before it are stored.
 func (s *Store) Load(ctx context.Context, r io.Reader, opts LoadOptions) (int, error) {
 	if opts.Name == "" {
 		opts.Name = "input"

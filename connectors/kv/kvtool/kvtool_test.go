@@ -110,7 +110,7 @@ func TestCommandAndLoadErrors(t *testing.T) {
 
 {"namespace":"n","key":"b","value":}
 `
-	n, err := s.Load(ctx, strings.NewReader(input), LoadOptions{Name: "backup.jsonl", Batch: 1})
+	n, err := s.Load(ctx, strings.NewReader(input), LoadOptions{Name: "backup.jsonl"})
 	if !errors.Is(err, kv.ErrInvalidRecord) || !strings.Contains(err.Error(), "backup.jsonl: line 3") || n != 1 {
 		t.Fatalf("Load of a bad line: %d, %v", n, err)
 	}
