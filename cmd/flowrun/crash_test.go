@@ -209,9 +209,18 @@ func (m *crashModel) verify(epoch int, puts, incs gjson.Result, ctr int64) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	checked := 0
+	// One pass over each object: looking keys up one by one in a large
+	// JSON object would be quadratic.
+	stored := map[string]gjson.Result{}
+	for _, obj := range []gjson.Result{puts, incs} {
+		obj.ForEach(func(k, v gjson.Result) bool {
+			stored[k.String()] = v
+			return true
+		})
+	}
 	for key := range m.ackedPut {
 		want, _ := strconv.Atoi(key[1:])
-		v := puts.Get(gjson.Escape(key))
+		v := stored[key]
 		if !v.Exists() && m.lossAllowed {
 			m.lost[key] = true
 		} else if !v.Exists() || v.Int() != int64(want) {
@@ -220,7 +229,7 @@ func (m *crashModel) verify(epoch int, puts, incs gjson.Result, ctr int64) int {
 		checked++
 	}
 	for key := range m.ackedInc {
-		v := incs.Get(gjson.Escape(key))
+		v := stored[key]
 		if !v.Exists() && m.lossAllowed {
 			m.lost[key] = true
 		} else if v.Raw != "1" {
@@ -231,23 +240,19 @@ func (m *crashModel) verify(epoch int, puts, incs gjson.Result, ctr int64) int {
 	// Whatever is stored was sent, holds what was sent, and no increment
 	// was applied twice, acknowledged or not.
 	present := map[string]bool{}
-	for _, obj := range []gjson.Result{puts, incs} {
-		obj.ForEach(func(k, v gjson.Result) bool {
-			key := k.String()
-			present[key] = true
-			n, err := strconv.Atoi(key[1:])
-			if err != nil || m.sent[n] != key {
-				m.failf("restart %d: store holds %s, which was never written", epoch, key)
-				return true
-			}
-			if key[0] == 'p' && v.Int() != int64(n) {
-				m.failf("restart %d: %s = %s, want %d", epoch, key, v.Raw, n)
-			}
-			if key[0] == 'i' && v.Raw != "1" {
-				m.failf("restart %d: %s = %s: an increment was applied more than once", epoch, key, v.Raw)
-			}
-			return true
-		})
+	for key, v := range stored {
+		present[key] = true
+		n, err := strconv.Atoi(key[1:])
+		if err != nil || m.sent[n] != key {
+			m.failf("restart %d: store holds %s, which was never written", epoch, key)
+			continue
+		}
+		if key[0] == 'p' && v.Int() != int64(n) {
+			m.failf("restart %d: %s = %s, want %d", epoch, key, v.Raw, n)
+		}
+		if key[0] == 'i' && v.Raw != "1" {
+			m.failf("restart %d: %s = %s: an increment was applied more than once", epoch, key, v.Raw)
+		}
 	}
 	for key := range m.seen {
 		if !present[key] {
