@@ -23,11 +23,18 @@ var (
 // before senders block.
 const DefaultQueueDepth = 16
 
+// DefaultMaxCoalesce is the most events merged into one Process call from
+// batches waiting in a node's queue.
+const DefaultMaxCoalesce = 4096
+
 // Options tune a Graph. The zero value is ready to use.
 type Options struct {
 	// QueueDepth bounds each node's input channel, in batches.
 	// Default DefaultQueueDepth.
 	QueueDepth int
+	// MaxCoalesce bounds how many events of batches already queued for a
+	// node are merged into one Process call. Default DefaultMaxCoalesce.
+	MaxCoalesce int
 	// Unlinked receives events emitted on ports that have no link. The
 	// default logs events of the "err" port at error level (so failures are
 	// never silent) and discards the others.
@@ -39,6 +46,9 @@ type Options struct {
 func (o *Options) ensureDefaults() {
 	if o.QueueDepth <= 0 {
 		o.QueueDepth = DefaultQueueDepth
+	}
+	if o.MaxCoalesce <= 0 {
+		o.MaxCoalesce = DefaultMaxCoalesce
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -325,13 +335,16 @@ func (g *Graph) Run(ctx context.Context) error {
 						g.batchDone()
 						continue // failing: discard so upstream never blocks
 					}
+					batch, taken := g.coalesce(n, batch)
 					n.received.Add(uint64(len(batch)))
 					if err := n.processor.Process(hard, batch, em); err != nil {
 						fail(n, err)
 					} else if err := em.Flush(hard); err != nil {
 						fail(n, err)
 					}
-					g.batchDone()
+					for range taken {
+						g.batchDone()
+					}
 				}
 			}
 			if c, ok := nodeCloser(n); ok {
@@ -344,6 +357,35 @@ func (g *Graph) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return firstErr
+}
+
+// coalesce appends to first the batches already waiting in n's queue, up to
+// Options.MaxCoalesce events, so that a node that fell behind catches up
+// with fewer, larger Process calls (for the kv connector: larger commit
+// groups, one fsync each). Order is kept. It returns the batch to process
+// and how many queued batches it stands for.
+func (g *Graph) coalesce(n *node, first []Event) (batch []Event, taken int) {
+	if len(n.in) == 0 || len(first) >= g.opts.MaxCoalesce {
+		return first, 1
+	}
+	// Downstream nodes may still hold the slice handed over last time, so
+	// a merged batch always gets a fresh backing array.
+	merged := append(make([]Event, 0, g.opts.MaxCoalesce), first...)
+	taken = 1
+	for len(merged) < g.opts.MaxCoalesce {
+		select {
+		case next, ok := <-n.in:
+			if !ok {
+				return merged, taken
+			}
+			merged = append(merged, next...)
+			taken++
+			continue
+		default:
+		}
+		break
+	}
+	return merged, taken
 }
 
 // stoppedBy reports whether err is just ctx's own cancellation, which is

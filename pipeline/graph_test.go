@@ -198,8 +198,10 @@ func TestNodeFailureStopsGraph(t *testing.T) {
 	g := New(Options{QueueDepth: 1})
 	must(t, g.AddSource("src", countSource(1_000_000, 1), PortOut))
 	must(t, g.AddProcessor("bad", ProcessorFunc(func(_ context.Context, b []Event, _ Emitter) error {
-		if string(b[0].Data) == "10" {
-			return boom
+		for _, ev := range b {
+			if string(ev.Data) == "10" {
+				return boom
+			}
 		}
 		return nil
 	})))
@@ -389,7 +391,7 @@ func TestQueueDepths(t *testing.T) {
 	if got := g.QueueDepths(); len(got) != 0 {
 		t.Fatalf("empty graph: %+v", got)
 	}
-	must(t, g.AddSource("src", countSource(5, 1), PortOut))
+	must(t, g.AddSource("src", countSource(10, 1), PortOut)) // more than the sink can take in one coalesced call
 	must(t, g.AddProcessor("sink", sink))
 	must(t, g.Link("src", PortOut, "sink"))
 	if got := g.QueueDepths(); len(got) != 1 || got[0] != (QueueDepth{Node: "sink", Capacity: 2}) {
@@ -397,7 +399,8 @@ func TestQueueDepths(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- g.Run(context.Background()) }()
-	// The sink holds one batch, so two more fill its queue.
+	// The sink holds what it took (at most the queue plus one batch), so
+	// the remaining batches fill its queue.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		got := g.QueueDepths()
@@ -416,4 +419,61 @@ func TestQueueDepths(t *testing.T) {
 	if got := g.QueueDepths(); got[0].Batches != 0 {
 		t.Fatalf("after Run: %+v", got)
 	}
+}
+
+// TestCoalesceMergesQueuedBatches holds a node back while small batches
+// queue up, then checks it receives them merged, in order, within the cap.
+func TestCoalesceMergesQueuedBatches(t *testing.T) {
+	release := make(chan struct{})
+	var sizes []int
+	var got []string
+	g := New(Options{QueueDepth: 64, MaxCoalesce: 10})
+	must(t, g.AddSource("src", countSource(40, 1), PortOut))
+	must(t, g.AddProcessor("sink", ProcessorFunc(func(_ context.Context, b []Event, _ Emitter) error {
+		<-release
+		sizes = append(sizes, len(b))
+		for _, ev := range b {
+			got = append(got, string(ev.Data))
+		}
+		return nil
+	})))
+	must(t, g.Link("src", PortOut, "sink"))
+	done := make(chan error, 1)
+	go func() { done <- g.Run(context.Background()) }()
+	// Wait until the source has flushed all 40 one-event batches: the
+	// sink's first Process call is blocked, so the rest wait in its queue.
+	deadline := time.Now().Add(10 * time.Second)
+	for sourceFlushed(g, "src") < 40 {
+		if time.Now().After(deadline) {
+			t.Fatal("source never flushed its events")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	must(t, <-done)
+	for i, d := range got {
+		if d != strconv.Itoa(i) {
+			t.Fatalf("event %d is %s: order lost", i, d)
+		}
+	}
+	if len(got) != 40 {
+		t.Fatalf("got %d events", len(got))
+	}
+	if len(sizes) > 6 {
+		t.Fatalf("40 queued events arrived in %d Process calls %v, want them merged (cap 10)", len(sizes), sizes)
+	}
+	for _, n := range sizes {
+		if n > 10 {
+			t.Fatalf("batch of %d exceeds MaxCoalesce 10: %v", n, sizes)
+		}
+	}
+}
+
+func sourceFlushed(g *Graph, node string) uint64 {
+	for _, c := range g.Counts() {
+		if c.Node == node && c.Port == PortOut {
+			return c.Events
+		}
+	}
+	return 0
 }
