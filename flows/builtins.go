@@ -209,7 +209,7 @@ func kvSpec() Spec {
 				Doc: "Store directory, relative to the flow file unless absolute; created when missing."},
 			{Name: "namespace", Type: TypeString, Doc: "Key namespace; defaults to the flow's name."},
 			{Name: "sync", Type: TypeBool, Default: "true",
-				Doc: "Release results only once their writes are synced to disk; false trades the last writes before a power failure for throughput."},
+				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},
 			{Name: "max_batch", Type: TypeInt, Default: itoa(pebblestore.DefaultMaxBatch),
 				Doc: "Most commands committed together as one group (one disk sync)."},
 			{Name: "max_delay", Type: TypeDuration, Default: "0s",

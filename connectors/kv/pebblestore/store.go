@@ -35,6 +35,9 @@ var (
 	ErrLocked = errors.New("store directory is in use by another process")
 	// ErrClosed reports use of a store after Close.
 	ErrClosed = errors.New("store is closed")
+	// ErrFailed reports a store that refuses all work after a commit or
+	// WAL sync failed; restart the process to recover it.
+	ErrFailed = errors.New("store failed an earlier commit; restart to recover")
 	// ErrCorruptRecord reports a stored value that does not decode.
 	ErrCorruptRecord = errors.New("corrupt record")
 )
@@ -53,9 +56,11 @@ const (
 // writes.
 type Options struct {
 	// NoSync releases results once a group is applied, without waiting for
-	// the WAL fsync. Writes survive a process crash but the most recent ones
-	// may be lost on power failure or kernel crash. Default false: every
-	// result is durable on disk before it is released.
+	// the WAL to be written and fsynced. Pebble buffers recent log records
+	// in the process, so the most recent acknowledged writes (hundreds of
+	// them under load) are lost on a process crash as well as on a power
+	// failure. Default false: every result is durable on disk before it is
+	// released.
 	NoSync bool
 	// MaxBatch bounds the number of transactions committed as one group.
 	// Default DefaultMaxBatch.
@@ -338,8 +343,15 @@ func runTxn(fn kv.TxnFunc, tx *txn) (err error) {
 }
 
 // sync releases groups in order once their writes are durable.
+//
+// Once a group fails to commit or sync, every later group fails too, reads
+// included: its writes were applied to the memtable before the failure was
+// known and would otherwise stay visible to later reads of this process,
+// and Pebble keeps a failed WAL failed. Restarting the process recovers the
+// store to its last durable state.
 func (s *Store) sync() {
 	defer close(s.done)
+	var broken error
 	for g := range s.synced {
 		err := g.err
 		if g.batch != nil {
@@ -347,6 +359,12 @@ func (s *Store) sync() {
 				err = fmt.Errorf("sync store %q: %w", s.dir, serr)
 			}
 			_ = g.batch.Close()
+		}
+		switch {
+		case err != nil && broken == nil:
+			broken = fmt.Errorf("store %q: %w: %w", s.dir, ErrFailed, err)
+		case err == nil && broken != nil:
+			err = broken
 		}
 		// Observe before releasing, so that a caller whose Update has
 		// returned finds its commit already counted.
