@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
-	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/connectors/kv/kvbench"
@@ -154,39 +154,49 @@ func printBenchTable(e env, results []kvbench.Result) {
 	tw.Flush()
 }
 
-// benchProgress reports progress on stderr: one rewritten line on a
-// terminal, a line per workload and tenth otherwise.
+// benchProgress reports progress on stderr: a progress bar with rate and
+// ETA on a terminal, a line per workload and tenth otherwise.
 type benchProgress struct {
 	e        env
 	total    int
-	last     time.Time
+	bar      *progressbar.ProgressBar
+	workload string
 	lastStep int
-	shown    bool
 }
 
 func newBenchProgress(e env, total int) *benchProgress {
-	return &benchProgress{e: e, total: total, lastStep: -1}
+	p := &benchProgress{e: e, total: total, lastStep: -1}
+	if e.stderrIsTerminal {
+		p.bar = progressbar.NewOptions(total,
+			progressbar.OptionSetWriter(e.stderr),
+			progressbar.OptionSetDescription("bench"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionShowIts(),
+			progressbar.OptionSetItsString("ops"),
+			progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionClearOnFinish(),
+		)
+	}
+	return p
 }
 
 func (p *benchProgress) update(workload string, done int) {
-	pct := 100 * done / p.total
-	if p.e.stderrIsTerminal {
-		if now := time.Now(); now.Sub(p.last) >= 200*time.Millisecond || done == p.total {
-			p.last = now
-			fmt.Fprintf(p.e.stderr, "\rbench: %-9s %3d%% (%d/%d ops)", workload, pct, done, p.total)
-			p.shown = true
+	if p.bar != nil {
+		if workload != p.workload {
+			p.workload = workload
+			p.bar.Describe("bench " + workload)
 		}
+		_ = p.bar.Set(done)
 		return
 	}
-	if step := pct / 10; step != p.lastStep {
+	if step := 10 * done / p.total; step != p.lastStep {
 		p.lastStep = step
-		fmt.Fprintf(p.e.stderr, "bench: %s %d%%\n", workload, pct)
+		fmt.Fprintf(p.e.stderr, "bench: %s %d%%\n", workload, 100*done/p.total)
 	}
 }
 
 func (p *benchProgress) clear() {
-	if p.shown {
-		fmt.Fprintf(p.e.stderr, "\r%s\r", strings.Repeat(" ", 60))
-		p.shown = false
+	if p.bar != nil {
+		_ = p.bar.Clear()
 	}
 }
