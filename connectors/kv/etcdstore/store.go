@@ -1,0 +1,732 @@
+// Package etcdstore is a kv.Backend on an etcd cluster, so that several
+// flowrun processes can share one store with the same command set and
+// guarantees as the Pebble backend.
+//
+// Every TxnFunc runs optimistically: its reads go to etcd at one fixed
+// revision R (the revision of the first read of the group it belongs to)
+// and are recorded; its writes are buffered in an overlay that later reads
+// of the same Update see. The group then commits as one etcd transaction
+// whose If part checks that nothing read has changed since R (point keys by
+// ModRevision, scanned ranges by "every key's ModRevision < R+1"), so a
+// write by another process between the reads and the commit makes the
+// compare fail and the group is run again from scratch (bounded by
+// Options.MaxRetries). Within one process Update calls are serialised by a
+// mutex, as the kv.Backend contract requires.
+//
+// Consecutive TxnFuncs of one Update call are grouped into one etcd
+// transaction while the group stays within etcd's limits (operations per
+// transaction, --max-txn-ops, default 128; request size,
+// --max-request-bytes, default 1.5 MiB); a TxnFunc whose own writes exceed
+// them fails with an error wrapping ErrTxnTooLarge and writes nothing.
+//
+// Values are stored with their expiry in front (one flag byte, then an
+// 8-byte big-endian Unix-millisecond expiry when set, then the value), the
+// same record layout as the Pebble backend: expiry is decided by the
+// command layer's clock and expired records are removed by its reclaim
+// pass. Expiry through etcd leases is not used yet.
+//
+// Known limit: a key deleted by another process inside a range this
+// process scanned is detected only while the group's compares fit in
+// MaxTxnOps (each scanned key is compared individually on top of the range
+// compare); a scan that saw more keys than that detects inserted and
+// modified keys in its range but not deleted ones.
+package etcdstore
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+)
+
+var (
+	// ErrTxnTooLarge reports a TxnFunc whose writes (or reads to verify)
+	// exceed etcd's limit on operations per transaction or on request size.
+	ErrTxnTooLarge = errors.New("etcdstore: transaction exceeds etcd's limits")
+	// ErrConflict reports a TxnFunc that kept conflicting with writes of
+	// other processes for Options.MaxRetries attempts.
+	ErrConflict = errors.New("etcdstore: too many conflicting writes")
+	// ErrClosed reports use of a Store after Close.
+	ErrClosed = errors.New("etcdstore: store is closed")
+	// ErrCorruptRecord reports a stored value that does not decode.
+	ErrCorruptRecord = errors.New("etcdstore: corrupt record")
+	// ErrNoEndpoints reports Options without any endpoint.
+	ErrNoEndpoints = errors.New("etcdstore: no endpoints given")
+)
+
+// Options configures Open. The zero value of each field selects its default.
+type Options struct {
+	// Endpoints are the client URLs of the etcd cluster (required).
+	Endpoints []string
+	// Prefix is prepended to every key, so several stores (or other users
+	// of the cluster) can share it. Default: none.
+	Prefix string
+	// DialTimeout bounds connecting to the cluster. Default 5s.
+	DialTimeout time.Duration
+	// RequestTimeout bounds each request to the cluster. Default 10s.
+	RequestTimeout time.Duration
+	// CertFile and KeyFile are the client certificate and key for TLS;
+	// CAFile is the CA bundle that verifies the servers. TLS is used when
+	// any of them is set.
+	CertFile, KeyFile, CAFile string
+	// MaxTxnOps is the cluster's --max-txn-ops. Default 128 (etcd's).
+	MaxTxnOps int
+	// MaxRequestBytes is the cluster's --max-request-bytes. Default
+	// 1.5 MiB (etcd's). A margin is kept below it for encoding overhead.
+	MaxRequestBytes int
+	// MaxRetries bounds how often a group is rerun after a conflicting
+	// write by another process. Default 100.
+	MaxRetries int
+}
+
+// EnsureDefaults fills in the default of every zero field.
+func (o *Options) EnsureDefaults() {
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 5 * time.Second
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 10 * time.Second
+	}
+	if o.MaxTxnOps <= 0 {
+		o.MaxTxnOps = 128
+	}
+	if o.MaxRequestBytes <= 0 {
+		o.MaxRequestBytes = 3 << 19 // 1.5 MiB
+	}
+	if o.MaxRetries <= 0 {
+		o.MaxRetries = 100
+	}
+}
+
+// Store is a kv.Backend on etcd. It is safe for concurrent use; Updates of
+// one Store are serialised, Updates of different Stores (processes) are
+// isolated by etcd's compare-and-commit.
+type Store struct {
+	opts   Options
+	client *clientv3.Client
+	prefix []byte
+
+	mu     sync.Mutex
+	closed bool
+}
+
+var _ kv.Backend = (*Store)(nil)
+
+// Open connects to the cluster and checks that it answers within
+// DialTimeout.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	opts.EnsureDefaults()
+	if len(opts.Endpoints) == 0 {
+		return nil, ErrNoEndpoints
+	}
+	var tlsConf *tls.Config
+	if opts.CertFile != "" || opts.KeyFile != "" || opts.CAFile != "" {
+		info := transport.TLSInfo{CertFile: opts.CertFile, KeyFile: opts.KeyFile, TrustedCAFile: opts.CAFile}
+		c, err := info.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("etcdstore: TLS files: %w", err)
+		}
+		tlsConf = c
+	}
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   opts.Endpoints,
+		DialTimeout: opts.DialTimeout,
+		TLS:         tlsConf,
+		Context:     context.WithoutCancel(ctx),
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: connecting to %v: %w", opts.Endpoints, err)
+	}
+	// The client dials lazily: one read proves the cluster answers.
+	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
+	defer cancel()
+	if _, err := client.Get(cctx, opts.Prefix+"\x00probe", clientv3.WithCountOnly()); err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("etcdstore: cluster at %v does not answer: %w", opts.Endpoints, err)
+	}
+	return &Store{opts: opts, client: client, prefix: []byte(opts.Prefix)}, nil
+}
+
+// Close closes the client; every committed write is already durable in
+// the cluster.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.closed = true
+	return s.client.Close()
+}
+
+// Update implements kv.Backend. fns run in order, grouped into as few etcd
+// transactions as the cluster's limits allow. When the first transaction
+// of the call cannot be committed Update returns the error and no fn took
+// effect; when a later one fails, the fns it held (and every later fn)
+// get the error in errs while the earlier ones stay committed.
+func (s *Store) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	if len(fns) != len(errs) {
+		return fmt.Errorf("etcdstore: Update given %d funcs and %d error slots", len(fns), len(errs))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	for i := 0; i < len(fns); {
+		next, err := s.runGroup(ctx, fns, errs, i)
+		if err != nil {
+			if i == 0 {
+				return err
+			}
+			for j := i; j < len(fns); j++ {
+				errs[j] = err
+			}
+			return nil
+		}
+		i = next
+	}
+	return nil
+}
+
+// runGroup runs fns from i on as one etcd transaction, retrying on
+// conflict, and returns the index of the first fn it did not include.
+func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, errs []error, i int) (int, error) {
+	for attempt := 0; ; attempt++ {
+		g := newGroup(ctx, s)
+		next := i
+		for next < len(fns) {
+			mark := g.mark()
+			err := run(fns[next], &txn{g: g})
+			if err == nil {
+				if lerr := g.checkLimits(); lerr != nil {
+					g.rollback(mark)
+					if next > i {
+						break // commit what fits; this fn starts the next group
+					}
+					err = lerr
+				}
+			} else {
+				g.rollback(mark)
+			}
+			if errors.Is(err, errRetry) {
+				break
+			}
+			errs[next] = err
+			next++
+		}
+		if g.retry == nil {
+			ok, err := g.commit()
+			if err != nil {
+				return i, err
+			}
+			if ok {
+				return next, nil
+			}
+		} else if !errors.Is(g.retry, errRetry) {
+			return i, g.retry
+		}
+		if attempt+1 >= s.opts.MaxRetries {
+			return i, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, attempt+1)
+		}
+		if err := ctx.Err(); err != nil {
+			return i, err
+		}
+	}
+}
+
+// errRetry marks a read that could not be served at the group's revision
+// (compacted away): the group is rerun at a new revision.
+var errRetry = errors.New("etcdstore: read revision compacted")
+
+func run(fn kv.TxnFunc, tx *txn) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("etcdstore: transaction panicked: %v", p)
+		}
+	}()
+	return fn(tx)
+}
+
+// Record layout: one flag byte (0: no expiry, 1: 8-byte big-endian expiry in
+// Unix milliseconds follows), then the value.
+func encodeRecord(value []byte, expireAt int64) []byte {
+	var dst []byte
+	if expireAt == 0 {
+		dst = make([]byte, 0, 1+len(value))
+		dst = append(dst, 0)
+	} else {
+		dst = make([]byte, 0, 9+len(value))
+		dst = append(dst, 1)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(expireAt))
+	}
+	return append(dst, value...)
+}
+
+func decodeRecord(rec []byte) (value []byte, expireAt int64, err error) {
+	if len(rec) == 0 {
+		return nil, 0, ErrCorruptRecord
+	}
+	switch rec[0] {
+	case 0:
+		return rec[1:], 0, nil
+	case 1:
+		if len(rec) < 9 {
+			return nil, 0, ErrCorruptRecord
+		}
+		return rec[9:], int64(binary.BigEndian.Uint64(rec[1:9])), nil
+	default:
+		return nil, 0, ErrCorruptRecord
+	}
+}
+
+// span is a key range [start, end) in etcd's key space (prefix included);
+// an empty end means no upper bound within the store.
+type span struct{ start, end string }
+
+func (r span) contains(k string) bool { return k >= r.start && k < r.end }
+
+// write is one buffered write of the overlay.
+type write struct {
+	rec     []byte // encoded record; nil when deleted
+	deleted bool
+}
+
+// undoEntry restores one overlay key to its state before a write.
+type undoEntry struct {
+	key  string
+	prev write
+	had  bool
+}
+
+// mark is the state a failing fn is rolled back to.
+type mark struct {
+	undo  int
+	tombs []span
+}
+
+// group is the state of one etcd transaction being built: the read
+// revision, what was read, and the writes buffered so far.
+type group struct {
+	ctx context.Context
+	s   *Store
+	rev int64 // read revision; 0 before the first read
+
+	points   map[string]int64 // key read by Get -> its ModRevision (0: absent)
+	scanned  map[string]int64 // key seen by Scan -> its ModRevision
+	ranges   []span
+	overlay  map[string]write
+	tombs    []span // sorted, disjoint range deletions
+	undo     []undoEntry
+	retry    error             // set when the group must be rerun or failed outright
+	readRecs map[string][]byte // etcd records read, by key (nil: absent)
+}
+
+func newGroup(ctx context.Context, s *Store) *group {
+	return &group{
+		ctx: ctx, s: s,
+		points: map[string]int64{}, scanned: map[string]int64{},
+		overlay: map[string]write{}, readRecs: map[string][]byte{},
+	}
+}
+
+func (g *group) mark() mark { return mark{undo: len(g.undo), tombs: g.tombs} }
+
+func (g *group) rollback(m mark) {
+	for i := len(g.undo) - 1; i >= m.undo; i-- {
+		u := g.undo[i]
+		if u.had {
+			g.overlay[u.key] = u.prev
+		} else {
+			delete(g.overlay, u.key)
+		}
+	}
+	g.undo = g.undo[:m.undo]
+	g.tombs = m.tombs
+}
+
+func (g *group) set(key string, w write) {
+	prev, had := g.overlay[key]
+	g.undo = append(g.undo, undoEntry{key: key, prev: prev, had: had})
+	g.overlay[key] = w
+}
+
+func (g *group) tombstoned(k string) bool {
+	i := sort.Search(len(g.tombs), func(i int) bool { return g.tombs[i].end > k })
+	return i < len(g.tombs) && g.tombs[i].contains(k)
+}
+
+// addTomb merges r into the sorted, disjoint tombstones. The slice is
+// rebuilt, never edited in place, so marks can keep old versions.
+func (g *group) addTomb(r span) {
+	out := make([]span, 0, len(g.tombs)+1)
+	for _, t := range g.tombs {
+		if t.end < r.start || t.start > r.end {
+			out = append(out, t)
+			continue
+		}
+		r.start = min(r.start, t.start)
+		r.end = max(r.end, t.end)
+	}
+	out = append(out, r)
+	slices.SortFunc(out, func(a, b span) int { return compareStrings(a.start, b.start) })
+	g.tombs = out
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (g *group) reqCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(g.ctx, g.s.opts.RequestTimeout)
+}
+
+// readOpts pins a read to the group's revision once it has one.
+func (g *group) readOpts(opts ...clientv3.OpOption) []clientv3.OpOption {
+	if g.rev != 0 {
+		opts = append(opts, clientv3.WithRev(g.rev))
+	}
+	return opts
+}
+
+func (g *group) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := g.s.client.Get(ctx, key, g.readOpts(opts...)...)
+	if err != nil {
+		if isCompacted(err) {
+			g.retry = errRetry
+			return nil, errRetry
+		}
+		g.retry = fmt.Errorf("etcdstore: reading %q: %w", key, err)
+		return nil, g.retry
+	}
+	if g.rev == 0 {
+		g.rev = resp.Header.Revision
+	}
+	return resp, nil
+}
+
+func isCompacted(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "required revision has been compacted")
+}
+
+// limitMargin is left below MaxRequestBytes for the transaction's framing.
+const limitMargin = 64 << 10
+
+// opsPerWrite is the protobuf framing estimated per operation.
+const opsPerWrite = 32
+
+func (g *group) checkLimits() error {
+	ops, size := g.writeOps()
+	if ops > g.s.opts.MaxTxnOps {
+		return fmt.Errorf("%w: %d write operations, limit %d", ErrTxnTooLarge, ops, g.s.opts.MaxTxnOps)
+	}
+	cmps := len(g.points) + len(g.ranges)
+	if cmps > g.s.opts.MaxTxnOps {
+		return fmt.Errorf("%w: %d keys and ranges read, limit %d", ErrTxnTooLarge, cmps, g.s.opts.MaxTxnOps)
+	}
+	for k := range g.points {
+		size += len(k) + opsPerWrite
+	}
+	for _, r := range g.ranges {
+		size += len(r.start) + len(r.end) + opsPerWrite
+	}
+	if limit := g.s.opts.MaxRequestBytes - limitMargin; size > limit {
+		return fmt.Errorf("%w: about %d bytes, limit %d", ErrTxnTooLarge, size, limit)
+	}
+	return nil
+}
+
+// writeOps counts the operations commit would send and their size.
+func (g *group) writeOps() (ops, size int) {
+	puts := 0
+	for k, w := range g.overlay {
+		if w.deleted && g.tombstoned(k) {
+			continue
+		}
+		if !w.deleted {
+			puts++
+		}
+		ops++
+		size += len(k) + len(w.rec) + opsPerWrite
+	}
+	// Each put inside a tombstone splits it in two.
+	ops += len(g.tombs)
+	for _, t := range g.tombs {
+		size += len(t.start) + len(t.end) + opsPerWrite
+	}
+	if len(g.tombs) > 0 && puts > 0 {
+		for k, w := range g.overlay {
+			if !w.deleted && g.tombstoned(k) {
+				ops++
+				size += 2*len(k) + opsPerWrite
+			}
+		}
+	}
+	return ops, size
+}
+
+// commit sends the group as one etcd transaction. ok is false when a
+// compare failed: another process wrote something the group read.
+func (g *group) commit() (ok bool, err error) {
+	var then []clientv3.Op
+	var putKeys []string
+	for k, w := range g.overlay {
+		if w.deleted {
+			if !g.tombstoned(k) {
+				then = append(then, clientv3.OpDelete(k))
+			}
+			continue
+		}
+		then = append(then, clientv3.OpPut(k, string(w.rec)))
+		putKeys = append(putKeys, k)
+	}
+	// etcd refuses a transaction whose puts fall inside its range
+	// deletions, so each tombstone is cut around the keys put in it.
+	slices.Sort(putKeys)
+	for _, t := range g.tombs {
+		start := t.start
+		i, _ := slices.BinarySearch(putKeys, t.start)
+		for ; i < len(putKeys) && putKeys[i] < t.end; i++ {
+			if start < putKeys[i] {
+				then = append(then, clientv3.OpDelete(start, clientv3.WithRange(putKeys[i])))
+			}
+			start = putKeys[i] + "\x00"
+		}
+		if start < t.end {
+			then = append(then, clientv3.OpDelete(start, clientv3.WithRange(t.end)))
+		}
+	}
+	if len(then) == 0 {
+		return true, nil // read-only: consistent at g.rev, nothing to commit
+	}
+	var cmps []clientv3.Cmp
+	if g.rev != 0 {
+		for k, rev := range g.points {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+		}
+		for _, r := range g.ranges {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.start), "<", g.rev+1).WithRange(r.end))
+		}
+		// Scanned keys compared one by one catch deletions inside ranges,
+		// as far as the limit allows.
+		if len(cmps)+len(g.scanned) <= g.s.opts.MaxTxnOps {
+			for k, rev := range g.scanned {
+				if _, dup := g.points[k]; !dup {
+					cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+				}
+			}
+		}
+	}
+	ctx, cancel := g.reqCtx()
+	defer cancel()
+	resp, err := g.s.client.Txn(ctx).If(cmps...).Then(then...).Commit()
+	if err != nil {
+		return false, fmt.Errorf("etcdstore: committing %d writes (outcome unknown if the request timed out): %w", len(then), err)
+	}
+	return resp.Succeeded, nil
+}
+
+// txn is the kv.Txn view of a group for one TxnFunc.
+type txn struct{ g *group }
+
+func (t *txn) key(k []byte) string {
+	return string(t.g.s.prefix) + string(k)
+}
+
+// end maps a Scan or DeleteRange bound to etcd's key space: nil is the end
+// of the store's prefix ("\x00" in etcd: no upper bound at all).
+func (t *txn) end(e []byte) string {
+	if e != nil {
+		return t.key(e)
+	}
+	if len(t.g.s.prefix) == 0 {
+		return "\x00"
+	}
+	return clientv3.GetPrefixRangeEnd(string(t.g.s.prefix))
+}
+
+func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
+	g := t.g
+	if g.retry != nil {
+		return nil, 0, false, g.retry
+	}
+	k := t.key(key)
+	if w, ok := g.overlay[k]; ok {
+		if w.deleted {
+			return nil, 0, false, nil
+		}
+		return decodeAt(k, w.rec)
+	}
+	if g.tombstoned(k) {
+		return nil, 0, false, nil
+	}
+	rec, cached := g.readRecs[k]
+	if !cached {
+		ctx, cancel := g.reqCtx()
+		defer cancel()
+		resp, err := g.get(ctx, k)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		var rev int64
+		if len(resp.Kvs) == 1 {
+			rec = resp.Kvs[0].Value
+			rev = resp.Kvs[0].ModRevision
+		}
+		g.readRecs[k] = rec
+		g.points[k] = rev
+	} else if _, ok := g.points[k]; !ok {
+		g.points[k] = g.scanned[k]
+	}
+	if rec == nil {
+		return nil, 0, false, nil
+	}
+	return decodeAt(k, rec)
+}
+
+func decodeAt(k string, rec []byte) ([]byte, int64, bool, error) {
+	v, exp, err := decodeRecord(rec)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("key %q: %w", k, err)
+	}
+	return v, exp, true, nil
+}
+
+func (t *txn) Set(key, value []byte, expireAt int64) error {
+	if t.g.retry != nil {
+		return t.g.retry
+	}
+	t.g.set(t.key(key), write{rec: encodeRecord(value, expireAt)})
+	return nil
+}
+
+func (t *txn) Delete(key []byte) error {
+	if t.g.retry != nil {
+		return t.g.retry
+	}
+	t.g.set(t.key(key), write{deleted: true})
+	return nil
+}
+
+func (t *txn) DeleteRange(start, end []byte) error {
+	g := t.g
+	if g.retry != nil {
+		return g.retry
+	}
+	r := span{t.key(start), t.end(end)}
+	if r.start >= r.end {
+		return nil
+	}
+	// Buffered writes in the range are superseded by the deletion.
+	for k := range g.overlay {
+		if r.contains(k) {
+			g.set(k, write{deleted: true})
+		}
+	}
+	g.addTomb(r)
+	return nil
+}
+
+// scanPage is how many records one etcd range read fetches.
+const scanPage = 256
+
+func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	g := t.g
+	if g.retry != nil {
+		return g.retry
+	}
+	r := span{t.key(start), t.end(end)}
+	if r.start >= r.end {
+		return nil
+	}
+	g.ranges = append(g.ranges, r)
+	// Overlay keys in range, sorted, merged with etcd's pages below.
+	var ov []string
+	for k := range g.overlay {
+		if r.contains(k) {
+			ov = append(ov, k)
+		}
+	}
+	slices.Sort(ov)
+	plen := len(g.s.prefix)
+	emit := func(k string, rec []byte) (bool, error) {
+		v, exp, err := decodeRecord(rec)
+		if err != nil {
+			return false, fmt.Errorf("key %q: %w", k, err)
+		}
+		return fn([]byte(k[plen:]), v, exp)
+	}
+	emitOverlay := func(upTo string, all bool) (bool, error) {
+		for len(ov) > 0 && (all || ov[0] < upTo) {
+			k := ov[0]
+			ov = ov[1:]
+			if w := g.overlay[k]; !w.deleted {
+				if more, err := emit(k, w.rec); err != nil || !more {
+					return false, err
+				}
+			}
+		}
+		return true, nil
+	}
+	from := r.start
+	for {
+		ctx, cancel := g.reqCtx()
+		resp, err := g.get(ctx, from, clientv3.WithRange(r.end), clientv3.WithLimit(scanPage))
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			g.scanned[k] = kv.ModRevision
+			if _, ok := g.readRecs[k]; !ok {
+				g.readRecs[k] = kv.Value
+			}
+			if more, err := emitOverlay(k, false); err != nil || !more {
+				return err
+			}
+			if _, shadowed := g.overlay[k]; shadowed {
+				if len(ov) > 0 && ov[0] == k {
+					if more, err := emitOverlay(k+"\x00", false); err != nil || !more {
+						return err
+					}
+				}
+				continue
+			}
+			if g.tombstoned(k) {
+				continue
+			}
+			if more, err := emit(k, kv.Value); err != nil || !more {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	_, err := emitOverlay("", true)
+	return err
+}

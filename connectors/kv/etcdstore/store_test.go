@@ -1,0 +1,392 @@
+package etcdstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/kvtest"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// endpoints returns the cluster named by FLOWRUN_ETCD_ENDPOINTS
+// (scripts/etcd-cluster.sh start prints it). Under CI a missing or
+// unreachable cluster fails the test; elsewhere the test is skipped.
+func endpoints(t *testing.T) []string {
+	t.Helper()
+	env := os.Getenv("FLOWRUN_ETCD_ENDPOINTS")
+	miss := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s (CI needs the cluster: scripts/etcd-cluster.sh start)", msg)
+		}
+		t.Skipf("%s; start one with scripts/etcd-cluster.sh start and export FLOWRUN_ETCD_ENDPOINTS", msg)
+	}
+	if env == "" {
+		miss("FLOWRUN_ETCD_ENDPOINTS is not set")
+	}
+	eps := strings.Split(env, ",")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := Open(ctx, Options{Endpoints: eps, DialTimeout: 3 * time.Second})
+	if err != nil {
+		miss("etcd at %s is unreachable: %v", env, err)
+	}
+	_ = s.Close()
+	return eps
+}
+
+func randomPrefix(t *testing.T) string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "flowrun-test/" + hex.EncodeToString(b) + "/"
+}
+
+// clusterTxnOps is the --max-txn-ops scripts/etcd-cluster.sh gives its
+// members: the kv connector's reclaim pass needs more than etcd's default.
+const clusterTxnOps = 4096
+
+// open opens a store under prefix and removes the prefix's keys when the
+// test ends.
+func open(t *testing.T, eps []string, prefix string) *Store {
+	t.Helper()
+	return openOpts(t, Options{Endpoints: eps, Prefix: prefix, MaxTxnOps: clusterTxnOps})
+}
+
+func openOpts(t *testing.T, opts Options) *Store {
+	t.Helper()
+	eps, prefix := opts.Endpoints, opts.Prefix
+	s, err := Open(t.Context(), opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { wipe(t, eps, prefix) })
+	return s
+}
+
+func wipe(t *testing.T, eps []string, prefix string) {
+	c, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 3 * time.Second})
+	if err != nil {
+		t.Errorf("wipe: %v", err)
+		return
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Delete(ctx, prefix, clientv3.WithPrefix()); err != nil {
+		t.Errorf("wipe %s: %v", prefix, err)
+	}
+}
+
+func TestConformance(t *testing.T) {
+	eps := endpoints(t)
+	kvtest.Run(t, func(t *testing.T) kv.Backend { return open(t, eps, randomPrefix(t)) })
+}
+
+func TestPersistence(t *testing.T) {
+	eps := endpoints(t)
+	base := randomPrefix(t)
+	t.Cleanup(func() { wipe(t, eps, base) })
+	kvtest.RunPersistent(t, func(t *testing.T, dir string) kv.Backend {
+		// The directory names the store: reopening it reopens the prefix.
+		s, err := Open(t.Context(), Options{Endpoints: eps, Prefix: base + dir + "/", MaxTxnOps: clusterTxnOps})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}
+
+// update runs fns in one Update and fails the test on a commit error.
+func update(t *testing.T, s *Store, fns ...kv.TxnFunc) []error {
+	t.Helper()
+	errs := make([]error, len(fns))
+	if err := s.Update(t.Context(), fns, errs); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	return errs
+}
+
+func dump(t *testing.T, s *Store) string {
+	t.Helper()
+	var out []string
+	errs := update(t, s, func(tx kv.Txn) error {
+		return tx.Scan([]byte{}, nil, func(k, v []byte, exp int64) (bool, error) {
+			out = append(out, fmt.Sprintf("%s=%s@%d", k, v, exp))
+			return true, nil
+		})
+	})
+	if errs[0] != nil {
+		t.Fatalf("scan: %v", errs[0])
+	}
+	return strings.Join(out, " ")
+}
+
+func setFn(k, v string, exp int64) kv.TxnFunc {
+	return func(tx kv.Txn) error { return tx.Set([]byte(k), []byte(v), exp) }
+}
+
+// Overlay and etcd data merge: a fn sees its own writes and range
+// deletions, and etcd receives them without overlapping put and delete.
+func TestOverlay(t *testing.T) {
+	eps := endpoints(t)
+	s := open(t, eps, randomPrefix(t))
+	defer s.Close()
+	update(t, s, setFn("a", "1", 0), setFn("b", "2", 0), setFn("c", "3", 7), setFn("e", "5", 0))
+	var seen string
+	errs := update(t, s, func(tx kv.Txn) error {
+		if err := tx.Set([]byte("d"), []byte("4"), 0); err != nil {
+			return err
+		}
+		if err := tx.DeleteRange([]byte("a"), []byte("d\x00")); err != nil {
+			return err
+		}
+		for _, k := range []string{"b", "ab"} {
+			if err := tx.Set([]byte(k), []byte("new-"+k), 9); err != nil {
+				return err
+			}
+		}
+		if _, _, found, err := tx.Get([]byte("c")); err != nil || found {
+			return fmt.Errorf("c after DeleteRange: found %v, err %v", found, err)
+		}
+		var keys []string
+		err := tx.Scan([]byte("a"), nil, func(k, v []byte, exp int64) (bool, error) {
+			keys = append(keys, fmt.Sprintf("%s=%s@%d", k, v, exp))
+			return true, nil
+		})
+		seen = strings.Join(keys, " ")
+		return err
+	})
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	want := "ab=new-ab@9 b=new-b@9 e=5@0"
+	if seen != want {
+		t.Errorf("scan inside the fn: %q, want %q", seen, want)
+	}
+	if got := dump(t, s); got != want {
+		t.Errorf("after commit: %q, want %q", got, want)
+	}
+}
+
+// A failing fn writes nothing; fns around it commit.
+func TestFailingFnWritesNothing(t *testing.T) {
+	eps := endpoints(t)
+	s := open(t, eps, randomPrefix(t))
+	defer s.Close()
+	boom := errors.New("boom")
+	errs := update(t, s,
+		setFn("a", "1", 0),
+		func(tx kv.Txn) error {
+			_ = tx.Set([]byte("a"), []byte("bad"), 0)
+			_ = tx.DeleteRange([]byte(""), nil)
+			_ = tx.Set([]byte("x"), []byte("bad"), 0)
+			return boom
+		},
+		func(tx kv.Txn) error { panic("oops") },
+		setFn("b", "2", 0),
+	)
+	if errs[0] != nil || !errors.Is(errs[1], boom) || errs[2] == nil || errs[3] != nil {
+		t.Fatalf("errs = %v", errs)
+	}
+	if got, want := dump(t, s), "a=1@0 b=2@0"; got != want {
+		t.Errorf("store: %q, want %q", got, want)
+	}
+}
+
+// Past etcd's limits a fn fails with ErrTxnTooLarge and writes nothing,
+// while many small fns in one call are split over several transactions.
+func TestLimits(t *testing.T) {
+	eps := endpoints(t)
+	s := openOpts(t, Options{Endpoints: eps, Prefix: randomPrefix(t)}) // etcd's default limits
+	defer s.Close()
+	many := func(n int, val string) kv.TxnFunc {
+		return func(tx kv.Txn) error {
+			for i := range n {
+				if err := tx.Set([]byte(fmt.Sprintf("big%04d", i)), []byte(val), 0); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	huge := strings.Repeat("x", 2<<20)
+	errs := update(t, s, many(129, "v"), many(1, huge), many(128, "v"))
+	if !errors.Is(errs[0], ErrTxnTooLarge) || !errors.Is(errs[1], ErrTxnTooLarge) || errs[2] != nil {
+		t.Fatalf("errs = %v", errs)
+	}
+	if got := strings.Count(dump(t, s), "=v@0"); got != 128 {
+		t.Errorf("%d keys stored, want 128", got)
+	}
+	fns := make([]kv.TxnFunc, 300)
+	for i := range fns {
+		fns[i] = setFn(fmt.Sprintf("k%03d", i), strconv.Itoa(i), 0)
+	}
+	for i, err := range update(t, s, fns...) {
+		if err != nil {
+			t.Fatalf("fn %d: %v", i, err)
+		}
+	}
+	if got := strings.Count(dump(t, s), " k"); got != 300 {
+		t.Errorf("%d small keys stored, want 300", got)
+	}
+}
+
+// A write by another process between a fn's read and its commit makes the
+// fn run again on the new data, for point reads and for scanned ranges.
+func TestConflictRetries(t *testing.T) {
+	eps := endpoints(t)
+	prefix := randomPrefix(t)
+	a := open(t, eps, prefix)
+	defer a.Close()
+	b := open(t, eps, prefix)
+	defer b.Close()
+	update(t, a, setFn("n", "0", 0))
+	for _, tc := range []struct {
+		name string
+		read func(tx kv.Txn) (string, error)
+		race kv.TxnFunc
+		want string
+	}{
+		{"get", func(tx kv.Txn) (string, error) {
+			v, _, _, err := tx.Get([]byte("n"))
+			return string(v), err
+		}, setFn("n", "5", 0), "5"},
+		{"get absent", func(tx kv.Txn) (string, error) {
+			v, _, _, err := tx.Get([]byte("m"))
+			return string(v), err
+		}, setFn("m", "6", 0), "6"},
+		{"scan insert", func(tx kv.Txn) (string, error) {
+			c := 0
+			err := tx.Scan([]byte("r/"), []byte("r0"), func(k, v []byte, exp int64) (bool, error) { c++; return true, nil })
+			return strconv.Itoa(c), err
+		}, setFn("r/1", "x", 0), "1"},
+		{"scan delete", func(tx kv.Txn) (string, error) {
+			c := 0
+			err := tx.Scan([]byte("r/"), []byte("r0"), func(k, v []byte, exp int64) (bool, error) { c++; return true, nil })
+			return strconv.Itoa(c), err
+		}, func(tx kv.Txn) error { return tx.Delete([]byte("r/1")) }, "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runs := 0
+			errs := update(t, a, func(tx kv.Txn) error {
+				runs++
+				v, err := tc.read(tx)
+				if err != nil {
+					return err
+				}
+				if runs == 1 {
+					// Another process writes after this read.
+					update(t, b, tc.race)
+				}
+				return tx.Set([]byte("out/"+tc.name), []byte(v), 0)
+			})
+			if errs[0] != nil {
+				t.Fatal(errs[0])
+			}
+			if runs != 2 {
+				t.Errorf("fn ran %d times, want 2", runs)
+			}
+			if got := dump(t, a); !strings.Contains(got, "out/"+tc.name+"="+tc.want+"@") {
+				t.Errorf("store %q: want out/%s=%s", got, tc.name, tc.want)
+			}
+		})
+	}
+}
+
+// Two stores on one prefix stand for two flowrun processes: concurrent
+// increments through their kv connectors end exact.
+func TestTwoProcessesIncrement(t *testing.T) {
+	eps := endpoints(t)
+	prefix := randomPrefix(t)
+	const perProc, batch = 600, 20
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	for p := range 2 {
+		s := open(t, eps, prefix)
+		c, err := kv.New(s, kv.Options{Namespace: "ctr", ReclaimInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close(context.Background())
+			for done := 0; done < perProc; done += batch {
+				evs := make([]pipeline.Event, batch)
+				for i := range evs {
+					key := "hits"
+					if i%2 == 1 {
+						key = "k" + strconv.Itoa(p)
+					}
+					evs[i] = kvtest.Event(kvtest.M(`"increment":"`+key+`"`), ``)
+				}
+				var rec kvtest.Recorder
+				if err := c.Process(context.Background(), evs, &rec); err != nil {
+					errc <- err
+					return
+				}
+				for _, o := range kvtest.Strings(rec.Events) {
+					if !strings.HasPrefix(o, "out ") {
+						errc <- fmt.Errorf("process %d: %s", p, o)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	h := kvtest.NewHarness(t, open(t, eps, prefix))
+	for key, want := range map[string]string{"hits": strconv.Itoa(perProc), "k0": strconv.Itoa(perProc / 2), "k1": strconv.Itoa(perProc / 2)} {
+		got := h.Do("ctr", kvtest.M(`"get":"`+key+`"`), "")
+		if len(got) != 1 || string(got[0].Event.Data) != want {
+			t.Errorf("%s = %s, want %s", key, kvtest.Strings(got), want)
+		}
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	if _, err := Open(t.Context(), Options{}); !errors.Is(err, ErrNoEndpoints) {
+		t.Errorf("no endpoints: %v, want ErrNoEndpoints", err)
+	}
+	_, err := Open(t.Context(), Options{Endpoints: []string{"127.0.0.1:1"}, CAFile: "/nonexistent/ca.pem"})
+	if err == nil || !strings.Contains(err.Error(), "TLS") {
+		t.Errorf("bad CA file: %v", err)
+	}
+	_, err = Open(t.Context(), Options{Endpoints: []string{"127.0.0.1:1"}, DialTimeout: 300 * time.Millisecond})
+	if err == nil {
+		t.Error("unreachable endpoint: no error")
+	}
+}
+
+func TestRecordCodec(t *testing.T) {
+	for _, tc := range []struct {
+		v   string
+		exp int64
+	}{{"", 0}, {"x", 0}, {"hello", 1234567890123}} {
+		v, exp, err := decodeRecord(encodeRecord([]byte(tc.v), tc.exp))
+		if err != nil || string(v) != tc.v || exp != tc.exp {
+			t.Errorf("round trip %q@%d: %q@%d %v", tc.v, tc.exp, v, exp, err)
+		}
+	}
+	for _, bad := range []string{"", "\x01abc", "\x07"} {
+		if _, _, err := decodeRecord([]byte(bad)); !errors.Is(err, ErrCorruptRecord) {
+			t.Errorf("decode %q: %v, want ErrCorruptRecord", bad, err)
+		}
+	}
+}
