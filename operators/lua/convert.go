@@ -1,0 +1,177 @@
+package lua
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+
+	"github.com/tidwall/gjson"
+	glua "github.com/yuin/gopher-lua"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+)
+
+// maxSafeInt is 2^53: every integer up to it in magnitude is exact in a
+// float64, the only number type of Lua 5.1.
+const maxSafeInt = 1 << 53
+
+var errConvert = errors.New("cannot convert to JSON")
+
+// fromJSON converts JSON to a Lua value: objects and arrays to tables
+// (arrays as sequences from 1), null to json.null, numbers to float64.
+func (v *vm) fromJSON(raw []byte) (glua.LValue, error) {
+	if !gjson.ValidBytes(raw) {
+		return glua.LNil, fmt.Errorf("%w: malformed JSON", kv.ErrInvalidJSON)
+	}
+	return v.fromResult(gjson.ParseBytes(raw), 0)
+}
+
+func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
+	if depth > kv.MaxDepth {
+		return glua.LNil, fmt.Errorf("%w: nested deeper than %d", kv.ErrInvalidJSON, kv.MaxDepth)
+	}
+	switch r.Type {
+	case gjson.Null:
+		return v.null, nil
+	case gjson.False:
+		return glua.LFalse, nil
+	case gjson.True:
+		return glua.LTrue, nil
+	case gjson.Number:
+		return glua.LNumber(r.Num), nil
+	case gjson.String:
+		return glua.LString(r.Str), nil
+	}
+	t := v.L.NewTable()
+	var err error
+	if r.IsArray() {
+		r.ForEach(func(_, e gjson.Result) bool {
+			var lv glua.LValue
+			if lv, err = v.fromResult(e, depth+1); err == nil {
+				t.Append(lv)
+			}
+			return err == nil
+		})
+		return t, err
+	}
+	r.ForEach(func(k, e gjson.Result) bool {
+		var lv glua.LValue
+		if lv, err = v.fromResult(e, depth+1); err == nil {
+			t.RawSetString(k.Str, lv)
+		}
+		return err == nil
+	})
+	return t, err
+}
+
+// toJSON appends the JSON encoding of lv to dst. A number is written as an
+// integer when it is integral and within ±2^53, otherwise as a float; nil
+// and json.null are null; a table whose keys are exactly 1..n (n > 0) is
+// an array, any other table an object (an empty table is {}), with number
+// keys written as strings. Functions, userdata other than json.null,
+// NaN, infinities and cycles are errors.
+func (v *vm) toJSON(dst []byte, lv glua.LValue) ([]byte, error) {
+	return v.appendJSON(dst, lv, 0)
+}
+
+func (v *vm) appendJSON(dst []byte, lv glua.LValue, depth int) ([]byte, error) {
+	if depth > kv.MaxDepth {
+		return dst, fmt.Errorf("%w: nested deeper than %d (a table containing itself?)", errConvert, kv.MaxDepth)
+	}
+	if len(dst) > v.p.opts.MaxStringBytes {
+		v.limit = fmt.Errorf("%w: a value converted to JSON is over %d bytes", ErrLimit, v.p.opts.MaxStringBytes)
+		return dst, v.limit
+	}
+	switch x := lv.(type) {
+	case *glua.LNilType:
+		return append(dst, "null"...), nil
+	case glua.LBool:
+		return strconv.AppendBool(dst, bool(x)), nil
+	case glua.LNumber:
+		return appendNumber(dst, float64(x))
+	case glua.LString:
+		return appendString(dst, string(x)), nil
+	case *glua.LUserData:
+		if x == v.null {
+			return append(dst, "null"...), nil
+		}
+	case *glua.LTable:
+		return v.appendTable(dst, x, depth)
+	}
+	return dst, fmt.Errorf("%w: a %s value", errConvert, lv.Type())
+}
+
+func appendNumber(dst []byte, f float64) ([]byte, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return dst, fmt.Errorf("%w: %v is not a finite number", errConvert, f)
+	}
+	if f == math.Trunc(f) && math.Abs(f) <= maxSafeInt {
+		return strconv.AppendInt(dst, int64(f), 10), nil
+	}
+	return strconv.AppendFloat(dst, f, 'g', -1, 64), nil
+}
+
+func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) {
+	n := t.MaxN()
+	count := 0
+	t.ForEach(func(_, _ glua.LValue) { count++ })
+	var err error
+	if n > 0 && n == count {
+		dst = append(dst, '[')
+		for i := 1; i <= n; i++ {
+			if i > 1 {
+				dst = append(dst, ',')
+			}
+			if dst, err = v.appendJSON(dst, t.RawGetInt(i), depth+1); err != nil {
+				return dst, err
+			}
+		}
+		return append(dst, ']'), nil
+	}
+	type entry struct {
+		k string
+		v glua.LValue
+	}
+	entries := make([]entry, 0, count)
+	t.ForEach(func(k, val glua.LValue) {
+		if err != nil {
+			return
+		}
+		switch kk := k.(type) {
+		case glua.LString:
+			entries = append(entries, entry{string(kk), val})
+		case glua.LNumber:
+			b, e := appendNumber(nil, float64(kk))
+			entries = append(entries, entry{string(b), val})
+			err = e
+		default:
+			err = fmt.Errorf("%w: a table key of type %s", errConvert, k.Type())
+		}
+	})
+	if err != nil {
+		return dst, err
+	}
+	// Sorted keys make the encoding deterministic (Lua's table order is not).
+	sort.Slice(entries, func(i, j int) bool { return entries[i].k < entries[j].k })
+	dst = append(dst, '{')
+	for i, e := range entries {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, e.k)
+		dst = append(dst, ':')
+		if dst, err = v.appendJSON(dst, e.v, depth+1); err != nil {
+			return dst, err
+		}
+	}
+	return append(dst, '}'), nil
+}
+
+// appendString appends s as a JSON string.
+func appendString(dst []byte, s string) []byte {
+	b, _ := json.Marshal(s) // never fails for a string; invalid UTF-8 becomes U+FFFD
+	return append(dst, b...)
+}

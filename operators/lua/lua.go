@@ -1,0 +1,232 @@
+// Package lua implements the lua processor: a sandboxed Lua 5.1 script
+// (github.com/yuin/gopher-lua, a pure-Go VM) run once per event, with a kv
+// table bound to a kv connector's namespace.
+//
+// Each event's script run is one kv.Connector.Run function, so the kv
+// writes it makes are atomic, and its emitted events are held back until
+// the commit succeeds: writes and outputs of an event take effect together
+// or not at all. A batch of events is one Run (one group commit).
+package lua
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tidwall/sjson"
+	glua "github.com/yuin/gopher-lua"
+	"github.com/yuin/gopher-lua/parse"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// Errors reported by New and on the err port.
+var (
+	// ErrScript reports a script that does not compile, or raised an error
+	// while handling an event (the message holds the chunk name and line).
+	ErrScript = errors.New("lua script error")
+	// ErrLimit reports a script stopped by a per-event limit: Timeout,
+	// MaxCallDepth, MaxStackSlots or MaxStringBytes.
+	ErrLimit = errors.New("lua limit exceeded")
+	// ErrInvalidOption reports a malformed option (bad port name, no script).
+	ErrInvalidOption = errors.New("invalid option")
+)
+
+// Defaults for Options.
+const (
+	DefaultTimeout        = time.Second
+	DefaultMaxCallDepth   = 200
+	DefaultMaxStackSlots  = 256 * 1024
+	DefaultMaxStringBytes = 4 << 20
+)
+
+// Options configure a Processor.
+type Options struct {
+	// Script is the Lua source run once per event. Required.
+	Script string
+	// Name names the chunk in error messages ("rules.lua:12: ..."). Default
+	// "script".
+	Name string
+	// Store is the kv connector the script's kv table works on, in its
+	// namespace. Nil: every kv function raises an error. The Processor does
+	// not own it (the caller closes it), unless OwnStore is set.
+	Store *kv.Connector
+	// OwnStore makes Close close Store.
+	OwnStore bool
+	// Ports are the output ports emit may use besides "out" and "err".
+	Ports []string
+	// Timeout bounds the run of the script for one event. Default 1s.
+	Timeout time.Duration
+	// MaxCallDepth bounds the Lua call stack (recursion). Default 200.
+	MaxCallDepth int
+	// MaxStackSlots bounds the Lua value stack (registry), the VM's memory
+	// for locals and temporaries. Default 262144 slots.
+	MaxStackSlots int
+	// MaxStringBytes bounds a string built by string.rep, a value converted
+	// to JSON for kv or emit, and the total size of one event's outputs.
+	// Default 4 MiB.
+	MaxStringBytes int
+	// Now is the clock of os.time and os.date. Default time.Now.
+	Now func() time.Time
+	// Logger receives log.* calls. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// EnsureDefaults fills unset (zero or negative) fields with their defaults.
+func (o *Options) EnsureDefaults() {
+	if o.Name == "" {
+		o.Name = "script"
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.MaxCallDepth <= 0 {
+		o.MaxCallDepth = DefaultMaxCallDepth
+	}
+	if o.MaxStackSlots <= 0 {
+		o.MaxStackSlots = DefaultMaxStackSlots
+	}
+	if o.MaxStringBytes <= 0 {
+		o.MaxStringBytes = DefaultMaxStringBytes
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Processor runs a Lua script on each event. It implements
+// pipeline.Processor and pipeline.Closer; Process calls are serialised (one
+// Lua VM).
+type Processor struct {
+	opts  Options
+	proto *glua.FunctionProto
+	ports map[string]bool
+
+	mu sync.Mutex
+	vm *vm // nil until first use or after a failed run
+}
+
+var (
+	_ pipeline.Processor = (*Processor)(nil)
+	_ pipeline.Closer    = (*Processor)(nil)
+)
+
+// New compiles opts.Script and returns a Processor. A syntax error is
+// reported here, wrapped in ErrScript, before any event flows.
+func New(opts Options) (*Processor, error) {
+	opts.EnsureDefaults()
+	if strings.TrimSpace(opts.Script) == "" {
+		return nil, fmt.Errorf("lua: %w: a script is required", ErrInvalidOption)
+	}
+	p := &Processor{opts: opts, ports: map[string]bool{pipeline.PortOut: true, pipeline.PortErr: true}}
+	for _, port := range opts.Ports {
+		if port == "" || strings.ContainsAny(port, " \t.,") {
+			return nil, fmt.Errorf("lua: %w: port %q is not a valid name", ErrInvalidOption, port)
+		}
+		p.ports[port] = true
+	}
+	chunk, err := parse.Parse(strings.NewReader(opts.Script), opts.Name)
+	if err != nil {
+		return nil, fmt.Errorf("lua: %w: %w", ErrScript, err)
+	}
+	if p.proto, err = glua.Compile(chunk, opts.Name); err != nil {
+		return nil, fmt.Errorf("lua: %w: %w", ErrScript, err)
+	}
+	return p, nil
+}
+
+// Ports returns the output ports: "out", "err" and Options.Ports.
+func (p *Processor) Ports() []string {
+	return append([]string{pipeline.PortOut, pipeline.PortErr}, p.opts.Ports...)
+}
+
+// Close releases the VM and closes the store when the Processor owns it.
+func (p *Processor) Close(ctx context.Context) error {
+	p.mu.Lock()
+	if p.vm != nil {
+		p.vm.L.Close()
+		p.vm = nil
+	}
+	p.mu.Unlock()
+	if p.opts.OwnStore && p.opts.Store != nil {
+		return p.opts.Store.Close(ctx)
+	}
+	return nil
+}
+
+// output is an event emitted by a script, held until its writes commit.
+type output struct {
+	port string
+	ev   pipeline.Event
+}
+
+// Process runs the script once per event of batch, all in one kv
+// Connector.Run, then emits each event's outputs in input order, or the
+// event on "err" with meta.error when its script failed or the commit did.
+func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	outs := make([][]output, len(batch))
+	errs := make([]error, len(batch))
+	fns := make([]func(*kv.Session) error, len(batch))
+	for i, ev := range batch {
+		fns[i] = func(s *kv.Session) error {
+			o, err := p.runOne(ctx, s, ev)
+			outs[i] = o
+			return err
+		}
+	}
+	if p.opts.Store != nil {
+		runErrs, err := p.opts.Store.Run(ctx, fns)
+		if err != nil {
+			for i := range errs {
+				errs[i] = err
+			}
+		} else {
+			copy(errs, runErrs)
+		}
+	} else {
+		for i, fn := range fns {
+			errs[i] = fn(nil)
+		}
+	}
+	for i, ev := range batch {
+		if errs[i] != nil {
+			meta, _ := sjson.SetBytes(append([]byte(nil), ev.MetaJSON()...), "error", errs[i].Error())
+			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, meta))
+			continue
+		}
+		for _, o := range outs[i] {
+			emit.Emit(o.port, o.ev)
+		}
+	}
+	return nil
+}
+
+// runOne runs the script for one event with session s (nil without a
+// store). A failed run discards the VM, so no state of a half-run script
+// survives into the next event.
+func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, error) {
+	if p.vm == nil {
+		v, err := p.newVM()
+		if err != nil {
+			return nil, err
+		}
+		p.vm = v
+	}
+	v := p.vm
+	outs, err := v.run(ctx, s, ev)
+	if err != nil {
+		v.L.Close()
+		p.vm = nil
+	}
+	return outs, err
+}

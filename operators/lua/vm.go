@@ -1,0 +1,380 @@
+package lua
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tidwall/gjson"
+	glua "github.com/yuin/gopher-lua"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// vm is one sandboxed Lua state with the per-event bindings.
+type vm struct {
+	p    *Processor
+	L    *glua.LState
+	null *glua.LUserData // json.null
+
+	// Set for the duration of one run.
+	sess  *kv.Session
+	ev    pipeline.Event
+	outs  []output
+	bytes int // total size of outs
+	limit error
+}
+
+// newVM opens a state with only the safe libraries and the flowrun
+// bindings.
+func (p *Processor) newVM() (*vm, error) {
+	L := glua.NewState(glua.Options{
+		SkipOpenLibs:    true,
+		CallStackSize:   p.opts.MaxCallDepth,
+		RegistrySize:    1024,
+		RegistryMaxSize: p.opts.MaxStackSlots,
+	})
+	v := &vm{p: p, L: L}
+	for _, lib := range []struct {
+		name string
+		fn   glua.LGFunction
+	}{{glua.BaseLibName, glua.OpenBase}, {glua.TabLibName, glua.OpenTable}, {glua.StringLibName, glua.OpenString}, {glua.MathLibName, glua.OpenMath}, {glua.OsLibName, glua.OpenOs}} {
+		if err := L.CallByParam(glua.P{Fn: L.NewFunction(lib.fn), NRet: 0, Protect: true}, glua.LString(lib.name)); err != nil {
+			L.Close()
+			return nil, fmt.Errorf("lua: opening %s: %w", lib.name, err)
+		}
+	}
+	g := L.G.Global
+	// No access to files or other chunks: scripts are self-contained.
+	for _, name := range []string{"dofile", "loadfile", "load", "loadstring", "require", "module", "collectgarbage", "getfenv", "setfenv", "newproxy", "_printregs"} {
+		g.RawSetString(name, glua.LNil)
+	}
+	v.sandboxOS()
+	v.sandboxString()
+	v.null = L.NewUserData()
+	json := L.NewTable()
+	json.RawSetString("null", v.null)
+	L.SetGlobal("json", json)
+	L.SetGlobal("emit", L.NewFunction(v.emit))
+	logT := L.NewTable()
+	for _, lv := range []string{"debug", "info", "warn", "error"} {
+		logT.RawSetString(lv, L.NewFunction(v.logFn(lv)))
+	}
+	L.SetGlobal("log", logT)
+	L.SetGlobal("print", logT.RawGetString("info"))
+	L.SetGlobal("kv", v.kvTable())
+	return v, nil
+}
+
+// sandboxOS keeps only os.time, os.date and os.clock, reading the
+// injectable clock.
+func (v *vm) sandboxOS() {
+	L := v.L
+	orig := L.GetGlobal("os").(*glua.LTable)
+	origTime, origDate, origClock := orig.RawGetString("time"), orig.RawGetString("date"), orig.RawGetString("clock")
+	now := v.p.opts.Now
+	os := L.NewTable()
+	os.RawSetString("clock", origClock)
+	os.RawSetString("time", L.NewFunction(func(L *glua.LState) int {
+		if L.GetTop() == 0 || L.Get(1) == glua.LNil {
+			L.Push(glua.LNumber(now().Unix()))
+			return 1
+		}
+		L.Push(origTime)
+		L.Push(L.Get(1))
+		L.Call(1, 1)
+		return 1
+	}))
+	os.RawSetString("date", L.NewFunction(func(L *glua.LState) int {
+		f := L.OptString(1, "%c")
+		t := L.Get(2)
+		if t == glua.LNil {
+			t = glua.LNumber(now().Unix())
+		}
+		L.Push(origDate)
+		L.Push(glua.LString(f))
+		L.Push(t)
+		L.Call(2, 1)
+		return 1
+	}))
+	L.SetGlobal("os", os)
+}
+
+// sandboxString caps string.rep, the one library call that builds a large
+// string from a small script.
+func (v *vm) sandboxString() {
+	L := v.L
+	str := L.GetGlobal("string").(*glua.LTable)
+	rep := str.RawGetString("rep")
+	max := v.p.opts.MaxStringBytes
+	str.RawSetString("rep", L.NewFunction(func(L *glua.LState) int {
+		s := L.CheckString(1)
+		n := L.CheckInt(2)
+		if n > 0 && len(s) > 0 && len(s)*n > max || n > max {
+			v.limit = fmt.Errorf("%w: string.rep result of %d bytes, limit is %d", ErrLimit, len(s)*n, max)
+			L.RaiseError("%s", v.limit.Error())
+		}
+		L.Push(rep)
+		L.Push(glua.LString(s))
+		L.Push(glua.LNumber(n))
+		L.Call(2, 1)
+		return 1
+	}))
+}
+
+// run executes the script for ev. It returns the events the script
+// emitted, or the error it raised.
+func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, error) {
+	L := v.L
+	v.sess, v.ev, v.outs, v.bytes, v.limit = s, ev, nil, 0, nil
+	defer func() { v.sess = nil }()
+	data, err := v.fromJSON(ev.DataJSON())
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	meta, err := v.fromJSON(ev.MetaJSON())
+	if err != nil {
+		return nil, fmt.Errorf("meta: %w", err)
+	}
+	if data == v.null {
+		data = glua.LNil
+	}
+	event := L.NewTable()
+	event.RawSetString("data", data)
+	event.RawSetString("meta", meta)
+	L.SetGlobal("event", event)
+
+	rctx, cancel := context.WithTimeout(ctx, v.p.opts.Timeout)
+	defer cancel()
+	L.SetContext(rctx)
+	defer L.RemoveContext()
+	L.Push(L.NewFunctionFromProto(v.p.proto))
+	err = L.PCall(0, 0, nil)
+	if err == nil {
+		return v.outs, nil
+	}
+	if v.limit != nil {
+		return nil, v.limit
+	}
+	if rctx.Err() != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("%w: the script ran longer than %v for this event", ErrLimit, v.p.opts.Timeout)
+	}
+	msg := err.Error()
+	var ae *glua.ApiError
+	if errors.As(err, &ae) && ae.Object != nil {
+		msg = ae.Object.String()
+	}
+	if strings.Contains(msg, "stack overflow") || strings.Contains(msg, "registry overflow") {
+		return nil, fmt.Errorf("%w: %s (max call depth %d, max stack slots %d)", ErrLimit, msg, v.p.opts.MaxCallDepth, v.p.opts.MaxStackSlots)
+	}
+	return nil, fmt.Errorf("%w: %s", ErrScript, msg)
+}
+
+// emit implements emit(port [, data [, meta]]): data and meta default to
+// event.data and event.meta as the script left them.
+func (v *vm) emit(L *glua.LState) int {
+	port := L.CheckString(1)
+	if !v.p.ports[port] {
+		L.RaiseError("emit: unknown port %q (ports: %s)", port, strings.Join(v.p.Ports(), ", "))
+	}
+	event := L.GetGlobal("event").(*glua.LTable)
+	data, meta := L.Get(2), L.Get(3)
+	if data == glua.LNil {
+		data = event.RawGetString("data")
+	}
+	if meta == glua.LNil {
+		meta = event.RawGetString("meta")
+	}
+	d, err := v.toJSON(nil, data)
+	if err != nil {
+		L.RaiseError("emit: data: %s", err.Error())
+	}
+	var m []byte
+	if meta != glua.LNil {
+		if _, ok := meta.(*glua.LTable); !ok {
+			L.RaiseError("emit: meta must be a table, got %s", meta.Type())
+		}
+		if m, err = v.toJSON(nil, meta); err != nil {
+			L.RaiseError("emit: meta: %s", err.Error())
+		}
+		if string(m) == "[]" {
+			m = []byte("{}")
+		}
+	}
+	v.bytes += len(d) + len(m)
+	if v.bytes > v.p.opts.MaxStringBytes {
+		v.limit = fmt.Errorf("%w: the event's outputs total %d bytes, limit is %d", ErrLimit, v.bytes, v.p.opts.MaxStringBytes)
+		L.RaiseError("%s", v.limit.Error())
+	}
+	v.outs = append(v.outs, output{port: port, ev: v.ev.Derive(d, m)})
+	return 0
+}
+
+func (v *vm) logFn(level string) glua.LGFunction {
+	return func(L *glua.LState) int {
+		parts := make([]string, L.GetTop())
+		for i := range parts {
+			parts[i] = L.ToStringMeta(L.Get(i + 1)).String()
+		}
+		msg := strings.Join(parts, " ")
+		lg := v.p.opts.Logger.With("script", v.p.opts.Name)
+		switch level {
+		case "debug":
+			lg.Debug(msg)
+		case "warn":
+			lg.Warn(msg)
+		case "error":
+			lg.Error(msg)
+		default:
+			lg.Info(msg)
+		}
+		return 0
+	}
+}
+
+// session returns the current kv session or raises.
+func (v *vm) session(L *glua.LState) *kv.Session {
+	if v.sess == nil {
+		L.RaiseError("kv: this lua node has no store (set dir)")
+	}
+	return v.sess
+}
+
+// fail returns nil, err to the script.
+func fail(L *glua.LState, err error) int {
+	L.Push(glua.LNil)
+	L.Push(glua.LString(err.Error()))
+	return 2
+}
+
+func (v *vm) kvTable() *glua.LTable {
+	L := v.L
+	t := L.NewTable()
+	fns := map[string]glua.LGFunction{
+		"get": func(L *glua.LState) int {
+			s := v.session(L)
+			raw, found, err := s.Get(L.CheckString(1), nil)
+			if err != nil {
+				return fail(L, err)
+			}
+			if !found {
+				L.Push(L.Get(2))
+				return 1
+			}
+			lv, err := v.fromJSON(raw)
+			if err != nil {
+				return fail(L, err)
+			}
+			L.Push(lv)
+			return 1
+		},
+		"set": func(L *glua.LState) int {
+			s := v.session(L)
+			key := L.CheckString(1)
+			raw, err := v.toJSON(nil, L.CheckAny(2))
+			if err != nil {
+				return fail(L, fmt.Errorf("set %q: %w", key, err))
+			}
+			ttl := time.Duration(float64(L.OptNumber(3, 0)) * float64(time.Second))
+			if L.Get(3) != glua.LNil && ttl <= 0 {
+				return fail(L, fmt.Errorf("set %q: ttl must be a positive number of seconds: %w", key, kv.ErrInvalidCommand))
+			}
+			if err := s.Set(key, raw, ttl); err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LTrue)
+			return 1
+		},
+		"delete": func(L *glua.LState) int {
+			if _, err := v.session(L).Delete(L.CheckString(1)); err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LTrue)
+			return 1
+		},
+		"exists": func(L *glua.LState) int {
+			ok, err := v.session(L).Exists(L.CheckString(1))
+			if err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LBool(ok))
+			return 1
+		},
+		"keys": func(L *glua.LState) int {
+			keys, err := v.session(L).Keys(L.OptString(1, ""))
+			if err != nil {
+				return fail(L, err)
+			}
+			out := L.CreateTable(len(keys), 0)
+			for _, k := range keys {
+				out.Append(glua.LString(k))
+			}
+			L.Push(out)
+			return 1
+		},
+		"get_all": func(L *glua.LState) int {
+			raw, err := v.session(L).GetAll(L.OptString(1, ""))
+			if err != nil {
+				return fail(L, err)
+			}
+			lv, err := v.fromJSON(raw)
+			if err != nil {
+				return fail(L, err)
+			}
+			L.Push(lv)
+			return 1
+		},
+		"clear": func(L *glua.LState) int {
+			n, err := v.session(L).Clear(L.OptString(1, ""))
+			if err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LNumber(n))
+			return 1
+		},
+		"count": func(L *glua.LState) int {
+			n, err := v.session(L).Count(L.OptString(1, ""))
+			if err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LNumber(n))
+			return 1
+		},
+		"increment": func(L *glua.LState) int {
+			s := v.session(L)
+			raw, err := s.Increment(L.CheckString(1), float64(L.OptNumber(2, 1)))
+			if err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LNumber(gjson.ParseBytes(raw).Float()))
+			return 1
+		},
+		"cas": func(L *glua.LState) int {
+			s := v.session(L)
+			key := L.CheckString(1)
+			var old []byte
+			if o := L.Get(2); o != glua.LNil && o != v.null {
+				var err error
+				if old, err = v.toJSON(nil, o); err != nil {
+					return fail(L, fmt.Errorf("cas %q: old: %w", key, err))
+				}
+			}
+			raw, err := v.toJSON(nil, L.CheckAny(3))
+			if err != nil {
+				return fail(L, fmt.Errorf("cas %q: %w", key, err))
+			}
+			if err := s.CAS(key, old, raw); err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LTrue)
+			return 1
+		},
+	}
+	for name, fn := range fns {
+		t.RawSetString(name, L.NewFunction(fn))
+	}
+	return t
+}
