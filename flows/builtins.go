@@ -118,6 +118,7 @@ func builtinSpecs() []Spec {
 			},
 		},
 		kvSpec(),
+		luaSpec(),
 		gochannelSpec(),
 		natsSpec(),
 		{
@@ -223,37 +224,48 @@ func kvSpec() Spec {
 		},
 		Ports: StaticPorts(kv.Ports()...),
 		Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
-			ns := c.String("namespace")
-			if ns == "" && env.Flow != nil {
-				ns = env.Flow.Name
-			}
-			dir := c.String("dir")
-			backend, err := env.Options.Stores.Open(dir, pebblestore.Options{
-				NoSync:   !c.Bool("sync"),
-				MaxBatch: c.Int("max_batch"),
-				MaxDelay: c.Duration("max_delay"),
-				Logger:   env.Options.Logger,
-			})
+			conn, err := openKV(env, c)
 			if err != nil {
 				return Component{}, err
-			}
-			conn, err := kv.New(backend, kv.Options{
-				Namespace:       ns,
-				MaxKeyLength:    c.Int("max_key_length"),
-				MaxValueBytes:   int(min(c.ByteSize("max_value_bytes"), 1<<40)),
-				MaxGetAll:       c.Int("max_get_all"),
-				MaxScan:         c.Int("max_scan"),
-				ReclaimInterval: c.Duration("reclaim_interval"),
-				Logger:          env.Options.Logger,
-				OnCommands:      env.Options.KVCommands,
-			})
-			if err != nil {
-				_ = backend.Close()
-				return Component{}, fmt.Errorf("store %q: %w", dir, err)
 			}
 			return Component{Processor: conn}, nil
 		},
 	}
+}
+
+// openKV opens the kv connector described by the kv fields of c (dir,
+// namespace, sync and limits), sharing the store of dir through
+// env.Options.Stores. The kv and lua specs use it.
+func openKV(env *BuildEnv, c *Config) (*kv.Connector, error) {
+	ns := c.String("namespace")
+	if ns == "" && env.Flow != nil {
+		ns = env.Flow.Name
+	}
+	dir := c.String("dir")
+	backend, err := env.Options.Stores.Open(dir, pebblestore.Options{
+		NoSync:   !c.Bool("sync"),
+		MaxBatch: c.Int("max_batch"),
+		MaxDelay: c.Duration("max_delay"),
+		Logger:   env.Options.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	conn, err := kv.New(backend, kv.Options{
+		Namespace:       ns,
+		MaxKeyLength:    c.Int("max_key_length"),
+		MaxValueBytes:   int(min(c.ByteSize("max_value_bytes"), 1<<40)),
+		MaxGetAll:       c.Int("max_get_all"),
+		MaxScan:         c.Int("max_scan"),
+		ReclaimInterval: c.Duration("reclaim_interval"),
+		Logger:          env.Options.Logger,
+		OnCommands:      env.Options.KVCommands,
+	})
+	if err != nil {
+		_ = backend.Close()
+		return nil, fmt.Errorf("store %q: %w", dir, err)
+	}
+	return conn, nil
 }
 
 // busMode tells a bus connector's role from its mode option.
