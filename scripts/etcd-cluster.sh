@@ -15,10 +15,15 @@
 set -euo pipefail
 
 cmd=${1:-}
+# FLOWRUN_ETCD_PORT_BASE (default 23790) moves the ports: client ports are
+# BASE+1..BASE+3, peer ports BASE+11..BASE+13; state then lives in
+# flowrun-etcd-BASE/, so two clusters can run side by side.
+base=${FLOWRUN_ETCD_PORT_BASE:-23790}
 run=${TMPDIR:-/tmp}/flowrun-etcd
+[ "$base" = 23790 ] || run="$run-$base"
 members=(1 2 3)
-client_port() { echo $((23790 + $1)); }
-peer_port() { echo $((23800 + $1)); }
+client_port() { echo $((base + $1)); }
+peer_port() { echo $((base + 10 + $1)); }
 # The kv connector's reclaim pass deletes up to 1000 expired records and
 # their index entries in one transaction: more than etcd's default 128
 # operations per transaction allows.

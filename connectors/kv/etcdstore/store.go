@@ -120,6 +120,8 @@ type Store struct {
 
 	mu     sync.Mutex
 	closed bool
+	// commitHook, when set (by tests), sees the size of each transaction.
+	commitHook func(cmps, ops int)
 }
 
 var _ kv.Backend = (*Store)(nil)
@@ -218,7 +220,10 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, errs []error, i 
 				if lerr := g.checkLimits(); lerr != nil {
 					g.rollback(mark)
 					if next > i {
-						break // commit what fits; this fn starts the next group
+						// Commit what fits without this fn's reads either;
+						// it starts the next group.
+						g.forgetReads(mark)
+						break
 					}
 					err = lerr
 				}
@@ -317,8 +322,8 @@ type undoEntry struct {
 
 // mark is the state a failing fn is rolled back to.
 type mark struct {
-	undo  int
-	tombs []span
+	undo, points, scanned, ranges int
+	tombs                         []span
 }
 
 // group is the state of one etcd transaction being built: the read
@@ -330,6 +335,8 @@ type group struct {
 
 	points   map[string]int64 // key read by Get -> its ModRevision (0: absent)
 	scanned  map[string]int64 // key seen by Scan -> its ModRevision
+	pointLog []string         // keys of points, in the order first read
+	scanLog  []string         // keys of scanned, in the order first seen
 	ranges   []span
 	overlay  map[string]write
 	tombs    []span // sorted, disjoint range deletions
@@ -346,7 +353,45 @@ func newGroup(ctx context.Context, s *Store) *group {
 	}
 }
 
-func (g *group) mark() mark { return mark{undo: len(g.undo), tombs: g.tombs} }
+func (g *group) mark() mark {
+	return mark{undo: len(g.undo), points: len(g.pointLog), scanned: len(g.scanLog), ranges: len(g.ranges), tombs: g.tombs}
+}
+
+// addPoint records a key read by Get and its ModRevision.
+func (g *group) addPoint(k string, rev int64) {
+	if _, ok := g.points[k]; !ok {
+		g.pointLog = append(g.pointLog, k)
+	}
+	g.points[k] = rev
+}
+
+// addScanned records a key seen by Scan and its ModRevision.
+func (g *group) addScanned(k string, rev int64) {
+	if _, ok := g.scanned[k]; !ok {
+		g.scanLog = append(g.scanLog, k)
+	}
+	g.scanned[k] = rev
+}
+
+// forgetReads drops the reads made since m, with their cached records, so
+// that a group closed before the fn that made them does not compare them.
+// A fn that failed on its own keeps its reads: comparing more is safe.
+func (g *group) forgetReads(m mark) {
+	for _, k := range g.pointLog[m.points:] {
+		delete(g.points, k)
+		if _, ok := g.scanned[k]; !ok {
+			delete(g.readRecs, k)
+		}
+	}
+	for _, k := range g.scanLog[m.scanned:] {
+		delete(g.scanned, k)
+		if _, ok := g.points[k]; !ok {
+			delete(g.readRecs, k)
+		}
+	}
+	g.pointLog, g.scanLog = g.pointLog[:m.points], g.scanLog[:m.scanned]
+	g.ranges = g.ranges[:m.ranges]
+}
 
 func (g *group) rollback(m mark) {
 	for i := len(g.undo) - 1; i >= m.undo; i-- {
@@ -539,6 +584,9 @@ func (g *group) commit() (ok bool, err error) {
 			}
 		}
 	}
+	if g.s.commitHook != nil {
+		g.s.commitHook(len(cmps), len(then))
+	}
 	ctx, cancel := g.reqCtx()
 	defer cancel()
 	resp, err := g.s.client.Txn(ctx).If(cmps...).Then(then...).Commit()
@@ -596,9 +644,9 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 			rev = resp.Kvs[0].ModRevision
 		}
 		g.readRecs[k] = rec
-		g.points[k] = rev
+		g.addPoint(k, rev)
 	} else if _, ok := g.points[k]; !ok {
-		g.points[k] = g.scanned[k]
+		g.addPoint(k, g.scanned[k])
 	}
 	if rec == nil {
 		return nil, 0, false, nil
@@ -700,7 +748,7 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
-			g.scanned[k] = kv.ModRevision
+			g.addScanned(k, kv.ModRevision)
 			if _, ok := g.readRecs[k]; !ok {
 				g.readRecs[k] = kv.Value
 			}

@@ -243,6 +243,46 @@ func TestLimits(t *testing.T) {
 	}
 }
 
+// Many read-modify-writes of distinct keys in one call are split so that
+// neither the compares nor the writes of a transaction pass etcd's default
+// limit, and every fn sees the writes of those before it.
+func TestManyReadsSplit(t *testing.T) {
+	eps := endpoints(t)
+	s := openOpts(t, Options{Endpoints: eps, Prefix: randomPrefix(t)}) // etcd's default limits
+	defer s.Close()
+	commits := 0
+	s.commitHook = func(cmps, ops int) {
+		commits++
+		if cmps > s.opts.MaxTxnOps || ops > s.opts.MaxTxnOps {
+			t.Errorf("transaction with %d compares and %d writes, limit %d", cmps, ops, s.opts.MaxTxnOps)
+		}
+	}
+	const n = 300
+	fns := make([]kv.TxnFunc, n)
+	for i := range fns {
+		fns[i] = func(tx kv.Txn) error {
+			key := []byte(fmt.Sprintf("c%03d", i%150))
+			v, _, _, err := tx.Get(key)
+			if err != nil {
+				return err
+			}
+			c, _ := strconv.Atoi(string(v))
+			return tx.Set(key, []byte(strconv.Itoa(c+1)), 0)
+		}
+	}
+	for i, err := range update(t, s, fns...) {
+		if err != nil {
+			t.Fatalf("fn %d: %v", i, err)
+		}
+	}
+	if commits < 3 {
+		t.Errorf("%d transactions for 300 writes, want at least 3", commits)
+	}
+	if got := strings.Count(dump(t, s), "=2@0"); got != 150 {
+		t.Errorf("%d counters at 2, want 150", got)
+	}
+}
+
 // A write by another process between a fn's read and its commit makes the
 // fn run again on the new data, for point reads and for scanned ranges.
 func TestConflictRetries(t *testing.T) {
