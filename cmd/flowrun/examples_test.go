@@ -18,6 +18,8 @@ func TestExamples(t *testing.T) {
 		{"counter", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"cooldown", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"leaderboard", []step{{"events.jsonl", "expected.jsonl"}, {"show.jsonl", "expected-show.jsonl"}}},
+		{"lua-warnings", []step{{"events.jsonl", "expected.jsonl"}}},
+		{"lua-ratelimit", []step{{"events.jsonl", "expected.jsonl"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.example, func(t *testing.T) {
