@@ -302,10 +302,24 @@ func decodeRecord(rec []byte) (value []byte, expireAt int64, err error) {
 }
 
 // span is a key range [start, end) in etcd's key space (prefix included);
-// an empty end means no upper bound within the store.
+// an empty end means no upper bound at all.
 type span struct{ start, end string }
 
-func (r span) contains(k string) bool { return k >= r.start && k < r.end }
+func (r span) contains(k string) bool { return k >= r.start && below(k, r.end) }
+
+// empty reports a range with no key in it.
+func (r span) empty() bool { return r.end != "" && r.start >= r.end }
+
+// below reports k < end, where an empty end is no bound.
+func below(k, end string) bool { return end == "" || k < end }
+
+// etcdEnd is a range end as etcd spells it: "\x00" for no upper bound.
+func etcdEnd(end string) string {
+	if end == "" {
+		return "\x00"
+	}
+	return end
+}
 
 // write is one buffered write of the overlay.
 type write struct {
@@ -413,7 +427,7 @@ func (g *group) set(key string, w write) {
 }
 
 func (g *group) tombstoned(k string) bool {
-	i := sort.Search(len(g.tombs), func(i int) bool { return g.tombs[i].end > k })
+	i := sort.Search(len(g.tombs), func(i int) bool { return below(k, g.tombs[i].end) })
 	return i < len(g.tombs) && g.tombs[i].contains(k)
 }
 
@@ -422,12 +436,14 @@ func (g *group) tombstoned(k string) bool {
 func (g *group) addTomb(r span) {
 	out := make([]span, 0, len(g.tombs)+1)
 	for _, t := range g.tombs {
-		if t.end < r.start || t.start > r.end {
+		if (t.end != "" && t.end < r.start) || (r.end != "" && t.start > r.end) {
 			out = append(out, t)
 			continue
 		}
 		r.start = min(r.start, t.start)
-		r.end = max(r.end, t.end)
+		if r.end != "" && (t.end == "" || t.end > r.end) {
+			r.end = t.end
+		}
 	}
 	out = append(out, r)
 	slices.SortFunc(out, func(a, b span) int { return compareStrings(a.start, b.start) })
@@ -553,14 +569,14 @@ func (g *group) commit() (ok bool, err error) {
 	for _, t := range g.tombs {
 		start := t.start
 		i, _ := slices.BinarySearch(putKeys, t.start)
-		for ; i < len(putKeys) && putKeys[i] < t.end; i++ {
+		for ; i < len(putKeys) && below(putKeys[i], t.end); i++ {
 			if start < putKeys[i] {
 				then = append(then, clientv3.OpDelete(start, clientv3.WithRange(putKeys[i])))
 			}
 			start = putKeys[i] + "\x00"
 		}
-		if start < t.end {
-			then = append(then, clientv3.OpDelete(start, clientv3.WithRange(t.end)))
+		if below(start, t.end) {
+			then = append(then, clientv3.OpDelete(start, clientv3.WithRange(etcdEnd(t.end))))
 		}
 	}
 	if len(then) == 0 {
@@ -572,7 +588,7 @@ func (g *group) commit() (ok bool, err error) {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
 		}
 		for _, r := range g.ranges {
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.start), "<", g.rev+1).WithRange(r.end))
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.start), "<", g.rev+1).WithRange(etcdEnd(r.end)))
 		}
 		// Scanned keys compared one by one catch deletions inside ranges,
 		// as far as the limit allows.
@@ -604,15 +620,15 @@ func (t *txn) key(k []byte) string {
 }
 
 // end maps a Scan or DeleteRange bound to etcd's key space: nil is the end
-// of the store's prefix ("\x00" in etcd: no upper bound at all).
+// of the store's prefix ("" when there is none: no upper bound at all).
 func (t *txn) end(e []byte) string {
 	if e != nil {
 		return t.key(e)
 	}
-	if len(t.g.s.prefix) == 0 {
-		return "\x00"
+	if end := clientv3.GetPrefixRangeEnd(string(t.g.s.prefix)); end != "\x00" {
+		return end
 	}
-	return clientv3.GetPrefixRangeEnd(string(t.g.s.prefix))
+	return ""
 }
 
 func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
@@ -684,7 +700,7 @@ func (t *txn) DeleteRange(start, end []byte) error {
 		return g.retry
 	}
 	r := span{t.key(start), t.end(end)}
-	if r.start >= r.end {
+	if r.empty() {
 		return nil
 	}
 	// Buffered writes in the range are superseded by the deletion.
@@ -706,7 +722,7 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 		return g.retry
 	}
 	r := span{t.key(start), t.end(end)}
-	if r.start >= r.end {
+	if r.empty() {
 		return nil
 	}
 	g.ranges = append(g.ranges, r)
@@ -741,7 +757,7 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 	from := r.start
 	for {
 		ctx, cancel := g.reqCtx()
-		resp, err := g.get(ctx, from, clientv3.WithRange(r.end), clientv3.WithLimit(scanPage))
+		resp, err := g.get(ctx, from, clientv3.WithRange(etcdEnd(r.end)), clientv3.WithLimit(scanPage))
 		cancel()
 		if err != nil {
 			return err

@@ -180,6 +180,60 @@ func TestOverlay(t *testing.T) {
 	}
 }
 
+// With no Prefix, open-ended ranges reach the end of etcd's key space. The
+// fn fails on purpose, so nothing is written to the shared cluster.
+func TestNoPrefix(t *testing.T) {
+	eps := endpoints(t)
+	p := randomPrefix(t)
+	s := openOpts(t, Options{Endpoints: eps, MaxTxnOps: clusterTxnOps})
+	defer s.Close()
+	errs := update(t, s, setFn(p+"a", "1", 0), setFn(p+"b", "2", 0))
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	done := errors.New("done")
+	var seen []string
+	errs = update(t, s, func(tx kv.Txn) error {
+		if err := tx.Set([]byte(p+"c"), []byte("3"), 0); err != nil {
+			return err
+		}
+		if err := tx.DeleteRange([]byte(p+"b"), nil); err != nil {
+			return err
+		}
+		if err := tx.Set([]byte(p+"d"), []byte("4"), 0); err != nil {
+			return err
+		}
+		err := tx.Scan([]byte(p), nil, func(k, v []byte, exp int64) (bool, error) {
+			if !strings.HasPrefix(string(k), p) {
+				return false, nil
+			}
+			seen = append(seen, strings.TrimPrefix(string(k), p)+"="+string(v))
+			return true, nil
+		})
+		if err != nil {
+			return err
+		}
+		return done
+	})
+	if !errors.Is(errs[0], done) {
+		t.Fatal(errs[0])
+	}
+	if got, want := strings.Join(seen, " "), "a=1 d=4"; got != want {
+		t.Errorf("scan: %q, want %q", got, want)
+	}
+	// Nothing of the failed fn reached etcd.
+	var stored []string
+	update(t, s, func(tx kv.Txn) error {
+		return tx.Scan([]byte(p), []byte(p+"~"), func(k, v []byte, exp int64) (bool, error) {
+			stored = append(stored, string(k[len(p):]))
+			return true, nil
+		})
+	})
+	if got := strings.Join(stored, " "); got != "a b" {
+		t.Errorf("stored keys %q, want \"a b\"", got)
+	}
+}
+
 // A failing fn writes nothing; fns around it commit.
 func TestFailingFnWritesNothing(t *testing.T) {
 	eps := endpoints(t)
