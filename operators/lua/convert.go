@@ -45,9 +45,12 @@ func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
 	case gjson.String:
 		return glua.LString(r.Str), nil
 	}
-	t := v.L.NewTable()
+	// Sized tables: NewTable preallocates 32 slots and a 32-entry map,
+	// which dominates the cost of converting small events.
+	var t *glua.LTable
 	var err error
 	if r.IsArray() {
+		t = v.L.CreateTable(countElems(r), 0)
 		r.ForEach(func(_, e gjson.Result) bool {
 			var lv glua.LValue
 			if lv, err = v.fromResult(e, depth+1); err == nil {
@@ -57,6 +60,7 @@ func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
 		})
 		return t, err
 	}
+	t = v.L.CreateTable(0, countElems(r))
 	r.ForEach(func(k, e gjson.Result) bool {
 		var lv glua.LValue
 		if lv, err = v.fromResult(e, depth+1); err == nil {
@@ -65,6 +69,13 @@ func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
 		return err == nil
 	})
 	return t, err
+}
+
+// countElems counts the elements of an array or the members of an object.
+func countElems(r gjson.Result) int {
+	n := 0
+	r.ForEach(func(_, _ gjson.Result) bool { n++; return true })
+	return n
 }
 
 // toJSON appends the JSON encoding of lv to dst. A number is written as an

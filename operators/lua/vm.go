@@ -142,7 +142,7 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 	if data == v.null {
 		data = glua.LNil
 	}
-	event := L.NewTable()
+	event := L.CreateTable(0, 2)
 	event.RawSetString("data", data)
 	event.RawSetString("meta", meta)
 	L.SetGlobal("event", event)
