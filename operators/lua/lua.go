@@ -39,7 +39,7 @@ var (
 
 // Defaults for Options.
 const (
-	DefaultTimeout        = time.Second
+	DefaultTimeout        = 5 * time.Second
 	DefaultMaxCallDepth   = 200
 	DefaultMaxStackSlots  = 256 * 1024
 	DefaultMaxStringBytes = 4 << 20
@@ -60,7 +60,9 @@ type Options struct {
 	OwnStore bool
 	// Ports are the output ports emit may use besides "out" and "err".
 	Ports []string
-	// Timeout bounds the run of the script for one event. Default 1s.
+	// Timeout bounds the run of the script for one event, in wall-clock
+	// time including its kv reads, so it must leave room for a loaded
+	// machine. Default 5s.
 	Timeout time.Duration
 	// MaxCallDepth bounds the Lua call stack (recursion). Default 200.
 	MaxCallDepth int

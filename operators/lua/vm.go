@@ -19,6 +19,7 @@ type vm struct {
 	p    *Processor
 	L    *glua.LState
 	null *glua.LUserData // json.null
+	fn   *glua.LFunction  // the compiled script, made once per VM
 
 	// Set for the duration of one run.
 	sess  *kv.Session
@@ -66,6 +67,7 @@ func (p *Processor) newVM() (*vm, error) {
 	L.SetGlobal("log", logT)
 	L.SetGlobal("print", logT.RawGetString("info"))
 	L.SetGlobal("kv", v.kvTable())
+	v.fn = L.NewFunctionFromProto(p.proto)
 	return v, nil
 }
 
@@ -151,7 +153,7 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 	defer cancel()
 	L.SetContext(rctx)
 	defer L.RemoveContext()
-	L.Push(L.NewFunctionFromProto(v.p.proto))
+	L.Push(v.fn)
 	err = L.PCall(0, 0, nil)
 	if err == nil {
 		return v.outs, nil
