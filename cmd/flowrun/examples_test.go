@@ -20,6 +20,7 @@ func TestExamples(t *testing.T) {
 		{"leaderboard", []step{{"events.jsonl", "expected.jsonl"}, {"show.jsonl", "expected-show.jsonl"}}},
 		{"lua-warnings", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"lua-ratelimit", []step{{"events.jsonl", "expected.jsonl"}}},
+		{"lua-sessions", []step{{"events.jsonl", "expected.jsonl"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.example, func(t *testing.T) {
