@@ -21,6 +21,7 @@ func TestExamples(t *testing.T) {
 		{"lua-warnings", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"lua-ratelimit", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"lua-sessions", []step{{"events.jsonl", "expected.jsonl"}}},
+		{"lua-daily", []step{{"events.jsonl", "expected.jsonl"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.example, func(t *testing.T) {
