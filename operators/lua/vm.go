@@ -19,7 +19,7 @@ type vm struct {
 	p    *Processor
 	L    *glua.LState
 	null *glua.LUserData // json.null
-	fn   *glua.LFunction  // the compiled script, made once per VM
+	fn   *glua.LFunction // the compiled script, made once per VM
 
 	// Set for the duration of one run.
 	sess  *kv.Session
