@@ -35,7 +35,6 @@ package etcdstore
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -61,7 +60,7 @@ var (
 	// ErrClosed reports use of a Store after Close.
 	ErrClosed = errors.New("etcdstore: store is closed")
 	// ErrCorruptRecord reports a stored value that does not decode.
-	ErrCorruptRecord = errors.New("etcdstore: corrupt record")
+	ErrCorruptRecord = kv.ErrCorruptRecord
 	// ErrNoEndpoints reports Options without any endpoint.
 	ErrNoEndpoints = errors.New("etcdstore: no endpoints given")
 )
@@ -269,37 +268,13 @@ func run(fn kv.TxnFunc, tx *txn) (err error) {
 	return fn(tx)
 }
 
-// Record layout: one flag byte (0: no expiry, 1: 8-byte big-endian expiry in
-// Unix milliseconds follows), then the value.
+// encodeRecord and decodeRecord use the record layout shared with the
+// other backends (kv.AppendStoredRecord); expiry is not yet a lease.
 func encodeRecord(value []byte, expireAt int64) []byte {
-	var dst []byte
-	if expireAt == 0 {
-		dst = make([]byte, 0, 1+len(value))
-		dst = append(dst, 0)
-	} else {
-		dst = make([]byte, 0, 9+len(value))
-		dst = append(dst, 1)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(expireAt))
-	}
-	return append(dst, value...)
+	return kv.AppendStoredRecord(make([]byte, 0, 9+len(value)), value, expireAt)
 }
 
-func decodeRecord(rec []byte) (value []byte, expireAt int64, err error) {
-	if len(rec) == 0 {
-		return nil, 0, ErrCorruptRecord
-	}
-	switch rec[0] {
-	case 0:
-		return rec[1:], 0, nil
-	case 1:
-		if len(rec) < 9 {
-			return nil, 0, ErrCorruptRecord
-		}
-		return rec[9:], int64(binary.BigEndian.Uint64(rec[1:9])), nil
-	default:
-		return nil, 0, ErrCorruptRecord
-	}
-}
+func decodeRecord(rec []byte) ([]byte, int64, error) { return kv.ParseStoredRecord(rec) }
 
 // span is a key range [start, end) in etcd's key space (prefix included);
 // an empty end means no upper bound at all.

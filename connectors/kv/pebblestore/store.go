@@ -39,7 +39,7 @@ var (
 	// WAL sync failed; restart the process to recover it.
 	ErrFailed = errors.New("store failed an earlier commit; restart to recover")
 	// ErrCorruptRecord reports a stored value that does not decode.
-	ErrCorruptRecord = errors.New("corrupt record")
+	ErrCorruptRecord = kv.ErrCorruptRecord
 )
 
 // Defaults for Options.
@@ -433,35 +433,6 @@ func (t *txn) rollback(markLen int, markCount uint32) error {
 	return nil
 }
 
-// Record layout: one flag byte (0: no expiry, 1: 8-byte big-endian expiry in
-// Unix milliseconds follows), then the value.
-func encodeRecord(dst, value []byte, expireAt int64) []byte {
-	if expireAt == 0 {
-		dst = append(dst[:0], 0)
-	} else {
-		dst = append(dst[:0], 1)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(expireAt))
-	}
-	return append(dst, value...)
-}
-
-func decodeRecord(rec []byte) (value []byte, expireAt int64, err error) {
-	if len(rec) == 0 {
-		return nil, 0, ErrCorruptRecord
-	}
-	switch rec[0] {
-	case 0:
-		return rec[1:], 0, nil
-	case 1:
-		if len(rec) < 9 {
-			return nil, 0, ErrCorruptRecord
-		}
-		return rec[9:], int64(binary.BigEndian.Uint64(rec[1:9])), nil
-	default:
-		return nil, 0, ErrCorruptRecord
-	}
-}
-
 func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 	raw, closer, err := t.reader().Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -472,7 +443,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 	}
 	t.val = append(t.val[:0], raw...)
 	_ = closer.Close()
-	value, expireAt, err := decodeRecord(t.val)
+	value, expireAt, err := kv.ParseStoredRecord(t.val)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("key %q: %w", key, err)
 	}
@@ -480,7 +451,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 }
 
 func (t *txn) Set(key, value []byte, expireAt int64) error {
-	t.buf = encodeRecord(t.buf, value, expireAt)
+	t.buf = kv.AppendStoredRecord(t.buf[:0], value, expireAt)
 	return t.batch.Set(key, t.buf, nil)
 }
 
@@ -505,7 +476,7 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 		if err != nil {
 			return err
 		}
-		value, expireAt, err := decodeRecord(raw)
+		value, expireAt, err := kv.ParseStoredRecord(raw)
 		if err != nil {
 			return fmt.Errorf("key %q: %w", iter.Key(), err)
 		}
