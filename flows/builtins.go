@@ -221,6 +221,10 @@ func kvSpec() Spec {
 			{Name: "max_scan", Type: TypeInt, Default: itoa(kv.DefaultMaxScan), Doc: "Default and highest limit of scan and keys."},
 			{Name: "reclaim_interval", Type: TypeDuration, Default: kv.DefaultReclaimInterval.String(),
 				Doc: "How often expired keys are deleted in the background."},
+			{Name: "idem_retention", Type: TypeDuration, Default: kv.DefaultIdemRetention.String(),
+				Doc: "How long the idempotency key (`idem`) of a write command is remembered; must outlast the source's longest redelivery delay."},
+			{Name: "idem_from", Type: TypeString,
+				Doc: "Path in the event's meta (e.g. `message_id`, set by bus sources) giving every write command without `idem` its idempotency key; a write lacking it is refused."},
 		},
 		Ports: StaticPorts(kv.Ports()...),
 		Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
@@ -258,6 +262,8 @@ func openKV(env *BuildEnv, c *Config) (*kv.Connector, error) {
 		MaxGetAll:       c.Int("max_get_all"),
 		MaxScan:         c.Int("max_scan"),
 		ReclaimInterval: c.Duration("reclaim_interval"),
+		IdemRetention:   c.Duration("idem_retention"),
+		IdemFrom:        c.String("idem_from"),
 		Logger:          env.Options.Logger,
 		OnCommands:      env.Options.KVCommands,
 	})

@@ -30,6 +30,13 @@ const (
 	// broker has delivered the message (1 on first delivery). It is not
 	// copied into event meta.
 	DeliveredKey = "flowrun_delivered"
+	// MessageIDMeta is the event meta field holding the message's id (the
+	// watermill message UUID; for a JetStream message published without
+	// one, its Nats-Msg-Id or else stream name and sequence). It is the same
+	// on every redelivery of a message, so it serves as the idempotency
+	// key of the kv commands the message causes (kv option idem_from).
+	// Publishing never copies it: a published message has an id of its own.
+	MessageIDMeta = "message_id"
 	// ErrorKey is the metadata key of a dead letter's failure reason (it
 	// becomes meta.error when read back by a flowrun source).
 	ErrorKey = "error"
@@ -43,7 +50,7 @@ var ErrNotJSON = errors.New("message payload is not JSON")
 // an "err" port: its data is the payload as a JSON string and its meta
 // carries the message metadata plus "error".
 func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
-	meta := metaFromMetadata(msg.Metadata)
+	meta := metaFromMetadata(msg.Metadata, msg.UUID)
 	payload := bytes.TrimSpace(msg.Payload)
 	if len(payload) == 0 {
 		return pipeline.Event{Data: nil, Meta: meta, Seq: seq}, nil
@@ -63,6 +70,9 @@ func ToMessage(ev pipeline.Event) *message.Message {
 	var jsonKeys []string
 	gjson.ParseBytes(ev.MetaJSON()).ForEach(func(k, v gjson.Result) bool {
 		key := k.String()
+		if key == MessageIDMeta {
+			return true
+		}
 		if key == CorrelationMeta {
 			key = CorrelationKey
 		}
@@ -80,17 +90,20 @@ func ToMessage(ev pipeline.Event) *message.Message {
 	return msg
 }
 
-// metaFromMetadata builds the meta object of a received message, keys
-// sorted so the same message always gives the same bytes.
-func metaFromMetadata(md message.Metadata) []byte {
+// metaFromMetadata builds the meta object of a received message with id
+// uuid, keys sorted so the same message always gives the same bytes.
+func metaFromMetadata(md message.Metadata, uuid string) []byte {
 	jsonKeys, marked := md[JSONKeysKey]
 	isJSON := map[string]bool{}
 	for _, k := range strings.Split(jsonKeys, ",") {
 		isJSON[strings.TrimSpace(k)] = true
 	}
 	fields := map[string]json.RawMessage{}
+	if uuid != "" {
+		fields[MessageIDMeta], _ = json.Marshal(uuid)
+	}
 	for k, v := range md {
-		if k == JSONKeysKey || k == DeliveredKey {
+		if k == JSONKeysKey || k == DeliveredKey || k == MessageIDMeta {
 			continue
 		}
 		name := k

@@ -7,6 +7,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
 
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -33,6 +34,7 @@ func TestEventRoundTrip(t *testing.T) {
 		{"string that looks like JSON", `[1,2]`, `{"s":"{\"a\":1}","t":"true"}`, ``},
 		{"null meta value", `{}`, `{"gone":null}`, ``},
 		{"keys sorted", `0`, `{"z":"1","a":"2"}`, `{"a":"2","z":"1"}`},
+		{"a message's own id replaces a copied one", `0`, `{"message_id":"old","a":1}`, `{"a":1}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,7 +51,12 @@ func TestEventRoundTrip(t *testing.T) {
 			if want == "" {
 				want = tt.meta
 			}
-			if string(out.Meta) != want {
+			// Every received event carries the id of its message, and only
+			// that: the id is the message's, not copied from the event.
+			if id := gjson.GetBytes(out.Meta, MessageIDMeta).String(); id != msg.UUID || id == "" {
+				t.Errorf("meta.%s = %q, want the message UUID %q", MessageIDMeta, id, msg.UUID)
+			}
+			if string(withoutMessageID(t, out.Meta)) != want {
 				t.Errorf("meta = %s, want %s", out.Meta, want)
 			}
 			if string(out.DataJSON()) != string(in.DataJSON()) || out.Seq != 9 {
@@ -68,13 +75,14 @@ func TestToEventFromForeignMessages(t *testing.T) {
 		wantMeta string
 		wantErr  error
 	}{
-		{"plain strings", `{"x":1}`, map[string]string{"n": "5", "b": "true"}, `{"x":1}`, `{"b":"true","n":"5"}`, nil},
+		{"plain strings", `{"x":1}`, map[string]string{"n": "5", "b": "true"}, `{"x":1}`, `{"b":"true","message_id":"uuid-1","n":"5"}`, nil},
 		{"objects and arrays decoded", `1`, map[string]string{"kv": ` {"get":"k"}`, "l": `[1]`, "bad": `{nope`}, `1`,
-			`{"bad":"{nope","kv":{"get":"k"},"l":[1]}`, nil},
-		{"correlation_id wins over correlation", `1`, map[string]string{"correlation_id": "a", "correlation": "b"}, `1`, `{"correlation":"a"}`, nil},
-		{"delivery count hidden", `1`, map[string]string{DeliveredKey: "3"}, `1`, ``, nil},
-		{"marked keys exact", `1`, map[string]string{JSONKeysKey: "n", "n": "5", "s": `{"a":1}`}, `1`, `{"n":5,"s":"{\"a\":1}"}`, nil},
-		{"empty payload is null", ``, nil, `null`, ``, nil},
+			`{"bad":"{nope","kv":{"get":"k"},"l":[1],"message_id":"uuid-1"}`, nil},
+		{"correlation_id wins over correlation", `1`, map[string]string{"correlation_id": "a", "correlation": "b"}, `1`, `{"correlation":"a","message_id":"uuid-1"}`, nil},
+		{"delivery count hidden", `1`, map[string]string{DeliveredKey: "3"}, `1`, `{"message_id":"uuid-1"}`, nil},
+		{"message id metadata ignored", `1`, map[string]string{MessageIDMeta: "forged"}, `1`, `{"message_id":"uuid-1"}`, nil},
+		{"marked keys exact", `1`, map[string]string{JSONKeysKey: "n", "n": "5", "s": `{"a":1}`}, `1`, `{"message_id":"uuid-1","n":5,"s":"{\"a\":1}"}`, nil},
+		{"empty payload is null", ``, nil, `null`, `{"message_id":"uuid-1"}`, nil},
 		{"not JSON", `hello "world"`, map[string]string{"correlation_id": "c"}, `"hello \"world\""`, ``, ErrNotJSON},
 	}
 	for _, tt := range tests {
@@ -109,4 +117,18 @@ func TestStreamName(t *testing.T) {
 			t.Errorf("StreamName(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// withoutMessageID returns meta without its message_id field ("" when
+// nothing else is left), for comparing metas that differ only by id.
+func withoutMessageID(t *testing.T, meta []byte) []byte {
+	t.Helper()
+	out, err := sjson.DeleteBytes(meta, MessageIDMeta)
+	if err != nil {
+		t.Fatalf("deleting message_id from %s: %v", meta, err)
+	}
+	if string(out) == "{}" {
+		return nil
+	}
+	return out
 }

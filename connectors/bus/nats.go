@@ -238,10 +238,8 @@ func ensureStream(ctx context.Context, js nats.JetStreamContext, subject, stream
 type natsUnmarshaler struct{}
 
 func (natsUnmarshaler) Unmarshal(m *nats.Msg) (*message.Message, error) {
-	msg := message.NewMessage(m.Header.Get(wmnats.WatermillUUIDHdr), m.Data)
-	if msg.UUID == "" {
-		msg.UUID = watermill.NewUUID()
-	}
+	md, mdErr := m.Metadata()
+	msg := message.NewMessage(natsMessageID(m, md, mdErr), m.Data)
 	for k, v := range m.Header {
 		switch k {
 		case wmnats.WatermillUUIDHdr, nats.MsgIdHdr, nats.ExpectedLastMsgIdHdr, nats.ExpectedStreamHdr,
@@ -250,10 +248,28 @@ func (natsUnmarshaler) Unmarshal(m *nats.Msg) (*message.Message, error) {
 		}
 		msg.Metadata.Set(k, strings.Join(v, ", "))
 	}
-	if md, err := m.Metadata(); err == nil {
+	if mdErr == nil {
 		msg.Metadata.Set(DeliveredKey, fmt.Sprint(md.NumDelivered))
 	}
 	return msg, nil
+}
+
+// natsMessageID returns an id that is the same on every delivery of m: the
+// watermill UUID its publisher set, else its Nats-Msg-Id (the broker's
+// deduplication id), else its stream name and sequence, which JetStream
+// assigns once per stored message. Only a message with none of them (not
+// from JetStream) gets a fresh random id.
+func natsMessageID(m *nats.Msg, md *nats.MsgMetadata, mdErr error) string {
+	if id := m.Header.Get(wmnats.WatermillUUIDHdr); id != "" {
+		return id
+	}
+	if id := m.Header.Get(nats.MsgIdHdr); id != "" {
+		return id
+	}
+	if mdErr == nil {
+		return fmt.Sprintf("%s:%d", md.Stream, md.Sequence.Stream)
+	}
+	return watermill.NewUUID()
 }
 
 // NATSSourceOptions configure NewNATSSource.

@@ -91,7 +91,7 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		}
 		fns = append(fns, func(tx Txn) error {
 			x := execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}
-			r, err := x.run(&cmds[i])
+			r, err := x.runIdem(&cmds[i])
 			results[i] = r
 			return err
 		})
@@ -158,7 +158,26 @@ func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
 	if !m.IsObject() {
 		return command{}, fmt.Errorf("meta must be an object: %w", ErrInvalidCommand)
 	}
-	return c.dec.decode(m.Get("kv"), ev.Data, false)
+	cmd, err := c.dec.decode(m.Get("kv"), ev.Data, false)
+	if err == nil && cmd.idem == "" && c.opts.IdemFrom != "" && cmd.op.writes() {
+		err = c.idemFrom(&cmd, m)
+	}
+	return cmd, err
+}
+
+// idemFrom gives cmd the idempotency key found at Options.IdemFrom in the
+// event's meta. A write without one is refused: the flow asked for
+// exactly-once effects, and applying it unguarded would quietly break that.
+func (c *Connector) idemFrom(cmd *command, meta gjson.Result) error {
+	what := "meta." + c.opts.IdemFrom
+	v := meta.Get(c.opts.IdemFrom)
+	switch {
+	case !v.Exists():
+		return cmd.errf(ErrInvalidCommand, "%s (the idempotency key, option idem_from) is missing", what)
+	case v.Type != gjson.String:
+		return cmd.errf(ErrInvalidCommand, "%s (the idempotency key, option idem_from) must be a string, got %s", what, jsonType(v))
+	}
+	return c.dec.setIdem(cmd, v.Str, what)
 }
 
 // correlation returns the raw meta.correlation of ev, nil when absent.
@@ -201,6 +220,9 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 	if r.next != nil {
 		meta = append(meta, `,"next":`...)
 		meta = append(meta, r.next...)
+	}
+	if r.replayed {
+		meta = append(meta, `,"replayed":true`...)
 	}
 	emit.Emit(pipeline.PortOut, ev.Derive(r.data, closeMeta(meta, corr)))
 }
@@ -263,21 +285,46 @@ func errMeta(cmd *command, corr []byte, err error) []byte {
 // the janitor never holds the writer for long.
 const reclaimChunk = 1000
 
+// expiryIndex is one kind of record reclaimed by expiry: the prefix of its
+// index and the key of the record an index entry stands for.
+type expiryIndex struct {
+	prefix []byte
+	record func(key []byte) []byte
+}
+
 // Reclaim deletes the records of this namespace that expired at or before
-// the connector's clock's now, with their expiry index entries, and returns
-// how many records it deleted. The janitor calls it every
-// Options.ReclaimInterval; expired records are invisible to commands
-// whether or not they have been reclaimed.
+// the connector's clock's now (keys and idempotency records), with their
+// expiry index entries, and returns how many records it deleted. The
+// janitor calls it every Options.ReclaimInterval; expired records are
+// invisible to commands whether or not they have been reclaimed.
 func (c *Connector) Reclaim(ctx context.Context) (int, error) {
+	indexes := []expiryIndex{
+		{c.layout.expiry, func(k []byte) []byte { return c.layout.dataKey(nil, string(k)) }},
+		{c.layout.idemExpiry, func(k []byte) []byte { return c.layout.idemKey(nil, string(k)) }},
+	}
+	total := 0
+	for _, ix := range indexes {
+		n, err := c.reclaim(ctx, ix)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// reclaim empties one expiry index up to now, reclaimChunk entries per
+// transaction.
+func (c *Connector) reclaim(ctx context.Context, ix expiryIndex) (int, error) {
 	total := 0
 	for {
 		n, more := 0, false
 		fn := func(tx Txn) error {
 			n, more = 0, false
 			now := c.opts.Now().UnixMilli()
-			end := c.layout.expiryKey(nil, now+1, nil) // entries with expireAt <= now
+			end := appendIndexKey(nil, ix.prefix, now+1, nil) // entries with expireAt <= now
 			var idx [][]byte
-			err := tx.Scan(c.layout.expiry, end, func(k, _ []byte, _ int64) (bool, error) {
+			err := tx.Scan(ix.prefix, end, func(k, _ []byte, _ int64) (bool, error) {
 				if len(idx) == reclaimChunk {
 					more = true
 					return false, nil
@@ -289,17 +336,17 @@ func (c *Connector) Reclaim(ctx context.Context) (int, error) {
 				return err
 			}
 			for _, ik := range idx {
-				exp, uk, ok := c.layout.parseExpiryKey(ik)
+				exp, key, ok := parseIndexKey(ix.prefix, ik)
 				if ok {
-					dk := c.layout.dataKey(nil, string(uk))
-					_, stored, found, err := tx.Get(dk)
+					rk := ix.record(key)
+					_, stored, found, err := tx.Get(rk)
 					if err != nil {
 						return err
 					}
 					// Only a record still carrying this expiry is expired;
 					// one rewritten since has its own index entry.
 					if found && stored == exp {
-						if err := tx.Delete(dk); err != nil {
+						if err := tx.Delete(rk); err != nil {
 							return err
 						}
 						n++

@@ -96,6 +96,7 @@ const (
 	fExpireAt
 	fAfter
 	fValue
+	fIdem
 )
 
 func parseField(s string) field {
@@ -118,32 +119,41 @@ func parseField(s string) field {
 		return fAfter
 	case "value":
 		return fValue
+	case "idem":
+		return fIdem
 	}
 	return 0
 }
 
-// allowed returns the modifiers op accepts ("value" only inside a batch).
+// allowed returns the modifiers op accepts ("value" only inside a batch,
+// "idem" only outside one).
 func (o op) allowed() field {
 	switch o {
 	case opGet:
 		return fDefault
 	case opPut:
-		return fTTL | fExpireAt | fValue
+		return fTTL | fExpireAt | fValue | fIdem
 	case opSwap:
-		return fValue
+		return fValue | fIdem
 	case opCas:
-		return fOld | fTTL | fExpireAt | fValue
+		return fOld | fTTL | fExpireAt | fValue | fIdem
 	case opScan:
 		return fEnd | fLimit
 	case opIncrement:
-		return fBy
+		return fBy | fIdem
 	case opKeys:
 		return fLimit | fAfter
 	case opCad:
-		return fOld
+		return fOld | fIdem
+	case opDelete, opClear, opBatch:
+		return fIdem
 	}
 	return 0
 }
+
+// writes reports whether op changes the store, and so may carry an
+// idempotency key.
+func (o op) writes() bool { return o.allowed()&fIdem != 0 }
 
 // keyKind says what a command's argument is.
 func (o op) keyKind() int {
@@ -187,6 +197,8 @@ type command struct {
 
 	ttlMs    int64 // relative expiry, resolved against the clock at execution
 	expireAt int64 // absolute expiry, Unix ms
+
+	idem string // idempotency key; "" for none
 
 	sub []command // batch
 }
@@ -266,7 +278,7 @@ func (d *decoder) decode(obj gjson.Result, payload []byte, inBatch bool) (comman
 	var (
 		arg     gjson.Result
 		fields  field
-		vals    [9]gjson.Result // by bit index of field
+		vals    [10]gjson.Result // by bit index of field
 		unknown string
 		dup     string
 		second  string
@@ -321,13 +333,21 @@ func (d *decoder) decode(obj gjson.Result, payload []byte, inBatch bool) (comman
 		return cmd, cmd.errf(ErrInvalidCommand, "unknown field %q", unknown)
 	}
 	allowed := cmd.op.allowed()
-	if !inBatch {
+	if inBatch {
+		allowed &^= fIdem
+	} else {
 		allowed &^= fValue
 	}
 	if bad := fields &^ allowed; bad != 0 {
 		name := fieldName(bad & -bad)
 		if name == "value" {
 			return cmd, cmd.errf(ErrInvalidCommand, `field "value" is only accepted inside a batch (the event's data is the value)`)
+		}
+		if name == "idem" && inBatch && cmd.op.writes() {
+			return cmd, cmd.errf(ErrInvalidCommand, `field "idem" is not accepted inside a batch (give it on the batch: it covers every command of it)`)
+		}
+		if name == "idem" {
+			return cmd, cmd.errf(ErrInvalidCommand, `field "idem" is only accepted by commands that write (%s is a read)`, cmd.op)
 		}
 		return cmd, cmd.errf(ErrInvalidCommand, "field %q is not accepted by %s", name, cmd.op)
 	}
@@ -392,7 +412,7 @@ func bitIndex(f field) int {
 }
 
 func fieldName(f field) string {
-	for _, n := range []string{"old", "end", "limit", "by", "default", "ttl", "expire_at", "after", "value"} {
+	for _, n := range []string{"old", "end", "limit", "by", "default", "ttl", "expire_at", "after", "value", "idem"} {
 		if parseField(n) == f {
 			return n
 		}
@@ -566,5 +586,29 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		}
 		cmd.expireAt = n
 	}
+	if v, ok := get(fIdem); ok {
+		if v.Type != gjson.String {
+			return cmd.errf(ErrInvalidCommand, `"idem" must be a non-empty string, got %s`, jsonType(v))
+		}
+		if err := d.setIdem(cmd, v.Str, `"idem"`); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setIdem validates an idempotency key (what names its origin in errors)
+// and gives it to cmd. Idempotency keys have the limits of keys.
+func (d *decoder) setIdem(cmd *command, k, what string) error {
+	if k == "" {
+		return cmd.errf(ErrInvalidCommand, "%s must be a non-empty string", what)
+	}
+	if !utf8.ValidString(k) {
+		return cmd.errf(ErrInvalidKey, "%s is not valid UTF-8", what)
+	}
+	if n := utf8.RuneCountInString(k); n > d.opts.MaxKeyLength {
+		return cmd.errf(ErrKeyTooLong, "%s is %d characters, limit is %d", what, n, d.opts.MaxKeyLength)
+	}
+	cmd.idem = k
 	return nil
 }

@@ -41,6 +41,11 @@ var (
 	// Options.MaxGetAll keys, a limit above Options.MaxScan, or a batch
 	// longer than Options.MaxBatch.
 	ErrTooManyEntries = errors.New("too many entries")
+	// ErrIdemConflict reports a command whose idempotency key ("idem") was
+	// recorded, within the retention, for a different command: answering
+	// with that command's result would be wrong, and applying it would
+	// break the key's promise.
+	ErrIdemConflict = errors.New("idempotency key reused")
 	// ErrCommit reports a backend commit failure; every command of the
 	// failed Update is reported with it and none took effect.
 	ErrCommit = errors.New("commit failed")

@@ -27,6 +27,9 @@ type result struct {
 	found bool
 	next  []byte // keys: JSON cursor of the next page ("null" at the end)
 	rows  []row  // scan
+	// replayed marks the recorded result of an earlier command with the
+	// same idempotency key; nothing was applied this time.
+	replayed bool
 }
 
 type row struct {

@@ -7,9 +7,10 @@ import (
 
 // Key layout. The command layer owns it; backends see opaque bytes.
 //
-//	data:        'd' uvarint(len(ns)) ns userKey            -> canonical JSON value
-//	expiry:      'x' uvarint(len(ns)) ns be64(expireAt) userKey -> empty
-//	idempotency: 'i' ...                                     (reserved)
+//	data:         'd' uvarint(len(ns)) ns userKey                -> canonical JSON value
+//	expiry:       'x' uvarint(len(ns)) ns be64(expireAt) userKey -> empty
+//	idempotency:  'i' uvarint(len(ns)) ns idemKey                -> idemRecord (see idem.go)
+//	idem expiry:  'y' uvarint(len(ns)) ns be64(expireAt) idemKey -> empty
 //
 // The uvarint length makes the namespace part prefix-free: no key of one
 // namespace starts with another namespace's prefix, so a range clamped to
@@ -18,10 +19,10 @@ import (
 // janitor reclaims its own namespace by scanning its index up to its own
 // clock's now.
 const (
-	tagData   byte = 'd'
-	tagExpiry byte = 'x'
-	// tagIdempotency is reserved for idempotency keys.
+	tagData        byte = 'd'
+	tagExpiry      byte = 'x'
 	tagIdempotency byte = 'i'
+	tagIdemExpiry  byte = 'y'
 )
 
 // layout holds the precomputed key prefixes of one namespace.
@@ -30,10 +31,19 @@ type layout struct {
 	dataEnd   []byte // first key after them
 	expiry    []byte // start of the namespace's expiry index
 	expiryEnd []byte
+	// Idempotency records live apart from data, so scans, counts and
+	// clears never see them, with an expiry index of their own.
+	idem       []byte
+	idemExpiry []byte
 }
 
 func newLayout(ns string) layout {
-	l := layout{data: nsPrefix(tagData, ns), expiry: nsPrefix(tagExpiry, ns)}
+	l := layout{
+		data:       nsPrefix(tagData, ns),
+		expiry:     nsPrefix(tagExpiry, ns),
+		idem:       nsPrefix(tagIdempotency, ns),
+		idemExpiry: nsPrefix(tagIdemExpiry, ns),
+	}
 	l.dataEnd = prefixEnd(l.data)
 	l.expiryEnd = prefixEnd(l.expiry)
 	return l
@@ -71,14 +81,31 @@ func (l *layout) userKey(dataKey []byte) string {
 
 // expiryKey appends the expiry index key of userKey expiring at ms.
 func (l *layout) expiryKey(dst []byte, ms int64, userKey []byte) []byte {
-	dst = append(dst, l.expiry...)
-	dst = binary.BigEndian.AppendUint64(dst, uint64(ms))
-	return append(dst, userKey...)
+	return appendIndexKey(dst, l.expiry, ms, userKey)
 }
 
-// parseExpiryKey splits an expiry index key of this namespace.
-func (l *layout) parseExpiryKey(k []byte) (ms int64, userKey []byte, ok bool) {
-	rest := k[len(l.expiry):]
+// idemKey appends the key of the idempotency record of idem.
+func (l *layout) idemKey(dst []byte, idem string) []byte {
+	dst = append(dst, l.idem...)
+	return append(dst, idem...)
+}
+
+// idemExpiryKey appends the index key of an idempotency record expiring at
+// ms.
+func (l *layout) idemExpiryKey(dst []byte, ms int64, idem []byte) []byte {
+	return appendIndexKey(dst, l.idemExpiry, ms, idem)
+}
+
+// appendIndexKey appends an expiry index key: prefix, be64(ms), key.
+func appendIndexKey(dst, prefix []byte, ms int64, key []byte) []byte {
+	dst = append(dst, prefix...)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(ms))
+	return append(dst, key...)
+}
+
+// parseIndexKey splits an expiry index key starting with prefix.
+func parseIndexKey(prefix, k []byte) (ms int64, key []byte, ok bool) {
+	rest := k[len(prefix):]
 	if len(rest) < 8 {
 		return 0, nil, false
 	}

@@ -14,6 +14,7 @@ const (
 	DefaultMaxScan         = 10000
 	DefaultMaxBatch        = 1000
 	DefaultReclaimInterval = time.Minute
+	DefaultIdemRetention   = 24 * time.Hour
 )
 
 // MaxDepth is the deepest nesting of arrays and objects accepted in a value.
@@ -48,6 +49,16 @@ type Options struct {
 	// (expired keys stay invisible, their space is reclaimed only by
 	// Reclaim).
 	ReclaimInterval time.Duration
+	// IdemRetention is how long the idempotency key of a write command
+	// ("idem") is remembered: a redelivery within it is answered with the
+	// recorded result and not applied again. It must outlast the longest
+	// redelivery delay of the flow's source. Default 24 hours.
+	IdemRetention time.Duration
+	// IdemFrom, when set, is a path in the event's meta (such as
+	// "message_id", which bus sources fill) whose string value becomes the
+	// idempotency key of every write command that gives none; a write
+	// without it is refused. Default "": only explicit "idem" keys count.
+	IdemFrom string
 	// Logger receives janitor failures. Default slog.Default().
 	Logger *slog.Logger
 	// OnCommands, when set, is told the outcome of the commands of each
@@ -86,6 +97,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.ReclaimInterval == 0 {
 		o.ReclaimInterval = DefaultReclaimInterval
+	}
+	if o.IdemRetention <= 0 {
+		o.IdemRetention = DefaultIdemRetention
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,6 +38,9 @@ func Run(t *testing.T, newBackend func(t *testing.T) kv.Backend) {
 	})
 	t.Run("reclaim deletes expired keys only", func(t *testing.T) {
 		testReclaim(t, NewHarness(t, newBackend(t)))
+	})
+	t.Run("idempotency keys within one batch and past their retention", func(t *testing.T) {
+		testIdemBatchAndReclaim(t, NewHarness(t, newBackend(t)))
 	})
 	t.Run("concurrent increments lose nothing", func(t *testing.T) {
 		testConcurrentIncrements(t, NewHarness(t, newBackend(t)), 8, 10000)
@@ -313,5 +317,59 @@ func testConcurrentIncrements(t *testing.T, h *Harness, goroutines, perG int) {
 		if v != int64(i+1) {
 			t.Fatalf("increment results are not 1..%d: position %d holds %d", total, i, v)
 		}
+	}
+}
+
+// testIdemBatchAndReclaim checks that a repeated idempotency key is caught
+// within one Process batch (one commit group), and that the janitor
+// reclaims idempotency records once their retention has passed, leaving
+// younger ones.
+func testIdemBatchAndReclaim(t *testing.T, h *Harness) {
+	ctx := context.Background()
+	h.Options.IdemRetention = time.Minute
+	evs := []pipeline.Event{
+		Event(M(`"increment":"n","idem":"a"`), ``),
+		Event(M(`"increment":"n","idem":"b"`), ``),
+		Event(M(`"increment":"n","idem":"a"`), ``),
+		Event(M(`"increment":"n","by":2,"idem":"a"`), ``),
+		Event(M(`"get":"n"`), ``),
+	}
+	got := h.DoBatch("i", evs...)
+	want := []string{
+		op("increment", "n", `1`, false),
+		op("increment", "n", `2`, true),
+		op("increment", "n", `1`, false, `,"replayed":true`),
+		"", // conflict, checked below
+		get("n", `2`, true),
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d events: %s", len(got), join(Strings(got)))
+	}
+	for i, g := range got {
+		if i == 3 {
+			if g.Port != "err" || !strings.Contains(gjson.GetBytes(g.Event.Meta, "error").String(), kv.ErrIdemConflict.Error()) {
+				t.Errorf("event 3: %s, want an idempotency conflict", g)
+			}
+			continue
+		}
+		if s := Strings(got[i : i+1])[0]; s != want[i] {
+			t.Errorf("event %d: %s, want %s", i, s, want[i])
+		}
+	}
+	h.Clock.Advance(30 * time.Second)
+	h.Do("i", M(`"increment":"n","idem":"c"`), ``)
+	if n, err := h.Conn("i").Reclaim(ctx); err != nil || n != 0 {
+		t.Fatalf("Reclaim within retention = %d, %v; want 0", n, err)
+	}
+	h.Clock.Advance(30 * time.Second)
+	if n, err := h.Conn("i").Reclaim(ctx); err != nil || n != 2 {
+		t.Fatalf("Reclaim = %d, %v; want 2 (a, b)", n, err)
+	}
+	// a is forgotten and applies again; c is still remembered.
+	if g := Strings(h.Do("i", M(`"increment":"n","idem":"a"`), ``))[0]; g != op("increment", "n", `4`, true) {
+		t.Errorf("a after its retention: %s", g)
+	}
+	if g := Strings(h.Do("i", M(`"increment":"n","idem":"c"`), ``))[0]; g != op("increment", "n", `3`, true, `,"replayed":true`) {
+		t.Errorf("c within its retention: %s", g)
 	}
 }
