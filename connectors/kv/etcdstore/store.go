@@ -439,16 +439,26 @@ func (g *group) reqCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(g.ctx, g.s.opts.RequestTimeout)
 }
 
-// readOpts pins a read to the group's revision once it has one.
+// readOpts pins a read to the group's revision once it has one. The
+// group's first read is linearizable (it goes through the cluster's
+// consensus and fixes the revision); the later ones are served by the
+// member the client talks to, which has applied that revision already,
+// without a round of consensus each: at most they see data older than the
+// commit compares, and then the compare fails and the group reruns.
 func (g *group) readOpts(opts ...clientv3.OpOption) []clientv3.OpOption {
 	if g.rev != 0 {
-		opts = append(opts, clientv3.WithRev(g.rev))
+		opts = append(opts, clientv3.WithRev(g.rev), clientv3.WithSerializable())
 	}
 	return opts
 }
 
 func (g *group) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	resp, err := g.s.client.Get(ctx, key, g.readOpts(opts...)...)
+	if err != nil && g.rev != 0 && strings.Contains(err.Error(), "required revision is a future revision") {
+		// The member serving the read has not applied the group's
+		// revision yet: ask through consensus instead.
+		resp, err = g.s.client.Get(ctx, key, append(opts, clientv3.WithRev(g.rev))...)
+	}
 	if err != nil {
 		if isCompacted(err) {
 			g.retry = errRetry

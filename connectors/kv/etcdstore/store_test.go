@@ -15,6 +15,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/kvtest"
 	"github.com/flowrun/flowrun/pipeline"
@@ -481,6 +483,71 @@ func TestRecordCodec(t *testing.T) {
 	for _, bad := range []string{"", "\x01abc", "\x07"} {
 		if _, _, err := decodeRecord([]byte(bad)); !errors.Is(err, ErrCorruptRecord) {
 			t.Errorf("decode %q: %v, want ErrCorruptRecord", bad, err)
+		}
+	}
+}
+
+// Three stores on one prefix stand for three flowrun processes sharing
+// work, with idempotency keys and batches large enough to split into
+// several etcd transactions: every increment applies once, and each
+// running total of a key is answered to exactly one command.
+func TestProcessesIncrementWithIdem(t *testing.T) {
+	eps := endpoints(t)
+	prefix := randomPrefix(t)
+	const procs, perProc, batch, keys = 3, 1200, 128, 10
+	var wg sync.WaitGroup
+	errc := make(chan error, procs)
+	totals := make([][]string, procs) // "key=T" answered to each process
+	for p := range procs {
+		s := open(t, eps, prefix)
+		c, err := kv.New(s, kv.Options{Namespace: "ctr", ReclaimInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close(context.Background())
+			for done := 0; done < perProc; done += batch {
+				evs := make([]pipeline.Event, min(batch, perProc-done))
+				for i := range evs {
+					n := done + i
+					evs[i] = kvtest.Event(kvtest.M(fmt.Sprintf(`"increment":"k%d","idem":"p%d-%d"`, n%keys, p, n)), ``)
+				}
+				var rec kvtest.Recorder
+				if err := c.Process(context.Background(), evs, &rec); err != nil {
+					errc <- err
+					return
+				}
+				for _, o := range rec.Events {
+					if o.Port != "out" {
+						errc <- fmt.Errorf("process %d: %s", p, o)
+						return
+					}
+					totals[p] = append(totals[p], gjson.GetBytes(o.Event.Meta, "kv.key").String()+"="+string(o.Event.Data))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, ts := range totals {
+		for _, kt := range ts {
+			seen[kt]++
+			if seen[kt] == 2 {
+				t.Errorf("running total %s answered twice", kt)
+			}
+		}
+	}
+	h := kvtest.NewHarness(t, open(t, eps, prefix))
+	for k := range keys {
+		got := h.Do("ctr", kvtest.M(`"get":"k`+strconv.Itoa(k)+`"`), "")
+		if want := strconv.Itoa(procs * perProc / keys); len(got) != 1 || string(got[0].Event.Data) != want {
+			t.Errorf("k%d = %s, want %s", k, kvtest.Strings(got), want)
 		}
 	}
 }
