@@ -260,8 +260,19 @@ func errMeta(cmd *command, corr []byte, err error) []byte {
 }
 
 // reclaimChunk bounds the expiry index entries handled per transaction, so
-// the janitor never holds the writer for long.
+// the janitor never holds the writer for long. A backend that limits the
+// writes of a transaction (TxnLimiter) gets smaller chunks: each entry
+// costs up to two deletions, the record's and its own.
 const reclaimChunk = 1000
+
+// reclaimChunkFor returns the expiry index entries one reclaim
+// transaction on b may handle.
+func reclaimChunkFor(b Backend) int {
+	if l, ok := b.(TxnLimiter); ok && l.MaxTxnWrites() > 0 {
+		return max(1, min(reclaimChunk, l.MaxTxnWrites()/2))
+	}
+	return reclaimChunk
+}
 
 // Reclaim deletes the records of this namespace that expired at or before
 // the connector's clock's now, with their expiry index entries, and returns
@@ -270,6 +281,7 @@ const reclaimChunk = 1000
 // whether or not they have been reclaimed.
 func (c *Connector) Reclaim(ctx context.Context) (int, error) {
 	total := 0
+	chunk := reclaimChunkFor(c.b)
 	for {
 		n, more := 0, false
 		fn := func(tx Txn) error {
@@ -278,7 +290,7 @@ func (c *Connector) Reclaim(ctx context.Context) (int, error) {
 			end := c.layout.expiryKey(nil, now+1, nil) // entries with expireAt <= now
 			var idx [][]byte
 			err := tx.Scan(c.layout.expiry, end, func(k, _ []byte, _ int64) (bool, error) {
-				if len(idx) == reclaimChunk {
+				if len(idx) == chunk {
 					more = true
 					return false, nil
 				}
