@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/pipeline"
@@ -30,6 +31,10 @@ type BuildOptions struct {
 	// Stores shares kv stores between the kv connectors of this process.
 	// Default: a new pool for this build.
 	Stores *pebblestore.Pool
+	// EtcdStores shares etcd stores (one client per endpoints and prefix)
+	// between the kv connectors of this process. Default: a new pool for
+	// this build.
+	EtcdStores *etcdstore.Pool
 	// Logger receives component logs. Default slog.Default().
 	Logger *slog.Logger
 	// Local is the in-process bus of the gochannel connectors. Pass the
@@ -62,6 +67,9 @@ func (o *BuildOptions) EnsureDefaults() {
 	}
 	if o.Stores == nil {
 		o.Stores = pebblestore.NewPool()
+	}
+	if o.EtcdStores == nil {
+		o.EtcdStores = etcdstore.NewPool()
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

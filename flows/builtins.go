@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/connectors/jsonl"
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/operators/expr"
@@ -197,24 +199,54 @@ func builtinSpecs() []Spec {
 	}
 }
 
+// The kv connector's backends.
+const (
+	backendPebble = "pebble"
+	backendEtcd   = "etcd"
+)
+
+var (
+	onPebble = &When{Field: "backend", Values: []string{backendPebble}}
+	onEtcd   = &When{Field: "backend", Values: []string{backendEtcd}}
+)
+
 func kvSpec() Spec {
 	itoa := strconv.Itoa
 	return Spec{
 		Type: "kv",
 		Kind: KindProcessor,
 		Summary: "The persistent key-value store. Applies the command in each event's `meta.kv` to a Pebble store " +
+			"(`backend: pebble`, the default) or an etcd cluster several flowrun processes share (`backend: etcd`, see docs/scaling.md) " +
 			"and emits the result on `out`, or the event with `meta.error` on `err`; `meta.correlation` is copied unchanged. " +
-			"Several kv connectors of one process may share a directory (one store), each in its own namespace.",
+			"Several kv connectors of one process may share a directory, or etcd endpoints and prefix (one store), each in its own namespace.",
 		Fields: []Field{
-			{Name: "dir", Aliases: []string{"path"}, Type: TypePath, Required: true,
+			{Name: "backend", Type: TypeEnum, Enum: []string{backendPebble, backendEtcd}, Default: backendPebble,
+				Doc: "Where the store lives: pebble, a directory of this machine; etcd, an etcd cluster."},
+			{Name: "dir", Aliases: []string{"path"}, Type: TypePath, Required: true, RequiredWhen: onPebble, OnlyWhen: onPebble,
 				Doc: "Store directory, relative to the flow file unless absolute; created when missing."},
 			{Name: "namespace", Type: TypeString, Doc: "Key namespace; defaults to the flow's name."},
-			{Name: "sync", Type: TypeBool, Default: "true",
+			{Name: "sync", Type: TypeBool, Default: "true", OnlyWhen: onPebble,
 				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},
-			{Name: "max_batch", Type: TypeInt, Default: itoa(pebblestore.DefaultMaxBatch),
+			{Name: "max_batch", Type: TypeInt, Default: itoa(pebblestore.DefaultMaxBatch), OnlyWhen: onPebble,
 				Doc: "Most commands committed together as one group (one disk sync)."},
-			{Name: "max_delay", Type: TypeDuration, Default: "0s",
+			{Name: "max_delay", Type: TypeDuration, Default: "0s", OnlyWhen: onPebble,
 				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once."},
+			{Name: "endpoints", Type: TypeStrings, Required: true, RequiredWhen: onEtcd, OnlyWhen: onEtcd, Env: true,
+				Doc: "Client URLs of the etcd cluster: a list, or one comma-separated string."},
+			{Name: "prefix", Type: TypeString, Default: "flowrun/", OnlyWhen: onEtcd, Env: true,
+				Doc: "Prepended to every etcd key of the store; stores with different prefixes are independent."},
+			{Name: "dial_timeout", Type: TypeDuration, Default: "5s", OnlyWhen: onEtcd,
+				Doc: "How long connecting to the cluster may take when the flow starts."},
+			{Name: "request_timeout", Type: TypeDuration, Default: "10s", OnlyWhen: onEtcd,
+				Doc: "Longest wait for one etcd request; a commit timing out fails its commands with the outcome unknown."},
+			{Name: "tls_cert", Type: TypePath, OnlyWhen: onEtcd, Env: true,
+				Doc: "Client certificate (PEM) for TLS; TLS is used when any tls_ option is set."},
+			{Name: "tls_key", Type: TypePath, OnlyWhen: onEtcd, Env: true, Doc: "Key of tls_cert (PEM)."},
+			{Name: "tls_ca", Type: TypePath, OnlyWhen: onEtcd, Env: true, Doc: "CA bundle (PEM) verifying the cluster's certificates."},
+			{Name: "max_txn_ops", Type: TypeInt, Default: "128", OnlyWhen: onEtcd,
+				Doc: "The cluster's --max-txn-ops: a command needing more writes in one transaction fails on err."},
+			{Name: "max_request_bytes", Type: TypeByteSize, Default: "1536KiB", OnlyWhen: onEtcd,
+				Doc: "The cluster's --max-request-bytes: a command whose writes are larger fails on err."},
 			{Name: "max_key_length", Type: TypeInt, Default: itoa(kv.DefaultMaxKeyLength), Doc: "Longest key, in characters."},
 			{Name: "max_value_bytes", Type: TypeByteSize, Default: "4MiB", Doc: "Largest value, measured as canonical JSON."},
 			{Name: "max_get_all", Type: TypeInt, Default: itoa(kv.DefaultMaxGetAll), Doc: "Most entries one get_all may return."},
@@ -227,8 +259,8 @@ func kvSpec() Spec {
 				Doc: "Path in the event's meta (e.g. `message_id`, set by bus sources) giving every write command without `idem` its idempotency key; a write lacking it is refused."},
 		},
 		Ports: StaticPorts(kv.Ports()...),
-		Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
-			conn, err := openKV(env, c)
+		Build: func(ctx context.Context, env *BuildEnv, c *Config) (Component, error) {
+			conn, err := openKV(ctx, env, c)
 			if err != nil {
 				return Component{}, err
 			}
@@ -237,21 +269,23 @@ func kvSpec() Spec {
 	}
 }
 
-// openKV opens the kv connector described by the kv fields of c (dir,
-// namespace, sync and limits), sharing the store of dir through
-// env.Options.Stores. The kv and lua specs use it.
-func openKV(env *BuildEnv, c *Config) (*kv.Connector, error) {
+// kvConfigured reports whether c names a kv store: a dir, or the etcd
+// backend.
+func kvConfigured(c *Config) bool {
+	return c.String("dir") != "" || c.String("backend") == backendEtcd
+}
+
+// openKV opens the kv connector described by the kv fields of c (backend,
+// dir or etcd options, namespace, sync and limits), sharing the store with
+// the other connectors of the process through env.Options.Stores (one per
+// directory) or env.Options.EtcdStores (one per endpoints and prefix). The
+// kv and lua specs use it.
+func openKV(ctx context.Context, env *BuildEnv, c *Config) (*kv.Connector, error) {
 	ns := c.String("namespace")
 	if ns == "" && env.Flow != nil {
 		ns = env.Flow.Name
 	}
-	dir := c.String("dir")
-	backend, err := env.Options.Stores.Open(dir, pebblestore.Options{
-		NoSync:   !c.Bool("sync"),
-		MaxBatch: c.Int("max_batch"),
-		MaxDelay: c.Duration("max_delay"),
-		Logger:   env.Options.Logger,
-	})
+	backend, where, err := openBackend(ctx, env, c)
 	if err != nil {
 		return nil, err
 	}
@@ -269,9 +303,36 @@ func openKV(env *BuildEnv, c *Config) (*kv.Connector, error) {
 	})
 	if err != nil {
 		_ = backend.Close()
-		return nil, fmt.Errorf("store %q: %w", dir, err)
+		return nil, fmt.Errorf("store %s: %w", where, err)
 	}
 	return conn, nil
+}
+
+// openBackend opens (or shares) the store c names and says where it is.
+func openBackend(ctx context.Context, env *BuildEnv, c *Config) (kv.Backend, string, error) {
+	if c.String("backend") == backendEtcd {
+		o := etcdstore.Options{
+			Endpoints:       c.Strings("endpoints"),
+			Prefix:          c.String("prefix"),
+			DialTimeout:     c.Duration("dial_timeout"),
+			RequestTimeout:  c.Duration("request_timeout"),
+			CertFile:        c.String("tls_cert"),
+			KeyFile:         c.String("tls_key"),
+			CAFile:          c.String("tls_ca"),
+			MaxTxnOps:       c.Int("max_txn_ops"),
+			MaxRequestBytes: int(min(c.ByteSize("max_request_bytes"), 1<<40)),
+		}
+		b, err := env.Options.EtcdStores.Open(ctx, o)
+		return b, fmt.Sprintf("etcd %s prefix %q", strings.Join(o.Endpoints, ","), o.Prefix), err
+	}
+	dir := c.String("dir")
+	b, err := env.Options.Stores.Open(dir, pebblestore.Options{
+		NoSync:   !c.Bool("sync"),
+		MaxBatch: c.Int("max_batch"),
+		MaxDelay: c.Duration("max_delay"),
+		Logger:   env.Options.Logger,
+	})
+	return b, strconv.Quote(dir), err
 }
 
 // busMode tells a bus connector's role from its mode option.

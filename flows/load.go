@@ -393,7 +393,7 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, node string, skip string) (*Config, bool) {
 	cfg := NewConfig(node, spec.Type, nil)
 	ok := true
-	given := map[string]bool{} // options present, valid or not
+	given := map[string]*yaml.Node{} // options present, valid or not, by field name
 	if m != nil {
 		l.eachPair(m, field, func(name string, k, v *yaml.Node) {
 			if name == skip {
@@ -408,14 +408,21 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 			sub := field + "." + name
 			if f == nil {
 				f = spec.Extra
-			} else if given[f.Name] {
+			} else if given[f.Name] != nil {
 				l.errorf(k, field, "option %q is set twice (%q is an alias of %q)", f.Name, name, f.Name)
 				ok = false
 				return
 			} else {
-				given[f.Name] = true
+				given[f.Name] = k
 			}
 			text, scalar := valueText(v)
+			if f.Type == TypeStrings && deref(v).Kind == yaml.SequenceNode {
+				text, scalar = l.listText(deref(v), sub)
+				if text == "" && scalar {
+					ok = false // an item was reported
+					return
+				}
+			}
 			if !scalar {
 				l.errorf(v, sub, "expected %s, got %s", typeDesc(f), describe(v))
 				ok = false
@@ -425,6 +432,14 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 				l.errorf(v, sub, "expected %s, got nothing", typeDesc(f))
 				ok = false
 				return
+			}
+			if f.Env {
+				var msg string
+				if text, msg = expandEnv(text); msg != "" {
+					l.errorf(v, sub, "%s", msg)
+					ok = false
+					return
+				}
 			}
 			val, msg := l.reg.parseValue(f, text, isNull(v), l.dir)
 			pos := v
@@ -447,23 +462,79 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 			cfg.set[f.Name] = true
 		})
 	}
+	// Defaults first: conditions on other options see their defaults.
 	for i := range spec.Fields {
 		f := &spec.Fields[i]
-		if cfg.set[f.Name] || given[f.Name] {
+		if cfg.set[f.Name] || given[f.Name] != nil || f.Default == "" {
 			continue
 		}
-		if f.Required {
+		if val, msg := l.reg.parseValue(f, f.Default, false, l.dir); msg == "" {
+			cfg.values[f.Name] = val
+		}
+	}
+	for i := range spec.Fields {
+		f := &spec.Fields[i]
+		if k := given[f.Name]; k != nil {
+			// An invalid value of the tested option is reported already.
+			if w := f.OnlyWhen; w != nil && (given[w.Field] == nil || cfg.set[w.Field]) && !w.holds(cfg) {
+				l.warnf(k, field, "option %q has no effect: it applies only when %s", f.Name, f.OnlyWhen.describe(nil))
+			}
+			continue
+		}
+		switch {
+		case !f.Required:
+		case f.RequiredWhen == nil:
 			l.errorf(key, field, "missing required option %q", f.Name)
 			ok = false
-			continue
-		}
-		if f.Default != "" {
-			if val, msg := l.reg.parseValue(f, f.Default, false, l.dir); msg == "" {
-				cfg.values[f.Name] = val
-			}
+		case f.RequiredWhen.holds(cfg):
+			l.errorf(key, field, "missing option %q, required when %s", f.Name, f.RequiredWhen.describe(cfg))
+			ok = false
 		}
 	}
 	return cfg, ok
+}
+
+// listText joins the items of a YAML list with commas, for a TypeStrings
+// option. An item that is not a plain string is reported: then text is ""
+// and scalar true.
+func (l *loader) listText(seq *yaml.Node, field string) (text string, scalar bool) {
+	items := make([]string, 0, len(seq.Content))
+	for i, item := range seq.Content {
+		s, isScalar := valueText(item)
+		if !isScalar || isNull(item) || strings.Contains(s, ",") {
+			l.errorf(item, fmt.Sprintf("%s[%d]", field, i), "expected a string without commas, got %s", describe(item))
+			return "", true
+		}
+		items = append(items, s)
+	}
+	return strings.Join(items, ","), true
+}
+
+// envRe matches ${NAME} in option values that accept environment
+// variables.
+var envRe = regexp.MustCompile(`\$\{([^}]*)\}`)
+
+var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// expandEnv replaces each ${NAME} of s by the environment variable NAME.
+// msg explains the first name that is malformed or unset.
+func expandEnv(s string) (out, msg string) {
+	out = envRe.ReplaceAllStringFunc(s, func(m string) string {
+		name := m[2 : len(m)-1]
+		if msg != "" {
+			return m
+		}
+		if !envNameRe.MatchString(name) {
+			msg = fmt.Sprintf("invalid environment variable name %q in %q", name, s)
+			return m
+		}
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			msg = fmt.Sprintf("environment variable %s is not set (named in %q)", name, s)
+		}
+		return v
+	})
+	return out, msg
 }
 
 // exprErrorPos points at the problem inside an expression when the

@@ -26,10 +26,20 @@ func TestBrokenFiles(t *testing.T) {
 		{"unknown_operator.yaml", []string{
 			`7:7: error: pipelines.main[0]: unknown operator "filtr" (did you mean "filter"?)`}},
 		{"unknown_option.yaml", []string{
-			`4:3: error: connectors.store: missing required option "dir"`,
+			`4:3: error: connectors.store: missing option "dir", required when backend is pebble (the default)`,
 			`6:5: error: connectors.store: unknown option "dri" (did you mean "dir"?)`}},
 		{"missing_required.yaml", []string{
-			`4:3: error: connectors.store: missing required option "dir"`}},
+			`4:3: error: connectors.store: missing option "dir", required when backend is pebble (the default)`}},
+		{"missing_required_when.yaml", []string{
+			`4:3: error: connectors.store: missing option "endpoints", required when backend is etcd`}},
+		{"option_without_effect.yaml", []string{
+			`4:73: warning: connectors.store: option "dir" has no effect: it applies only when backend is pebble`,
+			`6:5: warning: connectors.store2: option "sync" has no effect: it applies only when backend is pebble`,
+			`11:5: warning: connectors.pstore: option "prefix" has no effect: it applies only when backend is etcd`}},
+		{"bad_endpoints.yaml", []string{
+			`9:9: error: connectors.store.endpoints[1]: expected a string without commas, got a mapping`,
+			`11:16: error: connectors.other.endpoints: environment variable FLOWRUN_TEST_UNSET_VARIABLE is not set (named in "${FLOWRUN_TEST_UNSET_VARIABLE}")`,
+			`13:16: error: connectors.third.endpoints: expected a list or a comma-separated string, got nothing`}},
 		{"wrong_type.yaml", []string{
 			`7:16: error: connectors.store.max_batch: expected an integer, got "lots"`,
 			`8:11: error: connectors.store.sync: expected true or false, got "maybe"`,
@@ -252,7 +262,7 @@ func TestLoadErrorListsErrors(t *testing.T) {
 	}
 	want := "f.yaml: invalid flow (2 errors)\n" +
 		"f.yaml:3:13: error: connectors.a.type: unknown connector type \"nope\"\n" +
-		"f.yaml:4:3: error: connectors.b: missing required option \"dir\""
+		"f.yaml:4:3: error: connectors.b: missing option \"dir\", required when backend is pebble (the default)"
 	if err.Error() != want {
 		t.Errorf("error text:\n got  %s\n want %s", err, want)
 	}
@@ -356,3 +366,110 @@ func TestRegistry(t *testing.T) {
 }
 
 func noopBuild(context.Context, *BuildEnv, *Config) (Component, error) { return Component{}, nil }
+
+// The etcd options of a kv connector: endpoints as a list, a
+// comma-separated string or an environment variable, defaults, and paths
+// resolved against the flow file.
+func TestLoadEtcdOptions(t *testing.T) {
+	t.Setenv("FLOWRUN_TEST_ETCD", "http://10.0.0.1:2379, http://10.0.0.2:2379")
+	t.Setenv("FLOWRUN_TEST_APP", "game")
+	dir := t.TempDir()
+	src := `name: etcd-opts
+connectors:
+  in: { type: stdin }
+  list: { type: kv, backend: etcd, endpoints: [http://a:2379, "http://b:2379"], tls_ca: certs/ca.pem }
+  comma: { type: kv, backend: etcd, endpoints: "http://a:2379,http://b:2379", prefix: "${FLOWRUN_TEST_APP}/kv/" }
+  env: { type: kv, backend: etcd, endpoints: "${FLOWRUN_TEST_ETCD}", max_txn_ops: 4096, request_timeout: 2s }
+  local: { type: kv, dir: state }
+  out: { type: stdout }
+links:
+  - in -> list
+  - in -> comma
+  - in -> env
+  - in -> local
+  - in/err -> out
+  - list -> out
+  - list/err -> out
+  - comma -> out
+  - comma/err -> out
+  - env -> out
+  - env/err -> out
+  - local -> out
+  - local/err -> out
+`
+	path := filepath.Join(dir, "flow.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	flow, diags, err := Load(path, NewRegistry())
+	if err != nil || len(diags) != 0 {
+		t.Fatalf("Load: %v\n%s", err, joinDiags(diags))
+	}
+	cfg := func(name string) *Config {
+		n, _ := flow.Node(name)
+		return n.Config
+	}
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"list endpoints", strings.Join(cfg("list").Strings("endpoints"), " "), "http://a:2379 http://b:2379"},
+		{"comma endpoints", strings.Join(cfg("comma").Strings("endpoints"), " "), "http://a:2379 http://b:2379"},
+		{"env endpoints", strings.Join(cfg("env").Strings("endpoints"), " "), "http://10.0.0.1:2379 http://10.0.0.2:2379"},
+		{"default prefix", cfg("list").String("prefix"), "flowrun/"},
+		{"env prefix", cfg("comma").String("prefix"), "game/kv/"},
+		{"tls_ca resolved", cfg("list").String("tls_ca"), filepath.Join(dir, "certs/ca.pem")},
+		{"backend", cfg("list").String("backend"), "etcd"},
+		{"default backend", cfg("local").String("backend"), "pebble"},
+		{"max_txn_ops", cfg("env").Int("max_txn_ops"), 4096},
+		{"default max_txn_ops", cfg("list").Int("max_txn_ops"), 128},
+		{"max_request_bytes", cfg("list").ByteSize("max_request_bytes"), int64(1536 << 10)},
+		{"request_timeout", cfg("env").Duration("request_timeout").String(), "2s"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.what, c.got, c.want)
+		}
+	}
+}
+
+func TestExpandEnv(t *testing.T) {
+	t.Setenv("FLOWRUN_TEST_A", "x")
+	t.Setenv("FLOWRUN_TEST_EMPTY", "")
+	for _, tc := range []struct{ in, want, msg string }{
+		{"plain", "plain", ""},
+		{"${FLOWRUN_TEST_A}/${FLOWRUN_TEST_A}", "x/x", ""},
+		{"$FLOWRUN_TEST_A", "$FLOWRUN_TEST_A", ""}, // only the braced form
+		{"a${FLOWRUN_TEST_EMPTY}b", "ab", ""},
+		{"${FLOWRUN_TEST_UNSET_VARIABLE}", "", "environment variable FLOWRUN_TEST_UNSET_VARIABLE is not set"},
+		{"${1X}", "", "invalid environment variable name \"1X\""},
+		{"${}", "", "invalid environment variable name \"\""},
+	} {
+		got, msg := expandEnv(tc.in)
+		if tc.msg != "" {
+			if !strings.Contains(msg, tc.msg) {
+				t.Errorf("expandEnv(%q): message %q, want it to contain %q", tc.in, msg, tc.msg)
+			}
+			continue
+		}
+		if got != tc.want || msg != "" {
+			t.Errorf("expandEnv(%q) = %q, %q; want %q", tc.in, got, msg, tc.want)
+		}
+	}
+}
+
+// A condition on an option the spec does not have is a programming error
+// caught at registration.
+func TestRegisterCheckedConditions(t *testing.T) {
+	r := NewEmptyRegistry()
+	for _, f := range []Field{
+		{Name: "dir", Type: TypeString, Required: true, RequiredWhen: &When{Field: "nope", Values: []string{"x"}}},
+		{Name: "dir", Type: TypeString, OnlyWhen: &When{Field: "dir", Values: []string{"x"}}},
+		{Name: "dir", Type: TypeString, OnlyWhen: &When{Field: "mode"}},
+	} {
+		err := r.Register(Spec{Type: "t", Build: noopBuild, Fields: []Field{f, {Name: "mode", Type: TypeString}}})
+		if err == nil || !strings.Contains(err.Error(), "condition") {
+			t.Errorf("register with condition %+v: %v, want refused", f.RequiredWhen, err)
+		}
+	}
+}

@@ -43,7 +43,7 @@ func luaSpec() Spec {
 		Fields:   fields,
 		Ports:    luaPorts,
 		PortsDoc: "`out`, `err`, plus those listed in `ports`",
-		Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
+		Build: func(ctx context.Context, env *BuildEnv, c *Config) (Component, error) {
 			src, name, err := luaSource(c)
 			if err != nil {
 				return Component{}, err
@@ -58,8 +58,8 @@ func luaSpec() Spec {
 				MaxStringBytes: int(min(c.ByteSize("max_string_bytes"), 1<<40)),
 				Logger:         env.Options.Logger.With("node", c.Node),
 			}
-			if c.String("dir") != "" {
-				conn, err := openKV(env, c)
+			if kvConfigured(c) {
+				conn, err := openKV(ctx, env, c)
 				if err != nil {
 					return Component{}, err
 				}

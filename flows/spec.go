@@ -56,6 +56,10 @@ const (
 	TypePath FieldType = "path"
 	// TypeEnum is one of Field.Enum.
 	TypeEnum FieldType = "enum"
+	// TypeStrings is a list of strings, written as a YAML list or as one
+	// comma-separated string; empty items are dropped and at least one
+	// must remain.
+	TypeStrings FieldType = "strings"
 )
 
 // Field describes one option of a component: how it is validated and how it
@@ -65,8 +69,19 @@ type Field struct {
 	Name string
 	// Type says which values are valid.
 	Type FieldType
-	// Required options must be set.
+	// Required options must be set; with RequiredWhen, only in configs
+	// where that condition holds.
 	Required bool
+	// RequiredWhen limits Required to the configs meeting a condition on
+	// another option (the kv connector's dir is required only when its
+	// backend is pebble). Nil: Required holds for every config.
+	RequiredWhen *When
+	// OnlyWhen, when set, says the option has an effect only in configs
+	// meeting the condition; setting it in another config is warned about.
+	OnlyWhen *When
+	// Env lets the value name environment variables as ${NAME}, replaced
+	// when the flow is loaded; naming an unset variable is an error.
+	Env bool
 	// Default is the value used when the option is not set, written as it
 	// would be in the flow file ("" for none).
 	Default string
@@ -76,6 +91,41 @@ type Field struct {
 	Enum []string
 	// Aliases are other accepted keys for the option.
 	Aliases []string
+}
+
+// When is a condition on another option of the same component: it holds
+// for a config in which that option's value (given or default) is one of
+// Values.
+type When struct {
+	// Field names the option tested; it must be a field of the spec.
+	Field string
+	// Values are the values for which the condition holds.
+	Values []string
+}
+
+// holds reports whether the condition holds for c. An option that was
+// given an invalid value has no value, so no condition on it holds.
+func (w *When) holds(c *Config) bool {
+	v, ok := c.values[w.Field].(string)
+	return ok && contains(w.Values, v)
+}
+
+// describe says when the condition holds, in words: `backend is etcd`.
+func (w *When) describe(c *Config) string {
+	s := w.Field + " is " + strings.Join(w.Values, " or ")
+	if c != nil && !c.Has(w.Field) {
+		s += " (the default)"
+	}
+	return s
+}
+
+// markdown is the condition for the reference: `backend: etcd`.
+func (w *When) markdown() string {
+	alts := make([]string, len(w.Values))
+	for i, v := range w.Values {
+		alts[i] = "`" + w.Field + ": " + v + "`"
+	}
+	return strings.Join(alts, " or ")
 }
 
 // Component is what a Spec builds: exactly one of its fields is set,
@@ -195,7 +245,7 @@ type Config struct {
 // NewConfig returns a config with the given option values, for building
 // components from code and in tests. Values must already have the Go type
 // matching the field type (string, int, bool, time.Duration; int64 for
-// TypeByteSize). Field defaults are not applied: only Load does that.
+// TypeByteSize; []string for TypeStrings). Field defaults are not applied: only Load does that.
 func NewConfig(node, typ string, values map[string]any, extra ...Entry) *Config {
 	c := &Config{Node: node, Type: typ, Extra: extra, values: map[string]any{}, set: map[string]bool{}}
 	for k, v := range values {
@@ -217,6 +267,15 @@ func (c *Config) String(name string) string {
 		return ""
 	}
 	s, _ := c.values[name].(string)
+	return s
+}
+
+// Strings returns a strings option (nil when unset and without default).
+func (c *Config) Strings(name string) []string {
+	if c == nil {
+		return nil
+	}
+	s, _ := c.values[name].([]string)
 	return s
 }
 
@@ -298,6 +357,11 @@ func (r *Registry) Register(s Spec) error {
 	for _, f := range s.Fields {
 		if f.Type == TypeEnum && len(f.Enum) == 0 {
 			return fmt.Errorf("flows: register %q: enum field %q has no values", s.Type, f.Name)
+		}
+		for _, w := range []*When{f.RequiredWhen, f.OnlyWhen} {
+			if w != nil && (s.field(w.Field) == nil || w.Field == f.Name || len(w.Values) == 0) {
+				return fmt.Errorf("flows: register %q: field %q has a condition on %q, which is not another field of the spec or lists no values", s.Type, f.Name, w.Field)
+			}
 		}
 	}
 	r.specs[s.Type] = &s
@@ -404,6 +468,17 @@ func (r *Registry) parseValue(f *Field, text string, isNull bool, baseDir string
 			}
 		}
 		return nil, fmt.Sprintf("invalid value %q (want one of %s)%s", text, strings.Join(f.Enum, ", "), didYouMean(text, f.Enum))
+	case TypeStrings:
+		var list []string
+		for _, s := range strings.Split(text, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				list = append(list, s)
+			}
+		}
+		if len(list) == 0 {
+			return nil, "expected a list or a comma-separated string, got nothing"
+		}
+		return list, ""
 	}
 	return nil, fmt.Sprintf("field has unknown type %q", f.Type)
 }
@@ -502,14 +577,24 @@ func (s *Spec) markdown(b *strings.Builder) {
 			typ = "`" + strings.Join(f.Enum, "` \\| `") + "`"
 		}
 		req := "no"
-		if f.Required {
+		switch {
+		case f.Required && f.RequiredWhen != nil:
+			req = "if " + f.RequiredWhen.markdown()
+		case f.Required:
 			req = "yes"
+		}
+		doc := f.Doc
+		if f.Env {
+			doc += " `${NAME}` is replaced by environment variable NAME."
+		}
+		if f.OnlyWhen != nil {
+			doc += " Only with " + f.OnlyWhen.markdown() + "."
 		}
 		def := ""
 		if f.Default != "" {
 			def = "`" + f.Default + "`"
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", name, typ, req, def, strings.ReplaceAll(f.Doc, "|", "\\|"))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", name, typ, req, def, strings.ReplaceAll(doc, "|", "\\|"))
 	}
 	b.WriteString("\n")
 }

@@ -48,3 +48,14 @@ type Txn interface {
 	// until fn returns false or an error. A nil end means no upper bound.
 	Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error
 }
+
+// TxnLimiter is implemented by Backends that bound how many keys one
+// TxnFunc may write or delete (etcd caps the operations of a transaction).
+// Work the command layer splits over several TxnFuncs of its own accord,
+// such as reclaiming expired records, is cut to fit; a command that needs
+// more writes than the limit fails with the backend's error.
+type TxnLimiter interface {
+	// MaxTxnWrites returns the most keys one TxnFunc may write or delete;
+	// zero or less means no limit.
+	MaxTxnWrites() int
+}

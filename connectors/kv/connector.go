@@ -282,8 +282,19 @@ func errMeta(cmd *command, corr []byte, err error) []byte {
 }
 
 // reclaimChunk bounds the expiry index entries handled per transaction, so
-// the janitor never holds the writer for long.
+// the janitor never holds the writer for long. A backend that limits the
+// writes of a transaction (TxnLimiter) gets smaller chunks: each entry
+// costs up to two deletions, the record's and its own.
 const reclaimChunk = 1000
+
+// reclaimChunkFor returns the expiry index entries one reclaim
+// transaction on b may handle.
+func reclaimChunkFor(b Backend) int {
+	if l, ok := b.(TxnLimiter); ok && l.MaxTxnWrites() > 0 {
+		return max(1, min(reclaimChunk, l.MaxTxnWrites()/2))
+	}
+	return reclaimChunk
+}
 
 // expiryIndex is one kind of record reclaimed by expiry: the prefix of its
 // index and the key of the record an index entry stands for.
@@ -317,6 +328,7 @@ func (c *Connector) Reclaim(ctx context.Context) (int, error) {
 // transaction.
 func (c *Connector) reclaim(ctx context.Context, ix expiryIndex) (int, error) {
 	total := 0
+	chunk := reclaimChunkFor(c.b)
 	for {
 		n, more := 0, false
 		fn := func(tx Txn) error {
@@ -325,7 +337,7 @@ func (c *Connector) reclaim(ctx context.Context, ix expiryIndex) (int, error) {
 			end := appendIndexKey(nil, ix.prefix, now+1, nil) // entries with expireAt <= now
 			var idx [][]byte
 			err := tx.Scan(ix.prefix, end, func(k, _ []byte, _ int64) (bool, error) {
-				if len(idx) == reclaimChunk {
+				if len(idx) == chunk {
 					more = true
 					return false, nil
 				}

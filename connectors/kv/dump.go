@@ -297,7 +297,7 @@ func loadRecord(tx Txn, l *layout, r *Record) error {
 		return err
 	}
 	if r.ExpireAt != 0 {
-		return tx.Set(l.expiryKey(nil, r.ExpireAt, []byte(r.Key)), nil, 0)
+		return tx.Set(l.expiryKey(nil, r.ExpireAt, []byte(r.Key)), nil, r.ExpireAt)
 	}
 	return nil
 }

@@ -81,7 +81,9 @@ func (x *execer) store(key string, value []byte, exp int64, old record) error {
 		return err
 	}
 	if exp != 0 {
-		return x.tx.Set(x.c.layout.expiryKey(nil, exp, []byte(key)), nil, 0)
+		// The entry carries the record's expiry too, so a backend that
+		// removes expired records itself (etcd leases) removes both.
+		return x.tx.Set(x.c.layout.expiryKey(nil, exp, []byte(key)), nil, exp)
 	}
 	return nil
 }

@@ -136,7 +136,9 @@ func (x *execer) runIdem(cmd *command) (result, error) {
 	if err := x.tx.Set(ik, appendIdemRecord(nil, fp, &r, cmd), newExp); err != nil {
 		return result{}, err
 	}
-	if err := x.tx.Set(x.c.layout.idemExpiryKey(nil, newExp, []byte(cmd.idem)), nil, 0); err != nil {
+	// The index entry carries the record's expiry too, so a backend that
+	// removes expired records itself (etcd leases) removes both.
+	if err := x.tx.Set(x.c.layout.idemExpiryKey(nil, newExp, []byte(cmd.idem)), nil, newExp); err != nil {
 		return result{}, err
 	}
 	return r, nil

@@ -21,9 +21,17 @@
 //
 // Values are stored with their expiry in front (one flag byte, then an
 // 8-byte big-endian Unix-millisecond expiry when set, then the value), the
-// same record layout as the Pebble backend: expiry is decided by the
-// command layer's clock and expired records are removed by its reclaim
-// pass. Expiry through etcd leases is not used yet.
+// same record layout as the Pebble backend: visibility is decided by the
+// command layer's clock, to the millisecond. Removal is etcd's: a record
+// written with an expiry is attached to a lease that outlives the expiry by
+// a little, so etcd deletes the record (and the command layer's expiry
+// index entry, written with the same expiry) without any reclaim pass. One
+// lease serves every record expiring in the same time bucket (one second
+// for near expiries, up to about a sixteenth of the remaining time for far
+// ones), so a TTL write costs a lease grant only when it opens a new
+// bucket. A write without expiry detaches the key from its lease. Records
+// whose expiry has already passed when written, or lies beyond etcd's
+// longest lease, get no lease and are left to the reclaim pass.
 //
 // Known limit: a key deleted by another process inside a range this
 // process scanned is detected only while the group's compares fit in
@@ -88,6 +96,9 @@ type Options struct {
 	// MaxRetries bounds how often a group is rerun after a conflicting
 	// write by another process. Default 100.
 	MaxRetries int
+	// Now is the clock lease lifetimes are computed against: it should be
+	// the clock of the connectors deciding expiry. Default time.Now.
+	Now func() time.Time
 }
 
 // EnsureDefaults fills in the default of every zero field.
@@ -107,6 +118,9 @@ func (o *Options) EnsureDefaults() {
 	if o.MaxRetries <= 0 {
 		o.MaxRetries = 100
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 }
 
 // Store is a kv.Backend on etcd. It is safe for concurrent use; Updates of
@@ -119,11 +133,15 @@ type Store struct {
 
 	mu     sync.Mutex
 	closed bool
+	leases leaseCache // guarded by mu
 	// commitHook, when set (by tests), sees the size of each transaction.
 	commitHook func(cmps, ops int)
 }
 
-var _ kv.Backend = (*Store)(nil)
+var (
+	_ kv.Backend    = (*Store)(nil)
+	_ kv.TxnLimiter = (*Store)(nil)
+)
 
 // Open connects to the cluster and checks that it answers within
 // DialTimeout.
@@ -158,8 +176,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		_ = client.Close()
 		return nil, fmt.Errorf("etcdstore: cluster at %v does not answer: %w", opts.Endpoints, err)
 	}
-	return &Store{opts: opts, client: client, prefix: []byte(opts.Prefix)}, nil
+	return &Store{opts: opts, client: client, prefix: []byte(opts.Prefix), leases: leaseCache{byEnd: map[int64]lease{}}}, nil
 }
+
+// MaxTxnWrites implements kv.TxnLimiter: one TxnFunc may write or delete
+// at most the cluster's MaxTxnOps keys.
+func (s *Store) MaxTxnWrites() int { return s.opts.MaxTxnOps }
 
 // Close closes the client; every committed write is already durable in
 // the cluster.
@@ -237,6 +259,12 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, errs []error, i 
 		}
 		if g.retry == nil {
 			ok, err := g.commit()
+			if isLeaseNotFound(err) {
+				// A cached lease was revoked or expired behind our back:
+				// forget them all and rerun the group with fresh ones.
+				s.leases.reset()
+				ok, err = false, nil
+			}
 			if err != nil {
 				return i, err
 			}
@@ -269,7 +297,7 @@ func run(fn kv.TxnFunc, tx *txn) (err error) {
 }
 
 // encodeRecord and decodeRecord use the record layout shared with the
-// other backends (kv.AppendStoredRecord); expiry is not yet a lease.
+// other backends (kv.AppendStoredRecord).
 func encodeRecord(value []byte, expireAt int64) []byte {
 	return kv.AppendStoredRecord(make([]byte, 0, 9+len(value)), value, expireAt)
 }
@@ -299,6 +327,7 @@ func etcdEnd(end string) string {
 // write is one buffered write of the overlay.
 type write struct {
 	rec     []byte // encoded record; nil when deleted
+	exp     int64  // the record's expiry, Unix ms (0: none)
 	deleted bool
 }
 
@@ -545,7 +574,18 @@ func (g *group) commit() (ok bool, err error) {
 			}
 			continue
 		}
-		then = append(then, clientv3.OpPut(k, string(w.rec)))
+		var opts []clientv3.OpOption
+		if w.exp != 0 {
+			id, err := g.s.leaseFor(g.ctx, w.exp)
+			if err != nil {
+				return false, err
+			}
+			if id != clientv3.NoLease {
+				opts = append(opts, clientv3.WithLease(id))
+			}
+		}
+		// A put without a lease detaches the key from any lease it had.
+		then = append(then, clientv3.OpPut(k, string(w.rec), opts...))
 		putKeys = append(putKeys, k)
 	}
 	// etcd refuses a transaction whose puts fall inside its range
@@ -667,7 +707,7 @@ func (t *txn) Set(key, value []byte, expireAt int64) error {
 	if t.g.retry != nil {
 		return t.g.retry
 	}
-	t.g.set(t.key(key), write{rec: encodeRecord(value, expireAt)})
+	t.g.set(t.key(key), write{rec: encodeRecord(value, expireAt), exp: expireAt})
 	return nil
 }
 

@@ -55,15 +55,11 @@ func randomPrefix(t *testing.T) string {
 	return "flowrun-test/" + hex.EncodeToString(b) + "/"
 }
 
-// clusterTxnOps is the --max-txn-ops scripts/etcd-cluster.sh gives its
-// members: the kv connector's reclaim pass needs more than etcd's default.
-const clusterTxnOps = 4096
-
-// open opens a store under prefix and removes the prefix's keys when the
-// test ends.
+// open opens a store under prefix with etcd's default limits (whatever
+// the cluster allows) and removes the prefix's keys when the test ends.
 func open(t *testing.T, eps []string, prefix string) *Store {
 	t.Helper()
-	return openOpts(t, Options{Endpoints: eps, Prefix: prefix, MaxTxnOps: clusterTxnOps})
+	return openOpts(t, Options{Endpoints: eps, Prefix: prefix})
 }
 
 func openOpts(t *testing.T, opts Options) *Store {
@@ -102,7 +98,7 @@ func TestPersistence(t *testing.T) {
 	t.Cleanup(func() { wipe(t, eps, base) })
 	kvtest.RunPersistent(t, func(t *testing.T, dir string) kv.Backend {
 		// The directory names the store: reopening it reopens the prefix.
-		s, err := Open(t.Context(), Options{Endpoints: eps, Prefix: base + dir + "/", MaxTxnOps: clusterTxnOps})
+		s, err := Open(t.Context(), Options{Endpoints: eps, Prefix: base + dir + "/"})
 		if err != nil {
 			t.Fatalf("Open: %v", err)
 		}
@@ -187,7 +183,7 @@ func TestOverlay(t *testing.T) {
 func TestNoPrefix(t *testing.T) {
 	eps := endpoints(t)
 	p := randomPrefix(t)
-	s := openOpts(t, Options{Endpoints: eps, MaxTxnOps: clusterTxnOps})
+	s := openOpts(t, Options{Endpoints: eps})
 	defer s.Close()
 	errs := update(t, s, setFn(p+"a", "1", 0), setFn(p+"b", "2", 0))
 	if errs[0] != nil || errs[1] != nil {

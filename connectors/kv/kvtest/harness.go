@@ -70,6 +70,16 @@ type sharedBackend struct{ kv.Backend }
 
 func (sharedBackend) Close() error { return nil }
 
+// MaxTxnWrites passes on the wrapped backend's limit (kv.TxnLimiter), if
+// any, so connectors size their reclaim transactions as they would on the
+// backend itself.
+func (s sharedBackend) MaxTxnWrites() int {
+	if l, ok := s.Backend.(kv.TxnLimiter); ok {
+		return l.MaxTxnWrites()
+	}
+	return 0
+}
+
 // Harness holds one backend under test, a clock and one connector per
 // namespace, all sharing the backend.
 type Harness struct {
