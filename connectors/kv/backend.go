@@ -59,3 +59,13 @@ type TxnLimiter interface {
 	// zero or less means no limit.
 	MaxTxnWrites() int
 }
+
+// ReadHinter is implemented by Backends whose reads each cost a network
+// round trip (etcd). UpdateHinted is Update told, for each fn, the keys it
+// is expected to Get (hints[i] for fns[i], nil for none), so the backend
+// can fetch the keys of a whole group in one request before running the
+// fns. Hints change only speed: a fn may read other keys or fewer, and
+// every read still observes what the fns before it wrote.
+type ReadHinter interface {
+	UpdateHinted(ctx context.Context, fns []TxnFunc, hints [][][]byte, errs []error) error
+}

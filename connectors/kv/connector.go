@@ -99,7 +99,7 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	}
 	if len(fns) > 0 {
 		txErrs := make([]error, len(fns))
-		if err := c.b.Update(ctx, fns, txErrs); err != nil {
+		if err := c.update(ctx, fns, txErrs, cmds, idx); err != nil {
 			for _, i := range idx {
 				errs[i] = fmt.Errorf("%s: %w: %w", cmds[i].op, ErrCommit, err)
 			}
@@ -116,6 +116,37 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		c.observe(cmds, errs)
 	}
 	return nil
+}
+
+// update runs fns, the commands cmds[idx[j]], on the backend, telling a
+// ReadHinter which keys each command will read.
+func (c *Connector) update(ctx context.Context, fns []TxnFunc, errs []error, cmds []command, idx []int) error {
+	hinter, ok := c.b.(ReadHinter)
+	if !ok {
+		return c.b.Update(ctx, fns, errs)
+	}
+	hints := make([][][]byte, len(fns))
+	for j, i := range idx {
+		hints[j] = c.readHints(nil, &cmds[i])
+	}
+	return hinter.UpdateHinted(ctx, fns, hints, errs)
+}
+
+// readHints appends the keys cmd reads by point lookups: its idempotency
+// record and the key of every command that reads its key first.
+func (c *Connector) readHints(dst [][]byte, cmd *command) [][]byte {
+	if cmd.idem != "" {
+		dst = append(dst, c.layout.idemKey(nil, cmd.idem))
+	}
+	switch cmd.op {
+	case opGet, opExists, opSwap, opCas, opCad, opDelete, opIncrement:
+		dst = append(dst, c.layout.dataKey(nil, cmd.key))
+	case opBatch:
+		for i := range cmd.sub {
+			dst = c.readHints(dst, &cmd.sub[i])
+		}
+	}
+	return dst
 }
 
 // InvalidOp is the op reported to Options.OnCommands for events whose

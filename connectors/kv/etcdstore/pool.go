@@ -100,6 +100,10 @@ func (h *handle) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) err
 	return h.store.Update(ctx, fns, errs)
 }
 
+func (h *handle) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
+	return h.store.UpdateHinted(ctx, fns, hints, errs)
+}
+
 func (h *handle) MaxTxnWrites() int { return h.store.MaxTxnWrites() }
 
 func (h *handle) Close() error {

@@ -201,6 +201,13 @@ func (s *Store) Close() error {
 // effect; when a later one fails, the fns it held (and every later fn)
 // get the error in errs while the earlier ones stay committed.
 func (s *Store) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	return s.UpdateHinted(ctx, fns, nil, errs)
+}
+
+// UpdateHinted implements kv.ReadHinter: it is Update, except that each
+// group starts by fetching the hinted keys of its fns in one read-only
+// transaction, instead of one request per key as the fns read them.
+func (s *Store) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
 	if len(fns) != len(errs) {
 		return fmt.Errorf("etcdstore: Update given %d funcs and %d error slots", len(fns), len(errs))
 	}
@@ -213,7 +220,7 @@ func (s *Store) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) erro
 		return ErrClosed
 	}
 	for i := 0; i < len(fns); {
-		next, err := s.runGroup(ctx, fns, errs, i)
+		next, err := s.runGroup(ctx, fns, hints, errs, i)
 		if err != nil {
 			if i == 0 {
 				return err
@@ -230,9 +237,12 @@ func (s *Store) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) erro
 
 // runGroup runs fns from i on as one etcd transaction, retrying on
 // conflict, and returns the index of the first fn it did not include.
-func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, errs []error, i int) (int, error) {
+func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error, i int) (int, error) {
 	for attempt := 0; ; attempt++ {
 		g := newGroup(ctx, s)
+		if hints != nil {
+			g.prefetch(hints[i:])
+		}
 		next := i
 		for next < len(fns) {
 			mark := g.mark()
@@ -361,6 +371,58 @@ type group struct {
 	undo     []undoEntry
 	retry    error             // set when the group must be rerun or failed outright
 	readRecs map[string][]byte // etcd records read, by key (nil: absent)
+	// prefetched holds records fetched ahead at rev on the fns' hints;
+	// they become reads (points) only when a fn Gets them.
+	prefetched map[string]prefetchedRec
+}
+
+type prefetchedRec struct {
+	rec []byte // nil: absent
+	rev int64  // ModRevision, 0 when absent
+}
+
+// prefetch fetches the hinted keys of the fns about to run, as many as one
+// transaction may hold, in one read-only transaction whose revision
+// becomes the group's. A failed prefetch is ignored: the fns then read key
+// by key.
+func (g *group) prefetch(hints [][][]byte) {
+	seen := map[string]bool{}
+	var ops []clientv3.Op
+	var keys []string
+	max := g.s.opts.MaxTxnOps
+fill:
+	for _, h := range hints {
+		for _, k := range h {
+			key := string(g.s.prefix) + string(k)
+			if seen[key] {
+				continue
+			}
+			if len(ops) == max {
+				break fill
+			}
+			seen[key] = true
+			ops = append(ops, clientv3.OpGet(key))
+			keys = append(keys, key)
+		}
+	}
+	if len(ops) == 0 {
+		return
+	}
+	ctx, cancel := g.reqCtx()
+	defer cancel()
+	resp, err := g.s.client.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return
+	}
+	g.rev = resp.Header.Revision
+	g.prefetched = make(map[string]prefetchedRec, len(keys))
+	for j, r := range resp.Responses {
+		p := prefetchedRec{}
+		if rr := r.GetResponseRange(); rr != nil && len(rr.Kvs) == 1 {
+			p.rec, p.rev = rr.Kvs[0].Value, rr.Kvs[0].ModRevision
+		}
+		g.prefetched[keys[j]] = p
+	}
 }
 
 func newGroup(ctx context.Context, s *Store) *group {
@@ -672,7 +734,11 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 		return nil, 0, false, nil
 	}
 	rec, cached := g.readRecs[k]
-	if !cached {
+	if p, ok := g.prefetched[k]; ok && !cached {
+		rec, cached = p.rec, true
+		g.readRecs[k] = rec
+		g.addPoint(k, p.rev)
+	} else if !cached {
 		ctx, cancel := g.reqCtx()
 		defer cancel()
 		resp, err := g.get(ctx, k)

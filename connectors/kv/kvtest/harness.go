@@ -70,6 +70,15 @@ type sharedBackend struct{ kv.Backend }
 
 func (sharedBackend) Close() error { return nil }
 
+// UpdateHinted passes read hints on to a wrapped kv.ReadHinter, so the
+// conformance table runs the hinted path of backends that have one.
+func (s sharedBackend) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
+	if h, ok := s.Backend.(kv.ReadHinter); ok {
+		return h.UpdateHinted(ctx, fns, hints, errs)
+	}
+	return s.Backend.Update(ctx, fns, errs)
+}
+
 // MaxTxnWrites passes on the wrapped backend's limit (kv.TxnLimiter), if
 // any, so connectors size their reclaim transactions as they would on the
 // backend itself.
