@@ -56,6 +56,11 @@ const (
 	TypePath FieldType = "path"
 	// TypeEnum is one of Field.Enum.
 	TypeEnum FieldType = "enum"
+	// TypeNode names another connector of the same flow, of type
+	// Field.NodeType. The loader checks that it exists and has that type,
+	// and Build builds it first so the component can reach it through
+	// BuildEnv.Use.
+	TypeNode FieldType = "node"
 )
 
 // Field describes one option of a component: how it is validated and how it
@@ -76,6 +81,8 @@ type Field struct {
 	Enum []string
 	// Aliases are other accepted keys for the option.
 	Aliases []string
+	// NodeType is the connector type a TypeNode field must name ("kv").
+	NodeType string
 }
 
 // Component is what a Spec builds: exactly one of its fields is set,
@@ -299,6 +306,9 @@ func (r *Registry) Register(s Spec) error {
 		if f.Type == TypeEnum && len(f.Enum) == 0 {
 			return fmt.Errorf("flows: register %q: enum field %q has no values", s.Type, f.Name)
 		}
+		if f.Type == TypeNode && f.NodeType == "" {
+			return fmt.Errorf("flows: register %q: node field %q has no NodeType", s.Type, f.Name)
+		}
 	}
 	r.specs[s.Type] = &s
 	r.order = append(r.order, s.Type)
@@ -395,6 +405,11 @@ func (r *Registry) parseValue(f *Field, text string, isNull bool, baseDir string
 		}
 		if !filepath.IsAbs(text) && baseDir != "" {
 			text = filepath.Join(baseDir, text)
+		}
+		return text, ""
+	case TypeNode:
+		if isNull || !validName(text) {
+			return nil, fmt.Sprintf("expected the name of a %s connector of this flow, got %q", f.NodeType, text)
 		}
 		return text, ""
 	case TypeEnum:
@@ -500,6 +515,9 @@ func (s *Spec) markdown(b *strings.Builder) {
 		typ := string(f.Type)
 		if f.Type == TypeEnum {
 			typ = "`" + strings.Join(f.Enum, "` \\| `") + "`"
+		}
+		if f.Type == TypeNode {
+			typ = "name of a `" + f.NodeType + "` connector"
 		}
 		req := "no"
 		if f.Required {

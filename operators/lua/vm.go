@@ -21,6 +21,11 @@ type vm struct {
 	null *glua.LUserData // json.null
 	fn   *glua.LFunction // the compiled script, made once per VM
 
+	// The context of the current batch, cancelled by the watchdog to stop
+	// a run; nil between batches.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
 	// Set for the duration of one run.
 	sess  *kv.Session
 	ev    pipeline.Event
@@ -69,6 +74,14 @@ func (p *Processor) newVM() (*vm, error) {
 	L.SetGlobal("kv", v.kvTable())
 	v.fn = L.NewFunctionFromProto(p.proto)
 	return v, nil
+}
+
+// close releases the state and the batch context.
+func (v *vm) close() {
+	if v.cancel != nil {
+		v.cancel(nil)
+	}
+	v.L.Close()
 }
 
 // sandboxOS keeps only os.time, os.date and os.clock, reading the
@@ -149,20 +162,18 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 	event.RawSetString("meta", meta)
 	L.SetGlobal("event", event)
 
-	rctx, cancel := context.WithTimeout(ctx, v.p.opts.Timeout)
-	defer cancel()
-	L.SetContext(rctx)
-	defer L.RemoveContext()
+	v.p.dog.begin(v.cancel)
 	L.Push(v.fn)
 	err = L.PCall(0, 0, nil)
+	v.p.dog.end()
 	if err == nil {
 		return v.outs, nil
 	}
 	if v.limit != nil {
 		return nil, v.limit
 	}
-	if rctx.Err() != nil && ctx.Err() == nil {
-		return nil, fmt.Errorf("%w: the script ran longer than %v for this event", ErrLimit, v.p.opts.Timeout)
+	if v.ctx.Err() != nil && ctx.Err() == nil {
+		return nil, context.Cause(v.ctx)
 	}
 	msg := err.Error()
 	var ae *glua.ApiError
