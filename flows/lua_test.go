@@ -18,6 +18,7 @@ connectors:
   count:
     type: lua
     kv: store
+    max_memory: 32MiB
     script: |
       if event.data.big then
         local ok, err = kv.set("big", string.rep("x", 100))

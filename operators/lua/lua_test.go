@@ -329,3 +329,64 @@ func TestNoStore(t *testing.T) {
 		t.Errorf("error %q", msg)
 	}
 }
+
+func TestMemoryLimit(t *testing.T) {
+	store := newStore(t, nil)
+	p := newProc(t, `
+if event.data.ok then kv.set("ok", true) emit("out") return end
+kv.set("a", 1)
+if event.data.garbage then
+  -- Allocates far more than the limit in total, but keeps none of it.
+  local start = os.clock()
+  while os.clock() - start < 0.3 do
+    local t = {}
+    for j = 1, 100 do t[j] = {j} end
+  end
+  emit("out")
+  return
+end
+local t = {}
+local i = 0
+while true do
+  i = i + 1
+  t[i] = {i, tostring(i)}
+end`, Options{Store: store, MaxMemory: 16 << 20, Timeout: 5 * time.Minute})
+	c := process(t, p, ev(`{}`, `{}`), ev(`{"ok":true}`, `{}`))
+	if len(c.out["err"]) != 1 || len(c.out["out"]) != 1 {
+		t.Fatalf("outputs: %v", c.out)
+	}
+	msg := gjson.GetBytes(c.out["err"][0].Meta, "error").Str
+	t.Logf("runaway script: %s", msg)
+	if !strings.Contains(msg, "memory limit: the process heap grew by") || !strings.Contains(msg, "limit is 16.0 MiB") {
+		t.Errorf("error %q does not report the memory limit", msg)
+	}
+	if v := storeGet(t, store, "a"); v != "" {
+		t.Errorf("a kept after the memory limit stopped the script: %s", v)
+	}
+	if v := storeGet(t, store, "ok"); v != "true" {
+		t.Errorf("the event after the runaway one did not commit: ok = %q", v)
+	}
+
+	// The error is the sentinel, within ErrLimit.
+	var runErr error
+	p.mu.Lock()
+	_, err := store.Run(context.Background(), []func(*kv.Session) error{func(s *kv.Session) error {
+		_, runErr = p.runOne(context.Background(), s, ev(`{}`, `{}`))
+		return runErr
+	}})
+	p.endBatch()
+	p.mu.Unlock()
+	if err != nil || !errors.Is(runErr, ErrMemoryLimit) || !errors.Is(runErr, ErrLimit) {
+		t.Errorf("run error %v (commit %v), want ErrMemoryLimit and ErrLimit", runErr, err)
+	}
+
+	// Garbage is not growth: a script allocating many times the limit
+	// without keeping it runs to the end.
+	c = process(t, p, ev(`{"garbage":true}`, `{}`))
+	if len(c.out["out"]) != 1 {
+		t.Errorf("garbage-producing script: %v", c.out)
+		for _, e := range c.out["err"] {
+			t.Logf("%s", e.Meta)
+		}
+	}
+}
