@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
+	"slices"
 	"strconv"
+	"strings"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 	glua "github.com/yuin/gopher-lua"
@@ -26,7 +28,9 @@ func (v *vm) fromJSON(raw []byte) (glua.LValue, error) {
 	if !gjson.ValidBytes(raw) {
 		return glua.LNil, fmt.Errorf("%w: malformed JSON", kv.ErrInvalidJSON)
 	}
-	return v.fromResult(gjson.ParseBytes(raw), 0)
+	// raw is never modified (event bytes are immutable, kv results belong
+	// to the caller), so strings parsed from it may share its memory.
+	return v.fromResult(gjson.Parse(bytesString(raw)), 0)
 }
 
 func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
@@ -85,6 +89,7 @@ func countElems(r gjson.Result) int {
 // keys written as strings. Functions, userdata other than json.null,
 // NaN, infinities and cycles are errors.
 func (v *vm) toJSON(dst []byte, lv glua.LValue) ([]byte, error) {
+	v.jsonBase = len(dst)
 	return v.appendJSON(dst, lv, 0)
 }
 
@@ -92,7 +97,7 @@ func (v *vm) appendJSON(dst []byte, lv glua.LValue, depth int) ([]byte, error) {
 	if depth > kv.MaxDepth {
 		return dst, fmt.Errorf("%w: nested deeper than %d (a table containing itself?)", errConvert, kv.MaxDepth)
 	}
-	if len(dst) > v.p.opts.MaxStringBytes {
+	if len(dst)-v.jsonBase > v.p.opts.MaxStringBytes {
 		v.limit = fmt.Errorf("%w: a value converted to JSON is over %d bytes", ErrLimit, v.p.opts.MaxStringBytes)
 		return dst, v.limit
 	}
@@ -128,7 +133,9 @@ func appendNumber(dst []byte, f float64) ([]byte, error) {
 func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) {
 	n := t.MaxN()
 	count := 0
-	t.ForEach(func(_, _ glua.LValue) { count++ })
+	for k, _ := t.Next(glua.LNil); k != glua.LNil; k, _ = t.Next(k) {
+		count++
+	}
 	var err error
 	if n > 0 && n == count {
 		dst = append(dst, '[')
@@ -142,31 +149,28 @@ func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) 
 		}
 		return append(dst, ']'), nil
 	}
-	type entry struct {
-		k string
-		v glua.LValue
-	}
-	entries := make([]entry, 0, count)
-	t.ForEach(func(k, val glua.LValue) {
-		if err != nil {
-			return
-		}
+	// The entries go to the VM's scratch stack (nested tables push theirs
+	// above), so encoding a table allocates nothing once the stack has
+	// grown.
+	start := len(v.scratch)
+	defer func() { v.scratch = v.scratch[:start] }()
+	for k, val := t.Next(glua.LNil); k != glua.LNil; k, val = t.Next(k) {
 		switch kk := k.(type) {
 		case glua.LString:
-			entries = append(entries, entry{string(kk), val})
+			v.scratch = append(v.scratch, entry{string(kk), val})
 		case glua.LNumber:
 			b, e := appendNumber(nil, float64(kk))
-			entries = append(entries, entry{string(b), val})
-			err = e
+			if e != nil {
+				return dst, e
+			}
+			v.scratch = append(v.scratch, entry{string(b), val})
 		default:
-			err = fmt.Errorf("%w: a table key of type %s", errConvert, k.Type())
+			return dst, fmt.Errorf("%w: a table key of type %s", errConvert, k.Type())
 		}
-	})
-	if err != nil {
-		return dst, err
 	}
+	entries := v.scratch[start:]
 	// Sorted keys make the encoding deterministic (Lua's table order is not).
-	sort.Slice(entries, func(i, j int) bool { return entries[i].k < entries[j].k })
+	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.k, b.k) })
 	dst = append(dst, '{')
 	for i, e := range entries {
 		if i > 0 {
@@ -181,8 +185,27 @@ func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) 
 	return append(dst, '}'), nil
 }
 
-// appendString appends s as a JSON string.
-func appendString(dst []byte, s string) []byte {
-	b, _ := json.Marshal(s) // never fails for a string; invalid UTF-8 becomes U+FFFD
-	return append(dst, b...)
+// entry is a table member being encoded.
+type entry struct {
+	k string
+	v glua.LValue
 }
+
+// appendString appends s as a JSON string, escaped as encoding/json does
+// (including <, > and & as \u003c...). Plain ASCII, the common case, is
+// copied as it is.
+func appendString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			b, _ := json.Marshal(s) // never fails for a string; invalid UTF-8 becomes U+FFFD
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// bytesString returns b as a string without copying; b must not change
+// afterwards.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/tidwall/gjson"
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -29,9 +29,12 @@ type vm struct {
 	// Set for the duration of one run.
 	sess  *kv.Session
 	ev    pipeline.Event
-	outs  []output
 	bytes int // total size of outs
 	limit error
+
+	scratch  []entry // table members being encoded, see appendTable
+	jsonBase int     // where the value toJSON is encoding starts in dst
+	tmp      []byte  // encoding of a kv value, copied by the Session
 }
 
 // newVM opens a state with only the safe libraries and the flowrun
@@ -144,8 +147,18 @@ func (v *vm) sandboxString() {
 // emitted, or the error it raised.
 func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, error) {
 	L := v.L
-	v.sess, v.ev, v.outs, v.bytes, v.limit = s, ev, nil, 0, nil
+	p := v.p
+	v.sess, v.ev, v.bytes, v.limit = s, ev, 0, nil
 	defer func() { v.sess = nil }()
+	// Outputs and their bytes go to the batch's buffers; a failed run
+	// takes its own back out.
+	outStart, arenaStart := len(p.outBuf), len(p.arena)
+	ok := false
+	defer func() {
+		if !ok {
+			p.outBuf, p.arena = p.outBuf[:outStart], p.arena[:arenaStart]
+		}
+	}()
 	data, err := v.fromJSON(ev.DataJSON())
 	if err != nil {
 		return nil, fmt.Errorf("data: %w", err)
@@ -167,7 +180,8 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 	err = L.PCall(0, 0, nil)
 	v.p.dog.end()
 	if err == nil {
-		return v.outs, nil
+		ok = true
+		return p.outBuf[outStart:len(p.outBuf):len(p.outBuf)], nil
 	}
 	if v.limit != nil {
 		return nil, v.limit
@@ -201,28 +215,35 @@ func (v *vm) emit(L *glua.LState) int {
 	if meta == glua.LNil {
 		meta = event.RawGetString("meta")
 	}
-	d, err := v.toJSON(nil, data)
+	start := len(v.p.arena)
+	buf, err := v.toJSON(v.p.arena, data)
 	if err != nil {
 		L.RaiseError("emit: data: %s", err.Error())
 	}
+	v.p.arena = buf
+	d := buf[start:len(buf):len(buf)]
 	var m []byte
 	if meta != glua.LNil {
 		if _, ok := meta.(*glua.LTable); !ok {
 			L.RaiseError("emit: meta must be a table, got %s", meta.Type())
 		}
-		if m, err = v.toJSON(nil, meta); err != nil {
+		start := len(v.p.arena)
+		buf, err := v.toJSON(v.p.arena, meta)
+		if err != nil {
 			L.RaiseError("emit: meta: %s", err.Error())
 		}
-		if string(m) == "[]" {
-			m = []byte("{}")
+		if string(buf[start:]) == "[]" {
+			buf = append(buf[:start], "{}"...)
 		}
+		v.p.arena = buf
+		m = buf[start:len(buf):len(buf)]
 	}
 	v.bytes += len(d) + len(m)
 	if v.bytes > v.p.opts.MaxStringBytes {
 		v.limit = fmt.Errorf("%w: the event's outputs total %d bytes, limit is %d", ErrLimit, v.bytes, v.p.opts.MaxStringBytes)
 		L.RaiseError("%s", v.limit.Error())
 	}
-	v.outs = append(v.outs, output{port: port, ev: v.ev.Derive(d, m)})
+	v.p.outBuf = append(v.p.outBuf, output{port: port, ev: v.ev.Derive(d, m)})
 	return 0
 }
 
@@ -287,7 +308,8 @@ func (v *vm) kvTable() *glua.LTable {
 		"set": func(L *glua.LState) int {
 			s := v.session(L)
 			key := L.CheckString(1)
-			raw, err := v.toJSON(nil, L.CheckAny(2))
+			raw, err := v.toJSON(v.tmp[:0], L.CheckAny(2))
+			v.tmp = raw
 			if err != nil {
 				return fail(L, fmt.Errorf("set %q: %w", key, err))
 			}
@@ -362,7 +384,11 @@ func (v *vm) kvTable() *glua.LTable {
 			if err != nil {
 				return fail(L, err)
 			}
-			L.Push(glua.LNumber(gjson.ParseBytes(raw).Float()))
+			f, err := strconv.ParseFloat(bytesString(raw), 64)
+			if err != nil {
+				return fail(L, fmt.Errorf("increment: result %q: %w", raw, err))
+			}
+			L.Push(glua.LNumber(f))
 			return 1
 		},
 		"cas": func(L *glua.LState) int {
@@ -375,7 +401,8 @@ func (v *vm) kvTable() *glua.LTable {
 					return fail(L, fmt.Errorf("cas %q: old: %w", key, err))
 				}
 			}
-			raw, err := v.toJSON(nil, L.CheckAny(3))
+			raw, err := v.toJSON(v.tmp[:0], L.CheckAny(3))
+			v.tmp = raw
 			if err != nil {
 				return fail(L, fmt.Errorf("cas %q: %w", key, err))
 			}
