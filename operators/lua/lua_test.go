@@ -390,3 +390,42 @@ end`, Options{Store: store, MaxMemory: 16 << 20, Timeout: 5 * time.Minute})
 		}
 	}
 }
+
+// TestEventFields covers the event table: data and meta built on first
+// access, passed through unchanged when the script never touches them,
+// and nothing carried over from one event to the next.
+func TestEventFields(t *testing.T) {
+	tests := []struct {
+		name, script, data, meta string
+		wantData, wantMeta       string
+	}{
+		{"untouched passes through", `emit("out")`, `{"z":1,"a":1e400}`, `{"m":1}`, `{"z":1,"a":1e400}`, `{"m":1}`},
+		{"read is re-encoded", `local _ = event.data.z emit("out")`, `{"z":1,"a":2}`, `{}`, `{"a":2,"z":1}`, `{}`},
+		{"changed", `event.data.z = 5 event.meta.k = "v" emit("out")`, `{"z":1}`, ``, `{"z":5}`, `{"k":"v"}`},
+		{"replaced before read", `event.data = {n = 1} emit("out")`, `{"z":1}`, `{}`, `{"n":1}`, `{}`},
+		{"set to nil before read", `event.data = nil emit("out")`, `{"z":1}`, `{}`, `null`, `{}`},
+		{"null payload", `emit("out", {isnil = event.data == nil})`, `null`, `{}`, `{"isnil":true}`, `{}`},
+		{"own field not kept", `emit("out", {x = event.x}) event.x = 1`, `{}`, `{}`, `{}`, `{}`},
+		{"malformed data unread", `emit("out", {})`, `{"a":`, `{}`, `{}`, `{}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newProc(t, tt.script, Options{})
+			for i := range 2 { // the second event must not see the first's state
+				c := process(t, p, ev(tt.data, tt.meta))
+				if len(c.out["out"]) != 1 {
+					t.Fatalf("event %d: outputs %v", i, c.out)
+				}
+				got := c.out["out"][0]
+				if string(got.DataJSON()) != tt.wantData || string(got.MetaJSON()) != tt.wantMeta {
+					t.Errorf("event %d: data %s meta %s, want %s %s", i, got.DataJSON(), got.MetaJSON(), tt.wantData, tt.wantMeta)
+				}
+			}
+		})
+	}
+	p := newProc(t, `local _ = event.data.a`, Options{})
+	c := process(t, p, ev(`{"a":`, `{}`))
+	if len(c.out["err"]) != 1 || !strings.Contains(string(c.out["err"][0].Meta), "script:1: event.data: invalid JSON: malformed JSON") {
+		t.Errorf("malformed data read: %v", c.out)
+	}
+}

@@ -32,6 +32,12 @@ type vm struct {
 	bytes int // total size of outs
 	limit error
 
+	// event is the table of the event global, refilled for each run:
+	// data and meta are built from the event's JSON on first access
+	// (eventIndex); dataSet and metaSet say they were built or assigned.
+	event            *glua.LTable
+	dataSet, metaSet bool
+
 	scratch  []entry // table members being encoded, see appendTable
 	jsonBase int     // where the value toJSON is encoding starts in dst
 	tmp      []byte  // encoding of a kv value, copied by the Session
@@ -68,6 +74,7 @@ func (p *Processor) newVM() (*vm, error) {
 	json.RawSetString("null", v.null)
 	L.SetGlobal("json", json)
 	L.SetGlobal("emit", L.NewFunction(v.emit))
+	v.newEventTable()
 	logT := L.NewTable()
 	for _, lv := range []string{"debug", "info", "warn", "error"} {
 		logT.RawSetString(lv, L.NewFunction(v.logFn(lv)))
@@ -159,25 +166,12 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 			p.outBuf, p.arena = p.outBuf[:outStart], p.arena[:arenaStart]
 		}
 	}()
-	data, err := v.fromJSON(ev.DataJSON())
-	if err != nil {
-		return nil, fmt.Errorf("data: %w", err)
-	}
-	meta, err := v.fromJSON(ev.MetaJSON())
-	if err != nil {
-		return nil, fmt.Errorf("meta: %w", err)
-	}
-	if data == v.null {
-		data = glua.LNil
-	}
-	event := L.CreateTable(0, 2)
-	event.RawSetString("data", data)
-	event.RawSetString("meta", meta)
-	L.SetGlobal("event", event)
+	v.resetEvent()
+	L.SetGlobal("event", v.event)
 
 	v.p.dog.begin(v.cancel)
 	L.Push(v.fn)
-	err = L.PCall(0, 0, nil)
+	err := L.PCall(0, 0, nil)
 	v.p.dog.end()
 	if err == nil {
 		ok = true
@@ -200,6 +194,71 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 	return nil, fmt.Errorf("%w: %s", ErrScript, msg)
 }
 
+// newEventTable makes the event table with its lazy fields.
+func (v *vm) newEventTable() {
+	L := v.L
+	v.event = L.CreateTable(0, 2)
+	mt := L.CreateTable(0, 2)
+	mt.RawSetString("__index", L.NewFunction(v.eventIndex))
+	mt.RawSetString("__newindex", L.NewFunction(v.eventNewIndex))
+	L.SetMetatable(v.event, mt)
+}
+
+// resetEvent empties the event table for the next event. A script that
+// added fields of its own to it gets a new table, so they do not leak
+// into the next event.
+func (v *vm) resetEvent() {
+	v.event.RawSetString("data", glua.LNil)
+	v.event.RawSetString("meta", glua.LNil)
+	v.dataSet, v.metaSet = false, false
+	if k, _ := v.event.Next(glua.LNil); k != glua.LNil {
+		v.newEventTable()
+	}
+}
+
+// eventIndex builds event.data or event.meta on first access.
+func (v *vm) eventIndex(L *glua.LState) int {
+	t := L.CheckTable(1)
+	key, _ := L.Get(2).(glua.LString)
+	var raw []byte
+	switch {
+	case key == "data" && !v.dataSet:
+		v.dataSet, raw = true, v.ev.DataJSON()
+	case key == "meta" && !v.metaSet:
+		v.metaSet, raw = true, v.ev.Meta
+	default:
+		L.Push(glua.LNil)
+		return 1
+	}
+	var lv glua.LValue = L.CreateTable(0, 0) // empty meta
+	if len(raw) > 0 {
+		var err error
+		if lv, err = v.fromJSON(raw); err != nil {
+			L.RaiseError("event.%s: %s", string(key), err.Error())
+		}
+		if lv == v.null {
+			lv = glua.LNil
+		}
+	}
+	t.RawSetString(string(key), lv)
+	L.Push(lv)
+	return 1
+}
+
+// eventNewIndex records an assignment to event.data or event.meta before
+// their first read, so that they are not built from the event afterwards.
+func (v *vm) eventNewIndex(L *glua.LState) int {
+	t := L.CheckTable(1)
+	switch L.Get(2) {
+	case glua.LString("data"):
+		v.dataSet = true
+	case glua.LString("meta"):
+		v.metaSet = true
+	}
+	t.RawSet(L.CheckAny(2), L.Get(3))
+	return 0
+}
+
 // emit implements emit(port [, data [, meta]]): data and meta default to
 // event.data and event.meta as the script left them.
 func (v *vm) emit(L *glua.LState) int {
@@ -207,23 +266,34 @@ func (v *vm) emit(L *glua.LState) int {
 	if !v.p.ports[port] {
 		L.RaiseError("emit: unknown port %q (ports: %s)", port, strings.Join(v.p.Ports(), ", "))
 	}
-	event := L.GetGlobal("event").(*glua.LTable)
 	data, meta := L.Get(2), L.Get(3)
-	if data == glua.LNil {
+	// Without data or meta, the event's own: its original bytes when the
+	// script never touched them, or what it left in event.
+	var d, m []byte
+	passData, passMeta := false, false
+	event, _ := L.GetGlobal("event").(*glua.LTable)
+	if data == glua.LNil && event != nil {
 		data = event.RawGetString("data")
+		passData = data == glua.LNil && event == v.event && !v.dataSet
 	}
-	if meta == glua.LNil {
+	if meta == glua.LNil && event != nil {
 		meta = event.RawGetString("meta")
+		passMeta = meta == glua.LNil && event == v.event && !v.metaSet
 	}
-	start := len(v.p.arena)
-	buf, err := v.toJSON(v.p.arena, data)
-	if err != nil {
-		L.RaiseError("emit: data: %s", err.Error())
+	if passData {
+		d = v.ev.DataJSON()
+	} else {
+		start := len(v.p.arena)
+		buf, err := v.toJSON(v.p.arena, data)
+		if err != nil {
+			L.RaiseError("emit: data: %s", err.Error())
+		}
+		v.p.arena = buf
+		d = buf[start:len(buf):len(buf)]
 	}
-	v.p.arena = buf
-	d := buf[start:len(buf):len(buf)]
-	var m []byte
-	if meta != glua.LNil {
+	if passMeta {
+		m = v.ev.Meta
+	} else if meta != glua.LNil {
 		if _, ok := meta.(*glua.LTable); !ok {
 			L.RaiseError("emit: meta must be a table, got %s", meta.Type())
 		}
