@@ -49,37 +49,36 @@ func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
 	case gjson.String:
 		return glua.LString(r.Str), nil
 	}
-	// Sized tables: NewTable preallocates 32 slots and a 32-entry map,
-	// which dominates the cost of converting small events.
-	var t *glua.LTable
-	var err error
-	if r.IsArray() {
-		t = v.L.CreateTable(countElems(r), 0)
-		r.ForEach(func(_, e gjson.Result) bool {
-			var lv glua.LValue
-			if lv, err = v.fromResult(e, depth+1); err == nil {
-				t.Append(lv)
-			}
-			return err == nil
-		})
-		return t, err
-	}
-	t = v.L.CreateTable(0, countElems(r))
+	// One pass collects the members on the VM's result stack (nested
+	// values push theirs above), so the table is created at its size:
+	// NewTable would preallocate 32 slots and a 32-entry map, which
+	// dominates the cost of converting small events.
+	start := len(v.results)
+	defer func() { v.results = v.results[:start] }()
 	r.ForEach(func(k, e gjson.Result) bool {
-		var lv glua.LValue
-		if lv, err = v.fromResult(e, depth+1); err == nil {
-			t.RawSetString(k.Str, lv)
-		}
-		return err == nil
+		v.results = append(v.results, k, e)
+		return true
 	})
-	return t, err
-}
-
-// countElems counts the elements of an array or the members of an object.
-func countElems(r gjson.Result) int {
-	n := 0
-	r.ForEach(func(_, _ gjson.Result) bool { n++; return true })
-	return n
+	items := v.results[start:]
+	n := len(items) / 2
+	var t *glua.LTable
+	if r.IsArray() {
+		t = v.L.CreateTable(n, 0)
+	} else {
+		t = v.L.CreateTable(0, n)
+	}
+	for i := 0; i < n; i++ {
+		lv, err := v.fromResult(items[2*i+1], depth+1)
+		if err != nil {
+			return t, err
+		}
+		if r.IsArray() {
+			t.Append(lv)
+		} else {
+			t.RawSetString(items[2*i].Str, lv)
+		}
+	}
+	return t, nil
 }
 
 // toJSON appends the JSON encoding of lv to dst. A number is written as an

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tidwall/gjson"
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -38,9 +39,10 @@ type vm struct {
 	event            *glua.LTable
 	dataSet, metaSet bool
 
-	scratch  []entry // table members being encoded, see appendTable
-	jsonBase int     // where the value toJSON is encoding starts in dst
-	tmp      []byte  // encoding of a kv value, copied by the Session
+	scratch  []entry        // table members being encoded, see appendTable
+	results  []gjson.Result // JSON members being converted, see fromResult
+	jsonBase int            // where the value toJSON is encoding starts in dst
+	tmp      []byte         // encoding of a kv value, copied by the Session
 }
 
 // newVM opens a state with only the safe libraries and the flowrun
