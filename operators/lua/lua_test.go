@@ -406,6 +406,7 @@ func TestEventFields(t *testing.T) {
 		{"set to nil before read", `event.data = nil emit("out")`, `{"z":1}`, `{}`, `null`, `{}`},
 		{"null payload", `emit("out", {isnil = event.data == nil})`, `null`, `{}`, `{"isnil":true}`, `{}`},
 		{"own field not kept", `emit("out", {x = event.x}) event.x = 1`, `{}`, `{}`, `{}`, `{}`},
+		{"metatable removed", `emit("out", {d = event.data}) setmetatable(event, nil)`, `{"a":1}`, `{}`, `{"d":{"a":1}}`, `{}`},
 		{"malformed data unread", `emit("out", {})`, `{"a":`, `{}`, `{}`, `{}`},
 	}
 	for _, tt := range tests {

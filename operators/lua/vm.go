@@ -36,7 +36,7 @@ type vm struct {
 	// event is the table of the event global, refilled for each run:
 	// data and meta are built from the event's JSON on first access
 	// (eventIndex); dataSet and metaSet say they were built or assigned.
-	event            *glua.LTable
+	event, eventMT   *glua.LTable
 	dataSet, metaSet bool
 
 	scratch  []entry        // table members being encoded, see appendTable
@@ -200,20 +200,20 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 func (v *vm) newEventTable() {
 	L := v.L
 	v.event = L.CreateTable(0, 2)
-	mt := L.CreateTable(0, 2)
-	mt.RawSetString("__index", L.NewFunction(v.eventIndex))
-	mt.RawSetString("__newindex", L.NewFunction(v.eventNewIndex))
-	L.SetMetatable(v.event, mt)
+	v.eventMT = L.CreateTable(0, 2)
+	v.eventMT.RawSetString("__index", L.NewFunction(v.eventIndex))
+	v.eventMT.RawSetString("__newindex", L.NewFunction(v.eventNewIndex))
+	L.SetMetatable(v.event, v.eventMT)
 }
 
 // resetEvent empties the event table for the next event. A script that
-// added fields of its own to it gets a new table, so they do not leak
-// into the next event.
+// added fields of its own to it, or changed its metatable, gets a new
+// table, so nothing leaks into the next event.
 func (v *vm) resetEvent() {
 	v.event.RawSetString("data", glua.LNil)
 	v.event.RawSetString("meta", glua.LNil)
 	v.dataSet, v.metaSet = false, false
-	if k, _ := v.event.Next(glua.LNil); k != glua.LNil {
+	if k, _ := v.event.Next(glua.LNil); k != glua.LNil || v.event.Metatable != v.eventMT {
 		v.newEventTable()
 	}
 }
