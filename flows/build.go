@@ -96,6 +96,128 @@ type BuildEnv struct {
 	Graph *pipeline.Graph
 
 	stdout io.Writer
+	shared map[string]*sharedNode // built nodes named by TypeNode options
+}
+
+// ErrNodeUnavailable reports a BuildEnv.Use of a node that is not a built
+// connector of the flow named by a TypeNode option.
+var ErrNodeUnavailable = errors.New("connector unavailable")
+
+// Use returns the processor built for the connector node, which must be
+// named by a TypeNode option of the flow (Build builds such nodes first),
+// and holds it open: the node is closed only once the graph has closed it
+// and release has been called. release may be called more than once; only
+// the first call counts. The caller typically wraps its own component with
+// WithRelease.
+func (e *BuildEnv) Use(node string) (p pipeline.Processor, release func(context.Context) error, err error) {
+	sh, ok := e.shared[node]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: connector %q is not built, or not named by a node option", ErrNodeUnavailable, node)
+	}
+	return sh.p, sh.hold(), nil
+}
+
+// sharedNode is a built processor other components use: it is closed when
+// the last of its holders (the graph node and each Use) releases it.
+type sharedNode struct {
+	p    pipeline.Processor
+	mu   sync.Mutex
+	refs int
+}
+
+func (s *sharedNode) hold() func(context.Context) error {
+	s.mu.Lock()
+	s.refs++
+	s.mu.Unlock()
+	var once sync.Once
+	return func(ctx context.Context) (err error) {
+		once.Do(func() { err = s.release(ctx) })
+		return err
+	}
+}
+
+func (s *sharedNode) release(ctx context.Context) error {
+	s.mu.Lock()
+	s.refs--
+	last := s.refs == 0
+	s.mu.Unlock()
+	if c, ok := s.p.(pipeline.Closer); ok && last {
+		return c.Close(ctx)
+	}
+	return nil
+}
+
+// heldProcessor is a processor whose Close calls release instead of (or
+// after) closing it.
+type heldProcessor struct {
+	pipeline.Processor
+	close   bool // close Processor before release
+	release func(context.Context) error
+}
+
+// Close closes the processor when it owns it, then calls release.
+func (h *heldProcessor) Close(ctx context.Context) error {
+	var err error
+	if c, ok := h.Processor.(pipeline.Closer); ok && h.close {
+		err = c.Close(ctx)
+	}
+	return errors.Join(err, h.release(ctx))
+}
+
+// WithRelease returns p with a Close that closes p (when it is a
+// pipeline.Closer) and then calls release, for components holding a node
+// obtained with BuildEnv.Use.
+func WithRelease(p pipeline.Processor, release func(context.Context) error) pipeline.Processor {
+	return &heldProcessor{Processor: p, close: true, release: release}
+}
+
+// referenced returns the names of the nodes named by TypeNode options.
+func (f *Flow) referenced() map[string]bool {
+	out := map[string]bool{}
+	for _, n := range f.Nodes {
+		for _, r := range n.refs() {
+			out[r] = true
+		}
+	}
+	return out
+}
+
+// refs returns the nodes n's TypeNode options name.
+func (n *Node) refs() []string {
+	if n.Spec == nil {
+		return nil
+	}
+	var out []string
+	for _, fd := range n.Spec.Fields {
+		if fd.Type == TypeNode && n.Config.String(fd.Name) != "" {
+			out = append(out, n.Config.String(fd.Name))
+		}
+	}
+	return out
+}
+
+// buildOrder returns the nodes in file order, except that a node named by
+// a TypeNode option comes before the nodes naming it.
+func (f *Flow) buildOrder() []*Node {
+	var out []*Node
+	seen := map[string]bool{}
+	var visit func(n *Node)
+	visit = func(n *Node) {
+		if seen[n.Name] {
+			return
+		}
+		seen[n.Name] = true
+		for _, r := range n.refs() {
+			if m, ok := f.Node(r); ok {
+				visit(m)
+			}
+		}
+		out = append(out, n)
+	}
+	for _, n := range f.Nodes {
+		visit(n)
+	}
+	return out
 }
 
 // Stdout returns the writer stdout connectors share. Each Write is atomic
@@ -134,7 +256,7 @@ func (b *Built) Run(ctx context.Context) error { return b.Graph.Run(ctx) }
 // it closes whatever it had already opened.
 func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 	opts.EnsureDefaults()
-	env := &BuildEnv{Flow: f, Options: opts, stdout: &lockedWriter{w: opts.Stdout}}
+	env := &BuildEnv{Flow: f, Options: opts, stdout: &lockedWriter{w: opts.Stdout}, shared: map[string]*sharedNode{}}
 	if opts.ReplaceSource != "" {
 		n, ok := f.Node(opts.ReplaceSource)
 		if !ok || n.Kind != KindSource {
@@ -154,6 +276,30 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 		}
 		return nil, err
 	}
+	// Components are built first, nodes named by TypeNode options before
+	// the nodes naming them, then added to the graph in file order.
+	comps := map[string]Component{}
+	referenced := f.referenced()
+	for _, n := range f.buildOrder() {
+		if n.IsPipeline() || (n.Kind == KindSource && opts.ReplaceSource != "") || (n.Kind == KindSink && opts.Capture != nil) {
+			continue
+		}
+		c, err := n.Spec.Build(ctx, env, n.Config)
+		if err != nil {
+			return fail(fmt.Errorf("flow %s, connector %s: %w", f.Name, n.Name, err))
+		}
+		for _, x := range []any{c.Source, c.Processor} {
+			if cl, ok := x.(pipeline.Closer); ok {
+				opened = append(opened, cl)
+			}
+		}
+		if referenced[n.Name] && c.Processor != nil {
+			sh := &sharedNode{p: c.Processor, refs: 1}
+			env.shared[n.Name] = sh
+			c.Processor = &heldProcessor{Processor: c.Processor, release: sh.release}
+		}
+		comps[n.Name] = c
+	}
 	for _, n := range f.Nodes {
 		var err error
 		switch {
@@ -168,22 +314,11 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 		case n.Kind == KindSink && opts.Capture != nil:
 			err = g.AddProcessor(n.Name, opts.Capture(n.Name))
 		default:
-			var c Component
-			c, err = n.Spec.Build(ctx, env, n.Config)
-			if err != nil {
-				err = fmt.Errorf("flow %s, connector %s: %w", f.Name, n.Name, err)
-				break
-			}
+			c := comps[n.Name]
 			switch {
 			case n.Kind == KindSource && c.Source != nil:
-				if cl, ok := c.Source.(pipeline.Closer); ok {
-					opened = append(opened, cl)
-				}
 				err = g.AddSource(n.Name, c.Source, n.Ports...)
 			case n.Kind != KindSource && c.Processor != nil:
-				if cl, ok := c.Processor.(pipeline.Closer); ok {
-					opened = append(opened, cl)
-				}
 				err = g.AddProcessor(n.Name, c.Processor, n.Ports...)
 			default:
 				err = fmt.Errorf("flow %s, connector %s: type %q built no %s", f.Name, n.Name, n.Spec.Type, n.Kind)

@@ -269,17 +269,10 @@ func kvSpec() Spec {
 	}
 }
 
-// kvConfigured reports whether c names a kv store: a dir, or the etcd
-// backend.
-func kvConfigured(c *Config) bool {
-	return c.String("dir") != "" || c.String("backend") == backendEtcd
-}
-
 // openKV opens the kv connector described by the kv fields of c (backend,
 // dir or etcd options, namespace, sync and limits), sharing the store with
 // the other connectors of the process through env.Options.Stores (one per
-// directory) or env.Options.EtcdStores (one per endpoints and prefix). The
-// kv and lua specs use it.
+// directory) or env.Options.EtcdStores (one per endpoints and prefix).
 func openKV(ctx context.Context, env *BuildEnv, c *Config) (*kv.Connector, error) {
 	ns := c.String("namespace")
 	if ns == "" && env.Flow != nil {

@@ -147,6 +147,15 @@ type loader struct {
 	dir   string
 	reg   *Registry
 	diags []Diagnostic
+	refs  []nodeRef // TypeNode options, checked once every node is known
+}
+
+// nodeRef is a TypeNode option naming another connector.
+type nodeRef struct {
+	field *Field
+	name  string
+	pos   *yaml.Node
+	path  string // "connectors.rules.kv"
 }
 
 func (l *loader) report(sev Severity, n *yaml.Node, field, format string, args ...any) {
@@ -252,11 +261,12 @@ func (l *loader) load(src []byte) (flow *Flow) {
 		l.loadPipelines(flow, pipelines, names)
 	}
 	var linkNodes []linkPos
-	use := &usage{linked: map[string]bool{}, in: map[string]bool{}, out: map[string]bool{}}
+	use := &usage{referenced: map[string]bool{}, linked: map[string]bool{}, in: map[string]bool{}, out: map[string]bool{}}
 	if links != nil {
 		linkNodes = l.loadLinks(flow, links, names, use)
 	}
 	l.checkCycles(flow, linkNodes)
+	l.checkRefs(names, use)
 	l.checkUsage(flow, use)
 	return flow
 }
@@ -458,6 +468,9 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 				cfg.Extra = append(cfg.Extra, Entry{Key: name, Value: text, Line: k.Line, Col: k.Column})
 				return
 			}
+			if f.Type == TypeNode {
+				l.refs = append(l.refs, nodeRef{field: f, name: text, pos: v, path: sub})
+			}
 			cfg.values[f.Name] = val
 			cfg.set[f.Name] = true
 		})
@@ -573,6 +586,8 @@ func typeDesc(f *Field) string {
 		return "a path"
 	case TypeEnum:
 		return "one of " + strings.Join(f.Enum, ", ")
+	case TypeNode:
+		return "the name of a " + f.NodeType + " connector"
 	}
 	return "a string"
 }
@@ -833,9 +848,10 @@ func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
 // rejected for other reasons, so that one bad link does not also produce
 // "not linked" warnings.
 type usage struct {
-	linked map[string]bool // node names
-	in     map[string]bool // node names linked into
-	out    map[string]bool // "node/port" linked from
+	referenced map[string]bool // node names named by TypeNode options
+	linked     map[string]bool // node names
+	in         map[string]bool // node names linked into
+	out        map[string]bool // "node/port" linked from
 }
 
 // checkUsage warns about nodes nothing links to or from, and unlinked err
@@ -851,15 +867,48 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 		if n.IsPipeline() {
 			field = "pipelines." + n.Name
 		}
+		if !any[n.Name] && use.referenced[n.Name] {
+			continue // used by the connectors naming it, not through links
+		}
 		if !any[n.Name] {
 			l.warnf(pos, field, "%s %q is not linked to anything", nodeWord(n), n.Name)
 			continue
 		}
-		if n.Kind != KindSource && !in[n.Name] {
+		if n.Kind != KindSource && !in[n.Name] && !use.referenced[n.Name] {
 			l.warnf(pos, field, "nothing links into %s %q, so it receives no events", nodeWord(n), n.Name)
 		}
 		if contains(n.Ports, pipeline.PortErr) && !linkedOut[n.Name+"/"+pipeline.PortErr] {
 			l.warnf(pos, field, "port \"err\" is not linked: failed events will only be logged (link %s/err to a sink)", n.Name)
+		}
+	}
+}
+
+// checkRefs reports TypeNode options naming no connector of the flow, or
+// one of the wrong type, and records the nodes they name as used.
+func (l *loader) checkRefs(names map[string]*Node, use *usage) {
+	for _, r := range l.refs {
+		var ofType []string
+		for _, name := range sortedKeys(names) {
+			if n := names[name]; n.Spec != nil && n.Spec.Type == r.field.NodeType {
+				ofType = append(ofType, name)
+			}
+		}
+		list := "none"
+		if len(ofType) > 0 {
+			list = strings.Join(ofType, ", ")
+		}
+		n, ok := names[r.name]
+		switch {
+		case !ok:
+			l.errorf(r.pos, r.path, "no connector %q in this flow%s (%s connectors: %s)", r.name, didYouMean(r.name, ofType), r.field.NodeType, list)
+		case n.broken:
+			use.referenced[r.name] = true // its own errors are reported
+		case n.IsPipeline():
+			l.errorf(r.pos, r.path, "%q is a pipeline, not a %s connector (%s connectors: %s)", r.name, r.field.NodeType, r.field.NodeType, list)
+		case n.Spec.Type != r.field.NodeType:
+			l.errorf(r.pos, r.path, "connector %q is of type %s, not %s (%s connectors: %s)", r.name, n.Spec.Type, r.field.NodeType, r.field.NodeType, list)
+		default:
+			use.referenced[r.name] = true
 		}
 	}
 }

@@ -154,6 +154,20 @@ func TestDiagnostics(t *testing.T) {
 			`6:5: error: links[1]: links form a cycle: p -> p`}},
 		{"route ports are pipeline ports", header + "connectors:\n  i: {type: stdin}\n  o: {type: null}\npipelines:\n  p:\n    - route: {hot: 'true', default: cold}\nlinks:\n  - i -> p\n  - i/err -> o\n  - p/hot -> o\n  - p/cold -> o\n  - p/err -> o\n  - p/lukewarm -> o\n",
 			[]string{`14:5: error: links[5]: pipeline "p" has no output port "lukewarm" (ports: out, err, hot, cold)`}},
+		{"lua kv names a kv connector", header + luaLinks("store: {type: kv, dir: a}", "kv: store"), nil},
+		{"lua kv names no connector", header + luaLinks("store: {type: kv, dir: a}", "kv: stor"),
+			[]string{`3:3: warning: connectors.store: connector "store" is not linked to anything`,
+				`4:45: error: connectors.l.kv: no connector "stor" in this flow (did you mean "store"?) (kv connectors: store)`}},
+		{"lua kv names a connector of another type", header + luaLinks("store: {type: null}", "kv: o"),
+			[]string{`3:3: warning: connectors.store: connector "store" is not linked to anything`,
+				`4:45: error: connectors.l.kv: connector "o" is of type null, not kv (kv connectors: none)`}},
+		{"lua kv names a pipeline", header + luaLinks("store: {type: kv, dir: a}", "kv: p") + "pipelines: {p: []}\n",
+			[]string{`3:3: warning: connectors.store: connector "store" is not linked to anything`,
+				`4:45: error: connectors.l.kv: "p" is a pipeline, not a kv connector (kv connectors: store)`,
+				`12:13: warning: pipelines.p: pipeline "p" is not linked to anything`}},
+		{"lua kv not a name", header + luaLinks("store: {type: kv, dir: a}", "kv: 'a b'"),
+			[]string{`3:3: warning: connectors.store: connector "store" is not linked to anything`,
+				`4:45: error: connectors.l.kv: expected the name of a kv connector of this flow, got "a b"`}},
 	}
 	reg := NewRegistry()
 	for _, tt := range tests {
@@ -169,6 +183,13 @@ func TestDiagnostics(t *testing.T) {
 			}
 		})
 	}
+}
+
+// luaLinks returns the connectors and links of a flow whose lua node l
+// has option kvOpt, beside the connector declared by store.
+func luaLinks(store, kvOpt string) string {
+	return "connectors:\n  " + store + "\n  l: {type: lua, script: 'emit(\"out\")', " + kvOpt + "}\n" +
+		"  i: {type: stdin}\n  o: {type: null}\nlinks:\n  - i -> l\n  - i/err -> o\n  - l -> o\n  - l/err -> o\n"
 }
 
 func joinDiags(diags []Diagnostic) string {

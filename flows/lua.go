@@ -8,42 +8,38 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/operators/lua"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
 // luaSpec is the lua processor: a sandboxed script per event with a kv
-// table on the store of dir, in the same namespace a kv connector of the
-// same flow on that dir uses (the flow's name unless namespace is set).
+// table bound to a kv connector of the same flow (its store, namespace and
+// limits), named by the kv option.
 func luaSpec() Spec {
-	var fields []Field
-	fields = append(fields,
-		Field{Name: "script", Type: TypeString, Doc: "Lua source run once per event (give script or file)."},
-		Field{Name: "file", Type: TypePath, Doc: "Lua file run once per event, relative to the flow file unless absolute."},
-		Field{Name: "ports", Type: TypeString, Doc: "Comma-separated output ports emit may use besides `out` and `err` (`actions, alerts`)."},
-		Field{Name: "timeout", Type: TypeDuration, Default: lua.DefaultTimeout.String(), Doc: "Longest run of the script for one event."},
-		Field{Name: "max_call_depth", Type: TypeInt, Default: fmt.Sprint(lua.DefaultMaxCallDepth), Doc: "Deepest Lua call stack (recursion)."},
-		Field{Name: "max_stack_slots", Type: TypeInt, Default: fmt.Sprint(lua.DefaultMaxStackSlots), Doc: "Largest Lua value stack, in slots."},
-		Field{Name: "max_string_bytes", Type: TypeByteSize, Default: "4MiB",
-			Doc: "Largest string.rep result, value converted to JSON, and total output of one event."},
-	)
-	for _, f := range kvSpec().Fields {
-		if f.Name == "dir" {
-			f.Required = false
-			f.Doc = "Store directory of the kv table, relative to the flow file unless absolute; the same directory as a kv connector of the flow shares its store. Without it, kv functions raise an error."
-		}
-		fields = append(fields, f)
-	}
 	return Spec{
 		Type: "lua",
 		Kind: KindProcessor,
-		Summary: "Runs a sandboxed Lua script once per event, with a `kv` table on a kv store. " +
+		Summary: "Runs a sandboxed Lua script once per event, with a `kv` table on the kv connector named by `kv`. " +
 			"The script's kv writes and its emitted events for one event are applied together or, when it raises, not at all " +
 			"(the event goes to `err` with the Lua error and line). See docs/lua.md.",
-		Fields:   fields,
+		Fields: []Field{
+			{Name: "script", Type: TypeString, Doc: "Lua source run once per event (give script or file)."},
+			{Name: "file", Type: TypePath, Doc: "Lua file run once per event, relative to the flow file unless absolute."},
+			{Name: "kv", Type: TypeNode, NodeType: "kv",
+				Doc: "The kv connector of this flow the `kv` table works on: its store, namespace and limits. It needs no links. Without it, kv functions raise an error."},
+			{Name: "ports", Type: TypeString, Doc: "Comma-separated output ports emit may use besides `out` and `err` (`actions, alerts`)."},
+			{Name: "timeout", Type: TypeDuration, Default: lua.DefaultTimeout.String(), Doc: "Longest run of the script for one event."},
+			{Name: "max_memory", Type: TypeByteSize, Default: "64MiB",
+				Doc: "Largest growth of the process heap while one event's script runs longer than a few milliseconds (see docs/lua.md)."},
+			{Name: "max_call_depth", Type: TypeInt, Default: fmt.Sprint(lua.DefaultMaxCallDepth), Doc: "Deepest Lua call stack (recursion)."},
+			{Name: "max_stack_slots", Type: TypeInt, Default: fmt.Sprint(lua.DefaultMaxStackSlots), Doc: "Largest Lua value stack, in slots."},
+			{Name: "max_string_bytes", Type: TypeByteSize, Default: "4MiB",
+				Doc: "Largest string.rep result, value converted to JSON, and total output of one event."},
+		},
 		Ports:    luaPorts,
 		PortsDoc: "`out`, `err`, plus those listed in `ports`",
-		Build: func(ctx context.Context, env *BuildEnv, c *Config) (Component, error) {
+		Build: func(_ context.Context, env *BuildEnv, c *Config) (Component, error) {
 			src, name, err := luaSource(c)
 			if err != nil {
 				return Component{}, err
@@ -53,26 +49,31 @@ func luaSpec() Spec {
 				Name:           name,
 				Ports:          splitPorts(c.String("ports")),
 				Timeout:        c.Duration("timeout"),
+				MaxMemory:      c.ByteSize("max_memory"),
 				MaxCallDepth:   c.Int("max_call_depth"),
 				MaxStackSlots:  c.Int("max_stack_slots"),
 				MaxStringBytes: int(min(c.ByteSize("max_string_bytes"), 1<<40)),
 				Logger:         env.Options.Logger.With("node", c.Node),
 			}
-			if kvConfigured(c) {
-				conn, err := openKV(ctx, env, c)
+			release := func(context.Context) error { return nil }
+			if store := c.String("kv"); store != "" {
+				p, rel, err := env.Use(store)
 				if err != nil {
 					return Component{}, err
 				}
-				opts.Store, opts.OwnStore = conn, true
+				conn, ok := p.(*kv.Connector)
+				if !ok {
+					_ = rel(context.Background())
+					return Component{}, fmt.Errorf("%w: connector %q is not a kv connector", ErrNodeUnavailable, store)
+				}
+				opts.Store, release = conn, rel
 			}
 			p, err := lua.New(opts)
 			if err != nil {
-				if opts.Store != nil {
-					_ = opts.Store.Close(context.Background())
-				}
+				_ = release(context.Background())
 				return Component{}, err
 			}
-			return Component{Processor: p}, nil
+			return Component{Processor: WithRelease(p, release)}, nil
 		},
 	}
 }

@@ -60,6 +60,11 @@ const (
 	// comma-separated string; empty items are dropped and at least one
 	// must remain.
 	TypeStrings FieldType = "strings"
+	// TypeNode names another connector of the same flow, of type
+	// Field.NodeType. The loader checks that it exists and has that type,
+	// and Build builds it first so the component can reach it through
+	// BuildEnv.Use.
+	TypeNode FieldType = "node"
 )
 
 // Field describes one option of a component: how it is validated and how it
@@ -91,6 +96,8 @@ type Field struct {
 	Enum []string
 	// Aliases are other accepted keys for the option.
 	Aliases []string
+	// NodeType is the connector type a TypeNode field must name ("kv").
+	NodeType string
 }
 
 // When is a condition on another option of the same component: it holds
@@ -363,6 +370,9 @@ func (r *Registry) Register(s Spec) error {
 				return fmt.Errorf("flows: register %q: field %q has a condition on %q, which is not another field of the spec or lists no values", s.Type, f.Name, w.Field)
 			}
 		}
+		if f.Type == TypeNode && f.NodeType == "" {
+			return fmt.Errorf("flows: register %q: node field %q has no NodeType", s.Type, f.Name)
+		}
 	}
 	r.specs[s.Type] = &s
 	r.order = append(r.order, s.Type)
@@ -459,6 +469,11 @@ func (r *Registry) parseValue(f *Field, text string, isNull bool, baseDir string
 		}
 		if !filepath.IsAbs(text) && baseDir != "" {
 			text = filepath.Join(baseDir, text)
+		}
+		return text, ""
+	case TypeNode:
+		if isNull || !validName(text) {
+			return nil, fmt.Sprintf("expected the name of a %s connector of this flow, got %q", f.NodeType, text)
 		}
 		return text, ""
 	case TypeEnum:
@@ -575,6 +590,9 @@ func (s *Spec) markdown(b *strings.Builder) {
 		typ := string(f.Type)
 		if f.Type == TypeEnum {
 			typ = "`" + strings.Join(f.Enum, "` \\| `") + "`"
+		}
+		if f.Type == TypeNode {
+			typ = "name of a `" + f.NodeType + "` connector"
 		}
 		req := "no"
 		switch {

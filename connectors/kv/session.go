@@ -26,9 +26,11 @@ type Session struct {
 func (c *Connector) Run(ctx context.Context, fns []func(s *Session) error) (errs []error, err error) {
 	errs = make([]error, len(fns))
 	txs := make([]TxnFunc, len(fns))
+	sessions := make([]Session, len(fns)) // one allocation, not one per fn
 	for i, fn := range fns {
 		txs[i] = func(tx Txn) error {
-			s := &Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
+			s := &sessions[i]
+			*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
 			return fn(s)
 		}
 	}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
+	"slices"
 	"strconv"
+	"strings"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 	glua "github.com/yuin/gopher-lua"
@@ -26,7 +28,9 @@ func (v *vm) fromJSON(raw []byte) (glua.LValue, error) {
 	if !gjson.ValidBytes(raw) {
 		return glua.LNil, fmt.Errorf("%w: malformed JSON", kv.ErrInvalidJSON)
 	}
-	return v.fromResult(gjson.ParseBytes(raw), 0)
+	// raw is never modified (event bytes are immutable, kv results belong
+	// to the caller), so strings parsed from it may share its memory.
+	return v.fromResult(gjson.Parse(bytesString(raw)), 0)
 }
 
 func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
@@ -45,37 +49,36 @@ func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
 	case gjson.String:
 		return glua.LString(r.Str), nil
 	}
-	// Sized tables: NewTable preallocates 32 slots and a 32-entry map,
-	// which dominates the cost of converting small events.
-	var t *glua.LTable
-	var err error
-	if r.IsArray() {
-		t = v.L.CreateTable(countElems(r), 0)
-		r.ForEach(func(_, e gjson.Result) bool {
-			var lv glua.LValue
-			if lv, err = v.fromResult(e, depth+1); err == nil {
-				t.Append(lv)
-			}
-			return err == nil
-		})
-		return t, err
-	}
-	t = v.L.CreateTable(0, countElems(r))
+	// One pass collects the members on the VM's result stack (nested
+	// values push theirs above), so the table is created at its size:
+	// NewTable would preallocate 32 slots and a 32-entry map, which
+	// dominates the cost of converting small events.
+	start := len(v.results)
+	defer func() { v.results = v.results[:start] }()
 	r.ForEach(func(k, e gjson.Result) bool {
-		var lv glua.LValue
-		if lv, err = v.fromResult(e, depth+1); err == nil {
-			t.RawSetString(k.Str, lv)
-		}
-		return err == nil
+		v.results = append(v.results, k, e)
+		return true
 	})
-	return t, err
-}
-
-// countElems counts the elements of an array or the members of an object.
-func countElems(r gjson.Result) int {
-	n := 0
-	r.ForEach(func(_, _ gjson.Result) bool { n++; return true })
-	return n
+	items := v.results[start:]
+	n := len(items) / 2
+	var t *glua.LTable
+	if r.IsArray() {
+		t = v.L.CreateTable(n, 0)
+	} else {
+		t = v.L.CreateTable(0, n)
+	}
+	for i := 0; i < n; i++ {
+		lv, err := v.fromResult(items[2*i+1], depth+1)
+		if err != nil {
+			return t, err
+		}
+		if r.IsArray() {
+			t.Append(lv)
+		} else {
+			t.RawSetString(items[2*i].Str, lv)
+		}
+	}
+	return t, nil
 }
 
 // toJSON appends the JSON encoding of lv to dst. A number is written as an
@@ -85,6 +88,7 @@ func countElems(r gjson.Result) int {
 // keys written as strings. Functions, userdata other than json.null,
 // NaN, infinities and cycles are errors.
 func (v *vm) toJSON(dst []byte, lv glua.LValue) ([]byte, error) {
+	v.jsonBase = len(dst)
 	return v.appendJSON(dst, lv, 0)
 }
 
@@ -92,7 +96,7 @@ func (v *vm) appendJSON(dst []byte, lv glua.LValue, depth int) ([]byte, error) {
 	if depth > kv.MaxDepth {
 		return dst, fmt.Errorf("%w: nested deeper than %d (a table containing itself?)", errConvert, kv.MaxDepth)
 	}
-	if len(dst) > v.p.opts.MaxStringBytes {
+	if len(dst)-v.jsonBase > v.p.opts.MaxStringBytes {
 		v.limit = fmt.Errorf("%w: a value converted to JSON is over %d bytes", ErrLimit, v.p.opts.MaxStringBytes)
 		return dst, v.limit
 	}
@@ -128,7 +132,9 @@ func appendNumber(dst []byte, f float64) ([]byte, error) {
 func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) {
 	n := t.MaxN()
 	count := 0
-	t.ForEach(func(_, _ glua.LValue) { count++ })
+	for k, _ := t.Next(glua.LNil); k != glua.LNil; k, _ = t.Next(k) {
+		count++
+	}
 	var err error
 	if n > 0 && n == count {
 		dst = append(dst, '[')
@@ -142,31 +148,28 @@ func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) 
 		}
 		return append(dst, ']'), nil
 	}
-	type entry struct {
-		k string
-		v glua.LValue
-	}
-	entries := make([]entry, 0, count)
-	t.ForEach(func(k, val glua.LValue) {
-		if err != nil {
-			return
-		}
+	// The entries go to the VM's scratch stack (nested tables push theirs
+	// above), so encoding a table allocates nothing once the stack has
+	// grown.
+	start := len(v.scratch)
+	defer func() { v.scratch = v.scratch[:start] }()
+	for k, val := t.Next(glua.LNil); k != glua.LNil; k, val = t.Next(k) {
 		switch kk := k.(type) {
 		case glua.LString:
-			entries = append(entries, entry{string(kk), val})
+			v.scratch = append(v.scratch, entry{string(kk), val})
 		case glua.LNumber:
 			b, e := appendNumber(nil, float64(kk))
-			entries = append(entries, entry{string(b), val})
-			err = e
+			if e != nil {
+				return dst, e
+			}
+			v.scratch = append(v.scratch, entry{string(b), val})
 		default:
-			err = fmt.Errorf("%w: a table key of type %s", errConvert, k.Type())
+			return dst, fmt.Errorf("%w: a table key of type %s", errConvert, k.Type())
 		}
-	})
-	if err != nil {
-		return dst, err
 	}
+	entries := v.scratch[start:]
 	// Sorted keys make the encoding deterministic (Lua's table order is not).
-	sort.Slice(entries, func(i, j int) bool { return entries[i].k < entries[j].k })
+	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.k, b.k) })
 	dst = append(dst, '{')
 	for i, e := range entries {
 		if i > 0 {
@@ -181,8 +184,27 @@ func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) 
 	return append(dst, '}'), nil
 }
 
-// appendString appends s as a JSON string.
-func appendString(dst []byte, s string) []byte {
-	b, _ := json.Marshal(s) // never fails for a string; invalid UTF-8 becomes U+FFFD
-	return append(dst, b...)
+// entry is a table member being encoded.
+type entry struct {
+	k string
+	v glua.LValue
 }
+
+// appendString appends s as a JSON string, escaped as encoding/json does
+// (including <, > and & as \u003c...). Plain ASCII, the common case, is
+// copied as it is.
+func appendString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			b, _ := json.Marshal(s) // never fails for a string; invalid UTF-8 becomes U+FFFD
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// bytesString returns b as a string without copying; b must not change
+// afterwards.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }

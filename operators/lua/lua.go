@@ -31,8 +31,11 @@ var (
 	// while handling an event (the message holds the chunk name and line).
 	ErrScript = errors.New("lua script error")
 	// ErrLimit reports a script stopped by a per-event limit: Timeout,
-	// MaxCallDepth, MaxStackSlots or MaxStringBytes.
+	// MaxMemory, MaxCallDepth, MaxStackSlots or MaxStringBytes.
 	ErrLimit = errors.New("lua limit exceeded")
+	// ErrMemoryLimit reports a script stopped by MaxMemory; it comes
+	// wrapped together with ErrLimit.
+	ErrMemoryLimit = errors.New("memory limit")
 	// ErrInvalidOption reports a malformed option (bad port name, no script).
 	ErrInvalidOption = errors.New("invalid option")
 )
@@ -40,6 +43,7 @@ var (
 // Defaults for Options.
 const (
 	DefaultTimeout        = 5 * time.Second
+	DefaultMaxMemory      = 64 << 20
 	DefaultMaxCallDepth   = 200
 	DefaultMaxStackSlots  = 256 * 1024
 	DefaultMaxStringBytes = 4 << 20
@@ -53,17 +57,22 @@ type Options struct {
 	// "script".
 	Name string
 	// Store is the kv connector the script's kv table works on, in its
-	// namespace. Nil: every kv function raises an error. The Processor does
-	// not own it (the caller closes it), unless OwnStore is set.
+	// namespace and with its limits. Nil: every kv function raises an
+	// error. The Processor does not own it: the caller closes it after
+	// closing the Processor.
 	Store *kv.Connector
-	// OwnStore makes Close close Store.
-	OwnStore bool
 	// Ports are the output ports emit may use besides "out" and "err".
 	Ports []string
 	// Timeout bounds the run of the script for one event, in wall-clock
 	// time including its kv reads, so it must leave room for a loaded
 	// machine. Default 5s.
 	Timeout time.Duration
+	// MaxMemory bounds how much the process heap may grow while the script
+	// runs for one event. It is checked by a watchdog only once a run has
+	// lasted a few milliseconds, then every few milliseconds, and measures
+	// the whole process (see the watchdog), so it stops runaway scripts
+	// rather than accounting for small ones. Default 64 MiB.
+	MaxMemory int64
 	// MaxCallDepth bounds the Lua call stack (recursion). Default 200.
 	MaxCallDepth int
 	// MaxStackSlots bounds the Lua value stack (registry), the VM's memory
@@ -86,6 +95,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.MaxMemory <= 0 {
+		o.MaxMemory = DefaultMaxMemory
 	}
 	if o.MaxCallDepth <= 0 {
 		o.MaxCallDepth = DefaultMaxCallDepth
@@ -112,8 +124,19 @@ type Processor struct {
 	proto *glua.FunctionProto
 	ports map[string]bool
 
-	mu sync.Mutex
-	vm *vm // nil until first use or after a failed run
+	mu   sync.Mutex
+	vm   *vm // nil until first use or after a failed run
+	dog  *watchdog
+	outs [][]output // per-batch scratch, reused
+	errs []error
+	fns  []func(*kv.Session) error
+	// outBuf holds the outputs of the batch's events (each event's outs is
+	// a slice of it), arena the bytes of their data and meta: a few
+	// allocations per batch instead of several per event. outBuf is reused;
+	// arena is handed over with the emitted events, so each batch starts a
+	// new one.
+	outBuf []output
+	arena  []byte
 }
 
 var (
@@ -129,6 +152,7 @@ func New(opts Options) (*Processor, error) {
 		return nil, fmt.Errorf("lua: %w: a script is required", ErrInvalidOption)
 	}
 	p := &Processor{opts: opts, ports: map[string]bool{pipeline.PortOut: true, pipeline.PortErr: true}}
+	p.dog = newWatchdog(opts.Timeout, opts.MaxMemory)
 	for _, port := range opts.Ports {
 		if port == "" || strings.ContainsAny(port, " \t.,") {
 			return nil, fmt.Errorf("lua: %w: port %q is not a valid name", ErrInvalidOption, port)
@@ -142,6 +166,10 @@ func New(opts Options) (*Processor, error) {
 	if p.proto, err = glua.Compile(chunk, opts.Name); err != nil {
 		return nil, fmt.Errorf("lua: %w: %w", ErrScript, err)
 	}
+	// The main chunk is a vararg function that, for Lua 5.0 compatibility,
+	// gets a fresh `arg` table (with a 32-slot map) on every call. Scripts
+	// receive no arguments, so the table is pure per-event garbage.
+	p.proto.IsVarArg &^= glua.VarArgNeedsArg
 	return p, nil
 }
 
@@ -150,18 +178,21 @@ func (p *Processor) Ports() []string {
 	return append([]string{pipeline.PortOut, pipeline.PortErr}, p.opts.Ports...)
 }
 
-// Close releases the VM and closes the store when the Processor owns it.
-func (p *Processor) Close(ctx context.Context) error {
+// Close releases the VM and stops the watchdog. It does not close Store.
+func (p *Processor) Close(context.Context) error {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dropVM()
+	p.dog.stop()
+	return nil
+}
+
+// dropVM discards the VM, so no state of a half-run script survives.
+func (p *Processor) dropVM() {
 	if p.vm != nil {
-		p.vm.L.Close()
+		p.vm.close()
 		p.vm = nil
 	}
-	p.mu.Unlock()
-	if p.opts.OwnStore && p.opts.Store != nil {
-		return p.opts.Store.Close(ctx)
-	}
-	return nil
 }
 
 // output is an event emitted by a script, held until its writes commit.
@@ -176,9 +207,12 @@ type output struct {
 func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	outs := make([][]output, len(batch))
-	errs := make([]error, len(batch))
-	fns := make([]func(*kv.Session) error, len(batch))
+	defer p.endBatch()
+	n := len(batch)
+	p.outs = resize(p.outs, n)
+	p.errs = resize(p.errs, n)
+	p.fns = resize(p.fns, n)
+	outs, errs, fns := p.outs, p.errs, p.fns
 	for i, ev := range batch {
 		fns[i] = func(s *kv.Session) error {
 			o, err := p.runOne(ctx, s, ev)
@@ -210,7 +244,20 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 			emit.Emit(o.port, o.ev)
 		}
 	}
+	clear(outs)
+	clear(errs)
+	clear(fns)
+	clear(p.outBuf)
+	p.outBuf, p.arena = p.outBuf[:0], nil
 	return nil
+}
+
+// resize returns s with length n, reusing its array when large enough.
+func resize[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
 }
 
 // runOne runs the script for one event with session s (nil without a
@@ -225,10 +272,29 @@ func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event
 		p.vm = v
 	}
 	v := p.vm
+	if v.ctx == nil {
+		// One cancellable context per batch: the watchdog cancels it to
+		// stop a run, after which the VM is discarded with it.
+		v.ctx, v.cancel = context.WithCancelCause(ctx)
+		v.L.SetContext(v.ctx)
+	}
 	outs, err := v.run(ctx, s, ev)
-	if err != nil {
-		v.L.Close()
-		p.vm = nil
+	switch {
+	case err != nil:
+		p.dropVM()
+	case v.ctx.Err() != nil:
+		// The watchdog fired as the script finished: the run counts, but
+		// the next one needs a live context.
+		p.endBatch()
 	}
 	return outs, err
+}
+
+// endBatch releases the batch's context of the VM.
+func (p *Processor) endBatch() {
+	if v := p.vm; v != nil && v.ctx != nil {
+		v.L.RemoveContext()
+		v.cancel(nil)
+		v.ctx, v.cancel = nil, nil
+	}
 }

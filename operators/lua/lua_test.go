@@ -329,3 +329,104 @@ func TestNoStore(t *testing.T) {
 		t.Errorf("error %q", msg)
 	}
 }
+
+func TestMemoryLimit(t *testing.T) {
+	store := newStore(t, nil)
+	p := newProc(t, `
+if event.data.ok then kv.set("ok", true) emit("out") return end
+kv.set("a", 1)
+if event.data.garbage then
+  -- Allocates far more than the limit in total, but keeps none of it.
+  local start = os.clock()
+  while os.clock() - start < 0.3 do
+    local t = {}
+    for j = 1, 100 do t[j] = {j} end
+  end
+  emit("out")
+  return
+end
+local t = {}
+local i = 0
+while true do
+  i = i + 1
+  t[i] = {i, tostring(i)}
+end`, Options{Store: store, MaxMemory: 16 << 20, Timeout: 5 * time.Minute})
+	c := process(t, p, ev(`{}`, `{}`), ev(`{"ok":true}`, `{}`))
+	if len(c.out["err"]) != 1 || len(c.out["out"]) != 1 {
+		t.Fatalf("outputs: %v", c.out)
+	}
+	msg := gjson.GetBytes(c.out["err"][0].Meta, "error").Str
+	t.Logf("runaway script: %s", msg)
+	if !strings.Contains(msg, "memory limit: the process heap grew by") || !strings.Contains(msg, "limit is 16.0 MiB") {
+		t.Errorf("error %q does not report the memory limit", msg)
+	}
+	if v := storeGet(t, store, "a"); v != "" {
+		t.Errorf("a kept after the memory limit stopped the script: %s", v)
+	}
+	if v := storeGet(t, store, "ok"); v != "true" {
+		t.Errorf("the event after the runaway one did not commit: ok = %q", v)
+	}
+
+	// The error is the sentinel, within ErrLimit.
+	var runErr error
+	p.mu.Lock()
+	_, err := store.Run(context.Background(), []func(*kv.Session) error{func(s *kv.Session) error {
+		_, runErr = p.runOne(context.Background(), s, ev(`{}`, `{}`))
+		return runErr
+	}})
+	p.endBatch()
+	p.mu.Unlock()
+	if err != nil || !errors.Is(runErr, ErrMemoryLimit) || !errors.Is(runErr, ErrLimit) {
+		t.Errorf("run error %v (commit %v), want ErrMemoryLimit and ErrLimit", runErr, err)
+	}
+
+	// Garbage is not growth: a script allocating many times the limit
+	// without keeping it runs to the end.
+	c = process(t, p, ev(`{"garbage":true}`, `{}`))
+	if len(c.out["out"]) != 1 {
+		t.Errorf("garbage-producing script: %v", c.out)
+		for _, e := range c.out["err"] {
+			t.Logf("%s", e.Meta)
+		}
+	}
+}
+
+// TestEventFields covers the event table: data and meta built on first
+// access, passed through unchanged when the script never touches them,
+// and nothing carried over from one event to the next.
+func TestEventFields(t *testing.T) {
+	tests := []struct {
+		name, script, data, meta string
+		wantData, wantMeta       string
+	}{
+		{"untouched passes through", `emit("out")`, `{"z":1,"a":1e400}`, `{"m":1}`, `{"z":1,"a":1e400}`, `{"m":1}`},
+		{"read is re-encoded", `local _ = event.data.z emit("out")`, `{"z":1,"a":2}`, `{}`, `{"a":2,"z":1}`, `{}`},
+		{"changed", `event.data.z = 5 event.meta.k = "v" emit("out")`, `{"z":1}`, ``, `{"z":5}`, `{"k":"v"}`},
+		{"replaced before read", `event.data = {n = 1} emit("out")`, `{"z":1}`, `{}`, `{"n":1}`, `{}`},
+		{"set to nil before read", `event.data = nil emit("out")`, `{"z":1}`, `{}`, `null`, `{}`},
+		{"null payload", `emit("out", {isnil = event.data == nil})`, `null`, `{}`, `{"isnil":true}`, `{}`},
+		{"own field not kept", `emit("out", {x = event.x}) event.x = 1`, `{}`, `{}`, `{}`, `{}`},
+		{"metatable removed", `emit("out", {d = event.data}) setmetatable(event, nil)`, `{"a":1}`, `{}`, `{"d":{"a":1}}`, `{}`},
+		{"malformed data unread", `emit("out", {})`, `{"a":`, `{}`, `{}`, `{}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newProc(t, tt.script, Options{})
+			for i := range 2 { // the second event must not see the first's state
+				c := process(t, p, ev(tt.data, tt.meta))
+				if len(c.out["out"]) != 1 {
+					t.Fatalf("event %d: outputs %v", i, c.out)
+				}
+				got := c.out["out"][0]
+				if string(got.DataJSON()) != tt.wantData || string(got.MetaJSON()) != tt.wantMeta {
+					t.Errorf("event %d: data %s meta %s, want %s %s", i, got.DataJSON(), got.MetaJSON(), tt.wantData, tt.wantMeta)
+				}
+			}
+		})
+	}
+	p := newProc(t, `local _ = event.data.a`, Options{})
+	c := process(t, p, ev(`{"a":`, `{}`))
+	if len(c.out["err"]) != 1 || !strings.Contains(string(c.out["err"][0].Meta), "script:1: event.data: invalid JSON: malformed JSON") {
+		t.Errorf("malformed data read: %v", c.out)
+	}
+}

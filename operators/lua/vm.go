@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,12 +22,27 @@ type vm struct {
 	null *glua.LUserData // json.null
 	fn   *glua.LFunction // the compiled script, made once per VM
 
+	// The context of the current batch, cancelled by the watchdog to stop
+	// a run; nil between batches.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
 	// Set for the duration of one run.
 	sess  *kv.Session
 	ev    pipeline.Event
-	outs  []output
 	bytes int // total size of outs
 	limit error
+
+	// event is the table of the event global, refilled for each run:
+	// data and meta are built from the event's JSON on first access
+	// (eventIndex); dataSet and metaSet say they were built or assigned.
+	event, eventMT   *glua.LTable
+	dataSet, metaSet bool
+
+	scratch  []entry        // table members being encoded, see appendTable
+	results  []gjson.Result // JSON members being converted, see fromResult
+	jsonBase int            // where the value toJSON is encoding starts in dst
+	tmp      []byte         // encoding of a kv value, copied by the Session
 }
 
 // newVM opens a state with only the safe libraries and the flowrun
@@ -60,6 +76,7 @@ func (p *Processor) newVM() (*vm, error) {
 	json.RawSetString("null", v.null)
 	L.SetGlobal("json", json)
 	L.SetGlobal("emit", L.NewFunction(v.emit))
+	v.newEventTable()
 	logT := L.NewTable()
 	for _, lv := range []string{"debug", "info", "warn", "error"} {
 		logT.RawSetString(lv, L.NewFunction(v.logFn(lv)))
@@ -69,6 +86,14 @@ func (p *Processor) newVM() (*vm, error) {
 	L.SetGlobal("kv", v.kvTable())
 	v.fn = L.NewFunctionFromProto(p.proto)
 	return v, nil
+}
+
+// close releases the state and the batch context.
+func (v *vm) close() {
+	if v.cancel != nil {
+		v.cancel(nil)
+	}
+	v.L.Close()
 }
 
 // sandboxOS keeps only os.time, os.date and os.clock, reading the
@@ -131,38 +156,34 @@ func (v *vm) sandboxString() {
 // emitted, or the error it raised.
 func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, error) {
 	L := v.L
-	v.sess, v.ev, v.outs, v.bytes, v.limit = s, ev, nil, 0, nil
+	p := v.p
+	v.sess, v.ev, v.bytes, v.limit = s, ev, 0, nil
 	defer func() { v.sess = nil }()
-	data, err := v.fromJSON(ev.DataJSON())
-	if err != nil {
-		return nil, fmt.Errorf("data: %w", err)
-	}
-	meta, err := v.fromJSON(ev.MetaJSON())
-	if err != nil {
-		return nil, fmt.Errorf("meta: %w", err)
-	}
-	if data == v.null {
-		data = glua.LNil
-	}
-	event := L.CreateTable(0, 2)
-	event.RawSetString("data", data)
-	event.RawSetString("meta", meta)
-	L.SetGlobal("event", event)
+	// Outputs and their bytes go to the batch's buffers; a failed run
+	// takes its own back out.
+	outStart, arenaStart := len(p.outBuf), len(p.arena)
+	ok := false
+	defer func() {
+		if !ok {
+			p.outBuf, p.arena = p.outBuf[:outStart], p.arena[:arenaStart]
+		}
+	}()
+	v.resetEvent()
+	L.SetGlobal("event", v.event)
 
-	rctx, cancel := context.WithTimeout(ctx, v.p.opts.Timeout)
-	defer cancel()
-	L.SetContext(rctx)
-	defer L.RemoveContext()
+	v.p.dog.begin(v.cancel)
 	L.Push(v.fn)
-	err = L.PCall(0, 0, nil)
+	err := L.PCall(0, 0, nil)
+	v.p.dog.end()
 	if err == nil {
-		return v.outs, nil
+		ok = true
+		return p.outBuf[outStart:len(p.outBuf):len(p.outBuf)], nil
 	}
 	if v.limit != nil {
 		return nil, v.limit
 	}
-	if rctx.Err() != nil && ctx.Err() == nil {
-		return nil, fmt.Errorf("%w: the script ran longer than %v for this event", ErrLimit, v.p.opts.Timeout)
+	if v.ctx.Err() != nil && ctx.Err() == nil {
+		return nil, context.Cause(v.ctx)
 	}
 	msg := err.Error()
 	var ae *glua.ApiError
@@ -175,6 +196,71 @@ func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outpu
 	return nil, fmt.Errorf("%w: %s", ErrScript, msg)
 }
 
+// newEventTable makes the event table with its lazy fields.
+func (v *vm) newEventTable() {
+	L := v.L
+	v.event = L.CreateTable(0, 2)
+	v.eventMT = L.CreateTable(0, 2)
+	v.eventMT.RawSetString("__index", L.NewFunction(v.eventIndex))
+	v.eventMT.RawSetString("__newindex", L.NewFunction(v.eventNewIndex))
+	L.SetMetatable(v.event, v.eventMT)
+}
+
+// resetEvent empties the event table for the next event. A script that
+// added fields of its own to it, or changed its metatable, gets a new
+// table, so nothing leaks into the next event.
+func (v *vm) resetEvent() {
+	v.event.RawSetString("data", glua.LNil)
+	v.event.RawSetString("meta", glua.LNil)
+	v.dataSet, v.metaSet = false, false
+	if k, _ := v.event.Next(glua.LNil); k != glua.LNil || v.event.Metatable != v.eventMT {
+		v.newEventTable()
+	}
+}
+
+// eventIndex builds event.data or event.meta on first access.
+func (v *vm) eventIndex(L *glua.LState) int {
+	t := L.CheckTable(1)
+	key, _ := L.Get(2).(glua.LString)
+	var raw []byte
+	switch {
+	case key == "data" && !v.dataSet:
+		v.dataSet, raw = true, v.ev.DataJSON()
+	case key == "meta" && !v.metaSet:
+		v.metaSet, raw = true, v.ev.Meta
+	default:
+		L.Push(glua.LNil)
+		return 1
+	}
+	var lv glua.LValue = L.CreateTable(0, 0) // empty meta
+	if len(raw) > 0 {
+		var err error
+		if lv, err = v.fromJSON(raw); err != nil {
+			L.RaiseError("event.%s: %s", string(key), err.Error())
+		}
+		if lv == v.null {
+			lv = glua.LNil
+		}
+	}
+	t.RawSetString(string(key), lv)
+	L.Push(lv)
+	return 1
+}
+
+// eventNewIndex records an assignment to event.data or event.meta before
+// their first read, so that they are not built from the event afterwards.
+func (v *vm) eventNewIndex(L *glua.LState) int {
+	t := L.CheckTable(1)
+	switch L.Get(2) {
+	case glua.LString("data"):
+		v.dataSet = true
+	case glua.LString("meta"):
+		v.metaSet = true
+	}
+	t.RawSet(L.CheckAny(2), L.Get(3))
+	return 0
+}
+
 // emit implements emit(port [, data [, meta]]): data and meta default to
 // event.data and event.meta as the script left them.
 func (v *vm) emit(L *glua.LState) int {
@@ -182,36 +268,54 @@ func (v *vm) emit(L *glua.LState) int {
 	if !v.p.ports[port] {
 		L.RaiseError("emit: unknown port %q (ports: %s)", port, strings.Join(v.p.Ports(), ", "))
 	}
-	event := L.GetGlobal("event").(*glua.LTable)
 	data, meta := L.Get(2), L.Get(3)
-	if data == glua.LNil {
+	// Without data or meta, the event's own: its original bytes when the
+	// script never touched them, or what it left in event.
+	var d, m []byte
+	passData, passMeta := false, false
+	event, _ := L.GetGlobal("event").(*glua.LTable)
+	if data == glua.LNil && event != nil {
 		data = event.RawGetString("data")
+		passData = data == glua.LNil && event == v.event && !v.dataSet
 	}
-	if meta == glua.LNil {
+	if meta == glua.LNil && event != nil {
 		meta = event.RawGetString("meta")
+		passMeta = meta == glua.LNil && event == v.event && !v.metaSet
 	}
-	d, err := v.toJSON(nil, data)
-	if err != nil {
-		L.RaiseError("emit: data: %s", err.Error())
+	if passData {
+		d = v.ev.DataJSON()
+	} else {
+		start := len(v.p.arena)
+		buf, err := v.toJSON(v.p.arena, data)
+		if err != nil {
+			L.RaiseError("emit: data: %s", err.Error())
+		}
+		v.p.arena = buf
+		d = buf[start:len(buf):len(buf)]
 	}
-	var m []byte
-	if meta != glua.LNil {
+	if passMeta {
+		m = v.ev.Meta
+	} else if meta != glua.LNil {
 		if _, ok := meta.(*glua.LTable); !ok {
 			L.RaiseError("emit: meta must be a table, got %s", meta.Type())
 		}
-		if m, err = v.toJSON(nil, meta); err != nil {
+		start := len(v.p.arena)
+		buf, err := v.toJSON(v.p.arena, meta)
+		if err != nil {
 			L.RaiseError("emit: meta: %s", err.Error())
 		}
-		if string(m) == "[]" {
-			m = []byte("{}")
+		if string(buf[start:]) == "[]" {
+			buf = append(buf[:start], "{}"...)
 		}
+		v.p.arena = buf
+		m = buf[start:len(buf):len(buf)]
 	}
 	v.bytes += len(d) + len(m)
 	if v.bytes > v.p.opts.MaxStringBytes {
 		v.limit = fmt.Errorf("%w: the event's outputs total %d bytes, limit is %d", ErrLimit, v.bytes, v.p.opts.MaxStringBytes)
 		L.RaiseError("%s", v.limit.Error())
 	}
-	v.outs = append(v.outs, output{port: port, ev: v.ev.Derive(d, m)})
+	v.p.outBuf = append(v.p.outBuf, output{port: port, ev: v.ev.Derive(d, m)})
 	return 0
 }
 
@@ -276,7 +380,8 @@ func (v *vm) kvTable() *glua.LTable {
 		"set": func(L *glua.LState) int {
 			s := v.session(L)
 			key := L.CheckString(1)
-			raw, err := v.toJSON(nil, L.CheckAny(2))
+			raw, err := v.toJSON(v.tmp[:0], L.CheckAny(2))
+			v.tmp = raw
 			if err != nil {
 				return fail(L, fmt.Errorf("set %q: %w", key, err))
 			}
@@ -351,7 +456,11 @@ func (v *vm) kvTable() *glua.LTable {
 			if err != nil {
 				return fail(L, err)
 			}
-			L.Push(glua.LNumber(gjson.ParseBytes(raw).Float()))
+			f, err := strconv.ParseFloat(bytesString(raw), 64)
+			if err != nil {
+				return fail(L, fmt.Errorf("increment: result %q: %w", raw, err))
+			}
+			L.Push(glua.LNumber(f))
 			return 1
 		},
 		"cas": func(L *glua.LState) int {
@@ -364,7 +473,8 @@ func (v *vm) kvTable() *glua.LTable {
 					return fail(L, fmt.Errorf("cas %q: old: %w", key, err))
 				}
 			}
-			raw, err := v.toJSON(nil, L.CheckAny(3))
+			raw, err := v.toJSON(v.tmp[:0], L.CheckAny(3))
+			v.tmp = raw
 			if err != nil {
 				return fail(L, fmt.Errorf("cas %q: %w", key, err))
 			}
