@@ -29,6 +29,8 @@ type Connector struct {
 	layout layout
 	dec    decoder
 
+	scratchPool sync.Pool // *batchScratch
+
 	stop      context.CancelFunc
 	janitor   sync.WaitGroup
 	closeOnce sync.Once
@@ -79,32 +81,24 @@ func (c *Connector) Close(context.Context) error {
 // batch goes to "err" with that error and none to "out". Process returns an
 // error only for misuse it cannot report per event (never, today).
 func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
-	cmds := make([]command, len(batch))
-	errs := make([]error, len(batch))
-	results := make([]result, len(batch))
-	fns := make([]TxnFunc, 0, len(batch))
-	idx := make([]int, 0, len(batch))
+	sc := c.scratch(len(batch))
+	defer c.release(sc)
+	cmds, errs, results := sc.cmds, sc.errs, sc.results
 	for i, ev := range batch {
 		cmds[i], errs[i] = c.decodeEvent(ev)
 		if errs[i] != nil {
 			continue
 		}
-		fns = append(fns, func(tx Txn) error {
-			x := execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}
-			r, err := x.run(&cmds[i])
-			results[i] = r
-			return err
-		})
-		idx = append(idx, i)
+		sc.idx = append(sc.idx, i)
 	}
-	if len(fns) > 0 {
-		txErrs := make([]error, len(fns))
+	if n := len(sc.idx); n > 0 {
+		fns, txErrs := sc.fns[:n], sc.txErrs[:n]
 		if err := c.b.Update(ctx, fns, txErrs); err != nil {
-			for _, i := range idx {
+			for _, i := range sc.idx {
 				errs[i] = fmt.Errorf("%s: %w: %w", cmds[i].op, ErrCommit, err)
 			}
 		} else {
-			for j, i := range idx {
+			for j, i := range sc.idx {
 				errs[i] = txErrs[j]
 			}
 		}
@@ -116,6 +110,58 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		c.observe(cmds, errs)
 	}
 	return nil
+}
+
+// batchScratch is the working memory of one Process call, pooled per
+// Connector so a steady stream of batches allocates none of it. fns[j]
+// runs the command at cmds[idx[j]]; each closure is built once, when its
+// slot is first needed, and finds its command through idx.
+type batchScratch struct {
+	cmds    []command
+	errs    []error
+	results []result
+	idx     []int
+	fns     []TxnFunc
+	txErrs  []error
+	x       execer // backends run one Update's fns one at a time
+}
+
+// scratch returns working memory for a batch of n events.
+func (c *Connector) scratch(n int) *batchScratch {
+	sc, _ := c.scratchPool.Get().(*batchScratch)
+	if sc == nil {
+		sc = &batchScratch{x: execer{c: c}}
+	}
+	if cap(sc.cmds) < n {
+		sc.cmds = make([]command, n)
+		sc.errs = make([]error, n)
+		sc.results = make([]result, n)
+		sc.idx = make([]int, 0, n)
+		sc.txErrs = make([]error, n)
+	}
+	sc.cmds, sc.errs, sc.results = sc.cmds[:n], sc.errs[:n], sc.results[:n]
+	for j := len(sc.fns); j < n; j++ {
+		sc.fns = append(sc.fns, func(tx Txn) error {
+			i := sc.idx[j]
+			sc.x.tx, sc.x.now = tx, c.opts.Now().UnixMilli()
+			r, err := sc.x.run(&sc.cmds[i])
+			sc.results[i] = r
+			return err
+		})
+	}
+	return sc
+}
+
+// release clears sc, so the pool holds no reference to events or results
+// already handed on, and returns it to the pool.
+func (c *Connector) release(sc *batchScratch) {
+	clear(sc.cmds)
+	clear(sc.errs)
+	clear(sc.results)
+	clear(sc.txErrs[:len(sc.idx)])
+	sc.idx = sc.idx[:0]
+	sc.x.tx = nil
+	c.scratchPool.Put(sc)
 }
 
 // InvalidOp is the op reported to Options.OnCommands for events whose
@@ -154,7 +200,9 @@ func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
 	if !gjson.ValidBytes(meta) {
 		return command{}, fmt.Errorf("meta is not valid JSON: %w", ErrInvalidCommand)
 	}
-	m := gjson.ParseBytes(meta)
+	// Strings read from meta (the key) alias the event's bytes, which
+	// nobody modifies.
+	m := gjson.Parse(bytesString(meta))
 	if !m.IsObject() {
 		return command{}, fmt.Errorf("meta must be an object: %w", ErrInvalidCommand)
 	}
@@ -162,13 +210,17 @@ func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
 }
 
 // correlation returns the raw meta.correlation of ev, nil when absent.
-func correlation(ev pipeline.Event) []byte {
-	if len(ev.Meta) == 0 || !gjson.ValidBytes(ev.Meta) {
+// valid says ev.Meta is known to be valid JSON (its command decoded).
+func correlation(ev pipeline.Event, valid bool) []byte {
+	if len(ev.Meta) == 0 || !valid && !gjson.ValidBytes(ev.Meta) {
 		return nil
 	}
-	r := gjson.GetBytes(ev.Meta, "correlation")
+	r := gjson.Get(bytesString(ev.Meta), "correlation")
 	if !r.Exists() {
 		return nil
+	}
+	if r.Index > 0 && r.Index+len(r.Raw) <= len(ev.Meta) {
+		return ev.Meta[r.Index : r.Index+len(r.Raw) : r.Index+len(r.Raw)]
 	}
 	return []byte(r.Raw)
 }
@@ -177,14 +229,14 @@ func asCmdError(err error, target **cmdError) bool { return errors.As(err, targe
 
 // emit sends the outcome of one command.
 func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command, r *result, err error) {
-	corr := correlation(ev)
+	corr := correlation(ev, err == nil)
 	if err != nil {
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
 		return
 	}
 	if cmd.op == opScan {
 		for i, rw := range r.rows {
-			meta := openMeta(nil, cmd.op, rw.key, true)
+			meta := openMeta(make([]byte, 0, metaSize(rw.key, corr)), cmd.op, rw.key, true)
 			if i == len(r.rows)-1 {
 				meta = append(meta, `,"last":true`...)
 			}
@@ -192,7 +244,7 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 		}
 		return
 	}
-	var meta []byte
+	meta := make([]byte, 0, metaSize(cmd.key, corr)+len(r.next))
 	if cmd.op == opBatch {
 		meta = append(meta, `{"kv":{"op":"batch","found":true`...)
 	} else {
@@ -203,6 +255,12 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 		meta = append(meta, r.next...)
 	}
 	emit.Emit(pipeline.PortOut, ev.Derive(r.data, closeMeta(meta, corr)))
+}
+
+// metaSize is room for an out meta of key and corr, so that building it
+// allocates once (keys needing escapes may still grow it).
+func metaSize(key string, corr []byte) int {
+	return len(`{"kv":{"op":"get_all","key":"","found":false,"last":true,"next":},"correlation":}`) + len(key) + len(corr)
 }
 
 // openMeta starts an out meta: {"kv":{"op":..,"key":..,"found":..

@@ -74,7 +74,8 @@ func (x *execer) store(key string, value []byte, exp int64, old record) error {
 			return err
 		}
 	}
-	if err := x.tx.Set(x.c.layout.dataKey(nil, key), value, exp); err != nil {
+	x.buf = x.c.layout.dataKey(x.buf[:0], key)
+	if err := x.tx.Set(x.buf, value, exp); err != nil {
 		return err
 	}
 	if exp != 0 {
