@@ -84,16 +84,25 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	sc := c.scratch(len(batch))
 	defer c.release(sc)
 	cmds, errs, results := sc.cmds, sc.errs, sc.results
+	readOnly := true
 	for i, ev := range batch {
 		cmds[i], errs[i] = c.decodeEvent(ev)
 		if errs[i] != nil {
 			continue
 		}
 		sc.idx = append(sc.idx, i)
+		readOnly = readOnly && cmds[i].readOnly()
 	}
 	if n := len(sc.idx); n > 0 {
 		fns, txErrs := sc.fns[:n], sc.txErrs[:n]
-		if err := c.b.Update(ctx, fns, txErrs); err != nil {
+		update := c.b.Update
+		if v, ok := c.b.(Viewer); ok && readOnly {
+			// Nothing in this batch writes, so nothing in it must be
+			// ordered after a write of it: the reads need not queue
+			// behind other writers.
+			update = v.View
+		}
+		if err := update(ctx, fns, txErrs); err != nil {
 			for _, i := range sc.idx {
 				errs[i] = fmt.Errorf("%s: %w: %w", cmds[i].op, ErrCommit, err)
 			}

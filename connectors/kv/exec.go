@@ -42,6 +42,23 @@ type record struct {
 	live   bool   // stored and not expired
 }
 
+// readOnly reports whether cmd never writes, so it may run in a
+// Viewer.View transaction.
+func (cmd *command) readOnly() bool {
+	switch cmd.op {
+	case opGet, opExists, opScan, opCount, opKeys, opGetAll:
+		return true
+	case opBatch:
+		for i := range cmd.sub {
+			if !cmd.sub[i].readOnly() {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
 // execer runs commands inside one TxnFunc.
 type execer struct {
 	c   *Connector

@@ -22,6 +22,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -136,7 +137,19 @@ type Store struct {
 	done    chan struct{} // closed when the syncer has finished
 
 	pending *pendingIndex // the writer's, reused by every group
+
+	// Read-only transactions (View) bypass the writer; these let them wait
+	// for the durability of what they read. applying counts groups that
+	// write, numbered before their batch becomes visible; the syncer
+	// advances released (under relMu) as groups reach their outcome.
+	applying atomic.Uint64
+	relMu    sync.Mutex
+	relCond  *sync.Cond
+	released uint64
+	broken   error // set once a group failed; every later result fails
 }
+
+var _ kv.Viewer = (*Store)(nil)
 
 var _ kv.Backend = (*Store)(nil)
 
@@ -147,6 +160,7 @@ type request struct {
 }
 
 type group struct {
+	seq   uint64        // its number in Store.applying; 0 for groups that wrote nothing
 	batch *pebble.Batch // nil when the group wrote nothing
 	reqs  []*request
 	err   error // commit error, reported to every request
@@ -183,6 +197,7 @@ func Open(dir string, opts Options) (*Store, error) {
 
 		pending: newPendingIndex(),
 	}
+	s.relCond = sync.NewCond(&s.relMu)
 	go s.write()
 	go s.sync()
 	return s, nil
@@ -321,6 +336,9 @@ func (s *Store) apply(reqs []*request) *group {
 	}
 	g.wrote = true
 	g.batch = tx.batch
+	// Numbered before its writes can be seen, so that a View that sees
+	// them also sees the number and waits for the group.
+	g.seq = s.applying.Add(1)
 	var err error
 	if s.opts.NoSync {
 		err = g.batch.Commit(pebble.NoSync)
@@ -340,7 +358,7 @@ func (s *Store) apply(reqs []*request) *group {
 
 // runTxn runs fn, turning a panic into an error so one bad command cannot
 // take the store down with it.
-func runTxn(fn kv.TxnFunc, tx *txn) (err error) {
+func runTxn(fn kv.TxnFunc, tx kv.Txn) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("pebblestore: transaction panicked: %v", p)
@@ -378,6 +396,13 @@ func (s *Store) sync() {
 		if s.opts.OnCommit != nil {
 			s.observe(g, err)
 		}
+		if g.seq != 0 || err != nil {
+			s.relMu.Lock()
+			s.released = max(s.released, g.seq)
+			s.broken = broken
+			s.relMu.Unlock()
+			s.relCond.Broadcast()
+		}
 		for _, r := range g.reqs {
 			r.done <- err
 		}
@@ -391,6 +416,64 @@ func (s *Store) observe(g *group, err error) {
 		info.Transactions += len(r.fns)
 	}
 	s.opts.OnCommit(info)
+}
+
+// View implements kv.Viewer. The reads run in the caller's goroutine
+// against the database, which already holds every group whose Update has
+// returned: a group's batch is applied (and visible) before its results
+// are released. They may also see groups applied but not yet synced; View
+// then waits for those to be released, and fails if one of them failed, so
+// no read result outlives a write that was lost.
+func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	if len(fns) != len(errs) {
+		return fmt.Errorf("pebblestore: View given %d funcs and %d error slots", len(fns), len(errs))
+	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	tx := &readTxn{txn: txn{db: s.db}}
+	for i, fn := range fns {
+		errs[i] = runTxn(fn, tx)
+		tx.closeIter()
+	}
+	// Loaded after the reads: any group they saw was numbered before it
+	// became visible.
+	seen := s.applying.Load()
+	s.relMu.Lock()
+	defer s.relMu.Unlock()
+	for s.released < seen && s.broken == nil {
+		s.relCond.Wait()
+	}
+	return s.broken
+}
+
+// readTxn is the Txn of View: reads go straight to the database.
+type readTxn struct{ txn }
+
+func (t *readTxn) Get(key []byte) ([]byte, int64, bool, error) {
+	v, closer, err := t.db.Get(key)
+	if err != nil {
+		return t.getErr(err)
+	}
+	t.val = append(t.val[:0], v...)
+	_ = closer.Close()
+	value, expireAt, err := kv.ParseStoredRecord(t.val)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("key %q: %w", key, err)
+	}
+	return value, expireAt, true, nil
+}
+
+func (t *readTxn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	return t.scan(t.db, start, end, fn)
+}
+
+func (t *readTxn) Set([]byte, []byte, int64) error { return kv.ErrReadOnly }
+func (t *readTxn) Delete([]byte) error             { return kv.ErrReadOnly }
+func (t *readTxn) DeleteRange([]byte, []byte) error {
+	return kv.ErrReadOnly
 }
 
 // txn implements kv.Txn over the group's batch.
@@ -560,7 +643,6 @@ func (t *txn) DeleteRange(start, end []byte) error {
 }
 
 func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
-	t.closeIter()
 	var r pebble.Reader = t.db
 	if !t.batch.Empty() {
 		if !t.indexed {
@@ -570,6 +652,11 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 		}
 		r = t.batch
 	}
+	return t.scan(r, start, end, fn)
+}
+
+func (t *txn) scan(r pebble.Reader, start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	t.closeIter()
 	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
 	if err != nil {
 		return err

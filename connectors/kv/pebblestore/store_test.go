@@ -359,6 +359,42 @@ func TestOnCommitSilentAfterClose(t *testing.T) {
 	}
 }
 
+// TestView checks the read-only path: it sees earlier writes, refuses
+// writes with kv.ErrReadOnly, and refuses to run on a closed store.
+func TestView(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	update(t, s, set("a", "1", 0), set("b", "2", 99))
+	var ga, gb, gz got
+	var rows []string
+	fns := []kv.TxnFunc{
+		get("a", &ga), get("b", &gb), get("z", &gz), scanAll("", "", &rows),
+		set("c", "3", 0),
+		func(tx kv.Txn) error { return tx.Delete([]byte("a")) },
+		func(tx kv.Txn) error { return tx.DeleteRange([]byte("a"), []byte("z")) },
+	}
+	errs := make([]error, len(fns))
+	if err := s.View(context.Background(), fns, errs); err != nil {
+		t.Fatalf("View: %v", err)
+	}
+	for i, err := range errs {
+		if (i >= 4) != errors.Is(err, kv.ErrReadOnly) || i < 4 && err != nil {
+			t.Errorf("errs[%d] = %v", i, err)
+		}
+	}
+	if ga != (got{"1", 0, true}) || gb != (got{"2", 99, true}) || gz.found || fmt.Sprint(rows) != "[a=1 b=2]" {
+		t.Fatalf("View read %+v %+v %+v %v", ga, gb, gz, rows)
+	}
+	if err := s.View(context.Background(), fns[:1], errs[:2]); err == nil {
+		t.Error("View accepted mismatched slices")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.View(context.Background(), fns[:1], errs[:1]); !errors.Is(err, ErrClosed) {
+		t.Errorf("View after Close = %v, want ErrClosed", err)
+	}
+}
+
 // TestGroupMatchesModel runs random groups of transactions (sets, deletes,
 // range deletions, point reads, scans, failing transactions) against the
 // store and a map, and checks every read and the final state agree. Groups
