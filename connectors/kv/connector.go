@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -99,8 +100,10 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		if v, ok := c.b.(Viewer); ok && readOnly {
 			// Nothing in this batch writes, so nothing in it must be
 			// ordered after a write of it: the reads need not queue
-			// behind other writers.
-			update = v.View
+			// behind other writers, and may run in parallel.
+			update = func(ctx context.Context, _ []TxnFunc, _ []error) error {
+				return sc.view(ctx, v, n)
+			}
 		}
 		if err := update(ctx, fns, txErrs); err != nil {
 			for _, i := range sc.idx {
@@ -133,13 +136,43 @@ type batchScratch struct {
 	fns     []TxnFunc
 	txErrs  []error
 	x       execer // backends run one Update's fns one at a time
+
+	// A large read-only batch is read by two View calls at once: fns2
+	// are the same commands run with their own execer x2.
+	fns2 []TxnFunc
+	x2   execer
+}
+
+// minParallelReads is the smallest read-only batch split between two
+// goroutines; below it, starting one costs more than it saves.
+const minParallelReads = 256
+
+// view runs the n commands of a read-only batch through v, the second half
+// on another goroutine when the batch is large and there is a second CPU.
+func (sc *batchScratch) view(ctx context.Context, v Viewer, n int) error {
+	if n < minParallelReads || runtime.GOMAXPROCS(0) < 2 {
+		return v.View(ctx, sc.fns[:n], sc.txErrs[:n])
+	}
+	h := n / 2
+	var err2 error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err2 = v.View(ctx, sc.fns2[h:n], sc.txErrs[h:n])
+	}()
+	err := v.View(ctx, sc.fns[:h], sc.txErrs[:h])
+	<-done
+	if err == nil {
+		err = err2
+	}
+	return err
 }
 
 // scratch returns working memory for a batch of n events.
 func (c *Connector) scratch(n int) *batchScratch {
 	sc, _ := c.scratchPool.Get().(*batchScratch)
 	if sc == nil {
-		sc = &batchScratch{x: execer{c: c}}
+		sc = &batchScratch{x: execer{c: c}, x2: execer{c: c}}
 	}
 	if cap(sc.cmds) < n {
 		sc.cmds = make([]command, n)
@@ -150,15 +183,21 @@ func (c *Connector) scratch(n int) *batchScratch {
 	}
 	sc.cmds, sc.errs, sc.results = sc.cmds[:n], sc.errs[:n], sc.results[:n]
 	for j := len(sc.fns); j < n; j++ {
-		sc.fns = append(sc.fns, func(tx Txn) error {
-			i := sc.idx[j]
-			sc.x.tx, sc.x.now = tx, c.opts.Now().UnixMilli()
-			r, err := sc.x.run(&sc.cmds[i])
-			sc.results[i] = r
-			return err
-		})
+		sc.fns = append(sc.fns, sc.slot(j, &sc.x))
+		sc.fns2 = append(sc.fns2, sc.slot(j, &sc.x2))
 	}
 	return sc
+}
+
+// slot returns the TxnFunc running the command of slot j with x.
+func (sc *batchScratch) slot(j int, x *execer) TxnFunc {
+	return func(tx Txn) error {
+		i := sc.idx[j]
+		x.tx, x.now = tx, x.c.opts.Now().UnixMilli()
+		r, err := x.run(&sc.cmds[i])
+		sc.results[i] = r
+		return err
+	}
 }
 
 // release clears sc, so the pool holds no reference to events or results
@@ -169,7 +208,7 @@ func (c *Connector) release(sc *batchScratch) {
 	clear(sc.results)
 	clear(sc.txErrs[:len(sc.idx)])
 	sc.idx = sc.idx[:0]
-	sc.x.tx = nil
+	sc.x.tx, sc.x2.tx = nil, nil
 	c.scratchPool.Put(sc)
 }
 
