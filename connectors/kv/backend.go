@@ -25,6 +25,22 @@ type Backend interface {
 	Close() error
 }
 
+// Viewer is implemented by backends that can run read-only transactions
+// without queueing them behind writes. The connector uses it for a batch
+// of events whose commands only read.
+type Viewer interface {
+	// View runs fns, which must only read, in order. Each fn observes at
+	// least every write of every Update that returned before View was
+	// called. View returns only once every write any fn may have observed
+	// is committed under the backend's durability policy, so a result
+	// built from a read is never lost while the write it saw survives. A
+	// write through the Txn fails with ErrReadOnly. View is safe to call
+	// concurrently with Update and with other View calls; errs must have
+	// len(fns) entries. A non-nil return means the reads cannot be
+	// trusted (the store failed or closed), whatever errs says.
+	View(ctx context.Context, fns []TxnFunc, errs []error) error
+}
+
 // TxnFunc is one atomic unit of work run by Backend.Update.
 type TxnFunc func(tx Txn) error
 

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -39,7 +40,11 @@ func appendCanonical(dst, raw []byte) ([]byte, error) {
 // canonicalResult canonicalises a value already parsed by gjson (a field of
 // meta.kv, which was validated with the whole metadata).
 func canonicalResult(r gjson.Result) ([]byte, error) {
-	if err := checkDepth([]byte(r.Raw)); err != nil {
+	raw := []byte(r.Raw)
+	if n, ok := scanCanonical(raw, 0); ok && n == len(raw) {
+		return raw, nil
+	}
+	if err := checkDepth(raw); err != nil {
 		return nil, err
 	}
 	return appendCanon(nil, r), nil
@@ -174,4 +179,185 @@ func appendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// canonical returns raw itself when it is already valid canonical JSON
+// within MaxDepth, which is what events usually carry (values written by
+// programs have no whitespace, sorted or single keys and plain strings),
+// and a canonicalised copy otherwise. Returning raw saves validating,
+// parsing and re-encoding every value; callers must treat the result as
+// read-only, as they must raw.
+func canonical(raw []byte) ([]byte, error) {
+	if n, ok := scanCanonical(raw, 0); ok && n == len(raw) {
+		return raw, nil
+	}
+	return appendCanonical(nil, raw)
+}
+
+// scanCanonical reads one JSON value at the start of b and returns its
+// length and whether it is valid and canonical at nesting depth depth. It
+// is deliberately strict: anything it is unsure of (escapes other than the
+// short ones, keys with escapes, invalid UTF-8, whitespace) reports false
+// and takes the general path, so a true is always right and a false only
+// costs time.
+func scanCanonical(b []byte, depth int) (int, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	switch c := b[0]; {
+	case c == '"':
+		return scanCanonicalString(b)
+	case c == '-' || c >= '0' && c <= '9':
+		return scanNumber(b)
+	case c == 't':
+		return 4, len(b) >= 4 && string(b[:4]) == "true"
+	case c == 'f':
+		return 5, len(b) >= 5 && string(b[:5]) == "false"
+	case c == 'n':
+		return 4, len(b) >= 4 && string(b[:4]) == "null"
+	case c == '[':
+		if depth+1 > MaxDepth {
+			return 0, false
+		}
+		i := 1
+		if i < len(b) && b[i] == ']' {
+			return i + 1, true
+		}
+		for {
+			n, ok := scanCanonical(b[i:], depth+1)
+			if !ok {
+				return 0, false
+			}
+			i += n
+			if i >= len(b) {
+				return 0, false
+			}
+			switch b[i] {
+			case ',':
+				i++
+			case ']':
+				return i + 1, true
+			default:
+				return 0, false
+			}
+		}
+	case c == '{':
+		if depth+1 > MaxDepth {
+			return 0, false
+		}
+		i := 1
+		if i < len(b) && b[i] == '}' {
+			return i + 1, true
+		}
+		var prev []byte
+		for {
+			n, ok := scanCanonicalString(b[i:])
+			if !ok {
+				return 0, false
+			}
+			key := b[i+1 : i+n-1]
+			// Keys must ascend strictly (no duplicates) and carry no
+			// escapes, so their raw bytes are the bytes they sort by.
+			if bytes.IndexByte(key, '\\') >= 0 || prev != nil && bytes.Compare(prev, key) >= 0 {
+				return 0, false
+			}
+			prev = key
+			i += n
+			if i >= len(b) || b[i] != ':' {
+				return 0, false
+			}
+			i++
+			if n, ok = scanCanonical(b[i:], depth+1); !ok {
+				return 0, false
+			}
+			i += n
+			if i >= len(b) {
+				return 0, false
+			}
+			switch b[i] {
+			case ',':
+				i++
+			case '}':
+				return i + 1, true
+			default:
+				return 0, false
+			}
+		}
+	}
+	return 0, false
+}
+
+// scanCanonicalString reads a JSON string at the start of b (b[0] == '"')
+// and reports whether appendString would encode its contents the same way.
+func scanCanonicalString(b []byte) (int, bool) {
+	if len(b) == 0 || b[0] != '"' {
+		return 0, false
+	}
+	for i := 1; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"':
+			return i + 1, true
+		case c == '\\':
+			if i+1 >= len(b) {
+				return 0, false
+			}
+			switch b[i+1] {
+			case '"', '\\', 'n', 'r', 't', 'b', 'f':
+				i += 2
+			default:
+				return 0, false // \/ and \u are re-encoded
+			}
+		case c < 0x20:
+			return 0, false
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 {
+				return 0, false
+			}
+			i += size
+		}
+	}
+	return 0, false
+}
+
+// scanNumber reads a JSON number at the start of b; its literal is its
+// canonical form.
+func scanNumber(b []byte) (int, bool) {
+	i := 0
+	if b[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case digits() == 0:
+		return 0, false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return 0, false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return 0, false
+		}
+	}
+	return i, true
 }

@@ -51,6 +51,76 @@ func TestCanonical(t *testing.T) {
 	}
 }
 
+// TestCanonicalFastPath checks that canonical returns its input unchanged
+// exactly when it is canonical already, and otherwise what appendCanonical
+// returns.
+func TestCanonicalFastPath(t *testing.T) {
+	tests := []struct {
+		in    string
+		alias bool // canonical already: returned as is
+	}{
+		{`"plain"`, true},
+		{`"tab\tquote\"back\\slash\n"`, true},
+		{`"é😀"`, true},
+		{`-0.5e+3`, true},
+		{`0`, true},
+		{`true`, true},
+		{`null`, true},
+		{`[1,"a",{"a":[],"b":{}}]`, true},
+		{`{"a":1,"b":2}`, true},
+		{`{"b":1,"a":2}`, false},
+		{`{"a":1,"a":2}`, false},
+		{`{"\u0061":1}`, false},
+		{`{"a\"b":1}`, false},
+		{`"\/"`, false},
+		{`"\u00e9"`, false},
+		{"\"\x7f\"", true},
+		{"\"\x01\"", false},
+		{"\"bad \xff\"", false},
+		{` 1`, false},
+		{`1 `, false},
+		{`[1, 2]`, false},
+		{`01`, false},
+		{`1.`, false},
+		{`-`, false},
+		{`1e`, false},
+		{`[1,]`, false},
+		{`{"a"}`, false},
+		{`tru`, false},
+		{`"open`, false},
+		{``, false},
+		{strings.Repeat(`[`, MaxDepth) + strings.Repeat(`]`, MaxDepth), true},
+		{strings.Repeat(`[`, MaxDepth+1) + strings.Repeat(`]`, MaxDepth+1), false},
+	}
+	for _, tt := range tests {
+		raw := []byte(tt.in)
+		got, err := canonical(raw)
+		want, wantErr := appendCanonical(nil, raw)
+		if !errors.Is(err, wantErr) && (err == nil) != (wantErr == nil) || string(got) != string(want) {
+			t.Errorf("canonical(%.40q) = %s, %v; appendCanonical gives %s, %v", tt.in, got, err, want, wantErr)
+		}
+		aliased := len(got) > 0 && &got[0] == &raw[0]
+		if aliased != tt.alias {
+			t.Errorf("canonical(%.40q) returned its input: %v, want %v", tt.in, aliased, tt.alias)
+		}
+	}
+}
+
+// FuzzCanonical checks that the fast path never disagrees with the general
+// one.
+func FuzzCanonical(f *testing.F) {
+	for _, s := range []string{`{"a":[1,2.5e-3,"x\\n"],"b":null}`, `"\u00e9"`, `{"b":1,"a":2}`, `[true,false]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, err := canonical(raw)
+		want, wantErr := appendCanonical(nil, raw)
+		if (err == nil) != (wantErr == nil) || string(got) != string(want) {
+			t.Fatalf("canonical(%q) = %q, %v; appendCanonical gives %q, %v", raw, got, err, want, wantErr)
+		}
+	})
+}
+
 func TestLayoutIsolation(t *testing.T) {
 	spaces := []string{"", "a", "ab", "a\x00", "b", strings.Repeat("n", 200), strings.Repeat("n", 127), strings.Repeat("n", 128)}
 	for _, ns := range spaces {

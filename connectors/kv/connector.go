@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -28,6 +29,8 @@ type Connector struct {
 	opts   Options
 	layout layout
 	dec    decoder
+
+	scratchPool sync.Pool // *batchScratch
 
 	stop      context.CancelFunc
 	janitor   sync.WaitGroup
@@ -79,32 +82,39 @@ func (c *Connector) Close(context.Context) error {
 // batch goes to "err" with that error and none to "out". Process returns an
 // error only for misuse it cannot report per event (never, today).
 func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
-	cmds := make([]command, len(batch))
-	errs := make([]error, len(batch))
-	results := make([]result, len(batch))
-	fns := make([]TxnFunc, 0, len(batch))
-	idx := make([]int, 0, len(batch))
+	sc := c.scratch(len(batch))
+	defer c.release(sc)
+	cmds, errs, results := sc.cmds, sc.errs, sc.results
+	readOnly := true
 	for i, ev := range batch {
 		cmds[i], errs[i] = c.decodeEvent(ev)
 		if errs[i] != nil {
 			continue
 		}
-		fns = append(fns, func(tx Txn) error {
-			x := execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}
-			r, err := x.runIdem(&cmds[i])
-			results[i] = r
-			return err
-		})
-		idx = append(idx, i)
+		sc.idx = append(sc.idx, i)
+		readOnly = readOnly && cmds[i].readOnly()
 	}
-	if len(fns) > 0 {
-		txErrs := make([]error, len(fns))
-		if err := c.update(ctx, fns, txErrs, cmds, idx); err != nil {
-			for _, i := range idx {
+	if n := len(sc.idx); n > 0 {
+		fns, txErrs := sc.fns[:n], sc.txErrs[:n]
+		update := c.b.Update
+		if v, ok := c.b.(Viewer); ok && readOnly {
+			// Nothing in this batch writes, so nothing in it must be
+			// ordered after a write of it: the reads need not queue
+			// behind other writers, and may run in parallel.
+			update = func(ctx context.Context, _ []TxnFunc, _ []error) error {
+				return sc.view(ctx, v, n)
+			}
+		} else if h, ok := c.b.(ReadHinter); ok {
+			update = func(ctx context.Context, fns []TxnFunc, errs []error) error {
+				return h.UpdateHinted(ctx, fns, c.readHintsOf(sc), errs)
+			}
+		}
+		if err := update(ctx, fns, txErrs); err != nil {
+			for _, i := range sc.idx {
 				errs[i] = fmt.Errorf("%s: %w: %w", cmds[i].op, ErrCommit, err)
 			}
 		} else {
-			for j, i := range idx {
+			for j, i := range sc.idx {
 				errs[i] = txErrs[j]
 			}
 		}
@@ -118,18 +128,102 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	return nil
 }
 
-// update runs fns, the commands cmds[idx[j]], on the backend, telling a
-// ReadHinter which keys each command will read.
-func (c *Connector) update(ctx context.Context, fns []TxnFunc, errs []error, cmds []command, idx []int) error {
-	hinter, ok := c.b.(ReadHinter)
-	if !ok {
-		return c.b.Update(ctx, fns, errs)
+// batchScratch is the working memory of one Process call, pooled per
+// Connector so a steady stream of batches allocates none of it. fns[j]
+// runs the command at cmds[idx[j]]; each closure is built once, when its
+// slot is first needed, and finds its command through idx.
+type batchScratch struct {
+	cmds    []command
+	errs    []error
+	results []result
+	idx     []int
+	fns     []TxnFunc
+	txErrs  []error
+	x       execer // backends run one Update's fns one at a time
+
+	// A large read-only batch is read by two View calls at once: fns2
+	// are the same commands run with their own execer x2.
+	fns2 []TxnFunc
+	x2   execer
+}
+
+// minParallelReads is the smallest read-only batch split between two
+// goroutines; below it, starting one costs more than it saves.
+const minParallelReads = 256
+
+// view runs the n commands of a read-only batch through v, the second half
+// on another goroutine when the batch is large and there is a second CPU.
+func (sc *batchScratch) view(ctx context.Context, v Viewer, n int) error {
+	if n < minParallelReads || runtime.GOMAXPROCS(0) < 2 {
+		return v.View(ctx, sc.fns[:n], sc.txErrs[:n])
 	}
-	hints := make([][][]byte, len(fns))
-	for j, i := range idx {
-		hints[j] = c.readHints(nil, &cmds[i])
+	h := n / 2
+	var err2 error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err2 = v.View(ctx, sc.fns2[h:n], sc.txErrs[h:n])
+	}()
+	err := v.View(ctx, sc.fns[:h], sc.txErrs[:h])
+	<-done
+	if err == nil {
+		err = err2
 	}
-	return hinter.UpdateHinted(ctx, fns, hints, errs)
+	return err
+}
+
+// scratch returns working memory for a batch of n events.
+func (c *Connector) scratch(n int) *batchScratch {
+	sc, _ := c.scratchPool.Get().(*batchScratch)
+	if sc == nil {
+		sc = &batchScratch{x: execer{c: c}, x2: execer{c: c}}
+	}
+	if cap(sc.cmds) < n {
+		sc.cmds = make([]command, n)
+		sc.errs = make([]error, n)
+		sc.results = make([]result, n)
+		sc.idx = make([]int, 0, n)
+		sc.txErrs = make([]error, n)
+	}
+	sc.cmds, sc.errs, sc.results = sc.cmds[:n], sc.errs[:n], sc.results[:n]
+	for j := len(sc.fns); j < n; j++ {
+		sc.fns = append(sc.fns, sc.slot(j, &sc.x))
+		sc.fns2 = append(sc.fns2, sc.slot(j, &sc.x2))
+	}
+	return sc
+}
+
+// slot returns the TxnFunc running the command of slot j with x.
+func (sc *batchScratch) slot(j int, x *execer) TxnFunc {
+	return func(tx Txn) error {
+		i := sc.idx[j]
+		x.tx, x.now = tx, x.c.opts.Now().UnixMilli()
+		r, err := x.runIdem(&sc.cmds[i])
+		sc.results[i] = r
+		return err
+	}
+}
+
+// release clears sc, so the pool holds no reference to events or results
+// already handed on, and returns it to the pool.
+func (c *Connector) release(sc *batchScratch) {
+	clear(sc.cmds)
+	clear(sc.errs)
+	clear(sc.results)
+	clear(sc.txErrs[:len(sc.idx)])
+	sc.idx = sc.idx[:0]
+	sc.x.tx, sc.x2.tx = nil, nil
+	c.scratchPool.Put(sc)
+}
+
+// readHintsOf returns, for a ReadHinter, the keys each command of the
+// batch will read, in the order of its TxnFuncs.
+func (c *Connector) readHintsOf(sc *batchScratch) [][][]byte {
+	hints := make([][][]byte, len(sc.idx))
+	for j, i := range sc.idx {
+		hints[j] = c.readHints(nil, &sc.cmds[i])
+	}
+	return hints
 }
 
 // readHints appends the keys cmd reads by point lookups: its idempotency
@@ -185,7 +279,9 @@ func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
 	if !gjson.ValidBytes(meta) {
 		return command{}, fmt.Errorf("meta is not valid JSON: %w", ErrInvalidCommand)
 	}
-	m := gjson.ParseBytes(meta)
+	// Strings read from meta (the key) alias the event's bytes, which
+	// nobody modifies.
+	m := gjson.Parse(bytesString(meta))
 	if !m.IsObject() {
 		return command{}, fmt.Errorf("meta must be an object: %w", ErrInvalidCommand)
 	}
@@ -212,13 +308,17 @@ func (c *Connector) idemFrom(cmd *command, meta gjson.Result) error {
 }
 
 // correlation returns the raw meta.correlation of ev, nil when absent.
-func correlation(ev pipeline.Event) []byte {
-	if len(ev.Meta) == 0 || !gjson.ValidBytes(ev.Meta) {
+// valid says ev.Meta is known to be valid JSON (its command decoded).
+func correlation(ev pipeline.Event, valid bool) []byte {
+	if len(ev.Meta) == 0 || !valid && !gjson.ValidBytes(ev.Meta) {
 		return nil
 	}
-	r := gjson.GetBytes(ev.Meta, "correlation")
+	r := gjson.Get(bytesString(ev.Meta), "correlation")
 	if !r.Exists() {
 		return nil
+	}
+	if r.Index > 0 && r.Index+len(r.Raw) <= len(ev.Meta) {
+		return ev.Meta[r.Index : r.Index+len(r.Raw) : r.Index+len(r.Raw)]
 	}
 	return []byte(r.Raw)
 }
@@ -227,14 +327,14 @@ func asCmdError(err error, target **cmdError) bool { return errors.As(err, targe
 
 // emit sends the outcome of one command.
 func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command, r *result, err error) {
-	corr := correlation(ev)
+	corr := correlation(ev, err == nil)
 	if err != nil {
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
 		return
 	}
 	if cmd.op == opScan {
 		for i, rw := range r.rows {
-			meta := openMeta(nil, cmd.op, rw.key, true)
+			meta := openMeta(make([]byte, 0, metaSize(rw.key, corr)), cmd.op, rw.key, true)
 			if i == len(r.rows)-1 {
 				meta = append(meta, `,"last":true`...)
 			}
@@ -242,7 +342,7 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 		}
 		return
 	}
-	var meta []byte
+	meta := make([]byte, 0, metaSize(cmd.key, corr)+len(r.next))
 	if cmd.op == opBatch {
 		meta = append(meta, `{"kv":{"op":"batch","found":true`...)
 	} else {
@@ -256,6 +356,12 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 		meta = append(meta, `,"replayed":true`...)
 	}
 	emit.Emit(pipeline.PortOut, ev.Derive(r.data, closeMeta(meta, corr)))
+}
+
+// metaSize is room for an out meta of key and corr, so that building it
+// allocates once (keys needing escapes may still grow it).
+func metaSize(key string, corr []byte) int {
+	return len(`{"kv":{"op":"get_all","key":"","found":false,"last":true,"next":},"correlation":}`) + len(key) + len(corr)
 }
 
 // openMeta starts an out meta: {"kv":{"op":..,"key":..,"found":..

@@ -371,7 +371,7 @@ func (d *decoder) decode(obj gjson.Result, payload []byte, inBatch bool) (comman
 		if len(raw) == 0 {
 			return cmd, cmd.errf(ErrNullValue, "%s is null", what)
 		}
-		v, err := appendCanonical(nil, raw)
+		v, err := canonical(raw) // may alias the event's data, which is immutable
 		if err != nil {
 			return cmd, cmd.errf(err, "%s", what)
 		}

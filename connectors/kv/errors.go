@@ -49,4 +49,6 @@ var (
 	// ErrCommit reports a backend commit failure; every command of the
 	// failed Update is reported with it and none took effect.
 	ErrCommit = errors.New("commit failed")
+	// ErrReadOnly reports a write attempted in a Viewer.View transaction.
+	ErrReadOnly = errors.New("write in a read-only transaction")
 )

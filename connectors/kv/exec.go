@@ -45,6 +45,26 @@ type record struct {
 	live   bool   // stored and not expired
 }
 
+// readOnly reports whether cmd never writes, so it may run in a
+// Viewer.View transaction.
+func (cmd *command) readOnly() bool {
+	if cmd.idem != "" {
+		return false // records its idempotency key
+	}
+	switch cmd.op {
+	case opGet, opExists, opScan, opCount, opKeys, opGetAll:
+		return true
+	case opBatch:
+		for i := range cmd.sub {
+			if !cmd.sub[i].readOnly() {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
 // execer runs commands inside one TxnFunc.
 type execer struct {
 	c   *Connector
@@ -77,7 +97,8 @@ func (x *execer) store(key string, value []byte, exp int64, old record) error {
 			return err
 		}
 	}
-	if err := x.tx.Set(x.c.layout.dataKey(nil, key), value, exp); err != nil {
+	x.buf = x.c.layout.dataKey(x.buf[:0], key)
+	if err := x.tx.Set(x.buf, value, exp); err != nil {
 		return err
 	}
 	if exp != 0 {

@@ -1,11 +1,16 @@
 package kv_test
 
 import (
+	"context"
+	"fmt"
 	"testing"
+
+	"github.com/tidwall/gjson"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/kvtest"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 func openPebble(t *testing.T, dir string) kv.Backend {
@@ -30,4 +35,65 @@ func TestPebblePersistence(t *testing.T) {
 // takes minutes under the race detector; there it clears 50,000 instead.
 func TestPebbleClearMillion(t *testing.T) {
 	testClearMillion(t, openPebble(t, t.TempDir()), raceEnabled)
+}
+
+// TestPebbleLargeReadOnlyBatch runs read-only batches large enough to be
+// read by two goroutines while another connector writes to the same
+// store, and checks every result is in input order with its correlation.
+func TestPebbleLargeReadOnlyBatch(t *testing.T) {
+	h := kvtest.NewHarness(t, openPebble(t, t.TempDir()))
+	const n = 700
+	var puts []pipeline.Event
+	for i := range n {
+		if i%7 != 3 { // every seventh key stays absent
+			puts = append(puts, kvtest.Event(kvtest.M(fmt.Sprintf(`"put":"k%d"`, i)), fmt.Sprint(i)))
+		}
+	}
+	h.DoBatch("ns", puts...)
+	writer := h.Conn("other")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var rec kvtest.Recorder
+		for j := 0; ; j++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ev := kvtest.Event(kvtest.M(fmt.Sprintf(`"put":"w%d"`, j%50)), fmt.Sprint(j))
+			if err := writer.Process(context.Background(), []pipeline.Event{ev}, &rec); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for round := range 3 {
+		var gets []pipeline.Event
+		for i := range n {
+			op := "get"
+			if i%5 == 0 {
+				op = "exists"
+			}
+			gets = append(gets, kvtest.Event(kvtest.MC(fmt.Sprintf(`"%s":"k%d"`, op, i), fmt.Sprint(i)), ""))
+		}
+		got := h.DoBatch("ns", gets...)
+		if len(got) != n {
+			t.Fatalf("round %d: %d results for %d reads", round, len(got), n)
+		}
+		for i, e := range got {
+			want := fmt.Sprint(i)
+			switch {
+			case i%5 == 0:
+				want = fmt.Sprint(i%7 != 3)
+			case i%7 == 3:
+				want = "null"
+			}
+			if e.Port != pipeline.PortOut || string(e.Event.Data) != want || gjson.GetBytes(e.Event.Meta, "correlation").Raw != fmt.Sprint(i) {
+				t.Fatalf("round %d, result %d: %s, want data %s", round, i, e, want)
+			}
+		}
+	}
 }

@@ -89,6 +89,25 @@ func (s sharedBackend) MaxTxnWrites() int {
 	return 0
 }
 
+// sharedViewer is a sharedBackend that keeps its backend's read-only path,
+// so the table runs read-only batches the way a flow does.
+type sharedViewer struct {
+	sharedBackend
+	v kv.Viewer
+}
+
+func (s sharedViewer) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	return s.v.View(ctx, fns, errs)
+}
+
+// shareBackend wraps b for a connector of the harness.
+func shareBackend(b kv.Backend) kv.Backend {
+	if v, ok := b.(kv.Viewer); ok {
+		return sharedViewer{sharedBackend{b}, v}
+	}
+	return sharedBackend{b}
+}
+
 // Harness holds one backend under test, a clock and one connector per
 // namespace, all sharing the backend.
 type Harness struct {
@@ -124,7 +143,7 @@ func (h *Harness) Conn(ns string) *kv.Connector {
 	opts.Namespace = ns
 	opts.Now = h.Clock.Now
 	opts.ReclaimInterval = -1
-	c, err := kv.New(sharedBackend{h.Backend}, opts)
+	c, err := kv.New(shareBackend(h.Backend), opts)
 	if err != nil {
 		h.T.Fatalf("kv.New: %v", err)
 	}

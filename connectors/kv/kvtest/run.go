@@ -256,7 +256,7 @@ func testConcurrentIncrements(t *testing.T, h *Harness, goroutines, perG int) {
 		opts.Namespace = "ctr"
 		opts.Now = h.Clock.Now
 		opts.ReclaimInterval = -1
-		c, err := kv.New(sharedBackend{h.Backend}, opts)
+		c, err := kv.New(shareBackend(h.Backend), opts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -427,6 +427,11 @@ func casesTable() []tcase {
 			s(M(`"batch":[{"increment":"b"},{"increment":"b"}],"idem":"m7"`), ``, Out(`[1,2]`, `"op":"batch","found":true`)),
 			s(M(`"batch":[{"increment":"b"},{"increment":"b"}],"idem":"m7"`), ``, Out(`[1,2]`, `"op":"batch","found":true,"replayed":true`)),
 			s(M(`"get":"b"`), ``, get("b", `2`, true)),
+			// A batch of reads records its key too, and answers the first reads.
+			s(M(`"batch":[{"get":"b"}],"idem":"m9"`), ``, Out(`[2]`, `"op":"batch","found":true`)),
+			s(M(`"increment":"b"`), ``, op("increment", "b", `3`, true)),
+			s(M(`"batch":[{"get":"b"}],"idem":"m9"`), ``, Out(`[2]`, `"op":"batch","found":true,"replayed":true`)),
+			s(M(`"put":"b"`), `2`, op("put", "b", `2`, true)),
 			// Idempotency records are not keys: scans, counts and clears skip them.
 			s(M(`"count":null`), ``, op("count", "", `3`, true)),
 			s(M(`"clear":null,"idem":"m8"`), ``, op("clear", "", `3`, true)),

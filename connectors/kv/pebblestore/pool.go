@@ -96,6 +96,12 @@ func (h *handle) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) err
 	return h.store.Update(ctx, fns, errs)
 }
 
+// View implements kv.Viewer, so flows sharing a store keep the read path
+// that bypasses the writer.
+func (h *handle) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	return h.store.View(ctx, fns, errs)
+}
+
 func (h *handle) Close() error {
 	h.mu.Lock()
 	if h.closed {

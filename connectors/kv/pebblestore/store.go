@@ -1,8 +1,8 @@
 // Package pebblestore is the Pebble-backed implementation of kv.Backend.
 //
 // One writer goroutine per store applies transactions in arrival order into
-// an indexed Pebble batch, so each transaction reads the writes of every one
-// before it, and commits a whole group of transactions with one WAL sync.
+// one Pebble batch per group, so each transaction reads the writes of every
+// one before it, and commits a whole group of transactions with one WAL sync.
 // Results are released only after that sync (unless Options.NoSync), so a
 // caller that saw a result can never lose the write behind it. While one
 // group waits for its sync, the writer is already building the next one: the
@@ -11,15 +11,18 @@
 package pebblestore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -132,7 +135,21 @@ type Store struct {
 	reqs    chan *request
 	synced  chan *group
 	done    chan struct{} // closed when the syncer has finished
+
+	pending *pendingIndex // the writer's, reused by every group
+
+	// Read-only transactions (View) bypass the writer; these let them wait
+	// for the durability of what they read. applying counts groups that
+	// write, numbered before their batch becomes visible; the syncer
+	// advances released (under relMu) as groups reach their outcome.
+	applying atomic.Uint64
+	relMu    sync.Mutex
+	relCond  *sync.Cond
+	released uint64
+	broken   error // set once a group failed; every later result fails
 }
+
+var _ kv.Viewer = (*Store)(nil)
 
 var _ kv.Backend = (*Store)(nil)
 
@@ -143,6 +160,7 @@ type request struct {
 }
 
 type group struct {
+	seq   uint64        // its number in Store.applying; 0 for groups that wrote nothing
 	batch *pebble.Batch // nil when the group wrote nothing
 	reqs  []*request
 	err   error // commit error, reported to every request
@@ -176,7 +194,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		reqs:   make(chan *request, 64),
 		synced: make(chan *group, 64),
 		done:   make(chan struct{}),
+
+		pending: newPendingIndex(),
 	}
+	s.relCond = sync.NewCond(&s.relMu)
 	go s.write()
 	go s.sync()
 	return s, nil
@@ -240,7 +261,7 @@ func (s *Store) Close() error {
 }
 
 // write is the single writer goroutine: it gathers queued requests into a
-// group, runs their transactions against one indexed batch, applies it and
+// group, runs their transactions against one batch, applies it and
 // hands it to the syncer.
 func (s *Store) write() {
 	defer close(s.synced)
@@ -293,15 +314,16 @@ func (s *Store) apply(reqs []*request) *group {
 	if s.opts.OnCommit != nil {
 		start = time.Now()
 	}
-	tx := &txn{db: s.db, batch: s.db.NewIndexedBatch()}
+	s.pending.reset()
+	tx := &txn{db: s.db, batch: s.db.NewBatch(), pending: s.pending}
 	for _, r := range reqs {
 		for i, fn := range r.fns {
-			markLen, markCount := tx.batch.Len(), tx.batch.Count()
+			m := tx.mark()
 			err := runTxn(fn, tx)
 			tx.closeIter()
 			r.errs[i] = err
-			if err != nil && tx.batch.Len() != markLen {
-				if rerr := tx.rollback(markLen, markCount); rerr != nil {
+			if err != nil && tx.changedSince(m) {
+				if rerr := tx.rollback(m); rerr != nil {
 					return &group{reqs: reqs, err: rerr, start: start}
 				}
 			}
@@ -314,6 +336,9 @@ func (s *Store) apply(reqs []*request) *group {
 	}
 	g.wrote = true
 	g.batch = tx.batch
+	// Numbered before its writes can be seen, so that a View that sees
+	// them also sees the number and waits for the group.
+	g.seq = s.applying.Add(1)
 	var err error
 	if s.opts.NoSync {
 		err = g.batch.Commit(pebble.NoSync)
@@ -333,7 +358,7 @@ func (s *Store) apply(reqs []*request) *group {
 
 // runTxn runs fn, turning a panic into an error so one bad command cannot
 // take the store down with it.
-func runTxn(fn kv.TxnFunc, tx *txn) (err error) {
+func runTxn(fn kv.TxnFunc, tx kv.Txn) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("pebblestore: transaction panicked: %v", p)
@@ -371,6 +396,13 @@ func (s *Store) sync() {
 		if s.opts.OnCommit != nil {
 			s.observe(g, err)
 		}
+		if g.seq != 0 || err != nil {
+			s.relMu.Lock()
+			s.released = max(s.released, g.seq)
+			s.broken = broken
+			s.relMu.Unlock()
+			s.relCond.Broadcast()
+		}
 		for _, r := range g.reqs {
 			r.done <- err
 		}
@@ -386,62 +418,46 @@ func (s *Store) observe(g *group, err error) {
 	s.opts.OnCommit(info)
 }
 
-// txn implements kv.Txn over an indexed batch. Until the group writes
-// anything, reads go straight to the database, which is cheaper than reading
-// through an empty batch.
-type txn struct {
-	db    *pebble.DB
-	batch *pebble.Batch
-	iter  *pebble.Iterator
-	buf   []byte
-	val   []byte
+// View implements kv.Viewer. The reads run in the caller's goroutine
+// against the database, which already holds every group whose Update has
+// returned: a group's batch is applied (and visible) before its results
+// are released. They may also see groups applied but not yet synced; View
+// then waits for those to be released, and fails if one of them failed, so
+// no read result outlives a write that was lost.
+func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	if len(fns) != len(errs) {
+		return fmt.Errorf("pebblestore: View given %d funcs and %d error slots", len(fns), len(errs))
+	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	tx := &readTxn{txn: txn{db: s.db}}
+	for i, fn := range fns {
+		errs[i] = runTxn(fn, tx)
+		tx.closeIter()
+	}
+	// Loaded after the reads: any group they saw was numbered before it
+	// became visible.
+	seen := s.applying.Load()
+	s.relMu.Lock()
+	defer s.relMu.Unlock()
+	for s.released < seen && s.broken == nil {
+		s.relCond.Wait()
+	}
+	return s.broken
 }
 
-func (t *txn) reader() pebble.Reader {
-	if t.batch.Empty() {
-		return t.db
-	}
-	return t.batch
-}
+// readTxn is the Txn of View: reads go straight to the database.
+type readTxn struct{ txn }
 
-func (t *txn) closeIter() {
-	if t.iter != nil {
-		_ = t.iter.Close()
-		t.iter = nil
-	}
-}
-
-// rollback drops every write made after the batch had markLen bytes and
-// markCount entries, by rebuilding the indexed batch from that prefix.
-func (t *txn) rollback(markLen int, markCount uint32) error {
-	repr := t.batch.Repr()
-	nb := t.db.NewIndexedBatch()
-	if markCount > 0 {
-		prefix := append([]byte(nil), repr[:markLen]...)
-		binary.LittleEndian.PutUint32(prefix[8:12], markCount)
-		tmp := t.db.NewBatch()
-		if err := tmp.SetRepr(prefix); err != nil {
-			return fmt.Errorf("pebblestore: roll back failed transaction: %w", err)
-		}
-		if err := nb.Apply(tmp, nil); err != nil {
-			return fmt.Errorf("pebblestore: roll back failed transaction: %w", err)
-		}
-		_ = tmp.Close()
-	}
-	_ = t.batch.Close()
-	t.batch = nb
-	return nil
-}
-
-func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
-	raw, closer, err := t.reader().Get(key)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, 0, false, nil
-	}
+func (t *readTxn) Get(key []byte) ([]byte, int64, bool, error) {
+	v, closer, err := t.db.Get(key)
 	if err != nil {
-		return nil, 0, false, err
+		return t.getErr(err)
 	}
-	t.val = append(t.val[:0], raw...)
+	t.val = append(t.val[:0], v...)
 	_ = closer.Close()
 	value, expireAt, err := kv.ParseStoredRecord(t.val)
 	if err != nil {
@@ -450,22 +466,198 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 	return value, expireAt, true, nil
 }
 
+func (t *readTxn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	return t.scan(t.db, start, end, fn)
+}
+
+func (t *readTxn) Set([]byte, []byte, int64) error { return kv.ErrReadOnly }
+func (t *readTxn) Delete([]byte) error             { return kv.ErrReadOnly }
+func (t *readTxn) DeleteRange([]byte, []byte) error {
+	return kv.ErrReadOnly
+}
+
+// txn implements kv.Txn over the group's batch.
+//
+// A group starts with a plain batch: most groups only write (puts), and
+// keeping Pebble's batch index up to date costs a skiplist insertion per
+// write that such a group never uses. Reads see the group's own writes
+// through pending, a hash index of where each key's latest write sits in
+// the batch; a key with no pending write is read from the database, which
+// already holds every earlier group. A range deletion or a scan over a
+// non-empty batch needs Pebble's own merging of batch and database, so the
+// txn then copies the batch into an indexed one once and stays indexed
+// until the group ends.
+type txn struct {
+	db      *pebble.DB
+	batch   *pebble.Batch
+	indexed bool
+	pending *pendingIndex // unused once indexed
+	iter    *pebble.Iterator
+	buf     []byte
+	val     []byte
+}
+
+// mark is a savepoint: the batch's size and entry count, and the pending
+// index's length, before a transaction ran.
+type mark struct {
+	len     int
+	count   uint32
+	pending int
+}
+
+func (t *txn) mark() mark {
+	return mark{len: t.batch.Len(), count: t.batch.Count(), pending: len(t.pending.refs)}
+}
+
+// changedSince reports whether anything was written after m.
+func (t *txn) changedSince(m mark) bool { return t.batch.Len() != m.len }
+
+func (t *txn) closeIter() {
+	if t.iter != nil {
+		_ = t.iter.Close()
+		t.iter = nil
+	}
+}
+
+// index switches the txn to an indexed batch holding everything written so
+// far, for reads that the pending index cannot answer.
+func (t *txn) index() error {
+	nb := t.db.NewIndexedBatch()
+	if err := nb.Apply(t.batch, nil); err != nil {
+		_ = nb.Close()
+		return fmt.Errorf("pebblestore: index the group's writes: %w", err)
+	}
+	_ = t.batch.Close()
+	t.batch, t.indexed = nb, true
+	t.pending.reset()
+	return nil
+}
+
+// rollback drops every write made after m, by rebuilding the batch from the
+// prefix it had at m.
+func (t *txn) rollback(m mark) error {
+	repr := t.batch.Repr()
+	var nb *pebble.Batch
+	if t.indexed {
+		nb = t.db.NewIndexedBatch()
+	} else {
+		nb = t.db.NewBatch()
+		t.pending.truncate(m.pending)
+	}
+	if m.count > 0 {
+		prefix := append([]byte(nil), repr[:m.len]...)
+		binary.LittleEndian.PutUint32(prefix[8:12], m.count)
+		var err error
+		if t.indexed {
+			tmp := t.db.NewBatch()
+			if err = tmp.SetRepr(prefix); err == nil {
+				err = nb.Apply(tmp, nil)
+			}
+			_ = tmp.Close()
+		} else {
+			err = nb.SetRepr(prefix)
+		}
+		if err != nil {
+			_ = nb.Close()
+			return fmt.Errorf("pebblestore: roll back failed transaction: %w", err)
+		}
+	}
+	_ = t.batch.Close()
+	t.batch = nb
+	return nil
+}
+
+func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
+	var raw []byte
+	switch {
+	case !t.indexed:
+		if rec, del, hit := t.pending.lookup(t.batch.Repr(), key); hit {
+			if del {
+				return nil, 0, false, nil
+			}
+			raw = rec // valid until the next write, as Txn allows
+			break
+		}
+		// No write of this group touched key: the database has its latest
+		// value.
+		v, closer, err := t.db.Get(key)
+		if err != nil {
+			return t.getErr(err)
+		}
+		t.val = append(t.val[:0], v...)
+		_ = closer.Close()
+		raw = t.val
+	default:
+		v, closer, err := t.batch.Get(key)
+		if err != nil {
+			return t.getErr(err)
+		}
+		t.val = append(t.val[:0], v...)
+		_ = closer.Close()
+		raw = t.val
+	}
+	value, expireAt, err := kv.ParseStoredRecord(raw)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("key %q: %w", key, err)
+	}
+	return value, expireAt, true, nil
+}
+
+func (t *txn) getErr(err error) ([]byte, int64, bool, error) {
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, 0, false, nil
+	}
+	return nil, 0, false, err
+}
+
 func (t *txn) Set(key, value []byte, expireAt int64) error {
 	t.buf = kv.AppendStoredRecord(t.buf[:0], value, expireAt)
-	return t.batch.Set(key, t.buf, nil)
+	if err := t.batch.Set(key, t.buf, nil); err != nil {
+		return err
+	}
+	if !t.indexed {
+		t.pending.add(t.batch.Repr(), len(key), len(t.buf), false)
+	}
+	return nil
 }
 
 func (t *txn) Delete(key []byte) error {
-	return t.batch.Delete(key, nil)
+	if err := t.batch.Delete(key, nil); err != nil {
+		return err
+	}
+	if !t.indexed {
+		t.pending.add(t.batch.Repr(), len(key), 0, true)
+	}
+	return nil
 }
 
 func (t *txn) DeleteRange(start, end []byte) error {
+	// The pending index cannot answer reads of keys inside a deleted
+	// range; range deletions are rare (clear), so index instead.
+	if !t.indexed {
+		if err := t.index(); err != nil {
+			return err
+		}
+	}
 	return t.batch.DeleteRange(start, end, nil)
 }
 
 func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	var r pebble.Reader = t.db
+	if !t.batch.Empty() {
+		if !t.indexed {
+			if err := t.index(); err != nil {
+				return err
+			}
+		}
+		r = t.batch
+	}
+	return t.scan(r, start, end, fn)
+}
+
+func (t *txn) scan(r pebble.Reader, start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
 	t.closeIter()
-	iter, err := t.reader().NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
+	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
 	if err != nil {
 		return err
 	}
@@ -486,6 +678,100 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 		}
 	}
 	return iter.Error()
+}
+
+// pendingIndex maps each key written by the group's plain batch to its
+// latest record in the batch representation, without copying keys or
+// values: entries are offsets into the batch. It belongs to the writer
+// goroutine and is reused from group to group.
+type pendingIndex struct {
+	seed  maphash.Seed
+	heads map[uint64]int32 // key hash -> newest entry with that hash
+	refs  []pendingRef
+}
+
+type pendingRef struct {
+	hash   uint64
+	prev   int32 // older entry with the same hash, -1 for none
+	keyOff uint32
+	keyLen uint32
+	valLen uint32 // the value ends where the record ends
+	del    bool
+}
+
+func newPendingIndex() *pendingIndex {
+	return &pendingIndex{seed: maphash.MakeSeed(), heads: make(map[uint64]int32)}
+}
+
+func (p *pendingIndex) reset() {
+	clear(p.heads)
+	p.refs = p.refs[:0]
+}
+
+// add indexes the record that ends repr: a set of a keyLen-byte key to a
+// valLen-byte value, or a deletion. Pebble lays a record out as kind,
+// uvarint key length, key and, for a set, uvarint value length and value.
+func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool) {
+	end := len(repr)
+	if !del {
+		end -= valLen + uvarintLen(uint64(valLen))
+	}
+	keyOff := end - keyLen
+	h := maphash.Bytes(p.seed, repr[keyOff:end])
+	prev, ok := p.heads[h]
+	if !ok {
+		prev = -1
+	}
+	p.heads[h] = int32(len(p.refs))
+	p.refs = append(p.refs, pendingRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del})
+}
+
+// lookup returns the latest record the batch holds for key: its value (a
+// stored record aliasing repr) or that it was deleted.
+func (p *pendingIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
+	if len(p.refs) == 0 {
+		return nil, false, false
+	}
+	h := maphash.Bytes(p.seed, key)
+	i, ok := p.heads[h]
+	if !ok {
+		return nil, false, false
+	}
+	for ; i >= 0; i = p.refs[i].prev {
+		r := &p.refs[i]
+		if r.hash != h || !bytes.Equal(repr[r.keyOff:r.keyOff+r.keyLen], key) {
+			continue
+		}
+		if r.del {
+			return nil, true, true
+		}
+		valOff := int(r.keyOff+r.keyLen) + uvarintLen(uint64(r.valLen))
+		return repr[valOff : valOff+int(r.valLen) : valOff+int(r.valLen)], false, true
+	}
+	return nil, false, false
+}
+
+// truncate forgets the entries added after the first n, newest first, so
+// each hash points again at the entry it pointed at before.
+func (p *pendingIndex) truncate(n int) {
+	for i := len(p.refs) - 1; i >= n; i-- {
+		r := p.refs[i]
+		if r.prev < 0 {
+			delete(p.heads, r.hash)
+		} else {
+			p.heads[r.hash] = r.prev
+		}
+	}
+	p.refs = p.refs[:n]
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
 }
 
 // pebbleLogger sends Pebble's informational logging to slog at debug level.

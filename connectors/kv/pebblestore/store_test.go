@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -354,4 +357,170 @@ func TestOnCommitSilentAfterClose(t *testing.T) {
 	if len(infos) != 0 {
 		t.Fatalf("reports after Close: %+v", infos)
 	}
+}
+
+// TestView checks the read-only path: it sees earlier writes, refuses
+// writes with kv.ErrReadOnly, and refuses to run on a closed store.
+func TestView(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	update(t, s, set("a", "1", 0), set("b", "2", 99))
+	var ga, gb, gz got
+	var rows []string
+	fns := []kv.TxnFunc{
+		get("a", &ga), get("b", &gb), get("z", &gz), scanAll("", "", &rows),
+		set("c", "3", 0),
+		func(tx kv.Txn) error { return tx.Delete([]byte("a")) },
+		func(tx kv.Txn) error { return tx.DeleteRange([]byte("a"), []byte("z")) },
+	}
+	errs := make([]error, len(fns))
+	if err := s.View(context.Background(), fns, errs); err != nil {
+		t.Fatalf("View: %v", err)
+	}
+	for i, err := range errs {
+		if (i >= 4) != errors.Is(err, kv.ErrReadOnly) || i < 4 && err != nil {
+			t.Errorf("errs[%d] = %v", i, err)
+		}
+	}
+	if ga != (got{"1", 0, true}) || gb != (got{"2", 99, true}) || gz.found || fmt.Sprint(rows) != "[a=1 b=2]" {
+		t.Fatalf("View read %+v %+v %+v %v", ga, gb, gz, rows)
+	}
+	if err := s.View(context.Background(), fns[:1], errs[:2]); err == nil {
+		t.Error("View accepted mismatched slices")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.View(context.Background(), fns[:1], errs[:1]); !errors.Is(err, ErrClosed) {
+		t.Errorf("View after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestGroupMatchesModel runs random groups of transactions (sets, deletes,
+// range deletions, point reads, scans, failing transactions) against the
+// store and a map, and checks every read and the final state agree. Groups
+// start with a plain batch and switch to an indexed one on a scan or range
+// deletion, so this covers reads of a group's own writes and rollbacks in
+// both modes.
+func TestGroupMatchesModel(t *testing.T) {
+	for seed := range 8 {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			s := openTest(t, t.TempDir())
+			defer s.Close()
+			rng := rand.New(rand.NewPCG(uint64(seed), 7))
+			model := map[string]string{}
+			key := func() string { return fmt.Sprintf("k%02d", rng.IntN(24)) }
+			for group := range 30 {
+				var fns []kv.TxnFunc
+				var checks []func() error
+				for range 1 + rng.IntN(40) {
+					// Each transaction does 1-3 operations and fails 1 time
+					// in 5 after them; its model changes apply only if it
+					// succeeds.
+					type step struct {
+						kind     int
+						k, k2, v string
+					}
+					var steps []step
+					for range 1 + rng.IntN(3) {
+						st := step{kind: rng.IntN(10), k: key(), k2: key(), v: fmt.Sprint(group, "-", rng.IntN(1000))}
+						if st.k2 < st.k {
+							st.k, st.k2 = st.k2, st.k
+						}
+						steps = append(steps, st)
+					}
+					fail := rng.IntN(5) == 0
+					// Expected reads come from a copy of the model as it
+					// stands before this transaction, updated as it runs.
+					var want []string
+					local := maps.Clone(model)
+					for _, st := range steps {
+						switch {
+						case st.kind < 4:
+							local[st.k] = st.v
+						case st.kind < 6:
+							delete(local, st.k)
+						case st.kind == 6:
+							for k := range local {
+								if k >= st.k && k < st.k2 {
+									delete(local, k)
+								}
+							}
+						case st.kind < 9:
+							want = append(want, fmt.Sprintf("%s:%q", st.k, local[st.k]))
+						default:
+							want = append(want, fmt.Sprint(sortedRows(local)))
+						}
+					}
+					if !fail {
+						model = local
+					}
+					var gotReads []string
+					fns = append(fns, func(tx kv.Txn) error {
+						gotReads = gotReads[:0]
+						for _, st := range steps {
+							var err error
+							switch {
+							case st.kind < 4:
+								err = tx.Set([]byte(st.k), []byte(st.v), 0)
+							case st.kind < 6:
+								err = tx.Delete([]byte(st.k))
+							case st.kind == 6:
+								err = tx.DeleteRange([]byte(st.k), []byte(st.k2))
+							case st.kind < 9:
+								var v []byte
+								var found bool
+								v, _, found, err = tx.Get([]byte(st.k))
+								if !found {
+									v = nil
+								}
+								gotReads = append(gotReads, fmt.Sprintf("%s:%q", st.k, v))
+							default:
+								var rows []string
+								err = tx.Scan(nil, nil, func(k, v []byte, _ int64) (bool, error) {
+									rows = append(rows, string(k)+"="+string(v))
+									return true, nil
+								})
+								gotReads = append(gotReads, fmt.Sprint(rows))
+							}
+							if err != nil {
+								return err
+							}
+						}
+						if fail {
+							return errBoom
+						}
+						return nil
+					})
+					checks = append(checks, func() error {
+						if fmt.Sprint(gotReads) != fmt.Sprint(want) {
+							return fmt.Errorf("reads %v, want %v", gotReads, want)
+						}
+						return nil
+					})
+				}
+				errs := update(t, s, fns...)
+				for i, check := range checks {
+					if err := check(); err != nil {
+						t.Fatalf("group %d txn %d: %v", group, i, err)
+					}
+					if errs[i] != nil && !errors.Is(errs[i], errBoom) {
+						t.Fatalf("group %d txn %d: %v", group, i, errs[i])
+					}
+				}
+			}
+			var rows []string
+			update(t, s, scanAll("", "", &rows))
+			if fmt.Sprint(rows) != fmt.Sprint(sortedRows(model)) {
+				t.Fatalf("final state %v, want %v", rows, sortedRows(model))
+			}
+		})
+	}
+}
+
+func sortedRows(m map[string]string) []string {
+	rows := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		rows = append(rows, k+"="+m[k])
+	}
+	return rows
 }
