@@ -214,7 +214,8 @@ links:
 	}
 	redeliveredByBroker := 0
 	if info, err := js.ConsumerInfo(stream, durable); err == nil {
-		redeliveredByBroker = info.NumRedelivered
+		// The consumer sequence counts deliveries, redeliveries included.
+		redeliveredByBroker = int(info.Delivered.Consumer) - scaleMessages
 	}
 	t.Logf("all %d messages acknowledged after %v; the broker redelivered %d messages (the killed process's, at least)",
 		scaleMessages, time.Since(runStart).Round(time.Millisecond), redeliveredByBroker)
