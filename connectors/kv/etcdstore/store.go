@@ -468,16 +468,29 @@ func (g *group) reqCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(g.ctx, g.s.opts.RequestTimeout)
 }
 
-// readOpts pins a read to the group's revision once it has one.
-func (g *group) readOpts(opts ...clientv3.OpOption) []clientv3.OpOption {
+// readOpts pins a read to the group's revision once it has one. Such a
+// read is served by the member it reaches without a quorum round
+// (serializable): the data at a revision never changes, so any member that
+// has applied it answers exactly as the leader would. Only the group's
+// first read is linearizable, which fixes a revision no older than any
+// write acknowledged before the group started.
+func (g *group) readOpts(serializable bool, opts ...clientv3.OpOption) []clientv3.OpOption {
 	if g.rev != 0 {
 		opts = append(opts, clientv3.WithRev(g.rev))
+		if serializable {
+			opts = append(opts, clientv3.WithSerializable())
+		}
 	}
 	return opts
 }
 
 func (g *group) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	resp, err := g.s.client.Get(ctx, key, g.readOpts(opts...)...)
+	resp, err := g.s.client.Get(ctx, key, g.readOpts(true, opts...)...)
+	if isFutureRev(err) {
+		// The member has not applied the group's revision yet: ask again
+		// through the leader.
+		resp, err = g.s.client.Get(ctx, key, g.readOpts(false, opts...)...)
+	}
 	if err != nil {
 		if isCompacted(err) {
 			g.retry = errRetry
@@ -490,6 +503,10 @@ func (g *group) get(ctx context.Context, key string, opts ...clientv3.OpOption) 
 		g.rev = resp.Header.Revision
 	}
 	return resp, nil
+}
+
+func isFutureRev(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "required revision is a future revision")
 }
 
 func isCompacted(err error) bool {
