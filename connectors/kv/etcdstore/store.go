@@ -3,8 +3,9 @@
 // guarantees as the Pebble backend.
 //
 // Every TxnFunc runs optimistically: its reads go to etcd at one fixed
-// revision R (the revision of the first read of the group it belongs to)
-// and are recorded; its writes are buffered in an overlay that later reads
+// revision R (the revision of the first read of the group it belongs to,
+// a linearizable read; later reads at R are served by any member without
+// a quorum round) and are recorded; its writes are buffered in an overlay that later reads
 // of the same Update see. The group then commits as one etcd transaction
 // whose If part checks that nothing read has changed since R (point keys by
 // ModRevision, scanned ranges by "every key's ModRevision < R+1"), so a
