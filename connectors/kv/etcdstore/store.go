@@ -746,8 +746,13 @@ func (t *txn) DeleteRange(start, end []byte) error {
 	return nil
 }
 
-// scanPage is how many records one etcd range read fetches.
-const scanPage = 256
+// Scans read etcd in pages: the first of firstScanPage records (most
+// scans stop early: a scan with a small limit, a prefix with few keys),
+// each next one four times larger, up to scanPage.
+const (
+	firstScanPage = 16
+	scanPage      = 256
+)
 
 func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
 	g := t.g
@@ -788,9 +793,9 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 		return true, nil
 	}
 	from := r.start
-	for {
+	for page := int64(firstScanPage); ; page = min(4*page, scanPage) {
 		ctx, cancel := g.reqCtx()
-		resp, err := g.get(ctx, from, clientv3.WithRange(etcdEnd(r.end)), clientv3.WithLimit(scanPage))
+		resp, err := g.get(ctx, from, clientv3.WithRange(etcdEnd(r.end)), clientv3.WithLimit(page))
 		cancel()
 		if err != nil {
 			return err
