@@ -416,7 +416,7 @@ func natsSpec() Spec {
 			"waits for the broker to store it. Streams and the consumer are created when missing.",
 		Fields: append([]Field{
 			busModeField(),
-			{Name: "url", Type: TypeString, Default: bus.DefaultNATSURL, Doc: "The broker's address."},
+			{Name: "url", Type: TypeString, Default: bus.DefaultNATSURL, Env: true, Doc: "The broker's address."},
 			{Name: "subject", Aliases: []string{"topic"}, Type: TypeString, Required: true, Doc: "The subject."},
 			{Name: "stream", Type: TypeString,
 				Doc: "JetStream stream of the subject; default the stream capturing it, else one named after it (`.` → `_`) is created."},

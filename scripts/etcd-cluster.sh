@@ -24,10 +24,11 @@ run=${TMPDIR:-/tmp}/flowrun-etcd
 members=(1 2 3)
 client_port() { echo $((base + $1)); }
 peer_port() { echo $((base + 10 + $1)); }
-# The kv connector's reclaim pass deletes up to 1000 expired records and
-# their index entries in one transaction: more than etcd's default 128
-# operations per transaction allows.
-max_txn_ops=4096
+# etcd's own limits by default (128 operations per transaction, 1.5 MiB
+# requests, 2 GiB database): flowrun's etcd backend fits its transactions to
+# them. FLOWRUN_ETCD_MAX_TXN_OPS raises --max-txn-ops (give the kv
+# connector the same max_txn_ops) to try larger batches.
+max_txn_ops=${FLOWRUN_ETCD_MAX_TXN_OPS:-128}
 
 endpoints() {
   local out=() n

@@ -191,3 +191,45 @@ func TestReclaimChunk(t *testing.T) {
 		t.Errorf("Reclaim = %d, %v; want %d", n, err, len(evs))
 	}
 }
+
+// A batch command is one transaction: on etcd's default 128 operations it
+// may write 128 keys, or 64 records with a TTL (each has an expiry index
+// entry); past that it is refused with ErrTxnTooLarge and writes nothing.
+func TestBatchCommandLimit(t *testing.T) {
+	eps := endpoints(t)
+	s := open(t, eps, randomPrefix(t))
+	c, err := kv.New(s, kv.Options{Namespace: "b", ReclaimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	batch := func(n int, ttl string) string {
+		var elems []string
+		for i := range n {
+			elems = append(elems, `{"put":"k`+strconv.Itoa(i)+`","value":1`+ttl+`}`)
+		}
+		return `{"kv":{"batch":[` + strings.Join(elems, ",") + `]}}`
+	}
+	for _, tc := range []struct {
+		meta string
+		ok   bool
+	}{
+		{batch(128, ""), true},
+		{batch(129, ""), false},
+		{batch(64, `,"ttl":60`), true},
+		{batch(65, `,"ttl":60`), false},
+	} {
+		var rec kvtest.Recorder
+		if err := c.Process(t.Context(), []pipeline.Event{kvtest.Event(tc.meta, ``)}, &rec); err != nil {
+			t.Fatal(err)
+		}
+		got := kvtest.Strings(rec.Events)
+		if len(got) != 1 || strings.HasPrefix(got[0], "out ") != tc.ok {
+			t.Errorf("batch of %d: %.200s; want ok %v", strings.Count(tc.meta, "put"), got, tc.ok)
+			continue
+		}
+		if !tc.ok && !strings.Contains(got[0], "exceeds etcd's limits") {
+			t.Errorf("refusal does not name etcd's limit: %.300s", got[0])
+		}
+	}
+}

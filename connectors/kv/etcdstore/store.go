@@ -3,8 +3,9 @@
 // guarantees as the Pebble backend.
 //
 // Every TxnFunc runs optimistically: its reads go to etcd at one fixed
-// revision R (the revision of the first read of the group it belongs to)
-// and are recorded; its writes are buffered in an overlay that later reads
+// revision R (the revision of the first read of the group it belongs to,
+// a linearizable read; later reads at R are served by any member without
+// a quorum round) and are recorded; its writes are buffered in an overlay that later reads
 // of the same Update see. The group then commits as one etcd transaction
 // whose If part checks that nothing read has changed since R (point keys by
 // ModRevision, scanned ranges by "every key's ModRevision < R+1"), so a
@@ -530,25 +531,28 @@ func (g *group) reqCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(g.ctx, g.s.opts.RequestTimeout)
 }
 
-// readOpts pins a read to the group's revision once it has one. The
-// group's first read is linearizable (it goes through the cluster's
-// consensus and fixes the revision); the later ones are served by the
-// member the client talks to, which has applied that revision already,
-// without a round of consensus each: at most they see data older than the
-// commit compares, and then the compare fails and the group reruns.
-func (g *group) readOpts(opts ...clientv3.OpOption) []clientv3.OpOption {
+// readOpts pins a read to the group's revision once it has one. Such a
+// read is served by the member it reaches without a quorum round
+// (serializable): the data at a revision never changes, so any member that
+// has applied it answers exactly as the leader would. Only the group's
+// first read is linearizable, which fixes a revision no older than any
+// write acknowledged before the group started.
+func (g *group) readOpts(serializable bool, opts ...clientv3.OpOption) []clientv3.OpOption {
 	if g.rev != 0 {
-		opts = append(opts, clientv3.WithRev(g.rev), clientv3.WithSerializable())
+		opts = append(opts, clientv3.WithRev(g.rev))
+		if serializable {
+			opts = append(opts, clientv3.WithSerializable())
+		}
 	}
 	return opts
 }
 
 func (g *group) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	resp, err := g.s.client.Get(ctx, key, g.readOpts(opts...)...)
-	if err != nil && g.rev != 0 && strings.Contains(err.Error(), "required revision is a future revision") {
-		// The member serving the read has not applied the group's
-		// revision yet: ask through consensus instead.
-		resp, err = g.s.client.Get(ctx, key, append(opts, clientv3.WithRev(g.rev))...)
+	resp, err := g.s.client.Get(ctx, key, g.readOpts(true, opts...)...)
+	if isFutureRev(err) {
+		// The member has not applied the group's revision yet: ask again
+		// through the leader.
+		resp, err = g.s.client.Get(ctx, key, g.readOpts(false, opts...)...)
 	}
 	if err != nil {
 		if isCompacted(err) {
@@ -562,6 +566,10 @@ func (g *group) get(ctx context.Context, key string, opts ...clientv3.OpOption) 
 		g.rev = resp.Header.Revision
 	}
 	return resp, nil
+}
+
+func isFutureRev(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "required revision is a future revision")
 }
 
 func isCompacted(err error) bool {
@@ -804,8 +812,13 @@ func (t *txn) DeleteRange(start, end []byte) error {
 	return nil
 }
 
-// scanPage is how many records one etcd range read fetches.
-const scanPage = 256
+// Scans read etcd in pages: the first of firstScanPage records (most
+// scans stop early: a scan with a small limit, a prefix with few keys),
+// each next one four times larger, up to scanPage.
+const (
+	firstScanPage = 16
+	scanPage      = 256
+)
 
 func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
 	g := t.g
@@ -846,9 +859,9 @@ func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64)
 		return true, nil
 	}
 	from := r.start
-	for {
+	for page := int64(firstScanPage); ; page = min(4*page, scanPage) {
 		ctx, cancel := g.reqCtx()
-		resp, err := g.get(ctx, from, clientv3.WithRange(etcdEnd(r.end)), clientv3.WithLimit(scanPage))
+		resp, err := g.get(ctx, from, clientv3.WithRange(etcdEnd(r.end)), clientv3.WithLimit(page))
 		cancel()
 		if err != nil {
 			return err

@@ -24,6 +24,12 @@ func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progre
 	if err != nil {
 		return sideResult{}, err
 	}
+	return runFlowrunOn(ctx, cfg, workload, store, quiet, p)
+}
+
+// runFlowrunOn runs a workload through source -> kv connector on store ->
+// sink; the graph closes store.
+func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Backend, quiet *slog.Logger, p *progress) (sideResult, error) {
 	conn, err := kv.New(store, kv.Options{Logger: quiet})
 	if err != nil {
 		_ = store.Close()

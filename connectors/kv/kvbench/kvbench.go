@@ -16,6 +16,10 @@
 // therefore includes queueing behind earlier batches when the graph is
 // saturated, which it is: the source produces as fast as backpressure lets
 // it.
+//
+// With Config.Backend BackendEtcd the connector runs over an etcdstore.Store
+// on Config.Etcd's cluster, and the raw side uses the etcd client directly
+// with the same batches cut to etcd's operations per transaction.
 package kvbench
 
 import (
@@ -27,6 +31,8 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 )
 
 // Defaults for Config.
@@ -89,6 +95,14 @@ type Config struct {
 	// Dir is where each workload gets its own temporary directory, removed
 	// when the workload ends. Default os.TempDir().
 	Dir string
+	// Backend is the store under test: BackendPebble (default) or
+	// BackendEtcd.
+	Backend string
+	// Etcd configures the cluster of BackendEtcd (Endpoints required).
+	// Each workload works under its own key prefix, Etcd.Prefix +
+	// "flowrun-bench/<random>/", deleted when the workload ends. Sync and
+	// Dir do not apply: etcd always commits to a quorum's disks.
+	Etcd etcdstore.Options
 	// Progress, when set, is called after each completed batch with the
 	// operations done so far and the total over all workloads and both
 	// sides. It is called from one goroutine at a time, never concurrently.
@@ -122,6 +136,9 @@ func (c *Config) EnsureDefaults() {
 	if c.Dir == "" {
 		c.Dir = os.TempDir()
 	}
+	if c.Backend == "" {
+		c.Backend = BackendPebble
+	}
 }
 
 // Validate reports, wrapping ErrBadConfig, the first field that cannot be
@@ -141,6 +158,15 @@ func (c *Config) Validate() error {
 	if c.Ops <= 0 || c.Batch <= 0 {
 		return fmt.Errorf("%w: ops and batch must be positive", ErrBadConfig)
 	}
+	switch c.Backend {
+	case BackendPebble:
+	case BackendEtcd:
+		if len(c.Etcd.Endpoints) == 0 {
+			return fmt.Errorf("%w: backend etcd needs endpoints", ErrBadConfig)
+		}
+	default:
+		return fmt.Errorf("%w: unknown backend %q (known: %s, %s)", ErrBadConfig, c.Backend, BackendPebble, BackendEtcd)
+	}
 	return nil
 }
 
@@ -155,9 +181,15 @@ type Result struct {
 	// the sink.
 	FlowrunOpsPerS float64 `json:"flowrun_ops_per_s"`
 	// PebbleOpsPerS is operations per second of the same operations on raw
-	// Pebble.
+	// Pebble (0 on BackendEtcd).
 	PebbleOpsPerS float64 `json:"pebble_ops_per_s"`
-	// Ratio is FlowrunOpsPerS / PebbleOpsPerS.
+	// Backend is the store measured: BackendPebble or BackendEtcd.
+	Backend string `json:"backend"`
+	// EtcdOpsPerS, on BackendEtcd, is operations per second of the same
+	// operations with the etcd client directly, batched alike.
+	EtcdOpsPerS float64 `json:"etcd_ops_per_s,omitempty"`
+	// Ratio is FlowrunOpsPerS / PebbleOpsPerS (on BackendEtcd,
+	// FlowrunOpsPerS / EtcdOpsPerS).
 	Ratio float64 `json:"ratio"`
 	// P50us and P99us are the median and 99th percentile per-operation
 	// latency of the flowrun side in microseconds (see the package doc).
@@ -191,6 +223,9 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 }
 
 func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Result, error) {
+	if cfg.Backend == BackendEtcd {
+		return runEtcdWorkload(ctx, cfg, name, p)
+	}
 	dir, err := os.MkdirTemp(cfg.Dir, "kvbench-"+name+"-")
 	if err != nil {
 		return Result{}, err
@@ -213,6 +248,7 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 	}
 	r := Result{
 		Workload:       name,
+		Backend:        BackendPebble,
 		Ops:            cfg.Ops,
 		FlowrunOpsPerS: opsPerSec(cfg.Ops, fr.elapsed),
 		PebbleOpsPerS:  opsPerSec(cfg.Ops, pr.elapsed),

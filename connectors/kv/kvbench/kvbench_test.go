@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 )
 
 func TestRunEveryWorkload(t *testing.T) {
@@ -154,5 +158,43 @@ func TestValueSize(t *testing.T) {
 		if len(v) != size || v[0] != '"' || v[size-1] != '"' {
 			t.Errorf("value of size %d: got %d bytes %.20q", size, len(v), v)
 		}
+	}
+}
+
+// Every workload runs on etcd, when a cluster is given by
+// FLOWRUN_ETCD_ENDPOINTS (scripts/etcd-cluster.sh start); under CI its
+// absence fails the test, elsewhere it skips.
+func TestRunEtcd(t *testing.T) {
+	env := os.Getenv("FLOWRUN_ETCD_ENDPOINTS")
+	if env == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("FLOWRUN_ETCD_ENDPOINTS is not set (CI needs the cluster: scripts/etcd-cluster.sh start)")
+		}
+		t.Skip("FLOWRUN_ETCD_ENDPOINTS is not set; start a cluster with scripts/etcd-cluster.sh start")
+	}
+	cfg := Config{Ops: 450, Keys: 200, ValueBytes: 40, Batch: 150, Backend: BackendEtcd,
+		Etcd: etcdstore.Options{Endpoints: strings.Split(env, ","), Prefix: "flowrun-test/"}}
+	results, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != len(Workloads()) {
+		t.Fatalf("%d results, want %d", len(results), len(Workloads()))
+	}
+	for _, r := range results {
+		if r.Backend != BackendEtcd || r.FlowrunOpsPerS <= 0 || r.EtcdOpsPerS <= 0 || r.PebbleOpsPerS != 0 {
+			t.Errorf("%s: %+v", r.Workload, r)
+		}
+		if want := r.FlowrunOpsPerS / r.EtcdOpsPerS; math.Abs(r.Ratio-want) > 1e-9*want {
+			t.Errorf("%s: ratio = %v, want flowrun/etcd = %v", r.Workload, r.Ratio, want)
+		}
+	}
+	cfg.Etcd.Endpoints = nil
+	if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("etcd without endpoints: %v, want ErrBadConfig", err)
+	}
+	cfg.Backend = "redis"
+	if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("unknown backend: %v, want ErrBadConfig", err)
 	}
 }

@@ -1,0 +1,223 @@
+package kvbench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
+)
+
+// Backends Config.Backend selects.
+const (
+	// BackendPebble measures the kv connector on a Pebble store against
+	// raw Pebble (the default).
+	BackendPebble = "pebble"
+	// BackendEtcd measures the kv connector on an etcd cluster
+	// (Config.Etcd) against the etcd client used directly.
+	BackendEtcd = "etcd"
+)
+
+// runEtcdWorkload runs one workload through the kv connector on an etcd
+// store, then the same operations with the etcd client directly, each
+// under its own fresh key prefix that is deleted afterwards.
+func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) (Result, error) {
+	base := cfg.Etcd.Prefix + "flowrun-bench/" + randomHex() + "/"
+	opts := cfg.Etcd
+	opts.Prefix = base + "flowrun/"
+	store, err := etcdstore.Open(ctx, opts)
+	if err != nil {
+		return Result{}, err
+	}
+	opts.EnsureDefaults()
+	client, err := clientv3.New(clientv3.Config{Endpoints: opts.Endpoints, DialTimeout: opts.DialTimeout, Logger: zap.NewNop()})
+	if err != nil {
+		_ = store.Close()
+		return Result{}, err
+	}
+	defer client.Close()
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_, _ = client.Delete(dctx, base, clientv3.WithPrefix())
+	}()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	runtime.GC()
+	debug.FreeOSMemory()
+	ResetPeakRSS()
+	fr, err := runFlowrunOn(ctx, cfg, name, store, quiet, p)
+	if err != nil {
+		return Result{}, fmt.Errorf("flowrun side: %w", err)
+	}
+	rss := PeakRSSMB()
+	r := &rawEtcd{cfg: cfg, c: client, prefix: base + "raw/", maxOps: opts.MaxTxnOps, vals: newValues(cfg.ValueBytes)}
+	er, err := r.run(ctx, name, p)
+	if err != nil {
+		return Result{}, fmt.Errorf("etcd side: %w", err)
+	}
+	res := Result{
+		Workload:       name,
+		Backend:        BackendEtcd,
+		Ops:            cfg.Ops,
+		FlowrunOpsPerS: opsPerSec(cfg.Ops, fr.elapsed),
+		EtcdOpsPerS:    opsPerSec(cfg.Ops, er.elapsed),
+		P50us:          fr.p50us,
+		P99us:          fr.p99us,
+		PeakRSSMB:      rss,
+	}
+	if res.EtcdOpsPerS > 0 {
+		res.Ratio = res.FlowrunOpsPerS / res.EtcdOpsPerS
+	}
+	return res, nil
+}
+
+func randomHex() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// rawEtcd runs a workload with the etcd client directly, batched as the
+// store batches: each batch of operations is cut into transactions of at
+// most maxOps operations. Reads of a chunk go in one transaction; a chunk
+// that also writes (mixed, increment, cas) then commits its writes in a
+// second transaction guarded by the mod revisions of the keys it read, the
+// least any read-modify-write over etcd needs.
+type rawEtcd struct {
+	cfg    Config
+	c      *clientv3.Client
+	prefix string
+	maxOps int
+	vals   values
+}
+
+func (r *rawEtcd) key(k int) string { return r.prefix + string(appendKey(nil, k)) }
+
+func (r *rawEtcd) run(ctx context.Context, workload string, p *progress) (sideResult, error) {
+	if needsPreload(workload) {
+		for k := 0; k < r.cfg.Keys; k += r.maxOps {
+			var ops []clientv3.Op
+			for i := k; i < min(k+r.maxOps, r.cfg.Keys); i++ {
+				ops = append(ops, clientv3.OpPut(r.key(i), string(r.vals.preloadValue(nil, workload))))
+			}
+			if _, err := r.c.Txn(ctx).Then(ops...).Commit(); err != nil {
+				return sideResult{}, fmt.Errorf("preload: %w", err)
+			}
+		}
+	}
+	g := newGen(workload, r.cfg.Keys)
+	start := time.Now()
+	for done := 0; done < r.cfg.Ops; {
+		if err := ctx.Err(); err != nil {
+			return sideResult{}, err
+		}
+		n := min(r.cfg.Batch, r.cfg.Ops-done)
+		ops := make([]op, n)
+		for i := range ops {
+			ops[i] = g.op()
+		}
+		for i := 0; i < n; i += r.maxOps {
+			if err := r.chunk(ctx, workload, ops[i:min(i+r.maxOps, n)]); err != nil {
+				return sideResult{}, err
+			}
+		}
+		done += n
+		p.add(n)
+	}
+	return sideResult{elapsed: time.Since(start)}, nil
+}
+
+// chunk runs at most maxOps operations: one read transaction, then one
+// guarded write transaction when they write.
+func (r *rawEtcd) chunk(ctx context.Context, workload string, ops []op) error {
+	if workload == Put {
+		// etcd refuses two puts of one key in a transaction: the last
+		// wins, as in the store's overlay.
+		last := map[string]string{}
+		for _, o := range ops {
+			last[r.key(o.key)] = string(r.vals.appendValue(nil, o.version))
+		}
+		then := make([]clientv3.Op, 0, len(last))
+		for k, v := range last {
+			then = append(then, clientv3.OpPut(k, v))
+		}
+		_, err := r.c.Txn(ctx).Then(then...).Commit()
+		return err
+	}
+	var reads []clientv3.Op
+	for _, o := range ops {
+		if o.kind == opScan {
+			reads = append(reads, clientv3.OpGet(r.key(o.key), clientv3.WithRange(r.key(r.cfg.Keys)), clientv3.WithLimit(ScanLimit)))
+		} else if o.kind != opPut {
+			reads = append(reads, clientv3.OpGet(r.key(o.key)))
+		}
+	}
+	resp, err := r.c.Txn(ctx).Then(reads...).Commit()
+	if err != nil {
+		return err
+	}
+	if workload == Get || workload == Scan {
+		return nil
+	}
+	// Apply the chunk in order over what was read, then write it back.
+	cur := map[string][]byte{}
+	revs := map[string]int64{}
+	for _, rr := range resp.Responses {
+		for _, kv := range rr.GetResponseRange().Kvs {
+			cur[string(kv.Key)] = kv.Value
+			revs[string(kv.Key)] = kv.ModRevision
+		}
+	}
+	writes := map[string][]byte{}
+	for _, o := range ops {
+		k := r.key(o.key)
+		switch o.kind {
+		case opPut:
+			writes[k] = r.vals.appendValue(nil, o.version)
+			cur[k] = writes[k]
+		case opIncrement:
+			n, err := strconv.ParseInt(string(cur[k]), 10, 64)
+			if err != nil {
+				return fmt.Errorf("increment %s: stored %q: %w", k, cur[k], err)
+			}
+			writes[k] = appendInt(nil, n+incrementBy)
+			cur[k] = writes[k]
+		case opCAS:
+			if !bytes.Equal(cur[k], r.vals.appendValue(nil, o.version)) {
+				return fmt.Errorf("cas %s: stored %.20s..., expected version %d", k, cur[k], o.version)
+			}
+			writes[k] = r.vals.appendValue(nil, o.version+1)
+			cur[k] = writes[k]
+		}
+	}
+	if len(writes) == 0 {
+		return nil
+	}
+	var cmps []clientv3.Cmp
+	for k, rev := range revs {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+	}
+	var then []clientv3.Op
+	for k, v := range writes {
+		then = append(then, clientv3.OpPut(k, string(v)))
+	}
+	wr, err := r.c.Txn(ctx).If(cmps...).Then(then...).Commit()
+	if err != nil {
+		return err
+	}
+	if !wr.Succeeded {
+		return fmt.Errorf("a key of the chunk changed under the benchmark")
+	}
+	return nil
+}
