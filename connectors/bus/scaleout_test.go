@@ -59,12 +59,12 @@ func scaleInput(i int) (player string, points int, ev pipeline.Event) {
 // score too high), and a claim refused because T was taken would go to the
 // unlinked err port, be redelivered over and over and keep the consumer
 // from draining.
-func scaleFlow(natsURL, subject, durable, endpoints, prefix string) string {
+func scaleFlow(natsURL, subject, durable, endpoints, prefix, maxTxnOps string) string {
 	return fmt.Sprintf(`name: scores
 connectors:
   input: { type: nats, mode: read, url: %q, subject: %q, durable: %q, ack_wait: 5s, window: 256 }
-  store: { type: kv, backend: etcd, endpoints: %q, prefix: %q, namespace: scores, max_txn_ops: 1024, idem_from: message_id }
-  board: { type: kv, backend: etcd, endpoints: %q, prefix: %q, namespace: scores, max_txn_ops: 1024 }
+  store: { type: kv, backend: etcd, endpoints: %q, prefix: %q, namespace: scores, max_txn_ops: %s, idem_from: message_id }
+  board: { type: kv, backend: etcd, endpoints: %q, prefix: %q, namespace: scores, max_txn_ops: %s }
   done:  { type: "null" }
 pipelines:
   score:
@@ -81,7 +81,7 @@ links:
   - store/out -> rank/in
   - rank/out -> board/in
   - board/out -> done/in
-`, natsURL, subject, durable, endpoints, prefix, endpoints, prefix)
+`, natsURL, subject, durable, endpoints, prefix, maxTxnOps, endpoints, prefix, maxTxnOps)
 }
 
 // TestScaleOutExactlyOnce runs three `flowrun run` processes sharing one
@@ -99,6 +99,11 @@ func TestScaleOutExactlyOnce(t *testing.T) {
 	start := time.Now()
 	dir := t.TempDir()
 	bin := buildFlowrun(t, dir)
+	// The cluster's --max-txn-ops, as scripts/etcd-cluster.sh sets it.
+	maxTxnOps := os.Getenv("FLOWRUN_ETCD_MAX_TXN_OPS")
+	if maxTxnOps == "" {
+		maxTxnOps = "128"
+	}
 	id := strings.ToLower(nuid.Next())
 	subject, durable, prefix := "scale."+id+".in", "scale_"+id, "flowrun-test/scale-"+id+"/"
 
@@ -148,7 +153,7 @@ links:
 	case <-time.After(time.Minute):
 		t.Fatalf("publishing %d messages took over a minute", scaleMessages)
 	}
-	must(t, os.WriteFile(filepath.Join(dir, "flow.yaml"), []byte(scaleFlow(url, subject, durable, endpoints, prefix)), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "flow.yaml"), []byte(scaleFlow(url, subject, durable, endpoints, prefix, maxTxnOps)), 0o644))
 	t.Logf("built flowrun and published %d messages in %v", scaleMessages, time.Since(start).Round(time.Millisecond))
 
 	type proc struct {
