@@ -2,12 +2,13 @@ package etcdstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/internal/sharing"
 )
 
 // Pool shares one Store per cluster and key prefix among the kv connectors
@@ -16,18 +17,11 @@ import (
 // connectors (each in its own namespace). Its zero value is not usable;
 // use NewPool.
 type Pool struct {
-	mu     sync.Mutex
-	stores map[string]*pooled
-}
-
-type pooled struct {
-	store *Store
-	conf  string // the options that must agree between users
-	refs  int
+	stores sharing.Pool[*Store]
 }
 
 // NewPool returns an empty pool.
-func NewPool() *Pool { return &Pool{stores: map[string]*pooled{}} }
+func NewPool() *Pool { return &Pool{} }
 
 // poolKey names a store: its endpoints, in any order, and its prefix.
 func poolKey(o *Options) string {
@@ -49,49 +43,27 @@ func poolConf(o *Options) string {
 // when its last handle does.
 func (p *Pool) Open(ctx context.Context, opts Options) (kv.Backend, error) {
 	opts.EnsureDefaults()
-	key, conf := poolKey(&opts), poolConf(&opts)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if e, ok := p.stores[key]; ok {
-		if e.conf != conf {
-			return nil, fmt.Errorf("etcdstore: store %v prefix %q is already open with %s, asked for %s",
-				opts.Endpoints, opts.Prefix, e.conf, conf)
+	conf := poolConf(&opts)
+	check := func(s *Store) error {
+		// A pooled store keeps the options it was opened with, defaults
+		// filled in as here.
+		if have := poolConf(&s.opts); have != conf {
+			return fmt.Errorf("etcdstore: store %v prefix %q is already open with %s, asked for %s",
+				opts.Endpoints, opts.Prefix, have, conf)
 		}
-		e.refs++
-		return &handle{pool: p, key: key, store: e.store}, nil
+		return nil
 	}
-	s, err := Open(ctx, opts)
+	s, ref, err := p.stores.Acquire(poolKey(&opts), check, func() (*Store, error) { return Open(ctx, opts) })
 	if err != nil {
 		return nil, err
 	}
-	p.stores[key] = &pooled{store: s, conf: conf, refs: 1}
-	return &handle{pool: p, key: key, store: s}, nil
-}
-
-func (p *Pool) release(key string) error {
-	p.mu.Lock()
-	e, ok := p.stores[key]
-	if !ok {
-		p.mu.Unlock()
-		return ErrClosed
-	}
-	e.refs--
-	if e.refs > 0 {
-		p.mu.Unlock()
-		return nil
-	}
-	delete(p.stores, key)
-	p.mu.Unlock()
-	return e.store.Close()
+	return &handle{store: s, ref: ref}, nil
 }
 
 // handle is one user's reference to a pooled store.
 type handle struct {
-	pool   *Pool
-	key    string
-	store  *Store
-	mu     sync.Mutex
-	closed bool
+	store *Store
+	ref   *sharing.Ref
 }
 
 var _ kv.TxnLimiter = (*handle)(nil)
@@ -107,12 +79,9 @@ func (h *handle) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][
 func (h *handle) MaxTxnWrites() int { return h.store.MaxTxnWrites() }
 
 func (h *handle) Close() error {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
+	err := h.ref.Release()
+	if errors.Is(err, sharing.ErrReleased) {
 		return ErrClosed
 	}
-	h.closed = true
-	h.mu.Unlock()
-	return h.pool.release(h.key)
+	return err
 }

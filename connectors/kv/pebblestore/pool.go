@@ -2,30 +2,25 @@ package pebblestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
 
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/internal/sharing"
 )
 
 // Pool shares one Store per directory among the kv connectors of a process,
 // so that flows with different namespaces can use one store directory (one
 // Pebble instance underneath). Its zero value is not usable; use NewPool.
 type Pool struct {
-	mu       sync.Mutex
-	stores   map[string]*pooled
+	stores   sharing.Pool[*Store]
 	onCommit func(CommitInfo)
-}
-
-type pooled struct {
-	store *Store
-	refs  int
 }
 
 // NewPool returns an empty pool.
 func NewPool() *Pool {
-	return &Pool{stores: map[string]*pooled{}}
+	return &Pool{}
 }
 
 // NewObservedPool returns an empty pool whose stores report every commit
@@ -33,7 +28,7 @@ func NewPool() *Pool {
 // set their own. A process serving metrics uses it so that every store its
 // flows open is observed without the flows knowing.
 func NewObservedPool(onCommit func(CommitInfo)) *Pool {
-	return &Pool{stores: map[string]*pooled{}, onCommit: onCommit}
+	return &Pool{onCommit: onCommit}
 }
 
 // Open returns a handle on the store in dir, opening it on first use. The
@@ -45,51 +40,29 @@ func (p *Pool) Open(dir string, opts Options) (kv.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %q: %w", dir, err)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if e, ok := p.stores[abs]; ok {
-		if e.store.opts.NoSync != opts.NoSync {
-			return nil, fmt.Errorf("open store %q: already open with sync=%t, asked for sync=%t",
-				dir, !e.store.opts.NoSync, !opts.NoSync)
+	check := func(s *Store) error {
+		if s.opts.NoSync != opts.NoSync {
+			return fmt.Errorf("open store %q: already open with sync=%t, asked for sync=%t",
+				dir, !s.opts.NoSync, !opts.NoSync)
 		}
-		e.refs++
-		return &handle{pool: p, key: abs, store: e.store}, nil
+		return nil
 	}
-	if opts.OnCommit == nil {
-		opts.OnCommit = p.onCommit
-	}
-	s, err := Open(abs, opts)
+	s, ref, err := p.stores.Acquire(abs, check, func() (*Store, error) {
+		if opts.OnCommit == nil {
+			opts.OnCommit = p.onCommit
+		}
+		return Open(abs, opts)
+	})
 	if err != nil {
 		return nil, err
 	}
-	p.stores[abs] = &pooled{store: s, refs: 1}
-	return &handle{pool: p, key: abs, store: s}, nil
-}
-
-func (p *Pool) release(key string) error {
-	p.mu.Lock()
-	e, ok := p.stores[key]
-	if !ok {
-		p.mu.Unlock()
-		return ErrClosed
-	}
-	e.refs--
-	if e.refs > 0 {
-		p.mu.Unlock()
-		return nil
-	}
-	delete(p.stores, key)
-	p.mu.Unlock()
-	return e.store.Close()
+	return &handle{store: s, ref: ref}, nil
 }
 
 // handle is one user's reference to a pooled store.
 type handle struct {
-	pool   *Pool
-	key    string
-	store  *Store
-	mu     sync.Mutex
-	closed bool
+	store *Store
+	ref   *sharing.Ref
 }
 
 func (h *handle) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
@@ -103,12 +76,9 @@ func (h *handle) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error
 }
 
 func (h *handle) Close() error {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
+	err := h.ref.Release()
+	if errors.Is(err, sharing.ErrReleased) {
 		return ErrClosed
 	}
-	h.closed = true
-	h.mu.Unlock()
-	return h.pool.release(h.key)
+	return err
 }
