@@ -27,6 +27,10 @@ const DefaultQueueDepth = 16
 // batches waiting in a node's queue.
 const DefaultMaxCoalesce = 4096
 
+// DefaultStageDepth is the number of batches a StagedProcessor may have
+// started and not yet finished.
+const DefaultStageDepth = 4
+
 // Options tune a Graph. The zero value is ready to use.
 type Options struct {
 	// QueueDepth bounds each node's input channel, in batches.
@@ -35,6 +39,10 @@ type Options struct {
 	// MaxCoalesce bounds how many events of batches already queued for a
 	// node are merged into one Process call. Default DefaultMaxCoalesce.
 	MaxCoalesce int
+	// StageDepth bounds the batches a StagedProcessor node has started and
+	// not yet finished; 1 runs the stages of one batch after the other.
+	// Default DefaultStageDepth.
+	StageDepth int
 	// Unlinked receives events emitted on ports that have no link. The
 	// default logs events of the "err" port at error level (so failures are
 	// never silent) and discards the others.
@@ -49,6 +57,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.MaxCoalesce <= 0 {
 		o.MaxCoalesce = DefaultMaxCoalesce
+	}
+	if o.StageDepth <= 0 {
+		o.StageDepth = DefaultStageDepth
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -329,6 +340,8 @@ func (g *Graph) Run(ctx context.Context) error {
 				if err := em.Flush(hard); err != nil {
 					fail(n, err)
 				}
+			} else if sp, ok := n.processor.(StagedProcessor); ok && g.opts.StageDepth > 1 {
+				g.runStaged(hard, n, sp, em, fail)
 			} else {
 				for batch := range n.in {
 					if hard.Err() != nil {
@@ -357,6 +370,56 @@ func (g *Graph) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return firstErr
+}
+
+// started is a batch a StagedProcessor has started: its FinishFunc and how
+// many queued batches it stands for.
+type started struct {
+	finish FinishFunc
+	taken  int
+}
+
+// runStaged feeds n's input to sp: this goroutine starts batches in order
+// while a second one finishes them in the same order and flushes their
+// output. The channel between them holds StageDepth-1 started batches, and
+// the finisher holds one more.
+func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em *emitter, fail func(*node, error)) {
+	queue := make(chan started, g.opts.StageDepth-1)
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for s := range queue {
+			// Called even when failing: the processor may hold resources
+			// (or writes in flight) until its FinishFunc returns.
+			if err := s.finish(hard, em); err != nil {
+				fail(n, err)
+			} else if err := em.Flush(hard); err != nil {
+				fail(n, err)
+			}
+			for range s.taken {
+				g.batchDone()
+			}
+		}
+	}()
+	for batch := range n.in {
+		if hard.Err() != nil {
+			g.batchDone()
+			continue // failing: discard so upstream never blocks
+		}
+		batch, taken := g.coalesce(n, batch)
+		n.received.Add(uint64(len(batch)))
+		finish, err := sp.Start(hard, batch)
+		if err != nil {
+			fail(n, err)
+			for range taken {
+				g.batchDone()
+			}
+			continue
+		}
+		queue <- started{finish: finish, taken: taken}
+	}
+	close(queue)
+	<-finished
 }
 
 // coalesce appends to first the batches already waiting in n's queue, up to

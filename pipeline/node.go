@@ -29,6 +29,31 @@ type Processor interface {
 	Process(ctx context.Context, batch []Event, emit Emitter) error
 }
 
+// FinishFunc completes a batch begun by StagedProcessor.Start: it waits for
+// whatever Start set in motion and emits the batch's events. An error is
+// fatal for the whole graph, as from Process.
+type FinishFunc func(ctx context.Context, emit Emitter) error
+
+// StagedProcessor is a Processor whose work on a batch splits into a part
+// that must happen in input order before the next batch starts (decoding,
+// handing writes to a store) and a part that only waits and emits (a disk
+// sync, building results). The graph runs the two stages of consecutive
+// batches concurrently, up to Options.StageDepth batches in flight, so the
+// wait of one batch overlaps the start of the next.
+//
+// Start is called from one goroutine, batch after batch in arrival order;
+// the returned FinishFuncs are called from another goroutine, one at a
+// time and in the same order, each while later batches may already be
+// starting. Every FinishFunc returned is called exactly once, even while
+// the graph is failing, so it may hold resources until then. A
+// StagedProcessor may keep batch (without modifying it) until its
+// FinishFunc returns. Process must do what Start followed by the FinishFunc
+// does; it is used where stages do not apply.
+type StagedProcessor interface {
+	Processor
+	Start(ctx context.Context, batch []Event) (FinishFunc, error)
+}
+
 // ProcessorFunc adapts a function to the Processor interface.
 type ProcessorFunc func(ctx context.Context, batch []Event, emit Emitter) error
 

@@ -85,3 +85,14 @@ type TxnLimiter interface {
 type ReadHinter interface {
 	UpdateHinted(ctx context.Context, fns []TxnFunc, hints [][][]byte, errs []error) error
 }
+
+// Submitter is implemented by Backends that can queue an Update without
+// waiting for its commit, so a caller can prepare its next work while the
+// previous commit is being synced. Submit queues fns exactly as Update
+// would and returns at once; wait blocks until their outcome and returns
+// what Update would have returned. fns and errs belong to the backend until
+// wait returns. Submissions from one goroutine are applied in the order
+// they were made, after every Update or Submit that returned before.
+type Submitter interface {
+	Submit(ctx context.Context, fns []TxnFunc, errs []error) (wait func() error)
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -31,6 +32,10 @@ type Connector struct {
 	dec    decoder
 
 	scratchPool sync.Pool // *batchScratch
+	// inFlight counts batches submitted to a Submitter and not finished:
+	// while any is, a read-only batch must queue behind them rather than
+	// read past them.
+	inFlight atomic.Int64
 
 	stop      context.CancelFunc
 	janitor   sync.WaitGroup
@@ -39,8 +44,8 @@ type Connector struct {
 }
 
 var (
-	_ pipeline.Processor = (*Connector)(nil)
-	_ pipeline.Closer    = (*Connector)(nil)
+	_ pipeline.StagedProcessor = (*Connector)(nil)
+	_ pipeline.Closer          = (*Connector)(nil)
 )
 
 // New returns a Connector over b. It starts the janitor unless
@@ -82,50 +87,109 @@ func (c *Connector) Close(context.Context) error {
 // batch goes to "err" with that error and none to "out". Process returns an
 // error only for misuse it cannot report per event (never, today).
 func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+	finish, err := c.Start(ctx, batch)
+	if err != nil {
+		return err
+	}
+	return finish(ctx, emit)
+}
+
+// Start implements pipeline.StagedProcessor: it decodes batch and, on a
+// backend that queues work (Submitter), hands the batch's commands to the
+// store before returning, so that the next batch is decoded and applied
+// while this one's commit is synced. The FinishFunc waits for the outcome
+// and emits as Process does. Commands of consecutive batches apply in
+// input order either way.
+func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline.FinishFunc, error) {
 	sc := c.scratch(len(batch))
-	defer c.release(sc)
-	cmds, errs, results := sc.cmds, sc.errs, sc.results
+	sc.batch = batch
 	readOnly := true
 	for i, ev := range batch {
-		cmds[i], errs[i] = c.decodeEvent(ev)
-		if errs[i] != nil {
+		sc.cmds[i], sc.errs[i] = c.decodeEvent(ev)
+		if sc.errs[i] != nil {
 			continue
 		}
 		sc.idx = append(sc.idx, i)
-		readOnly = readOnly && cmds[i].readOnly()
+		readOnly = readOnly && sc.cmds[i].readOnly()
 	}
-	if n := len(sc.idx); n > 0 {
-		fns, txErrs := sc.fns[:n], sc.txErrs[:n]
-		update := c.b.Update
-		if v, ok := c.b.(Viewer); ok && readOnly {
-			// Nothing in this batch writes, so nothing in it must be
-			// ordered after a write of it: the reads need not queue
-			// behind other writers, and may run in parallel.
-			update = func(ctx context.Context, _ []TxnFunc, _ []error) error {
-				return sc.view(ctx, v, n)
-			}
-		} else if h, ok := c.b.(ReadHinter); ok {
-			update = func(ctx context.Context, fns []TxnFunc, errs []error) error {
-				return h.UpdateHinted(ctx, fns, c.readHintsOf(sc), errs)
-			}
-		}
-		if err := update(ctx, fns, txErrs); err != nil {
-			for _, i := range sc.idx {
-				errs[i] = fmt.Errorf("%s: %w: %w", cmds[i].op, ErrCommit, err)
-			}
-		} else {
-			for j, i := range sc.idx {
-				errs[i] = txErrs[j]
-			}
-		}
+	n := len(sc.idx)
+	if n == 0 {
+		return sc.finishFn, nil
 	}
-	for i, ev := range batch {
-		c.emit(emit, ev, &cmds[i], &results[i], errs[i])
+	v, viewer := c.b.(Viewer)
+	sub, submitter := c.b.(Submitter)
+	switch {
+	case !submitter:
+		// The batch runs when it finishes: finishing is in input order and
+		// nothing is applied before, so order holds.
+		sc.deferred = true
+	case readOnly && viewer && c.inFlight.Load() == 0:
+		// Read now, in order: every write of an earlier batch has
+		// returned, and no later batch has started. Nothing in this
+		// batch writes, so the reads need not queue behind the writer.
+		sc.outcome(sc.view(ctx, v, n))
+	default:
+		c.inFlight.Add(1)
+		sc.wait = sub.Submit(ctx, sc.fns[:n], sc.txErrs[:n])
+	}
+	return sc.finishFn, nil
+}
+
+// finish completes the batch begun by Start: it waits for (or, on a
+// backend that cannot queue, runs) the batch's commands, emits each
+// event's outcome in input order and releases sc.
+func (sc *batchScratch) finish(ctx context.Context, emit pipeline.Emitter) error {
+	c := sc.c
+	defer c.release(sc)
+	switch {
+	case sc.wait != nil:
+		err := sc.wait()
+		c.inFlight.Add(-1)
+		sc.outcome(err)
+	case sc.deferred:
+		sc.outcome(c.update(ctx, sc))
+	}
+	for i, ev := range sc.batch {
+		c.emit(emit, ev, &sc.cmds[i], &sc.results[i], sc.errs[i])
 	}
 	if c.opts.OnCommands != nil {
-		c.observe(cmds, errs)
+		c.observe(sc.cmds, sc.errs)
 	}
 	return nil
+}
+
+// update runs the batch's commands through whichever path the backend
+// offers: View for a batch that only reads, UpdateHinted for a backend
+// whose reads are remote, Update otherwise.
+func (c *Connector) update(ctx context.Context, sc *batchScratch) error {
+	n := len(sc.idx)
+	fns, txErrs := sc.fns[:n], sc.txErrs[:n]
+	readOnly := true
+	for _, i := range sc.idx {
+		readOnly = readOnly && sc.cmds[i].readOnly()
+	}
+	if v, ok := c.b.(Viewer); ok && readOnly {
+		// Nothing in this batch writes, so nothing in it must be ordered
+		// after a write of it: the reads need not queue behind other
+		// writers, and may run in parallel.
+		return sc.view(ctx, v, n)
+	}
+	if h, ok := c.b.(ReadHinter); ok {
+		return h.UpdateHinted(ctx, fns, c.readHintsOf(sc), txErrs)
+	}
+	return c.b.Update(ctx, fns, txErrs)
+}
+
+// outcome records each command's error once the batch has run: its own,
+// or ErrCommit for all when the commit failed (err).
+func (sc *batchScratch) outcome(err error) {
+	for j, i := range sc.idx {
+		if err != nil {
+			sc.errs[i] = fmt.Errorf("%s: %w: %w", sc.cmds[i].op, ErrCommit, err)
+		} else {
+			sc.errs[i] = sc.txErrs[j]
+		}
+	}
 }
 
 // batchScratch is the working memory of one Process call, pooled per
@@ -133,6 +197,8 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 // runs the command at cmds[idx[j]]; each closure is built once, when its
 // slot is first needed, and finds its command through idx.
 type batchScratch struct {
+	c       *Connector
+	batch   []pipeline.Event
 	cmds    []command
 	errs    []error
 	results []result
@@ -145,6 +211,12 @@ type batchScratch struct {
 	// are the same commands run with their own execer x2.
 	fns2 []TxnFunc
 	x2   execer
+
+	// Between Start and finish: wait reports the outcome of commands
+	// submitted to the store; deferred says they are still to be run.
+	wait     func() error
+	deferred bool
+	finishFn pipeline.FinishFunc // sc.finish, bound once
 }
 
 // minParallelReads is the smallest read-only batch split between two
@@ -176,7 +248,8 @@ func (sc *batchScratch) view(ctx context.Context, v Viewer, n int) error {
 func (c *Connector) scratch(n int) *batchScratch {
 	sc, _ := c.scratchPool.Get().(*batchScratch)
 	if sc == nil {
-		sc = &batchScratch{x: execer{c: c}, x2: execer{c: c}}
+		sc = &batchScratch{c: c, x: execer{c: c}, x2: execer{c: c}}
+		sc.finishFn = sc.finish
 	}
 	if cap(sc.cmds) < n {
 		sc.cmds = make([]command, n)
@@ -213,6 +286,7 @@ func (c *Connector) release(sc *batchScratch) {
 	clear(sc.txErrs[:len(sc.idx)])
 	sc.idx = sc.idx[:0]
 	sc.x.tx, sc.x2.tx = nil, nil
+	sc.batch, sc.wait, sc.deferred = nil, nil, false
 	c.scratchPool.Put(sc)
 }
 

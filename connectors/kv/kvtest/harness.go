@@ -100,9 +100,27 @@ func (s sharedViewer) View(ctx context.Context, fns []kv.TxnFunc, errs []error) 
 	return s.v.View(ctx, fns, errs)
 }
 
-// shareBackend wraps b for a connector of the harness.
+// sharedSubmitter is a sharedViewer that also keeps its backend's queued
+// write path (kv.Submitter), so the table runs batches the way a staged
+// flow node does.
+type sharedSubmitter struct {
+	sharedViewer
+	s kv.Submitter
+}
+
+func (s sharedSubmitter) Submit(ctx context.Context, fns []kv.TxnFunc, errs []error) func() error {
+	return s.s.Submit(ctx, fns, errs)
+}
+
+// shareBackend wraps b for a connector of the harness, keeping the
+// optional paths a connector looks for.
 func shareBackend(b kv.Backend) kv.Backend {
-	if v, ok := b.(kv.Viewer); ok {
+	v, viewer := b.(kv.Viewer)
+	sub, submitter := b.(kv.Submitter)
+	switch {
+	case viewer && submitter:
+		return sharedSubmitter{sharedViewer{sharedBackend{b}, v}, sub}
+	case viewer:
 		return sharedViewer{sharedBackend{b}, v}
 	}
 	return sharedBackend{b}

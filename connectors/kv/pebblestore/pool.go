@@ -75,6 +75,12 @@ func (h *handle) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error
 	return h.store.View(ctx, fns, errs)
 }
 
+// Submit implements kv.Submitter, so a kv connector on a pooled store
+// keeps overlapping one batch's sync with the next batch's start.
+func (h *handle) Submit(ctx context.Context, fns []kv.TxnFunc, errs []error) func() error {
+	return h.store.Submit(ctx, fns, errs)
+}
+
 func (h *handle) Close() error {
 	err := h.ref.Release()
 	if errors.Is(err, sharing.ErrReleased) {

@@ -149,7 +149,10 @@ type Store struct {
 	broken   error // set once a group failed; every later result fails
 }
 
-var _ kv.Viewer = (*Store)(nil)
+var (
+	_ kv.Viewer    = (*Store)(nil)
+	_ kv.Submitter = (*Store)(nil)
+)
 
 var _ kv.Backend = (*Store)(nil)
 
@@ -220,26 +223,45 @@ func (s *Store) Dir() string { return s.dir }
 // waits for their outcome even if ctx is cancelled: returning early would
 // report as failed work that may still commit.
 func (s *Store) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	req, err := s.enqueue(ctx, fns, errs)
+	if err != nil || req == nil {
+		return err
+	}
+	return <-req.done
+}
+
+// Submit implements kv.Submitter: the transactions join the writer's queue
+// behind everything queued before, and wait reports their outcome. As with
+// Update, once queued they are waited for even if ctx is cancelled.
+func (s *Store) Submit(ctx context.Context, fns []kv.TxnFunc, errs []error) (wait func() error) {
+	req, err := s.enqueue(ctx, fns, errs)
+	if err != nil || req == nil {
+		return func() error { return err }
+	}
+	return func() error { return <-req.done }
+}
+
+// enqueue hands fns to the writer. It returns a nil request, and no
+// error, when there is nothing to do.
+func (s *Store) enqueue(ctx context.Context, fns []kv.TxnFunc, errs []error) (*request, error) {
 	if len(fns) != len(errs) {
-		return fmt.Errorf("pebblestore: Update given %d funcs and %d error slots", len(fns), len(errs))
+		return nil, fmt.Errorf("pebblestore: Update given %d funcs and %d error slots", len(fns), len(errs))
 	}
 	if len(fns) == 0 {
-		return nil
+		return nil, nil
 	}
 	req := &request{fns: fns, errs: errs, done: make(chan error, 1)}
 	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
 	if s.closed {
-		s.closeMu.RUnlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	select {
 	case s.reqs <- req:
+		return req, nil
 	case <-ctx.Done():
-		s.closeMu.RUnlock()
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
-	s.closeMu.RUnlock()
-	return <-req.done
 }
 
 // Close stops accepting transactions, waits for every queued one to commit

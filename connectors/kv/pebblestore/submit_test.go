@@ -1,0 +1,72 @@
+package pebblestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+)
+
+// TestSubmitKeepsOrderAndReportsOutcomes queues many submissions before
+// waiting for any: each reads the key the one before it wrote, so they
+// must apply in submission order, and each wait reports its own outcome.
+func TestSubmitKeepsOrderAndReportsOutcomes(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	const n = 200
+	waits := make([]func() error, n)
+	errs := make([][]error, n)
+	for i := range n {
+		fn := func(tx kv.Txn) error {
+			v, _, found, err := tx.Get([]byte("k"))
+			if err != nil {
+				return err
+			}
+			if want := fmt.Sprint(i - 1); i > 0 && (!found || string(v) != want) {
+				return fmt.Errorf("submission %d read %q (found %v), want %q", i, v, found, want)
+			}
+			if i%10 == 9 {
+				return errBoom // a failed transaction writes nothing...
+			}
+			return tx.Set([]byte("k"), []byte(fmt.Sprint(i)), 0)
+		}
+		if i%10 == 0 && i > 0 {
+			// ...so the one after it writes on top of the one before.
+			prev := fn
+			fn = func(tx kv.Txn) error {
+				if err := tx.Set([]byte("k"), []byte(fmt.Sprint(i-1)), 0); err != nil {
+					return err
+				}
+				return prev(tx)
+			}
+		}
+		errs[i] = make([]error, 1)
+		waits[i] = s.Submit(ctx, []kv.TxnFunc{fn}, errs[i])
+	}
+	for i, wait := range waits {
+		if err := wait(); err != nil {
+			t.Fatalf("wait %d: %v", i, err)
+		}
+		wantErr := i%10 == 9
+		if got := errs[i][0]; (got != nil) != wantErr || got != nil && !errors.Is(got, errBoom) {
+			t.Fatalf("submission %d: error %v, want boom: %v", i, got, wantErr)
+		}
+	}
+	var g got
+	update(t, s, get("k", &g))
+	// The last submission (n-1) is one that fails.
+	if g.value != fmt.Sprint(n-2) {
+		t.Fatalf("k = %q after all submissions, want %d", g.value, n-2)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Submit(ctx, []kv.TxnFunc{set("k", "x", 0)}, make([]error, 1))(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Submit after Close: %v, want ErrClosed", err)
+	}
+	if err := s.Submit(ctx, []kv.TxnFunc{set("k", "x", 0)}, nil)(); err == nil {
+		t.Fatal("Submit with too few error slots succeeded")
+	}
+}
