@@ -17,10 +17,20 @@ import (
 // from timed ones.
 const preloadSeq = 1 << 62
 
+// storeOptions returns the options of the store under test, defaults
+// filled, quiet. The raw Pebble side opens its database with the same
+// Pebble tuning.
+func (cfg Config) storeOptions() pebblestore.Options {
+	opts := pebblestore.Options{NoSync: !cfg.Sync, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts.EnsureDefaults()
+	return opts
+}
+
 // runFlowrun runs a workload through source -> kv connector -> sink.
 func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progress) (sideResult, error) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store, err := pebblestore.Open(dir, pebblestore.Options{NoSync: !cfg.Sync, Logger: quiet})
+	opts := cfg.storeOptions()
+	quiet := opts.Logger
+	store, err := pebblestore.Open(dir, opts)
 	if err != nil {
 		return sideResult{}, err
 	}

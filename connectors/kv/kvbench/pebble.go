@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-
-	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
 
 // sideResult is what one side of a workload measured.
@@ -44,11 +42,15 @@ type rawSide struct {
 }
 
 func runPebble(ctx context.Context, cfg Config, workload, dir string, p *progress) (sideResult, error) {
-	// The same block cache size as the store under test, so that both
-	// sides read from memory equally often.
-	cache := pebble.NewCache(pebblestore.DefaultCacheBytes)
+	// The same Pebble tuning as the store under test (block cache,
+	// memtable size), so that both sides read from memory equally often
+	// and flush and compact alike.
+	opts := cfg.storeOptions()
+	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref()
-	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}, Cache: cache})
+	popts := opts.PebbleOptions(cache)
+	popts.Logger = quietLogger{}
+	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		return sideResult{}, err
 	}

@@ -53,6 +53,13 @@ const (
 	// disk; 64 MiB keeps such a store's hot blocks in memory while leaving
 	// a flow well inside a few hundred MiB of RSS.
 	DefaultCacheBytes = 64 << 20
+	// DefaultMemTableBytes is the size Pebble's memtables grow to. Stream
+	// state is rewritten far more than it grows (counters, latest values),
+	// and a key rewritten within one memtable is flushed once: Pebble's
+	// default (4 MiB) flushes and compacts the same few keys over and
+	// over, which on a small machine takes the CPU the writer needs. Two
+	// memtables may be in memory at once (one flushing).
+	DefaultMemTableBytes = 32 << 20
 )
 
 // Options configure a Store. The zero value gives durable, group-committed
@@ -75,6 +82,9 @@ type Options struct {
 	// CacheBytes is the size of Pebble's block cache. Default
 	// DefaultCacheBytes.
 	CacheBytes int64
+	// MemTableBytes is the size Pebble's memtables grow to (they start
+	// small and double). Default DefaultMemTableBytes.
+	MemTableBytes int64
 	// Logger receives Pebble's own log lines at debug level and store
 	// lifecycle events. Default: slog.Default().
 	Logger *slog.Logger
@@ -118,9 +128,28 @@ func (o *Options) EnsureDefaults() {
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = DefaultCacheBytes
 	}
+	if o.MemTableBytes <= 0 {
+		o.MemTableBytes = DefaultMemTableBytes
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+}
+
+// PebbleOptions returns the Pebble options a Store opens its database
+// with, on cache (which the caller creates with CacheBytes and releases):
+// the same tuning serves a raw Pebble baseline in benchmarks. Options.Pebble,
+// when set, has been applied. o must have its defaults filled in.
+func (o *Options) PebbleOptions(cache *pebble.Cache) *pebble.Options {
+	popts := &pebble.Options{
+		Logger:       pebbleLogger{o.Logger},
+		Cache:        cache,
+		MemTableSize: uint64(o.MemTableBytes),
+	}
+	if o.Pebble != nil {
+		o.Pebble(popts)
+	}
+	return popts
 }
 
 // Store is a Pebble database serving kv.Backend transactions. It is safe for
@@ -179,11 +208,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref() // the database holds its own reference
-	popts := &pebble.Options{Logger: pebbleLogger{opts.Logger}, Cache: cache}
-	if opts.Pebble != nil {
-		opts.Pebble(popts)
-	}
-	db, err := pebble.Open(dir, popts)
+	db, err := pebble.Open(dir, opts.PebbleOptions(cache))
 	if err != nil {
 		if isLockError(err) {
 			return nil, fmt.Errorf("open store %q: %w", dir, ErrLocked)
