@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -23,21 +24,228 @@ type Session struct {
 // with the others of that fn: when fn returns an error, none of its writes
 // are kept and errs[i] holds the error. A non-nil error means the commit
 // failed and no fn took effect (it wraps ErrCommit).
+//
+// When the Backend is a Viewer, each fn first runs optimistically in the
+// caller's goroutine, its reads recorded and its writes buffered; inside
+// the writer Run then only checks that what fn read is unchanged and
+// applies its writes, and runs fn again there when it is not (see
+// optimistic.go). So fn may be called more than once, and it must have no
+// effect other than through its Session and its return value, or undo
+// such effects when called again: only the last call's Session calls and
+// result count. Calls are never concurrent: the first in the caller's
+// goroutine before Run's Update starts, later ones in the writer while the
+// caller waits for that Update. A fn using Keys, GetAll, Count or Clear
+// runs only in the writer, as without a Viewer.
 func (c *Connector) Run(ctx context.Context, fns []func(s *Session) error) (errs []error, err error) {
+	return c.run(ctx, fns, nil)
+}
+
+// runHooks let tests observe and disturb Run.
+type runHooks struct {
+	// between, when set, runs after the optimistic phase and before the
+	// Update is submitted (which then waits for the whole phase).
+	between func()
+	// Counted in the writer: fns whose optimistic run was kept, fns run
+	// again after a failed validation, fns run in the writer only.
+	kept, reruns, pessimistic int
+}
+
+func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *runHooks) (errs []error, err error) {
 	errs = make([]error, len(fns))
 	txs := make([]TxnFunc, len(fns))
 	sessions := make([]Session, len(fns)) // one allocation, not one per fn
+	v, ok := c.b.(Viewer)
+	if !ok || len(fns) == 0 {
+		for i, fn := range fns {
+			txs[i] = func(tx Txn) error {
+				s := &sessions[i]
+				*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
+				return fn(s)
+			}
+		}
+		if err := c.b.Update(ctx, txs, errs); err != nil {
+			return errs, fmt.Errorf("%w: %w", ErrCommit, err)
+		}
+		return errs, nil
+	}
+
+	ph := &optPhase{opt: make([]optRun, len(fns))}
+	ph.cond.L = &ph.mu
 	for i, fn := range fns {
 		txs[i] = func(tx Txn) error {
+			if ph.await(i) {
+				r := &ph.opt[i]
+				if r.validate(tx) {
+					if h != nil {
+						h.kept++
+					}
+					if r.err != nil {
+						return r.err
+					}
+					return r.apply(tx)
+				}
+				if h != nil {
+					h.reruns++
+				}
+			} else if h != nil {
+				h.pessimistic++
+			}
+			// fn runs here, in the writer: it needs the caller's goroutine
+			// to have stopped calling fns.
+			ph.exclusive()
 			s := &sessions[i]
 			*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
 			return fn(s)
 		}
 	}
-	if err := c.b.Update(ctx, txs, errs); err != nil {
+	// The Update is submitted once the View runs the optimistic phase, so
+	// that the writer validates early fns while later ones still run here.
+	// It is not submitted before: a Viewer whose reads wait for the writer
+	// would then wait for a writer that waits for them.
+	done := make(chan error, 1)
+	submitted := false
+	submit := func() {
+		submitted = true
+		go func() {
+			err := c.b.Update(ctx, txs, errs)
+			ph.abandon() // no more results are needed
+			done <- err
+		}()
+	}
+	if h != nil && h.between != nil {
+		submit = func() {} // submitted after the phase, below
+	}
+	c.optimistic(ctx, v, fns, sessions, ph, submit)
+	if !submitted {
+		if h != nil && h.between != nil {
+			h.between()
+		}
+		submit = func() {
+			submitted = true
+			go func() { done <- c.b.Update(ctx, txs, errs) }()
+		}
+		submit()
+	}
+	if err := <-done; err != nil {
 		return errs, fmt.Errorf("%w: %w", ErrCommit, err)
 	}
 	return errs, nil
+}
+
+// optPhase hands the results of the optimistic phase, which runs in the
+// caller's goroutine, to the TxnFuncs run by the writer, and makes sure
+// fns are never called by both at once.
+type optPhase struct {
+	opt []optRun
+
+	mu       sync.Mutex
+	cond     sync.Cond
+	ready    int  // opt[:ready] are final
+	want     int  // the writer sleeps until ready reaches want
+	finished bool // the caller calls no more fns
+	stop     bool // the writer asks the caller to stop calling fns
+}
+
+// awaitAhead is how many results the writer waits for once it has caught
+// up with the optimistic phase, so that it is woken once per few fns
+// rather than once per fn.
+const awaitAhead = 32
+
+// await waits until opt[i] is final or the phase has finished, and reports
+// whether opt[i] holds an optimistic run to validate.
+func (p *optPhase) await(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ready <= i && !p.finished {
+		p.want = min(i+awaitAhead, len(p.opt))
+		for p.ready <= i && !p.finished {
+			p.cond.Wait()
+		}
+	}
+	return p.ready > i && p.opt[i].state == optDone
+}
+
+// exclusive stops the optimistic phase and waits until the caller has
+// stopped calling fns.
+func (p *optPhase) exclusive() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stop = true
+	for !p.finished {
+		p.cond.Wait()
+	}
+}
+
+// abandon tells the caller to stop: no result is needed any more.
+func (p *optPhase) abandon() {
+	p.mu.Lock()
+	p.stop = true
+	p.mu.Unlock()
+}
+
+// published makes opt[:n] final and reports whether to go on.
+func (p *optPhase) published(n int) bool {
+	p.mu.Lock()
+	p.ready = n
+	wake := n >= p.want && p.want > 0
+	stop := p.stop
+	p.mu.Unlock()
+	if wake {
+		p.cond.Broadcast()
+	}
+	return !stop
+}
+
+// finish ends the optimistic phase; calls after the first do nothing more.
+func (p *optPhase) finish() {
+	p.mu.Lock()
+	p.finished = true
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+// optimistic runs fns in order in one View, each against its own
+// optimisticTxn that sees the buffered writes of the fns before it,
+// recording what they did in ph.opt. It calls submit as the View starts
+// running them. A fn left without a run (the View failed, the writer
+// stopped the phase, ctx ended) runs in the writer.
+func (c *Connector) optimistic(ctx context.Context, v Viewer, fns []func(s *Session) error, sessions []Session, ph *optPhase, submit func()) {
+	defer ph.finish()
+	ov := overlay{}
+	var arena []byte
+	var t optimisticTxn
+	viewErrs := make([]error, 1)
+	// The View's error is not needed: every result is validated by the
+	// writer, and a failing store fails the Update too.
+	_ = v.View(ctx, []TxnFunc{func(tx Txn) error {
+		submit()
+		for i, fn := range fns {
+			if ctx.Err() != nil {
+				break // the rest runs in the writer, which reports ctx
+			}
+			r := &ph.opt[i]
+			r.now = c.opts.Now().UnixMilli()
+			t = optimisticTxn{view: tx, run: r, overlay: ov, arena: &arena}
+			s := &sessions[i]
+			*s = Session{x: execer{c: c, tx: &t, now: r.now}}
+			ok, ferr := runOptimistic(fn, s)
+			if !ok || t.failed {
+				*r = optRun{}
+			} else {
+				r.state, r.err = optDone, ferr
+				if ferr == nil {
+					ov.publish(r)
+				}
+			}
+			if !ph.published(i + 1) {
+				break
+			}
+		}
+		// Now, not when View returns: View may still wait for the
+		// durability of what it read, and the writer need not.
+		ph.finish()
+		return nil
+	}}, viewErrs)
 }
 
 // key validates a key (prefix when isPrefix) the way the decoder does.
