@@ -9,10 +9,11 @@ type RunStats struct {
 	Kept, Reruns, Pessimistic int
 }
 
-// RunObserved is Run with between called after the optimistic phase and
-// before the Update, returning how each function was treated.
+// RunObserved is Run with the Update submitted only after the whole
+// optimistic phase, between called in that gap (when not nil), returning
+// how each function was treated.
 func (c *Connector) RunObserved(ctx context.Context, fns []func(s *Session) error, between func()) ([]error, RunStats, error) {
-	h := &runHooks{between: between}
+	h := &runHooks{sequential: true, between: between}
 	errs, err := c.run(ctx, fns, h)
 	return errs, RunStats{Kept: h.kept, Reruns: h.reruns, Pessimistic: h.pessimistic}, err
 }

@@ -42,9 +42,11 @@ func (c *Connector) Run(ctx context.Context, fns []func(s *Session) error) (errs
 
 // runHooks let tests observe and disturb Run.
 type runHooks struct {
-	// between, when set, runs after the optimistic phase and before the
-	// Update is submitted (which then waits for the whole phase).
-	between func()
+	// sequential submits the Update only after the whole optimistic
+	// phase, so that which fns run where does not depend on timing;
+	// between, when set, runs in that gap.
+	sequential bool
+	between    func()
 	// Counted in the writer: fns whose optimistic run was kept, fns run
 	// again after a failed validation, fns run in the writer only.
 	kept, reruns, pessimistic int
@@ -112,7 +114,7 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 			done <- err
 		}()
 	}
-	if h != nil && h.between != nil {
+	if h != nil && h.sequential {
 		submit = func() {} // submitted after the phase, below
 	}
 	c.optimistic(ctx, v, fns, sessions, ph, submit)
