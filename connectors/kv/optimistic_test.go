@@ -437,7 +437,11 @@ func TestRunSameAsWithoutViewer(t *testing.T) {
 			func(s *kv.Session) error { f, err := s.Delete("a"); rec(3, f); return err },
 			func(s *kv.Session) error { f, err := s.Exists("a"); rec(4, f); return err },
 			func(s *kv.Session) error { return s.CAS("c", nil, []byte("1")) },
-			func(s *kv.Session) error { err := s.CAS("c", nil, []byte("2")); rec(6, errors.Is(err, kv.ErrCASMismatch)); return nil },
+			func(s *kv.Session) error {
+				err := s.CAS("c", nil, []byte("2"))
+				rec(6, errors.Is(err, kv.ErrCASMismatch))
+				return nil
+			},
 			func(s *kv.Session) error { n, err := s.Count(""); rec(7, n); return err },
 			func(s *kv.Session) error { v, f, err := s.Get("a", []byte("0")); rec(8, string(v), f); return err },
 		}
