@@ -371,7 +371,7 @@ end`, Options{Store: store, MaxMemory: 16 << 20, Timeout: 5 * time.Minute})
 	var runErr error
 	p.mu.Lock()
 	_, err := store.Run(context.Background(), []func(*kv.Session) error{func(s *kv.Session) error {
-		_, runErr = p.runOne(context.Background(), s, ev(`{}`, `{}`))
+		_, _, runErr = p.runOne(context.Background(), s, ev(`{}`, `{}`))
 		return runErr
 	}})
 	p.endBatch()
