@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"unsafe"
 )
 
 // Optimistic execution of Connector.Run's functions.
@@ -82,40 +83,60 @@ type optRun struct {
 // functions of a Run that have already run optimistically.
 type overlay map[string]writeRec
 
-// optimisticTxn is the Txn of an optimistic run: reads through the View
-// transaction (or this function's own writes, or the overlay), writes
-// buffered in run. Values it returns stay valid for the whole run.
+// optimisticTxn is the Txn of the optimistic runs of one Run's functions,
+// one after the other: reads go through the View transaction (or the
+// function's own writes, or the overlay), writes are buffered. The records
+// of every function share one slice each, and the bytes they hold one
+// arena, so a Run allocates per batch rather than per function; values it
+// returns stay valid for the whole Run.
 type optimisticTxn struct {
 	view    Txn
-	run     *optRun
 	overlay overlay
-	arena   *[]byte
-	failed  bool // used an operation the recording cannot replay
+	arena   []byte
+	reads   []readRec  // of every function so far; the current one's from rBase
+	writes  []writeRec // likewise, from wBase
+	rBase   int
+	wBase   int
+	failed  bool // the current function used an operation the recording cannot replay
 }
 
-// keep copies b into the Run's arena.
+// begin starts recording a function's run.
+func (t *optimisticTxn) begin() {
+	t.rBase, t.wBase, t.failed = len(t.reads), len(t.writes), false
+}
+
+// end stores what the current function recorded in r.
+func (t *optimisticTxn) end(r *optRun) {
+	r.reads = t.reads[t.rBase:len(t.reads):len(t.reads)]
+	r.writes = t.writes[t.wBase:len(t.writes):len(t.writes)]
+}
+
+// discard forgets what the current function recorded.
+func (t *optimisticTxn) discard() {
+	t.reads, t.writes = t.reads[:t.rBase], t.writes[:t.wBase]
+}
+
+// keep copies b into the arena, which is never written over: slices of it
+// stay valid, and may back strings, for the whole Run.
 func (t *optimisticTxn) keep(b []byte) []byte {
 	if b == nil {
 		return nil
 	}
-	a := *t.arena
-	if cap(a)-len(a) < len(b) {
-		a = make([]byte, 0, max(4096, len(b)))
+	if cap(t.arena)-len(t.arena) < len(b) {
+		t.arena = make([]byte, 0, max(16<<10, len(b)))
 	}
-	start := len(a)
-	a = append(a, b...)
-	*t.arena = a
-	return a[start:len(a):len(a)]
+	start := len(t.arena)
+	t.arena = append(t.arena, b...)
+	return t.arena[start:len(t.arena):len(t.arena)]
 }
 
 func (t *optimisticTxn) Get(key []byte) ([]byte, int64, bool, error) {
 	if t.failed {
 		return nil, 0, false, errPessimistic
 	}
-	r := t.run
 	// Own writes first, latest wins.
-	for i := len(r.writes) - 1; i >= 0; i-- {
-		if w := &r.writes[i]; bytes.Equal(w.key, key) {
+	for i := len(t.writes) - 1; i >= t.wBase; i-- {
+		if w := &t.writes[i]; bytes.Equal(w.key, key) {
 			if w.del {
 				return nil, 0, false, nil
 			}
@@ -124,8 +145,8 @@ func (t *optimisticTxn) Get(key []byte) ([]byte, int64, bool, error) {
 	}
 	// A key read before returns what it returned then: the run sees one
 	// consistent value per key, and validation checks that one.
-	for i := range r.reads {
-		if rd := &r.reads[i]; bytes.Equal(rd.key, key) {
+	for i := t.rBase; i < len(t.reads); i++ {
+		if rd := &t.reads[i]; bytes.Equal(rd.key, key) {
 			return rd.value, rd.exp, rd.found, nil
 		}
 	}
@@ -147,7 +168,7 @@ func (t *optimisticTxn) Get(key []byte) ([]byte, int64, bool, error) {
 			}
 		}
 	}
-	r.reads = append(r.reads, rd)
+	t.reads = append(t.reads, rd)
 	return rd.value, rd.exp, rd.found, nil
 }
 
@@ -159,7 +180,7 @@ func (t *optimisticTxn) Set(key, value []byte, expireAt int64) error {
 	if v == nil {
 		v = []byte{}
 	}
-	t.run.writes = append(t.run.writes, writeRec{key: t.keep(key), value: v, exp: expireAt})
+	t.writes = append(t.writes, writeRec{key: t.keep(key), value: v, exp: expireAt})
 	return nil
 }
 
@@ -167,7 +188,7 @@ func (t *optimisticTxn) Delete(key []byte) error {
 	if t.failed {
 		return errPessimistic
 	}
-	t.run.writes = append(t.run.writes, writeRec{key: t.keep(key), del: true})
+	t.writes = append(t.writes, writeRec{key: t.keep(key), del: true})
 	return nil
 }
 
@@ -215,9 +236,11 @@ func (r *optRun) apply(tx Txn) error {
 }
 
 // publish adds run's writes to the overlay seen by the functions after it.
+// Keys live in the Run's arena, which is never written over, so the map
+// shares their bytes.
 func (o overlay) publish(r *optRun) {
 	for _, w := range r.writes {
-		o[string(w.key)] = w
+		o[unsafe.String(unsafe.SliceData(w.key), len(w.key))] = w
 	}
 }
 

@@ -16,15 +16,15 @@ import (
 	"github.com/flowrun/flowrun/pipeline"
 )
 
-// pebbleConn opens a connector over a fresh Pebble store (a Viewer, so Run
-// executes optimistically).
+// pebbleConn opens a connector over a fresh Pebble store (a Viewer) with
+// optimistic execution on.
 func pebbleConn(t *testing.T) *kv.Connector {
 	t.Helper()
 	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := kv.New(s, kv.Options{ReclaimInterval: -1})
+	c, err := kv.New(s, kv.Options{ReclaimInterval: -1, Optimistic: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +266,29 @@ func TestRunOptimistic(t *testing.T) {
 	}
 }
 
+// TestRunOptimisticOff checks that without Options.Optimistic every fn runs
+// once, in the writer, even over a Viewer.
+func TestRunOptimisticOff(t *testing.T) {
+	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kv.New(s, kv.Options{ReclaimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	var v0, v1 string
+	var c0, c1 int
+	errs, stats, err := c.RunObserved(context.Background(), []func(*kv.Session) error{incr("k", &v0, &c0), incr("k", &v1, &c1)}, nil)
+	if err != nil || errs[0] != nil || errs[1] != nil {
+		t.Fatal(err, errs)
+	}
+	if v0 != "1" || v1 != "2" || c0 != 1 || c1 != 1 || stats != (kv.RunStats{}) {
+		t.Errorf("results %s %s, calls %d %d, stats %+v; want 1 2, one call each, no optimistic run", v0, v1, c0, c1, stats)
+	}
+}
+
 // errAny stands for any non-nil error in a want table.
 var errAny = errors.New("any error")
 
@@ -325,7 +348,7 @@ func TestRunOptimisticStoreFailures(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := &flakyStore{Store: s}
-			c, err := kv.New(f, kv.Options{ReclaimInterval: -1})
+			c, err := kv.New(f, kv.Options{ReclaimInterval: -1, Optimistic: true})
 			if err != nil {
 				t.Fatal(err)
 			}

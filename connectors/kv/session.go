@@ -25,17 +25,18 @@ type Session struct {
 // are kept and errs[i] holds the error. A non-nil error means the commit
 // failed and no fn took effect (it wraps ErrCommit).
 //
-// When the Backend is a Viewer, each fn first runs optimistically in the
-// caller's goroutine, its reads recorded and its writes buffered; inside
-// the writer Run then only checks that what fn read is unchanged and
-// applies its writes, and runs fn again there when it is not (see
-// optimistic.go). So fn may be called more than once, and it must have no
-// effect other than through its Session and its return value, or undo
-// such effects when called again: only the last call's Session calls and
-// result count. Calls are never concurrent: the first in the caller's
-// goroutine before Run's Update starts, later ones in the writer while the
-// caller waits for that Update. A fn using Keys, GetAll, Count or Clear
-// runs only in the writer, as without a Viewer.
+// With Options.Optimistic and a Backend that is a Viewer, fns first run
+// optimistically in the caller's goroutine, their reads recorded and
+// their writes buffered, for as long as the Update waits for the writer;
+// inside the writer Run then only checks that what a fn read is
+// unchanged and applies its writes, and runs fn again there when it is not
+// or when the optimistic run did not reach it (see optimistic.go). So fn
+// may be called more than once, and it must have no effect other than
+// through its Session and its return value, or undo such effects when
+// called again: only the last call's Session calls and result count.
+// Calls are never concurrent: optimistic ones in the caller's goroutine,
+// the others in the writer once the caller has stopped calling fns. A fn
+// using Keys, GetAll, Count or Clear is always run again in the writer.
 func (c *Connector) Run(ctx context.Context, fns []func(s *Session) error) (errs []error, err error) {
 	return c.run(ctx, fns, nil)
 }
@@ -57,7 +58,7 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 	txs := make([]TxnFunc, len(fns))
 	sessions := make([]Session, len(fns)) // one allocation, not one per fn
 	v, ok := c.b.(Viewer)
-	if !ok || len(fns) == 0 {
+	if !ok || !c.opts.Optimistic || len(fns) == 0 {
 		for i, fn := range fns {
 			txs[i] = func(tx Txn) error {
 				s := &sessions[i]
@@ -75,7 +76,7 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 	ph.cond.L = &ph.mu
 	for i, fn := range fns {
 		txs[i] = func(tx Txn) error {
-			if ph.await(i) {
+			if ph.take(i) {
 				r := &ph.opt[i]
 				if r.validate(tx) {
 					if h != nil {
@@ -101,9 +102,9 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 		}
 	}
 	// The Update is submitted once the View runs the optimistic phase, so
-	// that the writer validates early fns while later ones still run here.
-	// It is not submitted before: a Viewer whose reads wait for the writer
-	// would then wait for a writer that waits for them.
+	// that the phase runs while the Update waits for the writer (see
+	// take). It is not submitted before: a Viewer whose reads wait for
+	// the writer would then wait for a writer that waits for them.
 	done := make(chan error, 1)
 	submitted := false
 	submit := func() {
@@ -143,24 +144,23 @@ type optPhase struct {
 	mu       sync.Mutex
 	cond     sync.Cond
 	ready    int  // opt[:ready] are final
-	want     int  // the writer sleeps until ready reaches want
 	finished bool // the caller calls no more fns
 	stop     bool // the writer asks the caller to stop calling fns
 }
 
-// awaitAhead is how many results the writer waits for once it has caught
-// up with the optimistic phase, so that it is woken once per few fns
-// rather than once per fn.
-const awaitAhead = 32
-
-// await waits until opt[i] is final or the phase has finished, and reports
-// whether opt[i] holds an optimistic run to validate.
-func (p *optPhase) await(i int) bool {
+// take reports whether opt[i] holds an optimistic run to validate. The
+// writer never waits for the phase to get ahead: reaching a fn the phase
+// has not finished, it stops the phase (waiting only for the fn in
+// progress, which may be this one) and runs the fns the phase did not
+// reach itself. So the phase runs fns only while the writer is busy
+// with other work: an idle writer costs the caller nothing, a busy one
+// finds the fns of this Run ready to validate.
+func (p *optPhase) take(i int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ready <= i && !p.finished {
-		p.want = min(i+awaitAhead, len(p.opt))
-		for p.ready <= i && !p.finished {
+	if p.ready <= i {
+		p.stop = true
+		for !p.finished {
 			p.cond.Wait()
 		}
 	}
@@ -188,14 +188,9 @@ func (p *optPhase) abandon() {
 // published makes opt[:n] final and reports whether to go on.
 func (p *optPhase) published(n int) bool {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.ready = n
-	wake := n >= p.want && p.want > 0
-	stop := p.stop
-	p.mu.Unlock()
-	if wake {
-		p.cond.Broadcast()
-	}
-	return !stop
+	return !p.stop
 }
 
 // finish ends the optimistic phase; calls after the first do nothing more.
@@ -213,30 +208,31 @@ func (p *optPhase) finish() {
 // stopped the phase, ctx ended) runs in the writer.
 func (c *Connector) optimistic(ctx context.Context, v Viewer, fns []func(s *Session) error, sessions []Session, ph *optPhase, submit func()) {
 	defer ph.finish()
-	ov := overlay{}
-	var arena []byte
-	var t optimisticTxn
+	t := optimisticTxn{overlay: overlay{}}
 	viewErrs := make([]error, 1)
 	// The View's error is not needed: every result is validated by the
 	// writer, and a failing store fails the Update too.
 	_ = v.View(ctx, []TxnFunc{func(tx Txn) error {
 		submit()
+		t.view = tx
 		for i, fn := range fns {
 			if ctx.Err() != nil {
 				break // the rest runs in the writer, which reports ctx
 			}
 			r := &ph.opt[i]
 			r.now = c.opts.Now().UnixMilli()
-			t = optimisticTxn{view: tx, run: r, overlay: ov, arena: &arena}
+			t.begin()
 			s := &sessions[i]
 			*s = Session{x: execer{c: c, tx: &t, now: r.now}}
 			ok, ferr := runOptimistic(fn, s)
 			if !ok || t.failed {
 				*r = optRun{}
+				t.discard()
 			} else {
+				t.end(r)
 				r.state, r.err = optDone, ferr
 				if ferr == nil {
-					ov.publish(r)
+					t.overlay.publish(r)
 				}
 			}
 			if !ph.published(i + 1) {
