@@ -211,7 +211,12 @@ func (c *Connector) optimistic(ctx context.Context, v Viewer, fns []func(s *Sess
 	t := optimisticTxn{overlay: overlay{}}
 	viewErrs := make([]error, 1)
 	// The View's error is not needed: every result is validated by the
-	// writer, and a failing store fails the Update too.
+	// writer, and a failing store fails the Update too. Nor is its
+	// durability wait (View returns once the writes its reads observed
+	// are durable): nothing read here is released before the Update
+	// returns, and the Update's group is released after every group
+	// committed before it, so the wait costs only time the caller would
+	// spend waiting for the Update anyway.
 	_ = v.View(ctx, []TxnFunc{func(tx Txn) error {
 		submit()
 		t.view = tx
