@@ -122,7 +122,7 @@ func TestRerunKeepsOnlyTheLastRun(t *testing.T) {
 				t.Fatal(err)
 			}
 			store := &staleStore{Store: ps}
-			conn, err := kv.New(store, kv.Options{ReclaimInterval: -1})
+			conn, err := kv.New(store, kv.Options{ReclaimInterval: -1, Optimistic: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -163,7 +163,7 @@ func TestConcurrentScriptsAndCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := kv.New(ps, kv.Options{ReclaimInterval: -1})
+	conn, err := kv.New(ps, kv.Options{ReclaimInterval: -1, Optimistic: true})
 	if err != nil {
 		t.Fatal(err)
 	}
