@@ -59,6 +59,13 @@ type Options struct {
 	// idempotency key of every write command that gives none; a write
 	// without it is refused. Default "": only explicit "idem" keys count.
 	IdemFrom string
+	// Optimistic makes Run execute its functions optimistically when the
+	// Backend is a Viewer: in the caller's goroutine while the Update waits
+	// for the store's writer, which then only checks their reads and
+	// applies their writes (see Run). It frees the writer when several
+	// flows share it and a core is idle, at the price of reading each key
+	// a function uses twice. Default false: functions run in the writer.
+	Optimistic bool
 	// Logger receives janitor failures. Default slog.Default().
 	Logger *slog.Logger
 	// OnCommands, when set, is told the outcome of the commands of each

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -23,21 +24,231 @@ type Session struct {
 // with the others of that fn: when fn returns an error, none of its writes
 // are kept and errs[i] holds the error. A non-nil error means the commit
 // failed and no fn took effect (it wraps ErrCommit).
+//
+// With Options.Optimistic and a Backend that is a Viewer, fns first run
+// optimistically in the caller's goroutine, their reads recorded and
+// their writes buffered, for as long as the Update waits for the writer;
+// inside the writer Run then only checks that what a fn read is
+// unchanged and applies its writes, and runs fn again there when it is not
+// or when the optimistic run did not reach it (see optimistic.go). So fn
+// may be called more than once, and it must have no effect other than
+// through its Session and its return value, or undo such effects when
+// called again: only the last call's Session calls and result count.
+// Calls are never concurrent: optimistic ones in the caller's goroutine,
+// the others in the writer once the caller has stopped calling fns. A fn
+// using Keys, GetAll, Count or Clear is always run again in the writer.
 func (c *Connector) Run(ctx context.Context, fns []func(s *Session) error) (errs []error, err error) {
+	return c.run(ctx, fns, nil)
+}
+
+// runHooks let tests observe and disturb Run.
+type runHooks struct {
+	// sequential submits the Update only after the whole optimistic
+	// phase, so that which fns run where does not depend on timing;
+	// between, when set, runs in that gap.
+	sequential bool
+	between    func()
+	// Counted in the writer: fns whose optimistic run was kept, fns run
+	// again after a failed validation, fns run in the writer only.
+	kept, reruns, pessimistic int
+}
+
+func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *runHooks) (errs []error, err error) {
 	errs = make([]error, len(fns))
 	txs := make([]TxnFunc, len(fns))
 	sessions := make([]Session, len(fns)) // one allocation, not one per fn
+	v, ok := c.b.(Viewer)
+	if !ok || !c.opts.Optimistic || len(fns) == 0 {
+		for i, fn := range fns {
+			txs[i] = func(tx Txn) error {
+				s := &sessions[i]
+				*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
+				return fn(s)
+			}
+		}
+		if err := c.b.Update(ctx, txs, errs); err != nil {
+			return errs, fmt.Errorf("%w: %w", ErrCommit, err)
+		}
+		return errs, nil
+	}
+
+	ph := &optPhase{opt: make([]optRun, len(fns))}
+	ph.cond.L = &ph.mu
 	for i, fn := range fns {
 		txs[i] = func(tx Txn) error {
+			if ph.take(i) {
+				r := &ph.opt[i]
+				if r.validate(tx) {
+					if h != nil {
+						h.kept++
+					}
+					if r.err != nil {
+						return r.err
+					}
+					return r.apply(tx)
+				}
+				if h != nil {
+					h.reruns++
+				}
+			} else if h != nil {
+				h.pessimistic++
+			}
+			// fn runs here, in the writer: it needs the caller's goroutine
+			// to have stopped calling fns.
+			ph.exclusive()
 			s := &sessions[i]
 			*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
 			return fn(s)
 		}
 	}
-	if err := c.b.Update(ctx, txs, errs); err != nil {
+	// The Update is submitted once the View runs the optimistic phase, so
+	// that the phase runs while the Update waits for the writer (see
+	// take). It is not submitted before: a Viewer whose reads wait for
+	// the writer would then wait for a writer that waits for them.
+	done := make(chan error, 1)
+	submitted := false
+	submit := func() {
+		submitted = true
+		go func() {
+			err := c.b.Update(ctx, txs, errs)
+			ph.abandon() // no more results are needed
+			done <- err
+		}()
+	}
+	if h != nil && h.sequential {
+		submit = func() {} // submitted after the phase, below
+	}
+	c.optimistic(ctx, v, fns, sessions, ph, submit)
+	if !submitted {
+		if h != nil && h.between != nil {
+			h.between()
+		}
+		submit = func() {
+			submitted = true
+			go func() { done <- c.b.Update(ctx, txs, errs) }()
+		}
+		submit()
+	}
+	if err := <-done; err != nil {
 		return errs, fmt.Errorf("%w: %w", ErrCommit, err)
 	}
 	return errs, nil
+}
+
+// optPhase hands the results of the optimistic phase, which runs in the
+// caller's goroutine, to the TxnFuncs run by the writer, and makes sure
+// fns are never called by both at once.
+type optPhase struct {
+	opt []optRun
+
+	mu       sync.Mutex
+	cond     sync.Cond
+	ready    int  // opt[:ready] are final
+	finished bool // the caller calls no more fns
+	stop     bool // the writer asks the caller to stop calling fns
+}
+
+// take reports whether opt[i] holds an optimistic run to validate. The
+// writer never waits for the phase to get ahead: reaching a fn the phase
+// has not finished, it stops the phase (waiting only for the fn in
+// progress, which may be this one) and runs the fns the phase did not
+// reach itself. So the phase runs fns only while the writer is busy
+// with other work: an idle writer costs the caller nothing, a busy one
+// finds the fns of this Run ready to validate.
+func (p *optPhase) take(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ready <= i {
+		p.stop = true
+		for !p.finished {
+			p.cond.Wait()
+		}
+	}
+	return p.ready > i && p.opt[i].state == optDone
+}
+
+// exclusive stops the optimistic phase and waits until the caller has
+// stopped calling fns.
+func (p *optPhase) exclusive() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stop = true
+	for !p.finished {
+		p.cond.Wait()
+	}
+}
+
+// abandon tells the caller to stop: no result is needed any more.
+func (p *optPhase) abandon() {
+	p.mu.Lock()
+	p.stop = true
+	p.mu.Unlock()
+}
+
+// published makes opt[:n] final and reports whether to go on.
+func (p *optPhase) published(n int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ready = n
+	return !p.stop
+}
+
+// finish ends the optimistic phase; calls after the first do nothing more.
+func (p *optPhase) finish() {
+	p.mu.Lock()
+	p.finished = true
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+// optimistic runs fns in order in one View, each against its own
+// optimisticTxn that sees the buffered writes of the fns before it,
+// recording what they did in ph.opt. It calls submit as the View starts
+// running them. A fn left without a run (the View failed, the writer
+// stopped the phase, ctx ended) runs in the writer.
+func (c *Connector) optimistic(ctx context.Context, v Viewer, fns []func(s *Session) error, sessions []Session, ph *optPhase, submit func()) {
+	defer ph.finish()
+	t := optimisticTxn{overlay: overlay{}}
+	viewErrs := make([]error, 1)
+	// The View's error is not needed: every result is validated by the
+	// writer, and a failing store fails the Update too. Nor is its
+	// durability wait (View returns once the writes its reads observed
+	// are durable): nothing read here is released before the Update
+	// returns, and the Update's group is released after every group
+	// committed before it, so the wait costs only time the caller would
+	// spend waiting for the Update anyway.
+	_ = v.View(ctx, []TxnFunc{func(tx Txn) error {
+		submit()
+		t.view = tx
+		for i, fn := range fns {
+			if ctx.Err() != nil {
+				break // the rest runs in the writer, which reports ctx
+			}
+			r := &ph.opt[i]
+			r.now = c.opts.Now().UnixMilli()
+			t.begin()
+			s := &sessions[i]
+			*s = Session{x: execer{c: c, tx: &t, now: r.now}}
+			ok, ferr := runOptimistic(fn, s)
+			if !ok || t.failed {
+				*r = optRun{}
+				t.discard()
+			} else {
+				t.end(r)
+				r.state, r.err = optDone, ferr
+				if ferr == nil {
+					t.overlay.publish(r)
+				}
+			}
+			if !ph.published(i + 1) {
+				break
+			}
+		}
+		// Now, not when View returns: View may still wait for the
+		// durability of what it read, and the writer need not.
+		ph.finish()
+		return nil
+	}}, viewErrs)
 }
 
 // key validates a key (prefix when isPrefix) the way the decoder does.

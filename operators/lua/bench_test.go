@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -30,23 +32,37 @@ func (c *countEmitter) Emit(port string, ev pipeline.Event) {
 	c.out++
 }
 
+// Kinds of benchIncrement: what handles events.
+const (
+	viaLua     = iota // the lua processor, script reading event.data.key
+	viaCommand        // the kv connector, events carrying the increment command
+	viaSet            // a set operator building the command from data.key, then the kv connector
+)
+
 // benchIncrement pushes b.N events, in batches of 1000 over 1000 keys,
-// through proc (the lua processor or the kv connector itself) on a synced
-// pebblestore, and reports ops/s.
-func benchIncrement(b *testing.B, lua bool) {
+// through the lua processor or the kv connector on a synced pebblestore,
+// and reports ops/s.
+func benchIncrement(b *testing.B, kind int, optimistic bool) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	store, err := pebblestore.Open(b.TempDir(), pebblestore.Options{Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
-	conn, err := kv.New(store, kv.Options{Logger: quiet, ReclaimInterval: -1})
+	conn, err := kv.New(store, kv.Options{Logger: quiet, ReclaimInterval: -1, Optimistic: optimistic})
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
 	defer conn.Close(ctx)
 	var proc pipeline.Processor = conn
-	if lua {
+	switch kind {
+	case viaSet:
+		set, err := operators.NewSet(operators.SetOptions{Fields: []operators.Assignment{{Target: "meta.kv", Expr: `{"increment": data.key}`}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		proc = &chain{first: operators.NewPipeline([]operators.Operator{set}), then: conn}
+	case viaLua:
 		p, err := New(Options{Script: `emit("out", {n = kv.increment(event.data.key)})`, Store: conn, Logger: quiet})
 		if err != nil {
 			b.Fatal(err)
@@ -63,7 +79,7 @@ func benchIncrement(b *testing.B, lua bool) {
 		batch = batch[:0]
 		for ; i < b.N && len(batch) < batchSize; i++ {
 			k := fmt.Sprintf("k%04d", i%keys)
-			if lua {
+			if kind != viaCommand {
 				batch = append(batch, pipeline.Event{Data: []byte(`{"key":"` + k + `"}`), Seq: uint64(i)})
 			} else {
 				batch = append(batch, pipeline.Event{Meta: []byte(`{"kv":{"increment":"` + k + `"}}`), Seq: uint64(i)})
@@ -80,8 +96,102 @@ func benchIncrement(b *testing.B, lua bool) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
 }
 
-// BenchmarkIncrementLua is a trivial script incrementing a counter per event.
-func BenchmarkIncrementLua(b *testing.B) { benchIncrement(b, true) }
+// chain runs first on a batch, then then on what first emitted on "out"
+// (anything else goes straight to emit): two nodes of a flow, linked.
+type chain struct {
+	first, then pipeline.Processor
+	buf         []pipeline.Event
+}
 
-// BenchmarkIncrementCommand is the same work as the kv increment command.
-func BenchmarkIncrementCommand(b *testing.B) { benchIncrement(b, false) }
+func (c *chain) Emit(port string, ev pipeline.Event) {
+	if port == pipeline.PortOut {
+		c.buf = append(c.buf, ev)
+	}
+}
+
+func (c *chain) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+	c.buf = c.buf[:0]
+	if err := c.first.Process(ctx, batch, c); err != nil {
+		return err
+	}
+	return c.then.Process(ctx, c.buf, emit)
+}
+
+// BenchmarkIncrementLua is a trivial script incrementing a counter per
+// event, the key read from event.data.key.
+func BenchmarkIncrementLua(b *testing.B) { benchIncrement(b, viaLua, false) }
+
+// BenchmarkIncrementLuaOptimistic is BenchmarkIncrementLua with the
+// connector's optimistic execution on.
+func BenchmarkIncrementLuaOptimistic(b *testing.B) { benchIncrement(b, viaLua, true) }
+
+// BenchmarkIncrementCommand is the same work as the kv increment command,
+// carried ready-made by each event.
+func BenchmarkIncrementCommand(b *testing.B) { benchIncrement(b, viaCommand, false) }
+
+// BenchmarkIncrementSetCommand is the equivalent command flow of
+// BenchmarkIncrementLua: events carry only {"key": ...}; a set operator
+// builds meta.kv.increment from data.key and the kv connector applies it.
+func BenchmarkIncrementSetCommand(b *testing.B) { benchIncrement(b, viaSet, false) }
+
+// BenchmarkIncrementLuaParallel runs the script of BenchmarkIncrementLua
+// in two lua processors at once on one store (two flows sharing it), each
+// on its own keys, and reports their combined ops/s.
+func BenchmarkIncrementLuaParallel(b *testing.B) { benchParallel(b, false) }
+
+// BenchmarkIncrementLuaParallelOptimistic is BenchmarkIncrementLuaParallel
+// with the connector's optimistic execution on.
+func BenchmarkIncrementLuaParallelOptimistic(b *testing.B) { benchParallel(b, true) }
+
+func benchParallel(b *testing.B, optimistic bool) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, err := pebblestore.Open(b.TempDir(), pebblestore.Options{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := kv.New(store, kv.Options{Logger: quiet, ReclaimInterval: -1, Optimistic: optimistic})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	defer conn.Close(ctx)
+	const procs, batchSize, keys = 2, 1000, 1000
+	var ps [procs]*Processor
+	for j := range ps {
+		if ps[j], err = New(Options{Script: `emit("out", {n = kv.increment(event.data.key)})`, Store: conn, Logger: quiet}); err != nil {
+			b.Fatal(err)
+		}
+		defer ps[j].Close(ctx)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	ems := make([]*countEmitter, procs)
+	for j, p := range ps {
+		ems[j] = &countEmitter{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := b.N / procs
+			batch := make([]pipeline.Event, 0, batchSize)
+			for i := 0; i < n; {
+				batch = batch[:0]
+				for ; i < n && len(batch) < batchSize; i++ {
+					batch = append(batch, pipeline.Event{Data: []byte(fmt.Sprintf(`{"key":"p%dk%04d"}`, j, i%keys)), Seq: uint64(i)})
+				}
+				if err := p.Process(ctx, batch, ems[j]); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	for _, em := range ems {
+		if em.err != 0 || em.out != b.N/procs {
+			b.Fatalf("%d out, %d err; first error: %s", em.out, em.err, em.first)
+		}
+	}
+	b.ReportMetric(float64(b.N/procs*procs)/time.Since(start).Seconds(), "ops/s")
+}

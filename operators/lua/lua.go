@@ -128,6 +128,7 @@ type Processor struct {
 	vm   *vm // nil until first use or after a failed run
 	dog  *watchdog
 	outs [][]output // per-batch scratch, reused
+	logs []runLogs
 	errs []error
 	fns  []func(*kv.Session) error
 	// outBuf holds the outputs of the batch's events (each event's outs is
@@ -210,13 +211,17 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	defer p.endBatch()
 	n := len(batch)
 	p.outs = resize(p.outs, n)
+	p.logs = resize(p.logs, n)
 	p.errs = resize(p.errs, n)
 	p.fns = resize(p.fns, n)
-	outs, errs, fns := p.outs, p.errs, p.fns
+	outs, logs, errs, fns := p.outs, p.logs, p.errs, p.fns
 	for i, ev := range batch {
+		// Run may call fn more than once (optimistic execution): each call
+		// replaces the outputs and log lines of the one before, so only
+		// the run whose writes count is emitted and logged.
 		fns[i] = func(s *kv.Session) error {
-			o, err := p.runOne(ctx, s, ev)
-			outs[i] = o
+			o, lg, err := p.runOne(ctx, s, ev)
+			outs[i], logs[i] = o, lg
 			return err
 		}
 	}
@@ -235,6 +240,7 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		}
 	}
 	for i, ev := range batch {
+		p.writeLogs(ctx, logs[i])
 		if errs[i] != nil {
 			meta, _ := sjson.SetBytes(append([]byte(nil), ev.MetaJSON()...), "error", errs[i].Error())
 			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, meta))
@@ -245,6 +251,7 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		}
 	}
 	clear(outs)
+	clear(logs)
 	clear(errs)
 	clear(fns)
 	clear(p.outBuf)
@@ -260,14 +267,28 @@ func resize[T any](s []T, n int) []T {
 	return s[:n]
 }
 
+// writeLogs writes the log lines of an event's run to the logger.
+func (p *Processor) writeLogs(ctx context.Context, lg runLogs) {
+	if len(lg.lines) == 0 && lg.dropped == 0 {
+		return
+	}
+	l := p.opts.Logger.With("script", p.opts.Name)
+	for _, line := range lg.lines {
+		l.Log(ctx, line.level, line.msg)
+	}
+	if lg.dropped > 0 {
+		l.Warn(fmt.Sprintf("%d log lines of this event dropped: the event's log lines total over %d bytes", lg.dropped, p.opts.MaxStringBytes))
+	}
+}
+
 // runOne runs the script for one event with session s (nil without a
 // store). A failed run discards the VM, so no state of a half-run script
 // survives into the next event.
-func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, error) {
+func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, runLogs, error) {
 	if p.vm == nil {
 		v, err := p.newVM()
 		if err != nil {
-			return nil, err
+			return nil, runLogs{}, err
 		}
 		p.vm = v
 	}
@@ -278,7 +299,7 @@ func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event
 		v.ctx, v.cancel = context.WithCancelCause(ctx)
 		v.L.SetContext(v.ctx)
 	}
-	outs, err := v.run(ctx, s, ev)
+	outs, lg, err := v.run(ctx, s, ev)
 	switch {
 	case err != nil:
 		p.dropVM()
@@ -287,7 +308,7 @@ func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event
 		// the next one needs a live context.
 		p.endBatch()
 	}
-	return outs, err
+	return outs, lg, err
 }
 
 // endBatch releases the batch's context of the VM.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/memstore"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -213,8 +214,35 @@ func TestLimits(t *testing.T) {
 	}
 }
 
+// optimisticStore is newStore over a Pebble store with the connector's
+// optimistic execution on, so scripts run first outside the writer.
+func optimisticStore(t *testing.T, now func() time.Time) *kv.Connector {
+	t.Helper()
+	ps, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kv.New(ps, kv.Options{Namespace: "test", ReclaimInterval: -1, Now: now, Optimistic: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// stores are the stores the kv tests run on.
+var stores = []struct {
+	name string
+	open func(*testing.T, func() time.Time) *kv.Connector
+}{{"memory", newStore}, {"pebble optimistic", optimisticStore}}
+
 func TestRollback(t *testing.T) {
-	store := newStore(t, nil)
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) { testRollback(t, st.open(t, nil)) })
+	}
+}
+
+func testRollback(t *testing.T, store *kv.Connector) {
 	p := newProc(t, `
 kv.set("a", {x = 1})
 kv.increment("n", 5)
@@ -243,8 +271,14 @@ if event.data.fail then error("boom") end`, Options{Store: store})
 }
 
 func TestKVFunctions(t *testing.T) {
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) { testKVFunctions(t, st.open) })
+	}
+}
+
+func testKVFunctions(t *testing.T, open func(*testing.T, func() time.Time) *kv.Connector) {
 	now := time.Unix(1000, 0)
-	store := newStore(t, func() time.Time { return now })
+	store := open(t, func() time.Time { return now })
 	tests := []struct{ name, script, want string }{
 		{"get default", `emit("out", {v = kv.get("missing", 42)})`, `{"v":42}`},
 		{"set get", `assert(kv.set("k", {a = {1, 2}})) emit("out", {v = kv.get("k")})`, `{"v":{"a":[1,2]}}`},
@@ -371,7 +405,7 @@ end`, Options{Store: store, MaxMemory: 16 << 20, Timeout: 5 * time.Minute})
 	var runErr error
 	p.mu.Lock()
 	_, err := store.Run(context.Background(), []func(*kv.Session) error{func(s *kv.Session) error {
-		_, runErr = p.runOne(context.Background(), s, ev(`{}`, `{}`))
+		_, _, runErr = p.runOne(context.Background(), s, ev(`{}`, `{}`))
 		return runErr
 	}})
 	p.endBatch()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,11 @@ type vm struct {
 	results  []gjson.Result // JSON members being converted, see fromResult
 	jsonBase int            // where the value toJSON is encoding starts in dst
 	tmp      []byte         // encoding of a kv value, copied by the Session
+
+	// The log lines of the current run (see logFn).
+	logs       []logLine
+	logBytes   int
+	logDropped int
 }
 
 // newVM opens a state with only the safe libraries and the flowrun
@@ -78,8 +84,11 @@ func (p *Processor) newVM() (*vm, error) {
 	L.SetGlobal("emit", L.NewFunction(v.emit))
 	v.newEventTable()
 	logT := L.NewTable()
-	for _, lv := range []string{"debug", "info", "warn", "error"} {
-		logT.RawSetString(lv, L.NewFunction(v.logFn(lv)))
+	for _, lv := range []struct {
+		name  string
+		level slog.Level
+	}{{"debug", slog.LevelDebug}, {"info", slog.LevelInfo}, {"warn", slog.LevelWarn}, {"error", slog.LevelError}} {
+		logT.RawSetString(lv.name, L.NewFunction(v.logFn(lv.level)))
 	}
 	L.SetGlobal("log", logT)
 	L.SetGlobal("print", logT.RawGetString("info"))
@@ -153,11 +162,25 @@ func (v *vm) sandboxString() {
 }
 
 // run executes the script for ev. It returns the events the script
-// emitted, or the error it raised.
-func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, error) {
+// emitted, or the error it raised, and in both cases its log lines.
+func (v *vm) run(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, runLogs, error) {
+	outs, err := v.exec(ctx, s, ev)
+	lg := runLogs{lines: v.logs, dropped: v.logDropped}
+	v.logs, v.logBytes, v.logDropped = nil, 0, 0
+	return outs, lg, err
+}
+
+// runLogs are the log lines of one run.
+type runLogs struct {
+	lines   []logLine
+	dropped int
+}
+
+func (v *vm) exec(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]output, error) {
 	L := v.L
 	p := v.p
 	v.sess, v.ev, v.bytes, v.limit = s, ev, 0, nil
+	v.logs, v.logBytes, v.logDropped = nil, 0, 0
 	defer func() { v.sess = nil }()
 	// Outputs and their bytes go to the batch's buffers; a failed run
 	// takes its own back out.
@@ -319,24 +342,31 @@ func (v *vm) emit(L *glua.LState) int {
 	return 0
 }
 
-func (v *vm) logFn(level string) glua.LGFunction {
+// logLine is a log.* call held until the run that made it is known to
+// count (see Processor.Process).
+type logLine struct {
+	level slog.Level
+	msg   string
+}
+
+// logFn returns log.<level>. Lines are buffered for the run and written
+// once its event is done: a run discarded and made again (optimistic
+// execution, see kv.Connector.Run) leaves no lines behind. A run keeps at
+// most MaxStringBytes of them; further lines are counted and reported as
+// dropped.
+func (v *vm) logFn(level slog.Level) glua.LGFunction {
 	return func(L *glua.LState) int {
 		parts := make([]string, L.GetTop())
 		for i := range parts {
 			parts[i] = L.ToStringMeta(L.Get(i + 1)).String()
 		}
 		msg := strings.Join(parts, " ")
-		lg := v.p.opts.Logger.With("script", v.p.opts.Name)
-		switch level {
-		case "debug":
-			lg.Debug(msg)
-		case "warn":
-			lg.Warn(msg)
-		case "error":
-			lg.Error(msg)
-		default:
-			lg.Info(msg)
+		if v.logBytes+len(msg) > v.p.opts.MaxStringBytes {
+			v.logDropped++
+			return 0
 		}
+		v.logBytes += len(msg)
+		v.logs = append(v.logs, logLine{level: level, msg: msg})
 		return 0
 	}
 }
