@@ -20,11 +20,15 @@ const preloadSeq = 1 << 62
 // runFlowrun runs a workload through source -> kv connector -> sink.
 func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progress) (sideResult, error) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store, err := pebblestore.Open(dir, pebblestore.Options{NoSync: !cfg.Sync, Logger: quiet})
+	store, err := pebblestore.Open(dir, pebblestore.Options{NoSync: !cfg.Sync, RowCacheBytes: cfg.RowCacheBytes, Logger: quiet})
 	if err != nil {
 		return sideResult{}, err
 	}
-	return runFlowrunOn(ctx, cfg, workload, store, quiet, p)
+	r, err := runFlowrunOn(ctx, cfg, workload, store, quiet, p)
+	if st := store.RowCacheStats(); st.Hits+st.Misses > 0 {
+		r.rowCacheHitRate = float64(st.Hits) / float64(st.Hits+st.Misses)
+	}
+	return r, err
 }
 
 // runFlowrunOn runs a workload through source -> kv connector on store ->
