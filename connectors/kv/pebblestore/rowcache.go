@@ -202,12 +202,15 @@ func (c *rowCache) beginPublish() { c.epoch.Add(1) }
 func (c *rowCache) endPublish() { c.epoch.Add(1) }
 
 // update sets a cached key to rec (or absent), reusing the cached record's
-// memory when it is large enough. Keys not cached are left alone.
+// memory when it is large enough. Keys not cached are left alone. Recency
+// is left alone too: it follows reads, and a read-modify-write has just
+// made the key recent; moving it again would cost list updates on every
+// write for nothing.
 func (c *rowCache) update(key, rec []byte, absent bool) {
 	sh := c.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e, ok := sh.lru.Get(string(key))
+	e, ok := sh.lru.Peek(string(key))
 	if !ok {
 		return
 	}
