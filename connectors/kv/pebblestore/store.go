@@ -8,6 +8,10 @@
 // group waits for its sync, the writer is already building the next one: the
 // group's writes are visible to later reads as soon as they are applied, and
 // no later group completes before an earlier one has synced.
+//
+// Point reads go through a row cache of recently read and written records
+// (Options.RowCacheBytes) that the writer keeps in step with every group it
+// applies, so a read from the cache is exactly as fresh as one from Pebble.
 package pebblestore
 
 import (
@@ -473,7 +477,10 @@ func (s *Store) RowCacheStats() RowCacheStats {
 // returned: a group's batch is applied (and visible) before its results
 // are released. They may also see groups applied but not yet synced; View
 // then waits for those to be released, and fails if one of them failed, so
-// no read result outlives a write that was lost.
+// no read result outlives a write that was lost. Point reads answered by
+// the row cache obey the same rules: it never holds a record older than
+// the database's once a group is released, and a record it got from a
+// group is visible there only after the group is numbered.
 func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
 	if len(fns) != len(errs) {
 		return fmt.Errorf("pebblestore: View given %d funcs and %d error slots", len(fns), len(errs))
