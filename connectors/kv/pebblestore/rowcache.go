@@ -45,6 +45,7 @@ type rowShard struct {
 	lru    *simplelru.LRU[string, *rowEntry]
 	bytes  int64 // accounted size of the entries
 	budget int64
+	tick   uint64 // counts moves to the front of the LRU order (promotions and insertions)
 	hits   uint64
 	misses uint64
 	_      [64]byte // keep the shards' locks on separate cache lines
@@ -55,6 +56,7 @@ type rowShard struct {
 type rowEntry struct {
 	rec    []byte
 	absent bool
+	tick   uint64 // the shard's tick when the entry last moved to the front
 }
 
 // size is the entry's accounted memory under a key of keyLen bytes.
@@ -88,13 +90,14 @@ func (c *rowCache) shard(key []byte) *rowShard {
 func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 	sh := c.shard(key)
 	sh.mu.Lock()
-	e, ok := sh.lru.Get(string(key))
+	e, ok := sh.lru.Peek(string(key))
 	if !ok {
 		sh.misses++
 		sh.mu.Unlock()
 		return dst, false, false
 	}
 	sh.hits++
+	sh.touch(key, e)
 	absent = e.absent
 	if !absent {
 		dst = append(dst, e.rec...)
@@ -121,7 +124,8 @@ func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, writer bool,
 	sh := c.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e, ok := sh.lru.Get(string(key)); ok {
+	if e, ok := sh.lru.Peek(string(key)); ok {
+		sh.touch(key, e)
 		if e.absent {
 			return dst, true
 		}
@@ -145,9 +149,26 @@ func (sh *rowShard) add(key string, e *rowEntry) {
 	if n > sh.budget {
 		return
 	}
+	sh.tick++
+	e.tick = sh.tick
 	sh.lru.Add(key, e)
 	sh.bytes += n
 	sh.evict()
+}
+
+// touch records a use of e. Moving an entry to the front of the LRU order
+// on every hit touches two more entries' memory (its list neighbours),
+// which for a large cache costs as much as the lookup itself; an entry
+// still in the front half of the order cannot be next to go, so it is left
+// where it is. At most sh.tick-e.tick entries have moved in front of e since
+// it last moved, which bounds its distance from the front.
+func (sh *rowShard) touch(key []byte, e *rowEntry) {
+	if sh.tick-e.tick < uint64(sh.lru.Len()/2) {
+		return
+	}
+	sh.tick++
+	e.tick = sh.tick
+	sh.lru.Get(string(key))
 }
 
 func (sh *rowShard) evict() {

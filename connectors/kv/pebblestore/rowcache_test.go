@@ -96,6 +96,45 @@ func TestRowCacheEpochRule(t *testing.T) {
 	}
 }
 
+// TestRowCacheKeepsHotKeys checks the eviction order is least recently
+// used: keys read regularly survive a stream of new keys many times the
+// cache's size, and keys not read again are evicted.
+func TestRowCacheKeepsHotKeys(t *testing.T) {
+	tests := []struct {
+		name  string
+		every int // hot keys are read after every this many new keys
+	}{
+		{"read after every insert", 1},
+		{"read after every 5 inserts", 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// About 20 entries a shard, 320 in all.
+			c := newRowCache(rowCacheShards * 20 * (rowEntryOverhead + 16))
+			hot := [][]byte{[]byte("hot1"), []byte("hot2"), []byte("hot3")}
+			for _, k := range hot {
+				c.fill(k, []byte("v"), false, 0, true, nil)
+			}
+			for i := range 5000 {
+				c.fill([]byte(fmt.Sprintf("cold%05d", i)), []byte("v"), false, 0, true, nil)
+				if i%tt.every == 0 {
+					for _, k := range hot {
+						if _, _, hit := c.get(k, nil); !hit {
+							t.Fatalf("hot key %s evicted after %d inserts", k, i)
+						}
+					}
+				}
+			}
+			if _, _, hit := c.get([]byte("cold00000"), nil); hit {
+				t.Error("a key never read again survived 5000 inserts")
+			}
+			if st := c.stats(); st.Entries > 400 || st.Entries < 100 {
+				t.Errorf("cache holds %d entries, want about 320", st.Entries)
+			}
+		})
+	}
+}
+
 // TestRowCacheReads checks that reads through the cache return what the
 // database holds in the cases where the cache's entry must change or go:
 // writes of cached keys, deletions, range deletions, failed transactions,
