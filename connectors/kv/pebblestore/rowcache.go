@@ -34,6 +34,16 @@ const rowEntryOverhead = 160
 // during one, an entry is either the database's record or the one the
 // database held before the batch being published, which no released result
 // depends on yet.
+//
+// Why the epoch is odd during the apply itself, not merely bumped before
+// the cache is updated: a reader that read the database just after the
+// apply could otherwise return the new record, and a reader whose older
+// read straddled the apply could then still insert the old record (the
+// epoch not yet bumped), so the first reader's next read would go back in
+// time until the publish reached the key. For the same reason a fill that
+// finds the key already cached returns the cached record instead of its
+// own: that entry is never older than a released write, and a reader never
+// sees a key's record go backwards.
 type rowCache struct {
 	seed   maphash.Seed
 	epoch  atomic.Uint64
