@@ -231,6 +231,8 @@ func kvSpec() Spec {
 				Doc: "Most commands committed together as one group (one disk sync)."},
 			{Name: "max_delay", Type: TypeDuration, Default: "0s", OnlyWhen: onPebble,
 				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once."},
+			{Name: "row_cache", Type: TypeByteSize, Default: fmt.Sprintf("%dMiB", pebblestore.DefaultRowCacheBytes>>20), OnlyWhen: onPebble,
+				Doc: "Memory for recently read and written records kept in front of the store, so reads of hot keys skip the disk structures; reads are exactly as fresh without it. 0 disables it. Connectors sharing a directory share the first one's cache."},
 			{Name: "endpoints", Type: TypeStrings, Required: true, RequiredWhen: onEtcd, OnlyWhen: onEtcd, Env: true,
 				Doc: "Client URLs of the etcd cluster: a list, or one comma-separated string."},
 			{Name: "prefix", Type: TypeString, Default: "flowrun/", OnlyWhen: onEtcd, Env: true,
@@ -324,8 +326,19 @@ func openBackend(ctx context.Context, env *BuildEnv, c *Config) (kv.Backend, str
 		MaxBatch: c.Int("max_batch"),
 		MaxDelay: c.Duration("max_delay"),
 		Logger:   env.Options.Logger,
+
+		RowCacheBytes: rowCacheBytes(c.ByteSize("row_cache")),
 	})
 	return b, strconv.Quote(dir), err
+}
+
+// rowCacheBytes maps the row_cache option, where 0 disables the cache, to
+// pebblestore.Options.RowCacheBytes, where 0 means the default.
+func rowCacheBytes(n int64) int64 {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // busMode tells a bus connector's role from its mode option.

@@ -206,7 +206,7 @@ func TestLoadResolvesOptions(t *testing.T) {
 	src := `name: opts
 connectors:
   in: { type: file, path: in.jsonl, mode: read, codec: json, max_line_bytes: 1KiB }
-  store: { type: kv, path: /abs/state, sync: false, max_delay: 2ms, max_value_bytes: 1_000 }
+  store: { type: kv, path: /abs/state, sync: false, max_delay: 2ms, max_value_bytes: 1_000, row_cache: 1MiB }
   out: { type: stdout }
 pipelines:
   p:
@@ -244,6 +244,8 @@ links:
 		{"max_delay", store.Config.Duration("max_delay").String(), "2ms"},
 		{"max_value_bytes", store.Config.ByteSize("max_value_bytes"), int64(1000)},
 		{"default max_scan", store.Config.Int("max_scan"), 10000},
+		{"row_cache", rowCacheBytes(store.Config.ByteSize("row_cache")), int64(1 << 20)},
+		{"row_cache 0 disables", rowCacheBytes(0), int64(-1)},
 		{"explicitly set", store.Config.Has("sync"), true},
 		{"defaulted is not set", store.Config.Has("max_scan"), false},
 		{"sources", strings.Join(flow.Sources(), ","), "in"},

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/connectors/kv/kvbench"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
 
 type benchFlags struct {
@@ -24,6 +25,7 @@ type benchFlags struct {
 	valueBytes int
 	batch      int
 	sync       bool
+	rowCache   int64
 	dir        string
 	json       bool
 	cpuprofile string
@@ -56,12 +58,17 @@ With --backend etcd the kv connector runs on the etcd cluster of
 deleted afterwards, and the comparison is the etcd client used directly
 with the same batches, cut to etcd's 128 operations per transaction
 (reported as "etcd_ops_per_s"; "pebble_ops_per_s" is 0). --ops and --keys
-then default to 20000 and 10000; --sync and --dir do not apply.
+then default to 20000 and 10000; --sync, --dir and --row-cache do not
+apply.
+
+The flowrun store keeps hot records in its row cache (--row-cache bytes,
+default 32 MiB); --row-cache -1 disables it, so that both sides read
+through Pebble alike.
 
 One JSON object per workload is printed on stdout with --json or when stdout
 is not a terminal:
   {"workload","ops","flowrun_ops_per_s","pebble_ops_per_s","ratio",
-   "p50_us","p99_us","peak_rss_mb"}
+   "p50_us","p99_us","peak_rss_mb","row_cache_hit_rate"}
 and an aligned table otherwise. Latency is per batch, from the source
 handing the batch to the graph to the sink receiving its last result,
 counted once for each operation of the batch. Progress goes to stderr.`,
@@ -88,6 +95,7 @@ counted once for each operation of the batch. Progress goes to stderr.`,
 	fl.IntVar(&f.valueBytes, "value-bytes", d.ValueBytes, "size of each value in bytes")
 	fl.IntVar(&f.batch, "batch", d.Batch, "events per batch (and operations per raw Pebble batch)")
 	fl.BoolVar(&f.sync, "sync", d.Sync, "fsync every batch before its results count")
+	fl.Int64Var(&f.rowCache, "row-cache", pebblestore.DefaultRowCacheBytes, "row cache of the flowrun store in bytes; -1 disables it, to measure Pebble's own reads")
 	fl.StringVar(&f.dir, "dir", "", "directory for the temporary stores (default: the system temp dir)")
 	fl.BoolVar(&f.json, "json", false, "print JSON lines even on a terminal")
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
@@ -111,6 +119,8 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		Sync:       f.sync,
 		Dir:        f.dir,
 		Backend:    f.backend,
+
+		RowCacheBytes: f.rowCache,
 	}
 	for _, ep := range strings.Split(f.endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {

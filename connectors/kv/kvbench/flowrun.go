@@ -21,7 +21,7 @@ const preloadSeq = 1 << 62
 // filled, quiet. The raw Pebble side opens its database with the same
 // Pebble tuning.
 func (cfg Config) storeOptions() pebblestore.Options {
-	opts := pebblestore.Options{NoSync: !cfg.Sync, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := pebblestore.Options{NoSync: !cfg.Sync, RowCacheBytes: cfg.RowCacheBytes, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	opts.EnsureDefaults()
 	return opts
 }
@@ -34,7 +34,11 @@ func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progre
 	if err != nil {
 		return sideResult{}, err
 	}
-	return runFlowrunOn(ctx, cfg, workload, store, quiet, p)
+	r, err := runFlowrunOn(ctx, cfg, workload, store, quiet, p)
+	if st := store.RowCacheStats(); st.Hits+st.Misses > 0 {
+		r.rowCacheHitRate = float64(st.Hits) / float64(st.Hits+st.Misses)
+	}
+	return r, err
 }
 
 // runFlowrunOn runs a workload through source -> kv connector on store ->

@@ -92,6 +92,11 @@ type Config struct {
 	// A bool cannot be defaulted by EnsureDefaults, so the zero Config runs
 	// without sync; DefaultConfig and the CLI set it to true.
 	Sync bool
+	// RowCacheBytes is the flowrun store's row cache size
+	// (pebblestore.Options.RowCacheBytes): 0 for the store's default,
+	// negative to disable it and measure Pebble's own reads. The raw side
+	// has no row cache.
+	RowCacheBytes int64
 	// Dir is where each workload gets its own temporary directory, removed
 	// when the workload ends. Default os.TempDir().
 	Dir string
@@ -200,6 +205,10 @@ type Result struct {
 	// does not report it. When the peak cannot be reset between workloads
 	// (see ResetPeakRSS) it is the peak of the whole process so far.
 	PeakRSSMB float64 `json:"peak_rss_mb"`
+	// RowCacheHitRate is the share of the flowrun store's point reads
+	// answered by its row cache, preload included (omitted when nothing
+	// was read through it).
+	RowCacheHitRate float64 `json:"row_cache_hit_rate,omitempty"`
 }
 
 // Run runs every configured workload, flowrun side then raw side, and
@@ -255,6 +264,8 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 		P50us:          fr.p50us,
 		P99us:          fr.p99us,
 		PeakRSSMB:      rss,
+
+		RowCacheHitRate: fr.rowCacheHitRate,
 	}
 	if r.PebbleOpsPerS > 0 {
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS

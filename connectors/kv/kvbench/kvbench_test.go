@@ -60,6 +60,37 @@ func TestRunEveryWorkload(t *testing.T) {
 	}
 }
 
+// TestRowCacheHitRate checks the row cache option reaches the flowrun
+// store: reads of a preloaded key space hit the cache once warm, and never
+// when it is disabled.
+func TestRowCacheHitRate(t *testing.T) {
+	tests := []struct {
+		name    string
+		bytes   int64
+		wantHit bool
+	}{
+		{"default", 0, true},
+		{"disabled", -1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{Workloads: []string{Get, CAS}, Ops: 2000, Keys: 100, Batch: 100, Dir: t.TempDir(), RowCacheBytes: tt.bytes}
+			results, err := Run(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range results {
+				// 100 keys read 2000 times: all but the first read of
+				// each key can hit (cas reads keys its own group wrote
+				// from the group's writes, which are not counted).
+				if hit := r.RowCacheHitRate > 0.3; hit != tt.wantHit || r.RowCacheHitRate > 1 {
+					t.Errorf("%s: row cache hit rate %v", r.Workload, r.RowCacheHitRate)
+				}
+			}
+		})
+	}
+}
+
 func TestRunRejectsBadConfig(t *testing.T) {
 	tests := []struct {
 		name string

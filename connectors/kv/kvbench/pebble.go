@@ -13,8 +13,9 @@ import (
 
 // sideResult is what one side of a workload measured.
 type sideResult struct {
-	elapsed      time.Duration
-	p50us, p99us float64
+	elapsed         time.Duration
+	p50us, p99us    float64
+	rowCacheHitRate float64 // flowrun side on Pebble only
 }
 
 // quietLogger drops Pebble's informational logging, which would otherwise

@@ -8,6 +8,10 @@
 // group waits for its sync, the writer is already building the next one: the
 // group's writes are visible to later reads as soon as they are applied, and
 // no later group completes before an earlier one has synced.
+//
+// Point reads go through a row cache of recently read and written records
+// (Options.RowCacheBytes) that the writer keeps in step with every group it
+// applies, so a read from the cache is exactly as fresh as one from Pebble.
 package pebblestore
 
 import (
@@ -60,6 +64,10 @@ const (
 	// over, which on a small machine takes the CPU the writer needs. Two
 	// memtables may be in memory at once (one flushing).
 	DefaultMemTableBytes = 32 << 20
+	// DefaultRowCacheBytes is the row cache size: at about 300 bytes per
+	// entry of a 100-byte value it holds roughly a hundred thousand hot
+	// keys, for a fixed 32 MiB of memory.
+	DefaultRowCacheBytes = 32 << 20
 )
 
 // Options configure a Store. The zero value gives durable, group-committed
@@ -85,6 +93,18 @@ type Options struct {
 	// MemTableBytes is the size Pebble's memtables grow to (they start
 	// small and double). Default DefaultMemTableBytes.
 	MemTableBytes int64
+	// RowCacheBytes bounds the row cache: recently read or written records
+	// (and keys recently found absent) kept by key in front of Pebble, so
+	// that reads of hot keys (get, and the read of increment, cas and
+	// every read-modify-write command) skip Pebble's memtable and sstable
+	// lookups, which dominate those commands' cost. It costs up to this
+	// much memory, counted as key and record bytes plus a fixed overhead
+	// per entry, least recently used entries evicted first; a write
+	// updates a cached key in place and otherwise adds nothing, so
+	// write-only workloads pay only a lookup per written key. Reads stay
+	// exactly as fresh as without it, and durability is unchanged. Scans
+	// do not use it. Default DefaultRowCacheBytes; negative disables it.
+	RowCacheBytes int64
 	// Logger receives Pebble's own log lines at debug level and store
 	// lifecycle events. Default: slog.Default().
 	Logger *slog.Logger
@@ -131,6 +151,9 @@ func (o *Options) EnsureDefaults() {
 	if o.MemTableBytes <= 0 {
 		o.MemTableBytes = DefaultMemTableBytes
 	}
+	if o.RowCacheBytes == 0 {
+		o.RowCacheBytes = DefaultRowCacheBytes
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -166,6 +189,7 @@ type Store struct {
 	done    chan struct{} // closed when the syncer has finished
 
 	pending *pendingIndex // the writer's, reused by every group
+	cache   *rowCache     // nil when disabled
 
 	// Read-only transactions (View) bypass the writer; these let them wait
 	// for the durability of what they read. applying counts groups that
@@ -224,6 +248,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		done:   make(chan struct{}),
 
 		pending: newPendingIndex(),
+	}
+	if opts.RowCacheBytes > 0 {
+		s.cache = newRowCache(opts.RowCacheBytes)
 	}
 	s.relCond = sync.NewCond(&s.relMu)
 	go s.write()
@@ -362,7 +389,7 @@ func (s *Store) apply(reqs []*request) *group {
 		start = time.Now()
 	}
 	s.pending.reset()
-	tx := &txn{db: s.db, batch: s.db.NewBatch(), pending: s.pending}
+	tx := &txn{db: s.db, batch: s.db.NewBatch(), pending: s.pending, cache: s.cache}
 	for _, r := range reqs {
 		for i, fn := range r.fns {
 			m := tx.mark()
@@ -386,14 +413,32 @@ func (s *Store) apply(reqs []*request) *group {
 	// Numbered before its writes can be seen, so that a View that sees
 	// them also sees the number and waits for the group.
 	g.seq = s.applying.Add(1)
+	// The row cache takes the batch only after it is numbered, for the
+	// same reason: a View that reads one of its records from the cache
+	// loads applying afterwards and so waits for this group's sync.
+	if s.cache != nil {
+		s.cache.beginPublish()
+	}
 	var err error
 	if s.opts.NoSync {
 		err = g.batch.Commit(pebble.NoSync)
 	} else {
 		err = s.db.ApplyNoSyncWait(g.batch, pebble.Sync)
+	}
+	if s.cache != nil {
+		// Before the group reaches the syncer, so that no result of it
+		// is released while the cache still holds older records.
 		if err == nil {
-			return g // the syncer waits for the fsync
+			s.cache.publish(g.batch)
+		} else {
+			// The store is failed from now on; an empty cache cannot
+			// disagree with whatever the database kept.
+			s.cache.clear()
 		}
+		s.cache.endPublish()
+	}
+	if err == nil && !s.opts.NoSync {
+		return g // the syncer waits for the fsync
 	}
 	_ = g.batch.Close()
 	g.batch = nil
@@ -465,12 +510,24 @@ func (s *Store) observe(g *group, err error) {
 	s.opts.OnCommit(info)
 }
 
+// RowCacheStats reports the row cache's counters and size; all zero when
+// Options.RowCacheBytes disabled it.
+func (s *Store) RowCacheStats() RowCacheStats {
+	if s.cache == nil {
+		return RowCacheStats{}
+	}
+	return s.cache.stats()
+}
+
 // View implements kv.Viewer. The reads run in the caller's goroutine
 // against the database, which already holds every group whose Update has
 // returned: a group's batch is applied (and visible) before its results
 // are released. They may also see groups applied but not yet synced; View
 // then waits for those to be released, and fails if one of them failed, so
-// no read result outlives a write that was lost.
+// no read result outlives a write that was lost. Point reads answered by
+// the row cache obey the same rules: it never holds a record older than
+// the database's once a group is released, and a record it got from a
+// group is visible there only after the group is numbered.
 func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
 	if len(fns) != len(errs) {
 		return fmt.Errorf("pebblestore: View given %d funcs and %d error slots", len(fns), len(errs))
@@ -480,7 +537,7 @@ func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error 
 	if s.closed {
 		return ErrClosed
 	}
-	tx := &readTxn{txn: txn{db: s.db}}
+	tx := &readTxn{txn: txn{db: s.db, cache: s.cache}}
 	for i, fn := range fns {
 		errs[i] = runTxn(fn, tx)
 		tx.closeIter()
@@ -500,13 +557,11 @@ func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error 
 type readTxn struct{ txn }
 
 func (t *readTxn) Get(key []byte) ([]byte, int64, bool, error) {
-	v, closer, err := t.db.Get(key)
-	if err != nil {
-		return t.getErr(err)
+	raw, found, err := t.read(key, false)
+	if err != nil || !found {
+		return nil, 0, false, err
 	}
-	t.val = append(t.val[:0], v...)
-	_ = closer.Close()
-	value, expireAt, err := kv.ParseStoredRecord(t.val)
+	value, expireAt, err := kv.ParseStoredRecord(raw)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("key %q: %w", key, err)
 	}
@@ -539,6 +594,7 @@ type txn struct {
 	batch   *pebble.Batch
 	indexed bool
 	pending *pendingIndex // unused once indexed
+	cache   *rowCache     // nil when disabled
 	iter    *pebble.Iterator
 	buf     []byte
 	val     []byte
@@ -625,16 +681,18 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 			raw = rec // valid until the next write, as Txn allows
 			break
 		}
-		// No write of this group touched key: the database has its latest
+		// No write of this group touched key: the database (or the row
+		// cache, which agrees with it outside a publish) has its latest
 		// value.
-		v, closer, err := t.db.Get(key)
-		if err != nil {
-			return t.getErr(err)
+		rec, found, err := t.read(key, true)
+		if err != nil || !found {
+			return nil, 0, false, err
 		}
-		t.val = append(t.val[:0], v...)
-		_ = closer.Close()
-		raw = t.val
+		raw = rec
 	default:
+		// The indexed batch merges the group's writes with the database
+		// itself; the row cache, which knows nothing of the group's
+		// writes, is bypassed until the group ends.
 		v, closer, err := t.batch.Get(key)
 		if err != nil {
 			return t.getErr(err)
@@ -648,6 +706,42 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 		return nil, 0, false, fmt.Errorf("key %q: %w", key, err)
 	}
 	return value, expireAt, true, nil
+}
+
+// read returns key's stored record as the database holds it, from the row
+// cache when it has the key and otherwise from the database, offering what
+// it read to the cache. writer tells the writer goroutine, under which the
+// database cannot change, from a View. The record is valid until the next
+// read.
+func (t *txn) read(key []byte, writer bool) (rec []byte, found bool, err error) {
+	c := t.cache
+	if c != nil {
+		rec, absent, hit := c.get(key, t.val[:0])
+		if hit {
+			t.val = rec
+			return rec, !absent, nil
+		}
+	}
+	var epoch uint64
+	if c != nil {
+		epoch = c.beginRead() // before the database read: see rowCache
+	}
+	v, closer, err := t.db.Get(key)
+	absent := false
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		absent = true
+		t.val = t.val[:0]
+	case err != nil:
+		return nil, false, err
+	default:
+		t.val = append(t.val[:0], v...)
+		_ = closer.Close()
+	}
+	if c != nil {
+		t.val, absent = c.fill(key, t.val, absent, epoch, writer, t.val[:0])
+	}
+	return t.val, !absent, nil
 }
 
 func (t *txn) getErr(err error) ([]byte, int64, bool, error) {

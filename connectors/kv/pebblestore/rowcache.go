@@ -1,0 +1,300 @@
+package pebblestore
+
+import (
+	"hash/maphash"
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// rowCacheShards is the number of independently locked parts of the row
+// cache, so that View readers in several goroutines and the writer rarely
+// wait for one another.
+const rowCacheShards = 16
+
+// rowEntryOverhead approximates the memory of one entry beyond its key and
+// record bytes: the LRU list element, its map slot and the entry itself.
+const rowEntryOverhead = 160
+
+// rowCache holds recently read or written stored records by key, exactly as
+// Pebble holds them, and remembers keys known to be absent, so that point
+// reads of hot keys skip Pebble. Scans never use it.
+//
+// Coherence: only the writer goroutine changes the database, and it updates
+// the cache itself right after each group's batch is applied (publish).
+// Everyone else may only fill the cache with what they read from the
+// database, and only when no publish overlapped their read: epoch is odd
+// from just before a batch is applied until the cache reflects it, and a
+// fill is accepted only if epoch was even when the reader loaded it before
+// its database read and is still that value when the fill takes the shard
+// lock. So, outside a publish, every entry equals the database's record;
+// during one, an entry is either the database's record or the one the
+// database held before the batch being published, which no released result
+// depends on yet.
+//
+// Why the epoch is odd during the apply itself, not merely bumped before
+// the cache is updated: a reader that read the database just after the
+// apply could otherwise return the new record, and a reader whose older
+// read straddled the apply could then still insert the old record (the
+// epoch not yet bumped), so the first reader's next read would go back in
+// time until the publish reached the key. For the same reason a fill that
+// finds the key already cached returns the cached record instead of its
+// own: that entry is never older than a released write, and a reader never
+// sees a key's record go backwards.
+type rowCache struct {
+	seed   maphash.Seed
+	epoch  atomic.Uint64
+	shards [rowCacheShards]rowShard
+}
+
+type rowShard struct {
+	mu     sync.Mutex
+	lru    *simplelru.LRU[string, *rowEntry]
+	bytes  int64 // accounted size of the entries
+	budget int64
+	tick   uint64 // counts moves to the front of the LRU order (promotions and insertions)
+	hits   uint64
+	misses uint64
+	_      [64]byte // keep the shards' locks on separate cache lines
+}
+
+// rowEntry is a cached stored record, or the knowledge that the key is
+// absent.
+type rowEntry struct {
+	rec    []byte
+	absent bool
+	tick   uint64 // the shard's tick when the entry last moved to the front
+}
+
+// size is the entry's accounted memory under a key of keyLen bytes.
+func (e *rowEntry) size(keyLen int) int64 {
+	return int64(keyLen+cap(e.rec)) + rowEntryOverhead
+}
+
+// newRowCache returns a cache of at most budget accounted bytes, or nil
+// (no cache) for a budget too small to hold anything.
+func newRowCache(budget int64) *rowCache {
+	per := budget / rowCacheShards
+	if per <= rowEntryOverhead {
+		return nil
+	}
+	c := &rowCache{seed: maphash.MakeSeed()}
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.budget = per
+		// The entry count is unbounded: the shard evicts by bytes itself.
+		sh.lru, _ = simplelru.NewLRU[string, *rowEntry](math.MaxInt, nil)
+	}
+	return c
+}
+
+func (c *rowCache) shard(key []byte) *rowShard {
+	return &c.shards[maphash.Bytes(c.seed, key)%rowCacheShards]
+}
+
+// get looks key up. On a hit it appends the cached record to dst (so it
+// stays valid whatever the writer does next) or reports the key absent.
+func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	e, ok := sh.lru.Peek(string(key))
+	if !ok {
+		sh.misses++
+		sh.mu.Unlock()
+		return dst, false, false
+	}
+	sh.hits++
+	sh.touch(key, e)
+	absent = e.absent
+	if !absent {
+		dst = append(dst, e.rec...)
+	}
+	sh.mu.Unlock()
+	return dst, absent, true
+}
+
+// beginRead returns the epoch a reader outside the writer loads before
+// reading the database, for fill.
+func (c *rowCache) beginRead() uint64 { return c.epoch.Load() }
+
+// fill offers the cache what a reader found in the database for key (rec,
+// or absent), having loaded epoch with beginRead before the read. It returns
+// the record the reader should use: the cached one if the key is cached by
+// now, which may be older than the reader's but is never older than a
+// released write, and keeps every reader's successive reads of a key
+// monotonic; otherwise the reader's own, which is cached when no publish
+// overlapped the read. rec is appended to dst when it comes from the cache.
+//
+// The writer calls fill with writer set: the database cannot change under
+// it, so its reads are always current and the epoch is not consulted.
+func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, writer bool, dst []byte) ([]byte, bool) {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e, ok := sh.lru.Peek(string(key)); ok {
+		sh.touch(key, e)
+		if e.absent {
+			return dst, true
+		}
+		return append(dst, e.rec...), false
+	}
+	if !writer && (epoch&1 != 0 || c.epoch.Load() != epoch) {
+		return rec, absent
+	}
+	e := &rowEntry{absent: absent}
+	if !absent {
+		e.rec = append([]byte(nil), rec...)
+	}
+	sh.add(string(key), e)
+	return rec, absent
+}
+
+// add inserts a new entry and evicts the least recently used ones while the
+// shard is over its budget. An entry larger than the budget is not kept.
+func (sh *rowShard) add(key string, e *rowEntry) {
+	n := e.size(len(key))
+	if n > sh.budget {
+		return
+	}
+	sh.tick++
+	e.tick = sh.tick
+	sh.lru.Add(key, e)
+	sh.bytes += n
+	sh.evict()
+}
+
+// touch records a use of e. Moving an entry to the front of the LRU order
+// on every hit touches two more entries' memory (its list neighbours),
+// which for a large cache costs as much as the lookup itself; an entry
+// still in the front half of the order cannot be next to go, so it is left
+// where it is. At most sh.tick-e.tick entries have moved in front of e since
+// it last moved, which bounds its distance from the front.
+func (sh *rowShard) touch(key []byte, e *rowEntry) {
+	if sh.tick-e.tick < uint64(sh.lru.Len()/2) {
+		return
+	}
+	sh.tick++
+	e.tick = sh.tick
+	sh.lru.Get(string(key))
+}
+
+func (sh *rowShard) evict() {
+	for sh.bytes > sh.budget {
+		k, old, ok := sh.lru.RemoveOldest()
+		if !ok {
+			sh.bytes = 0
+			return
+		}
+		sh.bytes -= old.size(len(k))
+	}
+}
+
+// publish brings the cache up to date with batch, which the writer has just
+// applied to the database: every cached key the batch sets or deletes
+// takes its new record (or becomes absent), and a range deletion empties
+// the cache. Keys the batch writes that are not cached are not added: a
+// write-only workload would otherwise pay for copying every record into a
+// cache its reads never use; a read-modify-write has already cached the
+// key when it read it. Only the writer calls publish, between beginPublish
+// and endPublish.
+func (c *rowCache) publish(batch *pebble.Batch) {
+	r := batch.Reader()
+	for {
+		kind, key, value, ok, err := r.Next()
+		if err != nil {
+			// A batch we built ourselves does not fail to decode; if it
+			// did, forgetting everything is always coherent.
+			c.clear()
+			return
+		}
+		if !ok {
+			return
+		}
+		switch kind {
+		case pebble.InternalKeyKindSet:
+			c.update(key, value, false)
+		case pebble.InternalKeyKindDelete:
+			c.update(key, nil, true)
+		default: // range deletions (clear), and anything unforeseen
+			c.clear()
+		}
+	}
+}
+
+// beginPublish makes epoch odd: no fill from a database read that may
+// overlap the coming publish is accepted until endPublish.
+func (c *rowCache) beginPublish() { c.epoch.Add(1) }
+
+// endPublish makes epoch even again: fills from reads that start after the
+// cache reflects the published batch are accepted.
+func (c *rowCache) endPublish() { c.epoch.Add(1) }
+
+// update sets a cached key to rec (or absent), reusing the cached record's
+// memory when it is large enough. Keys not cached are left alone. Recency
+// is left alone too: it follows reads, and a read-modify-write has just
+// made the key recent; moving it again would cost list updates on every
+// write for nothing.
+func (c *rowCache) update(key, rec []byte, absent bool) {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, ok := sh.lru.Peek(string(key))
+	if !ok {
+		return
+	}
+	before := e.size(len(key))
+	if absent {
+		e.rec, e.absent = nil, true
+	} else {
+		e.rec, e.absent = append(e.rec[:0], rec...), false
+	}
+	after := e.size(len(key))
+	if after > sh.budget {
+		sh.lru.Remove(string(key))
+		sh.bytes -= before
+		return
+	}
+	sh.bytes += after - before
+	sh.evict()
+}
+
+// clear forgets every entry.
+func (c *rowCache) clear() {
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		sh.lru.Purge()
+		sh.bytes = 0
+		sh.mu.Unlock()
+	}
+}
+
+// RowCacheStats describes the row cache of a Store.
+type RowCacheStats struct {
+	// Hits and Misses count point reads answered by the cache and those
+	// that went to the database, since the store opened. Reads of keys the
+	// transaction itself wrote, and reads after a range deletion in the
+	// same commit group, bypass the cache and are not counted.
+	Hits, Misses uint64
+	// Entries is the number of cached keys (absent ones included) and
+	// Bytes their accounted size, at most Options.RowCacheBytes.
+	Entries int
+	Bytes   int64
+}
+
+func (c *rowCache) stats() RowCacheStats {
+	var st RowCacheStats
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		st.Hits += sh.hits
+		st.Misses += sh.misses
+		st.Entries += sh.lru.Len()
+		st.Bytes += sh.bytes
+		sh.mu.Unlock()
+	}
+	return st
+}

@@ -1,0 +1,546 @@
+package pebblestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+)
+
+func openWith(t *testing.T, opts Options) *Store {
+	t.Helper()
+	s, err := Open(t.TempDir(), opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func view(t *testing.T, s *Store, fns ...kv.TxnFunc) []error {
+	t.Helper()
+	errs := make([]error, len(fns))
+	if err := s.View(context.Background(), fns, errs); err != nil {
+		t.Fatalf("View: %v", err)
+	}
+	return errs
+}
+
+func del(key string) kv.TxnFunc {
+	return func(tx kv.Txn) error { return tx.Delete([]byte(key)) }
+}
+
+func delRange(start, end string) kv.TxnFunc {
+	return func(tx kv.Txn) error { return tx.DeleteRange([]byte(start), []byte(end)) }
+}
+
+// failAfter runs fn and then fails, so the store must roll fn's writes back.
+func failAfter(fn kv.TxnFunc) kv.TxnFunc {
+	return func(tx kv.Txn) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return errBoom
+	}
+}
+
+// TestRowCacheEpochRule checks the fill rule directly: a reader's fill is
+// kept only when no publish overlapped its read, and a reader finding the
+// key cached meanwhile gets the cached record.
+func TestRowCacheEpochRule(t *testing.T) {
+	tests := []struct {
+		name      string
+		between   func(c *rowCache) // between the reader's beginRead and its fill
+		wantKept  bool
+		wantValue string // what fill tells the reader to use; "" for absent
+	}{
+		{"quiet", func(*rowCache) {}, true, "mine"},
+		{"publish in progress", func(c *rowCache) { c.beginPublish() }, false, "mine"},
+		{"publish completed", func(c *rowCache) { c.beginPublish(); c.endPublish() }, false, "mine"},
+		{"cached meanwhile", func(c *rowCache) {
+			c.fill([]byte("k"), []byte("theirs"), false, c.beginRead(), false, nil)
+		}, true, "theirs"},
+		{"cached absent meanwhile", func(c *rowCache) {
+			c.fill([]byte("k"), nil, true, c.beginRead(), false, nil)
+		}, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newRowCache(1 << 20)
+			e := c.beginRead()
+			tt.between(c)
+			rec, absent := c.fill([]byte("k"), []byte("mine"), false, e, false, nil)
+			if absent != (tt.wantValue == "") || string(rec) != tt.wantValue {
+				t.Errorf("fill returned %q absent=%t, want %q", rec, absent, tt.wantValue)
+			}
+			_, _, hit := c.get([]byte("k"), nil)
+			if hit != tt.wantKept {
+				t.Errorf("cached = %t, want %t", hit, tt.wantKept)
+			}
+			// Started during a publish: refused whatever happens next.
+			c.beginPublish()
+			odd := c.beginRead()
+			c.endPublish()
+			c.clear()
+			c.fill([]byte("j"), []byte("x"), false, odd, false, nil)
+			if _, _, hit := c.get([]byte("j"), nil); hit {
+				t.Error("fill from a read overlapping a publish was kept")
+			}
+		})
+	}
+}
+
+// TestRowCacheKeepsHotKeys checks the eviction order is least recently
+// used: keys read regularly survive a stream of new keys many times the
+// cache's size, and keys not read again are evicted.
+func TestRowCacheKeepsHotKeys(t *testing.T) {
+	tests := []struct {
+		name  string
+		every int // hot keys are read after every this many new keys
+	}{
+		{"read after every insert", 1},
+		{"read after every 5 inserts", 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// About 20 entries a shard, 320 in all.
+			c := newRowCache(rowCacheShards * 20 * (rowEntryOverhead + 16))
+			hot := [][]byte{[]byte("hot1"), []byte("hot2"), []byte("hot3")}
+			for _, k := range hot {
+				c.fill(k, []byte("v"), false, 0, true, nil)
+			}
+			for i := range 5000 {
+				c.fill([]byte(fmt.Sprintf("cold%05d", i)), []byte("v"), false, 0, true, nil)
+				if i%tt.every == 0 {
+					for _, k := range hot {
+						if _, _, hit := c.get(k, nil); !hit {
+							t.Fatalf("hot key %s evicted after %d inserts", k, i)
+						}
+					}
+				}
+			}
+			if _, _, hit := c.get([]byte("cold00000"), nil); hit {
+				t.Error("a key never read again survived 5000 inserts")
+			}
+			if st := c.stats(); st.Entries > 400 || st.Entries < 100 {
+				t.Errorf("cache holds %d entries, want about 320", st.Entries)
+			}
+		})
+	}
+}
+
+// TestRowCacheReads checks that reads through the cache return what the
+// database holds in the cases where the cache's entry must change or go:
+// writes of cached keys, deletions, range deletions, failed transactions,
+// expiry, and a group's own writes.
+func TestRowCacheReads(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup []kv.TxnFunc // committed, then every key read once to cache it
+		act   []kv.TxnFunc // one group; every fn must succeed unless it is a failAfter
+		want  map[string]got
+	}{
+		{"overwrite", []kv.TxnFunc{set("a", "1", 0)}, []kv.TxnFunc{set("a", "22", 0)},
+			map[string]got{"a": {"22", 0, true}}},
+		{"overwrite shorter reuses memory", []kv.TxnFunc{set("a", "long value", 0)}, []kv.TxnFunc{set("a", "s", 0)},
+			map[string]got{"a": {"s", 0, true}}},
+		{"absent then written", nil, []kv.TxnFunc{set("a", "1", 0)},
+			map[string]got{"a": {"1", 0, true}, "b": {}}},
+		{"delete", []kv.TxnFunc{set("a", "1", 0), set("b", "2", 0)}, []kv.TxnFunc{del("a")},
+			map[string]got{"a": {}, "b": {"2", 0, true}}},
+		{"delete then set in one group", []kv.TxnFunc{set("a", "1", 0)}, []kv.TxnFunc{del("a"), set("a", "3", 0)},
+			map[string]got{"a": {"3", 0, true}}},
+		{"delete range", []kv.TxnFunc{set("a", "1", 0), set("b", "2", 0), set("c", "3", 0)},
+			[]kv.TxnFunc{delRange("a", "c")},
+			map[string]got{"a": {}, "b": {}, "c": {"3", 0, true}}},
+		{"delete range then set", []kv.TxnFunc{set("a", "1", 0), set("b", "2", 0)},
+			[]kv.TxnFunc{delRange("a", "z"), set("b", "4", 0)},
+			map[string]got{"a": {}, "b": {"4", 0, true}}},
+		{"failed write rolled back", []kv.TxnFunc{set("a", "1", 0)},
+			[]kv.TxnFunc{failAfter(set("a", "bad", 0)), failAfter(set("b", "bad", 0)), failAfter(del("a"))},
+			map[string]got{"a": {"1", 0, true}, "b": {}}},
+		{"failed range deletion rolled back", []kv.TxnFunc{set("a", "1", 0)},
+			[]kv.TxnFunc{failAfter(delRange("a", "z"))},
+			map[string]got{"a": {"1", 0, true}}},
+		{"expiry kept", []kv.TxnFunc{set("a", "1", 1234)}, []kv.TxnFunc{set("b", "2", 99)},
+			map[string]got{"a": {"1", 1234, true}, "b": {"2", 99, true}}},
+		{"expiry changed", []kv.TxnFunc{set("a", "1", 1234)}, []kv.TxnFunc{set("a", "1", 5678)},
+			map[string]got{"a": {"1", 5678, true}}},
+		{"expiry removed", []kv.TxnFunc{set("a", "1", 1234)}, []kv.TxnFunc{set("a", "1", 0)},
+			map[string]got{"a": {"1", 0, true}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openWith(t, Options{})
+			if len(tt.setup) > 0 {
+				update(t, s, tt.setup...)
+			}
+			reads := func(name string) {
+				t.Helper()
+				for key, want := range tt.want {
+					var gv, gu got
+					view(t, s, get(key, &gv))
+					update(t, s, get(key, &gu))
+					if gv != want || gu != want {
+						t.Errorf("%s: %s: View read %+v, Update read %+v, want %+v", name, key, gv, gu, want)
+					}
+				}
+			}
+			// Cache every key (found or absent) before acting.
+			for key := range tt.want {
+				var g got
+				view(t, s, get(key, &g))
+			}
+			before := s.RowCacheStats()
+			errs := update(t, s, tt.act...)
+			for i, err := range errs {
+				if err != nil && !errors.Is(err, errBoom) {
+					t.Fatalf("act[%d]: %v", i, err)
+				}
+			}
+			reads("after")
+			if st := s.RowCacheStats(); st.Hits <= before.Hits {
+				t.Errorf("no read was answered by the cache: %+v then %+v", before, st)
+			}
+		})
+	}
+}
+
+// TestRowCacheGroupOwnWrites checks that within a group, reads of keys the
+// group wrote are answered from the group's writes, never from a cache
+// entry of the key's committed record, in both batch modes.
+func TestRowCacheGroupOwnWrites(t *testing.T) {
+	s := openWith(t, Options{})
+	update(t, s, set("a", "1", 0), set("b", "1", 0))
+	var warm1, warm2 got
+	view(t, s, get("a", &warm1), get("b", &warm2)) // both cached
+	var g1, g2, g3, g4, g5 got
+	errs := update(t, s,
+		set("a", "2", 0),
+		get("a", &g1),
+		failAfter(set("a", "bad", 0)),
+		get("a", &g2),
+		delRange("x", "y"), // the group switches to an indexed batch
+		set("b", "3", 0),
+		get("b", &g3),
+		failAfter(del("b")),
+		get("b", &g4),
+		get("a", &g5),
+	)
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, errBoom) {
+			t.Fatalf("errs[%d] = %v", i, err)
+		}
+	}
+	want := []got{{"2", 0, true}, {"2", 0, true}, {"3", 0, true}, {"3", 0, true}, {"2", 0, true}}
+	for i, g := range []got{g1, g2, g3, g4, g5} {
+		if g != want[i] {
+			t.Errorf("read %d = %+v, want %+v", i+1, g, want[i])
+		}
+	}
+}
+
+// TestRowCacheBudget fills the cache with far more than its budget and
+// checks the accounted size stays within it, entries are evicted and the
+// evicted keys still read correctly.
+func TestRowCacheBudget(t *testing.T) {
+	tests := []struct {
+		name   string
+		budget int64
+		values int // bytes per value
+	}{
+		{"small values", 64 << 10, 10},
+		{"large values", 64 << 10, 1000},
+		{"value larger than a shard", 16 << 10, 2000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openWith(t, Options{RowCacheBytes: tt.budget})
+			const n = 500
+			val := make([]byte, tt.values)
+			var puts []kv.TxnFunc
+			for i := range n {
+				puts = append(puts, set(fmt.Sprintf("k%04d", i), string(val)+strconv.Itoa(i), 0))
+			}
+			update(t, s, puts...)
+			gs := make([]got, n)
+			var reads []kv.TxnFunc
+			for i := range n {
+				reads = append(reads, get(fmt.Sprintf("k%04d", i), &gs[i]))
+			}
+			view(t, s, reads...)
+			update(t, s, puts...) // updates of cached keys
+			view(t, s, reads...)
+			st := s.RowCacheStats()
+			if st.Bytes > tt.budget || st.Entries >= n {
+				t.Errorf("cache holds %d entries, %d bytes; budget %d bytes", st.Entries, st.Bytes, tt.budget)
+			}
+			for i, g := range gs {
+				if want := string(val) + strconv.Itoa(i); !g.found || g.value != want {
+					t.Fatalf("k%04d read %d bytes found=%t", i, len(g.value), g.found)
+				}
+			}
+		})
+	}
+}
+
+// TestRowCacheDisabled checks a negative RowCacheBytes turns the cache off
+// and reads still work.
+func TestRowCacheDisabled(t *testing.T) {
+	s := openWith(t, Options{RowCacheBytes: -1})
+	update(t, s, set("a", "1", 7))
+	for range 2 {
+		var ga, gb got
+		view(t, s, get("a", &ga), get("b", &gb))
+		update(t, s, get("a", &ga), get("b", &gb))
+		if ga != (got{"1", 7, true}) || gb.found {
+			t.Fatalf("read %+v %+v", ga, gb)
+		}
+	}
+	if st := s.RowCacheStats(); st != (RowCacheStats{}) {
+		t.Errorf("disabled cache reports %+v", st)
+	}
+	var o Options
+	o.EnsureDefaults()
+	if o.RowCacheBytes != DefaultRowCacheBytes {
+		t.Errorf("default RowCacheBytes = %d", o.RowCacheBytes)
+	}
+}
+
+// coherenceModel records, in commit order, every write of the coherence
+// test, and which of them have been released to their Update's caller.
+type coherenceModel struct {
+	mu       sync.Mutex
+	next     int64              // last sequence number handed out
+	history  map[string][]int64 // per key: sequence numbers of writes; negative for deletions
+	released map[string]int64   // per key: sequence number of the latest released write
+}
+
+// write is called inside a TxnFunc (in the writer goroutine, so in commit
+// order) and returns the sequence number the write carries.
+func (m *coherenceModel) seq() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.next++
+	return m.next
+}
+
+func (m *coherenceModel) record(key string, seq int64, deleted bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if deleted {
+		seq = -seq
+	}
+	m.history[key] = append(m.history[key], seq)
+}
+
+// latest is the key's current state: its newest write.
+func (m *coherenceModel) latest(key string) (seq int64, found bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.history[key]
+	if len(h) == 0 {
+		return 0, false
+	}
+	last := h[len(h)-1]
+	return max(last, -last), last > 0
+}
+
+func (m *coherenceModel) release(key string, seq int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.released[key] = max(m.released[key], seq)
+}
+
+func (m *coherenceModel) releasedAll() map[string]int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]int64, len(m.released))
+	for k, v := range m.released {
+		out[k] = v
+	}
+	return out
+}
+
+// check says whether a read of key returning seq (found) or nothing is a
+// state the key held at or after sequence number bound, and returns the
+// earliest such state's sequence number, the next read's bound.
+func (m *coherenceModel) check(key string, bound, seq int64, found bool) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.history[key]
+	if !found && bound == 0 {
+		return 0, nil // absent before its first write
+	}
+	for _, w := range h {
+		at := max(w, -w)
+		if at < bound {
+			continue
+		}
+		if found && w == seq || !found && w < 0 {
+			return at, nil
+		}
+	}
+	if found {
+		return 0, fmt.Errorf("%s read write %d, not a write at or after %d", key, seq, bound)
+	}
+	return 0, fmt.Errorf("%s read absent, not deleted at or after %d", key, bound)
+}
+
+// TestRowCacheCoherence runs writers (puts, deletes, read-modify-writes,
+// failing transactions) and View readers concurrently on a few keys. Every
+// read must observe at least the last write released before the View began,
+// never a write older than one its goroutine already saw, and never a write
+// of a failed transaction; reads inside Update must observe the latest
+// write exactly.
+func TestRowCacheCoherence(t *testing.T) {
+	tests := []struct {
+		name   string
+		budget int64
+		keys   int
+	}{
+		{"default", 0, 5},
+		{"evicting", rowCacheShards * (rowEntryOverhead + 40), 50}, // about one entry a shard
+		{"disabled", -1, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var keys []string
+			for i := range tt.keys {
+				keys = append(keys, fmt.Sprintf("k%d", i))
+			}
+			s := openWith(t, Options{RowCacheBytes: tt.budget})
+			m := &coherenceModel{history: map[string][]int64{}, released: map[string]int64{}}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			var wg sync.WaitGroup
+			errc := make(chan error, 16)
+			fail := func(err error) {
+				select {
+				case errc <- err:
+				default:
+				}
+				cancel()
+			}
+
+			for w := range 2 {
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(w), 1))
+					for ctx.Err() == nil {
+						n := 1 + rng.IntN(6)
+						fns := make([]kv.TxnFunc, n)
+						wrote := make([]string, n)
+						seqs := make([]int64, n)
+						for i := range fns {
+							key := keys[rng.IntN(len(keys))]
+							wrote[i] = key
+							switch op := rng.IntN(10); {
+							case op < 3: // put
+								fns[i] = func(tx kv.Txn) error {
+									seqs[i] = m.seq()
+									m.record(key, seqs[i], false)
+									return tx.Set([]byte(key), []byte(strconv.FormatInt(seqs[i], 10)), seqs[i])
+								}
+							case op < 5: // delete
+								fns[i] = func(tx kv.Txn) error {
+									seqs[i] = m.seq()
+									m.record(key, seqs[i], true)
+									return tx.Delete([]byte(key))
+								}
+							case op < 9: // read-modify-write: the read must be the latest write
+								fns[i] = func(tx kv.Txn) error {
+									v, exp, found, err := tx.Get([]byte(key))
+									if err != nil {
+										return err
+									}
+									want, wantFound := m.latest(key)
+									if got, _ := strconv.ParseInt(string(v), 10, 64); found != wantFound || found && (got != want || exp != want) {
+										fail(fmt.Errorf("Update read %s = %q (expiry %d) found=%t, want %d found=%t", key, v, exp, found, want, wantFound))
+									}
+									seqs[i] = m.seq()
+									m.record(key, seqs[i], false)
+									return tx.Set([]byte(key), []byte(strconv.FormatInt(seqs[i], 10)), seqs[i])
+								}
+							default: // fails after writing: must never be seen
+								fns[i] = func(tx kv.Txn) error {
+									if err := tx.Set([]byte(key), []byte("-1"), 0); err != nil {
+										return err
+									}
+									return errBoom
+								}
+							}
+						}
+						errs := make([]error, n)
+						if err := s.Update(context.Background(), fns, errs); err != nil {
+							fail(err)
+							return
+						}
+						for i, err := range errs {
+							if err == nil {
+								m.release(wrote[i], seqs[i])
+							}
+						}
+					}
+				})
+			}
+
+			for r := range 3 {
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(r), 2))
+					seen := map[string]int64{}
+					for ctx.Err() == nil {
+						bounds := m.releasedAll()
+						n := 1 + rng.IntN(8)
+						fns := make([]kv.TxnFunc, n)
+						reads := make([]got, n)
+						which := make([]string, n)
+						for i := range fns {
+							which[i] = keys[rng.IntN(len(keys))]
+							fns[i] = get(which[i], &reads[i])
+						}
+						errs := make([]error, n)
+						if err := s.View(context.Background(), fns, errs); err != nil {
+							fail(err)
+							return
+						}
+						for i, g := range reads {
+							if errs[i] != nil {
+								fail(errs[i])
+								return
+							}
+							key := which[i]
+							seq, _ := strconv.ParseInt(g.value, 10, 64)
+							if g.found && g.expireAt != seq {
+								fail(fmt.Errorf("View read %s = %q with expiry %d", key, g.value, g.expireAt))
+								return
+							}
+							at, err := m.check(key, max(bounds[key], seen[key]), seq, g.found)
+							if err != nil {
+								fail(fmt.Errorf("View (released %d, seen %d): %w", bounds[key], seen[key], err))
+								return
+							}
+							seen[key] = at
+						}
+					}
+				})
+			}
+			wg.Wait()
+			select {
+			case err := <-errc:
+				t.Fatal(err)
+			default:
+			}
+			st := s.RowCacheStats()
+			t.Logf("%d writes; cache %+v", m.next, st)
+			if tt.budget >= 0 && st.Hits == 0 {
+				t.Error("the cache answered no read")
+			}
+		})
+	}
+}
