@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/batchrepr"
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
@@ -192,16 +193,16 @@ func (sh *rowShard) evict() {
 	}
 }
 
-// publish brings the cache up to date with batch, which the writer has just
-// applied to the database: every cached key the batch sets or deletes
-// takes its new record (or becomes absent), and a range deletion empties
-// the cache. Keys the batch writes that are not cached are not added: a
-// write-only workload would otherwise pay for copying every record into a
-// cache its reads never use; a read-modify-write has already cached the
-// key when it read it. Only the writer calls publish, between beginPublish
+// publish brings the cache up to date with repr, the representation of a
+// batch the writer has just applied to the database: every cached key the
+// batch sets or deletes takes its new record (or becomes absent), and a
+// range deletion empties the cache. Keys the batch writes that are not
+// cached are not added: a write-only workload would otherwise pay for
+// copying every record into a cache its reads never use; a
+// read-modify-write has already cached the key when it read it. Only the writer calls publish, between beginPublish
 // and endPublish.
-func (c *rowCache) publish(batch *pebble.Batch) {
-	r := batch.Reader()
+func (c *rowCache) publish(repr []byte) {
+	r := batchrepr.Read(repr)
 	for {
 		kind, key, value, ok, err := r.Next()
 		if err != nil {

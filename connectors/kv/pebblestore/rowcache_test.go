@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -310,6 +311,35 @@ func TestRowCacheDisabled(t *testing.T) {
 	o.EnsureDefaults()
 	if o.RowCacheBytes != DefaultRowCacheBytes {
 		t.Errorf("default RowCacheBytes = %d", o.RowCacheBytes)
+	}
+}
+
+// TestRowCacheLargeGroup commits a group large enough for Pebble to take
+// it as a memtable of its own, which empties the Batch on commit: the
+// cached keys it writes must still take their new records.
+func TestRowCacheLargeGroup(t *testing.T) {
+	s := openWith(t, Options{MemTableBytes: 1 << 20})
+	update(t, s, set("hot", "old", 0))
+	var g got
+	update(t, s, get("hot", &g)) // now cached
+	big := strings.Repeat("v", 10<<10)
+	fns := []kv.TxnFunc{set("hot", "new", 0)}
+	for i := range 200 { // 2 MB: far above half the memtable size
+		fns = append(fns, set(fmt.Sprintf("filler%03d", i), big, 0))
+	}
+	update(t, s, fns...)
+	for _, read := range []func(kv.TxnFunc){
+		func(fn kv.TxnFunc) { update(t, s, fn) },
+		func(fn kv.TxnFunc) { view(t, s, fn) },
+	} {
+		g = got{}
+		read(get("hot", &g))
+		if g.value != "new" {
+			t.Fatalf("hot = %q after a large group wrote \"new\"", g.value)
+		}
+	}
+	if st := s.RowCacheStats(); st.Hits == 0 {
+		t.Fatalf("the cache served no read: %+v", st)
 	}
 }
 

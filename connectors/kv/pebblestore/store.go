@@ -416,6 +416,10 @@ func (s *Store) apply(reqs []*request) *group {
 	// The row cache takes the batch only after it is numbered, for the
 	// same reason: a View that reads one of its records from the cache
 	// loads applying afterwards and so waits for this group's sync.
+	// Pebble drops a large batch's contents from the Batch once it is
+	// committed (they live on as a memtable of their own), so the row
+	// cache reads the records through this reference to them.
+	repr := g.batch.Repr()
 	if s.cache != nil {
 		s.cache.beginPublish()
 	}
@@ -429,7 +433,7 @@ func (s *Store) apply(reqs []*request) *group {
 		// Before the group reaches the syncer, so that no result of it
 		// is released while the cache still holds older records.
 		if err == nil {
-			s.cache.publish(g.batch)
+			s.cache.publish(repr)
 		} else {
 			// The store is failed from now on; an empty cache cannot
 			// disagree with whatever the database kept.
