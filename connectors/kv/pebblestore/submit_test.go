@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -68,5 +71,60 @@ func TestSubmitKeepsOrderAndReportsOutcomes(t *testing.T) {
 	}
 	if err := s.Submit(ctx, []kv.TxnFunc{set("k", "x", 0)}, nil)(); err == nil {
 		t.Fatal("Submit with too few error slots succeeded")
+	}
+}
+
+// TestSortedGroupKeepsLastWrite commits groups whose writes, in random key
+// order with many rewrites and deletions of the same keys, are put in key
+// order before the commit: the last write of each key must win, and reads
+// inside the group must see the writes before them.
+func TestSortedGroupKeepsLastWrite(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := map[string]string{}
+	for round := range 20 {
+		var fns []kv.TxnFunc
+		for i := range 3 * minSortedRecords {
+			key := fmt.Sprintf("k%02d", rng.IntN(40))
+			switch rng.IntN(4) {
+			case 0:
+				fns = append(fns, func(tx kv.Txn) error { return tx.Delete([]byte(key)) })
+				delete(want, key)
+			case 1:
+				// A read-modify-write: reads what the group wrote so far.
+				expect, had := want[key]
+				value := fmt.Sprintf("r%d-%d", round, i)
+				fns = append(fns, func(tx kv.Txn) error {
+					v, _, found, err := tx.Get([]byte(key))
+					if err != nil {
+						return err
+					}
+					if found != had || string(v) != expect {
+						return fmt.Errorf("%s read %q (found %v), want %q (%v)", key, v, found, expect, had)
+					}
+					return tx.Set([]byte(key), []byte(value), 0)
+				})
+				want[key] = value
+			default:
+				value := fmt.Sprintf("s%d-%d", round, i)
+				fns = append(fns, set(key, value, 0))
+				want[key] = value
+			}
+		}
+		for i, err := range update(t, s, fns...) {
+			if err != nil {
+				t.Fatalf("round %d, fn %d: %v", round, i, err)
+			}
+		}
+		var rows []string
+		update(t, s, scanAll("", "", &rows))
+		var wantRows []string
+		for _, k := range slices.Sorted(maps.Keys(want)) {
+			wantRows = append(wantRows, k+"="+want[k])
+		}
+		if !slices.Equal(rows, wantRows) {
+			t.Fatalf("round %d: store holds %v, want %v", round, rows, wantRows)
+		}
 	}
 }
