@@ -259,6 +259,8 @@ func kvSpec() Spec {
 				Doc: "How long the idempotency key (`idem`) of a write command is remembered; must outlast the source's longest redelivery delay."},
 			{Name: "idem_from", Type: TypeString,
 				Doc: "Path in the event's meta (e.g. `message_id`, set by bus sources) giving every write command without `idem` its idempotency key; a write lacking it is refused."},
+			{Name: "optimistic_scripts", Type: TypeBool, Default: "false",
+				Doc: "Lua nodes naming this connector run their scripts first outside the store's writer, which then only checks what they read and applies what they wrote (a script whose reads changed runs again in the writer). Helps when several flows share a busy store; a single flow is faster without it (see docs/lua.md)."},
 		},
 		Ports: StaticPorts(kv.Ports()...),
 		Build: func(ctx context.Context, env *BuildEnv, c *Config) (Component, error) {
@@ -293,6 +295,7 @@ func openKV(ctx context.Context, env *BuildEnv, c *Config) (*kv.Connector, error
 		ReclaimInterval: c.Duration("reclaim_interval"),
 		IdemRetention:   c.Duration("idem_retention"),
 		IdemFrom:        c.String("idem_from"),
+		Optimistic:      c.Bool("optimistic_scripts"),
 		Logger:          env.Options.Logger,
 		OnCommands:      env.Options.KVCommands,
 	})

@@ -3,10 +3,13 @@ package flows
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
 
 // TestBrokenFiles checks the exact diagnostics, with positions, of one
@@ -493,6 +496,36 @@ func TestRegisterCheckedConditions(t *testing.T) {
 		err := r.Register(Spec{Type: "t", Build: noopBuild, Fields: []Field{f, {Name: "mode", Type: TypeString}}})
 		if err == nil || !strings.Contains(err.Error(), "condition") {
 			t.Errorf("register with condition %+v: %v, want refused", f.RequiredWhen, err)
+		}
+	}
+}
+
+// TestKVOptionsReachTheConnector builds the kv node of a flow and checks
+// the connector got the options the flow file set.
+func TestKVOptionsReachTheConnector(t *testing.T) {
+	for _, optimistic := range []bool{false, true} {
+		dir := t.TempDir()
+		src := fmt.Sprintf("name: o\nconnectors:\n  store: { type: kv, dir: state, idem_from: message_id, optimistic_scripts: %v }\n", optimistic)
+		path := filepath.Join(dir, "flow.yaml")
+		if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		flow, _, err := Load(path, NewRegistry()) // warns: not linked
+		if err != nil {
+			t.Fatalf("Load: %v", err)
+		}
+		store, _ := flow.Node("store")
+		env := &BuildEnv{Flow: flow, Options: BuildOptions{Stores: pebblestore.NewPool()}}
+		conn, err := openKV(context.Background(), env, store.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := conn.Options()
+		if got.Optimistic != optimistic || got.IdemFrom != "message_id" || got.Namespace != "o" {
+			t.Errorf("optimistic_scripts %v: connector options %+v", optimistic, got)
+		}
+		if err := conn.Close(context.Background()); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

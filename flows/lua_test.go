@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -63,8 +64,20 @@ func runFlow(t *testing.T, flow *Flow, input string) []string {
 }
 
 func TestLuaUsesNamedKVConnector(t *testing.T) {
+	for _, optimistic := range []bool{false, true} {
+		t.Run(fmt.Sprintf("optimistic_scripts=%v", optimistic), func(t *testing.T) {
+			flow := luaSharedFlow
+			if optimistic {
+				flow = strings.Replace(flow, "max_value_bytes: 64 }", "max_value_bytes: 64, optimistic_scripts: true }", 1)
+			}
+			testLuaUsesNamedKVConnector(t, flow)
+		})
+	}
+}
+
+func testLuaUsesNamedKVConnector(t *testing.T, flow string) {
 	dir := t.TempDir()
-	lua := writeFlow(t, dir, luaSharedFlow)
+	lua := writeFlow(t, dir, flow)
 	got := runFlow(t, lua, "{\"data\":{}}\n{\"data\":{}}\n{\"data\":{\"big\":true}}\n")
 	if len(got) != 3 {
 		t.Fatalf("got %d lines, want 3: %q", len(got), got)
