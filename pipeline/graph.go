@@ -343,13 +343,7 @@ func (g *Graph) Run(ctx context.Context) error {
 			} else if sp, ok := n.processor.(StagedProcessor); ok && g.opts.StageDepth > 1 {
 				g.runStaged(hard, n, sp, em, fail)
 			} else {
-				for batch := range n.in {
-					if hard.Err() != nil {
-						g.batchDone()
-						continue // failing: discard so upstream never blocks
-					}
-					batch, taken := g.coalesce(n, batch)
-					n.received.Add(uint64(len(batch)))
+				g.receive(hard, n, func(batch []Event, taken int) {
 					if err := n.processor.Process(hard, batch, em); err != nil {
 						fail(n, err)
 					} else if err := em.Flush(hard); err != nil {
@@ -358,7 +352,7 @@ func (g *Graph) Run(ctx context.Context) error {
 					for range taken {
 						g.batchDone()
 					}
-				}
+				})
 			}
 			if c, ok := nodeCloser(n); ok {
 				if err := c.Close(hard); err != nil {
@@ -401,25 +395,35 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 			}
 		}
 	}()
-	for batch := range n.in {
-		if hard.Err() != nil {
-			g.batchDone()
-			continue // failing: discard so upstream never blocks
-		}
-		batch, taken := g.coalesce(n, batch)
-		n.received.Add(uint64(len(batch)))
+	g.receive(hard, n, func(batch []Event, taken int) {
 		finish, err := sp.Start(hard, batch)
 		if err != nil {
 			fail(n, err)
 			for range taken {
 				g.batchDone()
 			}
-			continue
+			return
 		}
 		queue <- started{finish: finish, taken: taken}
-	}
+	})
 	close(queue)
 	<-finished
+}
+
+// receive hands each batch arriving at n, merged with those queued behind
+// it (see coalesce), to handle, which must call batchDone once per queued
+// batch it stands for (taken) when done with it. Once the graph is
+// failing, batches are discarded instead, so upstream never blocks.
+func (g *Graph) receive(hard context.Context, n *node, handle func(batch []Event, taken int)) {
+	for batch := range n.in {
+		if hard.Err() != nil {
+			g.batchDone()
+			continue
+		}
+		batch, taken := g.coalesce(n, batch)
+		n.received.Add(uint64(len(batch)))
+		handle(batch, taken)
+	}
 }
 
 // coalesce appends to first the batches already waiting in n's queue, up to
