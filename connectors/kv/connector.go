@@ -103,14 +103,14 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline.FinishFunc, error) {
 	sc := c.scratch(len(batch))
 	sc.batch = batch
-	readOnly := true
+	sc.readOnly = true
 	for i, ev := range batch {
 		sc.cmds[i], sc.errs[i] = c.decodeEvent(ev)
 		if sc.errs[i] != nil {
 			continue
 		}
 		sc.idx = append(sc.idx, i)
-		readOnly = readOnly && sc.cmds[i].readOnly()
+		sc.readOnly = sc.readOnly && sc.cmds[i].readOnly()
 	}
 	n := len(sc.idx)
 	if n == 0 {
@@ -123,7 +123,7 @@ func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline
 		// The batch runs when it finishes: finishing is in input order and
 		// nothing is applied before, so order holds.
 		sc.deferred = true
-	case readOnly && viewer && c.inFlight.Load() == 0:
+	case sc.readOnly && viewer && c.inFlight.Load() == 0:
 		// Read now, in order: every write of an earlier batch has
 		// returned, and no later batch has started. Nothing in this
 		// batch writes, so the reads need not queue behind the writer.
@@ -164,11 +164,7 @@ func (sc *batchScratch) finish(ctx context.Context, emit pipeline.Emitter) error
 func (c *Connector) update(ctx context.Context, sc *batchScratch) error {
 	n := len(sc.idx)
 	fns, txErrs := sc.fns[:n], sc.txErrs[:n]
-	readOnly := true
-	for _, i := range sc.idx {
-		readOnly = readOnly && sc.cmds[i].readOnly()
-	}
-	if v, ok := c.b.(Viewer); ok && readOnly {
+	if v, ok := c.b.(Viewer); ok && sc.readOnly {
 		// Nothing in this batch writes, so nothing in it must be ordered
 		// after a write of it: the reads need not queue behind other
 		// writers, and may run in parallel.
@@ -214,6 +210,7 @@ type batchScratch struct {
 
 	// Between Start and finish: wait reports the outcome of commands
 	// submitted to the store; deferred says they are still to be run.
+	readOnly bool // no decoded command of the batch writes
 	wait     func() error
 	deferred bool
 	finishFn pipeline.FinishFunc // sc.finish, bound once
