@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"unsafe"
 )
 
 // Optimistic execution of Connector.Run's functions.
@@ -240,7 +239,7 @@ func (r *optRun) apply(tx Txn) error {
 // shares their bytes.
 func (o overlay) publish(r *optRun) {
 	for _, w := range r.writes {
-		o[unsafe.String(unsafe.SliceData(w.key), len(w.key))] = w
+		o[bytesString(w.key)] = w
 	}
 }
 
