@@ -39,10 +39,9 @@ const (
 	viaSet            // a set operator building the command from data.key, then the kv connector
 )
 
-// benchIncrement pushes b.N events, in batches of 1000 over 1000 keys,
-// through the lua processor or the kv connector on a synced pebblestore,
-// and reports ops/s.
-func benchIncrement(b *testing.B, kind int, optimistic bool) {
+// benchConnector returns a kv connector on a synced pebblestore in a
+// temporary directory, closed when the benchmark ends, and a quiet logger.
+func benchConnector(b *testing.B, optimistic bool) (*kv.Connector, *slog.Logger) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	store, err := pebblestore.Open(b.TempDir(), pebblestore.Options{Logger: quiet})
 	if err != nil {
@@ -52,8 +51,16 @@ func benchIncrement(b *testing.B, kind int, optimistic bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn, quiet
+}
+
+// benchIncrement pushes b.N events, in batches of 1000 over 1000 keys,
+// through the lua processor or the kv connector on a synced pebblestore,
+// and reports ops/s.
+func benchIncrement(b *testing.B, kind int, optimistic bool) {
+	conn, quiet := benchConnector(b, optimistic)
 	ctx := context.Background()
-	defer conn.Close(ctx)
 	var proc pipeline.Processor = conn
 	switch kind {
 	case viaSet:
@@ -144,20 +151,12 @@ func BenchmarkIncrementLuaParallel(b *testing.B) { benchParallel(b, false) }
 func BenchmarkIncrementLuaParallelOptimistic(b *testing.B) { benchParallel(b, true) }
 
 func benchParallel(b *testing.B, optimistic bool) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store, err := pebblestore.Open(b.TempDir(), pebblestore.Options{Logger: quiet})
-	if err != nil {
-		b.Fatal(err)
-	}
-	conn, err := kv.New(store, kv.Options{Logger: quiet, ReclaimInterval: -1, Optimistic: optimistic})
-	if err != nil {
-		b.Fatal(err)
-	}
+	conn, quiet := benchConnector(b, optimistic)
 	ctx := context.Background()
-	defer conn.Close(ctx)
 	const procs, batchSize, keys = 2, 1000, 1000
 	var ps [procs]*Processor
 	for j := range ps {
+		var err error
 		if ps[j], err = New(Options{Script: `emit("out", {n = kv.increment(event.data.key)})`, Store: conn, Logger: quiet}); err != nil {
 			b.Fatal(err)
 		}
