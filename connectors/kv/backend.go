@@ -48,7 +48,8 @@ type TxnFunc func(tx Txn) error
 // write made before them, including earlier writes of the same TxnFunc.
 // Byte slices passed to Txn methods may be reused by the caller after the
 // call returns; slices returned by Get and passed to Scan's callback are
-// valid only until the next Txn call (copy them to keep them).
+// valid only until the next Txn call (copy them to keep them) and must not
+// be modified: they may be the store's own memory.
 type Txn interface {
 	// Get returns the value stored at key and its expiry (Unix
 	// milliseconds, 0 for none). Expired records are returned too: the

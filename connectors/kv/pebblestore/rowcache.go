@@ -1,14 +1,13 @@
 package pebblestore
 
 import (
+	"container/list"
 	"hash/maphash"
-	"math"
 	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/batchrepr"
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // rowCacheShards is the number of independently locked parts of the row
@@ -52,22 +51,31 @@ type rowCache struct {
 }
 
 type rowShard struct {
-	mu     sync.Mutex
-	lru    *simplelru.LRU[string, *rowEntry]
-	bytes  int64 // accounted size of the entries
-	budget int64
-	tick   uint64 // counts moves to the front of the LRU order (promotions and insertions)
-	hits   uint64
-	misses uint64
-	_      [64]byte // keep the shards' locks on separate cache lines
+	mu sync.Mutex
+	// entries and order hold the same entries: order is recency, most
+	// recent first. Our own map and list rather than an LRU library's,
+	// because the writer moves and updates entries through pointers it
+	// already holds, which such libraries only offer by key (a second
+	// hash lookup per read and per write).
+	entries map[string]*rowEntry
+	order   list.List // of *rowEntry
+	bytes   int64     // accounted size of the entries
+	budget  int64
+	tick    uint64 // counts moves to the front of the LRU order (promotions and insertions)
+	hits    uint64
+	misses  uint64
+	_       [64]byte // keep the shards' locks on separate cache lines
 }
 
 // rowEntry is a cached stored record, or the knowledge that the key is
 // absent.
 type rowEntry struct {
+	key    string
 	rec    []byte
 	absent bool
-	tick   uint64 // the shard's tick when the entry last moved to the front
+	tick   uint64        // the shard's tick when the entry last moved to the front
+	elem   *list.Element // its place in shard.order; nil once it left the cache
+	shard  *rowShard
 }
 
 // size is the entry's accounted memory under a key of keyLen bytes.
@@ -86,8 +94,7 @@ func newRowCache(budget int64) *rowCache {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.budget = per
-		// The entry count is unbounded: the shard evicts by bytes itself.
-		sh.lru, _ = simplelru.NewLRU[string, *rowEntry](math.MaxInt, nil)
+		sh.entries = make(map[string]*rowEntry)
 	}
 	return c
 }
@@ -101,20 +108,61 @@ func (c *rowCache) shard(key []byte) *rowShard {
 func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 	sh := c.shard(key)
 	sh.mu.Lock()
-	e, ok := sh.lru.Peek(string(key))
+	e, ok := sh.entries[string(key)]
 	if !ok {
 		sh.misses++
 		sh.mu.Unlock()
 		return dst, false, false
 	}
 	sh.hits++
-	sh.touch(key, e)
+	sh.touch(e)
 	absent = e.absent
 	if !absent {
 		dst = append(dst, e.rec...)
 	}
 	sh.mu.Unlock()
 	return dst, absent, true
+}
+
+// writerGet is get for the writer goroutine: it returns the cached entry
+// itself, or nil. Only the writer changes an entry's record (at publish),
+// so the writer may read e.rec and e.absent without the shard lock until
+// it publishes; it also keeps e to update it then (publish).
+func (c *rowCache) writerGet(key []byte) *rowEntry {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	e, ok := sh.entries[string(key)]
+	if !ok {
+		sh.misses++
+		sh.mu.Unlock()
+		return nil
+	}
+	sh.hits++
+	sh.touch(e)
+	sh.mu.Unlock()
+	return e
+}
+
+// writerFill is fill for the writer goroutine, whose database reads are
+// always current: it caches what the writer read unless the key is cached
+// already (then with the same record), and returns the entry, or nil when
+// the record is too large to keep.
+func (c *rowCache) writerFill(key, rec []byte, absent bool) *rowEntry {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e, ok := sh.entries[string(key)]; ok {
+		sh.touch(e)
+		return e
+	}
+	e := &rowEntry{absent: absent}
+	if !absent {
+		e.rec = append([]byte(nil), rec...)
+	}
+	if !sh.add(string(key), e) {
+		return nil
+	}
+	return e
 }
 
 // beginRead returns the epoch a reader outside the writer loads before
@@ -135,8 +183,8 @@ func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, writer bool,
 	sh := c.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e, ok := sh.lru.Peek(string(key)); ok {
-		sh.touch(key, e)
+	if e, ok := sh.entries[string(key)]; ok {
+		sh.touch(e)
 		if e.absent {
 			return dst, true
 		}
@@ -153,18 +201,29 @@ func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, writer bool,
 	return rec, absent
 }
 
-// add inserts a new entry and evicts the least recently used ones while the
-// shard is over its budget. An entry larger than the budget is not kept.
-func (sh *rowShard) add(key string, e *rowEntry) {
+// add inserts e, new and not cached under key, and evicts the least
+// recently used entries while the shard is over its budget. An entry
+// larger than the budget is not kept; add reports whether e was.
+func (sh *rowShard) add(key string, e *rowEntry) bool {
 	n := e.size(len(key))
 	if n > sh.budget {
-		return
+		return false
 	}
 	sh.tick++
-	e.tick = sh.tick
-	sh.lru.Add(key, e)
+	e.key, e.tick, e.shard = key, sh.tick, sh
+	e.elem = sh.order.PushFront(e)
+	sh.entries[key] = e
 	sh.bytes += n
 	sh.evict()
+	return e.elem != nil
+}
+
+// remove takes e out of the shard.
+func (sh *rowShard) remove(e *rowEntry) {
+	delete(sh.entries, e.key)
+	sh.order.Remove(e.elem)
+	e.elem = nil
+	sh.bytes -= e.size(len(e.key))
 }
 
 // touch records a use of e. Moving an entry to the front of the LRU order
@@ -173,23 +232,23 @@ func (sh *rowShard) add(key string, e *rowEntry) {
 // still in the front half of the order cannot be next to go, so it is left
 // where it is. At most sh.tick-e.tick entries have moved in front of e since
 // it last moved, which bounds its distance from the front.
-func (sh *rowShard) touch(key []byte, e *rowEntry) {
-	if sh.tick-e.tick < uint64(sh.lru.Len()/2) {
+func (sh *rowShard) touch(e *rowEntry) {
+	if sh.tick-e.tick < uint64(sh.order.Len()/2) {
 		return
 	}
 	sh.tick++
 	e.tick = sh.tick
-	sh.lru.Get(string(key))
+	sh.order.MoveToFront(e.elem)
 }
 
 func (sh *rowShard) evict() {
 	for sh.bytes > sh.budget {
-		k, old, ok := sh.lru.RemoveOldest()
-		if !ok {
+		oldest := sh.order.Back()
+		if oldest == nil {
 			sh.bytes = 0
 			return
 		}
-		sh.bytes -= old.size(len(k))
+		sh.remove(oldest.Value.(*rowEntry))
 	}
 }
 
@@ -199,11 +258,20 @@ func (sh *rowShard) evict() {
 // range deletion empties the cache. Keys the batch writes that are not
 // cached are not added: a write-only workload would otherwise pay for
 // copying every record into a cache its reads never use; a
-// read-modify-write has already cached the key when it read it. Only the writer calls publish, between beginPublish
+// read-modify-write has already cached the key when it read it.
+//
+// entries, when not nil, holds for each record of repr in order the entry
+// the writer read for its key during the group (writerGet, writerFill), or
+// nil: such an entry still in the cache is updated directly, without
+// looking its key up. Only the writer calls publish, between beginPublish
 // and endPublish.
-func (c *rowCache) publish(repr []byte) {
+func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 	r := batchrepr.Read(repr)
-	for {
+	for i := 0; ; i++ {
+		var e *rowEntry
+		if i < len(entries) {
+			e = entries[i]
+		}
 		kind, key, value, ok, err := r.Next()
 		if err != nil {
 			// A batch we built ourselves does not fail to decode; if it
@@ -216,9 +284,9 @@ func (c *rowCache) publish(repr []byte) {
 		}
 		switch kind {
 		case pebble.InternalKeyKindSet:
-			c.update(key, value, false)
+			c.update(e, key, value, false)
 		case pebble.InternalKeyKindDelete:
-			c.update(key, nil, true)
+			c.update(e, key, nil, true)
 		default: // range deletions (clear), and anything unforeseen
 			c.clear()
 		}
@@ -237,14 +305,24 @@ func (c *rowCache) endPublish() { c.epoch.Add(1) }
 // memory when it is large enough. Keys not cached are left alone. Recency
 // is left alone too: it follows reads, and a read-modify-write has just
 // made the key recent; moving it again would cost list updates on every
-// write for nothing.
-func (c *rowCache) update(key, rec []byte, absent bool) {
-	sh := c.shard(key)
+// write for nothing. known is the key's entry as the writer read it during
+// the group, or nil; if it left the cache since, the key is looked up, as
+// a reader may have cached it again.
+func (c *rowCache) update(known *rowEntry, key, rec []byte, absent bool) {
+	var sh *rowShard
+	if known != nil {
+		sh = known.shard
+	} else {
+		sh = c.shard(key)
+	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e, ok := sh.lru.Peek(string(key))
-	if !ok {
-		return
+	e := known // always key's entry: recordEntries pairs them
+	if e == nil || e.elem == nil {
+		var ok bool
+		if e, ok = sh.entries[string(key)]; !ok {
+			return
+		}
 	}
 	before := e.size(len(key))
 	if absent {
@@ -254,8 +332,8 @@ func (c *rowCache) update(key, rec []byte, absent bool) {
 	}
 	after := e.size(len(key))
 	if after > sh.budget {
-		sh.lru.Remove(string(key))
-		sh.bytes -= before
+		sh.bytes += after - before
+		sh.remove(e)
 		return
 	}
 	sh.bytes += after - before
@@ -267,7 +345,11 @@ func (c *rowCache) clear() {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.Lock()
-		sh.lru.Purge()
+		for el := sh.order.Front(); el != nil; el = el.Next() {
+			el.Value.(*rowEntry).elem = nil
+		}
+		clear(sh.entries)
+		sh.order.Init()
 		sh.bytes = 0
 		sh.mu.Unlock()
 	}
@@ -293,7 +375,7 @@ func (c *rowCache) stats() RowCacheStats {
 		sh.mu.Lock()
 		st.Hits += sh.hits
 		st.Misses += sh.misses
-		st.Entries += sh.lru.Len()
+		st.Entries += sh.order.Len()
 		st.Bytes += sh.bytes
 		sh.mu.Unlock()
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/flowrun/flowrun/connectors/kv"
 )
 
@@ -572,5 +573,105 @@ func TestRowCacheCoherence(t *testing.T) {
 				t.Error("the cache answered no read")
 			}
 		})
+	}
+}
+
+// TestRowCachePublishThroughKnownEntries checks publish with the entries
+// the writer read: a live entry is updated in place, and one that left the
+// cache since is not trusted, the key being looked up instead, because a
+// reader may have cached it again with the record the batch replaces.
+func TestRowCachePublishThroughKnownEntries(t *testing.T) {
+	tests := []struct {
+		name    string
+		between func(c *rowCache) // after the writer's read, before publish
+	}{
+		{"still cached", func(*rowCache) {}},
+		{"cleared", func(c *rowCache) { c.clear() }},
+		{"cleared and cached again by a reader", func(c *rowCache) {
+			c.clear()
+			c.fill([]byte("k"), []byte("old"), false, c.beginRead(), false, nil)
+		}},
+		{"cleared and cached again by the writer", func(c *rowCache) {
+			c.clear()
+			c.writerFill([]byte("k"), []byte("old"), false)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newRowCache(1 << 20)
+			known := c.writerFill([]byte("k"), []byte("old"), false)
+			if known == nil {
+				t.Fatal("writerFill kept nothing")
+			}
+			tt.between(c)
+			b := new(pebble.Batch)
+			if err := b.Set([]byte("k"), []byte("new"), nil); err != nil {
+				t.Fatal(err)
+			}
+			c.beginPublish()
+			c.publish(b.Repr(), []*rowEntry{known})
+			c.endPublish()
+			rec, absent, hit := c.get([]byte("k"), nil)
+			if hit && (absent || string(rec) != "new") {
+				t.Fatalf("after publish the cache holds %q (absent %t), want \"new\"", rec, absent)
+			}
+			if st := c.stats(); st.Entries > 1 {
+				t.Errorf("%d entries for one key", st.Entries)
+			}
+		})
+	}
+}
+
+// TestRowCacheSortedReadModifyWrites runs a group of read-modify-writes
+// large enough to be rewritten in key order, in reverse key order and
+// mixed with blind writes, so that publish must match each record with the
+// entry read for its key after the sort; every key must then read back its
+// new value from the cache.
+func TestRowCacheSortedReadModifyWrites(t *testing.T) {
+	s := openWith(t, Options{})
+	const n = 3 * minSortedRecords
+	key := func(i int) string { return fmt.Sprintf("k%03d", i) }
+	var setup []kv.TxnFunc
+	for i := range n {
+		setup = append(setup, set(key(i), "0", 0))
+	}
+	update(t, s, setup...)
+	var fns []kv.TxnFunc
+	for i := n - 1; i >= 0; i-- {
+		k := []byte(key(i))
+		if i%3 == 0 { // a blind write: no entry read for it
+			fns = append(fns, set(key(i), fmt.Sprintf("blind%d", i), 0))
+			continue
+		}
+		fns = append(fns, func(tx kv.Txn) error {
+			v, _, found, err := tx.Get(k)
+			if err != nil || !found {
+				return fmt.Errorf("get %s: found %t, %v", k, found, err)
+			}
+			next, _ := strconv.Atoi(string(v))
+			return tx.Set(k, []byte(strconv.Itoa(next+i)), 0)
+		})
+	}
+	for range 2 { // the second group reads from the cache the first filled
+		for i, err := range update(t, s, fns...) {
+			if err != nil {
+				t.Fatalf("fn %d: %v", i, err)
+			}
+		}
+	}
+	before := s.RowCacheStats()
+	for i := range n {
+		want := strconv.Itoa(2 * i)
+		if i%3 == 0 {
+			want = fmt.Sprintf("blind%d", i)
+		}
+		var g got
+		view(t, s, get(key(i), &g))
+		if g.value != want {
+			t.Errorf("%s = %q, want %q", key(i), g.value, want)
+		}
+	}
+	if st := s.RowCacheStats(); st.Hits-before.Hits < 2*n/3 {
+		t.Errorf("%d of %d reads hit the cache, want every read-modified key", st.Hits-before.Hits, n)
 	}
 }

@@ -16,6 +16,7 @@ package pebblestore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -191,8 +192,9 @@ type Store struct {
 	synced  chan *group
 	done    chan struct{} // closed when the syncer has finished
 
-	pending *pendingIndex // the writer's, reused by every group
-	cache   *rowCache     // nil when disabled
+	pending       *pendingIndex // the writer's, reused by every group
+	batchSizeHint int           // the writer's: the last group's batch size
+	cache         *rowCache     // nil when disabled
 
 	// Read-only transactions (View) bypass the writer; these let them wait
 	// for the durability of what they read. applying counts groups that
@@ -392,7 +394,7 @@ func (s *Store) apply(reqs []*request) *group {
 		start = time.Now()
 	}
 	s.pending.reset()
-	tx := &txn{db: s.db, batch: s.db.NewBatch(), pending: s.pending, cache: s.cache}
+	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), pending: s.pending, cache: s.cache}
 	for _, r := range reqs {
 		for i, fn := range r.fns {
 			m := tx.mark()
@@ -411,6 +413,9 @@ func (s *Store) apply(reqs []*request) *group {
 			return &group{reqs: reqs, err: err, start: start}
 		}
 	}
+	// The next group is likely of about this size: giving its batch the
+	// room at once saves growing it by copies as records are added.
+	s.batchSizeHint = min(len(tx.batch.Repr()), maxBatchSizeHint)
 	g := &group{reqs: reqs, start: start}
 	if tx.batch.Empty() {
 		_ = tx.batch.Close()
@@ -441,7 +446,7 @@ func (s *Store) apply(reqs []*request) *group {
 		// Before the group reaches the syncer, so that no result of it
 		// is released while the cache still holds older records.
 		if err == nil {
-			s.cache.publish(repr)
+			s.cache.publish(repr, tx.recordEntries())
 		} else {
 			// The store is failed from now on; an empty cache cannot
 			// disagree with whatever the database kept.
@@ -607,9 +612,14 @@ type txn struct {
 	indexed bool
 	pending *pendingIndex // unused once indexed
 	cache   *rowCache     // nil when disabled
-	iter    *pebble.Iterator
-	buf     []byte
-	val     []byte
+	// lastRead is the cache entry of the key the writer read last, kept
+	// with the record when the transaction then writes that key (the
+	// read-modify-write of cas, increment and the like), so that publish
+	// updates the entry without looking the key up again.
+	lastRead *rowEntry
+	iter     *pebble.Iterator
+	buf      []byte
+	val      []byte
 }
 
 // mark is a savepoint: the batch's size and entry count, and the pending
@@ -727,6 +737,9 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 // read.
 func (t *txn) read(key []byte, writer bool) (rec []byte, found bool, err error) {
 	c := t.cache
+	if c != nil && writer {
+		return t.writerRead(key)
+	}
 	if c != nil {
 		rec, absent, hit := c.get(key, t.val[:0])
 		if hit {
@@ -756,6 +769,54 @@ func (t *txn) read(key []byte, writer bool) (rec []byte, found bool, err error) 
 	return t.val, !absent, nil
 }
 
+// writerRead is read for the writer goroutine: a cached record is returned
+// as the cache holds it, not copied (nothing but this goroutine changes
+// it, and not before the group is published), and the entry is kept in
+// lastRead.
+func (t *txn) writerRead(key []byte) (rec []byte, found bool, err error) {
+	if e := t.cache.writerGet(key); e != nil {
+		t.lastRead = e
+		return e.rec[:len(e.rec):len(e.rec)], !e.absent, nil
+	}
+	v, closer, err := t.db.Get(key)
+	absent := false
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		absent = true
+		t.val = t.val[:0]
+	case err != nil:
+		return nil, false, err
+	default:
+		t.val = append(t.val[:0], v...)
+		_ = closer.Close()
+	}
+	t.lastRead = t.cache.writerFill(key, t.val, absent)
+	return t.val, !absent, nil
+}
+
+// readEntry returns the cache entry the writer last read if it is key's.
+func (t *txn) readEntry(key []byte) *rowEntry {
+	if e := t.lastRead; e != nil && e.key == string(key) {
+		return e
+	}
+	return nil
+}
+
+// recordEntries returns, for each record of the batch in order, the cache
+// entry the writer read for its key (see lastRead) or nil; nil when the
+// txn no longer tracks its records (indexed).
+func (t *txn) recordEntries() []*rowEntry {
+	if t.indexed || t.cache == nil {
+		return nil
+	}
+	entries := t.pending.entries[:0]
+	for i := range t.pending.refs {
+		entries = append(entries, t.pending.refs[i].entry)
+	}
+	t.pending.entries = entries
+	return entries
+}
+
 func (t *txn) getErr(err error) ([]byte, int64, bool, error) {
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, 0, false, nil
@@ -769,7 +830,7 @@ func (t *txn) Set(key, value []byte, expireAt int64) error {
 		return err
 	}
 	if !t.indexed {
-		t.pending.add(t.batch.Repr(), len(key), len(t.buf), false)
+		t.pending.add(t.batch.Repr(), len(key), len(t.buf), false, t.readEntry(key))
 	}
 	return nil
 }
@@ -779,7 +840,7 @@ func (t *txn) Delete(key []byte) error {
 		return err
 	}
 	if !t.indexed {
-		t.pending.add(t.batch.Repr(), len(key), 0, true)
+		t.pending.add(t.batch.Repr(), len(key), 0, true, t.readEntry(key))
 	}
 	return nil
 }
@@ -833,6 +894,10 @@ func (t *txn) scan(r pebble.Reader, start, end []byte, fn func(key, value []byte
 	return iter.Error()
 }
 
+// maxBatchSizeHint caps the room a group's batch is given in advance, so
+// that one group of large values does not make every later batch large.
+const maxBatchSizeHint = 1 << 20
+
 // minSortedRecords is the smallest group whose records are put in key
 // order before the commit.
 const minSortedRecords = 64
@@ -854,19 +919,24 @@ func (t *txn) sortByKey() error {
 	if slices.IsSortedFunc(refs, less) {
 		return nil
 	}
+	keys := sortRefsByKey(repr, refs, t.pending.sortKeys)
+	t.pending.sortKeys = keys
 	order := t.pending.sortBuf[:0]
-	order = append(order, refs...)
-	slices.SortStableFunc(order, less)
+	for _, k := range keys {
+		order = append(order, refs[k.i])
+	}
 	t.pending.sortBuf = order
 	// A fresh slice per group: the new batch owns it from SetRepr on.
 	sorted := make([]byte, 0, len(repr))
 	sorted = append(sorted, repr[:batchHeaderLen]...)
-	for _, r := range order {
+	for i := range order {
+		r := &order[i]
 		start := int(r.keyOff) - 1 - uvarintLen(uint64(r.keyLen))
 		end := int(r.keyOff + r.keyLen)
 		if !r.del {
 			end += uvarintLen(uint64(r.valLen)) + int(r.valLen)
 		}
+		r.keyOff = uint32(len(sorted) + int(r.keyOff) - start)
 		sorted = append(sorted, repr[start:end]...)
 	}
 	if len(sorted) != len(repr) {
@@ -879,8 +949,55 @@ func (t *txn) sortByKey() error {
 	}
 	_ = t.batch.Close()
 	t.batch = nb
-	t.pending.reset() // offsets refer to the old batch
+	t.pending.reindex(order)
 	return nil
+}
+
+// refSortKey is what sortRefsByKey sorts: eight bytes of a record's key
+// taken where the group's keys start to differ, big-endian so that they
+// compare as the bytes do, and the record's index.
+type refSortKey struct {
+	prefix uint64
+	i      int32
+}
+
+// sortRefsByKey returns the order of refs, records of repr in batch
+// order, by key, keeping the batch order of records of the same key: the
+// index into refs of the first record in key order, then of the second,
+// and so on. It reuses scratch. Most comparisons are of one integer: keys of one store share
+// a long prefix (the namespace), so the eight bytes after the group's
+// common prefix usually decide; only equal ones compare the whole key.
+// An unstable sort with the batch position as the last criterion is
+// stable, and faster than a stable sort.
+func sortRefsByKey(repr []byte, refs []pendingRef, scratch []refSortKey) []refSortKey {
+	key := func(r *pendingRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
+	first := key(&refs[0])
+	common := len(first)
+	for i := 1; i < len(refs) && common > 0; i++ {
+		k := key(&refs[i])
+		n := min(common, len(k))
+		j := 0
+		for j < n && k[j] == first[j] {
+			j++
+		}
+		common = j
+	}
+	keys := scratch[:0]
+	for i := range refs {
+		var b [8]byte
+		copy(b[:], key(&refs[i])[common:])
+		keys = append(keys, refSortKey{prefix: binary.BigEndian.Uint64(b[:]), i: int32(i)})
+	}
+	slices.SortFunc(keys, func(a, b refSortKey) int {
+		if a.prefix != b.prefix {
+			return cmp.Compare(a.prefix, b.prefix)
+		}
+		if c := bytes.Compare(key(&refs[a.i])[common:], key(&refs[b.i])[common:]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.i, b.i)
+	})
+	return keys
 }
 
 // batchHeaderLen is the size of a Pebble batch representation's header
@@ -896,7 +1013,9 @@ type pendingIndex struct {
 	heads map[uint64]int32 // key hash -> newest entry with that hash
 	refs  []pendingRef
 
-	sortBuf []pendingRef // sortByKey's scratch
+	sortBuf  []pendingRef // sortByKey's scratch
+	sortKeys []refSortKey // sortByKey's scratch
+	entries  []*rowEntry  // recordEntries' scratch
 }
 
 type pendingRef struct {
@@ -906,6 +1025,7 @@ type pendingRef struct {
 	keyLen uint32
 	valLen uint32 // the value ends where the record ends
 	del    bool
+	entry  *rowEntry // the key's row cache entry as the writer read it, or nil
 }
 
 func newPendingIndex() *pendingIndex {
@@ -920,7 +1040,7 @@ func (p *pendingIndex) reset() {
 // add indexes the record that ends repr: a set of a keyLen-byte key to a
 // valLen-byte value, or a deletion. Pebble lays a record out as kind,
 // uvarint key length, key and, for a set, uvarint value length and value.
-func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool) {
+func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool, entry *rowEntry) {
 	end := len(repr)
 	if !del {
 		end -= valLen + uvarintLen(uint64(valLen))
@@ -932,7 +1052,24 @@ func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool) {
 		prev = -1
 	}
 	p.heads[h] = int32(len(p.refs))
-	p.refs = append(p.refs, pendingRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del})
+	p.refs = append(p.refs, pendingRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
+}
+
+// reindex makes refs, the records of a rewritten batch in their new order
+// with their new offsets, the index's contents; the old refs become the
+// sort scratch.
+func (p *pendingIndex) reindex(refs []pendingRef) {
+	clear(p.heads)
+	for i := range refs {
+		r := &refs[i]
+		prev, ok := p.heads[r.hash]
+		if !ok {
+			prev = -1
+		}
+		r.prev = prev
+		p.heads[r.hash] = int32(i)
+	}
+	p.refs, p.sortBuf = refs, p.refs
 }
 
 // lookup returns the latest record the batch holds for key: its value (a

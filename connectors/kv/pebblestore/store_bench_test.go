@@ -166,7 +166,7 @@ func BenchmarkRowCachePublish(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				s.cache.publish(batch.Repr())
+				s.cache.publish(batch.Repr(), nil)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchBatch), "ns/set")
 		})

@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/flowrun/flowrun/connectors/kv"
 )
 
@@ -126,5 +128,52 @@ func TestSortedGroupKeepsLastWrite(t *testing.T) {
 		if !slices.Equal(rows, wantRows) {
 			t.Fatalf("round %d: store holds %v, want %v", round, rows, wantRows)
 		}
+	}
+}
+
+// TestSortRefsByKey compares sortRefsByKey with a stable sort by
+// bytes.Compare on keys chosen to trip a prefix comparison: keys that are
+// prefixes of others, zero bytes (the prefix's padding), keys shorter than
+// the common prefix, long shared prefixes and repeated keys.
+func TestSortRefsByKey(t *testing.T) {
+	tests := []struct {
+		name   string
+		prefix string // every key starts with it
+		maxLen int    // of the random part
+		bytes  string // what the random part is made of
+	}{
+		{"short, with zero bytes", "", 3, "\x00\x01a\xff"},
+		{"shared prefix", "ns\x00flow\x00", 12, "\x00ab"},
+		{"long random tails", "p", 20, "\x00\x01\x02"},
+		{"all equal but the end", "0123456789abcdef", 2, "\x00z"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(3, 4))
+			for round := range 50 {
+				p := newPendingIndex()
+				b := new(pebble.Batch)
+				for range 1 + rng.IntN(200) {
+					k := []byte(tt.prefix)
+					for range rng.IntN(tt.maxLen + 1) {
+						k = append(k, tt.bytes[rng.IntN(len(tt.bytes))])
+					}
+					if err := b.Set(k, nil, nil); err != nil {
+						t.Fatal(err)
+					}
+					p.add(b.Repr(), len(k), 0, false, nil)
+				}
+				repr := b.Repr()
+				key := func(r pendingRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
+				want := slices.Clone(p.refs)
+				slices.SortStableFunc(want, func(a, b pendingRef) int { return bytes.Compare(key(a), key(b)) })
+				for i, k := range sortRefsByKey(repr, p.refs, nil) {
+					if got := p.refs[k.i]; got != want[i] {
+						t.Fatalf("round %d, position %d: record %q at %d, want %q at %d",
+							round, i, key(got), got.keyOff, key(want[i]), want[i].keyOff)
+					}
+				}
+			}
+		})
 	}
 }
