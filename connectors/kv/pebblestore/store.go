@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 )
@@ -172,6 +173,15 @@ func (o *Options) PebbleOptions(cache *pebble.Cache) *pebble.Options {
 		Logger:       pebbleLogger{o.Logger},
 		Cache:        cache,
 		MemTableSize: uint64(o.MemTableBytes),
+	}
+	// Bloom filters on every level: the command set is mostly point reads
+	// (get, exists, and the read of every cas, increment and conditional
+	// write), and without a filter a Get searches every sstable whose key
+	// range covers the key, which for keys spread over the key space is
+	// every file of L0 and one per other level. Ten bits per key, about
+	// 1% false positives, as CockroachDB and RocksDB use.
+	for i := range popts.Levels {
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(bloomBitsPerKey)
 	}
 	if o.Pebble != nil {
 		o.Pebble(popts)
@@ -893,6 +903,9 @@ func (t *txn) scan(r pebble.Reader, start, end []byte, fn func(key, value []byte
 	}
 	return iter.Error()
 }
+
+// bloomBitsPerKey sizes the sstables' bloom filters.
+const bloomBitsPerKey = 10
 
 // maxBatchSizeHint caps the room a group's batch is given in advance, so
 // that one group of large values does not make every later batch large.
