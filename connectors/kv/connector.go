@@ -267,7 +267,7 @@ func (c *Connector) scratch(n int) *batchScratch {
 func (sc *batchScratch) slot(j int, x *execer) TxnFunc {
 	return func(tx Txn) error {
 		i := sc.idx[j]
-		x.tx, x.now = tx, x.c.opts.Now().UnixMilli()
+		x.begin(tx)
 		r, err := x.runIdem(&sc.cmds[i])
 		sc.results[i] = r
 		return err
@@ -282,7 +282,8 @@ func (c *Connector) release(sc *batchScratch) {
 	clear(sc.results)
 	clear(sc.txErrs[:len(sc.idx)])
 	sc.idx = sc.idx[:0]
-	sc.x.tx, sc.x2.tx = nil, nil
+	sc.x.reset()
+	sc.x2.reset()
 	sc.batch, sc.wait, sc.deferred = nil, nil, false
 	c.scratchPool.Put(sc)
 }

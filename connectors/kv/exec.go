@@ -71,7 +71,29 @@ type execer struct {
 	tx  Txn
 	now int64 // Unix ms; a record with expireAt <= now is expired
 	buf []byte
+	// runs counts the commands run since now was read; see begin.
+	runs int
 }
+
+// clockEvery is how many commands of a batch share one reading of the
+// clock. Reading it costs about as much as a cached read of a key, and
+// commands this close together are applied in the same commit group.
+const clockEvery = 64
+
+// begin prepares x to run a command on tx. The clock is read for the first
+// command of a batch (reset clears runs) and then every clockEvery
+// commands, so an expiry is never judged against an instant older than
+// the batch.
+func (x *execer) begin(tx Txn) {
+	x.tx = tx
+	if x.runs%clockEvery == 0 {
+		x.now = x.c.opts.Now().UnixMilli()
+	}
+	x.runs++
+}
+
+// reset forgets the batch: the next command reads the clock.
+func (x *execer) reset() { x.tx, x.runs = nil, 0 }
 
 func (x *execer) expired(exp int64) bool { return exp != 0 && x.now >= exp }
 

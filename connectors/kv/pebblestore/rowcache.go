@@ -229,11 +229,11 @@ func (sh *rowShard) remove(e *rowEntry) {
 // touch records a use of e. Moving an entry to the front of the LRU order
 // on every hit touches two more entries' memory (its list neighbours),
 // which for a large cache costs as much as the lookup itself; an entry
-// still in the front half of the order cannot be next to go, so it is left
-// where it is. At most sh.tick-e.tick entries have moved in front of e since
-// it last moved, which bounds its distance from the front.
+// still in the front three quarters of the order is not about to go, so
+// it is left where it is. At most sh.tick-e.tick entries have moved in
+// front of e since it last moved, which bounds its distance from the front.
 func (sh *rowShard) touch(e *rowEntry) {
-	if sh.tick-e.tick < uint64(sh.order.Len()/2) {
+	if sh.tick-e.tick < uint64(sh.order.Len())*3/4 {
 		return
 	}
 	sh.tick++

@@ -423,9 +423,10 @@ func (s *Store) apply(reqs []*request) *group {
 			return &group{reqs: reqs, err: err, start: start}
 		}
 	}
-	// The next group is likely of about this size: giving its batch the
-	// room at once saves growing it by copies as records are added.
-	s.batchSizeHint = min(len(tx.batch.Repr()), maxBatchSizeHint)
+	// The next group is likely of about the size of recent ones: giving
+	// its batch the room at once saves growing it by copies as records are
+	// added. The hint follows growth at once and shrinkage slowly.
+	s.batchSizeHint = min(max(len(tx.batch.Repr()), s.batchSizeHint-s.batchSizeHint/8), maxBatchSizeHint)
 	g := &group{reqs: reqs, start: start}
 	if tx.batch.Empty() {
 		_ = tx.batch.Close()
