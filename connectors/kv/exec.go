@@ -39,7 +39,7 @@ type row struct {
 
 // record is a stored record as the command layer sees it.
 type record struct {
-	value  []byte // copied; valid for the whole command
+	value  []byte // copied by load, valid for the whole command; see peek
 	rawExp int64  // expiry stored with the record, even when it has passed
 	exists bool   // a record is stored (live or expired)
 	live   bool   // stored and not expired
@@ -98,6 +98,15 @@ func (x *execer) reset() { x.tx, x.runs = nil, 0 }
 func (x *execer) expired(exp int64) bool { return exp != 0 && x.now >= exp }
 
 func (x *execer) load(key string) (record, error) {
+	r, err := x.peek(key)
+	r.value = bytes.Clone(r.value)
+	return r, err
+}
+
+// peek is load without the copy: the record's value is the store's and
+// valid only until the next call on x.tx. A command that only compares
+// the value before writing (cas) saves a copy per command.
+func (x *execer) peek(key string) (record, error) {
 	x.buf = x.c.layout.dataKey(x.buf[:0], key)
 	v, exp, found, err := x.tx.Get(x.buf)
 	if err != nil || !found {
@@ -106,7 +115,7 @@ func (x *execer) load(key string) (record, error) {
 	r := record{rawExp: exp, exists: true}
 	if !x.expired(exp) {
 		r.live = true
-		r.value = bytes.Clone(v)
+		r.value = v
 	}
 	return r, nil
 }
@@ -225,11 +234,12 @@ func (x *execer) run(cmd *command) (result, error) {
 		return result{data: orNull(cur.value), found: cur.live}, nil
 
 	case opCas:
-		cur, err := x.load(cmd.key)
+		cur, err := x.peek(cmd.key) // cur.value is not used after the write
 		if err != nil {
 			return result{}, err
 		}
 		if cmd.old == nil && cur.live || cmd.old != nil && (!cur.live || !bytes.Equal(cmd.old, cur.value)) {
+			cur.value = bytes.Clone(cur.value) // the error outlives the transaction
 			return result{}, mismatch(cmd, cur)
 		}
 		if err := x.store(cmd.key, cmd.value, x.expiry(cmd), cur); err != nil {
