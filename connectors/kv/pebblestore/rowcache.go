@@ -108,14 +108,11 @@ func (c *rowCache) shard(key []byte) *rowShard {
 func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 	sh := c.shard(key)
 	sh.mu.Lock()
-	e, ok := sh.entries[string(key)]
-	if !ok {
-		sh.misses++
+	e := sh.lookup(key)
+	if e == nil {
 		sh.mu.Unlock()
 		return dst, false, false
 	}
-	sh.hits++
-	sh.touch(e)
 	absent = e.absent
 	if !absent {
 		dst = append(dst, e.rec...)
@@ -131,15 +128,21 @@ func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 func (c *rowCache) writerGet(key []byte) *rowEntry {
 	sh := c.shard(key)
 	sh.mu.Lock()
+	e := sh.lookup(key)
+	sh.mu.Unlock()
+	return e
+}
+
+// lookup returns key's entry, counted as a hit and touched, or nil,
+// counted as a miss. The caller holds sh.mu.
+func (sh *rowShard) lookup(key []byte) *rowEntry {
 	e, ok := sh.entries[string(key)]
 	if !ok {
 		sh.misses++
-		sh.mu.Unlock()
 		return nil
 	}
 	sh.hits++
 	sh.touch(e)
-	sh.mu.Unlock()
 	return e
 }
 
@@ -176,10 +179,8 @@ func (c *rowCache) beginRead() uint64 { return c.epoch.Load() }
 // released write, and keeps every reader's successive reads of a key
 // monotonic; otherwise the reader's own, which is cached when no publish
 // overlapped the read. rec is appended to dst when it comes from the cache.
-//
-// The writer calls fill with writer set: the database cannot change under
-// it, so its reads are always current and the epoch is not consulted.
-func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, writer bool, dst []byte) ([]byte, bool) {
+// The writer goroutine uses writerFill instead.
+func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, dst []byte) ([]byte, bool) {
 	sh := c.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -190,7 +191,7 @@ func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, writer bool,
 		}
 		return append(dst, e.rec...), false
 	}
-	if !writer && (epoch&1 != 0 || c.epoch.Load() != epoch) {
+	if epoch&1 != 0 || c.epoch.Load() != epoch {
 		return rec, absent
 	}
 	e := &rowEntry{absent: absent}

@@ -66,10 +66,10 @@ func TestRowCacheEpochRule(t *testing.T) {
 		{"publish in progress", func(c *rowCache) { c.beginPublish() }, false, "mine"},
 		{"publish completed", func(c *rowCache) { c.beginPublish(); c.endPublish() }, false, "mine"},
 		{"cached meanwhile", func(c *rowCache) {
-			c.fill([]byte("k"), []byte("theirs"), false, c.beginRead(), false, nil)
+			c.fill([]byte("k"), []byte("theirs"), false, c.beginRead(), nil)
 		}, true, "theirs"},
 		{"cached absent meanwhile", func(c *rowCache) {
-			c.fill([]byte("k"), nil, true, c.beginRead(), false, nil)
+			c.fill([]byte("k"), nil, true, c.beginRead(), nil)
 		}, true, ""},
 	}
 	for _, tt := range tests {
@@ -77,7 +77,7 @@ func TestRowCacheEpochRule(t *testing.T) {
 			c := newRowCache(1 << 20)
 			e := c.beginRead()
 			tt.between(c)
-			rec, absent := c.fill([]byte("k"), []byte("mine"), false, e, false, nil)
+			rec, absent := c.fill([]byte("k"), []byte("mine"), false, e, nil)
 			if absent != (tt.wantValue == "") || string(rec) != tt.wantValue {
 				t.Errorf("fill returned %q absent=%t, want %q", rec, absent, tt.wantValue)
 			}
@@ -90,7 +90,7 @@ func TestRowCacheEpochRule(t *testing.T) {
 			odd := c.beginRead()
 			c.endPublish()
 			c.clear()
-			c.fill([]byte("j"), []byte("x"), false, odd, false, nil)
+			c.fill([]byte("j"), []byte("x"), false, odd, nil)
 			if _, _, hit := c.get([]byte("j"), nil); hit {
 				t.Error("fill from a read overlapping a publish was kept")
 			}
@@ -115,10 +115,10 @@ func TestRowCacheKeepsHotKeys(t *testing.T) {
 			c := newRowCache(rowCacheShards * 20 * (rowEntryOverhead + 16))
 			hot := [][]byte{[]byte("hot1"), []byte("hot2"), []byte("hot3")}
 			for _, k := range hot {
-				c.fill(k, []byte("v"), false, 0, true, nil)
+				c.writerFill(k, []byte("v"), false)
 			}
 			for i := range 5000 {
-				c.fill([]byte(fmt.Sprintf("cold%05d", i)), []byte("v"), false, 0, true, nil)
+				c.writerFill([]byte(fmt.Sprintf("cold%05d", i)), []byte("v"), false)
 				if i%tt.every == 0 {
 					for _, k := range hot {
 						if _, _, hit := c.get(k, nil); !hit {
@@ -589,7 +589,7 @@ func TestRowCachePublishThroughKnownEntries(t *testing.T) {
 		{"cleared", func(c *rowCache) { c.clear() }},
 		{"cleared and cached again by a reader", func(c *rowCache) {
 			c.clear()
-			c.fill([]byte("k"), []byte("old"), false, c.beginRead(), false, nil)
+			c.fill([]byte("k"), []byte("old"), false, c.beginRead(), nil)
 		}},
 		{"cleared and cached again by the writer", func(c *rowCache) {
 			c.clear()

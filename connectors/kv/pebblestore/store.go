@@ -585,7 +585,7 @@ func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error 
 type readTxn struct{ txn }
 
 func (t *readTxn) Get(key []byte) ([]byte, int64, bool, error) {
-	raw, found, err := t.read(key, false)
+	raw, found, err := t.read(key)
 	if err != nil || !found {
 		return nil, 0, false, err
 	}
@@ -717,7 +717,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 		// No write of this group touched key: the database (or the row
 		// cache, which agrees with it outside a publish) has its latest
 		// value.
-		rec, found, err := t.read(key, true)
+		rec, found, err := t.writerRead(key)
 		if err != nil || !found {
 			return nil, 0, false, err
 		}
@@ -743,66 +743,59 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 
 // read returns key's stored record as the database holds it, from the row
 // cache when it has the key and otherwise from the database, offering what
-// it read to the cache. writer tells the writer goroutine, under which the
-// database cannot change, from a View. The record is valid until the next
-// read.
-func (t *txn) read(key []byte, writer bool) (rec []byte, found bool, err error) {
+// it read to the cache; for a reader outside the writer goroutine (View).
+// The record is valid until the next read.
+func (t *txn) read(key []byte) (rec []byte, found bool, err error) {
 	c := t.cache
-	if c != nil && writer {
-		return t.writerRead(key)
+	if c == nil {
+		return t.readDB(key)
 	}
-	if c != nil {
-		rec, absent, hit := c.get(key, t.val[:0])
-		if hit {
-			t.val = rec
-			return rec, !absent, nil
-		}
+	rec, absent, hit := c.get(key, t.val[:0])
+	if hit {
+		t.val = rec
+		return rec, !absent, nil
 	}
-	var epoch uint64
-	if c != nil {
-		epoch = c.beginRead() // before the database read: see rowCache
-	}
-	v, closer, err := t.db.Get(key)
-	absent := false
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		absent = true
-		t.val = t.val[:0]
-	case err != nil:
+	epoch := c.beginRead() // before the database read: see rowCache
+	if _, found, err = t.readDB(key); err != nil {
 		return nil, false, err
-	default:
-		t.val = append(t.val[:0], v...)
-		_ = closer.Close()
 	}
-	if c != nil {
-		t.val, absent = c.fill(key, t.val, absent, epoch, writer, t.val[:0])
-	}
+	t.val, absent = c.fill(key, t.val, !found, epoch, t.val[:0])
 	return t.val, !absent, nil
 }
 
-// writerRead is read for the writer goroutine: a cached record is returned
-// as the cache holds it, not copied (nothing but this goroutine changes
-// it, and not before the group is published), and the entry is kept in
-// lastRead.
+// writerRead is read for the writer goroutine, under which the database
+// cannot change: a cached record is returned as the cache holds it, not
+// copied (nothing but this goroutine changes it, and not before the group
+// is published), and the entry is kept in lastRead.
 func (t *txn) writerRead(key []byte) (rec []byte, found bool, err error) {
-	if e := t.cache.writerGet(key); e != nil {
+	c := t.cache
+	if c == nil {
+		return t.readDB(key)
+	}
+	if e := c.writerGet(key); e != nil {
 		t.lastRead = e
 		return e.rec[:len(e.rec):len(e.rec)], !e.absent, nil
 	}
+	if _, found, err = t.readDB(key); err != nil {
+		return nil, false, err
+	}
+	t.lastRead = c.writerFill(key, t.val, !found)
+	return t.val, found, nil
+}
+
+// readDB reads key's record from the database into t.val.
+func (t *txn) readDB(key []byte) (rec []byte, found bool, err error) {
 	v, closer, err := t.db.Get(key)
-	absent := false
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
-		absent = true
 		t.val = t.val[:0]
+		return t.val, false, nil
 	case err != nil:
 		return nil, false, err
-	default:
-		t.val = append(t.val[:0], v...)
-		_ = closer.Close()
 	}
-	t.lastRead = t.cache.writerFill(key, t.val, absent)
-	return t.val, !absent, nil
+	t.val = append(t.val[:0], v...)
+	_ = closer.Close()
+	return t.val, true, nil
 }
 
 // readEntry returns the cache entry the writer last read if it is key's.

@@ -160,7 +160,7 @@ func BenchmarkRowCachePublish(b *testing.B) {
 					b.Fatal(err)
 				}
 				if cached {
-					s.cache.fill(key, rec, false, 0, true, nil)
+					s.cache.writerFill(key, rec, false)
 				}
 			}
 			b.ReportAllocs()
