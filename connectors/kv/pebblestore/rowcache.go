@@ -76,6 +76,10 @@ type rowEntry struct {
 	tick   uint64        // the shard's tick when the entry last moved to the front
 	elem   *list.Element // its place in shard.order; nil once it left the cache
 	shard  *rowShard
+	// fresh marks an entry made by the writer for a key it read from the
+	// previous group's batch, not yet in the cache: publish adds it with
+	// the group's record for the key.
+	fresh bool
 }
 
 // size is the entry's accounted memory under a key of keyLen bytes.
@@ -303,7 +307,9 @@ func (c *rowCache) beginPublish() { c.epoch.Add(1) }
 func (c *rowCache) endPublish() { c.epoch.Add(1) }
 
 // update sets a cached key to rec (or absent), reusing the cached record's
-// memory when it is large enough. Keys not cached are left alone. Recency
+// memory when it is large enough. Keys not cached are left alone, unless
+// known is fresh (the writer read the key from the previous group's batch,
+// where a read from the database would have cached it): it is added. Recency
 // is left alone too: it follows reads, and a read-modify-write has just
 // made the key recent; moving it again would cost list updates on every
 // write for nothing. known is the key's entry as the writer read it during
@@ -311,7 +317,7 @@ func (c *rowCache) endPublish() { c.epoch.Add(1) }
 // a reader may have cached it again.
 func (c *rowCache) update(known *rowEntry, key, rec []byte, absent bool) {
 	var sh *rowShard
-	if known != nil {
+	if known != nil && known.shard != nil {
 		sh = known.shard
 	} else {
 		sh = c.shard(key)
@@ -320,8 +326,19 @@ func (c *rowCache) update(known *rowEntry, key, rec []byte, absent bool) {
 	defer sh.mu.Unlock()
 	e := known // always key's entry: recordEntries pairs them
 	if e == nil || e.elem == nil {
-		var ok bool
-		if e, ok = sh.entries[string(key)]; !ok {
+		cached, ok := sh.entries[string(key)]
+		switch {
+		case ok:
+			e = cached
+		case known != nil && known.fresh:
+			known.fresh = false
+			if !absent {
+				known.rec = append(known.rec[:0], rec...)
+			}
+			known.absent = absent
+			sh.add(known.key, known)
+			return
+		default:
 			return
 		}
 	}

@@ -199,12 +199,13 @@ type Store struct {
 	closeMu sync.RWMutex
 	closed  bool
 	reqs    chan *request
-	synced  chan *group
+	commits chan *group   // from the writer to the committer
+	synced  chan *group   // from the committer to the syncer
 	done    chan struct{} // closed when the syncer has finished
 
-	pending       *pendingIndex // the writer's, reused by every group
-	batchSizeHint int           // the writer's: the last group's batch size
-	cache         *rowCache     // nil when disabled
+	pending       [2]*pendingIndex // the writer's, used by every other group
+	batchSizeHint int              // the writer's: the last group's batch size
+	cache         *rowCache        // nil when disabled
 
 	// Read-only transactions (View) bypass the writer; these let them wait
 	// for the durability of what they read. applying counts groups that
@@ -233,10 +234,34 @@ type request struct {
 type group struct {
 	seq   uint64        // its number in Store.applying; 0 for groups that wrote nothing
 	batch *pebble.Batch // nil when the group wrote nothing
-	reqs  []*request
-	err   error // commit error, reported to every request
-	start time.Time
-	wrote bool
+	// repr is the batch's representation as built: Pebble drops a large
+	// batch's contents from the Batch once it is committed.
+	repr []byte
+	// pending indexes the records of repr by key, for reads of the next
+	// group; nil when the group indexed its batch instead.
+	pending *pendingIndex
+	entries []*rowEntry // for each record of repr, the row cache entry the writer read for its key, or nil
+	reqs    []*request
+	err     error // build or commit error, reported to every request
+	start   time.Time
+	wrote   bool
+	// awaitSync tells the syncer to wait for the batch's WAL sync.
+	awaitSync bool
+	// committed is closed once the committer is done with the group: its
+	// writes are in the database and the row cache, or it failed.
+	committed chan struct{}
+	// refs counts the holders of batch: the writer while reads may search
+	// repr, and the committer, whose hold passes to the syncer when there
+	// is a sync to wait for. The last one closes it, and Pebble may then
+	// reuse its memory.
+	refs atomic.Int32
+}
+
+// release drops one hold on g's batch.
+func (g *group) release() {
+	if g.refs.Add(-1) == 0 {
+		_ = g.batch.Close()
+	}
 }
 
 // Open opens (creating when missing) the Pebble store in dir.
@@ -255,20 +280,22 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %q: %w", dir, err)
 	}
 	s := &Store{
-		db:     db,
-		dir:    dir,
-		opts:   opts,
-		reqs:   make(chan *request, 64),
-		synced: make(chan *group, 64),
-		done:   make(chan struct{}),
+		db:      db,
+		dir:     dir,
+		opts:    opts,
+		reqs:    make(chan *request, 64),
+		commits: make(chan *group, 1),
+		synced:  make(chan *group, 64),
+		done:    make(chan struct{}),
 
-		pending: newPendingIndex(),
+		pending: [2]*pendingIndex{newPendingIndex(), newPendingIndex()},
 	}
 	if opts.RowCacheBytes > 0 {
 		s.cache = newRowCache(opts.RowCacheBytes)
 	}
 	s.relCond = sync.NewCond(&s.relMu)
 	go s.write()
+	go s.commit()
 	go s.sync()
 	return s, nil
 }
@@ -350,11 +377,23 @@ func (s *Store) Close() error {
 }
 
 // write is the single writer goroutine: it gathers queued requests into a
-// group, runs their transactions against one batch, applies it and
-// hands it to the syncer.
+// group, runs their transactions against one batch and hands the group to
+// the committer. It builds the next group while the committer applies the
+// previous one: reads of that group's keys are answered from its batch
+// (txn.prev) until it is in the database and the row cache, which the
+// writer waits for before building the group after next.
 func (s *Store) write() {
-	defer close(s.synced)
-	var timer *time.Timer
+	defer close(s.commits)
+	var (
+		timer *time.Timer
+		prev  *group // the last group handed to the committer, while reads may need it
+		built int
+	)
+	defer func() {
+		if prev != nil {
+			s.retire(prev)
+		}
+	}()
 	for first := range s.reqs {
 		reqs := []*request{first}
 		n := len(first.fns)
@@ -393,18 +432,55 @@ func (s *Store) write() {
 				}
 			}
 		}
-		s.synced <- s.apply(reqs)
+		// Consecutive groups use the two pending indexes in turn: the
+		// previous group's stays readable while this one is built.
+		g := s.build(reqs, prev, s.pending[built%2])
+		built++
+		s.commits <- g
+		if prev != nil {
+			// The next group reads through g only, so the one before
+			// must be in the database by then.
+			s.retire(prev)
+		}
+		switch {
+		case g.batch == nil:
+			prev = nil // nothing of it for later reads to find
+		case g.pending == nil:
+			// Its batch cannot be searched by key: later reads must find
+			// its writes in the database.
+			s.retire(g)
+			prev = nil
+		default:
+			prev = g
+		}
 	}
 }
 
-// apply runs the transactions of reqs in order and commits their writes.
-func (s *Store) apply(reqs []*request) *group {
+// retire waits until g's writes are in the database and the row cache (or
+// failed to get there), then drops the writer's hold on its batch.
+func (s *Store) retire(g *group) {
+	<-g.committed
+	g.release()
+}
+
+// build runs the transactions of reqs in order into one batch and numbers
+// the group. Reads see the writes of earlier transactions of the group
+// (pending), of prev, the group before it when the committer may not have
+// applied it yet, and of the database. pending is the index the group
+// uses; prev's is the other one.
+func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *group {
 	var start time.Time
 	if s.opts.OnCommit != nil {
 		start = time.Now()
 	}
-	s.pending.reset()
-	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), pending: s.pending, cache: s.cache}
+	g := &group{reqs: reqs, start: start, committed: make(chan struct{})}
+	pending.reset()
+	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), pending: pending, cache: s.cache, prev: prev}
+	fail := func(err error) *group {
+		_ = tx.batch.Close()
+		g.err = err
+		return g
+	}
 	for _, r := range reqs {
 		for i, fn := range r.fns {
 			m := tx.mark()
@@ -413,37 +489,68 @@ func (s *Store) apply(reqs []*request) *group {
 			r.errs[i] = err
 			if err != nil && tx.changedSince(m) {
 				if rerr := tx.rollback(m); rerr != nil {
-					return &group{reqs: reqs, err: rerr, start: start}
+					return fail(rerr)
 				}
 			}
 		}
 	}
 	if !tx.indexed && len(tx.pending.refs) >= minSortedRecords {
 		if err := tx.sortByKey(); err != nil {
-			return &group{reqs: reqs, err: err, start: start}
+			return fail(err)
 		}
 	}
 	// The next group is likely of about the size of recent ones: giving
 	// its batch the room at once saves growing it by copies as records are
 	// added. The hint follows growth at once and shrinkage slowly.
 	s.batchSizeHint = min(max(len(tx.batch.Repr()), s.batchSizeHint-s.batchSizeHint/8), maxBatchSizeHint)
-	g := &group{reqs: reqs, start: start}
 	if tx.batch.Empty() {
 		_ = tx.batch.Close()
 		return g
 	}
 	g.wrote = true
 	g.batch = tx.batch
+	g.repr = g.batch.Repr()
+	g.entries = tx.recordEntries()
+	if !tx.indexed {
+		g.pending = pending
+	}
+	g.refs.Store(2) // the writer's hold and the committer's, passed on to the syncer
 	// Numbered before its writes can be seen, so that a View that sees
 	// them also sees the number and waits for the group.
 	g.seq = s.applying.Add(1)
-	// The row cache takes the batch only after it is numbered, for the
-	// same reason: a View that reads one of its records from the cache
-	// loads applying afterwards and so waits for this group's sync.
-	// Pebble drops a large batch's contents from the Batch once it is
-	// committed (they live on as a memtable of their own), so the row
-	// cache reads the records through this reference to them.
-	repr := g.batch.Repr()
+	return g
+}
+
+// commit is the committer goroutine: it applies each group's batch to the
+// database and the row cache, in order, and hands the group to the syncer.
+// Once a group has failed, later ones are not applied: they were built on
+// its writes, and the syncer fails them all.
+func (s *Store) commit() {
+	defer close(s.synced)
+	failed := false
+	for g := range s.commits {
+		switch {
+		case g.err != nil:
+			failed = true
+		case g.batch != nil && failed:
+			g.release()
+		case g.batch != nil:
+			s.apply(g)
+			failed = g.err != nil
+		}
+		close(g.committed)
+		s.synced <- g
+	}
+}
+
+// apply commits g's batch and brings the row cache up to date with it.
+func (s *Store) apply(g *group) {
+	// The row cache takes the batch only after it is numbered (build), for
+	// the same reason as the database: a View that reads one of its
+	// records from the cache loads applying afterwards and so waits for
+	// this group's sync. Pebble drops a large batch's contents from the
+	// Batch once it is committed (they live on as a memtable of their
+	// own), so the row cache reads the records through g.repr.
 	if s.cache != nil {
 		s.cache.beginPublish()
 	}
@@ -457,7 +564,7 @@ func (s *Store) apply(reqs []*request) *group {
 		// Before the group reaches the syncer, so that no result of it
 		// is released while the cache still holds older records.
 		if err == nil {
-			s.cache.publish(repr, tx.recordEntries())
+			s.cache.publish(g.repr, g.entries)
 		} else {
 			// The store is failed from now on; an empty cache cannot
 			// disagree with whatever the database kept.
@@ -466,14 +573,13 @@ func (s *Store) apply(reqs []*request) *group {
 		s.cache.endPublish()
 	}
 	if err == nil && !s.opts.NoSync {
-		return g // the syncer waits for the fsync
+		g.awaitSync = true // the syncer waits for the fsync
+		return
 	}
-	_ = g.batch.Close()
-	g.batch = nil
+	g.release()
 	if err != nil {
 		g.err = fmt.Errorf("commit to store %q: %w", s.dir, err)
 	}
-	return g
 }
 
 // runTxn runs fn, turning a panic into an error so one bad command cannot
@@ -499,11 +605,11 @@ func (s *Store) sync() {
 	var broken error
 	for g := range s.synced {
 		err := g.err
-		if g.batch != nil {
+		if g.awaitSync {
 			if serr := g.batch.SyncWait(); serr != nil && err == nil {
 				err = fmt.Errorf("sync store %q: %w", s.dir, serr)
 			}
-			_ = g.batch.Close()
+			g.release()
 		}
 		switch {
 		case err != nil && broken == nil:
@@ -623,6 +729,11 @@ type txn struct {
 	indexed bool
 	pending *pendingIndex // unused once indexed
 	cache   *rowCache     // nil when disabled
+	// prev is the group built before this one while the committer may
+	// not have applied it yet: point reads of keys it wrote are answered
+	// from its batch; anything else that reads the database waits for it
+	// (settle). nil for View and once settled.
+	prev *group
 	// lastRead is the cache entry of the key the writer read last, kept
 	// with the record when the transaction then writes that key (the
 	// read-modify-write of cas, increment and the like), so that publish
@@ -648,6 +759,15 @@ func (t *txn) mark() mark {
 // changedSince reports whether anything was written after m.
 func (t *txn) changedSince(m mark) bool { return t.batch.Len() != m.len }
 
+// settle waits until the previous group is in the database and the row
+// cache, for reads that go to the database other than by key.
+func (t *txn) settle() {
+	if t.prev != nil {
+		<-t.prev.committed
+		t.prev = nil
+	}
+}
+
 func (t *txn) closeIter() {
 	if t.iter != nil {
 		_ = t.iter.Close()
@@ -658,6 +778,7 @@ func (t *txn) closeIter() {
 // index switches the txn to an indexed batch holding everything written so
 // far, for reads that the pending index cannot answer.
 func (t *txn) index() error {
+	t.settle() // the indexed batch reads through to the database
 	nb := t.db.NewIndexedBatch()
 	if err := nb.Apply(t.batch, nil); err != nil {
 		_ = nb.Close()
@@ -713,6 +834,22 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 			}
 			raw = rec // valid until the next write, as Txn allows
 			break
+		}
+		if p := t.prev; p != nil && p.pending != nil {
+			if rec, del, hit := p.pending.lookup(p.repr, key); hit {
+				if t.cache != nil {
+					// The cache cannot take p's record before p is
+					// published; a write of the key by this group
+					// caches it then, as a read from the cache or the
+					// database would have.
+					t.lastRead = &rowEntry{key: string(key), fresh: true}
+				}
+				if del {
+					return nil, 0, false, nil
+				}
+				raw = rec // the writer holds p's batch until p is retired
+				break
+			}
 		}
 		// No write of this group touched key: the database (or the row
 		// cache, which agrees with it outside a publish) has its latest
@@ -861,6 +998,7 @@ func (t *txn) DeleteRange(start, end []byte) error {
 }
 
 func (t *txn) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	t.settle()
 	var r pebble.Reader = t.db
 	if !t.batch.Empty() {
 		if !t.indexed {
