@@ -38,9 +38,23 @@ func appendCanonical(dst, raw []byte) ([]byte, error) {
 }
 
 // canonicalResult canonicalises a value already parsed by gjson (a field of
-// meta.kv, which was validated with the whole metadata).
+// meta.kv, which was validated with the whole metadata). The result does
+// not alias r.
 func canonicalResult(r gjson.Result) ([]byte, error) {
-	raw := []byte(r.Raw)
+	return canonicalRaw([]byte(r.Raw), r)
+}
+
+// canonicalAliased is canonicalResult for a value of an event's metadata,
+// which nobody modifies and which outlives the command read from it: an
+// already canonical value is returned as a view of r.Raw, not a copy. The
+// caller must not modify it.
+func canonicalAliased(r gjson.Result) ([]byte, error) {
+	return canonicalRaw(unsafe.Slice(unsafe.StringData(r.Raw), len(r.Raw)), r)
+}
+
+// canonicalRaw returns raw, r's text, when it is canonical, and otherwise
+// r's canonical form in a new slice.
+func canonicalRaw(raw []byte, r gjson.Result) ([]byte, error) {
 	if n, ok := scanCanonical(raw, 0); ok && n == len(raw) {
 		return raw, nil
 	}

@@ -500,7 +500,7 @@ func readInt(r gjson.Result) (int64, bool) {
 
 func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, bool)) error {
 	if v, ok := get(fOld); ok && v.Type != gjson.Null {
-		old, err := canonicalResult(v)
+		old, err := canonicalAliased(v)
 		if err != nil {
 			return cmd.errf(err, "old")
 		}
@@ -509,7 +509,7 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		return cmd.errf(ErrInvalidCommand, `field "old" (the value to compare with) is required and must not be null`)
 	}
 	if v, ok := get(fDefault); ok {
-		def, err := canonicalResult(v)
+		def, err := canonicalAliased(v)
 		if err != nil {
 			return cmd.errf(err, "default")
 		}

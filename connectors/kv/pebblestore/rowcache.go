@@ -16,7 +16,7 @@ import (
 const rowCacheShards = 16
 
 // rowEntryOverhead approximates the memory of one entry beyond its key and
-// record bytes: the LRU list element, its map slot and the entry itself.
+// record bytes: the list element, its map slot and the entry itself.
 const rowEntryOverhead = 160
 
 // rowCache holds recently read or written stored records by key, exactly as
@@ -52,16 +52,15 @@ type rowCache struct {
 
 type rowShard struct {
 	mu sync.Mutex
-	// entries and order hold the same entries: order is recency, most
-	// recent first. Our own map and list rather than an LRU library's,
-	// because the writer moves and updates entries through pointers it
-	// already holds, which such libraries only offer by key (a second
-	// hash lookup per read and per write).
+	// entries and order hold the same entries: order is the eviction
+	// order, the next to go last (see evict). Our own map and list rather
+	// than a cache library's, because the writer updates entries through
+	// pointers it already holds, which such libraries only offer by key
+	// (a second hash lookup per read and per write).
 	entries map[string]*rowEntry
 	order   list.List // of *rowEntry
 	bytes   int64     // accounted size of the entries
 	budget  int64
-	tick    uint64 // counts moves to the front of the LRU order (promotions and insertions)
 	hits    uint64
 	misses  uint64
 	_       [64]byte // keep the shards' locks on separate cache lines
@@ -73,9 +72,11 @@ type rowEntry struct {
 	key    string
 	rec    []byte
 	absent bool
-	tick   uint64        // the shard's tick when the entry last moved to the front
-	elem   *list.Element // its place in shard.order; nil once it left the cache
-	shard  *rowShard
+	// referenced records a use since the entry was added or last
+	// spared by evict.
+	referenced bool
+	elem       *list.Element // its place in shard.order; nil once it left the cache
+	shard      *rowShard
 	// fresh marks an entry made by the writer for a key it read from the
 	// previous group's batch, not yet in the cache: publish adds it with
 	// the group's record for the key.
@@ -214,8 +215,7 @@ func (sh *rowShard) add(key string, e *rowEntry) bool {
 	if n > sh.budget {
 		return false
 	}
-	sh.tick++
-	e.key, e.tick, e.shard = key, sh.tick, sh
+	e.key, e.shard, e.referenced = key, sh, false
 	e.elem = sh.order.PushFront(e)
 	sh.entries[key] = e
 	sh.bytes += n
@@ -231,21 +231,22 @@ func (sh *rowShard) remove(e *rowEntry) {
 	sh.bytes -= e.size(len(e.key))
 }
 
-// touch records a use of e. Moving an entry to the front of the LRU order
-// on every hit touches two more entries' memory (its list neighbours),
-// which for a large cache costs as much as the lookup itself; an entry
-// still in the front three quarters of the order is not about to go, so
-// it is left where it is. At most sh.tick-e.tick entries have moved in
-// front of e since it last moved, which bounds its distance from the front.
+// touch records a use of e. Moving an entry to the front of an LRU
+// order on every hit touches two more entries' memory (its list
+// neighbours), which for a large cache costs as much as the lookup
+// itself; marking the entry, which the lookup has just loaded, costs
+// nothing, and evict gives a marked entry a second chance instead.
 func (sh *rowShard) touch(e *rowEntry) {
-	if sh.tick-e.tick < uint64(sh.order.Len())*3/4 {
-		return
+	if !e.referenced {
+		e.referenced = true
 	}
-	sh.tick++
-	e.tick = sh.tick
-	sh.order.MoveToFront(e.elem)
 }
 
+// evict removes entries from the back of the order while the shard is
+// over its budget: an entry used since it got there is moved to the front
+// with its mark cleared (a second chance, as CLOCK gives), so that entries
+// read again survive and those not read since they were added go first.
+// Each round clears a mark or removes an entry, so it ends.
 func (sh *rowShard) evict() {
 	for sh.bytes > sh.budget {
 		oldest := sh.order.Back()
@@ -253,7 +254,13 @@ func (sh *rowShard) evict() {
 			sh.bytes = 0
 			return
 		}
-		sh.remove(oldest.Value.(*rowEntry))
+		e := oldest.Value.(*rowEntry)
+		if e.referenced {
+			e.referenced = false
+			sh.order.MoveToFront(oldest)
+			continue
+		}
+		sh.remove(e)
 	}
 }
 

@@ -98,8 +98,8 @@ func TestRowCacheEpochRule(t *testing.T) {
 	}
 }
 
-// TestRowCacheKeepsHotKeys checks the eviction order is least recently
-// used: keys read regularly survive a stream of new keys many times the
+// TestRowCacheKeepsHotKeys checks the eviction order gives keys read
+// again a second chance: keys read regularly survive a stream of new keys many times the
 // cache's size, and keys not read again are evicted.
 func TestRowCacheKeepsHotKeys(t *testing.T) {
 	tests := []struct {

@@ -104,7 +104,8 @@ type Options struct {
 	// every read-modify-write command) skip Pebble's memtable and sstable
 	// lookups, which dominate those commands' cost. It costs up to this
 	// much memory, counted as key and record bytes plus a fixed overhead
-	// per entry, least recently used entries evicted first; a write
+	// per entry, entries not read since they were cached evicted first
+	// (a second chance for those read again, as CLOCK gives); a write
 	// updates a cached key in place and otherwise adds nothing, so
 	// write-only workloads pay only a lookup per written key. Reads stay
 	// exactly as fresh as without it, and durability is unchanged. Scans
@@ -1071,9 +1072,13 @@ func (t *txn) sortByKey() error {
 		order = append(order, refs[k.i])
 	}
 	t.pending.sortBuf = order
-	// A fresh slice per group: the new batch owns it from SetRepr on.
-	sorted := make([]byte, 0, len(repr))
-	sorted = append(sorted, repr[:batchHeaderLen]...)
+	// The records are rewritten in place, from a copy: the batch keeps
+	// its buffer (no allocation, no new batch), and a permutation of its
+	// records leaves everything Pebble derived from them (count, memtable
+	// size) as it was.
+	orig := append(t.pending.reprBuf[:0], repr...)
+	t.pending.reprBuf = orig
+	w := batchHeaderLen
 	for i := range order {
 		r := &order[i]
 		start := int(r.keyOff) - 1 - uvarintLen(uint64(r.keyLen))
@@ -1081,19 +1086,12 @@ func (t *txn) sortByKey() error {
 		if !r.del {
 			end += uvarintLen(uint64(r.valLen)) + int(r.valLen)
 		}
-		r.keyOff = uint32(len(sorted) + int(r.keyOff) - start)
-		sorted = append(sorted, repr[start:end]...)
+		r.keyOff = uint32(w + int(r.keyOff) - start)
+		w += copy(repr[w:], orig[start:end])
 	}
-	if len(sorted) != len(repr) {
-		return fmt.Errorf("pebblestore: sorting a group's writes: %d bytes became %d", len(repr), len(sorted))
+	if w != len(repr) {
+		return fmt.Errorf("pebblestore: sorting a group's writes: %d bytes became %d", len(repr), w)
 	}
-	nb := t.db.NewBatch()
-	if err := nb.SetRepr(sorted); err != nil {
-		_ = nb.Close()
-		return fmt.Errorf("pebblestore: sorting a group's writes: %w", err)
-	}
-	_ = t.batch.Close()
-	t.batch = nb
 	t.pending.reindex(order)
 	return nil
 }
@@ -1160,6 +1158,7 @@ type pendingIndex struct {
 
 	sortBuf  []pendingRef // sortByKey's scratch
 	sortKeys []refSortKey // sortByKey's scratch
+	reprBuf  []byte       // sortByKey's scratch
 	entries  []*rowEntry  // recordEntries' scratch
 }
 
