@@ -35,8 +35,11 @@ func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progre
 		return sideResult{}, err
 	}
 	r, err := runFlowrunOn(ctx, cfg, workload, store, quiet, p)
-	if st := store.RowCacheStats(); st.Hits+st.Misses > 0 {
-		r.rowCacheHitRate = float64(st.Hits) / float64(st.Hits+st.Misses)
+	// Reads the previous commit group answered skip the database as cache
+	// hits do.
+	st := store.RowCacheStats()
+	if hits := st.Hits + st.PreviousGroup; opts.RowCacheBytes > 0 && hits+st.Misses > 0 {
+		r.rowCacheHitRate = float64(hits) / float64(hits+st.Misses)
 	}
 	return r, err
 }

@@ -206,8 +206,9 @@ type Result struct {
 	// (see ResetPeakRSS) it is the peak of the whole process so far.
 	PeakRSSMB float64 `json:"peak_rss_mb"`
 	// RowCacheHitRate is the share of the flowrun store's point reads
-	// answered by its row cache, preload included (omitted when nothing
-	// was read through it).
+	// answered without reading Pebble, by its row cache or by the writes
+	// of the commit group before (pebblestore.RowCacheStats), preload
+	// included; omitted when the row cache is disabled or read nothing.
 	RowCacheHitRate float64 `json:"row_cache_hit_rate,omitempty"`
 }
 

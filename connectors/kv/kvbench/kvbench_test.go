@@ -69,8 +69,9 @@ func TestRunEveryWorkload(t *testing.T) {
 // Gets read through View, which fills the cache whatever the grouping, so
 // all but the first read of each of the 100 keys can hit. A cas reads in
 // the writer, and only a key's first read in a commit group is counted
-// (later ones come from the group's own writes), so hits need more than
-// one group: the graph merges queued batches (up to
+// (later ones come from the group's own writes); it is answered by the
+// cache, or by the previous group's batch when that group wrote the key,
+// and both count as hits. Hits need more than one group: the graph merges queued batches (up to
 // pipeline.DefaultMaxCoalesce events) and the writer queued requests (up to
 // pebblestore.DefaultMaxBatch transactions, plus one request), so a loaded
 // machine may run thousands of cas in one group. casOps guarantees at

@@ -387,6 +387,11 @@ type RowCacheStats struct {
 	// transaction itself wrote, and reads after a range deletion in the
 	// same commit group, bypass the cache and are not counted.
 	Hits, Misses uint64
+	// PreviousGroup counts the writer's point reads of keys the previous
+	// commit group wrote, answered from that group's batch while it was
+	// still being applied: neither the cache nor the database was read.
+	// Counted whether or not the cache is enabled.
+	PreviousGroup uint64
 	// Entries is the number of cached keys (absent ones included) and
 	// Bytes their accounted size, at most Options.RowCacheBytes.
 	Entries int

@@ -122,6 +122,11 @@ type Options struct {
 	// Update calls return, from the store's syncer goroutine. It must be quick and must not call back
 	// into the store; metrics use it. Default nil: nothing is called.
 	OnCommit func(CommitInfo)
+
+	// beforeApply, when set, is called by the committer before it applies
+	// each group: tests slow it down so that groups are built while the
+	// one before is still being applied.
+	beforeApply func()
 }
 
 // CommitInfo describes one commit group, for OnCommit.
@@ -204,9 +209,12 @@ type Store struct {
 	synced  chan *group   // from the committer to the syncer
 	done    chan struct{} // closed when the syncer has finished
 
-	pending       [2]*pendingIndex // the writer's, used by every other group
-	batchSizeHint int              // the writer's: the last group's batch size
-	cache         *rowCache        // nil when disabled
+	pending [2]*pendingIndex // the writer's, used by every other group
+	// previousGroupReads counts point reads answered from the previous
+	// group's batch (RowCacheStats.PreviousGroup).
+	previousGroupReads atomic.Uint64
+	batchSizeHint      int       // the writer's: the last group's batch size
+	cache              *rowCache // nil when disabled
 
 	// Read-only transactions (View) bypass the writer; these let them wait
 	// for the durability of what they read. applying counts groups that
@@ -477,6 +485,7 @@ func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *grou
 	g := &group{reqs: reqs, start: start, committed: make(chan struct{})}
 	pending.reset()
 	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), pending: pending, cache: s.cache, prev: prev}
+	defer func() { s.previousGroupReads.Add(tx.prevReads) }()
 	fail := func(err error) *group {
 		_ = tx.batch.Close()
 		g.err = err
@@ -536,6 +545,9 @@ func (s *Store) commit() {
 		case g.batch != nil && failed:
 			g.release()
 		case g.batch != nil:
+			if s.opts.beforeApply != nil {
+				s.opts.beforeApply()
+			}
 			s.apply(g)
 			failed = g.err != nil
 		}
@@ -645,13 +657,16 @@ func (s *Store) observe(g *group, err error) {
 	s.opts.OnCommit(info)
 }
 
-// RowCacheStats reports the row cache's counters and size; all zero when
-// Options.RowCacheBytes disabled it.
+// RowCacheStats reports the row cache's counters and size, zero when
+// Options.RowCacheBytes disabled it, and the reads answered by the
+// previous commit group.
 func (s *Store) RowCacheStats() RowCacheStats {
-	if s.cache == nil {
-		return RowCacheStats{}
+	var st RowCacheStats
+	if s.cache != nil {
+		st = s.cache.stats()
 	}
-	return s.cache.stats()
+	st.PreviousGroup = s.previousGroupReads.Load()
+	return st
 }
 
 // View implements kv.Viewer. The reads run in the caller's goroutine
@@ -734,7 +749,8 @@ type txn struct {
 	// not have applied it yet: point reads of keys it wrote are answered
 	// from its batch; anything else that reads the database waits for it
 	// (settle). nil for View and once settled.
-	prev *group
+	prev      *group
+	prevReads uint64 // point reads answered by prev
 	// lastRead is the cache entry of the key the writer read last, kept
 	// with the record when the transaction then writes that key (the
 	// read-modify-write of cas, increment and the like), so that publish
@@ -848,6 +864,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 				if del {
 					return nil, 0, false, nil
 				}
+				t.prevReads++
 				raw = rec // the writer holds p's batch until p is retired
 				break
 			}

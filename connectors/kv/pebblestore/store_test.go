@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 )
@@ -400,120 +401,168 @@ func TestView(t *testing.T) {
 // store and a map, and checks every read and the final state agree. Groups
 // start with a plain batch and switch to an indexed one on a scan or range
 // deletion, so this covers reads of a group's own writes and rollbacks in
-// both modes.
+// both modes. Submitted all at once to a store with small groups, the
+// groups are built while earlier ones are still being applied, so reads
+// also go through the previous group's batch, and scans and range
+// deletions wait for it.
 func TestGroupMatchesModel(t *testing.T) {
-	for seed := range 8 {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			s := openTest(t, t.TempDir())
-			defer s.Close()
-			rng := rand.New(rand.NewPCG(uint64(seed), 7))
-			model := map[string]string{}
-			key := func() string { return fmt.Sprintf("k%02d", rng.IntN(24)) }
-			for group := range 30 {
-				var fns []kv.TxnFunc
-				var checks []func() error
-				for range 1 + rng.IntN(40) {
-					// Each transaction does 1-3 operations and fails 1 time
-					// in 5 after them; its model changes apply only if it
-					// succeeds.
-					type step struct {
-						kind     int
-						k, k2, v string
-					}
-					var steps []step
-					for range 1 + rng.IntN(3) {
-						st := step{kind: rng.IntN(10), k: key(), k2: key(), v: fmt.Sprint(group, "-", rng.IntN(1000))}
-						if st.k2 < st.k {
-							st.k, st.k2 = st.k2, st.k
-						}
-						steps = append(steps, st)
-					}
-					fail := rng.IntN(5) == 0
-					// Expected reads come from a copy of the model as it
-					// stands before this transaction, updated as it runs.
-					var want []string
-					local := maps.Clone(model)
-					for _, st := range steps {
-						switch {
-						case st.kind < 4:
-							local[st.k] = st.v
-						case st.kind < 6:
-							delete(local, st.k)
-						case st.kind == 6:
-							for k := range local {
-								if k >= st.k && k < st.k2 {
-									delete(local, k)
-								}
-							}
-						case st.kind < 9:
-							want = append(want, fmt.Sprintf("%s:%q", st.k, local[st.k]))
-						default:
-							want = append(want, fmt.Sprint(sortedRows(local)))
-						}
-					}
-					if !fail {
-						model = local
-					}
-					var gotReads []string
-					fns = append(fns, func(tx kv.Txn) error {
-						gotReads = gotReads[:0]
-						for _, st := range steps {
-							var err error
-							switch {
-							case st.kind < 4:
-								err = tx.Set([]byte(st.k), []byte(st.v), 0)
-							case st.kind < 6:
-								err = tx.Delete([]byte(st.k))
-							case st.kind == 6:
-								err = tx.DeleteRange([]byte(st.k), []byte(st.k2))
-							case st.kind < 9:
-								var v []byte
-								var found bool
-								v, _, found, err = tx.Get([]byte(st.k))
-								if !found {
-									v = nil
-								}
-								gotReads = append(gotReads, fmt.Sprintf("%s:%q", st.k, v))
-							default:
-								var rows []string
-								err = tx.Scan(nil, nil, func(k, v []byte, _ int64) (bool, error) {
-									rows = append(rows, string(k)+"="+string(v))
-									return true, nil
-								})
-								gotReads = append(gotReads, fmt.Sprint(rows))
-							}
-							if err != nil {
-								return err
-							}
-						}
-						if fail {
-							return errBoom
-						}
-						return nil
-					})
-					checks = append(checks, func() error {
-						if fmt.Sprint(gotReads) != fmt.Sprint(want) {
-							return fmt.Errorf("reads %v, want %v", gotReads, want)
-						}
-						return nil
-					})
+	for _, pipelined := range []bool{false, true} {
+		for seed := range 8 {
+			t.Run(fmt.Sprintf("pipelined=%t/seed%d", pipelined, seed), func(t *testing.T) {
+				testGroupMatchesModel(t, uint64(seed), pipelined)
+			})
+		}
+	}
+}
+
+func testGroupMatchesModel(t *testing.T, seed uint64, pipelined bool) {
+	opts := Options{}
+	if pipelined {
+		// Small groups, each applied only after the next one has had
+		// time to be built on top of it.
+		opts.MaxBatch = 4
+		opts.beforeApply = func() { time.Sleep(200 * time.Microsecond) }
+	}
+	s, err := Open(t.TempDir(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var waits []func()
+	rng := rand.New(rand.NewPCG(seed, 7))
+	model := map[string]string{}
+	key := func() string { return fmt.Sprintf("k%02d", rng.IntN(24)) }
+	// Pipelined, groups are fewer transactions and scans and range
+	// deletions rare: a group with either cannot be read through by the
+	// next one, which then waits for it to be applied.
+	groups, maxTxns, rareKind := 30, 40, 1
+	if pipelined {
+		groups, maxTxns, rareKind = 150, 6, 20
+	}
+	for group := range groups {
+		var fns []kv.TxnFunc
+		var checks []func() error
+		for range 1 + rng.IntN(maxTxns) {
+			// Each transaction does 1-3 operations and fails 1 time
+			// in 5 after them; its model changes apply only if it
+			// succeeds.
+			type step struct {
+				kind     int
+				k, k2, v string
+			}
+			var steps []step
+			for range 1 + rng.IntN(3) {
+				st := step{kind: rng.IntN(10), k: key(), k2: key(), v: fmt.Sprint(group, "-", rng.IntN(1000))}
+				if (st.kind == 6 || st.kind == 9) && rng.IntN(rareKind) != 0 {
+					st.kind = 7 // a point read instead
 				}
-				errs := update(t, s, fns...)
-				for i, check := range checks {
-					if err := check(); err != nil {
-						t.Fatalf("group %d txn %d: %v", group, i, err)
+				if st.k2 < st.k {
+					st.k, st.k2 = st.k2, st.k
+				}
+				steps = append(steps, st)
+			}
+			fail := rng.IntN(5) == 0
+			// Expected reads come from a copy of the model as it
+			// stands before this transaction, updated as it runs.
+			var want []string
+			local := maps.Clone(model)
+			for _, st := range steps {
+				switch {
+				case st.kind < 4:
+					local[st.k] = st.v
+				case st.kind < 6:
+					delete(local, st.k)
+				case st.kind == 6:
+					for k := range local {
+						if k >= st.k && k < st.k2 {
+							delete(local, k)
+						}
 					}
-					if errs[i] != nil && !errors.Is(errs[i], errBoom) {
-						t.Fatalf("group %d txn %d: %v", group, i, errs[i])
+				case st.kind < 9:
+					v, ok := local[st.k]
+					if !ok {
+						v = "<absent>"
 					}
+					want = append(want, fmt.Sprintf("%s:%q", st.k, v))
+				default:
+					want = append(want, fmt.Sprint(sortedRows(local)))
 				}
 			}
-			var rows []string
-			update(t, s, scanAll("", "", &rows))
-			if fmt.Sprint(rows) != fmt.Sprint(sortedRows(model)) {
-				t.Fatalf("final state %v, want %v", rows, sortedRows(model))
+			if !fail {
+				model = local
 			}
-		})
+			var gotReads []string
+			fns = append(fns, func(tx kv.Txn) error {
+				gotReads = gotReads[:0]
+				for _, st := range steps {
+					var err error
+					switch {
+					case st.kind < 4:
+						err = tx.Set([]byte(st.k), []byte(st.v), 0)
+					case st.kind < 6:
+						err = tx.Delete([]byte(st.k))
+					case st.kind == 6:
+						err = tx.DeleteRange([]byte(st.k), []byte(st.k2))
+					case st.kind < 9:
+						var v []byte
+						var found bool
+						v, _, found, err = tx.Get([]byte(st.k))
+						if !found {
+							v = []byte("<absent>")
+						}
+						gotReads = append(gotReads, fmt.Sprintf("%s:%q", st.k, v))
+					default:
+						var rows []string
+						err = tx.Scan(nil, nil, func(k, v []byte, _ int64) (bool, error) {
+							rows = append(rows, string(k)+"="+string(v))
+							return true, nil
+						})
+						gotReads = append(gotReads, fmt.Sprint(rows))
+					}
+					if err != nil {
+						return err
+					}
+				}
+				if fail {
+					return errBoom
+				}
+				return nil
+			})
+			checks = append(checks, func() error {
+				if fmt.Sprint(gotReads) != fmt.Sprint(want) {
+					return fmt.Errorf("reads %v, want %v", gotReads, want)
+				}
+				return nil
+			})
+		}
+		errs := make([]error, len(fns))
+		wait := s.Submit(context.Background(), fns, errs)
+		verify := func() {
+			if err := wait(); err != nil {
+				t.Fatalf("group %d: %v", group, err)
+			}
+			for i, check := range checks {
+				if err := check(); err != nil {
+					t.Fatalf("group %d txn %d: %v", group, i, err)
+				}
+				if errs[i] != nil && !errors.Is(errs[i], errBoom) {
+					t.Fatalf("group %d txn %d: %v", group, i, errs[i])
+				}
+			}
+		}
+		if pipelined {
+			waits = append(waits, verify)
+		} else {
+			verify()
+		}
+	}
+	for _, verify := range waits {
+		verify()
+	}
+	var rows []string
+	update(t, s, scanAll("", "", &rows))
+	if fmt.Sprint(rows) != fmt.Sprint(sortedRows(model)) {
+		t.Fatalf("final state %v, want %v", rows, sortedRows(model))
 	}
 }
 
