@@ -23,8 +23,9 @@ const rowEntryOverhead = 160
 // Pebble holds them, and remembers keys known to be absent, so that point
 // reads of hot keys skip Pebble. Scans never use it.
 //
-// Coherence: only the writer goroutine changes the database, and it updates
-// the cache itself right after each group's batch is applied (publish).
+// Coherence: only the store's committer goroutine changes the database, and
+// it updates the cache itself right after each group's batch is applied
+// (publish).
 // Everyone else may only fill the cache with what they read from the
 // database, and only when no publish overlapped their read: epoch is odd
 // from just before a batch is applied until the cache reflects it, and a
@@ -127,9 +128,12 @@ func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 }
 
 // writerGet is get for the writer goroutine: it returns the cached entry
-// itself, or nil. Only the writer changes an entry's record (at publish),
-// so the writer may read e.rec and e.absent without the shard lock until
-// it publishes; it also keeps e to update it then (publish).
+// itself, or nil. An entry's record changes only when a group writing its
+// key is published; the writer reads the keys of the group being
+// published from that group's batch instead, and groups before it were
+// published before the current one started. So the writer may read e.rec
+// and e.absent without the shard lock while it builds the group; it also
+// keeps e, for publish to update when the group is applied.
 func (c *rowCache) writerGet(key []byte) *rowEntry {
 	sh := c.shard(key)
 	sh.mu.Lock()
@@ -152,7 +156,8 @@ func (sh *rowShard) lookup(key []byte) *rowEntry {
 }
 
 // writerFill is fill for the writer goroutine, whose database reads are
-// always current: it caches what the writer read unless the key is cached
+// always current (it reads keys the group being published wrote from that
+// group's batch, not from the database): it caches what the writer read unless the key is cached
 // already (then with the same record), and returns the entry, or nil when
 // the record is too large to keep.
 func (c *rowCache) writerFill(key, rec []byte, absent bool) *rowEntry {
@@ -265,7 +270,7 @@ func (sh *rowShard) evict() {
 }
 
 // publish brings the cache up to date with repr, the representation of a
-// batch the writer has just applied to the database: every cached key the
+// batch the committer has just applied to the database: every cached key the
 // batch sets or deletes takes its new record (or becomes absent), and a
 // range deletion empties the cache. Keys the batch writes that are not
 // cached are not added: a write-only workload would otherwise pay for
@@ -275,8 +280,8 @@ func (sh *rowShard) evict() {
 // entries, when not nil, holds for each record of repr in order the entry
 // the writer read for its key during the group (writerGet, writerFill), or
 // nil: such an entry still in the cache is updated directly, without
-// looking its key up. Only the writer calls publish, between beginPublish
-// and endPublish.
+// looking its key up. Only the committer calls publish, between
+// beginPublish and endPublish, one group at a time.
 func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 	r := batchrepr.Read(repr)
 	for i := 0; ; i++ {

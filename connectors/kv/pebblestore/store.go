@@ -4,14 +4,17 @@
 // one Pebble batch per group, so each transaction reads the writes of every
 // one before it, and commits a whole group of transactions with one WAL sync.
 // Results are released only after that sync (unless Options.NoSync), so a
-// caller that saw a result can never lose the write behind it. While one
-// group waits for its sync, the writer is already building the next one: the
-// group's writes are visible to later reads as soon as they are applied, and
-// no later group completes before an earlier one has synced.
+// caller that saw a result can never lose the write behind it. Three
+// goroutines form the pipeline: the writer builds a group while a committer
+// applies the one before to the database and the row cache, and a syncer
+// waits for the WAL syncs and releases results in order. The writer reads
+// the previous group's writes from its batch until that group is applied
+// (point reads by key; a scan or range deletion waits for it), and no later
+// group completes before an earlier one has synced.
 //
 // Point reads go through a row cache of recently read and written records
-// (Options.RowCacheBytes) that the writer keeps in step with every group it
-// applies, so a read from the cache is exactly as fresh as one from Pebble.
+// (Options.RowCacheBytes) that the committer keeps in step with every group
+// it applies, so a read from the cache is exactly as fresh as one from Pebble.
 package pebblestore
 
 import (
@@ -918,10 +921,10 @@ func (t *txn) read(key []byte) (rec []byte, found bool, err error) {
 	return t.val, !absent, nil
 }
 
-// writerRead is read for the writer goroutine, under which the database
-// cannot change: a cached record is returned as the cache holds it, not
-// copied (nothing but this goroutine changes it, and not before the group
-// is published), and the entry is kept in lastRead.
+// writerRead is read for the writer goroutine, for a key neither this
+// group nor the previous one wrote, whose record therefore cannot change
+// while the group is built: a cached record is returned as the cache holds
+// it, not copied (see writerGet), and the entry is kept in lastRead.
 func (t *txn) writerRead(key []byte) (rec []byte, found bool, err error) {
 	c := t.cache
 	if c == nil {
