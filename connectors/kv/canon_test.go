@@ -89,6 +89,16 @@ func TestCanonicalFastPath(t *testing.T) {
 		{`tru`, false},
 		{`"open`, false},
 		{``, false},
+		// Long enough for plainWords to skip whole words before and after
+		// the byte that matters.
+		{`"` + strings.Repeat("abcdefgh", 12) + `"`, true},
+		{`"` + strings.Repeat("a", 37) + `\"` + strings.Repeat("b", 40) + `"`, true},
+		{`"` + strings.Repeat("a", 40) + "\x7f" + strings.Repeat("b", 40) + `"`, true},
+		{`"` + strings.Repeat("a", 41) + "é" + strings.Repeat("b", 40) + `"`, true},
+		{`"` + strings.Repeat("a", 42) + "\x01" + strings.Repeat("b", 40) + `"`, false},
+		{`"` + strings.Repeat("a", 43) + "\xff" + strings.Repeat("b", 40) + `"`, false},
+		{`"` + strings.Repeat("a", 44) + `\u0041` + strings.Repeat("b", 40) + `"`, false},
+		{`"` + strings.Repeat("a", 64), false}, // never closed
 		{strings.Repeat(`[`, MaxDepth) + strings.Repeat(`]`, MaxDepth), true},
 		{strings.Repeat(`[`, MaxDepth+1) + strings.Repeat(`]`, MaxDepth+1), false},
 	}
@@ -153,6 +163,36 @@ func BenchmarkCanonical(b *testing.B) {
 		dst, err = appendCanonical(dst[:0], raw)
 		if err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestPlainWords compares plainWords with a byte at a time reading of the
+// same rule, for every byte value that matters at every position of a
+// word.
+func TestPlainWords(t *testing.T) {
+	plain := func(c byte) bool { return c >= 0x20 && c < 0x80 && c != '"' && c != '\\' }
+	want := func(b []byte) int {
+		n := 0
+		for n+8 <= len(b) {
+			for _, c := range b[n : n+8] {
+				if !plain(c) {
+					return n
+				}
+			}
+			n += 8
+		}
+		return n
+	}
+	for _, c := range []byte{0x00, 0x01, 0x1f, 0x20, '"', '\\', '!', '#', '[', ']', 0x7e, 0x7f, 0x80, 0xc3, 0xff} {
+		for length := range 25 {
+			for pos := range length {
+				b := []byte(strings.Repeat("x", length))
+				b[pos] = c
+				if got, w := plainWords(b), want(b); got != w {
+					t.Errorf("plainWords(%q) = %d, want %d", b, got, w)
+				}
+			}
 		}
 	}
 }
