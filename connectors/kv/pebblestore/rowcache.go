@@ -3,6 +3,7 @@ package pebblestore
 import (
 	"container/list"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -49,6 +50,12 @@ type rowCache struct {
 	seed   maphash.Seed
 	epoch  atomic.Uint64
 	shards [rowCacheShards]rowShard
+	// pub is publish's scratch; only the committer publishes, one group
+	// at a time.
+	pub struct {
+		recs  []publishedRecord
+		order []int32
+	}
 }
 
 type rowShard struct {
@@ -62,6 +69,7 @@ type rowShard struct {
 	order   list.List // of *rowEntry
 	bytes   int64     // accounted size of the entries
 	budget  int64
+	index   int // in rowCache.shards
 	hits    uint64
 	misses  uint64
 	_       [64]byte // keep the shards' locks on separate cache lines
@@ -100,13 +108,18 @@ func newRowCache(budget int64) *rowCache {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.budget = per
+		sh.index = i
 		sh.entries = make(map[string]*rowEntry)
 	}
 	return c
 }
 
 func (c *rowCache) shard(key []byte) *rowShard {
-	return &c.shards[maphash.Bytes(c.seed, key)%rowCacheShards]
+	return &c.shards[c.shardIndex(key)]
+}
+
+func (c *rowCache) shardIndex(key []byte) int {
+	return int(maphash.Bytes(c.seed, key) % rowCacheShards)
 }
 
 // get looks key up. On a hit it appends the cached record to dst (so it
@@ -283,12 +296,16 @@ func (sh *rowShard) evict() {
 // looking its key up. Only the committer calls publish, between
 // beginPublish and endPublish, one group at a time.
 func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
+	// The records are applied shard by shard, each under one hold of its
+	// lock, in batch order within a shard (a key's records all fall in one
+	// shard, so its last record is applied last). Taking a lock per record
+	// would cost more than the updates: its atomic instructions also keep
+	// the processor from overlapping one record's cache misses with the
+	// next one's.
+	recs := c.pub.recs[:0]
+	var perShard [rowCacheShards]int32
 	r := batchrepr.Read(repr)
 	for i := 0; ; i++ {
-		var e *rowEntry
-		if i < len(entries) {
-			e = entries[i]
-		}
 		kind, key, value, ok, err := r.Next()
 		if err != nil {
 			// A batch we built ourselves does not fail to decode; if it
@@ -297,17 +314,62 @@ func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 			return
 		}
 		if !ok {
+			break
+		}
+		if kind != pebble.InternalKeyKindSet && kind != pebble.InternalKeyKindDelete {
+			// A range deletion (clear), or anything unforeseen: an empty
+			// cache agrees with any database, and the batch's other
+			// records need not be applied to it.
+			c.clear()
 			return
 		}
-		switch kind {
-		case pebble.InternalKeyKindSet:
-			c.update(e, key, value, false)
-		case pebble.InternalKeyKindDelete:
-			c.update(e, key, nil, true)
-		default: // range deletions (clear), and anything unforeseen
-			c.clear()
+		rec := publishedRecord{key: key, value: value, absent: kind == pebble.InternalKeyKindDelete}
+		if i < len(entries) {
+			rec.known = entries[i]
 		}
+		if rec.known != nil && rec.known.shard != nil {
+			rec.shard = rec.known.shard.index
+		} else {
+			rec.shard = c.shardIndex(key)
+		}
+		perShard[rec.shard]++
+		recs = append(recs, rec)
 	}
+	c.pub.recs = recs
+	// Order the records by shard, keeping batch order within each.
+	var start [rowCacheShards + 1]int32
+	for i, n := range perShard {
+		start[i+1] = start[i] + n
+	}
+	order := slices.Grow(c.pub.order[:0], len(recs))[:len(recs)]
+	c.pub.order = order
+	next := start
+	for i := range recs {
+		sh := recs[i].shard
+		order[next[sh]] = int32(i)
+		next[sh]++
+	}
+	for i := range c.shards {
+		if perShard[i] == 0 {
+			continue
+		}
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		for _, j := range order[start[i]:start[i+1]] {
+			rec := &recs[j]
+			sh.update(rec.known, rec.key, rec.value, rec.absent)
+		}
+		sh.mu.Unlock()
+	}
+	clear(recs) // drop the references into repr until the next group
+}
+
+// publishedRecord is one record of a batch being published.
+type publishedRecord struct {
+	key, value []byte
+	absent     bool
+	known      *rowEntry
+	shard      int
 }
 
 // beginPublish makes epoch odd: no fill from a database read that may
@@ -327,15 +389,8 @@ func (c *rowCache) endPublish() { c.epoch.Add(1) }
 // write for nothing. known is the key's entry as the writer read it during
 // the group, or nil; if it left the cache since, the key is looked up, as
 // a reader may have cached it again.
-func (c *rowCache) update(known *rowEntry, key, rec []byte, absent bool) {
-	var sh *rowShard
-	if known != nil && known.shard != nil {
-		sh = known.shard
-	} else {
-		sh = c.shard(key)
-	}
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
+// The caller holds sh.mu, sh being key's shard.
+func (sh *rowShard) update(known *rowEntry, key, rec []byte, absent bool) {
 	e := known // always key's entry: recordEntries pairs them
 	if e == nil || e.elem == nil {
 		cached, ok := sh.entries[string(key)]
