@@ -1,11 +1,11 @@
 package pebblestore
 
 import (
-	"container/list"
 	"hash/maphash"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/batchrepr"
@@ -17,8 +17,8 @@ import (
 const rowCacheShards = 16
 
 // rowEntryOverhead approximates the memory of one entry beyond its key and
-// record bytes: the list element, its map slot and the entry itself.
-const rowEntryOverhead = 160
+// record bytes: the entry itself and its map slot.
+const rowEntryOverhead = 128
 
 // rowCache holds recently read or written stored records by key, exactly as
 // Pebble holds them, and remembers keys known to be absent, so that point
@@ -60,41 +60,83 @@ type rowCache struct {
 
 type rowShard struct {
 	mu sync.Mutex
-	// entries and order hold the same entries: order is the eviction
-	// order, the next to go last (see evict). Our own map and list rather
-	// than a cache library's, because the writer updates entries through
-	// pointers it already holds, which such libraries only offer by key
-	// (a second hash lookup per read and per write).
-	entries map[string]*rowEntry
-	order   list.List // of *rowEntry
-	bytes   int64     // accounted size of the entries
-	budget  int64
-	index   int // in rowCache.shards
-	hits    uint64
-	misses  uint64
-	_       [64]byte // keep the shards' locks on separate cache lines
+	// entries and the list from newest to oldest hold the same entries:
+	// the list is the eviction order, the next to go last (see evict).
+	// Our own map and list rather than a cache library's: the writer
+	// updates entries through pointers it already holds, which such
+	// libraries only offer by key (a second hash lookup per read and per
+	// write), and an entry here is two allocations (see rowEntry) where
+	// theirs are four or five, every one of them marked by the garbage
+	// collector at each cycle and a memory access on a lookup.
+	entries        map[string]*rowEntry // keys view their entry's data
+	newest, oldest *rowEntry
+	count          int
+	bytes          int64 // accounted size of the entries
+	budget         int64
+	index          int // in rowCache.shards
+	hits           uint64
+	misses         uint64
+	_              [64]byte // keep the shards' locks on separate cache lines
 }
 
 // rowEntry is a cached stored record, or the knowledge that the key is
 // absent.
 type rowEntry struct {
-	key    string
-	rec    []byte
+	// data is the key followed by the record, in one allocation. The
+	// shard's map key views data[:keyLen], so a lookup compares the key in
+	// the memory it then reads the record from. The key bytes of an array
+	// are never written after it is made.
+	data   []byte
+	keyLen int
 	absent bool
 	// referenced records a use since the entry was added or last
 	// spared by evict.
 	referenced bool
-	elem       *list.Element // its place in shard.order; nil once it left the cache
-	shard      *rowShard
+	// cached says the entry is in its shard's map and list; an entry
+	// that left is never cached again, nor changed.
+	cached       bool
+	newer, older *rowEntry // neighbours in the shard's list while cached
+	shard        *rowShard
 	// fresh marks an entry made by the writer for a key it read from the
 	// previous group's batch, not yet in the cache: publish adds it with
 	// the group's record for the key.
 	fresh bool
 }
 
-// size is the entry's accounted memory under a key of keyLen bytes.
-func (e *rowEntry) size(keyLen int) int64 {
-	return int64(keyLen+cap(e.rec)) + rowEntryOverhead
+// newRowEntry returns an entry, not cached, for key holding rec or absent.
+func newRowEntry(key, rec []byte, absent bool) *rowEntry {
+	n := len(key)
+	if !absent {
+		n += len(rec)
+	}
+	data := append(make([]byte, 0, n), key...)
+	if !absent {
+		data = append(data, rec...)
+	}
+	return &rowEntry{data: data, keyLen: len(key), absent: absent}
+}
+
+// key returns the entry's key, viewing its data.
+func (e *rowEntry) key() string { return unsafe.String(unsafe.SliceData(e.data), e.keyLen) }
+
+// rec returns the record; appending to it copies.
+func (e *rowEntry) rec() []byte { return e.data[e.keyLen:len(e.data):len(e.data)] }
+
+// set gives the entry rec, or makes the key absent, reusing data's memory
+// when it is large enough. It reports whether data moved, which leaves a
+// map key viewing the old memory.
+func (e *rowEntry) set(rec []byte, absent bool) (moved bool) {
+	old := unsafe.SliceData(e.data)
+	if absent {
+		rec = nil
+	}
+	e.data, e.absent = append(e.data[:e.keyLen], rec...), absent
+	return unsafe.SliceData(e.data) != old
+}
+
+// size is the entry's accounted memory.
+func (e *rowEntry) size() int64 {
+	return int64(cap(e.data)) + rowEntryOverhead
 }
 
 // newRowCache returns a cache of at most budget accounted bytes, or nil
@@ -134,7 +176,7 @@ func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 	}
 	absent = e.absent
 	if !absent {
-		dst = append(dst, e.rec...)
+		dst = append(dst, e.rec()...)
 	}
 	sh.mu.Unlock()
 	return dst, absent, true
@@ -181,11 +223,8 @@ func (c *rowCache) writerFill(key, rec []byte, absent bool) *rowEntry {
 		sh.touch(e)
 		return e
 	}
-	e := &rowEntry{absent: absent}
-	if !absent {
-		e.rec = append([]byte(nil), rec...)
-	}
-	if !sh.add(string(key), e) {
+	e := newRowEntry(key, rec, absent)
+	if !sh.add(e) {
 		return nil
 	}
 	return e
@@ -212,41 +251,65 @@ func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, dst []byte) 
 		if e.absent {
 			return dst, true
 		}
-		return append(dst, e.rec...), false
+		return append(dst, e.rec()...), false
 	}
 	if epoch&1 != 0 || c.epoch.Load() != epoch {
 		return rec, absent
 	}
-	e := &rowEntry{absent: absent}
-	if !absent {
-		e.rec = append([]byte(nil), rec...)
-	}
-	sh.add(string(key), e)
+	sh.add(newRowEntry(key, rec, absent))
 	return rec, absent
 }
 
-// add inserts e, new and not cached under key, and evicts the least
-// recently used entries while the shard is over its budget. An entry
-// larger than the budget is not kept; add reports whether e was.
-func (sh *rowShard) add(key string, e *rowEntry) bool {
-	n := e.size(len(key))
+// add inserts e, new and not cached, and evicts entries while the shard
+// is over its budget. An entry larger than the budget is not kept; add
+// reports whether e was.
+func (sh *rowShard) add(e *rowEntry) bool {
+	n := e.size()
 	if n > sh.budget {
 		return false
 	}
-	e.key, e.shard, e.referenced = key, sh, false
-	e.elem = sh.order.PushFront(e)
-	sh.entries[key] = e
+	e.shard, e.referenced, e.cached = sh, false, true
+	sh.pushNewest(e)
+	sh.entries[e.key()] = e
+	sh.count++
 	sh.bytes += n
 	sh.evict()
-	return e.elem != nil
+	return e.cached
 }
 
 // remove takes e out of the shard.
 func (sh *rowShard) remove(e *rowEntry) {
-	delete(sh.entries, e.key)
-	sh.order.Remove(e.elem)
-	e.elem = nil
-	sh.bytes -= e.size(len(e.key))
+	delete(sh.entries, e.key())
+	sh.unlink(e)
+	e.cached = false
+	sh.count--
+	sh.bytes -= e.size()
+}
+
+// pushNewest puts e, not in the list, at its newest end.
+func (sh *rowShard) pushNewest(e *rowEntry) {
+	e.newer, e.older = nil, sh.newest
+	if sh.newest != nil {
+		sh.newest.newer = e
+	} else {
+		sh.oldest = e
+	}
+	sh.newest = e
+}
+
+// unlink takes e out of the list.
+func (sh *rowShard) unlink(e *rowEntry) {
+	if e.newer != nil {
+		e.newer.older = e.older
+	} else {
+		sh.newest = e.older
+	}
+	if e.older != nil {
+		e.older.newer = e.newer
+	} else {
+		sh.oldest = e.newer
+	}
+	e.newer, e.older = nil, nil
 }
 
 // touch records a use of e. Moving an entry to the front of an LRU
@@ -267,15 +330,15 @@ func (sh *rowShard) touch(e *rowEntry) {
 // Each round clears a mark or removes an entry, so it ends.
 func (sh *rowShard) evict() {
 	for sh.bytes > sh.budget {
-		oldest := sh.order.Back()
-		if oldest == nil {
+		e := sh.oldest
+		if e == nil {
 			sh.bytes = 0
 			return
 		}
-		e := oldest.Value.(*rowEntry)
 		if e.referenced {
 			e.referenced = false
-			sh.order.MoveToFront(oldest)
+			sh.unlink(e)
+			sh.pushNewest(e)
 			continue
 		}
 		sh.remove(e)
@@ -392,30 +455,27 @@ func (c *rowCache) endPublish() { c.epoch.Add(1) }
 // The caller holds sh.mu, sh being key's shard.
 func (sh *rowShard) update(known *rowEntry, key, rec []byte, absent bool) {
 	e := known // always key's entry: recordEntries pairs them
-	if e == nil || e.elem == nil {
+	if e == nil || !e.cached {
 		cached, ok := sh.entries[string(key)]
 		switch {
 		case ok:
 			e = cached
 		case known != nil && known.fresh:
 			known.fresh = false
-			if !absent {
-				known.rec = append(known.rec[:0], rec...)
-			}
-			known.absent = absent
-			sh.add(known.key, known)
+			known.set(rec, absent)
+			sh.add(known)
 			return
 		default:
 			return
 		}
 	}
-	before := e.size(len(key))
-	if absent {
-		e.rec, e.absent = nil, true
-	} else {
-		e.rec, e.absent = append(e.rec[:0], rec...), false
+	before := e.size()
+	if e.set(rec, absent) {
+		// The map's key views the old memory: key it by the new.
+		delete(sh.entries, e.key())
+		sh.entries[e.key()] = e
 	}
-	after := e.size(len(key))
+	after := e.size()
 	if after > sh.budget {
 		sh.bytes += after - before
 		sh.remove(e)
@@ -430,11 +490,13 @@ func (c *rowCache) clear() {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.Lock()
-		for el := sh.order.Front(); el != nil; el = el.Next() {
-			el.Value.(*rowEntry).elem = nil
+		for e := sh.newest; e != nil; {
+			older := e.older
+			e.cached, e.newer, e.older = false, nil, nil
+			e = older
 		}
 		clear(sh.entries)
-		sh.order.Init()
+		sh.newest, sh.oldest, sh.count = nil, nil, 0
 		sh.bytes = 0
 		sh.mu.Unlock()
 	}
@@ -465,7 +527,7 @@ func (c *rowCache) stats() RowCacheStats {
 		sh.mu.Lock()
 		st.Hits += sh.hits
 		st.Misses += sh.misses
-		st.Entries += sh.order.Len()
+		st.Entries += sh.count
 		st.Bytes += sh.bytes
 		sh.mu.Unlock()
 	}

@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -674,5 +676,56 @@ func TestRowCacheSortedReadModifyWrites(t *testing.T) {
 	}
 	if st := s.RowCacheStats(); st.Hits-before.Hits < 2*n/3 {
 		t.Errorf("%d of %d reads hit the cache, want every read-modified key", st.Hits-before.Hits, n)
+	}
+}
+
+// TestRowCacheKeysViewEntryData checks that every map key views its own
+// entry's current data after records grow and shrink in place and move:
+// a key left viewing an entry's old memory would keep that memory alive
+// unaccounted.
+func TestRowCacheKeysViewEntryData(t *testing.T) {
+	c := newRowCache(1 << 20)
+	for i := range 50 {
+		c.writerFill([]byte(fmt.Sprintf("k%02d", i)), []byte("v"), false)
+	}
+	for round, size := range []int{2, 300, 10, 5000, 0} {
+		b := new(pebble.Batch)
+		for i := range 50 {
+			k := []byte(fmt.Sprintf("k%02d", i))
+			var err error
+			if size == 0 && i%2 == 0 {
+				err = b.Delete(k, nil)
+			} else {
+				err = b.Set(k, bytes.Repeat([]byte{'a' + byte(round)}, size+i), nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.beginPublish()
+		c.publish(b.Repr(), nil)
+		c.endPublish()
+		for i := range c.shards {
+			sh := &c.shards[i]
+			for k, e := range sh.entries {
+				if unsafe.StringData(k) != unsafe.SliceData(e.data) {
+					t.Fatalf("round %d: the map key of %s views other memory than its entry", round, k)
+				}
+			}
+		}
+		for i := range 50 {
+			k := fmt.Sprintf("k%02d", i)
+			rec, absent, hit := c.get([]byte(k), nil)
+			switch {
+			case !hit:
+				t.Fatalf("round %d: %s left the cache", round, k)
+			case size == 0 && i%2 == 0:
+				if !absent {
+					t.Fatalf("round %d: %s = %q, want absent", round, k, rec)
+				}
+			case absent || len(rec) != size+i || rec[0] != 'a'+byte(round):
+				t.Fatalf("round %d: %s = %.10q (%d bytes, absent %t), want %d bytes of %c", round, k, rec, len(rec), absent, size+i, 'a'+byte(round))
+			}
+		}
 	}
 }

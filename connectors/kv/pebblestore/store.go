@@ -862,7 +862,8 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 					// published; a write of the key by this group
 					// caches it then, as a read from the cache or the
 					// database would have.
-					t.lastRead = &rowEntry{key: string(key), fresh: true}
+					t.lastRead = newRowEntry(key, nil, true)
+					t.lastRead.fresh = true
 				}
 				if del {
 					return nil, 0, false, nil
@@ -932,7 +933,7 @@ func (t *txn) writerRead(key []byte) (rec []byte, found bool, err error) {
 	}
 	if e := c.writerGet(key); e != nil {
 		t.lastRead = e
-		return e.rec[:len(e.rec):len(e.rec)], !e.absent, nil
+		return e.rec(), !e.absent, nil
 	}
 	if _, found, err = t.readDB(key); err != nil {
 		return nil, false, err
@@ -958,7 +959,7 @@ func (t *txn) readDB(key []byte) (rec []byte, found bool, err error) {
 
 // readEntry returns the cache entry the writer last read if it is key's.
 func (t *txn) readEntry(key []byte) *rowEntry {
-	if e := t.lastRead; e != nil && e.key == string(key) {
+	if e := t.lastRead; e != nil && e.key() == string(key) {
 		return e
 	}
 	return nil
