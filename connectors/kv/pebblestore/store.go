@@ -751,7 +751,8 @@ type txn struct {
 	// prev is the group built before this one while the committer may
 	// not have applied it yet: point reads of keys it wrote are answered
 	// from its batch; anything else that reads the database waits for it
-	// (settle). nil for View and once settled.
+	// (settle). nil for View and once settled. The writer passes only
+	// groups with a pending index (write).
 	prev      *group
 	prevReads uint64 // point reads answered by prev
 	// lastRead is the cache entry of the key the writer read last, kept
@@ -855,7 +856,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 			raw = rec // valid until the next write, as Txn allows
 			break
 		}
-		if p := t.prev; p != nil && p.pending != nil {
+		if p := t.prev; p != nil {
 			if rec, del, hit := p.pending.lookup(p.repr, key); hit {
 				if t.cache != nil {
 					// The cache cannot take p's record before p is
