@@ -55,6 +55,9 @@ func New(b Backend, opts Options) (*Connector, error) {
 		return nil, errors.New("kv: New needs a Backend")
 	}
 	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	c := &Connector{b: b, opts: opts, layout: newLayout(opts.Namespace)}
 	c.dec = decoder{opts: &c.opts}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -103,6 +106,7 @@ func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pi
 func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline.FinishFunc, error) {
 	sc := c.scratch(len(batch))
 	sc.batch = batch
+	sc.x.ctx, sc.x2.ctx = ctx, ctx
 	sc.readOnly = true
 	for i, ev := range batch {
 		sc.cmds[i], sc.errs[i] = c.decodeEvent(ev)
@@ -147,6 +151,7 @@ func (sc *batchScratch) finish(ctx context.Context, emit pipeline.Emitter) error
 		c.inFlight.Add(-1)
 		sc.outcome(err)
 	case sc.deferred:
+		sc.x.ctx, sc.x2.ctx = ctx, ctx
 		sc.outcome(c.update(ctx, sc))
 	}
 	for i, ev := range sc.batch {
@@ -268,6 +273,7 @@ func (sc *batchScratch) slot(j int, x *execer) TxnFunc {
 	return func(tx Txn) error {
 		i := sc.idx[j]
 		x.begin(tx)
+		x.startEvent()
 		r, err := x.runIdem(&sc.cmds[i])
 		sc.results[i] = r
 		return err
@@ -284,6 +290,7 @@ func (c *Connector) release(sc *batchScratch) {
 	sc.idx = sc.idx[:0]
 	sc.x.reset()
 	sc.x2.reset()
+	sc.x.ctx, sc.x2.ctx = nil, nil
 	sc.batch, sc.wait, sc.deferred = nil, nil, false
 	c.scratchPool.Put(sc)
 }

@@ -46,6 +46,11 @@ var (
 	// with that command's result would be wrong, and applying it would
 	// break the key's promise.
 	ErrIdemConflict = errors.New("idempotency key reused")
+	// ErrBudgetExceeded reports an event whose commands read more than
+	// Options.MaxResultBytes of results or visited more than
+	// Options.MaxKeysVisited keys; the message names the budget, its
+	// option and how far the command got. Nothing of the event is applied.
+	ErrBudgetExceeded = errors.New("budget exceeded")
 	// ErrCommit reports a backend commit failure; every command of the
 	// failed Update is reported with it and none took effect.
 	ErrCommit = errors.New("commit failed")

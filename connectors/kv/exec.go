@@ -2,6 +2,7 @@ package kv
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math"
 	"strconv"
@@ -73,6 +74,55 @@ type execer struct {
 	buf []byte
 	// runs counts the commands run since now was read; see begin.
 	runs int
+	// ctx is the flow's context: long reads stop when it is done. Nil
+	// means never.
+	ctx context.Context
+	// spentBytes and spentKeys are what the event's commands so far have
+	// used of Options.MaxResultBytes and Options.MaxKeysVisited; see
+	// startEvent.
+	spentBytes, spentKeys int
+}
+
+// ctxEvery is how many keys a scan visits between looks at the context:
+// a few microseconds of work, so a cancelled flow stops a long read at
+// once, while the look costs nothing measurable.
+const ctxEvery = 256
+
+// startEvent gives the next command the whole budget of an event.
+func (x *execer) startEvent() { x.spentBytes, x.spentKeys = 0, 0 }
+
+// cancelled returns the error of a done context, wrapped for cmd.
+func (x *execer) cancelled(cmd *command) error {
+	if x.ctx == nil {
+		return nil
+	}
+	if err := x.ctx.Err(); err != nil {
+		return cmd.errf(err, "stopped after visiting %d keys: the flow was cancelled", x.spentKeys)
+	}
+	return nil
+}
+
+// visit charges one key visited by cmd to the event's work budget and,
+// every ctxEvery keys, checks that the flow still runs.
+func (x *execer) visit(cmd *command) error {
+	x.spentKeys++
+	if x.spentKeys > x.c.opts.MaxKeysVisited {
+		return cmd.errf(ErrBudgetExceeded, "event visits more than max_keys_visited (%d) keys; raise the connector's max_keys_visited (Options.MaxKeysVisited) or read less per event (a narrower prefix, a smaller limit, keys pages)", x.c.opts.MaxKeysVisited)
+	}
+	if x.spentKeys%ctxEvery == 0 {
+		return x.cancelled(cmd)
+	}
+	return nil
+}
+
+// charge counts n result bytes of cmd, read so far from keys keys, against
+// the event's result budget.
+func (x *execer) charge(cmd *command, n, keys int) error {
+	x.spentBytes += n
+	if x.spentBytes > x.c.opts.MaxResultBytes {
+		return cmd.errf(ErrBudgetExceeded, "event results exceed max_result_bytes (%s) after %d keys; raise the connector's max_result_bytes (Options.MaxResultBytes) or read less per event (keys or scan pages)", sizeString(x.c.opts.MaxResultBytes), keys)
+	}
+	return nil
 }
 
 // clockEvery is how many commands of a batch share one reading of the
@@ -97,8 +147,8 @@ func (x *execer) reset() { x.tx, x.runs = nil, 0 }
 
 func (x *execer) expired(exp int64) bool { return exp != 0 && x.now >= exp }
 
-func (x *execer) load(key string) (record, error) {
-	r, err := x.peek(key)
+func (x *execer) load(cmd *command) (record, error) {
+	r, err := x.peek(cmd)
 	r.value = bytes.Clone(r.value)
 	return r, err
 }
@@ -106,8 +156,13 @@ func (x *execer) load(key string) (record, error) {
 // peek is load without the copy: the record's value is the store's and
 // valid only until the next call on x.tx. A command that only compares
 // the value before writing (cas) saves a copy per command.
-func (x *execer) peek(key string) (record, error) {
-	x.buf = x.c.layout.dataKey(x.buf[:0], key)
+//
+// The key it looks up is charged to the event's work budget.
+func (x *execer) peek(cmd *command) (record, error) {
+	if err := x.visit(cmd); err != nil {
+		return record{}, err
+	}
+	x.buf = x.c.layout.dataKey(x.buf[:0], cmd.key)
 	v, exp, found, err := x.tx.Get(x.buf)
 	if err != nil || !found {
 		return record{}, err
@@ -158,13 +213,22 @@ func (x *execer) expiry(cmd *command) int64 {
 }
 
 // scanLive calls fn for each live record of [start, end) in key order until
-// fn returns false. key and value are valid only during the call.
-func (x *execer) scanLive(start, end []byte, fn func(key, value []byte) bool) error {
+// fn returns false or an error. key and value are valid only during the
+// call. Every record stepped over, expired or not, is charged to the
+// event's work budget for cmd, and the scan stops as soon as it is spent
+// or the flow is cancelled.
+func (x *execer) scanLive(cmd *command, start, end []byte, fn func(key, value []byte) (bool, error)) error {
+	if err := x.cancelled(cmd); err != nil {
+		return err
+	}
 	return x.tx.Scan(start, end, func(k, v []byte, exp int64) (bool, error) {
+		if err := x.visit(cmd); err != nil {
+			return false, err
+		}
 		if x.expired(exp) {
 			return true, nil
 		}
-		return fn(k, v), nil
+		return fn(k, v)
 	})
 }
 
@@ -200,7 +264,7 @@ func mismatch(cmd *command, cur record) error {
 func (x *execer) run(cmd *command) (result, error) {
 	switch cmd.op {
 	case opGet, opExists:
-		cur, err := x.load(cmd.key)
+		cur, err := x.load(cmd)
 		if err != nil {
 			return result{}, err
 		}
@@ -208,6 +272,9 @@ func (x *execer) run(cmd *command) (result, error) {
 			return result{data: []byte(strconv.FormatBool(cur.live)), found: cur.live}, nil
 		}
 		if cur.live {
+			if err := x.charge(cmd, len(cur.value), 1); err != nil {
+				return result{}, err
+			}
 			return result{data: cur.value, found: true}, nil
 		}
 		return result{data: orNull(cmd.def)}, nil
@@ -224,8 +291,11 @@ func (x *execer) run(cmd *command) (result, error) {
 		return result{data: cmd.value, found: true}, nil
 
 	case opSwap:
-		cur, err := x.load(cmd.key)
+		cur, err := x.load(cmd)
 		if err != nil {
+			return result{}, err
+		}
+		if err := x.charge(cmd, len(cur.value), 1); err != nil {
 			return result{}, err
 		}
 		if err := x.store(cmd.key, cmd.value, 0, cur); err != nil {
@@ -234,7 +304,7 @@ func (x *execer) run(cmd *command) (result, error) {
 		return result{data: orNull(cur.value), found: cur.live}, nil
 
 	case opCas:
-		cur, err := x.peek(cmd.key) // cur.value is not used after the write
+		cur, err := x.peek(cmd) // cur.value is not used after the write
 		if err != nil {
 			return result{}, err
 		}
@@ -248,12 +318,15 @@ func (x *execer) run(cmd *command) (result, error) {
 		return result{data: nullJSON, found: cur.live}, nil
 
 	case opCad:
-		cur, err := x.load(cmd.key)
+		cur, err := x.load(cmd)
 		if err != nil {
 			return result{}, err
 		}
 		if !cur.live || !bytes.Equal(cmd.old, cur.value) {
 			return result{}, mismatch(cmd, cur)
+		}
+		if err := x.charge(cmd, len(cur.value), 1); err != nil {
+			return result{}, err
 		}
 		if err := x.remove(cmd.key, cur); err != nil {
 			return result{}, err
@@ -261,8 +334,11 @@ func (x *execer) run(cmd *command) (result, error) {
 		return result{data: cur.value, found: true}, nil
 
 	case opDelete:
-		cur, err := x.load(cmd.key)
+		cur, err := x.load(cmd)
 		if err != nil {
+			return result{}, err
+		}
+		if err := x.charge(cmd, len(cur.value), 1); err != nil {
 			return result{}, err
 		}
 		if cur.exists {
@@ -287,17 +363,27 @@ func (x *execer) run(cmd *command) (result, error) {
 		if cmd.limit == 0 || bytes.Compare(start, end) >= 0 {
 			return res, nil
 		}
-		err := x.scanLive(start, end, func(k, v []byte) bool {
-			res.rows = append(res.rows, row{key: x.c.layout.userKey(k), value: bytes.Clone(v)})
-			return len(res.rows) < cmd.limit
+		err := x.scanLive(cmd, start, end, func(k, v []byte) (bool, error) {
+			key := x.c.layout.userKey(k)
+			if err := x.charge(cmd, len(key)+len(v), len(res.rows)+1); err != nil {
+				return false, err
+			}
+			res.rows = append(res.rows, row{key: key, value: bytes.Clone(v)})
+			return len(res.rows) < cmd.limit, nil
 		})
+		if err != nil {
+			return result{}, err
+		}
 		res.found = len(res.rows) > 0
 		return res, err
 
 	case opCount:
 		start, end := x.c.layout.prefixRange(cmd.key)
-		n, err := x.count(start, end)
-		return result{data: strconv.AppendInt(nil, int64(n), 10), found: n > 0}, err
+		n, err := x.count(cmd, start, end)
+		if err != nil {
+			return result{}, err
+		}
+		return result{data: strconv.AppendInt(nil, int64(n), 10), found: n > 0}, nil
 
 	case opKeys:
 		return x.keys(cmd)
@@ -307,18 +393,19 @@ func (x *execer) run(cmd *command) (result, error) {
 		max := x.c.opts.MaxGetAll
 		data := []byte{'{'}
 		n := 0
-		err := x.scanLive(start, end, func(k, v []byte) bool {
+		err := x.scanLive(cmd, start, end, func(k, v []byte) (bool, error) {
 			n++
 			if n > max {
-				return false
+				return false, nil
 			}
+			before := len(data)
 			if n > 1 {
 				data = append(data, ',')
 			}
 			data = appendString(data, x.c.layout.userKey(k))
 			data = append(data, ':')
 			data = append(data, v...)
-			return true
+			return true, x.charge(cmd, len(data)-before, n)
 		})
 		if err != nil {
 			return result{}, err
@@ -330,7 +417,9 @@ func (x *execer) run(cmd *command) (result, error) {
 
 	case opClear:
 		start, end := x.c.layout.prefixRange(cmd.key)
-		n, err := x.count(start, end)
+		// The count visits every record of the range, under the event's
+		// work budget: that is what bounds a clear, not the deletion.
+		n, err := x.count(cmd, start, end)
 		if err != nil {
 			return result{}, err
 		}
@@ -348,11 +437,11 @@ func (x *execer) run(cmd *command) (result, error) {
 	return result{}, fmt.Errorf("%s: %w", cmd.op, ErrUnknownCommand)
 }
 
-func (x *execer) count(start, end []byte) (int, error) {
+func (x *execer) count(cmd *command, start, end []byte) (int, error) {
 	n := 0
-	err := x.scanLive(start, end, func(_, _ []byte) bool {
+	err := x.scanLive(cmd, start, end, func(_, _ []byte) (bool, error) {
 		n++
-		return true
+		return true, nil
 	})
 	return n, err
 }
@@ -371,18 +460,19 @@ func (x *execer) keys(cmd *command) (result, error) {
 	n, more := 0, false
 	var err error
 	if bytes.Compare(start, end) < 0 {
-		err = x.scanLive(start, end, func(k, _ []byte) bool {
+		err = x.scanLive(cmd, start, end, func(k, _ []byte) (bool, error) {
 			if n == cmd.limit {
 				more = true
-				return false
+				return false, nil
 			}
+			before := len(data)
 			if n > 0 {
 				data = append(data, ',')
 			}
 			last = x.c.layout.userKey(k)
 			data = appendString(data, last)
 			n++
-			return true
+			return true, x.charge(cmd, len(data)-before, n)
 		})
 	}
 	if err != nil {
@@ -418,7 +508,7 @@ func parseNumber(lit string) (number, bool) {
 }
 
 func (x *execer) increment(cmd *command) (result, error) {
-	cur, err := x.load(cmd.key)
+	cur, err := x.load(cmd)
 	if err != nil {
 		return result{}, err
 	}
@@ -472,6 +562,9 @@ func (x *execer) batch(cmd *command) (result, error) {
 	for i := range cmd.sub {
 		sub := &cmd.sub[i]
 		r, err := x.run(sub)
+		if err == nil {
+			err = x.cancelled(sub)
+		}
 		if err != nil {
 			ce := &cmdError{err: fmt.Errorf("batch[%d]: %w", i, err), index: i}
 			var inner *cmdError

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -15,6 +16,16 @@ const (
 	DefaultMaxBatch        = 1000
 	DefaultReclaimInterval = time.Minute
 	DefaultIdemRetention   = 24 * time.Hour
+	// DefaultMaxResultBytes is the default of Options.MaxResultBytes: four
+	// times the largest value, so that any single get succeeds with room
+	// to spare, while a hostile event holds at most this much (plus the
+	// copy emitted) however much it asks for.
+	DefaultMaxResultBytes = 16 << 20
+	// DefaultMaxKeysVisited is the default of Options.MaxKeysVisited: ten
+	// full pages of scan, keys or get_all. Visiting 100,000 keys costs
+	// about 20-40 ms on a loaded two-core machine (measured with count on
+	// Pebble), the longest one event may hold the store's writer.
+	DefaultMaxKeysVisited = 100000
 )
 
 // MaxDepth is the deepest nesting of arrays and objects accepted in a value.
@@ -42,6 +53,22 @@ type Options struct {
 	MaxScan int
 	// MaxBatch is the most sub-commands one batch may hold. Default 1000.
 	MaxBatch int
+	// MaxResultBytes is the budget in result bytes of one event: the
+	// bytes read from the store that its command returns (values of get,
+	// swap, delete and cad; keys and values of scan, keys and get_all),
+	// summed over every command of a batch or of one script run. A
+	// command crossing it stops reading at once and fails with
+	// ErrBudgetExceeded, leaving the store unchanged. Default
+	// DefaultMaxResultBytes (16 MiB); flow option max_result_bytes.
+	MaxResultBytes int
+	// MaxKeysVisited is the budget in work of one event: the keys its
+	// commands visit (each key a point read looks up, each record a scan,
+	// count, keys, get_all or clear steps over, expired ones included),
+	// summed like MaxResultBytes. It bounds how long one event may hold
+	// the store's writer. Crossing it fails the command with
+	// ErrBudgetExceeded and leaves the store unchanged. Default
+	// DefaultMaxKeysVisited (100,000); flow option max_keys_visited.
+	MaxKeysVisited int
 	// Now is the clock deciding expiry. Default time.Now.
 	Now func() time.Time
 	// ReclaimInterval is how often the background janitor deletes expired
@@ -79,8 +106,16 @@ type Options struct {
 }
 
 // EnsureDefaults fills unset (zero or negative) fields with their defaults;
-// a negative ReclaimInterval is kept, since it disables the janitor.
+// a negative ReclaimInterval is kept, since it disables the janitor. The
+// budgets (MaxResultBytes, MaxKeysVisited) are filled only when zero: a
+// negative budget is kept for Validate to refuse, never taken as "off".
 func (o *Options) EnsureDefaults() {
+	if o.MaxResultBytes == 0 {
+		o.MaxResultBytes = DefaultMaxResultBytes
+	}
+	if o.MaxKeysVisited == 0 {
+		o.MaxKeysVisited = DefaultMaxKeysVisited
+	}
 	if o.Namespace == "" {
 		o.Namespace = DefaultNamespace
 	}
@@ -111,4 +146,16 @@ func (o *Options) EnsureDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+}
+
+// Validate reports options EnsureDefaults cannot make sense of: a negative
+// budget. There is no way to switch a budget off; raise it instead.
+func (o *Options) Validate() error {
+	if o.MaxResultBytes < 0 {
+		return fmt.Errorf("kv: MaxResultBytes (max_result_bytes) is %d, must be positive (raise it to allow larger results; there is no unlimited)", o.MaxResultBytes)
+	}
+	if o.MaxKeysVisited < 0 {
+		return fmt.Errorf("kv: MaxKeysVisited (max_keys_visited) is %d, must be positive (raise it to allow longer reads; there is no unlimited)", o.MaxKeysVisited)
+	}
+	return nil
 }

@@ -15,6 +15,11 @@ import (
 // event, inside the function's single transaction. Values are JSON bytes;
 // returned slices belong to the caller. A Session is valid only during the
 // function it was passed to.
+//
+// The calls of one function share the budgets of one event
+// (Options.MaxResultBytes, Options.MaxKeysVisited): a call crossing one
+// fails with ErrBudgetExceeded, and so do the later ones; long reads stop
+// with the context's error when the ctx given to Run is done.
 type Session struct {
 	x execer
 }
@@ -62,7 +67,7 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 		for i, fn := range fns {
 			txs[i] = func(tx Txn) error {
 				s := &sessions[i]
-				*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
+				*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli(), ctx: ctx}}
 				return fn(s)
 			}
 		}
@@ -97,7 +102,7 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 			// to have stopped calling fns.
 			ph.exclusive()
 			s := &sessions[i]
-			*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli()}}
+			*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli(), ctx: ctx}}
 			return fn(s)
 		}
 	}
@@ -228,7 +233,7 @@ func (c *Connector) optimistic(ctx context.Context, v Viewer, fns []func(s *Sess
 			r.now = c.opts.Now().UnixMilli()
 			t.begin()
 			s := &sessions[i]
-			*s = Session{x: execer{c: c, tx: &t, now: r.now}}
+			*s = Session{x: execer{c: c, tx: &t, now: r.now, ctx: ctx}}
 			ok, ferr := runOptimistic(fn, s)
 			if !ok || t.failed {
 				*r = optRun{}
@@ -343,11 +348,15 @@ func (s *Session) Keys(prefix string) ([]string, error) {
 	}
 	start, end := s.x.c.layout.prefixRange(prefix)
 	var keys []string
-	err = s.x.scanLive(start, end, func(k, _ []byte) bool {
-		keys = append(keys, s.x.c.layout.userKey(k))
-		return len(keys) < cmd.limit
+	err = s.x.scanLive(&cmd, start, end, func(k, _ []byte) (bool, error) {
+		key := s.x.c.layout.userKey(k)
+		keys = append(keys, key)
+		return len(keys) < cmd.limit, s.x.charge(&cmd, len(key)+3, len(keys))
 	})
-	return keys, err
+	if err != nil {
+		return nil, err
+	}
+	return keys, nil
 }
 
 // GetAll returns the live entries starting with prefix as one JSON object;
