@@ -98,6 +98,9 @@ type Field struct {
 	Aliases []string
 	// NodeType is the connector type a TypeNode field must name ("kv").
 	NodeType string
+	// Positive refuses zero and negative values of a TypeInt or
+	// TypeByteSize field: for a limit, where neither may mean "off".
+	Positive bool
 }
 
 // When is a condition on another option of the same component: it holds
@@ -434,6 +437,9 @@ func (r *Registry) parseValue(f *Field, text string, isNull bool, baseDir string
 		if err != nil || n > math.MaxInt32 || n < math.MinInt32 {
 			return nil, fmt.Sprintf("expected an integer, got %q", text)
 		}
+		if f.Positive && n <= 0 {
+			return nil, fmt.Sprintf("must be a positive integer, got %q (a limit cannot be switched off; raise it instead)", text)
+		}
 		return int(n), ""
 	case TypeBool:
 		switch strings.ToLower(text) {
@@ -456,6 +462,9 @@ func (r *Registry) parseValue(f *Field, text string, isNull bool, baseDir string
 		n, ok := parseByteSize(text)
 		if !ok {
 			return nil, fmt.Sprintf("expected a size such as 4096, \"64KiB\" or \"16MiB\", got %q", text)
+		}
+		if f.Positive && n <= 0 {
+			return nil, fmt.Sprintf("must be a positive size, got %q (a limit cannot be switched off; raise it instead)", text)
 		}
 		return n, ""
 	case TypeExpr:

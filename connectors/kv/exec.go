@@ -88,6 +88,14 @@ type execer struct {
 // once, while the look costs nothing measurable.
 const ctxEvery = 256
 
+// plural returns "1 key", "2 keys".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
 // startEvent gives the next command the whole budget of an event.
 func (x *execer) startEvent() { x.spentBytes, x.spentKeys = 0, 0 }
 
@@ -107,7 +115,7 @@ func (x *execer) cancelled(cmd *command) error {
 func (x *execer) visit(cmd *command) error {
 	x.spentKeys++
 	if x.spentKeys > x.c.opts.MaxKeysVisited {
-		return cmd.errf(ErrBudgetExceeded, "event visits more than max_keys_visited (%d) keys; raise the connector's max_keys_visited (Options.MaxKeysVisited) or read less per event (a narrower prefix, a smaller limit, keys pages)", x.c.opts.MaxKeysVisited)
+		return cmd.errf(ErrBudgetExceeded, "the event visits more than max_keys_visited (%d) keys; raise the connector's max_keys_visited (Options.MaxKeysVisited) or read less per event (a narrower prefix, a smaller limit, keys pages)", x.c.opts.MaxKeysVisited)
 	}
 	if x.spentKeys%ctxEvery == 0 {
 		return x.cancelled(cmd)
@@ -120,7 +128,7 @@ func (x *execer) visit(cmd *command) error {
 func (x *execer) charge(cmd *command, n, keys int) error {
 	x.spentBytes += n
 	if x.spentBytes > x.c.opts.MaxResultBytes {
-		return cmd.errf(ErrBudgetExceeded, "event results exceed max_result_bytes (%s) after %d keys; raise the connector's max_result_bytes (Options.MaxResultBytes) or read less per event (keys or scan pages)", sizeString(x.c.opts.MaxResultBytes), keys)
+		return cmd.errf(ErrBudgetExceeded, "the event's results exceed max_result_bytes (%s) after %s; raise the connector's max_result_bytes (Options.MaxResultBytes) or read less per event (keys or scan pages)", sizeString(x.c.opts.MaxResultBytes), plural(keys, "key"))
 	}
 	return nil
 }

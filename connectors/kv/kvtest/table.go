@@ -2,6 +2,7 @@ package kvtest
 
 import (
 	"bytes"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -402,6 +403,22 @@ func casesTable() []tcase {
 			e(M(`"batch":[{"get":"a"},{"get":"b"},{"get":"c"}]`), ``, kv.ErrTooManyEntries, `{"op":"batch"}`, "limit is 2"),
 			s(M(`"count":null`), ``, op("count", "", `4`, true)),
 		}},
+		{name: "result budget", opts: func(o *kv.Options) { o.MaxResultBytes = 100 }, steps: budgetResultSteps()},
+		{name: "result budget of keys and get", opts: func(o *kv.Options) { o.MaxResultBytes = 10 }, steps: []step{
+			s(M(`"put":"k1"`), `1`, op("put", "k1", `1`, true)),
+			s(M(`"put":"k2"`), `1`, op("put", "k2", `1`, true)),
+			s(M(`"put":"k3"`), `1`, op("put", "k3", `1`, true)),
+			e(M(`"keys":null`), ``, kv.ErrBudgetExceeded, `{"op":"keys","key":""}`, "max_result_bytes (10 bytes)", "after 3 keys"),
+			s(M(`"keys":null,"limit":2`), ``, op("keys", "", `["k1","k2"]`, true, `,"next":"k2"`)),
+			s(M(`"put":"b"`), `"0123456789"`, op("put", "b", `"0123456789"`, true)),
+			e(M(`"get":"b"`), ``, kv.ErrBudgetExceeded, `{"op":"get","key":"b"}`, `get "b"`, "max_result_bytes (10 bytes)", "raise"),
+			e(M(`"swap":"b"`), `2`, kv.ErrBudgetExceeded, `{"op":"swap","key":"b"}`, "max_result_bytes"),
+			e(M(`"delete":"b"`), ``, kv.ErrBudgetExceeded, `{"op":"delete","key":"b"}`, "max_result_bytes"),
+			e(M(`"cad":"b","old":"0123456789"`), ``, kv.ErrBudgetExceeded, `{"op":"cad","key":"b"}`, "max_result_bytes"),
+			s(M(`"exists":"b"`), ``, op("exists", "b", `true`, true)),
+			s(M(`"get":"k1"`), ``, get("k1", `1`, true)),
+		}},
+		{name: "work budget", opts: func(o *kv.Options) { o.MaxKeysVisited = 10 }, steps: budgetWorkSteps()},
 		{name: "idempotency keys", opts: func(o *kv.Options) { o.IdemRetention = time.Hour }, steps: []step{
 			s(M(`"increment":"n","idem":"m1"`), ``, op("increment", "n", `1`, false)),
 			s(M(`"increment":"n","idem":"m1"`), ``, op("increment", "n", `1`, false, `,"replayed":true`)),
@@ -475,4 +492,64 @@ func casesTable() []tcase {
 			s(M(`"batch":[{"clear":null},{"count":null}]`), ``, Out(`[2,0]`, `"op":"batch","found":true`)),
 		}},
 	}
+}
+
+// budgetResultSteps exercise a result budget of 100 bytes over five keys
+// whose values are 32 bytes of JSON each.
+func budgetResultSteps() []step {
+	v := `"` + strings.Repeat("a", 30) + `"`
+	batchOut := func(data string) string { return Out(data, `"op":"batch","found":true`) }
+	var steps []step
+	for _, k := range []string{"k1", "k2", "k3", "k4", "k5"} {
+		steps = append(steps, s(M(`"put":"`+k+`"`), v, op("put", k, v, true)))
+	}
+	return append(steps,
+		// 37, 38 and 38 bytes of entries: the third crosses 100.
+		e(M(`"get_all":null`), ``, kv.ErrBudgetExceeded, `{"op":"get_all","key":""}`, `get_all ""`, "max_result_bytes (100 bytes)", "after 3 keys", "raise the connector's max_result_bytes"),
+		s(M(`"get_all":"k1"`), ``, op("get_all", "k1", `{"k1":`+v+`}`, true)),
+		e(M(`"scan":""`), ``, kv.ErrBudgetExceeded, `{"op":"scan","key":""}`, "max_result_bytes (100 bytes)", "after 3 keys"),
+		s(M(`"scan":"","limit":2`), ``, row("k1", v, false), row("k2", v, true)),
+		// A batch counts all its elements: three gets fit, four do not.
+		s(M(`"batch":[{"get":"k1"},{"get":"k2"},{"get":"k3"}]`), ``, batchOut(`[`+v+`,`+v+`,`+v+`]`)),
+		e(M(`"batch":[{"put":"w","value":1},{"get":"k1"},{"get":"k2"},{"get":"k3"},{"get":"k4"}]`), ``, kv.ErrBudgetExceeded,
+			`{"op":"batch","index":4}`, "batch[4]", `get "k4"`, "max_result_bytes (100 bytes)"),
+		s(M(`"get":"w"`), ``, get("w", `null`, false)), // the failed batch wrote nothing
+		e(M(`"batch":[{"get":"k1"},{"get":"k2"},{"delete":"k3"},{"get":"k4"}]`), ``, kv.ErrBudgetExceeded, `{"op":"batch","index":3}`, "batch[3]"),
+		s(M(`"get":"k3"`), ``, get("k3", v, true)),
+		s(M(`"batch":[{"get":"k1"},{"get_all":"k2"}]`), ``, batchOut(`[`+v+`,{"k2":`+v+`}]`)),
+		e(M(`"batch":[{"get_all":"k1"},{"get_all":"k2"},{"get_all":"k3"}]`), ``, kv.ErrBudgetExceeded, `{"op":"batch","index":2}`, "batch[2]", `get_all "k3"`),
+		// The budget is per event: the next one starts afresh.
+		s(M(`"get":"k5"`), ``, get("k5", v, true)),
+	)
+}
+
+// budgetWorkSteps exercise a work budget of 10 keys visited over twelve
+// keys k01..k12.
+func budgetWorkSteps() []step {
+	batchOut := func(data string) string { return Out(data, `"op":"batch","found":true`) }
+	var steps []step
+	for i := 1; i <= 12; i++ {
+		k := fmt.Sprintf("k%02d", i)
+		steps = append(steps, s(M(`"put":"`+k+`"`), `1`, op("put", k, `1`, true)))
+	}
+	return append(steps,
+		e(M(`"count":null`), ``, kv.ErrBudgetExceeded, `{"op":"count","key":""}`, `count ""`, "max_keys_visited (10)", "raise the connector's max_keys_visited"),
+		s(M(`"count":"k0"`), ``, op("count", "k0", `9`, true)),
+		e(M(`"keys":null`), ``, kv.ErrBudgetExceeded, `{"op":"keys","key":""}`, "max_keys_visited (10)"),
+		s(M(`"keys":null,"limit":5`), ``, op("keys", "", `["k01","k02","k03","k04","k05"]`, true, `,"next":"k05"`)),
+		e(M(`"scan":""`), ``, kv.ErrBudgetExceeded, `{"op":"scan","key":""}`, "max_keys_visited (10)"),
+		s(M(`"scan":"k1"`), ``, row("k10", `1`, false), row("k11", `1`, false), row("k12", `1`, true)),
+		e(M(`"get_all":null`), ``, kv.ErrBudgetExceeded, `{"op":"get_all","key":""}`, "max_keys_visited (10)"),
+		s(M(`"get_all":"k1"`), ``, op("get_all", "k1", `{"k10":1,"k11":1,"k12":1}`, true)),
+		// clear counts what it deletes: over the budget it deletes nothing.
+		e(M(`"clear":null`), ``, kv.ErrBudgetExceeded, `{"op":"clear","key":""}`, `clear ""`, "max_keys_visited (10)"),
+		s(M(`"count":"k0"`), ``, op("count", "k0", `9`, true)),
+		// A batch counts all its elements: 9 + 3 keys.
+		e(M(`"batch":[{"count":"k0"},{"count":"k1"}]`), ``, kv.ErrBudgetExceeded, `{"op":"batch","index":1}`, "batch[1]", `count "k1"`),
+		e(M(`"batch":[{"put":"x","value":1},{"count":"k0"},{"get":"k01"},{"get":"k02"}]`), ``, kv.ErrBudgetExceeded,
+			`{"op":"batch","index":3}`, "batch[3]", "max_keys_visited (10)"),
+		s(M(`"get":"x"`), ``, get("x", `null`, false)), // the failed batch wrote nothing
+		s(M(`"batch":[{"count":"k0"},{"get":"k01"}]`), ``, batchOut(`[9,1]`)),
+		s(M(`"clear":"k1"`), ``, op("clear", "k1", `3`, true)),
+	)
 }
