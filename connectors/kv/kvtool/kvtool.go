@@ -58,6 +58,14 @@ func Open(dir string, create bool) (*Store, error) {
 // Close flushes and closes the store.
 func (s *Store) Close() error { return s.b.Close() }
 
+// The budgets of Command: a count of a billion keys takes minutes but
+// needs no memory; a result is held whole before it is printed, so it is
+// bounded to what a terminal or a pipe can sensibly take.
+const (
+	CommandMaxKeysVisited = 1 << 30
+	CommandMaxResultBytes = 1 << 30
+)
+
 // shared lets short-lived connectors use the store without closing it.
 type shared struct{ kv.Backend }
 
@@ -85,10 +93,18 @@ func (r recorder) Emit(port string, ev pipeline.Event) {
 
 // Command runs one kv command, given as the JSON of meta.kv (for example
 // {"get":"k"}), with data as the event's payload, in namespace, through a
-// kv.Connector with default limits. A failed command is reported in
-// Result.Err, not as an error; the error is for a store that cannot be used.
+// kv.Connector with default limits except the budgets: the store is this
+// process's alone, so a long read stalls no one (CommandMaxKeysVisited),
+// and the result is printed, not held per event of a flow
+// (CommandMaxResultBytes). A failed command is reported in Result.Err, not
+// as an error; the error is for a store that cannot be used.
 func (s *Store) Command(ctx context.Context, namespace string, command, data []byte) (Result, error) {
-	c, err := kv.New(shared{s.b}, kv.Options{Namespace: namespace, ReclaimInterval: -1})
+	c, err := kv.New(shared{s.b}, kv.Options{
+		Namespace:       namespace,
+		ReclaimInterval: -1,
+		MaxKeysVisited:  CommandMaxKeysVisited,
+		MaxResultBytes:  CommandMaxResultBytes,
+	})
 	if err != nil {
 		return Result{}, err
 	}

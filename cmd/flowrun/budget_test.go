@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+	"golang.org/x/sys/unix"
+)
+
+// Figures of TestReadBombs.
+const (
+	// bombRSSBound is the peak resident memory `flowrun run` must stay
+	// under while answering the bombs: the default result budget (16 MiB)
+	// a few times over, plus Pebble's caches and the runtime.
+	bombRSSBound = 512 << 20
+	// bombAddressSpace caps the child's address space, so that a
+	// regression fails the test with an out-of-memory exit instead of
+	// taking down the machine.
+	bombAddressSpace = 4_000_000_000
+	// Store sizes: 10,000 values of 10 KB (100 MB) for get_all, 200,000
+	// small keys for count (built in a few seconds).
+	bigKeys, bigValueBytes = 10_000, 10_000
+	manyKeys               = 200_000
+)
+
+// bombFlow is a flow named NAME (its namespace) on the store in state/,
+// with every outcome on stdout.
+const bombFlow = `name: %s
+connectors:
+  input:   { type: stdin }
+  store:   { type: kv, dir: state }
+  results: { type: stdout }
+links:
+  - input/out -> store/in
+  - input/err -> results/in
+  - store/out -> results/in
+  - store/err -> results/in
+`
+
+// bombRun is the outcome of one `flowrun run`.
+type bombRun struct {
+	code    int
+	lines   []string
+	stderr  string
+	maxRSS  int64 // bytes
+	elapsed time.Duration
+}
+
+// capChild caps the address space of a started child.
+func capChild(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	lim := unix.Rlimit{Cur: bombAddressSpace, Max: bombAddressSpace}
+	if err := unix.Prlimit(cmd.Process.Pid, unix.RLIMIT_AS, &lim, nil); err != nil {
+		_ = cmd.Process.Kill()
+		t.Fatalf("prlimit: %v", err)
+	}
+}
+
+// runBombFlow runs `flowrun run flow` on stdin to its end, its address
+// space capped, and returns how it went. Only the first 2 KB of each
+// output line are kept, so that the test process stays small: a child's
+// ru_maxrss starts from its parent's peak RSS (the fork shares the
+// parent's memory until exec), so a lean parent keeps the figure honest.
+func runBombFlow(t *testing.T, bin, flow string, stdin io.Reader) bombRun {
+	t.Helper()
+	cmd := exec.Command(bin, "run", flow)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out lineKeeper
+	var errOut syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	capChild(t, cmd)
+	go func() {
+		_, _ = io.Copy(in, stdin)
+		_ = in.Close()
+	}()
+	err = cmd.Wait()
+	r := bombRun{code: cmd.ProcessState.ExitCode(), stderr: errOut.String(), elapsed: time.Since(start), lines: out.lines}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.maxRSS = ru.Maxrss << 10 // KiB on Linux
+	}
+	if err != nil && r.code == -1 {
+		t.Logf("flowrun run: %v", err)
+	}
+	return r
+}
+
+// lineKeeper is an io.Writer keeping the first 2 KB of each line.
+type lineKeeper struct {
+	lines []string
+	cur   []byte
+}
+
+func (k *lineKeeper) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
+		}
+		if room := 2048 - len(k.cur); room > 0 {
+			k.cur = append(k.cur, chunk[:min(room, len(chunk))]...)
+		}
+		if i < 0 {
+			break
+		}
+		k.lines = append(k.lines, string(k.cur))
+		k.cur = k.cur[:0]
+		p = p[i+1:]
+	}
+	return n, nil
+}
+
+// peakRSS returns the VmHWM of /proc/self/status, in bytes.
+func peakRSS(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if kb, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var n int64
+			fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(kb), " kB"), &n)
+			return n << 10
+		}
+	}
+	t.Fatal("no VmHWM in /proc/self/status")
+	return 0
+}
+
+// loadLines returns events putting n keys named by key(i) to value, in
+// batches of per, generated as they are read.
+func loadLines(n, per int, key func(int) string, value string) io.Reader {
+	r, w := io.Pipe()
+	go func() {
+		var b bytes.Buffer
+		for i := 0; i < n; i += per {
+			b.Reset()
+			b.WriteString(`{"meta":{"kv":{"batch":[`)
+			for j := i; j < min(n, i+per); j++ {
+				if j > i {
+					b.WriteByte(',')
+				}
+				fmt.Fprintf(&b, `{"put":%q,"value":%s}`, key(j), value)
+			}
+			b.WriteString("]}}}\n")
+			if _, err := w.Write(b.Bytes()); err != nil {
+				return
+			}
+		}
+		w.Close()
+	}()
+	return r
+}
+
+// bombLine is one event holding a batch of 1,000 copies of command.
+func bombLine(command, corr string) string {
+	return `{"meta":{"kv":{"batch":[` + strings.TrimSuffix(strings.Repeat(command+",", 1000), ",") + `]},"correlation":"` + corr + `"}}` + "\n"
+}
+
+// TestReadBombs runs the read bombs of the reliability issue through the
+// real binary: {"batch":[{"get_all":""} x1000]} over 10,000 values of 10 KB
+// (each get_all alone would build 100 MB, the event 100 GB) and
+// {"batch":[{"count":""} x1000]} over 200,000 keys (200 million keys
+// visited). Each must fail at once on err naming its budget, the process
+// must go on answering, its peak RSS must stay under bombRSSBound, and a
+// SIGINT must stop it within seconds.
+func TestReadBombs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the flowrun binary and a 100 MB store")
+	}
+	bin := buildFlowrun(t)
+	dir := t.TempDir()
+	flows := map[string]string{}
+	for _, name := range []string{"big", "many"} {
+		flows[name] = filepath.Join(dir, name+".yaml")
+		if err := os.WriteFile(flows[name], []byte(fmt.Sprintf(bombFlow, name)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	value := `"` + strings.Repeat("v", bigValueBytes-2) + `"`
+	for _, load := range []struct {
+		flow  string
+		lines io.Reader
+		n     int
+	}{
+		{flows["big"], loadLines(bigKeys, 100, func(i int) string { return fmt.Sprintf("k%05d", i) }, value), bigKeys / 100},
+		{flows["many"], loadLines(manyKeys, 1000, func(i int) string { return fmt.Sprintf("c%06d", i) }, `1`), manyKeys / 1000},
+	} {
+		r := runBombFlow(t, bin, load.flow, load.lines)
+		if r.code != 0 || len(r.lines) != load.n || strings.Contains(strings.Join(r.lines, "\n"), `"error":`) {
+			t.Fatalf("loading %s: exit %d, %d lines (want %d)\nstderr: %s", filepath.Base(load.flow), r.code, len(r.lines), load.n, r.stderr)
+		}
+		t.Logf("loaded %s in %v (peak RSS %d MiB)", filepath.Base(load.flow), r.elapsed.Round(time.Millisecond), r.maxRSS>>20)
+	}
+
+	bombs := []struct {
+		name, flow, command, budget, after string
+	}{
+		{"get_all x1000 over 10,000 x 10 KB", flows["big"], `{"get_all":""}`, "max_result_bytes (16 MiB)", `{"exists":"k00001"}`},
+		{"count x1000 over 200,000 keys", flows["many"], `{"count":""}`, "max_keys_visited (100000)", `{"count":"c0000"}`},
+	}
+	for _, b := range bombs {
+		t.Run(b.name, func(t *testing.T) {
+			in := bombLine(b.command, "bomb") + `{"meta":{"kv":` + b.after + `,"correlation":"after"}}` + "\n"
+			r := runBombFlow(t, bin, b.flow, strings.NewReader(in))
+			t.Logf("exit %d in %v, peak RSS %d MiB (at most; the test process's own peak is %d MiB)", r.code, r.elapsed.Round(time.Millisecond), r.maxRSS>>20, peakRSS(t)>>20)
+			if r.code != 0 {
+				t.Fatalf("exit %d, want 0; stderr:\n%.2000s", r.code, r.stderr)
+			}
+			var errLine, after string
+			for _, l := range r.lines {
+				switch gjson.Get(l, "meta.correlation").String() {
+				case "bomb":
+					errLine = l
+				case "after":
+					after = l
+				}
+			}
+			msg := gjson.Get(errLine, "meta.error").String()
+			if len(r.lines) != 2 || !strings.Contains(msg, "batch[0]") || !strings.Contains(msg, b.budget) || !strings.Contains(msg, "budget exceeded") {
+				t.Errorf("want the bomb refused on its first element naming %s, then the next event answered; got:\n%.1500s", b.budget, strings.Join(r.lines, "\n"))
+			}
+			if gjson.Get(after, "meta.error").Exists() || !gjson.Get(after, "meta.kv.found").Bool() {
+				t.Errorf("the event after the bomb: %.300s", after)
+			}
+			if r.maxRSS >= bombRSSBound {
+				t.Errorf("peak RSS %d MiB, bound %d MiB", r.maxRSS>>20, bombRSSBound>>20)
+			}
+		})
+	}
+
+	// SIGINT while count bombs keep arriving: the process drains what it
+	// has read (each bomb bounded by the work budget) and exits 0.
+	t.Run("SIGINT during count bombs", func(t *testing.T) {
+		c := startChild(t, bin, flows["many"])
+		defer c.kill()
+		capChild(t, c.cmd)
+		if _, err := io.WriteString(c.stdin, bombLine(`{"count":""}`, "bomb")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case l := <-c.lines:
+			if !strings.Contains(gjson.Get(l, "meta.error").String(), "max_keys_visited") {
+				t.Fatalf("first bomb: %.500s", l)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("no answer to the first count bomb within a minute; stderr: %s", c.stderr.String())
+		}
+		if _, err := io.WriteString(c.stdin, bombLine(`{"count":""}`, "bomb")); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := c.cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- c.cmd.Wait() }()
+		select {
+		case err := <-exited:
+			t.Logf("exited %v after SIGINT: %v", time.Since(start).Round(time.Millisecond), err)
+			if err != nil {
+				t.Errorf("flowrun run after SIGINT: %v; stderr: %s", err, c.stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-exited
+			t.Fatalf("flowrun still running 10s after SIGINT; stderr: %s", c.stderr.String())
+		}
+	})
+}
