@@ -47,6 +47,9 @@ func TestBrokenFiles(t *testing.T) {
 			`7:16: error: connectors.store.max_batch: expected an integer, got "lots"`,
 			`8:11: error: connectors.store.sync: expected true or false, got "maybe"`,
 			`9:16: error: connectors.store.max_delay: expected a duration such as "5ms" or "1m30s", got "5"`}},
+		{"zero_budget.yaml", []string{
+			`7:23: error: connectors.store.max_keys_visited: must be a positive integer, got "0" (a limit cannot be switched off; raise it instead)`,
+			`8:23: error: connectors.store.max_result_bytes: must be a positive size, got "0KiB" (a limit cannot be switched off; raise it instead)`}},
 		{"bad_enum.yaml", []string{
 			`4:45: error: connectors.out.mode: invalid value "rwite" (want one of read, write, append, truncate) (did you mean "write"?)`}},
 		{"invalid_expr.yaml", []string{
