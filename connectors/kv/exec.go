@@ -570,9 +570,6 @@ func (x *execer) batch(cmd *command) (result, error) {
 	for i := range cmd.sub {
 		sub := &cmd.sub[i]
 		r, err := x.run(sub)
-		if err == nil {
-			err = x.cancelled(sub)
-		}
 		if err != nil {
 			ce := &cmdError{err: fmt.Errorf("batch[%d]: %w", i, err), index: i}
 			var inner *cmdError
