@@ -545,10 +545,12 @@ func (c *Connector) Reclaim(ctx context.Context) (int, error) {
 // transaction. Each transaction resumes after the last entry the one
 // before handled, rather than at the start of the index: the entries
 // deleted so far stay in the store as tombstones until a compaction, and
-// scanning over them again would make each transaction slower than the
-// last (73 ms for the last of 300 over a 300,000-key namespace, against
-// 11 ms on average). An entry written during the pass with an expiry
-// already behind the resume point is left for the next pass.
+// scanning over them again makes each transaction slower than the last.
+// Reclaiming 300,000 expired keys on Pebble (loaded two-core machine):
+// from the start each time, 11.5 s, transactions of 17 ms median and
+// 50 ms at the 90th percentile; resuming, 3.5 s, 3 ms and 10-16 ms. An
+// entry written during the pass with an expiry already behind the resume
+// point is left for the next pass.
 func (c *Connector) reclaim(ctx context.Context, ix expiryIndex) (int, error) {
 	total := 0
 	chunk := reclaimChunkFor(c.b)
