@@ -188,6 +188,8 @@ func (o *Options) PebbleOptions(cache *pebble.Cache) *pebble.Options {
 		Logger:       pebbleLogger{o.Logger},
 		Cache:        cache,
 		MemTableSize: uint64(o.MemTableBytes),
+		// A damaged sstable fails the reads that meet it (see corruption.go).
+		EventListener: corruptionListener(o.Logger),
 	}
 	// Bloom filters on every level: the command set is mostly point reads
 	// (get, exists, and the read of every cas, increment and conditional
