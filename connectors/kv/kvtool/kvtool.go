@@ -118,7 +118,9 @@ func (r recorder) Emit(port string, ev pipeline.Event) {
 // kv.Connector with default limits. A failed command is reported in
 // Result.Err, not as an error; the error is for a store that cannot be used.
 func (s *Store) Command(ctx context.Context, namespace string, command, data []byte) (Result, error) {
-	c, err := kv.New(shared{s.b}, kv.Options{Namespace: namespace, ReclaimInterval: -1})
+	// Partial loads are reported by the caller (PartialLoads), not by
+	// every short-lived connector.
+	c, err := kv.New(shared{s.b}, kv.Options{Namespace: namespace, ReclaimInterval: -1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return Result{}, err
 	}
