@@ -80,8 +80,14 @@ const lostWALDir = "lost-wal"
 // are checked too; a log is only obsolete once its records are in
 // sstables, and a damaged one cannot be told apart without the manifest,
 // so it is reported as well (AcceptWALLoss then loses nothing).
-func checkWALs(fs vfs.FS, dir string) ([]WALLoss, error) {
-	logs, err := wal.Scan(wal.Dir{FS: fs, Dirname: dir})
+func checkWALs(fs vfs.FS, dir string, walDirs ...string) ([]WALLoss, error) {
+	dirs := []wal.Dir{{FS: fs, Dirname: dir}}
+	for _, d := range walDirs {
+		if _, err := fs.Stat(d); err == nil { // Pebble creates it on first open
+			dirs = append(dirs, wal.Dir{FS: fs, Dirname: d})
+		}
+	}
+	logs, err := wal.Scan(dirs...)
 	if err != nil {
 		return nil, fmt.Errorf("list write-ahead logs: %w", err)
 	}
@@ -277,7 +283,17 @@ func checkBeforeReplay(dir string, popts *pebble.Options, opts Options) error {
 	if fs == nil {
 		fs = vfs.Default
 	}
-	losses, err := checkWALs(fs, dir)
+	var walDirs []string
+	if d := popts.WALDir; d != "" {
+		// Pebble's {store_path} prefix stands for dir, as in Open.
+		if rest, ok := strings.CutPrefix(d, "{store_path}"); ok {
+			d = dir + rest
+		}
+		if d != dir {
+			walDirs = append(walDirs, d)
+		}
+	}
+	losses, err := checkWALs(fs, dir, walDirs...)
 	if err != nil {
 		return fmt.Errorf("open store %q: %w", dir, err)
 	}

@@ -383,3 +383,22 @@ func TestWALCheckLastRecordOfCrashedLog(t *testing.T) {
 		t.Fatalf("reported %v, %v", losses, err)
 	}
 }
+
+// Logs kept apart (pebble.Options.WALDir) are checked too.
+func TestWALCheckSeparateWALDir(t *testing.T) {
+	dir := t.TempDir()
+	walDir := filepath.Join(t.TempDir(), "wal")
+	opts := Options{Pebble: func(o *pebble.Options) { o.WALDir = walDir }}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeGroups(t, s, 0, 10)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	flipByteOf(t, lastWAL(t, walDir), "value-g003")
+	if _, err := Open(dir, opts); !errors.Is(err, ErrWALCorrupt) {
+		t.Fatalf("Open: %v, want ErrWALCorrupt", err)
+	}
+}
