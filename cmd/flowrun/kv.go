@@ -39,7 +39,12 @@ dump prints every live key of every namespace as one JSON line
 null), and load reads such lines back (overwriting existing keys), so
   flowrun kv dump state > backup.jsonl
   flowrun kv load fresh-state < backup.jsonl
-copies a store.`,
+copies a store.
+
+check reports a damaged write-ahead log, which makes every verb and every
+flow refuse the store (--accept-wal-loss opens it anyway, dropping the
+records after the damage), and loads that did not complete, of which
+every verb warns on stderr.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return usageError{errors.New("kv needs a subcommand: get, scan, count, keys, dump, load or check")}

@@ -234,3 +234,23 @@ func TestDumpOfDamagedStoreIsMarkedIncomplete(t *testing.T) {
 		t.Fatal("load of an incomplete dump stored records")
 	}
 }
+
+func TestForgetPartialLoads(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir(), true)
+	defer s.Close()
+	injected := errors.New("injected")
+	if _, err := s.Load(ctx, &failingReader{r: strings.NewReader(`{"namespace":"n","key":"a","value":1}` + "\n"), err: injected}, LoadOptions{Name: "x"}); !errors.Is(err, injected) {
+		t.Fatal(err)
+	}
+	forgot, err := s.ForgetPartialLoads(ctx)
+	if err != nil || len(forgot) != 1 || forgot[0].Source != "x" {
+		t.Fatalf("ForgetPartialLoads = %v, %v", forgot, err)
+	}
+	if loads, err := s.PartialLoads(ctx); err != nil || len(loads) != 0 {
+		t.Fatalf("PartialLoads after forgetting = %v, %v", loads, err)
+	}
+	if res := run(t, s, "n", `{"get":"a"}`, ""); res.Err != nil || string(res.Out[0].Data) != "1" {
+		t.Fatalf("the partially loaded record: %+v", res)
+	}
+}
