@@ -170,15 +170,22 @@ func intactAfterGap(tail []byte, base int64, logNum uint64) (lastEnd int64, foun
 	binary.LittleEndian.PutUint32(own[:], uint32(logNum))
 	binary.LittleEndian.PutUint32(trailer[:], uint32(logNum+1))
 	chainEnd := base // where the gapless chain of chunks from base ends
+	// next[k] is the next candidate chunk start at or after i whose log
+	// number (at +7) is own (k 0) or trailer's (k 1), len(tail) for none;
+	// each is searched again only once i has passed it.
+	nums := [2][]byte{own[:], trailer[:]}
+	next := [2]int{-1, -1}
 	for i := 0; i+recyclableHeaderBytes <= len(tail); {
-		// The next candidate chunk start: a log number at p+7.
-		p := -1
-		for _, num := range [][]byte{own[:], trailer[:]} {
-			if j := bytes.Index(tail[i+7:], num); j >= 0 && (p < 0 || i+j < p) {
-				p = i + j
+		for k := range next {
+			if next[k] < i {
+				next[k] = len(tail)
+				if j := bytes.Index(tail[i+7:], nums[k]); j >= 0 {
+					next[k] = i + j
+				}
 			}
 		}
-		if p < 0 {
+		p := min(next[0], next[1])
+		if p >= len(tail) {
 			break
 		}
 		i = p + 1
