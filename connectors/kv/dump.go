@@ -53,7 +53,9 @@ func (r Record) AppendJSON(dst []byte) []byte {
 // ParseRecord decodes one line written by Record.AppendJSON. namespace,
 // key and value are required; expire_at may be absent, null or 0 for no
 // expiry. The value is canonicalised, so a hand-edited dump loads the same
-// as a dumped one. Every failure wraps ErrInvalidRecord.
+// as a dumped one. Every failure wraps ErrInvalidRecord, except the line
+// ending a dump cut short (IncompleteDumpLine), which wraps
+// ErrIncompleteDump.
 func ParseRecord(line []byte) (Record, error) {
 	var r Record
 	bad := func(format string, args ...any) (Record, error) {

@@ -33,11 +33,12 @@ type WALLoss struct {
 	// Offset is where replay stops: the end of the last record read intact.
 	Offset int64
 	// Bytes counts the bytes from Offset to the end of the last intact
-	// chunk of the same log after it: the damaged region and every record
-	// behind it.
+	// chunk of the same log after it (or to the start of the log's EOF
+	// trailer): the damaged region and every record behind it.
 	Bytes int64
 }
 
+// String describes the loss for an error message: file, offset, bytes.
 func (l WALLoss) String() string {
 	return fmt.Sprintf("%s: replay stops at byte %d, discarding %d bytes that hold intact records after a damaged one",
 		l.File, l.Offset, l.Bytes)
@@ -46,10 +47,13 @@ func (l WALLoss) String() string {
 // WALLossError is the error of Open for a store whose write-ahead logs
 // would lose records; it wraps ErrWALCorrupt.
 type WALLossError struct {
-	Dir    string
+	// Dir is the store directory.
+	Dir string
+	// Losses lists each damaged log, in log number order.
 	Losses []WALLoss
 }
 
+// Error names every damaged log and the way to proceed.
 func (e *WALLossError) Error() string {
 	parts := make([]string, len(e.Losses))
 	for i, l := range e.Losses {
@@ -59,6 +63,7 @@ func (e *WALLossError) Error() string {
 		e.Dir, strings.Join(parts, "; "), ErrWALCorrupt)
 }
 
+// Unwrap returns ErrWALCorrupt.
 func (e *WALLossError) Unwrap() error { return ErrWALCorrupt }
 
 // lostWALDir is the subdirectory of a store where Open, with AcceptWALLoss,
