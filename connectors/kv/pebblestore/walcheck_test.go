@@ -223,7 +223,7 @@ func TestWALCheckKillHelper(t *testing.T) {
 	}
 	round := os.Getenv("PEBBLESTORE_KILL_ROUND")
 	value := strings.Repeat("y", 3000)
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(5 * time.Minute)
 	for i := 0; time.Now().Before(deadline); i++ {
 		k := fmt.Sprintf("k%s-%05d", round, i)
 		errs := update(t, s, set(k, value, 0))
