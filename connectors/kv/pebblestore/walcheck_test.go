@@ -171,6 +171,7 @@ func TestWALCheckAfterKill(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { _ = cmd.Process.Kill() }) // on an early failure
 		sc := bufio.NewScanner(out)
 		n := 0
 		killAt := 200 + round*150
