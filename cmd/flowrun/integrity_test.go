@@ -71,6 +71,7 @@ func testDamagedWAL(t *testing.T, bin string) {
 	// Each put is acknowledged before the next is sent: one commit group,
 	// one WAL record each.
 	c := startChild(t, bin, flow)
+	t.Cleanup(c.kill) // on an early failure
 	for i := range 20 {
 		fmt.Fprintf(c.stdin, `{"data":"value-%04d","meta":{"kv":{"put":"k%04d"}}}`+"\n", i, i)
 		select {
@@ -218,6 +219,7 @@ func testKilledLoad(t *testing.T, bin string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // on an early failure
 	go func() { _, _ = stdin.Write([]byte(full[:len(full)/2])) }() // and never the rest
 	// Wait until commits reach the log, then kill.
 	deadline := time.Now().Add(time.Minute)
