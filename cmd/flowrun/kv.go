@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/kvtool"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -37,15 +39,46 @@ dump prints every live key of every namespace as one JSON line
 null), and load reads such lines back (overwriting existing keys), so
   flowrun kv dump state > backup.jsonl
   flowrun kv load fresh-state < backup.jsonl
-copies a store.`,
+copies a store.
+
+check reports a damaged write-ahead log, which makes every verb and every
+flow refuse the store (--accept-wal-loss opens it anyway, dropping the
+records after the damage), and loads that did not complete, of which
+every verb warns on stderr.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usageError{errors.New("kv needs a subcommand: get, scan, count, keys, dump or load")}
+			return usageError{errors.New("kv needs a subcommand: get, scan, count, keys, dump, load or check")}
 		},
 	}
-	cmd.AddCommand(newKVGetCommand(e), newKVScanCommand(e), newKVCountCommand(e), newKVKeysCommand(e),
-		newKVDumpCommand(e), newKVLoadCommand(e))
+	var o kvOpen
+	cmd.PersistentFlags().BoolVar(&o.acceptWALLoss, "accept-wal-loss", false,
+		"open a store whose write-ahead log is damaged, dropping the records after the damage (a copy of the log is kept in DIR/lost-wal)")
+	cmd.AddCommand(newKVGetCommand(e, &o), newKVScanCommand(e, &o), newKVCountCommand(e, &o), newKVKeysCommand(e, &o),
+		newKVDumpCommand(e, &o), newKVLoadCommand(e, &o), newKVCheckCommand(e, &o))
 	return cmd
+}
+
+// kvOpen holds the flags of every kv verb that say how to open the store.
+type kvOpen struct {
+	acceptWALLoss bool
+}
+
+// open opens the store in dir and warns on stderr of loads into it that
+// did not complete.
+func (o *kvOpen) open(ctx context.Context, e env, dir string, create bool) (*kvtool.Store, error) {
+	s, err := kvtool.Open(dir, kvtool.OpenOptions{Create: create, AcceptWALLoss: o.acceptWALLoss, Logger: newLogger(e)})
+	if err != nil {
+		return nil, err
+	}
+	loads, err := s.PartialLoads(ctx)
+	if err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	for _, p := range loads {
+		fmt.Fprintf(e.stderr, "flowrun: warning: store %q is partially loaded: %s (load it again, or: flowrun kv check --forget-partial-loads %s)\n", dir, p, dir)
+	}
+	return s, nil
 }
 
 // kvQuery holds the flags shared by get, scan, count and keys.
@@ -61,7 +94,7 @@ func (q *kvQuery) flags(cmd *cobra.Command) {
 
 // runQuery opens dir, runs one command and prints its results; render
 // prints one out event in the default format.
-func runQuery(ctx context.Context, e env, dir string, q kvQuery, command map[string]any, render func(pipeline.Event) error) error {
+func runQuery(ctx context.Context, e env, o *kvOpen, dir string, q kvQuery, command map[string]any, render func(pipeline.Event) error) error {
 	if q.namespace == "" {
 		return usageError{errors.New("--namespace is required (a kv connector's namespace is its namespace option, or its flow's name)")}
 	}
@@ -69,7 +102,7 @@ func runQuery(ctx context.Context, e env, dir string, q kvQuery, command map[str
 	if err != nil {
 		return err
 	}
-	s, err := kvtool.Open(dir, false)
+	s, err := o.open(ctx, e, dir, false)
 	if err != nil {
 		return err
 	}
@@ -103,21 +136,21 @@ func printData(e env) func(pipeline.Event) error {
 	}
 }
 
-func newKVGetCommand(e env) *cobra.Command {
+func newKVGetCommand(e env, o *kvOpen) *cobra.Command {
 	var q kvQuery
 	cmd := &cobra.Command{
 		Use:   "get DIR KEY",
 		Short: "Print the value of a key (null when absent)",
 		Args:  exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runQuery(cmd.Context(), e, args[0], q, map[string]any{"get": args[1]}, printData(e))
+			return runQuery(cmd.Context(), e, o, args[0], q, map[string]any{"get": args[1]}, printData(e))
 		},
 	}
 	q.flags(cmd)
 	return cmd
 }
 
-func newKVScanCommand(e env) *cobra.Command {
+func newKVScanCommand(e env, o *kvOpen) *cobra.Command {
 	var q kvQuery
 	var end string
 	var limit int
@@ -133,7 +166,7 @@ func newKVScanCommand(e env) *cobra.Command {
 			if cmd.Flags().Changed("limit") {
 				c["limit"] = limit
 			}
-			return runQuery(cmd.Context(), e, args[0], q, c, func(ev pipeline.Event) error {
+			return runQuery(cmd.Context(), e, o, args[0], q, c, func(ev pipeline.Event) error {
 				line := []byte(`{"key":`)
 				line = append(line, gjson.GetBytes(ev.Meta, "kv.key").Raw...)
 				line = append(line, `,"value":`...)
@@ -149,21 +182,21 @@ func newKVScanCommand(e env) *cobra.Command {
 	return cmd
 }
 
-func newKVCountCommand(e env) *cobra.Command {
+func newKVCountCommand(e env, o *kvOpen) *cobra.Command {
 	var q kvQuery
 	cmd := &cobra.Command{
 		Use:   "count DIR [PREFIX]",
 		Short: "Print the number of live keys starting with PREFIX (default: all)",
 		Args:  rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runQuery(cmd.Context(), e, args[0], q, map[string]any{"count": optArg(args, 1)}, printData(e))
+			return runQuery(cmd.Context(), e, o, args[0], q, map[string]any{"count": optArg(args, 1)}, printData(e))
 		},
 	}
 	q.flags(cmd)
 	return cmd
 }
 
-func newKVKeysCommand(e env) *cobra.Command {
+func newKVKeysCommand(e env, o *kvOpen) *cobra.Command {
 	var q kvQuery
 	var after string
 	var limit int
@@ -182,7 +215,7 @@ stderr: pass it with --after.`,
 			if cmd.Flags().Changed("limit") {
 				c["limit"] = limit
 			}
-			return runQuery(cmd.Context(), e, args[0], q, c, func(ev pipeline.Event) error {
+			return runQuery(cmd.Context(), e, o, args[0], q, c, func(ev pipeline.Event) error {
 				if err := printData(e)(ev); err != nil {
 					return err
 				}
@@ -199,7 +232,7 @@ stderr: pass it with --after.`,
 	return cmd
 }
 
-func newKVDumpCommand(e env) *cobra.Command {
+func newKVDumpCommand(e env, o *kvOpen) *cobra.Command {
 	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "dump DIR",
@@ -208,10 +241,19 @@ func newKVDumpCommand(e env) *cobra.Command {
 {"namespace","key","value","expire_at"} each, ordered by namespace then
 key; expire_at is Unix milliseconds or null. Keys already expired are left
 out. The same store always gives the same bytes. A count is printed on
-stderr at the end (-q: not).`,
+stderr at the end (-q: not).
+
+If reading the store fails part way (a damaged sstable), the lines already
+printed are followed by one line {"dump_incomplete":"<why>"}, which load
+refuses, and dump exits 1: a dump that exits 0 is complete.
+
+The dump goes to standard output: a file it is redirected to is created by
+the shell, with the permissions of the umask (commonly 0644, readable by
+every user). For a store holding private data, redirect into a file made
+private first (umask 077, or install -m 600 /dev/null backup.jsonl).`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := kvtool.Open(args[0], false)
+			s, err := o.open(cmd.Context(), e, args[0], false)
 			if err != nil {
 				return err
 			}
@@ -232,64 +274,168 @@ stderr at the end (-q: not).`,
 	return cmd
 }
 
-func newKVLoadCommand(e env) *cobra.Command {
-	var quiet bool
-	var batch int
+func newKVLoadCommand(e env, o *kvOpen) *cobra.Command {
+	var f kvLoadFlags
 	cmd := &cobra.Command{
 		Use:   "load DIR [FILE]",
 		Short: "Store every JSON line of a dump (stdin by default) into DIR",
 		Long: `Store every {"namespace","key","value","expire_at"} line read from FILE
 (or standard input, or - ) into the store in DIR, creating it when missing
-and overwriting keys that exist. A malformed line stops the load with exit
-1, naming the line; the lines before it are stored. Progress goes to
-stderr (a bar on a terminal, otherwise a line every 5 seconds), then a
-summary line; -q turns both off.`,
+and overwriting keys that exist. Progress goes to stderr (a bar on a
+terminal, otherwise a line every 5 seconds), then a summary line; -q turns
+both off.
+
+Every record must meet the limits a put would: a key of at most
+--max-key-length characters and a value of at most --max-value-bytes
+(the kv connector's max_key_length and max_value_bytes; give the flow's
+values when it raised them). A record over them, a malformed line, or
+the last line of a dump that stopped early ({"dump_incomplete":...})
+stops the load with exit 1, naming the line and giving the error the
+command would. From a FILE every line is checked before anything is
+stored, so such a load changes nothing; from standard input the lines
+before the bad one are stored.
+
+A load that does not complete (a bad line read from standard input, a
+failed commit, the process killed) leaves the store partially loaded and
+marked so: every flowrun kv verb and every flow opening the store warns
+of it, and flowrun kv check fails, until a load of the same input (the
+same FILE, or standard input) completes, or flowrun kv check
+--forget-partial-loads clears the mark.`,
 		Args: rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if batch <= 0 {
-				return usageError{fmt.Errorf("--batch must be positive, got %d", batch)}
+			if f.batch <= 0 {
+				return usageError{fmt.Errorf("--batch must be positive, got %d", f.batch)}
 			}
-			return runLoad(cmd.Context(), e, args[0], optArg(args, 1), batch, quiet)
+			if f.maxKeyLength <= 0 || f.maxValueBytes <= 0 {
+				return usageError{fmt.Errorf("--max-key-length and --max-value-bytes must be positive")}
+			}
+			return runLoad(cmd.Context(), e, o, args[0], optArg(args, 1), f)
 		},
 	}
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress and no summary")
-	cmd.Flags().IntVar(&batch, "batch", 1000, "keys committed together (one disk sync)")
+	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "no progress and no summary")
+	cmd.Flags().IntVar(&f.batch, "batch", 1000, "keys committed together (one disk sync)")
+	cmd.Flags().IntVar(&f.maxKeyLength, "max-key-length", kv.DefaultMaxKeyLength, "longest key accepted, in characters (the kv connector's max_key_length)")
+	cmd.Flags().IntVar(&f.maxValueBytes, "max-value-bytes", kv.DefaultMaxValueBytes, "largest canonical value accepted, in bytes (the kv connector's max_value_bytes)")
 	return cmd
 }
 
-func runLoad(ctx context.Context, e env, dir, input string, batch int, quiet bool) error {
+// kvLoadFlags are the flags of kv load.
+type kvLoadFlags struct {
+	quiet                       bool
+	batch                       int
+	maxKeyLength, maxValueBytes int
+}
+
+func runLoad(ctx context.Context, e env, o *kvOpen, dir, input string, f kvLoadFlags) error {
 	var r io.Reader = e.stdin
 	name, size := "stdin", int64(-1)
 	if input != "" && input != "-" {
-		f, err := os.Open(input)
+		file, err := os.Open(input)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if st, err := f.Stat(); err == nil {
+		defer file.Close()
+		if st, err := file.Stat(); err == nil {
 			size = st.Size()
 		}
-		r, name = f, input
+		r, name = file, input
+		if abs, err := filepath.Abs(input); err == nil {
+			name = abs
+		}
 	}
-	s, err := kvtool.Open(dir, true)
+	s, err := o.open(ctx, e, dir, true)
 	if err != nil {
 		return err
 	}
 	counter := &countingReader{r: r}
-	stop := startProgress(e, quiet, progress{what: "load", size: size, bytes: &counter.n})
+	var in io.Reader = counter
+	if sk, ok := r.(io.Seeker); ok {
+		// Keep a file seekable, so that the load checks it whole first.
+		in = &countingReadSeeker{countingReader: counter, s: sk}
+	}
+	stop := startProgress(e, f.quiet, progress{what: "load", size: size, bytes: &counter.n})
 	start := time.Now()
-	n, err := s.Load(ctx, counter, kvtool.LoadOptions{Batch: batch, Name: name})
+	n, err := s.Load(ctx, in, kvtool.LoadOptions{
+		Batch: f.batch, Name: name, MaxKeyLength: f.maxKeyLength, MaxValueBytes: f.maxValueBytes,
+	})
 	stop()
 	if cerr := s.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("%w (%d keys stored before it)", err, n)
+		if n > 0 {
+			return fmt.Errorf("%w (%d keys stored before it; the store is marked partially loaded until a load of %s completes)", err, n, name)
+		}
+		return err
 	}
-	if !quiet {
+	if !f.quiet {
 		fmt.Fprintf(e.stderr, "loaded %d keys in %s\n", n, time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// countingReadSeeker is a countingReader that can seek, counting from the
+// offset sought to.
+type countingReadSeeker struct {
+	*countingReader
+	s io.Seeker
+}
+
+func (c *countingReadSeeker) Seek(offset int64, whence int) (int64, error) {
+	off, err := c.s.Seek(offset, whence)
+	if err == nil {
+		c.n.Store(off)
+	}
+	return off, err
+}
+
+func newKVCheckCommand(e env, o *kvOpen) *cobra.Command {
+	var forget bool
+	cmd := &cobra.Command{
+		Use:   "check DIR",
+		Short: "Open a store and report damage to its write-ahead log and loads that did not complete",
+		Long: `Open the store in DIR as a flow would and report what would stop or
+trouble it: a damaged write-ahead log (a flow refuses to open the store),
+and loads that did not complete (a flow warns). Exit 0 when there is
+neither, 1 otherwise.
+
+A damaged write-ahead log holds intact records after the damage, which
+Pebble would drop: writes that were acknowledged. flowrun refuses to open
+such a store and leaves it untouched, so it can be copied aside first.
+--accept-wal-loss opens it anyway: the damaged log is copied to
+DIR/lost-wal, the records after the damage are dropped, and the store opens
+normally from then on.
+
+--forget-partial-loads clears the marks of loads that did not complete,
+for a store whose partial contents are wanted as they are.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := o.open(cmd.Context(), e, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if forget {
+				loads, err := s.ForgetPartialLoads(cmd.Context())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stderr, "forgot %d partial load(s)\n", len(loads))
+				return s.Close()
+			}
+			loads, err := s.PartialLoads(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if len(loads) > 0 {
+				return fmt.Errorf("store %q is partially loaded (%d load(s) did not complete)", args[0], len(loads))
+			}
+			fmt.Fprintf(e.stderr, "store %q: write-ahead logs intact, no partial loads\n", args[0])
+			return s.Close()
+		},
+	}
+	cmd.Flags().BoolVar(&forget, "forget-partial-loads", false, "clear the marks of loads that did not complete")
+	return cmd
 }
 
 // optArg returns args[i], or "" when absent.

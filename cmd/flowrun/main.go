@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/logs"
 )
 
@@ -96,6 +97,11 @@ func execute(e env, args []string) int {
 		return exitUsage
 	default:
 		fmt.Fprintf(e.stderr, "flowrun: %v\n", err)
+		var wl *pebblestore.WALLossError
+		if errors.As(err, &wl) {
+			fmt.Fprintf(e.stderr, "flowrun: the store was left untouched. After copying %s aside, open it without the damaged records with:\n  flowrun kv check --accept-wal-loss %s\n",
+				wl.Dir, wl.Dir)
+		}
 		return exitFail
 	}
 }

@@ -61,6 +61,7 @@ func New(b Backend, opts Options) (*Connector, error) {
 	}
 	c := &Connector{b: b, opts: opts, layout: newLayout(opts.Namespace)}
 	c.dec = decoder{opts: &c.opts}
+	c.reportPartialLoads()
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
 	if opts.ReclaimInterval > 0 {
@@ -69,6 +70,26 @@ func New(b Backend, opts Options) (*Connector, error) {
 	}
 	return c, nil
 }
+
+// reportPartialLoads warns, through the connector's Logger, of every load
+// into the store that did not complete (see PartialLoads).
+func (c *Connector) reportPartialLoads() {
+	ctx, cancel := context.WithTimeout(context.Background(), partialLoadCheckTimeout)
+	defer cancel()
+	loads, err := PartialLoads(ctx, c.b)
+	if err != nil {
+		c.opts.Logger.Warn("kv: could not check the store for partial loads", "namespace", c.opts.Namespace, "error", err)
+		return
+	}
+	for _, p := range loads {
+		c.opts.Logger.Warn("kv: the store is partially loaded: "+p.String()+"; load it again, or run flowrun kv check --forget-partial-loads",
+			"namespace", c.opts.Namespace, "source", p.Source, "started", p.Started)
+	}
+}
+
+// partialLoadCheckTimeout bounds the read of partial load markers at New,
+// for a backend that cannot answer (an unreachable etcd cluster).
+const partialLoadCheckTimeout = 10 * time.Second
 
 // Options returns the connector's options with defaults filled in.
 func (c *Connector) Options() Options { return c.opts }

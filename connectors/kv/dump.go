@@ -53,7 +53,9 @@ func (r Record) AppendJSON(dst []byte) []byte {
 // ParseRecord decodes one line written by Record.AppendJSON. namespace,
 // key and value are required; expire_at may be absent, null or 0 for no
 // expiry. The value is canonicalised, so a hand-edited dump loads the same
-// as a dumped one. Every failure wraps ErrInvalidRecord.
+// as a dumped one. Every failure wraps ErrInvalidRecord, except the line
+// ending a dump cut short (IncompleteDumpLine), which wraps
+// ErrIncompleteDump.
 func ParseRecord(line []byte) (Record, error) {
 	var r Record
 	bad := func(format string, args ...any) (Record, error) {
@@ -68,6 +70,9 @@ func ParseRecord(line []byte) (Record, error) {
 	obj := gjson.ParseBytes(line)
 	if !obj.IsObject() {
 		return bad("not a JSON object")
+	}
+	if m := obj.Get(IncompleteDumpField); m.Exists() {
+		return Record{}, fmt.Errorf("%w: it ends with %s", ErrIncompleteDump, line)
 	}
 	var err error
 	obj.ForEach(func(k, v gjson.Result) bool {
@@ -206,6 +211,16 @@ type LoadOptions struct {
 	// Batch is the number of records written per Backend.Update (one
 	// commit group). Default 1000.
 	Batch int
+	// MaxKeyLength and MaxValueBytes are the limits a record must meet,
+	// as the kv connector's Options of the same names: a record a put
+	// would refuse is refused with the put's error. Defaults
+	// DefaultMaxKeyLength and DefaultMaxValueBytes.
+	MaxKeyLength, MaxValueBytes int
+	// Source names the input in the store's partial load marker (see
+	// PartialLoads). Default "input".
+	Source string
+	// Now stamps the partial load marker. Default time.Now.
+	Now func() time.Time
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -213,6 +228,37 @@ func (o *LoadOptions) EnsureDefaults() {
 	if o.Batch <= 0 {
 		o.Batch = 1000
 	}
+	if o.MaxKeyLength <= 0 {
+		o.MaxKeyLength = DefaultMaxKeyLength
+	}
+	if o.MaxValueBytes <= 0 {
+		o.MaxValueBytes = DefaultMaxValueBytes
+	}
+	if o.Source == "" {
+		o.Source = "input"
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// CheckRecord reports whether a put would accept r under opts' limits,
+// with the error the put would give (wrapping ErrKeyTooLong or
+// ErrValueTooLarge), or ErrInvalidRecord for an empty key or value or a
+// negative expiry. opts must have its defaults filled in.
+func CheckRecord(r Record, opts *LoadOptions) error {
+	if r.Key == "" || r.ExpireAt < 0 || len(r.Value) == 0 {
+		return fmt.Errorf("%w: namespace %q, key %q: empty key or value, or negative expiry", ErrInvalidRecord, r.Namespace, r.Key)
+	}
+	d := decoder{opts: &Options{MaxKeyLength: opts.MaxKeyLength, MaxValueBytes: opts.MaxValueBytes}}
+	cmd := command{op: opPut, key: r.Key, hasKey: true}
+	if err := d.checkKey(&cmd, "key", r.Key, false); err != nil {
+		return fmt.Errorf("namespace %q: %w", r.Namespace, err)
+	}
+	if len(r.Value) > opts.MaxValueBytes {
+		return fmt.Errorf("namespace %q: %w", r.Namespace, cmd.errf(ErrValueTooLarge, "value is %s, limit is %s", sizeString(len(r.Value)), sizeString(opts.MaxValueBytes)))
+	}
+	return nil
 }
 
 // Load writes the records next returns, until next returns io.EOF, and
@@ -221,10 +267,21 @@ func (o *LoadOptions) EnsureDefaults() {
 // kept in step. Records are committed in batches of LoadOptions.Batch. When
 // next fails, the records it returned before are committed and counted in
 // n, then its error is returned; when a commit fails, the batches before it
-// are committed and counted. Records should come from ParseRecord (or Dump), which validates
-// them; Load refuses an empty key or a negative expiry.
+// are committed and counted. Records should come from ParseRecord (or
+// Dump), which validates them; Load also refuses a record a put would
+// refuse (CheckRecord), before committing it.
+//
+// A load that does not complete leaves the store partially loaded. Load
+// marks the store before its first record and clears the mark after the
+// last commit, so PartialLoads reports a load that failed or was killed;
+// a completed load also clears the marks of earlier loads of the same
+// LoadOptions.Source.
 func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record, error)) (n int, err error) {
 	opts.EnsureDefaults()
+	marker, err := startLoad(ctx, b, opts.Source, opts.Now())
+	if err != nil {
+		return 0, err
+	}
 	layouts := map[string]*layout{}
 	batch := make([]Record, 0, opts.Batch)
 	flush := func() error {
@@ -256,7 +313,13 @@ func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record,
 	for {
 		r, err := next()
 		if errors.Is(err, io.EOF) {
-			return n, flush()
+			if err := flush(); err != nil {
+				return n, err
+			}
+			return n, finishLoad(ctx, b, marker, opts.Source)
+		}
+		if err == nil {
+			err = CheckRecord(r, &opts)
 		}
 		if err != nil {
 			// Keep every record read before the bad one.
@@ -264,9 +327,6 @@ func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record,
 				return n, errors.Join(err, ferr)
 			}
 			return n, err
-		}
-		if r.Key == "" || r.ExpireAt < 0 || len(r.Value) == 0 {
-			return n, fmt.Errorf("load: %w: namespace %q, key %q: empty key or value, or negative expiry", ErrInvalidRecord, r.Namespace, r.Key)
 		}
 		batch = append(batch, r)
 		if len(batch) == opts.Batch {

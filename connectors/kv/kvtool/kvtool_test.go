@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,7 +16,7 @@ import (
 
 func open(t *testing.T, dir string, create bool) *Store {
 	t.Helper()
-	s, err := Open(dir, create)
+	s, err := Open(dir, OpenOptions{Create: create})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -79,16 +80,16 @@ func TestDumpLoadDumpIsIdentical(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	if _, err := Open(filepath.Join(t.TempDir(), "missing"), false); !errors.Is(err, ErrNoStore) {
+	if _, err := Open(filepath.Join(t.TempDir(), "missing"), OpenOptions{}); !errors.Is(err, ErrNoStore) {
 		t.Fatalf("missing dir: %v", err)
 	}
-	if _, err := Open(t.TempDir(), false); !errors.Is(err, ErrNoStore) {
+	if _, err := Open(t.TempDir(), OpenOptions{}); !errors.Is(err, ErrNoStore) {
 		t.Fatalf("empty dir: %v", err)
 	}
 	dir := t.TempDir()
 	s := open(t, dir, true)
 	defer s.Close()
-	_, err := Open(dir, false)
+	_, err := Open(dir, OpenOptions{})
 	if !errors.Is(err, pebblestore.ErrLocked) || !strings.Contains(err.Error(), "stop the flow") {
 		t.Fatalf("locked dir: %v", err)
 	}
@@ -110,7 +111,17 @@ func TestCommandAndLoadErrors(t *testing.T) {
 
 {"namespace":"n","key":"b","value":}
 `
+	// A file is checked whole first: nothing is stored.
 	n, err := s.Load(ctx, strings.NewReader(input), LoadOptions{Name: "backup.jsonl"})
+	if !errors.Is(err, kv.ErrInvalidRecord) || !strings.Contains(err.Error(), "backup.jsonl: line 3") || n != 0 {
+		t.Fatalf("Load of a bad line: %d, %v", n, err)
+	}
+	res = run(t, s, "n", `{"count":""}`, ``)
+	if string(res.Out[0].Data) != "0" {
+		t.Fatalf("records before the bad line of a file stored: %+v", res)
+	}
+	// A stream is checked as it comes: the lines before are stored.
+	n, err = s.Load(ctx, pipe(input), LoadOptions{Name: "backup.jsonl"})
 	if !errors.Is(err, kv.ErrInvalidRecord) || !strings.Contains(err.Error(), "backup.jsonl: line 3") || n != 1 {
 		t.Fatalf("Load of a bad line: %d, %v", n, err)
 	}
@@ -119,3 +130,7 @@ func TestCommandAndLoadErrors(t *testing.T) {
 		t.Fatalf("records before the bad line not kept: %+v", res)
 	}
 }
+
+// pipe returns a reader of s that cannot seek, as standard input from a
+// pipe.
+func pipe(s string) io.Reader { return io.MultiReader(strings.NewReader(s)) }

@@ -125,6 +125,12 @@ type Options struct {
 	// Update calls return, from the store's syncer goroutine. It must be quick and must not call back
 	// into the store; metrics use it. Default nil: nothing is called.
 	OnCommit func(CommitInfo)
+	// AcceptWALLoss opens a store whose write-ahead log holds intact
+	// records after a damaged one (ErrWALCorrupt), letting Pebble drop
+	// them: each damaged log is first copied to the lost-wal subdirectory
+	// of the store and the loss logged at error level. Default false: Open
+	// refuses such a store with a *WALLossError and changes nothing.
+	AcceptWALLoss bool
 
 	// beforeApply, when set, is called by the committer before it applies
 	// each group: tests slow it down so that groups are built while the
@@ -182,6 +188,8 @@ func (o *Options) PebbleOptions(cache *pebble.Cache) *pebble.Options {
 		Logger:       pebbleLogger{o.Logger},
 		Cache:        cache,
 		MemTableSize: uint64(o.MemTableBytes),
+		// A damaged sstable fails the reads that meet it (see corruption.go).
+		EventListener: corruptionListener(o.Logger),
 	}
 	// Bloom filters on every level: the command set is mostly point reads
 	// (get, exists, and the read of every cas, increment and conditional
@@ -284,7 +292,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref() // the database holds its own reference
-	db, err := pebble.Open(dir, opts.PebbleOptions(cache))
+	popts := opts.PebbleOptions(cache)
+	if err := checkBeforeReplay(dir, popts, opts); err != nil {
+		return nil, err
+	}
+	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		if isLockError(err) {
 			return nil, fmt.Errorf("open store %q: %w", dir, ErrLocked)
