@@ -219,7 +219,7 @@ func testKilledLoad(t *testing.T, bin string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill() }) // on an early failure
+	t.Cleanup(func() { _ = cmd.Process.Kill() })                   // on an early failure
 	go func() { _, _ = stdin.Write([]byte(full[:len(full)/2])) }() // and never the rest
 	// Wait until commits reach the log, then kill.
 	deadline := time.Now().Add(time.Minute)
