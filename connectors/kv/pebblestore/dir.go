@@ -125,8 +125,9 @@ func makeDir(path string) error {
 }
 
 // lockStoreDir opens path as a store directory and locks it (lockDir) for
-// the caller to close with the store. A directory locked elsewhere, by
-// another process or another Store of this process, is ErrLocked.
+// the caller to close with the store; the file is nil on a file system
+// without flock. A directory locked elsewhere, by another process or
+// another Store of this process, is ErrLocked.
 func lockStoreDir(path string, l *slog.Logger) (storeDir, *os.File, error) {
 	d, f, err := openDir(path)
 	if err != nil {
@@ -141,7 +142,9 @@ func lockStoreDir(path string, l *slog.Logger) (storeDir, *os.File, error) {
 		_ = f.Close()
 		return d, nil, fmt.Errorf("open store %q: %w (or by another store of this process; real path %q)", path, ErrLocked, d.real)
 	case unsupported:
+		_ = f.Close()
 		l.Debug("store directory cannot be flocked; relying on Pebble's lock", "dir", path)
+		return d, nil, nil
 	}
 	return d, f, nil
 }

@@ -208,7 +208,7 @@ type Store struct {
 	db    *pebble.DB
 	dir   string
 	where storeDir // what dir is (dir.go)
-	lock  *os.File // the directory, flocked until Close
+	lock  *os.File // the directory, flocked until Close; nil without flock
 	opts  Options
 
 	closeMu sync.RWMutex
@@ -299,9 +299,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	popts.FS = privateFS{cmp.Or(popts.FS, vfs.Default)}
 	db, err := pebble.Open(where.real, popts)
 	if err != nil {
-		_ = lock.Close()
-		if strings.Contains(err.Error(), "held by current process") {
-			// Pebble's lock table is keyed by path and our flock by
+		if lock != nil {
+			_ = lock.Close()
+		}
+		if lock != nil && strings.Contains(err.Error(), "held by current process") {
+			// Pebble's lock table is keyed by path and the flock by
 			// directory: this path's directory was replaced under a
 			// store still open on the one before.
 			return nil, fmt.Errorf("open store %q: %w: a store of this process is open on the directory that was at %q before it was replaced",
@@ -406,7 +408,9 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	<-s.done
 	err := s.db.Close()
-	_ = s.lock.Close() // after Pebble's lock: the directory is free once both are
+	if s.lock != nil {
+		_ = s.lock.Close() // after Pebble's lock: the directory is free once both are
+	}
 	if err != nil {
 		return fmt.Errorf("close store %q: %w", s.dir, err)
 	}
