@@ -21,7 +21,7 @@ func fileID(f *os.File) (dirID, error) {
 	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
 		return dirID{}, err
 	}
-	return dirID{dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil //nolint:unconvert // widths differ by platform
+	return dirID{dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil // widths differ by platform
 }
 
 // pathID returns the device and inode of the file path reaches.
@@ -30,7 +30,7 @@ func pathID(path string) (dirID, error) {
 	if err := syscall.Stat(path, &st); err != nil {
 		return dirID{}, &os.PathError{Op: "stat", Path: path, Err: err}
 	}
-	return dirID{dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil //nolint:unconvert // widths differ by platform
+	return dirID{dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil // widths differ by platform
 }
 
 // lockDir takes an exclusive flock on the open directory f for as long as
