@@ -223,7 +223,7 @@ func kvSpec() Spec {
 			{Name: "backend", Type: TypeEnum, Enum: []string{backendPebble, backendEtcd}, Default: backendPebble,
 				Doc: "Where the store lives: pebble, a directory of this machine; etcd, an etcd cluster."},
 			{Name: "dir", Aliases: []string{"path"}, Type: TypePath, Required: true, RequiredWhen: onPebble, OnlyWhen: onPebble,
-				Doc: "Store directory, relative to the flow file unless absolute; created when missing."},
+				Doc: "Store directory, relative to the flow file unless absolute; created private (0700) when missing. Connectors whose dir reaches the same directory by any path (a symlink, x/../state) share one store."},
 			{Name: "namespace", Type: TypeString, Doc: "Key namespace; defaults to the flow's name."},
 			{Name: "sync", Type: TypeBool, Default: "true", OnlyWhen: onPebble,
 				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/internal/sharing"
@@ -31,27 +30,47 @@ func NewObservedPool(onCommit func(CommitInfo)) *Pool {
 	return &Pool{onCommit: onCommit}
 }
 
-// Open returns a handle on the store in dir, opening it on first use. The
-// options of the first Open of a directory apply; a later Open asking for a
-// different sync policy is refused rather than silently weakened. Closing
-// the handle releases it; the store closes when its last handle does.
+// Open returns a handle on the store in dir, opening it on first use.
+// Stores are shared by what their directory is (its device and inode),
+// not by how dir is spelled: a symlink or "x/../state" reaching an open
+// store's directory shares that store. A directory that cannot be
+// identified safely (see dir.go), such as an open store's directory
+// reached under another real path (a bind mount), is refused with
+// ErrDirIdentity and an error naming both paths. The options of the first
+// Open of a directory apply; a later Open asking for a different sync
+// policy is refused rather than silently weakened. Closing the handle
+// releases it; the store closes when its last handle does.
 func (p *Pool) Open(dir string, opts Options) (kv.Backend, error) {
-	abs, err := filepath.Abs(dir)
+	where, err := resolveDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("open store %q: %w", dir, err)
+		return nil, err
 	}
 	check := func(s *Store) error {
+		if s.where.real != where.real {
+			return fmt.Errorf("open store %q: %w: it is the directory of store %q open in this process (%s), "+
+				"reached under another real path (%q, not %q); use one path for both",
+				dir, ErrDirIdentity, s.dir, s.where.id, where.real, s.where.real)
+		}
 		if s.opts.NoSync != opts.NoSync {
 			return fmt.Errorf("open store %q: already open with sync=%t, asked for sync=%t",
 				dir, !s.opts.NoSync, !opts.NoSync)
 		}
 		return nil
 	}
-	s, ref, err := p.stores.Acquire(abs, check, func() (*Store, error) {
+	s, ref, err := p.stores.Acquire(where.key(), check, func() (*Store, error) {
 		if opts.OnCommit == nil {
 			opts.OnCommit = p.onCommit
 		}
-		return Open(abs, opts)
+		s, err := Open(dir, opts)
+		if err != nil {
+			return nil, err
+		}
+		if s.where.key() != where.key() {
+			_ = s.Close()
+			return nil, fmt.Errorf("open store %q: %w: it was %s, then %s (changed while opening)",
+				dir, ErrDirIdentity, where.id, s.where.id)
+		}
+		return s, nil
 	})
 	if err != nil {
 		return nil, err

@@ -37,6 +37,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 )
@@ -53,6 +54,9 @@ var (
 	ErrFailed = errors.New("store failed an earlier commit; restart to recover")
 	// ErrCorruptRecord reports a stored value that does not decode.
 	ErrCorruptRecord = kv.ErrCorruptRecord
+	// ErrDirIdentity reports a store directory that cannot be identified
+	// safely (see dir.go); the error names the paths involved.
+	ErrDirIdentity = errors.New("store directory cannot be identified safely")
 )
 
 // Defaults for Options.
@@ -209,9 +213,11 @@ func (o *Options) PebbleOptions(cache *pebble.Cache) *pebble.Options {
 // Store is a Pebble database serving kv.Backend transactions. It is safe for
 // concurrent use.
 type Store struct {
-	db   *pebble.DB
-	dir  string
-	opts Options
+	db    *pebble.DB
+	dir   string
+	where storeDir // what dir is (dir.go)
+	lock  *os.File // the directory, flocked until Close; nil without flock
+	opts  Options
 
 	closeMu sync.RWMutex
 	closed  bool
@@ -284,28 +290,49 @@ func (g *group) release() {
 	}
 }
 
-// Open opens (creating when missing) the Pebble store in dir.
+// Open opens (creating when missing) the Pebble store in dir. A directory
+// it creates is private to the user (0700), and so is every file of the
+// store (0600). A directory already held open, by another process or by
+// another Store of this process under any path, is refused with ErrLocked;
+// use a Pool to share one store in a process.
 func Open(dir string, opts Options) (*Store, error) {
 	opts.EnsureDefaults()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("open store %q: %w", dir, err)
+	where, lock, err := lockStoreDir(dir, opts.Logger)
+	if err != nil {
+		return nil, err
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref() // the database holds its own reference
 	popts := opts.PebbleOptions(cache)
-	if err := checkBeforeReplay(dir, popts, opts); err != nil {
+	popts.FS = privateFS{cmp.Or(popts.FS, vfs.Default)}
+	if err := checkBeforeReplay(where.real, popts, opts); err != nil {
+		if lock != nil {
+			_ = lock.Close()
+		}
 		return nil, err
 	}
-	db, err := pebble.Open(dir, popts)
+	db, err := pebble.Open(where.real, popts)
 	if err != nil {
+		if lock != nil {
+			_ = lock.Close()
+		}
+		if lock != nil && strings.Contains(err.Error(), "held by current process") {
+			// Pebble's lock table is keyed by path and the flock by
+			// directory: this path's directory was replaced under a
+			// store still open on the one before.
+			return nil, fmt.Errorf("open store %q: %w: a store of this process is open on the directory that was at %q before it was replaced",
+				dir, ErrDirIdentity, where.real)
+		}
 		if isLockError(err) {
-			return nil, fmt.Errorf("open store %q: %w", dir, ErrLocked)
+			return nil, fmt.Errorf("open store %q: %w (real path %q)", dir, ErrLocked, where.real)
 		}
 		return nil, fmt.Errorf("open store %q: %w", dir, err)
 	}
 	s := &Store{
 		db:      db,
 		dir:     dir,
+		where:   where,
+		lock:    lock,
 		opts:    opts,
 		reqs:    make(chan *request, 64),
 		commits: make(chan *group, 1),
@@ -394,7 +421,11 @@ func (s *Store) Close() error {
 	close(s.reqs)
 	s.closeMu.Unlock()
 	<-s.done
-	if err := s.db.Close(); err != nil {
+	err := s.db.Close()
+	if s.lock != nil {
+		_ = s.lock.Close() // after Pebble's lock: the directory is free once both are
+	}
+	if err != nil {
 		return fmt.Errorf("close store %q: %w", s.dir, err)
 	}
 	return nil
