@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -119,6 +120,69 @@ func TestReaderDecode(t *testing.T) {
 			errData: []string{`"{\"data\":1,\"meta\":[1]}"`},
 		},
 		{
+			name:     "duplicate key in data",
+			input:    `{"data":{"amount":5,"amount":1000000},"meta":{"kv":{"put":"k"}}}`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"amount\" at data.amount (byte 20)","line":1}`},
+			errData:  []string{`"{\"data\":{\"amount\":5,\"amount\":1000000},\"meta\":{\"kv\":{\"put\":\"k\"}}}"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
+			name:     "duplicate key in meta.kv, escaped",
+			input:    `{"data":1,"meta":{"kv":{"put":"a","p\u0075t":"b"}}}`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"put\" at meta.kv.put (byte 34)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"meta\":{\"kv\":{\"put\":\"a\",\"p\\u0075t\":\"b\"}}}"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
+			name:     "duplicate top-level data",
+			input:    `{"data":1,"data":2}`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"data\" at data (byte 10)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"data\":2}"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
+			name:     "lone surrogate in a key",
+			input:    `{"data":{"\ud800":1,"\udfff":2}}`,
+			errMeta:  []string{"{\"error\":\"in: line 1: lone surrogate escape in an object key at data[\\\"\uFFFD\\\"] (byte 9)\",\"line\":1}"},
+			errData:  []string{`"{\"data\":{\"\\ud800\":1,\"\\udfff\":2}}"`},
+			errorsIs: ijson.ErrLoneSurrogate,
+		},
+		{
+			name:     "invalid UTF-8 in meta",
+			input:    "{\"data\":1,\"meta\":{\"correlation\":\"a\xffb\"}}",
+			errMeta:  []string{`{"error":"in: line 1: invalid UTF-8 at meta.correlation (byte 32)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"meta\":{\"correlation\":\"a\ufffdb\"}}"`},
+			errorsIs: ijson.ErrInvalidUTF8,
+		},
+		{
+			name:     "lone surrogate in a kv key",
+			input:    `{"meta":{"kv":{"put":"\udfff"}}}`,
+			errMeta:  []string{`{"error":"in: line 1: lone surrogate escape at meta.kv.put (byte 21)","line":1}`},
+			errData:  []string{`"{\"meta\":{\"kv\":{\"put\":\"\\udfff\"}}}"`},
+			errorsIs: ijson.ErrLoneSurrogate,
+		},
+		{
+			name:   "invalid UTF-8 and lone surrogates in data are repaired",
+			input:  "{\"data\":{\"a\":\"x\xffy\",\"b\":[\"\\ud800\",\"\\ud83d\\ude00\"]},\"meta\":{\"kv\":{\"put\":\"k\"}}}\n",
+			out:    []string{"{\"data\":{\"a\":\"x\uFFFDy\",\"b\":[\"\\ufffd\",\"\\ud83d\\ude00\"]},\"meta\":{\"kv\":{\"put\":\"k\"}}}"},
+			outSeq: []uint64{1},
+		},
+		{
+			name:   "json codec repairs",
+			codec:  CodecJSON,
+			input:  "{\"a\":\"\xfe\\udc00\"}",
+			out:    []string{"{\"data\":{\"a\":\"\uFFFD\\ufffd\"},\"meta\":{}}"},
+			outSeq: []uint64{1},
+		},
+		{
+			name:     "json codec duplicate",
+			codec:    CodecJSON,
+			input:    `[{"a":1,"a":1}]`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"a\" at [0].a (byte 8)","line":1}`},
+			errData:  []string{`"[{\"a\":1,\"a\":1}]"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
 			name:   "json codec",
 			codec:  CodecJSON,
 			input:  `{"a":1}` + "\n" + `"s"` + "\n" + `[1]`,
@@ -160,6 +224,9 @@ func TestReaderDecode(t *testing.T) {
 			for _, err := range hooked {
 				if !errors.Is(err, ErrInvalidLine) {
 					t.Errorf("OnError error %v is not ErrInvalidLine", err)
+				}
+				if tt.errorsIs != nil && !errors.Is(err, tt.errorsIs) {
+					t.Errorf("OnError error %v is not %v", err, tt.errorsIs)
 				}
 			}
 		})
@@ -437,19 +504,30 @@ func must(t *testing.T, err error) {
 	}
 }
 
+// BenchmarkReader reads 10,000 event lines per iteration: an increment
+// with an object payload, and a put with a 100-byte string value (the
+// events of `flowrun bench --workload put`).
 func BenchmarkReader(b *testing.B) {
-	var buf bytes.Buffer
-	for range 10000 {
-		buf.WriteString(`{"data":{"steam_id":"76561198000000000","count":3},"meta":{"kv":{"increment":"warnings_1"}}}` + "\n")
+	lines := map[string]string{
+		"increment": `{"data":{"steam_id":"76561198000000000","count":3},"meta":{"kv":{"increment":"warnings_1"}}}`,
+		"put100":    `{"data":"` + strings.Repeat("v", 98) + `","meta":{"kv":{"put":"k0000001234"}}}`,
 	}
-	b.SetBytes(int64(buf.Len()))
-	for b.Loop() {
-		rec := &countEmitter{}
-		if err := NewReader(bytes.NewReader(buf.Bytes()), ReaderOptions{}).Run(context.Background(), rec); err != nil {
-			b.Fatal(err)
-		}
+	for _, name := range []string{"increment", "put100"} {
+		b.Run(name, func(b *testing.B) {
+			var buf bytes.Buffer
+			for range 10000 {
+				buf.WriteString(lines[name] + "\n")
+			}
+			b.SetBytes(int64(buf.Len()))
+			for b.Loop() {
+				rec := &countEmitter{}
+				if err := NewReader(bytes.NewReader(buf.Bytes()), ReaderOptions{}).Run(context.Background(), rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*10000)/b.Elapsed().Seconds(), "events/s")
+		})
 	}
-	b.ReportMetric(float64(b.N*10000)/b.Elapsed().Seconds(), "events/s")
 }
 
 type countEmitter struct{ n int }
