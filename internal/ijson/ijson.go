@@ -642,3 +642,21 @@ func Repair(dst, b []byte) []byte {
 	}
 	return dst
 }
+
+// CheckString reports what keeps raw, the JSON text of one string
+// (quotes included, as gjson.Result.Raw gives it), from naming one exact
+// sequence of characters: ErrLoneSurrogate, ErrInvalidUTF8, or ErrSyntax
+// when it is not a JSON string; nil when it is fine. Decoders replace both
+// problems by U+FFFD, which makes different strings equal: a key must be
+// refused instead.
+func CheckString(raw string) error {
+	b := unsafe.Slice(unsafe.StringData(raw), len(raw))
+	if len(b) == 0 || b[0] != '"' {
+		return ErrSyntax
+	}
+	n, bad := scanString(b)
+	if n != len(b) {
+		return ErrSyntax
+	}
+	return bad
+}
