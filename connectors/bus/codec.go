@@ -91,10 +91,15 @@ func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
 }
 
 // ToMessage converts an event into a message with a new UUID.
+// Payload and metadata are valid UTF-8 JSON whatever the event holds (see
+// ijson.AppendValid).
 func ToMessage(ev pipeline.Event) *message.Message {
-	msg := message.NewMessage(watermill.NewUUID(), append([]byte(nil), ev.DataJSON()...))
+	var check ijson.Checker
+	payload, _ := ijson.AppendValid(&check, nil, ev.DataJSON())
+	msg := message.NewMessage(watermill.NewUUID(), payload)
+	meta, _ := ijson.AppendValid(&check, nil, ev.MetaJSON())
 	var jsonKeys []string
-	gjson.ParseBytes(ev.MetaJSON()).ForEach(func(k, v gjson.Result) bool {
+	gjson.ParseBytes(meta).ForEach(func(k, v gjson.Result) bool {
 		key := k.String()
 		if key == MessageIDMeta {
 			return true

@@ -169,6 +169,29 @@ func TestToEventIJSON(t *testing.T) {
 	}
 }
 
+// TestToMessageIsValidUTF8JSON: whatever an event made inside the graph
+// holds, the published payload is valid UTF-8 JSON and the metadata valid
+// UTF-8.
+func TestToMessageIsValidUTF8JSON(t *testing.T) {
+	for _, ev := range []pipeline.Event{
+		{Data: []byte("\"a\xff\""), Meta: []byte("{\"correlation\":\"c\xff\",\"kv\":{\"put\":\"\\ud800\"}}")},
+		{Data: []byte(`{"a":`), Meta: []byte(`{"x":`)},
+	} {
+		msg := ToMessage(ev)
+		if !utf8.Valid(msg.Payload) || !json.Valid(msg.Payload) {
+			t.Errorf("payload %q is not valid UTF-8 JSON", msg.Payload)
+		}
+		for k, v := range msg.Metadata {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				t.Errorf("metadata %q: %q is not valid UTF-8", k, v)
+			}
+		}
+		if _, err := ToEvent(msg, 1); err != nil {
+			t.Errorf("reading back %v: %v", msg.Metadata, err)
+		}
+	}
+}
+
 func TestStreamName(t *testing.T) {
 	for in, want := range map[string]string{"orders.in": "orders_in", "a.*.>": "a____", "plain": "plain"} {
 		if got := StreamName(in); got != want {

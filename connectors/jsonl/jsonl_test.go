@@ -3,6 +3,7 @@ package jsonl
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
@@ -565,5 +567,36 @@ func TestWriterWritesWholeLines(t *testing.T) {
 	}
 	if lines != 20 {
 		t.Errorf("wrote %d lines, want 20", lines)
+	}
+}
+
+// TestWriterLinesAreValidUTF8JSON: whatever an event made inside the graph
+// holds, every line written is valid UTF-8 JSON.
+func TestWriterLinesAreValidUTF8JSON(t *testing.T) {
+	events := []pipeline.Event{
+		{Data: []byte(`1`), Meta: []byte("{\"correlation\":\"c\xff\"}")},
+		{Data: []byte(`["\ud800","ok"]`), Meta: []byte(`{"correlation":"\udfff"}`)},
+		{Data: []byte("\"\xfe\""), Meta: []byte("{\"k\xff\":1}")},
+		{Data: []byte(`{"a":`), Meta: []byte(`[`)},
+		{Data: []byte(`{"a":1,"a":2}`)},
+	}
+	for _, codec := range []string{CodecEvent, CodecJSON} {
+		var out bytes.Buffer
+		w := NewWriter(&out, WriterOptions{Codec: codec})
+		if err := w.Process(context.Background(), events, nil); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+		if len(lines) != len(events) {
+			t.Fatalf("%s: %d lines for %d events", codec, len(lines), len(events))
+		}
+		for i, l := range lines {
+			if !utf8.ValidString(l) || !json.Valid([]byte(l)) {
+				t.Errorf("%s: line %d %q is not valid UTF-8 JSON", codec, i+1, l)
+			}
+		}
+		if codec == CodecEvent && lines[0] != "{\"data\":1,\"meta\":{\"correlation\":\"c\uFFFD\"}}" {
+			t.Errorf("invalid UTF-8 correlation written as %q, want it repaired", lines[0])
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -47,12 +48,14 @@ func (o *WriterOptions) EnsureDefaults() {
 // Close flushes, and when the Writer owns a file (OpenFileSink) it also
 // syncs and closes it.
 //
-// Every Write to the underlying writer holds whole lines, so several
+// Every line is valid UTF-8 JSON, whatever the event holds (see
+// ijson.AppendValid). Every Write to the underlying writer holds whole lines, so several
 // Writers sharing one io.Writer behind a lock never interleave partial
 // lines.
 type Writer struct {
 	w     io.Writer
 	opts  WriterOptions
+	check ijson.Checker // Process runs on one goroutine
 	file  *os.File // owned file, nil when writing to a caller's io.Writer
 	buf   []byte
 	close bool
@@ -74,10 +77,17 @@ func newWriter(w io.Writer, f *os.File, opts WriterOptions) *Writer {
 // Process implements pipeline.Processor.
 func (w *Writer) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
 	for _, ev := range batch {
+		// Every line is valid UTF-8 JSON whatever the event holds: events
+		// from the sources are already, and anything made in the graph
+		// that is not is repaired or written as a JSON string.
 		if w.opts.Codec == CodecJSON {
-			w.buf = append(w.buf, ev.DataJSON()...)
+			w.buf, _ = ijson.AppendValid(&w.check, w.buf, ev.DataJSON())
 		} else {
-			w.buf = ev.AppendJSON(w.buf)
+			w.buf = append(w.buf, `{"data":`...)
+			w.buf, _ = ijson.AppendValid(&w.check, w.buf, ev.DataJSON())
+			w.buf = append(w.buf, `,"meta":`...)
+			w.buf, _ = ijson.AppendValid(&w.check, w.buf, ev.MetaJSON())
+			w.buf = append(w.buf, '}')
 		}
 		w.buf = append(w.buf, '\n')
 		if len(w.buf) >= w.opts.BufferBytes {

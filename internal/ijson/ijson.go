@@ -590,9 +590,10 @@ func unescape(dst, s []byte) []byte {
 
 // Repair appends b to dst with every invalid UTF-8 byte of its strings
 // replaced by U+FFFD (one per byte, as encoding/json and flowrun's
-// canonical form do) and every lone surrogate escape by \ufffd. b must have
-// passed Check; member names, which Check refuses when they would need
-// repair, are copied as they are.
+// canonical form do) and every lone surrogate escape by \ufffd. b should
+// have passed Check (on other text Repair does not panic, but what it
+// returns is unspecified); member names, which Check refuses when they
+// would need repair, are repaired too.
 func Repair(dst, b []byte) []byte {
 	inStr := false
 	for i := 0; i < len(b); {
@@ -608,9 +609,9 @@ func Repair(dst, b []byte) []byte {
 			dst = append(dst, c)
 			inStr = false
 			i++
-		case c == '\\' && b[i+1] == 'u':
-			r, _ := hex4(b[i+2:])
-			if !utf16.IsSurrogate(r) {
+		case c == '\\' && i+6 <= len(b) && b[i+1] == 'u':
+			r, ok := hex4(b[i+2:])
+			if !ok || !utf16.IsSurrogate(r) {
 				dst = append(dst, b[i:i+6]...)
 				i += 6
 				continue
@@ -625,7 +626,7 @@ func Repair(dst, b []byte) []byte {
 			dst = append(dst, `\ufffd`...)
 			i += 6
 		case c == '\\':
-			dst = append(dst, b[i:i+2]...)
+			dst = append(dst, b[i:min(i+2, len(b))]...)
 			i += 2
 		case c < utf8.RuneSelf:
 			dst = append(dst, c)
@@ -659,4 +660,55 @@ func CheckString(raw string) error {
 		return ErrSyntax
 	}
 	return bad
+}
+
+// AppendValid appends b to dst so that what it appends is always valid
+// UTF-8 JSON, whatever b holds: b itself when it is such already; b with
+// the strings repaired (see Repair) when only string values hold invalid
+// UTF-8 or lone surrogate escapes; otherwise b as one JSON string (invalid
+// UTF-8 replaced by U+FFFD), and ok is false. Writers call it so that no
+// line they write can be unreadable. Duplicate member names are kept: the
+// text is still valid JSON. c is used for the check.
+func AppendValid(c *Checker, dst, b []byte) (out []byte, ok bool) {
+	rep, err := c.Check(b, "")
+	switch {
+	case err == nil && rep.BadString == nil:
+		return append(dst, b...), true
+	case err == nil:
+		return Repair(dst, b), true
+	case errors.Is(err, ErrDuplicateKey) && utf8.Valid(b) && !strings.Contains(bytesString(b), `\u`):
+		return append(dst, b...), true
+	}
+	return appendQuoted(dst, b), false
+}
+
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// appendQuoted appends b as a JSON string, invalid UTF-8 as U+FFFD.
+func appendQuoted(dst, b []byte) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+			i++
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			i++
+		case c < utf8.RuneSelf:
+			dst = append(dst, c)
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 {
+				dst = append(dst, "\uFFFD"...)
+			} else {
+				dst = append(dst, b[i:i+size]...)
+			}
+			i += size
+		}
+	}
+	return append(dst, '"')
 }

@@ -130,13 +130,18 @@ func TestRepair(t *testing.T) {
 
 // FuzzCheck compares Check with encoding/json: what Check accepts is valid
 // JSON, and valid UTF-8 JSON without escapes or duplicate names is
-// accepted; Repair always yields clean text.
+// accepted; Repair always yields clean text; AppendValid always yields
+// valid UTF-8 JSON.
 func FuzzCheck(f *testing.F) {
 	for _, s := range []string{`{"a":1,"a":2}`, `{"a":[1,{"b":"\ud800"}]}`, "\"\xff\"", `[1e5,-0,"x"]`, `{"":{"":1}}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var c Checker
+		_ = Repair(nil, b) // never panics, whatever b is
+		if out, _ := AppendValid(&c, nil, b); !utf8.Valid(out) || !json.Valid(out) {
+			t.Fatalf("AppendValid(%q) = %q: not valid UTF-8 JSON", b, out)
+		}
 		rep, err := c.Check(b, "root")
 		if err != nil {
 			var e *Error
@@ -228,5 +233,31 @@ func TestMember(t *testing.T) {
 	}
 	if _, _, ok := c.Member("data"); ok {
 		t.Error("Member found a name in an array")
+	}
+}
+
+func TestAppendValid(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{`{"a":1}`, `{"a":1}`, true},
+		{"{\"correlation\":\"c\xff\"}", "{\"correlation\":\"c\uFFFD\"}", true},
+		{`["\ud800"]`, `["\ufffd"]`, true},
+		{`{"a":1,"a":2}`, `{"a":1,"a":2}`, true},
+		{"{\"a\xff\":1}", "\"{\\\"a\uFFFD\\\":1}\"", false},
+		{`{"a":`, `"{\"a\":"`, false},
+		{"\x01\"", `"\u0001\""`, false},
+		{``, `""`, false},
+	}
+	var c Checker
+	for _, tt := range tests {
+		got, ok := AppendValid(&c, nil, []byte(tt.in))
+		if string(got) != tt.want || ok != tt.ok {
+			t.Errorf("AppendValid(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+		if !utf8.Valid(got) || !json.Valid(got) {
+			t.Errorf("AppendValid(%q) = %q: not valid UTF-8 JSON", tt.in, got)
+		}
 	}
 }
