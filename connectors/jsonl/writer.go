@@ -56,7 +56,7 @@ type Writer struct {
 	w     io.Writer
 	opts  WriterOptions
 	check ijson.Checker // Process runs on one goroutine
-	file  *os.File // owned file, nil when writing to a caller's io.Writer
+	file  *os.File      // owned file, nil when writing to a caller's io.Writer
 	buf   []byte
 	close bool
 }

@@ -10,6 +10,7 @@ package ijson
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -676,7 +677,8 @@ func AppendValid(c *Checker, dst, b []byte) (out []byte, ok bool) {
 		return append(dst, b...), true
 	case err == nil:
 		return Repair(dst, b), true
-	case errors.Is(err, ErrDuplicateKey) && utf8.Valid(b) && !strings.Contains(bytesString(b), `\u`):
+	case errors.Is(err, ErrDuplicateKey) && utf8.Valid(b) && !strings.Contains(bytesString(b), `\u`) && json.Valid(b):
+		// Check stopped at the duplicate; the rest is checked here.
 		return append(dst, b...), true
 	}
 	return appendQuoted(dst, b), false
