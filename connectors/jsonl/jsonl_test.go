@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -599,4 +600,63 @@ func TestWriterLinesAreValidUTF8JSON(t *testing.T) {
 			t.Errorf("invalid UTF-8 correlation written as %q, want it repaired", lines[0])
 		}
 	}
+}
+
+// TestFileSinkSymlinks: a file sink refuses a path that is a symbolic link
+// (an existing target or a dangling one), leaving the target as it was,
+// unless FollowSymlinks is set; links among parent directories are
+// followed.
+func TestFileSinkSymlinks(t *testing.T) {
+	for _, mode := range []Mode{ModeWrite, ModeAppend, ModeTruncate} {
+		for _, follow := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/follow=%v", mode, follow), func(t *testing.T) {
+				dir := t.TempDir()
+				target := filepath.Join(dir, "precious")
+				must(t, os.WriteFile(target, []byte("keep\n"), 0o644))
+				link := filepath.Join(dir, "out.jsonl")
+				must(t, os.Symlink(target, link))
+				dangling := filepath.Join(dir, "dangling.jsonl")
+				must(t, os.Symlink(filepath.Join(dir, "nowhere"), dangling))
+
+				p, err := OpenFileSink(link, mode, WriterOptions{FollowSymlinks: follow})
+				if !follow {
+					if !errors.Is(err, ErrSymlink) || !strings.Contains(err.Error(), "follow_symlinks") {
+						t.Fatalf("open through a symlink: %v, want ErrSymlink naming follow_symlinks", err)
+					}
+					if b, _ := os.ReadFile(target); string(b) != "keep\n" {
+						t.Errorf("target changed to %q", b)
+					}
+					if _, err := OpenFileSink(dangling, mode, WriterOptions{}); !errors.Is(err, ErrSymlink) {
+						t.Errorf("open through a dangling symlink: %v, want ErrSymlink", err)
+					}
+					if _, err := os.Stat(filepath.Join(dir, "nowhere")); !errors.Is(err, os.ErrNotExist) {
+						t.Errorf("the dangling link's target was created: %v", err)
+					}
+					return
+				}
+				must(t, err)
+				must(t, p.Process(context.Background(), []pipeline.Event{{Data: []byte(`1`)}}, nil))
+				must(t, p.(pipeline.Closer).Close(context.Background()))
+				want := `{"data":1,"meta":{}}` + "\n"
+				if mode == ModeAppend {
+					want = "keep\n" + want
+				}
+				if b, _ := os.ReadFile(target); string(b) != want {
+					t.Errorf("target holds %q, want %q", b, want)
+				}
+			})
+		}
+	}
+	t.Run("symlinked parent directory", func(t *testing.T) {
+		dir := t.TempDir()
+		real := filepath.Join(dir, "real")
+		must(t, os.Mkdir(real, 0o755))
+		must(t, os.Symlink(real, filepath.Join(dir, "alias")))
+		p, err := OpenFileSink(filepath.Join(dir, "alias", "out.jsonl"), ModeWrite, WriterOptions{})
+		must(t, err)
+		must(t, p.(pipeline.Closer).Close(context.Background()))
+		if _, err := os.Stat(filepath.Join(real, "out.jsonl")); err != nil {
+			t.Errorf("file not written through the parent link: %v", err)
+		}
+	})
 }

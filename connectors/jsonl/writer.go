@@ -26,6 +26,12 @@ type WriterOptions struct {
 	// within a batch. Default
 	// DefaultWriteBufferBytes.
 	BufferBytes int
+	// FollowSymlinks lets OpenFileSink open a path whose last element is
+	// a symbolic link, writing (and, in ModeWrite or ModeTruncate,
+	// truncating) the file it points to. By default such a path is
+	// refused with ErrSymlink. Symbolic links among the parent
+	// directories are always followed.
+	FollowSymlinks bool
 }
 
 // EnsureDefaults fills unset fields with their defaults.
