@@ -91,13 +91,13 @@ func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
 }
 
 // ToMessage converts an event into a message with a new UUID.
-// Payload and metadata are valid UTF-8 JSON whatever the event holds (see
-// ijson.AppendValid).
+// The payload and metadata are valid UTF-8 (invalid UTF-8 in the event is
+// repaired, see ijson.AppendEvent).
 func ToMessage(ev pipeline.Event) *message.Message {
 	var check ijson.Checker
-	payload, _ := ijson.AppendValid(&check, nil, ev.DataJSON())
+	payload := ijson.AppendEvent(&check, nil, ev.DataJSON())
 	msg := message.NewMessage(watermill.NewUUID(), payload)
-	meta, _ := ijson.AppendValid(&check, nil, ev.MetaJSON())
+	meta := ijson.AppendEvent(&check, nil, ev.MetaJSON())
 	var jsonKeys []string
 	gjson.ParseBytes(meta).ForEach(func(k, v gjson.Result) bool {
 		key := k.String()

@@ -175,7 +175,7 @@ func TestToEventIJSON(t *testing.T) {
 func TestToMessageIsValidUTF8JSON(t *testing.T) {
 	for _, ev := range []pipeline.Event{
 		{Data: []byte("\"a\xff\""), Meta: []byte("{\"correlation\":\"c\xff\",\"kv\":{\"put\":\"\\ud800\"}}")},
-		{Data: []byte(`{"a":`), Meta: []byte(`{"x":`)},
+		{Data: []byte("{\"a\":\xff"), Meta: []byte("{\"x\":\xff")},
 	} {
 		msg := ToMessage(ev)
 		if !utf8.Valid(msg.Payload) || !json.Valid(msg.Payload) {

@@ -54,8 +54,10 @@ func (o *WriterOptions) EnsureDefaults() {
 // Close flushes, and when the Writer owns a file (OpenFileSink) it also
 // syncs and closes it.
 //
-// Every line is valid UTF-8 JSON, whatever the event holds (see
-// ijson.AppendValid). Every Write to the underlying writer holds whole lines, so several
+// Every line is valid UTF-8 (invalid UTF-8 in an event is repaired) and
+// valid JSON as long as the event holds JSON, as every event does by the
+// pipeline's contract (see ijson.AppendEvent). Every Write to the
+// underlying writer holds whole lines, so several
 // Writers sharing one io.Writer behind a lock never interleave partial
 // lines.
 type Writer struct {
@@ -83,16 +85,16 @@ func newWriter(w io.Writer, f *os.File, opts WriterOptions) *Writer {
 // Process implements pipeline.Processor.
 func (w *Writer) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
 	for _, ev := range batch {
-		// Every line is valid UTF-8 JSON whatever the event holds: events
-		// from the sources are already, and anything made in the graph
-		// that is not is repaired or written as a JSON string.
+		// Every line is valid UTF-8 JSON: events from the sources are
+		// already, and invalid UTF-8 an event made in the graph carries is
+		// repaired (one fast scan when there is none).
 		if w.opts.Codec == CodecJSON {
-			w.buf, _ = ijson.AppendValid(&w.check, w.buf, ev.DataJSON())
+			w.buf = ijson.AppendEvent(&w.check, w.buf, ev.DataJSON())
 		} else {
 			w.buf = append(w.buf, `{"data":`...)
-			w.buf, _ = ijson.AppendValid(&w.check, w.buf, ev.DataJSON())
+			w.buf = ijson.AppendEvent(&w.check, w.buf, ev.DataJSON())
 			w.buf = append(w.buf, `,"meta":`...)
-			w.buf, _ = ijson.AppendValid(&w.check, w.buf, ev.MetaJSON())
+			w.buf = ijson.AppendEvent(&w.check, w.buf, ev.MetaJSON())
 			w.buf = append(w.buf, '}')
 		}
 		w.buf = append(w.buf, '\n')

@@ -98,8 +98,8 @@ func (c *Capture) Written() uint64 {
 }
 
 // AppendLine appends {"sink":NAME,"data":...,"meta":...} and a newline:
-// one line of valid UTF-8 JSON whatever the event holds (see
-// ijson.AppendValid).
+// one line of valid UTF-8 JSON (invalid UTF-8 in the event is repaired,
+// see ijson.AppendEvent).
 func AppendLine(dst []byte, sink string, ev pipeline.Event) []byte {
 	return appendLine(new(ijson.Checker), dst, sink, ev)
 }
@@ -108,9 +108,9 @@ func appendLine(c *ijson.Checker, dst []byte, sink string, ev pipeline.Event) []
 	dst = append(dst, `{"sink":`...)
 	dst = gjson.AppendJSONString(dst, sink)
 	dst = append(dst, `,"data":`...)
-	dst, _ = ijson.AppendValid(c, dst, ev.DataJSON())
+	dst = ijson.AppendEvent(c, dst, ev.DataJSON())
 	dst = append(dst, `,"meta":`...)
-	dst, _ = ijson.AppendValid(c, dst, ev.MetaJSON())
+	dst = ijson.AppendEvent(c, dst, ev.MetaJSON())
 	return append(dst, '}', '\n')
 }
 

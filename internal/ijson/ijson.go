@@ -696,6 +696,20 @@ func AppendValid(c *Checker, dst, b []byte) (out []byte, ok bool) {
 	return appendQuoted(dst, b), false
 }
 
+// AppendEvent appends b, the data or meta of an event, for a writer:
+// unchanged when it is valid UTF-8, which costs one fast scan, and through
+// AppendValid otherwise. Events are JSON by the pipeline's contract (every
+// source checks its input, every node builds JSON with an encoder); what
+// text copied from elsewhere may still carry is invalid UTF-8, which no
+// line flowrun writes may hold.
+func AppendEvent(c *Checker, dst, b []byte) []byte {
+	if utf8.Valid(b) {
+		return append(dst, b...)
+	}
+	dst, _ = AppendValid(c, dst, b)
+	return dst
+}
+
 func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // appendQuoted appends b as a JSON string, invalid UTF-8 as U+FFFD.

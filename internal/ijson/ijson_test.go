@@ -261,3 +261,17 @@ func TestAppendValid(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendEvent(t *testing.T) {
+	var c Checker
+	for in, want := range map[string]string{
+		`{"a":"\ud800"}`:              `{"a":"\ud800"}`, // valid UTF-8: as it is
+		"{\"correlation\":\"c\xff\"}": "{\"correlation\":\"c\uFFFD\"}",
+		"{\"a\":\xff":                 "\"{\\\"a\\\":\uFFFD\"",
+		"{\"k\xff\":1,\"k\xfe\":2}":   "\"{\\\"k\uFFFD\\\":1,\\\"k\uFFFD\\\":2}\"",
+	} {
+		if got := AppendEvent(&c, nil, []byte(in)); string(got) != want {
+			t.Errorf("AppendEvent(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
