@@ -158,6 +158,13 @@ func TestReaderDecode(t *testing.T) {
 			errorsIs: ijson.ErrInvalidUTF8,
 		},
 		{
+			name:     "invalid UTF-8 in an escaped meta",
+			input:    "{\"data\":1,\"m\\u0065ta\":{\"correlation\":\"a\xffb\"}}",
+			errMeta:  []string{`{"error":"in: line 1: invalid UTF-8 at meta.correlation (byte 37)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"m\\u0065ta\":{\"correlation\":\"a\ufffdb\"}}"`},
+			errorsIs: ijson.ErrInvalidUTF8,
+		},
+		{
 			name:     "lone surrogate in a kv key",
 			input:    `{"meta":{"kv":{"put":"\udfff"}}}`,
 			errMeta:  []string{`{"error":"in: line 1: lone surrogate escape at meta.kv.put (byte 21)","line":1}`},

@@ -18,8 +18,6 @@ import (
 	"io"
 	"strconv"
 
-	"github.com/tidwall/gjson"
-
 	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -287,13 +285,11 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 		// Metadata (kv keys, correlation) is refused: repairing it would
 		// make different keys equal. Data is repaired, so that every
 		// component reads the same U+FFFD.
-		if rd.opts.Codec == CodecEvent && trimmed[0] == '{' {
-			if meta := gjson.GetBytes(trimmed, "meta"); meta.IsObject() {
-				mrep, _ := rd.check.Check([]byte(meta.Raw), "meta")
-				if mrep.BadString != nil {
-					mrep.BadString.Offset += meta.Index
-					return rd.lineErrorCause(lineNo, line, mrep.BadString)
-				}
+		if ms, me, ok := rd.check.Member("meta"); ok && rd.opts.Codec == CodecEvent && trimmed[ms] == '{' {
+			mrep, _ := rd.check.Check(trimmed[ms:me], "meta")
+			if mrep.BadString != nil {
+				mrep.BadString.Offset += ms
+				return rd.lineErrorCause(lineNo, line, mrep.BadString)
 			}
 		}
 		buf = ijson.Repair(make([]byte, 0, len(trimmed)+16), trimmed)
