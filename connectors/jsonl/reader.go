@@ -285,7 +285,7 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 		// Metadata (kv keys, correlation) is refused: repairing it would
 		// make different keys equal. Data is repaired, so that every
 		// component reads the same U+FFFD.
-		if ms, me, ok := rd.check.Member("meta"); ok && rd.opts.Codec == CodecEvent && trimmed[ms] == '{' {
+		if ms, me, ok := rd.check.Member(trimmed, "meta"); ok && rd.opts.Codec == CodecEvent && trimmed[ms] == '{' {
 			mrep, _ := rd.check.Check(trimmed[ms:me], "meta")
 			if mrep.BadString != nil {
 				mrep.BadString.Offset += ms
@@ -306,8 +306,8 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 			return rd.lineErrorCause(lineNo, line, err) // cannot happen: Repair keeps the structure
 		}
 	}
-	ds, de, hasData := rd.check.Member("data")
-	ms, me, hasMeta := rd.check.Member("meta")
+	ds, de, hasData := rd.check.Member(buf, "data")
+	ms, me, hasMeta := rd.check.Member(buf, "meta")
 	if !hasData && !hasMeta {
 		return rd.lineError(lineNo, line, ErrInvalidLine, `expected an event object {"data": ..., "meta": {...}}, found neither "data" nor "meta"`)
 	}

@@ -99,12 +99,16 @@ type Report struct {
 // frame is one open array or object.
 type frame struct {
 	obj   bool
-	named bool   // key holds the current member's name
-	n     int    // members or elements so far
-	key   string // the current member's name (objects)
-	keys  int    // start of this object's names in Checker.keys
-	set   map[string]struct{}
-	start int
+	named bool // key holds the current member's name
+	// keyStart and keyEnd locate the current name's text (quotes
+	// excluded); escaped says it has escapes (key is then decoded).
+	keyStart, keyEnd int
+	escaped          bool
+	n                int    // members or elements so far
+	key              string // the current member's name (objects)
+	keys             int    // start of this object's names in Checker.keys
+	set              map[string]struct{}
+	start            int
 }
 
 // linearKeys is how many member names an object compares one by one before
@@ -123,19 +127,24 @@ type Checker struct {
 	valAt   int         // where the current root member's value starts
 }
 
-// topMember is a member of the root object and where its value is.
+// topMember is a member of the root object: where its name is in the
+// text (or the name itself when it has escapes) and where its value is.
+// It holds offsets rather than views, so a Checker never keeps a text
+// alive.
 type topMember struct {
-	key        string
-	start, end int
+	keyStart, keyEnd int
+	decoded          string // the name, when it has escapes
+	escaped          bool
+	start, end       int
 }
 
-// Member returns the value of the root object's member name in the text
-// last checked, as offsets into it (b[start:end]); ok is false when the
-// root is not an object or has no such member. It is valid only after a
-// Check that returned no error.
-func (c *Checker) Member(name string) (start, end int, ok bool) {
+// Member returns the value of the root object's member name in b, the
+// text last checked, as offsets into it (b[start:end]); ok is false when
+// the root is not an object or has no such member. It is valid only after
+// a Check of b that returned no error.
+func (c *Checker) Member(b []byte, name string) (start, end int, ok bool) {
 	for _, m := range c.top {
-		if m.key == name {
+		if m.escaped && m.decoded == name || !m.escaped && string(b[m.keyStart:m.keyEnd]) == name {
 			return m.start, m.end, true
 		}
 	}
@@ -235,7 +244,12 @@ func (c *Checker) check(b []byte) error {
 	after:
 		for {
 			if len(c.stack) == 1 && c.stack[0].obj {
-				c.top = append(c.top, topMember{c.stack[0].key, c.valAt, i})
+				f := &c.stack[0]
+				m := topMember{keyStart: f.keyStart, keyEnd: f.keyEnd, escaped: f.escaped, start: c.valAt, end: i}
+				if f.escaped {
+					m.decoded = strings.Clone(f.key)
+				}
+				c.top = append(c.top, m)
 			}
 			i = skipWS(b, i)
 			if len(c.stack) == 0 {
@@ -293,6 +307,7 @@ func (c *Checker) member(b []byte, i int) (int, error) {
 		key = string(unescape(c.scratch[:0], raw))
 	}
 	top.key, top.named = key, true
+	top.keyStart, top.keyEnd, top.escaped = i+1, i+n-1, indexByte(raw, '\\') >= 0
 	if bad != nil {
 		e := c.errAt(bad, i, "")
 		e.InKey, e.Key = true, strings.ToValidUTF8(key, "\uFFFD")

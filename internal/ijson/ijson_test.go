@@ -220,18 +220,18 @@ func TestMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]string{"data": `{"a":[1,{"b":2}]}`, "meta": `{"kv":{"put":"k"}}`, "x": `"s"`, "data2": `null`} {
-		s, e, ok := c.Member(name)
+		s, e, ok := c.Member(in, name)
 		if !ok || string(in[s:e]) != want {
 			t.Errorf("Member(%q) = %q, %v; want %q", name, in[s:e], ok, want)
 		}
 	}
-	if _, _, ok := c.Member("kv"); ok {
+	if _, _, ok := c.Member(in, "kv"); ok {
 		t.Error("Member found a nested name")
 	}
 	if _, err := c.Check([]byte(`[{"data":1}]`), ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok := c.Member("data"); ok {
+	if _, _, ok := c.Member([]byte(`[{"data":1}]`), "data"); ok {
 		t.Error("Member found a name in an array")
 	}
 }
