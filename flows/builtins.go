@@ -93,6 +93,10 @@ func builtinSpecs() []Spec {
 					Doc: "read: source; write/truncate: sink starting from an empty file; append: sink adding to the file."},
 				codecField(),
 				maxLineField(),
+				{Name: "follow_symlinks", Type: TypeBool, Default: "false",
+					OnlyWhen: &When{Field: "mode", Values: []string{string(jsonl.ModeWrite), string(jsonl.ModeAppend), string(jsonl.ModeTruncate)}},
+					Doc: "write/append/truncate: write through a path that is a symbolic link (to the file it points to); " +
+						"by default such a path is refused, so a planted link cannot redirect the output. Links among parent directories are followed."},
 			},
 			Ports: func(c *Config) []string {
 				if c.String("mode") == string(jsonl.ModeRead) {
@@ -107,7 +111,8 @@ func builtinSpecs() []Spec {
 					s, err := jsonl.OpenFileSource(c.String("path"), readerOptions(c))
 					return Component{Source: s}, err
 				}
-				p, err := jsonl.OpenFileSink(c.String("path"), mode, jsonl.WriterOptions{Name: c.Node, Codec: c.String("codec")})
+				p, err := jsonl.OpenFileSink(c.String("path"), mode,
+					jsonl.WriterOptions{Name: c.Node, Codec: c.String("codec"), FollowSymlinks: c.Bool("follow_symlinks")})
 				return Component{Processor: p}, err
 			},
 		},
@@ -374,7 +379,8 @@ func busSourceFields() []Field {
 		{Name: "linger", Type: TypeDuration, Default: bus.DefaultLinger.String(),
 			Doc: "read: how long a window waits for one more message before it is processed."},
 		{Name: "max_deliveries", Type: TypeInt, Default: itoa(bus.DefaultMaxDeliveries),
-			Doc: "read: deliveries after which a message that still fails goes to the dead-letter topic."},
+			Doc: "read: deliveries after which a message that still fails goes to the dead-letter topic; a message the broker " +
+				"delivers more often (the process died handling it) is dead-lettered on arrival, before it is processed again."},
 		{Name: "dead_letter", Type: TypeString,
 			Doc: "read: topic receiving failed messages with metadata `error`; default the topic + `" + bus.DeadLetterSuffix + "`."},
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 )
@@ -107,7 +109,21 @@ func TestBadInput(t *testing.T) {
 		{name: "kv null", line: ev(`{"kv":null}`, `1`), want: "invalid command"},
 		{name: "no kv", line: ev(`{"other":1}`, `1`), want: "invalid command"},
 		{name: "two commands", line: ev(kvCmd(`"put":"x","delete":"before"`), `1`), want: "invalid command"},
-		{name: "field twice", line: ev(kvCmd(`"put":"x","put":"y"`), `1`), want: "invalid command"},
+		// Duplicate object keys anywhere (I-JSON, RFC 7493): refused by
+		// the source, so no two components read the line differently.
+		{name: "field twice", line: ev(kvCmd(`"put":"x","put":"y"`), `1`), want: `duplicate object key "put" at meta.kv.put`, lineNo: true},
+		{name: "field twice, escaped", line: ev(kvCmd(`"put":"x","p\u0075t":"y"`), `1`), want: `duplicate object key "put" at meta.kv.put`, lineNo: true},
+		{name: "duplicate key in data", line: ev(kvCmd(`"put":"x"`), `{"amount":5,"amount":1000000}`), want: `duplicate object key "amount" at data.amount`, lineNo: true},
+		{name: "duplicate key nested deep", line: ev(kvCmd(`"put":"x"`), `{"a":[1,{"b":{"c":{"d":1,"d":2}}}]}`), want: `duplicate object key "d" at data.a[1].b.c.d`, lineNo: true},
+		{name: "duplicate correlation", line: `{"data":1,"meta":{"kv":{"put":"x"},"correlation":"bad","correlation":"other"}}`, want: `duplicate object key "correlation" at meta.correlation`, lineNo: true},
+		{name: "duplicate data", line: `{"data":1,"meta":{"kv":{"put":"x"}},"data":2}`, want: `duplicate object key "data" at data`, lineNo: true},
+		// Lone surrogate escapes and invalid UTF-8 in keys, and anywhere in
+		// meta: refused by the source (decoded, they would all be U+FFFD).
+		{name: "lone surrogates in data keys", line: ev(kvCmd(`"put":"x"`), `{"\ud800":1,"\udfff":2}`), want: "lone surrogate escape in an object key at data", lineNo: true},
+		{name: "lone surrogate in a meta key", line: ev(`{"kv":{"put":"x"},"\udc00":1}`, `1`), want: "lone surrogate escape in an object key at meta", lineNo: true},
+		{name: "lone surrogate in the kv key", line: ev(kvCmd(`"put":"\ud800"`), `1`), want: "lone surrogate escape at meta.kv.put", lineNo: true},
+		{name: "invalid UTF-8 in a data key", line: ev(kvCmd(`"put":"x"`), "{\"a\xff\":1}"), want: "invalid UTF-8 in an object key at data", lineNo: true},
+		{name: "invalid UTF-8 correlation", line: "{\"data\":1,\"meta\":{\"kv\":{\"put\":\"x\"},\"correlation\":\"b\xffad\"}}", want: "invalid UTF-8 at meta.correlation", lineNo: true},
 		{name: "unknown command", line: ev(kvCmd(`"frobnicate":"before"`), ``), want: "unknown command"},
 		{name: "no command", line: ev(kvCmd(`"by":1`), ``), want: ""},
 		// Wrong types, field by field.
@@ -138,8 +154,8 @@ func TestBadInput(t *testing.T) {
 		// Keys.
 		{name: "empty key", line: ev(kvCmd(`"put":""`), `1`), want: "invalid key"},
 		{name: "key of 10000 characters", line: ev(kvCmd(`"put":"`+strings.Repeat("k", 10000)+`"`), `1`), want: "key too long"},
-		{name: "invalid UTF-8 key", line: ev(kvCmd("\"put\":\"a\xff\xfeb\""), `1`), want: "invalid key"},
-		{name: "truncated UTF-8 key", line: ev(kvCmd("\"get\":\"\xe6\x97\""), ``), want: "invalid key"},
+		{name: "invalid UTF-8 key", line: ev(kvCmd("\"put\":\"a\xff\xfeb\""), `1`), want: "invalid UTF-8 at meta.kv.put", lineNo: true},
+		{name: "truncated UTF-8 key", line: ev(kvCmd("\"get\":\"\xe6\x97\""), ``), want: "invalid UTF-8 at meta.kv.get", lineNo: true},
 		// Values.
 		{name: "value over the size limit", big: repeatReader(`{"meta":{"kv":{"put":"x"},"correlation":"bad"},"data":"`, 'v', 5<<20, "\"}\n"), want: "value too large"},
 		{name: "10000-level nested data", line: ev(kvCmd(`"put":"x"`), nested(10000, "1")), want: "invalid JSON"},
@@ -178,6 +194,9 @@ func TestBadInput(t *testing.T) {
 			// Results and errors reach stdout through different links, so
 			// their relative order is not fixed: find each by correlation.
 			lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+			for _, l := range lines {
+				assertValidLine(t, l)
+			}
 			if len(lines) != 4 {
 				t.Fatalf("got %d output lines, want 4 (put, error, get_all, count):\n%.2000s", len(lines), out.String())
 			}
@@ -227,6 +246,17 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// assertValidLine fails t unless l is valid UTF-8 JSON (encoding/json
+// refuses nesting deeper than 10000 levels, which is valid JSON: gjson
+// judges those lines).
+func assertValidLine(t *testing.T, l string) {
+	t.Helper()
+	valid := json.Valid([]byte(l)) || strings.Count(l, "[")+strings.Count(l, "{") > 10000 && gjson.Valid(l)
+	if !utf8.ValidString(l) || !valid {
+		t.Errorf("output line is not valid UTF-8 JSON: %.300q", l)
+	}
+}
+
 // TestEdgeValuesAccepted covers input that is not an error: numbers beyond
 // int64 are stored exactly as written (and refused by increment), invalid
 // UTF-8 inside a value is stored as U+FFFD, as docs/kv.md specifies.
@@ -244,6 +274,7 @@ func TestEdgeValuesAccepted(t *testing.T) {
 		ev(`{"kv":{"increment":"neg","by":-1},"correlation":5}`, ``) + "\n" +
 		ev(`{"kv":{"increment":"exp","by":1e308},"correlation":6}`, ``) + "\n" +
 		ev(`{"kv":{"put":"utf"},"correlation":7}`, "\"a\xffb\"") + "\n" +
+		ev(`{"kv":{"put":"sur"},"correlation":9}`, `"a\ud800b"`) + "\n" +
 		ev(`{"kv":{"get_all":null},"correlation":8}`, ``) + "\n"
 	code, out, stderr := runCLI(t, input, "run", flow)
 	if code != 0 {
@@ -251,9 +282,10 @@ func TestEdgeValuesAccepted(t *testing.T) {
 	}
 	// Results and errors reach stdout through different links: order the
 	// lines by correlation.
-	lines := make([]string, 8)
+	lines := make([]string, 9)
 	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
-		if c := gjson.Get(l, "meta.correlation").Int(); c >= 1 && c <= 8 {
+		assertValidLine(t, l)
+		if c := gjson.Get(l, "meta.correlation").Int(); c >= 1 && c <= 9 {
 			lines[c-1] = l
 		}
 	}
@@ -276,5 +308,63 @@ func TestEdgeValuesAccepted(t *testing.T) {
 	}
 	if u := all.Get("utf").Str; u != "a\uFFFDb" {
 		t.Errorf("invalid UTF-8 in a value stored as %q, want %q", u, "a\uFFFDb")
+	}
+	if u := all.Get("sur").Str; u != "a\uFFFDb" {
+		t.Errorf("a lone surrogate escape in a value stored as %q, want %q", u, "a\uFFFDb")
+	}
+}
+
+// readingFlow runs an event through an expression (set), a Lua script and
+// the kv store, each recording what it read.
+const readingFlow = `name: reading
+connectors:
+  input:  { type: stdin }
+  check:  { type: lua, file: check.lua }
+  store:  { type: kv, dir: state }
+  out:    { type: stdout }
+pipelines:
+  mark:
+    - set:
+        data.expr_s: 'data.s == "x\uFFFDy"'
+        data.expr_t: 'data.t == "\uFFFD"'
+        meta.kv: '{"put": "k"}'
+links:
+  - input/out -> mark/in
+  - input/err -> out/in
+  - mark/out -> check/in
+  - mark/err -> out/in
+  - check/out -> store/in
+  - check/err -> out/in
+  - store/out -> out/in
+  - store/err -> out/in
+`
+
+// TestOneReadingOfEveryEvent: invalid UTF-8 and a lone surrogate escape in
+// string values of data are repaired by the source, so expressions, Lua
+// and the stored canonical form all read U+FFFD, and the output is valid.
+func TestOneReadingOfEveryEvent(t *testing.T) {
+	dir := t.TempDir()
+	flow := filepath.Join(dir, "flow.yaml")
+	if err := os.WriteFile(flow, []byte(readingFlow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := "local d = event.data\nd.lua_s = (d.s == \"x\\239\\191\\189y\")\nd.lua_t = (d.t == \"\\239\\191\\189\")\nemit(\"out\", d)\n"
+	if err := os.WriteFile(filepath.Join(dir, "check.lua"), []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLI(t, "{\"data\":{\"s\":\"x\xffy\",\"t\":\"\\ud800\"}}\n", "run", flow)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	line := strings.TrimSuffix(out, "\n")
+	assertValidLine(t, line)
+	data := gjson.Get(line, "data")
+	for _, f := range []string{"expr_s", "expr_t", "lua_s", "lua_t"} {
+		if data.Get(f).Type != gjson.True {
+			t.Errorf("%s = %s: the component did not read U+FFFD; stored %s", f, data.Get(f).Raw, data.Raw)
+		}
+	}
+	if s, tt := data.Get("s").Str, data.Get("t").Str; s != "x\uFFFDy" || tt != "\uFFFD" {
+		t.Errorf("stored s=%q t=%q, want U+FFFD in both", s, tt)
 	}
 }

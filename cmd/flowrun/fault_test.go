@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,5 +114,48 @@ func TestStoreDirectoryHeldByAnotherProcess(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("first process stopped answering")
+	}
+}
+
+// TestFileSinkSymlink: `flowrun run` refuses a file sink whose path is a
+// symbolic link (exit 1, the message names follow_symlinks) and leaves
+// the file it points to alone; with follow_symlinks: true it writes there.
+func TestFileSinkSymlink(t *testing.T) {
+	for _, follow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("follow_symlinks=%v", follow), func(t *testing.T) {
+			dir := t.TempDir()
+			target := filepath.Join(dir, "precious.txt")
+			if err := os.WriteFile(target, []byte("keep\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, filepath.Join(dir, "out.jsonl")); err != nil {
+				t.Fatal(err)
+			}
+			flow := fmt.Sprintf(`name: links
+connectors:
+  input:  { type: stdin }
+  output: { type: file, path: out.jsonl, mode: truncate, follow_symlinks: %v }
+links:
+  - input/out -> output/in
+`, follow)
+			path := filepath.Join(dir, "flow.yaml")
+			if err := os.WriteFile(path, []byte(flow), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code, _, stderr := runCLI(t, `{"data":1}`+"\n", "run", path)
+			got, _ := os.ReadFile(target)
+			if !follow {
+				if code != 1 || !strings.Contains(stderr, "symbolic link") || !strings.Contains(stderr, "follow_symlinks: true") {
+					t.Fatalf("exit %d, stderr:\n%s\nwant exit 1 and a message naming follow_symlinks", code, stderr)
+				}
+				if string(got) != "keep\n" {
+					t.Errorf("the link's target was changed to %q", got)
+				}
+				return
+			}
+			if code != 0 || string(got) != `{"data":1,"meta":{}}`+"\n" {
+				t.Fatalf("exit %d, target %q, stderr:\n%s", code, got, stderr)
+			}
+		})
 	}
 }

@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -45,30 +48,58 @@ const (
 // ErrNotJSON reports a message payload that is not valid JSON.
 var ErrNotJSON = errors.New("message payload is not JSON")
 
+// ErrNotIJSON reports a message that every component could not read the
+// same way: a payload or JSON metadata value with two members of the same
+// name or with a lone surrogate escape or invalid UTF-8 in a member name,
+// or metadata (names or values) that is not valid UTF-8. It wraps the
+// *ijson.Error that locates the problem when there is one. (Invalid UTF-8
+// and lone surrogates in payload string values are repaired to U+FFFD
+// instead, as the JSON-lines sources do.)
+var ErrNotIJSON = errors.New("message is not I-JSON")
+
 // ToEvent converts a message into an event with the given Seq. A payload that
 // is not JSON gives an error wrapping ErrNotJSON and an event suitable for
 // an "err" port: its data is the payload as a JSON string and its meta
 // carries the message metadata plus "error".
 func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
-	meta := metaFromMetadata(msg.Metadata, msg.UUID)
+	var check ijson.Checker
+	meta, merr := metaFromMetadata(&check, msg.Metadata, msg.UUID)
 	payload := bytes.TrimSpace(msg.Payload)
-	if len(payload) == 0 {
+	var err error
+	switch {
+	case merr != nil:
+		err = merr
+	case len(payload) == 0:
 		return pipeline.Event{Data: nil, Meta: meta, Seq: seq}, nil
+	default:
+		rep, cerr := check.Check(payload, "data")
+		switch {
+		case errors.Is(cerr, ijson.ErrSyntax):
+			err = ErrNotJSON
+		case cerr != nil:
+			err = fmt.Errorf("%w: %w", ErrNotIJSON, cerr)
+		case rep.BadString != nil:
+			// As the JSON-lines sources do: every component reads U+FFFD.
+			return pipeline.Event{Data: ijson.Repair(nil, payload), Meta: meta, Seq: seq}, nil
+		default:
+			return pipeline.Event{Data: append([]byte(nil), payload...), Meta: meta, Seq: seq}, nil
+		}
 	}
-	if !json.Valid(payload) {
-		err := ErrNotJSON
-		raw, _ := json.Marshal(string(msg.Payload)) // invalid UTF-8 becomes U+FFFD
-		meta = setString(meta, "error", "message "+msg.UUID+": "+err.Error())
-		return pipeline.Event{Data: raw, Meta: meta, Seq: seq}, err
-	}
-	return pipeline.Event{Data: append([]byte(nil), payload...), Meta: meta, Seq: seq}, nil
+	raw, _ := json.Marshal(string(msg.Payload)) // invalid UTF-8 becomes U+FFFD
+	meta = setString(meta, "error", "message "+msg.UUID+": "+err.Error())
+	return pipeline.Event{Data: raw, Meta: meta, Seq: seq}, err
 }
 
 // ToMessage converts an event into a message with a new UUID.
+// The payload and metadata are valid UTF-8 (invalid UTF-8 in the event is
+// repaired, see ijson.AppendEvent).
 func ToMessage(ev pipeline.Event) *message.Message {
-	msg := message.NewMessage(watermill.NewUUID(), append([]byte(nil), ev.DataJSON()...))
+	var check ijson.Checker
+	payload := ijson.AppendEvent(&check, nil, ev.DataJSON())
+	msg := message.NewMessage(watermill.NewUUID(), payload)
+	meta := ijson.AppendEvent(&check, nil, ev.MetaJSON())
 	var jsonKeys []string
-	gjson.ParseBytes(ev.MetaJSON()).ForEach(func(k, v gjson.Result) bool {
+	gjson.ParseBytes(meta).ForEach(func(k, v gjson.Result) bool {
 		key := k.String()
 		if key == MessageIDMeta {
 			return true
@@ -91,12 +122,22 @@ func ToMessage(ev pipeline.Event) *message.Message {
 }
 
 // metaFromMetadata builds the meta object of a received message with id
-// uuid, keys sorted so the same message always gives the same bytes.
-func metaFromMetadata(md message.Metadata, uuid string) []byte {
+// uuid, keys sorted so the same message always gives the same bytes. A
+// name or value that is not valid UTF-8, or a JSON value that is not
+// I-JSON, gives an error wrapping ErrNotIJSON; meta is then still valid
+// JSON (such names left out, such values as repaired strings) for the
+// error event.
+func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([]byte, error) {
 	jsonKeys, marked := md[JSONKeysKey]
 	isJSON := map[string]bool{}
 	for _, k := range strings.Split(jsonKeys, ",") {
 		isJSON[strings.TrimSpace(k)] = true
+	}
+	var firstErr error
+	fail := func(err error) {
+		if firstErr == nil {
+			firstErr = err
+		}
 	}
 	fields := map[string]json.RawMessage{}
 	if uuid != "" {
@@ -104,6 +145,10 @@ func metaFromMetadata(md message.Metadata, uuid string) []byte {
 	}
 	for k, v := range md {
 		if k == JSONKeysKey || k == DeliveredKey || k == MessageIDMeta {
+			continue
+		}
+		if !utf8.ValidString(k) {
+			fail(fmt.Errorf("%w: metadata name %q is not valid UTF-8", ErrNotIJSON, k))
 			continue
 		}
 		name := k
@@ -115,18 +160,29 @@ func metaFromMetadata(md message.Metadata, uuid string) []byte {
 			}
 		}
 		trimmed := strings.TrimSpace(v)
-		switch {
-		case marked && isJSON[k] && json.Valid([]byte(trimmed)):
-			fields[name] = json.RawMessage(trimmed)
-		case !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "[")) && json.Valid([]byte(trimmed)):
-			fields[name] = json.RawMessage(trimmed)
-		default:
-			s, _ := json.Marshal(v)
-			fields[name] = s
+		asJSON := marked && isJSON[k] || !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "["))
+		if asJSON {
+			rep, err := check.Check([]byte(trimmed), "meta."+name)
+			switch {
+			case err == nil && rep.BadString == nil:
+				fields[name] = json.RawMessage(trimmed)
+				continue
+			case !marked:
+				// A foreign value that only looks like JSON stays a string.
+			case err == nil:
+				fail(fmt.Errorf("%w: %w", ErrNotIJSON, rep.BadString))
+			case !errors.Is(err, ijson.ErrSyntax):
+				fail(fmt.Errorf("%w: %w", ErrNotIJSON, err))
+			}
 		}
+		if !utf8.ValidString(v) {
+			fail(fmt.Errorf("%w: metadata %q is not valid UTF-8", ErrNotIJSON, k))
+		}
+		s, _ := json.Marshal(v) // invalid UTF-8 becomes U+FFFD
+		fields[name] = s
 	}
 	if len(fields) == 0 {
-		return nil
+		return nil, firstErr
 	}
 	keys := make([]string, 0, len(fields))
 	for k := range fields {
@@ -145,7 +201,7 @@ func metaFromMetadata(md message.Metadata, uuid string) []byte {
 		b.Write(fields[k])
 	}
 	b.WriteByte('}')
-	return b.Bytes()
+	return b.Bytes(), firstErr
 }
 
 // setString returns a copy of the meta object with key set to the string s.

@@ -1,8 +1,11 @@
 package bus
 
 import (
+	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -108,6 +111,84 @@ func TestToEventFromForeignMessages(t *testing.T) {
 				t.Errorf("meta = %s, want %s", ev.Meta, tt.wantMeta)
 			}
 		})
+	}
+}
+
+// TestToEventIJSON: a message every component could not read the same way
+// is refused with ErrNotIJSON (so the source dead-letters it), and the
+// error event is still valid UTF-8 JSON; invalid text in payload strings
+// is repaired.
+func TestToEventIJSON(t *testing.T) {
+	tests := []struct {
+		name     string
+		payload  string
+		metadata map[string]string
+		wantErr  error
+		wantData string // when no error
+		inErr    string // in meta.error
+	}{
+		{name: "duplicate in payload", payload: `{"amount":5,"amount":1000000}`, wantErr: ErrNotIJSON, inErr: `duplicate object key "amount" at data.amount`},
+		{name: "duplicate deep in payload", payload: `[{"a":{"b":1,"b":2}}]`, wantErr: ErrNotIJSON, inErr: `data[0].a.b`},
+		{name: "lone surrogate in a payload key", payload: `{"\ud800":1}`, wantErr: ErrNotIJSON, inErr: "lone surrogate"},
+		{name: "duplicate in marked meta.kv", payload: `1`, metadata: map[string]string{JSONKeysKey: "kv", "kv": `{"put":"a","put":"b"}`},
+			wantErr: ErrNotIJSON, inErr: `duplicate object key "put" at meta.kv.put`},
+		{name: "lone surrogate in marked meta.kv", payload: `1`, metadata: map[string]string{JSONKeysKey: "kv", "kv": `{"put":"\udfff"}`},
+			wantErr: ErrNotIJSON, inErr: `lone surrogate escape at meta.kv.put`},
+		{name: "invalid UTF-8 correlation", payload: `1`, metadata: map[string]string{"correlation_id": "c\xff"},
+			wantErr: ErrNotIJSON, inErr: `metadata "correlation_id" is not valid UTF-8`},
+		{name: "invalid UTF-8 metadata name", payload: `1`, metadata: map[string]string{"k\xfe": "v"},
+			wantErr: ErrNotIJSON, inErr: `is not valid UTF-8`},
+		{name: "unmarked duplicate stays a string", payload: `1`, metadata: map[string]string{"x": `{"a":1,"a":2}`}, wantData: `1`},
+		{name: "payload strings repaired", payload: "[\"a\xffb\",\"\\ud800\"]", wantData: "[\"a\uFFFDb\",\"\\ufffd\"]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := message.NewMessage("uuid-1", []byte(tt.payload))
+			for k, v := range tt.metadata {
+				msg.Metadata.Set(k, v)
+			}
+			ev, err := ToEvent(msg, 1)
+			if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			for _, part := range [][]byte{ev.DataJSON(), ev.MetaJSON()} {
+				if !utf8.Valid(part) || !json.Valid(part) {
+					t.Fatalf("event part %q is not valid UTF-8 JSON", part)
+				}
+			}
+			if err == nil {
+				if string(ev.DataJSON()) != tt.wantData {
+					t.Errorf("data = %s, want %s", ev.DataJSON(), tt.wantData)
+				}
+				return
+			}
+			if msg := gjson.GetBytes(ev.Meta, "error").String(); !strings.Contains(msg, tt.inErr) {
+				t.Errorf("meta.error = %q, want it to contain %q", msg, tt.inErr)
+			}
+		})
+	}
+}
+
+// TestToMessageIsValidUTF8JSON: whatever an event made inside the graph
+// holds, the published payload is valid UTF-8 JSON and the metadata valid
+// UTF-8.
+func TestToMessageIsValidUTF8JSON(t *testing.T) {
+	for _, ev := range []pipeline.Event{
+		{Data: []byte("\"a\xff\""), Meta: []byte("{\"correlation\":\"c\xff\",\"kv\":{\"put\":\"\\ud800\"}}")},
+		{Data: []byte("{\"a\":\xff"), Meta: []byte("{\"x\":\xff")},
+	} {
+		msg := ToMessage(ev)
+		if !utf8.Valid(msg.Payload) || !json.Valid(msg.Payload) {
+			t.Errorf("payload %q is not valid UTF-8 JSON", msg.Payload)
+		}
+		for k, v := range msg.Metadata {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				t.Errorf("metadata %q: %q is not valid UTF-8", k, v)
+			}
+		}
+		if _, err := ToEvent(msg, 1); err != nil {
+			t.Errorf("reading back %v: %v", msg.Metadata, err)
+		}
 	}
 }
 

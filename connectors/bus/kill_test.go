@@ -252,3 +252,98 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts: a message whose
+// handling never ends (a Lua loop standing for anything that kills the
+// process) is delivered to `flowrun run`, which is SIGKILLed while handling
+// it, max_deliveries times; the next start dead-letters it on arrival,
+// without processing it, and goes on with the next message.
+func TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts(t *testing.T) {
+	url := natsURL(t)
+	if testing.Short() {
+		t.Skip("builds flowrun and restarts it three times")
+	}
+	const maxDeliveries = 2
+	dir := t.TempDir()
+	bin := buildFlowrun(t, dir)
+	id := strings.ToLower(nuid.Next())
+	in, out, durable := "poison."+id+".in", "poison."+id+".out", "poison_"+id
+	flow := fmt.Sprintf(`name: poison
+connectors:
+  input:  { type: nats, mode: read, url: %q, subject: %q, durable: %s, ack_wait: 1s, window: 1, max_deliveries: %d }
+  work:   { type: lua, file: work.lua, timeout: 10m }
+  output: { type: nats, mode: write, url: %q, subject: %q }
+links:
+  - input/out -> work/in
+  - work/out -> output/in
+`, url, in, durable, maxDeliveries, url, out)
+	must(t, os.WriteFile(filepath.Join(dir, "flow.yaml"), []byte(flow), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "work.lua"), []byte(
+		"if event.data.poison then while true do end end\nemit(\"out\")\n"), 0o644))
+
+	nc, err := nats.Connect(url)
+	must(t, err)
+	defer nc.Close()
+	js, err := nc.JetStream()
+	must(t, err)
+	publishEvents(t, url, in, []pipeline.Event{{Data: []byte(`{"poison":true}`), Meta: []byte(`{"correlation":"poison"}`)}})
+	stream, err := js.StreamNameBySubject(in)
+	must(t, err)
+
+	start := func() (*exec.Cmd, *bytes.Buffer) {
+		cmd := exec.Command(bin, "run", "flow.yaml")
+		cmd.Dir = dir
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		must(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill() })
+		return cmd, &stderr
+	}
+	for k := 1; k <= maxDeliveries; k++ {
+		cmd, stderr := start()
+		// Wait for the k-th delivery of the poison message to be pending
+		// in this process, then kill it.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			info, err := js.ConsumerInfo(stream, durable)
+			if err == nil && info.Delivered.Consumer >= uint64(k) && info.NumAckPending == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("start %d: delivery %d never came (%+v, %v)\n%s", k, k, info, err, tail(stderr.String(), 2000))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond) // let it reach the script
+		must(t, cmd.Process.Signal(syscall.SIGKILL))
+		_ = cmd.Wait()
+		t.Logf("start %d: killed while handling delivery %d", k, k)
+	}
+
+	// Start max_deliveries + 1: the poison message arrives a third time and
+	// is set aside; a message published after it is handled.
+	cmd, stderr := start()
+	publishEvents(t, url, in, []pipeline.Event{{Data: []byte(`{"n":1}`), Meta: []byte(`{"correlation":"ok"}`)}})
+	dead := readSubject(t, url, in+DeadLetterSuffix, 1, 30*time.Second)
+	if len(dead) != 1 {
+		t.Fatalf("no dead letter for the poison message\n%s", tail(stderr.String(), 2000))
+	}
+	reason := gjson.GetBytes(dead[0].Meta, "error").String()
+	if c := gjson.GetBytes(dead[0].Meta, "correlation").String(); c != "poison" ||
+		!strings.Contains(reason, fmt.Sprintf("delivered %d times, more than max_deliveries %d", maxDeliveries+1, maxDeliveries)) {
+		t.Errorf("dead letter meta %s", dead[0].Meta)
+	}
+	// Handling the poison message would loop for 10 minutes (window 1):
+	// the next message coming out shows it was not processed.
+	res := readSubject(t, url, out, 1, 30*time.Second)
+	if len(res) != 1 || gjson.GetBytes(res[0].Meta, "correlation").String() != "ok" {
+		t.Fatalf("the message after the poison one was not handled: %v\n%s", res, tail(stderr.String(), 2000))
+	}
+	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGTERM: %v\n%s", err, tail(stderr.String(), 2000))
+	}
+	if !strings.Contains(stderr.String(), "dead-lettered before processing") {
+		t.Errorf("no warning logged:\n%s", tail(stderr.String(), 2000))
+	}
+}

@@ -116,6 +116,14 @@ func (o *SourceOptions) EnsureDefaults() {
 // retry fixes), published to DeadLetter with metadata "error" and acked.
 // If a node fails, the graph discards events, so the window is nacked.
 //
+// A message whose broker delivery count (JetStream's NumDelivered) is
+// already over MaxDeliveries when it arrives is dead-lettered and acked
+// before it reaches the graph: its earlier deliveries were never settled,
+// which happens when the process dies while handling it, so a message that
+// kills the process is set aside after MaxDeliveries restarts instead of
+// crash-looping forever. The in-process bus gives no count (and loses its
+// messages with the process anyway).
+//
 // When Run's context is cancelled, the source stops taking messages,
 // finishes the window in flight (acking it) and returns.
 type Source struct {
@@ -255,7 +263,17 @@ func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, windo
 	s.failure = make([]string, len(window))
 	s.mu.Unlock()
 	permanent := make([]bool, len(window))
+	overdue := make([]bool, len(window))
 	for i, m := range window {
+		if n, ok := brokerDeliveries(m); ok && n > s.opts.MaxDeliveries {
+			// Delivered more than MaxDeliveries times although each
+			// failure is dead-lettered at MaxDeliveries: the earlier
+			// deliveries were never settled, so the process handling them
+			// died. Set the message aside instead of running it again.
+			overdue[i] = true
+			s.setAside(m, n)
+			continue
+		}
 		ev, err := ToEvent(m, first+uint64(i))
 		if err != nil {
 			permanent[i] = true
@@ -280,15 +298,49 @@ func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, windo
 	s.failure = nil
 	s.mu.Unlock()
 	if err != nil {
-		for _, m := range window {
-			m.Nack()
+		for i, m := range window {
+			if !overdue[i] {
+				m.Nack()
+			}
 		}
 		return err
 	}
 	for i, m := range window {
-		s.settle(m, failure[i], permanent[i])
+		if !overdue[i] {
+			s.settle(m, failure[i], permanent[i])
+		}
 	}
 	return nil
+}
+
+// setAside dead-letters m, delivered n times, without processing it, and
+// acks it; if the dead letter cannot be published, m is nacked and will be
+// set aside on its next delivery.
+func (s *Source) setAside(m *message.Message, n int) {
+	reason := fmt.Sprintf("delivered %d times, more than max_deliveries %d, without being settled: "+
+		"the process handling it stopped each time (a crash or kill?); not processed again", n, s.opts.MaxDeliveries)
+	if err := s.deadLetter(m, reason); err != nil {
+		s.opts.Logger.Error("cannot publish dead letter, redelivering", "source", s.opts.Name, "message", m.UUID,
+			"dead_letter", s.opts.DeadLetter, "error", err)
+		m.Nack()
+		return
+	}
+	s.opts.Logger.Warn("message dead-lettered before processing", "source", s.opts.Name, "message", m.UUID,
+		"dead_letter", s.opts.DeadLetter, "error", reason)
+	s.forget(m)
+	m.Ack()
+}
+
+// brokerDeliveries returns the broker's count of m's deliveries, this one
+// included, when the broker gives one (JetStream does; the in-process bus
+// does not).
+func brokerDeliveries(m *message.Message) (int, bool) {
+	if v := m.Metadata.Get(DeliveredKey); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			return n, true
+		}
+	}
+	return 0, false
 }
 
 // settle acks, nacks or dead-letters one message.
@@ -321,10 +373,8 @@ func (s *Source) settle(m *message.Message, failure string, permanent bool) {
 // deliveries returns how many times m has been delivered, this time
 // included: the broker's count when it gives one, else the source's own.
 func (s *Source) deliveries(m *message.Message) int {
-	if v := m.Metadata.Get(DeliveredKey); v != "" {
-		if n, err := strconv.Atoi(v); err == nil && n > 0 {
-			return n
-		}
+	if n, ok := brokerDeliveries(m); ok {
+		return n
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

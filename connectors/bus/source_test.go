@@ -323,3 +323,60 @@ func TestSinkReportsFailedPublishesOnErr(t *testing.T) {
 type emitFunc func(port string, ev pipeline.Event)
 
 func (f emitFunc) Emit(port string, ev pipeline.Event) { f(port, ev) }
+
+// recordingPub remembers what is published.
+type recordingPub struct {
+	mu   sync.Mutex
+	msgs map[string][]*message.Message
+}
+
+func (p *recordingPub) Publish(topic string, ms ...*message.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.msgs == nil {
+		p.msgs = map[string][]*message.Message{}
+	}
+	p.msgs[topic] = append(p.msgs[topic], ms...)
+	return nil
+}
+func (p *recordingPub) Close() error { return nil }
+
+// TestSourceSetsAsideOverdeliveredMessages: a message the broker has
+// delivered more than MaxDeliveries times (its earlier deliveries never
+// settled: the process died handling them) is dead-lettered and acked
+// without reaching the graph; one at MaxDeliveries is still processed.
+func TestSourceSetsAsideOverdeliveredMessages(t *testing.T) {
+	sub := &fakeSub{ch: make(chan *message.Message, 3)}
+	dead := &recordingPub{}
+	f := newFlow(t, sub, dead, false, SourceOptions{Topic: "t", MaxDeliveries: 3})
+	ms := []*message.Message{msg("a", `{}`), msg("b", `{"n":2}`), msg("c", `{}`)}
+	ms[0].Metadata.Set(DeliveredKey, "3")
+	ms[1].Metadata.Set(DeliveredKey, "4")
+	for _, m := range ms {
+		sub.ch <- m
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+	got := []string{settled(t, ms[0]), settled(t, ms[1]), settled(t, ms[2])}
+	cancel()
+	must(t, <-done)
+	if fmt.Sprint(got) != "[ack ack ack]" {
+		t.Errorf("settled %v, want all acked", got)
+	}
+	for id, want := range map[string]int{"a": 1, "b": 0, "c": 1} {
+		if n := f.out.count(func(ev pipeline.Event) bool { return gjson.GetBytes(ev.Meta, "correlation").String() == id }); n != want {
+			t.Errorf("message %s reached the graph %d times, want %d", id, n, want)
+		}
+	}
+	dl := dead.msgs["t"+DeadLetterSuffix]
+	if len(dl) != 1 || string(dl[0].Payload) != `{"n":2}` {
+		t.Fatalf("dead letters %v, want message b", dl)
+	}
+	if e := dl[0].Metadata.Get(ErrorKey); !strings.Contains(e, "delivered 4 times, more than max_deliveries 3") {
+		t.Errorf("dead letter error %q", e)
+	}
+	if dl[0].Metadata.Get(CorrelationKey) != "b" || dl[0].Metadata.Get(DeliveredKey) != "" {
+		t.Errorf("dead letter metadata %v", dl[0].Metadata)
+	}
+}

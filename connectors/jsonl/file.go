@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -31,6 +32,10 @@ func Modes() []Mode { return []Mode{ModeRead, ModeWrite, ModeAppend, ModeTruncat
 
 // ErrUnknownMode reports a file mode that is not one of Modes.
 var ErrUnknownMode = errors.New("unknown file mode")
+
+// ErrSymlink reports a file sink path that is a symbolic link while
+// WriterOptions.FollowSymlinks is off.
+var ErrSymlink = errors.New("path is a symbolic link")
 
 // IsSink reports whether a file opened in mode m is written to.
 func (m Mode) IsSink() bool { return m == ModeWrite || m == ModeAppend || m == ModeTruncate }
@@ -68,6 +73,11 @@ func (s *fileSource) Close(context.Context) error {
 // OpenFileSink opens (creating it and its parent directories when missing)
 // path for writing in the given mode and returns a Writer that owns the
 // file: its Close flushes, syncs and closes the file.
+//
+// A path whose last element is a symbolic link is refused with ErrSymlink
+// unless opts.FollowSymlinks is set: a link planted where a flow writes
+// would otherwise make it write, or truncate, another file. The check is
+// made by the open itself (O_NOFOLLOW), so it has no race.
 func OpenFileSink(path string, mode Mode, opts WriterOptions) (pipeline.Processor, error) {
 	if opts.Name == "" {
 		opts.Name = path
@@ -86,8 +96,16 @@ func OpenFileSink(path string, mode Mode, opts WriterOptions) (pipeline.Processo
 			return nil, fmt.Errorf("%s: create directory: %w", opts.Name, err)
 		}
 	}
+	if !opts.FollowSymlinks {
+		flags |= syscall.O_NOFOLLOW
+	}
 	f, err := os.OpenFile(path, flags, 0o644)
 	if err != nil {
+		if !opts.FollowSymlinks && errors.Is(err, syscall.ELOOP) {
+			if fi, lerr := os.Lstat(path); lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
+				return nil, fmt.Errorf("%s: %w: %s (set follow_symlinks: true to write to the file it points to)", opts.Name, ErrSymlink, path)
+			}
+		}
 		return nil, fmt.Errorf("%s: open %w", opts.Name, err)
 	}
 	return newWriter(f, f, opts), nil

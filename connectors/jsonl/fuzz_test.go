@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 
@@ -16,7 +19,9 @@ import (
 // encoding/json: nothing panics, every non-blank line yields exactly one
 // event (on out, or on err with meta.error and meta.line), Seq is the line
 // number, lines over the limit are refused, invalid JSON never reaches out,
-// and every out event has valid JSON data and an object (or no) meta.
+// and every out event has valid JSON data and an object (or no) meta that
+// are I-JSON: valid UTF-8, no lone surrogate escape, no object with two
+// members of the same name.
 func FuzzReader(f *testing.F) {
 	seeds := []string{
 		`{"data":1,"meta":{"kv":{"get":"a"}}}` + "\n" + `{"data":"x"}`,
@@ -25,6 +30,8 @@ func FuzzReader(f *testing.F) {
 		`{"data":1,"meta":[]}` + "\n" + `{"other":1}`,
 		`{"data":NaN}` + "\n" + `{"data":1e999}` + "\n" + `{"data":123456789012345678901234567890}`,
 		"{\"data\":\"\xff\xfe\"}\n{\"meta\":{\"k\xc3\":1}}",
+		`{"data":{"amount":5,"amount":1000000}}` + "\n" + `{"meta":{"kv":{"put":"a","p\u0075t":"b"}}}`,
+		`{"data":{"\ud800":1,"\udfff":2}}` + "\n" + `{"data":["\ud800","\udc00\ud800"],"meta":{"correlation":"\udfff"}}`,
 		`{"data":` + string(bytes.Repeat([]byte("["), 300)) + string(bytes.Repeat([]byte("]"), 300)) + `}`,
 		`{"data":1}{"data":2}` + "\n" + `{"data":1} trailing`,
 		string(bytes.Repeat([]byte("x"), 300)) + "\n" + `{"data":3}`,
@@ -102,6 +109,11 @@ func FuzzReader(f *testing.F) {
 			if ev.Meta != nil && (!json.Valid(ev.Meta) || ev.Meta[0] != '{') {
 				t.Fatalf("line %d: out meta is not a JSON object: %q", n, ev.Meta)
 			}
+			for _, part := range [][]byte{ev.Data, ev.Meta} {
+				if err := notIJSON(part); err != "" {
+					t.Fatalf("line %d: out event %s: %s", n, ev.AppendJSON(nil), err)
+				}
+			}
 			if jsonCodec && ev.Meta != nil {
 				t.Fatalf("line %d: json codec produced meta %q", n, ev.Meta)
 			}
@@ -110,4 +122,65 @@ func FuzzReader(f *testing.F) {
 			t.Fatalf("%d events for %d lines", len(byLine), len(lines))
 		}
 	})
+}
+
+// notIJSON says what makes valid JSON b not I-JSON, using only encoding/json
+// and a scan of the escapes: "" when it is I-JSON.
+func notIJSON(b []byte) string {
+	if !utf8.Valid(b) {
+		return "invalid UTF-8"
+	}
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		if b[i+1] != 'u' {
+			i++
+			continue
+		}
+		r, _ := strconv.ParseUint(string(b[i+2:i+6]), 16, 32)
+		switch {
+		case r >= 0xd800 && r < 0xdc00:
+			if i+12 > len(b) || b[i+6] != '\\' || b[i+7] != 'u' {
+				return "lone high surrogate"
+			}
+			if r2, _ := strconv.ParseUint(string(b[i+8:i+12]), 16, 32); r2 < 0xdc00 || r2 > 0xdfff {
+				return "lone high surrogate"
+			}
+			i += 11
+		case r >= 0xdc00 && r <= 0xdfff:
+			return "lone low surrogate"
+		default:
+			i += 5
+		}
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	var stack []map[string]bool // nil for an array
+	name := false               // the next string is a member name
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return ""
+		}
+		if s, ok := tok.(string); ok && name {
+			if stack[len(stack)-1][s] {
+				return fmt.Sprintf("duplicate name %q", s)
+			}
+			stack[len(stack)-1][s] = true
+			name = false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, map[string]bool{})
+			name = true
+			continue
+		case json.Delim('['):
+			stack = append(stack, nil)
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		name = len(stack) > 0 && stack[len(stack)-1] != nil
+	}
 }

@@ -3,7 +3,9 @@ package jsonl
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,7 +14,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -119,6 +123,76 @@ func TestReaderDecode(t *testing.T) {
 			errData: []string{`"{\"data\":1,\"meta\":[1]}"`},
 		},
 		{
+			name:     "duplicate key in data",
+			input:    `{"data":{"amount":5,"amount":1000000},"meta":{"kv":{"put":"k"}}}`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"amount\" at data.amount (byte 20)","line":1}`},
+			errData:  []string{`"{\"data\":{\"amount\":5,\"amount\":1000000},\"meta\":{\"kv\":{\"put\":\"k\"}}}"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
+			name:     "duplicate key in meta.kv, escaped",
+			input:    `{"data":1,"meta":{"kv":{"put":"a","p\u0075t":"b"}}}`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"put\" at meta.kv.put (byte 34)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"meta\":{\"kv\":{\"put\":\"a\",\"p\\u0075t\":\"b\"}}}"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
+			name:     "duplicate top-level data",
+			input:    `{"data":1,"data":2}`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"data\" at data (byte 10)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"data\":2}"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
+			name:     "lone surrogate in a key",
+			input:    `{"data":{"\ud800":1,"\udfff":2}}`,
+			errMeta:  []string{"{\"error\":\"in: line 1: lone surrogate escape in an object key at data[\\\"\uFFFD\\\"] (byte 9)\",\"line\":1}"},
+			errData:  []string{`"{\"data\":{\"\\ud800\":1,\"\\udfff\":2}}"`},
+			errorsIs: ijson.ErrLoneSurrogate,
+		},
+		{
+			name:     "invalid UTF-8 in meta",
+			input:    "{\"data\":1,\"meta\":{\"correlation\":\"a\xffb\"}}",
+			errMeta:  []string{`{"error":"in: line 1: invalid UTF-8 at meta.correlation (byte 32)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"meta\":{\"correlation\":\"a\ufffdb\"}}"`},
+			errorsIs: ijson.ErrInvalidUTF8,
+		},
+		{
+			name:     "invalid UTF-8 in an escaped meta",
+			input:    "{\"data\":1,\"m\\u0065ta\":{\"correlation\":\"a\xffb\"}}",
+			errMeta:  []string{`{"error":"in: line 1: invalid UTF-8 at meta.correlation (byte 37)","line":1}`},
+			errData:  []string{`"{\"data\":1,\"m\\u0065ta\":{\"correlation\":\"a\ufffdb\"}}"`},
+			errorsIs: ijson.ErrInvalidUTF8,
+		},
+		{
+			name:     "lone surrogate in a kv key",
+			input:    `{"meta":{"kv":{"put":"\udfff"}}}`,
+			errMeta:  []string{`{"error":"in: line 1: lone surrogate escape at meta.kv.put (byte 21)","line":1}`},
+			errData:  []string{`"{\"meta\":{\"kv\":{\"put\":\"\\udfff\"}}}"`},
+			errorsIs: ijson.ErrLoneSurrogate,
+		},
+		{
+			name:   "invalid UTF-8 and lone surrogates in data are repaired",
+			input:  "{\"data\":{\"a\":\"x\xffy\",\"b\":[\"\\ud800\",\"\\ud83d\\ude00\"]},\"meta\":{\"kv\":{\"put\":\"k\"}}}\n",
+			out:    []string{"{\"data\":{\"a\":\"x\uFFFDy\",\"b\":[\"\\ufffd\",\"\\ud83d\\ude00\"]},\"meta\":{\"kv\":{\"put\":\"k\"}}}"},
+			outSeq: []uint64{1},
+		},
+		{
+			name:   "json codec repairs",
+			codec:  CodecJSON,
+			input:  "{\"a\":\"\xfe\\udc00\"}",
+			out:    []string{"{\"data\":{\"a\":\"\uFFFD\\ufffd\"},\"meta\":{}}"},
+			outSeq: []uint64{1},
+		},
+		{
+			name:     "json codec duplicate",
+			codec:    CodecJSON,
+			input:    `[{"a":1,"a":1}]`,
+			errMeta:  []string{`{"error":"in: line 1: duplicate object key \"a\" at [0].a (byte 8)","line":1}`},
+			errData:  []string{`"[{\"a\":1,\"a\":1}]"`},
+			errorsIs: ijson.ErrDuplicateKey,
+		},
+		{
 			name:   "json codec",
 			codec:  CodecJSON,
 			input:  `{"a":1}` + "\n" + `"s"` + "\n" + `[1]`,
@@ -160,6 +234,9 @@ func TestReaderDecode(t *testing.T) {
 			for _, err := range hooked {
 				if !errors.Is(err, ErrInvalidLine) {
 					t.Errorf("OnError error %v is not ErrInvalidLine", err)
+				}
+				if tt.errorsIs != nil && !errors.Is(err, tt.errorsIs) {
+					t.Errorf("OnError error %v is not %v", err, tt.errorsIs)
 				}
 			}
 		})
@@ -437,19 +514,47 @@ func must(t *testing.T, err error) {
 	}
 }
 
+// BenchmarkReader reads 10,000 event lines per iteration: an increment
+// with an object payload, and a put with a 100-byte string value (the
+// events of `flowrun bench --workload put`).
 func BenchmarkReader(b *testing.B) {
-	var buf bytes.Buffer
-	for range 10000 {
-		buf.WriteString(`{"data":{"steam_id":"76561198000000000","count":3},"meta":{"kv":{"increment":"warnings_1"}}}` + "\n")
+	lines := map[string]string{
+		"increment": `{"data":{"steam_id":"76561198000000000","count":3},"meta":{"kv":{"increment":"warnings_1"}}}`,
+		"put100":    `{"data":"` + strings.Repeat("v", 98) + `","meta":{"kv":{"put":"k0000001234"}}}`,
 	}
-	b.SetBytes(int64(buf.Len()))
+	for _, name := range []string{"increment", "put100"} {
+		b.Run(name, func(b *testing.B) {
+			var buf bytes.Buffer
+			for range 10000 {
+				buf.WriteString(lines[name] + "\n")
+			}
+			b.SetBytes(int64(buf.Len()))
+			for b.Loop() {
+				rec := &countEmitter{}
+				if err := NewReader(bytes.NewReader(buf.Bytes()), ReaderOptions{}).Run(context.Background(), rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*10000)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkWriter writes 10,000 put results per iteration (a 100-byte
+// string value and the kv connector's result meta) to io.Discard.
+func BenchmarkWriter(b *testing.B) {
+	batch := make([]pipeline.Event, 10000)
+	for i := range batch {
+		batch[i] = pipeline.Event{Data: []byte(`"` + strings.Repeat("v", 98) + `"`),
+			Meta: []byte(`{"kv":{"op":"put","key":"k0000001234","found":true},"correlation":"c-1234"}`)}
+	}
+	w := NewWriter(io.Discard, WriterOptions{})
 	for b.Loop() {
-		rec := &countEmitter{}
-		if err := NewReader(bytes.NewReader(buf.Bytes()), ReaderOptions{}).Run(context.Background(), rec); err != nil {
+		if err := w.Process(context.Background(), batch, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(b.N*10000)/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "events/s")
 }
 
 type countEmitter struct{ n int }
@@ -488,4 +593,95 @@ func TestWriterWritesWholeLines(t *testing.T) {
 	if lines != 20 {
 		t.Errorf("wrote %d lines, want 20", lines)
 	}
+}
+
+// TestWriterLinesAreValidUTF8JSON: whatever invalid UTF-8 an event made
+// inside the graph holds, even in text that is not JSON, every line
+// written is valid UTF-8 JSON.
+func TestWriterLinesAreValidUTF8JSON(t *testing.T) {
+	events := []pipeline.Event{
+		{Data: []byte(`1`), Meta: []byte("{\"correlation\":\"c\xff\"}")},
+		{Data: []byte(`["\ud800","ok"]`), Meta: []byte(`{"correlation":"\udfff"}`)},
+		{Data: []byte("\"\xfe\""), Meta: []byte("{\"k\xff\":1}")},
+		{Data: []byte("{\"a\":\"\xff"), Meta: []byte("[\xff")},
+		{Data: []byte(`{"a":1,"a":2}`)},
+	}
+	for _, codec := range []string{CodecEvent, CodecJSON} {
+		var out bytes.Buffer
+		w := NewWriter(&out, WriterOptions{Codec: codec})
+		if err := w.Process(context.Background(), events, nil); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+		if len(lines) != len(events) {
+			t.Fatalf("%s: %d lines for %d events", codec, len(lines), len(events))
+		}
+		for i, l := range lines {
+			if !utf8.ValidString(l) || !json.Valid([]byte(l)) {
+				t.Errorf("%s: line %d %q is not valid UTF-8 JSON", codec, i+1, l)
+			}
+		}
+		if codec == CodecEvent && lines[0] != "{\"data\":1,\"meta\":{\"correlation\":\"c\uFFFD\"}}" {
+			t.Errorf("invalid UTF-8 correlation written as %q, want it repaired", lines[0])
+		}
+	}
+}
+
+// TestFileSinkSymlinks: a file sink refuses a path that is a symbolic link
+// (an existing target or a dangling one), leaving the target as it was,
+// unless FollowSymlinks is set; links among parent directories are
+// followed.
+func TestFileSinkSymlinks(t *testing.T) {
+	for _, mode := range []Mode{ModeWrite, ModeAppend, ModeTruncate} {
+		for _, follow := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/follow=%v", mode, follow), func(t *testing.T) {
+				dir := t.TempDir()
+				target := filepath.Join(dir, "precious")
+				must(t, os.WriteFile(target, []byte("keep\n"), 0o644))
+				link := filepath.Join(dir, "out.jsonl")
+				must(t, os.Symlink(target, link))
+				dangling := filepath.Join(dir, "dangling.jsonl")
+				must(t, os.Symlink(filepath.Join(dir, "nowhere"), dangling))
+
+				p, err := OpenFileSink(link, mode, WriterOptions{FollowSymlinks: follow})
+				if !follow {
+					if !errors.Is(err, ErrSymlink) || !strings.Contains(err.Error(), "follow_symlinks") {
+						t.Fatalf("open through a symlink: %v, want ErrSymlink naming follow_symlinks", err)
+					}
+					if b, _ := os.ReadFile(target); string(b) != "keep\n" {
+						t.Errorf("target changed to %q", b)
+					}
+					if _, err := OpenFileSink(dangling, mode, WriterOptions{}); !errors.Is(err, ErrSymlink) {
+						t.Errorf("open through a dangling symlink: %v, want ErrSymlink", err)
+					}
+					if _, err := os.Stat(filepath.Join(dir, "nowhere")); !errors.Is(err, os.ErrNotExist) {
+						t.Errorf("the dangling link's target was created: %v", err)
+					}
+					return
+				}
+				must(t, err)
+				must(t, p.Process(context.Background(), []pipeline.Event{{Data: []byte(`1`)}}, nil))
+				must(t, p.(pipeline.Closer).Close(context.Background()))
+				want := `{"data":1,"meta":{}}` + "\n"
+				if mode == ModeAppend {
+					want = "keep\n" + want
+				}
+				if b, _ := os.ReadFile(target); string(b) != want {
+					t.Errorf("target holds %q, want %q", b, want)
+				}
+			})
+		}
+	}
+	t.Run("symlinked parent directory", func(t *testing.T) {
+		dir := t.TempDir()
+		real := filepath.Join(dir, "real")
+		must(t, os.Mkdir(real, 0o755))
+		must(t, os.Symlink(real, filepath.Join(dir, "alias")))
+		p, err := OpenFileSink(filepath.Join(dir, "alias", "out.jsonl"), ModeWrite, WriterOptions{})
+		must(t, err)
+		must(t, p.(pipeline.Closer).Close(context.Background()))
+		if _, err := os.Stat(filepath.Join(real, "out.jsonl")); err != nil {
+			t.Errorf("file not written through the parent link: %v", err)
+		}
+	})
 }

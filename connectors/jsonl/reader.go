@@ -18,8 +18,7 @@ import (
 	"io"
 	"strconv"
 
-	"github.com/tidwall/gjson"
-
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -71,6 +70,9 @@ type LineError struct {
 	Reason string
 	// Err is ErrInvalidLine or ErrLineTooLong.
 	Err error
+	// Cause, when not nil, is the *ijson.Error that made the line invalid
+	// (a duplicate key, invalid UTF-8 in meta, ...).
+	Cause error
 }
 
 // Error returns "<source>: line N: <reason>".
@@ -78,8 +80,14 @@ func (e *LineError) Error() string {
 	return fmt.Sprintf("%s: line %d: %s", e.Source, e.Line, e.Reason)
 }
 
-// Unwrap returns ErrInvalidLine or ErrLineTooLong.
-func (e *LineError) Unwrap() error { return e.Err }
+// Unwrap returns ErrInvalidLine or ErrLineTooLong, and Cause when set, so
+// errors.Is(err, ijson.ErrDuplicateKey) works.
+func (e *LineError) Unwrap() []error {
+	if e.Cause != nil {
+		return []error{e.Err, e.Cause}
+	}
+	return []error{e.Err}
+}
 
 // ReaderOptions configure a Reader.
 type ReaderOptions struct {
@@ -123,8 +131,9 @@ var ReaderPorts = []string{pipeline.PortOut, pipeline.PortErr}
 // input on "out", and one error event per malformed line on "err". The Seq
 // of every event is its line number.
 type Reader struct {
-	r    io.Reader
-	opts ReaderOptions
+	r     io.Reader
+	opts  ReaderOptions
+	check ijson.Checker // used by Run's goroutine only
 }
 
 // NewReader returns a source reading JSON lines from r. Run reads r until
@@ -260,42 +269,66 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 	if len(trimmed) == 0 {
 		return pipeline.Event{}, false, nil
 	}
-	if !gjson.ValidBytes(trimmed) {
-		return rd.lineError(lineNo, line, ErrInvalidLine, "invalid JSON: "+syntaxReason(trimmed))
+	rep, cerr := rd.check.Check(trimmed, "")
+	if cerr != nil {
+		if errors.Is(cerr, ijson.ErrSyntax) {
+			return rd.lineError(lineNo, line, ErrInvalidLine, "invalid JSON: "+syntaxReason(trimmed))
+		}
+		return rd.lineErrorCause(lineNo, line, cerr)
 	}
-	// Copy once; Data and Meta are sub-slices of the copy.
-	buf := append([]byte(nil), trimmed...)
+	var buf []byte
+	if rep.BadString == nil {
+		// Copy once; Data and Meta are sub-slices of the copy.
+		buf = append([]byte(nil), trimmed...)
+	} else {
+		// Invalid UTF-8 or a lone surrogate escape in a string value.
+		// Metadata (kv keys, correlation) is refused: repairing it would
+		// make different keys equal. Data is repaired, so that every
+		// component reads the same U+FFFD.
+		if ms, me, ok := rd.check.Member(trimmed, "meta"); ok && rd.opts.Codec == CodecEvent && trimmed[ms] == '{' {
+			mrep, _ := rd.check.Check(trimmed[ms:me], "meta")
+			if mrep.BadString != nil {
+				mrep.BadString.Offset += ms
+				return rd.lineErrorCause(lineNo, line, mrep.BadString)
+			}
+		}
+		buf = ijson.Repair(make([]byte, 0, len(trimmed)+16), trimmed)
+	}
 	if rd.opts.Codec == CodecJSON {
 		return pipeline.Event{Data: buf, Seq: lineNo}, true, nil
 	}
 	if buf[0] != '{' {
 		return rd.lineError(lineNo, line, ErrInvalidLine, `expected an event object {"data": ..., "meta": {...}}`)
 	}
-	res := gjson.GetManyBytes(buf, "data", "meta")
-	data, meta := res[0], res[1]
-	if !data.Exists() && !meta.Exists() {
+	if rep.BadString != nil {
+		// Find the members in the repaired copy.
+		if _, err := rd.check.Check(buf, ""); err != nil {
+			return rd.lineErrorCause(lineNo, line, err) // cannot happen: Repair keeps the structure
+		}
+	}
+	ds, de, hasData := rd.check.Member(buf, "data")
+	ms, me, hasMeta := rd.check.Member(buf, "meta")
+	if !hasData && !hasMeta {
 		return rd.lineError(lineNo, line, ErrInvalidLine, `expected an event object {"data": ..., "meta": {...}}, found neither "data" nor "meta"`)
 	}
 	ev = pipeline.Event{Seq: lineNo}
-	if data.Exists() && data.Type != gjson.Null {
-		ev.Data = rawSlice(buf, data)
+	if hasData && string(buf[ds:de]) != "null" {
+		ev.Data = buf[ds:de:de]
 	}
-	if meta.Exists() && meta.Type != gjson.Null {
-		if !meta.IsObject() {
+	if hasMeta && string(buf[ms:me]) != "null" {
+		if buf[ms] != '{' {
 			return rd.lineError(lineNo, line, ErrInvalidLine, `"meta" must be a JSON object`)
 		}
-		ev.Meta = rawSlice(buf, meta)
+		ev.Meta = buf[ms:me:me]
 	}
 	return ev, true, nil
 }
 
-// rawSlice returns r's raw bytes as a sub-slice of buf when gjson reports
-// where they are, else a copy.
-func rawSlice(buf []byte, r gjson.Result) []byte {
-	if r.Index > 0 && r.Index+len(r.Raw) <= len(buf) {
-		return buf[r.Index : r.Index+len(r.Raw) : r.Index+len(r.Raw)]
-	}
-	return []byte(r.Raw)
+// lineErrorCause is lineError for a line refused by the I-JSON check.
+func (rd *Reader) lineErrorCause(lineNo uint64, line []byte, cause error) (pipeline.Event, bool, error) {
+	ev, ok, err := rd.lineError(lineNo, line, ErrInvalidLine, cause.Error())
+	err.(*LineError).Cause = cause
+	return ev, ok, err
 }
 
 // lineError builds the error event for a malformed line: the raw line as a

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -25,6 +26,12 @@ type WriterOptions struct {
 	// within a batch. Default
 	// DefaultWriteBufferBytes.
 	BufferBytes int
+	// FollowSymlinks lets OpenFileSink open a path whose last element is
+	// a symbolic link, writing (and, in ModeWrite or ModeTruncate,
+	// truncating) the file it points to. By default such a path is
+	// refused with ErrSymlink. Symbolic links among the parent
+	// directories are always followed.
+	FollowSymlinks bool
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -47,13 +54,17 @@ func (o *WriterOptions) EnsureDefaults() {
 // Close flushes, and when the Writer owns a file (OpenFileSink) it also
 // syncs and closes it.
 //
-// Every Write to the underlying writer holds whole lines, so several
+// Every line is valid UTF-8 (invalid UTF-8 in an event is repaired) and
+// valid JSON as long as the event holds JSON, as every event does by the
+// pipeline's contract (see ijson.AppendEvent). Every Write to the
+// underlying writer holds whole lines, so several
 // Writers sharing one io.Writer behind a lock never interleave partial
 // lines.
 type Writer struct {
 	w     io.Writer
 	opts  WriterOptions
-	file  *os.File // owned file, nil when writing to a caller's io.Writer
+	check ijson.Checker // Process runs on one goroutine
+	file  *os.File      // owned file, nil when writing to a caller's io.Writer
 	buf   []byte
 	close bool
 }
@@ -74,10 +85,17 @@ func newWriter(w io.Writer, f *os.File, opts WriterOptions) *Writer {
 // Process implements pipeline.Processor.
 func (w *Writer) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
 	for _, ev := range batch {
+		// Every line is valid UTF-8 JSON: events from the sources are
+		// already, and invalid UTF-8 an event made in the graph carries is
+		// repaired (one fast scan when there is none).
 		if w.opts.Codec == CodecJSON {
-			w.buf = append(w.buf, ev.DataJSON()...)
+			w.buf = ijson.AppendEvent(&w.check, w.buf, ev.DataJSON())
 		} else {
-			w.buf = ev.AppendJSON(w.buf)
+			w.buf = append(w.buf, `{"data":`...)
+			w.buf = ijson.AppendEvent(&w.check, w.buf, ev.DataJSON())
+			w.buf = append(w.buf, `,"meta":`...)
+			w.buf = ijson.AppendEvent(&w.check, w.buf, ev.MetaJSON())
+			w.buf = append(w.buf, '}')
 		}
 		w.buf = append(w.buf, '\n')
 		if len(w.buf) >= w.opts.BufferBytes {

@@ -405,7 +405,7 @@ func (c *Connector) idemFrom(cmd *command, meta gjson.Result) error {
 	case v.Type != gjson.String:
 		return cmd.errf(ErrInvalidCommand, "%s (the idempotency key, option idem_from) must be a string, got %s", what, jsonType(v))
 	}
-	return c.dec.setIdem(cmd, v.Str, what)
+	return c.dec.setIdem(cmd, v, what)
 }
 
 // correlation returns the raw meta.correlation of ev, nil when absent.

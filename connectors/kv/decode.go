@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -8,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/internal/ijson"
 )
 
 // op identifies a command.
@@ -420,13 +423,14 @@ func fieldName(f field) string {
 	return "?"
 }
 
-// checkKey validates a key, scan bound or prefix.
-func (d *decoder) checkKey(cmd *command, what, k string, allowEmpty bool) error {
+// checkKey validates a key, scan bound or prefix: r, a JSON string.
+func (d *decoder) checkKey(cmd *command, what string, r gjson.Result, allowEmpty bool) error {
+	k := r.Str
 	if k == "" && !allowEmpty {
 		return cmd.errf(ErrInvalidKey, "%s must be a non-empty string", what)
 	}
-	if !utf8.ValidString(k) {
-		return cmd.errf(ErrInvalidKey, "%s is not valid UTF-8", what)
+	if err := checkKeyText(r); err != nil {
+		return cmd.errf(ErrInvalidKey, "%s %s", what, err)
 	}
 	if n := utf8.RuneCountInString(k); n > d.opts.MaxKeyLength {
 		return cmd.errf(ErrKeyTooLong, "%s is %d characters, limit is %d", what, n, d.opts.MaxKeyLength)
@@ -451,19 +455,32 @@ func (d *decoder) readArg(cmd *command, arg gjson.Result) error {
 			return cmd.errf(ErrInvalidKey, "%s prefix must be a string or null, got %s", name, jsonType(arg))
 		}
 		cmd.key, cmd.hasKey = arg.Str, true
-		return d.checkKey(cmd, "prefix", cmd.key, true)
+		return d.checkKey(cmd, "prefix", arg, true)
 	case argStart:
 		if arg.Type != gjson.String {
 			return cmd.errf(ErrInvalidKey, "scan start must be a string, got %s", jsonType(arg))
 		}
 		cmd.key, cmd.hasKey = arg.Str, true
-		return d.checkKey(cmd, "scan start", cmd.key, true)
+		return d.checkKey(cmd, "scan start", arg, true)
 	}
 	if arg.Type != gjson.String {
 		return cmd.errf(ErrInvalidKey, "key must be a non-empty string, got %s", jsonType(arg))
 	}
 	cmd.key, cmd.hasKey = arg.Str, true
-	return d.checkKey(cmd, "key", cmd.key, false)
+	return d.checkKey(cmd, "key", arg, false)
+}
+
+// checkKeyText refuses a key whose JSON text holds invalid UTF-8 or a
+// lone surrogate escape ("\ud800"): decoding either gives U+FFFD, so
+// "\ud800" and "\udfff" would be the same key.
+func checkKeyText(r gjson.Result) error {
+	if !utf8.ValidString(r.Str) {
+		return errors.New("is not valid UTF-8")
+	}
+	if strings.Contains(r.Raw, `\u`) && errors.Is(ijson.CheckString(r.Raw), ijson.ErrLoneSurrogate) {
+		return errors.New(`holds a lone surrogate escape (\ud800-\udfff not part of a pair), which encodes no character`)
+	}
+	return nil
 }
 
 func jsonType(r gjson.Result) string {
@@ -519,7 +536,7 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		if v.Type != gjson.String {
 			return cmd.errf(ErrInvalidCommand, `"end" must be a string, got %s`, jsonType(v))
 		}
-		if err := d.checkKey(cmd, "end", v.Str, true); err != nil {
+		if err := d.checkKey(cmd, "end", v, true); err != nil {
 			return err
 		}
 		cmd.end, cmd.hasEnd = v.Str, true
@@ -528,7 +545,7 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		if v.Type != gjson.String {
 			return cmd.errf(ErrInvalidCommand, `"after" must be a string, got %s`, jsonType(v))
 		}
-		if err := d.checkKey(cmd, "after", v.Str, true); err != nil {
+		if err := d.checkKey(cmd, "after", v, true); err != nil {
 			return err
 		}
 		cmd.after, cmd.hasAfter = v.Str, true
@@ -590,7 +607,7 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		if v.Type != gjson.String {
 			return cmd.errf(ErrInvalidCommand, `"idem" must be a non-empty string, got %s`, jsonType(v))
 		}
-		if err := d.setIdem(cmd, v.Str, `"idem"`); err != nil {
+		if err := d.setIdem(cmd, v, `"idem"`); err != nil {
 			return err
 		}
 	}
@@ -599,12 +616,13 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 
 // setIdem validates an idempotency key (what names its origin in errors)
 // and gives it to cmd. Idempotency keys have the limits of keys.
-func (d *decoder) setIdem(cmd *command, k, what string) error {
+func (d *decoder) setIdem(cmd *command, r gjson.Result, what string) error {
+	k := r.Str
 	if k == "" {
 		return cmd.errf(ErrInvalidCommand, "%s must be a non-empty string", what)
 	}
-	if !utf8.ValidString(k) {
-		return cmd.errf(ErrInvalidKey, "%s is not valid UTF-8", what)
+	if err := checkKeyText(r); err != nil {
+		return cmd.errf(ErrInvalidKey, "%s %s", what, err)
 	}
 	if n := utf8.RuneCountInString(k); n > d.opts.MaxKeyLength {
 		return cmd.errf(ErrKeyTooLong, "%s is %d characters, limit is %d", what, n, d.opts.MaxKeyLength)

@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/internal/ijson"
 )
 
 // ErrInvalidRecord reports a dump line that does not decode into a Record,
@@ -64,8 +66,11 @@ func ParseRecord(line []byte) (Record, error) {
 	if err := checkDepth(line); err != nil {
 		return bad("%v", err)
 	}
-	if !gjson.ValidBytes(line) {
+	var check ijson.Checker
+	if _, err := check.Check(line, ""); errors.Is(err, ijson.ErrSyntax) {
 		return bad("not valid JSON")
+	} else if err != nil {
+		return bad("%v", err) // a duplicate key, a bad member name
 	}
 	obj := gjson.ParseBytes(line)
 	if !obj.IsObject() {
@@ -91,8 +96,11 @@ func ParseRecord(line []byte) (Record, error) {
 	if ns.Type != gjson.String {
 		return bad(`"namespace" must be a string`)
 	}
-	if key.Type != gjson.String || key.Str == "" || !utf8.ValidString(key.Str) {
-		return bad(`"key" must be a non-empty UTF-8 string`)
+	if key.Type != gjson.String || key.Str == "" || !utf8.ValidString(key.Str) || ijson.CheckString(key.Raw) != nil {
+		return bad(`"key" must be a non-empty UTF-8 string (no lone surrogate escapes)`)
+	}
+	if ijson.CheckString(ns.Raw) != nil {
+		return bad(`"namespace" must be a UTF-8 string (no lone surrogate escapes)`)
 	}
 	if !value.Exists() || value.Type == gjson.Null {
 		return bad(`"value" is missing or null`)

@@ -141,6 +141,11 @@ func TestParseRecordErrors(t *testing.T) {
 		{`{"namespace":"n","key":"k","value":1,"expire_at":1.5}`, `"expire_at" must be a non-negative integer`},
 		{`{"namespace":"n","key":"k","value":1,"expire_at":"x"}`, `"expire_at" must be a number or null`},
 		{`{"namespace":"n","key":"k","value":` + strings.Repeat("[", 2000) + `}`, "invalid JSON"},
+		{`{"namespace":"n","key":"k","value":{"a":1,"a":2}}`, `duplicate object key "a" at value.a`},
+		{`{"namespace":"n","key":"k","key":"j","value":1}`, `duplicate object key "key"`},
+		{`{"namespace":"n","key":"\ud800","value":1}`, `"key" must be a non-empty UTF-8 string`},
+		{`{"namespace":"\udfff","key":"k","value":1}`, `"namespace" must be a UTF-8 string`},
+		{`{"namespace":"n","key":"k","value":{"\ud800":1}}`, `lone surrogate escape in an object key`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.line[:min(len(tt.line), 40)], func(t *testing.T) {

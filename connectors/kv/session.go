@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/tidwall/gjson"
 )
 
 // Session is the view of a Connector's namespace that one function given to
@@ -264,7 +266,7 @@ func (s *Session) key(o op, k string, isPrefix bool) (command, error) {
 		what = "prefix"
 	}
 	d := decoder{opts: &s.x.c.opts}
-	return cmd, d.checkKey(&cmd, what, k, isPrefix)
+	return cmd, d.checkKey(&cmd, what, gjson.Result{Type: gjson.String, Str: k}, isPrefix)
 }
 
 // value canonicalises a JSON value under the connector's limits.

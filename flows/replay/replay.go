@@ -18,6 +18,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -29,6 +30,7 @@ type Capture struct {
 	pending []captured
 	w       *bufio.Writer
 	buf     []byte
+	check   ijson.Checker
 	written uint64
 }
 
@@ -77,7 +79,7 @@ func (c *Capture) Release() error {
 		return a.sink < b.sink
 	})
 	for _, p := range c.pending {
-		c.buf = AppendLine(c.buf[:0], p.name, p.ev)
+		c.buf = appendLine(&c.check, c.buf[:0], p.name, p.ev)
 		if _, err := c.w.Write(c.buf); err != nil {
 			return err
 		}
@@ -95,14 +97,20 @@ func (c *Capture) Written() uint64 {
 	return c.written
 }
 
-// AppendLine appends {"sink":NAME,"data":...,"meta":...} and a newline.
+// AppendLine appends {"sink":NAME,"data":...,"meta":...} and a newline:
+// one line of valid UTF-8 JSON (invalid UTF-8 in the event is repaired,
+// see ijson.AppendEvent).
 func AppendLine(dst []byte, sink string, ev pipeline.Event) []byte {
+	return appendLine(new(ijson.Checker), dst, sink, ev)
+}
+
+func appendLine(c *ijson.Checker, dst []byte, sink string, ev pipeline.Event) []byte {
 	dst = append(dst, `{"sink":`...)
 	dst = gjson.AppendJSONString(dst, sink)
 	dst = append(dst, `,"data":`...)
-	dst = append(dst, ev.DataJSON()...)
+	dst = ijson.AppendEvent(c, dst, ev.DataJSON())
 	dst = append(dst, `,"meta":`...)
-	dst = append(dst, ev.MetaJSON()...)
+	dst = ijson.AppendEvent(c, dst, ev.MetaJSON())
 	return append(dst, '}', '\n')
 }
 

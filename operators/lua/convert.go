@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/tidwall/gjson"
@@ -172,6 +173,14 @@ func (v *vm) appendTable(dst []byte, t *glua.LTable, depth int) ([]byte, error) 
 	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.k, b.k) })
 	dst = append(dst, '{')
 	for i, e := range entries {
+		// Keys must stay distinct in JSON (I-JSON): 1 and "1" would both
+		// be written "1", and invalid UTF-8 would become U+FFFD.
+		if i > 0 && entries[i-1].k == e.k {
+			return dst, fmt.Errorf("%w: a table has both the number key %s and the string key %q", errConvert, e.k, e.k)
+		}
+		if !utf8.ValidString(e.k) {
+			return dst, fmt.Errorf("%w: a table key %q is not valid UTF-8", errConvert, e.k)
+		}
 		if i > 0 {
 			dst = append(dst, ',')
 		}

@@ -122,6 +122,10 @@ func TestConversionErrors(t *testing.T) {
 		{`emit("out", {[true] = 1})`, "key of type boolean"},
 		{`emit("nope")`, `unknown port "nope"`},
 		{`emit("out", 1, "m")`, "meta must be a table"},
+		// Keys that would be written twice (I-JSON: member names unique).
+		{`emit("out", {[1] = "a", ["1"] = "b", x = 1})`, `both the number key 1 and the string key "1"`},
+		{`emit("out", {a = {[2.5] = 1, ["2.5"] = 2}})`, "both the number key 2.5"},
+		{`emit("out", {["a\255"] = 1, ["a\254"] = 2})`, "not valid UTF-8"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.script, func(t *testing.T) {

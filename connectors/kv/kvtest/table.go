@@ -265,6 +265,13 @@ func casesTable() []tcase {
 			e(M(`"delete":{"a":1}`), ``, kv.ErrInvalidKey, ``),
 			e(M(`"increment":["a"]`), ``, kv.ErrInvalidKey, ``),
 			e("{\"kv\":{\"get\":\"a\xffb\"}}", ``, kv.ErrInvalidKey, ``, "UTF-8"),
+			// A lone surrogate escape decodes to U+FFFD: "\ud800" and
+			// "\udfff" would be one key.
+			e(M(`"put":"a\ud800"`), `1`, kv.ErrInvalidKey, ``, "lone surrogate"),
+			e(M(`"get":"\udfff"`), ``, kv.ErrInvalidKey, ``, "lone surrogate"),
+			e(M(`"scan":"a","end":"\udc00\ud800"`), ``, kv.ErrInvalidKey, ``, "end holds a lone surrogate"),
+			e(M(`"keys":"\ud800x"`), ``, kv.ErrInvalidKey, ``, "prefix holds a lone surrogate"),
+			e(M(`"put":"k","idem":"\ud800"`), `1`, kv.ErrInvalidKey, ``, "lone surrogate"),
 			e(M(`"scan":5`), ``, kv.ErrInvalidKey, ``),
 			e(M(`"scan":"","end":5`), ``, kv.ErrInvalidCommand, ``, `"end"`),
 			e(M(`"scan":"","end":null`), ``, kv.ErrInvalidCommand, ``, `"end"`),

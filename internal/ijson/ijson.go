@@ -1,0 +1,757 @@
+// Package ijson checks that JSON text is I-JSON (RFC 7493): valid UTF-8,
+// no lone surrogate escapes, and no object with two members of the same
+// name, so that every reader of an event sees the same values. It is the
+// one check flowrun's sources run where bytes become an event.
+//
+// A Checker reads the text once, left to right, without recursion and
+// without allocating for the usual event (objects of at most a few dozen
+// members, names without escapes).
+package ijson
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
+	"unsafe"
+)
+
+// MaxDepth is the deepest nesting of arrays and objects a Checker accepts.
+// It bounds the Checker's memory (a frame of 64 bytes per level, so 6.4 MB
+// at most) whatever the input; the kv connector refuses values nested
+// deeper than 1000 levels anyway.
+const MaxDepth = 100_000
+
+// Errors a Check reports, wrapped in an *Error.
+var (
+	// ErrSyntax reports text that is not one JSON value.
+	ErrSyntax = errors.New("invalid JSON")
+	// ErrTooDeep reports nesting deeper than MaxDepth.
+	ErrTooDeep = errors.New("invalid JSON: nested too deep")
+	// ErrDuplicateKey reports an object with two members of the same name
+	// (compared after unescaping, so "a" and "\u0061" are the same).
+	ErrDuplicateKey = errors.New("duplicate object key")
+	// ErrInvalidUTF8 reports a string holding bytes that are not UTF-8.
+	ErrInvalidUTF8 = errors.New("invalid UTF-8")
+	// ErrLoneSurrogate reports a \uD800-\uDFFF escape that is not half of
+	// a surrogate pair: it encodes no character.
+	ErrLoneSurrogate = errors.New("lone surrogate escape")
+)
+
+// Error locates what is wrong with a JSON text.
+type Error struct {
+	// Err is one of the sentinel errors of this package.
+	Err error
+	// Path names the value concerned, from the root given to Check:
+	// "data.items[2].name". For ErrDuplicateKey and the errors of a member
+	// name it is the path of the member.
+	Path string
+	// Key is the member name concerned, for ErrDuplicateKey and for errors
+	// in a member name (as far as it could be decoded).
+	Key string
+	// Offset is the byte offset in the text where the problem was found.
+	Offset int
+	// Detail adds what Err does not say (the syntax problem).
+	Detail string
+	// InKey is true when the problem is in a member name.
+	InKey bool
+}
+
+// Error returns, for example, `duplicate object key "amount" at
+// data.amount (byte 27)`.
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Err.Error())
+	switch {
+	case errors.Is(e.Err, ErrDuplicateKey):
+		fmt.Fprintf(&b, " %s", strconv.Quote(e.Key))
+	case e.InKey:
+		b.WriteString(" in an object key")
+	}
+	if e.Detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Detail)
+	}
+	if e.Path != "" {
+		b.WriteString(" at ")
+		b.WriteString(e.Path)
+	}
+	fmt.Fprintf(&b, " (byte %d)", e.Offset)
+	return b.String()
+}
+
+// Unwrap returns Err.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Report is what a successful Check found that is not an error.
+type Report struct {
+	// BadString, when not nil, locates the first string value (not member
+	// name) holding invalid UTF-8 or a lone surrogate escape. Such text is
+	// still accepted by Check: the caller refuses it or repairs it with
+	// Repair.
+	BadString *Error
+}
+
+// frame is one open array or object.
+type frame struct {
+	obj   bool
+	named bool // key holds the current member's name
+	// keyStart and keyEnd locate the current name's text (quotes
+	// excluded); escaped says it has escapes (key is then decoded).
+	keyStart, keyEnd int
+	escaped          bool
+	n                int    // members or elements so far
+	key              string // the current member's name (objects)
+	keys             int    // start of this object's names in Checker.keys
+	set              map[string]struct{}
+	start            int
+}
+
+// linearKeys is how many member names an object compares one by one before
+// it switches to a set.
+const linearKeys = 16
+
+// Checker checks JSON texts. Its zero value is ready; reusing one Checker
+// avoids allocations. A Checker is not safe for concurrent use.
+type Checker struct {
+	stack   []frame
+	keys    []string // names of the open objects, innermost last
+	scratch []byte   // unescaped names
+	root    string
+	bad     *Error
+	top     []topMember // members of a root object, in order
+	valAt   int         // where the current root member's value starts
+}
+
+// topMember is a member of the root object: where its name is in the
+// text (or the name itself when it has escapes) and where its value is.
+// It holds offsets rather than views, so a Checker never keeps a text
+// alive.
+type topMember struct {
+	keyStart, keyEnd int
+	decoded          string // the name, when it has escapes
+	escaped          bool
+	start, end       int
+}
+
+// Member returns the value of the root object's member name in b, the
+// text last checked, as offsets into it (b[start:end]); ok is false when
+// the root is not an object or has no such member. It is valid only after
+// a Check of b that returned no error.
+func (c *Checker) Member(b []byte, name string) (start, end int, ok bool) {
+	for _, m := range c.top {
+		if m.escaped && m.decoded == name || !m.escaped && string(b[m.keyStart:m.keyEnd]) == name {
+			return m.start, m.end, true
+		}
+	}
+	return 0, 0, false
+}
+
+// Check reads b, one JSON value with optional whitespace around it, and
+// returns an *Error for the first problem: a syntax error, nesting deeper
+// than MaxDepth, two members of one object with the same name, or a member
+// name with invalid UTF-8 or a lone surrogate escape. A string value with
+// invalid UTF-8 or a lone surrogate escape is not an error: the first one
+// is reported in Report.BadString. root names b in paths ("data", "meta";
+// "" for none).
+//
+// Strings in the result (Error.Key) do not alias b.
+func (c *Checker) Check(b []byte, root string) (Report, error) {
+	c.stack, c.keys, c.scratch, c.root, c.bad, c.top = c.stack[:0], c.keys[:0], c.scratch[:0], root, nil, c.top[:0]
+	err := c.check(b)
+	// Names are views of b: drop them so b is not kept alive.
+	clear(c.keys[:cap(c.keys)])
+	for i := range c.stack {
+		c.stack[i] = frame{}
+	}
+	if cap(c.stack) > 1024 {
+		c.stack = nil // do not pin the frames of one deep text
+	}
+	if err != nil {
+		return Report{}, err
+	}
+	return Report{BadString: c.bad}, nil
+}
+
+func (c *Checker) check(b []byte) error {
+	i := skipWS(b, 0)
+	for {
+		// A value starts at i.
+		if i >= len(b) {
+			return c.errAt(ErrSyntax, i, "unexpected end of input")
+		}
+		if len(c.stack) == 1 && c.stack[0].obj {
+			c.valAt = i
+		}
+		switch ch := b[i]; {
+		case ch == '{' || ch == '[':
+			if len(c.stack) >= MaxDepth {
+				return c.errAt(ErrTooDeep, i, fmt.Sprintf("more than %d levels of arrays and objects", MaxDepth))
+			}
+			c.stack = append(c.stack, frame{obj: ch == '{', keys: len(c.keys), start: i})
+			i = skipWS(b, i+1)
+			if i < len(b) && (ch == '{' && b[i] == '}' || ch == '[' && b[i] == ']') {
+				c.stack = c.stack[:len(c.stack)-1]
+				i++
+				break
+			}
+			if ch == '{' {
+				var err error
+				if i, err = c.member(b, i); err != nil {
+					return err
+				}
+			}
+			continue
+		case ch == '"':
+			n, bad := scanString(b[i:])
+			if n < 0 {
+				return c.errAt(ErrSyntax, i-n-1, "malformed string")
+			}
+			if bad != nil && c.bad == nil {
+				c.bad = c.errAt(bad, i, "")
+			}
+			i += n
+		case ch == 't':
+			if !hasPrefix(b[i:], "true") {
+				return c.errAt(ErrSyntax, i, "invalid literal")
+			}
+			i += 4
+		case ch == 'f':
+			if !hasPrefix(b[i:], "false") {
+				return c.errAt(ErrSyntax, i, "invalid literal")
+			}
+			i += 5
+		case ch == 'n':
+			if !hasPrefix(b[i:], "null") {
+				return c.errAt(ErrSyntax, i, "invalid literal")
+			}
+			i += 4
+		case ch == '-' || ch >= '0' && ch <= '9':
+			n := scanNumber(b[i:])
+			if n <= 0 {
+				return c.errAt(ErrSyntax, i, "malformed number")
+			}
+			i += n
+		default:
+			return c.errAt(ErrSyntax, i, fmt.Sprintf("unexpected %s", describe(b[i])))
+		}
+		// A value ended at i: close what it ends, find where the next
+		// one starts.
+	after:
+		for {
+			if len(c.stack) == 1 && c.stack[0].obj {
+				f := &c.stack[0]
+				m := topMember{keyStart: f.keyStart, keyEnd: f.keyEnd, escaped: f.escaped, start: c.valAt, end: i}
+				if f.escaped {
+					m.decoded = strings.Clone(f.key)
+				}
+				c.top = append(c.top, m)
+			}
+			i = skipWS(b, i)
+			if len(c.stack) == 0 {
+				if i != len(b) {
+					return c.errAt(ErrSyntax, i, fmt.Sprintf("unexpected %s after the value", describe(b[i])))
+				}
+				return nil
+			}
+			if i >= len(b) {
+				return c.errAt(ErrSyntax, i, "unexpected end of input")
+			}
+			top := &c.stack[len(c.stack)-1]
+			switch {
+			case b[i] == ',':
+				i = skipWS(b, i+1)
+				top.n++
+				if top.obj {
+					var err error
+					if i, err = c.member(b, i); err != nil {
+						return err
+					}
+				}
+				break after
+			case top.obj && b[i] == '}' || !top.obj && b[i] == ']':
+				c.keys = c.keys[:top.keys]
+				*top = frame{}
+				c.stack = c.stack[:len(c.stack)-1]
+				i++
+			default:
+				return c.errAt(ErrSyntax, i, fmt.Sprintf("unexpected %s in %s", describe(b[i]), map[bool]string{true: "object", false: "array"}[top.obj]))
+			}
+		}
+	}
+}
+
+// member reads `"name" :` at i in the innermost (object) frame, checks the
+// name and returns where the value starts.
+func (c *Checker) member(b []byte, i int) (int, error) {
+	top := &c.stack[len(c.stack)-1]
+	if i >= len(b) || b[i] != '"' {
+		if i >= len(b) {
+			return i, c.errAt(ErrSyntax, i, "unexpected end of input")
+		}
+		return i, c.errAt(ErrSyntax, i, fmt.Sprintf("expected a member name, found %s", describe(b[i])))
+	}
+	n, bad := scanString(b[i:])
+	if n < 0 {
+		return i, c.errAt(ErrSyntax, i-n-1, "malformed string")
+	}
+	raw := b[i+1 : i+n-1]
+	var key string
+	if indexByte(raw, '\\') < 0 {
+		key = unsafe.String(unsafe.SliceData(raw), len(raw))
+	} else {
+		key = string(unescape(c.scratch[:0], raw))
+	}
+	top.key, top.named = key, true
+	top.keyStart, top.keyEnd, top.escaped = i+1, i+n-1, indexByte(raw, '\\') >= 0
+	if bad != nil {
+		e := c.errAt(bad, i, "")
+		e.InKey, e.Key = true, strings.ToValidUTF8(key, "\uFFFD")
+		return i, e
+	}
+	if c.seen(top, key) {
+		e := c.errAt(ErrDuplicateKey, i, "")
+		e.Key = strings.Clone(key)
+		return i, e
+	}
+	i = skipWS(b, i+n)
+	if i >= len(b) || b[i] != ':' {
+		return i, c.errAt(ErrSyntax, i, "expected ':' after a member name")
+	}
+	return skipWS(b, i+1), nil
+}
+
+// seen records key in the object f and reports whether it was already
+// there.
+func (c *Checker) seen(f *frame, key string) bool {
+	if f.set != nil {
+		if _, ok := f.set[key]; ok {
+			return true
+		}
+		f.set[key] = struct{}{}
+		return false
+	}
+	names := c.keys[f.keys:]
+	for _, k := range names {
+		if k == key {
+			return true
+		}
+	}
+	if len(names) < linearKeys {
+		c.keys = append(c.keys, key)
+		return false
+	}
+	f.set = make(map[string]struct{}, 2*linearKeys)
+	for _, k := range names {
+		f.set[k] = struct{}{}
+	}
+	f.set[key] = struct{}{}
+	c.keys = c.keys[:f.keys]
+	return false
+}
+
+// errAt returns an *Error at offset off with the current path.
+func (c *Checker) errAt(err error, off int, detail string) *Error {
+	return &Error{Err: err, Path: c.path(), Offset: off, Detail: detail}
+}
+
+// maxPath is about the longest path an error gives in full.
+const maxPath = 200
+
+// path names the innermost open value, eliding what is beyond maxPath.
+func (c *Checker) path() string {
+	var b strings.Builder
+	b.WriteString(c.root)
+	for _, f := range c.stack {
+		if b.Len() > maxPath {
+			b.WriteString("...")
+			break
+		}
+		if f.obj {
+			if !f.named {
+				continue
+			}
+			if isIdent(f.key) {
+				if b.Len() > 0 {
+					b.WriteByte('.')
+				}
+				b.WriteString(f.key)
+			} else {
+				b.WriteByte('[')
+				b.WriteString(strconv.Quote(strings.ToValidUTF8(f.key, "\uFFFD")))
+				b.WriteByte(']')
+			}
+		} else {
+			fmt.Fprintf(&b, "[%d]", f.n)
+		}
+	}
+	return b.String()
+}
+
+func isIdent(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func describe(c byte) string {
+	if c >= 0x20 && c < 0x7f {
+		return strconv.QuoteRune(rune(c))
+	}
+	return fmt.Sprintf("byte 0x%02x", c)
+}
+
+func hasPrefix(b []byte, s string) bool {
+	return len(b) >= len(s) && string(b[:len(s)]) == s
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// scanString reads the JSON string at the start of b (b[0] == '"') and
+// returns its length including the quotes, and ErrInvalidUTF8 or
+// ErrLoneSurrogate for the first such problem in it. A malformed string
+// gives n = -(offset of the problem)-1.
+func scanString(b []byte) (n int, bad error) {
+	for i := 1; i < len(b); {
+		if k := plainWords(b[i:]); k > 0 {
+			i += k
+			continue
+		}
+		c := b[i]
+		switch {
+		case c == '"':
+			return i + 1, bad
+		case c == '\\':
+			if i+1 >= len(b) {
+				return -(i + 1) - 1, nil
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				r, ok := hex4(b[i+2:])
+				if !ok {
+					return -i - 1, nil
+				}
+				i += 6
+				if !utf16.IsSurrogate(r) {
+					continue
+				}
+				if r < 0xdc00 && i+1 < len(b) && b[i] == '\\' && b[i+1] == 'u' {
+					if r2, ok := hex4(b[i+2:]); ok && r2 >= 0xdc00 && r2 <= 0xdfff {
+						i += 6
+						continue
+					}
+				}
+				if bad == nil {
+					bad = ErrLoneSurrogate
+				}
+			default:
+				return -i - 1, nil
+			}
+		case c < 0x20:
+			return -i - 1, nil
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 && bad == nil {
+				bad = ErrInvalidUTF8
+			}
+			i += size
+		}
+	}
+	return -len(b) - 1, nil
+}
+
+// hex4 decodes four hex digits at the start of b.
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(c)
+	}
+	return r, true
+}
+
+// plainWords returns the length of the longest prefix of b made of whole
+// eight-byte words of ASCII other than control characters, '"' and '\\'.
+func plainWords(b []byte) int {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	hasZero := func(x uint64) bool { return (x-ones)&^x&highs != 0 }
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		if x&highs != 0 || (x-0x20*ones)&^x&highs != 0 ||
+			hasZero(x^('"'*ones)) || hasZero(x^('\\'*ones)) {
+			break
+		}
+	}
+	return i
+}
+
+// scanNumber returns the length of the JSON number at the start of b, or
+// 0 when it is malformed.
+func scanNumber(b []byte) int {
+	i := 0
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case digits() == 0:
+		return 0
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return 0
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return 0
+		}
+	}
+	return i
+}
+
+// unescape appends the decoded contents of a valid JSON string (quotes
+// removed) to dst; lone surrogates become U+FFFD.
+func unescape(dst, s []byte) []byte {
+	for i := 0; i < len(s); {
+		if s[i] != '\\' {
+			dst = append(dst, s[i])
+			i++
+			continue
+		}
+		switch s[i+1] {
+		case 'b':
+			dst = append(dst, '\b')
+		case 'f':
+			dst = append(dst, '\f')
+		case 'n':
+			dst = append(dst, '\n')
+		case 'r':
+			dst = append(dst, '\r')
+		case 't':
+			dst = append(dst, '\t')
+		case 'u':
+			r, _ := hex4(s[i+2:])
+			i += 6
+			if utf16.IsSurrogate(r) && r < 0xdc00 && i+6 <= len(s) && s[i] == '\\' && s[i+1] == 'u' {
+				if r2, ok := hex4(s[i+2:]); ok && r2 >= 0xdc00 && r2 <= 0xdfff {
+					r = utf16.DecodeRune(r, r2)
+					i += 6
+				}
+			}
+			if utf16.IsSurrogate(r) {
+				r = utf8.RuneError
+			}
+			dst = utf8.AppendRune(dst, r)
+			continue
+		default: // '"', '\\', '/'
+			dst = append(dst, s[i+1])
+		}
+		i += 2
+	}
+	return dst
+}
+
+// Repair appends b to dst with every invalid UTF-8 byte of its strings
+// replaced by U+FFFD (one per byte, as encoding/json and flowrun's
+// canonical form do) and every lone surrogate escape by \ufffd. b should
+// have passed Check (on other text Repair does not panic, but what it
+// returns is unspecified); member names, which Check refuses when they
+// would need repair, are repaired too.
+func Repair(dst, b []byte) []byte {
+	inStr := false
+	for i := 0; i < len(b); {
+		c := b[i]
+		if !inStr {
+			dst = append(dst, c)
+			inStr = c == '"'
+			i++
+			continue
+		}
+		switch {
+		case c == '"':
+			dst = append(dst, c)
+			inStr = false
+			i++
+		case c == '\\' && i+6 <= len(b) && b[i+1] == 'u':
+			r, ok := hex4(b[i+2:])
+			if !ok || !utf16.IsSurrogate(r) {
+				dst = append(dst, b[i:i+6]...)
+				i += 6
+				continue
+			}
+			if r < 0xdc00 && i+12 <= len(b) && b[i+6] == '\\' && b[i+7] == 'u' {
+				if r2, ok := hex4(b[i+8:]); ok && r2 >= 0xdc00 && r2 <= 0xdfff {
+					dst = append(dst, b[i:i+12]...)
+					i += 12
+					continue
+				}
+			}
+			dst = append(dst, `\ufffd`...)
+			i += 6
+		case c == '\\':
+			dst = append(dst, b[i:min(i+2, len(b))]...)
+			i += 2
+		case c < utf8.RuneSelf:
+			dst = append(dst, c)
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 {
+				dst = append(dst, "\uFFFD"...)
+			} else {
+				dst = append(dst, b[i:i+size]...)
+			}
+			i += size
+		}
+	}
+	return dst
+}
+
+// CheckString reports what keeps raw, the JSON text of one string
+// (quotes included, as gjson.Result.Raw gives it), from naming one exact
+// sequence of characters: ErrLoneSurrogate, ErrInvalidUTF8, or ErrSyntax
+// when it is not a JSON string; nil when it is fine. Decoders replace both
+// problems by U+FFFD, which makes different strings equal: a key must be
+// refused instead.
+func CheckString(raw string) error {
+	b := unsafe.Slice(unsafe.StringData(raw), len(raw))
+	if len(b) == 0 || b[0] != '"' {
+		return ErrSyntax
+	}
+	n, bad := scanString(b)
+	if n != len(b) {
+		return ErrSyntax
+	}
+	return bad
+}
+
+// AppendValid appends b to dst so that what it appends is always valid
+// UTF-8 JSON, whatever b holds: b itself when it is such already; b with
+// the strings repaired (see Repair) when only string values hold invalid
+// UTF-8 or lone surrogate escapes; otherwise b as one JSON string (invalid
+// UTF-8 replaced by U+FFFD), and ok is false. Writers call it so that no
+// line they write can be unreadable. Duplicate member names are kept: the
+// text is still valid JSON. c is used for the check.
+func AppendValid(c *Checker, dst, b []byte) (out []byte, ok bool) {
+	rep, err := c.Check(b, "")
+	switch {
+	case err == nil && rep.BadString == nil:
+		return append(dst, b...), true
+	case err == nil:
+		return Repair(dst, b), true
+	case errors.Is(err, ErrDuplicateKey) && utf8.Valid(b) && !strings.Contains(bytesString(b), `\u`) && json.Valid(b):
+		// Check stopped at the duplicate; the rest is checked here.
+		return append(dst, b...), true
+	}
+	return appendQuoted(dst, b), false
+}
+
+// AppendEvent appends b, the data or meta of an event, for a writer:
+// unchanged when it is valid UTF-8, which costs one fast scan, and through
+// AppendValid otherwise. Events are JSON by the pipeline's contract (every
+// source checks its input, every node builds JSON with an encoder); what
+// text copied from elsewhere may still carry is invalid UTF-8, which no
+// line flowrun writes may hold.
+func AppendEvent(c *Checker, dst, b []byte) []byte {
+	if utf8.Valid(b) {
+		return append(dst, b...)
+	}
+	dst, _ = AppendValid(c, dst, b)
+	return dst
+}
+
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// appendQuoted appends b as a JSON string, invalid UTF-8 as U+FFFD.
+func appendQuoted(dst, b []byte) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+			i++
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			i++
+		case c < utf8.RuneSelf:
+			dst = append(dst, c)
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 {
+				dst = append(dst, "\uFFFD"...)
+			} else {
+				dst = append(dst, b[i:i+size]...)
+			}
+			i += size
+		}
+	}
+	return append(dst, '"')
+}
