@@ -260,7 +260,9 @@ func CheckRecord(r Record, opts *LoadOptions) error {
 	}
 	d := decoder{opts: &Options{MaxKeyLength: opts.MaxKeyLength, MaxValueBytes: opts.MaxValueBytes}}
 	cmd := command{op: opPut, key: r.Key, hasKey: true}
-	if err := d.checkKey(&cmd, "key", r.Key, false); err != nil {
+	// The key is decoded text (ParseRecord checked its escapes), so only
+	// the put's UTF-8 and length checks apply.
+	if err := d.checkKey(&cmd, "key", gjson.Result{Type: gjson.String, Str: r.Key}, false); err != nil {
 		return fmt.Errorf("namespace %q: %w", r.Namespace, err)
 	}
 	if len(r.Value) > opts.MaxValueBytes {
