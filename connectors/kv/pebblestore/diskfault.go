@@ -99,9 +99,15 @@ func (g *diskGuard) check(need int64) error {
 	if int64(u.AvailBytes) >= need+inFlight+g.reserve {
 		return nil
 	}
-	return fmt.Errorf("%w: %s free on the filesystem of %q, a write of %s needs %s more kept free (%s in flight, reserve %s)",
-		ErrDiskFull, fmtBytes(int64(u.AvailBytes)), g.dir, fmtBytes(need),
-		fmtBytes(inFlight+g.reserve), fmtBytes(inFlight), fmtBytes(g.reserve))
+	msg := fmt.Sprintf("%s free on the filesystem of %q, less than the reserve of %s the store keeps free",
+		fmtBytes(int64(u.AvailBytes)), g.dir, fmtBytes(g.reserve))
+	if need > 0 {
+		msg += fmt.Sprintf(" plus this commit's %s", fmtBytes(need))
+		if inFlight > 0 {
+			msg += fmt.Sprintf(" and %s of earlier commits still syncing", fmtBytes(inFlight))
+		}
+	}
+	return fmt.Errorf("%w: %s", ErrDiskFull, msg)
 }
 
 // fmtBytes formats n bytes for an error message.
