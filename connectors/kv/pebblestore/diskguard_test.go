@@ -45,13 +45,15 @@ func TestDiskReserve(t *testing.T) {
 		t.Fatal(errs[0])
 	}
 
-	avail.Store(1<<20 + 50<<10) // room for the reserve, not for another value
+	// Below the reserve: refused whatever room the log has preallocated
+	// (writes that fit in it are admitted while the reserve is free).
+	avail.Store(1<<20 - 4<<10)
 	errs := make([]error, 1)
 	err = s.Update(t.Context(), []kv.TxnFunc{set("refused", value, 0)}, errs)
 	if !errors.Is(err, ErrDiskFull) || !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("put with 1.05 MiB free and a 1 MiB reserve: %v, want ErrDiskFull", err)
+		t.Fatalf("put with 1020 KiB free and a 1 MiB reserve: %v, want ErrDiskFull", err)
 	}
-	for _, want := range []string{"no space left on device", "1.0 MiB free", "reserve of 1.0 MiB", dir} {
+	for _, want := range []string{"no space left on device", "1020.0 KiB free", "reserve of 1.0 MiB", dir} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %q", err, want)
 		}
