@@ -193,6 +193,9 @@ func stopChild(t *testing.T, c *child, want string) {
 	if !strings.Contains(stderr, want) {
 		t.Errorf("stderr does not name %q: %s", want, stderr)
 	}
+	if n := strings.Count(stderr, "\n"); n > 10 {
+		t.Errorf("%d stderr lines, want a few (no log flood):\n%.3000s", n, stderr)
+	}
 	t.Logf("stopped by SIGTERM: %v, %d stderr lines", err, strings.Count(stderr, "\n"))
 }
 
