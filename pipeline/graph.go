@@ -314,13 +314,18 @@ func (g *Graph) Run(ctx context.Context) error {
 		errOnce  sync.Once
 		firstErr error
 	)
-	fail := func(n *node, err error) {
+	// record makes err the graph's error if it is the first and stops
+	// the sources; fail also makes every node discard its queued input.
+	record := func(n *node, err error) {
 		errOnce.Do(func() {
 			firstErr = fmt.Errorf("node %q: %w", n.name, err)
 			g.failed.Store(&firstErr)
-			abort(firstErr)
-			stopSources()
 		})
+		stopSources()
+	}
+	fail := func(n *node, err error) {
+		record(n, err)
+		abort(firstErr)
 	}
 
 	for _, n := range g.order {
@@ -355,8 +360,12 @@ func (g *Graph) Run(ctx context.Context) error {
 				})
 			}
 			if c, ok := nodeCloser(n); ok {
+				// A node that fails to close has already emitted all it
+				// will: what it emitted is still delivered downstream
+				// (for the kv connector, results of commands whose
+				// store failed afterwards).
 				if err := c.Close(hard); err != nil {
-					fail(n, err)
+					record(n, err)
 				}
 			}
 			g.release(n)

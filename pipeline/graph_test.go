@@ -477,3 +477,44 @@ func sourceFlushed(g *Graph, node string) uint64 {
 	}
 	return 0
 }
+
+// closeFails passes its events on and fails to close.
+type closeFails struct{ err error }
+
+func (p closeFails) Process(_ context.Context, batch []Event, emit Emitter) error {
+	for _, ev := range batch {
+		emit.Emit(PortOut, ev)
+	}
+	return nil
+}
+
+func (p closeFails) Close(context.Context) error { return p.err }
+
+// slowCollector is a collector taking a while over each batch, so that
+// batches queue up in front of it.
+type slowCollector struct{ collector }
+
+func (c *slowCollector) Process(ctx context.Context, batch []Event, emit Emitter) error {
+	time.Sleep(2 * time.Millisecond)
+	return c.collector.Process(ctx, batch, emit)
+}
+
+// TestCloseFailureDeliversWhatWasEmitted checks that a node failing to
+// close fails the graph without discarding what it emitted before: the
+// events queued downstream of it are still delivered.
+func TestCloseFailureDeliversWhatWasEmitted(t *testing.T) {
+	boom := errors.New("close failed")
+	g := New(Options{QueueDepth: 64, MaxCoalesce: 1})
+	sink := &slowCollector{}
+	must(t, g.AddSource("src", countSource(1000, 10), PortOut))
+	must(t, g.AddProcessor("mid", closeFails{boom}, PortOut))
+	must(t, g.AddProcessor("sink", sink))
+	must(t, g.Link("src", PortOut, "mid"))
+	must(t, g.Link("mid", PortOut, "sink"))
+	if err := g.Run(context.Background()); !errors.Is(err, boom) {
+		t.Fatalf("Run = %v, want the close failure", err)
+	}
+	if n := len(sink.datas()); n != 1000 {
+		t.Fatalf("sink received %d of 1000 events emitted before the close failure", n)
+	}
+}

@@ -118,6 +118,15 @@ type Options struct {
 	// exactly as fresh as without it, and durability is unchanged. Scans
 	// do not use it. Default DefaultRowCacheBytes; negative disables it.
 	RowCacheBytes int64
+	// DiskReserveBytes is the free space a commit must leave on the
+	// store's filesystem, beyond its own log records and those of groups
+	// still syncing: a group that would leave less is refused with
+	// ErrDiskFull, the store fails (ErrFailed), and Open refuses to start
+	// with less free. It keeps a store filled by its own writes from
+	// running Pebble out of space (see diskfault.go). Default 0: 1% of
+	// the filesystem's size, within [MinDiskReserveBytes,
+	// MaxDiskReserveBytes]; negative disables the check.
+	DiskReserveBytes int64
 	// Logger receives Pebble's own log lines at debug level and store
 	// lifecycle events. Default: slog.Default().
 	Logger *slog.Logger
@@ -242,6 +251,10 @@ type Store struct {
 	relCond  *sync.Cond
 	released uint64
 	broken   error // set once a group failed; every later result fails
+
+	stop  *failStop         // the first write error of the store's files
+	guard *diskGuard        // free-space check before each group
+	bgErr *backgroundErrors // Pebble's background errors
 }
 
 var (
@@ -269,8 +282,11 @@ type group struct {
 	entries []*rowEntry // for each record of repr, the row cache entry the writer read for its key, or nil
 	reqs    []*request
 	err     error // build or commit error, reported to every request
-	start   time.Time
-	wrote   bool
+	// logBytes counts the group's bytes in diskGuard.unsynced from its
+	// admission until the syncer is done with it.
+	logBytes int64
+	start    time.Time
+	wrote    bool
 	// awaitSync tells the syncer to wait for the batch's WAL sync.
 	awaitSync bool
 	// committed is closed once the committer is done with the group: its
@@ -304,18 +320,26 @@ func Open(dir string, opts Options) (*Store, error) {
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref() // the database holds its own reference
 	popts := opts.PebbleOptions(cache)
+	// The file-mode wrapper sits beneath the fail-stop one, which must be
+	// the outermost filesystem Pebble sees.
 	popts.FS = privateFS{cmp.Or(popts.FS, vfs.Default)}
-	if err := checkBeforeReplay(where.real, popts, opts); err != nil {
+	releaseLock := func() {
 		if lock != nil {
 			_ = lock.Close()
 		}
+	}
+	stop, guard, bgErr, err := guardFiles(where.real, opts, popts)
+	if err != nil {
+		releaseLock()
+		return nil, fmt.Errorf("open store %q: %w", dir, err)
+	}
+	if err := checkBeforeReplay(where.real, popts, opts); err != nil {
+		releaseLock()
 		return nil, err
 	}
 	db, err := pebble.Open(where.real, popts)
 	if err != nil {
-		if lock != nil {
-			_ = lock.Close()
-		}
+		releaseLock()
 		if lock != nil && strings.Contains(err.Error(), "held by current process") {
 			// Pebble's lock table is keyed by path and the flock by
 			// directory: this path's directory was replaced under a
@@ -327,6 +351,13 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("open store %q: %w (real path %q)", dir, ErrLocked, where.real)
 		}
 		return nil, fmt.Errorf("open store %q: %w", dir, err)
+	}
+	if err := stop.failed(); err != nil {
+		// Opening wrote nothing after the failure: the files are as
+		// they were, for the next attempt.
+		bgErr.stopDelays()
+		_ = db.Close()
+		return nil, fmt.Errorf("open store %q: %w", dir, fsFailure(dir, err))
 	}
 	s := &Store{
 		db:      db,
@@ -340,6 +371,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		done:    make(chan struct{}),
 
 		pending: [2]*pendingIndex{newPendingIndex(), newPendingIndex()},
+		stop:    stop,
+		guard:   guard,
+		bgErr:   bgErr,
 	}
 	if opts.RowCacheBytes > 0 {
 		s.cache = newRowCache(opts.RowCacheBytes)
@@ -421,12 +455,25 @@ func (s *Store) Close() error {
 	close(s.reqs)
 	s.closeMu.Unlock()
 	<-s.done
+	s.bgErr.stopDelays()
 	err := s.db.Close()
+	s.bgErr.summary()
 	if s.lock != nil {
 		_ = s.lock.Close() // after Pebble's lock: the directory is free once both are
 	}
 	if err != nil {
 		return fmt.Errorf("close store %q: %w", s.dir, err)
+	}
+	// A failed store reports its failure: Pebble, kept from seeing it,
+	// closes cleanly.
+	s.relMu.Lock()
+	broken := s.broken
+	s.relMu.Unlock()
+	if broken == nil {
+		broken = fsFailure(s.dir, s.stop.failed())
+	}
+	if broken != nil {
+		return fmt.Errorf("close store %q: %w", s.dir, broken)
 	}
 	return nil
 }
@@ -591,6 +638,12 @@ func (s *Store) commit() {
 		case g.batch != nil && failed:
 			g.release()
 		case g.batch != nil:
+			if err := s.admit(g); err != nil {
+				g.release()
+				g.err = fmt.Errorf("commit to store %q: %w", s.dir, err)
+				failed = true
+				break
+			}
 			if s.opts.beforeApply != nil {
 				s.opts.beforeApply()
 			}
@@ -669,6 +722,17 @@ func (s *Store) sync() {
 				err = fmt.Errorf("sync store %q: %w", s.dir, serr)
 			}
 			g.release()
+		}
+		if g.logBytes != 0 {
+			s.guard.unsynced.Add(-g.logBytes)
+		}
+		if err == nil && g.wrote {
+			// A failed write of the store's files is dropped before
+			// Pebble sees it (failStopFS): the sync above may have
+			// synced nothing.
+			if ferr := s.stop.failed(); ferr != nil {
+				err = fmt.Errorf("sync store %q: %w", s.dir, fsFailure(s.dir, ferr))
+			}
 		}
 		switch {
 		case err != nil && broken == nil:
