@@ -1,9 +1,12 @@
 package pebblestore
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -24,7 +27,32 @@ const (
 type privateFS struct{ vfs.FS }
 
 func (p privateFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
-	return private(name)(p.FS.Create(name, category))
+	if vfs.Root(p.FS) != vfs.Default {
+		return private(name)(p.FS.Create(name, category))
+	}
+	// Born private: Pebble's default Create makes the file with 0666 less
+	// the umask, so setting the mode afterwards would leave it open to
+	// others for a moment (in an existing store directory with a looser
+	// mode). Create it empty with fileMode (replacing a file of that
+	// name, as Pebble's Create does) and open it through the wrapped FS,
+	// which keeps the mode of a file that exists.
+	for {
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, fileMode)
+		if errors.Is(err, fs.ErrExist) {
+			if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := f.Close(); err != nil {
+			return nil, err
+		}
+		break
+	}
+	return private(name)(p.FS.OpenReadWrite(name, category))
 }
 
 func (p privateFS) OpenReadWrite(name string, category vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
