@@ -735,10 +735,14 @@ func (s *Store) sync() {
 			}
 		}
 		switch {
-		case err != nil && broken == nil:
-			broken = fmt.Errorf("store %q: %w: %w", s.dir, ErrFailed, err)
-		case err == nil && broken != nil:
+		case broken != nil:
+			// Failed after the store did, whether or not this group met
+			// an error of its own (a write after a failed WAL sync fails
+			// its own sync): reported as the store's failure, which names
+			// the first cause.
 			err = broken
+		case err != nil:
+			broken = fmt.Errorf("store %q: %w: %w", s.dir, ErrFailed, err)
 		}
 		// Observe before releasing, so that a caller whose Update has
 		// returned finds its commit already counted.
