@@ -21,6 +21,7 @@ const (
 	// CheckEvery is how many VM steps run between two calls of the check.
 	CheckEvery = 1024
 )
+
 /* Error {{{ */
 
 type Error struct {
@@ -532,4 +533,3 @@ func compilePattern(p pattern, ps ...*iptr) []inst {
 }
 
 /* }}} parse */
-
