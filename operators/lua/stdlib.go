@@ -71,8 +71,8 @@ func (v *vm) raiseLimit(L *glua.LState, err error) {
 // is about to build: over MaxStringBytes it raises instead.
 func (v *vm) produce(L *glua.LState, fn string, n int) {
 	if n > v.p.opts.MaxStringBytes {
-		v.raiseLimit(L, fmt.Errorf("%w: %s result of %s, limit is %s (max_string_bytes)",
-			ErrLimit, fn, sizeString(uint64(n)), sizeString(uint64(v.p.opts.MaxStringBytes))))
+		v.raiseLimit(L, fmt.Errorf("%w: %s result over %d bytes, limit is %s (max_string_bytes)",
+			ErrLimit, fn, v.p.opts.MaxStringBytes, sizeString(uint64(v.p.opts.MaxStringBytes))))
 	}
 	v.mem.produced += int64(n)
 }
@@ -137,8 +137,8 @@ func (v *vm) strRep(L *glua.LState) int {
 		return 1
 	}
 	if n > v.p.opts.MaxStringBytes/len(s) {
-		v.raiseLimit(L, fmt.Errorf("%w: string.rep result of %d × %d bytes, limit is %s (max_string_bytes)",
-			ErrLimit, n, len(s), sizeString(uint64(v.p.opts.MaxStringBytes))))
+		v.raiseLimit(L, fmt.Errorf("%w: string.rep result of %d × %d bytes, over %d bytes, limit is %s (max_string_bytes)",
+			ErrLimit, n, len(s), v.p.opts.MaxStringBytes, sizeString(uint64(v.p.opts.MaxStringBytes))))
 	}
 	v.produce(L, "string.rep", len(s)*n)
 	L.Push(glua.LString(strings.Repeat(s, n)))

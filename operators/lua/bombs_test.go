@@ -1,0 +1,158 @@
+package lua
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+)
+
+// bomb is a script that, without the library's limits, runs for seconds
+// inside one library call or grows the process until it is killed.
+type bomb struct {
+	name   string
+	script string
+	events int    // events sent, one batch each, until one fails
+	want   string // in the failing event's meta.error
+}
+
+// bombTimeout and bombMemory are the limits the bombs run under.
+const (
+	bombTimeout = time.Second
+	bombMemory  = 64 << 20
+)
+
+var bombs = []bomb{
+	{"find backtracking n=100", `string.find(string.rep("a", 100), ".-.-.-.-b")`, 1, "(timeout)"},
+	{"find backtracking n=200", `string.find(string.rep("a", 200), ".-.-.-.-b")`, 1, "(timeout)"},
+	{"match backtracking", `string.match(string.rep("a", 200), ".-.-.-.-b")`, 1, "(timeout)"},
+	{"gmatch backtracking", `for m in string.gmatch(string.rep("a", 200), ".-.-.-.-b") do end`, 1, "(timeout)"},
+	{"gsub backtracking", `string.gsub(string.rep("a", 200), ".-.-.-.-b", "")`, 1, "(timeout)"},
+	{"unpack 1e5", `unpack({}, 1, 1e5)`, 1, "too many results to unpack"},
+	{"string.byte of 1 MiB", `string.byte(string.rep("x", 1048576), 1, -1)`, 1, "string slice too long"},
+	{"gsub 60000 x 60000", `string.gsub(string.rep("x", 60000), "x", string.rep("y", 60000))`, 1, "string.gsub result over"},
+	{"table.concat 1000 x 4 MiB", `local s = string.rep("x", 4194304) local t = {} for i = 1, 1000 do t[i] = s end table.concat(t)`, 1, "table.concat result over"},
+	{"format %999999d x 4000", `local t = {} for i = 1, 4000 do t[i] = i end string.format(string.rep("%999999d", 4000), unpack(t))`, 1, "width or precision too long"},
+	{"format %*d", `string.format("%*d", 1e9, 1)`, 1, "invalid option"},
+	{"format %s x 2000 of 1 MiB", `local s = string.rep("x", 1048576) local t = {} for i = 1, 2000 do t[i] = s end string.format(string.rep("%s", 2000), unpack(t))`, 1, "string.format result over"},
+	{"globals grown by string.rep", `big = big or {} big[#big + 1] = string.rep("x", 4194304)`, 900, "(max_memory)"},
+	{"globals grown by concatenation", `s = s or string.rep("x", 1048576) big = big or {} big[#big + 1] = s .. #big`, 900, "(max_memory)"},
+	{"globals holding gmatch iterators", `its = its or {} its[#its + 1] = string.gmatch(string.rep("x", 4194304), "x")`, 900, "(max_memory)"},
+}
+
+// TestBombs runs each bomb in a child process whose address space is
+// capped at 3 GiB, with timeout 1s and max_memory 64 MiB: the event
+// running it must fail within twice the timeout with an error naming the
+// limit, the child must stay alive, and its peak RSS below 1 GiB.
+func TestBombs(t *testing.T) {
+	if os.Getenv("FLOWRUN_LUA_BOMB") != "" {
+		t.Skip("in a bomb's child process")
+	}
+	for _, b := range bombs {
+		t.Run(b.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestBombChild$", "-test.v")
+			cmd.Env = append(os.Environ(), "FLOWRUN_LUA_BOMB="+b.name)
+			start := time.Now()
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("child failed after %v: %v\n%s", time.Since(start).Round(time.Millisecond), err, tail(out))
+			}
+			if !strings.Contains(string(out), "--- PASS: TestBombChild") {
+				t.Fatalf("child did not run the bomb:\n%s", tail(out))
+			}
+			ru, _ := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+			if ru != nil {
+				rss := ru.Maxrss << 10
+				t.Logf("%s; peak RSS %d MiB", lastLog(out), rss>>20)
+				if rss > 1<<30 {
+					t.Errorf("peak RSS of the child %d MiB, want under 1 GiB", rss>>20)
+				}
+			}
+		})
+	}
+}
+
+func tail(b []byte) string {
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+func lastLog(out []byte) string {
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "stopped:") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
+}
+
+// TestBombChild runs the bomb named by FLOWRUN_LUA_BOMB (see TestBombs).
+func TestBombChild(t *testing.T) {
+	name := os.Getenv("FLOWRUN_LUA_BOMB")
+	if name == "" {
+		t.Skip("run by TestBombs in a child process")
+	}
+	// A bomb the limits miss fails this process, not the machine.
+	lim := syscall.Rlimit{Cur: 3 << 30, Max: 3 << 30}
+	if err := syscall.Setrlimit(syscall.RLIMIT_AS, &lim); err != nil {
+		t.Logf("cannot cap the address space: %v", err)
+	}
+	var b bomb
+	for _, c := range bombs {
+		if c.name == name {
+			b = c
+		}
+	}
+	if b.script == "" {
+		t.Fatalf("no bomb %q", name)
+	}
+	store, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kv.New(store, kv.Options{ReclaimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	// The script also writes, so that it runs in a kv transaction.
+	p := newProc(t, `kv.set("k", 1) `+b.script+` emit("out")`, Options{Store: conn, Timeout: bombTimeout, MaxMemory: bombMemory})
+	for i := range b.events {
+		start := time.Now()
+		c := process(t, p, ev(`{}`, `{}`))
+		took := time.Since(start)
+		if took > 2*bombTimeout {
+			t.Errorf("event %d took %v, over twice the timeout %v", i, took, bombTimeout)
+		}
+		errs := c.out["err"]
+		if len(errs) == 0 {
+			continue
+		}
+		msg := gjson.GetBytes(errs[0].Meta, "error").Str
+		t.Logf("event %d stopped: %s (after %v)", i, msg, took.Round(time.Millisecond))
+		if !strings.Contains(msg, b.want) {
+			t.Errorf("error %q does not contain %q", msg, b.want)
+		}
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapAlloc > 512<<20 {
+			t.Errorf("heap %d MiB after the bomb, want under 512 MiB", ms.HeapAlloc>>20)
+		}
+		return
+	}
+	t.Fatalf("none of %d events failed", b.events)
+}
