@@ -14,6 +14,7 @@ import (
 
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 // bomb is a script that, without the library's limits, runs for seconds
@@ -155,4 +156,52 @@ func TestBombChild(t *testing.T) {
 		return
 	}
 	t.Fatalf("none of %d events failed", b.events)
+}
+
+// TestBombDoesNotStallOtherConnectors: a script stuck in a library call
+// holds the store's writer only until its timeout: a command of another
+// connector on the same store waits less than twice the timeout.
+func TestBombDoesNotStallOtherConnectors(t *testing.T) {
+	store, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	open := func(ns string) *kv.Connector {
+		c, err := kv.New(store, kv.Options{Namespace: ns, ReclaimInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+		return c
+	}
+	scripts, other := open("scripts"), open("other")
+	p := newProc(t, `kv.set("k", 1) string.find(string.rep("a", 100), ".-.-.-.-b")`, Options{Store: scripts, Timeout: bombTimeout})
+	done := make(chan *collector, 1)
+	go func() {
+		c := &collector{}
+		_ = p.Process(context.Background(), []pipeline.Event{ev(`{}`, `{}`)}, c)
+		done <- c
+	}()
+	time.Sleep(100 * time.Millisecond) // the script is in the writer
+	start := time.Now()
+	errs, err := other.Run(context.Background(), []func(*kv.Session) error{func(s *kv.Session) error {
+		return s.Set("x", []byte("1"), 0)
+	}})
+	waited := time.Since(start)
+	if err != nil || errs[0] != nil {
+		t.Fatalf("command of the other connector: %v %v", err, errs)
+	}
+	t.Logf("the other connector's command waited %v", waited.Round(time.Millisecond))
+	if waited > 2*bombTimeout {
+		t.Errorf("the other connector's command waited %v, over twice the script's timeout %v", waited, bombTimeout)
+	}
+	select {
+	case c := <-done:
+		if len(c.out["err"]) != 1 {
+			t.Errorf("the bomb's event did not fail: %v", c.out)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the bomb's event did not finish")
+	}
 }
