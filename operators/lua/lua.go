@@ -68,17 +68,20 @@ type Options struct {
 	// machine. Default 5s.
 	Timeout time.Duration
 	// MaxMemory bounds how much the process heap may grow while the script
-	// runs for one event. It is checked by a watchdog only once a run has
-	// lasted a few milliseconds, then every few milliseconds, and measures
-	// the whole process (see the watchdog), so it stops runaway scripts
-	// rather than accounting for small ones. Default 64 MiB.
+	// runs for one event, and the estimated size of the state the script
+	// keeps across events (see memory.go). The first is checked by a
+	// watchdog only once a run has lasted a few milliseconds, then every
+	// few milliseconds, and measures the whole process (see the watchdog),
+	// so it stops runaway scripts rather than accounting for small ones.
+	// Default 64 MiB.
 	MaxMemory int64
 	// MaxCallDepth bounds the Lua call stack (recursion). Default 200.
 	MaxCallDepth int
 	// MaxStackSlots bounds the Lua value stack (registry), the VM's memory
 	// for locals and temporaries. Default 262144 slots.
 	MaxStackSlots int
-	// MaxStringBytes bounds a string built by string.rep, a value converted
+	// MaxStringBytes bounds a string built by one library call (string.rep,
+	// gsub, format, table.concat, ...; see stdlib.go), a value converted
 	// to JSON for kv or emit, and the total size of one event's outputs.
 	// Default 4 MiB.
 	MaxStringBytes int
