@@ -67,7 +67,9 @@ func (v *vm) initMem() {
 func (v *vm) checkState() error {
 	m := &v.mem
 	limit := v.p.opts.MaxMemory
-	room := limit - m.retained
+	// The room left, but at least an eighth of the limit: a state close
+	// to the limit is not walked again every few events.
+	room := max(limit-m.retained, limit/8)
 	due := m.produced > room
 	metrics.Read(m.samples[:1])
 	if c := sampleUint(m.samples[0]); c != m.gcCycles {
@@ -75,7 +77,7 @@ func (v *vm) checkState() error {
 		metrics.Read(m.samples[1:])
 		live := sampleUint(m.samples[1])
 		m.liveBase = min(m.liveBase, live)
-		due = due || live-m.liveBase > uint64(max(room, 0))
+		due = due || live-m.liveBase > uint64(room)
 	}
 	if !due {
 		return nil
