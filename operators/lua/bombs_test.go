@@ -2,6 +2,7 @@ package lua
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -162,6 +163,21 @@ func TestBombChild(t *testing.T) {
 // holds the store's writer only until its timeout: a command of another
 // connector on the same store waits less than twice the timeout.
 func TestBombDoesNotStallOtherConnectors(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		events  int
+		timeout time.Duration
+	}{
+		{"one event", 1, bombTimeout},
+		// Each event runs to its timeout: the batch is split into commit
+		// groups of at most about one timeout each.
+		{"batch of 5", 5, 400 * time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) { testBombStall(t, tt.events, tt.timeout) })
+	}
+}
+
+func testBombStall(t *testing.T, events int, timeout time.Duration) {
 	store, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -176,11 +192,15 @@ func TestBombDoesNotStallOtherConnectors(t *testing.T) {
 		return c
 	}
 	scripts, other := open("scripts"), open("other")
-	p := newProc(t, `kv.set("k", 1) string.find(string.rep("a", 100), ".-.-.-.-b")`, Options{Store: scripts, Timeout: bombTimeout})
+	p := newProc(t, `kv.set("k", 1) string.find(string.rep("a", 100), ".-.-.-.-b")`, Options{Store: scripts, Timeout: timeout})
 	done := make(chan *collector, 1)
 	go func() {
 		c := &collector{}
-		_ = p.Process(context.Background(), []pipeline.Event{ev(`{}`, `{}`)}, c)
+		batch := make([]pipeline.Event, events)
+		for i := range batch {
+			batch[i] = ev(`{}`, fmt.Sprintf(`{"i":%d}`, i))
+		}
+		_ = p.Process(context.Background(), batch, c)
 		done <- c
 	}()
 	time.Sleep(100 * time.Millisecond) // the script is in the writer
@@ -193,15 +213,49 @@ func TestBombDoesNotStallOtherConnectors(t *testing.T) {
 		t.Fatalf("command of the other connector: %v %v", err, errs)
 	}
 	t.Logf("the other connector's command waited %v", waited.Round(time.Millisecond))
-	if waited > 2*bombTimeout {
-		t.Errorf("the other connector's command waited %v, over twice the script's timeout %v", waited, bombTimeout)
+	if waited > 2*timeout {
+		t.Errorf("the other connector's command waited %v, over twice the script's timeout %v", waited, timeout)
 	}
 	select {
 	case c := <-done:
-		if len(c.out["err"]) != 1 {
-			t.Errorf("the bomb's event did not fail: %v", c.out)
+		if len(c.out["err"]) != events || len(c.out["out"]) != 0 {
+			t.Fatalf("outputs: %v, want %d events on err", c.out, events)
+		}
+		for i, e := range c.out["err"] {
+			if gjson.GetBytes(e.Meta, "i").Int() != int64(i) || !strings.Contains(gjson.GetBytes(e.Meta, "error").Str, "(timeout)") {
+				t.Errorf("err event %d: meta %s", i, e.Meta)
+			}
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("the bomb's event did not finish")
+	}
+}
+
+// TestSlowBatchSplitIntoCommitGroups: a batch whose scripts hold the
+// writer past the timeout is committed in several groups, every event
+// run once, in order, with its writes and outputs.
+func TestSlowBatchSplitIntoCommitGroups(t *testing.T) {
+	store := newStore(t, nil)
+	p := newProc(t, `
+local start = os.clock()
+while os.clock() - start < 0.15 do end
+local n = kv.increment("n")
+kv.set("last", event.data.i)
+emit("out", {i = event.data.i, n = n})`, Options{Store: store, Timeout: 250 * time.Millisecond})
+	batch := make([]pipeline.Event, 5)
+	for i := range batch {
+		batch[i] = ev(fmt.Sprintf(`{"i":%d}`, i), `{}`)
+	}
+	c := process(t, p, batch...)
+	if len(c.out["out"]) != len(batch) || len(c.out["err"]) != 0 {
+		t.Fatalf("outputs: %v", c.out)
+	}
+	for i, e := range c.out["out"] {
+		if gjson.GetBytes(e.Data, "i").Int() != int64(i) || gjson.GetBytes(e.Data, "n").Int() != int64(i+1) {
+			t.Errorf("output %d: %s", i, e.Data)
+		}
+	}
+	if got := storeGet(t, store, "last"); got != "4" {
+		t.Errorf("last = %s, want 4", got)
 	}
 }
