@@ -39,6 +39,7 @@ var bombs = []bomb{
 	{"match backtracking", `string.match(string.rep("a", 200), ".-.-.-.-b")`, 1, "(timeout)"},
 	{"gmatch backtracking", `for m in string.gmatch(string.rep("a", 200), ".-.-.-.-b") do end`, 1, "(timeout)"},
 	{"gsub backtracking", `string.gsub(string.rep("a", 200), ".-.-.-.-b", "")`, 1, "(timeout)"},
+	{"pcall around a backtracking find", `while true do pcall(string.find, string.rep("a", 200), ".-.-.-.-b") end`, 1, "(timeout)"},
 	{"unpack 1e5", `unpack({}, 1, 1e5)`, 1, "too many results to unpack"},
 	{"string.byte of 1 MiB", `string.byte(string.rep("x", 1048576), 1, -1)`, 1, "string slice too long"},
 	{"gsub 60000 x 60000", `string.gsub(string.rep("x", 60000), "x", string.rep("y", 60000))`, 1, "string.gsub result over"},
