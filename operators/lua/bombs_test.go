@@ -24,7 +24,7 @@ type bomb struct {
 	name   string
 	script string
 	events int    // events sent, one batch each, until one fails
-	want   string // in the failing event's meta.error
+	want   string // in the failing event's meta.error; "": none fails
 }
 
 // bombTimeout and bombMemory are the limits the bombs run under.
@@ -49,6 +49,10 @@ var bombs = []bomb{
 	{"format %s x 2000 of 1 MiB", `local s = string.rep("x", 1048576) local t = {} for i = 1, 2000 do t[i] = s end string.format(string.rep("%s", 2000), unpack(t))`, 1, "string.format result over"},
 	{"globals grown by string.rep", `big = big or {} big[#big + 1] = string.rep("x", 4194304)`, 900, "(max_memory)"},
 	{"globals grown by concatenation", `s = s or string.rep("x", 1048576) big = big or {} big[#big + 1] = s .. #big`, 900, "(max_memory)"},
+	// Substrings kept in globals: each must hold only its own bytes, not
+	// the 4 MiB string or kv value it was cut from; no event fails.
+	{"globals holding substrings", `keep = keep or {} keep[#keep + 1] = string.rep("x", 4194304):sub(1, 10)`, 900, ""},
+	{"globals holding strings of kv values", `if not kv.exists("big") then kv.set("big", {a = string.rep("x", 2000000), b = "y"}) end keep = keep or {} keep[#keep + 1] = kv.get("big").b`, 900, ""},
 	{"globals holding gmatch iterators", `its = its or {} its[#its + 1] = string.gmatch(string.rep("x", 4194304), "x")`, 900, "(max_memory)"},
 }
 
@@ -145,6 +149,9 @@ func TestBombChild(t *testing.T) {
 			continue
 		}
 		msg := gjson.GetBytes(errs[0].Meta, "error").Str
+		if b.want == "" {
+			t.Fatalf("event %d failed: %s", i, msg)
+		}
 		t.Logf("event %d stopped: %s (after %v)", i, msg, took.Round(time.Millisecond))
 		if !strings.Contains(msg, b.want) {
 			t.Errorf("error %q does not contain %q", msg, b.want)
@@ -157,7 +164,16 @@ func TestBombChild(t *testing.T) {
 		}
 		return
 	}
-	t.Fatalf("none of %d events failed", b.events)
+	if b.want != "" {
+		t.Fatalf("none of %d events failed", b.events)
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("all %d events ran, stopped: none, heap %d MiB", b.events, ms.HeapAlloc>>20)
+	if ms.HeapAlloc > 512<<20 {
+		t.Errorf("heap %d MiB after %d events, want under 512 MiB", ms.HeapAlloc>>20, b.events)
+	}
 }
 
 // TestBombDoesNotStallOtherConnectors: a script stuck in a library call
