@@ -49,6 +49,9 @@ var bombs = []bomb{
 	{"format %s x 2000 of 1 MiB", `local s = string.rep("x", 1048576) local t = {} for i = 1, 2000 do t[i] = s end string.format(string.rep("%s", 2000), unpack(t))`, 1, "string.format result over"},
 	{"globals grown by string.rep", `big = big or {} big[#big + 1] = string.rep("x", 4194304)`, 900, "(max_memory)"},
 	{"globals grown by concatenation", `s = s or string.rep("x", 1048576) big = big or {} big[#big + 1] = s .. #big`, 900, "(max_memory)"},
+	{"doubling by concatenation in one run", `local s = string.rep("x", 4194304) for i = 1, 12 do s = s .. s end`, 1, "(max_memory)"},
+	// A moderate state and much garbage: no event fails.
+	{"moderate state, much garbage", `cache = cache or {} cache[#cache % 100 + 1] = string.rep("x", 65536) local tmp = string.rep("y", 4000000) .. "z"`, 300, ""},
 	// Substrings kept in globals: each must hold only its own bytes, not
 	// the 4 MiB string or kv value it was cut from; no event fails.
 	{"globals holding substrings", `keep = keep or {} keep[#keep + 1] = string.rep("x", 4194304):sub(1, 10)`, 900, ""},
