@@ -198,13 +198,14 @@ func TestBombDoesNotStallOtherConnectors(t *testing.T) {
 }
 
 func testBombStall(t *testing.T, events int, timeout time.Duration) {
-	store, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	// Two connectors on one store, as two nodes of a flow sharing a dir.
+	pool, dir := pebblestore.NewPool(), t.TempDir()
 	open := func(ns string) *kv.Connector {
-		c, err := kv.New(store, kv.Options{Namespace: ns, ReclaimInterval: -1})
+		b, err := pool.Open(dir, pebblestore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := kv.New(b, kv.Options{Namespace: ns, ReclaimInterval: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
