@@ -30,8 +30,10 @@ var (
 	// ErrScript reports a script that does not compile, or raised an error
 	// while handling an event (the message holds the chunk name and line).
 	ErrScript = errors.New("lua script error")
-	// ErrLimit reports a script stopped by a per-event limit: Timeout,
-	// MaxMemory, MaxCallDepth, MaxStackSlots or MaxStringBytes.
+	// ErrLimit reports a script stopped by a limit: Timeout, MaxMemory
+	// (during one run, or for the state kept across events),
+	// MaxCallDepth, MaxStackSlots or MaxStringBytes. The message names
+	// the option as the flow file spells it ("(timeout)", "(max_memory)").
 	ErrLimit = errors.New("lua limit exceeded")
 	// ErrMemoryLimit reports a script stopped by MaxMemory; it comes
 	// wrapped together with ErrLimit.

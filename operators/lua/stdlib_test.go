@@ -26,6 +26,8 @@ end
 var lua51 = map[string]string{
 	// A failed match is one nil, not no value.
 	`string.match("abc", "^b")`: "1[nil:nil]",
+	// n = 0 replaces nothing (gopher-lua replaced every match).
+	`string.gsub("abc", "%w", "x", 0)`: "2[string:abc|number:0]",
 }
 
 // TestLibrarySameAsGopherLua: the bounded library functions give the
@@ -62,6 +64,7 @@ func TestLibrarySameAsGopherLua(t *testing.T) {
 		`string.gsub("abc", "%w", function(c) return c:upper() end)`,
 		`string.gsub("abc", "%w", function(c) if c == "b" then return nil end return 1 end)`,
 		`string.gsub("abc", "%w", "x", 2)`,
+		`string.gsub("abc", "%w", "x", 0)`,
 		`string.gsub("abc", "b", "%%")`,
 		`string.gsub("abc", "b", "%x")`,
 		`string.gsub("a b", "%s", "%")`,

@@ -203,7 +203,7 @@ func (v *vm) exec(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outp
 		msg = ae.Object.String()
 	}
 	if strings.Contains(msg, "stack overflow") || strings.Contains(msg, "registry overflow") {
-		return nil, fmt.Errorf("%w: %s (max call depth %d, max stack slots %d)", ErrLimit, msg, v.p.opts.MaxCallDepth, v.p.opts.MaxStackSlots)
+		return nil, fmt.Errorf("%w: %s (max_call_depth %d, max_stack_slots %d)", ErrLimit, msg, v.p.opts.MaxCallDepth, v.p.opts.MaxStackSlots)
 	}
 	return nil, fmt.Errorf("%w: %s", ErrScript, msg)
 }
