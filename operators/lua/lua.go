@@ -272,8 +272,9 @@ var errDeferred = errors.New("lua: event deferred to the next commit group")
 // several when the store's writer runs them: once the scripts of one Run
 // have held the writer for Timeout, the rest of the batch goes to the next
 // Run, so that the commands of other connectors on the store, queued
-// meanwhile, wait for at most about Timeout plus one script's run
-// instead of a whole batch of slow scripts. Events keep their order: a
+// meanwhile, wait for about two Timeouts at most (the writer may commit
+// them in one group with the batch's next part) instead of a whole batch
+// of slow scripts. Events keep their order: a
 // deferred event's script runs after every earlier event's writes are
 // committed.
 func (p *Processor) runGroups(ctx context.Context, fns []func(*kv.Session) error, errs []error) {
