@@ -27,7 +27,6 @@ type bomb struct {
 	want   string // in the failing event's meta.error; "": none fails
 }
 
-
 // bombTimeout and bombMemory are the limits the bombs run under.
 const (
 	bombTimeout = time.Second
