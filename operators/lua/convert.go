@@ -30,7 +30,12 @@ func (v *vm) fromJSON(raw []byte) (glua.LValue, error) {
 		return glua.LNil, fmt.Errorf("%w: malformed JSON", kv.ErrInvalidJSON)
 	}
 	// raw is never modified (event bytes are immutable, kv results belong
-	// to the caller), so strings parsed from it may share its memory.
+	// to the caller), so strings parsed from it may share its memory,
+	// except short strings of a long raw, copied so that keeping them
+	// does not keep raw alive (see cloneBelow). The bytes count as
+	// produced for the memory limit (see memory.go).
+	v.mem.produced += int64(len(raw))
+	v.rawLen = len(raw)
 	return v.fromResult(gjson.Parse(bytesString(raw)), 0)
 }
 
@@ -48,6 +53,9 @@ func (v *vm) fromResult(r gjson.Result, depth int) (glua.LValue, error) {
 	case gjson.Number:
 		return glua.LNumber(r.Num), nil
 	case gjson.String:
+		if v.rawLen > cloneBelow && len(r.Str) < v.rawLen/2 {
+			return glua.LString(strings.Clone(r.Str)), nil
+		}
 		return glua.LString(r.Str), nil
 	}
 	// One pass collects the members on the VM's result stack (nested

@@ -30,8 +30,10 @@ var (
 	// ErrScript reports a script that does not compile, or raised an error
 	// while handling an event (the message holds the chunk name and line).
 	ErrScript = errors.New("lua script error")
-	// ErrLimit reports a script stopped by a per-event limit: Timeout,
-	// MaxMemory, MaxCallDepth, MaxStackSlots or MaxStringBytes.
+	// ErrLimit reports a script stopped by a limit: Timeout, MaxMemory
+	// (during one run, or for the state kept across events),
+	// MaxCallDepth, MaxStackSlots or MaxStringBytes. The message names
+	// the option as the flow file spells it ("(timeout)", "(max_memory)").
 	ErrLimit = errors.New("lua limit exceeded")
 	// ErrMemoryLimit reports a script stopped by MaxMemory; it comes
 	// wrapped together with ErrLimit.
@@ -68,17 +70,20 @@ type Options struct {
 	// machine. Default 5s.
 	Timeout time.Duration
 	// MaxMemory bounds how much the process heap may grow while the script
-	// runs for one event. It is checked by a watchdog only once a run has
-	// lasted a few milliseconds, then every few milliseconds, and measures
-	// the whole process (see the watchdog), so it stops runaway scripts
-	// rather than accounting for small ones. Default 64 MiB.
+	// runs for one event, and the estimated size of the state the script
+	// keeps across events (see memory.go). The first is checked by a
+	// watchdog only once a run has lasted a few milliseconds, then every
+	// few milliseconds, and measures the whole process (see the watchdog),
+	// so it stops runaway scripts rather than accounting for small ones.
+	// Default 64 MiB.
 	MaxMemory int64
 	// MaxCallDepth bounds the Lua call stack (recursion). Default 200.
 	MaxCallDepth int
 	// MaxStackSlots bounds the Lua value stack (registry), the VM's memory
 	// for locals and temporaries. Default 262144 slots.
 	MaxStackSlots int
-	// MaxStringBytes bounds a string built by string.rep, a value converted
+	// MaxStringBytes bounds a string built by one library call (string.rep,
+	// gsub, format, table.concat, ...; see stdlib.go), a value converted
 	// to JSON for kv or emit, and the total size of one event's outputs.
 	// Default 4 MiB.
 	MaxStringBytes int
@@ -138,6 +143,9 @@ type Processor struct {
 	// new one.
 	outBuf []output
 	arena  []byte
+	// Commit groups of a batch, see runGroups.
+	deferOn, deferring bool
+	groupStart         time.Time
 }
 
 var (
@@ -220,20 +228,17 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		// replaces the outputs and log lines of the one before, so only
 		// the run whose writes count is emitted and logged.
 		fns[i] = func(s *kv.Session) error {
+			if p.deferRest() {
+				outs[i], logs[i] = nil, runLogs{}
+				return errDeferred
+			}
 			o, lg, err := p.runOne(ctx, s, ev)
 			outs[i], logs[i] = o, lg
 			return err
 		}
 	}
 	if p.opts.Store != nil {
-		runErrs, err := p.opts.Store.Run(ctx, fns)
-		if err != nil {
-			for i := range errs {
-				errs[i] = err
-			}
-		} else {
-			copy(errs, runErrs)
-		}
+		p.runGroups(ctx, fns, errs)
 	} else {
 		for i, fn := range fns {
 			errs[i] = fn(nil)
@@ -257,6 +262,64 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	clear(p.outBuf)
 	p.outBuf, p.arena = p.outBuf[:0], nil
 	return nil
+}
+
+// errDeferred is returned by the function of an event whose script was
+// not run in this commit group (see deferRest).
+var errDeferred = errors.New("lua: event deferred to the next commit group")
+
+// runGroups runs fns, the scripts of a batch, in one Store.Run, or in
+// several when the store's writer runs them: once the scripts of one Run
+// have held the writer for Timeout, the rest of the batch goes to the next
+// Run, so that the commands of other connectors on the store, queued
+// meanwhile, wait for about two Timeouts at most (the writer may commit
+// them in one group with the batch's next part) instead of a whole batch
+// of slow scripts. Events keep their order: a
+// deferred event's script runs after every earlier event's writes are
+// committed.
+func (p *Processor) runGroups(ctx context.Context, fns []func(*kv.Session) error, errs []error) {
+	// With optimistic execution, scripts run outside the writer and
+	// functions may be called more than once and validated out of call
+	// order, so deferring could reorder writes: one Run.
+	p.deferOn = !p.opts.Store.Options().Optimistic
+	defer func() { p.deferOn = false }()
+	for start := 0; start < len(fns); {
+		p.groupStart, p.deferring = time.Time{}, false
+		runErrs, err := p.opts.Store.Run(ctx, fns[start:])
+		if err != nil {
+			for i := start; i < len(fns); i++ {
+				errs[i] = err
+			}
+			return
+		}
+		next := len(fns)
+		for i, e := range runErrs {
+			if errors.Is(e, errDeferred) {
+				next = start + i
+				break
+			}
+			errs[start+i] = e
+		}
+		start = next
+	}
+}
+
+// deferRest reports whether the event about to run, and every one after
+// it in the Run, is deferred to the next Run: the Run's first event
+// always runs, and the others only while the Run has lasted less than
+// Timeout (see runGroups).
+func (p *Processor) deferRest() bool {
+	if !p.deferOn {
+		return false
+	}
+	now := time.Now()
+	switch {
+	case p.groupStart.IsZero():
+		p.groupStart = now
+	case p.deferring || now.Sub(p.groupStart) >= p.opts.Timeout:
+		p.deferring = true
+	}
+	return p.deferring
 }
 
 // resize returns s with length n, reusing its array when large enough.

@@ -195,7 +195,7 @@ func TestLimits(t *testing.T) {
 		want         string
 	}{
 		{"timeout", `while true do end`, Options{Timeout: 50 * time.Millisecond}, "ran longer than"},
-		{"recursion", `local function f(n) return 1 + f(n + 1) end f(1)`, Options{}, "max call depth"},
+		{"recursion", `local function f(n) return 1 + f(n + 1) end f(1)`, Options{}, "max_call_depth"},
 		{"string.rep", `local s = string.rep("x", 1e9)`, Options{}, "string.rep"},
 		{"outputs", `for i = 1, 100 do emit("out", {s = string.rep("x", 1000)}) end`, Options{MaxStringBytes: 10000}, "outputs total"},
 	}

@@ -13,6 +13,7 @@ import (
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/operators/lua/internal/luapattern"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -43,7 +44,11 @@ type vm struct {
 	scratch  []entry        // table members being encoded, see appendTable
 	results  []gjson.Result // JSON members being converted, see fromResult
 	jsonBase int            // where the value toJSON is encoding starts in dst
+	rawLen   int            // length of the JSON fromJSON is converting
 	tmp      []byte         // encoding of a kv value, copied by the Session
+
+	matcher luapattern.Matcher // pattern matching of the string library
+	mem     memState           // see memory.go
 
 	// The log lines of the current run (see logFn).
 	logs       []logLine
@@ -76,7 +81,7 @@ func (p *Processor) newVM() (*vm, error) {
 		g.RawSetString(name, glua.LNil)
 	}
 	v.sandboxOS()
-	v.sandboxString()
+	v.sandboxLibs()
 	v.null = L.NewUserData()
 	json := L.NewTable()
 	json.RawSetString("null", v.null)
@@ -94,6 +99,7 @@ func (p *Processor) newVM() (*vm, error) {
 	L.SetGlobal("print", logT.RawGetString("info"))
 	L.SetGlobal("kv", v.kvTable())
 	v.fn = L.NewFunctionFromProto(p.proto)
+	v.initMem()
 	return v, nil
 }
 
@@ -126,6 +132,8 @@ func (v *vm) sandboxOS() {
 	}))
 	os.RawSetString("date", L.NewFunction(func(L *glua.LState) int {
 		f := L.OptString(1, "%c")
+		// A conversion writes at most 32 bytes.
+		v.produce(L, "os.date", 32*len(f))
 		t := L.Get(2)
 		if t == glua.LNil {
 			t = glua.LNumber(now().Unix())
@@ -137,28 +145,6 @@ func (v *vm) sandboxOS() {
 		return 1
 	}))
 	L.SetGlobal("os", os)
-}
-
-// sandboxString caps string.rep, the one library call that builds a large
-// string from a small script.
-func (v *vm) sandboxString() {
-	L := v.L
-	str := L.GetGlobal("string").(*glua.LTable)
-	rep := str.RawGetString("rep")
-	max := v.p.opts.MaxStringBytes
-	str.RawSetString("rep", L.NewFunction(func(L *glua.LState) int {
-		s := L.CheckString(1)
-		n := L.CheckInt(2)
-		if n > 0 && len(s) > 0 && len(s)*n > max || n > max {
-			v.limit = fmt.Errorf("%w: string.rep result of %d bytes, limit is %d", ErrLimit, len(s)*n, max)
-			L.RaiseError("%s", v.limit.Error())
-		}
-		L.Push(rep)
-		L.Push(glua.LString(s))
-		L.Push(glua.LNumber(n))
-		L.Call(2, 1)
-		return 1
-	}))
 }
 
 // run executes the script for ev. It returns the events the script
@@ -199,6 +185,9 @@ func (v *vm) exec(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outp
 	err := L.PCall(0, 0, nil)
 	v.p.dog.end()
 	if err == nil {
+		if err := v.checkState(); err != nil {
+			return nil, err
+		}
 		ok = true
 		return p.outBuf[outStart:len(p.outBuf):len(p.outBuf)], nil
 	}
@@ -214,7 +203,7 @@ func (v *vm) exec(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outp
 		msg = ae.Object.String()
 	}
 	if strings.Contains(msg, "stack overflow") || strings.Contains(msg, "registry overflow") {
-		return nil, fmt.Errorf("%w: %s (max call depth %d, max stack slots %d)", ErrLimit, msg, v.p.opts.MaxCallDepth, v.p.opts.MaxStackSlots)
+		return nil, fmt.Errorf("%w: %s (max_call_depth %d, max_stack_slots %d)", ErrLimit, msg, v.p.opts.MaxCallDepth, v.p.opts.MaxStackSlots)
 	}
 	return nil, fmt.Errorf("%w: %s", ErrScript, msg)
 }

@@ -87,7 +87,7 @@ func (w *watchdog) fire() {
 	}
 	var cause error
 	if time.Since(start) > w.timeout {
-		cause = fmt.Errorf("%w: the script ran longer than %v for this event", ErrLimit, w.timeout)
+		cause = fmt.Errorf("%w: the script ran longer than %v for this event (timeout)", ErrLimit, w.timeout)
 	} else {
 		s := []metrics.Sample{{Name: metricHeapObjects}, {Name: metricHeapLive}}
 		metrics.Read(s)
@@ -102,7 +102,7 @@ func (w *watchdog) fire() {
 			metrics.Read(s)
 			live = sampleUint(s[1])
 			if live > base && live-base > w.limit {
-				cause = fmt.Errorf("%w: %w: the process heap grew by %s while the script ran, limit is %s",
+				cause = fmt.Errorf("%w: %w: the process heap grew by %s while the script ran, limit is %s (max_memory)",
 					ErrLimit, ErrMemoryLimit, sizeString(live-base), sizeString(w.limit))
 			}
 			floor = live
