@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/internal/ijson"
 )
 
 // Canonical JSON is how values are stored and compared: object members
@@ -369,38 +371,6 @@ func plainWords(b []byte) int {
 // scanNumber reads a JSON number at the start of b; its literal is its
 // canonical form.
 func scanNumber(b []byte) (int, bool) {
-	i := 0
-	if b[i] == '-' {
-		i++
-	}
-	digits := func() int {
-		n := 0
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-			n++
-		}
-		return n
-	}
-	switch {
-	case i < len(b) && b[i] == '0':
-		i++
-	case digits() == 0:
-		return 0, false
-	}
-	if i < len(b) && b[i] == '.' {
-		i++
-		if digits() == 0 {
-			return 0, false
-		}
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		if digits() == 0 {
-			return 0, false
-		}
-	}
-	return i, true
+	n := ijson.ScanNumber(b)
+	return n, n > 0
 }

@@ -231,7 +231,7 @@ func (c *Checker) check(b []byte) error {
 			}
 			i += 4
 		case ch == '-' || ch >= '0' && ch <= '9':
-			n := scanNumber(b[i:])
+			n := ScanNumber(b[i:])
 			if n <= 0 {
 				return c.errAt(ErrSyntax, i, "malformed number")
 			}
@@ -535,9 +535,9 @@ func plainWords(b []byte) int {
 	return i
 }
 
-// scanNumber returns the length of the JSON number at the start of b, or
-// 0 when it is malformed.
-func scanNumber(b []byte) int {
+// ScanNumber returns the length of the JSON number at the start of b, or
+// 0 when it is malformed (or b is empty).
+func ScanNumber(b []byte) int {
 	i := 0
 	if i < len(b) && b[i] == '-' {
 		i++
