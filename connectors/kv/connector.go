@@ -37,6 +37,9 @@ type Connector struct {
 	// while any is, a read-only batch must queue behind them rather than
 	// read past them.
 	inFlight atomic.Int64
+	// cut orders the batches whose commands were cut off from their
+	// submission to the store's writer (see cut.go).
+	cut cutter
 
 	stop      context.CancelFunc
 	janitor   sync.WaitGroup
@@ -156,6 +159,7 @@ func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline
 		sc.outcome(sc.view(ctx, v, n))
 	default:
 		c.inFlight.Add(1)
+		sc.seq, sc.from, sc.cutFrom, sc.x.submitKeys = c.cut.number(), 0, -1, 0
 		sc.wait = sub.Submit(ctx, sc.fns[:n], sc.txErrs[:n])
 	}
 	return sc.finishFn, nil
@@ -170,6 +174,7 @@ func (sc *batchScratch) finish(ctx context.Context, emit pipeline.Emitter) error
 	switch {
 	case sc.wait != nil:
 		err := sc.wait()
+		sc.runCut(ctx, err)
 		c.inFlight.Add(-1)
 		sc.outcome(err)
 	case sc.deferred:
@@ -240,7 +245,12 @@ type batchScratch struct {
 	readOnly bool // no decoded command of the batch writes
 	wait     func() error
 	deferred bool
-	finishFn pipeline.FinishFunc // sc.finish, bound once
+	// For a batch submitted to the writer: its sequence number (0 when
+	// not submitted), the first slot of the submission running, and the
+	// slot from which its commands were cut off, or -1 (see cut.go).
+	seq           uint64
+	from, cutFrom int
+	finishFn      pipeline.FinishFunc // sc.finish, bound once
 }
 
 // minParallelReads is the smallest read-only batch split between two
@@ -272,7 +282,7 @@ func (sc *batchScratch) view(ctx context.Context, v Viewer, n int) error {
 func (c *Connector) scratch(n int) *batchScratch {
 	sc, _ := c.scratchPool.Get().(*batchScratch)
 	if sc == nil {
-		sc = &batchScratch{c: c, x: execer{c: c}, x2: execer{c: c}}
+		sc = &batchScratch{c: c, x: execer{c: c}, x2: execer{c: c}, cutFrom: -1}
 		sc.finishFn = sc.finish
 	}
 	if cap(sc.cmds) < n {
@@ -293,6 +303,9 @@ func (c *Connector) scratch(n int) *batchScratch {
 // slot returns the TxnFunc running the command of slot j with x.
 func (sc *batchScratch) slot(j int, x *execer) TxnFunc {
 	return func(tx Txn) error {
+		if sc.seq != 0 && x == &sc.x && sc.cutHere(j) {
+			return errCut
+		}
 		i := sc.idx[j]
 		x.begin(tx)
 		x.startEvent()
@@ -314,6 +327,7 @@ func (c *Connector) release(sc *batchScratch) {
 	sc.x2.reset()
 	sc.x.ctx, sc.x2.ctx = nil, nil
 	sc.batch, sc.wait, sc.deferred = nil, nil, false
+	sc.seq, sc.from, sc.cutFrom = 0, 0, -1
 	c.scratchPool.Put(sc)
 }
 

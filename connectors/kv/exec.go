@@ -81,6 +81,9 @@ type execer struct {
 	// used of Options.MaxResultBytes and Options.MaxKeysVisited; see
 	// startEvent.
 	spentBytes, spentKeys int
+	// submitKeys counts the keys visited by the commands of the current
+	// submission to the store's writer (see cut.go).
+	submitKeys int
 }
 
 // ctxEvery is how many keys a scan visits between looks at the context:
@@ -114,6 +117,7 @@ func (x *execer) cancelled(cmd *command) error {
 // every ctxEvery keys, checks that the flow still runs.
 func (x *execer) visit(cmd *command) error {
 	x.spentKeys++
+	x.submitKeys++
 	if x.spentKeys > x.c.opts.MaxKeysVisited {
 		return cmd.errf(ErrBudgetExceeded, "the event visits more than max_keys_visited (%d) keys; raise the connector's max_keys_visited (Options.MaxKeysVisited) or read less per event (a narrower prefix, a smaller limit, keys pages)", x.c.opts.MaxKeysVisited)
 	}
