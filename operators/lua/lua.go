@@ -300,6 +300,19 @@ func (p *Processor) runGroups(ctx context.Context, fns []func(*kv.Session) error
 			}
 			errs[start+i] = e
 		}
+		if next < len(fns) {
+			// Let the commands queued behind this part go first: an
+			// empty Run joins the writer's queue after them and returns
+			// once they are committed. Without it the writer may build
+			// them into one commit group with the next part, and they
+			// would wait for that part's scripts too.
+			if _, err := p.opts.Store.Run(ctx, []func(*kv.Session) error{func(*kv.Session) error { return nil }}); err != nil {
+				for i := next; i < len(fns); i++ {
+					errs[i] = err
+				}
+				return
+			}
+		}
 		start = next
 	}
 }
