@@ -2,6 +2,7 @@ package kv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -24,7 +25,36 @@ import (
 // with the context's error when the ctx given to Run is done.
 type Session struct {
 	x execer
+	// inWriter is set when the function runs in the backend's Update (the
+	// store's writer), not in the optimistic phase; began is when the
+	// writer began the Run's first function.
+	inWriter bool
+	began    time.Time
 }
+
+// WriterHeld returns how long the Run this function belongs to has held
+// the store's writer so far: since the writer began its first function,
+// including time spent waiting for the optimistic phase and applying its
+// results. It is 0 outside the writer.
+func (s *Session) WriterHeld() time.Duration {
+	if !s.InWriter() {
+		return 0
+	}
+	return time.Since(s.began)
+}
+
+// InWriter reports whether the function runs in the backend's Update,
+// where it holds the store's writer, rather than optimistically in the
+// caller's goroutine (false for a nil Session). A function that has held
+// the writer long enough may return ErrDeferred there.
+func (s *Session) InWriter() bool { return s != nil && s.inWriter }
+
+// ErrDeferred, returned (or wrapped) by a function running in the writer
+// (Session.InWriter), defers it and every later function of the same Run
+// call: their errs are ErrDeferred, nothing of theirs is applied, and the
+// caller runs them again in a later Run. It lets a caller bound how long
+// one Run holds the store's writer without reordering its functions.
+var ErrDeferred = errors.New("kv: deferred to a later Run")
 
 // Run runs each fn inside its own TxnFunc of one Backend.Update, so the
 // backend commits them as a group. Every Session call a fn makes is atomic
@@ -66,11 +96,23 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 	sessions := make([]Session, len(fns)) // one allocation, not one per fn
 	v, ok := c.b.(Viewer)
 	if !ok || !c.opts.Optimistic || len(fns) == 0 {
+		deferred := false // see ErrDeferred
+		var began time.Time
 		for i, fn := range fns {
 			txs[i] = func(tx Txn) error {
+				if deferred {
+					return ErrDeferred
+				}
+				if i == 0 {
+					began = time.Now()
+				}
 				s := &sessions[i]
-				*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli(), ctx: ctx}}
-				return fn(s)
+				*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli(), ctx: ctx}, inWriter: true, began: began}
+				err := fn(s)
+				if errors.Is(err, ErrDeferred) {
+					deferred = true
+				}
+				return err
 			}
 		}
 		if err := c.b.Update(ctx, txs, errs); err != nil {
@@ -81,8 +123,19 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 
 	ph := &optPhase{opt: make([]optRun, len(fns))}
 	ph.cond.L = &ph.mu
+	// deferred is set, in the writer, once a fn has returned ErrDeferred:
+	// every later fn is deferred too, its optimistic run not applied, so
+	// that the caller's later Run keeps the order of fns.
+	deferred := false
+	var began time.Time
 	for i, fn := range fns {
 		txs[i] = func(tx Txn) error {
+			if deferred {
+				return ErrDeferred
+			}
+			if i == 0 {
+				began = time.Now()
+			}
 			if ph.take(i) {
 				r := &ph.opt[i]
 				if r.validate(tx) {
@@ -104,8 +157,12 @@ func (c *Connector) run(ctx context.Context, fns []func(s *Session) error, h *ru
 			// to have stopped calling fns.
 			ph.exclusive()
 			s := &sessions[i]
-			*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli(), ctx: ctx}}
-			return fn(s)
+			*s = Session{x: execer{c: c, tx: tx, now: c.opts.Now().UnixMilli(), ctx: ctx}, inWriter: true, began: began}
+			err := fn(s)
+			if errors.Is(err, ErrDeferred) {
+				deferred = true
+			}
+			return err
 		}
 	}
 	// The Update is submitted once the View runs the optimistic phase, so

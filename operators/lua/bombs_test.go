@@ -14,6 +14,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/memstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -204,11 +205,19 @@ func TestBombDoesNotStallOtherConnectors(t *testing.T) {
 		// wait is at most about one timeout, not one per event (five).
 		{"batch of 5", 5, 500 * time.Millisecond, 800 * time.Millisecond},
 	} {
-		t.Run(tt.name, func(t *testing.T) { testBombStall(t, tt.events, tt.timeout, tt.bound) })
+		for _, optimistic := range []bool{false, true} {
+			name := tt.name
+			if optimistic {
+				// Scripts first run beside the writer; the ones that run
+				// in it are deferred the same way, kept results too.
+				name += ", optimistic"
+			}
+			t.Run(name, func(t *testing.T) { testBombStall(t, tt.events, tt.timeout, tt.bound, optimistic) })
+		}
 	}
 }
 
-func testBombStall(t *testing.T, events int, timeout, bound time.Duration) {
+func testBombStall(t *testing.T, events int, timeout, bound time.Duration, optimistic bool) {
 	// Two connectors on one store, as two nodes of a flow sharing a dir.
 	pool, dir := pebblestore.NewPool(), t.TempDir()
 	open := func(ns string) *kv.Connector {
@@ -216,7 +225,7 @@ func testBombStall(t *testing.T, events int, timeout, bound time.Duration) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := kv.New(b, kv.Options{Namespace: ns, ReclaimInterval: -1})
+		c, err := kv.New(b, kv.Options{Namespace: ns, ReclaimInterval: -1, Optimistic: optimistic && ns == "scripts"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -267,27 +276,55 @@ func testBombStall(t *testing.T, events int, timeout, bound time.Duration) {
 // writer past the timeout is committed in several groups, every event
 // run once, in order, with its writes and outputs.
 func TestSlowBatchSplitIntoCommitGroups(t *testing.T) {
-	store := newStore(t, nil)
-	p := newProc(t, `
+	for _, tt := range []struct {
+		name       string
+		pebble     bool
+		optimistic bool
+	}{
+		{"memstore", false, false},
+		{"pebble", true, false},
+		// Scripts run first beside the writer, their results validated and
+		// kept in it (or run again there, the increments conflicting): a
+		// deferral in the writer must defer every later event, kept
+		// results included.
+		{"pebble, optimistic", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var b kv.Backend = memstore.New()
+			if tt.pebble {
+				s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				b = s
+			}
+			store, err := kv.New(b, kv.Options{Namespace: "test", ReclaimInterval: -1, Optimistic: tt.optimistic})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = store.Close(context.Background()) })
+			p := newProc(t, `
 local start = os.clock()
 while os.clock() - start < 0.1 do end
 local n = kv.increment("n")
 kv.set("last", event.data.i)
 emit("out", {i = event.data.i, n = n})`, Options{Store: store, Timeout: 500 * time.Millisecond})
-	batch := make([]pipeline.Event, 8)
-	for i := range batch {
-		batch[i] = ev(fmt.Sprintf(`{"i":%d}`, i), `{}`)
-	}
-	c := process(t, p, batch...)
-	if len(c.out["out"]) != len(batch) || len(c.out["err"]) != 0 {
-		t.Fatalf("outputs: %v", c.out)
-	}
-	for i, e := range c.out["out"] {
-		if gjson.GetBytes(e.Data, "i").Int() != int64(i) || gjson.GetBytes(e.Data, "n").Int() != int64(i+1) {
-			t.Errorf("output %d: %s", i, e.Data)
-		}
-	}
-	if got := storeGet(t, store, "last"); got != "7" {
-		t.Errorf("last = %s, want 7", got)
+			batch := make([]pipeline.Event, 8)
+			for i := range batch {
+				batch[i] = ev(fmt.Sprintf(`{"i":%d}`, i), `{}`)
+			}
+			c := process(t, p, batch...)
+			if len(c.out["out"]) != len(batch) || len(c.out["err"]) != 0 {
+				t.Fatalf("outputs: %v", c.out)
+			}
+			for i, e := range c.out["out"] {
+				if gjson.GetBytes(e.Data, "i").Int() != int64(i) || gjson.GetBytes(e.Data, "n").Int() != int64(i+1) {
+					t.Errorf("output %d: %s", i, e.Data)
+				}
+			}
+			if got := storeGet(t, store, "last"); got != "7" {
+				t.Errorf("last = %s, want 7", got)
+			}
+		})
 	}
 }

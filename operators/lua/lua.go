@@ -144,8 +144,8 @@ type Processor struct {
 	outBuf []output
 	arena  []byte
 	// Commit groups of a batch, see runGroups.
-	deferOn, deferring bool
-	groupStart         time.Time
+	deferOn  bool
+	runStart int // the batch index of the current Run's first event
 }
 
 var (
@@ -228,9 +228,9 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 		// replaces the outputs and log lines of the one before, so only
 		// the run whose writes count is emitted and logged.
 		fns[i] = func(s *kv.Session) error {
-			if p.deferRest() {
+			if s.InWriter() && p.deferRest(s, i) {
 				outs[i], logs[i] = nil, runLogs{}
-				return errDeferred
+				return kv.ErrDeferred
 			}
 			o, lg, err := p.runOne(ctx, s, ev)
 			outs[i], logs[i] = o, lg
@@ -264,10 +264,6 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	return nil
 }
 
-// errDeferred is returned by the function of an event whose script was
-// not run in this commit group (see deferRest).
-var errDeferred = errors.New("lua: event deferred to the next commit group")
-
 // runGroups runs fns, the scripts of a batch, in one Store.Run, or in
 // several when the store's writer runs them: once the scripts of one Run
 // have held the writer for Timeout, the rest of the batch goes to the next
@@ -278,13 +274,14 @@ var errDeferred = errors.New("lua: event deferred to the next commit group")
 // deferred event's script runs after every earlier event's writes are
 // committed.
 func (p *Processor) runGroups(ctx context.Context, fns []func(*kv.Session) error, errs []error) {
-	// With optimistic execution, scripts run outside the writer and
-	// functions may be called more than once and validated out of call
-	// order, so deferring could reorder writes: one Run.
-	p.deferOn = !p.opts.Store.Options().Optimistic
+	// Only the time scripts spend in the writer counts (Session.InWriter):
+	// with optimistic execution, runs in the caller's goroutine hold
+	// nothing, and once a script defers in the writer, kv defers every
+	// later function, optimistic results included, so order holds.
+	p.deferOn = true
 	defer func() { p.deferOn = false }()
 	for start := 0; start < len(fns); {
-		p.groupStart, p.deferring = time.Time{}, false
+		p.runStart = start
 		runErrs, err := p.opts.Store.Run(ctx, fns[start:])
 		if err != nil {
 			for i := start; i < len(fns); i++ {
@@ -294,7 +291,7 @@ func (p *Processor) runGroups(ctx context.Context, fns []func(*kv.Session) error
 		}
 		next := len(fns)
 		for i, e := range runErrs {
-			if errors.Is(e, errDeferred) {
+			if errors.Is(e, kv.ErrDeferred) {
 				next = start + i
 				break
 			}
@@ -317,22 +314,13 @@ func (p *Processor) runGroups(ctx context.Context, fns []func(*kv.Session) error
 	}
 }
 
-// deferRest reports whether the event about to run, and every one after
-// it in the Run, is deferred to the next Run: the Run's first event
-// always runs, and the others only while the Run has lasted less than
-// Timeout (see runGroups).
-func (p *Processor) deferRest() bool {
-	if !p.deferOn {
-		return false
-	}
-	now := time.Now()
-	switch {
-	case p.groupStart.IsZero():
-		p.groupStart = now
-	case p.deferring || now.Sub(p.groupStart) >= p.opts.Timeout:
-		p.deferring = true
-	}
-	return p.deferring
+// deferRest reports, in the writer, whether the event i about to run, and
+// every one after it in the Run (kv defers them, see kv.ErrDeferred), is
+// deferred to the next Run: the Run's first event always runs, and the
+// others only while the Run has held the writer for less than Timeout
+// (see runGroups).
+func (p *Processor) deferRest(s *kv.Session, i int) bool {
+	return p.deferOn && i != p.runStart && s.WriterHeld() >= p.opts.Timeout
 }
 
 // resize returns s with length n, reusing its array when large enough.
