@@ -2,7 +2,6 @@ package kv
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -344,29 +343,9 @@ func scanCanonicalString(b []byte) (int, bool) {
 	return 0, false
 }
 
-// plainWords returns the length of the longest prefix of b made of whole
-// eight-byte words of ASCII other than control characters, '"' and '\\':
-// bytes a canonical string holds as they are. Values are mostly such text, and a
-// word at a time is several times faster than the byte loop around it.
-func plainWords(b []byte) int {
-	const (
-		ones  = 0x0101010101010101
-		highs = 0x8080808080808080
-	)
-	// hasZero reports whether a byte of x is zero; x-c*ones borrows into a
-	// byte's high bit exactly when some byte is below c (for c <= 0x80).
-	hasZero := func(x uint64) bool { return (x-ones)&^x&highs != 0 }
-	i := 0
-	for ; i+8 <= len(b); i += 8 {
-		x := binary.LittleEndian.Uint64(b[i:])
-		if x&highs != 0 || // non-ASCII
-			(x-0x20*ones)&^x&highs != 0 || // a control character
-			hasZero(x^('"'*ones)) || hasZero(x^('\\'*ones)) {
-			break
-		}
-	}
-	return i
-}
+// plainWords returns the length of the longest prefix of b that a
+// canonical string holds as it is, a word at a time (ijson.PlainWords).
+func plainWords(b []byte) int { return ijson.PlainWords(b) }
 
 // scanNumber reads a JSON number at the start of b; its literal is its
 // canonical form.

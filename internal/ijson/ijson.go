@@ -443,7 +443,7 @@ func skipWS(b []byte, i int) int {
 // gives n = -(offset of the problem)-1.
 func scanString(b []byte) (n int, bad error) {
 	for i := 1; i < len(b); {
-		if k := plainWords(b[i:]); k > 0 {
+		if k := PlainWords(b[i:]); k > 0 {
 			i += k
 			continue
 		}
@@ -516,18 +516,23 @@ func hex4(b []byte) (rune, bool) {
 	return r, true
 }
 
-// plainWords returns the length of the longest prefix of b made of whole
-// eight-byte words of ASCII other than control characters, '"' and '\\'.
-func plainWords(b []byte) int {
+// PlainWords returns the length of the longest prefix of b made of whole
+// eight-byte words of ASCII other than control characters, '"' and '\\':
+// bytes a JSON string holds as they are. Text is mostly such bytes, and a
+// word at a time is several times faster than a byte loop around it.
+func PlainWords(b []byte) int {
 	const (
 		ones  = 0x0101010101010101
 		highs = 0x8080808080808080
 	)
+	// hasZero reports whether a byte of x is zero; x-c*ones borrows into a
+	// byte's high bit exactly when some byte is below c (for c <= 0x80).
 	hasZero := func(x uint64) bool { return (x-ones)&^x&highs != 0 }
 	i := 0
 	for ; i+8 <= len(b); i += 8 {
 		x := binary.LittleEndian.Uint64(b[i:])
-		if x&highs != 0 || (x-0x20*ones)&^x&highs != 0 ||
+		if x&highs != 0 || // non-ASCII
+			(x-0x20*ones)&^x&highs != 0 || // a control character
 			hasZero(x^('"'*ones)) || hasZero(x^('\\'*ones)) {
 			break
 		}
