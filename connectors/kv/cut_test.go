@@ -37,24 +37,7 @@ func runStream(t *testing.T, b kv.Backend, opts kv.Options, events []pipeline.Ev
 		}
 		return nil
 	})
-	sink := &orderSink{}
-	g := pipeline.New(pipeline.Options{QueueDepth: 4, StageDepth: 4})
-	for _, err := range []error{
-		g.AddSource("src", src, pipeline.PortOut),
-		g.AddProcessor("kv", conn, kv.Ports()...),
-		g.AddProcessor("out", sink.add(pipeline.PortOut)),
-		g.AddProcessor("err", sink.add(pipeline.PortErr)),
-		g.Link("src", pipeline.PortOut, "kv"),
-		g.Link("kv", pipeline.PortOut, "out"),
-		g.Link("kv", pipeline.PortErr, "err"),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := g.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	sink := runThrough(t, src, conn)
 	got := map[int64]string{}
 	for i, ev := range sink.events {
 		corr := gjson.GetBytes(ev.Meta, "correlation").Int()

@@ -33,6 +33,31 @@ func (s *orderSink) add(port string) pipeline.Processor {
 	})
 }
 
+// runThrough runs src through conn in a flow whose kv node has several
+// batches in flight, and returns what reached its out and err ports.
+func runThrough(t *testing.T, src pipeline.Source, conn *kv.Connector) *orderSink {
+	t.Helper()
+	sink := &orderSink{}
+	g := pipeline.New(pipeline.Options{QueueDepth: 4, StageDepth: 4})
+	for _, err := range []error{
+		g.AddSource("src", src, pipeline.PortOut),
+		g.AddProcessor("kv", conn, kv.Ports()...),
+		g.AddProcessor("out", sink.add(pipeline.PortOut)),
+		g.AddProcessor("err", sink.add(pipeline.PortErr)),
+		g.Link("src", pipeline.PortOut, "kv"),
+		g.Link("kv", pipeline.PortOut, "out"),
+		g.Link("kv", pipeline.PortErr, "err"),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return sink
+}
+
 // TestStagedBatchesApplyInInputOrder runs a flow whose kv node starts
 // several batches before the first finishes: batches that write and
 // batches that only read alternate on the same keys, so a read that ran
@@ -78,24 +103,7 @@ func TestStagedBatchesApplyInInputOrder(t *testing.T) {
 				}
 				return nil
 			})
-			sink := &orderSink{}
-			g := pipeline.New(pipeline.Options{QueueDepth: 4, StageDepth: 4})
-			for _, err := range []error{
-				g.AddSource("src", src, pipeline.PortOut),
-				g.AddProcessor("kv", conn, kv.Ports()...),
-				g.AddProcessor("out", sink.add(pipeline.PortOut)),
-				g.AddProcessor("err", sink.add(pipeline.PortErr)),
-				g.Link("src", pipeline.PortOut, "kv"),
-				g.Link("kv", pipeline.PortOut, "out"),
-				g.Link("kv", pipeline.PortErr, "err"),
-			} {
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := g.Run(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			sink := runThrough(t, src, conn)
 			if len(sink.events) != 2*rounds {
 				t.Fatalf("%d results for %d commands", len(sink.events), 2*rounds)
 			}
