@@ -32,19 +32,11 @@ const (
 	manyKeys               = 200_000
 )
 
-// bombFlow is a flow named NAME (its namespace) on the store in state/,
-// with every outcome on stdout.
-const bombFlow = `name: %s
-connectors:
-  input:   { type: stdin }
-  store:   { type: kv, dir: state }
-  results: { type: stdout }
-links:
-  - input/out -> store/in
-  - input/err -> results/in
-  - store/out -> results/in
-  - store/err -> results/in
-`
+// bombFlow returns badInputFlow named name (its namespace): on the store
+// in state/, with every outcome on stdout.
+func bombFlow(name string) string {
+	return strings.Replace(badInputFlow, "name: bad", "name: "+name, 1)
+}
 
 // bombRun is the outcome of one `flowrun run`.
 type bombRun struct {
@@ -195,7 +187,7 @@ func TestReadBombs(t *testing.T) {
 	flows := map[string]string{}
 	for _, name := range []string{"big", "many"} {
 		flows[name] = filepath.Join(dir, name+".yaml")
-		if err := os.WriteFile(flows[name], []byte(fmt.Sprintf(bombFlow, name)), 0o644); err != nil {
+		if err := os.WriteFile(flows[name], []byte(bombFlow(name)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
