@@ -28,11 +28,15 @@ func (e emitted) String() string { return fmt.Sprintf("%s:%s:%s#%d", e.port, e.d
 type recorder struct{ got []emitted }
 
 func (r *recorder) Emit(port string, ev pipeline.Event) {
-	r.got = append(r.got, emitted{port, string(ev.DataJSON()), string(ev.MetaJSON()), ev.Seq})
+	r.got = append(r.got, emitted{port, string(ev.DataJSON()), string(ev.MetaJSON()), uint64(ev.Origin().Index())})
 }
 
+// testTracker gives test events an origin whose index the recorder shows
+// after '#', so a test sees which input an output derives from.
+var testTracker = pipeline.NewTracker(1<<12, nil, nil)
+
 func ev(data, meta string, seq uint64) pipeline.Event {
-	e := pipeline.Event{Data: []byte(data), Seq: seq}
+	e := testTracker.Track(int(seq), pipeline.Event{Data: []byte(data)})
 	if meta != "" {
 		e.Meta = []byte(meta)
 	}
@@ -399,7 +403,7 @@ func TestPipeline(t *testing.T) {
 	}
 	var copies []pipeline.Event
 	for _, e := range batch {
-		copies = append(copies, pipeline.Event{Data: append([]byte(nil), e.Data...), Meta: append([]byte(nil), e.Meta...), Seq: e.Seq})
+		copies = append(copies, e.Derive(append([]byte(nil), e.Data...), append([]byte(nil), e.Meta...)))
 	}
 	var r recorder
 	if err := p.Process(context.Background(), batch, &r); err != nil {
@@ -493,7 +497,7 @@ func TestPipelineFanOutAndEmpty(t *testing.T) {
 }
 
 // TestPipelineInGraph runs a pipeline as a node of a pipeline.Graph: order
-// and Seq are kept across batches and route ports can be linked.
+// and origins are kept across batches and route ports can be linked.
 func TestPipelineInGraph(t *testing.T) {
 	m := mustOp(t)
 	const n = 500
@@ -504,7 +508,7 @@ func TestPipelineInGraph(t *testing.T) {
 	g := pipeline.New(pipeline.Options{QueueDepth: 2})
 	src := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
 		for i := 0; i < n; i++ {
-			emit.Emit("out", pipeline.Event{Data: []byte(fmt.Sprint(i)), Seq: uint64(i)})
+			emit.Emit("out", testTracker.Track(i, pipeline.Event{Data: []byte(fmt.Sprint(i))}))
 			if i%7 == 0 {
 				if err := emit.Flush(ctx); err != nil {
 					return err

@@ -36,18 +36,21 @@ const (
 type Event struct {
 	Data []byte
 	Meta []byte
-	// Seq is the position of the source event this event derives from,
-	// assigned by sources. Nodes carry it into every event they derive
-	// (use Derive), which lets replay order its output deterministically.
-	Seq uint64
+	// origin is the tracked source event this event derives from; see
+	// Tracker.
+	origin Origin
 }
 
 // Derive returns a new event with the given data and metadata that keeps
-// e's Seq. Every event a node emits in response to e should be built with
-// Derive.
+// e's Origin. Every event a node emits in response to e must be built with
+// Derive, so that the source of e learns when it is done (see Tracker).
 func (e Event) Derive(data, meta []byte) Event {
-	return Event{Data: data, Meta: meta, Seq: e.Seq}
+	return Event{Data: data, Meta: meta, origin: e.origin}
 }
+
+// Origin returns the tracked source event e derives from; the zero Origin
+// when it derives from none.
+func (e Event) Origin() Origin { return e.origin }
 
 // null is the encoding of a nil Data.
 var null = []byte("null")

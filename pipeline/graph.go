@@ -82,17 +82,8 @@ type Graph struct {
 	nodes   map[string]*node
 	order   []*node
 	started bool
+	sinks   int // sink nodes added so far
 
-	// inflight counts batches sent to a node and not yet fully processed
-	// (processed, emitted and flushed); idle is signalled when it drops to
-	// zero. See WaitIdle.
-	inflight atomic.Int64
-	idleMu   sync.Mutex
-	idle     *sync.Cond
-
-	// watchers are called after opts.Unlinked; fixed before Run, so node
-	// goroutines read the slice without locking.
-	watchers []func(node, port string, ev Event)
 	// failed holds the error that stopped the graph (see Err).
 	failed atomic.Pointer[error]
 }
@@ -103,6 +94,8 @@ type node struct {
 	processor Processor
 	ports     []string        // output ports in declaration order
 	portIndex map[string]int  // port name -> index into ports
+	errPort   int             // index of the "err" port, -1 if none
+	sink      int             // SinkID of a processor with no ports, else -1
 	targets   [][]*node       // per port: the nodes it is linked to
 	in        chan []Event    // nil for sources
 	upstream  map[*node]bool  // distinct nodes linked into this one
@@ -114,46 +107,18 @@ type node struct {
 // New returns an empty graph.
 func New(opts Options) *Graph {
 	opts.ensureDefaults()
-	g := &Graph{opts: opts, nodes: map[string]*node{}}
-	g.idle = sync.NewCond(&g.idleMu)
-	return g
+	return &Graph{opts: opts, nodes: map[string]*node{}}
 }
 
-// WaitIdle blocks until no batch is queued or being processed anywhere in
-// the graph, or ctx is done. A source that calls it right after Flush knows
-// that every event derived from what it flushed has reached its sinks; replay
-// uses this to order output deterministically.
-func (g *Graph) WaitIdle(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() {
-		g.idleMu.Lock()
-		g.idle.Broadcast()
-		g.idleMu.Unlock()
-	})
-	defer stop()
-	g.idleMu.Lock()
-	defer g.idleMu.Unlock()
-	for g.inflight.Load() != 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		g.idle.Wait()
+// SinkID returns the id by which Outcome.Reached names the sink node, and
+// false when there is no such node or it is not a sink (a processor with
+// no output ports).
+func (g *Graph) SinkID(name string) (SinkID, bool) {
+	n, ok := g.nodes[name]
+	if !ok || n.sink < 0 {
+		return 0, false
 	}
-	return nil
-}
-
-// WatchUnlinked registers fn to be called for every event emitted on a port
-// that has no link, after Options.Unlinked (which keeps its default
-// logging). It lets a source learn which of its events ended on an unlinked
-// "err" port, by Event.Seq, without replacing the graph's hook. fn is called
-// from the emitting node's goroutine, concurrently for different nodes, so
-// it must be safe for that. WatchUnlinked must be called before Run; after it
-// has started it returns ErrGraphStarted.
-func (g *Graph) WatchUnlinked(fn func(node, port string, ev Event)) error {
-	if g.started {
-		return ErrGraphStarted
-	}
-	g.watchers = append(g.watchers, fn)
-	return nil
+	return SinkID(n.sink), true
 }
 
 // Err returns the error that is stopping (or stopped) the graph because a
@@ -165,14 +130,6 @@ func (g *Graph) Err() error {
 		return *p
 	}
 	return nil
-}
-
-func (g *Graph) batchDone() {
-	if g.inflight.Add(-1) == 0 {
-		g.idleMu.Lock()
-		g.idle.Broadcast()
-		g.idleMu.Unlock()
-	}
 }
 
 func (g *Graph) add(name string, n *node, ports []string) error {
@@ -190,6 +147,14 @@ func (g *Graph) add(name string, n *node, ports []string) error {
 		}
 		n.portIndex[p] = len(n.ports)
 		n.ports = append(n.ports, p)
+	}
+	n.errPort, n.sink = -1, -1
+	if i, ok := n.portIndex[PortErr]; ok {
+		n.errPort = i
+	}
+	if n.processor != nil && len(n.ports) == 0 {
+		n.sink = g.sinks
+		g.sinks++
 	}
 	n.targets = make([][]*node, len(n.ports))
 	n.counts = make([]atomic.Uint64, len(n.ports))
@@ -345,19 +310,25 @@ func (g *Graph) Run(ctx context.Context) error {
 				if err := em.Flush(hard); err != nil {
 					fail(n, err)
 				}
+				em.discard()
 			} else if sp, ok := n.processor.(StagedProcessor); ok && g.opts.StageDepth > 1 {
 				g.runStaged(hard, n, sp, em, fail)
 			} else {
-				g.receive(hard, n, func(batch []Event, taken int) {
+				g.receive(hard, n, func(batch []Event) {
+					var flags uint32
 					if err := n.processor.Process(hard, batch, em); err != nil {
 						fail(n, err)
+						flags = flagFailed
 					} else if err := em.Flush(hard); err != nil {
 						fail(n, err)
+						flags = flagFailed
 					}
-					for range taken {
-						g.batchDone()
+					if flags != 0 {
+						em.discard()
 					}
+					n.releaseAll(batch, flags)
 				})
+				em.discard()
 			}
 			if c, ok := nodeCloser(n); ok {
 				// A node that fails to close has already emitted all it
@@ -375,11 +346,10 @@ func (g *Graph) Run(ctx context.Context) error {
 	return firstErr
 }
 
-// started is a batch a StagedProcessor has started: its FinishFunc and how
-// many queued batches it stands for.
+// started is a batch a StagedProcessor has started and its FinishFunc.
 type started struct {
 	finish FinishFunc
-	taken  int
+	batch  []Event
 }
 
 // runStaged feeds n's input to sp: this goroutine starts batches in order
@@ -394,74 +364,85 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 		for s := range queue {
 			// Called even when failing: the processor may hold resources
 			// (or writes in flight) until its FinishFunc returns.
+			var flags uint32
 			if err := s.finish(hard, em); err != nil {
 				fail(n, err)
+				flags = flagFailed
 			} else if err := em.Flush(hard); err != nil {
 				fail(n, err)
+				flags = flagFailed
 			}
-			for range s.taken {
-				g.batchDone()
+			if flags != 0 {
+				em.discard()
 			}
+			n.releaseAll(s.batch, flags)
 		}
+		em.discard()
 	}()
-	g.receive(hard, n, func(batch []Event, taken int) {
+	g.receive(hard, n, func(batch []Event) {
 		finish, err := sp.Start(hard, batch)
 		if err != nil {
 			fail(n, err)
-			for range taken {
-				g.batchDone()
-			}
+			n.releaseAll(batch, flagFailed)
 			return
 		}
-		queue <- started{finish: finish, taken: taken}
+		queue <- started{finish: finish, batch: batch}
 	})
 	close(queue)
 	<-finished
 }
 
 // receive hands each batch arriving at n, merged with those queued behind
-// it (see coalesce), to handle, which must call batchDone once per queued
-// batch it stands for (taken) when done with it. Once the graph is
-// failing, batches are discarded instead, so upstream never blocks.
-func (g *Graph) receive(hard context.Context, n *node, handle func(batch []Event, taken int)) {
+// it (see coalesce), to handle, which must release the batch's events
+// (releaseAll) once done with them. Once the graph is failing, batches are
+// discarded instead, their events released as failed, so upstream never
+// blocks.
+func (g *Graph) receive(hard context.Context, n *node, handle func(batch []Event)) {
 	for batch := range n.in {
 		if hard.Err() != nil {
-			g.batchDone()
+			n.releaseAll(batch, flagFailed)
 			continue
 		}
-		batch, taken := g.coalesce(n, batch)
+		batch = g.coalesce(n, batch)
 		n.received.Add(uint64(len(batch)))
-		handle(batch, taken)
+		handle(batch)
+	}
+}
+
+// releaseAll drops the reference each tracked event of batch holds as input
+// of n, after setting flags (and n's sink bit when n is a sink).
+func (n *node) releaseAll(batch []Event, flags uint32) {
+	for i := range batch {
+		if o := batch[i].origin; o.t != nil {
+			o.t.release(o.i, flags, n.sink)
+		}
 	}
 }
 
 // coalesce appends to first the batches already waiting in n's queue, up to
 // Options.MaxCoalesce events, so that a node that fell behind catches up
 // with fewer, larger Process calls (for the kv connector: larger commit
-// groups, one fsync each). Order is kept. It returns the batch to process
-// and how many queued batches it stands for.
-func (g *Graph) coalesce(n *node, first []Event) (batch []Event, taken int) {
+// groups, one fsync each). Order is kept.
+func (g *Graph) coalesce(n *node, first []Event) []Event {
 	if len(n.in) == 0 || len(first) >= g.opts.MaxCoalesce {
-		return first, 1
+		return first
 	}
 	// Downstream nodes may still hold the slice handed over last time, so
 	// a merged batch always gets a fresh backing array.
 	merged := append(make([]Event, 0, g.opts.MaxCoalesce), first...)
-	taken = 1
 	for len(merged) < g.opts.MaxCoalesce {
 		select {
 		case next, ok := <-n.in:
 			if !ok {
-				return merged, taken
+				return merged
 			}
 			merged = append(merged, next...)
-			taken++
 			continue
 		default:
 		}
 		break
 	}
-	return merged, taken
+	return merged
 }
 
 // stoppedBy reports whether err is just ctx's own cancellation, which is
@@ -511,10 +492,30 @@ func (e *emitter) Emit(port string, ev Event) {
 			e.n.counts[i].Add(1)
 		}
 		e.g.opts.Unlinked(e.n.name, port, ev)
-		for _, w := range e.g.watchers {
-			w(e.n.name, port, ev)
+		if o := ev.origin; o.t != nil {
+			flags := flagUnlinked
+			if port == PortErr {
+				flags = flagErr | flagUnlinkedErr
+				o.t.note(o.i, e.n.name, ev.Meta)
+			}
+			if e.n.source != nil {
+				// A source's event is held by nothing else: it is
+				// done as soon as it is emitted here.
+				o.t.ref(o.i, 1, flags)
+				o.t.release(o.i, 0, -1)
+			} else {
+				o.t.ref(o.i, 0, flags)
+			}
 		}
 		return
+	}
+	if o := ev.origin; o.t != nil {
+		var flags uint32
+		if i == e.n.errPort {
+			flags = flagErr
+			o.t.note(o.i, e.n.name, ev.Meta)
+		}
+		o.t.ref(o.i, len(e.n.targets[i]), flags)
 	}
 	e.buf[i] = append(e.buf[i], ev)
 }
@@ -530,12 +531,10 @@ func (e *emitter) Flush(ctx context.Context) error {
 		}
 		targets := e.n.targets[i]
 		for e.sent[i] < len(targets) {
-			e.g.inflight.Add(1)
 			select {
 			case targets[e.sent[i]].in <- batch:
 				e.sent[i]++
 			case <-ctx.Done():
-				e.g.batchDone()
 				return context.Cause(ctx)
 			}
 		}
@@ -544,6 +543,26 @@ func (e *emitter) Flush(ctx context.Context) error {
 		e.sent[i] = 0
 	}
 	return nil
+}
+
+// discard drops what is still queued once the node has failed or its
+// Flush failed (the graph is failing): each tracked event is released as
+// failed once for every target it did not reach. It is called at once, not
+// when the node ends, because a source may wait for those completions
+// before it ends.
+func (e *emitter) discard() {
+	for i, batch := range e.buf {
+		missed := len(e.n.targets[i]) - e.sent[i]
+		for _, ev := range batch {
+			if o := ev.origin; o.t != nil {
+				for range missed {
+					o.t.release(o.i, flagFailed, -1)
+				}
+			}
+		}
+		e.buf[i] = nil
+		e.sent[i] = 0
+	}
 }
 
 // PortCount is the number of events one node emitted on one port.

@@ -139,7 +139,6 @@ func runReplay(ctx context.Context, e env, flowPath, inputPath string, f replayF
 	if err != nil {
 		return err
 	}
-	src.Graph = built.Graph
 
 	obs.started(flow, flowPath, built.Graph)
 	stopProgress := startProgress(e, f.quiet, progress{

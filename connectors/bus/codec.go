@@ -57,11 +57,11 @@ var ErrNotJSON = errors.New("message payload is not JSON")
 // instead, as the JSON-lines sources do.)
 var ErrNotIJSON = errors.New("message is not I-JSON")
 
-// ToEvent converts a message into an event with the given Seq. A payload that
+// ToEvent converts a message into an event. A payload that
 // is not JSON gives an error wrapping ErrNotJSON and an event suitable for
 // an "err" port: its data is the payload as a JSON string and its meta
 // carries the message metadata plus "error".
-func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
+func ToEvent(msg *message.Message) (pipeline.Event, error) {
 	var check ijson.Checker
 	meta, merr := metaFromMetadata(&check, msg.Metadata, msg.UUID)
 	payload := bytes.TrimSpace(msg.Payload)
@@ -70,7 +70,7 @@ func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
 	case merr != nil:
 		err = merr
 	case len(payload) == 0:
-		return pipeline.Event{Data: nil, Meta: meta, Seq: seq}, nil
+		return pipeline.Event{Data: nil, Meta: meta}, nil
 	default:
 		rep, cerr := check.Check(payload, "data")
 		switch {
@@ -80,14 +80,14 @@ func ToEvent(msg *message.Message, seq uint64) (pipeline.Event, error) {
 			err = fmt.Errorf("%w: %w", ErrNotIJSON, cerr)
 		case rep.BadString != nil:
 			// As the JSON-lines sources do: every component reads U+FFFD.
-			return pipeline.Event{Data: ijson.Repair(nil, payload), Meta: meta, Seq: seq}, nil
+			return pipeline.Event{Data: ijson.Repair(nil, payload), Meta: meta}, nil
 		default:
-			return pipeline.Event{Data: append([]byte(nil), payload...), Meta: meta, Seq: seq}, nil
+			return pipeline.Event{Data: append([]byte(nil), payload...), Meta: meta}, nil
 		}
 	}
 	raw, _ := json.Marshal(string(msg.Payload)) // invalid UTF-8 becomes U+FFFD
 	meta = setString(meta, "error", "message "+msg.UUID+": "+err.Error())
-	return pipeline.Event{Data: raw, Meta: meta, Seq: seq}, err
+	return pipeline.Event{Data: raw, Meta: meta}, err
 }
 
 // ToMessage converts an event into a message with a new UUID.

@@ -41,12 +41,12 @@ func TestEventRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := pipeline.Event{Data: []byte(tt.data), Meta: []byte(tt.meta), Seq: 7}
+			in := pipeline.Event{Data: []byte(tt.data), Meta: []byte(tt.meta)}
 			msg := ToMessage(in)
 			if c := gjson.Get(tt.meta, "correlation"); c.Exists() && msg.Metadata.Get(CorrelationKey) == "" {
 				t.Errorf("correlation not carried in %s: %v", CorrelationKey, msg.Metadata)
 			}
-			out, err := ToEvent(msg, 9)
+			out, err := ToEvent(msg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -62,8 +62,8 @@ func TestEventRoundTrip(t *testing.T) {
 			if string(withoutMessageID(t, out.Meta)) != want {
 				t.Errorf("meta = %s, want %s", out.Meta, want)
 			}
-			if string(out.DataJSON()) != string(in.DataJSON()) || out.Seq != 9 {
-				t.Errorf("data = %s seq %d, want %s seq 9", out.DataJSON(), out.Seq, in.DataJSON())
+			if string(out.DataJSON()) != string(in.DataJSON()) {
+				t.Errorf("data = %s, want %s", out.DataJSON(), in.DataJSON())
 			}
 		})
 	}
@@ -94,7 +94,7 @@ func TestToEventFromForeignMessages(t *testing.T) {
 			for k, v := range tt.metadata {
 				msg.Metadata.Set(k, v)
 			}
-			ev, err := ToEvent(msg, 1)
+			ev, err := ToEvent(msg)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -147,7 +147,7 @@ func TestToEventIJSON(t *testing.T) {
 			for k, v := range tt.metadata {
 				msg.Metadata.Set(k, v)
 			}
-			ev, err := ToEvent(msg, 1)
+			ev, err := ToEvent(msg)
 			if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -186,7 +186,7 @@ func TestToMessageIsValidUTF8JSON(t *testing.T) {
 				t.Errorf("metadata %q: %q is not valid UTF-8", k, v)
 			}
 		}
-		if _, err := ToEvent(msg, 1); err != nil {
+		if _, err := ToEvent(msg); err != nil {
 			t.Errorf("reading back %v: %v", msg.Metadata, err)
 		}
 	}

@@ -66,7 +66,7 @@ links:
 		select {
 		case m := <-out:
 			m.Ack()
-			ev, err := bus.ToEvent(m, 0)
+			ev, err := bus.ToEvent(m)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -77,7 +77,7 @@ func (w *outputWatcher) poll(d time.Duration) {
 			return
 		}
 		wm, _ := natsUnmarshaler{}.Unmarshal(m)
-		ev, err := ToEvent(wm, 0)
+		ev, err := ToEvent(wm)
 		corr := gjson.GetBytes(ev.Meta, "correlation").String()
 		op := gjson.GetBytes(ev.Meta, "kv.op").String()
 		n, _ := strconv.Atoi(strings.TrimPrefix(corr, "m-"))

@@ -70,7 +70,7 @@ func readSubject(t *testing.T, url, subject string, want int, timeout time.Durat
 		}
 		wm, err := natsUnmarshaler{}.Unmarshal(m)
 		must(t, err)
-		ev, err := ToEvent(wm, 0)
+		ev, err := ToEvent(wm)
 		must(t, err)
 		out = append(out, ev)
 	}

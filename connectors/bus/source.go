@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -20,7 +19,8 @@ import (
 
 // Defaults for SourceOptions.
 const (
-	// DefaultWindow is the most messages acknowledged together.
+	// DefaultWindow is the most messages emitted together, and the most
+	// a broker lets the source hold unacknowledged.
 	DefaultWindow = 256
 	// DefaultLinger is how long a window waits for one more message before
 	// it is processed with what it has.
@@ -42,26 +42,36 @@ const (
 // ErrSubscribe reports a subscription that could not be made.
 var ErrSubscribe = errors.New("cannot subscribe")
 
-// Graph is what a Source needs of the graph it feeds; *pipeline.Graph
-// implements it.
+// ErrUnknownSink reports a SourceOptions.FailSinks entry that is not a
+// sink of the graph.
+var ErrUnknownSink = errors.New("unknown sink")
+
+// Graph is what a Source needs of the graph it feeds: the ids of the sinks
+// named by SourceOptions.FailSinks. *pipeline.Graph implements it.
 type Graph interface {
-	// WaitIdle blocks until every event fed so far has been processed.
-	WaitIdle(ctx context.Context) error
-	// WatchUnlinked observes events that reach unlinked ports.
-	WatchUnlinked(fn func(node, port string, ev pipeline.Event)) error
-	// Err reports a node failure that made the graph discard events.
-	Err() error
+	SinkID(name string) (pipeline.SinkID, bool)
 }
+
+// What counts as a failed message (SourceOptions.FailOn).
+const (
+	// FailOnUnlinkedErr fails a message when an event derived from it
+	// reaches an "err" port with no link: a failure the flow did not
+	// handle. A linked "err" port handles the failure.
+	FailOnUnlinkedErr = "unlinked_err"
+	// FailOnErr fails a message when an event derived from it reaches any
+	// "err" port, linked or not.
+	FailOnErr = "err"
+)
 
 // SourceOptions configure a Source.
 type SourceOptions struct {
-	// Name is the source node's name, used in logs and errors and to give
-	// this source a Seq range of its own. Default "bus".
+	// Name is the source node's name, used in logs and errors. Default
+	// "bus".
 	Name string
 	// Topic is the topic (NATS subject) subscribed to. Required.
 	Topic string
-	// Window is the most messages emitted, then acknowledged, together.
-	// Default DefaultWindow.
+	// Window is the most messages emitted together; each is acknowledged
+	// on its own as soon as it is done. Default DefaultWindow.
 	Window int
 	// Linger is how long a window waits for one more message before it is
 	// processed with what it has. Default DefaultLinger.
@@ -73,6 +83,12 @@ type SourceOptions struct {
 	// DeadLetter is the topic failed messages are published to. Default
 	// Topic + DeadLetterSuffix.
 	DeadLetter string
+	// FailOn says which "err" events fail the message they derive from:
+	// FailOnUnlinkedErr or FailOnErr. Default FailOnUnlinkedErr.
+	FailOn string
+	// FailSinks names sinks of the graph (a dead-letter file, say) whose
+	// receiving an event derived from a message fails the message too.
+	FailSinks []string
 	// OnClose, when set, is called by Close after the subscription has
 	// ended, to release what the source owns (a broker connection).
 	OnClose func() error
@@ -98,23 +114,27 @@ func (o *SourceOptions) EnsureDefaults() {
 	if o.DeadLetter == "" {
 		o.DeadLetter = o.Topic + DeadLetterSuffix
 	}
+	if o.FailOn == "" {
+		o.FailOn = FailOnUnlinkedErr
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 }
 
 // Source is a pipeline.Source that emits the messages of a topic as events
-// on "out" (and payloads that are not JSON on "err") and acknowledges them
-// only once the graph has handled everything derived from them.
+// on "out" (and payloads that are not JSON on "err") and acknowledges each
+// message as soon as everything derived from it is done (pipeline.Tracker),
+// whatever other messages or sources are doing.
 //
-// Run works in windows: it takes up to Window messages (fewer when none
-// arrives for Linger), gives each a Seq of its own, emits and flushes them,
-// and waits until the graph is idle. Then each message is acked, unless an
-// event derived from it reached an unlinked "err" port (anywhere in the
-// graph): such a message is nacked for redelivery, or, once it has been
-// delivered MaxDeliveries times (or if its payload is not JSON, which no
-// retry fixes), published to DeadLetter with metadata "error" and acked.
-// If a node fails, the graph discards events, so the window is nacked.
+// Run emits messages in windows of up to Window (fewer when none arrives
+// for Linger), without waiting for earlier windows to finish. When a
+// message is done it is acked, unless it failed (see SourceOptions.FailOn
+// and FailSinks): a failed message is nacked for redelivery, or, once it has
+// been delivered MaxDeliveries times (or if its payload is not JSON, which
+// no retry fixes), published to DeadLetter with metadata "error" and acked.
+// A message whose events the graph discarded because a node failed is
+// nacked.
 //
 // A message whose broker delivery count (JetStream's NumDelivered) is
 // already over MaxDeliveries when it arrives is dead-lettered and acked
@@ -124,24 +144,38 @@ func (o *SourceOptions) EnsureDefaults() {
 // crash-looping forever. The in-process bus gives no count (and loses its
 // messages with the process anyway).
 //
-// When Run's context is cancelled, the source stops taking messages,
-// finishes the window in flight (acking it) and returns.
+// When Run's context is cancelled, the source stops taking messages, waits
+// until every message it emitted is settled (the graph drains them) and
+// returns.
 type Source struct {
-	sub    message.Subscriber
-	dead   message.Publisher
-	graph  Graph
-	opts   SourceOptions
-	msgs   <-chan *message.Message
-	cancel context.CancelFunc
-	base   uint64 // high bits of this source's Seqs
+	sub       message.Subscriber
+	dead      message.Publisher
+	graph     Graph
+	opts      SourceOptions
+	msgs      <-chan *message.Message
+	cancel    context.CancelFunc
+	failSinks []pipeline.SinkID // resolved by Run
 
-	next uint64 // low bits of the next Seq; only Run touches it
+	// pending counts emitted messages not yet settled.
+	pending sync.WaitGroup
+	// Failed messages are settled (nacked or dead-lettered, which
+	// publishes) by the settler goroutine, not by the graph goroutine
+	// that completed them.
+	wake        chan struct{}
+	settlerDone chan struct{}
 
 	mu      sync.Mutex
-	first   uint64         // Seq of the window's first message
-	failure []string       // per window message: why it failed ("" = ok)
+	queue   []failed       // failed messages waiting for the settler
+	stopped bool           // the settler has stopped: settle inline
 	tries   map[string]int // deliveries seen, by UUID, when the bus has no count
 	closed  bool
+}
+
+// failed is a message that failed, waiting to be settled.
+type failed struct {
+	m         *message.Message
+	failure   string
+	permanent bool
 }
 
 // NewSource subscribes to opts.Topic and returns a source feeding graph
@@ -153,21 +187,19 @@ func NewSource(ctx context.Context, sub message.Subscriber, dead message.Publish
 	if opts.Topic == "" {
 		return nil, fmt.Errorf("source %s: %w: no topic", opts.Name, ErrSubscribe)
 	}
-	if graph == nil {
-		return nil, fmt.Errorf("source %s: %w: no graph to wait for", opts.Name, ErrSubscribe)
+	if opts.FailOn != FailOnUnlinkedErr && opts.FailOn != FailOnErr {
+		return nil, fmt.Errorf("source %s: %w: fail_on %q: want %q or %q", opts.Name, ErrSubscribe, opts.FailOn, FailOnUnlinkedErr, FailOnErr)
 	}
-	h := fnv.New32a()
-	h.Write([]byte(opts.Name))
+	if len(opts.FailSinks) > 0 && graph == nil {
+		return nil, fmt.Errorf("source %s: %w: no graph to find fail sinks in", opts.Name, ErrSubscribe)
+	}
 	s := &Source{
 		sub: sub, dead: dead, graph: graph, opts: opts,
-		// The top bit keeps these Seqs apart from line-numbered sources,
-		// the name hash apart from other bus sources of the flow.
-		base:  1<<63 | uint64(h.Sum32()&0x7fffffff)<<32,
-		tries: map[string]int{},
+		tries:       map[string]int{},
+		wake:        make(chan struct{}, 1),
+		settlerDone: make(chan struct{}),
 	}
-	if err := graph.WatchUnlinked(s.watch); err != nil {
-		return nil, fmt.Errorf("source %s: %w", opts.Name, err)
-	}
+	go s.settler()
 	// The subscription outlives Build's context: it ends at Close.
 	subCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	msgs, err := sub.Subscribe(subCtx, opts.Topic)
@@ -182,37 +214,34 @@ func NewSource(ctx context.Context, sub message.Subscriber, dead message.Publish
 // Ports are the output ports of a Source.
 func Ports() []string { return []string{pipeline.PortOut, pipeline.PortErr} }
 
-// watch records which window messages an unlinked "err" event derives from.
-func (s *Source) watch(node, port string, ev pipeline.Event) {
-	if port != pipeline.PortErr {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := ev.Seq - s.first
-	if ev.Seq < s.first || i >= uint64(len(s.failure)) || s.failure[i] != "" {
-		return
-	}
-	reason := gjson.GetBytes(ev.Meta, "error").String()
-	if reason == "" {
-		reason = "event on err port"
-	}
-	s.failure[i] = "node " + node + ": " + reason
-}
-
 // Run implements pipeline.Source.
 func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
+	s.failSinks = s.failSinks[:0]
+	for _, name := range s.opts.FailSinks {
+		id, ok := s.graph.SinkID(name)
+		if !ok {
+			return fmt.Errorf("source %s: fail sink %q: %w", s.opts.Name, name, ErrUnknownSink)
+		}
+		s.failSinks = append(s.failSinks, id)
+	}
 	for {
 		window, open := s.collect(ctx)
 		if len(window) > 0 {
 			if err := s.process(ctx, emit, window); err != nil {
+				// The graph is failing: what it holds completes as
+				// failed (and is nacked) while it shuts down.
 				return err
 			}
 		}
 		if !open || ctx.Err() != nil {
-			return nil
+			break
 		}
 	}
+	// Every message emitted completes, the graph draining what is in
+	// flight; return once all are settled, so that Close does not end the
+	// subscription under their acks.
+	s.pending.Wait()
+	return nil
 }
 
 // collect waits for a first message, then takes more until the window is
@@ -251,66 +280,102 @@ func (s *Source) collect(ctx context.Context) (window []*message.Message, open b
 	return window, true
 }
 
-// process emits a window, waits for the graph to handle it and settles
-// every message.
+// process emits a window of messages, each tracked, and flushes it; each
+// message is settled when it completes (see completed).
 func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, window []*message.Message) error {
-	if s.next+uint64(len(window)) > 1<<32 {
-		s.next = 0 // wrap before the low bits would spill into the name hash
-	}
-	first := s.base | s.next
-	s.mu.Lock()
-	s.first = first
-	s.failure = make([]string, len(window))
-	s.mu.Unlock()
 	permanent := make([]bool, len(window))
-	overdue := make([]bool, len(window))
+	tr := pipeline.NewTracker(len(window), func(i int, o pipeline.Outcome) {
+		s.completed(window[i], permanent[i], o)
+	}, nil)
 	for i, m := range window {
 		if n, ok := brokerDeliveries(m); ok && n > s.opts.MaxDeliveries {
 			// Delivered more than MaxDeliveries times although each
 			// failure is dead-lettered at MaxDeliveries: the earlier
 			// deliveries were never settled, so the process handling them
 			// died. Set the message aside instead of running it again.
-			overdue[i] = true
 			s.setAside(m, n)
 			continue
 		}
-		ev, err := ToEvent(m, first+uint64(i))
+		s.pending.Add(1)
+		ev, err := ToEvent(m)
 		if err != nil {
 			permanent[i] = true
-			emit.Emit(pipeline.PortErr, ev)
+			emit.Emit(pipeline.PortErr, tr.Track(i, ev))
 			continue
 		}
-		emit.Emit(pipeline.PortOut, ev)
+		emit.Emit(pipeline.PortOut, tr.Track(i, ev))
 	}
-	s.next += uint64(len(window))
-	// The window is finished even when a shutdown signal arrives meanwhile:
-	// the graph drains what was emitted, and the acks must follow.
-	hold := context.WithoutCancel(ctx)
-	err := emit.Flush(hold)
-	if err == nil {
-		err = s.graph.WaitIdle(hold)
+	// The window is handed over even when a shutdown signal arrives
+	// meanwhile: the graph drains what was emitted, and the acks follow.
+	return emit.Flush(context.WithoutCancel(ctx))
+}
+
+// completed settles m, whose events are all done: ack when it did not fail,
+// nack when the graph discarded its events, and otherwise hand it to the
+// settler (retry or dead letter).
+func (s *Source) completed(m *message.Message, permanent bool, o pipeline.Outcome) {
+	defer s.pending.Done()
+	if o.Failed() {
+		m.Nack()
+		return
 	}
-	if err == nil {
-		err = s.graph.Err()
+	failure := s.failure(o)
+	if failure == "" {
+		s.forget(m)
+		m.Ack()
+		return
 	}
 	s.mu.Lock()
-	failure := s.failure
-	s.failure = nil
+	if s.stopped {
+		s.mu.Unlock()
+		s.settle(m, failure, permanent)
+		return
+	}
+	s.queue = append(s.queue, failed{m: m, failure: failure, permanent: permanent})
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 	s.mu.Unlock()
-	if err != nil {
-		for i, m := range window {
-			if !overdue[i] {
-				m.Nack()
+}
+
+// failure says why o fails its message under SourceOptions.FailOn and
+// FailSinks, or "" when it does not.
+func (s *Source) failure(o pipeline.Outcome) string {
+	if o.UnlinkedErr() || (o.Errored() && s.opts.FailOn == FailOnErr) {
+		node, meta := o.ErrEvent()
+		reason := gjson.GetBytes(meta, "error").String()
+		if reason == "" {
+			reason = "event on err port"
+		}
+		return "node " + node + ": " + reason
+	}
+	for i, id := range s.failSinks {
+		if o.Reached(id) {
+			return "reached sink " + s.opts.FailSinks[i]
+		}
+	}
+	return ""
+}
+
+// settler settles failed messages until Close stops it, then settles
+// what is left.
+func (s *Source) settler() {
+	defer close(s.settlerDone)
+	for range s.wake {
+		for {
+			s.mu.Lock()
+			q := s.queue
+			s.queue = nil
+			s.mu.Unlock()
+			if len(q) == 0 {
+				break
+			}
+			for _, f := range q {
+				s.settle(f.m, f.failure, f.permanent)
 			}
 		}
-		return err
 	}
-	for i, m := range window {
-		if !overdue[i] {
-			s.settle(m, failure[i], permanent[i])
-		}
-	}
-	return nil
 }
 
 // setAside dead-letters m, delivered n times, without processing it, and
@@ -414,10 +479,11 @@ func (s *Source) deadLetter(m *message.Message, reason string) error {
 	return s.dead.Publish(s.opts.DeadLetter, dl)
 }
 
-// Close ends the subscription. Messages the subscriber was still handing
-// over are nacked so that they are redelivered promptly, then OnClose
-// releases the connection. The final window was acked by Run before Close
-// is called.
+// Close ends the subscription. Failed messages still queued are settled,
+// messages the subscriber was still handing over are nacked so that they
+// are redelivered promptly, then OnClose releases the connection. Run
+// settled every message it emitted before returning (unless the graph
+// failed).
 func (s *Source) Close(context.Context) error {
 	s.mu.Lock()
 	if s.closed {
@@ -425,7 +491,17 @@ func (s *Source) Close(context.Context) error {
 		return nil
 	}
 	s.closed = true
+	s.stopped = true
+	close(s.wake)
 	s.mu.Unlock()
+	<-s.settlerDone
+	s.mu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	for _, f := range q {
+		s.settle(f.m, f.failure, f.permanent)
+	}
 	t := time.NewTimer(closeDrainWait)
 	defer t.Stop()
 drain:

@@ -189,7 +189,7 @@ func TestSourceDeadLettersAfterMaxDeliveries(t *testing.T) {
 	}
 	cancel()
 	must(t, <-done)
-	ev, err := ToEvent(dl, 0)
+	ev, err := ToEvent(dl)
 	must(t, err)
 	if c := gjson.GetBytes(ev.Meta, "correlation").Raw; c != "2" {
 		t.Errorf("dead letter correlation = %s, want 2 (meta %s)", c, ev.Meta)
@@ -281,8 +281,11 @@ func TestNewSourceErrors(t *testing.T) {
 	if _, err := NewSource(context.Background(), sub, nil, g, SourceOptions{}); !errors.Is(err, ErrSubscribe) {
 		t.Errorf("no topic: %v", err)
 	}
-	if _, err := NewSource(context.Background(), sub, nil, nil, SourceOptions{Topic: "t"}); !errors.Is(err, ErrSubscribe) {
-		t.Errorf("no graph: %v", err)
+	if _, err := NewSource(context.Background(), sub, nil, nil, SourceOptions{Topic: "t", FailSinks: []string{"dead"}}); !errors.Is(err, ErrSubscribe) {
+		t.Errorf("fail sinks without a graph: %v", err)
+	}
+	if _, err := NewSource(context.Background(), sub, nil, g, SourceOptions{Topic: "t", FailOn: "sometimes"}); !errors.Is(err, ErrSubscribe) {
+		t.Errorf("fail_on sometimes: %v", err)
 	}
 	if _, err := NewSink(nil, SinkOptions{}); !errors.Is(err, ErrPublish) {
 		t.Errorf("sink without topic: %v", err)
@@ -308,14 +311,15 @@ func TestSinkReportsFailedPublishesOnErr(t *testing.T) {
 			got = append(got, ev)
 		}
 	})
-	batch := []pipeline.Event{{Data: []byte(`1`), Seq: 1}, {Data: []byte(`2`), Seq: 2}}
+	tr := pipeline.NewTracker(2, nil, nil)
+	batch := []pipeline.Event{tr.Track(0, pipeline.Event{Data: []byte(`1`)}), tr.Track(1, pipeline.Event{Data: []byte(`2`)})}
 	must(t, s.Process(context.Background(), batch, emit))
 	if len(got) != 2 || pub.n != 1 {
 		t.Fatalf("err events %d after %d publishes, want 2 after 1", len(got), pub.n)
 	}
 	for i, ev := range got {
-		if ev.Seq != batch[i].Seq || !strings.Contains(gjson.GetBytes(ev.Meta, "error").String(), "broker down") {
-			t.Errorf("err event %d: seq %d meta %s", i, ev.Seq, ev.Meta)
+		if ev.Origin() != batch[i].Origin() || !strings.Contains(gjson.GetBytes(ev.Meta, "error").String(), "broker down") {
+			t.Errorf("err event %d: derived from %d, meta %s", i, ev.Origin().Index(), ev.Meta)
 		}
 	}
 }
@@ -378,5 +382,132 @@ func TestSourceSetsAsideOverdeliveredMessages(t *testing.T) {
 	}
 	if dl[0].Metadata.Get(CorrelationKey) != "b" || dl[0].Metadata.Get(DeliveredKey) != "" {
 		t.Errorf("dead letter metadata %v", dl[0].Metadata)
+	}
+}
+
+// TestSourceAcksEachMessageWhenItIsDone: a message stuck in a slow branch
+// of the graph holds back neither the acks of the messages emitted with it
+// nor those of another source.
+func TestSourceAcksEachMessageWhenItIsDone(t *testing.T) {
+	g := pipeline.New(pipeline.Options{})
+	subA := &fakeSub{ch: make(chan *message.Message, 4)}
+	subB := &fakeSub{ch: make(chan *message.Message, 4)}
+	srcA, err := NewSource(context.Background(), subA, nil, g, SourceOptions{Name: "a", Topic: "a"})
+	must(t, err)
+	srcB, err := NewSource(context.Background(), subB, nil, g, SourceOptions{Name: "b", Topic: "b"})
+	must(t, err)
+	release := make(chan struct{})
+	// gate holds events with data.hold until release is closed; the
+	// others pass through a separate node.
+	gate := pipeline.ProcessorFunc(func(_ context.Context, b []pipeline.Event, emit pipeline.Emitter) error {
+		for _, ev := range b {
+			if gjson.GetBytes(ev.Data, "hold").Bool() {
+				<-release
+			}
+			emit.Emit(pipeline.PortOut, ev)
+		}
+		return nil
+	})
+	route := pipeline.ProcessorFunc(func(_ context.Context, b []pipeline.Event, emit pipeline.Emitter) error {
+		for _, ev := range b {
+			port := "fast"
+			if gjson.GetBytes(ev.Data, "hold").Bool() {
+				port = "slow"
+			}
+			emit.Emit(port, ev)
+		}
+		return nil
+	})
+	out := &recorder{}
+	must(t, g.AddSource("a", srcA, Ports()...))
+	must(t, g.AddSource("b", srcB, Ports()...))
+	must(t, g.AddProcessor("route", route, "fast", "slow"))
+	must(t, g.AddProcessor("gate", gate, pipeline.PortOut))
+	must(t, g.AddProcessor("out", out))
+	must(t, g.Link("a", pipeline.PortOut, "route"))
+	must(t, g.Link("b", pipeline.PortOut, "route"))
+	must(t, g.Link("route", "fast", "out"))
+	must(t, g.Link("route", "slow", "gate"))
+	must(t, g.Link("gate", pipeline.PortOut, "out"))
+	held := msg("held", `{"hold":true}`)
+	withIt := msg("with-it", `{}`)
+	other := msg("other", `{}`)
+	subA.ch <- held
+	subA.ch <- withIt
+	subB.ch <- other
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	if s := settled(t, withIt); s != "ack" {
+		t.Errorf("message emitted with the held one: %s, want ack", s)
+	}
+	if s := settled(t, other); s != "ack" {
+		t.Errorf("message of another source: %s, want ack", s)
+	}
+	select {
+	case <-held.Acked():
+		t.Fatal("held message acked before it was done")
+	default:
+	}
+	close(release)
+	if s := settled(t, held); s != "ack" {
+		t.Errorf("held message: %s, want ack", s)
+	}
+	cancel()
+	close(subA.ch)
+	close(subB.ch)
+	must(t, <-done)
+}
+
+// TestSourceFailRules: what fails a message is the source's choice.
+func TestSourceFailRules(t *testing.T) {
+	tests := []struct {
+		name      string
+		failOn    string
+		failSinks []string
+		payload   string
+		want      string
+	}{
+		{"linked err handles the failure", FailOnUnlinkedErr, nil, `{"fail":true}`, "ack"},
+		{"fail on any err", FailOnErr, nil, `{"fail":true}`, "nack"},
+		{"reaching a fail sink", FailOnUnlinkedErr, []string{"errs"}, `{"fail":true}`, "nack"},
+		{"ok message with fail sink", FailOnUnlinkedErr, []string{"errs"}, `{}`, "ack"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := pipeline.New(pipeline.Options{})
+			sub := &fakeSub{ch: make(chan *message.Message, 1)}
+			src, err := NewSource(context.Background(), sub, nil, g, SourceOptions{Topic: "t", FailOn: tt.failOn, FailSinks: tt.failSinks})
+			must(t, err)
+			must(t, g.AddSource("src", src, Ports()...))
+			must(t, g.AddProcessor("work", worker, pipeline.PortOut, pipeline.PortErr))
+			must(t, g.AddProcessor("out", &recorder{}))
+			must(t, g.AddProcessor("errs", &recorder{}))
+			must(t, g.Link("src", pipeline.PortOut, "work"))
+			must(t, g.Link("work", pipeline.PortOut, "out"))
+			must(t, g.Link("work", pipeline.PortErr, "errs"))
+			m := msg("m", tt.payload)
+			sub.ch <- m
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- g.Run(ctx) }()
+			if s := settled(t, m); s != tt.want {
+				t.Errorf("settled %s, want %s", s, tt.want)
+			}
+			cancel()
+			close(sub.ch)
+			must(t, <-done)
+		})
+	}
+}
+
+func TestSourceRefusesAnUnknownFailSink(t *testing.T) {
+	g := pipeline.New(pipeline.Options{})
+	sub := &fakeSub{ch: make(chan *message.Message)}
+	src, err := NewSource(context.Background(), sub, nil, g, SourceOptions{Topic: "t", FailSinks: []string{"nope"}})
+	must(t, err)
+	must(t, g.AddSource("src", src, Ports()...))
+	if err := g.Run(context.Background()); !errors.Is(err, ErrUnknownSink) {
+		t.Fatalf("Run = %v, want ErrUnknownSink", err)
 	}
 }

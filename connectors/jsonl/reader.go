@@ -128,8 +128,7 @@ func (o *ReaderOptions) EnsureDefaults() {
 var ReaderPorts = []string{pipeline.PortOut, pipeline.PortErr}
 
 // Reader is a pipeline.Source that emits one event per JSON line of its
-// input on "out", and one error event per malformed line on "err". The Seq
-// of every event is its line number.
+// input on "out", and one error event per malformed line on "err".
 type Reader struct {
 	r     io.Reader
 	opts  ReaderOptions
@@ -295,7 +294,7 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 		buf = ijson.Repair(make([]byte, 0, len(trimmed)+16), trimmed)
 	}
 	if rd.opts.Codec == CodecJSON {
-		return pipeline.Event{Data: buf, Seq: lineNo}, true, nil
+		return pipeline.Event{Data: buf}, true, nil
 	}
 	if buf[0] != '{' {
 		return rd.lineError(lineNo, line, ErrInvalidLine, `expected an event object {"data": ..., "meta": {...}}`)
@@ -311,7 +310,7 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 	if !hasData && !hasMeta {
 		return rd.lineError(lineNo, line, ErrInvalidLine, `expected an event object {"data": ..., "meta": {...}}, found neither "data" nor "meta"`)
 	}
-	ev = pipeline.Event{Seq: lineNo}
+	ev = pipeline.Event{}
 	if hasData && string(buf[ds:de]) != "null" {
 		ev.Data = buf[ds:de:de]
 	}
@@ -347,7 +346,7 @@ func (rd *Reader) lineError(lineNo uint64, line []byte, kind error, reason strin
 	meta = append(meta, `,"line":`...)
 	meta = strconv.AppendUint(meta, lineNo, 10)
 	meta = append(meta, '}')
-	return pipeline.Event{Data: data, Meta: meta, Seq: lineNo}, false, lerr
+	return pipeline.Event{Data: data, Meta: meta}, false, lerr
 }
 
 // syntaxReason explains why b is not valid JSON. It runs only for bad lines,

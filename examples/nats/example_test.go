@@ -42,7 +42,6 @@ func TestReplayExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.Graph = built.Graph
 	if err := built.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,9 @@
 // that reaches a sink is captured as one JSON line
 // {"sink": NAME, "data": ..., "meta": ...}.
 //
-// Output order is deterministic: the input is fed in windows, the graph is
-// allowed to go idle after each window, and the window's captured events are
-// written ordered by the input line they derive from (Event.Seq), then by
+// Output order is deterministic: every input event is tracked through the
+// graph (pipeline.Tracker), and the events derived from it are written once
+// it is done and every input event before it has been written, ordered by
 // sink declaration order, then by arrival at that sink.
 package replay
 
@@ -22,16 +22,29 @@ import (
 	"github.com/flowrun/flowrun/pipeline"
 )
 
+// trackChunk is how many input events share one tracker.
+const trackChunk = 1024
+
 // Capture collects the events reaching a flow's sinks and writes them as
-// JSON lines when Release is called.
+// JSON lines in input order, as the input events they derive from complete.
 type Capture struct {
 	mu      sync.Mutex
 	sinks   map[string]int
-	pending []captured
+	bases   map[*pipeline.Tracker]uint64 // number of each tracker's first event
+	tracked uint64                       // input events tracked so far
+	next    uint64                       // number of the first input event not yet written
+	pend    []pending                    // pend[k] is input event next+k
 	w       *bufio.Writer
 	buf     []byte
 	check   ijson.Checker
 	written uint64
+	err     error // first write error
+}
+
+// pending is what is known of one input event not yet written.
+type pending struct {
+	done bool
+	out  []captured
 }
 
 type captured struct {
@@ -42,7 +55,7 @@ type captured struct {
 
 // NewCapture returns a capture writing to w.
 func NewCapture(w io.Writer) *Capture {
-	return &Capture{sinks: map[string]int{}, w: bufio.NewWriterSize(w, 64<<10)}
+	return &Capture{sinks: map[string]int{}, bases: map[*pipeline.Tracker]uint64{}, w: bufio.NewWriterSize(w, 64<<10)}
 }
 
 // Sink returns the processor that stands in for the sink named name. The
@@ -57,36 +70,118 @@ func (c *Capture) Sink(name string) pipeline.Processor {
 		c.sinks[name] = idx
 	}
 	c.mu.Unlock()
-	return pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
-		c.mu.Lock()
-		for _, ev := range batch {
-			c.pending = append(c.pending, captured{sink: idx, name: name, ev: ev})
-		}
-		c.mu.Unlock()
-		return nil
-	})
+	return &captureSink{c: c, idx: idx, name: name}
 }
 
-// Release writes every captured event in deterministic order and flushes.
+// captureSink is the processor standing in for one sink.
+type captureSink struct {
+	c    *Capture
+	idx  int
+	name string
+}
+
+func (s *captureSink) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ev := range batch {
+		o := ev.Origin()
+		base, ok := c.bases[o.Tracker()]
+		if !ok {
+			// Not derived from a tracked input event: nothing to
+			// order it by.
+			c.write(captured{sink: s.idx, name: s.name, ev: ev})
+			continue
+		}
+		p := c.slot(base + uint64(o.Index()))
+		p.out = append(p.out, captured{sink: s.idx, name: s.name, ev: ev})
+	}
+	return c.err
+}
+
+// Close flushes what has been written: when the last sink closes, every
+// input event has completed.
+func (s *captureSink) Close(context.Context) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.c.err != nil {
+		return s.c.err
+	}
+	return s.c.w.Flush()
+}
+
+// track returns a tracker for the next n input events.
+func (c *Capture) track(n int) *pipeline.Tracker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	base := c.tracked
+	c.tracked += uint64(n)
+	var tr *pipeline.Tracker
+	tr = pipeline.NewTracker(n, func(i int, _ pipeline.Outcome) { c.done(base + uint64(i)) }, func() {
+		c.mu.Lock()
+		delete(c.bases, tr)
+		c.mu.Unlock()
+	})
+	c.bases[tr] = base
+	return tr
+}
+
+// slot returns the pending entry of input event seq, which is not written
+// yet. c.mu is held.
+func (c *Capture) slot(seq uint64) *pending {
+	k := int(seq - c.next)
+	for len(c.pend) <= k {
+		c.pend = append(c.pend, pending{})
+	}
+	return &c.pend[k]
+}
+
+// done marks input event seq complete and writes every complete event
+// from the first one not yet written.
+func (c *Capture) done(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.slot(seq).done = true
+	for len(c.pend) > 0 && c.pend[0].done {
+		out := c.pend[0].out
+		sort.SliceStable(out, func(i, j int) bool { return out[i].sink < out[j].sink })
+		for _, p := range out {
+			c.write(p)
+		}
+		c.pend[0] = pending{}
+		c.pend = c.pend[1:]
+		c.next++
+	}
+}
+
+// write writes one captured event. c.mu is held.
+func (c *Capture) write(p captured) {
+	if c.err != nil {
+		return
+	}
+	c.buf = appendLine(&c.check, c.buf[:0], p.name, p.ev)
+	if _, err := c.w.Write(c.buf); err != nil {
+		c.err = err
+		return
+	}
+	c.written++
+}
+
+// Release flushes what has been written and reports the first write
+// error. Events still waiting for earlier ones (only when the graph
+// failed) are written as they are.
 func (c *Capture) Release() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	sort.SliceStable(c.pending, func(i, j int) bool {
-		a, b := c.pending[i], c.pending[j]
-		if a.ev.Seq != b.ev.Seq {
-			return a.ev.Seq < b.ev.Seq
-		}
-		return a.sink < b.sink
-	})
-	for _, p := range c.pending {
-		c.buf = appendLine(&c.check, c.buf[:0], p.name, p.ev)
-		if _, err := c.w.Write(c.buf); err != nil {
-			return err
+	for _, p := range c.pend {
+		for _, o := range p.out {
+			c.write(o)
 		}
 	}
-	c.written += uint64(len(c.pending))
-	clear(c.pending)
-	c.pending = c.pending[:0]
+	c.pend = nil
+	if c.err != nil {
+		return c.err
+	}
 	return c.w.Flush()
 }
 
@@ -114,15 +209,8 @@ func appendLine(c *ijson.Checker, dst []byte, sink string, ev pipeline.Event) []
 	return append(dst, '}', '\n')
 }
 
-// Idler is what a windowed source needs from the graph: a way to wait until
-// everything fed so far has been processed.
-type Idler interface {
-	WaitIdle(ctx context.Context) error
-}
-
-// WindowedSource wraps the source that feeds a replay so that after every
-// flush it waits for the graph to go idle and releases the capture. Set
-// Graph before the graph runs.
+// WindowedSource wraps the source that feeds a replay so that every event
+// it emits is tracked for the capture's ordering.
 //
 // Events the inner source emits on its "err" port (malformed input lines)
 // are not fed into the flow: replay reports them through the reader's own
@@ -130,7 +218,6 @@ type Idler interface {
 type WindowedSource struct {
 	Inner   pipeline.Source
 	Capture *Capture
-	Graph   Idler
 }
 
 // Run implements pipeline.Source.
@@ -140,27 +227,21 @@ func (s *WindowedSource) Run(ctx context.Context, emit pipeline.SourceEmitter) e
 
 type windowEmitter struct {
 	pipeline.SourceEmitter
-	s *WindowedSource
+	s    *WindowedSource
+	tr   *pipeline.Tracker
+	used int // events tracked with tr
 }
 
 func (w *windowEmitter) Emit(port string, ev pipeline.Event) {
 	if port == pipeline.PortErr {
 		return
 	}
+	if w.s.Capture != nil {
+		if w.tr == nil || w.used == w.tr.Len() {
+			w.tr, w.used = w.s.Capture.track(trackChunk), 0
+		}
+		ev = w.tr.Track(w.used, ev)
+		w.used++
+	}
 	w.SourceEmitter.Emit(port, ev)
-}
-
-func (w *windowEmitter) Flush(ctx context.Context) error {
-	if err := w.SourceEmitter.Flush(ctx); err != nil {
-		return err
-	}
-	if w.s.Capture == nil {
-		return nil
-	}
-	// Idle waiting must not be cut short by a shutdown signal: the window's
-	// events are being drained either way.
-	if err := w.s.Graph.WaitIdle(context.WithoutCancel(ctx)); err != nil {
-		return err
-	}
-	return w.s.Capture.Release()
 }

@@ -19,7 +19,7 @@ func TestDeterministicOrder(t *testing.T) {
 		capture := NewCapture(&out)
 		inner := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
 			for i := 1; i <= 300; i++ {
-				emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte(strconv.Itoa(i)), Seq: uint64(i)})
+				emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte(strconv.Itoa(i))})
 				if i%7 == 0 {
 					if err := emit.Flush(ctx); err != nil {
 						return err
@@ -31,7 +31,6 @@ func TestDeterministicOrder(t *testing.T) {
 		})
 		src := &WindowedSource{Inner: inner, Capture: capture}
 		g := pipeline.New(pipeline.Options{})
-		src.Graph = g
 		jitter := func(ctx context.Context, b []pipeline.Event, e pipeline.Emitter) error {
 			if len(b)%2 == 0 {
 				time.Sleep(50 * time.Microsecond)

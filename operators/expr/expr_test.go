@@ -15,7 +15,6 @@ var testEvent = pipeline.Event{
 		`"odd key":5,"f":1.50,"big":12345678901234567890,"nil":null,"ok":true,"obj":{"x":1,"y":[1,2]},` +
 		`"a.b":"dot","uni":"héllo","neg":-4,"zero":0,"s7":"7","esc":"q\"\n"}`),
 	Meta: []byte(`{"kv":{"op":"get"},"source":"test"}`),
-	Seq:  7,
 }
 
 func evalString(t *testing.T, src string, ev pipeline.Event) (Value, error) {

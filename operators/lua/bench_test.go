@@ -87,9 +87,9 @@ func benchIncrement(b *testing.B, kind int, optimistic bool) {
 		for ; i < b.N && len(batch) < batchSize; i++ {
 			k := fmt.Sprintf("k%04d", i%keys)
 			if kind != viaCommand {
-				batch = append(batch, pipeline.Event{Data: []byte(`{"key":"` + k + `"}`), Seq: uint64(i)})
+				batch = append(batch, pipeline.Event{Data: []byte(`{"key":"` + k + `"}`)})
 			} else {
-				batch = append(batch, pipeline.Event{Meta: []byte(`{"kv":{"increment":"` + k + `"}}`), Seq: uint64(i)})
+				batch = append(batch, pipeline.Event{Meta: []byte(`{"kv":{"increment":"` + k + `"}}`)})
 			}
 		}
 		if err := proc.Process(ctx, batch, em); err != nil {
@@ -176,7 +176,7 @@ func benchParallel(b *testing.B, optimistic bool) {
 			for i := 0; i < n; {
 				batch = batch[:0]
 				for ; i < n && len(batch) < batchSize; i++ {
-					batch = append(batch, pipeline.Event{Data: []byte(fmt.Sprintf(`{"key":"p%dk%04d"}`, j, i%keys)), Seq: uint64(i)})
+					batch = append(batch, pipeline.Event{Data: []byte(fmt.Sprintf(`{"key":"p%dk%04d"}`, j, i%keys))})
 				}
 				if err := p.Process(ctx, batch, ems[j]); err != nil {
 					b.Error(err)

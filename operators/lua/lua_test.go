@@ -56,7 +56,7 @@ func newProc(t *testing.T, script string, opts Options) *Processor {
 }
 
 func ev(data, meta string) pipeline.Event {
-	return pipeline.Event{Data: []byte(data), Meta: []byte(meta), Seq: 7}
+	return pipeline.NewTracker(8, nil, nil).Track(7, pipeline.Event{Data: []byte(data), Meta: []byte(meta)})
 }
 
 func process(t *testing.T, p *Processor, evs ...pipeline.Event) *collector {
@@ -107,7 +107,7 @@ func TestConversionRoundTrip(t *testing.T) {
 			if got := string(c.out["out"][0].Data); got != tt.want {
 				t.Errorf("got %s, want %s", got, tt.want)
 			}
-			if c.out["out"][0].Seq != 7 {
+			if c.out["out"][0].Origin().Index() != 7 {
 				t.Errorf("seq not kept")
 			}
 		})

@@ -6,16 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/pipeline"
 )
-
-// preloadSeq is added to the Seq of preload events so the sink tells them
-// from timed ones.
-const preloadSeq = 1 << 62
 
 // storeOptions returns the options of the store under test, defaults
 // filled, quiet. The raw Pebble side opens its database with the same
@@ -59,7 +56,6 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 		vals:      newValues(cfg.ValueBytes),
 		base:      time.Now(),
 		starts:    make([]time.Duration, nb),
-		remaining: make([]int, nb),
 		opsIn:     make([]int, nb),
 		arenas:    make([][]byte, nb),
 		lat:       make([]time.Duration, nb),
@@ -68,7 +64,7 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 		p:         p,
 	}
 	if needsPreload(workload) {
-		f.preloadLeft = cfg.Keys
+		f.preloadLeft.Store(int64((cfg.Keys + preloadBatch - 1) / preloadBatch))
 	} else {
 		close(f.preloaded)
 	}
@@ -97,10 +93,8 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 	if f.errs > 0 {
 		return sideResult{}, fmt.Errorf("%d commands failed, first: %s", f.errs, f.firstErr)
 	}
-	for b, n := range f.remaining {
-		if n != 0 {
-			return sideResult{}, fmt.Errorf("batch %d: %d more result events expected than received", b, n)
-		}
+	if n := f.completed.Load(); n != int64(nb) {
+		return sideResult{}, fmt.Errorf("%d of %d batches completed", n, nb)
 	}
 	weights := f.opsIn
 	return sideResult{
@@ -110,30 +104,55 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 	}, nil
 }
 
-// flowSide is the state shared by the generating source and the counting
-// sink. The source writes a batch's entries before handing it to the graph
-// and the sink reads them after receiving its results; the channels between
-// the nodes order those accesses, so no lock is needed.
+// flowSide is the state shared by the generating source, the counting sink
+// and the completion of each batch (pipeline.Tracker). The source writes a
+// batch's entries before handing it to the graph and its completion reads
+// them once every result derived from it has reached the sink; the
+// channels between the nodes order those accesses, so no lock is needed.
 type flowSide struct {
 	cfg      Config
 	workload string
 	vals     values
 
-	base      time.Time
-	starts    []time.Duration // per batch: when the source handed it over
-	remaining []int           // per batch: result events still expected
-	opsIn     []int           // per batch: operations it holds
-	arenas    [][]byte        // per batch: the buffer its events point into
-	free      chan []byte     // arenas of completed batches, for reuse
+	base   time.Time
+	starts []time.Duration // per batch: when the source handed it over
+	opsIn  []int           // per batch: operations it holds
+	arenas [][]byte        // per batch: the buffer its events point into
+	free   chan []byte     // arenas of completed batches, for reuse
 
-	// Sink-only state.
+	// Completion state, written as batches complete.
 	lat         []time.Duration
 	lastDone    time.Duration
-	preloadLeft int
-	preloaded   chan struct{} // closed once every preload result is in
-	errs        int
-	firstErr    string
+	completed   atomic.Int64  // timed batches completed
+	preloadLeft atomic.Int64  // preload batches not yet completed
+	preloaded   chan struct{} // closed once every preload batch is done
 	p           *progress
+
+	// Sink-only state.
+	errs     int
+	firstErr string
+}
+
+// preloadDone counts one completed preload batch.
+func (f *flowSide) preloadDone() {
+	if f.preloadLeft.Add(-1) == 0 {
+		close(f.preloaded)
+	}
+}
+
+// batchDone records the latency of timed batch b once everything derived
+// from it has reached the sink.
+func (f *flowSide) batchDone(b int) {
+	now := time.Since(f.base)
+	f.lat[b] = now - f.starts[b]
+	f.lastDone = now
+	select {
+	case f.free <- f.arenas[b]:
+	default:
+	}
+	f.arenas[b] = nil
+	f.p.add(f.opsIn[b])
+	f.completed.Add(1)
 }
 
 // generate is the source: the untimed preload, then the timed operations,
@@ -141,14 +160,18 @@ type flowSide struct {
 func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) error {
 	if needsPreload(f.workload) {
 		var buf []byte
+		var tr *pipeline.Tracker
 		for k := range f.cfg.Keys {
+			if k%preloadBatch == 0 {
+				tr = pipeline.NewTracker(min(preloadBatch, f.cfg.Keys-k), nil, f.preloadDone)
+			}
 			buf = buf[:0:0] // preload events are not recycled
 			start := len(buf)
 			buf = appendMeta(buf, "put", k)
 			meta := buf[start:]
 			start = len(buf)
 			buf = f.vals.preloadValue(buf, f.workload)
-			emit.Emit(pipeline.PortOut, pipeline.Event{Meta: meta, Data: buf[start:], Seq: preloadSeq + uint64(k)})
+			emit.Emit(pipeline.PortOut, tr.Track(k%preloadBatch, pipeline.Event{Meta: meta, Data: buf[start:]}))
 			if (k+1)%preloadBatch == 0 {
 				if err := emit.Flush(ctx); err != nil {
 					return err
@@ -187,12 +210,11 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 			arena = make([]byte, 0, f.cfg.Batch*perEvent)
 		}
 		n := min(f.cfg.Batch, f.cfg.Ops-b*f.cfg.Batch)
-		expect := 0
+		tr := pipeline.NewTracker(n, nil, func() { f.batchDone(b) })
 		for i := range n {
 			o := g.op()
-			ev := pipeline.Event{Seq: uint64(b*f.cfg.Batch + i)}
+			var ev pipeline.Event
 			start := len(arena)
-			expect++
 			switch o.kind {
 			case opPut:
 				arena = appendMeta(arena, "put", o.key)
@@ -226,12 +248,10 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 				arena = appendInt(arena, ScanLimit)
 				arena = append(arena, "}}"...)
 				ev.Meta = arena[start:]
-				expect += scanRows(f.cfg.Keys, o.key) - 1 // one event per entry read
 			}
-			emit.Emit(pipeline.PortOut, ev)
+			emit.Emit(pipeline.PortOut, tr.Track(i, ev))
 		}
 		f.opsIn[b] = n
-		f.remaining[b] = expect
 		f.arenas[b] = arena
 		f.starts[b] = time.Since(f.base)
 		if err := emit.Flush(ctx); err != nil {
@@ -257,37 +277,16 @@ func appendMeta(dst []byte, name string, k int) []byte {
 
 var errMetaPrefix = []byte(`{"error":`)
 
-// receive is the sink: it counts results per batch and records a batch's
-// latency when its last result arrives.
+// receive is the sink: it counts failed commands. Batches are timed by
+// their completion (batchDone).
 func (f *flowSide) receive(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
-	now := time.Since(f.base)
 	for _, ev := range batch {
 		if bytes.HasPrefix(ev.Meta, errMetaPrefix) {
 			if f.errs == 0 {
-				f.firstErr = fmt.Sprintf("seq %d: %s", ev.Seq, ev.Meta)
+				f.firstErr = fmt.Sprintf("event %d of its batch: %s", ev.Origin().Index(), ev.Meta)
 			}
 			f.errs++
 		}
-		if ev.Seq >= preloadSeq {
-			f.preloadLeft--
-			if f.preloadLeft == 0 {
-				close(f.preloaded)
-			}
-			continue
-		}
-		b := int(ev.Seq) / f.cfg.Batch
-		f.remaining[b]--
-		if f.remaining[b] != 0 {
-			continue
-		}
-		f.lat[b] = now - f.starts[b]
-		f.lastDone = now
-		select {
-		case f.free <- f.arenas[b]:
-		default:
-		}
-		f.arenas[b] = nil
-		f.p.add(f.opsIn[b])
 	}
 	return nil
 }
