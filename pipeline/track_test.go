@@ -14,9 +14,9 @@ import (
 // completions records the outcome of every tracked event and fails the test
 // when one completes twice.
 type completions struct {
-	t    *testing.T
-	mu   sync.Mutex
-	outs map[int]Outcome
+	t       *testing.T
+	mu      sync.Mutex
+	outs    map[int]Outcome
 	done    atomic.Int32 // onDone calls
 	emitted atomic.Int32 // events emitted by trackedSource
 }
