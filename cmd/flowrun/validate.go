@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/builtin"
 )
 
 func newValidateCommand(e env) *cobra.Command {
@@ -20,7 +21,7 @@ FILE:LINE:COL: SEVERITY: FIELD: MESSAGE. Exits 1 when any file has an error;
 warnings alone exit 0.`,
 		Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg := flows.NewRegistry()
+			reg := builtin.NewRegistry()
 			failed := false
 			var all []flows.Diagnostic
 			for _, path := range args {
