@@ -133,6 +133,12 @@ func LoadBytes(file string, src []byte, reg *component.Registry) (*Flow, []Diagn
 
 // Validate checks the flow file at path without running it and returns
 // every diagnostic; a file that cannot be read gives one error diagnostic.
+// It runs exactly the checks Load runs before Build may open anything
+// (option types and ranges, ${NAME} expansion, expressions, links, and
+// each component's Check: Lua scripts read and compiled, TLS files
+// loaded), so a flow without errors gets as far as Build. What only
+// opening can tell (a locked store, a broker that does not answer, an
+// input file that is missing) is Build's to report.
 func Validate(path string, reg *component.Registry) []Diagnostic {
 	src, err := os.ReadFile(path)
 	if err != nil {
@@ -530,7 +536,7 @@ func (l *loader) check(spec *component.Spec, cfg *component.Config, key *yaml.No
 			err = oe.Err
 		}
 	}
-	l.errorf(pos, at, "%s", strings.TrimPrefix(err.Error(), spec.Type+": "))
+	l.errorf(pos, at, "%s", strings.TrimSpace(strings.TrimPrefix(err.Error(), spec.Type+": ")))
 	return false
 }
 

@@ -503,3 +503,38 @@ func writeTestCA(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// TestEveryOptionExpandsEnv sets each option of each built-in component
+// to an unset ${VAR}: every option but expressions and Lua source must
+// refuse it at its own position, whatever its type (paths, enums and
+// numbers included), and those two must take it as written.
+func TestEveryOptionExpandsEnv(t *testing.T) {
+	const unset = "FLOWRUN_TEST_UNSET_OPTION"
+	reg := builtin.NewRegistry()
+	for _, typ := range reg.Types("") {
+		spec, _ := reg.Spec(typ)
+		for _, f := range spec.Fields {
+			var src, field string
+			if spec.Kind == component.KindOperator {
+				src = fmt.Sprintf("name: env\npipelines:\n  p:\n    - %s: { %s: \"${%s}\" }\n", typ, f.Name, unset)
+				field = fmt.Sprintf("pipelines.p[0].%s.%s", typ, f.Name)
+			} else {
+				src = fmt.Sprintf("name: env\nconnectors:\n  n: { type: %s, %s: \"${%s}\" }\n", typ, f.Name, unset)
+				field = "connectors.n." + f.Name
+			}
+			_, diags, _ := LoadBytes("env.yaml", []byte(src), reg)
+			var refused bool
+			for _, d := range diags {
+				if strings.Contains(d.Message, unset+" is not set") {
+					refused = true
+					if d.Field != field || d.Line == 0 || d.Col == 0 {
+						t.Errorf("%s.%s: reported as %s", typ, f.Name, d)
+					}
+				}
+			}
+			if refused != f.Expands() {
+				t.Errorf("%s.%s (%s): unset ${VAR} refused %v, want %v\n%s", typ, f.Name, f.Type, refused, f.Expands(), joinDiags(diags))
+			}
+		}
+	}
+}

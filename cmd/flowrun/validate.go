@@ -16,7 +16,10 @@ func newValidateCommand(e env) *cobra.Command {
 		Use:   "validate FLOW.yaml...",
 		Short: "Check flow files without running them",
 		Long: `Check flow files without running them: YAML syntax, connector and operator
-types, their options, expressions, links, cycles. Each problem is printed as
+types, their options and ranges, ${NAME} variables, expressions, Lua
+scripts (read and compiled), links, cycles: every check run makes before
+it opens anything, so a file validate accepts gets as far as opening its
+stores and connections. Each problem is printed as
 FILE:LINE:COL: SEVERITY: FIELD: MESSAGE. Exits 1 when any file has an error;
 warnings alone exit 0.`,
 		Args: minArgs(1),
