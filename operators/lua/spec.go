@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -129,7 +130,7 @@ func specSource(c *component.Config) (src, name, where string, err error) {
 	case script != "" && file != "":
 		return "", "", "file", component.OptionErr("file", errors.New("give either script or file, not both"))
 	case file != "":
-		b, err := os.ReadFile(file)
+		b, err := readScript(file)
 		if err != nil {
 			return "", "", "file", component.OptionErr("file", fmt.Errorf("script file: %w", err))
 		}
@@ -138,4 +139,36 @@ func specSource(c *component.Config) (src, name, where string, err error) {
 		return script, c.Node, "script", nil
 	}
 	return "", "", "", errors.New("lua needs a script (script: inline source, or file: a .lua file)")
+}
+
+// MaxScriptFileBytes is the largest Lua script file accepted: far above
+// any script, it keeps a mistaken path (a log, a device) from being read
+// whole when the flow is loaded.
+const MaxScriptFileBytes = 16 << 20
+
+// readScript reads a script file, refusing what is not a regular file
+// (reading /dev/zero or a FIFO would never end) or is larger than
+// MaxScriptFileBytes.
+func readScript(path string) ([]byte, error) {
+	// Stat before opening: opening a FIFO blocks until a writer comes.
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if fi.Size() > MaxScriptFileBytes {
+		return nil, fmt.Errorf("%s is %d bytes, larger than the %d a script may be", path, fi.Size(), MaxScriptFileBytes)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxScriptFileBytes+1))
+	if err == nil && len(b) > MaxScriptFileBytes {
+		err = fmt.Errorf("%s grew beyond the %d bytes a script may be", path, MaxScriptFileBytes)
+	}
+	return b, err
 }

@@ -71,6 +71,11 @@ func Backend() kv.BackendSpec {
 // PEM certificate is reported at its option.
 func checkTLS(c *component.Config) error {
 	cert, key, ca := c.String("tls_cert"), c.String("tls_key"), c.String("tls_ca")
+	for _, opt := range []string{"tls_cert", "tls_key", "tls_ca"} {
+		if err := regularFile(c.String(opt)); err != nil {
+			return component.OptionErr(opt, err)
+		}
+	}
 	switch {
 	case cert != "" && key == "":
 		return component.OptionErr("tls_cert", errors.New("a client certificate needs its key: set tls_key too"))
@@ -89,6 +94,22 @@ func checkTLS(c *component.Config) error {
 		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 			return component.OptionErr("tls_ca", fmt.Errorf("%s holds no PEM certificate", ca))
 		}
+	}
+	return nil
+}
+
+// regularFile refuses a path that is not a regular file (a device or a
+// FIFO would block or never end when read); "" is no file.
+func regularFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
 	}
 	return nil
 }
