@@ -46,7 +46,7 @@ func TestValidateMeansRunStarts(t *testing.T) {
 			want: "3:29: error: connectors.in.codec: environment variable FLOWRUN_TEST_UNSET_CODEC is not set"},
 		{name: "missing lua file",
 			flow: header + "  script: { type: lua, file: missing.lua }\n" + luaLinks,
-			want: "5:30: error: connectors.script.file: script file: open "},
+			want: "5:30: error: connectors.script.file: script file: stat "},
 		{name: "lua syntax error inline",
 			flow: header + "  script: { type: lua, script: \"emit('out', \" }\n" + luaLinks,
 			want: "5:32: error: connectors.script.script: lua script error: script at EOF"},
@@ -63,10 +63,13 @@ func TestValidateMeansRunStarts(t *testing.T) {
 			want: "max_stack_slots is 10, out of range: must be at least 1024"},
 		{name: "etcd CA file missing",
 			flow: header + "  store: { type: kv, backend: etcd, endpoints: \"http://127.0.0.1:1\", tls_ca: ca.pem }\n" + kvLinks,
-			want: "connectors.store.tls_ca: open "},
+			want: "connectors.store.tls_ca: stat "},
 		{name: "bus window zero",
 			flow: header + "  bus: { type: gochannel, mode: write, topic: t, window: 0 }\nlinks:\n  - in -> bus\n  - in/err -> out\n",
 			want: "connectors.bus.window: window is 0"},
+		{name: "nats stream name the broker refuses",
+			flow: header + "  bus: { type: nats, mode: write, url: \"nats://127.0.0.1:1\", subject: s, stream: game.scores }\nlinks:\n  - in -> bus\n  - in/err -> out\n",
+			want: "connectors.bus.stream: \"game.scores\" is not a valid JetStream name"},
 		{name: "valid kv flow with variables",
 			flow: "name: parity\nconnectors:\n  in: { type: stdin, codec: \"${FLOWRUN_TEST_CODEC}\" }\n" +
 				"  out: { type: file, path: \"${FLOWRUN_TEST_OUT}/out.jsonl\", mode: write }\n" +

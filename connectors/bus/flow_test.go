@@ -17,7 +17,7 @@ import (
 )
 
 // TestGochannelFlowFromYAML wires gochannel connectors from a flow file
-// (the registry's specs, BuildEnv.Graph, a shared BuildOptions.Local):
+// (the registry's specs, component.Env.Graph, a shared bus through bus.UseLocal):
 // messages published on "in" come out of the kv store on "out" with their
 // correlation.
 func TestGochannelFlowFromYAML(t *testing.T) {

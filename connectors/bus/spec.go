@@ -3,7 +3,9 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
@@ -130,6 +132,7 @@ func NATSSpec() component.Spec {
 		}, sourceFields()...),
 		Ports:    modePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
+		Check:    checkNATSNames,
 		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
 			no := NATSOptions{
 				URL:            c.String("url"),
@@ -158,4 +161,20 @@ func NATSSpec() component.Spec {
 			return component.Component{Source: s}, err
 		},
 	}
+}
+
+// natsNameChars are the characters JetStream refuses in stream and
+// consumer names (whitespace, '.', the wildcards, path separators): the
+// ones StreamName replaces.
+const natsNameChars = ". \t\r\n*>/\\"
+
+// checkNATSNames refuses a stream or durable name the broker would refuse
+// once connected.
+func checkNATSNames(c *component.Config) error {
+	for _, opt := range []string{"stream", "durable"} {
+		if v := c.String(opt); strings.ContainsAny(v, natsNameChars) {
+			return component.OptionErr(opt, fmt.Errorf("%q is not a valid JetStream name: no whitespace, '.', '*', '>', '/' or '\\' (e.g. %q)", v, StreamName(v)))
+		}
+	}
+	return nil
 }
