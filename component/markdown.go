@@ -44,6 +44,9 @@ func (s *Spec) markdown(b *strings.Builder) {
 	} else if s.PortsDoc != "" {
 		fmt.Fprintf(b, "Output ports: %s.\n\n", s.PortsDoc)
 	}
+	if s.OnePerFlow != "" {
+		b.WriteString("At most one per flow.\n\n")
+	}
 	if s.Shorthand != "" {
 		fmt.Fprintf(b, "Shorthand: `%s: VALUE` sets `%s`.\n\n", s.Type, s.Shorthand)
 	}

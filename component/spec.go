@@ -172,6 +172,10 @@ type Spec struct {
 	KindOf func(c *Config) Kind
 	// Summary is a short paragraph for the reference.
 	Summary string
+	// OnePerFlow, when set, allows at most one connector of the type per
+	// flow, and says why in the words of "(\"in\" already reads stdin)":
+	// "reads stdin".
+	OnePerFlow string
 	// Fields are the options the component accepts.
 	Fields []Field
 	// Shorthand names the field that a plain scalar sets: with Shorthand

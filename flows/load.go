@@ -345,7 +345,7 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 		}
 		return
 	}
-	stdin := ""
+	once := map[string]string{} // OnePerFlow type -> the connector of that type
 	l.eachPair(m, "connectors", func(name string, k, v *yaml.Node) {
 		field := "connectors." + name
 		if !validName(name) {
@@ -385,11 +385,12 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 			l.errorf(typeNode, field+".type", "%q is an operator, not a connector: use it as a step of a pipeline", typ)
 			return
 		}
-		if typ == "stdin" {
-			if stdin != "" {
-				l.errorf(typeNode, field+".type", "only one stdin connector is allowed per flow (%q already reads stdin)", stdin)
+		if spec.OnePerFlow != "" {
+			if first, dup := once[typ]; dup {
+				l.errorf(typeNode, field+".type", "only one %s connector is allowed per flow (%q already %s)", typ, first, spec.OnePerFlow)
+			} else {
+				once[typ] = name
 			}
-			stdin = name
 		}
 		cfg, ok := l.parseOptions(spec, v, k, field, name, "type")
 		if !ok {

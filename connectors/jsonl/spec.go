@@ -31,8 +31,9 @@ var readerPorts = component.StaticPorts(pipeline.PortOut, pipeline.PortErr)
 // StdinSpec declares the stdin source: events read from Env.Stdin.
 func StdinSpec() component.Spec {
 	return component.Spec{
-		Type: "stdin",
-		Kind: component.KindSource,
+		Type:       "stdin",
+		Kind:       component.KindSource,
+		OnePerFlow: "reads stdin", // two readers would split the lines between them
 		Summary: "Reads events from standard input, one JSON line each, until end of input. " +
 			"A malformed line is emitted on `err` with `meta.error` naming the line number, and reading goes on.",
 		Fields: []component.Field{codecField(), maxLineField()},
