@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/flowrun/flowrun/flows/builtin"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/jsonl"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/pipeline"
@@ -41,7 +43,7 @@ func writeFlow(t *testing.T, dir, src string) *Flow {
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	flow, diags, err := Load(path, NewRegistry())
+	flow, diags, err := Load(path, builtin.NewRegistry())
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -218,9 +220,11 @@ links:
 `
 	flow := writeFlow(t, dir, src)
 	var out bytes.Buffer
+	resources := component.NewResources()
+	pebblestore.UsePool(resources, pebblestore.NewPool())
 	built, err := flow.Build(context.Background(), BuildOptions{
 		Stdin:  strings.NewReader(`{"data":1,"meta":{"kv":{"put":"k"}}}`),
-		Stdout: &out, Stores: pebblestore.NewPool(),
+		Stdout: &out, Resources: resources,
 	})
 	if err != nil {
 		t.Fatalf("two kv connectors on one directory: %v", err)

@@ -2,6 +2,7 @@ package flows
 
 import (
 	"flag"
+	"github.com/flowrun/flowrun/flows/builtin"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,7 @@ func TestDocsReferenceUpToDate(t *testing.T) {
 	if begin < 0 || end < begin {
 		t.Fatalf("%s lacks the generated reference markers", path)
 	}
-	want := "\n" + NewRegistry().Markdown() + "\n"
+	want := "\n" + builtin.NewRegistry().Markdown() + "\n"
 	got := text[begin+len(docsBegin) : end]
 	if got == want {
 		return

@@ -1,6 +1,7 @@
 package flows
 
 import (
+	"github.com/flowrun/flowrun/flows/builtin"
 	"os"
 	"path/filepath"
 	"testing"
@@ -18,7 +19,7 @@ func FuzzLoad(f *testing.F) {
 		}
 		f.Add(src)
 	}
-	reg := NewRegistry()
+	reg := builtin.NewRegistry()
 	f.Fuzz(func(t *testing.T, src []byte) {
 		flow, diags, err := LoadBytes("fuzz.yaml", src, reg)
 		if HasErrors(diags) != (err != nil) || (err != nil) != (flow == nil) {

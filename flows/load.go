@@ -1,17 +1,18 @@
 package flows
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/operators/expr"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -29,20 +30,20 @@ type Flow struct {
 	// Links are the links in file order.
 	Links []Link
 
-	reg *Registry
+	reg *component.Registry
 }
 
 // Node is a connector or a pipeline of a flow.
 type Node struct {
 	// Name is the node's name, unique in the flow.
 	Name string
-	// Kind is KindSource, KindSink or KindProcessor (pipelines are
+	// Kind is component.KindSource, component.KindSink or component.KindProcessor (pipelines are
 	// processors).
-	Kind Kind
+	Kind component.Kind
 	// Spec is the connector's spec; nil for a pipeline.
-	Spec *Spec
+	Spec *component.Spec
 	// Config is the connector's validated config; nil for a pipeline.
-	Config *Config
+	Config *component.Config
 	// Operators are the steps of a pipeline, in order.
 	Operators []Operator
 	// Ports are the node's output ports.
@@ -60,8 +61,8 @@ func (n *Node) IsPipeline() bool { return n.Spec == nil }
 
 // Operator is one step of a pipeline.
 type Operator struct {
-	Spec   *Spec
-	Config *Config
+	Spec   *component.Spec
+	Config *component.Config
 	// Line and Col locate the operator in the flow file.
 	Line, Col int
 }
@@ -90,12 +91,12 @@ func (f *Flow) Node(name string) (*Node, bool) {
 }
 
 // Sources returns the names of the flow's source nodes in file order.
-func (f *Flow) Sources() []string { return f.namesOf(KindSource) }
+func (f *Flow) Sources() []string { return f.namesOf(component.KindSource) }
 
 // Sinks returns the names of the flow's sink nodes in file order.
-func (f *Flow) Sinks() []string { return f.namesOf(KindSink) }
+func (f *Flow) Sinks() []string { return f.namesOf(component.KindSink) }
 
-func (f *Flow) namesOf(k Kind) []string {
+func (f *Flow) namesOf(k component.Kind) []string {
 	var out []string
 	for _, n := range f.Nodes {
 		if n.Kind == k {
@@ -110,7 +111,7 @@ func (f *Flow) namesOf(k Kind) []string {
 // diagnostic is an error, the flow is nil and the error wraps
 // ErrInvalidFlow and lists the errors. Load never panics, whatever the
 // file holds.
-func Load(path string, reg *Registry) (*Flow, []Diagnostic, error) {
+func Load(path string, reg *component.Registry) (*Flow, []Diagnostic, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read flow file: %w", err)
@@ -120,7 +121,7 @@ func Load(path string, reg *Registry) (*Flow, []Diagnostic, error) {
 
 // LoadBytes is Load for a flow file already in memory; file names it in
 // diagnostics and relative paths are resolved against its directory.
-func LoadBytes(file string, src []byte, reg *Registry) (*Flow, []Diagnostic, error) {
+func LoadBytes(file string, src []byte, reg *component.Registry) (*Flow, []Diagnostic, error) {
 	l := &loader{file: file, dir: filepath.Dir(file), reg: reg}
 	flow := l.load(src)
 	sortDiagnostics(l.diags)
@@ -132,7 +133,13 @@ func LoadBytes(file string, src []byte, reg *Registry) (*Flow, []Diagnostic, err
 
 // Validate checks the flow file at path without running it and returns
 // every diagnostic; a file that cannot be read gives one error diagnostic.
-func Validate(path string, reg *Registry) []Diagnostic {
+// It runs exactly the checks Load runs before Build may open anything
+// (option types and ranges, ${NAME} expansion, expressions, links, and
+// each component's Check: Lua scripts read and compiled, TLS files
+// loaded), so a flow without errors gets as far as Build. What only
+// opening can tell (a locked store, a broker that does not answer, an
+// input file that is missing) is Build's to report.
+func Validate(path string, reg *component.Registry) []Diagnostic {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return []Diagnostic{{File: path, Severity: Error, Message: fmt.Sprintf("read flow file: %v", err)}}
@@ -145,14 +152,14 @@ func Validate(path string, reg *Registry) []Diagnostic {
 type loader struct {
 	file  string
 	dir   string
-	reg   *Registry
+	reg   *component.Registry
 	diags []Diagnostic
 	refs  []nodeRef // TypeNode options, checked once every node is known
 }
 
-// nodeRef is a TypeNode option naming another connector.
+// nodeRef is a component.TypeNode option naming another connector.
 type nodeRef struct {
-	field *Field
+	field *component.Field
 	name  string
 	pos   *yaml.Node
 	path  string // "connectors.rules.kv"
@@ -319,11 +326,8 @@ func describe(n *yaml.Node) string {
 	return "an unsupported YAML value"
 }
 
-var nameRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
-
-// validName reports whether s can name a flow, node or port: link syntax
-// relies on names having no '/', spaces or "->".
-func validName(s string) bool { return len(s) <= 128 && nameRe.MatchString(s) }
+// validName reports whether s can name a flow, node or port.
+func validName(s string) bool { return component.ValidName(s) }
 
 func (l *loader) addNode(flow *Flow, names map[string]*Node, n *Node, k *yaml.Node, field string) {
 	if prev, dup := names[n.Name]; dup && (prev.Line != n.Line || prev.Col != n.Col) {
@@ -341,7 +345,7 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 		}
 		return
 	}
-	stdin := ""
+	once := map[string]string{} // OnePerFlow type -> the connector of that type
 	l.eachPair(m, "connectors", func(name string, k, v *yaml.Node) {
 		field := "connectors." + name
 		if !validName(name) {
@@ -364,7 +368,7 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 			}
 		}
 		if typeNode == nil {
-			l.errorf(k, field, "missing required option \"type\" (one of %s)", strings.Join(l.reg.connectorTypes(), ", "))
+			l.errorf(k, field, "missing required option \"type\" (one of %s)", strings.Join(l.reg.ConnectorTypes(), ", "))
 			return
 		}
 		typ, ok := valueText(typeNode)
@@ -374,44 +378,46 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 		}
 		spec, found := l.reg.Spec(typ)
 		if !found {
-			l.errorf(typeNode, field+".type", "unknown connector type %q%s", typ, didYouMean(typ, l.reg.connectorTypes()))
+			l.errorf(typeNode, field+".type", "unknown connector type %q%s", typ, didYouMean(typ, l.reg.ConnectorTypes()))
 			return
 		}
-		if spec.Kind == KindOperator {
+		if spec.Kind == component.KindOperator {
 			l.errorf(typeNode, field+".type", "%q is an operator, not a connector: use it as a step of a pipeline", typ)
 			return
 		}
-		if typ == "stdin" {
-			if stdin != "" {
-				l.errorf(typeNode, field+".type", "only one stdin connector is allowed per flow (%q already reads stdin)", stdin)
+		if spec.OnePerFlow != "" {
+			if first, dup := once[typ]; dup {
+				l.errorf(typeNode, field+".type", "only one %s connector is allowed per flow (%q already %s)", typ, first, spec.OnePerFlow)
+			} else {
+				once[typ] = name
 			}
-			stdin = name
 		}
 		cfg, ok := l.parseOptions(spec, v, k, field, name, "type")
 		if !ok {
 			return
 		}
 		node := &Node{Name: name, Spec: spec, Config: cfg, Line: k.Line, Col: k.Column,
-			Kind: spec.kindOf(cfg), Ports: spec.portsOf(cfg)}
+			Kind: spec.KindFor(cfg), Ports: spec.PortsFor(cfg)}
 		l.addNode(flow, names, node, k, "connectors")
 	})
 }
 
 // parseOptions validates the options in mapping m (nil: no options) against
-// spec. key locates the component for missing-option errors. ok is false
-// when any option was invalid.
-func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, node string, skip string) (*Config, bool) {
-	cfg := NewConfig(node, spec.Type, nil)
+// spec, then runs the spec's Check. key locates the component for
+// missing-option errors. ok is false when any option was invalid.
+func (l *loader) parseOptions(spec *component.Spec, m *yaml.Node, key *yaml.Node, field, node string, skip string) (*component.Config, bool) {
+	cfg := component.NewConfig(node, spec.Type, nil)
 	ok := true
-	given := map[string]*yaml.Node{} // options present, valid or not, by field name
+	given := map[string]*yaml.Node{}  // options present, valid or not, by field name
+	values := map[string]*yaml.Node{} // their values
 	if m != nil {
 		l.eachPair(m, field, func(name string, k, v *yaml.Node) {
 			if name == skip {
 				return
 			}
-			f := spec.field(name)
+			f := spec.Field(name)
 			if f == nil && spec.Extra == nil {
-				l.errorf(k, field, "unknown option %q%s", name, didYouMean(name, spec.keys()))
+				l.errorf(k, field, "unknown option %q%s", name, didYouMean(name, spec.Keys()))
 				ok = false
 				return
 			}
@@ -423,10 +429,10 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 				ok = false
 				return
 			} else {
-				given[f.Name] = k
+				given[f.Name], values[f.Name] = k, v
 			}
 			text, scalar := valueText(v)
-			if f.Type == TypeStrings && deref(v).Kind == yaml.SequenceNode {
+			if f.Type == component.TypeStrings && deref(v).Kind == yaml.SequenceNode {
 				text, scalar = l.listText(deref(v), sub)
 				if text == "" && scalar {
 					ok = false // an item was reported
@@ -438,59 +444,58 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 				ok = false
 				return
 			}
-			if isNull(v) && f.Type != TypeExpr {
+			if isNull(v) && f.Type != component.TypeExpr {
 				l.errorf(v, sub, "expected %s, got nothing", typeDesc(f))
 				ok = false
 				return
 			}
-			if f.Env {
-				var msg string
-				if text, msg = expandEnv(text); msg != "" {
-					l.errorf(v, sub, "%s", msg)
+			if f.Expands() {
+				var err error
+				if text, err = component.ExpandEnv(text); err != nil {
+					l.errorf(v, sub, "%v", err)
 					ok = false
 					return
 				}
 			}
-			val, msg := l.reg.parseValue(f, text, isNull(v), l.dir)
+			val, err := l.reg.ParseValue(f, text, isNull(v), l.dir)
 			pos := v
-			if msg == "" && f.Type == TypeExpr && l.reg.checkExpr != nil {
-				if err := l.reg.checkExpr(text); err != nil {
-					msg = fmt.Sprintf("invalid expression %q: %v", text, err)
-					pos = exprErrorPos(v, err)
+			if err == nil && f.Type == component.TypeExpr {
+				if cerr := l.reg.CheckExpr(text); cerr != nil {
+					err = fmt.Errorf("invalid expression %q: %w", text, cerr)
+					pos = exprErrorPos(v, cerr)
 				}
 			}
-			if msg != "" {
-				l.errorf(pos, sub, "%s", msg)
+			if err != nil {
+				l.errorf(pos, sub, "%v", err)
 				ok = false
 				return
 			}
 			if f == spec.Extra {
-				cfg.Extra = append(cfg.Extra, Entry{Key: name, Value: text, Line: k.Line, Col: k.Column})
+				cfg.Extra = append(cfg.Extra, component.Entry{Key: name, Value: text, Line: k.Line, Col: k.Column})
 				return
 			}
-			if f.Type == TypeNode {
+			if f.Type == component.TypeNode {
 				l.refs = append(l.refs, nodeRef{field: f, name: text, pos: v, path: sub})
 			}
-			cfg.values[f.Name] = val
-			cfg.set[f.Name] = true
+			cfg.Set(f.Name, val)
 		})
 	}
 	// Defaults first: conditions on other options see their defaults.
 	for i := range spec.Fields {
 		f := &spec.Fields[i]
-		if cfg.set[f.Name] || given[f.Name] != nil || f.Default == "" {
+		if cfg.Has(f.Name) || given[f.Name] != nil || f.Default == "" {
 			continue
 		}
-		if val, msg := l.reg.parseValue(f, f.Default, false, l.dir); msg == "" {
-			cfg.values[f.Name] = val
+		if val, err := l.reg.ParseValue(f, f.Default, false, l.dir); err == nil {
+			cfg.SetDefault(f.Name, val)
 		}
 	}
 	for i := range spec.Fields {
 		f := &spec.Fields[i]
 		if k := given[f.Name]; k != nil {
 			// An invalid value of the tested option is reported already.
-			if w := f.OnlyWhen; w != nil && (given[w.Field] == nil || cfg.set[w.Field]) && !w.holds(cfg) {
-				l.warnf(k, field, "option %q has no effect: it applies only when %s", f.Name, f.OnlyWhen.describe(nil))
+			if w := f.OnlyWhen; w != nil && (given[w.Field] == nil || cfg.Has(w.Field)) && !w.Holds(cfg) {
+				l.warnf(k, field, "option %q has no effect: it applies only when %s", f.Name, f.OnlyWhen.Describe(nil))
 			}
 			continue
 		}
@@ -499,15 +504,44 @@ func (l *loader) parseOptions(spec *Spec, m *yaml.Node, key *yaml.Node, field, n
 		case f.RequiredWhen == nil:
 			l.errorf(key, field, "missing required option %q", f.Name)
 			ok = false
-		case f.RequiredWhen.holds(cfg):
-			l.errorf(key, field, "missing option %q, required when %s", f.Name, f.RequiredWhen.describe(cfg))
+		case f.RequiredWhen.Holds(cfg):
+			l.errorf(key, field, "missing option %q, required when %s", f.Name, f.RequiredWhen.Describe(cfg))
 			ok = false
 		}
+	}
+	if ok && spec.Check != nil {
+		ok = l.check(spec, cfg, key, field, values)
 	}
 	return cfg, ok
 }
 
-// listText joins the items of a YAML list with commas, for a TypeStrings
+// check runs spec.Check on a config whose options are valid, reporting its
+// error at the option it names (see component.OptionError), else at key.
+// A panicking Check is reported, not propagated: loading never crashes.
+func (l *loader) check(spec *component.Spec, cfg *component.Config, key *yaml.Node, field string, values map[string]*yaml.Node) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.errorf(key, field, "internal error checking %s: %v", spec.Type, p)
+			ok = false
+		}
+	}()
+	err := spec.Check(cfg)
+	if err == nil {
+		return true
+	}
+	pos, at := key, field
+	var oe *component.OptionError
+	if errors.As(err, &oe) {
+		if f := spec.Field(oe.Option); f != nil && values[f.Name] != nil {
+			pos, at = values[f.Name], field+"."+f.Name
+			err = oe.Err
+		}
+	}
+	l.errorf(pos, at, "%s", strings.TrimSpace(strings.TrimPrefix(err.Error(), spec.Type+": ")))
+	return false
+}
+
+// listText joins the items of a YAML list with commas, for a component.TypeStrings
 // option. An item that is not a plain string is reported: then text is ""
 // and scalar true.
 func (l *loader) listText(seq *yaml.Node, field string) (text string, scalar bool) {
@@ -521,33 +555,6 @@ func (l *loader) listText(seq *yaml.Node, field string) (text string, scalar boo
 		items = append(items, s)
 	}
 	return strings.Join(items, ","), true
-}
-
-// envRe matches ${NAME} in option values that accept environment
-// variables.
-var envRe = regexp.MustCompile(`\$\{([^}]*)\}`)
-
-var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// expandEnv replaces each ${NAME} of s by the environment variable NAME.
-// msg explains the first name that is malformed or unset.
-func expandEnv(s string) (out, msg string) {
-	out = envRe.ReplaceAllStringFunc(s, func(m string) string {
-		name := m[2 : len(m)-1]
-		if msg != "" {
-			return m
-		}
-		if !envNameRe.MatchString(name) {
-			msg = fmt.Sprintf("invalid environment variable name %q in %q", name, s)
-			return m
-		}
-		v, ok := os.LookupEnv(name)
-		if !ok {
-			msg = fmt.Sprintf("environment variable %s is not set (named in %q)", name, s)
-		}
-		return v
-	})
-	return out, msg
 }
 
 // exprErrorPos points at the problem inside an expression when the
@@ -570,23 +577,23 @@ func exprErrorPos(v *yaml.Node, err error) *yaml.Node {
 }
 
 // typeDesc says in words what a field expects.
-func typeDesc(f *Field) string {
+func typeDesc(f *component.Field) string {
 	switch f.Type {
-	case TypeInt:
+	case component.TypeInt:
 		return "an integer"
-	case TypeBool:
+	case component.TypeBool:
 		return "true or false"
-	case TypeDuration:
+	case component.TypeDuration:
 		return "a duration"
-	case TypeByteSize:
+	case component.TypeByteSize:
 		return "a size in bytes"
-	case TypeExpr:
+	case component.TypeExpr:
 		return "an expression"
-	case TypePath:
+	case component.TypePath:
 		return "a path"
-	case TypeEnum:
+	case component.TypeEnum:
 		return "one of " + strings.Join(f.Enum, ", ")
-	case TypeNode:
+	case component.TypeNode:
 		return "the name of a " + f.NodeType + " connector"
 	}
 	return "a string"
@@ -605,7 +612,7 @@ func (l *loader) loadPipelines(flow *Flow, m *yaml.Node, names map[string]*Node)
 			l.errorf(k, "pipelines", "invalid pipeline name %q: use letters, digits, '_', '-' and '.'", name)
 			return
 		}
-		node := &Node{Name: name, Kind: KindProcessor, Line: k.Line, Col: k.Column,
+		node := &Node{Name: name, Kind: component.KindProcessor, Line: k.Line, Col: k.Column,
 			Ports: []string{pipeline.PortOut, pipeline.PortErr}}
 		switch {
 		case isNull(v):
@@ -620,7 +627,7 @@ func (l *loader) loadPipelines(flow *Flow, m *yaml.Node, names map[string]*Node)
 					continue
 				}
 				node.Operators = append(node.Operators, op)
-				for _, p := range op.Spec.portsOf(op.Config) {
+				for _, p := range op.Spec.PortsFor(op.Config) {
 					if !contains(node.Ports, p) {
 						node.Ports = append(node.Ports, p)
 					}
@@ -644,10 +651,10 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 	}
 	spec, found := l.reg.Spec(typ)
 	if !found {
-		l.errorf(k, field, "unknown operator %q%s", typ, didYouMean(typ, l.reg.Types(KindOperator)))
+		l.errorf(k, field, "unknown operator %q%s", typ, didYouMean(typ, l.reg.Types(component.KindOperator)))
 		return Operator{}, false
 	}
-	if spec.Kind != KindOperator {
+	if spec.Kind != component.KindOperator {
 		l.errorf(k, field, "%q is a connector, not an operator: declare it under connectors and link to it", typ)
 		return Operator{}, false
 	}
@@ -668,12 +675,6 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 	}
 	cfg, ok := l.parseOptions(spec, opts, k, field, pipelineName, "")
 	if !ok {
-		return Operator{}, false
-	}
-	// Building an operator has no side effects, and catches what field
-	// checks cannot (an invalid set target, a route to port "in").
-	if _, err := spec.Build(context.Background(), &BuildEnv{Validating: true}, cfg); err != nil {
-		l.errorf(k, field, "%s", strings.TrimPrefix(err.Error(), typ+": "))
 		return Operator{}, false
 	}
 	return Operator{Spec: spec, Config: cfg, Line: k.Line, Col: k.Column}, true
@@ -766,7 +767,7 @@ func (l *loader) loadLinks(flow *Flow, seq *yaml.Node, names map[string]*Node, u
 					didYouMean(link.FromPort, from.Ports), strings.Join(from.Ports, ", "))
 			}
 		}
-		if to.Kind == KindSource {
+		if to.Kind == component.KindSource {
 			bad = true
 			l.errorf(item, field, "link into a source: %s %q is a source and has no input port", nodeWord(to), to.Name)
 		} else if link.ToPort != pipeline.PortIn {
@@ -848,7 +849,7 @@ func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
 // rejected for other reasons, so that one bad link does not also produce
 // "not linked" warnings.
 type usage struct {
-	referenced map[string]bool // node names named by TypeNode options
+	referenced map[string]bool // node names named by component.TypeNode options
 	linked     map[string]bool // node names
 	in         map[string]bool // node names linked into
 	out        map[string]bool // "node/port" linked from
@@ -874,7 +875,7 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 			l.warnf(pos, field, "%s %q is not linked to anything", nodeWord(n), n.Name)
 			continue
 		}
-		if n.Kind != KindSource && !in[n.Name] && !use.referenced[n.Name] {
+		if n.Kind != component.KindSource && !in[n.Name] && !use.referenced[n.Name] {
 			l.warnf(pos, field, "nothing links into %s %q, so it receives no events", nodeWord(n), n.Name)
 		}
 		if contains(n.Ports, pipeline.PortErr) && !linkedOut[n.Name+"/"+pipeline.PortErr] {
@@ -883,7 +884,7 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 	}
 }
 
-// checkRefs reports TypeNode options naming no connector of the flow, or
+// checkRefs reports component.TypeNode options naming no connector of the flow, or
 // one of the wrong type, and records the nodes they name as used.
 func (l *loader) checkRefs(names map[string]*Node, use *usage) {
 	for _, r := range l.refs {
@@ -911,4 +912,25 @@ func (l *loader) checkRefs(names map[string]*Node, use *usage) {
 			use.referenced[r.name] = true
 		}
 	}
+}
+
+// valueText returns the text of a scalar node and whether n is a scalar.
+func valueText(n *yaml.Node) (string, bool) {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if n.Kind != yaml.ScalarNode {
+		return "", false
+	}
+	return n.Value, true
+}
+
+// sortedKeys returns m's keys in order, for deterministic messages.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

@@ -2,14 +2,26 @@ package flows
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/operators"
 )
 
 // TestBrokenFiles checks the exact diagnostics, with positions, of one
@@ -48,8 +60,8 @@ func TestBrokenFiles(t *testing.T) {
 			`8:11: error: connectors.store.sync: expected true or false, got "maybe"`,
 			`9:16: error: connectors.store.max_delay: expected a duration such as "5ms" or "1m30s", got "5"`}},
 		{"zero_budget.yaml", []string{
-			`7:23: error: connectors.store.max_keys_visited: must be a positive integer, got "0" (a limit cannot be switched off; raise it instead)`,
-			`8:23: error: connectors.store.max_result_bytes: must be a positive size, got "0KiB" (a limit cannot be switched off; raise it instead)`}},
+			`7:23: error: connectors.store.max_keys_visited: max_keys_visited is 0, out of range: must be at least 1 (a limit cannot be switched off; leave the option out for its default)`,
+			`8:23: error: connectors.store.max_result_bytes: max_result_bytes is 0KiB, out of range: must be 1 to 1GiB (a limit cannot be switched off; leave the option out for its default)`}},
 		{"bad_enum.yaml", []string{
 			`4:45: error: connectors.out.mode: invalid value "rwite" (want one of read, write, append, truncate) (did you mean "write"?)`}},
 		{"invalid_expr.yaml", []string{
@@ -70,7 +82,7 @@ func TestBrokenFiles(t *testing.T) {
 		{"unused_node.yaml", []string{
 			`5:3: warning: connectors.spare: connector "spare" is not linked to anything`}},
 	}
-	reg := NewRegistry()
+	reg := builtin.NewRegistry()
 	seen := map[string]bool{}
 	for _, tt := range tests {
 		seen[tt.file] = true
@@ -104,7 +116,7 @@ func TestBrokenFiles(t *testing.T) {
 // exprError is the expression compiler's own message for src.
 func exprError(t *testing.T, src string) string {
 	t.Helper()
-	err := checkExpr(src)
+	err := operators.CheckExpr(src)
 	if err == nil {
 		t.Fatalf("expression %q compiles; the invalid_expr test needs an invalid one", src)
 	}
@@ -175,7 +187,7 @@ func TestDiagnostics(t *testing.T) {
 			[]string{`3:3: warning: connectors.store: connector "store" is not linked to anything`,
 				`4:45: error: connectors.l.kv: expected the name of a kv connector of this flow, got "a b"`}},
 	}
-	reg := NewRegistry()
+	reg := builtin.NewRegistry()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, diags, _ := LoadBytes("f.yaml", []byte(tt.src), reg)
@@ -231,7 +243,7 @@ links:
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	flow, diags, err := Load(path, NewRegistry())
+	flow, diags, err := Load(path, builtin.NewRegistry())
 	if err != nil || len(diags) != 0 {
 		t.Fatalf("Load: %v\n%s", err, joinDiags(diags))
 	}
@@ -242,7 +254,7 @@ links:
 		got, want any
 	}{
 		{"file path", in.Config.String("path"), filepath.Join(dir, "in.jsonl")},
-		{"file kind", in.Kind, KindSource},
+		{"file kind", in.Kind, component.KindSource},
 		{"codec", in.Config.String("codec"), "json"},
 		{"max_line_bytes", in.Config.ByteSize("max_line_bytes"), int64(1024)},
 		{"kv dir via alias, absolute", store.Config.String("dir"), "/abs/state"},
@@ -250,8 +262,7 @@ links:
 		{"max_delay", store.Config.Duration("max_delay").String(), "2ms"},
 		{"max_value_bytes", store.Config.ByteSize("max_value_bytes"), int64(1000)},
 		{"default max_scan", store.Config.Int("max_scan"), 10000},
-		{"row_cache", rowCacheBytes(store.Config.ByteSize("row_cache")), int64(1 << 20)},
-		{"row_cache 0 disables", rowCacheBytes(0), int64(-1)},
+		{"row_cache", store.Config.ByteSize("row_cache"), int64(1 << 20)},
 		{"explicitly set", store.Config.Has("sync"), true},
 		{"defaulted is not set", store.Config.Has("max_scan"), false},
 		{"sources", strings.Join(flow.Sources(), ","), "in"},
@@ -275,17 +286,17 @@ links:
 
 func TestLoadMissingFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "nope.yaml")
-	if _, _, err := Load(path, NewRegistry()); !errors.Is(err, os.ErrNotExist) {
+	if _, _, err := Load(path, builtin.NewRegistry()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load of a missing file: %v", err)
 	}
-	diags := Validate(path, NewRegistry())
+	diags := Validate(path, builtin.NewRegistry())
 	if len(diags) != 1 || diags[0].Severity != Error || !strings.Contains(diags[0].String(), "nope.yaml: error: read flow file") {
 		t.Errorf("Validate of a missing file: %v", diags)
 	}
 }
 
 func TestLoadErrorListsErrors(t *testing.T) {
-	_, _, err := LoadBytes("f.yaml", []byte("name: t\nconnectors:\n  a: {type: nope}\n  b: {type: kv}\n"), NewRegistry())
+	_, _, err := LoadBytes("f.yaml", []byte("name: t\nconnectors:\n  a: {type: nope}\n  b: {type: kv}\n"), builtin.NewRegistry())
 	if !errors.Is(err, ErrInvalidFlow) {
 		t.Fatalf("err = %v, want ErrInvalidFlow", err)
 	}
@@ -333,43 +344,18 @@ func TestDidYouMean(t *testing.T) {
 	}
 }
 
-func TestParseByteSize(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"4096", 4096, true},
-		{"64KiB", 64 << 10, true},
-		{"16 MiB", 16 << 20, true},
-		{"1GB", 1e9, true},
-		{"1_000", 1000, true},
-		{"", 0, false},
-		{"MiB", 0, false},
-		{"-1", 0, false},
-		{"1.5MiB", 0, false},
-		{"99999999999999GiB", 0, false},
-	}
-	for _, tt := range tests {
-		got, ok := parseByteSize(tt.in)
-		if got != tt.want || ok != tt.ok {
-			t.Errorf("parseByteSize(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
-		}
-	}
-}
-
 func TestRegistry(t *testing.T) {
-	r := NewRegistry()
-	if err := r.Register(Spec{Type: "kv", Build: noopBuild}); err == nil {
+	r := builtin.NewRegistry()
+	if err := r.Register(component.Spec{Type: "kv", Build: noopBuild}); err == nil {
 		t.Error("registering a type twice succeeded")
 	}
-	if err := r.Register(Spec{Type: "x"}); err == nil {
+	if err := r.Register(component.Spec{Type: "x"}); err == nil {
 		t.Error("registering a spec without Build succeeded")
 	}
-	if got := strings.Join(r.Types(KindOperator), ","); got != "filter,set,route,drop" {
+	if got := strings.Join(r.Types(component.KindOperator), ","); got != "filter,set,route,drop" {
 		t.Errorf("operators: %s", got)
 	}
-	if got := strings.Join(r.Types(KindSink), ","); got != "stdout,file,null,gochannel,nats" {
+	if got := strings.Join(r.Types(component.KindSink), ","); got != "stdout,file,null,gochannel,nats" {
 		t.Errorf("sinks: %s", got)
 	}
 	// Every default parses with its own field type.
@@ -379,14 +365,14 @@ func TestRegistry(t *testing.T) {
 			if f.Default == "" {
 				continue
 			}
-			if _, msg := r.parseValue(&f, f.Default, false, ""); msg != "" {
+			if _, msg := r.ParseValue(&f, f.Default, false, ""); msg != nil {
 				t.Errorf("%s.%s: default %q: %s", typ, f.Name, f.Default, msg)
 			}
 		}
 	}
 	// Registries are independent.
-	other := NewRegistry()
-	if err := other.Register(Spec{Type: "custom", Kind: KindSink, Build: noopBuild}); err != nil {
+	other := builtin.NewRegistry()
+	if err := other.Register(component.Spec{Type: "custom", Kind: component.KindSink, Build: noopBuild}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := r.Spec("custom"); ok {
@@ -394,7 +380,9 @@ func TestRegistry(t *testing.T) {
 	}
 }
 
-func noopBuild(context.Context, *BuildEnv, *Config) (Component, error) { return Component{}, nil }
+func noopBuild(context.Context, *component.Env, *component.Config) (component.Component, error) {
+	return component.Component{}, nil
+}
 
 // The etcd options of a kv connector: endpoints as a list, a
 // comma-separated string or an environment variable, defaults, and paths
@@ -430,11 +418,12 @@ links:
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	flow, diags, err := Load(path, NewRegistry())
+	writeTestCA(t, filepath.Join(dir, "certs", "ca.pem"))
+	flow, diags, err := Load(path, builtin.NewRegistry())
 	if err != nil || len(diags) != 0 {
 		t.Fatalf("Load: %v\n%s", err, joinDiags(diags))
 	}
-	cfg := func(name string) *Config {
+	cfg := func(name string) *component.Config {
 		n, _ := flow.Node(name)
 		return n.Config
 	}
@@ -462,47 +451,6 @@ links:
 	}
 }
 
-func TestExpandEnv(t *testing.T) {
-	t.Setenv("FLOWRUN_TEST_A", "x")
-	t.Setenv("FLOWRUN_TEST_EMPTY", "")
-	for _, tc := range []struct{ in, want, msg string }{
-		{"plain", "plain", ""},
-		{"${FLOWRUN_TEST_A}/${FLOWRUN_TEST_A}", "x/x", ""},
-		{"$FLOWRUN_TEST_A", "$FLOWRUN_TEST_A", ""}, // only the braced form
-		{"a${FLOWRUN_TEST_EMPTY}b", "ab", ""},
-		{"${FLOWRUN_TEST_UNSET_VARIABLE}", "", "environment variable FLOWRUN_TEST_UNSET_VARIABLE is not set"},
-		{"${1X}", "", "invalid environment variable name \"1X\""},
-		{"${}", "", "invalid environment variable name \"\""},
-	} {
-		got, msg := expandEnv(tc.in)
-		if tc.msg != "" {
-			if !strings.Contains(msg, tc.msg) {
-				t.Errorf("expandEnv(%q): message %q, want it to contain %q", tc.in, msg, tc.msg)
-			}
-			continue
-		}
-		if got != tc.want || msg != "" {
-			t.Errorf("expandEnv(%q) = %q, %q; want %q", tc.in, got, msg, tc.want)
-		}
-	}
-}
-
-// A condition on an option the spec does not have is a programming error
-// caught at registration.
-func TestRegisterCheckedConditions(t *testing.T) {
-	r := NewEmptyRegistry()
-	for _, f := range []Field{
-		{Name: "dir", Type: TypeString, Required: true, RequiredWhen: &When{Field: "nope", Values: []string{"x"}}},
-		{Name: "dir", Type: TypeString, OnlyWhen: &When{Field: "dir", Values: []string{"x"}}},
-		{Name: "dir", Type: TypeString, OnlyWhen: &When{Field: "mode"}},
-	} {
-		err := r.Register(Spec{Type: "t", Build: noopBuild, Fields: []Field{f, {Name: "mode", Type: TypeString}}})
-		if err == nil || !strings.Contains(err.Error(), "condition") {
-			t.Errorf("register with condition %+v: %v, want refused", f.RequiredWhen, err)
-		}
-	}
-}
-
 // TestKVOptionsReachTheConnector builds the kv node of a flow and checks
 // the connector got the options the flow file set.
 func TestKVOptionsReachTheConnector(t *testing.T) {
@@ -513,22 +461,80 @@ func TestKVOptionsReachTheConnector(t *testing.T) {
 		if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		flow, _, err := Load(path, NewRegistry()) // warns: not linked
+		flow, _, err := Load(path, builtin.NewRegistry()) // warns: not linked
 		if err != nil {
 			t.Fatalf("Load: %v", err)
 		}
 		store, _ := flow.Node("store")
-		env := &BuildEnv{Flow: flow, Options: BuildOptions{Stores: pebblestore.NewPool()}}
-		conn, err := openKV(context.Background(), env, store.Config)
+		env := &component.Env{Flow: flow.Name, Logger: slog.Default(), Resources: component.NewResources()}
+		c, err := store.Spec.Build(context.Background(), env, store.Config)
 		if err != nil {
 			t.Fatal(err)
 		}
+		conn := c.Processor.(*kv.Connector)
 		got := conn.Options()
 		if got.Optimistic != optimistic || got.IdemFrom != "message_id" || got.Namespace != "o" {
 			t.Errorf("optimistic_scripts %v: connector options %+v", optimistic, got)
 		}
 		if err := conn.Close(context.Background()); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// writeTestCA writes a self-signed CA certificate in PEM to path, for
+// options whose files are read when the flow is loaded.
+func writeTestCA(t *testing.T, path string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEveryOptionExpandsEnv sets each option of each built-in component
+// to an unset ${VAR}: every option but expressions and Lua source must
+// refuse it at its own position, whatever its type (paths, enums and
+// numbers included), and those two must take it as written.
+func TestEveryOptionExpandsEnv(t *testing.T) {
+	const unset = "FLOWRUN_TEST_UNSET_OPTION"
+	reg := builtin.NewRegistry()
+	for _, typ := range reg.Types("") {
+		spec, _ := reg.Spec(typ)
+		for _, f := range spec.Fields {
+			var src, field string
+			if spec.Kind == component.KindOperator {
+				src = fmt.Sprintf("name: env\npipelines:\n  p:\n    - %s: { %s: \"${%s}\" }\n", typ, f.Name, unset)
+				field = fmt.Sprintf("pipelines.p[0].%s.%s", typ, f.Name)
+			} else {
+				src = fmt.Sprintf("name: env\nconnectors:\n  n: { type: %s, %s: \"${%s}\" }\n", typ, f.Name, unset)
+				field = "connectors.n." + f.Name
+			}
+			_, diags, _ := LoadBytes("env.yaml", []byte(src), reg)
+			var refused bool
+			for _, d := range diags {
+				if strings.Contains(d.Message, unset+" is not set") {
+					refused = true
+					if d.Field != field || d.Line == 0 || d.Col == 0 {
+						t.Errorf("%s.%s: reported as %s", typ, f.Name, d)
+					}
+				}
+			}
+			if refused != f.Expands() {
+				t.Errorf("%s.%s (%s): unset ${VAR} refused %v, want %v\n%s", typ, f.Name, f.Type, refused, f.Expands(), joinDiags(diags))
+			}
 		}
 	}
 }

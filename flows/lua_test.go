@@ -3,7 +3,6 @@ package flows
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -95,12 +94,5 @@ func testLuaUsesNamedKVConnector(t *testing.T, flow string) {
 	got = runFlow(t, get, `{"meta":{"kv":{"get":"n"}}}`+"\n")
 	if len(got) != 1 || !strings.HasPrefix(got[0], `{"data":2,`) {
 		t.Errorf("get n through the kv connector: %q, want data 2", got)
-	}
-}
-
-func TestBuildEnvUseUnknownNode(t *testing.T) {
-	env := &BuildEnv{shared: map[string]*sharedNode{}}
-	if _, _, err := env.Use("store"); !errors.Is(err, ErrNodeUnavailable) {
-		t.Fatalf("Use of a node not built: %v, want ErrNodeUnavailable", err)
 	}
 }

@@ -81,7 +81,7 @@ func New() *Metrics {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // ObserveCommands counts n kv commands; it has the signature of
-// kv.Options.OnCommands (and flows.BuildOptions.KVCommands).
+// kv.Options.OnCommands (and kv.ObserveCommands).
 func (m *Metrics) ObserveCommands(namespace, op string, ok bool, n int) {
 	outcome := outcomeOK
 	if !ok {

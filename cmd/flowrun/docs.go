@@ -6,7 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/flows/builtin"
 )
 
 func newDocsCommand(e env) *cobra.Command {
@@ -18,14 +19,14 @@ the same specs that validate flow files, in Markdown on stdout.
 docs/reference.md in the repository is this output.`,
 		Args: exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
-			_, err := io.WriteString(e.stdout, reference(flows.NewRegistry()))
+			_, err := io.WriteString(e.stdout, reference(builtin.NewRegistry()))
 			return err
 		},
 	}
 }
 
 // reference renders the component reference page.
-func reference(reg *flows.Registry) string {
+func reference(reg *component.Registry) string {
 	var b strings.Builder
 	b.WriteString(`# Component reference
 

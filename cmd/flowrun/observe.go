@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/logs"
@@ -38,11 +40,14 @@ func newObserver(e env, metricsAddr string, opts *flows.BuildOptions) (*observer
 	opts.Logger = o.logger
 	opts.Graph.Logger = o.logger
 	opts.Graph.Unlinked = o.unlinked.Hook
-	opts.Stores = pebblestore.NewPool()
+	if opts.Resources == nil {
+		opts.Resources = component.NewResources()
+	}
+	pebblestore.UsePool(opts.Resources, pebblestore.NewPool())
 	if metricsAddr != "" {
 		o.metrics = metrics.New()
-		opts.Stores = pebblestore.NewObservedPool(o.metrics.ObserveCommit)
-		opts.KVCommands = o.metrics.ObserveCommands
+		pebblestore.UsePool(opts.Resources, pebblestore.NewObservedPool(o.metrics.ObserveCommit))
+		kv.ObserveCommands(opts.Resources, o.metrics.ObserveCommands)
 		srv, err := metrics.Serve(o.addr, o.metrics.Handler(), o.logger)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--metrics-addr: %w", err)}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/builtin"
 )
 
 func newRunCommand(e env) *cobra.Command {
@@ -91,7 +92,7 @@ func runFlow(ctx context.Context, e env, path, metricsAddr string) error {
 // loadFlow loads and validates a flow file, printing its diagnostics to
 // stderr. Errors in the file are a failure (exit 1), not a usage error.
 func loadFlow(e env, path string) (*flows.Flow, error) {
-	flow, diags, err := flows.Load(path, flows.NewRegistry())
+	flow, diags, err := flows.Load(path, builtin.NewRegistry())
 	for _, d := range diags {
 		fmt.Fprintln(e.stderr, d.String())
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/builtin"
 )
 
 func newValidateCommand(e env) *cobra.Command {
@@ -15,12 +16,15 @@ func newValidateCommand(e env) *cobra.Command {
 		Use:   "validate FLOW.yaml...",
 		Short: "Check flow files without running them",
 		Long: `Check flow files without running them: YAML syntax, connector and operator
-types, their options, expressions, links, cycles. Each problem is printed as
+types, their options and ranges, ${NAME} variables, expressions, Lua
+scripts (read and compiled), links, cycles: every check run makes before
+it opens anything, so a file validate accepts gets as far as opening its
+stores and connections. Each problem is printed as
 FILE:LINE:COL: SEVERITY: FIELD: MESSAGE. Exits 1 when any file has an error;
 warnings alone exit 0.`,
 		Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg := flows.NewRegistry()
+			reg := builtin.NewRegistry()
 			failed := false
 			var all []flows.Diagnostic
 			for _, path := range args {

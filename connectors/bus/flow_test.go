@@ -10,12 +10,14 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/builtin"
 )
 
 // TestGochannelFlowFromYAML wires gochannel connectors from a flow file
-// (the registry's specs, BuildEnv.Graph, a shared BuildOptions.Local):
+// (the registry's specs, component.Env.Graph, a shared bus through bus.UseLocal):
 // messages published on "in" come out of the kv store on "out" with their
 // correlation.
 func TestGochannelFlowFromYAML(t *testing.T) {
@@ -33,7 +35,7 @@ links:
 	if err := os.WriteFile(path, []byte(flow), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f, diags, err := flows.Load(path, flows.NewRegistry())
+	f, diags, err := flows.Load(path, builtin.NewRegistry())
 	if err != nil {
 		t.Fatalf("load: %v %v", err, diags)
 	}
@@ -43,7 +45,9 @@ links:
 	if err != nil {
 		t.Fatal(err)
 	}
-	built, err := f.Build(context.Background(), flows.BuildOptions{Local: local})
+	res := component.NewResources()
+	bus.UseLocal(res, local)
+	built, err := f.Build(context.Background(), flows.BuildOptions{Resources: res})
 	if err != nil {
 		t.Fatal(err)
 	}

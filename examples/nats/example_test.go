@@ -12,6 +12,7 @@ import (
 
 	"github.com/flowrun/flowrun/connectors/jsonl"
 	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/builtin"
 	"github.com/flowrun/flowrun/flows/replay"
 )
 
@@ -26,7 +27,7 @@ func TestReplayExample(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	flow, diags, err := flows.Load(filepath.Join(dir, "flow.yaml"), flows.NewRegistry())
+	flow, diags, err := flows.Load(filepath.Join(dir, "flow.yaml"), builtin.NewRegistry())
 	if err != nil {
 		t.Fatalf("load: %v %v", err, diags)
 	}

@@ -157,29 +157,50 @@ var (
 // reported here, wrapped in ErrScript, before any event flows.
 func New(opts Options) (*Processor, error) {
 	opts.EnsureDefaults()
+	proto, err := compileScript(&opts)
+	if err != nil {
+		return nil, err
+	}
+	p := &Processor{opts: opts, proto: proto, ports: map[string]bool{pipeline.PortOut: true, pipeline.PortErr: true}}
+	for _, port := range opts.Ports {
+		p.ports[port] = true
+	}
+	p.dog = newWatchdog(opts.Timeout, opts.MaxMemory)
+	return p, nil
+}
+
+// Check reports what New would refuse in opts (no script, a malformed
+// port name, a script that does not compile) without creating anything:
+// flowrun validate runs it.
+func Check(opts Options) error {
+	opts.EnsureDefaults()
+	_, err := compileScript(&opts)
+	return err
+}
+
+// compileScript checks opts, whose defaults are filled, and compiles the script.
+func compileScript(opts *Options) (*glua.FunctionProto, error) {
 	if strings.TrimSpace(opts.Script) == "" {
 		return nil, fmt.Errorf("lua: %w: a script is required", ErrInvalidOption)
 	}
-	p := &Processor{opts: opts, ports: map[string]bool{pipeline.PortOut: true, pipeline.PortErr: true}}
-	p.dog = newWatchdog(opts.Timeout, opts.MaxMemory)
 	for _, port := range opts.Ports {
 		if port == "" || strings.ContainsAny(port, " \t.,") {
 			return nil, fmt.Errorf("lua: %w: port %q is not a valid name", ErrInvalidOption, port)
 		}
-		p.ports[port] = true
 	}
 	chunk, err := parse.Parse(strings.NewReader(opts.Script), opts.Name)
 	if err != nil {
 		return nil, fmt.Errorf("lua: %w: %w", ErrScript, err)
 	}
-	if p.proto, err = glua.Compile(chunk, opts.Name); err != nil {
+	proto, err := glua.Compile(chunk, opts.Name)
+	if err != nil {
 		return nil, fmt.Errorf("lua: %w: %w", ErrScript, err)
 	}
 	// The main chunk is a vararg function that, for Lua 5.0 compatibility,
 	// gets a fresh `arg` table (with a 32-slot map) on every call. Scripts
 	// receive no arguments, so the table is pure per-event garbage.
-	p.proto.IsVarArg &^= glua.VarArgNeedsArg
-	return p, nil
+	proto.IsVarArg &^= glua.VarArgNeedsArg
+	return proto, nil
 }
 
 // Ports returns the output ports: "out", "err" and Options.Ports.

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestValidateMeansRunStarts checks that flowrun validate and flowrun run
+// agree: a flow validate refuses does not run (exit 1 from both, the same
+// file:line:col diagnostic), and a flow validate accepts runs. Each broken
+// flow is one that Build accepted, or refused only after opening the
+// store, before validate ran the components' checks.
+func TestValidateMeansRunStarts(t *testing.T) {
+	t.Setenv("FLOWRUN_TEST_OUT", "out")
+	t.Setenv("FLOWRUN_TEST_CODEC", "json")
+	t.Setenv("FLOWRUN_TEST_BATCH", "64")
+	const header = "name: parity\nconnectors:\n  in: { type: stdin }\n  out: { type: stdout }\n"
+	const kvLinks = "links:\n  - in -> store\n  - in/err -> out\n  - store -> out\n  - store/err -> out\n"
+	const luaLinks = "links:\n  - in -> script\n  - in/err -> out\n  - script -> out\n  - script/err -> out\n"
+	tests := []struct {
+		name  string
+		flow  string
+		files map[string]string // written next to the flow
+		want  string            // part of the diagnostic; "" for a valid flow
+	}{
+		{name: "max_batch negative",
+			flow: header + "  store: { type: kv, dir: state, max_batch: -3 }\n" + kvLinks,
+			want: "5:45: error: connectors.store.max_batch: max_batch is -3, out of range: must be at least 1"},
+		{name: "max_key_length zero",
+			flow: header + "  store: { type: kv, dir: state, max_key_length: 0 }\n" + kvLinks,
+			want: "5:50: error: connectors.store.max_key_length: max_key_length is 0, out of range: must be at least 1"},
+		{name: "idem_retention zero",
+			flow: header + "  store: { type: kv, dir: state, idem_retention: 0s }\n" + kvLinks,
+			want: "connectors.store.idem_retention: idem_retention is 0s, out of range: must be at least 1s"},
+		{name: "max_line_bytes zero",
+			flow: "name: parity\nconnectors:\n  in: { type: stdin, max_line_bytes: 0 }\n  out: { type: stdout }\nlinks:\n  - in -> out\n  - in/err -> out\n",
+			want: "3:38: error: connectors.in.max_line_bytes: max_line_bytes is 0"},
+		{name: "unset variable in a path",
+			flow: header + "  store: { type: kv, dir: \"${FLOWRUN_TEST_UNSET_DIR}/state\" }\n" + kvLinks,
+			want: "5:27: error: connectors.store.dir: environment variable FLOWRUN_TEST_UNSET_DIR is not set"},
+		{name: "unset variable in an enum",
+			flow: "name: parity\nconnectors:\n  in: { type: stdin, codec: \"${FLOWRUN_TEST_UNSET_CODEC}\" }\n  out: { type: stdout }\nlinks:\n  - in -> out\n  - in/err -> out\n",
+			want: "3:29: error: connectors.in.codec: environment variable FLOWRUN_TEST_UNSET_CODEC is not set"},
+		{name: "missing lua file",
+			flow: header + "  script: { type: lua, file: missing.lua }\n" + luaLinks,
+			want: "5:30: error: connectors.script.file: script file: stat "},
+		{name: "lua syntax error inline",
+			flow: header + "  script: { type: lua, script: \"emit('out', \" }\n" + luaLinks,
+			want: "5:32: error: connectors.script.script: lua script error: script at EOF"},
+		{name: "lua syntax error in a file",
+			flow:  header + "  script: { type: lua, file: bad.lua }\n" + luaLinks,
+			files: map[string]string{"bad.lua": "local x = \n\nend end\n"},
+			want:  "5:30: error: connectors.script.file: lua script error: bad.lua line:3"},
+		{name: "lua script and file",
+			flow:  header + "  script: { type: lua, file: ok.lua, script: \"emit('out', event)\" }\n" + luaLinks,
+			files: map[string]string{"ok.lua": "emit('out', event)\n"},
+			want:  "connectors.script.file: give either script or file, not both"},
+		{name: "lua stack below the VM's own",
+			flow: header + "  script: { type: lua, script: \"emit('out', event)\", max_stack_slots: 10 }\n" + luaLinks,
+			want: "max_stack_slots is 10, out of range: must be at least 1024"},
+		{name: "etcd CA file missing",
+			flow: header + "  store: { type: kv, backend: etcd, endpoints: \"http://127.0.0.1:1\", tls_ca: ca.pem }\n" + kvLinks,
+			want: "connectors.store.tls_ca: stat "},
+		{name: "bus window zero",
+			flow: header + "  bus: { type: gochannel, mode: write, topic: t, window: 0 }\nlinks:\n  - in -> bus\n  - in/err -> out\n",
+			want: "connectors.bus.window: window is 0"},
+		{name: "nats stream name the broker refuses",
+			flow: header + "  bus: { type: nats, mode: write, url: \"nats://127.0.0.1:1\", subject: s, stream: game.scores }\nlinks:\n  - in -> bus\n  - in/err -> out\n",
+			want: "connectors.bus.stream: \"game.scores\" is not a valid JetStream name"},
+		{name: "valid kv flow with variables",
+			flow: "name: parity\nconnectors:\n  in: { type: stdin, codec: \"${FLOWRUN_TEST_CODEC}\" }\n" +
+				"  out: { type: file, path: \"${FLOWRUN_TEST_OUT}/out.jsonl\", mode: write }\n" +
+				"  store: { type: kv, dir: state, max_batch: \"${FLOWRUN_TEST_BATCH}\", max_key_length: 1 }\n" + kvLinks},
+		{name: "valid lua file flow",
+			flow:  header + "  store: { type: kv, dir: state }\n  script: { type: lua, file: ok.lua, kv: store, max_stack_slots: 1024 }\n" + luaLinks,
+			files: map[string]string{"ok.lua": "-- ${NOT_A_VARIABLE} in a script is Lua's business\nemit('out', event)\n"}},
+		{name: "valid inline script with a dollar brace",
+			flow: header + "  script: { type: lua, script: \"emit('out', {s = '${NOT_A_VARIABLE}'})\" }\n" + luaLinks},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "flow.yaml")
+			if err := os.WriteFile(path, []byte(tc.flow), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for name, text := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			vcode, vout, verr := runCLI(t, "", "validate", path)
+			rcode, _, rerr := runCLI(t, "", "run", path)
+			if tc.want == "" {
+				if vcode != 0 || rcode != 0 {
+					t.Fatalf("valid flow: validate exit %d (%s%s), run exit %d (%s); want both 0", vcode, vout, verr, rcode, rerr)
+				}
+				return
+			}
+			if vcode != exitFail || rcode != exitFail {
+				t.Fatalf("validate exit %d, run exit %d; want both %d\nvalidate: %s\nrun: %s", vcode, rcode, exitFail, vout, rerr)
+			}
+			want := path + ":" + tc.want
+			if !strings.Contains(tc.want, ": error: ") {
+				want = tc.want
+			}
+			if !strings.Contains(vout, want) {
+				t.Errorf("validate printed:\n%s\nwant it to contain %q", vout, want)
+			}
+			// run stops at the same diagnostic, before opening anything.
+			if !strings.Contains(rerr, want) {
+				t.Errorf("run printed:\n%s\nwant it to contain %q", rerr, want)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
+				t.Error(fmt.Sprintf("run opened the store of a flow validate refuses (%s exists)", filepath.Join(dir, "state")))
+			}
+		})
+	}
+}

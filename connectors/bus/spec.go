@@ -1,0 +1,180 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/flowrun/flowrun/component"
+)
+
+// This file declares the bus connectors for flow files: gochannel and
+// nats. A program registering neither does not link NATS.
+
+// localKey holds the in-process bus of the gochannel connectors of a build.
+var localKey = component.NewKey[*gochannel.GoChannel]("bus.Local")
+
+// UseLocal makes the gochannel connectors built with res use local: pass
+// the same bus to every flow of a process that should exchange messages.
+// Without it each build gets a bus of its own.
+func UseLocal(res *component.Resources, local *gochannel.GoChannel) { localKey.Put(res, local) }
+
+// modeKind tells a bus connector's role from its mode option.
+func modeKind(c *component.Config) component.Kind {
+	if c.String("mode") == "read" {
+		return component.KindSource
+	}
+	return component.KindSink
+}
+
+func modePorts(c *component.Config) []string {
+	if modeKind(c) == component.KindSource {
+		return Ports()
+	}
+	return nil
+}
+
+// sourceFields are the delivery options shared by the bus sources;
+// SourceOptions.EnsureDefaults takes a zero for the default, so each has a
+// minimum.
+func sourceFields() []component.Field {
+	itoa := strconv.Itoa
+	return []component.Field{
+		{Name: "window", Type: component.TypeInt, Default: itoa(DefaultWindow), Min: "1",
+			Doc: "read: most messages emitted, then acknowledged, together once the flow has handled them."},
+		{Name: "linger", Type: component.TypeDuration, Default: DefaultLinger.String(), Min: "1µs",
+			Doc: "read: how long a window waits for one more message before it is processed."},
+		{Name: "max_deliveries", Type: component.TypeInt, Default: itoa(DefaultMaxDeliveries), Min: "1",
+			Doc: "read: deliveries after which a message that still fails goes to the dead-letter topic; a message the broker " +
+				"delivers more often (the process died handling it) is dead-lettered on arrival, before it is processed again."},
+		{Name: "dead_letter", Type: component.TypeString,
+			Doc: "read: topic receiving failed messages with metadata `error`; default the topic + `" + DeadLetterSuffix + "`."},
+	}
+}
+
+func sourceOptions(env *component.Env, c *component.Config) SourceOptions {
+	return SourceOptions{
+		Name:          c.Node,
+		Window:        c.Int("window"),
+		Linger:        c.Duration("linger"),
+		MaxDeliveries: c.Int("max_deliveries"),
+		DeadLetter:    c.String("dead_letter"),
+		Logger:        env.Logger,
+	}
+}
+
+func modeField() component.Field {
+	return component.Field{Name: "mode", Type: component.TypeEnum, Required: true, Enum: []string{"read", "write"},
+		Doc: "read: a source consuming the topic; write: a sink publishing to it."}
+}
+
+var errNoGraph = errors.New("a bus source needs the graph it feeds")
+
+// GoChannelSpec declares the gochannel connector: the in-process bus of
+// Env.Resources (see UseLocal).
+func GoChannelSpec() component.Spec {
+	return component.Spec{
+		Type:   "gochannel",
+		Kind:   component.KindSink,
+		KindOf: modeKind,
+		Summary: "The in-process message bus (watermill gochannel) shared by the flows of one process: `mode: read` " +
+			"consumes a topic with at-least-once delivery (see docs/bus.md), `mode: write` publishes every event it receives. " +
+			"Nothing is persisted: messages published while no flow reads the topic are dropped.",
+		Fields: append([]component.Field{
+			modeField(),
+			{Name: "topic", Aliases: []string{"subject"}, Type: component.TypeString, Required: true, Doc: "The topic."},
+		}, sourceFields()...),
+		Ports:    modePorts,
+		PortsDoc: "`out`, `err` in mode read; none otherwise",
+		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
+			local := localKey.Shared(env.Resources, func() *gochannel.GoChannel { return NewLocal(env.Logger) })
+			if modeKind(c) == component.KindSink {
+				s, err := NewSink(local, SinkOptions{Name: c.Node, Topic: c.String("topic")})
+				return component.Component{Processor: s}, err
+			}
+			if env.Graph == nil {
+				return component.Component{}, errNoGraph
+			}
+			o := sourceOptions(env, c)
+			o.Topic = c.String("topic")
+			s, err := NewSource(ctx, local, local, env.Graph, o)
+			return component.Component{Source: s}, err
+		},
+	}
+}
+
+// NATSSpec declares the nats connector: NATS JetStream.
+func NATSSpec() component.Spec {
+	return component.Spec{
+		Type:   "nats",
+		Kind:   component.KindSink,
+		KindOf: modeKind,
+		Summary: "NATS JetStream through watermill: `mode: read` consumes a subject through a durable consumer with " +
+			"at-least-once delivery, acknowledging messages once the flow has handled them, redelivering failed ones and " +
+			"dead-lettering those that keep failing (see docs/bus.md); `mode: write` publishes every event it receives and " +
+			"waits for the broker to store it. Streams and the consumer are created when missing.",
+		Fields: append([]component.Field{
+			modeField(),
+			{Name: "url", Type: component.TypeString, Default: DefaultNATSURL, Doc: "The broker's address."},
+			{Name: "subject", Aliases: []string{"topic"}, Type: component.TypeString, Required: true, Doc: "The subject."},
+			{Name: "stream", Type: component.TypeString,
+				Doc: "JetStream stream of the subject; default the stream capturing it, else one named after it (`.` → `_`) is created."},
+			{Name: "durable", Aliases: []string{"queue"}, Type: component.TypeString,
+				Doc: "read: durable consumer and queue group; processes sharing it share the messages. Default FLOW_NODE."},
+			{Name: "ack_wait", Type: component.TypeDuration, Default: DefaultAckWait.String(), Min: "1ms",
+				Doc: "read: how long the broker waits for an ack before redelivering (after a crash, too)."},
+			{Name: "connect_timeout", Type: component.TypeDuration, Default: DefaultConnectTimeout.String(), Min: "1ms",
+				Doc: "How long connecting, and draining at shutdown, may take."},
+		}, sourceFields()...),
+		Ports:    modePorts,
+		PortsDoc: "`out`, `err` in mode read; none otherwise",
+		Check:    checkNATSNames,
+		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
+			no := NATSOptions{
+				URL:            c.String("url"),
+				Subject:        c.String("subject"),
+				Stream:         c.String("stream"),
+				Durable:        c.String("durable"),
+				AckWait:        c.Duration("ack_wait"),
+				ConnectTimeout: c.Duration("connect_timeout"),
+				Logger:         env.Logger,
+			}
+			if modeKind(c) == component.KindSink {
+				s, err := NewNATSSink(ctx, c.Node, no)
+				return component.Component{Processor: s}, err
+			}
+			if env.Graph == nil {
+				return component.Component{}, errNoGraph
+			}
+			if no.Durable == "" {
+				flow := env.Flow
+				if flow == "" {
+					flow = "flowrun"
+				}
+				no.Durable = StreamName(flow + "_" + c.Node)
+			}
+			s, err := NewNATSSource(ctx, env.Graph, NATSSourceOptions{NATSOptions: no, Source: sourceOptions(env, c)})
+			return component.Component{Source: s}, err
+		},
+	}
+}
+
+// natsNameChars are the characters JetStream refuses in stream and
+// consumer names (whitespace, '.', the wildcards, path separators): the
+// ones StreamName replaces.
+const natsNameChars = ". \t\r\n*>/\\"
+
+// checkNATSNames refuses a stream or durable name the broker would refuse
+// once connected.
+func checkNATSNames(c *component.Config) error {
+	for _, opt := range []string{"stream", "durable"} {
+		if v := c.String(opt); strings.ContainsAny(v, natsNameChars) {
+			return component.OptionErr(opt, fmt.Errorf("%q is not a valid JetStream name: no whitespace, '.', '*', '>', '/' or '\\' (e.g. %q)", v, StreamName(v)))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,63 @@
+package pebblestore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/kv"
+)
+
+// This file declares the pebble backend of the kv connector for flow
+// files.
+
+// resourceKey holds the Pool of the kv connectors of a build.
+var resourceKey = component.NewKey[*Pool]("pebblestore.Pool")
+
+// UsePool makes the kv connectors built with res share their stores
+// through p (one per directory), for a process running several flows or
+// observing commits. Without it each build gets a pool of its own.
+func UsePool(res *component.Resources, p *Pool) { resourceKey.Put(res, p) }
+
+// Backend declares the pebble backend of the kv connector (kv.Spec): a
+// Pebble store in a directory of this machine.
+func Backend() kv.BackendSpec {
+	return kv.BackendSpec{
+		Name: "pebble",
+		Doc:  "a directory of this machine",
+		Fields: []component.Field{
+			{Name: "dir", Aliases: []string{"path"}, Type: component.TypePath, Required: true,
+				Doc: "Store directory, relative to the flow file unless absolute; created private (0700) when missing. Connectors whose dir reaches the same directory by any path (a symlink, x/../state) share one store."},
+			{Name: "sync", Type: component.TypeBool, Default: "true",
+				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},
+			{Name: "max_batch", Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxBatch), Min: "1",
+				Doc: "Most commands committed together as one group (one disk sync)."},
+			{Name: "max_delay", Type: component.TypeDuration, Default: "0s", Max: "1s",
+				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once. Every write of the group waits this long."},
+			{Name: "row_cache", Type: component.TypeByteSize, Default: fmt.Sprintf("%dMiB", DefaultRowCacheBytes>>20),
+				Doc: "Memory for recently read and written records kept in front of the store, so reads of hot keys skip the disk structures; reads are exactly as fresh without it. 0 disables it. Connectors sharing a directory share the first one's cache."},
+		},
+		Open: func(_ context.Context, env *component.Env, c *component.Config) (kv.Backend, string, error) {
+			dir := c.String("dir")
+			b, err := resourceKey.Shared(env.Resources, NewPool).Open(dir, Options{
+				NoSync:   !c.Bool("sync"),
+				MaxBatch: c.Int("max_batch"),
+				MaxDelay: c.Duration("max_delay"),
+				Logger:   env.Logger,
+
+				RowCacheBytes: rowCacheBytes(c.ByteSize("row_cache")),
+			})
+			return b, strconv.Quote(dir), err
+		},
+	}
+}
+
+// rowCacheBytes maps the row_cache option, where 0 disables the cache, to
+// Options.RowCacheBytes, where 0 means the default.
+func rowCacheBytes(n int64) int64 {
+	if n == 0 {
+		return -1
+	}
+	return n
+}

@@ -1,0 +1,164 @@
+package kv
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/flowrun/flowrun/component"
+)
+
+// This file declares the kv connector for flow files. Its backends are
+// declared by the packages implementing them (pebblestore.Backend,
+// etcdstore.Backend) and given to Spec, so that a program registering only
+// the Pebble backend links no etcd client.
+
+// BackendSpec declares a backend of the kv connector: the value of its
+// backend option, the options only it has, and how to open it.
+type BackendSpec struct {
+	// Name is the value of the backend option selecting it ("pebble").
+	Name string
+	// Doc says where the store lives, for the backend option's reference:
+	// "a directory of this machine".
+	Doc string
+	// Fields are the backend's own options. Spec makes each apply only
+	// with this backend (OnlyWhen), and required only with it.
+	Fields []component.Field
+	// Check checks the backend's options without opening anything (nil:
+	// none beyond the fields').
+	Check func(c *component.Config) error
+	// Open opens, or shares with other connectors of the process through
+	// env.Resources, the store c describes, and says where it is for
+	// messages ("etcd http://a:2379 prefix \"app/\"").
+	Open func(ctx context.Context, env *component.Env, c *component.Config) (b Backend, where string, err error)
+}
+
+// commandsKey holds the Options.OnCommands hook of the kv connectors of a
+// build.
+var commandsKey = component.NewKey[func(namespace, op string, ok bool, n int)]("kv command observer")
+
+// ObserveCommands makes fn the Options.OnCommands of every kv connector
+// built with res (metrics use it).
+func ObserveCommands(res *component.Resources, fn func(namespace, op string, ok bool, n int)) {
+	commandsKey.Put(res, fn)
+}
+
+// Spec declares the kv connector with the given backends; the first is
+// the default. It panics when none is given or two share a name, a
+// programming error.
+func Spec(backends ...BackendSpec) component.Spec {
+	if len(backends) == 0 {
+		panic("kv.Spec: no backend")
+	}
+	names := make([]string, len(backends))
+	var where []string
+	byName := map[string]*BackendSpec{}
+	for i := range backends {
+		b := &backends[i]
+		if byName[b.Name] != nil {
+			panic(fmt.Sprintf("kv.Spec: backend %q given twice", b.Name))
+		}
+		byName[b.Name] = b
+		names[i] = b.Name
+		where = append(where, b.Name+", "+b.Doc)
+	}
+	itoa := strconv.Itoa
+	fields := []component.Field{
+		{Name: "backend", Type: component.TypeEnum, Enum: names, Default: names[0],
+			Doc: "Where the store lives: " + strings.Join(where, "; ") + "."},
+	}
+	for _, b := range backends {
+		on := &component.When{Field: "backend", Values: []string{b.Name}}
+		for _, f := range b.Fields {
+			f.OnlyWhen = on
+			if f.Required {
+				f.RequiredWhen = on
+			}
+			fields = append(fields, f)
+		}
+	}
+	fields = append(fields, []component.Field{
+		{Name: "namespace", Type: component.TypeString, Doc: "Key namespace; defaults to the flow's name."},
+		{Name: "max_key_length", Type: component.TypeInt, Default: itoa(DefaultMaxKeyLength), Min: "1", Doc: "Longest key, in characters."},
+		{Name: "max_value_bytes", Type: component.TypeByteSize, Default: "4MiB", Min: "1", Max: "1GiB",
+			Doc: "Largest value, measured as canonical JSON."},
+		{Name: "max_get_all", Type: component.TypeInt, Default: itoa(DefaultMaxGetAll), Min: "1", Doc: "Most entries one get_all may return."},
+		{Name: "max_scan", Type: component.TypeInt, Default: itoa(DefaultMaxScan), Min: "1", Doc: "Default and highest limit of scan and keys."},
+		{Name: "max_result_bytes", Type: component.TypeByteSize, Default: fmt.Sprintf("%dMiB", DefaultMaxResultBytes>>20), Min: "1", Max: "1GiB",
+			Doc: "Budget of one event in bytes read from the store (values and keys returned, summed over a batch or a script run); an event needing more fails on err with budget exceeded and changes nothing."},
+		{Name: "max_keys_visited", Type: component.TypeInt, Default: itoa(DefaultMaxKeysVisited), Min: "1",
+			Doc: "Budget of one event in keys visited (point reads and every record a scan, count, keys, get_all or clear steps over, summed over a batch or a script run); bounds how long one event holds the store. An event needing more fails on err with budget exceeded and changes nothing."},
+		{Name: "reclaim_interval", Type: component.TypeDuration, Default: DefaultReclaimInterval.String(), Min: "1s",
+			Doc: "How often expired keys are deleted in the background."},
+		{Name: "idem_retention", Type: component.TypeDuration, Default: DefaultIdemRetention.String(), Min: "1s",
+			Doc: "How long the idempotency key (`idem`) of a write command is remembered; must outlast the source's longest redelivery delay."},
+		{Name: "idem_from", Type: component.TypeString,
+			Doc: "Path in the event's meta (e.g. `message_id`, set by bus sources) giving every write command without `idem` its idempotency key; a write lacking it is refused."},
+		{Name: "optimistic_scripts", Type: component.TypeBool, Default: "false",
+			Doc: "Lua nodes naming this connector run their scripts first outside the store's writer, which then only checks what they read and applies what they wrote (a script whose reads changed runs again in the writer). Helps when several flows share a busy store; a single flow is faster without it (see docs/lua.md)."},
+	}...)
+	backendOf := func(c *component.Config) *BackendSpec {
+		if b := byName[c.String("backend")]; b != nil {
+			return b
+		}
+		return &backends[0]
+	}
+	return component.Spec{
+		Type: "kv",
+		Kind: component.KindProcessor,
+		Summary: "The persistent key-value store. Applies the command in each event's `meta.kv` to the store of its backend " +
+			"(`" + strings.Join(names, "`, `") + "`; see docs/kv.md, and docs/scaling.md for a store several flowrun processes share) " +
+			"and emits the result on `out`, or the event with `meta.error` on `err`; `meta.correlation` is copied unchanged. " +
+			"Several kv connectors of one process may share a store (the same directory, or etcd endpoints and prefix), each in its own namespace.",
+		Fields: fields,
+		Ports:  component.StaticPorts(Ports()...),
+		Check: func(c *component.Config) error {
+			if b := backendOf(c); b.Check != nil {
+				if err := b.Check(c); err != nil {
+					return err
+				}
+			}
+			o := connectorOptions(nil, c)
+			return o.Validate()
+		},
+		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
+			backend, where, err := backendOf(c).Open(ctx, env, c)
+			if err != nil {
+				return component.Component{}, err
+			}
+			conn, err := New(backend, connectorOptions(env, c))
+			if err != nil {
+				_ = backend.Close()
+				return component.Component{}, fmt.Errorf("store %s: %w", where, err)
+			}
+			return component.Component{Processor: conn}, nil
+		},
+	}
+}
+
+// connectorOptions returns the connector options c sets; env (nil while
+// checking) gives the default namespace, the logger and the command hook.
+func connectorOptions(env *component.Env, c *component.Config) Options {
+	o := Options{
+		Namespace:       c.String("namespace"),
+		MaxKeyLength:    c.Int("max_key_length"),
+		MaxValueBytes:   int(c.ByteSize("max_value_bytes")),
+		MaxGetAll:       c.Int("max_get_all"),
+		MaxScan:         c.Int("max_scan"),
+		MaxResultBytes:  int(c.ByteSize("max_result_bytes")),
+		MaxKeysVisited:  c.Int("max_keys_visited"),
+		ReclaimInterval: c.Duration("reclaim_interval"),
+		IdemRetention:   c.Duration("idem_retention"),
+		IdemFrom:        c.String("idem_from"),
+		Optimistic:      c.Bool("optimistic_scripts"),
+	}
+	if env != nil {
+		if o.Namespace == "" {
+			o.Namespace = env.Flow
+		}
+		o.Logger = env.Logger
+		o.OnCommands, _ = commandsKey.Get(env.Resources)
+	}
+	return o
+}
