@@ -1,0 +1,2 @@
+// Package flowrun embeds flowrun's durable key-value store in a Go program.
+package flowrun
