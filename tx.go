@@ -83,7 +83,7 @@ func (tx *Tx) Increment(key string, by int64) (int64, error) {
 	if found {
 		if _, err := strconv.ParseInt(string(cur), 10, 64); err != nil {
 			if _, ferr := strconv.ParseFloat(string(cur), 64); ferr == nil && len(cur) > 0 && cur[0] != '"' {
-				return 0, tx.wrap(fmt.Errorf("increment %q: %w: stored value %s is not an integer (use IncrementFloat)", key, kv.ErrNotNumber, cur))
+				return 0, tx.wrap(&notInteger{key: key, value: string(cur)})
 			}
 			// Not a number at all, or out of range: the command says which.
 		}
@@ -175,3 +175,13 @@ func (tx *Tx) Clear(prefix string) (int, error) {
 	n, err := tx.s.Clear(prefix)
 	return n, tx.wrap(err)
 }
+
+// notInteger is the error of an Increment of a float: an ErrNotNumber
+// whose message does not claim that a float is not a number.
+type notInteger struct{ key, value string }
+
+func (e *notInteger) Error() string {
+	return fmt.Sprintf("increment %q: stored value %s is not an integer (use IncrementFloat)", e.key, e.value)
+}
+
+func (e *notInteger) Unwrap() error { return kv.ErrNotNumber }
