@@ -53,6 +53,12 @@ type StoreOptions struct {
 	// Now is the clock deciding expiry. Default time.Now; tests set their
 	// own to make expiry deterministic.
 	Now func() time.Time
+	// OnCommit, when set, is called once per commit group of the store
+	// once its outcome is known, from the store's syncer goroutine: how
+	// many transactions and calls it held, whether it wrote, how long it
+	// took. Metrics use it; it must be quick and must not call the store.
+	// Default nil.
+	OnCommit func(CommitInfo)
 	// Logger receives Pebble's log lines at debug level, store lifecycle
 	// events and reclaim failures. Default slog.Default().
 	Logger *slog.Logger
@@ -112,6 +118,14 @@ func (o *StoreOptions) Validate() error {
 	return nil
 }
 
+// CommitInfo describes one commit group, for StoreOptions.OnCommit.
+type CommitInfo = pebblestore.CommitInfo
+
+// pebbleOptions are the options of the store's directory.
+func (o *StoreOptions) pebbleOptions() pebblestore.Options {
+	return pebblestore.Options{NoSync: o.NoSync, Logger: o.Logger, OnCommit: o.OnCommit}
+}
+
 // kvOptions are the connector options of namespace ns.
 func (o *StoreOptions) kvOptions(ns string) kv.Options {
 	return kv.Options{
@@ -163,7 +177,7 @@ func OpenStore(ctx context.Context, dir string, opts StoreOptions) (*Store, erro
 		return nil, fmt.Errorf("flowrun: open store %q: %w", dir, err)
 	}
 	pool := pebblestore.NewPool()
-	anchor, err := pool.Open(dir, pebblestore.Options{NoSync: opts.NoSync, Logger: opts.Logger})
+	anchor, err := pool.Open(dir, opts.pebbleOptions())
 	if err != nil {
 		return nil, fmt.Errorf("flowrun: %w", err)
 	}
@@ -229,7 +243,7 @@ func (s *Store) Namespace(name string) *Namespace {
 		return n // not kept: it would be handed out after Close
 	}
 	n.err = func() error {
-		b, err := s.pool.Open(s.dir, pebblestore.Options{NoSync: s.opts.NoSync, Logger: s.opts.Logger})
+		b, err := s.pool.Open(s.dir, s.opts.pebbleOptions())
 		if err != nil {
 			return err
 		}

@@ -323,3 +323,47 @@ func TestCloseWaitsForCommands(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentPutsShareCommits: durable puts from many goroutines are
+// committed in groups, several calls sharing one commit and fsync, rather
+// than one commit per put.
+func TestConcurrentPutsShareCommits(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	groups, calls, maxCalls := 0, 0, 0
+	st := openStore(t, flowrun.StoreOptions{OnCommit: func(ci flowrun.CommitInfo) {
+		if !ci.Wrote {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		groups++
+		calls += ci.Requests
+		maxCalls = max(maxCalls, ci.Requests)
+	}})
+	ns := st.Namespace("")
+	const workers, each = 16, 20
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if err := ns.Put(ctx, fmt.Sprintf("w%d:%d", w, i), []byte("1"), flowrun.PutOptions{}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != workers*each {
+		t.Fatalf("OnCommit saw %d calls, want %d", calls, workers*each)
+	}
+	if maxCalls < 2 {
+		t.Errorf("%d puts from %d goroutines took %d commits, none shared", calls, workers, groups)
+	}
+	t.Logf("%d puts in %d commit groups (largest %d)", calls, groups, maxCalls)
+}
