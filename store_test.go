@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,4 +367,59 @@ func TestConcurrentPutsShareCommits(t *testing.T) {
 		t.Errorf("%d puts from %d goroutines took %d commits, none shared", calls, workers, groups)
 	}
 	t.Logf("%d puts in %d commit groups (largest %d)", calls, groups, maxCalls)
+}
+
+// TestReclaim: expired keys are invisible at once; Namespace.Reclaim
+// deletes them, and so does the store's background reclaiming every
+// ReclaimInterval.
+func TestReclaim(t *testing.T) {
+	ctx := context.Background()
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	commits := make(chan struct{}, 100)
+	st := openStore(t, flowrun.StoreOptions{
+		Now:             func() time.Time { return time.Unix(0, now.Load()) },
+		ReclaimInterval: 5 * time.Millisecond,
+		OnCommit: func(ci flowrun.CommitInfo) {
+			if ci.Wrote {
+				select {
+				case commits <- struct{}{}:
+				default:
+				}
+			}
+		},
+	})
+	manual, background := st.Namespace("manual"), st.Namespace("background")
+	for _, ns := range []*flowrun.Namespace{manual, background} {
+		for _, k := range []string{"a", "b"} {
+			if err := ns.Put(ctx, k, []byte("1"), flowrun.PutOptions{TTL: time.Second}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, err := manual.Reclaim(ctx); n != 0 || err != nil {
+		t.Fatalf("reclaim before expiry: %d, %v", n, err)
+	}
+	for len(commits) > 0 {
+		<-commits
+	}
+	now.Add(int64(2 * time.Second))
+	if ok, err := manual.Exists(ctx, "a"); ok || err != nil {
+		t.Fatalf("expired key exists: %t, %v", ok, err)
+	}
+	// The background reclaiming writes the deletions of both namespaces.
+	deadline := time.After(30 * time.Second) // does-not-hang bound only
+	for done := false; !done; {
+		select {
+		case <-commits:
+			if n, _ := background.Reclaim(ctx); n == 0 {
+				done = true
+			}
+		case <-deadline:
+			t.Fatal("no background reclaim within 30s")
+		}
+	}
+	if n, err := manual.Reclaim(ctx); n != 0 || err != nil {
+		t.Errorf("manual namespace after background reclaiming: %d, %v", n, err)
+	}
 }
