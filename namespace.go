@@ -24,7 +24,6 @@ type Namespace struct {
 	st   *Store
 	name string
 	conn *kv.Connector
-	err  error // opening failed
 }
 
 // Name returns the namespace's name.
@@ -38,9 +37,6 @@ func (n *Namespace) Name() string { return n.name }
 // than through tx, since it may be run again. The calls of one Update share the budgets of
 // one command (StoreOptions.MaxResultBytes, MaxKeysVisited).
 func (n *Namespace) Update(ctx context.Context, fn func(tx *Tx) error) error {
-	if n.err != nil {
-		return n.err
-	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("namespace %q: %w", n.name, err)
 	}
@@ -184,9 +180,6 @@ func (n *Namespace) Clear(ctx context.Context, prefix string) (c int, err error)
 // Reclaim deletes the namespace's expired keys now and returns how many;
 // the Store does it every StoreOptions.ReclaimInterval unless NoReclaim.
 func (n *Namespace) Reclaim(ctx context.Context) (int, error) {
-	if n.err != nil {
-		return 0, n.err
-	}
 	n.st.mu.RLock()
 	defer n.st.mu.RUnlock()
 	if n.st.closed {

@@ -2,7 +2,6 @@ package flowrun
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -150,15 +149,18 @@ func (o *StoreOptions) kvOptions(ns string) kv.Options {
 type Store struct {
 	dir  string
 	opts StoreOptions
-	pool *pebblestore.Pool
-	// anchor keeps the directory open between namespaces.
-	anchor kv.Backend
+	// base is the connector of the default namespace; every Namespace
+	// handle runs its commands through a connector derived from it.
+	base *kv.Connector
 
-	// mu guards closed and spaces. Commands hold it shared while they
+	// mu guards closed and names. Commands hold it shared while they
 	// run, so Close waits for the commands in progress.
 	mu     sync.RWMutex
 	closed bool
-	spaces map[string]*Namespace
+	// names are the namespaces handed out, for the background
+	// reclaiming: a name costs its bytes and a map entry, not a
+	// connector.
+	names map[string]struct{}
 
 	stop    context.CancelFunc
 	janitor sync.WaitGroup
@@ -176,13 +178,17 @@ func OpenStore(ctx context.Context, dir string, opts StoreOptions) (*Store, erro
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("flowrun: open store %q: %w", dir, err)
 	}
-	pool := pebblestore.NewPool()
-	anchor, err := pool.Open(dir, opts.pebbleOptions())
+	b, err := pebblestore.NewPool().Open(dir, opts.pebbleOptions())
 	if err != nil {
 		return nil, fmt.Errorf("flowrun: %w", err)
 	}
+	base, err := kv.New(b, opts.kvOptions(kv.DefaultNamespace))
+	if err != nil {
+		_ = b.Close()
+		return nil, fmt.Errorf("flowrun: open store %q: %w", dir, err)
+	}
 	jctx, stop := context.WithCancel(context.Background())
-	s := &Store{dir: dir, opts: opts, pool: pool, anchor: anchor, spaces: map[string]*Namespace{}, stop: stop}
+	s := &Store{dir: dir, opts: opts, base: base, names: map[string]struct{}{}, stop: stop}
 	if !opts.NoReclaim {
 		s.janitor.Add(1)
 		go s.reclaimLoop(jctx)
@@ -207,58 +213,30 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	s.closed = true
-	var errs []error
-	for _, n := range s.spaces {
-		if n.conn != nil {
-			errs = append(errs, n.conn.Close(context.Background()))
-		}
-	}
-	errs = append(errs, s.anchor.Close())
-	if err := errors.Join(errs...); err != nil {
+	if err := s.base.Close(context.Background()); err != nil {
 		return fmt.Errorf("flowrun: close store %q: %w", s.dir, err)
 	}
 	return nil
 }
 
-// Namespace returns the handle of namespace name ("" is kv.DefaultNamespace,
+// Namespace returns a handle on namespace name ("" is kv.DefaultNamespace,
 // the namespace of a kv connector given none): the keys of one namespace
 // are invisible to every other, as the keys of two flows sharing a store
-// directory are. Namespaces cost nothing until written; a flow's kv
-// connector with namespace: name sees the same keys. The handle is valid
-// until the store is closed; calling Namespace again with the same name
-// returns the same handle. An error opening it (a closed store) is
-// returned by its methods.
+// directory are, and a flow's kv connector with namespace: name sees the
+// same keys. A handle is cheap (no I/O, no goroutine, a few hundred bytes
+// freed with it), and two handles of one name are interchangeable, so a
+// program may take one per request. The Store remembers each name handed
+// out, for the background reclaiming of expired keys, until it is closed.
 func (s *Store) Namespace(name string) *Namespace {
 	if name == "" {
 		name = kv.DefaultNamespace
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n, ok := s.spaces[name]; ok {
-		return n
+	if !s.closed {
+		s.names[name] = struct{}{}
 	}
-	n := &Namespace{st: s, name: name}
-	if s.closed {
-		n.err = ErrClosed
-		return n // not kept: it would be handed out after Close
-	}
-	n.err = func() error {
-		b, err := s.pool.Open(s.dir, s.opts.pebbleOptions())
-		if err != nil {
-			return err
-		}
-		n.conn, err = kv.New(b, s.opts.kvOptions(name))
-		if err != nil {
-			_ = b.Close()
-		}
-		return err
-	}()
-	if n.err != nil {
-		n.err = fmt.Errorf("open namespace %q: %w", name, n.err)
-		return n
-	}
-	s.spaces[name] = n
-	return n
+	s.mu.Unlock()
+	return &Namespace{st: s, name: name, conn: s.base.WithNamespace(name)}
 }
 
 // reclaimLoop deletes the expired keys of every open namespace every
@@ -274,14 +252,14 @@ func (s *Store) reclaimLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		s.mu.RLock()
-		spaces := make([]*Namespace, 0, len(s.spaces))
-		for _, n := range s.spaces {
-			spaces = append(spaces, n)
+		names := make([]string, 0, len(s.names))
+		for n := range s.names {
+			names = append(names, n)
 		}
 		s.mu.RUnlock()
-		for _, n := range spaces {
-			if _, err := n.conn.Reclaim(ctx); err != nil && ctx.Err() == nil {
-				s.opts.Logger.Warn("flowrun: reclaiming expired keys failed", "dir", s.dir, "namespace", n.name, "error", err)
+		for _, name := range names {
+			if _, err := s.base.WithNamespace(name).Reclaim(ctx); err != nil && ctx.Err() == nil {
+				s.opts.Logger.Warn("flowrun: reclaiming expired keys failed", "dir", s.dir, "namespace", name, "error", err)
 			}
 		}
 	}

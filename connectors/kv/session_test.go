@@ -197,3 +197,41 @@ func TestSessionPagesAndCAD(t *testing.T) {
 		}
 	}
 }
+
+// TestWithNamespace: a derived connector sees only its namespace's keys,
+// and closing it leaves the Backend open for its parent.
+func TestWithNamespace(t *testing.T) {
+	ctx := context.Background()
+	conn, err := kv.New(memstore.New(), kv.Options{ReclaimInterval: -1, Namespace: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	b := conn.WithNamespace("b")
+	if b.Options().Namespace != "b" || conn.WithNamespace("").Options().Namespace != kv.DefaultNamespace {
+		t.Fatalf("namespaces %q, %q", b.Options().Namespace, conn.WithNamespace("").Options().Namespace)
+	}
+	put := func(c *kv.Connector, v string) {
+		t.Helper()
+		errs, err := c.Run(ctx, []func(*kv.Session) error{func(s *kv.Session) error { return s.Set("k", []byte(v), 0) }})
+		if err != nil || errs[0] != nil {
+			t.Fatal(err, errs[0])
+		}
+	}
+	get := func(c *kv.Connector) (v []byte) {
+		t.Helper()
+		errs, err := c.Run(ctx, []func(*kv.Session) error{func(s *kv.Session) (err error) { v, _, err = s.Get("k", nil); return err }})
+		if err != nil || errs[0] != nil {
+			t.Fatal(err, errs[0])
+		}
+		return v
+	}
+	put(conn, "1")
+	put(b, "2")
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a, bv := get(conn), get(conn.WithNamespace("b")); string(a) != "1" || string(bv) != "2" {
+		t.Fatalf("a=%s b=%s, want 1 and 2", a, bv)
+	}
+}
