@@ -46,7 +46,7 @@ func TestBadInput(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, flowrun.StoreOptions{MaxKeyLength: 8, MaxValueBytes: 32, MaxScan: 10, MaxGetAll: 2, NoReclaim: true})
 	ns := st.Namespace("bad")
-	for k, v := range map[string]string{"n": "5", "f": "1.5", "s": `"text"`, "big": "9223372036854775807", "huge": "1e308"} {
+	for k, v := range map[string]string{"n": "5", "f": "1.5", "s": `"text"`, "big": "9223372036854775807", "huge": "1e308", "huge_int": "99999999999999999999"} {
 		if err := ns.Put(ctx, k, []byte(v), flowrun.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -78,6 +78,7 @@ func TestBadInput(t *testing.T) {
 		{"increment a string", ctx, func(ctx context.Context) error { _, err := ns.Increment(ctx, "s", 1); return err }, flowrun.ErrNotNumber, `"text"`},
 		{"integer increment of a float", ctx, func(ctx context.Context) error { _, err := ns.Increment(ctx, "f", 1); return err }, flowrun.ErrNotNumber, "IncrementFloat"},
 		{"float increment of a string", ctx, func(ctx context.Context) error { _, err := ns.IncrementFloat(ctx, "s", 0.5); return err }, flowrun.ErrNotNumber, ""},
+		{"increment of an integer beyond int64", ctx, func(ctx context.Context) error { _, err := ns.Increment(ctx, "huge_int", 1); return err }, flowrun.ErrOverflow, "does not fit"},
 		{"increment overflow", ctx, func(ctx context.Context) error { _, err := ns.Increment(ctx, "big", 1); return err }, flowrun.ErrOverflow, ""},
 		{"float increment by infinity", ctx, func(ctx context.Context) error {
 			_, err := ns.IncrementFloat(ctx, "n", math.Inf(1))

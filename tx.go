@@ -1,6 +1,7 @@
 package flowrun
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -80,13 +81,9 @@ func (tx *Tx) Increment(key string, by int64) (int64, error) {
 	if err != nil {
 		return 0, tx.wrap(err)
 	}
-	if found {
-		if _, err := strconv.ParseInt(string(cur), 10, 64); err != nil {
-			if _, ferr := strconv.ParseFloat(string(cur), 64); ferr == nil && len(cur) > 0 && cur[0] != '"' {
-				return 0, tx.wrap(&notInteger{key: key, value: string(cur)})
-			}
-			// Not a number at all, or out of range: the command says which.
-		}
+	if found && isFloatLiteral(cur) {
+		// The command would add to it as a float: refuse before writing.
+		return 0, tx.wrap(&notInteger{key: key, value: string(cur)})
 	}
 	v, err := tx.s.IncrementInt(key, by)
 	if err != nil {
@@ -185,3 +182,9 @@ func (e *notInteger) Error() string {
 }
 
 func (e *notInteger) Unwrap() error { return kv.ErrNotNumber }
+
+// isFloatLiteral reports whether the canonical JSON value v is a number
+// written with a fraction or an exponent.
+func isFloatLiteral(v []byte) bool {
+	return len(v) > 0 && (v[0] == '-' || v[0] >= '0' && v[0] <= '9') && bytes.ContainsAny(v, ".eE")
+}
