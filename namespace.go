@@ -34,8 +34,12 @@ func (n *Namespace) Name() string { return n.name }
 // It returns fn's error, or the commit's (ErrCommit). fn runs in the
 // store's writer, between the transactions of other calls: it must be
 // short, must not block nor call the Store, and must have no effect other
-// than through tx, since it may be run again. The calls of one Update share the budgets of
-// one command (StoreOptions.MaxResultBytes, MaxKeysVisited).
+// than through tx, since it may be run again. A panic in fn is returned
+// as an error, nothing applied. The calls of one Update share the budgets
+// of one command (StoreOptions.MaxResultBytes, MaxKeysVisited).
+//
+// Reads run in the writer too, so they see every write acknowledged
+// before them and wait for nothing but the writes queued ahead.
 func (n *Namespace) Update(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("namespace %q: %w", n.name, err)
