@@ -53,8 +53,8 @@
 // Concurrency: a Store is safe for use by many goroutines. Transactions
 // are applied one at a time by the store's writer goroutine, in the order
 // they reach it, and the transactions of concurrent calls are committed
-// in groups sharing one fsync: 64 goroutines putting at once reached 17
-// times the throughput of one on a 2-core machine
+// in groups sharing one fsync: 64 goroutines putting at once reached 12 to
+// 24 times the throughput of one on a loaded 2-core machine
 // (BenchmarkStorePutParallel against BenchmarkStorePutSequential).
 //
 // Limits: keys are non-empty UTF-8 strings of at most
