@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/flowrun/flowrun"
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
 
 func openStore(t *testing.T, opts flowrun.StoreOptions) *flowrun.Store {
@@ -422,5 +424,39 @@ func TestReclaim(t *testing.T) {
 	}
 	if n, err := manual.Reclaim(ctx); n != 0 || err != nil {
 		t.Errorf("manual namespace after background reclaiming: %d, %v", n, err)
+	}
+}
+
+// TestSameKeysAsAConnector: what a Store writes in namespace NAME is what a
+// flow's kv connector with namespace NAME reads from the same directory.
+func TestSameKeysAsAConnector(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := flowrun.OpenStore(ctx, dir, flowrun.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Namespace("warnings").Put(ctx, "warnings_7", []byte(`{"n": 3}`), flowrun.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kv.New(b, kv.Options{Namespace: "warnings", ReclaimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var v []byte
+	errs, err := conn.Run(ctx, []func(*kv.Session) error{func(s *kv.Session) (err error) {
+		v, _, err = s.Get("warnings_7", nil)
+		return err
+	}})
+	if err != nil || errs[0] != nil || string(v) != `{"n":3}` {
+		t.Fatalf("connector reads %s, %v, %v", v, err, errs[0])
 	}
 }
