@@ -41,6 +41,9 @@ type Connector struct {
 	// submission to the store's writer (see cut.go).
 	cut cutter
 
+	// borrowed marks a Connector made by WithNamespace: it does not own
+	// its Backend and has no janitor.
+	borrowed  bool
 	stop      context.CancelFunc
 	janitor   sync.WaitGroup
 	closeOnce sync.Once
@@ -74,6 +77,23 @@ func New(b Backend, opts Options) (*Connector, error) {
 	return c, nil
 }
 
+// WithNamespace returns a Connector for namespace ns ("" for
+// DefaultNamespace) over c's Backend, with c's other options, for a
+// program serving many namespaces: it reads nothing from the store, starts
+// no janitor (call its Reclaim) and does not own the Backend, so its Close
+// does nothing. It must not be used once c is closed. It costs one small
+// allocation, released with the last reference to it.
+func (c *Connector) WithNamespace(ns string) *Connector {
+	opts := c.opts
+	opts.Namespace = ns
+	if ns == "" {
+		opts.Namespace = DefaultNamespace
+	}
+	d := &Connector{b: c.b, opts: opts, layout: newLayout(opts.Namespace), borrowed: true}
+	d.dec = decoder{opts: &d.opts}
+	return d
+}
+
 // reportPartialLoads warns, through the connector's Logger, of every load
 // into the store that did not complete (see PartialLoads).
 func (c *Connector) reportPartialLoads() {
@@ -98,8 +118,12 @@ const partialLoadCheckTimeout = 10 * time.Second
 func (c *Connector) Options() Options { return c.opts }
 
 // Close stops the janitor, waits for it, then closes the Backend. Calls
-// after the first return the first result.
+// after the first return the first result. It does nothing on a Connector
+// made by WithNamespace.
 func (c *Connector) Close(context.Context) error {
+	if c.borrowed {
+		return nil
+	}
 	c.closeOnce.Do(func() {
 		c.stop()
 		c.janitor.Wait()

@@ -474,6 +474,18 @@ func (s *Session) Increment(key string, delta float64) ([]byte, error) {
 	return r.data, err
 }
 
+// IncrementInt is Increment with an integral delta, exact over the
+// whole int64 range (a float64 delta is exact only within ±2^53).
+func (s *Session) IncrementInt(key string, delta int64) ([]byte, error) {
+	cmd, err := s.key(opIncrement, key, false)
+	if err != nil {
+		return nil, err
+	}
+	cmd.byInt = delta
+	r, err := s.x.run(&cmd)
+	return r.data, err
+}
+
 // CAS stores value at key if the current live value equals old (nil: the
 // key must be absent); otherwise it fails with ErrCASMismatch.
 func (s *Session) CAS(key string, old, value []byte) error {
@@ -494,4 +506,103 @@ func (s *Session) CAS(key string, old, value []byte) error {
 	}
 	_, err = s.x.run(&cmd)
 	return err
+}
+
+// limit checks a page size the way the decoder checks "limit": 0 means
+// Options.MaxScan, more than MaxScan is ErrTooManyEntries.
+func (s *Session) limit(cmd *command, n int) error {
+	switch {
+	case n < 0:
+		return cmd.errf(ErrInvalidCommand, `"limit" must be a non-negative integer, got %d`, n)
+	case n > s.x.c.opts.MaxScan:
+		return cmd.errf(ErrTooManyEntries, "limit %d is above the maximum of %d", n, s.x.c.opts.MaxScan)
+	case n > 0:
+		cmd.limit, cmd.hasLimit = n, true
+	}
+	return nil
+}
+
+// CAD deletes key if its live value equals old (a JSON value) and returns
+// the deleted value; otherwise it fails with ErrCASMismatch, like the cad
+// command.
+func (s *Session) CAD(key string, old []byte) ([]byte, error) {
+	cmd, err := s.key(opCad, key, false)
+	if err != nil {
+		return nil, err
+	}
+	if cmd.old, err = s.value(&cmd, old, "old"); err != nil {
+		return nil, err
+	}
+	r, err := s.x.run(&cmd)
+	return r.data, err
+}
+
+// KeysPage returns at most limit live keys starting with prefix ("" for
+// all) and coming after the key after ("" to start at the first), in
+// order, like keys with "after" and "limit". next is the cursor of the next
+// page, to pass as after, and more reports whether there is one. A limit
+// of 0 means Options.MaxScan; a higher one is ErrTooManyEntries.
+func (s *Session) KeysPage(prefix, after string, limit int) (keys []string, next string, more bool, err error) {
+	cmd, err := s.key(opKeys, prefix, true)
+	if err != nil {
+		return nil, "", false, err
+	}
+	if err := s.limit(&cmd, limit); err != nil {
+		return nil, "", false, err
+	}
+	if after != "" {
+		d := decoder{opts: &s.x.c.opts}
+		if err := d.checkKey(&cmd, "after", gjson.Result{Type: gjson.String, Str: after}, true); err != nil {
+			return nil, "", false, err
+		}
+		cmd.after, cmd.hasAfter = after, true
+	}
+	r, err := s.x.run(&cmd)
+	if err != nil {
+		return nil, "", false, err
+	}
+	for _, k := range gjson.ParseBytes(r.data).Array() {
+		keys = append(keys, k.Str)
+	}
+	if n := gjson.ParseBytes(r.next); n.Type == gjson.String {
+		return keys, n.Str, true, nil
+	}
+	return keys, "", false, nil
+}
+
+// Entry is one live key and its JSON value, as Scan returns them.
+type Entry struct {
+	Key   string
+	Value []byte
+}
+
+// Scan returns the live entries whose keys are in [start, end) (end ""
+// for the rest of the namespace), in key order, at most limit of them,
+// like scan. A limit of 0 means Options.MaxScan; a higher one is
+// ErrTooManyEntries. The next page starts at the last key returned
+// followed by "\x00".
+func (s *Session) Scan(start, end string, limit int) ([]Entry, error) {
+	cmd, err := s.key(opScan, start, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.limit(&cmd, limit); err != nil {
+		return nil, err
+	}
+	if end != "" {
+		d := decoder{opts: &s.x.c.opts}
+		if err := d.checkKey(&cmd, "end", gjson.Result{Type: gjson.String, Str: end}, true); err != nil {
+			return nil, err
+		}
+		cmd.end, cmd.hasEnd = end, true
+	}
+	r, err := s.x.run(&cmd)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, len(r.rows))
+	for i, rw := range r.rows {
+		out[i] = Entry{Key: rw.key, Value: rw.value}
+	}
+	return out, nil
 }
