@@ -92,7 +92,8 @@ func NewClient(opts ClientOptions) (*Client, error) {
 			return nil, fmt.Errorf("http_client: Headers (headers) %s: %w: %w", name, ErrInvalidOption, err)
 		}
 		if t.literal() {
-			c.base.Set(name, strings.ReplaceAll(strings.ReplaceAll(v, "{{", "{"), "}}", "}"))
+			lit, _ := t.render(pipeline.Event{}) // no placeholder, no error
+			c.base.Set(name, lit)
 			continue
 		}
 		c.headers = append(c.headers, headerTemplate{name: name, t: t})

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"strings"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -81,7 +80,8 @@ type ClientOptions struct {
 	// Method is the HTTP method. Default DefaultMethod (POST).
 	Method string
 	// Headers are sent with every request; values are templates like URL
-	// (not escaped; a value rendering a control character is refused).
+	// (not escaped; a control character, in the template or in a
+	// rendered value, is refused).
 	// Content-Type defaults to application/json when a body is sent.
 	Headers map[string]string
 	// Body says what is sent. Default BodyData, or BodyNone for GET and
@@ -104,8 +104,9 @@ type ClientOptions struct {
 	NoRetry bool
 	// BackoffInitial and BackoffMax shape the wait before retry n
 	// (counting from 0): a random duration between 0 and
-	// min(BackoffMax, BackoffInitial × 2^n) ("full jitter"). A 429 or 503
-	// response's Retry-After replaces it, capped at BackoffMax. Defaults
+	// min(BackoffMax, BackoffInitial × 2^n) ("full jitter"). The
+	// Retry-After header of a retried response replaces it, capped at
+	// BackoffMax. Defaults
 	// DefaultBackoffInitial (100 ms) and DefaultBackoffMax (5 s).
 	BackoffInitial time.Duration
 	BackoffMax     time.Duration
@@ -201,8 +202,8 @@ func (o *ClientOptions) Validate() error {
 		if !httpguts.ValidHeaderFieldName(name) {
 			return bad("Headers", "headers", "%q is not a header name", name)
 		}
-		if strings.ContainsAny(v, "\r\n") {
-			return bad("Headers", "headers", "the value of %s holds a line break", name)
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return bad("Headers", "headers", "the value of %s holds a control character", name)
 		}
 		if http.CanonicalHeaderKey(name) == "Authorization" {
 			auth++
@@ -210,6 +211,9 @@ func (o *ClientOptions) Validate() error {
 	}
 	if o.BearerToken != "" {
 		auth++
+		if !httpguts.ValidHeaderFieldValue(o.BearerToken) {
+			return bad("BearerToken", "bearer_token", "the token holds a control character")
+		}
 	}
 	if o.BasicAuth != nil {
 		auth++

@@ -657,7 +657,9 @@ func TestNewClientRefuses(t *testing.T) {
 		{"bad method", ClientOptions{URL: "http://h/", Method: "GE T"}, "Method (method)"},
 		{"bad body", ClientOptions{URL: "http://h/", Body: "xml"}, "Body (body)"},
 		{"bad header name", ClientOptions{URL: "http://h/", Headers: map[string]string{"X Y": "1"}}, "Headers (headers)"},
-		{"header line break", ClientOptions{URL: "http://h/", Headers: map[string]string{"X": "a\nb"}}, "line break"},
+		{"header line break", ClientOptions{URL: "http://h/", Headers: map[string]string{"X": "a\nb"}}, "the value of X holds a control character"},
+		{"header NUL", ClientOptions{URL: "http://h/", Headers: map[string]string{"X": "a{data.x}\x00"}}, "the value of X holds a control character"},
+		{"token line break", ClientOptions{URL: "http://h/", BearerToken: "t\r\nX: y"}, "BearerToken (bearer_token)"},
 		{"bad header template", ClientOptions{URL: "http://h/", Headers: map[string]string{"X": "{data."}}, "Headers (headers) X"},
 		{"two auths", ClientOptions{URL: "http://h/", BearerToken: "t", Headers: map[string]string{"authorization": "x"}}, "at most one of"},
 		{"negative timeout", ClientOptions{URL: "http://h/", Timeout: -1}, "Timeout (timeout)"},
@@ -740,5 +742,24 @@ func TestClientStopsOnCancel(t *testing.T) {
 				t.Fatal("Process did not return after its context was cancelled")
 			}
 		})
+	}
+}
+
+// TestURLTemplateKeepsHost checks the second line of defence: a rendered
+// URL whose scheme or host differs from the configured ones is refused.
+// Escaping makes it unreachable from NewClient's templates, so the check
+// is driven directly.
+func TestURLTemplateKeepsHost(t *testing.T) {
+	ut, err := parseURLTemplate("http://example.com/{data}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ut.render(event(`"x"`, ``)); err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	for _, other := range []urlTemplate{{ut.template, "http", "evil.example"}, {ut.template, "https", "example.com"}} {
+		if _, err := other.render(event(`"x"`, ``)); !errors.Is(err, ErrTemplate) || !strings.Contains(err.Error(), "does not keep the configured") {
+			t.Errorf("render with %s://%s configured: %v, want ErrTemplate", other.scheme, other.host, err)
+		}
 	}
 }
