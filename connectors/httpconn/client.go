@@ -1,6 +1,3 @@
-// Package httpconn connects flows to HTTP. Client (flow type http_client)
-// is a processor that calls an HTTP endpoint once per event and emits the
-// response as the event's data.
 package httpconn
 
 import (
