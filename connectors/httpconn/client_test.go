@@ -68,7 +68,7 @@ func newClient(t *testing.T, opts ClientOptions) *Client {
 }
 
 func event(data, meta string) pipeline.Event {
-	return pipeline.Event{Data: []byte(data), Meta: []byte(meta), Seq: 7}
+	return pipeline.NewTracker(8, nil, nil).Track(7, pipeline.Event{Data: []byte(data), Meta: []byte(meta)})
 }
 
 // seen is a request as a test server saw it.
@@ -164,8 +164,8 @@ func TestClientSendsTemplatedRequest(t *testing.T) {
 			if string(got[0].ev.Data) != `{"ok":true}` {
 				t.Errorf("data %s, want the response compacted", got[0].ev.Data)
 			}
-			if got[0].ev.Seq != 7 {
-				t.Errorf("Seq %d, want 7 (the event derives from its input)", got[0].ev.Seq)
+			if got[0].ev.Origin().Index() != 7 {
+				t.Errorf("origin %d, want 7 (the event derives from its input)", got[0].ev.Origin().Index())
 			}
 			if s := got[0].meta("http.status").Int(); s != 200 {
 				t.Errorf("meta.http.status %d, meta %s", s, got[0].ev.Meta)

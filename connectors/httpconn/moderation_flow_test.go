@@ -77,8 +77,9 @@ func TestModerationFlow(t *testing.T) {
 		`{"reason":"no player"}`,
 	}
 	input := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
+		tr := pipeline.NewTracker(len(reports)+1, nil, nil)
 		for i, r := range reports {
-			emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte(r), Seq: uint64(i + 1)})
+			emit.Emit(pipeline.PortOut, tr.Track(i+1, pipeline.Event{Data: []byte(r)}))
 		}
 		return emit.Flush(ctx)
 	})
@@ -146,8 +147,8 @@ func TestModerationFlow(t *testing.T) {
 	}
 	a := actions.got[0]
 	if string(a.Data) != `{"player":"alice","action":"mute","minutes":10}` || gjson.GetBytes(a.Meta, "correlation").String() != "alice" ||
-		gjson.GetBytes(a.Meta, "http.status").Int() != 200 || a.Seq != 5 {
-		t.Errorf("action %s %s seq %d, want alice muted, correlated, from report 5", a.Data, a.Meta, a.Seq)
+		gjson.GetBytes(a.Meta, "http.status").Int() != 200 || a.Origin().Index() != 5 {
+		t.Errorf("action %s %s seq %d, want alice muted, correlated, from report 5", a.Data, a.Meta, a.Origin().Index())
 	}
 	if want := []string{`{"player":"alice","warnings":3}`}; !slices.Equal(calls["alice"], want) {
 		t.Errorf("webhook got %q for alice, want %q", calls["alice"], want)
@@ -163,7 +164,7 @@ func TestModerationFlow(t *testing.T) {
 		case gjson.GetBytes(e.Meta, "correlation").String() == "carol":
 			sawCarol = strings.Contains(msg, "503 Service Unavailable (2 attempts)") &&
 				gjson.GetBytes(e.Meta, "http.body").String() == "moderation queue full\n" &&
-				string(e.Data) == `{"player":"carol","warnings":3}` && e.Seq == 7
+				string(e.Data) == `{"player":"carol","warnings":3}` && e.Origin().Index() == 7
 		case string(e.Data) == `{"reason":"no player"}`:
 			sawNoPlayer = strings.Contains(msg, "missing")
 		default:
