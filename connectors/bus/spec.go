@@ -45,7 +45,7 @@ func sourceFields() []component.Field {
 	itoa := strconv.Itoa
 	return []component.Field{
 		{Name: "window", Type: component.TypeInt, Default: itoa(DefaultWindow), Min: "1",
-			Doc: "read: most messages emitted, then acknowledged, together once the flow has handled them."},
+			Doc: "read: most messages emitted together, and most held unacknowledged (nats); each message is acknowledged on its own as soon as everything derived from it is done."},
 		{Name: "linger", Type: component.TypeDuration, Default: DefaultLinger.String(), Min: "1µs",
 			Doc: "read: how long a window waits for one more message before it is processed."},
 		{Name: "max_deliveries", Type: component.TypeInt, Default: itoa(DefaultMaxDeliveries), Min: "1",
@@ -53,6 +53,11 @@ func sourceFields() []component.Field {
 				"delivers more often (the process died handling it) is dead-lettered on arrival, before it is processed again."},
 		{Name: "dead_letter", Type: component.TypeString,
 			Doc: "read: topic receiving failed messages with metadata `error`; default the topic + `" + DeadLetterSuffix + "`."},
+		{Name: "fail_on", Type: component.TypeEnum, Enum: []string{FailOnUnlinkedErr, FailOnErr}, Default: FailOnUnlinkedErr,
+			Doc: "read: which events fail the message they derive from: `" + FailOnUnlinkedErr + "`, one on an `err` port with no link " +
+				"(a linked `err` port handles the failure); `" + FailOnErr + "`, one on any `err` port. A failed message is redelivered, then dead-lettered."},
+		{Name: "fail_sinks", Type: component.TypeStrings,
+			Doc: "read: sinks of the flow (a dead-letter file, say) whose receiving an event derived from a message fails the message too."},
 	}
 }
 
@@ -63,6 +68,8 @@ func sourceOptions(env *component.Env, c *component.Config) SourceOptions {
 		Linger:        c.Duration("linger"),
 		MaxDeliveries: c.Int("max_deliveries"),
 		DeadLetter:    c.String("dead_letter"),
+		FailOn:        c.String("fail_on"),
+		FailSinks:     c.Strings("fail_sinks"),
 		Logger:        env.Logger,
 	}
 }
