@@ -114,15 +114,21 @@ func (t *Tracker) ref(i int32, n int, flags uint32) {
 func (t *Tracker) release(i int32, flags uint32, sink int) {
 	s := &t.slots[i]
 	if sink >= 0 {
-		s.sinks.Or(1 << min(sink, 63))
+		if bit := uint64(1) << min(sink, 63); s.sinks.Load()&bit == 0 {
+			s.sinks.Or(bit)
+		}
 	}
-	add := uint64(flags) << 32
 	var now uint64
-	for {
-		old := s.word.Load()
-		now = (old - 1) | add
-		if s.word.CompareAndSwap(old, now) {
-			break
+	if flags == 0 {
+		now = s.word.Add(^uint64(0))
+	} else {
+		add := uint64(flags) << 32
+		for {
+			old := s.word.Load()
+			now = (old - 1) | add
+			if s.word.CompareAndSwap(old, now) {
+				break
+			}
 		}
 	}
 	if uint32(now) == 0 {
