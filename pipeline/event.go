@@ -9,6 +9,11 @@
 // output ports to the inputs of other nodes with bounded channels, keeps the
 // order of events from each upstream node, and shuts down by draining: every
 // event a source has emitted is processed before Run returns.
+//
+// A source that needs to know when one of its events is done (to
+// acknowledge a message, answer a request, or order output) tags it with a
+// Tracker: the graph reports, once per event, when every event derived from
+// it has been consumed, and what became of it (an Outcome).
 package pipeline
 
 import (
