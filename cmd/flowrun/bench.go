@@ -14,6 +14,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/flowrun/flowrun/connectors/httpconn/httpbench"
 	"github.com/flowrun/flowrun/connectors/kv/kvbench"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
@@ -31,6 +32,10 @@ type benchFlags struct {
 	cpuprofile string
 	backend    string
 	endpoints  string
+	http       bool
+	clients    int
+	rate       int
+	duration   time.Duration
 }
 
 // Defaults of --ops and --keys with --backend etcd: a cluster commits a
@@ -71,7 +76,17 @@ is not a terminal:
    "p50_us","p99_us","peak_rss_mb","row_cache_hit_rate"}
 and an aligned table otherwise. Latency is per batch, from the source
 handing the batch to the graph to the sink receiving its last result,
-counted once for each operation of the batch. Progress goes to stderr.`,
+counted once for each operation of the batch. Progress goes to stderr.
+
+With --http the kv connector is served by an http_server connector on
+loopback, and --clients keep-alive connections send sync requests (put,
+get; default both), each waiting for its answer (closed loop), compared
+with the same commands fed through stdin in the same run. With --rate N the
+load is open loop instead: N requests/s for --duration, sent on schedule
+whether or not earlier ones were answered, and latency counts from each
+request's scheduled time. One JSON object per workload:
+  {"workload","mode","clients","rate","requests","errors","http_req_per_s",
+   "stdin_ops_per_s","ratio","p50_us","p90_us","p99_us","p999_us","max_us"}`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext(cmd.Context(), e)
@@ -83,6 +98,9 @@ counted once for each operation of the batch. Progress goes to stderr.`,
 				if !cmd.Flags().Changed("keys") {
 					f.keys = etcdBenchKeys
 				}
+			}
+			if f.http {
+				return runHTTPBench(ctx, e, f, cmd.Flags().Changed("workload"), cmd.Flags().Changed("ops"))
 			}
 			return runBench(ctx, e, f)
 		},
@@ -100,6 +118,10 @@ counted once for each operation of the batch. Progress goes to stderr.`,
 	fl.BoolVar(&f.json, "json", false, "print JSON lines even on a terminal")
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
 	fl.StringVar(&f.backend, "backend", kvbench.BackendPebble, "store under test: pebble or etcd")
+	fl.BoolVar(&f.http, "http", false, "measure sync requests to an http_server connector against stdin")
+	fl.IntVar(&f.clients, "clients", 64, "--http: keep-alive connections")
+	fl.IntVar(&f.rate, "rate", 0, "--http: open loop at this many requests/s (0: closed loop)")
+	fl.DurationVar(&f.duration, "duration", 10*time.Second, "--http --rate: how long to send")
 	fl.StringVar(&f.endpoints, "endpoints", os.Getenv("FLOWRUN_ETCD_ENDPOINTS"), "etcd client URLs, comma-separated, for --backend etcd (default $FLOWRUN_ETCD_ENDPOINTS)")
 	return cmd
 }
@@ -246,4 +268,41 @@ func (p *benchProgress) clear() {
 	if p.bar != nil {
 		_ = p.bar.Clear()
 	}
+}
+
+// runHTTPBench runs `flowrun bench --http`.
+func runHTTPBench(ctx context.Context, e env, f benchFlags, workloadSet, opsSet bool) error {
+	cfg := httpbench.Config{
+		Clients: f.clients, Keys: f.keys, ValueBytes: f.valueBytes,
+		Rate: f.rate, Duration: f.duration, NoSync: !f.sync, Dir: f.dir,
+	}
+	if workloadSet {
+		cfg.Workloads = f.workloads
+	}
+	if opsSet {
+		cfg.Requests = f.ops
+	}
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	enc := json.NewEncoder(e.stdout)
+	for _, w := range cfg.Workloads {
+		one := cfg
+		one.Workloads = []string{w}
+		fmt.Fprintf(e.stderr, "bench --http: %s...\n", w)
+		rs, err := httpbench.Run(ctx, one)
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				return exitError{exitFail}
+			}
+			return err
+		}
+		for _, r := range rs {
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
