@@ -254,14 +254,26 @@ func (b *FlowBuilder) describe(d flows.Diagnostic) string {
 		msg = d.Severity.String() + ": " + msg
 	}
 	field := d.Field
-	for _, sec := range []struct{ prefix, word string }{{"connectors.", "connector "}, {"pipelines.", "pipeline "}} {
-		if rest, ok := strings.CutPrefix(field, sec.prefix); ok {
-			node, opt, hasOpt := strings.Cut(rest, ".")
-			if hasOpt {
-				return sec.word + node + ": option " + opt + ": " + msg
-			}
-			return sec.word + node + ": " + msg
+	if rest, ok := strings.CutPrefix(field, "connectors."); ok {
+		// connectors.NODE or connectors.NODE.OPTION
+		if node, opt, hasOpt := strings.Cut(rest, "."); hasOpt {
+			return "connector " + node + ": option " + opt + ": " + msg
 		}
+		return "connector " + rest + ": " + msg
+	}
+	if rest, ok := strings.CutPrefix(field, "pipelines."); ok {
+		// pipelines.NODE, pipelines.NODE[STEP] or
+		// pipelines.NODE[STEP].OPERATOR.OPTION
+		node, step, hasStep := strings.Cut(rest, "[")
+		if !hasStep {
+			return "pipeline " + node + ": " + msg
+		}
+		i, opt, _ := strings.Cut(step, "]")
+		where := "pipeline " + node + ", step " + i
+		if op, name, hasOpt := strings.Cut(strings.TrimPrefix(opt, "."), "."); hasOpt {
+			where += " (" + op + "): option " + name
+		}
+		return where + ": " + msg
 	}
 	if rest, ok := strings.CutPrefix(field, "links["); ok {
 		if i, err := strconv.Atoi(strings.TrimSuffix(rest, "]")); err == nil && i < len(b.links) {
