@@ -164,6 +164,21 @@ func TestFlowSharesStore(t *testing.T) {
 		t.Errorf("after the flow: Increment = %d, %v, want 8", n, err)
 	}
 
+	t.Run("sync mismatch", func(t *testing.T) {
+		b := flowrun.NewFlowBuilder("nosync", nil)
+		b.AddSource("in", pipeline.SourceFunc(func(context.Context, pipeline.SourceEmitter) error { return nil }))
+		b.AddConnector("store", "kv", map[string]any{"dir": dir, "sync": false})
+		b.Link("in", "store")
+		flow, err := b.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = flow.Run(ctx, flowrun.RunOptions{Store: st})
+		if err == nil || !strings.Contains(err.Error(), "already open with sync=true, asked for sync=false") {
+			t.Errorf("a flow asking for sync=false on a synced Store: %v", err)
+		}
+	})
+
 	t.Run("closed Store", func(t *testing.T) {
 		st2, err := flowrun.OpenStore(ctx, t.TempDir(), flowrun.StoreOptions{})
 		if err != nil {
