@@ -440,3 +440,79 @@ links:
 		t.Errorf("run with a cancelled context: %v", err)
 	}
 }
+
+// TestFlowOutlivesStore: a Store closed while a flow sharing its
+// directory runs leaves the flow working; the directory is released once
+// the flow ends too, with every acknowledged write of both in it.
+func TestFlowOutlivesStore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := flowrun.OpenStore(ctx, dir, flowrun.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Namespace("outlive").Put(ctx, "before", []byte("1"), flowrun.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	src := &steppedSource{steps: make(chan []pipeline.Event), done: make(chan []pipeline.Outcome)}
+	b := flowrun.NewFlowBuilder("outlive", nil)
+	b.AddSource("in", src)
+	b.AddConnector("store", "kv", map[string]any{"dir": dir})
+	b.AddConnector("sink", "null", nil)
+	b.Link("in", "store")
+	b.Link("store/out", "sink")
+	b.Link("store/err", "sink")
+	flow, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- flow.Run(ctx, flowrun.RunOptions{Store: st}) }()
+	put := func(key string) pipeline.Outcome {
+		t.Helper()
+		var ev pipeline.Event
+		if err := ev.UnmarshalJSON([]byte(`{"data":2,"meta":{"kv":{"put":"` + key + `"}}}`)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case src.steps <- []pipeline.Event{ev}:
+		case <-time.After(within):
+			t.Fatal("the flow does not take events")
+		}
+		select {
+		case o := <-src.done:
+			return o[0]
+		case <-time.After(within):
+			t.Fatal("event never done")
+		}
+		return pipeline.Outcome{}
+	}
+	put("first") // the flow has opened the store
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if o := put("after-close"); o.Errored() || !o.Sunk() {
+		t.Fatalf("a put after the Store closed: errored %v, sunk %v", o.Errored(), o.Sunk())
+	}
+	if _, err := flowrun.OpenStore(ctx, dir, flowrun.StoreOptions{}); err == nil {
+		t.Fatal("the directory was released while the flow still held it")
+	}
+	close(src.steps)
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(within):
+		t.Fatal("flow does not end")
+	}
+	st2, err := flowrun.OpenStore(ctx, dir, flowrun.StoreOptions{})
+	if err != nil {
+		t.Fatalf("reopening after both closed: %v", err)
+	}
+	defer st2.Close()
+	n, err := st2.Namespace("outlive").Count(ctx, "")
+	if err != nil || n != 3 {
+		t.Errorf("keys after both closed: %d, %v, want 3 (before, first, after-close)", n, err)
+	}
+}
