@@ -516,3 +516,40 @@ func TestFlowOutlivesStore(t *testing.T) {
 		t.Errorf("keys after both closed: %d, %v, want 3 (before, first, after-close)", n, err)
 	}
 }
+
+// TestBuilderGoProcessor: a processor of the program's own, with ports of
+// its own, runs between connectors declared by type.
+func TestBuilderGoProcessor(t *testing.T) {
+	var out bytes.Buffer
+	b := flowrun.NewFlowBuilder("double", nil)
+	b.AddConnector("in", "stdin", map[string]any{"codec": "json"})
+	b.AddProcessor("double", pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+		for _, ev := range batch {
+			n, err := strconv.Atoi(string(ev.Data))
+			if err != nil {
+				emit.Emit("odd", ev)
+				continue
+			}
+			emit.Emit("out", ev.Derive([]byte(strconv.Itoa(2*n)), nil))
+		}
+		return nil
+	}), "out", "odd")
+	b.AddConnector("stdout", "stdout", map[string]any{"codec": "json"})
+	b.Link("in", "double")
+	b.Link("double/out", "stdout")
+	b.Link("double/odd", "stdout")
+	flow, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := flow.Run(context.Background(), flowrun.RunOptions{Stdin: strings.NewReader("1\n\"x\"\n21\n"), Stdout: &out}); err != nil {
+		t.Fatal(err)
+	}
+	// Each port's events go downstream in order; the two ports' are not
+	// ordered with respect to each other.
+	got := strings.Fields(out.String())
+	slices.Sort(got)
+	if want := []string{`"x"`, "2", "42"}; !slices.Equal(got, want) {
+		t.Errorf("output %q, want the lines %q", out.String(), want)
+	}
+}
