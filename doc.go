@@ -1,12 +1,18 @@
-// Package flowrun embeds flowrun's durable key-value store in a Go
-// program: the store a flow's kv connector uses, opened in a directory and
-// called directly, with the same command set, limits, errors and
-// durability, and without a flow, a broker or a server.
+// Package flowrun embeds flowrun in a Go program: its durable key-value
+// store, opened in a directory and called directly (the store a flow's kv
+// connector uses, with the same command set, limits, errors and
+// durability), and its flows, loaded from YAML or built from code, with
+// components of the program's own.
 //
-// The package is small on purpose: importing it links Pebble and the kv
-// command layer, and not the etcd, gRPC or NATS clients nor the Lua
-// interpreter (a test checks this). Flows are built and run with package
-// flows for now; a later version adds flowrun.NewFlow here.
+// The package is small on purpose: importing it links Pebble, the kv
+// command layer, the flow loader and the light components (stdin, stdout,
+// file, null, kv on Pebble, filter, set, route, drop), and not the etcd,
+// gRPC or NATS clients, watermill nor the Lua interpreter, unless the
+// program registers the components using them (a test checks this). The
+// flow half lives here rather than in a sub-package because it costs a
+// store-only program a YAML parser (go.yaml.in/yaml/v3), tidwall/sjson and
+// the light components' code, nothing heavy: one import, as Benthos'
+// public/service is one.
 //
 // # Example
 //
@@ -30,6 +36,43 @@
 //		_, err := tx.Delete("step")
 //		return err
 //	})
+//
+// # Flows
+//
+// NewRegistry returns the light components; a flow file using them is
+// loaded with LoadFlow (or ParseFlow for bytes) and run with Flow.Run,
+// which says where stdin and stdout are and which logger to use:
+//
+//	flow, err := flowrun.LoadFlow("counter.yaml", flowrun.NewRegistry())
+//	...
+//	var out bytes.Buffer
+//	err = flow.Run(ctx, flowrun.RunOptions{Stdin: events, Stdout: &out})
+//
+// The heavy components are one line each, on the registry, which is a
+// plain value (nothing is registered at package level):
+//
+//	reg := flowrun.NewRegistry(etcdstore.Backend()) // kv with backend: etcd
+//	err := reg.Register(lua.Spec())                 // type: lua
+//	err = reg.Register(bus.GoChannelSpec(), bus.NATSSpec())
+//
+// A FlowBuilder builds the same flows from code: connectors by type with
+// their options (checked by the same specs as YAML's, errors naming the
+// node and the option), pipelines of operators, and Go values: a
+// pipeline.Source, a pipeline.Processor or a sink of the program's own.
+// A source learns when each of its events is done, and how (stored,
+// dropped, failed), by tagging it with a pipeline.Tracker.
+//
+// A component type of the program's own is a component.Spec (its options,
+// ports and Build function) registered with Registry.Register and then
+// used from YAML by its type, its options checked like the built-ins'.
+//
+// # A flow and a Store in one process
+//
+// A store directory is opened once per process. RunOptions.Store gives a
+// flow the program's open Store: the flow's kv connectors on that
+// directory use the Store's Pebble instance, so the program reads what the
+// flow writes, and the flow what the program writes, as each command
+// completes, with the guarantees below for both.
 //
 // # Namespaces
 //
@@ -76,6 +119,7 @@
 // background.
 //
 // Directories: a store directory is opened by one process at a time, and
-// by one Store of a process (a flow of the same process cannot open it
-// while the Store is open). See docs/embedding.md and docs/kv.md.
+// by one Store of a process; a flow of the same process uses it through
+// RunOptions.Store (without it, the flow cannot open the directory while
+// the Store is open). See docs/embedding.md and docs/kv.md.
 package flowrun

@@ -149,6 +149,10 @@ func (o *StoreOptions) kvOptions(ns string) kv.Options {
 type Store struct {
 	dir  string
 	opts StoreOptions
+	// pool holds the store's Pebble instance; flows run with
+	// RunOptions.Store open the same directory through it, sharing that
+	// instance instead of contending for the directory's lock.
+	pool *pebblestore.Pool
 	// base is the connector of the default namespace; every Namespace
 	// handle runs its commands through a connector derived from it.
 	base *kv.Connector
@@ -178,7 +182,8 @@ func OpenStore(ctx context.Context, dir string, opts StoreOptions) (*Store, erro
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("flowrun: open store %q: %w", dir, err)
 	}
-	b, err := pebblestore.NewPool().Open(dir, opts.pebbleOptions())
+	pool := pebblestore.NewPool()
+	b, err := pool.Open(dir, opts.pebbleOptions())
 	if err != nil {
 		return nil, fmt.Errorf("flowrun: %w", err)
 	}
@@ -188,7 +193,7 @@ func OpenStore(ctx context.Context, dir string, opts StoreOptions) (*Store, erro
 		return nil, fmt.Errorf("flowrun: open store %q: %w", dir, err)
 	}
 	jctx, stop := context.WithCancel(context.Background())
-	s := &Store{dir: dir, opts: opts, base: base, names: map[string]struct{}{}, stop: stop}
+	s := &Store{dir: dir, opts: opts, pool: pool, base: base, names: map[string]struct{}{}, stop: stop}
 	if !opts.NoReclaim {
 		s.janitor.Add(1)
 		go s.reclaimLoop(jctx)

@@ -378,7 +378,7 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 		}
 		spec, found := l.reg.Spec(typ)
 		if !found {
-			l.errorf(typeNode, field+".type", "unknown connector type %q%s", typ, didYouMean(typ, l.reg.ConnectorTypes()))
+			l.errorf(typeNode, field+".type", "unknown connector type %q%s", typ, typeHint(typ, l.reg.ConnectorTypes()))
 			return
 		}
 		if spec.Kind == component.KindOperator {
@@ -651,7 +651,7 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 	}
 	spec, found := l.reg.Spec(typ)
 	if !found {
-		l.errorf(k, field, "unknown operator %q%s", typ, didYouMean(typ, l.reg.Types(component.KindOperator)))
+		l.errorf(k, field, "unknown operator %q%s", typ, typeHint(typ, l.reg.Types(component.KindOperator)))
 		return Operator{}, false
 	}
 	if spec.Kind != component.KindOperator {
@@ -678,6 +678,16 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 		return Operator{}, false
 	}
 	return Operator{Spec: spec, Config: cfg, Line: k.Line, Col: k.Column}, true
+}
+
+// typeHint suggests the closest of the registered types to an unknown one,
+// or lists them all when none is close: the registry may hold types the
+// reader does not know of (a program's own components).
+func typeHint(typ string, types []string) string {
+	if s := didYouMean(typ, types); s != "" {
+		return s
+	}
+	return " (registered: " + strings.Join(types, ", ") + ")"
 }
 
 func describeOp(n *yaml.Node) string {

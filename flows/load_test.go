@@ -301,7 +301,8 @@ func TestLoadErrorListsErrors(t *testing.T) {
 		t.Fatalf("err = %v, want ErrInvalidFlow", err)
 	}
 	want := "f.yaml: invalid flow (2 errors)\n" +
-		"f.yaml:3:13: error: connectors.a.type: unknown connector type \"nope\"\n" +
+		"f.yaml:3:13: error: connectors.a.type: unknown connector type \"nope\" (registered: " +
+		strings.Join(builtin.NewRegistry().ConnectorTypes(), ", ") + ")\n" +
 		"f.yaml:4:3: error: connectors.b: missing option \"dir\", required when backend is pebble (the default)"
 	if err.Error() != want {
 		t.Errorf("error text:\n got  %s\n want %s", err, want)
