@@ -358,7 +358,11 @@ var ErrEnv = errors.New("environment variable")
 // ExpandEnv replaces each ${NAME} of s by the value of the environment
 // variable NAME, and each $${...} by ${...}. The error, wrapping ErrEnv,
 // explains the first name that is malformed or unset.
-func ExpandEnv(s string) (string, error) {
+func ExpandEnv(s string) (string, error) { return ExpandEnvFunc(s, os.LookupEnv) }
+
+// ExpandEnvFunc is ExpandEnv reading variables with lookup instead of
+// os.LookupEnv (a test gives variables of its own this way).
+func ExpandEnvFunc(s string, lookup func(name string) (string, bool)) (string, error) {
 	var err error
 	out := envRe.ReplaceAllStringFunc(s, func(m string) string {
 		if strings.HasPrefix(m, "$$") {
@@ -372,7 +376,7 @@ func ExpandEnv(s string) (string, error) {
 			err = fmt.Errorf("invalid %w name %q in %q", ErrEnv, name, s)
 			return m
 		}
-		v, ok := os.LookupEnv(name)
+		v, ok := lookup(name)
 		if !ok {
 			err = fmt.Errorf("%w %s is not set (named in %q)", ErrEnv, name, s)
 		}

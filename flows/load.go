@@ -122,13 +122,37 @@ func Load(path string, reg *component.Registry) (*Flow, []Diagnostic, error) {
 // LoadBytes is Load for a flow file already in memory; file names it in
 // diagnostics and relative paths are resolved against its directory.
 func LoadBytes(file string, src []byte, reg *component.Registry) (*Flow, []Diagnostic, error) {
-	l := &loader{file: file, dir: filepath.Dir(file), reg: reg}
+	return loadBytes(file, src, reg, LoadOptions{})
+}
+
+func loadBytes(file string, src []byte, reg *component.Registry, opts LoadOptions) (*Flow, []Diagnostic, error) {
+	if opts.LookupEnv == nil {
+		opts.LookupEnv = os.LookupEnv
+	}
+	l := &loader{file: file, dir: filepath.Dir(file), reg: reg, lookupEnv: opts.LookupEnv}
 	flow := l.load(src)
 	sortDiagnostics(l.diags)
 	if HasErrors(l.diags) {
 		return nil, l.diags, &invalidFlowError{file: file, diags: l.diags}
 	}
 	return flow, l.diags, nil
+}
+
+// LoadOptions change how LoadWith reads a flow file.
+type LoadOptions struct {
+	// LookupEnv gives the value of each ${NAME} of the file. Default
+	// os.LookupEnv. flowrun test gives each case's variables this way,
+	// over the process's.
+	LookupEnv func(name string) (string, bool)
+}
+
+// LoadWith is Load with options.
+func LoadWith(path string, reg *component.Registry, opts LoadOptions) (*Flow, []Diagnostic, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read flow file: %w", err)
+	}
+	return loadBytes(path, src, reg, opts)
 }
 
 // Validate checks the flow file at path without running it and returns
@@ -155,6 +179,8 @@ type loader struct {
 	reg   *component.Registry
 	diags []Diagnostic
 	refs  []nodeRef // TypeNode options, checked once every node is known
+	// lookupEnv gives the values of ${NAME}.
+	lookupEnv func(name string) (string, bool)
 }
 
 // nodeRef is a component.TypeNode option naming another connector.
@@ -451,7 +477,7 @@ func (l *loader) parseOptions(spec *component.Spec, m *yaml.Node, key *yaml.Node
 			}
 			if f.Expands() {
 				var err error
-				if text, err = component.ExpandEnv(text); err != nil {
+				if text, err = component.ExpandEnvFunc(text, l.lookupEnv); err != nil {
 					l.errorf(v, sub, "%v", err)
 					ok = false
 					return

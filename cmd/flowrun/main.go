@@ -5,6 +5,7 @@
 //	flowrun run FLOW.yaml
 //	flowrun replay FLOW.yaml INPUT.jsonl
 //	flowrun validate FLOW.yaml...
+//	flowrun test [PATH...]
 //	flowrun kv get|scan|count|keys|dump|load DIR ...
 //	flowrun docs
 //
@@ -132,7 +133,7 @@ whose results go to sinks.`,
 		return nil
 	}
 	root.AddCommand(newRunCommand(e), newReplayCommand(e), newValidateCommand(e), newBenchCommand(e),
-		newKVCommand(e), newDocsCommand(e))
+		newKVCommand(e), newDocsCommand(e), newTestCommand(e))
 	return root
 }
 

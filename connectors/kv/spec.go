@@ -159,6 +159,7 @@ func connectorOptions(env *component.Env, c *component.Config) Options {
 		}
 		o.Logger = env.Logger
 		o.OnCommands, _ = commandsKey.Get(env.Resources)
+		o.Now = component.Clock(env.Resources)
 	}
 	return o
 }

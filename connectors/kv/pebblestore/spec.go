@@ -39,7 +39,7 @@ func Backend() kv.BackendSpec {
 				Doc: "Memory for recently read and written records kept in front of the store, so reads of hot keys skip the disk structures; reads are exactly as fresh without it. 0 disables it. Connectors sharing a directory share the first one's cache."},
 		},
 		Open: func(_ context.Context, env *component.Env, c *component.Config) (kv.Backend, string, error) {
-			dir := c.String("dir")
+			dir := component.StoreDir(env.Resources, c.String("dir"))
 			b, err := resourceKey.Shared(env.Resources, NewPool).Open(dir, Options{
 				NoSync:   !c.Bool("sync"),
 				MaxBatch: c.Int("max_batch"),
