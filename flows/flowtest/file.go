@@ -251,7 +251,7 @@ func (p *parser) parseCase(n *yaml.Node, field string, fileEnv map[string]string
 		c.Env[k] = v
 	}
 	now := fileNow
-	var stepsNode *yaml.Node
+	var stepsNode, nowNode *yaml.Node
 	hasStepKey := false
 	p.eachPair(n, field, append(append([]string{}, caseKeys...), stepKeys...), func(key string, k, v *yaml.Node) {
 		switch key {
@@ -262,7 +262,7 @@ func (p *parser) parseCase(n *yaml.Node, field string, fileEnv map[string]string
 				c.Env[name] = val
 			}
 		case "now":
-			now = p.time(v, field+".now")
+			nowNode = v
 		case "steps":
 			stepsNode = deref(v)
 		default:
@@ -277,10 +277,14 @@ func (p *parser) parseCase(n *yaml.Node, field string, fileEnv map[string]string
 		return c
 	}
 	if stepsNode == nil {
+		// The case is its only step, which reads now itself.
 		if s := p.parseStep(n, field, now); s != nil {
 			c.Steps = append(c.Steps, s)
 		}
 		return c
+	}
+	if nowNode != nil {
+		now = p.time(nowNode, field+".now")
 	}
 	if stepsNode.Kind != yaml.SequenceNode || len(stepsNode.Content) == 0 {
 		p.errorf(stepsNode, field+".steps", "expected a non-empty list of steps, got %s", describe(stepsNode))
