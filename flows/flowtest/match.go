@@ -313,4 +313,3 @@ func decodeJSON(b []byte) (any, error) {
 	err := d.Decode(&v)
 	return v, err
 }
-
