@@ -207,6 +207,26 @@ cases:
 			code: 0, last: "1 passed, 0 failed",
 		},
 		{
+			name: "a malformed input line, an unknown sink, a flow that does not load fail the case",
+			flow: testFlow,
+			test: `env: {MAXLEN: "100"}
+cases:
+  - name: bad input
+    input_file: in.jsonl
+    expect: {}
+  - name: unknown sink
+    input: []
+    expect: {count: []}
+  - name: flow does not load
+    env: {MAXLEN: "many"}
+    input: []
+    expect: {}
+`,
+			code: 1, last: "0 passed, 3 failed",
+			stdout: []string{"in.jsonl: line 1: invalid JSON", "malformed input", "sink count (line 8): not a sink of flow counter (sinks: counts, errors)",
+				"does not load", "flow.yaml:4:"},
+		},
+		{
 			name: "a malformed test file exits 2 with its line",
 			flow: testFlow,
 			test: `cases:
@@ -239,6 +259,9 @@ cases:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeTest(t, tt.flow, tt.test)
+			if err := os.WriteFile(filepath.Join(filepath.Dir(path), "in.jsonl"), []byte("{not json\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			code, out, stderr := runCLI(t, "", "test", path)
 			if code != tt.code {
 				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tt.code, out, stderr)
