@@ -240,7 +240,7 @@ cases:
 			code: 2, last: "0 passed, 0 failed",
 			stderr: []string{
 				`flow_test.yaml:2:5: error: cases[0].expect: missing`,
-				`flow_test.yaml:4:5: error: cases[0].expectt: unknown key "expectt"`,
+				`flow_test.yaml:4:5: error: cases[0].expectt: unknown key "expectt" (did you mean "expect"?)`,
 				`flow_test.yaml:5:5: error: cases[1].name: case "x" is already defined at line 2`,
 				`flow_test.yaml:6:23: error: cases[1].input[0].mta: unknown key "mta"`,
 				`flow_test.yaml:7:24: error: cases[1].expect.counts[0]: field "dta": a field path starts with data or meta`,

@@ -25,6 +25,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/internal/suggest"
 )
 
 // ErrInvalidTestFile is wrapped by the error of Parse when the test file
@@ -503,7 +504,11 @@ func (p *parser) eachPair(n *yaml.Node, field string, known []string, fn func(ke
 		}
 		seen[k.Value] = true
 		if !contains(known, k.Value) {
-			p.errorf(k, sub, "unknown key %q (known: %s)", k.Value, strings.Join(known, ", "))
+			if hint := suggest.DidYouMean(k.Value, known); hint != "" {
+				p.errorf(k, sub, "unknown key %q%s", k.Value, hint)
+			} else {
+				p.errorf(k, sub, "unknown key %q (known: %s)", k.Value, strings.Join(known, ", "))
+			}
 			continue
 		}
 		fn(k.Value, k, v)
