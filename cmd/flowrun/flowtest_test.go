@@ -45,6 +45,24 @@ links:
   - store/err -> denied/in
 `
 
+// twoSources feeds one store from two sources.
+const twoSources = `name: two
+connectors:
+  live:    { type: stdin }
+  archive: { type: file, mode: read, path: archive.jsonl }
+  store:   { type: kv, dir: state }
+  out:     { type: stdout }
+pipelines:
+  count:
+    - set:
+        meta.kv: '{"increment": "n"}'
+links:
+  - live/out -> count/in
+  - archive/out -> count/in
+  - count/out -> store/in
+  - store/out -> out/in
+`
+
 // writeTest writes the flow and a test file into a new directory and
 // returns the test file's path.
 func writeTest(t *testing.T, flow, test string) string {
@@ -225,6 +243,25 @@ cases:
 			code: 1, last: "0 passed, 3 failed",
 			stdout: []string{"in.jsonl: line 1: invalid JSON", "malformed input", "sink count (line 8): not a sink of flow counter (sinks: counts, errors)",
 				"does not load", "flow.yaml:4:"},
+		},
+		{
+			name: "steps feed several sources one after another",
+			flow: twoSources,
+			test: `cases:
+  - name: both
+    steps:
+      - source: archive
+        input: [{data: 1}, {data: 2}]
+        expect: {out: [{data: 1}, {data: 2}]}
+      - source: live
+        input: [{data: 3}]
+        expect: {out: [{data: 3}]}
+  - name: no source named
+    input: [{data: 1}]
+    expect: {}
+`,
+			code: 1, last: "1 passed, 1 failed",
+			stdout: []string{"PASS ", ": both (", "FAIL ", "flow two has sources [live archive]: name the one to feed with source"},
 		},
 		{
 			name: "a malformed test file exits 2 with its line",
