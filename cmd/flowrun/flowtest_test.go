@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -361,5 +362,54 @@ func TestFlowTestFind(t *testing.T) {
 	}
 	if code, _, stderr := runCLI(t, "", "test", t.TempDir()); code != 2 || !strings.Contains(stderr, "no test files") {
 		t.Fatalf("no test file: exit %d, want 2: %s", code, stderr)
+	}
+}
+
+// TestFlowTestJSONAndQuiet checks the machine-readable output and -q.
+func TestFlowTestJSONAndQuiet(t *testing.T) {
+	path := writeTest(t, testFlow, `env: {MAXLEN: "100"}
+cases:
+  - name: passes
+    input: [{data: {player: a}}]
+    expect: {counts: [{data: 1}]}
+  - name: fails
+    input: [{data: {player: a}}]
+    expect: {counts: [{data: 2}]}
+`)
+	code, out, _ := runCLI(t, "", "test", "--json", path)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want one object per case and a summary, got:\n%s", out)
+	}
+	var c1, c2 struct {
+		Case     string
+		Passed   bool
+		Failures []struct {
+			Sink    string
+			Index   int
+			Message string
+			Got     string
+		}
+	}
+	var sum struct{ Passed, Failed int }
+	for i, v := range []any{&c1, &c2, &sum} {
+		if err := json.Unmarshal([]byte(lines[i]), v); err != nil {
+			t.Fatalf("line %d: %v: %s", i, err, lines[i])
+		}
+	}
+	if c1.Case != "passes" || !c1.Passed || c2.Passed || len(c2.Failures) != 1 || c2.Failures[0].Sink != "counts" ||
+		c2.Failures[0].Message != "data: expected 2, got 1" || !strings.Contains(c2.Failures[0].Got, `"data":1`) || sum.Passed != 1 || sum.Failed != 1 {
+		t.Fatalf("wrong JSON output:\n%s", out)
+	}
+	code, out, _ = runCLI(t, "", "test", "-q", path)
+	if code != 1 || strings.Contains(out, "PASS") || !strings.Contains(out, "FAIL") || !strings.HasSuffix(out, "1 passed, 1 failed\n") {
+		t.Fatalf("-q: exit %d:\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "", "test", "--run", "^pass", path)
+	if code != 0 || !strings.HasSuffix(out, "1 passed, 0 failed\n") {
+		t.Fatalf("--run: exit %d:\n%s", code, out)
 	}
 }
