@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,9 +15,10 @@ import (
 )
 
 type testFlags struct {
-	asJSON bool
-	run    string
-	quiet  bool
+	asJSON  bool
+	run     string
+	quiet   bool
+	timeout time.Duration
 }
 
 func newTestCommand(e env) *cobra.Command {
@@ -51,6 +53,7 @@ no test file is found.`,
 	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print one JSON object per case, then a summary object")
 	cmd.Flags().StringVar(&f.run, "run", "", "run only the cases whose name matches this `REGEXP`")
 	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "print only failing cases and the summary")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", flowtest.DefaultTimeout, "fail a case still running after this long")
 	return cmd
 }
 
@@ -70,7 +73,10 @@ func runTests(ctx context.Context, e env, paths []string, f testFlags) error {
 	if len(files) == 0 {
 		return usageError{errors.New("no test files (flow_test.yaml, *_test.yaml) found")}
 	}
-	opts := flowtest.Options{Registry: builtin.NewRegistry(), Logger: newLogger(e)}
+	if f.timeout <= 0 {
+		return usageError{fmt.Errorf("--timeout is %s: it must be positive", f.timeout)}
+	}
+	opts := flowtest.Options{Registry: builtin.NewRegistry(), Logger: newLogger(e), Timeout: f.timeout}
 	var passed, failed int
 	fileErrors := false
 	enc := json.NewEncoder(e.stdout)

@@ -31,7 +31,18 @@ type Options struct {
 	// TempDir is where each case's temporary directory is created.
 	// Default os.TempDir().
 	TempDir string
+	// Timeout bounds how long one case may run; a case still running
+	// then is stopped (its sources end, what is in flight drains) and
+	// fails. Default DefaultTimeout.
+	Timeout time.Duration
 }
+
+// DefaultTimeout is Options.Timeout's default: far more than a unit test
+// of a flow needs, so that only a case that would never end reaches it.
+const DefaultTimeout = time.Minute
+
+// ErrTimeout is wrapped by the failure of a case that ran out of time.
+var ErrTimeout = errors.New("case did not finish in time")
 
 // Result is the outcome of one case.
 type Result struct {
@@ -124,6 +135,12 @@ func RunCase(ctx context.Context, f *File, c *Case, opts Options) (res Result) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
 	lookup := func(name string) (string, bool) {
 		if v, ok := c.Env[name]; ok {
 			return v, true
@@ -165,6 +182,10 @@ func RunCase(ctx context.Context, f *File, c *Case, opts Options) (res Result) {
 	for i, s := range c.Steps {
 		clock.set(s.Now)
 		got, err := runStep(ctx, flow, s, resources, opts.Logger)
+		if ctx.Err() != nil && parent.Err() == nil {
+			fail(stepNo(i), "%v: still running after %s (flowrun test --timeout)", ErrTimeout, opts.Timeout)
+			return res
+		}
 		if err != nil {
 			fail(stepNo(i), "%v", err)
 			return res
