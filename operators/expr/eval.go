@@ -353,7 +353,6 @@ func (n *arrayNode) eval(ev pipeline.Event) (Value, error) {
 	return Value{kind: Array, s: string(b)}, nil
 }
 
-
 // condNode is the conditional cond ? a : b; only the chosen branch is
 // evaluated.
 type condNode struct {
