@@ -51,12 +51,12 @@ func (s kinds) has(k Kind) bool { return s&(1<<k) != 0 }
 func (s kinds) names(sep string, article bool) string {
 	switch s {
 	case kMissing:
-		return "anything"
+		return "any, even missing"
 	case kValue:
 		if article {
 			return "a value"
 		}
-		return "any"
+		return "any but missing"
 	}
 	var parts []string
 	for k := Null; k <= Object; k++ {
@@ -195,7 +195,7 @@ var funcTable = []funcDef{
 		example: `to_int("-7.9")`, want: `-7`, call: fnToInt},
 	{name: "hash", params: []param{{"x", kValue}}, min: 1, result: "number", group: "values",
 		doc:     "A stable hash for partition keys: FNV-1a 64 of `x`'s canonical JSON (sorted keys, no spaces, numbers in shortest form), low 53 bits, so values equal by `==` hash alike.",
-		example: `hash("player-1") % 16`, want: `3`, call: fnHash},
+		example: `hash("player-1")`, want: `6353280198902512`, call: fnHash},
 	{name: "uuid", min: 0, result: "string", group: "values",
 		doc: "A random (version 4) UUID from crypto/rand.", example: `len(uuid())`, want: `36`, call: fnUUID},
 	{name: "delete", min: 0, result: "—", group: "values",
