@@ -75,7 +75,8 @@ func parseCond(op, option, src string, opts expr.Options) (*expr.Expr, error) {
 		return nil, fmt.Errorf("%s: option %s: %w: %w", op, option, ErrInvalidExpression, err)
 	}
 	if e.IsDelete() {
-		return nil, fmt.Errorf("%s: option %s: %w: delete() removes a set target; a condition must be true or false", op, option, ErrInvalidExpression)
+		serr := &expr.SyntaxError{Src: src, Line: 1, Column: 1, Msg: "delete() removes a set target; a condition must be true or false"}
+		return nil, fmt.Errorf("%s: option %s: %w: %w", op, option, ErrInvalidExpression, serr)
 	}
 	return e, nil
 }
