@@ -92,3 +92,36 @@ func TestFlowClockReplaysIdentically(t *testing.T) {
 		t.Errorf("got %d lines, want 6:\n%s", n, first)
 	}
 }
+
+// TestFlowClockReachesLua checks that the clock given with
+// operators.UseClock is also the clock of os.time in lua processors.
+func TestFlowClockReachesLua(t *testing.T) {
+	const src = `name: luaclock
+connectors:
+  input: { type: stdin }
+  stamp:
+    type: lua
+    script: |
+      emit("out", {t = os.time()})
+  results: { type: stdout }
+links:
+  - input -> stamp
+  - stamp -> results
+  - input/err -> results
+  - stamp/err -> results
+`
+	flow := writeFlow(t, t.TempDir(), src)
+	res := component.NewResources()
+	operators.UseClock(res, func() time.Time { return time.Unix(1767323045, 0) })
+	var out bytes.Buffer
+	built, err := flow.Build(context.Background(), BuildOptions{Stdin: strings.NewReader(`{"data":1}` + "\n"), Stdout: &out, Resources: res})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := built.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"t":1767323045`) {
+		t.Errorf("lua os.time() did not follow the build's clock: %s", out.String())
+	}
+}
