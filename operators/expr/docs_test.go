@@ -55,6 +55,12 @@ func TestDocsExamples(t *testing.T) {
 		if f.doc == "" || f.result == "" || f.group == "" {
 			t.Errorf("%s: doc, result and group are required", f.name)
 		}
+		if (f.call == nil) == (f.lazy == nil) {
+			t.Errorf("%s: exactly one of call and lazy is required", f.name)
+		}
+		if f.call != nil && (f.variadic || len(f.params) > len(argv{})) {
+			t.Errorf("%s: takes more than %d arguments, so it must be lazy", f.name, len(argv{}))
+		}
 		if f.example == "" {
 			if f.name != "delete" {
 				t.Errorf("%s: no example", f.name)

@@ -74,6 +74,9 @@ func (s kinds) names(sep string, article bool) string {
 	return strings.Join(parts, sep)
 }
 
+// argv holds the evaluated arguments of an eager function.
+type argv [3]Value
+
 // param is one parameter of a built-in function.
 type param struct {
 	name  string
@@ -93,8 +96,11 @@ type funcDef struct {
 	doc      string // one line, Markdown
 	example  string // an expression, evaluated by the docs test
 	want     string // the example's result as JSON
-	// call receives the arguments, evaluated and checked against params.
-	call func(n *callNode, args []Value) (Value, error)
+	// call receives the arguments, evaluated and checked against params,
+	// in an array passed by value so that a call does not allocate; a
+	// function taking more than len(argv{}) arguments, or a variable
+	// number, is lazy and checks its arguments with evalArg.
+	call func(n *callNode, args argv) (Value, error)
 	// lazy, instead of call, receives the unevaluated arguments (if,
 	// default, coalesce evaluate only what they need).
 	lazy func(n *callNode, ev pipeline.Event) (Value, error)
@@ -167,7 +173,7 @@ var funcTable = []funcDef{
 	// values
 	{name: "exists", params: []param{{"x", kMissing}}, min: 1, result: "boolean", group: "values",
 		doc: "`true` unless `x` is missing (`null` exists).", example: `exists(data.nick)`, want: `false`,
-		call: func(_ *callNode, a []Value) (Value, error) { return boolValue(a[0].kind != Missing), nil }},
+		call: func(_ *callNode, a argv) (Value, error) { return boolValue(a[0].kind != Missing), nil }},
 	{name: "default", params: []param{{"x", kMissing}, {"fallback", kMissing}}, min: 2, result: "any", group: "values",
 		doc: "`x`, or `fallback` when `x` is missing or null (evaluated only then).", example: `default(data.nick, "anonymous")`, want: `"anonymous"`,
 		lazy: fnDefault},
@@ -210,7 +216,7 @@ var funcTable = []funcDef{
 		doc:     "`s` without leading and trailing white space, or without the characters of `chars`.",
 		example: `trim(data.user.name)`, want: `"Ann"`, call: fnTrim},
 	{name: "concat", params: []param{{"x", kText}}, min: 1, variadic: true, result: "string", group: "strings",
-		doc: "Joins strings, numbers and booleans (as JSON text) into one string.", example: `concat("user_", data.user.id, "_", true)`, want: `"user_42_true"`, call: fnConcat},
+		doc: "Joins strings, numbers and booleans (as JSON text) into one string.", example: `concat("user_", data.user.id, "_", true)`, want: `"user_42_true"`, lazy: fnConcat},
 	{name: "split", params: []param{{"s", kString}, {"sep", kString}}, min: 2, result: "array", group: "strings",
 		doc:     "The substrings of `s` between the occurrences of `sep` (characters when `sep` is empty).",
 		example: `split("a,b,,c", ",")`, want: `["a","b","","c"]`, call: fnSplit},
@@ -239,10 +245,10 @@ var funcTable = []funcDef{
 	// time
 	{name: "now", min: 0, result: "number", group: "time",
 		doc: "The current time in Unix milliseconds, from the flow's clock.", example: `now()`, want: `1767323045678`,
-		call: func(n *callNode, _ []Value) (Value, error) { return intValue(n.opts.Now().UnixMilli()), nil }},
+		call: func(n *callNode, _ argv) (Value, error) { return intValue(n.opts.Now().UnixMilli()), nil }},
 	{name: "now_s", min: 0, result: "number", group: "time",
 		doc: "The current time in Unix seconds.", example: `now_s()`, want: `1767323045`,
-		call: func(n *callNode, _ []Value) (Value, error) { return intValue(n.opts.Now().Unix()), nil }},
+		call: func(n *callNode, _ argv) (Value, error) { return intValue(n.opts.Now().Unix()), nil }},
 	{name: "format_time", params: []param{{"ms", kNumber}, {"layout", kString}}, min: 2, result: "string", group: "time",
 		doc:     "Unix milliseconds `ms` as text in UTC, by a Go layout (`\"2006-01-02 15:04\"`) or a name: " + layoutNames + ".",
 		example: `format_time(data.ts, "RFC3339Milli")`, want: `"2026-01-02T03:04:05.678Z"`, call: fnFormatTime, prepare: prepareLayout},
@@ -292,19 +298,27 @@ func (n *callNode) eval(ev pipeline.Event) (Value, error) {
 	if n.fn.lazy != nil {
 		return n.fn.lazy(n, ev)
 	}
-	var buf [4]Value
-	args := buf[:0]
-	for i, a := range n.args {
-		v, err := a.eval(ev)
+	var args argv
+	for i := range n.args {
+		v, err := n.evalArg(ev, i)
 		if err != nil {
 			return Value{}, err
 		}
-		if k := n.fn.paramAt(i).kinds; !k.has(v.kind) {
-			return Value{}, n.argErr(i, v, k.names("", true))
-		}
-		args = append(args, v)
+		args[i] = v
 	}
 	return n.fn.call(n, args)
+}
+
+// evalArg evaluates argument i and checks its kind against its parameter.
+func (n *callNode) evalArg(ev pipeline.Event, i int) (Value, error) {
+	v, err := n.args[i].eval(ev)
+	if err != nil {
+		return Value{}, err
+	}
+	if k := n.fn.paramAt(i).kinds; !k.has(v.kind) {
+		return Value{}, n.argErr(i, v, k.names("", true))
+	}
+	return v, nil
 }
 
 // arg evaluates argument i.
@@ -331,7 +345,7 @@ func (n *callNode) valueErr(i int, msg string) error {
 }
 
 // integer returns argument i, a number, as an int64.
-func (n *callNode) integer(args []Value, i int) (int64, error) {
+func (n *callNode) integer(args argv, i int) (int64, error) {
 	x, ok := args[i].Int()
 	if !ok {
 		return 0, n.valueErr(i, "is "+args[i].String()+", expected an integer")
@@ -400,16 +414,16 @@ func fnIf(n *callNode, ev pipeline.Event) (Value, error) {
 	return n.arg(ev, 2)
 }
 
-func fnType(_ *callNode, a []Value) (Value, error) { return stringValue(a[0].kind.String()), nil }
+func fnType(_ *callNode, a argv) (Value, error) { return stringValue(a[0].kind.String()), nil }
 
-func fnString(n *callNode, a []Value) (Value, error) {
+func fnString(n *callNode, a argv) (Value, error) {
 	if a[0].kind == String {
 		return a[0], nil
 	}
 	return n.str(string(a[0].AppendJSON(nil)))
 }
 
-func fnNumber(n *callNode, a []Value) (Value, error) {
+func fnNumber(n *callNode, a argv) (Value, error) {
 	v := a[0]
 	if v.kind == Number {
 		return v, nil
@@ -424,7 +438,7 @@ func fnNumber(n *callNode, a []Value) (Value, error) {
 	return num, nil
 }
 
-func fnToInt(n *callNode, a []Value) (Value, error) {
+func fnToInt(n *callNode, a argv) (Value, error) {
 	v, err := fnNumber(n, a)
 	if err != nil {
 		return Value{}, err
@@ -438,7 +452,7 @@ func fnToInt(n *callNode, a []Value) (Value, error) {
 	return Value{}, evalErr(n.off, ErrArithmetic, "to_int: "+v.String()+" is out of the int64 range")
 }
 
-func fnLen(_ *callNode, a []Value) (Value, error) {
+func fnLen(_ *callNode, a argv) (Value, error) {
 	v := a[0]
 	switch v.kind {
 	case String:
@@ -450,7 +464,7 @@ func fnLen(_ *callNode, a []Value) (Value, error) {
 	return intValue(int64(count)), nil
 }
 
-func fnKeys(n *callNode, a []Value) (Value, error) {
+func fnKeys(n *callNode, a argv) (Value, error) {
 	b := []byte{'['}
 	seen := map[string]bool{}
 	gjson.Parse(a[0].s).ForEach(func(k, _ gjson.Result) bool {
@@ -471,7 +485,7 @@ func fnKeys(n *callNode, a []Value) (Value, error) {
 // reader (JavaScript numbers) and never negative.
 const hashMask = 1<<53 - 1
 
-func fnHash(_ *callNode, a []Value) (Value, error) {
+func fnHash(_ *callNode, a argv) (Value, error) {
 	h := fnv.New64a()
 	h.Write(appendCanonical(nil, a[0]))
 	return intValue(int64(h.Sum64() & hashMask)), nil
@@ -525,7 +539,7 @@ func appendCanonical(dst []byte, v Value) []byte {
 	return v.AppendJSON(dst)
 }
 
-func fnUUID(n *callNode, _ []Value) (Value, error) {
+func fnUUID(n *callNode, _ argv) (Value, error) {
 	u, err := uuid.NewRandomFromReader(n.opts.Rand)
 	if err != nil {
 		return Value{}, evalErr(n.off, nil, "uuid: reading randomness: "+err.Error())
@@ -533,45 +547,41 @@ func fnUUID(n *callNode, _ []Value) (Value, error) {
 	return stringValue(u.String()), nil
 }
 
-func fnDelete(n *callNode, _ []Value) (Value, error) {
+func fnDelete(n *callNode, _ argv) (Value, error) {
 	return Value{}, evalErr(n.off, ErrType, "delete() is only valid as the whole value of a set target")
 }
 
-func fnCase(f func(string) string) func(*callNode, []Value) (Value, error) {
-	return func(n *callNode, a []Value) (Value, error) { return n.str(f(a[0].s)) }
+func fnCase(f func(string) string) func(*callNode, argv) (Value, error) {
+	return func(n *callNode, a argv) (Value, error) { return n.str(f(a[0].s)) }
 }
 
-func fnAffix(f func(s, affix string) bool) func(*callNode, []Value) (Value, error) {
-	return func(_ *callNode, a []Value) (Value, error) { return boolValue(f(a[0].s, a[1].s)), nil }
+func fnAffix(f func(s, affix string) bool) func(*callNode, argv) (Value, error) {
+	return func(_ *callNode, a argv) (Value, error) { return boolValue(f(a[0].s, a[1].s)), nil }
 }
 
-func fnTrim(_ *callNode, a []Value) (Value, error) {
-	if len(a) == 1 {
+func fnTrim(n *callNode, a argv) (Value, error) {
+	if len(n.args) == 1 {
 		return stringValue(strings.TrimSpace(a[0].s)), nil
 	}
 	return stringValue(strings.Trim(a[0].s, a[1].s)), nil
 }
 
-func fnConcat(n *callNode, a []Value) (Value, error) {
-	size := 0
-	for _, v := range a {
-		if v.kind == String {
-			size += len(v.s)
-		} else {
-			size += 24
+func fnConcat(n *callNode, ev pipeline.Event) (Value, error) {
+	var b []byte
+	for i := range n.args {
+		v, err := n.evalArg(ev, i)
+		if err != nil {
+			return Value{}, err
+		}
+		b = v.appendText(b)
+		if err := n.limit(len(b)); err != nil {
+			return Value{}, err
 		}
 	}
-	if err := n.limit(size); err != nil {
-		return Value{}, err
-	}
-	b := make([]byte, 0, size)
-	for _, v := range a {
-		b = v.appendText(b)
-	}
-	return n.str(string(b))
+	return stringValue(string(b)), nil
 }
 
-func fnSplit(n *callNode, a []Value) (Value, error) {
+func fnSplit(n *callNode, a argv) (Value, error) {
 	s, sep := a[0].s, a[1].s
 	pieces := utf8.RuneCountInString(s)
 	if sep != "" {
@@ -595,7 +605,7 @@ func fnSplit(n *callNode, a []Value) (Value, error) {
 	return Value{kind: Array, s: string(b)}, nil
 }
 
-func fnJoin(n *callNode, a []Value) (Value, error) {
+func fnJoin(n *callNode, a argv) (Value, error) {
 	var b []byte
 	var err error
 	i := 0
@@ -623,7 +633,7 @@ func fnJoin(n *callNode, a []Value) (Value, error) {
 	return stringValue(string(b)), nil
 }
 
-func fnReplace(n *callNode, a []Value) (Value, error) {
+func fnReplace(n *callNode, a argv) (Value, error) {
 	s, old, repl := a[0].s, a[1].s, a[2].s
 	count := strings.Count(s, old)
 	if err := n.limit(len(s) + count*(len(repl)-len(old))); err != nil {
@@ -632,7 +642,7 @@ func fnReplace(n *callNode, a []Value) (Value, error) {
 	return stringValue(strings.ReplaceAll(s, old, repl)), nil
 }
 
-func fnContains(n *callNode, a []Value) (Value, error) {
+func fnContains(n *callNode, a argv) (Value, error) {
 	h, needle := a[0], a[1]
 	if h.kind == String {
 		if needle.kind != String {
@@ -648,7 +658,7 @@ func fnContains(n *callNode, a []Value) (Value, error) {
 	return boolValue(found), nil
 }
 
-func fnSubstr(n *callNode, a []Value) (Value, error) {
+func fnSubstr(n *callNode, a argv) (Value, error) {
 	start, err := n.integer(a, 1)
 	if err != nil {
 		return Value{}, err
@@ -658,7 +668,7 @@ func fnSubstr(n *callNode, a []Value) (Value, error) {
 		start = max(0, runes+start)
 	}
 	end := runes
-	if len(a) == 3 {
+	if len(n.args) == 3 {
 		length, err := n.integer(a, 2)
 		if err != nil {
 			return Value{}, err
@@ -703,7 +713,7 @@ func prepareMatches(p *parser, n *callNode) error {
 	return nil
 }
 
-func fnMatches(n *callNode, a []Value) (Value, error) {
+func fnMatches(n *callNode, a argv) (Value, error) {
 	return boolValue(n.re.MatchString(a[0].s)), nil
 }
 
@@ -745,7 +755,7 @@ func prepareLayout(p *parser, n *callNode) error {
 	return nil
 }
 
-func fnFormatTime(n *callNode, a []Value) (Value, error) {
+func fnFormatTime(n *callNode, a argv) (Value, error) {
 	ms, err := n.integer(a, 0)
 	if err != nil {
 		return Value{}, err
@@ -760,7 +770,7 @@ func fnFormatTime(n *callNode, a []Value) (Value, error) {
 	return stringValue(time.UnixMilli(ms).UTC().Format(layout)), nil
 }
 
-func fnParseTime(n *callNode, a []Value) (Value, error) {
+func fnParseTime(n *callNode, a argv) (Value, error) {
 	layout := layoutOf(a[1].s)
 	if layout == "" {
 		return Value{}, n.valueErr(1, badLayout(a[1].s))
@@ -772,7 +782,7 @@ func fnParseTime(n *callNode, a []Value) (Value, error) {
 	return intValue(t.UnixMilli()), nil
 }
 
-func fnWindow(n *callNode, a []Value) (Value, error) {
+func fnWindow(n *callNode, a argv) (Value, error) {
 	ms, err := n.integer(a, 0)
 	if err != nil {
 		return Value{}, err
