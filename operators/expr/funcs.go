@@ -764,10 +764,7 @@ func fnFormatTime(n *callNode, a argv) (Value, error) {
 	if layout == "" {
 		return Value{}, n.valueErr(1, badLayout(a[1].s))
 	}
-	if err := n.limit(2 * len(layout)); err != nil {
-		return Value{}, err
-	}
-	return stringValue(time.UnixMilli(ms).UTC().Format(layout)), nil
+	return n.str(time.UnixMilli(ms).UTC().Format(layout))
 }
 
 func fnParseTime(n *callNode, a argv) (Value, error) {

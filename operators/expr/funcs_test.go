@@ -188,6 +188,7 @@ func TestFunctionErrors(t *testing.T) {
 		{src: `split(data.s, "")`, opts: small, sentinel: ErrTooLarge, msg: `split: result would be`},
 		{src: `upper(data.s + "x")`, opts: small, sentinel: ErrTooLarge, msg: `upper: result would be 17 bytes`},
 		{src: `to_string({"k": data.tags})`, opts: small, sentinel: ErrTooLarge, msg: `to_string: result would be`},
+		{src: `format_time(0, data.s + "2006-01-02")`, opts: small, sentinel: ErrTooLarge, msg: `format_time: result would be 26 bytes`},
 		// time
 		{src: `format_time(data.s, "RFC3339")`, sentinel: ErrType, msg: `format_time: argument 1, data.s, is a string, expected a number`},
 		{src: `format_time(1.5, "RFC3339")`, sentinel: ErrType, msg: `format_time: argument 1, 1.5, is 1.5, expected an integer`},
