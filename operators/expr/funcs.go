@@ -42,9 +42,26 @@ var (
 	kText    = kindSet(String, Number, Bool)
 	kValue   = kindSet(Null, Bool, Number, String, Array, Object)
 	kMissing = kValue | kindSet(Missing)
+	// kInteger accepts numbers that are integers within int64.
+	kInteger = kNumber | integerBit
 )
 
+// integerBit marks a set of kinds whose numbers must be integers.
+const integerBit kinds = 1 << 7
+
 func (s kinds) has(k Kind) bool { return s&(1<<k) != 0 }
+
+// accepts reports whether v belongs to s.
+func (s kinds) accepts(v Value) bool {
+	if !s.has(v.kind) {
+		return false
+	}
+	if s&integerBit != 0 && v.kind == Number {
+		_, ok := v.Int()
+		return ok
+	}
+	return true
+}
 
 // names lists the kinds of s for messages ("a string or a number") or,
 // with sep "|", for the reference ("string|number").
@@ -57,6 +74,11 @@ func (s kinds) names(sep string, article bool) string {
 			return "a value"
 		}
 		return "any but missing"
+	case kInteger:
+		if article {
+			return "an integer"
+		}
+		return "integer"
 	}
 	var parts []string
 	for k := Null; k <= Object; k++ {
@@ -235,7 +257,7 @@ var funcTable = []funcDef{
 		doc: "Same as `starts_with`.", example: `has_prefix("warn_7", "warn_")`, want: `true`, call: fnAffix(strings.HasPrefix)},
 	{name: "has_suffix", params: []param{{"s", kString}, {"suffix", kString}}, min: 2, result: "boolean", group: "strings",
 		doc: "Same as `ends_with`.", example: `has_suffix("a.json", ".json")`, want: `true`, call: fnAffix(strings.HasSuffix)},
-	{name: "substr", params: []param{{"s", kString}, {"start", kNumber}, {"length", kNumber}}, min: 2, result: "string", group: "strings",
+	{name: "substr", params: []param{{"s", kString}, {"start", kInteger}, {"length", kInteger}}, min: 2, result: "string", group: "strings",
 		doc:     "The characters of `s` from `start` (from 0; negative counts from the end), `length` of them or up to the end.",
 		example: `substr("héllo", 1, 3)`, want: `"éll"`, call: fnSubstr},
 	{name: "matches", params: []param{{"s", kString}, {"re", kString}}, min: 2, result: "boolean", group: "strings",
@@ -249,13 +271,13 @@ var funcTable = []funcDef{
 	{name: "now_s", min: 0, result: "number", group: "time",
 		doc: "The current time in Unix seconds.", example: `now_s()`, want: `1767323045`,
 		call: func(n *callNode, _ argv) (Value, error) { return intValue(n.opts.Now().Unix()), nil }},
-	{name: "format_time", params: []param{{"ms", kNumber}, {"layout", kString}}, min: 2, result: "string", group: "time",
+	{name: "format_time", params: []param{{"ms", kInteger}, {"layout", kString}}, min: 2, result: "string", group: "time",
 		doc:     "Unix milliseconds `ms` as text in UTC, by a Go layout (`\"2006-01-02 15:04\"`) or a name: " + layoutNames + ".",
 		example: `format_time(data.ts, "RFC3339Milli")`, want: `"2026-01-02T03:04:05.678Z"`, call: fnFormatTime, prepare: prepareLayout},
 	{name: "parse_time", params: []param{{"s", kString}, {"layout", kString}}, min: 2, result: "number", group: "time",
 		doc:     "The Unix milliseconds of `s` read with a layout as for `format_time` (UTC unless `s` has a zone).",
 		example: `parse_time("2026-01-02 03:04", "2006-01-02 15:04")`, want: `1767323040000`, call: fnParseTime, prepare: prepareLayout},
-	{name: "window", params: []param{{"ms", kNumber}, {"size_ms", kNumber}}, min: 2, result: "number", group: "time",
+	{name: "window", params: []param{{"ms", kInteger}, {"size_ms", kInteger}}, min: 2, result: "number", group: "time",
 		doc:     "The start of the tumbling window of `size_ms` (> 0) containing `ms`: `ms` rounded down to a multiple of `size_ms`.",
 		example: `window(data.ts, 60000)`, want: `1767323040000`, call: fnWindow},
 }
@@ -315,7 +337,10 @@ func (n *callNode) evalArg(ev pipeline.Event, i int) (Value, error) {
 	if err != nil {
 		return Value{}, err
 	}
-	if k := n.fn.paramAt(i).kinds; !k.has(v.kind) {
+	if k := n.fn.paramAt(i).kinds; !k.accepts(v) {
+		if v.kind == Number && k.has(Number) { // not an integer
+			return Value{}, n.valueErr(i, "is "+v.String()+", expected "+k.names("", true))
+		}
 		return Value{}, n.argErr(i, v, k.names("", true))
 	}
 	return v, nil
@@ -344,12 +369,9 @@ func (n *callNode) valueErr(i int, msg string) error {
 	return evalErr(n.off, ErrType, n.argName(i)+", "+msg)
 }
 
-// integer returns argument i, a number, as an int64.
+// integer returns argument i, checked against kInteger, as an int64.
 func (n *callNode) integer(args argv, i int) (int64, error) {
-	x, ok := args[i].Int()
-	if !ok {
-		return 0, n.valueErr(i, "is "+args[i].String()+", expected an integer")
-	}
+	x, _ := args[i].Int()
 	return x, nil
 }
 

@@ -190,7 +190,7 @@ func TestFunctionErrors(t *testing.T) {
 		{src: `to_string({"k": data.tags})`, opts: small, sentinel: ErrTooLarge, msg: `to_string: result would be`},
 		{src: `format_time(0, data.s + "2006-01-02")`, opts: small, sentinel: ErrTooLarge, msg: `format_time: result would be 26 bytes`},
 		// time
-		{src: `format_time(data.s, "RFC3339")`, sentinel: ErrType, msg: `format_time: argument 1, data.s, is a string, expected a number`},
+		{src: `format_time(data.s, "RFC3339")`, sentinel: ErrType, msg: `format_time: argument 1, data.s, is a string, expected an integer`},
 		{src: `format_time(1.5, "RFC3339")`, sentinel: ErrType, msg: `format_time: argument 1, 1.5, is 1.5, expected an integer`},
 		{src: `format_time(0, data.csv)`, sentinel: ErrType, msg: `format_time: argument 2, data.csv, layout "a,b,c" has no date or time element`},
 		{src: `format_time(0, data.nope)`, sentinel: ErrMissing, msg: `format_time: argument 2, data.nope, is missing`},
@@ -200,6 +200,8 @@ func TestFunctionErrors(t *testing.T) {
 		{src: `window(data.ts, 0)`, sentinel: ErrArithmetic, msg: `window: argument 2, 0, is 0, expected a window size above 0`},
 		{src: `window(data.ts, -60000)`, sentinel: ErrArithmetic, msg: `expected a window size above 0`},
 		{src: `window(data.f, 10)`, sentinel: ErrType, msg: `window: argument 1, data.f, is 2.5, expected an integer`},
+		{src: `window(1e300, 10)`, sentinel: ErrType, msg: `window: argument 1, 1e300, is 1e+300, expected an integer`},
+		{src: `substr("abc", 9223372036854775808)`, sentinel: ErrType, msg: `expected an integer`},
 		{src: `window(data.nope, 10)`, sentinel: ErrMissing, msg: `window: argument 1, data.nope, is missing`},
 		{src: `window(-9223372036854775807, 1000)`, sentinel: ErrArithmetic, msg: `out of the int64 range`},
 		{src: `delete()`, sentinel: ErrType, msg: `delete() is only valid as the whole value of a set target`},

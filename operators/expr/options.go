@@ -25,8 +25,8 @@ type Options struct {
 	// possibly from several goroutines. Default crypto/rand.Reader.
 	Rand io.Reader
 	// MaxStringBytes bounds the result of the functions that build strings
-	// and arrays (concat, join, replace, split, substr, lower, upper,
-	// to_string, format_time, ...): a larger result is an evaluation error
+	// and arrays (concat, join, replace, split, lower, upper, to_string,
+	// format_time): a larger result is an evaluation error
 	// wrapping ErrTooLarge. Zero means DefaultMaxStringBytes; negative is
 	// invalid.
 	MaxStringBytes int
