@@ -28,7 +28,8 @@ type BuildOptions struct {
 	// other build given the same value: kv store pools
 	// (pebblestore.UsePool, etcdstore.UsePool), the in-process bus of the
 	// gochannel connectors (bus.UseLocal), the kv command hook
-	// (kv.ObserveCommands). Default: new, empty resources for this build,
+	// (kv.ObserveCommands), the clock of expressions and lua scripts
+	// (operators.UseClock). Default: new, empty resources for this build,
 	// in which each component creates what it needs.
 	Resources *component.Resources
 	// Logger receives component logs. Default slog.Default().

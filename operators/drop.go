@@ -10,6 +10,10 @@ type DropOptions struct {
 	// If, when set, limits dropping to the events meeting the condition;
 	// the others pass on "out" unchanged. Empty drops every event.
 	If string
+	// Expr configures the expressions: the clock of now(), the size bound
+	// of string functions. The zero value gives the real clock and the
+	// defaults of expr.Options.
+	Expr expr.Options
 }
 
 type drop struct{ cond *expr.Expr }
@@ -20,7 +24,7 @@ func NewDrop(opts DropOptions) (Operator, error) {
 	if opts.If == "" {
 		return &drop{}, nil
 	}
-	cond, err := parseCond("drop", "if", opts.If)
+	cond, err := parseCond("drop", "if", opts.If, opts.Expr)
 	if err != nil {
 		return nil, err
 	}

@@ -66,13 +66,17 @@ func (f OperatorFunc) Ports() []string { return nil }
 
 // parseCond parses a required condition, wrapping errors with the operator
 // and option names so that a flow author can find the field.
-func parseCond(op, option, src string) (*expr.Expr, error) {
+func parseCond(op, option, src string, opts expr.Options) (*expr.Expr, error) {
 	if src == "" {
 		return nil, fmt.Errorf("%s: option %s: %w: a condition is required", op, option, ErrInvalidOption)
 	}
-	e, err := expr.Parse(src)
+	e, err := expr.ParseWith(src, opts)
 	if err != nil {
 		return nil, fmt.Errorf("%s: option %s: %w: %w", op, option, ErrInvalidExpression, err)
+	}
+	if e.IsDelete() {
+		serr := &expr.SyntaxError{Src: src, Line: 1, Column: 1, Msg: "delete() removes a set target; a condition must be true or false"}
+		return nil, fmt.Errorf("%s: option %s: %w: %w", op, option, ErrInvalidExpression, serr)
 	}
 	return e, nil
 }

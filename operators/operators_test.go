@@ -160,6 +160,24 @@ func TestSet(t *testing.T) {
 			want:   emitted{data: `{"name":"anonymous"}`, meta: `{}`},
 		},
 		{
+			name:   "delete a field and the kv command",
+			fields: []Assignment{{`data.b`, `meta.tmp + 1`}, {`meta.tmp`, `delete()`}, {`meta.kv`, ` delete() `}, {`data.a.x`, `delete()`}},
+			data:   `{"a":{"x":1,"y":2}}`, meta: `{"kv":{"get":"k"},"tmp":1,"correlation":"c"}`,
+			want: emitted{data: `{"a":{"y":2},"b":2}`, meta: `{"correlation":"c"}`},
+		},
+		{
+			name:   "delete what is absent changes nothing",
+			fields: []Assignment{{`meta.tmp`, `delete()`}, {`data.a.b.c`, `delete()`}, {`data.s.x`, `delete()`}},
+			data:   `{"s":"str"}`,
+			want:   emitted{data: `{"s":"str"}`, meta: `{}`},
+		},
+		{
+			name:   "delete an array element and odd keys",
+			fields: []Assignment{{`data.items.0`, `delete()`}, {`data["a.b"]`, `delete()`}, {`data["0"]`, `delete()`}},
+			data:   `{"items":[1,2],"a.b":1,"0":2,"a":{"b":3}}`,
+			want:   emitted{data: `{"items":[2],"a":{"b":3}}`, meta: `{}`},
+		},
+		{
 			name:   "strings are escaped",
 			fields: []Assignment{{`data.s`, `"q\"\n" + data.v`}},
 			data:   `{"v":"é"}`,
@@ -333,6 +351,19 @@ func TestConstructorErrors(t *testing.T) {
 		{"set bad expr", func() (Operator, error) {
 			return NewSet(SetOptions{Fields: []Assignment{{"data.a", "'x"}}})
 		}, ErrInvalidExpression, `set: target "data.a": invalid expression: unterminated string at column 1`},
+		{"set delete data", func() (Operator, error) {
+			return NewSet(SetOptions{Fields: []Assignment{{"data", "delete()"}}})
+		}, ErrInvalidOption, `set: target "data": invalid option: data itself cannot be deleted; delete its fields, or set it to null`},
+		{"set delete meta", func() (Operator, error) {
+			return NewSet(SetOptions{Fields: []Assignment{{"meta", "delete()"}}})
+		}, ErrInvalidOption, `set it to {}`},
+		{"set delete inside", func() (Operator, error) {
+			return NewSet(SetOptions{Fields: []Assignment{{"data.a", "default(data.b, delete())"}}})
+		}, ErrInvalidExpression, `delete() must be the whole expression`},
+		{"filter delete", func() (Operator, error) { return NewFilter(FilterOptions{If: `delete()`}) }, ErrInvalidExpression, "a condition must be true or false"},
+		{"set bad regexp", func() (Operator, error) {
+			return NewSet(SetOptions{Fields: []Assignment{{"data.a", `matches(data.s, "(")`}}})
+		}, ErrInvalidExpression, `invalid regular expression`},
 		{"route none", func() (Operator, error) { return NewRoute(RouteOptions{}) }, ErrInvalidOption, "at least one route"},
 		{"route err port", func() (Operator, error) {
 			return NewRoute(RouteOptions{Routes: []Route{{Port: "err", If: "true"}}})

@@ -25,6 +25,10 @@ type RouteOptions struct {
 	// Default is the port of events no route matches. Default "out", which
 	// passes them to the next operator.
 	Default string
+	// Expr configures the expressions: the clock of now(), the size bound
+	// of string functions. The zero value gives the real clock and the
+	// defaults of expr.Options.
+	Expr expr.Options
 }
 
 // EnsureDefaults fills in Default.
@@ -60,7 +64,7 @@ func NewRoute(opts RouteOptions) (Operator, error) {
 		if err := checkPort(rt.Port); err != nil {
 			return nil, fmt.Errorf("route: route %d: %w", i+1, err)
 		}
-		cond, err := parseCond("route", fmt.Sprintf("route %q", rt.Port), rt.If)
+		cond, err := parseCond("route", fmt.Sprintf("route %q", rt.Port), rt.If, opts.Expr)
 		if err != nil {
 			return nil, err
 		}

@@ -19,7 +19,10 @@ type Assignment struct {
 	Target string
 	// Expr is the expression whose value is stored at Target, such as
 	// `{"increment": "warnings_" + data.steam_id}`. A missing value is an
-	// error; wrap it in default(...) to supply a fallback.
+	// error; wrap it in default(...) to supply a fallback. The expression
+	// delete() removes Target instead (nothing happens when it is absent),
+	// for instance meta.kv before a sink; data and meta alone cannot be
+	// deleted.
 	Expr string
 }
 
@@ -28,6 +31,10 @@ type SetOptions struct {
 	// Fields are applied in order, each seeing the event as changed by the
 	// previous ones. At least one is required.
 	Fields []Assignment
+	// Expr configures the expressions: the clock of now(), the size bound
+	// of string functions. The zero value gives the real clock and the
+	// defaults of expr.Options.
+	Expr expr.Options
 }
 
 type assignment struct {
@@ -39,6 +46,7 @@ type assignment struct {
 	// reported instead of silently replaced.
 	parents []string
 	value   *expr.Expr
+	del     bool // value is delete()
 }
 
 type set struct{ fields []assignment }
@@ -60,11 +68,15 @@ func NewSet(opts SetOptions) (Operator, error) {
 		if f.Expr == "" {
 			return nil, fmt.Errorf("set: target %q: %w: an expression is required", f.Target, ErrInvalidOption)
 		}
-		value, err := expr.Parse(f.Expr)
+		value, err := expr.ParseWith(f.Expr, opts.Expr)
 		if err != nil {
 			return nil, fmt.Errorf("set: target %q: %w: %w", f.Target, ErrInvalidExpression, err)
 		}
-		a := assignment{target: f.Target, path: path, sjson: sjsonPath(path.Segments), value: value}
+		a := assignment{target: f.Target, path: path, sjson: sjsonPath(path.Segments), value: value, del: value.IsDelete()}
+		if a.del && len(path.Segments) == 0 {
+			return nil, fmt.Errorf("set: target %q: %w: %s itself cannot be deleted; delete its fields, or set it to %s",
+				f.Target, ErrInvalidOption, path.Root, map[expr.Root]string{expr.RootData: "null", expr.RootMeta: "{}"}[path.Root])
+		}
 		for i := 1; i < len(path.Segments); i++ {
 			a.parents = append(a.parents, expr.Path{Root: path.Root, Segments: path.Segments[:i]}.GJSON())
 		}
@@ -113,6 +125,9 @@ func (s *set) Apply(ev pipeline.Event, emit func(string, pipeline.Event)) error 
 // apply returns cur with the assignment applied, sharing the slice it did
 // not change.
 func (a *assignment) apply(cur pipeline.Event) (pipeline.Event, error) {
+	if a.del {
+		return a.delete(cur)
+	}
 	v, err := a.value.Eval(cur)
 	if err != nil {
 		return cur, err
@@ -142,6 +157,27 @@ func (a *assignment) apply(cur pipeline.Event) (pipeline.Event, error) {
 		doc = []byte("{}") // a payload of null grows into an object
 	}
 	out, err := sjson.SetRawBytes(doc, a.sjson, raw)
+	if err != nil {
+		return cur, fmt.Errorf("%w: %w", ErrTarget, err)
+	}
+	if isMeta {
+		return cur.Derive(cur.Data, out), nil
+	}
+	return cur.Derive(out, cur.Meta), nil
+}
+
+// delete returns cur without the target; cur itself when it has no such
+// field.
+func (a *assignment) delete(cur pipeline.Event) (pipeline.Event, error) {
+	isMeta := a.path.Root == expr.RootMeta
+	doc := cur.DataJSON()
+	if isMeta {
+		doc = cur.MetaJSON()
+	}
+	if !gjson.GetBytes(doc, a.path.GJSON()).Exists() {
+		return cur, nil
+	}
+	out, err := sjson.DeleteBytes(doc, a.sjson)
 	if err != nil {
 		return cur, fmt.Errorf("%w: %w", ErrTarget, err)
 	}

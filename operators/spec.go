@@ -3,6 +3,7 @@ package operators
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/operators/expr"
@@ -20,16 +21,46 @@ func CheckExpr(src string) error {
 	return err
 }
 
+// clockKey holds the clock of the operators of a build.
+var clockKey = component.NewKey[func() time.Time]("operators.Clock")
+
+// UseClock makes now the clock of the expressions of every operator built
+// with res (filter, set, route, drop) and of the lua processors: now() and
+// now_s() return its time, so that a test or a replay fixing it gets the
+// same output every run. now must be safe for concurrent use. Without it
+// operators use time.Now.
+func UseClock(res *component.Resources, now func() time.Time) { clockKey.Put(res, now) }
+
+// Clock returns the clock UseClock stored in res, if any.
+func Clock(res *component.Resources) (now func() time.Time, ok bool) {
+	if res == nil {
+		return nil, false
+	}
+	return clockKey.Get(res)
+}
+
+// exprOptions returns the expression options of the operators built in
+// env; env is nil while checking.
+func exprOptions(env *component.Env) expr.Options {
+	var o expr.Options
+	if env != nil {
+		if now, ok := Clock(env.Resources); ok {
+			o.Now = now
+		}
+	}
+	return o
+}
+
 // operatorSpec fills Check and Build of an operator spec from one
 // constructor.
-func operatorSpec(s component.Spec, build func(c *component.Config) (Operator, error)) component.Spec {
+func operatorSpec(s component.Spec, build func(c *component.Config, o expr.Options) (Operator, error)) component.Spec {
 	s.Kind = component.KindOperator
 	s.Check = func(c *component.Config) error {
-		_, err := build(c)
+		_, err := build(c, exprOptions(nil))
 		return err
 	}
-	s.Build = func(_ context.Context, _ *component.Env, c *component.Config) (component.Component, error) {
-		op, err := build(c)
+	s.Build = func(_ context.Context, env *component.Env, c *component.Config) (component.Component, error) {
+		op, err := build(c, exprOptions(env))
 		return component.Component{Operator: op}, err
 	}
 	return s
@@ -42,8 +73,8 @@ func FilterSpec() component.Spec {
 		Summary:   "Keeps the events for which the condition is true and drops the others.",
 		Shorthand: "if",
 		Fields:    []component.Field{{Name: "if", Type: component.TypeExpr, Required: true, Doc: "Condition an event must meet to be kept."}},
-	}, func(c *component.Config) (Operator, error) {
-		return NewFilter(FilterOptions{If: c.String("if")})
+	}, func(c *component.Config, o expr.Options) (Operator, error) {
+		return NewFilter(FilterOptions{If: c.String("if"), Expr: o})
 	})
 }
 
@@ -54,12 +85,12 @@ func SetSpec() component.Spec {
 		Summary: "Sets payload (`data.…`) or metadata (`meta.…`) fields to the values of expressions, " +
 			"in the order written. Each expression sees the event as changed by the assignments before it.",
 		Extra: &component.Field{Name: "TARGET", Type: component.TypeExpr, Required: true,
-			Doc: "Each key is a target path (`data.count`, `meta.kv`) and its value the expression to store there."},
-	}, func(c *component.Config) (Operator, error) {
+			Doc: "Each key is a target path (`data.count`, `meta.kv`) and its value the expression to store there, or `delete()` to remove the field."},
+	}, func(c *component.Config, o expr.Options) (Operator, error) {
 		if len(c.Extra) == 0 {
 			return nil, errors.New("set needs at least one assignment such as `data.x: 'data.y + 1'`")
 		}
-		var opts SetOptions
+		opts := SetOptions{Expr: o}
 		for _, e := range c.Extra {
 			opts.Fields = append(opts.Fields, Assignment{Target: e.Key, Expr: e.Value})
 		}
@@ -89,11 +120,11 @@ func RouteSpec() component.Spec {
 			return ports
 		},
 		PortsDoc: "one per route, plus the default",
-	}, func(c *component.Config) (Operator, error) {
+	}, func(c *component.Config, o expr.Options) (Operator, error) {
 		if len(c.Extra) == 0 {
 			return nil, errors.New("route needs at least one route such as `bans: 'data.count >= 3'`")
 		}
-		opts := RouteOptions{Default: c.String("default")}
+		opts := RouteOptions{Default: c.String("default"), Expr: o}
 		for _, e := range c.Extra {
 			opts.Routes = append(opts.Routes, Route{Port: e.Key, If: e.Value})
 		}
@@ -109,7 +140,7 @@ func DropSpec() component.Spec {
 		Summary:   "Drops every event (`drop: {}`), or those for which the condition is true (`drop: EXPR`).",
 		Shorthand: "if",
 		Fields:    []component.Field{{Name: "if", Type: component.TypeExpr, Doc: "Condition for dropping; every event when unset."}},
-	}, func(c *component.Config) (Operator, error) {
-		return NewDrop(DropOptions{If: c.String("if")})
+	}, func(c *component.Config, o expr.Options) (Operator, error) {
+		return NewDrop(DropOptions{If: c.String("if"), Expr: o})
 	})
 }

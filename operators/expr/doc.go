@@ -21,6 +21,13 @@
 // error (ErrEval), which the operators turn into an event on their err
 // port. Parse errors (ErrSyntax) name the column of the problem.
 //
+// Functions (exists, concat, matches, window, hash, ...) are registered in
+// one table (funcs.go) giving each its parameters, documentation, example
+// and implementation; the reference in docs/operators.md is generated from
+// it. Functions depend on nothing but the event and Options: the clock of
+// now() is Options.Now, so an expression parsed with a fixed clock gives
+// the same result on every replay.
+//
 // The full grammar, the functions and the type rules are documented in
 // docs/operators.md.
 package expr

@@ -27,6 +27,11 @@ var (
 	// ErrNotBoolean reports a condition (EvalBool, &&, ||, !) whose value is
 	// not true or false.
 	ErrNotBoolean = errors.New("not a boolean")
+	// ErrTooLarge reports a function result (string or array) larger than
+	// Options.MaxStringBytes.
+	ErrTooLarge = errors.New("result too large")
+	// ErrInvalidOptions reports Options that Validate rejects.
+	ErrInvalidOptions = errors.New("invalid expression options")
 )
 
 // position locates a byte offset of src as a 1-based line and column,

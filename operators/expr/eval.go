@@ -2,7 +2,6 @@ package expr
 
 import (
 	"math"
-	"strconv"
 	"strings"
 
 	"github.com/flowrun/flowrun/pipeline"
@@ -13,6 +12,7 @@ import (
 type node interface {
 	eval(ev pipeline.Event) (Value, error)
 	source() string
+	offset() int
 }
 
 // span records where a node is: off is the byte offset errors point at (an
@@ -24,6 +24,7 @@ type span struct {
 }
 
 func (s span) source() string { return s.text }
+func (s span) offset() int    { return s.off }
 
 // describe names an operand for an error message: its source and its kind,
 // such as `data.count (a string)`.
@@ -352,192 +353,25 @@ func (n *arrayNode) eval(ev pipeline.Event) (Value, error) {
 	return Value{kind: Array, s: string(b)}, nil
 }
 
-// funcDef describes a built-in function. call receives the unevaluated
-// arguments so that default can evaluate its fallback lazily.
-type funcDef struct {
-	name  string
-	arity int
-	call  func(n *callNode, ev pipeline.Event) (Value, error)
-}
-
-type callNode struct {
+// condNode is the conditional cond ? a : b; only the chosen branch is
+// evaluated.
+type condNode struct {
 	span
-	fn   funcDef
-	args []node
+	cond, a, b node
 }
 
-func (n *callNode) eval(ev pipeline.Event) (Value, error) { return n.fn.call(n, ev) }
-
-// arg evaluates argument i.
-func (n *callNode) arg(ev pipeline.Event, i int) (Value, error) { return n.args[i].eval(ev) }
-
-// argErr reports argument i of the wrong kind.
-func (n *callNode) argErr(i int, v Value, want string) error {
-	msg := n.fn.name + ": argument " + strconv.Itoa(i+1) + ", " + n.args[i].source() + ", "
-	if v.kind == Missing {
-		return evalErr(n.off, ErrMissing, msg+"is missing")
-	}
-	return evalErr(n.off, ErrType, msg+"is "+v.kind.article()+", expected "+want)
-}
-
-// strArgs evaluates every argument and requires strings.
-func (n *callNode) strArgs(ev pipeline.Event) ([2]string, error) {
-	var out [2]string
-	for i := range n.args {
-		v, err := n.arg(ev, i)
-		if err != nil {
-			return out, err
-		}
-		if v.kind != String {
-			return out, n.argErr(i, v, "a string")
-		}
-		out[i] = v.s
-	}
-	return out, nil
-}
-
-// lookupFunc returns the built-in function called name.
-func lookupFunc(name string) (funcDef, bool) {
-	switch name {
-	case "exists":
-		return funcDef{name, 1, fnExists}, true
-	case "string":
-		return funcDef{name, 1, fnString}, true
-	case "number":
-		return funcDef{name, 1, fnNumber}, true
-	case "len":
-		return funcDef{name, 1, fnLen}, true
-	case "lower":
-		return funcDef{name, 1, fnCase(strings.ToLower)}, true
-	case "upper":
-		return funcDef{name, 1, fnCase(strings.ToUpper)}, true
-	case "contains":
-		return funcDef{name, 2, fnContains}, true
-	case "has_prefix":
-		return funcDef{name, 2, fnAffix(strings.HasPrefix)}, true
-	case "has_suffix":
-		return funcDef{name, 2, fnAffix(strings.HasSuffix)}, true
-	case "default":
-		return funcDef{name, 2, fnDefault}, true
-	}
-	return funcDef{}, false
-}
-
-func fnExists(n *callNode, ev pipeline.Event) (Value, error) {
-	v, err := n.arg(ev, 0)
+func (n *condNode) eval(ev pipeline.Event) (Value, error) {
+	c, err := n.cond.eval(ev)
 	if err != nil {
 		return Value{}, err
 	}
-	return boolValue(v.kind != Missing), nil
-}
-
-func fnString(n *callNode, ev pipeline.Event) (Value, error) {
-	v, err := n.arg(ev, 0)
-	if err != nil {
+	if c.kind != Bool {
+		err := notBool("condition of '?'", n.cond, c).(*EvalError)
+		err.Offset = n.off
 		return Value{}, err
 	}
-	switch v.kind {
-	case Missing:
-		return Value{}, n.argErr(0, v, "a value")
-	case String:
-		return v, nil
+	if c.b {
+		return n.a.eval(ev)
 	}
-	return stringValue(string(v.AppendJSON(nil))), nil
-}
-
-func fnNumber(n *callNode, ev pipeline.Event) (Value, error) {
-	v, err := n.arg(ev, 0)
-	if err != nil {
-		return Value{}, err
-	}
-	switch v.kind {
-	case Number:
-		return v, nil
-	case String:
-		if !isJSONNumber(v.s) {
-			return Value{}, evalErr(n.off, ErrType, "number: "+strconv.Quote(v.s)+" is not a JSON number")
-		}
-		num := numberFromText(v.s)
-		if !num.isInt && (num.f > maxFinite || num.f < -maxFinite) {
-			return Value{}, evalErr(n.off, ErrArithmetic, "number: "+v.s+" is out of range")
-		}
-		return num, nil
-	}
-	return Value{}, n.argErr(0, v, "a number or a string")
-}
-
-func fnLen(n *callNode, ev pipeline.Event) (Value, error) {
-	v, err := n.arg(ev, 0)
-	if err != nil {
-		return Value{}, err
-	}
-	switch v.kind {
-	case String:
-		return intValue(int64(len([]rune(v.s)))), nil
-	case Array:
-		return intValue(int64(len(gjson.Parse(v.s).Array()))), nil
-	case Object:
-		_, count := objectMembers(v.s)
-		return intValue(int64(count)), nil
-	}
-	return Value{}, n.argErr(0, v, "a string, an array or an object")
-}
-
-func fnCase(f func(string) string) func(*callNode, pipeline.Event) (Value, error) {
-	return func(n *callNode, ev pipeline.Event) (Value, error) {
-		s, err := n.strArgs(ev)
-		if err != nil {
-			return Value{}, err
-		}
-		return stringValue(f(s[0])), nil
-	}
-}
-
-func fnAffix(f func(s, affix string) bool) func(*callNode, pipeline.Event) (Value, error) {
-	return func(n *callNode, ev pipeline.Event) (Value, error) {
-		s, err := n.strArgs(ev)
-		if err != nil {
-			return Value{}, err
-		}
-		return boolValue(f(s[0], s[1])), nil
-	}
-}
-
-func fnContains(n *callNode, ev pipeline.Event) (Value, error) {
-	h, err := n.arg(ev, 0)
-	if err != nil {
-		return Value{}, err
-	}
-	needle, err := n.arg(ev, 1)
-	if err != nil {
-		return Value{}, err
-	}
-	switch h.kind {
-	case String:
-		if needle.kind != String {
-			return Value{}, n.argErr(1, needle, "a string (the first argument is a string)")
-		}
-		return boolValue(strings.Contains(h.s, needle.s)), nil
-	case Array:
-		found := false
-		gjson.Parse(h.s).ForEach(func(_, e gjson.Result) bool {
-			found = equal(fromResult(e), needle)
-			return !found
-		})
-		return boolValue(found), nil
-	}
-	return Value{}, n.argErr(0, h, "a string or an array")
-}
-
-// fnDefault returns its first argument unless it is missing or null, and
-// only then evaluates the fallback.
-func fnDefault(n *callNode, ev pipeline.Event) (Value, error) {
-	v, err := n.arg(ev, 0)
-	if err != nil {
-		return Value{}, err
-	}
-	if v.kind != Missing && v.kind != Null {
-		return v, nil
-	}
-	return n.arg(ev, 1)
+	return n.b.eval(ev)
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/flowrun/flowrun/internal/suggest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -18,15 +19,28 @@ type Expr struct {
 	root node
 }
 
-// Parse parses src. The error, if any, is a *SyntaxError wrapping ErrSyntax
-// that names the column of the problem.
+// Parse parses src with the default Options (the real clock). The error,
+// if any, is a *SyntaxError wrapping ErrSyntax that names the column of the
+// problem.
 func Parse(src string) (*Expr, error) {
-	p := &parser{src: src}
+	return ParseWith(src, Options{})
+}
+
+// ParseWith parses src; its functions use opts (clock, randomness, size
+// bound). A regular expression given to matches is compiled here, and a
+// time layout given as a literal is checked here. The error is a
+// *SyntaxError wrapping ErrSyntax, or wraps ErrInvalidOptions.
+func ParseWith(src string, opts Options) (*Expr, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts.EnsureDefaults()
+	p := &parser{src: src, opts: &opts, deleteAt: -1}
 	p.skipSpace()
 	if p.pos == len(src) {
 		return nil, p.errAt(p.pos, "empty expression")
 	}
-	n, err := p.parseOr()
+	n, err := p.parseExpr()
 	if err != nil {
 		return nil, err
 	}
@@ -34,7 +48,19 @@ func Parse(src string) (*Expr, error) {
 	if p.pos < len(src) {
 		return nil, p.unexpected("expected an operator or the end of the expression")
 	}
+	if p.deleteAt >= 0 && !isDelete(n) {
+		return nil, p.errAt(p.deleteAt, "delete() must be the whole expression, as the value of a set target (meta.tmp: delete())")
+	}
 	return &Expr{src: src, root: n}, nil
+}
+
+// IsDelete reports whether e is delete(), the value by which the set
+// operator removes its target.
+func (e *Expr) IsDelete() bool { return isDelete(e.root) }
+
+func isDelete(n node) bool {
+	c, ok := n.(*callNode)
+	return ok && c.fn.name == "delete"
 }
 
 // String returns the source text of e.
@@ -197,6 +223,9 @@ type parser struct {
 	src   string
 	pos   int
 	depth int
+	opts  *Options
+	// deleteAt is the offset of a delete() call, -1 when there is none.
+	deleteAt int
 }
 
 func (p *parser) errAt(off int, msg string) error {
@@ -211,7 +240,25 @@ func (p *parser) unexpected(expected string) error {
 		return p.errAt(p.pos, "unexpected end of expression, "+expected)
 	}
 	r, _ := utf8.DecodeRuneInString(p.src[p.pos:])
-	return p.errAt(p.pos, "unexpected "+strconv.QuoteRune(r)+", "+expected)
+	return p.errAt(p.pos, "unexpected "+strconv.QuoteRune(r)+", "+expected+wordOpHint(p.src[p.pos:]))
+}
+
+// wordOpHint returns a hint when rest starts with and, or or not as a
+// word, which the language spells &&, || and !.
+func wordOpHint(rest string) string {
+	end := 0
+	for end < len(rest) && isWordByte(rest[end]) {
+		end++
+	}
+	switch strings.ToLower(rest[:end]) {
+	case "and":
+		return " (write '&&' instead of '" + rest[:end] + "')"
+	case "or":
+		return " (write '||' instead of '" + rest[:end] + "')"
+	case "not":
+		return " (write '!' instead of '" + rest[:end] + "')"
+	}
+	return ""
 }
 
 func (p *parser) skipSpace() {
@@ -242,6 +289,40 @@ func (p *parser) enter() error {
 func (p *parser) leave() { p.depth-- }
 
 func (p *parser) text(start int) string { return strings.TrimSpace(p.src[start:p.pos]) }
+
+// parseExpr parses a full expression: an or, optionally followed by
+// ? a : b, the conditional, which binds least tightly and nests to the
+// right (c1 ? a : c2 ? b : c).
+func (p *parser) parseExpr() (node, error) {
+	start := p.pos
+	cond, err := p.parseOr()
+	if err != nil {
+		return nil, err
+	}
+	if !p.peekOp("?") {
+		return cond, nil
+	}
+	if err := p.enter(); err != nil {
+		return nil, err
+	}
+	defer p.leave()
+	opPos := p.pos
+	p.pos++
+	a, err := p.parseExpr()
+	if err != nil {
+		return nil, err
+	}
+	p.skipSpace()
+	if p.pos >= len(p.src) || p.src[p.pos] != ':' {
+		return nil, p.expected("':' of the conditional 'condition ? a : b'")
+	}
+	p.pos++
+	b, err := p.parseExpr()
+	if err != nil {
+		return nil, err
+	}
+	return &condNode{span: span{opPos, p.text(start)}, cond: cond, a: a, b: b}, nil
+}
 
 func (p *parser) parseOr() (node, error) {
 	start := p.pos
@@ -446,7 +527,7 @@ func (p *parser) parsePrimary() (node, error) {
 		}
 		defer p.leave()
 		p.pos++
-		n, err := p.parseOr()
+		n, err := p.parseExpr()
 		if err != nil {
 			return nil, err
 		}
@@ -486,6 +567,9 @@ func (p *parser) parsePrimary() (node, error) {
 		if p.peekOp("(") {
 			return p.parseCall(start, name)
 		}
+		if hint := wordOpHint(name); hint != "" {
+			return nil, p.errAt(start, "unknown name '"+name+"'"+hint)
+		}
 		return nil, p.errAt(start, "unknown name '"+name+"' (paths start with data, payload or meta; strings need quotes)")
 	}
 	return nil, p.unexpected("expected a value")
@@ -498,7 +582,7 @@ func (p *parser) expected(what string) error {
 		return p.errAt(p.pos, "expected "+what)
 	}
 	r, _ := utf8.DecodeRuneInString(p.src[p.pos:])
-	return p.errAt(p.pos, "expected "+what+", found "+strconv.QuoteRune(r))
+	return p.errAt(p.pos, "expected "+what+", found "+strconv.QuoteRune(r)+wordOpHint(p.src[p.pos:]))
 }
 
 func (p *parser) ident() string {
@@ -569,7 +653,11 @@ func (p *parser) parsePathSegments(root Root) (Path, error) {
 func (p *parser) parseCall(start int, name string) (node, error) {
 	fn, ok := lookupFunc(name)
 	if !ok {
-		return nil, p.errAt(start, "unknown function '"+name+"'")
+		if hint := wordOpHint(name); hint != "" {
+			return nil, p.errAt(start, "unknown function '"+name+"'"+hint)
+		}
+		return nil, p.errAt(start, "unknown function '"+name+"'"+suggest.DidYouMean(name, funcNames)+
+			"; functions: "+strings.Join(funcNames, ", "))
 	}
 	if err := p.enter(); err != nil {
 		return nil, err
@@ -583,7 +671,7 @@ func (p *parser) parseCall(start int, name string) (node, error) {
 		p.pos++
 	} else {
 		for {
-			a, err := p.parseOr()
+			a, err := p.parseExpr()
 			if err != nil {
 				return nil, err
 			}
@@ -600,14 +688,19 @@ func (p *parser) parseCall(start int, name string) (node, error) {
 			return nil, p.expected("',' or ')'")
 		}
 	}
-	if len(args) != fn.arity {
-		plural := "s"
-		if fn.arity == 1 {
-			plural = ""
-		}
-		return nil, p.errAt(start, name+" takes "+strconv.Itoa(fn.arity)+" argument"+plural+", got "+strconv.Itoa(len(args)))
+	if msg := fn.checkArity(len(args)); msg != "" {
+		return nil, p.errAt(start, msg)
 	}
-	return &callNode{span: span{start, p.text(start)}, fn: fn, args: args}, nil
+	n := &callNode{span: span{start, p.text(start)}, fn: fn, args: args, opts: p.opts}
+	if fn.name == "delete" && p.deleteAt < 0 {
+		p.deleteAt = start
+	}
+	if fn.prepare != nil {
+		if err := fn.prepare(p, n); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
 }
 
 func (p *parser) parseObject() (node, error) {
@@ -650,7 +743,7 @@ func (p *parser) parseObject() (node, error) {
 			return nil, p.expected("':'")
 		}
 		p.pos++
-		v, err := p.parseOr()
+		v, err := p.parseExpr()
 		if err != nil {
 			return nil, err
 		}
@@ -685,7 +778,7 @@ func (p *parser) parseArray() (node, error) {
 		return n, nil
 	}
 	for {
-		v, err := p.parseOr()
+		v, err := p.parseExpr()
 		if err != nil {
 			return nil, err
 		}

@@ -206,6 +206,11 @@ func FuzzParse(f *testing.F) {
 		`len(data.items) % 2 == 0 || !contains(lower(data.name), "x")`,
 		`-9223372036854775808 / -1`,
 		`[1, {a: [null, true]}, -1.5e-7]`,
+		`data.ok ? substr(data.name, -2, 1) : join(split(data.steam_id, ""), "-")`,
+		`window(data.n, 7) + hash(data.obj) % 3 + to_int(data.f) + len(keys(data.obj))`,
+		`matches(data.name, "^A.+") && starts_with(trim(upper(data.name)), "A") || coalesce(data.x, 1) == 1`,
+		`format_time(parse_time("2026-01-02", "DateOnly"), "RFC3339") + concat(type(data.items), now_s() > 0) + replace(data.esc, "q", "")`,
+		`if(contains(data.items, 1), uuid(), to_string(data.big))`,
 	} {
 		f.Add(s)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -104,6 +105,9 @@ func specOptions(env *component.Env, c *component.Config) (Options, string, erro
 	}
 	if env != nil {
 		opts.Logger = env.Logger.With("node", c.Node)
+		if now, ok := operators.Clock(env.Resources); ok {
+			opts.Now = now // os.time and os.date follow a fixed clock too
+		}
 	}
 	return opts, where, nil
 }
