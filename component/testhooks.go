@@ -13,8 +13,9 @@ var clockKey = NewKey[func() time.Time]("clock")
 
 // UseClock makes now the clock of every component built with res that
 // reads the time through Clock: the kv connector decides expiry (ttl) and
-// stamps its records with it, and Lua scripts run on a kv store see the
-// same time. A test gives a fixed clock so that time-dependent results
+// stamps its records with it, expressions' now() and now_s() return it,
+// and Lua scripts (processors and scripts run on a kv store) see the same
+// time in os.time and os.date. A test gives a fixed clock so that time-dependent results
 // repeat.
 func UseClock(res *Resources, now func() time.Time) { clockKey.Put(res, now) }
 

@@ -29,7 +29,7 @@ type BuildOptions struct {
 	// (pebblestore.UsePool, etcdstore.UsePool), the in-process bus of the
 	// gochannel connectors (bus.UseLocal), the kv command hook
 	// (kv.ObserveCommands), the clock of expressions and lua scripts
-	// (operators.UseClock). Default: new, empty resources for this build,
+	// (component.UseClock). Default: new, empty resources for this build,
 	// in which each component creates what it needs.
 	Resources *component.Resources
 	// Logger receives component logs. Default slog.Default().

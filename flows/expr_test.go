@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/flowrun/flowrun/component"
-	"github.com/flowrun/flowrun/operators"
 )
 
 // clockFlow counts by minute window: the kv key is built from now(), the
@@ -46,7 +45,7 @@ links:
 
 // TestFlowClockReplaysIdentically runs a flow whose expressions read the
 // time twice, each time on a new store, with the clock fixed through
-// operators.UseClock: both runs give the same output, which carries the
+// component.UseClock: both runs give the same output, which carries the
 // fixed time and no meta.kv.
 func TestFlowClockReplaysIdentically(t *testing.T) {
 	input := `{"data":{"user":"ann"}}` + "\n" + `{"data":{"user":"bob"}}` + "\n" + `{"data":{"user":"ann"}}` + "\n"
@@ -55,7 +54,7 @@ func TestFlowClockReplaysIdentically(t *testing.T) {
 		t.Helper()
 		flow := writeFlow(t, t.TempDir(), clockFlow)
 		res := component.NewResources()
-		operators.UseClock(res, func() time.Time { return fixed })
+		component.UseClock(res, func() time.Time { return fixed })
 		var out bytes.Buffer
 		built, err := flow.Build(context.Background(), BuildOptions{Stdin: strings.NewReader(input), Stdout: &out, Resources: res})
 		if err != nil {
@@ -94,7 +93,7 @@ func TestFlowClockReplaysIdentically(t *testing.T) {
 }
 
 // TestFlowClockReachesLua checks that the clock given with
-// operators.UseClock is also the clock of os.time in lua processors.
+// component.UseClock is also the clock of os.time in lua processors.
 func TestFlowClockReachesLua(t *testing.T) {
 	const src = `name: luaclock
 connectors:
@@ -112,7 +111,7 @@ links:
 `
 	flow := writeFlow(t, t.TempDir(), src)
 	res := component.NewResources()
-	operators.UseClock(res, func() time.Time { return time.Unix(1767323045, 0) })
+	component.UseClock(res, func() time.Time { return time.Unix(1767323045, 0) })
 	var out bytes.Buffer
 	built, err := flow.Build(context.Background(), BuildOptions{Stdin: strings.NewReader(`{"data":1}` + "\n"), Stdout: &out, Resources: res})
 	if err != nil {

@@ -3,7 +3,6 @@ package operators
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/operators/expr"
@@ -21,32 +20,14 @@ func CheckExpr(src string) error {
 	return err
 }
 
-// clockKey holds the clock of the operators of a build.
-var clockKey = component.NewKey[func() time.Time]("operators.Clock")
-
-// UseClock makes now the clock of the expressions of every operator built
-// with res (filter, set, route, drop) and of the lua processors: now() and
-// now_s() return its time, so that a test or a replay fixing it gets the
-// same output every run. now must be safe for concurrent use. Without it
-// operators use time.Now.
-func UseClock(res *component.Resources, now func() time.Time) { clockKey.Put(res, now) }
-
-// Clock returns the clock UseClock stored in res, if any.
-func Clock(res *component.Resources) (now func() time.Time, ok bool) {
-	if res == nil {
-		return nil, false
-	}
-	return clockKey.Get(res)
-}
-
 // exprOptions returns the expression options of the operators built in
 // env; env is nil while checking.
 func exprOptions(env *component.Env) expr.Options {
 	var o expr.Options
 	if env != nil {
-		if now, ok := Clock(env.Resources); ok {
-			o.Now = now
-		}
+		// component.UseClock: now() and now_s() return the build's
+		// clock, so a test or a replay fixing it repeats its output.
+		o.Now = component.Clock(env.Resources)
 	}
 	return o
 }

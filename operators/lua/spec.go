@@ -11,7 +11,6 @@ import (
 
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/kv"
-	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -105,7 +104,7 @@ func specOptions(env *component.Env, c *component.Config) (Options, string, erro
 	}
 	if env != nil {
 		opts.Logger = env.Logger.With("node", c.Node)
-		if now, ok := operators.Clock(env.Resources); ok {
+		if now := component.Clock(env.Resources); now != nil {
 			opts.Now = now // os.time and os.date follow a fixed clock too
 		}
 	}
