@@ -372,8 +372,12 @@ func (c *Connector) readHints(dst [][]byte, cmd *command) [][]byte {
 		dst = append(dst, c.layout.idemKey(nil, cmd.idem))
 	}
 	switch cmd.op {
-	case opGet, opExists, opSwap, opCas, opCad, opDelete, opIncrement:
+	case opGet, opExists, opSwap, opCas, opCad, opDelete, opIncrement, opExpiry, opTouch:
 		dst = append(dst, c.layout.dataKey(nil, cmd.key))
+	case opPut:
+		if cmd.keepTTL {
+			dst = append(dst, c.layout.dataKey(nil, cmd.key))
+		}
 	case opBatch:
 		for i := range cmd.sub {
 			dst = c.readHints(dst, &cmd.sub[i])
@@ -390,7 +394,7 @@ const InvalidOp = "invalid"
 // non-zero count once, so the hook costs a few calls per batch, not one
 // per event.
 func (c *Connector) observe(cmds []command, errs []error) {
-	var tally [opBatch + 1][2]int
+	var tally [opLast + 1][2]int
 	for i := range cmds {
 		ok := 0
 		if errs[i] == nil {
