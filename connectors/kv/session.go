@@ -387,6 +387,10 @@ func ttlMs(cmd *command, ttl time.Duration) (int64, error) {
 	return (int64(ttl) + int64(time.Millisecond) - 1) / int64(time.Millisecond), nil
 }
 
+// Now returns the instant, in Unix milliseconds, against which the
+// Session's calls judge expiry.
+func (s *Session) Now() int64 { return s.x.now }
+
 // SetKeepTTL stores the JSON value at key keeping the expiry of the live
 // value it replaces (like put with "keep_ttl": true); a key that was
 // absent or expired gets no expiry.
