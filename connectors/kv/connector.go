@@ -31,6 +31,9 @@ type Connector struct {
 	opts   Options
 	layout layout
 	dec    decoder
+	// result is the parsed Options.Result; nil when the connector
+	// replaces events with results.
+	result *resultPath
 
 	scratchPool sync.Pool // *batchScratch
 	// inFlight counts batches submitted to a Submitter and not finished:
@@ -67,6 +70,7 @@ func New(b Backend, opts Options) (*Connector, error) {
 	}
 	c := &Connector{b: b, opts: opts, layout: newLayout(opts.Namespace)}
 	c.dec = decoder{opts: &c.opts}
+	c.result, _ = parseResultPath(opts.Result) // checked by Validate
 	c.reportPartialLoads()
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
@@ -89,7 +93,7 @@ func (c *Connector) WithNamespace(ns string) *Connector {
 	if ns == "" {
 		opts.Namespace = DefaultNamespace
 	}
-	d := &Connector{b: c.b, opts: opts, layout: newLayout(opts.Namespace), borrowed: true}
+	d := &Connector{b: c.b, opts: opts, layout: newLayout(opts.Namespace), borrowed: true, result: c.result}
 	d.dec = decoder{opts: &d.opts}
 	return d
 }
@@ -432,6 +436,9 @@ func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
 	if err == nil && cmd.idem == "" && c.opts.IdemFrom != "" && cmd.op.writes() {
 		err = c.idemFrom(&cmd, m)
 	}
+	if err == nil && c.result != nil {
+		err = c.result.check(&cmd, ev)
+	}
 	return cmd, err
 }
 
@@ -473,6 +480,10 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 	corr := correlation(ev, err == nil)
 	if err != nil {
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
+		return
+	}
+	if c.result != nil {
+		c.emitResult(emit, ev, cmd, r)
 		return
 	}
 	if cmd.op == opScan {

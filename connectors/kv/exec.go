@@ -645,18 +645,7 @@ func (x *execer) batch(cmd *command) (result, error) {
 			data = append(data, ',')
 		}
 		if sub.op == opScan {
-			data = append(data, '[')
-			for j, rw := range r.rows {
-				if j > 0 {
-					data = append(data, ',')
-				}
-				data = append(data, `{"key":`...)
-				data = appendString(data, rw.key)
-				data = append(data, `,"value":`...)
-				data = append(data, rw.value...)
-				data = append(data, '}')
-			}
-			data = append(data, ']')
+			data = appendRows(data, r.rows)
 			continue
 		}
 		data = append(data, r.data...)

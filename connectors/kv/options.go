@@ -94,6 +94,16 @@ type Options struct {
 	// flows share it and a core is idle, at the price of reading each key
 	// a function uses twice. Default false: functions run in the writer.
 	Optimistic bool
+	// Result, when set, makes the connector enrich events instead of
+	// replacing them: a path below data or meta ("data.player",
+	// "meta.lookup") where each successful command's result object
+	// ({"op","key","found","value", and "next" or "replayed" when the
+	// out meta.kv has them}) is written into the event, which keeps its
+	// data and meta otherwise (meta.kv becomes the out meta.kv). A scan
+	// gives one event whose value is the array of its {"key","value"}
+	// rows. Failures go to "err" as without it. Default "": the result
+	// replaces the event.
+	Result string
 	// Logger receives janitor failures. Default slog.Default().
 	Logger *slog.Logger
 	// OnCommands, when set, is told the outcome of the commands of each
@@ -154,6 +164,9 @@ func (o *Options) EnsureDefaults() {
 func (o *Options) Validate() error {
 	if o.MaxResultBytes < 0 {
 		return fmt.Errorf("kv: MaxResultBytes (max_result_bytes) is %d, must be positive (raise it to allow larger results; there is no unlimited)", o.MaxResultBytes)
+	}
+	if _, err := parseResultPath(o.Result); err != nil {
+		return err
 	}
 	if o.MaxKeysVisited < 0 {
 		return fmt.Errorf("kv: MaxKeysVisited (max_keys_visited) is %d, must be positive (raise it to allow longer reads; there is no unlimited)", o.MaxKeysVisited)

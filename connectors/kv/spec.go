@@ -95,6 +95,8 @@ func Spec(backends ...BackendSpec) component.Spec {
 			Doc: "How long the idempotency key (`idem`) of a write command is remembered; must outlast the source's longest redelivery delay."},
 		{Name: "idem_from", Type: component.TypeString,
 			Doc: "Path in the event's meta (e.g. `message_id`, set by bus sources) giving every write command without `idem` its idempotency key; a write lacking it is refused."},
+		{Name: "result", Type: component.TypeString,
+			Doc: "Enrich instead of replace: a path below `data` or `meta` (e.g. `data.player`, `meta.lookup`) where each result object (`{op, key, found, value}`, plus `next` or `replayed` as in `meta.kv`; a scan's rows as one array) is written into the event, which keeps its data, meta and correlation; `meta.kv`, `meta.error` and `meta.correlation` are refused. Failures go to `err` as without it (see docs/kv.md)."},
 		{Name: "optimistic_scripts", Type: component.TypeBool, Default: "false",
 			Doc: "Lua nodes naming this connector run their scripts first outside the store's writer, which then only checks what they read and applies what they wrote (a script whose reads changed runs again in the writer). Helps when several flows share a busy store; a single flow is faster without it (see docs/lua.md)."},
 	}...)
@@ -152,6 +154,7 @@ func connectorOptions(env *component.Env, c *component.Config) Options {
 		IdemRetention:   c.Duration("idem_retention"),
 		IdemFrom:        c.String("idem_from"),
 		Optimistic:      c.Bool("optimistic_scripts"),
+		Result:          c.String("result"),
 	}
 	if env != nil {
 		if o.Namespace == "" {

@@ -480,6 +480,49 @@ func casesTable() []tcase {
 			e(M(`"put":"a","keep_ttl":"yes"`), `1`, kv.ErrInvalidCommand, ``, `"keep_ttl" must be true or false`),
 			e(M(`"cas":"a","keep_ttl":true`), `1`, kv.ErrInvalidCommand, ``, `"keep_ttl" is not accepted by cas`),
 		}},
+		{name: "enrichment at a data path", opts: func(o *kv.Options) { o.Result = "data.player" }, steps: []step{
+			// The event keeps its data and meta; the result object goes at data.player.
+			s(`{"kv":{"get":"p1"},"correlation":"c1","trace":"t"}`, `{"id":"p1","n":1}`,
+				`out {"data":{"id":"p1","n":1,"player":{"op":"get","key":"p1","found":false,"value":null}},"meta":{"kv":{"op":"get","key":"p1","found":false},"correlation":"c1","trace":"t"}}`),
+			s(M(`"put":"p1"`), `{"name":"ann"}`,
+				`out {"data":{"name":"ann","player":{"op":"put","key":"p1","found":true,"value":{"name":"ann"}}},"meta":{"kv":{"op":"put","key":"p1","found":true}}}`),
+			s(M(`"get":"p1"`), `{"id":"p1","player":"replaced"}`,
+				`out {"data":{"id":"p1","player":{"op":"get","key":"p1","found":true,"value":{"name":"ann"}}},"meta":{"kv":{"op":"get","key":"p1","found":true}}}`),
+			s(M(`"get":"p1"`), ``,
+				`out {"data":{"player":{"op":"get","key":"p1","found":true,"value":{"name":"ann"}}},"meta":{"kv":{"op":"get","key":"p1","found":true}}}`),
+			s(M(`"increment":"n","ttl":5`), `{}`,
+				`out {"data":{"player":{"op":"increment","key":"n","found":false,"value":1}},"meta":{"kv":{"op":"increment","key":"n","found":false}}}`),
+			// A scan gives one event, its rows in value; an empty one gives one too.
+			s(M(`"scan":""`), `{}`,
+				`out {"data":{"player":{"op":"scan","key":"","found":true,"value":[{"key":"n","value":1},{"key":"p1","value":{"name":"ann"}}]}},"meta":{"kv":{"op":"scan","key":"","found":true}}}`),
+			s(M(`"scan":"x"`), `{}`,
+				`out {"data":{"player":{"op":"scan","key":"x","found":false,"value":[]}},"meta":{"kv":{"op":"scan","key":"x","found":false}}}`),
+			s(M(`"keys":null,"limit":1`), `{}`,
+				`out {"data":{"player":{"op":"keys","key":"","found":true,"next":"n","value":["n"]}},"meta":{"kv":{"op":"keys","key":"","found":true,"next":"n"}}}`),
+			s(M(`"batch":[{"get":"p1"},{"exists":"q"}]`), `{"a":1}`,
+				`out {"data":{"a":1,"player":{"op":"batch","found":true,"value":[{"name":"ann"},false]}},"meta":{"kv":{"op":"batch","found":true}}}`),
+			s(M(`"delete":"q","idem":"d1"`), `{}`,
+				`out {"data":{"player":{"op":"delete","key":"q","found":false,"value":null}},"meta":{"kv":{"op":"delete","key":"q","found":false}}}`),
+			s(M(`"delete":"q","idem":"d1"`), `{}`,
+				`out {"data":{"player":{"op":"delete","key":"q","found":false,"replayed":true,"value":null}},"meta":{"kv":{"op":"delete","key":"q","found":false,"replayed":true}}}`),
+			// Failures go to err as without enrichment.
+			e(MC(`"cas":"p1","old":1`, `"c2"`), `{"x":1}`, kv.ErrCASMismatch, `{"op":"cas","key":"p1","current":{"name":"ann"}}`),
+			// Data that cannot hold the result is refused before the command runs.
+			e(M(`"put":"z"`), `5`, kv.ErrResultPath, `{"op":"put","key":"z"}`, "data.player", "data is a number 5, not an object"),
+			e(M(`"put":"z"`), `[1]`, kv.ErrResultPath, ``, "data is an array"),
+			s(M(`"exists":"z"`), `{}`,
+				`out {"data":{"player":{"op":"exists","key":"z","found":false,"value":false}},"meta":{"kv":{"op":"exists","key":"z","found":false}}}`),
+		}},
+		{name: "enrichment at a meta path", opts: func(o *kv.Options) { o.Result = "meta.lookup.player" }, steps: []step{
+			s(M(`"put":"p"`), `1`,
+				`out {"data":1,"meta":{"kv":{"op":"put","key":"p","found":true},"lookup":{"player":{"op":"put","key":"p","found":true,"value":1}}}}`),
+			s(`{"kv":{"get":"p"},"lookup":{"other":2},"correlation":[1]}`, `"payload"`,
+				`out {"data":"payload","meta":{"kv":{"op":"get","key":"p","found":true},"lookup":{"other":2,"player":{"op":"get","key":"p","found":true,"value":1}},"correlation":[1]}}`),
+			e(`{"kv":{"get":"p"},"lookup":"s"}`, `1`, kv.ErrResultPath, `{"op":"get","key":"p"}`, "meta.lookup is a string"),
+			e(`{"kv":{"delete":"p"},"lookup":7}`, `1`, kv.ErrResultPath, ``),
+			s(M(`"get":"p"`), ``,
+				`out {"data":null,"meta":{"kv":{"op":"get","key":"p","found":true},"lookup":{"player":{"op":"get","key":"p","found":true,"value":1}}}}`),
+		}},
 		{name: "limits", opts: func(o *kv.Options) {
 			o.MaxKeyLength = 5
 			o.MaxValueBytes = 16
