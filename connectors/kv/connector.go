@@ -46,8 +46,13 @@ type Connector struct {
 
 	// borrowed marks a Connector made by WithNamespace: it does not own
 	// its Backend and has no janitor.
-	borrowed  bool
-	stop      context.CancelFunc
+	borrowed bool
+	stop     context.CancelFunc
+	// expiry is the ExpirySource, nil without Options.ExpiredEvents.
+	expiry *expirySource
+	// refs counts the holders of the Backend: the Connector and, once
+	// handed out, its ExpirySource; the last to let go closes it.
+	refs      atomic.Int32
 	janitor   sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -71,10 +76,14 @@ func New(b Backend, opts Options) (*Connector, error) {
 	c := &Connector{b: b, opts: opts, layout: newLayout(opts.Namespace)}
 	c.dec = decoder{opts: &c.opts}
 	c.result, _ = parseResultPath(opts.Result) // checked by Validate
+	c.refs.Store(1)
+	if opts.ExpiredEvents {
+		c.expiry = &expirySource{c: c, closed: make(chan struct{})}
+	}
 	c.reportPartialLoads()
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
-	if opts.ReclaimInterval > 0 {
+	if opts.ReclaimInterval > 0 && !opts.ExpiredEvents {
 		c.janitor.Add(1)
 		go c.runJanitor(ctx)
 	}
@@ -121,7 +130,8 @@ const partialLoadCheckTimeout = 10 * time.Second
 // Options returns the connector's options with defaults filled in.
 func (c *Connector) Options() Options { return c.opts }
 
-// Close stops the janitor, waits for it, then closes the Backend. Calls
+// Close stops the janitor, waits for it, then closes the Backend (once
+// the ExpirySource, if handed out, is closed too). Calls
 // after the first return the first result. It does nothing on a Connector
 // made by WithNamespace.
 func (c *Connector) Close(context.Context) error {
@@ -131,9 +141,23 @@ func (c *Connector) Close(context.Context) error {
 	c.closeOnce.Do(func() {
 		c.stop()
 		c.janitor.Wait()
-		c.closeErr = c.b.Close()
+		if c.expiry != nil {
+			close(c.expiry.closed) // its last pass; it closes the Backend if it holds it
+		}
+		c.closeErr = c.releaseBackend()
 	})
 	return c.closeErr
+}
+
+// retain adds a holder of the Backend.
+func (c *Connector) retain() { c.refs.Add(1) }
+
+// releaseBackend lets go of the Backend, closing it when no holder is left.
+func (c *Connector) releaseBackend() error {
+	if c.refs.Add(-1) == 0 {
+		return c.b.Close()
+	}
+	return nil
 }
 
 // Process decodes every event of batch, runs all valid commands in one
@@ -600,13 +624,27 @@ type expiryIndex struct {
 // janitor calls it every Options.ReclaimInterval; expired records are
 // invisible to commands whether or not they have been reclaimed.
 func (c *Connector) Reclaim(ctx context.Context) (int, error) {
+	return c.reclaimAll(ctx, c.opts.OnExpired)
+}
+
+// reclaimAll is Reclaim reporting expired keys (not idempotency records)
+// to report when it is not nil.
+func (c *Connector) reclaimAll(ctx context.Context, report func(context.Context, []ExpiredKey) error) (int, error) {
 	indexes := []expiryIndex{
 		{c.layout.expiry, func(k []byte) []byte { return c.layout.dataKey(nil, string(k)) }},
 		{c.layout.idemExpiry, func(k []byte) []byte { return c.layout.idemKey(nil, string(k)) }},
 	}
 	total := 0
-	for _, ix := range indexes {
-		n, err := c.reclaim(ctx, ix)
+	for i, ix := range indexes {
+		var (
+			n   int
+			err error
+		)
+		if i == 0 && report != nil {
+			n, err = c.reclaimReporting(ctx, ix, report)
+		} else {
+			n, err = c.reclaim(ctx, ix)
+		}
 		total += n
 		if err != nil {
 			return total, err

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -104,6 +105,19 @@ type Options struct {
 	// rows. Failures go to "err" as without it. Default "": the result
 	// replaces the event.
 	Result string
+	// OnExpired, when set, is told of the expired keys each reclaim pass
+	// (Reclaim, the janitor) is about to delete, a chunk at a time, before
+	// it deletes them; a key is deleted only if OnExpired returned nil, so
+	// it must return only once the keys are handed on for good. On an
+	// error the pass stops and the keys stay (invisible) until a later
+	// pass reports them again: at least once. Keys written, deleted or
+	// cleared after expiring and before a pass are not reported.
+	// Idempotency records are never reported. Default nil.
+	OnExpired func(ctx context.Context, keys []ExpiredKey) error
+	// ExpiredEvents makes the connector report its expired keys as events
+	// of ExpirySource (the "expired" port of a flow) instead of running a
+	// janitor: the source reclaims every ReclaimInterval. Default false.
+	ExpiredEvents bool
 	// Logger receives janitor failures. Default slog.Default().
 	Logger *slog.Logger
 	// OnCommands, when set, is told the outcome of the commands of each
