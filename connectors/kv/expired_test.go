@@ -168,3 +168,58 @@ func TestExpirySourceAtLeastOnce(t *testing.T) {
 		t.Fatalf("third run emitted again: %s", got)
 	}
 }
+
+// TestExpirySourceOutlivesClose: a source handed out keeps the Backend
+// open after the Connector's Close, makes its passes when run, and the
+// Backend is closed when the source is closed too.
+func TestExpirySourceOutlivesClose(t *testing.T) {
+	b := &countingBackend{Backend: openPebble(t, t.TempDir())}
+	c, err := kv.New(b, kv.Options{Namespace: "ns", ExpiredEvents: true, ReclaimInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	process(t, c, kvtest.Event(kvtest.M(`"put":"a","expire_at":5`), `1`))
+	src := c.ExpirySource()
+	if src2 := c.ExpirySource(); src2 != src {
+		t.Fatal("ExpirySource returned two sources")
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if b.closed.Load() != 0 {
+		t.Fatal("Close closed the Backend while the expiry source holds it")
+	}
+	var got []string
+	g := pipeline.New(pipeline.Options{})
+	for _, err := range []error{
+		g.AddSource("expired", src, kv.PortExpired),
+		g.AddProcessor("sink", sinkFunc(func(batch []pipeline.Event) error {
+			for _, ev := range batch {
+				got = append(got, string(ev.Data))
+			}
+			return nil
+		})),
+		g.Link("expired", kv.PortExpired, "sink"),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"namespace":"ns","key":"a","value":1,"expired_at":5}`; strings.Join(got, "\n") != want {
+		t.Fatalf("emitted %q, want %s", got, want)
+	}
+	if b.closed.Load() != 1 {
+		t.Fatal("the Backend is still open once the connector and its source are closed")
+	}
+	c2, err := kv.New(openPebble(t, t.TempDir()), kv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close(context.Background())
+	if c2.ExpirySource() != nil {
+		t.Error("ExpirySource without ExpiredEvents is not nil")
+	}
+}
