@@ -17,6 +17,7 @@ func TestExamples(t *testing.T) {
 		{"kv", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"counter", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"cooldown", []step{{"events.jsonl", "expected.jsonl"}}},
+		{"ratelimit", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"leaderboard", []step{{"events.jsonl", "expected.jsonl"}, {"show.jsonl", "expected-show.jsonl"}}},
 		{"lua-warnings", []step{{"events.jsonl", "expected.jsonl"}}},
 		{"lua-ratelimit", []step{{"events.jsonl", "expected.jsonl"}}},
