@@ -437,6 +437,29 @@ func (s *Session) Touch(key string, ttl time.Duration) (bool, error) {
 	return r.found, err
 }
 
+// IncrementTTL is Increment setting an expiry ttl from now, as
+// IncrementIntTTL does.
+func (s *Session) IncrementTTL(key string, delta float64, ttl time.Duration, refresh bool) ([]byte, error) {
+	cmd, err := s.key(opIncrement, key, false)
+	if err != nil {
+		return nil, err
+	}
+	if cmd.ttlMs, err = ttlMs(&cmd, ttl); err != nil {
+		return nil, err
+	}
+	if math.IsNaN(delta) || math.IsInf(delta, 0) {
+		return nil, cmd.errf(ErrOverflow, `"by" %v is not a finite number`, delta)
+	}
+	if delta == math.Trunc(delta) && math.Abs(delta) < 1<<63 {
+		cmd.byInt = int64(delta)
+	} else {
+		cmd.byFloat, cmd.byIsF = delta, true
+	}
+	cmd.refresh = refresh
+	r, err := s.x.run(&cmd)
+	return r.data, err
+}
+
 // IncrementIntTTL is IncrementInt setting an expiry ttl from now (like
 // increment with "ttl"): on the key the increment creates, or, with
 // refresh, on every increment. An increment of a live key without refresh
