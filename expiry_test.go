@@ -3,6 +3,7 @@ package flowrun_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,5 +82,44 @@ func TestExpiryAPI(t *testing.T) {
 	advance(time.Hour)
 	if v, _, err := ns.Get(ctx, "p"); string(v) != "3" || err != nil {
 		t.Fatalf("Get(p) = %s, %v", v, err)
+	}
+}
+
+// TestStoreOnExpired: the reclaiming of a Store reports each expired key
+// with its namespace and last value before deleting it, and keeps it when
+// the report fails.
+func TestStoreOnExpired(t *testing.T) {
+	ctx := context.Background()
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var now atomic.Int64
+	now.Store(start.UnixNano())
+	var got []string
+	fail := true
+	st := openStore(t, flowrun.StoreOptions{
+		Now: func() time.Time { return time.Unix(0, now.Load()) }, NoReclaim: true,
+		OnExpired: func(_ context.Context, keys []flowrun.ExpiredKey) error {
+			for _, k := range keys {
+				got = append(got, k.Namespace+"/"+k.Key+"="+string(k.Value))
+			}
+			if fail {
+				return errors.New("not now")
+			}
+			return nil
+		},
+	})
+	ns := st.Namespace("limits")
+	if _, err := ns.IncrementWith(ctx, "hits", 1, flowrun.IncrementOptions{TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	now.Add(int64(time.Minute))
+	if n, err := ns.Reclaim(ctx); n != 0 || err == nil {
+		t.Fatalf("failing report: %d, %v", n, err)
+	}
+	fail = false
+	if n, err := ns.Reclaim(ctx); n != 1 || err != nil {
+		t.Fatalf("reclaim: %d, %v", n, err)
+	}
+	if want := "limits/hits=1 limits/hits=1"; strings.Join(got, " ") != want {
+		t.Fatalf("reported %q, want %s", got, want)
 	}
 }

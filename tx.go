@@ -49,6 +49,10 @@ type Expiry struct {
 // Entry is one key and its JSON value, as Scan returns them.
 type Entry = kv.Entry
 
+// ExpiredKey is an expired key reported to StoreOptions.OnExpired: its
+// namespace, key, last JSON value and expiry (Unix milliseconds).
+type ExpiredKey = kv.ExpiredKey
+
 // Tx is the view of one namespace given to the function of
 // Namespace.Update: its methods are those of Namespace, without the
 // context, and all of them belong to one atomic transaction. A Tx is
