@@ -630,16 +630,12 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		}
 		cmd.expireAt = n
 	}
-	for _, b := range []struct {
-		f   field
-		dst *bool
-	}{{fRefresh, &cmd.refresh}, {fKeepTTL, &cmd.keepTTL}} {
-		if v, ok := get(b.f); ok {
-			if v.Type != gjson.True && v.Type != gjson.False {
-				return cmd.errf(ErrInvalidCommand, `%q must be true or false, got %s`, fieldName(b.f), jsonType(v))
-			}
-			*b.dst = v.Type == gjson.True
-		}
+	var err error
+	if cmd.refresh, err = readBool(cmd, fRefresh, get); err != nil {
+		return err
+	}
+	if cmd.keepTTL, err = readBool(cmd, fKeepTTL, get); err != nil {
+		return err
 	}
 	switch {
 	case cmd.refresh && !hasTTL && !hasAt:
@@ -658,6 +654,18 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		}
 	}
 	return nil
+}
+
+// readBool reads the boolean modifier f, false when absent.
+func readBool(cmd *command, f field, get func(field) (gjson.Result, bool)) (bool, error) {
+	v, ok := get(f)
+	if !ok {
+		return false, nil
+	}
+	if v.Type != gjson.True && v.Type != gjson.False {
+		return false, cmd.errf(ErrInvalidCommand, `%q must be true or false, got %s`, fieldName(f), jsonType(v))
+	}
+	return v.Type == gjson.True, nil
 }
 
 // setIdem validates an idempotency key (what names its origin in errors)

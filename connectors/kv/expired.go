@@ -177,7 +177,8 @@ func (c *Connector) update1(ctx context.Context, fn TxnFunc) error {
 //
 // The source shares the connector's Backend: the Backend is closed once
 // both the Connector and the source are closed, so a source handed out
-// must be run or closed. ExpirySource returns the same source each time;
+// must be run or closed; call it before the Connector's Close.
+// ExpirySource returns the same source each time;
 // it returns nil on a Connector without ExpiredEvents or made by
 // WithNamespace.
 func (c *Connector) ExpirySource() pipeline.Source {
