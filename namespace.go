@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 )
@@ -109,6 +110,34 @@ func (n *Namespace) Increment(ctx context.Context, key string, by int64) (v int6
 		return err
 	})
 	return v, err
+}
+
+// IncrementWith adds by to the integer at key and returns the new value,
+// setting an expiry; see Tx.IncrementWith.
+func (n *Namespace) IncrementWith(ctx context.Context, key string, by int64, opts IncrementOptions) (v int64, err error) {
+	err = n.Update(ctx, func(tx *Tx) (err error) {
+		v, err = tx.IncrementWith(key, by, opts)
+		return err
+	})
+	return v, err
+}
+
+// TTL returns the expiry of the value at key; see Tx.TTL.
+func (n *Namespace) TTL(ctx context.Context, key string) (e Expiry, err error) {
+	err = n.Update(ctx, func(tx *Tx) (err error) {
+		e, err = tx.TTL(key)
+		return err
+	})
+	return e, err
+}
+
+// Touch makes the value at key expire ttl from now; see Tx.Touch.
+func (n *Namespace) Touch(ctx context.Context, key string, ttl time.Duration) (found bool, err error) {
+	err = n.Update(ctx, func(tx *Tx) (err error) {
+		found, err = tx.Touch(key, ttl)
+		return err
+	})
+	return found, err
 }
 
 // IncrementFloat adds by to the number at key and returns the new value;

@@ -49,6 +49,15 @@ type StoreOptions struct {
 	// NoReclaim switches the background reclaiming off: expired keys stay
 	// invisible and keep their space until Namespace.Reclaim is called.
 	NoReclaim bool
+	// OnExpired, when set, is told of the expired keys of every namespace
+	// opened with Store.Namespace as the reclaiming (background or
+	// Namespace.Reclaim) is about to delete them, and a key is deleted
+	// only once it returned nil: an error leaves the keys to be reported
+	// again by a later pass (at least once). It is called from the
+	// reclaiming goroutine and must not call the Store. Keys written,
+	// deleted or cleared after expiring and before a pass are not
+	// reported. Default nil.
+	OnExpired func(ctx context.Context, keys []ExpiredKey) error
 	// Now is the clock deciding expiry. Default time.Now; tests set their
 	// own to make expiry deterministic.
 	Now func() time.Time
@@ -137,6 +146,7 @@ func (o *StoreOptions) kvOptions(ns string) kv.Options {
 		MaxKeysVisited:  o.MaxKeysVisited,
 		Now:             o.Now,
 		ReclaimInterval: -1, // the Store reclaims every namespace from one goroutine
+		OnExpired:       o.OnExpired,
 		Logger:          o.Logger,
 	}
 }

@@ -17,10 +17,41 @@ type PutOptions struct {
 	// millisecond): from then on it reads as absent. Default 0: no expiry.
 	// A negative TTL is ErrInvalidCommand.
 	TTL time.Duration
+	// KeepTTL keeps the expiry of the live value the put replaces (like
+	// Redis SET KEEPTTL); a key that was absent or expired gets none.
+	// Without it, a put replaces the key's expiry with its own TTL: a put
+	// with no TTL clears the expiry. KeepTTL with a TTL is
+	// ErrInvalidCommand.
+	KeepTTL bool
+}
+
+// IncrementOptions modify an increment; see Tx.IncrementWith.
+type IncrementOptions struct {
+	// TTL makes the key expire TTL after the increment that creates it
+	// (the first of a window), rounded up to a millisecond; later
+	// increments keep that expiry unless Refresh. It must be positive.
+	TTL time.Duration
+	// Refresh sets the expiry TTL from now on every increment.
+	Refresh bool
+}
+
+// Expiry is what Tx.TTL reports of a key.
+type Expiry struct {
+	// Found is false when the key is absent or expired.
+	Found bool
+	// ExpireAt is when the key expires; zero when it never does.
+	ExpireAt time.Time
+	// Remaining is the time left until ExpireAt, as of the transaction
+	// (positive); zero when the key never expires.
+	Remaining time.Duration
 }
 
 // Entry is one key and its JSON value, as Scan returns them.
 type Entry = kv.Entry
+
+// ExpiredKey is an expired key reported to StoreOptions.OnExpired: its
+// namespace, key, last JSON value and expiry (Unix milliseconds).
+type ExpiredKey = kv.ExpiredKey
 
 // Tx is the view of one namespace given to the function of
 // Namespace.Update: its methods are those of Namespace, without the
@@ -57,7 +88,36 @@ func (tx *Tx) GetOr(key string, def []byte) ([]byte, error) {
 // Put stores the JSON value at key, replacing any value there. The value
 // is stored in canonical form (insignificant whitespace removed).
 func (tx *Tx) Put(key string, value []byte, opts PutOptions) error {
+	if opts.KeepTTL {
+		if opts.TTL != 0 {
+			return tx.wrap(fmt.Errorf("put %q: give either KeepTTL or a TTL, not both: %w", key, kv.ErrInvalidCommand))
+		}
+		return tx.wrap(tx.s.SetKeepTTL(key, value))
+	}
 	return tx.wrap(tx.s.Set(key, value, opts.TTL))
+}
+
+// TTL returns the expiry of the value at key (like the expiry command).
+func (tx *Tx) TTL(key string) (Expiry, error) {
+	at, found, err := tx.s.Expiry(key)
+	if err != nil || !found {
+		return Expiry{}, tx.wrap(err)
+	}
+	e := Expiry{Found: true}
+	if at != 0 {
+		e.ExpireAt = time.UnixMilli(at)
+		e.Remaining = time.Duration(at-tx.s.Now()) * time.Millisecond
+	}
+	return e, nil
+}
+
+// Touch makes the value at key expire ttl from now, keeping the value,
+// and reports whether the key held a live value; an absent or expired key
+// is left alone (false, no error), as Delete reports it. ttl must be
+// positive.
+func (tx *Tx) Touch(key string, ttl time.Duration) (bool, error) {
+	found, err := tx.s.Touch(key, ttl)
+	return found, tx.wrap(err)
 }
 
 // Delete removes key and reports whether it held a live value.
@@ -77,6 +137,17 @@ func (tx *Tx) Exists(key string) (bool, error) {
 // integer is ErrNotNumber (use IncrementFloat), a result outside the int64
 // range ErrOverflow; either way nothing is written.
 func (tx *Tx) Increment(key string, by int64) (int64, error) {
+	return tx.IncrementWith(key, by, IncrementOptions{})
+}
+
+// IncrementWith is Increment with an expiry: with opts.TTL, the increment
+// creating the key makes it expire TTL later (a rate-limit window starts
+// at its first hit) and later ones keep that expiry, or set it anew with
+// opts.Refresh. An expired key restarts from 0 with a new expiry.
+func (tx *Tx) IncrementWith(key string, by int64, opts IncrementOptions) (int64, error) {
+	if opts.Refresh && opts.TTL == 0 {
+		return 0, tx.wrap(fmt.Errorf("increment %q: Refresh needs a TTL: %w", key, kv.ErrInvalidCommand))
+	}
 	cur, found, err := tx.s.Get(key, nil)
 	if err != nil {
 		return 0, tx.wrap(err)
@@ -85,7 +156,12 @@ func (tx *Tx) Increment(key string, by int64) (int64, error) {
 		// The command would add to it as a float: refuse before writing.
 		return 0, tx.wrap(&notInteger{key: key, value: string(cur)})
 	}
-	v, err := tx.s.IncrementInt(key, by)
+	var v []byte
+	if opts.TTL != 0 {
+		v, err = tx.s.IncrementIntTTL(key, by, opts.TTL, opts.Refresh)
+	} else {
+		v, err = tx.s.IncrementInt(key, by)
+	}
 	if err != nil {
 		return 0, tx.wrap(err)
 	}

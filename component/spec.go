@@ -148,8 +148,8 @@ type Operator interface {
 	Ports() []string
 }
 
-// Component is what a Spec builds: exactly one of its fields is set,
-// according to the kind.
+// Component is what a Spec builds: exactly one of Source, Processor and
+// Operator is set, according to the kind.
 type Component struct {
 	// Source is set for KindSource.
 	Source pipeline.Source
@@ -157,6 +157,13 @@ type Component struct {
 	Processor pipeline.Processor
 	// Operator is set for KindOperator.
 	Operator Operator
+	// Side, optional beside a Processor, feeds the output ports named in
+	// SidePorts with events the Processor does not make while handling a
+	// batch (the kv connector's expired keys): the flow's links from those
+	// ports leave from Side, which runs as a source of the graph. Links
+	// from the other ports leave from the Processor.
+	Side      pipeline.Source
+	SidePorts []string
 }
 
 // Spec declares a component type: its options, its ports, how to check a

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/flowrun/flowrun/component"
@@ -179,7 +180,7 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 		if err != nil {
 			return fail(fmt.Errorf("flow %s, connector %s: %w", f.Name, n.Name, err))
 		}
-		for _, x := range []any{c.Source, c.Processor} {
+		for _, x := range []any{c.Source, c.Processor, c.Side} {
 			if cl, ok := x.(pipeline.Closer); ok {
 				opened = append(opened, cl)
 			}
@@ -207,6 +208,16 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 			switch {
 			case n.Kind == component.KindSource && c.Source != nil:
 				err = g.AddSource(n.Name, c.Source, n.Ports...)
+			case n.Kind != component.KindSource && c.Processor != nil && c.Side != nil:
+				var own []string
+				for _, p := range n.Ports {
+					if !slices.Contains(c.SidePorts, p) {
+						own = append(own, p)
+					}
+				}
+				if err = g.AddProcessor(n.Name, c.Processor, own...); err == nil {
+					err = g.AddSource(sideName(n.Name), c.Side, c.SidePorts...)
+				}
 			case n.Kind != component.KindSource && c.Processor != nil:
 				err = g.AddProcessor(n.Name, c.Processor, n.Ports...)
 			default:
@@ -218,12 +229,20 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 		}
 	}
 	for _, lk := range f.Links {
-		if err := g.Link(lk.From, lk.FromPort, lk.To); err != nil {
+		from := lk.From
+		if c := comps[from]; c.Side != nil && slices.Contains(c.SidePorts, lk.FromPort) {
+			from = sideName(from)
+		}
+		if err := g.Link(from, lk.FromPort, lk.To); err != nil {
 			return fail(fmt.Errorf("flow %s: link %s (line %d): %w", f.Name, lk, lk.Line, err))
 		}
 	}
 	return built, nil
 }
+
+// sideName is the graph node of a connector's Component.Side: a name no
+// flow file can give a node.
+func sideName(connector string) string { return connector + "/side" }
 
 func (f *Flow) addPipeline(ctx context.Context, env *component.Env, g *pipeline.Graph, n *Node) error {
 	ops := make([]operators.Operator, 0, len(n.Operators))

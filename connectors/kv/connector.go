@@ -31,6 +31,9 @@ type Connector struct {
 	opts   Options
 	layout layout
 	dec    decoder
+	// result is the parsed Options.Result; nil when the connector
+	// replaces events with results.
+	result *resultPath
 
 	scratchPool sync.Pool // *batchScratch
 	// inFlight counts batches submitted to a Submitter and not finished:
@@ -43,8 +46,13 @@ type Connector struct {
 
 	// borrowed marks a Connector made by WithNamespace: it does not own
 	// its Backend and has no janitor.
-	borrowed  bool
-	stop      context.CancelFunc
+	borrowed bool
+	stop     context.CancelFunc
+	// expiry is the ExpirySource, nil without Options.ExpiredEvents.
+	expiry *expirySource
+	// refs counts the holders of the Backend: the Connector and, once
+	// handed out, its ExpirySource; the last to let go closes it.
+	refs      atomic.Int32
 	janitor   sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -67,10 +75,15 @@ func New(b Backend, opts Options) (*Connector, error) {
 	}
 	c := &Connector{b: b, opts: opts, layout: newLayout(opts.Namespace)}
 	c.dec = decoder{opts: &c.opts}
+	c.result, _ = parseResultPath(opts.Result) // checked by Validate
+	c.refs.Store(1)
+	if opts.ExpiredEvents {
+		c.expiry = &expirySource{c: c, closed: make(chan struct{})}
+	}
 	c.reportPartialLoads()
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
-	if opts.ReclaimInterval > 0 {
+	if opts.ReclaimInterval > 0 && !opts.ExpiredEvents {
 		c.janitor.Add(1)
 		go c.runJanitor(ctx)
 	}
@@ -89,7 +102,7 @@ func (c *Connector) WithNamespace(ns string) *Connector {
 	if ns == "" {
 		opts.Namespace = DefaultNamespace
 	}
-	d := &Connector{b: c.b, opts: opts, layout: newLayout(opts.Namespace), borrowed: true}
+	d := &Connector{b: c.b, opts: opts, layout: newLayout(opts.Namespace), borrowed: true, result: c.result}
 	d.dec = decoder{opts: &d.opts}
 	return d
 }
@@ -117,7 +130,8 @@ const partialLoadCheckTimeout = 10 * time.Second
 // Options returns the connector's options with defaults filled in.
 func (c *Connector) Options() Options { return c.opts }
 
-// Close stops the janitor, waits for it, then closes the Backend. Calls
+// Close stops the janitor, waits for it, then closes the Backend (once
+// the ExpirySource, if handed out, is closed too). Calls
 // after the first return the first result. It does nothing on a Connector
 // made by WithNamespace.
 func (c *Connector) Close(context.Context) error {
@@ -127,9 +141,23 @@ func (c *Connector) Close(context.Context) error {
 	c.closeOnce.Do(func() {
 		c.stop()
 		c.janitor.Wait()
-		c.closeErr = c.b.Close()
+		if c.expiry != nil {
+			close(c.expiry.closed) // its last pass; it closes the Backend if it holds it
+		}
+		c.closeErr = c.releaseBackend()
 	})
 	return c.closeErr
+}
+
+// retain adds a holder of the Backend.
+func (c *Connector) retain() { c.refs.Add(1) }
+
+// releaseBackend lets go of the Backend, closing it when no holder is left.
+func (c *Connector) releaseBackend() error {
+	if c.refs.Add(-1) == 0 {
+		return c.b.Close()
+	}
+	return nil
 }
 
 // Process decodes every event of batch, runs all valid commands in one
@@ -372,8 +400,12 @@ func (c *Connector) readHints(dst [][]byte, cmd *command) [][]byte {
 		dst = append(dst, c.layout.idemKey(nil, cmd.idem))
 	}
 	switch cmd.op {
-	case opGet, opExists, opSwap, opCas, opCad, opDelete, opIncrement:
+	case opGet, opExists, opSwap, opCas, opCad, opDelete, opIncrement, opExpiry, opTouch:
 		dst = append(dst, c.layout.dataKey(nil, cmd.key))
+	case opPut:
+		if cmd.keepTTL {
+			dst = append(dst, c.layout.dataKey(nil, cmd.key))
+		}
 	case opBatch:
 		for i := range cmd.sub {
 			dst = c.readHints(dst, &cmd.sub[i])
@@ -390,7 +422,7 @@ const InvalidOp = "invalid"
 // non-zero count once, so the hook costs a few calls per batch, not one
 // per event.
 func (c *Connector) observe(cmds []command, errs []error) {
-	var tally [opBatch + 1][2]int
+	var tally [opLast + 1][2]int
 	for i := range cmds {
 		ok := 0
 		if errs[i] == nil {
@@ -427,6 +459,9 @@ func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
 	cmd, err := c.dec.decode(m.Get("kv"), ev.Data, false)
 	if err == nil && cmd.idem == "" && c.opts.IdemFrom != "" && cmd.op.writes() {
 		err = c.idemFrom(&cmd, m)
+	}
+	if err == nil && c.result != nil {
+		err = c.result.check(&cmd, ev)
 	}
 	return cmd, err
 }
@@ -469,6 +504,10 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 	corr := correlation(ev, err == nil)
 	if err != nil {
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
+		return
+	}
+	if c.result != nil {
+		c.emitResult(emit, ev, cmd, r)
 		return
 	}
 	if cmd.op == opScan {
@@ -585,13 +624,27 @@ type expiryIndex struct {
 // janitor calls it every Options.ReclaimInterval; expired records are
 // invisible to commands whether or not they have been reclaimed.
 func (c *Connector) Reclaim(ctx context.Context) (int, error) {
+	return c.reclaimAll(ctx, c.opts.OnExpired)
+}
+
+// reclaimAll is Reclaim reporting expired keys (not idempotency records)
+// to report when it is not nil.
+func (c *Connector) reclaimAll(ctx context.Context, report func(context.Context, []ExpiredKey) error) (int, error) {
 	indexes := []expiryIndex{
 		{c.layout.expiry, func(k []byte) []byte { return c.layout.dataKey(nil, string(k)) }},
 		{c.layout.idemExpiry, func(k []byte) []byte { return c.layout.idemKey(nil, string(k)) }},
 	}
 	total := 0
-	for _, ix := range indexes {
-		n, err := c.reclaim(ctx, ix)
+	for i, ix := range indexes {
+		var (
+			n   int
+			err error
+		)
+		if i == 0 && report != nil {
+			n, err = c.reclaimReporting(ctx, ix, report)
+		} else {
+			n, err = c.reclaim(ctx, ix)
+		}
 		total += n
 		if err != nil {
 			return total, err

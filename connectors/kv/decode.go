@@ -32,6 +32,12 @@ const (
 	opClear
 	opCad
 	opBatch
+	// Commands added later are numbered after batch: op numbers are part
+	// of the fingerprints of stored idempotency records.
+	opExpiry
+	opTouch
+
+	opLast = opTouch
 )
 
 func (o op) String() string {
@@ -64,12 +70,19 @@ func (o op) String() string {
 		return "cad"
 	case opBatch:
 		return "batch"
+	case opExpiry:
+		return "expiry"
+	case opTouch:
+		return "touch"
 	}
 	return ""
 }
 
+// docOrder lists the commands in documentation order.
+var docOrder = [...]op{opGet, opPut, opSwap, opCas, opDelete, opScan, opIncrement, opExists, opCount, opKeys, opGetAll, opClear, opCad, opExpiry, opTouch, opBatch}
+
 func parseOp(s string) op {
-	for o := opGet; o <= opBatch; o++ {
+	for o := opGet; o <= opLast; o++ {
 		if o.String() == s {
 			return o
 		}
@@ -79,8 +92,8 @@ func parseOp(s string) op {
 
 // CommandNames lists every command, in documentation order.
 func CommandNames() []string {
-	names := make([]string, 0, int(opBatch))
-	for o := opGet; o <= opBatch; o++ {
+	names := make([]string, 0, len(docOrder))
+	for _, o := range docOrder {
 		names = append(names, o.String())
 	}
 	return names
@@ -100,7 +113,12 @@ const (
 	fAfter
 	fValue
 	fIdem
+	fRefresh
+	fKeepTTL
 )
+
+// fieldNames lists the modifiers by bit index.
+var fieldNames = [...]string{"old", "end", "limit", "by", "default", "ttl", "expire_at", "after", "value", "idem", "refresh", "keep_ttl"}
 
 func parseField(s string) field {
 	switch s {
@@ -124,6 +142,10 @@ func parseField(s string) field {
 		return fValue
 	case "idem":
 		return fIdem
+	case "refresh":
+		return fRefresh
+	case "keep_ttl":
+		return fKeepTTL
 	}
 	return 0
 }
@@ -135,7 +157,7 @@ func (o op) allowed() field {
 	case opGet:
 		return fDefault
 	case opPut:
-		return fTTL | fExpireAt | fValue | fIdem
+		return fTTL | fExpireAt | fKeepTTL | fValue | fIdem
 	case opSwap:
 		return fValue | fIdem
 	case opCas:
@@ -143,7 +165,9 @@ func (o op) allowed() field {
 	case opScan:
 		return fEnd | fLimit
 	case opIncrement:
-		return fBy | fIdem
+		return fBy | fTTL | fExpireAt | fRefresh | fIdem
+	case opTouch:
+		return fTTL | fExpireAt | fIdem
 	case opKeys:
 		return fLimit | fAfter
 	case opCad:
@@ -200,6 +224,11 @@ type command struct {
 
 	ttlMs    int64 // relative expiry, resolved against the clock at execution
 	expireAt int64 // absolute expiry, Unix ms
+	// refresh makes an increment set its ttl or expire_at on an existing
+	// key too, not only on the key it creates.
+	refresh bool
+	// keepTTL makes a put keep the live key's expiry instead of clearing it.
+	keepTTL bool
 
 	idem string // idempotency key; "" for none
 
@@ -281,7 +310,7 @@ func (d *decoder) decode(obj gjson.Result, payload []byte, inBatch bool) (comman
 	var (
 		arg     gjson.Result
 		fields  field
-		vals    [10]gjson.Result // by bit index of field
+		vals    [len(fieldNames)]gjson.Result // by bit index of field
 		unknown string
 		dup     string
 		second  string
@@ -415,10 +444,8 @@ func bitIndex(f field) int {
 }
 
 func fieldName(f field) string {
-	for _, n := range []string{"old", "end", "limit", "by", "default", "ttl", "expire_at", "after", "value", "idem"} {
-		if parseField(n) == f {
-			return n
-		}
+	if i := bitIndex(f); i < len(fieldNames) {
+		return fieldNames[i]
 	}
 	return "?"
 }
@@ -603,6 +630,21 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		}
 		cmd.expireAt = n
 	}
+	var err error
+	if cmd.refresh, err = readBool(cmd, fRefresh, get); err != nil {
+		return err
+	}
+	if cmd.keepTTL, err = readBool(cmd, fKeepTTL, get); err != nil {
+		return err
+	}
+	switch {
+	case cmd.refresh && !hasTTL && !hasAt:
+		return cmd.errf(ErrInvalidCommand, `"refresh" needs "ttl" or "expire_at" (the expiry to set on every increment)`)
+	case cmd.keepTTL && (hasTTL || hasAt):
+		return cmd.errf(ErrInvalidCommand, `give either "keep_ttl" or a new expiry ("ttl", "expire_at"), not both`)
+	case cmd.op == opTouch && !hasTTL && !hasAt:
+		return cmd.errf(ErrInvalidCommand, `field "ttl" or "expire_at" (the new expiry) is required`)
+	}
 	if v, ok := get(fIdem); ok {
 		if v.Type != gjson.String {
 			return cmd.errf(ErrInvalidCommand, `"idem" must be a non-empty string, got %s`, jsonType(v))
@@ -612,6 +654,18 @@ func (d *decoder) readModifiers(cmd *command, get func(field) (gjson.Result, boo
 		}
 	}
 	return nil
+}
+
+// readBool reads the boolean modifier f, false when absent.
+func readBool(cmd *command, f field, get func(field) (gjson.Result, bool)) (bool, error) {
+	v, ok := get(f)
+	if !ok {
+		return false, nil
+	}
+	if v.Type != gjson.True && v.Type != gjson.False {
+		return false, cmd.errf(ErrInvalidCommand, `%q must be true or false, got %s`, fieldName(f), jsonType(v))
+	}
+	return v.Type == gjson.True, nil
 }
 
 // setIdem validates an idempotency key (what names its origin in errors)

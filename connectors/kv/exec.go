@@ -53,7 +53,7 @@ func (cmd *command) readOnly() bool {
 		return false // records its idempotency key
 	}
 	switch cmd.op {
-	case opGet, opExists, opScan, opCount, opKeys, opGetAll:
+	case opGet, opExists, opScan, opCount, opKeys, opGetAll, opExpiry:
 		return true
 	case opBatch:
 		for i := range cmd.sub {
@@ -224,6 +224,20 @@ func (x *execer) expiry(cmd *command) int64 {
 	return cmd.expireAt
 }
 
+// expiryJSON renders the result of expiry and touch for a live record
+// whose expiry is exp: {"ttl_ms":MS,"expire_at":UNIX_MS}, both null when
+// the record never expires.
+func (x *execer) expiryJSON(exp int64) []byte {
+	if exp == 0 {
+		return []byte(`{"ttl_ms":null,"expire_at":null}`)
+	}
+	dst := append([]byte(nil), `{"ttl_ms":`...)
+	dst = strconv.AppendInt(dst, max(0, exp-x.now), 10) // a touch may set a past instant
+	dst = append(dst, `,"expire_at":`...)
+	dst = strconv.AppendInt(dst, exp, 10)
+	return append(dst, '}')
+}
+
 // scanLive calls fn for each live record of [start, end) in key order until
 // fn returns false or an error. key and value are valid only during the
 // call. Every record stepped over, expired or not, is charged to the
@@ -292,15 +306,57 @@ func (x *execer) run(cmd *command) (result, error) {
 		return result{data: orNull(cmd.def)}, nil
 
 	case opPut:
+		if cmd.keepTTL {
+			// keep_ttl needs the live record's expiry: one point read.
+			cur, err := x.peek(cmd)
+			if err != nil {
+				return result{}, err
+			}
+			exp := int64(0)
+			if cur.live {
+				exp = cur.rawExp
+			}
+			if err := x.store(cmd.key, cmd.value, exp, cur); err != nil {
+				return result{}, err
+			}
+			return result{data: cmd.value, found: true}, nil
+		}
 		// A blind write: reading the old record first would cost a point
 		// read per put (the dominant cost of a put-heavy flow once the
 		// store outgrows the block cache). An expiry-index entry the old
 		// record may leave behind is harmless: the janitor deletes a record
-		// only when its stored expiry still matches the entry.
+		// only when its stored expiry still matches the entry. So a put
+		// replaces the key's expiry with its own: none without ttl or
+		// expire_at.
 		if err := x.store(cmd.key, cmd.value, x.expiry(cmd), record{}); err != nil {
 			return result{}, err
 		}
 		return result{data: cmd.value, found: true}, nil
+
+	case opExpiry:
+		cur, err := x.load(cmd)
+		if err != nil {
+			return result{}, err
+		}
+		if !cur.live {
+			return result{data: nullJSON}, nil
+		}
+		return result{data: x.expiryJSON(cur.rawExp), found: true}, nil
+
+	case opTouch:
+		cur, err := x.peek(cmd)
+		if err != nil {
+			return result{}, err
+		}
+		if !cur.live {
+			return result{data: nullJSON}, nil
+		}
+		exp := x.expiry(cmd)
+		value := bytes.Clone(cur.value) // peek's value is the store's
+		if err := x.store(cmd.key, value, exp, cur); err != nil {
+			return result{}, err
+		}
+		return result{data: x.expiryJSON(exp), found: true}, nil
 
 	case opSwap:
 		cur, err := x.load(cmd)
@@ -559,9 +615,12 @@ func (x *execer) increment(cmd *command) (result, error) {
 		}
 		out = strconv.AppendInt(nil, s, 10)
 	}
-	exp := int64(0)
-	if cur.live {
-		exp = cur.rawExp // an increment keeps the key's expiry
+	// An increment creating the key gives it the command's expiry (none
+	// without ttl or expire_at); one of a live key keeps the key's expiry,
+	// unless refresh asks for the command's.
+	exp := x.expiry(cmd)
+	if cur.live && !cmd.refresh {
+		exp = cur.rawExp
 	}
 	if err := x.store(cmd.key, out, exp, cur); err != nil {
 		return result{}, err
@@ -586,18 +645,7 @@ func (x *execer) batch(cmd *command) (result, error) {
 			data = append(data, ',')
 		}
 		if sub.op == opScan {
-			data = append(data, '[')
-			for j, rw := range r.rows {
-				if j > 0 {
-					data = append(data, ',')
-				}
-				data = append(data, `{"key":`...)
-				data = appendString(data, rw.key)
-				data = append(data, `,"value":`...)
-				data = append(data, rw.value...)
-				data = append(data, '}')
-			}
-			data = append(data, ']')
+			data = appendRows(data, r.rows)
 			continue
 		}
 		data = append(data, r.data...)

@@ -92,6 +92,14 @@ func fingerprint(cmd *command) uint64 {
 		num(math.Float64bits(c.byFloat))
 		num(uint64(c.ttlMs))
 		num(uint64(c.expireAt))
+		// Flags added later are hashed only when set, so the fingerprints
+		// of records stored before them stay the same.
+		if c.refresh {
+			num(1 << 62)
+		}
+		if c.keepTTL {
+			num(1<<62 + 1)
+		}
 		num(uint64(len(c.sub)))
 		for i := range c.sub {
 			walk(&c.sub[i])

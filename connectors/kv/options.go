@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -94,6 +95,29 @@ type Options struct {
 	// flows share it and a core is idle, at the price of reading each key
 	// a function uses twice. Default false: functions run in the writer.
 	Optimistic bool
+	// Result, when set, makes the connector enrich events instead of
+	// replacing them: a path below data or meta ("data.player",
+	// "meta.lookup") where each successful command's result object
+	// ({"op","key","found","value", and "next" or "replayed" when the
+	// out meta.kv has them}) is written into the event, which keeps its
+	// data and meta otherwise (meta.kv becomes the out meta.kv). A scan
+	// gives one event whose value is the array of its {"key","value"}
+	// rows. Failures go to "err" as without it. Default "": the result
+	// replaces the event.
+	Result string
+	// OnExpired, when set, is told of the expired keys each reclaim pass
+	// (Reclaim, the janitor) is about to delete, a chunk at a time, before
+	// it deletes them; a key is deleted only if OnExpired returned nil, so
+	// it must return only once the keys are handed on for good. On an
+	// error the pass stops and the keys stay (invisible) until a later
+	// pass reports them again: at least once. Keys written, deleted or
+	// cleared after expiring and before a pass are not reported.
+	// Idempotency records are never reported. Default nil.
+	OnExpired func(ctx context.Context, keys []ExpiredKey) error
+	// ExpiredEvents makes the connector report its expired keys as events
+	// of ExpirySource (the "expired" port of a flow) instead of running a
+	// janitor: the source reclaims every ReclaimInterval. Default false.
+	ExpiredEvents bool
 	// Logger receives janitor failures. Default slog.Default().
 	Logger *slog.Logger
 	// OnCommands, when set, is told the outcome of the commands of each
@@ -154,6 +178,9 @@ func (o *Options) EnsureDefaults() {
 func (o *Options) Validate() error {
 	if o.MaxResultBytes < 0 {
 		return fmt.Errorf("kv: MaxResultBytes (max_result_bytes) is %d, must be positive (raise it to allow larger results; there is no unlimited)", o.MaxResultBytes)
+	}
+	if _, err := parseResultPath(o.Result); err != nil {
+		return err
 	}
 	if o.MaxKeysVisited < 0 {
 		return fmt.Errorf("kv: MaxKeysVisited (max_keys_visited) is %d, must be positive (raise it to allow longer reads; there is no unlimited)", o.MaxKeysVisited)

@@ -378,6 +378,105 @@ func (s *Session) Set(key string, value []byte, ttl time.Duration) error {
 	return err
 }
 
+// ttlMs converts a Session call's ttl, which must be positive, as the
+// decoder converts "ttl": rounded up to a millisecond.
+func ttlMs(cmd *command, ttl time.Duration) (int64, error) {
+	if ttl <= 0 {
+		return 0, cmd.errf(ErrInvalidCommand, `"ttl" must be a positive number of seconds, got %v`, ttl.Seconds())
+	}
+	return (int64(ttl) + int64(time.Millisecond) - 1) / int64(time.Millisecond), nil
+}
+
+// Now returns the instant, in Unix milliseconds, against which the
+// Session's calls judge expiry.
+func (s *Session) Now() int64 { return s.x.now }
+
+// SetKeepTTL stores the JSON value at key keeping the expiry of the live
+// value it replaces (like put with "keep_ttl": true); a key that was
+// absent or expired gets no expiry.
+func (s *Session) SetKeepTTL(key string, value []byte) error {
+	cmd, err := s.key(opPut, key, false)
+	if err != nil {
+		return err
+	}
+	if cmd.value, err = s.value(&cmd, value, "value"); err != nil {
+		return err
+	}
+	cmd.keepTTL = true
+	_, err = s.x.run(&cmd)
+	return err
+}
+
+// Expiry returns the expiry of the live value at key, in Unix
+// milliseconds (0: it never expires), and false when the key is absent or
+// expired, like the expiry command.
+func (s *Session) Expiry(key string) (expireAt int64, found bool, err error) {
+	cmd, err := s.key(opExpiry, key, false)
+	if err != nil {
+		return 0, false, err
+	}
+	cur, err := s.x.peek(&cmd)
+	if err != nil || !cur.live {
+		return 0, false, err
+	}
+	return cur.rawExp, true, nil
+}
+
+// Touch makes the live value at key expire ttl from now (rounded up to a
+// millisecond), keeping the value, like touch with "ttl". It reports
+// false, changing nothing, when the key is absent or expired.
+func (s *Session) Touch(key string, ttl time.Duration) (bool, error) {
+	cmd, err := s.key(opTouch, key, false)
+	if err != nil {
+		return false, err
+	}
+	if cmd.ttlMs, err = ttlMs(&cmd, ttl); err != nil {
+		return false, err
+	}
+	r, err := s.x.run(&cmd)
+	return r.found, err
+}
+
+// IncrementTTL is Increment setting an expiry ttl from now, as
+// IncrementIntTTL does.
+func (s *Session) IncrementTTL(key string, delta float64, ttl time.Duration, refresh bool) ([]byte, error) {
+	cmd, err := s.key(opIncrement, key, false)
+	if err != nil {
+		return nil, err
+	}
+	if cmd.ttlMs, err = ttlMs(&cmd, ttl); err != nil {
+		return nil, err
+	}
+	if math.IsNaN(delta) || math.IsInf(delta, 0) {
+		return nil, cmd.errf(ErrOverflow, `"by" %v is not a finite number`, delta)
+	}
+	if delta == math.Trunc(delta) && math.Abs(delta) < 1<<63 {
+		cmd.byInt = int64(delta)
+	} else {
+		cmd.byFloat, cmd.byIsF = delta, true
+	}
+	cmd.refresh = refresh
+	r, err := s.x.run(&cmd)
+	return r.data, err
+}
+
+// IncrementIntTTL is IncrementInt setting an expiry ttl from now (like
+// increment with "ttl"): on the key the increment creates, or, with
+// refresh, on every increment. An increment of a live key without refresh
+// keeps the key's expiry, so the first increment starts a window.
+func (s *Session) IncrementIntTTL(key string, delta int64, ttl time.Duration, refresh bool) ([]byte, error) {
+	cmd, err := s.key(opIncrement, key, false)
+	if err != nil {
+		return nil, err
+	}
+	if cmd.ttlMs, err = ttlMs(&cmd, ttl); err != nil {
+		return nil, err
+	}
+	cmd.byInt, cmd.refresh = delta, refresh
+	r, err := s.x.run(&cmd)
+	return r.data, err
+}
+
 // Delete removes key and reports whether a live value was there.
 func (s *Session) Delete(key string) (bool, error) {
 	cmd, err := s.key(opDelete, key, false)

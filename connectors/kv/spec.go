@@ -25,6 +25,10 @@ type BackendSpec struct {
 	// Fields are the backend's own options. Spec makes each apply only
 	// with this backend (OnlyWhen), and required only with it.
 	Fields []component.Field
+	// DeletesExpired says the backend deletes expired records itself
+	// (etcd's leases), before a reclaim pass could report them: the
+	// expired_events option is refused with it.
+	DeletesExpired bool
 	// Check checks the backend's options without opening anything (nil:
 	// none beyond the fields').
 	Check func(c *component.Config) error
@@ -95,6 +99,10 @@ func Spec(backends ...BackendSpec) component.Spec {
 			Doc: "How long the idempotency key (`idem`) of a write command is remembered; must outlast the source's longest redelivery delay."},
 		{Name: "idem_from", Type: component.TypeString,
 			Doc: "Path in the event's meta (e.g. `message_id`, set by bus sources) giving every write command without `idem` its idempotency key; a write lacking it is refused."},
+		{Name: "result", Type: component.TypeString,
+			Doc: "Enrich instead of replace: a path below `data` or `meta` (e.g. `data.player`, `meta.lookup`) where each result object (`{op, key, found, value}`, plus `next` or `replayed` as in `meta.kv`; a scan's rows as one array) is written into the event, which keeps its data, meta and correlation; `meta.kv`, `meta.error` and `meta.correlation` are refused. Failures go to `err` as without it (see docs/kv.md)."},
+		{Name: "expired_events", Type: component.TypeBool, Default: "false",
+			Doc: "Adds the output port `expired`: one event `{namespace, key, value, expired_at}` per key whose expiry ran out, emitted by the background reclaiming (which then runs at start, every `reclaim_interval` and once the input has ended) before the key is deleted, at least once; up to `reclaim_interval` plus a commit late (see docs/kv.md). Not with a backend that deletes expired keys itself (etcd)."},
 		{Name: "optimistic_scripts", Type: component.TypeBool, Default: "false",
 			Doc: "Lua nodes naming this connector run their scripts first outside the store's writer, which then only checks what they read and applies what they wrote (a script whose reads changed runs again in the writer). Helps when several flows share a busy store; a single flow is faster without it (see docs/lua.md)."},
 	}...)
@@ -112,8 +120,17 @@ func Spec(backends ...BackendSpec) component.Spec {
 			"and emits the result on `out`, or the event with `meta.error` on `err`; `meta.correlation` is copied unchanged. " +
 			"Several kv connectors of one process may share a store (the same directory, or etcd endpoints and prefix), each in its own namespace.",
 		Fields: fields,
-		Ports:  component.StaticPorts(Ports()...),
+		Ports: func(c *component.Config) []string {
+			if c.Bool("expired_events") {
+				return append(Ports(), PortExpired)
+			}
+			return Ports()
+		},
+		PortsDoc: "`out`, `err`, and `expired` with `expired_events: true`.",
 		Check: func(c *component.Config) error {
+			if b := backendOf(c); b.DeletesExpired && c.Bool("expired_events") {
+				return fmt.Errorf("expired_events is not available with backend %s, which deletes expired keys itself before they can be reported", b.Name)
+			}
 			if b := backendOf(c); b.Check != nil {
 				if err := b.Check(c); err != nil {
 					return err
@@ -131,6 +148,9 @@ func Spec(backends ...BackendSpec) component.Spec {
 			if err != nil {
 				_ = backend.Close()
 				return component.Component{}, fmt.Errorf("store %s: %w", where, err)
+			}
+			if src := conn.ExpirySource(); src != nil {
+				return component.Component{Processor: conn, Side: src, SidePorts: []string{PortExpired}}, nil
 			}
 			return component.Component{Processor: conn}, nil
 		},
@@ -152,6 +172,8 @@ func connectorOptions(env *component.Env, c *component.Config) Options {
 		IdemRetention:   c.Duration("idem_retention"),
 		IdemFrom:        c.String("idem_from"),
 		Optimistic:      c.Bool("optimistic_scripts"),
+		Result:          c.String("result"),
+		ExpiredEvents:   c.Bool("expired_events"),
 	}
 	if env != nil {
 		if o.Namespace == "" {

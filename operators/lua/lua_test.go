@@ -304,6 +304,12 @@ func testKVFunctions(t *testing.T, open func(*testing.T, func() time.Time) *kv.C
 		{"delete", `emit("out", {ok = kv.delete("new"), e = kv.exists("new")})`, `{"e":false,"ok":true}`},
 		{"ttl", `kv.set("t", 1, 10) emit("out", {v = kv.get("t")})`, `{"v":1}`},
 		{"clear", `emit("out", {n = kv.clear("f"), left = kv.count()})`, `{"left":3,"n":1}`},
+		{"ttl read", `kv.set("t2", 1, 10) kv.set("p", 1) emit("out", {t = kv.ttl("t2"), p = kv.ttl("p"), a = kv.ttl("absent")})`, `{"p":false,"t":10}`},
+		{"touch", `emit("out", {a = kv.touch("p", 5), b = kv.touch("absent", 5), t = kv.ttl("p")})`, `{"a":true,"b":false,"t":5}`},
+		{"touch bad ttl", `local ok, err = kv.touch("p", 0) emit("out", {err = err})`,
+			`{"err":"touch \"p\": \"ttl\" must be a positive number of seconds, got 0: invalid command"}`},
+		{"increment ttl", `kv.increment("w", 1, 30) emit("out", {v = kv.increment("w", 1, 60), t = kv.ttl("w")})`, `{"t":30,"v":2}`},
+		{"increment refresh", `emit("out", {v = kv.increment("w", 0.5, 60, true), t = kv.ttl("w")})`, `{"t":60,"v":2.5}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

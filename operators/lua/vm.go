@@ -471,7 +471,17 @@ func (v *vm) kvTable() *glua.LTable {
 		},
 		"increment": func(L *glua.LState) int {
 			s := v.session(L)
-			raw, err := s.Increment(L.CheckString(1), float64(L.OptNumber(2, 1)))
+			key, delta := L.CheckString(1), float64(L.OptNumber(2, 1))
+			var (
+				raw []byte
+				err error
+			)
+			if L.Get(3) == glua.LNil {
+				raw, err = s.Increment(key, delta)
+			} else {
+				ttl := time.Duration(float64(L.CheckNumber(3)) * float64(time.Second))
+				raw, err = s.IncrementTTL(key, delta, ttl, L.OptBool(4, false))
+			}
 			if err != nil {
 				return fail(L, err)
 			}
@@ -480,6 +490,32 @@ func (v *vm) kvTable() *glua.LTable {
 				return fail(L, fmt.Errorf("increment: result %q: %w", raw, err))
 			}
 			L.Push(glua.LNumber(f))
+			return 1
+		},
+		"ttl": func(L *glua.LState) int {
+			s := v.session(L)
+			at, found, err := s.Expiry(L.CheckString(1))
+			switch {
+			case err != nil:
+				return fail(L, err)
+			case !found:
+				L.Push(glua.LNil)
+			case at == 0:
+				L.Push(glua.LFalse)
+			default:
+				L.Push(glua.LNumber(float64(at-s.Now()) / 1000))
+			}
+			return 1
+		},
+		"touch": func(L *glua.LState) int {
+			s := v.session(L)
+			key := L.CheckString(1)
+			ttl := time.Duration(float64(L.CheckNumber(2)) * float64(time.Second))
+			found, err := s.Touch(key, ttl)
+			if err != nil {
+				return fail(L, err)
+			}
+			L.Push(glua.LBool(found))
 			return 1
 		},
 		"cas": func(L *glua.LState) int {

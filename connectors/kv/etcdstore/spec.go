@@ -27,8 +27,9 @@ func UsePool(res *component.Resources, p *Pool) { resourceKey.Put(res, p) }
 // in an etcd cluster several flowrun processes share.
 func Backend() kv.BackendSpec {
 	return kv.BackendSpec{
-		Name: "etcd",
-		Doc:  "an etcd cluster",
+		Name:           "etcd",
+		Doc:            "an etcd cluster",
+		DeletesExpired: true,
 		Fields: []component.Field{
 			{Name: "endpoints", Type: component.TypeStrings, Required: true,
 				Doc: "Client URLs of the etcd cluster: a list, or one comma-separated string."},

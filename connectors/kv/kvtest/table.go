@@ -137,6 +137,11 @@ func row(key, data string, last bool) string {
 	return op("scan", key, data, true, x)
 }
 
+// expiryJSON is the value of expiry and touch for a key with an expiry.
+func expiryJSON(ttlMs, expireAt int64) string {
+	return `{"ttl_ms":` + strconv.FormatInt(ttlMs, 10) + `,"expire_at":` + strconv.FormatInt(expireAt, 10) + `}`
+}
+
 func deep(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
 
 func casesTable() []tcase {
@@ -382,6 +387,141 @@ func casesTable() []tcase {
 			at(2*time.Second, s(M(`"increment":"t"`), ``, op("increment", "t", `1`, false))),
 			s(M(`"get":"a"`), ``, get("a", `null`, false)),
 			s(M(`"clear":null`), ``, op("clear", "", `5`, true)),
+		}},
+		{name: "increment with expiry", steps: []step{
+			// The first increment creates the key with the expiry: a window starts.
+			s(M(`"increment":"w","ttl":10`), ``, op("increment", "w", `1`, false)),
+			s(M(`"expiry":"w"`), ``, op("expiry", "w", expiryJSON(10000, Start+10000), true)),
+			// Later ones keep it, whatever ttl they give.
+			at(4*time.Second, s(M(`"increment":"w","ttl":10`), ``, op("increment", "w", `2`, true))),
+			s(M(`"expiry":"w"`), ``, op("expiry", "w", expiryJSON(6000, Start+10000), true)),
+			s(M(`"increment":"w"`), ``, op("increment", "w", `3`, true)),
+			s(M(`"expiry":"w"`), ``, op("expiry", "w", expiryJSON(6000, Start+10000), true)),
+			// Once expired, the key restarts from 0 with a new window.
+			at(6*time.Second, s(M(`"increment":"w","ttl":10`), ``, op("increment", "w", `1`, false))),
+			s(M(`"expiry":"w"`), ``, op("expiry", "w", expiryJSON(10000, Start+20000), true)),
+			// refresh sets the expiry on every increment.
+			at(time.Second, s(M(`"increment":"w","ttl":10,"refresh":true`), ``, op("increment", "w", `2`, true))),
+			s(M(`"expiry":"w"`), ``, op("expiry", "w", expiryJSON(10000, Start+21000), true)),
+			s(M(`"increment":"w","expire_at":`+strconv.FormatInt(Start+30000, 10)+`,"refresh":true`), ``, op("increment", "w", `3`, true)),
+			s(M(`"expiry":"w"`), ``, op("expiry", "w", expiryJSON(19000, Start+30000), true)),
+			s(M(`"increment":"w","refresh":false,"ttl":1`), ``, op("increment", "w", `4`, true)),
+			s(M(`"expiry":"w"`), ``, op("expiry", "w", expiryJSON(19000, Start+30000), true)),
+			// An expire_at creates the key with that instant.
+			s(M(`"increment":"x","by":5,"expire_at":`+strconv.FormatInt(Start+12000, 10)), ``, op("increment", "x", `5`, false)),
+			s(M(`"expiry":"x"`), ``, op("expiry", "x", expiryJSON(1000, Start+12000), true)),
+			at(time.Second, s(M(`"get":"x"`), ``, get("x", `null`, false))),
+			// Without ttl, an increment creating a key gives it no expiry.
+			s(M(`"increment":"y"`), ``, op("increment", "y", `1`, false)),
+			s(M(`"expiry":"y"`), ``, op("expiry", "y", `{"ttl_ms":null,"expire_at":null}`, true)),
+			e(M(`"increment":"w","refresh":true`), ``, kv.ErrInvalidCommand, `{"op":"increment","key":"w"}`, `"refresh" needs "ttl" or "expire_at"`),
+			e(M(`"increment":"w","ttl":1,"refresh":1`), ``, kv.ErrInvalidCommand, ``, `"refresh" must be true or false`),
+			e(M(`"increment":"w","ttl":0`), ``, kv.ErrInvalidCommand, ``, `"ttl"`),
+			e(M(`"increment":"w","ttl":1,"expire_at":1`), ``, kv.ErrInvalidCommand, ``, "not both"),
+			// A failed increment leaves the expiry as it was.
+			s(M(`"put":"s","ttl":5`), `"a"`, op("put", "s", `"a"`, true)),
+			e(M(`"increment":"s","ttl":60,"refresh":true`), ``, kv.ErrNotNumber, ``),
+			s(M(`"expiry":"s"`), ``, op("expiry", "s", expiryJSON(5000, Start+17000), true)),
+			s(M(`"batch":[{"increment":"b","ttl":2},{"increment":"b","ttl":9},{"expiry":"b"}]`), ``,
+				Out(`[1,2,`+expiryJSON(2000, Start+14000)+`]`, `"op":"batch","found":true`)),
+		}},
+		{name: "expiry and touch", steps: []step{
+			s(M(`"expiry":"a"`), ``, op("expiry", "a", `null`, false)),
+			s(M(`"touch":"a","ttl":5`), ``, op("touch", "a", `null`, false)),
+			s(M(`"get":"a"`), ``, get("a", `null`, false)), // touch creates nothing
+			s(M(`"put":"a"`), `1`, op("put", "a", `1`, true)),
+			s(M(`"expiry":"a"`), ``, op("expiry", "a", `{"ttl_ms":null,"expire_at":null}`, true)),
+			s(M(`"touch":"a","ttl":5`), ``, op("touch", "a", expiryJSON(5000, Start+5000), true)),
+			s(M(`"get":"a"`), ``, get("a", `1`, true)),
+			at(time.Second+500*time.Millisecond, s(M(`"expiry":"a"`), ``, op("expiry", "a", expiryJSON(3500, Start+5000), true))),
+			// touch extends (or shortens) the expiry of a live key.
+			s(M(`"touch":"a","expire_at":`+strconv.FormatInt(Start+60000, 10)), ``, op("touch", "a", expiryJSON(58500, Start+60000), true)),
+			at(10*time.Second, s(M(`"get":"a"`), ``, get("a", `1`, true))),
+			s(M(`"touch":"a","ttl":0.001`), ``, op("touch", "a", expiryJSON(1, Start+11501), true)),
+			at(time.Millisecond, s(M(`"expiry":"a"`), ``, op("expiry", "a", `null`, false))),
+			// An expired key cannot be touched back to life.
+			s(M(`"touch":"a","ttl":60`), ``, op("touch", "a", `null`, false)),
+			s(M(`"get":"a"`), ``, get("a", `null`, false)),
+			s(M(`"put":"b","ttl":1`), `{"x":1}`, op("put", "b", `{"x":1}`, true)),
+			s(M(`"touch":"b","ttl":100,"idem":"t1"`), ``, op("touch", "b", expiryJSON(100000, Start+111501), true)),
+			s(M(`"touch":"b","ttl":100,"idem":"t1"`), ``, op("touch", "b", expiryJSON(100000, Start+111501), true, `,"replayed":true`)),
+			at(2*time.Second, s(M(`"get":"b"`), ``, get("b", `{"x":1}`, true))),
+			e(M(`"touch":"b"`), ``, kv.ErrInvalidCommand, `{"op":"touch","key":"b"}`, `"ttl" or "expire_at"`, "required"),
+			e(M(`"touch":"b","ttl":-1`), ``, kv.ErrInvalidCommand, ``, `"ttl"`),
+			e(M(`"expiry":"b","ttl":1`), ``, kv.ErrInvalidCommand, ``, `"ttl" is not accepted by expiry`),
+			e(M(`"expiry":"b","idem":"x"`), ``, kv.ErrInvalidCommand, ``, "only accepted by commands that write"),
+			e(M(`"expiry":""`), ``, kv.ErrInvalidKey, ``),
+			s(M(`"batch":[{"touch":"b","ttl":1},{"expiry":"b"},{"touch":"none","ttl":1}]`), ``,
+				Out(`[`+expiryJSON(1000, Start+14501)+`,`+expiryJSON(1000, Start+14501)+`,null]`, `"op":"batch","found":true`)),
+		}},
+		{name: "put and an existing expiry", steps: []step{
+			// A put without ttl clears the expiry; keep_ttl keeps it.
+			s(M(`"put":"a","ttl":10`), `1`, op("put", "a", `1`, true)),
+			s(M(`"put":"a"`), `2`, op("put", "a", `2`, true)),
+			s(M(`"expiry":"a"`), ``, op("expiry", "a", `{"ttl_ms":null,"expire_at":null}`, true)),
+			at(20*time.Second, s(M(`"get":"a"`), ``, get("a", `2`, true))),
+			s(M(`"put":"b","ttl":10`), `1`, op("put", "b", `1`, true)),
+			at(time.Second, s(M(`"put":"b","keep_ttl":true`), `2`, op("put", "b", `2`, true))),
+			s(M(`"expiry":"b"`), ``, op("expiry", "b", expiryJSON(9000, Start+30000), true)),
+			s(M(`"put":"b","keep_ttl":false`), `3`, op("put", "b", `3`, true)),
+			s(M(`"expiry":"b"`), ``, op("expiry", "b", `{"ttl_ms":null,"expire_at":null}`, true)),
+			// A put with ttl replaces the expiry.
+			s(M(`"put":"c","ttl":10`), `1`, op("put", "c", `1`, true)),
+			s(M(`"put":"c","ttl":2`), `2`, op("put", "c", `2`, true)),
+			s(M(`"expiry":"c"`), ``, op("expiry", "c", expiryJSON(2000, Start+23000), true)),
+			// keep_ttl on an absent or expired key stores it without expiry.
+			at(2*time.Second, s(M(`"put":"c","keep_ttl":true`), `3`, op("put", "c", `3`, true))),
+			s(M(`"expiry":"c"`), ``, op("expiry", "c", `{"ttl_ms":null,"expire_at":null}`, true)),
+			s(M(`"put":"d","keep_ttl":true`), `4`, op("put", "d", `4`, true)),
+			s(M(`"expiry":"d"`), ``, op("expiry", "d", `{"ttl_ms":null,"expire_at":null}`, true)),
+			s(M(`"batch":[{"put":"e","value":1,"ttl":5},{"put":"e","value":2,"keep_ttl":true},{"expiry":"e"}]`), ``,
+				Out(`[1,2,`+expiryJSON(5000, Start+28000)+`]`, `"op":"batch","found":true`)),
+			e(M(`"put":"a","keep_ttl":true,"ttl":1`), `1`, kv.ErrInvalidCommand, `{"op":"put","key":"a"}`, `"keep_ttl"`, "not both"),
+			e(M(`"put":"a","keep_ttl":"yes"`), `1`, kv.ErrInvalidCommand, ``, `"keep_ttl" must be true or false`),
+			e(M(`"cas":"a","keep_ttl":true`), `1`, kv.ErrInvalidCommand, ``, `"keep_ttl" is not accepted by cas`),
+		}},
+		{name: "enrichment at a data path", opts: func(o *kv.Options) { o.Result = "data.player" }, steps: []step{
+			// The event keeps its data and meta; the result object goes at data.player.
+			s(`{"kv":{"get":"p1"},"correlation":"c1","trace":"t"}`, `{"id":"p1","n":1}`,
+				`out {"data":{"id":"p1","n":1,"player":{"op":"get","key":"p1","found":false,"value":null}},"meta":{"kv":{"op":"get","key":"p1","found":false},"correlation":"c1","trace":"t"}}`),
+			s(M(`"put":"p1"`), `{"name":"ann"}`,
+				`out {"data":{"name":"ann","player":{"op":"put","key":"p1","found":true,"value":{"name":"ann"}}},"meta":{"kv":{"op":"put","key":"p1","found":true}}}`),
+			s(M(`"get":"p1"`), `{"id":"p1","player":"replaced"}`,
+				`out {"data":{"id":"p1","player":{"op":"get","key":"p1","found":true,"value":{"name":"ann"}}},"meta":{"kv":{"op":"get","key":"p1","found":true}}}`),
+			s(M(`"get":"p1"`), ``,
+				`out {"data":{"player":{"op":"get","key":"p1","found":true,"value":{"name":"ann"}}},"meta":{"kv":{"op":"get","key":"p1","found":true}}}`),
+			s(M(`"increment":"n","ttl":5`), `{}`,
+				`out {"data":{"player":{"op":"increment","key":"n","found":false,"value":1}},"meta":{"kv":{"op":"increment","key":"n","found":false}}}`),
+			// A scan gives one event, its rows in value; an empty one gives one too.
+			s(M(`"scan":""`), `{}`,
+				`out {"data":{"player":{"op":"scan","key":"","found":true,"value":[{"key":"n","value":1},{"key":"p1","value":{"name":"ann"}}]}},"meta":{"kv":{"op":"scan","key":"","found":true}}}`),
+			s(M(`"scan":"x"`), `{}`,
+				`out {"data":{"player":{"op":"scan","key":"x","found":false,"value":[]}},"meta":{"kv":{"op":"scan","key":"x","found":false}}}`),
+			s(M(`"keys":null,"limit":1`), `{}`,
+				`out {"data":{"player":{"op":"keys","key":"","found":true,"next":"n","value":["n"]}},"meta":{"kv":{"op":"keys","key":"","found":true,"next":"n"}}}`),
+			s(M(`"batch":[{"get":"p1"},{"exists":"q"}]`), `{"a":1}`,
+				`out {"data":{"a":1,"player":{"op":"batch","found":true,"value":[{"name":"ann"},false]}},"meta":{"kv":{"op":"batch","found":true}}}`),
+			s(M(`"delete":"q","idem":"d1"`), `{}`,
+				`out {"data":{"player":{"op":"delete","key":"q","found":false,"value":null}},"meta":{"kv":{"op":"delete","key":"q","found":false}}}`),
+			s(M(`"delete":"q","idem":"d1"`), `{}`,
+				`out {"data":{"player":{"op":"delete","key":"q","found":false,"replayed":true,"value":null}},"meta":{"kv":{"op":"delete","key":"q","found":false,"replayed":true}}}`),
+			// Failures go to err as without enrichment.
+			e(MC(`"cas":"p1","old":1`, `"c2"`), `{"x":1}`, kv.ErrCASMismatch, `{"op":"cas","key":"p1","current":{"name":"ann"}}`),
+			// Data that cannot hold the result is refused before the command runs.
+			e(M(`"put":"z"`), `5`, kv.ErrResultPath, `{"op":"put","key":"z"}`, "data.player", "data is a number 5, not an object"),
+			e(M(`"put":"z"`), `[1]`, kv.ErrResultPath, ``, "data is an array"),
+			s(M(`"exists":"z"`), `{}`,
+				`out {"data":{"player":{"op":"exists","key":"z","found":false,"value":false}},"meta":{"kv":{"op":"exists","key":"z","found":false}}}`),
+		}},
+		{name: "enrichment at a meta path", opts: func(o *kv.Options) { o.Result = "meta.lookup.player" }, steps: []step{
+			s(M(`"put":"p"`), `1`,
+				`out {"data":1,"meta":{"kv":{"op":"put","key":"p","found":true},"lookup":{"player":{"op":"put","key":"p","found":true,"value":1}}}}`),
+			s(`{"kv":{"get":"p"},"lookup":{"other":2},"correlation":[1]}`, `"payload"`,
+				`out {"data":"payload","meta":{"kv":{"op":"get","key":"p","found":true},"lookup":{"other":2,"player":{"op":"get","key":"p","found":true,"value":1}},"correlation":[1]}}`),
+			e(`{"kv":{"get":"p"},"lookup":"s"}`, `1`, kv.ErrResultPath, `{"op":"get","key":"p"}`, "meta.lookup is a string"),
+			e(`{"kv":{"delete":"p"},"lookup":7}`, `1`, kv.ErrResultPath, ``),
+			s(M(`"get":"p"`), ``,
+				`out {"data":null,"meta":{"kv":{"op":"get","key":"p","found":true},"lookup":{"player":{"op":"get","key":"p","found":true,"value":1}}}}`),
 		}},
 		{name: "limits", opts: func(o *kv.Options) {
 			o.MaxKeyLength = 5
