@@ -21,6 +21,13 @@ const (
 	KindProcessor Kind = "processor"
 	// KindOperator is a step of a pipeline, not a node of its own.
 	KindOperator Kind = "operator"
+	// KindDuplex is a source and a sink under one name: it emits events on
+	// its output ports and receives the events linked into its "in" port
+	// (an HTTP server emits requests and answers them with the events that
+	// come back). Its Component has both Source and Processor set; the
+	// graph runs them as two nodes, NAME and NAME/in (see DuplexSink), so
+	// that links from its outputs back to its input form no cycle.
+	KindDuplex Kind = "duplex"
 )
 
 // FieldType is the type of an option's value.
@@ -151,9 +158,10 @@ type Operator interface {
 // Component is what a Spec builds: exactly one of its fields is set,
 // according to the kind.
 type Component struct {
-	// Source is set for KindSource.
+	// Source is set for KindSource and KindDuplex.
 	Source pipeline.Source
-	// Processor is set for KindSink and KindProcessor.
+	// Processor is set for KindSink, KindProcessor and KindDuplex (its
+	// sink side, which must have no output ports).
 	Processor pipeline.Processor
 	// Operator is set for KindOperator.
 	Operator Operator
@@ -170,6 +178,9 @@ type Spec struct {
 	// KindOf, when set, gives the kind for a validated config (the file
 	// connector is a source or a sink depending on its mode).
 	KindOf func(c *Config) Kind
+	// KindDoc describes the kind in the reference when KindOf is set.
+	// Default "source or sink, by options".
+	KindDoc string
 	// Summary is a short paragraph for the reference.
 	Summary string
 	// OnePerFlow, when set, allows at most one connector of the type per
@@ -205,6 +216,11 @@ type Spec struct {
 	// connections) and is called only when the flow is built.
 	Build func(ctx context.Context, env *Env, c *Config) (Component, error)
 }
+
+// DuplexSink returns the name of the graph node that runs the sink side
+// of the KindDuplex connector node: "NODE/in". Flow names cannot contain
+// '/', so it names no other node.
+func DuplexSink(node string) string { return node + "/" + pipeline.PortIn }
 
 // StaticPorts returns a Spec.Ports function that always returns ports.
 func StaticPorts(ports ...string) func(*Config) []string {

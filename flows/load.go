@@ -37,8 +37,9 @@ type Flow struct {
 type Node struct {
 	// Name is the node's name, unique in the flow.
 	Name string
-	// Kind is component.KindSource, component.KindSink or component.KindProcessor (pipelines are
-	// processors).
+	// Kind is component.KindSource, component.KindSink,
+	// component.KindProcessor (pipelines are processors) or
+	// component.KindDuplex (a source that also receives on "in").
 	Kind component.Kind
 	// Spec is the connector's spec; nil for a pipeline.
 	Spec *component.Spec
@@ -90,16 +91,18 @@ func (f *Flow) Node(name string) (*Node, bool) {
 	return nil, false
 }
 
-// Sources returns the names of the flow's source nodes in file order.
+// Sources returns the names of the flow's source nodes in file order,
+// duplex connectors included.
 func (f *Flow) Sources() []string { return f.namesOf(component.KindSource) }
 
-// Sinks returns the names of the flow's sink nodes in file order.
+// Sinks returns the names of the flow's sink nodes in file order, duplex
+// connectors included.
 func (f *Flow) Sinks() []string { return f.namesOf(component.KindSink) }
 
 func (f *Flow) namesOf(k component.Kind) []string {
 	var out []string
 	for _, n := range f.Nodes {
-		if n.Kind == k {
+		if n.Kind == k || n.Kind == component.KindDuplex {
 			out = append(out, n.Name)
 		}
 	}
@@ -809,6 +812,15 @@ func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
 	for i, lk := range flow.Links {
 		out[lk.From] = append(out[lk.From], i)
 	}
+	// A link into a duplex connector ends at its sink side, a vertex of
+	// its own that links nowhere: requests going out of an HTTP server and
+	// answers coming back into it form no cycle.
+	target := func(lk Link) string {
+		if n, ok := flow.Node(lk.To); ok && n.Kind == component.KindDuplex {
+			return component.DuplexSink(lk.To)
+		}
+		return lk.To
+	}
 	const (
 		visiting = 1
 		done     = 2
@@ -820,7 +832,7 @@ func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
 		state[name] = visiting
 		path = append(path, name)
 		for _, i := range out[name] {
-			to := flow.Links[i].To
+			to := target(flow.Links[i])
 			switch state[to] {
 			case visiting:
 				start := 0
