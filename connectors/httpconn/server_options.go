@@ -1,10 +1,12 @@
 package httpconn
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -120,13 +122,23 @@ func (o *ServerOptions) EnsureDefaults() {
 // flow option; the error wraps ErrInvalidOption.
 func (o *ServerOptions) Validate() error {
 	bad := func(field, option, format string, args ...any) error {
-		return fmt.Errorf("http_server: %s (%s): %w: %s", field, option, ErrInvalidOption, fmt.Sprintf(format, args...))
+		msg := fmt.Sprintf(format, args...)
+		return &optionError{option: option, msg: msg,
+			err: fmt.Errorf("http_server: %s (%s): %w: %s", field, option, ErrInvalidOption, msg)}
 	}
 	if o.Address == "" {
 		return bad("Address", "address", "an address such as 127.0.0.1:8080 is required")
 	}
-	if _, _, err := net.SplitHostPort(o.Address); err != nil {
-		return bad("Address", "address", "%q is not HOST:PORT: %v", o.Address, errors.Unwrap(err))
+	_, port, err := net.SplitHostPort(o.Address)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			err = errors.New(ae.Err)
+		}
+		return bad("Address", "address", "%q is not HOST:PORT: %v", o.Address, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return bad("Address", "address", "port %q of %q is not a number from 0 to 65535", port, o.Address)
 	}
 	if !strings.HasPrefix(o.Path, "/") {
 		return bad("Path", "path", "%q must start with /", o.Path)
@@ -147,12 +159,39 @@ func (o *ServerOptions) Validate() error {
 		return bad("Timeout", "timeout", "must be at least 1ms, got %v", o.Timeout)
 	}
 	if (o.TLSCert == "") != (o.TLSKey == "") {
-		return bad("TLSCert", "tls_cert", "tls_cert and tls_key go together: set both or neither")
+		opt := "tls_cert"
+		if o.TLSCert == "" {
+			opt = "tls_key"
+		}
+		return bad("TLSCert", opt, "tls_cert and tls_key go together: set both or neither")
 	}
 	switch o.Response {
 	case ResponseSync, ResponseAsync:
 	default:
 		return bad("Response", "response", "%q is not one of sync, async", o.Response)
+	}
+	return nil
+}
+
+// optionError is an error of Validate about one flow option.
+type optionError struct {
+	option string
+	msg    string // what is wrong, in the flow file's words
+	err    error
+}
+
+func (e *optionError) Error() string { return e.err.Error() }
+func (e *optionError) Unwrap() error { return e.err }
+
+// ValidateFiles reports TLS files that cannot be loaded, naming the flow
+// option; NewServer loads them again.
+func (o *ServerOptions) ValidateFiles() error {
+	if o.TLSCert == "" {
+		return nil
+	}
+	if _, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey); err != nil {
+		err = fmt.Errorf("tls_cert %s with tls_key %s: %w", o.TLSCert, o.TLSKey, err)
+		return &optionError{option: "tls_cert", msg: err.Error(), err: err}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package httpconn
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strconv"
 	"sync"
@@ -79,20 +80,15 @@ func ServerSpec() component.Spec {
 		Check: func(c *component.Config) error {
 			o := serverOptions(c)
 			o.EnsureDefaults()
-			if err := o.Validate(); err != nil {
-				opt := "address"
-				switch {
-				case c.Has("tls_cert") != c.Has("tls_key"):
-					opt = "tls_cert"
-					if c.Has("tls_key") {
-						opt = "tls_key"
-					}
-				case c.Has("path") && o.Address != "":
-					opt = "path"
-				}
-				return component.OptionErr(opt, err)
+			err := o.Validate()
+			if err == nil {
+				err = o.ValidateFiles()
 			}
-			return nil
+			var oe *optionError
+			if errors.As(err, &oe) {
+				return component.OptionErr(oe.option, errors.New(oe.msg))
+			}
+			return err
 		},
 		Build: func(_ context.Context, env *component.Env, c *component.Config) (component.Component, error) {
 			o := serverOptions(c)
