@@ -58,6 +58,10 @@ const (
 	// comma-separated string; empty items are dropped and at least one
 	// must remain.
 	TypeStrings FieldType = "strings"
+	// TypeMap is a mapping of names to strings, written as a YAML
+	// mapping whose values are scalars (HTTP headers); ${NAME} is
+	// expanded in each value. It has no default.
+	TypeMap FieldType = "map"
 	// TypeNode names another connector of the same flow, of type
 	// Field.NodeType. The loader checks that it exists and has that type,
 	// and builds it first so the component can reach it through Env.Use.
@@ -320,7 +324,8 @@ type Config struct {
 // NewConfig returns a config with the given option values, for building
 // components from code and in tests. Values must already have the Go type
 // matching the field type (string, int, bool, time.Duration; int64 for
-// TypeByteSize; []string for TypeStrings). Field defaults are not applied:
+// TypeByteSize; []string for TypeStrings; map[string]string for
+// TypeMap). Field defaults are not applied:
 // use SetDefault, as the loader does.
 func NewConfig(node, typ string, values map[string]any, extra ...Entry) *Config {
 	c := &Config{Node: node, Type: typ, Extra: extra, values: map[string]any{}, set: map[string]bool{}}
@@ -391,6 +396,15 @@ func (c *Config) ByteSize(name string) int64 {
 		return int64(v)
 	}
 	return 0
+}
+
+// Map returns a map option (nil when unset).
+func (c *Config) Map(name string) map[string]string {
+	if c == nil {
+		return nil
+	}
+	m, _ := c.values[name].(map[string]string)
+	return m
 }
 
 // Bool returns a bool option (false when unset and without default).

@@ -434,6 +434,15 @@ func (l *loader) parseOptions(spec *component.Spec, m *yaml.Node, key *yaml.Node
 			} else {
 				given[f.Name], values[f.Name] = k, v
 			}
+			if f.Type == component.TypeMap && deref(v).Kind == yaml.MappingNode {
+				m, mok := l.mapValue(f, deref(v), sub)
+				if !mok {
+					ok = false
+					return
+				}
+				cfg.Set(f.Name, m)
+				return
+			}
 			text, scalar := valueText(v)
 			if f.Type == component.TypeStrings && deref(v).Kind == yaml.SequenceNode {
 				text, scalar = l.listText(deref(v), sub)
@@ -544,6 +553,32 @@ func (l *loader) check(spec *component.Spec, cfg *component.Config, key *yaml.No
 	return false
 }
 
+// mapValue reads a component.TypeMap option written as a mapping: scalar
+// values, ${NAME} expanded. ok is false when an entry was reported.
+func (l *loader) mapValue(f *component.Field, m *yaml.Node, field string) (map[string]string, bool) {
+	out := map[string]string{}
+	ok := true
+	l.eachPair(m, field, func(name string, _, v *yaml.Node) {
+		sub := field + "." + name
+		text, scalar := valueText(v)
+		if !scalar || isNull(v) {
+			l.errorf(v, sub, "expected a string, got %s", describe(v))
+			ok = false
+			return
+		}
+		if f.Expands() {
+			var err error
+			if text, err = component.ExpandEnv(text); err != nil {
+				l.errorf(v, sub, "%v", err)
+				ok = false
+				return
+			}
+		}
+		out[name] = text
+	})
+	return out, ok
+}
+
 // listText joins the items of a YAML list with commas, for a component.TypeStrings
 // option. An item that is not a plain string is reported: then text is ""
 // and scalar true.
@@ -596,6 +631,8 @@ func typeDesc(f *component.Field) string {
 		return "a path"
 	case component.TypeEnum:
 		return "one of " + strings.Join(f.Enum, ", ")
+	case component.TypeMap:
+		return "a mapping of names to strings"
 	case component.TypeNode:
 		return "the name of a " + f.NodeType + " connector"
 	}

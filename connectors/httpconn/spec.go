@@ -3,6 +3,7 @@ package httpconn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"sync"
@@ -124,4 +125,97 @@ func serverOptions(c *component.Config) ServerOptions {
 		TLSKey:       c.String("tls_key"),
 		Token:        c.String("token"),
 	}
+}
+
+// ClientSpec declares the http_client processor.
+func ClientSpec() component.Spec {
+	itoa := strconv.Itoa
+	return component.Spec{
+		Type: "http_client",
+		Kind: component.KindProcessor,
+		Summary: "Calls an HTTP endpoint once per event, with the URL and header values rendered from the event " +
+			"(`{data.player}`), retrying connection errors, timeouts, 5xx and 429 with backoff; the response body " +
+			"becomes the event's data on `out` (meta.http has the status), a failed call sends the event to `err` with " +
+			"meta.error. Requests of a batch run concurrently, results keep the input order. See docs/http.md.",
+		Fields: []component.Field{
+			{Name: "url", Type: component.TypeString, Required: true,
+				Doc: "http or https URL; `{EXPR}` placeholders (escaped) only after the host."},
+			{Name: "method", Type: component.TypeEnum, Enum: []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}, Default: DefaultMethod,
+				Doc: "HTTP method."},
+			{Name: "headers", Type: component.TypeMap,
+				Doc: "Headers sent with every request, `{Name: value}`; values may hold `{EXPR}` placeholders."},
+			{Name: "body", Type: component.TypeEnum, Enum: []string{string(BodyData), string(BodyEvent), string(BodyNone)},
+				Doc: "What is sent: data (the event's data as JSON), event (`{\"data\":...,\"meta\":...}`) or none. Default data, none for GET and HEAD."},
+			{Name: "bearer_token", Type: component.TypeString, Doc: "Sent as `Authorization: Bearer TOKEN`; write it as `${VAR}`."},
+			{Name: "basic_auth_user", Type: component.TypeString, Doc: "User of HTTP basic authentication."},
+			{Name: "basic_auth_password", Type: component.TypeString, Doc: "Password of HTTP basic authentication; write it as `${VAR}`."},
+			{Name: "timeout", Type: component.TypeDuration, Default: DefaultTimeout.String(), Min: "1ms",
+				Doc: "Bound of one attempt: connecting, sending and reading the whole response."},
+			{Name: "max_retries", Type: component.TypeInt, Default: itoa(DefaultMaxRetries), Min: "0", Max: "100",
+				Doc: "Retries after a connection error, a timeout, a 5xx or a 429; 0 tries each request once."},
+			{Name: "backoff_initial", Type: component.TypeDuration, Default: DefaultBackoffInitial.String(), Min: "0s",
+				Doc: "Cap of the first retry's random wait, doubling per retry (full jitter)."},
+			{Name: "backoff_max", Type: component.TypeDuration, Default: DefaultBackoffMax.String(),
+				Doc: "Largest wait before a retry (a Retry-After header included); at least backoff_initial."},
+			{Name: "max_in_flight", Type: component.TypeInt, Default: itoa(DefaultMaxInFlight), Min: "1",
+				Doc: "Most requests in flight at once."},
+			{Name: "rate_limit", Type: component.TypeInt, Default: "0", Min: "0",
+				Doc: "Most requests started per second, every attempt counting; 0 is unlimited."},
+			{Name: "rate_burst", Type: component.TypeInt, Default: "1", Min: "1",
+				Doc: "Most requests started at once under rate_limit."},
+			{Name: "max_response_bytes", Type: component.TypeByteSize, Default: "16MiB", Min: "1",
+				Doc: "Largest response body read; a larger one sends the event to err."},
+		},
+		Ports: component.StaticPorts(ClientPorts()...),
+		Check: func(c *component.Config) error {
+			o := clientOptions(c)
+			if c.Has("backoff_max") || c.Has("backoff_initial") {
+				if o.BackoffMax < o.BackoffInitial {
+					return component.OptionErr("backoff_max", fmt.Errorf("backoff_max %v is below backoff_initial %v", o.BackoffMax, o.BackoffInitial))
+				}
+			}
+			if c.Has("basic_auth_password") && !c.Has("basic_auth_user") {
+				return component.OptionErr("basic_auth_password", errors.New("basic_auth_password needs basic_auth_user"))
+			}
+			cl, err := NewClient(o)
+			if err != nil {
+				var oe *optionError
+				if errors.As(err, &oe) {
+					return component.OptionErr(oe.option, errors.New(oe.msg))
+				}
+				return err
+			}
+			return cl.Close(context.Background())
+		},
+		Build: func(_ context.Context, _ *component.Env, c *component.Config) (component.Component, error) {
+			cl, err := NewClient(clientOptions(c))
+			if err != nil {
+				return component.Component{}, err
+			}
+			return component.Component{Processor: cl}, nil
+		},
+	}
+}
+
+func clientOptions(c *component.Config) ClientOptions {
+	o := ClientOptions{
+		URL:              c.String("url"),
+		Method:           c.String("method"),
+		Headers:          c.Map("headers"),
+		Body:             Body(c.String("body")),
+		BearerToken:      c.String("bearer_token"),
+		Timeout:          c.Duration("timeout"),
+		MaxRetries:       c.Int("max_retries"),
+		NoRetry:          c.Int("max_retries") == 0 && c.Has("max_retries"),
+		BackoffInitial:   c.Duration("backoff_initial"),
+		BackoffMax:       c.Duration("backoff_max"),
+		MaxInFlight:      c.Int("max_in_flight"),
+		RateLimit:        float64(c.Int("rate_limit")),
+		RateBurst:        c.Int("rate_burst"),
+		MaxResponseBytes: c.ByteSize("max_response_bytes"),
+	}
+	if u := c.String("basic_auth_user"); u != "" {
+		o.BasicAuth = &BasicAuth{User: u, Password: c.String("basic_auth_password")}
+	}
+	return o
 }

@@ -30,6 +30,7 @@ func Register(r *component.Registry) error {
 		bus.GoChannelSpec(),
 		bus.NATSSpec(),
 		httpconn.ServerSpec(),
+		httpconn.ClientSpec(),
 		operators.FilterSpec(),
 		operators.SetSpec(),
 		operators.RouteSpec(),
