@@ -97,13 +97,20 @@ func (r *running) stop(t *testing.T) error {
 // out and err ports.
 func runServer(t *testing.T, opts httpconn.ServerOptions, proc pipeline.ProcessorFunc) *running {
 	t.Helper()
+	return runServerGraph(t, opts, pipeline.Options{}, proc)
+}
+
+// runServerGraph is runServer with graph options.
+func runServerGraph(t *testing.T, opts httpconn.ServerOptions, gopts pipeline.Options, proc pipeline.ProcessorFunc) *running {
+	t.Helper()
+	gopts.Logger = quiet
 	opts.Address = "127.0.0.1:0"
 	opts.Logger = quiet
 	s, err := httpconn.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := pipeline.New(pipeline.Options{Logger: quiet})
+	g := pipeline.New(gopts)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -292,46 +299,95 @@ func TestServerAsync(t *testing.T) {
 }
 
 // TestServerShutdown checks that requests accepted before the flow is
-// cancelled are answered, and later ones refused.
+// cancelled are answered, including those queued while the server's
+// flush was blocked by a full graph, and that later ones are refused.
 func TestServerShutdown(t *testing.T) {
-	started := make(chan struct{}, 8)
+	started := make(chan struct{}, 16)
 	release := make(chan struct{})
-	r := runServer(t, httpconn.ServerOptions{}, func(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
-		started <- struct{}{}
-		<-release
-		return testProc(ctx, batch, emit)
-	})
+	// Queue depth 1 and MaxCoalesce 1: one request in the processor, one
+	// in its queue, one in the server's blocked flush, the rest queued in
+	// the server.
+	r := runServerGraph(t, httpconn.ServerOptions{Timeout: 5 * time.Second}, pipeline.Options{QueueDepth: 1, MaxCoalesce: 1},
+		func(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+			started <- struct{}{}
+			<-release
+			return testProc(ctx, batch, emit)
+		})
 	const n = 8
 	replies := make(chan reply, n)
 	for i := range n {
 		go func() {
-			replies <- post(t, r.client, r.url, "", fmt.Sprintf(`{"data":{"op":"ok"},"meta":{"correlation":%d}}`, i), nil)
+			resp, err := r.client.Post(r.url, "", strings.NewReader(fmt.Sprintf(`{"data":{"op":"ok"},"meta":{"correlation":%d}}`, i)))
+			if err != nil {
+				replies <- reply{status: -1, body: err.Error()}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			replies <- reply{status: resp.StatusCode, body: strings.TrimSpace(string(b))}
 		}()
 	}
-	<-started // at least one batch is in the processor
-	time.Sleep(50 * time.Millisecond)
+	<-started // one request is in the processor
+	time.Sleep(200 * time.Millisecond)
 	r.cancel()
 	time.Sleep(50 * time.Millisecond)
 	close(release)
-	got := map[string]bool{}
+	answered := 0
 	for range n {
 		rep := <-replies
 		switch rep.status {
 		case 200:
-			got[gjson.Get(rep.body, "meta.correlation").Raw] = true
+			answered++
 		case 503: // arrived after shutdown began: refused, never processed
 		default:
 			t.Fatalf("reply %d %s", rep.status, rep.body)
 		}
 	}
-	if len(got) == 0 {
-		t.Fatal("no request answered")
+	if answered < 4 {
+		t.Fatalf("%d requests answered, want at least 4 (those accepted before the shutdown)", answered)
 	}
 	if err := r.wait(t); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.client.Get(r.url + "/ping"); err == nil {
 		t.Fatal("server still serving after the flow stopped")
+	}
+}
+
+// TestServerShutdownWaitsForAnswers checks that closing the server waits
+// for the answers of requests whose events are still being processed.
+func TestServerShutdownWaitsForAnswers(t *testing.T) {
+	started := make(chan struct{}, 16)
+	r := runServerGraph(t, httpconn.ServerOptions{Timeout: 10 * time.Second}, pipeline.Options{MaxCoalesce: 1},
+		func(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+			started <- struct{}{}
+			time.Sleep(100 * time.Millisecond)
+			return testProc(ctx, batch, emit)
+		})
+	const n = 4
+	replies := make(chan int, n)
+	for range n {
+		go func() {
+			resp, err := r.client.Post(r.url, "", strings.NewReader(`{"op":"ok"}`))
+			if err != nil {
+				replies <- -1
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			replies <- resp.StatusCode
+		}()
+	}
+	<-started
+	time.Sleep(50 * time.Millisecond) // every request is queued by now
+	r.cancel()
+	for range n {
+		if s := <-replies; s != 200 {
+			t.Fatalf("reply %d, want 200 (accepted before the shutdown)", s)
+		}
+	}
+	if err := r.wait(t); err != nil {
+		t.Fatal(err)
 	}
 }
 
