@@ -74,7 +74,7 @@ type running struct {
 }
 
 // wait returns the graph's result, failing t if it does not stop.
-func (r *running) wait(t *testing.T) error {
+func (r *running) wait(t testing.TB) error {
 	t.Helper()
 	r.once.Do(func() {
 		select {
@@ -87,7 +87,7 @@ func (r *running) wait(t *testing.T) error {
 }
 
 // stop cancels the graph and waits for it.
-func (r *running) stop(t *testing.T) error {
+func (r *running) stop(t testing.TB) error {
 	t.Helper()
 	r.cancel()
 	return r.wait(t)
@@ -131,7 +131,7 @@ func runServerGraph(t *testing.T, opts httpconn.ServerOptions, gopts pipeline.Op
 	return r
 }
 
-func waitReady(t *testing.T, c *http.Client, url string) {
+func waitReady(t testing.TB, c *http.Client, url string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -453,7 +453,7 @@ func TestServerTLS(t *testing.T) {
 
 // startFlow loads and runs a flow file's text with a kv store in a
 // temporary directory; it returns the server's URL.
-func startFlow(t *testing.T, src string) *running {
+func startFlow(t testing.TB, src string) *running {
 	t.Helper()
 	src = strings.ReplaceAll(src, "DIR", t.TempDir())
 	flow, diags, err := flows.LoadBytes("flow.yaml", []byte(src), builtin.NewRegistry())
