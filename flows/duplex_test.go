@@ -81,6 +81,38 @@ links:
 		t.Fatalf("came back: %s, want 2,4,6", got)
 	}
 
+	// Replayed: the duplex connector is not built; its source side is
+	// replaced and its sink side captured.
+	lb.back = nil
+	var mu sync.Mutex
+	var captured []string
+	built, err = flow.Build(context.Background(), BuildOptions{
+		ReplaceSource: "api",
+		Source: pipeline.SourceFunc(func(_ context.Context, emit pipeline.SourceEmitter) error {
+			emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte("5")})
+			return nil
+		}),
+		Capture: func(sink string) pipeline.Processor {
+			return pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, ev := range batch {
+					captured = append(captured, sink+":"+string(ev.Data))
+				}
+				return nil
+			})
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := built.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(captured, ","); got != "api:10" || len(lb.back) != 0 {
+		t.Fatalf("replayed: captured %s, component saw %v; want api:10 and nothing", got, lb.back)
+	}
+
 	// A cycle through other nodes is still one.
 	bad := strings.Replace(src, "  - double/err -> api/in\n", "  - double/err -> double/in\n", 1)
 	if _, diags, err := LoadBytes("flow.yaml", []byte(bad), reg); err == nil || !strings.Contains(diagText(diags), "cycle") {
