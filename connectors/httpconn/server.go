@@ -117,8 +117,13 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: opts.Timeout,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		// A request is read within Timeout and answered within Timeout:
+		// a slow client holds a connection (and Close) for a bounded
+		// time.
+		ReadTimeout:  opts.Timeout,
+		WriteTimeout: 2*opts.Timeout + closeGrace,
+		IdleTimeout:  2 * time.Minute,
+		ErrorLog:     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
 	}
 	opts.Logger.Info("http_server listening", "node", opts.Name, "address", ln.Addr().String(), "tls", opts.TLSCert != "")
 	return s, nil
