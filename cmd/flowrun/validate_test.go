@@ -20,6 +20,7 @@ func TestValidateMeansRunStarts(t *testing.T) {
 	const header = "name: parity\nconnectors:\n  in: { type: stdin }\n  out: { type: stdout }\n"
 	const kvLinks = "links:\n  - in -> store\n  - in/err -> out\n  - store -> out\n  - store/err -> out\n"
 	const httpLinks = "links:\n  - in -> out\n  - in/err -> out\n  - api -> out\n"
+	const clientLinks = "links:\n  - in -> call\n  - in/err -> out\n  - call -> out\n  - call/err -> out\n"
 	const luaLinks = "links:\n  - in -> script\n  - in/err -> out\n  - script -> out\n  - script/err -> out\n"
 	tests := []struct {
 		name  string
@@ -97,6 +98,24 @@ func TestValidateMeansRunStarts(t *testing.T) {
 		{name: "http_server timeout zero",
 			flow: header + "  api: { type: http_server, address: \"127.0.0.1:0\", timeout: 0s }\n" + httpLinks,
 			want: "connectors.api.timeout: timeout is 0s, out of range: must be at least 1ms"},
+		{name: "http_client without url",
+			flow: header + "  call: { type: http_client }\n" + clientLinks,
+			want: "5:3: error: connectors.call: missing required option \"url\""},
+		{name: "http_client placeholder in the host",
+			flow: header + "  call: { type: http_client, url: \"http://{data.host}/x\" }\n" + clientLinks,
+			want: "connectors.call.url: "},
+		{name: "http_client backoff_max below backoff_initial",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", backoff_initial: 10s }\n" + clientLinks,
+			want: "connectors.call.backoff_initial: backoff_initial 10s is above backoff_max 5s (the default)"},
+		{name: "http_client backoff_max below backoff_initial, both given",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", backoff_initial: 2s, backoff_max: 1s }\n" + clientLinks,
+			want: "connectors.call.backoff_max: backoff_max 1s is below backoff_initial 2s"},
+		{name: "http_client two authorizations",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", bearer_token: t, basic_auth_user: u }\n" + clientLinks,
+			want: "connectors.call.bearer_token: give at most one of bearer_token, basic_auth and an Authorization header"},
+		{name: "http_client max_retries over 100",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", max_retries: 101 }\n" + clientLinks,
+			want: "connectors.call.max_retries: max_retries is 101, out of range: must be 0 to 100"},
 		{name: "valid kv flow with variables",
 			flow: "name: parity\nconnectors:\n  in: { type: stdin, codec: \"${FLOWRUN_TEST_CODEC}\" }\n" +
 				"  out: { type: file, path: \"${FLOWRUN_TEST_OUT}/out.jsonl\", mode: write }\n" +

@@ -169,10 +169,11 @@ func ClientSpec() component.Spec {
 		Ports: component.StaticPorts(ClientPorts()...),
 		Check: func(c *component.Config) error {
 			o := clientOptions(c)
-			if c.Has("backoff_max") || c.Has("backoff_initial") {
-				if o.BackoffMax < o.BackoffInitial {
-					return component.OptionErr("backoff_max", fmt.Errorf("backoff_max %v is below backoff_initial %v", o.BackoffMax, o.BackoffInitial))
+			if o.BackoffMax < o.BackoffInitial {
+				if !c.Has("backoff_max") {
+					return component.OptionErr("backoff_initial", fmt.Errorf("backoff_initial %v is above backoff_max %v (the default): raise backoff_max too", o.BackoffInitial, o.BackoffMax))
 				}
+				return component.OptionErr("backoff_max", fmt.Errorf("backoff_max %v is below backoff_initial %v", o.BackoffMax, o.BackoffInitial))
 			}
 			if c.Has("basic_auth_password") && !c.Has("basic_auth_user") {
 				return component.OptionErr("basic_auth_password", errors.New("basic_auth_password needs basic_auth_user"))
