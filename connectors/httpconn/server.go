@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -521,10 +523,28 @@ func parseEvent(text []byte, base map[string]json.RawMessage) (pipeline.Event, e
 	}
 	ev := pipeline.Event{Data: text}
 	if text[0] == '{' {
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(text, &obj); err == nil && isEnvelope(obj) {
-			if err := ev.UnmarshalJSON(text); err != nil {
-				return pipeline.Event{}, err
+		// Valid JSON: gjson reads it without allocating.
+		var data, meta gjson.Result
+		envelope := true
+		gjson.ParseBytes(text).ForEach(func(k, v gjson.Result) bool {
+			switch k.String() {
+			case "data":
+				data = v
+			case "meta":
+				meta = v
+			default:
+				envelope = false
+			}
+			return envelope
+		})
+		if envelope && data.Exists() {
+			ev.Data = raw(text, data)
+			switch {
+			case !meta.Exists() || meta.Type == gjson.Null:
+			case meta.IsObject():
+				ev.Meta = raw(text, meta)
+			default:
+				return pipeline.Event{}, fmt.Errorf("%w: \"meta\" must be a JSON object", pipeline.ErrInvalidEvent)
 			}
 		}
 	}
@@ -538,16 +558,12 @@ func parseEvent(text []byte, base map[string]json.RawMessage) (pipeline.Event, e
 	return ev, nil
 }
 
-func isEnvelope(obj map[string]json.RawMessage) bool {
-	if _, ok := obj["data"]; !ok {
-		return false
+// raw returns the bytes of r within text, without copying.
+func raw(text []byte, r gjson.Result) []byte {
+	if r.Index > 0 && r.Index+len(r.Raw) <= len(text) {
+		return text[r.Index : r.Index+len(r.Raw)]
 	}
-	for k := range obj {
-		if k != "data" && k != "meta" {
-			return false
-		}
-	}
-	return true
+	return []byte(r.Raw)
 }
 
 // mergeMeta returns meta with the fields of base it does not have.
