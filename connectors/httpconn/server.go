@@ -58,6 +58,7 @@ type Server struct {
 	reqMu   sync.Mutex
 	pending map[*pipeline.Tracker]*request // sync requests not done
 
+	accepted atomic.Int64 // requests queued and not done
 	ready    atomic.Bool
 	served   chan struct{} // closed once Shutdown returned
 	serveErr chan error
@@ -134,6 +135,11 @@ func NewServer(opts ServerOptions) (*Server, error) {
 // Addr returns the address the server listens on (the port chosen when
 // Address had port 0).
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// InFlight returns the number of requests accepted (queued for the flow)
+// whose events are not all done yet, answered or not; at most
+// MaxInFlight.
+func (s *Server) InFlight() int { return int(s.accepted.Load()) }
 
 // Sink returns the server's sink side: the processor whose input is
 // matched to requests. Every event it receives that derives from a sync
@@ -345,6 +351,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.queue = append(s.queue, req)
+	s.accepted.Add(1)
 	s.mu.Unlock()
 	handed = true // the in-flight token is released when the events are done
 	select {
@@ -382,6 +389,7 @@ func (s *Server) finish(req *request, sync bool) {
 		delete(s.pending, req.tr)
 		s.reqMu.Unlock()
 	}
+	s.accepted.Add(-1)
 	<-s.sem
 	close(req.done)
 }
