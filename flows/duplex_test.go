@@ -113,6 +113,13 @@ links:
 		t.Fatalf("replayed: captured %s, component saw %v; want api:10 and nothing", got, lb.back)
 	}
 
+	// Nothing coming back is warned about.
+	oneWay := strings.Replace(strings.Replace(src, "  - double/out -> api/in\n", "  - double/out -> out/in\n", 1), "  - double/err -> api/in\n", "  - double/err -> out/in\n", 1)
+	oneWay = strings.Replace(oneWay, "  api: { type: loopback }\n", "  api: { type: loopback }\n  out: { type: stdout }\n", 1)
+	if _, diags, err := LoadBytes("flow.yaml", []byte(oneWay), reg); err != nil || !strings.Contains(diagText(diags), "nothing links into api/in") {
+		t.Fatalf("no warning for a duplex connector nothing links into: %v %s", err, diagText(diags))
+	}
+
 	// A cycle through other nodes is still one.
 	bad := strings.Replace(src, "  - double/err -> api/in\n", "  - double/err -> double/in\n", 1)
 	if _, diags, err := LoadBytes("flow.yaml", []byte(bad), reg); err == nil || !strings.Contains(diagText(diags), "cycle") {

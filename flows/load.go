@@ -924,7 +924,10 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 			l.warnf(pos, field, "%s %q is not linked to anything", nodeWord(n), n.Name)
 			continue
 		}
-		if n.Kind != component.KindSource && !in[n.Name] && !use.referenced[n.Name] {
+		switch {
+		case n.Kind == component.KindDuplex && !in[n.Name]:
+			l.warnf(pos, field, "nothing links into %s/in, so %s %q gets nothing back (an http_server answers 204)", n.Name, nodeWord(n), n.Name)
+		case n.Kind != component.KindSource && !in[n.Name] && !use.referenced[n.Name]:
 			l.warnf(pos, field, "nothing links into %s %q, so it receives no events", nodeWord(n), n.Name)
 		}
 		if contains(n.Ports, pipeline.PortErr) && !linkedOut[n.Name+"/"+pipeline.PortErr] {
