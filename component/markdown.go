@@ -24,6 +24,9 @@ func (s *Spec) markdown(b *strings.Builder) {
 	kind := string(s.Kind)
 	if s.KindOf != nil {
 		kind = "source or sink, by options"
+		if s.KindDoc != "" {
+			kind = s.KindDoc
+		}
 	}
 	fmt.Fprintf(b, "### `%s` (%s)\n\n", s.Type, kind)
 	if s.Summary != "" {

@@ -89,6 +89,9 @@ func (r *Registry) register(s Spec) error {
 				return bad("field %q has a condition on %q, which is not another field of the spec or lists no values", f.Name, w.Field)
 			}
 		}
+		if f.Type == TypeMap && f.Default != "" {
+			return bad("map field %q has a default", f.Name)
+		}
 		if f.Type == TypeNode && f.NodeType == "" {
 			return bad("node field %q has no NodeType", f.Name)
 		}
@@ -303,6 +306,8 @@ func (r *Registry) ParseValue(f *Field, text string, isNull bool, baseDir string
 			}
 		}
 		return nil, fmt.Errorf("invalid value %q (want one of %s)%s", text, strings.Join(f.Enum, ", "), suggest.DidYouMean(text, f.Enum))
+	case TypeMap:
+		return nil, fmt.Errorf("expected a mapping of names to strings (such as {Name: value}), got %q", text)
 	case TypeStrings:
 		var list []string
 		for _, s := range strings.Split(text, ",") {

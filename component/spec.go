@@ -21,6 +21,13 @@ const (
 	KindProcessor Kind = "processor"
 	// KindOperator is a step of a pipeline, not a node of its own.
 	KindOperator Kind = "operator"
+	// KindDuplex is a source and a sink under one name: it emits events on
+	// its output ports and receives the events linked into its "in" port
+	// (an HTTP server emits requests and answers them with the events that
+	// come back). Its Component has both Source and Processor set; the
+	// graph runs them as two nodes, NAME and NAME/in (see DuplexSink), so
+	// that links from its outputs back to its input form no cycle.
+	KindDuplex Kind = "duplex"
 )
 
 // FieldType is the type of an option's value.
@@ -51,6 +58,10 @@ const (
 	// comma-separated string; empty items are dropped and at least one
 	// must remain.
 	TypeStrings FieldType = "strings"
+	// TypeMap is a mapping of names to strings, written as a YAML
+	// mapping whose values are scalars (HTTP headers); ${NAME} is
+	// expanded in each value. It has no default.
+	TypeMap FieldType = "map"
 	// TypeNode names another connector of the same flow, of type
 	// Field.NodeType. The loader checks that it exists and has that type,
 	// and builds it first so the component can reach it through Env.Use.
@@ -151,9 +162,10 @@ type Operator interface {
 // Component is what a Spec builds: exactly one of Source, Processor and
 // Operator is set, according to the kind.
 type Component struct {
-	// Source is set for KindSource.
+	// Source is set for KindSource and KindDuplex.
 	Source pipeline.Source
-	// Processor is set for KindSink and KindProcessor.
+	// Processor is set for KindSink, KindProcessor and KindDuplex (its
+	// sink side, which must have no output ports).
 	Processor pipeline.Processor
 	// Operator is set for KindOperator.
 	Operator Operator
@@ -177,6 +189,9 @@ type Spec struct {
 	// KindOf, when set, gives the kind for a validated config (the file
 	// connector is a source or a sink depending on its mode).
 	KindOf func(c *Config) Kind
+	// KindDoc describes the kind in the reference when KindOf is set.
+	// Default "source or sink, by options".
+	KindDoc string
 	// Summary is a short paragraph for the reference.
 	Summary string
 	// OnePerFlow, when set, allows at most one connector of the type per
@@ -212,6 +227,11 @@ type Spec struct {
 	// connections) and is called only when the flow is built.
 	Build func(ctx context.Context, env *Env, c *Config) (Component, error)
 }
+
+// DuplexSink returns the name of the graph node that runs the sink side
+// of the KindDuplex connector node: "NODE/in". Flow names cannot contain
+// '/', so it names no other node.
+func DuplexSink(node string) string { return node + "/" + pipeline.PortIn }
 
 // StaticPorts returns a Spec.Ports function that always returns ports.
 func StaticPorts(ports ...string) func(*Config) []string {
@@ -311,7 +331,8 @@ type Config struct {
 // NewConfig returns a config with the given option values, for building
 // components from code and in tests. Values must already have the Go type
 // matching the field type (string, int, bool, time.Duration; int64 for
-// TypeByteSize; []string for TypeStrings). Field defaults are not applied:
+// TypeByteSize; []string for TypeStrings; map[string]string for
+// TypeMap). Field defaults are not applied:
 // use SetDefault, as the loader does.
 func NewConfig(node, typ string, values map[string]any, extra ...Entry) *Config {
 	c := &Config{Node: node, Type: typ, Extra: extra, values: map[string]any{}, set: map[string]bool{}}
@@ -382,6 +403,15 @@ func (c *Config) ByteSize(name string) int64 {
 		return int64(v)
 	}
 	return 0
+}
+
+// Map returns a map option (nil when unset).
+func (c *Config) Map(name string) map[string]string {
+	if c == nil {
+		return nil
+	}
+	m, _ := c.values[name].(map[string]string)
+	return m
 }
 
 // Bool returns a bool option (false when unset and without default).

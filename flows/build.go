@@ -151,7 +151,7 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 		Resources: opts.Resources}
 	if opts.ReplaceSource != "" {
 		n, ok := f.Node(opts.ReplaceSource)
-		if !ok || n.Kind != component.KindSource {
+		if !ok || (n.Kind != component.KindSource && n.Kind != component.KindDuplex) {
 			return nil, fmt.Errorf("flow %s: %w %q (sources: %v)", f.Name, ErrUnknownSource, opts.ReplaceSource, f.Sources())
 		}
 		if opts.Source == nil {
@@ -173,7 +173,8 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 	comps := map[string]component.Component{}
 	referenced := f.referenced()
 	for _, n := range f.buildOrder() {
-		if n.IsPipeline() || (n.Kind == component.KindSource && opts.ReplaceSource != "") || (n.Kind == component.KindSink && opts.Capture != nil) {
+		if n.IsPipeline() || (n.Kind == component.KindSource && opts.ReplaceSource != "") || (n.Kind == component.KindSink && opts.Capture != nil) ||
+			(n.Kind == component.KindDuplex && (opts.ReplaceSource != "" || opts.Capture != nil)) {
 			continue
 		}
 		c, err := n.Spec.Build(ctx, env, n.Config)
@@ -203,11 +204,30 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 			err = g.AddSource(n.Name, src, n.Ports...)
 		case n.Kind == component.KindSink && opts.Capture != nil:
 			err = g.AddProcessor(n.Name, opts.Capture(n.Name))
+		case n.Kind == component.KindDuplex && (opts.ReplaceSource != "" || opts.Capture != nil):
+			// Not opened (no server listens): its source side is
+			// replaced or ends at once, its sink side is captured or
+			// discards.
+			var src pipeline.Source = pipeline.SourceFunc(func(context.Context, pipeline.SourceEmitter) error { return nil })
+			if n.Name == opts.ReplaceSource {
+				src = opts.Source
+			}
+			var sink pipeline.Processor = pipeline.ProcessorFunc(func(context.Context, []pipeline.Event, pipeline.Emitter) error { return nil })
+			if opts.Capture != nil {
+				sink = opts.Capture(n.Name)
+			}
+			if err = g.AddSource(n.Name, src, n.Ports...); err == nil {
+				err = g.AddProcessor(component.DuplexSink(n.Name), sink)
+			}
 		default:
 			c := comps[n.Name]
 			switch {
 			case n.Kind == component.KindSource && c.Source != nil:
 				err = g.AddSource(n.Name, c.Source, n.Ports...)
+			case n.Kind == component.KindDuplex && c.Source != nil && c.Processor != nil:
+				if err = g.AddSource(n.Name, c.Source, n.Ports...); err == nil {
+					err = g.AddProcessor(component.DuplexSink(n.Name), c.Processor)
+				}
 			case n.Kind != component.KindSource && c.Processor != nil && c.Side != nil:
 				var own []string
 				for _, p := range n.Ports {
@@ -233,7 +253,11 @@ func (f *Flow) Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 		if c := comps[from]; c.Side != nil && slices.Contains(c.SidePorts, lk.FromPort) {
 			from = sideName(from)
 		}
-		if err := g.Link(from, lk.FromPort, lk.To); err != nil {
+		to := lk.To
+		if n, ok := f.Node(to); ok && n.Kind == component.KindDuplex {
+			to = component.DuplexSink(to)
+		}
+		if err := g.Link(from, lk.FromPort, to); err != nil {
 			return fail(fmt.Errorf("flow %s: link %s (line %d): %w", f.Name, lk, lk.Line, err))
 		}
 	}

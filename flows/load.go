@@ -37,8 +37,9 @@ type Flow struct {
 type Node struct {
 	// Name is the node's name, unique in the flow.
 	Name string
-	// Kind is component.KindSource, component.KindSink or component.KindProcessor (pipelines are
-	// processors).
+	// Kind is component.KindSource, component.KindSink,
+	// component.KindProcessor (pipelines are processors) or
+	// component.KindDuplex (a source that also receives on "in").
 	Kind component.Kind
 	// Spec is the connector's spec; nil for a pipeline.
 	Spec *component.Spec
@@ -90,16 +91,18 @@ func (f *Flow) Node(name string) (*Node, bool) {
 	return nil, false
 }
 
-// Sources returns the names of the flow's source nodes in file order.
+// Sources returns the names of the flow's source nodes in file order,
+// duplex connectors included.
 func (f *Flow) Sources() []string { return f.namesOf(component.KindSource) }
 
-// Sinks returns the names of the flow's sink nodes in file order.
+// Sinks returns the names of the flow's sink nodes in file order, duplex
+// connectors included.
 func (f *Flow) Sinks() []string { return f.namesOf(component.KindSink) }
 
 func (f *Flow) namesOf(k component.Kind) []string {
 	var out []string
 	for _, n := range f.Nodes {
-		if n.Kind == k {
+		if n.Kind == k || n.Kind == component.KindDuplex {
 			out = append(out, n.Name)
 		}
 	}
@@ -457,6 +460,15 @@ func (l *loader) parseOptions(spec *component.Spec, m *yaml.Node, key *yaml.Node
 			} else {
 				given[f.Name], values[f.Name] = k, v
 			}
+			if f.Type == component.TypeMap && deref(v).Kind == yaml.MappingNode {
+				m, mok := l.mapValue(f, deref(v), sub)
+				if !mok {
+					ok = false
+					return
+				}
+				cfg.Set(f.Name, m)
+				return
+			}
 			text, scalar := valueText(v)
 			if f.Type == component.TypeStrings && deref(v).Kind == yaml.SequenceNode {
 				text, scalar = l.listText(deref(v), sub)
@@ -567,6 +579,32 @@ func (l *loader) check(spec *component.Spec, cfg *component.Config, key *yaml.No
 	return false
 }
 
+// mapValue reads a component.TypeMap option written as a mapping: scalar
+// values, ${NAME} expanded. ok is false when an entry was reported.
+func (l *loader) mapValue(f *component.Field, m *yaml.Node, field string) (map[string]string, bool) {
+	out := map[string]string{}
+	ok := true
+	l.eachPair(m, field, func(name string, _, v *yaml.Node) {
+		sub := field + "." + name
+		text, scalar := valueText(v)
+		if !scalar || isNull(v) {
+			l.errorf(v, sub, "expected a string, got %s", describe(v))
+			ok = false
+			return
+		}
+		if f.Expands() {
+			var err error
+			if text, err = component.ExpandEnv(text); err != nil {
+				l.errorf(v, sub, "%v", err)
+				ok = false
+				return
+			}
+		}
+		out[name] = text
+	})
+	return out, ok
+}
+
 // listText joins the items of a YAML list with commas, for a component.TypeStrings
 // option. An item that is not a plain string is reported: then text is ""
 // and scalar true.
@@ -619,6 +657,8 @@ func typeDesc(f *component.Field) string {
 		return "a path"
 	case component.TypeEnum:
 		return "one of " + strings.Join(f.Enum, ", ")
+	case component.TypeMap:
+		return "a mapping of names to strings"
 	case component.TypeNode:
 		return "the name of a " + f.NodeType + " connector"
 	}
@@ -845,6 +885,15 @@ func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
 	for i, lk := range flow.Links {
 		out[lk.From] = append(out[lk.From], i)
 	}
+	// A link into a duplex connector ends at its sink side, a vertex of
+	// its own that links nowhere: requests going out of an HTTP server and
+	// answers coming back into it form no cycle.
+	target := func(lk Link) string {
+		if n, ok := flow.Node(lk.To); ok && n.Kind == component.KindDuplex {
+			return component.DuplexSink(lk.To)
+		}
+		return lk.To
+	}
 	const (
 		visiting = 1
 		done     = 2
@@ -856,7 +905,7 @@ func (l *loader) checkCycles(flow *Flow, linkNodes []linkPos) {
 		state[name] = visiting
 		path = append(path, name)
 		for _, i := range out[name] {
-			to := flow.Links[i].To
+			to := target(flow.Links[i])
 			switch state[to] {
 			case visiting:
 				start := 0
@@ -911,7 +960,10 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 			l.warnf(pos, field, "%s %q is not linked to anything", nodeWord(n), n.Name)
 			continue
 		}
-		if n.Kind != component.KindSource && !in[n.Name] && !use.referenced[n.Name] {
+		switch {
+		case n.Kind == component.KindDuplex && !in[n.Name]:
+			l.warnf(pos, field, "nothing links into %s/in, so %s %q gets nothing back (an http_server answers 204)", n.Name, nodeWord(n), n.Name)
+		case n.Kind != component.KindSource && !in[n.Name] && !use.referenced[n.Name]:
 			l.warnf(pos, field, "nothing links into %s %q, so it receives no events", nodeWord(n), n.Name)
 		}
 		if contains(n.Ports, pipeline.PortErr) && !linkedOut[n.Name+"/"+pipeline.PortErr] {

@@ -19,6 +19,8 @@ func TestValidateMeansRunStarts(t *testing.T) {
 	t.Setenv("FLOWRUN_TEST_BATCH", "64")
 	const header = "name: parity\nconnectors:\n  in: { type: stdin }\n  out: { type: stdout }\n"
 	const kvLinks = "links:\n  - in -> store\n  - in/err -> out\n  - store -> out\n  - store/err -> out\n"
+	const httpLinks = "links:\n  - in -> out\n  - in/err -> out\n  - api -> out\n"
+	const clientLinks = "links:\n  - in -> call\n  - in/err -> out\n  - call -> out\n  - call/err -> out\n"
 	const luaLinks = "links:\n  - in -> script\n  - in/err -> out\n  - script -> out\n  - script/err -> out\n"
 	tests := []struct {
 		name  string
@@ -70,6 +72,50 @@ func TestValidateMeansRunStarts(t *testing.T) {
 		{name: "nats stream name the broker refuses",
 			flow: header + "  bus: { type: nats, mode: write, url: \"nats://127.0.0.1:1\", subject: s, stream: game.scores }\nlinks:\n  - in -> bus\n  - in/err -> out\n",
 			want: "connectors.bus.stream: \"game.scores\" is not a valid JetStream name"},
+		{name: "http_server without address",
+			flow: header + "  api: { type: http_server }\n" + httpLinks,
+			want: "5:3: error: connectors.api: missing required option \"address\""},
+		{name: "http_server address without port",
+			flow: header + "  api: { type: http_server, address: localhost }\n" + httpLinks,
+			want: "connectors.api.address: \"localhost\" is not HOST:PORT: missing port in address"},
+		{name: "http_server port out of range",
+			flow: header + "  api: { type: http_server, address: \"127.0.0.1:99999\" }\n" + httpLinks,
+			want: "connectors.api.address: port \"99999\""},
+		{name: "http_server tls_cert without tls_key",
+			flow:  header + "  api: { type: http_server, address: \"127.0.0.1:0\", tls_cert: cert.pem }\n" + httpLinks,
+			files: map[string]string{"cert.pem": "x"},
+			want:  "connectors.api.tls_cert: tls_cert and tls_key go together"},
+		{name: "http_server tls files that do not load",
+			flow:  header + "  api: { type: http_server, address: \"127.0.0.1:0\", tls_cert: cert.pem, tls_key: key.pem }\n" + httpLinks,
+			files: map[string]string{"cert.pem": "x", "key.pem": "y"},
+			want:  "connectors.api.tls_cert: tls_cert "},
+		{name: "http_server max_in_flight zero",
+			flow: header + "  api: { type: http_server, address: \"127.0.0.1:0\", max_in_flight: 0 }\n" + httpLinks,
+			want: "connectors.api.max_in_flight: max_in_flight is 0, out of range: must be at least 1"},
+		{name: "http_server path without slash",
+			flow: header + "  api: { type: http_server, address: \"127.0.0.1:0\", path: events }\n" + httpLinks,
+			want: "connectors.api.path: \"events\" must start with /"},
+		{name: "http_server timeout zero",
+			flow: header + "  api: { type: http_server, address: \"127.0.0.1:0\", timeout: 0s }\n" + httpLinks,
+			want: "connectors.api.timeout: timeout is 0s, out of range: must be at least 1ms"},
+		{name: "http_client without url",
+			flow: header + "  call: { type: http_client }\n" + clientLinks,
+			want: "5:3: error: connectors.call: missing required option \"url\""},
+		{name: "http_client placeholder in the host",
+			flow: header + "  call: { type: http_client, url: \"http://{data.host}/x\" }\n" + clientLinks,
+			want: "connectors.call.url: "},
+		{name: "http_client backoff_max below backoff_initial",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", backoff_initial: 10s }\n" + clientLinks,
+			want: "connectors.call.backoff_initial: backoff_initial 10s is above backoff_max 5s (the default)"},
+		{name: "http_client backoff_max below backoff_initial, both given",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", backoff_initial: 2s, backoff_max: 1s }\n" + clientLinks,
+			want: "connectors.call.backoff_max: backoff_max 1s is below backoff_initial 2s"},
+		{name: "http_client two authorizations",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", bearer_token: t, basic_auth_user: u }\n" + clientLinks,
+			want: "connectors.call.bearer_token: give at most one of bearer_token, basic_auth and an Authorization header"},
+		{name: "http_client max_retries over 100",
+			flow: header + "  call: { type: http_client, url: \"http://127.0.0.1:1/x\", max_retries: 101 }\n" + clientLinks,
+			want: "connectors.call.max_retries: max_retries is 101, out of range: must be 0 to 100"},
 		{name: "valid kv flow with variables",
 			flow: "name: parity\nconnectors:\n  in: { type: stdin, codec: \"${FLOWRUN_TEST_CODEC}\" }\n" +
 				"  out: { type: file, path: \"${FLOWRUN_TEST_OUT}/out.jsonl\", mode: write }\n" +

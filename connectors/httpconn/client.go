@@ -80,13 +80,14 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	ut, err := parseURLTemplate(opts.URL)
 	if err != nil {
-		return nil, fmt.Errorf("http_client: URL (url): %w: %w", ErrInvalidOption, err)
+		return nil, &optionError{option: "url", msg: err.Error(), err: fmt.Errorf("http_client: URL (url): %w: %w", ErrInvalidOption, err)}
 	}
 	c := &Client{opts: opts, url: ut, base: http.Header{}, slots: make(chan struct{}, opts.MaxInFlight)}
 	for name, v := range opts.Headers {
 		t, err := parseTemplate(v, false)
 		if err != nil {
-			return nil, fmt.Errorf("http_client: Headers (headers) %s: %w: %w", name, ErrInvalidOption, err)
+			return nil, &optionError{option: "headers", msg: name + ": " + err.Error(),
+				err: fmt.Errorf("http_client: Headers (headers) %s: %w: %w", name, ErrInvalidOption, err)}
 		}
 		if t.literal() {
 			lit, _ := t.render(pipeline.Event{}) // no placeholder, no error

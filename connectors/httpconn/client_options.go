@@ -184,7 +184,9 @@ func fullJitter(d time.Duration) time.Duration {
 // flow option). It does not parse URL's placeholders; NewClient does.
 func (o *ClientOptions) Validate() error {
 	bad := func(field, option, format string, args ...any) error {
-		return fmt.Errorf("http_client: %s (%s): %w: %s", field, option, ErrInvalidOption, fmt.Sprintf(format, args...))
+		msg := fmt.Sprintf(format, args...)
+		return &optionError{option: option, msg: msg,
+			err: fmt.Errorf("http_client: %s (%s): %w: %s", field, option, ErrInvalidOption, msg)}
 	}
 	if o.URL == "" {
 		return bad("URL", "url", "a URL is required")

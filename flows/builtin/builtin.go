@@ -6,6 +6,7 @@ package builtin
 import (
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/connectors/httpconn"
 	"github.com/flowrun/flowrun/connectors/jsonl"
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
@@ -28,6 +29,8 @@ func Register(r *component.Registry) error {
 		lua.Spec(),
 		bus.GoChannelSpec(),
 		bus.NATSSpec(),
+		httpconn.ServerSpec(),
+		httpconn.ClientSpec(),
 		operators.FilterSpec(),
 		operators.SetSpec(),
 		operators.RouteSpec(),

@@ -1,0 +1,591 @@
+package httpconn
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// ErrListen reports a server that could not listen on its address or load
+// its TLS certificate.
+var ErrListen = errors.New("cannot listen")
+
+// Server is an HTTP server feeding a flow: each POST to its path is one
+// event (or several, for an NDJSON body) emitted on "out", and with
+// ResponseSync the request is answered with the events derived from them
+// that reach the server's sink side (Sink), matched by origin through a
+// pipeline.Tracker made for the request, never by content.
+//
+// The server listens from NewServer on and serves from Run on. Run is the
+// only user of the flow's emitter: handlers queue their requests (at most
+// MaxInFlight, the queue is never larger) and Run emits everything queued
+// and flushes it together, so that many concurrent requests reach the
+// store in one batch (and one group commit).
+//
+// When Run's context is cancelled the server stops accepting (new
+// requests are answered 503, listeners close), emits what was queued and
+// returns; Close then waits until every accepted request is answered.
+type Server struct {
+	opts ServerOptions
+	ln   net.Listener
+	srv  *http.Server
+	sem  chan struct{} // one token per request in flight
+	wake chan struct{} // cap 1: requests were queued
+
+	mu       sync.Mutex
+	queue    []*request // handed to Run, not yet emitted
+	stopping bool       // Run stopped emitting: refuse requests
+	running  bool       // Run was called
+
+	reqMu   sync.Mutex
+	pending map[*pipeline.Tracker]*request // sync requests not done
+
+	accepted atomic.Int64 // requests queued and not done
+	ready    atomic.Bool
+	served   chan struct{} // closed once Shutdown returned
+	serveErr chan error
+	closed   sync.Once
+}
+
+// request is one HTTP request's events on their way through the flow.
+type request struct {
+	tr     *pipeline.Tracker
+	events []pipeline.Event // tracked, to emit
+	ndjson bool
+	done   chan struct{} // closed when every event is done
+
+	mu       sync.Mutex
+	outcomes []pipeline.Outcome
+	got      []answer // derived events that reached the sink side
+}
+
+// answer is an event that reached the sink side and the index of the
+// request's event it derives from.
+type answer struct {
+	i  int
+	ev pipeline.Event
+}
+
+// NewServer checks opts, listens on opts.Address (with TLS when
+// configured) and returns the server; it serves once Run is called.
+func NewServer(opts ServerOptions) (*Server, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", opts.Address)
+	if err != nil {
+		return nil, fmt.Errorf("http_server %s: %w on %s: %w", opts.Name, ErrListen, opts.Address, err)
+	}
+	if opts.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
+		if err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("http_server %s: %w: tls_cert %s, tls_key %s: %w", opts.Name, ErrListen, opts.TLSCert, opts.TLSKey, err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+			NextProtos: []string{"h2", "http/1.1"}})
+	}
+	s := &Server{
+		opts:     opts,
+		ln:       ln,
+		sem:      make(chan struct{}, opts.MaxInFlight),
+		wake:     make(chan struct{}, 1),
+		pending:  map[*pipeline.Tracker]*request{},
+		served:   make(chan struct{}),
+		serveErr: make(chan error, 1),
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ping", s.ping)
+	mux.HandleFunc("/ready", s.readyz)
+	mux.HandleFunc(opts.Path, s.serveEvents)
+	s.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: opts.Timeout,
+		// A request is read within Timeout and answered within Timeout:
+		// a slow client holds a connection (and Close) for a bounded
+		// time.
+		ReadTimeout:  opts.Timeout,
+		WriteTimeout: 2*opts.Timeout + closeGrace,
+		IdleTimeout:  2 * time.Minute,
+		ErrorLog:     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+	}
+	opts.Logger.Info("http_server listening", "node", opts.Name, "address", ln.Addr().String(), "tls", opts.TLSCert != "")
+	return s, nil
+}
+
+// Addr returns the address the server listens on (the port chosen when
+// Address had port 0).
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// InFlight returns the number of requests accepted (queued for the flow)
+// whose events are not all done yet, answered or not; at most
+// MaxInFlight.
+func (s *Server) InFlight() int { return int(s.accepted.Load()) }
+
+// Sink returns the server's sink side: the processor whose input is
+// matched to requests. Every event it receives that derives from a sync
+// request of this server becomes part of that request's response; others
+// are discarded.
+func (s *Server) Sink() pipeline.Processor { return serverSink{s} }
+
+type serverSink struct{ s *Server }
+
+// Process records each event with the request it derives from.
+func (k serverSink) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+	s := k.s
+	for _, ev := range batch {
+		o := ev.Origin()
+		if o.Tracker() == nil {
+			continue
+		}
+		s.reqMu.Lock()
+		req := s.pending[o.Tracker()]
+		s.reqMu.Unlock()
+		if req == nil {
+			continue
+		}
+		req.mu.Lock()
+		req.got = append(req.got, answer{i: o.Index(), ev: ev})
+		req.mu.Unlock()
+	}
+	return nil
+}
+
+// Run serves requests and emits their events on "out" until ctx is
+// cancelled; see Server.
+func (s *Server) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
+	s.mu.Lock()
+	s.running = true
+	s.mu.Unlock()
+	go func() { s.serveErr <- s.srv.Serve(s.ln) }()
+	s.ready.Store(true)
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-s.serveErr:
+			runErr = fmt.Errorf("http_server %s: %w", s.opts.Name, err)
+			break loop
+		case <-s.wake:
+			s.mu.Lock()
+			reqs := s.queue
+			s.queue = nil
+			s.mu.Unlock()
+			n := 0
+			for _, req := range reqs {
+				for _, ev := range req.events {
+					emit.Emit(pipeline.PortOut, ev)
+				}
+				if n += len(req.events); n >= maxFlushEvents {
+					if err := emit.Flush(ctx); err != nil {
+						runErr = err
+						break loop
+					}
+					n = 0
+				}
+			}
+			if err := emit.Flush(ctx); err != nil {
+				runErr = err
+				break loop
+			}
+		}
+	}
+	if ctx.Err() != nil && errors.Is(runErr, ctx.Err()) {
+		runErr = nil // cancelled within Flush: the graph flushes the rest
+	}
+	// Stop accepting: what was queued is emitted here and flushed by the
+	// graph after Run returns; later requests are refused.
+	s.ready.Store(false)
+	s.mu.Lock()
+	s.stopping = true
+	reqs := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	for _, req := range reqs {
+		for _, ev := range req.events {
+			emit.Emit(pipeline.PortOut, ev)
+		}
+	}
+	go func() {
+		_ = s.srv.Shutdown(context.Background())
+		close(s.served)
+	}()
+	return runErr
+}
+
+// Close waits until every accepted request is answered (at most Timeout
+// plus a few seconds for responses still being written), then closes
+// the server.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	running := s.running
+	s.stopping = true
+	s.mu.Unlock()
+	var err error
+	s.closed.Do(func() {
+		if !running {
+			err = s.ln.Close()
+			return
+		}
+		t := time.NewTimer(s.opts.Timeout + closeGrace)
+		defer t.Stop()
+		select {
+		case <-s.served:
+		case <-t.C:
+			s.opts.Logger.Warn("http_server: closing connections still open after shutdown", "node", s.opts.Name)
+		case <-ctx.Done():
+		}
+		_ = s.srv.Close()
+	})
+	return err
+}
+
+func (s *Server) ping(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "pong\n")
+}
+
+// readyz answers 200 while Run serves and 503 while starting or draining.
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !s.ready.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "not ready\n")
+		return
+	}
+	_, _ = io.WriteString(w, "ready\n")
+}
+
+// httpError answers status with {"error": msg}.
+func httpError(w http.ResponseWriter, status int, msg string) {
+	b, _ := json.Marshal(map[string]string{"error": msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	if s.opts.Token == "" {
+		return true
+	}
+	got := []byte(r.Header.Get("Authorization"))
+	want := []byte("Bearer " + s.opts.Token)
+	return subtle.ConstantTimeCompare(got, want) == 1
+}
+
+func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != s.opts.Path {
+		httpError(w, http.StatusNotFound, fmt.Sprintf("no such path %q: events are posted to %s", r.URL.Path, s.opts.Path))
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		httpError(w, http.StatusMethodNotAllowed, "events are sent with POST")
+		return
+	}
+	if !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="flowrun"`)
+		httpError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		return
+	}
+	select {
+	case s.sem <- struct{}{}:
+	default:
+		w.Header().Set("Retry-After", RetryAfter)
+		httpError(w, http.StatusServiceUnavailable, fmt.Sprintf("%d requests in flight (max_in_flight): retry later", s.opts.MaxInFlight))
+		return
+	}
+	handed := false
+	defer func() {
+		if !handed {
+			<-s.sem
+		}
+	}()
+	events, ndjson, status, err := s.readEvents(w, r)
+	if err != nil {
+		httpError(w, status, err.Error())
+		return
+	}
+	isSync := s.opts.Response == ResponseSync
+	req := &request{events: events, ndjson: ndjson, done: make(chan struct{}), outcomes: make([]pipeline.Outcome, len(events))}
+	req.tr = pipeline.NewTracker(len(events), req.onEvent, func() { s.finish(req, isSync) })
+	for i, ev := range events {
+		req.events[i] = req.tr.Track(i, ev)
+	}
+	if isSync {
+		s.reqMu.Lock()
+		s.pending[req.tr] = req
+		s.reqMu.Unlock()
+	}
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		s.reqMu.Lock()
+		delete(s.pending, req.tr)
+		s.reqMu.Unlock()
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Retry-After", RetryAfter)
+		httpError(w, http.StatusServiceUnavailable, "shutting down")
+		return
+	}
+	s.queue = append(s.queue, req)
+	s.accepted.Add(1)
+	s.mu.Unlock()
+	handed = true // the in-flight token is released when the events are done
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	if !isSync {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = fmt.Fprintf(w, "{\"accepted\":%d}\n", len(events))
+		return
+	}
+	t := time.NewTimer(s.opts.Timeout)
+	defer t.Stop()
+	select {
+	case <-req.done:
+		s.respond(w, req)
+	case <-t.C:
+		httpError(w, http.StatusGatewayTimeout, fmt.Sprintf("no answer within %v (timeout); the request's events are still being handled and may take effect", s.opts.Timeout))
+	case <-r.Context().Done():
+	}
+}
+
+func (req *request) onEvent(i int, o pipeline.Outcome) {
+	req.mu.Lock()
+	req.outcomes[i] = o
+	req.mu.Unlock()
+}
+
+// finish runs when every event of req is done: it releases the request's
+// in-flight token and wakes its handler.
+func (s *Server) finish(req *request, sync bool) {
+	if sync {
+		s.reqMu.Lock()
+		delete(s.pending, req.tr)
+		s.reqMu.Unlock()
+	}
+	s.accepted.Add(-1)
+	<-s.sem
+	close(req.done)
+}
+
+// respond writes the answer to a request whose events are all done.
+func (s *Server) respond(w http.ResponseWriter, req *request) {
+	req.mu.Lock()
+	got := req.got
+	outcomes := req.outcomes
+	req.mu.Unlock()
+	var failed, errored bool
+	var errMeta []byte
+	for _, o := range outcomes {
+		failed = failed || o.Failed()
+		if o.Errored() {
+			if !errored {
+				_, errMeta = o.ErrEvent()
+			}
+			errored = true
+		}
+	}
+	if failed {
+		httpError(w, http.StatusInternalServerError, "the flow failed before the request was handled (see the flow's log); its events may or may not have taken effect")
+		return
+	}
+	status := http.StatusOK
+	if errored {
+		status = http.StatusUnprocessableEntity
+		if len(got) == 0 {
+			got = []answer{{ev: pipeline.Event{Meta: errMeta}}}
+		}
+	}
+	slices.SortStableFunc(got, func(a, b answer) int { return a.i - b.i })
+	var body []byte
+	switch {
+	case req.ndjson || len(got) > 1:
+		body = append(body, '[')
+		for i, a := range got {
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = a.ev.AppendJSON(body)
+		}
+		body = append(body, ']')
+	case len(got) == 1:
+		body = got[0].ev.AppendJSON(body)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// ndjsonTypes are the media types of bodies holding one event per line.
+var ndjsonTypes = []string{"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+
+// readEvents reads the request's events; on error, status is the code to
+// answer.
+func (s *Server) readEvents(w http.ResponseWriter, r *http.Request) (events []pipeline.Event, ndjson bool, status int, err error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, false, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes (max_body_bytes)", s.opts.MaxBodyBytes)
+		}
+		return nil, false, http.StatusBadRequest, fmt.Errorf("reading body: %w", err)
+	}
+	base, err := baseMeta(r)
+	if err != nil {
+		return nil, false, http.StatusBadRequest, err
+	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	ndjson = slices.Contains(ndjsonTypes, mt)
+	if !ndjson {
+		ev, err := parseEvent(body, base)
+		if err != nil {
+			return nil, false, http.StatusBadRequest, err
+		}
+		return []pipeline.Event{ev}, false, 0, nil
+	}
+	line := 0
+	for len(body) > 0 {
+		var text []byte
+		text, body, _ = bytes.Cut(body, []byte{'\n'})
+		line++
+		if len(bytes.TrimSpace(text)) == 0 {
+			continue
+		}
+		if len(events) == s.opts.MaxEvents {
+			return nil, true, http.StatusRequestEntityTooLarge, fmt.Errorf("more than %d events (max_events)", s.opts.MaxEvents)
+		}
+		ev, err := parseEvent(text, base)
+		if err != nil {
+			return nil, true, http.StatusBadRequest, fmt.Errorf("line %d: %w", line, err)
+		}
+		events = append(events, ev)
+	}
+	if len(events) == 0 {
+		return nil, true, http.StatusBadRequest, errors.New("empty body: no events")
+	}
+	return events, true, 0, nil
+}
+
+// MetaHeader is the request header that may carry metadata for the
+// events of a request whose body is bare data, as a JSON object; the
+// query parameter "meta" does the same and wins over it.
+const MetaHeader = "Flowrun-Meta"
+
+// baseMeta returns the metadata given by the query or header, nil if none.
+func baseMeta(r *http.Request) (map[string]json.RawMessage, error) {
+	text, from := r.URL.Query().Get("meta"), "query parameter meta"
+	if text == "" {
+		text, from = r.Header.Get(MetaHeader), "header "+MetaHeader
+	}
+	if text == "" {
+		return nil, nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(text), &m); err != nil || m == nil {
+		return nil, fmt.Errorf("%s must be a JSON object, got %q", from, text)
+	}
+	return m, nil
+}
+
+// parseEvent reads one event: an envelope {"data":...,"meta":{...}} (an
+// object with a "data" key and no key but "data" and "meta"), else a bare
+// JSON value taken as data. base adds meta fields the event lacks.
+func parseEvent(text []byte, base map[string]json.RawMessage) (pipeline.Event, error) {
+	text = bytes.TrimSpace(text)
+	if len(text) == 0 {
+		return pipeline.Event{}, errors.New("empty body: want a JSON value or an event {\"data\":...,\"meta\":{...}}")
+	}
+	if !json.Valid(text) {
+		var v any
+		err := json.Unmarshal(text, &v)
+		return pipeline.Event{}, fmt.Errorf("malformed JSON: %w", err)
+	}
+	ev := pipeline.Event{Data: text}
+	if text[0] == '{' {
+		// Valid JSON: gjson reads it without allocating.
+		var data, meta gjson.Result
+		envelope := true
+		gjson.ParseBytes(text).ForEach(func(k, v gjson.Result) bool {
+			switch k.String() {
+			case "data":
+				data = v
+			case "meta":
+				meta = v
+			default:
+				envelope = false
+			}
+			return envelope
+		})
+		if envelope && data.Exists() {
+			ev.Data = raw(text, data)
+			switch {
+			case !meta.Exists() || meta.Type == gjson.Null:
+			case meta.IsObject():
+				ev.Meta = raw(text, meta)
+			default:
+				return pipeline.Event{}, fmt.Errorf("%w: \"meta\" must be a JSON object", pipeline.ErrInvalidEvent)
+			}
+		}
+	}
+	if len(base) > 0 {
+		meta, err := mergeMeta(ev.Meta, base)
+		if err != nil {
+			return pipeline.Event{}, err
+		}
+		ev.Meta = meta
+	}
+	return ev, nil
+}
+
+// raw returns the bytes of r within text, without copying.
+func raw(text []byte, r gjson.Result) []byte {
+	if r.Index > 0 && r.Index+len(r.Raw) <= len(text) {
+		return text[r.Index : r.Index+len(r.Raw)]
+	}
+	return []byte(r.Raw)
+}
+
+// mergeMeta returns meta with the fields of base it does not have.
+func mergeMeta(meta []byte, base map[string]json.RawMessage) ([]byte, error) {
+	m := map[string]json.RawMessage{}
+	if len(meta) > 0 {
+		if err := json.Unmarshal(meta, &m); err != nil {
+			return nil, fmt.Errorf("%w: meta: %w", pipeline.ErrInvalidEvent, err)
+		}
+	}
+	for k, v := range base {
+		if _, ok := m[k]; !ok {
+			m[k] = v
+		}
+	}
+	return json.Marshal(m)
+}
