@@ -78,13 +78,13 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	ut, err := parseURLTemplate(opts.URL)
+	ut, err := parseURLTemplate(opts.URL, opts.Expr)
 	if err != nil {
 		return nil, &optionError{option: "url", msg: err.Error(), err: fmt.Errorf("http_client: URL (url): %w: %w", ErrInvalidOption, err)}
 	}
 	c := &Client{opts: opts, url: ut, base: http.Header{}, slots: make(chan struct{}, opts.MaxInFlight)}
 	for name, v := range opts.Headers {
-		t, err := parseTemplate(v, false)
+		t, err := parseTemplate(v, false, opts.Expr)
 		if err != nil {
 			return nil, &optionError{option: "headers", msg: name + ": " + err.Error(),
 				err: fmt.Errorf("http_client: Headers (headers) %s: %w: %w", name, ErrInvalidOption, err)}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/flowrun/flowrun/operators/expr"
 )
 
 // Defaults for ClientOptions.
@@ -65,6 +67,9 @@ type BasicAuth struct {
 // required); EnsureDefaults fills every other unset field and Validate
 // checks the result. NewClient does both.
 type ClientOptions struct {
+	// Expr configures the expressions of the URL and header placeholders;
+	// its Now is the clock of now() and now_s() (default time.Now).
+	Expr expr.Options
 	// URL is the template of the request URL: an absolute http or https
 	// URL whose path, query and fragment may contain placeholders
 	// {EXPR}, where EXPR is an expression of package operators/expr

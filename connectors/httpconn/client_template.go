@@ -42,7 +42,7 @@ type template struct {
 
 // parseTemplate parses src; url selects URL escaping (path up to the
 // first literal '?', query after it) instead of header values.
-func parseTemplate(src string, isURL bool) (*template, error) {
+func parseTemplate(src string, isURL bool, eo expr.Options) (*template, error) {
 	t := &template{src: src}
 	var lit strings.Builder
 	esc := escHeader
@@ -71,7 +71,7 @@ func parseTemplate(src string, isURL bool) (*template, error) {
 			if err != nil {
 				return nil, err
 			}
-			e, err := expr.Parse(strings.TrimSpace(src[i+1 : end]))
+			e, err := expr.ParseWith(strings.TrimSpace(src[i+1:end]), eo)
 			if err != nil {
 				return nil, fmt.Errorf("placeholder at column %d: %w", i+1, err)
 			}
@@ -181,8 +181,8 @@ type urlTemplate struct {
 // parseURLTemplate parses a URL template and checks that its scheme and
 // host (with port) are literal: placeholders may stand only after the
 // authority, so no event can redirect a request to another server.
-func parseURLTemplate(src string) (*urlTemplate, error) {
-	t, err := parseTemplate(src, true)
+func parseURLTemplate(src string, eo expr.Options) (*urlTemplate, error) {
+	t, err := parseTemplate(src, true, eo)
 	if err != nil {
 		return nil, err
 	}

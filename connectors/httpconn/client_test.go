@@ -17,6 +17,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/operators/expr"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -750,7 +751,7 @@ func TestClientStopsOnCancel(t *testing.T) {
 // Escaping makes it unreachable from NewClient's templates, so the check
 // is driven directly.
 func TestURLTemplateKeepsHost(t *testing.T) {
-	ut, err := parseURLTemplate("http://example.com/{data}")
+	ut, err := parseURLTemplate("http://example.com/{data}", expr.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -188,8 +188,10 @@ func ClientSpec() component.Spec {
 			}
 			return cl.Close(context.Background())
 		},
-		Build: func(_ context.Context, _ *component.Env, c *component.Config) (component.Component, error) {
-			cl, err := NewClient(clientOptions(c))
+		Build: func(_ context.Context, env *component.Env, c *component.Config) (component.Component, error) {
+			o := clientOptions(c)
+			o.Expr.Now = component.Clock(env.Resources) // nil: time.Now
+			cl, err := NewClient(o)
 			if err != nil {
 				return component.Component{}, err
 			}

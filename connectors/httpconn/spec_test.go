@@ -2,6 +2,9 @@ package httpconn_test
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -50,3 +53,33 @@ func TestClientSpecOptions(t *testing.T) {
 	}
 	var _ pipeline.Closer = (*httpconn.Client)(nil)
 }
+
+// TestClientSpecClock: placeholders read the build's clock
+// (component.UseClock), so a test or replay fixing it sends the same URL.
+func TestClientSpecClock(t *testing.T) {
+	paths := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths <- r.URL.Path
+		_, _ = io.WriteString(w, `{}`)
+	}))
+	defer srv.Close()
+	res := component.NewResources()
+	component.UseClock(res, func() time.Time { return time.UnixMilli(1767225600000) })
+	c := component.NewConfig("call", "http_client", map[string]any{"url": srv.URL + "/at/{now()}"})
+	comp, err := httpconn.ClientSpec().Build(context.Background(), &component.Env{Resources: res}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := comp.Processor.(*httpconn.Client)
+	defer cl.Close(context.Background())
+	if err := cl.Process(context.Background(), []pipeline.Event{{Data: []byte(`{}`)}}, discard{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-paths; got != "/at/1767225600000" {
+		t.Fatalf("path %s, want the fixed clock's time", got)
+	}
+}
+
+type discard struct{}
+
+func (discard) Emit(string, pipeline.Event) {}
