@@ -376,8 +376,13 @@ func send(ctx context.Context, client *http.Client, url string, body []byte, i i
 	if _, err := buf.ReadFrom(resp.Body); err != nil {
 		return false
 	}
-	return resp.StatusCode == http.StatusOK &&
-		bytes.Contains(buf.Bytes(), []byte(`"correlation":`+strconv.Itoa(i)))
+	if resp.StatusCode != http.StatusOK {
+		return false
+	}
+	want := []byte(`"correlation":` + strconv.Itoa(i))
+	k := bytes.Index(buf.Bytes(), want)
+	// The number must end there: "correlation":1 is not "correlation":12.
+	return k >= 0 && (k+len(want) == buf.Len() || buf.Bytes()[k+len(want)] < '0' || buf.Bytes()[k+len(want)] > '9')
 }
 
 // closedLoop runs cfg.Clients workers, each sending its next request when
