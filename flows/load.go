@@ -624,6 +624,8 @@ func typeDesc(f *component.Field) string {
 		return "one of " + strings.Join(f.Enum, ", ")
 	case component.TypeNode:
 		return "the name of a " + f.NodeType + " connector"
+	case component.TypeStrings:
+		return "a list such as `" + f.Name + ": [a, b]`"
 	}
 	return "a string"
 }
