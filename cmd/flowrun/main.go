@@ -6,8 +6,9 @@
 //	flowrun replay FLOW.yaml INPUT.jsonl
 //	flowrun validate FLOW.yaml...
 //	flowrun test [PATH...]
-//	flowrun kv get|scan|count|keys|dump|load DIR ...
+//	flowrun kv get|scan|count|keys|put|delete|increment|dump|load|check DIR ...
 //	flowrun docs
+//	flowrun --version
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage. Results go to stdout;
 // diagnostics, progress and summaries go to stderr.
@@ -116,7 +117,9 @@ pipelines of operators into connectors such as the Pebble-backed kv store,
 whose results go to sinks.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version(),
 	}
+	root.SetVersionTemplate("flowrun {{.Version}}\n")
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
