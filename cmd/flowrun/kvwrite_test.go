@@ -2,6 +2,7 @@ package main
 
 import (
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -89,5 +90,15 @@ func TestVersion(t *testing.T) {
 	code, out, stderr := runCLI(t, "", "--version")
 	if code != 0 || !strings.HasPrefix(out, "flowrun ") || !strings.Contains(out, "go1.") {
 		t.Fatalf("--version: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+}
+
+// TestReplayPrintsMetricsURL checks that replay, whose start line is only
+// logged at debug, still says where --metrics-addr 127.0.0.1:0 serves.
+func TestReplayPrintsMetricsURL(t *testing.T) {
+	dir := copyExample(t, "kv")
+	code, _, stderr := runCLI(t, "", "replay", "--metrics-addr", "127.0.0.1:0", filepath.Join(dir, "flow.yaml"), filepath.Join(dir, "events.jsonl"))
+	if code != 0 || !regexp.MustCompile(`metrics=http://127\.0\.0\.1:[1-9][0-9]*/metrics`).MatchString(stderr) {
+		t.Fatalf("exit %d, stderr %q: want the metrics URL", code, stderr)
 	}
 }
