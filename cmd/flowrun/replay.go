@@ -205,6 +205,15 @@ func printSummary(e env, sinks []string, g *pipeline.Graph, malformed uint64, el
 		}
 	}
 	in := sourceEvents(g)
+	if e.log.jsonFormat() {
+		reached := map[string]uint64{}
+		for _, s := range sinks {
+			reached[s] = received[s]
+		}
+		newLogger(e).Info("replay summary", "events", in, "elapsed", elapsed.Round(time.Millisecond),
+			"events_per_second", int64(float64(in)/elapsed.Seconds()), "reached", reached, "malformed_lines", malformed)
+		return
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "replayed %d events in %s (%.0f events/s)", in, elapsed.Round(time.Millisecond), float64(in)/elapsed.Seconds())
 	for i, s := range sinks {
