@@ -85,6 +85,11 @@ func (o *kvOpen) open(ctx context.Context, e env, dir string, create bool) (*kvt
 		return nil, err
 	}
 	for _, p := range loads {
+		if e.log.jsonFormat() {
+			newLogger(e).Warn("store is partially loaded", "store", dir, "load", fmt.Sprint(p),
+				"hint", "load it again, or: flowrun kv check --forget-partial-loads "+dir)
+			continue
+		}
 		fmt.Fprintf(e.stderr, "flowrun: warning: store %q is partially loaded: %s (load it again, or: flowrun kv check --forget-partial-loads %s)\n", dir, p, dir)
 	}
 	return s, nil

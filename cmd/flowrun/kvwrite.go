@@ -123,6 +123,10 @@ func warnEmptyNamespace(ctx context.Context, e env, s *kvtool.Store, namespace s
 	if !complete {
 		list += fmt.Sprintf(", ... (listing stopped after %d keys)", maxNamespaceScan)
 	}
+	if e.log.jsonFormat() {
+		newLogger(e).Warn("namespace has no keys", "namespace", namespace, "namespaces", names, "complete", complete)
+		return nil
+	}
 	fmt.Fprintf(e.stderr, "flowrun: warning: namespace %q has no keys (namespaces in the store: %s)\n", namespace, list)
 	return nil
 }

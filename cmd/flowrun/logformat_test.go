@@ -9,9 +9,9 @@ import (
 )
 
 // TestLogFormatJSONEverywhere checks that with --log-format json every
-// line run and replay write to stderr is a JSON object, validation
-// warnings and errors and the final failure included, and that durations
-// are strings such as "3ms".
+// line run, replay and the kv verbs write to stderr is a JSON object,
+// validation warnings and errors and the final failure included, and that
+// durations are strings such as "3ms".
 func TestLogFormatJSONEverywhere(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, text string) string {
@@ -25,6 +25,10 @@ func TestLogFormatJSONEverywhere(t *testing.T) {
 	invalid := write("invalid.yaml", "name: i\nconnectors:\n  input: { type: stdin, nope: 1 }\n")
 	missing := write("missing.yaml", "name: m\nconnectors:\n  input: { type: file, path: nope.jsonl, mode: read }\n  out: { type: stdout }\nlinks:\n  - input -> out\n  - input/err -> out\n")
 	input := write("in.jsonl", `{"data":1}`+"\n"+`{"data": oops`+"\n")
+	store := filepath.Join(dir, "state")
+	if code, _, stderr := runCLI(t, `{"namespace":"game","key":"a","value":1,"expire_at":null}`+"\n", "kv", "load", "-q", store); code != 0 {
+		t.Fatalf("kv load: %s", stderr)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -35,6 +39,7 @@ func TestLogFormatJSONEverywhere(t *testing.T) {
 		{"invalid flow", []string{"run", invalid}, exitFail, []string{`"level":"ERROR","msg":"unknown option \"nope\"`}},
 		{"failure", []string{"run", missing}, exitFail, []string{`"msg":"flowrun failed","error":"flow m, connector input: open `}},
 		{"replay", []string{"replay", warns, input}, exitOK, []string{`"msg":"replay summary"`, `"reached":{"out":1}`, `"malformed_lines":1`}},
+		{"kv warning", []string{"kv", "get", store, "k", "--namespace", "nope"}, exitOK, []string{`"level":"WARN","msg":"namespace has no keys","namespace":"nope","namespaces":["game"]`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
