@@ -924,7 +924,7 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 		}
 		for _, p := range n.Ports {
 			switch {
-			case linkedOut[n.Name+"/"+p], p == pipeline.PortOut && n.outUnused:
+			case linkedOut[n.Name+"/"+p], p == pipeline.PortOut && n.outUnused, optionalPort(n, p):
 			case p == pipeline.PortOut && !n.IsPipeline() && linksOwnPort(n, linkedOut):
 				// A connector with ports of its own (a Lua script's
 				// ports) may emit only on those.
@@ -938,6 +938,20 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 	if len(flow.Sources()) == 0 && len(flow.Nodes) > 0 && !HasErrors(l.diags) {
 		l.warnf(nil, "connectors", "the flow has no source, so nothing feeds it events (add one such as `input: { type: stdin }`)")
 	}
+}
+
+// optionalPort reports whether port p of n is one its component (or one of
+// its operators) declares optional (component.Spec.OptionalPorts).
+func optionalPort(n *Node, p string) bool {
+	if n.Spec != nil {
+		return contains(n.Spec.OptionalPorts, p)
+	}
+	for _, op := range n.Operators {
+		if contains(op.Spec.OptionalPorts, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // linksOwnPort reports whether a port of n other than out and err is

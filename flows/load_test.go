@@ -22,6 +22,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/flows/builtin"
 	"github.com/flowrun/flowrun/operators"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 // TestBrokenFiles checks the exact diagnostics, with positions, of one
@@ -546,5 +547,25 @@ func TestEveryOptionExpandsEnv(t *testing.T) {
 				t.Errorf("%s.%s (%s): unset ${VAR} refused %v, want %v\n%s", typ, f.Name, f.Type, refused, f.Expands(), joinDiags(diags))
 			}
 		}
+	}
+}
+
+// TestOptionalPortsNotWarned checks that an output port a component
+// declares optional may stay unlinked without a warning, while its other
+// ports are still warned about.
+func TestOptionalPortsNotWarned(t *testing.T) {
+	reg := builtin.NewRegistry()
+	if err := reg.Register(component.Spec{Type: "notifier", Kind: component.KindProcessor, Build: noopBuild,
+		Ports:         component.StaticPorts(pipeline.PortOut, pipeline.PortErr, "notices", "extra"),
+		OptionalPorts: []string{"notices"}}); err != nil {
+		t.Fatal(err)
+	}
+	src := "name: t\nconnectors:\n  i: {type: stdin}\n  n: {type: notifier}\n  o: {type: null}\nlinks:\n  - i -> n\n  - i/err -> o\n  - n -> o\n  - n/err -> o\n"
+	_, diags, err := LoadBytes("f.yaml", []byte(src), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diags) != 1 || !strings.Contains(diags[0].String(), `port "extra" is not linked`) {
+		t.Fatalf("diagnostics:\n%s\nwant only the unlinked port extra", joinDiags(diags))
 	}
 }
