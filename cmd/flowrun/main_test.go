@@ -91,7 +91,7 @@ func TestReplayMalformedLines(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[1], `{"sink":"errors","data":"{\"data\": oops","meta":{"error":"-: line 2: invalid JSON`) ||
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], `{"sink":"errors","data":"{\"data\": oops","meta":{"error":"stdin: line 2: invalid JSON`) ||
 		!strings.Contains(lines[1], `"line":2`) || !strings.Contains(lines[2], `"op":"get","key":"k","found":true`) {
 		t.Fatalf("malformed line not passed to the errors sink in input order:\n%s", out)
 	}

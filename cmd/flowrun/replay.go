@@ -106,8 +106,12 @@ func runReplay(ctx context.Context, e env, flowPath, inputPath string, f replayF
 
 	var malformed atomic.Uint64
 	var strictErr atomic.Pointer[error]
+	inputName := inputPath // names the line in errors
+	if inputPath == "-" {
+		inputName = "stdin"
+	}
 	reader := jsonl.NewReader(counter, jsonl.ReaderOptions{
-		Name:      inputPath,
+		Name:      inputName,
 		BatchSize: 1024,
 		OnError: func(ev pipeline.Event, lerr error) error {
 			malformed.Add(1)
