@@ -314,8 +314,9 @@ func TestBuilderValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := flow.Warnings(); len(w) != 1 || !strings.Contains(w[0], `connector store: warning: port "err" is not linked`) {
-		t.Errorf("warnings %q, want one about the unlinked err port", w)
+	if w := flow.Warnings(); len(w) != 2 || !strings.Contains(w[0], `connector store: warning: port "out" is not linked`) ||
+		!strings.Contains(w[1], `connector store: warning: port "err" is not linked`) {
+		t.Errorf("warnings %q, want one about each unlinked port, out and err", w)
 	}
 	if err := flow.Run(context.Background(), flowrun.RunOptions{}); err != nil {
 		t.Fatal(err)

@@ -213,6 +213,11 @@ type Spec struct {
 	// PortsDoc describes the output ports in the reference when they
 	// depend on the config. Default: the ports of an empty config.
 	PortsDoc string
+	// OptionalPorts are output ports a flow may leave unlinked without a
+	// warning: side channels whose events are expected to be dropped
+	// unless someone wants them. The loader warns about every other
+	// output port that is not linked.
+	OptionalPorts []string
 	// Check runs, when the flow is loaded (so for flowrun validate and
 	// flowrun run alike), every check of a config that does not open
 	// anything: what Build would refuse, or take for something else, once

@@ -32,16 +32,42 @@ func (s Severity) String() string {
 	return "error"
 }
 
+// MarshalText encodes the severity as its word, "error" or "warning": the
+// form `flowrun validate --json` prints.
+func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText decodes "error" or "warning".
+func (s *Severity) UnmarshalText(text []byte) error {
+	switch string(text) {
+	case "error":
+		*s = Error
+	case "warning":
+		*s = Warning
+	default:
+		return fmt.Errorf("unknown severity %q (want error or warning)", text)
+	}
+	return nil
+}
+
 // Diagnostic is one problem found in a flow file, located by file, line and
 // column (1-based; 0 when unknown) and by the dotted path of the field
 // concerned, such as "connectors.store.dir".
+//
+// Its JSON form, printed by `flowrun validate --json` one object per line,
+// is stable: every field is always present, with these lower-case names:
+//
+//	{"file": "flow.yaml", "line": 4, "col": 3, "field": "connectors.store",
+//	 "severity": "warning", "message": "..."}
+//
+// line and col are 0 when unknown, field is "" when the diagnostic concerns
+// the whole file, and severity is "error" or "warning".
 type Diagnostic struct {
-	File     string
-	Line     int
-	Col      int
-	Field    string
-	Severity Severity
-	Message  string
+	File     string   `json:"file"`
+	Line     int      `json:"line"`
+	Col      int      `json:"col"`
+	Field    string   `json:"field"`
+	Severity Severity `json:"severity"`
+	Message  string   `json:"message"`
 }
 
 // String formats the diagnostic as

@@ -55,6 +55,9 @@ type Node struct {
 	// broken marks a node whose declaration had errors: links to it are
 	// not checked further, so one mistake gives one diagnostic.
 	broken bool
+	// outUnused marks a pipeline that never emits on "out": its last
+	// operator is a route with a default port other than "out".
+	outUnused bool
 }
 
 // IsPipeline reports whether the node is a pipeline of operators.
@@ -661,6 +664,8 @@ func typeDesc(f *component.Field) string {
 		return "a mapping of names to strings"
 	case component.TypeNode:
 		return "the name of a " + f.NodeType + " connector"
+	case component.TypeStrings:
+		return "a list such as `" + f.Name + ": [a, b]`"
 	}
 	return "a string"
 }
@@ -693,6 +698,8 @@ func (l *loader) loadPipelines(flow *Flow, m *yaml.Node, names map[string]*Node)
 					continue
 				}
 				node.Operators = append(node.Operators, op)
+				node.outUnused = op.Spec.Type == "route" && op.Config.String("default") != "" &&
+					op.Config.String("default") != pipeline.PortOut
 				for _, p := range op.Spec.PortsFor(op.Config) {
 					if !contains(node.Ports, p) {
 						node.Ports = append(node.Ports, p)
@@ -940,8 +947,9 @@ type usage struct {
 	out        map[string]bool // "node/port" linked from
 }
 
-// checkUsage warns about nodes nothing links to or from, and unlinked err
-// ports.
+// checkUsage warns about nodes nothing links to or from, output ports
+// (err, out, route targets, declared ports) that are not linked, and a flow
+// without a source.
 func (l *loader) checkUsage(flow *Flow, use *usage) {
 	linkedOut, in, any := use.out, use.in, use.linked
 	for _, n := range flow.Nodes {
@@ -966,10 +974,47 @@ func (l *loader) checkUsage(flow *Flow, use *usage) {
 		case n.Kind != component.KindSource && !in[n.Name] && !use.referenced[n.Name]:
 			l.warnf(pos, field, "nothing links into %s %q, so it receives no events", nodeWord(n), n.Name)
 		}
-		if contains(n.Ports, pipeline.PortErr) && !linkedOut[n.Name+"/"+pipeline.PortErr] {
-			l.warnf(pos, field, "port \"err\" is not linked: failed events will only be logged (link %s/err to a sink)", n.Name)
+		for _, p := range n.Ports {
+			switch {
+			case linkedOut[n.Name+"/"+p], p == pipeline.PortOut && n.outUnused, optionalPort(n, p):
+			case p == pipeline.PortOut && !n.IsPipeline() && linksOwnPort(n, linkedOut):
+				// A connector with ports of its own (a Lua script's
+				// ports) may emit only on those.
+			case p == pipeline.PortErr:
+				l.warnf(pos, field, "port \"err\" is not linked: failed events will only be logged (link %s/err to a sink)", n.Name)
+			default:
+				l.warnf(pos, field, "port %q is not linked: events sent to it are dropped (link %s/%s to a node)", p, n.Name, p)
+			}
 		}
 	}
+	if len(flow.Sources()) == 0 && len(flow.Nodes) > 0 && !HasErrors(l.diags) {
+		l.warnf(nil, "connectors", "the flow has no source, so nothing feeds it events (add one such as `input: { type: stdin }`)")
+	}
+}
+
+// optionalPort reports whether port p of n is one its component (or one of
+// its operators) declares optional (component.Spec.OptionalPorts).
+func optionalPort(n *Node, p string) bool {
+	if n.Spec != nil {
+		return contains(n.Spec.OptionalPorts, p)
+	}
+	for _, op := range n.Operators {
+		if contains(op.Spec.OptionalPorts, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// linksOwnPort reports whether a port of n other than out and err is
+// linked.
+func linksOwnPort(n *Node, linkedOut map[string]bool) bool {
+	for _, p := range n.Ports {
+		if p != pipeline.PortOut && p != pipeline.PortErr && linkedOut[n.Name+"/"+p] {
+			return true
+		}
+	}
+	return false
 }
 
 // checkRefs reports component.TypeNode options naming no connector of the flow, or

@@ -22,6 +22,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/flows/builtin"
 	"github.com/flowrun/flowrun/operators"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 // TestBrokenFiles checks the exact diagnostics, with positions, of one
@@ -183,6 +184,15 @@ func TestDiagnostics(t *testing.T) {
 			[]string{`3:3: warning: connectors.store: connector "store" is not linked to anything`,
 				`4:45: error: connectors.l.kv: "p" is a pipeline, not a kv connector (kv connectors: store)`,
 				`12:13: warning: pipelines.p: pipeline "p" is not linked to anything`}},
+		{"unlinked route target", header + "connectors:\n  i: {type: stdin}\n  o: {type: null}\npipelines:\n  p:\n    - route: {ok: 'true', default: failed}\nlinks:\n  - i -> p\n  - i/err -> o\n  - p/ok -> o\n  - p/err -> o\n",
+			[]string{`6:3: warning: pipelines.p: port "failed" is not linked: events sent to it are dropped (link p/failed to a node)`}},
+		{"unlinked out", header + "connectors:\n  i: {type: stdin}\n  s: {type: kv, dir: a}\n  o: {type: null}\nlinks:\n  - i -> s\n  - i/err -> o\n  - s/err -> o\n",
+			[]string{`4:3: warning: connectors.s: port "out" is not linked: events sent to it are dropped (link s/out to a node)`}},
+		{"lua script using its own ports only", header + "connectors:\n  i: {type: stdin}\n  l: {type: lua, script: 'emit(\"a\", event)', ports: 'a, b'}\n  o: {type: null}\nlinks:\n  - i -> l\n  - i/err -> o\n  - l/a -> o\n  - l/err -> o\n",
+			[]string{`4:3: warning: connectors.l: port "b" is not linked: events sent to it are dropped (link l/b to a node)`}},
+		{"no source", header + "connectors:\n  o: {type: null}\npipelines:\n  p: []\nlinks:\n  - p -> o\n  - p/err -> o\n",
+			[]string{`f.yaml: warning: connectors: the flow has no source, so nothing feeds it events`,
+				`warning: pipelines.p: nothing links into pipeline "p", so it receives no events`}},
 		{"lua kv not a name", header + luaLinks("store: {type: kv, dir: a}", "kv: 'a b'"),
 			[]string{`3:3: warning: connectors.store: connector "store" is not linked to anything`,
 				`4:45: error: connectors.l.kv: expected the name of a kv connector of this flow, got "a b"`}},
@@ -537,5 +547,25 @@ func TestEveryOptionExpandsEnv(t *testing.T) {
 				t.Errorf("%s.%s (%s): unset ${VAR} refused %v, want %v\n%s", typ, f.Name, f.Type, refused, f.Expands(), joinDiags(diags))
 			}
 		}
+	}
+}
+
+// TestOptionalPortsNotWarned checks that an output port a component
+// declares optional may stay unlinked without a warning, while its other
+// ports are still warned about.
+func TestOptionalPortsNotWarned(t *testing.T) {
+	reg := builtin.NewRegistry()
+	if err := reg.Register(component.Spec{Type: "notifier", Kind: component.KindProcessor, Build: noopBuild,
+		Ports:         component.StaticPorts(pipeline.PortOut, pipeline.PortErr, "notices", "extra"),
+		OptionalPorts: []string{"notices"}}); err != nil {
+		t.Fatal(err)
+	}
+	src := "name: t\nconnectors:\n  i: {type: stdin}\n  n: {type: notifier}\n  o: {type: null}\nlinks:\n  - i -> n\n  - i/err -> o\n  - n -> o\n  - n/err -> o\n"
+	_, diags, err := LoadBytes("f.yaml", []byte(src), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diags) != 1 || !strings.Contains(diags[0].String(), `port "extra" is not linked`) {
+		t.Fatalf("diagnostics:\n%s\nwant only the unlinked port extra", joinDiags(diags))
 	}
 }

@@ -50,13 +50,14 @@ func ParseLevel(s string) (slog.Level, error) {
 
 // New returns a logger writing to w at the given level ("debug", "info",
 // "warn", "error") in the given format ("text": key=value lines, "json":
-// one JSON object per line).
+// one JSON object per line). Durations are written as Go duration strings
+// in both formats ("elapsed":"3ms"), not as integer nanoseconds.
 func New(w io.Writer, level, format string) (*slog.Logger, error) {
 	lvl, err := ParseLevel(level)
 	if err != nil {
 		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: durationString}
 	switch strings.ToLower(format) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
@@ -64,6 +65,14 @@ func New(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("%w %q (want one of %s)", ErrFormat, format, strings.Join(Formats, ", "))
+}
+
+// durationString writes a duration attribute as a string such as "3ms".
+func durationString(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // Defaults for UnlinkedOptions.

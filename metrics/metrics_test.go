@@ -195,6 +195,28 @@ func TestCommitFailureCounted(t *testing.T) {
 	}
 }
 
+// TestCommitFailuresExportedAtZero checks that a store's commit failure
+// counter is exported at 0 before any failure.
+func TestCommitFailuresExportedAtZero(t *testing.T) {
+	m := New()
+	m.ObserveCommit(pebblestore.CommitInfo{Dir: "/ok", Transactions: 1}) // reads only
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != CommitFailures {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			if len(mt.GetLabel()) == 1 && mt.GetLabel()[0].GetValue() == "/ok" && mt.GetCounter().GetValue() == 0 {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s{store=\"/ok\"} 0 not exported", CommitFailures)
+}
+
 func check(t *testing.T, got, want map[string]float64) {
 	t.Helper()
 	for k, v := range want {

@@ -21,7 +21,7 @@ import (
 func newKVCommand(e env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "kv",
-		Short: "Read, dump and load a kv store directory that no flow has open",
+		Short: "Read, change, dump and load a kv store directory that no flow has open",
 		Long: `Work on a kv store directory offline. The directory must not be open in a
 running flow (flowrun refuses it, since Pebble allows one process per
 store): stop the flow first.
@@ -33,6 +33,14 @@ lines on stdout: the value for get, {"key","value"} per entry for scan,
 the number for count, the array of keys for keys; with --json, each result
 event exactly as the connector emits it ({"data","meta"}). A failed
 command prints its error on stderr and exits 1.
+
+put, delete and increment change one key the same way, for operators:
+put stores a JSON value (the argument, or standard input), delete removes
+a key, increment adds --by to a number; each prints the resulting value.
+
+Every one of these verbs warns on stderr when the namespace holds no key,
+listing the namespaces the store has: a misspelt --namespace otherwise
+reads as an empty result, or writes into a new namespace.
 
 dump prints every live key of every namespace as one JSON line
 {"namespace","key","value","expire_at"} (expire_at: Unix milliseconds, or
@@ -47,13 +55,14 @@ records after the damage), and loads that did not complete, of which
 every verb warns on stderr.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usageError{errors.New("kv needs a subcommand: get, scan, count, keys, dump, load or check")}
+			return usageError{errors.New("kv needs a subcommand: get, scan, count, keys, put, delete, increment, dump, load or check")}
 		},
 	}
 	var o kvOpen
 	cmd.PersistentFlags().BoolVar(&o.acceptWALLoss, "accept-wal-loss", false,
 		"open a store whose write-ahead log is damaged, dropping the records after the damage (a copy of the log is kept in DIR/lost-wal)")
 	cmd.AddCommand(newKVGetCommand(e, &o), newKVScanCommand(e, &o), newKVCountCommand(e, &o), newKVKeysCommand(e, &o),
+		newKVPutCommand(e, &o), newKVDeleteCommand(e, &o), newKVIncrementCommand(e, &o),
 		newKVDumpCommand(e, &o), newKVLoadCommand(e, &o), newKVCheckCommand(e, &o))
 	return cmd
 }
@@ -76,6 +85,11 @@ func (o *kvOpen) open(ctx context.Context, e env, dir string, create bool) (*kvt
 		return nil, err
 	}
 	for _, p := range loads {
+		if e.log.jsonFormat() {
+			newLogger(e).Warn("store is partially loaded", "store", dir, "load", fmt.Sprint(p),
+				"hint", "load it again, or: flowrun kv check --forget-partial-loads "+dir)
+			continue
+		}
 		fmt.Fprintf(e.stderr, "flowrun: warning: store %q is partially loaded: %s (load it again, or: flowrun kv check --forget-partial-loads %s)\n", dir, p, dir)
 	}
 	return s, nil
@@ -95,6 +109,12 @@ func (q *kvQuery) flags(cmd *cobra.Command) {
 // runQuery opens dir, runs one command and prints its results; render
 // prints one out event in the default format.
 func runQuery(ctx context.Context, e env, o *kvOpen, dir string, q kvQuery, command map[string]any, render func(pipeline.Event) error) error {
+	return runCommand(ctx, e, o, dir, q, command, nil, render)
+}
+
+// runCommand is runQuery with the event's data (put's value). It warns on
+// stderr when the namespace has no keys, before running the command.
+func runCommand(ctx context.Context, e env, o *kvOpen, dir string, q kvQuery, command map[string]any, data []byte, render func(pipeline.Event) error) error {
 	if q.namespace == "" {
 		return usageError{errors.New("--namespace is required (a kv connector's namespace is its namespace option, or its flow's name)")}
 	}
@@ -107,7 +127,10 @@ func runQuery(ctx context.Context, e env, o *kvOpen, dir string, q kvQuery, comm
 		return err
 	}
 	defer s.Close()
-	res, err := s.Command(ctx, q.namespace, cmdJSON, nil)
+	if err := warnEmptyNamespace(ctx, e, s, q.namespace); err != nil {
+		return err
+	}
+	res, err := s.Command(ctx, q.namespace, cmdJSON, data)
 	if err != nil {
 		return err
 	}

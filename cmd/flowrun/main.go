@@ -6,8 +6,9 @@
 //	flowrun replay FLOW.yaml INPUT.jsonl
 //	flowrun validate FLOW.yaml...
 //	flowrun test [PATH...]
-//	flowrun kv get|scan|count|keys|dump|load DIR ...
+//	flowrun kv get|scan|count|keys|put|delete|increment|dump|load|check DIR ...
 //	flowrun docs
+//	flowrun --version
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage. Results go to stdout;
 // diagnostics, progress and summaries go to stderr.
@@ -97,8 +98,16 @@ func execute(e env, args []string) int {
 		fmt.Fprintln(e.stderr, "Run 'flowrun --help' for usage.")
 		return exitUsage
 	default:
-		fmt.Fprintf(e.stderr, "flowrun: %v\n", err)
 		var wl *pebblestore.WALLossError
+		if e.log.jsonFormat() && e.log.logger != nil {
+			attrs := []any{"error", err.Error()}
+			if errors.As(err, &wl) {
+				attrs = append(attrs, "hint", fmt.Sprintf("the store was left untouched; after copying %s aside, open it without the damaged records with: flowrun kv check --accept-wal-loss %s", wl.Dir, wl.Dir))
+			}
+			e.log.logger.Error("flowrun failed", attrs...)
+			return exitFail
+		}
+		fmt.Fprintf(e.stderr, "flowrun: %v\n", err)
 		if errors.As(err, &wl) {
 			fmt.Fprintf(e.stderr, "flowrun: the store was left untouched. After copying %s aside, open it without the damaged records with:\n  flowrun kv check --accept-wal-loss %s\n",
 				wl.Dir, wl.Dir)
@@ -116,7 +125,9 @@ pipelines of operators into connectors such as the Pebble-backed kv store,
 whose results go to sinks.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version(),
 	}
+	root.SetVersionTemplate("flowrun {{.Version}}\n")
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
@@ -135,6 +146,12 @@ whose results go to sinks.`,
 	root.AddCommand(newRunCommand(e), newReplayCommand(e), newValidateCommand(e), newBenchCommand(e),
 		newKVCommand(e), newDocsCommand(e), newTestCommand(e))
 	return root
+}
+
+// jsonFormat reports whether --log-format json was asked for: then every
+// line flowrun writes to stderr is a JSON object.
+func (l *logSettings) jsonFormat() bool {
+	return l != nil && strings.EqualFold(l.format, "json")
 }
 
 // newLogger returns the logger the logging flags asked for.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,7 +53,9 @@ func TestReplayKVExample(t *testing.T) {
 	if want := readFile(t, filepath.Join(dir, "expected.jsonl")); out != want {
 		t.Fatalf("output differs from examples/kv/expected.jsonl:\n got:\n%s\nwant:\n%s", out, want)
 	}
-	if !strings.Contains(stderr, "replayed 11 events") || !strings.Contains(stderr, "1 errors") {
+	// The summary counts what reached each sink: the error is not also
+	// counted as output.
+	if !strings.Contains(stderr, "replayed 11 events") || !strings.Contains(stderr, "; reached results: 10, errors: 1; 0 malformed lines") {
 		t.Fatalf("summary missing or wrong: %q", stderr)
 	}
 
@@ -72,26 +75,64 @@ func TestReplayKVExample(t *testing.T) {
 	}
 }
 
+// TestReplayMalformedLines checks that replay treats a malformed input
+// line as run does (an error event on the source's err port, reaching its
+// sink, or logged when err is not linked), and that --strict stops with the
+// error printed once.
 func TestReplayMalformedLines(t *testing.T) {
 	dir := copyExample(t, "kv")
+	flow := filepath.Join(dir, "flow.yaml")
 	input := `{"data":"v","meta":{"kv":{"put":"k"}}}
 {"data": oops
 {"data":null,"meta":{"kv":{"get":"k"}}}
 `
-	code, out, stderr := runCLI(t, input, "replay", "-q", filepath.Join(dir, "flow.yaml"), "-")
+	code, out, stderr := runCLI(t, input, "replay", flow, "-")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stderr, "line 2") {
-		t.Fatalf("stderr does not name line 2: %q", stderr)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], `{"sink":"errors","data":"{\"data\": oops","meta":{"error":"stdin: line 2: invalid JSON`) ||
+		!strings.Contains(lines[1], `"line":2`) || !strings.Contains(lines[2], `"op":"get","key":"k","found":true`) {
+		t.Fatalf("malformed line not passed to the errors sink in input order:\n%s", out)
 	}
-	if n := strings.Count(out, "\n"); n != 2 || !strings.Contains(out, `"op":"get","key":"k","found":true`) {
-		t.Fatalf("malformed line not skipped cleanly:\n%s", out)
+	if !strings.Contains(stderr, "reached results: 2, errors: 1; 1 malformed line\n") {
+		t.Errorf("summary: %q", stderr)
+	}
+	// run gives the same error event to the same sink.
+	_ = os.RemoveAll(filepath.Join(dir, "state"))
+	code, runOut, stderr := runCLI(t, input, "run", flow)
+	if code != 0 || !strings.Contains(runOut, `{"data":"{\"data\": oops","meta":{"error":"input: line 2: invalid JSON`) {
+		t.Fatalf("run: exit %d, stdout:\n%s\nstderr: %s", code, runOut, stderr)
 	}
 
-	code, _, stderr = runCLI(t, input, "replay", "--strict", filepath.Join(dir, "flow.yaml"), "-")
-	if code != 1 || !strings.Contains(stderr, "line 2") {
-		t.Fatalf("--strict: exit %d, stderr %q", code, stderr)
+	// err not linked: logged, as run logs it.
+	unlinked := filepath.Join(dir, "unlinked.yaml")
+	text := strings.Replace(readFile(t, flow), "  - input/err -> errors/in\n", "", 1)
+	if err := os.WriteFile(unlinked, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr = runCLI(t, input, "replay", "-q", unlinked, "-")
+	if code != 0 || strings.Count(out, "\n") != 2 || !strings.Contains(stderr, "event on unlinked err port") || !strings.Contains(stderr, "line 2") {
+		t.Fatalf("unlinked err: exit %d, stdout:\n%s\nstderr: %s", code, out, stderr)
+	}
+
+	code, _, stderr = runCLI(t, input, "replay", "--strict", flow, "-")
+	if code != 1 || strings.Count(stderr, "line 2") != 1 {
+		t.Fatalf("--strict: exit %d, want 1 and the error printed once; stderr:\n%s", code, stderr)
+	}
+}
+
+// TestReplaySummaryPerSink checks that the summary counts what reached each
+// sink: the leaderboard's lost cas races are retried, so no error reaches
+// its errors sink.
+func TestReplaySummaryPerSink(t *testing.T) {
+	dir := copyExample(t, "leaderboard")
+	code, _, stderr := runCLI(t, "", "replay", filepath.Join(dir, "flow.yaml"), filepath.Join(dir, "events.jsonl"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !regexp.MustCompile(`; reached updates: [34], errors: 0; 0 malformed lines\n`).MatchString(stderr) {
+		t.Fatalf("summary: %q", stderr)
 	}
 }
 

@@ -78,6 +78,11 @@ func (o *observer) started(flow *flows.Flow, path string, g *pipeline.Graph) {
 	}
 	o.start = time.Now()
 	o.logger.Log(context.Background(), o.lifecycle, "flow started", attrs...)
+	if o.metrics != nil && o.lifecycle < slog.LevelInfo {
+		// replay's start line is debug, but the port --metrics-addr
+		// picked (port 0) is needed to scrape it.
+		o.logger.Info("serving metrics", "flow", flow.Name, "metrics", "http://"+o.server.Addr().String()+"/metrics")
+	}
 }
 
 // stopped logs the stop line (or the failure) with the run's totals and

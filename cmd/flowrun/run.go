@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -49,13 +50,21 @@ func signalContext(parent context.Context, e env) (context.Context, func()) {
 	go func() {
 		select {
 		case sig := <-sigs:
-			fmt.Fprintf(e.stderr, "flowrun: %v: draining in-flight events (send again to force exit)\n", sig)
+			if e.log.jsonFormat() {
+				newLogger(e).Warn("draining in-flight events (send again to force exit)", "signal", sig.String())
+			} else {
+				fmt.Fprintf(e.stderr, "flowrun: %v: draining in-flight events (send again to force exit)\n", sig)
+			}
 			cancel()
 		case <-ctx.Done():
 			return
 		}
 		if sig, ok := <-sigs; ok {
-			fmt.Fprintf(e.stderr, "flowrun: %v again: exiting without draining\n", sig)
+			if e.log.jsonFormat() {
+				newLogger(e).Error("exiting without draining", "signal", sig.String())
+			} else {
+				fmt.Fprintf(e.stderr, "flowrun: %v again: exiting without draining\n", sig)
+			}
 			os.Exit(exitFail)
 		}
 	}()
@@ -94,6 +103,16 @@ func runFlow(ctx context.Context, e env, path, metricsAddr string) error {
 func loadFlow(e env, path string) (*flows.Flow, error) {
 	flow, diags, err := flows.Load(path, builtin.NewRegistry())
 	for _, d := range diags {
+		if e.log.jsonFormat() {
+			// --log-format json: every stderr line is a JSON object.
+			lvl := slog.LevelWarn
+			if d.Severity == flows.Error {
+				lvl = slog.LevelError
+			}
+			newLogger(e).Log(context.Background(), lvl, d.Message,
+				"file", d.File, "line", d.Line, "col", d.Col, "field", d.Field, "severity", d.Severity.String())
+			continue
+		}
 		fmt.Fprintln(e.stderr, d.String())
 	}
 	if err != nil {

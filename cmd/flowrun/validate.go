@@ -21,7 +21,14 @@ scripts (read and compiled), links, cycles: every check run makes before
 it opens anything, so a file validate accepts gets as far as opening its
 stores and connections. Each problem is printed as
 FILE:LINE:COL: SEVERITY: FIELD: MESSAGE. Exits 1 when any file has an error;
-warnings alone exit 0.`,
+warnings alone exit 0.
+
+With --json, stdout holds one JSON object per diagnostic and nothing else,
+always with these fields:
+  {"file": "flow.yaml", "line": 4, "col": 3, "field": "connectors.store",
+   "severity": "warning", "message": "..."}
+line and col are 0 when unknown, field is "" for the whole file, severity
+is "error" or "warning".`,
 		Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg := builtin.NewRegistry()
@@ -57,6 +64,6 @@ warnings alone exit 0.`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per diagnostic")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per diagnostic: file, line, col, field, severity, message")
 	return cmd
 }

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -164,5 +166,53 @@ func TestValidateMeansRunStarts(t *testing.T) {
 				t.Error(fmt.Sprintf("run opened the store of a flow validate refuses (%s exists)", filepath.Join(dir, "state")))
 			}
 		})
+	}
+}
+
+// TestValidateJSONSchema checks the documented schema of validate --json:
+// one object per line with exactly the lower-case fields file, line, col,
+// field, severity (a word) and message.
+func TestValidateJSONSchema(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "flow.yaml")
+	flow := "name: j\nconnectors:\n  in: { type: stdin }\n  out: { type: stdout }\n  store: { type: kv, dir: state, max_batch: 0 }\n" +
+		"pipelines:\n  p:\n    - route: { ok: 'true', default: failed }\n" +
+		"links:\n  - in -> p\n  - in/err -> out\n  - p/ok -> out\n  - p/err -> out\n"
+	if err := os.WriteFile(path, []byte(flow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runCLI(t, "", "validate", "--json", path)
+	if code != exitFail {
+		t.Fatalf("exit %d, want %d:\n%s", code, exitFail, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	severities := map[string]bool{}
+	for _, line := range lines {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Fatalf("line %q is not JSON: %v", line, err)
+		}
+		var keys []string
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		if got, want := strings.Join(keys, ","), "col,field,file,line,message,severity"; got != want {
+			t.Errorf("fields %s, want %s (line %s)", got, want, line)
+		}
+		sev, _ := obj["severity"].(string)
+		severities[sev] = true
+		if obj["file"] != path {
+			t.Errorf("file %v, want %s", obj["file"], path)
+		}
+		if _, ok := obj["line"].(float64); !ok {
+			t.Errorf("line is %T, want a number", obj["line"])
+		}
+	}
+	if !severities["error"] || !severities["warning"] || len(severities) != 2 {
+		t.Errorf("severities %v, want exactly error and warning", severities)
+	}
+	if !strings.Contains(out, `"message":"port \"failed\" is not linked`) {
+		t.Errorf("no warning for the unlinked route target failed:\n%s", out)
 	}
 }

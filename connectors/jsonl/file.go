@@ -56,7 +56,9 @@ func OpenFileSource(path string, opts ReaderOptions) (pipeline.Source, error) {
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: open %w", opts.Name, err)
+		// The *PathError says "open PATH: ..."; whoever built the source
+		// names it.
+		return nil, err
 	}
 	opts.EnsureDefaults()
 	return &fileSource{Reader: &Reader{r: f, opts: opts}, f: f}, nil
@@ -106,7 +108,7 @@ func OpenFileSink(path string, mode Mode, opts WriterOptions) (pipeline.Processo
 				return nil, fmt.Errorf("%s: %w: %s (set follow_symlinks: true to write to the file it points to)", opts.Name, ErrSymlink, path)
 			}
 		}
-		return nil, fmt.Errorf("%s: open %w", opts.Name, err)
+		return nil, err // "open PATH: ...", as for OpenFileSource
 	}
 	return newWriter(f, f, opts), nil
 }

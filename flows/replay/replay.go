@@ -213,8 +213,8 @@ func appendLine(c *ijson.Checker, dst []byte, sink string, ev pipeline.Event) []
 // it emits is tracked for the capture's ordering.
 //
 // Events the inner source emits on its "err" port (malformed input lines)
-// are not fed into the flow: replay reports them through the reader's own
-// error hook and skips them.
+// are tracked and fed into the flow like the others, as flowrun run does:
+// they reach whatever the source's err port is linked to.
 type WindowedSource struct {
 	Inner   pipeline.Source
 	Capture *Capture
@@ -233,9 +233,6 @@ type windowEmitter struct {
 }
 
 func (w *windowEmitter) Emit(port string, ev pipeline.Event) {
-	if port == pipeline.PortErr {
-		return
-	}
 	if w.s.Capture != nil {
 		if w.tr == nil || w.used == w.tr.Len() {
 			w.tr, w.used = w.s.Capture.track(trackChunk), 0

@@ -57,10 +57,11 @@ func TestDeterministicOrder(t *testing.T) {
 			want.WriteString(`{"sink":"evens","data":` + strconv.Itoa(i) + `,"meta":{}}` + "\n")
 			want.WriteString(`{"sink":"all","data":` + strconv.Itoa(i) + `,"meta":{}}` + "\n")
 		}
+		want.WriteString(`{"sink":"all","data":"bad line","meta":{}}` + "\n")
 		if out.String() != want.String() {
 			t.Fatalf("run %d: output not in deterministic order:\n%.400s", run, out.String())
 		}
-		if capture.Written() != 600 {
+		if capture.Written() != 601 {
 			t.Fatalf("Written = %d", capture.Written())
 		}
 	}

@@ -120,7 +120,13 @@ func TestConversionErrors(t *testing.T) {
 		{`local t = {} t.self = t emit("out", t)`, "nested deeper"},
 		{`emit("out", {x = 0/0})`, "finite"},
 		{`emit("out", {[true] = 1})`, "key of type boolean"},
-		{`emit("nope")`, `unknown port "nope"`},
+		{`emit("nope")`, "unknown port \"nope\" (ports: out, err; declare it in the flow with `ports: [nope]`)"},
+		// A library function that does not exist is named, with the
+		// closest one and what the table has.
+		{`kv.incr("n")`, `script:1: kv.incr does not exist (did you mean "increment"?) (kv has: cas, clear, count, delete, exists, get, get_all, increment, keys, set)`},
+		{`local s = string.uper("a")`, `string.uper does not exist (did you mean "upper"?)`},
+		{`log.warning("x")`, `log.warning does not exist (did you mean "warn"?) (log has: debug, error, info, warn)`},
+		{`local s = ("a"):trim()`, `string.trim does not exist`},
 		{`emit("out", 1, "m")`, "meta must be a table"},
 		// Keys that would be written twice (I-JSON: member names unique).
 		{`emit("out", {[1] = "a", ["1"] = "b", x = 1})`, `both the number key 1 and the string key "1"`},

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -31,7 +30,7 @@ func Spec() component.Spec {
 			{Name: "file", Type: component.TypePath, Doc: "Lua file run once per event, relative to the flow file unless absolute."},
 			{Name: "kv", Type: component.TypeNode, NodeType: "kv",
 				Doc: "The kv connector of this flow the `kv` table works on: its store, namespace and limits. It needs no links. Without it, kv functions raise an error."},
-			{Name: "ports", Type: component.TypeString, Doc: "Comma-separated output ports emit may use besides `out` and `err` (`actions, alerts`)."},
+			{Name: "ports", Type: component.TypeStrings, Doc: "Output ports emit may use besides `out` and `err`: a list (`[actions, alerts]`) or a comma-separated string."},
 			{Name: "timeout", Type: component.TypeDuration, Default: DefaultTimeout.String(), Min: "1ms", Doc: "Longest run of the script for one event."},
 			{Name: "max_memory", Type: component.TypeByteSize, Default: "64MiB", Min: "1",
 				Doc: "Largest growth of the process heap while one event's script runs longer than a few milliseconds, and largest state the script keeps across events (see docs/lua.md)."},
@@ -95,7 +94,7 @@ func specOptions(env *component.Env, c *component.Config) (Options, string, erro
 	opts := Options{
 		Script:         src,
 		Name:           name,
-		Ports:          splitPorts(c.String("ports")),
+		Ports:          c.Strings("ports"),
 		Timeout:        c.Duration("timeout"),
 		MaxMemory:      c.ByteSize("max_memory"),
 		MaxCallDepth:   c.Int("max_call_depth"),
@@ -112,17 +111,7 @@ func specOptions(env *component.Env, c *component.Config) (Options, string, erro
 }
 
 func specPorts(c *component.Config) []string {
-	return append([]string{pipeline.PortOut, pipeline.PortErr}, splitPorts(c.String("ports"))...)
-}
-
-func splitPorts(s string) []string {
-	var ports []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			ports = append(ports, p)
-		}
-	}
-	return ports
+	return append([]string{pipeline.PortOut, pipeline.PortErr}, c.Strings("ports")...)
 }
 
 // specSource returns the script of c, its chunk name and the option

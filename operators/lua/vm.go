@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	glua "github.com/yuin/gopher-lua"
 
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/internal/suggest"
 	"github.com/flowrun/flowrun/operators/lua/internal/luapattern"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -98,9 +100,42 @@ func (p *Processor) newVM() (*vm, error) {
 	L.SetGlobal("log", logT)
 	L.SetGlobal("print", logT.RawGetString("info"))
 	L.SetGlobal("kv", v.kvTable())
+	for _, name := range []string{"kv", "log", "json", "os", "string", "table", "math"} {
+		if t, ok := L.GetGlobal(name).(*glua.LTable); ok {
+			namedMissing(L, name, t)
+		}
+	}
 	v.fn = L.NewFunctionFromProto(p.proto)
 	v.initMem()
 	return v, nil
+}
+
+// namedMissing makes reading a field that library table t (the global
+// name) does not have an error naming it and listing what t has, instead
+// of a nil that fails later as "attempt to call a non-function object":
+// kv.incr('n') raises "kv.incr does not exist (kv has: batch, cas, ...)".
+func namedMissing(L *glua.LState, name string, t *glua.LTable) {
+	var fields []string
+	t.ForEach(func(k, _ glua.LValue) {
+		if s, ok := k.(glua.LString); ok {
+			fields = append(fields, string(s))
+		}
+	})
+	sort.Strings(fields)
+	has := strings.Join(fields, ", ")
+	mt := L.NewTable()
+	mt.RawSetString("__index", L.NewFunction(func(L *glua.LState) int {
+		key := L.ToStringMeta(L.Get(2)).String()
+		hint := suggest.DidYouMean(key, fields)
+		for _, f := range fields {
+			if hint == "" && key != "" && (strings.HasPrefix(f, key) || strings.HasPrefix(key, f)) {
+				hint = fmt.Sprintf(" (did you mean %q?)", f) // incr: increment
+			}
+		}
+		L.RaiseError("%s.%s does not exist%s (%s has: %s)", name, key, hint, name, has)
+		return 0
+	}))
+	L.SetMetatable(t, mt)
 }
 
 // close releases the state and the batch context.
@@ -278,7 +313,7 @@ func (v *vm) eventNewIndex(L *glua.LState) int {
 func (v *vm) emit(L *glua.LState) int {
 	port := L.CheckString(1)
 	if !v.p.ports[port] {
-		L.RaiseError("emit: unknown port %q (ports: %s)", port, strings.Join(v.p.Ports(), ", "))
+		L.RaiseError("emit: unknown port %q (ports: %s; declare it in the flow with `ports: [%s]`)", port, strings.Join(v.p.Ports(), ", "), port)
 	}
 	data, meta := L.Get(2), L.Get(3)
 	// Without data or meta, the event's own: its original bytes when the
