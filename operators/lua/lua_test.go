@@ -123,7 +123,7 @@ func TestConversionErrors(t *testing.T) {
 		{`emit("nope")`, "unknown port \"nope\" (ports: out, err; declare it in the flow with `ports: [nope]`)"},
 		// A library function that does not exist is named, with the
 		// closest one and what the table has.
-		{`kv.incr("n")`, `script:1: kv.incr does not exist (did you mean "increment"?) (kv has: cas, clear, count, delete, exists, get, get_all, increment, keys, set)`},
+		{`kv.incr("n")`, `script:1: kv.incr does not exist (did you mean "increment"?) (kv has: cas, clear, count, delete, exists, get, get_all, increment, keys, set, touch, ttl)`},
 		{`local s = string.uper("a")`, `string.uper does not exist (did you mean "upper"?)`},
 		{`log.warning("x")`, `log.warning does not exist (did you mean "warn"?) (log has: debug, error, info, warn)`},
 		{`local s = ("a"):trim()`, `string.trim does not exist`},
