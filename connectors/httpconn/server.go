@@ -237,7 +237,7 @@ loop:
 // Close waits until every accepted request is answered (at most Timeout
 // plus a few seconds for responses still being written), then closes
 // the server.
-func (s *Server) Close(ctx context.Context) error {
+func (s *Server) Close(context.Context) error {
 	s.mu.Lock()
 	running := s.running
 	s.stopping = true
@@ -250,11 +250,12 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		t := time.NewTimer(s.opts.Timeout + closeGrace)
 		defer t.Stop()
+		// Not cut short by ctx: when the graph fails, ctx is cancelled
+		// while handlers are writing their 500s, which must still go out.
 		select {
 		case <-s.served:
 		case <-t.C:
 			s.opts.Logger.Warn("http_server: closing connections still open after shutdown", "node", s.opts.Name)
-		case <-ctx.Done():
 		}
 		_ = s.srv.Close()
 	})
