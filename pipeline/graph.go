@@ -89,19 +89,19 @@ type Graph struct {
 }
 
 type node struct {
-	name      string
-	source    Source
-	processor Processor
-	ports     []string        // output ports in declaration order
-	portIndex map[string]int  // port name -> index into ports
-	errPort   int             // index of the "err" port, -1 if none
-	sink      int             // SinkID of a processor with no ports, else -1
-	targets   [][]*node       // per port: the nodes it is linked to
-	in        chan []Event    // nil for sources
-	upstream  map[*node]bool  // distinct nodes linked into this one
-	pending   atomic.Int32    // upstream nodes still running
-	counts    []atomic.Uint64 // events emitted per port
-	received  atomic.Uint64   // events received on "in"
+	name         string
+	source       Source
+	processor    Processor
+	ports        []string        // output ports in declaration order
+	portIndex    map[string]int  // port name -> index into ports
+	errPort      int             // index of the "err" port, -1 if none
+	sink         int             // SinkID of a processor with no ports, else -1
+	targets      [][]*node       // per port: the nodes it is linked to
+	in           chan []Event    // nil for sources
+	upstream     map[*node]bool  // distinct nodes linked into this one
+	upstreamLeft atomic.Int32    // upstream nodes still running; the input closes at 0
+	counts       []atomic.Uint64 // events emitted per port
+	received     atomic.Uint64   // events received on "in"
 }
 
 // New returns an empty graph.
@@ -264,7 +264,7 @@ func (g *Graph) Run(ctx context.Context) error {
 		return err
 	}
 	for _, n := range g.order {
-		n.pending.Store(int32(len(n.upstream)))
+		n.upstreamLeft.Store(int32(len(n.upstream)))
 	}
 
 	// hard is cancelled only when a node fails; drain contexts derive from
@@ -470,7 +470,7 @@ func (g *Graph) release(n *node) {
 				continue
 			}
 			seen[t] = true
-			if t.pending.Add(-1) == 0 {
+			if t.upstreamLeft.Add(-1) == 0 {
 				close(t.in)
 			}
 		}

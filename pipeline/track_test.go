@@ -262,7 +262,7 @@ func (s *stager) Start(_ context.Context, batch []Event) (FinishFunc, error) {
 }
 
 // TestEveryEventCompletesWhenTheGraphFails checks that a failing node does
-// not leave tracked events pending: those it could not finish complete
+// not leave tracked events incomplete: those it could not finish complete
 // as failed, and none completes twice.
 func TestEveryEventCompletesWhenTheGraphFails(t *testing.T) {
 	for _, staged := range []bool{false, true} {

@@ -140,7 +140,7 @@ type Reader struct {
 //
 // Reads happen on a goroutine owned by Run, so that cancelling ctx stops Run
 // promptly even while r blocks (an interactive stdin). Run then returns at
-// once; the goroutine stays parked in its pending Read until that Read
+// once; the goroutine stays parked in its blocked Read until that Read
 // returns (new input, EOF or r being closed) and then exits without
 // reading again. Events are flushed downstream whenever no more input is
 // already available, so interactive input is processed line by line, and

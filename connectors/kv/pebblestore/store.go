@@ -235,7 +235,7 @@ type Store struct {
 	synced  chan *group   // from the committer to the syncer
 	done    chan struct{} // closed when the syncer has finished
 
-	pending [2]*pendingIndex // the writer's, used by every other group
+	unapplied [2]*unappliedIndex // the writer's, used by every other group
 	// previousGroupReads counts point reads answered from the previous
 	// group's batch (RowCacheStats.PreviousGroup).
 	previousGroupReads atomic.Uint64
@@ -276,12 +276,12 @@ type group struct {
 	// repr is the batch's representation as built: Pebble drops a large
 	// batch's contents from the Batch once it is committed.
 	repr []byte
-	// pending indexes the records of repr by key, for reads of the next
+	// unapplied indexes the records of repr by key, for reads of the next
 	// group; nil when the group indexed its batch instead.
-	pending *pendingIndex
-	entries []*rowEntry // for each record of repr, the row cache entry the writer read for its key, or nil
-	reqs    []*request
-	err     error // build or commit error, reported to every request
+	unapplied *unappliedIndex
+	entries   []*rowEntry // for each record of repr, the row cache entry the writer read for its key, or nil
+	reqs      []*request
+	err       error // build or commit error, reported to every request
 	// logBytes counts the group's bytes in diskGuard.unsynced from its
 	// admission until the syncer is done with it.
 	logBytes int64
@@ -370,10 +370,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		synced:  make(chan *group, 64),
 		done:    make(chan struct{}),
 
-		pending: [2]*pendingIndex{newPendingIndex(), newPendingIndex()},
-		stop:    stop,
-		guard:   guard,
-		bgErr:   bgErr,
+		unapplied: [2]*unappliedIndex{newUnappliedIndex(), newUnappliedIndex()},
+		stop:      stop,
+		guard:     guard,
+		bgErr:     bgErr,
 	}
 	if opts.RowCacheBytes > 0 {
 		s.cache = newRowCache(opts.RowCacheBytes)
@@ -534,9 +534,9 @@ func (s *Store) write() {
 				}
 			}
 		}
-		// Consecutive groups use the two pending indexes in turn: the
+		// Consecutive groups use the two unapplied indexes in turn: the
 		// previous group's stays readable while this one is built.
-		g := s.build(reqs, prev, s.pending[built%2])
+		g := s.build(reqs, prev, s.unapplied[built%2])
 		built++
 		s.commits <- g
 		if prev != nil {
@@ -547,7 +547,7 @@ func (s *Store) write() {
 		switch {
 		case g.batch == nil:
 			prev = nil // nothing of it for later reads to find
-		case g.pending == nil:
+		case g.unapplied == nil:
 			// Its batch cannot be searched by key: later reads must find
 			// its writes in the database.
 			s.retire(g)
@@ -567,17 +567,17 @@ func (s *Store) retire(g *group) {
 
 // build runs the transactions of reqs in order into one batch and numbers
 // the group. Reads see the writes of earlier transactions of the group
-// (pending), of prev, the group before it when the committer may not have
-// applied it yet, and of the database. pending is the index the group
+// (unapplied), of prev, the group before it when the committer may not have
+// applied it yet, and of the database. unapplied is the index the group
 // uses; prev's is the other one.
-func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *group {
+func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *group {
 	var start time.Time
 	if s.opts.OnCommit != nil {
 		start = time.Now()
 	}
 	g := &group{reqs: reqs, start: start, committed: make(chan struct{})}
-	pending.reset()
-	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), pending: pending, cache: s.cache, prev: prev}
+	unapplied.reset()
+	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), unapplied: unapplied, cache: s.cache, prev: prev}
 	defer func() { s.previousGroupReads.Add(tx.prevReads) }()
 	fail := func(err error) *group {
 		_ = tx.batch.Close()
@@ -597,7 +597,7 @@ func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *grou
 			}
 		}
 	}
-	if !tx.indexed && len(tx.pending.refs) >= minSortedRecords {
+	if !tx.indexed && len(tx.unapplied.refs) >= minSortedRecords {
 		if err := tx.sortByKey(); err != nil {
 			return fail(err)
 		}
@@ -615,7 +615,7 @@ func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *grou
 	g.repr = g.batch.Repr()
 	g.entries = tx.recordEntries()
 	if !tx.indexed {
-		g.pending = pending
+		g.unapplied = unapplied
 	}
 	g.refs.Store(2) // the writer's hold and the committer's, passed on to the syncer
 	// Numbered before its writes can be seen, so that a View that sees
@@ -847,23 +847,23 @@ func (t *readTxn) DeleteRange([]byte, []byte) error {
 // A group starts with a plain batch: most groups only write (puts), and
 // keeping Pebble's batch index up to date costs a skiplist insertion per
 // write that such a group never uses. Reads see the group's own writes
-// through pending, a hash index of where each key's latest write sits in
-// the batch; a key with no pending write is read from the database, which
+// through unapplied, a hash index of where each key's latest write sits in
+// the batch; a key with no unapplied write is read from the database, which
 // already holds every earlier group. A range deletion or a scan over a
 // non-empty batch needs Pebble's own merging of batch and database, so the
 // txn then copies the batch into an indexed one once and stays indexed
 // until the group ends.
 type txn struct {
-	db      *pebble.DB
-	batch   *pebble.Batch
-	indexed bool
-	pending *pendingIndex // unused once indexed
-	cache   *rowCache     // nil when disabled
+	db        *pebble.DB
+	batch     *pebble.Batch
+	indexed   bool
+	unapplied *unappliedIndex // unused once indexed
+	cache     *rowCache       // nil when disabled
 	// prev is the group built before this one while the committer may
 	// not have applied it yet: point reads of keys it wrote are answered
 	// from its batch; anything else that reads the database waits for it
 	// (settle). nil for View and once settled. The writer passes only
-	// groups with a pending index (write).
+	// groups with an unapplied index (write).
 	prev      *group
 	prevReads uint64 // point reads answered by prev
 	// lastRead is the cache entry of the key the writer read last, kept
@@ -876,16 +876,16 @@ type txn struct {
 	val      []byte
 }
 
-// mark is a savepoint: the batch's size and entry count, and the pending
+// mark is a savepoint: the batch's size and entry count, and the unapplied
 // index's length, before a transaction ran.
 type mark struct {
-	len     int
-	count   uint32
-	pending int
+	len       int
+	count     uint32
+	unapplied int
 }
 
 func (t *txn) mark() mark {
-	return mark{len: t.batch.Len(), count: t.batch.Count(), pending: len(t.pending.refs)}
+	return mark{len: t.batch.Len(), count: t.batch.Count(), unapplied: len(t.unapplied.refs)}
 }
 
 // changedSince reports whether anything was written after m.
@@ -908,7 +908,7 @@ func (t *txn) closeIter() {
 }
 
 // index switches the txn to an indexed batch holding everything written so
-// far, for reads that the pending index cannot answer.
+// far, for reads that the unapplied index cannot answer.
 func (t *txn) index() error {
 	t.settle() // the indexed batch reads through to the database
 	nb := t.db.NewIndexedBatch()
@@ -918,7 +918,7 @@ func (t *txn) index() error {
 	}
 	_ = t.batch.Close()
 	t.batch, t.indexed = nb, true
-	t.pending.reset()
+	t.unapplied.reset()
 	return nil
 }
 
@@ -931,7 +931,7 @@ func (t *txn) rollback(m mark) error {
 		nb = t.db.NewIndexedBatch()
 	} else {
 		nb = t.db.NewBatch()
-		t.pending.truncate(m.pending)
+		t.unapplied.truncate(m.unapplied)
 	}
 	if m.count > 0 {
 		prefix := append([]byte(nil), repr[:m.len]...)
@@ -960,7 +960,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 	var raw []byte
 	switch {
 	case !t.indexed:
-		if rec, del, hit := t.pending.lookup(t.batch.Repr(), key); hit {
+		if rec, del, hit := t.unapplied.lookup(t.batch.Repr(), key); hit {
 			if del {
 				return nil, 0, false, nil
 			}
@@ -968,7 +968,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 			break
 		}
 		if p := t.prev; p != nil {
-			if rec, del, hit := p.pending.lookup(p.repr, key); hit {
+			if rec, del, hit := p.unapplied.lookup(p.repr, key); hit {
 				if t.cache != nil {
 					// The cache cannot take p's record before p is
 					// published; a write of the key by this group
@@ -1084,11 +1084,11 @@ func (t *txn) recordEntries() []*rowEntry {
 	if t.indexed || t.cache == nil {
 		return nil
 	}
-	entries := t.pending.entries[:0]
-	for i := range t.pending.refs {
-		entries = append(entries, t.pending.refs[i].entry)
+	entries := t.unapplied.entries[:0]
+	for i := range t.unapplied.refs {
+		entries = append(entries, t.unapplied.refs[i].entry)
 	}
-	t.pending.entries = entries
+	t.unapplied.entries = entries
 	return entries
 }
 
@@ -1105,7 +1105,7 @@ func (t *txn) Set(key, value []byte, expireAt int64) error {
 		return err
 	}
 	if !t.indexed {
-		t.pending.add(t.batch.Repr(), len(key), len(t.buf), false, t.readEntry(key))
+		t.unapplied.add(t.batch.Repr(), len(key), len(t.buf), false, t.readEntry(key))
 	}
 	return nil
 }
@@ -1115,13 +1115,13 @@ func (t *txn) Delete(key []byte) error {
 		return err
 	}
 	if !t.indexed {
-		t.pending.add(t.batch.Repr(), len(key), 0, true, t.readEntry(key))
+		t.unapplied.add(t.batch.Repr(), len(key), 0, true, t.readEntry(key))
 	}
 	return nil
 }
 
 func (t *txn) DeleteRange(start, end []byte) error {
-	// The pending index cannot answer reads of keys inside a deleted
+	// The unapplied index cannot answer reads of keys inside a deleted
 	// range; range deletions are rare (clear), so index instead.
 	if !t.indexed {
 		if err := t.index(); err != nil {
@@ -1191,26 +1191,26 @@ const minSortedRecords = 64
 // so the order of different keys inside it is invisible to readers.
 func (t *txn) sortByKey() error {
 	repr := t.batch.Repr()
-	refs := t.pending.refs
-	less := func(a, b pendingRef) int {
+	refs := t.unapplied.refs
+	less := func(a, b unappliedRef) int {
 		return bytes.Compare(repr[a.keyOff:a.keyOff+a.keyLen], repr[b.keyOff:b.keyOff+b.keyLen])
 	}
 	if slices.IsSortedFunc(refs, less) {
 		return nil
 	}
-	keys := sortRefsByKey(repr, refs, t.pending.sortKeys)
-	t.pending.sortKeys = keys
-	order := t.pending.sortBuf[:0]
+	keys := sortRefsByKey(repr, refs, t.unapplied.sortKeys)
+	t.unapplied.sortKeys = keys
+	order := t.unapplied.sortBuf[:0]
 	for _, k := range keys {
 		order = append(order, refs[k.i])
 	}
-	t.pending.sortBuf = order
+	t.unapplied.sortBuf = order
 	// The records are rewritten in place, from a copy: the batch keeps
 	// its buffer (no allocation, no new batch), and a permutation of its
 	// records leaves everything Pebble derived from them (count, memtable
 	// size) as it was.
-	orig := append(t.pending.reprBuf[:0], repr...)
-	t.pending.reprBuf = orig
+	orig := append(t.unapplied.reprBuf[:0], repr...)
+	t.unapplied.reprBuf = orig
 	w := batchHeaderLen
 	for i := range order {
 		r := &order[i]
@@ -1225,7 +1225,7 @@ func (t *txn) sortByKey() error {
 	if w != len(repr) {
 		return fmt.Errorf("pebblestore: sorting a group's writes: %d bytes became %d", len(repr), w)
 	}
-	t.pending.reindex(order)
+	t.unapplied.reindex(order)
 	return nil
 }
 
@@ -1245,8 +1245,8 @@ type refSortKey struct {
 // common prefix usually decide; only equal ones compare the whole key.
 // An unstable sort with the batch position as the last criterion is
 // stable, and faster than a stable sort.
-func sortRefsByKey(repr []byte, refs []pendingRef, scratch []refSortKey) []refSortKey {
-	key := func(r *pendingRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
+func sortRefsByKey(repr []byte, refs []unappliedRef, scratch []refSortKey) []refSortKey {
+	key := func(r *unappliedRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
 	first := key(&refs[0])
 	common := len(first)
 	for i := 1; i < len(refs) && common > 0; i++ {
@@ -1280,22 +1280,22 @@ func sortRefsByKey(repr []byte, refs []pendingRef, scratch []refSortKey) []refSo
 // (sequence number and count).
 const batchHeaderLen = 12
 
-// pendingIndex maps each key written by the group's plain batch to its
+// unappliedIndex maps each key written by the group's plain batch to its
 // latest record in the batch representation, without copying keys or
 // values: entries are offsets into the batch. It belongs to the writer
 // goroutine and is reused from group to group.
-type pendingIndex struct {
+type unappliedIndex struct {
 	seed  maphash.Seed
 	heads map[uint64]int32 // key hash -> newest entry with that hash
-	refs  []pendingRef
+	refs  []unappliedRef
 
-	sortBuf  []pendingRef // sortByKey's scratch
-	sortKeys []refSortKey // sortByKey's scratch
-	reprBuf  []byte       // sortByKey's scratch
-	entries  []*rowEntry  // recordEntries' scratch
+	sortBuf  []unappliedRef // sortByKey's scratch
+	sortKeys []refSortKey   // sortByKey's scratch
+	reprBuf  []byte         // sortByKey's scratch
+	entries  []*rowEntry    // recordEntries' scratch
 }
 
-type pendingRef struct {
+type unappliedRef struct {
 	hash   uint64
 	prev   int32 // older entry with the same hash, -1 for none
 	keyOff uint32
@@ -1305,11 +1305,11 @@ type pendingRef struct {
 	entry  *rowEntry // the key's row cache entry as the writer read it, or nil
 }
 
-func newPendingIndex() *pendingIndex {
-	return &pendingIndex{seed: maphash.MakeSeed(), heads: make(map[uint64]int32)}
+func newUnappliedIndex() *unappliedIndex {
+	return &unappliedIndex{seed: maphash.MakeSeed(), heads: make(map[uint64]int32)}
 }
 
-func (p *pendingIndex) reset() {
+func (p *unappliedIndex) reset() {
 	clear(p.heads)
 	p.refs = p.refs[:0]
 }
@@ -1317,7 +1317,7 @@ func (p *pendingIndex) reset() {
 // add indexes the record that ends repr: a set of a keyLen-byte key to a
 // valLen-byte value, or a deletion. Pebble lays a record out as kind,
 // uvarint key length, key and, for a set, uvarint value length and value.
-func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool, entry *rowEntry) {
+func (p *unappliedIndex) add(repr []byte, keyLen, valLen int, del bool, entry *rowEntry) {
 	end := len(repr)
 	if !del {
 		end -= valLen + uvarintLen(uint64(valLen))
@@ -1329,13 +1329,13 @@ func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool, entry *row
 		prev = -1
 	}
 	p.heads[h] = int32(len(p.refs))
-	p.refs = append(p.refs, pendingRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
+	p.refs = append(p.refs, unappliedRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
 }
 
 // reindex makes refs, the records of a rewritten batch in their new order
 // with their new offsets, the index's contents; the old refs become the
 // sort scratch.
-func (p *pendingIndex) reindex(refs []pendingRef) {
+func (p *unappliedIndex) reindex(refs []unappliedRef) {
 	clear(p.heads)
 	for i := range refs {
 		r := &refs[i]
@@ -1351,7 +1351,7 @@ func (p *pendingIndex) reindex(refs []pendingRef) {
 
 // lookup returns the latest record the batch holds for key: its value (a
 // stored record aliasing repr) or that it was deleted.
-func (p *pendingIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
+func (p *unappliedIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 	if len(p.refs) == 0 {
 		return nil, false, false
 	}
@@ -1376,7 +1376,7 @@ func (p *pendingIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 
 // truncate forgets the entries added after the first n, newest first, so
 // each hash points again at the entry it pointed at before.
-func (p *pendingIndex) truncate(n int) {
+func (p *unappliedIndex) truncate(n int) {
 	for i := len(p.refs) - 1; i >= n; i-- {
 		r := p.refs[i]
 		if r.prev < 0 {
