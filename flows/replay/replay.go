@@ -1,4 +1,4 @@
-// Package replay runs recorded events through a flow in batch: events from a
+// Package replay runs recorded events through a flow offline: events from a
 // JSON-lines input are fed into one of the flow's sources, and every event
 // that reaches a sink is captured as one JSON line
 // {"sink": NAME, "data": ..., "meta": ...}.
@@ -81,11 +81,11 @@ type captureSink struct {
 	name string
 }
 
-func (s *captureSink) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+func (s *captureSink) Process(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, ev := range batch {
+	for _, ev := range events {
 		o := ev.Origin()
 		base, ok := c.bases[o.Tracker()]
 		if !ok {
