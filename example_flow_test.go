@@ -78,8 +78,8 @@ func ExampleNewFlowBuilder() {
 		"meta.kv": `{"increment": "score_" + data.player, "by": data.points}`,
 	}})
 	b.AddConnector("store", "kv", map[string]any{"dir": dir, "max_scan": 100})
-	b.AddSink("collect", pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
-		for _, ev := range batch { // one goroutine calls Process: no lock needed
+	b.AddSink("collect", pipeline.ProcessorFunc(func(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
+		for _, ev := range events { // one goroutine calls Process: no lock needed
 			results = append(results, string(ev.Data))
 		}
 		return nil
@@ -112,8 +112,8 @@ func scaleSpec() component.Spec {
 		Build: func(_ context.Context, _ *component.Env, c *component.Config) (component.Component, error) {
 			by := c.Int("by")
 			return component.Component{Processor: pipeline.ProcessorFunc(
-				func(_ context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
-					for _, ev := range batch {
+				func(_ context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
+					for _, ev := range events {
 						n, err := strconv.Atoi(string(ev.Data))
 						if err != nil {
 							emit.Emit("err", ev.Derive(ev.Data, []byte(`{"error":"not a number"}`)))

@@ -24,8 +24,8 @@ import (
 // well.
 const within = 30 * time.Second
 
-// steppedSource emits the events it is sent, one batch at a time, and
-// reports on done when each batch is done (every event of it stored,
+// steppedSource emits the events it is sent, one slice at a time, and
+// reports on done when each slice is done (every event of it stored,
 // dropped or failed); it ends when steps is closed.
 type steppedSource struct {
 	steps chan []pipeline.Event
@@ -84,10 +84,10 @@ func TestFlowSharesStore(t *testing.T) {
 	b.AddSource("in", src)
 	// The directory reached by another spelling shares the store too.
 	b.AddConnector("store", "kv", map[string]any{"dir": filepath.Join(dir, "..", filepath.Base(dir))})
-	b.AddSink("results", pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+	b.AddSink("results", pipeline.ProcessorFunc(func(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 		mu.Lock()
 		defer mu.Unlock()
-		for _, ev := range batch {
+		for _, ev := range events {
 			results = append(results, string(ev.Data))
 		}
 		return nil

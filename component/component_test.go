@@ -89,9 +89,9 @@ func TestFieldBounds(t *testing.T) {
 		want any    // nil: refused
 		msg  string // part of the refusal
 	}{
-		{Field{Name: "max_batch", Type: TypeInt, Min: "1"}, "-3", nil, "max_batch is -3, out of range: must be at least 1"},
-		{Field{Name: "max_batch", Type: TypeInt, Min: "1"}, "0", nil, "a limit cannot be switched off"},
-		{Field{Name: "max_batch", Type: TypeInt, Min: "1"}, "1", 1, ""},
+		{Field{Name: "max_group", Type: TypeInt, Min: "1"}, "-3", nil, "max_group is -3, out of range: must be at least 1"},
+		{Field{Name: "max_group", Type: TypeInt, Min: "1"}, "0", nil, "a limit cannot be switched off"},
+		{Field{Name: "max_group", Type: TypeInt, Min: "1"}, "1", 1, ""},
 		{Field{Name: "n", Type: TypeInt, Min: "1", Max: "10"}, "11", nil, "n is 11, out of range: must be 1 to 10"},
 		{Field{Name: "n", Type: TypeInt, Min: "1", Max: "10"}, "10", 10, ""},
 		{Field{Name: "size", Type: TypeByteSize, Min: "1", Max: "1GiB"}, "2GiB", nil, "size is 2GiB, out of range: must be 1 to 1GiB"},

@@ -171,7 +171,7 @@ type Component struct {
 	Operator Operator
 	// Side, optional beside a Processor, feeds the output ports named in
 	// SidePorts with events the Processor does not make while handling a
-	// batch (the kv connector's expired keys): the flow's links from those
+	// slice of events (the kv connector's expired keys): the flow's links from those
 	// ports leave from Side, which runs as a source of the graph. Links
 	// from the other ports leave from the Processor.
 	Side      pipeline.Source

@@ -106,10 +106,10 @@ type capture struct {
 }
 
 func (c *capture) sink(name string) pipeline.Processor {
-	return pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+	return pipeline.ProcessorFunc(func(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		for _, ev := range batch {
+		for _, ev := range events {
 			c.events[name] = append(c.events[name], string(ev.AppendJSON(nil)))
 		}
 		return nil

@@ -31,10 +31,10 @@ func (l *loopback) spec() component.Spec {
 				}
 				return nil
 			})
-			sink := pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+			sink := pipeline.ProcessorFunc(func(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 				l.mu.Lock()
 				defer l.mu.Unlock()
-				for _, ev := range batch {
+				for _, ev := range events {
 					l.back = append(l.back, string(ev.Data))
 				}
 				return nil
@@ -93,10 +93,10 @@ links:
 			return nil
 		}),
 		Capture: func(sink string) pipeline.Processor {
-			return pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+			return pipeline.ProcessorFunc(func(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 				mu.Lock()
 				defer mu.Unlock()
-				for _, ev := range batch {
+				for _, ev := range events {
 					captured = append(captured, sink+":"+string(ev.Data))
 				}
 				return nil

@@ -57,7 +57,7 @@ func TestBrokenFiles(t *testing.T) {
 			`11:16: error: connectors.other.endpoints: environment variable FLOWRUN_TEST_UNSET_VARIABLE is not set (named in "${FLOWRUN_TEST_UNSET_VARIABLE}")`,
 			`13:16: error: connectors.third.endpoints: expected a list or a comma-separated string, got nothing`}},
 		{"wrong_type.yaml", []string{
-			`7:16: error: connectors.store.max_batch: expected an integer, got "lots"`,
+			`7:16: error: connectors.store.max_group: expected an integer, got "lots"`,
 			`8:11: error: connectors.store.sync: expected true or false, got "maybe"`,
 			`9:16: error: connectors.store.max_delay: expected a duration such as "5ms" or "1m30s", got "5"`}},
 		{"zero_budget.yaml", []string{
@@ -343,11 +343,11 @@ func TestDidYouMean(t *testing.T) {
 	}{
 		{"dri", ` (did you mean "dir"?)`},
 		{"namespce", ` (did you mean "namespace"?)`},
-		{"max_bacth", ` (did you mean "max_batch"?)`},
+		{"max_gruop", ` (did you mean "max_group"?)`},
 		{"zzz", ""},
 		{"", ""},
 	}
-	cands := []string{"dir", "path", "namespace", "max_batch", "max_scan"}
+	cands := []string{"dir", "path", "namespace", "max_group", "max_scan"}
 	for _, tt := range tests {
 		if got := didYouMean(tt.s, cands); got != tt.want {
 			t.Errorf("didYouMean(%q) = %q, want %q", tt.s, got, tt.want)

@@ -5,7 +5,7 @@
 // Graph counters are read from pipeline.Graph.Counts and QueueDepths when a
 // scrape happens, so counting events costs nothing more than the graph's own
 // atomic counters. kv commands arrive through kv.Options.OnCommands (once
-// per batch, op and outcome) and commits through pebblestore's OnCommit
+// per slice of events, op and outcome) and commits through pebblestore's OnCommit
 // hook. Every collector lives on the Metrics' own registry: no global state.
 package metrics
 
@@ -59,7 +59,7 @@ func New() *Metrics {
 		groupSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    CommitGroupSize,
 			Help:    "Transactions (kv commands) committed together with one write to the store, per store directory.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 14), // 1 .. 8192 (the default max_batch)
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14), // 1 .. 8192 (the default max_group)
 		}, []string{"store"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    CommitLatency,
@@ -140,10 +140,10 @@ func newGraphCollector(flow string, g *pipeline.Graph) *graphCollector {
 			"Events per node and port: port \"in\" counts events a node received, other ports the events it emitted there (\"err\" for failures).",
 			[]string{"node", "port"}, constant),
 		queue: prometheus.NewDesc(QueueBatches,
-			"Batches waiting in a node's input queue (shared by every link into it); a queue at capacity marks the node holding the flow back.",
+			"Slices of events waiting in a node's input queue (shared by every link into it); a queue at capacity marks the node holding the flow back.",
 			[]string{"node"}, constant),
 		capacity: prometheus.NewDesc(QueueCapacity,
-			"Batches a node's input queue holds before senders block.",
+			"Slices of events a node's input queue holds before senders block.",
 			[]string{"node"}, constant),
 	}
 }
@@ -159,7 +159,7 @@ func (c *graphCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(pc.Events), pc.Node, pc.Port)
 	}
 	for _, q := range c.g.QueueDepths() {
-		ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, float64(q.Batches), q.Node)
+		ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, float64(q.Slices), q.Node)
 		ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(q.Capacity), q.Node)
 	}
 }

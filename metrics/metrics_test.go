@@ -60,10 +60,10 @@ func TestScrapeFollowsAFlow(t *testing.T) {
 	flushed := make(chan struct{})
 	g := pipeline.New(pipeline.Options{Unlinked: func(string, string, pipeline.Event) {}})
 	src := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
-		for batch := range feed {
+		for events := range feed {
 			done := make(chan struct{})
-			tr := pipeline.NewTracker(len(batch), nil, func() { close(done) })
-			for i, ev := range batch {
+			tr := pipeline.NewTracker(len(events), nil, func() { close(done) })
+			for i, ev := range events {
 				emit.Emit(pipeline.PortOut, tr.Track(i, ev))
 			}
 			if err := emit.Flush(ctx); err != nil {
@@ -100,9 +100,9 @@ func TestScrapeFollowsAFlow(t *testing.T) {
 	send := func(evs ...pipeline.Event) {
 		feed <- evs
 		select {
-		case <-flushed: // every event of the batch is done
+		case <-flushed: // every event of the slice is done
 		case <-time.After(10 * time.Second):
-			t.Fatal("batch not done after 10s")
+			t.Fatal("events not done after 10s")
 		}
 	}
 

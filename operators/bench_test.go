@@ -56,14 +56,14 @@ func BenchmarkPipeline(b *testing.B) {
 		m(NewSet(SetOptions{Fields: []Assignment{{Target: `meta.kv`, Expr: `{"increment": "warnings_" + data.steam_id}`}}})),
 		m(NewRoute(RouteOptions{Routes: []Route{{Port: "bans", If: `data.count >= 3`}}})),
 	})
-	batch := make([]pipeline.Event, 128)
-	for i := range batch {
-		batch[i] = benchEvent
+	events := make([]pipeline.Event, 128)
+	for i := range events {
+		events[i] = benchEvent
 	}
 	b.ReportAllocs()
 	start := time.Now()
 	for b.Loop() {
-		_ = p.Process(context.Background(), batch, discard{})
+		_ = p.Process(context.Background(), events, discard{})
 	}
-	b.ReportMetric(float64(b.N*len(batch))/time.Since(start).Seconds(), "ops/s")
+	b.ReportMetric(float64(b.N*len(events))/time.Since(start).Seconds(), "ops/s")
 }

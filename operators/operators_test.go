@@ -423,7 +423,7 @@ func TestPipeline(t *testing.T) {
 	if got, want := p.Ports(), []string{"out", "err", "bans"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Ports = %v, want %v", got, want)
 	}
-	batch := []pipeline.Event{
+	events := []pipeline.Event{
 		ev(`{"steam_id":"a","count":0}`, `{"c":1}`, 10), // count 1: dropped
 		ev(`{"steam_id":"b","count":1}`, `{"c":2}`, 11), // count 2: out
 		ev(`{"other":1}`, `{"c":3}`, 12),                // filtered
@@ -433,15 +433,15 @@ func TestPipeline(t *testing.T) {
 		ev(`{"steam_id":"f","count":1}`, `{"c":7}`, 16),
 	}
 	var copies []pipeline.Event
-	for _, e := range batch {
+	for _, e := range events {
 		copies = append(copies, e.Derive(append([]byte(nil), e.Data...), append([]byte(nil), e.Meta...)))
 	}
 	var r recorder
-	if err := p.Process(context.Background(), batch, &r); err != nil {
+	if err := p.Process(context.Background(), events, &r); err != nil {
 		t.Fatal(err)
 	}
-	for i := range batch {
-		if !bytes.Equal(batch[i].Data, copies[i].Data) || !bytes.Equal(batch[i].Meta, copies[i].Meta) {
+	for i := range events {
+		if !bytes.Equal(events[i].Data, copies[i].Data) || !bytes.Equal(events[i].Meta, copies[i].Meta) {
 			t.Fatalf("event %d modified", i)
 		}
 	}
@@ -478,11 +478,11 @@ func TestPipelineErrorKeepsOriginal(t *testing.T) {
 		fail,
 	})
 	var r recorder
-	batch := []pipeline.Event{
+	events := []pipeline.Event{
 		ev(`{"a":1}`, `{"error":"old","keep":1}`, 1),
 		ev(`{"a":2}`, `[1]`, 2),
 	}
-	if err := p.Process(context.Background(), batch, &r); err != nil {
+	if err := p.Process(context.Background(), events, &r); err != nil {
 		t.Fatal(err)
 	}
 	want := []emitted{
@@ -528,7 +528,7 @@ func TestPipelineFanOutAndEmpty(t *testing.T) {
 }
 
 // TestPipelineInGraph runs a pipeline as a node of a pipeline.Graph: order
-// and origins are kept across batches and route ports can be linked.
+// and origins are kept across slices and route ports can be linked.
 func TestPipelineInGraph(t *testing.T) {
 	m := mustOp(t)
 	const n = 500
@@ -557,8 +557,8 @@ func TestPipelineInGraph(t *testing.T) {
 	must(g.AddSource("src", src, "out"))
 	must(g.AddProcessor("pipe", p, p.Ports()...))
 	for port, rec := range sinks {
-		must(g.AddProcessor("sink-"+port, pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
-			for _, e := range batch {
+		must(g.AddProcessor("sink-"+port, pipeline.ProcessorFunc(func(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
+			for _, e := range events {
 				rec.Emit(port, e)
 			}
 			return nil

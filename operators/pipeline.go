@@ -56,18 +56,18 @@ func opName(i int, op Operator) string {
 // extra ports of its operators in order of first appearance.
 func (p *Pipeline) Ports() []string { return append([]string(nil), p.ports...) }
 
-// Process runs every event of batch through the operators, in order; the
+// Process runs every event of the slice through the operators, in order; the
 // events each one produces are emitted before those of the next, so the
-// order of the batch is kept on every port. An operator error never fails
+// order of the slice is kept on every port. An operator error never fails
 // the graph: the event as it entered the pipeline is emitted on "err" with
 // meta.error naming the operator and the problem. Process never returns an
 // error and does not block, so ctx is not consulted.
-func (p *Pipeline) Process(_ context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+func (p *Pipeline) Process(_ context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
 	r := &run{p: p, out: emit, emits: make([]func(string, pipeline.Event), len(p.ops))}
 	for i := range p.ops {
 		r.emits[i] = func(port string, ev pipeline.Event) { r.emit(i, port, ev) }
 	}
-	for _, ev := range batch {
+	for _, ev := range events {
 		r.orig = ev
 		r.step(0, ev)
 	}
@@ -75,11 +75,11 @@ func (p *Pipeline) Process(_ context.Context, batch []pipeline.Event, emit pipel
 }
 
 // run is the state of one Process call, so that a Pipeline holds no
-// per-batch state and may be shared.
+// per-slice state and may be shared.
 type run struct {
 	p     *Pipeline
 	out   pipeline.Emitter
-	emits []func(string, pipeline.Event) // per operator, bound once per batch
+	emits []func(string, pipeline.Event) // per operator, bound once per slice
 	orig  pipeline.Event                 // the event that entered the pipeline
 }
 

@@ -4,7 +4,7 @@
 // An Event is a JSON payload (Data) plus a JSON object of metadata (Meta), both
 // kept as raw bytes so that nodes read only the fields they need (with gjson)
 // instead of unmarshalling whole events. Nodes are Sources, which produce
-// events, and Processors, which receive batches of events on their "in" port
+// events, and Processors, which receive slices of events on their "in" port
 // and emit events on named output ports ("out", "err", ...). A Graph wires
 // output ports to the inputs of other nodes with bounded channels, keeps the
 // order of events from each upstream node, and shuts down by draining: every

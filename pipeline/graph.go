@@ -19,28 +19,28 @@ var (
 	ErrGraphStarted  = errors.New("graph already started")
 )
 
-// DefaultQueueDepth is the number of batches a node's input channel holds
+// DefaultQueueDepth is the number of slices a node's input channel holds
 // before senders block.
 const DefaultQueueDepth = 16
 
 // DefaultMaxCoalesce is the most events merged into one Process call from
-// batches waiting in a node's queue.
+// slices waiting in a node's queue.
 const DefaultMaxCoalesce = 4096
 
-// DefaultStageDepth is the number of batches a StagedProcessor may have
+// DefaultStageDepth is the number of slices a StagedProcessor may have
 // started and not yet finished.
 const DefaultStageDepth = 4
 
 // Options tune a Graph. The zero value is ready to use.
 type Options struct {
-	// QueueDepth bounds each node's input channel, in batches.
+	// QueueDepth bounds each node's input channel, in slices.
 	// Default DefaultQueueDepth.
 	QueueDepth int
-	// MaxCoalesce bounds how many events of batches already queued for a
+	// MaxCoalesce bounds how many events of slices already queued for a
 	// node are merged into one Process call. Default DefaultMaxCoalesce.
 	MaxCoalesce int
-	// StageDepth bounds the batches a StagedProcessor node has started and
-	// not yet finished; 1 runs the stages of one batch after the other.
+	// StageDepth bounds the slices a StagedProcessor node has started and
+	// not yet finished; 1 runs the stages of one slice after the other.
 	// Default DefaultStageDepth.
 	StageDepth int
 	// Unlinked receives events emitted on ports that have no link. The
@@ -89,19 +89,19 @@ type Graph struct {
 }
 
 type node struct {
-	name      string
-	source    Source
-	processor Processor
-	ports     []string        // output ports in declaration order
-	portIndex map[string]int  // port name -> index into ports
-	errPort   int             // index of the "err" port, -1 if none
-	sink      int             // SinkID of a processor with no ports, else -1
-	targets   [][]*node       // per port: the nodes it is linked to
-	in        chan []Event    // nil for sources
-	upstream  map[*node]bool  // distinct nodes linked into this one
-	pending   atomic.Int32    // upstream nodes still running
-	counts    []atomic.Uint64 // events emitted per port
-	received  atomic.Uint64   // events received on "in"
+	name         string
+	source       Source
+	processor    Processor
+	ports        []string        // output ports in declaration order
+	portIndex    map[string]int  // port name -> index into ports
+	errPort      int             // index of the "err" port, -1 if none
+	sink         int             // SinkID of a processor with no ports, else -1
+	targets      [][]*node       // per port: the nodes it is linked to
+	in           chan []Event    // nil for sources
+	upstream     map[*node]bool  // distinct nodes linked into this one
+	upstreamLeft atomic.Int32    // upstream nodes still running; the input closes at 0
+	counts       []atomic.Uint64 // events emitted per port
+	received     atomic.Uint64   // events received on "in"
 }
 
 // New returns an empty graph.
@@ -264,7 +264,7 @@ func (g *Graph) Run(ctx context.Context) error {
 		return err
 	}
 	for _, n := range g.order {
-		n.pending.Store(int32(len(n.upstream)))
+		n.upstreamLeft.Store(int32(len(n.upstream)))
 	}
 
 	// hard is cancelled only when a node fails; drain contexts derive from
@@ -314,9 +314,9 @@ func (g *Graph) Run(ctx context.Context) error {
 			} else if sp, ok := n.processor.(StagedProcessor); ok && g.opts.StageDepth > 1 {
 				g.runStaged(hard, n, sp, em, fail)
 			} else {
-				g.receive(hard, n, func(batch []Event) {
+				g.receive(hard, n, func(events []Event) {
 					var flags uint32
-					if err := n.processor.Process(hard, batch, em); err != nil {
+					if err := n.processor.Process(hard, events, em); err != nil {
 						fail(n, err)
 						flags = flagFailed
 					} else if err := em.Flush(hard); err != nil {
@@ -326,7 +326,7 @@ func (g *Graph) Run(ctx context.Context) error {
 					if flags != 0 {
 						em.discard()
 					}
-					n.releaseAll(batch, flags)
+					n.releaseAll(events, flags)
 				})
 				em.discard()
 			}
@@ -346,15 +346,15 @@ func (g *Graph) Run(ctx context.Context) error {
 	return firstErr
 }
 
-// started is a batch a StagedProcessor has started and its FinishFunc.
+// started is a slice a StagedProcessor has started and its FinishFunc.
 type started struct {
 	finish FinishFunc
-	batch  []Event
+	events []Event
 }
 
-// runStaged feeds n's input to sp: this goroutine starts batches in order
+// runStaged feeds n's input to sp: this goroutine starts slices in order
 // while a second one finishes them in the same order and flushes their
-// output. The channel between them holds StageDepth-1 started batches, and
+// output. The channel between them holds StageDepth-1 started slices, and
 // the finisher holds one more.
 func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em *emitter, fail func(*node, error)) {
 	queue := make(chan started, g.opts.StageDepth-1)
@@ -375,51 +375,51 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 			if flags != 0 {
 				em.discard()
 			}
-			n.releaseAll(s.batch, flags)
+			n.releaseAll(s.events, flags)
 		}
 		em.discard()
 	}()
-	g.receive(hard, n, func(batch []Event) {
-		finish, err := sp.Start(hard, batch)
+	g.receive(hard, n, func(events []Event) {
+		finish, err := sp.Start(hard, events)
 		if err != nil {
 			fail(n, err)
-			n.releaseAll(batch, flagFailed)
+			n.releaseAll(events, flagFailed)
 			return
 		}
-		queue <- started{finish: finish, batch: batch}
+		queue <- started{finish: finish, events: events}
 	})
 	close(queue)
 	<-finished
 }
 
-// receive hands each batch arriving at n, merged with those queued behind
-// it (see coalesce), to handle, which must release the batch's events
-// (releaseAll) once done with them. Once the graph is failing, batches are
+// receive hands each slice arriving at n, merged with those queued behind
+// it (see coalesce), to handle, which must release the slice's events
+// (releaseAll) once done with them. Once the graph is failing, slices are
 // discarded instead, their events released as failed, so upstream never
 // blocks.
-func (g *Graph) receive(hard context.Context, n *node, handle func(batch []Event)) {
-	for batch := range n.in {
+func (g *Graph) receive(hard context.Context, n *node, handle func(events []Event)) {
+	for events := range n.in {
 		if hard.Err() != nil {
-			n.releaseAll(batch, flagFailed)
+			n.releaseAll(events, flagFailed)
 			continue
 		}
-		batch = g.coalesce(n, batch)
-		n.received.Add(uint64(len(batch)))
-		handle(batch)
+		events = g.coalesce(n, events)
+		n.received.Add(uint64(len(events)))
+		handle(events)
 	}
 }
 
-// releaseAll drops the reference each tracked event of batch holds as input
+// releaseAll drops the reference each tracked event of the slice holds as input
 // of n, after setting flags (and n's sink bit when n is a sink).
-func (n *node) releaseAll(batch []Event, flags uint32) {
-	for i := range batch {
-		if o := batch[i].origin; o.t != nil {
+func (n *node) releaseAll(events []Event, flags uint32) {
+	for i := range events {
+		if o := events[i].origin; o.t != nil {
 			o.t.release(o.i, flags, n.sink)
 		}
 	}
 }
 
-// coalesce appends to first the batches already waiting in n's queue, up to
+// coalesce appends to first the slices already waiting in n's queue, up to
 // Options.MaxCoalesce events, so that a node that fell behind catches up
 // with fewer, larger Process calls (for the kv connector: larger commit
 // groups, one fsync each). Order is kept.
@@ -428,7 +428,7 @@ func (g *Graph) coalesce(n *node, first []Event) []Event {
 		return first
 	}
 	// Downstream nodes may still hold the slice handed over last time, so
-	// a merged batch always gets a fresh backing array.
+	// a merged slice always gets a fresh backing array.
 	merged := append(make([]Event, 0, g.opts.MaxCoalesce), first...)
 	for len(merged) < g.opts.MaxCoalesce {
 		select {
@@ -470,7 +470,7 @@ func (g *Graph) release(n *node) {
 				continue
 			}
 			seen[t] = true
-			if t.pending.Add(-1) == 0 {
+			if t.upstreamLeft.Add(-1) == 0 {
 				close(t.in)
 			}
 		}
@@ -520,25 +520,25 @@ func (e *emitter) Emit(port string, ev Event) {
 	e.buf[i] = append(e.buf[i], ev)
 }
 
-// Flush sends each port's queued batch to every node linked to it. If ctx
+// Flush sends each port's queued slice to every node linked to it. If ctx
 // ends part way, the targets already served are remembered so that a later
 // Flush (the graph's final one, when draining) does not deliver the same
-// batch to them twice.
+// slice to them twice.
 func (e *emitter) Flush(ctx context.Context) error {
-	for i, batch := range e.buf {
-		if len(batch) == 0 {
+	for i, events := range e.buf {
+		if len(events) == 0 {
 			continue
 		}
 		targets := e.n.targets[i]
 		for e.sent[i] < len(targets) {
 			select {
-			case targets[e.sent[i]].in <- batch:
+			case targets[e.sent[i]].in <- events:
 				e.sent[i]++
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			}
 		}
-		e.n.counts[i].Add(uint64(len(batch)))
+		e.n.counts[i].Add(uint64(len(events)))
 		e.buf[i] = nil // receivers own the sent slice now
 		e.sent[i] = 0
 	}
@@ -551,9 +551,9 @@ func (e *emitter) Flush(ctx context.Context) error {
 // when the node ends, because a source may wait for those completions
 // before it ends.
 func (e *emitter) discard() {
-	for i, batch := range e.buf {
+	for i, events := range e.buf {
 		missed := len(e.n.targets[i]) - e.sent[i]
-		for _, ev := range batch {
+		for _, ev := range events {
 			if o := ev.origin; o.t != nil {
 				for range missed {
 					o.t.release(o.i, flagFailed, -1)
@@ -599,9 +599,9 @@ func (g *Graph) Counts() []PortCount {
 // together.
 type QueueDepth struct {
 	Node string
-	// Batches is the number of batches waiting; Capacity the most it holds
+	// Slices is the number of slices waiting; Capacity the most it holds
 	// before senders block (Options.QueueDepth).
-	Batches, Capacity int
+	Slices, Capacity int
 }
 
 // QueueDepths returns the input queue depth of every processor, sorted by
@@ -611,7 +611,7 @@ func (g *Graph) QueueDepths() []QueueDepth {
 	var out []QueueDepth
 	for _, n := range g.order {
 		if n.processor != nil {
-			out = append(out, QueueDepth{Node: n.name, Batches: len(n.in), Capacity: cap(n.in)})
+			out = append(out, QueueDepth{Node: n.name, Slices: len(n.in), Capacity: cap(n.in)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })

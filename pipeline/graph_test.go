@@ -12,15 +12,15 @@ import (
 )
 
 // countSource emits n events whose data is their index, flushing every
-// batch events.
-func countSource(n, batch int) Source {
+// per events.
+func countSource(n, per int) Source {
 	return SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
 		for i := 0; i < n; i++ {
 			if ctx.Err() != nil {
 				return nil
 			}
 			emit.Emit(PortOut, Event{Data: []byte(strconv.Itoa(i))})
-			if (i+1)%batch == 0 {
+			if (i+1)%per == 0 {
 				if err := emit.Flush(ctx); err != nil {
 					return err
 				}
@@ -37,10 +37,10 @@ type collector struct {
 	closed bool
 }
 
-func (c *collector) Process(_ context.Context, batch []Event, _ Emitter) error {
+func (c *collector) Process(_ context.Context, events []Event, _ Emitter) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.events = append(c.events, batch...)
+	c.events = append(c.events, events...)
 	return nil
 }
 
@@ -62,8 +62,8 @@ func (c *collector) datas() []string {
 }
 
 // evenOdd routes even numbers to out and odd ones to err.
-var evenOdd = ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
-	for _, ev := range batch {
+var evenOdd = ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+	for _, ev := range events {
 		n, _ := strconv.Atoi(string(ev.Data))
 		port := PortOut
 		if n%2 == 1 {
@@ -139,8 +139,8 @@ func TestFanInKeepsPerSourceOrder(t *testing.T) {
 }
 
 func tag(name string) Processor {
-	return ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
-		for _, ev := range batch {
+	return ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+		for _, ev := range events {
 			emit.Emit(PortOut, ev.Derive(ev.Data, []byte(name)))
 		}
 		return nil
@@ -396,12 +396,12 @@ func TestQueueDepths(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- g.Run(context.Background()) }()
-	// The sink holds what it took (at most the queue plus one batch), so
-	// the remaining batches fill its queue.
+	// The sink holds what it took (at most the queue plus one slice), so
+	// the remaining slices fill its queue.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		got := g.QueueDepths()
-		if got[0].Batches == 2 {
+		if got[0].Slices == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -413,14 +413,14 @@ func TestQueueDepths(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if got := g.QueueDepths(); got[0].Batches != 0 {
+	if got := g.QueueDepths(); got[0].Slices != 0 {
 		t.Fatalf("after Run: %+v", got)
 	}
 }
 
-// TestCoalesceMergesQueuedBatches holds a node back while small batches
+// TestCoalesceMergesQueuedSlices holds a node back while small slices
 // queue up, then checks it receives them merged, in order, within the cap.
-func TestCoalesceMergesQueuedBatches(t *testing.T) {
+func TestCoalesceMergesQueuedSlices(t *testing.T) {
 	release := make(chan struct{})
 	var sizes []int
 	var got []string
@@ -437,7 +437,7 @@ func TestCoalesceMergesQueuedBatches(t *testing.T) {
 	must(t, g.Link("src", PortOut, "sink"))
 	done := make(chan error, 1)
 	go func() { done <- g.Run(context.Background()) }()
-	// Wait until the source has flushed all 40 one-event batches: the
+	// Wait until the source has flushed all 40 one-event slices: the
 	// sink's first Process call is blocked, so the rest wait in its queue.
 	deadline := time.Now().Add(10 * time.Second)
 	for sourceFlushed(g, "src") < 40 {
@@ -461,7 +461,7 @@ func TestCoalesceMergesQueuedBatches(t *testing.T) {
 	}
 	for _, n := range sizes {
 		if n > 10 {
-			t.Fatalf("batch of %d exceeds MaxCoalesce 10: %v", n, sizes)
+			t.Fatalf("slice of %d exceeds MaxCoalesce 10: %v", n, sizes)
 		}
 	}
 }
@@ -478,8 +478,8 @@ func sourceFlushed(g *Graph, node string) uint64 {
 // closeFails passes its events on and fails to close.
 type closeFails struct{ err error }
 
-func (p closeFails) Process(_ context.Context, batch []Event, emit Emitter) error {
-	for _, ev := range batch {
+func (p closeFails) Process(_ context.Context, events []Event, emit Emitter) error {
+	for _, ev := range events {
 		emit.Emit(PortOut, ev)
 	}
 	return nil
@@ -487,13 +487,13 @@ func (p closeFails) Process(_ context.Context, batch []Event, emit Emitter) erro
 
 func (p closeFails) Close(context.Context) error { return p.err }
 
-// slowCollector is a collector taking a while over each batch, so that
-// batches queue up in front of it.
+// slowCollector is a collector taking a while over each slice, so that
+// slices queue up in front of it.
 type slowCollector struct{ collector }
 
-func (c *slowCollector) Process(ctx context.Context, batch []Event, emit Emitter) error {
+func (c *slowCollector) Process(ctx context.Context, events []Event, emit Emitter) error {
 	time.Sleep(2 * time.Millisecond)
-	return c.collector.Process(ctx, batch, emit)
+	return c.collector.Process(ctx, events, emit)
 }
 
 // TestCloseFailureDeliversWhatWasEmitted checks that a node failing to

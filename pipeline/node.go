@@ -3,7 +3,7 @@ package pipeline
 import "context"
 
 // Emitter queues events on a node's output ports. Events queued while a
-// Processor handles a batch are sent downstream, one slice per port, when
+// Processor handles a slice are sent downstream, one slice per port, when
 // Process returns; a Source decides when to send with Flush. Emitting on a
 // port with no link hands the event to the graph's Unlinked hook.
 type Emitter interface {
@@ -19,47 +19,47 @@ type SourceEmitter interface {
 	Flush(ctx context.Context) error
 }
 
-// Processor handles batches of events arriving on its "in" port.
+// Processor handles slices of events arriving on its "in" port.
 //
-// Process is called from one goroutine per node, batch after batch in arrival
+// Process is called from one goroutine per node, slice after slice in arrival
 // order, so a Processor needs no locking of its own. It must not keep or
-// modify batch or the events in it. A returned error is fatal for the whole
+// modify the slice or its events. A returned error is fatal for the whole
 // graph; per-event failures are emitted on the "err" port instead.
 type Processor interface {
-	Process(ctx context.Context, batch []Event, emit Emitter) error
+	Process(ctx context.Context, events []Event, emit Emitter) error
 }
 
-// FinishFunc completes a batch begun by StagedProcessor.Start: it waits for
-// whatever Start set in motion and emits the batch's events. An error is
+// FinishFunc completes a slice begun by StagedProcessor.Start: it waits for
+// whatever Start set in motion and emits the slice's events. An error is
 // fatal for the whole graph, as from Process.
 type FinishFunc func(ctx context.Context, emit Emitter) error
 
-// StagedProcessor is a Processor whose work on a batch splits into a part
-// that must happen in input order before the next batch starts (decoding,
+// StagedProcessor is a Processor whose work on a slice splits into a part
+// that must happen in input order before the next slice starts (decoding,
 // handing writes to a store) and a part that only waits and emits (a disk
 // sync, building results). The graph runs the two stages of consecutive
-// batches concurrently, up to Options.StageDepth batches in flight, so the
-// wait of one batch overlaps the start of the next.
+// slices concurrently, up to Options.StageDepth slices in flight, so the
+// wait of one slice overlaps the start of the next.
 //
-// Start is called from one goroutine, batch after batch in arrival order;
+// Start is called from one goroutine, slice after slice in arrival order;
 // the returned FinishFuncs are called from another goroutine, one at a
-// time and in the same order, each while later batches may already be
+// time and in the same order, each while later slices may already be
 // starting. Every FinishFunc returned is called exactly once, even while
 // the graph is failing, so it may hold resources until then. A
-// StagedProcessor may keep batch (without modifying it) until its
+// StagedProcessor may keep the slice (without modifying it) until its
 // FinishFunc returns. Process must do what Start followed by the FinishFunc
 // does; it is used where stages do not apply.
 type StagedProcessor interface {
 	Processor
-	Start(ctx context.Context, batch []Event) (FinishFunc, error)
+	Start(ctx context.Context, events []Event) (FinishFunc, error)
 }
 
 // ProcessorFunc adapts a function to the Processor interface.
-type ProcessorFunc func(ctx context.Context, batch []Event, emit Emitter) error
+type ProcessorFunc func(ctx context.Context, events []Event, emit Emitter) error
 
-// Process calls f(ctx, batch, emit).
-func (f ProcessorFunc) Process(ctx context.Context, batch []Event, emit Emitter) error {
-	return f(ctx, batch, emit)
+// Process calls f(ctx, events, emit).
+func (f ProcessorFunc) Process(ctx context.Context, events []Event, emit Emitter) error {
+	return f(ctx, events, emit)
 }
 
 // Source produces events until it is exhausted or ctx is cancelled.

@@ -11,12 +11,12 @@ import (
 )
 
 // stagedRecorder is a StagedProcessor that records the order of its
-// stages and can hold a batch's finish until a later batch has started.
+// stages and can hold a slice's finish until a later slice has started.
 type stagedRecorder struct {
 	mu       sync.Mutex
-	log      []string // "start N" / "finish N", N the first Data of the batch
-	overlap  int      // if > 0: finish of a batch not ending at overlap-1 waits for the next batch's start
-	failAt   int      // Start fails on the batch holding this number (-1: never)
+	log      []string // "start N" / "finish N", N the first Data of the slice
+	overlap  int      // if > 0: finish of a slice not ending at overlap-1 waits for the next slice's start
+	failAt   int      // Start fails on the slice holding this number (-1: never)
 	finishes atomic.Int64
 	starts   atomic.Int64
 }
@@ -27,17 +27,17 @@ func (s *stagedRecorder) record(what string, first int) {
 	s.mu.Unlock()
 }
 
-func (s *stagedRecorder) Process(ctx context.Context, batch []Event, emit Emitter) error {
-	f, err := s.Start(ctx, batch)
+func (s *stagedRecorder) Process(ctx context.Context, events []Event, emit Emitter) error {
+	f, err := s.Start(ctx, events)
 	if err != nil {
 		return err
 	}
 	return f(ctx, emit)
 }
 
-func (s *stagedRecorder) Start(_ context.Context, batch []Event) (FinishFunc, error) {
-	first, _ := strconv.Atoi(string(batch[0].Data))
-	last, _ := strconv.Atoi(string(batch[len(batch)-1].Data))
+func (s *stagedRecorder) Start(_ context.Context, events []Event) (FinishFunc, error) {
+	first, _ := strconv.Atoi(string(events[0].Data))
+	last, _ := strconv.Atoi(string(events[len(events)-1].Data))
 	if first <= s.failAt && s.failAt <= last {
 		return nil, errors.New("start refused")
 	}
@@ -46,18 +46,18 @@ func (s *stagedRecorder) Start(_ context.Context, batch []Event) (FinishFunc, er
 	return func(ctx context.Context, emit Emitter) error {
 		defer s.finishes.Add(1)
 		if s.overlap > 0 && last < s.overlap-1 {
-			// More events follow, so the next batch must be able to
+			// More events follow, so the next slice must be able to
 			// start while this one is unfinished.
 			deadline := time.Now().Add(5 * time.Second)
 			for s.starts.Load() == nth {
 				if time.Now().After(deadline) {
-					return errors.New("the next batch did not start while this one was unfinished")
+					return errors.New("the next slice did not start while this one was unfinished")
 				}
 				time.Sleep(50 * time.Microsecond)
 			}
 		}
 		s.record("finish", first)
-		for _, ev := range batch {
+		for _, ev := range events {
 			emit.Emit(PortOut, ev)
 		}
 		return nil
@@ -65,13 +65,13 @@ func (s *stagedRecorder) Start(_ context.Context, batch []Event) (FinishFunc, er
 }
 
 func TestStagedProcessorOverlapsAndKeepsOrder(t *testing.T) {
-	const n, batch = 1000, 10
+	const n, per = 1000, 10
 	proc := &stagedRecorder{overlap: n, failAt: -1}
-	// QueueDepth 1 and no coalescing limit changes: batches may merge,
+	// QueueDepth 1 and no coalescing limit changes: slices may merge,
 	// which the recorder allows (it checks order by first and last).
 	g := New(Options{QueueDepth: 1, StageDepth: 3})
 	sink := &collector{}
-	must(t, g.AddSource("src", countSource(n, batch), PortOut))
+	must(t, g.AddSource("src", countSource(n, per), PortOut))
 	must(t, g.AddProcessor("staged", proc, PortOut))
 	must(t, g.AddProcessor("sink", sink))
 	must(t, g.Link("src", PortOut, "staged"))
@@ -89,7 +89,7 @@ func TestStagedProcessorOverlapsAndKeepsOrder(t *testing.T) {
 		}
 	}
 	if s, f := proc.starts.Load(), proc.finishes.Load(); s != f || s == 0 {
-		t.Fatalf("%d batches started, %d finished", s, f)
+		t.Fatalf("%d slices started, %d finished", s, f)
 	}
 }
 
@@ -129,7 +129,7 @@ func TestStagedProcessorStartErrorStopsGraphAndFinishesStarted(t *testing.T) {
 		t.Fatalf("Run = %v, Err = %v; want the Start error", err, g.Err())
 	}
 	if s, f := proc.starts.Load(), proc.finishes.Load(); s != f {
-		t.Fatalf("%d batches started, %d finished: every started batch must finish", s, f)
+		t.Fatalf("%d slices started, %d finished: every started slice must finish", s, f)
 	}
 	for i, d := range sink.datas() {
 		if d != strconv.Itoa(i) {

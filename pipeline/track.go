@@ -11,8 +11,8 @@ import (
 // with no link, dropped by a processor, or discarded because the graph
 // failed. Each tracked event completes exactly once, with an Outcome.
 //
-// A Tracker serves a whole batch of events: a source makes one per batch it
-// flushes (one allocation for the batch), tags each event with Track before
+// A Tracker serves a whole slice of events: a source makes one per slice it
+// flushes (one allocation for the slice), tags each event with Track before
 // emitting it, and learns of completions through the functions given to
 // NewTracker. Tracking costs a few atomic operations per event and node;
 // untracked events (a zero Origin) cost nothing.

@@ -36,11 +36,11 @@ func (c *completions) onEvent(base int) func(i int, o Outcome) {
 	}
 }
 
-// trackedSource emits n events (data: their number), one tracker per batch.
-func trackedSource(n, batch int, c *completions) Source {
+// trackedSource emits n events (data: their number), one tracker per slice.
+func trackedSource(n, per int, c *completions) Source {
 	return SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
-		for b := 0; b < n; b += batch {
-			k := min(batch, n-b)
+		for b := 0; b < n; b += per {
+			k := min(per, n-b)
 			tr := NewTracker(k, c.onEvent(b), func() { c.done.Add(1) })
 			for i := range k {
 				emit.Emit(PortOut, tr.Track(i, Event{Data: []byte(strconv.Itoa(b + i))}))
@@ -56,8 +56,8 @@ func trackedSource(n, batch int, c *completions) Source {
 
 // dropMultiplesOf3 drops events whose number is a multiple of 3 and emits
 // the others twice when they are multiples of 5.
-var dropMultiplesOf3 = ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
-	for _, ev := range batch {
+var dropMultiplesOf3 = ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+	for _, ev := range events {
 		n, _ := strconv.Atoi(string(ev.Data))
 		if n%3 == 0 {
 			continue
@@ -121,8 +121,8 @@ func TestTrackerOutcomes(t *testing.T) {
 			build: func(g *Graph) {
 				must(t, g.AddProcessor("a", &collector{}))
 				must(t, g.AddProcessor("b", &collector{}))
-				must(t, g.AddProcessor("pass", ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
-					for _, ev := range batch {
+				must(t, g.AddProcessor("pass", ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+					for _, ev := range events {
 						emit.Emit(PortOut, ev)
 					}
 					return nil
@@ -154,18 +154,18 @@ func TestTrackerOutcomes(t *testing.T) {
 			expect: func(int) want { return want{unlinked: true} },
 		},
 	}
-	const n, batch = 300, 7
+	const n, per = 300, 7
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCompletions(t)
 			g := New(Options{QueueDepth: 1, Unlinked: func(string, string, Event) {}})
-			must(t, g.AddSource("src", trackedSource(n, batch, c), PortOut))
+			must(t, g.AddSource("src", trackedSource(n, per, c), PortOut))
 			tt.build(g)
 			must(t, g.Run(context.Background()))
 			if len(c.outs) != n {
 				t.Fatalf("%d events completed, want %d", len(c.outs), n)
 			}
-			if got, want := int(c.done.Load()), (n+batch-1)/batch; got != want {
+			if got, want := int(c.done.Load()), (n+per-1)/per; got != want {
 				t.Fatalf("onDone called %d times, want %d (once per tracker)", got, want)
 			}
 			for i := range n {
@@ -193,7 +193,7 @@ func TestTrackerOutcomes(t *testing.T) {
 
 // TestCompletionAfterEveryDerivedEventIsConsumed checks, at the moment each
 // event completes, that each sink already holds every event derived from
-// it, through a staged processor and coalesced batches.
+// it, through a staged processor and coalesced slices.
 func TestCompletionAfterEveryDerivedEventIsConsumed(t *testing.T) {
 	const n = 2000
 	sinkA, sinkB := &collector{}, &collector{}
@@ -253,16 +253,16 @@ func TestCompletionAfterEveryDerivedEventIsConsumed(t *testing.T) {
 // stager is a StagedProcessor whose FinishFunc runs inner.
 type stager struct{ inner Processor }
 
-func (s *stager) Process(ctx context.Context, batch []Event, emit Emitter) error {
-	return s.inner.Process(ctx, batch, emit)
+func (s *stager) Process(ctx context.Context, events []Event, emit Emitter) error {
+	return s.inner.Process(ctx, events, emit)
 }
 
-func (s *stager) Start(_ context.Context, batch []Event) (FinishFunc, error) {
-	return func(ctx context.Context, emit Emitter) error { return s.inner.Process(ctx, batch, emit) }, nil
+func (s *stager) Start(_ context.Context, events []Event) (FinishFunc, error) {
+	return func(ctx context.Context, emit Emitter) error { return s.inner.Process(ctx, events, emit) }, nil
 }
 
 // TestEveryEventCompletesWhenTheGraphFails checks that a failing node does
-// not leave tracked events pending: those it could not finish complete
+// not leave tracked events incomplete: those it could not finish complete
 // as failed, and none completes twice.
 func TestEveryEventCompletesWhenTheGraphFails(t *testing.T) {
 	for _, staged := range []bool{false, true} {
@@ -271,12 +271,12 @@ func TestEveryEventCompletesWhenTheGraphFails(t *testing.T) {
 			c := newCompletions(t)
 			boom := errors.New("boom")
 			var seen atomic.Int32
-			var p Processor = ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
-				if seen.Add(int32(len(batch))) > n/2 {
-					emit.Emit(PortOut, batch[0].Derive(nil, nil)) // queued, never flushed
+			var p Processor = ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+				if seen.Add(int32(len(events))) > n/2 {
+					emit.Emit(PortOut, events[0].Derive(nil, nil)) // queued, never flushed
 					return boom
 				}
-				for _, ev := range batch {
+				for _, ev := range events {
 					emit.Emit(PortOut, ev)
 				}
 				return nil
@@ -368,17 +368,17 @@ func TestTrackingAllocatesNothingPerEvent(t *testing.T) {
 	src, sink := g.nodes["src"], g.nodes["sink"]
 	em := &emitter{g: g, n: src, buf: make([][]Event, 1), sent: make([]int, 1)}
 	tr := NewTracker(1000, nil, nil)
-	batch := make([]Event, 1000)
-	for i := range batch {
-		batch[i] = tr.Track(i, Event{})
+	events := make([]Event, 1000)
+	for i := range events {
+		events[i] = tr.Track(i, Event{})
 	}
-	em.buf[0] = make([]Event, 0, len(batch))
+	em.buf[0] = make([]Event, 0, len(events))
 	allocs := testing.AllocsPerRun(20, func() {
-		for _, ev := range batch {
+		for _, ev := range events {
 			em.Emit(PortOut, ev)
 		}
 		em.buf[0] = em.buf[0][:0]
-		sink.releaseAll(batch, 0)
+		sink.releaseAll(events, 0)
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per 1000 tracked events", allocs)
@@ -390,10 +390,10 @@ func TestTrackingAllocatesNothingPerEvent(t *testing.T) {
 func BenchmarkGraphTracked(b *testing.B) {
 	for _, tracked := range []bool{false, true} {
 		b.Run(fmt.Sprintf("tracked=%v", tracked), func(b *testing.B) {
-			const batch = 1000
+			const per = 1000
 			src := SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
-				for n := 0; n < b.N; n += batch {
-					k := min(batch, b.N-n)
+				for n := 0; n < b.N; n += per {
+					k := min(per, b.N-n)
 					var tr *Tracker
 					if tracked {
 						tr = NewTracker(k, nil, nil)
@@ -413,8 +413,8 @@ func BenchmarkGraphTracked(b *testing.B) {
 			})
 			g := New(Options{})
 			must(b, g.AddSource("src", src, PortOut))
-			must(b, g.AddProcessor("pass", ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
-				for _, ev := range batch {
+			must(b, g.AddProcessor("pass", ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+				for _, ev := range events {
 					emit.Emit(PortOut, ev.Derive(ev.Data, ev.Meta))
 				}
 				return nil
@@ -436,8 +436,8 @@ func TestSourceMayWaitForItsEventsWhenTheGraphFails(t *testing.T) {
 	for _, staged := range []bool{false, true} {
 		t.Run(fmt.Sprintf("staged=%v", staged), func(t *testing.T) {
 			boom := errors.New("boom")
-			var p Processor = ProcessorFunc(func(_ context.Context, batch []Event, emit Emitter) error {
-				emit.Emit(PortOut, batch[0].Derive(nil, nil)) // queued, never flushed
+			var p Processor = ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+				emit.Emit(PortOut, events[0].Derive(nil, nil)) // queued, never flushed
 				return boom
 			})
 			if staged {

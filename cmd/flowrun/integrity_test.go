@@ -209,7 +209,7 @@ func testKilledLoad(t *testing.T, bin string) {
 		fmt.Fprintf(&in, `{"namespace":"n","key":"k%06d","value":%d}`+"\n", i, i)
 	}
 	full := in.String()
-	cmd := exec.Command(bin, "kv", "load", "--batch", "100", dir)
+	cmd := exec.Command(bin, "kv", "load", "--group", "100", dir)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

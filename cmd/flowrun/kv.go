@@ -326,8 +326,11 @@ same FILE, or standard input) completes, or flowrun kv check
 --forget-partial-loads clears the mark.`,
 		Args: rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if f.batch <= 0 {
-				return usageError{fmt.Errorf("--batch must be positive, got %d", f.batch)}
+			if cmd.Flags().Changed("batch") {
+				fmt.Fprintln(e.stderr, "flowrun: warning: --batch is the former name of --group")
+			}
+			if f.group <= 0 {
+				return usageError{fmt.Errorf("--group must be positive, got %d", f.group)}
 			}
 			if f.maxKeyLength <= 0 || f.maxValueBytes <= 0 {
 				return usageError{fmt.Errorf("--max-key-length and --max-value-bytes must be positive")}
@@ -336,7 +339,10 @@ same FILE, or standard input) completes, or flowrun kv check
 		},
 	}
 	cmd.Flags().BoolVarP(&f.quiet, "quiet", "q", false, "no progress and no summary")
-	cmd.Flags().IntVar(&f.batch, "batch", 1000, "keys committed together (one disk sync)")
+	cmd.Flags().IntVar(&f.group, "group", 1000, "keys committed together as one commit group (one disk sync)")
+	// --batch is the former name of --group, still accepted (not listed).
+	cmd.Flags().IntVar(&f.group, "batch", 1000, "former name of --group")
+	_ = cmd.Flags().MarkHidden("batch")
 	cmd.Flags().IntVar(&f.maxKeyLength, "max-key-length", kv.DefaultMaxKeyLength, "longest key accepted, in characters (the kv connector's max_key_length)")
 	cmd.Flags().IntVar(&f.maxValueBytes, "max-value-bytes", kv.DefaultMaxValueBytes, "largest canonical value accepted, in bytes (the kv connector's max_value_bytes)")
 	return cmd
@@ -345,7 +351,7 @@ same FILE, or standard input) completes, or flowrun kv check
 // kvLoadFlags are the flags of kv load.
 type kvLoadFlags struct {
 	quiet                       bool
-	batch                       int
+	group                       int
 	maxKeyLength, maxValueBytes int
 }
 
@@ -379,7 +385,7 @@ func runLoad(ctx context.Context, e env, o *kvOpen, dir, input string, f kvLoadF
 	stop := startProgress(e, f.quiet, progress{what: "load", size: size, bytes: &counter.n})
 	start := time.Now()
 	n, err := s.Load(ctx, in, kvtool.LoadOptions{
-		Batch: f.batch, Name: name, MaxKeyLength: f.maxKeyLength, MaxValueBytes: f.maxValueBytes,
+		Group: f.group, Name: name, MaxKeyLength: f.maxKeyLength, MaxValueBytes: f.maxValueBytes,
 	})
 	stop()
 	if cerr := s.Close(); err == nil {

@@ -227,7 +227,8 @@ func TestKVToolsCLI(t *testing.T) {
 		{"missing store", []string{"kv", "count", filepath.Join(base, "none"), "--namespace", "b"}, 1, "", "no store"},
 		{"failed command", []string{"kv", "scan", dst, "--namespace", "b", "--limit", "-1"}, 1, "", "limit"},
 		{"no subcommand", []string{"kv"}, 2, "", "subcommand"},
-		{"bad batch", []string{"kv", "load", dst, "--batch", "0"}, 2, "", "--batch"},
+		{"bad group", []string{"kv", "load", dst, "--group", "0"}, 2, "", "--group must be positive"},
+		{"former name --batch", []string{"kv", "load", dst, "--batch", "0"}, 2, "", "--batch is the former name of --group\nflowrun: --group must be positive"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -111,8 +111,8 @@ func runReplay(ctx context.Context, e env, flowPath, inputPath string, f replayF
 		inputName = "stdin"
 	}
 	reader := jsonl.NewReader(counter, jsonl.ReaderOptions{
-		Name:      inputName,
-		BatchSize: 1024,
+		Name:       inputName,
+		FlushEvery: 1024,
 		OnError: func(ev pipeline.Event, lerr error) error {
 			malformed.Add(1)
 			if f.strict {

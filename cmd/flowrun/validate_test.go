@@ -18,7 +18,7 @@ import (
 func TestValidateMeansRunStarts(t *testing.T) {
 	t.Setenv("FLOWRUN_TEST_OUT", "out")
 	t.Setenv("FLOWRUN_TEST_CODEC", "json")
-	t.Setenv("FLOWRUN_TEST_BATCH", "64")
+	t.Setenv("FLOWRUN_TEST_GROUP", "64")
 	const header = "name: parity\nconnectors:\n  in: { type: stdin }\n  out: { type: stdout }\n"
 	const kvLinks = "links:\n  - in -> store\n  - in/err -> out\n  - store -> out\n  - store/err -> out\n"
 	const httpLinks = "links:\n  - in -> out\n  - in/err -> out\n  - api -> out\n"
@@ -30,9 +30,9 @@ func TestValidateMeansRunStarts(t *testing.T) {
 		files map[string]string // written next to the flow
 		want  string            // part of the diagnostic; "" for a valid flow
 	}{
-		{name: "max_batch negative",
-			flow: header + "  store: { type: kv, dir: state, max_batch: -3 }\n" + kvLinks,
-			want: "5:45: error: connectors.store.max_batch: max_batch is -3, out of range: must be at least 1"},
+		{name: "max_group negative",
+			flow: header + "  store: { type: kv, dir: state, max_group: -3 }\n" + kvLinks,
+			want: "5:45: error: connectors.store.max_group: max_group is -3, out of range: must be at least 1"},
 		{name: "max_key_length zero",
 			flow: header + "  store: { type: kv, dir: state, max_key_length: 0 }\n" + kvLinks,
 			want: "5:50: error: connectors.store.max_key_length: max_key_length is 0, out of range: must be at least 1"},
@@ -121,7 +121,9 @@ func TestValidateMeansRunStarts(t *testing.T) {
 		{name: "valid kv flow with variables",
 			flow: "name: parity\nconnectors:\n  in: { type: stdin, codec: \"${FLOWRUN_TEST_CODEC}\" }\n" +
 				"  out: { type: file, path: \"${FLOWRUN_TEST_OUT}/out.jsonl\", mode: write }\n" +
-				"  store: { type: kv, dir: state, max_batch: \"${FLOWRUN_TEST_BATCH}\", max_key_length: 1 }\n" + kvLinks},
+				"  store: { type: kv, dir: state, max_group: \"${FLOWRUN_TEST_GROUP}\", max_key_length: 1 }\n" + kvLinks},
+		{name: "valid kv flow with max_batch, the former name of max_group",
+			flow: header + "  store: { type: kv, dir: state, max_batch: 16 }\n" + kvLinks},
 		{name: "valid lua file flow",
 			flow:  header + "  store: { type: kv, dir: state }\n  script: { type: lua, file: ok.lua, kv: store, max_stack_slots: 1024 }\n" + luaLinks,
 			files: map[string]string{"ok.lua": "-- ${NOT_A_VARIABLE} in a script is Lua's business\nemit('out', event)\n"}},
@@ -175,7 +177,7 @@ func TestValidateMeansRunStarts(t *testing.T) {
 func TestValidateJSONSchema(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "flow.yaml")
-	flow := "name: j\nconnectors:\n  in: { type: stdin }\n  out: { type: stdout }\n  store: { type: kv, dir: state, max_batch: 0 }\n" +
+	flow := "name: j\nconnectors:\n  in: { type: stdin }\n  out: { type: stdout }\n  store: { type: kv, dir: state, max_group: 0 }\n" +
 		"pipelines:\n  p:\n    - route: { ok: 'true', default: failed }\n" +
 		"links:\n  - in -> p\n  - in/err -> out\n  - p/ok -> out\n  - p/err -> out\n"
 	if err := os.WriteFile(path, []byte(flow), 0o644); err != nil {

@@ -301,7 +301,7 @@ links:
 	}
 	for k := 1; k <= maxDeliveries; k++ {
 		cmd, stderr := start()
-		// Wait for the k-th delivery of the poison message to be pending
+		// Wait for the k-th delivery of the poison message to await its ack
 		// in this process, then kill it.
 		deadline := time.Now().Add(30 * time.Second)
 		for {

@@ -95,7 +95,7 @@ type natsConn struct {
 	closed  chan struct{}     // closed once the connection is closed
 }
 
-// drain drains the connection (pending acks and publishes are sent) and
+// drain drains the connection (acks and publishes not yet sent are sent) and
 // waits, at most timeout, until it is closed.
 func (c *natsConn) drain(timeout time.Duration) error {
 	if err := c.conn.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
@@ -160,7 +160,7 @@ func connect(ctx context.Context, name string, o NATSOptions, subjects ...string
 }
 
 // ensureConsumer creates the durable push consumer of a source, or adapts
-// an existing one's ack wait and pending limit. The library-side
+// an existing one's AckWait and MaxAckPending. The library-side
 // subscription only binds to it: a consumer nats.go creates itself is
 // deleted when the subscription ends, which would forget the position.
 func ensureConsumer(ctx context.Context, js nats.JetStreamContext, stream, subject, durable string, ackWait time.Duration, window int) error {

@@ -172,13 +172,13 @@ links:
 	}
 	// acked returns how many messages the consumer has had acknowledged
 	// and how many are still to deliver or awaiting their ack.
-	acked := func() (done, pending, ackPending int) {
+	acked := func() (done, undelivered, ackPending int) {
 		info, err := js.ConsumerInfo(stream, durable)
 		if err != nil {
 			return 0, scaleMessages, 0
 		}
-		pending, ackPending = int(info.NumPending), info.NumAckPending
-		return scaleMessages - pending - ackPending, pending, ackPending
+		undelivered, ackPending = int(info.NumPending), info.NumAckPending
+		return scaleMessages - undelivered - ackPending, undelivered, ackPending
 	}
 	runStart := time.Now()
 	procs := make([]proc, scaleProcesses)
@@ -207,12 +207,12 @@ links:
 	procs[1] = startFlow("process 1 (restarted)")
 
 	for {
-		_, pending, ackPending := acked()
-		if pending == 0 && ackPending == 0 {
+		_, undelivered, ackPending := acked()
+		if undelivered == 0 && ackPending == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("consumer not drained after %v: %d pending, %d awaiting ack\n%s", time.Since(runStart), pending, ackPending,
+			t.Fatalf("consumer not drained after %v: %d not delivered, %d awaiting ack\n%s", time.Since(runStart), undelivered, ackPending,
 				tail(procs[0].stderr.String(), 2000))
 		}
 		time.Sleep(200 * time.Millisecond)

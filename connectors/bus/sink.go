@@ -40,7 +40,7 @@ func (o *SinkOptions) EnsureDefaults() {
 // An event that cannot be published is emitted on "err" with meta.error;
 // the Sink declares no output ports, so that event goes to the graph's
 // Unlinked hook (logged) and makes a bus Source upstream redeliver the
-// message it derives from. After a failure the rest of the batch is not
+// message it derives from. After a failure the rest of the slice is not
 // attempted (the broker is most likely unreachable) and fails the same way.
 type Sink struct {
 	pub  message.Publisher
@@ -57,9 +57,9 @@ func NewSink(pub message.Publisher, opts SinkOptions) (*Sink, error) {
 }
 
 // Process implements pipeline.Processor.
-func (s *Sink) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
 	var failed error
-	for _, ev := range batch {
+	for _, ev := range events {
 		if failed == nil {
 			if err := ctx.Err(); err != nil {
 				return err

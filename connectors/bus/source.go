@@ -156,8 +156,9 @@ type Source struct {
 	cancel    context.CancelFunc
 	failSinks []pipeline.SinkID // resolved by Run
 
-	// pending counts emitted messages not yet settled.
-	pending sync.WaitGroup
+	// unsettled counts the messages emitted into the graph and not yet
+	// settled (acked or nacked).
+	unsettled sync.WaitGroup
 	// Failed messages are settled (nacked or dead-lettered, which
 	// publishes) by the settler goroutine, not by the graph goroutine
 	// that completed them.
@@ -240,7 +241,7 @@ func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 	// Every message emitted completes, the graph draining what is in
 	// flight; return once all are settled, so that Close does not end the
 	// subscription under their acks.
-	s.pending.Wait()
+	s.unsettled.Wait()
 	return nil
 }
 
@@ -296,7 +297,7 @@ func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, windo
 			s.setAside(m, n)
 			continue
 		}
-		s.pending.Add(1)
+		s.unsettled.Add(1)
 		ev, err := ToEvent(m)
 		if err != nil {
 			permanent[i] = true
@@ -314,7 +315,7 @@ func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, windo
 // nack when the graph discarded its events, and otherwise hand it to the
 // settler (retry or dead letter).
 func (s *Source) completed(m *message.Message, permanent bool, o pipeline.Outcome) {
-	defer s.pending.Done()
+	defer s.unsettled.Done()
 	if o.Failed() {
 		m.Nack()
 		return

@@ -173,12 +173,12 @@ func TestSourceDeadLettersAfterMaxDeliveries(t *testing.T) {
 
 	sink, err := NewSink(local, SinkOptions{Topic: "in"})
 	must(t, err)
-	batch := []pipeline.Event{
+	events := []pipeline.Event{
 		{Data: []byte(`{"n":1}`), Meta: []byte(`{"correlation":1}`)},
 		{Data: []byte(`{"fail":true}`), Meta: []byte(`{"correlation":2,"kv":{"get":"x"}}`)},
 		{Data: []byte(`{"n":3}`), Meta: []byte(`{"correlation":3}`)},
 	}
-	must(t, sink.Process(context.Background(), batch, nil))
+	must(t, sink.Process(context.Background(), events, nil))
 
 	var dl *message.Message
 	select {
@@ -312,13 +312,13 @@ func TestSinkReportsFailedPublishesOnErr(t *testing.T) {
 		}
 	})
 	tr := pipeline.NewTracker(2, nil, nil)
-	batch := []pipeline.Event{tr.Track(0, pipeline.Event{Data: []byte(`1`)}), tr.Track(1, pipeline.Event{Data: []byte(`2`)})}
-	must(t, s.Process(context.Background(), batch, emit))
+	events := []pipeline.Event{tr.Track(0, pipeline.Event{Data: []byte(`1`)}), tr.Track(1, pipeline.Event{Data: []byte(`2`)})}
+	must(t, s.Process(context.Background(), events, emit))
 	if len(got) != 2 || pub.n != 1 {
 		t.Fatalf("err events %d after %d publishes, want 2 after 1", len(got), pub.n)
 	}
 	for i, ev := range got {
-		if ev.Origin() != batch[i].Origin() || !strings.Contains(gjson.GetBytes(ev.Meta, "error").String(), "broker down") {
+		if ev.Origin() != events[i].Origin() || !strings.Contains(gjson.GetBytes(ev.Meta, "error").String(), "broker down") {
 			t.Errorf("err event %d: derived from %d, meta %s", i, ev.Origin().Index(), ev.Meta)
 		}
 	}

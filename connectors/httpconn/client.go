@@ -148,23 +148,23 @@ func (c *Client) Close(context.Context) error {
 	return nil
 }
 
-// Process sends one request per event of batch, up to MaxInFlight at once,
+// Process sends one request per event of the slice, up to MaxInFlight at once,
 // and emits the outcomes in input order once all are known. Every event
 // comes out exactly once, on "out" or "err". Process returns an error only
 // when ctx is done before every outcome is known (the graph is failing):
 // it then stops waiting at once and emits nothing.
-func (c *Client) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
-	outcomes := make([]outcome, len(batch))
+func (c *Client) Process(ctx context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
+	outcomes := make([]outcome, len(events))
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(c.opts.MaxInFlight, len(batch)) {
+	for range min(c.opts.MaxInFlight, len(events)) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(batch) || ctx.Err() != nil {
+				if i >= len(events) || ctx.Err() != nil {
 					return
 				}
-				outcomes[i] = c.call(ctx, batch[i])
+				outcomes[i] = c.call(ctx, events[i])
 			}
 		})
 	}
@@ -172,7 +172,7 @@ func (c *Client) Process(ctx context.Context, batch []pipeline.Event, emit pipel
 	if ctx.Err() != nil {
 		return fmt.Errorf("http_client: %w", context.Cause(ctx))
 	}
-	for i, ev := range batch {
+	for i, ev := range events {
 		o := &outcomes[i]
 		if o.err != nil {
 			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, o.errMeta(ev.MetaJSON())))

@@ -34,11 +34,11 @@ func ExampleClient() {
 	}
 	defer c.Close(context.Background())
 
-	batch := []pipeline.Event{
+	events := []pipeline.Event{
 		{Data: []byte(`{"player":"alice","warnings":3}`), Meta: []byte(`{"correlation":"r1"}`)},
 		{Data: []byte(`{"warnings":3}`), Meta: []byte(`{"correlation":"r2"}`)},
 	}
-	if err := c.Process(context.Background(), batch, printer{}); err != nil {
+	if err := c.Process(context.Background(), events, printer{}); err != nil {
 		fmt.Println(err)
 	}
 	// Output:

@@ -18,7 +18,7 @@ const (
 	DefaultMethod = http.MethodPost
 	// DefaultTimeout is the default of ClientOptions.Timeout: long enough
 	// for a webhook doing real work, short enough that a hung server does
-	// not hold a batch for minutes (with the default retries, one event
+	// not hold a slice of events for minutes (with the default retries, one event
 	// waits at most about 4 × 5 s plus backoff).
 	DefaultTimeout = 5 * time.Second
 	// DefaultMaxRetries is the default of ClientOptions.MaxRetries.

@@ -34,7 +34,7 @@ type recorder struct{ got []emitted }
 
 func (r *recorder) Emit(port string, ev pipeline.Event) { r.got = append(r.got, emitted{port, ev}) }
 
-// process runs evs through c as one batch.
+// process runs evs through c as one slice.
 func process(t *testing.T, c *Client, evs ...pipeline.Event) []emitted {
 	t.Helper()
 	return processCtx(t, context.Background(), c, evs...)

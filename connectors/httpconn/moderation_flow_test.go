@@ -26,10 +26,10 @@ type collector struct {
 	got []pipeline.Event
 }
 
-func (c *collector) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+func (c *collector) Process(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.got = append(c.got, batch...)
+	c.got = append(c.got, events...)
 	return nil
 }
 

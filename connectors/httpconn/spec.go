@@ -136,7 +136,7 @@ func ClientSpec() component.Spec {
 		Summary: "Calls an HTTP endpoint once per event, with the URL and header values rendered from the event " +
 			"(`{data.player}`), retrying connection errors, timeouts, 5xx and 429 with backoff; the response body " +
 			"becomes the event's data on `out` (meta.http has the status), a failed call sends the event to `err` with " +
-			"meta.error. Requests of a batch run concurrently, results keep the input order. See docs/http.md.",
+			"meta.error. Requests of a slice of events run concurrently, results keep the input order. See docs/http.md.",
 		Fields: []component.Field{
 			{Name: "url", Type: component.TypeString, Required: true,
 				Doc: "http or https URL; `{EXPR}` placeholders (escaped) only after the host."},

@@ -48,7 +48,7 @@ func FuzzReader(f *testing.F) {
 		rec := newRecorder()
 		// Flush signals are not read here: make room for all of them.
 		rec.flushed = make(chan struct{}, bytes.Count(input, []byte("\n"))+2)
-		src := NewReader(bytes.NewReader(input), ReaderOptions{Codec: codec, MaxLineBytes: limit, BatchSize: 3})
+		src := NewReader(bytes.NewReader(input), ReaderOptions{Codec: codec, MaxLineBytes: limit, FlushEvery: 3})
 		if err := src.Run(context.Background(), rec); err != nil {
 			t.Fatalf("Run: %v", err)
 		}

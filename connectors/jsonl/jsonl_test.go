@@ -400,25 +400,25 @@ func TestReaderFlushesInteractiveInput(t *testing.T) {
 	pw.Close()
 }
 
-func TestReaderBatches(t *testing.T) {
+func TestReaderFlushEvery(t *testing.T) {
 	var b strings.Builder
 	for range 1000 {
 		b.WriteString(`{"data":1}` + "\n")
 	}
 	rec := newRecorder()
-	if err := NewReader(strings.NewReader(b.String()), ReaderOptions{BatchSize: 100}).Run(context.Background(), rec); err != nil {
+	if err := NewReader(strings.NewReader(b.String()), ReaderOptions{FlushEvery: 100}).Run(context.Background(), rec); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(rec.lines("out")); n != 1000 {
 		t.Fatalf("%d events, want 1000", n)
 	}
 	if rec.flushes < 10 || rec.flushes > 12 {
-		t.Errorf("%d flushes for 1000 events in batches of 100", rec.flushes)
+		t.Errorf("%d flushes for 1000 events with FlushEvery 100", rec.flushes)
 	}
 }
 
 func TestWriterCodecs(t *testing.T) {
-	batch := []pipeline.Event{
+	events := []pipeline.Event{
 		{Data: []byte(`{"a":1}`), Meta: []byte(`{"m":2}`)},
 		{},
 	}
@@ -433,10 +433,10 @@ func TestWriterCodecs(t *testing.T) {
 		t.Run(tt.codec, func(t *testing.T) {
 			var buf bytes.Buffer
 			w := NewWriter(&buf, WriterOptions{Codec: tt.codec})
-			if err := w.Process(context.Background(), batch, nil); err != nil {
+			if err := w.Process(context.Background(), events, nil); err != nil {
 				t.Fatal(err)
 			}
-			// Flushed after the batch, before Close.
+			// Flushed after the slice, before Close.
 			if buf.String() != tt.want {
 				t.Errorf("got %q, want %q", buf.String(), tt.want)
 			}
@@ -572,18 +572,18 @@ func BenchmarkReader(b *testing.B) {
 // BenchmarkWriter writes 10,000 put results per iteration (a 100-byte
 // string value and the kv connector's result meta) to io.Discard.
 func BenchmarkWriter(b *testing.B) {
-	batch := make([]pipeline.Event, 10000)
-	for i := range batch {
-		batch[i] = pipeline.Event{Data: []byte(`"` + strings.Repeat("v", 98) + `"`),
+	events := make([]pipeline.Event, 10000)
+	for i := range events {
+		events[i] = pipeline.Event{Data: []byte(`"` + strings.Repeat("v", 98) + `"`),
 			Meta: []byte(`{"kv":{"op":"put","key":"k0000001234","found":true},"correlation":"c-1234"}`)}
 	}
 	w := NewWriter(io.Discard, WriterOptions{})
 	for b.Loop() {
-		if err := w.Process(context.Background(), batch, nil); err != nil {
+		if err := w.Process(context.Background(), events, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(b.N*len(events))/b.Elapsed().Seconds(), "events/s")
 }
 
 type countEmitter struct{ n int }
@@ -602,11 +602,11 @@ func (w *writes) Write(p []byte) (int, error) {
 func TestWriterWritesWholeLines(t *testing.T) {
 	var rec writes
 	w := NewWriter(&rec, WriterOptions{BufferBytes: 50})
-	var batch []pipeline.Event
+	var events []pipeline.Event
 	for i := range 20 {
-		batch = append(batch, pipeline.Event{Data: []byte(`"` + strings.Repeat("x", i) + `"`)})
+		events = append(events, pipeline.Event{Data: []byte(`"` + strings.Repeat("x", i) + `"`)})
 	}
-	if err := w.Process(context.Background(), batch, nil); err != nil {
+	if err := w.Process(context.Background(), events, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(rec.calls) < 5 {

@@ -35,9 +35,9 @@ const (
 const (
 	// DefaultMaxLineBytes is the longest line a Reader accepts (16 MiB).
 	DefaultMaxLineBytes = 16 << 20
-	// DefaultBatchSize is how many events a Reader queues before it
+	// DefaultFlushEvery is how many events a Reader queues before it
 	// flushes them downstream even while more input is buffered.
-	DefaultBatchSize = 256
+	DefaultFlushEvery = 256
 	// DefaultName names the source in error messages.
 	DefaultName = "input"
 	// maxRawErrorBytes bounds the copy of an overlong line kept in the
@@ -99,9 +99,10 @@ type ReaderOptions struct {
 	// Longer lines are skipped without being held in memory and reported
 	// as errors. Default DefaultMaxLineBytes.
 	MaxLineBytes int
-	// BatchSize is the most events queued before a flush. Default
-	// DefaultBatchSize.
-	BatchSize int
+	// FlushEvery is the most events queued before a flush sends them
+	// downstream as one slice. Default
+	// DefaultFlushEvery.
+	FlushEvery int
 	// OnError, when set, is called for every malformed line with the error
 	// event (already emitted on "err") and a *LineError. A non-nil return
 	// stops the Reader, whose Run returns that error; nil goes on.
@@ -119,8 +120,8 @@ func (o *ReaderOptions) EnsureDefaults() {
 	if o.MaxLineBytes <= 0 {
 		o.MaxLineBytes = DefaultMaxLineBytes
 	}
-	if o.BatchSize <= 0 {
-		o.BatchSize = DefaultBatchSize
+	if o.FlushEvery <= 0 {
+		o.FlushEvery = DefaultFlushEvery
 	}
 }
 
@@ -140,11 +141,11 @@ type Reader struct {
 //
 // Reads happen on a goroutine owned by Run, so that cancelling ctx stops Run
 // promptly even while r blocks (an interactive stdin). Run then returns at
-// once; the goroutine stays parked in its pending Read until that Read
+// once; the goroutine stays parked in its blocked Read until that Read
 // returns (new input, EOF or r being closed) and then exits without
 // reading again. Events are flushed downstream whenever no more input is
 // already available, so interactive input is processed line by line, and
-// otherwise every BatchSize events.
+// otherwise every FlushEvery events.
 //
 // An unknown codec makes Run return an error wrapping ErrUnknownCodec.
 func NewReader(r io.Reader, opts ReaderOptions) pipeline.Source {
@@ -244,7 +245,7 @@ func (rd *Reader) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 		if err != nil { // io.EOF
 			return flush()
 		}
-		if queued >= rd.opts.BatchSize || (br.Buffered() == 0 && !feed.ready()) {
+		if queued >= rd.opts.FlushEvery || (br.Buffered() == 0 && !feed.ready()) {
 			if ferr := flush(); ferr != nil {
 				if ctx.Err() != nil {
 					return nil

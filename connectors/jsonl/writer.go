@@ -23,7 +23,7 @@ type WriterOptions struct {
 	// treated as CodecEvent by NewWriter (validate codecs at config time).
 	Codec string
 	// BufferBytes is how much output is gathered before it is written
-	// within a batch. Default
+	// within a slice of events. Default
 	// DefaultWriteBufferBytes.
 	BufferBytes int
 	// FollowSymlinks lets OpenFileSink open a path whose last element is
@@ -49,7 +49,7 @@ func (o *WriterOptions) EnsureDefaults() {
 
 // Writer is a sink (a pipeline.Processor with no output ports) writing each
 // event it receives as one JSON line. Output is buffered and flushed after
-// every batch, so a line is visible to readers of the output once the batch
+// every slice of events, so a line is visible to readers of the output once the slice
 // that carried it has been processed. Writer implements pipeline.Closer:
 // Close flushes, and when the Writer owns a file (OpenFileSink) it also
 // syncs and closes it.
@@ -83,8 +83,8 @@ func newWriter(w io.Writer, f *os.File, opts WriterOptions) *Writer {
 }
 
 // Process implements pipeline.Processor.
-func (w *Writer) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
-	for _, ev := range batch {
+func (w *Writer) Process(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
+	for _, ev := range events {
 		// Every line is valid UTF-8 JSON: events from the sources are
 		// already, and invalid UTF-8 an event made in the graph carries is
 		// repaired (one fast scan when there is none).

@@ -26,7 +26,7 @@ type Backend interface {
 }
 
 // Viewer is implemented by backends that can run read-only transactions
-// without queueing them behind writes. The connector uses it for a batch
+// without queueing them behind writes. The connector uses it for a slice
 // of events whose commands only read.
 type Viewer interface {
 	// View runs fns, which must only read, in order. Each fn observes at

@@ -44,7 +44,7 @@ func sharedConnectors(t *testing.T, n int) []*kv.Connector {
 	return conns
 }
 
-// do processes evs as one batch and returns what was emitted. It is safe
+// do processes evs as one slice and returns what was emitted. It is safe
 // to call from several goroutines.
 func do(t *testing.T, c *kv.Connector, evs ...pipeline.Event) []kvtest.Emitted {
 	var rec kvtest.Recorder
@@ -77,7 +77,7 @@ func TestConcurrentCASLoopsAndIncrements(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					for r := 0; r < rounds; r++ {
-						// Increments travel in one batch with the read of the
+						// Increments travel in one slice with the read of the
 						// cas loop, so groups mix reads and writes.
 						evs := []pipeline.Event{kvtest.Event(kvtest.M(fmt.Sprintf(`"get":%q`, casKey)), ``)}
 						for range incsPerRound {

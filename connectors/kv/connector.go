@@ -35,12 +35,12 @@ type Connector struct {
 	// replaces events with results.
 	result *resultPath
 
-	scratchPool sync.Pool // *batchScratch
-	// inFlight counts batches submitted to a Submitter and not finished:
-	// while any is, a read-only batch must queue behind them rather than
+	scratchPool sync.Pool // *sliceScratch
+	// inFlight counts slices submitted to a Submitter and not finished:
+	// while any is, a read-only slice must queue behind them rather than
 	// read past them.
 	inFlight atomic.Int64
-	// cut orders the batches whose commands were cut off from their
+	// cut orders the slices whose commands were cut off from their
 	// submission to the store's writer (see cut.go).
 	cut cutter
 
@@ -160,32 +160,32 @@ func (c *Connector) releaseBackend() error {
 	return nil
 }
 
-// Process decodes every event of batch, runs all valid commands in one
+// Process decodes every event of the slice, runs all valid commands in one
 // Backend.Update (one TxnFunc each, so the backend can commit them as a
 // group), then emits each event's results in input order. Per-command
 // failures go to "err"; if the commit itself fails, every command of the
-// batch goes to "err" with that error and none to "out". Process returns an
+// slice goes to "err" with that error and none to "out". Process returns an
 // error only for misuse it cannot report per event (never, today).
-func (c *Connector) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
-	finish, err := c.Start(ctx, batch)
+func (c *Connector) Process(ctx context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
+	finish, err := c.Start(ctx, events)
 	if err != nil {
 		return err
 	}
 	return finish(ctx, emit)
 }
 
-// Start implements pipeline.StagedProcessor: it decodes batch and, on a
-// backend that queues work (Submitter), hands the batch's commands to the
-// store before returning, so that the next batch is decoded and applied
+// Start implements pipeline.StagedProcessor: it decodes events and, on a
+// backend that queues work (Submitter), hands the slice's commands to the
+// store before returning, so that the next slice is decoded and applied
 // while this one's commit is synced. The FinishFunc waits for the outcome
-// and emits as Process does. Commands of consecutive batches apply in
+// and emits as Process does. Commands of consecutive slices apply in
 // input order either way.
-func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline.FinishFunc, error) {
-	sc := c.scratch(len(batch))
-	sc.batch = batch
+func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipeline.FinishFunc, error) {
+	sc := c.scratch(len(events))
+	sc.events = events
 	sc.x.ctx, sc.x2.ctx = ctx, ctx
 	sc.readOnly = true
-	for i, ev := range batch {
+	for i, ev := range events {
 		sc.cmds[i], sc.errs[i] = c.decodeEvent(ev)
 		if sc.errs[i] != nil {
 			continue
@@ -201,13 +201,13 @@ func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline
 	sub, submitter := c.b.(Submitter)
 	switch {
 	case !submitter:
-		// The batch runs when it finishes: finishing is in input order and
+		// The slice runs when it finishes: finishing is in input order and
 		// nothing is applied before, so order holds.
 		sc.deferred = true
 	case sc.readOnly && viewer && c.inFlight.Load() == 0:
-		// Read now, in order: every write of an earlier batch has
-		// returned, and no later batch has started. Nothing in this
-		// batch writes, so the reads need not queue behind the writer.
+		// Read now, in order: every write of an earlier slice has
+		// returned, and no later slice has started. Nothing in this
+		// slice writes, so the reads need not queue behind the writer.
 		sc.outcome(sc.view(ctx, v, n))
 	default:
 		c.inFlight.Add(1)
@@ -217,10 +217,10 @@ func (c *Connector) Start(ctx context.Context, batch []pipeline.Event) (pipeline
 	return sc.finishFn, nil
 }
 
-// finish completes the batch begun by Start: it waits for (or, on a
-// backend that cannot queue, runs) the batch's commands, emits each
+// finish completes the slice begun by Start: it waits for (or, on a
+// backend that cannot queue, runs) the slice's commands, emits each
 // event's outcome in input order and releases sc.
-func (sc *batchScratch) finish(ctx context.Context, emit pipeline.Emitter) error {
+func (sc *sliceScratch) finish(ctx context.Context, emit pipeline.Emitter) error {
 	c := sc.c
 	defer c.release(sc)
 	switch {
@@ -233,7 +233,7 @@ func (sc *batchScratch) finish(ctx context.Context, emit pipeline.Emitter) error
 		sc.x.ctx, sc.x2.ctx = ctx, ctx
 		sc.outcome(c.update(ctx, sc))
 	}
-	for i, ev := range sc.batch {
+	for i, ev := range sc.events {
 		c.emit(emit, ev, &sc.cmds[i], &sc.results[i], sc.errs[i])
 	}
 	if c.opts.OnCommands != nil {
@@ -242,14 +242,14 @@ func (sc *batchScratch) finish(ctx context.Context, emit pipeline.Emitter) error
 	return nil
 }
 
-// update runs the batch's commands through whichever path the backend
-// offers: View for a batch that only reads, UpdateHinted for a backend
+// update runs the slice's commands through whichever path the backend
+// offers: View for a slice that only reads, UpdateHinted for a backend
 // whose reads are remote, Update otherwise.
-func (c *Connector) update(ctx context.Context, sc *batchScratch) error {
+func (c *Connector) update(ctx context.Context, sc *sliceScratch) error {
 	n := len(sc.idx)
 	fns, txErrs := sc.fns[:n], sc.txErrs[:n]
 	if v, ok := c.b.(Viewer); ok && sc.readOnly {
-		// Nothing in this batch writes, so nothing in it must be ordered
+		// Nothing in this slice writes, so nothing in it must be ordered
 		// after a write of it: the reads need not queue behind other
 		// writers, and may run in parallel.
 		return sc.view(ctx, v, n)
@@ -260,9 +260,9 @@ func (c *Connector) update(ctx context.Context, sc *batchScratch) error {
 	return c.b.Update(ctx, fns, txErrs)
 }
 
-// outcome records each command's error once the batch has run: its own,
+// outcome records each command's error once the slice has run: its own,
 // or ErrCommit for all when the commit failed (err).
-func (sc *batchScratch) outcome(err error) {
+func (sc *sliceScratch) outcome(err error) {
 	for j, i := range sc.idx {
 		if err != nil {
 			sc.errs[i] = fmt.Errorf("%s: %w: %w", sc.cmds[i].op, ErrCommit, err)
@@ -272,13 +272,13 @@ func (sc *batchScratch) outcome(err error) {
 	}
 }
 
-// batchScratch is the working memory of one Process call, pooled per
-// Connector so a steady stream of batches allocates none of it. fns[j]
+// sliceScratch is the working memory of one Process call, pooled per
+// Connector so a steady stream of slices allocates none of it. fns[j]
 // runs the command at cmds[idx[j]]; each closure is built once, when its
 // slot is first needed, and finds its command through idx.
-type batchScratch struct {
+type sliceScratch struct {
 	c       *Connector
-	batch   []pipeline.Event
+	events  []pipeline.Event
 	cmds    []command
 	errs    []error
 	results []result
@@ -287,17 +287,17 @@ type batchScratch struct {
 	txErrs  []error
 	x       execer // backends run one Update's fns one at a time
 
-	// A large read-only batch is read by two View calls at once: fns2
+	// A large read-only slice is read by two View calls at once: fns2
 	// are the same commands run with their own execer x2.
 	fns2 []TxnFunc
 	x2   execer
 
 	// Between Start and finish: wait reports the outcome of commands
 	// submitted to the store; deferred says they are still to be run.
-	readOnly bool // no decoded command of the batch writes
+	readOnly bool // no decoded command of the slice writes
 	wait     func() error
 	deferred bool
-	// For a batch submitted to the writer: its sequence number (0 when
+	// For a slice submitted to the writer: its sequence number (0 when
 	// not submitted), the first slot of the submission running, and the
 	// slot from which its commands were cut off, or -1 (see cut.go).
 	seq           uint64
@@ -305,13 +305,13 @@ type batchScratch struct {
 	finishFn      pipeline.FinishFunc // sc.finish, bound once
 }
 
-// minParallelReads is the smallest read-only batch split between two
+// minParallelReads is the smallest read-only slice split between two
 // goroutines; below it, starting one costs more than it saves.
 const minParallelReads = 256
 
-// view runs the n commands of a read-only batch through v, the second half
-// on another goroutine when the batch is large and there is a second CPU.
-func (sc *batchScratch) view(ctx context.Context, v Viewer, n int) error {
+// view runs the n commands of a read-only slice through v, the second half
+// on another goroutine when the slice is large and there is a second CPU.
+func (sc *sliceScratch) view(ctx context.Context, v Viewer, n int) error {
 	if n < minParallelReads || runtime.GOMAXPROCS(0) < 2 {
 		return v.View(ctx, sc.fns[:n], sc.txErrs[:n])
 	}
@@ -330,11 +330,11 @@ func (sc *batchScratch) view(ctx context.Context, v Viewer, n int) error {
 	return err
 }
 
-// scratch returns working memory for a batch of n events.
-func (c *Connector) scratch(n int) *batchScratch {
-	sc, _ := c.scratchPool.Get().(*batchScratch)
+// scratch returns working memory for a slice of n events.
+func (c *Connector) scratch(n int) *sliceScratch {
+	sc, _ := c.scratchPool.Get().(*sliceScratch)
 	if sc == nil {
-		sc = &batchScratch{c: c, x: execer{c: c}, x2: execer{c: c}, cutFrom: -1}
+		sc = &sliceScratch{c: c, x: execer{c: c}, x2: execer{c: c}, cutFrom: -1}
 		sc.finishFn = sc.finish
 	}
 	if cap(sc.cmds) < n {
@@ -353,7 +353,7 @@ func (c *Connector) scratch(n int) *batchScratch {
 }
 
 // slot returns the TxnFunc running the command of slot j with x.
-func (sc *batchScratch) slot(j int, x *execer) TxnFunc {
+func (sc *sliceScratch) slot(j int, x *execer) TxnFunc {
 	return func(tx Txn) error {
 		if sc.seq != 0 && x == &sc.x && sc.cutHere(j) {
 			return errCut
@@ -369,7 +369,7 @@ func (sc *batchScratch) slot(j int, x *execer) TxnFunc {
 
 // release clears sc, so the pool holds no reference to events or results
 // already handed on, and returns it to the pool.
-func (c *Connector) release(sc *batchScratch) {
+func (c *Connector) release(sc *sliceScratch) {
 	clear(sc.cmds)
 	clear(sc.errs)
 	clear(sc.results)
@@ -378,14 +378,14 @@ func (c *Connector) release(sc *batchScratch) {
 	sc.x.reset()
 	sc.x2.reset()
 	sc.x.ctx, sc.x2.ctx = nil, nil
-	sc.batch, sc.wait, sc.deferred = nil, nil, false
+	sc.events, sc.wait, sc.deferred = nil, nil, false
 	sc.seq, sc.from, sc.cutFrom = 0, 0, -1
 	c.scratchPool.Put(sc)
 }
 
 // readHintsOf returns, for a ReadHinter, the keys each command of the
-// batch will read, in the order of its TxnFuncs.
-func (c *Connector) readHintsOf(sc *batchScratch) [][][]byte {
+// slice will read, in the order of its TxnFuncs.
+func (c *Connector) readHintsOf(sc *sliceScratch) [][][]byte {
 	hints := make([][][]byte, len(sc.idx))
 	for j, i := range sc.idx {
 		hints[j] = c.readHints(nil, &sc.cmds[i])
@@ -418,8 +418,8 @@ func (c *Connector) readHints(dst [][]byte, cmd *command) [][]byte {
 // command could not be decoded.
 const InvalidOp = "invalid"
 
-// observe tallies the outcomes of one batch by op and reports each
-// non-zero count once, so the hook costs a few calls per batch, not one
+// observe tallies the outcomes of one slice by op and reports each
+// non-zero count once, so the hook costs a few calls per slice, not one
 // per event.
 func (c *Connector) observe(cmds []command, errs []error) {
 	var tally [opLast + 1][2]int

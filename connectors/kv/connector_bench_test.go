@@ -13,7 +13,7 @@ import (
 	"github.com/flowrun/flowrun/pipeline"
 )
 
-// Connector benchmarks call Process directly, in batches of benchBatch
+// Connector benchmarks call Process directly, in slices of benchBatch
 // events, on a synced pebblestore. b.N counts operations; each reports its
 // throughput as ops/s. They measure the connector and store without the
 // graph; `flowrun bench` measures the whole event path.
@@ -58,15 +58,15 @@ func benchConnector(b *testing.B, preload []byte, event func(i int) pipeline.Eve
 	ctx := context.Background()
 	defer conn.Close(ctx)
 	em := &countEmitter{}
-	batch := make([]pipeline.Event, 0, benchBatch)
+	events := make([]pipeline.Event, 0, benchBatch)
 	if preload != nil {
 		for k := range benchKeys {
-			batch = append(batch, pipeline.Event{Meta: []byte(fmt.Sprintf(`{"kv":{"put":"k%08d"}}`, k)), Data: preload})
-			if len(batch) == benchBatch || k == benchKeys-1 {
-				if err := conn.Process(ctx, batch, em); err != nil {
+			events = append(events, pipeline.Event{Meta: []byte(fmt.Sprintf(`{"kv":{"put":"k%08d"}}`, k)), Data: preload})
+			if len(events) == benchBatch || k == benchKeys-1 {
+				if err := conn.Process(ctx, events, em); err != nil {
 					b.Fatal(err)
 				}
-				batch = batch[:0]
+				events = events[:0]
 			}
 		}
 		*em = countEmitter{}
@@ -74,11 +74,11 @@ func benchConnector(b *testing.B, preload []byte, event func(i int) pipeline.Eve
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < b.N; {
-		batch = batch[:0]
-		for ; i < b.N && len(batch) < benchBatch; i++ {
-			batch = append(batch, event(i))
+		events = events[:0]
+		for ; i < b.N && len(events) < benchBatch; i++ {
+			events = append(events, event(i))
 		}
-		if err := conn.Process(ctx, batch, em); err != nil {
+		if err := conn.Process(ctx, events, em); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -9,29 +9,29 @@ import (
 	"sync/atomic"
 )
 
-// A batch submitted to a store's writer (Submitter) holds the writer while
+// A slice submitted to a store's writer (Submitter) holds the writer while
 // its commands run: every other command on the store, of this connector or
-// another, waits. The budgets bound one event; cutting bounds a batch. Once
+// another, waits. The budgets bound one event; cutting bounds a slice. Once
 // the commands of one submission have visited cutKeys keys, the rest of
-// the batch is cut off: those commands return errCut without running, and
-// the batch's FinishFunc submits them again once the first part has
+// the slice is cut off: those commands return errCut without running, and
+// the slice's FinishFunc submits them again once the first part has
 // committed, so that commands queued meanwhile run in between.
 //
-// Order holds: while a batch has commands still to run, the commands of
-// every batch submitted after it are cut too, whole, and each batch runs
-// its cut commands only when no batch before it has any left (cutter).
+// Order holds: while a slice has commands still to run, the commands of
+// every slice submitted after it are cut too, whole, and each slice runs
+// its cut commands only when no slice before it has any left (cutter).
 
 // errCut is the outcome of a command cut off from its submission; it never
 // reaches an event.
 var errCut = errors.New("kv: command cut off to a later commit group")
 
 // cutKeys returns how many keys the commands of one submission may visit
-// before the rest of the batch is cut off: a quarter of an event's work
+// before the rest of the slice is cut off: a quarter of an event's work
 // budget, so that the writer is held for about that plus one event's
 // budget at most (2.5 ms and 10 ms at the default on Pebble).
 func (c *Connector) cutKeys() int { return max(c.opts.MaxKeysVisited/4, 1) }
 
-// cutter orders the batches of a Connector that have commands cut off.
+// cutter orders the slices of a Connector that have commands cut off.
 type cutter struct {
 	next atomic.Uint64 // the last sequence number handed out
 	// low is the smallest sequence number in open, or 0: the writer reads
@@ -39,13 +39,13 @@ type cutter struct {
 	low  atomic.Uint64
 	mu   sync.Mutex
 	cond *sync.Cond // signalled when open changes; uses mu
-	open []uint64   // batches with commands cut off, sorted
+	open []uint64   // slices with commands cut off, sorted
 }
 
-// number gives a batch about to be submitted its sequence number.
+// number gives a slice about to be submitted its sequence number.
 func (t *cutter) number() uint64 { return t.next.Add(1) }
 
-// mark records that batch seq has commands cut off.
+// mark records that slice seq has commands cut off.
 func (t *cutter) mark(seq uint64) {
 	t.mu.Lock()
 	if i, found := slices.BinarySearch(t.open, seq); !found {
@@ -55,7 +55,7 @@ func (t *cutter) mark(seq uint64) {
 	t.mu.Unlock()
 }
 
-// done records that batch seq has no command cut off any more.
+// done records that slice seq has no command cut off any more.
 func (t *cutter) done(seq uint64) {
 	t.mu.Lock()
 	if i, found := slices.BinarySearch(t.open, seq); found {
@@ -72,8 +72,8 @@ func (t *cutter) done(seq uint64) {
 	t.mu.Unlock()
 }
 
-// awaitTurn waits until no batch numbered below seq has commands cut off,
-// or ctx is done. In a flow, batches finish in order and it never waits;
+// awaitTurn waits until no slice numbered below seq has commands cut off,
+// or ctx is done. In a flow, slices finish in order and it never waits;
 // callers of Process on several goroutines may.
 func (t *cutter) awaitTurn(ctx context.Context, seq uint64) error {
 	t.mu.Lock()
@@ -99,10 +99,10 @@ func (t *cutter) awaitTurn(ctx context.Context, seq uint64) error {
 }
 
 // cutHere reports, in the writer, whether the command of slot j and every
-// later one of the submission are cut off: because an earlier batch has
+// later one of the submission are cut off: because an earlier slice has
 // commands still to run, or because this submission's commands have
 // visited cutKeys keys (the first command of a submission always runs).
-func (sc *batchScratch) cutHere(j int) bool {
+func (sc *sliceScratch) cutHere(j int) bool {
 	if sc.cutFrom >= 0 {
 		return true
 	}
@@ -117,11 +117,11 @@ func (sc *batchScratch) cutHere(j int) bool {
 }
 
 // runCut runs the commands of sc cut off from its submission, each time
-// once no earlier batch has any left, until none is; first is the outcome
+// once no earlier slice has any left, until none is; first is the outcome
 // of the submission that ran first. A command whose later submission
 // fails gets ErrCommit with the cause, as in outcome; the commands that
 // ran before it keep their outcomes.
-func (sc *batchScratch) runCut(ctx context.Context, first error) {
+func (sc *sliceScratch) runCut(ctx context.Context, first error) {
 	c := sc.c
 	for first == nil && sc.cutFrom >= 0 {
 		from, n := sc.cutFrom, len(sc.idx)

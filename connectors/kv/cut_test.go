@@ -17,7 +17,7 @@ import (
 	"github.com/flowrun/flowrun/pipeline"
 )
 
-// runStream runs events through a flow whose kv node has several batches
+// runStream runs events through a flow whose kv node has several slices
 // in flight, flushing after every flushEvery events, and returns the
 // result lines ("port data meta") of each correlation, in arrival order.
 func runStream(t *testing.T, b kv.Backend, opts kv.Options, events []pipeline.Event, flushEvery int) map[int64]string {
@@ -48,7 +48,7 @@ func runStream(t *testing.T, b kv.Backend, opts kv.Options, events []pipeline.Ev
 
 // TestCutBatchesKeepInputOrder runs one stream of writes and long reads
 // through Pebble with a work budget so small that most submissions to the
-// writer are cut off, and through memstore, whose batches are never cut:
+// writer are cut off, and through memstore, whose slices are never cut:
 // every result must be the same, so cutting neither reorders commands,
 // nor runs one twice, nor loses one.
 func TestCutBatchesKeepInputOrder(t *testing.T) {
@@ -91,11 +91,11 @@ func TestCutBatchesKeepInputOrder(t *testing.T) {
 	}
 }
 
-// TestLongReadsDoNotHoldTheWriter submits, through one connector, a batch
-// of many long reads next to a write (so the batch runs in the store's
+// TestLongReadsDoNotHoldTheWriter submits, through one connector, a slice
+// of many long reads next to a write (so the slice runs in the store's
 // writer), and meanwhile a put through another connector on the same
-// store: the put must not wait for the whole batch, only for about one
-// event's work, since the batch is cut off after a quarter of an event's
+// store: the put must not wait for the whole slice, only for about one
+// event's work, since the slice is cut off after a quarter of an event's
 // budget and the rest runs after commands queued meanwhile.
 func TestLongReadsDoNotHoldTheWriter(t *testing.T) {
 	if testing.Short() {
@@ -129,9 +129,9 @@ func TestLongReadsDoNotHoldTheWriter(t *testing.T) {
 	}
 	// 150 counts of 60,000 keys each: 9 million keys, many times the
 	// 25,000 a submission may visit before it is cut.
-	batch := []pipeline.Event{{Meta: []byte(`{"kv":{"put":"w"}}`), Data: []byte("1")}}
+	events := []pipeline.Event{{Meta: []byte(`{"kv":{"put":"w"}}`), Data: []byte("1")}}
 	for range 150 {
-		batch = append(batch, pipeline.Event{Meta: []byte(`{"kv":{"count":"k"}}`)})
+		events = append(events, pipeline.Event{Meta: []byte(`{"kv":{"count":"k"}}`)})
 	}
 	var (
 		wg        sync.WaitGroup
@@ -147,7 +147,7 @@ func TestLongReadsDoNotHoldTheWriter(t *testing.T) {
 		defer wg.Done()
 		t0 := time.Now()
 		close(started)
-		_ = heavy.Process(ctx, batch, emitFunc(func(port string, ev pipeline.Event) {
+		_ = heavy.Process(ctx, events, emitFunc(func(port string, ev pipeline.Event) {
 			if port != pipeline.PortOut {
 				heavyMu.Lock()
 				heavyErrs = append(heavyErrs, string(ev.Meta))
@@ -157,7 +157,7 @@ func TestLongReadsDoNotHoldTheWriter(t *testing.T) {
 		heavyTook = time.Since(t0)
 	}()
 	<-started
-	time.Sleep(20 * time.Millisecond) // the heavy batch is in the writer
+	time.Sleep(20 * time.Millisecond) // the heavy slice is in the writer
 	t0 := time.Now()
 	_ = light.Process(ctx, []pipeline.Event{{Meta: []byte(`{"kv":{"put":"x"}}`), Data: []byte("1")}},
 		emitFunc(func(port string, ev pipeline.Event) {
@@ -170,9 +170,9 @@ func TestLongReadsDoNotHoldTheWriter(t *testing.T) {
 	if len(heavyErrs) != 0 || lightErr != "" {
 		t.Fatalf("errors: heavy %s, light %s", strings.Join(heavyErrs, "; "), lightErr)
 	}
-	t.Logf("heavy batch %v, a put of another connector meanwhile %v", heavyTook, lightTook)
+	t.Logf("heavy events %v, a put of another connector meanwhile %v", heavyTook, lightTook)
 	if lightTook > heavyTook/3 {
-		t.Errorf("a put of another connector waited %v of the heavy batch's %v: the batch held the writer", lightTook, heavyTook)
+		t.Errorf("a put of another connector waited %v of the heavy events's %v: the events held the writer", lightTook, heavyTook)
 	}
 }
 

@@ -216,9 +216,9 @@ func Dump(ctx context.Context, b Backend, opts DumpOptions, fn func(Record) erro
 
 // LoadOptions configure Load.
 type LoadOptions struct {
-	// Batch is the number of records written per Backend.Update (one
+	// Group is the number of records written per Backend.Update (one
 	// commit group). Default 1000.
-	Batch int
+	Group int
 	// MaxKeyLength and MaxValueBytes are the limits a record must meet,
 	// as the kv connector's Options of the same names: a record a put
 	// would refuse is refused with the put's error. Defaults
@@ -233,8 +233,8 @@ type LoadOptions struct {
 
 // EnsureDefaults fills unset fields with their defaults.
 func (o *LoadOptions) EnsureDefaults() {
-	if o.Batch <= 0 {
-		o.Batch = 1000
+	if o.Group <= 0 {
+		o.Group = 1000
 	}
 	if o.MaxKeyLength <= 0 {
 		o.MaxKeyLength = DefaultMaxKeyLength
@@ -274,9 +274,9 @@ func CheckRecord(r Record, opts *LoadOptions) error {
 // Load writes the records next returns, until next returns io.EOF, and
 // returns how many it wrote. Each record is stored as put with expire_at
 // would store it: an existing key is overwritten and the expiry index is
-// kept in step. Records are committed in batches of LoadOptions.Batch. When
+// kept in step. Records are committed in groups of LoadOptions.Group. When
 // next fails, the records it returned before are committed and counted in
-// n, then its error is returned; when a commit fails, the batches before it
+// n, then its error is returned; when a commit fails, the groups before it
 // are committed and counted. Records should come from ParseRecord (or
 // Dump), which validates them; Load also refuses a record a put would
 // refuse (CheckRecord), before committing it.
@@ -293,14 +293,14 @@ func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record,
 		return 0, err
 	}
 	layouts := map[string]*layout{}
-	batch := make([]Record, 0, opts.Batch)
+	group := make([]Record, 0, opts.Group)
 	flush := func() error {
-		if len(batch) == 0 {
+		if len(group) == 0 {
 			return nil
 		}
-		fns := make([]TxnFunc, len(batch))
-		for i := range batch {
-			r := &batch[i]
+		fns := make([]TxnFunc, len(group))
+		for i := range group {
+			r := &group[i]
 			l := layouts[r.Namespace]
 			if l == nil {
 				nl := newLayout(r.Namespace)
@@ -316,8 +316,8 @@ func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record,
 		if err := errors.Join(errs...); err != nil {
 			return fmt.Errorf("load: %w", err)
 		}
-		n += len(batch)
-		batch = batch[:0]
+		n += len(group)
+		group = group[:0]
 		return nil
 	}
 	for {
@@ -338,8 +338,8 @@ func Load(ctx context.Context, b Backend, opts LoadOptions, next func() (Record,
 			}
 			return n, err
 		}
-		batch = append(batch, r)
-		if len(batch) == opts.Batch {
+		group = append(group, r)
+		if len(group) == opts.Group {
 			if err := flush(); err != nil {
 				return n, err
 			}

@@ -39,7 +39,7 @@ func loadString(t *testing.T, b kv.Backend, lines string) int {
 	t.Helper()
 	sc := strings.Split(strings.TrimSuffix(lines, "\n"), "\n")
 	i := 0
-	n, err := kv.Load(context.Background(), b, kv.LoadOptions{Batch: 3}, func() (kv.Record, error) {
+	n, err := kv.Load(context.Background(), b, kv.LoadOptions{Group: 3}, func() (kv.Record, error) {
 		if i == len(sc) || sc[i] == "" {
 			return kv.Record{}, io.EOF
 		}
@@ -170,7 +170,7 @@ func TestLoadStopsAtBadInput(t *testing.T) {
 	b := memstore.New()
 	boom := errors.New("line 3: broken")
 	i := 0
-	n, err := kv.Load(context.Background(), b, kv.LoadOptions{Batch: 10}, func() (kv.Record, error) {
+	n, err := kv.Load(context.Background(), b, kv.LoadOptions{Group: 10}, func() (kv.Record, error) {
 		i++
 		if i == 3 {
 			return kv.Record{}, boom

@@ -137,15 +137,15 @@ func (x *execer) charge(cmd *command, n, keys int) error {
 	return nil
 }
 
-// clockEvery is how many commands of a batch share one reading of the
+// clockEvery is how many commands of a slice of events share one reading of the
 // clock. Reading it costs about as much as a cached read of a key, and
 // commands this close together are applied in the same commit group.
 const clockEvery = 64
 
 // begin prepares x to run a command on tx. The clock is read for the first
-// command of a batch (reset clears runs) and then every clockEvery
+// command of a slice (reset clears runs) and then every clockEvery
 // commands, so an expiry is never judged against an instant older than
-// the batch.
+// the slice.
 func (x *execer) begin(tx Txn) {
 	x.tx = tx
 	if x.runs%clockEvery == 0 {

@@ -73,11 +73,11 @@ func TestOnExpiredReportsBeforeDeleting(t *testing.T) {
 	}
 }
 
-// sinkFunc is a graph sink calling fn for each batch.
-type sinkFunc func(batch []pipeline.Event) error
+// sinkFunc is a graph sink calling fn for each slice.
+type sinkFunc func(events []pipeline.Event) error
 
-func (f sinkFunc) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
-	return f(batch)
+func (f sinkFunc) Process(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
+	return f(events)
 }
 
 // runExpiryGraph runs input -> store, store/expired -> sink over the
@@ -126,10 +126,10 @@ func TestExpirySourceAtLeastOnce(t *testing.T) {
 		got []string
 	)
 	record := func(fail bool) func([]pipeline.Event) error {
-		return func(batch []pipeline.Event) error {
+		return func(events []pipeline.Event) error {
 			mu.Lock()
 			defer mu.Unlock()
-			for _, ev := range batch {
+			for _, ev := range events {
 				got = append(got, string(ev.AppendJSON(nil)))
 			}
 			if fail {
@@ -193,8 +193,8 @@ func TestExpirySourceOutlivesClose(t *testing.T) {
 	g := pipeline.New(pipeline.Options{})
 	for _, err := range []error{
 		g.AddSource("expired", src, kv.PortExpired),
-		g.AddProcessor("sink", sinkFunc(func(batch []pipeline.Event) error {
-			for _, ev := range batch {
+		g.AddProcessor("sink", sinkFunc(func(events []pipeline.Event) error {
+			for _, ev := range events {
 				got = append(got, string(ev.Data))
 			}
 			return nil

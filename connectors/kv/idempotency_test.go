@@ -12,7 +12,7 @@ import (
 )
 
 // TestRetriedIncrementAppliesOnce is the pattern docs/guarantees.md gives
-// for at-least-once delivery: a batch records the event's id with a cas on
+// for at-least-once delivery: a batch command records the event's id with a cas on
 // an absent key next to the increment, so a retried event is refused as a
 // whole and the counter moves once.
 func TestRetriedIncrementAppliesOnce(t *testing.T) {

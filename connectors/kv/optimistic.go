@@ -86,7 +86,7 @@ type overlay map[string]writeRec
 // one after the other: reads go through the View transaction (or the
 // function's own writes, or the overlay), writes are buffered. The records
 // of every function share one slice each, and the bytes they hold one
-// arena, so a Run allocates per batch rather than per function; values it
+// arena, so a Run allocates once rather than per function; values it
 // returns stay valid for the whole Run.
 type optimisticTxn struct {
 	view    Txn

@@ -121,8 +121,8 @@ type Options struct {
 	// Logger receives janitor failures. Default slog.Default().
 	Logger *slog.Logger
 	// OnCommands, when set, is told the outcome of the commands of each
-	// processed batch: it is called once per op and outcome present in the
-	// batch with the number of commands concerned, after their events are
+	// processed slice of events: it is called once per op and outcome present
+	// in the slice with the number of commands concerned, after their events are
 	// emitted, from the goroutine running Process. op is the command name
 	// ("get", "batch", ...) or "invalid" for an event whose command could
 	// not be decoded; ok is false for commands emitted on "err". Metrics use

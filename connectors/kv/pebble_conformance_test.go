@@ -49,7 +49,7 @@ func TestPebbleLargeReadOnlyBatch(t *testing.T) {
 			puts = append(puts, kvtest.Event(kvtest.M(fmt.Sprintf(`"put":"k%d"`, i)), fmt.Sprint(i)))
 		}
 	}
-	h.DoBatch("ns", puts...)
+	h.DoSlice("ns", puts...)
 	writer := h.Conn("other")
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -79,7 +79,7 @@ func TestPebbleLargeReadOnlyBatch(t *testing.T) {
 			}
 			gets = append(gets, kvtest.Event(kvtest.MC(fmt.Sprintf(`"%s":"k%d"`, op, i), fmt.Sprint(i)), ""))
 		}
-		got := h.DoBatch("ns", gets...)
+		got := h.DoSlice("ns", gets...)
 		if len(got) != n {
 			t.Fatalf("round %d: %d results for %d reads", round, len(got), n)
 		}

@@ -22,10 +22,10 @@ type orderSink struct {
 }
 
 func (s *orderSink) add(port string) pipeline.Processor {
-	return pipeline.ProcessorFunc(func(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+	return pipeline.ProcessorFunc(func(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		for _, ev := range batch {
+		for _, ev := range events {
 			s.events = append(s.events, ev)
 			s.ports = append(s.ports, port)
 		}
@@ -34,7 +34,7 @@ func (s *orderSink) add(port string) pipeline.Processor {
 }
 
 // runThrough runs src through conn in a flow whose kv node has several
-// batches in flight, and returns what reached its out and err ports.
+// slices in flight, and returns what reached its out and err ports.
 func runThrough(t *testing.T, src pipeline.Source, conn *kv.Connector) *orderSink {
 	t.Helper()
 	sink := &orderSink{}
@@ -59,8 +59,8 @@ func runThrough(t *testing.T, src pipeline.Source, conn *kv.Connector) *orderSin
 }
 
 // TestStagedBatchesApplyInInputOrder runs a flow whose kv node starts
-// several batches before the first finishes: batches that write and
-// batches that only read alternate on the same keys, so a read that ran
+// several slices before the first finishes: slices that write and
+// slices that only read alternate on the same keys, so a read that ran
 // past an earlier write, or before a later one landed, shows up as a
 // wrong value.
 func TestStagedBatchesApplyInInputOrder(t *testing.T) {
@@ -81,7 +81,7 @@ func TestStagedBatchesApplyInInputOrder(t *testing.T) {
 				corr := 0
 				for r := range rounds {
 					k := r % keys
-					// A writing batch: put k = r (and, every fifth round,
+					// A writing slice: put k = r (and, every fifth round,
 					// an increment on a counter), then flushed alone.
 					emit.Emit(pipeline.PortOut, pipeline.Event{
 						Meta: fmt.Appendf(nil, `{"kv":{"put":"k%d"},"correlation":%d}`, k, corr),
@@ -91,7 +91,7 @@ func TestStagedBatchesApplyInInputOrder(t *testing.T) {
 					if err := emit.Flush(ctx); err != nil {
 						return err
 					}
-					// A read-only batch: get k, which must see r.
+					// A read-only slice: get k, which must see r.
 					want[corr] = strconv.Itoa(r)
 					emit.Emit(pipeline.PortOut, pipeline.Event{
 						Meta: fmt.Appendf(nil, `{"kv":{"get":"k%d"},"correlation":%d}`, k, corr),

@@ -13,12 +13,12 @@ import (
 	"github.com/flowrun/flowrun/pipeline"
 )
 
-// slowProcessor holds every batch for a while, then passes it on.
+// slowProcessor holds every slice for a while, then passes it on.
 type slowProcessor struct{ d time.Duration }
 
-func (s slowProcessor) Process(_ context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+func (s slowProcessor) Process(_ context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
 	time.Sleep(s.d)
-	for _, ev := range batch {
+	for _, ev := range events {
 		emit.Emit(pipeline.PortOut, ev)
 	}
 	return nil

@@ -1,4 +1,4 @@
-// Package replay runs recorded events through a flow in batch: events from a
+// Package replay runs recorded events through a flow offline: events from a
 // JSON-lines input are fed into one of the flow's sources, and every event
 // that reaches a sink is captured as one JSON line
 // {"sink": NAME, "data": ..., "meta": ...}.
@@ -28,21 +28,22 @@ const trackChunk = 1024
 // Capture collects the events reaching a flow's sinks and writes them as
 // JSON lines in input order, as the input events they derive from complete.
 type Capture struct {
-	mu      sync.Mutex
-	sinks   map[string]int
-	bases   map[*pipeline.Tracker]uint64 // number of each tracker's first event
-	tracked uint64                       // input events tracked so far
-	next    uint64                       // number of the first input event not yet written
-	pend    []pending                    // pend[k] is input event next+k
-	w       *bufio.Writer
-	buf     []byte
-	check   ijson.Checker
-	written uint64
-	err     error // first write error
+	mu        sync.Mutex
+	sinks     map[string]int
+	bases     map[*pipeline.Tracker]uint64 // number of each tracker's first event
+	tracked   uint64                       // input events tracked so far
+	next      uint64                       // number of the first input event not yet written
+	unwritten []unwritten                  // unwritten[k] is input event next+k
+	w         *bufio.Writer
+	buf       []byte
+	check     ijson.Checker
+	written   uint64
+	err       error // first write error
 }
 
-// pending is what is known of one input event not yet written.
-type pending struct {
+// unwritten is what is known of one input event whose captured output is
+// not written yet: it, or an earlier input event, has not completed.
+type unwritten struct {
 	done bool
 	out  []captured
 }
@@ -80,11 +81,11 @@ type captureSink struct {
 	name string
 }
 
-func (s *captureSink) Process(_ context.Context, batch []pipeline.Event, _ pipeline.Emitter) error {
+func (s *captureSink) Process(_ context.Context, events []pipeline.Event, _ pipeline.Emitter) error {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, ev := range batch {
+	for _, ev := range events {
 		o := ev.Origin()
 		base, ok := c.bases[o.Tracker()]
 		if !ok {
@@ -126,14 +127,14 @@ func (c *Capture) track(n int) *pipeline.Tracker {
 	return tr
 }
 
-// slot returns the pending entry of input event seq, which is not written
+// slot returns the unwritten entry of input event seq, which is not written
 // yet. c.mu is held.
-func (c *Capture) slot(seq uint64) *pending {
+func (c *Capture) slot(seq uint64) *unwritten {
 	k := int(seq - c.next)
-	for len(c.pend) <= k {
-		c.pend = append(c.pend, pending{})
+	for len(c.unwritten) <= k {
+		c.unwritten = append(c.unwritten, unwritten{})
 	}
-	return &c.pend[k]
+	return &c.unwritten[k]
 }
 
 // done marks input event seq complete and writes every complete event
@@ -142,14 +143,14 @@ func (c *Capture) done(seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.slot(seq).done = true
-	for len(c.pend) > 0 && c.pend[0].done {
-		out := c.pend[0].out
+	for len(c.unwritten) > 0 && c.unwritten[0].done {
+		out := c.unwritten[0].out
 		sort.SliceStable(out, func(i, j int) bool { return out[i].sink < out[j].sink })
 		for _, p := range out {
 			c.write(p)
 		}
-		c.pend[0] = pending{}
-		c.pend = c.pend[1:]
+		c.unwritten[0] = unwritten{}
+		c.unwritten = c.unwritten[1:]
 		c.next++
 	}
 }
@@ -173,12 +174,12 @@ func (c *Capture) write(p captured) {
 func (c *Capture) Release() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range c.pend {
+	for _, p := range c.unwritten {
 		for _, o := range p.out {
 			c.write(o)
 		}
 	}
-	c.pend = nil
+	c.unwritten = nil
 	if c.err != nil {
 		return c.err
 	}

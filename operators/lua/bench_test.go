@@ -55,7 +55,7 @@ func benchConnector(b *testing.B, optimistic bool) (*kv.Connector, *slog.Logger)
 	return conn, quiet
 }
 
-// benchIncrement pushes b.N events, in batches of 1000 over 1000 keys,
+// benchIncrement pushes b.N events, in slices of 1000 over 1000 keys,
 // through the lua processor or the kv connector on a synced pebblestore,
 // and reports ops/s.
 func benchIncrement(b *testing.B, kind int, optimistic bool) {
@@ -79,20 +79,20 @@ func benchIncrement(b *testing.B, kind int, optimistic bool) {
 	}
 	const batchSize, keys = 1000, 1000
 	em := &countEmitter{}
-	batch := make([]pipeline.Event, 0, batchSize)
+	events := make([]pipeline.Event, 0, batchSize)
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < b.N; {
-		batch = batch[:0]
-		for ; i < b.N && len(batch) < batchSize; i++ {
+		events = events[:0]
+		for ; i < b.N && len(events) < batchSize; i++ {
 			k := fmt.Sprintf("k%04d", i%keys)
 			if kind != viaCommand {
-				batch = append(batch, pipeline.Event{Data: []byte(`{"key":"` + k + `"}`)})
+				events = append(events, pipeline.Event{Data: []byte(`{"key":"` + k + `"}`)})
 			} else {
-				batch = append(batch, pipeline.Event{Meta: []byte(`{"kv":{"increment":"` + k + `"}}`)})
+				events = append(events, pipeline.Event{Meta: []byte(`{"kv":{"increment":"` + k + `"}}`)})
 			}
 		}
-		if err := proc.Process(ctx, batch, em); err != nil {
+		if err := proc.Process(ctx, events, em); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -103,7 +103,7 @@ func benchIncrement(b *testing.B, kind int, optimistic bool) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
 }
 
-// chain runs first on a batch, then then on what first emitted on "out"
+// chain runs first on a slice, then then on what first emitted on "out"
 // (anything else goes straight to emit): two nodes of a flow, linked.
 type chain struct {
 	first, then pipeline.Processor
@@ -116,9 +116,9 @@ func (c *chain) Emit(port string, ev pipeline.Event) {
 	}
 }
 
-func (c *chain) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+func (c *chain) Process(ctx context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
 	c.buf = c.buf[:0]
-	if err := c.first.Process(ctx, batch, c); err != nil {
+	if err := c.first.Process(ctx, events, c); err != nil {
 		return err
 	}
 	return c.then.Process(ctx, c.buf, emit)
@@ -172,13 +172,13 @@ func benchParallel(b *testing.B, optimistic bool) {
 		go func() {
 			defer wg.Done()
 			n := b.N / procs
-			batch := make([]pipeline.Event, 0, batchSize)
+			events := make([]pipeline.Event, 0, batchSize)
 			for i := 0; i < n; {
-				batch = batch[:0]
-				for ; i < n && len(batch) < batchSize; i++ {
-					batch = append(batch, pipeline.Event{Data: []byte(fmt.Sprintf(`{"key":"p%dk%04d"}`, j, i%keys))})
+				events = events[:0]
+				for ; i < n && len(events) < batchSize; i++ {
+					events = append(events, pipeline.Event{Data: []byte(fmt.Sprintf(`{"key":"p%dk%04d"}`, j, i%keys))})
 				}
-				if err := p.Process(ctx, batch, ems[j]); err != nil {
+				if err := p.Process(ctx, events, ems[j]); err != nil {
 					b.Error(err)
 					return
 				}

@@ -24,7 +24,7 @@ import (
 type bomb struct {
 	name   string
 	script string
-	events int    // events sent, one batch each, until one fails
+	events int    // events sent, one slice each, until one fails
 	want   string // in the failing event's meta.error; "": none fails
 }
 
@@ -190,7 +190,7 @@ func TestBombChild(t *testing.T) {
 // TestBombDoesNotStallOtherConnectors: a script stuck in a library call
 // holds the store's writer only until its timeout: a command of another
 // connector on the same store waits less than twice the timeout, and a
-// batch of such scripts does not hold it for one timeout per event.
+// slice of such scripts does not hold it for one timeout per event.
 func TestBombDoesNotStallOtherConnectors(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
@@ -199,11 +199,11 @@ func TestBombDoesNotStallOtherConnectors(t *testing.T) {
 		bound   time.Duration // longest wait of the other command
 	}{
 		{"one event", 1, bombTimeout, 2 * bombTimeout},
-		// Each event runs to its timeout: the batch goes to the store in
+		// Each event runs to its timeout: the slice goes to the store in
 		// parts of about one timeout each, and the commands queued
 		// meanwhile are committed before the next part starts, so the
 		// wait is at most about one timeout, not one per event (five).
-		{"batch of 5", 5, 500 * time.Millisecond, 800 * time.Millisecond},
+		{"slice of 5", 5, 500 * time.Millisecond, 800 * time.Millisecond},
 	} {
 		for _, optimistic := range []bool{false, true} {
 			name := tt.name
@@ -237,11 +237,11 @@ func testBombStall(t *testing.T, events int, timeout, bound time.Duration, optim
 	done := make(chan *collector, 1)
 	go func() {
 		c := &collector{}
-		batch := make([]pipeline.Event, events)
-		for i := range batch {
-			batch[i] = ev(`{}`, fmt.Sprintf(`{"i":%d}`, i))
+		evs := make([]pipeline.Event, events)
+		for i := range evs {
+			evs[i] = ev(`{}`, fmt.Sprintf(`{"i":%d}`, i))
 		}
-		_ = p.Process(context.Background(), batch, c)
+		_ = p.Process(context.Background(), evs, c)
 		done <- c
 	}()
 	time.Sleep(100 * time.Millisecond) // the script is in the writer
@@ -272,7 +272,7 @@ func testBombStall(t *testing.T, events int, timeout, bound time.Duration, optim
 	}
 }
 
-// TestSlowBatchSplitIntoCommitGroups: a batch whose scripts hold the
+// TestSlowBatchSplitIntoCommitGroups: a slice whose scripts hold the
 // writer past the timeout is committed in several groups, every event
 // run once, in order, with its writes and outputs.
 func TestSlowBatchSplitIntoCommitGroups(t *testing.T) {
@@ -309,12 +309,12 @@ while os.clock() - start < 0.1 do end
 local n = kv.increment("n")
 kv.set("last", event.data.i)
 emit("out", {i = event.data.i, n = n})`, Options{Store: store, Timeout: 500 * time.Millisecond})
-			batch := make([]pipeline.Event, 8)
-			for i := range batch {
-				batch[i] = ev(fmt.Sprintf(`{"i":%d}`, i), `{}`)
+			evs := make([]pipeline.Event, 8)
+			for i := range evs {
+				evs[i] = ev(fmt.Sprintf(`{"i":%d}`, i), `{}`)
 			}
-			c := process(t, p, batch...)
-			if len(c.out["out"]) != len(batch) || len(c.out["err"]) != 0 {
+			c := process(t, p, evs...)
+			if len(c.out["out"]) != len(evs) || len(c.out["err"]) != 0 {
 				t.Fatalf("outputs: %v", c.out)
 			}
 			for i, e := range c.out["out"] {

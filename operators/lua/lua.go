@@ -5,7 +5,7 @@
 // Each event's script run is one kv.Connector.Run function, so the kv
 // writes it makes are atomic, and its emitted events are held back until
 // the commit succeeds: writes and outputs of an event take effect together
-// or not at all. A batch of events is one Run (one group commit).
+// or not at all. A slice of events is one Run (one commit group).
 package lua
 
 import (
@@ -132,20 +132,20 @@ type Processor struct {
 	mu   sync.Mutex
 	vm   *vm // nil until first use or after a failed run
 	dog  *watchdog
-	outs [][]output // per-batch scratch, reused
+	outs [][]output // per-slice scratch, reused
 	logs []runLogs
 	errs []error
 	fns  []func(*kv.Session) error
-	// outBuf holds the outputs of the batch's events (each event's outs is
+	// outBuf holds the outputs of the slice's events (each event's outs is
 	// a slice of it), arena the bytes of their data and meta: a few
-	// allocations per batch instead of several per event. outBuf is reused;
-	// arena is handed over with the emitted events, so each batch starts a
+	// allocations per slice instead of several per event. outBuf is reused;
+	// arena is handed over with the emitted events, so each slice starts a
 	// new one.
 	outBuf []output
 	arena  []byte
-	// Commit groups of a batch, see runGroups.
+	// Commit groups of a slice, see runGroups.
 	deferOn  bool
-	runStart int // the batch index of the current Run's first event
+	runStart int // the slice index of the current Run's first event
 }
 
 var (
@@ -231,20 +231,20 @@ type output struct {
 	ev   pipeline.Event
 }
 
-// Process runs the script once per event of batch, all in one kv
+// Process runs the script once per event of the slice, all in one kv
 // Connector.Run, then emits each event's outputs in input order, or the
 // event on "err" with meta.error when its script failed or the commit did.
-func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+func (p *Processor) Process(ctx context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	defer p.endBatch()
-	n := len(batch)
+	defer p.endSlice()
+	n := len(events)
 	p.outs = resize(p.outs, n)
 	p.logs = resize(p.logs, n)
 	p.errs = resize(p.errs, n)
 	p.fns = resize(p.fns, n)
 	outs, logs, errs, fns := p.outs, p.logs, p.errs, p.fns
-	for i, ev := range batch {
+	for i, ev := range events {
 		// Run may call fn more than once (optimistic execution): each call
 		// replaces the outputs and log lines of the one before, so only
 		// the run whose writes count is emitted and logged.
@@ -265,7 +265,7 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 			errs[i] = fn(nil)
 		}
 	}
-	for i, ev := range batch {
+	for i, ev := range events {
 		p.writeLogs(ctx, logs[i])
 		if errs[i] != nil {
 			meta, _ := sjson.SetBytes(append([]byte(nil), ev.MetaJSON()...), "error", errs[i].Error())
@@ -285,12 +285,12 @@ func (p *Processor) Process(ctx context.Context, batch []pipeline.Event, emit pi
 	return nil
 }
 
-// runGroups runs fns, the scripts of a batch, in one Store.Run, or in
+// runGroups runs fns, the scripts of a slice, in one Store.Run, or in
 // several when the store's writer runs them: once the scripts of one Run
-// have held the writer for Timeout, the rest of the batch goes to the next
+// have held the writer for Timeout, the rest of the slice goes to the next
 // Run, so that the commands of other connectors on the store, queued
 // meanwhile, wait for about two Timeouts at most (the writer may commit
-// them in one group with the batch's next part) instead of a whole batch
+// them in one group with the slice's next part) instead of a whole slice
 // of slow scripts. Events keep their order: a
 // deferred event's script runs after every earlier event's writes are
 // committed.
@@ -379,8 +379,9 @@ func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event
 	}
 	v := p.vm
 	if v.ctx == nil {
-		// One cancellable context per batch: the watchdog cancels it to
-		// stop a run, after which the VM is discarded with it.
+		// One cancellable context per slice (the slice context): the
+		// watchdog cancels it to stop a run, after which the VM is
+		// discarded with it.
 		v.ctx, v.cancel = context.WithCancelCause(ctx)
 		v.L.SetContext(v.ctx)
 	}
@@ -391,13 +392,13 @@ func (p *Processor) runOne(ctx context.Context, s *kv.Session, ev pipeline.Event
 	case v.ctx.Err() != nil:
 		// The watchdog fired as the script finished: the run counts, but
 		// the next one needs a live context.
-		p.endBatch()
+		p.endSlice()
 	}
 	return outs, lg, err
 }
 
-// endBatch releases the batch's context of the VM.
-func (p *Processor) endBatch() {
+// endSlice releases the slice context of the VM.
+func (p *Processor) endSlice() {
 	if v := p.vm; v != nil && v.ctx != nil {
 		v.L.RemoveContext()
 		v.cancel(nil)

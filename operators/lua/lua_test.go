@@ -424,7 +424,7 @@ end`, Options{Store: store, MaxMemory: 16 << 20, Timeout: 5 * time.Minute})
 		_, _, runErr = p.runOne(context.Background(), s, ev(`{}`, `{}`))
 		return runErr
 	}})
-	p.endBatch()
+	p.endSlice()
 	p.mu.Unlock()
 	if err != nil || !errors.Is(runErr, ErrMemoryLimit) || !errors.Is(runErr, ErrLimit) {
 		t.Errorf("run error %v (commit %v), want ErrMemoryLimit and ErrLimit", runErr, err)

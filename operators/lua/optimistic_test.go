@@ -194,12 +194,12 @@ func TestConcurrentScriptsAndCommands(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for b := range batches {
-				batch := make([]pipeline.Event, batchSize)
-				for i := range batch {
-					batch[i] = pipeline.Event{Data: []byte(fmt.Sprintf(`{"key":"k%d"}`, (i+b+j)%keys))}
+				events := make([]pipeline.Event, batchSize)
+				for i := range events {
+					events[i] = pipeline.Event{Data: []byte(fmt.Sprintf(`{"key":"k%d"}`, (i+b+j)%keys))}
 				}
 				c := &collector{}
-				if err := p.Process(context.Background(), batch, c); err != nil {
+				if err := p.Process(context.Background(), events, c); err != nil {
 					t.Error(err)
 					return
 				}

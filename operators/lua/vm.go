@@ -26,8 +26,9 @@ type vm struct {
 	null *glua.LUserData // json.null
 	fn   *glua.LFunction // the compiled script, made once per VM
 
-	// The context of the current batch, cancelled by the watchdog to stop
-	// a run; nil between batches.
+	// The slice context: the context of the script runs of the current
+	// slice of events, cancelled by the watchdog to stop a run; nil
+	// between slices.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
@@ -138,7 +139,7 @@ func namedMissing(L *glua.LState, name string, t *glua.LTable) {
 	L.SetMetatable(t, mt)
 }
 
-// close releases the state and the batch context.
+// close releases the state and the slice context.
 func (v *vm) close() {
 	if v.cancel != nil {
 		v.cancel(nil)
@@ -203,7 +204,7 @@ func (v *vm) exec(ctx context.Context, s *kv.Session, ev pipeline.Event) ([]outp
 	v.sess, v.ev, v.bytes, v.limit = s, ev, 0, nil
 	v.logs, v.logBytes, v.logDropped = nil, 0, 0
 	defer func() { v.sess = nil }()
-	// Outputs and their bytes go to the batch's buffers; a failed run
+	// Outputs and their bytes go to the slice's buffers; a failed run
 	// takes its own back out.
 	outStart, arenaStart := len(p.outBuf), len(p.arena)
 	ok := false

@@ -185,7 +185,7 @@ func TestReclaimChunk(t *testing.T) {
 	for i := range evs {
 		evs[i] = kvtest.Event(kvtest.M(`"put":"k`+strconv.Itoa(i)+`","ttl":1`), `1`)
 	}
-	h.DoBatch("r", evs...)
+	h.DoSlice("r", evs...)
 	h.Clock.Advance(time.Second)
 	if n, err := h.Conn("r").Reclaim(t.Context()); err != nil || n != len(evs) {
 		t.Errorf("Reclaim = %d, %v; want %d", n, err, len(evs))

@@ -73,12 +73,12 @@ func TestRunEveryWorkload(t *testing.T) {
 // cache, or by the previous group's batch when that group wrote the key,
 // and both count as hits. Hits need more than one group: the graph merges queued batches (up to
 // pipeline.DefaultMaxCoalesce events) and the writer queued requests (up to
-// pebblestore.DefaultMaxBatch transactions, plus one request), so a loaded
+// pebblestore.DefaultMaxGroup transactions, plus one request), so a loaded
 // machine may run thousands of cas in one group. casOps guarantees at
 // least three groups, each reading all 100 keys.
 func TestRowCacheHitRate(t *testing.T) {
 	const keys = 100
-	casOps := 3 * (pebblestore.DefaultMaxBatch + pipeline.DefaultMaxCoalesce)
+	casOps := 3 * (pebblestore.DefaultMaxGroup + pipeline.DefaultMaxCoalesce)
 	tests := []struct {
 		name     string
 		workload string

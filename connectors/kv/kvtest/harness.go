@@ -90,7 +90,7 @@ func (s sharedBackend) MaxTxnWrites() int {
 }
 
 // sharedViewer is a sharedBackend that keeps its backend's read-only path,
-// so the table runs read-only batches the way a flow does.
+// so the table runs read-only slices the way a flow does.
 type sharedViewer struct {
 	sharedBackend
 	v kv.Viewer
@@ -101,7 +101,7 @@ func (s sharedViewer) View(ctx context.Context, fns []kv.TxnFunc, errs []error) 
 }
 
 // sharedSubmitter is a sharedViewer that also keeps its backend's queued
-// write path (kv.Submitter), so the table runs batches the way a staged
+// write path (kv.Submitter), so the table runs slices the way a staged
 // flow node does.
 type sharedSubmitter struct {
 	sharedViewer
@@ -180,11 +180,11 @@ func Event(meta, data string) pipeline.Event {
 
 // Do processes one event in namespace ns and returns what was emitted.
 func (h *Harness) Do(ns, meta, data string) []Emitted {
-	return h.DoBatch(ns, Event(meta, data))
+	return h.DoSlice(ns, Event(meta, data))
 }
 
-// DoBatch processes events as one batch in namespace ns.
-func (h *Harness) DoBatch(ns string, evs ...pipeline.Event) []Emitted {
+// DoSlice processes events as one slice (one Process call) in namespace ns.
+func (h *Harness) DoSlice(ns string, evs ...pipeline.Event) []Emitted {
 	h.T.Helper()
 	var rec Recorder
 	if err := h.Conn(ns).Process(context.Background(), evs, &rec); err != nil {

@@ -30,7 +30,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) kv.Backend) {
 			}
 		})
 	}
-	t.Run("one batch sees its own earlier commands", func(t *testing.T) {
+	t.Run("one slice sees its own earlier commands", func(t *testing.T) {
 		testBatchOrder(t, NewHarness(t, newBackend(t)))
 	})
 	t.Run("namespaces are isolated", func(t *testing.T) {
@@ -39,7 +39,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) kv.Backend) {
 	t.Run("reclaim deletes expired keys only", func(t *testing.T) {
 		testReclaim(t, NewHarness(t, newBackend(t)))
 	})
-	t.Run("idempotency keys within one batch and past their retention", func(t *testing.T) {
+	t.Run("idempotency keys within one slice and past their retention", func(t *testing.T) {
 		testIdemBatchAndReclaim(t, NewHarness(t, newBackend(t)))
 	})
 	t.Run("concurrent increments lose nothing", func(t *testing.T) {
@@ -64,7 +64,7 @@ func testBatchOrder(t *testing.T, h *Harness) {
 	for i := range evs {
 		evs[i] = tr.Track(i, evs[i])
 	}
-	got := h.DoBatch("t", evs...)
+	got := h.DoSlice("t", evs...)
 	want := []string{
 		op("put", "a", `1`, true),
 		op("increment", "a", `2`, true),
@@ -231,7 +231,7 @@ func testReclaim(t *testing.T, h *Harness) {
 	for i := range evs {
 		evs[i] = Event(M(`"put":"bulk`+strconv.Itoa(i)+`","ttl":1`), `1`)
 	}
-	h.DoBatch("a", evs...)
+	h.DoSlice("a", evs...)
 	h.Clock.Advance(time.Second)
 	if n, err := h.Conn("a").Reclaim(ctx); err != nil || n != len(evs) {
 		t.Errorf("bulk Reclaim = %d, %v; want %d", n, err, len(evs))
@@ -239,7 +239,7 @@ func testReclaim(t *testing.T, h *Harness) {
 }
 
 // testConcurrentIncrements runs goroutines × perG increments of one key,
-// half through their own Connector and half sharing one, in batches of
+// half through their own Connector and half sharing one, in slices of
 // varying size. Every increment must see a distinct value.
 func testConcurrentIncrements(t *testing.T, h *Harness, goroutines, perG int) {
 	if testing.Short() {
@@ -321,7 +321,7 @@ func testConcurrentIncrements(t *testing.T, h *Harness, goroutines, perG int) {
 }
 
 // testIdemBatchAndReclaim checks that a repeated idempotency key is caught
-// within one Process batch (one commit group), and that the janitor
+// within one slice of events (one commit group), and that the janitor
 // reclaims idempotency records once their retention has passed, leaving
 // younger ones.
 func testIdemBatchAndReclaim(t *testing.T, h *Harness) {
@@ -334,7 +334,7 @@ func testIdemBatchAndReclaim(t *testing.T, h *Harness) {
 		Event(M(`"increment":"n","by":2,"idem":"a"`), ``),
 		Event(M(`"get":"n"`), ``),
 	}
-	got := h.DoBatch("i", evs...)
+	got := h.DoSlice("i", evs...)
 	want := []string{
 		op("increment", "n", `1`, false),
 		op("increment", "n", `2`, true),

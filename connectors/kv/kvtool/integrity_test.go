@@ -110,7 +110,7 @@ func TestInterruptedLoadIsReported(t *testing.T) {
 	half := input.String()[:input.Len()/2]
 	half = half[:strings.LastIndexByte(half, '\n')+1]
 	injected := errors.New("injected read failure")
-	n, err := s.Load(ctx, &failingReader{r: strings.NewReader(half), err: injected}, LoadOptions{Name: "big.jsonl", Batch: 100})
+	n, err := s.Load(ctx, &failingReader{r: strings.NewReader(half), err: injected}, LoadOptions{Name: "big.jsonl", Group: 100})
 	if !errors.Is(err, injected) || n == 0 {
 		t.Fatalf("Load = %d, %v; want some records and the injected failure", n, err)
 	}

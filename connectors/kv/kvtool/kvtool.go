@@ -181,8 +181,9 @@ func (s *Store) Dump(ctx context.Context, w io.Writer, now func() time.Time) (in
 
 // LoadOptions configure Load.
 type LoadOptions struct {
-	// Batch is the number of records committed together. Default 1000.
-	Batch int
+	// Group is the number of records committed together (one commit
+	// group). Default 1000.
+	Group int
 	// Name names the input in errors and in the store's partial load
 	// marker. Default "input".
 	Name string
@@ -208,7 +209,7 @@ func (s *Store) Load(ctx context.Context, r io.Reader, opts LoadOptions) (int, e
 	if opts.Name == "" {
 		opts.Name = "input"
 	}
-	kopts := kv.LoadOptions{Batch: opts.Batch, Source: opts.Name, MaxKeyLength: opts.MaxKeyLength, MaxValueBytes: opts.MaxValueBytes}
+	kopts := kv.LoadOptions{Group: opts.Group, Source: opts.Name, MaxKeyLength: opts.MaxKeyLength, MaxValueBytes: opts.MaxValueBytes}
 	kopts.EnsureDefaults()
 	if rs, ok := r.(io.ReadSeeker); ok {
 		// A pipe or terminal cannot seek: its lines are checked as they come.

@@ -63,7 +63,7 @@ func TestDumpLoadDumpIsIdentical(t *testing.T) {
 
 	dst := open(t, filepath.Join(t.TempDir(), "dst"), true)
 	defer dst.Close()
-	if n, err := dst.Load(ctx, bytes.NewReader(first.Bytes()), LoadOptions{Batch: 2}); err != nil || n != 9 {
+	if n, err := dst.Load(ctx, bytes.NewReader(first.Bytes()), LoadOptions{Group: 2}); err != nil || n != 9 {
 		t.Fatalf("Load = %d, %v", n, err)
 	}
 	var second bytes.Buffer

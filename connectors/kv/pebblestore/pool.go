@@ -95,7 +95,7 @@ func (h *handle) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error
 }
 
 // Submit implements kv.Submitter, so a kv connector on a pooled store
-// keeps overlapping one batch's sync with the next batch's start.
+// keeps overlapping one slice's sync with the next slice's start.
 func (h *handle) Submit(ctx context.Context, fns []kv.TxnFunc, errs []error) func() error {
 	return h.store.Submit(ctx, fns, errs)
 }

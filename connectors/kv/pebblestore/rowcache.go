@@ -25,16 +25,16 @@ const rowEntryOverhead = 128
 // reads of hot keys skip Pebble. Scans never use it.
 //
 // Coherence: only the store's committer goroutine changes the database, and
-// it updates the cache itself right after each group's batch is applied
+// it updates the cache itself right after each group's Pebble batch is applied
 // (publish).
 // Everyone else may only fill the cache with what they read from the
 // database, and only when no publish overlapped their read: epoch is odd
-// from just before a batch is applied until the cache reflects it, and a
+// from just before a Pebble batch is applied until the cache reflects it, and a
 // fill is accepted only if epoch was even when the reader loaded it before
 // its database read and is still that value when the fill takes the shard
 // lock. So, outside a publish, every entry equals the database's record;
 // during one, an entry is either the database's record or the one the
-// database held before the batch being published, which no released result
+// database held before the Pebble batch being published, which no released result
 // depends on yet.
 //
 // Why the epoch is odd during the apply itself, not merely bumped before
@@ -98,7 +98,7 @@ type rowEntry struct {
 	newer, older *rowEntry // neighbours in the shard's list while cached
 	shard        *rowShard
 	// fresh marks an entry made by the writer for a key it read from the
-	// previous group's batch, not yet in the cache: publish adds it with
+	// previous group's Pebble batch, not yet in the cache: publish adds it with
 	// the group's record for the key.
 	fresh bool
 }
@@ -185,7 +185,7 @@ func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 // writerGet is get for the writer goroutine: it returns the cached entry
 // itself, or nil. An entry's record changes only when a group writing its
 // key is published; the writer reads the keys of the group being
-// published from that group's batch instead, and groups before it were
+// published from that group's Pebble batch instead, and groups before it were
 // published before the current one started. So the writer may read e.rec
 // and e.absent without the shard lock while it builds the group; it also
 // keeps e, for publish to update when the group is applied.
@@ -212,7 +212,7 @@ func (sh *rowShard) lookup(key []byte) *rowEntry {
 
 // writerFill is fill for the writer goroutine, whose database reads are
 // always current (it reads keys the group being published wrote from that
-// group's batch, not from the database): it caches what the writer read unless the key is cached
+// group's Pebble batch, not from the database): it caches what the writer read unless the key is cached
 // already (then with the same record), and returns the entry, or nil when
 // the record is too large to keep.
 func (c *rowCache) writerFill(key, rec []byte, absent bool) *rowEntry {
@@ -346,9 +346,9 @@ func (sh *rowShard) evict() {
 }
 
 // publish brings the cache up to date with repr, the representation of a
-// batch the committer has just applied to the database: every cached key the
-// batch sets or deletes takes its new record (or becomes absent), and a
-// range deletion empties the cache. Keys the batch writes that are not
+// Pebble batch the committer has just applied to the database: every cached key the
+// Pebble batch sets or deletes takes its new record (or becomes absent), and a
+// range deletion empties the cache. Keys the Pebble batch writes that are not
 // cached are not added: a write-only workload would otherwise pay for
 // copying every record into a cache its reads never use; a
 // read-modify-write has already cached the key when it read it.
@@ -360,7 +360,7 @@ func (sh *rowShard) evict() {
 // beginPublish and endPublish, one group at a time.
 func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 	// The records are applied shard by shard, each under one hold of its
-	// lock, in batch order within a shard (a key's records all fall in one
+	// lock, in Pebble batch order within a shard (a key's records all fall in one
 	// shard, so its last record is applied last). Taking a lock per record
 	// would cost more than the updates: its atomic instructions also keep
 	// the processor from overlapping one record's cache misses with the
@@ -371,7 +371,7 @@ func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 	for i := 0; ; i++ {
 		kind, key, value, ok, err := r.Next()
 		if err != nil {
-			// A batch we built ourselves does not fail to decode; if it
+			// A Pebble batch we built ourselves does not fail to decode; if it
 			// did, forgetting everything is always coherent.
 			c.clear()
 			return
@@ -381,7 +381,7 @@ func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 		}
 		if kind != pebble.InternalKeyKindSet && kind != pebble.InternalKeyKindDelete {
 			// A range deletion (clear), or anything unforeseen: an empty
-			// cache agrees with any database, and the batch's other
+			// cache agrees with any database, and the Pebble batch's other
 			// records need not be applied to it.
 			c.clear()
 			return
@@ -399,7 +399,7 @@ func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 		recs = append(recs, rec)
 	}
 	c.pub.recs = recs
-	// Order the records by shard, keeping batch order within each.
+	// Order the records by shard, keeping Pebble batch order within each.
 	var start [rowCacheShards + 1]int32
 	for i, n := range perShard {
 		start[i+1] = start[i] + n
@@ -427,7 +427,7 @@ func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 	clear(recs) // drop the references into repr until the next group
 }
 
-// publishedRecord is one record of a batch being published.
+// publishedRecord is one record of a Pebble batch being published.
 type publishedRecord struct {
 	key, value []byte
 	absent     bool
@@ -440,12 +440,12 @@ type publishedRecord struct {
 func (c *rowCache) beginPublish() { c.epoch.Add(1) }
 
 // endPublish makes epoch even again: fills from reads that start after the
-// cache reflects the published batch are accepted.
+// cache reflects the published Pebble batch are accepted.
 func (c *rowCache) endPublish() { c.epoch.Add(1) }
 
 // update sets a cached key to rec (or absent), reusing the cached record's
 // memory when it is large enough. Keys not cached are left alone, unless
-// known is fresh (the writer read the key from the previous group's batch,
+// known is fresh (the writer read the key from the previous group's Pebble batch,
 // where a read from the database would have cached it): it is added. Recency
 // is left alone too: it follows reads, and a read-modify-write has just
 // made the key recent; moving it again would cost list updates on every
@@ -510,7 +510,7 @@ type RowCacheStats struct {
 	// same commit group, bypass the cache and are not counted.
 	Hits, Misses uint64
 	// PreviousGroup counts the writer's point reads of keys the previous
-	// commit group wrote, answered from that group's batch while it was
+	// commit group wrote, answered from that group's Pebble batch while it was
 	// still being applied: neither the cache nor the database was read.
 	// Counted whether or not the cache is enabled.
 	PreviousGroup uint64

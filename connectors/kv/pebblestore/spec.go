@@ -31,8 +31,8 @@ func Backend() kv.BackendSpec {
 				Doc: "Store directory, relative to the flow file unless absolute; created private (0700) when missing. Connectors whose dir reaches the same directory by any path (a symlink, x/../state) share one store."},
 			{Name: "sync", Type: component.TypeBool, Default: "true",
 				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},
-			{Name: "max_batch", Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxBatch), Min: "1",
-				Doc: "Most commands committed together as one group (one disk sync)."},
+			{Name: "max_group", Aliases: []string{"max_batch"}, Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxGroup), Min: "1",
+				Doc: "Most commands committed together as one commit group (one disk sync). The alias max_batch is its former name, deprecated."},
 			{Name: "max_delay", Type: component.TypeDuration, Default: "0s", Max: "1s",
 				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once. Every write of the group waits this long."},
 			{Name: "row_cache", Type: component.TypeByteSize, Default: fmt.Sprintf("%dMiB", DefaultRowCacheBytes>>20),
@@ -42,7 +42,7 @@ func Backend() kv.BackendSpec {
 			dir := component.StoreDir(env.Resources, c.String("dir"))
 			b, err := resourceKey.Shared(env.Resources, NewPool).Open(dir, Options{
 				NoSync:   !c.Bool("sync"),
-				MaxBatch: c.Int("max_batch"),
+				MaxGroup: c.Int("max_group"),
 				MaxDelay: c.Duration("max_delay"),
 				Logger:   env.Logger,
 

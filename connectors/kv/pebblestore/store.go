@@ -8,7 +8,7 @@
 // goroutines form the pipeline: the writer builds a group while a committer
 // applies the one before to the database and the row cache, and a syncer
 // waits for the WAL syncs and releases results in order. The writer reads
-// the previous group's writes from its batch until that group is applied
+// the previous group's writes from its Pebble batch until that group is applied
 // (point reads by key; a scan or range deletion waits for it), and no later
 // group completes before an earlier one has synced.
 //
@@ -61,7 +61,7 @@ var (
 
 // Defaults for Options.
 const (
-	DefaultMaxBatch = 8192
+	DefaultMaxGroup = 8192
 	// DefaultCacheBytes is the block cache size. Pebble's own default (8
 	// MiB) makes point reads of a store of a few hundred thousand keys go to
 	// disk; 64 MiB keeps such a store's hot blocks in memory while leaving
@@ -92,9 +92,9 @@ type Options struct {
 	// failure. Default false: every result is durable on disk before it is
 	// released.
 	NoSync bool
-	// MaxBatch bounds the number of transactions committed as one group.
-	// Default DefaultMaxBatch.
-	MaxBatch int
+	// MaxGroup bounds the number of transactions committed as one group.
+	// Default DefaultMaxGroup.
+	MaxGroup int
 	// MaxDelay is how long the writer may wait for more transactions to
 	// fill a group before committing it. Default 0: commit what is queued.
 	// Groups still form naturally while earlier groups are syncing.
@@ -172,8 +172,8 @@ type CommitInfo struct {
 
 // EnsureDefaults fills unset fields with their defaults.
 func (o *Options) EnsureDefaults() {
-	if o.MaxBatch <= 0 {
-		o.MaxBatch = DefaultMaxBatch
+	if o.MaxGroup <= 0 {
+		o.MaxGroup = DefaultMaxGroup
 	}
 	if o.MaxDelay < 0 {
 		o.MaxDelay = 0
@@ -235,16 +235,16 @@ type Store struct {
 	synced  chan *group   // from the committer to the syncer
 	done    chan struct{} // closed when the syncer has finished
 
-	pending [2]*pendingIndex // the writer's, used by every other group
+	unapplied [2]*unappliedIndex // the writer's, used by every other group
 	// previousGroupReads counts point reads answered from the previous
-	// group's batch (RowCacheStats.PreviousGroup).
+	// group's Pebble batch (RowCacheStats.PreviousGroup).
 	previousGroupReads atomic.Uint64
-	batchSizeHint      int       // the writer's: the last group's batch size
+	batchSizeHint      int       // the writer's: the last group's Pebble batch size
 	cache              *rowCache // nil when disabled
 
 	// Read-only transactions (View) bypass the writer; these let them wait
 	// for the durability of what they read. applying counts groups that
-	// write, numbered before their batch becomes visible; the syncer
+	// write, numbered before their Pebble batch becomes visible; the syncer
 	// advances released (under relMu) as groups reach their outcome.
 	applying atomic.Uint64
 	relMu    sync.Mutex
@@ -273,33 +273,33 @@ type request struct {
 type group struct {
 	seq   uint64        // its number in Store.applying; 0 for groups that wrote nothing
 	batch *pebble.Batch // nil when the group wrote nothing
-	// repr is the batch's representation as built: Pebble drops a large
-	// batch's contents from the Batch once it is committed.
+	// repr is the Pebble batch's representation as built: Pebble drops a large
+	// Pebble batch's contents from the Batch once it is committed.
 	repr []byte
-	// pending indexes the records of repr by key, for reads of the next
-	// group; nil when the group indexed its batch instead.
-	pending *pendingIndex
-	entries []*rowEntry // for each record of repr, the row cache entry the writer read for its key, or nil
-	reqs    []*request
-	err     error // build or commit error, reported to every request
+	// unapplied indexes the records of repr by key, for reads of the next
+	// group; nil when the group indexed its Pebble batch instead.
+	unapplied *unappliedIndex
+	entries   []*rowEntry // for each record of repr, the row cache entry the writer read for its key, or nil
+	reqs      []*request
+	err       error // build or commit error, reported to every request
 	// logBytes counts the group's bytes in diskGuard.unsynced from its
 	// admission until the syncer is done with it.
 	logBytes int64
 	start    time.Time
 	wrote    bool
-	// awaitSync tells the syncer to wait for the batch's WAL sync.
+	// awaitSync tells the syncer to wait for the Pebble batch's WAL sync.
 	awaitSync bool
 	// committed is closed once the committer is done with the group: its
 	// writes are in the database and the row cache, or it failed.
 	committed chan struct{}
-	// refs counts the holders of batch: the writer while reads may search
+	// refs counts the holders of the Pebble batch: the writer while reads may search
 	// repr, and the committer, whose hold passes to the syncer when there
 	// is a sync to wait for. The last one closes it, and Pebble may then
 	// reuse its memory.
 	refs atomic.Int32
 }
 
-// release drops one hold on g's batch.
+// release drops one hold on g's Pebble batch.
 func (g *group) release() {
 	if g.refs.Add(-1) == 0 {
 		_ = g.batch.Close()
@@ -370,10 +370,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		synced:  make(chan *group, 64),
 		done:    make(chan struct{}),
 
-		pending: [2]*pendingIndex{newPendingIndex(), newPendingIndex()},
-		stop:    stop,
-		guard:   guard,
-		bgErr:   bgErr,
+		unapplied: [2]*unappliedIndex{newUnappliedIndex(), newUnappliedIndex()},
+		stop:      stop,
+		guard:     guard,
+		bgErr:     bgErr,
 	}
 	if opts.RowCacheBytes > 0 {
 		s.cache = newRowCache(opts.RowCacheBytes)
@@ -479,9 +479,9 @@ func (s *Store) Close() error {
 }
 
 // write is the single writer goroutine: it gathers queued requests into a
-// group, runs their transactions against one batch and hands the group to
+// group, runs their transactions against one Pebble batch and hands the group to
 // the committer. It builds the next group while the committer applies the
-// previous one: reads of that group's keys are answered from its batch
+// previous one: reads of that group's keys are answered from its Pebble batch
 // (txn.prev) until it is in the database and the row cache, which the
 // writer waits for before building the group after next.
 func (s *Store) write() {
@@ -499,14 +499,14 @@ func (s *Store) write() {
 	for first := range s.reqs {
 		reqs := []*request{first}
 		n := len(first.fns)
-		if s.opts.MaxDelay > 0 && n < s.opts.MaxBatch {
+		if s.opts.MaxDelay > 0 && n < s.opts.MaxGroup {
 			if timer == nil {
 				timer = time.NewTimer(s.opts.MaxDelay)
 			} else {
 				timer.Reset(s.opts.MaxDelay)
 			}
 		gather:
-			for n < s.opts.MaxBatch {
+			for n < s.opts.MaxGroup {
 				select {
 				case r, ok := <-s.reqs:
 					if !ok {
@@ -521,7 +521,7 @@ func (s *Store) write() {
 			timer.Stop()
 		} else {
 		drain:
-			for n < s.opts.MaxBatch {
+			for n < s.opts.MaxGroup {
 				select {
 				case r, ok := <-s.reqs:
 					if !ok {
@@ -534,9 +534,9 @@ func (s *Store) write() {
 				}
 			}
 		}
-		// Consecutive groups use the two pending indexes in turn: the
+		// Consecutive groups use the two unapplied indexes in turn: the
 		// previous group's stays readable while this one is built.
-		g := s.build(reqs, prev, s.pending[built%2])
+		g := s.build(reqs, prev, s.unapplied[built%2])
 		built++
 		s.commits <- g
 		if prev != nil {
@@ -547,8 +547,8 @@ func (s *Store) write() {
 		switch {
 		case g.batch == nil:
 			prev = nil // nothing of it for later reads to find
-		case g.pending == nil:
-			// Its batch cannot be searched by key: later reads must find
+		case g.unapplied == nil:
+			// Its Pebble batch cannot be searched by key: later reads must find
 			// its writes in the database.
 			s.retire(g)
 			prev = nil
@@ -559,25 +559,25 @@ func (s *Store) write() {
 }
 
 // retire waits until g's writes are in the database and the row cache (or
-// failed to get there), then drops the writer's hold on its batch.
+// failed to get there), then drops the writer's hold on its Pebble batch.
 func (s *Store) retire(g *group) {
 	<-g.committed
 	g.release()
 }
 
-// build runs the transactions of reqs in order into one batch and numbers
+// build runs the transactions of reqs in order into one Pebble batch and numbers
 // the group. Reads see the writes of earlier transactions of the group
-// (pending), of prev, the group before it when the committer may not have
-// applied it yet, and of the database. pending is the index the group
+// (unapplied), of prev, the group before it when the committer may not have
+// applied it yet, and of the database. unapplied is the index the group
 // uses; prev's is the other one.
-func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *group {
+func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *group {
 	var start time.Time
 	if s.opts.OnCommit != nil {
 		start = time.Now()
 	}
 	g := &group{reqs: reqs, start: start, committed: make(chan struct{})}
-	pending.reset()
-	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), pending: pending, cache: s.cache, prev: prev}
+	unapplied.reset()
+	tx := &txn{db: s.db, batch: s.db.NewBatchWithSize(s.batchSizeHint), unapplied: unapplied, cache: s.cache, prev: prev}
 	defer func() { s.previousGroupReads.Add(tx.prevReads) }()
 	fail := func(err error) *group {
 		_ = tx.batch.Close()
@@ -597,13 +597,13 @@ func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *grou
 			}
 		}
 	}
-	if !tx.indexed && len(tx.pending.refs) >= minSortedRecords {
+	if !tx.indexed && len(tx.unapplied.refs) >= minSortedRecords {
 		if err := tx.sortByKey(); err != nil {
 			return fail(err)
 		}
 	}
 	// The next group is likely of about the size of recent ones: giving
-	// its batch the room at once saves growing it by copies as records are
+	// its Pebble batch the room at once saves growing it by copies as records are
 	// added. The hint follows growth at once and shrinkage slowly.
 	s.batchSizeHint = min(max(len(tx.batch.Repr()), s.batchSizeHint-s.batchSizeHint/8), maxBatchSizeHint)
 	if tx.batch.Empty() {
@@ -615,7 +615,7 @@ func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *grou
 	g.repr = g.batch.Repr()
 	g.entries = tx.recordEntries()
 	if !tx.indexed {
-		g.pending = pending
+		g.unapplied = unapplied
 	}
 	g.refs.Store(2) // the writer's hold and the committer's, passed on to the syncer
 	// Numbered before its writes can be seen, so that a View that sees
@@ -624,7 +624,7 @@ func (s *Store) build(reqs []*request, prev *group, pending *pendingIndex) *grou
 	return g
 }
 
-// commit is the committer goroutine: it applies each group's batch to the
+// commit is the committer goroutine: it applies each group's Pebble batch to the
 // database and the row cache, in order, and hands the group to the syncer.
 // Once a group has failed, later ones are not applied: they were built on
 // its writes, and the syncer fails them all.
@@ -655,12 +655,12 @@ func (s *Store) commit() {
 	}
 }
 
-// apply commits g's batch and brings the row cache up to date with it.
+// apply commits g's Pebble batch and brings the row cache up to date with it.
 func (s *Store) apply(g *group) {
-	// The row cache takes the batch only after it is numbered (build), for
+	// The row cache takes the Pebble batch only after it is numbered (build), for
 	// the same reason as the database: a View that reads one of its
 	// records from the cache loads applying afterwards and so waits for
-	// this group's sync. Pebble drops a large batch's contents from the
+	// this group's sync. Pebble drops a large Pebble batch's contents from the
 	// Batch once it is committed (they live on as a memtable of their
 	// own), so the row cache reads the records through g.repr.
 	if s.cache != nil {
@@ -785,7 +785,7 @@ func (s *Store) RowCacheStats() RowCacheStats {
 
 // View implements kv.Viewer. The reads run in the caller's goroutine
 // against the database, which already holds every group whose Update has
-// returned: a group's batch is applied (and visible) before its results
+// returned: a group's Pebble batch is applied (and visible) before its results
 // are released. They may also see groups applied but not yet synced; View
 // then waits for those to be released, and fails if one of them failed, so
 // no read result outlives a write that was lost. Point reads answered by
@@ -842,28 +842,28 @@ func (t *readTxn) DeleteRange([]byte, []byte) error {
 	return kv.ErrReadOnly
 }
 
-// txn implements kv.Txn over the group's batch.
+// txn implements kv.Txn over the group's Pebble batch.
 //
-// A group starts with a plain batch: most groups only write (puts), and
+// A group starts with a plain Pebble batch: most groups only write (puts), and
 // keeping Pebble's batch index up to date costs a skiplist insertion per
 // write that such a group never uses. Reads see the group's own writes
-// through pending, a hash index of where each key's latest write sits in
-// the batch; a key with no pending write is read from the database, which
+// through unapplied, a hash index of where each key's latest write sits in
+// the Pebble batch; a key with no unapplied write is read from the database, which
 // already holds every earlier group. A range deletion or a scan over a
-// non-empty batch needs Pebble's own merging of batch and database, so the
-// txn then copies the batch into an indexed one once and stays indexed
+// non-empty Pebble batch needs Pebble's own merging of the Pebble batch and the database, so the
+// txn then copies the Pebble batch into an indexed one once and stays indexed
 // until the group ends.
 type txn struct {
-	db      *pebble.DB
-	batch   *pebble.Batch
-	indexed bool
-	pending *pendingIndex // unused once indexed
-	cache   *rowCache     // nil when disabled
+	db        *pebble.DB
+	batch     *pebble.Batch
+	indexed   bool
+	unapplied *unappliedIndex // unused once indexed
+	cache     *rowCache       // nil when disabled
 	// prev is the group built before this one while the committer may
 	// not have applied it yet: point reads of keys it wrote are answered
-	// from its batch; anything else that reads the database waits for it
+	// from its Pebble batch; anything else that reads the database waits for it
 	// (settle). nil for View and once settled. The writer passes only
-	// groups with a pending index (write).
+	// groups with an unapplied index (write).
 	prev      *group
 	prevReads uint64 // point reads answered by prev
 	// lastRead is the cache entry of the key the writer read last, kept
@@ -876,16 +876,16 @@ type txn struct {
 	val      []byte
 }
 
-// mark is a savepoint: the batch's size and entry count, and the pending
+// mark is a savepoint: the Pebble batch's size and entry count, and the unapplied
 // index's length, before a transaction ran.
 type mark struct {
-	len     int
-	count   uint32
-	pending int
+	len       int
+	count     uint32
+	unapplied int
 }
 
 func (t *txn) mark() mark {
-	return mark{len: t.batch.Len(), count: t.batch.Count(), pending: len(t.pending.refs)}
+	return mark{len: t.batch.Len(), count: t.batch.Count(), unapplied: len(t.unapplied.refs)}
 }
 
 // changedSince reports whether anything was written after m.
@@ -907,10 +907,10 @@ func (t *txn) closeIter() {
 	}
 }
 
-// index switches the txn to an indexed batch holding everything written so
-// far, for reads that the pending index cannot answer.
+// index switches the txn to an indexed Pebble batch holding everything written so
+// far, for reads that the unapplied index cannot answer.
 func (t *txn) index() error {
-	t.settle() // the indexed batch reads through to the database
+	t.settle() // the indexed Pebble batch reads through to the database
 	nb := t.db.NewIndexedBatch()
 	if err := nb.Apply(t.batch, nil); err != nil {
 		_ = nb.Close()
@@ -918,11 +918,11 @@ func (t *txn) index() error {
 	}
 	_ = t.batch.Close()
 	t.batch, t.indexed = nb, true
-	t.pending.reset()
+	t.unapplied.reset()
 	return nil
 }
 
-// rollback drops every write made after m, by rebuilding the batch from the
+// rollback drops every write made after m, by rebuilding the Pebble batch from the
 // prefix it had at m.
 func (t *txn) rollback(m mark) error {
 	repr := t.batch.Repr()
@@ -931,7 +931,7 @@ func (t *txn) rollback(m mark) error {
 		nb = t.db.NewIndexedBatch()
 	} else {
 		nb = t.db.NewBatch()
-		t.pending.truncate(m.pending)
+		t.unapplied.truncate(m.unapplied)
 	}
 	if m.count > 0 {
 		prefix := append([]byte(nil), repr[:m.len]...)
@@ -960,7 +960,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 	var raw []byte
 	switch {
 	case !t.indexed:
-		if rec, del, hit := t.pending.lookup(t.batch.Repr(), key); hit {
+		if rec, del, hit := t.unapplied.lookup(t.batch.Repr(), key); hit {
 			if del {
 				return nil, 0, false, nil
 			}
@@ -968,7 +968,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 			break
 		}
 		if p := t.prev; p != nil {
-			if rec, del, hit := p.pending.lookup(p.repr, key); hit {
+			if rec, del, hit := p.unapplied.lookup(p.repr, key); hit {
 				if t.cache != nil {
 					// The cache cannot take p's record before p is
 					// published; a write of the key by this group
@@ -981,7 +981,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 					return nil, 0, false, nil
 				}
 				t.prevReads++
-				raw = rec // the writer holds p's batch until p is retired
+				raw = rec // the writer holds p's Pebble batch until p is retired
 				break
 			}
 		}
@@ -994,7 +994,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 		}
 		raw = rec
 	default:
-		// The indexed batch merges the group's writes with the database
+		// The indexed Pebble batch merges the group's writes with the database
 		// itself; the row cache, which knows nothing of the group's
 		// writes, is bypassed until the group ends.
 		v, closer, err := t.batch.Get(key)
@@ -1077,18 +1077,18 @@ func (t *txn) readEntry(key []byte) *rowEntry {
 	return nil
 }
 
-// recordEntries returns, for each record of the batch in order, the cache
+// recordEntries returns, for each record of the Pebble batch in order, the cache
 // entry the writer read for its key (see lastRead) or nil; nil when the
 // txn no longer tracks its records (indexed).
 func (t *txn) recordEntries() []*rowEntry {
 	if t.indexed || t.cache == nil {
 		return nil
 	}
-	entries := t.pending.entries[:0]
-	for i := range t.pending.refs {
-		entries = append(entries, t.pending.refs[i].entry)
+	entries := t.unapplied.entries[:0]
+	for i := range t.unapplied.refs {
+		entries = append(entries, t.unapplied.refs[i].entry)
 	}
-	t.pending.entries = entries
+	t.unapplied.entries = entries
 	return entries
 }
 
@@ -1105,7 +1105,7 @@ func (t *txn) Set(key, value []byte, expireAt int64) error {
 		return err
 	}
 	if !t.indexed {
-		t.pending.add(t.batch.Repr(), len(key), len(t.buf), false, t.readEntry(key))
+		t.unapplied.add(t.batch.Repr(), len(key), len(t.buf), false, t.readEntry(key))
 	}
 	return nil
 }
@@ -1115,13 +1115,13 @@ func (t *txn) Delete(key []byte) error {
 		return err
 	}
 	if !t.indexed {
-		t.pending.add(t.batch.Repr(), len(key), 0, true, t.readEntry(key))
+		t.unapplied.add(t.batch.Repr(), len(key), 0, true, t.readEntry(key))
 	}
 	return nil
 }
 
 func (t *txn) DeleteRange(start, end []byte) error {
-	// The pending index cannot answer reads of keys inside a deleted
+	// The unapplied index cannot answer reads of keys inside a deleted
 	// range; range deletions are rare (clear), so index instead.
 	if !t.indexed {
 		if err := t.index(); err != nil {
@@ -1173,44 +1173,44 @@ func (t *txn) scan(r pebble.Reader, start, end []byte, fn func(key, value []byte
 // bloomBitsPerKey sizes the sstables' bloom filters.
 const bloomBitsPerKey = 10
 
-// maxBatchSizeHint caps the room a group's batch is given in advance, so
-// that one group of large values does not make every later batch large.
+// maxBatchSizeHint caps the room a group's Pebble batch is given in advance, so
+// that one group of large values does not make every later Pebble batch large.
 const maxBatchSizeHint = 1 << 20
 
 // minSortedRecords is the smallest group whose records are put in key
 // order before the commit.
 const minSortedRecords = 64
 
-// sortByKey rewrites the group's plain batch with its records in key
+// sortByKey rewrites the group's plain Pebble batch with its records in key
 // order, keeping the order of records of the same key. Pebble inserts a
-// batch into the memtable's skiplist record by record, starting each
+// Pebble batch into the memtable's skiplist record by record, starting each
 // search from where the previous one ended: in key order each search is
 // short, where random order searches from the top every time, and that
-// search is most of the cost of a write. The batch commits atomically
+// search is most of the cost of a write. The Pebble batch commits atomically
 // under one sequence range, and a key's later record still comes later,
 // so the order of different keys inside it is invisible to readers.
 func (t *txn) sortByKey() error {
 	repr := t.batch.Repr()
-	refs := t.pending.refs
-	less := func(a, b pendingRef) int {
+	refs := t.unapplied.refs
+	less := func(a, b unappliedRef) int {
 		return bytes.Compare(repr[a.keyOff:a.keyOff+a.keyLen], repr[b.keyOff:b.keyOff+b.keyLen])
 	}
 	if slices.IsSortedFunc(refs, less) {
 		return nil
 	}
-	keys := sortRefsByKey(repr, refs, t.pending.sortKeys)
-	t.pending.sortKeys = keys
-	order := t.pending.sortBuf[:0]
+	keys := sortRefsByKey(repr, refs, t.unapplied.sortKeys)
+	t.unapplied.sortKeys = keys
+	order := t.unapplied.sortBuf[:0]
 	for _, k := range keys {
 		order = append(order, refs[k.i])
 	}
-	t.pending.sortBuf = order
-	// The records are rewritten in place, from a copy: the batch keeps
-	// its buffer (no allocation, no new batch), and a permutation of its
+	t.unapplied.sortBuf = order
+	// The records are rewritten in place, from a copy: the Pebble batch keeps
+	// its buffer (no allocation, no new Pebble batch), and a permutation of its
 	// records leaves everything Pebble derived from them (count, memtable
 	// size) as it was.
-	orig := append(t.pending.reprBuf[:0], repr...)
-	t.pending.reprBuf = orig
+	orig := append(t.unapplied.reprBuf[:0], repr...)
+	t.unapplied.reprBuf = orig
 	w := batchHeaderLen
 	for i := range order {
 		r := &order[i]
@@ -1225,7 +1225,7 @@ func (t *txn) sortByKey() error {
 	if w != len(repr) {
 		return fmt.Errorf("pebblestore: sorting a group's writes: %d bytes became %d", len(repr), w)
 	}
-	t.pending.reindex(order)
+	t.unapplied.reindex(order)
 	return nil
 }
 
@@ -1237,16 +1237,16 @@ type refSortKey struct {
 	i      int32
 }
 
-// sortRefsByKey returns the order of refs, records of repr in batch
-// order, by key, keeping the batch order of records of the same key: the
+// sortRefsByKey returns the order of refs, records of repr in Pebble batch
+// order, by key, keeping the Pebble batch order of records of the same key: the
 // index into refs of the first record in key order, then of the second,
 // and so on. It reuses scratch. Most comparisons are of one integer: keys of one store share
 // a long prefix (the namespace), so the eight bytes after the group's
 // common prefix usually decide; only equal ones compare the whole key.
-// An unstable sort with the batch position as the last criterion is
+// An unstable sort with the Pebble batch position as the last criterion is
 // stable, and faster than a stable sort.
-func sortRefsByKey(repr []byte, refs []pendingRef, scratch []refSortKey) []refSortKey {
-	key := func(r *pendingRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
+func sortRefsByKey(repr []byte, refs []unappliedRef, scratch []refSortKey) []refSortKey {
+	key := func(r *unappliedRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
 	first := key(&refs[0])
 	common := len(first)
 	for i := 1; i < len(refs) && common > 0; i++ {
@@ -1280,22 +1280,22 @@ func sortRefsByKey(repr []byte, refs []pendingRef, scratch []refSortKey) []refSo
 // (sequence number and count).
 const batchHeaderLen = 12
 
-// pendingIndex maps each key written by the group's plain batch to its
-// latest record in the batch representation, without copying keys or
-// values: entries are offsets into the batch. It belongs to the writer
+// unappliedIndex maps each key written by the group's plain Pebble batch to its
+// latest record in the Pebble batch representation, without copying keys or
+// values: entries are offsets into the Pebble batch. It belongs to the writer
 // goroutine and is reused from group to group.
-type pendingIndex struct {
+type unappliedIndex struct {
 	seed  maphash.Seed
 	heads map[uint64]int32 // key hash -> newest entry with that hash
-	refs  []pendingRef
+	refs  []unappliedRef
 
-	sortBuf  []pendingRef // sortByKey's scratch
-	sortKeys []refSortKey // sortByKey's scratch
-	reprBuf  []byte       // sortByKey's scratch
-	entries  []*rowEntry  // recordEntries' scratch
+	sortBuf  []unappliedRef // sortByKey's scratch
+	sortKeys []refSortKey   // sortByKey's scratch
+	reprBuf  []byte         // sortByKey's scratch
+	entries  []*rowEntry    // recordEntries' scratch
 }
 
-type pendingRef struct {
+type unappliedRef struct {
 	hash   uint64
 	prev   int32 // older entry with the same hash, -1 for none
 	keyOff uint32
@@ -1305,11 +1305,11 @@ type pendingRef struct {
 	entry  *rowEntry // the key's row cache entry as the writer read it, or nil
 }
 
-func newPendingIndex() *pendingIndex {
-	return &pendingIndex{seed: maphash.MakeSeed(), heads: make(map[uint64]int32)}
+func newUnappliedIndex() *unappliedIndex {
+	return &unappliedIndex{seed: maphash.MakeSeed(), heads: make(map[uint64]int32)}
 }
 
-func (p *pendingIndex) reset() {
+func (p *unappliedIndex) reset() {
 	clear(p.heads)
 	p.refs = p.refs[:0]
 }
@@ -1317,7 +1317,7 @@ func (p *pendingIndex) reset() {
 // add indexes the record that ends repr: a set of a keyLen-byte key to a
 // valLen-byte value, or a deletion. Pebble lays a record out as kind,
 // uvarint key length, key and, for a set, uvarint value length and value.
-func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool, entry *rowEntry) {
+func (p *unappliedIndex) add(repr []byte, keyLen, valLen int, del bool, entry *rowEntry) {
 	end := len(repr)
 	if !del {
 		end -= valLen + uvarintLen(uint64(valLen))
@@ -1329,13 +1329,13 @@ func (p *pendingIndex) add(repr []byte, keyLen, valLen int, del bool, entry *row
 		prev = -1
 	}
 	p.heads[h] = int32(len(p.refs))
-	p.refs = append(p.refs, pendingRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
+	p.refs = append(p.refs, unappliedRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
 }
 
-// reindex makes refs, the records of a rewritten batch in their new order
+// reindex makes refs, the records of a rewritten Pebble batch in their new order
 // with their new offsets, the index's contents; the old refs become the
 // sort scratch.
-func (p *pendingIndex) reindex(refs []pendingRef) {
+func (p *unappliedIndex) reindex(refs []unappliedRef) {
 	clear(p.heads)
 	for i := range refs {
 		r := &refs[i]
@@ -1349,9 +1349,9 @@ func (p *pendingIndex) reindex(refs []pendingRef) {
 	p.refs, p.sortBuf = refs, p.refs
 }
 
-// lookup returns the latest record the batch holds for key: its value (a
+// lookup returns the latest record the Pebble batch holds for key: its value (a
 // stored record aliasing repr) or that it was deleted.
-func (p *pendingIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
+func (p *unappliedIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 	if len(p.refs) == 0 {
 		return nil, false, false
 	}
@@ -1376,7 +1376,7 @@ func (p *pendingIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 
 // truncate forgets the entries added after the first n, newest first, so
 // each hash points again at the entry it pointed at before.
-func (p *pendingIndex) truncate(n int) {
+func (p *unappliedIndex) truncate(n int) {
 	for i := len(p.refs) - 1; i >= n; i-- {
 		r := p.refs[i]
 		if r.prev < 0 {

@@ -209,7 +209,7 @@ func TestPanickingTxnIsAnError(t *testing.T) {
 // TestConcurrentReadModifyWrite checks that transactions from many
 // goroutines are serialised: read-increment-write loses no update.
 func TestConcurrentReadModifyWrite(t *testing.T) {
-	for _, opts := range []Options{{}, {NoSync: true}, {MaxDelay: 200_000, MaxBatch: 16}} {
+	for _, opts := range []Options{{}, {NoSync: true}, {MaxDelay: 200_000, MaxGroup: 16}} {
 		t.Run(fmt.Sprintf("%+v", opts), func(t *testing.T) {
 			s, err := Open(t.TempDir(), opts)
 			if err != nil {
@@ -420,7 +420,7 @@ func testGroupMatchesModel(t *testing.T, seed uint64, pipelined bool) {
 	if pipelined {
 		// Small groups, each applied only after the next one has had
 		// time to be built on top of it.
-		opts.MaxBatch = 4
+		opts.MaxGroup = 4
 		opts.beforeApply = func() { time.Sleep(200 * time.Microsecond) }
 	}
 	s, err := Open(t.TempDir(), opts)

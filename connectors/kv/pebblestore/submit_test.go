@@ -151,7 +151,7 @@ func TestSortRefsByKey(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(3, 4))
 			for round := range 50 {
-				p := newPendingIndex()
+				p := newUnappliedIndex()
 				b := new(pebble.Batch)
 				for range 1 + rng.IntN(200) {
 					k := []byte(tt.prefix)
@@ -164,9 +164,9 @@ func TestSortRefsByKey(t *testing.T) {
 					p.add(b.Repr(), len(k), 0, false, nil)
 				}
 				repr := b.Repr()
-				key := func(r pendingRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
+				key := func(r unappliedRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
 				want := slices.Clone(p.refs)
-				slices.SortStableFunc(want, func(a, b pendingRef) int { return bytes.Compare(key(a), key(b)) })
+				slices.SortStableFunc(want, func(a, b unappliedRef) int { return bytes.Compare(key(a), key(b)) })
 				for i, k := range sortRefsByKey(repr, p.refs, nil) {
 					if got := p.refs[k.i]; got != want[i] {
 						t.Fatalf("round %d, position %d: record %q at %d, want %q at %d",

@@ -37,7 +37,7 @@ func run(ctx context.Context, in io.Reader, url, subject string) error {
 	}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	var batch []pipeline.Event
+	var events []pipeline.Event
 	line := 0
 	for sc.Scan() {
 		line++
@@ -48,13 +48,13 @@ func run(ctx context.Context, in io.Reader, url, subject string) error {
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return fmt.Errorf("line %d: %w", line, err)
 		}
-		batch = append(batch, ev)
+		events = append(events, ev)
 	}
 	if err := sc.Err(); err != nil {
 		return err
 	}
 	failed := 0
-	err = sink.Process(ctx, batch, emitFunc(func(_ string, ev pipeline.Event) {
+	err = sink.Process(ctx, events, emitFunc(func(_ string, ev pipeline.Event) {
 		failed++
 		fmt.Fprintln(os.Stderr, string(ev.MetaJSON()))
 	}))
@@ -62,10 +62,10 @@ func run(ctx context.Context, in io.Reader, url, subject string) error {
 		err = cerr
 	}
 	if err == nil && failed > 0 {
-		err = fmt.Errorf("%d of %d events not published", failed, len(batch))
+		err = fmt.Errorf("%d of %d events not published", failed, len(events))
 	}
 	if err == nil {
-		fmt.Fprintf(os.Stderr, "published %d events to %s\n", len(batch), subject)
+		fmt.Fprintf(os.Stderr, "published %d events to %s\n", len(events), subject)
 	}
 	return err
 }
