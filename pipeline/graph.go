@@ -428,8 +428,13 @@ func (g *Graph) coalesce(n *node, first []Event) []Event {
 		return first
 	}
 	// Downstream nodes may still hold the slice handed over last time, so
-	// a merged slice always gets a fresh backing array.
-	merged := append(make([]Event, 0, g.opts.MaxCoalesce), first...)
+	// a merged slice always gets a fresh backing array. It is sized for
+	// the slices queued now if they are like first, and grows by append:
+	// MaxCoalesce events each time (256 KiB, zeroed) would cost more than
+	// the merge saves when many small slices come in, as from
+	// http_server.
+	size := min(g.opts.MaxCoalesce, len(first)*(1+len(n.in)))
+	merged := append(make([]Event, 0, size), first...)
 	for len(merged) < g.opts.MaxCoalesce {
 		select {
 		case next, ok := <-n.in:

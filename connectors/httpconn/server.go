@@ -52,6 +52,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	queue    []*request // handed to Run, not yet emitted
+	spare    []*request // Run's emptied queue, reused by the next swap
 	stopping bool       // Run stopped emitting: refuse requests
 	running  bool       // Run was called
 
@@ -59,6 +60,8 @@ type Server struct {
 	pending map[*pipeline.Tracker]*request // sync requests not done
 
 	accepted atomic.Int64 // requests queued and not done
+	timers   sync.Pool    // *time.Timer, stopped: sync requests' timeouts
+	bufs     sync.Pool    // *[]byte: response bodies being built
 	ready    atomic.Bool
 	served   chan struct{} // closed once Shutdown returned
 	serveErr chan error
@@ -75,6 +78,12 @@ type request struct {
 	mu       sync.Mutex
 	outcomes []pipeline.Outcome
 	got      []answer // derived events that reached the sink side
+
+	// Room for the usual request of one event with one answer, so that
+	// it costs no allocation of its own.
+	oneEvent   [1]pipeline.Event
+	oneOutcome [1]pipeline.Outcome
+	oneAnswer  [1]answer
 }
 
 // answer is an event that reached the sink side and the index of the
@@ -190,7 +199,8 @@ loop:
 		case <-s.wake:
 			s.mu.Lock()
 			reqs := s.queue
-			s.queue = nil
+			s.queue = s.spare[:0]
+			s.spare = nil
 			s.mu.Unlock()
 			n := 0
 			for _, req := range reqs {
@@ -209,6 +219,12 @@ loop:
 				runErr = err
 				break loop
 			}
+			clear(reqs) // the requests are the graph's and the handlers' now
+			s.mu.Lock()
+			if s.spare == nil {
+				s.spare = reqs[:0]
+			}
+			s.mu.Unlock()
 		}
 	}
 	if ctx.Err() != nil && errors.Is(runErr, ctx.Err()) {
@@ -324,15 +340,21 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 			<-s.sem
 		}
 	}()
-	events, ndjson, status, err := s.readEvents(w, r)
-	if err != nil {
+	req := &request{done: make(chan struct{})}
+	if status, err := s.readEvents(w, r, req); err != nil {
 		httpError(w, status, err.Error())
 		return
 	}
 	isSync := s.opts.Response == ResponseSync
-	req := &request{events: events, ndjson: ndjson, done: make(chan struct{}), outcomes: make([]pipeline.Outcome, len(events))}
-	req.tr = pipeline.NewTracker(len(events), req.onEvent, func() { s.finish(req, isSync) })
-	for i, ev := range events {
+	n := len(req.events)
+	if n == 1 {
+		req.outcomes = req.oneOutcome[:]
+		req.got = req.oneAnswer[:0]
+	} else {
+		req.outcomes = make([]pipeline.Outcome, n)
+	}
+	req.tr = pipeline.NewTracker(n, req.onEvent, func() { s.finish(req, isSync) })
+	for i, ev := range req.events {
 		req.events[i] = req.tr.Track(i, ev)
 	}
 	if isSync {
@@ -362,10 +384,11 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	if !isSync {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
-		_, _ = fmt.Fprintf(w, "{\"accepted\":%d}\n", len(events))
+		_, _ = fmt.Fprintf(w, "{\"accepted\":%d}\n", len(req.events))
 		return
 	}
-	t := time.NewTimer(s.opts.Timeout)
+	t := s.timer()
+	defer s.timers.Put(t)
 	defer t.Stop()
 	select {
 	case <-req.done:
@@ -374,6 +397,17 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusGatewayTimeout, fmt.Sprintf("no answer within %v (timeout); the request's events are still being handled and may take effect", s.opts.Timeout))
 	case <-r.Context().Done():
 	}
+}
+
+// timer returns a timer running for Timeout, from the pool when it has
+// one; it goes back to the pool stopped. Since Go 1.23 a stopped or reset
+// timer never delivers a stale tick, so a pooled timer is as good as new.
+func (s *Server) timer() *time.Timer {
+	if t, ok := s.timers.Get().(*time.Timer); ok {
+		t.Reset(s.opts.Timeout)
+		return t
+	}
+	return time.NewTimer(s.opts.Timeout)
 }
 
 func (req *request) onEvent(i int, o pipeline.Outcome) {
@@ -423,8 +457,19 @@ func (s *Server) respond(w http.ResponseWriter, req *request) {
 			got = []answer{{ev: pipeline.Event{Meta: errMeta}}}
 		}
 	}
-	slices.SortStableFunc(got, func(a, b answer) int { return a.i - b.i })
-	var body []byte
+	if len(got) > 1 {
+		slices.SortStableFunc(got, func(a, b answer) int { return a.i - b.i })
+	}
+	bp, _ := s.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer func() {
+		if cap(*bp) <= maxPooledBody {
+			s.bufs.Put(bp)
+		}
+	}()
+	body := (*bp)[:0]
 	switch {
 	case req.ndjson || len(got) > 1:
 		body = append(body, '[')
@@ -441,38 +486,82 @@ func (s *Server) respond(w http.ResponseWriter, req *request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	body = append(body, '\n')
+	*bp = body
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	if len(body) > smallBody {
+		// Smaller, net/http sets it itself: the whole answer is written
+		// before the handler returns.
+		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	}
 	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body) // copied into the connection's buffer
 }
+
+// jsonContentType is the Content-Type of answers, set without Header.Set
+// making a slice per response; net/http copies it when writing headers.
+var jsonContentType = []string{"application/json"}
+
+const (
+	// smallBody is the size of a body net/http answers with a
+	// Content-Length of its own (its bufferBeforeChunkingSize, 2048).
+	smallBody = 2000
+	// maxPooledBody bounds the response buffers kept for reuse.
+	maxPooledBody = 64 << 10
+)
 
 // ndjsonTypes are the media types of bodies holding one event per line.
 var ndjsonTypes = []string{"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
 
-// readEvents reads the request's events; on error, status is the code to
-// answer.
-func (s *Server) readEvents(w http.ResponseWriter, r *http.Request) (events []pipeline.Event, ndjson bool, status int, err error) {
+// readEvents reads the request's events into req.events and sets
+// req.ndjson; on error, status is the code to answer.
+func (s *Server) readEvents(w http.ResponseWriter, r *http.Request, req *request) (status int, err error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, false, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes (max_body_bytes)", s.opts.MaxBodyBytes)
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes (max_body_bytes)", s.opts.MaxBodyBytes)
 		}
-		return nil, false, http.StatusBadRequest, fmt.Errorf("reading body: %w", err)
+		return http.StatusBadRequest, fmt.Errorf("reading body: %w", err)
 	}
 	base, err := baseMeta(r)
 	if err != nil {
-		return nil, false, http.StatusBadRequest, err
+		return http.StatusBadRequest, err
 	}
-	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	ndjson = slices.Contains(ndjsonTypes, mt)
-	if !ndjson {
+	req.ndjson = isNDJSON(r.Header.Get("Content-Type"))
+	if !req.ndjson {
 		ev, err := parseEvent(body, base)
 		if err != nil {
-			return nil, false, http.StatusBadRequest, err
+			return http.StatusBadRequest, err
 		}
-		return []pipeline.Event{ev}, false, 0, nil
+		req.oneEvent[0] = ev
+		req.events = req.oneEvent[:]
+		return 0, nil
 	}
+	events, status, err := s.readNDJSON(body, base)
+	if err != nil {
+		return status, err
+	}
+	if len(events) == 1 {
+		req.oneEvent[0] = events[0]
+		events = req.oneEvent[:]
+	}
+	req.events = events
+	return 0, nil
+}
+
+// isNDJSON reports whether contentType names a body of one event per line.
+func isNDJSON(contentType string) bool {
+	switch contentType {
+	case "", "application/json":
+		return false // the usual cases, without parsing
+	}
+	mt, _, _ := mime.ParseMediaType(contentType)
+	return slices.Contains(ndjsonTypes, mt)
+}
+
+// readNDJSON reads the events of an NDJSON body, one per non-blank line.
+func (s *Server) readNDJSON(body []byte, base map[string]json.RawMessage) (events []pipeline.Event, status int, err error) {
 	line := 0
 	for len(body) > 0 {
 		var text []byte
@@ -482,18 +571,18 @@ func (s *Server) readEvents(w http.ResponseWriter, r *http.Request) (events []pi
 			continue
 		}
 		if len(events) == s.opts.MaxEvents {
-			return nil, true, http.StatusRequestEntityTooLarge, fmt.Errorf("more than %d events (max_events)", s.opts.MaxEvents)
+			return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("more than %d events (max_events)", s.opts.MaxEvents)
 		}
 		ev, err := parseEvent(text, base)
 		if err != nil {
-			return nil, true, http.StatusBadRequest, fmt.Errorf("line %d: %w", line, err)
+			return nil, http.StatusBadRequest, fmt.Errorf("line %d: %w", line, err)
 		}
 		events = append(events, ev)
 	}
 	if len(events) == 0 {
-		return nil, true, http.StatusBadRequest, errors.New("empty body: no events")
+		return nil, http.StatusBadRequest, errors.New("empty body: no events")
 	}
-	return events, true, 0, nil
+	return events, 0, nil
 }
 
 // MetaHeader is the request header that may carry metadata for the
@@ -503,7 +592,11 @@ const MetaHeader = "Flowrun-Meta"
 
 // baseMeta returns the metadata given by the query or header, nil if none.
 func baseMeta(r *http.Request) (map[string]json.RawMessage, error) {
-	text, from := r.URL.Query().Get("meta"), "query parameter meta"
+	var text string
+	if r.URL.RawQuery != "" { // parsing an empty query would still allocate
+		text = r.URL.Query().Get("meta")
+	}
+	from := "query parameter meta"
 	if text == "" {
 		text, from = r.Header.Get(MetaHeader), "header "+MetaHeader
 	}

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -618,4 +619,55 @@ func runClient(r *running, c, n int) error {
 		}
 	}
 	return nil
+}
+
+// TestServerReuse checks that what a request borrows from the server's
+// pools (its timeout timer, its response buffer) comes back as good as
+// new: a request after a timed out one is answered, not timed out at
+// once, and a small answer after a large one carries nothing of it, with
+// the right Content-Length either way.
+func TestServerReuse(t *testing.T) {
+	release := make(chan struct{}, 10) // one token per held request
+	r := runServer(t, httpconn.ServerOptions{Timeout: time.Second}, func(ctx context.Context, batch []pipeline.Event, emit pipeline.Emitter) error {
+		for _, ev := range batch {
+			if gjson.GetBytes(ev.Data, "op").String() == "hold" {
+				select { // held past the timeout, then dropped
+				case <-release:
+				case <-ctx.Done():
+				}
+				return nil
+			}
+		}
+		return testProc(ctx, batch, emit)
+	})
+	big := `{"op":"ok","pad":"` + strings.Repeat("x", 5000) + `"}`
+	tests := []struct {
+		name, body string
+		status     int
+		want       string
+	}{
+		{"timed out", `{"op":"hold"}`, 504, "timeout"},
+		{"answered after a timeout", `{"op":"ok","n":1}`, 200, `{"data":{"op":"ok","n":1},"meta":{}}`},
+		{"timed out again", `{"op":"hold"}`, 504, "timeout"},
+		{"large", big, 200, `{"data":` + big + `,"meta":{}}`},
+		{"small after large", `{"op":"ok","n":2}`, 200, `{"data":{"op":"ok","n":2},"meta":{}}`},
+		{"two answers", `{"op":"two"}`, 200, `[{"data":1,"meta":{}},{"data":2,"meta":{}}]`},
+		{"one answer after two", `{"op":"ok","n":3}`, 200, `{"data":{"op":"ok","n":3},"meta":{}}`},
+	}
+	for _, tc := range tests {
+		got := post(t, r.client, r.url, "", tc.body, nil)
+		if tc.status != 200 {
+			if got.status != tc.status || !strings.Contains(got.body, tc.want) {
+				t.Fatalf("%s: got %d %s, want %d with %q", tc.name, got.status, got.body, tc.status, tc.want)
+			}
+			release <- struct{}{}
+			continue
+		}
+		if got.status != 200 || got.body != tc.want {
+			t.Fatalf("%s: got %d %q, want 200 %q", tc.name, got.status, got.body, tc.want)
+		}
+		if cl := got.header.Get("Content-Length"); cl != strconv.Itoa(len(got.body)+1) { // post trims the newline
+			t.Fatalf("%s: Content-Length %q for a body of %d bytes and a newline", tc.name, cl, len(got.body))
+		}
+	}
 }
