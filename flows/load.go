@@ -3,6 +3,7 @@ package flows
 import (
 	"errors"
 	"fmt"
+	"github.com/flowrun/flowrun/internal/yamlnode"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -260,9 +261,9 @@ func (l *loader) load(src []byte) (flow *Flow) {
 		l.errorf(nil, "", "empty flow file")
 		return nil
 	}
-	root := deref(doc.Content[0])
+	root := yamlnode.Deref(doc.Content[0])
 	if root.Kind != yaml.MappingNode {
-		l.errorf(root, "", "a flow file must be a mapping with name, connectors, pipelines and links, got %s", describe(root))
+		l.errorf(root, "", "a flow file must be a mapping with name, connectors, pipelines and links, got %s", yamlnode.Describe(root))
 		return nil
 	}
 	flow = &Flow{File: l.file, Dir: l.dir, reg: l.reg}
@@ -285,8 +286,8 @@ func (l *loader) load(src []byte) (flow *Flow) {
 	})
 	if nameNode == nil {
 		l.errorf(root, "name", "missing required field \"name\"")
-	} else if s, ok := valueText(nameNode); !ok || s == "" || isNull(nameNode) {
-		l.errorf(nameNode, "name", "expected a non-empty name, got %s", describe(nameNode))
+	} else if s, ok := valueText(nameNode); !ok || s == "" || yamlnode.IsNull(nameNode) {
+		l.errorf(nameNode, "name", "expected a non-empty name, got %s", yamlnode.Describe(nameNode))
 	} else if !validName(s) {
 		l.errorf(nameNode, "name", "invalid name %q: use letters, digits, '_', '-' and '.'", s)
 	} else {
@@ -315,10 +316,10 @@ func (l *loader) load(src []byte) (flow *Flow) {
 func (l *loader) eachPair(n *yaml.Node, field string, fn func(key string, k, v *yaml.Node)) {
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		k, v := yamlnode.Deref(n.Content[i]), yamlnode.Deref(n.Content[i+1])
 		key, ok := valueText(k)
 		if !ok {
-			l.errorf(k, field, "keys must be plain strings, got %s", describe(k))
+			l.errorf(k, field, "keys must be plain strings, got %s", yamlnode.Describe(k))
 			continue
 		}
 		if seen[key] {
@@ -328,34 +329,6 @@ func (l *loader) eachPair(n *yaml.Node, field string, fn func(key string, k, v *
 		seen[key] = true
 		fn(key, k, v)
 	}
-}
-
-// deref follows YAML aliases to the node they stand for.
-func deref(n *yaml.Node) *yaml.Node {
-	for i := 0; i < 16 && n != nil && n.Kind == yaml.AliasNode && n.Alias != nil; i++ {
-		n = n.Alias
-	}
-	return n
-}
-
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-}
-
-// describe names a node's kind for messages.
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if isNull(n) {
-			return "nothing"
-		}
-		return strconv.Quote(n.Value)
-	}
-	return "an unsupported YAML value"
 }
 
 // validName reports whether s can name a flow, node or port.
@@ -372,8 +345,8 @@ func (l *loader) addNode(flow *Flow, names map[string]*Node, n *Node, k *yaml.No
 
 func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node) {
 	if m.Kind != yaml.MappingNode {
-		if !isNull(m) {
-			l.errorf(m, "connectors", "expected a mapping of connector names to configs, got %s", describe(m))
+		if !yamlnode.IsNull(m) {
+			l.errorf(m, "connectors", "expected a mapping of connector names to configs, got %s", yamlnode.Describe(m))
 		}
 		return
 	}
@@ -389,14 +362,14 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 			names[name] = &Node{Name: name, Line: k.Line, Col: k.Column, broken: true}
 		}
 		if v.Kind != yaml.MappingNode {
-			l.errorf(v, field, "expected a mapping with a type, got %s", describe(v))
+			l.errorf(v, field, "expected a mapping with a type, got %s", yamlnode.Describe(v))
 			return
 		}
 		var typ string
 		var typeNode *yaml.Node
 		for i := 0; i+1 < len(v.Content); i += 2 {
-			if key, _ := valueText(deref(v.Content[i])); key == "type" {
-				typeNode = deref(v.Content[i+1])
+			if key, _ := valueText(yamlnode.Deref(v.Content[i])); key == "type" {
+				typeNode = yamlnode.Deref(v.Content[i+1])
 			}
 		}
 		if typeNode == nil {
@@ -405,7 +378,7 @@ func (l *loader) loadConnectors(flow *Flow, m *yaml.Node, names map[string]*Node
 		}
 		typ, ok := valueText(typeNode)
 		if !ok || typ == "" {
-			l.errorf(typeNode, field+".type", "expected a connector type, got %s", describe(typeNode))
+			l.errorf(typeNode, field+".type", "expected a connector type, got %s", yamlnode.Describe(typeNode))
 			return
 		}
 		spec, found := l.reg.Spec(typ)
@@ -463,8 +436,8 @@ func (l *loader) parseOptions(spec *component.Spec, m *yaml.Node, key *yaml.Node
 			} else {
 				given[f.Name], values[f.Name] = k, v
 			}
-			if f.Type == component.TypeMap && deref(v).Kind == yaml.MappingNode {
-				m, mok := l.mapValue(f, deref(v), sub)
+			if f.Type == component.TypeMap && yamlnode.Deref(v).Kind == yaml.MappingNode {
+				m, mok := l.mapValue(f, yamlnode.Deref(v), sub)
 				if !mok {
 					ok = false
 					return
@@ -473,19 +446,19 @@ func (l *loader) parseOptions(spec *component.Spec, m *yaml.Node, key *yaml.Node
 				return
 			}
 			text, scalar := valueText(v)
-			if f.Type == component.TypeStrings && deref(v).Kind == yaml.SequenceNode {
-				text, scalar = l.listText(deref(v), sub)
+			if f.Type == component.TypeStrings && yamlnode.Deref(v).Kind == yaml.SequenceNode {
+				text, scalar = l.listText(yamlnode.Deref(v), sub)
 				if text == "" && scalar {
 					ok = false // an item was reported
 					return
 				}
 			}
 			if !scalar {
-				l.errorf(v, sub, "expected %s, got %s", typeDesc(f), describe(v))
+				l.errorf(v, sub, "expected %s, got %s", typeDesc(f), yamlnode.Describe(v))
 				ok = false
 				return
 			}
-			if isNull(v) && f.Type != component.TypeExpr {
+			if yamlnode.IsNull(v) && f.Type != component.TypeExpr {
 				l.errorf(v, sub, "expected %s, got nothing", typeDesc(f))
 				ok = false
 				return
@@ -498,7 +471,7 @@ func (l *loader) parseOptions(spec *component.Spec, m *yaml.Node, key *yaml.Node
 					return
 				}
 			}
-			val, err := l.reg.ParseValue(f, text, isNull(v), l.dir)
+			val, err := l.reg.ParseValue(f, text, yamlnode.IsNull(v), l.dir)
 			pos := v
 			if err == nil && f.Type == component.TypeExpr {
 				if cerr := l.reg.CheckExpr(text); cerr != nil {
@@ -590,8 +563,8 @@ func (l *loader) mapValue(f *component.Field, m *yaml.Node, field string) (map[s
 	l.eachPair(m, field, func(name string, _, v *yaml.Node) {
 		sub := field + "." + name
 		text, scalar := valueText(v)
-		if !scalar || isNull(v) {
-			l.errorf(v, sub, "expected a string, got %s", describe(v))
+		if !scalar || yamlnode.IsNull(v) {
+			l.errorf(v, sub, "expected a string, got %s", yamlnode.Describe(v))
 			ok = false
 			return
 		}
@@ -615,8 +588,8 @@ func (l *loader) listText(seq *yaml.Node, field string) (text string, scalar boo
 	items := make([]string, 0, len(seq.Content))
 	for i, item := range seq.Content {
 		s, isScalar := valueText(item)
-		if !isScalar || isNull(item) || strings.Contains(s, ",") {
-			l.errorf(item, fmt.Sprintf("%s[%d]", field, i), "expected a string without commas, got %s", describe(item))
+		if !isScalar || yamlnode.IsNull(item) || strings.Contains(s, ",") {
+			l.errorf(item, fmt.Sprintf("%s[%d]", field, i), "expected a string without commas, got %s", yamlnode.Describe(item))
 			return "", true
 		}
 		items = append(items, s)
@@ -672,8 +645,8 @@ func typeDesc(f *component.Field) string {
 
 func (l *loader) loadPipelines(flow *Flow, m *yaml.Node, names map[string]*Node) {
 	if m.Kind != yaml.MappingNode {
-		if !isNull(m) {
-			l.errorf(m, "pipelines", "expected a mapping of pipeline names to lists of operators, got %s", describe(m))
+		if !yamlnode.IsNull(m) {
+			l.errorf(m, "pipelines", "expected a mapping of pipeline names to lists of operators, got %s", yamlnode.Describe(m))
 		}
 		return
 	}
@@ -686,13 +659,13 @@ func (l *loader) loadPipelines(flow *Flow, m *yaml.Node, names map[string]*Node)
 		node := &Node{Name: name, Kind: component.KindProcessor, Line: k.Line, Col: k.Column,
 			Ports: []string{pipeline.PortOut, pipeline.PortErr}}
 		switch {
-		case isNull(v):
+		case yamlnode.IsNull(v):
 			// An empty pipeline passes events through.
 		case v.Kind != yaml.SequenceNode:
-			l.errorf(v, field, "expected a list of operators, got %s", describe(v))
+			l.errorf(v, field, "expected a list of operators, got %s", yamlnode.Describe(v))
 		default:
 			for i, item := range v.Content {
-				op, ok := l.loadOperator(deref(item), fmt.Sprintf("%s[%d]", field, i), name)
+				op, ok := l.loadOperator(yamlnode.Deref(item), fmt.Sprintf("%s[%d]", field, i), name)
 				if !ok {
 					node.broken = true
 					continue
@@ -716,10 +689,10 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 		l.errorf(item, field, "expected one operator such as `filter: EXPR`, got %s", describeOp(item))
 		return Operator{}, false
 	}
-	k, v := deref(item.Content[0]), deref(item.Content[1])
+	k, v := yamlnode.Deref(item.Content[0]), yamlnode.Deref(item.Content[1])
 	typ, ok := valueText(k)
 	if !ok {
-		l.errorf(k, field, "expected an operator name, got %s", describe(k))
+		l.errorf(k, field, "expected an operator name, got %s", yamlnode.Describe(k))
 		return Operator{}, false
 	}
 	spec, found := l.reg.Spec(typ)
@@ -734,7 +707,7 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 	field += "." + typ
 	var opts *yaml.Node
 	switch {
-	case isNull(v):
+	case yamlnode.IsNull(v):
 	case v.Kind == yaml.MappingNode:
 		opts = v
 	case v.Kind == yaml.ScalarNode && spec.Shorthand != "":
@@ -743,7 +716,7 @@ func (l *loader) loadOperator(item *yaml.Node, field, pipelineName string) (Oper
 			{Kind: yaml.ScalarNode, Tag: "!!str", Value: spec.Shorthand, Line: v.Line, Column: v.Column}, v,
 		}}
 	default:
-		l.errorf(v, field, "expected a mapping of options, got %s", describe(v))
+		l.errorf(v, field, "expected a mapping of options, got %s", yamlnode.Describe(v))
 		return Operator{}, false
 	}
 	cfg, ok := l.parseOptions(spec, opts, k, field, pipelineName, "")
@@ -767,7 +740,7 @@ func describeOp(n *yaml.Node) string {
 	if n.Kind == yaml.MappingNode && len(n.Content) > 2 {
 		return fmt.Sprintf("a mapping with %d keys (start each operator with its own \"- \")", len(n.Content)/2)
 	}
-	return describe(n)
+	return yamlnode.Describe(n)
 }
 
 func contains(list []string, s string) bool {
@@ -805,19 +778,19 @@ func parseLink(text string) (Link, bool) {
 // in flow.Links for later diagnostics.
 func (l *loader) loadLinks(flow *Flow, seq *yaml.Node, names map[string]*Node, use *usage) []linkPos {
 	if seq.Kind != yaml.SequenceNode {
-		if !isNull(seq) {
-			l.errorf(seq, "links", "expected a list of links such as \"input/out -> main/in\", got %s", describe(seq))
+		if !yamlnode.IsNull(seq) {
+			l.errorf(seq, "links", "expected a list of links such as \"input/out -> main/in\", got %s", yamlnode.Describe(seq))
 		}
 		return nil
 	}
 	var nodes []linkPos
 	seen := map[Link]int{}
 	for i, item := range seq.Content {
-		item = deref(item)
+		item = yamlnode.Deref(item)
 		field := fmt.Sprintf("links[%d]", i)
 		text, ok := valueText(item)
-		if !ok || isNull(item) {
-			l.errorf(item, field, "expected a link such as \"input/out -> main/in\", got %s", describe(item))
+		if !ok || yamlnode.IsNull(item) {
+			l.errorf(item, field, "expected a link such as \"input/out -> main/in\", got %s", yamlnode.Describe(item))
 			continue
 		}
 		link, ok := parseLink(text)

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flowrun/flowrun/internal/yamlnode"
 	"math"
 	"os"
 	"path/filepath"
@@ -180,9 +181,9 @@ func (p *parser) parse(src []byte) *File {
 		p.errorf(nil, "", "empty test file: expected a mapping with cases")
 		return nil
 	}
-	root := deref(doc.Content[0])
+	root := yamlnode.Deref(doc.Content[0])
 	if root.Kind != yaml.MappingNode {
-		p.errorf(root, "", "expected a mapping with flow, env, now and cases, got %s", describe(root))
+		p.errorf(root, "", "expected a mapping with flow, env, now and cases, got %s", yamlnode.Describe(root))
 		return nil
 	}
 	f := &File{Path: p.file}
@@ -218,15 +219,15 @@ func (p *parser) parse(src []byte) *File {
 	if _, err := os.Stat(f.Flow); err != nil {
 		p.errorf(flowNode, "flow", "flow file %s: %v (name it with flow: PATH)", f.Flow, errors.Unwrap(err))
 	}
-	cases = deref(cases)
+	cases = yamlnode.Deref(cases)
 	if cases.Kind != yaml.SequenceNode {
-		p.errorf(cases, "cases", "expected a list of cases, got %s", describe(cases))
+		p.errorf(cases, "cases", "expected a list of cases, got %s", yamlnode.Describe(cases))
 		return f
 	}
 	names := map[string]int{}
 	for i, cn := range cases.Content {
 		field := fmt.Sprintf("cases[%d]", i)
-		c := p.parseCase(deref(cn), field, env, now)
+		c := p.parseCase(yamlnode.Deref(cn), field, env, now)
 		if c == nil {
 			continue
 		}
@@ -244,7 +245,7 @@ func (p *parser) parse(src []byte) *File {
 
 func (p *parser) parseCase(n *yaml.Node, field string, fileEnv map[string]string, fileNow *time.Time) *Case {
 	if n.Kind != yaml.MappingNode {
-		p.errorf(n, field, "expected a case (a mapping with name and input or steps), got %s", describe(n))
+		p.errorf(n, field, "expected a case (a mapping with name and input or steps), got %s", yamlnode.Describe(n))
 		return nil
 	}
 	c := &Case{Line: n.Line, Env: map[string]string{}}
@@ -265,7 +266,7 @@ func (p *parser) parseCase(n *yaml.Node, field string, fileEnv map[string]string
 		case "now":
 			nowNode = v
 		case "steps":
-			stepsNode = deref(v)
+			stepsNode = yamlnode.Deref(v)
 		default:
 			hasStepKey = true
 		}
@@ -288,14 +289,14 @@ func (p *parser) parseCase(n *yaml.Node, field string, fileEnv map[string]string
 		now = p.time(nowNode, field+".now")
 	}
 	if stepsNode.Kind != yaml.SequenceNode || len(stepsNode.Content) == 0 {
-		p.errorf(stepsNode, field+".steps", "expected a non-empty list of steps, got %s", describe(stepsNode))
+		p.errorf(stepsNode, field+".steps", "expected a non-empty list of steps, got %s", yamlnode.Describe(stepsNode))
 		return c
 	}
 	for i, sn := range stepsNode.Content {
 		sf := fmt.Sprintf("%s.steps[%d]", field, i)
-		sn = deref(sn)
+		sn = yamlnode.Deref(sn)
 		if sn.Kind != yaml.MappingNode {
-			p.errorf(sn, sf, "expected a step (a mapping with input and expect), got %s", describe(sn))
+			p.errorf(sn, sf, "expected a step (a mapping with input and expect), got %s", yamlnode.Describe(sn))
 			continue
 		}
 		p.eachPair(sn, sf, stepKeys, func(string, *yaml.Node, *yaml.Node) {})
@@ -340,7 +341,7 @@ func (p *parser) parseStep(n *yaml.Node, field string, now *time.Time) *Step {
 		d, err := time.ParseDuration(advance.Value)
 		switch {
 		case err != nil || advance.Kind != yaml.ScalarNode:
-			p.errorf(advance, field+".advance", "expected a duration such as 31s or 25h, got %s", describe(advance))
+			p.errorf(advance, field+".advance", "expected a duration such as 31s or 25h, got %s", yamlnode.Describe(advance))
 		case s.Now == nil:
 			p.errorf(advance, field+".advance", "advance moves a fixed clock: set now on the case, the file or an earlier step")
 		default:
@@ -352,7 +353,7 @@ func (p *parser) parseStep(n *yaml.Node, field string, now *time.Time) *Step {
 	case input != nil && inputFile != nil:
 		p.errorf(inputFile, field+".input_file", "a step has input or input_file, not both")
 	case input != nil:
-		s.Input = p.events(deref(input), field+".input")
+		s.Input = p.events(yamlnode.Deref(input), field+".input")
 		s.InputName = fmt.Sprintf("%s:%d", p.file, input.Line)
 	case inputFile != nil:
 		if name, ok := p.str(inputFile, field+".input_file"); ok {
@@ -370,16 +371,16 @@ func (p *parser) parseStep(n *yaml.Node, field string, now *time.Time) *Step {
 		p.errorf(n, field+".expect", "missing: say what each sink receives (an empty mapping: nothing)")
 		return s
 	}
-	expect = deref(expect)
-	if expect.Kind == yaml.ScalarNode && isNull(expect) {
+	expect = yamlnode.Deref(expect)
+	if expect.Kind == yaml.ScalarNode && yamlnode.IsNull(expect) {
 		return s
 	}
 	if expect.Kind != yaml.MappingNode {
-		p.errorf(expect, field+".expect", "expected a mapping from sink names to their events, got %s", describe(expect))
+		p.errorf(expect, field+".expect", "expected a mapping from sink names to their events, got %s", yamlnode.Describe(expect))
 		return s
 	}
 	for i := 0; i+1 < len(expect.Content); i += 2 {
-		k, v := expect.Content[i], deref(expect.Content[i+1])
+		k, v := expect.Content[i], yamlnode.Deref(expect.Content[i+1])
 		sf := field + ".expect." + k.Value
 		se := &SinkExpect{Sink: k.Value, Line: k.Line}
 		list := v
@@ -390,7 +391,7 @@ func (p *parser) parseStep(n *yaml.Node, field string, now *time.Time) *Step {
 				case "unordered":
 					se.Unordered = p.bool(vv, sf+".unordered")
 				case "events":
-					list = deref(vv)
+					list = yamlnode.Deref(vv)
 				}
 			})
 			if list == nil {
@@ -398,12 +399,12 @@ func (p *parser) parseStep(n *yaml.Node, field string, now *time.Time) *Step {
 				continue
 			}
 		}
-		if !(list.Kind == yaml.SequenceNode || isNull(list)) {
-			p.errorf(list, sf, "expected a list of events (or a mapping with unordered and events), got %s", describe(list))
+		if !(list.Kind == yaml.SequenceNode || yamlnode.IsNull(list)) {
+			p.errorf(list, sf, "expected a list of events (or a mapping with unordered and events), got %s", yamlnode.Describe(list))
 			continue
 		}
 		for j, en := range list.Content {
-			if e := p.expectation(deref(en), fmt.Sprintf("%s[%d]", sf, j)); e != nil {
+			if e := p.expectation(yamlnode.Deref(en), fmt.Sprintf("%s[%d]", sf, j)); e != nil {
 				se.Events = append(se.Events, e)
 			}
 		}
@@ -415,15 +416,15 @@ func (p *parser) parseStep(n *yaml.Node, field string, now *time.Time) *Step {
 // events converts a YAML list of {data, meta} into JSON lines.
 func (p *parser) events(n *yaml.Node, field string) []byte {
 	if n.Kind != yaml.SequenceNode {
-		p.errorf(n, field, "expected a list of events {data: ..., meta: ...}, got %s", describe(n))
+		p.errorf(n, field, "expected a list of events {data: ..., meta: ...}, got %s", yamlnode.Describe(n))
 		return nil
 	}
 	var buf bytes.Buffer
 	for i, en := range n.Content {
 		ef := fmt.Sprintf("%s[%d]", field, i)
-		en = deref(en)
+		en = yamlnode.Deref(en)
 		if en.Kind != yaml.MappingNode {
-			p.errorf(en, ef, "expected an event {data: ..., meta: ...}, got %s", describe(en))
+			p.errorf(en, ef, "expected an event {data: ..., meta: ...}, got %s", yamlnode.Describe(en))
 			continue
 		}
 		ev := map[string]any{"data": nil}
@@ -435,7 +436,7 @@ func (p *parser) events(n *yaml.Node, field string) []byte {
 			}
 			if key == "meta" {
 				if _, ok := val.(map[string]any); !ok && val != nil {
-					p.errorf(v, ef+".meta", "expected a mapping, got %s", describe(v))
+					p.errorf(v, ef+".meta", "expected a mapping, got %s", yamlnode.Describe(v))
 					return
 				}
 			}
@@ -456,7 +457,7 @@ func (p *parser) events(n *yaml.Node, field string) []byte {
 // literal values or matchers.
 func (p *parser) expectation(n *yaml.Node, field string) *Expectation {
 	if n.Kind != yaml.MappingNode {
-		p.errorf(n, field, "expected an event's conditions, such as {data: 3} or {data.count: 3, meta.error: {contains: \"not found\"}}, got %s", describe(n))
+		p.errorf(n, field, "expected an event's conditions, such as {data: 3} or {data.count: 3, meta.error: {contains: \"not found\"}}, got %s", yamlnode.Describe(n))
 		return nil
 	}
 	e := &Expectation{Line: n.Line}
@@ -465,7 +466,7 @@ func (p *parser) expectation(n *yaml.Node, field string) *Expectation {
 		return nil
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], deref(n.Content[i+1])
+		k, v := n.Content[i], yamlnode.Deref(n.Content[i+1])
 		path := k.Value
 		if _, err := splitPath(path); err != nil {
 			p.errorf(k, field, "%v", err)
@@ -516,34 +517,34 @@ func (p *parser) eachPair(n *yaml.Node, field string, known []string, fn func(ke
 }
 
 func (p *parser) str(n *yaml.Node, field string) (string, bool) {
-	n = deref(n)
-	if n.Kind != yaml.ScalarNode || isNull(n) {
-		p.errorf(n, field, "expected a string, got %s", describe(n))
+	n = yamlnode.Deref(n)
+	if n.Kind != yaml.ScalarNode || yamlnode.IsNull(n) {
+		p.errorf(n, field, "expected a string, got %s", yamlnode.Describe(n))
 		return "", false
 	}
 	return n.Value, true
 }
 
 func (p *parser) bool(n *yaml.Node, field string) bool {
-	n = deref(n)
+	n = yamlnode.Deref(n)
 	var b bool
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&b) != nil {
-		p.errorf(n, field, "expected true or false, got %s", describe(n))
+		p.errorf(n, field, "expected true or false, got %s", yamlnode.Describe(n))
 	}
 	return b
 }
 
 func (p *parser) env(n *yaml.Node, field string) map[string]string {
-	n = deref(n)
+	n = yamlnode.Deref(n)
 	out := map[string]string{}
 	if n.Kind != yaml.MappingNode {
-		p.errorf(n, field, "expected a mapping of variable names to values, got %s", describe(n))
+		p.errorf(n, field, "expected a mapping of variable names to values, got %s", yamlnode.Describe(n))
 		return out
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], deref(n.Content[i+1])
+		k, v := n.Content[i], yamlnode.Deref(n.Content[i+1])
 		if v.Kind != yaml.ScalarNode {
-			p.errorf(v, field+"."+k.Value, "expected a string, got %s", describe(v))
+			p.errorf(v, field+"."+k.Value, "expected a string, got %s", yamlnode.Describe(v))
 			continue
 		}
 		out[k.Value] = v.Value
@@ -553,7 +554,7 @@ func (p *parser) env(n *yaml.Node, field string) map[string]string {
 
 // time reads a fixed clock: RFC 3339 or Unix milliseconds.
 func (p *parser) time(n *yaml.Node, field string) *time.Time {
-	n = deref(n)
+	n = yamlnode.Deref(n)
 	if n.Kind == yaml.ScalarNode {
 		if ms, err := strconv.ParseInt(n.Value, 10, 64); err == nil {
 			t := time.UnixMilli(ms).UTC()
@@ -563,32 +564,8 @@ func (p *parser) time(n *yaml.Node, field string) *time.Time {
 			return &t
 		}
 	}
-	p.errorf(n, field, "expected a time, RFC 3339 (2026-01-01T00:00:00Z) or Unix milliseconds, got %s", describe(n))
+	p.errorf(n, field, "expected a time, RFC 3339 (2026-01-01T00:00:00Z) or Unix milliseconds, got %s", yamlnode.Describe(n))
 	return nil
-}
-
-func deref(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
-}
-
-func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
-
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if isNull(n) {
-			return "nothing"
-		}
-		return strconv.Quote(n.Value)
-	}
-	return "something else"
 }
 
 func contains(list []string, s string) bool {
@@ -604,14 +581,14 @@ func contains(list []string, s string) bool {
 // decode from its JSON form (numbers as json.Number), keeping integers
 // exact. Timestamps and other tagged scalars stay strings.
 func toJSONValue(n *yaml.Node) (any, error) {
-	n = deref(n)
+	n = yamlnode.Deref(n)
 	switch n.Kind {
 	case yaml.MappingNode:
 		m := make(map[string]any, len(n.Content)/2)
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			k := deref(n.Content[i])
+			k := yamlnode.Deref(n.Content[i])
 			if k.Kind != yaml.ScalarNode {
-				return nil, fmt.Errorf("line %d: a JSON object's keys are strings, got %s", k.Line, describe(k))
+				return nil, fmt.Errorf("line %d: a JSON object's keys are strings, got %s", k.Line, yamlnode.Describe(k))
 			}
 			v, err := toJSONValue(n.Content[i+1])
 			if err != nil {

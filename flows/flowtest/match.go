@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/flowrun/flowrun/internal/yamlnode"
 	"math/big"
 	"regexp"
 	"strconv"
@@ -37,7 +38,7 @@ func parseMatcher(n *yaml.Node) (Matcher, error) {
 		if isMatcher {
 			var all allOf
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				m, err := parseOne(n.Content[i].Value, deref(n.Content[i+1]))
+				m, err := parseOne(n.Content[i].Value, yamlnode.Deref(n.Content[i+1]))
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", n.Content[i].Value, err)
 				}
@@ -67,12 +68,12 @@ func parseOne(key string, n *yaml.Node) (Matcher, error) {
 	case "exists":
 		var b bool
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&b) != nil {
-			return nil, fmt.Errorf("expected true or false, got %s", describe(n))
+			return nil, fmt.Errorf("expected true or false, got %s", yamlnode.Describe(n))
 		}
 		return exists(b), nil
 	case "matches":
 		if n.Kind != yaml.ScalarNode {
-			return nil, fmt.Errorf("expected a regular expression, got %s", describe(n))
+			return nil, fmt.Errorf("expected a regular expression, got %s", yamlnode.Describe(n))
 		}
 		re, err := regexp.Compile(n.Value)
 		if err != nil {
@@ -82,7 +83,7 @@ func parseOne(key string, n *yaml.Node) (Matcher, error) {
 	default: // gt, gte, lt, lte
 		r, ok := new(big.Rat).SetString(n.Value)
 		if n.Kind != yaml.ScalarNode || !ok || (n.Tag != "!!int" && n.Tag != "!!float") {
-			return nil, fmt.Errorf("expected a number, got %s", describe(n))
+			return nil, fmt.Errorf("expected a number, got %s", yamlnode.Describe(n))
 		}
 		return compare{op: key, n: r}, nil
 	}
