@@ -94,9 +94,10 @@ func (m *Metrics) ObserveCommands(namespace, op string, ok bool, n int) {
 // pebblestore.Options.OnCommit (use it with pebblestore.NewObservedPool).
 // Groups that only read are not commits and are not recorded.
 //
-// The failure counter of a store is exported from its first group on, at 0
-// until a commit fails, so that a query or alert on it sees the series
-// before the first failure (an absent series reads as "no data", not 0).
+// The failure counter of a store is exported from its opening on (the
+// pool's empty report), at 0 until a commit fails, so that a query or
+// alert on it sees the series before the first failure (an absent series
+// reads as "no data", not 0).
 func (m *Metrics) ObserveCommit(ci pebblestore.CommitInfo) {
 	failures := m.commitFail.WithLabelValues(ci.Dir)
 	if ci.Err != nil {

@@ -240,3 +240,26 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestCommitFailuresExportedFromOpen: a store opened through an observed
+// pool has its failure counter at 0 before any commit.
+func TestCommitFailuresExportedFromOpen(t *testing.T) {
+	m := New()
+	pool := pebblestore.NewObservedPool(m.ObserveCommit)
+	dir := t.TempDir()
+	b, err := pool.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == CommitFailures && len(mf.GetMetric()) == 1 && mf.GetMetric()[0].GetCounter().GetValue() == 0 {
+			return
+		}
+	}
+	t.Fatalf("%s not exported at 0 after opening the store", CommitFailures)
+}

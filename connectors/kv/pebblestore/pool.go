@@ -25,7 +25,9 @@ func NewPool() *Pool {
 // NewObservedPool returns an empty pool whose stores report every commit
 // group to onCommit (see Options.OnCommit), unless the Options given to Open
 // set their own. A process serving metrics uses it so that every store its
-// flows open is observed without the flows knowing.
+// flows open is observed without the flows knowing. onCommit also gets one
+// empty CommitInfo (Dir only) when a store opens, so that the store is
+// known before its first commit group.
 func NewObservedPool(onCommit func(CommitInfo)) *Pool {
 	return &Pool{onCommit: onCommit}
 }
@@ -57,7 +59,9 @@ func (p *Pool) Open(dir string, opts Options) (kv.Backend, error) {
 		}
 		return nil
 	}
+	opened, observed := false, opts.OnCommit == nil && p.onCommit != nil
 	s, ref, err := p.stores.Acquire(where.key(), check, func() (*Store, error) {
+		opened = true
 		if opts.OnCommit == nil {
 			opts.OnCommit = p.onCommit
 		}
@@ -74,6 +78,12 @@ func (p *Pool) Open(dir string, opts Options) (kv.Backend, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if opened && observed {
+		// An empty report (no transactions, nothing written), so that an
+		// observer knows the store from its opening on: its failure
+		// counter is exported at 0 before any commit.
+		p.onCommit(CommitInfo{Dir: s.dir})
 	}
 	return &handle{store: s, ref: ref}, nil
 }

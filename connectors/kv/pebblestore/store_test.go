@@ -316,10 +316,13 @@ func TestOnCommitReportsGroups(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			if len(infos) != 2 {
-				t.Fatalf("got %d commit reports, want 2: %+v", len(infos), infos)
+			if len(infos) != 3 {
+				t.Fatalf("got %d commit reports, want 3 (opening, write, read): %+v", len(infos), infos)
 			}
-			w, r := infos[0], infos[1]
+			if o := infos[0]; o.Transactions != 0 || o.Wrote || o.Err != nil || o.Dir != infos[1].Dir {
+				t.Errorf("opening reported as %+v", o)
+			}
+			w, r := infos[1], infos[2]
 			if w.Transactions != 3 || w.Requests != 1 || !w.Wrote || w.Err != nil || w.Latency <= 0 {
 				t.Errorf("write group reported as %+v", w)
 			}
