@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 )
 
 func TestOpenLoopRun(t *testing.T) {
@@ -149,5 +151,21 @@ func TestSweepTerminates(t *testing.T) {
 	}
 	if _, err := Sweep(context.Background(), Config{Workloads: []string{Put, Get}}, SweepOptions{P99: time.Millisecond}); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("two workloads: error %v, want ErrBadConfig", err)
+	}
+}
+
+func TestOpenLoopConfig(t *testing.T) {
+	c := Config{Rate: 500, Ops: 7}
+	c.EnsureDefaults()
+	if c.Duration != DefaultDuration || c.Ops != 5000 || c.Sides() != 1 {
+		t.Errorf("defaults: duration %v, ops %d, sides %d; want %v, 5000 (rate × duration), 1", c.Duration, c.Ops, c.Sides(), DefaultDuration)
+	}
+	for _, bad := range []Config{
+		{Rate: -1},
+		{Rate: 100, Backend: BackendEtcd, Etcd: etcdstore.Options{Endpoints: []string{"http://127.0.0.1:1"}}},
+	} {
+		if _, err := Run(context.Background(), bad); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("%+v: error %v, want ErrBadConfig", bad, err)
+		}
 	}
 }
