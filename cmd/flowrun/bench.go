@@ -91,6 +91,7 @@ With --sweep-p99 D, each workload is run open loop at rising rates from
 the highest rate whose p99 stays at most D (within 10%). Each trial is
 reported on stderr; one JSON object per workload on stdout:
   {"workload","sweep_p99_us","rate","trials","best":{...}}
+("rate" 0 and no "best" when no rate tried met the bound).
 
 With --http the kv connector is served by an http_server connector on
 loopback, and --clients keep-alive connections send sync requests (put,
@@ -261,6 +262,10 @@ func runBenchSweep(ctx context.Context, e env, cfg kvbench.Config, f benchFlags,
 			if err := enc.Encode(sr); err != nil {
 				return err
 			}
+			continue
+		}
+		if sr.Best == nil {
+			fmt.Fprintf(e.stdout, "%s: no rate tried kept p99 <= %v (%d trials)\n", w, f.sweepP99, sr.Trials)
 			continue
 		}
 		fmt.Fprintf(e.stdout, "%s: highest rate with p99 <= %v: %d events/s (p99 %.0f µs, %d trials)\n",

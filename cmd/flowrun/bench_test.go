@@ -98,7 +98,7 @@ func TestBenchSweep(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &sr); err != nil {
 		t.Fatalf("stdout %q: %v", stdout, err)
 	}
-	if sr.Workload != "put" || sr.Bound != 0.001 || sr.Rate != 0 || sr.Trials != 11 {
+	if sr.Workload != "put" || sr.Bound != 0.001 || sr.Rate != 0 || sr.Trials != 11 || strings.Contains(stdout, "best") {
 		t.Errorf("sweep result %+v", sr)
 	}
 	if n := strings.Count(stderr, "bench --sweep-p99 1ns: put at "); n != sr.Trials {

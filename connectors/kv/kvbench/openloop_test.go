@@ -146,7 +146,7 @@ func TestSweepTerminates(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Nothing takes an hour: every trial passes up to Max.
-	if sr.Rate != 4000 || sr.Best.Rate != 4000 || sr.Trials != trials || trials != 4 {
+	if sr.Rate != 4000 || sr.Best == nil || sr.Best.Rate != 4000 || sr.Trials != trials || trials != 4 {
 		t.Errorf("sweep = %+v after %d trials, want rate 4000 after 4 (500, 1000, 2000, 4000)", sr, trials)
 	}
 	if _, err := Sweep(context.Background(), Config{Workloads: []string{Put, Get}}, SweepOptions{P99: time.Millisecond}); !errors.Is(err, ErrBadConfig) {

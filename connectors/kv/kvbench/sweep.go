@@ -40,8 +40,8 @@ type SweepResult struct {
 	Rate int `json:"rate"`
 	// Trials is the number of runs made.
 	Trials int `json:"trials"`
-	// Best is the result of the run at Rate (zero when Rate is 0).
-	Best Result `json:"best"`
+	// Best is the result of the run at Rate; nil (omitted) when Rate is 0.
+	Best *Result `json:"best,omitempty"`
 }
 
 // Sweep finds the highest open-loop rate of cfg's single workload whose
@@ -72,8 +72,8 @@ func Sweep(ctx context.Context, cfg Config, opts SweepOptions) (SweepResult, err
 		}
 		r := rs[0]
 		pass := r.P99us <= sr.P99BoundUs
-		if pass && rate > sr.Best.Rate {
-			sr.Best = r
+		if pass && (sr.Best == nil || rate > sr.Best.Rate) {
+			sr.Best = &r
 		}
 		if opts.Trial != nil {
 			opts.Trial(r, pass)
