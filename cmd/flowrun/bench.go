@@ -36,6 +36,7 @@ type benchFlags struct {
 	clients    int
 	rate       int
 	duration   time.Duration
+	sweepP99   time.Duration
 }
 
 // Defaults of --ops and --keys with --backend etcd: a cluster commits a
@@ -78,6 +79,20 @@ and an aligned table otherwise. Latency is per batch, from the source
 handing the batch to the graph to the sink receiving its last result,
 counted once for each operation of the batch. Progress goes to stderr.
 
+With --rate N the flowrun side runs open loop: N events/s for --duration
+(N x duration operations), each event sent at its scheduled time whether or
+not earlier ones have completed, in groups of whatever is due, and its
+latency counted from that scheduled time to its completion, so queueing is
+not hidden. The raw Pebble side is not run ("pebble_ops_per_s" and "ratio"
+are 0); "flowrun_ops_per_s" is the achieved rate, and the JSON adds
+  {"rate","p90_us","p999_us","max_us"}
+With --sweep-p99 D, each workload is run open loop at rising rates from
+--rate (default 1000), doubling then bisecting, for --duration each, to find
+the highest rate whose p99 stays at most D (within 10%). Each trial is
+reported on stderr; one JSON object per workload on stdout:
+  {"workload","sweep_p99_us","rate","trials","best":{...}}
+("rate" 0 and no "best" when no rate tried met the bound).
+
 With --http the kv connector is served by an http_server connector on
 loopback, and --clients keep-alive connections send sync requests (put,
 get; default both), each waiting for its answer (closed loop), compared
@@ -100,6 +115,9 @@ request's scheduled time. One JSON object per workload:
 				}
 			}
 			if f.http {
+				if f.sweepP99 != 0 {
+					return usageError{errors.New("--sweep-p99 does not apply to --http")}
+				}
 				return runHTTPBench(ctx, e, f, cmd.Flags().Changed("workload"), cmd.Flags().Changed("ops"))
 			}
 			return runBench(ctx, e, f)
@@ -120,8 +138,9 @@ request's scheduled time. One JSON object per workload:
 	fl.StringVar(&f.backend, "backend", kvbench.BackendPebble, "store under test: pebble or etcd")
 	fl.BoolVar(&f.http, "http", false, "measure sync requests to an http_server connector against stdin")
 	fl.IntVar(&f.clients, "clients", 64, "--http: keep-alive connections")
-	fl.IntVar(&f.rate, "rate", 0, "--http: open loop at this many requests/s (0: closed loop)")
-	fl.DurationVar(&f.duration, "duration", 10*time.Second, "--http --rate: how long to send")
+	fl.IntVar(&f.rate, "rate", 0, "open loop at this many events/s (--http: requests/s); 0: closed loop; with --sweep-p99, the first rate tried")
+	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
+	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
 	fl.StringVar(&f.endpoints, "endpoints", os.Getenv("FLOWRUN_ETCD_ENDPOINTS"), "etcd client URLs, comma-separated, for --backend etcd (default $FLOWRUN_ETCD_ENDPOINTS)")
 	return cmd
 }
@@ -132,7 +151,12 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 			return usageError{fmt.Errorf("%s must be positive, got %d", name, v)}
 		}
 	}
+	if f.rate < 0 || f.duration <= 0 || f.sweepP99 < 0 {
+		return usageError{fmt.Errorf("--rate (%d) must not be negative, --duration (%v) must be positive, --sweep-p99 (%v) must not be negative", f.rate, f.duration, f.sweepP99)}
+	}
 	cfg := kvbench.Config{
+		Rate:       f.rate,
+		Duration:   f.duration,
 		Workloads:  f.workloads,
 		Ops:        f.ops,
 		Keys:       f.keys,
@@ -148,6 +172,9 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		if ep = strings.TrimSpace(ep); ep != "" {
 			cfg.Etcd.Endpoints = append(cfg.Etcd.Endpoints, ep)
 		}
+	}
+	if f.sweepP99 > 0 {
+		cfg.Rate = max(f.rate, 1) // open loop, for Validate
 	}
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -171,14 +198,18 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 
 	asJSON := f.json || !stdoutIsTerminal(e)
 	enc := json.NewEncoder(e.stdout)
-	prog := newBenchProgress(e, 2*cfg.Ops*len(cfg.Workloads))
+	if f.sweepP99 > 0 {
+		return runBenchSweep(ctx, e, cfg, f, asJSON)
+	}
+	sides := cfg.Sides()
+	prog := newBenchProgress(e, sides*cfg.Ops*len(cfg.Workloads))
 	var results []kvbench.Result
 	// One workload at a time, so each JSON line appears as soon as its
 	// workload is done.
 	for i, w := range cfg.Workloads {
 		one := cfg
 		one.Workloads = []string{w}
-		offset := 2 * cfg.Ops * i
+		offset := sides * cfg.Ops * i
 		one.Progress = func(done, _ int) { prog.update(w, offset+done) }
 		rs, err := kvbench.Run(ctx, one)
 		if err != nil {
@@ -204,6 +235,45 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 	return nil
 }
 
+// runBenchSweep runs `flowrun bench --sweep-p99`: one sweep per workload,
+// trials on stderr, one result per workload on stdout.
+func runBenchSweep(ctx context.Context, e env, cfg kvbench.Config, f benchFlags, asJSON bool) error {
+	enc := json.NewEncoder(e.stdout)
+	for _, w := range cfg.Workloads {
+		one := cfg
+		one.Workloads = []string{w}
+		one.Ops = 0 // Run derives it from each trial's rate
+		opts := kvbench.SweepOptions{P99: f.sweepP99, Start: f.rate, Trial: func(r kvbench.Result, pass bool) {
+			verdict := "over"
+			if pass {
+				verdict = "within"
+			}
+			fmt.Fprintf(e.stderr, "bench --sweep-p99 %v: %s at %d events/s: achieved %.0f/s, p50 %.0f µs, p99 %.0f µs (%s), max %.0f µs\n",
+				f.sweepP99, w, r.Rate, r.FlowrunOpsPerS, r.P50us, r.P99us, verdict, r.MaxUs)
+		}}
+		sr, err := kvbench.Sweep(ctx, one, opts)
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				return exitError{exitFail}
+			}
+			return err
+		}
+		if asJSON {
+			if err := enc.Encode(sr); err != nil {
+				return err
+			}
+			continue
+		}
+		if sr.Best == nil {
+			fmt.Fprintf(e.stdout, "%s: no rate tried kept p99 <= %v (%d trials)\n", w, f.sweepP99, sr.Trials)
+			continue
+		}
+		fmt.Fprintf(e.stdout, "%s: highest rate with p99 <= %v: %d events/s (p99 %.0f µs, %d trials)\n",
+			w, f.sweepP99, sr.Rate, sr.Best.P99us, sr.Trials)
+	}
+	return nil
+}
+
 func stdoutIsTerminal(e env) bool {
 	f, ok := e.stdout.(*os.File)
 	return ok && isTerminal(f)
@@ -214,6 +284,15 @@ func printBenchTable(e env, results []kvbench.Result) {
 	raw := "pebble"
 	if len(results) > 0 && results[0].Backend == kvbench.BackendEtcd {
 		raw = "etcd"
+	}
+	if len(results) > 0 && results[0].Rate > 0 {
+		fmt.Fprintf(tw, "workload\trate/s\tops\tachieved/s\tp50 µs\tp90 µs\tp99 µs\tp99.9 µs\tmax µs\t\n")
+		for _, r := range results {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n",
+				r.Workload, r.Rate, r.Ops, r.FlowrunOpsPerS, r.P50us, r.P90us, r.P99us, r.P999us, r.MaxUs)
+		}
+		tw.Flush()
+		return
 	}
 	fmt.Fprintf(tw, "workload\tops\tflowrun ops/s\t%s ops/s\tratio\tp50 µs\tp99 µs\tpeak RSS MiB\t\n", raw)
 	for _, r := range results {

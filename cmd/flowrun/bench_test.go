@@ -57,3 +57,64 @@ func TestBenchEtcd(t *testing.T) {
 		}
 	}
 }
+
+// flowrun bench --rate runs open loop and prints the percentiles.
+func TestBenchOpenLoop(t *testing.T) {
+	code, stdout, stderr := runCLI(t, "", "bench", "--rate", "1000", "--duration", "200ms", "--workload", "put",
+		"--keys", "100", "--json", "--dir", t.TempDir())
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	var r map[string]any
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+		t.Fatalf("stdout %q: %v", stdout, err)
+	}
+	if r["workload"] != "put" || r["rate"] != 1000.0 || r["ops"] != 200.0 {
+		t.Errorf("result %v: want workload put, rate 1000, ops 200", r)
+	}
+	for _, k := range []string{"p50_us", "p90_us", "p99_us", "p999_us", "max_us", "flowrun_ops_per_s"} {
+		if v, ok := r[k].(float64); !ok || v <= 0 {
+			t.Errorf("%s = %v, want a positive number in %s", k, r[k], stdout)
+		}
+	}
+}
+
+// flowrun bench --sweep-p99 prints one line per workload on stdout and
+// each trial on stderr. No event completes within 1ns of its schedule, so
+// the sweep halves the rate from 2000 down to 1 event/s (11 short runs) and finds
+// none.
+func TestBenchSweep(t *testing.T) {
+	code, stdout, stderr := runCLI(t, "", "bench", "--sweep-p99", "1ns", "--rate", "2000", "--duration", "10ms",
+		"--workload", "put", "--keys", "100", "--json", "--dir", t.TempDir())
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	var sr struct {
+		Workload string  `json:"workload"`
+		Bound    float64 `json:"sweep_p99_us"`
+		Rate     int     `json:"rate"`
+		Trials   int     `json:"trials"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &sr); err != nil {
+		t.Fatalf("stdout %q: %v", stdout, err)
+	}
+	if sr.Workload != "put" || sr.Bound != 0.001 || sr.Rate != 0 || sr.Trials != 11 || strings.Contains(stdout, "best") {
+		t.Errorf("sweep result %+v", sr)
+	}
+	if n := strings.Count(stderr, "bench --sweep-p99 1ns: put at "); n != sr.Trials {
+		t.Errorf("%d trial lines on stderr for %d trials: %q", n, sr.Trials, stderr)
+	}
+}
+
+func TestBenchOpenLoopUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"bench", "--rate", "-1"},
+		{"bench", "--rate", "100", "--duration", "0s"},
+		{"bench", "--sweep-p99", "-1ms"},
+		{"bench", "--http", "--sweep-p99", "5ms"},
+	} {
+		if code, _, stderr := runCLI(t, "", args...); code != exitUsage {
+			t.Errorf("%v: exit %d, stderr %q; want %d", args, code, stderr, exitUsage)
+		}
+	}
+}

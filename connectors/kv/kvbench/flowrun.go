@@ -63,6 +63,10 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 		preloaded: make(chan struct{}),
 		p:         p,
 	}
+	if cfg.Rate > 0 {
+		f.open = newOpenLoop(cfg.Rate, cfg.Ops)
+		f.starts, f.opsIn, f.arenas, f.lat = nil, nil, nil, nil
+	}
 	if needsPreload(workload) {
 		f.preloadLeft.Store(int64((cfg.Keys + preloadBatch - 1) / preloadBatch))
 	} else {
@@ -92,6 +96,9 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 	}
 	if f.errs > 0 {
 		return sideResult{}, fmt.Errorf("%d commands failed, first: %s", f.errs, f.firstErr)
+	}
+	if f.open != nil {
+		return f.open.result()
 	}
 	if n := f.completed.Load(); n != int64(nb) {
 		return sideResult{}, fmt.Errorf("%d of %d batches completed", n, nb)
@@ -127,6 +134,9 @@ type flowSide struct {
 	preloadLeft atomic.Int64  // preload batches not yet completed
 	preloaded   chan struct{} // closed once every preload batch is done
 	p           *progress
+
+	// open is the open-loop state (Config.Rate > 0), nil in closed loop.
+	open *openLoop
 
 	// Sink-only state.
 	errs     int
@@ -198,6 +208,9 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 	case CAS:
 		perEvent += 2 * f.cfg.ValueBytes
 	}
+	if f.open != nil {
+		return f.generateOpen(ctx, emit, g, scanEnd, perEvent)
+	}
 	for b := range f.starts {
 		if ctx.Err() != nil {
 			return nil
@@ -212,43 +225,8 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 		n := min(f.cfg.Batch, f.cfg.Ops-b*f.cfg.Batch)
 		tr := pipeline.NewTracker(n, nil, func() { f.batchDone(b) })
 		for i := range n {
-			o := g.op()
 			var ev pipeline.Event
-			start := len(arena)
-			switch o.kind {
-			case opPut:
-				arena = appendMeta(arena, "put", o.key)
-				ev.Meta = arena[start:]
-				start = len(arena)
-				arena = f.vals.appendValue(arena, o.version)
-				ev.Data = arena[start:]
-			case opGet:
-				arena = appendMeta(arena, "get", o.key)
-				ev.Meta = arena[start:]
-			case opIncrement:
-				arena = appendCommand(arena, "increment", o.key)
-				arena = append(arena, `,"by":`...)
-				arena = appendInt(arena, incrementBy)
-				arena = append(arena, "}}"...)
-				ev.Meta = arena[start:]
-			case opCAS:
-				arena = appendCommand(arena, "cas", o.key)
-				arena = append(arena, `,"old":`...)
-				arena = f.vals.appendValue(arena, o.version)
-				arena = append(arena, "}}"...)
-				ev.Meta = arena[start:]
-				start = len(arena)
-				arena = f.vals.appendValue(arena, o.version+1)
-				ev.Data = arena[start:]
-			case opScan:
-				arena = appendCommand(arena, "scan", o.key)
-				arena = append(arena, `,"end":"`...)
-				arena = append(arena, scanEnd...)
-				arena = append(arena, `","limit":`...)
-				arena = appendInt(arena, ScanLimit)
-				arena = append(arena, "}}"...)
-				ev.Meta = arena[start:]
-			}
+			arena, ev = f.appendEvent(arena, g.op(), scanEnd)
 			emit.Emit(pipeline.PortOut, tr.Track(i, ev))
 		}
 		f.opsIn[b] = n
@@ -289,4 +267,46 @@ func (f *flowSide) receive(_ context.Context, batch []pipeline.Event, _ pipeline
 		}
 	}
 	return nil
+}
+
+// appendEvent appends the meta and data of operation o to arena and returns
+// the arena and the event pointing into it.
+func (f *flowSide) appendEvent(arena []byte, o op, scanEnd []byte) ([]byte, pipeline.Event) {
+	var ev pipeline.Event
+	start := len(arena)
+	switch o.kind {
+	case opPut:
+		arena = appendMeta(arena, "put", o.key)
+		ev.Meta = arena[start:]
+		start = len(arena)
+		arena = f.vals.appendValue(arena, o.version)
+		ev.Data = arena[start:]
+	case opGet:
+		arena = appendMeta(arena, "get", o.key)
+		ev.Meta = arena[start:]
+	case opIncrement:
+		arena = appendCommand(arena, "increment", o.key)
+		arena = append(arena, `,"by":`...)
+		arena = appendInt(arena, incrementBy)
+		arena = append(arena, "}}"...)
+		ev.Meta = arena[start:]
+	case opCAS:
+		arena = appendCommand(arena, "cas", o.key)
+		arena = append(arena, `,"old":`...)
+		arena = f.vals.appendValue(arena, o.version)
+		arena = append(arena, "}}"...)
+		ev.Meta = arena[start:]
+		start = len(arena)
+		arena = f.vals.appendValue(arena, o.version+1)
+		ev.Data = arena[start:]
+	case opScan:
+		arena = appendCommand(arena, "scan", o.key)
+		arena = append(arena, `,"end":"`...)
+		arena = append(arena, scanEnd...)
+		arena = append(arena, `","limit":`...)
+		arena = appendInt(arena, ScanLimit)
+		arena = append(arena, "}}"...)
+		ev.Meta = arena[start:]
+	}
+	return arena, ev
 }

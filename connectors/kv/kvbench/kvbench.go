@@ -17,6 +17,14 @@
 // saturated, which it is: the source produces as fast as backpressure lets
 // it.
 //
+// With Config.Rate set, the flowrun side runs open loop instead: event i is
+// sent at start + i/Rate whether or not earlier events have completed, for
+// Config.Duration, and each event's latency counts from its scheduled time
+// to its completion, so queueing behind a saturated graph is not hidden
+// (the coordinated-omission correction of wrk2). The raw Pebble side is not
+// run in open loop: it has no event path to load, and its batch timing
+// would not be comparable.
+//
 // With Config.Backend BackendEtcd the connector runs over an etcdstore.Store
 // on Config.Etcd's cluster, and the raw side uses the etcd client directly
 // with the same batches cut to etcd's operations per transaction.
@@ -31,6 +39,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 )
@@ -45,6 +54,8 @@ const (
 	// amortise an fsync per batch and small enough to keep per-batch
 	// latency in the low milliseconds.
 	DefaultBatch = 1000
+	// DefaultDuration is how long an open-loop run (Config.Rate) sends.
+	DefaultDuration = 10 * time.Second
 	// MinValueBytes is the smallest value size: a JSON string holding a
 	// ten-digit version between its quotes.
 	MinValueBytes = 12
@@ -108,6 +119,13 @@ type Config struct {
 	// "flowrun-bench/<random>/", deleted when the workload ends. Sync and
 	// Dir do not apply: etcd always commits to a quorum's disks.
 	Etcd etcdstore.Options
+	// Rate, when positive, runs the flowrun side open loop at Rate
+	// events/s (see the package doc); Ops is then Rate × Duration and the
+	// raw side is skipped. 0 runs the closed loop.
+	Rate int
+	// Duration is how long an open-loop run sends. Default
+	// DefaultDuration; ignored in closed loop.
+	Duration time.Duration
 	// Progress, when set, is called after each completed batch with the
 	// operations done so far and the total over all workloads and both
 	// sides. It is called from one goroutine at a time, never concurrently.
@@ -144,6 +162,12 @@ func (c *Config) EnsureDefaults() {
 	if c.Backend == "" {
 		c.Backend = BackendPebble
 	}
+	if c.Rate > 0 {
+		if c.Duration <= 0 {
+			c.Duration = DefaultDuration
+		}
+		c.Ops = max(1, int(float64(c.Rate)*c.Duration.Seconds()))
+	}
 }
 
 // Validate reports, wrapping ErrBadConfig, the first field that cannot be
@@ -163,9 +187,15 @@ func (c *Config) Validate() error {
 	if c.Ops <= 0 || c.Batch <= 0 {
 		return fmt.Errorf("%w: ops and batch must be positive", ErrBadConfig)
 	}
+	if c.Rate < 0 {
+		return fmt.Errorf("%w: rate %d events/s is negative", ErrBadConfig, c.Rate)
+	}
 	switch c.Backend {
 	case BackendPebble:
 	case BackendEtcd:
+		if c.Rate > 0 {
+			return fmt.Errorf("%w: open loop (rate) runs on backend %s only", ErrBadConfig, BackendPebble)
+		}
 		if len(c.Etcd.Endpoints) == 0 {
 			return fmt.Errorf("%w: backend etcd needs endpoints", ErrBadConfig)
 		}
@@ -200,6 +230,16 @@ type Result struct {
 	// latency of the flowrun side in microseconds (see the package doc).
 	P50us float64 `json:"p50_us"`
 	P99us float64 `json:"p99_us"`
+	// Rate, in open loop, is the scheduled rate in events/s; Ops events
+	// were sent over Config.Duration and FlowrunOpsPerS is the achieved
+	// rate, from the start of the schedule to the last completion.
+	Rate int `json:"rate,omitempty"`
+	// P90us, P999us and MaxUs, in open loop, complete the per-event
+	// latency percentiles (P50us, P99us), each counted from the event's
+	// scheduled time. Omitted in closed loop.
+	P90us  float64 `json:"p90_us,omitempty"`
+	P999us float64 `json:"p999_us,omitempty"`
+	MaxUs  float64 `json:"max_us,omitempty"`
 	// PeakRSSMB is the process's peak resident set (VmHWM, MiB) over the
 	// flowrun side of the workload, preload included; 0 when the platform
 	// does not report it. When the peak cannot be reset between workloads
@@ -220,7 +260,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := &progress{fn: cfg.Progress, total: 2 * cfg.Ops * len(cfg.Workloads)}
+	p := &progress{fn: cfg.Progress, total: cfg.Sides() * cfg.Ops * len(cfg.Workloads)}
 	var results []Result
 	for _, name := range cfg.Workloads {
 		r, err := runWorkload(ctx, cfg, name, p)
@@ -252,9 +292,11 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 		return Result{}, fmt.Errorf("flowrun side: %w", err)
 	}
 	rss := PeakRSSMB()
-	pr, err := runPebble(ctx, cfg, name, dir+"/pebble", p)
-	if err != nil {
-		return Result{}, fmt.Errorf("pebble side: %w", err)
+	var pr sideResult
+	if cfg.Rate == 0 {
+		if pr, err = runPebble(ctx, cfg, name, dir+"/pebble", p); err != nil {
+			return Result{}, fmt.Errorf("pebble side: %w", err)
+		}
 	}
 	r := Result{
 		Workload:       name,
@@ -268,10 +310,23 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 
 		RowCacheHitRate: fr.rowCacheHitRate,
 	}
+	if cfg.Rate > 0 {
+		r.Rate = cfg.Rate
+		r.P90us, r.P999us, r.MaxUs = fr.q.p90, fr.q.p999, fr.q.max
+	}
 	if r.PebbleOpsPerS > 0 {
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS
 	}
 	return r, nil
+}
+
+// Sides returns how many sides Run measures per workload: 2 (flowrun and
+// raw) in closed loop, 1 (flowrun) in open loop.
+func (c *Config) Sides() int {
+	if c.Rate > 0 {
+		return 1
+	}
+	return 2
 }
 
 // progress accumulates completed operations across workloads and sides.

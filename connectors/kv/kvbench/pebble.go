@@ -15,7 +15,8 @@ import (
 type sideResult struct {
 	elapsed         time.Duration
 	p50us, p99us    float64
-	rowCacheHitRate float64 // flowrun side on Pebble only
+	rowCacheHitRate float64          // flowrun side on Pebble only
+	q               latencyQuantiles // open loop only
 }
 
 // quietLogger drops Pebble's informational logging, which would otherwise

@@ -1,0 +1,171 @@
+package kvbench
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
+)
+
+func TestOpenLoopRun(t *testing.T) {
+	cfg := Config{Workloads: []string{Put, Get}, Rate: 2000, Duration: 300 * time.Millisecond,
+		Keys: 200, ValueBytes: 40, Batch: 50, Sync: true, Dir: t.TempDir()}
+	var last, total int
+	cfg.Progress = func(done, tot int) { last, total = done, tot }
+	rs, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("%d results, want 2", len(rs))
+	}
+	const want = 600 // 2000 events/s for 0.3 s
+	for _, r := range rs {
+		if r.Ops != want || r.Rate != cfg.Rate {
+			t.Errorf("%s: ops %d at rate %d, want %d at %d", r.Workload, r.Ops, r.Rate, want, cfg.Rate)
+		}
+		if r.PebbleOpsPerS != 0 || r.Ratio != 0 {
+			t.Errorf("%s: raw side ran in open loop: %v ops/s, ratio %v", r.Workload, r.PebbleOpsPerS, r.Ratio)
+		}
+		// Events are sent on schedule, never early: the last completes
+		// after the last is due, at 599/2000 s, so the achieved rate
+		// cannot exceed 600 events in that time (a bound on the schedule,
+		// not on speed).
+		if limit := want / (599.0 / 2000); r.FlowrunOpsPerS <= 0 || r.FlowrunOpsPerS > limit {
+			t.Errorf("%s: achieved rate %v, want in (0, %v]", r.Workload, r.FlowrunOpsPerS, limit)
+		}
+		ps := []float64{r.P50us, r.P90us, r.P99us, r.P999us, r.MaxUs}
+		for i, p := range ps {
+			if p <= 0 || (i > 0 && p < ps[i-1]) {
+				t.Errorf("%s: percentiles p50..max %v not positive and ordered", r.Workload, ps)
+				break
+			}
+		}
+	}
+	// Every event of both workloads completed (Run fails otherwise) and
+	// was counted once.
+	if last != 2*want || total != 2*want {
+		t.Errorf("progress ended at %d of %d, want %d of %d", last, total, 2*want, 2*want)
+	}
+}
+
+func TestSchedule(t *testing.T) {
+	s := schedule{rate: 3, n: 7}
+	for _, c := range []struct {
+		elapsed time.Duration
+		due     int
+	}{
+		{-time.Millisecond, 0},
+		{0, 1},
+		{333 * time.Millisecond, 1},
+		{333333334 * time.Nanosecond, 2},
+		{time.Second, 4},
+		{1999 * time.Millisecond, 6},
+		{2 * time.Second, 7},
+		{time.Hour, 7}, // a late source is owed everything, at most n
+	} {
+		if got := s.due(c.elapsed); got != c.due {
+			t.Errorf("due(%v) = %d, want %d", c.elapsed, got, c.due)
+		}
+	}
+	for i, want := range []time.Duration{0, 333333334, 666666667, time.Second} {
+		if got := s.at(i); got != want {
+			t.Errorf("at(%d) = %v, want %v", i, got, want)
+		}
+	}
+	// due and at agree: event i is due exactly from at(i).
+	s = schedule{rate: 7919, n: 100_000}
+	for i := 1; i < 20_000; i += 37 {
+		if d := s.due(s.at(i)); d != i+1 {
+			t.Fatalf("due(at(%d)) = %d, want %d", i, d, i+1)
+		}
+		if d := s.due(s.at(i) - 1); d != i {
+			t.Fatalf("due(at(%d)-1) = %d, want %d", i, d, i)
+		}
+	}
+}
+
+func TestQuantiles(t *testing.T) {
+	lat := make([]time.Duration, 1000)
+	for i := range lat {
+		lat[len(lat)-1-i] = time.Duration(i+1) * time.Microsecond // 1..1000 µs, reversed
+	}
+	q := quantiles(lat)
+	if want := (latencyQuantiles{p50: 500, p90: 900, p99: 990, p999: 999, max: 1000}); q != want {
+		t.Errorf("quantiles = %+v, want %+v", q, want)
+	}
+	if lat[0] != 1000*time.Microsecond {
+		t.Error("quantiles sorted its argument in place")
+	}
+	if q := quantiles(nil); q != (latencyQuantiles{}) {
+		t.Errorf("quantiles(nil) = %+v", q)
+	}
+}
+
+func TestSearch(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		start, max, knee int // pass iff rate <= knee
+		wantLo, wantHi   int
+	}{
+		{"double then bisect", 1000, 10_000_000, 37_000, 37_000 * 10 / 11, 37_000},
+		{"halve then bisect", 1000, 10_000_000, 300, 300 * 10 / 11, 300},
+		{"nothing passes", 1000, 10_000_000, 0, 0, 0},
+		{"capped", 1000, 5000, 1 << 30, 5000, 5000},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, trials, err := search(c.start, c.max, func(rate int) (bool, error) {
+				if rate < 1 || rate > c.max {
+					t.Fatalf("tried rate %d outside [1, %d]", rate, c.max)
+				}
+				return rate <= c.knee, nil
+			})
+			if err != nil || got < c.wantLo || got > c.wantHi {
+				t.Errorf("search = %d, %v; want %d..%d", got, err, c.wantLo, c.wantHi)
+			}
+			if trials > sweepMaxTrials {
+				t.Errorf("%d trials", trials)
+			}
+		})
+	}
+	boom := errors.New("boom")
+	if _, _, err := search(1000, 10_000, func(int) (bool, error) { return false, boom }); !errors.Is(err, boom) {
+		t.Errorf("error = %v, want %v", err, boom)
+	}
+}
+
+func TestSweepTerminates(t *testing.T) {
+	cfg := Config{Workloads: []string{Put}, Duration: 20 * time.Millisecond, Keys: 100, ValueBytes: 20,
+		Batch: 50, Dir: t.TempDir()}
+	var trials int
+	sr, err := Sweep(context.Background(), cfg, SweepOptions{P99: time.Hour, Start: 500, Max: 4000,
+		Trial: func(Result, bool) { trials++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nothing takes an hour: every trial passes up to Max.
+	if sr.Rate != 4000 || sr.Best == nil || sr.Best.Rate != 4000 || sr.Trials != trials || trials != 4 {
+		t.Errorf("sweep = %+v after %d trials, want rate 4000 after 4 (500, 1000, 2000, 4000)", sr, trials)
+	}
+	if _, err := Sweep(context.Background(), Config{Workloads: []string{Put, Get}}, SweepOptions{P99: time.Millisecond}); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("two workloads: error %v, want ErrBadConfig", err)
+	}
+}
+
+func TestOpenLoopConfig(t *testing.T) {
+	c := Config{Rate: 500, Ops: 7}
+	c.EnsureDefaults()
+	if c.Duration != DefaultDuration || c.Ops != 5000 || c.Sides() != 1 {
+		t.Errorf("defaults: duration %v, ops %d, sides %d; want %v, 5000 (rate × duration), 1", c.Duration, c.Ops, c.Sides(), DefaultDuration)
+	}
+	for _, bad := range []Config{
+		{Rate: -1},
+		{Rate: 100, Backend: BackendEtcd, Etcd: etcdstore.Options{Endpoints: []string{"http://127.0.0.1:1"}}},
+	} {
+		if _, err := Run(context.Background(), bad); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("%+v: error %v, want ErrBadConfig", bad, err)
+		}
+	}
+}
