@@ -21,7 +21,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/internal/loadgen"
 )
 
 // Workloads.
@@ -186,17 +186,8 @@ func runWorkload(ctx context.Context, cfg Config, workload, dir string) (Result,
 	if r.StdinPerSec > 0 {
 		r.Ratio = r.HTTPPerSec / r.StdinPerSec
 	}
-	slices.Sort(lat)
-	q := func(p float64) float64 {
-		if len(lat) == 0 {
-			return 0
-		}
-		return float64(lat[min(int(p*float64(len(lat))), len(lat)-1)].Microseconds())
-	}
-	r.P50us, r.P90us, r.P99us, r.P999us = q(0.50), q(0.90), q(0.99), q(0.999)
-	if len(lat) > 0 {
-		r.MaxUs = float64(lat[len(lat)-1].Microseconds())
-	}
+	q := loadgen.Percentiles(lat)
+	r.P50us, r.P90us, r.P99us, r.P999us, r.MaxUs = q.P50, q.P90, q.P99, q.P999, q.Max
 	return r, nil
 }
 
@@ -418,7 +409,7 @@ func closedLoop(ctx context.Context, cfg Config, client *http.Client, url, workl
 // each latency from its scheduled time. A request whose sender is late
 // still counts from its schedule.
 func openLoop(ctx context.Context, cfg Config, client *http.Client, url, workload string, lat []time.Duration, errs *atomic.Int64, start time.Time) {
-	interval := time.Second / time.Duration(cfg.Rate)
+	sched := loadgen.Schedule{Rate: cfg.Rate, N: len(lat)}
 	jobs := make(chan int, len(lat))
 	var wg sync.WaitGroup
 	for range cfg.Clients * 4 {
@@ -428,7 +419,7 @@ func openLoop(ctx context.Context, cfg Config, client *http.Client, url, workloa
 			var body []byte
 			var buf bytes.Buffer
 			for i := range jobs {
-				due := start.Add(time.Duration(i) * interval)
+				due := start.Add(sched.At(i))
 				if d := time.Until(due); d > 0 {
 					time.Sleep(d)
 				}

@@ -312,7 +312,7 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 	}
 	if cfg.Rate > 0 {
 		r.Rate = cfg.Rate
-		r.P90us, r.P999us, r.MaxUs = fr.q.p90, fr.q.p999, fr.q.max
+		r.P90us, r.P999us, r.MaxUs = fr.q.P90, fr.q.P999, fr.q.Max
 	}
 	if r.PebbleOpsPerS > 0 {
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS

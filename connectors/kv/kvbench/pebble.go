@@ -9,14 +9,16 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flowrun/flowrun/internal/loadgen"
 )
 
 // sideResult is what one side of a workload measured.
 type sideResult struct {
 	elapsed         time.Duration
 	p50us, p99us    float64
-	rowCacheHitRate float64          // flowrun side on Pebble only
-	q               latencyQuantiles // open loop only
+	rowCacheHitRate float64           // flowrun side on Pebble only
+	q               loadgen.Quantiles // open loop only
 }
 
 // quietLogger drops Pebble's informational logging, which would otherwise
