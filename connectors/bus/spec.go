@@ -74,6 +74,28 @@ func sourceOptions(env *component.Env, c *component.Config) SourceOptions {
 	}
 }
 
+// ReconnectFields are the options of Reconnect, for the spec of every bus
+// connector.
+func ReconnectFields() []component.Field {
+	return []component.Field{
+		{Name: "reconnect_initial", Type: component.TypeDuration, Default: DefaultReconnectInitial.String(), Min: "1ms",
+			Doc: "Longest first wait before connecting again when the broker is unreachable (at start or later); each further wait doubles, with full jitter."},
+		{Name: "reconnect_max", Type: component.TypeDuration, Default: DefaultReconnectMax.String(), Min: "1ms",
+			Doc: "Longest wait between connection attempts. While disconnected the flow pauses and `/ready` answers 503."},
+		{Name: "fail_fast", Type: component.TypeBool, Default: "false",
+			Doc: "Fail instead of retrying: the flow does not start when the broker is unreachable, and fails when it goes away."},
+	}
+}
+
+// ReconnectOptions reads the ReconnectFields of c.
+func ReconnectOptions(c *component.Config) Reconnect {
+	return Reconnect{
+		Initial:  c.Duration("reconnect_initial"),
+		Max:      c.Duration("reconnect_max"),
+		FailFast: c.Bool("fail_fast"),
+	}
+}
+
 func modeField() component.Field {
 	return component.Field{Name: "mode", Type: component.TypeEnum, Required: true, Enum: []string{"read", "write"},
 		Doc: "read: a source consuming the topic; write: a sink publishing to it."}
