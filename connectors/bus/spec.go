@@ -158,7 +158,7 @@ func NATSSpec() component.Spec {
 				Doc: "read: how long the broker waits for an ack before redelivering (after a crash, too)."},
 			{Name: "connect_timeout", Type: component.TypeDuration, Default: DefaultConnectTimeout.String(), Min: "1ms",
 				Doc: "How long connecting, and draining at shutdown, may take."},
-		}, sourceFields()...),
+		}, append(ReconnectFields(), sourceFields()...)...),
 		Ports:    modePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Check:    checkNATSNames,
@@ -171,6 +171,8 @@ func NATSSpec() component.Spec {
 				AckWait:        c.Duration("ack_wait"),
 				ConnectTimeout: c.Duration("connect_timeout"),
 				Logger:         env.Logger,
+				Reconnect:      ReconnectOptions(c),
+				Health:         component.HealthOf(env.Resources),
 			}
 			if modeKind(c) == component.KindSink {
 				s, err := NewNATSSink(ctx, c.Node, no)
