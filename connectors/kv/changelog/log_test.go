@@ -20,7 +20,7 @@ import (
 
 // openLog creates a changelog stream of its own (three replicas) on the
 // test cluster, deleted when the test ends.
-func openLog(t *testing.T, opts Options) (*Log, jetstream.JetStream) {
+func openLog(t testing.TB, opts Options) (*Log, jetstream.JetStream) {
 	t.Helper()
 	js := natstest.JetStream(t)
 	name := natstest.Name("cltest")
@@ -40,13 +40,16 @@ func openLog(t *testing.T, opts Options) (*Log, jetstream.JetStream) {
 	return l, js
 }
 
+// openLogB is openLog with the default options, for benchmarks.
+func openLogB(b *testing.B) (*Log, jetstream.JetStream) { return openLog(b, Options{}) }
+
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func openPebble(t *testing.T) *pebblestore.Store {
+func openPebble(t testing.TB) *pebblestore.Store {
 	t.Helper()
 	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
 	if err != nil {
