@@ -17,42 +17,25 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/flowrun/flowrun/connectors/kv"
 )
 
 // Op is the kind of one Write.
-type Op uint8
+type Op = kv.WriteOp
 
 // Write kinds, as kv.Txn names them.
 const (
-	OpSet         Op = 1 // Set(Key, Value, ExpireAt)
-	OpDelete      Op = 2 // Delete(Key)
-	OpDeleteRange Op = 3 // DeleteRange(Key, End)
+	OpSet         = kv.WriteSet         // Set(Key, Value, ExpireAt)
+	OpDelete      = kv.WriteDelete      // Delete(Key)
+	OpDeleteRange = kv.WriteDeleteRange // DeleteRange(Key, End)
 )
-
-// String returns the kv.Txn method the Op stands for.
-func (o Op) String() string {
-	switch o {
-	case OpSet:
-		return "set"
-	case OpDelete:
-		return "delete"
-	case OpDeleteRange:
-		return "delete_range"
-	}
-	return fmt.Sprintf("op(%d)", uint8(o))
-}
 
 // Write is one write of a commit group, at the level of kv.Txn: keys are
 // the store's keys (namespaced), values its canonical values, ExpireAt a
 // Unix time in milliseconds (0: never expires). A deletion is a tombstone:
 // it is replayed like any other write.
-type Write struct {
-	Op       Op
-	Key      []byte // for OpDeleteRange, the start of the range
-	End      []byte // OpDeleteRange only: the range is [Key, End)
-	Value    []byte // OpSet only
-	ExpireAt int64  // OpSet only
-}
+type Write = kv.Write
 
 // Record is one commit group of one partition: applied by Restore as one
 // atomic transaction, in the order of its Writes.
