@@ -583,3 +583,16 @@ func (l *Log) TakeOver(ctx context.Context, b kv.Backend, after, epoch uint64) (
 		}
 	}
 }
+
+// Replicate appends one commit group's writes as a record, without
+// waiting: it makes a Writer a pebblestore.Replicator, so that a store's
+// results are released only once their group is in the changelog. The
+// writes are encoded before Replicate returns. The wait is bounded by
+// Options.AckTimeout.
+func (w *Writer) Replicate(writes []kv.Write) (wait func() error) {
+	wait2 := w.Submit(context.Background(), &Record{Writes: writes})
+	return func() error {
+		_, err := wait2()
+		return err
+	}
+}
