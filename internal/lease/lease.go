@@ -133,6 +133,9 @@ func (o *Options) Validate() error {
 // the lease is lost.
 func (o *Options) RenewInterval() time.Duration { return o.TTL / 3 }
 
+// RenewInterval is the table's Options.RenewInterval.
+func (t *Table) RenewInterval() time.Duration { return t.opts.RenewInterval() }
+
 // value is what a lease's message holds; an empty message is a released
 // lease.
 type value struct {
