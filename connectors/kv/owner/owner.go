@@ -123,7 +123,9 @@ func Run(ctx context.Context, opts Options, serve func(ctx context.Context, b kv
 
 // forward is the store's Replicator: the changelog writer once the
 // take-over made one, nothing before (the restore's own writes).
-type forward struct{ w atomic.Pointer[changelog.Writer] }
+type forward struct {
+	w atomic.Pointer[changelog.Writer]
+}
 
 func (f *forward) Replicate(ws []kv.Write) func() error {
 	w := f.w.Load()
