@@ -51,12 +51,19 @@ const (
 	// DefaultRestoreBatch is the number of records Restore applies per
 	// kv.Backend Update call.
 	DefaultRestoreBatch = 256
-	// MaxParts bounds the messages of one record (a corrupt part count
-	// cannot make a reader wait for millions of messages).
-	MaxParts = 1 << 16
-	// maxTakeOverAttempts bounds TakeOver's restore-and-fence rounds
-	// against a writer that keeps appending.
-	maxTakeOverAttempts = 8
+	// MaxInFlight bounds the messages a Writer has published and whose
+	// wait has not yet been called: Submit blocks beyond it. It is part
+	// of the fencing protocol: a fenced writer can have at most this many
+	// messages line up behind a fence before it notices, so TakeOver
+	// appends this many fence messages in a row, after which no message
+	// of an older writer can be stored (see TakeOver).
+	MaxInFlight = 256
+	// MaxParts bounds the messages of one record: with the default
+	// ChunkBytes, a commit group's record is at most 128 MiB.
+	MaxParts = MaxInFlight
+	// maxTakeOverAttempts bounds TakeOver's rounds of reading the last
+	// sequence and fencing, against a writer that keeps appending.
+	maxTakeOverAttempts = 100
 )
 
 // Options configure a Log. Stream and Subject are required; the rest have
@@ -83,8 +90,9 @@ type Options struct {
 	// Default DefaultRestoreBatch.
 	RestoreBatch int
 
-	// afterRestore, when set, is called by TakeOver between its restore
-	// and its fence: tests append from another writer there.
+	// afterRestore, when set, is called by TakeOver between reading the
+	// stream's last sequence and appending its fence: tests append from
+	// another writer there.
 	afterRestore func()
 }
 
@@ -182,6 +190,10 @@ type Writer struct {
 	log   *Log
 	epoch uint64
 
+	// slots holds a token per message published and not yet settled by
+	// its wait (MaxInFlight).
+	slots chan struct{}
+
 	mu        sync.Mutex
 	last      uint64 // the sequence the next publish expects to be last
 	submitted uint64 // submissions so far
@@ -193,7 +205,7 @@ type Writer struct {
 // sequence, and stamps its records with epoch. A writer created from a
 // stale last sequence has its first append refused with ErrFenced.
 func (l *Log) NewWriter(last, epoch uint64) *Writer {
-	return &Writer{log: l, last: last, epoch: epoch}
+	return &Writer{log: l, last: last, epoch: epoch, slots: make(chan struct{}, MaxInFlight)}
 }
 
 // Last returns the sequence the writer's next append expects to be the
@@ -217,7 +229,8 @@ func (w *Writer) Append(ctx context.Context, r *Record) (uint64, error) {
 // another are pipelined: each message expects its predecessor's sequence,
 // so if one is refused, every later one is too. r is encoded before Submit
 // returns and may be reused then. Call wait exactly once, in the order of
-// the submissions, from one goroutine.
+// the submissions, from one goroutine. Submit blocks while MaxInFlight
+// messages are published and not yet waited for, until ctx is done.
 func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, error)) {
 	rec := *r
 	rec.Epoch = w.epoch
@@ -227,17 +240,33 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 		parts = 1
 	}
 
+	if parts > MaxParts {
+		err := fmt.Errorf("changelog %q: %w: %d bytes need %d messages of Options.ChunkBytes %d, limit %d",
+			w.log.opts.Stream, ErrRecordTooLarge, len(data), parts, w.log.opts.ChunkBytes, MaxParts)
+		return func() (uint64, error) { return 0, err }
+	}
+	// The slots are taken before the lock: a wait that fails takes the
+	// lock before it gives its slots back.
+	for i := 0; i < parts; i++ {
+		select {
+		case w.slots <- struct{}{}:
+		case <-ctx.Done():
+			for ; i > 0; i-- {
+				<-w.slots
+			}
+			err := fmt.Errorf("changelog %q: waiting to publish: %w", w.log.opts.Stream, ctx.Err())
+			return func() (uint64, error) { return 0, err }
+		}
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.submitted++
 	id := w.submitted
 	if w.failed != nil {
 		err := fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
-		return func() (uint64, error) { return 0, err }
-	}
-	if parts > MaxParts {
-		err := fmt.Errorf("changelog %q: %w: %d bytes need %d messages of Options.ChunkBytes %d, limit %d",
-			w.log.opts.Stream, ErrRecordTooLarge, len(data), parts, w.log.opts.ChunkBytes, MaxParts)
+		for range parts {
+			<-w.slots
+		}
 		return func() (uint64, error) { return 0, err }
 	}
 	futures := make([]jetstream.PubAckFuture, 0, parts)
@@ -252,6 +281,9 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 			// last sequence is unknown from here on.
 			w.fail(id, fmt.Errorf("changelog %q: publish: %w", w.log.opts.Stream, err))
 			err := w.failed
+			for range parts {
+				<-w.slots
+			}
 			return func() (uint64, error) { return 0, err }
 		}
 		futures = append(futures, f)
@@ -261,6 +293,14 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 	return func() (uint64, error) {
 		timer := time.NewTimer(timeout)
 		defer timer.Stop()
+		settled := 0
+		defer func() {
+			// Unsettled parts (after a failure) keep their slots only
+			// until here: the writer is failed and publishes no more.
+			for ; settled < parts; settled++ {
+				<-w.slots
+			}
+		}()
 		for i, f := range futures {
 			want := first + uint64(i)
 			var err error
@@ -278,6 +318,10 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 			case <-ctx.Done():
 				err = fmt.Errorf("changelog %q: append at sequence %d: %w", w.log.opts.Stream, want, ctx.Err())
 			}
+			if err == nil {
+				<-w.slots
+				settled++
+			}
 			if err != nil {
 				w.mu.Lock()
 				defer w.mu.Unlock()
@@ -288,6 +332,14 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 				w.fail(id, err)
 				return 0, err
 			}
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.failed != nil && w.failedAt < id {
+			// Stored, but after an earlier append of this writer was
+			// refused: behind another writer's fence, where Restore
+			// skips it (its epoch is below the fence's).
+			return 0, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 		}
 		return first + uint64(len(futures)) - 1, nil
 	}
@@ -356,6 +408,13 @@ type Restored struct {
 	// missing: their writer stopped between parts, and a new owner
 	// fenced it.
 	Torn int
+	// Epoch is the highest epoch of the fence records read.
+	Epoch uint64
+	// Stale counts records skipped because a fence of a higher epoch
+	// came before them: appends of a writer that was pipelining when it
+	// was fenced, which lined up behind the fence and which the writer
+	// reported as failed.
+	Stale int
 }
 
 // Restore applies to b, in order, every complete record stored after
@@ -367,12 +426,19 @@ type Restored struct {
 // skipped and counted in Torn. Restore fails with ErrGap when the stream
 // does not hold the message after after any more, or ends before after.
 func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored, error) {
+	return l.restore(ctx, b, after, 0)
+}
+
+// restore is Restore skipping, besides the records behind a fence it
+// reads, those of an epoch below epoch (the highest fence epoch read
+// before after).
+func (l *Log) restore(ctx context.Context, b kv.Backend, after, epoch uint64) (Restored, error) {
 	info, err := l.stream.Info(ctx)
 	if err != nil {
 		return Restored{}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
 	}
 	st := info.State
-	res := Restored{Applied: after, Last: st.LastSeq}
+	res := Restored{Applied: after, Last: st.LastSeq, Epoch: epoch}
 	switch {
 	case st.LastSeq < after:
 		return res, fmt.Errorf("changelog %q: %w: restore after sequence %d, the stream ends at %d",
@@ -488,8 +554,19 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 		// point into it.
 		rec.Writes = cloneWrites(rec.Writes)
 		pending, next, count = pending[:0], 0, 0
-		batch = append(batch, rec)
 		batchEnd = seq
+		switch {
+		case rec.Epoch < res.Epoch:
+			// Behind a fence of a newer writer: never acknowledged.
+			res.Stale++
+			if len(batch) == 0 {
+				res.Applied = seq
+			}
+			continue
+		case rec.Fence:
+			res.Epoch = rec.Epoch
+		}
+		batch = append(batch, rec)
 		if len(batch) >= l.opts.RestoreBatch {
 			if err := flush(); err != nil {
 				return res, err
@@ -547,41 +624,78 @@ func cloneWrites(ws []Write) []Write {
 	return out
 }
 
-// TakeOver makes the caller the partition's writer: it restores b from the
-// stream after sequence after (the store's own position, 0 for an empty
-// store), then appends a fence record stamped with epoch expecting the
-// stream's last sequence. If another writer appended meanwhile the fence
-// is refused, and TakeOver restores the new records and tries again (a few
-// times). Once the fence is stored, every writer created before it fails
-// its next append with ErrFenced. The returned Restored covers every
-// round, Applied being the fence record's sequence.
+// TakeOver makes the caller the partition's writer, fencing every writer
+// created before it, then restores b from the stream after sequence after
+// (the store's own position, 0 for an empty store).
+//
+// Fencing appends MaxInFlight fence records (stamped with epoch) in a
+// row, the first expecting the stream's last sequence. A writer that was
+// pipelining when fenced may have had messages line up behind the first
+// fence (each of its messages expects its predecessor's sequence, and a
+// later one may expect the fence's): it has at most MaxInFlight messages
+// published and not settled, one of which the fence refused, and it
+// publishes nothing more once it has seen that. Its messages thus expect
+// sequences below the first fence's + MaxInFlight - 1, and once the fence
+// records fill the stream up to there, none of them can ever be stored.
+// If one gets in between, the round is repeated from the new last
+// sequence (at most maxTakeOverAttempts rounds); the restore skips the
+// old writer's records behind a fence (their epoch is below its epoch, so
+// epochs must grow from owner to owner: a lease epoch), and that writer
+// reported them failed.
+//
+// The returned Writer expects the last fence record to be the stream's
+// last message; the returned Restored covers the restore, Applied being
+// that record's sequence. A writer that never stops appending could win
+// every round; the lease stops an old owner within a renewal interval of
+// noticing, so in a flow the fence wins within about that.
 func (l *Log) TakeOver(ctx context.Context, b kv.Backend, after, epoch uint64) (*Writer, Restored, error) {
-	var total Restored
-	total.Applied = after
-	for attempt := 1; ; attempt++ {
-		res, err := l.Restore(ctx, b, total.Applied)
-		total.Applied, total.Last = res.Applied, res.Last
-		total.Records += res.Records
-		total.Writes += res.Writes
-		total.Input = max(total.Input, res.Input)
-		total.Torn += res.Torn
+	var (
+		w       *Writer
+		fence   uint64
+		lastErr error
+	)
+	for attempt := 1; attempt <= maxTakeOverAttempts; attempt++ {
+		last, err := l.Last(ctx)
 		if err != nil {
-			return nil, total, err
+			return nil, Restored{Applied: after}, err
 		}
 		if l.opts.afterRestore != nil {
 			l.opts.afterRestore()
 		}
-		w := l.NewWriter(res.Last, epoch)
-		seq, err := w.Append(ctx, &Record{Fence: true})
-		if err == nil {
-			total.Applied, total.Last = seq, seq
-			total.Records++
-			return w, total, nil
+		w = l.NewWriter(last, epoch)
+		waits := make([]func() (uint64, error), MaxInFlight)
+		for i := range waits {
+			waits[i] = w.Submit(ctx, &Record{Fence: true})
 		}
-		if !errors.Is(err, ErrFenced) || attempt == maxTakeOverAttempts {
-			return nil, total, fmt.Errorf("changelog %q: take over (attempt %d): %w", l.opts.Stream, attempt, err)
+		lastErr = nil
+		for _, wait := range waits {
+			seq, err := wait()
+			if err != nil && lastErr == nil {
+				lastErr = err
+			}
+			fence = seq
+		}
+		if lastErr == nil {
+			break
+		}
+		if !errors.Is(lastErr, ErrFenced) {
+			return nil, Restored{Applied: after}, fmt.Errorf("changelog %q: take over: %w", l.opts.Stream, lastErr)
 		}
 	}
+	if lastErr != nil {
+		return nil, Restored{Applied: after}, fmt.Errorf("changelog %q: take over: %d attempts to fence: %w",
+			l.opts.Stream, maxTakeOverAttempts, lastErr)
+	}
+	res, err := l.Restore(ctx, b, after)
+	if err != nil {
+		return nil, res, fmt.Errorf("changelog %q: take over: %w", l.opts.Stream, err)
+	}
+	if res.Applied != fence || res.Last != fence {
+		// Only a newer owner can append after the fence.
+		return nil, res, fmt.Errorf("changelog %q: take over: %w: the stream ends at %d, after the fence at %d",
+			l.opts.Stream, ErrFenced, res.Last, fence)
+	}
+	return w, res, nil
 }
 
 // Replicate appends one commit group's writes as a record, without

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,8 +130,8 @@ func TestAppendAndRestore(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TakeOver of an empty log: %v", err)
 	}
-	if res.Applied != 1 || res.Records != 1 {
-		t.Fatalf("TakeOver of an empty log = %+v, want the fence record at sequence 1", res)
+	if res.Applied != MaxInFlight || res.Records != MaxInFlight || res.Epoch != 1 {
+		t.Fatalf("TakeOver of an empty log = %+v, want %d fence records of epoch 1", res, MaxInFlight)
 	}
 	var last uint64
 	for i := range recs {
@@ -160,10 +161,7 @@ func TestAppendAndRestore(t *testing.T) {
 		if got := contents(t, store); !reflect.DeepEqual(got, want) {
 			t.Errorf("restored after %d:\n got %v\nwant %v", after, got, want)
 		}
-		wantRecords := len(recs)
-		if after == 0 {
-			wantRecords++ // the fence record
-		}
+		wantRecords := len(recs) + MaxInFlight - int(after) // and the fence records
 		if res.Applied != last || res.Last != last || res.Records != wantRecords || res.Input != 5 || res.Torn != 0 {
 			t.Errorf("Restore after %d = %+v, want Applied = Last = %d, %d records, Input 5", after, res, last, wantRecords)
 		}
@@ -354,5 +352,163 @@ func TestOptionsValidate(t *testing.T) {
 	ok.EnsureDefaults()
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("defaults do not validate: %v", err)
+	}
+}
+
+// TestOnlyAcknowledgedAppendsSurviveATakeOver: a writer pipelines appends
+// without pause while a second one takes the partition over and appends
+// in turn. A restore afterwards holds exactly the records whose appends
+// were acknowledged, from both writers: none acknowledged is lost, none
+// refused is there, and once the first writer is refused it stays
+// refused.
+func TestOnlyAcknowledgedAppendsSurviveATakeOver(t *testing.T) {
+	l, _ := openLog(t, Options{})
+	ctx := testContext(t)
+	first, _, err := l.TakeOver(ctx, memstore.New(), 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := map[string]bool{}
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	firstDone := make(chan int)
+	go func() {
+		refused := 0
+		var waits []func() (uint64, error)
+		var keys []string
+		settle := func() {
+			if _, err := waits[0](); err == nil {
+				if refused > 0 {
+					t.Errorf("append of %s acknowledged after an earlier one was refused", keys[0])
+				}
+				mu.Lock()
+				acked[keys[0]] = true
+				mu.Unlock()
+			} else if errors.Is(err, ErrFenced) {
+				refused++
+			} else {
+				t.Errorf("first writer: %v", err)
+			}
+			waits, keys = waits[1:], keys[1:]
+		}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				for len(waits) > 0 {
+					settle()
+				}
+				firstDone <- refused
+				return
+			default:
+			}
+			r := Record{}
+			key := fmt.Sprintf("a/%05d", i)
+			r.Set([]byte(key), []byte("1"), 0)
+			waits, keys = append(waits, first.Submit(ctx, &r)), append(keys, key)
+			if len(waits) == 8 {
+				settle()
+			}
+		}
+	}()
+
+	time.Sleep(200 * time.Millisecond) // let the first writer get going
+	second, _, err := l.TakeOver(ctx, memstore.New(), 0, 2)
+	if err != nil {
+		t.Fatalf("second TakeOver: %v", err)
+	}
+	for j := 0; j < 20; j++ {
+		r := Record{}
+		key := fmt.Sprintf("b/%05d", j)
+		r.Set([]byte(key), []byte("1"), 0)
+		if _, err := second.Append(ctx, &r); err != nil {
+			t.Fatalf("second writer: %v", err)
+		}
+		acked[key] = true
+	}
+	close(stop)
+	if refused := <-firstDone; refused == 0 {
+		t.Fatal("the first writer was never refused after the take-over")
+	}
+
+	m := memstore.New()
+	if _, err := l.Restore(ctx, m, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := contents(t, m)
+	mu.Lock()
+	defer mu.Unlock()
+	for k := range acked {
+		if _, ok := got[k]; !ok {
+			t.Errorf("acknowledged append of %s is not in the changelog", k)
+		}
+	}
+	for k := range got {
+		if !acked[k] {
+			t.Errorf("%s is in the changelog, but its append was refused", k)
+		}
+	}
+	t.Logf("%d appends acknowledged, %d keys restored", len(acked), len(got))
+}
+
+// TestRecordsOfAnOlderEpochBehindAFenceAreSkipped: a record of an older
+// writer that lined up behind a newer writer's fence (its writer reported
+// it failed) is not restored.
+func TestRecordsOfAnOlderEpochBehindAFenceAreSkipped(t *testing.T) {
+	l, _ := openLog(t, Options{})
+	ctx := testContext(t)
+	old := l.NewWriter(0, 1)
+	r := Record{}
+	r.Set([]byte("before"), []byte("1"), 0)
+	if _, err := old.Append(ctx, &r); err != nil {
+		t.Fatal(err)
+	}
+	fence, err := l.NewWriter(old.Last(), 2).Append(ctx, &Record{Fence: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The old writer's pipelined append that expected the fence's
+	// sequence (as its predecessor's).
+	behind := Record{}
+	behind.Set([]byte("behind"), []byte("1"), 0)
+	if _, err := l.NewWriter(fence, 1).Append(ctx, &behind); err != nil {
+		t.Fatal(err)
+	}
+	m := memstore.New()
+	res, err := l.Restore(ctx, m, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := contents(t, m); !reflect.DeepEqual(got, map[string]entry{"before": {"1", 0}}) {
+		t.Errorf("restored %v, want only the record before the fence", got)
+	}
+	if res.Stale != 1 || res.Epoch != 2 || res.Applied != res.Last {
+		t.Errorf("Restore = %+v, want 1 stale record, epoch 2, everything read", res)
+	}
+}
+
+// TestAppendBehindAFenceIsNotAcknowledged: of a fenced writer's
+// pipelined appends, the one the fence refused fails with ErrFenced, and
+// the next one, which the stream stored behind the fence (it expected the
+// fence's sequence as its predecessor's), fails too instead of being
+// reported acknowledged.
+func TestAppendBehindAFenceIsNotAcknowledged(t *testing.T) {
+	l, _ := openLog(t, Options{})
+	ctx := testContext(t)
+	w := l.NewWriter(0, 1)
+	if _, err := l.NewWriter(0, 2).Append(ctx, &Record{Fence: true}); err != nil {
+		t.Fatal(err)
+	}
+	r1, r2 := Record{}, Record{}
+	r1.Set([]byte("r1"), []byte("1"), 0)
+	r2.Set([]byte("r2"), []byte("1"), 0)
+	wait1, wait2 := w.Submit(ctx, &r1), w.Submit(ctx, &r2)
+	if _, err := wait1(); !errors.Is(err, ErrFenced) {
+		t.Fatalf("first append = %v, want ErrFenced", err)
+	}
+	if _, err := wait2(); !errors.Is(err, ErrWriterFailed) || !errors.Is(err, ErrFenced) {
+		t.Fatalf("second append = %v, want ErrWriterFailed wrapping ErrFenced", err)
+	}
+	if last, _ := l.Last(ctx); last != 2 {
+		t.Fatalf("stream ends at %d, want 2 (the fence and the append stored behind it)", last)
 	}
 }
