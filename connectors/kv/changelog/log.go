@@ -425,20 +425,17 @@ type Restored struct {
 // A record with messages missing (a writer stopped between parts) is
 // skipped and counted in Torn. Restore fails with ErrGap when the stream
 // does not hold the message after after any more, or ends before after.
+//
+// A record whose epoch is below that of a fence read before it is skipped
+// and counted in Stale (see TakeOver). A restore starting after a fence
+// (after > 0) knows only the fences it reads.
 func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored, error) {
-	return l.restore(ctx, b, after, 0)
-}
-
-// restore is Restore skipping, besides the records behind a fence it
-// reads, those of an epoch below epoch (the highest fence epoch read
-// before after).
-func (l *Log) restore(ctx context.Context, b kv.Backend, after, epoch uint64) (Restored, error) {
 	info, err := l.stream.Info(ctx)
 	if err != nil {
 		return Restored{}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
 	}
 	st := info.State
-	res := Restored{Applied: after, Last: st.LastSeq, Epoch: epoch}
+	res := Restored{Applied: after, Last: st.LastSeq}
 	switch {
 	case st.LastSeq < after:
 		return res, fmt.Errorf("changelog %q: %w: restore after sequence %d, the stream ends at %d",

@@ -55,7 +55,7 @@ type Options struct {
 	renewalsPaused func() bool
 }
 
-// Restored reports a take-over to Options' caller.
+// Restored is what the take-over restored, handed to the serve function.
 type Restored = changelog.Restored
 
 // Run blocks until ctx is done or serve returns. It waits for the lease
