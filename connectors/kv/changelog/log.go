@@ -83,8 +83,9 @@ type Options struct {
 	// split into consecutive messages. Default DefaultChunkBytes; must
 	// be at least 64 and below the server's max_payload.
 	ChunkBytes int
-	// AckTimeout bounds the wait for each append's acknowledgement.
-	// Default DefaultAckTimeout.
+	// AckTimeout bounds the wait for each append's acknowledgement, and
+	// for each request about the stream (its state, a reader). Default
+	// DefaultAckTimeout.
 	AckTimeout time.Duration
 	// RestoreBatch is how many records Restore applies per Update.
 	// Default DefaultRestoreBatch.
@@ -172,9 +173,19 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	return &Log{js: js, stream: stream, opts: opts}, nil
 }
 
+// info reads the stream's state from its leader, waiting at most
+// Options.AckTimeout: while a new leader is being elected (a few seconds
+// after the leader's server died, on the loopback cluster) a request can
+// go unanswered, and asking again once it timed out reaches the new one.
+func (l *Log) info(ctx context.Context) (*jetstream.StreamInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
+	defer cancel()
+	return l.stream.Info(ctx)
+}
+
 // Last returns the stream's last sequence: 0 for a stream never written.
 func (l *Log) Last(ctx context.Context) (uint64, error) {
-	info, err := l.stream.Info(ctx)
+	info, err := l.info(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
 	}
@@ -430,7 +441,7 @@ type Restored struct {
 // and counted in Stale (see TakeOver). A restore starting after a fence
 // (after > 0) knows only the fences it reads.
 func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored, error) {
-	info, err := l.stream.Info(ctx)
+	info, err := l.info(ctx)
 	if err != nil {
 		return Restored{}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
 	}
@@ -447,7 +458,9 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 			l.opts.Stream, ErrGap, after, st.FirstSeq)
 	}
 
-	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+	cctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
+	defer cancel()
+	cons, err := l.stream.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{l.opts.Subject},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    after + 1,
