@@ -38,10 +38,10 @@ func modePorts(c *component.Config) []string {
 	return nil
 }
 
-// sourceFields are the delivery options shared by the bus sources;
-// SourceOptions.EnsureDefaults takes a zero for the default, so each has a
-// minimum.
-func sourceFields() []component.Field {
+// SourceFields are the delivery options shared by the bus sources (read
+// them with SourceOptionsFrom); SourceOptions.EnsureDefaults takes a zero
+// for the default, so each has a minimum.
+func SourceFields() []component.Field {
 	itoa := strconv.Itoa
 	return []component.Field{
 		{Name: "window", Type: component.TypeInt, Default: itoa(DefaultWindow), Min: "1",
@@ -61,7 +61,9 @@ func sourceFields() []component.Field {
 	}
 }
 
-func sourceOptions(env *component.Env, c *component.Config) SourceOptions {
+// SourceOptionsFrom reads the SourceFields of c; Topic and OnClose are
+// left to the connector.
+func SourceOptionsFrom(env *component.Env, c *component.Config) SourceOptions {
 	return SourceOptions{
 		Name:          c.Node,
 		Window:        c.Int("window"),
@@ -116,7 +118,7 @@ func GoChannelSpec() component.Spec {
 		Fields: append([]component.Field{
 			modeField(),
 			{Name: "topic", Aliases: []string{"subject"}, Type: component.TypeString, Required: true, Doc: "The topic."},
-		}, sourceFields()...),
+		}, SourceFields()...),
 		Ports:    modePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
@@ -128,7 +130,7 @@ func GoChannelSpec() component.Spec {
 			if env.Graph == nil {
 				return component.Component{}, errNoGraph
 			}
-			o := sourceOptions(env, c)
+			o := SourceOptionsFrom(env, c)
 			o.Topic = c.String("topic")
 			s, err := NewSource(ctx, local, local, env.Graph, o)
 			return component.Component{Source: s}, err
@@ -158,7 +160,7 @@ func NATSSpec() component.Spec {
 				Doc: "read: how long the broker waits for an ack before redelivering (after a crash, too)."},
 			{Name: "connect_timeout", Type: component.TypeDuration, Default: DefaultConnectTimeout.String(), Min: "1ms",
 				Doc: "How long connecting, and draining at shutdown, may take."},
-		}, sourceFields()...),
+		}, SourceFields()...),
 		Ports:    modePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Check:    checkNATSNames,
@@ -186,7 +188,7 @@ func NATSSpec() component.Spec {
 				}
 				no.Durable = StreamName(flow + "_" + c.Node)
 			}
-			s, err := NewNATSSource(ctx, env.Graph, NATSSourceOptions{NATSOptions: no, Source: sourceOptions(env, c)})
+			s, err := NewNATSSource(ctx, env.Graph, NATSSourceOptions{NATSOptions: no, Source: SourceOptionsFrom(env, c)})
 			return component.Component{Source: s}, err
 		},
 	}
