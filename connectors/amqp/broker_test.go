@@ -25,7 +25,7 @@ import (
 // brokerURL returns the broker the tests use, from FLOWRUN_AMQP_URL. Under
 // CI (CI=true) a missing or unreachable broker fails the test: CI starts
 // one, so its absence is a broken setup, not a reason to skip.
-func brokerURL(t *testing.T) string {
+func brokerURL(t testing.TB) string {
 	t.Helper()
 	url := os.Getenv("FLOWRUN_AMQP_URL")
 	inCI := os.Getenv("CI") == "true"
@@ -49,7 +49,7 @@ func brokerURL(t *testing.T) string {
 	return url
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +61,7 @@ func must(t *testing.T, err error) {
 func uniqueQueue(prefix string) string { return prefix + "." + uuid.NewString()[:8] }
 
 // deleteQueues removes the test's queues when it ends.
-func deleteQueues(t *testing.T, url string, queues ...string) {
+func deleteQueues(t testing.TB, url string, queues ...string) {
 	t.Cleanup(func() {
 		conn, err := amqp091.Dial(url)
 		if err != nil {
@@ -84,13 +84,13 @@ func (f emitFunc) Emit(port string, ev pipeline.Event) { f(port, ev) }
 
 // publishEvents publishes evs to queue with the amqp sink, declaring the
 // queue when it is missing.
-func publishEvents(t *testing.T, url, queue string, evs []pipeline.Event) {
+func publishEvents(t testing.TB, url, queue string, evs []pipeline.Event) {
 	t.Helper()
 	publishWith(t, amqp.Options{URL: url, Queue: queue, Mandatory: true}, evs)
 }
 
 // publishWith publishes evs with the amqp sink.
-func publishWith(t *testing.T, o amqp.Options, evs []pipeline.Event) {
+func publishWith(t testing.TB, o amqp.Options, evs []pipeline.Event) {
 	t.Helper()
 	s, err := amqp.NewSink(context.Background(), amqp.SinkOptions{Options: o, Name: "test"})
 	must(t, err)
@@ -147,7 +147,7 @@ func (r *queueReader) next(t *testing.T, want int, timeout time.Duration) []pipe
 
 // runFlow loads and runs a flow file; stop cancels it and returns Run's
 // error.
-func runFlow(t *testing.T, dir, yaml string) (g *pipeline.Graph, res *component.Resources, stop func() error) {
+func runFlow(t testing.TB, dir, yaml string) (g *pipeline.Graph, res *component.Resources, stop func() error) {
 	t.Helper()
 	path := filepath.Join(dir, "flow.yaml")
 	must(t, os.WriteFile(path, []byte(yaml), 0o644))
