@@ -353,3 +353,27 @@ links:
 		t.Errorf("failed events %q, want 2 unroutable and 3 without a routing key", failed)
 	}
 }
+
+// TestSpecRefusesImpossibleConfigs: a flow file with an amqp connector
+// that cannot work is refused when loaded, naming the option.
+func TestSpecRefusesImpossibleConfigs(t *testing.T) {
+	for _, tc := range []struct{ conn, want string }{
+		{`{ type: amqp, mode: write }`, "queue"},
+		{`{ type: amqp, mode: read }`, "queue"},
+		{`{ type: amqp, mode: read, queue: q, routing_key: k }`, "routing_key"},
+		{`{ type: amqp, mode: read, queue: q, queue_type: stream }`, "queue_type"},
+		{`{ type: amqp, mode: write, queue: q, routing_key_expr: 'data.' }`, "routing_key_expr"},
+	} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "flow.yaml")
+		src := "name: bad\nconnectors:\n  io: " + tc.conn + "\n  other: { type: null }\nlinks:\n  - io/out -> other/in\n"
+		if strings.Contains(tc.conn, "write") {
+			src = "name: bad\nconnectors:\n  lines: { type: stdin }\n  io: " + tc.conn + "\nlinks:\n  - lines/out -> io/in\n"
+		}
+		must(t, os.WriteFile(path, []byte(src), 0o644))
+		_, diags, err := flows.Load(path, builtin.NewRegistry())
+		if err == nil || !strings.Contains(fmt.Sprint(err, diags), tc.want) {
+			t.Errorf("%s: loaded (err %v, diags %v), want an error naming %s", tc.conn, err, diags, tc.want)
+		}
+	}
+}
