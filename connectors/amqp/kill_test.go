@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/connectors/amqp"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -175,4 +177,103 @@ links:
 	if extra == 0 {
 		t.Log("no increment was redelivered this run: the kill found nothing stored and unacked, idem_from was not exercised")
 	}
+}
+
+// TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts: on a quorum queue,
+// a message whose handling never ends (a Lua loop standing for anything
+// that kills the process) is delivered to `flowrun run`, which is
+// SIGKILLed while handling it, max_deliveries times; the queue counts
+// those deliveries (x-delivery-count), so the next start dead-letters it on
+// arrival, without processing it, and goes on with the next message.
+func TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts(t *testing.T) {
+	url := brokerURL(t)
+	if testing.Short() {
+		t.Skip("builds flowrun and restarts it three times")
+	}
+	const maxDeliveries = 2
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "flowrun")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	in, out := uniqueQueue("crash.in"), uniqueQueue("crash.out")
+	deleteQueues(t, url, in, out, in+".dead")
+	flow := fmt.Sprintf(`name: poison
+connectors:
+  input:  { type: amqp, mode: read, url: %q, queue: %q, queue_type: quorum, window: 1, max_deliveries: %d }
+  work:   { type: lua, file: work.lua, timeout: 10m }
+  output: { type: amqp, mode: write, url: %q, queue: %q }
+links:
+  - input/out -> work/in
+  - work/out -> output/in
+`, url, in, maxDeliveries, url, out)
+	must(t, os.WriteFile(filepath.Join(dir, "flow.yaml"), []byte(flow), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "work.lua"), []byte(
+		"if event.data.poison then while true do end end\nemit(\"out\")\n"), 0o644))
+	conn, err := amqp091.Dial(url)
+	must(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	must(t, err)
+	_, err = ch.QueueDeclare(in, true, false, false, false, amqp091.Table{"x-queue-type": "quorum"})
+	must(t, err)
+	publishWith(t, amqpOptions(url, in), []pipeline.Event{{Data: []byte(`{"poison":true}`), Meta: []byte(`{"correlation":"poison"}`)}})
+	deadLetters, results := readQueue(t, url, in+".dead"), readQueue(t, url, out)
+
+	start := func() (*exec.Cmd, *bytes.Buffer) {
+		cmd := exec.Command(bin, "run", "flow.yaml")
+		cmd.Dir = dir
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		must(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill() })
+		return cmd, &stderr
+	}
+	for k := 1; k <= maxDeliveries; k++ {
+		cmd, stderr := start()
+		// Wait for the poison message to be delivered (no message ready),
+		// let it reach the script, then kill the process.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			q, err := ch.QueueDeclarePassive(in, true, false, false, false, nil)
+			must(t, err)
+			if q.Messages == 0 && q.Consumers == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("start %d: the message was never delivered\n%s", k, tail(stderr.String(), 2000))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+		must(t, cmd.Process.Signal(syscall.SIGKILL))
+		_ = cmd.Wait()
+		t.Logf("start %d: killed while handling delivery %d", k, k)
+	}
+	cmd, stderr := start()
+	publishWith(t, amqpOptions(url, in), []pipeline.Event{{Data: []byte(`{"n":1}`), Meta: []byte(`{"correlation":"ok"}`)}})
+	dead := deadLetters.next(t, 1, 30*time.Second)
+	if len(dead) != 1 {
+		t.Fatalf("no dead letter for the poison message\n%s", tail(stderr.String(), 2000))
+	}
+	reason := gjson.GetBytes(dead[0].Meta, "error").String()
+	if c := gjson.GetBytes(dead[0].Meta, "correlation").String(); c != "poison" ||
+		!strings.Contains(reason, fmt.Sprintf("delivered %d times, more than max_deliveries %d", maxDeliveries+1, maxDeliveries)) {
+		t.Errorf("dead letter meta %s", dead[0].Meta)
+	}
+	// Handling the poison message would loop for 10 minutes (window 1):
+	// the next message coming out shows it was not processed.
+	res := results.next(t, 1, 30*time.Second)
+	if len(res) != 1 || gjson.GetBytes(res[0].Meta, "correlation").String() != "ok" {
+		t.Fatalf("the message after the poison one was not handled: %v\n%s", res, tail(stderr.String(), 2000))
+	}
+	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGTERM: %v\n%s", err, tail(stderr.String(), 2000))
+	}
+}
+
+// amqpOptions publishes to an existing queue (whatever its arguments).
+func amqpOptions(url, queue string) amqp.Options {
+	return amqp.Options{URL: url, Queue: queue, Mandatory: true, Declare: amqp.DeclarePassive}
 }
