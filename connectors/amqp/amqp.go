@@ -2,6 +2,8 @@ package amqp
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -9,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"time"
@@ -116,6 +119,14 @@ type Options struct {
 	// receives; the sink reports it on err. Default false: set it (the
 	// connector spec's default is true).
 	Mandatory bool
+	// TLSCA is a CA bundle (PEM) verifying the broker's certificate,
+	// instead of the system's roots; TLSCert and TLSKey a client
+	// certificate and its key (PEM). They need an amqps:// URL, which
+	// uses TLS with the system's roots without them.
+	TLSCA, TLSCert, TLSKey string
+	// TLSInsecureSkipVerify skips verifying the broker's certificate (for
+	// tests only).
+	TLSInsecureSkipVerify bool
 	// ConnectTimeout bounds connecting. Default DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// Logger receives connection events. Default slog.Default().
@@ -159,7 +170,48 @@ func (o *Options) Validate() error {
 	default:
 		return fmt.Errorf("queue_type %q: want %q or %q", o.QueueType, QueueClassic, QueueQuorum)
 	}
-	return nil
+	_, err := o.tlsConfig()
+	return err
+}
+
+// ErrTLS reports TLS options that cannot be used.
+var ErrTLS = errors.New("TLS")
+
+// tlsConfig returns the TLS configuration of the tls options, nil when
+// none is set (an amqps:// URL then verifies with the system's roots).
+// The files are read now, so a missing or unreadable one is reported when
+// the flow is loaded.
+func (o *Options) tlsConfig() (*tls.Config, error) {
+	if o.TLSCA == "" && o.TLSCert == "" && o.TLSKey == "" && !o.TLSInsecureSkipVerify {
+		return nil, nil
+	}
+	if u, err := url.Parse(o.URL); err != nil || u.Scheme != "amqps" {
+		return nil, fmt.Errorf("%w: tls_ options need an amqps:// url, not %s", ErrTLS, redacted(o.URL))
+	}
+	cfg := &tls.Config{InsecureSkipVerify: o.TLSInsecureSkipVerify} //nolint:gosec // an explicit option
+	switch {
+	case o.TLSCert != "" && o.TLSKey == "":
+		return nil, fmt.Errorf("%w: tls_cert needs its key: set tls_key too", ErrTLS)
+	case o.TLSKey != "" && o.TLSCert == "":
+		return nil, fmt.Errorf("%w: tls_key needs its certificate: set tls_cert too", ErrTLS)
+	case o.TLSCert != "":
+		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tls_cert and tls_key: %w", ErrTLS, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	if o.TLSCA != "" {
+		pem, err := os.ReadFile(o.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tls_ca: %w", ErrTLS, err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: tls_ca: %s holds no PEM certificate", ErrTLS, o.TLSCA)
+		}
+	}
+	return cfg, nil
 }
 
 // redacted is the URL without its password, for errors and logs.
@@ -173,6 +225,10 @@ func redacted(raw string) string {
 
 // dial opens a connection named after the node.
 func dial(o *Options, name string) (*amqp091.Connection, error) {
+	tlsCfg, err := o.tlsConfig()
+	if err != nil {
+		return nil, bus.Permanent(err)
+	}
 	props := amqp091.NewConnectionProperties()
 	props.SetClientConnectionName("flowrun " + name)
 	conn, err := amqp091.DialConfig(o.URL, amqp091.Config{
@@ -180,6 +236,9 @@ func dial(o *Options, name string) (*amqp091.Connection, error) {
 		Heartbeat:  10 * time.Second,
 		Locale:     "en_US",
 		Dial:       amqp091.DefaultDial(o.ConnectTimeout),
+		// nil for amqp://; for amqps:// without tls_ options the client
+		// verifies with the system's roots.
+		TLSClientConfig: tlsCfg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %w", ErrConnect, redacted(o.URL), err)

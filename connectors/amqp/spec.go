@@ -62,6 +62,12 @@ func Spec() component.Spec {
 			Doc: "write: publish as mandatory: a message no queue receives is returned by the broker and its event goes to `err` instead of vanishing."},
 		{Name: "connect_timeout", Type: component.TypeDuration, Default: DefaultConnectTimeout.String(), Min: "1ms",
 			Doc: "How long connecting may take."},
+		{Name: "tls_ca", Type: component.TypePath,
+			Doc: "CA bundle (PEM) verifying the broker's certificate instead of the system's roots; the tls_ options need an `amqps://` url (which uses TLS with the system's roots without them)."},
+		{Name: "tls_cert", Type: component.TypePath, Doc: "Client certificate (PEM) for TLS."},
+		{Name: "tls_key", Type: component.TypePath, Doc: "Key of tls_cert (PEM)."},
+		{Name: "tls_insecure_skip_verify", Type: component.TypeBool, Default: "false",
+			Doc: "Do not verify the broker's certificate (tests only)."},
 	}
 	fields = append(fields, bus.SourceFields()...)
 	fields = append(fields, bus.ReconnectFields()...)
@@ -89,23 +95,32 @@ func check(c *component.Config) error {
 	if c.String("exchange") == "" && c.Has("routing_key") && modeKind(c) == component.KindSource {
 		return component.OptionErr("routing_key", fmt.Errorf("in mode read it binds the queue to `exchange`, which is not set"))
 	}
+	o := Options{URL: c.String("url"), TLSCA: c.String("tls_ca"), TLSCert: c.String("tls_cert"), TLSKey: c.String("tls_key"),
+		TLSInsecureSkipVerify: c.Bool("tls_insecure_skip_verify")}
+	if _, err := o.tlsConfig(); err != nil {
+		return component.OptionErr("tls_ca", err)
+	}
 	return nil
 }
 
 func options(env *component.Env, c *component.Config) Options {
 	return Options{
-		URL:                c.String("url"),
-		Queue:              c.String("queue"),
-		Exchange:           c.String("exchange"),
-		ExchangeType:       c.String("exchange_type"),
-		RoutingKey:         c.String("routing_key"),
-		Declare:            c.String("declare"),
-		QueueType:          c.String("queue_type"),
-		DeadLetterExchange: c.String("dead_letter_exchange"),
-		MessageIDHash:      c.Bool("message_id_hash"),
-		Mandatory:          c.Bool("mandatory"),
-		ConnectTimeout:     c.Duration("connect_timeout"),
-		Logger:             env.Logger,
+		URL:                   c.String("url"),
+		Queue:                 c.String("queue"),
+		Exchange:              c.String("exchange"),
+		ExchangeType:          c.String("exchange_type"),
+		RoutingKey:            c.String("routing_key"),
+		Declare:               c.String("declare"),
+		QueueType:             c.String("queue_type"),
+		DeadLetterExchange:    c.String("dead_letter_exchange"),
+		MessageIDHash:         c.Bool("message_id_hash"),
+		Mandatory:             c.Bool("mandatory"),
+		ConnectTimeout:        c.Duration("connect_timeout"),
+		TLSCA:                 c.String("tls_ca"),
+		TLSCert:               c.String("tls_cert"),
+		TLSKey:                c.String("tls_key"),
+		TLSInsecureSkipVerify: c.Bool("tls_insecure_skip_verify"),
+		Logger:                env.Logger,
 	}
 }
 
