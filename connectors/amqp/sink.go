@@ -109,6 +109,10 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 		keys = append(keys, key)
 		msgs = append(msgs, bus.ToMessage(ev))
 	}
+	if len(msgs) == 0 {
+		s.emitFailed(events, failed, emit)
+		return nil
+	}
 	err := s.opts.Reconnect.Retry(ctx, s.opts.Name, s.opts.Health, s.log, func(ctx context.Context) error {
 		errs := s.pub.publish(ctx, s.opts.Exchange, keys, msgs)
 		var retry error
@@ -132,6 +136,12 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 			failed[i] = fmt.Errorf("%w to exchange %q, routing key %q: %w", bus.ErrPublish, s.opts.Exchange, keys[j], err)
 		}
 	}
+	s.emitFailed(events, failed, emit)
+	return nil
+}
+
+// emitFailed emits on "err" each event with a failure, with meta.error.
+func (s *Sink) emitFailed(events []pipeline.Event, failed []error, emit pipeline.Emitter) {
 	for i, ev := range events {
 		if failed[i] == nil {
 			continue
@@ -142,7 +152,6 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 		}
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, meta))
 	}
-	return nil
 }
 
 // routingKey is the event's routing key: RoutingKeyExpr's value, or the
