@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,13 +145,22 @@ func keyNames(n int) []string {
 	return keys
 }
 
+// summary lists the requests, sorted: a read-ahead and the commit it
+// overlaps may be recorded in either order.
 func summary(reqs []request) string {
 	var out []string
 	for _, r := range reqs {
 		out = append(out, fmt.Sprintf("%s r%d w%d c%d", r.kind, r.reads, r.writes, r.cmps))
 	}
+	slices.Sort(out)
+	if len(out) > 12 {
+		out = append(out[:12], fmt.Sprintf("... (%d in all)", len(out)))
+	}
 	return strings.Join(out, ", ")
 }
+
+func read(n int) request   { return request{kind: "txn", reads: n} }
+func commit(n int) request { return request{kind: "txn", writes: n, cmps: n} }
 
 // Hinted point reads of a group cost one request: a read-only batch
 // (View) of up to MaxTxnOps distinct keys is one range transaction, and a
@@ -171,15 +181,13 @@ func TestReadBatchRoundTrips(t *testing.T) {
 		name      string
 		keys, fns int
 		write     bool
-		want      []string // kind and size of each request, in order
+		want      []request
 	}{
-		{"view 100 keys", 100, 100, false, []string{"txn r100 w0 c0"}},
-		{"view 128 keys read twice", 128, 256, false, []string{"txn r128 w0 c0"}},
-		{"view 300 keys", 300, 300, false, []string{"txn r128 w0 c0", "txn r128 w0 c0", "txn r44 w0 c0"}},
-		{"update 300 increments", 300, 300, true, []string{
-			"txn r128 w0 c0", "txn r0 w128 c128",
-			"txn r128 w0 c0", "txn r0 w128 c128",
-			"txn r44 w0 c0", "txn r0 w44 c44",
+		{"view 100 keys", 100, 100, false, []request{read(100)}},
+		{"view 128 keys read twice", 128, 256, false, []request{read(128)}},
+		{"view 300 keys", 300, 300, false, []request{read(128), read(128), read(44)}},
+		{"update 300 increments", 300, 300, true, []request{
+			read(128), commit(128), read(128), commit(128), read(44), commit(44),
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -205,7 +213,7 @@ func TestReadBatchRoundTrips(t *testing.T) {
 				}
 			}
 			reqs := c.take()
-			if got, want := summary(reqs), strings.Join(tc.want, ", "); got != want {
+			if got, want := summary(reqs), summary(tc.want); got != want {
 				t.Errorf("requests: %s\nwant:     %s", got, want)
 			}
 		})
@@ -250,7 +258,7 @@ func TestConnectorReadSlice(t *testing.T) {
 		}
 		reads += r.reads
 	}
-	if len(reqs) > 4 || reads < n {
+	if len(reqs) > 4 || reads != n {
 		t.Errorf("%d get events cost %d requests (%s), want at most 4 reading every key", n, len(reqs), summary(reqs))
 	}
 }
@@ -278,6 +286,11 @@ func TestReadConsistency(t *testing.T) {
 			update(t, s, setFn("x", "1", 0))
 			if tc.behind {
 				s.noteCommit(math.MaxInt64)
+			} else {
+				// The member asked may not have applied the write yet,
+				// which the "behind" case covers: here the first answer
+				// must be taken.
+				s.lastRev.Store(0)
 			}
 			c := count(s)
 			got := make([]string, 1)
@@ -286,7 +299,9 @@ func TestReadConsistency(t *testing.T) {
 			if err := s.ViewHinted(t.Context(), fns, hints, errs); err != nil || errs[0] != nil {
 				t.Fatalf("view: %v %v", err, errs[0])
 			}
-			if got[0] != "1" {
+			// A serializable answer taken as is may come from a member
+			// that has not applied the write yet.
+			if (tc.reads == Linearizable || tc.behind) && got[0] != "1" {
 				t.Errorf("read %q, want 1", got[0])
 			}
 			var ser []bool

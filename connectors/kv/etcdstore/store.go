@@ -274,8 +274,9 @@ func (s *Store) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]
 	if s.closed {
 		return ErrClosed
 	}
+	var ahead *readAhead
 	for i := 0; i < len(fns); {
-		next, err := s.runGroup(ctx, fns, hints, errs, i, false)
+		next, nextAhead, err := s.runGroup(ctx, fns, hints, errs, i, false, ahead)
 		if err != nil {
 			if i == 0 {
 				return err
@@ -285,7 +286,7 @@ func (s *Store) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]
 			}
 			return nil
 		}
-		i = next
+		i, ahead = next, nextAhead
 	}
 	return nil
 }
@@ -318,7 +319,7 @@ func (s *Store) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]by
 		return ErrClosed
 	}
 	for i := 0; i < len(fns); {
-		next, err := s.runGroup(ctx, fns, hints, errs, i, true)
+		next, _, err := s.runGroup(ctx, fns, hints, errs, i, true, nil)
 		if err != nil {
 			return err
 		}
@@ -328,13 +329,24 @@ func (s *Store) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]by
 }
 
 // runGroup runs fns from i on as one etcd transaction, retrying on
-// conflict, and returns the index of the first fn it did not include.
-// A readOnly group refuses writes and commits nothing.
-func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error, i int, readOnly bool) (int, error) {
+// conflict, and returns the index of the first fn it did not include. A
+// readOnly group refuses writes and commits nothing.
+//
+// Commits are pipelined with reads, never with each other: while a group
+// that writes commits, the prefetch of the next group is already on its
+// way (a readAhead, returned with next; ahead is this group's, from the
+// group before). Commits stay one at a time and in order, so the
+// guarantees of Update hold as without read-ahead; a read-ahead that a
+// commit overtook is corrected with that commit's own writes (see
+// readAhead.apply), and any other change since is caught by the compares.
+func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error, i int, readOnly bool, ahead *readAhead) (int, *readAhead, error) {
 	for attempt := 0; ; attempt++ {
 		g := newGroup(ctx, s)
 		g.readOnly = readOnly
-		if hints != nil {
+		switch {
+		case attempt == 0 && ahead != nil && ahead.wait() == nil:
+			ahead.apply(g)
+		case hints != nil:
 			g.prefetch(hints[i:])
 		}
 		next := i
@@ -370,6 +382,10 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte
 			next++
 		}
 		if g.retry == nil {
+			var nextAhead *readAhead
+			if !readOnly && hints != nil && next < len(fns) && len(g.tombs) == 0 && len(g.overlay) > 0 {
+				nextAhead = s.readAhead(ctx, hints[next:])
+			}
 			ok, err := g.commit()
 			if isLeaseNotFound(err) {
 				// A cached lease was revoked or expired behind our back:
@@ -377,22 +393,97 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte
 				s.leases.reset()
 				ok, err = false, nil
 			}
+			if nextAhead != nil && (err != nil || !ok) {
+				// Read for a state that will not follow: drop it.
+				_ = nextAhead.wait()
+				nextAhead = nil
+			}
 			if err != nil {
-				return i, err
+				return i, nil, err
 			}
 			if ok {
-				return next, nil
+				if nextAhead != nil {
+					nextAhead.after = g.overlay
+					nextAhead.afterRev = g.commitRev
+				}
+				return next, nextAhead, nil
 			}
 		} else if !errors.Is(g.retry, errRetry) {
-			return i, g.retry
+			return i, nil, g.retry
 		}
 		if attempt+1 >= s.opts.MaxRetries {
-			return i, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, attempt+1)
+			return i, nil, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, attempt+1)
 		}
 		if err := ctx.Err(); err != nil {
-			return i, err
+			return i, nil, err
 		}
 	}
+}
+
+// readAhead is the prefetch of a group sent while the group before it
+// commits.
+type readAhead struct {
+	done chan struct{}
+	keys []string
+	resp *clientv3.TxnResponse
+	err  error
+	// after and afterRev are the writes of the commit the read raced
+	// with and the revision it committed at; set before wait returns.
+	after    map[string]write
+	afterRev int64
+}
+
+// readAhead starts fetching, in the background, the hinted keys of the
+// group that will start with hints[0], as prefetch would.
+func (s *Store) readAhead(ctx context.Context, hints [][][]byte) *readAhead {
+	a := &readAhead{done: make(chan struct{}), keys: s.prefetchKeys(hints)}
+	if len(a.keys) == 0 {
+		a.err = errNothingAhead
+		close(a.done)
+		return a
+	}
+	go func() {
+		defer close(a.done)
+		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+		defer cancel()
+		a.resp, a.err = s.firstRead(rctx, a.keys)
+	}()
+	return a
+}
+
+// errNothingAhead is a readAhead with no key to read.
+var errNothingAhead = errors.New("etcdstore: nothing to read ahead")
+
+// wait waits for the read and returns its error.
+func (a *readAhead) wait() error {
+	<-a.done
+	return a.err
+}
+
+// apply makes the read g's prefetch. A read answered before the commit
+// it raced with (at a lower revision) misses that commit's writes: the
+// keys it wrote take their committed record and revision, and the
+// group's later reads are pinned to the commit's revision. Its other
+// keys keep the older revision, which the group's compares check like any
+// read; a group that ends up committing nothing has no compares, so it is
+// rerun (groupMixed).
+func (a *readAhead) apply(g *group) {
+	g.applyPrefetch(a.keys, a.resp)
+	if g.rev >= a.afterRev {
+		return
+	}
+	for k, w := range a.after {
+		if _, ok := g.prefetched[k]; !ok {
+			continue
+		}
+		if w.deleted {
+			g.prefetched[k] = prefetchedRec{}
+		} else {
+			g.prefetched[k] = prefetchedRec{rec: w.rec, rev: a.afterRev}
+		}
+	}
+	g.rev = a.afterRev
+	g.mixedRevs = true
 }
 
 // errRetry marks a read that could not be served at the group's revision
@@ -463,6 +554,10 @@ type group struct {
 	s        *Store
 	rev      int64 // read revision; 0 before the first read
 	readOnly bool  // a View group: writes fail with kv.ErrReadOnly
+	// mixedRevs reports prefetched records older than rev (a readAhead
+	// overtaken by a commit): valid only once compared at commit.
+	mixedRevs bool
+	commitRev int64 // the revision the group committed at
 
 	points   map[string]int64 // key read by Get -> its ModRevision (0: absent)
 	scanned  map[string]int64 // key seen by Scan -> its ModRevision
@@ -485,18 +580,34 @@ type prefetchedRec struct {
 	rev int64  // ModRevision, 0 when absent
 }
 
-// prefetch fetches the hinted keys of the fns about to run, those of as
-// many whole fns as one transaction may hold (at least the first fn's),
-// in one read-only transaction whose revision becomes the group's. A
-// failed prefetch is ignored: the fns then read key by key.
+// prefetch fetches the hinted keys of the fns about to run (see
+// prefetchKeys) in one read-only transaction whose revision becomes the
+// group's. A failed prefetch is ignored: the fns then read key by key.
 func (g *group) prefetch(hints [][][]byte) {
+	keys := g.s.prefetchKeys(hints)
+	if len(keys) == 0 {
+		return
+	}
+	ctx, cancel := g.reqCtx()
+	defer cancel()
+	resp, err := g.s.firstRead(ctx, keys)
+	if err != nil {
+		return
+	}
+	g.applyPrefetch(keys, resp)
+}
+
+// prefetchKeys returns the distinct hinted keys (prefix included) of as
+// many whole fns, from hints[0] on, as one transaction may read, and at
+// least those of the first fn.
+func (s *Store) prefetchKeys(hints [][][]byte) []string {
 	seen := map[string]bool{}
 	var keys []string
-	max := g.s.opts.MaxTxnOps
+	max := s.opts.MaxTxnOps
 	for n, h := range hints {
 		var fresh []string
 		for _, k := range h {
-			key := string(g.s.prefix) + string(k)
+			key := string(s.prefix) + string(k)
 			if !seen[key] && !slices.Contains(fresh, key) {
 				fresh = append(fresh, key)
 			}
@@ -512,15 +623,12 @@ func (g *group) prefetch(hints [][][]byte) {
 			keys = append(keys, key)
 		}
 	}
-	if len(keys) == 0 {
-		return
-	}
-	ctx, cancel := g.reqCtx()
-	defer cancel()
-	resp, err := g.s.firstRead(ctx, keys)
-	if err != nil {
-		return
-	}
+	return keys
+}
+
+// applyPrefetch makes resp, the answer to reading keys, the group's
+// prefetched records, and its revision the group's.
+func (g *group) applyPrefetch(keys []string, resp *clientv3.TxnResponse) {
 	g.rev = resp.Header.Revision
 	g.prefetched = make(map[string]prefetchedRec, len(keys))
 	for j, r := range resp.Responses {
@@ -837,7 +945,9 @@ func (g *group) commit() (ok bool, err error) {
 		}
 	}
 	if len(then) == 0 {
-		return true, nil // read-only: consistent at g.rev, nothing to commit
+		// Read-only: consistent at g.rev, nothing to commit, unless some
+		// reads are older (mixedRevs): then it is rerun on a fresh read.
+		return !g.mixedRevs, nil
 	}
 	var cmps []clientv3.Cmp
 	if g.rev != 0 {
@@ -867,7 +977,8 @@ func (g *group) commit() (ok bool, err error) {
 		return false, fmt.Errorf("etcdstore: committing %d writes (outcome unknown if the request timed out): %w", len(then), err)
 	}
 	if resp.Succeeded {
-		g.s.noteCommit(resp.Header.Revision)
+		g.commitRev = resp.Header.Revision
+		g.s.noteCommit(g.commitRev)
 	}
 	return resp.Succeeded, nil
 }
