@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/connectors/httpconn/httpbench"
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/kvbench"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
@@ -32,6 +33,7 @@ type benchFlags struct {
 	cpuprofile string
 	backend    string
 	endpoints  string
+	etcdReads  string
 	http       bool
 	clients    int
 	rate       int
@@ -142,6 +144,7 @@ request's scheduled time. One JSON object per workload:
 	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
 	fl.StringVar(&f.endpoints, "endpoints", os.Getenv("FLOWRUN_ETCD_ENDPOINTS"), "etcd client URLs, comma-separated, for --backend etcd (default $FLOWRUN_ETCD_ENDPOINTS)")
+	fl.StringVar(&f.etcdReads, "etcd-reads", string(etcdstore.Linearizable), "--backend etcd: read consistency of both sides, linearizable or serializable")
 	return cmd
 }
 
@@ -167,6 +170,12 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		Backend:    f.backend,
 
 		RowCacheBytes: f.rowCache,
+	}
+	switch r := etcdstore.ReadConsistency(f.etcdReads); r {
+	case etcdstore.Linearizable, etcdstore.Serializable:
+		cfg.Etcd.Reads = r
+	default:
+		return usageError{fmt.Errorf("--etcd-reads %q: want %s or %s", f.etcdReads, etcdstore.Linearizable, etcdstore.Serializable)}
 	}
 	for _, ep := range strings.Split(f.endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {

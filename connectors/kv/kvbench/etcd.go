@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"time"
 
@@ -61,7 +62,8 @@ func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) 
 		return Result{}, fmt.Errorf("flowrun side: %w", err)
 	}
 	rss := PeakRSSMB()
-	r := &rawEtcd{cfg: cfg, c: client, prefix: base + "raw/", maxOps: opts.MaxTxnOps, vals: newValues(cfg.ValueBytes)}
+	r := &rawEtcd{cfg: cfg, c: client, prefix: base + "raw/", maxOps: opts.MaxTxnOps, vals: newValues(cfg.ValueBytes),
+		serializable: opts.Reads == etcdstore.Serializable}
 	er, err := r.run(ctx, name, p)
 	if err != nil {
 		return Result{}, fmt.Errorf("etcd side: %w", err)
@@ -88,18 +90,26 @@ func randomHex() string {
 	return hex.EncodeToString(b)
 }
 
-// rawEtcd runs a workload with the etcd client directly, batched as the
-// store batches: each batch of operations is cut into transactions of at
-// most maxOps operations. Reads of a chunk go in one transaction; a chunk
-// that also writes (mixed, increment, cas) then commits its writes in a
-// second transaction guarded by the mod revisions of the keys it read, the
-// least any read-modify-write over etcd needs.
+// rawEtcd runs a workload with the etcd client directly, batched and
+// pipelined as the store does it: each batch of operations is cut into
+// chunks of at most maxOps operations. Reads of a chunk go in one
+// transaction; a chunk that also writes (mixed, increment, cas) then
+// commits its writes in a second transaction guarded by the mod revisions
+// of the keys it read, the least any read-modify-write over etcd needs.
+// The next chunk's read is sent while a chunk commits, and takes the
+// commit's writes when it was answered first, as the store's read-ahead
+// does; commits go one at a time. A read-only batch of parallelReads
+// operations or more is read in two concurrent halves, as the kv
+// connector reads it.
 type rawEtcd struct {
 	cfg    Config
 	c      *clientv3.Client
 	prefix string
 	maxOps int
 	vals   values
+	// serializable makes the reads serializable, as the store's are with
+	// etcdstore.Serializable.
+	serializable bool
 }
 
 func (r *rawEtcd) key(k int) string { return r.prefix + string(appendKey(nil, k)) }
@@ -141,73 +151,154 @@ func (r *rawEtcd) run(ctx context.Context, workload string, p *progress) (sideRe
 // the same, so both keep as many requests in flight.
 const parallelReads = 256
 
-// batch runs one batch in chunks of maxOps operations, in order; a
-// read-only batch is read in two concurrent halves as the connector reads
-// it.
+// batch runs one batch in chunks of maxOps operations, in order.
 func (r *rawEtcd) batch(ctx context.Context, workload string, ops []op) error {
-	seq := func(ops []op) error {
-		for i := 0; i < len(ops); i += r.maxOps {
-			if err := r.chunk(ctx, workload, ops[i:min(i+r.maxOps, len(ops))]); err != nil {
+	var chunks [][]op
+	for i := 0; i < len(ops); i += r.maxOps {
+		chunks = append(chunks, ops[i:min(i+r.maxOps, len(ops))])
+	}
+	switch {
+	case workload == Put:
+		for _, ch := range chunks {
+			if err := r.putChunk(ctx, ch); err != nil {
 				return err
 			}
 		}
 		return nil
-	}
-	readOnly := workload == Get || workload == Scan
-	if !readOnly || len(ops) < parallelReads || runtime.GOMAXPROCS(0) < 2 {
-		return seq(ops)
+	case workload != Get && workload != Scan:
+		return r.pipelined(ctx, chunks)
+	case len(ops) < parallelReads || runtime.GOMAXPROCS(0) < 2:
+		return r.readChunks(ctx, ops)
 	}
 	h := len(ops) / 2
 	errc := make(chan error, 1)
-	go func() { errc <- seq(ops[h:]) }()
-	err := seq(ops[:h])
+	go func() { errc <- r.readChunks(ctx, ops[h:]) }()
+	err := r.readChunks(ctx, ops[:h])
 	if err2 := <-errc; err == nil {
 		err = err2
 	}
 	return err
 }
 
-// chunk runs at most maxOps operations: one read transaction, then one
-// guarded write transaction when they write.
-func (r *rawEtcd) chunk(ctx context.Context, workload string, ops []op) error {
-	if workload == Put {
-		// etcd refuses two puts of one key in a transaction: the last
-		// wins, as in the store's overlay.
-		last := map[string]string{}
-		for _, o := range ops {
-			last[r.key(o.key)] = string(r.vals.appendValue(nil, o.version))
+// readChunks reads ops, a read-only workload's, chunk after chunk.
+func (r *rawEtcd) readChunks(ctx context.Context, ops []op) error {
+	for i := 0; i < len(ops); i += r.maxOps {
+		if _, err := r.c.Txn(ctx).Then(r.reads(ops[i:min(i+r.maxOps, len(ops))])...).Commit(); err != nil {
+			return err
 		}
-		then := make([]clientv3.Op, 0, len(last))
-		for k, v := range last {
-			then = append(then, clientv3.OpPut(k, v))
-		}
-		_, err := r.c.Txn(ctx).Then(then...).Commit()
-		return err
 	}
+	return nil
+}
+
+// putChunk writes a chunk of puts in one transaction.
+func (r *rawEtcd) putChunk(ctx context.Context, ops []op) error {
+	// etcd refuses two puts of one key in a transaction: the last
+	// wins, as in the store's overlay.
+	last := map[string]string{}
+	for _, o := range ops {
+		last[r.key(o.key)] = string(r.vals.appendValue(nil, o.version))
+	}
+	then := make([]clientv3.Op, 0, len(last))
+	for k, v := range last {
+		then = append(then, clientv3.OpPut(k, v))
+	}
+	_, err := r.c.Txn(ctx).Then(then...).Commit()
+	return err
+}
+
+// reads returns the read operations of a chunk.
+func (r *rawEtcd) reads(ops []op) []clientv3.Op {
 	var reads []clientv3.Op
+	var opts []clientv3.OpOption
+	if r.serializable {
+		opts = append(opts, clientv3.WithSerializable())
+	}
 	for _, o := range ops {
 		if o.kind == opScan {
-			reads = append(reads, clientv3.OpGet(r.key(o.key), clientv3.WithRange(r.key(r.cfg.Keys)), clientv3.WithLimit(ScanLimit)))
+			reads = append(reads, clientv3.OpGet(r.key(o.key), append(slices.Clip(opts), clientv3.WithRange(r.key(r.cfg.Keys)), clientv3.WithLimit(ScanLimit))...))
 		} else if o.kind != opPut {
-			reads = append(reads, clientv3.OpGet(r.key(o.key)))
+			reads = append(reads, clientv3.OpGet(r.key(o.key), opts...))
 		}
 	}
-	resp, err := r.c.Txn(ctx).Then(reads...).Commit()
-	if err != nil {
-		return err
+	return reads
+}
+
+// pipelined runs chunks that read and write: each chunk's read is sent
+// while the chunk before it commits.
+func (r *rawEtcd) pipelined(ctx context.Context, chunks [][]op) error {
+	type answer struct {
+		resp *clientv3.TxnResponse
+		err  error
 	}
-	if workload == Get || workload == Scan {
-		return nil
+	read := func(ops []op) chan answer {
+		c := make(chan answer, 1)
+		go func() {
+			resp, err := r.c.Txn(ctx).Then(r.reads(ops)...).Commit()
+			c <- answer{resp, err}
+		}()
+		return c
 	}
-	// Apply the chunk in order over what was read, then write it back.
-	cur := map[string][]byte{}
-	revs := map[string]int64{}
-	for _, rr := range resp.Responses {
-		for _, kv := range rr.GetResponseRange().Kvs {
-			cur[string(kv.Key)] = kv.Value
-			revs[string(kv.Key)] = kv.ModRevision
+	next := read(chunks[0])
+	var prev map[string][]byte // the writes of the last commit
+	var prevRev int64          // and its revision
+	for j, ops := range chunks {
+		a := <-next
+		if a.err != nil {
+			return a.err
 		}
+		cur := map[string][]byte{}
+		revs := map[string]int64{}
+		for _, rr := range a.resp.Responses {
+			for _, kv := range rr.GetResponseRange().Kvs {
+				cur[string(kv.Key)] = kv.Value
+				revs[string(kv.Key)] = kv.ModRevision
+			}
+		}
+		if a.resp.Header.Revision < prevRev {
+			// Answered before the last commit: take its writes.
+			for k, v := range prev {
+				if _, ok := revs[k]; ok {
+					cur[k], revs[k] = v, prevRev
+				}
+			}
+		}
+		writes, err := r.apply(ops, cur)
+		if err != nil {
+			return err
+		}
+		if j+1 < len(chunks) {
+			next = read(chunks[j+1])
+		}
+		if len(writes) == 0 {
+			prev, prevRev = nil, 0
+			continue
+		}
+		var cmps []clientv3.Cmp
+		for k, rev := range revs {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+		}
+		var then []clientv3.Op
+		for k, v := range writes {
+			then = append(then, clientv3.OpPut(k, string(v)))
+		}
+		wr, err := r.c.Txn(ctx).If(cmps...).Then(then...).Commit()
+		if err == nil && !wr.Succeeded {
+			err = fmt.Errorf("a key of the chunk changed under the benchmark")
+		}
+		if err != nil {
+			if j+1 < len(chunks) {
+				<-next
+			}
+			return err
+		}
+		prev, prevRev = writes, wr.Header.Revision
 	}
+	return nil
+}
+
+// apply runs a chunk's operations in order over cur, the records read,
+// and returns the records to write.
+func (r *rawEtcd) apply(ops []op, cur map[string][]byte) (map[string][]byte, error) {
 	writes := map[string][]byte{}
 	for _, o := range ops {
 		k := r.key(o.key)
@@ -218,35 +309,17 @@ func (r *rawEtcd) chunk(ctx context.Context, workload string, ops []op) error {
 		case opIncrement:
 			n, err := strconv.ParseInt(string(cur[k]), 10, 64)
 			if err != nil {
-				return fmt.Errorf("increment %s: stored %q: %w", k, cur[k], err)
+				return nil, fmt.Errorf("increment %s: stored %q: %w", k, cur[k], err)
 			}
 			writes[k] = appendInt(nil, n+incrementBy)
 			cur[k] = writes[k]
 		case opCAS:
 			if !bytes.Equal(cur[k], r.vals.appendValue(nil, o.version)) {
-				return fmt.Errorf("cas %s: stored %.20s..., expected version %d", k, cur[k], o.version)
+				return nil, fmt.Errorf("cas %s: stored %.20s..., expected version %d", k, cur[k], o.version)
 			}
 			writes[k] = r.vals.appendValue(nil, o.version+1)
 			cur[k] = writes[k]
 		}
 	}
-	if len(writes) == 0 {
-		return nil
-	}
-	var cmps []clientv3.Cmp
-	for k, rev := range revs {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
-	}
-	var then []clientv3.Op
-	for k, v := range writes {
-		then = append(then, clientv3.OpPut(k, string(v)))
-	}
-	wr, err := r.c.Txn(ctx).If(cmps...).Then(then...).Commit()
-	if err != nil {
-		return err
-	}
-	if !wr.Succeeded {
-		return fmt.Errorf("a key of the chunk changed under the benchmark")
-	}
-	return nil
+	return writes, nil
 }
