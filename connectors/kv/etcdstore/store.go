@@ -318,12 +318,13 @@ func (s *Store) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]by
 	if closed {
 		return ErrClosed
 	}
+	var ahead *readAhead
 	for i := 0; i < len(fns); {
-		next, _, err := s.runGroup(ctx, fns, hints, errs, i, true, nil)
+		next, nextAhead, err := s.runGroup(ctx, fns, hints, errs, i, true, ahead)
 		if err != nil {
 			return err
 		}
-		i = next
+		i, ahead = next, nextAhead
 	}
 	return nil
 }
@@ -332,22 +333,40 @@ func (s *Store) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]by
 // conflict, and returns the index of the first fn it did not include. A
 // readOnly group refuses writes and commits nothing.
 //
-// Commits are pipelined with reads, never with each other: while a group
-// that writes commits, the prefetch of the next group is already on its
-// way (a readAhead, returned with next; ahead is this group's, from the
-// group before). Commits stay one at a time and in order, so the
-// guarantees of Update hold as without read-ahead; a read-ahead that a
+// Reads are pipelined with the work of the group before, never commits
+// with each other: as soon as a group has its prefetch, the prefetch of
+// the next group is sent (a readAhead, returned with next; ahead is this
+// group's, from the group before), while this group's fns run and it
+// commits. So a stream of groups costs one read round trip after another,
+// as it would without flowrun's work in between, and a commit overlaps
+// the next read. Commits stay one at a time and in order, so the
+// guarantees of Update hold as without read-ahead: a read-ahead that a
 // commit overtook is corrected with that commit's own writes (see
-// readAhead.apply), and any other change since is caught by the compares.
+// readAhead.apply), and any other change since is caught by the
+// compares.
 func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error, i int, readOnly bool, ahead *readAhead) (int, *readAhead, error) {
 	for attempt := 0; ; attempt++ {
 		g := newGroup(ctx, s)
 		g.readOnly = readOnly
+		end := -1 // where the group ends if every fn it prefetched for runs
 		switch {
 		case attempt == 0 && ahead != nil && ahead.wait() == nil:
 			ahead.apply(g)
+			end = ahead.end
 		case hints != nil:
-			g.prefetch(hints[i:])
+			end = i + g.prefetch(hints[i:])
+		}
+		var nextAhead *readAhead
+		if g.prefetched != nil && end > i && end < len(fns) {
+			nextAhead = s.readAhead(ctx, hints[end:], end)
+		}
+		// drop forgets the read-ahead: the next group will not start
+		// where or as it expected.
+		drop := func() {
+			if nextAhead != nil {
+				_ = nextAhead.wait()
+				nextAhead = nil
+			}
 		}
 		next := i
 		for next < len(fns) {
@@ -381,11 +400,11 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte
 			errs[next] = err
 			next++
 		}
+		if next != end || len(g.tombs) > 0 {
+			// A range deletion is not carried over to a read-ahead.
+			drop()
+		}
 		if g.retry == nil {
-			var nextAhead *readAhead
-			if !readOnly && hints != nil && next < len(fns) && len(g.tombs) == 0 && len(g.overlay) > 0 {
-				nextAhead = s.readAhead(ctx, hints[next:])
-			}
 			ok, err := g.commit()
 			if isLeaseNotFound(err) {
 				// A cached lease was revoked or expired behind our back:
@@ -393,23 +412,24 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte
 				s.leases.reset()
 				ok, err = false, nil
 			}
-			if nextAhead != nil && (err != nil || !ok) {
-				// Read for a state that will not follow: drop it.
-				_ = nextAhead.wait()
-				nextAhead = nil
+			if err != nil || !ok {
+				drop()
 			}
 			if err != nil {
 				return i, nil, err
 			}
 			if ok {
-				if nextAhead != nil {
+				if nextAhead != nil && g.commitRev != 0 {
 					nextAhead.after = g.overlay
 					nextAhead.afterRev = g.commitRev
 				}
 				return next, nextAhead, nil
 			}
-		} else if !errors.Is(g.retry, errRetry) {
-			return i, nil, g.retry
+		} else {
+			drop()
+			if !errors.Is(g.retry, errRetry) {
+				return i, nil, g.retry
+			}
 		}
 		if attempt+1 >= s.opts.MaxRetries {
 			return i, nil, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, attempt+1)
@@ -420,23 +440,26 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte
 	}
 }
 
-// readAhead is the prefetch of a group sent while the group before it
-// commits.
+// readAhead is the prefetch of a group sent before the group before it
+// has run and committed.
 type readAhead struct {
 	done chan struct{}
 	keys []string
+	end  int // the index of the first fn whose keys it does not hold
 	resp *clientv3.TxnResponse
 	err  error
 	// after and afterRev are the writes of the commit the read raced
-	// with and the revision it committed at; set before wait returns.
+	// with and the revision it committed at (0 when the group before
+	// committed nothing); set before wait returns.
 	after    map[string]write
 	afterRev int64
 }
 
 // readAhead starts fetching, in the background, the hinted keys of the
-// group that will start with hints[0], as prefetch would.
-func (s *Store) readAhead(ctx context.Context, hints [][][]byte) *readAhead {
-	a := &readAhead{done: make(chan struct{}), keys: s.prefetchKeys(hints)}
+// group that will start with hints[0], fns[start], as prefetch would.
+func (s *Store) readAhead(ctx context.Context, hints [][][]byte, start int) *readAhead {
+	keys, n := s.prefetchKeys(hints)
+	a := &readAhead{done: make(chan struct{}), keys: keys, end: start + n}
 	if len(a.keys) == 0 {
 		a.err = errNothingAhead
 		close(a.done)
@@ -582,27 +605,28 @@ type prefetchedRec struct {
 
 // prefetch fetches the hinted keys of the fns about to run (see
 // prefetchKeys) in one read-only transaction whose revision becomes the
-// group's. A failed prefetch is ignored: the fns then read key by key.
-func (g *group) prefetch(hints [][][]byte) {
-	keys := g.s.prefetchKeys(hints)
+// group's, and returns how many fns it fetched for. A failed prefetch is
+// ignored: the fns then read key by key.
+func (g *group) prefetch(hints [][][]byte) (fns int) {
+	keys, fns := g.s.prefetchKeys(hints)
 	if len(keys) == 0 {
-		return
+		return fns
 	}
 	ctx, cancel := g.reqCtx()
 	defer cancel()
 	resp, err := g.s.firstRead(ctx, keys)
 	if err != nil {
-		return
+		return fns
 	}
 	g.applyPrefetch(keys, resp)
+	return fns
 }
 
 // prefetchKeys returns the distinct hinted keys (prefix included) of as
 // many whole fns, from hints[0] on, as one transaction may read, and at
-// least those of the first fn.
-func (s *Store) prefetchKeys(hints [][][]byte) []string {
+// least those of the first fn; fns is how many fns they serve.
+func (s *Store) prefetchKeys(hints [][][]byte) (keys []string, fns int) {
 	seen := map[string]bool{}
-	var keys []string
 	max := s.opts.MaxTxnOps
 	for n, h := range hints {
 		var fresh []string
@@ -613,7 +637,7 @@ func (s *Store) prefetchKeys(hints [][][]byte) []string {
 			}
 		}
 		if n > 0 && len(keys)+len(fresh) > max {
-			break
+			return keys, n
 		}
 		for _, key := range fresh {
 			if len(keys) == max {
@@ -623,7 +647,7 @@ func (s *Store) prefetchKeys(hints [][][]byte) []string {
 			keys = append(keys, key)
 		}
 	}
-	return keys
+	return keys, len(hints)
 }
 
 // applyPrefetch makes resp, the answer to reading keys, the group's

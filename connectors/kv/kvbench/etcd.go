@@ -96,9 +96,10 @@ func randomHex() string {
 // transaction; a chunk that also writes (mixed, increment, cas) then
 // commits its writes in a second transaction guarded by the mod revisions
 // of the keys it read, the least any read-modify-write over etcd needs.
-// The next chunk's read is sent while a chunk commits, and takes the
-// commit's writes when it was answered first, as the store's read-ahead
-// does; commits go one at a time. A read-only batch of parallelReads
+// The next chunk's read is sent as soon as a chunk's read is answered,
+// while that chunk commits, and takes the commit's writes when it was
+// answered first, as the store's read-ahead does; reads go one at a
+// time, and so do commits. A read-only batch of parallelReads
 // operations or more is read in two concurrent halves, as the kv
 // connector reads it.
 type rawEtcd struct {
@@ -224,7 +225,8 @@ func (r *rawEtcd) reads(ops []op) []clientv3.Op {
 }
 
 // pipelined runs chunks that read and write: each chunk's read is sent
-// while the chunk before it commits.
+// as soon as the read before it is answered, while that chunk is applied
+// and commits.
 func (r *rawEtcd) pipelined(ctx context.Context, chunks [][]op) error {
 	type answer struct {
 		resp *clientv3.TxnResponse
@@ -246,6 +248,9 @@ func (r *rawEtcd) pipelined(ctx context.Context, chunks [][]op) error {
 		if a.err != nil {
 			return a.err
 		}
+		if j+1 < len(chunks) {
+			next = read(chunks[j+1])
+		}
 		cur := map[string][]byte{}
 		revs := map[string]int64{}
 		for _, rr := range a.resp.Responses {
@@ -264,10 +269,10 @@ func (r *rawEtcd) pipelined(ctx context.Context, chunks [][]op) error {
 		}
 		writes, err := r.apply(ops, cur)
 		if err != nil {
+			if j+1 < len(chunks) {
+				<-next
+			}
 			return err
-		}
-		if j+1 < len(chunks) {
-			next = read(chunks[j+1])
 		}
 		if len(writes) == 0 {
 			prev, prevRev = nil, 0
