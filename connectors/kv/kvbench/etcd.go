@@ -31,20 +31,20 @@ const (
 )
 
 // runEtcdWorkload runs one workload through the kv connector on an etcd
-// store, then the same operations with the etcd client directly, each
-// under its own fresh key prefix that is deleted afterwards.
+// store and the same operations with the etcd client directly, in
+// Config.Rounds rounds that alternate the two sides (each round of
+// Ops/Rounds operations per side, the side going first alternating), so
+// that a machine whose load changes during the run slows both sides
+// alike. Each round works under fresh key prefixes, deleted when the
+// workload ends. The throughputs are each side's operations over its
+// summed time; the latency percentiles are the median round's p50 and the
+// worst round's p99.
 func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) (Result, error) {
 	base := cfg.Etcd.Prefix + "flowrun-bench/" + randomHex() + "/"
 	opts := cfg.Etcd
-	opts.Prefix = base + "flowrun/"
-	store, err := etcdstore.Open(ctx, opts)
-	if err != nil {
-		return Result{}, err
-	}
 	opts.EnsureDefaults()
 	client, err := clientv3.New(clientv3.Config{Endpoints: opts.Endpoints, DialTimeout: opts.DialTimeout, Logger: zap.NewNop()})
 	if err != nil {
-		_ = store.Close()
 		return Result{}, err
 	}
 	defer client.Close()
@@ -54,34 +54,76 @@ func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) 
 		_, _ = client.Delete(dctx, base, clientv3.WithPrefix())
 	}()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	runtime.GC()
-	debug.FreeOSMemory()
-	ResetPeakRSS()
-	fr, err := runFlowrunOn(ctx, cfg, name, store, quiet, p)
-	if err != nil {
-		return Result{}, fmt.Errorf("flowrun side: %w", err)
+	var fTime, eTime time.Duration
+	var p50s []float64
+	var p99, rss float64
+	for round := range cfg.Rounds {
+		rcfg := cfg
+		rcfg.Ops = cfg.Ops/cfg.Rounds + btoi(round < cfg.Ops%cfg.Rounds)
+		prefix := fmt.Sprintf("%s%d/", base, round)
+		flowrunSide := func() error {
+			sopts := opts
+			sopts.Prefix = prefix + "flowrun/"
+			store, err := etcdstore.Open(ctx, sopts)
+			if err != nil {
+				return err
+			}
+			runtime.GC()
+			debug.FreeOSMemory()
+			ResetPeakRSS()
+			fr, err := runFlowrunOn(ctx, rcfg, name, store, quiet, p)
+			if err != nil {
+				return fmt.Errorf("flowrun side: %w", err)
+			}
+			rss = max(rss, PeakRSSMB())
+			fTime += fr.elapsed
+			p50s = append(p50s, fr.p50us)
+			p99 = max(p99, fr.p99us)
+			return nil
+		}
+		rawSide := func() error {
+			r := &rawEtcd{cfg: rcfg, c: client, prefix: prefix + "raw/", maxOps: opts.MaxTxnOps, vals: newValues(cfg.ValueBytes),
+				serializable: opts.Reads == etcdstore.Serializable}
+			er, err := r.run(ctx, name, p)
+			if err != nil {
+				return fmt.Errorf("etcd side: %w", err)
+			}
+			eTime += er.elapsed
+			return nil
+		}
+		sides := []func() error{flowrunSide, rawSide}
+		if round%2 == 1 {
+			sides[0], sides[1] = rawSide, flowrunSide
+		}
+		for _, side := range sides {
+			if err := side(); err != nil {
+				return Result{}, err
+			}
+		}
 	}
-	rss := PeakRSSMB()
-	r := &rawEtcd{cfg: cfg, c: client, prefix: base + "raw/", maxOps: opts.MaxTxnOps, vals: newValues(cfg.ValueBytes),
-		serializable: opts.Reads == etcdstore.Serializable}
-	er, err := r.run(ctx, name, p)
-	if err != nil {
-		return Result{}, fmt.Errorf("etcd side: %w", err)
-	}
+	slices.Sort(p50s)
 	res := Result{
 		Workload:       name,
 		Backend:        BackendEtcd,
 		Ops:            cfg.Ops,
-		FlowrunOpsPerS: opsPerSec(cfg.Ops, fr.elapsed),
-		EtcdOpsPerS:    opsPerSec(cfg.Ops, er.elapsed),
-		P50us:          fr.p50us,
-		P99us:          fr.p99us,
+		FlowrunOpsPerS: opsPerSec(cfg.Ops, fTime),
+		EtcdOpsPerS:    opsPerSec(cfg.Ops, eTime),
+		P50us:          p50s[len(p50s)/2],
+		P99us:          p99,
 		PeakRSSMB:      rss,
+		Rounds:         cfg.Rounds,
 	}
 	if res.EtcdOpsPerS > 0 {
 		res.Ratio = res.FlowrunOpsPerS / res.EtcdOpsPerS
 	}
 	return res, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func randomHex() string {
