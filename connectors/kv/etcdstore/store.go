@@ -4,8 +4,8 @@
 //
 // Every TxnFunc runs optimistically: its reads go to etcd at one fixed
 // revision R (the revision of the first read of the group it belongs to,
-// a linearizable read; later reads at R are served by any member without
-// a quorum round) and are recorded; its writes are buffered in an overlay that later reads
+// linearizable or serializable as Options.Reads says; later reads at R are
+// served by any member without a quorum round) and are recorded; its writes are buffered in an overlay that later reads
 // of the same Update see. The group then commits as one etcd transaction
 // whose If part checks that nothing read has changed since R (point keys by
 // ModRevision, scanned ranges by "every key's ModRevision < R+1"), so a
@@ -13,6 +13,13 @@
 // compare fail and the group is run again from scratch (bounded by
 // Options.MaxRetries). Within one process Update calls are serialised by a
 // mutex, as the kv.Backend contract requires.
+//
+// A group starts by fetching the keys its TxnFuncs are hinted to read
+// (kv.ReadHinter, kv.ViewHinter) in one request, and ends before the first
+// TxnFunc whose keys that request did not fetch; the next group's request
+// is sent as soon as a group has its own (see runGroup). Read-only slices
+// run through View, in groups that commit nothing and do not wait for the
+// mutex.
 //
 // Consecutive TxnFuncs of one Update call are grouped into one etcd
 // transaction while the group stays within etcd's limits (operations per
@@ -489,7 +496,7 @@ func (a *readAhead) wait() error {
 // group's later reads are pinned to the commit's revision. Its other
 // keys keep the older revision, which the group's compares check like any
 // read; a group that ends up committing nothing has no compares, so it is
-// rerun (groupMixed).
+// rerun (group.mixedRevs).
 func (a *readAhead) apply(g *group) {
 	g.applyPrefetch(a.keys, a.resp)
 	if g.rev >= a.afterRev {
