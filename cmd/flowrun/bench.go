@@ -47,10 +47,9 @@ type benchFlags struct {
 const (
 	etcdBenchOps  = 20_000
 	etcdBenchKeys = 10_000
-	// etcdBenchRounds alternates the two sides four times: enough for
-	// load from other processes to fall on both alike, few enough that
-	// the untimed preload of each round stays short.
-	etcdBenchRounds = 4
+	// etcdBenchRounds alternates the two sides every 2000 operations of
+	// the default 20000, so load from other processes falls on both alike.
+	etcdBenchRounds = 10
 )
 
 func newBenchCommand(e env) *cobra.Command {
@@ -75,10 +74,11 @@ cut to etcd's 128 operations per transaction, one read transaction per
 chunk with the next chunk's read sent as soon as one is answered,
 read-modify-writes committed one chunk at a time under compares on what
 they read, read-only batches read in two concurrent halves, reads with
---etcd-reads consistency on both sides. The two sides alternate in
---rounds rounds (default 4), each with its own untimed preload, so load
-from other processes falls on both alike; "ratio" is flowrun's
-throughput over the raw client's over the summed times. --ops and --keys
+--etcd-reads consistency on both sides. Each side preloads once; its
+timed operations are then split into --rounds rounds (default 10) that
+alternate the two sides, so load from other processes falls on both
+alike; "ratio" is flowrun's throughput over the raw client's over the
+summed times. --ops and --keys
 then default to 20000 and 10000; --sync, --dir and --row-cache do not
 apply.
 
@@ -160,7 +160,7 @@ request's scheduled time. One JSON object per workload:
 	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
 	fl.StringVar(&f.endpoints, "endpoints", os.Getenv("FLOWRUN_ETCD_ENDPOINTS"), "etcd client URLs, comma-separated, for --backend etcd (default $FLOWRUN_ETCD_ENDPOINTS)")
-	fl.IntVar(&f.rounds, "rounds", 1, "--backend etcd: alternate the flowrun and raw sides in this many rounds (default 4 with --backend etcd)")
+	fl.IntVar(&f.rounds, "rounds", 1, "--backend etcd: alternate the flowrun and raw sides in this many rounds (default 10 with --backend etcd)")
 	fl.StringVar(&f.etcdReads, "etcd-reads", string(etcdstore.Linearizable), "--backend etcd: read consistency of both sides, linearizable or serializable")
 	return cmd
 }

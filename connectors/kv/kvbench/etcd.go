@@ -31,14 +31,15 @@ const (
 )
 
 // runEtcdWorkload runs one workload through the kv connector on an etcd
-// store and the same operations with the etcd client directly, in
-// Config.Rounds rounds that alternate the two sides (each round of
-// Ops/Rounds operations per side, the side going first alternating), so
-// that a machine whose load changes during the run slows both sides
-// alike. Each round works under fresh key prefixes, deleted when the
-// workload ends. The throughputs are each side's operations over its
-// summed time; the latency percentiles are the median round's p50 and the
-// worst round's p99.
+// store and the same operations with the etcd client directly, each side
+// under its own fresh key prefix (deleted when the workload ends) and
+// preloaded once, untimed. The timed operations are split into
+// Config.Rounds rounds that alternate the two sides (each round runs the
+// next Ops/Rounds operations of each side's sequence, the side going
+// first alternating), so that a machine whose load changes during the run
+// slows both sides alike. The throughputs are each side's operations over
+// its summed time; the latency percentiles are the median round's p50 and
+// the worst round's p99.
 func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) (Result, error) {
 	base := cfg.Etcd.Prefix + "flowrun-bench/" + randomHex() + "/"
 	opts := cfg.Etcd
@@ -54,24 +55,30 @@ func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) 
 		_, _ = client.Delete(dctx, base, clientv3.WithPrefix())
 	}()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sopts := opts
+	sopts.Prefix = base + "flowrun/"
+	r := &rawEtcd{cfg: cfg, c: client, prefix: base + "raw/", maxOps: opts.MaxTxnOps, vals: newValues(cfg.ValueBytes),
+		serializable: opts.Reads == etcdstore.Serializable}
+	if err := r.preload(ctx, name); err != nil {
+		return Result{}, fmt.Errorf("etcd side: %w", err)
+	}
+	fGen, rGen := newGen(name, cfg.Keys), newGen(name, cfg.Keys)
 	var fTime, eTime time.Duration
 	var p50s []float64
 	var p99, rss float64
 	for round := range cfg.Rounds {
-		rcfg := cfg
-		rcfg.Ops = cfg.Ops/cfg.Rounds + btoi(round < cfg.Ops%cfg.Rounds)
-		prefix := fmt.Sprintf("%s%d/", base, round)
+		n := cfg.Ops/cfg.Rounds + btoi(round < cfg.Ops%cfg.Rounds)
 		flowrunSide := func() error {
-			sopts := opts
-			sopts.Prefix = prefix + "flowrun/"
 			store, err := etcdstore.Open(ctx, sopts)
 			if err != nil {
 				return err
 			}
+			rcfg := cfg
+			rcfg.Ops = n
 			runtime.GC()
 			debug.FreeOSMemory()
 			ResetPeakRSS()
-			fr, err := runFlowrunOn(ctx, rcfg, name, store, quiet, p)
+			fr, err := runFlowrunPart(ctx, rcfg, name, store, quiet, p, fGen, round == 0)
 			if err != nil {
 				return fmt.Errorf("flowrun side: %w", err)
 			}
@@ -82,9 +89,7 @@ func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) 
 			return nil
 		}
 		rawSide := func() error {
-			r := &rawEtcd{cfg: rcfg, c: client, prefix: prefix + "raw/", maxOps: opts.MaxTxnOps, vals: newValues(cfg.ValueBytes),
-				serializable: opts.Reads == etcdstore.Serializable}
-			er, err := r.run(ctx, name, p)
+			er, err := r.run(ctx, name, rGen, n, p)
 			if err != nil {
 				return fmt.Errorf("etcd side: %w", err)
 			}
@@ -157,34 +162,42 @@ type rawEtcd struct {
 
 func (r *rawEtcd) key(k int) string { return r.prefix + string(appendKey(nil, k)) }
 
-func (r *rawEtcd) run(ctx context.Context, workload string, p *progress) (sideResult, error) {
-	if needsPreload(workload) {
-		for k := 0; k < r.cfg.Keys; k += r.maxOps {
-			var ops []clientv3.Op
-			for i := k; i < min(k+r.maxOps, r.cfg.Keys); i++ {
-				ops = append(ops, clientv3.OpPut(r.key(i), string(r.vals.preloadValue(nil, workload))))
-			}
-			if _, err := r.c.Txn(ctx).Then(ops...).Commit(); err != nil {
-				return sideResult{}, fmt.Errorf("preload: %w", err)
-			}
+// preload writes every key the workload reads, as the flowrun side's
+// preload does (untimed).
+func (r *rawEtcd) preload(ctx context.Context, workload string) error {
+	if !needsPreload(workload) {
+		return nil
+	}
+	for k := 0; k < r.cfg.Keys; k += r.maxOps {
+		var ops []clientv3.Op
+		for i := k; i < min(k+r.maxOps, r.cfg.Keys); i++ {
+			ops = append(ops, clientv3.OpPut(r.key(i), string(r.vals.preloadValue(nil, workload))))
+		}
+		if _, err := r.c.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("preload: %w", err)
 		}
 	}
-	g := newGen(workload, r.cfg.Keys)
+	return nil
+}
+
+// run performs the next n operations of g, in batches of Config.Batch,
+// timed.
+func (r *rawEtcd) run(ctx context.Context, workload string, g *gen, n int, p *progress) (sideResult, error) {
 	start := time.Now()
-	for done := 0; done < r.cfg.Ops; {
+	for done := 0; done < n; {
 		if err := ctx.Err(); err != nil {
 			return sideResult{}, err
 		}
-		n := min(r.cfg.Batch, r.cfg.Ops-done)
-		ops := make([]op, n)
+		b := min(r.cfg.Batch, n-done)
+		ops := make([]op, b)
 		for i := range ops {
 			ops[i] = g.op()
 		}
 		if err := r.batch(ctx, workload, ops); err != nil {
 			return sideResult{}, err
 		}
-		done += n
-		p.add(n)
+		done += b
+		p.add(b)
 	}
 	return sideResult{elapsed: time.Since(start)}, nil
 }

@@ -33,10 +33,10 @@
 // chunk's is answered (while the chunk commits, under compares on what it
 // read), a read-only batch read in two concurrent halves as the connector
 // reads it, and the same read consistency (Config.Etcd.Reads). With
-// Config.Rounds above 1 the two sides alternate in rounds, each round
-// under fresh key prefixes with its own untimed preload, so that load
-// from other processes falls on both sides alike; the ratio is of the
-// summed times.
+// Config.Rounds above 1 each side's timed operations are split into
+// rounds that alternate the two sides (each side preloaded once), so that
+// load from other processes falls on both sides alike; the ratio is of
+// the summed times.
 package kvbench
 
 import (
