@@ -357,7 +357,7 @@ func TestReadConsistency(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Open(t.Context(), Options{Endpoints: eps, Reads: "eventual"}); err == nil || !strings.Contains(err.Error(), `Reads "eventual"`) {
+	if _, err := Open(t.Context(), Options{Endpoints: eps, Reads: "eventual"}); !errors.Is(err, ErrBadOptions) || !strings.Contains(err.Error(), `Reads "eventual"`) {
 		t.Errorf("Open with Reads eventual: %v, want an error naming it", err)
 	}
 }
