@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -173,21 +174,39 @@ type Server struct {
 }
 
 // Serve listens on addr ("host:port"; port 0 picks a free one, see Addr)
-// and serves h at /metrics in a goroutine it owns. A listen failure is
-// returned at once; later serving errors are logged to logger.
-func Serve(addr string, h http.Handler, logger *slog.Logger) (*Server, error) {
+// and serves h at /metrics in a goroutine it owns, with the probes
+// Kubernetes users expect: /ping answers 200 while the process is alive,
+// /ready 200 while ready returns nil (a nil ready: always) and 503 with its
+// error otherwise. A listen failure is returned at once; later serving
+// errors are logged to logger.
+func Serve(addr string, h http.Handler, ready func() error, logger *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
+	mux.HandleFunc("/ping", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "pong")
+	})
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if ready != nil {
+			if err := ready(); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintln(w, strings.ReplaceAll(err.Error(), "\n", "; "))
+				return
+			}
+		}
+		fmt.Fprintln(w, "ready")
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
 			return
 		}
-		fmt.Fprintln(w, "flowrun: metrics at /metrics")
+		fmt.Fprintln(w, "flowrun: metrics at /metrics, probes at /ping and /ready")
 	})
 	s := &Server{
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},

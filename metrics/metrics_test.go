@@ -3,11 +3,13 @@ package metrics
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,7 +86,7 @@ func TestScrapeFollowsAFlow(t *testing.T) {
 		t.Fatal("AddGraph accepted the same flow twice")
 	}
 
-	srv, err := Serve("127.0.0.1:0", m.Handler(), slog.New(slog.DiscardHandler))
+	srv, err := Serve("127.0.0.1:0", m.Handler(), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +167,7 @@ func TestScrapeFollowsAFlow(t *testing.T) {
 }
 
 func TestServeBadAddress(t *testing.T) {
-	if _, err := Serve("127.0.0.1:notaport", New().Handler(), slog.New(slog.DiscardHandler)); err == nil ||
+	if _, err := Serve("127.0.0.1:notaport", New().Handler(), nil, slog.New(slog.DiscardHandler)); err == nil ||
 		!strings.Contains(err.Error(), "127.0.0.1:notaport") {
 		t.Fatalf("Serve on a bad address: %v", err)
 	}
@@ -262,4 +264,39 @@ func TestCommitFailuresExportedFromOpen(t *testing.T) {
 		}
 	}
 	t.Fatalf("%s not exported at 0 after opening the store", CommitFailures)
+}
+
+func TestServeProbes(t *testing.T) {
+	var notReady atomic.Pointer[error]
+	srv, err := Serve("127.0.0.1:0", New().Handler(), func() error {
+		if e := notReady.Load(); e != nil {
+			return *e
+		}
+		return nil
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close(context.Background())
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + srv.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/ping"); code != http.StatusOK {
+		t.Errorf("/ping: %d", code)
+	}
+	if code, body := get("/ready"); code != http.StatusOK {
+		t.Errorf("/ready when ready: %d %q", code, body)
+	}
+	e := errors.New("orders: disconnected\nalerts: connection refused")
+	notReady.Store(&e)
+	if code, body := get("/ready"); code != http.StatusServiceUnavailable || body != "orders: disconnected; alerts: connection refused\n" {
+		t.Errorf("/ready when not ready: %d %q", code, body)
+	}
 }

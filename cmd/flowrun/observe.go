@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowrun/flowrun/component"
@@ -25,6 +27,8 @@ type observer struct {
 	addr     string
 	server   *metrics.Server
 	start    time.Time
+	health   *component.Health
+	running  atomic.Bool // the flow is built and started: /ready may say ready
 	// lifecycle is the level of the start and stop lines: info for run,
 	// debug for replay, whose summary line already says how it went.
 	lifecycle slog.Level
@@ -48,13 +52,27 @@ func newObserver(e env, metricsAddr string, opts *flows.BuildOptions) (*observer
 		o.metrics = metrics.New()
 		pebblestore.UsePool(opts.Resources, pebblestore.NewObservedPool(o.metrics.ObserveCommit))
 		kv.ObserveCommands(opts.Resources, o.metrics.ObserveCommands)
-		srv, err := metrics.Serve(o.addr, o.metrics.Handler(), o.logger)
+		o.health = component.HealthOf(opts.Resources)
+		srv, err := metrics.Serve(o.addr, o.metrics.Handler(), o.ready, o.logger)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--metrics-addr: %w", err)}
 		}
 		o.server = srv
 	}
 	return o, nil
+}
+
+// errNotStarted is /ready's answer before the flow has started and once it
+// is stopping.
+var errNotStarted = errors.New("not ready: the flow is not running")
+
+// ready is the metrics address's /ready: the flow is running and every
+// component reporting health is ready.
+func (o *observer) ready() error {
+	if !o.running.Load() {
+		return errNotStarted
+	}
+	return o.health.Err()
 }
 
 // close stops the metrics server, letting a scrape in progress finish.
@@ -77,6 +95,7 @@ func (o *observer) started(flow *flows.Flow, path string, g *pipeline.Graph) {
 		attrs = append(attrs, "metrics", "http://"+o.server.Addr().String()+"/metrics")
 	}
 	o.start = time.Now()
+	o.running.Store(true)
 	o.logger.Log(context.Background(), o.lifecycle, "flow started", attrs...)
 	if o.metrics != nil && o.lifecycle < slog.LevelInfo {
 		// replay's start line is debug, but the port --metrics-addr
@@ -88,6 +107,7 @@ func (o *observer) started(flow *flows.Flow, path string, g *pipeline.Graph) {
 // stopped logs the stop line (or the failure) with the run's totals and
 // stops the metrics server.
 func (o *observer) stopped(flow string, g *pipeline.Graph, runErr error) {
+	o.running.Store(false)
 	o.unlinked.Flush()
 	var errs uint64
 	for _, c := range g.Counts() {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -22,12 +24,29 @@ type SinkOptions struct {
 	// OnClose, when set, is called by Close to release what the sink owns
 	// (a broker connection).
 	OnClose func() error
+	// Reconnect, when set, retries a publish that fails (but for a
+	// Permanent error) with its backoff until it succeeds or the flow
+	// stops, holding the slice back meanwhile: the flow pauses while the
+	// broker is away. With Reconnect.FailFast, or without Reconnect, a
+	// failed publish fails its event at once.
+	Reconnect *Reconnect
+	// Health, when set, reports the sink not ready while its publishes
+	// fail and are retried.
+	Health *component.Health
+	// Logger receives the retries. Default slog.Default().
+	Logger *slog.Logger
 }
 
 // EnsureDefaults fills unset fields with their defaults.
 func (o *SinkOptions) EnsureDefaults() {
 	if o.Name == "" {
 		o.Name = "bus"
+	}
+	if o.Reconnect != nil {
+		o.Reconnect.EnsureDefaults()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
 }
 
@@ -64,7 +83,7 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if err := s.pub.Publish(s.opts.Topic, ToMessage(ev)); err != nil {
+			if err := s.publish(ctx, ToMessage(ev)); err != nil {
 				failed = fmt.Errorf("sink %s: %w to %q: %w", s.opts.Name, ErrPublish, s.opts.Topic, err)
 			}
 		}
@@ -73,6 +92,16 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 		}
 	}
 	return nil
+}
+
+// publish publishes m, retrying as opts.Reconnect says.
+func (s *Sink) publish(ctx context.Context, m *message.Message) error {
+	if s.opts.Reconnect == nil || s.opts.Reconnect.FailFast {
+		return s.pub.Publish(s.opts.Topic, m)
+	}
+	return s.opts.Reconnect.Retry(ctx, s.opts.Name, s.opts.Health, s.opts.Logger, func(context.Context) error {
+		return s.pub.Publish(s.opts.Topic, m)
+	})
 }
 
 // Close releases the publisher through OnClose.

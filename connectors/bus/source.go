@@ -242,6 +242,13 @@ func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 	// flight; return once all are settled, so that Close does not end the
 	// subscription under their acks.
 	s.unsettled.Wait()
+	// A subscription that ended by itself (a ReconnectingSubscriber with
+	// FailFast losing its broker) fails the flow.
+	if e, ok := s.sub.(interface{ Err() error }); ok && ctx.Err() == nil {
+		if err := e.Err(); err != nil {
+			return fmt.Errorf("source %s: %w", s.opts.Name, err)
+		}
+	}
 	return nil
 }
 

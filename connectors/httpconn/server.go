@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -283,13 +284,22 @@ func (s *Server) ping(w http.ResponseWriter, _ *http.Request) {
 	_, _ = io.WriteString(w, "pong\n")
 }
 
-// readyz answers 200 while Run serves and 503 while starting or draining.
+// readyz answers 200 while Run serves and every component of the process
+// reporting to opts.Health is ready, and 503 with the reasons otherwise
+// (starting, draining, a bus source not connected).
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if !s.ready.Load() {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = io.WriteString(w, "not ready\n")
+		_, _ = io.WriteString(w, "not ready: http_server "+s.opts.Name+" is not serving\n")
 		return
+	}
+	if s.opts.Health != nil {
+		if err := s.opts.Health.Err(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, strings.ReplaceAll(err.Error(), "\n", "; ")+"\n")
+			return
+		}
 	}
 	_, _ = io.WriteString(w, "ready\n")
 }

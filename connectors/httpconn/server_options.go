@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flowrun/flowrun/component"
 )
 
 // Defaults for ServerOptions.
@@ -88,6 +90,10 @@ type ServerOptions struct {
 	// Logger receives the listening address and failures. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Health, when set, is the readiness /ready reports besides the
+	// server's own: the other components of the process (bus sources and
+	// sinks report whether they are connected).
+	Health *component.Health
 }
 
 // EnsureDefaults fills unset fields with their defaults.

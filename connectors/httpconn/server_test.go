@@ -671,3 +671,28 @@ func TestServerReuse(t *testing.T) {
 		}
 	}
 }
+
+// TestServerReadyFollowsHealth checks that /ready answers 503, naming the
+// component, while a component of the process reports itself not ready.
+func TestServerReadyFollowsHealth(t *testing.T) {
+	h := &component.Health{}
+	r := runServer(t, httpconn.ServerOptions{Health: h}, testProc)
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := r.client.Get(r.url + "/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	h.Set("orders", errors.New("disconnected from the broker"))
+	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(body, "orders: disconnected") {
+		t.Errorf("/ready while a source is disconnected: %d %q", code, body)
+	}
+	h.Set("orders", nil)
+	if code, body := get(); code != http.StatusOK {
+		t.Errorf("/ready once reconnected: %d %q", code, body)
+	}
+}

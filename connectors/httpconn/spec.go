@@ -94,6 +94,7 @@ func ServerSpec() component.Spec {
 		Build: func(_ context.Context, env *component.Env, c *component.Config) (component.Component, error) {
 			o := serverOptions(c)
 			o.Logger = env.Logger
+			o.Health = component.HealthOf(env.Resources)
 			s, err := NewServer(o)
 			if err != nil {
 				return component.Component{}, err
