@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -156,8 +157,10 @@ type rawEtcd struct {
 	maxOps int
 	vals   values
 	// serializable makes the reads serializable, as the store's are with
-	// etcdstore.Serializable.
+	// etcdstore.Serializable; a read answered from before lastRev, the
+	// revision of the last commit, is asked again linearizably.
 	serializable bool
+	lastRev      atomic.Int64
 }
 
 func (r *rawEtcd) key(k int) string { return r.prefix + string(appendKey(nil, k)) }
@@ -263,10 +266,13 @@ func (r *rawEtcd) putChunk(ctx context.Context, ops []op) error {
 }
 
 // reads returns the read operations of a chunk.
-func (r *rawEtcd) reads(ops []op) []clientv3.Op {
+func (r *rawEtcd) reads(ops []op) []clientv3.Op { return r.readsWith(ops, r.serializable) }
+
+// readsWith returns the read operations of a chunk, serializable or not.
+func (r *rawEtcd) readsWith(ops []op, serializable bool) []clientv3.Op {
 	var reads []clientv3.Op
 	var opts []clientv3.OpOption
-	if r.serializable {
+	if serializable {
 		opts = append(opts, clientv3.WithSerializable())
 	}
 	for _, o := range ops {
@@ -291,6 +297,11 @@ func (r *rawEtcd) pipelined(ctx context.Context, chunks [][]op) error {
 		c := make(chan answer, 1)
 		go func() {
 			resp, err := r.c.Txn(ctx).Then(r.reads(ops)...).Commit()
+			if err == nil && r.serializable && resp.Header.Revision < r.lastRev.Load() {
+				// A member behind the last commit answered: ask the
+				// leader, as the store does.
+				resp, err = r.c.Txn(ctx).Then(r.readsWith(ops, false)...).Commit()
+			}
 			c <- answer{resp, err}
 		}()
 		return c
@@ -352,6 +363,7 @@ func (r *rawEtcd) pipelined(ctx context.Context, chunks [][]op) error {
 			return err
 		}
 		prev, prevRev = writes, wr.Header.Revision
+		r.lastRev.Store(prevRev)
 	}
 	return nil
 }

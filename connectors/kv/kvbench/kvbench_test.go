@@ -244,6 +244,14 @@ func TestRunEtcd(t *testing.T) {
 			t.Errorf("%s: ratio = %v, want flowrun/etcd = %v", r.Workload, r.Ratio, want)
 		}
 	}
+	// Serializable reads on both sides: the raw side, like the store,
+	// reads its own commits (a member behind them is not believed).
+	ser := cfg
+	ser.Workloads, ser.Ops, ser.Batch, ser.Progress = []string{Increment, CAS, Mixed}, 1200, 300, nil
+	ser.Etcd.Reads = etcdstore.Serializable
+	if _, err := Run(context.Background(), ser); err != nil {
+		t.Errorf("serializable reads: %v", err)
+	}
 	cfg.Rounds = 452
 	if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("more rounds than ops: %v, want ErrBadConfig", err)
