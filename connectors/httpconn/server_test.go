@@ -1,6 +1,7 @@
 package httpconn_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -166,6 +167,7 @@ func waitReady(t testing.TB, c *http.Client, url string) {
 }
 
 type reply struct {
+	proto  int // major version
 	status int
 	body   string
 	header http.Header
@@ -189,7 +191,7 @@ func post(t *testing.T, c *http.Client, url, contentType, body string, header ma
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return reply{status: resp.StatusCode, body: strings.TrimSpace(string(b)), header: resp.Header}
+	return reply{proto: resp.ProtoMajor, status: resp.StatusCode, body: strings.TrimSpace(string(b)), header: resp.Header}
 }
 
 // TestServerStatus checks each status code and its body.
@@ -494,14 +496,94 @@ func TestServerTLS(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- g.Run(ctx) }()
 		defer func() { cancel(); <-done }()
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		// The client offers HTTP/2: net/http takes it, fasthttp (HTTP/1.1
+		// only) must not.
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
 		url := "https://" + s.Addr().String()
 		waitReady(t, c, url)
 		got := post(t, c, url, "", `{"data":{"op":"ok"},"meta":{"correlation":1}}`, nil)
 		if got.status != 200 || got.body != `{"data":{"op":"ok"},"meta":{"correlation":1}}` {
 			t.Fatalf("got %d %s", got.status, got.body)
 		}
+		wantProto := map[httpconn.Engine]int{httpconn.EngineNetHTTP: 2, httpconn.EngineFastHTTP: 1}[eng]
+		if got.proto != wantProto {
+			t.Fatalf("answered over HTTP/%d, want HTTP/%d", got.proto, wantProto)
+		}
 	})
+}
+
+// TestServerBodyLimitWhileReading checks that max_body_bytes is enforced
+// while the body is read: a chunked body that goes past the limit and
+// never ends is answered 413 at once, not when the client finishes.
+func TestServerBodyLimitWhileReading(t *testing.T) {
+	eachEngine(t, func(t *testing.T, eng httpconn.Engine) {
+		// Timeout (which also bounds reading a request) is longer than the
+		// wait for the answer: only the limit can answer in time.
+		r := runServer(t, httpconn.ServerOptions{Engine: eng, MaxBodyBytes: 1000, Timeout: time.Minute}, testProc)
+		conn, err := net.Dial("tcp", r.srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		chunk := strings.Repeat("x", 4000)
+		_, err = fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(chunk), chunk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("no answer before the body ended: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 413 || !strings.Contains(string(b), "body larger than 1000 bytes (max_body_bytes)") {
+			t.Fatalf("got %d %s, want 413 naming max_body_bytes", resp.StatusCode, b)
+		}
+	})
+}
+
+// TestServerPaths checks the routing of a server on a path of its own:
+// events there, the health checks, and a JSON 404 elsewhere.
+func TestServerPaths(t *testing.T) {
+	eachEngine(t, func(t *testing.T, eng httpconn.Engine) {
+		r := runServer(t, httpconn.ServerOptions{Engine: eng, Path: "/events"}, testProc)
+		tests := []struct {
+			method, path string
+			status       int
+			want         string
+		}{
+			{"POST", "/events", 200, `{"data":{"op":"ok"},"meta":{}}`},
+			{"POST", "/other", 404, `{"error":"no such path \"/other\": events are posted to /events"}`},
+			{"POST", "/events/x", 404, `no such path`},
+			{"GET", "/events", 405, `{"error":"events are sent with POST"}`},
+			{"GET", "/ping", 200, "pong"},
+			{"GET", "/ready", 200, "ready"},
+		}
+		for _, tc := range tests {
+			req, _ := http.NewRequest(tc.method, r.url+tc.path, strings.NewReader(`{"op":"ok"}`))
+			resp, err := r.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(b), tc.want) {
+				t.Errorf("%s %s: got %d %s, want %d with %s", tc.method, tc.path, resp.StatusCode, b, tc.status, tc.want)
+			}
+			if tc.status == 405 && resp.Header.Get("Allow") != "POST" {
+				t.Errorf("405 without Allow: POST: %v", resp.Header)
+			}
+		}
+	})
+}
+
+// TestServerEngineOption checks that an unknown engine is refused,
+// naming the option.
+func TestServerEngineOption(t *testing.T) {
+	_, err := httpconn.NewServer(httpconn.ServerOptions{Address: "127.0.0.1:0", Engine: "nginx", Logger: quiet})
+	if !errors.Is(err, httpconn.ErrInvalidOption) || !strings.Contains(err.Error(), "engine") {
+		t.Fatalf("got %v, want ErrInvalidOption naming engine", err)
+	}
 }
 
 // startFlow loads and runs a flow file's text with a kv store in a

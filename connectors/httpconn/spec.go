@@ -75,7 +75,7 @@ func ServerSpec() component.Spec {
 			{Name: "tls_key", Type: component.TypePath, Doc: "PEM private key file of tls_cert."},
 			{Name: "engine", Type: component.TypeEnum, Enum: []string{string(EngineFastHTTP), string(EngineNetHTTP)}, Default: string(DefaultEngine),
 				Doc: "HTTP implementation; both answer the same. fasthttp: HTTP/1.1 only, request line and headers up to 16 KiB (431 beyond), " +
-					"about half the CPU per request of net/http. net/http: the standard library's, HTTP/2 with TLS."},
+					"about two thirds of the server CPU per request of net/http. net/http: the standard library's, HTTP/2 with TLS."},
 			{Name: "token", Type: component.TypeString,
 				Doc: "Bearer token requests must carry (`Authorization: Bearer TOKEN`, compared in constant time; else 401). Write it as `${VAR}`."},
 		},
