@@ -276,15 +276,13 @@ func (s *Server) Close(context.Context) error {
 func (s *Server) handle(x exchange) {
 	switch x.path() {
 	case "/ping":
-		x.write(http.StatusOK, textContentType, pong)
+		x.write(http.StatusOK, textContentType, []byte("pong\n"))
 	case "/ready":
 		s.readyz(x)
 	default:
 		s.serveEvents(x)
 	}
 }
-
-var pong = []byte("pong\n")
 
 // readyz answers 200 while Run serves and every component of the process
 // reporting to opts.Health is ready, and 503 with the reasons otherwise

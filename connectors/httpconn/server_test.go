@@ -818,3 +818,29 @@ func TestServerReadyFollowsHealth(t *testing.T) {
 		}
 	})
 }
+
+// TestServerHeaderLimit checks the engines' header limits: a 10 KiB
+// Flowrun-Meta header is read by both; one of 20 KiB is answered 431 by
+// fasthttp (its 16 KiB read buffer), read by net/http (1 MiB).
+func TestServerHeaderLimit(t *testing.T) {
+	eachEngine(t, func(t *testing.T, eng httpconn.Engine) {
+		r := runServer(t, httpconn.ServerOptions{Engine: eng}, testProc)
+		for _, size := range []int{10 << 10, 20 << 10} {
+			meta := `{"pad":"` + strings.Repeat("x", size) + `"}`
+			got := post(t, r.client, r.url, "", `{"op":"ok"}`, map[string]string{httpconn.MetaHeader: meta})
+			want := 200
+			if eng == httpconn.EngineFastHTTP && size > 16<<10 {
+				want = 431
+			}
+			if got.status != want {
+				t.Fatalf("%d-byte header: got %d %.200s, want %d", size, got.status, got.body, want)
+			}
+			if want == 200 && got.body != `{"data":{"op":"ok"},"meta":`+meta+`}` {
+				t.Fatalf("%d-byte header: body %.200s", size, got.body)
+			}
+			if want == 431 && !strings.Contains(got.body, "16384 bytes") {
+				t.Fatalf("431 body %s does not give the limit", got.body)
+			}
+		}
+	})
+}
