@@ -5,6 +5,7 @@ package builtin
 
 import (
 	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/amqp"
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/connectors/httpconn"
 	"github.com/flowrun/flowrun/connectors/jsonl"
@@ -29,6 +30,7 @@ func Register(r *component.Registry) error {
 		lua.Spec(),
 		bus.GoChannelSpec(),
 		bus.NATSSpec(),
+		amqp.Spec(),
 		httpconn.ServerSpec(),
 		httpconn.ClientSpec(),
 		operators.FilterSpec(),
