@@ -36,6 +36,7 @@ type benchFlags struct {
 	etcdReads  string
 	rounds     int
 	http       bool
+	httpEngine string
 	clients    int
 	rate       int
 	duration   time.Duration
@@ -156,6 +157,7 @@ request's scheduled time. One JSON object per workload:
 	fl.StringVar(&f.backend, "backend", kvbench.BackendPebble, "store under test: pebble or etcd")
 	fl.BoolVar(&f.http, "http", false, "measure sync requests to an http_server connector against stdin")
 	fl.IntVar(&f.clients, "clients", 64, "--http: keep-alive connections")
+	fl.StringVar(&f.httpEngine, "http-engine", "", "--http: the http_server's engine, fasthttp or net/http (default: the connector's)")
 	fl.IntVar(&f.rate, "rate", 0, "open loop at this many events/s (--http: requests/s); 0: closed loop; with --sweep-p99, the first rate tried")
 	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
@@ -380,7 +382,7 @@ func (p *benchProgress) clear() {
 func runHTTPBench(ctx context.Context, e env, f benchFlags, workloadSet, opsSet bool) error {
 	cfg := httpbench.Config{
 		Clients: f.clients, Keys: f.keys, ValueBytes: f.valueBytes,
-		Rate: f.rate, Duration: f.duration, NoSync: !f.sync, Dir: f.dir,
+		Rate: f.rate, Duration: f.duration, NoSync: !f.sync, Dir: f.dir, Engine: f.httpEngine,
 	}
 	if workloadSet {
 		cfg.Workloads = f.workloads

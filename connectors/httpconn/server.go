@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -47,7 +45,7 @@ var ErrListen = errors.New("cannot listen")
 type Server struct {
 	opts ServerOptions
 	ln   net.Listener
-	srv  *http.Server
+	eng  engine        // serves ln
 	sem  chan struct{} // one token per request in flight
 	wake chan struct{} // cap 1: requests were queued
 
@@ -111,8 +109,11 @@ func NewServer(opts ServerOptions) (*Server, error) {
 			_ = ln.Close()
 			return nil, fmt.Errorf("http_server %s: %w: tls_cert %s, tls_key %s: %w", opts.Name, ErrListen, opts.TLSCert, opts.TLSKey, err)
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
-			NextProtos: []string{"h2", "http/1.1"}})
+		protos := []string{"h2", "http/1.1"}
+		if opts.Engine == EngineFastHTTP {
+			protos = protos[1:] // HTTP/1.1 only
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: protos})
 	}
 	s := &Server{
 		opts:     opts,
@@ -123,22 +124,12 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		served:   make(chan struct{}),
 		serveErr: make(chan error, 1),
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ping", s.ping)
-	mux.HandleFunc("/ready", s.readyz)
-	mux.HandleFunc(opts.Path, s.serveEvents)
-	s.srv = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: opts.Timeout,
-		// A request is read within Timeout and answered within Timeout:
-		// a slow client holds a connection (and Close) for a bounded
-		// time.
-		ReadTimeout:  opts.Timeout,
-		WriteTimeout: 2*opts.Timeout + closeGrace,
-		IdleTimeout:  2 * time.Minute,
-		ErrorLog:     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+	if opts.Engine == EngineFastHTTP {
+		s.eng = newFastEngine(s)
+	} else {
+		s.eng = newNetEngine(s)
 	}
-	opts.Logger.Info("http_server listening", "node", opts.Name, "address", ln.Addr().String(), "tls", opts.TLSCert != "")
+	opts.Logger.Info("http_server listening", "node", opts.Name, "address", ln.Addr().String(), "tls", opts.TLSCert != "", "engine", string(opts.Engine))
 	return s, nil
 }
 
@@ -186,7 +177,7 @@ func (s *Server) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 	s.mu.Lock()
 	s.running = true
 	s.mu.Unlock()
-	go func() { s.serveErr <- s.srv.Serve(s.ln) }()
+	go func() { s.serveErr <- s.eng.serve(s.ln) }()
 	s.ready.Store(true)
 	var runErr error
 loop:
@@ -245,7 +236,7 @@ loop:
 		}
 	}
 	go func() {
-		_ = s.srv.Shutdown(context.Background())
+		s.eng.shutdown()
 		close(s.served)
 	}()
 	return runErr
@@ -274,74 +265,84 @@ func (s *Server) Close(context.Context) error {
 		case <-t.C:
 			s.opts.Logger.Warn("http_server: closing connections still open after shutdown", "node", s.opts.Name)
 		}
-		_ = s.srv.Close()
+		s.eng.close()
 	})
 	return err
 }
 
-func (s *Server) ping(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = io.WriteString(w, "pong\n")
+// handle answers one request: the health checks, or events posted to
+// Path. It is the whole of the server's HTTP behaviour, the same for
+// every engine.
+func (s *Server) handle(x exchange) {
+	switch x.path() {
+	case "/ping":
+		x.write(http.StatusOK, textContentType, []byte("pong\n"))
+	case "/ready":
+		s.readyz(x)
+	default:
+		s.serveEvents(x)
+	}
 }
 
 // readyz answers 200 while Run serves and every component of the process
 // reporting to opts.Health is ready, and 503 with the reasons otherwise
 // (starting, draining, a bus source not connected).
-func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+func (s *Server) readyz(x exchange) {
 	if !s.ready.Load() {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = io.WriteString(w, "not ready: http_server "+s.opts.Name+" is not serving\n")
+		x.write(http.StatusServiceUnavailable, textContentType, []byte("not ready: http_server "+s.opts.Name+" is not serving\n"))
 		return
 	}
 	if s.opts.Health != nil {
 		if err := s.opts.Health.Err(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, strings.ReplaceAll(err.Error(), "\n", "; ")+"\n")
+			x.write(http.StatusServiceUnavailable, textContentType, []byte(strings.ReplaceAll(err.Error(), "\n", "; ")+"\n"))
 			return
 		}
 	}
-	_, _ = io.WriteString(w, "ready\n")
+	x.write(http.StatusOK, textContentType, []byte("ready\n"))
 }
 
 // httpError answers status with {"error": msg}.
-func httpError(w http.ResponseWriter, status int, msg string) {
+func httpError(x exchange, status int, msg string) {
 	b, _ := json.Marshal(map[string]string{"error": msg})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	x.setHeader("X-Content-Type-Options", "nosniff")
+	x.write(status, jsonContentType, append(b, '\n'))
 }
 
-func (s *Server) authorized(r *http.Request) bool {
+// tooLargeError is the error answered (413) for a body larger than
+// MaxBodyBytes.
+func (s *Server) tooLargeError() error {
+	return fmt.Errorf("body larger than %d bytes (max_body_bytes)", s.opts.MaxBodyBytes)
+}
+
+func (s *Server) authorized(x exchange) bool {
 	if s.opts.Token == "" {
 		return true
 	}
-	got := []byte(r.Header.Get("Authorization"))
+	got := []byte(x.header("Authorization"))
 	want := []byte("Bearer " + s.opts.Token)
 	return subtle.ConstantTimeCompare(got, want) == 1
 }
 
-func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != s.opts.Path {
-		httpError(w, http.StatusNotFound, fmt.Sprintf("no such path %q: events are posted to %s", r.URL.Path, s.opts.Path))
+func (s *Server) serveEvents(x exchange) {
+	if path := x.path(); path != s.opts.Path {
+		httpError(x, http.StatusNotFound, fmt.Sprintf("no such path %q: events are posted to %s", path, s.opts.Path))
 		return
 	}
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		httpError(w, http.StatusMethodNotAllowed, "events are sent with POST")
+	if x.method() != http.MethodPost {
+		x.setHeader("Allow", http.MethodPost)
+		httpError(x, http.StatusMethodNotAllowed, "events are sent with POST")
 		return
 	}
-	if !s.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="flowrun"`)
-		httpError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+	if !s.authorized(x) {
+		x.setHeader("WWW-Authenticate", `Bearer realm="flowrun"`)
+		httpError(x, http.StatusUnauthorized, "missing or wrong bearer token")
 		return
 	}
 	select {
 	case s.sem <- struct{}{}:
 	default:
-		w.Header().Set("Retry-After", RetryAfter)
-		httpError(w, http.StatusServiceUnavailable, fmt.Sprintf("%d requests in flight (max_in_flight): retry later", s.opts.MaxInFlight))
+		x.setHeader("Retry-After", RetryAfter)
+		httpError(x, http.StatusServiceUnavailable, fmt.Sprintf("%d requests in flight (max_in_flight): retry later", s.opts.MaxInFlight))
 		return
 	}
 	handed := false
@@ -351,8 +352,8 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	req := &request{done: make(chan struct{})}
-	if status, err := s.readEvents(w, r, req); err != nil {
-		httpError(w, status, err.Error())
+	if status, err := s.readEvents(x, req); err != nil {
+		httpError(x, status, err.Error())
 		return
 	}
 	isSync := s.opts.Response == ResponseSync
@@ -378,9 +379,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		s.reqMu.Lock()
 		delete(s.pending, req.tr)
 		s.reqMu.Unlock()
-		w.Header().Set("Connection", "close")
-		w.Header().Set("Retry-After", RetryAfter)
-		httpError(w, http.StatusServiceUnavailable, "shutting down")
+		x.setHeader("Connection", "close")
+		x.setHeader("Retry-After", RetryAfter)
+		httpError(x, http.StatusServiceUnavailable, "shutting down")
 		return
 	}
 	s.queue = append(s.queue, req)
@@ -392,9 +393,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	default:
 	}
 	if !isSync {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusAccepted)
-		_, _ = fmt.Fprintf(w, "{\"accepted\":%d}\n", len(req.events))
+		var b [32]byte
+		body := append(strconv.AppendInt(append(b[:0], `{"accepted":`...), int64(len(req.events)), 10), "}\n"...)
+		x.write(http.StatusAccepted, jsonContentType, body)
 		return
 	}
 	t := s.timer()
@@ -402,10 +403,10 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	defer t.Stop()
 	select {
 	case <-req.done:
-		s.respond(w, req)
+		s.respond(x, req)
 	case <-t.C:
-		httpError(w, http.StatusGatewayTimeout, fmt.Sprintf("no answer within %v (timeout); the request's events are still being handled and may take effect", s.opts.Timeout))
-	case <-r.Context().Done():
+		httpError(x, http.StatusGatewayTimeout, fmt.Sprintf("no answer within %v (timeout); the request's events are still being handled and may take effect", s.opts.Timeout))
+	case <-x.gone():
 	}
 }
 
@@ -440,7 +441,7 @@ func (s *Server) finish(req *request, sync bool) {
 }
 
 // respond writes the answer to a request whose events are all done.
-func (s *Server) respond(w http.ResponseWriter, req *request) {
+func (s *Server) respond(x exchange, req *request) {
 	req.mu.Lock()
 	got := req.got
 	outcomes := req.outcomes
@@ -457,7 +458,7 @@ func (s *Server) respond(w http.ResponseWriter, req *request) {
 		}
 	}
 	if failed {
-		httpError(w, http.StatusInternalServerError, "the flow failed before the request was handled (see the flow's log); its events may or may not have taken effect")
+		httpError(x, http.StatusInternalServerError, "the flow failed before the request was handled (see the flow's log); its events may or may not have taken effect")
 		return
 	}
 	status := http.StatusOK
@@ -493,52 +494,41 @@ func (s *Server) respond(w http.ResponseWriter, req *request) {
 	case len(got) == 1:
 		body = got[0].ev.AppendJSON(body)
 	default:
-		w.WriteHeader(http.StatusNoContent)
+		x.write(http.StatusNoContent, "", nil)
 		return
 	}
 	body = append(body, '\n')
 	*bp = body
-	h := w.Header()
-	h["Content-Type"] = jsonContentType
-	if len(body) > smallBody {
-		// Smaller, net/http sets it itself: the whole answer is written
-		// before the handler returns.
-		h["Content-Length"] = []string{strconv.Itoa(len(body))}
-	}
-	w.WriteHeader(status)
-	_, _ = w.Write(body) // copied into the connection's buffer
+	x.write(status, jsonContentType, body) // copied by the engine
 }
 
-// jsonContentType is the Content-Type of answers, set without Header.Set
-// making a slice per response; net/http copies it when writing headers.
-var jsonContentType = []string{"application/json"}
-
+// Content types of answers.
 const (
-	// smallBody is the size of a body net/http answers with a
-	// Content-Length of its own (its bufferBeforeChunkingSize, 2048).
-	smallBody = 2000
-	// maxPooledBody bounds the response buffers kept for reuse.
-	maxPooledBody = 64 << 10
+	jsonContentType = "application/json"
+	textContentType = "text/plain; charset=utf-8"
 )
+
+// maxPooledBody bounds the response buffers kept for reuse.
+const maxPooledBody = 64 << 10
 
 // ndjsonTypes are the media types of bodies holding one event per line.
 var ndjsonTypes = []string{"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
 
 // readEvents reads the request's events into req.events and sets
 // req.ndjson; on error, status is the code to answer.
-func (s *Server) readEvents(w http.ResponseWriter, r *http.Request, req *request) (status int, err error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+func (s *Server) readEvents(x exchange, req *request) (status int, err error) {
+	body, err := x.body(s.opts.MaxBodyBytes)
 	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes (max_body_bytes)", s.opts.MaxBodyBytes)
+		if errors.Is(err, errBodyTooLarge) {
+			return http.StatusRequestEntityTooLarge, s.tooLargeError()
 		}
 		return http.StatusBadRequest, fmt.Errorf("reading body: %w", err)
 	}
-	base, err := baseMeta(r)
+	base, err := baseMeta(x)
 	if err != nil {
 		return http.StatusBadRequest, err
 	}
-	req.ndjson = isNDJSON(r.Header.Get("Content-Type"))
+	req.ndjson = isNDJSON(x.header("Content-Type"))
 	if !req.ndjson {
 		ev, err := parseEvent(body, base)
 		if err != nil {
@@ -601,14 +591,11 @@ func (s *Server) readNDJSON(body []byte, base map[string]json.RawMessage) (event
 const MetaHeader = "Flowrun-Meta"
 
 // baseMeta returns the metadata given by the query or header, nil if none.
-func baseMeta(r *http.Request) (map[string]json.RawMessage, error) {
-	var text string
-	if r.URL.RawQuery != "" { // parsing an empty query would still allocate
-		text = r.URL.Query().Get("meta")
-	}
+func baseMeta(x exchange) (map[string]json.RawMessage, error) {
+	text := x.query("meta")
 	from := "query parameter meta"
 	if text == "" {
-		text, from = r.Header.Get(MetaHeader), "header "+MetaHeader
+		text, from = x.header(MetaHeader), "header "+MetaHeader
 	}
 	if text == "" {
 		return nil, nil

@@ -57,6 +57,9 @@ type Config struct {
 	Duration time.Duration
 	// NoSync turns off fsync of every commit group (sync is the default).
 	NoSync bool
+	// Engine is the http_server's engine option ("fasthttp",
+	// "net/http"). Default: the connector's default.
+	Engine string
 	// Dir holds the temporary stores. Default os.TempDir().
 	Dir string
 	// Logger receives the flows' logs. Default: discarded.
@@ -272,6 +275,14 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// engineOption is the http_server's engine option, if cfg sets one.
+func engineOption(cfg Config) string {
+	if cfg.Engine == "" {
+		return ""
+	}
+	return fmt.Sprintf(", engine: %q", cfg.Engine)
+}
+
 // runHTTP serves the kv flow over HTTP and sends n requests of workload,
 // returning each request's latency, the number of wrong answers and the
 // time from the first request to the last answer.
@@ -283,13 +294,13 @@ func runHTTP(ctx context.Context, cfg Config, dir, workload string, n int) ([]ti
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	src := fmt.Sprintf(`name: bench-http
 connectors:
-  api:   { type: http_server, address: %q }
+  api:   { type: http_server, address: %q%s }
   store: { type: kv, dir: %q, sync: %s }
 links:
   - api/out -> store/in
   - store/out -> api/in
   - store/err -> api/in
-`, addr, dir, syncOption(cfg))
+`, addr, engineOption(cfg), dir, syncOption(cfg))
 	b, err := build(ctx, cfg, src, nil)
 	if err != nil {
 		return nil, 0, 0, err
