@@ -1,0 +1,229 @@
+package kafka
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/operators/expr"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// ErrKey reports a sink's key expression that failed for an event.
+var ErrKey = errors.New("cannot compute the record key")
+
+// publisher is a message.Publisher producing to Kafka: acks=all and the
+// idempotent producer (franz-go's defaults, stated again here), each
+// Publish waiting until the brokers have stored every record. The record
+// key is MetaKey's "key"; the other metadata become headers. A dead-letter
+// publisher also keeps MetaKey, as OriginHeader.
+type publisher struct {
+	client *kgo.Client
+	dead   bool
+}
+
+func newClient(o Options, extra ...kgo.Opt) (*kgo.Client, error) {
+	kopts := []kgo.Opt{
+		kgo.SeedBrokers(o.Brokers...),
+		kgo.ClientID("flowrun-" + o.Name),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RecordDeliveryTimeout(o.PublishTimeout),
+		kgo.AllowAutoTopicCreation(),
+	}
+	if o.TLS != nil {
+		kopts = append(kopts, kgo.DialTLSConfig(o.TLS.Clone()))
+	}
+	client, err := kgo.NewClient(append(kopts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", bus.ErrConnect, err)
+	}
+	return client, nil
+}
+
+// Publish implements message.Publisher: it produces msgs to topic and
+// returns once all are stored, or with the first error.
+func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	recs := make([]*kgo.Record, len(msgs))
+	for i, m := range msgs {
+		recs[i] = p.record(topic, m)
+	}
+	return p.client.ProduceSync(context.Background(), recs...).FirstErr()
+}
+
+// record makes the record of m.
+func (p *publisher) record(topic string, m *message.Message) *kgo.Record {
+	r := &kgo.Record{Topic: topic, Value: m.Payload}
+	origin, hasOrigin := m.Metadata[MetaKey]
+	if hasOrigin {
+		if k := gjson.Get(origin, "key"); k.Type == gjson.String {
+			r.Key = []byte(k.String())
+		}
+	}
+	for k, v := range m.Metadata {
+		switch k {
+		case MetaKey, bus.DeliveredKey:
+			continue
+		case bus.JSONKeysKey:
+			if p.dead && hasOrigin {
+				v = renameKey(v, MetaKey, OriginHeader)
+			}
+		}
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+	}
+	if p.dead && hasOrigin {
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: OriginHeader, Value: []byte(origin)})
+	}
+	return r
+}
+
+// renameKey renames from to to in the comma-separated list keys.
+func renameKey(keys, from, to string) string {
+	parts := strings.Split(keys, ",")
+	for i, k := range parts {
+		if k == from {
+			parts[i] = to
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// Close implements message.Publisher.
+func (p *publisher) Close() error {
+	p.client.Close()
+	return nil
+}
+
+// SinkOptions configure NewSink.
+type SinkOptions struct {
+	Options
+	// Key, when set, is the expression giving each record's key (a
+	// string, number or boolean, taken as text; null or missing: no key).
+	// Without it records have no key.
+	Key string
+	// Expr configures Key's evaluation.
+	Expr expr.Options
+	// Reconnect retries a produce that fails, holding the flow back, and
+	// Health reports the sink not ready meanwhile (see bus.SinkOptions).
+	Reconnect *bus.Reconnect
+	Health    *component.Health
+}
+
+// Sink is a pipeline.Processor producing every event it receives to a
+// topic: a bus.Sink (the event as a message: data the value, meta the
+// headers, but MetaKey) with the record key computed from each event. An
+// event whose key cannot be computed goes to "err" with meta.error.
+type Sink struct {
+	inner *bus.Sink
+	key   *expr.Expr
+	name  string
+}
+
+// NewSink returns a sink producing to opts.Topic. It does not contact the
+// brokers: the first produce does (and retries per opts.Reconnect).
+func NewSink(opts SinkOptions) (*Sink, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Sink{name: opts.Name}
+	if opts.Key != "" {
+		e, err := expr.ParseWith(opts.Key, opts.Expr)
+		if err != nil {
+			return nil, fmt.Errorf("sink %s: key: %w", opts.Name, err)
+		}
+		s.key = e
+	}
+	client, err := newClient(opts.Options)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", opts.Name, err)
+	}
+	pub := &publisher{client: client}
+	s.inner, err = bus.NewSink(pub, bus.SinkOptions{
+		Name: opts.Name, Topic: opts.Topic, Reconnect: opts.Reconnect, Health: opts.Health, Logger: opts.Logger,
+		OnClose: pub.Close,
+	})
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Process implements pipeline.Processor.
+func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
+	keyed := make([]pipeline.Event, 0, len(events))
+	for _, ev := range events {
+		meta, err := s.withKey(ev)
+		if err != nil {
+			msg := fmt.Sprintf("sink %s: %v", s.name, err)
+			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, setError(ev.MetaJSON(), msg)))
+			continue
+		}
+		keyed = append(keyed, ev.Derive(ev.Data, meta))
+	}
+	if len(keyed) == 0 {
+		return nil
+	}
+	return s.inner.Process(ctx, keyed, emit)
+}
+
+// withKey returns ev's meta with MetaKey replaced by {"key": KEY}, or
+// removed when there is no key: a record's coordinates read from Kafka are
+// not copied into the records produced.
+func (s *Sink) withKey(ev pipeline.Event) ([]byte, error) {
+	meta := ev.Meta
+	if gjson.GetBytes(meta, MetaKey).Exists() {
+		var err error
+		if meta, err = sjson.DeleteBytes(meta, MetaKey); err != nil {
+			return nil, err
+		}
+	}
+	if s.key == nil {
+		return meta, nil
+	}
+	v, err := s.key.Eval(ev)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %s: %w", ErrKey, s.key, err)
+	}
+	var key string
+	switch v.Kind() {
+	case expr.String:
+		key, _ = v.Str()
+	case expr.Number, expr.Bool:
+		key = v.String()
+	case expr.Missing, expr.Null:
+		return meta, nil
+	default:
+		return nil, fmt.Errorf("%w: key %s: the value is %s, want a string, number or boolean", ErrKey, s.key, v.Kind())
+	}
+	obj, _ := json.Marshal(map[string]string{"key": key})
+	if len(meta) == 0 {
+		meta = []byte(`{}`)
+	}
+	return sjson.SetRawBytes(meta, MetaKey, obj)
+}
+
+// Close implements pipeline.Processor's optional closer: it closes the
+// producer once what it sent is stored.
+func (s *Sink) Close(ctx context.Context) error { return s.inner.Close(ctx) }
+
+// setError returns meta with "error" set to msg.
+func setError(meta []byte, msg string) []byte {
+	if len(meta) == 0 {
+		meta = []byte(`{}`)
+	}
+	out, err := sjson.SetBytes(meta, "error", msg)
+	if err != nil {
+		return meta
+	}
+	return out
+}
