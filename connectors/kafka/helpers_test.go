@@ -67,13 +67,19 @@ func must(t testing.TB, err error) {
 // headers), keyed by their index so they spread over the partitions.
 func produceEvents(t testing.TB, brokers []string, topic string, evs []pipeline.Event) {
 	t.Helper()
+	produceKeyed(t, brokers, topic, evs, func(i int) string { return fmt.Sprint(i) })
+}
+
+// produceKeyed produces evs with the keys keyOf gives.
+func produceKeyed(t testing.TB, brokers []string, topic string, evs []pipeline.Event, keyOf func(int) string) {
+	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(time.Millisecond))
 	must(t, err)
 	defer cl.Close()
 	recs := make([]*kgo.Record, len(evs))
 	for i, ev := range evs {
 		recs[i] = kafka.RecordOf(topic, bus.ToMessage(ev))
-		recs[i].Key = []byte(fmt.Sprint(i))
+		recs[i].Key = []byte(keyOf(i))
 	}
 	must(t, cl.ProduceSync(context.Background(), recs...).FirstErr())
 }
