@@ -28,7 +28,7 @@ import (
 // ends; out is closed once they have.
 type consumer struct {
 	opts   SourceOptions
-	window int
+	window int // MaxInFlight
 	client *kgo.Client
 	out    chan *message.Message
 	slots  chan struct{} // one token per record handed over and not settled
@@ -95,9 +95,9 @@ type sourceDialer struct{ opts SourceOptions }
 func newConsumer(ctx context.Context, o SourceOptions, topic string) (*consumer, error) {
 	c := &consumer{
 		opts:   o,
-		window: o.Source.Window,
+		window: o.MaxInFlight,
 		out:    make(chan *message.Message),
-		slots:  make(chan struct{}, o.Source.Window),
+		slots:  make(chan struct{}, o.MaxInFlight),
 		logger: o.Logger,
 		parts:  map[int32]*partition{},
 	}
@@ -152,7 +152,7 @@ func (h connHook) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ ne
 	}
 }
 
-// poll hands records over in offset order, at most window unsettled.
+// poll hands records over in offset order, at most MaxInFlight unsettled.
 func (c *consumer) poll() {
 	defer c.loops.Done()
 	for {

@@ -31,6 +31,11 @@ const (
 	// DefaultPublishTimeout bounds one produce, retries included; a sink
 	// then fails the event (or, with reconnects, tries again).
 	DefaultPublishTimeout = 10 * time.Second
+	// DefaultMaxInFlight is the most records a source holds unsettled:
+	// four windows, so that the kv store syncs one window while the next
+	// ones are read (one window at a time measured 9k records/s on kfake,
+	// four 25k, on a loaded 2-core machine).
+	DefaultMaxInFlight = 4 * bus.DefaultWindow
 	// StartEarliest starts a group with no committed offset at the
 	// partitions' first record.
 	StartEarliest = "earliest"
@@ -69,6 +74,9 @@ type Options struct {
 	// RevokeWait bounds the wait for in-flight records of revoked
 	// partitions. Default DefaultRevokeWait.
 	RevokeWait time.Duration
+	// MaxInFlight is the most records a source has handed over and not
+	// yet settled, across its partitions. Default DefaultMaxInFlight.
+	MaxInFlight int
 	// ConnectTimeout bounds the first contact with the brokers. Default
 	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
@@ -97,6 +105,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.RevokeWait <= 0 {
 		o.RevokeWait = DefaultRevokeWait
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = DefaultConnectTimeout
@@ -154,9 +165,8 @@ func TLSConfig(ca, cert, key string, insecure bool) (*tls.Config, error) {
 // SourceOptions configure NewSource.
 type SourceOptions struct {
 	Options
-	// Source configures the windowed acknowledgement, retries and dead
-	// letters; its Topic is Options.Topic, its Window the most records
-	// unsettled at once.
+	// Source configures the windowed emission, retries and dead letters;
+	// its Topic is Options.Topic.
 	Source bus.SourceOptions
 	// Reconnect says what to do when the brokers are unreachable at start
 	// (retry with backoff, or fail with FailFast) and, with FailFast, when

@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 
 	"github.com/flowrun/flowrun/component"
@@ -32,6 +33,8 @@ func Spec() component.Spec {
 				Doc: "read: how often finished offsets are committed (also on revoke and at shutdown); after a crash, records finished since the last commit are read again."},
 			{Name: "revoke_wait", Type: component.TypeDuration, Default: DefaultRevokeWait.String(), Min: "1ms",
 				Doc: "read: how long a rebalance waits for the in-flight records of revoked partitions before committing and abandoning the rest to the next owner."},
+			{Name: "max_in_flight", Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxInFlight), Min: "1",
+				Doc: "read: most records handed to the flow and not yet finished, across partitions (`window` is how many are emitted together)."},
 			{Name: "key", Type: component.TypeExpr,
 				Doc: "write: expression giving the record key (string, number or boolean; null or missing: no key), e.g. `data.user_id`."},
 			{Name: "connect_timeout", Type: component.TypeDuration, Default: DefaultConnectTimeout.String(), Min: "1ms",
@@ -77,6 +80,7 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 		Start:          c.String("start"),
 		CommitInterval: c.Duration("commit_interval"),
 		RevokeWait:     c.Duration("revoke_wait"),
+		MaxInFlight:    c.Int("max_in_flight"),
 		ConnectTimeout: c.Duration("connect_timeout"),
 		PublishTimeout: c.Duration("publish_timeout"),
 		TLS:            tlsConf,
