@@ -121,6 +121,9 @@ func newConsumer(ctx context.Context, o SourceOptions, topic string) (*consumer,
 	if o.TLS != nil {
 		kopts = append(kopts, kgo.DialTLSConfig(o.TLS.Clone()))
 	}
+	if o.SASL != nil {
+		kopts = append(kopts, kgo.SASL(o.SASL))
+	}
 	client, err := kgo.NewClient(kopts...)
 	if err != nil {
 		c.cancel()

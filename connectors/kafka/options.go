@@ -9,6 +9,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/bus"
 )
@@ -84,6 +88,8 @@ type Options struct {
 	PublishTimeout time.Duration
 	// TLS, when set, connects with TLS (see TLSConfig).
 	TLS *tls.Config
+	// SASL, when set, authenticates every connection (see SASLMechanism).
+	SASL sasl.Mechanism
 	// Logger receives rebalances, commit failures and connection
 	// trouble. Default slog.Default().
 	Logger *slog.Logger
@@ -160,6 +166,36 @@ func TLSConfig(ca, cert, key string, insecure bool) (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{pair}
 	}
 	return c, nil
+}
+
+// SASL mechanisms (option sasl_mechanism).
+const (
+	SASLPlain       = "PLAIN"
+	SASLScramSHA256 = "SCRAM-SHA-256"
+	SASLScramSHA512 = "SCRAM-SHA-512"
+)
+
+// SASLMechanism returns the SASL mechanism of the options sasl_mechanism,
+// sasl_user and sasl_password: nil when mechanism is "".
+func SASLMechanism(mechanism, user, password string) (sasl.Mechanism, error) {
+	if mechanism == "" {
+		if user != "" || password != "" {
+			return nil, errors.New("sasl_user and sasl_password need sasl_mechanism")
+		}
+		return nil, nil
+	}
+	if user == "" || password == "" {
+		return nil, fmt.Errorf("sasl_mechanism %s needs sasl_user and sasl_password", mechanism)
+	}
+	switch mechanism {
+	case SASLPlain:
+		return plain.Auth{User: user, Pass: password}.AsMechanism(), nil
+	case SASLScramSHA256:
+		return scram.Auth{User: user, Pass: password}.AsSha256Mechanism(), nil
+	case SASLScramSHA512:
+		return scram.Auth{User: user, Pass: password}.AsSha512Mechanism(), nil
+	}
+	return nil, fmt.Errorf("sasl_mechanism %q: want %s, %s or %s", mechanism, SASLPlain, SASLScramSHA256, SASLScramSHA512)
 }
 
 // SourceOptions configure NewSource.

@@ -44,6 +44,9 @@ func newClient(o Options, extra ...kgo.Opt) (*kgo.Client, error) {
 	if o.TLS != nil {
 		kopts = append(kopts, kgo.DialTLSConfig(o.TLS.Clone()))
 	}
+	if o.SASL != nil {
+		kopts = append(kopts, kgo.SASL(o.SASL))
+	}
 	client, err := kgo.NewClient(append(kopts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", bus.ErrConnect, err)

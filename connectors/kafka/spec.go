@@ -41,6 +41,10 @@ func Spec() component.Spec {
 				Doc: "How long the first contact with the brokers, and a commit, may take."},
 			{Name: "publish_timeout", Type: component.TypeDuration, Default: DefaultPublishTimeout.String(), Min: "1ms",
 				Doc: "How long producing one record (a result, a dead letter) may take, retries included."},
+			{Name: "sasl_mechanism", Type: component.TypeEnum, Enum: []string{SASLPlain, SASLScramSHA256, SASLScramSHA512},
+				Doc: "SASL authentication, with sasl_user and sasl_password; none when unset. Use PLAIN only over TLS."},
+			{Name: "sasl_user", Type: component.TypeString, Doc: "SASL user name."},
+			{Name: "sasl_password", Type: component.TypeString, Doc: "SASL password: give it as `${VAR}` so it stays out of the flow file; it is never logged."},
 			{Name: "tls_ca", Type: component.TypePath, Doc: "PEM file of the CAs to trust; setting any tls_ option connects with TLS."},
 			{Name: "tls_cert", Type: component.TypePath, Doc: "PEM client certificate (with tls_key)."},
 			{Name: "tls_key", Type: component.TypePath, Doc: "PEM client key (with tls_cert)."},
@@ -64,6 +68,9 @@ func check(c *component.Config) error {
 	if err != nil {
 		return component.OptionErr("tls", err)
 	}
+	if _, err := SASLMechanism(c.String("sasl_mechanism"), c.String("sasl_user"), c.String("sasl_password")); err != nil {
+		return component.OptionErr("sasl_mechanism", err)
+	}
 	return nil
 }
 
@@ -72,8 +79,13 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 	if err != nil {
 		return component.Component{}, err
 	}
+	mech, err := SASLMechanism(c.String("sasl_mechanism"), c.String("sasl_user"), c.String("sasl_password"))
+	if err != nil {
+		return component.Component{}, err
+	}
 	o := Options{
 		Name:           c.Node,
+		SASL:           mech,
 		Brokers:        c.Strings("brokers"),
 		Topic:          c.String("topic"),
 		Group:          c.String("group"),
