@@ -4,8 +4,8 @@
 // per-message settling, retries and dead letters; bus.Sink for publishing).
 //
 // Reading: a source joins consumer group Group on Topic and hands its
-// records to a bus.Source as watermill messages. At most Window of them are
-// unsettled at once, across and within partitions. Offsets are committed
+// records to a bus.Source as watermill messages. At most MaxInFlight of
+// them are unsettled at once, across and within partitions. Offsets are committed
 // by hand: for each partition, the offset below which every record handed
 // over is settled (acked, or dead-lettered and then acked), every
 // CommitInterval, when partitions are revoked, and at shutdown. A record is
@@ -27,7 +27,8 @@
 //
 // Writing: a sink produces every event it receives with acks=all and the
 // idempotent producer (franz-go's defaults), the record key from an
-// expression, the event's meta as headers.
+// expression, the event's meta as headers; the records of a slice are
+// produced together.
 //
 // Tests run against franz-go's in-process broker kfake; no non-test code of
 // this package imports it.
