@@ -148,10 +148,16 @@ func newConsumer(ctx context.Context, o SourceOptions, topic string) (*consumer,
 // connHook watches the client's broker connections for readiness.
 type connHook struct{ c *consumer }
 
-// OnBrokerConnect implements kgo.HookBrokerConnect.
+// OnBrokerConnect implements kgo.HookBrokerConnect: a failed dial makes
+// the source not ready, a successful one ready again (a topic with no new
+// records gives no successful fetch to tell).
 func (h connHook) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
 	if err != nil {
 		h.c.setDown(fmt.Errorf("%w: broker %s:%d: %w", bus.ErrDisconnected, meta.Host, meta.Port, err))
+		return
+	}
+	if h.c.started.Load() {
+		h.c.setUp()
 	}
 }
 
