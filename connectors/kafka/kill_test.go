@@ -59,7 +59,8 @@ func killAndRestart(t *testing.T, bin string, exact bool, storeOpts string) {
 	b := strings.Join(brokers, ",")
 	flow := fmt.Sprintf(`name: load
 connectors:
-  input:  { type: kafka, mode: read, brokers: %q, topic: in, group: load, window: 256 }
+  input:  { type: kafka, mode: read, brokers: %q, topic: in, group: load, window: 256,
+            commit_interval: 100ms, session_timeout: 6s }
   store:  { type: kv, dir: state, namespace: load%s }
   output: { type: kafka, mode: write, brokers: %q, topic: out }
 links:

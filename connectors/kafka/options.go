@@ -30,6 +30,10 @@ const (
 	// and hands them over. It stays well below franz-go's default
 	// rebalance timeout (60 s), which bounds the whole rebalance.
 	DefaultRevokeWait = 10 * time.Second
+	// DefaultSessionTimeout is how long the group waits for a silent member
+	// (a killed process) before handing its partitions to others:
+	// franz-go's default.
+	DefaultSessionTimeout = 45 * time.Second
 	// DefaultConnectTimeout bounds the first contact with the brokers.
 	DefaultConnectTimeout = 5 * time.Second
 	// DefaultPublishTimeout bounds one produce, retries included; a sink
@@ -78,6 +82,11 @@ type Options struct {
 	// RevokeWait bounds the wait for in-flight records of revoked
 	// partitions. Default DefaultRevokeWait.
 	RevokeWait time.Duration
+	// SessionTimeout is how long the group waits for a silent member
+	// before handing its partitions to others. Default
+	// DefaultSessionTimeout; the broker bounds it (Kafka: 6 s to 30 min by
+	// default).
+	SessionTimeout time.Duration
 	// MaxInFlight is the most records a source has handed over and not
 	// yet settled, across its partitions. Default DefaultMaxInFlight.
 	MaxInFlight int
@@ -111,6 +120,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.RevokeWait <= 0 {
 		o.RevokeWait = DefaultRevokeWait
+	}
+	if o.SessionTimeout <= 0 {
+		o.SessionTimeout = DefaultSessionTimeout
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = DefaultMaxInFlight
