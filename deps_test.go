@@ -15,12 +15,14 @@ var forbiddenDeps = []string{
 	"google.golang.org/grpc",
 	"github.com/nats-io/",
 	"github.com/ThreeDotsLabs/",
+	"github.com/twmb/franz-go",
 	"github.com/yuin/gopher-lua",
 	"github.com/flowrun/flowrun/operators/lua",
 	"github.com/flowrun/flowrun/flows/builtin",
 	"github.com/flowrun/flowrun/flows/replay",
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore",
 	"github.com/flowrun/flowrun/connectors/bus",
+	"github.com/flowrun/flowrun/connectors/kafka",
 	"github.com/flowrun/flowrun/connectors/httpconn",
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/connectors/httpconn"
 	"github.com/flowrun/flowrun/connectors/jsonl"
+	"github.com/flowrun/flowrun/connectors/kafka"
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
@@ -30,6 +31,7 @@ func Register(r *component.Registry) error {
 		lua.Spec(),
 		bus.GoChannelSpec(),
 		bus.NATSSpec(),
+		kafka.Spec(),
 		amqp.Spec(),
 		httpconn.ServerSpec(),
 		httpconn.ClientSpec(),

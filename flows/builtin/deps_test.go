@@ -23,10 +23,12 @@ func TestMinimalSetDeps(t *testing.T) {
 		"google.golang.org/grpc",     // etcd's transport
 		"github.com/nats-io/",        // the nats connector
 		"github.com/rabbitmq/",       // the amqp connector
-		"github.com/ThreeDotsLabs/",  // watermill, under both bus connectors
+		"github.com/ThreeDotsLabs/",  // watermill, under the bus connectors
+		"github.com/twmb/franz-go",   // the kafka connector
 		"github.com/yuin/gopher-lua", // the lua processor
 		"github.com/flowrun/flowrun/connectors/bus",
 		"github.com/flowrun/flowrun/connectors/amqp",
+		"github.com/flowrun/flowrun/connectors/kafka",
 		"github.com/flowrun/flowrun/connectors/kv/etcdstore",
 		"github.com/flowrun/flowrun/operators/lua",
 		"github.com/flowrun/flowrun/flows/builtin",
@@ -43,7 +45,8 @@ func TestMinimalSetDeps(t *testing.T) {
 	}
 	// The full set does link them: the check above can fail.
 	full := strings.Join(goListDeps(t, "."), "\n")
-	for _, want := range []string{"go.etcd.io/etcd/client/v3", "github.com/nats-io/nats.go", "github.com/rabbitmq/amqp091-go", "github.com/yuin/gopher-lua"} {
+	for _, want := range []string{"go.etcd.io/etcd/client/v3", "github.com/nats-io/nats.go", "github.com/rabbitmq/amqp091-go", "github.com/yuin/gopher-lua",
+		"github.com/twmb/franz-go/pkg/kgo"} {
 		if !strings.Contains(full, want) {
 			t.Errorf("the full set does not link %s; the test no longer tells anything", want)
 		}
@@ -75,7 +78,7 @@ func TestRegister(t *testing.T) {
 	if err := builtin.Register(r); err == nil {
 		t.Fatal("registering the built-ins twice in one registry succeeded")
 	}
-	if got := len(builtin.NewRegistry().Types("")); got != 15 {
-		t.Errorf("built-in types: %d, want 14", got)
+	if got := len(builtin.NewRegistry().Types("")); got != 16 {
+		t.Errorf("built-in types: %d, want 16", got)
 	}
 }

@@ -1,0 +1,114 @@
+package kafka_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// gate is a sink that holds the events with data.hold until released.
+type gate struct{ release chan struct{} }
+
+func (g *gate) Process(ctx context.Context, evs []pipeline.Event, _ pipeline.Emitter) error {
+	for _, ev := range evs {
+		if gjson.GetBytes(ev.Data, "hold").Bool() {
+			select {
+			case <-g.release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
+}
+
+// TestCommitWaitsForUnfinishedRecord: in one partition, record 3 is held
+// in the flow while the records after it finish; the committed offset
+// stays at 3 (the held record is read again if the process dies now) over
+// many commit intervals, and passes the end once the record is released.
+func TestCommitWaitsForUnfinishedRecord(t *testing.T) {
+	c := startCluster(t)
+	brokers := c.ListenAddrs()
+	createTopics(t, brokers, "in", "out")
+	var evs []pipeline.Event
+	for i := range 10 {
+		data := fmt.Sprintf(`{"i":%d}`, i)
+		if i == 3 {
+			data = `{"i":3,"hold":true}`
+		}
+		evs = append(evs, pipeline.Event{Data: []byte(data), Meta: []byte(fmt.Sprintf(`{"correlation":"m-%d"}`, i))})
+	}
+	produceKeyed(t, brokers, "in", evs, func(int) string { return "one" })
+	g := &gate{release: make(chan struct{})}
+	r := builtin.NewRegistry()
+	must(t, r.Register(component.Spec{Type: "gate", Kind: component.KindSink, Summary: "Holds events with data.hold.",
+		Build: func(context.Context, *component.Env, *component.Config) (component.Component, error) {
+			return component.Component{Processor: g}, nil
+		}}))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "flow.yaml")
+	must(t, os.WriteFile(path, []byte(fmt.Sprintf(`name: hold
+connectors:
+  input:  { type: kafka, mode: read, brokers: %q, topic: in, group: hold, commit_interval: 10ms }
+  held:   { type: gate }
+  output: { type: kafka, mode: write, brokers: %q, topic: out }
+pipelines:
+  split:
+    - route:
+        hold: 'exists(data.hold)'
+links:
+  - input/out -> split/in
+  - split/hold -> held/in
+  - split/out -> output/in
+`, strings.Join(brokers, ","), strings.Join(brokers, ","))), 0o644))
+	f, diags, err := flows.Load(path, r)
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	built, err := f.Build(context.Background(), flows.BuildOptions{})
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- built.Run(ctx) }()
+	released := false
+	defer func() {
+		if !released {
+			close(g.release)
+		}
+		cancel()
+		<-done
+	}()
+
+	out := readTopic(t, brokers, "out")
+	out.until(t, 20*time.Second, atLeast(9)) // all but the held one
+	var p int32 = -1
+	for id, end := range endOffsets(t, brokers, "in") {
+		if end == 10 {
+			p = id
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // thirty commit intervals
+	if got := committed(t, brokers, "hold", "in")[p]; got != 3 {
+		t.Fatalf("committed %d on partition %d while record 3 is in the flow, want 3", got, p)
+	}
+	close(g.release)
+	released = true
+	deadline := time.Now().Add(10 * time.Second)
+	for committed(t, brokers, "hold", "in")[p] != 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("committed %d after the release, want 10", committed(t, brokers, "hold", "in")[p])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,38 @@
+package kafka
+
+import "testing"
+
+// TestPartitionMark: the mark (the offset a commit would store) is one past
+// the highest offset below which every record handed over is done,
+// whatever order records finish in; gaps in the offsets (compaction,
+// transaction markers) do not hold it back.
+func TestPartitionMark(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		handed  []int64
+		done    []int64
+		want    int64
+		pending int
+	}{
+		{"nothing done", []int64{0, 1, 2}, nil, -1, 3},
+		{"in order", []int64{0, 1, 2}, []int64{0, 1}, 2, 1},
+		{"head undone holds the rest", []int64{0, 1, 2}, []int64{1, 2}, -1, 3},
+		{"head done last releases all", []int64{0, 1, 2}, []int64{2, 1, 0}, 3, 0},
+		{"middle undone", []int64{5, 6, 7, 8}, []int64{5, 7, 8}, 6, 3},
+		{"gaps in offsets", []int64{3, 7, 12}, []int64{12, 3, 7}, 13, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &partition{done: map[int64]bool{}, mark: -1, committed: -1}
+			p.pending = append(p.pending, tc.handed...)
+			for _, o := range tc.done {
+				p.finish(o)
+			}
+			if p.mark != tc.want || len(p.pending) != tc.pending {
+				t.Errorf("mark %d with %d pending, want %d with %d", p.mark, len(p.pending), tc.want, tc.pending)
+			}
+			if len(p.done) > len(p.pending) {
+				t.Errorf("%d done offsets kept for %d pending: a leak", len(p.done), len(p.pending))
+			}
+		})
+	}
+}
