@@ -73,7 +73,7 @@ func TestRegister(t *testing.T) {
 	if err := builtin.Register(r); err == nil {
 		t.Fatal("registering the built-ins twice in one registry succeeded")
 	}
-	if got := len(builtin.NewRegistry().Types("")); got != 14 {
-		t.Errorf("built-in types: %d, want 14", got)
+	if got := len(builtin.NewRegistry().Types("")); got != 15 {
+		t.Errorf("built-in types: %d, want 15", got)
 	}
 }
