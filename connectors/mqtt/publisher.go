@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/flowrun/flowrun/connectors/bus"
 )
+
+// errClosed reports a publish on a closed publisher.
+var errClosed = errors.New("publisher closed")
 
 // publisher is a watermill message.Publisher on one MQTT client, connected
 // on first use and again after a failure. Publish returns once the broker

@@ -2,7 +2,6 @@ package mqtt
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -290,10 +289,9 @@ func (c *conn) release() error {
 		c.wg.Wait() // the forwarder and the watchers
 		<-c.ackerDone
 		c.flushAcks()
-		c.client.Disconnect(disconnectQuiesce)
+		if c.client != nil {
+			c.client.Disconnect(disconnectQuiesce)
+		}
 	})
 	return nil
 }
-
-// errClosed reports a publish on a closed publisher.
-var errClosed = errors.New("publisher closed")
