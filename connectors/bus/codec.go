@@ -98,7 +98,11 @@ func ToEvent(msg *message.Message) (pipeline.Event, error) {
 		}
 	}
 	raw, _ := json.Marshal(string(msg.Payload)) // invalid UTF-8 becomes U+FFFD
-	meta = setString(meta, "error", "message "+msg.UUID+": "+err.Error())
+	what := "message"
+	if msg.UUID != "" {
+		what += " " + msg.UUID
+	}
+	meta = setString(meta, "error", what+": "+err.Error())
 	return pipeline.Event{Data: raw, Meta: meta}, err
 }
 

@@ -68,6 +68,9 @@ func (d *decoder) decode(r received) *message.Message {
 	case IDHash:
 		id = HashID(r.topic, r.payload)
 	default:
+		if !gjson.ValidBytes(data) {
+			break // the Source reports a payload that is not JSON
+		}
 		v := gjson.GetBytes(data, d.idFrom)
 		switch v.Type {
 		case gjson.String, gjson.Number:

@@ -59,7 +59,7 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 	s := &subscriber{opts: opts}
 	sub := bus.NewReconnectingSubscriber(opts.Source.Name, s.dial, opts.Reconnect, opts.Health, opts.Logger)
 	dead := &publisher{opts: opts.Options, clientID: opts.ClientID + "-dead", qos: 1, codec: CodecEvent,
-		timeout: DefaultPublishTimeout}
+		timeout: DefaultPublishTimeout, deadLetters: true}
 	so := opts.Source
 	so.OnClose = func() error {
 		err := sub.Close()

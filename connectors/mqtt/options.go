@@ -52,6 +52,11 @@ const (
 // same payload on the same topic share it.
 const IDHash = "hash"
 
+// SourceMetaKey is the meta field of a dead letter holding the MetaKey
+// fields of the message it was made from (MetaKey then describes the
+// dead letter itself).
+const SourceMetaKey = "mqtt_source"
+
 // MetaKey is the event meta field holding the MQTT fields of a received
 // message: {"topic": ..., "qos": 0|1|2, "retained": bool, "duplicate": bool}.
 const MetaKey = "mqtt"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,9 @@ type publisher struct {
 	retain   bool
 	codec    string
 	timeout  time.Duration
+	// deadLetters marks the dead-letter publisher: the MQTT fields of the
+	// failed message are kept as SourceMetaKey.
+	deadLetters bool
 
 	mu     sync.Mutex
 	client paho.Client
@@ -71,6 +75,9 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		return err
 	}
 	for _, m := range msgs {
+		if p.deadLetters {
+			m = keepSource(m)
+		}
 		tok := p.client.Publish(topic, p.qos, p.retain, encode(m, p.codec))
 		if err := wait(ctx, tok, p.timeout, "publish"); err != nil {
 			p.drop()
@@ -90,4 +97,26 @@ func (p *publisher) Close() error {
 	}
 	p.closed = true
 	return nil
+}
+
+// keepSource returns m with its MetaKey metadata renamed SourceMetaKey.
+func keepSource(m *message.Message) *message.Message {
+	info := m.Metadata.Get(MetaKey)
+	if info == "" {
+		return m
+	}
+	c := message.NewMessage(m.UUID, m.Payload)
+	for k, v := range m.Metadata {
+		c.Metadata.Set(k, v)
+	}
+	delete(c.Metadata, MetaKey)
+	c.Metadata.Set(SourceMetaKey, info)
+	keys := strings.Split(c.Metadata.Get(bus.JSONKeysKey), ",")
+	for i, k := range keys {
+		if k == MetaKey {
+			keys[i] = SourceMetaKey
+		}
+	}
+	c.Metadata.Set(bus.JSONKeysKey, strings.Join(keys, ","))
+	return c
 }
