@@ -40,10 +40,13 @@ start)
   # receive window of a flowrun source (its `window` should not exceed it).
   # max_queued_messages: messages held per client beyond those in flight
   # (also while it is offline); mosquitto drops QoS 1/2 messages over it.
+  # user: run as whoever starts it (as root mosquitto would otherwise
+  # switch to the user "mosquitto", who may not reach DIR).
   # autosave_interval 1: a crash of the broker loses at most ~1 s of
   # messages; a stop (SIGTERM) saves everything.
   cat >"$dir/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
+user $(id -un)
 allow_anonymous true
 persistence true
 persistence_location $dir/data/
@@ -57,8 +60,6 @@ log_type error
 log_type warning
 log_type notice
 CONF
-  # mosquitto running as root drops to the user "mosquitto": let it write.
-  if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then chown -R mosquitto "$dir"; fi
   nohup "$mosq" -c "$dir/mosquitto.conf" >"$dir/stdout.log" 2>&1 &
   echo $! >"$pidfile"
   echo "$dir" >"$dirfile"
