@@ -84,7 +84,7 @@ func TestBrokerRestartMidRun(t *testing.T) {
 	src, err := NewSource(context.Background(), g, SourceOptions{
 		Options: Options{URL: b.url, ClientID: clientID, KeepAlive: 2 * time.Second, ConnectTimeout: 2 * time.Second},
 		Topic:   in, QoS: 1, Codec: CodecEvent,
-		Source:  bus.SourceOptions{Name: "src", Window: 64}, Reconnect: reconnect, Health: health,
+		Source: bus.SourceOptions{Name: "src", Window: 64}, Reconnect: reconnect, Health: health,
 	})
 	must(t, err)
 	sink, err := NewSink(context.Background(), SinkOptions{
