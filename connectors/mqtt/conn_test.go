@@ -63,7 +63,7 @@ func next(t *testing.T, c *conn) *message.Message {
 // again with its id and a higher delivery count, and holds back the acks
 // of the later ones until it is acked.
 func TestAcksInArrivalOrder(t *testing.T) {
-	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON, idFrom: "id"})
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON, idFrom: "id"}, 10)
 	log := &ackLog{}
 	for id := uint16(1); id <= 4; id++ {
 		c.handle(nil, &fakeMessage{id: id, acks: log})
@@ -107,7 +107,7 @@ func TestAcksInArrivalOrder(t *testing.T) {
 // its connection has ended is neither handed over again nor acked: the
 // broker resends it on the next session.
 func TestNackAfterReleaseLeavesTheMessageToTheBroker(t *testing.T) {
-	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON})
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 10)
 	log := &ackLog{}
 	c.handle(nil, &fakeMessage{id: 1, acks: log})
 	c.start()
@@ -122,4 +122,24 @@ func TestNackAfterReleaseLeavesTheMessageToTheBroker(t *testing.T) {
 	if got := log.get(); len(got) != 0 {
 		t.Errorf("acks %v", got)
 	}
+}
+
+// TestMaxInflight: no more than MaxInflight messages are handed over
+// unsettled, whatever the broker sends; settling one frees a slot.
+func TestMaxInflight(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 2)
+	log := &ackLog{}
+	for id := uint16(1); id <= 3; id++ {
+		c.handle(nil, &fakeMessage{id: id, acks: log})
+	}
+	c.start()
+	defer c.release()
+	first, _ := next(t, c), next(t, c)
+	select {
+	case m := <-c.out:
+		t.Fatalf("third message %s handed over with two unsettled", m.UUID)
+	case <-time.After(100 * time.Millisecond):
+	}
+	first.Ack()
+	next(t, c)
 }

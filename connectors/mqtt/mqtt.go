@@ -13,6 +13,9 @@ func (o *SourceOptions) EnsureDefaults() {
 	if o.Codec == "" {
 		o.Codec = CodecJSON
 	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = DefaultMaxInflight
+	}
 	o.Source.Topic = o.Topic
 	if o.Source.Name == "" {
 		o.Source.Name = "mqtt"

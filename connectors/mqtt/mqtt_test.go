@@ -155,6 +155,7 @@ func collect(t testing.TB, url, filter string) *collector {
 		ev, err := Decode(m.Topic(), m.Payload(), m.Qos(), m.Retained(), CodecEvent, "")
 		col.mu.Lock()
 		defer col.mu.Unlock()
+
 		if err != nil {
 			col.bad = append(col.bad, err.Error())
 			return

@@ -25,6 +25,10 @@ const (
 	DefaultKeepAlive = 30 * time.Second
 	// DefaultPublishTimeout bounds the wait for the broker's PUBACK.
 	DefaultPublishTimeout = 10 * time.Second
+	// DefaultMaxInflight is the most messages a source processes
+	// unsettled: twice bus.DefaultWindow, so that a window is emitted
+	// while the previous one is finishing.
+	DefaultMaxInflight = 2 * bus.DefaultWindow
 	// DefaultQoS is the QoS of subscriptions and publishes: at least once.
 	DefaultQoS = 1
 	// DeadLetterSuffix is appended to a topic without wildcards to name
@@ -121,6 +125,11 @@ type SourceOptions struct {
 	QoS byte
 	// Codec is CodecJSON or CodecEvent. Default CodecJSON.
 	Codec string
+	// MaxInflight is the most messages handed to the flow and not yet
+	// settled (acked, nacked or dead-lettered); more wait, received but
+	// unacknowledged. It bounds what a crash makes the flow process
+	// again, whatever the broker sends. Default DefaultMaxInflight.
+	MaxInflight int
 	// IDFrom says where meta.message_id comes from: "" for the envelope's
 	// meta.message_id (CodecEvent; none with CodecJSON), IDHash, or a
 	// gjson path in the data ("event_id", "header.id") whose string or

@@ -31,6 +31,9 @@ func Spec() component.Spec {
 			Doc: "read: where `meta.message_id` (kv's `idem_from` key) comes from: unset, the envelope's `meta.message_id` (codec event; none with codec json); " +
 				"`hash`, a hash of topic and payload (identical messages share it); else a path in the data whose string or number is the id " +
 				"(a message without it is dead-lettered)."},
+		{Name: "max_inflight", Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxInflight), Min: "1", OnlyWhen: read,
+			Doc: "read: most messages being processed and not yet settled; more wait, unacknowledged. It bounds the messages processed " +
+				"again after a crash (at least once); set the broker's own limit (mosquitto `max_inflight_messages`) at least this high."},
 		{Name: "client_id", Type: component.TypeString,
 			Doc: "The MQTT client id; a source's persistent session (its subscription and queued messages) belongs to it. Default `flowrun-FLOW-NODE`."},
 		{Name: "username", Type: component.TypeString, Doc: "User name, when the broker wants one; use `${VAR}`."},
@@ -54,7 +57,7 @@ func Spec() component.Spec {
 		}
 		if f.Name == "window" {
 			f.Doc = "read: most messages emitted together; each is acknowledged as soon as it and the ones received before it are done. " +
-				"The broker bounds the unacknowledged messages (mosquitto's `max_inflight_messages`): set it to at least this."
+				"At most `max_inflight`."
 		}
 		fields = append(fields, f)
 	}
@@ -148,7 +151,7 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 		return component.Component{}, bus.ErrNoGraph
 	}
 	s, err := NewSource(ctx, env.Graph, SourceOptions{Options: o, Topic: c.String("topic"), QoS: byte(c.Int("qos")),
-		Codec: c.String("codec"), IDFrom: c.String("id_from"), Source: bus.SourceOptionsFrom(env, c),
+		Codec: c.String("codec"), IDFrom: c.String("id_from"), MaxInflight: c.Int("max_inflight"), Source: bus.SourceOptionsFrom(env, c),
 		Reconnect: r, Health: health})
 	return component.Component{Source: s}, err
 }

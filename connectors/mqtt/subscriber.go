@@ -59,7 +59,7 @@ type subscriber struct {
 // subscribes to topic and returns the connection's messages.
 func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
 	o := s.opts
-	c := newConn(o.Logger, o.Source.Name, decoder{codec: o.Codec, idFrom: o.IDFrom})
+	c := newConn(o.Logger, o.Source.Name, decoder{codec: o.Codec, idFrom: o.IDFrom}, o.MaxInflight)
 	co := clientOptions(o.Options, o.ClientID).
 		SetCleanSession(false).
 		SetAutoAckDisabled(true).
@@ -110,6 +110,9 @@ type conn struct {
 	dec    decoder
 	client paho.Client
 	out    chan *message.Message
+	// slots holds a token for each message handed over and not yet
+	// settled: at most SourceOptions.MaxInflight.
+	slots chan struct{}
 
 	ctx    context.Context // ends when the connection is lost or released
 	cancel context.CancelFunc
@@ -129,12 +132,13 @@ type conn struct {
 	releaseOnce sync.Once
 }
 
-func newConn(logger *slog.Logger, name string, dec decoder) *conn {
+func newConn(logger *slog.Logger, name string, dec decoder, maxInflight int) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{
 		logger: logger, name: name, dec: dec,
-		out: make(chan *message.Message),
-		ctx: ctx, cancel: cancel,
+		slots: make(chan struct{}, maxInflight),
+		out:   make(chan *message.Message),
+		ctx:   ctx, cancel: cancel,
 		wake:      make(chan struct{}, 1),
 		settled:   map[uint64]paho.Message{},
 		ackWake:   make(chan struct{}, 1),
@@ -181,6 +185,14 @@ func (c *conn) forward() {
 	defer c.wg.Done()
 	defer close(c.out)
 	for {
+		// Wait for a slot: the broker may send more than its window
+		// (mosquitto 2.0 does, for a session's queued messages), but no
+		// more than MaxInflight messages are processed and unsettled.
+		select {
+		case c.slots <- struct{}{}:
+		case <-c.ctx.Done():
+			return
+		}
 		c.mu.Lock()
 		var p pending
 		ok := len(c.queue) > 0
@@ -191,6 +203,7 @@ func (c *conn) forward() {
 		}
 		c.mu.Unlock()
 		if !ok {
+			<-c.slots
 			select {
 			case <-c.wake:
 				continue
@@ -217,11 +230,13 @@ func (c *conn) watch(p pending) {
 	defer c.wg.Done()
 	select {
 	case <-p.msg.Acked():
+		<-c.slots
 		c.ackMu.Lock()
 		c.settled[p.seq] = p.pm
 		c.ackMu.Unlock()
 		signal(c.ackWake)
 	case <-p.msg.Nacked():
+		<-c.slots
 		if c.ctx.Err() != nil {
 			return
 		}
