@@ -20,6 +20,9 @@ func (o *SourceOptions) EnsureDefaults() {
 	if o.Source.Name == "" {
 		o.Source.Name = "mqtt"
 	}
+	if o.Source.Window <= 0 {
+		o.Source.Window = bus.DefaultWindow
+	}
 	if o.Source.DeadLetter == "" {
 		o.Source.DeadLetter = DefaultDeadLetter(o.Topic)
 	}
@@ -43,7 +46,13 @@ func (o *SourceOptions) Validate() error {
 	if err := checkCodec(o.Codec); err != nil {
 		return err
 	}
-	return checkDeadLetter(o.Topic, o.Source.DeadLetter)
+	if err := checkDeadLetter(o.Topic, o.Source.DeadLetter); err != nil {
+		return fmt.Errorf("%w: %w", ErrOptions, err)
+	}
+	if o.Source.Window > o.MaxInflight {
+		return fmt.Errorf("%w: window %d is more than max_inflight %d", ErrOptions, o.Source.Window, o.MaxInflight)
+	}
+	return nil
 }
 
 // NewSource returns a bus Source reading the MQTT topic filter opts.Topic

@@ -250,13 +250,13 @@ func DefaultDeadLetter(filter string) string {
 // or that the source's own filter matches (dead letters would come back).
 func checkDeadLetter(filter, dead string) error {
 	if dead == "" {
-		return fmt.Errorf("%w: topic %q has wildcards: give a dead_letter topic outside it", ErrOptions, filter)
+		return fmt.Errorf("topic %q has wildcards: give a dead_letter topic outside it", filter)
 	}
 	if err := CheckTopicName(dead); err != nil {
-		return fmt.Errorf("%w: dead_letter: %w", ErrOptions, err)
+		return fmt.Errorf("dead_letter: %w", err)
 	}
 	if Match(filter, dead) {
-		return fmt.Errorf("%w: dead_letter %q matches the topic %q: dead letters would be read again", ErrOptions, dead, filter)
+		return fmt.Errorf("dead_letter %q matches the topic %q: dead letters would be read again", dead, filter)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -55,6 +56,10 @@ func Spec() component.Spec {
 			f.Doc = "read: topic receiving failed messages (codec event, with `meta.error`); default the topic + `" + DeadLetterSuffix +
 				"`; required when the topic has wildcards, and must not match it."
 		}
+		if f.Name == "max_deliveries" {
+			f.Doc = "read: deliveries after which a message that still fails goes to the dead-letter topic. MQTT has no delivery count: " +
+				"the connector counts the retries it makes, anew after a reconnect or restart, so a message that kills the process is not set aside (see docs/bus.md)."
+		}
 		if f.Name == "window" {
 			f.Doc = "read: most messages emitted together; each is acknowledged as soon as it and the ones received before it are done. " +
 				"At most `max_inflight`."
@@ -95,7 +100,10 @@ func check(c *component.Config) error {
 		dead = DefaultDeadLetter(topic)
 	}
 	if err := checkDeadLetter(topic, dead); err != nil {
-		return component.OptionErr("dead_letter", errors.Unwrap(err))
+		return component.OptionErr("dead_letter", err)
+	}
+	if w, m := c.Int("window"), c.Int("max_inflight"); w > m {
+		return component.OptionErr("window", fmt.Errorf("%d is more than max_inflight %d: a window could never fill", w, m))
 	}
 	if (c.String("tls_cert") == "") != (c.String("tls_key") == "") {
 		return component.OptionErr("tls_key", errors.New("tls_cert and tls_key go together"))
