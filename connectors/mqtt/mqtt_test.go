@@ -86,6 +86,14 @@ func connect(t testing.TB, url, id string, clean bool, handler paho.MessageHandl
 	return c
 }
 
+// subscribe subscribes c to filter and waits for the broker's answer.
+func subscribe(t testing.TB, c paho.Client, filter string, qos byte) {
+	t.Helper()
+	if st := c.Subscribe(filter, qos, nil); !st.WaitTimeout(5*time.Second) || st.Error() != nil {
+		t.Fatalf("subscribe %s: %v", filter, st.Error())
+	}
+}
+
 // createSession makes the persistent session of clientID subscribed to
 // filter, as a flowrun source would, so that messages published before
 // the source first runs wait for it.
@@ -355,7 +363,7 @@ func TestWildcardsMetaAndDeadLetters(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	must(t, outC.Subscribe(out, 1, nil).Error())
+	subscribe(t, outC, out, 1)
 	time.Sleep(100 * time.Millisecond)
 
 	// The sink publishes the event's data (codec json): meta.mqtt is
@@ -429,7 +437,7 @@ func TestSinkQoS2Retained(t *testing.T) {
 	must(t, sink.Close(context.Background()))
 	got := make(chan paho.Message, 1)
 	c := connect(t, url, "late-"+randomID(), true, func(_ paho.Client, m paho.Message) { got <- m })
-	must(t, c.Subscribe(topic, 2, nil).Error())
+	subscribe(t, c, topic, 2)
 	select {
 	case m := <-got:
 		if !m.Retained() || gjson.GetBytes(m.Payload(), "meta.correlation").String() != "r1" || gjson.GetBytes(m.Payload(), "data.v").Int() != 1 {
