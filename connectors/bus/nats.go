@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
+
+	"github.com/flowrun/flowrun/component"
 )
 
 // Defaults for NATSOptions.
@@ -51,6 +54,14 @@ type NATSOptions struct {
 	// Logger receives the watermill adapter's logs (at debug level) and
 	// connection events. Default slog.Default().
 	Logger *slog.Logger
+	// Reconnect says what happens when the broker is unreachable at start
+	// or goes away: by default the connector connects again with backoff
+	// (nats.go reconnects an established connection by itself) and the
+	// flow waits; with FailFast the build, or the flow, fails.
+	Reconnect Reconnect
+	// Health, when set, reports the connector not ready while it is not
+	// connected.
+	Health *component.Health
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -67,6 +78,7 @@ func (o *NATSOptions) EnsureDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	o.Reconnect.EnsureDefaults()
 }
 
 // StreamName returns the stream name derived from a subject: characters a
@@ -121,17 +133,28 @@ func (c *natsConn) waitClosed(timeout time.Duration) error {
 func connect(ctx context.Context, name string, o NATSOptions, subjects ...string) (*natsConn, error) {
 	logger := o.Logger
 	closed := make(chan struct{})
+	maxReconnects := -1 // nats.go reconnects by itself, for ever
+	if o.Reconnect.FailFast {
+		maxReconnects = 0 // a lost connection closes, ending the flow
+	}
 	conn, err := nats.Connect(o.URL,
 		nats.Name("flowrun "+name),
 		nats.Timeout(o.ConnectTimeout),
-		nats.MaxReconnects(-1),
+		nats.MaxReconnects(maxReconnects),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				logger.Warn("disconnected from NATS", "node", name, "error", err)
+			if err == nil {
+				return // closed on purpose
+			}
+			logger.Warn("disconnected from NATS", "node", name, "error", err)
+			if o.Health != nil {
+				o.Health.Set(name, fmt.Errorf("%w: %w", ErrDisconnected, err))
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			logger.Info("reconnected to NATS", "node", name, "url", c.ConnectedUrl())
+			if o.Health != nil {
+				o.Health.Set(name, nil)
+			}
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { close(closed) }),
 	)
@@ -280,13 +303,16 @@ type NATSSourceOptions struct {
 	Source SourceOptions
 }
 
-// NewNATSSource connects to JetStream, binds the durable consumer
-// opts.Durable on opts.Subject (creating the stream and consumer when
-// missing, the dead-letter subject's stream too) and returns a Source
-// feeding graph. The consumer acknowledges explicitly, waits AckWait before
-// redelivering, and lets at most Window messages be unacknowledged, one per
-// watermill subscriber (watermill hands a subscriber its next message only
-// after the previous one is settled, so Window subscribers make a window).
+// NewNATSSource returns a Source feeding graph from the durable consumer
+// opts.Durable on opts.Subject. It connects in the background (creating
+// the stream and consumer when missing, the dead-letter subject's stream
+// too), again with opts.Reconnect's backoff while the broker is
+// unreachable, reporting the node not ready to opts.Health meanwhile; with
+// Reconnect.FailFast it connects here and fails when it cannot. The
+// consumer acknowledges explicitly, waits AckWait before redelivering, and
+// lets at most Window messages be unacknowledged, one per watermill
+// subscriber (watermill hands a subscriber its next message only after the
+// previous one is settled, so Window subscribers make a window).
 func NewNATSSource(ctx context.Context, graph Graph, opts NATSSourceOptions) (*Source, error) {
 	opts.NATSOptions.EnsureDefaults()
 	so := opts.Source
@@ -301,14 +327,34 @@ func NewNATSSource(ctx context.Context, graph Graph, opts NATSSourceOptions) (*S
 	if opts.Durable == "" {
 		return nil, fmt.Errorf("source %s: %w: no durable consumer name", so.Name, ErrSubscribe)
 	}
-	nc, err := connect(ctx, so.Name, opts.NATSOptions, opts.Subject, so.DeadLetter)
+	dead := &natsDeadLetters{}
+	dial := func(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
+		return dialNATSSource(ctx, so, opts.NATSOptions, topic, dead)
+	}
+	rs := NewReconnectingSubscriber(so.Name, dial, opts.Reconnect, opts.Health, opts.Logger)
+	so.OnClose = rs.Close
+	src, err := NewSource(ctx, rs, dead, graph, so)
 	if err != nil {
-		return nil, fmt.Errorf("source %s: %w", so.Name, err)
+		_ = rs.Close()
+		if errors.Is(err, ErrDisconnected) {
+			err = fmt.Errorf("%w: %w", ErrConnect, err)
+		}
+		return nil, err
+	}
+	return src, nil
+}
+
+// dialNATSSource makes one connection of a source: the streams, the
+// consumer, the subscription, and the publisher of its dead letters.
+func dialNATSSource(ctx context.Context, so SourceOptions, opts NATSOptions, topic string, dead *natsDeadLetters) (<-chan *message.Message, func() error, error) {
+	nc, err := connect(ctx, so.Name, opts, opts.Subject, so.DeadLetter)
+	if err != nil {
+		return nil, nil, err
 	}
 	conn, stream := nc.conn, nc.streams[opts.Subject]
 	if err := ensureConsumer(ctx, nc.js, stream, opts.Subject, opts.Durable, opts.AckWait, so.Window); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("source %s: %w: %w", so.Name, ErrSubscribe, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrSubscribe, err)
 	}
 	wl := watermillLogger(opts.Logger)
 	sub, err := wmnats.NewSubscriberWithNatsConn(conn, wmnats.SubscriberSubscriptionConfig{
@@ -330,14 +376,33 @@ func NewNATSSource(ctx context.Context, graph Graph, opts NATSSourceOptions) (*S
 	}, wl)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("source %s: %w: %w", so.Name, ErrSubscribe, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrSubscribe, err)
 	}
 	pub, err := newNATSPublisher(conn, wl)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("source %s: %w", so.Name, err)
+		return nil, nil, err
 	}
-	so.OnClose = func() error {
+	// The subscription ends when the connection closes for good (lost
+	// under fail_fast): the reconnecting subscriber then sees it lost.
+	subCtx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-nc.closed:
+		case <-subCtx.Done():
+		}
+		cancel()
+	}()
+	msgs, err := sub.Subscribe(subCtx, topic)
+	if err != nil {
+		cancel()
+		_ = sub.Close()
+		return nil, nil, fmt.Errorf("%w to %q: %w", ErrSubscribe, topic, err)
+	}
+	dead.set(pub)
+	release := func() error {
+		dead.set(nil)
+		cancel()
 		// Subscriber.Close starts draining the connection: acks still
 		// being sent go out before it closes. Wait for that, so a process
 		// exiting right after Close loses none.
@@ -347,13 +412,37 @@ func NewNATSSource(ctx context.Context, graph Graph, opts NATSSourceOptions) (*S
 		}
 		return err
 	}
-	src, err := NewSource(ctx, sub, pub, graph, so)
-	if err != nil {
-		_ = sub.Close()
-		return nil, err
-	}
-	return src, nil
+	return msgs, release, nil
 }
+
+// natsDeadLetters publishes a source's dead letters through its current
+// connection.
+type natsDeadLetters struct {
+	mu  sync.Mutex
+	pub message.Publisher
+}
+
+func (d *natsDeadLetters) set(pub message.Publisher) {
+	d.mu.Lock()
+	d.pub = pub
+	d.mu.Unlock()
+}
+
+// Publish implements message.Publisher; it fails while not connected (the
+// message is then redelivered and dead-lettered later).
+func (d *natsDeadLetters) Publish(topic string, msgs ...*message.Message) error {
+	d.mu.Lock()
+	pub := d.pub
+	d.mu.Unlock()
+	if pub == nil {
+		return ErrDisconnected
+	}
+	return pub.Publish(topic, msgs...)
+}
+
+// Close implements message.Publisher; the connection is closed by the
+// source.
+func (d *natsDeadLetters) Close() error { return nil }
 
 func newNATSPublisher(conn *nats.Conn, wl watermill.LoggerAdapter) (*wmnats.Publisher, error) {
 	pub, err := wmnats.NewPublisherWithNatsConn(conn, wmnats.PublisherPublishConfig{
@@ -366,26 +455,81 @@ func newNATSPublisher(conn *nats.Conn, wl watermill.LoggerAdapter) (*wmnats.Publ
 	return pub, nil
 }
 
-// NewNATSSink connects to JetStream, makes sure a stream captures
-// opts.Subject and returns a Sink publishing there. Each publish waits for
-// the broker's acknowledgement that the message is stored.
+// NewNATSSink returns a Sink publishing to opts.Subject, making sure a
+// stream captures it. Each publish waits for the broker's acknowledgement
+// that the message is stored. The connection is made on the first publish
+// and again after it fails, retried with opts.Reconnect's backoff while
+// the flow waits; with Reconnect.FailFast it is made here, and a failed
+// publish fails its event at once.
 func NewNATSSink(ctx context.Context, name string, opts NATSOptions) (*Sink, error) {
 	opts.EnsureDefaults()
 	if opts.Subject == "" {
 		return nil, fmt.Errorf("sink %s: %w: no subject", name, ErrPublish)
 	}
-	nc, err := connect(ctx, name, opts, opts.Subject)
-	if err != nil {
-		return nil, fmt.Errorf("sink %s: %w", name, err)
+	p := &natsSinkPublisher{name: name, opts: opts}
+	if opts.Reconnect.FailFast {
+		if err := p.connect(ctx); err != nil {
+			return nil, fmt.Errorf("sink %s: %w (fail_fast): %w", name, ErrDisconnected, err)
+		}
 	}
-	pub, err := newNATSPublisher(nc.conn, watermillLogger(opts.Logger))
+	r := opts.Reconnect
+	return NewSink(p, SinkOptions{Name: name, Topic: opts.Subject, Reconnect: &r, Health: opts.Health, Logger: opts.Logger,
+		OnClose: p.close})
+}
+
+// natsSinkPublisher is a sink's connection, made when first needed.
+type natsSinkPublisher struct {
+	name string
+	opts NATSOptions
+	mu   sync.Mutex
+	nc   *natsConn
+	pub  *wmnats.Publisher
+}
+
+func (p *natsSinkPublisher) connect(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.nc != nil && !p.nc.conn.IsClosed() {
+		return nil
+	}
+	nc, err := connect(ctx, p.name, p.opts, p.opts.Subject)
+	if err != nil {
+		return err
+	}
+	pub, err := newNATSPublisher(nc.conn, watermillLogger(p.opts.Logger))
 	if err != nil {
 		nc.conn.Close()
-		return nil, fmt.Errorf("sink %s: %w", name, err)
+		return err
 	}
-	// Every publish already waited for the broker's ack: draining only
-	// tidies the connection.
-	return NewSink(pub, SinkOptions{Name: name, Topic: opts.Subject, OnClose: func() error {
-		return nc.drain(opts.ConnectTimeout)
-	}})
+	p.nc, p.pub = nc, pub
+	return nil
+}
+
+// Publish implements message.Publisher, connecting first when needed.
+func (p *natsSinkPublisher) Publish(topic string, msgs ...*message.Message) error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.opts.ConnectTimeout)
+	defer cancel()
+	if err := p.connect(ctx); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	pub := p.pub
+	p.mu.Unlock()
+	return pub.Publish(topic, msgs...)
+}
+
+// Close implements message.Publisher.
+func (p *natsSinkPublisher) Close() error { return nil }
+
+// close drains the connection, if any. Every publish already waited for
+// the broker's ack: draining only tidies the connection.
+func (p *natsSinkPublisher) close() error {
+	p.mu.Lock()
+	nc := p.nc
+	p.nc, p.pub = nil, nil
+	p.mu.Unlock()
+	if nc == nil {
+		return nil
+	}
+	return nc.drain(p.opts.ConnectTimeout)
 }

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -176,16 +178,27 @@ func TestNATSRoundTripRestartAndDeadLetter(t *testing.T) {
 
 func TestNATSConnectErrors(t *testing.T) {
 	g := pipeline.New(pipeline.Options{})
+	failFast := Reconnect{FailFast: true}
 	_, err := NewNATSSource(context.Background(), g, NATSSourceOptions{
-		NATSOptions: NATSOptions{URL: "nats://127.0.0.1:1", Subject: "x", Durable: "d", ConnectTimeout: 500 * time.Millisecond},
+		NATSOptions: NATSOptions{URL: "nats://127.0.0.1:1", Subject: "x", Durable: "d", ConnectTimeout: 500 * time.Millisecond, Reconnect: failFast},
 	})
-	if err == nil || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
-		t.Errorf("unreachable broker: %v", err)
+	if !errors.Is(err, ErrConnect) || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
+		t.Errorf("unreachable broker under fail_fast: %v", err)
 	}
 	if _, err := NewNATSSource(context.Background(), g, NATSSourceOptions{NATSOptions: NATSOptions{Subject: "x"}}); err == nil {
 		t.Error("source without durable accepted")
 	}
-	if _, err := NewNATSSink(context.Background(), "s", NATSOptions{URL: "nats://127.0.0.1:1", Subject: "x", ConnectTimeout: 500 * time.Millisecond}); err == nil {
-		t.Error("sink to an unreachable broker built")
+	if _, err := NewNATSSink(context.Background(), "s", NATSOptions{URL: "nats://127.0.0.1:1", Subject: "x", ConnectTimeout: 500 * time.Millisecond, Reconnect: failFast}); !errors.Is(err, ErrDisconnected) {
+		t.Errorf("sink to an unreachable broker under fail_fast: %v", err)
 	}
+	// Without fail_fast both build, and wait for the broker.
+	h := &component.Health{}
+	src, err := NewNATSSource(context.Background(), g, NATSSourceOptions{
+		NATSOptions: NATSOptions{URL: "nats://127.0.0.1:1", Subject: "x", Durable: "d", ConnectTimeout: 100 * time.Millisecond, Health: h},
+	})
+	if err != nil {
+		t.Fatalf("source to an unreachable broker: %v", err)
+	}
+	waitFor(t, "the source to report itself not ready", func() bool { return h.Err() != nil })
+	must(t, src.Close(context.Background()))
 }

@@ -23,25 +23,28 @@ var localKey = component.NewKey[*gochannel.GoChannel]("bus.Local")
 // Without it each build gets a bus of its own.
 func UseLocal(res *component.Resources, local *gochannel.GoChannel) { localKey.Put(res, local) }
 
-// modeKind tells a bus connector's role from its mode option.
-func modeKind(c *component.Config) component.Kind {
+// ModeKind tells a bus connector's role from its mode option: a source for
+// "read", a sink otherwise.
+func ModeKind(c *component.Config) component.Kind {
 	if c.String("mode") == "read" {
 		return component.KindSource
 	}
 	return component.KindSink
 }
 
-func modePorts(c *component.Config) []string {
-	if modeKind(c) == component.KindSource {
+// ModePorts are the ports of a bus connector: those of a Source in mode
+// read, none otherwise.
+func ModePorts(c *component.Config) []string {
+	if ModeKind(c) == component.KindSource {
 		return Ports()
 	}
 	return nil
 }
 
-// sourceFields are the delivery options shared by the bus sources;
+// SourceFields are the delivery options shared by the bus sources;
 // SourceOptions.EnsureDefaults takes a zero for the default, so each has a
 // minimum.
-func sourceFields() []component.Field {
+func SourceFields() []component.Field {
 	itoa := strconv.Itoa
 	return []component.Field{
 		{Name: "window", Type: component.TypeInt, Default: itoa(DefaultWindow), Min: "1",
@@ -61,7 +64,9 @@ func sourceFields() []component.Field {
 	}
 }
 
-func sourceOptions(env *component.Env, c *component.Config) SourceOptions {
+// SourceOptionsFrom reads the SourceFields of c into SourceOptions named
+// after the node (Topic is left to the caller).
+func SourceOptionsFrom(env *component.Env, c *component.Config) SourceOptions {
 	return SourceOptions{
 		Name:          c.Node,
 		Window:        c.Int("window"),
@@ -96,12 +101,14 @@ func ReconnectOptions(c *component.Config) Reconnect {
 	}
 }
 
-func modeField() component.Field {
+// ModeField is the mode option of a bus connector: read or write.
+func ModeField() component.Field {
 	return component.Field{Name: "mode", Type: component.TypeEnum, Required: true, Enum: []string{"read", "write"},
 		Doc: "read: a source consuming the topic; write: a sink publishing to it."}
 }
 
-var errNoGraph = errors.New("a bus source needs the graph it feeds")
+// ErrNoGraph reports a bus source built without the graph it feeds.
+var ErrNoGraph = errors.New("a bus source needs the graph it feeds")
 
 // GoChannelSpec declares the gochannel connector: the in-process bus of
 // Env.Resources (see UseLocal).
@@ -109,26 +116,26 @@ func GoChannelSpec() component.Spec {
 	return component.Spec{
 		Type:   "gochannel",
 		Kind:   component.KindSink,
-		KindOf: modeKind,
+		KindOf: ModeKind,
 		Summary: "The in-process message bus (watermill gochannel) shared by the flows of one process: `mode: read` " +
 			"consumes a topic with at-least-once delivery (see docs/bus.md), `mode: write` publishes every event it receives. " +
 			"Nothing is persisted: messages published while no flow reads the topic are dropped.",
 		Fields: append([]component.Field{
-			modeField(),
+			ModeField(),
 			{Name: "topic", Aliases: []string{"subject"}, Type: component.TypeString, Required: true, Doc: "The topic."},
-		}, sourceFields()...),
-		Ports:    modePorts,
+		}, SourceFields()...),
+		Ports:    ModePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
 			local := localKey.Shared(env.Resources, func() *gochannel.GoChannel { return NewLocal(env.Logger) })
-			if modeKind(c) == component.KindSink {
+			if ModeKind(c) == component.KindSink {
 				s, err := NewSink(local, SinkOptions{Name: c.Node, Topic: c.String("topic")})
 				return component.Component{Processor: s}, err
 			}
 			if env.Graph == nil {
-				return component.Component{}, errNoGraph
+				return component.Component{}, ErrNoGraph
 			}
-			o := sourceOptions(env, c)
+			o := SourceOptionsFrom(env, c)
 			o.Topic = c.String("topic")
 			s, err := NewSource(ctx, local, local, env.Graph, o)
 			return component.Component{Source: s}, err
@@ -141,13 +148,13 @@ func NATSSpec() component.Spec {
 	return component.Spec{
 		Type:   "nats",
 		Kind:   component.KindSink,
-		KindOf: modeKind,
+		KindOf: ModeKind,
 		Summary: "NATS JetStream through watermill: `mode: read` consumes a subject through a durable consumer with " +
 			"at-least-once delivery, acknowledging messages once the flow has handled them, redelivering failed ones and " +
 			"dead-lettering those that keep failing (see docs/bus.md); `mode: write` publishes every event it receives and " +
 			"waits for the broker to store it. Streams and the consumer are created when missing.",
 		Fields: append([]component.Field{
-			modeField(),
+			ModeField(),
 			{Name: "url", Type: component.TypeString, Default: DefaultNATSURL, Doc: "The broker's address."},
 			{Name: "subject", Aliases: []string{"topic"}, Type: component.TypeString, Required: true, Doc: "The subject."},
 			{Name: "stream", Type: component.TypeString,
@@ -158,8 +165,8 @@ func NATSSpec() component.Spec {
 				Doc: "read: how long the broker waits for an ack before redelivering (after a crash, too)."},
 			{Name: "connect_timeout", Type: component.TypeDuration, Default: DefaultConnectTimeout.String(), Min: "1ms",
 				Doc: "How long connecting, and draining at shutdown, may take."},
-		}, sourceFields()...),
-		Ports:    modePorts,
+		}, append(ReconnectFields(), SourceFields()...)...),
+		Ports:    ModePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Check:    checkNATSNames,
 		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
@@ -171,13 +178,15 @@ func NATSSpec() component.Spec {
 				AckWait:        c.Duration("ack_wait"),
 				ConnectTimeout: c.Duration("connect_timeout"),
 				Logger:         env.Logger,
+				Reconnect:      ReconnectOptions(c),
+				Health:         component.HealthOf(env.Resources),
 			}
-			if modeKind(c) == component.KindSink {
+			if ModeKind(c) == component.KindSink {
 				s, err := NewNATSSink(ctx, c.Node, no)
 				return component.Component{Processor: s}, err
 			}
 			if env.Graph == nil {
-				return component.Component{}, errNoGraph
+				return component.Component{}, ErrNoGraph
 			}
 			if no.Durable == "" {
 				flow := env.Flow
@@ -186,7 +195,7 @@ func NATSSpec() component.Spec {
 				}
 				no.Durable = StreamName(flow + "_" + c.Node)
 			}
-			s, err := NewNATSSource(ctx, env.Graph, NATSSourceOptions{NATSOptions: no, Source: sourceOptions(env, c)})
+			s, err := NewNATSSource(ctx, env.Graph, NATSSourceOptions{NATSOptions: no, Source: SourceOptionsFrom(env, c)})
 			return component.Component{Source: s}, err
 		},
 	}

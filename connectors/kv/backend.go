@@ -1,6 +1,9 @@
 package kv
 
-import "context"
+import (
+	"context"
+	"strconv"
+)
 
 // Backend is the storage seam under the kv command set: an ordered byte-key
 // store with per-key expiry and atomic, serialised read-modify-write
@@ -96,4 +99,40 @@ type ReadHinter interface {
 // they were made, after every Update or Submit that returned before.
 type Submitter interface {
 	Submit(ctx context.Context, fns []TxnFunc, errs []error) (wait func() error)
+}
+
+// WriteOp is the kind of a Write: which Txn method made it.
+type WriteOp uint8
+
+// Write kinds.
+const (
+	WriteSet         WriteOp = 1 // Txn.Set(Key, Value, ExpireAt)
+	WriteDelete      WriteOp = 2 // Txn.Delete(Key)
+	WriteDeleteRange WriteOp = 3 // Txn.DeleteRange(Key, End)
+)
+
+// String returns the Txn method the WriteOp stands for.
+func (o WriteOp) String() string {
+	switch o {
+	case WriteSet:
+		return "set"
+	case WriteDelete:
+		return "delete"
+	case WriteDeleteRange:
+		return "delete_range"
+	}
+	return "write_op(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Write is one write a transaction made, as Txn received it: the store's
+// keys, values as given to Set, ExpireAt in Unix milliseconds (0: never
+// expires). Backends that replicate their commit groups describe them as
+// Writes (pebblestore.Replicator), and replaying them in order through
+// Txn reproduces the store's contents.
+type Write struct {
+	Op       WriteOp
+	Key      []byte // for WriteDeleteRange, the start of the range
+	End      []byte // WriteDeleteRange only: the range is [Key, End)
+	Value    []byte // WriteSet only
+	ExpireAt int64  // WriteSet only
 }

@@ -25,6 +25,13 @@ import (
 // trackChunk is how many input events share one tracker.
 const trackChunk = 1024
 
+// maxUnwritten bounds the input events fed into the flow and not yet
+// written: beyond it the source waits, in Flush, for the oldest to be
+// written, so that a replay's memory does not grow with how far the
+// reader runs ahead of the store (queues full of events, and outputs held
+// for input order).
+const maxUnwritten = 4 * trackChunk
+
 // Capture collects the events reaching a flow's sinks and writes them as
 // JSON lines in input order, as the input events they derive from complete.
 type Capture struct {
@@ -38,7 +45,8 @@ type Capture struct {
 	buf       []byte
 	check     ijson.Checker
 	written   uint64
-	err       error // first write error
+	err       error         // first write error
+	progress  chan struct{} // cap 1: an input event was written
 }
 
 // unwritten is what is known of one input event whose captured output is
@@ -56,7 +64,8 @@ type captured struct {
 
 // NewCapture returns a capture writing to w.
 func NewCapture(w io.Writer) *Capture {
-	return &Capture{sinks: map[string]int{}, bases: map[*pipeline.Tracker]uint64{}, w: bufio.NewWriterSize(w, 64<<10)}
+	return &Capture{sinks: map[string]int{}, bases: map[*pipeline.Tracker]uint64{}, w: bufio.NewWriterSize(w, 64<<10),
+		progress: make(chan struct{}, 1)}
 }
 
 // Sink returns the processor that stands in for the sink named name. The
@@ -143,6 +152,12 @@ func (c *Capture) done(seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.slot(seq).done = true
+	if c.unwritten[0].done {
+		select {
+		case c.progress <- struct{}{}:
+		default:
+		}
+	}
 	for len(c.unwritten) > 0 && c.unwritten[0].done {
 		out := c.unwritten[0].out
 		sort.SliceStable(out, func(i, j int) bool { return out[i].sink < out[j].sink })
@@ -186,6 +201,27 @@ func (c *Capture) Release() error {
 	return c.w.Flush()
 }
 
+// unwrittenCount returns how many input events are tracked and not yet
+// written.
+func (c *Capture) unwrittenCount() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tracked - c.next
+}
+
+// waitRoom waits until at most max input events are tracked and not yet
+// written, or ctx ends.
+func (c *Capture) waitRoom(ctx context.Context, max uint64) error {
+	for c.unwrittenCount() > max {
+		select {
+		case <-c.progress:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // Written returns how many events have been written so far.
 func (c *Capture) Written() uint64 {
 	c.mu.Lock()
@@ -219,6 +255,16 @@ func appendLine(c *ijson.Checker, dst []byte, sink string, ev pipeline.Event) []
 type WindowedSource struct {
 	Inner   pipeline.Source
 	Capture *Capture
+	// MaxUnwritten bounds the input events in the flow and not yet
+	// written; the source waits beyond it. Default 4,096.
+	MaxUnwritten int
+}
+
+func (s *WindowedSource) max() uint64 {
+	if s.MaxUnwritten > 0 {
+		return uint64(s.MaxUnwritten)
+	}
+	return maxUnwritten
 }
 
 // Run implements pipeline.Source.
@@ -231,6 +277,18 @@ type windowEmitter struct {
 	s    *WindowedSource
 	tr   *pipeline.Tracker
 	used int // events tracked with tr
+}
+
+// Flush sends the queued events on, then waits while too many input
+// events are in the flow and not yet written (maxUnwritten).
+func (w *windowEmitter) Flush(ctx context.Context) error {
+	if err := w.SourceEmitter.Flush(ctx); err != nil {
+		return err
+	}
+	if w.s.Capture == nil {
+		return nil
+	}
+	return w.s.Capture.waitRoom(ctx, w.s.max())
 }
 
 func (w *windowEmitter) Emit(port string, ev pipeline.Event) {

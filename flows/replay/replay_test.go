@@ -81,3 +81,48 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestSourceWaitsForRoom checks that the replay's source does not run
+// ahead of the flow by more than MaxUnwritten input events (plus the
+// slice it is emitting), however deep the graph's queues are.
+func TestSourceWaitsForRoom(t *testing.T) {
+	const limit, slice, total = 2048, 256, 40_000
+	var out bytes.Buffer
+	capture := NewCapture(&out)
+	inner := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
+		for i := 1; i <= total; i++ {
+			emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte(strconv.Itoa(i))})
+			if i%slice == 0 {
+				if err := emit.Flush(ctx); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	src := &WindowedSource{Inner: inner, Capture: capture, MaxUnwritten: limit}
+	g := pipeline.New(pipeline.Options{QueueDepth: 1024})
+	var most uint64
+	slow := func(_ context.Context, b []pipeline.Event, e pipeline.Emitter) error {
+		most = max(most, capture.unwrittenCount())
+		time.Sleep(20 * time.Microsecond)
+		for _, ev := range b {
+			e.Emit(pipeline.PortOut, ev)
+		}
+		return nil
+	}
+	must(t, g.AddSource("src", src, pipeline.PortOut))
+	must(t, g.AddProcessor("slow", pipeline.ProcessorFunc(slow), pipeline.PortOut))
+	must(t, g.AddProcessor("all", capture.Sink("all")))
+	must(t, g.Link("src", pipeline.PortOut, "slow"))
+	must(t, g.Link("slow", pipeline.PortOut, "all"))
+	must(t, g.Run(context.Background()))
+	must(t, capture.Release())
+	if capture.Written() != total {
+		t.Fatalf("Written = %d, want %d", capture.Written(), total)
+	}
+	if most > limit+trackChunk {
+		t.Errorf("%d input events were in the flow at once, want at most %d", most, limit+trackChunk)
+	}
+	t.Logf("at most %d input events in the flow", most)
+}

@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/batchrepr"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
@@ -144,11 +145,34 @@ type Options struct {
 	// of the store and the loss logged at error level. Default false: Open
 	// refuses such a store with a *WALLossError and changes nothing.
 	AcceptWALLoss bool
+	// Replicator, when set, receives the writes of every commit group
+	// that wrote, in commit order, once the group is applied to the
+	// database, and the group's results are released only after its wait
+	// has returned nil (and, unless NoSync, after the WAL sync). A
+	// replication failure fails the group and the store (ErrFailed),
+	// like a failed WAL sync. A partitioned flow sets it to append every
+	// group to its partition's changelog (docs/scaling.md). Default nil.
+	Replicator Replicator
 
 	// beforeApply, when set, is called by the committer before it applies
 	// each group: tests slow it down so that groups are built while the
 	// one before is still being applied.
 	beforeApply func()
+}
+
+// Replicator copies a store's commit groups elsewhere (a partition's
+// changelog) before their results are released.
+type Replicator interface {
+	// Replicate is called by the store's committer goroutine with the
+	// writes of each group that wrote, in commit order, once the group is
+	// applied to the database: the writes of its successful transactions,
+	// in the order they were made, values without the store's expiry
+	// encoding. writes and their bytes are valid only during the call.
+	// wait is called once by the syncer goroutine, in the same order,
+	// before the group's results are released; a non-nil error fails the
+	// group and the store. Replicate must not block for long: the
+	// committer waits for it.
+	Replicate(writes []kv.Write) (wait func() error)
 }
 
 // CommitInfo describes one commit group, for OnCommit.
@@ -289,6 +313,8 @@ type group struct {
 	wrote    bool
 	// awaitSync tells the syncer to wait for the Pebble batch's WAL sync.
 	awaitSync bool
+	// replicated is the Replicator's wait for the group, nil without one.
+	replicated func() error
 	// committed is closed once the committer is done with the group: its
 	// writes are in the database and the row cache, or it failed.
 	committed chan struct{}
@@ -684,6 +710,14 @@ func (s *Store) apply(g *group) {
 		}
 		s.cache.endPublish()
 	}
+	if err == nil && s.opts.Replicator != nil {
+		// Before the Pebble batch can be released: g.repr is its memory.
+		if ws, derr := decodeWrites(g.repr); derr != nil {
+			err = derr
+		} else {
+			g.replicated = s.opts.Replicator.Replicate(ws)
+		}
+	}
 	if err == nil && !s.opts.NoSync {
 		g.awaitSync = true // the syncer waits for the fsync
 		return
@@ -691,6 +725,40 @@ func (s *Store) apply(g *group) {
 	g.release()
 	if err != nil {
 		g.err = fmt.Errorf("commit to store %q: %w", s.dir, err)
+	}
+}
+
+// decodeWrites returns the writes of a Pebble batch representation built
+// by txn, with Pebble's own reader (batchrepr). The slices point into
+// repr.
+func decodeWrites(repr []byte) ([]kv.Write, error) {
+	var ws []kv.Write
+	if h, ok := batchrepr.ReadHeader(repr); ok {
+		ws = make([]kv.Write, 0, h.Count)
+	}
+	r := batchrepr.Read(repr)
+	for {
+		kind, key, value, ok, err := r.Next()
+		if err != nil {
+			return nil, fmt.Errorf("decode commit group for replication: %w", err)
+		}
+		if !ok {
+			return ws, nil
+		}
+		switch kind {
+		case pebble.InternalKeyKindSet:
+			v, exp, err := kv.ParseStoredRecord(value)
+			if err != nil {
+				return nil, fmt.Errorf("decode commit group for replication: key %q: %w", key, err)
+			}
+			ws = append(ws, kv.Write{Op: kv.WriteSet, Key: key, Value: v, ExpireAt: exp})
+		case pebble.InternalKeyKindDelete:
+			ws = append(ws, kv.Write{Op: kv.WriteDelete, Key: key})
+		case pebble.InternalKeyKindRangeDelete:
+			ws = append(ws, kv.Write{Op: kv.WriteDeleteRange, Key: key, End: value})
+		default:
+			return nil, fmt.Errorf("decode commit group for replication: key %q: unexpected record kind %v", key, kind)
+		}
 	}
 }
 
@@ -722,6 +790,13 @@ func (s *Store) sync() {
 				err = fmt.Errorf("sync store %q: %w", s.dir, serr)
 			}
 			g.release()
+		}
+		if g.replicated != nil {
+			// Waited for whatever happened before: the Replicator
+			// needs every wait called, in order.
+			if rerr := g.replicated(); rerr != nil && err == nil {
+				err = fmt.Errorf("replicate commit group of store %q: %w", s.dir, rerr)
+			}
 		}
 		if g.logBytes != 0 {
 			s.guard.unsynced.Add(-g.logBytes)

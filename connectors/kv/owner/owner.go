@@ -1,0 +1,214 @@
+// Package owner runs one partition's state for as long as this process
+// holds the partition's lease: it acquires the lease, restores a local
+// Pebble store from the partition's changelog, fences the previous owner,
+// serves the store with every commit group replicated to the changelog,
+// renews the lease, and stops serving when the lease is lost. See
+// docs/scaling.md ("Recovery").
+package owner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/connectors/kv/changelog"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/internal/lease"
+)
+
+// markerFile marks a directory as a partition store this package may
+// wipe: a store restored from the changelog is rebuilt from scratch at
+// every take-over, and nothing else may be deleted by mistake.
+const markerFile = "FLOWRUN_PARTITION"
+
+// ErrNotPartitionDir reports a non-empty directory without the marker of a
+// partition store: it is not wiped.
+var ErrNotPartitionDir = errors.New("directory is not a partition store")
+
+// Options configure Run. Dir, Log, Leases and Lease are required.
+type Options struct {
+	// Dir is the local directory of the partition's Pebble store. It is
+	// wiped and restored from the changelog at each take-over; a
+	// non-empty directory not made by Run is refused.
+	Dir string
+	// Log is the partition's changelog.
+	Log *changelog.Log
+	// Leases is this process's lease table and Lease the partition's
+	// lease name in it ("p.017").
+	Leases *lease.Table
+	Lease  string
+	// Store are the options of the Pebble store; Replicator is set by
+	// Run.
+	Store pebblestore.Options
+	// Poll is how often Run tries to acquire a lease held by another
+	// process, and RenewEvery how often it renews the lease it holds.
+	// Defaults: the lease table's renew interval (a third of its TTL).
+	Poll, RenewEvery time.Duration
+
+	// renewalsPaused, when set and true, makes the renewer skip its
+	// ticks, as if the process were stopped (tests of fencing).
+	renewalsPaused func() bool
+}
+
+// Restored is what the take-over restored, handed to the serve function.
+type Restored = changelog.Restored
+
+// Run blocks until ctx is done or serve returns. It waits for the lease
+// (trying every Poll), restores the store and fences the previous owner,
+// then calls serve with the store and a context that is cancelled as soon
+// as the lease is lost (a renewal refused, or its deadline passed without
+// one). When serve returns, Run closes the store and releases the lease.
+// Writes serve makes after another owner took over fail with
+// changelog.ErrFenced. Run returns serve's error, or the reason the lease
+// was lost (lease.ErrLost) when serve returned after its context was
+// cancelled for it, or ctx's error.
+func Run(ctx context.Context, opts Options, serve func(ctx context.Context, b kv.Backend, r Restored) error) error {
+	if opts.Dir == "" || opts.Log == nil || opts.Leases == nil || opts.Lease == "" {
+		return errors.New("owner: Options.Dir, Log, Leases and Lease are required")
+	}
+	l, err := acquire(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = l.Release(rctx)
+	}()
+	if err := wipe(opts.Dir); err != nil {
+		return err
+	}
+	sopts := opts.Store
+	// The writer is created by TakeOver, after the store: the store's
+	// Replicator forwards to it.
+	fwd := &forward{}
+	sopts.Replicator = fwd
+	store, err := pebblestore.Open(opts.Dir, sopts)
+	if err != nil {
+		return fmt.Errorf("owner: partition %q: %w", opts.Lease, err)
+	}
+	defer store.Close()
+	// The restore writes through Update: nothing of it is replicated
+	// (fwd has no writer yet), it is already in the changelog.
+	w, res, err := opts.Log.TakeOver(ctx, store, 0, l.Epoch())
+	if err != nil {
+		return fmt.Errorf("owner: partition %q: %w", opts.Lease, err)
+	}
+	fwd.w.Store(w)
+	if err := l.Err(); err != nil {
+		// The restore outlasted the lease: another owner may be on.
+		return err
+	}
+
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		keep(sctx, l, opts, cancel)
+	}()
+	err = serve(sctx, store, res)
+	cancel(nil)
+	<-renewed
+	if cause := context.Cause(sctx); errors.Is(cause, lease.ErrLost) && (err == nil || errors.Is(err, context.Canceled)) {
+		return cause
+	}
+	return err
+}
+
+// forward is the store's Replicator: the changelog writer once the
+// take-over made one, nothing before (the restore's own writes).
+type forward struct {
+	w atomic.Pointer[changelog.Writer]
+}
+
+func (f *forward) Replicate(ws []kv.Write) func() error {
+	w := f.w.Load()
+	if w == nil {
+		return func() error { return nil }
+	}
+	return w.Replicate(ws)
+}
+
+// acquire tries the lease every Poll until it gets it or ctx is done.
+func acquire(ctx context.Context, opts Options) (*lease.Lease, error) {
+	poll := opts.Poll
+	if poll <= 0 {
+		poll = opts.Leases.RenewInterval()
+	}
+	for {
+		// A held lease and an unreachable stream alike: try again.
+		if l, err := opts.Leases.Acquire(ctx, opts.Lease); err == nil {
+			return l, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(poll):
+		}
+	}
+}
+
+// keep renews l every RenewEvery until ctx is done, and cancels with the
+// reason once the lease is lost or its deadline passes.
+func keep(ctx context.Context, l *lease.Lease, opts Options, cancel context.CancelCauseFunc) {
+	every := opts.RenewEvery
+	if every <= 0 {
+		every = opts.Leases.RenewInterval()
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if opts.renewalsPaused != nil && opts.renewalsPaused() {
+			continue
+		}
+		rctx, rcancel := context.WithTimeout(ctx, every)
+		err := l.Renew(rctx)
+		rcancel()
+		if err == nil {
+			continue
+		}
+		if lerr := l.Err(); lerr != nil {
+			cancel(lerr)
+			return
+		}
+		if errors.Is(err, lease.ErrLost) {
+			cancel(err)
+			return
+		}
+		// Unreachable: try again at the next tick, until the deadline.
+	}
+}
+
+// wipe empties dir for a restore, creating it when missing; a non-empty
+// directory without the marker is refused.
+func wipe(dir string) error {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("owner: %w", err)
+	case len(entries) > 0:
+		if _, err := os.Stat(filepath.Join(dir, markerFile)); err != nil {
+			return fmt.Errorf("owner: %w: %s is not empty and has no %s file; remove it or choose another directory",
+				ErrNotPartitionDir, dir, markerFile)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("owner: wipe %s: %w", dir, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("owner: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, markerFile), []byte("a partition store, restored from its changelog at each take-over\n"), 0o600)
+}

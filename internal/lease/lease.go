@@ -1,0 +1,407 @@
+// Package lease gives named, exclusive, expiring leases (the ownership of
+// a partition) through a replicated NATS JetStream stream: one subject per
+// lease, the stream keeping the last message of each, every change a
+// compare-and-set.
+//
+// A holder acquires a lease by writing its subject, and keeps it by
+// renewing (a write expecting the revision it last wrote) more often than
+// the lease's TTL. Lapse needs no synchronised clocks: a contender takes a
+// lease over only after it has seen the same revision, unchanged, for a
+// whole TTL by its own clock, while the holder considers the lease its own
+// only until TTL minus a margin after it *sent* its last successful
+// renewal. Since a contender's wait starts after that renewal was stored,
+// hence after it was sent, the holder's deadline comes before any
+// take-over as long as the two clocks run at about the same rate (the
+// margin covers the difference). Leases keep owners apart in the normal
+// case; a holder paused past its deadline is stopped by fencing (see
+// connectors/kv/changelog), not by the lease.
+//
+// Why not a JetStream key-value bucket: its compare-and-set (Update with a
+// revision, the Nats-Expected-Last-Subject-Sequence header) is checked
+// before the Raft proposal on clustered streams of servers before 2.9.21
+// (nats-server issue 4320), so concurrent updates of one revision can all
+// succeed; four concurrent Updates of one revision all did on the 2.9.10
+// server CI installs. The stream-wide Nats-Expected-Last-Sequence counts
+// the proposals in flight and admits exactly one, so every write here
+// reads the stream's last sequence and the lease's last message (from the
+// stream leader, never a replica) and publishes expecting that sequence,
+// retrying when another lease's write got in between.
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Errors of leases.
+var (
+	// ErrHeld reports a lease held by another holder that has not lapsed
+	// (or was just taken by another contender).
+	ErrHeld = errors.New("lease is held by another holder")
+	// ErrLost reports a lease its holder no longer has: another holder
+	// changed it (took it over after it lapsed), or the holder's deadline
+	// passed before a renewal. The holder must stop acting as owner.
+	ErrLost = errors.New("lease lost")
+	// ErrReleased reports use of a lease after Release.
+	ErrReleased = errors.New("lease released")
+	// errConflict reports a compare-and-set whose expected revision is
+	// not the lease's.
+	errConflict = errors.New("lease changed")
+)
+
+// Defaults for Options.
+const (
+	// DefaultTTL is how long a lease lives without renewal: failover
+	// takes about this long plus a poll, so it is short, but long enough
+	// that a loaded machine renews well inside it (every TTL/3).
+	DefaultTTL = 10 * time.Second
+	// DefaultReplicas keeps the stream available with one server down.
+	DefaultReplicas = 3
+	// casAttempts bounds the retries of one write when writes of other
+	// leases keep moving the stream's last sequence.
+	casAttempts = 100
+)
+
+// Clock reads the time. Only differences between readings matter, so a
+// reading with a monotonic component (time.Now) is what a real clock
+// gives; tests give a fake one.
+type Clock interface {
+	Now() time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// Options configure a Table. Defaults are filled by EnsureDefaults and
+// checked by Validate.
+type Options struct {
+	// TTL is the lifetime of a lease this table acquires or renews,
+	// recorded in the lease so that contenders use the holder's TTL.
+	// Default DefaultTTL.
+	TTL time.Duration
+	// Margin is how long before TTL has passed since it sent its last
+	// renewal the holder considers its lease gone: it covers clocks that
+	// run at slightly different rates. Default TTL/10; must be below TTL.
+	Margin time.Duration
+	// Replicas is the stream's replica count when Open creates it.
+	// Default DefaultReplicas; 1, 3 or 5.
+	Replicas int
+	// Clock reads the time. Default: the real clock.
+	Clock Clock
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *Options) EnsureDefaults() {
+	if o.TTL == 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.Margin == 0 {
+		o.Margin = o.TTL / 10
+	}
+	if o.Replicas == 0 {
+		o.Replicas = DefaultReplicas
+	}
+	if o.Clock == nil {
+		o.Clock = realClock{}
+	}
+}
+
+// Validate reports the first invalid field, by name.
+func (o *Options) Validate() error {
+	switch {
+	case o.TTL < time.Millisecond:
+		return fmt.Errorf("lease: Options.TTL is %v, must be at least 1ms", o.TTL)
+	case o.Margin < 0 || o.Margin >= o.TTL:
+		return fmt.Errorf("lease: Options.Margin is %v, must be within [0, TTL %v)", o.Margin, o.TTL)
+	case o.Replicas != 1 && o.Replicas != 3 && o.Replicas != 5:
+		return fmt.Errorf("lease: Options.Replicas is %d, must be 1, 3 or 5", o.Replicas)
+	}
+	return nil
+}
+
+// RenewInterval is how often a holder should renew: a third of the TTL,
+// so that two renewals in a row can fail (a stream leader moving) before
+// the lease is lost.
+func (o *Options) RenewInterval() time.Duration { return o.TTL / 3 }
+
+// RenewInterval is the table's Options.RenewInterval.
+func (t *Table) RenewInterval() time.Duration { return t.opts.RenewInterval() }
+
+// value is what a lease's message holds; an empty message is a released
+// lease.
+type value struct {
+	Holder string `json:"holder"`
+	TTLms  int64  `json:"ttl_ms"`
+}
+
+// observation is the revision of a lease a contender last saw, and when
+// it first saw it.
+type observation struct {
+	rev   uint64
+	since time.Time
+}
+
+// Table is one holder's view of the leases of one stream. It is safe for
+// concurrent use.
+type Table struct {
+	stream jetstream.Stream
+	js     jetstream.JetStream
+	prefix string // subjects are prefix + lease name
+	holder string
+	opts   Options
+	val    []byte
+
+	mu   sync.Mutex
+	seen map[string]observation
+}
+
+// Open returns holder's table of the leases kept in stream (subjects
+// "flowrun.lease.STREAM.NAME"), creating the stream when missing: file
+// storage, opts.Replicas replicas, the last message of each subject kept,
+// reads served by the stream leader only. holder names this process in
+// the leases it takes; give each process start its own (host, pid and a
+// random part), or a restarted process waits for its own old leases to
+// lapse like anyone else.
+func Open(ctx context.Context, js jetstream.JetStream, stream, holder string, opts Options) (*Table, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if holder == "" {
+		return nil, errors.New("lease: the holder name is empty")
+	}
+	prefix := "flowrun.lease." + stream + "."
+	s, err := js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:              stream,
+			Subjects:          []string{prefix + ">"},
+			Storage:           jetstream.FileStorage,
+			Replicas:          opts.Replicas,
+			MaxMsgsPerSubject: 1,
+			Discard:           jetstream.DiscardOld,
+			DenyDelete:        true,
+			// Reads must come from the leader: a replica may lag.
+			AllowDirect: false,
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease: open stream %q: %w", stream, err)
+	}
+	if cfg := s.CachedInfo().Config; cfg.AllowDirect || len(cfg.Subjects) != 1 || cfg.Subjects[0] != prefix+">" {
+		return nil, fmt.Errorf("lease: stream %q is not a lease stream (subjects %q, allow_direct %v)", stream, cfg.Subjects, cfg.AllowDirect)
+	}
+	val, err := json.Marshal(value{Holder: holder, TTLms: opts.TTL.Milliseconds()})
+	if err != nil {
+		return nil, err
+	}
+	return &Table{stream: s, js: js, prefix: prefix, holder: holder, opts: opts, val: val, seen: map[string]observation{}}, nil
+}
+
+// checkName refuses lease names that are not subject tokens.
+func checkName(name string) error {
+	if name == "" || strings.ContainsAny(name, " \t\r\n*>") || strings.HasPrefix(name, ".") ||
+		strings.HasSuffix(name, ".") || strings.Contains(name, "..") {
+		return fmt.Errorf("lease: name %q must be dot-separated tokens without spaces, '*' or '>'", name)
+	}
+	return nil
+}
+
+// read returns the lease's last revision (0 when never written) and its
+// value (nil when released or never written), from the stream leader.
+func (t *Table) read(ctx context.Context, name string) (uint64, *value, error) {
+	m, err := t.stream.GetLastMsgForSubject(ctx, t.prefix+name)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("lease %q: read: %w", name, err)
+	}
+	if len(m.Data) == 0 {
+		return m.Sequence, nil, nil
+	}
+	var v value
+	if err := json.Unmarshal(m.Data, &v); err != nil || v.TTLms <= 0 {
+		return 0, nil, fmt.Errorf("lease %q: revision %d holds %q, not a lease", name, m.Sequence, m.Data)
+	}
+	return m.Sequence, &v, nil
+}
+
+// cas writes data as the lease's next revision if its revision is still
+// expect, and returns the new revision; errConflict when it is not. The
+// stream's last sequence is read first, then the lease: publishing
+// expecting that sequence succeeds only if nothing at all was written
+// since, so the lease is still at the revision read.
+func (t *Table) cas(ctx context.Context, name string, expect uint64, data []byte) (uint64, error) {
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		info, err := t.stream.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("lease %q: %w", name, err)
+		}
+		rev, _, err := t.read(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		if rev != expect {
+			return 0, fmt.Errorf("lease %q: %w: revision %d, expected %d", name, errConflict, rev, expect)
+		}
+		m := nats.NewMsg(t.prefix + name)
+		m.Data = data
+		ack, err := t.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequence(info.State.LastSeq))
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			continue // something was written since: read again
+		}
+		if err != nil {
+			return 0, fmt.Errorf("lease %q: write: %w", name, err)
+		}
+		return ack.Sequence, nil
+	}
+	return 0, fmt.Errorf("lease %q: write: the stream kept changing over %d attempts", name, casAttempts)
+}
+
+// Acquire takes the lease name if it is free (never written or released)
+// or has lapsed: its revision has not changed for its holder's TTL since
+// this table first saw it. Otherwise it fails with ErrHeld, naming the
+// holder; a contender calls Acquire again, every RenewInterval or so, to
+// see the lease lapse. Of contenders acquiring the same lease at once,
+// exactly one succeeds.
+func (t *Table) Acquire(ctx context.Context, name string) (*Lease, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	sent := t.opts.Clock.Now()
+	rev, v, err := t.read(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if v != nil {
+		ttl := time.Duration(v.TTLms) * time.Millisecond
+		t.mu.Lock()
+		o, ok := t.seen[name]
+		if !ok || o.rev != rev {
+			o = observation{rev: rev, since: sent}
+			t.seen[name] = o
+		}
+		t.mu.Unlock()
+		if waited := sent.Sub(o.since); waited < ttl {
+			return nil, fmt.Errorf("lease %q: %w %q (lapses in %v unless renewed)", name, ErrHeld, v.Holder, ttl-waited)
+		}
+	}
+	next, err := t.cas(ctx, name, rev, t.val)
+	if errors.Is(err, errConflict) {
+		return nil, fmt.Errorf("lease %q: %w (renewed or taken just now)", name, ErrHeld)
+	}
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	delete(t.seen, name)
+	t.mu.Unlock()
+	return &Lease{t: t, name: name, epoch: next, rev: next, deadline: sent.Add(t.opts.TTL - t.opts.Margin)}, nil
+}
+
+// Lease is a lease this table holds. It is safe for concurrent use.
+type Lease struct {
+	t     *Table
+	name  string
+	epoch uint64
+
+	mu       sync.Mutex
+	rev      uint64
+	deadline time.Time
+	lost     error
+}
+
+// Name returns the lease's name.
+func (l *Lease) Name() string { return l.name }
+
+// Epoch returns the revision at which the lease was acquired: it grows
+// with every acquisition of the same lease, by anyone, and stays the same
+// across renewals.
+func (l *Lease) Epoch() uint64 { return l.epoch }
+
+// Deadline returns the time, by the table's clock, until which the holder
+// may act as owner unless it renews.
+func (l *Lease) Deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
+}
+
+// Valid reports whether the holder may still act as owner: the lease was
+// not lost or released and its deadline has not passed.
+func (l *Lease) Valid() bool {
+	return l.Err() == nil
+}
+
+// Err returns why the lease is no longer valid (ErrLost, ErrReleased), or
+// nil while it is.
+func (l *Lease) Err() error {
+	now := l.t.opts.Clock.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost == nil && !now.Before(l.deadline) {
+		l.lost = fmt.Errorf("lease %q: %w: deadline passed without a renewal", l.name, ErrLost)
+	}
+	return l.lost
+}
+
+// Renew extends the lease to TTL − Margin from now, by a compare-and-set
+// on the revision the holder last wrote. It fails with ErrLost, for good,
+// when the deadline has passed or another holder changed the lease; other
+// errors (the stream unreachable) leave the lease valid until its
+// deadline, and Renew may be tried again.
+func (l *Lease) Renew(ctx context.Context) error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	sent := l.t.opts.Clock.Now()
+	l.mu.Lock()
+	rev := l.rev
+	l.mu.Unlock()
+	next, err := l.t.cas(ctx, l.name, rev, l.t.val)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case errors.Is(err, errConflict):
+		l.lost = fmt.Errorf("lease %q: %w: changed by another holder since revision %d", l.name, ErrLost, rev)
+		return l.lost
+	case err != nil:
+		return fmt.Errorf("lease %q: renew: %w", l.name, err)
+	case l.lost != nil:
+		return l.lost
+	}
+	l.rev = next
+	l.deadline = sent.Add(l.t.opts.TTL - l.t.opts.Margin)
+	return nil
+}
+
+// Release gives the lease up at once, so another holder can acquire it
+// without waiting for it to lapse: it writes an empty revision if the
+// lease still has the holder's last one. The lease is invalid afterwards,
+// whatever the outcome.
+func (l *Lease) Release(ctx context.Context) error {
+	l.mu.Lock()
+	rev, lost := l.rev, l.lost
+	if l.lost == nil {
+		l.lost = fmt.Errorf("lease %q: %w", l.name, ErrReleased)
+	}
+	l.mu.Unlock()
+	if errors.Is(lost, ErrReleased) {
+		return nil
+	}
+	if _, err := l.t.cas(ctx, l.name, rev, nil); err != nil && !errors.Is(err, errConflict) {
+		return fmt.Errorf("lease %q: release: %w", l.name, err)
+	}
+	return nil // released, or changed by another holder: not ours any more
+}

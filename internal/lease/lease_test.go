@@ -1,0 +1,293 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/internal/natstest"
+)
+
+// fakeClock is a clock tests move by hand, shared by every table of a test.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+const ttl = 10 * time.Second
+
+// tables opens one table per holder on a bucket of its own (three
+// replicas), all reading clock.
+func tables(t *testing.T, clock Clock, holders ...string) []*Table {
+	t.Helper()
+	js := natstest.JetStream(t)
+	bucket := natstest.Name("leasetest")
+	ctx := testContext(t)
+	var out []*Table
+	for _, h := range holders {
+		tb, err := Open(ctx, js, bucket, h, Options{TTL: ttl, Clock: clock})
+		if err != nil {
+			t.Fatalf("Open for %s: %v", h, err)
+		}
+		out = append(out, tb)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = js.DeleteStream(ctx, bucket)
+	})
+	return out
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustAcquire(t *testing.T, tb *Table, name string) *Lease {
+	t.Helper()
+	l, err := tb.Acquire(testContext(t), name)
+	if err != nil {
+		t.Fatalf("%s: Acquire(%q): %v", tb.holder, name, err)
+	}
+	return l
+}
+
+func mustBeHeld(t *testing.T, tb *Table, name, by string) {
+	t.Helper()
+	_, err := tb.Acquire(testContext(t), name)
+	if !errors.Is(err, ErrHeld) {
+		t.Fatalf("%s: Acquire(%q) = %v, want ErrHeld", tb.holder, name, err)
+	}
+	if by != "" && !strings.Contains(err.Error(), by) {
+		t.Fatalf("%s: Acquire(%q) = %v, want the error to name holder %q", tb.holder, name, err, by)
+	}
+}
+
+// TestLapsedLeaseIsTakenOver: a lease not renewed is taken over once a
+// contender has seen it unchanged for its TTL, not before; the old holder
+// then finds it lost, and the new one's epoch is higher.
+func TestLapsedLeaseIsTakenOver(t *testing.T) {
+	clock := newFakeClock()
+	ts := tables(t, clock, "a", "b")
+	a, b := ts[0], ts[1]
+	ctx := testContext(t)
+
+	la := mustAcquire(t, a, "p.001")
+	if !la.Valid() {
+		t.Fatal("a fresh lease is not valid")
+	}
+	mustBeHeld(t, b, "p.001", `"a"`) // b's first sight of this revision
+	clock.Advance(ttl - time.Millisecond)
+	mustBeHeld(t, b, "p.001", `"a"`)
+	if la.Valid() {
+		t.Fatalf("the holder's lease is valid %v after its acquisition, past TTL - Margin", ttl-time.Millisecond)
+	}
+	clock.Advance(time.Millisecond)
+	lb := mustAcquire(t, b, "p.001")
+	if lb.Epoch() <= la.Epoch() {
+		t.Errorf("epoch after the take-over is %d, not above the first holder's %d", lb.Epoch(), la.Epoch())
+	}
+	if err := la.Renew(ctx); !errors.Is(err, ErrLost) {
+		t.Fatalf("old holder's Renew = %v, want ErrLost", err)
+	}
+	if err := lb.Renew(ctx); err != nil {
+		t.Fatalf("new holder's Renew: %v", err)
+	}
+	mustBeHeld(t, a, "p.001", `"b"`)
+}
+
+// TestRenewalKeepsTheLease: renewing every TTL/3 keeps a contender out for
+// as long as it goes on; a contender's wait restarts at every renewal.
+func TestRenewalKeepsTheLease(t *testing.T) {
+	clock := newFakeClock()
+	ts := tables(t, clock, "a", "b")
+	a, b := ts[0], ts[1]
+	ctx := testContext(t)
+	la := mustAcquire(t, a, "p.002")
+	epoch := la.Epoch()
+	interval := a.opts.RenewInterval()
+	for i := 0; i < 6; i++ { // two TTLs
+		mustBeHeld(t, b, "p.002", `"a"`)
+		clock.Advance(interval)
+		if err := la.Renew(ctx); err != nil {
+			t.Fatalf("renewal %d: %v", i, err)
+		}
+	}
+	if !la.Valid() || la.Epoch() != epoch {
+		t.Fatalf("after renewals: valid %v, epoch %d (was %d)", la.Valid(), la.Epoch(), epoch)
+	}
+	if got, want := la.Deadline(), clock.Now().Add(ttl-ttl/10); !got.Equal(want) {
+		t.Errorf("Deadline = %v, want the last renewal + TTL - Margin = %v", got, want)
+	}
+}
+
+// TestHolderPastItsDeadlineDoesNotRenew: a holder that let its deadline
+// pass has lost the lease even if nobody took it, and does not renew it.
+func TestHolderPastItsDeadlineDoesNotRenew(t *testing.T) {
+	clock := newFakeClock()
+	a := tables(t, clock, "a")[0]
+	ctx := testContext(t)
+	la := mustAcquire(t, a, "p.003")
+	clock.Advance(ttl - ttl/10)
+	if err := la.Renew(ctx); !errors.Is(err, ErrLost) {
+		t.Fatalf("Renew past the deadline = %v, want ErrLost", err)
+	}
+	e, err := a.stream.GetLastMsgForSubject(ctx, a.prefix+"p.003")
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if e.Sequence != la.Epoch() {
+		t.Fatalf("the lease was written after its deadline: revision %d, acquired at %d", e.Sequence, la.Epoch())
+	}
+}
+
+// TestReleasedLeaseIsFreeAtOnce: after Release, another holder acquires
+// the lease without waiting for the TTL.
+func TestReleasedLeaseIsFreeAtOnce(t *testing.T) {
+	clock := newFakeClock()
+	ts := tables(t, clock, "a", "b")
+	a, b := ts[0], ts[1]
+	ctx := testContext(t)
+	la := mustAcquire(t, a, "p.004")
+	mustBeHeld(t, b, "p.004", `"a"`)
+	if err := la.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if err := la.Renew(ctx); !errors.Is(err, ErrReleased) {
+		t.Fatalf("Renew after Release = %v, want ErrReleased", err)
+	}
+	lb := mustAcquire(t, b, "p.004")
+	if lb.Epoch() <= la.Epoch() {
+		t.Errorf("epoch after release and acquisition is %d, not above %d", lb.Epoch(), la.Epoch())
+	}
+	// A late Release of the old lease does not delete the new holder's.
+	if err := la.Release(ctx); err != nil {
+		t.Fatalf("second Release: %v", err)
+	}
+	mustBeHeld(t, a, "p.004", `"b"`)
+}
+
+// TestOneContenderWinsALapsedLease: contenders that all saw a lease lapse
+// and take it over at once: exactly one succeeds.
+func TestOneContenderWinsALapsedLease(t *testing.T) {
+	clock := newFakeClock()
+	holders := []string{"a", "b", "c", "d", "e"}
+	ts := tables(t, clock, holders...)
+	mustAcquire(t, ts[0], "p.005")
+	for _, tb := range ts[1:] {
+		mustBeHeld(t, tb, "p.005", `"a"`)
+	}
+	clock.Advance(ttl)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		won  []string
+		errs []error
+	)
+	for _, tb := range ts[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := tb.Acquire(context.Background(), "p.005")
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				won = append(won, tb.holder)
+			} else if !errors.Is(err, ErrHeld) {
+				errs = append(errs, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) != 0 || len(won) != 1 {
+		t.Fatalf("winners %v, unexpected errors %v; want exactly one winner", won, errs)
+	}
+}
+
+// TestRealClockTakeOver: with the real clock and a short TTL, a contender
+// polling the lease gets it after the holder stops renewing (bounded, not
+// timed: the machine may be loaded).
+func TestRealClockTakeOver(t *testing.T) {
+	js := natstest.JetStream(t)
+	bucket := natstest.Name("leasetest")
+	ctx := testContext(t)
+	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), bucket) })
+	opts := Options{TTL: 300 * time.Millisecond}
+	a, err := Open(ctx, js, bucket, "a", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, js, bucket, "b", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	la, err := a.Acquire(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		lb, err := b.Acquire(ctx, "p")
+		if err == nil {
+			if la.Valid() {
+				t.Fatal("the old holder's lease is still valid after the take-over")
+			}
+			if lb.Epoch() <= la.Epoch() {
+				t.Fatalf("epoch %d not above %d", lb.Epoch(), la.Epoch())
+			}
+			return
+		}
+		if !errors.Is(err, ErrHeld) {
+			t.Fatalf("Acquire: %v", err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the lease was not taken over within a minute")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"margin above TTL", Options{TTL: time.Second, Margin: 2 * time.Second}, "Options.Margin"},
+		{"negative margin", Options{Margin: -1}, "Options.Margin"},
+		{"tiny TTL", Options{TTL: time.Microsecond}, "Options.TTL"},
+		{"four replicas", Options{Replicas: 4}, "Options.Replicas"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.EnsureDefaults()
+			if err := tt.opts.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+	var ok Options
+	ok.EnsureDefaults()
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+}

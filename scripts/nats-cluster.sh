@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Start or stop a three-node NATS JetStream cluster on loopback for
+# flowrun's partitioned-state tests (changelog streams and lease buckets
+# with three replicas).
+#
+#   scripts/nats-cluster.sh start [BASE] [DIR]   start nodes 1-3 on 127.0.0.1: client ports
+#                                                BASE..BASE+2 (default 24222), cluster ports
+#                                                BASE+2000.., monitoring ports BASE+1000..;
+#                                                JetStream storage in DIR (default a temp dir);
+#                                                wait until the cluster has a JetStream meta
+#                                                leader; print the client URLs comma-separated
+#                                                (for FLOWRUN_NATS_CLUSTER_URLS)
+#   scripts/nats-cluster.sh stop  [BASE]         stop the nodes started for BASE, remove their data
+#
+# State (pids, data dir) and each node's log (node-N.log) live in
+# ${TMPDIR:-/tmp}/flowrun-nats-cluster-BASE/, so clusters on different
+# bases run side by side.
+set -euo pipefail
+
+cmd=${1:-}
+base=${2:-24222}
+case "$base" in
+'' | *[!0-9]*) echo "BASE must be a port number, got \"$base\"" >&2; exit 2 ;;
+esac
+if [ "$base" -lt 1024 ] || [ "$base" -gt 62000 ]; then
+  echo "BASE must be within 1024-62000 (it uses BASE..BASE+2002), got $base" >&2; exit 2
+fi
+run=${TMPDIR:-/tmp}/flowrun-nats-cluster-$base
+nodes=(1 2 3)
+client_port() { echo $((base + $1 - 1)); }
+http_port() { echo $((base + 1000 + $1 - 1)); }
+cluster_port() { echo $((base + 2000 + $1 - 1)); }
+
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+urls() {
+  local out=() n
+  for n in "${nodes[@]}"; do out+=("nats://127.0.0.1:$(client_port "$n")"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+# ready: every node reports JetStream healthy, which needs a meta leader.
+ready() {
+  local n
+  for n in "${nodes[@]}"; do
+    curl -fsS "http://127.0.0.1:$(http_port "$n")/healthz" >/dev/null 2>&1 || return 1
+    curl -fsS "http://127.0.0.1:$(http_port "$n")/jsz" 2>/dev/null | grep -q '"leader"' || return 1
+  done
+}
+
+stop_all() {
+  local n pid
+  for n in "${nodes[@]}"; do
+    [ -f "$run/node-$n.pid" ] || continue
+    kill "$(cat "$run/node-$n.pid")" 2>/dev/null || true
+  done
+  for n in "${nodes[@]}"; do
+    [ -f "$run/node-$n.pid" ] || continue
+    pid=$(cat "$run/node-$n.pid")
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$run/node-$n.pid"
+  done
+  if [ -f "$run/datadir" ]; then rm -rf "$(cat "$run/datadir")"; rm -f "$run/datadir"; fi
+}
+
+case "$cmd" in
+start)
+  command -v nats-server >/dev/null || { echo "nats-server not found: apt-get install -y nats-server" >&2; exit 1; }
+  command -v curl >/dev/null || { echo "curl not found: apt-get install -y curl" >&2; exit 1; }
+  mkdir -p "$run"
+  if [ -f "$run/node-1.pid" ] && kill -0 "$(cat "$run/node-1.pid")" 2>/dev/null; then
+    echo "NATS cluster already running (pid $(cat "$run/node-1.pid"))" >&2
+    urls; exit 0
+  fi
+  for n in "${nodes[@]}"; do
+    for p in "$(client_port "$n")" "$(http_port "$n")" "$(cluster_port "$n")"; do
+      if accepts "$p"; then echo "port $p is already in use by another process" >&2; exit 1; fi
+    done
+  done
+  dir=${3:-$(mktemp -d "${TMPDIR:-/tmp}/flowrun-nats-cluster-data.XXXXXX")}
+  mkdir -p "$dir"
+  echo "$dir" >"$run/datadir"
+  routes=""
+  for n in "${nodes[@]}"; do
+    routes+="${routes:+,}nats://127.0.0.1:$(cluster_port "$n")"
+  done
+  for n in "${nodes[@]}"; do
+    mkdir -p "$dir/node-$n"
+    nohup nats-server -js -n "flowrun-$base-$n" -a 127.0.0.1 -p "$(client_port "$n")" \
+      -m "$(http_port "$n")" -sd "$dir/node-$n" \
+      --cluster_name "flowrun-$base" --cluster "nats://127.0.0.1:$(cluster_port "$n")" \
+      --routes "$routes" >"$run/node-$n.log" 2>&1 &
+    echo $! >"$run/node-$n.pid"
+  done
+  # A loaded machine can take a while to elect the meta leader.
+  for _ in $(seq 1 300); do
+    if ready; then urls; exit 0; fi
+    for n in "${nodes[@]}"; do
+      if ! kill -0 "$(cat "$run/node-$n.pid")" 2>/dev/null; then
+        echo "nats-server node $n exited; log:" >&2
+        cat "$run/node-$n.log" >&2
+        stop_all
+        exit 1
+      fi
+    done
+    sleep 0.1
+  done
+  echo "the NATS cluster did not elect a JetStream leader within 30 s; logs in $run" >&2
+  stop_all
+  exit 1
+  ;;
+stop)
+  stop_all
+  ;;
+*)
+  echo "usage: $0 start [BASE] [DIR] | stop [BASE]" >&2
+  exit 2
+  ;;
+esac
