@@ -1,14 +1,20 @@
 package mqtt_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/flowrun/flowrun/connectors/bus"
+	. "github.com/flowrun/flowrun/connectors/mqtt"
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 // TestSpecRefusals: options the broker would refuse, or that would loop
@@ -43,4 +49,32 @@ func TestSpecRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFailFastConnectErrors: with fail_fast, an unreachable broker fails
+// the source and the sink when they are built, naming the address; without
+// it, they are built and wait for the broker.
+func TestFailFastConnectErrors(t *testing.T) {
+	const url = "tcp://127.0.0.1:1"
+	o := Options{URL: url, ClientID: "ff-" + randomID(), ConnectTimeout: 500 * time.Millisecond}
+	g := pipeline.New(pipeline.Options{})
+	_, err := NewSource(context.Background(), g, SourceOptions{Options: o, Topic: "t", QoS: 1,
+		Reconnect: bus.Reconnect{FailFast: true}})
+	if !errors.Is(err, bus.ErrDisconnected) || !strings.Contains(err.Error(), url) {
+		t.Errorf("source: %v", err)
+	}
+	_, err = NewSink(context.Background(), SinkOptions{Options: o, Topic: "t", QoS: 1, Reconnect: &bus.Reconnect{FailFast: true}})
+	if !errors.Is(err, bus.ErrDisconnected) || !strings.Contains(err.Error(), url) {
+		t.Errorf("sink: %v", err)
+	}
+	src, err := NewSource(context.Background(), g, SourceOptions{Options: o, Topic: "t", QoS: 1})
+	if err != nil {
+		t.Fatalf("source without fail_fast: %v", err)
+	}
+	must(t, src.Close(context.Background()))
+	snk, err := NewSink(context.Background(), SinkOptions{Options: o, Topic: "t", QoS: 1, Reconnect: &bus.Reconnect{}})
+	if err != nil {
+		t.Fatalf("sink without fail_fast: %v", err)
+	}
+	must(t, snk.Close(context.Background()))
 }
