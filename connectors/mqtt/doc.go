@@ -28,9 +28,12 @@
 //     a stable client id, so the broker keeps its subscription and queues
 //     the messages published while flowrun is down (up to the broker's
 //     queue limit), and resends those not acknowledged.
-//   - Window. MQTT 3.1.1 has no receive maximum: the number of
-//     unacknowledged messages is the broker's limit (mosquitto's
-//     max_inflight_messages).
+//   - Window. MQTT 3.1.1 has no receive maximum: how many messages the
+//     broker sends unacknowledged is its own limit (mosquitto's
+//     max_inflight_messages, which mosquitto 2.0.11 does not keep for a
+//     session's queued messages). The source hands at most
+//     SourceOptions.MaxInflight of them to the flow unsettled, so a crash
+//     makes it process at most that many again.
 //   - No headers. MQTT 3.1.1 messages carry only a payload, so event meta
 //     (correlation, kv commands) crosses the broker only with CodecEvent,
 //     which wraps the payload in {"data": ..., "meta": {...}} as flowrun's
