@@ -7,11 +7,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flowrun/flowrun/flows/builtin"
 )
 
 // etcdEndpoints returns FLOWRUN_ETCD_ENDPOINTS (scripts/etcd-cluster.sh
@@ -122,5 +125,45 @@ links:
 	_, err := flow.Build(context.Background(), BuildOptions{Stdin: strings.NewReader("")})
 	if err == nil || !strings.Contains(err.Error(), "already open") || !strings.Contains(err.Error(), "connector b") {
 		t.Errorf("Build: %v, want the second connector refused", err)
+	}
+}
+
+// The reads option reaches the store: two connectors on one etcd store
+// asking for different read consistency are refused like any other
+// difference, and a value other than linearizable or serializable is
+// refused at the option.
+func TestBuildEtcdReads(t *testing.T) {
+	eps := etcdEndpoints(t)
+	prefix := etcdTestPrefix(t, eps)
+	for _, tc := range []struct{ a, b, want string }{
+		{"reads: serializable", "reads: linearizable", "already open"},
+		{"reads: eventual", "reads: serializable", "reads"},
+	} {
+		src := fmt.Sprintf(`name: reads
+connectors:
+  input: { type: stdin }
+  a: { type: kv, backend: etcd, endpoints: %q, prefix: %q, %s }
+  b: { type: kv, backend: etcd, endpoints: %q, prefix: %q, %s }
+  out: { type: stdout }
+links:
+  - input -> a
+  - input -> b
+  - input/err -> out
+  - a -> out
+  - a/err -> out
+  - b -> out
+  - b/err -> out
+`, eps, prefix, tc.a, eps, prefix, tc.b)
+		path := filepath.Join(t.TempDir(), "flow.yaml")
+		if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		flow, _, err := Load(path, builtin.NewRegistry())
+		if err == nil {
+			_, err = flow.Build(context.Background(), BuildOptions{Stdin: strings.NewReader("")})
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("a %s, b %s: %v, want an error containing %q", tc.a, tc.b, err, tc.want)
+		}
 	}
 }

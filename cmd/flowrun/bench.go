@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowrun/flowrun/connectors/httpconn/httpbench"
+	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/kvbench"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
@@ -32,6 +33,8 @@ type benchFlags struct {
 	cpuprofile string
 	backend    string
 	endpoints  string
+	etcdReads  string
+	rounds     int
 	http       bool
 	clients    int
 	rate       int
@@ -44,6 +47,9 @@ type benchFlags struct {
 const (
 	etcdBenchOps  = 20_000
 	etcdBenchKeys = 10_000
+	// etcdBenchRounds alternates the two sides every 2000 operations of
+	// the default 20000, so load from other processes falls on both alike.
+	etcdBenchRounds = 10
 )
 
 func newBenchCommand(e env) *cobra.Command {
@@ -62,8 +68,17 @@ increment, cas and scan preload every key first (untimed).
 With --backend etcd the kv connector runs on the etcd cluster of
 --endpoints (default $FLOWRUN_ETCD_ENDPOINTS) under a fresh key prefix
 deleted afterwards, and the comparison is the etcd client used directly
-with the same batches, cut to etcd's 128 operations per transaction
-(reported as "etcd_ops_per_s"; "pebble_ops_per_s" is 0). --ops and --keys
+doing the same work as the store (reported as "etcd_ops_per_s";
+"pebble_ops_per_s" is 0): the same operations, keys and values, batches
+cut to etcd's 128 operations per transaction, one read transaction per
+chunk with the next chunk's read sent as soon as one is answered,
+read-modify-writes committed one chunk at a time under compares on what
+they read, read-only batches read in two concurrent halves, reads with
+--etcd-reads consistency on both sides. Each side preloads once; its
+timed operations are then split into --rounds rounds (default 10) that
+alternate the two sides, so load from other processes falls on both
+alike; "ratio" is flowrun's throughput over the raw client's over the
+summed times. --ops and --keys
 then default to 20000 and 10000; --sync, --dir and --row-cache do not
 apply.
 
@@ -113,6 +128,9 @@ request's scheduled time. One JSON object per workload:
 				if !cmd.Flags().Changed("keys") {
 					f.keys = etcdBenchKeys
 				}
+				if !cmd.Flags().Changed("rounds") {
+					f.rounds = etcdBenchRounds
+				}
 			}
 			if f.http {
 				if f.sweepP99 != 0 {
@@ -142,11 +160,13 @@ request's scheduled time. One JSON object per workload:
 	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
 	fl.StringVar(&f.endpoints, "endpoints", os.Getenv("FLOWRUN_ETCD_ENDPOINTS"), "etcd client URLs, comma-separated, for --backend etcd (default $FLOWRUN_ETCD_ENDPOINTS)")
+	fl.IntVar(&f.rounds, "rounds", 1, "--backend etcd: alternate the flowrun and raw sides in this many rounds (default 10 with --backend etcd)")
+	fl.StringVar(&f.etcdReads, "etcd-reads", string(etcdstore.Linearizable), "--backend etcd: read consistency of both sides, linearizable or serializable")
 	return cmd
 }
 
 func runBench(ctx context.Context, e env, f benchFlags) error {
-	for name, v := range map[string]int{"--ops": f.ops, "--keys": f.keys, "--value-bytes": f.valueBytes, "--batch": f.batch} {
+	for name, v := range map[string]int{"--ops": f.ops, "--keys": f.keys, "--value-bytes": f.valueBytes, "--batch": f.batch, "--rounds": f.rounds} {
 		if v <= 0 {
 			return usageError{fmt.Errorf("%s must be positive, got %d", name, v)}
 		}
@@ -165,8 +185,15 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		Sync:       f.sync,
 		Dir:        f.dir,
 		Backend:    f.backend,
+		Rounds:     f.rounds,
 
 		RowCacheBytes: f.rowCache,
+	}
+	switch r := etcdstore.ReadConsistency(f.etcdReads); r {
+	case etcdstore.Linearizable, etcdstore.Serializable:
+		cfg.Etcd.Reads = r
+	default:
+		return usageError{fmt.Errorf("--etcd-reads %q: want %s or %s", f.etcdReads, etcdstore.Linearizable, etcdstore.Serializable)}
 	}
 	for _, ep := range strings.Split(f.endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {

@@ -89,6 +89,13 @@ type SourceOptions struct {
 	// FailSinks names sinks of the graph (a dead-letter file, say) whose
 	// receiving an event derived from a message fails the message too.
 	FailSinks []string
+	// Reject, when set, dead-letters through the broker instead of
+	// publishing to DeadLetter: a message to dead-letter is handed to
+	// Reject (with the reason) in place of the publish and the ack, and
+	// Reject settles it (RabbitMQ: a nack without requeue, which sends it
+	// to the queue's dead-letter exchange). If Reject fails, the message
+	// is nacked for redelivery.
+	Reject func(m *message.Message, reason string) error
 	// OnClose, when set, is called by Close after the subscription has
 	// ended, to release what the source owns (a broker connection).
 	OnClose func() error
@@ -401,7 +408,9 @@ func (s *Source) setAside(m *message.Message, n int) {
 	s.opts.Logger.Warn("message dead-lettered before processing", "source", s.opts.Name, "message", m.UUID,
 		"dead_letter", s.opts.DeadLetter, "error", reason)
 	s.forget(m)
-	m.Ack()
+	if s.opts.Reject == nil {
+		m.Ack()
+	}
 }
 
 // brokerDeliveries returns the broker's count of m's deliveries, this one
@@ -440,7 +449,9 @@ func (s *Source) settle(m *message.Message, failure string, permanent bool) {
 	s.opts.Logger.Warn("message dead-lettered", "source", s.opts.Name, "message", m.UUID,
 		"dead_letter", s.opts.DeadLetter, "error", reason)
 	s.forget(m)
-	m.Ack()
+	if s.opts.Reject == nil {
+		m.Ack()
+	}
 }
 
 // deliveries returns how many times m has been delivered, this time
@@ -462,8 +473,11 @@ func (s *Source) forget(m *message.Message) {
 }
 
 // deadLetter publishes m's payload and metadata, plus ErrorKey, to the
-// dead-letter topic.
+// dead-letter topic, or hands m to SourceOptions.Reject.
 func (s *Source) deadLetter(m *message.Message, reason string) error {
+	if s.opts.Reject != nil {
+		return s.opts.Reject(m, reason)
+	}
 	if s.dead == nil {
 		return errors.New("no dead-letter publisher")
 	}

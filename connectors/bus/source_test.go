@@ -511,3 +511,50 @@ func TestSourceRefusesAnUnknownFailSink(t *testing.T) {
 		t.Fatalf("Run = %v, want ErrUnknownSink", err)
 	}
 }
+
+// TestSourceRejectDeadLettersThroughTheBroker: with SourceOptions.Reject a
+// message to dead-letter (one failing at its last delivery, one delivered
+// too often) goes to Reject instead of the dead-letter topic, and Reject
+// alone settles it; a failed Reject nacks it for redelivery.
+func TestSourceRejectDeadLettersThroughTheBroker(t *testing.T) {
+	sub := &fakeSub{ch: make(chan *message.Message, 4)}
+	dead := &recordingPub{}
+	var mu sync.Mutex
+	rejected := map[string]string{}
+	reject := func(m *message.Message, reason string) error {
+		if m.UUID == "broken" {
+			return errors.New("connection lost")
+		}
+		mu.Lock()
+		rejected[m.UUID] = reason
+		mu.Unlock()
+		m.Nack() // what the amqp connector does: nack without requeue
+		return nil
+	}
+	f := newFlow(t, sub, dead, false, SourceOptions{Topic: "t", MaxDeliveries: 2, Reject: reject})
+	ms := []*message.Message{msg("fails", `{"fail":true}`), msg("over", `{}`), msg("ok", `{}`), msg("broken", `{"fail":true}`)}
+	ms[0].Metadata.Set(DeliveredKey, "2")
+	ms[1].Metadata.Set(DeliveredKey, "3")
+	ms[3].Metadata.Set(DeliveredKey, "2")
+	for _, m := range ms {
+		sub.ch <- m
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.g.Run(ctx) }()
+	got := []string{settled(t, ms[0]), settled(t, ms[1]), settled(t, ms[2]), settled(t, ms[3])}
+	cancel()
+	must(t, <-done)
+	if fmt.Sprint(got) != "[nack nack ack nack]" {
+		t.Errorf("settled %v, want [nack nack ack nack]", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(rejected) != 2 || !strings.Contains(rejected["fails"], "delivery 2 of 2") ||
+		!strings.Contains(rejected["over"], "delivered 3 times") {
+		t.Errorf("rejected %v, want fails and over with their reasons", rejected)
+	}
+	if len(dead.msgs) != 0 {
+		t.Errorf("dead letters published although Reject is set: %v", dead.msgs)
+	}
+}

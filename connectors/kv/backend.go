@@ -90,6 +90,15 @@ type ReadHinter interface {
 	UpdateHinted(ctx context.Context, fns []TxnFunc, hints [][][]byte, errs []error) error
 }
 
+// ViewHinter is implemented by Viewers whose reads each cost a network
+// round trip (etcd). ViewHinted is View told, for each fn, the keys it is
+// expected to Get (hints[i] for fns[i], nil for none), as UpdateHinted is
+// for Update, so the backend can fetch the keys of many fns in one
+// request. Hints change only speed.
+type ViewHinter interface {
+	ViewHinted(ctx context.Context, fns []TxnFunc, hints [][][]byte, errs []error) error
+}
+
 // Submitter is implemented by Backends that can queue an Update without
 // waiting for its commit, so a caller can prepare its next work while the
 // previous commit is being synced. Submit queues fns exactly as Update

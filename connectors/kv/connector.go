@@ -311,18 +311,31 @@ const minParallelReads = 256
 
 // view runs the n commands of a read-only slice through v, the second half
 // on another goroutine when the slice is large and there is a second CPU.
+// A ViewHinter is told the keys each command reads.
 func (sc *sliceScratch) view(ctx context.Context, v Viewer, n int) error {
+	vh, hinted := v.(ViewHinter)
+	var hints [][][]byte
+	if hinted {
+		hints = sc.c.readHintsOf(sc)
+	}
+	// run views slots [from, to) through fns, sc.fns or sc.fns2.
+	run := func(fns []TxnFunc, from, to int) error {
+		if hinted {
+			return vh.ViewHinted(ctx, fns[from:to], hints[from:to], sc.txErrs[from:to])
+		}
+		return v.View(ctx, fns[from:to], sc.txErrs[from:to])
+	}
 	if n < minParallelReads || runtime.GOMAXPROCS(0) < 2 {
-		return v.View(ctx, sc.fns[:n], sc.txErrs[:n])
+		return run(sc.fns, 0, n)
 	}
 	h := n / 2
 	var err2 error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		err2 = v.View(ctx, sc.fns2[h:n], sc.txErrs[h:n])
+		err2 = run(sc.fns2, h, n)
 	}()
-	err := v.View(ctx, sc.fns[:h], sc.txErrs[:h])
+	err := run(sc.fns, 0, h)
 	<-done
 	if err == nil {
 		err = err2

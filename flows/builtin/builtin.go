@@ -5,6 +5,7 @@ package builtin
 
 import (
 	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/amqp"
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/connectors/httpconn"
 	"github.com/flowrun/flowrun/connectors/jsonl"
@@ -30,6 +31,7 @@ func Register(r *component.Registry) error {
 		lua.Spec(),
 		bus.GoChannelSpec(),
 		bus.NATSSpec(),
+		amqp.Spec(),
 		mqtt.Spec(),
 		httpconn.ServerSpec(),
 		httpconn.ClientSpec(),

@@ -22,9 +22,13 @@ func TestMinimalSetDeps(t *testing.T) {
 		"go.etcd.io/",                // the etcd backend
 		"google.golang.org/grpc",     // etcd's transport
 		"github.com/nats-io/",        // the nats connector
+		"github.com/rabbitmq/",       // the amqp connector
+		"github.com/eclipse/paho",    // the mqtt connector
 		"github.com/ThreeDotsLabs/",  // watermill, under both bus connectors
 		"github.com/yuin/gopher-lua", // the lua processor
 		"github.com/flowrun/flowrun/connectors/bus",
+		"github.com/flowrun/flowrun/connectors/amqp",
+		"github.com/flowrun/flowrun/connectors/mqtt",
 		"github.com/flowrun/flowrun/connectors/kv/etcdstore",
 		"github.com/flowrun/flowrun/operators/lua",
 		"github.com/flowrun/flowrun/flows/builtin",
@@ -41,7 +45,7 @@ func TestMinimalSetDeps(t *testing.T) {
 	}
 	// The full set does link them: the check above can fail.
 	full := strings.Join(goListDeps(t, "."), "\n")
-	for _, want := range []string{"go.etcd.io/etcd/client/v3", "github.com/nats-io/nats.go", "github.com/yuin/gopher-lua"} {
+	for _, want := range []string{"go.etcd.io/etcd/client/v3", "github.com/nats-io/nats.go", "github.com/rabbitmq/amqp091-go", "github.com/eclipse/paho.mqtt.golang", "github.com/yuin/gopher-lua"} {
 		if !strings.Contains(full, want) {
 			t.Errorf("the full set does not link %s; the test no longer tells anything", want)
 		}
@@ -73,7 +77,7 @@ func TestRegister(t *testing.T) {
 	if err := builtin.Register(r); err == nil {
 		t.Fatal("registering the built-ins twice in one registry succeeded")
 	}
-	if got := len(builtin.NewRegistry().Types("")); got != 15 {
-		t.Errorf("built-in types: %d, want 15", got)
+	if got := len(builtin.NewRegistry().Types("")); got != 16 {
+		t.Errorf("built-in types: %d, want 16", got)
 	}
 }

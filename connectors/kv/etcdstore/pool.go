@@ -32,8 +32,8 @@ func poolKey(o *Options) string {
 
 // poolConf renders the options two users of one store must agree on.
 func poolConf(o *Options) string {
-	return fmt.Sprintf("dial_timeout=%s request_timeout=%s tls_cert=%q tls_key=%q tls_ca=%q max_txn_ops=%d max_request_bytes=%d",
-		o.DialTimeout, o.RequestTimeout, o.CertFile, o.KeyFile, o.CAFile, o.MaxTxnOps, o.MaxRequestBytes)
+	return fmt.Sprintf("dial_timeout=%s request_timeout=%s tls_cert=%q tls_key=%q tls_ca=%q max_txn_ops=%d max_request_bytes=%d reads=%s",
+		o.DialTimeout, o.RequestTimeout, o.CertFile, o.KeyFile, o.CAFile, o.MaxTxnOps, o.MaxRequestBytes, o.Reads)
 }
 
 // Open returns a handle on the store of opts' endpoints and prefix,
@@ -66,7 +66,12 @@ type handle struct {
 	ref   *sharing.Ref
 }
 
-var _ kv.TxnLimiter = (*handle)(nil)
+var (
+	_ kv.TxnLimiter = (*handle)(nil)
+	_ kv.ReadHinter = (*handle)(nil)
+	_ kv.ViewHinter = (*handle)(nil)
+	_ kv.Viewer     = (*handle)(nil)
+)
 
 func (h *handle) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
 	return h.store.Update(ctx, fns, errs)
@@ -74,6 +79,14 @@ func (h *handle) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) err
 
 func (h *handle) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
 	return h.store.UpdateHinted(ctx, fns, hints, errs)
+}
+
+func (h *handle) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	return h.store.View(ctx, fns, errs)
+}
+
+func (h *handle) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
+	return h.store.ViewHinted(ctx, fns, hints, errs)
 }
 
 func (h *handle) MaxTxnWrites() int { return h.store.MaxTxnWrites() }

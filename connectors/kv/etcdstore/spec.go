@@ -47,6 +47,8 @@ func Backend() kv.BackendSpec {
 				Doc: "The cluster's --max-txn-ops: a command needing more writes in one transaction fails on err."},
 			{Name: "max_request_bytes", Type: component.TypeByteSize, Default: "1536KiB", Min: "1", Max: "1GiB",
 				Doc: "The cluster's --max-request-bytes: a command whose writes are larger fails on err."},
+			{Name: "reads", Type: component.TypeEnum, Enum: []string{string(Linearizable), string(Serializable)}, Default: string(Linearizable),
+				Doc: "First read of each commit group: linearizable sees every write acknowledged anywhere before it (a quorum round through the leader); serializable is answered by any member without one, still sees this process's own writes, but a read-only command may miss other processes' writes the member has not applied yet."},
 		},
 		Check: checkTLS,
 		Open: func(ctx context.Context, env *component.Env, c *component.Config) (kv.Backend, string, error) {
@@ -60,6 +62,7 @@ func Backend() kv.BackendSpec {
 				CAFile:          c.String("tls_ca"),
 				MaxTxnOps:       c.Int("max_txn_ops"),
 				MaxRequestBytes: int(c.ByteSize("max_request_bytes")),
+				Reads:           ReadConsistency(c.String("reads")),
 			}
 			b, err := resourceKey.Shared(env.Resources, NewPool).Open(ctx, o)
 			return b, fmt.Sprintf("etcd %s prefix %q", strings.Join(o.Endpoints, ","), o.Prefix), err

@@ -4,8 +4,8 @@
 //
 // Every TxnFunc runs optimistically: its reads go to etcd at one fixed
 // revision R (the revision of the first read of the group it belongs to,
-// a linearizable read; later reads at R are served by any member without
-// a quorum round) and are recorded; its writes are buffered in an overlay that later reads
+// linearizable or serializable as Options.Reads says; later reads at R are
+// served by any member without a quorum round) and are recorded; its writes are buffered in an overlay that later reads
 // of the same Update see. The group then commits as one etcd transaction
 // whose If part checks that nothing read has changed since R (point keys by
 // ModRevision, scanned ranges by "every key's ModRevision < R+1"), so a
@@ -13,6 +13,13 @@
 // compare fail and the group is run again from scratch (bounded by
 // Options.MaxRetries). Within one process Update calls are serialised by a
 // mutex, as the kv.Backend contract requires.
+//
+// A group starts by fetching the keys its TxnFuncs are hinted to read
+// (kv.ReadHinter, kv.ViewHinter) in one request, and ends before the first
+// TxnFunc whose keys that request did not fetch; the next group's request
+// is sent as soon as a group has its own (see runGroup). Read-only slices
+// run through View, in groups that commit nothing and do not wait for the
+// mutex.
 //
 // Consecutive TxnFuncs of one Update call are grouped into one etcd
 // transaction while the group stays within etcd's limits (operations per
@@ -50,6 +57,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -72,6 +80,30 @@ var (
 	ErrCorruptRecord = kv.ErrCorruptRecord
 	// ErrNoEndpoints reports Options without any endpoint.
 	ErrNoEndpoints = errors.New("etcdstore: no endpoints given")
+	// ErrBadOptions reports Options that cannot be used (see
+	// Options.Validate).
+	ErrBadOptions = errors.New("etcdstore: bad options")
+)
+
+// ReadConsistency is how the first read of each commit group (and of each
+// read-only group of View) reaches the cluster; later reads of the group
+// are pinned to the revision it returned.
+type ReadConsistency string
+
+const (
+	// Linearizable reads go through the cluster's leader with a quorum
+	// round: a read sees every write acknowledged by any process before
+	// it started. The default.
+	Linearizable ReadConsistency = "linearizable"
+	// Serializable reads are answered by whichever member the client
+	// reaches, from its own applied state, without a quorum round. The
+	// store still sees every write it committed itself (an answer older
+	// than the store's last commit is asked again linearizably), and a
+	// group that writes still commits only if nothing it read has changed
+	// since; but a read-only command may miss writes of other processes
+	// that the member has not applied yet, for as long as it lags (a
+	// member cut off from the cluster keeps answering from its old state).
+	Serializable ReadConsistency = "serializable"
 )
 
 // Options configures Open. The zero value of each field selects its default.
@@ -97,6 +129,9 @@ type Options struct {
 	// MaxRetries bounds how often a group is rerun after a conflicting
 	// write by another process. Default 100.
 	MaxRetries int
+	// Reads is the consistency of the first read of each group: Linearizable
+	// (the default) or Serializable.
+	Reads ReadConsistency
 	// Now is the clock lease lifetimes are computed against: it should be
 	// the clock of the connectors deciding expiry. Default time.Now.
 	Now func() time.Time
@@ -122,6 +157,23 @@ func (o *Options) EnsureDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Reads == "" {
+		o.Reads = Linearizable
+	}
+}
+
+// Validate reports, wrapping ErrBadOptions (or ErrNoEndpoints), the first
+// field that cannot be used. It expects defaults to be filled.
+func (o *Options) Validate() error {
+	if len(o.Endpoints) == 0 {
+		return ErrNoEndpoints
+	}
+	switch o.Reads {
+	case Linearizable, Serializable:
+	default:
+		return fmt.Errorf("%w: Reads %q is neither %q nor %q", ErrBadOptions, o.Reads, Linearizable, Serializable)
+	}
+	return nil
 }
 
 // Store is a kv.Backend on etcd. It is safe for concurrent use; Updates of
@@ -130,7 +182,13 @@ func (o *Options) EnsureDefaults() {
 type Store struct {
 	opts   Options
 	client *clientv3.Client
+	// kv is the client's KV API every read and commit goes through (the
+	// seam tests count requests at).
+	kv     clientv3.KV
 	prefix []byte
+	// lastRev is the revision of the store's latest commit: a
+	// serializable read older than it is asked again linearizably.
+	lastRev atomic.Int64
 
 	mu     sync.Mutex
 	closed bool
@@ -142,14 +200,17 @@ type Store struct {
 var (
 	_ kv.Backend    = (*Store)(nil)
 	_ kv.TxnLimiter = (*Store)(nil)
+	_ kv.ReadHinter = (*Store)(nil)
+	_ kv.Viewer     = (*Store)(nil)
+	_ kv.ViewHinter = (*Store)(nil)
 )
 
 // Open connects to the cluster and checks that it answers within
 // DialTimeout.
 func Open(ctx context.Context, opts Options) (*Store, error) {
 	opts.EnsureDefaults()
-	if len(opts.Endpoints) == 0 {
-		return nil, ErrNoEndpoints
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
 	var tlsConf *tls.Config
 	if opts.CertFile != "" || opts.KeyFile != "" || opts.CAFile != "" {
@@ -177,7 +238,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		_ = client.Close()
 		return nil, fmt.Errorf("etcdstore: cluster at %v does not answer: %w", opts.Endpoints, err)
 	}
-	return &Store{opts: opts, client: client, prefix: []byte(opts.Prefix), leases: leaseCache{byEnd: map[int64]lease{}}}, nil
+	return &Store{opts: opts, client: client, kv: client.KV, prefix: []byte(opts.Prefix), leases: leaseCache{byEnd: map[int64]lease{}}}, nil
 }
 
 // MaxTxnWrites implements kv.TxnLimiter: one TxnFunc may write or delete
@@ -220,8 +281,9 @@ func (s *Store) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]
 	if s.closed {
 		return ErrClosed
 	}
+	var ahead *readAhead
 	for i := 0; i < len(fns); {
-		next, err := s.runGroup(ctx, fns, hints, errs, i)
+		next, nextAhead, err := s.runGroup(ctx, fns, hints, errs, i, false, ahead)
 		if err != nil {
 			if i == 0 {
 				return err
@@ -231,24 +293,101 @@ func (s *Store) UpdateHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]
 			}
 			return nil
 		}
-		i = next
+		i, ahead = next, nextAhead
+	}
+	return nil
+}
+
+// View implements kv.Viewer: fns run in read-only groups, concurrently
+// with Update and other Views, each group reading at one revision (see
+// ViewHinted).
+func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	return s.ViewHinted(ctx, fns, nil, errs)
+}
+
+// ViewHinted implements kv.ViewHinter. fns run in order in read-only
+// groups; each group starts with one request fetching the hinted keys of
+// its fns (as many as one transaction may hold) and its fns read at that
+// request's revision, so a group of point reads costs one round trip.
+// The group's first read is linearizable or serializable as
+// Options.Reads says; either way it sees every write this Store
+// committed before. A write fails with kv.ErrReadOnly.
+func (s *Store) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
+	if len(fns) != len(errs) || (hints != nil && len(hints) != len(fns)) {
+		return fmt.Errorf("etcdstore: View given %d funcs, %d hints and %d error slots", len(fns), len(hints), len(errs))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	var ahead *readAhead
+	for i := 0; i < len(fns); {
+		next, nextAhead, err := s.runGroup(ctx, fns, hints, errs, i, true, ahead)
+		if err != nil {
+			return err
+		}
+		i, ahead = next, nextAhead
 	}
 	return nil
 }
 
 // runGroup runs fns from i on as one etcd transaction, retrying on
-// conflict, and returns the index of the first fn it did not include.
-func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error, i int) (int, error) {
+// conflict, and returns the index of the first fn it did not include. A
+// readOnly group refuses writes and commits nothing.
+//
+// Reads are pipelined with the work of the group before, never commits
+// with each other: as soon as a group has its prefetch, the prefetch of
+// the next group is sent (a readAhead, returned with next; ahead is this
+// group's, from the group before), while this group's fns run and it
+// commits. So a stream of groups costs one read round trip after another,
+// as it would without flowrun's work in between, and a commit overlaps
+// the next read. Commits stay one at a time and in order, so the
+// guarantees of Update hold as without read-ahead: a read-ahead that a
+// commit overtook is corrected with that commit's own writes (see
+// readAhead.apply), and any other change since is caught by the
+// compares.
+func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error, i int, readOnly bool, ahead *readAhead) (int, *readAhead, error) {
 	for attempt := 0; ; attempt++ {
 		g := newGroup(ctx, s)
-		if hints != nil {
-			g.prefetch(hints[i:])
+		g.readOnly = readOnly
+		end := -1 // where the group ends if every fn it prefetched for runs
+		switch {
+		case attempt == 0 && ahead != nil && ahead.wait() == nil:
+			ahead.apply(g)
+			end = ahead.end
+		case hints != nil:
+			end = i + g.prefetch(hints[i:])
+		}
+		var nextAhead *readAhead
+		if g.prefetched != nil && end > i && end < len(fns) {
+			nextAhead = s.readAhead(ctx, hints[end:], end)
+		}
+		// drop forgets the read-ahead: the next group will not start
+		// where or as it expected.
+		drop := func() {
+			if nextAhead != nil {
+				_ = nextAhead.wait()
+				nextAhead = nil
+			}
 		}
 		next := i
 		for next < len(fns) {
+			if next > i && hints != nil && !g.covers(hints[next]) {
+				// The fn would read keys the prefetch did not fetch,
+				// one round trip each: it starts the next group, whose
+				// prefetch fetches them with the keys of the fns after.
+				break
+			}
 			mark := g.mark()
 			err := run(fns[next], &txn{g: g})
-			if err == nil {
+			// A read-only group commits nothing: etcd's limits do not
+			// apply to it.
+			if err == nil && !g.readOnly {
 				if lerr := g.checkLimits(); lerr != nil {
 					g.rollback(mark)
 					if next > i {
@@ -268,6 +407,10 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte
 			errs[next] = err
 			next++
 		}
+		if next != end || len(g.tombs) > 0 {
+			// A range deletion is not carried over to a read-ahead.
+			drop()
+		}
 		if g.retry == nil {
 			ok, err := g.commit()
 			if isLeaseNotFound(err) {
@@ -276,22 +419,101 @@ func (s *Store) runGroup(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte
 				s.leases.reset()
 				ok, err = false, nil
 			}
+			if err != nil || !ok {
+				drop()
+			}
 			if err != nil {
-				return i, err
+				return i, nil, err
 			}
 			if ok {
-				return next, nil
+				if nextAhead != nil && g.commitRev != 0 {
+					nextAhead.after = g.overlay
+					nextAhead.afterRev = g.commitRev
+				}
+				return next, nextAhead, nil
 			}
-		} else if !errors.Is(g.retry, errRetry) {
-			return i, g.retry
+		} else {
+			drop()
+			if !errors.Is(g.retry, errRetry) {
+				return i, nil, g.retry
+			}
 		}
 		if attempt+1 >= s.opts.MaxRetries {
-			return i, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, attempt+1)
+			return i, nil, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, attempt+1)
 		}
 		if err := ctx.Err(); err != nil {
-			return i, err
+			return i, nil, err
 		}
 	}
+}
+
+// readAhead is the prefetch of a group sent before the group before it
+// has run and committed.
+type readAhead struct {
+	done chan struct{}
+	keys []string
+	end  int // the index of the first fn whose keys it does not hold
+	resp *clientv3.TxnResponse
+	err  error
+	// after and afterRev are the writes of the commit the read raced
+	// with and the revision it committed at (0 when the group before
+	// committed nothing); set before wait returns.
+	after    map[string]write
+	afterRev int64
+}
+
+// readAhead starts fetching, in the background, the hinted keys of the
+// group that will start with hints[0], fns[start], as prefetch would.
+func (s *Store) readAhead(ctx context.Context, hints [][][]byte, start int) *readAhead {
+	keys, n := s.prefetchKeys(hints)
+	a := &readAhead{done: make(chan struct{}), keys: keys, end: start + n}
+	if len(a.keys) == 0 {
+		a.err = errNothingAhead
+		close(a.done)
+		return a
+	}
+	go func() {
+		defer close(a.done)
+		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+		defer cancel()
+		a.resp, a.err = s.firstRead(rctx, a.keys)
+	}()
+	return a
+}
+
+// errNothingAhead is a readAhead with no key to read.
+var errNothingAhead = errors.New("etcdstore: nothing to read ahead")
+
+// wait waits for the read and returns its error.
+func (a *readAhead) wait() error {
+	<-a.done
+	return a.err
+}
+
+// apply makes the read g's prefetch. A read answered before the commit
+// it raced with (at a lower revision) misses that commit's writes: the
+// keys it wrote take their committed record and revision, and the
+// group's later reads are pinned to the commit's revision. Its other
+// keys keep the older revision, which the group's compares check like any
+// read; a group that ends up committing nothing has no compares, so it is
+// rerun (group.mixedRevs).
+func (a *readAhead) apply(g *group) {
+	g.applyPrefetch(a.keys, a.resp)
+	if g.rev >= a.afterRev {
+		return
+	}
+	for k, w := range a.after {
+		if _, ok := g.prefetched[k]; !ok {
+			continue
+		}
+		if w.deleted {
+			g.prefetched[k] = prefetchedRec{}
+		} else {
+			g.prefetched[k] = prefetchedRec{rec: w.rec, rev: a.afterRev}
+		}
+	}
+	g.rev = a.afterRev
+	g.mixedRevs = true
 }
 
 // errRetry marks a read that could not be served at the group's revision
@@ -358,9 +580,14 @@ type mark struct {
 // group is the state of one etcd transaction being built: the read
 // revision, what was read, and the writes buffered so far.
 type group struct {
-	ctx context.Context
-	s   *Store
-	rev int64 // read revision; 0 before the first read
+	ctx      context.Context
+	s        *Store
+	rev      int64 // read revision; 0 before the first read
+	readOnly bool  // a View group: writes fail with kv.ErrReadOnly
+	// mixedRevs reports prefetched records older than rev (a readAhead
+	// overtaken by a commit): valid only once compared at commit.
+	mixedRevs bool
+	commitRev int64 // the revision the group committed at
 
 	points   map[string]int64 // key read by Get -> its ModRevision (0: absent)
 	scanned  map[string]int64 // key seen by Scan -> its ModRevision
@@ -373,7 +600,8 @@ type group struct {
 	retry    error             // set when the group must be rerun or failed outright
 	readRecs map[string][]byte // etcd records read, by key (nil: absent)
 	// prefetched holds records fetched ahead at rev on the fns' hints;
-	// they become reads (points) only when a fn Gets them.
+	// they become reads (points) only when a fn Gets them. It is nil when
+	// nothing was prefetched (no hints, or the prefetch failed).
 	prefetched map[string]prefetchedRec
 }
 
@@ -382,39 +610,56 @@ type prefetchedRec struct {
 	rev int64  // ModRevision, 0 when absent
 }
 
-// prefetch fetches the hinted keys of the fns about to run, as many as one
-// transaction may hold, in one read-only transaction whose revision
-// becomes the group's. A failed prefetch is ignored: the fns then read key
-// by key.
-func (g *group) prefetch(hints [][][]byte) {
-	seen := map[string]bool{}
-	var ops []clientv3.Op
-	var keys []string
-	max := g.s.opts.MaxTxnOps
-fill:
-	for _, h := range hints {
-		for _, k := range h {
-			key := string(g.s.prefix) + string(k)
-			if seen[key] {
-				continue
-			}
-			if len(ops) == max {
-				break fill
-			}
-			seen[key] = true
-			ops = append(ops, clientv3.OpGet(key))
-			keys = append(keys, key)
-		}
-	}
-	if len(ops) == 0 {
-		return
+// prefetch fetches the hinted keys of the fns about to run (see
+// prefetchKeys) in one read-only transaction whose revision becomes the
+// group's, and returns how many fns it fetched for. A failed prefetch is
+// ignored: the fns then read key by key.
+func (g *group) prefetch(hints [][][]byte) (fns int) {
+	keys, fns := g.s.prefetchKeys(hints)
+	if len(keys) == 0 {
+		return fns
 	}
 	ctx, cancel := g.reqCtx()
 	defer cancel()
-	resp, err := g.s.client.Txn(ctx).Then(ops...).Commit()
+	resp, err := g.s.firstRead(ctx, keys)
 	if err != nil {
-		return
+		return fns
 	}
+	g.applyPrefetch(keys, resp)
+	return fns
+}
+
+// prefetchKeys returns the distinct hinted keys (prefix included) of as
+// many whole fns, from hints[0] on, as one transaction may read, and at
+// least those of the first fn; fns is how many fns they serve.
+func (s *Store) prefetchKeys(hints [][][]byte) (keys []string, fns int) {
+	seen := map[string]bool{}
+	max := s.opts.MaxTxnOps
+	for n, h := range hints {
+		var fresh []string
+		for _, k := range h {
+			key := string(s.prefix) + string(k)
+			if !seen[key] && !slices.Contains(fresh, key) {
+				fresh = append(fresh, key)
+			}
+		}
+		if n > 0 && len(keys)+len(fresh) > max {
+			return keys, n
+		}
+		for _, key := range fresh {
+			if len(keys) == max {
+				break
+			}
+			seen[key] = true
+			keys = append(keys, key)
+		}
+	}
+	return keys, len(hints)
+}
+
+// applyPrefetch makes resp, the answer to reading keys, the group's
+// prefetched records, and its revision the group's.
+func (g *group) applyPrefetch(keys []string, resp *clientv3.TxnResponse) {
 	g.rev = resp.Header.Revision
 	g.prefetched = make(map[string]prefetchedRec, len(keys))
 	for j, r := range resp.Responses {
@@ -424,6 +669,53 @@ fill:
 		}
 		g.prefetched[keys[j]] = p
 	}
+}
+
+// covers reports whether every hinted key of a fn is answered without a
+// request: prefetched, written or read by the group already. Without a
+// prefetch there is nothing to cover with, and it reports true.
+func (g *group) covers(hint [][]byte) bool {
+	if g.prefetched == nil {
+		return true
+	}
+	for _, k := range hint {
+		key := string(g.s.prefix) + string(k)
+		if _, ok := g.prefetched[key]; ok {
+			continue
+		}
+		if _, ok := g.overlay[key]; ok {
+			continue
+		}
+		if _, ok := g.readRecs[key]; ok {
+			continue
+		}
+		if g.tombstoned(key) {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// firstRead fetches keys, the first read of a group, in one read-only
+// transaction with the consistency of Options.Reads. A serializable
+// answer older than the store's last commit is asked again linearizably,
+// so the store always reads its own writes.
+func (s *Store) firstRead(ctx context.Context, keys []string) (*clientv3.TxnResponse, error) {
+	ops := make([]clientv3.Op, len(keys))
+	if s.opts.Reads == Serializable {
+		for i, k := range keys {
+			ops[i] = clientv3.OpGet(k, clientv3.WithSerializable())
+		}
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if err == nil && resp.Header.Revision >= s.lastRev.Load() {
+			return resp, nil
+		}
+	}
+	for i, k := range keys {
+		ops[i] = clientv3.OpGet(k)
+	}
+	return s.kv.Txn(ctx).Then(ops...).Commit()
 }
 
 func newGroup(ctx context.Context, s *Store) *group {
@@ -548,11 +840,20 @@ func (g *group) readOpts(serializable bool, opts ...clientv3.OpOption) []clientv
 }
 
 func (g *group) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	resp, err := g.s.client.Get(ctx, key, g.readOpts(true, opts...)...)
+	if g.rev == 0 && g.s.opts.Reads == Serializable {
+		// The group's first read, served by any member unless its
+		// answer predates the store's last commit (see firstRead).
+		resp, err := g.s.kv.Get(ctx, key, append(slices.Clip(opts), clientv3.WithSerializable())...)
+		if err == nil && resp.Header.Revision >= g.s.lastRev.Load() {
+			g.rev = resp.Header.Revision
+			return resp, nil
+		}
+	}
+	resp, err := g.s.kv.Get(ctx, key, g.readOpts(true, opts...)...)
 	if isFutureRev(err) {
 		// The member has not applied the group's revision yet: ask again
 		// through the leader.
-		resp, err = g.s.client.Get(ctx, key, g.readOpts(false, opts...)...)
+		resp, err = g.s.kv.Get(ctx, key, g.readOpts(false, opts...)...)
 	}
 	if err != nil {
 		if isCompacted(err) {
@@ -675,7 +976,9 @@ func (g *group) commit() (ok bool, err error) {
 		}
 	}
 	if len(then) == 0 {
-		return true, nil // read-only: consistent at g.rev, nothing to commit
+		// Read-only: consistent at g.rev, nothing to commit, unless some
+		// reads are older (mixedRevs): then it is rerun on a fresh read.
+		return !g.mixedRevs, nil
 	}
 	var cmps []clientv3.Cmp
 	if g.rev != 0 {
@@ -700,11 +1003,26 @@ func (g *group) commit() (ok bool, err error) {
 	}
 	ctx, cancel := g.reqCtx()
 	defer cancel()
-	resp, err := g.s.client.Txn(ctx).If(cmps...).Then(then...).Commit()
+	resp, err := g.s.kv.Txn(ctx).If(cmps...).Then(then...).Commit()
 	if err != nil {
 		return false, fmt.Errorf("etcdstore: committing %d writes (outcome unknown if the request timed out): %w", len(then), err)
 	}
+	if resp.Succeeded {
+		g.commitRev = resp.Header.Revision
+		g.s.noteCommit(g.commitRev)
+	}
 	return resp.Succeeded, nil
+}
+
+// noteCommit records rev, the revision of a commit of this store, as the
+// oldest a serializable read may answer from.
+func (s *Store) noteCommit(rev int64) {
+	for {
+		last := s.lastRev.Load()
+		if rev <= last || s.lastRev.CompareAndSwap(last, rev) {
+			return
+		}
+	}
 }
 
 // txn is the kv.Txn view of a group for one TxnFunc.
@@ -781,6 +1099,9 @@ func (t *txn) Set(key, value []byte, expireAt int64) error {
 	if t.g.retry != nil {
 		return t.g.retry
 	}
+	if t.g.readOnly {
+		return kv.ErrReadOnly
+	}
 	t.g.set(t.key(key), write{rec: encodeRecord(value, expireAt), exp: expireAt})
 	return nil
 }
@@ -788,6 +1109,9 @@ func (t *txn) Set(key, value []byte, expireAt int64) error {
 func (t *txn) Delete(key []byte) error {
 	if t.g.retry != nil {
 		return t.g.retry
+	}
+	if t.g.readOnly {
+		return kv.ErrReadOnly
 	}
 	t.g.set(t.key(key), write{deleted: true})
 	return nil
@@ -797,6 +1121,9 @@ func (t *txn) DeleteRange(start, end []byte) error {
 	g := t.g
 	if g.retry != nil {
 		return g.retry
+	}
+	if g.readOnly {
+		return kv.ErrReadOnly
 	}
 	r := span{t.key(start), t.end(end)}
 	if r.empty() {

@@ -44,6 +44,13 @@ func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progre
 // runFlowrunOn runs a workload through source -> kv connector on store ->
 // sink; the graph closes store.
 func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Backend, quiet *slog.Logger, p *progress) (sideResult, error) {
+	return runFlowrunPart(ctx, cfg, workload, store, quiet, p, newGen(workload, cfg.Keys), true)
+}
+
+// runFlowrunPart is runFlowrunOn for one part of a workload split in
+// parts on one store: it runs the next cfg.Ops operations of ops, after the
+// preload when preload is set (the first part).
+func runFlowrunPart(ctx context.Context, cfg Config, workload string, store kv.Backend, quiet *slog.Logger, p *progress, ops *gen, preload bool) (sideResult, error) {
 	conn, err := kv.New(store, kv.Options{Logger: quiet})
 	if err != nil {
 		_ = store.Close()
@@ -62,12 +69,14 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 		free:      make(chan []byte, 4), // spares; in-flight arenas are bounded by the queues
 		preloaded: make(chan struct{}),
 		p:         p,
+		gen:       ops,
+		preload:   preload && needsPreload(workload),
 	}
 	if cfg.Rate > 0 {
 		f.open = newOpenLoop(cfg.Rate, cfg.Ops)
 		f.starts, f.opsIn, f.arenas, f.lat = nil, nil, nil, nil
 	}
-	if needsPreload(workload) {
+	if f.preload {
 		f.preloadLeft.Store(int64((cfg.Keys + preloadBatch - 1) / preloadBatch))
 	} else {
 		close(f.preloaded)
@@ -137,6 +146,10 @@ type flowSide struct {
 
 	// open is the open-loop state (Config.Rate > 0), nil in closed loop.
 	open *openLoop
+	// gen generates the operations; preload says whether the keys are
+	// preloaded first (not when an earlier part of the workload did).
+	gen     *gen
+	preload bool
 
 	// Sink-only state.
 	errs     int
@@ -168,7 +181,7 @@ func (f *flowSide) batchDone(b int) {
 // generate is the source: the untimed preload, then the timed operations,
 // batch by batch.
 func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) error {
-	if needsPreload(f.workload) {
+	if f.preload {
 		var buf []byte
 		var tr *pipeline.Tracker
 		for k := range f.cfg.Keys {
@@ -198,7 +211,7 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 		}
 	}
 
-	g := newGen(f.workload, f.cfg.Keys)
+	g := f.gen
 	scanEnd := appendKey(nil, f.cfg.Keys)
 	// Room for one event's meta and data, so an arena never regrows.
 	perEvent := 96

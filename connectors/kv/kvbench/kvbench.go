@@ -27,7 +27,16 @@
 //
 // With Config.Backend BackendEtcd the connector runs over an etcdstore.Store
 // on Config.Etcd's cluster, and the raw side uses the etcd client directly
-// with the same batches cut to etcd's operations per transaction.
+// doing the same work the store does: the same operations, key count and
+// value size, the same batches cut to etcd's operations per transaction,
+// one read transaction per chunk, the next chunk's read sent as soon as a
+// chunk's is answered (while the chunk commits, under compares on what it
+// read), a read-only batch read in two concurrent halves as the connector
+// reads it, and the same read consistency (Config.Etcd.Reads). With
+// Config.Rounds above 1 each side's timed operations are split into
+// rounds that alternate the two sides (each side preloaded once), so that
+// load from other processes falls on both sides alike; the ratio is of
+// the summed times.
 package kvbench
 
 import (
@@ -119,6 +128,10 @@ type Config struct {
 	// "flowrun-bench/<random>/", deleted when the workload ends. Sync and
 	// Dir do not apply: etcd always commits to a quorum's disks.
 	Etcd etcdstore.Options
+	// Rounds, on BackendEtcd, splits each workload into this many rounds
+	// alternating the flowrun and raw sides (see the package doc), so a
+	// loaded machine slows both alike. Default 1; at most Ops.
+	Rounds int
 	// Rate, when positive, runs the flowrun side open loop at Rate
 	// events/s (see the package doc); Ops is then Rate × Duration and the
 	// raw side is skipped. 0 runs the closed loop.
@@ -162,6 +175,9 @@ func (c *Config) EnsureDefaults() {
 	if c.Backend == "" {
 		c.Backend = BackendPebble
 	}
+	if c.Rounds <= 0 {
+		c.Rounds = 1
+	}
 	if c.Rate > 0 {
 		if c.Duration <= 0 {
 			c.Duration = DefaultDuration
@@ -198,6 +214,9 @@ func (c *Config) Validate() error {
 		}
 		if len(c.Etcd.Endpoints) == 0 {
 			return fmt.Errorf("%w: backend etcd needs endpoints", ErrBadConfig)
+		}
+		if c.Rounds > c.Ops {
+			return fmt.Errorf("%w: %d rounds is more than the %d ops", ErrBadConfig, c.Rounds, c.Ops)
 		}
 	default:
 		return fmt.Errorf("%w: unknown backend %q (known: %s, %s)", ErrBadConfig, c.Backend, BackendPebble, BackendEtcd)
@@ -240,6 +259,9 @@ type Result struct {
 	P90us  float64 `json:"p90_us,omitempty"`
 	P999us float64 `json:"p999_us,omitempty"`
 	MaxUs  float64 `json:"max_us,omitempty"`
+	// Rounds, on BackendEtcd, is how many alternating rounds each side's
+	// operations were split into (Config.Rounds).
+	Rounds int `json:"rounds,omitempty"`
 	// PeakRSSMB is the process's peak resident set (VmHWM, MiB) over the
 	// flowrun side of the workload, preload included; 0 when the platform
 	// does not report it. When the peak cannot be reset between workloads

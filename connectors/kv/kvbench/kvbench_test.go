@@ -221,8 +221,11 @@ func TestRunEtcd(t *testing.T) {
 		}
 		t.Skip("FLOWRUN_ETCD_ENDPOINTS is not set; start a cluster with scripts/etcd-cluster.sh start")
 	}
-	cfg := Config{Ops: 450, Keys: 200, ValueBytes: 40, Batch: 150, Backend: BackendEtcd,
-		Etcd: etcdstore.Options{Endpoints: strings.Split(env, ","), Prefix: "flowrun-test/"}}
+	// Two rounds of 225 and 226 operations per side (Ops is odd).
+	done, total := 0, 0
+	cfg := Config{Ops: 451, Keys: 200, ValueBytes: 40, Batch: 150, Backend: BackendEtcd, Rounds: 2,
+		Etcd:     etcdstore.Options{Endpoints: strings.Split(env, ","), Prefix: "flowrun-test/"},
+		Progress: func(d, t int) { done, total = d, t }}
 	results, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -230,14 +233,30 @@ func TestRunEtcd(t *testing.T) {
 	if len(results) != len(Workloads()) {
 		t.Fatalf("%d results, want %d", len(results), len(Workloads()))
 	}
+	if want := 2 * 451 * len(Workloads()); done != want || total != want {
+		t.Errorf("progress %d of %d operations, want %d of %d", done, total, want, want)
+	}
 	for _, r := range results {
-		if r.Backend != BackendEtcd || r.FlowrunOpsPerS <= 0 || r.EtcdOpsPerS <= 0 || r.PebbleOpsPerS != 0 {
+		if r.Backend != BackendEtcd || r.FlowrunOpsPerS <= 0 || r.EtcdOpsPerS <= 0 || r.PebbleOpsPerS != 0 || r.Rounds != 2 || r.Ops != 451 {
 			t.Errorf("%s: %+v", r.Workload, r)
 		}
 		if want := r.FlowrunOpsPerS / r.EtcdOpsPerS; math.Abs(r.Ratio-want) > 1e-9*want {
 			t.Errorf("%s: ratio = %v, want flowrun/etcd = %v", r.Workload, r.Ratio, want)
 		}
 	}
+	// Serializable reads on both sides: the raw side, like the store,
+	// reads its own commits (a member behind them is not believed).
+	ser := cfg
+	ser.Workloads, ser.Ops, ser.Batch, ser.Progress = []string{Increment, CAS, Mixed}, 1200, 300, nil
+	ser.Etcd.Reads = etcdstore.Serializable
+	if _, err := Run(context.Background(), ser); err != nil {
+		t.Errorf("serializable reads: %v", err)
+	}
+	cfg.Rounds = 452
+	if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("more rounds than ops: %v, want ErrBadConfig", err)
+	}
+	cfg.Rounds = 1
 	cfg.Etcd.Endpoints = nil
 	if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("etcd without endpoints: %v, want ErrBadConfig", err)

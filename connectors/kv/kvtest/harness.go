@@ -100,6 +100,15 @@ func (s sharedViewer) View(ctx context.Context, fns []kv.TxnFunc, errs []error) 
 	return s.v.View(ctx, fns, errs)
 }
 
+// ViewHinted passes read hints on to a wrapped kv.ViewHinter, so the
+// table runs the hinted read-only path of backends that have one.
+func (s sharedViewer) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
+	if h, ok := s.v.(kv.ViewHinter); ok {
+		return h.ViewHinted(ctx, fns, hints, errs)
+	}
+	return s.v.View(ctx, fns, errs)
+}
+
 // sharedSubmitter is a sharedViewer that also keeps its backend's queued
 // write path (kv.Submitter), so the table runs slices the way a staged
 // flow node does.
