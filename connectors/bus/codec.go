@@ -43,10 +43,20 @@ const (
 	// ErrorKey is the metadata key of a dead letter's failure reason (it
 	// becomes meta.error when read back by a flowrun source).
 	ErrorKey = "error"
+	// DecodeErrorKey is set by a subscriber that received a message it
+	// cannot decode (an MQTT payload that is not the envelope its codec
+	// expects): ToEvent then fails with ErrUndecodable and this reason,
+	// so the message is dead-lettered at once. It is not copied into
+	// event meta nor into the dead letter.
+	DecodeErrorKey = "flowrun_decode_error"
 )
 
 // ErrNotJSON reports a message payload that is not valid JSON.
 var ErrNotJSON = errors.New("message payload is not JSON")
+
+// ErrUndecodable reports a message its subscriber could not decode (see
+// DecodeErrorKey).
+var ErrUndecodable = errors.New("message cannot be decoded")
 
 // ErrNotIJSON reports a message that every component could not read the
 // same way: a payload or JSON metadata value with two members of the same
@@ -67,6 +77,8 @@ func ToEvent(msg *message.Message) (pipeline.Event, error) {
 	payload := bytes.TrimSpace(msg.Payload)
 	var err error
 	switch {
+	case msg.Metadata.Get(DecodeErrorKey) != "":
+		err = fmt.Errorf("%w: %s", ErrUndecodable, msg.Metadata.Get(DecodeErrorKey))
 	case merr != nil:
 		err = merr
 	case len(payload) == 0:
@@ -86,7 +98,11 @@ func ToEvent(msg *message.Message) (pipeline.Event, error) {
 		}
 	}
 	raw, _ := json.Marshal(string(msg.Payload)) // invalid UTF-8 becomes U+FFFD
-	meta = setString(meta, "error", "message "+msg.UUID+": "+err.Error())
+	what := "message"
+	if msg.UUID != "" {
+		what += " " + msg.UUID
+	}
+	meta = setString(meta, "error", what+": "+err.Error())
 	return pipeline.Event{Data: raw, Meta: meta}, err
 }
 
@@ -144,7 +160,7 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 		fields[MessageIDMeta], _ = json.Marshal(uuid)
 	}
 	for k, v := range md {
-		if k == JSONKeysKey || k == DeliveredKey || k == MessageIDMeta {
+		if k == JSONKeysKey || k == DeliveredKey || k == MessageIDMeta || k == DecodeErrorKey {
 			continue
 		}
 		if !utf8.ValidString(k) {

@@ -213,3 +213,38 @@ func withoutMessageID(t *testing.T, meta []byte) []byte {
 	}
 	return out
 }
+
+// TestToEventDecodeError: a message its subscriber marked as undecodable
+// fails with ErrUndecodable and its reason, and the marker key reaches
+// neither the event's meta nor a dead letter.
+func TestToEventDecodeError(t *testing.T) {
+	msg := message.NewMessage("id-1", []byte(`{"not":"an envelope"}`))
+	msg.Metadata.Set(DecodeErrorKey, "payload is not an event envelope")
+	msg.Metadata.Set("tag", "x")
+	ev, err := ToEvent(msg)
+	if !errors.Is(err, ErrUndecodable) || !strings.Contains(err.Error(), "payload is not an event envelope") {
+		t.Fatalf("ToEvent error = %v, want ErrUndecodable with the reason", err)
+	}
+	if gjson.GetBytes(ev.Meta, DecodeErrorKey).Exists() || gjson.GetBytes(ev.Meta, "tag").String() != "x" {
+		t.Errorf("meta = %s", ev.Meta)
+	}
+	if got := gjson.GetBytes(ev.Data, "@this").String(); got != `{"not":"an envelope"}` {
+		t.Errorf("data = %s, want the raw payload as a string", ev.Data)
+	}
+	pub := &recordingPublisher{}
+	s := &Source{dead: pub, opts: SourceOptions{DeadLetter: "t.dead"}}
+	if err := s.deadLetter(msg, "reason"); err != nil {
+		t.Fatal(err)
+	}
+	if len(pub.msgs) != 1 || pub.msgs[0].Metadata.Get(DecodeErrorKey) != "" {
+		t.Errorf("dead letter metadata %v", pub.msgs)
+	}
+}
+
+type recordingPublisher struct{ msgs []*message.Message }
+
+func (p *recordingPublisher) Publish(_ string, msgs ...*message.Message) error {
+	p.msgs = append(p.msgs, msgs...)
+	return nil
+}
+func (p *recordingPublisher) Close() error { return nil }

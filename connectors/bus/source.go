@@ -483,7 +483,7 @@ func (s *Source) deadLetter(m *message.Message, reason string) error {
 	}
 	dl := message.NewMessage(watermill.NewUUID(), m.Payload)
 	for k, v := range m.Metadata {
-		if k != DeliveredKey {
+		if k != DeliveredKey && k != DecodeErrorKey {
 			dl.Metadata.Set(k, v)
 		}
 	}

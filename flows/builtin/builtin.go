@@ -13,6 +13,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/connectors/mqtt"
 	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/operators/lua"
 )
@@ -33,6 +34,7 @@ func Register(r *component.Registry) error {
 		bus.NATSSpec(),
 		kafka.Spec(),
 		amqp.Spec(),
+		mqtt.Spec(),
 		httpconn.ServerSpec(),
 		httpconn.ClientSpec(),
 		operators.FilterSpec(),

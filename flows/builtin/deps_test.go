@@ -23,12 +23,14 @@ func TestMinimalSetDeps(t *testing.T) {
 		"google.golang.org/grpc",     // etcd's transport
 		"github.com/nats-io/",        // the nats connector
 		"github.com/rabbitmq/",       // the amqp connector
+		"github.com/eclipse/paho",    // the mqtt connector
 		"github.com/ThreeDotsLabs/",  // watermill, under the bus connectors
 		"github.com/twmb/franz-go",   // the kafka connector
 		"github.com/yuin/gopher-lua", // the lua processor
 		"github.com/flowrun/flowrun/connectors/bus",
 		"github.com/flowrun/flowrun/connectors/amqp",
 		"github.com/flowrun/flowrun/connectors/kafka",
+		"github.com/flowrun/flowrun/connectors/mqtt",
 		"github.com/flowrun/flowrun/connectors/kv/etcdstore",
 		"github.com/flowrun/flowrun/operators/lua",
 		"github.com/flowrun/flowrun/flows/builtin",
@@ -46,7 +48,7 @@ func TestMinimalSetDeps(t *testing.T) {
 	// The full set does link them: the check above can fail.
 	full := strings.Join(goListDeps(t, "."), "\n")
 	for _, want := range []string{"go.etcd.io/etcd/client/v3", "github.com/nats-io/nats.go", "github.com/rabbitmq/amqp091-go", "github.com/yuin/gopher-lua",
-		"github.com/twmb/franz-go/pkg/kgo"} {
+		"github.com/twmb/franz-go/pkg/kgo", "github.com/eclipse/paho.mqtt.golang"} {
 		if !strings.Contains(full, want) {
 			t.Errorf("the full set does not link %s; the test no longer tells anything", want)
 		}
@@ -78,7 +80,7 @@ func TestRegister(t *testing.T) {
 	if err := builtin.Register(r); err == nil {
 		t.Fatal("registering the built-ins twice in one registry succeeded")
 	}
-	if got := len(builtin.NewRegistry().Types("")); got != 16 {
-		t.Errorf("built-in types: %d, want 16", got)
+	if got := len(builtin.NewRegistry().Types("")); got != 17 {
+		t.Errorf("built-in types: %d, want 17", got)
 	}
 }

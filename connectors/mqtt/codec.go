@@ -1,0 +1,189 @@
+package mqtt
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/internal/ijson"
+)
+
+// received is what decode needs of a received MQTT message.
+type received struct {
+	topic     string
+	payload   []byte
+	qos       byte
+	retained  bool
+	duplicate bool
+}
+
+// decoder turns received MQTT messages into watermill messages for the bus
+// Source (which turns them into events with bus.ToEvent).
+type decoder struct {
+	codec  string
+	idFrom string
+	check  ijson.Checker // used by one goroutine: the client's router
+}
+
+// decode returns the message for r: payload the event's data, metadata
+// its meta (MetaKey with r's MQTT fields; with CodecEvent, the envelope's
+// meta), UUID its message id ("" when it has none). A payload it cannot
+// decode gives a message carrying bus.DecodeErrorKey, which the Source
+// dead-letters.
+func (d *decoder) decode(r received) *message.Message {
+	info, _ := json.Marshal(struct {
+		Topic     string `json:"topic"`
+		QoS       byte   `json:"qos"`
+		Retained  bool   `json:"retained"`
+		Duplicate bool   `json:"duplicate"`
+	}{r.topic, r.qos, r.retained, r.duplicate})
+	md := message.Metadata{MetaKey: string(info)}
+	jsonKeys := []string{MetaKey}
+	finish := func(id string, payload []byte, reason string) *message.Message {
+		m := message.NewMessage(id, payload)
+		m.Metadata = md
+		md.Set(bus.JSONKeysKey, strings.Join(jsonKeys, ","))
+		if reason != "" {
+			md.Set(bus.DecodeErrorKey, reason)
+		}
+		return m
+	}
+	data, id := r.payload, ""
+	if d.codec == CodecEvent {
+		var reason string
+		data, id, jsonKeys, reason = d.envelope(r.payload, md, jsonKeys)
+		if reason != "" {
+			return finish("", r.payload, reason)
+		}
+	}
+	switch d.idFrom {
+	case "":
+	case IDHash:
+		id = HashID(r.topic, r.payload)
+	default:
+		if !gjson.ValidBytes(data) {
+			break // the Source reports a payload that is not JSON
+		}
+		v := gjson.GetBytes(data, d.idFrom)
+		switch v.Type {
+		case gjson.String, gjson.Number:
+			id = v.String()
+		default:
+			return finish("", r.payload, fmt.Sprintf("id_from %q: no string or number at that path of the data", d.idFrom))
+		}
+		if id == "" {
+			return finish("", r.payload, fmt.Sprintf("id_from %q: empty id", d.idFrom))
+		}
+	}
+	return finish(id, data, "")
+}
+
+// envelope reads a CodecEvent payload {"data": ..., "meta": {...}}: data,
+// the id in meta.message_id, and meta's fields into md (their keys whose
+// values are JSON added to jsonKeys). reason is not "" when payload is not
+// an envelope.
+func (d *decoder) envelope(payload []byte, md message.Metadata, jsonKeys []string) (data []byte, id string, keys []string, reason string) {
+	const want = `an event envelope {"data": ..., "meta": {...}} (codec event)`
+	if _, err := d.check.Check(payload, ""); err != nil {
+		return nil, "", jsonKeys, "payload is not " + want + ": " + err.Error()
+	}
+	root := gjson.ParseBytes(payload)
+	if !root.IsObject() {
+		return nil, "", jsonKeys, "payload is not " + want
+	}
+	var meta gjson.Result
+	var bad string
+	root.ForEach(func(k, v gjson.Result) bool {
+		switch k.String() {
+		case "data":
+			data = []byte(v.Raw)
+		case "meta":
+			meta = v
+		default:
+			bad = fmt.Sprintf("payload is not %s: unexpected member %q", want, k.String())
+			return false
+		}
+		return true
+	})
+	if bad != "" {
+		return nil, "", jsonKeys, bad
+	}
+	if meta.Exists() && !meta.IsObject() && meta.Type != gjson.Null {
+		return nil, "", jsonKeys, "payload is not " + want + ": meta is not an object"
+	}
+	meta.ForEach(func(k, v gjson.Result) bool {
+		key := k.String()
+		switch key {
+		case bus.MessageIDMeta:
+			if v.Type == gjson.String {
+				id = v.String()
+			}
+			return true
+		case MetaKey, bus.JSONKeysKey, bus.DeliveredKey, bus.DecodeErrorKey:
+			return true // set by the receiving side only
+		case bus.CorrelationMeta:
+			key = bus.CorrelationKey
+		}
+		if v.Type == gjson.String {
+			md.Set(key, v.String())
+		} else {
+			md.Set(key, v.Raw)
+			jsonKeys = append(jsonKeys, key)
+		}
+		return true
+	})
+	return data, id, jsonKeys, ""
+}
+
+// HashID returns the IDHash message id of a payload received on topic: the
+// first 128 bits of SHA-256 over topic, a NUL and payload, in hex.
+func HashID(topic string, payload []byte) string {
+	h := sha256.New()
+	h.Write([]byte(topic))
+	h.Write([]byte{0})
+	h.Write(payload)
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// encode returns the payload publishing m with codec. With CodecJSON it is
+// m's payload; with CodecEvent an envelope of m's payload (as a JSON
+// string when it is not JSON: a dead letter of a payload that was not)
+// and metadata, meta.message_id being m's UUID.
+func encode(m *message.Message, codec string) []byte {
+	if codec == CodecJSON {
+		return m.Payload
+	}
+	c := m
+	if !json.Valid(m.Payload) && len(strings.TrimSpace(string(m.Payload))) > 0 {
+		quoted, _ := json.Marshal(string(m.Payload))
+		c = message.NewMessage(m.UUID, quoted)
+		c.Metadata = m.Metadata
+	}
+	ev, _ := bus.ToEvent(c) // on error ev still holds valid JSON
+	data, meta := ev.Data, ev.Meta
+	if len(data) == 0 {
+		data = []byte("null")
+	}
+	if len(meta) == 0 {
+		meta = []byte("{}")
+	}
+	out := make([]byte, 0, len(data)+len(meta)+20)
+	out = append(out, `{"data":`...)
+	out = append(out, data...)
+	out = append(out, `,"meta":`...)
+	out = append(out, meta...)
+	return append(out, '}')
+}
+
+// deliveries returns the delivery count the subscriber set on m.
+func deliveries(m *message.Message) int {
+	n, _ := strconv.Atoi(m.Metadata.Get(bus.DeliveredKey))
+	return n
+}

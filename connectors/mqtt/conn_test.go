@@ -1,0 +1,145 @@
+package mqtt
+
+import (
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/flowrun/flowrun/connectors/bus"
+)
+
+// fakeMessage is a received MQTT message recording its ack.
+type fakeMessage struct {
+	id   uint16
+	acks *ackLog
+}
+
+func (m *fakeMessage) Duplicate() bool   { return false }
+func (m *fakeMessage) Qos() byte         { return 1 }
+func (m *fakeMessage) Retained() bool    { return false }
+func (m *fakeMessage) Topic() string     { return "t" }
+func (m *fakeMessage) MessageID() uint16 { return m.id }
+func (m *fakeMessage) Payload() []byte   { return []byte(`{"id":` + string(rune('0'+m.id)) + `}`) }
+func (m *fakeMessage) Ack()              { m.acks.add(m.id) }
+
+type ackLog struct {
+	mu  sync.Mutex
+	ids []uint16
+}
+
+func (l *ackLog) add(id uint16) { l.mu.Lock(); l.ids = append(l.ids, id); l.mu.Unlock() }
+func (l *ackLog) get() []uint16 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]uint16(nil), l.ids...)
+}
+
+// waitAcks waits until log holds n acks, at most d.
+func waitAcks(log *ackLog, n int, d time.Duration) []uint16 {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if got := log.get(); len(got) >= n {
+			return got
+		}
+	}
+	return log.get()
+}
+
+func next(t *testing.T, c *conn) *message.Message {
+	t.Helper()
+	select {
+	case m := <-c.out:
+		return m
+	case <-time.After(2 * time.Second):
+		t.Fatal("no message handed over")
+		return nil
+	}
+}
+
+// TestAcksInArrivalOrder: messages settled out of order are acked in the
+// order they arrived (MQTT 3.1.1 §4.6); a nacked message is handed over
+// again with its id and a higher delivery count, and holds back the acks
+// of the later ones until it is acked.
+func TestAcksInArrivalOrder(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON, idFrom: "id"}, 10)
+	log := &ackLog{}
+	for id := uint16(1); id <= 4; id++ {
+		c.handle(nil, &fakeMessage{id: id, acks: log})
+	}
+	c.start()
+	m := []*message.Message{nil, next(t, c), next(t, c), next(t, c), next(t, c)}
+	m[2].Ack()
+	m[4].Ack()
+	if got := waitAcks(log, 1, 100*time.Millisecond); len(got) != 0 {
+		t.Fatalf("acks %v sent before message 1 was done", got)
+	}
+	m[1].Nack()
+	again := next(t, c)
+	if again.UUID != m[1].UUID || deliveries(again) != 2 || deliveries(m[1]) != 1 {
+		t.Fatalf("redelivery: id %q (want %q), deliveries %d", again.UUID, m[1].UUID, deliveries(again))
+	}
+	if got := waitAcks(log, 1, 100*time.Millisecond); len(got) != 0 {
+		t.Fatalf("acks %v sent while message 1 is being retried", got)
+	}
+	again.Ack()
+	if got := waitAcks(log, 2, 2*time.Second); len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Fatalf("acks %v, want [1 2] (4 waits for 3)", got)
+	}
+	m[3].Ack()
+	// release sends what is ready, even an ack made just before it.
+	if err := c.release(); err != nil {
+		t.Fatal(err)
+	}
+	if got := log.get(); len(got) != 4 || got[2] != 3 || got[3] != 4 {
+		t.Fatalf("acks after release %v, want [1 2 3 4]", got)
+	}
+	if _, open := <-c.out; open {
+		t.Error("out still open after release")
+	}
+	if got := m[3].Metadata.Get(bus.DeliveredKey); got != "1" {
+		t.Errorf("delivery count %q", got)
+	}
+}
+
+// TestNackAfterReleaseLeavesTheMessageToTheBroker: a message nacked once
+// its connection has ended is neither handed over again nor acked: the
+// broker resends it on the next session.
+func TestNackAfterReleaseLeavesTheMessageToTheBroker(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 10)
+	log := &ackLog{}
+	c.handle(nil, &fakeMessage{id: 1, acks: log})
+	c.start()
+	m := next(t, c)
+	if err := c.release(); err != nil {
+		t.Fatal(err)
+	}
+	m.Nack()
+	if _, open := <-c.out; open {
+		t.Error("message handed over after release")
+	}
+	if got := log.get(); len(got) != 0 {
+		t.Errorf("acks %v", got)
+	}
+}
+
+// TestMaxInflight: no more than MaxInflight messages are handed over
+// unsettled, whatever the broker sends; settling one frees a slot.
+func TestMaxInflight(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 2)
+	log := &ackLog{}
+	for id := uint16(1); id <= 3; id++ {
+		c.handle(nil, &fakeMessage{id: id, acks: log})
+	}
+	c.start()
+	defer c.release()
+	first, _ := next(t, c), next(t, c)
+	select {
+	case m := <-c.out:
+		t.Fatalf("third message %s handed over with two unsettled", m.UUID)
+	case <-time.After(100 * time.Millisecond):
+	}
+	first.Ack()
+	next(t, c)
+}

@@ -1,0 +1,46 @@
+// Package mqtt connects flows to an MQTT broker (MQTT 3.1.1, through
+// github.com/eclipse/paho.mqtt.golang): a source that subscribes to a topic
+// filter with a persistent session and acknowledges each message once
+// everything derived from it is done, and a sink that publishes events and
+// waits for the broker's acknowledgement.
+//
+// The source and sink are the connectors/bus Source and Sink over a small
+// watermill message.Subscriber and message.Publisher written here: there is
+// no official watermill MQTT adapter, and a subscriber needs what the bus
+// Source assumes (several messages in flight, each acknowledged after it
+// is done, a retry for a nacked one, ids that survive redelivery).
+//
+// What MQTT 3.1.1 gives and does not give, and so what this package does:
+//
+//   - Acknowledgement. A QoS 1 message is acknowledged with PUBACK (QoS 2
+//     with PUBREC) once the flow is done with it, never before
+//     (ClientOptions.AutoAckDisabled). The protocol requires acks in the
+//     order the messages were received (MQTT 3.1.1 §4.6): a message done
+//     early waits for the ones received before it.
+//   - No nack. MQTT has no negative acknowledgement, and a broker resends
+//     an unacknowledged message only when the client reconnects with its
+//     session. A message the bus Source nacks is therefore handed to it
+//     again at once by this subscriber (still unacknowledged at the
+//     broker), counting its deliveries, so that max_deliveries and the dead
+//     letters work; a message redelivered by the broker after a reconnect
+//     or restart starts its count again.
+//   - Persistent session. The source connects with clean_session false and
+//     a stable client id, so the broker keeps its subscription and queues
+//     the messages published while flowrun is down (up to the broker's
+//     queue limit), and resends those not acknowledged.
+//   - Window. MQTT 3.1.1 has no receive maximum: how many messages the
+//     broker sends unacknowledged is its own limit (mosquitto's
+//     max_inflight_messages, which mosquitto 2.0.11 does not keep for a
+//     session's queued messages). The source hands at most
+//     SourceOptions.MaxInflight of them to the flow unsettled, so a crash
+//     makes it process at most that many again.
+//   - No headers. MQTT 3.1.1 messages carry only a payload, so event meta
+//     (correlation, kv commands) crosses the broker only with CodecEvent,
+//     which wraps the payload in {"data": ..., "meta": {...}} as flowrun's
+//     JSON-lines files do, and names the message with meta.message_id.
+//   - Ids. MQTT packet ids are per connection and reused; meta.message_id
+//     is the envelope's id (CodecEvent), a payload field (IDFrom), or a hash
+//     of topic and payload (IDHash), and is absent otherwise, so that the kv
+//     connector's idem_from refuses a write rather than dedupe on an id that
+//     changes between deliveries.
+package mqtt
