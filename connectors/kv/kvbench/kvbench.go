@@ -28,6 +28,14 @@
 // With Config.Backend BackendEtcd the connector runs over an etcdstore.Store
 // on Config.Etcd's cluster, and the raw side uses the etcd client directly
 // with the same batches cut to etcd's operations per transaction.
+//
+// With Config.Peer PeerRedis, each workload Redis has a counterpart for
+// (put: SET, get: GET, increment: INCR) is also measured on a redis-server
+// started for it on loopback, in a fresh directory, with an append-only
+// file fsynced before every reply (appendfsync always), by redis-benchmark
+// with the same operations, keys, value size and commands per pipeline as
+// the flowrun side, after the same preload; the server is stopped before
+// the next workload.
 package kvbench
 
 import (
@@ -126,6 +134,13 @@ type Config struct {
 	// Duration is how long an open-loop run sends. Default
 	// DefaultDuration; ignored in closed loop.
 	Duration time.Duration
+	// Peer, when PeerRedis, also measures each workload Redis has a
+	// counterpart for (put, get, increment) on a redis-server started for
+	// it with Redis (see runRedisWorkload), after the flowrun and raw
+	// sides. Default "": no peer.
+	Peer string
+	// Redis configures the Redis peer.
+	Redis RedisOptions
 	// Progress, when set, is called after each completed batch with the
 	// operations done so far and the total over all workloads and both
 	// sides. It is called from one goroutine at a time, never concurrently.
@@ -161,6 +176,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.Backend == "" {
 		c.Backend = BackendPebble
+	}
+	if c.Peer == PeerRedis {
+		c.Redis.ensureDefaults()
 	}
 	if c.Rate > 0 {
 		if c.Duration <= 0 {
@@ -202,6 +220,18 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: unknown backend %q (known: %s, %s)", ErrBadConfig, c.Backend, BackendPebble, BackendEtcd)
 	}
+	switch c.Peer {
+	case "":
+	case PeerRedis:
+		if c.Backend != BackendPebble || c.Rate > 0 {
+			return fmt.Errorf("%w: peer %s runs with backend %s in closed loop only", ErrBadConfig, PeerRedis, BackendPebble)
+		}
+		if c.Redis.Port < 0 || c.Redis.Port > 65535 {
+			return fmt.Errorf("%w: redis port %d is not a TCP port (0 picks a free one)", ErrBadConfig, c.Redis.Port)
+		}
+	default:
+		return fmt.Errorf("%w: unknown peer %q (known: %s)", ErrBadConfig, c.Peer, PeerRedis)
+	}
 	return nil
 }
 
@@ -223,6 +253,14 @@ type Result struct {
 	// EtcdOpsPerS, on BackendEtcd, is operations per second of the same
 	// operations with the etcd client directly, batched alike.
 	EtcdOpsPerS float64 `json:"etcd_ops_per_s,omitempty"`
+	// RedisTest, RedisOpsPerS and RedisRatio, with Config.Peer PeerRedis,
+	// are the workload's redis-benchmark test (SET, GET, INCR), its
+	// requests per second against a redis-server with appendfsync always,
+	// and FlowrunOpsPerS / RedisOpsPerS. Omitted for workloads Redis has
+	// no counterpart for.
+	RedisTest    string  `json:"redis_test,omitempty"`
+	RedisOpsPerS float64 `json:"redis_ops_per_s,omitempty"`
+	RedisRatio   float64 `json:"redis_ratio,omitempty"`
 	// Ratio is FlowrunOpsPerS / PebbleOpsPerS (on BackendEtcd,
 	// FlowrunOpsPerS / EtcdOpsPerS).
 	Ratio float64 `json:"ratio"`
@@ -259,6 +297,11 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Peer == PeerRedis {
+		if err := checkRedis(cfg.Redis); err != nil {
+			return nil, err
+		}
 	}
 	p := &progress{fn: cfg.Progress, total: cfg.Sides() * cfg.Ops * len(cfg.Workloads)}
 	var results []Result
@@ -316,6 +359,13 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 	}
 	if r.PebbleOpsPerS > 0 {
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS
+	}
+	if cfg.Peer == PeerRedis && RedisTest(name) != "" {
+		rps, err := runRedisWorkload(ctx, cfg, name)
+		if err != nil {
+			return Result{}, fmt.Errorf("redis peer: %w", err)
+		}
+		r.RedisTest, r.RedisOpsPerS, r.RedisRatio = RedisTest(name), rps, r.FlowrunOpsPerS/rps
 	}
 	return r, nil
 }
