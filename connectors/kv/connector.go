@@ -234,7 +234,7 @@ func (sc *sliceScratch) finish(ctx context.Context, emit pipeline.Emitter) error
 		sc.outcome(c.update(ctx, sc))
 	}
 	for i, ev := range sc.events {
-		c.emit(emit, ev, &sc.cmds[i], &sc.results[i], sc.errs[i])
+		c.emit(emit, &sc.metas, ev, &sc.cmds[i], &sc.results[i], sc.errs[i])
 	}
 	if c.opts.OnCommands != nil {
 		c.observe(sc.cmds, sc.errs)
@@ -286,6 +286,8 @@ type sliceScratch struct {
 	fns     []TxnFunc
 	txErrs  []error
 	x       execer // backends run one Update's fns one at a time
+	// metas holds the metas of the events finish emits.
+	metas resultArena
 
 	// A large read-only slice is read by two View calls at once: fns2
 	// are the same commands run with their own execer x2.
@@ -499,8 +501,8 @@ func correlation(ev pipeline.Event, valid bool) []byte {
 
 func asCmdError(err error, target **cmdError) bool { return errors.As(err, target) }
 
-// emit sends the outcome of one command.
-func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command, r *result, err error) {
+// emit sends the outcome of one command, its meta built in metas.
+func (c *Connector) emit(emit pipeline.Emitter, metas *resultArena, ev pipeline.Event, cmd *command, r *result, err error) {
 	corr := correlation(ev, err == nil)
 	if err != nil {
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
@@ -512,7 +514,7 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 	}
 	if cmd.op == opScan {
 		for i, rw := range r.rows {
-			meta := openMeta(make([]byte, 0, metaSize(rw.key, corr)), cmd.op, rw.key, true)
+			meta := openMeta(metas.alloc(metaSize(rw.key, corr)), cmd.op, rw.key, true)
 			if i == len(r.rows)-1 {
 				meta = append(meta, `,"last":true`...)
 			}
@@ -520,7 +522,7 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 		}
 		return
 	}
-	meta := make([]byte, 0, metaSize(cmd.key, corr)+len(r.next))
+	meta := metas.alloc(metaSize(cmd.key, corr) + len(r.next))
 	if cmd.op == opBatch {
 		meta = append(meta, `{"kv":{"op":"batch","found":true`...)
 	} else {
