@@ -106,6 +106,7 @@ func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Bac
 	weights := f.opsIn
 	return sideResult{
 		elapsed: f.lastDone - f.starts[0],
+		cpu:     f.cpuEnd - f.cpuStart,
 		p50us:   percentile(f.lat, weights, 0.50),
 		p99us:   percentile(f.lat, weights, 0.99),
 	}, nil
@@ -135,6 +136,11 @@ type flowSide struct {
 	preloaded   chan struct{} // closed once every preload batch is done
 	p           *progress
 
+	// cpuStart and cpuEnd are the process's CPU time when the source
+	// starts the timed batches and when the last one completes (closed
+	// loop).
+	cpuStart, cpuEnd time.Duration
+
 	// open is the open-loop state (Config.Rate > 0), nil in closed loop.
 	open *openLoop
 
@@ -162,7 +168,9 @@ func (f *flowSide) batchDone(b int) {
 	}
 	f.arenas[b] = nil
 	f.p.add(f.opsIn[b])
-	f.completed.Add(1)
+	if f.completed.Add(1) == int64(len(f.starts)) {
+		f.cpuEnd = processCPU()
+	}
 }
 
 // generate is the source: the untimed preload, then the timed operations,
@@ -211,6 +219,7 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 	if f.open != nil {
 		return f.generateOpen(ctx, emit, g, scanEnd, perEvent)
 	}
+	f.cpuStart = processCPU()
 	for b := range f.starts {
 		if ctx.Err() != nil {
 			return nil

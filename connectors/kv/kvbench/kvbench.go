@@ -264,6 +264,13 @@ type Result struct {
 	// Ratio is FlowrunOpsPerS / PebbleOpsPerS (on BackendEtcd,
 	// FlowrunOpsPerS / EtcdOpsPerS).
 	Ratio float64 `json:"ratio"`
+	// FlowrunCPUusPerOp is the process's CPU time (user and system, every
+	// thread: the connector, the store, Pebble's background work, the
+	// garbage collector and the benchmark's own source and sink) per
+	// operation over the flowrun side's timed window, in microseconds; 0
+	// where it cannot be read and in open loop. On a machine shared with
+	// other work it moves less than the throughput does.
+	FlowrunCPUusPerOp float64 `json:"flowrun_cpu_us_per_op,omitempty"`
 	// P50us and P99us are the median and 99th percentile per-operation
 	// latency of the flowrun side in microseconds (see the package doc).
 	P50us float64 `json:"p50_us"`
@@ -351,7 +358,8 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 		P99us:          fr.p99us,
 		PeakRSSMB:      rss,
 
-		RowCacheHitRate: fr.rowCacheHitRate,
+		FlowrunCPUusPerOp: float64(fr.cpu) / float64(time.Microsecond) / float64(cfg.Ops),
+		RowCacheHitRate:   fr.rowCacheHitRate,
 	}
 	if cfg.Rate > 0 {
 		r.Rate = cfg.Rate
