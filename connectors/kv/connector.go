@@ -469,6 +469,15 @@ func (r corrRef) get(ev pipeline.Event) []byte {
 // decodeEvent reads the command of one event and, in the same pass over
 // the meta's fields, its correlation.
 func (c *Connector) decodeEvent(ev pipeline.Event) (command, corrRef, error) {
+	if cmd, ok := c.decodeSimple(ev); ok {
+		return cmd, corrRef{known: true}, nil
+	}
+	return c.decodeGeneral(ev)
+}
+
+// decodeGeneral is decodeEvent for any meta: parsed, then checked field by
+// field.
+func (c *Connector) decodeGeneral(ev pipeline.Event) (command, corrRef, error) {
 	meta := ev.MetaJSON()
 	if !gjson.ValidBytes(meta) {
 		return command{}, corrRef{}, fmt.Errorf("meta is not valid JSON: %w", ErrInvalidCommand)
