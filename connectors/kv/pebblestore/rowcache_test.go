@@ -729,3 +729,61 @@ func TestRowCacheKeysViewEntryData(t *testing.T) {
 		}
 	}
 }
+
+// TestRowEntryInline checks entries hold their key and record in memory
+// allocated with them up to 200 bytes, account for it, keep it when a
+// record outgrows it, and that keys too long to cache are refused.
+func TestRowEntryInline(t *testing.T) {
+	if got := unsafe.Sizeof(rowEntry{}); got != 56 {
+		t.Errorf("rowEntry is %d bytes, want 56: the fields a hit reads share the cache line where the key starts", got)
+	}
+	for n := 0; n <= 300; n++ {
+		key := bytes.Repeat([]byte{'k'}, min(n, 10))
+		rec := bytes.Repeat([]byte{'r'}, n-len(key))
+		e := newRowEntry(key, rec, false)
+		if e.key() != string(key) || !bytes.Equal(e.rec(), rec) {
+			t.Fatalf("n=%d: key %q rec %q", n, e.key(), e.rec())
+		}
+		if inline := n <= 200; e.inlineData() != inline {
+			t.Fatalf("n=%d: inline %t, want %t", n, e.inlineData(), inline)
+		}
+		want := int64(e.inline) + rowEntryOverhead
+		if !e.inlineData() {
+			want += int64(cap(e.data))
+		}
+		if e.size() != want || e.size() < int64(n)+rowEntryOverhead {
+			t.Fatalf("n=%d: size %d, want %d", n, e.size(), want)
+		}
+		if n <= 200 {
+			if allocs := testing.AllocsPerRun(10, func() { newRowEntry(key, rec, false) }); allocs != 1 {
+				t.Fatalf("n=%d: %v allocations per entry, want 1", n, allocs)
+			}
+		}
+	}
+	e := newRowEntry([]byte("key"), []byte("small"), false)
+	before := e.size()
+	big := bytes.Repeat([]byte{'b'}, 500)
+	if !e.set(big, false) || e.key() != "key" || !bytes.Equal(e.rec(), big) || e.inlineData() {
+		t.Fatalf("grown record: moved inline=%t key %q", e.inlineData(), e.key())
+	}
+	if e.size() < before+int64(len(big)) {
+		t.Errorf("size after growing %d, want the buffer (%d) kept in the account", e.size(), before)
+	}
+	if e.set([]byte("x"), true) || !e.absent || len(e.rec()) != 0 {
+		t.Errorf("absent after set: %+v", e)
+	}
+	long := bytes.Repeat([]byte{'k'}, 1<<16)
+	if newRowEntry(long, nil, true) != nil {
+		t.Error("an entry for a key over 64 KiB")
+	}
+	c := newRowCache(1 << 30)
+	if e := c.writerFill(long, []byte("v"), false); e != nil {
+		t.Error("writerFill cached a key over 64 KiB")
+	}
+	if rec, absent := c.fill(long, []byte("v"), false, c.beginRead(), nil); string(rec) != "v" || absent {
+		t.Errorf("fill of a key over 64 KiB: %q, %t", rec, absent)
+	}
+	if st := c.stats(); st.Entries != 0 {
+		t.Errorf("%d entries cached", st.Entries)
+	}
+}
