@@ -74,10 +74,13 @@ type rowShard struct {
 	count          int
 	bytes          int64 // accounted size of the entries
 	budget         int64
-	index          int // in rowCache.shards
-	hits           uint64
-	misses         uint64
-	_              [64]byte // keep the shards' locks on separate cache lines
+	// writeAdmit is what written keys may still bring into the shard, in
+	// accounted bytes (see update).
+	writeAdmit int64
+	index      int // in rowCache.shards
+	hits       uint64
+	misses     uint64
+	_          [64]byte // keep the shards' locks on separate cache lines
 }
 
 // rowEntry is a cached stored record, or the knowledge that the key is
@@ -99,10 +102,14 @@ type rowEntry struct {
 	// after it is made.
 	data   []byte
 	keyLen uint16
-	// inline is the size of the buffer allocated with the entry, which
-	// data views until a record outgrows it; 0 for none.
-	inline uint16
-	absent bool
+	// inline is the size of the buffer allocated with the entry, in
+	// units of 8 bytes, which data views until a record outgrows it; 0
+	// for none.
+	inline uint8
+	// byWrite marks an entry a write brought into the cache (see
+	// rowShard.update) and no read has used since.
+	byWrite bool
+	absent  bool
 	// referenced records a use since the entry was added or last
 	// spared by evict.
 	referenced bool
@@ -150,27 +157,27 @@ func allocRowEntry(n int) (*rowEntry, []byte) {
 	switch {
 	case n <= 24:
 		s := new(rowEntry24)
-		s.e.inline = uint16(len(s.buf))
+		s.e.inline = uint8(len(s.buf) / 8)
 		return &s.e, s.buf[:0]
 	case n <= 40:
 		s := new(rowEntry40)
-		s.e.inline = uint16(len(s.buf))
+		s.e.inline = uint8(len(s.buf) / 8)
 		return &s.e, s.buf[:0]
 	case n <= 72:
 		s := new(rowEntry72)
-		s.e.inline = uint16(len(s.buf))
+		s.e.inline = uint8(len(s.buf) / 8)
 		return &s.e, s.buf[:0]
 	case n <= 104:
 		s := new(rowEntry104)
-		s.e.inline = uint16(len(s.buf))
+		s.e.inline = uint8(len(s.buf) / 8)
 		return &s.e, s.buf[:0]
 	case n <= 136:
 		s := new(rowEntry136)
-		s.e.inline = uint16(len(s.buf))
+		s.e.inline = uint8(len(s.buf) / 8)
 		return &s.e, s.buf[:0]
 	case n <= 200:
 		s := new(rowEntry200)
-		s.e.inline = uint16(len(s.buf))
+		s.e.inline = uint8(len(s.buf) / 8)
 		return &s.e, s.buf[:0]
 	}
 	return new(rowEntry), make([]byte, 0, n)
@@ -222,7 +229,7 @@ func (e *rowEntry) inlineData() bool {
 // size is the entry's accounted memory: its buffer, and data's memory once
 // a record outgrew the buffer.
 func (e *rowEntry) size() int64 {
-	n := int64(e.inline) + rowEntryOverhead
+	n := 8*int64(e.inline) + rowEntryOverhead
 	if !e.inlineData() {
 		n += int64(cap(e.data))
 	}
@@ -240,6 +247,7 @@ func newRowCache(budget int64) *rowCache {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.budget = per
+		sh.writeAdmit = per
 		sh.index = i
 		sh.entries = make(map[string]*rowEntry)
 	}
@@ -410,8 +418,8 @@ func (sh *rowShard) unlink(e *rowEntry) {
 // itself; marking the entry, which the lookup has just loaded, costs
 // nothing, and evict gives a marked entry a second chance instead.
 func (sh *rowShard) touch(e *rowEntry) {
-	if !e.referenced {
-		e.referenced = true
+	if !e.referenced || e.byWrite {
+		e.referenced, e.byWrite = true, false
 	}
 }
 
@@ -441,8 +449,9 @@ func (sh *rowShard) evict() {
 // Pebble batch the committer has just applied to the database: every cached key the
 // Pebble batch sets or deletes takes its new record (or becomes absent), and a
 // range deletion empties the cache. Keys the Pebble batch writes that are not
-// cached are not added: a write-only workload would otherwise pay for
-// copying every record into a cache its reads never use; a
+// cached are added only while the cache is cold, and leave it when written
+// again unread (see rowShard.update): a write-only workload would otherwise
+// pay for copying every record into a cache its reads never use; a
 // read-modify-write has already cached the key when it read it.
 //
 // entries, when not nil, holds for each record of repr in order the entry
@@ -536,9 +545,17 @@ func (c *rowCache) beginPublish() { c.epoch.Add(1) }
 func (c *rowCache) endPublish() { c.epoch.Add(1) }
 
 // update sets a cached key to rec (or absent), reusing the cached record's
-// memory when it is large enough. Keys not cached are left alone, unless
-// known is fresh (the writer read the key from the previous group's Pebble batch,
-// where a read from the database would have cached it): it is added. Recency
+// memory when it is large enough. A key not cached is added when known is
+// fresh (the writer read the key from the previous group's Pebble batch,
+// where a read from the database would have cached it), and, while the
+// shard is cold, when it is set: until written keys have brought a
+// budget's worth of bytes into the shard (writeAdmit), so that the keys a
+// load writes are found by the reads that follow it instead of each
+// missing once; a key brought in by a write and written again before any
+// read used it leaves the cache instead of being updated, so that
+// write-only traffic stops paying for copies into the cache. Otherwise
+// keys not cached are left alone: once warm, only reads bring keys in.
+// Recency
 // is left alone too: it follows reads, and a read-modify-write has just
 // made the key recent; moving it again would cost list updates on every
 // write for nothing. known is the key's entry as the writer read it during
@@ -557,9 +574,20 @@ func (sh *rowShard) update(known *rowEntry, key, rec []byte, absent bool) {
 			known.set(rec, absent)
 			sh.add(known)
 			return
+		case !absent && sh.writeAdmit > 0:
+			if e := newRowEntry(key, rec, false); e != nil {
+				e.byWrite = true
+				sh.writeAdmit -= e.size()
+				sh.add(e)
+			}
+			return
 		default:
 			return
 		}
+	}
+	if e.byWrite {
+		sh.remove(e)
+		return
 	}
 	before := e.size()
 	if e.set(rec, absent) {

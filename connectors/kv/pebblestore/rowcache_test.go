@@ -747,7 +747,7 @@ func TestRowEntryInline(t *testing.T) {
 		if inline := n <= 200; e.inlineData() != inline {
 			t.Fatalf("n=%d: inline %t, want %t", n, e.inlineData(), inline)
 		}
-		want := int64(e.inline) + rowEntryOverhead
+		want := 8*int64(e.inline) + rowEntryOverhead
 		if !e.inlineData() {
 			want += int64(cap(e.data))
 		}
@@ -785,5 +785,89 @@ func TestRowEntryInline(t *testing.T) {
 	}
 	if st := c.stats(); st.Entries != 0 {
 		t.Errorf("%d entries cached", st.Entries)
+	}
+}
+
+// TestRowCacheAdmitsWritesWhileCold checks that written keys enter a cold
+// cache, so the reads after a load hit; that a key written twice without
+// a read leaves it; that deletions and, once written keys have brought a
+// budget's worth in, further writes add nothing.
+func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
+	const perShard = 64 << 10
+	c := newRowCache(rowCacheShards * perShard)
+	publish := func(keys []string, val string, del bool) {
+		t.Helper()
+		b := new(pebble.Batch)
+		for _, k := range keys {
+			var err error
+			if del {
+				err = b.Delete([]byte(k), nil)
+			} else {
+				err = b.Set([]byte(k), []byte(val), nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.beginPublish()
+		c.publish(b.Repr(), nil)
+		c.endPublish()
+	}
+	keys := func(from, n int) []string {
+		var ks []string
+		for i := range n {
+			ks = append(ks, fmt.Sprintf("k%06d", from+i))
+		}
+		return ks
+	}
+	cached := func(keys []string, want string) int {
+		t.Helper()
+		n := 0
+		for _, k := range keys {
+			rec, absent, hit := c.get([]byte(k), nil)
+			if hit {
+				if absent || string(rec) != want {
+					t.Fatalf("%s: cached %q (absent %t), want %q", k, rec, absent, want)
+				}
+				n++
+			}
+		}
+		return n
+	}
+
+	load := keys(0, 100)
+	publish(load, "v1", false)
+	if n := cached(load, "v1"); n != len(load) {
+		t.Fatalf("%d of %d loaded keys read from the cache", n, len(load))
+	}
+	publish(load, "v2", false) // read since: updated
+	if n := cached(load, "v2"); n != len(load) {
+		t.Fatalf("%d of %d keys written after a read still cached", n, len(load))
+	}
+
+	twice := keys(1000, 100)
+	publish(twice, "a", false)
+	publish(twice, "b", false)
+	if n := cached(twice, "b"); n != 0 {
+		t.Errorf("%d keys written twice, never read, still cached", n)
+	}
+	deleted := keys(2000, 100)
+	publish(deleted, "", true)
+	if st := c.stats(); st.Entries != len(load) {
+		t.Errorf("%d entries after deletions of keys not cached, want %d", st.Entries, len(load))
+	}
+
+	// Many more bytes than the cache holds, written once each: a budget's
+	// worth is let in, then nothing.
+	for i := range 40 {
+		publish(keys(10_000+1000*i, 1000), "x", false)
+	}
+	late := keys(900_000, 100)
+	publish(late, "late", false)
+	if n := cached(late, "late"); n != 0 {
+		t.Errorf("%d keys written after a budget's worth of writes were let in", n)
+	}
+	if st := c.stats(); st.Bytes > rowCacheShards*perShard {
+		t.Errorf("%d bytes cached, budget %d", st.Bytes, rowCacheShards*perShard)
 	}
 }
