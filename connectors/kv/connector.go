@@ -469,8 +469,8 @@ func (r corrRef) get(ev pipeline.Event) []byte {
 // decodeEvent reads the command of one event and, in the same pass over
 // the meta's fields, its correlation.
 func (c *Connector) decodeEvent(ev pipeline.Event) (command, corrRef, error) {
-	if cmd, ok := c.decodeSimple(ev); ok {
-		return cmd, corrRef{known: true}, nil
+	if cmd, corr, ok := c.decodeSimple(ev); ok {
+		return cmd, corr, nil
 	}
 	return c.decodeGeneral(ev)
 }

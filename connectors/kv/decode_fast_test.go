@@ -19,7 +19,7 @@ func newDecodeConnector(opts Options) *Connector {
 // path does not give the same command, or when it disagrees with wantOK.
 func checkDecodeSimple(t *testing.T, c *Connector, ev pipeline.Event, wantOK *bool) {
 	t.Helper()
-	fast, ok := c.decodeSimple(ev)
+	fast, fastCorr, ok := c.decodeSimple(ev)
 	if wantOK != nil && ok != *wantOK {
 		t.Errorf("meta %s data %s: simple path taken = %t, want %t", ev.Meta, ev.Data, ok, *wantOK)
 	}
@@ -30,8 +30,8 @@ func checkDecodeSimple(t *testing.T, c *Connector, ev pipeline.Event, wantOK *bo
 	if err != nil {
 		t.Fatalf("meta %s data %s: simple path accepts what the general path refuses: %v", ev.Meta, ev.Data, err)
 	}
-	if corr.raw != nil || !corr.known {
-		t.Errorf("meta %s: the general path finds a correlation %s", ev.Meta, corr.raw)
+	if !fastCorr.known || !corr.known || string(fastCorr.raw) != string(corr.raw) || (fastCorr.raw == nil) != (corr.raw == nil) {
+		t.Errorf("meta %s: correlation %q (known %t), general path %q (known %t)", ev.Meta, fastCorr.raw, fastCorr.known, corr.raw, corr.known)
 	}
 	if !reflect.DeepEqual(fast, general) {
 		t.Errorf("meta %s data %s:\nsimple  %+v\ngeneral %+v", ev.Meta, ev.Data, fast, general)
@@ -72,7 +72,18 @@ func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 		{`{"kv":{"get":"é"}}`, ``, false},
 		{`{"kv":{"get":"a"}} `, ``, false},
 		{`{"kv":{"get":"a"}}}`, ``, false},
-		{`{"kv":{"get":"a"},"correlation":1}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1}`, ``, true},
+		{`{"kv":{"increment":"a","by":2},"correlation":{"id":"x","kv":{"put":"b"}}}`, ``, true},
+		{`{"kv":{"put":"a"},"correlation":[1,"}",null]}`, `1`, true},
+		{`{"kv":{"get":"a"},"correlation":"a\"b"}`, ``, true},
+		{`{"kv":{"get":"a"},"correlation": 1}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1 }`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1,"x":2}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":{"a":1},"kv":{"get":"b"}}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":[1}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1}}`, ``, false},
+		{`{"kv":{"get":"a"},"other":1}`, ``, false},
 		{`{"kv":{"get":"a","default":1}}`, ``, false},
 		{`{"kv": {"get":"a"}}`, ``, false},
 		{`{"kv":{"touch":"a"}}`, ``, false},
@@ -97,14 +108,14 @@ func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 	// Options that need the general path.
 	ev := pipeline.Event{Meta: []byte(`{"kv":{"put":"k1"}}`), Data: []byte(`1`)}
 	for name, opts := range map[string]Options{"idem_from": {IdemFrom: "id"}} {
-		if _, ok := newDecodeConnector(opts).decodeSimple(ev); ok {
+		if _, _, ok := newDecodeConnector(opts).decodeSimple(ev); ok {
 			t.Errorf("%s: simple path taken", name)
 		}
 	}
 }
 
 func FuzzDecodeSimple(f *testing.F) {
-	for _, s := range []string{`{"kv":{"get":"k1"}}`, `{"kv":{"increment":"k1","by":-7}}`, `{"kv":{"put":"a"}}`} {
+	for _, s := range []string{`{"kv":{"get":"k1"}}`, `{"kv":{"increment":"k1","by":-7}}`, `{"kv":{"put":"a"}}`, `{"kv":{"get":"k1"},"correlation":{"a":[1]}}`} {
 		f.Add([]byte(s), []byte(`"v"`))
 	}
 	c := newDecodeConnector(Options{MaxKeyLength: 16})
