@@ -548,13 +548,15 @@ func (c *rowCache) endPublish() { c.epoch.Add(1) }
 // memory when it is large enough. A key not cached is added when known is
 // fresh (the writer read the key from the previous group's Pebble batch,
 // where a read from the database would have cached it), and, while the
-// shard is cold, when it is set: until written keys have brought a
-// budget's worth of bytes into the shard (writeAdmit), so that the keys a
-// load writes are found by the reads that follow it instead of each
-// missing once; a key brought in by a write and written again before any
-// read used it leaves the cache instead of being updated, so that
-// write-only traffic stops paying for copies into the cache. Otherwise
-// keys not cached are left alone: once warm, only reads bring keys in.
+// shard is cold, when it is set, so that the keys a load writes are found
+// by the reads that follow it instead of each missing once. The shard
+// stays cold until written keys have brought a budget's worth of bytes
+// into it (writeAdmit), or until a key brought in by a write is written
+// again before any read used it: that key leaves the cache instead of
+// being updated, and the shard takes in no more written keys, so that
+// traffic that rewrites keys stops paying for copies into the cache at
+// once. Otherwise keys not cached are left alone: once warm, only reads
+// bring keys in.
 // Recency
 // is left alone too: it follows reads, and a read-modify-write has just
 // made the key recent; moving it again would cost list updates on every
@@ -586,7 +588,10 @@ func (sh *rowShard) update(known *rowEntry, key, rec []byte, absent bool) {
 		}
 	}
 	if e.byWrite {
+		// Written again before any read: the traffic rewrites keys rather
+		// than loading them, and the shard is no longer cold.
 		sh.remove(e)
+		sh.writeAdmit = 0
 		return
 	}
 	before := e.size()

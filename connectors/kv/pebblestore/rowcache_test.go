@@ -789,12 +789,12 @@ func TestRowEntryInline(t *testing.T) {
 }
 
 // TestRowCacheAdmitsWritesWhileCold checks that written keys enter a cold
-// cache, so the reads after a load hit; that a key written twice without
-// a read leaves it; that deletions and, once written keys have brought a
-// budget's worth in, further writes add nothing.
+// cache, so the reads after a load hit; that a key written twice without a
+// read leaves it and ends the shard's cold phase; that deletions, and
+// writes once written keys have brought a budget's worth in, add nothing.
 func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
 	const perShard = 64 << 10
-	c := newRowCache(rowCacheShards * perShard)
+	var c *rowCache
 	publish := func(keys []string, val string, del bool) {
 		t.Helper()
 		b := new(pebble.Batch)
@@ -835,6 +835,7 @@ func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
 		return n
 	}
 
+	c = newRowCache(rowCacheShards * perShard)
 	load := keys(0, 100)
 	publish(load, "v1", false)
 	if n := cached(load, "v1"); n != len(load) {
@@ -844,21 +845,29 @@ func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
 	if n := cached(load, "v2"); n != len(load) {
 		t.Fatalf("%d of %d keys written after a read still cached", n, len(load))
 	}
-
-	twice := keys(1000, 100)
-	publish(twice, "a", false)
-	publish(twice, "b", false)
-	if n := cached(twice, "b"); n != 0 {
-		t.Errorf("%d keys written twice, never read, still cached", n)
-	}
 	deleted := keys(2000, 100)
 	publish(deleted, "", true)
 	if st := c.stats(); st.Entries != len(load) {
 		t.Errorf("%d entries after deletions of keys not cached, want %d", st.Entries, len(load))
 	}
+	twice := keys(1000, 100) // over every shard
+	publish(twice, "a", false)
+	publish(twice, "b", false)
+	if n := cached(twice, "b"); n != 0 {
+		t.Errorf("%d keys written twice, never read, still cached", n)
+	}
+	after := keys(3000, 100)
+	publish(after, "c", false)
+	if n := cached(after, "c"); n != 0 {
+		t.Errorf("%d keys let in after keys were rewritten unread", n)
+	}
+	if n := cached(load, "v2"); n != len(load) {
+		t.Errorf("%d of %d keys read before still cached", n, len(load))
+	}
 
-	// Many more bytes than the cache holds, written once each: a budget's
-	// worth is let in, then nothing.
+	// Many more bytes than the cache holds, each key written once: a
+	// budget's worth is let in, then nothing.
+	c = newRowCache(rowCacheShards * perShard)
 	for i := range 40 {
 		publish(keys(10_000+1000*i, 1000), "x", false)
 	}
@@ -867,7 +876,7 @@ func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
 	if n := cached(late, "late"); n != 0 {
 		t.Errorf("%d keys written after a budget's worth of writes were let in", n)
 	}
-	if st := c.stats(); st.Bytes > rowCacheShards*perShard {
-		t.Errorf("%d bytes cached, budget %d", st.Bytes, rowCacheShards*perShard)
+	if st := c.stats(); st.Bytes > rowCacheShards*perShard || st.Entries == 0 {
+		t.Errorf("%d entries, %d bytes cached, budget %d", st.Entries, st.Bytes, rowCacheShards*perShard)
 	}
 }
