@@ -114,8 +114,10 @@ then redis-benchmark runs SET, GET or INCR with --ops requests over --keys
 random keys, --value-bytes values, --batch commands per pipeline (-P) on
 --peer-clients connections (-c, default 16: the batches the graph queues
 on a link), and the server is stopped. The JSON adds
-  {"redis_test","redis_ops_per_s","redis_ratio"}
-(redis_ratio = flowrun_ops_per_s / redis_ops_per_s). Needs redis-server,
+  {"redis_test","redis_ops_per_s","redis_ratio","redis_cpu_us_per_op"}
+(redis_ratio = flowrun_ops_per_s / redis_ops_per_s; redis_cpu_us_per_op is
+the CPU time of redis-server and redis-benchmark per request, to set beside
+flowrun_cpu_us_per_op on a busy machine). Needs redis-server,
 redis-cli and redis-benchmark in PATH (Debian: redis-server, redis-tools).
 
 With --http the kv connector is served by an http_server connector on
@@ -333,15 +335,15 @@ func printBenchTable(e env, results []kvbench.Result) {
 	peer := slices.ContainsFunc(results, func(r kvbench.Result) bool { return r.RedisTest != "" })
 	fmt.Fprintf(tw, "workload\tops\tflowrun ops/s\t%s ops/s\tratio\t", raw)
 	if peer {
-		fmt.Fprintf(tw, "redis test\tredis ops/s\tratio to redis\t")
+		fmt.Fprintf(tw, "redis test\tredis ops/s\tratio to redis\tredis CPU µs/op\t")
 	}
 	fmt.Fprintf(tw, "p50 µs\tp99 µs\tpeak RSS MiB\tCPU µs/op\t\n")
 	for _, r := range results {
 		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.2f\t", r.Workload, r.Ops, r.FlowrunOpsPerS, r.PebbleOpsPerS+r.EtcdOpsPerS, r.Ratio)
 		if peer && r.RedisTest != "" {
-			fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t", r.RedisTest, r.RedisOpsPerS, r.RedisRatio)
+			fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t", r.RedisTest, r.RedisOpsPerS, r.RedisRatio, r.RedisCPUusPerOp)
 		} else if peer {
-			fmt.Fprintf(tw, "-\t-\t-\t")
+			fmt.Fprintf(tw, "-\t-\t-\t-\t")
 		}
 		fmt.Fprintf(tw, "%.0f\t%.0f\t%.0f\t%.2f\t\n", r.P50us, r.P99us, r.PeakRSSMB, r.FlowrunCPUusPerOp)
 	}

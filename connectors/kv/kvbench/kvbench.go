@@ -261,6 +261,12 @@ type Result struct {
 	RedisTest    string  `json:"redis_test,omitempty"`
 	RedisOpsPerS float64 `json:"redis_ops_per_s,omitempty"`
 	RedisRatio   float64 `json:"redis_ratio,omitempty"`
+	// RedisCPUusPerOp is the CPU time redis-server and redis-benchmark
+	// used per request, in microseconds, to set beside
+	// FlowrunCPUusPerOp (which includes the benchmark's own source and
+	// sink, as this includes the client); 0 where the server's CPU time
+	// cannot be read (/proc, Linux).
+	RedisCPUusPerOp float64 `json:"redis_cpu_us_per_op,omitempty"`
 	// Ratio is FlowrunOpsPerS / PebbleOpsPerS (on BackendEtcd,
 	// FlowrunOpsPerS / EtcdOpsPerS).
 	Ratio float64 `json:"ratio"`
@@ -369,11 +375,12 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS
 	}
 	if cfg.Peer == PeerRedis && RedisTest(name) != "" {
-		rps, err := runRedisWorkload(ctx, cfg, name)
+		rps, cpu, err := runRedisWorkload(ctx, cfg, name)
 		if err != nil {
 			return Result{}, fmt.Errorf("redis peer: %w", err)
 		}
 		r.RedisTest, r.RedisOpsPerS, r.RedisRatio = RedisTest(name), rps, r.FlowrunOpsPerS/rps
+		r.RedisCPUusPerOp = float64(cpu) / float64(time.Microsecond) / float64(cfg.Ops)
 	}
 	return r, nil
 }

@@ -263,46 +263,90 @@ func (s *redisServer) preload(ctx context.Context, cfg Config, test string) erro
 	return nil
 }
 
-// bench runs redis-benchmark for test and returns its requests per second.
-func (s *redisServer) bench(ctx context.Context, cfg Config, test string) (float64, error) {
+// bench runs redis-benchmark for test and returns its requests per second
+// and the CPU time redis-server and redis-benchmark used meanwhile (0 where
+// the server's cannot be read).
+func (s *redisServer) bench(ctx context.Context, cfg Config, test string) (float64, time.Duration, error) {
 	cmd := exec.CommandContext(ctx, s.opts.Benchmark, redisBenchArgs(cfg, s.port, test)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	before, okBefore := procCPU(s.cmd.Process.Pid)
 	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("redis-benchmark: %w: %s", err, lastLines(stderr.String(), 3))
+		return 0, 0, fmt.Errorf("redis-benchmark: %w: %s", err, lastLines(stderr.String(), 3))
 	}
-	return parseRedisCSV(out, test)
+	after, okAfter := procCPU(s.cmd.Process.Pid)
+	var cpu time.Duration
+	if okBefore && okAfter {
+		cpu = after - before + cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	rps, err := parseRedisCSV(out, test)
+	return rps, cpu, err
+}
+
+// clockTicks is the unit of the CPU times in /proc/PID/stat (USER_HZ,
+// 100 on every Linux platform Go supports).
+const clockTicks = 100
+
+// procCPU returns the CPU time (user and system) process pid has used, from
+// /proc/PID/stat; false where that cannot be read.
+func procCPU(pid int) (time.Duration, bool) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	return parseProcStatCPU(data)
+}
+
+// parseProcStatCPU reads utime and stime (fields 14 and 15, after the
+// parenthesised command name, which may hold spaces) of a /proc/PID/stat
+// line.
+func parseProcStatCPU(stat []byte) (time.Duration, bool) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(stat[i+1:])) // f[0] is field 3, the state
+	if len(f) < 13 {
+		return 0, false
+	}
+	utime, err1 := strconv.ParseUint(f[11], 10, 64)
+	stime, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks, true
 }
 
 // runRedisWorkload measures workload's Redis counterpart on a fresh
 // redis-server in a fresh directory under cfg.Dir: start, preload as the
-// flowrun side does, redis-benchmark, stop. It returns 0 for a workload
-// Redis has no counterpart for.
-func runRedisWorkload(ctx context.Context, cfg Config, workload string) (float64, error) {
+// flowrun side does, redis-benchmark, stop. It returns the requests per
+// second and the CPU time of server and client during the benchmark, 0 for
+// a workload Redis has no counterpart for.
+func runRedisWorkload(ctx context.Context, cfg Config, workload string) (float64, time.Duration, error) {
 	test := RedisTest(workload)
 	if test == "" {
-		return 0, nil
+		return 0, 0, nil
 	}
 	dir, err := os.MkdirTemp(cfg.Dir, "kvbench-redis-"+workload+"-")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer os.RemoveAll(dir)
 	s, err := startRedis(ctx, cfg.Redis, dir)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	rps, err := func() (float64, error) {
+	rps, cpu, err := func() (float64, time.Duration, error) {
 		if err := s.preload(ctx, cfg, test); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		return s.bench(ctx, cfg, test)
 	}()
 	if serr := s.stop(); err == nil {
 		err = serr
 	}
-	return rps, err
+	return rps, cpu, err
 }
 
 // ping reports whether a Redis server on port answers PING.

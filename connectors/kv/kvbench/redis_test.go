@@ -7,10 +7,12 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 )
@@ -213,6 +215,9 @@ func TestRunRedisPeer(t *testing.T) {
 		if r.RedisOpsPerS <= 0 {
 			t.Errorf("%s: redis ops/s %v", r.Workload, r.RedisOpsPerS)
 		}
+		if r.RedisCPUusPerOp <= 0 && runtime.GOOS == "linux" {
+			t.Errorf("%s: redis CPU per request %v µs, want it measured", r.Workload, r.RedisCPUusPerOp)
+		}
 		if want := r.FlowrunOpsPerS / r.RedisOpsPerS; math.Abs(r.RedisRatio-want) > 1e-9*want {
 			t.Errorf("%s: redis ratio %v, want %v", r.Workload, r.RedisRatio, want)
 		}
@@ -246,6 +251,25 @@ func TestRedisPreloadAnswered(t *testing.T) {
 		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(testRedisPort), "get", string(redisKey(nil, "GET", k))).Output()
 		if err != nil || !bytes.Equal(bytes.TrimSpace(out), bytes.Repeat([]byte{'x'}, 20)) {
 			t.Errorf("key %d: %q, %v", k, out, err)
+		}
+	}
+}
+
+func TestParseProcStatCPU(t *testing.T) {
+	for _, tc := range []struct {
+		stat string
+		want time.Duration
+		ok   bool
+	}{
+		{"4242 (redis-server) S 1 4242 4242 0 -1 4194560 1571 0 0 0 250 37 0 0 20 0 5 0 123 0 0", 2870 * time.Millisecond, true},
+		{"7 (a) b (c) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 1 0 0", 70 * time.Millisecond, true},
+		{"7 (short) R 1 7", 0, false},
+		{"no parenthesis", 0, false},
+		{"7 (x) R 1 7 7 0 -1 0 0 0 0 0 u s 0", 0, false},
+	} {
+		got, ok := parseProcStatCPU([]byte(tc.stat))
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%q: %v, %t; want %v, %t", tc.stat, got, ok, tc.want, tc.ok)
 		}
 	}
 }
