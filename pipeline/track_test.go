@@ -366,7 +366,7 @@ func TestTrackingAllocatesNothingPerEvent(t *testing.T) {
 	must(t, g.AddProcessor("sink", &collector{}))
 	must(t, g.Link("src", PortOut, "sink"))
 	src, sink := g.nodes["src"], g.nodes["sink"]
-	em := &emitter{g: g, n: src, buf: make([][]Event, 1), sent: make([]int, 1)}
+	em := newEmitter(g, src)
 	tr := NewTracker(1000, nil, nil)
 	events := make([]Event, 1000)
 	for i := range events {
@@ -382,6 +382,35 @@ func TestTrackingAllocatesNothingPerEvent(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per 1000 tracked events", allocs)
+	}
+}
+
+// TestEmitterSizesSlicesByTheLastFlush: after a port flushed n events,
+// the next slice for it is allocated once, with room for n.
+func TestEmitterSizesSlicesByTheLastFlush(t *testing.T) {
+	g := New(Options{})
+	must(t, g.AddSource("src", SourceFunc(func(context.Context, SourceEmitter) error { return nil }), PortOut))
+	must(t, g.AddProcessor("sink", &collector{}))
+	must(t, g.Link("src", PortOut, "sink"))
+	src, sink := g.nodes["src"], g.nodes["sink"]
+	em := newEmitter(g, src)
+	batch := func() []Event {
+		for range 1000 {
+			em.Emit(PortOut, Event{})
+		}
+		got := em.buf[0]
+		must(t, em.Flush(context.Background()))
+		<-sink.in
+		return got
+	}
+	batch() // grown by append: nothing flushed before
+	allocs := testing.AllocsPerRun(10, func() {
+		if got := batch(); len(got) != 1000 || cap(got) != 1000 {
+			t.Fatalf("slice of %d events with capacity %d, want 1000 and 1000", len(got), cap(got))
+		}
+	})
+	if allocs > 1 {
+		t.Errorf("%v allocations per slice of 1000 events, want 1", allocs)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,7 +42,14 @@ type benchFlags struct {
 	rate       int
 	duration   time.Duration
 	sweepP99   time.Duration
+	peer       string
+	peerPort   int
+	peerConns  int
 }
+
+// benchPeerWorkloads are the workloads --peer redis runs by default: those
+// Redis has a counterpart for.
+var benchPeerWorkloads = []string{kvbench.Put, kvbench.Get, kvbench.Increment}
 
 // Defaults of --ops and --keys with --backend etcd: a cluster commits a
 // few thousand operations per second, not hundreds of thousands.
@@ -90,8 +98,11 @@ through Pebble alike.
 One JSON object per workload is printed on stdout with --json or when stdout
 is not a terminal:
   {"workload","ops","flowrun_ops_per_s","pebble_ops_per_s","ratio",
-   "p50_us","p99_us","peak_rss_mb","row_cache_hit_rate"}
-and an aligned table otherwise. Latency is per batch, from the source
+   "p50_us","p99_us","peak_rss_mb","row_cache_hit_rate","flowrun_cpu_us_per_op"}
+and an aligned table otherwise. flowrun_cpu_us_per_op is the process's
+CPU time (all threads, the benchmark's own source and sink included) per
+operation over the flowrun side's timed window: on a shared machine it
+moves less than the throughput. Latency is per batch, from the source
 handing the batch to the graph to the sink receiving its last result,
 counted once for each operation of the batch. Progress goes to stderr.
 
@@ -108,6 +119,22 @@ the highest rate whose p99 stays at most D (within 10%). Each trial is
 reported on stderr; one JSON object per workload on stdout:
   {"workload","sweep_p99_us","rate","trials","best":{...}}
 ("rate" 0 and no "best" when no rate tried met the bound).
+
+With --peer redis, put, get and increment (the default workloads then) are
+also measured against Redis, in the same run: after the two sides of each,
+a redis-server is started for it on loopback (--peer-port, default a free
+port) in a fresh directory under --dir, with "appendonly yes",
+"appendfsync always" (every write fsynced before its reply, as the flowrun
+store syncs every group) and no RDB snapshots; it gets the same preload,
+then redis-benchmark runs SET, GET or INCR with --ops requests over --keys
+random keys, --value-bytes values, --batch commands per pipeline (-P) on
+--peer-clients connections (-c, default 16: the batches the graph queues
+on a link), and the server is stopped. The JSON adds
+  {"redis_test","redis_ops_per_s","redis_ratio","redis_cpu_us_per_op"}
+(redis_ratio = flowrun_ops_per_s / redis_ops_per_s; redis_cpu_us_per_op is
+the CPU time of redis-server and redis-benchmark per request, to set beside
+flowrun_cpu_us_per_op on a busy machine). Needs redis-server,
+redis-cli and redis-benchmark in PATH (Debian: redis-server, redis-tools).
 
 With --http the kv connector is served by an http_server connector on
 loopback, and --clients keep-alive connections send sync requests (put,
@@ -134,10 +161,13 @@ request's scheduled time. One JSON object per workload:
 				}
 			}
 			if f.http {
-				if f.sweepP99 != 0 {
-					return usageError{errors.New("--sweep-p99 does not apply to --http")}
+				if f.sweepP99 != 0 || f.peer != "" {
+					return usageError{errors.New("--sweep-p99 and --peer do not apply to --http")}
 				}
 				return runHTTPBench(ctx, e, f, cmd.Flags().Changed("workload"), cmd.Flags().Changed("ops"))
+			}
+			if f.peer != "" && !cmd.Flags().Changed("workload") {
+				f.workloads = benchPeerWorkloads
 			}
 			return runBench(ctx, e, f)
 		},
@@ -161,6 +191,9 @@ request's scheduled time. One JSON object per workload:
 	fl.IntVar(&f.rate, "rate", 0, "open loop at this many events/s (--http: requests/s); 0: closed loop; with --sweep-p99, the first rate tried")
 	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
+	fl.StringVar(&f.peer, "peer", "", "also measure put, get, increment on a redis-server started for each (redis): SET, GET, INCR by redis-benchmark")
+	fl.IntVar(&f.peerPort, "peer-port", 0, "--peer redis: loopback port of the redis-server (0: a free port)")
+	fl.IntVar(&f.peerConns, "peer-clients", kvbench.DefaultRedisClients, "--peer redis: redis-benchmark connections (-c), each pipelining --batch commands (-P)")
 	fl.StringVar(&f.endpoints, "endpoints", os.Getenv("FLOWRUN_ETCD_ENDPOINTS"), "etcd client URLs, comma-separated, for --backend etcd (default $FLOWRUN_ETCD_ENDPOINTS)")
 	fl.IntVar(&f.rounds, "rounds", 1, "--backend etcd: alternate the flowrun and raw sides in this many rounds (default 10 with --backend etcd)")
 	fl.StringVar(&f.etcdReads, "etcd-reads", string(etcdstore.Linearizable), "--backend etcd: read consistency of both sides, linearizable or serializable")
@@ -188,6 +221,8 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		Dir:        f.dir,
 		Backend:    f.backend,
 		Rounds:     f.rounds,
+		Peer:       f.peer,
+		Redis:      kvbench.RedisOptions{Port: f.peerPort, Clients: f.peerConns},
 
 		RowCacheBytes: f.rowCache,
 	}
@@ -204,6 +239,9 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 	}
 	if f.sweepP99 > 0 {
 		cfg.Rate = max(f.rate, 1) // open loop, for Validate
+	}
+	if f.peer != "" && f.peerConns <= 0 {
+		return usageError{fmt.Errorf("--peer-clients must be positive, got %d", f.peerConns)}
 	}
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -323,10 +361,20 @@ func printBenchTable(e env, results []kvbench.Result) {
 		tw.Flush()
 		return
 	}
-	fmt.Fprintf(tw, "workload\tops\tflowrun ops/s\t%s ops/s\tratio\tp50 µs\tp99 µs\tpeak RSS MiB\t\n", raw)
+	peer := slices.ContainsFunc(results, func(r kvbench.Result) bool { return r.RedisTest != "" })
+	fmt.Fprintf(tw, "workload\tops\tflowrun ops/s\t%s ops/s\tratio\t", raw)
+	if peer {
+		fmt.Fprintf(tw, "redis test\tredis ops/s\tratio to redis\tredis CPU µs/op\t")
+	}
+	fmt.Fprintf(tw, "p50 µs\tp99 µs\tpeak RSS MiB\tCPU µs/op\t\n")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%.0f\t%.0f\t\n",
-			r.Workload, r.Ops, r.FlowrunOpsPerS, r.PebbleOpsPerS+r.EtcdOpsPerS, r.Ratio, r.P50us, r.P99us, r.PeakRSSMB)
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.2f\t", r.Workload, r.Ops, r.FlowrunOpsPerS, r.PebbleOpsPerS+r.EtcdOpsPerS, r.Ratio)
+		if peer && r.RedisTest != "" {
+			fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t", r.RedisTest, r.RedisOpsPerS, r.RedisRatio, r.RedisCPUusPerOp)
+		} else if peer {
+			fmt.Fprintf(tw, "-\t-\t-\t-\t")
+		}
+		fmt.Fprintf(tw, "%.0f\t%.0f\t%.0f\t%.2f\t\n", r.P50us, r.P99us, r.PeakRSSMB, r.FlowrunCPUusPerOp)
 	}
 	tw.Flush()
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -116,5 +117,58 @@ func TestBenchOpenLoopUsage(t *testing.T) {
 		if code, _, stderr := runCLI(t, "", args...); code != exitUsage {
 			t.Errorf("%v: exit %d, stderr %q; want %d", args, code, stderr, exitUsage)
 		}
+	}
+}
+
+func TestBenchPeerUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bench", "--peer", "memcached"}, `unknown peer "memcached"`},
+		{[]string{"bench", "--peer", "redis", "--rate", "100"}, "closed loop only"},
+		{[]string{"bench", "--peer", "redis", "--peer-clients", "0"}, "--peer-clients must be positive"},
+		{[]string{"bench", "--peer", "redis", "--http"}, "--peer do not apply to --http"},
+	} {
+		code, _, stderr := runCLI(t, "", tc.args...)
+		if code != exitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, exitUsage, tc.want)
+		}
+	}
+}
+
+// flowrun bench --peer redis runs put, get and increment by default, each
+// also against a redis-server, and reports the ratio to Redis. It needs
+// redis-server and redis-benchmark: skipped without them, except under CI.
+func TestBenchPeerRedis(t *testing.T) {
+	if _, err := exec.LookPath("redis-benchmark"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	code, stdout, stderr := runCLI(t, "", "bench", "--peer", "redis", "--peer-port", "26379",
+		"--ops", "20000", "--keys", "500", "--batch", "100", "--dir", t.TempDir())
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		var r struct {
+			Workload   string  `json:"workload"`
+			Test       string  `json:"redis_test"`
+			Redis      float64 `json:"redis_ops_per_s"`
+			RedisRatio float64 `json:"redis_ratio"`
+		}
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("%s: %v", l, err)
+		}
+		if r.Redis <= 0 || r.RedisRatio <= 0 {
+			t.Errorf("result %s", l)
+		}
+		got = append(got, r.Workload+"/"+r.Test)
+	}
+	if want := "put/SET get/GET increment/INCR"; strings.Join(got, " ") != want {
+		t.Errorf("workloads %v, want %s", got, want)
 	}
 }

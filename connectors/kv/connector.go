@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 
@@ -186,7 +187,7 @@ func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipelin
 	sc.x.ctx, sc.x2.ctx = ctx, ctx
 	sc.readOnly = true
 	for i, ev := range events {
-		sc.cmds[i], sc.errs[i] = c.decodeEvent(ev)
+		sc.cmds[i], sc.corrs[i], sc.errs[i] = c.decodeEvent(ev)
 		if sc.errs[i] != nil {
 			continue
 		}
@@ -234,7 +235,7 @@ func (sc *sliceScratch) finish(ctx context.Context, emit pipeline.Emitter) error
 		sc.outcome(c.update(ctx, sc))
 	}
 	for i, ev := range sc.events {
-		c.emit(emit, ev, &sc.cmds[i], &sc.results[i], sc.errs[i])
+		c.emit(emit, &sc.metas, ev, &sc.cmds[i], &sc.results[i], sc.corrs[i], sc.errs[i])
 	}
 	if c.opts.OnCommands != nil {
 		c.observe(sc.cmds, sc.errs)
@@ -280,12 +281,15 @@ type sliceScratch struct {
 	c       *Connector
 	events  []pipeline.Event
 	cmds    []command
+	corrs   []corrRef // each event's meta.correlation, found by decodeEvent
 	errs    []error
 	results []result
 	idx     []int
 	fns     []TxnFunc
 	txErrs  []error
 	x       execer // backends run one Update's fns one at a time
+	// metas holds the metas of the events finish emits.
+	metas resultArena
 
 	// A large read-only slice is read by two View calls at once: fns2
 	// are the same commands run with their own execer x2.
@@ -352,12 +356,13 @@ func (c *Connector) scratch(n int) *sliceScratch {
 	}
 	if cap(sc.cmds) < n {
 		sc.cmds = make([]command, n)
+		sc.corrs = make([]corrRef, n)
 		sc.errs = make([]error, n)
 		sc.results = make([]result, n)
 		sc.idx = make([]int, 0, n)
 		sc.txErrs = make([]error, n)
 	}
-	sc.cmds, sc.errs, sc.results = sc.cmds[:n], sc.errs[:n], sc.results[:n]
+	sc.cmds, sc.corrs, sc.errs, sc.results = sc.cmds[:n], sc.corrs[:n], sc.errs[:n], sc.results[:n]
 	for j := len(sc.fns); j < n; j++ {
 		sc.fns = append(sc.fns, sc.slot(j, &sc.x))
 		sc.fns2 = append(sc.fns2, sc.slot(j, &sc.x2))
@@ -384,6 +389,7 @@ func (sc *sliceScratch) slot(j int, x *execer) TxnFunc {
 // already handed on, and returns it to the pool.
 func (c *Connector) release(sc *sliceScratch) {
 	clear(sc.cmds)
+	clear(sc.corrs)
 	clear(sc.errs)
 	clear(sc.results)
 	clear(sc.txErrs[:len(sc.idx)])
@@ -457,26 +463,78 @@ func (c *Connector) observe(cmds []command, errs []error) {
 	}
 }
 
-// decodeEvent reads the command of one event.
-func (c *Connector) decodeEvent(ev pipeline.Event) (command, error) {
+// corrRef is an event's meta.correlation as decodeEvent found it: raw
+// (nil when absent) once known says the meta was a valid JSON object.
+type corrRef struct {
+	raw   []byte
+	known bool
+}
+
+// get returns the correlation of ev, reading the meta when decodeEvent
+// could not.
+func (r corrRef) get(ev pipeline.Event) []byte {
+	if r.known {
+		return r.raw
+	}
+	return correlation(ev, false)
+}
+
+// decodeEvent reads the command of one event and, in the same pass over
+// the meta's fields, its correlation.
+func (c *Connector) decodeEvent(ev pipeline.Event) (command, corrRef, error) {
+	if cmd, corr, ok := c.decodeSimple(ev); ok {
+		return cmd, corr, nil
+	}
+	return c.decodeGeneral(ev)
+}
+
+// decodeGeneral is decodeEvent for any meta: parsed, then checked field by
+// field.
+func (c *Connector) decodeGeneral(ev pipeline.Event) (command, corrRef, error) {
 	meta := ev.MetaJSON()
 	if !gjson.ValidBytes(meta) {
-		return command{}, fmt.Errorf("meta is not valid JSON: %w", ErrInvalidCommand)
+		return command{}, corrRef{}, fmt.Errorf("meta is not valid JSON: %w", ErrInvalidCommand)
 	}
 	// Strings read from meta (the key) alias the event's bytes, which
 	// nobody modifies.
 	m := gjson.Parse(bytesString(meta))
 	if !m.IsObject() {
-		return command{}, fmt.Errorf("meta must be an object: %w", ErrInvalidCommand)
+		return command{}, corrRef{}, fmt.Errorf("meta must be an object: %w", ErrInvalidCommand)
 	}
-	cmd, err := c.dec.decode(m.Get("kv"), ev.Data, false)
+	// The first "kv" and "correlation", as gjson's Get finds them.
+	var kv gjson.Result
+	corr := corrRef{known: true}
+	seenKV, seenCorr := false, false
+	m.ForEach(func(k, v gjson.Result) bool {
+		switch {
+		case !seenKV && k.Str == "kv":
+			kv, seenKV = v, true
+		case !seenCorr && k.Str == "correlation":
+			corr.raw, seenCorr = viewOf(ev.Meta, v.Raw), true
+		}
+		return !seenKV || !seenCorr
+	})
+	cmd, err := c.dec.decode(kv, ev.Data, false)
 	if err == nil && cmd.idem == "" && c.opts.IdemFrom != "" && cmd.op.writes() {
 		err = c.idemFrom(&cmd, m)
 	}
 	if err == nil && c.result != nil {
 		err = c.result.check(&cmd, ev)
 	}
-	return cmd, err
+	return cmd, corr, err
+}
+
+// viewOf returns raw, a substring of the string viewing meta, as a slice
+// of meta (capacity capped, so appending copies), or a copy when it is not
+// one.
+func viewOf(meta []byte, raw string) []byte {
+	if len(raw) > 0 && len(raw) <= len(meta) {
+		off := uintptr(unsafe.Pointer(unsafe.StringData(raw))) - uintptr(unsafe.Pointer(unsafe.SliceData(meta)))
+		if off <= uintptr(len(meta)-len(raw)) {
+			return meta[off : int(off)+len(raw) : int(off)+len(raw)]
+		}
+	}
+	return []byte(raw)
 }
 
 // idemFrom gives cmd the idempotency key found at Options.IdemFrom in the
@@ -512,9 +570,9 @@ func correlation(ev pipeline.Event, valid bool) []byte {
 
 func asCmdError(err error, target **cmdError) bool { return errors.As(err, target) }
 
-// emit sends the outcome of one command.
-func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command, r *result, err error) {
-	corr := correlation(ev, err == nil)
+// emit sends the outcome of one command, its meta built in metas.
+func (c *Connector) emit(emit pipeline.Emitter, metas *resultArena, ev pipeline.Event, cmd *command, r *result, cr corrRef, err error) {
+	corr := cr.get(ev)
 	if err != nil {
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
 		return
@@ -525,7 +583,7 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 	}
 	if cmd.op == opScan {
 		for i, rw := range r.rows {
-			meta := openMeta(make([]byte, 0, metaSize(rw.key, corr)), cmd.op, rw.key, true)
+			meta := openMeta(metas.alloc(metaSize(rw.key, corr)), cmd.op, rw.key, true)
 			if i == len(r.rows)-1 {
 				meta = append(meta, `,"last":true`...)
 			}
@@ -533,7 +591,7 @@ func (c *Connector) emit(emit pipeline.Emitter, ev pipeline.Event, cmd *command,
 		}
 		return
 	}
-	meta := make([]byte, 0, metaSize(cmd.key, corr)+len(r.next))
+	meta := metas.alloc(metaSize(cmd.key, corr) + len(r.next))
 	if cmd.op == opBatch {
 		meta = append(meta, `{"kv":{"op":"batch","found":true`...)
 	} else {

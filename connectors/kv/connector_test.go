@@ -235,3 +235,38 @@ func TestValueLimitDefault(t *testing.T) {
 		t.Fatalf("exactly 4 MiB refused")
 	}
 }
+
+// TestCorrelationFoundWithTheCommand checks the correlation read in the
+// same pass as meta.kv: wherever it sits among the meta's fields, whatever
+// it holds, on out and on err, and the first of two as gjson reads it.
+func TestCorrelationFoundWithTheCommand(t *testing.T) {
+	c, err := kv.New(memstore.New(), kv.Options{ReclaimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	for _, tc := range []struct {
+		name, meta, data string
+		port, corr       string // corr "": none
+	}{
+		{"after kv", `{"kv":{"put":"a"},"correlation":7}`, `1`, "out", `7`},
+		{"before kv", `{"correlation":"x-1","kv":{"get":"a"}}`, ``, "out", `"x-1"`},
+		{"among others", `{"a":[1,{"kv":2}],"correlation":{"kv":{"get":"b"}},"z":null,"kv":{"get":"a"}}`, ``, "out", `{"kv":{"get":"b"}}`},
+		{"absent", `{"kv":{"get":"a"}}`, ``, "out", ``},
+		{"first of two", `{"correlation":1,"kv":{"get":"a"},"correlation":2}`, ``, "out", `1`},
+		{"escaped name", `{"kv":{"get":"a"},"correl\u0061tion":[true]}`, ``, "out", `[true]`},
+		{"failed command", `{"kv":{"increment":"a","by":"x"},"correlation":3}`, ``, "err", `3`},
+		{"no command", `{"correlation":4}`, ``, "err", `4`},
+		{"meta not an object", `[{"correlation":5}]`, ``, "err", ``},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := process(t, c, kvtest.Event(tc.meta, tc.data))
+			if len(got) != 1 || got[0].Port != tc.port {
+				t.Fatalf("got %v, want one event on %s", kvtest.Strings(got), tc.port)
+			}
+			if r := gjson.GetBytes(got[0].Event.Meta, "correlation"); r.Raw != tc.corr {
+				t.Errorf("correlation %q, want %q: %s", r.Raw, tc.corr, got[0].Event.Meta)
+			}
+		})
+	}
+}

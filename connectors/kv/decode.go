@@ -81,11 +81,43 @@ func (o op) String() string {
 // docOrder lists the commands in documentation order.
 var docOrder = [...]op{opGet, opPut, opSwap, opCas, opDelete, opScan, opIncrement, opExists, opCount, opKeys, opGetAll, opClear, opCad, opExpiry, opTouch, opBatch}
 
+// parseOp returns the command named s, opNone for any other name. It is
+// called for every field of every command, modifiers included, so it is
+// one switch rather than a comparison with each command's name.
 func parseOp(s string) op {
-	for o := opGet; o <= opLast; o++ {
-		if o.String() == s {
-			return o
-		}
+	switch s {
+	case "get":
+		return opGet
+	case "put":
+		return opPut
+	case "swap":
+		return opSwap
+	case "cas":
+		return opCas
+	case "delete":
+		return opDelete
+	case "scan":
+		return opScan
+	case "increment":
+		return opIncrement
+	case "exists":
+		return opExists
+	case "count":
+		return opCount
+	case "keys":
+		return opKeys
+	case "get_all":
+		return opGetAll
+	case "clear":
+		return opClear
+	case "cad":
+		return opCad
+	case "batch":
+		return opBatch
+	case "expiry":
+		return opExpiry
+	case "touch":
+		return opTouch
 	}
 	return opNone
 }

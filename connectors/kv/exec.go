@@ -84,6 +84,9 @@ type execer struct {
 	// submitKeys counts the keys visited by the commands of the current
 	// submission to the store's writer (see cut.go).
 	submitKeys int
+	// results holds the values commands return (load's copies, the
+	// numbers increment computes).
+	results resultArena
 }
 
 // ctxEvery is how many keys a scan visits between looks at the context:
@@ -161,7 +164,7 @@ func (x *execer) expired(exp int64) bool { return exp != 0 && x.now >= exp }
 
 func (x *execer) load(cmd *command) (record, error) {
 	r, err := x.peek(cmd)
-	r.value = bytes.Clone(r.value)
+	r.value = x.results.clone(r.value)
 	return r, err
 }
 
@@ -576,13 +579,15 @@ func parseNumber(lit string) (number, bool) {
 }
 
 func (x *execer) increment(cmd *command) (result, error) {
-	cur, err := x.load(cmd)
+	// The stored number is parsed before anything else is read or
+	// written: no copy of it is needed.
+	cur, err := x.peek(cmd)
 	if err != nil {
 		return result{}, err
 	}
 	var n number
 	if cur.live {
-		lit := string(cur.value)
+		lit := bytesString(cur.value) // the store's bytes: used before the next call on x.tx only
 		if len(lit) == 0 || !(lit[0] == '-' || lit[0] >= '0' && lit[0] <= '9') {
 			return result{}, cmd.errf(ErrNotNumber, "stored value is %s", shortJSON(cur.value))
 		}
@@ -604,7 +609,7 @@ func (x *execer) increment(cmd *command) (result, error) {
 		if math.IsInf(s, 0) || math.IsNaN(s) {
 			return result{}, cmd.errf(ErrOverflow, "%v + %v is not a finite number", a, b)
 		}
-		out = strconv.AppendFloat(nil, s, 'g', -1, 64)
+		out = strconv.AppendFloat(x.results.alloc(24), s, 'g', -1, 64)
 		if !strings.ContainsAny(string(out), ".eE") {
 			out = append(out, ".0"...) // stay a float once a float
 		}
@@ -613,7 +618,7 @@ func (x *execer) increment(cmd *command) (result, error) {
 		if (cmd.byInt > 0 && s < n.i) || (cmd.byInt < 0 && s > n.i) {
 			return result{}, cmd.errf(ErrOverflow, "%d + %d does not fit a 64-bit integer", n.i, cmd.byInt)
 		}
-		out = strconv.AppendInt(nil, s, 10)
+		out = strconv.AppendInt(x.results.alloc(20), s, 10)
 	}
 	// An increment creating the key gives it the command's expiry (none
 	// without ttl or expire_at); one of a live key keeps the key's expiry,

@@ -115,6 +115,7 @@ func runFlowrunPart(ctx context.Context, cfg Config, workload string, store kv.B
 	weights := f.opsIn
 	return sideResult{
 		elapsed: f.lastDone - f.starts[0],
+		cpu:     f.cpuEnd - f.cpuStart,
 		p50us:   percentile(f.lat, weights, 0.50),
 		p99us:   percentile(f.lat, weights, 0.99),
 	}, nil
@@ -143,6 +144,11 @@ type flowSide struct {
 	preloadLeft atomic.Int64  // preload batches not yet completed
 	preloaded   chan struct{} // closed once every preload batch is done
 	p           *progress
+
+	// cpuStart and cpuEnd are the process's CPU time when the source
+	// starts the timed batches and when the last one completes (closed
+	// loop).
+	cpuStart, cpuEnd time.Duration
 
 	// open is the open-loop state (Config.Rate > 0), nil in closed loop.
 	open *openLoop
@@ -175,7 +181,9 @@ func (f *flowSide) batchDone(b int) {
 	}
 	f.arenas[b] = nil
 	f.p.add(f.opsIn[b])
-	f.completed.Add(1)
+	if f.completed.Add(1) == int64(len(f.starts)) {
+		f.cpuEnd = processCPU()
+	}
 }
 
 // generate is the source: the untimed preload, then the timed operations,
@@ -224,6 +232,7 @@ func (f *flowSide) generate(ctx context.Context, emit pipeline.SourceEmitter) er
 	if f.open != nil {
 		return f.generateOpen(ctx, emit, g, scanEnd, perEvent)
 	}
+	f.cpuStart = processCPU()
 	for b := range f.starts {
 		if ctx.Err() != nil {
 			return nil

@@ -37,6 +37,14 @@
 // rounds that alternate the two sides (each side preloaded once), so that
 // load from other processes falls on both sides alike; the ratio is of
 // the summed times.
+//
+// With Config.Peer PeerRedis, each workload Redis has a counterpart for
+// (put: SET, get: GET, increment: INCR) is also measured on a redis-server
+// started for it on loopback, in a fresh directory, with an append-only
+// file fsynced before every reply (appendfsync always), by redis-benchmark
+// with the same operations, keys, value size and commands per pipeline as
+// the flowrun side, after the same preload; the server is stopped before
+// the next workload.
 package kvbench
 
 import (
@@ -139,6 +147,13 @@ type Config struct {
 	// Duration is how long an open-loop run sends. Default
 	// DefaultDuration; ignored in closed loop.
 	Duration time.Duration
+	// Peer, when PeerRedis, also measures each workload Redis has a
+	// counterpart for (put, get, increment) on a redis-server started for
+	// it with Redis (see runRedisWorkload), after the flowrun and raw
+	// sides. Default "": no peer.
+	Peer string
+	// Redis configures the Redis peer.
+	Redis RedisOptions
 	// Progress, when set, is called after each completed batch with the
 	// operations done so far and the total over all workloads and both
 	// sides. It is called from one goroutine at a time, never concurrently.
@@ -177,6 +192,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.Rounds <= 0 {
 		c.Rounds = 1
+	}
+	if c.Peer == PeerRedis {
+		c.Redis.ensureDefaults()
 	}
 	if c.Rate > 0 {
 		if c.Duration <= 0 {
@@ -221,6 +239,18 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: unknown backend %q (known: %s, %s)", ErrBadConfig, c.Backend, BackendPebble, BackendEtcd)
 	}
+	switch c.Peer {
+	case "":
+	case PeerRedis:
+		if c.Backend != BackendPebble || c.Rate > 0 {
+			return fmt.Errorf("%w: peer %s runs with backend %s in closed loop only", ErrBadConfig, PeerRedis, BackendPebble)
+		}
+		if c.Redis.Port < 0 || c.Redis.Port > 65535 {
+			return fmt.Errorf("%w: redis port %d is not a TCP port (0 picks a free one)", ErrBadConfig, c.Redis.Port)
+		}
+	default:
+		return fmt.Errorf("%w: unknown peer %q (known: %s)", ErrBadConfig, c.Peer, PeerRedis)
+	}
 	return nil
 }
 
@@ -242,9 +272,30 @@ type Result struct {
 	// EtcdOpsPerS, on BackendEtcd, is operations per second of the same
 	// operations with the etcd client directly, batched alike.
 	EtcdOpsPerS float64 `json:"etcd_ops_per_s,omitempty"`
+	// RedisTest, RedisOpsPerS and RedisRatio, with Config.Peer PeerRedis,
+	// are the workload's redis-benchmark test (SET, GET, INCR), its
+	// requests per second against a redis-server with appendfsync always,
+	// and FlowrunOpsPerS / RedisOpsPerS. Omitted for workloads Redis has
+	// no counterpart for.
+	RedisTest    string  `json:"redis_test,omitempty"`
+	RedisOpsPerS float64 `json:"redis_ops_per_s,omitempty"`
+	RedisRatio   float64 `json:"redis_ratio,omitempty"`
+	// RedisCPUusPerOp is the CPU time redis-server and redis-benchmark
+	// used per request, in microseconds, to set beside
+	// FlowrunCPUusPerOp (which includes the benchmark's own source and
+	// sink, as this includes the client); 0 where the server's CPU time
+	// cannot be read (/proc, Linux).
+	RedisCPUusPerOp float64 `json:"redis_cpu_us_per_op,omitempty"`
 	// Ratio is FlowrunOpsPerS / PebbleOpsPerS (on BackendEtcd,
 	// FlowrunOpsPerS / EtcdOpsPerS).
 	Ratio float64 `json:"ratio"`
+	// FlowrunCPUusPerOp is the process's CPU time (user and system, every
+	// thread: the connector, the store, Pebble's background work, the
+	// garbage collector and the benchmark's own source and sink) per
+	// operation over the flowrun side's timed window, in microseconds; 0
+	// where it cannot be read and in open loop. On a machine shared with
+	// other work it moves less than the throughput does.
+	FlowrunCPUusPerOp float64 `json:"flowrun_cpu_us_per_op,omitempty"`
 	// P50us and P99us are the median and 99th percentile per-operation
 	// latency of the flowrun side in microseconds (see the package doc).
 	P50us float64 `json:"p50_us"`
@@ -281,6 +332,11 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Peer == PeerRedis {
+		if err := checkRedis(cfg.Redis); err != nil {
+			return nil, err
+		}
 	}
 	p := &progress{fn: cfg.Progress, total: cfg.Sides() * cfg.Ops * len(cfg.Workloads)}
 	var results []Result
@@ -330,7 +386,8 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 		P99us:          fr.p99us,
 		PeakRSSMB:      rss,
 
-		RowCacheHitRate: fr.rowCacheHitRate,
+		FlowrunCPUusPerOp: float64(fr.cpu) / float64(time.Microsecond) / float64(cfg.Ops),
+		RowCacheHitRate:   fr.rowCacheHitRate,
 	}
 	if cfg.Rate > 0 {
 		r.Rate = cfg.Rate
@@ -338,6 +395,14 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 	}
 	if r.PebbleOpsPerS > 0 {
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS
+	}
+	if cfg.Peer == PeerRedis && RedisTest(name) != "" {
+		rps, cpu, err := runRedisWorkload(ctx, cfg, name)
+		if err != nil {
+			return Result{}, fmt.Errorf("redis peer: %w", err)
+		}
+		r.RedisTest, r.RedisOpsPerS, r.RedisRatio = RedisTest(name), rps, r.FlowrunOpsPerS/rps
+		r.RedisCPUusPerOp = float64(cpu) / float64(time.Microsecond) / float64(cfg.Ops)
 	}
 	return r, nil
 }

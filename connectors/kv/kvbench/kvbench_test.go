@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -44,6 +45,9 @@ func TestRunEveryWorkload(t *testing.T) {
 			}
 			if r.P50us <= 0 || r.P99us < r.P50us {
 				t.Errorf("%s: p50 %v, p99 %v", r.Workload, r.P50us, r.P99us)
+			}
+			if r.FlowrunCPUusPerOp <= 0 && runtime.GOOS == "linux" {
+				t.Errorf("%s: flowrun CPU per operation %v µs, want it measured", r.Workload, r.FlowrunCPUusPerOp)
 			}
 			if r.PeakRSSMB < 0 {
 				t.Errorf("%s: peak RSS %v", r.Workload, r.PeakRSSMB)

@@ -16,6 +16,7 @@ import (
 // sideResult is what one side of a workload measured.
 type sideResult struct {
 	elapsed         time.Duration
+	cpu             time.Duration // process CPU time over elapsed (flowrun side, closed loop)
 	p50us, p99us    float64
 	rowCacheHitRate float64           // flowrun side on Pebble only
 	q               loadgen.Quantiles // open loop only

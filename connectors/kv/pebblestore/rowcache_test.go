@@ -729,3 +729,154 @@ func TestRowCacheKeysViewEntryData(t *testing.T) {
 		}
 	}
 }
+
+// TestRowEntryInline checks entries hold their key and record in memory
+// allocated with them up to 200 bytes, account for it, keep it when a
+// record outgrows it, and that keys too long to cache are refused.
+func TestRowEntryInline(t *testing.T) {
+	if got := unsafe.Sizeof(rowEntry{}); got != 56 {
+		t.Errorf("rowEntry is %d bytes, want 56: the fields a hit reads share the cache line where the key starts", got)
+	}
+	for n := 0; n <= 300; n++ {
+		key := bytes.Repeat([]byte{'k'}, min(n, 10))
+		rec := bytes.Repeat([]byte{'r'}, n-len(key))
+		e := newRowEntry(key, rec, false)
+		if e.key() != string(key) || !bytes.Equal(e.rec(), rec) {
+			t.Fatalf("n=%d: key %q rec %q", n, e.key(), e.rec())
+		}
+		if inline := n <= 200; e.inlineData() != inline {
+			t.Fatalf("n=%d: inline %t, want %t", n, e.inlineData(), inline)
+		}
+		want := 8*int64(e.inline) + rowEntryOverhead
+		if !e.inlineData() {
+			want += int64(cap(e.data))
+		}
+		if e.size() != want || e.size() < int64(n)+rowEntryOverhead {
+			t.Fatalf("n=%d: size %d, want %d", n, e.size(), want)
+		}
+		if n <= 200 {
+			if allocs := testing.AllocsPerRun(10, func() { newRowEntry(key, rec, false) }); allocs != 1 {
+				t.Fatalf("n=%d: %v allocations per entry, want 1", n, allocs)
+			}
+		}
+	}
+	e := newRowEntry([]byte("key"), []byte("small"), false)
+	before := e.size()
+	big := bytes.Repeat([]byte{'b'}, 500)
+	if !e.set(big, false) || e.key() != "key" || !bytes.Equal(e.rec(), big) || e.inlineData() {
+		t.Fatalf("grown record: moved inline=%t key %q", e.inlineData(), e.key())
+	}
+	if e.size() < before+int64(len(big)) {
+		t.Errorf("size after growing %d, want the buffer (%d) kept in the account", e.size(), before)
+	}
+	if e.set([]byte("x"), true) || !e.absent || len(e.rec()) != 0 {
+		t.Errorf("absent after set: %+v", e)
+	}
+	long := bytes.Repeat([]byte{'k'}, 1<<16)
+	if newRowEntry(long, nil, true) != nil {
+		t.Error("an entry for a key over 64 KiB")
+	}
+	c := newRowCache(1 << 30)
+	if e := c.writerFill(long, []byte("v"), false); e != nil {
+		t.Error("writerFill cached a key over 64 KiB")
+	}
+	if rec, absent := c.fill(long, []byte("v"), false, c.beginRead(), nil); string(rec) != "v" || absent {
+		t.Errorf("fill of a key over 64 KiB: %q, %t", rec, absent)
+	}
+	if st := c.stats(); st.Entries != 0 {
+		t.Errorf("%d entries cached", st.Entries)
+	}
+}
+
+// TestRowCacheAdmitsWritesWhileCold checks that written keys enter a cold
+// cache, so the reads after a load hit; that a key written twice without a
+// read leaves it and ends the shard's cold phase; that deletions, and
+// writes once written keys have brought a budget's worth in, add nothing.
+func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
+	const perShard = 64 << 10
+	var c *rowCache
+	publish := func(keys []string, val string, del bool) {
+		t.Helper()
+		b := new(pebble.Batch)
+		for _, k := range keys {
+			var err error
+			if del {
+				err = b.Delete([]byte(k), nil)
+			} else {
+				err = b.Set([]byte(k), []byte(val), nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.beginPublish()
+		c.publish(b.Repr(), nil)
+		c.endPublish()
+	}
+	keys := func(from, n int) []string {
+		var ks []string
+		for i := range n {
+			ks = append(ks, fmt.Sprintf("k%06d", from+i))
+		}
+		return ks
+	}
+	cached := func(keys []string, want string) int {
+		t.Helper()
+		n := 0
+		for _, k := range keys {
+			rec, absent, hit := c.get([]byte(k), nil)
+			if hit {
+				if absent || string(rec) != want {
+					t.Fatalf("%s: cached %q (absent %t), want %q", k, rec, absent, want)
+				}
+				n++
+			}
+		}
+		return n
+	}
+
+	c = newRowCache(rowCacheShards * perShard)
+	load := keys(0, 100)
+	publish(load, "v1", false)
+	if n := cached(load, "v1"); n != len(load) {
+		t.Fatalf("%d of %d loaded keys read from the cache", n, len(load))
+	}
+	publish(load, "v2", false) // read since: updated
+	if n := cached(load, "v2"); n != len(load) {
+		t.Fatalf("%d of %d keys written after a read still cached", n, len(load))
+	}
+	deleted := keys(2000, 100)
+	publish(deleted, "", true)
+	if st := c.stats(); st.Entries != len(load) {
+		t.Errorf("%d entries after deletions of keys not cached, want %d", st.Entries, len(load))
+	}
+	twice := keys(1000, 100) // over every shard
+	publish(twice, "a", false)
+	publish(twice, "b", false)
+	if n := cached(twice, "b"); n != 0 {
+		t.Errorf("%d keys written twice, never read, still cached", n)
+	}
+	after := keys(3000, 100)
+	publish(after, "c", false)
+	if n := cached(after, "c"); n != 0 {
+		t.Errorf("%d keys let in after keys were rewritten unread", n)
+	}
+	if n := cached(load, "v2"); n != len(load) {
+		t.Errorf("%d of %d keys read before still cached", n, len(load))
+	}
+
+	// Many more bytes than the cache holds, each key written once: a
+	// budget's worth is let in, then nothing.
+	c = newRowCache(rowCacheShards * perShard)
+	for i := range 40 {
+		publish(keys(10_000+1000*i, 1000), "x", false)
+	}
+	late := keys(900_000, 100)
+	publish(late, "late", false)
+	if n := cached(late, "late"); n != 0 {
+		t.Errorf("%d keys written after a budget's worth of writes were let in", n)
+	}
+	if st := c.stats(); st.Bytes > rowCacheShards*perShard || st.Entries == 0 {
+		t.Errorf("%d entries, %d bytes cached, budget %d", st.Entries, st.Bytes, rowCacheShards*perShard)
+	}
+}

@@ -1049,8 +1049,10 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 					// published; a write of the key by this group
 					// caches it then, as a read from the cache or the
 					// database would have.
-					t.lastRead = newRowEntry(key, nil, true)
-					t.lastRead.fresh = true
+					t.lastRead = newRowEntry(key, nil, true) // nil for a key too long to cache
+					if t.lastRead != nil {
+						t.lastRead.fresh = true
+					}
 				}
 				if del {
 					return nil, 0, false, nil

@@ -1,0 +1,49 @@
+package kv
+
+import (
+	"bytes"
+	"testing"
+)
+
+// TestResultArenaSlicesDoNotOverlap appends to every slice handed out up
+// to its capacity and beyond, and checks no write reaches another slice.
+func TestResultArenaSlicesDoNotOverlap(t *testing.T) {
+	var a resultArena
+	var got [][]byte
+	var want [][]byte
+	for i := range 3000 {
+		n := i % 97
+		if i%500 == 0 {
+			n = resultChunk // larger than a chunk share: its own memory
+		}
+		s := a.alloc(n)
+		if len(s) != 0 || cap(s) != n {
+			t.Fatalf("alloc(%d): len %d, cap %d", n, len(s), cap(s))
+		}
+		fill := bytes.Repeat([]byte{byte(i)}, n+i%3) // i%3 > 0 appends past the capacity
+		s = append(s, fill...)
+		got, want = append(got, s), append(want, fill)
+	}
+	for i := range got {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("slice %d was overwritten: %v, want %v", i, got[i], want[i])
+		}
+	}
+	if c := a.clone(nil); c != nil {
+		t.Errorf("clone(nil) = %v, want nil", c)
+	}
+	if c := a.clone([]byte{}); c == nil || len(c) != 0 {
+		t.Errorf("clone(empty) = %#v, want empty, not nil", c)
+	}
+}
+
+// TestResultArenaAllocates checks the point of the arena: small results
+// share chunks.
+func TestResultArenaAllocates(t *testing.T) {
+	var a resultArena
+	v := bytes.Repeat([]byte{'x'}, 100)
+	allocs := testing.AllocsPerRun(1000, func() { _ = a.clone(v) })
+	if allocs > 0.1 {
+		t.Errorf("%.2f allocations per 100-byte clone, want about one per %d bytes", allocs, resultChunk)
+	}
+}

@@ -1,0 +1,34 @@
+package kv
+
+import (
+	"testing"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+// BenchmarkDecodeEvent measures decodeEvent on the commands of `flowrun
+// bench`'s workloads: one event per iteration.
+func BenchmarkDecodeEvent(b *testing.B) {
+	value := []byte(`"0000000001vbnmqwertyuiopasdfghjklzxcvbnmqwertyuiopasdfghjklzxcvbnmqwertyuiopasdfghjklzxcvbnmqwert"`)
+	for _, bc := range []struct {
+		name string
+		ev   pipeline.Event
+	}{
+		{"get", pipeline.Event{Meta: []byte(`{"kv":{"get":"k0000012345"}}`)}},
+		{"put", pipeline.Event{Meta: []byte(`{"kv":{"put":"k0000012345"}}`), Data: value}},
+		{"increment", pipeline.Event{Meta: []byte(`{"kv":{"increment":"k0000012345","by":1}}`)}},
+		{"get_correlation", pipeline.Event{Meta: []byte(`{"kv":{"get":"k0000012345"},"correlation":"req-000123"}`)}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := &Connector{}
+			c.opts.EnsureDefaults()
+			c.dec = decoder{opts: &c.opts}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := c.decodeEvent(bc.ev); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

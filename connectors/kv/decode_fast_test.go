@@ -1,0 +1,125 @@
+package kv
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/flowrun/flowrun/pipeline"
+)
+
+func newDecodeConnector(opts Options) *Connector {
+	c := &Connector{opts: opts}
+	c.opts.EnsureDefaults()
+	c.dec = decoder{opts: &c.opts}
+	return c
+}
+
+// checkDecodeSimple fails t when decodeSimple accepts ev and the general
+// path does not give the same command, or when it disagrees with wantOK.
+func checkDecodeSimple(t *testing.T, c *Connector, ev pipeline.Event, wantOK *bool) {
+	t.Helper()
+	fast, fastCorr, ok := c.decodeSimple(ev)
+	if wantOK != nil && ok != *wantOK {
+		t.Errorf("meta %s data %s: simple path taken = %t, want %t", ev.Meta, ev.Data, ok, *wantOK)
+	}
+	if !ok {
+		return
+	}
+	general, corr, err := c.decodeGeneral(ev)
+	if err != nil {
+		t.Fatalf("meta %s data %s: simple path accepts what the general path refuses: %v", ev.Meta, ev.Data, err)
+	}
+	if !fastCorr.known || !corr.known || string(fastCorr.raw) != string(corr.raw) || (fastCorr.raw == nil) != (corr.raw == nil) {
+		t.Errorf("meta %s: correlation %q (known %t), general path %q (known %t)", ev.Meta, fastCorr.raw, fastCorr.known, corr.raw, corr.known)
+	}
+	if !reflect.DeepEqual(fast, general) {
+		t.Errorf("meta %s data %s:\nsimple  %+v\ngeneral %+v", ev.Meta, ev.Data, fast, general)
+	}
+}
+
+func TestDecodeSimpleMatchesGeneral(t *testing.T) {
+	c := newDecodeConnector(Options{MaxKeyLength: 20, MaxValueBytes: 50})
+	yes, no := true, false
+	long := strings.Repeat("k", 20)
+	for _, tc := range []struct {
+		meta, data string
+		simple     bool
+	}{
+		{`{"kv":{"get":"k0000012345"}}`, ``, true},
+		{`{"kv":{"exists":"a b~"}}`, ``, true},
+		{`{"kv":{"delete":"x"}}`, ``, true},
+		{`{"kv":{"put":"k1"}}`, `"v"`, true},
+		{`{"kv":{"put":"k1"}}`, `{"b":1,"a":2}`, true}, // canonicalised, as the general path does
+		{`{"kv":{"increment":"k1"}}`, ``, true},
+		{`{"kv":{"increment":"k1","by":1}}`, ``, true},
+		{`{"kv":{"increment":"k1","by":-42}}`, ``, true},
+		{`{"kv":{"increment":"k1","by":0}}`, ``, true},
+		{`{"kv":{"increment":"k1","by":-0}}`, ``, true},
+		{`{"kv":{"increment":"k1","by":999999999999999999}}`, ``, true},
+		{`{"kv":{"get":"` + long + `"}}`, ``, true},
+		// Left to the general path.
+		{`{"kv":{"increment":"k1","by":9999999999999999999}}`, ``, false},
+		{`{"kv":{"increment":"k1","by":01}}`, ``, false},
+		{`{"kv":{"increment":"k1","by":1.5}}`, ``, false},
+		{`{"kv":{"increment":"k1","by":1e3}}`, ``, false},
+		{`{"kv":{"increment":"k1","by":-}}`, ``, false},
+		{`{"kv":{"get":"k1","by":1}}`, ``, false},
+		{`{"kv":{"get":"` + long + `k"}}`, ``, false},
+		{`{"kv":{"get":""}}`, ``, false},
+		{`{"kv":{"get":"a\"b"}}`, ``, false},
+		{`{"kv":{"get":"a\u0062"}}`, ``, false},
+		{`{"kv":{"get":"é"}}`, ``, false},
+		{`{"kv":{"get":"a"}} `, ``, false},
+		{`{"kv":{"get":"a"}}}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1}`, ``, true},
+		{`{"kv":{"increment":"a","by":2},"correlation":{"id":"x","kv":{"put":"b"}}}`, ``, true},
+		{`{"kv":{"put":"a"},"correlation":[1,"}",null]}`, `1`, true},
+		{`{"kv":{"get":"a"},"correlation":"a\"b"}`, ``, true},
+		{`{"kv":{"get":"a"},"correlation": 1}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1 }`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1,"x":2}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":{"a":1},"kv":{"get":"b"}}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":[1}`, ``, false},
+		{`{"kv":{"get":"a"},"correlation":1}}`, ``, false},
+		{`{"kv":{"get":"a"},"other":1}`, ``, false},
+		{`{"kv":{"get":"a","default":1}}`, ``, false},
+		{`{"kv": {"get":"a"}}`, ``, false},
+		{`{"kv":{"touch":"a"}}`, ``, false},
+		{`{"kv":{"scan":"a"}}`, ``, false},
+		{`{"kv":{"put":"k1"}}`, ``, false},
+		{`{"kv":{"put":"k1"}}`, `null`, false},
+		{`{"kv":{"put":"k1"}}`, `"` + strings.Repeat("v", 60) + `"`, false},
+		{`{"kv":{"put":"k1"}}`, `{"a":1,"a":2}`, true}, // the value is canonicalised alike
+		{`{"kv":{"get":"a`, ``, false},
+		{``, ``, false},
+	} {
+		want := &no
+		if tc.simple {
+			want = &yes
+		}
+		var data []byte
+		if tc.data != "" {
+			data = []byte(tc.data)
+		}
+		checkDecodeSimple(t, c, pipeline.Event{Meta: []byte(tc.meta), Data: data}, want)
+	}
+	// Options that need the general path.
+	ev := pipeline.Event{Meta: []byte(`{"kv":{"put":"k1"}}`), Data: []byte(`1`)}
+	for name, opts := range map[string]Options{"idem_from": {IdemFrom: "id"}} {
+		if _, _, ok := newDecodeConnector(opts).decodeSimple(ev); ok {
+			t.Errorf("%s: simple path taken", name)
+		}
+	}
+}
+
+func FuzzDecodeSimple(f *testing.F) {
+	for _, s := range []string{`{"kv":{"get":"k1"}}`, `{"kv":{"increment":"k1","by":-7}}`, `{"kv":{"put":"a"}}`, `{"kv":{"get":"k1"},"correlation":{"a":[1]}}`} {
+		f.Add([]byte(s), []byte(`"v"`))
+	}
+	c := newDecodeConnector(Options{MaxKeyLength: 16})
+	f.Fuzz(func(t *testing.T, meta, data []byte) {
+		checkDecodeSimple(t, c, pipeline.Event{Meta: meta, Data: data}, nil)
+	})
+}
