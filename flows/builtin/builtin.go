@@ -11,6 +11,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/connectors/redisstream"
 	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/operators/lua"
 )
@@ -29,6 +30,7 @@ func Register(r *component.Registry) error {
 		lua.Spec(),
 		bus.GoChannelSpec(),
 		bus.NATSSpec(),
+		redisstream.Spec(),
 		httpconn.ServerSpec(),
 		httpconn.ClientSpec(),
 		operators.FilterSpec(),

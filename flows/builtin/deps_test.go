@@ -26,6 +26,8 @@ func TestMinimalSetDeps(t *testing.T) {
 		"github.com/yuin/gopher-lua", // the lua processor
 		"github.com/flowrun/flowrun/connectors/bus",
 		"github.com/flowrun/flowrun/connectors/kv/etcdstore",
+		"github.com/redis/go-redis/", // the redis_streams connector
+		"github.com/flowrun/flowrun/connectors/redisstream",
 		"github.com/flowrun/flowrun/operators/lua",
 		"github.com/flowrun/flowrun/flows/builtin",
 	} {
@@ -73,7 +75,7 @@ func TestRegister(t *testing.T) {
 	if err := builtin.Register(r); err == nil {
 		t.Fatal("registering the built-ins twice in one registry succeeded")
 	}
-	if got := len(builtin.NewRegistry().Types("")); got != 14 {
-		t.Errorf("built-in types: %d, want 14", got)
+	if got := len(builtin.NewRegistry().Types("")); got != 15 {
+		t.Errorf("built-in types: %d, want 15", got)
 	}
 }

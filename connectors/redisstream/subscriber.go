@@ -1,0 +1,581 @@
+package redisstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/flowrun/flowrun/connectors/bus"
+)
+
+// maxAckBatch bounds the entry IDs acknowledged by one XACK.
+const maxAckBatch = 1024
+
+// subscriber reads one stream through a consumer group. Its dial method is
+// a bus.Dial: each call starts a session (one reader, one claimer, one
+// retrier) whose channel closes when a command fails, and the
+// bus.ReconnectingSubscriber around it dials again. What outlives a
+// session is owned by the subscriber: the client (go-redis reconnects by
+// itself), the entries in flight, the retries due, the acks not yet sent.
+//
+// At most window entries are in flight: each holds a slot from delivery
+// until it is acknowledged, or dropped after a failure that is not
+// retried.
+type subscriber struct {
+	client *redis.Client
+	o      Options
+	window int
+
+	slots     chan struct{}  // one token per entry in flight
+	acks      chan string    // IDs to XACK, read by the acker
+	retryWake chan struct{}  // a retry was scheduled
+	stop      chan struct{}  // closed by close
+	ackerDone chan struct{}  // closed when the acker has flushed
+	watchers  sync.WaitGroup // one per entry handed out and not settled
+
+	mu         sync.Mutex
+	inflight   map[string]bool // handed out and not yet XACKed
+	retries    []retry         // nacked entries waiting for their retry
+	histCursor string          // last entry read back from the pending list
+	histDone   bool            // the pending list has been read back
+	closing    bool
+}
+
+// retry is a nacked entry to claim back when due.
+type retry struct {
+	id  string
+	due time.Time
+}
+
+func newSubscriber(client *redis.Client, o Options, window int) *subscriber {
+	s := &subscriber{
+		client: client, o: o, window: window,
+		slots:      make(chan struct{}, window),
+		acks:       make(chan string, window),
+		retryWake:  make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		ackerDone:  make(chan struct{}),
+		inflight:   map[string]bool{},
+		histCursor: "0",
+	}
+	go s.acker()
+	return s
+}
+
+// dial implements bus.Dial: it checks the server, creates the group when
+// missing and starts a session.
+func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
+	if topic != s.o.Stream {
+		return nil, nil, bus.Permanent(fmt.Errorf("stream %q: this subscriber reads %q", topic, s.o.Stream))
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.o.DialTimeout)
+	defer cancel()
+	if err := s.client.Ping(pctx).Err(); err != nil {
+		return nil, nil, fmt.Errorf("%w at %s: %w", ErrConnect, s.o.redacted(), err)
+	}
+	// A new group reads the stream from its first entry.
+	err := s.client.XGroupCreateMkStream(pctx, s.o.Stream, s.o.Group, "0").Err()
+	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+		return nil, nil, fmt.Errorf("%w at %s: create group %q on stream %q: %w", ErrConnect, s.o.redacted(), s.o.Group, s.o.Stream, err)
+	}
+	sctx, end := context.WithCancel(ctx)
+	out := make(chan *message.Message)
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context, chan<- *message.Message) error{s.read, s.claimLoop, s.retryLoop} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := loop(sctx, out); err != nil && sctx.Err() == nil {
+				s.o.Logger.Warn("redis stream session ends", "stream", s.o.Stream, "consumer", s.o.Consumer, "error", err)
+				end()
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+	return out, func() error {
+		end()
+		wg.Wait()
+		return nil
+	}, nil
+}
+
+// acquire takes one slot, waiting for it, then as many more as are free,
+// up to window.
+func (s *subscriber) acquire(ctx context.Context) (int, error) {
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return 1 + s.tryAcquire(s.window-1), nil
+}
+
+// tryAcquire takes up to n free slots without waiting.
+func (s *subscriber) tryAcquire(n int) int {
+	for i := range n {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			return i
+		}
+	}
+	return n
+}
+
+func (s *subscriber) release(n int) {
+	for range n {
+		<-s.slots
+	}
+}
+
+// read delivers the consumer's own pending entries (those a previous run
+// left unacknowledged), once, then new entries, as slots free up.
+func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) error {
+	for {
+		n, err := s.acquire(ctx)
+		if err != nil {
+			return nil
+		}
+		s.mu.Lock()
+		history, cursor := !s.histDone, s.histCursor
+		s.mu.Unlock()
+		args := &redis.XReadGroupArgs{Group: s.o.Group, Consumer: s.o.Consumer, Count: int64(n)}
+		if history {
+			args.Streams, args.Block = []string{s.o.Stream, cursor}, -1
+		} else {
+			args.Streams, args.Block = []string{s.o.Stream, ">"}, blockFor
+		}
+		res, err := s.client.XReadGroup(ctx, args).Result()
+		if errors.Is(err, redis.Nil) {
+			s.release(n)
+			continue
+		}
+		if err != nil {
+			s.release(n)
+			return fmt.Errorf("XREADGROUP: %w", err)
+		}
+		var xs []redis.XMessage
+		if len(res) > 0 {
+			xs = res[0].Messages
+		}
+		var counts map[string]int
+		if history {
+			if counts, err = s.pendingCounts(ctx, xs); err != nil {
+				s.release(n)
+				return err
+			}
+			s.mu.Lock()
+			if len(xs) == 0 {
+				s.histDone = true
+			} else {
+				s.histCursor = xs[len(xs)-1].ID
+			}
+			s.mu.Unlock()
+		}
+		used, err := s.emit(ctx, out, xs, counts)
+		s.release(n - used)
+		if err != nil {
+			return nil
+		}
+	}
+}
+
+// claimLoop takes over, every claimEvery, the group's entries idle for
+// ClaimIdle: those of consumers that died, and this consumer's own
+// failures whose retry did not happen.
+func (s *subscriber) claimLoop(ctx context.Context, out chan<- *message.Message) error {
+	t := time.NewTicker(s.o.claimEvery())
+	defer t.Stop()
+	for {
+		if err := s.claimIdle(ctx, out); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message) error {
+	cursor := "0-0"
+	for {
+		n := s.tryAcquire(s.window)
+		if n == 0 {
+			return nil
+		}
+		xs, next, err := s.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: s.o.Stream, Group: s.o.Group, Consumer: s.o.Consumer,
+			MinIdle: s.o.ClaimIdle, Start: cursor, Count: int64(n),
+		}).Result()
+		if err != nil {
+			s.release(n)
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("XAUTOCLAIM: %w", err)
+		}
+		counts, err := s.pendingCounts(ctx, xs)
+		if err != nil {
+			s.release(n)
+			return err
+		}
+		if len(xs) > 0 {
+			s.o.Logger.Info("claimed idle entries", "stream", s.o.Stream, "consumer", s.o.Consumer, "entries", len(xs), "claim_idle", s.o.ClaimIdle)
+		}
+		used, err := s.emit(ctx, out, xs, counts)
+		s.release(n - used)
+		if err != nil {
+			return nil
+		}
+		if next == "0-0" || next == "" {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// retryLoop claims back each nacked entry when its retry is due and
+// delivers it again.
+func (s *subscriber) retryLoop(ctx context.Context, out chan<- *message.Message) error {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		s.mu.Lock()
+		var due, later []retry
+		next := now.Add(time.Hour)
+		for _, r := range s.retries {
+			if !r.due.After(now) {
+				due = append(due, r)
+			} else {
+				later = append(later, r)
+				next = minTime(next, r.due)
+			}
+		}
+		s.retries = later
+		s.mu.Unlock()
+		if len(due) > 0 {
+			if err := s.redeliver(ctx, out, due); err != nil {
+				return err
+			}
+			continue
+		}
+		t.Reset(time.Until(next))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.retryWake:
+		case <-t.C:
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// redeliver claims the due entries back (XCLAIM, which counts a delivery)
+// and hands them out again. An entry that cannot be claimed back (another
+// consumer took it over, or it was trimmed away) is dropped from this
+// consumer.
+func (s *subscriber) redeliver(ctx context.Context, out chan<- *message.Message, due []retry) error {
+	pipe := s.client.Pipeline()
+	claims := make([]*redis.XMessageSliceCmd, len(due))
+	for i, r := range due {
+		// The entry has been idle since its delivery, at least RetryDelay
+		// ago; a consumer that took it over meanwhile has reset that.
+		claims[i] = pipe.XClaim(ctx, &redis.XClaimArgs{
+			Stream: s.o.Stream, Group: s.o.Group, Consumer: s.o.Consumer,
+			MinIdle: s.o.RetryDelay / 2, Messages: []string{r.id},
+		})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isReply(err) {
+		s.mu.Lock()
+		s.retries = append(s.retries, due...)
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("XCLAIM: %w", err)
+	}
+	var xs []redis.XMessage
+	for i, c := range claims {
+		got, err := c.Result()
+		if err != nil || len(got) == 0 || got[0].Values == nil {
+			if err != nil {
+				s.o.Logger.Warn("cannot claim a failed entry back; another consumer will", "stream", s.o.Stream, "id", due[i].id, "error", err)
+			}
+			s.forget(due[i].id)
+			s.release(1)
+			continue
+		}
+		xs = append(xs, got[0])
+	}
+	counts, err := s.pendingCounts(ctx, xs)
+	if err != nil {
+		s.requeue(xs)
+		return err
+	}
+	// Each keeps the slot it had.
+	for i, x := range xs {
+		if !s.send(ctx, out, x, counts[x.ID]) {
+			s.requeue(xs[i:])
+			return nil
+		}
+	}
+	return nil
+}
+
+// requeue schedules entries claimed back but not handed out for another
+// retry.
+func (s *subscriber) requeue(xs []redis.XMessage) {
+	s.mu.Lock()
+	for _, x := range xs {
+		s.retries = append(s.retries, retry{id: x.ID, due: time.Now().Add(s.o.RetryDelay)})
+	}
+	s.mu.Unlock()
+}
+
+// isReply tells a server's error reply to one command of a pipeline
+// (handled with that command) from a failed exchange.
+func isReply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}
+
+// pendingCounts returns the group's delivery count of each entry that is
+// this consumer's, from XPENDING (one pipelined command per entry).
+func (s *subscriber) pendingCounts(ctx context.Context, xs []redis.XMessage) (map[string]int, error) {
+	if len(xs) == 0 {
+		return nil, nil
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.XPendingExtCmd, len(xs))
+	for i, x := range xs {
+		cmds[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{
+			Stream: s.o.Stream, Group: s.o.Group, Consumer: s.o.Consumer, Start: x.ID, End: x.ID, Count: 1,
+		})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isReply(err) {
+		return nil, fmt.Errorf("XPENDING: %w", err)
+	}
+	counts := make(map[string]int, len(xs))
+	for i, c := range cmds {
+		if p, err := c.Result(); err == nil && len(p) == 1 {
+			counts[xs[i].ID] = int(p[0].RetryCount)
+		}
+	}
+	return counts, nil
+}
+
+// emit hands out xs (each delivered counts[ID] times; 1 when missing),
+// each taking one of the slots the caller acquired, and returns how many
+// it used. Entries already in flight in this process are skipped, and
+// entries trimmed from the stream while pending are acknowledged. The
+// error is ctx's, when the session ended before all were handed out.
+func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs []redis.XMessage, counts map[string]int) (int, error) {
+	used := 0
+	for _, x := range xs {
+		if x.Values == nil {
+			// Trimmed away (MAXLEN) while pending: nothing to deliver.
+			s.ack(x.ID)
+			continue
+		}
+		s.mu.Lock()
+		dup := s.inflight[x.ID]
+		s.mu.Unlock()
+		if dup {
+			continue
+		}
+		n := counts[x.ID]
+		if n == 0 {
+			n = 1
+		}
+		used++
+		if !s.send(ctx, out, x, n) {
+			return used - 1, ctx.Err()
+		}
+	}
+	return used, nil
+}
+
+// send hands x out, delivered n times, and watches its settlement. It
+// returns false, x not handed out and not in flight, when ctx ends first.
+func (s *subscriber) send(ctx context.Context, out chan<- *message.Message, x redis.XMessage, n int) bool {
+	m := toMessage(x)
+	m.Metadata.Set(bus.DeliveredKey, strconv.Itoa(n))
+	m.Metadata.Set(StreamMeta, s.o.Stream)
+	m.Metadata.Set(ConsumerMeta, s.o.Consumer)
+	s.mu.Lock()
+	s.inflight[x.ID] = true
+	s.mu.Unlock()
+	select {
+	case out <- m:
+	case <-ctx.Done():
+		s.forget(x.ID)
+		return false
+	}
+	s.watchers.Add(1)
+	go s.watch(m)
+	return true
+}
+
+// watch settles m: an ack is queued for XACK and frees m's slot; a nack
+// schedules the retry (m keeps its slot), except once the subscriber is
+// closing: then m stays pending, to be read back at the next start or
+// claimed by another consumer.
+func (s *subscriber) watch(m *message.Message) {
+	defer s.watchers.Done()
+	select {
+	case <-m.Acked():
+		s.ack(m.UUID)
+		s.release(1)
+	case <-m.Nacked():
+		s.mu.Lock()
+		if s.closing {
+			delete(s.inflight, m.UUID)
+			s.mu.Unlock()
+			s.release(1)
+			return
+		}
+		s.retries = append(s.retries, retry{id: m.UUID, due: time.Now().Add(s.o.RetryDelay)})
+		s.mu.Unlock()
+		select {
+		case s.retryWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *subscriber) ack(id string) {
+	select {
+	case s.acks <- id:
+	case <-s.ackerDone:
+	}
+}
+
+func (s *subscriber) forget(ids ...string) {
+	s.mu.Lock()
+	for _, id := range ids {
+		delete(s.inflight, id)
+	}
+	s.mu.Unlock()
+}
+
+// acker sends the acks, many IDs per XACK, retrying a failed XACK until
+// it succeeds; once stop is closed it sends what is left and returns.
+func (s *subscriber) acker() {
+	defer close(s.ackerDone)
+	for {
+		var batch []string
+		select {
+		case id := <-s.acks:
+			batch = append(batch, id)
+		case <-s.stop:
+			for {
+				select {
+				case id := <-s.acks:
+					batch = append(batch, id)
+					continue
+				default:
+				}
+				break
+			}
+			if len(batch) > 0 {
+				s.flushAcks(batch)
+			}
+			return
+		}
+	more:
+		for len(batch) < maxAckBatch {
+			select {
+			case id := <-s.acks:
+				batch = append(batch, id)
+			default:
+				break more
+			}
+		}
+		s.flushAcks(batch)
+	}
+}
+
+// flushAcks XACKs ids, retrying with backoff while the server is away;
+// after stop, for DialTimeout at most (the entries stay pending and are
+// delivered again).
+func (s *subscriber) flushAcks(ids []string) {
+	r := bus.Reconnect{Initial: 50 * time.Millisecond, Max: time.Second}
+	r.EnsureDefaults()
+	var deadline time.Time
+	for n := 0; ; n++ {
+		ctx, cancel := context.WithTimeout(context.Background(), s.o.DialTimeout)
+		err := s.client.XAck(ctx, s.o.Stream, s.o.Group, ids...).Err()
+		cancel()
+		if err == nil {
+			s.forget(ids...)
+			return
+		}
+		stopped := false
+		select {
+		case <-s.stop:
+			stopped = true
+		default:
+		}
+		if stopped && deadline.IsZero() {
+			deadline = time.Now().Add(s.o.DialTimeout)
+		}
+		if stopped && time.Now().After(deadline) {
+			s.o.Logger.Error("acks not sent; the entries will be delivered again", "stream", s.o.Stream,
+				"entries", len(ids), "error", err)
+			return
+		}
+		if n == 0 {
+			s.o.Logger.Warn("XACK failed, retrying", "stream", s.o.Stream, "entries", len(ids), "error", err)
+		}
+		time.Sleep(r.Backoff(n))
+	}
+}
+
+// close stops retries, waits (DialTimeout at most) until every entry
+// handed out is settled, sends the last acks and closes the client.
+func (s *subscriber) close() error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closing = true
+	for _, r := range s.retries {
+		delete(s.inflight, r.id)
+	}
+	s.retries = nil
+	s.mu.Unlock()
+	settled := make(chan struct{})
+	go func() {
+		s.watchers.Wait()
+		close(settled)
+	}()
+	t := time.NewTimer(s.o.DialTimeout)
+	select {
+	case <-settled:
+	case <-t.C:
+		s.o.Logger.Warn("closing with entries not settled; they stay pending", "stream", s.o.Stream)
+	}
+	t.Stop()
+	close(s.stop)
+	<-s.ackerDone
+	return s.client.Close()
+}
