@@ -108,15 +108,16 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 	}, nil
 }
 
-// acquire takes one slot, waiting for it, then as many more as are free,
-// up to window.
-func (s *subscriber) acquire(ctx context.Context) (int, error) {
+// waitFree waits until a slot is free and returns how many are.
+func (s *subscriber) waitFree(ctx context.Context) (int, error) {
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
-	return 1 + s.tryAcquire(s.window-1), nil
+	free := cap(s.slots) - len(s.slots) + 1
+	<-s.slots
+	return free, nil
 }
 
 // tryAcquire takes up to n free slots without waiting.
@@ -138,10 +139,13 @@ func (s *subscriber) release(n int) {
 }
 
 // read delivers the consumer's own pending entries (those a previous run
-// left unacknowledged), once, then new entries, as slots free up.
+// left unacknowledged), once, then new entries, as slots free up. It holds
+// no slot while it waits for entries, so the claimer finds free slots:
+// it reads as many entries as slots are free, then takes a slot for each
+// as it hands it out.
 func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) error {
 	for {
-		n, err := s.acquire(ctx)
+		n, err := s.waitFree(ctx)
 		if err != nil {
 			return nil
 		}
@@ -156,11 +160,12 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 		}
 		res, err := s.client.XReadGroup(ctx, args).Result()
 		if errors.Is(err, redis.Nil) {
-			s.release(n)
 			continue
 		}
 		if err != nil {
-			s.release(n)
+			if ctx.Err() != nil {
+				return nil
+			}
 			return fmt.Errorf("XREADGROUP: %w", err)
 		}
 		var xs []redis.XMessage
@@ -170,7 +175,6 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 		var counts map[string]int
 		if history {
 			if counts, err = s.pendingCounts(ctx, xs); err != nil {
-				s.release(n)
 				return err
 			}
 			s.mu.Lock()
@@ -181,9 +185,9 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 			}
 			s.mu.Unlock()
 		}
-		used, err := s.emit(ctx, out, xs, counts)
-		s.release(n - used)
-		if err != nil {
+		// Entries read but not handed out when the session ends stay
+		// pending; the claimer delivers them after ClaimIdle.
+		if err := s.emit(ctx, out, xs, counts, 0); err != nil {
 			return nil
 		}
 	}
@@ -233,9 +237,7 @@ func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message)
 		if len(xs) > 0 {
 			s.o.Logger.Info("claimed idle entries", "stream", s.o.Stream, "consumer", s.o.Consumer, "entries", len(xs), "claim_idle", s.o.ClaimIdle)
 		}
-		used, err := s.emit(ctx, out, xs, counts)
-		s.release(n - used)
-		if err != nil {
+		if err := s.emit(ctx, out, xs, counts, n); err != nil {
 			return nil
 		}
 		if next == "0-0" || next == "" {
@@ -383,12 +385,13 @@ func (s *subscriber) pendingCounts(ctx context.Context, xs []redis.XMessage) (ma
 }
 
 // emit hands out xs (each delivered counts[ID] times; 1 when missing),
-// each taking one of the slots the caller acquired, and returns how many
-// it used. Entries already in flight in this process are skipped, and
-// entries trimmed from the stream while pending are acknowledged. The
-// error is ctx's, when the session ended before all were handed out.
-func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs []redis.XMessage, counts map[string]int) (int, error) {
-	used := 0
+// each with a slot: one of the held slots the caller acquired, else one it
+// waits for; the held slots left over are released. Entries already in
+// flight in this process are skipped, and entries trimmed from the stream
+// while pending are acknowledged. The error is ctx's, when the session
+// ended before all were handed out.
+func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs []redis.XMessage, counts map[string]int, held int) error {
+	defer func() { s.release(held) }()
 	for _, x := range xs {
 		if x.Values == nil {
 			// Trimmed away (MAXLEN) while pending: nothing to deliver.
@@ -401,16 +404,25 @@ func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs [
 		if dup {
 			continue
 		}
+		if held > 0 {
+			held--
+		} else {
+			select {
+			case s.slots <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		n := counts[x.ID]
 		if n == 0 {
 			n = 1
 		}
-		used++
 		if !s.send(ctx, out, x, n) {
-			return used - 1, ctx.Err()
+			s.release(1)
+			return ctx.Err()
 		}
 	}
-	return used, nil
+	return nil
 }
 
 // send hands x out, delivered n times, and watches its settlement. It
