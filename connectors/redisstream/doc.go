@@ -8,8 +8,9 @@
 // and meta.message_id (the entry ID) is the same on every delivery, for
 // idem_from: message_id. What is particular to Redis:
 //
-//   - Reading: XREADGROUP with COUNT up to the free room in the window and
-//     BLOCK, so at most window entries are unacknowledged in a process.
+//   - Reading: XREADGROUP with COUNT up to the free room and BLOCK; at most
+//     2×window entries are unacknowledged in a process (one window in the
+//     flow while the next is read).
 //   - Restart: a consumer first reads back its own pending entries
 //     (XREADGROUP ... 0): those it had not acknowledged when it stopped.
 //   - Dead consumers: every claim_idle/2 the source takes over (XAUTOCLAIM)

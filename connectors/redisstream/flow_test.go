@@ -193,3 +193,39 @@ func lastIs(c *redis.Client, stream, v string) bool {
 	xs, err := c.XRevRangeN(context.Background(), stream, "+", "-", 1).Result()
 	return err == nil && len(xs) == 1 && xs[0].Values["data"] == v
 }
+
+// TestOverdeliveredEntryIsSetAside: an entry the group has already
+// delivered more than max_deliveries times to a consumer that never
+// acknowledged it (a process that died handling it each time) is
+// dead-lettered when that consumer reads it back at start, before the
+// flow sees it; Redis's delivery count (XPENDING) is what tells.
+func TestOverdeliveredEntryIsSetAside(t *testing.T) {
+	url := redisURL(t)
+	c := newClient(t, url)
+	ctx := context.Background()
+	in, out := unique("over.in"), unique("over.out")
+	must(t, c.XGroupCreateMkStream(ctx, in, "g", "0").Err())
+	addEntries(t, c, in, 2, kvEntry)
+	// Three deliveries of m-0 to consumer c1, never acknowledged.
+	must(t, c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c1", Streams: []string{in, ">"}, Count: 1}).Err())
+	for range 2 {
+		must(t, c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c1", Streams: []string{in, "0"}, Count: 1}).Err())
+	}
+	f := startFlow(t, t.TempDir(), kvFlow(url, in, out, ", max_deliveries: 2"))
+	waitFor(t, 20*time.Second, "m-1 answered and m-0 set aside", func() bool {
+		l, _ := c.XLen(ctx, out).Result()
+		d, _ := c.XLen(ctx, in+".dead").Result()
+		return l >= 1 && d >= 1
+	})
+	f.stop(t)
+	xs, err := c.XRange(ctx, in+".dead", "-", "+").Result()
+	must(t, err)
+	if len(xs) != 1 || xs[0].Values["correlation_id"] != "m-0" ||
+		!strings.Contains(fmt.Sprint(xs[0].Values["error"]), "delivered 4 times, more than max_deliveries 2") {
+		t.Errorf("dead letters %v", xs)
+	}
+	seen, _ := correlations(t, c, out)
+	if seen["m-0"] != 0 || seen["m-1"] != 1 {
+		t.Errorf("results %v: want m-1 only", seen)
+	}
+}

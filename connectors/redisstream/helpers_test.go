@@ -136,11 +136,20 @@ func pending(t testing.TB, c *redis.Client, stream, group string) int64 {
 type runningFlow struct {
 	built  *flows.Built
 	res    *component.Resources
+	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan error
 }
 
 func startFlow(t testing.TB, dir, yaml string) *runningFlow {
+	t.Helper()
+	f := buildFlow(t, dir, yaml)
+	f.run()
+	return f
+}
+
+// buildFlow builds the flow (its sources connect) without running it.
+func buildFlow(t testing.TB, dir, yaml string) *runningFlow {
 	t.Helper()
 	path := filepath.Join(dir, "flow.yaml")
 	must(t, os.WriteFile(path, []byte(yaml), 0o644))
@@ -152,11 +161,12 @@ func startFlow(t testing.TB, dir, yaml string) *runningFlow {
 	built, err := flow.Build(context.Background(), flows.BuildOptions{Logger: quiet, Resources: res})
 	must(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &runningFlow{built: built, res: res, cancel: cancel, done: make(chan error, 1)}
-	go func() { f.done <- built.Run(ctx) }()
+	f := &runningFlow{built: built, res: res, ctx: ctx, cancel: cancel, done: make(chan error, 1)}
 	t.Cleanup(func() { f.stop(t) })
 	return f
 }
+
+func (f *runningFlow) run() { go func() { f.done <- f.built.Run(f.ctx) }() }
 
 func (f *runningFlow) stop(t testing.TB) {
 	t.Helper()

@@ -18,7 +18,8 @@ import (
 
 // TestKillAndRestart runs `flowrun run` on redis_streams -> kv ->
 // redis_streams over 10,000 entries, SIGKILLs it midway and starts it
-// again (same consumer: it reads back what it had not acknowledged). No
+// again (same consumer: it reads back what it had not acknowledged, not
+// waiting for claim_idle, ten minutes here). No
 // entry is lost; with idem_from: message_id the counters are exact,
 // without it they hold at least their count (the duplicates are logged).
 func TestKillAndRestart(t *testing.T) {
@@ -42,7 +43,7 @@ func TestKillAndRestart(t *testing.T) {
 			in, out := unique("kill.in"), unique("kill.out")
 			flow := fmt.Sprintf(`name: kill
 connectors:
-  input:  { type: redis_streams, mode: read, url: %q, stream: %q, group: g, consumer: c1, window: 256 }
+  input:  { type: redis_streams, mode: read, url: %q, stream: %q, group: g, consumer: c1, window: 256, claim_idle: 10m }
   store:  %s
   output: { type: redis_streams, mode: write, url: %q, stream: %q }
 links:

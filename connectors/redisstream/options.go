@@ -28,6 +28,9 @@ const (
 	// blockFor is how long one XREADGROUP waits for new entries: short
 	// enough that a stop is noticed soon, long enough to cost nothing.
 	blockFor = 250 * time.Millisecond
+	// readLinger is how long the reader waits for more slots to free up
+	// once some are, when fewer than a quarter of the window are.
+	readLinger = 2 * time.Millisecond
 	// maxClaimEvery bounds the wait between two XAUTOCLAIM scans.
 	maxClaimEvery = 5 * time.Second
 )
