@@ -229,3 +229,24 @@ func TestOverdeliveredEntryIsSetAside(t *testing.T) {
 		t.Errorf("results %v: want m-1 only", seen)
 	}
 }
+
+// TestGroupDeletedMidRun: a command failing for good (the group was
+// destroyed: NOGROUP) ends the source's session; it connects again,
+// creates the group again (from the stream's start, so earlier entries are
+// delivered again) and goes on with the entries added since.
+func TestGroupDeletedMidRun(t *testing.T) {
+	url := redisURL(t)
+	c := newClient(t, url)
+	ctx := context.Background()
+	in, out := unique("nogroup.in"), unique("nogroup.out")
+	addEntries(t, c, in, 10, kvEntry)
+	f := startFlow(t, t.TempDir(), kvFlow(url, in, out, ", reconnect_initial: 10ms, reconnect_max: 50ms"))
+	waitFor(t, 20*time.Second, "the first 10 results", func() bool { l, _ := c.XLen(ctx, out).Result(); return l >= 10 })
+	must(t, c.XGroupDestroy(ctx, in, "g").Err())
+	addEntries(t, c, in, 20, func(i int) []any { return kvEntry(10 + i) })
+	waitFor(t, 20*time.Second, "the 20 entries added after", func() bool {
+		seen, _ := correlations(t, c, out)
+		return len(seen) >= 30
+	})
+	f.stop(t)
+}
