@@ -250,3 +250,42 @@ func TestGroupDeletedMidRun(t *testing.T) {
 	})
 	f.stop(t)
 }
+
+// TestSlowEntryIsNotDeliveredTwice: an entry still being handled when it
+// has been idle for claim_idle is claimed by its own consumer's claimer
+// too, which must not hand it out a second time.
+func TestSlowEntryIsNotDeliveredTwice(t *testing.T) {
+	url := redisURL(t)
+	c := newClient(t, url)
+	ctx := context.Background()
+	in, out := unique("slow.in"), unique("slow.out")
+	addEntries(t, c, in, 1, func(int) []any { return []any{"data", "{}", "correlation_id", "m-0"} })
+	f := startFlow(t, t.TempDir(), fmt.Sprintf(`name: slow
+connectors:
+  input:  { type: redis_streams, mode: read, url: %q, stream: %q, group: g, consumer: c1, claim_idle: 20ms }
+  work:   { type: lua, script: "local n = 0 for i = 1, 1000000 do n = n + 1 end emit('out')", timeout: 1m }
+  output: { type: redis_streams, mode: write, url: %q, stream: %q }
+links:
+  - input/out -> work/in
+  - work/out -> output/in
+`, url, in, url, out))
+	start := time.Now()
+	waitFor(t, 60*time.Second, "the result", func() bool { l, _ := c.XLen(ctx, out).Result(); return l >= 1 })
+	took := time.Since(start)
+	waitFor(t, 10*time.Second, "nothing pending", func() bool { return pending(t, c, in, "g") == 0 })
+	time.Sleep(100 * time.Millisecond)
+	delivered := uint64(0)
+	for _, pc := range f.built.Graph.Counts() {
+		if pc.Node == "input" && pc.Port == "out" {
+			delivered = pc.Events
+		}
+	}
+	f.stop(t)
+	if delivered != 1 {
+		t.Errorf("the entry was delivered %d times, want 1", delivered)
+	}
+	if took < 100*time.Millisecond {
+		t.Errorf("the entry took %v, not long past claim_idle: the test shows nothing", took)
+	}
+	t.Logf("the entry took %v", took.Round(time.Millisecond))
+}

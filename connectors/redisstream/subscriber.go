@@ -187,6 +187,10 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 		} else {
 			args.Streams, args.Block = []string{s.o.Stream, ">"}, blockFor
 		}
+		var before map[string]bool
+		if history {
+			before = s.inflightNow()
+		}
 		res, err := s.client.XReadGroup(ctx, args).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
@@ -197,20 +201,22 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 			}
 			return fmt.Errorf("XREADGROUP: %w", err)
 		}
-		var xs []redis.XMessage
+		var read []redis.XMessage
 		if len(res) > 0 {
-			xs = res[0].Messages
+			read = res[0].Messages
 		}
+		xs := s.take(read, before)
 		var counts map[string]int
 		if history {
 			if counts, err = s.pendingCounts(ctx, xs); err != nil {
+				s.forgetAll(xs)
 				return err
 			}
 			s.mu.Lock()
-			if len(xs) == 0 {
+			if len(read) == 0 {
 				s.histDone = true
 			} else {
-				s.histCursor = xs[len(xs)-1].ID
+				s.histCursor = read[len(read)-1].ID
 			}
 			s.mu.Unlock()
 		}
@@ -247,6 +253,7 @@ func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message)
 		if n == 0 {
 			return nil
 		}
+		before := s.inflightNow()
 		xs, next, err := s.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 			Stream: s.o.Stream, Group: s.o.Group, Consumer: s.o.Consumer,
 			MinIdle: s.o.ClaimIdle, Start: cursor, Count: int64(n),
@@ -258,8 +265,10 @@ func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message)
 			}
 			return fmt.Errorf("XAUTOCLAIM: %w", err)
 		}
+		xs = s.take(xs, before)
 		counts, err := s.pendingCounts(ctx, xs)
 		if err != nil {
+			s.forgetAll(xs)
 			s.release(n)
 			return err
 		}
@@ -413,32 +422,53 @@ func (s *subscriber) pendingCounts(ctx context.Context, xs []redis.XMessage) (ma
 	return counts, nil
 }
 
-// emit hands out xs (each delivered counts[ID] times; 1 when missing),
-// each with a slot: one of the held slots the caller acquired, else one it
-// waits for; the held slots left over are released. Entries already in
-// flight in this process are skipped, and entries trimmed from the stream
-// while pending are acknowledged. The error is ctx's, when the session
-// ended before all were handed out.
+// take marks as in flight, and returns, the entries of xs that are
+// neither in flight nor in before; it acknowledges those trimmed from the
+// stream while pending (nothing to deliver). Every path that reads entries
+// takes them as soon as Redis has replied, so that two paths reading one
+// entry (the reader and the claimer, say) deliver it once.
+func (s *subscriber) take(xs []redis.XMessage, before map[string]bool) []redis.XMessage {
+	var kept []redis.XMessage
+	var trimmed []string
+	s.mu.Lock()
+	for _, x := range xs {
+		switch {
+		case s.inflight[x.ID] || before[x.ID]:
+		case x.Values == nil:
+			trimmed = append(trimmed, x.ID)
+		default:
+			s.inflight[x.ID] = true
+			kept = append(kept, x)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range trimmed {
+		s.ack(id)
+	}
+	return kept
+}
+
+func (s *subscriber) forgetAll(xs []redis.XMessage) {
+	for _, x := range xs {
+		s.forget(x.ID)
+	}
+}
+
+// emit hands out xs, taken (see take), each delivered counts[ID] times (1
+// when missing) and with a slot: one of the held slots the caller
+// acquired, else one it waits for; the held slots left over are released.
+// The error is ctx's, when the session ended before all were handed out;
+// those not handed out are no longer in flight.
 func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs []redis.XMessage, counts map[string]int, held int) error {
 	defer func() { s.release(held) }()
-	for _, x := range xs {
-		if x.Values == nil {
-			// Trimmed away (MAXLEN) while pending: nothing to deliver.
-			s.ack(x.ID)
-			continue
-		}
-		s.mu.Lock()
-		dup := s.inflight[x.ID]
-		s.mu.Unlock()
-		if dup {
-			continue
-		}
+	for i, x := range xs {
 		if held > 0 {
 			held--
 		} else {
 			select {
 			case s.slots <- struct{}{}:
 			case <-ctx.Done():
+				s.forgetAll(xs[i:])
 				return ctx.Err()
 			}
 		}
@@ -448,6 +478,7 @@ func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs [
 		}
 		if !s.send(ctx, out, x, n) {
 			s.release(1)
+			s.forgetAll(xs[i:])
 			return ctx.Err()
 		}
 	}
@@ -455,19 +486,15 @@ func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs [
 }
 
 // send hands x out, delivered n times, and watches its settlement. It
-// returns false, x not handed out and not in flight, when ctx ends first.
+// returns false, x not handed out, when ctx ends first.
 func (s *subscriber) send(ctx context.Context, out chan<- *message.Message, x redis.XMessage, n int) bool {
 	m := toMessage(x)
 	m.Metadata.Set(bus.DeliveredKey, strconv.Itoa(n))
 	m.Metadata.Set(StreamMeta, s.o.Stream)
 	m.Metadata.Set(ConsumerMeta, s.o.Consumer)
-	s.mu.Lock()
-	s.inflight[x.ID] = true
-	s.mu.Unlock()
 	select {
 	case out <- m:
 	case <-ctx.Done():
-		s.forget(x.ID)
 		return false
 	}
 	s.watchers.Add(1)
@@ -507,6 +534,20 @@ func (s *subscriber) ack(id string) {
 	case s.acks <- id:
 	case <-s.ackerDone:
 	}
+}
+
+// inflightNow copies the set of entries in flight. Taken before a read of
+// pending entries (the read-back, XAUTOCLAIM), it tells which of the
+// entries read were in flight then: those are skipped even if they have
+// been acknowledged since, which would otherwise make them look new.
+func (s *subscriber) inflightNow() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[string]bool, len(s.inflight))
+	for id := range s.inflight {
+		m[id] = true
+	}
+	return m
 }
 
 func (s *subscriber) forget(ids ...string) {
