@@ -14,7 +14,9 @@
 //   - Restart: a consumer first reads back its own pending entries
 //     (XREADGROUP ... 0): those it had not acknowledged when it stopped.
 //   - Dead consumers: every claim_idle/2 the source takes over (XAUTOCLAIM)
-//     the entries idle for claim_idle in any consumer of the group.
+//     the entries idle for claim_idle in any consumer of the group, and
+//     resets the idle time of its own entries in flight (XCLAIM JUSTID), so
+//     a slow entry is not taken from a live consumer.
 //   - Retry: a failed entry stays pending and is claimed back by its own
 //     consumer (XCLAIM) after retry_delay, which makes Redis count one more
 //     delivery.

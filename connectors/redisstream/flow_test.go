@@ -289,3 +289,55 @@ links:
 	}
 	t.Logf("the entry took %v", took.Round(time.Millisecond))
 }
+
+// TestSlowEntryStaysWithItsConsumer: an entry that takes longer than
+// claim_idle stays with the consumer handling it (which keeps resetting
+// its idle time); another live consumer of the group does not take it
+// over and handle it a second time.
+func TestSlowEntryStaysWithItsConsumer(t *testing.T) {
+	url := redisURL(t)
+	if raceEnabled {
+		t.Skip("times a Lua loop against claim_idle; the race detector makes Lua ten times slower")
+	}
+	c := newClient(t, url)
+	ctx := context.Background()
+	in, out := unique("busy.in"), unique("busy.out")
+	flow := func(consumer string) string {
+		return fmt.Sprintf(`name: busy
+connectors:
+  input:  { type: redis_streams, mode: read, url: %q, stream: %q, group: g, consumer: %s, claim_idle: 500ms }
+  work:   { type: lua, script: "local n = 0 for i = 1, 12000000 do n = n + 1 end emit('out')", timeout: 1m }
+  output: { type: redis_streams, mode: write, url: %q, stream: %q }
+links:
+  - input/out -> work/in
+  - work/out -> output/in
+`, url, in, consumer, url, out)
+	}
+	a := startFlow(t, t.TempDir(), flow("a"))
+	start := time.Now()
+	addEntries(t, c, in, 1, func(int) []any { return []any{"data", "{}", "correlation_id", "m-0"} })
+	waitFor(t, 10*time.Second, "a holds the entry", func() bool { return pending(t, c, in, "g") == 1 })
+	b := startFlow(t, t.TempDir(), flow("b"))
+	waitFor(t, 60*time.Second, "the result", func() bool { l, _ := c.XLen(ctx, out).Result(); return l >= 1 })
+	took := time.Since(start)
+	waitFor(t, 10*time.Second, "nothing pending", func() bool { return pending(t, c, in, "g") == 0 })
+	time.Sleep(100 * time.Millisecond)
+	delivered := func(f *runningFlow) (n uint64) {
+		for _, pc := range f.built.Graph.Counts() {
+			if pc.Node == "input" && pc.Port == "out" {
+				n = pc.Events
+			}
+		}
+		return n
+	}
+	da, db := delivered(a), delivered(b)
+	a.stop(t)
+	b.stop(t)
+	if da != 1 || db != 0 {
+		t.Errorf("delivered %d times to a and %d to b, want 1 and 0", da, db)
+	}
+	if took < time.Second {
+		t.Errorf("the entry took %v, not long past claim_idle: the test shows nothing", took)
+	}
+	t.Logf("the entry took %v", took.Round(time.Millisecond))
+}

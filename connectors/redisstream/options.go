@@ -17,8 +17,8 @@ import (
 const (
 	// DefaultURL is the server used when none is given.
 	DefaultURL = "redis://127.0.0.1:6379"
-	// DefaultClaimIdle is how long an entry stays unacknowledged in one
-	// consumer before another takes it over.
+	// DefaultClaimIdle is how long a consumer must be unresponsive before
+	// another takes over its entries.
 	DefaultClaimIdle = 30 * time.Second
 	// DefaultRetryDelay is how long a failed entry waits before it is
 	// delivered again.
@@ -56,9 +56,11 @@ type Options struct {
 	// a process restarts, to read back what it had not acknowledged, and
 	// differ between processes of a group. Required for a source.
 	Consumer string
-	// ClaimIdle is how long an entry may stay unacknowledged in a
-	// consumer before another consumer of the group takes it over (a
-	// consumer that died). Default DefaultClaimIdle.
+	// ClaimIdle is how long an entry must stay idle (its consumer
+	// unresponsive: dead, or paused) before another consumer of the group
+	// takes it over. A live consumer resets the idle time of its entries
+	// every ClaimIdle/2 at most, so a slow entry stays with it. Default
+	// DefaultClaimIdle.
 	ClaimIdle time.Duration
 	// RetryDelay is how long a failed entry waits, pending, before its
 	// consumer claims it back and delivers it again. Default

@@ -34,8 +34,9 @@ func Spec() component.Spec {
 				Doc: "read: this process's consumer name in the group: the same across restarts (a restarted consumer first reads back " +
 					"what it had not acknowledged), different for each process of the group. Default the host name."},
 			{Name: "claim_idle", Type: component.TypeDuration, Default: DefaultClaimIdle.String(), Min: "10ms", OnlyWhen: read,
-				Doc: "read: how long an entry stays unacknowledged in a consumer before another consumer of the group takes it over " +
-					"(XAUTOCLAIM, checked every half of it, at most every 5s); keep it well above the time an entry takes."},
+				Doc: "read: how long a consumer must be unresponsive before another consumer of the group takes over its unacknowledged entries " +
+					"(XAUTOCLAIM, checked every half of it, at most every 5s). A live consumer keeps its entries, however long they take, " +
+					"by resetting their idle time every half of it; keep it well above the pauses a loaded machine makes."},
 			{Name: "retry_delay", Type: component.TypeDuration, Default: DefaultRetryDelay.String(), Min: "1ms", OnlyWhen: read,
 				Doc: "read: how long a failed entry stays pending before its consumer claims it back (XCLAIM) and delivers it again."},
 			{Name: "max_len", Type: component.TypeInt, Default: "0", Min: "0", OnlyWhen: write,

@@ -228,13 +228,17 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 	}
 }
 
-// claimLoop takes over, every claimEvery, the group's entries idle for
+// claimLoop keeps the entries in flight here from looking idle (refresh)
+// and takes over, every claimEvery, the group's entries idle for
 // ClaimIdle: those of consumers that died, and this consumer's own
 // failures whose retry did not happen.
 func (s *subscriber) claimLoop(ctx context.Context, out chan<- *message.Message) error {
 	t := time.NewTicker(s.o.claimEvery())
 	defer t.Stop()
 	for {
+		if err := s.refresh(ctx); err != nil {
+			return err
+		}
 		if err := s.claimIdle(ctx, out); err != nil {
 			return err
 		}
@@ -244,6 +248,36 @@ func (s *subscriber) claimLoop(ctx context.Context, out chan<- *message.Message)
 		case <-t.C:
 		}
 	}
+}
+
+// refresh resets the idle time of the entries in flight here that have
+// been idle for a quarter of ClaimIdle (XCLAIM ... JUSTID to this
+// consumer, which does not count a delivery), so that no other consumer
+// takes over an entry that is only slow: ClaimIdle is how long a consumer
+// must be gone, not how long an entry may take. An entry another consumer
+// took over meanwhile is idle for less and is left to it.
+func (s *subscriber) refresh(ctx context.Context) error {
+	ids := make([]string, 0, len(s.slots))
+	s.mu.Lock()
+	for id := range s.inflight {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), maxAckBatch)]
+		ids = ids[len(chunk):]
+		err := s.client.XClaimJustID(ctx, &redis.XClaimArgs{
+			Stream: s.o.Stream, Group: s.o.Group, Consumer: s.o.Consumer,
+			MinIdle: s.o.ClaimIdle / 4, Messages: chunk,
+		}).Err()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("XCLAIM JUSTID: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message) error {
