@@ -44,7 +44,7 @@ func TestRoundTripThroughKV(t *testing.T) {
 	in, out := unique("rt.in"), unique("rt.out")
 	addEntries(t, c, in, n, kvEntry)
 	f := startFlow(t, t.TempDir(), kvFlow(url, in, out, ""))
-	waitFor(t, 60*time.Second, "every result appended", func() bool {
+	waitFor(t, 3*time.Minute, "every result appended", func() bool {
 		l, err := c.XLen(context.Background(), out).Result()
 		return err == nil && l >= n
 	})

@@ -259,8 +259,16 @@ func (s *subscriber) claimLoop(ctx context.Context, out chan<- *message.Message)
 func (s *subscriber) refresh(ctx context.Context) error {
 	ids := make([]string, 0, len(s.slots))
 	s.mu.Lock()
+	waiting := make(map[string]bool, len(s.retries))
+	for _, r := range s.retries {
+		waiting[r.id] = true
+	}
 	for id := range s.inflight {
-		ids = append(ids, id)
+		// A failed entry waiting for its retry is left idle: the retry
+		// claims it back only if it has been idle since it failed.
+		if !waiting[id] {
+			ids = append(ids, id)
+		}
 	}
 	s.mu.Unlock()
 	for len(ids) > 0 {
