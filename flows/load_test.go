@@ -141,7 +141,7 @@ func TestDiagnostics(t *testing.T) {
 		{"bad name", "name: a b\n", []string{`1:7: error: name: invalid name "a b"`}},
 		{"connectors not a mapping", header + "connectors: [a]\n", []string{`2:13: error: connectors: expected a mapping`}},
 		{"connector not a mapping", header + "connectors:\n  a: stdin\n", []string{`3:6: error: connectors.a: expected a mapping with a type, got "stdin"`}},
-		{"connector without type", header + "connectors:\n  a: {dir: x}\n", []string{`3:3: error: connectors.a: missing required option "type" (one of stdin, stdout, file, null, kv, lua, gochannel, nats, kafka, amqp, mqtt, http_server, http_client)`}},
+		{"connector without type", header + "connectors:\n  a: {dir: x}\n", []string{`3:3: error: connectors.a: missing required option "type" (one of stdin, stdout, file, null, kv, lua, gochannel, nats, kafka, amqp, mqtt, redis_streams, http_server, http_client)`}},
 		{"operator as connector", header + "connectors:\n  a: {type: filter}\n", []string{`3:13: error: connectors.a.type: "filter" is an operator, not a connector`}},
 		{"connector as operator", header + "pipelines:\n  p:\n    - kv: {dir: x}\n", []string{`4:7: error: pipelines.p[0]: "kv" is a connector, not an operator`}},
 		{"two stdin", header + "connectors:\n  a: {type: stdin}\n  b: {type: stdin}\n  d: {type: null}\nlinks: [a/out -> c, a/err -> c, b -> c, b/err -> c, c/err -> d, c -> d]\npipelines: {c: []}\n",
@@ -366,7 +366,7 @@ func TestRegistry(t *testing.T) {
 	if got := strings.Join(r.Types(component.KindOperator), ","); got != "filter,set,route,drop" {
 		t.Errorf("operators: %s", got)
 	}
-	if got := strings.Join(r.Types(component.KindSink), ","); got != "stdout,file,null,gochannel,nats,kafka,amqp,mqtt,http_server" {
+	if got := strings.Join(r.Types(component.KindSink), ","); got != "stdout,file,null,gochannel,nats,kafka,amqp,mqtt,redis_streams,http_server" {
 		t.Errorf("sinks: %s", got)
 	}
 	// Every default parses with its own field type.

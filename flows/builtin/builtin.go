@@ -14,6 +14,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/connectors/mqtt"
+	"github.com/flowrun/flowrun/connectors/redisstream"
 	"github.com/flowrun/flowrun/operators"
 	"github.com/flowrun/flowrun/operators/lua"
 )
@@ -35,6 +36,7 @@ func Register(r *component.Registry) error {
 		kafka.Spec(),
 		amqp.Spec(),
 		mqtt.Spec(),
+		redisstream.Spec(),
 		httpconn.ServerSpec(),
 		httpconn.ClientSpec(),
 		operators.FilterSpec(),

@@ -32,6 +32,8 @@ func TestMinimalSetDeps(t *testing.T) {
 		"github.com/flowrun/flowrun/connectors/kafka",
 		"github.com/flowrun/flowrun/connectors/mqtt",
 		"github.com/flowrun/flowrun/connectors/kv/etcdstore",
+		"github.com/redis/go-redis/", // the redis_streams connector
+		"github.com/flowrun/flowrun/connectors/redisstream",
 		"github.com/flowrun/flowrun/operators/lua",
 		"github.com/flowrun/flowrun/flows/builtin",
 	} {
@@ -80,7 +82,7 @@ func TestRegister(t *testing.T) {
 	if err := builtin.Register(r); err == nil {
 		t.Fatal("registering the built-ins twice in one registry succeeded")
 	}
-	if got := len(builtin.NewRegistry().Types("")); got != 17 {
-		t.Errorf("built-in types: %d, want 17", got)
+	if got := len(builtin.NewRegistry().Types("")); got != 18 {
+		t.Errorf("built-in types: %d, want 18", got)
 	}
 }

@@ -1,0 +1,167 @@
+package redisstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/bus"
+)
+
+// publisher is a message.Publisher appending to streams with XADD; Publish
+// returns once the server has replied for every message.
+type publisher struct {
+	client *redis.Client
+	maxLen int64
+}
+
+// Publish implements message.Publisher: one XADD per message, pipelined.
+// A reply refusing a message (not a transient condition) is marked
+// bus.Permanent, so it is not retried.
+func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	ctx := context.Background()
+	args := func(m *message.Message) *redis.XAddArgs {
+		a := &redis.XAddArgs{Stream: topic, Values: entryValues(m), ID: "*"}
+		if p.maxLen > 0 {
+			a.MaxLen, a.Approx = p.maxLen, true
+		}
+		return a
+	}
+	if len(msgs) == 1 {
+		return classify(p.client.XAdd(ctx, args(msgs[0])).Err())
+	}
+	pipe := p.client.Pipeline()
+	cmds := make([]*redis.StringCmd, len(msgs))
+	for i, m := range msgs {
+		cmds[i] = pipe.XAdd(ctx, args(m))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isReply(err) {
+		return classify(err)
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return classify(err)
+		}
+	}
+	return nil
+}
+
+// Close implements message.Publisher; the client is closed by its owner.
+func (p *publisher) Close() error { return nil }
+
+// transient are the error replies a server gives while it cannot serve
+// for now.
+var transient = []string{"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "OOM"}
+
+// classify marks an error reply that retrying cannot mend as permanent.
+func classify(err error) error {
+	if err == nil || !isReply(err) {
+		return err
+	}
+	for _, p := range transient {
+		if redis.HasErrorPrefix(err, p) {
+			return err
+		}
+	}
+	return bus.Permanent(err)
+}
+
+// SourceOptions configure NewSource.
+type SourceOptions struct {
+	Options
+	// Source configures the windowed acknowledgement; its Topic is
+	// Options.Stream and its DeadLetter defaults to Stream + ".dead".
+	Source bus.SourceOptions
+	// Reconnect says how to behave while the server is unreachable.
+	Reconnect bus.Reconnect
+	// Health, when set, reports the source not ready while disconnected.
+	Health *component.Health
+}
+
+// NewSource returns a bus.Source reading opts.Stream as consumer
+// opts.Consumer of group opts.Group (created when missing) and feeding
+// graph. Dead letters are appended to opts.Source.DeadLetter. Unless
+// Reconnect.FailFast, the server may be unreachable at start: the source
+// connects when it can.
+func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.Source, error) {
+	opts.Options.EnsureDefaults()
+	so := opts.Source
+	so.Topic = opts.Stream
+	if so.Logger == nil {
+		so.Logger = opts.Logger
+	}
+	so.EnsureDefaults()
+	switch {
+	case opts.Stream == "":
+		return nil, fmt.Errorf("source %s: %w: no stream", so.Name, ErrConfig)
+	case opts.Group == "":
+		return nil, fmt.Errorf("source %s: %w: no consumer group", so.Name, ErrConfig)
+	case opts.Consumer == "":
+		return nil, fmt.Errorf("source %s: %w: no consumer name", so.Name, ErrConfig)
+	}
+	ro, err := opts.clientOptions(so.Name)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", so.Name, err)
+	}
+	client := redis.NewClient(ro)
+	sub := newSubscriber(client, opts.Options, so.Window)
+	rs := bus.NewReconnectingSubscriber(so.Name, sub.dial, opts.Reconnect, opts.Health, so.Logger)
+	so.OnClose = func() error {
+		return errors.Join(rs.Close(), sub.close())
+	}
+	src, err := bus.NewSource(ctx, rs, &publisher{client: client}, graph, so)
+	if err != nil {
+		_ = rs.Close()
+		_ = sub.close()
+		return nil, err
+	}
+	return src, nil
+}
+
+// NewSink returns a bus.Sink appending every event it receives to
+// opts.Stream (trimmed to about opts.MaxLen entries when set), each
+// append waiting for the server's reply. While the server is unreachable
+// the sink retries as r says; with r.FailFast it must be reachable at
+// start.
+func NewSink(ctx context.Context, name string, opts Options, r bus.Reconnect, health *component.Health) (*bus.Sink, error) {
+	opts.EnsureDefaults()
+	if opts.Stream == "" {
+		return nil, fmt.Errorf("sink %s: %w: no stream", name, ErrConfig)
+	}
+	if opts.MaxLen < 0 {
+		return nil, fmt.Errorf("sink %s: %w: max_len %d is negative", name, ErrConfig, opts.MaxLen)
+	}
+	ro, err := opts.clientOptions(name)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", name, err)
+	}
+	client := redis.NewClient(ro)
+	if r.FailFast {
+		pctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
+		err := client.Ping(pctx).Err()
+		cancel()
+		if err != nil {
+			_ = client.Close()
+			return nil, fmt.Errorf("sink %s: %w (fail_fast): %w at %s: %w", name, bus.ErrDisconnected, ErrConnect, opts.redacted(), err)
+		}
+	}
+	return bus.NewSink(&publisher{client: client, maxLen: opts.MaxLen}, bus.SinkOptions{
+		Name: name, Topic: opts.Stream, OnClose: client.Close,
+		Reconnect: &r, Health: health, Logger: opts.Logger,
+	})
+}
+
+// defaultConsumer is the consumer name used when none is given: the host
+// name, stable across restarts of a process on one machine.
+func defaultConsumer(hostname func() (string, error)) string {
+	h, err := hostname()
+	if err != nil || strings.TrimSpace(h) == "" {
+		return "flowrun"
+	}
+	return h
+}
