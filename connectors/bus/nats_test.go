@@ -60,11 +60,17 @@ func readSubject(t *testing.T, url, subject string, want int, timeout time.Durat
 	defer nc.Close()
 	js, err := nc.JetStream()
 	must(t, err)
+	// The stream may not exist yet: a sink creates it on its first
+	// publish, which may still be on its way.
+	deadline := time.Now().Add(timeout)
 	sub, err := js.SubscribeSync(subject, nats.DeliverAll(), nats.AckNone())
+	for errors.Is(err, nats.ErrNoMatchingStream) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		sub, err = js.SubscribeSync(subject, nats.DeliverAll(), nats.AckNone())
+	}
 	must(t, err)
 	defer sub.Unsubscribe()
 	var out []pipeline.Event
-	deadline := time.Now().Add(timeout)
 	for len(out) < want && time.Now().Before(deadline) {
 		m, err := sub.NextMsg(200 * time.Millisecond)
 		if err != nil {
