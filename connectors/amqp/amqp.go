@@ -3,7 +3,6 @@ package amqp
 import (
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"sort"
 	"strconv"
 	"time"
@@ -175,43 +173,21 @@ func (o *Options) Validate() error {
 }
 
 // ErrTLS reports TLS options that cannot be used.
-var ErrTLS = errors.New("TLS")
+var ErrTLS = bus.ErrTLS
 
 // tlsConfig returns the TLS configuration of the tls options, nil when
 // none is set (an amqps:// URL then verifies with the system's roots).
 // The files are read now, so a missing or unreadable one is reported when
 // the flow is loaded.
 func (o *Options) tlsConfig() (*tls.Config, error) {
-	if o.TLSCA == "" && o.TLSCert == "" && o.TLSKey == "" && !o.TLSInsecureSkipVerify {
+	t := bus.TLS{CA: o.TLSCA, Cert: o.TLSCert, Key: o.TLSKey, InsecureSkipVerify: o.TLSInsecureSkipVerify}
+	if !t.Set() {
 		return nil, nil
 	}
 	if u, err := url.Parse(o.URL); err != nil || u.Scheme != "amqps" {
 		return nil, fmt.Errorf("%w: tls_ options need an amqps:// url, not %s", ErrTLS, redacted(o.URL))
 	}
-	cfg := &tls.Config{InsecureSkipVerify: o.TLSInsecureSkipVerify} //nolint:gosec // an explicit option
-	switch {
-	case o.TLSCert != "" && o.TLSKey == "":
-		return nil, fmt.Errorf("%w: tls_cert needs its key: set tls_key too", ErrTLS)
-	case o.TLSKey != "" && o.TLSCert == "":
-		return nil, fmt.Errorf("%w: tls_key needs its certificate: set tls_cert too", ErrTLS)
-	case o.TLSCert != "":
-		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("%w: tls_cert and tls_key: %w", ErrTLS, err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	if o.TLSCA != "" {
-		pem, err := os.ReadFile(o.TLSCA)
-		if err != nil {
-			return nil, fmt.Errorf("%w: tls_ca: %w", ErrTLS, err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: tls_ca: %s holds no PEM certificate", ErrTLS, o.TLSCA)
-		}
-	}
-	return cfg, nil
+	return t.Config()
 }
 
 // redacted is the URL without its password, for errors and logs.

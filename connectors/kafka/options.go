@@ -2,11 +2,9 @@ package kafka
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/sasl"
@@ -147,37 +145,6 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("%s: %w: start %q: want %q or %q", o.Name, ErrOptions, o.Start, StartEarliest, StartLatest)
 	}
 	return nil
-}
-
-// TLSConfig returns the TLS configuration of the options tls_ca, tls_cert,
-// tls_key and tls_insecure_skip_verify: nil when none is set.
-func TLSConfig(ca, cert, key string, insecure bool) (*tls.Config, error) {
-	if ca == "" && cert == "" && key == "" && !insecure {
-		return nil, nil
-	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure} //nolint:gosec // the user's explicit choice
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("tls_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls_ca: %s holds no PEM certificate", ca)
-		}
-		c.RootCAs = pool
-	}
-	if (cert == "") != (key == "") {
-		return nil, errors.New("tls_cert and tls_key go together: set both or neither")
-	}
-	if cert != "" {
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("tls_cert, tls_key: %w", err)
-		}
-		c.Certificates = []tls.Certificate{pair}
-	}
-	return c, nil
 }
 
 // SASL mechanisms (option sasl_mechanism).

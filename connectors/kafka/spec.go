@@ -66,7 +66,7 @@ func check(c *component.Config) error {
 			return component.OptionErr("brokers", errors.New("want host:port, got "+b))
 		}
 	}
-	_, err := TLSConfig(c.String("tls_ca"), c.String("tls_cert"), c.String("tls_key"), c.Bool("tls_insecure_skip_verify"))
+	_, err := bus.TLSOptions(c).Config()
 	if err != nil {
 		return component.OptionErr("tls", err)
 	}
@@ -77,7 +77,7 @@ func check(c *component.Config) error {
 }
 
 func build(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
-	tlsConf, err := TLSConfig(c.String("tls_ca"), c.String("tls_cert"), c.String("tls_key"), c.Bool("tls_insecure_skip_verify"))
+	tlsConf, err := bus.TLSOptions(c).Config()
 	if err != nil {
 		return component.Component{}, err
 	}

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strconv"
@@ -132,13 +133,14 @@ func options(env *component.Env, c *component.Config) (Options, error) {
 	for _, s := range []string{"ssl://", "tls://", "mqtts://", "wss://", "tcps://"} {
 		secure = secure || strings.HasPrefix(o.URL, s)
 	}
-	if secure || c.String("tls_ca") != "" || c.String("tls_cert") != "" || c.Bool("tls_insecure_skip_verify") {
-		cfg, err := TLSConfig(c.String("tls_ca"), c.String("tls_cert"), c.String("tls_key"), c.Bool("tls_insecure_skip_verify"))
-		if err != nil {
-			return o, err
-		}
-		o.TLS = cfg
+	cfg, err := bus.TLSOptions(c).Config()
+	if err != nil {
+		return o, err
 	}
+	if cfg == nil && secure {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	o.TLS = cfg
 	return o, nil
 }
 

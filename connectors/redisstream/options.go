@@ -1,16 +1,15 @@
 package redisstream
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/flowrun/flowrun/connectors/bus"
 )
 
 // Defaults for Options.
@@ -122,33 +121,17 @@ func (o *Options) clientOptions(name string) (*redis.Options, error) {
 	ro.DialTimeout = o.DialTimeout
 	// Blocking reads are cut short when the source stops.
 	ro.ContextTimeoutEnabled = true
-	if o.TLSCA != "" || o.TLSCert != "" || o.TLSKey != "" || o.TLSInsecureSkipVerify {
-		if ro.TLSConfig == nil {
-			host, _, _ := splitHost(ro.Addr)
-			ro.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	tlsConf, err := bus.TLS{CA: o.TLSCA, Cert: o.TLSCert, Key: o.TLSKey, InsecureSkipVerify: o.TLSInsecureSkipVerify}.Config()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if tlsConf != nil {
+		if ro.TLSConfig != nil { // a rediss:// URL: keep its server name
+			tlsConf.ServerName = ro.TLSConfig.ServerName
+		} else {
+			tlsConf.ServerName, _, _ = splitHost(ro.Addr)
 		}
-		ro.TLSConfig.InsecureSkipVerify = o.TLSInsecureSkipVerify
-		if o.TLSCA != "" {
-			pem, err := os.ReadFile(o.TLSCA)
-			if err != nil {
-				return nil, fmt.Errorf("%w: tls_ca: %w", ErrConfig, err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("%w: tls_ca %s: no PEM certificate in it", ErrConfig, o.TLSCA)
-			}
-			ro.TLSConfig.RootCAs = pool
-		}
-		if (o.TLSCert == "") != (o.TLSKey == "") {
-			return nil, fmt.Errorf("%w: tls_cert and tls_key go together", ErrConfig)
-		}
-		if o.TLSCert != "" {
-			cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
-			if err != nil {
-				return nil, fmt.Errorf("%w: tls_cert/tls_key: %w", ErrConfig, err)
-			}
-			ro.TLSConfig.Certificates = []tls.Certificate{cert}
-		}
+		ro.TLSConfig = tlsConf
 	}
 	return ro, nil
 }

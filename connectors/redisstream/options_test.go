@@ -26,7 +26,7 @@ func TestClientOptions(t *testing.T) {
 		{name: "bad scheme, password not shown", o: Options{URL: "http://u:s3cret@h:1"}, wantErr: "url http://u:xxxxx@h:1"},
 		{name: "ca not PEM", o: Options{URL: "redis://h:1", TLSCA: notPEM}, wantErr: "no PEM certificate"},
 		{name: "ca missing", o: Options{URL: "redis://h:1", TLSCA: filepath.Join(dir, "none.pem")}, wantErr: "tls_ca"},
-		{name: "cert without key", o: Options{URL: "redis://h:1", TLSCert: notPEM}, wantErr: "tls_cert and tls_key go together"},
+		{name: "cert without key", o: Options{URL: "redis://h:1", TLSCert: notPEM}, wantErr: "tls_cert needs its key"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
