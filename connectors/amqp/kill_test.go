@@ -15,6 +15,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/flowrun/flowrun/connectors/amqp"
+	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -23,13 +24,6 @@ const (
 	killMessages = 10_000
 	killCounters = 100
 )
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
-}
 
 // TestKillAndRestart publishes killMessages increments of killCounters
 // counters, runs `flowrun run` on amqp -> (kv with idem_from: message_id,
@@ -44,10 +38,7 @@ func TestKillAndRestart(t *testing.T) {
 	}
 	start := time.Now()
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "flowrun")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := proctest.BuildFlowrun(t, dir)
 	in, out := uniqueQueue("kill.in"), uniqueQueue("kill.out")
 	deleteQueues(t, url, in, out, in+".dead")
 	flow := fmt.Sprintf(`name: load
@@ -107,7 +98,7 @@ links:
 	atKill := len(seen)
 	t.Logf("first run: SIGKILL after %v with %d distinct results published", time.Since(runStart).Round(time.Millisecond), atKill)
 	if atKill == 0 || atKill >= killMessages {
-		t.Fatalf("kill came at %d of %d results: not midway\n%s", atKill, killMessages, tail(firstErr.String(), 2000))
+		t.Fatalf("kill came at %d of %d results: not midway\n%s", atKill, killMessages, proctest.Tail(firstErr.String(), 2000))
 	}
 
 	restart := time.Now()
@@ -117,13 +108,13 @@ links:
 	}
 	must(t, second.Process.Signal(syscall.SIGTERM))
 	if err := second.Wait(); err != nil {
-		t.Fatalf("second run after SIGTERM: %v\n%s", err, tail(secondErr.String(), 2000))
+		t.Fatalf("second run after SIGTERM: %v\n%s", err, proctest.Tail(secondErr.String(), 2000))
 	}
 	poll(300 * time.Millisecond)
 	t.Logf("second run: %d correlations answered after %v; %d results in all (%d duplicates)",
 		len(seen), time.Since(restart).Round(time.Millisecond), total, total-len(seen))
 	if len(seen) != killMessages {
-		t.Fatalf("%d of %d correlations answered\n%s", len(seen), killMessages, tail(secondErr.String(), 2000))
+		t.Fatalf("%d of %d correlations answered\n%s", len(seen), killMessages, proctest.Tail(secondErr.String(), 2000))
 	}
 	// A graceful stop acks what it handled: nothing is left in the queue.
 	conn, err := amqp091.Dial(url)
@@ -192,10 +183,7 @@ func TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts(t *testing.T) {
 	}
 	const maxDeliveries = 2
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "flowrun")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := proctest.BuildFlowrun(t, dir)
 	in, out := uniqueQueue("crash.in"), uniqueQueue("crash.out")
 	deleteQueues(t, url, in, out, in+".dead")
 	flow := fmt.Sprintf(`name: poison
@@ -241,7 +229,7 @@ links:
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("start %d: the message was never delivered\n%s", k, tail(stderr.String(), 2000))
+				t.Fatalf("start %d: the message was never delivered\n%s", k, proctest.Tail(stderr.String(), 2000))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -254,7 +242,7 @@ links:
 	publishWith(t, amqpOptions(url, in), []pipeline.Event{{Data: []byte(`{"n":1}`), Meta: []byte(`{"correlation":"ok"}`)}})
 	dead := deadLetters.next(t, 1, 30*time.Second)
 	if len(dead) != 1 {
-		t.Fatalf("no dead letter for the poison message\n%s", tail(stderr.String(), 2000))
+		t.Fatalf("no dead letter for the poison message\n%s", proctest.Tail(stderr.String(), 2000))
 	}
 	reason := gjson.GetBytes(dead[0].Meta, "error").String()
 	if c := gjson.GetBytes(dead[0].Meta, "correlation").String(); c != "poison" ||
@@ -265,11 +253,11 @@ links:
 	// the next message coming out shows it was not processed.
 	res := results.next(t, 1, 30*time.Second)
 	if len(res) != 1 || gjson.GetBytes(res[0].Meta, "correlation").String() != "ok" {
-		t.Fatalf("the message after the poison one was not handled: %v\n%s", res, tail(stderr.String(), 2000))
+		t.Fatalf("the message after the poison one was not handled: %v\n%s", res, proctest.Tail(stderr.String(), 2000))
 	}
 	must(t, cmd.Process.Signal(syscall.SIGTERM))
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("after SIGTERM: %v\n%s", err, tail(stderr.String(), 2000))
+		t.Fatalf("after SIGTERM: %v\n%s", err, proctest.Tail(stderr.String(), 2000))
 	}
 }
 

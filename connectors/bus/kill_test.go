@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -25,17 +26,6 @@ const (
 	killMessages = 10_000
 	killCounters = 100
 )
-
-// buildFlowrun builds the flowrun command once into dir.
-func buildFlowrun(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "flowrun")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // killInput is message i of the kill test: even ones increment one of
 // killCounters counters (not idempotent: a redelivery counts twice), odd
@@ -100,7 +90,7 @@ func TestKillAndRestart(t *testing.T) {
 	}
 	start := time.Now()
 	dir := t.TempDir()
-	bin := buildFlowrun(t, dir)
+	bin := proctest.BuildFlowrun(t, dir)
 	id := strings.ToLower(nuid.Next())
 	in, out := "kill."+id+".in", "kill."+id+".out"
 	flow := fmt.Sprintf(`name: load
@@ -177,7 +167,7 @@ links:
 	}
 	must(t, second.Process.Signal(syscall.SIGTERM))
 	if err := second.Wait(); err != nil {
-		t.Fatalf("second run after SIGTERM: %v\n%s", err, tail(secondErr.String(), 2000))
+		t.Fatalf("second run after SIGTERM: %v\n%s", err, proctest.Tail(secondErr.String(), 2000))
 	}
 	watcher.poll(300 * time.Millisecond)
 	t.Logf("second run: all %d correlations out after %v; %d results published in all (%d duplicates)",
@@ -218,7 +208,7 @@ links:
 	}
 	lines := bytes.Split(bytes.TrimSpace(res), []byte("\n"))
 	if len(lines) != 2 {
-		t.Fatalf("verify output: %s", tail(string(res), 500))
+		t.Fatalf("verify output: %s", proctest.Tail(string(res), 500))
 	}
 	counters, puts := gjson.GetBytes(lines[0], "data"), gjson.GetBytes(lines[1], "data")
 	perCounter := killMessages / 2 / killCounters
@@ -246,13 +236,6 @@ links:
 		nputs, extra, time.Since(start).Round(time.Millisecond))
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
-}
-
 // TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts: a message whose
 // handling never ends (a Lua loop standing for anything that kills the
 // process) is delivered to `flowrun run`, which is SIGKILLed while handling
@@ -265,7 +248,7 @@ func TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts(t *testing.T) {
 	}
 	const maxDeliveries = 2
 	dir := t.TempDir()
-	bin := buildFlowrun(t, dir)
+	bin := proctest.BuildFlowrun(t, dir)
 	id := strings.ToLower(nuid.Next())
 	in, out, durable := "poison."+id+".in", "poison."+id+".out", "poison_"+id
 	flow := fmt.Sprintf(`name: poison
@@ -310,7 +293,7 @@ links:
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("start %d: delivery %d never came (%+v, %v)\n%s", k, k, info, err, tail(stderr.String(), 2000))
+				t.Fatalf("start %d: delivery %d never came (%+v, %v)\n%s", k, k, info, err, proctest.Tail(stderr.String(), 2000))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -326,7 +309,7 @@ links:
 	publishEvents(t, url, in, []pipeline.Event{{Data: []byte(`{"n":1}`), Meta: []byte(`{"correlation":"ok"}`)}})
 	dead := readSubject(t, url, in+DeadLetterSuffix, 1, 30*time.Second)
 	if len(dead) != 1 {
-		t.Fatalf("no dead letter for the poison message\n%s", tail(stderr.String(), 2000))
+		t.Fatalf("no dead letter for the poison message\n%s", proctest.Tail(stderr.String(), 2000))
 	}
 	reason := gjson.GetBytes(dead[0].Meta, "error").String()
 	if c := gjson.GetBytes(dead[0].Meta, "correlation").String(); c != "poison" ||
@@ -337,13 +320,13 @@ links:
 	// the next message coming out shows it was not processed.
 	res := readSubject(t, url, out, 1, 30*time.Second)
 	if len(res) != 1 || gjson.GetBytes(res[0].Meta, "correlation").String() != "ok" {
-		t.Fatalf("the message after the poison one was not handled: %v\n%s", res, tail(stderr.String(), 2000))
+		t.Fatalf("the message after the poison one was not handled: %v\n%s", res, proctest.Tail(stderr.String(), 2000))
 	}
 	must(t, cmd.Process.Signal(syscall.SIGTERM))
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("after SIGTERM: %v\n%s", err, tail(stderr.String(), 2000))
+		t.Fatalf("after SIGTERM: %v\n%s", err, proctest.Tail(stderr.String(), 2000))
 	}
 	if !strings.Contains(stderr.String(), "dead-lettered before processing") {
-		t.Errorf("no warning logged:\n%s", tail(stderr.String(), 2000))
+		t.Errorf("no warning logged:\n%s", proctest.Tail(stderr.String(), 2000))
 	}
 }

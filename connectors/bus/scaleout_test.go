@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -98,7 +99,7 @@ func TestScaleOutExactlyOnce(t *testing.T) {
 	}
 	start := time.Now()
 	dir := t.TempDir()
-	bin := buildFlowrun(t, dir)
+	bin := proctest.BuildFlowrun(t, dir)
 	// The cluster's --max-txn-ops, as scripts/etcd-cluster.sh sets it.
 	maxTxnOps := os.Getenv("FLOWRUN_ETCD_MAX_TXN_OPS")
 	if maxTxnOps == "" {
@@ -126,7 +127,7 @@ links:
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("replay %s: %v\n%s", flow, err, tail(stderr.String(), 2000))
+			t.Fatalf("replay %s: %v\n%s", flow, err, proctest.Tail(stderr.String(), 2000))
 		}
 		return out
 	}
@@ -195,7 +196,7 @@ links:
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d messages acknowledged after %v\n%s", done, scaleMessages, time.Since(runStart), tail(procs[0].stderr.String(), 2000))
+			t.Fatalf("only %d of %d messages acknowledged after %v\n%s", done, scaleMessages, time.Since(runStart), proctest.Tail(procs[0].stderr.String(), 2000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -213,7 +214,7 @@ links:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("consumer not drained after %v: %d not delivered, %d awaiting ack\n%s", time.Since(runStart), undelivered, ackPending,
-				tail(procs[0].stderr.String(), 2000))
+				proctest.Tail(procs[0].stderr.String(), 2000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -227,7 +228,7 @@ links:
 	for i, p := range procs {
 		must(t, p.cmd.Process.Signal(syscall.SIGTERM))
 		if err := p.cmd.Wait(); err != nil {
-			t.Errorf("process %d after SIGTERM: %v\n%s", i, err, tail(p.stderr.String(), 2000))
+			t.Errorf("process %d after SIGTERM: %v\n%s", i, err, proctest.Tail(p.stderr.String(), 2000))
 		}
 	}
 	redelivered := 0
@@ -255,7 +256,7 @@ links:
 	must(t, os.WriteFile(filepath.Join(dir, "verify.jsonl"), queries.Bytes(), 0o644))
 	lines := bytes.Split(bytes.TrimSpace(replay("query.yaml", "verify.jsonl")), []byte("\n"))
 	if len(lines) != 1+scalePlayers {
-		t.Fatalf("verify output: %d lines, want %d:\n%s", len(lines), 1+scalePlayers, tail(string(bytes.Join(lines, []byte("\n"))), 2000))
+		t.Fatalf("verify output: %d lines, want %d:\n%s", len(lines), 1+scalePlayers, proctest.Tail(string(bytes.Join(lines, []byte("\n"))), 2000))
 	}
 	scores := gjson.GetBytes(lines[0], "data")
 	if n := len(scores.Map()); n != scalePlayers {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -35,10 +36,7 @@ func TestKillAndRestart(t *testing.T) {
 		t.Skip("builds flowrun and moves 10,000 records twice")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "flowrun")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := proctest.BuildFlowrun(t, dir)
 	for _, tc := range []struct {
 		name string
 		idem string
@@ -102,7 +100,7 @@ links:
 	seen := correlations(got)
 	for i := range killMessages {
 		if seen[fmt.Sprintf("m-%d", i)] == 0 {
-			t.Fatalf("no result for m-%d (%d answered)\n%s", i, len(seen), tail(secondErr.String(), 2000))
+			t.Fatalf("no result for m-%d (%d answered)\n%s", i, len(seen), proctest.Tail(secondErr.String(), 2000))
 		}
 	}
 	ends := endOffsets(t, brokers, "in")
@@ -123,7 +121,7 @@ links:
 	}
 	must(t, second.Process.Signal(syscall.SIGTERM))
 	if err := second.Wait(); err != nil {
-		t.Fatalf("second run after SIGTERM: %v\n%s", err, tail(secondErr.String(), 2000))
+		t.Fatalf("second run after SIGTERM: %v\n%s", err, proctest.Tail(secondErr.String(), 2000))
 	}
 	out.poll(t, 300*time.Millisecond)
 	t.Logf("second run: all %d answered; %d results in all (%d duplicates)", killMessages, len(out.evs), len(out.evs)-killMessages)
@@ -150,7 +148,7 @@ links:
 	}
 	lines := bytes.Split(bytes.TrimSpace(res), []byte("\n"))
 	if len(lines) != 2 {
-		t.Fatalf("verify output: %s", tail(string(res), 500))
+		t.Fatalf("verify output: %s", proctest.Tail(string(res), 500))
 	}
 	counters, puts := gjson.GetBytes(lines[0], "data"), gjson.GetBytes(lines[1], "data")
 	perCounter := killMessages / 2 / killCounters
@@ -175,11 +173,4 @@ links:
 		t.Errorf("%d puts in the store, want %d", nputs, killMessages/2)
 	}
 	t.Logf("store: %d puts; counters hold %d increments beyond their count; took %v", nputs, extra, time.Since(start).Round(time.Millisecond))
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	. "github.com/flowrun/flowrun/connectors/mqtt"
+	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -23,17 +24,6 @@ const (
 	killMessages = 10_000
 	killCounters = 100
 )
-
-// buildFlowrun builds the flowrun command into dir.
-func buildFlowrun(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "flowrun")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // TestKillAndRestart publishes killMessages kv commands (codec event) to
 // the persistent session of a flow that is not running, runs `flowrun run`
@@ -50,7 +40,7 @@ func TestKillAndRestart(t *testing.T) {
 	}
 	start := time.Now()
 	dir := t.TempDir()
-	bin := buildFlowrun(t, dir)
+	bin := proctest.BuildFlowrun(t, dir)
 	in, out := uniqueTopic("kill-in"), uniqueTopic("kill-out")
 	clientID := "kill-" + randomID()
 	flow := fmt.Sprintf(`name: load
@@ -96,7 +86,7 @@ links:
 	atKill := col.distinct()
 	t.Logf("first run: SIGKILL after %v with %d distinct results published", time.Since(runStart).Round(time.Millisecond), atKill)
 	if atKill == 0 || atKill >= killMessages {
-		t.Fatalf("kill came at %d of %d results: not midway\n%s", atKill, killMessages, tail(firstErr.String(), 2000))
+		t.Fatalf("kill came at %d of %d results: not midway\n%s", atKill, killMessages, proctest.Tail(firstErr.String(), 2000))
 	}
 
 	restart := time.Now()
@@ -105,14 +95,14 @@ links:
 	time.Sleep(500 * time.Millisecond) // let the last acks go out
 	must(t, second.Process.Signal(syscall.SIGTERM))
 	if err := second.Wait(); err != nil {
-		t.Fatalf("second run after SIGTERM: %v\n%s", err, tail(secondErr.String(), 2000))
+		t.Fatalf("second run after SIGTERM: %v\n%s", err, proctest.Tail(secondErr.String(), 2000))
 	}
 	col.mu.Lock()
 	t.Logf("second run: %d correlations out after %v; %d results published in all (%d duplicates)",
 		len(col.seen), time.Since(restart).Round(time.Millisecond), col.total, col.total-len(col.seen))
 	col.mu.Unlock()
 	if !ok {
-		t.Fatalf("only %d of %d correlations published\n%s", col.distinct(), killMessages, tail(secondErr.String(), 2000))
+		t.Fatalf("only %d of %d correlations published\n%s", col.distinct(), killMessages, proctest.Tail(secondErr.String(), 2000))
 	}
 
 	verify := `name: verify

@@ -17,6 +17,7 @@ import (
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/bus"
 	. "github.com/flowrun/flowrun/connectors/mqtt"
+	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -136,7 +137,7 @@ func TestBrokerRestartMidRun(t *testing.T) {
 	must(t, <-done)
 	if !ok {
 		log, _ := os.ReadFile(filepath.Join(b.dir, "mosquitto.log"))
-		t.Fatalf("lost messages: %d of %d results; broker log:\n%s", col.distinct(), n, tail(string(log), 3000))
+		t.Fatalf("lost messages: %d of %d results; broker log:\n%s", col.distinct(), n, proctest.Tail(string(log), 3000))
 	}
 	if err := health.Err(); err != nil {
 		t.Errorf("still not ready after reconnecting: %v", err)
@@ -148,11 +149,4 @@ func TestBrokerRestartMidRun(t *testing.T) {
 			t.Fatalf("result %s %s", ev.Data, ev.Meta)
 		}
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
 }
