@@ -178,6 +178,14 @@ func collect(t testing.TB, url, filter string) *collector {
 	return col
 }
 
+// snapshot returns what has been collected so far, copied under the lock
+// (the client's callbacks keep appending).
+func (c *collector) snapshot() (events []pipeline.Event, total int, bad []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]pipeline.Event(nil), c.events...), c.total, append([]string(nil), c.bad...)
+}
+
 // distinct returns how many correlations have been seen.
 func (c *collector) distinct() int {
 	c.mu.Lock()
@@ -269,12 +277,11 @@ links:
 	if !ok {
 		t.Fatalf("only %d of %d correlations answered", col.distinct(), n)
 	}
-	col.mu.Lock()
-	defer col.mu.Unlock()
-	if col.total != n || len(col.bad) > 0 {
-		t.Errorf("%d results for %d correlations, %d undecodable (%v)", col.total, n, len(col.bad), col.bad)
+	events, total, bad := col.snapshot()
+	if total != n || len(bad) > 0 {
+		t.Errorf("%d results for %d correlations, %d undecodable (%v)", total, n, len(bad), bad)
 	}
-	for _, ev := range col.events[:10] {
+	for _, ev := range events[:min(10, len(events))] {
 		c := gjson.GetBytes(ev.Meta, "correlation").String()
 		op := gjson.GetBytes(ev.Meta, "kv.op").String()
 		if i := strings.TrimPrefix(c, "m-"); op != map[bool]string{true: "increment", false: "put"}[strings.ContainsAny(i[len(i)-1:], "02468")] {
@@ -282,13 +289,11 @@ links:
 		}
 	}
 	// A graceful stop acked everything: the session has nothing left.
-	col.mu.Unlock()
 	leftover := 0
 	var lmu sync.Mutex
 	c := connect(t, url, clientID, false, func(paho.Client, paho.Message) { lmu.Lock(); leftover++; lmu.Unlock() })
 	time.Sleep(500 * time.Millisecond)
 	c.Disconnect(0)
-	col.mu.Lock()
 	lmu.Lock()
 	defer lmu.Unlock()
 	if leftover != 0 {
@@ -382,7 +387,8 @@ func TestWildcardsMetaAndDeadLetters(t *testing.T) {
 		mu.Lock()
 		n := len(res)
 		mu.Unlock()
-		if (n >= 19 && deadCol.distinct() >= 1 && len(deadCol.events) >= 2) || time.Now().After(deadline) {
+		deadEvents, _, _ := deadCol.snapshot()
+		if (n >= 19 && deadCol.distinct() >= 1 && len(deadEvents) >= 2) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -405,10 +411,9 @@ func TestWildcardsMetaAndDeadLetters(t *testing.T) {
 		gjson.Get(m.(string), "mqtt.retained").Bool() {
 		t.Errorf("meta of e-4: %v", m)
 	}
-	deadCol.mu.Lock()
-	defer deadCol.mu.Unlock()
 	var reasons []string
-	for _, ev := range deadCol.events {
+	deadEvents, _, _ := deadCol.snapshot()
+	for _, ev := range deadEvents {
 		reasons = append(reasons, gjson.GetBytes(ev.Meta, "error").String())
 		if gjson.GetBytes(ev.Data, "id").String() == "e-7" {
 			if r := gjson.GetBytes(ev.Meta, "error").String(); !strings.Contains(r, "asked to fail") || !strings.Contains(r, "delivery 3 of 3") {
@@ -419,7 +424,7 @@ func TestWildcardsMetaAndDeadLetters(t *testing.T) {
 			}
 		}
 	}
-	if len(deadCol.events) != 2 || !strings.Contains(strings.Join(reasons, "|"), "not JSON (delivery 1 of 3)") {
+	if len(deadEvents) != 2 || !strings.Contains(strings.Join(reasons, "|"), "not JSON (delivery 1 of 3)") {
 		t.Errorf("dead letters: %v", reasons)
 	}
 }

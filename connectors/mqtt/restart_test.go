@@ -132,7 +132,8 @@ func TestBrokerRestartMidRun(t *testing.T) {
 	b.start()
 	publish(t, b.url, in, envelopes(evs[n/2:]))
 	ok := col.waitFor(n, 60*time.Second)
-	t.Logf("after the restart: %d of %d results, %d published, %d handled", col.distinct(), n, col.total, handled.Load())
+	events, total, _ := col.snapshot()
+	t.Logf("after the restart: %d of %d results, %d published, %d handled", col.distinct(), n, total, handled.Load())
 	cancel()
 	must(t, <-done)
 	if !ok {
@@ -142,9 +143,7 @@ func TestBrokerRestartMidRun(t *testing.T) {
 	if err := health.Err(); err != nil {
 		t.Errorf("still not ready after reconnecting: %v", err)
 	}
-	col.mu.Lock()
-	defer col.mu.Unlock()
-	for _, ev := range col.events {
+	for _, ev := range events {
 		if c, i := gjson.GetBytes(ev.Meta, "correlation").String(), gjson.GetBytes(ev.Data, "i").Int(); c != fmt.Sprintf("m-%d", i) {
 			t.Fatalf("result %s %s", ev.Data, ev.Meta)
 		}
