@@ -177,7 +177,16 @@ type Source struct {
 	stopped bool           // the settler has stopped: settle inline
 	tries   map[string]int // deliveries seen, by UUID, when the bus has no count
 	closed  bool
+	// maxTries bounds len(tries); 0 means maxTracked. Tests lower it.
+	maxTries int
 }
+
+// maxTracked bounds the delivery counts a Source keeps for a bus that has
+// no count of its own. Messages whose id changes on every delivery would
+// otherwise grow them by one per failure, without end; beyond the bound an
+// arbitrary count is forgotten, so that message may get more than
+// MaxDeliveries deliveries before it is dead-lettered.
+const maxTracked = 1 << 16
 
 // failed is a message that failed, waiting to be settled.
 type failed struct {
@@ -462,6 +471,16 @@ func (s *Source) deliveries(m *message.Message) int {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	limit := s.maxTries
+	if limit <= 0 {
+		limit = maxTracked
+	}
+	if _, ok := s.tries[m.UUID]; !ok && len(s.tries) >= limit {
+		for k := range s.tries {
+			delete(s.tries, k)
+			break
+		}
+	}
 	s.tries[m.UUID]++
 	return s.tries[m.UUID]
 }

@@ -558,3 +558,24 @@ func TestSourceRejectDeadLettersThroughTheBroker(t *testing.T) {
 		t.Errorf("dead letters published although Reject is set: %v", dead.msgs)
 	}
 }
+
+// TestSourceDeliveryCountsAreBounded checks that the delivery counts kept
+// for a bus without its own stay bounded when every delivery has a new id,
+// and still count the deliveries of one id.
+func TestSourceDeliveryCountsAreBounded(t *testing.T) {
+	src, err := NewSource(context.Background(), &fakeSub{ch: make(chan *message.Message)}, &recordingPub{}, nil, SourceOptions{Topic: "in"})
+	must(t, err)
+	defer src.Close(context.Background())
+	src.maxTries = 100
+	for i := range 1000 {
+		src.deliveries(msg(fmt.Sprintf("fresh-%d", i), `{}`))
+	}
+	if n := len(src.tries); n > 100 {
+		t.Errorf("%d delivery counts kept, want at most 100", n)
+	}
+	for want := 1; want <= 3; want++ {
+		if got := src.deliveries(msg("same", `{}`)); got != want {
+			t.Errorf("delivery %d of one id counted as %d", want, got)
+		}
+	}
+}
