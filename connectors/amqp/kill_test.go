@@ -139,14 +139,7 @@ links:
   - store/out -> show/in
   - store/err -> show/in
 `, state)
-		must(t, os.WriteFile(filepath.Join(dir, "verify.yaml"), []byte(verify), 0o644))
-		must(t, os.WriteFile(filepath.Join(dir, "queries.jsonl"), []byte(`{"meta":{"kv":{"get_all":"c/"}}}`+"\n"), 0o644))
-		cmd := exec.Command(bin, "replay", "-q", "verify.yaml", "queries.jsonl")
-		cmd.Dir = dir
-		res, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("verify %s: %v", state, err)
-		}
+		res := proctest.Replay(t, bin, dir, verify, `{"meta":{"kv":{"get_all":"c/"}}}`+"\n")
 		return gjson.GetBytes(bytes.TrimSpace(res), "data")
 	}
 	per := killMessages / killCounters

@@ -197,15 +197,7 @@ links:
   - store/out -> show/in
   - store/err -> show/in
 `
-	must(t, os.WriteFile(filepath.Join(dir, "verify.yaml"), []byte(verify), 0o644))
-	must(t, os.WriteFile(filepath.Join(dir, "queries.jsonl"),
-		[]byte(`{"meta":{"kv":{"get_all":"c/"}}}`+"\n"+`{"meta":{"kv":{"get_all":"p/"}}}`+"\n"), 0o644))
-	cmd := exec.Command(bin, "replay", "-q", "verify.yaml", "queries.jsonl")
-	cmd.Dir = dir
-	res, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("verify replay: %v", err)
-	}
+	res := proctest.Replay(t, bin, dir, verify, `{"meta":{"kv":{"get_all":"c/"}}}`+"\n"+`{"meta":{"kv":{"get_all":"p/"}}}`+"\n")
 	lines := bytes.Split(bytes.TrimSpace(res), []byte("\n"))
 	if len(lines) != 2 {
 		t.Fatalf("verify output: %s", proctest.Tail(string(res), 500))

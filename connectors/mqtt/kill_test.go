@@ -125,19 +125,12 @@ links:
   - exact/err -> show/in
   - plain/err -> show/in
 `
-	must(t, os.WriteFile(filepath.Join(dir, "verify.yaml"), []byte(verify), 0o644))
 	var q strings.Builder
 	for _, ns := range []string{"exact", "plain"} {
 		fmt.Fprintf(&q, `{"meta":{"ns":%q,"correlation":"%s/c","kv":{"get_all":"c/"}}}`+"\n", ns, ns)
 		fmt.Fprintf(&q, `{"meta":{"ns":%q,"correlation":"%s/p","kv":{"get_all":"p/"}}}`+"\n", ns, ns)
 	}
-	must(t, os.WriteFile(filepath.Join(dir, "queries.jsonl"), []byte(q.String()), 0o644))
-	cmd := exec.Command(bin, "replay", "-q", "verify.yaml", "queries.jsonl")
-	cmd.Dir = dir
-	res, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("verify replay: %v", err)
-	}
+	res := proctest.Replay(t, bin, dir, verify, q.String())
 	got := map[string]gjson.Result{}
 	for _, line := range bytes.Split(bytes.TrimSpace(res), []byte("\n")) {
 		got[gjson.GetBytes(line, "meta.correlation").String()] = gjson.GetBytes(line, "data")

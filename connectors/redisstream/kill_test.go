@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/internal/proctest"
 )
 
 // TestKillAndRestart runs `flowrun run` on redis_streams -> kv ->
@@ -83,7 +84,7 @@ links:
 
 			// The store: puts exact; counters exact with idempotency keys,
 			// at least their count without.
-			must(t, os.WriteFile(filepath.Join(dir, "verify.yaml"), []byte(`name: verify
+			res := proctest.Replay(t, bin, dir, `name: verify
 connectors:
   queries: { type: stdin }
   store:   { type: kv, dir: state, namespace: load }
@@ -92,13 +93,8 @@ links:
   - queries/out -> store/in
   - store/out -> show/in
   - store/err -> show/in
-`), 0o644))
-			must(t, os.WriteFile(filepath.Join(dir, "queries.jsonl"),
-				[]byte(`{"meta":{"kv":{"get_all":"c/"}}}`+"\n"+`{"meta":{"kv":{"get_all":"p/"}}}`+"\n"), 0o644))
-			cmd := exec.Command(bin, "replay", "-q", "verify.yaml", "queries.jsonl")
-			cmd.Dir = dir
-			res, err := cmd.Output()
-			must(t, err)
+`,
+				`{"meta":{"kv":{"get_all":"c/"}}}`+"\n"+`{"meta":{"kv":{"get_all":"p/"}}}`+"\n")
 			lines := bytes.Split(bytes.TrimSpace(res), []byte("\n"))
 			if len(lines) != 2 {
 				t.Fatalf("verify output: %s", tail(string(res), 500))

@@ -1,9 +1,11 @@
 // Package proctest helps tests that run the flowrun command as a process
 // of its own (kill and restart tests of the bus connectors): it builds the
-// binary and shortens its output for failure messages.
+// binary, reads a store through `flowrun replay`, and shortens output for
+// failure messages.
 package proctest
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -28,4 +30,25 @@ func Tail(s string, n int) string {
 		return "..." + s[len(s)-n:]
 	}
 	return s
+}
+
+// Replay writes flow and queries (JSON lines) into dir as verify.yaml and
+// queries.jsonl, runs `flowrun replay -q` on them there with the binary
+// bin, and returns its output: how the kill tests read the store a killed
+// flow left behind.
+func Replay(t testing.TB, bin, dir, flow, queries string) []byte {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "verify.yaml"), []byte(flow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "queries.jsonl"), []byte(queries), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "replay", "-q", "verify.yaml", "queries.jsonl")
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("flowrun replay of the store's queries: %v", err)
+	}
+	return out
 }
