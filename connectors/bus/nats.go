@@ -496,8 +496,8 @@ type natsSinkPublisher struct {
 	// subjects of opts.Subject, not opts.Subject.
 	partitioned bool
 	mu          sync.Mutex
-	nc   *natsConn
-	pub  *wmnats.Publisher
+	nc          *natsConn
+	pub         *wmnats.Publisher
 }
 
 func (p *natsSinkPublisher) connect(ctx context.Context) error {

@@ -293,17 +293,21 @@ func (s *natsPartitions) consume(ctx context.Context, p int) {
 		failures = 0
 		for _, m := range msgs {
 			wm, _ := natsUnmarshaler{}.Unmarshal(m)
-			s.settles.Add(1)
-			go s.settle(wm, m, slots)
-			if ctx.Err() != nil {
-				wm.Nack()
-				continue
+			if ctx.Err() == nil {
+				select {
+				case s.out <- wm:
+					s.settles.Add(1)
+					go s.settle(wm, m, slots)
+					continue
+				case <-ctx.Done():
+				}
 			}
-			select {
-			case s.out <- wm:
-			case <-ctx.Done():
-				wm.Nack()
+			// Not handed over: nacked here, in stream order, so that the
+			// next owner receives them in that order, at once.
+			if err := m.Nak(); err != nil && !s.nc.conn.IsClosed() {
+				logger.Warn("cannot nack message, the broker redelivers it after ack_wait", "message", wm.UUID, "error", err)
 			}
+			<-slots
 		}
 	}
 }

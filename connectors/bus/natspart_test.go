@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	"github.com/tidwall/gjson"
@@ -494,4 +495,72 @@ func TestCommandKey(t *testing.T) {
 			t.Errorf("CommandKey(%s) = %q, %v; want %q", tt.meta, got, err, tt.want)
 		}
 	}
+}
+
+// TestPartitionEndNacksWhatWasNotHandedOver drives one connection of a
+// partitioned source directly, nobody taking its messages: the partition's
+// consumer pulls a window, one message is taken (handed over), the rest
+// wait. When the partition stops being served, the waiting ones are
+// nacked, and the one handed over is still acked; served again, the nacked
+// ones come back at once (ack_wait is a minute), in stream order, with a
+// delivery count of 2, then the rest.
+func TestPartitionEndNacksWhatWasNotHandedOver(t *testing.T) {
+	pt := newPartitionTest(t)
+	const n, window = 20, 8
+	pt.publish(t, 0, 0, n)
+	board := partition.BoardOf(component.NewResources(), "store")
+	must(t, board.Declare(1))
+	so := SourceOptions{Name: "src", Topic: pt.base, Window: window}
+	so.EnsureDefaults()
+	opts := NATSOptions{URL: pt.url, Subject: pt.base, Durable: pt.durable, AckWait: time.Minute}
+	opts.EnsureDefaults()
+	msgs, release, err := dialNATSPartitions(context.Background(), so, opts, board, &natsDeadLetters{})
+	must(t, err)
+	defer func() { must(t, release()) }()
+	next := func() (i int, delivered string) {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			m.Ack()
+			return int(gjson.GetBytes(m.Payload, "i").Int()), m.Metadata.Get(DeliveredKey)
+		case <-time.After(30 * time.Second):
+			t.Fatal("no message within 30 s")
+			return 0, ""
+		}
+	}
+	consumer := func() *nats.ConsumerInfo {
+		info, err := pt.js.ConsumerInfo(pt.stream, PartitionDurable(pt.durable, 0))
+		must(t, err)
+		return info
+	}
+
+	ctx0, end0 := context.WithCancel(context.Background())
+	board.Serve(ctx0, 0)
+	var first *message.Message
+	select {
+	case first = <-msgs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no message within 30 s")
+	}
+	waitUntil(t, "a full window pulled", func() bool { return consumer().NumAckPending == window })
+	end0()
+	// The message handed over completes after the hand-over: its ack
+	// still goes out.
+	first.Ack()
+	waitUntil(t, "the first message's ack", func() bool { return consumer().AckFloor.Stream == 1 })
+
+	ctx1, end1 := context.WithCancel(context.Background())
+	defer end1()
+	board.Serve(ctx1, 0)
+	for want := 1; want < n; want++ {
+		i, delivered := next()
+		wantDelivered := "1"
+		if want < window {
+			wantDelivered = "2" // pulled, nacked at the hand-over, redelivered
+		}
+		if i != want || delivered != wantDelivered {
+			t.Fatalf("message %d (delivery %s), want %d (delivery %s)", i, delivered, want, wantDelivered)
+		}
+	}
+	waitUntil(t, "every ack", func() bool { return consumer().AckFloor.Stream == n })
 }
