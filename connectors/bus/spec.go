@@ -154,7 +154,8 @@ func NATSSpec() component.Spec {
 		Summary: "NATS JetStream through watermill: `mode: read` consumes a subject through a durable consumer with " +
 			"at-least-once delivery, acknowledging messages once the flow has handled them, redelivering failed ones and " +
 			"dead-lettering those that keep failing (see docs/bus.md); `mode: write` publishes every event it receives and " +
-			"waits for the broker to store it. Streams and the consumer are created when missing.",
+			"waits for the broker to store it. Streams and the consumer are created when missing. `partitions_of` (read) and " +
+			"`partitions` (write) serve a partitioned flow: a subject per partition (see docs/bus.md, \"Partitioned flows\").",
 		Fields: append([]component.Field{
 			ModeField(),
 			{Name: "url", Type: component.TypeString, Default: DefaultNATSURL, Doc: "The broker's address."},
