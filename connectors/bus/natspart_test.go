@@ -505,7 +505,8 @@ func TestCommandKey(t *testing.T) {
 // wait. When the partition stops being served, the waiting ones are
 // nacked, and the one handed over is still acked; served again, the nacked
 // ones come back at once (ack_wait is a minute), in stream order, with a
-// delivery count of 2, then the rest.
+// delivery count of 2 and the id of their first delivery (STREAM:SEQ),
+// then the rest.
 func TestPartitionEndNacksWhatWasNotHandedOver(t *testing.T) {
 	pt := newPartitionTest(t)
 	const n, window = 20, 8
@@ -524,7 +525,12 @@ func TestPartitionEndNacksWhatWasNotHandedOver(t *testing.T) {
 		select {
 		case m := <-msgs:
 			m.Ack()
-			return int(gjson.GetBytes(m.Payload, "i").Int()), m.Metadata.Get(DeliveredKey)
+			i := int(gjson.GetBytes(m.Payload, "i").Int())
+			// The id is the stream sequence, the same on a redelivery.
+			if want := fmt.Sprintf("%s:%d", pt.stream, i+1); m.UUID != want {
+				t.Errorf("message %d has id %q, want %q", i, m.UUID, want)
+			}
+			return i, m.Metadata.Get(DeliveredKey)
 		case <-time.After(30 * time.Second):
 			t.Fatal("no message within 30 s")
 			return 0, ""
