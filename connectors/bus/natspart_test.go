@@ -226,11 +226,13 @@ func TestPartitionedSourceConsumesServedPartitionsOnly(t *testing.T) {
 }
 
 // TestPartitionHandOverRedeliversUnsettled stops serving a partition while
-// the flow holds one of its messages and more are pulled: the messages in
-// flight complete and are acknowledged, nothing more is consumed while the
-// partition is not served, and once it is served again the messages that
-// were pulled but not handed over are redelivered. Nothing is lost, and
-// the partition's messages are first seen in stream order.
+// the flow holds one of its messages with a full window unacknowledged:
+// the messages in flight complete and are acknowledged after the
+// hand-over, nothing is consumed while the partition is not served, and
+// once it is served again its consumer resumes from the ack floor: nothing
+// is lost, and the partition's messages are first seen in stream order.
+// (The messages pulled and not handed over at a hand-over are the subject
+// of TestPartitionEndNacksWhatWasNotHandedOver.)
 func TestPartitionHandOverRedeliversUnsettled(t *testing.T) {
 	pt := newPartitionTest(t)
 	const n = 60
