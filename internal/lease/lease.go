@@ -163,6 +163,24 @@ type Table struct {
 
 	mu   sync.Mutex
 	seen map[string]observation
+	// infoMu guards the stream's cached info, which stream.Info updates
+	// and message reads consult, without a lock of their own: Info
+	// holds it exclusively, reads shared.
+	infoMu sync.RWMutex
+}
+
+// info reads the stream's state, with the options given.
+func (t *Table) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error) {
+	t.infoMu.Lock()
+	defer t.infoMu.Unlock()
+	return t.stream.Info(ctx, opts...)
+}
+
+// lastMsg reads the last message of subject from the stream leader.
+func (t *Table) lastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	t.infoMu.RLock()
+	defer t.infoMu.RUnlock()
+	return t.stream.GetLastMsgForSubject(ctx, subject)
 }
 
 // Open returns holder's table of the leases kept in stream (subjects
@@ -220,7 +238,7 @@ func checkName(name string) error {
 // read returns the lease's last revision (0 when never written) and its
 // value (nil when released or never written), from the stream leader.
 func (t *Table) read(ctx context.Context, name string) (uint64, *value, error) {
-	m, err := t.stream.GetLastMsgForSubject(ctx, t.prefix+name)
+	m, err := t.lastMsg(ctx, t.prefix+name)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil, nil
 	}
@@ -244,7 +262,7 @@ func (t *Table) read(ctx context.Context, name string) (uint64, *value, error) {
 // since, so the lease is still at the revision read.
 func (t *Table) cas(ctx context.Context, name string, expect uint64, data []byte) (uint64, error) {
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		info, err := t.stream.Info(ctx)
+		info, err := t.info(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("lease %q: %w", name, err)
 		}
@@ -339,7 +357,7 @@ func (t *Table) Survey(ctx context.Context, prefix string) ([]State, error) {
 		return nil, fmt.Errorf("lease: survey prefix %q must be dot-separated tokens ending with a dot", prefix)
 	}
 	now := t.opts.Clock.Now()
-	info, err := t.stream.Info(ctx, jetstream.WithSubjectFilter(t.prefix+prefix+">"))
+	info, err := t.info(ctx, jetstream.WithSubjectFilter(t.prefix+prefix+">"))
 	if err != nil {
 		return nil, fmt.Errorf("lease: survey %q: %w", prefix, err)
 	}
@@ -384,7 +402,7 @@ func (t *Table) Settle(ctx context.Context, name string, data []byte) ([]byte, e
 		return nil, fmt.Errorf("lease: settle %q: empty value", name)
 	}
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		m, err := t.stream.GetLastMsgForSubject(ctx, t.prefix+name)
+		m, err := t.lastMsg(ctx, t.prefix+name)
 		if err == nil {
 			return m.Data, nil
 		}
