@@ -130,7 +130,7 @@ func Spec(backends ...BackendSpec) component.Spec {
 			{Name: "partitions", Type: component.TypeInt, Min: "1", Max: itoa(partition.MaxCount),
 				Doc: "Splits the store into this many partitions, each a Pebble store of its own (`dir/p017/`) made durable by a changelog on a NATS JetStream cluster, owned by one instance of the flow at a time and moved to another when it stops (see docs/scaling.md). Fixed for the life of the state. Backend " + strings.Join(partitionable, ", ") + " only."},
 			{Name: "partition_key", Type: component.TypeExpr,
-				Doc: "With `partitions`: the expression giving an event's partition key, a string (e.g. `split(meta.kv.key, \"/\")[0]`); for a `batch` it is evaluated once per element, with `meta.kv` the element. Default: the command's key (scan start, prefix; each batch element's)."},
+				Doc: "With `partitions`: the expression giving an event's partition key, a string; it sees `meta.kv.key` set to the command's key (e.g. `substr(meta.kv.key, 0, 8)` keeps `player/7/score` and `player/7/rank` together), and for a `batch` it is evaluated once per element, with `meta.kv` the element. Default: the command's key (scan start, prefix; each batch element's)."},
 			{Name: "changelog", Type: component.TypeMap,
 				Doc: "With `partitions`, required: the JetStream cluster holding the changelogs and leases, `{urls: \"${FLOWRUN_NATS_CLUSTER_URLS}\", replicas: 3}`; `urls` comma-separated, `replicas` 1, 3 (default) or 5."},
 			{Name: "group", Type: component.TypeString,

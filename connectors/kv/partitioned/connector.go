@@ -269,7 +269,9 @@ func errMeta(ev pipeline.Event, err error) []byte {
 
 // partitionOf returns the partition of ev's command: of its partition
 // key, or of its command's key (see Options.PartitionKey). A batch's
-// elements must all fall into one partition. An event whose command
+// elements must all fall into one partition. The partition key
+// expression sees meta.kv.key set to the command's key; for a batch it
+// is evaluated once per element, with meta.kv the element (and its key). An event whose command
 // cannot be read goes to the partition of the empty key, whose connector
 // reports what is wrong with it.
 func (c *Connector) partitionOf(ev pipeline.Event) (int, error) {
@@ -278,25 +280,20 @@ func (c *Connector) partitionOf(ev pipeline.Event) (int, error) {
 	if !ok {
 		keys, elems = nil, nil
 	}
-	if x := c.rt.opts.PartitionKey; x != nil {
-		if elems == nil {
+	if c.rt.opts.PartitionKey != nil {
+		if !ok {
 			k, err := c.evalKey(ev)
 			if err != nil {
 				return 0, err
 			}
 			return partition.OfString(k, n), nil
 		}
-		keys = keys[:0]
-		for _, el := range elems {
-			meta, err := sjson.SetRawBytes(append([]byte(nil), ev.MetaJSON()...), "kv", []byte(el))
-			if err != nil {
-				return 0, fmt.Errorf("partition_key: %w", err)
-			}
-			k, err := c.evalKey(ev.Derive(ev.Data, meta))
+		for j := range keys {
+			k, err := c.evalKey(withKey(ev, elems, j, keys[j]))
 			if err != nil {
 				return 0, err
 			}
-			keys = append(keys, k)
+			keys[j] = k
 		}
 	}
 	if len(keys) == 0 {
@@ -310,6 +307,18 @@ func (c *Connector) partitionOf(ev pipeline.Event) (int, error) {
 		}
 	}
 	return p, nil
+}
+
+// withKey returns ev as the partition key expression sees it: with
+// meta.kv.key set to key, and for a batch (elems set) meta.kv replaced by
+// element j.
+func withKey(ev pipeline.Event, elems []string, j int, key string) pipeline.Event {
+	meta := append([]byte(nil), ev.MetaJSON()...)
+	if elems != nil {
+		meta, _ = sjson.SetRawBytes(meta, "kv", []byte(elems[j]))
+	}
+	meta, _ = sjson.SetBytes(meta, "kv.key", key)
+	return ev.Derive(ev.Data, meta)
 }
 
 // evalKey evaluates the partition key expression on ev.

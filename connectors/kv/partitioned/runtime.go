@@ -109,9 +109,11 @@ type Options struct {
 	// a partition this instance does not serve. Default DefaultWait; a
 	// negative value does not wait.
 	Wait time.Duration
-	// PartitionKey, when set, gives an event's partition key (a string);
-	// for a batch it is evaluated once per element, with meta.kv the
-	// element. Nil: the command's key (kv.CommandKeys).
+	// PartitionKey, when set, gives an event's partition key (a string).
+	// It sees the event with meta.kv.key set to the command's key (scan
+	// start, prefix; "" for a null prefix); for a batch it is evaluated
+	// once per element, with meta.kv the element and its key. Nil: the
+	// command's key (kv.CommandKeys).
 	PartitionKey *expr.Expr
 	// KV are the options of each partition's kv.Connector;
 	// AbandonFailedCommits is set.
