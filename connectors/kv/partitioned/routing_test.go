@@ -289,6 +289,7 @@ func TestFencedWritesAreRedelivered(t *testing.T) {
 // partition); and each partition's store holds only its own keys: a
 // count over the whole namespace (a null prefix, which goes to the
 // partition of the empty key) sees exactly the keys of that partition.
+// The served partitions are marked on the board until Close.
 func TestRoutingSpreadsKeys(t *testing.T) {
 	const n, keys, rounds = 4, 40, 10
 	_, js := connect(t)
@@ -329,4 +330,23 @@ func TestRoutingSpreadsKeys(t *testing.T) {
 	if len(rec.Events) != 1 || string(rec.Events[0].Event.Data) != fmt.Sprint(inEmpty) {
 		t.Fatalf("count over partition %d = %v, want its %d keys of %d", partition.OfString("", n), kvtest.Strings(rec.Events), inEmpty, keys)
 	}
+	// Served partitions are on the board (for the partitioned sources)
+	// until the connector gives them back.
+	for p := range n {
+		if _, ok := c.Board().Serving(p); !ok {
+			t.Errorf("partition %d served but not on the board", p)
+		}
+	}
+	if c.Board().Count() != n {
+		t.Errorf("board count %d, want %d", c.Board().Count(), n)
+	}
+	_ = c.Close(context.Background())
+	waitFor(t, 10*time.Second, "the board cleared after Close", func() bool {
+		for p := range n {
+			if _, ok := c.Board().Serving(p); ok {
+				return false
+			}
+		}
+		return true
+	})
 }
