@@ -2,6 +2,7 @@ package partitioned
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -143,5 +144,25 @@ func TestMembersSharePartitions(t *testing.T) {
 		if string(got.Event.Data) != fmt.Sprint(i+1) {
 			t.Errorf("k%d incremented after rebalancing = %s, want %d", i, got.Event.Data, i+1)
 		}
+	}
+}
+
+// TestPartitionCountIsFixed: the first instance records the group's
+// partition count; one declaring another count is refused at start.
+func TestPartitionCountIsFixed(t *testing.T) {
+	_, js := connect(t)
+	group := testGroup(t, js, 3)
+	open(t, testOptions(t, js, group, "a", 2))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := New(ctx, testOptions(t, js, group, "b", 3))
+	if !errors.Is(err, ErrConfigMismatch) {
+		if c != nil {
+			_ = c.Close(ctx)
+		}
+		t.Fatalf("New with another count = %v, want ErrConfigMismatch", err)
+	}
+	if !strings.Contains(err.Error(), `"partitions":2`) {
+		t.Errorf("the error does not give the recorded count: %v", err)
 	}
 }
