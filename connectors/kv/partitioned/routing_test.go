@@ -137,7 +137,7 @@ func TestEventsOfPartitionsServedElsewhere(t *testing.T) {
 		t.Fatalf("event of partition %d: %v, want one err event", theirs, kvtest.Strings(o.emitted))
 	}
 	msg := errorOf(o.emitted[0])
-	for _, want := range []string{fmt.Sprintf("partition %d", theirs), "owned by another instance", "partition_wait", kv.ErrPartitionNotReady.Error()} {
+	for _, want := range []string{fmt.Sprintf("partition %d", theirs), "not owned by this instance", "partition_wait", kv.ErrPartitionNotReady.Error()} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q does not say %q", msg, want)
 		}

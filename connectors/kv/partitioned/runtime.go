@@ -233,7 +233,7 @@ func stateText(s int) string {
 	case stateStopping:
 		return "being given up by this instance"
 	}
-	return "owned by another instance"
+	return "not owned by this instance"
 }
 
 // slot is one partition as this instance sees it.
