@@ -84,7 +84,7 @@ func (c *Connector) Close(context.Context) error {
 func (c *Connector) Reclaim(ctx context.Context) (int, error) {
 	total := 0
 	for _, sl := range c.rt.slots {
-		conn, _, _ := sl.acquire()
+		conn, _, _, _ := sl.acquire()
 		if conn == nil {
 			continue
 		}
@@ -126,11 +126,13 @@ type routed struct {
 
 // Start computes each event's partition and starts each partition's
 // events on its kv.Connector, in input order within the partition. An
-// event of a partition not served here is abandoned when its source
-// redelivers; otherwise Start waits up to Options.Wait for the partition
-// (holding back the slice: later slices of the node are started after
-// it), and fails the event with kv.ErrPartitionNotReady if it is still
-// not served. A command whose partition key cannot be computed, or a
+// event of a partition another instance owns (or this one is giving up)
+// is abandoned when its source redelivers. Otherwise, and for a partition
+// this instance is taking (waiting for its lease, restoring it), Start
+// waits up to Options.Wait for the partition (holding back the slice:
+// later slices of the node are started after it); an event whose
+// partition is still not served then is abandoned when its source
+// redelivers, and fails with kv.ErrPartitionNotReady otherwise. A command whose partition key cannot be computed, or a
 // batch across partitions, fails on err.
 func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipeline.FinishFunc, error) {
 	r := &routed{events: events}
@@ -151,11 +153,17 @@ func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipelin
 	}
 	var deadline time.Time
 	for _, g := range r.groups {
-		conn, ready, state := g.sl.acquire()
+		conn, ready, state, coming := g.sl.acquire()
 		if conn == nil {
-			g.idx = r.abandon(g.idx)
-			if len(g.idx) == 0 {
-				continue
+			// A partition this instance is taking will be served here:
+			// its events wait, redeliverable or not, rather than
+			// bounce through the broker (each delivery counts against
+			// the source's max_deliveries).
+			if !coming {
+				g.idx = r.abandon(g.idx)
+				if len(g.idx) == 0 {
+					continue
+				}
 			}
 			if c.rt.opts.Wait > 0 {
 				if deadline.IsZero() {
@@ -170,9 +178,12 @@ func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipelin
 					}
 					t.Stop()
 				}
-				conn, _, state = g.sl.acquire()
+				conn, _, state, _ = g.sl.acquire()
 			}
 			if conn == nil {
+				if g.idx = r.abandon(g.idx); len(g.idx) == 0 {
+					continue
+				}
 				err := fmt.Errorf("partition %d: %s: %w", g.p, state, kv.ErrPartitionNotReady)
 				if c.rt.opts.Wait > 0 {
 					err = fmt.Errorf("partition %d: %s, after waiting up to %v (partition_wait): %w", g.p, state, c.rt.opts.Wait, kv.ErrPartitionNotReady)

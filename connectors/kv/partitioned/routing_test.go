@@ -350,3 +350,26 @@ func TestRoutingSpreadsKeys(t *testing.T) {
 		return true
 	})
 }
+
+// TestEventsWaitForPartitionsComingHere: events of a redelivering source
+// sent as an instance starts, while it is still taking its partitions,
+// wait for them instead of bouncing through the broker: all are applied.
+func TestEventsWaitForPartitionsComingHere(t *testing.T) {
+	const n = 3
+	_, js := connect(t)
+	opts := testOptions(t, js, testGroup(t, js, n), "solo", n)
+	opts.Wait = time.Minute
+	c := open(t, opts)
+	if len(c.Serving()) == n {
+		t.Log("every partition was served already: the test proves little this time")
+	}
+	var evs []pipeline.Event
+	for i := range 30 {
+		evs = append(evs, kvtest.Event(kvtest.M(fmt.Sprintf(`"put":"k%d"`, i)), "1"))
+	}
+	for i, o := range runGraph(t, c, true, evs...) {
+		if o.outcome.Failed() || len(o.emitted) != 1 || o.emitted[0].Port != pipeline.PortOut {
+			t.Errorf("event %d: failed %v, emitted %v", i, o.outcome.Failed(), kvtest.Strings(o.emitted))
+		}
+	}
+}

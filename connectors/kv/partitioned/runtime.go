@@ -283,19 +283,21 @@ func (s *slot) stop() {
 }
 
 // acquire returns the connector while serving, holding it until release;
-// otherwise nil, a channel closed when serving starts, and the state.
-func (s *slot) acquire() (conn *kv.Connector, ready <-chan struct{}, state string) {
+// otherwise nil, a channel closed when serving starts, the state in
+// words, and whether the partition is coming here (this instance is
+// taking it: waiting for its lease or restoring it).
+func (s *slot) acquire() (conn *kv.Connector, ready <-chan struct{}, state string, coming bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state == stateServing {
 		s.refs++
-		return s.conn, nil, ""
+		return s.conn, nil, "", false
 	}
 	st := stateText(s.state)
 	if s.state != stateUnowned {
 		st += fmt.Sprintf(" (for %v)", time.Since(s.since).Round(time.Millisecond))
 	}
-	return nil, s.ready, st
+	return nil, s.ready, st, s.state == stateAcquiring || s.state == stateRestoring
 }
 
 func (s *slot) release() {
@@ -371,6 +373,12 @@ func openRuntime(ctx context.Context, opts Options) (*runtime, error) {
 		rt.slots = append(rt.slots, newSlot())
 	}
 	rt.ctx, rt.cancel = context.WithCancel(context.Background())
+	// A first round now, so that the partitions this instance is going
+	// to take are known as coming here when the first events arrive.
+	if err := rt.rebalance(ctx); err != nil {
+		opts.Logger.Warn("partitioned: balancing failed, trying again", "group", opts.Group,
+			"instance", opts.Instance, "error", err)
+	}
 	rt.wg.Add(2)
 	go func() {
 		defer rt.wg.Done()
@@ -590,6 +598,9 @@ func (rt *runtime) startRun(p int) {
 	r := &run{p: p, cancel: cancel, done: make(chan struct{})}
 	rt.runs[p] = r
 	sl := rt.slots[p]
+	if prev == nil {
+		sl.setState(stateAcquiring)
+	}
 	go func() {
 		defer close(r.done)
 		defer cancel()
