@@ -140,7 +140,7 @@ func Spec(backends ...BackendSpec) component.Spec {
 			{Name: "lease_ttl", Type: component.TypeDuration, Default: "10s", Min: "1s", Max: "10m",
 				Doc: "With `partitions`: how long a partition's lease lives without renewal (renewed every third of it): an instance that stops without releasing its partitions has them taken over after about this long."},
 			{Name: "partition_wait", Type: component.TypeDuration, Default: "5s", Max: "10m",
-				Doc: "With `partitions`: how long an event of a partition this instance does not serve (yet) waits for it before failing on `err` with partition not ready; events of a source that redelivers (nats and the other bus sources) are given back at once instead. 0 does not wait."},
+				Doc: "With `partitions`: how long an event of a partition this instance does not serve yet (it is taking it, or the source cannot redeliver) waits for it before failing on `err` with partition not ready (or, from a source that redelivers, being given back); events of a source that redelivers (nats and the other bus sources) whose partition another instance owns are given back at once. 0 does not wait."},
 		}...)
 	}
 	backendOf := func(c *component.Config) *BackendSpec {
