@@ -80,6 +80,14 @@ func TestBrokenFiles(t *testing.T) {
 			`12:5: error: links[3]: links form a cycle: a -> b -> a`}},
 		{"unlinked_err.yaml", []string{
 			`4:3: warning: connectors.store: port "err" is not linked: failed events will only be logged (link store/err to a sink)`}},
+		{"partitions.yaml", []string{
+			`4:43: error: connectors.range.partitions: partitions is 0, out of range: must be 1 to 1000 (a limit cannot be switched off; leave the option out for its default)`,
+			`5:84: error: connectors.etcd.partitions: not available with backend etcd: a partitioned connector keeps each partition in a local store made durable by its changelog, which backend pebble provides (backend etcd is shared by every process already; see docs/scaling.md)`,
+			`7:46: error: connectors.alone.partition_key: applies only to a partitioned connector: set partitions too`,
+			`8:3: error: connectors.nolog: changelog: required with partitions: {urls: "${FLOWRUN_NATS_CLUSTER_URLS}", replicas: 3}`,
+			`9:60: error: connectors.replicas.changelog: replicas is "2", must be 1, 3 or 5`,
+			`10:81: error: connectors.badkey.partition_key: invalid expression "substr(meta.kv.key": expected ',' or ')' at column 19`,
+			`11:65: error: connectors.expiring.expired_events: not available with partitions yet: expired keys are reclaimed by each partition's background pass`}},
 		{"unused_node.yaml", []string{
 			`5:3: warning: connectors.spare: connector "spare" is not linked to anything`}},
 	}

@@ -27,6 +27,8 @@ type Tracker struct {
 	left   atomic.Int64
 	onDone func()
 	onOne  func(i int, o Outcome)
+	// redelivers is set by SetRedelivers.
+	redelivers bool
 
 	mu    sync.Mutex
 	notes map[int32]errNote // first err event per tracked event; rare
@@ -66,6 +68,33 @@ func NewTracker(n int, onEvent func(i int, o Outcome), onDone func()) *Tracker {
 	t := &Tracker{slots: make([]slot, n), onDone: onDone, onOne: onEvent}
 	t.left.Store(int64(n))
 	return t
+}
+
+// SetRedelivers declares that the source gives every event whose Outcome
+// is Failed back for redelivery (a broker's nack): a processor may then
+// Abandon such an event instead of failing it for good (see Abandon). It
+// must be called before the tracker's events are emitted.
+func (t *Tracker) SetRedelivers() { t.redelivers = true }
+
+// Redeliverable reports whether e derives from an event tracked by a
+// source that redelivers failed events (Tracker.SetRedelivers).
+func (e Event) Redeliverable() bool { return e.origin.t != nil && e.origin.t.redelivers }
+
+// Abandon gives e back to its source: the tracked event e derives from
+// completes with Outcome.Failed, so a source that redelivers
+// (Redeliverable) delivers it again, to this process or another. A
+// processor abandons an event it cannot handle here and now (its state is
+// owned elsewhere for the moment) and emits nothing for it; whatever else
+// was derived from the same source event still completes as usual, but
+// the outcome stays Failed. Abandon reports whether e was tracked; it does
+// nothing to an untracked event.
+func Abandon(e Event) bool {
+	o := e.origin
+	if o.t == nil {
+		return false
+	}
+	o.t.ref(o.i, 0, flagFailed)
+	return true
 }
 
 // Len returns the number of events the tracker was made for.
@@ -179,7 +208,8 @@ type Outcome struct {
 }
 
 // Failed reports that the graph failed (a node returned an error) before
-// the event was done: events derived from it may have been discarded.
+// the event was done, or that a processor abandoned it (Abandon): events
+// derived from it may have been discarded.
 func (o Outcome) Failed() bool { return o.flags&flagFailed != 0 }
 
 // Errored reports that an event derived from it was emitted on an "err"

@@ -505,3 +505,61 @@ func TestSourceMayWaitForItsEventsWhenTheGraphFails(t *testing.T) {
 		})
 	}
 }
+
+// TestAbandonFailsTheTrackedEvent: a processor that abandons an event
+// (emitting nothing for it) makes its outcome Failed, not Dropped, so a
+// redelivering source gives it back; the other events of the slice are
+// unaffected, and Redeliverable tells the source's declaration.
+func TestAbandonFailsTheTrackedEvent(t *testing.T) {
+	c := newCompletions(t)
+	g := New(Options{})
+	src := SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
+		tr := NewTracker(4, c.onEvent(0), nil)
+		tr.SetRedelivers()
+		for i := range 4 {
+			emit.Emit(PortOut, tr.Track(i, Event{Data: []byte(strconv.Itoa(i))}))
+		}
+		c.emitted.Add(4)
+		return emit.Flush(ctx)
+	})
+	var notRedeliverable atomic.Int32
+	abandonOdd := ProcessorFunc(func(_ context.Context, events []Event, emit Emitter) error {
+		for _, ev := range events {
+			if !ev.Redeliverable() {
+				notRedeliverable.Add(1)
+			}
+			if n, _ := strconv.Atoi(string(ev.Data)); n%2 == 1 {
+				if !Abandon(ev) {
+					t.Errorf("Abandon(%s) = false for a tracked event", ev.Data)
+				}
+				continue
+			}
+			emit.Emit(PortOut, ev.Derive(ev.Data, nil))
+		}
+		return nil
+	})
+	sink := ProcessorFunc(func(context.Context, []Event, Emitter) error { return nil })
+	for _, err := range []error{
+		g.AddSource("src", src, PortOut), g.AddProcessor("abandon", abandonOdd, PortOut), g.AddProcessor("sink", sink),
+		g.Link("src", PortOut, "abandon"), g.Link("abandon", PortOut, "sink"),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := notRedeliverable.Load(); n != 0 {
+		t.Errorf("%d events of a redelivering source not Redeliverable", n)
+	}
+	for i := range 4 {
+		o := c.outs[i]
+		if o.Failed() != (i%2 == 1) || o.Sunk() == (i%2 == 1) {
+			t.Errorf("event %d: failed %v, sunk %v", i, o.Failed(), o.Sunk())
+		}
+	}
+	if Abandon(Event{}) || (Event{}).Redeliverable() {
+		t.Error("an untracked event is abandoned or redeliverable")
+	}
+}

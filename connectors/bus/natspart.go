@@ -428,7 +428,15 @@ func NewNATSPartitionedSink(ctx context.Context, name string, opts NATSOptions, 
 		if err != nil {
 			return nil, fmt.Errorf("sink %s: partition_key: %w", name, err)
 		}
-		keyOf = func(ev pipeline.Event) (string, error) { return partitionKey(key, ev) }
+		keyOf = func(ev pipeline.Event) (string, error) {
+			// Read as the partitioned kv connector reads it (meta.kv.key
+			// set to the command's key), so both agree on the partition.
+			keys, err := kv.PartitionKeys(ev, func(ev pipeline.Event) (string, error) { return partitionKey(key, ev) })
+			if err != nil {
+				return "", err
+			}
+			return keys[0], nil
+		}
 	}
 	p := &natsSinkPublisher{name: name, opts: opts, partitioned: true}
 	if opts.Reconnect.FailFast {

@@ -311,6 +311,9 @@ func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, windo
 	tr := pipeline.NewTracker(len(window), func(i int, o pipeline.Outcome) {
 		s.completed(window[i], permanent[i], o)
 	}, nil)
+	// A Failed outcome is nacked (completed): processors may abandon an
+	// event for redelivery (pipeline.Abandon).
+	tr.SetRedelivers()
 	for i, m := range window {
 		if n, ok := brokerDeliveries(m); ok && n > s.opts.MaxDeliveries {
 			// Delivered more than MaxDeliveries times although each

@@ -574,6 +574,10 @@ func asCmdError(err error, target **cmdError) bool { return errors.As(err, targe
 func (c *Connector) emit(emit pipeline.Emitter, metas *resultArena, ev pipeline.Event, cmd *command, r *result, cr corrRef, err error) {
 	corr := cr.get(ev)
 	if err != nil {
+		if c.opts.AbandonFailedCommits && ev.Redeliverable() && errors.Is(err, ErrCommit) {
+			pipeline.Abandon(ev)
+			return
+		}
 		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, errMeta(cmd, corr, err)))
 		return
 	}

@@ -54,6 +54,17 @@ var (
 	// ErrCommit reports a backend commit failure; every command of the
 	// failed Update is reported with it and none took effect.
 	ErrCommit = errors.New("commit failed")
+	// ErrPartitionNotReady reports a command of a partitioned connector
+	// whose partition this process does not serve (yet): another
+	// instance owns it, or it is being restored from its changelog. The
+	// message names the partition and its state. Events a source
+	// redelivers are given back instead (pipeline.Abandon); others wait
+	// up to partition_wait before failing with it.
+	ErrPartitionNotReady = errors.New("partition not ready")
+	// ErrCrossPartition reports a batch whose elements' keys fall into
+	// different partitions of a partitioned connector: it is refused
+	// rather than applied without its atomicity.
+	ErrCrossPartition = errors.New("keys in different partitions")
 	// ErrReadOnly reports a write attempted in a Viewer.View transaction.
 	ErrReadOnly = errors.New("write in a read-only transaction")
 )

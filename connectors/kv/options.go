@@ -128,6 +128,15 @@ type Options struct {
 	// not be decoded; ok is false for commands emitted on "err". Metrics use
 	// it; it must be quick. Default nil: nothing is counted.
 	OnCommands func(namespace, op string, ok bool, n int)
+	// AbandonFailedCommits makes a command whose commit failed (ErrCommit)
+	// give its event back to the source for redelivery
+	// (pipeline.Abandon) instead of emitting it on "err", when the source
+	// redelivers (pipeline.Event.Redeliverable); other events still go to
+	// "err". A partitioned connector sets it: there a failed commit means
+	// the partition moved to another instance (its changelog append was
+	// fenced), which applies the command when it is delivered again.
+	// Default false.
+	AbandonFailedCommits bool
 }
 
 // EnsureDefaults fills unset (zero or negative) fields with their defaults;

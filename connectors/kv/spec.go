@@ -2,11 +2,13 @@ package kv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/internal/partition"
 )
 
 // This file declares the kv connector for flow files. Its backends are
@@ -36,7 +38,18 @@ type BackendSpec struct {
 	// env.Resources, the store c describes, and says where it is for
 	// messages ("etcd http://a:2379 prefix \"app/\"").
 	Open func(ctx context.Context, env *component.Env, c *component.Config) (b Backend, where string, err error)
+	// Partitioned, when set, builds the connector of a config that sets
+	// partitions (see docs/scaling.md), with opts the connector options
+	// the config gives, for each partition's connector; its Check (above)
+	// checks the partition options. Nil: the backend refuses partitions.
+	// It is a hook so that this package does not import the partition
+	// runtime, which imports it.
+	Partitioned func(ctx context.Context, env *component.Env, c *component.Config, opts Options) (component.Component, error)
 }
+
+// partitionFields are the options of a partitioned connector, declared
+// when some backend supports partitions.
+var partitionFields = []string{"partition_key", "changelog", "group", "instance", "lease_ttl", "partition_wait"}
 
 // commandsKey holds the Options.OnCommands hook of the kv connectors of a
 // build.
@@ -68,6 +81,12 @@ func Spec(backends ...BackendSpec) component.Spec {
 		where = append(where, b.Name+", "+b.Doc)
 	}
 	itoa := strconv.Itoa
+	var partitionable []string
+	for _, b := range backends {
+		if b.Partitioned != nil {
+			partitionable = append(partitionable, b.Name)
+		}
+	}
 	fields := []component.Field{
 		{Name: "backend", Type: component.TypeEnum, Enum: names, Default: names[0],
 			Doc: "Where the store lives: " + strings.Join(where, "; ") + "."},
@@ -106,6 +125,24 @@ func Spec(backends ...BackendSpec) component.Spec {
 		{Name: "optimistic_scripts", Type: component.TypeBool, Default: "false",
 			Doc: "Lua nodes naming this connector run their scripts first outside the store's writer, which then only checks what they read and applies what they wrote (a script whose reads changed runs again in the writer). Helps when several flows share a busy store; a single flow is faster without it (see docs/lua.md)."},
 	}...)
+	if len(partitionable) > 0 {
+		fields = append(fields, []component.Field{
+			{Name: "partitions", Type: component.TypeInt, Min: "1", Max: itoa(partition.MaxCount),
+				Doc: "Splits the store into this many partitions, each a Pebble store of its own (`dir/p017/`) made durable by a changelog on a NATS JetStream cluster, owned by one instance of the flow at a time and moved to another when it stops (see docs/scaling.md). Fixed for the life of the state. Backend " + strings.Join(partitionable, ", ") + " only."},
+			{Name: "partition_key", Type: component.TypeExpr,
+				Doc: "With `partitions`: the expression giving an event's partition key, a string; it sees `meta.kv.key` set to the command's key (e.g. `substr(meta.kv.key, 0, 8)` keeps `player/7/score` and `player/7/rank` together), and for a `batch` it is evaluated once per element, with `meta.kv` the element. Default: the command's key (scan start, prefix; each batch element's)."},
+			{Name: "changelog", Type: component.TypeMap,
+				Doc: "With `partitions`, required: the JetStream cluster holding the changelogs and leases, `{urls: \"${FLOWRUN_NATS_CLUSTER_URLS}\", replicas: 3}`; `urls` comma-separated, `replicas` 1, 3 (default) or 5."},
+			{Name: "group", Type: component.TypeString,
+				Doc: "With `partitions`: the name the flow's instances share their partitions under (it names the JetStream streams `FLOWRUN_<group>_LEASES` and `FLOWRUN_<group>_CL_<partition>`). Default: the flow's name."},
+			{Name: "instance", Type: component.TypeString,
+				Doc: "With `partitions`: this process's name in the group (lease holder and member key). Default: host name, process id and a random part, new at every start."},
+			{Name: "lease_ttl", Type: component.TypeDuration, Default: "10s", Min: "1s", Max: "10m",
+				Doc: "With `partitions`: how long a partition's lease lives without renewal (renewed every third of it): an instance that stops without releasing its partitions has them taken over after about this long."},
+			{Name: "partition_wait", Type: component.TypeDuration, Default: "5s", Max: "10m",
+				Doc: "With `partitions`: how long an event of a partition this instance does not serve yet (it is taking it, or the source cannot redeliver) waits for it before failing on `err` with partition not ready (or, from a source that redelivers, being given back); events of a source that redelivers (nats and the other bus sources) whose partition another instance owns are given back at once. 0 does not wait."},
+		}...)
+	}
 	backendOf := func(c *component.Config) *BackendSpec {
 		if b := byName[c.String("backend")]; b != nil {
 			return b
@@ -128,6 +165,9 @@ func Spec(backends ...BackendSpec) component.Spec {
 		},
 		PortsDoc: "`out`, `err`, and `expired` with `expired_events: true`.",
 		Check: func(c *component.Config) error {
+			if err := checkPartitioned(c, backendOf(c), partitionable); err != nil {
+				return err
+			}
 			if b := backendOf(c); b.DeletesExpired && c.Bool("expired_events") {
 				return fmt.Errorf("expired_events is not available with backend %s, which deletes expired keys itself before they can be reported", b.Name)
 			}
@@ -140,6 +180,13 @@ func Spec(backends ...BackendSpec) component.Spec {
 			return o.Validate()
 		},
 		Build: func(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
+			if c.Int("partitions") > 0 {
+				b := backendOf(c)
+				if b.Partitioned == nil {
+					return component.Component{}, fmt.Errorf("partitions: backend %s has no partitions", b.Name)
+				}
+				return b.Partitioned(ctx, env, c, connectorOptions(env, c))
+			}
 			backend, where, err := backendOf(c).Open(ctx, env, c)
 			if err != nil {
 				return component.Component{}, err
@@ -155,6 +202,31 @@ func Spec(backends ...BackendSpec) component.Spec {
 			return component.Component{Processor: conn}, nil
 		},
 	}
+}
+
+// checkPartitioned refuses partition options with a backend without
+// partitions, or without partitions, and the options partitioned
+// connectors do not have.
+func checkPartitioned(c *component.Config, b *BackendSpec, partitionable []string) error {
+	if !c.Has("partitions") {
+		for _, f := range partitionFields {
+			if c.Has(f) {
+				return component.OptionErr(f, errors.New("applies only to a partitioned connector: set partitions too"))
+			}
+		}
+		return nil
+	}
+	if b.Partitioned == nil {
+		return component.OptionErr("partitions", fmt.Errorf("not available with backend %s: a partitioned connector keeps each partition in a local store made durable by its changelog, which backend %s provides (backend %s is shared by every process already; see docs/scaling.md)",
+			b.Name, strings.Join(partitionable, ", "), b.Name))
+	}
+	switch {
+	case c.Bool("expired_events"):
+		return component.OptionErr("expired_events", errors.New("not available with partitions yet: expired keys are reclaimed by each partition's background pass"))
+	case c.Bool("optimistic_scripts"):
+		return component.OptionErr("optimistic_scripts", errors.New("not available with partitions: Lua nodes cannot use a partitioned connector (see docs/scaling.md)"))
+	}
+	return nil
 }
 
 // connectorOptions returns the connector options c sets; env (nil while

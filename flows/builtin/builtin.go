@@ -12,6 +12,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kafka"
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
+	"github.com/flowrun/flowrun/connectors/kv/partitioned"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 	"github.com/flowrun/flowrun/connectors/mqtt"
 	"github.com/flowrun/flowrun/connectors/redisstream"
@@ -29,7 +30,7 @@ func Register(r *component.Registry) error {
 		jsonl.StdoutSpec(),
 		jsonl.FileSpec(),
 		jsonl.NullSpec(),
-		kv.Spec(pebblestore.Backend(), etcdstore.Backend()),
+		kv.Spec(partitioned.Backend(pebblestore.Backend()), etcdstore.Backend()),
 		lua.Spec(),
 		bus.GoChannelSpec(),
 		bus.NATSSpec(),

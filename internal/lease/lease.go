@@ -33,6 +33,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -162,6 +163,24 @@ type Table struct {
 
 	mu   sync.Mutex
 	seen map[string]observation
+	// infoMu guards the stream's cached info, which stream.Info updates
+	// and message reads consult, without a lock of their own: Info
+	// holds it exclusively, reads shared.
+	infoMu sync.RWMutex
+}
+
+// info reads the stream's state, with the options given.
+func (t *Table) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error) {
+	t.infoMu.Lock()
+	defer t.infoMu.Unlock()
+	return t.stream.Info(ctx, opts...)
+}
+
+// lastMsg reads the last message of subject from the stream leader.
+func (t *Table) lastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	t.infoMu.RLock()
+	defer t.infoMu.RUnlock()
+	return t.stream.GetLastMsgForSubject(ctx, subject)
 }
 
 // Open returns holder's table of the leases kept in stream (subjects
@@ -219,7 +238,7 @@ func checkName(name string) error {
 // read returns the lease's last revision (0 when never written) and its
 // value (nil when released or never written), from the stream leader.
 func (t *Table) read(ctx context.Context, name string) (uint64, *value, error) {
-	m, err := t.stream.GetLastMsgForSubject(ctx, t.prefix+name)
+	m, err := t.lastMsg(ctx, t.prefix+name)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil, nil
 	}
@@ -243,7 +262,7 @@ func (t *Table) read(ctx context.Context, name string) (uint64, *value, error) {
 // since, so the lease is still at the revision read.
 func (t *Table) cas(ctx context.Context, name string, expect uint64, data []byte) (uint64, error) {
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		info, err := t.stream.Info(ctx)
+		info, err := t.info(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("lease %q: %w", name, err)
 		}
@@ -308,6 +327,97 @@ func (t *Table) Acquire(ctx context.Context, name string) (*Lease, error) {
 	delete(t.seen, name)
 	t.mu.Unlock()
 	return &Lease{t: t, name: name, epoch: next, rev: next, deadline: sent.Add(t.opts.TTL - t.opts.Margin)}, nil
+}
+
+// State is one lease as Survey saw it.
+type State struct {
+	// Name is the lease's name ("p.017").
+	Name string
+	// Holder names the holder; "" when the lease is free (released, or
+	// never written).
+	Holder string
+	// Revision is the lease's last revision (0 when never written).
+	Revision uint64
+	// Lapsed reports a held lease whose revision this table has seen
+	// unchanged for its holder's TTL: Acquire would take it over.
+	Lapsed bool
+}
+
+// Free reports whether the lease can be acquired now: free or lapsed.
+func (s State) Free() bool { return s.Holder == "" || s.Lapsed }
+
+// Survey returns every lease whose name starts with prefix, which must
+// end with a dot ("p.", "m."), in name order, read from the stream
+// leader. Each held lease's revision is recorded as Acquire records it, so
+// a lease is reported Lapsed once this table has seen the same revision
+// for its holder's TTL, by Survey or Acquire calls alike: survey about
+// every RenewInterval to see leases lapse.
+func (t *Table) Survey(ctx context.Context, prefix string) ([]State, error) {
+	if !strings.HasSuffix(prefix, ".") || checkName(strings.TrimSuffix(prefix, ".")) != nil {
+		return nil, fmt.Errorf("lease: survey prefix %q must be dot-separated tokens ending with a dot", prefix)
+	}
+	now := t.opts.Clock.Now()
+	info, err := t.info(ctx, jetstream.WithSubjectFilter(t.prefix+prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("lease: survey %q: %w", prefix, err)
+	}
+	names := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		names = append(names, strings.TrimPrefix(subj, t.prefix))
+	}
+	sort.Strings(names)
+	out := make([]State, 0, len(names))
+	for _, name := range names {
+		rev, v, err := t.read(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		st := State{Name: name, Revision: rev}
+		if v != nil {
+			st.Holder = v.Holder
+			t.mu.Lock()
+			o, ok := t.seen[name]
+			if !ok || o.rev != rev {
+				o = observation{rev: rev, since: now}
+				t.seen[name] = o
+			}
+			t.mu.Unlock()
+			st.Lapsed = now.Sub(o.since) >= time.Duration(v.TTLms)*time.Millisecond
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Settle writes data under name if nothing was ever written there, and
+// returns what name holds then: data, or what an earlier Settle wrote
+// (the first writer wins, by the same compare-and-set as leases). A flow
+// records settings every member must agree on this way (the partition
+// count). The name must not be used as a lease.
+func (t *Table) Settle(ctx context.Context, name string, data []byte) ([]byte, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	if len(data) == 0 {
+		return nil, fmt.Errorf("lease: settle %q: empty value", name)
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		m, err := t.lastMsg(ctx, t.prefix+name)
+		if err == nil {
+			return m.Data, nil
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("lease: settle %q: read: %w", name, err)
+		}
+		_, err = t.cas(ctx, name, 0, data)
+		if err == nil {
+			return data, nil
+		}
+		if !errors.Is(err, errConflict) {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("lease: settle %q: the value kept changing over %d attempts", name, casAttempts)
 }
 
 // Lease is a lease this table holds. It is safe for concurrent use.

@@ -291,3 +291,49 @@ func TestOptionsValidate(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 }
+
+// TestSurveyReportsHoldersAndLapse: Survey lists the leases of a prefix
+// with their holders, free once released, and lapsed once unchanged for
+// the TTL by the surveying table's clock (after which Acquire takes them).
+// Settle keeps the first value written.
+func TestSurveyReportsHoldersAndLapse(t *testing.T) {
+	clock := newFakeClock()
+	tbs := tables(t, clock, "a", "b")
+	a, b := tbs[0], tbs[1]
+	ctx := testContext(t)
+	mustAcquire(t, a, "p.000")
+	l1 := mustAcquire(t, b, "p.001")
+	mustAcquire(t, a, "m.a")
+	if err := l1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Survey(ctx, "p.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Name != "p.000" || got[0].Holder != "a" || got[0].Free() ||
+		got[1].Name != "p.001" || got[1].Holder != "" || !got[1].Free() {
+		t.Fatalf("Survey(p.) = %+v", got)
+	}
+	clock.Advance(ttl)
+	got, err = b.Survey(ctx, "p.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got[0].Lapsed {
+		t.Fatalf("p.000 unchanged for the TTL is not lapsed: %+v", got[0])
+	}
+	mustAcquire(t, b, "p.000")
+	if ms, err := b.Survey(ctx, "m."); err != nil || len(ms) != 1 || ms[0].Holder != "a" {
+		t.Fatalf("Survey(m.) = %+v, %v", ms, err)
+	}
+	if _, err := b.Survey(ctx, "p"); err == nil {
+		t.Fatal("a prefix without a dot was accepted")
+	}
+	if v, err := a.Settle(ctx, "config", []byte("one")); err != nil || string(v) != "one" {
+		t.Fatalf("first Settle = %q, %v", v, err)
+	}
+	if v, err := b.Settle(ctx, "config", []byte("two")); err != nil || string(v) != "one" {
+		t.Fatalf("second Settle = %q, %v; want the first value", v, err)
+	}
+}

@@ -23,6 +23,10 @@ type Board struct {
 	changed chan struct{} // closed and replaced at every change
 }
 
+// NewBoard returns a board of its own, for a program (or test) not
+// sharing it through component.Resources (see BoardOf).
+func NewBoard() *Board { return newBoard() }
+
 func newBoard() *Board {
 	return &Board{serving: map[int]context.Context{}, changed: make(chan struct{})}
 }

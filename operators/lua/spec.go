@@ -10,6 +10,7 @@ import (
 
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/internal/partition"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -67,6 +68,10 @@ func Spec() component.Spec {
 					return component.Component{}, err
 				}
 				conn, ok := p.(*kv.Connector)
+				if _, partitioned := p.(interface{ Board() *partition.Board }); partitioned {
+					_ = rel(context.Background())
+					return component.Component{}, component.OptionErr("kv", fmt.Errorf("connector %q is partitioned: Lua scripts cannot use a partitioned kv connector (a script's keys are known only as it runs, so it could not be sent to the instance owning them; see docs/scaling.md)", store))
+				}
 				if !ok {
 					_ = rel(context.Background())
 					return component.Component{}, fmt.Errorf("%w: connector %q is not a kv connector", component.ErrNodeUnavailable, store)

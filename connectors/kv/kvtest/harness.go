@@ -135,8 +135,22 @@ func shareBackend(b kv.Backend) kv.Backend {
 	return sharedBackend{b}
 }
 
+// Conn is what the table drives: a *kv.Connector, or a processor that
+// stands for one (a partitioned connector routing to its partitions'
+// connectors).
+type Conn interface {
+	pipeline.Processor
+	// Reclaim runs a reclaim pass, as kv.Connector.Reclaim.
+	Reclaim(ctx context.Context) (int, error)
+	Close(ctx context.Context) error
+}
+
+// NewConn makes the connector of a harness for opts (Namespace, Now and
+// ReclaimInterval set by the harness); it is closed by the harness.
+type NewConn func(t testing.TB, opts kv.Options) Conn
+
 // Harness holds one backend under test, a clock and one connector per
-// namespace, all sharing the backend.
+// namespace, all sharing the backend (or made by NewConn).
 type Harness struct {
 	T       testing.TB
 	Backend kv.Backend
@@ -144,12 +158,27 @@ type Harness struct {
 	// Options is the template for new connectors (Namespace, Now and
 	// ReclaimInterval are set by the harness).
 	Options kv.Options
-	conns   map[string]*kv.Connector
+	// newConn, when set, makes the connectors instead of kv.New over
+	// Backend (NewConnHarness).
+	newConn NewConn
+	conns   map[string]Conn
+}
+
+// NewConnHarness returns a harness whose connectors newConn makes, one
+// per namespace; it has no Backend.
+func NewConnHarness(t testing.TB, newConn NewConn) *Harness {
+	h := &Harness{T: t, Clock: NewClock(), newConn: newConn, conns: map[string]Conn{}}
+	t.Cleanup(func() {
+		for _, c := range h.conns {
+			_ = c.Close(context.Background())
+		}
+	})
+	return h
 }
 
 // NewHarness wraps b; the backend is closed at the end of the test.
 func NewHarness(t testing.TB, b kv.Backend) *Harness {
-	h := &Harness{T: t, Backend: b, Clock: NewClock(), conns: map[string]*kv.Connector{}}
+	h := &Harness{T: t, Backend: b, Clock: NewClock(), conns: map[string]Conn{}}
 	t.Cleanup(func() {
 		for _, c := range h.conns {
 			_ = c.Close(context.Background())
@@ -162,7 +191,7 @@ func NewHarness(t testing.TB, b kv.Backend) *Harness {
 }
 
 // Conn returns the connector of namespace ns, creating it on first use.
-func (h *Harness) Conn(ns string) *kv.Connector {
+func (h *Harness) Conn(ns string) Conn {
 	if c, ok := h.conns[ns]; ok {
 		return c
 	}
@@ -170,6 +199,11 @@ func (h *Harness) Conn(ns string) *kv.Connector {
 	opts.Namespace = ns
 	opts.Now = h.Clock.Now
 	opts.ReclaimInterval = -1
+	if h.newConn != nil {
+		c := h.newConn(h.T, opts)
+		h.conns[ns] = c
+		return c
+	}
 	c, err := kv.New(shareBackend(h.Backend), opts)
 	if err != nil {
 		h.T.Fatalf("kv.New: %v", err)

@@ -25,7 +25,7 @@ func RunPersistent(t *testing.T, open func(t *testing.T, dir string) kv.Backend)
 	}
 	session := func(fn func(h *Harness)) {
 		b := open(t, dir)
-		h := &Harness{T: t, Backend: b, Clock: clock, conns: map[string]*kv.Connector{}}
+		h := &Harness{T: t, Backend: b, Clock: clock, conns: map[string]Conn{}}
 		fn(h)
 		for _, c := range h.conns {
 			if err := c.Close(t.Context()); err != nil {

@@ -19,9 +19,22 @@ import (
 // Run runs the conformance table against backends made by newBackend, one
 // fresh backend per scenario. The backend is closed by the harness.
 func Run(t *testing.T, newBackend func(t *testing.T) kv.Backend) {
+	run(t, func(t *testing.T) *Harness { return NewHarness(t, newBackend(t)) })
+}
+
+// RunConns runs the conformance table through connectors made by
+// newConn (one per namespace of each scenario, a fresh one per scenario),
+// for processors standing for a kv.Connector: a partitioned connector.
+// Each scenario's commands must reach one store: the concurrent
+// increments go through one connector.
+func RunConns(t *testing.T, newConn NewConn) {
+	run(t, func(t *testing.T) *Harness { return NewConnHarness(t, newConn) })
+}
+
+func run(t *testing.T, newHarness func(t *testing.T) *Harness) {
 	for _, tc := range casesTable() {
 		t.Run(tc.name, func(t *testing.T) {
-			h := NewHarness(t, newBackend(t))
+			h := newHarness(t)
 			if tc.opts != nil {
 				tc.opts(&h.Options)
 			}
@@ -31,19 +44,19 @@ func Run(t *testing.T, newBackend func(t *testing.T) kv.Backend) {
 		})
 	}
 	t.Run("one slice sees its own earlier commands", func(t *testing.T) {
-		testBatchOrder(t, NewHarness(t, newBackend(t)))
+		testBatchOrder(t, newHarness(t))
 	})
 	t.Run("namespaces are isolated", func(t *testing.T) {
-		testNamespaces(t, NewHarness(t, newBackend(t)))
+		testNamespaces(t, newHarness(t))
 	})
 	t.Run("reclaim deletes expired keys only", func(t *testing.T) {
-		testReclaim(t, NewHarness(t, newBackend(t)))
+		testReclaim(t, newHarness(t))
 	})
 	t.Run("idempotency keys within one slice and past their retention", func(t *testing.T) {
-		testIdemBatchAndReclaim(t, NewHarness(t, newBackend(t)))
+		testIdemBatchAndReclaim(t, newHarness(t))
 	})
 	t.Run("concurrent increments lose nothing", func(t *testing.T) {
-		testConcurrentIncrements(t, NewHarness(t, newBackend(t)), 8, 10000)
+		testConcurrentIncrements(t, newHarness(t), 8, 10000)
 	})
 }
 
@@ -246,9 +259,9 @@ func testConcurrentIncrements(t *testing.T, h *Harness, goroutines, perG int) {
 		perG /= 10
 	}
 	shared := h.Conn("ctr")
-	conns := make([]*kv.Connector, goroutines)
+	conns := make([]Conn, goroutines)
 	for g := range conns {
-		if g%2 == 0 {
+		if g%2 == 0 || h.newConn != nil {
 			conns[g] = shared
 			continue
 		}

@@ -49,6 +49,10 @@ type Options struct {
 	// process, and RenewEvery how often it renews the lease it holds.
 	// Defaults: the lease table's renew interval (a third of its TTL).
 	Poll, RenewEvery time.Duration
+	// Acquired, when set, is called once the lease is acquired, before
+	// the restore, with the lease's epoch: a caller balancing partitions
+	// counts the partition as its own from then on.
+	Acquired func(epoch uint64)
 
 	// renewalsPaused, when set and true, makes the renewer skip its
 	// ticks, as if the process were stopped (tests of fencing).
@@ -74,6 +78,9 @@ func Run(ctx context.Context, opts Options, serve func(ctx context.Context, b kv
 	l, err := acquire(ctx, opts)
 	if err != nil {
 		return err
+	}
+	if opts.Acquired != nil {
+		opts.Acquired(l.Epoch())
 	}
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -40,16 +40,23 @@ func Backend() kv.BackendSpec {
 		},
 		Open: func(_ context.Context, env *component.Env, c *component.Config) (kv.Backend, string, error) {
 			dir := component.StoreDir(env.Resources, c.String("dir"))
-			b, err := resourceKey.Shared(env.Resources, NewPool).Open(dir, Options{
-				NoSync:   !c.Bool("sync"),
-				MaxGroup: c.Int("max_group"),
-				MaxDelay: c.Duration("max_delay"),
-				Logger:   env.Logger,
-
-				RowCacheBytes: rowCacheBytes(c.ByteSize("row_cache")),
-			})
+			b, err := resourceKey.Shared(env.Resources, NewPool).Open(dir, SpecOptions(env, c))
 			return b, strconv.Quote(dir), err
 		},
+	}
+}
+
+// SpecOptions returns the store options a kv connector config of backend
+// pebble gives (sync, max_group, max_delay, row_cache), with env's
+// logger.
+func SpecOptions(env *component.Env, c *component.Config) Options {
+	return Options{
+		NoSync:   !c.Bool("sync"),
+		MaxGroup: c.Int("max_group"),
+		MaxDelay: c.Duration("max_delay"),
+		Logger:   env.Logger,
+
+		RowCacheBytes: rowCacheBytes(c.ByteSize("row_cache")),
 	}
 }
 

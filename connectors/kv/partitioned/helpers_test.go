@@ -1,0 +1,85 @@
+package partitioned
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flowrun/flowrun/connectors/kv"
+	"github.com/flowrun/flowrun/internal/natstest"
+	"github.com/flowrun/flowrun/operators/expr"
+)
+
+// testGroup returns a group name of its own and deletes its streams
+// (lease stream and the changelogs of partitions) when the test ends,
+// after the connectors registered before it are closed.
+func testGroup(t testing.TB, js jetstream.JetStream, partitions int) string {
+	t.Helper()
+	group := natstest.Name("pt")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = js.DeleteStream(ctx, LeaseStream(group))
+		for p := range partitions {
+			s, _ := ChangelogStream(group, p)
+			// A stream whose creation is still under way (its
+			// connector closed meanwhile) may not answer: bounded.
+			dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+			_ = js.DeleteStream(dctx, s)
+			dcancel()
+		}
+	})
+	return group
+}
+
+// testOptions are the options of one instance of group in a directory of
+// its own, with short leases.
+func testOptions(t testing.TB, js jetstream.JetStream, group, instance string, partitions int) Options {
+	return Options{
+		Partitions: partitions,
+		Dir:        filepath.Join(t.TempDir(), "state"),
+		JetStream:  js,
+		Group:      group,
+		Instance:   instance,
+		LeaseTTL:   2 * time.Second,
+		Poll:       200 * time.Millisecond,
+		KV:         kv.Options{ReclaimInterval: -1},
+	}
+}
+
+// open starts a connector, closed when the test ends.
+func open(t testing.TB, opts Options) *Connector {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := New(ctx, opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+func mustExpr(t testing.TB, src string) *expr.Expr {
+	t.Helper()
+	x, err := expr.Parse(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// waitFor polls cond every 50ms until it holds or d passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

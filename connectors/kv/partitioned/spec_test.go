@@ -1,0 +1,113 @@
+package partitioned_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/connectors/kv/partitioned"
+	"github.com/flowrun/flowrun/flows"
+	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/internal/natstest"
+)
+
+// TestFlowWithPartitions: a flow file declaring a partitioned kv
+// connector loads, builds and runs: stdin's increments over 20 keys come
+// out in order per key with exact counts (events of a source that does
+// not redeliver wait for their partitions while the instance takes them).
+// A second connector on the same group in one process is refused.
+func TestFlowWithPartitions(t *testing.T) {
+	dir := t.TempDir()
+	group := natstest.Name("ptflow")
+	js := natstest.JetStream(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = js.DeleteStream(ctx, partitioned.LeaseStream(group))
+		for p := range 3 {
+			s, _ := partitioned.ChangelogStream(group, p)
+			_ = js.DeleteStream(ctx, s)
+		}
+	})
+	src := fmt.Sprintf(`name: counts
+connectors:
+  input: { type: stdin }
+  store: { type: kv, dir: state, partitions: 3, group: %s, lease_ttl: 2s,
+           changelog: { urls: "${FLOWRUN_NATS_CLUSTER_URLS}", replicas: 3 } }
+  out: { type: stdout }
+links:
+  - input/out -> store/in
+  - input/err -> out/in
+  - store/out -> out/in
+  - store/err -> out/in
+`, group)
+	path := filepath.Join(dir, "flow.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var in bytes.Buffer
+	for i := range 100 {
+		fmt.Fprintf(&in, `{"data":null,"meta":{"kv":{"increment":"k%d"}}}`+"\n", i%20)
+	}
+	flow, diags, err := flows.Load(path, builtin.NewRegistry())
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	built, err := flow.Build(ctx, flows.BuildOptions{Stdin: &in, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := built.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		key := gjson.Get(line, "meta.kv.key").Str
+		seen[key]++
+		if gjson.Get(line, "data").Raw != fmt.Sprint(seen[key]) {
+			t.Fatalf("%s: want %s = %d", line, key, seen[key])
+		}
+	}
+	if len(seen) != 20 || seen["k0"] != 5 {
+		t.Fatalf("counts %v, want 5 for each of 20 keys", seen)
+	}
+
+	// Two connectors of one group in one process would compete.
+	twice := strings.Replace(src, "  out: { type: stdout }", fmt.Sprintf(`  store2: { type: kv, dir: state2, partitions: 3, group: %s,
+           changelog: { urls: "${FLOWRUN_NATS_CLUSTER_URLS}" } }
+  out: { type: stdout }`, group), 1) + "  - input/out -> store2/in\n  - store2/out -> out/in\n  - store2/err -> out/in\n"
+	if err := os.WriteFile(path, []byte(twice), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flow, diags, err = flows.Load(path, builtin.NewRegistry())
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	if _, err := flow.Build(ctx, flows.BuildOptions{Stdin: &in, Stdout: &out}); err == nil || !strings.Contains(err.Error(), "already used by connector") {
+		t.Fatalf("two connectors on one group: %v", err)
+	}
+
+	// A Lua node cannot use a partitioned connector.
+	withLua := strings.Replace(src, "  out: { type: stdout }", "  rules: { type: lua, kv: store, script: 'emit(\"out\", event)' }\n  out: { type: stdout }", 1) +
+		"  - input/out -> rules/in\n  - rules/out -> out/in\n  - rules/err -> out/in\n"
+	if err := os.WriteFile(path, []byte(withLua), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flow, diags, err = flows.Load(path, builtin.NewRegistry())
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	if _, err := flow.Build(ctx, flows.BuildOptions{Stdin: &in, Stdout: &out}); err == nil || !strings.Contains(err.Error(), "Lua scripts cannot use a partitioned kv connector") {
+		t.Fatalf("lua on a partitioned connector: %v", err)
+	}
+}
