@@ -236,8 +236,14 @@ func kvInput(i, counters int) pipeline.Event {
 // TestRoundTripThroughKV publishes 10,000 kv commands (codec event) while
 // the flow is not running, runs mqtt -> kv -> mqtt from a flow file, and
 // checks that every correlation is answered once, and that the source's
-// session is left with nothing to deliver.
+// session is left with nothing to deliver; with each protocol.
 func TestRoundTripThroughKV(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testRoundTripThroughKV(t, protocol) })
+	}
+}
+
+func testRoundTripThroughKV(t *testing.T, protocol string) {
 	url := mqttURL(t)
 	n := 10_000
 	if testing.Short() {
@@ -247,7 +253,7 @@ func TestRoundTripThroughKV(t *testing.T) {
 	in, out := uniqueTopic("rt-in"), uniqueTopic("rt-out")
 	clientID := "rt-" + randomID()
 	col := collect(t, url, out)
-	createSession(t, url, clientID, in)
+	createSessionFor(t, protocol, url, clientID, in)
 	evs := make([]pipeline.Event, n)
 	for i := range evs {
 		evs[i] = kvInput(i, 100)
@@ -258,13 +264,13 @@ func TestRoundTripThroughKV(t *testing.T) {
 
 	built := loadFlow(t, dir, fmt.Sprintf(`name: rt
 connectors:
-  input:  { type: mqtt, mode: read, url: %q, topic: %q, codec: event, client_id: %s }
+  input:  { type: mqtt, mode: read, url: %q, topic: %q, codec: event, client_id: %s, protocol: %q }
   store:  { type: kv, dir: state, idem_from: message_id }
-  output: { type: mqtt, mode: write, url: %q, topic: %q, codec: event }
+  output: { type: mqtt, mode: write, url: %q, topic: %q, codec: event, protocol: %q }
 links:
   - input/out -> store/in
   - store/out -> output/in
-`, url, in, clientID, url, out), nil)
+`, url, in, clientID, protocol, url, out, protocol), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	start = time.Now()
@@ -289,15 +295,8 @@ links:
 		}
 	}
 	// A graceful stop acked everything: the session has nothing left.
-	leftover := 0
-	var lmu sync.Mutex
-	c := connect(t, url, clientID, false, func(paho.Client, paho.Message) { lmu.Lock(); leftover++; lmu.Unlock() })
-	time.Sleep(500 * time.Millisecond)
-	c.Disconnect(0)
-	lmu.Lock()
-	defer lmu.Unlock()
-	if leftover != 0 {
-		t.Errorf("%d messages redelivered to the session after a graceful stop", leftover)
+	if n := leftover(t, protocol, url, clientID); n != 0 {
+		t.Errorf("%d messages redelivered to the session after a graceful stop", n)
 	}
 }
 

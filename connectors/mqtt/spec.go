@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -19,7 +20,14 @@ func Spec() component.Spec {
 	fields := []component.Field{
 		bus.ModeField(),
 		{Name: "url", Type: component.TypeString, Default: DefaultURL,
-			Doc: "The broker's address: `tcp://`, `ssl://` (TLS), `ws://` or `wss://`."},
+			Doc: "The broker's address: `tcp://`, `ssl://` (TLS), `ws://` or `wss://` (WebSockets with protocol 3.1.1 only)."},
+		{Name: "protocol", Type: component.TypeEnum, Enum: []string{Protocol311, Protocol5}, Default: Protocol311,
+			Doc: "The MQTT version: `3.1.1` (paho.mqtt.golang) or `5` (paho.golang), with the same guarantees; " +
+				"with 5 a source asks for `session_expiry` and a Receive Maximum of `max_inflight`, and codec json carries meta in user properties (see docs/bus.md)."},
+		{Name: "session_expiry", Type: component.TypeDuration, Default: "168h", Min: "1s", OnlyWhen: read,
+			Doc: "read, protocol 5: how long the broker keeps the source's session (subscription and queued messages) after a disconnect " +
+				"(MQTT 5 Session Expiry Interval, whole seconds); a flow stopped for longer loses the messages published meanwhile. " +
+				"With 3.1.1 the broker decides (mosquitto `persistent_client_expiration`)."},
 		{Name: "topic", Aliases: []string{"subject"}, Type: component.TypeString, Required: true,
 			Doc: "read: the topic filter subscribed to (`+` matches one level, `#` the rest); write: the topic published to (no wildcards)."},
 		{Name: "qos", Type: component.TypeInt, Default: strconv.Itoa(DefaultQoS), Min: "0", Max: "2",
@@ -27,7 +35,7 @@ func Spec() component.Spec {
 		{Name: "retain", Type: component.TypeBool, Default: "false", OnlyWhen: write,
 			Doc: "write: ask the broker to keep the last message for future subscribers."},
 		{Name: "codec", Type: component.TypeEnum, Enum: []string{CodecJSON, CodecEvent}, Default: CodecJSON,
-			Doc: "`json`: the payload is the event's data (meta is not carried: MQTT 3.1.1 has no headers); " +
+			Doc: "`json`: the payload is the event's data (with protocol 3.1.1 meta is not carried, MQTT 3.1.1 has no headers; with 5 it is, in user properties); " +
 				"`event`: the payload is `{\"data\": ..., \"meta\": {...}}` with `meta.message_id`, so meta and a stable id cross the broker."},
 		{Name: "id_from", Type: component.TypeString, OnlyWhen: read,
 			Doc: "read: where `meta.message_id` (kv's `idem_from` key) comes from: unset, the envelope's `meta.message_id` (codec event; none with codec json); " +
@@ -72,7 +80,7 @@ func Spec() component.Spec {
 		Type:   "mqtt",
 		Kind:   component.KindSink,
 		KindOf: bus.ModeKind,
-		Summary: "MQTT 3.1.1 (paho): `mode: read` subscribes to a topic filter with a persistent session (messages published while " +
+		Summary: "MQTT 3.1.1 or 5 (paho): `mode: read` subscribes to a topic filter with a persistent session (messages published while " +
 			"flowrun is down are delivered at restart) and acknowledges each message once the flow has handled it, retrying failed " +
 			"ones and dead-lettering those that keep failing (see docs/bus.md); `mode: write` publishes every event it receives and " +
 			"waits for the broker's acknowledgement.",
@@ -106,6 +114,14 @@ func check(c *component.Config) error {
 	if w, m := c.Int("window"), c.Int("max_inflight"); w > m {
 		return component.OptionErr("window", fmt.Errorf("%d is more than max_inflight %d: a window could never fill", w, m))
 	}
+	if c.String("protocol") == Protocol5 {
+		if _, _, err := address5(c.String("url")); err != nil {
+			return component.OptionErr("url", err)
+		}
+		if m := c.Int("max_inflight"); m > math.MaxUint16 {
+			return component.OptionErr("max_inflight", fmt.Errorf("%d is more than %d, MQTT 5's largest Receive Maximum", m, math.MaxUint16))
+		}
+	}
 	if (c.String("tls_cert") == "") != (c.String("tls_key") == "") {
 		return component.OptionErr("tls_key", errors.New("tls_cert and tls_key go together"))
 	}
@@ -121,6 +137,8 @@ func options(env *component.Env, c *component.Config) (Options, error) {
 		ConnectTimeout: c.Duration("connect_timeout"),
 		KeepAlive:      c.Duration("keepalive"),
 		Logger:         env.Logger,
+		Protocol:       c.String("protocol"),
+		SessionExpiry:  c.Duration("session_expiry"),
 	}
 	if o.ClientID == "" {
 		flow := env.Flow
