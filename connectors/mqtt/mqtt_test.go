@@ -335,13 +335,19 @@ func graphSource(t *testing.T, opts SourceOptions, sink SinkOptions, seen func(p
 // (codec json, id_from a data field) gives each message's topic, QoS and
 // flags in meta.mqtt; a message that keeps failing is dead-lettered after
 // max_deliveries with its error and the rest flows; a payload that is not
-// JSON is dead-lettered at once.
+// JSON is dead-lettered at once. It runs with each protocol.
 func TestWildcardsMetaAndDeadLetters(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testWildcardsMetaAndDeadLetters(t, protocol) })
+	}
+}
+
+func testWildcardsMetaAndDeadLetters(t *testing.T, protocol string) {
 	url := mqttURL(t)
 	root := uniqueTopic("wild")
 	filter, dead, out := root+"/+/temp", root+"-dead", root+"-out"
 	clientID := "wild-" + randomID()
-	createSession(t, url, clientID, filter)
+	createSessionFor(t, protocol, url, clientID, filter)
 	var payloads [][]byte
 	for i := range 20 {
 		p := fmt.Sprintf(`{"id":"e-%d","room":"r%d"}`, i, i%3)
@@ -374,9 +380,9 @@ func TestWildcardsMetaAndDeadLetters(t *testing.T) {
 	// checked on what the source emitted, through the work node.
 	var metas sync.Map
 	g := graphSource(t,
-		SourceOptions{Options: Options{URL: url, ClientID: clientID}, Topic: filter, QoS: 1, IDFrom: "id",
+		SourceOptions{Options: Options{URL: url, ClientID: clientID, Protocol: protocol}, Topic: filter, QoS: 1, IDFrom: "id",
 			Source: bus.SourceOptions{Name: "src", Window: 8, MaxDeliveries: 3, DeadLetter: dead}},
-		SinkOptions{Options: Options{URL: url, ClientID: "sink-" + randomID()}, Topic: out, QoS: 1},
+		SinkOptions{Options: Options{URL: url, ClientID: "sink-" + randomID(), Protocol: protocol}, Topic: out, QoS: 1},
 		func(ev pipeline.Event) { metas.Store(gjson.GetBytes(ev.Meta, "message_id").String(), string(ev.Meta)) })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
