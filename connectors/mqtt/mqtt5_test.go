@@ -2,16 +2,21 @@ package mqtt_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/connectors/bus"
 	. "github.com/flowrun/flowrun/connectors/mqtt"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 // protocols are the MQTT versions the broker tests run with.
@@ -98,4 +103,109 @@ func leftover(t testing.TB, protocol, url, clientID string) int {
 	mu.Lock()
 	defer mu.Unlock()
 	return n
+}
+
+// runSource runs a source with opts (codec json, id_from "i") into a
+// collecting node until it has seen want messages whose id starts with
+// "m-" or d has passed, stops it gracefully and returns those ids. With
+// probe set, it first publishes probes to topic until one arrives: the
+// source's subscription is then in place.
+func runSource(t *testing.T, opts SourceOptions, want int, d time.Duration, probe bool) []string {
+	t.Helper()
+	var mu sync.Mutex
+	var ids []string
+	probed := false
+	opts.Codec, opts.IDFrom, opts.Source.Name = CodecJSON, "i", "src"
+	g := pipeline.New(pipeline.Options{})
+	src, err := NewSource(context.Background(), g, opts)
+	must(t, err)
+	work := pipeline.ProcessorFunc(func(_ context.Context, b []pipeline.Event, _ pipeline.Emitter) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ev := range b {
+			id := gjson.GetBytes(ev.Meta, "message_id").String()
+			if strings.HasPrefix(id, "m-") {
+				ids = append(ids, id)
+			} else {
+				probed = true
+			}
+		}
+		return nil
+	})
+	must(t, g.AddSource("src", src, bus.Ports()...))
+	must(t, g.AddProcessor("work", work))
+	must(t, g.Link("src", pipeline.PortOut, "work"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	state := func() (int, bool) { mu.Lock(); defer mu.Unlock(); return len(ids), probed }
+	deadline := time.Now().Add(d)
+	for probe && time.Now().Before(deadline) {
+		if _, ok := state(); ok {
+			break
+		}
+		publish(t, opts.URL, opts.Topic, [][]byte{[]byte(`{"i":"probe-` + randomID() + `"}`)})
+		time.Sleep(100 * time.Millisecond)
+	}
+	for time.Now().Before(deadline) {
+		if n, _ := state(); n >= want {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	must(t, <-done)
+	if _, ok := state(); probe && !ok {
+		t.Fatal("no probe arrived: the source did not subscribe")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return ids
+}
+
+// TestSessionKeepsMessagesWhileDown: a source that has run once (its own
+// connection created its session) gets at its next start the messages
+// published while it was stopped, with each protocol. With MQTT 5 this
+// rests on Clean Start false and the Session Expiry Interval.
+func TestSessionKeepsMessagesWhileDown(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) {
+			url := mqttURL(t)
+			topic := uniqueTopic("down")
+			opts := SourceOptions{Options: Options{URL: url, ClientID: "down-" + randomID(), Protocol: protocol}, Topic: topic, QoS: 1}
+			if ids := runSource(t, opts, 0, 10*time.Second, true); len(ids) != 0 {
+				t.Fatalf("first run saw %v", ids)
+			}
+			const n = 200
+			var payloads [][]byte
+			for i := range n {
+				payloads = append(payloads, []byte(fmt.Sprintf(`{"i":"m-%d"}`, i)))
+			}
+			publish(t, url, topic, payloads)
+			ids := runSource(t, opts, n, 20*time.Second, false)
+			seen := map[string]bool{}
+			for _, id := range ids {
+				seen[id] = true
+			}
+			if len(seen) != n {
+				t.Fatalf("%d of the %d messages published while the source was stopped arrived at its restart", len(seen), n)
+			}
+		})
+	}
+}
+
+// TestSessionExpiry: with MQTT 5 the broker drops the source's session
+// session_expiry after it stopped, and with it the messages published
+// meanwhile.
+func TestSessionExpiry(t *testing.T) {
+	url := mqttURL(t)
+	topic := uniqueTopic("expiry")
+	opts := SourceOptions{Options: Options{URL: url, ClientID: "expiry-" + randomID(), Protocol: Protocol5, SessionExpiry: time.Second},
+		Topic: topic, QoS: 1}
+	runSource(t, opts, 0, 10*time.Second, true)
+	time.Sleep(3 * time.Second) // mosquitto checks expiries every second or so
+	publish(t, url, topic, [][]byte{[]byte(`{"i":"m-0"}`)})
+	if ids := runSource(t, opts, 1, 2*time.Second, false); len(ids) != 0 {
+		t.Fatalf("the session outlived its expiry: %v arrived", ids)
+	}
 }
