@@ -209,3 +209,91 @@ func TestSessionExpiry(t *testing.T) {
 		t.Fatalf("the session outlived its expiry: %v arrived", ids)
 	}
 }
+
+// TestUserPropertiesCarryMeta: with MQTT 5 and codec json, a sink
+// publishes event meta as user properties (non-string values listed in
+// flowrun_json) and a source reads them back as meta: strings, JSON
+// values and the correlation as they were, meta.message_id the sink's
+// message id. A foreign producer's user properties are string meta fields,
+// its "message_id" the message's id.
+func TestUserPropertiesCarryMeta(t *testing.T) {
+	url := mqttURL(t)
+	topic := uniqueTopic("props")
+	clientID := "props-" + randomID()
+	createSessionFor(t, Protocol5, url, clientID, topic)
+	raw := make(chan *paho5.Publish, 4)
+	watcher := client5(t, url, "watch-"+randomID(), true, 0, func(p *paho5.Publish) { raw <- p })
+	subscribe5(t, watcher, topic)
+
+	sink, err := NewSink(context.Background(), SinkOptions{Options: Options{URL: url, ClientID: "props-sink-" + randomID(), Protocol: Protocol5},
+		Topic: topic, QoS: 1})
+	must(t, err)
+	must(t, sink.Process(context.Background(), []pipeline.Event{{Data: []byte(`{"v":1}`),
+		Meta: []byte(`{"correlation":"c1","kv":{"put":"k"},"tenant":"acme","n":5,"message_id":"not-copied"}`)}},
+		emitFunc(func(_ string, ev pipeline.Event) { t.Errorf("publish failed: %s", ev.Meta) })))
+	must(t, sink.Close(context.Background()))
+	var sent *paho5.Publish
+	select {
+	case sent = <-raw:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sink's message did not arrive")
+	}
+	up := sent.Properties.User
+	if up.Get("correlation") != "c1" || up.Get("tenant") != "acme" || up.Get("kv") != `{"put":"k"}` || up.Get("n") != "5" ||
+		!strings.Contains(up.Get("flowrun_json"), "kv") || up.Get("message_id") == "" || up.Get("message_id") == "not-copied" ||
+		string(sent.Payload) != `{"v":1}` {
+		t.Errorf("published %s with user properties %v", sent.Payload, up)
+	}
+
+	foreign := client5(t, url, "foreign-"+randomID(), true, 0, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := foreign.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte(`{"v":2}`),
+		Properties: &paho5.PublishProperties{User: paho5.UserProperties{{Key: "message_id", Value: "ext-1"},
+			{Key: "tenant", Value: "x"}, {Key: "looks", Value: `{"a":1}`}, {Key: "mqtt", Value: "ignored"}}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	got := map[int64]pipeline.Event{}
+	g := pipeline.New(pipeline.Options{})
+	src, err := NewSource(context.Background(), g, SourceOptions{Options: Options{URL: url, ClientID: clientID, Protocol: Protocol5},
+		Topic: topic, QoS: 1, Source: bus.SourceOptions{Name: "src"}})
+	must(t, err)
+	must(t, g.AddSource("src", src, bus.Ports()...))
+	must(t, g.AddProcessor("work", pipeline.ProcessorFunc(func(_ context.Context, b []pipeline.Event, _ pipeline.Emitter) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ev := range b {
+			got[gjson.GetBytes(ev.Data, "v").Int()] = ev
+		}
+		return nil
+	})))
+	must(t, g.Link("src", pipeline.PortOut, "work"))
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(runCtx) }()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+	}
+	stop()
+	must(t, <-done)
+	mu.Lock()
+	defer mu.Unlock()
+	m1 := gjson.ParseBytes(got[1].Meta)
+	if m1.Get("correlation").String() != "c1" || m1.Get("tenant").String() != "acme" || m1.Get("kv.put").String() != "k" ||
+		m1.Get("n").Type != gjson.Number || m1.Get("message_id").String() != up.Get("message_id") || m1.Get("mqtt.topic").String() != topic ||
+		m1.Get("flowrun_json").Exists() {
+		t.Errorf("meta from the sink's message: %s", got[1].Meta)
+	}
+	m2 := gjson.ParseBytes(got[2].Meta)
+	if m2.Get("message_id").String() != "ext-1" || m2.Get("tenant").String() != "x" || m2.Get("looks").String() != `{"a":1}` ||
+		m2.Get("mqtt.topic").String() != topic {
+		t.Errorf("meta from the foreign message: %s", got[2].Meta)
+	}
+}
