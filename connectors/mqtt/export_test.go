@@ -1,6 +1,8 @@
 package mqtt
 
 import (
+	"context"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/flowrun/flowrun/connectors/bus"
@@ -14,4 +16,11 @@ func Encode(m *message.Message, codec string) []byte { return encode(m, codec) }
 func Decode(topic string, payload []byte, qos byte, retained bool, codec, idFrom string) (pipeline.Event, error) {
 	d := decoder{codec: codec, idFrom: idFrom}
 	return bus.ToEvent(d.decode(received{topic: topic, payload: payload, qos: qos, retained: retained}))
+}
+
+// Dial5 makes one MQTT 5 connection of a source with opts, as the source
+// does, subscribed to opts.Topic.
+func Dial5(ctx context.Context, opts SourceOptions) (<-chan *message.Message, func() error, error) {
+	opts.EnsureDefaults()
+	return (&subscriber5{opts: opts}).dial(ctx, opts.Topic)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/tidwall/gjson"
@@ -295,5 +296,126 @@ func TestUserPropertiesCarryMeta(t *testing.T) {
 	if m2.Get("message_id").String() != "ext-1" || m2.Get("tenant").String() != "x" || m2.Get("looks").String() != `{"a":1}` ||
 		m2.Get("mqtt.topic").String() != topic {
 		t.Errorf("meta from the foreign message: %s", got[2].Meta)
+	}
+}
+
+// TestReceiveMaximum: with MQTT 5 the broker sends a source at most
+// max_inflight messages unacknowledged (its Receive Maximum). A connection
+// takes 4 of 50 queued messages and ends without acknowledging them: on
+// the session's next connection only those 4 come again as duplicates, the
+// other 46 had never been sent.
+func TestReceiveMaximum(t *testing.T) {
+	url := mqttURL(t)
+	topic := uniqueTopic("recvmax")
+	clientID := "recvmax-" + randomID()
+	createSessionFor(t, Protocol5, url, clientID, topic)
+	const n, window = 50, 4
+	var payloads [][]byte
+	for i := range n {
+		payloads = append(payloads, []byte(fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	publish(t, url, topic, payloads)
+	msgs, release, err := Dial5(context.Background(), SourceOptions{Options: Options{URL: url, ClientID: clientID, Protocol: Protocol5},
+		Topic: topic, QoS: 1, MaxInflight: window, Source: bus.SourceOptions{Window: window}})
+	must(t, err)
+	for range window {
+		select {
+		case <-msgs:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no message")
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // more would arrive now, without the limit
+	must(t, release())
+	var mu sync.Mutex
+	total, dup := 0, 0
+	c := client5(t, url, clientID, false, DefaultSessionExpiry, func(p *paho5.Publish) {
+		mu.Lock()
+		defer mu.Unlock()
+		total++
+		if p.Duplicate() {
+			dup++
+		}
+	})
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		got := total
+		mu.Unlock()
+		if got >= n {
+			break
+		}
+	}
+	disconnect5(c)
+	mu.Lock()
+	defer mu.Unlock()
+	if total != n || dup != window {
+		t.Errorf("next connection got %d messages, %d of them sent before; want %d and %d", total, dup, n, window)
+	}
+}
+
+// TestAcksInArrivalOrder5: an MQTT 5 source acknowledges a message only
+// once it and every message received before it are done (MQTT 5 §4.6),
+// and sends the acknowledgements that are ready when its connection is
+// released. A connection takes the first 4 of 10 queued messages, acks
+// some and ends; the session's next connection gets every message the
+// broker had no acknowledgement for.
+func TestAcksInArrivalOrder5(t *testing.T) {
+	url := mqttURL(t)
+	for _, tc := range []struct {
+		name    string
+		ack     []int // of the 4 messages taken
+		wantAck int   // acknowledgements the broker got
+	}{
+		{"all", []int{0, 1, 2, 3}, 4},
+		{"first two", []int{0, 1}, 2},
+		{"all but the first", []int{1, 2, 3}, 0},
+		{"none", nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic("ackorder")
+			clientID := "ackorder-" + randomID()
+			createSessionFor(t, Protocol5, url, clientID, topic)
+			const n, window = 10, 4
+			var payloads [][]byte
+			for i := range n {
+				payloads = append(payloads, []byte(fmt.Sprintf(`{"i":%d}`, i)))
+			}
+			publish(t, url, topic, payloads)
+			msgs, release, err := Dial5(context.Background(), SourceOptions{Options: Options{URL: url, ClientID: clientID, Protocol: Protocol5},
+				Topic: topic, QoS: 1, MaxInflight: window, Source: bus.SourceOptions{Window: window}})
+			must(t, err)
+			var taken []*message.Message
+			for range window {
+				select {
+				case m := <-msgs:
+					taken = append(taken, m)
+				case <-time.After(5 * time.Second):
+					t.Fatal("no message")
+				}
+			}
+			for _, i := range tc.ack {
+				taken[i].Ack()
+			}
+			must(t, release())
+			var mu sync.Mutex
+			total := 0
+			c := client5(t, url, clientID, false, DefaultSessionExpiry, func(*paho5.Publish) { mu.Lock(); total++; mu.Unlock() })
+			want := n - tc.wantAck
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				mu.Lock()
+				got := total
+				mu.Unlock()
+				if got >= want {
+					break
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			disconnect5(c)
+			mu.Lock()
+			defer mu.Unlock()
+			if total != want {
+				t.Errorf("next connection got %d messages, want %d: the broker had %d acknowledgements, want %d", total, want, n-total, tc.wantAck)
+			}
+		})
 	}
 }
