@@ -435,11 +435,18 @@ func testWildcardsMetaAndDeadLetters(t *testing.T, protocol string) {
 }
 
 // TestSinkQoS2Retained: the sink publishes with QoS 2 and retain; a client
-// subscribing afterwards gets the retained message.
+// subscribing afterwards gets the retained message. It runs with each
+// protocol.
 func TestSinkQoS2Retained(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testSinkQoS2Retained(t, protocol) })
+	}
+}
+
+func testSinkQoS2Retained(t *testing.T, protocol string) {
 	url := mqttURL(t)
 	topic := uniqueTopic("retain")
-	sink, err := NewSink(context.Background(), SinkOptions{Options: Options{URL: url, ClientID: "retain-" + randomID()},
+	sink, err := NewSink(context.Background(), SinkOptions{Options: Options{URL: url, ClientID: "retain-" + randomID(), Protocol: protocol},
 		Topic: topic, QoS: 2, Retain: true, Codec: CodecEvent})
 	must(t, err)
 	must(t, sink.Process(context.Background(), []pipeline.Event{{Data: []byte(`{"v":1}`), Meta: []byte(`{"correlation":"r1"}`)}},

@@ -95,6 +95,14 @@ func Spec() component.Spec {
 // check refuses topics the broker would refuse, or that would loop.
 func check(c *component.Config) error {
 	topic := c.String("topic")
+	if c.String("protocol") == Protocol5 {
+		if _, _, err := address5(c.String("url")); err != nil {
+			return component.OptionErr("url", err)
+		}
+		if m := c.Int("max_inflight"); m > math.MaxUint16 && bus.ModeKind(c) != component.KindSink {
+			return component.OptionErr("max_inflight", fmt.Errorf("%d is more than %d, MQTT 5's largest Receive Maximum", m, math.MaxUint16))
+		}
+	}
 	if bus.ModeKind(c) == component.KindSink {
 		if err := CheckTopicName(topic); err != nil {
 			return component.OptionErr("topic", err)
@@ -113,14 +121,6 @@ func check(c *component.Config) error {
 	}
 	if w, m := c.Int("window"), c.Int("max_inflight"); w > m {
 		return component.OptionErr("window", fmt.Errorf("%d is more than max_inflight %d: a window could never fill", w, m))
-	}
-	if c.String("protocol") == Protocol5 {
-		if _, _, err := address5(c.String("url")); err != nil {
-			return component.OptionErr("url", err)
-		}
-		if m := c.Int("max_inflight"); m > math.MaxUint16 {
-			return component.OptionErr("max_inflight", fmt.Errorf("%d is more than %d, MQTT 5's largest Receive Maximum", m, math.MaxUint16))
-		}
 	}
 	if (c.String("tls_cert") == "") != (c.String("tls_key") == "") {
 		return component.OptionErr("tls_key", errors.New("tls_cert and tls_key go together"))
