@@ -43,7 +43,8 @@ func Spec() component.Spec {
 				"(a message without it is dead-lettered)."},
 		{Name: "max_inflight", Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxInflight), Min: "1", OnlyWhen: read,
 			Doc: "read: most messages being processed and not yet settled; more wait, unacknowledged. It bounds the messages processed " +
-				"again after a crash (at least once); set the broker's own limit (mosquitto `max_inflight_messages`) at least this high."},
+				"again after a crash (at least once); set the broker's own limit (mosquitto `max_inflight_messages`) at least this high. " +
+				"With protocol 5 it is also the Receive Maximum the source asks of the broker (at most 65535)."},
 		{Name: "client_id", Type: component.TypeString,
 			Doc: "The MQTT client id; a source's persistent session (its subscription and queued messages) belongs to it. Default `flowrun-FLOW-NODE`."},
 		{Name: "username", Type: component.TypeString, Doc: "User name, when the broker wants one; use `${VAR}`."},
