@@ -37,7 +37,7 @@ type subscriber5 struct {
 // messages.
 func (s *subscriber5) dial(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
 	o := s.opts
-	c := newConn5(o.Logger, o.Source.Name, decoder{codec: o.Codec, idFrom: o.IDFrom}, o.MaxInflight)
+	c := newConn5(o.Logger, o.Source.Name, decoder{codec: o.Codec, idFrom: o.IDFrom}, o.MaxInflight, o.ConnectTimeout)
 	client, err := client5{opts: o.Options, clientID: o.ClientID, cleanStart: false, sessionExpiry: o.SessionExpiry,
 		receiveMax: o.MaxInflight, packetTimeout: o.ConnectTimeout, onPublish: c.handle, session: c.session}.connect(ctx)
 	if err != nil {
@@ -76,6 +76,7 @@ func (s *ackCounter) Ack(pb *packets.Publish) error {
 
 // pending5 is a message of a connection waiting to be handed to the Source.
 type pending5 struct {
+	seq        uint64 // order of arrival among the QoS 1 and 2 messages
 	pb         *paho5.Publish
 	msg        *message.Message
 	deliveries int
@@ -95,8 +96,15 @@ type conn5 struct {
 	// slots holds a token for each message handed over and not yet
 	// settled: at most SourceOptions.MaxInflight.
 	slots chan struct{}
-	// marked counts the messages marked done with Client.Ack.
-	marked atomic.Int64
+	// ackTimeout bounds release's wait for the acks that are ready.
+	ackTimeout time.Duration
+
+	// done holds the seqs of the messages marked done with Client.Ack
+	// after an earlier one still unsettled; ready counts the leading
+	// messages marked done, whose acks paho sends.
+	doneMu sync.Mutex
+	done   map[uint64]bool
+	ready  int64
 
 	ctx    context.Context // ends when the connection is lost or released
 	cancel context.CancelFunc
@@ -104,15 +112,17 @@ type conn5 struct {
 
 	mu    sync.Mutex
 	queue []pending5
+	seq   uint64
 	wake  chan struct{}
 
 	releaseOnce sync.Once
 }
 
-func newConn5(logger *slog.Logger, name string, dec decoder, maxInflight int) *conn5 {
+func newConn5(logger *slog.Logger, name string, dec decoder, maxInflight int, ackTimeout time.Duration) *conn5 {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn5{
-		logger: logger, name: name, dec: dec,
+		logger: logger, name: name, dec: dec, ackTimeout: ackTimeout,
+		done:    map[uint64]bool{},
 		session: &ackCounter{State: state.NewInMemory()},
 		slots:   make(chan struct{}, maxInflight),
 		out:     make(chan *message.Message),
@@ -126,7 +136,11 @@ func newConn5(logger *slog.Logger, name string, dec decoder, maxInflight int) *c
 func (c *conn5) handle(pr paho5.PublishReceived) (bool, error) {
 	msg := c.dec.decode5(pr.Packet)
 	c.mu.Lock()
-	c.queue = append(c.queue, pending5{pb: pr.Packet, msg: msg, deliveries: 1})
+	p := pending5{seq: c.seq, pb: pr.Packet, msg: msg, deliveries: 1}
+	if pr.Packet.QoS > 0 {
+		c.seq++ // paho tracks the acks of these, in this order
+	}
+	c.queue = append(c.queue, p)
 	c.mu.Unlock()
 	signal(c.wake)
 	return true, nil
@@ -197,8 +211,15 @@ func (c *conn5) markDone(p pending5) {
 	if p.pb.QoS == 0 {
 		return
 	}
-	if err := c.client.Ack(p.pb); err == nil {
-		c.marked.Add(1)
+	if err := c.client.Ack(p.pb); err != nil {
+		return // the connection has ended: the broker resends the message
+	}
+	c.doneMu.Lock()
+	defer c.doneMu.Unlock()
+	c.done[p.seq] = true
+	for n := uint64(c.ready); c.done[n]; n++ {
+		delete(c.done, n)
+		c.ready++
 	}
 }
 
@@ -243,12 +264,14 @@ func (c *conn5) release() error {
 	c.releaseOnce.Do(func() {
 		c.cancel()
 		c.wg.Wait() // the forwarder, the loss watcher and the watchers
-		// paho sends the marked acks at its next tick, those of
-		// messages not held back by an unsettled earlier one.
-		for deadline := time.Now().Add(20 * ackInterval5); time.Now().Before(deadline) && !closed(c.client); time.Sleep(ackInterval5) {
-			if c.session.sent.Load() >= c.marked.Load() {
-				break
-			}
+		// paho sends the acks of the leading done messages at its
+		// next tick: wait for them (the others wait for an earlier
+		// message that is not done, and go back to the broker's session).
+		c.doneMu.Lock()
+		ready := c.ready
+		c.doneMu.Unlock()
+		for deadline := time.Now().Add(c.ackTimeout); c.session.sent.Load() < ready && time.Now().Before(deadline) && !closed(c.client); {
+			time.Sleep(ackInterval5)
 		}
 		disconnect5(c.client)
 		_ = c.session.Close()
