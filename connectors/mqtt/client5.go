@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"math"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
@@ -63,6 +65,7 @@ func (c client5) connect(ctx context.Context) (*paho5.Client, error) {
 		// pings): its own advice is this wrapper for TLS connections.
 		conn = packets.NewThreadSafeConn(conn)
 	}
+	conn = &lingerConn{Conn: conn, linger: o.ConnectTimeout}
 	cfg := paho5.ClientConfig{
 		ClientID:      c.clientID,
 		Conn:          conn,
@@ -122,4 +125,29 @@ func disconnect5(client *paho5.Client) {
 		_ = client.Disconnect(&paho5.Disconnect{ReasonCode: 0})
 	}
 	<-client.Done()
+}
+
+// lingerConn is a connection whose Close waits, at most linger, for the
+// broker to close its side first, reading and dropping what it still
+// sends. paho.golang closes the connection right after writing DISCONNECT;
+// a broker that meanwhile sends a message (one freed by the acks just
+// written) would then get a reset, and a reset makes its system drop what
+// it had received and not yet read: the last acks and the DISCONNECT
+// (seen with mosquitto: the messages come again at the next start).
+type lingerConn struct {
+	net.Conn
+	linger time.Duration
+	once   sync.Once
+	err    error
+}
+
+// Close implements net.Conn.
+func (c *lingerConn) Close() error {
+	c.once.Do(func() {
+		if c.Conn.SetReadDeadline(time.Now().Add(c.linger)) == nil {
+			_, _ = io.Copy(io.Discard, c.Conn) // until the broker's EOF, an error or the deadline
+		}
+		c.err = c.Conn.Close()
+	})
+	return c.err
 }

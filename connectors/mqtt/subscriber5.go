@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/eclipse/paho.golang/packets"
@@ -19,12 +17,19 @@ import (
 
 // subscriber5 dials MQTT 5 connections for a bus.ReconnectingSubscriber.
 //
-// How paho.golang v0.23.0 is used: with EnableManualAcknowledgment, every
-// QoS 1 and 2 message received is recorded in arrival order and
-// Client.Ack marks it done; every ackInterval5 the client sends the acks
-// of the leading done messages, in that order (MQTT 5 §4.6), so a message
-// done early waits for the ones received before it. The client's session
-// state (paho's in-memory State) keeps nothing for received QoS 1
+// How paho.golang v0.23.0 is used: EnableManualAcknowledgment stops the
+// client from acknowledging a message as soon as its handler returns. Its
+// own ordered acknowledgement (Client.Ack marks a message, a ticker sends
+// the acks of the leading marked ones) is not relied on: Connect clears
+// its record of received messages after it has started reading, so the
+// messages a session delivers right after CONNACK can be missing from it
+// and could then never be acknowledged on that connection (seen under
+// -race). The connection numbers the QoS 1 and 2 messages in arrival
+// order itself and writes the ack of each, through the session state
+// (session5.ackNow), once it and every message before it are done (MQTT 5
+// §4.6). Client.Ack is still called, so that paho's record is emptied;
+// the acks its ticker would send are dropped (session5.Ack). The client's
+// session state (paho's in-memory State) keeps nothing for received QoS 1
 // messages: the broker's session holds them until acknowledged and resends
 // them on the next connection, to a new client.
 type subscriber5 struct {
@@ -37,7 +42,7 @@ type subscriber5 struct {
 // messages.
 func (s *subscriber5) dial(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
 	o := s.opts
-	c := newConn5(o.Logger, o.Source.Name, decoder{codec: o.Codec, idFrom: o.IDFrom}, o.MaxInflight, o.ConnectTimeout)
+	c := newConn5(o.Logger, o.Source.Name, decoder{codec: o.Codec, idFrom: o.IDFrom}, o.MaxInflight)
 	client, err := client5{opts: o.Options, clientID: o.ClientID, cleanStart: false, sessionExpiry: o.SessionExpiry,
 		receiveMax: o.MaxInflight, packetTimeout: o.ConnectTimeout, onPublish: c.handle, session: c.session}.connect(ctx)
 	if err != nil {
@@ -60,19 +65,18 @@ func (s *subscriber5) dial(ctx context.Context, topic string) (<-chan *message.M
 	return c.out, c.release, nil
 }
 
-// ackCounter is paho's session state counting the acknowledgements
-// written to the connection, so that release can wait for them.
-type ackCounter struct {
+// session5 is paho's in-memory session state, the acknowledgements left
+// to the connection (see subscriber5).
+type session5 struct {
 	*state.State
-	sent atomic.Int64
 }
 
-// Ack implements session.SessionManager.
-func (s *ackCounter) Ack(pb *packets.Publish) error {
-	err := s.State.Ack(pb)
-	s.sent.Add(1)
-	return err
-}
+// Ack implements session.SessionManager: it drops the acks paho's ticker
+// sends, conn5 sends them itself.
+func (s *session5) Ack(*packets.Publish) error { return nil }
+
+// ackNow acknowledges pb (PUBACK, or PUBREC for QoS 2) on the connection.
+func (s *session5) ackNow(pb *paho5.Publish) error { return s.State.Ack(pb.Packet()) }
 
 // pending5 is a message of a connection waiting to be handed to the Source.
 type pending5 struct {
@@ -91,20 +95,17 @@ type conn5 struct {
 	name    string
 	dec     decoder
 	client  *paho5.Client
-	session *ackCounter
+	session *session5
 	out     chan *message.Message
 	// slots holds a token for each message handed over and not yet
 	// settled: at most SourceOptions.MaxInflight.
 	slots chan struct{}
-	// ackTimeout bounds release's wait for the acks that are ready.
-	ackTimeout time.Duration
-
-	// done holds the seqs of the messages marked done with Client.Ack
-	// after an earlier one still unsettled; ready counts the leading
-	// messages marked done, whose acks paho sends.
-	doneMu sync.Mutex
-	done   map[uint64]bool
-	ready  int64
+	// ackMu serialises the acks. done holds the messages done after an
+	// earlier one still unsettled, by seq; every message before nextAck
+	// is acknowledged.
+	ackMu   sync.Mutex
+	done    map[uint64]*paho5.Publish
+	nextAck uint64
 
 	ctx    context.Context // ends when the connection is lost or released
 	cancel context.CancelFunc
@@ -118,12 +119,12 @@ type conn5 struct {
 	releaseOnce sync.Once
 }
 
-func newConn5(logger *slog.Logger, name string, dec decoder, maxInflight int, ackTimeout time.Duration) *conn5 {
+func newConn5(logger *slog.Logger, name string, dec decoder, maxInflight int) *conn5 {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn5{
-		logger: logger, name: name, dec: dec, ackTimeout: ackTimeout,
-		done:    map[uint64]bool{},
-		session: &ackCounter{State: state.NewInMemory()},
+		logger: logger, name: name, dec: dec,
+		done:    map[uint64]*paho5.Publish{},
+		session: &session5{State: state.NewInMemory()},
 		slots:   make(chan struct{}, maxInflight),
 		out:     make(chan *message.Message),
 		ctx:     ctx, cancel: cancel,
@@ -138,7 +139,7 @@ func (c *conn5) handle(pr paho5.PublishReceived) (bool, error) {
 	c.mu.Lock()
 	p := pending5{seq: c.seq, pb: pr.Packet, msg: msg, deliveries: 1}
 	if pr.Packet.QoS > 0 {
-		c.seq++ // paho tracks the acks of these, in this order
+		c.seq++ // these are acknowledged, in this order
 	}
 	c.queue = append(c.queue, p)
 	c.mu.Unlock()
@@ -205,21 +206,28 @@ func (c *conn5) forward() {
 	}
 }
 
-// markDone marks p's message done: paho acknowledges it once the messages
-// received before it are done too.
+// markDone marks p's message done and sends the acks it no longer holds
+// back: its own once every message received before it is done, and those
+// of the later done messages that waited for it.
 func (c *conn5) markDone(p pending5) {
 	if p.pb.QoS == 0 {
 		return
 	}
-	if err := c.client.Ack(p.pb); err != nil {
-		return // the connection has ended: the broker resends the message
-	}
-	c.doneMu.Lock()
-	defer c.doneMu.Unlock()
-	c.done[p.seq] = true
-	for n := uint64(c.ready); c.done[n]; n++ {
-		delete(c.done, n)
-		c.ready++
+	_ = c.client.Ack(p.pb) // empties paho's record (see subscriber5)
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
+	c.done[p.seq] = p.pb
+	for {
+		pb, ok := c.done[c.nextAck]
+		if !ok {
+			return
+		}
+		delete(c.done, c.nextAck)
+		c.nextAck++
+		if err := c.session.ackNow(pb); err != nil {
+			// The connection is lost: the broker resends the message.
+			c.logger.Debug("mqtt ack not sent", "node", c.name, "error", err)
+		}
 	}
 }
 
@@ -263,16 +271,9 @@ func (c *conn5) watch(p pending5) {
 func (c *conn5) release() error {
 	c.releaseOnce.Do(func() {
 		c.cancel()
-		c.wg.Wait() // the forwarder, the loss watcher and the watchers
-		// paho sends the acks of the leading done messages at its
-		// next tick: wait for them (the others wait for an earlier
-		// message that is not done, and go back to the broker's session).
-		c.doneMu.Lock()
-		ready := c.ready
-		c.doneMu.Unlock()
-		for deadline := time.Now().Add(c.ackTimeout); c.session.sent.Load() < ready && time.Now().Before(deadline) && !closed(c.client); {
-			time.Sleep(ackInterval5)
-		}
+		// The forwarder, the loss watcher and the watchers: the acks
+		// that are ready are written once they return.
+		c.wg.Wait()
 		disconnect5(c.client)
 		_ = c.session.Close()
 	})
