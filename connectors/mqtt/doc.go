@@ -50,7 +50,8 @@
 // promises and adds: a Session Expiry Interval (Options.SessionExpiry) for
 // the persistent session (Clean Start false); a Receive Maximum of
 // SourceOptions.MaxInflight, so the broker itself sends no more
-// unacknowledged; acks through paho.golang's manual acknowledgement, which
-// sends them in arrival order; user properties carrying event meta with
+// unacknowledged; acks written by the connection in arrival order
+// (subscriber5 says why not through paho.golang's own ordered
+// acknowledgement); user properties carrying event meta with
 // CodecJSON (UserProperties); reason codes that fail a refused publish.
 package mqtt
