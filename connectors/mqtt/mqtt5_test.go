@@ -419,3 +419,89 @@ func TestAcksInArrivalOrder5(t *testing.T) {
 		})
 	}
 }
+
+// TestRoundTripUserProperties is TestRoundTripThroughKV with MQTT 5 and
+// codec json: 10,000 kv commands whose meta (correlation, kv command,
+// message_id) travels in user properties, queued while the flow is not
+// running, go through mqtt -> kv (idem_from: message_id) -> mqtt, and
+// every correlation is answered once, its result's meta in user
+// properties too.
+func TestRoundTripUserProperties(t *testing.T) {
+	url := mqttURL(t)
+	n := 10_000
+	if testing.Short() {
+		n = 1000
+	}
+	in, out := uniqueTopic("rt5-in"), uniqueTopic("rt5-out")
+	clientID := "rt5-" + randomID()
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var bad []string
+	col := client5(t, url, "rt5-col-"+randomID(), true, 0, func(pb *paho5.Publish) {
+		ev, err := Decode5(pb, CodecJSON, "")
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil || gjson.GetBytes(ev.Meta, "kv.op").String() == "" {
+			bad = append(bad, fmt.Sprintf("%v %s", err, ev.Meta))
+			return
+		}
+		seen[gjson.GetBytes(ev.Meta, "correlation").String()]++
+	})
+	subscribe5(t, col, out)
+	createSessionFor(t, Protocol5, url, clientID, in)
+
+	pub := client5(t, url, "rt5-pub-"+randomID(), true, 0, nil)
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range n {
+		m := bus.ToMessage(kvInput(i, 100))
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := pub.Publish(ctx, &paho5.Publish{Topic: in, QoS: 1, Payload: m.Payload,
+				Properties: &paho5.PublishProperties{User: UserProperties(m)}}); err != nil {
+				t.Errorf("publish: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("published %d messages in %v", n, time.Since(start).Round(time.Millisecond))
+
+	built := loadFlow(t, t.TempDir(), fmt.Sprintf(`name: rt5
+connectors:
+  input:  { type: mqtt, mode: read, url: %q, topic: %q, client_id: %s, protocol: "5" }
+  store:  { type: kv, dir: state, idem_from: message_id }
+  output: { type: mqtt, mode: write, url: %q, topic: %q, protocol: "5" }
+links:
+  - input/out -> store/in
+  - store/out -> output/in
+`, url, in, clientID, url, out), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start = time.Now()
+	go func() { done <- built.Run(ctx) }()
+	distinct := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+	for deadline := time.Now().Add(60 * time.Second); distinct() < n && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("%d of %d correlations answered in %v", distinct(), n, time.Since(start).Round(time.Millisecond))
+	time.Sleep(200 * time.Millisecond) // duplicates, if any, arrive
+	cancel()
+	must(t, <-done)
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for _, k := range seen {
+		total += k
+	}
+	if len(seen) != n || total != n || len(bad) > 0 {
+		t.Fatalf("%d correlations answered, %d results, want %d; %d without their meta (%v)", len(seen), total, n, len(bad), bad[:min(3, len(bad))])
+	}
+	if k := leftover(t, Protocol5, url, clientID); k != 0 {
+		t.Errorf("%d messages redelivered to the session after a graceful stop", k)
+	}
+}
