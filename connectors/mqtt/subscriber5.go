@@ -89,7 +89,8 @@ type pending5 struct {
 // conn5 is one MQTT 5 connection of the subscriber. The client's router
 // goroutine queues the messages (handle); the forwarder goroutine hands
 // them to out, and one watcher goroutine per message waits for its
-// settlement and marks it done (paho sends the acks in arrival order).
+// settlement and marks it done (markDone, which writes the acks in arrival
+// order, under ackMu).
 type conn5 struct {
 	logger  *slog.Logger
 	name    string
