@@ -1,5 +1,7 @@
-// Package mqtt connects flows to an MQTT broker (MQTT 3.1.1, through
-// github.com/eclipse/paho.mqtt.golang): a source that subscribes to a topic
+// Package mqtt connects flows to an MQTT broker (MQTT 3.1.1 through
+// github.com/eclipse/paho.mqtt.golang, or MQTT 5 through
+// github.com/eclipse/paho.golang with Options.Protocol Protocol5): a source
+// that subscribes to a topic
 // filter with a persistent session and acknowledges each message once
 // everything derived from it is done, and a sink that publishes events and
 // waits for the broker's acknowledgement.
@@ -43,4 +45,13 @@
 //     of topic and payload (IDHash), and is absent otherwise, so that the kv
 //     connector's idem_from refuses a write rather than dedupe on an id that
 //     changes between deliveries.
+//
+// MQTT 5 (subscriber5.go, publisher5.go, client5.go, codec5.go) keeps those
+// promises and adds: a Session Expiry Interval (Options.SessionExpiry) for
+// the persistent session (Clean Start false); a Receive Maximum of
+// SourceOptions.MaxInflight, so the broker itself sends no more
+// unacknowledged; acks written by the connection in arrival order
+// (subscriber5 says why not through paho.golang's own ordered
+// acknowledgement); user properties carrying event meta with
+// CodecJSON (UserProperties); reason codes that fail a refused publish.
 package mqtt

@@ -32,39 +32,47 @@ const (
 // once. The flow feeds each message to two kv connectors: "exact", with
 // idem_from: message_id, whose counters must be exact; and "plain",
 // without it, whose counters are at least right (a message redelivered
-// after the kill increments twice: the duplicates are counted).
+// after the kill increments twice: the duplicates are counted). It runs
+// with each protocol.
 func TestKillAndRestart(t *testing.T) {
-	url := mqttURL(t)
+	mqttURL(t)
 	if testing.Short() {
 		t.Skip("builds flowrun and moves 10,000 messages")
 	}
+	bin := proctest.BuildFlowrun(t, t.TempDir())
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testKillAndRestart(t, bin, protocol) })
+	}
+}
+
+func testKillAndRestart(t *testing.T, bin, protocol string) {
+	url := mqttURL(t)
 	start := time.Now()
 	dir := t.TempDir()
-	bin := proctest.BuildFlowrun(t, dir)
 	in, out := uniqueTopic("kill-in"), uniqueTopic("kill-out")
 	clientID := "kill-" + randomID()
 	flow := fmt.Sprintf(`name: load
 connectors:
-  input:  { type: mqtt, mode: read, url: %q, topic: %q, codec: event, client_id: %s, window: 256 }
+  input:  { type: mqtt, mode: read, url: %q, topic: %q, codec: event, client_id: %s, window: 256, protocol: %q }
   exact:  { type: kv, dir: state, namespace: exact, idem_from: message_id }
   plain:  { type: kv, dir: state, namespace: plain }
-  output: { type: mqtt, mode: write, url: %q, topic: %q, codec: event }
+  output: { type: mqtt, mode: write, url: %q, topic: %q, codec: event, protocol: %q }
   ignore: { type: "null" }
 links:
   - input/out -> exact/in
   - input/out -> plain/in
   - exact/out -> output/in
   - plain/out -> ignore/in
-`, url, in, clientID, url, out)
+`, url, in, clientID, protocol, url, out, protocol)
 	must(t, os.WriteFile(filepath.Join(dir, "flow.yaml"), []byte(flow), 0o644))
 	col := collect(t, url, out)
-	createSession(t, url, clientID, in)
+	createSessionFor(t, protocol, url, clientID, in)
 	evs := make([]pipeline.Event, killMessages)
 	for i := range evs {
 		evs[i] = kvInput(i, killCounters)
 	}
 	publish(t, url, in, envelopes(evs))
-	t.Logf("built flowrun and published %d messages in %v", killMessages, time.Since(start).Round(time.Millisecond))
+	t.Logf("published %d messages in %v", killMessages, time.Since(start).Round(time.Millisecond))
 
 	startFlow := func(name string) (*exec.Cmd, *bytes.Buffer) {
 		cmd := exec.Command(bin, "run", "flow.yaml")

@@ -3,6 +3,9 @@ package mqtt
 import (
 	"context"
 	"fmt"
+	"math"
+
+	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/flowrun/flowrun/connectors/bus"
 )
@@ -52,7 +55,10 @@ func (o *SourceOptions) Validate() error {
 	if o.Source.Window > o.MaxInflight {
 		return fmt.Errorf("%w: window %d is more than max_inflight %d", ErrOptions, o.Source.Window, o.MaxInflight)
 	}
-	return nil
+	if o.Protocol == Protocol5 && o.MaxInflight > math.MaxUint16 {
+		return fmt.Errorf("%w: max_inflight %d is more than %d, MQTT 5's largest Receive Maximum", ErrOptions, o.MaxInflight, math.MaxUint16)
+	}
+	return o.checkProtocol()
 }
 
 // NewSource returns a bus Source reading the MQTT topic filter opts.Topic
@@ -68,10 +74,15 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("source %s: %w", opts.Source.Name, err)
 	}
-	s := &subscriber{opts: opts}
-	sub := bus.NewReconnectingSubscriber(opts.Source.Name, s.dial, opts.Reconnect, opts.Health, opts.Logger)
-	dead := &publisher{opts: opts.Options, clientID: opts.ClientID + "-dead", qos: 1, codec: CodecEvent,
+	dial := (&subscriber{opts: opts}).dial
+	var dead message.Publisher = &publisher{opts: opts.Options, clientID: opts.ClientID + "-dead", qos: 1, codec: CodecEvent,
 		timeout: DefaultPublishTimeout, deadLetters: true}
+	if opts.Protocol == Protocol5 {
+		dial = (&subscriber5{opts: opts}).dial
+		dead = &publisher5{opts: opts.Options, clientID: opts.ClientID + "-dead", qos: 1, codec: CodecEvent,
+			timeout: DefaultPublishTimeout, deadLetters: true}
+	}
+	sub := bus.NewReconnectingSubscriber(opts.Source.Name, dial, opts.Reconnect, opts.Health, opts.Logger)
 	so := opts.Source
 	so.OnClose = func() error {
 		err := sub.Close()
@@ -112,7 +123,10 @@ func (o *SinkOptions) Validate() error {
 	if err := checkQoS(o.QoS); err != nil {
 		return err
 	}
-	return checkCodec(o.Codec)
+	if err := checkCodec(o.Codec); err != nil {
+		return err
+	}
+	return o.checkProtocol()
 }
 
 // NewSink returns a bus Sink publishing every event it receives to
@@ -125,13 +139,18 @@ func NewSink(ctx context.Context, opts SinkOptions) (*bus.Sink, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("sink %s: %w", opts.Name, err)
 	}
-	pub := &publisher{opts: opts.Options, clientID: opts.ClientID, qos: opts.QoS, retain: opts.Retain,
+	p := &publisher{opts: opts.Options, clientID: opts.ClientID, qos: opts.QoS, retain: opts.Retain,
 		codec: opts.Codec, timeout: opts.PublishTimeout}
+	var pub message.Publisher = p
+	connect := func() error { p.mu.Lock(); defer p.mu.Unlock(); return p.connect(ctx) }
+	if opts.Protocol == Protocol5 {
+		p5 := &publisher5{opts: opts.Options, clientID: opts.ClientID, qos: opts.QoS, retain: opts.Retain,
+			codec: opts.Codec, timeout: opts.PublishTimeout}
+		pub = p5
+		connect = func() error { p5.mu.Lock(); defer p5.mu.Unlock(); return p5.connect(ctx) }
+	}
 	if opts.Reconnect != nil && opts.Reconnect.FailFast {
-		pub.mu.Lock()
-		err := pub.connect(ctx)
-		pub.mu.Unlock()
-		if err != nil {
+		if err := connect(); err != nil {
 			return nil, fmt.Errorf("sink %s: %w (fail_fast): %w", opts.Name, bus.ErrDisconnected, err)
 		}
 	}

@@ -236,8 +236,14 @@ func kvInput(i, counters int) pipeline.Event {
 // TestRoundTripThroughKV publishes 10,000 kv commands (codec event) while
 // the flow is not running, runs mqtt -> kv -> mqtt from a flow file, and
 // checks that every correlation is answered once, and that the source's
-// session is left with nothing to deliver.
+// session is left with nothing to deliver; with each protocol.
 func TestRoundTripThroughKV(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testRoundTripThroughKV(t, protocol) })
+	}
+}
+
+func testRoundTripThroughKV(t *testing.T, protocol string) {
 	url := mqttURL(t)
 	n := 10_000
 	if testing.Short() {
@@ -247,7 +253,7 @@ func TestRoundTripThroughKV(t *testing.T) {
 	in, out := uniqueTopic("rt-in"), uniqueTopic("rt-out")
 	clientID := "rt-" + randomID()
 	col := collect(t, url, out)
-	createSession(t, url, clientID, in)
+	createSessionFor(t, protocol, url, clientID, in)
 	evs := make([]pipeline.Event, n)
 	for i := range evs {
 		evs[i] = kvInput(i, 100)
@@ -258,13 +264,13 @@ func TestRoundTripThroughKV(t *testing.T) {
 
 	built := loadFlow(t, dir, fmt.Sprintf(`name: rt
 connectors:
-  input:  { type: mqtt, mode: read, url: %q, topic: %q, codec: event, client_id: %s }
+  input:  { type: mqtt, mode: read, url: %q, topic: %q, codec: event, client_id: %s, protocol: %q }
   store:  { type: kv, dir: state, idem_from: message_id }
-  output: { type: mqtt, mode: write, url: %q, topic: %q, codec: event }
+  output: { type: mqtt, mode: write, url: %q, topic: %q, codec: event, protocol: %q }
 links:
   - input/out -> store/in
   - store/out -> output/in
-`, url, in, clientID, url, out), nil)
+`, url, in, clientID, protocol, url, out, protocol), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	start = time.Now()
@@ -289,15 +295,8 @@ links:
 		}
 	}
 	// A graceful stop acked everything: the session has nothing left.
-	leftover := 0
-	var lmu sync.Mutex
-	c := connect(t, url, clientID, false, func(paho.Client, paho.Message) { lmu.Lock(); leftover++; lmu.Unlock() })
-	time.Sleep(500 * time.Millisecond)
-	c.Disconnect(0)
-	lmu.Lock()
-	defer lmu.Unlock()
-	if leftover != 0 {
-		t.Errorf("%d messages redelivered to the session after a graceful stop", leftover)
+	if n := leftover(t, protocol, url, clientID); n != 0 {
+		t.Errorf("%d messages redelivered to the session after a graceful stop", n)
 	}
 }
 
@@ -336,13 +335,19 @@ func graphSource(t *testing.T, opts SourceOptions, sink SinkOptions, seen func(p
 // (codec json, id_from a data field) gives each message's topic, QoS and
 // flags in meta.mqtt; a message that keeps failing is dead-lettered after
 // max_deliveries with its error and the rest flows; a payload that is not
-// JSON is dead-lettered at once.
+// JSON is dead-lettered at once. It runs with each protocol.
 func TestWildcardsMetaAndDeadLetters(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testWildcardsMetaAndDeadLetters(t, protocol) })
+	}
+}
+
+func testWildcardsMetaAndDeadLetters(t *testing.T, protocol string) {
 	url := mqttURL(t)
 	root := uniqueTopic("wild")
 	filter, dead, out := root+"/+/temp", root+"-dead", root+"-out"
 	clientID := "wild-" + randomID()
-	createSession(t, url, clientID, filter)
+	createSessionFor(t, protocol, url, clientID, filter)
 	var payloads [][]byte
 	for i := range 20 {
 		p := fmt.Sprintf(`{"id":"e-%d","room":"r%d"}`, i, i%3)
@@ -375,9 +380,9 @@ func TestWildcardsMetaAndDeadLetters(t *testing.T) {
 	// checked on what the source emitted, through the work node.
 	var metas sync.Map
 	g := graphSource(t,
-		SourceOptions{Options: Options{URL: url, ClientID: clientID}, Topic: filter, QoS: 1, IDFrom: "id",
+		SourceOptions{Options: Options{URL: url, ClientID: clientID, Protocol: protocol}, Topic: filter, QoS: 1, IDFrom: "id",
 			Source: bus.SourceOptions{Name: "src", Window: 8, MaxDeliveries: 3, DeadLetter: dead}},
-		SinkOptions{Options: Options{URL: url, ClientID: "sink-" + randomID()}, Topic: out, QoS: 1},
+		SinkOptions{Options: Options{URL: url, ClientID: "sink-" + randomID(), Protocol: protocol}, Topic: out, QoS: 1},
 		func(ev pipeline.Event) { metas.Store(gjson.GetBytes(ev.Meta, "message_id").String(), string(ev.Meta)) })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -430,11 +435,18 @@ func TestWildcardsMetaAndDeadLetters(t *testing.T) {
 }
 
 // TestSinkQoS2Retained: the sink publishes with QoS 2 and retain; a client
-// subscribing afterwards gets the retained message.
+// subscribing afterwards gets the retained message. It runs with each
+// protocol.
 func TestSinkQoS2Retained(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testSinkQoS2Retained(t, protocol) })
+	}
+}
+
+func testSinkQoS2Retained(t *testing.T, protocol string) {
 	url := mqttURL(t)
 	topic := uniqueTopic("retain")
-	sink, err := NewSink(context.Background(), SinkOptions{Options: Options{URL: url, ClientID: "retain-" + randomID()},
+	sink, err := NewSink(context.Background(), SinkOptions{Options: Options{URL: url, ClientID: "retain-" + randomID(), Protocol: protocol},
 		Topic: topic, QoS: 2, Retain: true, Codec: CodecEvent})
 	must(t, err)
 	must(t, sink.Process(context.Background(), []pipeline.Event{{Data: []byte(`{"v":1}`), Meta: []byte(`{"correlation":"r1"}`)}},

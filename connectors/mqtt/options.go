@@ -93,6 +93,15 @@ type Options struct {
 	KeepAlive time.Duration
 	// Logger receives connection events. Default slog.Default().
 	Logger *slog.Logger
+	// Protocol is the MQTT version spoken: Protocol311 (paho.mqtt.golang)
+	// or Protocol5 (paho.golang, see options5.go). Default Protocol311.
+	Protocol string
+	// SessionExpiry is how long the broker keeps a source's session (its
+	// subscription and queued messages) after a disconnect: the Session
+	// Expiry Interval of MQTT 5, in whole seconds. With MQTT 3.1.1 the
+	// broker decides (mosquitto's persistent_client_expiration). Default
+	// DefaultSessionExpiry.
+	SessionExpiry time.Duration
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -108,6 +117,12 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Protocol == "" {
+		o.Protocol = Protocol311
+	}
+	if o.SessionExpiry <= 0 {
+		o.SessionExpiry = DefaultSessionExpiry
 	}
 }
 

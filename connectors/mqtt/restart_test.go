@@ -66,14 +66,20 @@ func (b *privateBroker) stop()  { b.t.Helper(); b.cmd("stop", b.port) }
 // a flow mqtt -> work -> mqtt is running and starts it again with the same
 // persistence: the flow reports itself not ready meanwhile, reconnects by
 // itself, and every message comes out, those published before the stop and
-// those published after the restart.
+// those published after the restart. It runs with each protocol.
 func TestBrokerRestartMidRun(t *testing.T) {
+	for _, protocol := range protocols {
+		t.Run("protocol="+protocol, func(t *testing.T) { testBrokerRestartMidRun(t, protocol) })
+	}
+}
+
+func testBrokerRestartMidRun(t *testing.T, protocol string) {
 	b := startPrivateBroker(t)
 	const n = 3000
 	in, out := uniqueTopic("restart-in"), uniqueTopic("restart-out")
 	clientID := "restart-" + randomID()
 	col := collect(t, b.url, out)
-	createSession(t, b.url, clientID, in)
+	createSessionFor(t, protocol, b.url, clientID, in)
 	evs := make([]pipeline.Event, n)
 	for i := range evs {
 		evs[i] = pipeline.Event{Data: []byte(fmt.Sprintf(`{"i":%d}`, i)), Meta: []byte(fmt.Sprintf(`{"correlation":"m-%d"}`, i))}
@@ -86,13 +92,13 @@ func TestBrokerRestartMidRun(t *testing.T) {
 	reconnect := bus.Reconnect{Initial: 50 * time.Millisecond, Max: 300 * time.Millisecond}
 	g := pipeline.New(pipeline.Options{})
 	src, err := NewSource(context.Background(), g, SourceOptions{
-		Options: Options{URL: b.url, ClientID: clientID, KeepAlive: 2 * time.Second, ConnectTimeout: 2 * time.Second},
+		Options: Options{URL: b.url, ClientID: clientID, KeepAlive: 2 * time.Second, ConnectTimeout: 2 * time.Second, Protocol: protocol},
 		Topic:   in, QoS: 1, Codec: CodecEvent,
 		Source: bus.SourceOptions{Name: "src", Window: 64}, Reconnect: reconnect, Health: health,
 	})
 	must(t, err)
 	sink, err := NewSink(context.Background(), SinkOptions{
-		Options: Options{URL: b.url, ClientID: "restart-sink-" + randomID(), ConnectTimeout: 2 * time.Second},
+		Options: Options{URL: b.url, ClientID: "restart-sink-" + randomID(), ConnectTimeout: 2 * time.Second, Protocol: protocol},
 		Name:    "sink", Topic: out, QoS: 1, Codec: CodecEvent, PublishTimeout: 2 * time.Second,
 		Reconnect: &reconnect, Health: health,
 	})

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -19,7 +20,14 @@ func Spec() component.Spec {
 	fields := []component.Field{
 		bus.ModeField(),
 		{Name: "url", Type: component.TypeString, Default: DefaultURL,
-			Doc: "The broker's address: `tcp://`, `ssl://` (TLS), `ws://` or `wss://`."},
+			Doc: "The broker's address: `tcp://`, `ssl://` (TLS), `ws://` or `wss://` (WebSockets with protocol 3.1.1 only)."},
+		{Name: "protocol", Type: component.TypeEnum, Enum: []string{Protocol311, Protocol5}, Default: Protocol311,
+			Doc: "The MQTT version: `3.1.1` (paho.mqtt.golang) or `5` (paho.golang), with the same guarantees; " +
+				"with 5 a source asks for `session_expiry` and a Receive Maximum of `max_inflight`, and codec json carries meta in user properties (see docs/bus.md)."},
+		{Name: "session_expiry", Type: component.TypeDuration, Default: "168h", Min: "1s", OnlyWhen: read,
+			Doc: "read, protocol 5: how long the broker keeps the source's session (subscription and queued messages) after a disconnect " +
+				"(MQTT 5 Session Expiry Interval, whole seconds); a flow stopped for longer loses the messages published meanwhile. " +
+				"With 3.1.1 the broker decides (mosquitto `persistent_client_expiration`)."},
 		{Name: "topic", Aliases: []string{"subject"}, Type: component.TypeString, Required: true,
 			Doc: "read: the topic filter subscribed to (`+` matches one level, `#` the rest); write: the topic published to (no wildcards)."},
 		{Name: "qos", Type: component.TypeInt, Default: strconv.Itoa(DefaultQoS), Min: "0", Max: "2",
@@ -27,7 +35,7 @@ func Spec() component.Spec {
 		{Name: "retain", Type: component.TypeBool, Default: "false", OnlyWhen: write,
 			Doc: "write: ask the broker to keep the last message for future subscribers."},
 		{Name: "codec", Type: component.TypeEnum, Enum: []string{CodecJSON, CodecEvent}, Default: CodecJSON,
-			Doc: "`json`: the payload is the event's data (meta is not carried: MQTT 3.1.1 has no headers); " +
+			Doc: "`json`: the payload is the event's data (with protocol 3.1.1 meta is not carried, MQTT 3.1.1 has no headers; with 5 it is, in user properties); " +
 				"`event`: the payload is `{\"data\": ..., \"meta\": {...}}` with `meta.message_id`, so meta and a stable id cross the broker."},
 		{Name: "id_from", Type: component.TypeString, OnlyWhen: read,
 			Doc: "read: where `meta.message_id` (kv's `idem_from` key) comes from: unset, the envelope's `meta.message_id` (codec event; none with codec json); " +
@@ -35,7 +43,8 @@ func Spec() component.Spec {
 				"(a message without it is dead-lettered)."},
 		{Name: "max_inflight", Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxInflight), Min: "1", OnlyWhen: read,
 			Doc: "read: most messages being processed and not yet settled; more wait, unacknowledged. It bounds the messages processed " +
-				"again after a crash (at least once); set the broker's own limit (mosquitto `max_inflight_messages`) at least this high."},
+				"again after a crash (at least once); set the broker's own limit (mosquitto `max_inflight_messages`) at least this high. " +
+				"With protocol 5 it is also the Receive Maximum the source asks of the broker (at most 65535)."},
 		{Name: "client_id", Type: component.TypeString,
 			Doc: "The MQTT client id; a source's persistent session (its subscription and queued messages) belongs to it. Default `flowrun-FLOW-NODE`."},
 		{Name: "username", Type: component.TypeString, Doc: "User name, when the broker wants one; use `${VAR}`."},
@@ -72,7 +81,7 @@ func Spec() component.Spec {
 		Type:   "mqtt",
 		Kind:   component.KindSink,
 		KindOf: bus.ModeKind,
-		Summary: "MQTT 3.1.1 (paho): `mode: read` subscribes to a topic filter with a persistent session (messages published while " +
+		Summary: "MQTT 3.1.1 or 5 (paho): `mode: read` subscribes to a topic filter with a persistent session (messages published while " +
 			"flowrun is down are delivered at restart) and acknowledges each message once the flow has handled it, retrying failed " +
 			"ones and dead-lettering those that keep failing (see docs/bus.md); `mode: write` publishes every event it receives and " +
 			"waits for the broker's acknowledgement.",
@@ -87,6 +96,14 @@ func Spec() component.Spec {
 // check refuses topics the broker would refuse, or that would loop.
 func check(c *component.Config) error {
 	topic := c.String("topic")
+	if c.String("protocol") == Protocol5 {
+		if _, _, err := address5(c.String("url")); err != nil {
+			return component.OptionErr("url", err)
+		}
+		if m := c.Int("max_inflight"); m > math.MaxUint16 && bus.ModeKind(c) != component.KindSink {
+			return component.OptionErr("max_inflight", fmt.Errorf("%d is more than %d, MQTT 5's largest Receive Maximum", m, math.MaxUint16))
+		}
+	}
 	if bus.ModeKind(c) == component.KindSink {
 		if err := CheckTopicName(topic); err != nil {
 			return component.OptionErr("topic", err)
@@ -121,6 +138,8 @@ func options(env *component.Env, c *component.Config) (Options, error) {
 		ConnectTimeout: c.Duration("connect_timeout"),
 		KeepAlive:      c.Duration("keepalive"),
 		Logger:         env.Logger,
+		Protocol:       c.String("protocol"),
+		SessionExpiry:  c.Duration("session_expiry"),
 	}
 	if o.ClientID == "" {
 		flow := env.Flow

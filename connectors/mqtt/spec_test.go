@@ -31,6 +31,11 @@ func TestSpecRefusals(t *testing.T) {
 		{`mode: read, topic: a, qos: 3`, `qos`},
 		{`mode: read, topic: a, codec: xml`, `codec`},
 		{`mode: read, topic: a, tls_cert: c.pem`, `tls_key: tls_cert and tls_key go together`},
+		{`mode: read, topic: a, protocol: "4"`, `protocol`},
+		{`mode: read, topic: a, protocol: "5", url: "ws://127.0.0.1:9001"`, `url: url "ws://127.0.0.1:9001": protocol 5 wants tcp://`},
+		{`mode: write, topic: a, protocol: "5", url: "wss://h:9001"`, `WebSockets only with protocol 3.1.1`},
+		{`mode: read, topic: a, protocol: "5", max_inflight: 70000, window: 10`, `max_inflight: 70000 is more than 65535`},
+		{`mode: read, topic: a, protocol: "5", session_expiry: 0s`, `session_expiry`},
 	} {
 		t.Run(tc.opts, func(t *testing.T) {
 			dir := t.TempDir()
