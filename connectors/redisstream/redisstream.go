@@ -109,7 +109,7 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 		return nil, fmt.Errorf("source %s: %w", so.Name, err)
 	}
 	client := redis.NewClient(ro)
-	sub := newSubscriber(client, opts.Options, so.Window)
+	sub := newSubscriber(client, opts.Options, so.InFlight())
 	rs := bus.NewReconnectingSubscriber(so.Name, sub.dial, opts.Reconnect, opts.Health, so.Logger)
 	so.OnClose = func() error {
 		return errors.Join(rs.Close(), sub.close())
