@@ -152,15 +152,14 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 		}
 	}
 	// Names are unique: metadata keys are, correlation_id and correlation
-	// give one "correlation", and a message_id key gives way to uuid.
-	fields := make([]metaField, 0, len(md)+1)
-	size := 2
-	add := func(name string, value []byte) {
-		fields = append(fields, metaField{name: name, value: value})
-		size += len(name) + len(value) + 4
-	}
+	// give one "correlation", and a message_id key gives way to uuid. The
+	// values' JSON text is appended to vals, each field holding its span.
+	var room [8]metaField
+	fields := room[:0]
+	vals := make([]byte, 0, 256)
 	if uuid != "" {
-		add(MessageIDMeta, appendJSONString(nil, uuid))
+		vals = appendJSONString(vals, uuid)
+		fields = append(fields, metaField{name: MessageIDMeta, end: len(vals)})
 	}
 	for k, v := range md {
 		if k == JSONKeysKey || k == DeliveredKey || k == MessageIDMeta || k == DecodeErrorKey {
@@ -178,13 +177,15 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 				continue // correlation_id is the authoritative one
 			}
 		}
+		start := len(vals)
 		trimmed := strings.TrimSpace(v)
 		asJSON := marked && listed(jsonKeys, k) || !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "["))
 		if asJSON {
-			rep, err := check.Check([]byte(trimmed), "meta."+name)
+			vals = append(vals, trimmed...)
+			rep, err := check.Check(vals[start:], "meta."+name)
 			switch {
 			case err == nil && rep.BadString == nil:
-				add(name, []byte(trimmed))
+				fields = append(fields, metaField{name: name, start: start, end: len(vals)})
 				continue
 			case !marked:
 				// A foreign value that only looks like JSON stays a string.
@@ -193,16 +194,22 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 			case !errors.Is(err, ijson.ErrSyntax):
 				fail(fmt.Errorf("%w: %w", ErrNotIJSON, err))
 			}
+			vals = vals[:start]
 		}
 		if !utf8.ValidString(v) {
 			fail(fmt.Errorf("%w: metadata %q is not valid UTF-8", ErrNotIJSON, k))
 		}
-		add(name, appendJSONString(nil, v)) // invalid UTF-8 becomes U+FFFD
+		vals = appendJSONString(vals, v) // invalid UTF-8 becomes U+FFFD
+		fields = append(fields, metaField{name: name, start: start, end: len(vals)})
 	}
 	if len(fields) == 0 {
 		return nil, firstErr
 	}
 	slices.SortFunc(fields, func(a, b metaField) int { return strings.Compare(a.name, b.name) })
+	size := len(vals) + 2
+	for _, f := range fields {
+		size += len(f.name) + 4
+	}
 	b := make([]byte, 0, size)
 	b = append(b, '{')
 	for i, f := range fields {
@@ -211,7 +218,7 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 		}
 		b = appendJSONString(b, f.name)
 		b = append(b, ':')
-		b = append(b, f.value...)
+		b = append(b, vals[f.start:f.end]...)
 	}
 	b = append(b, '}')
 	return b, firstErr
@@ -219,8 +226,8 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 
 // metaField is one member of the meta object metaFromMetadata builds.
 type metaField struct {
-	name  string
-	value []byte // JSON text
+	name       string
+	start, end int // the value's JSON text in metaFromMetadata's vals
 }
 
 // listed tells whether the comma-separated list (JSONKeysKey's value)
