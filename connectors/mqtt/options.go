@@ -24,10 +24,9 @@ const (
 	// DefaultPublishTimeout bounds the wait for the broker's PUBACK.
 	DefaultPublishTimeout = 10 * time.Second
 	// DefaultMaxInflight is the most messages a source processes
-	// unsettled: bus.DefaultWindowsInFlight windows of bus.DefaultWindow,
-	// so that the next windows are emitted while earlier ones are synced
-	// and acked.
-	DefaultMaxInflight = bus.DefaultWindowsInFlight * bus.DefaultWindow
+	// unsettled: twice bus.DefaultWindow, so that a window is emitted
+	// while the previous one is finishing.
+	DefaultMaxInflight = 2 * bus.DefaultWindow
 	// DefaultQoS is the QoS of subscriptions and publishes: at least once.
 	DefaultQoS = 1
 	// DeadLetterSuffix is appended to a topic without wildcards to name
