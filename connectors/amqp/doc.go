@@ -7,8 +7,8 @@
 // for every bus connector.
 //
 // The source consumes with manual acknowledgement and a prefetch (QoS) of
-// the window, so the broker hands it at most Window unacknowledged
-// messages; each is acked once everything derived from it is done, and a
+// Window × WindowsInFlight, so the broker hands it at most that many
+// unacknowledged messages, several windows whose processing overlaps; each is acked once everything derived from it is done, and a
 // failed one is nacked with requeue. Deliveries are counted by quorum
 // queues (header x-delivery-count); on classic queues flowrun counts the
 // failures of each message id itself. A message that keeps failing is

@@ -22,7 +22,8 @@ var ErrNoQueue = errors.New("no queue")
 type SourceOptions struct {
 	Options
 	// Source configures the windowed acknowledgement; its Topic is
-	// Options.Queue, and Window is also the consumer's prefetch count.
+	// Options.Queue, and InFlight() (Window × WindowsInFlight) is the
+	// consumer's prefetch count.
 	// DeadLetter is the dead-letter queue (default Queue + ".dead").
 	Source bus.SourceOptions
 	// Reconnect says how a lost or unreachable broker is retried.
@@ -35,7 +36,9 @@ type SourceOptions struct {
 // It connects in the background (with Reconnect.FailFast, at once, and an
 // unreachable broker is NewSource's error), and again whenever the
 // connection is lost; meanwhile the flow pauses. Each connection declares
-// what opts.Declare says, sets the prefetch to Window and consumes with
+// what opts.Declare says, sets the prefetch to Window × WindowsInFlight
+// (several windows in flight: the broker sends the next ones while earlier
+// ones are synced and acked) and consumes with
 // manual acknowledgement.
 func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.Source, error) {
 	opts.Options.EnsureDefaults()
@@ -51,7 +54,7 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("source %s: %w", so.Name, err)
 	}
-	c := &consumer{name: so.Name, o: opts.Options, window: so.Window, maxDeliveries: so.MaxDeliveries, deadQueue: so.DeadLetter}
+	c := &consumer{name: so.Name, o: opts.Options, prefetch: so.InFlight(), maxDeliveries: so.MaxDeliveries, deadQueue: so.DeadLetter}
 	sub := bus.NewReconnectingSubscriber(so.Name, c.dial, opts.Reconnect, opts.Health, so.Logger)
 	var dead *publisher
 	var deadPub message.Publisher
@@ -86,7 +89,7 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 type consumer struct {
 	name          string
 	o             Options
-	window        int
+	prefetch      int
 	maxDeliveries int
 	deadQueue     string
 }
@@ -126,8 +129,8 @@ func (c *consumer) dial(ctx context.Context, queue string) (<-chan *message.Mess
 			return fail(err)
 		}
 	}
-	if err := ch.Qos(c.window, 0, false); err != nil {
-		return fail(fmt.Errorf("prefetch %d: %w", c.window, err))
+	if err := ch.Qos(c.prefetch, 0, false); err != nil {
+		return fail(fmt.Errorf("prefetch %d: %w", c.prefetch, err))
 	}
 	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
 	if err != nil {

@@ -70,12 +70,13 @@ func Spec() component.Spec {
 			Doc: "Do not verify the broker's certificate (tests only)."},
 	}
 	fields = append(fields, bus.SourceFields()...)
+	fields = append(fields, bus.WindowsInFlightField())
 	fields = append(fields, bus.ReconnectFields()...)
 	return component.Spec{
 		Type:   "amqp",
 		Kind:   component.KindSink,
 		KindOf: modeKind,
-		Summary: "RabbitMQ (AMQP 0-9-1): `mode: read` consumes a queue with manual acknowledgement and a prefetch of `window`, " +
+		Summary: "RabbitMQ (AMQP 0-9-1): `mode: read` consumes a queue with manual acknowledgement and a prefetch of `window` × `windows_in_flight`, " +
 			"acknowledging each message once the flow has handled it, requeueing failed ones and dead-lettering those that keep " +
 			"failing (see docs/bus.md); `mode: write` publishes every event it receives as a persistent message and waits for " +
 			"the broker's publisher confirm. The queue, exchange and binding are declared when missing.",

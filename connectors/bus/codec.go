@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -145,19 +145,21 @@ func ToMessage(ev pipeline.Event) *message.Message {
 // error event.
 func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([]byte, error) {
 	jsonKeys, marked := md[JSONKeysKey]
-	isJSON := map[string]bool{}
-	for _, k := range strings.Split(jsonKeys, ",") {
-		isJSON[strings.TrimSpace(k)] = true
-	}
 	var firstErr error
 	fail := func(err error) {
 		if firstErr == nil {
 			firstErr = err
 		}
 	}
-	fields := map[string]json.RawMessage{}
+	// Names are unique: metadata keys are, correlation_id and correlation
+	// give one "correlation", and a message_id key gives way to uuid. The
+	// values' JSON text is appended to vals, each field holding its span.
+	var room [8]metaField
+	fields := room[:0]
+	vals := make([]byte, 0, 256)
 	if uuid != "" {
-		fields[MessageIDMeta], _ = json.Marshal(uuid)
+		vals = appendJSONString(vals, uuid)
+		fields = append(fields, metaField{name: MessageIDMeta, end: len(vals)})
 	}
 	for k, v := range md {
 		if k == JSONKeysKey || k == DeliveredKey || k == MessageIDMeta || k == DecodeErrorKey {
@@ -175,13 +177,15 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 				continue // correlation_id is the authoritative one
 			}
 		}
+		start := len(vals)
 		trimmed := strings.TrimSpace(v)
-		asJSON := marked && isJSON[k] || !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "["))
+		asJSON := marked && listed(jsonKeys, k) || !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "["))
 		if asJSON {
-			rep, err := check.Check([]byte(trimmed), "meta."+name)
+			vals = append(vals, trimmed...)
+			rep, err := check.Check(vals[start:], "meta."+name)
 			switch {
 			case err == nil && rep.BadString == nil:
-				fields[name] = json.RawMessage(trimmed)
+				fields = append(fields, metaField{name: name, start: start, end: len(vals)})
 				continue
 			case !marked:
 				// A foreign value that only looks like JSON stays a string.
@@ -190,34 +194,70 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 			case !errors.Is(err, ijson.ErrSyntax):
 				fail(fmt.Errorf("%w: %w", ErrNotIJSON, err))
 			}
+			vals = vals[:start]
 		}
 		if !utf8.ValidString(v) {
 			fail(fmt.Errorf("%w: metadata %q is not valid UTF-8", ErrNotIJSON, k))
 		}
-		s, _ := json.Marshal(v) // invalid UTF-8 becomes U+FFFD
-		fields[name] = s
+		vals = appendJSONString(vals, v) // invalid UTF-8 becomes U+FFFD
+		fields = append(fields, metaField{name: name, start: start, end: len(vals)})
 	}
 	if len(fields) == 0 {
 		return nil, firstErr
 	}
-	keys := make([]string, 0, len(fields))
-	for k := range fields {
-		keys = append(keys, k)
+	slices.SortFunc(fields, func(a, b metaField) int { return strings.Compare(a.name, b.name) })
+	size := len(vals) + 2
+	for _, f := range fields {
+		size += len(f.name) + 4
 	}
-	sort.Strings(keys)
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, k := range keys {
+	b := make([]byte, 0, size)
+	b = append(b, '{')
+	for i, f := range fields {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		kb, _ := json.Marshal(k)
-		b.Write(kb)
-		b.WriteByte(':')
-		b.Write(fields[k])
+		b = appendJSONString(b, f.name)
+		b = append(b, ':')
+		b = append(b, vals[f.start:f.end]...)
 	}
-	b.WriteByte('}')
-	return b.Bytes(), firstErr
+	b = append(b, '}')
+	return b, firstErr
+}
+
+// metaField is one member of the meta object metaFromMetadata builds.
+type metaField struct {
+	name       string
+	start, end int // the value's JSON text in metaFromMetadata's vals
+}
+
+// listed tells whether the comma-separated list (JSONKeysKey's value)
+// names key, ignoring the spaces around each name.
+func listed(list, key string) bool {
+	for list != "" {
+		name, rest, _ := strings.Cut(list, ",")
+		if strings.TrimSpace(name) == key {
+			return true
+		}
+		list = rest
+	}
+	return false
+}
+
+// appendJSONString appends s as a JSON string, the bytes json.Marshal
+// gives (HTML characters and U+2028/U+2029 escaped, invalid UTF-8 as
+// U+FFFD): printable ASCII with nothing to escape is copied as is, the
+// rest is left to json.Marshal.
+func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(dst, q...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // setString returns a copy of the meta object with key set to the string s.

@@ -56,11 +56,30 @@ func (o *SinkOptions) EnsureDefaults() {
 	}
 }
 
+// BatchPublisher is a publisher that takes a batch of messages at once
+// (pipelined, or sent before their acknowledgements are awaited) and says
+// how many of them the broker accepted. A Sink whose publisher implements
+// it publishes each slice of events with one PublishBatch call instead of
+// one Publish (one round trip) per event.
+type BatchPublisher interface {
+	// PublishBatch publishes msgs to topic in order and returns once the
+	// broker has accepted them all (err nil, accepted len(msgs)) or one
+	// failed: then msgs[:accepted] were accepted and msgs[accepted] failed
+	// with err; the later ones may or may not have been, so a retry
+	// publishes them again (at least once). A refusal that retrying
+	// cannot mend is marked Permanent.
+	PublishBatch(topic string, msgs []*message.Message) (accepted int, err error)
+}
+
 // Sink is a pipeline.Processor that publishes every event it receives to a
 // topic, converted with ToMessage. Process returns only once the publisher
 // has accepted each message (for JetStream: the broker stored it), so a bus
 // Source acking after the graph is idle never acks a message whose results
 // are not yet published.
+//
+// With a BatchPublisher the slice is published in one batch; a failure
+// retried (opts.Reconnect) publishes again from the first message not
+// accepted.
 //
 // An event that cannot be published is emitted on "err" with meta.error;
 // the Sink declares no output ports, so that event goes to the graph's
@@ -83,6 +102,9 @@ func NewSink(pub message.Publisher, opts SinkOptions) (*Sink, error) {
 
 // Process implements pipeline.Processor.
 func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeline.Emitter) error {
+	if bp, ok := s.pub.(BatchPublisher); ok && len(events) > 1 && s.opts.Route == nil {
+		return s.processBatch(ctx, bp, events, emit)
+	}
 	var failed error
 	for _, ev := range events {
 		if failed == nil {
@@ -104,6 +126,39 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 		if failed != nil {
 			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, setString(ev.Meta, "error", failed.Error())))
 		}
+	}
+	return nil
+}
+
+// processBatch publishes events with one PublishBatch (more after a
+// failure that is retried); the events not published when it gives up go
+// to "err".
+func (s *Sink) processBatch(ctx context.Context, bp BatchPublisher, events []pipeline.Event, emit pipeline.Emitter) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	msgs := make([]*message.Message, len(events))
+	for i, ev := range events {
+		msgs[i] = ToMessage(ev)
+	}
+	done := 0
+	try := func(context.Context) error {
+		n, err := bp.PublishBatch(s.opts.Topic, msgs[done:])
+		done += n
+		return err
+	}
+	var err error
+	if s.opts.Reconnect == nil || s.opts.Reconnect.FailFast {
+		err = try(ctx)
+	} else {
+		err = s.opts.Reconnect.Retry(ctx, s.opts.Name, s.opts.Health, s.opts.Logger, try)
+	}
+	if err == nil {
+		return nil
+	}
+	failed := fmt.Errorf("sink %s: %w to %q: %w", s.opts.Name, ErrPublish, s.opts.Topic, err)
+	for _, ev := range events[done:] {
+		emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, setString(ev.Meta, "error", failed.Error())))
 	}
 	return nil
 }

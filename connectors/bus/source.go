@@ -22,6 +22,9 @@ const (
 	// DefaultWindow is the most messages emitted together, and the most
 	// a broker lets the source hold unacknowledged.
 	DefaultWindow = 256
+	// DefaultWindowsInFlight is how many windows a source lets the
+	// broker hand it before the first of them is settled.
+	DefaultWindowsInFlight = 4
 	// DefaultLinger is how long a window waits for one more message before
 	// it is processed with what it has.
 	DefaultLinger = 5 * time.Millisecond
@@ -73,6 +76,16 @@ type SourceOptions struct {
 	// Window is the most messages emitted together; each is acknowledged
 	// on its own as soon as it is done. Default DefaultWindow.
 	Window int
+	// WindowsInFlight is how many windows' worth of messages the broker
+	// may hand the source unacknowledged (see InFlight), for a subscriber
+	// that has such a limit (the AMQP prefetch, the entries a Redis
+	// Streams consumer reads ahead): while one window's puts are synced
+	// and its acks sent, the next windows are read and processed. More
+	// in flight means more throughput when the flow waits on the broker
+	// or the disk, and more messages redelivered after a crash. The
+	// source itself emits each window as soon as it is collected.
+	// Default DefaultWindowsInFlight.
+	WindowsInFlight int
 	// Linger is how long a window waits for one more message before it is
 	// processed with what it has. Default DefaultLinger.
 	Linger time.Duration
@@ -112,6 +125,9 @@ func (o *SourceOptions) EnsureDefaults() {
 	if o.Window <= 0 {
 		o.Window = DefaultWindow
 	}
+	if o.WindowsInFlight <= 0 {
+		o.WindowsInFlight = DefaultWindowsInFlight
+	}
 	if o.Linger <= 0 {
 		o.Linger = DefaultLinger
 	}
@@ -128,6 +144,10 @@ func (o *SourceOptions) EnsureDefaults() {
 		o.Logger = slog.Default()
 	}
 }
+
+// InFlight is the most messages the broker should hand the source
+// unacknowledged: Window × WindowsInFlight (after EnsureDefaults).
+func (o *SourceOptions) InFlight() int { return o.Window * o.WindowsInFlight }
 
 // Source is a pipeline.Source that emits the messages of a topic as events
 // on "out" (and payloads that are not JSON on "err") and acknowledges each

@@ -579,3 +579,72 @@ func TestSourceDeliveryCountsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceWindowsInFlightSettleOnTheirOwn: with several windows in
+// flight, a later window that completes first is acked at once, while a
+// message of an earlier window still being handled stays unsettled, and
+// that message, failing in the end, is nacked, not acked with the window
+// that overtook it.
+func TestSourceWindowsInFlightSettleOnTheirOwn(t *testing.T) {
+	g := pipeline.New(pipeline.Options{})
+	sub := &fakeSub{ch: make(chan *message.Message, 8)}
+	src, err := NewSource(context.Background(), sub, nil, g, SourceOptions{Name: "src", Topic: "t", Window: 2, WindowsInFlight: 2,
+		Linger: time.Hour})
+	must(t, err)
+	release := make(chan struct{})
+	// slow holds events with data.hold until release, then fails them on
+	// its unlinked err port; it runs apart from fast, so a later window
+	// can overtake the held one.
+	slow := pipeline.ProcessorFunc(func(_ context.Context, b []pipeline.Event, emit pipeline.Emitter) error {
+		for _, ev := range b {
+			<-release
+			emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, setString(ev.Meta, "error", "failed late")))
+		}
+		return nil
+	})
+	route := pipeline.ProcessorFunc(func(_ context.Context, b []pipeline.Event, emit pipeline.Emitter) error {
+		for _, ev := range b {
+			port := "fast"
+			if gjson.GetBytes(ev.Data, "hold").Bool() {
+				port = "slow"
+			}
+			emit.Emit(port, ev)
+		}
+		return nil
+	})
+	out := &recorder{}
+	must(t, g.AddSource("src", src, Ports()...))
+	must(t, g.AddProcessor("route", route, "fast", "slow"))
+	must(t, g.AddProcessor("slow", slow, pipeline.PortOut, pipeline.PortErr))
+	must(t, g.AddProcessor("out", out))
+	must(t, g.Link("src", pipeline.PortOut, "route"))
+	must(t, g.Link("route", "fast", "out"))
+	must(t, g.Link("route", "slow", "slow"))
+	// Window 1: held, a. Window 2: b, c (a window is full at 2).
+	held, a, b, c := msg("held", `{"hold":true}`), msg("a", `{}`), msg("b", `{}`), msg("c", `{}`)
+	for _, m := range []*message.Message{held, a, b, c} {
+		sub.ch <- m
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	for _, m := range []*message.Message{a, b, c} {
+		if s := settled(t, m); s != "ack" {
+			t.Errorf("message %s: %s, want ack", m.UUID, s)
+		}
+	}
+	select {
+	case <-held.Acked():
+		t.Fatal("held message acked before it was done, with a window that completed after it")
+	case <-held.Nacked():
+		t.Fatal("held message nacked before it was done")
+	default:
+	}
+	close(release)
+	if s := settled(t, held); s != "nack" {
+		t.Errorf("held message that failed: %s, want nack", s)
+	}
+	cancel()
+	close(sub.ch)
+	must(t, <-done)
+}

@@ -66,18 +66,29 @@ func SourceFields() []component.Field {
 	}
 }
 
+// WindowsInFlightField is the windows_in_flight option of the bus sources
+// whose subscriber has an in-flight limit of its own (SourceOptions
+// WindowsInFlight); SourceOptionsFrom reads it.
+func WindowsInFlightField() component.Field {
+	return component.Field{Name: "windows_in_flight", Type: component.TypeInt, Default: strconv.Itoa(DefaultWindowsInFlight), Min: "1",
+		Doc: "read: windows of messages the broker may hand the source unacknowledged (`window` × `windows_in_flight` in all): " +
+			"the next windows are read and processed while earlier ones are synced and acknowledged. Each message is still " +
+			"acknowledged only once it is done; more in flight is more throughput, and more messages redelivered after a crash."}
+}
+
 // SourceOptionsFrom reads the SourceFields of c into SourceOptions named
 // after the node (Topic is left to the caller).
 func SourceOptionsFrom(env *component.Env, c *component.Config) SourceOptions {
 	return SourceOptions{
-		Name:          c.Node,
-		Window:        c.Int("window"),
-		Linger:        c.Duration("linger"),
-		MaxDeliveries: c.Int("max_deliveries"),
-		DeadLetter:    c.String("dead_letter"),
-		FailOn:        c.String("fail_on"),
-		FailSinks:     c.Strings("fail_sinks"),
-		Logger:        env.Logger,
+		Name:            c.Node,
+		Window:          c.Int("window"),
+		WindowsInFlight: c.Int("windows_in_flight"),
+		Linger:          c.Duration("linger"),
+		MaxDeliveries:   c.Int("max_deliveries"),
+		DeadLetter:      c.String("dead_letter"),
+		FailOn:          c.String("fail_on"),
+		FailSinks:       c.Strings("fail_sinks"),
+		Logger:          env.Logger,
 	}
 }
 

@@ -87,6 +87,42 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
+// maxUnacked bounds the messages PublishBatch sends before awaiting their
+// acknowledgements (each holds one of the client's 65,535 packet ids).
+const maxUnacked = 1024
+
+// PublishBatch implements bus.BatchPublisher: the messages are sent, in
+// order, before the broker's acknowledgements are awaited (QoS 1 and 2),
+// maxUnacked at a time, so a slice of events costs about one round trip
+// instead of one per event.
+func (p *publisher) PublishBatch(topic string, msgs []*message.Message) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ctx := context.Background()
+	if err := p.connect(ctx); err != nil {
+		return 0, err
+	}
+	done := 0
+	toks := make([]paho.Token, 0, min(len(msgs), maxUnacked))
+	for done < len(msgs) {
+		toks = toks[:0]
+		for _, m := range msgs[done:min(len(msgs), done+maxUnacked)] {
+			if p.deadLetters {
+				m = keepSource(m)
+			}
+			toks = append(toks, p.client.Publish(topic, p.qos, p.retain, encode(m, p.codec)))
+		}
+		for _, tok := range toks {
+			if err := wait(ctx, tok, p.timeout, "publish"); err != nil {
+				p.drop()
+				return done, fmt.Errorf("%w: %w", bus.ErrPublish, err)
+			}
+			done++
+		}
+	}
+	return done, nil
+}
+
 // Close disconnects, letting publishes in progress finish.
 func (p *publisher) Close() error {
 	p.mu.Lock()

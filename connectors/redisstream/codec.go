@@ -49,6 +49,9 @@ func entryValues(m *message.Message) []any {
 // ID, the same on every delivery.
 func toMessage(x redis.XMessage) *message.Message {
 	m := message.NewMessage(x.ID, nil)
+	// Room for the fields and the three keys the subscriber adds, so the
+	// map does not grow.
+	m.Metadata = make(message.Metadata, len(x.Values)+3)
 	for f, v := range x.Values {
 		s := valueString(v)
 		switch {

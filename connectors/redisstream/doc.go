@@ -9,8 +9,9 @@
 // idem_from: message_id. What is particular to Redis:
 //
 //   - Reading: XREADGROUP with COUNT up to the free room and BLOCK; at most
-//     2×window entries are unacknowledged in a process (one window in the
-//     flow while the next is read).
+//     window × windows_in_flight entries are unacknowledged in a process
+//     (the next windows are read and processed while earlier ones are
+//     synced and acknowledged).
 //   - Restart: a consumer first reads back its own pending entries
 //     (XREADGROUP ... 0): those it had not acknowledged when it stopped.
 //   - Dead consumers: every claim_idle/2 the source takes over (XAUTOCLAIM)

@@ -24,6 +24,17 @@ type publisher struct {
 // A reply refusing a message (not a transient condition) is marked
 // bus.Permanent, so it is not retried.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	_, err := p.PublishBatch(topic, msgs)
+	return err
+}
+
+// maxPipeline bounds the XADDs sent in one pipeline.
+const maxPipeline = 1024
+
+// PublishBatch implements bus.BatchPublisher: one XADD per message,
+// pipelined (maxPipeline at a time), so a slice of events costs one round
+// trip instead of one per event.
+func (p *publisher) PublishBatch(topic string, msgs []*message.Message) (int, error) {
 	ctx := context.Background()
 	args := func(m *message.Message) *redis.XAddArgs {
 		a := &redis.XAddArgs{Stream: topic, Values: entryValues(m), ID: "*"}
@@ -33,22 +44,31 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		return a
 	}
 	if len(msgs) == 1 {
-		return classify(p.client.XAdd(ctx, args(msgs[0])).Err())
+		if err := classify(p.client.XAdd(ctx, args(msgs[0])).Err()); err != nil {
+			return 0, err
+		}
+		return 1, nil
 	}
-	pipe := p.client.Pipeline()
-	cmds := make([]*redis.StringCmd, len(msgs))
-	for i, m := range msgs {
-		cmds[i] = pipe.XAdd(ctx, args(m))
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !isReply(err) {
-		return classify(err)
-	}
-	for _, c := range cmds {
-		if err := c.Err(); err != nil {
-			return classify(err)
+	done := 0
+	for done < len(msgs) {
+		chunk := msgs[done:min(len(msgs), done+maxPipeline)]
+		pipe := p.client.Pipeline()
+		cmds := make([]*redis.StringCmd, len(chunk))
+		for i, m := range chunk {
+			cmds[i] = pipe.XAdd(ctx, args(m))
+		}
+		_, execErr := pipe.Exec(ctx)
+		for _, c := range cmds {
+			if err := c.Err(); err != nil {
+				return done, classify(err)
+			}
+			done++
+		}
+		if execErr != nil && !isReply(execErr) {
+			return done, classify(execErr)
 		}
 	}
-	return nil
+	return done, nil
 }
 
 // Close implements message.Publisher; the client is closed by its owner.
@@ -109,7 +129,7 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 		return nil, fmt.Errorf("source %s: %w", so.Name, err)
 	}
 	client := redis.NewClient(ro)
-	sub := newSubscriber(client, opts.Options, so.Window)
+	sub := newSubscriber(client, opts.Options, so.InFlight())
 	rs := bus.NewReconnectingSubscriber(so.Name, sub.dial, opts.Reconnect, opts.Health, so.Logger)
 	so.OnClose = func() error {
 		return errors.Join(rs.Close(), sub.close())

@@ -48,7 +48,7 @@ func Spec() component.Spec {
 			{Name: "tls_key", Type: component.TypePath, Doc: "PEM file of the client key (with `tls_cert`)."},
 			{Name: "tls_insecure_skip_verify", Type: component.TypeBool, Default: "false",
 				Doc: "Accept any server certificate (tests only); turns TLS on."},
-		}, bus.SourceFields()...), bus.ReconnectFields()...),
+		}, append(bus.SourceFields(), bus.WindowsInFlightField())...), bus.ReconnectFields()...),
 		Ports:    bus.ModePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Check:    check,

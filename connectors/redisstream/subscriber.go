@@ -24,9 +24,9 @@ const maxAckBatch = 1024
 // session is owned by the subscriber: the client (go-redis reconnects by
 // itself), the entries in flight, the retries due, the acks not yet sent.
 //
-// At most 2×window entries are in flight (read and not yet acknowledged):
-// one window in the flow while the next is read, so reading overlaps
-// processing. Each holds a slot from delivery until it is acknowledged,
+// At most inflight entries (window × windows_in_flight) are in flight
+// (read and not yet acknowledged): the next windows are read and processed
+// while earlier ones are synced and acknowledged. Each holds a slot from delivery until it is acknowledged,
 // or dropped after a failure that is not retried.
 type subscriber struct {
 	client *redis.Client
@@ -54,12 +54,12 @@ type retry struct {
 	due time.Time
 }
 
-func newSubscriber(client *redis.Client, o Options, window int) *subscriber {
+func newSubscriber(client *redis.Client, o Options, inflight int) *subscriber {
 	s := &subscriber{
 		client: client, o: o,
-		slots:      make(chan struct{}, 2*window),
+		slots:      make(chan struct{}, inflight),
 		freed:      make(chan struct{}, 1),
-		acks:       make(chan string, window),
+		acks:       make(chan string, inflight),
 		retryWake:  make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 		ackerDone:  make(chan struct{}),
