@@ -11,9 +11,10 @@ package replay
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"io"
-	"sort"
+	"slices"
 	"sync"
 
 	"github.com/tidwall/gjson"
@@ -94,9 +95,17 @@ func (s *captureSink) Process(_ context.Context, events []pipeline.Event, _ pipe
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Events arrive in runs from one tracker: look its base up once per
+	// run, not once per event.
+	var last *pipeline.Tracker
+	var base uint64
+	var ok bool
 	for _, ev := range events {
 		o := ev.Origin()
-		base, ok := c.bases[o.Tracker()]
+		if tr := o.Tracker(); tr != last || last == nil {
+			last = tr
+			base, ok = c.bases[tr]
+		}
 		if !ok {
 			// Not derived from a tracked input event: nothing to
 			// order it by.
@@ -160,7 +169,9 @@ func (c *Capture) done(seq uint64) {
 	}
 	for len(c.unwritten) > 0 && c.unwritten[0].done {
 		out := c.unwritten[0].out
-		sort.SliceStable(out, func(i, j int) bool { return out[i].sink < out[j].sink })
+		if len(out) > 1 {
+			slices.SortStableFunc(out, func(a, b captured) int { return cmp.Compare(a.sink, b.sink) })
+		}
 		for _, p := range out {
 			c.write(p)
 		}
