@@ -3,6 +3,7 @@ package replay
 import (
 	"bytes"
 	"context"
+	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -75,7 +76,7 @@ func TestAppendLineEscapesSinkName(t *testing.T) {
 	}
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -177,5 +178,68 @@ func TestOrderAcrossTrackers(t *testing.T) {
 		if flushEvery > trackChunk && !spanned {
 			t.Errorf("flush every %d: no slice held events of two trackers; the test does not test what it says", flushEvery)
 		}
+	}
+}
+
+// TestRing checks the queue of unwritten entries against a slice doing the
+// same, across growth and wrap-around.
+func TestRing(t *testing.T) {
+	var r ring
+	var model []int
+	next := 0
+	for step := range 20_000 {
+		switch {
+		case step%7 < 4: // add an entry a little ahead of the last one
+			k := len(model) + step%3
+			for len(model) <= k {
+				model = append(model, -1)
+			}
+			model[k] = next
+			r.at(k).first.sink = next
+			r.at(k).n = 1
+			next++
+		case len(model) > 0:
+			if got := r.at(0); got.n == 1 && got.first.sink != model[0] || got.n == 0 && model[0] != -1 {
+				t.Fatalf("step %d: entry 0 holds %d (n %d), want %d", step, got.first.sink, got.n, model[0])
+			}
+			r.pop()
+			model = model[1:]
+		}
+		if r.n != len(model) {
+			t.Fatalf("step %d: %d entries, want %d", step, r.n, len(model))
+		}
+	}
+	t.Logf("buffer of %d entries", len(r.buf))
+}
+
+// BenchmarkCapture replays events through a source and one capture sink,
+// with no other node: the cost of tracking, ordering and writing.
+func BenchmarkCapture(b *testing.B) {
+	capture := NewCapture(io.Discard)
+	data := []byte(`{"v":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	meta := []byte(`{"kv":{"op":"put","key":"k000001"},"correlation":1}`)
+	inner := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
+		for i := range b.N {
+			emit.Emit(pipeline.PortOut, pipeline.Event{Data: data, Meta: meta})
+			if i%1024 == 1023 {
+				if err := emit.Flush(ctx); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	g := pipeline.New(pipeline.Options{})
+	must(b, g.AddSource("src", &WindowedSource{Inner: inner, Capture: capture}, pipeline.PortOut))
+	must(b, g.AddProcessor("all", capture.Sink("all")))
+	must(b, g.Link("src", pipeline.PortOut, "all"))
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	must(b, g.Run(context.Background()))
+	must(b, capture.Release())
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	if capture.Written() != uint64(b.N) {
+		b.Fatalf("Written = %d, want %d", capture.Written(), b.N)
 	}
 }
