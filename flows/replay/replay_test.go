@@ -104,8 +104,12 @@ func TestSourceWaitsForRoom(t *testing.T) {
 	src := &WindowedSource{Inner: inner, Capture: capture, MaxUnwritten: limit}
 	g := pipeline.New(pipeline.Options{QueueDepth: 1024})
 	var most uint64
+	var slots int // most slots of the capture's queue of unwritten events
 	slow := func(_ context.Context, b []pipeline.Event, e pipeline.Emitter) error {
 		most = max(most, capture.unwrittenCount())
+		capture.mu.Lock()
+		slots = max(slots, len(capture.unwritten.buf))
+		capture.mu.Unlock()
 		time.Sleep(20 * time.Microsecond)
 		for _, ev := range b {
 			e.Emit(pipeline.PortOut, ev)
@@ -124,6 +128,11 @@ func TestSourceWaitsForRoom(t *testing.T) {
 	}
 	if most > limit+trackChunk {
 		t.Errorf("%d input events were in the flow at once, want at most %d", most, limit+trackChunk)
+	}
+	// The capture's queue of unwritten input events reuses its slots: it
+	// grows to the most in flight at once (doubling), not with the input.
+	if slots > 2*(limit+trackChunk) {
+		t.Errorf("the capture's queue grew to %d slots for at most %d input events in flight", slots, limit+trackChunk)
 	}
 	t.Logf("at most %d input events in the flow", most)
 }
