@@ -11,9 +11,10 @@ package replay
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"io"
-	"sort"
+	"slices"
 	"sync"
 
 	"github.com/tidwall/gjson"
@@ -40,7 +41,7 @@ type Capture struct {
 	bases     map[*pipeline.Tracker]uint64 // number of each tracker's first event
 	tracked   uint64                       // input events tracked so far
 	next      uint64                       // number of the first input event not yet written
-	unwritten []unwritten                  // unwritten[k] is input event next+k
+	unwritten ring                         // unwritten.at(k) is input event next+k
 	w         *bufio.Writer
 	buf       []byte
 	check     ijson.Checker
@@ -52,8 +53,66 @@ type Capture struct {
 // unwritten is what is known of one input event whose captured output is
 // not written yet: it, or an earlier input event, has not completed.
 type unwritten struct {
-	done bool
-	out  []captured
+	done  bool
+	n     int        // captured events: first, then more
+	first captured   // held inline: most input events have one output
+	more  []captured // the outputs after the first
+}
+
+// add appends p to u's outputs.
+func (u *unwritten) add(p captured) {
+	if u.n == 0 {
+		u.first = p
+	} else {
+		u.more = append(u.more, p)
+	}
+	u.n++
+}
+
+// each calls f with u's outputs ordered by sink (declaration order), then
+// by arrival.
+func (u *unwritten) each(f func(captured)) {
+	if u.n == 0 {
+		return
+	}
+	if u.n == 1 {
+		f(u.first)
+		return
+	}
+	out := append([]captured{u.first}, u.more...)
+	slices.SortStableFunc(out, func(a, b captured) int { return cmp.Compare(a.sink, b.sink) })
+	for _, p := range out {
+		f(p)
+	}
+}
+
+// ring is a queue of unwritten entries in a circular buffer, so that
+// entries are neither allocated one by one nor copied as the queue slides
+// forward: it grows to the most input events unwritten at once.
+type ring struct {
+	buf  []unwritten
+	head int // index in buf of entry 0
+	n    int // entries in use
+}
+
+// at returns entry k, growing the queue to k+1 entries.
+func (r *ring) at(k int) *unwritten {
+	if k >= len(r.buf) {
+		grown := make([]unwritten, max(2*len(r.buf), k+1, 64))
+		for i := range r.n {
+			grown[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = grown, 0
+	}
+	r.n = max(r.n, k+1)
+	return &r.buf[(r.head+k)%len(r.buf)]
+}
+
+// pop drops entry 0.
+func (r *ring) pop() {
+	r.buf[r.head] = unwritten{}
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
 }
 
 type captured struct {
@@ -94,17 +153,24 @@ func (s *captureSink) Process(_ context.Context, events []pipeline.Event, _ pipe
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Events arrive in runs from one tracker: look its base up once per
+	// run, not once per event.
+	var last *pipeline.Tracker
+	var base uint64
+	var ok bool
 	for _, ev := range events {
 		o := ev.Origin()
-		base, ok := c.bases[o.Tracker()]
+		if tr := o.Tracker(); tr != last || last == nil {
+			last = tr
+			base, ok = c.bases[tr]
+		}
 		if !ok {
 			// Not derived from a tracked input event: nothing to
 			// order it by.
 			c.write(captured{sink: s.idx, name: s.name, ev: ev})
 			continue
 		}
-		p := c.slot(base + uint64(o.Index()))
-		p.out = append(p.out, captured{sink: s.idx, name: s.name, ev: ev})
+		c.slot(base + uint64(o.Index())).add(captured{sink: s.idx, name: s.name, ev: ev})
 	}
 	return c.err
 }
@@ -139,11 +205,7 @@ func (c *Capture) track(n int) *pipeline.Tracker {
 // slot returns the unwritten entry of input event seq, which is not written
 // yet. c.mu is held.
 func (c *Capture) slot(seq uint64) *unwritten {
-	k := int(seq - c.next)
-	for len(c.unwritten) <= k {
-		c.unwritten = append(c.unwritten, unwritten{})
-	}
-	return &c.unwritten[k]
+	return c.unwritten.at(int(seq - c.next))
 }
 
 // done marks input event seq complete and writes every complete event
@@ -152,20 +214,15 @@ func (c *Capture) done(seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.slot(seq).done = true
-	if c.unwritten[0].done {
+	if c.unwritten.at(0).done {
 		select {
 		case c.progress <- struct{}{}:
 		default:
 		}
 	}
-	for len(c.unwritten) > 0 && c.unwritten[0].done {
-		out := c.unwritten[0].out
-		sort.SliceStable(out, func(i, j int) bool { return out[i].sink < out[j].sink })
-		for _, p := range out {
-			c.write(p)
-		}
-		c.unwritten[0] = unwritten{}
-		c.unwritten = c.unwritten[1:]
+	for c.unwritten.n > 0 && c.unwritten.at(0).done {
+		c.unwritten.at(0).each(c.write)
+		c.unwritten.pop()
 		c.next++
 	}
 }
@@ -189,12 +246,10 @@ func (c *Capture) write(p captured) {
 func (c *Capture) Release() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range c.unwritten {
-		for _, o := range p.out {
-			c.write(o)
-		}
+	for k := range c.unwritten.n {
+		c.unwritten.at(k).each(c.write)
 	}
-	c.unwritten = nil
+	c.unwritten = ring{}
 	if c.err != nil {
 		return c.err
 	}

@@ -13,8 +13,9 @@ import (
 // so that flows with different namespaces can use one store directory (one
 // Pebble instance underneath). Its zero value is not usable; use NewPool.
 type Pool struct {
-	stores   sharing.Pool[*Store]
-	onCommit func(CommitInfo)
+	stores        sharing.Pool[*Store]
+	onCommit      func(CommitInfo)
+	memTableBytes int64 // Options.MemTableBytes when Open's Options leave it 0
 }
 
 // NewPool returns an empty pool.
@@ -31,6 +32,16 @@ func NewPool() *Pool {
 func NewObservedPool(onCommit func(CommitInfo)) *Pool {
 	return &Pool{onCommit: onCommit}
 }
+
+// SetMemTableBytes makes the stores this pool opens from now on grow their
+// memtables to n bytes (Options.MemTableBytes) when the Options given to
+// Open leave it unset; 0 restores DefaultMemTableBytes. It must be called
+// before the pool is shared (before the first Open). The memtable size only
+// decides when writes move from memory to sstables: every write is in the
+// write-ahead log, synced as the Options say, before its result is
+// released, whatever the size. flowrun replay, a batch job whose input is
+// known to end, uses it to trade flush frequency for memory.
+func (p *Pool) SetMemTableBytes(n int64) { p.memTableBytes = n }
 
 // Open returns a handle on the store in dir, opening it on first use.
 // Stores are shared by what their directory is (its device and inode),
@@ -64,6 +75,9 @@ func (p *Pool) Open(dir string, opts Options) (kv.Backend, error) {
 		opened = true
 		if opts.OnCommit == nil {
 			opts.OnCommit = p.onCommit
+		}
+		if opts.MemTableBytes == 0 {
+			opts.MemTableBytes = p.memTableBytes
 		}
 		s, err := Open(dir, opts)
 		if err != nil {

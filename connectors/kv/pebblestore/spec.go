@@ -20,6 +20,10 @@ var resourceKey = component.NewKey[*Pool]("pebblestore.Pool")
 // observing commits. Without it each build gets a pool of its own.
 func UsePool(res *component.Resources, p *Pool) { resourceKey.Put(res, p) }
 
+// PoolOf returns the pool the kv connectors built with res share (the one
+// given to UsePool), putting a new one there when there is none.
+func PoolOf(res *component.Resources) *Pool { return resourceKey.Shared(res, NewPool) }
+
 // Backend declares the pebble backend of the kv connector (kv.Spec): a
 // Pebble store in a directory of this machine.
 func Backend() kv.BackendSpec {

@@ -576,3 +576,30 @@ func sortedRows(m map[string]string) []string {
 	}
 	return rows
 }
+
+// TestPoolMemTableBytes checks that a pool's memtable size applies to the
+// stores it opens, unless Open's Options set their own.
+func TestPoolMemTableBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		pool, own int64
+		want      int64
+	}{
+		{"default", 0, 0, DefaultMemTableBytes},
+		{"pool's", 8 << 20, 0, 8 << 20},
+		{"Open's own", 8 << 20, 4 << 20, 4 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := NewPool()
+			p.SetMemTableBytes(tc.pool)
+			b, err := p.Open(t.TempDir(), Options{MemTableBytes: tc.own})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if got := b.(*handle).store.opts.MemTableBytes; got != tc.want {
+				t.Errorf("MemTableBytes = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
