@@ -346,13 +346,31 @@ type runtime struct {
 // openRuntime opens the lease stream, checks the group's recorded
 // configuration and starts membership and balancing.
 func openRuntime(ctx context.Context, opts Options) (*runtime, error) {
-	leases, err := lease.Open(ctx, opts.JetStream, LeaseStream(opts.Group), opts.Instance,
-		lease.Options{TTL: opts.LeaseTTL, Replicas: opts.Replicas})
-	if err != nil {
-		return nil, fmt.Errorf("partitioned: group %q: %w", opts.Group, err)
-	}
+	// Instances starting together create the lease stream together, and a
+	// new replicated stream answers only once it has elected a leader:
+	// its first reads may time out. Try again for a while before giving
+	// up on the group.
+	var (
+		leases *lease.Table
+		got    []byte
+	)
 	want, _ := json.Marshal(config{Partitions: opts.Partitions, Hash: "xxh64"})
-	got, err := leases.Settle(ctx, "config", want)
+	err := untilSettled(ctx, opts, func() error {
+		// One try is bounded: a read sent while the stream has no leader
+		// is never answered.
+		tctx, cancel := context.WithTimeout(ctx, startTry)
+		defer cancel()
+		l, err := lease.Open(tctx, opts.JetStream, LeaseStream(opts.Group), opts.Instance,
+			lease.Options{TTL: opts.LeaseTTL, Replicas: opts.Replicas})
+		if err != nil {
+			return err
+		}
+		if got, err = l.Settle(tctx, "config", want); err != nil {
+			return err
+		}
+		leases = l
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("partitioned: group %q: %w", opts.Group, err)
 	}
@@ -683,4 +701,36 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 		_ = conn.Close(context.WithoutCancel(sctx))
 		return err
 	})
+}
+
+// startTries bounds how long an instance tries to reach its group's lease
+// stream at start before it fails.
+const startTries = 30 * time.Second
+
+// startTry bounds one try to reach the lease stream at start.
+const startTry = 5 * time.Second
+
+// untilSettled calls try until it succeeds, ctx is done or startTries
+// passed, waiting longer after each failure (200 ms doubling to 2 s); it
+// returns try's last error.
+func untilSettled(ctx context.Context, opts Options, try func() error) error {
+	deadline := time.Now().Add(startTries)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	wait := 200 * time.Millisecond
+	for {
+		err := try()
+		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		opts.Logger.Warn("partitioned: cannot reach the group's lease stream yet, trying again",
+			"group", opts.Group, "instance", opts.Instance, "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }

@@ -1,0 +1,332 @@
+package partitioned_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/internal/natstest"
+	"github.com/flowrun/flowrun/internal/partition"
+	"github.com/flowrun/flowrun/internal/proctest"
+)
+
+// answer is one result a flow instance published: the increment of input
+// message corr on key reached value.
+type answer struct {
+	corr  int
+	key   string
+	value int64
+	at    time.Time // stored by the broker
+}
+
+// TestFailoverOfProcesses is the process-level proof of partitioned
+// state: three `flowrun run` instances of one flow share 12 partitions of
+// a kv store whose changelogs and input live on the three-node JetStream
+// cluster; 100,000 increments over 10,000 keys are published to the
+// partition subjects. One instance is SIGKILLed after a third of the
+// messages are answered, a second after two thirds; the last one takes
+// every partition over. Every message is answered, each with one value
+// (a redelivered message is answered from its idempotency record), and
+// every key's answers are exactly 1..10: no increment lost or applied
+// twice. The time from each kill until every partition answers again is
+// logged (docs/scaling.md reports it).
+func TestFailoverOfProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three processes and 100,000 messages; skipped with -short")
+	}
+	urls := natstest.ClusterURLs(t)
+	js := natstest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+
+	const (
+		parts = 12
+		keys  = 10000
+		per   = 10
+		n     = keys * per
+	)
+	base := natstest.Name("failover")
+	in, out := base+".in", base+".out"
+	for _, sc := range []jetstream.StreamConfig{
+		{Name: bus.PartitionStreamName(in), Subjects: []string{bus.PartitionFilter(in)}, Replicas: 3},
+		{Name: bus.StreamName(out), Subjects: []string{out}, Replicas: 3},
+	} {
+		if _, err := js.CreateStream(ctx, sc); err != nil {
+			t.Fatalf("create stream %s: %v", sc.Name, err)
+		}
+	}
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer dcancel()
+		_ = js.DeleteStream(dctx, bus.PartitionStreamName(in))
+		_ = js.DeleteStream(dctx, bus.StreamName(out))
+	})
+
+	// Publish every increment to its partition's subject, as a producer
+	// that knows the key does (the repartition stage does the same).
+	for i := range n {
+		k := fmt.Sprintf("k%05d", i%keys)
+		subj := partition.Subject(in, partition.OfString("c/"+k, parts))
+		if _, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i)); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		if i%4096 == 4095 {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				t.Fatal("publishing timed out")
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("publishing timed out")
+	}
+
+	work := t.TempDir()
+	bin := proctest.BuildFlowrun(t, work)
+	flow := fmt.Sprintf(`name: %s
+connectors:
+  input:   { type: nats, mode: read, url: %q, subject: %s, durable: counts, partitions_of: store, window: 256 }
+  store:
+    type: kv
+    dir: state
+    partitions: %d
+    changelog: { urls: %q, replicas: 3 }
+    idem_from: message_id
+  answers: { type: nats, mode: write, url: %q, subject: %s }
+pipelines:
+  apply:
+    - set:
+        meta.kv: '{"increment": "c/" + data.k}'
+        meta.correlation: data.i
+links:
+  - input/out -> apply/in
+  - apply/out -> store/in
+  - store/out -> answers/in
+`, base, urls, in, parts, urls, urls, out)
+	flowPath := filepath.Join(work, "flow.yaml")
+	if err := os.WriteFile(flowPath, []byte(flow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	type instance struct {
+		cmd  *exec.Cmd
+		logs *bytes.Buffer
+		done chan error
+	}
+	start := func(name string) *instance {
+		dir := filepath.Join(work, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		in := &instance{logs: &bytes.Buffer{}, done: make(chan error, 1)}
+		in.cmd = exec.Command(bin, "run", flowPath)
+		in.cmd.Dir = dir
+		in.cmd.Stderr = &syncWriter{w: in.logs}
+		if err := in.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { in.done <- in.cmd.Wait() }()
+		t.Cleanup(func() {
+			_ = in.cmd.Process.Kill()
+			<-in.done
+			if t.Failed() {
+				t.Logf("%s's log:\n%s", name, proctest.Tail(in.logs.String(), 4000))
+			}
+		})
+		return in
+	}
+	a, b, c := start("a"), start("b"), start("c")
+	kill := func(name string, in *instance) time.Time {
+		t.Helper()
+		select {
+		case err := <-in.done:
+			in.done <- err
+			t.Fatalf("instance %s exited by itself before its kill (%v):\n%s", name, err, proctest.Tail(in.logs.String(), 4000))
+		default:
+		}
+		at := time.Now()
+		if err := in.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+
+	// Read the answers as they are stored.
+	var (
+		mu      sync.Mutex
+		answers []answer
+	)
+	cons, err := js.OrderedConsumer(ctx, bus.StreamName(out), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readCtx, stopReading := context.WithCancel(ctx)
+	readDone := make(chan error, 1)
+	go func() {
+		for readCtx.Err() == nil {
+			batch, err := cons.Fetch(1024, jetstream.FetchMaxWait(500*time.Millisecond))
+			if err != nil {
+				continue
+			}
+			for m := range batch.Messages() {
+				md, err := m.Metadata()
+				if err != nil {
+					readDone <- err
+					return
+				}
+				corr, err := strconv.Atoi(m.Headers().Get(bus.CorrelationKey))
+				if err != nil {
+					readDone <- fmt.Errorf("answer without a numeric correlation: %v %s", m.Headers(), m.Data())
+					return
+				}
+				v, err := strconv.ParseInt(string(m.Data()), 10, 64)
+				if err != nil {
+					readDone <- fmt.Errorf("answer %d: data %q is not a count", corr, m.Data())
+					return
+				}
+				key := gjson.Get(m.Headers().Get("kv"), "key").String()
+				mu.Lock()
+				answers = append(answers, answer{corr: corr, key: key, value: v, at: md.Timestamp})
+				mu.Unlock()
+			}
+		}
+		readDone <- nil
+	}()
+	distinct := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		seen := make(map[int]bool, len(answers))
+		for _, a := range answers {
+			seen[a.corr] = true
+		}
+		return len(seen)
+	}
+	waitFor := func(what string, want int) {
+		t.Helper()
+		for distinct() < want {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("timed out waiting for %s: %d of %d answered", what, distinct(), n)
+			case err := <-readDone:
+				t.Fatalf("reading answers: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+
+	waitFor("a third of the answers", n/3)
+	kill1 := kill("a", a)
+	waitFor("two thirds of the answers", 2*n/3)
+	kill2 := kill("b", b)
+	waitFor("every answer", n)
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		c.done <- err
+		if err != nil {
+			t.Errorf("the last instance exited with %v after SIGTERM", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Error("the last instance did not exit within 60 s of SIGTERM")
+	}
+	stopReading()
+	if err := <-readDone; err != nil {
+		t.Fatal(err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	// Each message is answered with one value, however often it was
+	// delivered; each key's values are exactly 1..per.
+	valueOf := map[int]int64{}
+	dups := 0
+	for _, a := range answers {
+		if v, ok := valueOf[a.corr]; ok {
+			dups++
+			if v != a.value {
+				t.Fatalf("message %d answered %d and %d: applied twice", a.corr, v, a.value)
+			}
+			continue
+		}
+		valueOf[a.corr] = a.value
+	}
+	if len(valueOf) != n {
+		t.Fatalf("%d of %d messages answered", len(valueOf), n)
+	}
+	byKey := map[string][]int64{}
+	for corr, v := range valueOf {
+		k := fmt.Sprintf("k%05d", corr%keys)
+		byKey[k] = append(byKey[k], v)
+	}
+	want := make([]int64, per)
+	for i := range want {
+		want[i] = int64(i + 1)
+	}
+	for k, vs := range byKey {
+		slices.Sort(vs)
+		if !slices.Equal(vs, want) {
+			t.Fatalf("key %s: increments answered %v, want 1..%d: an increment lost or applied twice", k, vs, per)
+		}
+	}
+	t.Logf("%d messages, %d answers (%d repeated from idempotency records)", n, len(answers), dups)
+	for i, kill := range []time.Time{kill1, kill2} {
+		t.Logf("kill %d: every partition answered again %v after it", i+1, recovery(answers, kill, parts).Round(time.Millisecond))
+	}
+}
+
+// recovery returns how long after kill the last partition to answer
+// again did so: each partition's first answer stored after kill, the
+// latest of them (partitions of the killed instance answer once taken
+// over; the others at once).
+func recovery(answers []answer, kill time.Time, parts int) time.Duration {
+	first := map[int]time.Time{}
+	for _, a := range answers {
+		if !a.at.After(kill) {
+			continue
+		}
+		p := partition.OfString(a.key, parts)
+		if f, ok := first[p]; !ok || a.at.Before(f) {
+			first[p] = a.at
+		}
+	}
+	var ds []time.Duration
+	for _, f := range first {
+		ds = append(ds, f.Sub(kill))
+	}
+	if len(ds) == 0 {
+		return 0
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)-1]
+}
+
+// syncWriter serialises writes to w (a process's stderr copied by exec).
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
