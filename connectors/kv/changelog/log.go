@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -243,18 +244,29 @@ func (w *Writer) Append(ctx context.Context, r *Record) (uint64, error) {
 // the submissions, from one goroutine. Submit blocks while MaxInFlight
 // messages are published and not yet waited for, until ctx is done.
 func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, error)) {
+	_, wait, err := w.submit(ctx, r)
+	if err != nil {
+		return func() (uint64, error) { return 0, err }
+	}
+	return wait
+}
+
+// submit is Submit, which also returns the position the record will have
+// once stored (its last message's sequence, the writer's epoch and the
+// record's checksum), or the error that kept it from being published.
+func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint64, error), error) {
 	rec := *r
 	rec.Epoch = w.epoch
 	data := AppendRecord(nil, &rec)
+	sum := xxhash.Sum64(data)
 	parts := (len(data) + w.log.opts.ChunkBytes - 1) / w.log.opts.ChunkBytes
 	if parts == 0 {
 		parts = 1
 	}
 
 	if parts > MaxParts {
-		err := fmt.Errorf("changelog %q: %w: %d bytes need %d messages of Options.ChunkBytes %d, limit %d",
+		return Position{}, nil, fmt.Errorf("changelog %q: %w: %d bytes need %d messages of Options.ChunkBytes %d, limit %d",
 			w.log.opts.Stream, ErrRecordTooLarge, len(data), parts, w.log.opts.ChunkBytes, MaxParts)
-		return func() (uint64, error) { return 0, err }
 	}
 	// The slots are taken before the lock: a wait that fails takes the
 	// lock before it gives its slots back.
@@ -265,8 +277,7 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 			for ; i > 0; i-- {
 				<-w.slots
 			}
-			err := fmt.Errorf("changelog %q: waiting to publish: %w", w.log.opts.Stream, ctx.Err())
-			return func() (uint64, error) { return 0, err }
+			return Position{}, nil, fmt.Errorf("changelog %q: waiting to publish: %w", w.log.opts.Stream, ctx.Err())
 		}
 	}
 	w.mu.Lock()
@@ -274,11 +285,10 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 	w.submitted++
 	id := w.submitted
 	if w.failed != nil {
-		err := fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 		for range parts {
 			<-w.slots
 		}
-		return func() (uint64, error) { return 0, err }
+		return Position{}, nil, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 	}
 	futures := make([]jetstream.PubAckFuture, 0, parts)
 	first := w.last + 1
@@ -291,17 +301,17 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 			// Parts already published may be stored: the stream's
 			// last sequence is unknown from here on.
 			w.fail(id, fmt.Errorf("changelog %q: publish: %w", w.log.opts.Stream, err))
-			err := w.failed
 			for range parts {
 				<-w.slots
 			}
-			return func() (uint64, error) { return 0, err }
+			return Position{}, nil, w.failed
 		}
 		futures = append(futures, f)
 		w.last++
 	}
 	timeout := w.log.opts.AckTimeout
-	return func() (uint64, error) {
+	pos := Position{Seq: w.last, Epoch: w.epoch, Sum: sum}
+	return pos, func() (uint64, error) {
 		timer := time.NewTimer(timeout)
 		defer timer.Stop()
 		settled := 0
@@ -353,7 +363,7 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 			return 0, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 		}
 		return first + uint64(len(futures)) - 1, nil
-	}
+	}, nil
 }
 
 // fail records the writer's first failure; w.mu is held.
@@ -426,6 +436,13 @@ type Restored struct {
 	// was fenced, which lined up behind the fence and which the writer
 	// reported as failed.
 	Stale int
+	// After is the sequence the restore started after: 0 for a restore
+	// from the start, a store's position for one that resumed from it
+	// (CatchUp).
+	After uint64
+	// Position is the position the store holds once the restore is done
+	// (see Position): the one it started from when nothing was applied.
+	Position Position
 }
 
 // Restore applies to b, in order, every complete record stored after
@@ -440,13 +457,29 @@ type Restored struct {
 // A record whose epoch is below that of a fence read before it is skipped
 // and counted in Stale (see TakeOver). A restore starting after a fence
 // (after > 0) knows only the fences it reads.
+//
+// A backend whose Txn implements SetPosition (a pebblestore.Store) records,
+// with each Update of the restore, the Position of its last record.
 func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored, error) {
+	return l.restore(ctx, b, Position{Seq: after})
+}
+
+// positionSetter is the Txn of a backend that records its Position
+// (pebblestore.PositionSetter).
+type positionSetter interface {
+	SetPosition(pos []byte) error
+}
+
+// restore is Restore from a position: from.Epoch is the highest fence
+// epoch of the records up to from.Seq.
+func (l *Log) restore(ctx context.Context, b kv.Backend, from Position) (Restored, error) {
+	after := from.Seq
 	info, err := l.info(ctx)
 	if err != nil {
-		return Restored{}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
+		return Restored{Applied: after, After: after, Position: from}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
 	}
 	st := info.State
-	res := Restored{Applied: after, Last: st.LastSeq}
+	res := Restored{Applied: after, Last: st.LastSeq, Epoch: from.Epoch, After: after, Position: from}
 	switch {
 	case st.LastSeq < after:
 		return res, fmt.Errorf("changelog %q: %w: restore after sequence %d, the stream ends at %d",
@@ -479,6 +512,7 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 	var (
 		batch    []Record
 		batchEnd uint64 // Applied once batch is applied
+		batchSum uint64 // the checksum of the record ending at batchEnd
 		pending  []byte // parts of the record being assembled
 		next     uint64 // the part index expected next; 0 when none is pending
 		count    uint64 // the pending record's part count
@@ -493,6 +527,17 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 		for i := range batch {
 			r := &batch[i]
 			fns[i] = func(tx kv.Txn) error { return apply(tx, r) }
+		}
+		pos := Position{Seq: batchEnd, Epoch: res.Epoch, Sum: batchSum}
+		last := fns[len(fns)-1]
+		fns[len(fns)-1] = func(tx kv.Txn) error {
+			if err := last(tx); err != nil {
+				return err
+			}
+			if ps, ok := tx.(positionSetter); ok {
+				return ps.SetPosition(pos.Append(nil))
+			}
+			return nil
 		}
 		if err := b.Update(ctx, fns, errs); err != nil {
 			return fmt.Errorf("changelog %q: restore up to sequence %d: %w", l.opts.Stream, batchEnd, err)
@@ -510,6 +555,7 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 			res.Input = max(res.Input, batch[i].Input)
 		}
 		res.Applied = batchEnd
+		res.Position = pos
 		batch = batch[:0]
 		return nil
 	}
@@ -560,11 +606,12 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 		if err != nil {
 			return res, fmt.Errorf("changelog %q: record ending at sequence %d: %w", l.opts.Stream, seq, err)
 		}
+		sum := xxhash.Sum64(pending)
 		// pending is reused for the next record: the writes must not
 		// point into it.
 		rec.Writes = cloneWrites(rec.Writes)
 		pending, next, count = pending[:0], 0, 0
-		batchEnd = seq
+		batchEnd, batchSum = seq, sum
 		switch {
 		case rec.Epoch < res.Epoch:
 			// Behind a fence of a newer writer: never acknowledged.
@@ -659,48 +706,15 @@ func cloneWrites(ws []Write) []Write {
 // every round; the lease stops an old owner within a renewal interval of
 // noticing, so in a flow the fence wins within about that.
 func (l *Log) TakeOver(ctx context.Context, b kv.Backend, after, epoch uint64) (*Writer, Restored, error) {
-	var (
-		w       *Writer
-		fence   uint64
-		lastErr error
-	)
-	for attempt := 1; attempt <= maxTakeOverAttempts; attempt++ {
-		last, err := l.Last(ctx)
-		if err != nil {
-			return nil, Restored{Applied: after}, err
-		}
-		if l.opts.afterRestore != nil {
-			l.opts.afterRestore()
-		}
-		w = l.NewWriter(last, epoch)
-		waits := make([]func() (uint64, error), MaxInFlight)
-		for i := range waits {
-			waits[i] = w.Submit(ctx, &Record{Fence: true})
-		}
-		lastErr = nil
-		for _, wait := range waits {
-			seq, err := wait()
-			if err != nil && lastErr == nil {
-				lastErr = err
-			}
-			fence = seq
-		}
-		if lastErr == nil {
-			break
-		}
-		if !errors.Is(lastErr, ErrFenced) {
-			return nil, Restored{Applied: after}, fmt.Errorf("changelog %q: take over: %w", l.opts.Stream, lastErr)
-		}
+	w, err := l.Fence(ctx, epoch)
+	if err != nil {
+		return nil, Restored{Applied: after, After: after}, err
 	}
-	if lastErr != nil {
-		return nil, Restored{Applied: after}, fmt.Errorf("changelog %q: take over: %d attempts to fence: %w",
-			l.opts.Stream, maxTakeOverAttempts, lastErr)
-	}
-	res, err := l.Restore(ctx, b, after)
+	res, err := l.restore(ctx, b, Position{Seq: after})
 	if err != nil {
 		return nil, res, fmt.Errorf("changelog %q: take over: %w", l.opts.Stream, err)
 	}
-	if res.Applied != fence || res.Last != fence {
+	if fence := w.Last(); res.Applied != fence || res.Last != fence {
 		// Only a newer owner can append after the fence.
 		return nil, res, fmt.Errorf("changelog %q: take over: %w: the stream ends at %d, after the fence at %d",
 			l.opts.Stream, ErrFenced, res.Last, fence)
@@ -711,12 +725,18 @@ func (l *Log) TakeOver(ctx context.Context, b kv.Backend, after, epoch uint64) (
 // Replicate appends one commit group's writes as a record, without
 // waiting: it makes a Writer a pebblestore.Replicator, so that a store's
 // results are released only once their group is in the changelog. The
-// writes are encoded before Replicate returns. The wait is bounded by
-// Options.AckTimeout.
-func (w *Writer) Replicate(writes []kv.Write) (wait func() error) {
-	wait2 := w.Submit(context.Background(), &Record{Writes: writes})
-	return func() error {
+// writes are encoded before Replicate returns. pos is the record's
+// Position, encoded (the store keeps it with the group, and CatchUp
+// resumes from it); err reports a record that was not published (the
+// writer failed earlier, the record is too large), which the store must
+// not apply. The wait is bounded by Options.AckTimeout.
+func (w *Writer) Replicate(writes []kv.Write, input uint64) (pos []byte, wait func() error, err error) {
+	p, wait2, err := w.submit(context.Background(), &Record{Writes: writes, Input: input})
+	if err != nil {
+		return nil, nil, err
+	}
+	return p.Append(nil), func() error {
 		_, err := wait2()
 		return err
-	}
+	}, nil
 }
