@@ -83,7 +83,9 @@ func setup(t *testing.T, holders ...string) (*changelog.Log, []*lease.Table) {
 // renewing its lease (as if SIGSTOPped); owner b, waiting for the lease,
 // takes over once it lapses, restores the 100 increments from the
 // changelog and fences a: a's next increment fails with
-// changelog.ErrFenced and is in no restore. b counts on to 150.
+// changelog.ErrFenced and is in no restore. b counts on to 150. When a
+// takes the partition back, its local store, which holds the fenced
+// increment (of another key), is wiped and restored from the start.
 func TestFailoverFencesAPausedOwner(t *testing.T) {
 	log, tables := setup(t, "a", "b")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -91,9 +93,10 @@ func TestFailoverFencesAPausedOwner(t *testing.T) {
 	var paused atomic.Bool
 	aServing, bServing := make(chan struct{}), make(chan struct{})
 	aDone := make(chan error, 1)
+	aDir := filepath.Join(t.TempDir(), "p")
 	go func() {
 		aDone <- Run(ctx, Options{
-			Dir: filepath.Join(t.TempDir(), "p"), Log: log, Leases: tables[0], Lease: "p.000",
+			Dir: aDir, Log: log, Leases: tables[0], Lease: "p.000",
 			RenewEvery: 100 * time.Millisecond, renewalsPaused: paused.Load,
 		}, func(sctx context.Context, b kv.Backend, _ Restored) error {
 			close(aServing)
@@ -109,7 +112,7 @@ func TestFailoverFencesAPausedOwner(t *testing.T) {
 				return ctx.Err()
 			}
 			// It resumes and writes before noticing anything.
-			_, err := increment(context.Background(), b, "counter")
+			_, err := increment(context.Background(), b, "fenced")
 			return err
 		})
 	}()
@@ -146,6 +149,59 @@ func TestFailoverFencesAPausedOwner(t *testing.T) {
 	}
 	if n := read(t, m, "counter"); n != 150 {
 		t.Fatalf("the changelog holds counter = %d, want 150", n)
+	}
+
+	err = Run(ctx, Options{Dir: aDir, Log: log, Leases: tables[0], Lease: "p.000", Poll: 50 * time.Millisecond},
+		func(sctx context.Context, b kv.Backend, res Restored) error {
+			if n, f := read(t, b, "counter"), read(t, b, "fenced"); n != 150 || f != 0 || res.After != 0 {
+				t.Errorf("a back on its store: counter %d, fenced %d, restored after %d; want 150, 0, from a full restore", n, f, res.After)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatalf("a again: %v", err)
+	}
+}
+
+// TestRestartReplaysOnlyTheTail: an owner that stops and takes the
+// partition again on the same directory, or after another owner wrote
+// more, replays only the changelog records after its store's position.
+func TestRestartReplaysOnlyTheTail(t *testing.T) {
+	log, tables := setup(t, "a", "b")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	aDir, bDir := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+	type turn struct {
+		dir       string
+		table     *lease.Table
+		full      bool // a full restore is expected
+		wantWrite int  // the writes the restore must apply
+	}
+	for i, tr := range []turn{
+		{aDir, tables[0], true, 0},
+		{aDir, tables[0], false, 0},  // restart: nothing new
+		{bDir, tables[1], true, 20},  // another owner: everything
+		{aDir, tables[0], false, 10}, // back: b's 10 increments only
+	} {
+		err := Run(ctx, Options{Dir: tr.dir, Log: log, Leases: tr.table, Lease: "p.003", Poll: 20 * time.Millisecond},
+			func(sctx context.Context, b kv.Backend, res Restored) error {
+				if full := res.After == 0; full != tr.full || res.Writes != tr.wantWrite {
+					t.Errorf("turn %d: restored after %d with %d writes, want full=%v with %d writes (%+v)",
+						i, res.After, res.Writes, tr.full, tr.wantWrite, res)
+				}
+				if n := read(t, b, "counter"); n != 10*i {
+					t.Errorf("turn %d starts with counter %d, want %d", i, n, 10*i)
+				}
+				for j := 0; j < 10; j++ {
+					if _, err := increment(sctx, b, "counter"); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatalf("turn %d: %v", i, err)
+		}
 	}
 }
 

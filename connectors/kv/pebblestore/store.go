@@ -990,7 +990,7 @@ func (t *readTxn) Scan(start, end []byte, fn func(key, value []byte, expireAt in
 }
 
 func (t *readTxn) Set([]byte, []byte, int64) error { return kv.ErrReadOnly }
-func (t *readTxn) SetPosition([]byte) error         { return kv.ErrReadOnly }
+func (t *readTxn) SetPosition([]byte) error        { return kv.ErrReadOnly }
 func (t *readTxn) Delete([]byte) error             { return kv.ErrReadOnly }
 func (t *readTxn) DeleteRange([]byte, []byte) error {
 	return kv.ErrReadOnly
