@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -75,7 +76,8 @@ type Options struct {
 	// uses the stream's last sequence.
 	Stream string
 	// Subject is the subject the records are published on, captured by
-	// Stream.
+	// Stream; checkpoints are published on Subject+".ck" (their chunks)
+	// and Subject+".ckm" (their manifests), captured too.
 	Subject string
 	// Replicas is the stream's replica count when Open creates it.
 	// Default DefaultReplicas; must be 1, 3 or 5 (1 only for tests).
@@ -96,6 +98,10 @@ type Options struct {
 	// stream's last sequence and appending its fence: tests append from
 	// another writer there.
 	afterRestore func()
+	// beforeManifest, when set, is called by Checkpoint once the chunks
+	// are acknowledged; an error stops it there, as if its writer had
+	// been killed (tests of torn checkpoints).
+	beforeManifest func() error
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -149,11 +155,12 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	subjects := []string{opts.Subject, opts.Subject + chunkSuffix, opts.Subject + manifestSuffix}
 	stream, err := js.Stream(ctx, opts.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		stream, err = js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:      opts.Stream,
-			Subjects:  []string{opts.Subject},
+			Subjects:  subjects,
 			Storage:   jetstream.FileStorage,
 			Replicas:  opts.Replicas,
 			Retention: jetstream.LimitsPolicy,
@@ -167,9 +174,16 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		return nil, fmt.Errorf("changelog: open stream %q: %w", opts.Stream, err)
 	}
 	cfg := stream.CachedInfo().Config
-	if len(cfg.Subjects) != 1 || cfg.Subjects[0] != opts.Subject {
-		return nil, fmt.Errorf("changelog: stream %q captures %q, Options.Subject is %q (one stream per partition)",
-			opts.Stream, cfg.Subjects, opts.Subject)
+	if len(cfg.Subjects) == 1 && cfg.Subjects[0] == opts.Subject {
+		// A stream made before checkpoints: capture their subjects too.
+		cfg.Subjects = subjects
+		if stream, err = js.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("changelog: add the checkpoint subjects to stream %q: %w", opts.Stream, err)
+		}
+	}
+	if !slices.Equal(cfg.Subjects, subjects) {
+		return nil, fmt.Errorf("changelog: stream %q captures %q, Options.Subject %q needs %q (one stream per partition)",
+			opts.Stream, cfg.Subjects, opts.Subject, subjects)
 	}
 	return &Log{js: js, stream: stream, opts: opts}, nil
 }
@@ -211,13 +225,23 @@ type Writer struct {
 	submitted uint64 // submissions so far
 	failed    error  // the first failure; every later append fails
 	failedAt  uint64 // the submission that failed
+	input     uint64 // the highest record Input submitted
+	// logBytes counts the bytes of records submitted since the last
+	// checkpoint (or since the writer was made).
+	logBytes int64
+	// pending holds the submissions published whose wait has not
+	// returned; waited is signalled (on mu) each time one returns.
+	pending map[uint64]struct{}
+	waited  *sync.Cond
 }
 
 // NewWriter returns a writer that expects last to be the stream's last
 // sequence, and stamps its records with epoch. A writer created from a
 // stale last sequence has its first append refused with ErrFenced.
 func (l *Log) NewWriter(last, epoch uint64) *Writer {
-	return &Writer{log: l, last: last, epoch: epoch, slots: make(chan struct{}, MaxInFlight)}
+	w := &Writer{log: l, last: last, epoch: epoch, slots: make(chan struct{}, MaxInFlight)}
+	w.waited = sync.NewCond(&w.mu)
+	return w
 }
 
 // Last returns the sequence the writer's next append expects to be the
@@ -263,11 +287,27 @@ func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint6
 	if parts == 0 {
 		parts = 1
 	}
-
 	if parts > MaxParts {
 		return Position{}, nil, fmt.Errorf("changelog %q: %w: %d bytes need %d messages of Options.ChunkBytes %d, limit %d",
 			w.log.opts.Stream, ErrRecordTooLarge, len(data), parts, w.log.opts.ChunkBytes, MaxParts)
 	}
+	payloads := make([][]byte, parts)
+	for i := range payloads {
+		chunk := data[i*w.log.opts.ChunkBytes : min((i+1)*w.log.opts.ChunkBytes, len(data))]
+		payloads[i] = appendPart(make([]byte, 0, len(chunk)+8), i, parts, chunk)
+	}
+	p, _, wait, err := w.publish(ctx, w.log.opts.Subject, payloads, r.Input, len(data))
+	p.Sum = sum
+	return p, wait, err
+}
+
+// publish publishes payloads on subject as consecutive messages, each
+// expecting its predecessor's sequence, without waiting. It returns the
+// Position of the last one (without Sum; Input is the highest input
+// position submitted so far, input included), and the wait. logBytes is
+// what the messages add to the log since the last checkpoint.
+func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte, input uint64, logBytes int) (Position, uint64, func() (uint64, error), error) {
+	parts := len(payloads)
 	// The slots are taken before the lock: a wait that fails takes the
 	// lock before it gives its slots back.
 	for i := 0; i < parts; i++ {
@@ -277,7 +317,7 @@ func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint6
 			for ; i > 0; i-- {
 				<-w.slots
 			}
-			return Position{}, nil, fmt.Errorf("changelog %q: waiting to publish: %w", w.log.opts.Stream, ctx.Err())
+			return Position{}, 0, nil, fmt.Errorf("changelog %q: waiting to publish: %w", w.log.opts.Stream, ctx.Err())
 		}
 	}
 	w.mu.Lock()
@@ -288,14 +328,13 @@ func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint6
 		for range parts {
 			<-w.slots
 		}
-		return Position{}, nil, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
+		return Position{}, 0, nil, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 	}
 	futures := make([]jetstream.PubAckFuture, 0, parts)
 	first := w.last + 1
-	for i := 0; i < parts; i++ {
-		chunk := data[i*w.log.opts.ChunkBytes : min((i+1)*w.log.opts.ChunkBytes, len(data))]
-		m := nats.NewMsg(w.log.opts.Subject)
-		m.Data = appendPart(make([]byte, 0, len(chunk)+8), i, parts, chunk)
+	for _, payload := range payloads {
+		m := nats.NewMsg(subject)
+		m.Data = payload
 		f, err := w.log.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(w.last))
 		if err != nil {
 			// Parts already published may be stored: the stream's
@@ -304,14 +343,20 @@ func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint6
 			for range parts {
 				<-w.slots
 			}
-			return Position{}, nil, w.failed
+			return Position{}, 0, nil, w.failed
 		}
 		futures = append(futures, f)
 		w.last++
 	}
+	w.input = max(w.input, input)
+	w.logBytes += int64(logBytes)
+	if w.pending == nil {
+		w.pending = map[uint64]struct{}{}
+	}
+	w.pending[id] = struct{}{}
 	timeout := w.log.opts.AckTimeout
-	pos := Position{Seq: w.last, Epoch: w.epoch, Sum: sum}
-	return pos, func() (uint64, error) {
+	pos := Position{Seq: w.last, Epoch: w.epoch, Input: w.input}
+	return pos, id, func() (uint64, error) {
 		timer := time.NewTimer(timeout)
 		defer timer.Stop()
 		settled := 0
@@ -321,6 +366,10 @@ func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint6
 			for ; settled < parts; settled++ {
 				<-w.slots
 			}
+			w.mu.Lock()
+			delete(w.pending, id)
+			w.mu.Unlock()
+			w.waited.Broadcast()
 		}()
 		for i, f := range futures {
 			want := first + uint64(i)
@@ -364,6 +413,40 @@ func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint6
 		}
 		return first + uint64(len(futures)) - 1, nil
 	}, nil
+}
+
+// settle waits until every submission before id has been waited for,
+// and returns the writer's failure if one of them failed (or ctx's
+// error). Waits run on other goroutines (the store's syncer): a message
+// acknowledged does not by itself say that no earlier one was refused.
+func (w *Writer) settle(ctx context.Context, id uint64) error {
+	stop := context.AfterFunc(ctx, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.waited.Broadcast()
+	})
+	defer stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for {
+		if w.failed != nil && w.failedAt <= id {
+			return fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
+		}
+		earlier := false
+		for p := range w.pending {
+			if p < id {
+				earlier = true
+				break
+			}
+		}
+		if !earlier {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		w.waited.Wait()
+	}
 }
 
 // fail records the writer's first failure; w.mu is held.
@@ -423,7 +506,9 @@ type Restored struct {
 	// Records and Writes count the records (fence records included) and
 	// writes applied.
 	Records, Writes int
-	// Input is the highest Input of the records applied.
+	// Input is the highest Input of the records up to Applied: of the
+	// records applied, and of those before them (the store's position, a
+	// checkpoint).
 	Input uint64
 	// Torn counts records skipped because some of their messages are
 	// missing: their writer stopped between parts, and a new owner
@@ -443,6 +528,10 @@ type Restored struct {
 	// Position is the position the store holds once the restore is done
 	// (see Position): the one it started from when nothing was applied.
 	Position Position
+	// Checkpoint is the sequence of the manifest of the checkpoint the
+	// restore started from (0: none), CheckpointKeys the keys it held.
+	Checkpoint     uint64
+	CheckpointKeys int
 }
 
 // Restore applies to b, in order, every complete record stored after
@@ -479,7 +568,26 @@ func (l *Log) restore(ctx context.Context, b kv.Backend, from Position) (Restore
 		return Restored{Applied: after, After: after, Position: from}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
 	}
 	st := info.State
-	res := Restored{Applied: after, Last: st.LastSeq, Epoch: from.Epoch, After: after, Position: from}
+	var ck *manifest
+	if after == 0 && st.LastSeq > 0 {
+		// From the start: from the latest checkpoint, if there is one.
+		if ck, err = l.latestCheckpoint(ctx, st.FirstSeq); err != nil {
+			return Restored{}, fmt.Errorf("changelog %q: %w", l.opts.Stream, err)
+		}
+		if ck != nil {
+			if err := l.applyCheckpoint(ctx, b, ck); err != nil {
+				return Restored{}, err
+			}
+			from = ck.pos
+			after = from.Seq
+		}
+	}
+	res := Restored{Applied: after, Last: st.LastSeq, Epoch: from.Epoch, Position: from, Input: from.Input}
+	if ck != nil {
+		res.Checkpoint, res.CheckpointKeys = ck.seq, int(ck.keys)
+	} else {
+		res.After = after
+	}
 	switch {
 	case st.LastSeq < after:
 		return res, fmt.Errorf("changelog %q: %w: restore after sequence %d, the stream ends at %d",
@@ -493,10 +601,10 @@ func (l *Log) restore(ctx context.Context, b kv.Backend, from Position) (Restore
 
 	cctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
 	defer cancel()
+	// Unfiltered: the stream's last message may be a checkpoint's.
 	cons, err := l.stream.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{l.opts.Subject},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    after + 1,
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   after + 1,
 	})
 	if err != nil {
 		return res, fmt.Errorf("changelog %q: read from sequence %d: %w", l.opts.Stream, after+1, err)
@@ -528,7 +636,11 @@ func (l *Log) restore(ctx context.Context, b kv.Backend, from Position) (Restore
 			r := &batch[i]
 			fns[i] = func(tx kv.Txn) error { return apply(tx, r) }
 		}
-		pos := Position{Seq: batchEnd, Epoch: res.Epoch, Sum: batchSum}
+		input := res.Input
+		for i := range batch {
+			input = max(input, batch[i].Input)
+		}
+		pos := Position{Seq: batchEnd, Epoch: res.Epoch, Sum: batchSum, Input: input}
 		last := fns[len(fns)-1]
 		fns[len(fns)-1] = func(tx kv.Txn) error {
 			if err := last(tx); err != nil {
@@ -574,6 +686,16 @@ func (l *Log) restore(ctx context.Context, b kv.Backend, from Position) (Restore
 		seq := meta.Sequence.Stream
 		if seq > st.LastSeq {
 			break
+		}
+		if msg.Subject() != l.opts.Subject {
+			// A checkpoint's message: a record's parts are consecutive,
+			// so one in between means the record is torn.
+			if next != 0 {
+				res.Torn++
+				pending, next, count = pending[:0], 0, 0
+			}
+			prevSeq = seq
+			continue
 		}
 		index, n, chunk, err := parsePart(msg.Data())
 		if err != nil {

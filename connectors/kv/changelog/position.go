@@ -34,18 +34,21 @@ var ErrDiverged = errors.New("the store is ahead of the changelog")
 // is an empty store's.
 type Position struct {
 	Seq, Epoch, Sum uint64
+	// Input is the highest record Input up to Seq.
+	Input uint64
 }
 
 // positionVersion is the first byte of an encoded Position.
 const positionVersion = 1
 
-// Append appends p's encoding (a version byte, then Seq, Epoch and Sum as
-// uvarints) to dst.
+// Append appends p's encoding (a version byte, then Seq, Epoch, Sum and
+// Input as uvarints) to dst.
 func (p Position) Append(dst []byte) []byte {
 	dst = append(dst, positionVersion)
 	dst = binary.AppendUvarint(dst, p.Seq)
 	dst = binary.AppendUvarint(dst, p.Epoch)
-	return binary.AppendUvarint(dst, p.Sum)
+	dst = binary.AppendUvarint(dst, p.Sum)
+	return binary.AppendUvarint(dst, p.Input)
 }
 
 // ParsePosition decodes an encoding made by Append; nil or empty is the
@@ -58,7 +61,7 @@ func ParsePosition(b []byte) (Position, error) {
 	if v := d.byte(); v != positionVersion {
 		return Position{}, fmt.Errorf("%w: position version %d, this build reads version %d", ErrCorrupt, v, positionVersion)
 	}
-	p := Position{Seq: d.uvarint(), Epoch: d.uvarint(), Sum: d.uvarint()}
+	p := Position{Seq: d.uvarint(), Epoch: d.uvarint(), Sum: d.uvarint(), Input: d.uvarint()}
 	if d.err == nil && len(d.b) != 0 {
 		return Position{}, fmt.Errorf("%w: %d bytes after a position", ErrCorrupt, len(d.b))
 	}
@@ -129,6 +132,9 @@ func (w *Writer) CatchUp(ctx context.Context, b kv.Backend, from Position) (Rest
 		return res, fmt.Errorf("changelog %q: take over: %w: the stream ends at %d, after the fence at %d",
 			l.opts.Stream, ErrFenced, res.Last, fence)
 	}
+	w.mu.Lock()
+	w.input = max(w.input, res.Input)
+	w.mu.Unlock()
 	return res, nil
 }
 
@@ -157,9 +163,8 @@ func (l *Log) continues(ctx context.Context, from Position) error {
 	cctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
 	defer cancel()
 	cons, err := l.stream.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{l.opts.Subject},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    start,
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   start,
 	})
 	if err != nil {
 		return fmt.Errorf("read from sequence %d: %w", start, err)
@@ -194,6 +199,11 @@ func (l *Log) continues(ctx context.Context, from Position) error {
 		seq := meta.Sequence.Stream
 		if seq > from.Seq {
 			break
+		}
+		if msg.Subject() != l.opts.Subject {
+			pending, next, count = pending[:0], 0, 0
+			prevSeq = seq
+			continue
 		}
 		index, n, chunk, err := parsePart(msg.Data())
 		if err != nil {

@@ -202,6 +202,40 @@ type PositionSetter interface {
 	SetPosition(pos []byte) error
 }
 
+// Snapshot is a consistent read-only view of a Store at one moment: it
+// holds whole commit groups, and the position recorded with the last of
+// them. Close it when done: it pins the data it sees.
+type Snapshot struct {
+	snap *pebble.Snapshot
+}
+
+// Snapshot returns a view of the store as of now.
+func (s *Store) Snapshot() *Snapshot { return &Snapshot{snap: s.db.NewSnapshot()} }
+
+// Position returns the position recorded with the last group the
+// snapshot holds (see Store.Position).
+func (p *Snapshot) Position() ([]byte, error) {
+	v, closer, err := p.snap.Get(positionKey)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: read the position of a snapshot: %w", err)
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
+}
+
+// Scan calls fn for each record of the snapshot with start <= key < end
+// (nil end: no bound), in key order, as kv.Txn's Scan does.
+func (p *Snapshot) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	t := &txn{}
+	return t.scan(p.snap, start, end, fn)
+}
+
+// Close releases the snapshot.
+func (p *Snapshot) Close() error { return p.snap.Close() }
+
 // Position returns the position recorded with the last group that had
 // one (see Replicator and PositionSetter), nil when none was. Call it
 // before any Update: a group in flight may change it.
