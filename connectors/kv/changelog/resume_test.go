@@ -45,12 +45,13 @@ func quiet(o *pebble.Options) {
 type owned struct {
 	dir   string
 	store *pebblestore.Store
+	w     *Writer
 	res   Restored
 }
 
 // takeOver opens the store in dir, fences with epoch and catches the
 // store up from its position, then replicates its groups through the new
-// writer. full asks for a wipe first.
+// writer.
 func takeOver(t *testing.T, l *Log, dir string, epoch uint64) (*owned, error) {
 	t.Helper()
 	ctx := testContext(t)
@@ -77,7 +78,7 @@ func takeOver(t *testing.T, l *Log, dir string, epoch uint64) (*owned, error) {
 		return nil, err
 	}
 	fwd.w.Store(w)
-	o := &owned{dir: dir, store: s, res: res}
+	o := &owned{dir: dir, store: s, w: w, res: res}
 	t.Cleanup(func() { _ = s.Close() })
 	return o, nil
 }
