@@ -55,6 +55,16 @@ type Options struct {
 	// Defaults: the lease table's renew interval (a third of its TTL).
 	Poll, RenewEvery time.Duration
 
+	// CheckpointEvery is the log volume (bytes of changelog records
+	// appended by this owner) after which it writes a checkpoint of the
+	// store and purges the log below it (changelog.Writer.Checkpoint).
+	// Default changelog.DefaultCheckpointEvery; negative disables
+	// checkpoints.
+	CheckpointEvery int64
+	// OnCheckpoint, when set, is called after each checkpoint attempt
+	// with its outcome (metrics, logs, tests).
+	OnCheckpoint func(changelog.Checkpointed, error)
+
 	// renewalsPaused, when set and true, makes the renewer skip its
 	// ticks, as if the process were stopped (tests of fencing).
 	renewalsPaused func() bool
@@ -135,14 +145,19 @@ func Run(ctx context.Context, opts Options, serve func(ctx context.Context, b kv
 
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	renewed := make(chan struct{})
+	renewed, checkpointed := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(renewed)
 		keep(sctx, l, opts, cancel)
 	}()
+	go func() {
+		defer close(checkpointed)
+		checkpoints(sctx, w, store, opts)
+	}()
 	err = serve(sctx, store, res)
 	cancel(nil)
 	<-renewed
+	<-checkpointed
 	if cause := context.Cause(sctx); errors.Is(cause, lease.ErrLost) && (err == nil || errors.Is(err, context.Canceled)) {
 		return cause
 	}
@@ -209,6 +224,45 @@ func claim(dir string) error {
 			ErrNotPartitionDir, dir, markerFile)
 	}
 	return nil
+}
+
+// checkpointPoll is how often the owner compares the log written since
+// its last checkpoint with CheckpointEvery: a lock and a comparison.
+const checkpointPoll = 100 * time.Millisecond
+
+// checkpoints writes a checkpoint of store each time w has appended
+// CheckpointEvery bytes since the last one, until ctx is done. A failed
+// checkpoint is tried again at the next poll; one failed because the
+// writer failed (fenced) fails nothing else: the store's own groups fail.
+func checkpoints(ctx context.Context, w *changelog.Writer, store *pebblestore.Store, opts Options) {
+	every := opts.CheckpointEvery
+	if every == 0 {
+		every = changelog.DefaultCheckpointEvery
+	}
+	if every < 0 {
+		return
+	}
+	t := time.NewTicker(checkpointPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if w.LogBytes() < every {
+			continue
+		}
+		snap := store.Snapshot()
+		c, err := w.Checkpoint(ctx, snap, time.Now())
+		_ = snap.Close()
+		if opts.OnCheckpoint != nil {
+			opts.OnCheckpoint(c, err)
+		}
+		if errors.Is(err, changelog.ErrWriterFailed) || errors.Is(err, changelog.ErrFenced) {
+			return
+		}
+	}
 }
 
 // acquire tries the lease every Poll until it gets it or ctx is done.

@@ -3,9 +3,11 @@ package owner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -287,6 +289,87 @@ func TestServingStopsWhenTheLeaseIsLost(t *testing.T) {
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatalf("b: %v", err)
+	}
+}
+
+// TestOwnerCheckpoints: an owner with a small CheckpointEvery writes
+// checkpoints as it goes and purges the log; a new owner on a fresh
+// directory restores from the latest checkpoint and the log after it.
+func TestOwnerCheckpoints(t *testing.T) {
+	log, tables := setup(t, "a", "b")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var (
+		mu      sync.Mutex
+		written []changelog.Checkpointed
+	)
+	err := Run(ctx, Options{
+		Dir: filepath.Join(t.TempDir(), "a"), Log: log, Leases: tables[0], Lease: "p.004", Poll: 20 * time.Millisecond,
+		CheckpointEvery: 8 << 10,
+		OnCheckpoint: func(c changelog.Checkpointed, err error) {
+			if err != nil {
+				t.Errorf("checkpoint: %v", err)
+				return
+			}
+			mu.Lock()
+			written = append(written, c)
+			mu.Unlock()
+		},
+	}, func(sctx context.Context, b kv.Backend, _ Restored) error {
+		// Until the log was purged at least twice.
+		for i := 0; ; i++ {
+			if _, err := increment(sctx, b, "k"+strconv.Itoa(i%50)); err != nil {
+				return err
+			}
+			if i%100 == 99 {
+				time.Sleep(2 * checkpointPoll) // let the checkpointer run
+				n := 0
+				mu.Lock()
+				for _, c := range written {
+					if c.PurgedBelow != 0 {
+						n++
+					}
+				}
+				mu.Unlock()
+				if n >= 2 && i >= 1000 {
+					return nil
+				}
+				if i >= 20000 {
+					return fmt.Errorf("%d checkpoints purged the log after %d increments, want 2", n, i+1)
+				}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("a: %v", err)
+	}
+	m := memstore.New()
+	want, err := log.Restore(ctx, m, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Checkpoint == 0 {
+		t.Fatalf("restore = %+v, want it from a checkpoint", want)
+	}
+	err = Run(ctx, Options{Dir: filepath.Join(t.TempDir(), "b"), Log: log, Leases: tables[1], Lease: "p.004", Poll: 20 * time.Millisecond},
+		func(sctx context.Context, b kv.Backend, res Restored) error {
+			if res.Checkpoint == 0 {
+				t.Errorf("b restored %+v, want it from a checkpoint", res)
+			}
+			total := 0
+			for i := 0; i < 50; i++ {
+				total += read(t, b, "k"+strconv.Itoa(i))
+				if got, want := read(t, b, "k"+strconv.Itoa(i)), read(t, m, "k"+strconv.Itoa(i)); got != want {
+					t.Errorf("k%d = %d, the changelog has %d", i, got, want)
+				}
+			}
+			if total%100 != 0 || total < 1000 {
+				t.Errorf("b restored %d increments, want the multiple of 100 a wrote", total)
+			}
+			return nil
+		})
 	if err != nil {
 		t.Fatalf("b: %v", err)
 	}
