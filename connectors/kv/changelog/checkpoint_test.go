@@ -303,3 +303,51 @@ func TestFencedOwnerCannotCheckpoint(t *testing.T) {
 		t.Fatalf("restored:\n got %v\nwant %v", got, want)
 	}
 }
+
+// TestInputIsRestored: the input position noted by a store's
+// transactions is in each record; a restore from the start, a take-over
+// that resumes from the store's position and one that starts from a
+// checkpoint all report the highest.
+func TestInputIsRestored(t *testing.T) {
+	l, _ := openLog(t, Options{})
+	ctx := testContext(t)
+	o, err := takeOver(t, l, filepath.Join(t.TempDir(), "a"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []uint64{5, 9, 7} {
+		errs := make([]error, 1)
+		if err := o.store.Update(ctx, []kv.TxnFunc{func(tx kv.Txn) error {
+			kv.NoteInput(tx, in)
+			return tx.Set([]byte(fmt.Sprint("in", in)), []byte("1"), 0)
+		}}, errs); err != nil || errs[0] != nil {
+			t.Fatal(err, errs[0])
+		}
+	}
+	if res, err := l.Restore(ctx, memstore.New(), 0); err != nil || res.Input != 9 {
+		t.Fatalf("Restore = %+v, %v; want input 9", res, err)
+	}
+	if err := o.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := takeOver(t, l, o.dir, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.res.After == 0 || again.res.Input != 9 {
+		t.Fatalf("resumed take-over = %+v, want input 9 from the store's position", again.res)
+	}
+	snap := again.store.Snapshot()
+	_, err = again.w.Checkpoint(ctx, snap, time.Now())
+	_ = snap.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := takeOver(t, l, filepath.Join(t.TempDir(), "b"), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.res.Checkpoint == 0 || fresh.res.Input != 9 {
+		t.Fatalf("take-over from the checkpoint = %+v, want input 9", fresh.res)
+	}
+}
