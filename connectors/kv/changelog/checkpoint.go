@@ -146,15 +146,21 @@ func (w *Writer) Checkpoint(ctx context.Context, snap Snapshot, now time.Time) (
 	res := Checkpointed{Covers: pos}
 	m := manifest{epoch: w.epoch, pos: pos}
 
-	// Chunk waits are called in order, keeping a bounded number in
-	// flight: the writer's slots (MaxInFlight) are shared with the
-	// store's groups.
-	var waits []func() (uint64, error)
-	settleOne := func() error {
-		_, err := waits[0]()
-		waits = waits[1:]
-		return err
-	}
+	// The chunks' waits are called in order by a goroutine of their own
+	// while the next chunks are published: the writer's slots are given
+	// back in submission order, so a publish blocked on them waits for
+	// earlier chunks to be settled.
+	waits := make(chan func() (uint64, error), MaxInFlight)
+	waited := make(chan error, 1)
+	go func() {
+		var first error
+		for wait := range waits {
+			if _, err := wait(); err != nil && first == nil {
+				first = err
+			}
+		}
+		waited <- first
+	}()
 	var rec Record
 	size := 0
 	header := binary.AppendUvarint(binary.AppendUvarint(nil, pos.Seq), w.epoch)
@@ -183,13 +189,8 @@ func (w *Writer) Checkpoint(ctx context.Context, snap Snapshot, now time.Time) (
 		m.last = p.Seq
 		m.chunks++
 		res.Bytes += int64(len(data))
-		waits = append(waits, wait)
+		waits <- wait
 		rec.Writes, size = rec.Writes[:0], 0
-		for len(waits) > MaxInFlight/4 {
-			if err := settleOne(); err != nil {
-				return err
-			}
-		}
 		return nil
 	}
 	err = snap.Scan(nil, nil, func(key, value []byte, expireAt int64) (bool, error) {
@@ -207,11 +208,9 @@ func (w *Writer) Checkpoint(ctx context.Context, snap Snapshot, now time.Time) (
 	if err == nil {
 		err = flush()
 	}
-	for err == nil && len(waits) > 0 {
-		err = settleOne()
-	}
-	for len(waits) > 0 {
-		_ = settleOne() // the writer has failed: every wait must still be called
+	close(waits)
+	if werr := <-waited; err == nil {
+		err = werr
 	}
 	if err != nil {
 		return res, fmt.Errorf("changelog %q: checkpoint at sequence %d: %w", l.opts.Stream, pos.Seq, err)
@@ -252,17 +251,23 @@ func (w *Writer) Checkpoint(ctx context.Context, snap Snapshot, now time.Time) (
 	return res, nil
 }
 
-// read calls fn with each message of the stream in [start, end], in order.
-func (l *Log) read(ctx context.Context, start, end uint64, fn func(seq uint64, subject string, data []byte) error) error {
+// read calls fn with each message of the stream in [start, end], in order;
+// only with those on subject when it is not empty, in which case the
+// message at end must be on subject.
+func (l *Log) read(ctx context.Context, start, end uint64, subject string, fn func(seq uint64, subject string, data []byte) error) error {
 	if start > end {
 		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
 	defer cancel()
-	cons, err := l.stream.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{
+	cfg := jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   start,
-	})
+	}
+	if subject != "" {
+		cfg.FilterSubjects = []string{subject}
+	}
+	cons, err := l.stream.OrderedConsumer(cctx, cfg)
 	if err != nil {
 		return fmt.Errorf("read from sequence %d: %w", start, err)
 	}
@@ -340,7 +345,7 @@ func (l *Log) newerFence(ctx context.Context, seq, epoch, first uint64) (bool, e
 	}
 	var a assembler
 	found := false
-	err := l.read(ctx, start, seq-1, func(s uint64, subject string, data []byte) error {
+	err := l.read(ctx, start, seq-1, "", func(s uint64, subject string, data []byte) error {
 		if subject != l.opts.Subject {
 			a = assembler{pending: a.pending[:0], prev: s}
 			return nil
@@ -380,7 +385,7 @@ func (l *Log) latestCheckpoint(ctx context.Context, first uint64) (*manifest, er
 	// Purging keeps few manifests: read them all, to fall back on an
 	// earlier one when the latest is stale.
 	var ms []manifest
-	err = l.read(ctx, max(first, 1), last.Sequence, func(seq uint64, subj string, data []byte) error {
+	err = l.read(ctx, max(first, 1), last.Sequence, subject, func(seq uint64, subj string, data []byte) error {
 		if subj != subject {
 			return nil
 		}
@@ -450,7 +455,7 @@ func (l *Log) applyCheckpoint(ctx context.Context, b kv.Backend, m *manifest) er
 		chunks = chunks[:0]
 		return nil
 	}
-	err := l.read(ctx, m.first, m.last, func(seq uint64, subj string, data []byte) error {
+	err := l.read(ctx, m.first, m.last, subject, func(seq uint64, subj string, data []byte) error {
 		if subj != subject {
 			return nil
 		}

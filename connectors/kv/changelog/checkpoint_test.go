@@ -1,6 +1,7 @@
 package changelog
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -349,5 +350,35 @@ func TestInputIsRestored(t *testing.T) {
 	}
 	if fresh.res.Checkpoint == 0 || fresh.res.Input != 9 {
 		t.Fatalf("take-over from the checkpoint = %+v, want input 9", fresh.res)
+	}
+}
+
+// TestSlotsAreGivenBackInSubmissionOrder: a submission whose wait has not
+// been called holds back the slots of every later one, even if their
+// waits were called (by another goroutine, as a checkpoint's are): a
+// fenced writer can never have more than MaxInFlight messages published
+// from its refused one on, which the take-over's fence run relies on.
+func TestSlotsAreGivenBackInSubmissionOrder(t *testing.T) {
+	l, _ := openLog(t, Options{})
+	ctx := testContext(t)
+	w := l.NewWriter(0, 1)
+	r := Record{}
+	r.Set([]byte("k"), []byte("v"), 0)
+	first := w.Submit(ctx, &r)
+	for i := 1; i < MaxInFlight; i++ {
+		if _, err := w.Submit(ctx, &r)(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := w.Submit(short, &r)(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a submission past MaxInFlight from the oldest unsettled one = %v, want it blocked", err)
+	}
+	if _, err := first(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Submit(ctx, &r)(); err != nil {
+		t.Fatalf("once the oldest is settled: %v", err)
 	}
 }

@@ -216,8 +216,12 @@ type Writer struct {
 	log   *Log
 	epoch uint64
 
-	// slots holds a token per message published and not yet settled by
-	// its wait (MaxInFlight).
+	// slots holds a token per message published whose submission, or an
+	// earlier one, has not yet been settled by its wait (MaxInFlight):
+	// slots are given back in submission order, so a writer never has
+	// more than MaxInFlight messages published from its oldest unsettled
+	// one on, whichever goroutines call the waits (the fencing protocol
+	// relies on it, see TakeOver).
 	slots chan struct{}
 
 	mu        sync.Mutex
@@ -229,9 +233,11 @@ type Writer struct {
 	// logBytes counts the bytes of records submitted since the last
 	// checkpoint (or since the writer was made).
 	logBytes int64
-	// pending holds the submissions published whose wait has not
-	// returned; waited is signalled (on mu) each time one returns.
-	pending map[uint64]struct{}
+	// done holds, for each settled submission not yet released, the
+	// slots it holds; release is the first submission not released.
+	// waited is signalled (on mu) each time release moves.
+	done    map[uint64]int
+	release uint64
 	waited  *sync.Cond
 }
 
@@ -239,7 +245,8 @@ type Writer struct {
 // sequence, and stamps its records with epoch. A writer created from a
 // stale last sequence has its first append refused with ErrFenced.
 func (l *Log) NewWriter(last, epoch uint64) *Writer {
-	w := &Writer{log: l, last: last, epoch: epoch, slots: make(chan struct{}, MaxInFlight)}
+	w := &Writer{log: l, last: last, epoch: epoch, slots: make(chan struct{}, MaxInFlight),
+		done: map[uint64]int{}, release: 1}
 	w.waited = sync.NewCond(&w.mu)
 	return w
 }
@@ -264,9 +271,11 @@ func (w *Writer) Append(ctx context.Context, r *Record) (uint64, error) {
 // acknowledged and returns what Append would. Records submitted one after
 // another are pipelined: each message expects its predecessor's sequence,
 // so if one is refused, every later one is too. r is encoded before Submit
-// returns and may be reused then. Call wait exactly once, in the order of
-// the submissions, from one goroutine. Submit blocks while MaxInFlight
-// messages are published and not yet waited for, until ctx is done.
+// returns and may be reused then. Call wait exactly once; a goroutine
+// calls the waits of its own submissions in order (several goroutines may
+// submit: a checkpoint is written while the store appends its groups).
+// Submit blocks while MaxInFlight messages are published from the oldest
+// submission not yet waited for on, until ctx is done.
 func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, error)) {
 	_, wait, err := w.submit(ctx, r)
 	if err != nil {
@@ -328,6 +337,7 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 		for range parts {
 			<-w.slots
 		}
+		w.settled(id, 0)
 		return Position{}, 0, nil, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 	}
 	futures := make([]jetstream.PubAckFuture, 0, parts)
@@ -343,6 +353,7 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 			for range parts {
 				<-w.slots
 			}
+			w.settled(id, 0)
 			return Position{}, 0, nil, w.failed
 		}
 		futures = append(futures, f)
@@ -350,26 +361,15 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 	}
 	w.input = max(w.input, input)
 	w.logBytes += int64(logBytes)
-	if w.pending == nil {
-		w.pending = map[uint64]struct{}{}
-	}
-	w.pending[id] = struct{}{}
 	timeout := w.log.opts.AckTimeout
 	pos := Position{Seq: w.last, Epoch: w.epoch, Input: w.input}
 	return pos, id, func() (uint64, error) {
 		timer := time.NewTimer(timeout)
 		defer timer.Stop()
-		settled := 0
 		defer func() {
-			// Unsettled parts (after a failure) keep their slots only
-			// until here: the writer is failed and publishes no more.
-			for ; settled < parts; settled++ {
-				<-w.slots
-			}
 			w.mu.Lock()
-			delete(w.pending, id)
-			w.mu.Unlock()
-			w.waited.Broadcast()
+			defer w.mu.Unlock()
+			w.settled(id, parts)
 		}()
 		for i, f := range futures {
 			want := first + uint64(i)
@@ -387,10 +387,6 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 					w.log.opts.Stream, want, timeout, context.DeadlineExceeded)
 			case <-ctx.Done():
 				err = fmt.Errorf("changelog %q: append at sequence %d: %w", w.log.opts.Stream, want, ctx.Err())
-			}
-			if err == nil {
-				<-w.slots
-				settled++
 			}
 			if err != nil {
 				w.mu.Lock()
@@ -415,6 +411,29 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 	}, nil
 }
 
+// settled records that submission id, holding parts slots, has been
+// waited for, and gives back the slots of every submission settled in
+// order from the oldest not given back; w.mu is held.
+func (w *Writer) settled(id uint64, parts int) {
+	w.done[id] = parts
+	moved := false
+	for {
+		n, ok := w.done[w.release]
+		if !ok {
+			break
+		}
+		for range n {
+			<-w.slots
+		}
+		delete(w.done, w.release)
+		w.release++
+		moved = true
+	}
+	if moved {
+		w.waited.Broadcast()
+	}
+}
+
 // settle waits until every submission before id has been waited for,
 // and returns the writer's failure if one of them failed (or ctx's
 // error). Waits run on other goroutines (the store's syncer): a message
@@ -432,14 +451,7 @@ func (w *Writer) settle(ctx context.Context, id uint64) error {
 		if w.failed != nil && w.failedAt <= id {
 			return fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 		}
-		earlier := false
-		for p := range w.pending {
-			if p < id {
-				earlier = true
-				break
-			}
-		}
-		if !earlier {
+		if w.release >= id {
 			return nil
 		}
 		if err := ctx.Err(); err != nil {
