@@ -547,8 +547,11 @@ type Restored struct {
 }
 
 // Restore applies to b, in order, every complete record stored after
-// stream sequence after (0: from the start), up to the stream's last
-// sequence when Restore starts. Each record is one transaction of b; a
+// stream sequence after, up to the stream's last sequence when Restore
+// starts. With after 0, b must be empty: Restore first writes the state
+// of the latest valid checkpoint (see Checkpoint) when the stream holds
+// one, then applies the records after it (Restored.Checkpoint), else
+// applies every record from the start. Each record is one transaction of b; a
 // record whose transaction fails stops the restore with its error; b may
 // then hold some of the records after Applied, and must be discarded.
 // A record with messages missing (a writer stopped between parts) is

@@ -179,9 +179,15 @@ func BenchmarkRestoreFromCheckpoint(b *testing.B) {
 				ctx := context.Background()
 				w := l.NewWriter(0, 1)
 				const perRecord = 1000
-				waits := make([]func() (uint64, error), 0, keys/perRecord)
+				var waits []func() (uint64, error)
 				for r := 0; r < keys/perRecord; r++ {
 					waits = append(waits, w.Submit(ctx, benchRecord(perRecord, r*perRecord)))
+					if len(waits) == MaxInFlight/2 {
+						if _, err := waits[0](); err != nil {
+							b.Fatal(err)
+						}
+						waits = waits[1:]
+					}
 				}
 				for _, wait := range waits {
 					if _, err := wait(); err != nil {
