@@ -252,14 +252,28 @@ func (w *Writer) Checkpoint(ctx context.Context, snap Snapshot, now time.Time) (
 }
 
 // read calls fn with each message of the stream in [start, end], in order;
-// only with those on subject when it is not empty, in which case the
-// message at end must be on subject.
+// only with those on subject when it is not empty.
 func (l *Log) read(ctx context.Context, start, end uint64, subject string, fn func(seq uint64, subject string, data []byte) error) error {
 	if start > end {
 		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
 	defer cancel()
+	if subject != "" {
+		// A filtered consumer would wait for a message that never
+		// comes: start at the first one, stop after the last one.
+		first, err := l.stream.GetMsg(cctx, start, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read from sequence %d: %w", start, err)
+		}
+		if first.Sequence > end {
+			return nil
+		}
+		start = first.Sequence
+	}
 	cfg := jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   start,
@@ -296,6 +310,9 @@ func (l *Log) read(ctx context.Context, start, end uint64, subject string, fn fu
 		}
 		if err := fn(prev, msg.Subject(), msg.Data()); err != nil {
 			return err
+		}
+		if subject != "" && meta.NumPending == 0 {
+			break // the last message on subject
 		}
 	}
 	return nil
@@ -345,7 +362,8 @@ func (l *Log) newerFence(ctx context.Context, seq, epoch, first uint64) (bool, e
 	}
 	var a assembler
 	found := false
-	err := l.read(ctx, start, seq-1, "", func(s uint64, subject string, data []byte) error {
+	// Fences are records: chunk messages are not read.
+	err := l.read(ctx, start, seq-1, l.opts.Subject, func(s uint64, subject string, data []byte) error {
 		if subject != l.opts.Subject {
 			a = assembler{pending: a.pending[:0], prev: s}
 			return nil
