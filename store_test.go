@@ -335,10 +335,23 @@ func TestConcurrentPutsShareCommits(t *testing.T) {
 	ctx := context.Background()
 	var mu sync.Mutex
 	groups, calls, maxCalls := 0, 0, 0
+	const workers, each = 16, 20
+	// The first commit waits until every worker has started, so that on
+	// a loaded machine the workers' puts still overlap: without this a
+	// scheduler running them one after another left nothing to share.
+	var started atomic.Int32
+	var first sync.Once
 	st := openStore(t, flowrun.StoreOptions{OnCommit: func(ci flowrun.CommitInfo) {
 		if !ci.Wrote {
 			return
 		}
+		first.Do(func() {
+			deadline := time.Now().Add(10 * time.Second)
+			for started.Load() < workers && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(20 * time.Millisecond)
+		})
 		mu.Lock()
 		defer mu.Unlock()
 		groups++
@@ -346,12 +359,12 @@ func TestConcurrentPutsShareCommits(t *testing.T) {
 		maxCalls = max(maxCalls, ci.Requests)
 	}})
 	ns := st.Namespace("")
-	const workers, each = 16, 20
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			started.Add(1)
 			for i := range each {
 				if err := ns.Put(ctx, fmt.Sprintf("w%d:%d", w, i), []byte("1"), flowrun.PutOptions{}); err != nil {
 					t.Error(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/internal/partition"
 )
 
 // Defaults for NATSOptions.
@@ -301,6 +302,13 @@ type NATSSourceOptions struct {
 	// Source configures the windowed acknowledgement; its Topic is
 	// NATSOptions.Subject.
 	Source SourceOptions
+	// Partitions, when set, makes the source consume the partitions
+	// served on this board instead of Subject: for each partition p while
+	// it is served, the durable pull consumer PartitionDurable(Durable, p)
+	// on partition.Subject(Subject, p), in stream order, at most Window
+	// messages unsettled per partition (see docs/bus.md, "Partitioned
+	// flows").
+	Partitions *partition.Board
 }
 
 // NewNATSSource returns a Source feeding graph from the durable consumer
@@ -329,6 +337,9 @@ func NewNATSSource(ctx context.Context, graph Graph, opts NATSSourceOptions) (*S
 	}
 	dead := &natsDeadLetters{}
 	dial := func(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
+		if opts.Partitions != nil {
+			return dialNATSPartitions(ctx, so, opts.NATSOptions, opts.Partitions, dead)
+		}
 		return dialNATSSource(ctx, so, opts.NATSOptions, topic, dead)
 	}
 	rs := NewReconnectingSubscriber(so.Name, dial, opts.Reconnect, opts.Health, opts.Logger)
@@ -481,9 +492,12 @@ func NewNATSSink(ctx context.Context, name string, opts NATSOptions) (*Sink, err
 type natsSinkPublisher struct {
 	name string
 	opts NATSOptions
-	mu   sync.Mutex
-	nc   *natsConn
-	pub  *wmnats.Publisher
+	// partitioned: the stream to make sure of captures the partition
+	// subjects of opts.Subject, not opts.Subject.
+	partitioned bool
+	mu          sync.Mutex
+	nc          *natsConn
+	pub         *wmnats.Publisher
 }
 
 func (p *natsSinkPublisher) connect(ctx context.Context) error {
@@ -492,7 +506,13 @@ func (p *natsSinkPublisher) connect(ctx context.Context) error {
 	if p.nc != nil && !p.nc.conn.IsClosed() {
 		return nil
 	}
-	nc, err := connect(ctx, p.name, p.opts, p.opts.Subject)
+	var nc *natsConn
+	var err error
+	if p.partitioned {
+		nc, err = connectPartitions(ctx, p.name, p.opts)
+	} else {
+		nc, err = connect(ctx, p.name, p.opts, p.opts.Subject)
+	}
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,12 @@ type SinkOptions struct {
 	Health *component.Health
 	// Logger receives the retries. Default slog.Default().
 	Logger *slog.Logger
+	// Route, when set, gives each message's topic in place of Topic (a
+	// partitioned sink publishes each event to its partition's subject)
+	// and may set the message's id and metadata. An event it returns an
+	// error for goes to "err" at once, without a retry; the rest of the
+	// slice is published.
+	Route func(ev pipeline.Event, m *message.Message) (topic string, err error)
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -83,8 +89,16 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if err := s.publish(ctx, ToMessage(ev)); err != nil {
-				failed = fmt.Errorf("sink %s: %w to %q: %w", s.opts.Name, ErrPublish, s.opts.Topic, err)
+			m, topic := ToMessage(ev), s.opts.Topic
+			if s.opts.Route != nil {
+				var err error
+				if topic, err = s.opts.Route(ev, m); err != nil {
+					emit.Emit(pipeline.PortErr, ev.Derive(ev.Data, setString(ev.Meta, "error", fmt.Sprintf("sink %s: %v", s.opts.Name, err))))
+					continue
+				}
+			}
+			if err := s.publish(ctx, topic, m); err != nil {
+				failed = fmt.Errorf("sink %s: %w to %q: %w", s.opts.Name, ErrPublish, topic, err)
 			}
 		}
 		if failed != nil {
@@ -94,13 +108,13 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 	return nil
 }
 
-// publish publishes m, retrying as opts.Reconnect says.
-func (s *Sink) publish(ctx context.Context, m *message.Message) error {
+// publish publishes m to topic, retrying as opts.Reconnect says.
+func (s *Sink) publish(ctx context.Context, topic string, m *message.Message) error {
 	if s.opts.Reconnect == nil || s.opts.Reconnect.FailFast {
-		return s.pub.Publish(s.opts.Topic, m)
+		return s.pub.Publish(topic, m)
 	}
 	return s.opts.Reconnect.Retry(ctx, s.opts.Name, s.opts.Health, s.opts.Logger, func(context.Context) error {
-		return s.pub.Publish(s.opts.Topic, m)
+		return s.pub.Publish(topic, m)
 	})
 }
 

@@ -10,6 +10,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/internal/partition"
+	"github.com/flowrun/flowrun/operators/expr"
 )
 
 // This file declares the bus connectors for flow files: gochannel and
@@ -152,7 +154,8 @@ func NATSSpec() component.Spec {
 		Summary: "NATS JetStream through watermill: `mode: read` consumes a subject through a durable consumer with " +
 			"at-least-once delivery, acknowledging messages once the flow has handled them, redelivering failed ones and " +
 			"dead-lettering those that keep failing (see docs/bus.md); `mode: write` publishes every event it receives and " +
-			"waits for the broker to store it. Streams and the consumer are created when missing.",
+			"waits for the broker to store it. Streams and the consumer are created when missing. `partitions_of` (read) and " +
+			"`partitions` (write) serve a partitioned flow: a subject per partition (see docs/bus.md, \"Partitioned flows\").",
 		Fields: append([]component.Field{
 			ModeField(),
 			{Name: "url", Type: component.TypeString, Default: DefaultNATSURL, Doc: "The broker's address."},
@@ -165,6 +168,17 @@ func NATSSpec() component.Spec {
 				Doc: "read: how long the broker waits for an ack before redelivering (after a crash, too)."},
 			{Name: "connect_timeout", Type: component.TypeDuration, Default: DefaultConnectTimeout.String(), Min: "1ms",
 				Doc: "How long connecting, and draining at shutdown, may take."},
+			{Name: "partitions_of", Type: component.TypeNode, NodeType: "kv", OnlyWhen: &component.When{Field: "mode", Values: []string{"read"}},
+				Doc: "read: the partitioned kv connector of this flow whose partitions this source feeds: instead of `subject` it consumes " +
+					"`SUBJECT.p.NNN` for each partition NNN the connector serves, through the durable consumer `DURABLE_pNNN`, in stream order, " +
+					"while it serves it (see docs/bus.md)."},
+			{Name: "partitions", Type: component.TypeInt, Min: "1", Max: strconv.Itoa(partition.MaxCount),
+				OnlyWhen: &component.When{Field: "mode", Values: []string{"write"}},
+				Doc: "write: publish each event to the subject of its partition, `SUBJECT.p.NNN`, NNN = xxh64(`partition_key`) mod `partitions`, " +
+					"with a `Nats-Msg-Id` derived from the input message's id; must equal the kv connector's `partitions`."},
+			{Name: "partition_key", Type: component.TypeExpr, OnlyWhen: &component.When{Field: "mode", Values: []string{"write"}},
+				Doc: "write, with `partitions`: expression giving an event's partition key, the key its kv command will have (a string, number or boolean); " +
+					"default the key of the event's kv command in `meta.kv` (a batch's first element's)."},
 		}, append(ReconnectFields(), SourceFields()...)...),
 		Ports:    ModePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
@@ -182,11 +196,27 @@ func NATSSpec() component.Spec {
 				Health:         component.HealthOf(env.Resources),
 			}
 			if ModeKind(c) == component.KindSink {
+				if c.Has("partitions") {
+					s, err := NewNATSPartitionedSink(ctx, c.Node, no, PartitionSinkOptions{Count: c.Int("partitions"),
+						Key: c.String("partition_key"), Expr: expr.Options{Now: component.Clock(env.Resources)}})
+					return component.Component{Processor: s}, err
+				}
 				s, err := NewNATSSink(ctx, c.Node, no)
 				return component.Component{Processor: s}, err
 			}
 			if env.Graph == nil {
 				return component.Component{}, ErrNoGraph
+			}
+			var board *partition.Board
+			if of := c.String("partitions_of"); of != "" {
+				// The kv connector named is built before this source (a
+				// node option), and a partitioned one declares its count
+				// when it is built.
+				board = partition.BoardOf(env.Resources, of)
+				if board.Count() == 0 {
+					return component.Component{}, component.OptionErr("partitions_of",
+						fmt.Errorf("%w: kv connector %q declares no partitions (set `partitions` on it, or consume `subject` without partitions_of)", ErrNotPartitioned, of))
+				}
 			}
 			if no.Durable == "" {
 				flow := env.Flow
@@ -195,7 +225,7 @@ func NATSSpec() component.Spec {
 				}
 				no.Durable = StreamName(flow + "_" + c.Node)
 			}
-			s, err := NewNATSSource(ctx, env.Graph, NATSSourceOptions{NATSOptions: no, Source: SourceOptionsFrom(env, c)})
+			s, err := NewNATSSource(ctx, env.Graph, NATSSourceOptions{NATSOptions: no, Source: SourceOptionsFrom(env, c), Partitions: board})
 			return component.Component{Source: s}, err
 		},
 	}
@@ -207,8 +237,11 @@ func NATSSpec() component.Spec {
 const natsNameChars = ". \t\r\n*>/\\"
 
 // checkNATSNames refuses a stream or durable name the broker would refuse
-// once connected.
+// once connected, and partition_key without partitions.
 func checkNATSNames(c *component.Config) error {
+	if c.Has("partition_key") && !c.Has("partitions") && ModeKind(c) == component.KindSink {
+		return component.OptionErr("partition_key", errors.New("has no effect without `partitions`: set the partition count too"))
+	}
 	for _, opt := range []string{"stream", "durable"} {
 		if v := c.String(opt); strings.ContainsAny(v, natsNameChars) {
 			return component.OptionErr(opt, fmt.Errorf("%q is not a valid JetStream name: no whitespace, '.', '*', '>', '/' or '\\' (e.g. %q)", v, StreamName(v)))
