@@ -200,7 +200,7 @@ func (w *Writer) Checkpoint(ctx context.Context, snap Snapshot, now time.Time) (
 		rec.Writes = append(rec.Writes, Write{Op: OpSet, Key: append([]byte(nil), key...), Value: append([]byte(nil), value...), ExpireAt: expireAt})
 		m.keys++
 		size += len(key) + len(value) + 16
-		if size >= l.opts.ChunkBytes-64 {
+		if size >= l.opts.ChunkBytes-l.opts.ChunkBytes/8 { // one message, mostly
 			return true, flush()
 		}
 		return true, nil

@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 )
@@ -160,86 +159,40 @@ func (l *Log) continues(ctx context.Context, from Position) error {
 	if st.FirstSeq > start {
 		return fmt.Errorf("%w: the store holds sequence %d, the stream starts at %d", ErrGap, from.Seq, st.FirstSeq)
 	}
-	cctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
-	defer cancel()
-	cons, err := l.stream.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   start,
-	})
-	if err != nil {
-		return fmt.Errorf("read from sequence %d: %w", start, err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("read from sequence %d: %w", start, err)
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-
 	var (
-		pending      []byte
-		next, count  uint64
-		prevSeq      = start - 1
+		a            assembler
+		found        bool
 		newerFence   uint64 // the epoch of a fence above from.Epoch, 0 if none
 		newerFenceAt uint64
 	)
-	for prevSeq < from.Seq {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				err = ctx.Err()
-			}
-			return fmt.Errorf("read after sequence %d: %w", prevSeq, err)
-		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("read after sequence %d: %w", prevSeq, err)
-		}
-		seq := meta.Sequence.Stream
-		if seq > from.Seq {
-			break
-		}
-		if msg.Subject() != l.opts.Subject {
-			pending, next, count = pending[:0], 0, 0
-			prevSeq = seq
-			continue
-		}
-		index, n, chunk, err := parsePart(msg.Data())
-		if err != nil {
-			return fmt.Errorf("sequence %d: %w", seq, err)
-		}
-		switch {
-		case index == 0:
-			pending, next, count = append(pending[:0], chunk...), 1, n
-		case next != 0 && index == next && n == count && seq == prevSeq+1:
-			pending = append(pending, chunk...)
-			next++
-		default:
-			pending, next, count = pending[:0], 0, 0
-		}
-		prevSeq = seq
-		if next == 0 || next < count {
-			continue
+	// Only records: a checkpoint's chunks in the window are not read.
+	err = l.read(ctx, start, from.Seq, l.opts.Subject, func(seq uint64, _ string, data []byte) error {
+		b, err := a.add(seq, data)
+		if err != nil || b == nil {
+			return err
 		}
 		if seq == from.Seq {
-			if xxhash.Sum64(pending) != from.Sum {
+			if xxhash.Sum64(b) != from.Sum {
 				return fmt.Errorf("%w: the record at sequence %d is not the one the store applied", ErrDiverged, seq)
 			}
 			if newerFence != 0 {
 				return fmt.Errorf("%w: the record at sequence %d is behind a fence of epoch %d at sequence %d, above the store's epoch %d",
 					ErrDiverged, seq, newerFence, newerFenceAt, from.Epoch)
 			}
+			found = true
 			return nil
 		}
-		rec, err := DecodeRecord(pending)
+		rec, err := DecodeRecord(b)
 		if err != nil {
 			return fmt.Errorf("record ending at sequence %d: %w", seq, err)
 		}
 		if rec.Fence && rec.Epoch > from.Epoch {
 			newerFence, newerFenceAt = rec.Epoch, seq
 		}
-		pending, next, count = pending[:0], 0, 0
+		return nil
+	})
+	if err != nil || found {
+		return err
 	}
 	return fmt.Errorf("%w: no complete record ends at sequence %d", ErrDiverged, from.Seq)
 }
