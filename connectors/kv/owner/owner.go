@@ -65,6 +65,9 @@ type Options struct {
 	// with its outcome (metrics, logs, tests).
 	OnCheckpoint func(changelog.Checkpointed, error)
 
+	// abandon, when set, makes Run return without releasing the lease,
+	// as a killed process would (tests).
+	abandon bool
 	// renewalsPaused, when set and true, makes the renewer skip its
 	// ticks, as if the process were stopped (tests of fencing).
 	renewalsPaused func() bool
@@ -92,6 +95,9 @@ func Run(ctx context.Context, opts Options, serve func(ctx context.Context, b kv
 		return err
 	}
 	defer func() {
+		if opts.abandon {
+			return
+		}
 		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = l.Release(rctx)

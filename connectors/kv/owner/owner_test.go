@@ -374,3 +374,37 @@ func TestOwnerCheckpoints(t *testing.T) {
 		t.Fatalf("b: %v", err)
 	}
 }
+
+// TestAbandonedOwnerResumes: an owner that stops without releasing its
+// lease (as if killed) takes the partition back once the lease lapses and
+// replays only the fences: its store's position is still in the stream.
+func TestAbandonedOwnerResumes(t *testing.T) {
+	log, tables := setup(t, "a")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := filepath.Join(t.TempDir(), "a")
+	for turn, abandon := range []bool{true, false} {
+		start := time.Now()
+		err := Run(ctx, Options{Dir: dir, Log: log, Leases: tables[0], Lease: "p.005", Poll: 50 * time.Millisecond, abandon: abandon},
+			func(sctx context.Context, b kv.Backend, res Restored) error {
+				if turn == 1 && (res.After == 0 || res.Writes != 0) {
+					t.Errorf("after the abandon: %+v, want only the fences replayed", res)
+				}
+				if n := read(t, b, "counter"); n != 20*turn {
+					t.Errorf("turn %d starts with counter %d, want %d", turn, n, 20*turn)
+				}
+				for i := 0; i < 20; i++ {
+					if _, err := increment(sctx, b, "counter"); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatalf("turn %d: %v", turn, err)
+		}
+		if turn == 1 && time.Since(start) < time.Second {
+			t.Errorf("took the partition back after %v: the abandoned lease was released", time.Since(start))
+		}
+	}
+}
