@@ -145,3 +145,23 @@ type Write struct {
 	Value    []byte // WriteSet only
 	ExpireAt int64  // WriteSet only
 }
+
+// InputNoter is implemented by the Txn of backends that replicate their
+// commit groups together with the input position they cover (a
+// partition's Pebble store, docs/scaling.md).
+type InputNoter interface {
+	// NoteInput records that the transaction applies a command read at
+	// input position pos (the partition's input stream sequence): the
+	// replica of the transaction's commit group carries the highest
+	// position noted by its successful transactions.
+	NoteInput(pos uint64)
+}
+
+// NoteInput tells tx's backend that the transaction applies the command
+// read at input position pos; it does nothing when the backend does not
+// record input positions (InputNoter) or pos is 0 (unknown).
+func NoteInput(tx Txn, pos uint64) {
+	if n, ok := tx.(InputNoter); ok && pos != 0 {
+		n.NoteInput(pos)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -377,6 +378,7 @@ func (sc *sliceScratch) slot(j int, x *execer) TxnFunc {
 			return errCut
 		}
 		i := sc.idx[j]
+		NoteInput(tx, sc.cmds[i].input)
 		x.begin(tx)
 		x.startEvent()
 		r, err := x.runIdem(&sc.cmds[i])
@@ -518,10 +520,33 @@ func (c *Connector) decodeGeneral(ev pipeline.Event) (command, corrRef, error) {
 	if err == nil && cmd.idem == "" && c.opts.IdemFrom != "" && cmd.op.writes() {
 		err = c.idemFrom(&cmd, m)
 	}
+	if err == nil && c.opts.InputFrom != "" {
+		err = c.inputFrom(&cmd, m)
+	}
 	if err == nil && c.result != nil {
 		err = c.result.check(&cmd, ev)
 	}
 	return cmd, corr, err
+}
+
+// inputFrom gives cmd the input position found at Options.InputFrom in
+// the event's meta; none is 0 (unknown).
+func (c *Connector) inputFrom(cmd *command, meta gjson.Result) error {
+	v := meta.Get(c.opts.InputFrom)
+	if !v.Exists() {
+		return nil
+	}
+	raw := v.Raw
+	if v.Type == gjson.String {
+		raw = v.Str
+	}
+	n, err := strconv.ParseUint(raw, 10, 64)
+	if err != nil || v.Type != gjson.String && v.Type != gjson.Number {
+		return cmd.errf(ErrInvalidCommand, "meta.%s (the input position, option input_from) must be a non-negative integer, got %s",
+			c.opts.InputFrom, jsonType(v))
+	}
+	cmd.input = n
+	return nil
 }
 
 // viewOf returns raw, a substring of the string viewing meta, as a slice

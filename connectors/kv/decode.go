@@ -263,6 +263,9 @@ type command struct {
 	keepTTL bool
 
 	idem string // idempotency key; "" for none
+	// input is the input position of the event the command came in
+	// (Options.InputFrom); 0 for none.
+	input uint64
 
 	sub []command // batch
 }

@@ -23,10 +23,10 @@ import (
 // which
 // TestDecodeSimpleMatchesGeneral and FuzzDecodeSimple check. For anything
 // else, including every input the general path would refuse, ok is false
-// and the caller takes the general path. Options.IdemFrom and
-// Options.Result need the general path.
+// and the caller takes the general path. Options.IdemFrom,
+// Options.InputFrom and Options.Result need the general path.
 func (c *Connector) decodeSimple(ev pipeline.Event) (cmd command, corr corrRef, ok bool) {
-	if c.opts.IdemFrom != "" || c.result != nil {
+	if c.opts.IdemFrom != "" || c.opts.InputFrom != "" || c.result != nil {
 		return command{}, corrRef{}, false
 	}
 	m := ev.Meta

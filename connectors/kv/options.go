@@ -88,6 +88,15 @@ type Options struct {
 	// idempotency key of every write command that gives none; a write
 	// without it is refused. Default "": only explicit "idem" keys count.
 	IdemFrom string
+	// InputFrom, when set, is a path in the event's meta whose value (a
+	// non-negative integer, or a string of digits) is the input position
+	// of the event's commands: the sequence of the message in the
+	// partition's input stream. Every command notes it with its
+	// transaction (kv.NoteInput), so that a backend replicating its commit
+	// groups (a partition's store) records the highest one of each group
+	// with it (changelog Record.Input). A missing value is 0, unknown; any
+	// other value is refused. Default "": no input positions.
+	InputFrom string
 	// Optimistic makes Run execute its functions optimistically when the
 	// Backend is a Viewer: in the caller's goroutine while the Update waits
 	// for the store's writer, which then only checks their reads and

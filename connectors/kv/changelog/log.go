@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -74,7 +76,8 @@ type Options struct {
 	// uses the stream's last sequence.
 	Stream string
 	// Subject is the subject the records are published on, captured by
-	// Stream.
+	// Stream; checkpoints are published on Subject+".ck" (their chunks)
+	// and Subject+".ckm" (their manifests), captured too.
 	Subject string
 	// Replicas is the stream's replica count when Open creates it.
 	// Default DefaultReplicas; must be 1, 3 or 5 (1 only for tests).
@@ -95,6 +98,10 @@ type Options struct {
 	// stream's last sequence and appending its fence: tests append from
 	// another writer there.
 	afterRestore func()
+	// beforeManifest, when set, is called by Checkpoint once the chunks
+	// are acknowledged; an error stops it there, as if its writer had
+	// been killed (tests of torn checkpoints).
+	beforeManifest func() error
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -148,11 +155,12 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	subjects := []string{opts.Subject, opts.Subject + chunkSuffix, opts.Subject + manifestSuffix}
 	stream, err := js.Stream(ctx, opts.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		stream, err = js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:      opts.Stream,
-			Subjects:  []string{opts.Subject},
+			Subjects:  subjects,
 			Storage:   jetstream.FileStorage,
 			Replicas:  opts.Replicas,
 			Retention: jetstream.LimitsPolicy,
@@ -166,9 +174,16 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		return nil, fmt.Errorf("changelog: open stream %q: %w", opts.Stream, err)
 	}
 	cfg := stream.CachedInfo().Config
-	if len(cfg.Subjects) != 1 || cfg.Subjects[0] != opts.Subject {
-		return nil, fmt.Errorf("changelog: stream %q captures %q, Options.Subject is %q (one stream per partition)",
-			opts.Stream, cfg.Subjects, opts.Subject)
+	if len(cfg.Subjects) == 1 && cfg.Subjects[0] == opts.Subject {
+		// A stream made before checkpoints: capture their subjects too.
+		cfg.Subjects = subjects
+		if stream, err = js.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("changelog: add the checkpoint subjects to stream %q: %w", opts.Stream, err)
+		}
+	}
+	if !slices.Equal(cfg.Subjects, subjects) {
+		return nil, fmt.Errorf("changelog: stream %q captures %q, Options.Subject %q needs %q (one stream per partition)",
+			opts.Stream, cfg.Subjects, opts.Subject, subjects)
 	}
 	return &Log{js: js, stream: stream, opts: opts}, nil
 }
@@ -201,8 +216,12 @@ type Writer struct {
 	log   *Log
 	epoch uint64
 
-	// slots holds a token per message published and not yet settled by
-	// its wait (MaxInFlight).
+	// slots holds a token per message published whose submission, or an
+	// earlier one, has not yet been settled by its wait (MaxInFlight):
+	// slots are given back in submission order, so a writer never has
+	// more than MaxInFlight messages published from its oldest unsettled
+	// one on, whichever goroutines call the waits (the fencing protocol
+	// relies on it, see TakeOver).
 	slots chan struct{}
 
 	mu        sync.Mutex
@@ -210,13 +229,26 @@ type Writer struct {
 	submitted uint64 // submissions so far
 	failed    error  // the first failure; every later append fails
 	failedAt  uint64 // the submission that failed
+	input     uint64 // the highest record Input submitted
+	// logBytes counts the bytes of records submitted since the last
+	// checkpoint (or since the writer was made).
+	logBytes int64
+	// done holds, for each settled submission not yet released, the
+	// slots it holds; release is the first submission not released.
+	// waited is signalled (on mu) each time release moves.
+	done    map[uint64]int
+	release uint64
+	waited  *sync.Cond
 }
 
 // NewWriter returns a writer that expects last to be the stream's last
 // sequence, and stamps its records with epoch. A writer created from a
 // stale last sequence has its first append refused with ErrFenced.
 func (l *Log) NewWriter(last, epoch uint64) *Writer {
-	return &Writer{log: l, last: last, epoch: epoch, slots: make(chan struct{}, MaxInFlight)}
+	w := &Writer{log: l, last: last, epoch: epoch, slots: make(chan struct{}, MaxInFlight),
+		done: map[uint64]int{}, release: 1}
+	w.waited = sync.NewCond(&w.mu)
+	return w
 }
 
 // Last returns the sequence the writer's next append expects to be the
@@ -239,23 +271,52 @@ func (w *Writer) Append(ctx context.Context, r *Record) (uint64, error) {
 // acknowledged and returns what Append would. Records submitted one after
 // another are pipelined: each message expects its predecessor's sequence,
 // so if one is refused, every later one is too. r is encoded before Submit
-// returns and may be reused then. Call wait exactly once, in the order of
-// the submissions, from one goroutine. Submit blocks while MaxInFlight
-// messages are published and not yet waited for, until ctx is done.
+// returns and may be reused then. Call wait exactly once; a goroutine
+// calls the waits of its own submissions in order (several goroutines may
+// submit: a checkpoint is written while the store appends its groups).
+// Submit blocks while MaxInFlight messages are published from the oldest
+// submission not yet waited for on, until ctx is done.
 func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, error)) {
+	_, wait, err := w.submit(ctx, r)
+	if err != nil {
+		return func() (uint64, error) { return 0, err }
+	}
+	return wait
+}
+
+// submit is Submit, which also returns the position the record will have
+// once stored (its last message's sequence, the writer's epoch and the
+// record's checksum), or the error that kept it from being published.
+func (w *Writer) submit(ctx context.Context, r *Record) (Position, func() (uint64, error), error) {
 	rec := *r
 	rec.Epoch = w.epoch
 	data := AppendRecord(nil, &rec)
+	sum := xxhash.Sum64(data)
 	parts := (len(data) + w.log.opts.ChunkBytes - 1) / w.log.opts.ChunkBytes
 	if parts == 0 {
 		parts = 1
 	}
-
 	if parts > MaxParts {
-		err := fmt.Errorf("changelog %q: %w: %d bytes need %d messages of Options.ChunkBytes %d, limit %d",
+		return Position{}, nil, fmt.Errorf("changelog %q: %w: %d bytes need %d messages of Options.ChunkBytes %d, limit %d",
 			w.log.opts.Stream, ErrRecordTooLarge, len(data), parts, w.log.opts.ChunkBytes, MaxParts)
-		return func() (uint64, error) { return 0, err }
 	}
+	payloads := make([][]byte, parts)
+	for i := range payloads {
+		chunk := data[i*w.log.opts.ChunkBytes : min((i+1)*w.log.opts.ChunkBytes, len(data))]
+		payloads[i] = appendPart(make([]byte, 0, len(chunk)+8), i, parts, chunk)
+	}
+	p, _, wait, err := w.publish(ctx, w.log.opts.Subject, payloads, r.Input, len(data))
+	p.Sum = sum
+	return p, wait, err
+}
+
+// publish publishes payloads on subject as consecutive messages, each
+// expecting its predecessor's sequence, without waiting. It returns the
+// Position of the last one (without Sum; Input is the highest input
+// position submitted so far, input included), and the wait. logBytes is
+// what the messages add to the log since the last checkpoint.
+func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte, input uint64, logBytes int) (Position, uint64, func() (uint64, error), error) {
+	parts := len(payloads)
 	// The slots are taken before the lock: a wait that fails takes the
 	// lock before it gives its slots back.
 	for i := 0; i < parts; i++ {
@@ -265,8 +326,7 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 			for ; i > 0; i-- {
 				<-w.slots
 			}
-			err := fmt.Errorf("changelog %q: waiting to publish: %w", w.log.opts.Stream, ctx.Err())
-			return func() (uint64, error) { return 0, err }
+			return Position{}, 0, nil, fmt.Errorf("changelog %q: waiting to publish: %w", w.log.opts.Stream, ctx.Err())
 		}
 	}
 	w.mu.Lock()
@@ -274,43 +334,42 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 	w.submitted++
 	id := w.submitted
 	if w.failed != nil {
-		err := fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 		for range parts {
 			<-w.slots
 		}
-		return func() (uint64, error) { return 0, err }
+		w.settled(id, 0)
+		return Position{}, 0, nil, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 	}
 	futures := make([]jetstream.PubAckFuture, 0, parts)
 	first := w.last + 1
-	for i := 0; i < parts; i++ {
-		chunk := data[i*w.log.opts.ChunkBytes : min((i+1)*w.log.opts.ChunkBytes, len(data))]
-		m := nats.NewMsg(w.log.opts.Subject)
-		m.Data = appendPart(make([]byte, 0, len(chunk)+8), i, parts, chunk)
+	for _, payload := range payloads {
+		m := nats.NewMsg(subject)
+		m.Data = payload
 		f, err := w.log.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(w.last))
 		if err != nil {
 			// Parts already published may be stored: the stream's
 			// last sequence is unknown from here on.
 			w.fail(id, fmt.Errorf("changelog %q: publish: %w", w.log.opts.Stream, err))
-			err := w.failed
 			for range parts {
 				<-w.slots
 			}
-			return func() (uint64, error) { return 0, err }
+			w.settled(id, 0)
+			return Position{}, 0, nil, w.failed
 		}
 		futures = append(futures, f)
 		w.last++
 	}
+	w.input = max(w.input, input)
+	w.logBytes += int64(logBytes)
 	timeout := w.log.opts.AckTimeout
-	return func() (uint64, error) {
+	pos := Position{Seq: w.last, Epoch: w.epoch, Input: w.input}
+	return pos, id, func() (uint64, error) {
 		timer := time.NewTimer(timeout)
 		defer timer.Stop()
-		settled := 0
 		defer func() {
-			// Unsettled parts (after a failure) keep their slots only
-			// until here: the writer is failed and publishes no more.
-			for ; settled < parts; settled++ {
-				<-w.slots
-			}
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.settled(id, parts)
 		}()
 		for i, f := range futures {
 			want := first + uint64(i)
@@ -328,10 +387,6 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 					w.log.opts.Stream, want, timeout, context.DeadlineExceeded)
 			case <-ctx.Done():
 				err = fmt.Errorf("changelog %q: append at sequence %d: %w", w.log.opts.Stream, want, ctx.Err())
-			}
-			if err == nil {
-				<-w.slots
-				settled++
 			}
 			if err != nil {
 				w.mu.Lock()
@@ -353,6 +408,56 @@ func (w *Writer) Submit(ctx context.Context, r *Record) (wait func() (uint64, er
 			return 0, fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
 		}
 		return first + uint64(len(futures)) - 1, nil
+	}, nil
+}
+
+// settled records that submission id, holding parts slots, has been
+// waited for, and gives back the slots of every submission settled in
+// order from the oldest not given back; w.mu is held.
+func (w *Writer) settled(id uint64, parts int) {
+	w.done[id] = parts
+	moved := false
+	for {
+		n, ok := w.done[w.release]
+		if !ok {
+			break
+		}
+		for range n {
+			<-w.slots
+		}
+		delete(w.done, w.release)
+		w.release++
+		moved = true
+	}
+	if moved {
+		w.waited.Broadcast()
+	}
+}
+
+// settle waits until every submission before id has been waited for,
+// and returns the writer's failure if one of them failed (or ctx's
+// error). Waits run on other goroutines (the store's syncer): a message
+// acknowledged does not by itself say that no earlier one was refused.
+func (w *Writer) settle(ctx context.Context, id uint64) error {
+	stop := context.AfterFunc(ctx, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.waited.Broadcast()
+	})
+	defer stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for {
+		if w.failed != nil && w.failedAt <= id {
+			return fmt.Errorf("changelog %q: %w: %w", w.log.opts.Stream, ErrWriterFailed, w.failed)
+		}
+		if w.release >= id {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		w.waited.Wait()
 	}
 }
 
@@ -413,7 +518,9 @@ type Restored struct {
 	// Records and Writes count the records (fence records included) and
 	// writes applied.
 	Records, Writes int
-	// Input is the highest Input of the records applied.
+	// Input is the highest Input of the records up to Applied: of the
+	// records applied, and of those before them (the store's position, a
+	// checkpoint).
 	Input uint64
 	// Torn counts records skipped because some of their messages are
 	// missing: their writer stopped between parts, and a new owner
@@ -426,11 +533,25 @@ type Restored struct {
 	// was fenced, which lined up behind the fence and which the writer
 	// reported as failed.
 	Stale int
+	// After is the sequence the restore started after: 0 for a restore
+	// from the start, a store's position for one that resumed from it
+	// (CatchUp).
+	After uint64
+	// Position is the position the store holds once the restore is done
+	// (see Position): the one it started from when nothing was applied.
+	Position Position
+	// Checkpoint is the sequence of the manifest of the checkpoint the
+	// restore started from (0: none), CheckpointKeys the keys it held.
+	Checkpoint     uint64
+	CheckpointKeys int
 }
 
 // Restore applies to b, in order, every complete record stored after
-// stream sequence after (0: from the start), up to the stream's last
-// sequence when Restore starts. Each record is one transaction of b; a
+// stream sequence after, up to the stream's last sequence when Restore
+// starts. With after 0, b must be empty: Restore first writes the state
+// of the latest valid checkpoint (see Checkpoint) when the stream holds
+// one, then applies the records after it (Restored.Checkpoint), else
+// applies every record from the start. Each record is one transaction of b; a
 // record whose transaction fails stops the restore with its error; b may
 // then hold some of the records after Applied, and must be discarded.
 // A record with messages missing (a writer stopped between parts) is
@@ -440,13 +561,48 @@ type Restored struct {
 // A record whose epoch is below that of a fence read before it is skipped
 // and counted in Stale (see TakeOver). A restore starting after a fence
 // (after > 0) knows only the fences it reads.
+//
+// A backend whose Txn implements SetPosition (a pebblestore.Store) records,
+// with each Update of the restore, the Position of its last record.
 func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored, error) {
+	return l.restore(ctx, b, Position{Seq: after})
+}
+
+// positionSetter is the Txn of a backend that records its Position
+// (pebblestore.PositionSetter).
+type positionSetter interface {
+	SetPosition(pos []byte) error
+}
+
+// restore is Restore from a position: from.Epoch is the highest fence
+// epoch of the records up to from.Seq.
+func (l *Log) restore(ctx context.Context, b kv.Backend, from Position) (Restored, error) {
+	after := from.Seq
 	info, err := l.info(ctx)
 	if err != nil {
-		return Restored{}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
+		return Restored{Applied: after, After: after, Position: from}, fmt.Errorf("changelog: stream %q: %w", l.opts.Stream, err)
 	}
 	st := info.State
-	res := Restored{Applied: after, Last: st.LastSeq}
+	var ck *manifest
+	if after == 0 && st.LastSeq > 0 {
+		// From the start: from the latest checkpoint, if there is one.
+		if ck, err = l.latestCheckpoint(ctx, st.FirstSeq); err != nil {
+			return Restored{}, fmt.Errorf("changelog %q: %w", l.opts.Stream, err)
+		}
+		if ck != nil {
+			if err := l.applyCheckpoint(ctx, b, ck); err != nil {
+				return Restored{}, err
+			}
+			from = ck.pos
+			after = from.Seq
+		}
+	}
+	res := Restored{Applied: after, Last: st.LastSeq, Epoch: from.Epoch, Position: from, Input: from.Input}
+	if ck != nil {
+		res.Checkpoint, res.CheckpointKeys = ck.seq, int(ck.keys)
+	} else {
+		res.After = after
+	}
 	switch {
 	case st.LastSeq < after:
 		return res, fmt.Errorf("changelog %q: %w: restore after sequence %d, the stream ends at %d",
@@ -460,10 +616,10 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 
 	cctx, cancel := context.WithTimeout(ctx, l.opts.AckTimeout)
 	defer cancel()
+	// Unfiltered: the stream's last message may be a checkpoint's.
 	cons, err := l.stream.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{l.opts.Subject},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    after + 1,
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   after + 1,
 	})
 	if err != nil {
 		return res, fmt.Errorf("changelog %q: read from sequence %d: %w", l.opts.Stream, after+1, err)
@@ -479,6 +635,7 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 	var (
 		batch    []Record
 		batchEnd uint64 // Applied once batch is applied
+		batchSum uint64 // the checksum of the record ending at batchEnd
 		pending  []byte // parts of the record being assembled
 		next     uint64 // the part index expected next; 0 when none is pending
 		count    uint64 // the pending record's part count
@@ -493,6 +650,21 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 		for i := range batch {
 			r := &batch[i]
 			fns[i] = func(tx kv.Txn) error { return apply(tx, r) }
+		}
+		input := res.Input
+		for i := range batch {
+			input = max(input, batch[i].Input)
+		}
+		pos := Position{Seq: batchEnd, Epoch: res.Epoch, Sum: batchSum, Input: input}
+		last := fns[len(fns)-1]
+		fns[len(fns)-1] = func(tx kv.Txn) error {
+			if err := last(tx); err != nil {
+				return err
+			}
+			if ps, ok := tx.(positionSetter); ok {
+				return ps.SetPosition(pos.Append(nil))
+			}
+			return nil
 		}
 		if err := b.Update(ctx, fns, errs); err != nil {
 			return fmt.Errorf("changelog %q: restore up to sequence %d: %w", l.opts.Stream, batchEnd, err)
@@ -510,6 +682,7 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 			res.Input = max(res.Input, batch[i].Input)
 		}
 		res.Applied = batchEnd
+		res.Position = pos
 		batch = batch[:0]
 		return nil
 	}
@@ -528,6 +701,16 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 		seq := meta.Sequence.Stream
 		if seq > st.LastSeq {
 			break
+		}
+		if msg.Subject() != l.opts.Subject {
+			// A checkpoint's message: a record's parts are consecutive,
+			// so one in between means the record is torn.
+			if next != 0 {
+				res.Torn++
+				pending, next, count = pending[:0], 0, 0
+			}
+			prevSeq = seq
+			continue
 		}
 		index, n, chunk, err := parsePart(msg.Data())
 		if err != nil {
@@ -560,11 +743,12 @@ func (l *Log) Restore(ctx context.Context, b kv.Backend, after uint64) (Restored
 		if err != nil {
 			return res, fmt.Errorf("changelog %q: record ending at sequence %d: %w", l.opts.Stream, seq, err)
 		}
+		sum := xxhash.Sum64(pending)
 		// pending is reused for the next record: the writes must not
 		// point into it.
 		rec.Writes = cloneWrites(rec.Writes)
 		pending, next, count = pending[:0], 0, 0
-		batchEnd = seq
+		batchEnd, batchSum = seq, sum
 		switch {
 		case rec.Epoch < res.Epoch:
 			// Behind a fence of a newer writer: never acknowledged.
@@ -659,48 +843,15 @@ func cloneWrites(ws []Write) []Write {
 // every round; the lease stops an old owner within a renewal interval of
 // noticing, so in a flow the fence wins within about that.
 func (l *Log) TakeOver(ctx context.Context, b kv.Backend, after, epoch uint64) (*Writer, Restored, error) {
-	var (
-		w       *Writer
-		fence   uint64
-		lastErr error
-	)
-	for attempt := 1; attempt <= maxTakeOverAttempts; attempt++ {
-		last, err := l.Last(ctx)
-		if err != nil {
-			return nil, Restored{Applied: after}, err
-		}
-		if l.opts.afterRestore != nil {
-			l.opts.afterRestore()
-		}
-		w = l.NewWriter(last, epoch)
-		waits := make([]func() (uint64, error), MaxInFlight)
-		for i := range waits {
-			waits[i] = w.Submit(ctx, &Record{Fence: true})
-		}
-		lastErr = nil
-		for _, wait := range waits {
-			seq, err := wait()
-			if err != nil && lastErr == nil {
-				lastErr = err
-			}
-			fence = seq
-		}
-		if lastErr == nil {
-			break
-		}
-		if !errors.Is(lastErr, ErrFenced) {
-			return nil, Restored{Applied: after}, fmt.Errorf("changelog %q: take over: %w", l.opts.Stream, lastErr)
-		}
+	w, err := l.Fence(ctx, epoch)
+	if err != nil {
+		return nil, Restored{Applied: after, After: after}, err
 	}
-	if lastErr != nil {
-		return nil, Restored{Applied: after}, fmt.Errorf("changelog %q: take over: %d attempts to fence: %w",
-			l.opts.Stream, maxTakeOverAttempts, lastErr)
-	}
-	res, err := l.Restore(ctx, b, after)
+	res, err := l.restore(ctx, b, Position{Seq: after})
 	if err != nil {
 		return nil, res, fmt.Errorf("changelog %q: take over: %w", l.opts.Stream, err)
 	}
-	if res.Applied != fence || res.Last != fence {
+	if fence := w.Last(); res.Applied != fence || res.Last != fence {
 		// Only a newer owner can append after the fence.
 		return nil, res, fmt.Errorf("changelog %q: take over: %w: the stream ends at %d, after the fence at %d",
 			l.opts.Stream, ErrFenced, res.Last, fence)
@@ -711,12 +862,18 @@ func (l *Log) TakeOver(ctx context.Context, b kv.Backend, after, epoch uint64) (
 // Replicate appends one commit group's writes as a record, without
 // waiting: it makes a Writer a pebblestore.Replicator, so that a store's
 // results are released only once their group is in the changelog. The
-// writes are encoded before Replicate returns. The wait is bounded by
-// Options.AckTimeout.
-func (w *Writer) Replicate(writes []kv.Write) (wait func() error) {
-	wait2 := w.Submit(context.Background(), &Record{Writes: writes})
-	return func() error {
+// writes are encoded before Replicate returns. pos is the record's
+// Position, encoded (the store keeps it with the group, and CatchUp
+// resumes from it); err reports a record that was not published (the
+// writer failed earlier, the record is too large), which the store must
+// not apply. The wait is bounded by Options.AckTimeout.
+func (w *Writer) Replicate(writes []kv.Write, input uint64) (pos []byte, wait func() error, err error) {
+	p, wait2, err := w.submit(context.Background(), &Record{Writes: writes, Input: input})
+	if err != nil {
+		return nil, nil, err
+	}
+	return p.Append(nil), func() error {
 		_, err := wait2()
 		return err
-	}
+	}, nil
 }

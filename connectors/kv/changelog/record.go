@@ -9,8 +9,12 @@
 // new owner's fence record), every append of the old one is refused with
 // ErrFenced. Restore replays a stream into any kv.Backend, applying each
 // record as one transaction, and TakeOver combines restoring and fencing
-// for a new owner. See docs/scaling.md for where this sits in a
-// partitioned flow.
+// for a new owner. A store replicated through a Writer records the
+// Position of each group with the group, so that a new owner's CatchUp
+// replays only the records after it when the changelog continues the
+// store; Checkpoint writes a store's live keys into the stream so that
+// the log below them can be purged. See docs/scaling.md for where this
+// sits in a partitioned flow.
 package changelog
 
 import (

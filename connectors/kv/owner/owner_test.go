@@ -3,9 +3,11 @@ package owner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,7 +85,9 @@ func setup(t *testing.T, holders ...string) (*changelog.Log, []*lease.Table) {
 // renewing its lease (as if SIGSTOPped); owner b, waiting for the lease,
 // takes over once it lapses, restores the 100 increments from the
 // changelog and fences a: a's next increment fails with
-// changelog.ErrFenced and is in no restore. b counts on to 150.
+// changelog.ErrFenced and is in no restore. b counts on to 150. When a
+// takes the partition back, its local store, which holds the fenced
+// increment (of another key), is wiped and restored from the start.
 func TestFailoverFencesAPausedOwner(t *testing.T) {
 	log, tables := setup(t, "a", "b")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -91,9 +95,10 @@ func TestFailoverFencesAPausedOwner(t *testing.T) {
 	var paused atomic.Bool
 	aServing, bServing := make(chan struct{}), make(chan struct{})
 	aDone := make(chan error, 1)
+	aDir := filepath.Join(t.TempDir(), "p")
 	go func() {
 		aDone <- Run(ctx, Options{
-			Dir: filepath.Join(t.TempDir(), "p"), Log: log, Leases: tables[0], Lease: "p.000",
+			Dir: aDir, Log: log, Leases: tables[0], Lease: "p.000",
 			RenewEvery: 100 * time.Millisecond, renewalsPaused: paused.Load,
 		}, func(sctx context.Context, b kv.Backend, _ Restored) error {
 			close(aServing)
@@ -109,7 +114,7 @@ func TestFailoverFencesAPausedOwner(t *testing.T) {
 				return ctx.Err()
 			}
 			// It resumes and writes before noticing anything.
-			_, err := increment(context.Background(), b, "counter")
+			_, err := increment(context.Background(), b, "fenced")
 			return err
 		})
 	}()
@@ -146,6 +151,59 @@ func TestFailoverFencesAPausedOwner(t *testing.T) {
 	}
 	if n := read(t, m, "counter"); n != 150 {
 		t.Fatalf("the changelog holds counter = %d, want 150", n)
+	}
+
+	err = Run(ctx, Options{Dir: aDir, Log: log, Leases: tables[0], Lease: "p.000", Poll: 50 * time.Millisecond},
+		func(sctx context.Context, b kv.Backend, res Restored) error {
+			if n, f := read(t, b, "counter"), read(t, b, "fenced"); n != 150 || f != 0 || res.After != 0 {
+				t.Errorf("a back on its store: counter %d, fenced %d, restored after %d; want 150, 0, from a full restore", n, f, res.After)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatalf("a again: %v", err)
+	}
+}
+
+// TestRestartReplaysOnlyTheTail: an owner that stops and takes the
+// partition again on the same directory, or after another owner wrote
+// more, replays only the changelog records after its store's position.
+func TestRestartReplaysOnlyTheTail(t *testing.T) {
+	log, tables := setup(t, "a", "b")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	aDir, bDir := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+	type turn struct {
+		dir       string
+		table     *lease.Table
+		full      bool // a full restore is expected
+		wantWrite int  // the writes the restore must apply
+	}
+	for i, tr := range []turn{
+		{aDir, tables[0], true, 0},
+		{aDir, tables[0], false, 0},  // restart: nothing new
+		{bDir, tables[1], true, 20},  // another owner: everything
+		{aDir, tables[0], false, 10}, // back: b's 10 increments only
+	} {
+		err := Run(ctx, Options{Dir: tr.dir, Log: log, Leases: tr.table, Lease: "p.003", Poll: 20 * time.Millisecond},
+			func(sctx context.Context, b kv.Backend, res Restored) error {
+				if full := res.After == 0; full != tr.full || res.Writes != tr.wantWrite {
+					t.Errorf("turn %d: restored after %d with %d writes, want full=%v with %d writes (%+v)",
+						i, res.After, res.Writes, tr.full, tr.wantWrite, res)
+				}
+				if n := read(t, b, "counter"); n != 10*i {
+					t.Errorf("turn %d starts with counter %d, want %d", i, n, 10*i)
+				}
+				for j := 0; j < 10; j++ {
+					if _, err := increment(sctx, b, "counter"); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatalf("turn %d: %v", i, err)
+		}
 	}
 }
 
@@ -233,5 +291,120 @@ func TestServingStopsWhenTheLeaseIsLost(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("b: %v", err)
+	}
+}
+
+// TestOwnerCheckpoints: an owner with a small CheckpointEvery writes
+// checkpoints as it goes and purges the log; a new owner on a fresh
+// directory restores from the latest checkpoint and the log after it.
+func TestOwnerCheckpoints(t *testing.T) {
+	log, tables := setup(t, "a", "b")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var (
+		mu      sync.Mutex
+		written []changelog.Checkpointed
+	)
+	err := Run(ctx, Options{
+		Dir: filepath.Join(t.TempDir(), "a"), Log: log, Leases: tables[0], Lease: "p.004", Poll: 20 * time.Millisecond,
+		CheckpointEvery: 8 << 10,
+		OnCheckpoint: func(c changelog.Checkpointed, err error) {
+			if err != nil {
+				t.Errorf("checkpoint: %v", err)
+				return
+			}
+			mu.Lock()
+			written = append(written, c)
+			mu.Unlock()
+		},
+	}, func(sctx context.Context, b kv.Backend, _ Restored) error {
+		// Until the log was purged at least twice.
+		for i := 0; ; i++ {
+			if _, err := increment(sctx, b, "k"+strconv.Itoa(i%50)); err != nil {
+				return err
+			}
+			if i%100 == 99 {
+				time.Sleep(2 * checkpointPoll) // let the checkpointer run
+				n := 0
+				mu.Lock()
+				for _, c := range written {
+					if c.PurgedBelow != 0 {
+						n++
+					}
+				}
+				mu.Unlock()
+				if n >= 2 && i >= 1000 {
+					return nil
+				}
+				if i >= 20000 {
+					return fmt.Errorf("%d checkpoints purged the log after %d increments, want 2", n, i+1)
+				}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("a: %v", err)
+	}
+	m := memstore.New()
+	want, err := log.Restore(ctx, m, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Checkpoint == 0 {
+		t.Fatalf("restore = %+v, want it from a checkpoint", want)
+	}
+	err = Run(ctx, Options{Dir: filepath.Join(t.TempDir(), "b"), Log: log, Leases: tables[1], Lease: "p.004", Poll: 20 * time.Millisecond},
+		func(sctx context.Context, b kv.Backend, res Restored) error {
+			if res.Checkpoint == 0 {
+				t.Errorf("b restored %+v, want it from a checkpoint", res)
+			}
+			total := 0
+			for i := 0; i < 50; i++ {
+				total += read(t, b, "k"+strconv.Itoa(i))
+				if got, want := read(t, b, "k"+strconv.Itoa(i)), read(t, m, "k"+strconv.Itoa(i)); got != want {
+					t.Errorf("k%d = %d, the changelog has %d", i, got, want)
+				}
+			}
+			if total%100 != 0 || total < 1000 {
+				t.Errorf("b restored %d increments, want the multiple of 100 a wrote", total)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatalf("b: %v", err)
+	}
+}
+
+// TestAbandonedOwnerResumes: an owner that stops without releasing its
+// lease (as if killed) takes the partition back once the lease lapses and
+// replays only the fences: its store's position is still in the stream.
+func TestAbandonedOwnerResumes(t *testing.T) {
+	log, tables := setup(t, "a")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := filepath.Join(t.TempDir(), "a")
+	for turn, abandon := range []bool{true, false} {
+		start := time.Now()
+		err := Run(ctx, Options{Dir: dir, Log: log, Leases: tables[0], Lease: "p.005", Poll: 50 * time.Millisecond, abandon: abandon},
+			func(sctx context.Context, b kv.Backend, res Restored) error {
+				if turn == 1 && (res.After == 0 || res.Writes != 0) {
+					t.Errorf("after the abandon: %+v, want only the fences replayed", res)
+				}
+				if n := read(t, b, "counter"); n != 20*turn {
+					t.Errorf("turn %d starts with counter %d, want %d", turn, n, 20*turn)
+				}
+				for i := 0; i < 20; i++ {
+					if _, err := increment(sctx, b, "counter"); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatalf("turn %d: %v", turn, err)
+		}
+		if turn == 1 && time.Since(start) < time.Second {
+			t.Errorf("took the partition back after %v: the abandoned lease was released", time.Since(start))
+		}
 	}
 }

@@ -146,12 +146,14 @@ type Options struct {
 	// refuses such a store with a *WALLossError and changes nothing.
 	AcceptWALLoss bool
 	// Replicator, when set, receives the writes of every commit group
-	// that wrote, in commit order, once the group is applied to the
-	// database, and the group's results are released only after its wait
-	// has returned nil (and, unless NoSync, after the WAL sync). A
-	// replication failure fails the group and the store (ErrFailed),
-	// like a failed WAL sync. A partitioned flow sets it to append every
-	// group to its partition's changelog (docs/scaling.md). Default nil.
+	// that wrote, in commit order, just before the group is applied to
+	// the database; the position it returns is written in the group's own
+	// Pebble batch (Position reads it back), and the group's results are
+	// released only after its wait has returned nil (and, unless NoSync,
+	// after the WAL sync). A replication failure fails the group and the
+	// store (ErrFailed), like a failed WAL sync. A partitioned flow sets
+	// it to append every group to its partition's changelog
+	// (docs/scaling.md). Default nil.
 	Replicator Replicator
 
 	// beforeApply, when set, is called by the committer before it applies
@@ -164,15 +166,89 @@ type Options struct {
 // changelog) before their results are released.
 type Replicator interface {
 	// Replicate is called by the store's committer goroutine with the
-	// writes of each group that wrote, in commit order, once the group is
-	// applied to the database: the writes of its successful transactions,
-	// in the order they were made, values without the store's expiry
-	// encoding. writes and their bytes are valid only during the call.
-	// wait is called once by the syncer goroutine, in the same order,
-	// before the group's results are released; a non-nil error fails the
-	// group and the store. Replicate must not block for long: the
-	// committer waits for it.
-	Replicate(writes []kv.Write) (wait func() error)
+	// writes of each group that wrote, in commit order, just before the
+	// group is applied to the database: the writes of its successful
+	// transactions, in the order they were made, values without the
+	// store's expiry encoding, and input, the highest input position its
+	// transactions noted (kv.NoteInput; 0 when none did). writes and
+	// their bytes are valid only during the call.
+	//
+	// pos, when not nil, is the group's position in the copy: the store
+	// writes it in the group's own Pebble batch, so that after a crash
+	// Position names the last group the database holds. err fails the
+	// group before it is applied, and the store. wait is called once by
+	// the syncer goroutine, in the same order, before the group's results
+	// are released; a non-nil error fails the group and the store. The
+	// copy may thus hold a group whose local commit then failed: its
+	// commands were reported failed, as after a timeout whose write went
+	// through. Replicate must not block for long: the committer waits for
+	// it.
+	Replicate(writes []kv.Write, input uint64) (pos []byte, wait func() error, err error)
+}
+
+// positionKey holds the position of the last group replicated or
+// restored (Store.Position). It sorts below every key of the kv layout
+// (whose keys start with a letter), is never replicated, and Scan never
+// shows it.
+var positionKey = []byte("\x00flowrun.position")
+
+// PositionSetter is implemented by the Txn of a Store's Update: a
+// restore from a replica (a partition's changelog) records the position
+// it restored up to in the same Pebble batch as the writes it applied.
+type PositionSetter interface {
+	// SetPosition makes pos the store's Position once the transaction's
+	// group is committed (the last one set in a group wins, and a
+	// Replicator's overrides it); a transaction that fails sets nothing.
+	SetPosition(pos []byte) error
+}
+
+// Snapshot is a consistent read-only view of a Store at one moment: it
+// holds whole commit groups, and the position recorded with the last of
+// them. Close it when done: it pins the data it sees.
+type Snapshot struct {
+	snap *pebble.Snapshot
+}
+
+// Snapshot returns a view of the store as of now.
+func (s *Store) Snapshot() *Snapshot { return &Snapshot{snap: s.db.NewSnapshot()} }
+
+// Position returns the position recorded with the last group the
+// snapshot holds (see Store.Position).
+func (p *Snapshot) Position() ([]byte, error) {
+	v, closer, err := p.snap.Get(positionKey)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: read the position of a snapshot: %w", err)
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
+}
+
+// Scan calls fn for each record of the snapshot with start <= key < end
+// (nil end: no bound), in key order, as kv.Txn's Scan does.
+func (p *Snapshot) Scan(start, end []byte, fn func(key, value []byte, expireAt int64) (bool, error)) error {
+	t := &txn{}
+	return t.scan(p.snap, start, end, fn)
+}
+
+// Close releases the snapshot.
+func (p *Snapshot) Close() error { return p.snap.Close() }
+
+// Position returns the position recorded with the last group that had
+// one (see Replicator and PositionSetter), nil when none was. Call it
+// before any Update: a group in flight may change it.
+func (s *Store) Position() ([]byte, error) {
+	v, closer, err := s.db.Get(positionKey)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: read the position of %q: %w", s.dir, err)
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
 }
 
 // CommitInfo describes one commit group, for OnCommit.
@@ -315,6 +391,8 @@ type group struct {
 	awaitSync bool
 	// replicated is the Replicator's wait for the group, nil without one.
 	replicated func() error
+	// input is the highest input position its transactions noted.
+	input uint64
 	// committed is closed once the committer is done with the group: its
 	// writes are in the database and the row cache, or it failed.
 	committed chan struct{}
@@ -616,6 +694,9 @@ func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *
 			err := runTxn(fn, tx)
 			tx.closeIter()
 			r.errs[i] = err
+			if err != nil {
+				tx.position, tx.input = m.position, m.input
+			}
 			if err != nil && tx.changedSince(m) {
 				if rerr := tx.rollback(m); rerr != nil {
 					return fail(rerr)
@@ -628,6 +709,14 @@ func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *
 			return fail(err)
 		}
 	}
+	if tx.position != nil {
+		// Last, after sorting: the row cache's entries index the records
+		// before it.
+		if err := tx.batch.Set(positionKey, tx.position, nil); err != nil {
+			return fail(err)
+		}
+	}
+	g.input = tx.input
 	// The next group is likely of about the size of recent ones: giving
 	// its Pebble batch the room at once saves growing it by copies as records are
 	// added. The hint follows growth at once and shrinkage slowly.
@@ -683,6 +772,10 @@ func (s *Store) commit() {
 
 // apply commits g's Pebble batch and brings the row cache up to date with it.
 func (s *Store) apply(g *group) {
+	var err error
+	if s.opts.Replicator != nil {
+		err = s.replicate(g)
+	}
 	// The row cache takes the Pebble batch only after it is numbered (build), for
 	// the same reason as the database: a View that reads one of its
 	// records from the cache loads applying afterwards and so waits for
@@ -692,10 +785,11 @@ func (s *Store) apply(g *group) {
 	if s.cache != nil {
 		s.cache.beginPublish()
 	}
-	var err error
-	if s.opts.NoSync {
+	switch {
+	case err != nil:
+	case s.opts.NoSync:
 		err = g.batch.Commit(pebble.NoSync)
-	} else {
+	default:
 		err = s.db.ApplyNoSyncWait(g.batch, pebble.Sync)
 	}
 	if s.cache != nil {
@@ -710,14 +804,6 @@ func (s *Store) apply(g *group) {
 		}
 		s.cache.endPublish()
 	}
-	if err == nil && s.opts.Replicator != nil {
-		// Before the Pebble batch can be released: g.repr is its memory.
-		if ws, derr := decodeWrites(g.repr); derr != nil {
-			err = derr
-		} else {
-			g.replicated = s.opts.Replicator.Replicate(ws)
-		}
-	}
 	if err == nil && !s.opts.NoSync {
 		g.awaitSync = true // the syncer waits for the fsync
 		return
@@ -728,9 +814,32 @@ func (s *Store) apply(g *group) {
 	}
 }
 
+// replicate hands g's writes to the Replicator and adds the position it
+// returns to g's Pebble batch, before the batch is applied. The Pebble
+// batch may grow: g.repr keeps the records as built, which is all the
+// row cache and the next group's reads need (the position is neither
+// cached nor read through a Txn).
+func (s *Store) replicate(g *group) error {
+	ws, err := decodeWrites(g.repr)
+	if err != nil {
+		return err
+	}
+	pos, wait, err := s.opts.Replicator.Replicate(ws, g.input)
+	if err != nil {
+		return fmt.Errorf("replicate: %w", err)
+	}
+	g.replicated = wait
+	if pos != nil {
+		if err := g.batch.Set(positionKey, pos, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // decodeWrites returns the writes of a Pebble batch representation built
-// by txn, with Pebble's own reader (batchrepr). The slices point into
-// repr.
+// by txn, with Pebble's own reader (batchrepr), leaving out the position
+// (positionKey). The slices point into repr.
 func decodeWrites(repr []byte) ([]kv.Write, error) {
 	var ws []kv.Write
 	if h, ok := batchrepr.ReadHeader(repr); ok {
@@ -744,6 +853,9 @@ func decodeWrites(repr []byte) ([]kv.Write, error) {
 		}
 		if !ok {
 			return ws, nil
+		}
+		if bytes.Equal(key, positionKey) {
+			continue
 		}
 		switch kind {
 		case pebble.InternalKeyKindSet:
@@ -912,6 +1024,7 @@ func (t *readTxn) Scan(start, end []byte, fn func(key, value []byte, expireAt in
 }
 
 func (t *readTxn) Set([]byte, []byte, int64) error { return kv.ErrReadOnly }
+func (t *readTxn) SetPosition([]byte) error        { return kv.ErrReadOnly }
 func (t *readTxn) Delete([]byte) error             { return kv.ErrReadOnly }
 func (t *readTxn) DeleteRange([]byte, []byte) error {
 	return kv.ErrReadOnly
@@ -949,6 +1062,10 @@ type txn struct {
 	iter     *pebble.Iterator
 	buf      []byte
 	val      []byte
+	// position is the last position set (SetPosition), input the highest
+	// input position noted (NoteInput), by the group's transactions.
+	position []byte
+	input    uint64
 }
 
 // mark is a savepoint: the Pebble batch's size and entry count, and the unapplied
@@ -957,10 +1074,13 @@ type mark struct {
 	len       int
 	count     uint32
 	unapplied int
+	position  []byte
+	input     uint64
 }
 
 func (t *txn) mark() mark {
-	return mark{len: t.batch.Len(), count: t.batch.Count(), unapplied: len(t.unapplied.refs)}
+	return mark{len: t.batch.Len(), count: t.batch.Count(), unapplied: len(t.unapplied.refs),
+		position: t.position, input: t.input}
 }
 
 // changedSince reports whether anything was written after m.
@@ -1197,6 +1317,16 @@ func (t *txn) Delete(key []byte) error {
 	return nil
 }
 
+// SetPosition implements PositionSetter.
+func (t *txn) SetPosition(pos []byte) error {
+	t.position = bytes.Clone(pos)
+	return nil
+}
+
+// NoteInput implements kv.InputNoter: the group's Replicator is given the
+// highest input position noted by its successful transactions.
+func (t *txn) NoteInput(pos uint64) { t.input = max(t.input, pos) }
+
 func (t *txn) DeleteRange(start, end []byte) error {
 	// The unapplied index cannot answer reads of keys inside a deleted
 	// range; range deletions are rare (clear), so index instead.
@@ -1230,7 +1360,12 @@ func (t *txn) scan(r pebble.Reader, start, end []byte, fn func(key, value []byte
 	}
 	t.iter = iter
 	defer t.closeIter()
+	// Only a scan from below the position key can meet it.
+	hide := bytes.Compare(start, positionKey) <= 0
 	for ok := iter.First(); ok; ok = iter.Next() {
+		if hide && bytes.Equal(iter.Key(), positionKey) {
+			continue
+		}
 		raw, err := iter.ValueAndErr()
 		if err != nil {
 			return err
