@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -34,8 +33,8 @@ func Backend() kv.BackendSpec {
 				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},
 			{Name: "max_group", Aliases: []string{"max_batch"}, Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxGroup), Min: "1",
 				Doc: "Most commands committed together as one commit group (one disk sync). The alias max_batch is its former name, deprecated."},
-			{Name: "max_group_build", Type: component.TypeDuration, Default: DefaultMaxGroupBuild.String(), Max: "1s",
-				Doc: "How long the store may spend running one commit group's commands before it commits the group; the commands already taken go to the next group. Bounds each command's wait for the rest of its group when commands queue up; a batch of commands from one event slice is never split. 0s: groups are bounded by max_group only."},
+			{Name: "max_group_build", Type: component.TypeDuration, Default: "0s", Max: "1s",
+				Doc: "How long the store may spend running one commit group's commands before it commits the group; the commands already taken go to the next group. Bounds each command's wait for the rest of its group when commands queue up, at some cost in throughput (smaller groups); the commands of one event slice are never split. 0s: groups are bounded by max_group only."},
 			{Name: "max_delay", Type: component.TypeDuration, Default: "0s", Max: "1s",
 				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once. Every write of the group waits this long."},
 			{Name: "row_cache", Type: component.TypeByteSize, Default: fmt.Sprintf("%dMiB", DefaultRowCacheBytes>>20),
@@ -47,7 +46,7 @@ func Backend() kv.BackendSpec {
 				NoSync:        !c.Bool("sync"),
 				MaxGroup:      c.Int("max_group"),
 				MaxDelay:      c.Duration("max_delay"),
-				MaxGroupBuild: maxGroupBuild(c.Duration("max_group_build")),
+				MaxGroupBuild: c.Duration("max_group_build"),
 				Logger:        env.Logger,
 
 				RowCacheBytes: rowCacheBytes(c.ByteSize("row_cache")),
@@ -64,13 +63,4 @@ func rowCacheBytes(n int64) int64 {
 		return -1
 	}
 	return n
-}
-
-// maxGroupBuild maps the max_group_build option, where 0 disables the
-// bound, to Options.MaxGroupBuild, where 0 means the default.
-func maxGroupBuild(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
 }

@@ -197,9 +197,9 @@ func TestGroupClosedByBuildTime(t *testing.T) {
 		{"one txn per request", 2500 * time.Microsecond, 1, []int{1, 3, 3, 3, 3, 3, 3, 1}},
 		// Two-transaction requests are not split: 2 ms, then 4 ms.
 		{"two txns per request", 2500 * time.Microsecond, 2, []int{1, 4, 4, 4, 4, 4}},
-		// Disabled, everything queued after the first group is one group
+		// Off (the default), everything queued after the first group is one group
 		// (MaxGroup is larger); the first may take some of it.
-		{"disabled", -1, 1, []int{1, 19}},
+		{"disabled", 0, 1, []int{1, 19}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var clock atomic.Int64 // ns since an arbitrary start
@@ -251,7 +251,7 @@ func TestGroupClosedByBuildTime(t *testing.T) {
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if sum := 0; tc.build < 0 && len(sizes) <= 2 {
+			if sum := 0; tc.build == 0 && len(sizes) <= 2 {
 				for _, n := range sizes {
 					sum += n
 				}
@@ -269,26 +269,10 @@ func TestGroupClosedByBuildTime(t *testing.T) {
 	}
 }
 
-func TestMaxGroupBuildOption(t *testing.T) {
-	for _, tc := range []struct {
-		option, want time.Duration
-	}{
-		{0, -1}, // 0s in a flow disables the bound
-		{time.Millisecond, time.Millisecond},
-		{250 * time.Microsecond, 250 * time.Microsecond},
-	} {
-		if got := maxGroupBuild(tc.option); got != tc.want {
-			t.Errorf("max_group_build %v gives MaxGroupBuild %v, want %v", tc.option, got, tc.want)
-		}
-	}
+func TestMaxGroupBuildDefaultsOff(t *testing.T) {
 	var opts Options
 	opts.EnsureDefaults()
-	if opts.MaxGroupBuild != DefaultMaxGroupBuild {
-		t.Errorf("default MaxGroupBuild %v, want %v", opts.MaxGroupBuild, DefaultMaxGroupBuild)
-	}
-	opts = Options{MaxGroupBuild: -1}
-	opts.EnsureDefaults()
-	if opts.MaxGroupBuild != -1 {
-		t.Errorf("MaxGroupBuild -1 became %v, want it kept (disabled)", opts.MaxGroupBuild)
+	if opts.MaxGroupBuild != 0 {
+		t.Errorf("default MaxGroupBuild %v, want 0 (groups bounded by MaxGroup only)", opts.MaxGroupBuild)
 	}
 }
