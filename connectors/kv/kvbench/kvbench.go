@@ -18,8 +18,9 @@
 // it.
 //
 // With Config.Rate set, the flowrun side runs open loop instead: event i is
-// due at start + i/Rate and sent then (or at the source's next wake, at
-// most Config.Tick later) whether or not earlier events have completed, for
+// due at start + i/Rate and sent at the source's first wake from then (it
+// sleeps at least Config.Tick between emits) whether or not earlier events
+// have completed, for
 // Config.Duration, and each event's latency counts from its scheduled time
 // to its completion, so queueing behind a saturated graph is not hidden
 // (the coordinated-omission correction of wrk2). The raw Pebble side is not
