@@ -41,6 +41,7 @@ type benchFlags struct {
 	clients    int
 	rate       int
 	duration   time.Duration
+	tick       time.Duration
 	sweepP99   time.Duration
 	peer       string
 	peerPort   int
@@ -107,10 +108,11 @@ handing the batch to the graph to the sink receiving its last result,
 counted once for each operation of the batch. Progress goes to stderr.
 
 With --rate N the flowrun side runs open loop: N events/s for --duration
-(N x duration operations), each event sent at its scheduled time whether or
-not earlier ones have completed, in groups of whatever is due, and its
-latency counted from that scheduled time to its completion, so queueing is
-not hidden. The raw Pebble side is not run ("pebble_ops_per_s" and "ratio"
+(N x duration operations), each event sent once it is due whether or not
+earlier ones have completed, in groups of whatever is due (the source
+sleeps at least --tick, default 200µs, between groups), and its latency
+counted from its scheduled time to its completion, so queueing, and the
+wait for the tick, are not hidden. The raw Pebble side is not run ("pebble_ops_per_s" and "ratio"
 are 0); "flowrun_ops_per_s" is the achieved rate, and the JSON adds
   {"rate","p90_us","p999_us","max_us"}
 With --sweep-p99 D, each workload is run open loop at rising rates from
@@ -190,6 +192,7 @@ request's scheduled time. One JSON object per workload:
 	fl.StringVar(&f.httpEngine, "http-engine", "", "--http: the http_server's engine, fasthttp or net/http (default: the connector's)")
 	fl.IntVar(&f.rate, "rate", 0, "open loop at this many events/s (--http: requests/s); 0: closed loop; with --sweep-p99, the first rate tried")
 	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
+	fl.DurationVar(&f.tick, "tick", kvbench.DefaultTick, "--rate, --sweep-p99: shortest sleep of the open-loop source between emits; 0 wakes it for every event due")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
 	fl.StringVar(&f.peer, "peer", "", "also measure put, get, increment on a redis-server started for each (redis): SET, GET, INCR by redis-benchmark")
 	fl.IntVar(&f.peerPort, "peer-port", 0, "--peer redis: loopback port of the redis-server (0: a free port)")
@@ -206,12 +209,17 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 			return usageError{fmt.Errorf("%s must be positive, got %d", name, v)}
 		}
 	}
-	if f.rate < 0 || f.duration <= 0 || f.sweepP99 < 0 {
-		return usageError{fmt.Errorf("--rate (%d) must not be negative, --duration (%v) must be positive, --sweep-p99 (%v) must not be negative", f.rate, f.duration, f.sweepP99)}
+	if f.rate < 0 || f.duration <= 0 || f.sweepP99 < 0 || f.tick < 0 {
+		return usageError{fmt.Errorf("--rate (%d) must not be negative, --duration (%v) must be positive, --sweep-p99 (%v) and --tick (%v) must not be negative", f.rate, f.duration, f.sweepP99, f.tick)}
+	}
+	tick := f.tick
+	if tick == 0 {
+		tick = -1 // kvbench: every event due; 0 is its default
 	}
 	cfg := kvbench.Config{
 		Rate:       f.rate,
 		Duration:   f.duration,
+		Tick:       tick,
 		Workloads:  f.workloads,
 		Ops:        f.ops,
 		Keys:       f.keys,

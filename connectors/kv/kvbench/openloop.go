@@ -46,7 +46,8 @@ func (o *openLoop) result() (sideResult, error) {
 
 // generateOpen emits the timed operations on schedule: whenever events are
 // due it emits all of them (in groups of at most Batch, one Tracker per
-// group) and flushes, without waiting for earlier events to complete. A
+// group) and flushes, without waiting for earlier events to complete, then
+// sleeps until the next event is due but at least Config.Tick. A
 // late source (a Flush held back by a full graph) catches up by emitting
 // everything due at once; latency still counts from each event's schedule.
 func (f *flowSide) generateOpen(ctx context.Context, emit pipeline.SourceEmitter, g *gen, scanEnd []byte, perEvent int) error {
@@ -55,17 +56,22 @@ func (f *flowSide) generateOpen(ctx context.Context, emit pipeline.SourceEmitter
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
+	emitted := false
 	for next := 0; next < o.sched.N; {
 		due := o.sched.Due(time.Since(o.start))
-		if due == next {
-			timer.Reset(o.sched.At(next) - time.Since(o.start))
+		if due == next || emitted {
+			// Asleep at least Tick since the last emit, even when more fell
+			// due while it flushed: those wait for the next wake.
+			timer.Reset(max(o.sched.At(next)-time.Since(o.start), f.cfg.Tick))
 			select {
 			case <-timer.C:
 			case <-ctx.Done():
 				return nil
 			}
+			emitted = false
 			continue
 		}
+		emitted = true
 		for next < due {
 			n := min(f.cfg.Batch, due-next)
 			var arena []byte

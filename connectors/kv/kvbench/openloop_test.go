@@ -116,3 +116,25 @@ func TestOpenLoopConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenLoopTick checks that the open-loop source sleeps at least
+// Config.Tick between emits: 4000 events over 200 ms with a 20 ms tick
+// reach the graph in at most one slice per wake (10 wakes, and one at the
+// start and end) plus one per Batch events a late wake may hold, where
+// waking for every event due makes hundreds of slices.
+func TestOpenLoopTick(t *testing.T) {
+	cfg := Config{Workloads: []string{Put}, Rate: 20_000, Duration: 200 * time.Millisecond, Tick: 20 * time.Millisecond,
+		Keys: 200, ValueBytes: 40, Batch: 1000, Sync: true, Dir: t.TempDir()}
+	slices := 0 // Progress is called once per completed slice
+	cfg.Progress = func(int, int) { slices++ }
+	rs, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rs[0]; r.Ops != 4000 {
+		t.Fatalf("%d ops, want 4000", r.Ops)
+	}
+	if limit := 12 + 4000/cfg.Batch; slices > limit {
+		t.Errorf("4000 events came in %d slices, want at most %d with a %v tick", slices, limit, cfg.Tick)
+	}
+}

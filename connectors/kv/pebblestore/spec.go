@@ -37,6 +37,8 @@ func Backend() kv.BackendSpec {
 				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},
 			{Name: "max_group", Aliases: []string{"max_batch"}, Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxGroup), Min: "1",
 				Doc: "Most commands committed together as one commit group (one disk sync). The alias max_batch is its former name, deprecated."},
+			{Name: "max_group_build", Type: component.TypeDuration, Default: "0s", Min: "0s", Max: "1s",
+				Doc: "How long the store may spend running one commit group's commands before it commits the group; the commands already taken go to the next group. Bounds each command's wait for the rest of its group when commands queue up, at some cost in throughput (smaller groups); the commands of one event slice are never split. 0s: groups are bounded by max_group only."},
 			{Name: "max_delay", Type: component.TypeDuration, Default: "0s", Max: "1s",
 				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once. Every write of the group waits this long."},
 			{Name: "row_cache", Type: component.TypeByteSize, Default: fmt.Sprintf("%dMiB", DefaultRowCacheBytes>>20),
@@ -59,6 +61,8 @@ func SpecOptions(env *component.Env, c *component.Config) Options {
 		MaxGroup: c.Int("max_group"),
 		MaxDelay: c.Duration("max_delay"),
 		Logger:   env.Logger,
+
+		MaxGroupBuild: c.Duration("max_group_build"),
 
 		RowCacheBytes: rowCacheBytes(c.ByteSize("row_cache")),
 	}

@@ -172,3 +172,71 @@ func BenchmarkRowCachePublish(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStoreSubmitQueued keeps 64 requests of 100 synced puts queued
+// at the writer (a connector that fell behind) and reports ops/s, the mean
+// commit group size and the mean time from Submit to the request's
+// outcome, with the group build bound (MaxGroupBuild) at 1 ms and off.
+func BenchmarkStoreSubmitQueued(b *testing.B) {
+	const (
+		perReq   = 100
+		inFlight = 64
+	)
+	for _, bc := range []struct {
+		name  string
+		build time.Duration
+	}{{"build=1ms", time.Millisecond}, {"build=off", 0}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var groups, txns int // written by the syncer, read after Close
+			s, err := Open(b.TempDir(), Options{
+				MaxGroupBuild: bc.build,
+				Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+				OnCommit:      func(ci CommitInfo) { groups++; txns += ci.Transactions },
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			type sent struct {
+				at   time.Time
+				wait func() error
+			}
+			window := make(chan sent, inFlight)
+			var waited time.Duration
+			done := make(chan error)
+			go func() {
+				var err error
+				for r := range window {
+					if werr := r.wait(); werr != nil && err == nil {
+						err = werr
+					}
+					waited += time.Since(r.at)
+				}
+				done <- err
+			}()
+			reqs := (b.N + perReq - 1) / perReq
+			b.ResetTimer()
+			start := time.Now()
+			for r := range reqs {
+				fns := make([]kv.TxnFunc, perReq)
+				for j := range fns {
+					key := benchKeyAt(nil, r*perReq+j)
+					fns[j] = func(tx kv.Txn) error { return tx.Set(key, benchValue, 0) }
+				}
+				window <- sent{time.Now(), s.Submit(ctx, fns, make([]error, perReq))}
+			}
+			close(window)
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			if err := s.Close(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(reqs*perReq)/elapsed.Seconds(), "ops/s")
+			b.ReportMetric(float64(txns)/float64(max(groups, 1)), "txns/group")
+			b.ReportMetric(float64(waited.Microseconds())/float64(reqs), "us/request")
+		})
+	}
+}

@@ -8,7 +8,9 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -175,5 +177,102 @@ func TestSortRefsByKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestGroupClosedByBuildTime queues requests behind one that holds the
+// writer, on a clock that advances only as transactions run: each group
+// after the first must close once it has been built for MaxGroupBuild,
+// after the request that reached it, and every request still completes
+// once, in order.
+func TestGroupClosedByBuildTime(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		build      time.Duration // MaxGroupBuild
+		txnsPerReq int
+		want       []int // transactions per group
+	}{
+		// 1 ms per transaction: a group of one-transaction requests is
+		// closed when 3 ms have passed, after its third.
+		{"one txn per request", 2500 * time.Microsecond, 1, []int{1, 3, 3, 3, 3, 3, 3, 1}},
+		// Two-transaction requests are not split: 2 ms, then 4 ms.
+		{"two txns per request", 2500 * time.Microsecond, 2, []int{1, 4, 4, 4, 4, 4}},
+		// Off (the default), everything queued after the first group is one group
+		// (MaxGroup is larger); the first may take some of it.
+		{"disabled", 0, 1, []int{1, 19}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var clock atomic.Int64 // ns since an arbitrary start
+			base := time.Unix(0, 0)
+			var sizes []int // written by the syncer, read after Close
+			s, err := Open(t.TempDir(), Options{
+				MaxGroupBuild: tc.build,
+				now:           func() time.Time { return base.Add(time.Duration(clock.Load())) },
+				OnCommit:      func(ci CommitInfo) { sizes = append(sizes, ci.Transactions) },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			hold := make(chan struct{})
+			// The first request holds the writer until every other one is
+			// queued, and takes 10 ms: its group is itself alone.
+			first := s.Submit(ctx, []kv.TxnFunc{func(tx kv.Txn) error {
+				<-hold
+				clock.Add(int64(10 * time.Millisecond))
+				return tx.Set([]byte("first"), []byte("1"), 0)
+			}}, make([]error, 1))
+			txns := 0
+			for _, n := range tc.want[1:] {
+				txns += n
+			}
+			var ran []int
+			var waits []func() error
+			for r := range txns / tc.txnsPerReq {
+				var fns []kv.TxnFunc
+				for i := range tc.txnsPerReq {
+					fns = append(fns, func(tx kv.Txn) error {
+						ran = append(ran, r) // the writer runs transactions one at a time
+						clock.Add(int64(time.Millisecond))
+						return tx.Set(fmt.Appendf(nil, "k%d-%d", r, i), []byte("v"), 0)
+					})
+				}
+				waits = append(waits, s.Submit(ctx, fns, make([]error, len(fns))))
+			}
+			close(hold)
+			if err := first(); err != nil {
+				t.Fatal(err)
+			}
+			for r, wait := range waits {
+				if err := wait(); err != nil {
+					t.Fatalf("request %d: %v", r, err)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if sum := 0; tc.build == 0 && len(sizes) <= 2 {
+				for _, n := range sizes {
+					sum += n
+				}
+				if sum == 20 {
+					sizes = tc.want // how many requests the first group took is a race
+				}
+			}
+			if !slices.Equal(sizes, tc.want) {
+				t.Errorf("group sizes %v, want %v", sizes, tc.want)
+			}
+			if len(ran) != txns || !slices.IsSorted(ran) {
+				t.Errorf("transactions ran for requests %v, want each of %d once, in order", ran, txns/tc.txnsPerReq)
+			}
+		})
+	}
+}
+
+func TestMaxGroupBuildDefaultsOff(t *testing.T) {
+	var opts Options
+	opts.EnsureDefaults()
+	if opts.MaxGroupBuild != 0 {
+		t.Errorf("default MaxGroupBuild %v, want 0 (groups bounded by MaxGroup only)", opts.MaxGroupBuild)
 	}
 }
