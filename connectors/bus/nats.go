@@ -63,6 +63,10 @@ type NATSOptions struct {
 	// Health, when set, reports the connector not ready while it is not
 	// connected.
 	Health *component.Health
+
+	// uncappedAckWait keeps AckWait for partition consumers too (tests
+	// that must tell a nack from an ack wait's redelivery).
+	uncappedAckWait bool
 }
 
 // EnsureDefaults fills unset fields with their defaults.

@@ -79,6 +79,22 @@ func ensurePartitionStream(ctx context.Context, js nats.JetStreamContext, base, 
 	return stream, nil
 }
 
+// maxPartitionAckWait bounds the ack wait of a partition's consumer.
+const maxPartitionAckWait = 5 * time.Second
+
+// partitionAckWait returns the ack wait of a partition's consumer: the
+// source's ack_wait, at most maxPartitionAckWait. When an owner dies, the
+// messages it held come back after this wait (with their delivery counts),
+// about when its lease lapses and another owner takes the partition, not
+// after the 30 s default; a live owner keeps its slow messages with
+// in-progress acks at half the wait.
+func (o *NATSOptions) partitionAckWait() time.Duration {
+	if o.uncappedAckWait {
+		return o.AckWait
+	}
+	return min(o.AckWait, maxPartitionAckWait)
+}
+
 // ensurePullConsumer creates the durable pull consumer of one partition,
 // or adapts an existing one's AckWait and MaxAckPending.
 func ensurePullConsumer(ctx context.Context, js nats.JetStreamContext, stream, subject, durable string, ackWait time.Duration, window int) error {
@@ -317,7 +333,7 @@ func (s *natsPartitions) consume(ctx context.Context, p int) {
 func (s *natsPartitions) subscribe(ctx context.Context, subject, durable string) (*nats.Subscription, error) {
 	cctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
 	defer cancel()
-	if err := ensurePullConsumer(cctx, s.nc.js, s.stream, subject, durable, s.opts.AckWait, s.so.Window); err != nil {
+	if err := ensurePullConsumer(cctx, s.nc.js, s.stream, subject, durable, s.opts.partitionAckWait(), s.so.Window); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSubscribe, err)
 	}
 	sub, err := s.nc.js.PullSubscribe(subject, durable, nats.Bind(s.stream, durable))
@@ -334,14 +350,42 @@ func (s *natsPartitions) settle(wm *message.Message, m *nats.Msg, slots chan str
 	defer s.settles.Done()
 	defer func() { <-slots }()
 	var err error
+	// A message still in the flow after half its ack wait is reported in
+	// progress, so that the broker does not redeliver it while it is
+	// processed (see partitionAckWait).
+	every := s.opts.partitionAckWait() / 2
+	var progress *time.Timer
+	var tick <-chan time.Time
 	select {
 	case <-wm.Acked():
 		err = m.AckSync()
+		goto done
 	case <-wm.Nacked():
 		err = m.Nak()
+		goto done
 	case <-s.settling.Done():
 		return
+	default:
 	}
+	progress = time.NewTimer(every)
+	defer progress.Stop()
+	tick = progress.C
+	for {
+		select {
+		case <-wm.Acked():
+			err = m.AckSync()
+		case <-wm.Nacked():
+			err = m.Nak()
+		case <-s.settling.Done():
+			return
+		case <-tick:
+			_ = m.InProgress()
+			progress.Reset(every)
+			continue
+		}
+		break
+	}
+done:
 	if err != nil && !s.nc.conn.IsClosed() {
 		s.opts.Logger.Warn("cannot settle message, the broker redelivers it after ack_wait", "node", s.so.Name,
 			"message", wm.UUID, "subject", m.Subject, "error", err)

@@ -517,7 +517,7 @@ func TestPartitionEndNacksWhatWasNotHandedOver(t *testing.T) {
 	must(t, board.Declare(1))
 	so := SourceOptions{Name: "src", Topic: pt.base, Window: window}
 	so.EnsureDefaults()
-	opts := NATSOptions{URL: pt.url, Subject: pt.base, Durable: pt.durable, AckWait: time.Minute}
+	opts := NATSOptions{URL: pt.url, Subject: pt.base, Durable: pt.durable, AckWait: time.Minute, uncappedAckWait: true}
 	opts.EnsureDefaults()
 	msgs, release, err := dialNATSPartitions(context.Background(), so, opts, board, &natsDeadLetters{})
 	must(t, err)
@@ -573,4 +573,46 @@ func TestPartitionEndNacksWhatWasNotHandedOver(t *testing.T) {
 		}
 	}
 	waitUntil(t, "every ack", func() bool { return consumer().AckFloor.Stream == n })
+}
+
+// TestPartitionKeepsSlowMessages: a partition consumer's ack wait is
+// capped (so a dead owner's messages come back about when its lease
+// lapses), and a message that stays in the flow longer than that wait is
+// reported in progress, so the broker does not deliver it a second time
+// while it is processed.
+func TestPartitionKeepsSlowMessages(t *testing.T) {
+	pt := newPartitionTest(t)
+	pt.publish(t, 0, 0, 1)
+	board := partition.BoardOf(component.NewResources(), "store")
+	must(t, board.Declare(1))
+	so := SourceOptions{Name: "src", Topic: pt.base, Window: 4}
+	so.EnsureDefaults()
+	opts := NATSOptions{URL: pt.url, Subject: pt.base, Durable: pt.durable, AckWait: time.Second}
+	opts.EnsureDefaults()
+	msgs, release, err := dialNATSPartitions(context.Background(), so, opts, board, &natsDeadLetters{})
+	must(t, err)
+	defer func() { must(t, release()) }()
+	ctx, end := context.WithCancel(context.Background())
+	defer end()
+	board.Serve(ctx, 0)
+	var m *message.Message
+	select {
+	case m = <-msgs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no message within 30 s")
+	}
+	// Held for three ack waits: never delivered again.
+	select {
+	case again := <-msgs:
+		t.Fatalf("message delivered again while in the flow (delivery %s)", again.Metadata.Get(DeliveredKey))
+	case <-time.After(3 * time.Second):
+	}
+	m.Ack()
+	waitUntil(t, "the ack", func() bool {
+		info, err := pt.js.ConsumerInfo(pt.stream, PartitionDurable(pt.durable, 0))
+		return err == nil && info.AckFloor.Stream == 1 && info.NumRedelivered == 0
+	})
+	if info, err := pt.js.ConsumerInfo(pt.stream, PartitionDurable(pt.durable, 0)); err != nil || info.Config.AckWait != time.Second {
+		t.Fatalf("consumer ack wait %v (%v), want 1s", info.Config.AckWait, err)
+	}
 }

@@ -137,7 +137,7 @@ func Spec(backends ...BackendSpec) component.Spec {
 				Doc: "With `partitions`: the name the flow's instances share their partitions under (it names the JetStream streams `FLOWRUN_<group>_LEASES` and `FLOWRUN_<group>_CL_<partition>`). Default: the flow's name."},
 			{Name: "instance", Type: component.TypeString,
 				Doc: "With `partitions`: this process's name in the group (lease holder and member key). Default: host name, process id and a random part, new at every start."},
-			{Name: "lease_ttl", Type: component.TypeDuration, Default: "10s", Min: "1s", Max: "10m",
+			{Name: "lease_ttl", Type: component.TypeDuration, Default: "5s", Min: "1s", Max: "10m",
 				Doc: "With `partitions`: how long a partition's lease lives without renewal (renewed every third of it): an instance that stops without releasing its partitions has them taken over after about this long."},
 			{Name: "partition_wait", Type: component.TypeDuration, Default: "5s", Max: "10m",
 				Doc: "With `partitions`: how long an event of a partition this instance does not serve yet (it is taking it, or the source cannot redeliver) waits for it before failing on `err` with partition not ready (or, from a source that redelivers, being given back); events of a source that redelivers (nats and the other bus sources) whose partition another instance owns are given back at once. 0 does not wait."},

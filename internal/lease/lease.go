@@ -63,7 +63,7 @@ const (
 	// DefaultTTL is how long a lease lives without renewal: failover
 	// takes about this long plus a poll, so it is short, but long enough
 	// that a loaded machine renews well inside it (every TTL/3).
-	DefaultTTL = 10 * time.Second
+	DefaultTTL = 5 * time.Second
 	// DefaultReplicas keeps the stream available with one server down.
 	DefaultReplicas = 3
 	// casAttempts bounds the retries of one write when writes of other
