@@ -49,6 +49,18 @@ func TestFailoverOfProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three processes and 100,000 messages; skipped with -short")
 	}
+	for _, scenario := range []string{"sigkill", "sigstop"} {
+		t.Run(scenario, func(t *testing.T) { failover(t, scenario) })
+	}
+}
+
+// failover runs TestFailoverOfProcesses's flow through one scenario:
+// "sigkill" kills two instances one after the other; "sigstop" pauses one
+// past its leases (SIGSTOP), lets the others take its partitions over,
+// then resumes it (SIGCONT): whatever it still had in flight cannot be
+// applied over the new owners (its changelog appends are fenced), which
+// the exact answers prove.
+func failover(t *testing.T, scenario string) {
 	urls := natstest.ClusterURLs(t)
 	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -121,10 +133,6 @@ links:
   - apply/out -> store/in
   - store/out -> answers/in
 `, base, urls, in, parts, urls, urls, out)
-	flowPath := filepath.Join(work, "flow.yaml")
-	if err := os.WriteFile(flowPath, []byte(flow), 0o644); err != nil {
-		t.Fatal(err)
-	}
 
 	type instance struct {
 		cmd  *exec.Cmd
@@ -137,6 +145,13 @@ links:
 			t.Fatal(err)
 		}
 		in := &instance{logs: &bytes.Buffer{}, done: make(chan error, 1)}
+		// Each instance has its flow file, and so its state directory
+		// (relative to the file), in a directory of its own, as on
+		// machines of their own.
+		flowPath := filepath.Join(dir, "flow.yaml")
+		if err := os.WriteFile(flowPath, []byte(flow), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		in.cmd = exec.Command(bin, "run", flowPath)
 		in.cmd.Dir = dir
 		in.cmd.Stderr = &syncWriter{w: in.logs}
@@ -237,39 +252,75 @@ links:
 		}
 	}
 
-	waitFor("a third of the answers", n/3)
-	kill1 := kill("a", a)
-	waitFor("two thirds of the answers", 2*n/3)
-	// The second kill comes once every partition answered again after
-	// the first, so that each kill's failover is measured on its own.
-	for {
-		mu.Lock()
-		recovered := recovered(answers, kill1, parts)
-		mu.Unlock()
-		if recovered == parts {
-			break
+	// waitRecovered waits until every partition answered after at.
+	waitRecovered := func(what string, at time.Time) {
+		t.Helper()
+		for {
+			mu.Lock()
+			recovered := recovered(answers, at, parts)
+			mu.Unlock()
+			if recovered == parts {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("timed out waiting for the partitions to answer again after %s: %d of %d", what, recovered, parts)
+			case err := <-readDone:
+				t.Fatalf("reading answers: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	terminate := func(name string, in *instance) {
+		t.Helper()
+		if err := in.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
 		}
 		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for the partitions to answer again after the first kill: %d of %d", recovered, parts)
-		case err := <-readDone:
-			t.Fatalf("reading answers: %v", err)
-		case <-time.After(50 * time.Millisecond):
+		case err := <-in.done:
+			in.done <- err
+			if err != nil {
+				t.Errorf("instance %s exited with %v after SIGTERM", name, err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Errorf("instance %s did not exit within 60 s of SIGTERM", name)
 		}
 	}
-	kill2 := kill("b", b)
-	waitFor("every answer", n)
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-c.done:
-		c.done <- err
-		if err != nil {
-			t.Errorf("the last instance exited with %v after SIGTERM", err)
+
+	var marks []time.Time
+	switch scenario {
+	case "sigkill":
+		waitFor("a third of the answers", n/3)
+		kill1 := kill("a", a)
+		waitFor("two thirds of the answers", 2*n/3)
+		// The second kill comes once every partition answered again
+		// after the first, so that each kill's failover is measured on
+		// its own.
+		waitRecovered("the first kill", kill1)
+		kill2 := kill("b", b)
+		marks = []time.Time{kill1, kill2}
+		waitFor("every answer", n)
+		terminate("c", c)
+	case "sigstop":
+		waitFor("a third of the answers", n/3)
+		stopped := time.Now()
+		if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(60 * time.Second):
-		t.Error("the last instance did not exit within 60 s of SIGTERM")
+		// Every partition answering again means the others took the
+		// paused instance's partitions over: it is past its leases.
+		waitRecovered("the pause", stopped)
+		if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		marks = []time.Time{stopped}
+		waitFor("every answer", n)
+		for _, in := range []struct {
+			name string
+			in   *instance
+		}{{"a", a}, {"b", b}, {"c", c}} {
+			terminate(in.name, in.in)
+		}
 	}
 	stopReading()
 	if err := <-readDone; err != nil {
@@ -323,8 +374,8 @@ links:
 		ci := c.CachedInfo()
 		t.Logf("partition %d: %d delivered for %d stream messages, %d redelivered", p, ci.Delivered.Consumer, ci.Delivered.Stream, ci.NumRedelivered)
 	}
-	for i, kill := range []time.Time{kill1, kill2} {
-		t.Logf("kill %d at %s: every partition answered again %v after it", i+1, kill.UTC().Format("15:04:05.000"), recovery(answers, kill, parts).Round(time.Millisecond))
+	for i, mark := range marks {
+		t.Logf("%s %d at %s: every partition answered again %v after it", scenario, i+1, mark.UTC().Format("15:04:05.000"), recovery(answers, mark, parts).Round(time.Millisecond))
 	}
 }
 
