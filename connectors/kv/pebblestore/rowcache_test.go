@@ -684,7 +684,11 @@ func TestRowCacheSortedReadModifyWrites(t *testing.T) {
 // a key left viewing an entry's old memory would keep that memory alive
 // unaccounted.
 func TestRowCacheKeysViewEntryData(t *testing.T) {
-	c := newRowCache(1 << 20)
+	// Room for every entry in any one shard (16 MiB / 16 = 1 MiB against
+	// 50 entries of at most 5 KB): keys are spread over the shards by a
+	// seed drawn per cache, and with 1 MiB in all the largest round could
+	// overfill one shard in a rare draw and evict a key.
+	c := newRowCache(16 << 20)
 	for i := range 50 {
 		c.writerFill([]byte(fmt.Sprintf("k%02d", i)), []byte("v"), false)
 	}
