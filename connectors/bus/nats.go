@@ -502,6 +502,8 @@ type natsSinkPublisher struct {
 	mu          sync.Mutex
 	nc          *natsConn
 	pub         *wmnats.Publisher
+	// js publishes batches asynchronously (PublishBatch).
+	js nats.JetStreamContext
 }
 
 func (p *natsSinkPublisher) connect(ctx context.Context) error {
@@ -525,8 +527,76 @@ func (p *natsSinkPublisher) connect(ctx context.Context) error {
 		nc.conn.Close()
 		return err
 	}
-	p.nc, p.pub = nc, pub
+	js, err := nc.conn.JetStream(nats.PublishAsyncMaxPending(publishBatchChunk))
+	if err != nil {
+		nc.conn.Close()
+		return fmt.Errorf("%w: jetstream: %w", ErrConnect, err)
+	}
+	p.nc, p.pub, p.js = nc, pub, js
 	return nil
+}
+
+const (
+	// publishBatchChunk is how many messages PublishBatch sends before it
+	// waits for their acknowledgements.
+	publishBatchChunk = 1024
+	// publishAckTimeout bounds the wait for a batch's acknowledgements,
+	// as nats.go bounds a synchronous JetStream publish.
+	publishAckTimeout = 5 * time.Second
+)
+
+// PublishBatch implements BatchPublisher: each chunk of messages is sent
+// at once (JetStream asynchronous publishes, one round trip for the
+// chunk instead of one per message) and then their acknowledgements are
+// read in order.
+func (p *natsSinkPublisher) PublishBatch(topic string, msgs []*message.Message) (int, error) {
+	if _, err := p.publisher(); err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	js := p.js
+	p.mu.Unlock()
+	if js == nil {
+		return 0, fmt.Errorf("nats sink %s: closed: %w", p.name, ErrDisconnected)
+	}
+	marshaler := wmnats.NATSMarshaler{}
+	futures := make([]nats.PubAckFuture, 0, min(len(msgs), publishBatchChunk))
+	done := 0
+	for done < len(msgs) {
+		chunk := msgs[done:min(len(msgs), done+publishBatchChunk)]
+		futures = futures[:0]
+		var sendErr error
+		for _, m := range chunk {
+			nm, err := marshaler.Marshal(topic, m)
+			if err == nil {
+				var f nats.PubAckFuture
+				if f, err = js.PublishMsgAsync(nm); err == nil {
+					futures = append(futures, f)
+					continue
+				}
+			}
+			sendErr = err
+			break
+		}
+		timeout := time.NewTimer(publishAckTimeout)
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+				done++
+				continue
+			case err := <-f.Err():
+				timeout.Stop()
+				return done, err
+			case <-timeout.C:
+				return done, fmt.Errorf("no acknowledgement within %s: %w", publishAckTimeout, nats.ErrTimeout)
+			}
+		}
+		timeout.Stop()
+		if sendErr != nil {
+			return done, sendErr
+		}
+	}
+	return done, nil
 }
 
 // Publish implements message.Publisher, connecting first when needed.
@@ -569,7 +639,7 @@ func (p *natsSinkPublisher) Close() error { return nil }
 func (p *natsSinkPublisher) close() error {
 	p.mu.Lock()
 	nc := p.nc
-	p.nc, p.pub = nil, nil
+	p.nc, p.pub, p.js = nil, nil, nil
 	p.mu.Unlock()
 	if nc == nil {
 		return nil

@@ -208,3 +208,68 @@ func TestNATSConnectErrors(t *testing.T) {
 	waitFor(t, "the source to report itself not ready", func() bool { return h.Err() != nil })
 	must(t, src.Close(context.Background()))
 }
+
+var _ BatchPublisher = (*natsSinkPublisher)(nil)
+
+// TestNATSSinkPublishesBatches: a slice of events larger than one
+// asynchronous chunk is stored whole and in order; when the stream
+// refuses part of a batch, PublishBatch counts exactly the messages
+// stored and the sink sends the rest to err.
+func TestNATSSinkPublishesBatches(t *testing.T) {
+	url := natsURL(t)
+	events := func(n int) []pipeline.Event {
+		evs := make([]pipeline.Event, n)
+		for i := range evs {
+			evs[i] = pipeline.Event{Data: []byte(fmt.Sprintf(`{"i":%d}`, i)), Meta: []byte(`{}`)}
+		}
+		return evs
+	}
+	t.Run("in order", func(t *testing.T) {
+		subject := uniqueSubject("batch")
+		n := 2*publishBatchChunk + 300
+		publishEvents(t, url, subject, events(n))
+		got := readSubject(t, url, subject, n, 20*time.Second)
+		if len(got) != n {
+			t.Fatalf("stored %d messages, want %d", len(got), n)
+		}
+		for i, ev := range got {
+			if v := gjson.GetBytes(ev.Data, "i").Int(); v != int64(i) {
+				t.Fatalf("message %d carries i=%d: out of order", i, v)
+			}
+		}
+	})
+	t.Run("refused midway", func(t *testing.T) {
+		subject := uniqueSubject("batchfull")
+		nc, err := nats.Connect(url)
+		must(t, err)
+		defer nc.Close()
+		js, err := nc.JetStream()
+		must(t, err)
+		stream := strings.ReplaceAll(subject, ".", "_")
+		_, err = js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}, MaxMsgs: 100, Discard: nats.DiscardNew})
+		must(t, err)
+		defer js.DeleteStream(stream)
+		sink, err := NewNATSSink(context.Background(), "full", NATSOptions{URL: url, Subject: subject,
+			Reconnect: Reconnect{FailFast: true}})
+		must(t, err)
+		defer sink.Close(context.Background())
+		failed := 0
+		must(t, sink.Process(context.Background(), events(300), emitFunc(func(port string, ev pipeline.Event) {
+			if port != pipeline.PortErr || !strings.Contains(string(ev.Meta), "maximum messages") {
+				t.Errorf("unexpected %s event %s", port, ev.Meta)
+			}
+			if v := gjson.GetBytes(ev.Data, "i").Int(); v != int64(100+failed) {
+				t.Errorf("failed event %d carries i=%d, want %d", failed, v, 100+failed)
+			}
+			failed++
+		})))
+		if failed != 200 {
+			t.Fatalf("%d events failed, want the 200 past the stream's limit", failed)
+		}
+		info, err := js.StreamInfo(stream)
+		must(t, err)
+		if info.State.Msgs != 100 {
+			t.Fatalf("stream holds %d messages, want 100", info.State.Msgs)
+		}
+	})
+}
