@@ -24,7 +24,7 @@ func TestParseFlags(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", args: nil, check: func(o Options) bool {
-			return o.Events == 200_000 && slices.Equal(o.Instances, []int{1, 2, 3}) && len(o.Flows) == 3 && o.Rounds == 3
+			return o.Events == 100_000 && o.EtcdEvents == 10_000 && slices.Equal(o.Instances, []int{1, 2, 3}) && len(o.Flows) == 3 && o.Rounds == 3
 		}},
 		{name: "instances and flows", args: []string{"-instances", "3, 1", "-flows", "partitioned,etcd"}, check: func(o Options) bool {
 			return slices.Equal(o.Instances, []int{3, 1}) && slices.Equal(o.Flows, []string{"partitioned", "etcd"})

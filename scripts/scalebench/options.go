@@ -62,7 +62,7 @@ type Options struct {
 // defaultOptions are the flags' defaults: the figures of docs/scaling.md.
 func defaultOptions() Options {
 	return Options{
-		Events: 200_000, Keys: 10_000, EtcdEvents: 20_000,
+		Events: 100_000, Keys: 10_000, EtcdEvents: 10_000,
 		Partitions: 12, Instances: []int{1, 2, 3},
 		Flows:   []string{storePartitioned, storePebble, storeEtcd},
 		Rounds:  3,
