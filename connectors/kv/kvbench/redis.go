@@ -270,12 +270,12 @@ func (s *redisServer) bench(ctx context.Context, cfg Config, test string) (float
 	cmd := exec.CommandContext(ctx, s.opts.Benchmark, redisBenchArgs(cfg, s.port, test)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	before, okBefore := procCPU(s.cmd.Process.Pid)
+	before, okBefore := ProcCPU(s.cmd.Process.Pid)
 	out, err := cmd.Output()
 	if err != nil {
 		return 0, 0, fmt.Errorf("redis-benchmark: %w: %s", err, lastLines(stderr.String(), 3))
 	}
-	after, okAfter := procCPU(s.cmd.Process.Pid)
+	after, okAfter := ProcCPU(s.cmd.Process.Pid)
 	var cpu time.Duration
 	if okBefore && okAfter {
 		cpu = after - before + cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
@@ -288,9 +288,9 @@ func (s *redisServer) bench(ctx context.Context, cfg Config, test string) (float
 // 100 on every Linux platform Go supports).
 const clockTicks = 100
 
-// procCPU returns the CPU time (user and system) process pid has used, from
+// ProcCPU returns the CPU time (user and system) process pid has used, from
 // /proc/PID/stat; false where that cannot be read.
-func procCPU(pid int) (time.Duration, bool) {
+func ProcCPU(pid int) (time.Duration, bool) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, false

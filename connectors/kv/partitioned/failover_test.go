@@ -1,37 +1,24 @@
 package partitioned_test
 
 import (
-	"bytes"
 	"context"
-	"fmt"
+	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/tidwall/gjson"
 
 	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/internal/incrflow"
 	"github.com/flowrun/flowrun/internal/natstest"
 	"github.com/flowrun/flowrun/internal/partition"
 	"github.com/flowrun/flowrun/internal/proctest"
 )
-
-// answer is one result a flow instance published: the increment of input
-// message corr on key reached value.
-type answer struct {
-	corr  int
-	key   string
-	value int64
-	at    time.Time // stored by the broker
-}
 
 // TestFailoverOfProcesses is the process-level proof of partitioned
 // state: three `flowrun run` instances of one flow share 12 partitions of
@@ -74,10 +61,7 @@ func failover(t *testing.T, scenario string) {
 	)
 	base := natstest.Name("failover")
 	in, out := base+".in", base+".out"
-	for _, sc := range []jetstream.StreamConfig{
-		{Name: bus.PartitionStreamName(in), Subjects: []string{bus.PartitionFilter(in)}, Replicas: 3},
-		{Name: bus.StreamName(out), Subjects: []string{out}, Replicas: 3},
-	} {
+	for _, sc := range []jetstream.StreamConfig{incrflow.InputStream(in), incrflow.AnswerStream(out)} {
 		if _, err := js.CreateStream(ctx, sc); err != nil {
 			t.Fatalf("create stream %s: %v", sc.Name, err)
 		}
@@ -91,94 +75,41 @@ func failover(t *testing.T, scenario string) {
 
 	// Publish every increment to its partition's subject, as a producer
 	// that knows the key does (the repartition stage does the same).
-	for i := range n {
-		k := fmt.Sprintf("k%05d", i%keys)
-		subj := partition.Subject(in, partition.OfString("c/"+k, parts))
-		if _, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i)); err != nil {
-			t.Fatalf("publish: %v", err)
-		}
-		if i%4096 == 4095 {
-			select {
-			case <-js.PublishAsyncComplete():
-			case <-ctx.Done():
-				t.Fatal("publishing timed out")
-			}
-		}
-	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-ctx.Done():
-		t.Fatal("publishing timed out")
+	if err := incrflow.Publish(ctx, js, in, n, keys, parts); err != nil {
+		t.Fatal(err)
 	}
 
 	work := t.TempDir()
 	bin := proctest.BuildFlowrun(t, work)
-	flow := fmt.Sprintf(`name: %s
-connectors:
-  input:   { type: nats, mode: read, url: %q, subject: %s, durable: counts, partitions_of: store, window: 256 }
-  store:
-    type: kv
-    dir: state
-    partitions: %d
-    changelog: { urls: %q, replicas: 3 }
-    idem_from: message_id
-  answers: { type: nats, mode: write, url: %q, subject: %s }
-pipelines:
-  apply:
-    - set:
-        meta.kv: '{"increment": "c/" + data.k}'
-        meta.correlation: data.i
-links:
-  - input/out -> apply/in
-  - apply/out -> store/in
-  - store/out -> answers/in
-`, base, urls, in, parts, urls, urls, out)
-
-	type instance struct {
-		cmd  *exec.Cmd
-		logs *bytes.Buffer
-		done chan error
+	flow, err := incrflow.Flow{Name: base, URLs: urls, In: in, Out: out, Durable: "counts", Partitions: parts}.YAML()
+	if err != nil {
+		t.Fatal(err)
 	}
-	start := func(name string) *instance {
-		dir := filepath.Join(work, name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		in := &instance{logs: &bytes.Buffer{}, done: make(chan error, 1)}
+
+	start := func(name string) *incrflow.Instance {
 		// Each instance has its flow file, and so its state directory
 		// (relative to the file), in a directory of its own, as on
 		// machines of their own.
-		flowPath := filepath.Join(dir, "flow.yaml")
-		if err := os.WriteFile(flowPath, []byte(flow), 0o644); err != nil {
+		in, err := incrflow.Start(bin, filepath.Join(work, name), flow)
+		if err != nil {
 			t.Fatal(err)
 		}
-		in.cmd = exec.Command(bin, "run", flowPath)
-		in.cmd.Dir = dir
-		in.cmd.Stderr = &syncWriter{w: in.logs}
-		if err := in.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() { in.done <- in.cmd.Wait() }()
 		t.Cleanup(func() {
-			_ = in.cmd.Process.Kill()
-			<-in.done
+			in.Kill()
 			if t.Failed() || os.Getenv("FLOWRUN_TEST_LOGS") != "" {
-				t.Logf("%s's log:\n%s", name, proctest.Tail(in.logs.String(), 4000))
+				t.Logf("%s's log:\n%s", name, proctest.Tail(in.Logs(), 4000))
 			}
 		})
 		return in
 	}
 	a, b, c := start("a"), start("b"), start("c")
-	kill := func(name string, in *instance) time.Time {
+	kill := func(name string, in *incrflow.Instance) time.Time {
 		t.Helper()
-		select {
-		case err := <-in.done:
-			in.done <- err
-			t.Fatalf("instance %s exited by itself before its kill (%v):\n%s", name, err, proctest.Tail(in.logs.String(), 4000))
-		default:
+		if exited, err := in.Exited(); exited {
+			t.Fatalf("instance %s exited by itself before its kill (%v):\n%s", name, err, proctest.Tail(in.Logs(), 4000))
 		}
 		at := time.Now()
-		if err := in.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		if err := in.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		return at
@@ -187,46 +118,26 @@ links:
 	// Read the answers as they are stored.
 	var (
 		mu      sync.Mutex
-		answers []answer
+		answers []incrflow.Answer
 	)
-	cons, err := js.OrderedConsumer(ctx, bus.StreamName(out), jetstream.OrderedConsumerConfig{})
+	reader, err := incrflow.NewReader(ctx, js, out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	readCtx, stopReading := context.WithCancel(ctx)
 	readDone := make(chan error, 1)
 	go func() {
-		var lastSeq uint64
+		var got []incrflow.Answer
 		for readCtx.Err() == nil {
-			batch, err := cons.Fetch(1024, jetstream.FetchMaxWait(500*time.Millisecond))
-			if err != nil {
-				continue
+			var err error
+			got, err = reader.Fetch(got[:0], 1024, 500*time.Millisecond)
+			if errors.Is(err, incrflow.ErrBadAnswer) {
+				readDone <- err
+				return
 			}
-			for m := range batch.Messages() {
-				md, err := m.Metadata()
-				if err != nil {
-					readDone <- err
-					return
-				}
-				corr, err := strconv.Atoi(m.Headers().Get(bus.CorrelationKey))
-				if err != nil {
-					readDone <- fmt.Errorf("answer without a numeric correlation: %v %s", m.Headers(), m.Data())
-					return
-				}
-				v, err := strconv.ParseInt(string(m.Data()), 10, 64)
-				if err != nil {
-					readDone <- fmt.Errorf("answer %d: data %q is not a count", corr, m.Data())
-					return
-				}
-				key := gjson.Get(m.Headers().Get("kv"), "key").String()
-				if md.Sequence.Stream <= lastSeq {
-					continue // the ordered consumer delivered it again
-				}
-				lastSeq = md.Sequence.Stream
-				mu.Lock()
-				answers = append(answers, answer{corr: corr, key: key, value: v, at: md.Timestamp})
-				mu.Unlock()
-			}
+			mu.Lock()
+			answers = append(answers, got...)
+			mu.Unlock()
 		}
 		readDone <- nil
 	}()
@@ -235,7 +146,7 @@ links:
 		defer mu.Unlock()
 		seen := make(map[int]bool, len(answers))
 		for _, a := range answers {
-			seen[a.corr] = true
+			seen[a.Corr] = true
 		}
 		return len(seen)
 	}
@@ -271,19 +182,10 @@ links:
 			}
 		}
 	}
-	terminate := func(name string, in *instance) {
+	terminate := func(name string, in *incrflow.Instance) {
 		t.Helper()
-		if err := in.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-in.done:
-			in.done <- err
-			if err != nil {
-				t.Errorf("instance %s exited with %v after SIGTERM", name, err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Errorf("instance %s did not exit within 60 s of SIGTERM", name)
+		if err := in.Stop(60 * time.Second); err != nil {
+			t.Errorf("instance %s after SIGTERM: %v", name, err)
 		}
 	}
 
@@ -304,20 +206,20 @@ links:
 	case "sigstop":
 		waitFor("a third of the answers", n/3)
 		stopped := time.Now()
-		if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		if err := a.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
 		// Every partition answering again means the others took the
 		// paused instance's partitions over: it is past its leases.
 		waitRecovered("the pause", stopped)
-		if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		if err := a.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
 		marks = []time.Time{stopped}
 		waitFor("every answer", n)
 		for _, in := range []struct {
 			name string
-			in   *instance
+			in   *incrflow.Instance
 		}{{"a", a}, {"b", b}, {"c", c}} {
 			terminate(in.name, in.in)
 		}
@@ -331,36 +233,11 @@ links:
 	defer mu.Unlock()
 	// Each message is answered with one value, however often it was
 	// delivered; each key's values are exactly 1..per.
-	valueOf := map[int]int64{}
-	dups := 0
-	for _, a := range answers {
-		if v, ok := valueOf[a.corr]; ok {
-			dups++
-			if v != a.value {
-				t.Fatalf("message %d answered %d and %d: applied twice", a.corr, v, a.value)
-			}
-			continue
-		}
-		valueOf[a.corr] = a.value
+	sum, err := incrflow.Check(answers, n, keys)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(valueOf) != n {
-		t.Fatalf("%d of %d messages answered", len(valueOf), n)
-	}
-	byKey := map[string][]int64{}
-	for corr, v := range valueOf {
-		k := fmt.Sprintf("k%05d", corr%keys)
-		byKey[k] = append(byKey[k], v)
-	}
-	want := make([]int64, per)
-	for i := range want {
-		want[i] = int64(i + 1)
-	}
-	for k, vs := range byKey {
-		slices.Sort(vs)
-		if !slices.Equal(vs, want) {
-			t.Fatalf("key %s: increments answered %v, want 1..%d: an increment lost or applied twice", k, vs, per)
-		}
-	}
+	dups := sum.Repeated
 	t.Logf("%d messages, %d answers (%d repeated from idempotency records)", n, len(answers), dups)
 	if info, err := js.Stream(ctx, bus.StreamName(out)); err == nil {
 		t.Logf("answers stream holds %d messages", info.CachedInfo().State.Msgs)
@@ -383,15 +260,15 @@ links:
 // again did so: each partition's first answer stored after kill, the
 // latest of them (partitions of the killed instance answer once taken
 // over; the others at once).
-func recovery(answers []answer, kill time.Time, parts int) time.Duration {
+func recovery(answers []incrflow.Answer, kill time.Time, parts int) time.Duration {
 	first := map[int]time.Time{}
 	for _, a := range answers {
-		if !a.at.After(kill) {
+		if !a.At.After(kill) {
 			continue
 		}
-		p := partition.OfString(a.key, parts)
-		if f, ok := first[p]; !ok || a.at.Before(f) {
-			first[p] = a.at
+		p := partition.OfString(a.Key, parts)
+		if f, ok := first[p]; !ok || a.At.Before(f) {
+			first[p] = a.At
 		}
 	}
 	var ds []time.Duration
@@ -406,24 +283,12 @@ func recovery(answers []answer, kill time.Time, parts int) time.Duration {
 }
 
 // recovered returns how many partitions answered after kill.
-func recovered(answers []answer, kill time.Time, parts int) int {
+func recovered(answers []incrflow.Answer, kill time.Time, parts int) int {
 	seen := map[int]bool{}
 	for _, a := range answers {
-		if a.at.After(kill) {
-			seen[partition.OfString(a.key, parts)] = true
+		if a.At.After(kill) {
+			seen[partition.OfString(a.Key, parts)] = true
 		}
 	}
 	return len(seen)
-}
-
-// syncWriter serialises writes to w (a process's stderr copied by exec).
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }

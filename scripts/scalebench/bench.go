@@ -1,0 +1,404 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/connectors/kv/kvbench"
+	"github.com/flowrun/flowrun/connectors/kv/partitioned"
+	"github.com/flowrun/flowrun/internal/incrflow"
+)
+
+// variant is one flow the bench runs once per round.
+type variant struct {
+	Store     string // storePartitioned, storePebble, storeEtcd
+	Instances int
+}
+
+func (v variant) String() string {
+	if v.Instances == 1 {
+		return v.Store
+	}
+	return fmt.Sprintf("%s x%d", v.Store, v.Instances)
+}
+
+// variants lists the runs of one round, in the options' order.
+func (o Options) variants() []variant {
+	var vs []variant
+	for _, f := range o.Flows {
+		if f == storePartitioned {
+			for _, n := range o.Instances {
+				vs = append(vs, variant{Store: f, Instances: n})
+			}
+			continue
+		}
+		vs = append(vs, variant{Store: f, Instances: 1})
+	}
+	return vs
+}
+
+// schedule returns the runs of every round: each round runs every
+// variant once, starting one further along than the round before, so
+// that no flow always runs first or after the same one.
+func schedule(vs []variant, rounds int) [][]variant {
+	out := make([][]variant, rounds)
+	for r := range out {
+		for i := range vs {
+			out[r] = append(out[r], vs[(r+i)%len(vs)])
+		}
+	}
+	return out
+}
+
+// RunResult is one run of one flow.
+type RunResult struct {
+	Round     int    `json:"round"`
+	Flow      string `json:"flow"`
+	Instances int    `json:"instances"`
+	Events    int    `json:"events"`
+	// Seconds from the start of the processes until the last message was
+	// answered; FirstSeconds until the first was.
+	Seconds      float64 `json:"seconds"`
+	FirstSeconds float64 `json:"first_answer_seconds"`
+	// CPU time, in seconds, of the flowrun processes and of the NATS and
+	// etcd servers over the run (0: not measured).
+	FlowrunCPU float64 `json:"flowrun_cpu_seconds"`
+	NATSCPU    float64 `json:"nats_cpu_seconds"`
+	EtcdCPU    float64 `json:"etcd_cpu_seconds"`
+	// Repeated answers (a message answered again from its idempotency
+	// record after a redelivery).
+	Repeated int `json:"repeated"`
+}
+
+// EventsPerS is the run's throughput, start to last answer.
+func (r RunResult) EventsPerS() float64 { return rate(float64(r.Events), r.Seconds) }
+
+// SteadyPerS is the run's throughput from the first answer to the last:
+// without the processes' start (connecting, taking partitions).
+func (r RunResult) SteadyPerS() float64 { return rate(float64(r.Events), r.Seconds-r.FirstSeconds) }
+
+// bench is one Run's state.
+type bench struct {
+	opts Options
+	logf func(string, ...any)
+	bin  string
+	work string
+	js   jetstream.JetStream
+	etcd *clientv3.Client
+	id   string // this run's names start with it
+	// in and etcdIn are the input subjects of Events and EtcdEvents.
+	in, etcdIn string
+}
+
+// Run publishes the input, runs every round and returns the report.
+func Run(ctx context.Context, opts Options, logf func(string, ...any)) (*Report, error) {
+	b := &bench{opts: opts, logf: logf, id: "sb" + strings.ToLower(nuid.Next()[:10])}
+	rep := &Report{Options: reportOptions(opts), Start: time.Now().UTC(), LoadBefore: loadAverage(), CPUs: cpus()}
+
+	work := opts.Work
+	if work == "" {
+		d, err := os.MkdirTemp("", "scalebench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		work = d
+	}
+	b.work = work
+	b.bin = opts.Flowrun
+	if b.bin == "" {
+		b.bin = filepath.Join(work, "flowrun")
+		logf("building flowrun")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.bin, "./cmd/flowrun")
+		cmd.Dir = opts.Root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go build flowrun in %s: %w\n%s", opts.Root, err, out)
+		}
+	}
+
+	nc, err := nats.Connect(opts.NATSURLs, nats.Timeout(5*time.Second), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("connect to the NATS cluster at %s: %w", opts.NATSURLs, err)
+	}
+	defer nc.Close()
+	if b.js, err = jetstream.New(nc); err != nil {
+		return nil, err
+	}
+	defer b.deleteInputs()
+	if opts.wants(storeEtcd) {
+		b.etcd, err = clientv3.New(clientv3.Config{Endpoints: strings.Split(opts.EtcdEndpoints, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return nil, fmt.Errorf("etcd at %s: %w", opts.EtcdEndpoints, err)
+		}
+		defer b.etcd.Close()
+	}
+
+	// The input, published once: runs read it through consumers of their
+	// own.
+	b.in = b.id + ".in"
+	if err := b.publish(ctx, b.in, opts.Events); err != nil {
+		return nil, err
+	}
+	if opts.wants(storeEtcd) {
+		b.etcdIn = b.id + ".ein"
+		if err := b.publish(ctx, b.etcdIn, opts.EtcdEvents); err != nil {
+			return nil, err
+		}
+	}
+
+	for r, round := range schedule(opts.variants(), opts.Rounds) {
+		for _, v := range round {
+			res, err := b.runOne(ctx, r+1, v)
+			if err != nil {
+				return nil, fmt.Errorf("round %d, %v: %w", r+1, v, err)
+			}
+			logf("round %d/%d, %v: %d events in %.2f s (first answer after %.2f s): %.0f events/s (%.0f after the first answer), flowrun CPU %.1f µs/event, NATS %.1f, etcd %.1f",
+				r+1, opts.Rounds, v, res.Events, res.Seconds, res.FirstSeconds, res.EventsPerS(), res.SteadyPerS(),
+				perEvent(res.FlowrunCPU, res.Events), perEvent(res.NATSCPU, res.Events), perEvent(res.EtcdCPU, res.Events))
+			rep.Runs = append(rep.Runs, res)
+		}
+	}
+	rep.End = time.Now().UTC()
+	rep.LoadAfter = loadAverage()
+	rep.summarize()
+	return rep, nil
+}
+
+// publish creates the input stream of subject in (deleteInputs deletes
+// it) and publishes n increments.
+func (b *bench) publish(ctx context.Context, in string, n int) error {
+	sc := incrflow.InputStream(in)
+	if _, err := b.js.CreateStream(ctx, sc); err != nil {
+		return fmt.Errorf("create stream %s: %w", sc.Name, err)
+	}
+	start := time.Now()
+	if err := incrflow.Publish(ctx, b.js, in, n, b.opts.Keys, b.opts.Partitions); err != nil {
+		return err
+	}
+	b.logf("published %d increments over %d keys to %s in %.1f s", n, b.opts.Keys, sc.Name, time.Since(start).Seconds())
+	return nil
+}
+
+// deleteStream deletes a stream, bounded, whatever the run's context.
+func (b *bench) deleteStream(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		b.logf("delete stream %s: %v", name, err)
+	}
+}
+
+// runOne runs variant v once from a fresh state and fresh consumers.
+func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, error) {
+	res := RunResult{Round: round, Flow: v.Store, Instances: v.Instances, Events: b.opts.Events}
+	id := fmt.Sprintf("%sr%d%s%d", b.id, round, v.Store[:1], v.Instances)
+	f := incrflow.Flow{
+		Name: id, URLs: b.opts.NATSURLs, In: b.in, Out: id + ".out", Durable: "c" + id,
+		Window: b.opts.Window, Partitions: b.opts.Partitions, NoIdem: b.opts.NoIdem,
+	}
+	switch v.Store {
+	case storePartitioned:
+		f.Store = incrflow.Partitioned
+	case storePebble:
+		f.Store = incrflow.Pebble
+	case storeEtcd:
+		f.Store, f.In, f.Endpoints, f.Prefix = incrflow.Etcd, b.etcdIn, b.opts.EtcdEndpoints, id+"/"
+		res.Events = b.opts.EtcdEvents
+	}
+	flow, err := f.YAML()
+	if err != nil {
+		return res, err
+	}
+	out := incrflow.AnswerStream(f.Out)
+	if _, err := b.js.CreateStream(ctx, out); err != nil {
+		return res, fmt.Errorf("create stream %s: %w", out.Name, err)
+	}
+	defer b.cleanup(f, out.Name)
+	dir := filepath.Join(b.work, id)
+	defer os.RemoveAll(dir)
+
+	rctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
+	defer cancel()
+	natsBefore, etcdBefore := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
+	start := time.Now()
+	var ins []*incrflow.Instance
+	defer func() {
+		for _, in := range ins {
+			in.Kill() // stopped already unless the run failed
+		}
+	}()
+	for i := range v.Instances {
+		in, err := incrflow.Start(b.bin, filepath.Join(dir, fmt.Sprintf("i%d", i+1)), flow)
+		if err != nil {
+			return res, err
+		}
+		ins = append(ins, in)
+	}
+	sum, flowrunCPU, err := b.await(rctx, f.Out, res.Events, ins)
+	natsAfter, etcdAfter := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
+	if err != nil {
+		return res, fmt.Errorf("%w\n%s", err, instanceLogs(ins))
+	}
+	// An instance stopped while still starting (it took no partition
+	// before the others answered everything) may exit with an error: the
+	// figures stand, the log says so.
+	for i, in := range ins {
+		if err := in.Stop(60 * time.Second); err != nil {
+			b.logf("%v, instance %d after SIGTERM: %v; its log ends with: %s", v, i+1, err, lastLine(in.Logs()))
+		}
+	}
+	res.Seconds = sum.Last.At.Sub(start).Seconds()
+	res.FirstSeconds = sum.First.At.Sub(start).Seconds()
+	res.FlowrunCPU = flowrunCPU.Seconds()
+	res.NATSCPU = (natsAfter - natsBefore).Seconds()
+	res.EtcdCPU = (etcdAfter - etcdBefore).Seconds()
+	res.Repeated = sum.Repeated
+	return res, nil
+}
+
+// await waits until every one of n messages is answered on out, checks
+// the answers, and returns what Check found and the instances' CPU time
+// when the last answer was in. It polls the answers stream's count (cheap
+// for the broker, nothing to decode) and reads the answers once there are
+// enough of them.
+func (b *bench) await(ctx context.Context, out string, n int, ins []*incrflow.Instance) (incrflow.Summary, time.Duration, error) {
+	reader, err := incrflow.NewReader(ctx, b.js, out)
+	if err != nil {
+		return incrflow.Summary{}, 0, err
+	}
+	stream, err := b.js.Stream(ctx, bus.StreamName(out))
+	if err != nil {
+		return incrflow.Summary{}, 0, err
+	}
+	var answers []incrflow.Answer
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return incrflow.Summary{}, 0, fmt.Errorf("%d of %d messages answered: %w", len(answers), n, ctx.Err())
+		case <-tick.C:
+		}
+		for i, in := range ins {
+			if exited, err := in.Exited(); exited {
+				return incrflow.Summary{}, 0, fmt.Errorf("instance %d exited before every message was answered: %v", i+1, err)
+			}
+		}
+		info, err := stream.Info(ctx)
+		if err != nil || info.State.Msgs < uint64(n) {
+			continue
+		}
+		cpu := cpuOf(pids(ins))
+		for reader.LastSeq() < info.State.LastSeq {
+			if answers, err = reader.Fetch(answers, 4096, time.Second); errors.Is(err, incrflow.ErrBadAnswer) {
+				return incrflow.Summary{}, 0, err
+			}
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		sum, err := incrflow.Check(answers, n, b.opts.Keys)
+		if errors.Is(err, incrflow.ErrIncomplete) {
+			continue // repeated answers: some messages are not answered yet
+		}
+		return sum, cpu, err
+	}
+}
+
+// cleanup deletes what a run made on the clusters: its answers stream,
+// its consumers, its changelog and lease streams, its etcd keys.
+func (b *bench) cleanup(f incrflow.Flow, answers string) {
+	b.deleteStream(answers)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	input := bus.PartitionStreamName(f.In)
+	switch f.Store {
+	case incrflow.Partitioned:
+		for p := range f.Partitions {
+			_ = b.js.DeleteConsumer(ctx, input, bus.PartitionDurable(f.Durable, p))
+			s, _ := partitioned.ChangelogStream(f.Name, p)
+			b.deleteStream(s)
+		}
+		b.deleteStream(partitioned.LeaseStream(f.Name))
+	case incrflow.Etcd:
+		if _, err := b.etcd.Delete(ctx, f.Prefix, clientv3.WithPrefix()); err != nil {
+			b.logf("delete the etcd keys under %s: %v", f.Prefix, err)
+		}
+		fallthrough
+	default:
+		_ = b.js.DeleteConsumer(ctx, input, f.Durable)
+	}
+}
+
+// deleteInputs deletes the input streams.
+func (b *bench) deleteInputs() {
+	for _, in := range []string{b.in, b.etcdIn} {
+		if in != "" {
+			b.deleteStream(bus.PartitionStreamName(in))
+		}
+	}
+}
+
+func pids(ins []*incrflow.Instance) []int {
+	out := make([]int, len(ins))
+	for i, in := range ins {
+		out[i] = in.Pid()
+	}
+	return out
+}
+
+// cpuOf sums the CPU time of processes (those it cannot read count 0).
+func cpuOf(pids []int) time.Duration {
+	var sum time.Duration
+	for _, pid := range pids {
+		if d, ok := kvbench.ProcCPU(pid); ok {
+			sum += d
+		}
+	}
+	return sum
+}
+
+// instanceLogs returns the tail of each instance's log, for an error.
+func instanceLogs(ins []*incrflow.Instance) string {
+	var sb strings.Builder
+	for i, in := range ins {
+		l := in.Logs()
+		if len(l) > 3000 {
+			l = "..." + l[len(l)-3000:]
+		}
+		fmt.Fprintf(&sb, "instance %d's log:\n%s\n", i+1, l)
+	}
+	return sb.String()
+}
+
+// lastLine returns the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// loadAverage returns the first three fields of /proc/loadavg.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}

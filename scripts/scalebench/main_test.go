@@ -1,0 +1,204 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowrun/flowrun/internal/natstest"
+	"github.com/flowrun/flowrun/internal/proctest"
+)
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(Options) bool
+		wantErr string
+	}{
+		{name: "defaults", args: nil, check: func(o Options) bool {
+			return o.Events == 100_000 && o.EtcdEvents == 10_000 && slices.Equal(o.Instances, []int{1, 2, 3}) && len(o.Flows) == 3 && o.Rounds == 3
+		}},
+		{name: "instances and flows", args: []string{"-instances", "3, 1", "-flows", "partitioned,etcd"}, check: func(o Options) bool {
+			return slices.Equal(o.Instances, []int{3, 1}) && slices.Equal(o.Flows, []string{"partitioned", "etcd"})
+		}},
+		{name: "no etcd: etcd-events not bound by keys", args: []string{"-flows", "partitioned", "-keys", "500", "-events", "1000", "-etcd-events", "100"},
+			check: func(o Options) bool { return !o.wants(storeEtcd) }},
+		{name: "zero instances", args: []string{"-instances", "0"}, wantErr: `"0" is not a positive count`},
+		{name: "instances twice", args: []string{"-instances", "1,2,1"}, wantErr: "1 given twice"},
+		{name: "not a number", args: []string{"-instances", "two"}, wantErr: `"two" is not a positive count`},
+		{name: "unknown flow", args: []string{"-flows", "redis"}, wantErr: `unknown flow "redis"`},
+		{name: "no flow", args: []string{"-flows", ","}, wantErr: "-flows names no flow"},
+		{name: "more keys than events", args: []string{"-keys", "300000", "-etcd-events", "400000"}, wantErr: "-keys (300000) must not exceed"},
+		{name: "more keys than etcd events", args: []string{"-keys", "30000"}, wantErr: "-keys (30000) must not exceed"},
+		{name: "negative rounds", args: []string{"-rounds", "-1"}, wantErr: "-rounds must be positive"},
+		{name: "arguments", args: []string{"extra"}, wantErr: "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseFlags(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseFlags(%q): %v, want an error saying %q", tt.args, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !tt.check(o) {
+				t.Fatalf("parseFlags(%q) = %+v, %v", tt.args, o, err)
+			}
+		})
+	}
+}
+
+func TestBadFlagsExitTwo(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-rounds", "0"}, io.Discard, &stderr); code != 2 {
+		t.Fatalf("exit code %d, want 2; stderr %s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "-rounds must be positive") {
+		t.Fatalf("stderr %q does not name the flag", stderr.String())
+	}
+}
+
+func TestSchedule(t *testing.T) {
+	vs := defaultOptions().variants()
+	want := []variant{{storePartitioned, 1}, {storePartitioned, 2}, {storePartitioned, 3}, {storePebble, 1}, {storeEtcd, 1}}
+	if !slices.Equal(vs, want) {
+		t.Fatalf("variants %v, want %v", vs, want)
+	}
+	s := schedule(vs, 3)
+	for r, round := range s {
+		// Every variant once per round, starting one further along.
+		if len(round) != len(vs) || round[0] != vs[r] {
+			t.Fatalf("round %d: %v", r, round)
+		}
+		seen := map[variant]bool{}
+		for _, v := range round {
+			seen[v] = true
+		}
+		if len(seen) != len(vs) {
+			t.Fatalf("round %d runs %v: not every variant once", r, round)
+		}
+	}
+}
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+
+// TestSummary checks the arithmetic of rows and ratios on made-up runs:
+// rates are events over summed times, CPU per event is summed CPU over
+// summed events, ratios divide rows.
+func TestSummary(t *testing.T) {
+	runs := []RunResult{
+		{Round: 1, Flow: storePartitioned, Instances: 1, Events: 1000, Seconds: 1, FirstSeconds: 0.5, FlowrunCPU: 0.05, NATSCPU: 0.1},
+		{Round: 2, Flow: storePartitioned, Instances: 1, Events: 1000, Seconds: 3, FirstSeconds: 0.5, FlowrunCPU: 0.07, NATSCPU: 0.1},
+		{Round: 1, Flow: storePartitioned, Instances: 2, Events: 1000, Seconds: 1, FirstSeconds: 0.2, FlowrunCPU: 0.03},
+		{Round: 2, Flow: storePartitioned, Instances: 2, Events: 1000, Seconds: 1, FirstSeconds: 0.2, FlowrunCPU: 0.03},
+		{Round: 1, Flow: storePebble, Instances: 1, Events: 1000, Seconds: 0.5, FlowrunCPU: 0.03},
+		{Round: 1, Flow: storeEtcd, Instances: 1, Events: 100, Seconds: 1, FlowrunCPU: 0.02, EtcdCPU: 0.04, Repeated: 3},
+	}
+	rows := summarizeRuns(runs)
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4: %+v", len(rows), rows)
+	}
+	p1 := rows[0]
+	if p1.Runs != 2 || p1.Events != 2000 || !near(p1.EventsPerS, 500) || !near(p1.FirstAnswerS, 0.5) ||
+		!near(p1.SteadyPerS, 2000/3.0) || !near(p1.FlowrunCPUus, 60) || !near(p1.NATSCPUus, 100) ||
+		p1.EtcdCPUus != 0 || !near(p1.PerCore, 1e6/60) {
+		t.Fatalf("partitioned x1: %+v", p1)
+	}
+	if e := rows[3]; e.Flow != storeEtcd || !near(e.EventsPerS, 100) || !near(e.EtcdCPUus, 400) || e.Repeated != 3 {
+		t.Fatalf("etcd: %+v", e)
+	}
+	got := map[string]float64{}
+	for _, r := range ratios(rows) {
+		got[r.Name] = r.Value
+	}
+	want := map[string]float64{
+		"partitioned x1 / etcd, events/s":                          5,
+		"partitioned x2 / etcd, events/s":                          10,
+		"partitioned x2 / x1, events/s":                            2,
+		"partitioned x2 / x1, flowrun CPU per event":               0.5,
+		"partitioned x1 / pebble, events/s (the changelog's cost)": 0.25,
+		"partitioned x1 / pebble, flowrun CPU per event":           2,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ratios %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if !near(got[k], v) {
+			t.Fatalf("%s = %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+
+	// Without etcd and pebble runs, only the instance ratios remain.
+	for _, r := range ratios(rows[:2]) {
+		if strings.Contains(r.Name, "etcd") || strings.Contains(r.Name, "pebble") {
+			t.Fatalf("ratio %q without its runs", r.Name)
+		}
+	}
+
+	rep := &Report{Runs: runs, CPUs: 2, LoadBefore: "1.00 2.00 3.00"}
+	rep.summarize()
+	var out bytes.Buffer
+	rep.Print(&out)
+	for _, s := range []string{"load average 1.00 2.00 3.00", "partitioned x1 / pebble, events/s (the changelog's cost): 0.25 (target >= 0.5)",
+		"partitioned x2 / etcd, events/s: 10.00 (target >= 20)"} {
+		if !strings.Contains(out.String(), s) {
+			t.Fatalf("report does not say %q:\n%s", s, out.String())
+		}
+	}
+	if _, err := json.Marshal(rep); err != nil {
+		t.Fatalf("report as JSON: %v", err)
+	}
+}
+
+// TestTinyRun runs every flow once on a few hundred increments against
+// the clusters named by FLOWRUN_NATS_CLUSTER_URLS and
+// FLOWRUN_ETCD_ENDPOINTS (skipped without them): every run answers every
+// message, exactly once (Run checks it), and the report has a row per
+// flow. Nothing about speed is asserted.
+func TestTinyRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts flowrun processes; skipped with -short")
+	}
+	urls := natstest.ClusterURLs(t)
+	endpoints := os.Getenv("FLOWRUN_ETCD_ENDPOINTS")
+	flows := "partitioned,pebble,etcd"
+	if endpoints == "" {
+		t.Log("FLOWRUN_ETCD_ENDPOINTS is not set: the etcd flow is left out")
+		flows = "partitioned,pebble"
+	}
+	opts, err := parseFlags([]string{"-events", "400", "-keys", "40", "-etcd-events", "80", "-partitions", "4",
+		"-instances", "1,2", "-rounds", "1", "-flows", flows, "-timeout", "3m"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	opts.Flowrun = proctest.BuildFlowrun(t, work)
+	opts.Work = work
+	opts.NATSURLs, opts.EtcdEndpoints = urls, endpoints
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, opts, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := len(opts.variants()); len(rep.Runs) != want || len(rep.Rows) != want {
+		t.Fatalf("%d runs, %d rows, want %d", len(rep.Runs), len(rep.Rows), want)
+	}
+	for _, r := range rep.Runs {
+		if r.Seconds <= 0 || r.FirstSeconds <= 0 || r.FirstSeconds > r.Seconds || r.FlowrunCPU <= 0 {
+			t.Fatalf("run %+v: times or CPU not measured", r)
+		}
+	}
+	var out bytes.Buffer
+	rep.Print(&out)
+	t.Logf("\n%s", out.String())
+}
