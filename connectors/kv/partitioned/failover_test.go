@@ -3,6 +3,7 @@ package partitioned_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -94,8 +95,22 @@ func failover(t *testing.T, scenario string) {
 	for i := range n {
 		k := fmt.Sprintf("k%05d", i%keys)
 		subj := partition.Subject(in, partition.OfString("c/"+k, parts))
-		if _, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i)); err != nil {
-			t.Fatalf("publish: %v", err)
+		for {
+			_, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i))
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				// A loaded machine acknowledges slowly: let the
+				// outstanding publishes complete and try again.
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-ctx.Done():
+					t.Fatal("publishing timed out")
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("publish: %v", err)
+			}
+			break
 		}
 		if i%4096 == 4095 {
 			select {
