@@ -49,4 +49,11 @@ var (
 	// StoreOptions.MaxResultBytes or visiting more than
 	// StoreOptions.MaxKeysVisited keys; nothing of it is applied.
 	ErrBudgetExceeded = kv.ErrBudgetExceeded
+	// ErrPartitionNotReady reports, from OpenStore, a directory of a kv
+	// connector with partitions: the connector's dir (holding p000,
+	// p001, ...) or one partition's directory. A partition's state lives
+	// in its changelog and the local copy may be stale or partial, so it
+	// is never opened directly; send kv commands to the running flow
+	// instead (see docs/kv.md, Partitions).
+	ErrPartitionNotReady = kv.ErrPartitionNotReady
 )

@@ -87,7 +87,11 @@ func TestBrokenFiles(t *testing.T) {
 			`8:3: error: connectors.nolog: changelog: required with partitions: {urls: "${FLOWRUN_NATS_CLUSTER_URLS}", replicas: 3}`,
 			`9:60: error: connectors.replicas.changelog: replicas is "2", must be 1, 3 or 5`,
 			`10:81: error: connectors.badkey.partition_key: invalid expression "substr(meta.kv.key": expected ',' or ')' at column 19`,
-			`11:65: error: connectors.expiring.expired_events: not available with partitions yet: expired keys are reclaimed by each partition's background pass`}},
+			`11:65: error: connectors.expiring.expired_events: not available with partitions yet: expired keys are reclaimed by each partition's background pass`,
+			`12:47: error: connectors.inputonly.input_from: applies only to a partitioned connector: set partitions too`,
+			`13:50: error: connectors.ckonly.checkpoint_every: applies only to a partitioned connector: set partitions too`,
+			`14:66: error: connectors.cksmall.checkpoint_every: checkpoint_every is 1KiB, out of range: must be 64KiB to 64GiB`,
+			`15:65: error: connectors.ckbig.checkpoint_every: checkpoint_every is 100GiB, out of range: must be 64KiB to 64GiB`}},
 		{"unused_node.yaml", []string{
 			`5:3: warning: connectors.spare: connector "spare" is not linked to anything`}},
 	}

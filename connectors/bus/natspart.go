@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -309,6 +310,7 @@ func (s *natsPartitions) consume(ctx context.Context, p int) {
 		failures = 0
 		for _, m := range msgs {
 			wm, _ := natsUnmarshaler{}.Unmarshal(m)
+			setPartitionMeta(wm, m, p)
 			if ctx.Err() == nil {
 				select {
 				case s.out <- wm:
@@ -325,6 +327,32 @@ func (s *natsPartitions) consume(ctx context.Context, p int) {
 			}
 			<-slots
 		}
+	}
+}
+
+// NATSMeta is the event meta field in which a partitioned source
+// (partitions_of) gives each message's place in its partition's input:
+// {"partition": P, "sequence": S, "subject": "orders.in.p.017"}, S being
+// the message's stream sequence, the partition's input position (the kv
+// connector's input_from: nats.sequence). A metadata key of that name
+// in the message is replaced by it.
+const NATSMeta = "nats"
+
+// setPartitionMeta sets wm's NATSMeta from m, a message of partition p.
+// The value is JSON: listed in JSONKeysKey when the message has that
+// list, and recognised as JSON otherwise (it starts with '{').
+func setPartitionMeta(wm *message.Message, m *nats.Msg, p int) {
+	md, err := m.Metadata()
+	if err != nil {
+		return // not from JetStream: no sequence
+	}
+	subject, _ := json.Marshal(m.Subject)
+	wm.Metadata.Set(NATSMeta, fmt.Sprintf(`{"partition":%d,"sequence":%d,"subject":%s}`, p, md.Sequence.Stream, subject))
+	if keys, marked := wm.Metadata[JSONKeysKey]; marked && !listed(keys, NATSMeta) {
+		if keys != "" {
+			keys += ","
+		}
+		wm.Metadata.Set(JSONKeysKey, keys+NATSMeta)
 	}
 }
 

@@ -25,14 +25,15 @@ import (
 type partRecorder struct {
 	mu       sync.Mutex
 	seen     map[int][]int
-	ids      map[string]int // message_id -> deliveries
+	ids      map[string]int    // message_id -> deliveries
+	nats     map[[2]int]string // {p, i} -> meta.nats
 	holdFrom int
 	hold     chan struct{} // closed to let the held slice go
 	held     chan struct{} // closed once a slice is held
 }
 
 func newPartRecorder() *partRecorder {
-	return &partRecorder{seen: map[int][]int{}, ids: map[string]int{}, holdFrom: -1}
+	return &partRecorder{seen: map[int][]int{}, ids: map[string]int{}, nats: map[[2]int]string{}, holdFrom: -1}
 }
 
 func (r *partRecorder) Process(_ context.Context, b []pipeline.Event, _ pipeline.Emitter) error {
@@ -49,6 +50,7 @@ func (r *partRecorder) Process(_ context.Context, b []pipeline.Event, _ pipeline
 		}
 		r.seen[p] = append(r.seen[p], i)
 		r.ids[gjson.GetBytes(ev.Meta, MessageIDMeta).String()]++
+		r.nats[[2]int{p, i}] = gjson.GetBytes(ev.Meta, NATSMeta).Raw
 		r.mu.Unlock()
 	}
 	return nil
@@ -99,6 +101,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 type partitionTest struct {
 	url, base, durable, stream string
 	js                         nats.JetStreamContext
+	seqs                       map[[2]int]uint64 // {p, i} -> stream sequence
 }
 
 func newPartitionTest(t *testing.T) *partitionTest {
@@ -109,19 +112,43 @@ func newPartitionTest(t *testing.T) *partitionTest {
 	t.Cleanup(nc.Close)
 	js, err := nc.JetStream()
 	must(t, err)
-	pt := &partitionTest{url: url, base: uniqueSubject("part.in"), durable: "t_" + nuid.Next(), js: js}
+	pt := &partitionTest{url: url, base: uniqueSubject("part.in"), durable: "t_" + nuid.Next(), js: js, seqs: map[[2]int]uint64{}}
 	pt.stream, err = ensurePartitionStream(context.Background(), js, pt.base, "")
 	must(t, err)
 	return pt
 }
 
 // publish publishes {"p":p,"i":i} for i in [from, to) to partition p's
-// subject, as a producer knowing the partition would.
+// subject, as a producer knowing the partition would, and records each
+// one's stream sequence. Odd messages carry the JSONKeysKey list a
+// flowrun sink sets (naming a header "tag" holding JSON).
 func (pt *partitionTest) publish(t *testing.T, p, from, to int) {
 	t.Helper()
 	for i := from; i < to; i++ {
-		_, err := pt.js.Publish(partition.Subject(pt.base, p), fmt.Appendf(nil, `{"p":%d,"i":%d}`, p, i))
+		m := nats.NewMsg(partition.Subject(pt.base, p))
+		m.Data = fmt.Appendf(nil, `{"p":%d,"i":%d}`, p, i)
+		if i%2 == 1 {
+			m.Header.Set(JSONKeysKey, "tag")
+			m.Header.Set("tag", `{"i":1}`)
+		}
+		ack, err := pt.js.PublishMsg(m)
 		must(t, err)
+		pt.seqs[[2]int{p, i}] = ack.Sequence
+	}
+}
+
+// checkNATSMeta checks that every message of partition p that rec
+// received had meta.nats {partition, sequence, subject} right.
+func (pt *partitionTest) checkNATSMeta(t *testing.T, rec *partRecorder, p int) {
+	t.Helper()
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, i := range rec.seen[p] {
+		want := fmt.Sprintf(`{"partition":%d,"sequence":%d,"subject":"%s"}`, p, pt.seqs[[2]int{p, i}], partition.Subject(pt.base, p))
+		if got := rec.nats[[2]int{p, i}]; got != want {
+			t.Errorf("partition %d message %d: meta.nats %s, want %s", p, i, got, want)
+			return
+		}
 	}
 }
 
@@ -172,8 +199,9 @@ func (pt *partitionTest) consumerExists(t *testing.T, p int) bool {
 
 // TestPartitionedSourceConsumesServedPartitionsOnly: of four partitions
 // with input waiting, only the two served are consumed (the others have no
-// consumer at all), each in stream order; serving a third later consumes
-// it too.
+// consumer at all), each in stream order, each event with its partition,
+// stream sequence and subject in meta.nats; serving a third later
+// consumes it too.
 func TestPartitionedSourceConsumesServedPartitionsOnly(t *testing.T) {
 	pt := newPartitionTest(t)
 	const n = 30
@@ -197,6 +225,7 @@ func TestPartitionedSourceConsumesServedPartitionsOnly(t *testing.T) {
 		if !pt.consumerExists(t, p) {
 			t.Errorf("partition %d: no consumer %s", p, PartitionDurable(pt.durable, p))
 		}
+		pt.checkNATSMeta(t, rec, p)
 	}
 	for _, p := range []int{1, 3} {
 		if got := rec.got(p); len(got) != 0 {

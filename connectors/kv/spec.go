@@ -49,7 +49,12 @@ type BackendSpec struct {
 
 // partitionFields are the options of a partitioned connector, declared
 // when some backend supports partitions.
-var partitionFields = []string{"partition_key", "changelog", "group", "instance", "lease_ttl", "partition_wait"}
+var partitionFields = []string{"partition_key", "changelog", "group", "instance", "lease_ttl", "partition_wait", "input_from", "checkpoint_every"}
+
+// DefaultCheckpointEvery is the default of the checkpoint_every option of
+// a partitioned connector, changelog.DefaultCheckpointEvery (this package
+// does not import the changelog, which links the NATS client).
+const DefaultCheckpointEvery = "64MiB"
 
 // commandsKey holds the Options.OnCommands hook of the kv connectors of a
 // build.
@@ -141,6 +146,10 @@ func Spec(backends ...BackendSpec) component.Spec {
 				Doc: "With `partitions`: how long a partition's lease lives without renewal (renewed every third of it): an instance that stops without releasing its partitions has them taken over after about this long."},
 			{Name: "partition_wait", Type: component.TypeDuration, Default: "5s", Max: "10m",
 				Doc: "With `partitions`: how long an event of a partition this instance does not serve yet (it is taking it, or the source cannot redeliver) waits for it before failing on `err` with partition not ready (or, from a source that redelivers, being given back); events of a source that redelivers (nats and the other bus sources) whose partition another instance owns are given back at once. 0 does not wait."},
+			{Name: "input_from", Type: component.TypeString,
+				Doc: "With `partitions`: path in the event's meta giving its input position, a non-negative integer (`nats.sequence`, the stream sequence a `partitions_of` nats source sets). Each commit group's changelog record carries the highest position of its commands, and an instance taking a partition over logs the highest one its state holds (see docs/scaling.md). A non-integer value fails the event on `err`; a missing one is 0, unknown."},
+			{Name: "checkpoint_every", Type: component.TypeByteSize, Default: DefaultCheckpointEvery, Min: "64KiB", Max: "64GiB",
+				Doc: "With `partitions`: volume of changelog records an owner appends between two checkpoints of its partition (a copy of its live keys in the changelog, after which the log below it is purged). Smaller bounds a take-over's restore and the stream's size, at the cost of rewriting every live key more often."},
 		}...)
 	}
 	backendOf := func(c *component.Config) *BackendSpec {
@@ -243,6 +252,7 @@ func connectorOptions(env *component.Env, c *component.Config) Options {
 		ReclaimInterval: c.Duration("reclaim_interval"),
 		IdemRetention:   c.Duration("idem_retention"),
 		IdemFrom:        c.String("idem_from"),
+		InputFrom:       c.String("input_from"),
 		Optimistic:      c.Bool("optimistic_scripts"),
 		Result:          c.String("result"),
 		ExpiredEvents:   c.Bool("expired_events"),

@@ -191,8 +191,20 @@ func Publish(ctx context.Context, js jetstream.JetStream, in string, n, keys, pa
 	for i := range n {
 		k := Key(i, keys)
 		subj := partition.Subject(in, partition.OfString("c/"+k, parts))
-		if _, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i)); err != nil {
-			return fmt.Errorf("publish message %d: %w", i, err)
+		for {
+			_, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i))
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				// A loaded machine acknowledges slowly: let the
+				// outstanding publishes complete and try again.
+				if err := wait(); err != nil {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("publish message %d: %w", i, err)
+			}
+			break
 		}
 		if i%4096 == 4095 {
 			if err := wait(); err != nil {

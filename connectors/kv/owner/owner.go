@@ -25,8 +25,9 @@ import (
 
 // markerFile marks a directory as a partition store this package may
 // wipe: a store the changelog does not continue is rebuilt from scratch
-// at a take-over, and nothing else may be deleted by mistake.
-const markerFile = "FLOWRUN_PARTITION"
+// at a take-over, and nothing else may be deleted by mistake. Direct
+// openings of the store (flowrun kv, the Go API) refuse it.
+const markerFile = pebblestore.PartitionMarker
 
 // ErrNotPartitionDir reports a non-empty directory without the marker of a
 // partition store: it is not wiped.
@@ -114,6 +115,7 @@ func Run(ctx context.Context, opts Options, serve func(ctx context.Context, b kv
 	// Replicator forwards to it.
 	fwd := &forward{}
 	sopts.Replicator = fwd
+	sopts.Partition = true
 	store, from, err := open(opts.Dir, sopts)
 	if err != nil {
 		return fmt.Errorf("owner: partition %q: %w", opts.Lease, err)

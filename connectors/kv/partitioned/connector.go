@@ -72,6 +72,19 @@ func (c *Connector) Serving() []int {
 	return out
 }
 
+// TakenOver returns what this instance restored when it started serving
+// partition p (TakeOver.Input: the highest input position the
+// partition's state held then), and false when it does not serve p.
+func (c *Connector) TakenOver(p int) (TakeOver, bool) {
+	if p < 0 || p >= len(c.rt.slots) {
+		return TakeOver{}, false
+	}
+	sl := c.rt.slots[p]
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	return sl.taken, sl.state == stateServing
+}
+
 // Close gives every partition back once the commands in flight on it are
 // done, releasing the leases at once (another instance takes them within
 // a poll), and leaves the group.

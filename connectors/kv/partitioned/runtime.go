@@ -121,6 +121,16 @@ type Options struct {
 	// Store are the options of each partition's Pebble store; Replicator
 	// and OnCommit are set per partition.
 	Store pebblestore.Options
+	// CheckpointEvery is the volume of changelog records (bytes) an owner
+	// appends between two checkpoints of its partition (owner.Options).
+	// Default changelog.DefaultCheckpointEvery; negative disables
+	// checkpoints.
+	CheckpointEvery int64
+	// OnServe, when set, is called each time this instance starts serving
+	// a partition, with what its take-over restored (TakeOver.Input is
+	// the highest input position the partition's state holds). It must be
+	// quick; metrics and tests use it.
+	OnServe func(TakeOver)
 	// Board is where served partitions are marked. Default: a board of
 	// the connector's own (Board returns it).
 	Board *partition.Board
@@ -144,6 +154,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.Wait == 0 {
 		o.Wait = DefaultWait
+	}
+	if o.CheckpointEvery == 0 {
+		o.CheckpointEvery = changelog.DefaultCheckpointEvery
 	}
 	if o.Board == nil {
 		o.Board = partition.NewBoard()
@@ -236,12 +249,33 @@ func stateText(s int) string {
 	return "not owned by this instance"
 }
 
+// TakeOver is what an instance restored when it started serving a
+// partition (Options.OnServe, Connector.TakenOver).
+type TakeOver struct {
+	// Partition is the partition served.
+	Partition int
+	// Epoch is this instance's lease epoch for it.
+	Epoch uint64
+	// Input is the highest input position (Options.KV.InputFrom: the
+	// partition's input stream sequence) whose commands the partition's
+	// state holds, as restored from its store's position, checkpoint and
+	// log: the input up to it was applied by earlier owners, and a
+	// redelivered message at or below it is answered from its
+	// idempotency record. 0 when no group carried one.
+	Input uint64
+	// Restored is the take-over's restore (records and writes replayed;
+	// After is the local store's position when only the records after it
+	// were replayed, 0 after a full restore).
+	Restored owner.Restored
+}
+
 // slot is one partition as this instance sees it.
 type slot struct {
 	mu    sync.Mutex
 	state int
 	since time.Time
 	conn  *kv.Connector
+	taken TakeOver // while serving
 	refs  int
 	// ready is closed when the partition starts serving, and replaced
 	// when it stops.
@@ -264,9 +298,9 @@ func (s *slot) setState(st int) {
 }
 
 // serve makes conn the partition's connector.
-func (s *slot) serve(conn *kv.Connector) {
+func (s *slot) serve(conn *kv.Connector, taken TakeOver) {
 	s.mu.Lock()
-	s.state, s.since, s.conn = stateServing, time.Now(), conn
+	s.state, s.since, s.conn, s.taken = stateServing, time.Now(), conn, taken
 	close(s.ready)
 	s.mu.Unlock()
 }
@@ -665,14 +699,26 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 			}
 		}
 	}
+	var epoch uint64
 	return owner.Run(ctx, owner.Options{
-		Dir:    filepath.Join(rt.opts.Dir, "p"+partition.Token(p)),
-		Log:    log,
-		Leases: rt.leases,
-		Lease:  "p." + partition.Token(p),
-		Store:  sopts,
-		Poll:   rt.opts.Poll,
-		Acquired: func(uint64) {
+		Dir:             filepath.Join(rt.opts.Dir, "p"+partition.Token(p)),
+		Log:             log,
+		Leases:          rt.leases,
+		Lease:           "p." + partition.Token(p),
+		Store:           sopts,
+		Poll:            rt.opts.Poll,
+		CheckpointEvery: rt.opts.CheckpointEvery,
+		OnCheckpoint: func(c changelog.Checkpointed, err error) {
+			if err != nil {
+				rt.opts.Logger.Warn("partitioned: checkpoint failed", "group", rt.opts.Group, "instance", rt.opts.Instance,
+					"partition", p, "error", err)
+				return
+			}
+			rt.opts.Logger.Debug("partitioned: checkpoint written", "group", rt.opts.Group, "instance", rt.opts.Instance,
+				"partition", p, "manifest", c.Seq, "keys", c.Keys, "bytes", c.Bytes, "input_position", c.Covers.Input, "purged_below", c.PurgedBelow)
+		},
+		Acquired: func(e uint64) {
+			epoch = e
 			r.mu.Lock()
 			r.acquired = true
 			r.mu.Unlock()
@@ -685,11 +731,16 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 		if err != nil {
 			return err
 		}
+		taken := TakeOver{Partition: p, Epoch: epoch, Input: res.Input, Restored: res}
 		rt.opts.Logger.Info("partitioned: serving a partition", "group", rt.opts.Group, "instance", rt.opts.Instance,
-			"partition", p, "restored_records", res.Records, "restored_writes", res.Writes)
+			"partition", p, "epoch", epoch, "restored_records", res.Records, "restored_writes", res.Writes,
+			"resumed_after", res.After, "input_position", res.Input)
+		if rt.opts.OnServe != nil {
+			rt.opts.OnServe(taken)
+		}
 		serving, stop := context.WithCancelCause(sctx)
 		defer stop(nil)
-		sl.serve(conn)
+		sl.serve(conn, taken)
 		rt.opts.Board.Serve(serving, p)
 		select {
 		case <-serving.Done():

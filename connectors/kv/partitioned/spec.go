@@ -100,6 +100,8 @@ func specOptions(c *component.Config) (specConfig, error) {
 		Replicas:   sc.replicas,
 		LeaseTTL:   c.Duration("lease_ttl"),
 		Wait:       c.Duration("partition_wait"),
+
+		CheckpointEvery: c.ByteSize("checkpoint_every"),
 	}
 	if sc.opts.Wait == 0 {
 		sc.opts.Wait = -1 // partition_wait: 0 does not wait

@@ -171,6 +171,13 @@ type Options struct {
 	// it to append every group to its partition's changelog
 	// (docs/scaling.md). Default nil.
 	Replicator Replicator
+	// Partition says dir is the store of one partition of a partitioned
+	// kv connector, made and brought up to date by its owner
+	// (connectors/kv/owner), which marks it with PartitionMarker. Without
+	// it Open refuses such a directory, and one holding partition stores,
+	// with ErrPartitionDir: their state lives in the partitions'
+	// changelogs and a local copy may be stale or partial. Default false.
+	Partition bool
 
 	// beforeApply, when set, is called by the committer before it applies
 	// each group: tests slow it down so that groups are built while the
@@ -442,6 +449,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	where, lock, err := lockStoreDir(dir, opts.Logger)
 	if err != nil {
 		return nil, err
+	}
+	if !opts.Partition {
+		if err := checkNotPartitioned(dir, where.real); err != nil {
+			if lock != nil {
+				_ = lock.Close()
+			}
+			return nil, err
+		}
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref() // the database holds its own reference
