@@ -93,21 +93,66 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 }
 
 // conn is one MQTT 3.1.1 connection of the subscriber: an intake (see
-// there) whose acks paho sends (Message.Ack, through its outgoing
-// goroutine).
+// there) whose acks paho sends (Message.Ack). paho passes each ack through
+// two goroutines of its own before writing it, one at a time, so the
+// connection's acker goroutine sends them, in order, and the intake's
+// settler, which queues them, never waits for paho.
 type conn struct {
 	*intake[paho.Message]
-	dec         decoder
-	client      paho.Client
+	dec    decoder
+	client paho.Client
+
+	ackMu     sync.Mutex
+	toAck     []paho.Message // ready, in order, not yet sent
+	ackWake   chan struct{}
+	ackerDone chan struct{}
+
 	releaseOnce sync.Once
 }
 
 func newConn(logger *slog.Logger, name string, dec decoder, maxInflight int) *conn {
-	return &conn{dec: dec, intake: newIntake(logger, name, maxInflight, func(pms []paho.Message) {
-		for _, pm := range pms {
-			pm.Ack()
+	c := &conn{dec: dec, ackWake: make(chan struct{}, 1), ackerDone: make(chan struct{})}
+	c.intake = newIntake(logger, name, maxInflight, c.queueAcks)
+	return c
+}
+
+// queueAcks queues the acks of pms for the acker.
+func (c *conn) queueAcks(pms []paho.Message) {
+	c.ackMu.Lock()
+	c.toAck = append(c.toAck, pms...)
+	c.ackMu.Unlock()
+	signal(c.ackWake)
+}
+
+func (c *conn) start() {
+	c.intake.start()
+	go c.acker()
+}
+
+// acker sends the queued acks until the connection ends; release sends
+// the last ones.
+func (c *conn) acker() {
+	defer close(c.ackerDone)
+	for {
+		select {
+		case <-c.ackWake:
+			c.sendAcks()
+		case <-c.ctx.Done():
+			return
 		}
-	})}
+	}
+}
+
+// sendAcks sends the queued acks. One goroutine at a time calls it: the
+// acker, then release.
+func (c *conn) sendAcks() {
+	c.ackMu.Lock()
+	pms := c.toAck
+	c.toAck = nil
+	c.ackMu.Unlock()
+	for _, pm := range pms {
+		pm.Ack()
+	}
 }
 
 // handle queues a received message. It runs on the client's router
@@ -129,7 +174,9 @@ func (c *conn) lost(_ paho.Client, err error) {
 // client disconnects. Messages not acked stay with the broker's session.
 func (c *conn) release() error {
 	c.releaseOnce.Do(func() {
-		c.stop()
+		c.stop() // the settler has queued the acks that are ready
+		<-c.ackerDone
+		c.sendAcks()
 		if c.client != nil {
 			c.client.Disconnect(disconnectQuiesce)
 		}
