@@ -20,6 +20,9 @@ import (
 type fakeMessage struct {
 	id   uint16
 	acks *ackLog
+	// block, when set, holds Ack until it is closed, as paho's ack path
+	// does while its goroutines are busy.
+	block chan struct{}
 }
 
 func (m *fakeMessage) Duplicate() bool   { return false }
@@ -28,7 +31,12 @@ func (m *fakeMessage) Retained() bool    { return false }
 func (m *fakeMessage) Topic() string     { return "t" }
 func (m *fakeMessage) MessageID() uint16 { return m.id }
 func (m *fakeMessage) Payload() []byte   { return []byte(`{"id":` + string(rune('0'+m.id)) + `}`) }
-func (m *fakeMessage) Ack()              { m.acks.add(m.id) }
+func (m *fakeMessage) Ack() {
+	if m.block != nil {
+		<-m.block
+	}
+	m.acks.add(m.id)
+}
 
 type ackLog struct {
 	mu  sync.Mutex
@@ -174,6 +182,31 @@ func TestNoGoroutinePerMessage(t *testing.T) {
 	}
 	if got := waitAcks(log, n, 5*time.Second); len(got) != n {
 		t.Fatalf("%d acks, want %d", len(got), n)
+	}
+	if err := c.release(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSettlingGoesOnWhileAcksAreSlow: while paho is slow to take acks
+// (MQTT 3.1.1), settlements go on and free their slots, so the flow gets
+// more messages; the acks follow, in order.
+func TestSettlingGoesOnWhileAcksAreSlow(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 2)
+	log, block := &ackLog{}, make(chan struct{})
+	for id := uint16(1); id <= 5; id++ {
+		c.handle(nil, &fakeMessage{id: id, acks: log, block: block})
+	}
+	c.start()
+	next(t, c).Ack()
+	next(t, c).Ack()
+	time.Sleep(50 * time.Millisecond) // the acks of 1 and 2 are being sent, and held
+	next(t, c).Ack()
+	next(t, c)
+	next(t, c) // handed over once 3 is settled, its ack still waiting
+	close(block)
+	if got := waitAcks(log, 3, 5*time.Second); len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 3 {
+		t.Fatalf("acks %v, want [1 2 3]", got)
 	}
 	if err := c.release(); err != nil {
 		t.Fatal(err)
