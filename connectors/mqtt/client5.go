@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
 	"github.com/eclipse/paho.golang/paho/session"
 )
@@ -28,21 +27,23 @@ type client5 struct {
 	// packetTimeout bounds the wait for an answer to a publish or
 	// subscribe.
 	packetTimeout time.Duration
-	// onPublish receives the messages, in arrival order; with it the
-	// acknowledgements are manual (paho5.Client.Ack).
+	// onPublish receives the messages, in arrival order. paho acks each
+	// as onPublish returns, through session: a session that drops those
+	// acks leaves them to the caller.
 	onPublish func(paho5.PublishReceived) (bool, error)
 	// session is the client's session state (nil for paho's own).
 	session session.SessionManager
 }
 
 // connect dials the broker and connects an MQTT 5 client on the
-// connection. The client's Done channel is closed when the connection
-// ends, whatever the reason.
-func (c client5) connect(ctx context.Context) (*paho5.Client, error) {
+// connection, which it returns too (for writes of the caller's own, made
+// under its lock: see lingerConn). The client's Done channel is closed
+// when the connection ends, whatever the reason.
+func (c client5) connect(ctx context.Context) (*paho5.Client, *lingerConn, error) {
 	o := c.opts
 	addr, secure, err := address5(o.URL)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrOptions, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
 	defer cancel()
@@ -58,17 +59,12 @@ func (c client5) connect(ctx context.Context) (*paho5.Client, error) {
 		conn, err = d.DialContext(ctx, "tcp", addr)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if secure {
-		// paho.golang writes from several goroutines (publishes, acks,
-		// pings): its own advice is this wrapper for TLS connections.
-		conn = packets.NewThreadSafeConn(conn)
-	}
-	conn = &lingerConn{Conn: conn, linger: o.ConnectTimeout}
+	lc := &lingerConn{Conn: conn, linger: o.ConnectTimeout}
 	cfg := paho5.ClientConfig{
 		ClientID:      c.clientID,
-		Conn:          conn,
+		Conn:          lc,
 		Session:       c.session,
 		PacketTimeout: c.packetTimeout,
 		// Errors end the connection (Done): the caller watches that.
@@ -77,8 +73,6 @@ func (c client5) connect(ctx context.Context) (*paho5.Client, error) {
 	}
 	if c.onPublish != nil {
 		cfg.OnPublishReceived = []func(paho5.PublishReceived) (bool, error){c.onPublish}
-		cfg.EnableManualAcknowledgment = true
-		cfg.SendAcksInterval = ackInterval5
 	}
 	client := paho5.NewClient(cfg)
 	expiry := uint32(c.sessionExpiry / time.Second)
@@ -99,13 +93,13 @@ func (c client5) connect(ctx context.Context) (*paho5.Client, error) {
 	}
 	ca, err := client.Connect(ctx, cp)
 	if err != nil {
-		_ = conn.Close()
+		_ = lc.Close()
 		if ca != nil {
-			return nil, fmt.Errorf("%w (reason code %#x)", err, ca.ReasonCode)
+			return nil, nil, fmt.Errorf("%w (reason code %#x)", err, ca.ReasonCode)
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	return client, nil
+	return client, lc, nil
 }
 
 // closed reports whether client's connection has ended.
@@ -134,11 +128,18 @@ func disconnect5(client *paho5.Client) {
 // written) would then get a reset, and a reset makes its system drop what
 // it had received and not yet read: the last acks and the DISCONNECT
 // (seen with mosquitto: the messages come again at the next start).
+//
+// It is also a sync.Locker, which paho.golang takes around each packet it
+// writes (packets.ControlPacket.WriteTo): it writes a packet in several
+// Write calls, and writes from several goroutines (publishes, acks,
+// pings), so without the lock two packets could interleave on the wire.
+// Writes of the connection's user take it too.
 type lingerConn struct {
 	net.Conn
-	linger time.Duration
-	once   sync.Once
-	err    error
+	sync.Mutex // held around each packet written
+	linger     time.Duration
+	once       sync.Once
+	err        error
 }
 
 // Close implements net.Conn.

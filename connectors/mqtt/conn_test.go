@@ -1,12 +1,17 @@
 package mqtt
 
 import (
+	"bytes"
 	"log/slog"
+	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/eclipse/paho.golang/packets"
+	paho5 "github.com/eclipse/paho.golang/paho"
 
 	"github.com/flowrun/flowrun/connectors/bus"
 )
@@ -15,6 +20,9 @@ import (
 type fakeMessage struct {
 	id   uint16
 	acks *ackLog
+	// block, when set, holds Ack until it is closed, as paho's ack path
+	// does while its goroutines are busy.
+	block chan struct{}
 }
 
 func (m *fakeMessage) Duplicate() bool   { return false }
@@ -23,7 +31,12 @@ func (m *fakeMessage) Retained() bool    { return false }
 func (m *fakeMessage) Topic() string     { return "t" }
 func (m *fakeMessage) MessageID() uint16 { return m.id }
 func (m *fakeMessage) Payload() []byte   { return []byte(`{"id":` + string(rune('0'+m.id)) + `}`) }
-func (m *fakeMessage) Ack()              { m.acks.add(m.id) }
+func (m *fakeMessage) Ack() {
+	if m.block != nil {
+		<-m.block
+	}
+	m.acks.add(m.id)
+}
 
 type ackLog struct {
 	mu  sync.Mutex
@@ -142,4 +155,131 @@ func TestMaxInflight(t *testing.T) {
 	}
 	first.Ack()
 	next(t, c)
+}
+
+// TestNoGoroutinePerMessage: handing messages over and waiting for their
+// settlement takes the same goroutines for 1 message as for 300 (it took
+// one goroutine per unsettled message, whose wake-ups, a window at a
+// time, held back the acks).
+func TestNoGoroutinePerMessage(t *testing.T) {
+	const n = 300
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, n)
+	log := &ackLog{}
+	for i := range n {
+		c.handle(nil, &fakeMessage{id: uint16(i), acks: log})
+	}
+	before := runtime.NumGoroutine()
+	c.start()
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = next(t, c)
+	}
+	if grown := runtime.NumGoroutine() - before; grown > 5 {
+		t.Errorf("%d goroutines more with %d messages unsettled, want at most 5", grown, n)
+	}
+	for _, m := range msgs {
+		m.Ack()
+	}
+	if got := waitAcks(log, n, 5*time.Second); len(got) != n {
+		t.Fatalf("%d acks, want %d", len(got), n)
+	}
+	if err := c.release(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSettlingGoesOnWhileAcksAreSlow: while paho is slow to take acks
+// (MQTT 3.1.1), settlements go on and free their slots, so the flow gets
+// more messages; the acks follow, in order.
+func TestSettlingGoesOnWhileAcksAreSlow(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 2)
+	log, block := &ackLog{}, make(chan struct{})
+	for id := uint16(1); id <= 5; id++ {
+		c.handle(nil, &fakeMessage{id: id, acks: log, block: block})
+	}
+	c.start()
+	next(t, c).Ack()
+	next(t, c).Ack()
+	time.Sleep(50 * time.Millisecond) // the acks of 1 and 2 are being sent, and held
+	next(t, c).Ack()
+	next(t, c)
+	next(t, c) // handed over once 3 is settled, its ack still waiting
+	close(block)
+	if got := waitAcks(log, 3, 5*time.Second); len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 3 {
+		t.Fatalf("acks %v, want [1 2 3]", got)
+	}
+	if err := c.release(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recordingConn is a connection that records what is written to it.
+type recordingConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes [][]byte
+}
+
+func (c *recordingConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes = append(c.writes, append([]byte(nil), b...))
+	return len(b), nil
+}
+
+func (c *recordingConn) got() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([][]byte(nil), c.writes...)
+}
+
+// TestAcks5WrittenAtOnce: the PUBACKs of a run of done MQTT 5 messages go
+// out in one write, in order.
+func TestAcks5WrittenAtOnce(t *testing.T) {
+	rc := &recordingConn{}
+	c := newConn5(slog.Default(), "src", decoder{codec: CodecJSON}, 10)
+	c.conn = &lingerConn{Conn: rc}
+	c.ack([]*paho5.Publish{{QoS: 1, PacketID: 7}, {QoS: 1, PacketID: 3}, {QoS: 1, PacketID: 9}})
+	writes := rc.got()
+	if len(writes) != 1 {
+		t.Fatalf("%d writes for 3 acks, want 1", len(writes))
+	}
+	r := bytes.NewReader(writes[0])
+	for _, want := range []uint16{7, 3, 9} {
+		cp, err := packets.ReadPacket(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pa, ok := cp.Content.(*packets.Puback)
+		if !ok || pa.PacketID != want || pa.ReasonCode != 0 {
+			t.Fatalf("packet %v, want PUBACK %d", cp, want)
+		}
+	}
+	if r.Len() != 0 {
+		t.Errorf("%d bytes more", r.Len())
+	}
+}
+
+// TestPahoPacketsTakeTheConnectionLock: paho.golang writes a packet in
+// several writes, under the connection's lock when it has one: a
+// lingerConn has one, so the connection's own writes (the acks) never
+// land inside a packet of paho's.
+func TestPahoPacketsTakeTheConnectionLock(t *testing.T) {
+	rc := &recordingConn{}
+	lc := &lingerConn{Conn: rc}
+	lc.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = (&packets.Pingreq{}).WriteTo(lc)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if got := rc.got(); len(got) != 0 {
+		t.Errorf("paho wrote %q while the connection was locked", got)
+	}
+	lc.Unlock()
+	<-done
+	if len(rc.got()) == 0 {
+		t.Error("nothing written")
+	}
 }

@@ -18,7 +18,11 @@
 //     with PUBREC) once the flow is done with it, never before
 //     (ClientOptions.AutoAckDisabled). The protocol requires acks in the
 //     order the messages were received (MQTT 3.1.1 §4.6): a message done
-//     early waits for the ones received before it.
+//     early waits for the ones received before it. Both protocols share
+//     the connection's intake (intake.go): three goroutines per
+//     connection, whatever the number of messages in flight, one of which
+//     waits for the settlements in arrival order and sends the acks of a
+//     run of done messages at once.
 //   - No nack. MQTT has no negative acknowledgement, and a broker resends
 //     an unacknowledged message only when the client reconnects with its
 //     session. A message the bus Source nacks is therefore handed to it

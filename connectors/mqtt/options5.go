@@ -30,11 +30,6 @@ const DefaultSessionExpiry = 7 * 24 * time.Hour
 // 0xFFFFFFFF, which means "never expires".
 const maxSessionExpiry = time.Duration(math.MaxUint32-1) * time.Second
 
-// ackInterval5 is how often paho.golang's record of manually acknowledged
-// messages is emptied (see subscriber5): the record holds about this long
-// of messages, and each Client.Ack scans it.
-const ackInterval5 = 5 * time.Millisecond
-
 // checkProtocol reports a protocol or session expiry that cannot work.
 func (o *Options) checkProtocol() error {
 	switch o.Protocol {

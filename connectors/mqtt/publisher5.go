@@ -46,7 +46,7 @@ func (p *publisher5) connect(ctx context.Context) error {
 	// A clean session that ends with the connection: a publish whose
 	// acknowledgement is lost fails and is published again by the sink's
 	// retry (at least once).
-	client, err := client5{opts: p.opts, clientID: p.clientID, cleanStart: true, packetTimeout: p.timeout}.connect(ctx)
+	client, _, err := client5{opts: p.opts, clientID: p.clientID, cleanStart: true, packetTimeout: p.timeout}.connect(ctx)
 	if err != nil {
 		return fmt.Errorf("%w at %s: %w", bus.ErrConnect, p.opts.URL, err)
 	}

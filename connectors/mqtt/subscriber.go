@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -64,7 +63,8 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 		SetCleanSession(false).
 		SetAutoAckDisabled(true).
 		// Handlers run one at a time in the order messages arrive (the
-		// order acks must follow); handle only queues, so never blocks.
+		// order acks must follow) on paho's router goroutine; handle only
+		// queues, so never blocks.
 		SetOrderMatters(true).
 		// Messages of the session the broker sends before the
 		// subscription is renewed have no route: they reach the default
@@ -92,64 +92,66 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 	return c.out, c.release, nil
 }
 
-// pending is a message of a connection waiting to be handed to the Source.
-type pending struct {
-	seq        uint64       // order of arrival on the connection
-	pm         paho.Message // the MQTT message, acked through the connection
-	msg        *message.Message
-	deliveries int
-}
-
-// conn is one connection of the subscriber. The client's router goroutine
-// queues the messages (handle); the forwarder goroutine hands them to out,
-// one watcher goroutine per message waits for its settlement, and the
-// acker goroutine sends the acks in the order the messages arrived.
+// conn is one MQTT 3.1.1 connection of the subscriber: an intake (see
+// there) whose acks paho sends (Message.Ack). paho passes each ack through
+// two goroutines of its own before writing it, one at a time, so the
+// connection's acker goroutine sends them, in order, and the intake's
+// settler, which queues them, never waits for paho.
 type conn struct {
-	logger *slog.Logger
-	name   string
+	*intake[paho.Message]
 	dec    decoder
 	client paho.Client
-	out    chan *message.Message
-	// slots holds a token for each message handed over and not yet
-	// settled: at most SourceOptions.MaxInflight.
-	slots chan struct{}
 
-	ctx    context.Context // ends when the connection is lost or released
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ackMu     sync.Mutex
+	toAck     []paho.Message // ready, in order, not yet sent
+	ackWake   chan struct{}
+	ackerDone chan struct{}
 
-	mu    sync.Mutex
-	queue []pending
-	seq   uint64
-	wake  chan struct{}
-
-	ackMu   sync.Mutex
-	settled map[uint64]paho.Message // done, waiting for the earlier ones
-	nextAck uint64                  // every message before it is acked
-	ackWake chan struct{}
-
-	ackerDone   chan struct{}
 	releaseOnce sync.Once
 }
 
 func newConn(logger *slog.Logger, name string, dec decoder, maxInflight int) *conn {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{
-		logger: logger, name: name, dec: dec,
-		slots: make(chan struct{}, maxInflight),
-		out:   make(chan *message.Message),
-		ctx:   ctx, cancel: cancel,
-		wake:      make(chan struct{}, 1),
-		settled:   map[uint64]paho.Message{},
-		ackWake:   make(chan struct{}, 1),
-		ackerDone: make(chan struct{}),
+	c := &conn{dec: dec, ackWake: make(chan struct{}, 1), ackerDone: make(chan struct{})}
+	c.intake = newIntake(logger, name, maxInflight, c.queueAcks)
+	return c
+}
+
+// queueAcks queues the acks of pms for the acker.
+func (c *conn) queueAcks(pms []paho.Message) {
+	c.ackMu.Lock()
+	c.toAck = append(c.toAck, pms...)
+	c.ackMu.Unlock()
+	signal(c.ackWake)
+}
+
+func (c *conn) start() {
+	c.intake.start()
+	go c.acker()
+}
+
+// acker sends the queued acks until the connection ends; release sends
+// the last ones.
+func (c *conn) acker() {
+	defer close(c.ackerDone)
+	for {
+		select {
+		case <-c.ackWake:
+			c.sendAcks()
+		case <-c.ctx.Done():
+			return
+		}
 	}
 }
 
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
+// sendAcks sends the queued acks. One goroutine at a time calls it: the
+// acker, then release.
+func (c *conn) sendAcks() {
+	c.ackMu.Lock()
+	pms := c.toAck
+	c.toAck = nil
+	c.ackMu.Unlock()
+	for _, pm := range pms {
+		pm.Ack()
 	}
 }
 
@@ -158,11 +160,7 @@ func signal(ch chan struct{}) {
 func (c *conn) handle(_ paho.Client, pm paho.Message) {
 	msg := c.dec.decode(received{topic: pm.Topic(), payload: pm.Payload(), qos: pm.Qos(),
 		retained: pm.Retained(), duplicate: pm.Duplicate()})
-	c.mu.Lock()
-	c.queue = append(c.queue, pending{seq: c.seq, pm: pm, msg: msg, deliveries: 1})
-	c.seq++
-	c.mu.Unlock()
-	signal(c.wake)
+	c.push(pm, msg, true)
 }
 
 // lost ends the connection's message channel: the reconnecting subscriber
@@ -172,138 +170,13 @@ func (c *conn) lost(_ paho.Client, err error) {
 	c.cancel()
 }
 
-func (c *conn) start() {
-	c.wg.Add(1)
-	go c.forward()
-	go c.acker()
-}
-
-// forward hands queued messages to out, in arrival order (a message
-// handed over again after a nack goes to the end), until the connection
-// ends; then it closes out.
-func (c *conn) forward() {
-	defer c.wg.Done()
-	defer close(c.out)
-	for {
-		// Wait for a slot: the broker may send more than its window
-		// (mosquitto 2.0 does, for a session's queued messages), but no
-		// more than MaxInflight messages are processed and unsettled.
-		select {
-		case c.slots <- struct{}{}:
-		case <-c.ctx.Done():
-			return
-		}
-		c.mu.Lock()
-		var p pending
-		ok := len(c.queue) > 0
-		if ok {
-			p = c.queue[0]
-			c.queue[0] = pending{}
-			c.queue = c.queue[1:]
-		}
-		c.mu.Unlock()
-		if !ok {
-			<-c.slots
-			select {
-			case <-c.wake:
-				continue
-			case <-c.ctx.Done():
-				return
-			}
-		}
-		p.msg.Metadata.Set(bus.DeliveredKey, strconv.Itoa(p.deliveries))
-		c.wg.Add(1)
-		go c.watch(p)
-		select {
-		case c.out <- p.msg:
-		case <-c.ctx.Done():
-			return
-		}
-	}
-}
-
-// watch settles p once the Source acks or nacks it: an ack is queued for
-// the acker; a nack hands the message over again (MQTT has no nack: the
-// broker would resend it only after a reconnect), unless the connection
-// has ended, in which case the broker resends it on the next session.
-func (c *conn) watch(p pending) {
-	defer c.wg.Done()
-	select {
-	case <-p.msg.Acked():
-		<-c.slots
-		c.ackMu.Lock()
-		c.settled[p.seq] = p.pm
-		c.ackMu.Unlock()
-		signal(c.ackWake)
-	case <-p.msg.Nacked():
-		<-c.slots
-		if c.ctx.Err() != nil {
-			return
-		}
-		again := message.NewMessage(p.msg.UUID, p.msg.Payload)
-		for k, v := range p.msg.Metadata {
-			again.Metadata.Set(k, v)
-		}
-		p.msg, p.deliveries = again, p.deliveries+1
-		c.mu.Lock()
-		c.queue = append(c.queue, p)
-		c.mu.Unlock()
-		signal(c.wake)
-	case <-c.ctx.Done():
-		// An ack made just before the connection ended still counts:
-		// release sends it.
-		select {
-		case <-p.msg.Acked():
-			c.ackMu.Lock()
-			c.settled[p.seq] = p.pm
-			c.ackMu.Unlock()
-		default:
-		}
-	}
-}
-
-// acker sends the acks of settled messages in arrival order (MQTT 3.1.1
-// §4.6) until the connection ends; release sends the last ones.
-func (c *conn) acker() {
-	defer close(c.ackerDone)
-	for {
-		select {
-		case <-c.ackWake:
-			c.flushAcks()
-		case <-c.ctx.Done():
-			return
-		}
-	}
-}
-
-// flushAcks acks the settled messages that no earlier unsettled one holds
-// back. One goroutine at a time calls it: the acker, then release.
-func (c *conn) flushAcks() {
-	c.ackMu.Lock()
-	var ready []paho.Message
-	for {
-		pm, ok := c.settled[c.nextAck]
-		if !ok {
-			break
-		}
-		delete(c.settled, c.nextAck)
-		c.nextAck++
-		ready = append(ready, pm)
-	}
-	c.ackMu.Unlock()
-	for _, pm := range ready {
-		pm.Ack()
-	}
-}
-
 // release ends the connection: the acks that are ready are sent, then the
 // client disconnects. Messages not acked stay with the broker's session.
 func (c *conn) release() error {
 	c.releaseOnce.Do(func() {
-		c.cancel()
-		c.wg.Wait() // the forwarder and the watchers
+		c.stop() // the settler has queued the acks that are ready
 		<-c.ackerDone
-		c.flushAcks()
+		c.sendAcks()
 		if c.client != nil {
 			c.client.Disconnect(disconnectQuiesce)
 		}
