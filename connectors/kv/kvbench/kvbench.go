@@ -333,6 +333,8 @@ type Result struct {
 	P90us  float64 `json:"p90_us,omitempty"`
 	P999us float64 `json:"p999_us,omitempty"`
 	MaxUs  float64 `json:"max_us,omitempty"`
+	// Diag, in open loop, says where the latency went (see Diag).
+	Diag *Diag `json:"diag,omitempty"`
 	// Rounds, on BackendEtcd, is how many alternating rounds each side's
 	// operations were split into (Config.Rounds).
 	Rounds int `json:"rounds,omitempty"`
@@ -415,6 +417,7 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 	if cfg.Rate > 0 {
 		r.Rate = cfg.Rate
 		r.P90us, r.P999us, r.MaxUs = fr.q.P90, fr.q.P999, fr.q.Max
+		r.Diag = fr.diag
 	}
 	if r.PebbleOpsPerS > 0 {
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS
