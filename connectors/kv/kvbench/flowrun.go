@@ -18,7 +18,8 @@ import (
 // filled, quiet. The raw Pebble side opens its database with the same
 // Pebble tuning.
 func (cfg Config) storeOptions() pebblestore.Options {
-	opts := pebblestore.Options{NoSync: !cfg.Sync, RowCacheBytes: cfg.RowCacheBytes, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := pebblestore.Options{NoSync: !cfg.Sync, RowCacheBytes: cfg.RowCacheBytes, MaxGroup: cfg.MaxGroup, MaxGroupBuild: cfg.MaxGroupBuild,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	opts.EnsureDefaults()
 	return opts
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
 
 func TestOpenLoopRun(t *testing.T) {
@@ -186,5 +187,39 @@ func TestOpenLoopDiag(t *testing.T) {
 				t.Errorf("%d WAL syncs, p50 %v µs: want some", d.WALSyncs, d.WALSync.P50)
 			}
 		})
+	}
+}
+
+// TestStoreOptionsGroupBounds checks that the commit group bounds of a
+// Config reach the flowrun store, defaults when unset, and that negative
+// ones are refused.
+func TestStoreOptionsGroupBounds(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		maxGroup  int
+		build     time.Duration
+		wantGroup int
+		wantBuild time.Duration
+	}{
+		{"defaults", 0, 0, pebblestore.DefaultMaxGroup, 0},
+		{"set", 256, 500 * time.Microsecond, 256, 500 * time.Microsecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := Config{Sync: true, MaxGroup: c.maxGroup, MaxGroupBuild: c.build}
+			cfg.EnsureDefaults()
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			o := cfg.storeOptions()
+			if o.MaxGroup != c.wantGroup || o.MaxGroupBuild != c.wantBuild {
+				t.Errorf("store MaxGroup %d, MaxGroupBuild %v; want %d, %v", o.MaxGroup, o.MaxGroupBuild, c.wantGroup, c.wantBuild)
+			}
+		})
+	}
+	for _, cfg := range []Config{{MaxGroup: -1}, {MaxGroupBuild: -time.Millisecond}} {
+		cfg.EnsureDefaults()
+		if err := cfg.Validate(); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("MaxGroup %d, MaxGroupBuild %v: Validate = %v, want ErrBadConfig", cfg.MaxGroup, cfg.MaxGroupBuild, err)
+		}
 	}
 }
