@@ -55,6 +55,13 @@ type Diag struct {
 	GCPauseTotalUs float64 `json:"gc_pause_total_us"`
 	GCPauseMaxUs   float64 `json:"gc_pause_max_us"`
 	GCCPUShare     float64 `json:"gc_cpu_share"`
+	// SchedLatency is the distribution of the time goroutines spent
+	// runnable before a P ran them (runtime/metrics /sched/latencies,
+	// bucket upper bounds): how long work waited for a CPU inside the
+	// process, flush and compaction goroutines holding the Ps included.
+	// It does not include the time the kernel kept the process's threads
+	// off the CPUs.
+	SchedLatency loadgen.Quantiles `json:"sched_latency_us"`
 	// CPUusPerOp is the process's CPU time per event over the run.
 	CPUusPerOp float64 `json:"cpu_us_per_op"`
 }
@@ -123,6 +130,7 @@ func (d *diagCollector) result(o *openLoop) *Diag {
 		GCPauseTotalUs: gc.pauseTotal.Seconds() * 1e6,
 		GCPauseMaxUs:   gc.pauseMax.Seconds() * 1e6,
 		GCCPUShare:     gc.share(),
+		SchedLatency:   gc.sched,
 		FlushBlockedUs: float64(o.flushBlocked) / float64(time.Microsecond),
 		Groups:         len(d.groupTxns),
 	}
@@ -209,6 +217,7 @@ type gcSample struct {
 	cycles        uint64
 	pauses        *metrics.Float64Histogram
 	gcCPU, allCPU float64
+	sched         *metrics.Float64Histogram
 }
 
 // gcDelta is what the collector did between two samples.
@@ -216,6 +225,7 @@ type gcDelta struct {
 	cycles               uint64
 	pauseTotal, pauseMax time.Duration
 	gcCPU, allCPU        float64
+	sched                loadgen.Quantiles
 }
 
 func (d gcDelta) share() float64 {
@@ -230,6 +240,7 @@ var gcMetricNames = []string{
 	"/sched/pauses/total/gc:seconds",
 	"/cpu/classes/gc/total:cpu-seconds",
 	"/cpu/classes/total:cpu-seconds",
+	"/sched/latencies:seconds",
 }
 
 func readGC() gcSample {
@@ -251,11 +262,15 @@ func readGC() gcSample {
 	if s[3].Value.Kind() == metrics.KindFloat64 {
 		g.allCPU = s[3].Value.Float64()
 	}
+	if s[4].Value.Kind() == metrics.KindFloat64Histogram {
+		g.sched = s[4].Value.Float64Histogram()
+	}
 	return g
 }
 
 func (g gcSample) since(before gcSample) gcDelta {
 	d := gcDelta{cycles: g.cycles - before.cycles, gcCPU: g.gcCPU - before.gcCPU, allCPU: g.allCPU - before.allCPU}
+	d.sched = histQuantiles(g.sched, before.sched)
 	if g.pauses == nil || before.pauses == nil || len(g.pauses.Counts) != len(before.pauses.Counts) {
 		return d
 	}
@@ -277,4 +292,39 @@ func (g gcSample) since(before gcSample) gcDelta {
 	}
 	d.pauseTotal = time.Duration(total * float64(time.Second))
 	return d
+}
+
+// histQuantiles returns the percentiles, in microseconds, of what a
+// runtime/metrics histogram counted between before and h, each the upper
+// bound of the bucket it falls in (the lower bound for the last, open
+// bucket).
+func histQuantiles(h, before *metrics.Float64Histogram) loadgen.Quantiles {
+	if h == nil || before == nil || len(h.Counts) != len(before.Counts) {
+		return loadgen.Quantiles{}
+	}
+	counts := make([]uint64, len(h.Counts))
+	var total uint64
+	for i, c := range h.Counts {
+		counts[i] = c - before.Counts[i]
+		total += counts[i]
+	}
+	if total == 0 {
+		return loadgen.Quantiles{}
+	}
+	at := func(q float64) float64 {
+		want := uint64(math.Ceil(q * float64(total)))
+		var seen uint64
+		for i, c := range counts {
+			seen += c
+			if seen >= want && c > 0 {
+				hi := h.Buckets[i+1]
+				if math.IsInf(hi, 1) {
+					hi = h.Buckets[i]
+				}
+				return hi * 1e6
+			}
+		}
+		return 0
+	}
+	return loadgen.Quantiles{P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: at(1)}
 }

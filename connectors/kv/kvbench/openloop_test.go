@@ -3,11 +3,14 @@ package kvbench
 import (
 	"context"
 	"errors"
+	"math"
+	"runtime/metrics"
 	"testing"
 	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/internal/loadgen"
 )
 
 func TestOpenLoopRun(t *testing.T) {
@@ -221,5 +224,21 @@ func TestStoreOptionsGroupBounds(t *testing.T) {
 		if err := cfg.Validate(); !errors.Is(err, ErrBadConfig) {
 			t.Errorf("MaxGroup %d, MaxGroupBuild %v: Validate = %v, want ErrBadConfig", cfg.MaxGroup, cfg.MaxGroupBuild, err)
 		}
+	}
+}
+
+// TestHistQuantiles checks the percentiles read from a runtime/metrics
+// histogram's growth: only what was counted after the first sample.
+func TestHistQuantiles(t *testing.T) {
+	buckets := []float64{0, 1e-6, 1e-3, 1e-2, math.Inf(1)}
+	before := &metrics.Float64Histogram{Counts: []uint64{5, 0, 0, 7}, Buckets: buckets}
+	h := &metrics.Float64Histogram{Counts: []uint64{5, 98, 1, 8}, Buckets: buckets}
+	q := histQuantiles(h, before)
+	want := loadgen.Quantiles{P50: 1000, P90: 1000, P99: 10_000, P999: 10_000, Max: 10_000}
+	if q != want {
+		t.Errorf("histQuantiles = %+v, want %+v", q, want)
+	}
+	if q := histQuantiles(h, nil); q != (loadgen.Quantiles{}) {
+		t.Errorf("without a first sample: %+v, want zero", q)
 	}
 }
