@@ -276,3 +276,91 @@ func TestMaxGroupBuildDefaultsOff(t *testing.T) {
 		t.Errorf("default MaxGroupBuild %v, want 0 (groups bounded by MaxGroup only)", opts.MaxGroupBuild)
 	}
 }
+
+// TestGroupBoundedByMaxGroup queues requests behind one that holds the
+// writer: a group takes the requests queued after its first only while
+// they keep it within MaxGroup transactions (a request is never split, so
+// a request larger than MaxGroup is a group of its own), and every
+// request still completes once, in order.
+func TestGroupBoundedByMaxGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		maxGroup int
+		reqs     []int // transactions per queued request
+	}{
+		{"three per request, bound four", 4, []int{3, 3, 3, 3, 3, 3}},
+		{"requests that fill the bound", 6, []int{2, 2, 2, 2, 2, 2, 2, 2, 2}},
+		{"one request above the bound", 4, []int{2, 5, 1, 1, 2, 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sizes []int // written by the syncer, read after Close
+			s, err := Open(t.TempDir(), Options{
+				MaxGroup: tc.maxGroup,
+				OnCommit: func(ci CommitInfo) { sizes = append(sizes, ci.Transactions) },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			hold := make(chan struct{})
+			first := s.Submit(ctx, []kv.TxnFunc{func(tx kv.Txn) error {
+				<-hold
+				return tx.Set([]byte("first"), []byte("1"), 0)
+			}}, make([]error, 1))
+			var ran []int
+			var waits []func() error
+			for r, n := range tc.reqs {
+				var fns []kv.TxnFunc
+				for i := range n {
+					fns = append(fns, func(tx kv.Txn) error {
+						ran = append(ran, r) // the writer runs transactions one at a time
+						return tx.Set(fmt.Appendf(nil, "k%d-%d", r, i), []byte("v"), 0)
+					})
+				}
+				waits = append(waits, s.Submit(ctx, fns, make([]error, n)))
+			}
+			close(hold)
+			if err := first(); err != nil {
+				t.Fatal(err)
+			}
+			for r, wait := range waits {
+				if err := wait(); err != nil {
+					t.Fatalf("request %d: %v", r, err)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			total, largest := 1, 0
+			for _, n := range tc.reqs {
+				total += n
+				largest = max(largest, n)
+			}
+			sum := 0
+			for _, n := range sizes {
+				sum += n
+				if n > tc.maxGroup && n > largest {
+					t.Errorf("a group of %d transactions, above MaxGroup %d and any one request (%d)", n, tc.maxGroup, largest)
+				}
+			}
+			if sum != total {
+				t.Errorf("groups %v hold %d transactions, want %d", sizes, sum, total)
+			}
+			// The requests queued while the writer was held are taken
+			// together (they are all queued): without the bound, the
+			// second group would hold every one of them.
+			if len(sizes) < 3 {
+				t.Errorf("groups %v: want the queued requests split into groups of at most %d", sizes, tc.maxGroup)
+			}
+			want := make([]int, 0, total)
+			for r, n := range tc.reqs {
+				for range n {
+					want = append(want, r)
+				}
+			}
+			if !slices.Equal(ran, want) {
+				t.Errorf("transactions ran for requests %v, want %v", ran, want)
+			}
+		})
+	}
+}
