@@ -94,11 +94,7 @@ type Options struct {
 	// released.
 	NoSync bool
 	// MaxGroup bounds the number of transactions committed as one group.
-	// A request (one Update or Submit) is never split: a group holds more
-	// only when its one request does. The writer gathers what is queued
-	// up to this bound, so it also bounds, after a stall, how many
-	// transactions wait for the whole group to be built, applied and
-	// synced. Default DefaultMaxGroup.
+	// Default DefaultMaxGroup.
 	MaxGroup int
 	// MaxGroupBuild, when positive, bounds a group by the time the writer
 	// spends running its transactions: once that long has passed since
@@ -717,10 +713,9 @@ func (s *Store) retire(g *group) {
 }
 
 // build runs the transactions of a front part of reqs in order into one
-// Pebble batch and numbers the group; g.reqs is that part: always the
-// first request, then those that keep the group within Options.MaxGroup
-// transactions, up to the first that would take it past, or that comes
-// once the group has been built for Options.MaxGroupBuild (when set). Reads see the writes of earlier transactions of the group
+// Pebble batch and numbers the group; g.reqs is that part: every request
+// but those left once the group has been built for Options.MaxGroupBuild
+// (when set), and always the first. Reads see the writes of earlier transactions of the group
 // (unapplied), of prev, the group before it when the committer may not have
 // applied it yet, and of the database. unapplied is the index the group
 // uses; prev's is the other one.
@@ -735,14 +730,11 @@ func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *
 		g.err = err
 		return g
 	}
-	txns := 0
 	for k, r := range reqs {
-		if k > 0 && (txns+len(r.fns) > s.opts.MaxGroup ||
-			s.opts.MaxGroupBuild > 0 && s.opts.now().Sub(start) >= s.opts.MaxGroupBuild) {
+		if k > 0 && s.opts.MaxGroupBuild > 0 && s.opts.now().Sub(start) >= s.opts.MaxGroupBuild {
 			g.reqs = reqs[:k:k]
 			break
 		}
-		txns += len(r.fns)
 		for i, fn := range r.fns {
 			m := tx.mark()
 			err := runTxn(fn, tx)
