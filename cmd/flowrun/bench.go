@@ -116,7 +116,11 @@ sleeps at least --tick, default 200µs, between groups), and its latency
 counted from its scheduled time to its completion, so queueing, and the
 wait for the tick, are not hidden. The raw Pebble side is not run ("pebble_ops_per_s" and "ratio"
 are 0); "flowrun_ops_per_s" is the achieved rate, and the JSON adds
-  {"rate","p90_us","p999_us","max_us"}
+  {"rate","p90_us","p999_us","max_us","diag"}
+where "diag" breaks the latency down (docs/performance.md, Open loop): the
+generator's lag and the service time per event, commit groups, WAL fsyncs,
+Go scheduler latency, GC. --max-group and --max-group-build set the flowrun
+store's commit group bounds.
 With --sweep-p99 D, each workload is run open loop at rising rates from
 --rate (default 1000), doubling then bisecting, for --duration each, to find
 the highest rate whose p99 stays at most D (within 10%). Each trial is
