@@ -42,6 +42,8 @@ type benchFlags struct {
 	rate       int
 	duration   time.Duration
 	tick       time.Duration
+	maxGroup   int
+	groupBuild time.Duration
 	sweepP99   time.Duration
 	peer       string
 	peerPort   int
@@ -114,7 +116,11 @@ sleeps at least --tick, default 200µs, between groups), and its latency
 counted from its scheduled time to its completion, so queueing, and the
 wait for the tick, are not hidden. The raw Pebble side is not run ("pebble_ops_per_s" and "ratio"
 are 0); "flowrun_ops_per_s" is the achieved rate, and the JSON adds
-  {"rate","p90_us","p999_us","max_us"}
+  {"rate","p90_us","p999_us","max_us","diag"}
+where "diag" breaks the latency down (docs/performance.md, Open loop): the
+generator's lag and the service time per event, commit groups, WAL fsyncs,
+Go scheduler latency, GC. --max-group and --max-group-build set the flowrun
+store's commit group bounds.
 With --sweep-p99 D, each workload is run open loop at rising rates from
 --rate (default 1000), doubling then bisecting, for --duration each, to find
 the highest rate whose p99 stays at most D (within 10%). Each trial is
@@ -193,6 +199,8 @@ request's scheduled time. One JSON object per workload:
 	fl.IntVar(&f.rate, "rate", 0, "open loop at this many events/s (--http: requests/s); 0: closed loop; with --sweep-p99, the first rate tried")
 	fl.DurationVar(&f.duration, "duration", kvbench.DefaultDuration, "--rate, --sweep-p99: how long each open-loop run sends")
 	fl.DurationVar(&f.tick, "tick", kvbench.DefaultTick, "--rate, --sweep-p99: shortest sleep of the open-loop source between emits; 0 wakes it for every event due")
+	fl.IntVar(&f.maxGroup, "max-group", pebblestore.DefaultMaxGroup, "most transactions in one commit group of the flowrun store")
+	fl.DurationVar(&f.groupBuild, "max-group-build", 0, "bound a commit group of the flowrun store by the time its writer spends building it (0: no bound), as the kv connector's max_group_build")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
 	fl.StringVar(&f.peer, "peer", "", "also measure put, get, increment on a redis-server started for each (redis): SET, GET, INCR by redis-benchmark")
 	fl.IntVar(&f.peerPort, "peer-port", 0, "--peer redis: loopback port of the redis-server (0: a free port)")
@@ -208,6 +216,9 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		if v <= 0 {
 			return usageError{fmt.Errorf("%s must be positive, got %d", name, v)}
 		}
+	}
+	if f.maxGroup <= 0 || f.groupBuild < 0 {
+		return usageError{fmt.Errorf("--max-group (%d) must be positive and --max-group-build (%v) not negative", f.maxGroup, f.groupBuild)}
 	}
 	if f.rate < 0 || f.duration <= 0 || f.sweepP99 < 0 || f.tick < 0 {
 		return usageError{fmt.Errorf("--rate (%d) must not be negative, --duration (%v) must be positive, --sweep-p99 (%v) and --tick (%v) must not be negative", f.rate, f.duration, f.sweepP99, f.tick)}
@@ -233,6 +244,8 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		Redis:      kvbench.RedisOptions{Port: f.peerPort, Clients: f.peerConns},
 
 		RowCacheBytes: f.rowCache,
+		MaxGroup:      f.maxGroup,
+		MaxGroupBuild: f.groupBuild,
 	}
 	switch r := etcdstore.ReadConsistency(f.etcdReads); r {
 	case etcdstore.Linearizable, etcdstore.Serializable:

@@ -79,7 +79,7 @@ func runEtcdWorkload(ctx context.Context, cfg Config, name string, p *progress) 
 			runtime.GC()
 			debug.FreeOSMemory()
 			ResetPeakRSS()
-			fr, err := runFlowrunPart(ctx, rcfg, name, store, quiet, p, fGen, round == 0)
+			fr, err := runFlowrunPart(ctx, rcfg, name, store, quiet, p, fGen, round == 0, nil)
 			if err != nil {
 				return fmt.Errorf("flowrun side: %w", err)
 			}

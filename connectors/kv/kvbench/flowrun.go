@@ -18,7 +18,8 @@ import (
 // filled, quiet. The raw Pebble side opens its database with the same
 // Pebble tuning.
 func (cfg Config) storeOptions() pebblestore.Options {
-	opts := pebblestore.Options{NoSync: !cfg.Sync, RowCacheBytes: cfg.RowCacheBytes, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := pebblestore.Options{NoSync: !cfg.Sync, RowCacheBytes: cfg.RowCacheBytes, MaxGroup: cfg.MaxGroup, MaxGroupBuild: cfg.MaxGroupBuild,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	opts.EnsureDefaults()
 	return opts
 }
@@ -27,11 +28,16 @@ func (cfg Config) storeOptions() pebblestore.Options {
 func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progress) (sideResult, error) {
 	opts := cfg.storeOptions()
 	quiet := opts.Logger
+	var open *openLoop
+	if cfg.Rate > 0 {
+		open = newOpenLoop(cfg.Rate, cfg.Ops)
+		open.diag.storeOptions(&opts)
+	}
 	store, err := pebblestore.Open(dir, opts)
 	if err != nil {
 		return sideResult{}, err
 	}
-	r, err := runFlowrunOn(ctx, cfg, workload, store, quiet, p)
+	r, err := runFlowrunPart(ctx, cfg, workload, store, quiet, p, newGen(workload, cfg.Keys), true, open)
 	// Reads the previous commit group answered skip the database as cache
 	// hits do.
 	st := store.RowCacheStats()
@@ -44,13 +50,14 @@ func runFlowrun(ctx context.Context, cfg Config, workload, dir string, p *progre
 // runFlowrunOn runs a workload through source -> kv connector on store ->
 // sink; the graph closes store.
 func runFlowrunOn(ctx context.Context, cfg Config, workload string, store kv.Backend, quiet *slog.Logger, p *progress) (sideResult, error) {
-	return runFlowrunPart(ctx, cfg, workload, store, quiet, p, newGen(workload, cfg.Keys), true)
+	return runFlowrunPart(ctx, cfg, workload, store, quiet, p, newGen(workload, cfg.Keys), true, nil)
 }
 
 // runFlowrunPart is runFlowrunOn for one part of a workload split in
 // parts on one store: it runs the next cfg.Ops operations of ops, after the
-// preload when preload is set (the first part).
-func runFlowrunPart(ctx context.Context, cfg Config, workload string, store kv.Backend, quiet *slog.Logger, p *progress, ops *gen, preload bool) (sideResult, error) {
+// preload when preload is set (the first part). open, in open loop, is the
+// run's state when the caller made it (to hook the store), else nil.
+func runFlowrunPart(ctx context.Context, cfg Config, workload string, store kv.Backend, quiet *slog.Logger, p *progress, ops *gen, preload bool, open *openLoop) (sideResult, error) {
 	conn, err := kv.New(store, kv.Options{Logger: quiet})
 	if err != nil {
 		_ = store.Close()
@@ -73,7 +80,10 @@ func runFlowrunPart(ctx context.Context, cfg Config, workload string, store kv.B
 		preload:   preload && needsPreload(workload),
 	}
 	if cfg.Rate > 0 {
-		f.open = newOpenLoop(cfg.Rate, cfg.Ops)
+		f.open = open
+		if f.open == nil {
+			f.open = newOpenLoop(cfg.Rate, cfg.Ops)
+		}
 		f.starts, f.opsIn, f.arenas, f.lat = nil, nil, nil, nil
 	}
 	if f.preload {

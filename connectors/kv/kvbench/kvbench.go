@@ -139,6 +139,14 @@ type Config struct {
 	// negative to disable it and measure Pebble's own reads. The raw side
 	// has no row cache.
 	RowCacheBytes int64
+	// MaxGroup and MaxGroupBuild bound the flowrun store's commit groups
+	// (pebblestore.Options.MaxGroup, by transactions, and MaxGroupBuild,
+	// by the writer's time building one): 0 for the store's defaults
+	// (8192, and no time bound). They trade throughput, larger groups
+	// being cheaper per write, against the time the first transaction of
+	// a large group waits for the rest of it.
+	MaxGroup      int
+	MaxGroupBuild time.Duration
 	// Dir is where each workload gets its own temporary directory, removed
 	// when the workload ends. Default os.TempDir().
 	Dir string
@@ -247,6 +255,9 @@ func (c *Config) Validate() error {
 	if c.Rate < 0 {
 		return fmt.Errorf("%w: rate %d events/s is negative", ErrBadConfig, c.Rate)
 	}
+	if c.MaxGroup < 0 || c.MaxGroupBuild < 0 {
+		return fmt.Errorf("%w: max group %d and max group build %v must not be negative", ErrBadConfig, c.MaxGroup, c.MaxGroupBuild)
+	}
 	switch c.Backend {
 	case BackendPebble:
 	case BackendEtcd:
@@ -333,6 +344,8 @@ type Result struct {
 	P90us  float64 `json:"p90_us,omitempty"`
 	P999us float64 `json:"p999_us,omitempty"`
 	MaxUs  float64 `json:"max_us,omitempty"`
+	// Diag, in open loop, says where the latency went (see Diag).
+	Diag *Diag `json:"diag,omitempty"`
 	// Rounds, on BackendEtcd, is how many alternating rounds each side's
 	// operations were split into (Config.Rounds).
 	Rounds int `json:"rounds,omitempty"`
@@ -415,6 +428,7 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 	if cfg.Rate > 0 {
 		r.Rate = cfg.Rate
 		r.P90us, r.P999us, r.MaxUs = fr.q.P90, fr.q.P999, fr.q.Max
+		r.Diag = fr.diag
 	}
 	if r.PebbleOpsPerS > 0 {
 		r.Ratio = r.FlowrunOpsPerS / r.PebbleOpsPerS

@@ -18,11 +18,15 @@ type openLoop struct {
 	sched     loadgen.Schedule
 	start     time.Time
 	lat       []time.Duration // per event: completion - scheduled time
+	sent      []time.Duration // per event: handed to the graph, from start
 	completed atomic.Int64
+	// flushBlocked sums the time Flush calls waited (the source's own).
+	flushBlocked time.Duration
+	diag         diagCollector
 }
 
 func newOpenLoop(rate, n int) *openLoop {
-	return &openLoop{sched: loadgen.Schedule{Rate: rate, N: n}, lat: make([]time.Duration, n)}
+	return &openLoop{sched: loadgen.Schedule{Rate: rate, N: n}, lat: make([]time.Duration, n), sent: make([]time.Duration, n)}
 }
 
 // eventDone records the latency of event i from its scheduled time.
@@ -41,7 +45,7 @@ func (o *openLoop) result() (sideResult, error) {
 		last = max(last, o.sched.At(i)+l)
 	}
 	q := loadgen.Percentiles(o.lat)
-	return sideResult{elapsed: last, p50us: q.P50, p99us: q.P99, q: q}, nil
+	return sideResult{elapsed: last, p50us: q.P50, p99us: q.P99, q: q, diag: o.diag.result(o)}, nil
 }
 
 // generateOpen emits the timed operations on schedule: whenever events are
@@ -52,6 +56,7 @@ func (o *openLoop) result() (sideResult, error) {
 // everything due at once; latency still counts from each event's schedule.
 func (f *flowSide) generateOpen(ctx context.Context, emit pipeline.SourceEmitter, g *gen, scanEnd []byte, perEvent int) error {
 	o := f.open
+	o.diag.start()
 	o.start = time.Now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -94,10 +99,15 @@ func (f *flowSide) generateOpen(ctx context.Context, emit pipeline.SourceEmitter
 				arena, ev = f.appendEvent(arena, g.op(), scanEnd)
 				emit.Emit(pipeline.PortOut, tr.Track(i, ev))
 			}
+			sent := time.Since(o.start)
+			for i := first; i < first+n; i++ {
+				o.sent[i] = sent
+			}
 			next += n
 			if err := emit.Flush(ctx); err != nil {
 				return err
 			}
+			o.flushBlocked += time.Since(o.start) - sent
 		}
 	}
 	return nil

@@ -3,10 +3,14 @@ package kvbench
 import (
 	"context"
 	"errors"
+	"math"
+	"runtime/metrics"
 	"testing"
 	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/internal/loadgen"
 )
 
 func TestOpenLoopRun(t *testing.T) {
@@ -136,5 +140,105 @@ func TestOpenLoopTick(t *testing.T) {
 	}
 	if limit := 12 + 4000/cfg.Batch; slices > limit {
 		t.Errorf("4000 events came in %d slices, want at most %d with a %v tick", slices, limit, cfg.Tick)
+	}
+}
+
+// TestOpenLoopDiag checks the breakdown of an open-loop run: every event's
+// lag in the source and its service time add up to its latency, and the
+// commit groups, WAL fsyncs and transactions of the timed window (not the
+// preload) are counted.
+func TestOpenLoopDiag(t *testing.T) {
+	for _, workload := range []string{Put, Get} {
+		t.Run(workload, func(t *testing.T) {
+			cfg := Config{Workloads: []string{workload}, Rate: 2000, Duration: 300 * time.Millisecond,
+				Keys: 2000, ValueBytes: 40, Batch: 50, Sync: true, Dir: t.TempDir()}
+			rs, err := Run(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := rs[0].Diag
+			if d == nil {
+				t.Fatal("no diag in open loop")
+			}
+			if d.GenLag.P50 < 0 || d.GenLag.Max < d.GenLag.P50 || d.Service.P50 <= 0 {
+				t.Errorf("gen lag %+v, service %+v: want lag >= 0 and service > 0", d.GenLag, d.Service)
+			}
+			// Each event's lag and service sum to its latency, so the
+			// largest of each is at most the largest latency.
+			if d.GenLag.Max > rs[0].MaxUs || d.Service.Max > rs[0].MaxUs {
+				t.Errorf("gen lag max %v or service max %v above latency max %v", d.GenLag.Max, d.Service.Max, rs[0].MaxUs)
+			}
+			if d.CPUusPerOp <= 0 {
+				t.Errorf("cpu per op %v", d.CPUusPerOp)
+			}
+			if workload == Get {
+				// Reads only: nothing to commit in the window, though the
+				// preload wrote 2000 keys in 40 groups; closing the store
+				// may sync the log once.
+				if d.Groups != 0 || d.WALSyncs > 2 {
+					t.Errorf("get: %d groups, %d WAL syncs counted, want 0 and at most 2 (preload left out)", d.Groups, d.WALSyncs)
+				}
+				return
+			}
+			if d.Groups == 0 || d.GroupTxnMean*float64(d.Groups) != float64(rs[0].Ops) {
+				t.Errorf("%d groups of %v transactions on average, want %d transactions in all", d.Groups, d.GroupTxnMean, rs[0].Ops)
+			}
+			if d.GroupTxns.Max < d.GroupTxns.P50 || d.GroupTxns.P50 < 1 {
+				t.Errorf("transactions per group %+v", d.GroupTxns)
+			}
+			if d.WALSyncs == 0 || d.WALSync.P50 <= 0 {
+				t.Errorf("%d WAL syncs, p50 %v µs: want some", d.WALSyncs, d.WALSync.P50)
+			}
+		})
+	}
+}
+
+// TestStoreOptionsGroupBounds checks that the commit group bounds of a
+// Config reach the flowrun store, defaults when unset, and that negative
+// ones are refused.
+func TestStoreOptionsGroupBounds(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		maxGroup  int
+		build     time.Duration
+		wantGroup int
+		wantBuild time.Duration
+	}{
+		{"defaults", 0, 0, pebblestore.DefaultMaxGroup, 0},
+		{"set", 256, 500 * time.Microsecond, 256, 500 * time.Microsecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := Config{Sync: true, MaxGroup: c.maxGroup, MaxGroupBuild: c.build}
+			cfg.EnsureDefaults()
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			o := cfg.storeOptions()
+			if o.MaxGroup != c.wantGroup || o.MaxGroupBuild != c.wantBuild {
+				t.Errorf("store MaxGroup %d, MaxGroupBuild %v; want %d, %v", o.MaxGroup, o.MaxGroupBuild, c.wantGroup, c.wantBuild)
+			}
+		})
+	}
+	for _, cfg := range []Config{{MaxGroup: -1}, {MaxGroupBuild: -time.Millisecond}} {
+		cfg.EnsureDefaults()
+		if err := cfg.Validate(); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("MaxGroup %d, MaxGroupBuild %v: Validate = %v, want ErrBadConfig", cfg.MaxGroup, cfg.MaxGroupBuild, err)
+		}
+	}
+}
+
+// TestHistQuantiles checks the percentiles read from a runtime/metrics
+// histogram's growth: only what was counted after the first sample.
+func TestHistQuantiles(t *testing.T) {
+	buckets := []float64{0, 1e-6, 1e-3, 1e-2, math.Inf(1)}
+	before := &metrics.Float64Histogram{Counts: []uint64{5, 0, 0, 7}, Buckets: buckets}
+	h := &metrics.Float64Histogram{Counts: []uint64{5, 98, 1, 8}, Buckets: buckets}
+	q := histQuantiles(h, before)
+	want := loadgen.Quantiles{P50: 1000, P90: 1000, P99: 10_000, P999: 10_000, Max: 10_000}
+	if q != want {
+		t.Errorf("histQuantiles = %+v, want %+v", q, want)
+	}
+	if q := histQuantiles(h, nil); q != (loadgen.Quantiles{}) {
+		t.Errorf("without a first sample: %+v, want zero", q)
 	}
 }

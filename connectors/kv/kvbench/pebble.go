@@ -20,6 +20,7 @@ type sideResult struct {
 	p50us, p99us    float64
 	rowCacheHitRate float64           // flowrun side on Pebble only
 	q               loadgen.Quantiles // open loop only
+	diag            *Diag             // open loop only
 }
 
 // quietLogger drops Pebble's informational logging, which would otherwise

@@ -36,7 +36,7 @@ func Backend() kv.BackendSpec {
 			{Name: "sync", Type: component.TypeBool, Default: "true",
 				Doc: "Release results only once their writes are synced to disk. false is faster but a crash of the process (not only of the machine) loses the most recent acknowledged writes."},
 			{Name: "max_group", Aliases: []string{"max_batch"}, Type: component.TypeInt, Default: strconv.Itoa(DefaultMaxGroup), Min: "1",
-				Doc: "Most commands committed together as one commit group (one disk sync). The alias max_batch is its former name, deprecated."},
+				Doc: "Most commands committed together as one commit group (one disk sync): the store stops taking queued event slices once a group has this many, and a slice is never split, so a group may pass it by up to one slice. The alias max_batch is its former name, deprecated."},
 			{Name: "max_group_build", Type: component.TypeDuration, Default: "0s", Min: "0s", Max: "1s",
 				Doc: "How long the store may spend running one commit group's commands before it commits the group; the commands already taken go to the next group. Bounds each command's wait for the rest of its group when commands queue up, at some cost in throughput (smaller groups); the commands of one event slice are never split. 0s: groups are bounded by max_group only."},
 			{Name: "max_delay", Type: component.TypeDuration, Default: "0s", Max: "1s",

@@ -178,17 +178,29 @@ func BenchmarkRowCachePublish(b *testing.B) {
 // commit group size and the mean time from Submit to the request's
 // outcome, with the group build bound (MaxGroupBuild) at 1 ms and off.
 func BenchmarkStoreSubmitQueued(b *testing.B) {
-	const (
-		perReq   = 100
-		inFlight = 64
-	)
 	for _, bc := range []struct {
-		name  string
-		build time.Duration
-	}{{"build=1ms", time.Millisecond}, {"build=off", 0}} {
+		name             string
+		build            time.Duration
+		perReq, inFlight int
+		maxGroup         int
+	}{
+		{"build=1ms", time.Millisecond, 100, 64, 0},
+		{"build=off", 0, 100, 64, 0},
+		// A saturated kv connector: up to 4 slices in flight (the graph's
+		// stage depth), each merged by the graph to ~5,000 events. The
+		// writer takes requests until the group has MaxGroup
+		// transactions, the last one whole: two of them (10,000) at
+		// 8192, at most 4 at 16384. maxGroup 5000 keeps one per group,
+		// as a bound that never let a group pass MaxGroup would at 8192.
+		{"req=5000/max=5000", 0, 5000, 4, 5000},
+		{"req=5000/max=8192", 0, 5000, 4, 8192},
+		{"req=5000/max=16384", 0, 5000, 4, 16384},
+	} {
+		perReq, inFlight := bc.perReq, bc.inFlight
 		b.Run(bc.name, func(b *testing.B) {
 			var groups, txns int // written by the syncer, read after Close
 			s, err := Open(b.TempDir(), Options{
+				MaxGroup:      bc.maxGroup,
 				MaxGroupBuild: bc.build,
 				Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 				OnCommit:      func(ci CommitInfo) { groups++; txns += ci.Transactions },
