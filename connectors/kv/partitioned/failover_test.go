@@ -49,7 +49,7 @@ func TestFailoverOfProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three processes and 100,000 messages; skipped with -short")
 	}
-	for _, scenario := range []string{"sigkill", "sigstop"} {
+	for _, scenario := range []string{"sigkill", "sigstop", "natsnode"} {
 		t.Run(scenario, func(t *testing.T) { failover(t, scenario) })
 	}
 }
@@ -59,10 +59,22 @@ func TestFailoverOfProcesses(t *testing.T) {
 // past its leases (SIGSTOP), lets the others take its partitions over,
 // then resumes it (SIGCONT): whatever it still had in flight cannot be
 // applied over the new owners (its changelog appends are fenced), which
-// the exact answers prove.
+// the exact answers prove; "natsnode" runs the flow on a cluster of its
+// own and SIGKILLs the NATS node leading the most streams, restarting it
+// on its storage a few seconds later (see natsNodeDown).
 func failover(t *testing.T, scenario string) {
-	urls := natstest.ClusterURLs(t)
-	js := natstest.JetStream(t)
+	var (
+		urls    string
+		js      jetstream.JetStream
+		cluster *natstest.Cluster
+	)
+	if scenario == "natsnode" {
+		// Never kill a node of the shared cluster: other tests use it.
+		cluster = natstest.StartCluster(t)
+		urls, js = cluster.URLs, natstest.JetStreamAt(t, cluster.URLs)
+	} else {
+		urls, js = natstest.ClusterURLs(t), natstest.JetStream(t)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
@@ -287,6 +299,13 @@ links:
 		}
 	}
 
+	terminateAll := func() {
+		t.Helper()
+		terminate("a", a)
+		terminate("b", b)
+		terminate("c", c)
+	}
+
 	var marks []time.Time
 	switch scenario {
 	case "sigkill":
@@ -315,12 +334,13 @@ links:
 		}
 		marks = []time.Time{stopped}
 		waitFor("every answer", n)
-		for _, in := range []struct {
-			name string
-			in   *instance
-		}{{"a", a}, {"b", b}, {"c", c}} {
-			terminate(in.name, in.in)
-		}
+		terminateAll()
+	case "natsnode":
+		waitFor("a third of the answers", n/3)
+		marks = []time.Time{natsNodeDown(ctx, t, js, cluster)}
+		waitRecovered("the NATS node's kill", marks[0])
+		waitFor("every answer", n)
+		terminateAll()
 	}
 	stopReading()
 	if err := <-readDone; err != nil {
@@ -378,6 +398,54 @@ links:
 		t.Logf("%s %d at %s: every partition answered again %v after it", scenario, i+1, mark.UTC().Format("15:04:05.000"), recovery(answers, mark, parts).Round(time.Millisecond))
 	}
 }
+
+// natsNodeDown SIGKILLs the node of cluster that leads the most streams
+// (the flow's changelogs, its lease stream, its input and the answers),
+// restarts it on the same storage nodeDowntime later, and returns when it
+// was killed.
+func natsNodeDown(ctx context.Context, t *testing.T, js jetstream.JetStream, cluster *natstest.Cluster) time.Time {
+	t.Helper()
+	led := map[int][]string{}
+	streams := js.ListStreams(ctx)
+	for info := range streams.Info() {
+		if info.Cluster != nil {
+			n := cluster.Node(info.Cluster.Leader)
+			led[n] = append(led[n], info.Config.Name)
+		}
+	}
+	if err := streams.Err(); err != nil {
+		t.Fatalf("list the streams: %v", err)
+	}
+	node := 0
+	for n := 1; n <= 3; n++ {
+		if node == 0 || len(led[n]) > len(led[node]) {
+			node = n
+		}
+	}
+	for n := 1; n <= 3; n++ {
+		slices.Sort(led[n])
+		t.Logf("NATS node %d leads %d streams: %v", n, len(led[n]), led[n])
+	}
+	at := time.Now()
+	if err := cluster.Kill(node); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-time.After(nodeDowntime):
+	case <-ctx.Done():
+		t.Fatal("timed out while the NATS node was down")
+	}
+	if err := cluster.Restart(node); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("NATS node %d SIGKILLed at %s, restarted on its storage %v later", node, at.UTC().Format("15:04:05.000"), time.Since(at).Round(time.Millisecond))
+	return at
+}
+
+// nodeDowntime is how long natsNodeDown leaves the killed node down: past
+// the flow's lease TTL (5 s), so that leases held through it must have
+// moved.
+const nodeDowntime = 6 * time.Second
 
 // recovery returns how long after kill the last partition to answer
 // again did so: each partition's first answer stored after kill, the
