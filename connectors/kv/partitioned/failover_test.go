@@ -257,9 +257,25 @@ links:
 		}
 		return len(seen)
 	}
+	// deadLettered fails the test when the source set input messages
+	// aside: they are never answered, so waiting for them would only
+	// time out.
+	deadLettered := func() {
+		t.Helper()
+		info, err := js.Stream(ctx, bus.StreamName(in+bus.DeadLetterSuffix))
+		if err != nil {
+			return // not created yet, or the broker is busy: next time
+		}
+		if msgs := info.CachedInfo().State.Msgs; msgs > 0 {
+			t.Fatalf("%d input messages dead-lettered (never applied); %d of %d answered", msgs, distinct(), n)
+		}
+	}
 	waitFor := func(what string, want int) {
 		t.Helper()
-		for distinct() < want {
+		for i := 0; distinct() < want; i++ {
+			if i%20 == 19 {
+				deadLettered()
+			}
 			select {
 			case <-ctx.Done():
 				t.Fatalf("timed out waiting for %s: %d of %d answered", what, distinct(), n)
