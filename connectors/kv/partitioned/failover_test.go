@@ -403,7 +403,7 @@ links:
 			t.Fatalf("key %s: increments answered %v, want 1..%d: an increment lost or applied twice", k, vs, per)
 		}
 	}
-	t.Logf("%d messages, %d answers (%d repeated from idempotency records)", n, len(answers), dups)
+	t.Logf("%d messages, %d answers (%d, %.2f%%, repeated from idempotency records)", n, len(answers), dups, 100*float64(dups)/float64(len(answers)))
 	if info, err := js.Stream(ctx, bus.StreamName(out)); err == nil {
 		t.Logf("answers stream holds %d messages", info.CachedInfo().State.Msgs)
 	}
