@@ -77,6 +77,7 @@ func failover(t *testing.T, scenario string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
+	began := time.Now()
 
 	const (
 		parts = 12
@@ -416,6 +417,7 @@ links:
 		ci := c.CachedInfo()
 		t.Logf("partition %d: %d delivered for %d stream messages, %d redelivered", p, ci.Delivered.Consumer, ci.Delivered.Stream, ci.NumRedelivered)
 	}
+	t.Logf("run took %v", time.Since(began).Round(time.Second))
 	for i, mark := range marks {
 		t.Logf("%s %d at %s: every partition answered again %v after it", scenario, i+1, mark.UTC().Format("15:04:05.000"), recovery(answers, mark, parts).Round(time.Millisecond))
 	}
