@@ -138,6 +138,13 @@ func StartCluster(t testing.TB) *Cluster {
 			if _, err := c.run("stop", strconv.Itoa(base)); err != nil {
 				t.Errorf("stop the NATS cluster on %d: %v", base, err)
 			}
+			// The script keeps the nodes' logs there.
+			logs := filepath.Join(os.TempDir(), "flowrun-nats-cluster-"+strconv.Itoa(base))
+			if t.Failed() {
+				t.Logf("the NATS nodes' logs are in %s", logs)
+				return
+			}
+			_ = os.RemoveAll(logs)
 		})
 		c.URLs = strings.TrimSpace(string(out))
 		return c
