@@ -44,7 +44,8 @@ type answer struct {
 // every key's answers are exactly 1..10: no increment lost or applied
 // twice. The time from each kill until every partition answers again is
 // logged (docs/scaling.md reports it): the second kill comes once every
-// partition answered after the first.
+// partition answered after the first. The "sigstop" scenario pauses an
+// instance instead; "natsnode" kills a NATS node (see failover).
 func TestFailoverOfProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three processes and 100,000 messages; skipped with -short")
