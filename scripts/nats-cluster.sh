@@ -11,6 +11,10 @@
 #                                                leader; print the client URLs comma-separated
 #                                                (for FLOWRUN_NATS_CLUSTER_URLS)
 #   scripts/nats-cluster.sh stop  [BASE]         stop the nodes started for BASE, remove their data
+#   scripts/nats-cluster.sh kill    BASE N       SIGKILL node N (1-3) of the cluster on BASE, as a
+#                                                crash: its storage stays
+#   scripts/nats-cluster.sh restart BASE N       start node N again on the same ports and storage;
+#                                                wait until it reports JetStream healthy
 #
 # State (pids, data dir) and each node's log (node-N.log) live in
 # ${TMPDIR:-/tmp}/flowrun-nats-cluster-BASE/, so clusters on different
@@ -31,6 +35,14 @@ client_port() { echo $((base + $1 - 1)); }
 http_port() { echo $((base + 1000 + $1 - 1)); }
 cluster_port() { echo $((base + 2000 + $1 - 1)); }
 
+# node: the node number given to kill and restart, checked.
+node() {
+  case "${1:-}" in
+  1 | 2 | 3) echo "$1" ;;
+  *) echo "N must be a node number 1-3, got \"${1:-}\"" >&2; exit 2 ;;
+  esac
+}
+
 accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 urls() {
@@ -46,6 +58,22 @@ ready() {
     curl -fsS "http://127.0.0.1:$(http_port "$n")/healthz" >/dev/null 2>&1 || return 1
     curl -fsS "http://127.0.0.1:$(http_port "$n")/jsz" 2>/dev/null | grep -q '"leader"' || return 1
   done
+}
+
+# start_node N: start node N on its ports, with its storage under the
+# cluster's data dir, routed to every node.
+start_node() {
+  local n=$1 dir routes="" m
+  dir=$(cat "$run/datadir")
+  for m in "${nodes[@]}"; do
+    routes+="${routes:+,}nats://127.0.0.1:$(cluster_port "$m")"
+  done
+  mkdir -p "$dir/node-$n"
+  nohup nats-server -js -n "flowrun-$base-$n" -a 127.0.0.1 -p "$(client_port "$n")" \
+    -m "$(http_port "$n")" -sd "$dir/node-$n" \
+    --cluster_name "flowrun-$base" --cluster "nats://127.0.0.1:$(cluster_port "$n")" \
+    --routes "$routes" >>"$run/node-$n.log" 2>&1 &
+  echo $! >"$run/node-$n.pid"
 }
 
 stop_all() {
@@ -81,17 +109,9 @@ start)
   dir=${3:-$(mktemp -d "${TMPDIR:-/tmp}/flowrun-nats-cluster-data.XXXXXX")}
   mkdir -p "$dir"
   echo "$dir" >"$run/datadir"
-  routes=""
   for n in "${nodes[@]}"; do
-    routes+="${routes:+,}nats://127.0.0.1:$(cluster_port "$n")"
-  done
-  for n in "${nodes[@]}"; do
-    mkdir -p "$dir/node-$n"
-    nohup nats-server -js -n "flowrun-$base-$n" -a 127.0.0.1 -p "$(client_port "$n")" \
-      -m "$(http_port "$n")" -sd "$dir/node-$n" \
-      --cluster_name "flowrun-$base" --cluster "nats://127.0.0.1:$(cluster_port "$n")" \
-      --routes "$routes" >"$run/node-$n.log" 2>&1 &
-    echo $! >"$run/node-$n.pid"
+    : >"$run/node-$n.log"
+    start_node "$n"
   done
   # A loaded machine can take a while to elect the meta leader.
   for _ in $(seq 1 300); do
@@ -113,8 +133,37 @@ start)
 stop)
   stop_all
   ;;
+kill)
+  n=$(node "${3:-}")
+  [ -f "$run/node-$n.pid" ] || { echo "node $n of the cluster on $base is not running" >&2; exit 1; }
+  pid=$(cat "$run/node-$n.pid")
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$run/node-$n.pid"
+  ;;
+restart)
+  n=$(node "${3:-}")
+  [ -f "$run/datadir" ] || { echo "no cluster was started on $base" >&2; exit 1; }
+  if [ -f "$run/node-$n.pid" ] && kill -0 "$(cat "$run/node-$n.pid")" 2>/dev/null; then
+    echo "node $n of the cluster on $base is running (pid $(cat "$run/node-$n.pid")): kill it first" >&2; exit 1
+  fi
+  # The killed process's ports are free once it is gone; a socket left in
+  # TIME_WAIT does not stop a listener (nats-server sets SO_REUSEADDR).
+  start_node "$n"
+  for _ in $(seq 1 300); do
+    if curl -fsS "http://127.0.0.1:$(http_port "$n")/healthz" >/dev/null 2>&1; then exit 0; fi
+    if ! kill -0 "$(cat "$run/node-$n.pid")" 2>/dev/null; then
+      echo "nats-server node $n exited; log:" >&2
+      tail -n 50 "$run/node-$n.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "node $n did not report healthy within 30 s; log in $run/node-$n.log" >&2
+  exit 1
+  ;;
 *)
-  echo "usage: $0 start [BASE] [DIR] | stop [BASE]" >&2
+  echo "usage: $0 start [BASE] [DIR] | stop [BASE] | kill BASE N | restart BASE N" >&2
   exit 2
   ;;
 esac

@@ -83,6 +83,9 @@ type Flow struct {
 	// NoIdem leaves out `idem_from: message_id` (on by default: a
 	// redelivered message is answered from its idempotency record).
 	NoIdem bool
+	// MaxDeliveries is the source's max_deliveries; 0 leaves the
+	// source's default.
+	MaxDeliveries int
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -137,6 +140,9 @@ func (f Flow) YAML() (string, error) {
 	}
 	if !f.NoIdem {
 		store += "\n    idem_from: message_id"
+	}
+	if f.MaxDeliveries > 0 {
+		source = strings.TrimSuffix(source, " }") + fmt.Sprintf(", max_deliveries: %d }", f.MaxDeliveries)
 	}
 	return fmt.Sprintf(`name: %s
 connectors:
