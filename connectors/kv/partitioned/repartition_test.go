@@ -16,6 +16,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv"
 	"github.com/flowrun/flowrun/connectors/kv/kvtest"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/internal/lease"
 	"github.com/flowrun/flowrun/internal/partition"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -361,5 +362,34 @@ func TestRepartitionCrashMidway(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestInstanceStopsServingWhenReconfigured: an instance that started
+// before the group's config was replaced (an instance started while
+// flowrun repartition ran) gives every partition back within a poll and
+// takes none: the state it would serve is no longer the group's.
+func TestInstanceStopsServingWhenReconfigured(t *testing.T) {
+	_, js := connect(t)
+	group := repartGroup(t, js, 2)
+	c := open(t, testOptions(t, js, group, "early", 2))
+	waitShares(t, 30*time.Second, []*Connector{c}, 2, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tbl, err := lease.Open(ctx, js, LeaseStream(group), "tool", lease.Options{TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := tbl.Value(ctx, configName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tbl.Replace(ctx, configName, old, []byte(`{"partitions":3,"hash":"xxh64","generation":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the instance gives its partitions back", func() bool { return len(c.Serving()) == 0 })
+	time.Sleep(time.Second) // several polls
+	if s := c.Serving(); len(s) != 0 {
+		t.Errorf("serving %v after the config changed", s)
 	}
 }
