@@ -531,15 +531,34 @@ func (p *natsSinkPublisher) connect(ctx context.Context) error {
 
 // Publish implements message.Publisher, connecting first when needed.
 func (p *natsSinkPublisher) Publish(topic string, msgs ...*message.Message) error {
+	pub, err := p.publisher()
+	if err != nil {
+		return err
+	}
+	return pub.Publish(topic, msgs...)
+}
+
+// publisher returns the connected publisher; only when there is none does
+// it connect, bounded by ConnectTimeout.
+func (p *natsSinkPublisher) publisher() (*wmnats.Publisher, error) {
+	p.mu.Lock()
+	if p.nc != nil && !p.nc.conn.IsClosed() {
+		pub := p.pub
+		p.mu.Unlock()
+		return pub, nil
+	}
+	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), p.opts.ConnectTimeout)
 	defer cancel()
 	if err := p.connect(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	p.mu.Lock()
-	pub := p.pub
-	p.mu.Unlock()
-	return pub.Publish(topic, msgs...)
+	defer p.mu.Unlock()
+	if p.pub == nil {
+		return nil, fmt.Errorf("nats sink %s: closed: %w", p.name, ErrDisconnected)
+	}
+	return p.pub, nil
 }
 
 // Close implements message.Publisher.

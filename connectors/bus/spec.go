@@ -50,7 +50,8 @@ func SourceFields() []component.Field {
 	itoa := strconv.Itoa
 	return []component.Field{
 		{Name: "window", Type: component.TypeInt, Default: itoa(DefaultWindow), Min: "1",
-			Doc: "read: most messages emitted together, and most held unacknowledged (nats); each message is acknowledged on its own as soon as everything derived from it is done."},
+			Doc: "read: most messages emitted together as one batch; also the most held unacknowledged, times `windows_in_flight` where the source has it. " +
+				"Each message is acknowledged on its own as soon as everything derived from it is done."},
 		{Name: "linger", Type: component.TypeDuration, Default: DefaultLinger.String(), Min: "1µs",
 			Doc: "read: how long a window waits for one more message before it is processed."},
 		{Name: "max_deliveries", Type: component.TypeInt, Default: itoa(DefaultMaxDeliveries), Min: "1",
