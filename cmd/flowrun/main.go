@@ -7,6 +7,7 @@
 //	flowrun validate FLOW.yaml...
 //	flowrun test [PATH...]
 //	flowrun kv get|scan|count|keys|put|delete|increment|dump|load|check DIR ...
+//	flowrun repartition FLOW.yaml --node NAME --partitions M [--dry-run]
 //	flowrun docs
 //	flowrun --version
 //
@@ -144,7 +145,7 @@ whose results go to sinks.`,
 		return nil
 	}
 	root.AddCommand(newRunCommand(e), newReplayCommand(e), newValidateCommand(e), newBenchCommand(e),
-		newKVCommand(e), newDocsCommand(e), newTestCommand(e))
+		newKVCommand(e), newRepartitionCommand(e), newDocsCommand(e), newTestCommand(e))
 	return root
 }
 

@@ -3,6 +3,8 @@ package kv
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"fmt"
 )
 
 // Key layout. The command layer owns it; backends see opaque bytes.
@@ -121,4 +123,72 @@ func (l *layout) prefixRange(prefix string) (start, end []byte) {
 		end = l.dataEnd
 	}
 	return start, end
+}
+
+// StoreKeyKind is what a key of a backend holds, in the command layer's
+// key layout (see ParseStoreKey).
+type StoreKeyKind int
+
+// Kinds of store keys.
+const (
+	// StoreKeyData is a user key's record.
+	StoreKeyData StoreKeyKind = iota + 1
+	// StoreKeyExpiry is the expiry index entry of a user key.
+	StoreKeyExpiry
+	// StoreKeyIdem is an idempotency record; its Key is the idempotency
+	// key, not a user key.
+	StoreKeyIdem
+	// StoreKeyIdemExpiry is the expiry index entry of an idempotency
+	// record.
+	StoreKeyIdemExpiry
+)
+
+// StoreKey is a backend key taken apart by ParseStoreKey.
+type StoreKey struct {
+	Kind      StoreKeyKind
+	Namespace string
+	// Key is the user key (data and expiry entries) or the idempotency
+	// key (idempotency records and their expiry entries).
+	Key []byte
+}
+
+// ErrNotStoreKey reports a backend key outside the command layer's key
+// layout.
+var ErrNotStoreKey = errors.New("not a kv store key")
+
+// ParseStoreKey takes a backend key written by a kv Connector apart: its
+// kind, namespace and user or idempotency key (sharing k's memory). Tools
+// that move records between stores by key (re-partitioning) use it; a
+// key that is not in the layout fails with ErrNotStoreKey.
+func ParseStoreKey(k []byte) (StoreKey, error) {
+	if len(k) < 2 {
+		return StoreKey{}, fmt.Errorf("%w: %q", ErrNotStoreKey, k)
+	}
+	var kind StoreKeyKind
+	switch k[0] {
+	case tagData:
+		kind = StoreKeyData
+	case tagExpiry:
+		kind = StoreKeyExpiry
+	case tagIdempotency:
+		kind = StoreKeyIdem
+	case tagIdemExpiry:
+		kind = StoreKeyIdemExpiry
+	default:
+		return StoreKey{}, fmt.Errorf("%w: %q (tag %q)", ErrNotStoreKey, k, k[0])
+	}
+	n, w := binary.Uvarint(k[1:])
+	if w <= 0 || uint64(len(k)-1-w) < n {
+		return StoreKey{}, fmt.Errorf("%w: %q (namespace length)", ErrNotStoreKey, k)
+	}
+	prefix := k[:1+w+int(n)]
+	sk := StoreKey{Kind: kind, Namespace: string(k[1+w : 1+w+int(n)]), Key: k[len(prefix):]}
+	if kind == StoreKeyExpiry || kind == StoreKeyIdemExpiry {
+		_, key, ok := parseIndexKey(prefix, k)
+		if !ok {
+			return StoreKey{}, fmt.Errorf("%w: %q (expiry entry)", ErrNotStoreKey, k)
+		}
+		sk.Key = key
+	}
+	return sk, nil
 }

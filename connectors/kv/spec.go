@@ -133,13 +133,13 @@ func Spec(backends ...BackendSpec) component.Spec {
 	if len(partitionable) > 0 {
 		fields = append(fields, []component.Field{
 			{Name: "partitions", Type: component.TypeInt, Min: "1", Max: itoa(partition.MaxCount),
-				Doc: "Splits the store into this many partitions, each a Pebble store of its own (`dir/p017/`) made durable by a changelog on a NATS JetStream cluster, owned by one instance of the flow at a time and moved to another when it stops (see docs/scaling.md). Fixed for the life of the state. Backend " + strings.Join(partitionable, ", ") + " only."},
+				Doc: "Splits the store into this many partitions, each a Pebble store of its own (`dir/p017/`) made durable by a changelog on a NATS JetStream cluster, owned by one instance of the flow at a time and moved to another when it stops (see docs/scaling.md). Fixed for the life of the state: an instance declaring another count than the recorded one is refused; change it with `flowrun repartition`, the flow stopped. Backend " + strings.Join(partitionable, ", ") + " only."},
 			{Name: "partition_key", Type: component.TypeExpr,
 				Doc: "With `partitions`: the expression giving an event's partition key, a string; it sees `meta.kv.key` set to the command's key (e.g. `substr(meta.kv.key, 0, 8)` keeps `player/7/score` and `player/7/rank` together), and for a `batch` it is evaluated once per element, with `meta.kv` the element. Default: the command's key (scan start, prefix; each batch element's)."},
 			{Name: "changelog", Type: component.TypeMap,
 				Doc: "With `partitions`, required: the JetStream cluster holding the changelogs and leases, `{urls: \"${FLOWRUN_NATS_CLUSTER_URLS}\", replicas: 3}`; `urls` comma-separated, `replicas` 1, 3 (default) or 5."},
 			{Name: "group", Type: component.TypeString,
-				Doc: "With `partitions`: the name the flow's instances share their partitions under (it names the JetStream streams `FLOWRUN_<group>_LEASES` and `FLOWRUN_<group>_CL_<partition>`). Default: the flow's name."},
+				Doc: "With `partitions`: the name the flow's instances share their partitions under (it names the JetStream streams `FLOWRUN_<group>_LEASES` and `FLOWRUN_<group>_CL_<partition>`, `..._CL_<partition>_G<n>` after re-partitioning). Default: the flow's name."},
 			{Name: "instance", Type: component.TypeString,
 				Doc: "With `partitions`: this process's name in the group (lease holder and member key). Default: host name, process id and a random part, new at every start."},
 			{Name: "lease_ttl", Type: component.TypeDuration, Default: "5s", Min: "1s", Max: "10m",

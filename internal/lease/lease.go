@@ -29,6 +29,7 @@
 package lease
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -255,6 +256,19 @@ func (t *Table) read(ctx context.Context, name string) (uint64, *value, error) {
 	return m.Sequence, &v, nil
 }
 
+// revision returns the last revision of name (0 when never written),
+// whatever it holds, from the stream leader.
+func (t *Table) revision(ctx context.Context, name string) (uint64, error) {
+	m, err := t.lastMsg(ctx, t.prefix+name)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("lease %q: read: %w", name, err)
+	}
+	return m.Sequence, nil
+}
+
 // cas writes data as the lease's next revision if its revision is still
 // expect, and returns the new revision; errConflict when it is not. The
 // stream's last sequence is read first, then the lease: publishing
@@ -266,7 +280,7 @@ func (t *Table) cas(ctx context.Context, name string, expect uint64, data []byte
 		if err != nil {
 			return 0, fmt.Errorf("lease %q: %w", name, err)
 		}
-		rev, _, err := t.read(ctx, name)
+		rev, err := t.revision(ctx, name)
 		if err != nil {
 			return 0, err
 		}
@@ -418,6 +432,61 @@ func (t *Table) Settle(ctx context.Context, name string, data []byte) ([]byte, e
 		}
 	}
 	return nil, fmt.Errorf("lease: settle %q: the value kept changing over %d attempts", name, casAttempts)
+}
+
+// Value returns what name holds, written by Settle or Replace, and nil
+// when nothing was ever written there.
+func (t *Table) Value(ctx context.Context, name string) ([]byte, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	m, err := t.lastMsg(ctx, t.prefix+name)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease: read %q: %w", name, err)
+	}
+	return m.Data, nil
+}
+
+// ErrChanged reports a Replace whose expected value is not the one name
+// holds.
+var ErrChanged = errors.New("settled value changed")
+
+// Replace writes data under name, a name written by Settle, if name
+// still holds old (compared byte for byte), by the same compare-and-set
+// as leases: of writers replacing one value at once, exactly one
+// succeeds. It fails with ErrChanged when name holds something else (or
+// nothing). Offline tools change a recorded setting this way (the
+// partition count, by flowrun repartition).
+func (t *Table) Replace(ctx context.Context, name string, old, data []byte) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if len(data) == 0 {
+		return fmt.Errorf("lease: replace %q: empty value", name)
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		m, err := t.lastMsg(ctx, t.prefix+name)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("lease: replace %q: %w: nothing recorded, expected %q", name, ErrChanged, old)
+		}
+		if err != nil {
+			return fmt.Errorf("lease: replace %q: read: %w", name, err)
+		}
+		if !bytes.Equal(m.Data, old) {
+			return fmt.Errorf("lease: replace %q: %w: it holds %q, expected %q", name, ErrChanged, m.Data, old)
+		}
+		_, err = t.cas(ctx, name, m.Sequence, data)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("lease: replace %q: the value kept changing over %d attempts", name, casAttempts)
 }
 
 // Lease is a lease this table holds. It is safe for concurrent use.

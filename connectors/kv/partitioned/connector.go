@@ -327,9 +327,14 @@ func (c *Connector) partitionOf(ev pipeline.Event) (int, error) {
 
 // evalKey evaluates the partition key expression on ev.
 func (c *Connector) evalKey(ev pipeline.Event) (string, error) {
-	v, err := c.rt.opts.PartitionKey.Eval(ev)
+	return evalPartitionKey(c.rt.opts.PartitionKey, ev)
+}
+
+// evalPartitionKey evaluates the partition key expression x on ev.
+func evalPartitionKey(x *expr.Expr, ev pipeline.Event) (string, error) {
+	v, err := x.Eval(ev)
 	if err != nil {
-		return "", fmt.Errorf("partition_key %s: %w", c.rt.opts.PartitionKey, err)
+		return "", fmt.Errorf("partition_key %s: %w", x, err)
 	}
 	switch v.Kind() {
 	case expr.String:
@@ -339,5 +344,5 @@ func (c *Connector) evalKey(ev pipeline.Event) (string, error) {
 		// As the partitioned nats sink reads it: the same partition.
 		return v.String(), nil
 	}
-	return "", fmt.Errorf("partition_key %s gave %s, want a string, number or boolean: %w", c.rt.opts.PartitionKey, v, kv.ErrInvalidKey)
+	return "", fmt.Errorf("partition_key %s gave %s, want a string, number or boolean: %w", x, v, kv.ErrInvalidKey)
 }

@@ -36,6 +36,7 @@
 package partitioned
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -44,6 +45,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -214,17 +216,75 @@ func token(s string) string {
 func LeaseStream(group string) string { return "FLOWRUN_" + token(group) + "_LEASES" }
 
 // ChangelogStream returns the name of partition p's changelog stream in
-// group, and the subject its records are published on.
+// group, and the subject its records are published on, for a group never
+// re-partitioned (generation 0).
 func ChangelogStream(group string, p int) (stream, subject string) {
-	return "FLOWRUN_" + token(group) + "_CL_" + partition.Token(p), "flowrun." + token(group) + ".cl." + partition.Token(p)
+	return ChangelogStreamOf(group, 0, p)
 }
 
+// ChangelogStreamOf returns the name of partition p's changelog stream in
+// group at generation gen, and its subject. Generation 0 is the state a
+// group starts with (FLOWRUN_<group>_CL_017); each re-partitioning
+// (Repartition) writes the next generation's streams under names of
+// their own (FLOWRUN_<group>_CL_017_G1, subject flowrun.<group>.cl.017.g1),
+// so that the old ones stay whole until the group's recorded
+// configuration names the new ones. A name ending in three digits is of
+// generation 0, one ending in _G and digits of a later one: the two never
+// meet, whatever the group.
+func ChangelogStreamOf(group string, gen, p int) (stream, subject string) {
+	stream, subject = "FLOWRUN_"+token(group)+"_CL_"+partition.Token(p), "flowrun."+token(group)+".cl."+partition.Token(p)
+	if gen == 0 {
+		return stream, subject
+	}
+	g := strconv.Itoa(gen)
+	return stream + "_G" + g, subject + ".g" + g
+}
+
+// parseChangelogStream returns the generation and partition of a stream
+// named by ChangelogStreamOf for group; ok is false for any other name.
+func parseChangelogStream(group, name string) (gen, p int, ok bool) {
+	rest, found := strings.CutPrefix(name, "FLOWRUN_"+token(group)+"_CL_")
+	if !found || len(rest) < 3 {
+		return 0, 0, false
+	}
+	digits := func(s string) bool {
+		for _, r := range s {
+			if r < '0' || r > '9' {
+				return false
+			}
+		}
+		return s != ""
+	}
+	if !digits(rest[:3]) {
+		return 0, 0, false
+	}
+	p, _ = strconv.Atoi(rest[:3])
+	if len(rest) == 3 {
+		return 0, p, true
+	}
+	g, found := strings.CutPrefix(rest[3:], "_G")
+	if !found || !digits(g) || g[0] == '0' {
+		return 0, 0, false
+	}
+	gen, err := strconv.Atoi(g)
+	return gen, p, err == nil
+}
+
+// configName is the settled value (lease.Table.Settle) holding a group's
+// config.
+const configName = "config"
+
 // config is what the first instance records of the group: every instance
-// must agree.
+// must agree on Partitions and Hash. Generation, written by Repartition
+// only, names the changelog streams of the state (ChangelogStreamOf).
 type config struct {
 	Partitions int    `json:"partitions"`
 	Hash       string `json:"hash"`
+	Generation int    `json:"generation,omitempty"`
 }
+
+// hashName is the partition hash recorded in a group's config.
+const hashName = "xxh64"
 
 // Partition states, as the routing processor reports them.
 const (
@@ -364,6 +424,12 @@ type runtime struct {
 	leases *lease.Table
 	slots  []*slot
 	start  int // first partition tried, random
+	// gen is the generation of the group's changelog streams, config
+	// the group's config as recorded when the runtime started and want
+	// the config this runtime would record: every round of balancing
+	// checks the recorded config is still the same (see rebalance).
+	gen          int
+	config, want []byte
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -388,7 +454,7 @@ func openRuntime(ctx context.Context, opts Options) (*runtime, error) {
 		leases *lease.Table
 		got    []byte
 	)
-	want, _ := json.Marshal(config{Partitions: opts.Partitions, Hash: "xxh64"})
+	want, _ := json.Marshal(config{Partitions: opts.Partitions, Hash: hashName})
 	err := untilSettled(ctx, opts, func() error {
 		// One try is bounded: a read sent while the stream has no leader
 		// is never answered.
@@ -399,7 +465,7 @@ func openRuntime(ctx context.Context, opts Options) (*runtime, error) {
 		if err != nil {
 			return err
 		}
-		if got, err = l.Settle(tctx, "config", want); err != nil {
+		if got, err = l.Settle(tctx, configName, want); err != nil {
 			return err
 		}
 		leases = l
@@ -409,7 +475,7 @@ func openRuntime(ctx context.Context, opts Options) (*runtime, error) {
 		return nil, fmt.Errorf("partitioned: group %q: %w", opts.Group, err)
 	}
 	var rec config
-	if err := json.Unmarshal(got, &rec); err != nil || rec != (config{Partitions: opts.Partitions, Hash: "xxh64"}) {
+	if err := json.Unmarshal(got, &rec); err != nil || rec.Partitions != opts.Partitions || rec.Hash != hashName || rec.Generation < 0 {
 		return nil, fmt.Errorf("partitioned: group %q: %w: its state has %s, this connector declares %d partitions (xxh64); the count is fixed for the life of the state",
 			opts.Group, ErrConfigMismatch, got, opts.Partitions)
 	}
@@ -419,7 +485,7 @@ func openRuntime(ctx context.Context, opts Options) (*runtime, error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("partitioned: %w", err)
 	}
-	rt := &runtime{opts: opts, leases: leases, start: rand.IntN(opts.Partitions),
+	rt := &runtime{opts: opts, leases: leases, start: rand.IntN(opts.Partitions), gen: rec.Generation, config: got, want: want,
 		logs: map[int]*changelog.Log{}, runs: map[int]*run{}, ending: map[int]*run{}}
 	for range opts.Partitions {
 		rt.slots = append(rt.slots, newSlot())
@@ -511,6 +577,22 @@ func target(partitions, members int) int {
 
 // rebalance is one round of balancing (see the package doc).
 func (rt *runtime) rebalance(ctx context.Context) error {
+	// A group re-partitioned while this instance ran (flowrun
+	// repartition refuses live instances, but one may start meanwhile)
+	// has its state in other streams: serve nothing of the old ones.
+	got, err := rt.leases.Settle(ctx, configName, rt.want)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, rt.config) {
+		rt.mu.Lock()
+		for _, r := range rt.runs {
+			rt.giveBack(r)
+		}
+		rt.mu.Unlock()
+		return fmt.Errorf("%w: the group's configuration changed to %s since this instance started with %s (re-partitioned?): it serves no partition; restart it",
+			ErrConfigMismatch, got, rt.config)
+	}
 	members, err := rt.leases.Survey(ctx, "m.")
 	if err != nil {
 		return err
@@ -629,7 +711,7 @@ func (rt *runtime) log(ctx context.Context, p int) (*changelog.Log, error) {
 	if l != nil {
 		return l, nil
 	}
-	stream, subject := ChangelogStream(rt.opts.Group, p)
+	stream, subject := ChangelogStreamOf(rt.opts.Group, rt.gen, p)
 	l, err := changelog.Open(ctx, rt.opts.JetStream, changelog.Options{Stream: stream, Subject: subject, Replicas: rt.opts.Replicas})
 	if err != nil {
 		return nil, err

@@ -214,3 +214,30 @@ func (o *ownedConn) Close(ctx context.Context) error {
 	o.close()
 	return err
 }
+
+// RepartitionSpec reads, from the config of a partitioned kv connector of
+// flow, what re-partitioning it needs: the changelog cluster's URLs, and
+// RepartitionOptions with Group (the group option, or flow), Replicas and
+// PartitionKey set; the caller sets JetStream and Partitions. A connector
+// without partitions is refused.
+func RepartitionSpec(flow string, c *component.Config) (urls string, opts RepartitionOptions, err error) {
+	if !c.Has("partitions") {
+		return "", opts, fmt.Errorf("kv connector %q declares no partitions: there is nothing to re-partition", c.Node)
+	}
+	sc, err := specOptions(c)
+	if err != nil {
+		return "", opts, err
+	}
+	opts = RepartitionOptions{Group: sc.opts.Group, Replicas: sc.replicas}
+	if opts.Group == "" {
+		opts.Group = flow
+	}
+	if sc.keySrc != "" {
+		x, err := expr.Parse(sc.keySrc)
+		if err != nil {
+			return "", opts, component.OptionErr("partition_key", err)
+		}
+		opts.PartitionKey = x
+	}
+	return sc.urls, opts, nil
+}
