@@ -237,14 +237,18 @@ func (c *consumer) poll() {
 	}
 }
 
-// room waits until fewer than MaxInFlight records are in flight and
-// returns how many more may be; 0 once the consumer stops.
+// room waits until a whole batch (Window records, or MaxInFlight when it
+// is smaller) fits under MaxInFlight and returns how many records may be
+// handed over; 0 once the consumer stops. Waiting for a whole batch's room
+// instead of one record's keeps batches large once the limit is reached:
+// each record settled would otherwise let one more be fetched alone.
 func (c *consumer) room() int {
+	need := min(c.maxPoll, c.window)
 	for {
 		c.mu.Lock()
 		free := c.window - c.inflight
 		c.mu.Unlock()
-		if free > 0 {
+		if free >= need {
 			return free
 		}
 		select {
