@@ -347,19 +347,35 @@ func fillMessage(m *message.Message, r *kgo.Record, attempt int) {
 // recordMeta is the MetaKey object of r: {"topic","partition","offset"}
 // and "key" when r has one (as a string; invalid UTF-8 becomes U+FFFD).
 func recordMeta(r *kgo.Record) string {
-	type meta struct {
-		Topic     string  `json:"topic"`
-		Partition int32   `json:"partition"`
-		Offset    int64   `json:"offset"`
-		Key       *string `json:"key,omitempty"`
-	}
-	mt := meta{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+	b := make([]byte, 0, 48+len(r.Topic)+len(r.Key))
+	b = append(b, `{"topic":`...)
+	b = appendJSONString(b, r.Topic)
+	b = append(b, `,"partition":`...)
+	b = strconv.AppendInt(b, int64(r.Partition), 10)
+	b = append(b, `,"offset":`...)
+	b = strconv.AppendInt(b, r.Offset, 10)
 	if r.Key != nil {
-		k := string(r.Key)
-		mt.Key = &k
+		b = append(b, `,"key":`...)
+		b = appendJSONString(b, string(r.Key))
 	}
-	b, _ := json.Marshal(mt)
+	b = append(b, '}')
 	return string(b)
+}
+
+// appendJSONString appends s as a JSON string, the bytes json.Marshal
+// gives (HTML characters and U+2028/U+2029 escaped, invalid UTF-8 as
+// U+FFFD): printable ASCII with nothing to escape is copied as is, the
+// rest is left to json.Marshal.
+func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(dst, q...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // MessageID is the message_id of a record: topic/partition/offset, the

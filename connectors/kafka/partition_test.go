@@ -1,6 +1,11 @@
 package kafka
 
-import "testing"
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
 
 // TestPartitionMark: the mark (the offset a commit would store) is one past
 // the highest offset below which every record handed over is done,
@@ -36,5 +41,30 @@ func TestPartitionMark(t *testing.T) {
 				t.Errorf("%d offsets kept for %d pending: a leak", len(p.pending), tc.pending)
 			}
 		})
+	}
+}
+
+// TestRecordMetaAsJSONMarshal: the MetaKey object is the bytes
+// encoding/json gives, whatever the topic and key hold.
+func TestRecordMetaAsJSONMarshal(t *testing.T) {
+	type meta struct {
+		Topic     string  `json:"topic"`
+		Partition int32   `json:"partition"`
+		Offset    int64   `json:"offset"`
+		Key       *string `json:"key,omitempty"`
+	}
+	for _, key := range [][]byte{nil, {}, []byte("k-1"), []byte(`a"b\c`), []byte("<&>"), []byte("a<b"), []byte("é\u2028"), {0xff, 'x'}, []byte("\x01\n")} {
+		for _, topic := range []string{"in", "t.é<>"} {
+			r := &kgo.Record{Topic: topic, Partition: 3, Offset: 1 << 40, Key: key}
+			mt := meta{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+			if r.Key != nil {
+				k := string(r.Key)
+				mt.Key = &k
+			}
+			want, _ := json.Marshal(mt)
+			if got := recordMeta(r); got != string(want) {
+				t.Errorf("key %q topic %q: %s, want %s", key, topic, got, want)
+			}
+		}
 	}
 }
