@@ -347,35 +347,38 @@ func fillMessage(m *message.Message, r *kgo.Record, attempt int) {
 // recordMeta is the MetaKey object of r: {"topic","partition","offset"}
 // and "key" when r has one (as a string; invalid UTF-8 becomes U+FFFD).
 func recordMeta(r *kgo.Record) string {
-	b := make([]byte, 0, 48+len(r.Topic)+len(r.Key))
-	b = append(b, `{"topic":`...)
-	b = appendJSONString(b, r.Topic)
-	b = append(b, `,"partition":`...)
-	b = strconv.AppendInt(b, int64(r.Partition), 10)
-	b = append(b, `,"offset":`...)
-	b = strconv.AppendInt(b, r.Offset, 10)
+	var num [20]byte
+	var b strings.Builder
+	b.Grow(48 + len(r.Topic) + len(r.Key))
+	b.WriteString(`{"topic":`)
+	writeJSONString(&b, r.Topic)
+	b.WriteString(`,"partition":`)
+	b.Write(strconv.AppendInt(num[:0], int64(r.Partition), 10))
+	b.WriteString(`,"offset":`)
+	b.Write(strconv.AppendInt(num[:0], r.Offset, 10))
 	if r.Key != nil {
-		b = append(b, `,"key":`...)
-		b = appendJSONString(b, string(r.Key))
+		b.WriteString(`,"key":`)
+		writeJSONString(&b, string(r.Key))
 	}
-	b = append(b, '}')
-	return string(b)
+	b.WriteByte('}')
+	return b.String()
 }
 
-// appendJSONString appends s as a JSON string, the bytes json.Marshal
+// writeJSONString writes s as a JSON string, the bytes json.Marshal
 // gives (HTML characters and U+2028/U+2029 escaped, invalid UTF-8 as
 // U+FFFD): printable ASCII with nothing to escape is copied as is, the
 // rest is left to json.Marshal.
-func appendJSONString(dst []byte, s string) []byte {
+func writeJSONString(b *strings.Builder, s string) {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
 			q, _ := json.Marshal(s)
-			return append(dst, q...)
+			b.Write(q)
+			return
 		}
 	}
-	dst = append(dst, '"')
-	dst = append(dst, s...)
-	return append(dst, '"')
+	b.WriteByte('"')
+	b.WriteString(s)
+	b.WriteByte('"')
 }
 
 // MessageID is the message_id of a record: topic/partition/offset, the
