@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/tidwall/gjson"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/pipeline"
@@ -168,7 +169,7 @@ func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 	if c == nil {
 		return nil // Close ended the connecting
 	}
-	var msg message.Message // reused: the metadata of each record in turn
+	var dec recordDecoder // reused from record to record
 	for open := true; open && ctx.Err() == nil; {
 		var ds []delivery
 		select {
@@ -180,7 +181,7 @@ func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 		if len(ds) == 0 {
 			continue
 		}
-		if err := s.process(ctx, emit, &msg, ds); err != nil {
+		if err := s.process(ctx, emit, &dec, ds); err != nil {
 			// The graph is failing: what it holds completes as failed
 			// while it shuts down.
 			return err
@@ -197,15 +198,14 @@ func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 
 // process emits a batch of records, tracked together, and flushes it;
 // each record is settled when it completes (see completed).
-func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, msg *message.Message, ds []delivery) error {
+func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, dec *recordDecoder, ds []delivery) error {
 	tr := pipeline.NewTracker(len(ds), func(i int, o pipeline.Outcome) { s.completed(&ds[i], o) }, nil)
 	// A Failed outcome is handed over again: processors may abandon an
 	// event for redelivery (pipeline.Abandon).
 	tr.SetRedelivers()
 	s.unsettled.Add(len(ds))
 	for i := range ds {
-		fillMessage(msg, ds[i].rec, ds[i].attempt)
-		ev, err := bus.ToEvent(msg)
+		ev, err := dec.event(ds[i].rec, ds[i].attempt)
 		if err != nil {
 			ds[i].permanent = true
 			emit.Emit(pipeline.PortErr, tr.Track(i, ev))
@@ -217,6 +217,21 @@ func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, msg *
 	// meanwhile: the graph drains what was emitted, and the settling
 	// follows.
 	return emit.Flush(context.WithoutCancel(ctx))
+}
+
+// recordDecoder makes the events of records, as bus.ToEvent makes those
+// of their watermill messages, reusing one message and the decoder's
+// scratch space from record to record (not safe for concurrent use).
+type recordDecoder struct {
+	msg message.Message
+	dec bus.Decoder
+}
+
+// event is the event of r's attempt-th delivery; an error (a payload
+// that is not JSON, say) comes with an event for the "err" port.
+func (d *recordDecoder) event(r *kgo.Record, attempt int) (pipeline.Event, error) {
+	fillMessage(&d.msg, r, attempt)
+	return d.dec.ToEvent(&d.msg)
 }
 
 // completed settles d, whose events are all done: done when it did not
