@@ -72,8 +72,20 @@ var ErrNotIJSON = errors.New("message is not I-JSON")
 // an "err" port: its data is the payload as a JSON string and its meta
 // carries the message metadata plus "error".
 func ToEvent(msg *message.Message) (pipeline.Event, error) {
-	var check ijson.Checker
-	meta, merr := metaFromMetadata(&check, msg.Metadata, msg.UUID)
+	var d Decoder
+	return d.ToEvent(msg)
+}
+
+// Decoder converts messages into events as ToEvent does, keeping its
+// scratch space (the I-JSON checker's) from one message to the next: a
+// source converting many messages makes one. The zero value is ready; a
+// Decoder is not safe for concurrent use.
+type Decoder struct{ check ijson.Checker }
+
+// ToEvent is ToEvent with d's scratch space: the same event and error.
+func (d *Decoder) ToEvent(msg *message.Message) (pipeline.Event, error) {
+	check := &d.check
+	meta, merr := metaFromMetadata(check, msg.Metadata, msg.UUID)
 	payload := bytes.TrimSpace(msg.Payload)
 	var err error
 	switch {

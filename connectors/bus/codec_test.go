@@ -3,6 +3,7 @@ package bus
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -248,3 +249,40 @@ func (p *recordingPublisher) Publish(_ string, msgs ...*message.Message) error {
 	return nil
 }
 func (p *recordingPublisher) Close() error { return nil }
+
+// TestDecoderReusedMatchesToEvent: one Decoder converting many messages in
+// turn, good and bad, gives for each the event and error a fresh ToEvent
+// gives: nothing of one message's check leaks into the next.
+func TestDecoderReusedMatchesToEvent(t *testing.T) {
+	msgs := []struct {
+		payload  string
+		metadata map[string]string
+	}{
+		{`{"a":{"b":1},"c":[{"d":2}]}`, map[string]string{JSONKeysKey: "kv", "kv": `{"put":"a","value":{"put":1}}`, "correlation_id": "c1"}},
+		{`{"a":1,"a":2}`, map[string]string{"correlation_id": "c2"}},
+		{`{"b":1,"a":{"b":2}}`, map[string]string{JSONKeysKey: "kv", "kv": `{"put":"x","put":"y"}`}},
+		{`{"a":{"b":1}}`, map[string]string{JSONKeysKey: "kv", "kv": `{"put":"a"}`}},
+		{"[\"a\xffb\",\"\\ud800\"]", nil},
+		{`1`, map[string]string{JSONKeysKey: "kv", "kv": `{"put":"after a repaired payload"}`}},
+		{`{"a":"ok"}`, map[string]string{"x": `{"a":1,"a":2}`}},
+		{`hello`, map[string]string{"correlation_id": "c3"}},
+		{`{"\ud800":1}`, nil},
+		{`[[[[{"a":1}]]]]`, map[string]string{"k\xfe": "v"}},
+		{``, map[string]string{DeliveredKey: "2", "n": "5"}},
+		{`{"a":{"b":1},"b":{"a":1}}`, map[string]string{JSONKeysKey: "kv,m", "kv": `{"put":"a"}`, "m": `{"kv":1}`}},
+	}
+	var d Decoder
+	for pass := range 2 {
+		for i, m := range msgs {
+			msg := message.NewMessage("uuid-1", []byte(m.payload))
+			for k, v := range m.metadata {
+				msg.Metadata.Set(k, v)
+			}
+			want, werr := ToEvent(msg)
+			got, gerr := d.ToEvent(msg)
+			if fmt.Sprint(gerr) != fmt.Sprint(werr) || string(got.Data) != string(want.Data) || string(got.Meta) != string(want.Meta) {
+				t.Errorf("pass %d message %d: decoder %s %s %v, ToEvent %s %s %v", pass, i, got.Data, got.Meta, gerr, want.Data, want.Meta, werr)
+			}
+		}
+	}
+}

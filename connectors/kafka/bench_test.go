@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,9 +16,21 @@ import (
 // The pair below measures, on kfake (an in-process broker whose speed is
 // not a real cluster's), records/s consumed and committed by the bare
 // franz-go client and by a flow putting each record into the kv store
-// (sync on). Run them in one invocation, alternately:
+// (sync on), and the process's CPU time per record (cpu-µs/msg; the
+// broker's included on both sides). Run them in one invocation,
+// alternately:
 //
 //	go test ./connectors/kafka -run '^$' -bench 'Consume' -count 3 -benchtime 5000x
+
+// cpuTime is the CPU time (user and system) used by the process so far:
+// both sides' figure includes the in-process broker's.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // benchRecords produces n kv put commands to a new topic of a new cluster
 // and returns the brokers.
@@ -40,7 +53,7 @@ func benchRecords(b *testing.B, n int) []string {
 func BenchmarkConsumeBareClient(b *testing.B) {
 	brokers := benchRecords(b, b.N)
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), cpuTime()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bare"), kgo.ConsumeTopics("in"),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit())
 	must(b, err)
@@ -54,6 +67,7 @@ func BenchmarkConsumeBareClient(b *testing.B) {
 		must(b, cl.CommitRecords(ctx, recs...))
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
+	b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
 }
 
 // BenchmarkConsumeKVPutFlow: a flow kafka -> kv (put, sync on) -> null
@@ -62,7 +76,7 @@ func BenchmarkConsumeKVPutFlow(b *testing.B) {
 	brokers := benchRecords(b, b.N)
 	ends := endOffsets(b, brokers, "in")
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), cpuTime()
 	rf := runFlow(b, fmt.Sprintf(`name: bench
 connectors:
   input:  { type: kafka, mode: read, brokers: %q, topic: in, group: flow, commit_interval: 10ms }
@@ -84,6 +98,7 @@ links:
 		time.Sleep(5 * time.Millisecond)
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
+	b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
 	b.StopTimer()
 	rf.stop(b)
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,12 +19,20 @@ import (
 	"github.com/flowrun/flowrun/pipeline"
 )
 
-// gate is a sink that holds the events with data.hold until released.
-type gate struct{ release chan struct{} }
+// gate is a sink that holds the events with data.hold until released;
+// seen, when set, is closed at the first such event.
+type gate struct {
+	release  chan struct{}
+	seen     chan struct{}
+	seenOnce sync.Once
+}
 
 func (g *gate) Process(ctx context.Context, evs []pipeline.Event, _ pipeline.Emitter) error {
 	for _, ev := range evs {
 		if gjson.GetBytes(ev.Data, "hold").Bool() {
+			if g.seen != nil {
+				g.seenOnce.Do(func() { close(g.seen) })
+			}
 			select {
 			case <-g.release:
 			case <-ctx.Done():
@@ -110,5 +120,72 @@ links:
 			t.Fatalf("committed %d after the release, want 10", committed(t, brokers, "hold", "in")[p])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestNoGoroutinePerRecordInFlight: records handed over and not settled
+// cost no goroutine each. A flow holds 1,000 records in a gate sink; once
+// the first has reached it (a whole batch has been handed over by then),
+// the process has not gained a goroutine per record in flight. (The
+// source used to start a watcher per record: 256 or more here.)
+func TestNoGoroutinePerRecordInFlight(t *testing.T) {
+	c := startCluster(t)
+	brokers := c.ListenAddrs()
+	createTopics(t, brokers, "in", "out")
+	g := &gate{release: make(chan struct{}), seen: make(chan struct{})}
+	r := builtin.NewRegistry()
+	must(t, r.Register(component.Spec{Type: "gate", Kind: component.KindSink, Summary: "Holds events with data.hold.",
+		Build: func(context.Context, *component.Env, *component.Config) (component.Component, error) {
+			return component.Component{Processor: g}, nil
+		}}))
+	path := filepath.Join(t.TempDir(), "flow.yaml")
+	must(t, os.WriteFile(path, []byte(fmt.Sprintf(`name: many
+connectors:
+  input:  { type: kafka, mode: read, brokers: %q, topic: in, group: many, commit_interval: 10ms }
+  held:   { type: gate }
+  output: { type: kafka, mode: write, brokers: %q, topic: out }
+pipelines:
+  split:
+    - route:
+        hold: 'exists(data.hold)'
+links:
+  - input/out -> split/in
+  - split/hold -> held/in
+  - split/out -> output/in
+`, strings.Join(brokers, ","), strings.Join(brokers, ","))), 0o644))
+	f, diags, err := flows.Load(path, r)
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	built, err := f.Build(context.Background(), flows.BuildOptions{})
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- built.Run(ctx) }()
+	defer func() {
+		close(g.release)
+		cancel()
+		<-done
+	}()
+	// One record through first: the flow is running and consuming.
+	produceEvents(t, brokers, "in", []pipeline.Event{{Data: []byte(`{"first":true}`)}})
+	readTopic(t, brokers, "out").until(t, 20*time.Second, atLeast(1))
+	time.Sleep(100 * time.Millisecond) // let the producer's goroutines end
+	before := runtime.NumGoroutine()
+	evs := make([]pipeline.Event, 1000)
+	for i := range evs {
+		evs[i] = pipeline.Event{Data: []byte(fmt.Sprintf(`{"i":%d,"hold":true}`, i))}
+	}
+	produceEvents(t, brokers, "in", evs)
+	select {
+	case <-g.seen:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no held record reached the gate")
+	}
+	time.Sleep(300 * time.Millisecond) // let more be handed over
+	grown := runtime.NumGoroutine() - before
+	t.Logf("%d goroutines before the held records, %d more with them in flight", before, grown)
+	if grown > 100 {
+		t.Fatalf("%d more goroutines with records held in flight, want a fixed number (under 100)", grown)
 	}
 }

@@ -1,12 +1,14 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,30 +23,32 @@ import (
 	"github.com/flowrun/flowrun/connectors/bus"
 )
 
-// consumer is one consumer-group client of a source: the connection a
-// bus.Dial returns. It owns three kinds of goroutines: the poll loop (hands
-// records over in offset order), the committer, and one watcher per record
-// handed over (settles it when it is acked or nacked). All stop when ctx
-// ends; out is closed once they have.
+// consumer is the consumer-group client of a source. It owns two
+// goroutines: the poll loop, which hands the records fetched over in
+// batches (in offset order within each partition) on batches, and the
+// committer. Both stop when ctx ends; batches is closed once the poll loop
+// has. A record handed over stays in flight until settle is called for it
+// (once, whatever its retries).
 type consumer struct {
-	opts   SourceOptions
-	window int // MaxInFlight
-	client *kgo.Client
-	out    chan *message.Message
-	slots  chan struct{} // one token per record handed over and not settled
-	logger *slog.Logger
+	opts    SourceOptions
+	window  int // MaxInFlight
+	maxPoll int // the most records in one batch
+	client  *kgo.Client
+	batches chan []delivery
+	space   chan struct{} // signalled when records in flight settle
+	logger  *slog.Logger
 
-	ctx      context.Context
-	cancel   context.CancelFunc
-	loops    sync.WaitGroup // poll loop and committer
-	watchers sync.WaitGroup
-	closeOut sync.Once
-	started  atomic.Bool // the first contact succeeded
+	ctx     context.Context
+	cancel  context.CancelFunc
+	loops   sync.WaitGroup // poll loop and committer
+	started atomic.Bool    // the first contact succeeded
 
-	mu      sync.Mutex
-	parts   map[int32]*partition // assigned partitions of opts.Topic
-	closing bool                 // release has begun: revokes do not wait
-	down    error                // the last poll error, while it lasts
+	mu       sync.Mutex
+	parts    map[int32]*partition // assigned partitions of opts.Topic
+	inflight int                  // records handed over and not settled
+	closing  bool                 // release has begun: revokes do not wait
+	down     error                // the last poll error, while it lasts
+	lostErr  error                // why the poll loop ended by itself (fail_fast)
 
 	commitMu sync.Mutex // serialises commits
 }
@@ -53,23 +57,55 @@ type consumer struct {
 // at each assignment, so a record remembers the partition value it was
 // handed over under and its settling is ignored once that is gone.
 type partition struct {
-	id        int32
-	pending   []int64        // offsets handed over and not done, ascending
-	done      map[int64]bool // done offsets still behind an undone one
-	mark      int64          // next offset to commit: all before are done; -1 none yet
-	committed int64          // last offset committed; -1 none
-	inflight  int            // records handed over and not settled
-	revoking  bool           // hand over no more records
+	id int32
+	// pending[head:] are the offsets handed over and not yet below the
+	// mark, ascending, each with whether it is done.
+	pending   []pendingOffset
+	head      int
+	mark      int64 // next offset to commit: all before are done; -1 none yet
+	committed int64 // last offset committed; -1 none
+	inflight  int   // records handed over and not settled
+	revoking  bool  // hand over no more records
 }
 
+// pendingOffset is one offset handed over and whether it is done.
+type pendingOffset struct {
+	offset int64
+	done   bool
+}
+
+func newPartition(id int32) *partition {
+	return &partition{id: id, mark: -1, committed: -1}
+}
+
+// add registers offset, above every offset added before, as handed over.
+func (p *partition) add(offset int64) {
+	p.pending = append(p.pending, pendingOffset{offset: offset})
+}
+
+// waiting is how many offsets handed over are not yet below the mark.
+func (p *partition) waiting() int { return len(p.pending) - p.head }
+
 // finish records offset as done and advances the mark past every done
-// offset at the head.
+// offset at the head: the mark is one past the highest offset below which
+// every offset handed over is done, whatever order they finish in.
 func (p *partition) finish(offset int64) {
-	p.done[offset] = true
-	for len(p.pending) > 0 && p.done[p.pending[0]] {
-		delete(p.done, p.pending[0])
-		p.mark = p.pending[0] + 1
-		p.pending = p.pending[1:]
+	q := p.pending[p.head:]
+	i, found := slices.BinarySearchFunc(q, offset, func(e pendingOffset, o int64) int { return cmp.Compare(e.offset, o) })
+	if !found {
+		return
+	}
+	q[i].done = true
+	for p.head < len(p.pending) && p.pending[p.head].done {
+		p.mark = p.pending[p.head].offset + 1
+		p.head++
+	}
+	switch {
+	case p.head == len(p.pending):
+		p.pending, p.head = p.pending[:0], 0
+	case p.head >= 1024 && 2*p.head >= len(p.pending):
+		n := copy(p.pending, p.pending[p.head:])
+		p.pending, p.head = p.pending[:n], 0
 	}
 }
 
@@ -78,30 +114,21 @@ type delivery struct {
 	rec     *kgo.Record
 	part    *partition
 	attempt int
+	// permanent: its payload is not JSON, which no retry mends.
+	permanent bool
 }
 
-// dial joins the consumer group on topic and returns the messages of that
-// client: a bus.Dial.
-func (s *sourceDialer) dial(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
-	c, err := newConsumer(ctx, s.opts, topic)
-	if err != nil {
-		return nil, nil, err
-	}
-	return c.out, c.release, nil
-}
-
-type sourceDialer struct{ opts SourceOptions }
-
-func newConsumer(ctx context.Context, o SourceOptions, topic string) (*consumer, error) {
+func newConsumer(ctx context.Context, o SourceOptions) (*consumer, error) {
 	c := &consumer{
-		opts:   o,
-		window: o.MaxInFlight,
-		out:    make(chan *message.Message),
-		slots:  make(chan struct{}, o.MaxInFlight),
-		logger: o.Logger,
-		parts:  map[int32]*partition{},
+		opts:    o,
+		window:  o.MaxInFlight,
+		maxPoll: max(o.Source.Window, 1),
+		batches: make(chan []delivery),
+		space:   make(chan struct{}, 1),
+		logger:  o.Logger,
+		parts:   map[int32]*partition{},
 	}
-	c.ctx, c.cancel = context.WithCancel(ctx)
+	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	reset := kgo.NewOffset().AtStart()
 	if o.Start == StartLatest {
 		reset = kgo.NewOffset().AtEnd()
@@ -110,7 +137,7 @@ func newConsumer(ctx context.Context, o SourceOptions, topic string) (*consumer,
 		kgo.SeedBrokers(o.Brokers...),
 		kgo.ClientID("flowrun-" + o.Name),
 		kgo.ConsumerGroup(o.Group),
-		kgo.ConsumeTopics(topic),
+		kgo.ConsumeTopics(o.Topic),
 		kgo.ConsumeResetOffset(reset),
 		kgo.DisableAutoCommit(),
 		kgo.SessionTimeout(o.SessionTimeout),
@@ -162,29 +189,18 @@ func (h connHook) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ ne
 	}
 }
 
-// poll hands records over in offset order, at most MaxInFlight unsettled.
+// poll hands the records fetched over in batches (one per fetch, in offset
+// order within each partition), at most MaxInFlight unsettled.
 func (c *consumer) poll() {
 	defer c.loops.Done()
+	defer close(c.batches)
 	for {
-		// One slot is needed to poll; take as many more as are free.
-		select {
-		case c.slots <- struct{}{}:
-		case <-c.ctx.Done():
+		free := c.room()
+		if free == 0 {
 			return
 		}
-		n := 1
-	more:
-		for n < c.window {
-			select {
-			case c.slots <- struct{}{}:
-				n++
-			default:
-				break more
-			}
-		}
-		fetches := c.client.PollRecords(c.ctx, n)
+		fetches := c.client.PollRecords(c.ctx, min(free, c.maxPoll))
 		if c.ctx.Err() != nil || fetches.IsClientClosed() {
-			c.releaseSlots(n)
 			return
 		}
 		var ferr error
@@ -196,7 +212,6 @@ func (c *consumer) poll() {
 		if ferr != nil {
 			c.setDown(ferr)
 			if c.opts.Reconnect.FailFast && isConnErr(ferr) {
-				c.releaseSlots(n)
 				return
 			}
 		}
@@ -204,76 +219,64 @@ func (c *consumer) poll() {
 		if len(recs) > 0 || ferr == nil {
 			c.setUp()
 		}
-		c.releaseSlots(n - len(recs))
-		for _, r := range recs {
-			if !c.handOver(r) {
-				c.releaseSlots(1)
+		if len(recs) == 0 {
+			continue
+		}
+		ds := c.handOver(recs)
+		if len(ds) == 0 {
+			continue
+		}
+		select {
+		case c.batches <- ds:
+		case <-c.ctx.Done():
+			for i := range ds {
+				c.settle(&ds[i], false)
 			}
+			return
 		}
 	}
 }
 
-// handOver registers r with its partition and sends it to out; false when
-// r was not handed over (its partition is revoked, or the consumer stops),
-// and the record's slot is to be released.
-func (c *consumer) handOver(r *kgo.Record) bool {
-	c.mu.Lock()
-	p := c.parts[r.Partition]
-	if p == nil || p.revoking || r.Topic != c.opts.Topic {
-		c.mu.Unlock()
-		return false // the partition's next owner reads it
-	}
-	p.pending = append(p.pending, r.Offset)
-	p.inflight++
-	c.mu.Unlock()
-	d := &delivery{rec: r, part: p, attempt: 1}
-	m := recordMessage(d.rec, d.attempt)
-	select {
-	case c.out <- m:
-	case <-c.ctx.Done():
-		c.settle(d, false)
-		return true
-	}
-	c.watchers.Add(1)
-	go c.watch(d, m)
-	return true
-}
-
-func (c *consumer) releaseSlots(n int) {
-	for range n {
-		<-c.slots
-	}
-}
-
-// watch settles d once its message is acked, hands it over again when it
-// is nacked (the bus.Source dead-letters it, and acks, after
-// max_deliveries), and abandons it when the consumer stops or its
-// partition is gone.
-func (c *consumer) watch(d *delivery, m *message.Message) {
-	defer c.watchers.Done()
+// room waits until a whole batch (Window records, or MaxInFlight when it
+// is smaller) fits under MaxInFlight and returns how many records may be
+// handed over; 0 once the consumer stops. Waiting for a whole batch's room
+// instead of one record's keeps batches large once the limit is reached:
+// each record settled would otherwise let one more be fetched alone.
+func (c *consumer) room() int {
+	need := min(c.maxPoll, c.window)
 	for {
-		select {
-		case <-m.Acked():
-			c.settle(d, true)
-			return
-		case <-m.Nacked():
-		case <-c.ctx.Done():
-			c.settle(d, false)
-			return
+		c.mu.Lock()
+		free := c.window - c.inflight
+		c.mu.Unlock()
+		if free >= need {
+			return free
 		}
-		if !c.current(d) {
-			c.settle(d, false)
-			return
-		}
-		d.attempt++
-		m = recordMessage(d.rec, d.attempt)
 		select {
-		case c.out <- m:
+		case <-c.space:
 		case <-c.ctx.Done():
-			c.settle(d, false)
-			return
+			return 0
 		}
 	}
+}
+
+// handOver registers recs with their partitions, in one batch of
+// deliveries; records of a partition not assigned or being revoked are
+// left out (the partition's next owner reads them).
+func (c *consumer) handOver(recs []*kgo.Record) []delivery {
+	ds := make([]delivery, 0, len(recs))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range recs {
+		p := c.parts[r.Partition]
+		if p == nil || p.revoking || r.Topic != c.opts.Topic {
+			continue
+		}
+		p.add(r.Offset)
+		p.inflight++
+		ds = append(ds, delivery{rec: r, part: p, attempt: 1})
+	}
+	c.inflight += len(ds)
+	return ds
 }
 
 // current reports whether d's partition is still assigned as it was when
@@ -292,15 +295,33 @@ func (c *consumer) settle(d *delivery, done bool) {
 		d.part.finish(d.rec.Offset)
 	}
 	d.part.inflight--
+	c.inflight--
 	c.mu.Unlock()
-	<-c.slots
+	select {
+	case c.space <- struct{}{}:
+	default:
+	}
 }
 
-// recordMessage makes the watermill message of r's attempt-th delivery: id topic/partition/offset,
-// headers as metadata (several values of one header joined with ", "),
-// MetaKey the record's coordinates and key, DeliveredKey the attempt.
+// recordMessage makes the watermill message of r's attempt-th delivery
+// (see fillMessage).
 func recordMessage(r *kgo.Record, attempt int) *message.Message {
-	m := message.NewMessage(MessageID(r.Topic, r.Partition, r.Offset), r.Value)
+	m := message.NewMessage("", nil)
+	fillMessage(m, r, attempt)
+	return m
+}
+
+// fillMessage sets m (whose metadata it clears) to r's attempt-th
+// delivery: id topic/partition/offset, headers as metadata (several values
+// of one header joined with ", "), MetaKey the record's coordinates and
+// key, DeliveredKey the attempt.
+func fillMessage(m *message.Message, r *kgo.Record, attempt int) {
+	m.UUID = MessageID(r.Topic, r.Partition, r.Offset)
+	m.Payload = r.Value
+	if m.Metadata == nil {
+		m.Metadata = make(message.Metadata, len(r.Headers)+3)
+	}
+	clear(m.Metadata)
 	for _, h := range r.Headers {
 		if h.Key == MetaKey || h.Key == bus.DeliveredKey {
 			continue
@@ -321,25 +342,43 @@ func recordMessage(r *kgo.Record, attempt int) *message.Message {
 		}
 	}
 	m.Metadata[bus.DeliveredKey] = strconv.Itoa(attempt)
-	return m
 }
 
 // recordMeta is the MetaKey object of r: {"topic","partition","offset"}
 // and "key" when r has one (as a string; invalid UTF-8 becomes U+FFFD).
 func recordMeta(r *kgo.Record) string {
-	type meta struct {
-		Topic     string  `json:"topic"`
-		Partition int32   `json:"partition"`
-		Offset    int64   `json:"offset"`
-		Key       *string `json:"key,omitempty"`
-	}
-	mt := meta{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+	var num [20]byte
+	var b strings.Builder
+	b.Grow(48 + len(r.Topic) + len(r.Key))
+	b.WriteString(`{"topic":`)
+	writeJSONString(&b, r.Topic)
+	b.WriteString(`,"partition":`)
+	b.Write(strconv.AppendInt(num[:0], int64(r.Partition), 10))
+	b.WriteString(`,"offset":`)
+	b.Write(strconv.AppendInt(num[:0], r.Offset, 10))
 	if r.Key != nil {
-		k := string(r.Key)
-		mt.Key = &k
+		b.WriteString(`,"key":`)
+		writeJSONString(&b, string(r.Key))
 	}
-	b, _ := json.Marshal(mt)
-	return string(b)
+	b.WriteByte('}')
+	return b.String()
+}
+
+// writeJSONString writes s as a JSON string, the bytes json.Marshal
+// gives (HTML characters and U+2028/U+2029 escaped, invalid UTF-8 as
+// U+FFFD): printable ASCII with nothing to escape is copied as is, the
+// rest is left to json.Marshal.
+func writeJSONString(b *strings.Builder, s string) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			b.Write(q)
+			return
+		}
+	}
+	b.WriteByte('"')
+	b.WriteString(s)
+	b.WriteByte('"')
 }
 
 // MessageID is the message_id of a record: topic/partition/offset, the
@@ -353,7 +392,7 @@ func (c *consumer) assigned(_ context.Context, _ *kgo.Client, assigned map[strin
 	ids := assigned[c.opts.Topic]
 	c.mu.Lock()
 	for _, id := range ids {
-		c.parts[id] = &partition{id: id, done: map[int64]bool{}, mark: -1, committed: -1}
+		c.parts[id] = newPartition(id)
 	}
 	c.mu.Unlock()
 	if len(ids) > 0 {
@@ -529,14 +568,18 @@ func containsID(ids []int32, id int32) bool {
 // setDown reports the source not ready, logging the first error of a
 // spell.
 func (c *consumer) setDown(err error) {
+	fatal := c.opts.Reconnect.FailFast && isConnErr(err) && c.started.Load()
 	c.mu.Lock()
 	first := c.down == nil
 	c.down = err
+	if fatal && c.lostErr == nil {
+		c.lostErr = err
+	}
 	c.mu.Unlock()
 	if first {
 		c.logger.Warn("kafka client failing; it keeps trying", "node", c.opts.Name, "error", err)
 	}
-	if c.opts.Reconnect.FailFast && isConnErr(err) && c.started.Load() {
+	if fatal {
 		// Losing the brokers ends the subscription (with fail_fast the
 		// flow fails). In a goroutine: shutdown waits for the poll loop,
 		// which may be the caller.
@@ -567,16 +610,22 @@ func isConnErr(err error) bool {
 	return !errors.As(err, &ke) // broker error codes mean the broker answered
 }
 
-// shutdown stops the goroutines and closes out (once).
+// shutdown stops the goroutines (batches is then closed).
 func (c *consumer) shutdown() {
 	c.cancel()
 	c.loops.Wait()
-	c.watchers.Wait()
-	c.closeOut.Do(func() { close(c.out) })
 }
 
-// release ends the consumer: it stops polling, commits what is done, closes
-// out and leaves the group (whose revoke no longer waits). Records still
+// lostError returns why the poll loop ended by itself (fail_fast and the
+// brokers lost), or nil.
+func (c *consumer) lostError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lostErr
+}
+
+// release ends the consumer: it stops polling, commits what is done and
+// leaves the group (whose revoke no longer waits). Records still
 // in flight are abandoned: their partition's next owner reads them again.
 func (c *consumer) release() error {
 	c.mu.Lock()
@@ -589,7 +638,6 @@ func (c *consumer) release() error {
 	c.cancel()
 	c.loops.Wait()
 	err := c.commit(ctx, nil)
-	c.shutdown()
 	c.client.Close()
 	if c.opts.Health != nil {
 		c.opts.Health.Set(c.opts.Name, nil)

@@ -1,27 +1,32 @@
 // Package kafka is the Kafka bus connector (type kafka): a consumer-group
-// source and an idempotent producer sink on franz-go, built on the shared
-// bus machinery of connectors/bus (bus.Source for windowed emission,
-// per-message settling, retries and dead letters; bus.Sink for publishing).
+// source and an idempotent producer sink on franz-go. The source keeps the
+// contract of connectors/bus's bus.Source (windows, fail_on, fail_sinks,
+// max_deliveries, dead letters) without its per-message machinery; the
+// sink is built on bus.Sink's mapping.
 //
-// Reading: a source joins consumer group Group on Topic and hands its
-// records to a bus.Source as watermill messages. At most MaxInFlight of
-// them are unsettled at once, across and within partitions. Offsets are committed
-// by hand: for each partition, the offset below which every record handed
-// over is settled (acked, or dead-lettered and then acked), every
-// CommitInterval, when partitions are revoked, and at shutdown. A record is
-// therefore never committed before everything derived from it is done.
+// Reading: a source joins consumer group Group on Topic. Each fetch of the
+// client (PollRecords, at most Window records) is emitted into the graph
+// as one slice with one pipeline.Tracker; each record is settled as it
+// completes, with no watermill message, channel hop or goroutine per
+// record. At most MaxInFlight records are unsettled at once, across and
+// within partitions; once that many are, the poll loop waits until a
+// whole batch fits again. Offsets are committed by hand: for each
+// partition, the offset below which every record handed over is settled
+// (done, or dead-lettered), every CommitInterval, when partitions are
+// revoked, and at shutdown. A record is therefore never committed before
+// everything derived from it is done.
 //
 // Kafka has no per-message redelivery: a nacked record is retried in place
 // (handed over again, with the same message_id and a delivery count one
 // higher) while the partition's commit point waits below it; after
-// max_deliveries the bus.Source dead-letters it and it counts as settled.
+// max_deliveries the source dead-letters it and it counts as settled.
 //
 // Rebalances: when partitions are revoked (franz-go's OnPartitionsRevoked,
 // the default cooperative-sticky balancer revokes only those that move) the
 // source stops handing over their records, waits up to RevokeWait for their
 // records in flight to settle, commits what is done and forgets the rest:
-// records still in flight after that are abandoned, their acks commit
-// nothing, and the partition's next owner reads them again (a duplicate).
+// records still in flight after that are abandoned, their settling
+// commits nothing, and the partition's next owner reads them again (a duplicate).
 // Lost partitions (OnPartitionsLost: the session expired) are abandoned at
 // once without a commit.
 //

@@ -3,19 +3,83 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/tidwall/gjson"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flowrun/flowrun/connectors/bus"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
-// NewSource returns a bus.Source feeding graph with the records of
-// opts.Topic, read in consumer group opts.Group (see the package doc for
-// offsets, retries and rebalances). The brokers are contacted in the
-// background: while they are unreachable the source retries with
-// opts.Reconnect's backoff and reports itself not ready; with FailFast,
-// NewSource fails instead. Dead letters are produced to
-// opts.Source.DeadLetter (default the topic + ".dead") with the original
-// record's key and its coordinates in header OriginHeader.
-func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.Source, error) {
+// Source is a pipeline.Source that emits the records of a topic, read in
+// a consumer group, as events on "out" (and payloads that are not JSON on
+// "err"). It keeps bus.Source's contract (windows, fail_on, fail_sinks,
+// max_deliveries, dead letters) without its per-message machinery: each
+// fetch of the client is emitted as one slice with one pipeline.Tracker,
+// each record is settled as it completes, and each partition's offset is
+// committed below its first record not settled.
+//
+// A record done (acked) lets its partition's commit pass it once every
+// earlier record of the partition is done. A record that failed (see
+// bus.SourceOptions.FailOn and FailSinks) is handed over again, by this
+// process, with its delivery count one higher, until its MaxDeliveries-th
+// failure (or at once when its payload is not JSON): then it is produced
+// to DeadLetter and done. A record whose events the graph discarded
+// (pipeline.Abandon, or a failing graph) is handed over again too.
+//
+// When Run's context is cancelled, the source stops emitting, waits until
+// every record it emitted has completed (the graph drains them) and
+// returns; Close then commits what is done and leaves the group.
+type Source struct {
+	opts      SourceOptions
+	so        bus.SourceOptions // opts.Source, with defaults
+	graph     bus.Graph
+	dead      message.Publisher
+	failSinks []pipeline.SinkID // resolved by Run
+
+	// connected is closed once c is set, or connecting has ended.
+	connected chan struct{}
+	c         *consumer
+	life      context.Context // ends at Close: stops connecting
+	stop      context.CancelFunc
+
+	// unsettled counts the records emitted into the graph whose
+	// completion has not been handled yet.
+	unsettled sync.WaitGroup
+	// retry is signalled when records wait in retries.
+	retry chan struct{}
+	// Failed records are settled (handed over again or dead-lettered,
+	// which produces) by the settler goroutine, not by the graph
+	// goroutine that completed them.
+	wake        chan struct{}
+	settlerDone chan struct{}
+
+	mu      sync.Mutex
+	retries []delivery // to hand over again
+	queue   []failedRecord
+	stopped bool // the settler has stopped: settle inline
+	closed  bool
+}
+
+// failedRecord is a record that failed, waiting to be settled.
+type failedRecord struct {
+	d       delivery
+	failure string
+}
+
+// NewSource returns a Source feeding graph with the records of opts.Topic,
+// read in consumer group opts.Group (see the package doc for offsets,
+// retries and rebalances). The brokers are contacted in the background:
+// while they are unreachable the source retries with opts.Reconnect's
+// backoff and reports itself not ready; with FailFast, NewSource fails
+// instead. Dead letters are produced to opts.Source.DeadLetter (default
+// the topic + ".dead") with the original record's key and its coordinates
+// in header OriginHeader.
+func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*Source, error) {
 	opts.EnsureDefaults()
 	so := opts.Source
 	so.Topic = opts.Topic
@@ -33,23 +97,339 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 	if opts.Group == "" {
 		return nil, fmt.Errorf("source %s: %w: no consumer group", so.Name, bus.ErrSubscribe)
 	}
+	if so.FailOn != bus.FailOnUnlinkedErr && so.FailOn != bus.FailOnErr {
+		return nil, fmt.Errorf("source %s: %w: fail_on %q: want %q or %q", so.Name, bus.ErrSubscribe, so.FailOn, bus.FailOnUnlinkedErr, bus.FailOnErr)
+	}
+	if len(so.FailSinks) > 0 && graph == nil {
+		return nil, fmt.Errorf("source %s: %w: no graph to find fail sinks in", so.Name, bus.ErrSubscribe)
+	}
+	opts.Reconnect.EnsureDefaults()
 	client, err := newClient(opts.Options)
 	if err != nil {
 		return nil, fmt.Errorf("source %s: dead letters: %w", so.Name, err)
 	}
-	dead := &publisher{client: client, dead: true}
-	d := &sourceDialer{opts: opts}
-	sub := bus.NewReconnectingSubscriber(so.Name, d.dial, opts.Reconnect, opts.Health, opts.Logger)
-	so.OnClose = func() error {
-		err := sub.Close()
-		_ = dead.Close()
-		return err
+	s := &Source{
+		opts: opts, so: so, graph: graph,
+		dead:        &publisher{client: client, dead: true},
+		connected:   make(chan struct{}),
+		retry:       make(chan struct{}, 1),
+		wake:        make(chan struct{}, 1),
+		settlerDone: make(chan struct{}),
 	}
-	src, err := bus.NewSource(ctx, sub, dead, graph, so)
-	if err != nil {
-		_ = sub.Close()
-		_ = dead.Close()
-		return nil, err
+	// The subscription outlives Build's context: it ends at Close.
+	s.life, s.stop = context.WithCancel(context.WithoutCancel(ctx))
+	if opts.Reconnect.FailFast {
+		c, err := newConsumer(ctx, opts)
+		if err != nil {
+			s.stop()
+			_ = s.dead.Close()
+			if opts.Health != nil {
+				opts.Health.Set(so.Name, err)
+			}
+			return nil, fmt.Errorf("source %s: %w to %q: %w (fail_fast): %w", so.Name, bus.ErrSubscribe, opts.Topic, bus.ErrDisconnected, err)
+		}
+		s.c = c
+		close(s.connected)
+	} else {
+		go s.connect()
 	}
-	return src, nil
+	go s.settler()
+	return s, nil
 }
+
+// connect makes the consumer, retrying with Reconnect's backoff while the
+// brokers are unreachable, until it is made or Close is called.
+func (s *Source) connect() {
+	defer close(s.connected)
+	_ = s.opts.Reconnect.Retry(s.life, s.so.Name, s.opts.Health, s.opts.Logger, func(ctx context.Context) error {
+		c, err := newConsumer(ctx, s.opts)
+		if err == nil {
+			s.c = c
+		}
+		return err
+	})
+}
+
+// Run implements pipeline.Source.
+func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
+	s.failSinks = s.failSinks[:0]
+	for _, name := range s.so.FailSinks {
+		id, ok := s.graph.SinkID(name)
+		if !ok {
+			return fmt.Errorf("source %s: fail sink %q: %w", s.so.Name, name, bus.ErrUnknownSink)
+		}
+		s.failSinks = append(s.failSinks, id)
+	}
+	select {
+	case <-s.connected:
+	case <-ctx.Done():
+		return nil
+	}
+	c := s.c
+	if c == nil {
+		return nil // Close ended the connecting
+	}
+	var dec recordDecoder // reused from record to record
+	for open := true; open && ctx.Err() == nil; {
+		var ds []delivery
+		select {
+		case ds, open = <-c.batches:
+		case <-s.retry:
+			ds = s.takeRetries()
+		case <-ctx.Done():
+		}
+		if len(ds) == 0 {
+			continue
+		}
+		if err := s.process(ctx, emit, &dec, ds); err != nil {
+			// The graph is failing: what it holds completes as failed
+			// while it shuts down.
+			return err
+		}
+	}
+	// Every record emitted completes, the graph draining what is in
+	// flight; return once all are handled, so that Close commits them.
+	s.unsettled.Wait()
+	if err := c.lostError(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("source %s: %w (fail_fast): %w", s.so.Name, bus.ErrDisconnected, err)
+	}
+	return nil
+}
+
+// process emits a batch of records, tracked together, and flushes it;
+// each record is settled when it completes (see completed).
+func (s *Source) process(ctx context.Context, emit pipeline.SourceEmitter, dec *recordDecoder, ds []delivery) error {
+	tr := pipeline.NewTracker(len(ds), func(i int, o pipeline.Outcome) { s.completed(&ds[i], o) }, nil)
+	// A Failed outcome is handed over again: processors may abandon an
+	// event for redelivery (pipeline.Abandon).
+	tr.SetRedelivers()
+	s.unsettled.Add(len(ds))
+	for i := range ds {
+		ev, err := dec.event(ds[i].rec, ds[i].attempt)
+		if err != nil {
+			ds[i].permanent = true
+			emit.Emit(pipeline.PortErr, tr.Track(i, ev))
+			continue
+		}
+		emit.Emit(pipeline.PortOut, tr.Track(i, ev))
+	}
+	// The batch is handed over even when a shutdown signal arrives
+	// meanwhile: the graph drains what was emitted, and the settling
+	// follows.
+	return emit.Flush(context.WithoutCancel(ctx))
+}
+
+// recordDecoder makes the events of records, as bus.ToEvent makes those
+// of their watermill messages, reusing one message and the decoder's
+// scratch space from record to record (not safe for concurrent use).
+type recordDecoder struct {
+	msg message.Message
+	dec bus.Decoder
+}
+
+// event is the event of r's attempt-th delivery; an error (a payload
+// that is not JSON, say) comes with an event for the "err" port.
+func (d *recordDecoder) event(r *kgo.Record, attempt int) (pipeline.Event, error) {
+	fillMessage(&d.msg, r, attempt)
+	return d.dec.ToEvent(&d.msg)
+}
+
+// completed settles d, whose events are all done: done when it did not
+// fail, handed over again when the graph discarded its events, and
+// otherwise queued for the settler (retry or dead letter).
+func (s *Source) completed(d *delivery, o pipeline.Outcome) {
+	defer s.unsettled.Done()
+	if o.Failed() {
+		s.redeliver(*d)
+		return
+	}
+	failure := s.failure(o)
+	if failure == "" {
+		s.c.settle(d, true)
+		return
+	}
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		s.settle(failedRecord{d: *d, failure: failure})
+		return
+	}
+	s.queue = append(s.queue, failedRecord{d: *d, failure: failure})
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	s.mu.Unlock()
+}
+
+// redeliver queues d to be handed over again, with its delivery count
+// one higher, unless its partition has been revoked or lost meanwhile
+// (then it is abandoned: the partition's next owner reads it).
+func (s *Source) redeliver(d delivery) {
+	if !s.c.current(&d) {
+		s.c.settle(&d, false)
+		return
+	}
+	d.attempt++
+	d.permanent = false
+	s.mu.Lock()
+	s.retries = append(s.retries, d)
+	s.mu.Unlock()
+	select {
+	case s.retry <- struct{}{}:
+	default:
+	}
+}
+
+// takeRetries returns the records waiting to be handed over again, less
+// those whose partition has gone (abandoned).
+func (s *Source) takeRetries() []delivery {
+	s.mu.Lock()
+	ds := s.retries
+	s.retries = nil
+	s.mu.Unlock()
+	kept := ds[:0]
+	for i := range ds {
+		if s.c.current(&ds[i]) {
+			kept = append(kept, ds[i])
+		} else {
+			s.c.settle(&ds[i], false)
+		}
+	}
+	return kept
+}
+
+// failure says why o fails its record under FailOn and FailSinks, or ""
+// when it does not.
+func (s *Source) failure(o pipeline.Outcome) string {
+	if o.UnlinkedErr() || (o.Errored() && s.so.FailOn == bus.FailOnErr) {
+		node, meta := o.ErrEvent()
+		reason := gjson.GetBytes(meta, "error").String()
+		if reason == "" {
+			reason = "event on err port"
+		}
+		return "node " + node + ": " + reason
+	}
+	for i, id := range s.failSinks {
+		if o.Reached(id) {
+			return "reached sink " + s.so.FailSinks[i]
+		}
+	}
+	return ""
+}
+
+// settler settles failed records until Close stops it.
+func (s *Source) settler() {
+	defer close(s.settlerDone)
+	for range s.wake {
+		for {
+			s.mu.Lock()
+			q := s.queue
+			s.queue = nil
+			s.mu.Unlock()
+			if len(q) == 0 {
+				break
+			}
+			for _, f := range q {
+				s.settle(f)
+			}
+		}
+	}
+}
+
+// settle hands a failed record over again, or, at its MaxDeliveries-th
+// delivery (or when its payload is not JSON), dead-letters it and marks it
+// done; a dead letter that cannot be produced hands it over again.
+func (s *Source) settle(f failedRecord) {
+	d := f.d
+	id := MessageID(d.rec.Topic, d.rec.Partition, d.rec.Offset)
+	n := d.attempt
+	if !d.permanent && n < s.so.MaxDeliveries {
+		s.so.Logger.Warn("message failed, redelivering", "source", s.so.Name, "message", id,
+			"delivery", n, "max_deliveries", s.so.MaxDeliveries, "error", f.failure)
+		s.redeliver(d)
+		return
+	}
+	reason := fmt.Sprintf("%s (delivery %d of %d)", f.failure, n, s.so.MaxDeliveries)
+	if err := s.deadLetter(&d, reason); err != nil {
+		s.so.Logger.Error("cannot publish dead letter, redelivering", "source", s.so.Name, "message", id,
+			"dead_letter", s.so.DeadLetter, "error", err)
+		s.redeliver(d)
+		return
+	}
+	s.so.Logger.Warn("message dead-lettered", "source", s.so.Name, "message", id,
+		"dead_letter", s.so.DeadLetter, "error", reason)
+	s.c.settle(&d, true)
+}
+
+// deadLetter produces d's record, its metadata and ErrorKey to the
+// dead-letter topic, as bus.Source does.
+func (s *Source) deadLetter(d *delivery, reason string) error {
+	m := recordMessage(d.rec, d.attempt)
+	dl := message.NewMessage(watermill.NewUUID(), m.Payload)
+	for k, v := range m.Metadata {
+		if k != bus.DeliveredKey && k != bus.DecodeErrorKey {
+			dl.Metadata.Set(k, v)
+		}
+	}
+	dl.Metadata.Set(bus.ErrorKey, reason)
+	if keys := dl.Metadata.Get(bus.JSONKeysKey); keys != "" {
+		// "error" is now a plain string, whatever it was before.
+		var kept []string
+		for _, k := range strings.Split(keys, ",") {
+			if k != bus.ErrorKey {
+				kept = append(kept, k)
+			}
+		}
+		dl.Metadata.Set(bus.JSONKeysKey, strings.Join(kept, ","))
+	}
+	return s.dead.Publish(s.so.DeadLetter, dl)
+}
+
+// Close ends the subscription: failed records still queued are settled,
+// records waiting to be handed over again are abandoned (read again by
+// the partition's next owner), what is done is committed and the group
+// left. Run settled every record it emitted before returning (unless the
+// graph failed).
+func (s *Source) Close(context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.stopped = true
+	close(s.wake)
+	s.mu.Unlock()
+	<-s.settlerDone
+	s.stop()
+	<-s.connected
+	var err error
+	if c := s.c; c != nil {
+		s.mu.Lock()
+		q := s.queue
+		s.queue = nil
+		s.mu.Unlock()
+		for _, f := range q {
+			s.settle(f)
+		}
+		s.mu.Lock()
+		retries := s.retries
+		s.retries = nil
+		s.mu.Unlock()
+		for i := range retries {
+			c.settle(&retries[i], false)
+		}
+		err = c.release()
+	}
+	_ = s.dead.Close()
+	if s.opts.Health != nil {
+		s.opts.Health.Set(s.so.Name, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("source %s: close: %w", s.so.Name, err)
+	}
+	return nil
+}
+
+var _ pipeline.Closer = (*Source)(nil)

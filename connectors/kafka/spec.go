@@ -51,7 +51,7 @@ func Spec() component.Spec {
 			{Name: "tls_cert", Type: component.TypePath, Doc: "PEM client certificate (with tls_key)."},
 			{Name: "tls_key", Type: component.TypePath, Doc: "PEM client key (with tls_cert)."},
 			{Name: "tls_insecure_skip_verify", Type: component.TypeBool, Default: "false", Doc: "Do not verify the brokers' certificates (tests only)."},
-		}, append(bus.SourceFields(), bus.ReconnectFields()...)...),
+		}, append(sourceFields(), bus.ReconnectFields()...)...),
 		Ports:    bus.ModePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Check:    check,
@@ -127,4 +127,22 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 		return component.Component{}, err
 	}
 	return component.Component{Source: s}, nil
+}
+
+// sourceFields are bus.SourceFields as a kafka source reads them: each
+// fetch is emitted as it arrives, so linger has no effect, and deliveries
+// are counted in the process.
+func sourceFields() []component.Field {
+	fs := bus.SourceFields()
+	for i := range fs {
+		switch fs[i].Name {
+		case "window":
+			fs[i].Doc = "read: most records emitted together (one fetch of the client, cut at `window`); each record is settled on its own as soon as everything derived from it is done."
+		case "max_deliveries":
+			fs[i].Doc = "read: deliveries after which a record that still fails goes to the dead-letter topic; counted in the process (Kafka keeps no count), so a record that kills the process is read again on every restart."
+		case "linger":
+			fs[i].Doc = "read: accepted for the other buses' sake; a kafka source emits each fetch as it arrives and never waits for more."
+		}
+	}
+	return fs
 }
