@@ -386,7 +386,7 @@ func (s *natsPartitions) settle(wm *message.Message, m *nats.Msg, slots chan str
 	var tick <-chan time.Time
 	select {
 	case <-wm.Acked():
-		err = m.AckSync()
+		err = m.Ack()
 		goto done
 	case <-wm.Nacked():
 		err = m.Nak()
@@ -401,7 +401,7 @@ func (s *natsPartitions) settle(wm *message.Message, m *nats.Msg, slots chan str
 	for {
 		select {
 		case <-wm.Acked():
-			err = m.AckSync()
+			err = m.Ack()
 		case <-wm.Nacked():
 			err = m.Nak()
 		case <-s.settling.Done():
