@@ -148,7 +148,7 @@ func checkStores(t *testing.T, dir string, n int, want map[string]string) {
 	t.Helper()
 	seen := map[string]bool{}
 	for p := range n {
-		s, err := pebblestore.Open(filepath.Join(dir, "p"+partition.Token(p)), pebblestore.Options{})
+		s, err := pebblestore.Open(filepath.Join(dir, "p"+partition.Token(p)), pebblestore.Options{Partition: true})
 		if err != nil {
 			t.Fatalf("partition %d: %v", p, err)
 		}
