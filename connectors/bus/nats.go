@@ -380,6 +380,10 @@ func dialNATSSource(ctx context.Context, so SourceOptions, opts NATSOptions, top
 		SubscribeTimeout: opts.ConnectTimeout,
 		QueueGroupPrefix: opts.Durable,
 		JetStream: wmnats.JetStreamConfig{
+			// An ack goes out without waiting for the broker's reply:
+			// a lost one is a redelivery (at least once), and the
+			// subscriber's goroutine is free for the next message.
+			AckAsync:      true,
 			DurablePrefix: opts.Durable,
 			SubscribeOptions: []nats.SubOpt{
 				nats.Bind(stream, opts.Durable),
