@@ -66,8 +66,9 @@ type Flow struct {
 	// URLs are the NATS cluster's client URLs, comma-separated: the
 	// source's, the sink's and the changelog's.
 	URLs string
-	// In is the base subject of the input: messages are on its partition
-	// subjects (Publish). Out is the answers' subject.
+	// In is the input: for a Partitioned store the base subject whose
+	// partition subjects carry the messages, otherwise the one subject
+	// they are on (Publish). Out is the answers' subject.
 	In, Out string
 	// Durable names the source's consumer (each partition's consumer with
 	// a partitioned store). Default "counts".
@@ -120,7 +121,7 @@ func (f Flow) YAML() (string, error) {
     changelog: { urls: %q, replicas: 3 }`, f.Partitions, f.URLs)
 	case Pebble, Etcd:
 		source = fmt.Sprintf("{ type: nats, mode: read, url: %q, subject: %q, durable: %s, window: %d }",
-			f.URLs, bus.PartitionFilter(f.In), f.Durable, f.Window)
+			f.URLs, f.In, f.Durable, f.Window)
 		if f.Store == Pebble {
 			store = `
     type: kv
@@ -174,6 +175,12 @@ func InputStream(in string) jetstream.StreamConfig {
 	return jetstream.StreamConfig{Name: bus.PartitionStreamName(in), Subjects: []string{bus.PartitionFilter(in)}, Replicas: 3}
 }
 
+// PlainInputStream returns the stream config of an unpartitioned flow's
+// input on subject in (Publish with no partitions), three replicas.
+func PlainInputStream(in string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{Name: bus.StreamName(in), Subjects: []string{in}, Replicas: 3}
+}
+
 // AnswerStream returns the stream config of the answers on subject out,
 // three replicas.
 func AnswerStream(out string) jetstream.StreamConfig {
@@ -182,8 +189,9 @@ func AnswerStream(out string) jetstream.StreamConfig {
 
 // Publish publishes n increments, message i incrementing Key(i, keys),
 // each to its partition's subject of in (of parts partitions), as a
-// producer that knows the key does (the repartition stage does the same):
-// plain JSON {"k": KEY, "i": i}. It returns once the broker acknowledged
+// producer that knows the key does (the repartition stage does the same),
+// or with parts 0 all to subject in, for an unpartitioned flow: plain JSON
+// {"k": KEY, "i": i}. It returns once the broker acknowledged
 // every message.
 func Publish(ctx context.Context, js jetstream.JetStream, in string, n, keys, parts int) error {
 	wait := func() error {
@@ -196,7 +204,10 @@ func Publish(ctx context.Context, js jetstream.JetStream, in string, n, keys, pa
 	}
 	for i := range n {
 		k := Key(i, keys)
-		subj := partition.Subject(in, partition.OfString("c/"+k, parts))
+		subj := in
+		if parts > 0 {
+			subj = partition.Subject(in, partition.OfString("c/"+k, parts))
+		}
 		for {
 			_, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i))
 			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {

@@ -99,8 +99,9 @@ type bench struct {
 	js   jetstream.JetStream
 	etcd *clientv3.Client
 	id   string // this run's names start with it
-	// in and etcdIn are the input subjects of Events and EtcdEvents.
-	in, etcdIn string
+	// in, plainIn and etcdIn are the input subjects of the partitioned,
+	// pebble and etcd flows.
+	in, plainIn, etcdIn string
 }
 
 // Run publishes the input, runs every round and returns the report.
@@ -148,13 +149,23 @@ func Run(ctx context.Context, opts Options, logf func(string, ...any)) (*Report,
 
 	// The input, published once: runs read it through consumers of their
 	// own.
-	b.in = b.id + ".in"
-	if err := b.publish(ctx, b.in, opts.Events); err != nil {
-		return nil, err
+	// The partitioned flow reads the partition subjects; the others read
+	// one subject through one consumer, as an unpartitioned flow would.
+	if opts.wants(storePartitioned) {
+		b.in = b.id + ".in"
+		if err := b.publish(ctx, b.in, opts.Events, opts.Partitions); err != nil {
+			return nil, err
+		}
+	}
+	if opts.wants(storePebble) {
+		b.plainIn = b.id + ".pin"
+		if err := b.publish(ctx, b.plainIn, opts.Events, 0); err != nil {
+			return nil, err
+		}
 	}
 	if opts.wants(storeEtcd) {
 		b.etcdIn = b.id + ".ein"
-		if err := b.publish(ctx, b.etcdIn, opts.EtcdEvents); err != nil {
+		if err := b.publish(ctx, b.etcdIn, opts.EtcdEvents, 0); err != nil {
 			return nil, err
 		}
 	}
@@ -178,18 +189,28 @@ func Run(ctx context.Context, opts Options, logf func(string, ...any)) (*Report,
 }
 
 // publish creates the input stream of subject in (deleteInputs deletes
-// it) and publishes n increments.
-func (b *bench) publish(ctx context.Context, in string, n int) error {
-	sc := incrflow.InputStream(in)
+// it) and publishes n increments to its parts partition subjects, or to
+// in itself with parts 0.
+func (b *bench) publish(ctx context.Context, in string, n, parts int) error {
+	sc := inputStream(in, parts)
 	if _, err := b.js.CreateStream(ctx, sc); err != nil {
 		return fmt.Errorf("create stream %s: %w", sc.Name, err)
 	}
 	start := time.Now()
-	if err := incrflow.Publish(ctx, b.js, in, n, b.opts.Keys, b.opts.Partitions); err != nil {
+	if err := incrflow.Publish(ctx, b.js, in, n, b.opts.Keys, parts); err != nil {
 		return err
 	}
 	b.logf("published %d increments over %d keys to %s in %.1f s", n, b.opts.Keys, sc.Name, time.Since(start).Seconds())
 	return nil
+}
+
+// inputStream is the stream of input in: its partition subjects, or in
+// itself with parts 0.
+func inputStream(in string, parts int) jetstream.StreamConfig {
+	if parts == 0 {
+		return incrflow.PlainInputStream(in)
+	}
+	return incrflow.InputStream(in)
 }
 
 // deleteStream deletes a stream, bounded, whatever the run's context.
@@ -213,7 +234,7 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 	case storePartitioned:
 		f.Store = incrflow.Partitioned
 	case storePebble:
-		f.Store = incrflow.Pebble
+		f.Store, f.In = incrflow.Pebble, b.plainIn
 	case storeEtcd:
 		f.Store, f.In, f.Endpoints, f.Prefix = incrflow.Etcd, b.etcdIn, b.opts.EtcdEndpoints, id+"/"
 		res.Events = b.opts.EtcdEvents
@@ -324,7 +345,10 @@ func (b *bench) cleanup(f incrflow.Flow, answers string) {
 	b.deleteStream(answers)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	input := bus.PartitionStreamName(f.In)
+	input := bus.StreamName(f.In)
+	if f.Store == incrflow.Partitioned {
+		input = bus.PartitionStreamName(f.In)
+	}
 	switch f.Store {
 	case incrflow.Partitioned:
 		for p := range f.Partitions {
@@ -345,9 +369,12 @@ func (b *bench) cleanup(f incrflow.Flow, answers string) {
 
 // deleteInputs deletes the input streams.
 func (b *bench) deleteInputs() {
-	for _, in := range []string{b.in, b.etcdIn} {
+	if b.in != "" {
+		b.deleteStream(bus.PartitionStreamName(b.in))
+	}
+	for _, in := range []string{b.plainIn, b.etcdIn} {
 		if in != "" {
-			b.deleteStream(bus.PartitionStreamName(in))
+			b.deleteStream(bus.StreamName(in))
 		}
 	}
 }
