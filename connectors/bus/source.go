@@ -55,6 +55,47 @@ type Graph interface {
 	SinkID(name string) (pipeline.SinkID, bool)
 }
 
+// FailRule is what fails a message under SourceOptions FailOn and
+// FailSinks, with the sinks resolved in a graph: the rule every bus
+// source applies to its messages' outcomes.
+type FailRule struct {
+	failOn string
+	names  []string
+	sinks  []pipeline.SinkID
+}
+
+// NewFailRule resolves opts.FailSinks in graph; an unknown sink is
+// ErrUnknownSink.
+func NewFailRule(graph Graph, opts SourceOptions) (FailRule, error) {
+	r := FailRule{failOn: opts.FailOn, names: opts.FailSinks}
+	for _, name := range opts.FailSinks {
+		id, ok := graph.SinkID(name)
+		if !ok {
+			return FailRule{}, fmt.Errorf("source %s: fail sink %q: %w", opts.Name, name, ErrUnknownSink)
+		}
+		r.sinks = append(r.sinks, id)
+	}
+	return r, nil
+}
+
+// Failure says why o fails its message, or "" when it does not.
+func (r FailRule) Failure(o pipeline.Outcome) string {
+	if o.UnlinkedErr() || (o.Errored() && r.failOn == FailOnErr) {
+		node, meta := o.ErrEvent()
+		reason := gjson.GetBytes(meta, "error").String()
+		if reason == "" {
+			reason = "event on err port"
+		}
+		return "node " + node + ": " + reason
+	}
+	for i, id := range r.sinks {
+		if o.Reached(id) {
+			return "reached sink " + r.names[i]
+		}
+	}
+	return ""
+}
+
 // What counts as a failed message (SourceOptions.FailOn).
 const (
 	// FailOnUnlinkedErr fails a message when an event derived from it
@@ -175,13 +216,13 @@ func (o *SourceOptions) InFlight() int { return o.Window * o.WindowsInFlight }
 // until every message it emitted is settled (the graph drains them) and
 // returns.
 type Source struct {
-	sub       message.Subscriber
-	dead      message.Publisher
-	graph     Graph
-	opts      SourceOptions
-	msgs      <-chan *message.Message
-	cancel    context.CancelFunc
-	failSinks []pipeline.SinkID // resolved by Run
+	sub    message.Subscriber
+	dead   message.Publisher
+	graph  Graph
+	opts   SourceOptions
+	msgs   <-chan *message.Message
+	cancel context.CancelFunc
+	rule   FailRule // resolved by Run
 
 	// unsettled counts the messages emitted into the graph and not yet
 	// settled (acked or nacked).
@@ -253,14 +294,11 @@ func Ports() []string { return []string{pipeline.PortOut, pipeline.PortErr} }
 
 // Run implements pipeline.Source.
 func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
-	s.failSinks = s.failSinks[:0]
-	for _, name := range s.opts.FailSinks {
-		id, ok := s.graph.SinkID(name)
-		if !ok {
-			return fmt.Errorf("source %s: fail sink %q: %w", s.opts.Name, name, ErrUnknownSink)
-		}
-		s.failSinks = append(s.failSinks, id)
+	rule, err := NewFailRule(s.graph, s.opts)
+	if err != nil {
+		return err
 	}
+	s.rule = rule
 	for {
 		window, open := s.collect(ctx)
 		if len(window) > 0 {
@@ -388,22 +426,7 @@ func (s *Source) completed(m *message.Message, permanent bool, o pipeline.Outcom
 
 // failure says why o fails its message under SourceOptions.FailOn and
 // FailSinks, or "" when it does not.
-func (s *Source) failure(o pipeline.Outcome) string {
-	if o.UnlinkedErr() || (o.Errored() && s.opts.FailOn == FailOnErr) {
-		node, meta := o.ErrEvent()
-		reason := gjson.GetBytes(meta, "error").String()
-		if reason == "" {
-			reason = "event on err port"
-		}
-		return "node " + node + ": " + reason
-	}
-	for i, id := range s.failSinks {
-		if o.Reached(id) {
-			return "reached sink " + s.opts.FailSinks[i]
-		}
-	}
-	return ""
-}
+func (s *Source) failure(o pipeline.Outcome) string { return s.rule.Failure(o) }
 
 // settler settles failed messages until Close stops it, then settles
 // what is left.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/tidwall/gjson"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flowrun/flowrun/connectors/bus"
@@ -35,11 +34,11 @@ import (
 // every record it emitted has completed (the graph drains them) and
 // returns; Close then commits what is done and leaves the group.
 type Source struct {
-	opts      SourceOptions
-	so        bus.SourceOptions // opts.Source, with defaults
-	graph     bus.Graph
-	dead      message.Publisher
-	failSinks []pipeline.SinkID // resolved by Run
+	opts  SourceOptions
+	so    bus.SourceOptions // opts.Source, with defaults
+	graph bus.Graph
+	dead  message.Publisher
+	rule  bus.FailRule // resolved by Run
 
 	// connected is closed once c is set, or connecting has ended.
 	connected chan struct{}
@@ -152,14 +151,11 @@ func (s *Source) connect() {
 
 // Run implements pipeline.Source.
 func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
-	s.failSinks = s.failSinks[:0]
-	for _, name := range s.so.FailSinks {
-		id, ok := s.graph.SinkID(name)
-		if !ok {
-			return fmt.Errorf("source %s: fail sink %q: %w", s.so.Name, name, bus.ErrUnknownSink)
-		}
-		s.failSinks = append(s.failSinks, id)
+	rule, err := bus.NewFailRule(s.graph, s.so)
+	if err != nil {
+		return err
 	}
+	s.rule = rule
 	select {
 	case <-s.connected:
 	case <-ctx.Done():
@@ -301,22 +297,7 @@ func (s *Source) takeRetries() []delivery {
 
 // failure says why o fails its record under FailOn and FailSinks, or ""
 // when it does not.
-func (s *Source) failure(o pipeline.Outcome) string {
-	if o.UnlinkedErr() || (o.Errored() && s.so.FailOn == bus.FailOnErr) {
-		node, meta := o.ErrEvent()
-		reason := gjson.GetBytes(meta, "error").String()
-		if reason == "" {
-			reason = "event on err port"
-		}
-		return "node " + node + ": " + reason
-	}
-	for i, id := range s.failSinks {
-		if o.Reached(id) {
-			return "reached sink " + s.so.FailSinks[i]
-		}
-	}
-	return ""
-}
+func (s *Source) failure(o pipeline.Outcome) string { return s.rule.Failure(o) }
 
 // settler settles failed records until Close stops it.
 func (s *Source) settler() {
