@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -230,30 +231,36 @@ func ensureConsumer(ctx context.Context, js nats.JetStreamContext, stream, subje
 }
 
 // ensureStream returns the stream capturing subject, creating it when
-// there is none.
+// there is none: stream when given (it must list subject), else the one
+// capturing subject, else a new file-backed one named StreamName.
 func ensureStream(ctx context.Context, js nats.JetStreamContext, subject, stream string) (string, error) {
+	return ensureStreamOf(ctx, js, subject, stream, StreamName(subject), true)
+}
+
+// ensureStreamOf returns the stream capturing subjects: stream when given
+// (created when missing; with listed, it must list subjects), else the one
+// capturing them, else a new file-backed one named def.
+func ensureStreamOf(ctx context.Context, js nats.JetStreamContext, subjects, stream, def string, listed bool) (string, error) {
 	if stream == "" {
-		name, err := js.StreamNameBySubject(subject, nats.Context(ctx))
+		name, err := js.StreamNameBySubject(subjects, nats.Context(ctx))
 		if err == nil {
 			return name, nil
 		}
 		if !errors.Is(err, nats.ErrNoMatchingStream) && !errors.Is(err, nats.ErrStreamNotFound) {
-			return "", fmt.Errorf("find the stream of subject %q: %w", subject, err)
+			return "", fmt.Errorf("find the stream of subject %q: %w", subjects, err)
 		}
-		stream = StreamName(subject)
+		stream = def
 	} else if info, err := js.StreamInfo(stream, nats.Context(ctx)); err == nil {
-		for _, s := range info.Config.Subjects {
-			if s == subject {
-				return stream, nil
-			}
+		if !listed || slices.Contains(info.Config.Subjects, subjects) {
+			return stream, nil
 		}
-		return "", fmt.Errorf("stream %q does not capture subject %q (its subjects: %v)", stream, subject, info.Config.Subjects)
+		return "", fmt.Errorf("stream %q does not capture subject %q (its subjects: %v)", stream, subjects, info.Config.Subjects)
 	} else if !errors.Is(err, nats.ErrStreamNotFound) {
 		return "", fmt.Errorf("stream %q: %w", stream, err)
 	}
-	_, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}, Storage: nats.FileStorage}, nats.Context(ctx))
+	_, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subjects}, Storage: nats.FileStorage}, nats.Context(ctx))
 	if err != nil {
-		return "", fmt.Errorf("create stream %q for subject %q (set `stream` to use an existing one): %w", stream, subject, err)
+		return "", fmt.Errorf("create stream %q for subject %q (set `stream` to use an existing one): %w", stream, subjects, err)
 	}
 	return stream, nil
 }

@@ -53,31 +53,11 @@ func PartitionStreamName(base string) string { return StreamName(base) + "_p" }
 func PartitionDurable(durable string, p int) string { return durable + "_p" + partition.Token(p) }
 
 // ensurePartitionStream returns the stream capturing base's partition
-// subjects: stream when given (created when missing), else the one
-// capturing them, else a new file-backed one named PartitionStreamName.
+// subjects: stream when given (created when missing; whether it captures
+// them is checked by the broker when a consumer is made on it), else the
+// one capturing them, else a new file-backed one named PartitionStreamName.
 func ensurePartitionStream(ctx context.Context, js nats.JetStreamContext, base, stream string) (string, error) {
-	filter := PartitionFilter(base)
-	if stream == "" {
-		name, err := js.StreamNameBySubject(filter, nats.Context(ctx))
-		if err == nil {
-			return name, nil
-		}
-		if !errors.Is(err, nats.ErrNoMatchingStream) && !errors.Is(err, nats.ErrStreamNotFound) {
-			return "", fmt.Errorf("find the stream of subjects %q: %w", filter, err)
-		}
-		stream = PartitionStreamName(base)
-	} else if _, err := js.StreamInfo(stream, nats.Context(ctx)); err == nil {
-		// Whether it captures the partition subjects is checked by the
-		// broker when a consumer is made on it.
-		return stream, nil
-	} else if !errors.Is(err, nats.ErrStreamNotFound) {
-		return "", fmt.Errorf("stream %q: %w", stream, err)
-	}
-	_, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{filter}, Storage: nats.FileStorage}, nats.Context(ctx))
-	if err != nil {
-		return "", fmt.Errorf("create stream %q for subjects %q (set `stream` to use an existing one): %w", stream, filter, err)
-	}
-	return stream, nil
+	return ensureStreamOf(ctx, js, PartitionFilter(base), stream, PartitionStreamName(base), false)
 }
 
 // maxPartitionAckWait bounds the ack wait of a partition's consumer.

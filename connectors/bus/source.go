@@ -546,6 +546,13 @@ func (s *Source) deadLetter(m *message.Message, reason string) error {
 	if s.dead == nil {
 		return errors.New("no dead-letter publisher")
 	}
+	return s.dead.Publish(s.opts.DeadLetter, DeadLetterMessage(m, reason))
+}
+
+// DeadLetterMessage returns the dead letter of m: a new message with m's
+// payload and metadata (without the delivery count and decode error) and
+// ErrorKey set to reason, a plain string whatever it was before.
+func DeadLetterMessage(m *message.Message, reason string) *message.Message {
 	dl := message.NewMessage(watermill.NewUUID(), m.Payload)
 	for k, v := range m.Metadata {
 		if k != DeliveredKey && k != DecodeErrorKey {
@@ -554,7 +561,6 @@ func (s *Source) deadLetter(m *message.Message, reason string) error {
 	}
 	dl.Metadata.Set(ErrorKey, reason)
 	if keys := dl.Metadata.Get(JSONKeysKey); keys != "" {
-		// "error" is now a plain string, whatever it was before.
 		var kept []string
 		for _, k := range strings.Split(keys, ",") {
 			if k != ErrorKey {
@@ -563,7 +569,7 @@ func (s *Source) deadLetter(m *message.Message, reason string) error {
 		}
 		dl.Metadata.Set(JSONKeysKey, strings.Join(kept, ","))
 	}
-	return s.dead.Publish(s.opts.DeadLetter, dl)
+	return dl
 }
 
 // Close ends the subscription. Failed messages still queued are settled,

@@ -3,10 +3,8 @@ package kafka
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -346,25 +344,7 @@ func (s *Source) settle(f failedRecord) {
 // deadLetter produces d's record, its metadata and ErrorKey to the
 // dead-letter topic, as bus.Source does.
 func (s *Source) deadLetter(d *delivery, reason string) error {
-	m := recordMessage(d.rec, d.attempt)
-	dl := message.NewMessage(watermill.NewUUID(), m.Payload)
-	for k, v := range m.Metadata {
-		if k != bus.DeliveredKey && k != bus.DecodeErrorKey {
-			dl.Metadata.Set(k, v)
-		}
-	}
-	dl.Metadata.Set(bus.ErrorKey, reason)
-	if keys := dl.Metadata.Get(bus.JSONKeysKey); keys != "" {
-		// "error" is now a plain string, whatever it was before.
-		var kept []string
-		for _, k := range strings.Split(keys, ",") {
-			if k != bus.ErrorKey {
-				kept = append(kept, k)
-			}
-		}
-		dl.Metadata.Set(bus.JSONKeysKey, strings.Join(kept, ","))
-	}
-	return s.dead.Publish(s.so.DeadLetter, dl)
+	return s.dead.Publish(s.so.DeadLetter, bus.DeadLetterMessage(recordMessage(d.rec, d.attempt), reason))
 }
 
 // Close ends the subscription: failed records still queued are settled,
