@@ -20,6 +20,7 @@ import (
 	"github.com/tidwall/sjson"
 	"golang.org/x/time/rate"
 
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -423,7 +424,10 @@ func (c *Client) attempt(ctx context.Context, u *url.URL, hdr http.Header, body 
 		r.err = fmt.Errorf("%w: more than %d bytes (max_response_bytes)", ErrResponseTooLarge, limit)
 		return r
 	}
-	r.data = responseData(raw, resp.Header.Get("Content-Type"))
+	r.data, r.err = responseData(raw, resp.Header.Get("Content-Type"))
+	if r.err != nil {
+		r.body = truncateUTF8(raw, MaxErrorBodyBytes) // what was refused, in meta.http.body
+	}
 	return r
 }
 
@@ -439,18 +443,32 @@ func unwrapURLError(err error) error {
 
 // responseData turns a 2xx body into event data: the body itself
 // (compacted to one line) when it is valid JSON and the Content-Type is
-// JSON or absent, null when it is empty, a JSON string otherwise.
-func responseData(raw []byte, contentType string) []byte {
+// JSON or absent, null when it is empty, a JSON string otherwise. JSON
+// that is not I-JSON (an object with two members of one name, which
+// components would read differently) is refused with ErrNotIJSON; string
+// values holding invalid UTF-8 or lone surrogate escapes are repaired to
+// U+FFFD, as every source does with its input.
+func responseData(raw []byte, contentType string) ([]byte, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
-		return []byte("null")
+		return []byte("null"), nil
 	}
 	if isJSONType(contentType) {
-		var b bytes.Buffer
-		if json.Compact(&b, raw) == nil {
-			return b.Bytes()
+		var check ijson.Checker
+		rep, err := check.Check(raw, "data")
+		switch {
+		case err == nil:
+			if rep.BadString != nil {
+				raw = ijson.Repair(nil, raw)
+			}
+			var b bytes.Buffer
+			if json.Compact(&b, raw) == nil {
+				return b.Bytes(), nil
+			}
+		case !errors.Is(err, ijson.ErrSyntax):
+			return nil, fmt.Errorf("response body: %w: %w", ErrNotIJSON, err)
 		}
 	}
-	return appendString(nil, string(raw))
+	return appendString(nil, string(raw)), nil
 }
 
 // isJSONType reports whether a Content-Type is absent, application/json

@@ -204,6 +204,8 @@ func TestClientResponseData(t *testing.T) {
 		{"invalid json", "application/json", `{oops`, `"{oops"`},
 		{"empty", "application/json", ``, `null`},
 		{"html kept readable", "text/html", `<p>&</p>`, `"<p>&</p>"`},
+		{"lone surrogate repaired", "application/json", `{"a":"x\ud800"}`, `{"a":"x\ufffd"}`},
+		{"duplicate key refused", "application/json", `{"a":1,"a":2}`, `err: not I-JSON: duplicate object key \"a\" at data.a`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,6 +216,12 @@ func TestClientResponseData(t *testing.T) {
 			defer srv.Close()
 			c := newClient(t, ClientOptions{URL: srv.URL})
 			got := process(t, c, event(`1`, ``))
+			if want, ok := strings.CutPrefix(tt.want, "err: "); ok {
+				if got[0].port != pipeline.PortErr || !strings.Contains(string(got[0].ev.Meta), want) {
+					t.Errorf("%s %s %s, want err naming %s", got[0].port, got[0].ev.Data, got[0].ev.Meta, want)
+				}
+				return
+			}
 			if got[0].port != pipeline.PortOut || string(got[0].ev.Data) != tt.want {
 				t.Errorf("%s %s, want out %s", got[0].port, got[0].ev.Data, tt.want)
 			}

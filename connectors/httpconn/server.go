@@ -18,8 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tidwall/gjson"
-
+	"github.com/flowrun/flowrun/internal/ijson"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -61,6 +60,7 @@ type Server struct {
 	accepted atomic.Int64 // requests queued and not done
 	timers   sync.Pool    // *time.Timer, stopped: sync requests' timeouts
 	bufs     sync.Pool    // *[]byte: response bodies being built
+	checks   sync.Pool    // *ijson.Checker: bodies being read
 	ready    atomic.Bool
 	served   chan struct{} // closed once Shutdown returned
 	serveErr chan error
@@ -524,13 +524,18 @@ func (s *Server) readEvents(x exchange, req *request) (status int, err error) {
 		}
 		return http.StatusBadRequest, fmt.Errorf("reading body: %w", err)
 	}
-	base, err := baseMeta(x)
+	check, _ := s.checks.Get().(*ijson.Checker)
+	if check == nil {
+		check = new(ijson.Checker)
+	}
+	defer s.checks.Put(check)
+	base, err := baseMeta(check, x)
 	if err != nil {
 		return http.StatusBadRequest, err
 	}
 	req.ndjson = isNDJSON(x.header("Content-Type"))
 	if !req.ndjson {
-		ev, err := parseEvent(body, base)
+		ev, err := parseEvent(check, body, base)
 		if err != nil {
 			return http.StatusBadRequest, err
 		}
@@ -538,7 +543,7 @@ func (s *Server) readEvents(x exchange, req *request) (status int, err error) {
 		req.events = req.oneEvent[:]
 		return 0, nil
 	}
-	events, status, err := s.readNDJSON(body, base)
+	events, status, err := s.readNDJSON(check, body, base)
 	if err != nil {
 		return status, err
 	}
@@ -561,7 +566,7 @@ func isNDJSON(contentType string) bool {
 }
 
 // readNDJSON reads the events of an NDJSON body, one per non-blank line.
-func (s *Server) readNDJSON(body []byte, base map[string]json.RawMessage) (events []pipeline.Event, status int, err error) {
+func (s *Server) readNDJSON(check *ijson.Checker, body []byte, base map[string]json.RawMessage) (events []pipeline.Event, status int, err error) {
 	line := 0
 	for len(body) > 0 {
 		var text []byte
@@ -573,7 +578,7 @@ func (s *Server) readNDJSON(body []byte, base map[string]json.RawMessage) (event
 		if len(events) == s.opts.MaxEvents {
 			return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("more than %d events (max_events)", s.opts.MaxEvents)
 		}
-		ev, err := parseEvent(text, base)
+		ev, err := parseEvent(check, text, base)
 		if err != nil {
 			return nil, http.StatusBadRequest, fmt.Errorf("line %d: %w", line, err)
 		}
@@ -591,7 +596,8 @@ func (s *Server) readNDJSON(body []byte, base map[string]json.RawMessage) (event
 const MetaHeader = "Flowrun-Meta"
 
 // baseMeta returns the metadata given by the query or header, nil if none.
-func baseMeta(x exchange) (map[string]json.RawMessage, error) {
+// It is checked as a body's meta is (see parseEvent).
+func baseMeta(check *ijson.Checker, x exchange) (map[string]json.RawMessage, error) {
 	text := x.query("meta")
 	from := "query parameter meta"
 	if text == "" {
@@ -600,51 +606,83 @@ func baseMeta(x exchange) (map[string]json.RawMessage, error) {
 	if text == "" {
 		return nil, nil
 	}
+	b := []byte(text)
+	rep, err := check.Check(b, "meta")
+	switch {
+	case err == nil && rep.BadString != nil:
+		err = rep.BadString
+	case err != nil && errors.Is(err, ijson.ErrSyntax):
+		return nil, fmt.Errorf("%s must be a JSON object, got %q", from, text)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", from, ErrNotIJSON, err)
+	}
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(text), &m); err != nil || m == nil {
+	if err := json.Unmarshal(b, &m); err != nil || m == nil {
 		return nil, fmt.Errorf("%s must be a JSON object, got %q", from, text)
 	}
 	return m, nil
 }
 
+// ErrNotIJSON reports JSON that is not I-JSON (RFC 7493): an object with
+// two members of one name, or a member name or a meta string that is not
+// valid Unicode. Components would read such text differently (the first or
+// the last of two members), so the server refuses such a request body
+// (or NDJSON line, or the meta given by the query or header) with 400, and
+// the client sends an event whose response body is such to err.
+var ErrNotIJSON = errors.New("not I-JSON")
+
 // parseEvent reads one event: an envelope {"data":...,"meta":{...}} (an
-// object with a "data" key and no key but "data" and "meta"), else a bare
-// JSON value taken as data. base adds meta fields the event lacks.
-func parseEvent(text []byte, base map[string]json.RawMessage) (pipeline.Event, error) {
+// object with a "data" member and no member but "data" and "meta"), else a
+// bare JSON value taken as data. base adds meta fields the event lacks.
+// The text is checked by check, as every source checks its input: a
+// duplicate member name is refused, a string value holding invalid UTF-8
+// or a lone surrogate escape is repaired to U+FFFD in data and refused in
+// meta (a repaired key or correlation would equal another one).
+func parseEvent(check *ijson.Checker, text []byte, base map[string]json.RawMessage) (pipeline.Event, error) {
 	text = bytes.TrimSpace(text)
 	if len(text) == 0 {
 		return pipeline.Event{}, errors.New("empty body: want a JSON value or an event {\"data\":...,\"meta\":{...}}")
 	}
-	if !json.Valid(text) {
+	rep, err := check.Check(text, "")
+	switch {
+	case errors.Is(err, ijson.ErrSyntax):
 		var v any
-		err := json.Unmarshal(text, &v)
+		if uerr := json.Unmarshal(text, &v); uerr != nil {
+			err = uerr // encoding/json says what is wrong in plainer words
+		}
 		return pipeline.Event{}, fmt.Errorf("malformed JSON: %w", err)
+	case err != nil:
+		return pipeline.Event{}, fmt.Errorf("%w: %w", ErrNotIJSON, err)
+	}
+	ds, de, hasData := check.Member(text, "data")
+	ms, me, hasMeta := check.Member(text, "meta")
+	envelope := hasData && check.Members() == 1+boolInt(hasMeta)
+	if rep.BadString != nil {
+		if envelope && hasMeta && text[ms] == '{' {
+			if mrep, _ := check.Check(text[ms:me], "meta"); mrep.BadString != nil {
+				mrep.BadString.Offset += ms
+				return pipeline.Event{}, fmt.Errorf("%w: %w", ErrNotIJSON, mrep.BadString)
+			}
+		}
+		// Only data holds such strings: repaired, so that every
+		// component reads the same U+FFFD. Repair keeps the structure.
+		text = ijson.Repair(make([]byte, 0, len(text)+16), text)
+		if _, err := check.Check(text, ""); err != nil {
+			return pipeline.Event{}, fmt.Errorf("%w: %w", ErrNotIJSON, err)
+		}
+		ds, de, _ = check.Member(text, "data")
+		ms, me, _ = check.Member(text, "meta")
 	}
 	ev := pipeline.Event{Data: text}
-	if text[0] == '{' {
-		// Valid JSON: gjson reads it without allocating.
-		var data, meta gjson.Result
-		envelope := true
-		gjson.ParseBytes(text).ForEach(func(k, v gjson.Result) bool {
-			switch k.String() {
-			case "data":
-				data = v
-			case "meta":
-				meta = v
-			default:
-				envelope = false
-			}
-			return envelope
-		})
-		if envelope && data.Exists() {
-			ev.Data = raw(text, data)
-			switch {
-			case !meta.Exists() || meta.Type == gjson.Null:
-			case meta.IsObject():
-				ev.Meta = raw(text, meta)
-			default:
-				return pipeline.Event{}, fmt.Errorf("%w: \"meta\" must be a JSON object", pipeline.ErrInvalidEvent)
-			}
+	if envelope {
+		ev.Data = text[ds:de:de]
+		switch {
+		case !hasMeta || string(text[ms:me]) == "null":
+		case text[ms] == '{':
+			ev.Meta = text[ms:me:me]
+		default:
+			return pipeline.Event{}, fmt.Errorf("%w: \"meta\" must be a JSON object", pipeline.ErrInvalidEvent)
 		}
 	}
 	if len(base) > 0 {
@@ -657,12 +695,11 @@ func parseEvent(text []byte, base map[string]json.RawMessage) (pipeline.Event, e
 	return ev, nil
 }
 
-// raw returns the bytes of r within text, without copying.
-func raw(text []byte, r gjson.Result) []byte {
-	if r.Index > 0 && r.Index+len(r.Raw) <= len(text) {
-		return text[r.Index : r.Index+len(r.Raw)]
+func boolInt(b bool) int {
+	if b {
+		return 1
 	}
-	return []byte(r.Raw)
+	return 0
 }
 
 // mergeMeta returns meta with the fields of base it does not have.

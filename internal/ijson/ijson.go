@@ -151,6 +151,11 @@ func (c *Checker) Member(b []byte, name string) (start, end int, ok bool) {
 	return 0, 0, false
 }
 
+// Members returns how many members the root object of the text last
+// checked has: 0 when its root is not an object. It is valid only after a
+// Check that returned no error.
+func (c *Checker) Members() int { return len(c.top) }
+
 // Check reads b, one JSON value with optional whitespace around it, and
 // returns an *Error for the first problem: a syntax error, nesting deeper
 // than MaxDepth, two members of one object with the same name, or a member
