@@ -16,6 +16,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/flowrun/flowrun/connectors/kv/kvtool"
+	"github.com/flowrun/flowrun/internal/ijson"
 )
 
 // newKVPutCommand, newKVDeleteCommand and newKVIncrementCommand are the
@@ -42,8 +43,18 @@ value stored. --ttl makes the key expire.`,
 				}
 				value = bytes.TrimSpace(b)
 			}
-			if !json.Valid(value) {
+			// Checked as a flow's sources check their input: a value
+			// with two members of one name is refused, not stored as
+			// the last of them.
+			var check ijson.Checker
+			rep, err := check.Check(value, "value")
+			switch {
+			case errors.Is(err, ijson.ErrSyntax):
 				return usageError{fmt.Errorf("the value of %q is not JSON (write a string as '\"text\"'): %.40q", args[1], value)}
+			case err != nil:
+				return usageError{fmt.Errorf("the value of %q is not I-JSON: %w", args[1], err)}
+			case rep.BadString != nil:
+				value = ijson.Repair(nil, value)
 			}
 			c := map[string]any{"put": args[1]}
 			if cmd.Flags().Changed("ttl") {

@@ -27,6 +27,8 @@ func TestKVWriteVerbs(t *testing.T) {
 		{args: []string{"put", dir, "player", `{"score":10}`, ns}, out: `{"score":10}` + "\n"},
 		{stdin: `"from stdin"` + "\n", args: []string{"put", dir, "motd", ns}, out: `"from stdin"` + "\n"},
 		{args: []string{"put", dir, "bad", "not json", ns}, code: exitUsage, err: "not JSON"},
+		{args: []string{"put", dir, "bad", `{"a":1,"a":2}`, ns}, code: exitUsage, err: `not I-JSON: duplicate object key "a" at value.a`},
+		{args: []string{"put", dir, "fixed", `"x\ud800"`, ns}, out: "\"x\uFFFD\"\n"},
 		{args: []string{"increment", dir, "n", ns}, out: "1\n"},
 		{args: []string{"increment", dir, "n", "--by", "-3", ns}, out: "-2\n"},
 		{args: []string{"increment", dir, "player", ns}, code: exitFail, err: "increment"},
