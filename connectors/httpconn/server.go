@@ -657,7 +657,8 @@ func parseEvent(check *ijson.Checker, text []byte, base map[string]json.RawMessa
 	}
 	ds, de, hasData := check.Member(text, "data")
 	ms, me, hasMeta := check.Member(text, "meta")
-	envelope := hasData && check.Members() == 1+boolInt(hasMeta)
+	n := check.Members()
+	envelope := hasData && (n == 1 || hasMeta && n == 2)
 	if rep.BadString != nil {
 		if envelope && hasMeta && text[ms] == '{' {
 			if mrep, _ := check.Check(text[ms:me], "meta"); mrep.BadString != nil {
@@ -693,13 +694,6 @@ func parseEvent(check *ijson.Checker, text []byte, base map[string]json.RawMessa
 		ev.Meta = meta
 	}
 	return ev, nil
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // mergeMeta returns meta with the fields of base it does not have.
