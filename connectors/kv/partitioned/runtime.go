@@ -138,6 +138,11 @@ type Options struct {
 	Board *partition.Board
 	// Logger receives the runtime's events. Default slog.Default().
 	Logger *slog.Logger
+
+	// takeOverHook, when set, is called in each take-over once the lease
+	// is acquired, with the run's context and the partition (tests: a
+	// take-over that hangs).
+	takeOverHook func(ctx context.Context, p int)
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -410,12 +415,22 @@ type run struct {
 	done     chan struct{}
 	mu       sync.Mutex
 	acquired bool
+	serving  bool // the take-over is done: the lease is renewed
 }
 
 func (r *run) isAcquired() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.acquired
+}
+
+// takingOver reports a run that holds its lease and has not started
+// serving: its take-over (fence and restore) is under way, and its lease
+// is not renewed meanwhile.
+func (r *run) takingOver() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.acquired && !r.serving
 }
 
 // runtime owns the partitions of one Connector.
@@ -622,6 +637,20 @@ func (rt *runtime) rebalance(ctx context.Context) error {
 
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
+	// Give up take-overs that outlived their lease. A take-over does not
+	// renew the lease, and one that lasts longer fails at its end anyway
+	// (owner.Run); but one waiting for an answer that never comes (a
+	// read of the changelog while its stream's leader died) would keep
+	// its partition here, counted in this instance's aim, and no
+	// instance at its aim takes a lapsed lease: the partition would stop
+	// for good. Given back, it is taken again below, with a fresh start.
+	for p, r := range rt.runs {
+		if st, ok := byPart[p]; ok && r.takingOver() && st.Holder == rt.opts.Instance && st.Lapsed {
+			rt.opts.Logger.Warn("partitioned: the take-over of a partition outlived its lease, starting it again", "group", rt.opts.Group,
+				"instance", rt.opts.Instance, "partition", p, "lease_ttl", rt.opts.LeaseTTL)
+			rt.giveBack(r)
+		}
+	}
 	// Stop waiting for leases another live instance holds.
 	var acquired []int
 	for p, r := range rt.runs {
@@ -805,6 +834,9 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 			r.acquired = true
 			r.mu.Unlock()
 			sl.setState(stateRestoring)
+			if rt.opts.takeOverHook != nil {
+				rt.opts.takeOverHook(ctx, p)
+			}
 		},
 	}, func(sctx context.Context, b kv.Backend, res owner.Restored) error {
 		kopts := rt.opts.KV
@@ -813,6 +845,9 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 		if err != nil {
 			return err
 		}
+		r.mu.Lock()
+		r.serving = true
+		r.mu.Unlock()
 		taken := TakeOver{Partition: p, Epoch: epoch, Input: res.Input, Restored: res}
 		rt.opts.Logger.Info("partitioned: serving a partition", "group", rt.opts.Group, "instance", rt.opts.Instance,
 			"partition", p, "epoch", epoch, "restored_records", res.Records, "restored_writes", res.Writes,
