@@ -415,22 +415,14 @@ type run struct {
 	done     chan struct{}
 	mu       sync.Mutex
 	acquired bool
-	serving  bool // the take-over is done: the lease is renewed
+	serving  bool        // the take-over is done: the lease is renewed
+	overdue  *time.Timer // ends a take-over that outlives its lease
 }
 
 func (r *run) isAcquired() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.acquired
-}
-
-// takingOver reports a run that holds its lease and has not started
-// serving: its take-over (fence and restore) is under way, and its lease
-// is not renewed meanwhile.
-func (r *run) takingOver() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.acquired && !r.serving
 }
 
 // runtime owns the partitions of one Connector.
@@ -637,20 +629,6 @@ func (rt *runtime) rebalance(ctx context.Context) error {
 
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	// Give up take-overs that outlived their lease. A take-over does not
-	// renew the lease, and one that lasts longer fails at its end anyway
-	// (owner.Run); but one waiting for an answer that never comes (a
-	// read of the changelog while its stream's leader died) would keep
-	// its partition here, counted in this instance's aim, and no
-	// instance at its aim takes a lapsed lease: the partition would stop
-	// for good. Given back, it is taken again below, with a fresh start.
-	for p, r := range rt.runs {
-		if st, ok := byPart[p]; ok && r.takingOver() && st.Holder == rt.opts.Instance && st.Lapsed {
-			rt.opts.Logger.Warn("partitioned: the take-over of a partition outlived its lease, starting it again", "group", rt.opts.Group,
-				"instance", rt.opts.Instance, "partition", p, "lease_ttl", rt.opts.LeaseTTL)
-			rt.giveBack(r)
-		}
-	}
 	// Stop waiting for leases another live instance holds.
 	var acquired []int
 	for p, r := range rt.runs {
@@ -832,6 +810,25 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 			epoch = e
 			r.mu.Lock()
 			r.acquired = true
+			// The take-over (fence and restore) does not renew the
+			// lease: one that outlives it fails at its end anyway
+			// (owner.Run), and one waiting for an answer that never
+			// comes, or fencing over and over, would keep the
+			// partition here, counted in this instance's aim, while no
+			// instance at its aim takes the lapsed lease: the
+			// partition would stop for good. Once the lease's TTL has
+			// passed, the run ends, and the next round of balancing
+			// starts the partition afresh.
+			r.overdue = time.AfterFunc(rt.opts.LeaseTTL, func() {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				if r.serving || ctx.Err() != nil {
+					return
+				}
+				rt.opts.Logger.Warn("partitioned: the take-over of a partition outlived its lease, starting it again", "group", rt.opts.Group,
+					"instance", rt.opts.Instance, "partition", p, "epoch", e, "lease_ttl", rt.opts.LeaseTTL)
+				r.cancel()
+			})
 			r.mu.Unlock()
 			sl.setState(stateRestoring)
 			if rt.opts.takeOverHook != nil {
@@ -847,6 +844,7 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 		}
 		r.mu.Lock()
 		r.serving = true
+		r.overdue.Stop()
 		r.mu.Unlock()
 		taken := TakeOver{Partition: p, Epoch: epoch, Input: res.Input, Restored: res}
 		rt.opts.Logger.Info("partitioned: serving a partition", "group", rt.opts.Group, "instance", rt.opts.Instance,
