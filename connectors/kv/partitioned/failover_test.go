@@ -43,14 +43,6 @@ func TestFailoverOfProcesses(t *testing.T) {
 	}
 	for _, scenario := range []string{"sigkill", "sigstop", "natsnode"} {
 		t.Run(scenario, func(t *testing.T) {
-			if scenario == "natsnode" && os.Getenv("FLOWRUN_NATS_FAULT_TESTS") == "" {
-				// Once, in a full -race run of every package on 2 cores,
-				// a partition did not answer again for 7 minutes after
-				// the node's restart (docs/scaling.md, "Failure cases
-				// and limits"): until that is understood, run it on
-				// demand.
-				t.Skip("kills a NATS node of a private cluster; set FLOWRUN_NATS_FAULT_TESTS=1 to run it")
-			}
 			failover(t, scenario)
 		})
 	}
@@ -254,7 +246,7 @@ func failover(t *testing.T, scenario string) {
 		t.Helper()
 		for {
 			mu.Lock()
-			recovered := recovered(answers, at, parts)
+			recovered := recovered(answers, at, parts, n, keys)
 			mu.Unlock()
 			if recovered == parts {
 				return
@@ -428,15 +420,33 @@ func recovery(answers []incrflow.Answer, kill time.Time, parts int) time.Duratio
 	return ds[len(ds)-1]
 }
 
-// recovered returns how many partitions answered after kill.
-func recovered(answers []incrflow.Answer, kill time.Time, parts int) int {
+// recovered returns how many partitions answered after kill, or have
+// every one of their messages (of n, over keys keys) answered: a
+// partition whose input was all answered before the kill has nothing
+// left to answer after it.
+func recovered(answers []incrflow.Answer, kill time.Time, parts, n, keys int) int {
 	seen := map[int]bool{}
+	answered := map[int]bool{}
 	for _, a := range answers {
+		p := partition.OfString(a.Key, parts)
 		if a.At.After(kill) {
-			seen[partition.OfString(a.Key, parts)] = true
+			seen[p] = true
+		}
+		answered[a.Corr] = true
+	}
+	left := map[int]bool{} // partitions with a message not answered
+	for i := range n {
+		if !answered[i] {
+			left[partition.OfString(incrflow.StoreKey(i, keys), parts)] = true
 		}
 	}
-	return len(seen)
+	count := 0
+	for p := range parts {
+		if seen[p] || !left[p] {
+			count++
+		}
+	}
+	return count
 }
 
 // stallAfter is how long failover waits without a new answer before it
@@ -526,4 +536,50 @@ func diagnoseStall(t *testing.T, js jetstream.JetStream, group, in string, parts
 		}
 	}
 	t.Logf("stall: the instances' whole logs, with their goroutines at the stall, are in %s", dir)
+}
+
+// TestRecoveredCountsFinishedPartitions: a partition whose messages were
+// all answered before the kill counts as recovered (it has nothing left
+// to answer); one with a message left counts once it answers after it.
+func TestRecoveredCountsFinishedPartitions(t *testing.T) {
+	const n, keys, parts = 4, 4, 2
+	kill := time.Unix(100, 0)
+	before, after := kill.Add(-time.Second), kill.Add(time.Second)
+	answer := func(i int, at time.Time) incrflow.Answer {
+		return incrflow.Answer{Corr: i, Key: incrflow.StoreKey(i, keys), Value: 1, At: at}
+	}
+	byPart := map[int][]int{}
+	for i := range n {
+		p := partition.OfString(incrflow.StoreKey(i, keys), parts)
+		byPart[p] = append(byPart[p], i)
+	}
+	if len(byPart) != parts {
+		t.Fatalf("the %d keys fall into %d partitions, want %d: pick other keys", keys, len(byPart), parts)
+	}
+	var all []incrflow.Answer
+	for i := range n {
+		all = append(all, answer(i, before))
+	}
+	first := byPart[0]
+	for _, tc := range []struct {
+		name    string
+		answers []incrflow.Answer
+		want    int
+	}{
+		{"everything answered before the kill", all, parts},
+		{"nothing answered", nil, 0},
+		{"partition 0 answered before, partition 1 not at all", func() (as []incrflow.Answer) {
+			for _, i := range first {
+				as = append(as, answer(i, before))
+			}
+			return as
+		}(), 1},
+		{"one answer of partition 1 after the kill, the rest not", []incrflow.Answer{answer(byPart[1][0], after)}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := recovered(tc.answers, kill, parts, n, keys); got != tc.want {
+				t.Fatalf("recovered = %d, want %d", got, tc.want)
+			}
+		})
+	}
 }
