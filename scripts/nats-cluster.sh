@@ -149,10 +149,25 @@ restart)
   fi
   # The killed process's ports are free once it is gone; a socket left in
   # TIME_WAIT does not stop a listener (nats-server sets SO_REUSEADDR).
+  # But the ports sit in Linux's ephemeral range (32768-60999 by default):
+  # while the node is down, a client dialling its client or cluster port
+  # can be given that very port as its source and connect to itself (TCP
+  # simultaneous open), or another connection can be given it, and the
+  # node exits with "address already in use" until that socket closes
+  # (a NATS client gives up on a server that sends no INFO within its
+  # connect timeout, 2 s by default). Start it again then, for up to 30 s.
   start_node "$n"
+  tries=1
   for _ in $(seq 1 300); do
     if curl -fsS "http://127.0.0.1:$(http_port "$n")/healthz" >/dev/null 2>&1; then exit 0; fi
     if ! kill -0 "$(cat "$run/node-$n.pid")" 2>/dev/null; then
+      if tail -n 5 "$run/node-$n.log" | grep -q 'address already in use' && [ "$tries" -lt 15 ]; then
+        echo "node $n: a port is in use (try $tries), starting it again in 2 s" >>"$run/node-$n.log"
+        sleep 2
+        tries=$((tries + 1))
+        start_node "$n"
+        continue
+      fi
       echo "nats-server node $n exited; log:" >&2
       tail -n 50 "$run/node-$n.log" >&2
       exit 1

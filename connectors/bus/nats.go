@@ -178,7 +178,7 @@ func connect(ctx context.Context, name string, o NATSOptions, subjects ...string
 		if i == 0 {
 			want = o.Stream // the option names the main subject's stream
 		}
-		stream, err := ensureStream(ctx, c.js, subj, want)
+		stream, err := ensureStreamWithin(ctx, o.ConnectTimeout, c.js, subj, want)
 		if err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("%w at %s: %w", ErrConnect, o.URL, err)
@@ -235,6 +235,17 @@ func ensureConsumer(ctx context.Context, js nats.JetStreamContext, stream, subje
 // capturing subject, else a new file-backed one named StreamName.
 func ensureStream(ctx context.Context, js nats.JetStreamContext, subject, stream string) (string, error) {
 	return ensureStreamOf(ctx, js, subject, stream, StreamName(subject), true)
+}
+
+// ensureStreamWithin is ensureStream bounded by timeout. Every JetStream
+// API request of a dial must be bounded: one whose server dies with it
+// (a node killed, the meta leader moving) is never answered, and a dial
+// waiting on it for ever never retries, leaving a source that consumes
+// nothing while its flow runs.
+func ensureStreamWithin(ctx context.Context, timeout time.Duration, js nats.JetStreamContext, subject, stream string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return ensureStream(ctx, js, subject, stream)
 }
 
 // ensureStreamOf returns the stream capturing subjects: stream when given
@@ -374,7 +385,10 @@ func dialNATSSource(ctx context.Context, so SourceOptions, opts NATSOptions, top
 		return nil, nil, err
 	}
 	conn, stream := nc.conn, nc.streams[opts.Subject]
-	if err := ensureConsumer(ctx, nc.js, stream, opts.Subject, opts.Durable, opts.AckWait, so.Window); err != nil {
+	cctx, cancel := context.WithTimeout(ctx, opts.ConnectTimeout) // see ensureStreamWithin
+	err = ensureConsumer(cctx, nc.js, stream, opts.Subject, opts.Durable, opts.AckWait, so.Window)
+	cancel()
+	if err != nil {
 		conn.Close()
 		return nil, nil, fmt.Errorf("%w: %w", ErrSubscribe, err)
 	}

@@ -60,6 +60,14 @@ func ensurePartitionStream(ctx context.Context, js nats.JetStreamContext, base, 
 	return ensureStreamOf(ctx, js, PartitionFilter(base), stream, PartitionStreamName(base), false)
 }
 
+// ensurePartitionStreamWithin is ensurePartitionStream for opts.Subject
+// and opts.Stream, bounded by opts.ConnectTimeout (see ensureStreamWithin).
+func ensurePartitionStreamWithin(ctx context.Context, opts NATSOptions, js nats.JetStreamContext) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, opts.ConnectTimeout)
+	defer cancel()
+	return ensurePartitionStream(ctx, js, opts.Subject, opts.Stream)
+}
+
 // maxPartitionAckWait bounds the ack wait of a partition's consumer.
 const maxPartitionAckWait = 5 * time.Second
 
@@ -124,7 +132,7 @@ func dialNATSPartitions(ctx context.Context, so SourceOptions, opts NATSOptions,
 	if err != nil {
 		return nil, nil, err
 	}
-	stream, err := ensurePartitionStream(ctx, nc.js, opts.Subject, opts.Stream)
+	stream, err := ensurePartitionStreamWithin(ctx, opts, nc.js)
 	if err != nil {
 		nc.conn.Close()
 		return nil, nil, fmt.Errorf("%w at %s: %w", ErrConnect, opts.URL, err)
@@ -595,7 +603,7 @@ func connectPartitions(ctx context.Context, name string, opts NATSOptions) (*nat
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ensurePartitionStream(ctx, nc.js, opts.Subject, opts.Stream); err != nil {
+	if _, err := ensurePartitionStreamWithin(ctx, opts, nc.js); err != nil {
 		nc.conn.Close()
 		return nil, fmt.Errorf("%w at %s: %w", ErrConnect, opts.URL, err)
 	}

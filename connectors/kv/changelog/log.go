@@ -345,7 +345,14 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 	for _, payload := range payloads {
 		m := nats.NewMsg(subject)
 		m.Data = payload
-		f, err := w.log.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(w.last))
+		// No retry on "no responders" (the stream has no leader for a
+		// moment): the append fails and its group is redelivered, which
+		// the fencing already handles, and nats.go v1.37's retry of an
+		// async publish can panic (slice bounds out of range in
+		// PublishMsgAsync, nats.go#1661) when the no-responders reply
+		// comes back before the first publish returned, as it did to an
+		// instance while a NATS node was killed.
+		f, err := w.log.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(w.last), jetstream.WithRetryAttempts(0))
 		if err != nil {
 			// Parts already published may be stored: the stream's
 			// last sequence is unknown from here on.

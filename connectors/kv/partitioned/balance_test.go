@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,4 +166,26 @@ func TestPartitionCountIsFixed(t *testing.T) {
 	if !strings.Contains(err.Error(), `"partitions":2`) {
 		t.Errorf("the error does not give the recorded count: %v", err)
 	}
+}
+
+// TestHungTakeOverIsStartedAgain: a take-over that waits past its lease
+// for something that never comes (as a changelog read whose stream
+// leader died would) is given back and started again, and the partition
+// is served; it is not kept for ever, counted in its instance's aim,
+// while no instance takes its lapsed lease.
+func TestHungTakeOverIsStartedAgain(t *testing.T) {
+	js := natstest.JetStream(t)
+	const partitions = 2
+	group := testGroup(t, js, partitions)
+	opts := testOptions(t, js, group, "solo", partitions)
+	var hung atomic.Bool
+	opts.takeOverHook = func(ctx context.Context, p int) {
+		if p == 0 && hung.CompareAndSwap(false, true) {
+			<-ctx.Done() // ends only when the run is given back
+		}
+	}
+	c := open(t, opts)
+	waitFor(t, 60*time.Second, "partition 0 served after its first take-over hung", func() bool {
+		return hung.Load() && slices.Contains(c.Serving(), 0)
+	})
 }

@@ -138,6 +138,11 @@ type Options struct {
 	Board *partition.Board
 	// Logger receives the runtime's events. Default slog.Default().
 	Logger *slog.Logger
+
+	// takeOverHook, when set, is called in each take-over once the lease
+	// is acquired, with the run's context and the partition (tests: a
+	// take-over that hangs).
+	takeOverHook func(ctx context.Context, p int)
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -410,6 +415,8 @@ type run struct {
 	done     chan struct{}
 	mu       sync.Mutex
 	acquired bool
+	serving  bool        // the take-over is done: the lease is renewed
+	overdue  *time.Timer // ends a take-over that outlives its lease
 }
 
 func (r *run) isAcquired() bool {
@@ -803,8 +810,30 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 			epoch = e
 			r.mu.Lock()
 			r.acquired = true
+			// The take-over (fence and restore) does not renew the
+			// lease: one that outlives it fails at its end anyway
+			// (owner.Run), and one waiting for an answer that never
+			// comes, or fencing over and over, would keep the
+			// partition here, counted in this instance's aim, while no
+			// instance at its aim takes the lapsed lease: the
+			// partition would stop for good. Once the lease's TTL has
+			// passed, the run ends, and the next round of balancing
+			// starts the partition afresh.
+			r.overdue = time.AfterFunc(rt.opts.LeaseTTL, func() {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				if r.serving || ctx.Err() != nil {
+					return
+				}
+				rt.opts.Logger.Warn("partitioned: the take-over of a partition outlived its lease, starting it again", "group", rt.opts.Group,
+					"instance", rt.opts.Instance, "partition", p, "epoch", e, "lease_ttl", rt.opts.LeaseTTL)
+				r.cancel()
+			})
 			r.mu.Unlock()
 			sl.setState(stateRestoring)
+			if rt.opts.takeOverHook != nil {
+				rt.opts.takeOverHook(ctx, p)
+			}
 		},
 	}, func(sctx context.Context, b kv.Backend, res owner.Restored) error {
 		kopts := rt.opts.KV
@@ -813,6 +842,10 @@ func (rt *runtime) own(ctx context.Context, r *run) error {
 		if err != nil {
 			return err
 		}
+		r.mu.Lock()
+		r.serving = true
+		r.overdue.Stop()
+		r.mu.Unlock()
 		taken := TakeOver{Partition: p, Epoch: epoch, Input: res.Input, Restored: res}
 		rt.opts.Logger.Info("partitioned: serving a partition", "group", rt.opts.Group, "instance", rt.opts.Instance,
 			"partition", p, "epoch", epoch, "restored_records", res.Records, "restored_writes", res.Writes,
