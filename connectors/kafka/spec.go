@@ -73,8 +73,16 @@ func check(c *component.Config) error {
 	if _, err := SASLMechanism(c.String("sasl_mechanism"), c.String("sasl_user"), c.String("sasl_password")); err != nil {
 		return component.OptionErr("sasl_mechanism", err)
 	}
+	if c.Has("linger") && bus.ModeKind(c) != component.KindSink {
+		return component.OptionErr("linger", ErrLingerOnRead)
+	}
 	return nil
 }
+
+// ErrLingerOnRead refuses linger on a kafka source, where it would have
+// no effect.
+var ErrLingerOnRead = errors.New("a kafka source emits each fetch as it arrives and never waits for more: " +
+	"linger is the producer's (mode: write); bound a batch with window")
 
 func build(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
 	tlsConf, err := bus.TLSOptions(c).Config()
@@ -104,7 +112,8 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 	r := bus.ReconnectOptions(c)
 	health := component.HealthOf(env.Resources)
 	if bus.ModeKind(c) == component.KindSink {
-		so := SinkOptions{Options: o, Key: c.String("key"), Reconnect: &r, Health: health}
+		linger := c.Duration("linger")
+		so := SinkOptions{Options: o, Key: c.String("key"), Reconnect: &r, Health: health, Linger: &linger}
 		so.Expr.Now = component.Clock(env.Resources)
 		s, err := NewSink(so)
 		if err != nil {
@@ -130,8 +139,9 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 }
 
 // sourceFields are bus.SourceFields as a kafka source reads them: each
-// fetch is emitted as it arrives, so linger has no effect, and deliveries
-// are counted in the process.
+// fetch is emitted as it arrives, and deliveries are counted in the
+// process. linger is the sink's producer linger; a source refuses it
+// (check), as it would have no effect.
 func sourceFields() []component.Field {
 	fs := bus.SourceFields()
 	for i := range fs {
@@ -141,7 +151,11 @@ func sourceFields() []component.Field {
 		case "max_deliveries":
 			fs[i].Doc = "read: deliveries after which a record that still fails goes to the dead-letter topic; counted in the process (Kafka keeps no count), so a record that kills the process is read again on every restart."
 		case "linger":
-			fs[i].Doc = "read: accepted for the other buses' sake; a kafka source emits each fetch as it arrives and never waits for more."
+			fs[i].Default, fs[i].Min, fs[i].Max = DefaultLinger.String(), "0s", MaxLinger.String()
+			fs[i].Doc = "write: how long the producer lets a partition's records wait for more before it sends them " +
+				"(franz-go's ProducerLinger, Kafka's `linger.ms`; at most 1m). The sink produces each slice of events together and waits for it, " +
+				"so the slice is already the batch (size it with the upstream `window`): a linger only delays each slice, and a graceful stop, by up to its length. " +
+				"read: refused, a kafka source emits each fetch as it arrives and never waits for more."
 		}
 	}
 	return fs
