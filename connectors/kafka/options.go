@@ -199,4 +199,12 @@ type SourceOptions struct {
 	// Health, when set, reports the source not ready while the brokers
 	// are unreachable.
 	Health *component.Health
+	// AttemptsDir, when set, is where the source keeps its durable attempt
+	// record (a file per group and topic): for each partition, its lowest
+	// unfinished offset and how many times handling that record began, so
+	// that a record that kills the process is dead-lettered, unprocessed,
+	// once handling it has begun Source.MaxDeliveries times (see
+	// docs/bus.md). Unset: no record; such a record is read again on every
+	// restart.
+	AttemptsDir string
 }
