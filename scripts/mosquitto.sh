@@ -5,6 +5,7 @@
 #   scripts/mosquitto.sh start [PORT] [DIR]   listen on 127.0.0.1:PORT (default 1883), config,
 #                                             persistence and log in DIR (default a temp dir),
 #                                             wait until the port accepts connections
+#                                             (lines in $MOSQUITTO_EXTRA_CONF are added to the config)
 #   scripts/mosquitto.sh stop  [PORT]         stop the broker started for PORT (SIGTERM:
 #                                             mosquitto saves its persistence file first)
 #
@@ -60,6 +61,8 @@ log_type error
 log_type warning
 log_type notice
 CONF
+  # MOSQUITTO_EXTRA_CONF: more configuration lines (a test's acl_file, say).
+  if [ -n "${MOSQUITTO_EXTRA_CONF:-}" ]; then printf '%s\n' "$MOSQUITTO_EXTRA_CONF" >>"$dir/mosquitto.conf"; fi
   nohup "$mosq" -c "$dir/mosquitto.conf" >"$dir/stdout.log" 2>&1 &
   echo $! >"$pidfile"
   echo "$dir" >"$dirfile"

@@ -112,3 +112,18 @@ func TestRedactedURL(t *testing.T) {
 func busEvent(data, meta string) pipeline.Event {
 	return pipeline.Event{Data: []byte(data), Meta: []byte(meta)}
 }
+
+// TestSinkMessageDropsDeliveryMeta: a sink does not publish
+// amqp_exchange and amqp_routing_key, where an upstream source read the
+// event; the other meta fields are headers.
+func TestSinkMessageDropsDeliveryMeta(t *testing.T) {
+	p := toPublishing(sinkMessage(busEvent(`{"x":1}`, `{"correlation":7,"tag":"t","amqp_exchange":"up","amqp_routing_key":"up.key"}`)))
+	for _, k := range []string{ExchangeMeta, RoutingKeyMeta} {
+		if v, ok := p.Headers[k]; ok {
+			t.Errorf("header %s: %v published", k, v)
+		}
+	}
+	if p.Headers["tag"] != "t" || p.CorrelationId != "7" {
+		t.Errorf("headers %v, correlation %q", p.Headers, p.CorrelationId)
+	}
+}

@@ -107,7 +107,7 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 		}
 		idx = append(idx, i)
 		keys = append(keys, key)
-		msgs = append(msgs, bus.ToMessage(ev))
+		msgs = append(msgs, sinkMessage(ev))
 	}
 	if len(msgs) == 0 {
 		s.emitFailed(events, failed, emit)
@@ -178,4 +178,15 @@ func (s *Sink) routingKey(ev pipeline.Event) (string, error) {
 func (s *Sink) Close(context.Context) error {
 	s.pub.close()
 	return nil
+}
+
+// sinkMessage is the message a sink publishes for ev: bus.ToMessage's,
+// without ExchangeMeta and RoutingKeyMeta. Where an upstream source read
+// the event is not where this message goes, and a source sets its own
+// (dead letters, published by the source, keep them).
+func sinkMessage(ev pipeline.Event) *message.Message {
+	m := bus.ToMessage(ev)
+	delete(m.Metadata, ExchangeMeta)
+	delete(m.Metadata, RoutingKeyMeta)
+	return m
 }

@@ -278,7 +278,9 @@ func ensureStreamOf(ctx context.Context, js nats.JetStreamContext, subjects, str
 
 // natsUnmarshaler turns a JetStream message into a watermill message:
 // headers become metadata (several values of one header are joined with
-// ", "), and DeliveredKey holds the broker's delivery count. Unlike
+// ", "), but for NATSMeta and DeliveredKey, which describe a delivery and
+// are set by the source itself, and DeliveredKey holds the broker's
+// delivery count. Unlike
 // watermill-nats' NATSMarshaler it never refuses a message, which would
 // leave it unacknowledged and redelivered forever.
 type natsUnmarshaler struct{}
@@ -289,7 +291,8 @@ func (natsUnmarshaler) Unmarshal(m *nats.Msg) (*message.Message, error) {
 	for k, v := range m.Header {
 		switch k {
 		case wmnats.WatermillUUIDHdr, nats.MsgIdHdr, nats.ExpectedLastMsgIdHdr, nats.ExpectedStreamHdr,
-			nats.ExpectedLastSubjSeqHdr, nats.ExpectedLastSeqHdr:
+			nats.ExpectedLastSubjSeqHdr, nats.ExpectedLastSeqHdr,
+			NATSMeta, DeliveredKey: // another delivery's (a publisher outside flowrun's)
 			continue
 		}
 		msg.Metadata.Set(k, strings.Join(v, ", "))
@@ -477,7 +480,45 @@ func (d *natsDeadLetters) Publish(topic string, msgs ...*message.Message) error 
 	if pub == nil {
 		return ErrDisconnected
 	}
-	return pub.Publish(topic, msgs...)
+	kept := make([]*message.Message, len(msgs))
+	for i, m := range msgs {
+		kept[i] = moveMeta(m, NATSMeta, NATSSourceMeta)
+	}
+	return pub.Publish(topic, kept...)
+}
+
+// moveMeta returns m with its metadata key from renamed to (removed when
+// to is ""), in JSONKeysKey's list too; m itself is left as it is (a sink
+// publishes the same messages again after a failure). Without from it
+// returns m.
+func moveMeta(m *message.Message, from, to string) *message.Message {
+	v, ok := m.Metadata[from]
+	if !ok {
+		return m
+	}
+	c := message.NewMessage(m.UUID, m.Payload)
+	c.Metadata = make(message.Metadata, len(m.Metadata))
+	for k, mv := range m.Metadata {
+		if k != from {
+			c.Metadata[k] = mv
+		}
+	}
+	if to != "" {
+		c.Metadata[to] = v
+	}
+	if keys, marked := c.Metadata[JSONKeysKey]; marked && keys != "" {
+		var kept []string
+		for _, k := range strings.Split(keys, ",") {
+			switch {
+			case k != from:
+				kept = append(kept, k)
+			case to != "":
+				kept = append(kept, to)
+			}
+		}
+		c.Metadata[JSONKeysKey] = strings.Join(kept, ",")
+	}
+	return c
 }
 
 // Close implements message.Publisher; the connection is closed by the
@@ -517,7 +558,9 @@ func NewNATSSink(ctx context.Context, name string, opts NATSOptions) (*Sink, err
 		OnClose: p.close})
 }
 
-// natsSinkPublisher is a sink's connection, made when first needed.
+// natsSinkPublisher is a sink's connection, made when first needed. It
+// does not publish NATSMeta: the partition, sequence and subject an
+// upstream source read a message at are not the published message's.
 type natsSinkPublisher struct {
 	name string
 	opts NATSOptions
@@ -592,7 +635,7 @@ func (p *natsSinkPublisher) PublishBatch(topic string, msgs []*message.Message) 
 		futures = futures[:0]
 		var sendErr error
 		for _, m := range chunk {
-			nm, err := marshaler.Marshal(topic, m)
+			nm, err := marshaler.Marshal(topic, moveMeta(m, NATSMeta, ""))
 			if err == nil {
 				var f nats.PubAckFuture
 				if f, err = js.PublishMsgAsync(nm); err == nil {
@@ -630,7 +673,11 @@ func (p *natsSinkPublisher) Publish(topic string, msgs ...*message.Message) erro
 	if err != nil {
 		return err
 	}
-	return pub.Publish(topic, msgs...)
+	out := make([]*message.Message, len(msgs))
+	for i, m := range msgs {
+		out[i] = moveMeta(m, NATSMeta, "")
+	}
+	return pub.Publish(topic, out...)
 }
 
 // publisher returns the connected publisher; only when there is none does

@@ -323,8 +323,15 @@ func (s *natsPartitions) consume(ctx context.Context, p int) {
 // {"partition": P, "sequence": S, "subject": "orders.in.p.017"}, S being
 // the message's stream sequence, the partition's input position (the kv
 // connector's input_from: nats.sequence). A metadata key of that name
-// in the message is replaced by it.
+// in the message is replaced by it. It describes one delivery: a NATS sink
+// does not publish it, a plain NATS source drops a header of that name, and
+// a dead letter keeps it as NATSSourceMeta.
 const NATSMeta = "nats"
+
+// NATSSourceMeta is the meta field of a dead letter holding the NATSMeta
+// of the message it was made from (the dead-letter stream's own reader
+// sets no NATSMeta of its own).
+const NATSSourceMeta = "nats_source"
 
 // setPartitionMeta sets wm's NATSMeta from m, a message of partition p.
 // The value is JSON: listed in JSONKeysKey when the message has that

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,12 @@ type consumer struct {
 	lostErr  error                // why the poll loop ended by itself (fail_fast)
 
 	commitMu sync.Mutex // serialises commits
+
+	// attempts is the durable attempt record (SourceOptions.AttemptsDir),
+	// nil without one; used under mu. advanced is signalled when a mark
+	// moves, for attemptsWriter.
+	attempts *attempts
+	advanced chan struct{}
 }
 
 // partition is the progress of one assigned partition. A new value is made
@@ -66,6 +73,12 @@ type partition struct {
 	committed int64 // last offset committed; -1 none
 	inflight  int   // records handed over and not settled
 	revoking  bool  // hand over no more records
+	// counted: the record at the partition's mark in the attempt record
+	// (attempts) has been counted in this assignment.
+	counted bool
+	// begun is the highest offset whose batch has begun reaching the graph
+	// (consumer.began); -1 none.
+	begun int64
 }
 
 // pendingOffset is one offset handed over and whether it is done.
@@ -75,7 +88,7 @@ type pendingOffset struct {
 }
 
 func newPartition(id int32) *partition {
-	return &partition{id: id, mark: -1, committed: -1}
+	return &partition{id: id, mark: -1, committed: -1, begun: -1}
 }
 
 // add registers offset, above every offset added before, as handed over.
@@ -116,6 +129,10 @@ type delivery struct {
 	attempt int
 	// permanent: its payload is not JSON, which no retry mends.
 	permanent bool
+	// crashStarts, when > 0, is how many times handling the record began
+	// without finishing, by the attempt record: it is dead-lettered
+	// without being emitted.
+	crashStarts int
 }
 
 func newConsumer(ctx context.Context, o SourceOptions) (*consumer, error) {
@@ -127,6 +144,16 @@ func newConsumer(ctx context.Context, o SourceOptions) (*consumer, error) {
 		space:   make(chan struct{}, 1),
 		logger:  o.Logger,
 		parts:   map[int32]*partition{},
+	}
+	if o.AttemptsDir != "" {
+		if err := os.MkdirAll(o.AttemptsDir, 0o755); err != nil {
+			return nil, fmt.Errorf("attempts_dir: %w", err)
+		}
+		a, err := loadAttempts(attemptsFile(o.AttemptsDir, o.Group, o.Topic), o.Source.MaxDeliveries)
+		if err != nil {
+			return nil, err
+		}
+		c.attempts = a
 	}
 	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	reset := kgo.NewOffset().AtStart()
@@ -170,7 +197,33 @@ func newConsumer(ctx context.Context, o SourceOptions) (*consumer, error) {
 	c.loops.Add(2)
 	go c.poll()
 	go c.committer()
+	if c.attempts != nil {
+		c.advanced = make(chan struct{}, 1)
+		c.loops.Add(1)
+		go c.attemptsWriter()
+	}
 	return c, nil
+}
+
+// attemptsWriter records the marks that moved (attempts.advance) until the
+// consumer stops: a record finished before a crash is then not counted as
+// begun again at the next start, but for one finished after the last
+// write (a window of one write).
+func (c *consumer) attemptsWriter() {
+	defer c.loops.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.advanced:
+		}
+		c.mu.Lock()
+		err := c.attempts.advance(c.parts)
+		c.mu.Unlock()
+		if err != nil {
+			c.logger.Error("cannot write the attempt record", "node", c.opts.Name, "error", err)
+		}
+	}
 }
 
 // connHook watches the client's broker connections for readiness.
@@ -279,6 +332,38 @@ func (c *consumer) handOver(recs []*kgo.Record) []delivery {
 	return ds
 }
 
+// began records, in the attempt record (when there is one), that the
+// batch ds taken from batches is about to reach the graph, before any of
+// its records does: a crash while handling one is then counted at the
+// next start. It sets crashStarts on the deliveries to set aside.
+func (c *consumer) began(ds []delivery) {
+	if c.attempts == nil || len(ds) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	marks := map[*partition]int64{}
+	current := ds[:0:0]
+	for _, d := range ds {
+		p := d.part
+		if c.parts[d.rec.Partition] != p || p.head >= len(p.pending) {
+			continue // revoked meanwhile: its next owner counts
+		}
+		p.begun = max(p.begun, d.rec.Offset)
+		if _, ok := marks[p]; !ok {
+			marks[p] = p.pending[p.head].offset
+		}
+		current = append(current, d)
+	}
+	if len(current) < len(ds) {
+		return // rare: leave the record as it is rather than count a partition gone
+	}
+	if err := c.attempts.check(ds, marks); err != nil {
+		c.logger.Error("cannot write the attempt record: a record that kills the process may be read again on every restart",
+			"node", c.opts.Name, "error", err)
+	}
+}
+
 // current reports whether d's partition is still assigned as it was when
 // d was handed over.
 func (c *consumer) current(d *delivery) bool {
@@ -293,6 +378,12 @@ func (c *consumer) settle(d *delivery, done bool) {
 	c.mu.Lock()
 	if done && c.parts[d.rec.Partition] == d.part {
 		d.part.finish(d.rec.Offset)
+		if c.advanced != nil {
+			select {
+			case c.advanced <- struct{}{}:
+			default:
+			}
+		}
 	}
 	d.part.inflight--
 	c.inflight--

@@ -37,6 +37,15 @@ const (
 	// DefaultPublishTimeout bounds one produce, retries included; a sink
 	// then fails the event (or, with reconnects, tries again).
 	DefaultPublishTimeout = 10 * time.Second
+	// DefaultLinger is how long a sink's producer lets a partition's
+	// records wait for more before it sends them (SinkOptions.Linger): none.
+	// The sink produces a slice of events together and waits for it, so
+	// nothing comes to fill a lingering batch: franz-go's own default,
+	// 10ms, made each slice take 11-12 ms on kfake where 0 takes 0.07-0.8
+	// ms (1 and 256 records, loaded 2-core machine).
+	DefaultLinger = time.Duration(0)
+	// MaxLinger is the longest linger franz-go accepts.
+	MaxLinger = time.Minute
 	// DefaultMaxInFlight is the most records a source holds unsettled:
 	// four windows, so that the kv store syncs one window while the next
 	// ones are read (one window at a time measured 9k records/s on kfake,
@@ -190,4 +199,12 @@ type SourceOptions struct {
 	// Health, when set, reports the source not ready while the brokers
 	// are unreachable.
 	Health *component.Health
+	// AttemptsDir, when set, is where the source keeps its durable attempt
+	// record (a file per group and topic): for each partition, its lowest
+	// unfinished offset and how many times handling that record began, so
+	// that a record that kills the process is dead-lettered, unprocessed,
+	// once handling it has begun Source.MaxDeliveries times (see
+	// docs/bus.md). Unset: no record; such a record is read again on every
+	// restart.
+	AttemptsDir string
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/tidwall/gjson"
@@ -120,7 +121,18 @@ type SinkOptions struct {
 	// Health reports the sink not ready meanwhile (see bus.SinkOptions).
 	Reconnect *bus.Reconnect
 	Health    *component.Health
+	// Linger is how long the producer lets a partition's records wait for
+	// more before it sends them in one batch (franz-go's ProducerLinger,
+	// Kafka's linger.ms); 0 sends at once. The sink produces each slice
+	// of events together and waits for it, so the slice is the batch (its
+	// size is the upstream window): a linger delays each slice, and a
+	// graceful stop, by up to Linger, and batches nothing more. At most
+	// MaxLinger. Nil: DefaultLinger (0).
+	Linger *time.Duration
 }
+
+// ErrLinger reports a SinkOptions.Linger out of [0, MaxLinger].
+var ErrLinger = errors.New("linger out of range")
 
 // Sink is a pipeline.Processor producing every event it receives to a
 // topic: data the value, meta the headers (bus.ToMessage's mapping, but
@@ -164,7 +176,13 @@ func NewSink(opts SinkOptions) (*Sink, error) {
 		}
 		s.key = e
 	}
-	client, err := newClient(opts.Options)
+	linger := DefaultLinger
+	if opts.Linger != nil {
+		if linger = *opts.Linger; linger < 0 || linger > MaxLinger {
+			return nil, fmt.Errorf("sink %s: %w: %s, want 0s to %s", opts.Name, ErrLinger, linger, MaxLinger)
+		}
+	}
+	client, err := newClient(opts.Options, kgo.ProducerLinger(linger))
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", opts.Name, err)
 	}

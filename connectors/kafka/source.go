@@ -168,11 +168,12 @@ func (s *Source) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 		var ds []delivery
 		select {
 		case ds, open = <-c.batches:
+			c.began(ds)
 		case <-s.retry:
 			ds = s.takeRetries()
 		case <-ctx.Done():
 		}
-		if len(ds) == 0 {
+		if ds = s.setAside(ds); len(ds) == 0 {
 			continue
 		}
 		if err := s.process(ctx, emit, &dec, ds); err != nil {
@@ -242,18 +243,41 @@ func (s *Source) completed(d *delivery, o pipeline.Outcome) {
 		s.c.settle(d, true)
 		return
 	}
+	s.fail(failedRecord{d: *d, failure: failure})
+}
+
+// fail queues f for the settler (or settles it at once once the settler
+// has stopped).
+func (s *Source) fail(f failedRecord) {
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
-		s.settle(failedRecord{d: *d, failure: failure})
+		s.settle(f)
 		return
 	}
-	s.queue = append(s.queue, failedRecord{d: *d, failure: failure})
+	s.queue = append(s.queue, f)
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
 	s.mu.Unlock()
+}
+
+// setAside returns ds less the records the attempt record sets aside
+// (crashStarts), which are dead-lettered, unprocessed, by the settler.
+func (s *Source) setAside(ds []delivery) []delivery {
+	kept := ds[:0]
+	for _, d := range ds {
+		if d.crashStarts == 0 {
+			kept = append(kept, d)
+			continue
+		}
+		d.permanent = true
+		d.attempt = d.crashStarts + 1
+		s.fail(failedRecord{d: d, failure: fmt.Sprintf("handling began %d times without finishing, max_deliveries %d: "+
+			"the process died handling it (attempts_dir)", d.crashStarts, s.so.MaxDeliveries)})
+	}
+	return kept
 }
 
 // redeliver queues d to be handed over again, with its delivery count

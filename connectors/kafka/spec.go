@@ -29,6 +29,11 @@ func Spec() component.Spec {
 				Doc: "read: consumer group; processes sharing it share the topic's partitions. Default FLOW_NODE."},
 			{Name: "start", Type: component.TypeEnum, Enum: []string{StartEarliest, StartLatest}, Default: StartEarliest,
 				Doc: "read: where a group with no committed offset starts in each partition."},
+			{Name: "attempts_dir", Type: component.TypePath, OnlyWhen: &component.When{Field: "mode", Values: []string{"read"}},
+				Doc: "read: directory of the source's durable attempt record (one small file per group and topic, written before each fetch is handed to the flow " +
+					"when a partition's lowest unfinished offset or its count changes): a record whose handling began `max_deliveries` times " +
+					"without finishing (the process died handling it) is dead-lettered without being processed at the next start. Unset: " +
+					"such a record is read again on every restart (see docs/bus.md)."},
 			{Name: "commit_interval", Type: component.TypeDuration, Default: DefaultCommitInterval.String(), Min: "1ms",
 				Doc: "read: how often finished offsets are committed (also on revoke and at shutdown); after a crash, records finished since the last commit are read again."},
 			{Name: "revoke_wait", Type: component.TypeDuration, Default: DefaultRevokeWait.String(), Min: "1ms",
@@ -73,8 +78,16 @@ func check(c *component.Config) error {
 	if _, err := SASLMechanism(c.String("sasl_mechanism"), c.String("sasl_user"), c.String("sasl_password")); err != nil {
 		return component.OptionErr("sasl_mechanism", err)
 	}
+	if c.Has("linger") && bus.ModeKind(c) != component.KindSink {
+		return component.OptionErr("linger", ErrLingerOnRead)
+	}
 	return nil
 }
+
+// ErrLingerOnRead refuses linger on a kafka source, where it would have
+// no effect.
+var ErrLingerOnRead = errors.New("a kafka source emits each fetch as it arrives and never waits for more: " +
+	"linger is the producer's (mode: write); bound a batch with window")
 
 func build(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {
 	tlsConf, err := bus.TLSOptions(c).Config()
@@ -104,7 +117,8 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 	r := bus.ReconnectOptions(c)
 	health := component.HealthOf(env.Resources)
 	if bus.ModeKind(c) == component.KindSink {
-		so := SinkOptions{Options: o, Key: c.String("key"), Reconnect: &r, Health: health}
+		linger := c.Duration("linger")
+		so := SinkOptions{Options: o, Key: c.String("key"), Reconnect: &r, Health: health, Linger: &linger}
 		so.Expr.Now = component.Clock(env.Resources)
 		s, err := NewSink(so)
 		if err != nil {
@@ -122,7 +136,8 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 		}
 		o.Group = flow + "_" + c.Node
 	}
-	s, err := NewSource(ctx, env.Graph, SourceOptions{Options: o, Source: bus.SourceOptionsFrom(env, c), Reconnect: r, Health: health})
+	s, err := NewSource(ctx, env.Graph, SourceOptions{Options: o, Source: bus.SourceOptionsFrom(env, c), Reconnect: r, Health: health,
+		AttemptsDir: c.String("attempts_dir")})
 	if err != nil {
 		return component.Component{}, err
 	}
@@ -130,8 +145,9 @@ func build(ctx context.Context, env *component.Env, c *component.Config) (compon
 }
 
 // sourceFields are bus.SourceFields as a kafka source reads them: each
-// fetch is emitted as it arrives, so linger has no effect, and deliveries
-// are counted in the process.
+// fetch is emitted as it arrives, and deliveries are counted in the
+// process. linger is the sink's producer linger; a source refuses it
+// (check), as it would have no effect.
 func sourceFields() []component.Field {
 	fs := bus.SourceFields()
 	for i := range fs {
@@ -139,9 +155,13 @@ func sourceFields() []component.Field {
 		case "window":
 			fs[i].Doc = "read: most records emitted together (one fetch of the client, cut at `window`); each record is settled on its own as soon as everything derived from it is done."
 		case "max_deliveries":
-			fs[i].Doc = "read: deliveries after which a record that still fails goes to the dead-letter topic; counted in the process (Kafka keeps no count), so a record that kills the process is read again on every restart."
+			fs[i].Doc = "read: deliveries after which a record that still fails goes to the dead-letter topic; counted in the process (Kafka keeps no count), so a record that kills the process is read again on every restart, unless `attempts_dir` is set."
 		case "linger":
-			fs[i].Doc = "read: accepted for the other buses' sake; a kafka source emits each fetch as it arrives and never waits for more."
+			fs[i].Default, fs[i].Min, fs[i].Max = DefaultLinger.String(), "0s", MaxLinger.String()
+			fs[i].Doc = "write: how long the producer lets a partition's records wait for more before it sends them " +
+				"(franz-go's ProducerLinger, Kafka's `linger.ms`; at most 1m). The sink produces each slice of events together and waits for it, " +
+				"so the slice is already the batch (size it with the upstream `window`): a linger only delays each slice, and a graceful stop, by up to its length. " +
+				"read: refused, a kafka source emits each fetch as it arrives and never waits for more."
 		}
 	}
 	return fs

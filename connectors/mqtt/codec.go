@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
 
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/internal/ijson"
@@ -168,6 +169,13 @@ func encode(m *message.Message, codec string) []byte {
 	}
 	ev, _ := bus.ToEvent(c) // on error ev still holds valid JSON
 	data, meta := ev.Data, ev.Meta
+	if gjson.GetBytes(meta, MetaKey).Exists() {
+		// Where an upstream source read the event: a source sets its own
+		// (a dead letter keeps it as SourceMetaKey, see keepSource).
+		if m, err := sjson.DeleteBytes(meta, MetaKey); err == nil {
+			meta = m
+		}
+	}
 	if len(data) == 0 {
 		data = []byte("null")
 	}

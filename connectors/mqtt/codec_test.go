@@ -111,6 +111,22 @@ func TestEncodeEnvelopeRoundTrip(t *testing.T) {
 	}
 }
 
+// TestEnvelopeDropsDeliveryMeta: a sink's envelope (codec event) does not
+// carry meta.mqtt, where an upstream source read the event; a dead
+// letter's keeps it as mqtt_source.
+func TestEnvelopeDropsDeliveryMeta(t *testing.T) {
+	upstream := `{"topic":"up/1","qos":1,"retained":false,"duplicate":false}`
+	m := bus.ToMessage(pipeline.Event{Data: []byte(`1`), Meta: []byte(`{"tag":"t","mqtt":` + upstream + `}`)})
+	p := encode(m, CodecEvent)
+	if gjson.GetBytes(p, "meta.mqtt").Exists() || gjson.GetBytes(p, "meta.tag").String() != "t" {
+		t.Errorf("sink envelope %s", p)
+	}
+	dl := encode(keepSource(m), CodecEvent)
+	if gjson.GetBytes(dl, "meta.mqtt").Exists() || gjson.GetBytes(dl, "meta."+SourceMetaKey+".topic").String() != "up/1" {
+		t.Errorf("dead letter envelope %s", dl)
+	}
+}
+
 func TestTopics(t *testing.T) {
 	for _, tc := range []struct {
 		filter, topic string

@@ -57,5 +57,7 @@
 // unacknowledged; acks written by the connection in arrival order
 // (subscriber5 says why not through paho.golang's own ordered
 // acknowledgement); user properties carrying event meta with
-// CodecJSON (UserProperties); reason codes that fail a refused publish.
+// CodecJSON (UserProperties); reason codes on a refused publish: transient
+// ones (quota exceeded, server busy, ...) retried with backoff, the others
+// failing the event at once (RefusedError).
 package mqtt

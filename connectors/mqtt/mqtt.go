@@ -80,7 +80,7 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 	if opts.Protocol == Protocol5 {
 		dial = (&subscriber5{opts: opts}).dial
 		dead = &publisher5{opts: opts.Options, clientID: opts.ClientID + "-dead", qos: 1, codec: CodecEvent,
-			timeout: DefaultPublishTimeout, deadLetters: true}
+			timeout: DefaultPublishTimeout, deadLetters: true, retry: opts.Reconnect, logger: opts.Logger}
 	}
 	sub := bus.NewReconnectingSubscriber(opts.Source.Name, dial, opts.Reconnect, opts.Health, opts.Logger)
 	so := opts.Source
@@ -145,7 +145,10 @@ func NewSink(ctx context.Context, opts SinkOptions) (*bus.Sink, error) {
 	connect := func() error { p.mu.Lock(); defer p.mu.Unlock(); return p.connect(ctx) }
 	if opts.Protocol == Protocol5 {
 		p5 := &publisher5{opts: opts.Options, clientID: opts.ClientID, qos: opts.QoS, retain: opts.Retain,
-			codec: opts.Codec, timeout: opts.PublishTimeout}
+			codec: opts.Codec, timeout: opts.PublishTimeout, logger: opts.Logger}
+		if opts.Reconnect != nil {
+			p5.retry = *opts.Reconnect
+		}
 		pub = p5
 		connect = func() error { p5.mu.Lock(); defer p5.mu.Unlock(); return p5.connect(ctx) }
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -503,5 +505,46 @@ links:
 	}
 	if k := leftover(t, Protocol5, url, clientID); k != 0 {
 		t.Errorf("%d messages redelivered to the session after a graceful stop", k)
+	}
+}
+
+// TestPermanentRefusalFailsAtOnce publishes, with protocol 5, to a topic
+// a private broker's ACL denies: mosquitto answers PUBACK 0x87 Not
+// authorized, and the sink, though it retries failures (Reconnect, not
+// fail_fast), fails the event at once on "err" naming the reason code,
+// instead of holding the flow back retrying; a topic the ACL allows is
+// published on the same sink.
+func TestPermanentRefusalFailsAtOnce(t *testing.T) {
+	acl := filepath.Join(t.TempDir(), "acl")
+	must(t, os.WriteFile(acl, []byte("topic readwrite allowed/#\n"), 0o600))
+	b := startPrivateBrokerWith(t, "acl_file "+acl)
+	r := bus.Reconnect{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+	for _, tt := range []struct {
+		topic string
+		want  string // "" for published
+	}{
+		{topic: "denied/x", want: "reason code 0x87 Not authorized (permanent)"},
+		{topic: "allowed/x"},
+	} {
+		sink, err := NewSink(context.Background(), SinkOptions{Options: Options{URL: b.url, ClientID: "refused-" + randomID(), Protocol: Protocol5},
+			Topic: tt.topic, QoS: 1, Codec: CodecEvent, PublishTimeout: 5 * time.Second, Reconnect: &r})
+		must(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		var failed []string
+		must(t, sink.Process(ctx, []pipeline.Event{{Data: []byte(`{"v":1}`), Meta: []byte(`{"correlation":"c1"}`)}},
+			emitFunc(func(port string, ev pipeline.Event) {
+				failed = append(failed, port+": "+gjson.GetBytes(ev.Meta, "error").String())
+			})))
+		if ctx.Err() != nil {
+			t.Fatalf("%s: the refused publish was retried until the test's deadline", tt.topic)
+		}
+		cancel()
+		must(t, sink.Close(context.Background()))
+		switch {
+		case tt.want == "" && len(failed) > 0:
+			t.Errorf("%s: %v", tt.topic, failed)
+		case tt.want != "" && (len(failed) != 1 || !strings.HasPrefix(failed[0], "err: ") || !strings.Contains(failed[0], tt.want)):
+			t.Errorf("%s: failed %q, want one event on err with %q", tt.topic, failed, tt.want)
+		}
 	}
 }

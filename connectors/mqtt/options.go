@@ -173,10 +173,14 @@ type SinkOptions struct {
 	Retain bool
 	// Codec is CodecJSON or CodecEvent. Default CodecJSON.
 	Codec string
-	// PublishTimeout bounds the wait for the broker's acknowledgement.
-	// Default DefaultPublishTimeout.
+	// PublishTimeout bounds the wait for the broker's acknowledgement,
+	// and (protocol 5) the retries of a publish the broker refuses with a
+	// transient reason code (see RefusedError). Default
+	// DefaultPublishTimeout.
 	PublishTimeout time.Duration
-	// Reconnect, when set, retries failed publishes (see bus.SinkOptions).
+	// Reconnect, when set, retries failed publishes (see bus.SinkOptions);
+	// with protocol 5 its backoff also paces the retries of a transient
+	// refusal.
 	Reconnect *bus.Reconnect
 	// Health, when set, reports the sink not ready while it retries.
 	Health *component.Health

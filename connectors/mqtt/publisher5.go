@@ -2,7 +2,9 @@ package mqtt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -18,6 +20,14 @@ import (
 // (PUBACK for QoS 1, PUBREC and PUBCOMP for QoS 2; for QoS 0, once it is
 // written). With CodecJSON a message's metadata goes in user properties
 // (UserProperties).
+//
+// A publish the broker refuses (reason code 0x80 or more, RefusedError)
+// keeps the connection. A transient refusal (0x97 Quota exceeded, 0x89
+// Server busy, ...) is sent again on it after retry's backoff (exponential,
+// full jitter: reconnect_initial, reconnect_max) for at most timeout in
+// all (publish_timeout), then fails as a transient error, which a sink
+// with Reconnect retries again; any other refusal fails at once, marked
+// bus.Permanent, so the event goes to "err" without a retry.
 type publisher5 struct {
 	opts     Options
 	clientID string
@@ -28,6 +38,11 @@ type publisher5 struct {
 	// deadLetters marks the dead-letter publisher: the MQTT fields of the
 	// failed message are kept as SourceMetaKey.
 	deadLetters bool
+	// retry paces the attempts after a transient refusal. Its defaults are
+	// filled in on first use.
+	retry bus.Reconnect
+	// logger receives the retried refusals. Default slog.Default().
+	logger *slog.Logger
 
 	mu     sync.Mutex
 	client *paho5.Client
@@ -79,31 +94,62 @@ func (p *publisher5) Publish(topic string, msgs ...*message.Message) error {
 		if p.codec == CodecJSON {
 			pub.Properties = &paho5.PublishProperties{User: UserProperties(m)}
 		}
-		if err := p.publish(ctx, pub); err != nil {
-			p.drop()
+		if err := p.publish(ctx, p.client, pub); err != nil {
+			if !errors.Is(err, ErrPublishRefused) {
+				p.drop() // the connection is in doubt; a refusal leaves it sound
+			}
 			return fmt.Errorf("%w: %w", bus.ErrPublish, err)
 		}
 	}
 	return nil
 }
 
-// publish sends pub and waits for its acknowledgement.
-func (p *publisher5) publish(ctx context.Context, pub *paho5.Publish) error {
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	resp, err := p.client.Publish(ctx, pub)
-	if err != nil {
-		return err
+// publishClient is what publish needs of a connected client: paho's
+// Publish, which waits for the acknowledgement of QoS 1 and 2 and returns
+// a refusing PUBACK with an error, a refusing PUBREC without one.
+type publishClient interface {
+	Publish(ctx context.Context, p *paho5.Publish) (*paho5.PublishResponse, error)
+}
+
+// publish sends pub with c and waits for its acknowledgement, each attempt
+// for at most p.timeout. A transient refusal is sent again after
+// p.retry's backoff while the attempts and waits fit in p.timeout; then
+// the last RefusedError is returned (not Permanent). A permanent refusal
+// returns its RefusedError marked bus.Permanent at once.
+func (p *publisher5) publish(ctx context.Context, c publishClient, pub *paho5.Publish) error {
+	p.retry.EnsureDefaults()
+	if p.logger == nil {
+		p.logger = slog.Default()
 	}
-	// paho returns a refusing PUBREC (QoS 2) without an error.
-	if resp != nil && resp.ReasonCode >= 0x80 {
-		reason := ""
-		if resp.Properties != nil {
-			reason = resp.Properties.ReasonString
+	start := time.Now()
+	for n := 0; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, p.timeout)
+		resp, err := c.Publish(actx, pub)
+		cancel()
+		if resp == nil || resp.ReasonCode < 0x80 {
+			return err
 		}
-		return fmt.Errorf("refused by the broker (reason code %#x) %s", resp.ReasonCode, reason)
+		refused := &RefusedError{Code: resp.ReasonCode}
+		if resp.Properties != nil {
+			refused.Reason = resp.Properties.ReasonString
+		}
+		if !refused.Transient() {
+			return bus.Permanent(refused)
+		}
+		wait := p.retry.Backoff(n)
+		if elapsed := time.Since(start); elapsed+wait >= p.timeout {
+			return fmt.Errorf("%w; %d attempts in %s (publish_timeout %s)", refused, n+1, elapsed.Round(time.Millisecond), p.timeout)
+		}
+		p.logger.Warn("publish refused by the broker, retrying", "topic", pub.Topic, "reason_code", fmt.Sprintf("%#02x", refused.Code),
+			"reason", ReasonName(refused.Code), "attempt", n+1, "wait", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(ctx.Err(), refused)
+		case <-t.C:
+		}
 	}
-	return nil
 }
 
 // Close disconnects.

@@ -32,9 +32,18 @@ type privateBroker struct {
 	script     string
 	inCI       bool
 	stoppedOut bool
+	// extra is added to the broker's configuration (MOSQUITTO_EXTRA_CONF).
+	extra string
 }
 
 func startPrivateBroker(t *testing.T) *privateBroker {
+	t.Helper()
+	return startPrivateBrokerWith(t, "")
+}
+
+// startPrivateBrokerWith starts a private broker with the configuration
+// lines extra added.
+func startPrivateBrokerWith(t *testing.T, extra string) *privateBroker {
 	t.Helper()
 	mqttURL(t) // the same skip rule as the other broker tests
 	script, err := filepath.Abs("../../scripts/mosquitto.sh")
@@ -44,7 +53,7 @@ func startPrivateBroker(t *testing.T) *privateBroker {
 	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 	must(t, l.Close())
 	b := &privateBroker{t: t, port: port, dir: t.TempDir(), run: t.TempDir(), script: script,
-		url: "tcp://127.0.0.1:" + port}
+		url: "tcp://127.0.0.1:" + port, extra: extra}
 	b.start()
 	t.Cleanup(b.stop)
 	return b
@@ -53,7 +62,7 @@ func startPrivateBroker(t *testing.T) *privateBroker {
 func (b *privateBroker) cmd(args ...string) {
 	b.t.Helper()
 	cmd := exec.Command(b.script, args...)
-	cmd.Env = append(os.Environ(), "TMPDIR="+b.run)
+	cmd.Env = append(os.Environ(), "TMPDIR="+b.run, "MOSQUITTO_EXTRA_CONF="+b.extra)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.t.Fatalf("mosquitto.sh %v: %v\n%s", args, err, out)
 	}

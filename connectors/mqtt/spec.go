@@ -59,7 +59,9 @@ func Spec() component.Spec {
 		{Name: "keepalive", Type: component.TypeDuration, Default: DefaultKeepAlive.String(), Min: "1s",
 			Doc: "MQTT keep-alive interval: a broker that stops answering is detected within about this long."},
 		{Name: "publish_timeout", Type: component.TypeDuration, Default: DefaultPublishTimeout.String(), Min: "1ms", OnlyWhen: write,
-			Doc: "write: how long a publish waits for the broker's acknowledgement before it fails (and is retried)."},
+			Doc: "write: how long a publish waits for the broker's acknowledgement before it fails (and is retried); with protocol 5, also how long " +
+				"a publish refused with a transient reason code (0x97 Quota exceeded, 0x89 Server busy, ...) is sent again on the connection, " +
+				"after the `reconnect_*` backoff, before the sink's own retry takes over. Other refusals (0x87 Not authorized, ...) fail the event at once (see docs/bus.md)."},
 	}
 	for _, f := range bus.SourceFields() {
 		if f.Name == "dead_letter" {

@@ -89,3 +89,29 @@ type proto string
 
 func (e proto) Error() string { return string(e) }
 func (proto) RedisError()     {}
+
+// TestSinkDropsDeliveryMeta: a sink does not write redis_stream and
+// redis_consumer, where an upstream source read the event (the source
+// reading the entry sets its own), while a dead-letter publisher keeps
+// them (where the entry it was made from was); the message itself is left
+// as it was.
+func TestSinkDropsDeliveryMeta(t *testing.T) {
+	m := message.NewMessage("id", []byte(`{"a":1}`))
+	m.Metadata.Set(StreamMeta, "upstream")
+	m.Metadata.Set(ConsumerMeta, "c1")
+	m.Metadata.Set("tag", "t")
+	for _, tc := range []struct {
+		p    *publisher
+		want []any
+	}{
+		{p: &publisher{sink: true}, want: []any{"data", []byte(`{"a":1}`), "tag", "t"}},
+		{p: &publisher{}, want: []any{"data", []byte(`{"a":1}`), ConsumerMeta, "c1", StreamMeta, "upstream", "tag", "t"}},
+	} {
+		if got := tc.p.values(m); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("sink %v: fields %q, want %q", tc.p.sink, got, tc.want)
+		}
+	}
+	if m.Metadata.Get(StreamMeta) != "upstream" {
+		t.Error("the message lost its metadata")
+	}
+}

@@ -18,6 +18,10 @@ import (
 type publisher struct {
 	client *redis.Client
 	maxLen int64
+	// sink marks a sink's publisher: StreamMeta and ConsumerMeta, where
+	// an upstream source read the event, are not written (a dead letter
+	// keeps them: where its entry was).
+	sink bool
 }
 
 // Publish implements message.Publisher: one XADD per message, pipelined.
@@ -37,7 +41,7 @@ const maxPipeline = 1024
 func (p *publisher) PublishBatch(topic string, msgs []*message.Message) (int, error) {
 	ctx := context.Background()
 	args := func(m *message.Message) *redis.XAddArgs {
-		a := &redis.XAddArgs{Stream: topic, Values: entryValues(m), ID: "*"}
+		a := &redis.XAddArgs{Stream: topic, Values: p.values(m), ID: "*"}
 		if p.maxLen > 0 {
 			a.MaxLen, a.Approx = p.maxLen, true
 		}
@@ -170,7 +174,7 @@ func NewSink(ctx context.Context, name string, opts Options, r bus.Reconnect, he
 			return nil, fmt.Errorf("sink %s: %w (fail_fast): %w at %s: %w", name, bus.ErrDisconnected, ErrConnect, opts.redacted(), err)
 		}
 	}
-	return bus.NewSink(&publisher{client: client, maxLen: opts.MaxLen}, bus.SinkOptions{
+	return bus.NewSink(&publisher{client: client, maxLen: opts.MaxLen, sink: true}, bus.SinkOptions{
 		Name: name, Topic: opts.Stream, OnClose: client.Close,
 		Reconnect: &r, Health: health, Logger: opts.Logger,
 	})
@@ -184,4 +188,32 @@ func defaultConsumer(hostname func() (string, error)) string {
 		return "flowrun"
 	}
 	return h
+}
+
+// values lays out m as the fields of its stream entry (entryValues),
+// without StreamMeta and ConsumerMeta for a sink.
+func (p *publisher) values(m *message.Message) []any {
+	if p.sink {
+		m = withoutDeliveryMeta(m)
+	}
+	return entryValues(m)
+}
+
+// withoutDeliveryMeta returns m without StreamMeta and ConsumerMeta (m
+// itself when it has neither; it is left as it is, a sink publishes it
+// again after a failure).
+func withoutDeliveryMeta(m *message.Message) *message.Message {
+	_, stream := m.Metadata[StreamMeta]
+	_, consumer := m.Metadata[ConsumerMeta]
+	if !stream && !consumer {
+		return m
+	}
+	c := message.NewMessage(m.UUID, m.Payload)
+	c.Metadata = make(message.Metadata, len(m.Metadata))
+	for k, v := range m.Metadata {
+		if k != StreamMeta && k != ConsumerMeta {
+			c.Metadata[k] = v
+		}
+	}
+	return c
 }
