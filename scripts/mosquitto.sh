@@ -52,7 +52,7 @@ allow_anonymous true
 persistence true
 persistence_location $dir/data/
 autosave_interval 1
-max_inflight_messages 1000
+max_inflight_messages 2048
 max_queued_messages 1000000
 max_queued_bytes 0
 persistent_client_expiration 1d

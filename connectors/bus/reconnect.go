@@ -151,6 +151,8 @@ type ReconnectingSubscriber struct {
 	health *component.Health
 	logger *slog.Logger
 
+	buffer int // room in the channel Subscribe returns
+
 	mu      sync.Mutex
 	err     error
 	cancels []context.CancelFunc
@@ -165,6 +167,17 @@ func NewReconnectingSubscriber(name string, dial Dial, r Reconnect, health *comp
 		logger = slog.Default()
 	}
 	return &ReconnectingSubscriber{name: name, dial: dial, r: r, health: health, logger: logger}
+}
+
+// WithBuffer gives the channels Subscribe returns room for n messages
+// (none by default), so that a connection's messages are handed on in
+// runs rather than one synchronous handoff each; call it before
+// Subscribe. Messages still in the buffer when the subscription ends are
+// neither acked nor nacked: they are left to the broker, which redelivers
+// them as it does a message of a lost connection. It returns s.
+func (s *ReconnectingSubscriber) WithBuffer(n int) *ReconnectingSubscriber {
+	s.buffer = max(n, 0)
+	return s
 }
 
 // Subscribe implements message.Subscriber: the channel it returns carries
@@ -185,7 +198,7 @@ func (s *ReconnectingSubscriber) Subscribe(ctx context.Context, topic string) (<
 		}
 		first, release = msgs, rel
 	}
-	out := make(chan *message.Message)
+	out := make(chan *message.Message, s.buffer)
 	s.mu.Lock()
 	s.cancels = append(s.cancels, cancel)
 	s.mu.Unlock()

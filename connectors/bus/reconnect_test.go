@@ -357,3 +357,31 @@ func TestSinkRetriesWhileTheBrokerIsAway(t *testing.T) {
 		})
 	}
 }
+
+// TestReconnectingSubscriberWithBuffer: with WithBuffer(n) a connection's
+// messages are handed on into the subscription's buffer without waiting
+// for the reader to take each one; without it each waits for the reader.
+func TestReconnectingSubscriberWithBuffer(t *testing.T) {
+	b := newFakeBroker()
+	s := NewReconnectingSubscriber("src", b.dial, Reconnect{Initial: time.Millisecond}, nil, quiet).WithBuffer(3)
+	defer s.Close()
+	out, err := s.Subscribe(context.Background(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-b.dialed
+	conn := b.conn()
+	for i := range 3 {
+		select {
+		case conn <- message.NewMessage(string(rune('a'+i)), []byte(`{}`)):
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d not taken while nothing reads the subscription", i)
+		}
+	}
+	waitFor(t, "3 messages buffered", func() bool { return len(out) == 3 })
+	for _, want := range []string{"a", "b", "c"} {
+		if m := recv(t, out); m.UUID != want {
+			t.Fatalf("message %s, want %s", m.UUID, want)
+		}
+	}
+}

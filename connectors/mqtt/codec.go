@@ -39,13 +39,7 @@ type decoder struct {
 // decode gives a message carrying bus.DecodeErrorKey, which the Source
 // dead-letters.
 func (d *decoder) decode(r received) *message.Message {
-	info, _ := json.Marshal(struct {
-		Topic     string `json:"topic"`
-		QoS       byte   `json:"qos"`
-		Retained  bool   `json:"retained"`
-		Duplicate bool   `json:"duplicate"`
-	}{r.topic, r.qos, r.retained, r.duplicate})
-	md := message.Metadata{MetaKey: string(info)}
+	md := message.Metadata{MetaKey: mqttInfo(r)}
 	jsonKeys := []string{MetaKey}
 	finish := func(id string, payload []byte, reason string) *message.Message {
 		m := message.NewMessage(id, payload)
@@ -84,6 +78,41 @@ func (d *decoder) decode(r received) *message.Message {
 		}
 	}
 	return finish(id, data, "")
+}
+
+// mqttInfo returns meta.mqtt of r, {"topic", "qos", "retained",
+// "duplicate"}: the bytes json.Marshal gives for these fields, without its
+// reflection for each message.
+func mqttInfo(r received) string {
+	b := make([]byte, 0, len(r.topic)+64)
+	b = append(b, `{"topic":`...)
+	if plainJSONString(r.topic) {
+		b = append(b, '"')
+		b = append(b, r.topic...)
+		b = append(b, '"')
+	} else {
+		q, _ := json.Marshal(r.topic)
+		b = append(b, q...)
+	}
+	b = append(b, `,"qos":`...)
+	b = strconv.AppendUint(b, uint64(r.qos), 10)
+	b = append(b, `,"retained":`...)
+	b = strconv.AppendBool(b, r.retained)
+	b = append(b, `,"duplicate":`...)
+	b = strconv.AppendBool(b, r.duplicate)
+	b = append(b, '}')
+	return string(b)
+}
+
+// plainJSONString tells whether s is printable ASCII that json.Marshal
+// copies as is between quotes.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // envelope reads a CodecEvent payload {"data": ..., "meta": {...}}: data,

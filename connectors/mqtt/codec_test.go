@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -156,6 +157,29 @@ func TestTopics(t *testing.T) {
 		err := checkDeadLetter(tc.filter, tc.dead)
 		if (tc.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("checkDeadLetter(%q, %q) = %v, want %q", tc.filter, tc.dead, err, tc.want)
+		}
+	}
+}
+
+// TestMQTTInfo: meta.mqtt is the JSON json.Marshal gives for the fields,
+// whatever the topic holds.
+func TestMQTTInfo(t *testing.T) {
+	for _, r := range []received{
+		{topic: "s/a/t", qos: 1, retained: true},
+		{topic: "", qos: 0, duplicate: true},
+		{topic: "x>y&z", qos: 1},
+		{topic: `a"b\c<d>&e`, qos: 2},
+		{topic: "caf\u00e9/\u2028/\x01", qos: 1, retained: true, duplicate: true},
+		{topic: "bad\xffutf8", qos: 1},
+	} {
+		want, _ := json.Marshal(struct {
+			Topic     string `json:"topic"`
+			QoS       byte   `json:"qos"`
+			Retained  bool   `json:"retained"`
+			Duplicate bool   `json:"duplicate"`
+		}{r.topic, r.qos, r.retained, r.duplicate})
+		if got := mqttInfo(r); got != string(want) {
+			t.Errorf("mqttInfo(%q) = %s, want %s", r.topic, got, want)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net"
 	"runtime"
@@ -155,6 +156,63 @@ func TestMaxInflight(t *testing.T) {
 	}
 	first.Ack()
 	next(t, c)
+}
+
+// TestQueuedMessagesHandedOverAtOnce: the messages queued are handed
+// over in one go, as many as there are slots, without waiting for the
+// reader to take each (out has room for every slot); the one beyond the
+// slots waits.
+func TestQueuedMessagesHandedOverAtOnce(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 3)
+	log := &ackLog{}
+	for id := uint16(1); id <= 4; id++ {
+		c.handle(nil, &fakeMessage{id: id, acks: log})
+	}
+	c.start()
+	defer c.release()
+	for deadline := time.Now().Add(5 * time.Second); len(c.out) < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages handed over without a reader, want 3", len(c.out))
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := len(c.out); n != 3 {
+		t.Fatalf("%d messages handed over with 3 slots", n)
+	}
+	for id := 1; id <= 3; id++ {
+		next(t, c).Ack()
+	}
+	next(t, c).Ack()
+	if got := waitAcks(log, 4, 5*time.Second); len(got) != 4 || got[0] != 1 || got[3] != 4 {
+		t.Fatalf("acks %v, want [1 2 3 4]", got)
+	}
+}
+
+// TestLostConnectionTakesBackItsMessages: messages handed over but not yet
+// taken when the connection ends are taken back (the broker resends them),
+// not processed after it, and not acked.
+func TestLostConnectionTakesBackItsMessages(t *testing.T) {
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 10)
+	log := &ackLog{}
+	for id := uint16(1); id <= 3; id++ {
+		c.handle(nil, &fakeMessage{id: id, acks: log})
+	}
+	c.start()
+	for deadline := time.Now().Add(5 * time.Second); len(c.out) < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages handed over, want 3", len(c.out))
+		}
+	}
+	c.lost(nil, errors.New("connection reset"))
+	if err := c.release(); err != nil {
+		t.Fatal(err)
+	}
+	if m, open := <-c.out; open {
+		t.Fatalf("message %s still handed over after the connection ended", m.Payload)
+	}
+	if got := log.get(); len(got) != 0 {
+		t.Errorf("acks %v", got)
+	}
 }
 
 // TestNoGoroutinePerMessage: handing messages over and waiting for their

@@ -19,7 +19,9 @@ import (
 //
 // Three goroutines take part, whatever the number of messages: the
 // client's router queues each message as it arrives (push, which never
-// blocks); the forwarder hands them to out, at most maxInflight unsettled;
+// blocks); the forwarder hands them to out (buffered: it holds every
+// unsettled message) as many at once as are queued, at most maxInflight
+// unsettled;
 // the settler waits for their settlement in the order they arrived (the
 // order they are acknowledged in: MQTT 3.1.1 and 5, §4.6) and sends the
 // acks of each run of done messages at once (ack). A message done while
@@ -69,7 +71,7 @@ func newIntake[P any](logger *slog.Logger, name string, maxInflight int, ack fun
 	ctx, cancel := context.WithCancel(context.Background())
 	return &intake[P]{
 		logger: logger, name: name, ack: ack,
-		out:    make(chan *message.Message),
+		out:    make(chan *message.Message, maxInflight),
 		slots:  make(chan struct{}, maxInflight),
 		handed: make(chan pending[P], maxInflight),
 		ctx:    ctx, cancel: cancel,
@@ -115,10 +117,25 @@ func (c *intake[P]) stop() {
 
 // forward hands queued messages to out, in arrival order (a message
 // handed over again after a nack goes to the end), until the connection
-// ends; then it closes out.
+// ends; then it closes out. It takes everything queued that free slots
+// allow in one go: out has room for every slot, so handing a run of
+// messages over costs one wake-up of the forwarder, not one handoff per
+// message. Messages still in out when the connection ends are taken back
+// (they stay with the broker's session, unacknowledged), so that a lost
+// connection's messages are not processed after it.
 func (c *intake[P]) forward() {
 	defer c.wg.Done()
-	defer close(c.out)
+	defer func() {
+		for {
+			select {
+			case <-c.out:
+			default:
+				close(c.out)
+				return
+			}
+		}
+	}()
+	var batch []pending[P]
 	for {
 		// Wait for a slot: the broker may send more than its window
 		// (mosquitto 2.0 does, for a 3.1.1 session's queued messages),
@@ -129,17 +146,27 @@ func (c *intake[P]) forward() {
 		case <-c.ctx.Done():
 			return
 		}
+		held := 1
 		c.mu.Lock()
-		var p pending[P]
-		ok := len(c.queue) > 0
-		if ok {
-			p = c.queue[0]
-			c.queue[0] = pending[P]{}
-			c.queue = c.queue[1:]
+		n := len(c.queue)
+	more:
+		for held < n {
+			select {
+			case c.slots <- struct{}{}:
+				held++
+			default:
+				break more
+			}
 		}
+		k := min(held, n)
+		batch = append(batch[:0], c.queue[:k]...)
+		clear(c.queue[:k])
+		c.queue = c.queue[k:]
 		c.mu.Unlock()
-		if !ok {
+		for range held - k {
 			<-c.slots
+		}
+		if k == 0 {
 			select {
 			case <-c.wake:
 				continue
@@ -147,13 +174,17 @@ func (c *intake[P]) forward() {
 				return
 			}
 		}
-		p.msg.Metadata.Set(bus.DeliveredKey, strconv.Itoa(p.deliveries))
-		c.handed <- p // never blocks: p holds a slot
-		select {
-		case c.out <- p.msg:
-		case <-c.ctx.Done():
-			return
+		for i := range batch {
+			p := &batch[i]
+			p.msg.Metadata.Set(bus.DeliveredKey, strconv.Itoa(p.deliveries))
+			c.handed <- *p // never blocks: p holds a slot
+			select {
+			case c.out <- p.msg: // never blocks either
+			case <-c.ctx.Done():
+				return
+			}
 		}
+		clear(batch)
 	}
 }
 

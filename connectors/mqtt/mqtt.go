@@ -82,7 +82,11 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 		dead = &publisher5{opts: opts.Options, clientID: opts.ClientID + "-dead", qos: 1, codec: CodecEvent,
 			timeout: DefaultPublishTimeout, deadLetters: true, retry: opts.Reconnect, logger: opts.Logger}
 	}
-	sub := bus.NewReconnectingSubscriber(opts.Source.Name, dial, opts.Reconnect, opts.Health, opts.Logger)
+	// A buffer of a window: the source collects a window from it at
+	// once instead of one handoff per message (the intake bounds what is
+	// unsettled, buffered or not).
+	sub := bus.NewReconnectingSubscriber(opts.Source.Name, dial, opts.Reconnect, opts.Health, opts.Logger).
+		WithBuffer(opts.Source.Window)
 	so := opts.Source
 	so.OnClose = func() error {
 		err := sub.Close()

@@ -24,9 +24,10 @@ const (
 	// DefaultPublishTimeout bounds the wait for the broker's PUBACK.
 	DefaultPublishTimeout = 10 * time.Second
 	// DefaultMaxInflight is the most messages a source processes
-	// unsettled: twice bus.DefaultWindow, so that a window is emitted
-	// while the previous one is finishing.
-	DefaultMaxInflight = 2 * bus.DefaultWindow
+	// unsettled: bus.DefaultWindowsInFlight windows, as the other bus
+	// sources hold, so that while one window's puts are synced the next
+	// ones are read and processed (their puts share the next sync).
+	DefaultMaxInflight = bus.DefaultWindowsInFlight * bus.DefaultWindow
 	// DefaultQoS is the QoS of subscriptions and publishes: at least once.
 	DefaultQoS = 1
 	// DeadLetterSuffix is appended to a topic without wildcards to name

@@ -27,7 +27,7 @@ func TestSpecRefusals(t *testing.T) {
 		{`mode: read, topic: "a/+", dead_letter: "dead/+"`, `dead_letter: dead_letter: topic "dead/+": wildcards`},
 		{`mode: read, topic: "a/#/b"`, `topic: topic "a/#/b": '#' must be the last level`},
 		{`mode: write, topic: "a/+"`, `topic: topic "a/+": wildcards`},
-		{`mode: read, topic: a, window: 600`, `window: 600 is more than max_inflight 512`},
+		{`mode: read, topic: a, window: 1100`, `window: 1100 is more than max_inflight 1024`},
 		{`mode: read, topic: a, qos: 3`, `qos`},
 		{`mode: read, topic: a, codec: xml`, `codec`},
 		{`mode: read, topic: a, tls_cert: c.pem`, `tls_key: tls_cert and tls_key go together`},
