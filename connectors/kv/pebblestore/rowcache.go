@@ -18,7 +18,7 @@ import (
 const rowCacheShards = 16
 
 // rowEntryOverhead approximates the memory of one entry beyond its key and
-// record bytes: the entry itself and its map slot.
+// record bytes: the entry itself and its table slots (see rowTable).
 const rowEntryOverhead = 128
 
 // rowCache holds recently read or written stored records by key, exactly as
@@ -97,10 +97,10 @@ type rowShard struct {
 type rowEntry struct {
 	newer, older *rowEntry // neighbours in the shard's list while cached
 	shard        *rowShard
-	// data is the key followed by the record. The shard's map key views
-	// data[:keyLen], so a lookup compares the key in the memory it then
-	// reads the record from. The key bytes of an array are never written
-	// after it is made.
+	// data is the key followed by the record, so a lookup whose hash
+	// matches (see rowTable) compares the key in the memory it then reads
+	// the record from. The key bytes of an array are never written after
+	// it is made.
 	data   []byte
 	keyLen uint16
 	// inline is the size of the buffer allocated with the entry, in
