@@ -18,7 +18,7 @@ import (
 const rowCacheShards = 16
 
 // rowEntryOverhead approximates the memory of one entry beyond its key and
-// record bytes: the entry itself and its map slot.
+// record bytes: the entry itself and its table slots (see rowTable).
 const rowEntryOverhead = 128
 
 // rowCache holds recently read or written stored records by key, exactly as
@@ -63,13 +63,14 @@ type rowShard struct {
 	mu sync.Mutex
 	// entries and the list from newest to oldest hold the same entries:
 	// the list is the eviction order, the next to go last (see evict).
-	// Our own map and list rather than a cache library's: the writer
+	// Our own table and list rather than a cache library's: the writer
 	// updates entries through pointers it already holds, which such
 	// libraries only offer by key (a second hash lookup per read and per
-	// write), and an entry here is two allocations (see rowEntry) where
+	// write), and an entry here is one allocation (see rowEntry) where
 	// theirs are four or five, every one of them marked by the garbage
 	// collector at each cycle and a memory access on a lookup.
-	entries        map[string]*rowEntry // keys view their entry's data
+	entries        rowTable
+	seed           maphash.Seed // the cache's, to hash a key again
 	newest, oldest *rowEntry
 	count          int
 	bytes          int64 // accounted size of the entries
@@ -96,10 +97,10 @@ type rowShard struct {
 type rowEntry struct {
 	newer, older *rowEntry // neighbours in the shard's list while cached
 	shard        *rowShard
-	// data is the key followed by the record. The shard's map key views
-	// data[:keyLen], so a lookup compares the key in the memory it then
-	// reads the record from. The key bytes of an array are never written
-	// after it is made.
+	// data is the key followed by the record, so a lookup whose hash
+	// matches (see rowTable) compares the key in the memory it then reads
+	// the record from. The key bytes of an array are never written after
+	// it is made.
 	data   []byte
 	keyLen uint16
 	// inline is the size of the buffer allocated with the entry, in
@@ -209,8 +210,7 @@ func (e *rowEntry) key() string { return unsafe.String(unsafe.SliceData(e.data),
 func (e *rowEntry) rec() []byte { return e.data[e.keyLen:len(e.data):len(e.data)] }
 
 // set gives the entry rec, or makes the key absent, reusing data's memory
-// when it is large enough. It reports whether data moved, which leaves a
-// map key viewing the old memory.
+// when it is large enough. It reports whether data moved.
 func (e *rowEntry) set(rec []byte, absent bool) (moved bool) {
 	old := unsafe.SliceData(e.data)
 	if absent {
@@ -249,25 +249,29 @@ func newRowCache(budget int64) *rowCache {
 		sh.budget = per
 		sh.writeAdmit = per
 		sh.index = i
-		sh.entries = make(map[string]*rowEntry)
+		sh.seed = c.seed
 	}
 	return c
 }
 
-func (c *rowCache) shard(key []byte) *rowShard {
-	return &c.shards[c.shardIndex(key)]
+// shard returns key's shard and hash: the hash chooses the shard with its
+// low bits and the key's slots in the shard's table with the others, so a
+// key is hashed once per lookup.
+func (c *rowCache) shard(key []byte) (*rowShard, uint64) {
+	h := rowHash(c.seed, key)
+	return &c.shards[h%rowCacheShards], h
 }
 
 func (c *rowCache) shardIndex(key []byte) int {
-	return int(maphash.Bytes(c.seed, key) % rowCacheShards)
+	return int(rowHash(c.seed, key) % rowCacheShards)
 }
 
 // get looks key up. On a hit it appends the cached record to dst (so it
 // stays valid whatever the writer does next) or reports the key absent.
 func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
-	sh := c.shard(key)
+	sh, h := c.shard(key)
 	sh.mu.Lock()
-	e := sh.lookup(key)
+	e := sh.lookup(h, key)
 	if e == nil {
 		sh.mu.Unlock()
 		return dst, false, false
@@ -288,18 +292,18 @@ func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 // and e.absent without the shard lock while it builds the group; it also
 // keeps e, for publish to update when the group is applied.
 func (c *rowCache) writerGet(key []byte) *rowEntry {
-	sh := c.shard(key)
+	sh, h := c.shard(key)
 	sh.mu.Lock()
-	e := sh.lookup(key)
+	e := sh.lookup(h, key)
 	sh.mu.Unlock()
 	return e
 }
 
-// lookup returns key's entry, counted as a hit and touched, or nil,
-// counted as a miss. The caller holds sh.mu.
-func (sh *rowShard) lookup(key []byte) *rowEntry {
-	e, ok := sh.entries[string(key)]
-	if !ok {
+// lookup returns key's entry, h being key's hash, counted as a hit and
+// touched, or nil, counted as a miss. The caller holds sh.mu.
+func (sh *rowShard) lookup(h uint64, key []byte) *rowEntry {
+	e := sh.entries.find(h, key)
+	if e == nil {
 		sh.misses++
 		return nil
 	}
@@ -314,15 +318,15 @@ func (sh *rowShard) lookup(key []byte) *rowEntry {
 // already (then with the same record), and returns the entry, or nil when
 // the record is too large to keep.
 func (c *rowCache) writerFill(key, rec []byte, absent bool) *rowEntry {
-	sh := c.shard(key)
+	sh, h := c.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e, ok := sh.entries[string(key)]; ok {
+	if e := sh.entries.find(h, key); e != nil {
 		sh.touch(e)
 		return e
 	}
 	e := newRowEntry(key, rec, absent)
-	if e == nil || !sh.add(e) {
+	if e == nil || !sh.add(h, e) {
 		return nil
 	}
 	return e
@@ -341,10 +345,10 @@ func (c *rowCache) beginRead() uint64 { return c.epoch.Load() }
 // overlapped the read. rec is appended to dst when it comes from the cache.
 // The writer goroutine uses writerFill instead.
 func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, dst []byte) ([]byte, bool) {
-	sh := c.shard(key)
+	sh, h := c.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e, ok := sh.entries[string(key)]; ok {
+	if e := sh.entries.find(h, key); e != nil {
 		sh.touch(e)
 		if e.absent {
 			return dst, true
@@ -355,22 +359,22 @@ func (c *rowCache) fill(key, rec []byte, absent bool, epoch uint64, dst []byte) 
 		return rec, absent
 	}
 	if e := newRowEntry(key, rec, absent); e != nil {
-		sh.add(e)
+		sh.add(h, e)
 	}
 	return rec, absent
 }
 
-// add inserts e, new and not cached, and evicts entries while the shard
-// is over its budget. An entry larger than the budget is not kept; add
-// reports whether e was.
-func (sh *rowShard) add(e *rowEntry) bool {
+// add inserts e, new and not cached, h being its key's hash, and evicts
+// entries while the shard is over its budget. An entry larger than the
+// budget is not kept; add reports whether e was.
+func (sh *rowShard) add(h uint64, e *rowEntry) bool {
 	n := e.size()
 	if n > sh.budget {
 		return false
 	}
 	e.shard, e.referenced, e.cached = sh, false, true
 	sh.pushNewest(e)
-	sh.entries[e.key()] = e
+	sh.entries.insert(h, e)
 	sh.count++
 	sh.bytes += n
 	sh.evict()
@@ -379,7 +383,7 @@ func (sh *rowShard) add(e *rowEntry) bool {
 
 // remove takes e out of the shard.
 func (sh *rowShard) remove(e *rowEntry) {
-	delete(sh.entries, e.key())
+	sh.entries.delete(rowHashString(sh.seed, e.key()), e)
 	sh.unlink(e)
 	e.cached = false
 	sh.count--
@@ -567,20 +571,21 @@ func (c *rowCache) endPublish() { c.epoch.Add(1) }
 func (sh *rowShard) update(known *rowEntry, key, rec []byte, absent bool) {
 	e := known // always key's entry: recordEntries pairs them
 	if e == nil || !e.cached {
-		cached, ok := sh.entries[string(key)]
+		h := rowHash(sh.seed, key)
+		cached := sh.entries.find(h, key)
 		switch {
-		case ok:
+		case cached != nil:
 			e = cached
 		case known != nil && known.fresh:
 			known.fresh = false
 			known.set(rec, absent)
-			sh.add(known)
+			sh.add(h, known)
 			return
 		case !absent && sh.writeAdmit > 0:
 			if e := newRowEntry(key, rec, false); e != nil {
 				e.byWrite = true
 				sh.writeAdmit -= e.size()
-				sh.add(e)
+				sh.add(h, e)
 			}
 			return
 		default:
@@ -595,11 +600,7 @@ func (sh *rowShard) update(known *rowEntry, key, rec []byte, absent bool) {
 		return
 	}
 	before := e.size()
-	if e.set(rec, absent) {
-		// The map's key views the old memory: key it by the new.
-		delete(sh.entries, e.key())
-		sh.entries[e.key()] = e
-	}
+	e.set(rec, absent) // the table holds e, not its memory
 	after := e.size()
 	if after > sh.budget {
 		sh.bytes += after - before
@@ -620,7 +621,7 @@ func (c *rowCache) clear() {
 			e.cached, e.newer, e.older = false, nil, nil
 			e = older
 		}
-		clear(sh.entries)
+		sh.entries.reset()
 		sh.newest, sh.oldest, sh.count = nil, nil, 0
 		sh.bytes = 0
 		sh.mu.Unlock()

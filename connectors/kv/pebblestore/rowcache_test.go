@@ -679,10 +679,10 @@ func TestRowCacheSortedReadModifyWrites(t *testing.T) {
 	}
 }
 
-// TestRowCacheKeysViewEntryData checks that every map key views its own
-// entry's current data after records grow and shrink in place and move:
-// a key left viewing an entry's old memory would keep that memory alive
-// unaccounted.
+// TestRowCacheKeysViewEntryData checks that every key stays found, through
+// its shard's table, with its current record after records grow and
+// shrink in place and move, and that the table agrees with the shard's
+// list (checkRowTable).
 func TestRowCacheKeysViewEntryData(t *testing.T) {
 	// Room for every entry in any one shard (16 MiB / 16 = 1 MiB against
 	// 50 entries of at most 5 KB): keys are spread over the shards by a
@@ -710,11 +710,8 @@ func TestRowCacheKeysViewEntryData(t *testing.T) {
 		c.publish(b.Repr(), nil)
 		c.endPublish()
 		for i := range c.shards {
-			sh := &c.shards[i]
-			for k, e := range sh.entries {
-				if unsafe.StringData(k) != unsafe.SliceData(e.data) {
-					t.Fatalf("round %d: the map key of %s views other memory than its entry", round, k)
-				}
+			if err := checkRowTable(&c.shards[i]); err != nil {
+				t.Fatalf("round %d: shard %d: %v", round, i, err)
 			}
 		}
 		for i := range 50 {
@@ -891,4 +888,35 @@ func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
 	if st := c.stats(); st.Bytes > rowCacheShards*perShard || st.Entries == 0 {
 		t.Errorf("%d entries, %d bytes cached, budget %d", st.Entries, st.Bytes, rowCacheShards*perShard)
 	}
+}
+
+// checkRowTable checks that sh's table holds exactly the entries of its
+// list, each in a slot with its key's hash and found by that key.
+func checkRowTable(sh *rowShard) error {
+	inList := make(map[*rowEntry]bool)
+	for e := sh.newest; e != nil; e = e.older {
+		inList[e] = true
+	}
+	used := 0
+	for i, s := range sh.entries.slots {
+		if s.hash == 0 {
+			if s.e != nil {
+				return fmt.Errorf("empty slot %d holds an entry", i)
+			}
+			continue
+		}
+		used++
+		switch {
+		case s.hash != rowHashString(sh.seed, s.e.key()):
+			return fmt.Errorf("slot %d: hash of %q is not its key's", i, s.e.key())
+		case !s.e.cached || s.e.shard != sh || !inList[s.e]:
+			return fmt.Errorf("slot %d: %q is in the table, not in the shard (cached %t)", i, s.e.key(), s.e.cached)
+		case sh.entries.find(s.hash, []byte(s.e.key())) != s.e:
+			return fmt.Errorf("slot %d: %q not found by its key", i, s.e.key())
+		}
+	}
+	if used != sh.entries.len() || used != sh.count || used != len(inList) {
+		return fmt.Errorf("%d slots in use, table counts %d, shard %d, list %d", used, sh.entries.len(), sh.count, len(inList))
+	}
+	return nil
 }

@@ -276,3 +276,169 @@ func TestMaxGroupBuildDefaultsOff(t *testing.T) {
 		t.Errorf("default MaxGroupBuild %v, want 0 (groups bounded by MaxGroup only)", opts.MaxGroupBuild)
 	}
 }
+
+// TestUnappliedIndexModel checks the index of a group's own writes
+// against a list of the records written, through random sets, deletes,
+// truncations back to a mark (a failed transaction) and re-indexing, with
+// enough keys that the heads table grows and its probe runs collide and
+// are shifted back by truncation: every key must read its latest record
+// still indexed, and a key not written must miss.
+func TestUnappliedIndexModel(t *testing.T) {
+	type rec struct {
+		key string
+		val string
+		del bool
+	}
+	for _, nkeys := range []int{3, 120, 200, 2000} {
+		t.Run(fmt.Sprintf("keys=%d", nkeys), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(5, uint64(nkeys)))
+			p := newUnappliedIndex()
+			for round := range 20 {
+				p.reset()
+				b := new(pebble.Batch)
+				var model []rec
+				check := func(step int) {
+					t.Helper()
+					repr := b.Repr()
+					for k := range nkeys + 5 { // the last 5 are never written
+						key := fmt.Sprintf("key%d", k)
+						var want *rec
+						for i := len(model) - 1; i >= 0; i-- {
+							if model[i].key == key {
+								want = &model[i]
+								break
+							}
+						}
+						got, del, hit := p.lookup(repr, []byte(key))
+						switch {
+						case want == nil && hit:
+							t.Fatalf("round %d step %d: %s found (%q, deleted %t), never written", round, step, key, got, del)
+						case want != nil && (!hit || del != want.del || !want.del && string(got) != want.val):
+							t.Fatalf("round %d step %d: %s = %q (deleted %t, hit %t), want %q (deleted %t)", round, step, key, got, del, hit, want.val, want.del)
+						}
+					}
+				}
+				for step := range 600 {
+					switch r := rng.IntN(20); {
+					case r < 3 && len(model) > 0: // a failed transaction
+						n := len(model) - rng.IntN(min(len(model), 30)+1)
+						if r == 0 {
+							n = rng.IntN(len(model) + 1)
+						}
+						model = model[:n]
+						p.truncate(n)
+						// The Pebble batch is rebuilt to the mark too.
+						nb := new(pebble.Batch)
+						for _, m := range model {
+							if m.del {
+								_ = nb.Delete([]byte(m.key), nil)
+							} else {
+								_ = nb.Set([]byte(m.key), []byte(m.val), nil)
+							}
+						}
+						if !bytes.Equal(nb.Repr()[batchHeaderLen:], b.Repr()[batchHeaderLen:len(nb.Repr())]) {
+							t.Fatal("rebuilt batch differs")
+						}
+						b = nb
+						check(step)
+					case r == 1:
+						p.reindex(slices.Clone(p.refs))
+					default:
+						m := rec{key: fmt.Sprintf("key%d", rng.IntN(nkeys)), del: rng.IntN(4) == 0}
+						var err error
+						if m.del {
+							err = b.Delete([]byte(m.key), nil)
+						} else {
+							m.val = fmt.Sprintf("v%d.%d", round, step)
+							err = b.Set([]byte(m.key), []byte(m.val), nil)
+						}
+						if err != nil {
+							t.Fatal(err)
+						}
+						p.add(b.Repr(), len(m.key), len(m.val), m.del, nil)
+						model = append(model, m)
+					}
+					if step%25 == 0 {
+						check(step)
+					}
+				}
+				check(600)
+			}
+		})
+	}
+}
+
+// TestUnappliedIndexTruncateAcrossGrowth truncates an index back to
+// every mark after enough distinct keys to grow its heads table twice:
+// growing places the heads again in table order, not in the order they
+// were written, so truncation must shift back the slots after one it
+// empties, or keys written before the mark stop being found.
+func TestUnappliedIndexTruncateAcrossGrowth(t *testing.T) {
+	const n = 3 * unappliedMinHeads / 2 // grows at half and at whole unappliedMinHeads
+	keys := make([][]byte, n)
+	for i := range keys {
+		keys[i] = fmt.Appendf(nil, "key%d", i)
+	}
+	p := newUnappliedIndex()
+	for mark := range n + 1 {
+		p.reset()
+		b := new(pebble.Batch)
+		for i, k := range keys {
+			v := fmt.Appendf(nil, "v%d", i)
+			if err := b.Set(k, v, nil); err != nil {
+				t.Fatal(err)
+			}
+			p.add(b.Repr(), len(k), len(v), false, nil)
+		}
+		p.truncate(mark)
+		for i, k := range keys {
+			got, _, hit := p.lookup(b.Repr(), k)
+			if i < mark && (!hit || string(got) != fmt.Sprintf("v%d", i)) || i >= mark && hit {
+				t.Fatalf("mark %d: %s = %q (hit %t), want written %t", mark, k, got, hit, i < mark)
+			}
+		}
+	}
+}
+
+// TestUnappliedHeadsDelete drives the heads table directly with hashes of
+// a few homes, so that probe runs collide and wrap around, and deletes
+// heads in random order (truncation deletes the newest, which rarely
+// needs slots shifted back): every hash present must be found at its
+// entry, every hash deleted not.
+func TestUnappliedHeadsDelete(t *testing.T) {
+	for _, homes := range []uint64{1, 5, 1 << 20} {
+		t.Run(fmt.Sprintf("homes=%d", homes), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(7, homes))
+			p := newUnappliedIndex()
+			present := make(map[uint64]int32) // hash -> entry
+			for step := range 5000 {
+				if len(present) > 0 && rng.IntN(2) == 0 {
+					for h := range present { // any one
+						slot, found := p.head(h)
+						if !found {
+							t.Fatalf("step %d: hash %x not found before deleting it", step, h)
+						}
+						p.deleteHead(slot)
+						delete(present, h)
+						break
+					}
+				} else {
+					// High bits make hashes distinct, low bits pick one of
+					// a few homes near the end of the table.
+					h := uint64(step+1)<<32 | (uint64(unappliedMinHeads) - 1 - rng.Uint64N(homes)%uint64(unappliedMinHeads))
+					p.refs = append(p.refs, unappliedRef{hash: h})
+					p.setHead(h, len(p.refs)-1)
+					present[h] = int32(len(p.refs) - 1)
+				}
+				if p.nHeads != len(present) {
+					t.Fatalf("step %d: %d heads, want %d", step, p.nHeads, len(present))
+				}
+				for h, i := range present {
+					if slot, found := p.head(h); !found || p.heads[slot]-1 != i {
+						t.Fatalf("step %d: hash %x found %t, want entry %d", step, h, found, i)
+					}
+				}
+			}
+		})
+	}
+}
