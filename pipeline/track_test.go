@@ -414,6 +414,52 @@ func TestEmitterSizesSlicesByTheLastFlush(t *testing.T) {
 	}
 }
 
+// TestEmitterSizesOutputByInput checks that a processor's output slice is
+// allocated once, in proportion to the input slice, when input slices vary
+// in length: 1:1, a filter keeping one event in four, and a fan-out of
+// two events per input event.
+func TestEmitterSizesOutputByInput(t *testing.T) {
+	tests := []struct {
+		name     string
+		perInput func(i int) int // events emitted for input event i
+		// wantCap is the capacity the slice of the second input (of 300
+		// events) should have, after a first of 100 events.
+		wantCap int
+	}{
+		{name: "one to one", perInput: func(int) int { return 1 }, wantCap: 300},
+		{name: "filter", perInput: func(i int) int { return map[bool]int{true: 1}[i%4 == 0] }, wantCap: 75},
+		// Larger than both the last output (200) and the input (300):
+		// the first allocation is the larger of the two, then append.
+		{name: "fan-out", perInput: func(int) int { return 2 }, wantCap: 300},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := New(Options{})
+			must(t, g.AddProcessor("p", &collector{}, PortOut))
+			must(t, g.AddProcessor("sink", &collector{}))
+			must(t, g.Link("p", PortOut, "sink"))
+			em, out := newEmitter(g, g.nodes["p"]), g.nodes["sink"].in
+			var caps []int
+			for _, n := range []int{100, 300} {
+				em.input(n)
+				for i := range n {
+					for range tt.perInput(i) {
+						em.Emit(PortOut, Event{})
+						if len(em.buf[0]) == 1 {
+							caps = append(caps, cap(em.buf[0]))
+						}
+					}
+				}
+				must(t, em.Flush(context.Background()))
+				<-out
+			}
+			if len(caps) != 2 || caps[1] != tt.wantCap {
+				t.Errorf("capacities of the output slices when first allocated = %v, want the second %d", caps, tt.wantCap)
+			}
+		})
+	}
+}
+
 // BenchmarkGraphTracked moves events from a source through one processor
 // to a sink, with and without tracking, to show what tracking costs.
 func BenchmarkGraphTracked(b *testing.B) {
