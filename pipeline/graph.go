@@ -501,6 +501,10 @@ type emitter struct {
 	// processor fed slices of varying length gets one allocation per
 	// slice, not a doubling every time a slice is longer than the last.
 	in, lastIn int
+	// port is the index of the port of the last Emit: most events of a
+	// node go to the same port, and comparing a name is cheaper than a
+	// map lookup.
+	port int
 }
 
 // newEmitter returns an emitter for n's ports.
@@ -509,7 +513,13 @@ func newEmitter(g *Graph, n *node) *emitter {
 }
 
 func (e *emitter) Emit(port string, ev Event) {
-	i, ok := e.n.portIndex[port]
+	i, ok := e.port, true
+	if i >= len(e.n.ports) || e.n.ports[i] != port {
+		// Not the port of the last Emit: look it up.
+		if i, ok = e.n.portIndex[port]; ok {
+			e.port = i
+		}
+	}
 	if !ok || len(e.n.targets[i]) == 0 {
 		if ok {
 			e.n.counts[i].Add(1)

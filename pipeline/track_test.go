@@ -460,6 +460,58 @@ func TestEmitterSizesOutputByInput(t *testing.T) {
 	}
 }
 
+// TestEmitterPorts checks that events go to the port named, whatever the
+// port of the event before.
+func TestEmitterPorts(t *testing.T) {
+	g := New(Options{})
+	must(t, g.AddProcessor("p", &collector{}, PortOut, PortErr))
+	must(t, g.AddProcessor("out", &collector{}))
+	must(t, g.AddProcessor("err", &collector{}))
+	must(t, g.Link("p", PortOut, "out"))
+	must(t, g.Link("p", PortErr, "err"))
+	em := newEmitter(g, g.nodes["p"])
+	ports := []string{PortOut, PortErr, PortErr, PortOut, "nope", PortOut}
+	for i, port := range ports {
+		em.Emit(port, Event{Data: []byte{byte('0' + i)}})
+	}
+	must(t, em.Flush(context.Background()))
+	got := map[string]string{}
+	for _, name := range []string{"out", "err"} {
+		for _, ev := range <-g.nodes[name].in {
+			got[name] += string(ev.Data)
+		}
+	}
+	if got["out"] != "035" || got["err"] != "12" {
+		t.Errorf("out got %q, err got %q; want \"035\" and \"12\"", got["out"], got["err"])
+	}
+}
+
+// BenchmarkEmitterEmit emits 1000 events on one port, then flushes them.
+func BenchmarkEmitterEmit(b *testing.B) {
+	g := New(Options{})
+	if err := g.AddProcessor("p", &collector{}, PortOut, PortErr); err != nil {
+		b.Fatal(err)
+	}
+	if err := g.AddProcessor("sink", &collector{}); err != nil {
+		b.Fatal(err)
+	}
+	if err := g.Link("p", PortOut, "sink"); err != nil {
+		b.Fatal(err)
+	}
+	em, in := newEmitter(g, g.nodes["p"]), g.nodes["sink"].in
+	for b.Loop() {
+		em.input(1000)
+		for range 1000 {
+			em.Emit(PortOut, Event{})
+		}
+		if err := em.Flush(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		<-in
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "events/s")
+}
+
 // BenchmarkGraphTracked moves events from a source through one processor
 // to a sink, with and without tracking, to show what tracking costs.
 func BenchmarkGraphTracked(b *testing.B) {
