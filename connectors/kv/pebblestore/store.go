@@ -1566,7 +1566,7 @@ const batchHeaderLen = 12
 // goroutine and is reused from group to group.
 type unappliedIndex struct {
 	seed  maphash.Seed
-	heads map[uint64]int32 // key hash -> newest entry with that hash
+	heads hashHeads // key hash -> newest entry with that hash
 	refs  []unappliedRef
 
 	sortBuf  []unappliedRef // sortByKey's scratch
@@ -1586,11 +1586,11 @@ type unappliedRef struct {
 }
 
 func newUnappliedIndex() *unappliedIndex {
-	return &unappliedIndex{seed: maphash.MakeSeed(), heads: make(map[uint64]int32)}
+	return &unappliedIndex{seed: maphash.MakeSeed()}
 }
 
 func (p *unappliedIndex) reset() {
-	clear(p.heads)
+	p.heads.reset()
 	p.refs = p.refs[:0]
 }
 
@@ -1604,11 +1604,8 @@ func (p *unappliedIndex) add(repr []byte, keyLen, valLen int, del bool, entry *r
 	}
 	keyOff := end - keyLen
 	h := maphash.Bytes(p.seed, repr[keyOff:end])
-	prev, ok := p.heads[h]
-	if !ok {
-		prev = -1
-	}
-	p.heads[h] = int32(len(p.refs))
+	prev, _ := p.heads.get(h)
+	p.heads.set(h, int32(len(p.refs)))
 	p.refs = append(p.refs, unappliedRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
 }
 
@@ -1616,15 +1613,11 @@ func (p *unappliedIndex) add(repr []byte, keyLen, valLen int, del bool, entry *r
 // with their new offsets, the index's contents; the old refs become the
 // sort scratch.
 func (p *unappliedIndex) reindex(refs []unappliedRef) {
-	clear(p.heads)
+	p.heads.reset()
 	for i := range refs {
 		r := &refs[i]
-		prev, ok := p.heads[r.hash]
-		if !ok {
-			prev = -1
-		}
-		r.prev = prev
-		p.heads[r.hash] = int32(i)
+		r.prev, _ = p.heads.get(r.hash)
+		p.heads.set(r.hash, int32(i))
 	}
 	p.refs, p.sortBuf = refs, p.refs
 }
@@ -1636,7 +1629,7 @@ func (p *unappliedIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 		return nil, false, false
 	}
 	h := maphash.Bytes(p.seed, key)
-	i, ok := p.heads[h]
+	i, ok := p.heads.get(h)
 	if !ok {
 		return nil, false, false
 	}
@@ -1659,11 +1652,7 @@ func (p *unappliedIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 func (p *unappliedIndex) truncate(n int) {
 	for i := len(p.refs) - 1; i >= n; i-- {
 		r := p.refs[i]
-		if r.prev < 0 {
-			delete(p.heads, r.hash)
-		} else {
-			p.heads[r.hash] = r.prev
-		}
+		p.heads.set(r.hash, r.prev) // -1: no older entry, as if never added
 	}
 	p.refs = p.refs[:n]
 }
