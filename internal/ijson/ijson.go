@@ -289,6 +289,11 @@ func (c *Checker) check(b []byte) error {
 				break after
 			case top.obj && b[i] == '}' || !top.obj && b[i] == ']':
 				c.keys = c.keys[:top.keys]
+				if top.set != 0 {
+					// Sets are made innermost first: this one is the last.
+					c.sets[top.set-1] = nil
+					c.sets = c.sets[:top.set-1]
+				}
 				*top = frame{}
 				c.stack = c.stack[:len(c.stack)-1]
 				i++

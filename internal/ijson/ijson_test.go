@@ -109,6 +109,31 @@ func escapedObject(n int, dup string) string {
 	return b.String()
 }
 
+// TestCheckDropsClosedObjectsSets checks an array of many big objects
+// (each past linearKeys members, so each gets a set of names) and nested
+// big objects: the set of an object is dropped when it closes, so a text
+// never holds more sets at once than it nests big objects.
+func TestCheckDropsClosedObjectsSets(t *testing.T) {
+	big := bigObject(2*linearKeys, false)
+	var b strings.Builder
+	b.WriteString("[")
+	for i := range 1000 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(big)
+	}
+	b.WriteString(`,` + big[:len(big)-1] + `,"in":` + big[:len(big)-1] + `,"k00":3}}]`)
+	var c Checker
+	_, err := c.Check([]byte(b.String()), "")
+	if !errors.Is(err, ErrDuplicateKey) {
+		t.Fatalf("Check = %v, want the duplicate k00 in the innermost object", err)
+	}
+	if cap(c.sets) > 4 {
+		t.Errorf("Check held up to %d sets of names at once, want at most 2", cap(c.sets))
+	}
+}
+
 // TestPlainWords compares PlainWords with a byte at a time, for every
 // byte value at every position of a 40-byte text.
 func TestPlainWords(t *testing.T) {
