@@ -316,6 +316,7 @@ func (g *Graph) Run(ctx context.Context) error {
 			} else {
 				g.receive(hard, n, func(events []Event) {
 					var flags uint32
+					em.input(len(events))
 					if err := n.processor.Process(hard, events, em); err != nil {
 						fail(n, err)
 						flags = flagFailed
@@ -365,6 +366,7 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 			// Called even when failing: the processor may hold resources
 			// (or writes in flight) until its FinishFunc returns.
 			var flags uint32
+			em.input(len(s.events))
 			if err := s.finish(hard, em); err != nil {
 				fail(n, err)
 				flags = flagFailed
@@ -493,6 +495,16 @@ type emitter struct {
 	// (a third of the copying and about half the garbage of a
 	// 1000-event slice).
 	last []int
+	// For a processor: the length of the input slice being processed
+	// (in) and of the one processed when last was flushed (lastIn), so
+	// that a slice's output is sized in proportion to its input: a 1:1
+	// processor fed slices of varying length gets one allocation per
+	// slice, not a doubling every time a slice is longer than the last.
+	in, lastIn int
+	// port is the index of the port of the last Emit: most events of a
+	// node go to the same port, and comparing a name is cheaper than a
+	// map lookup.
+	port int
 }
 
 // newEmitter returns an emitter for n's ports.
@@ -501,7 +513,13 @@ func newEmitter(g *Graph, n *node) *emitter {
 }
 
 func (e *emitter) Emit(port string, ev Event) {
-	i, ok := e.n.portIndex[port]
+	i, ok := e.port, true
+	if i >= len(e.n.ports) || e.n.ports[i] != port {
+		// Not the port of the last Emit: look it up.
+		if i, ok = e.n.portIndex[port]; ok {
+			e.port = i
+		}
+	}
 	if !ok || len(e.n.targets[i]) == 0 {
 		if ok {
 			e.n.counts[i].Add(1)
@@ -533,9 +551,25 @@ func (e *emitter) Emit(port string, ev Event) {
 		o.t.ref(o.i, len(e.n.targets[i]), flags)
 	}
 	if e.buf[i] == nil && e.last[i] > 0 {
-		e.buf[i] = make([]Event, 0, e.last[i])
+		e.buf[i] = make([]Event, 0, e.sizeFor(i))
 	}
 	e.buf[i] = append(e.buf[i], ev)
+}
+
+// input tells the emitter of a processor that a slice of n events is being
+// processed.
+func (e *emitter) input(n int) { e.in = n }
+
+// sizeFor returns the capacity to give port i's next slice: its last
+// length, scaled by how much longer or shorter the input slice is than the
+// one that gave it, but no more than the larger of that last length and
+// the input's (an output larger than both grows by append).
+func (e *emitter) sizeFor(i int) int {
+	last := e.last[i]
+	if e.in == 0 || e.lastIn == 0 || e.in == e.lastIn {
+		return last
+	}
+	return max(1, min(last*e.in/e.lastIn, max(last, e.in)))
 }
 
 // Flush sends each port's queued slice to every node linked to it. If ctx
@@ -557,7 +591,7 @@ func (e *emitter) Flush(ctx context.Context) error {
 			}
 		}
 		e.n.counts[i].Add(uint64(len(events)))
-		e.last[i] = len(events)
+		e.last[i], e.lastIn = len(events), e.in
 		e.buf[i] = nil // receivers own the sent slice now
 		e.sent[i] = 0
 	}

@@ -414,6 +414,104 @@ func TestEmitterSizesSlicesByTheLastFlush(t *testing.T) {
 	}
 }
 
+// TestEmitterSizesOutputByInput checks that a processor's output slice is
+// allocated once, in proportion to the input slice, when input slices vary
+// in length: 1:1, a filter keeping one event in four, and a fan-out of
+// two events per input event.
+func TestEmitterSizesOutputByInput(t *testing.T) {
+	tests := []struct {
+		name     string
+		perInput func(i int) int // events emitted for input event i
+		// wantCap is the capacity the slice of the second input (of 300
+		// events) should have, after a first of 100 events.
+		wantCap int
+	}{
+		{name: "one to one", perInput: func(int) int { return 1 }, wantCap: 300},
+		{name: "filter", perInput: func(i int) int { return map[bool]int{true: 1}[i%4 == 0] }, wantCap: 75},
+		// Larger than both the last output (200) and the input (300):
+		// the first allocation is the larger of the two, then append.
+		{name: "fan-out", perInput: func(int) int { return 2 }, wantCap: 300},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := New(Options{})
+			must(t, g.AddProcessor("p", &collector{}, PortOut))
+			must(t, g.AddProcessor("sink", &collector{}))
+			must(t, g.Link("p", PortOut, "sink"))
+			em, out := newEmitter(g, g.nodes["p"]), g.nodes["sink"].in
+			var caps []int
+			for _, n := range []int{100, 300} {
+				em.input(n)
+				for i := range n {
+					for range tt.perInput(i) {
+						em.Emit(PortOut, Event{})
+						if len(em.buf[0]) == 1 {
+							caps = append(caps, cap(em.buf[0]))
+						}
+					}
+				}
+				must(t, em.Flush(context.Background()))
+				<-out
+			}
+			if len(caps) != 2 || caps[1] != tt.wantCap {
+				t.Errorf("capacities of the output slices when first allocated = %v, want the second %d", caps, tt.wantCap)
+			}
+		})
+	}
+}
+
+// TestEmitterPorts checks that events go to the port named, whatever the
+// port of the event before.
+func TestEmitterPorts(t *testing.T) {
+	g := New(Options{})
+	must(t, g.AddProcessor("p", &collector{}, PortOut, PortErr))
+	must(t, g.AddProcessor("out", &collector{}))
+	must(t, g.AddProcessor("err", &collector{}))
+	must(t, g.Link("p", PortOut, "out"))
+	must(t, g.Link("p", PortErr, "err"))
+	em := newEmitter(g, g.nodes["p"])
+	ports := []string{PortOut, PortErr, PortErr, PortOut, "nope", PortOut}
+	for i, port := range ports {
+		em.Emit(port, Event{Data: []byte{byte('0' + i)}})
+	}
+	must(t, em.Flush(context.Background()))
+	got := map[string]string{}
+	for _, name := range []string{"out", "err"} {
+		for _, ev := range <-g.nodes[name].in {
+			got[name] += string(ev.Data)
+		}
+	}
+	if got["out"] != "035" || got["err"] != "12" {
+		t.Errorf("out got %q, err got %q; want \"035\" and \"12\"", got["out"], got["err"])
+	}
+}
+
+// BenchmarkEmitterEmit emits 1000 events on one port, then flushes them.
+func BenchmarkEmitterEmit(b *testing.B) {
+	g := New(Options{})
+	if err := g.AddProcessor("p", &collector{}, PortOut, PortErr); err != nil {
+		b.Fatal(err)
+	}
+	if err := g.AddProcessor("sink", &collector{}); err != nil {
+		b.Fatal(err)
+	}
+	if err := g.Link("p", PortOut, "sink"); err != nil {
+		b.Fatal(err)
+	}
+	em, in := newEmitter(g, g.nodes["p"]), g.nodes["sink"].in
+	for b.Loop() {
+		em.input(1000)
+		for range 1000 {
+			em.Emit(PortOut, Event{})
+		}
+		if err := em.Flush(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		<-in
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "events/s")
+}
+
 // BenchmarkGraphTracked moves events from a source through one processor
 // to a sink, with and without tracking, to show what tracking costs.
 func BenchmarkGraphTracked(b *testing.B) {

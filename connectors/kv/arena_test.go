@@ -3,6 +3,8 @@ package kv
 import (
 	"bytes"
 	"testing"
+
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 // TestResultArenaSlicesDoNotOverlap appends to every slice handed out up
@@ -45,5 +47,31 @@ func TestResultArenaAllocates(t *testing.T) {
 	allocs := testing.AllocsPerRun(1000, func() { _ = a.clone(v) })
 	if allocs > 0.1 {
 		t.Errorf("%.2f allocations per 100-byte clone, want about one per %d bytes", allocs, resultChunk)
+	}
+}
+
+// TestSliceScratchGrowsByDoubling feeds a slice's scratch slices of
+// lengths growing by a few events at a time, as merged slices come: it
+// must reallocate a few times (doubling), not at every new length, and
+// never beyond the graph's usual largest slice unless a slice is larger.
+func TestSliceScratchGrowsByDoubling(t *testing.T) {
+	var sc sliceScratch
+	grows := 0
+	for n := 100; n <= 4096; n += 7 {
+		before := cap(sc.cmds)
+		sc.grow(n)
+		if cap(sc.cmds) < n || cap(sc.results) < n || cap(sc.idx) < n || cap(sc.txErrs) < n {
+			t.Fatalf("grow(%d): capacity %d", n, cap(sc.cmds))
+		}
+		if cap(sc.cmds) != before {
+			grows++
+		}
+	}
+	if grows > 7 || cap(sc.cmds) != pipeline.DefaultMaxCoalesce {
+		t.Errorf("grew %d times to %d events for slices up to 4096, want at most 7 times to %d", grows, cap(sc.cmds), pipeline.DefaultMaxCoalesce)
+	}
+	sc.grow(5000)
+	if cap(sc.cmds) != 5000 {
+		t.Errorf("grow(5000) gave room for %d events, want 5000", cap(sc.cmds))
 	}
 }

@@ -310,9 +310,15 @@ func scanCanonicalString(b []byte) (int, bool) {
 		return 0, false
 	}
 	for i := 1; i < len(b); {
-		if n := plainWords(b[i:]); n > 0 {
-			i += n
-			continue
+		// Whole words of plain bytes, then the few plain bytes before
+		// the next other one (plainWords stopped within eight bytes of
+		// it), so that plainWords runs once per other byte, not per byte.
+		i += plainWords(b[i:])
+		for i < len(b) && b[i] >= 0x20 && b[i] < utf8.RuneSelf && b[i] != '"' && b[i] != '\\' {
+			i++
+		}
+		if i == len(b) {
+			break
 		}
 		c := b[i]
 		switch {

@@ -196,3 +196,29 @@ func TestPlainWords(t *testing.T) {
 		}
 	}
 }
+
+// TestScanCanonicalStringPlainBytes checks strings whose plain bytes end
+// at every position around a word boundary, followed by each kind of byte
+// that ends a run of plain bytes.
+func TestScanCanonicalStringPlainBytes(t *testing.T) {
+	for n := range 40 {
+		plain := strings.Repeat("a", n)
+		for _, tc := range []struct {
+			in   string
+			want bool
+		}{
+			{`"` + plain + `"`, true},
+			{`"` + plain + `\n"`, true},
+			{`"` + plain + "é\"", true},
+			{`"` + plain + `\u0041"`, false},
+			{`"` + plain + "\x01\"", false},
+			{`"` + plain + "\xff\"", false},
+			{`"` + plain, false},
+		} {
+			got, ok := scanCanonicalString([]byte(tc.in + `,1`))
+			if ok != tc.want || ok && got != len(tc.in) {
+				t.Fatalf("scanCanonicalString(%q) = %d, %v; want %d, %v", tc.in, got, ok, len(tc.in), tc.want)
+			}
+		}
+	}
+}

@@ -355,20 +355,30 @@ func (c *Connector) scratch(n int) *sliceScratch {
 		sc = &sliceScratch{c: c, x: execer{c: c}, x2: execer{c: c}, cutFrom: -1}
 		sc.finishFn = sc.finish
 	}
-	if cap(sc.cmds) < n {
-		sc.cmds = make([]command, n)
-		sc.corrs = make([]corrRef, n)
-		sc.errs = make([]error, n)
-		sc.results = make([]result, n)
-		sc.idx = make([]int, 0, n)
-		sc.txErrs = make([]error, n)
-	}
+	sc.grow(n)
 	sc.cmds, sc.corrs, sc.errs, sc.results = sc.cmds[:n], sc.corrs[:n], sc.errs[:n], sc.results[:n]
 	for j := len(sc.fns); j < n; j++ {
 		sc.fns = append(sc.fns, sc.slot(j, &sc.x))
 		sc.fns2 = append(sc.fns2, sc.slot(j, &sc.x2))
 	}
 	return sc
+}
+
+// grow makes room for a slice of n events. The room grows by doubling, up
+// to the graph's usual largest slice, rather than to n: slices merged from
+// queued ones vary in length, and growing to each new largest one
+// reallocated everything many times over.
+func (sc *sliceScratch) grow(n int) {
+	if cap(sc.cmds) >= n {
+		return
+	}
+	size := max(n, min(2*cap(sc.cmds), pipeline.DefaultMaxCoalesce))
+	sc.cmds = make([]command, size)
+	sc.corrs = make([]corrRef, size)
+	sc.errs = make([]error, size)
+	sc.results = make([]result, size)
+	sc.idx = make([]int, 0, size)
+	sc.txErrs = make([]error, size)
 }
 
 // slot returns the TxnFunc running the command of slot j with x.

@@ -96,19 +96,24 @@ type Report struct {
 	BadString *Error
 }
 
-// frame is one open array or object.
+// frame is one open array or object. It holds no pointers, so pushing
+// and popping frames costs no write barriers while the GC runs.
 type frame struct {
 	obj   bool
 	named bool // key holds the current member's name
-	// keyStart and keyEnd locate the current name's text (quotes
-	// excluded); escaped says it has escapes (key is then decoded).
-	keyStart, keyEnd int
-	escaped          bool
-	n                int    // members or elements so far
-	key              string // the current member's name (objects)
-	keys             int    // start of this object's names in Checker.keys
-	set              map[string]struct{}
-	start            int
+	n     int  // members or elements so far
+	key   name // the current member's name (objects)
+	keys  int  // start of this object's names in Checker.keys
+	set   int  // 1 + the index in Checker.sets of this object's names, once it has many; 0 before
+}
+
+// name locates a member name: text[start:end] of the text being checked
+// (quotes excluded), or, for a name with escapes, its decoded form
+// scratch[start:end]. Offsets rather than strings keep the Checker's
+// state free of pointers into the text.
+type name struct {
+	start, end int
+	decoded    bool
 }
 
 // linearKeys is how many member names an object compares one by one before
@@ -119,8 +124,10 @@ const linearKeys = 16
 // avoids allocations. A Checker is not safe for concurrent use.
 type Checker struct {
 	stack   []frame
-	keys    []string // names of the open objects, innermost last
-	scratch []byte   // unescaped names
+	keys    []name // names of the open objects, innermost last
+	sets    []map[string]struct{}
+	scratch []byte // the decoded names with escapes of the text last checked
+	text    []byte // the text being checked, during Check only
 	root    string
 	bad     *Error
 	top     []topMember // members of a root object, in order
@@ -128,14 +135,19 @@ type Checker struct {
 }
 
 // topMember is a member of the root object: where its name is in the
-// text (or the name itself when it has escapes) and where its value is.
-// It holds offsets rather than views, so a Checker never keeps a text
-// alive.
+// text (or in scratch when it has escapes) and where its value is. It
+// holds offsets rather than views, so a Checker never keeps a text alive.
 type topMember struct {
-	keyStart, keyEnd int
-	decoded          string // the name, when it has escapes
-	escaped          bool
-	start, end       int
+	key        name
+	start, end int
+}
+
+// nameOf returns the bytes of n in text, the text being checked.
+func (c *Checker) nameOf(text []byte, n name) []byte {
+	if n.decoded {
+		return c.scratch[n.start:n.end]
+	}
+	return text[n.start:n.end]
 }
 
 // Member returns the value of the root object's member name in b, the
@@ -144,7 +156,7 @@ type topMember struct {
 // a Check of b that returned no error.
 func (c *Checker) Member(b []byte, name string) (start, end int, ok bool) {
 	for _, m := range c.top {
-		if m.escaped && m.decoded == name || !m.escaped && string(b[m.keyStart:m.keyEnd]) == name {
+		if string(c.nameOf(b, m.key)) == name {
 			return m.start, m.end, true
 		}
 	}
@@ -166,13 +178,15 @@ func (c *Checker) Members() int { return len(c.top) }
 //
 // Strings in the result (Error.Key) do not alias b.
 func (c *Checker) Check(b []byte, root string) (Report, error) {
-	c.stack, c.keys, c.scratch, c.root, c.bad, c.top = c.stack[:0], c.keys[:0], c.scratch[:0], root, nil, c.top[:0]
-	err := c.check(b)
-	// Names are views of b: drop them so b is not kept alive.
-	clear(c.keys[:cap(c.keys)])
-	for i := range c.stack {
-		c.stack[i] = frame{}
+	if cap(c.scratch) > 64<<10 {
+		c.scratch = nil // do not pin the names of one big text
 	}
+	c.stack, c.keys, c.scratch, c.root, c.bad, c.top = c.stack[:0], c.keys[:0], c.scratch[:0], root, nil, c.top[:0]
+	c.text = b
+	err := c.check(b)
+	// The sets' names are views of b: drop them so b is not kept alive.
+	clear(c.sets)
+	c.sets, c.text = c.sets[:0], nil
 	if cap(c.stack) > 1024 {
 		c.stack = nil // do not pin the frames of one deep text
 	}
@@ -197,7 +211,7 @@ func (c *Checker) check(b []byte) error {
 			if len(c.stack) >= MaxDepth {
 				return c.errAt(ErrTooDeep, i, fmt.Sprintf("more than %d levels of arrays and objects", MaxDepth))
 			}
-			c.stack = append(c.stack, frame{obj: ch == '{', keys: len(c.keys), start: i})
+			c.stack = append(c.stack, frame{obj: ch == '{', keys: len(c.keys)})
 			i = skipWS(b, i+1)
 			if i < len(b) && (ch == '{' && b[i] == '}' || ch == '[' && b[i] == ']') {
 				c.stack = c.stack[:len(c.stack)-1]
@@ -212,7 +226,7 @@ func (c *Checker) check(b []byte) error {
 			}
 			continue
 		case ch == '"':
-			n, bad := scanString(b[i:])
+			n, bad, _ := scanString(b[i:])
 			if n < 0 {
 				return c.errAt(ErrSyntax, i-n-1, "malformed string")
 			}
@@ -249,12 +263,7 @@ func (c *Checker) check(b []byte) error {
 	after:
 		for {
 			if len(c.stack) == 1 && c.stack[0].obj {
-				f := &c.stack[0]
-				m := topMember{keyStart: f.keyStart, keyEnd: f.keyEnd, escaped: f.escaped, start: c.valAt, end: i}
-				if f.escaped {
-					m.decoded = strings.Clone(f.key)
-				}
-				c.top = append(c.top, m)
+				c.top = append(c.top, topMember{key: c.stack[0].key, start: c.valAt, end: i})
 			}
 			i = skipWS(b, i)
 			if len(c.stack) == 0 {
@@ -280,6 +289,11 @@ func (c *Checker) check(b []byte) error {
 				break after
 			case top.obj && b[i] == '}' || !top.obj && b[i] == ']':
 				c.keys = c.keys[:top.keys]
+				if top.set != 0 {
+					// Sets are made innermost first: this one is the last.
+					c.sets[top.set-1] = nil
+					c.sets = c.sets[:top.set-1]
+				}
 				*top = frame{}
 				c.stack = c.stack[:len(c.stack)-1]
 				i++
@@ -300,27 +314,25 @@ func (c *Checker) member(b []byte, i int) (int, error) {
 		}
 		return i, c.errAt(ErrSyntax, i, fmt.Sprintf("expected a member name, found %s", describe(b[i])))
 	}
-	n, bad := scanString(b[i:])
+	n, bad, escaped := scanString(b[i:])
 	if n < 0 {
 		return i, c.errAt(ErrSyntax, i-n-1, "malformed string")
 	}
-	raw := b[i+1 : i+n-1]
-	var key string
-	if indexByte(raw, '\\') < 0 {
-		key = unsafe.String(unsafe.SliceData(raw), len(raw))
-	} else {
-		key = string(unescape(c.scratch[:0], raw))
+	key := name{start: i + 1, end: i + n - 1}
+	if escaped {
+		s := len(c.scratch)
+		c.scratch = unescape(c.scratch, b[key.start:key.end])
+		key = name{start: s, end: len(c.scratch), decoded: true}
 	}
 	top.key, top.named = key, true
-	top.keyStart, top.keyEnd, top.escaped = i+1, i+n-1, indexByte(raw, '\\') >= 0
 	if bad != nil {
 		e := c.errAt(bad, i, "")
-		e.InKey, e.Key = true, strings.ToValidUTF8(key, "\uFFFD")
+		e.InKey, e.Key = true, strings.ToValidUTF8(string(c.nameOf(b, key)), "\uFFFD")
 		return i, e
 	}
-	if c.seen(top, key) {
+	if c.seen(b, top, key) {
 		e := c.errAt(ErrDuplicateKey, i, "")
-		e.Key = strings.Clone(key)
+		e.Key = string(c.nameOf(b, key))
 		return i, e
 	}
 	i = skipWS(b, i+n)
@@ -332,17 +344,19 @@ func (c *Checker) member(b []byte, i int) (int, error) {
 
 // seen records key in the object f and reports whether it was already
 // there.
-func (c *Checker) seen(f *frame, key string) bool {
-	if f.set != nil {
-		if _, ok := f.set[key]; ok {
+func (c *Checker) seen(text []byte, f *frame, key name) bool {
+	kb := c.nameOf(text, key)
+	if f.set != 0 {
+		set := c.sets[f.set-1]
+		if _, ok := set[string(kb)]; ok {
 			return true
 		}
-		f.set[key] = struct{}{}
+		set[bytesString(kb)] = struct{}{}
 		return false
 	}
 	names := c.keys[f.keys:]
 	for _, k := range names {
-		if k == key {
+		if string(c.nameOf(text, k)) == string(kb) {
 			return true
 		}
 	}
@@ -350,11 +364,15 @@ func (c *Checker) seen(f *frame, key string) bool {
 		c.keys = append(c.keys, key)
 		return false
 	}
-	f.set = make(map[string]struct{}, 2*linearKeys)
+	// The set's names are views of text and scratch, which only grows
+	// during a Check; Check drops the sets before it returns.
+	set := make(map[string]struct{}, 2*linearKeys)
 	for _, k := range names {
-		f.set[k] = struct{}{}
+		set[bytesString(c.nameOf(text, k))] = struct{}{}
 	}
-	f.set[key] = struct{}{}
+	set[bytesString(kb)] = struct{}{}
+	c.sets = append(c.sets, set)
+	f.set = len(c.sets)
 	c.keys = c.keys[:f.keys]
 	return false
 }
@@ -380,14 +398,15 @@ func (c *Checker) path() string {
 			if !f.named {
 				continue
 			}
-			if isIdent(f.key) {
+			key := bytesString(c.nameOf(c.text, f.key))
+			if isIdent(key) {
 				if b.Len() > 0 {
 					b.WriteByte('.')
 				}
-				b.WriteString(f.key)
+				b.WriteString(key)
 			} else {
 				b.WriteByte('[')
-				b.WriteString(strconv.Quote(strings.ToValidUTF8(f.key, "\uFFFD")))
+				b.WriteString(strconv.Quote(strings.ToValidUTF8(key, "\uFFFD")))
 				b.WriteByte(']')
 			}
 		} else {
@@ -421,15 +440,6 @@ func hasPrefix(b []byte, s string) bool {
 	return len(b) >= len(s) && string(b[:len(s)]) == s
 }
 
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
-}
-
 func skipWS(b []byte, i int) int {
 	for i < len(b) {
 		switch b[i] {
@@ -443,22 +453,29 @@ func skipWS(b []byte, i int) int {
 }
 
 // scanString reads the JSON string at the start of b (b[0] == '"') and
-// returns its length including the quotes, and ErrInvalidUTF8 or
-// ErrLoneSurrogate for the first such problem in it. A malformed string
-// gives n = -(offset of the problem)-1.
-func scanString(b []byte) (n int, bad error) {
+// returns its length including the quotes, ErrInvalidUTF8 or
+// ErrLoneSurrogate for the first such problem in it, and whether it has
+// escapes. A malformed string gives n = -(offset of the problem)-1.
+func scanString(b []byte) (n int, bad error, escaped bool) {
 	for i := 1; i < len(b); {
-		if k := PlainWords(b[i:]); k > 0 {
-			i += k
-			continue
+		// Whole words of plain bytes, then the few plain bytes before
+		// the next other byte: PlainWords stopped within eight bytes of
+		// it.
+		i += PlainWords(b[i:])
+		for i < len(b) && plain(b[i]) {
+			i++
+		}
+		if i == len(b) {
+			break
 		}
 		c := b[i]
 		switch {
 		case c == '"':
-			return i + 1, bad
+			return i + 1, bad, escaped
 		case c == '\\':
+			escaped = true
 			if i+1 >= len(b) {
-				return -(i + 1) - 1, nil
+				return -(i + 1) - 1, nil, false
 			}
 			switch b[i+1] {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
@@ -466,7 +483,7 @@ func scanString(b []byte) (n int, bad error) {
 			case 'u':
 				r, ok := hex4(b[i+2:])
 				if !ok {
-					return -i - 1, nil
+					return -i - 1, nil, false
 				}
 				i += 6
 				if !utf16.IsSurrogate(r) {
@@ -482,10 +499,10 @@ func scanString(b []byte) (n int, bad error) {
 					bad = ErrLoneSurrogate
 				}
 			default:
-				return -i - 1, nil
+				return -i - 1, nil, false
 			}
 		case c < 0x20:
-			return -i - 1, nil
+			return -i - 1, nil, false
 		case c < utf8.RuneSelf:
 			i++
 		default:
@@ -496,8 +513,12 @@ func scanString(b []byte) (n int, bad error) {
 			i += size
 		}
 	}
-	return -len(b) - 1, nil
+	return -len(b) - 1, nil, false
 }
+
+// plain reports whether a JSON string holds c as it is: ASCII other than
+// control characters, '"' and '\\'.
+func plain(c byte) bool { return c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' }
 
 // hex4 decodes four hex digits at the start of b.
 func hex4(b []byte) (rune, bool) {
@@ -530,15 +551,23 @@ func PlainWords(b []byte) int {
 		ones  = 0x0101010101010101
 		highs = 0x8080808080808080
 	)
-	// hasZero reports whether a byte of x is zero; x-c*ones borrows into a
-	// byte's high bit exactly when some byte is below c (for c <= 0x80).
-	hasZero := func(x uint64) bool { return (x-ones)&^x&highs != 0 }
+	// special has a byte's high bit set for some byte of x that is not
+	// plain, and is 0 when every byte is. x-c*ones borrows into a
+	// byte's high bit when that byte is below c (the lowest such byte
+	// always does: nothing below it borrows); a byte of 0x80 or more sets
+	// its own. Borrows and bytes at or above 0x80 may set other high bits
+	// too, but only in a word that has a byte that is not plain anyway.
+	special := func(x uint64) uint64 {
+		return (x | (x - 0x20*ones) | ((x ^ '"'*ones) - ones) | ((x ^ '\\'*ones) - ones)) & highs
+	}
 	i := 0
+	for ; i+16 <= len(b); i += 16 {
+		if special(binary.LittleEndian.Uint64(b[i:]))|special(binary.LittleEndian.Uint64(b[i+8:])) != 0 {
+			break
+		}
+	}
 	for ; i+8 <= len(b); i += 8 {
-		x := binary.LittleEndian.Uint64(b[i:])
-		if x&highs != 0 || // non-ASCII
-			(x-0x20*ones)&^x&highs != 0 || // a control character
-			hasZero(x^('"'*ones)) || hasZero(x^('\\'*ones)) {
+		if special(binary.LittleEndian.Uint64(b[i:])) != 0 {
 			break
 		}
 	}
@@ -693,7 +722,7 @@ func CheckString(raw string) error {
 	if len(b) == 0 || b[0] != '"' {
 		return ErrSyntax
 	}
-	n, bad := scanString(b)
+	n, bad, _ := scanString(b)
 	if n != len(b) {
 		return ErrSyntax
 	}

@@ -26,6 +26,10 @@ func TestCheck(t *testing.T) {
 		{name: "duplicate deep", in: `{"a":[0,{"b":[[{"c":1,"c":2}]]}]}`, err: ErrDuplicateKey, path: "a[1].b[0][0].c"},
 		{name: "duplicate in a big object", in: bigObject(100, true), err: ErrDuplicateKey, path: "k00"},
 		{name: "big object", in: bigObject(100, false)},
+		{name: "duplicate escaped in a big object", in: escapedObject(100, `"\u006b7"`), err: ErrDuplicateKey, path: "k7"},
+		{name: "duplicate plain of an escaped name in a big object", in: escapedObject(100, `"k99"`), err: ErrDuplicateKey, path: "k99"},
+		{name: "big object of escaped names", in: escapedObject(100, "")},
+		{name: "escaped names in the path", in: `{"\u0061":{"b\u0020c":[{"x":1,"\u0078":2}]}}`, err: ErrDuplicateKey, path: `a["b c"][0].x`},
 		{name: "odd names in the path", in: `{"a b":{"":{"x":1,"x":2}}}`, err: ErrDuplicateKey, path: `["a b"][""].x`},
 		{name: "lone high surrogate in a name", in: `{"\ud800":1}`, err: ErrLoneSurrogate, path: "[\"\uFFFD\"]"},
 		{name: "lone low surrogate in a name", in: `{"a":{"x\udfff":1}}`, err: ErrLoneSurrogate},
@@ -85,6 +89,69 @@ func bigObject(n int, dup bool) string {
 	}
 	b.WriteString("}")
 	return b.String()
+}
+
+// escapedObject returns an object of n members "k0" to "k<n-1>", each
+// name written with an escape, then a member named dup when not empty.
+func escapedObject(n int, dup string) string {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(`"\u006b` + itoa(i) + `":1`)
+	}
+	if dup != "" {
+		b.WriteString("," + dup + ":2")
+	}
+	b.WriteString("}")
+	return b.String()
+}
+
+// TestCheckDropsClosedObjectsSets checks an array of many big objects
+// (each past linearKeys members, so each gets a set of names) and nested
+// big objects: the set of an object is dropped when it closes, so a text
+// never holds more sets at once than it nests big objects.
+func TestCheckDropsClosedObjectsSets(t *testing.T) {
+	big := bigObject(2*linearKeys, false)
+	var b strings.Builder
+	b.WriteString("[")
+	for i := range 1000 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(big)
+	}
+	b.WriteString(`,` + big[:len(big)-1] + `,"in":` + big[:len(big)-1] + `,"k00":3}}]`)
+	var c Checker
+	_, err := c.Check([]byte(b.String()), "")
+	if !errors.Is(err, ErrDuplicateKey) {
+		t.Fatalf("Check = %v, want the duplicate k00 in the innermost object", err)
+	}
+	if cap(c.sets) > 4 {
+		t.Errorf("Check held up to %d sets of names at once, want at most 2", cap(c.sets))
+	}
+}
+
+// TestPlainWords compares PlainWords with a byte at a time, for every
+// byte value at every position of a 40-byte text.
+func TestPlainWords(t *testing.T) {
+	plainByte := func(c byte) bool { return c >= 0x20 && c < 0x80 && c != '"' && c != '\\' }
+	for c := range 256 {
+		for pos := range 40 {
+			b := []byte(strings.Repeat("a~ 0Z!", 7)[:40])
+			b[pos] = byte(c)
+			want := 0
+			for want+8 <= len(b) && plainByte(b[want]) && plainByte(b[want+1]) && plainByte(b[want+2]) && plainByte(b[want+3]) &&
+				plainByte(b[want+4]) && plainByte(b[want+5]) && plainByte(b[want+6]) && plainByte(b[want+7]) {
+				want += 8
+			}
+			if got := PlainWords(b); got != want {
+				t.Fatalf("PlainWords with byte 0x%02x at %d = %d, want %d", c, pos, got, want)
+			}
+		}
+	}
 }
 
 func itoa(i int) string {
@@ -223,6 +290,15 @@ func TestMember(t *testing.T) {
 		s, e, ok := c.Member(in, name)
 		if !ok || string(in[s:e]) != want {
 			t.Errorf("Member(%q) = %q, %v; want %q", name, in[s:e], ok, want)
+		}
+	}
+	in2 := []byte(`{"\u0061":1,"b":2,"\u0063\u0064":3}`)
+	if _, err := c.Check(in2, ""); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"a": "1", "b": "2", "cd": "3"} {
+		if s, e, ok := c.Member(in2, name); !ok || string(in2[s:e]) != want {
+			t.Errorf("Member(%q) of %s = %q, %v; want %q", name, in2, in2[s:e], ok, want)
 		}
 	}
 	if _, _, ok := c.Member(in, "kv"); ok {

@@ -1565,15 +1565,9 @@ const batchHeaderLen = 12
 // values: entries are offsets into the Pebble batch. It belongs to the writer
 // goroutine and is reused from group to group.
 type unappliedIndex struct {
-	seed maphash.Seed
-	// heads is an open-addressing table (linear probing, at most half
-	// full, a power of two long) of the newest entry of each key hash, as
-	// its index in refs plus one; 0 marks an empty slot. A probe compares
-	// the hash stored in the entry. Cheaper than a map[uint64]int32 on
-	// the writer's path: one flat array, no second hash of the hash.
-	heads  []int32
-	nHeads int // slots in use
-	refs   []unappliedRef
+	seed  maphash.Seed
+	heads hashHeads // key hash -> newest entry with that hash
+	refs  []unappliedRef
 
 	sortBuf  []unappliedRef // sortByKey's scratch
 	sortKeys []refSortKey   // sortByKey's scratch
@@ -1596,94 +1590,8 @@ func newUnappliedIndex() *unappliedIndex {
 }
 
 func (p *unappliedIndex) reset() {
-	if p.nHeads > 0 {
-		clear(p.heads)
-		p.nHeads = 0
-	}
+	p.heads.reset()
 	p.refs = p.refs[:0]
-}
-
-// unappliedMinHeads is the size of the heads table's first array.
-const unappliedMinHeads = 256
-
-// head returns the slot of heads for hash h: the one holding the newest
-// entry of h (found) or the empty slot where it would go. heads must have
-// an empty slot.
-func (p *unappliedIndex) head(h uint64) (slot int, found bool) {
-	mask := len(p.heads) - 1
-	for i := int(h) & mask; ; i = (i + 1) & mask {
-		v := p.heads[i]
-		if v == 0 {
-			return i, false
-		}
-		if p.refs[v-1].hash == h {
-			return i, true
-		}
-	}
-}
-
-// reserve makes room in heads for n hashes in all, keeping it at most
-// half full, and places the existing heads again if it grew.
-func (p *unappliedIndex) reserve(n int) {
-	if 2*n <= len(p.heads) {
-		return
-	}
-	size := max(len(p.heads), unappliedMinHeads)
-	for 2*n > size {
-		size *= 2
-	}
-	old := p.heads
-	p.heads = make([]int32, size)
-	mask := size - 1
-	for _, v := range old {
-		if v == 0 {
-			continue
-		}
-		i := int(p.refs[v-1].hash) & mask
-		for p.heads[i] != 0 {
-			i = (i + 1) & mask
-		}
-		p.heads[i] = v
-	}
-}
-
-// setHead makes entry i the newest of its hash h, returning the entry it
-// replaces (-1 for none).
-func (p *unappliedIndex) setHead(h uint64, i int) (prev int32) {
-	p.reserve(p.nHeads + 1)
-	slot, found := p.head(h)
-	prev = -1
-	if found {
-		prev = p.heads[slot] - 1
-	} else {
-		p.nHeads++
-	}
-	p.heads[slot] = int32(i) + 1
-	return prev
-}
-
-// deleteHead empties slot and moves back the slots after it that a probe
-// would otherwise no longer reach past it (linear probing's deletion
-// without tombstones).
-func (p *unappliedIndex) deleteHead(slot int) {
-	mask := len(p.heads) - 1
-	p.nHeads--
-	for i, j := slot, slot; ; {
-		p.heads[i] = 0
-		for {
-			j = (j + 1) & mask
-			v := p.heads[j]
-			if v == 0 {
-				return
-			}
-			k := int(p.refs[v-1].hash) & mask
-			if (j-k)&mask >= (j-i)&mask {
-				p.heads[i] = v
-				i = j
-				break
-			}
-		}
-	}
 }
 
 // add indexes the record that ends repr: a set of a keyLen-byte key to a
@@ -1696,20 +1604,22 @@ func (p *unappliedIndex) add(repr []byte, keyLen, valLen int, del bool, entry *r
 	}
 	keyOff := end - keyLen
 	h := maphash.Bytes(p.seed, repr[keyOff:end])
-	p.refs = append(p.refs, unappliedRef{hash: h, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
-	p.refs[len(p.refs)-1].prev = p.setHead(h, len(p.refs)-1)
+	prev, _ := p.heads.get(h)
+	p.heads.set(h, int32(len(p.refs)))
+	p.refs = append(p.refs, unappliedRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
 }
 
 // reindex makes refs, the records of a rewritten Pebble batch in their new order
 // with their new offsets, the index's contents; the old refs become the
 // sort scratch.
 func (p *unappliedIndex) reindex(refs []unappliedRef) {
-	clear(p.heads)
-	p.nHeads = 0
-	p.refs, p.sortBuf = refs, p.refs
+	p.heads.reset()
 	for i := range refs {
-		refs[i].prev = p.setHead(refs[i].hash, i)
+		r := &refs[i]
+		r.prev, _ = p.heads.get(r.hash)
+		p.heads.set(r.hash, int32(i))
 	}
+	p.refs, p.sortBuf = refs, p.refs
 }
 
 // lookup returns the latest record the Pebble batch holds for key: its value (a
@@ -1719,11 +1629,11 @@ func (p *unappliedIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 		return nil, false, false
 	}
 	h := maphash.Bytes(p.seed, key)
-	slot, found := p.head(h)
-	if !found {
+	i, ok := p.heads.get(h)
+	if !ok {
 		return nil, false, false
 	}
-	for i := p.heads[slot] - 1; i >= 0; i = p.refs[i].prev {
+	for ; i >= 0; i = p.refs[i].prev {
 		r := &p.refs[i]
 		if r.hash != h || !bytes.Equal(repr[r.keyOff:r.keyOff+r.keyLen], key) {
 			continue
@@ -1742,12 +1652,7 @@ func (p *unappliedIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
 func (p *unappliedIndex) truncate(n int) {
 	for i := len(p.refs) - 1; i >= n; i-- {
 		r := p.refs[i]
-		slot, _ := p.head(r.hash) // found: entry i is its hash's newest
-		if r.prev < 0 {
-			p.deleteHead(slot)
-		} else {
-			p.heads[slot] = r.prev + 1
-		}
+		p.heads.set(r.hash, r.prev) // -1: no older entry, as if never added
 	}
 	p.refs = p.refs[:n]
 }

@@ -374,7 +374,7 @@ func TestUnappliedIndexModel(t *testing.T) {
 // were written, so truncation must shift back the slots after one it
 // empties, or keys written before the mark stop being found.
 func TestUnappliedIndexTruncateAcrossGrowth(t *testing.T) {
-	const n = 3 * unappliedMinHeads / 2 // grows at half and at whole unappliedMinHeads
+	const n = 3 * minHeadSlots / 2 // grows at half and at whole minHeadSlots
 	keys := make([][]byte, n)
 	for i := range keys {
 		keys[i] = fmt.Appendf(nil, "key%d", i)
@@ -397,48 +397,5 @@ func TestUnappliedIndexTruncateAcrossGrowth(t *testing.T) {
 				t.Fatalf("mark %d: %s = %q (hit %t), want written %t", mark, k, got, hit, i < mark)
 			}
 		}
-	}
-}
-
-// TestUnappliedHeadsDelete drives the heads table directly with hashes of
-// a few homes, so that probe runs collide and wrap around, and deletes
-// heads in random order (truncation deletes the newest, which rarely
-// needs slots shifted back): every hash present must be found at its
-// entry, every hash deleted not.
-func TestUnappliedHeadsDelete(t *testing.T) {
-	for _, homes := range []uint64{1, 5, 1 << 20} {
-		t.Run(fmt.Sprintf("homes=%d", homes), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(7, homes))
-			p := newUnappliedIndex()
-			present := make(map[uint64]int32) // hash -> entry
-			for step := range 5000 {
-				if len(present) > 0 && rng.IntN(2) == 0 {
-					for h := range present { // any one
-						slot, found := p.head(h)
-						if !found {
-							t.Fatalf("step %d: hash %x not found before deleting it", step, h)
-						}
-						p.deleteHead(slot)
-						delete(present, h)
-						break
-					}
-				} else {
-					// High bits make hashes distinct, low bits pick one of
-					// a few homes near the end of the table.
-					h := uint64(step+1)<<32 | (uint64(unappliedMinHeads) - 1 - rng.Uint64N(homes)%uint64(unappliedMinHeads))
-					p.refs = append(p.refs, unappliedRef{hash: h})
-					p.setHead(h, len(p.refs)-1)
-					present[h] = int32(len(p.refs) - 1)
-				}
-				if p.nHeads != len(present) {
-					t.Fatalf("step %d: %d heads, want %d", step, p.nHeads, len(present))
-				}
-				for h, i := range present {
-					if slot, found := p.head(h); !found || p.heads[slot]-1 != i {
-						t.Fatalf("step %d: hash %x found %t, want entry %d", step, h, found, i)
-					}
-				}
-			}
-		})
 	}
 }
