@@ -238,12 +238,16 @@ func (e *rowEntry) size() int64 {
 
 // newRowCache returns a cache of at most budget accounted bytes, or nil
 // (no cache) for a budget too small to hold anything.
-func newRowCache(budget int64) *rowCache {
+func newRowCache(budget int64) *rowCache { return newRowCacheSeed(budget, maphash.MakeSeed()) }
+
+// newRowCacheSeed is newRowCache hashing keys with seed (rowHash), so that
+// the writer's unapplied indexes, given the same seed, share its hashes.
+func newRowCacheSeed(budget int64, seed maphash.Seed) *rowCache {
 	per := budget / rowCacheShards
 	if per <= rowEntryOverhead {
 		return nil
 	}
-	c := &rowCache{seed: maphash.MakeSeed()}
+	c := &rowCache{seed: seed}
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.budget = per
@@ -290,9 +294,11 @@ func (c *rowCache) get(key, dst []byte) (rec []byte, absent, hit bool) {
 // published from that group's Pebble batch instead, and groups before it were
 // published before the current one started. So the writer may read e.rec
 // and e.absent without the shard lock while it builds the group; it also
-// keeps e, for publish to update when the group is applied.
-func (c *rowCache) writerGet(key []byte) *rowEntry {
-	sh, h := c.shard(key)
+// keeps e, for publish to update when the group is applied. h is key's
+// rowHash with the cache's seed, which the writer computed once for all its
+// lookups of key.
+func (c *rowCache) writerGet(key []byte, h uint64) *rowEntry {
+	sh := &c.shards[h%rowCacheShards]
 	sh.mu.Lock()
 	e := sh.lookup(h, key)
 	sh.mu.Unlock()
@@ -318,7 +324,13 @@ func (sh *rowShard) lookup(h uint64, key []byte) *rowEntry {
 // already (then with the same record), and returns the entry, or nil when
 // the record is too large to keep.
 func (c *rowCache) writerFill(key, rec []byte, absent bool) *rowEntry {
-	sh, h := c.shard(key)
+	return c.writerFillHash(key, rowHash(c.seed, key), rec, absent)
+}
+
+// writerFillHash is writerFill for a caller that has hashed key already
+// (rowHash with the cache's seed).
+func (c *rowCache) writerFillHash(key []byte, h uint64, rec []byte, absent bool) *rowEntry {
+	sh := &c.shards[h%rowCacheShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if e := sh.entries.find(h, key); e != nil {

@@ -432,6 +432,11 @@ type group struct {
 	// committed is closed once the committer is done with the group: its
 	// writes are in the database and the row cache, or it failed.
 	committed chan struct{}
+	// applied is set, before committed is closed, when the group's writes
+	// reached the database and the row cache: the next group's reads then
+	// find them there and stop searching repr (see txn.Get). A load of
+	// applied costs far less than the lookup in repr's index it saves.
+	applied atomic.Bool
 	// refs counts the holders of the Pebble batch: the writer while reads may search
 	// repr, and the committer, whose hold passes to the syncer when there
 	// is a sync to wait for. The last one closes it, and Pebble may then
@@ -518,13 +523,16 @@ func Open(dir string, opts Options) (*Store, error) {
 		synced:  make(chan *group, 64),
 		done:    make(chan struct{}),
 
-		unapplied: [2]*unappliedIndex{newUnappliedIndex(), newUnappliedIndex()},
-		stop:      stop,
-		guard:     guard,
-		bgErr:     bgErr,
+		stop:  stop,
+		guard: guard,
+		bgErr: bgErr,
 	}
+	// One hash seed for the row cache and both unapplied indexes: the
+	// writer hashes a key once for its lookups in all three (txn.hash).
+	seed := maphash.MakeSeed()
+	s.unapplied = [2]*unappliedIndex{newUnappliedIndexSeed(seed), newUnappliedIndexSeed(seed)}
 	if opts.RowCacheBytes > 0 {
-		s.cache = newRowCache(opts.RowCacheBytes)
+		s.cache = newRowCacheSeed(opts.RowCacheBytes, seed)
 	}
 	s.relCond = sync.NewCond(&s.relMu)
 	go s.write()
@@ -832,6 +840,7 @@ func (s *Store) commit() {
 			}
 			s.apply(g)
 			failed = g.err != nil
+			g.applied.Store(!failed)
 		}
 		close(g.committed)
 		s.synced <- g
@@ -1127,6 +1136,11 @@ type txn struct {
 	// read-modify-write of cas, increment and the like), so that publish
 	// updates the entry without looking the key up again.
 	lastRead *rowEntry
+	// lastKey and lastHash are the key the writer's last point read
+	// looked up (a copy) and its hash, which the write of the same key
+	// that usually follows reuses (see hash).
+	lastKey  []byte
+	lastHash uint64
 	iter     *pebble.Iterator
 	buf      []byte
 	val      []byte
@@ -1223,15 +1237,25 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 	var raw []byte
 	switch {
 	case !t.indexed:
-		if rec, del, hit := t.unapplied.lookup(t.batch.Repr(), key); hit {
+		// One hash of key serves the group's index, the previous
+		// group's and the row cache (they share a seed), and the write
+		// of key that usually follows.
+		h := rowHash(t.unapplied.seed, key)
+		t.lastKey, t.lastHash = append(t.lastKey[:0], key...), h
+		if rec, del, hit := t.unapplied.lookupHash(t.batch.Repr(), key, h); hit {
 			if del {
 				return nil, 0, false, nil
 			}
 			raw = rec // valid until the next write, as Txn allows
 			break
 		}
+		if p := t.prev; p != nil && p.applied.Load() {
+			// The committer is done with p: the database and the row
+			// cache hold its writes, as they would after settle.
+			t.prev = nil
+		}
 		if p := t.prev; p != nil {
-			if rec, del, hit := p.unapplied.lookup(p.repr, key); hit {
+			if rec, del, hit := p.unapplied.lookupHash(p.repr, key, h); hit {
 				if t.cache != nil {
 					// The cache cannot take p's record before p is
 					// published; a write of the key by this group
@@ -1253,7 +1277,7 @@ func (t *txn) Get(key []byte) ([]byte, int64, bool, error) {
 		// No write of this group touched key: the database (or the row
 		// cache, which agrees with it outside a publish) has its latest
 		// value.
-		rec, found, err := t.writerRead(key)
+		rec, found, err := t.writerRead(key, h)
 		if err != nil || !found {
 			return nil, 0, false, err
 		}
@@ -1303,19 +1327,19 @@ func (t *txn) read(key []byte) (rec []byte, found bool, err error) {
 // group nor the previous one wrote, whose record therefore cannot change
 // while the group is built: a cached record is returned as the cache holds
 // it, not copied (see writerGet), and the entry is kept in lastRead.
-func (t *txn) writerRead(key []byte) (rec []byte, found bool, err error) {
+func (t *txn) writerRead(key []byte, h uint64) (rec []byte, found bool, err error) {
 	c := t.cache
 	if c == nil {
 		return t.readDB(key)
 	}
-	if e := c.writerGet(key); e != nil {
+	if e := c.writerGet(key, h); e != nil {
 		t.lastRead = e
 		return e.rec(), !e.absent, nil
 	}
 	if _, found, err = t.readDB(key); err != nil {
 		return nil, false, err
 	}
-	t.lastRead = c.writerFill(key, t.val, !found)
+	t.lastRead = c.writerFillHash(key, h, t.val, !found)
 	return t.val, found, nil
 }
 
@@ -1357,6 +1381,15 @@ func (t *txn) recordEntries() []*rowEntry {
 	return entries
 }
 
+// hash returns key's hash for the unapplied index, reusing the last
+// read's when key is the key it read.
+func (t *txn) hash(key []byte) uint64 {
+	if bytes.Equal(key, t.lastKey) {
+		return t.lastHash
+	}
+	return rowHash(t.unapplied.seed, key)
+}
+
 func (t *txn) getErr(err error) ([]byte, int64, bool, error) {
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, 0, false, nil
@@ -1370,7 +1403,7 @@ func (t *txn) Set(key, value []byte, expireAt int64) error {
 		return err
 	}
 	if !t.indexed {
-		t.unapplied.add(t.batch.Repr(), len(key), len(t.buf), false, t.readEntry(key))
+		t.unapplied.addHash(t.batch.Repr(), len(key), len(t.buf), false, t.readEntry(key), t.hash(key))
 	}
 	return nil
 }
@@ -1380,7 +1413,7 @@ func (t *txn) Delete(key []byte) error {
 		return err
 	}
 	if !t.indexed {
-		t.unapplied.add(t.batch.Repr(), len(key), 0, true, t.readEntry(key))
+		t.unapplied.addHash(t.batch.Repr(), len(key), 0, true, t.readEntry(key), t.hash(key))
 	}
 	return nil
 }
@@ -1585,8 +1618,11 @@ type unappliedRef struct {
 	entry  *rowEntry // the key's row cache entry as the writer read it, or nil
 }
 
-func newUnappliedIndex() *unappliedIndex {
-	return &unappliedIndex{seed: maphash.MakeSeed()}
+func newUnappliedIndex() *unappliedIndex { return newUnappliedIndexSeed(maphash.MakeSeed()) }
+
+// newUnappliedIndexSeed returns an index hashing keys with seed (rowHash).
+func newUnappliedIndexSeed(seed maphash.Seed) *unappliedIndex {
+	return &unappliedIndex{seed: seed}
 }
 
 func (p *unappliedIndex) reset() {
@@ -1602,8 +1638,17 @@ func (p *unappliedIndex) add(repr []byte, keyLen, valLen int, del bool, entry *r
 	if !del {
 		end -= valLen + uvarintLen(uint64(valLen))
 	}
+	p.addHash(repr, keyLen, valLen, del, entry, rowHash(p.seed, repr[end-keyLen:end]))
+}
+
+// addHash is add for a caller that has hashed the record's key already
+// (rowHash with the index's seed).
+func (p *unappliedIndex) addHash(repr []byte, keyLen, valLen int, del bool, entry *rowEntry, h uint64) {
+	end := len(repr)
+	if !del {
+		end -= valLen + uvarintLen(uint64(valLen))
+	}
 	keyOff := end - keyLen
-	h := maphash.Bytes(p.seed, repr[keyOff:end])
 	prev, _ := p.heads.get(h)
 	p.heads.set(h, int32(len(p.refs)))
 	p.refs = append(p.refs, unappliedRef{hash: h, prev: prev, keyOff: uint32(keyOff), keyLen: uint32(keyLen), valLen: uint32(valLen), del: del, entry: entry})
@@ -1625,10 +1670,15 @@ func (p *unappliedIndex) reindex(refs []unappliedRef) {
 // lookup returns the latest record the Pebble batch holds for key: its value (a
 // stored record aliasing repr) or that it was deleted.
 func (p *unappliedIndex) lookup(repr, key []byte) (rec []byte, del, hit bool) {
+	return p.lookupHash(repr, key, rowHash(p.seed, key))
+}
+
+// lookupHash is lookup for a caller that has hashed key already (rowHash
+// with the index's seed).
+func (p *unappliedIndex) lookupHash(repr, key []byte, h uint64) (rec []byte, del, hit bool) {
 	if len(p.refs) == 0 {
 		return nil, false, false
 	}
-	h := maphash.Bytes(p.seed, key)
 	i, ok := p.heads.get(h)
 	if !ok {
 		return nil, false, false
