@@ -99,6 +99,17 @@ type ViewHinter interface {
 	ViewHinted(ctx context.Context, fns []TxnFunc, hints [][][]byte, errs []error) error
 }
 
+// HintedSubmitter is implemented by Submitters that can use read hints:
+// SubmitHinted is Submit told, for each fn, the keys it is expected to Get
+// (hints[i] for fns[i], nil for none), as UpdateHinted is for Update, so a
+// backend whose reads are local can look a whole batch of them up at once
+// (pebblestore: its row cache's slots and entries fetched from memory in
+// parallel) before running the fns. Hints change only speed; they belong
+// to the backend, as fns do, until wait returns.
+type HintedSubmitter interface {
+	SubmitHinted(ctx context.Context, fns []TxnFunc, hints [][][]byte, errs []error) (wait func() error)
+}
+
 // Submitter is implemented by Backends that can queue an Update without
 // waiting for its commit, so a caller can prepare its next work while the
 // previous commit is being synced. Submit queues fns exactly as Update

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -214,7 +215,11 @@ func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipelin
 	default:
 		c.inFlight.Add(1)
 		sc.seq, sc.from, sc.cutFrom, sc.x.submitKeys = c.cut.number(), 0, -1, 0
-		sc.wait = sub.Submit(ctx, sc.fns[:n], sc.txErrs[:n])
+		if hs, ok := sub.(HintedSubmitter); ok {
+			sc.wait = hs.SubmitHinted(ctx, sc.fns[:n], c.readHintsOf(sc), sc.txErrs[:n])
+		} else {
+			sc.wait = sub.Submit(ctx, sc.fns[:n], sc.txErrs[:n])
+		}
 	}
 	return sc.finishFn, nil
 }
@@ -288,7 +293,12 @@ type sliceScratch struct {
 	idx     []int
 	fns     []TxnFunc
 	txErrs  []error
-	x       execer // backends run one Update's fns one at a time
+	// hints, hintKeys and hintBuf hold the slice's read hints
+	// (readHintsOf): each command's keys, the keys, their bytes.
+	hints    [][][]byte
+	hintKeys [][]byte
+	hintBuf  []byte
+	x        execer // backends run one Update's fns one at a time
 	// metas holds the metas of the events finish emits.
 	metas resultArena
 
@@ -414,35 +424,50 @@ func (c *Connector) release(sc *sliceScratch) {
 	c.scratchPool.Put(sc)
 }
 
-// readHintsOf returns, for a ReadHinter, the keys each command of the
-// slice will read, in the order of its TxnFuncs.
+// readHintsOf returns, for a backend that takes read hints (ReadHinter,
+// ViewHinter, HintedSubmitter), the keys each command of the slice will
+// read, in the order of its TxnFuncs. They are built in sc's memory,
+// reused from slice to slice, and stay valid until sc is released.
 func (c *Connector) readHintsOf(sc *sliceScratch) [][][]byte {
-	hints := make([][][]byte, len(sc.idx))
-	for j, i := range sc.idx {
-		hints[j] = c.readHints(nil, &sc.cmds[i])
+	hints := slices.Grow(sc.hints[:0], len(sc.idx))
+	keys, buf := sc.hintKeys[:0], sc.hintBuf[:0]
+	for _, i := range sc.idx {
+		from := len(keys)
+		keys, buf = c.readHints(keys, buf, &sc.cmds[i])
+		hints = append(hints, keys[from:len(keys):len(keys)])
 	}
+	// A slice that outgrew buf or keys points into the earlier arrays,
+	// which stay valid; the next slice reuses the last ones.
+	sc.hints, sc.hintKeys, sc.hintBuf = hints, keys, buf
 	return hints
 }
 
-// readHints appends the keys cmd reads by point lookups: its idempotency
-// record and the key of every command that reads its key first.
-func (c *Connector) readHints(dst [][]byte, cmd *command) [][]byte {
+// readHints appends to dst the keys cmd reads by point lookups: its
+// idempotency record and the key of every command that reads its key
+// first. The keys' bytes are appended to buf, which is returned too.
+func (c *Connector) readHints(dst [][]byte, buf []byte, cmd *command) ([][]byte, []byte) {
 	if cmd.idem != "" {
-		dst = append(dst, c.layout.idemKey(nil, cmd.idem))
+		from := len(buf)
+		buf = c.layout.idemKey(buf, cmd.idem)
+		dst = append(dst, buf[from:len(buf):len(buf)])
 	}
 	switch cmd.op {
 	case opGet, opExists, opSwap, opCas, opCad, opDelete, opIncrement, opExpiry, opTouch:
-		dst = append(dst, c.layout.dataKey(nil, cmd.key))
 	case opPut:
-		if cmd.keepTTL {
-			dst = append(dst, c.layout.dataKey(nil, cmd.key))
+		if !cmd.keepTTL {
+			return dst, buf
 		}
 	case opBatch:
 		for i := range cmd.sub {
-			dst = c.readHints(dst, &cmd.sub[i])
+			dst, buf = c.readHints(dst, buf, &cmd.sub[i])
 		}
+		return dst, buf
+	default:
+		return dst, buf
 	}
-	return dst
+	from := len(buf)
+	buf = c.layout.dataKey(buf, cmd.key)
+	return append(dst, buf[from:len(buf):len(buf)]), buf
 }
 
 // InvalidOp is the op reported to Options.OnCommands for events whose

@@ -124,6 +124,18 @@ func (h *handle) Submit(ctx context.Context, fns []kv.TxnFunc, errs []error) fun
 	return h.store.Submit(ctx, fns, errs)
 }
 
+// ViewHinted implements kv.ViewHinter, so flows sharing a store keep the
+// row cache's batched probe of a slice's reads.
+func (h *handle) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
+	return h.store.ViewHinted(ctx, fns, hints, errs)
+}
+
+// SubmitHinted implements kv.HintedSubmitter, as ViewHinted does
+// kv.ViewHinter.
+func (h *handle) SubmitHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) func() error {
+	return h.store.SubmitHinted(ctx, fns, hints, errs)
+}
+
 func (h *handle) Close() error {
 	err := h.ref.Release()
 	if errors.Is(err, sharing.ErrReleased) {

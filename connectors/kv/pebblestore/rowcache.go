@@ -318,6 +318,78 @@ func (sh *rowShard) lookup(h uint64, key []byte) *rowEntry {
 	return e
 }
 
+// probeScratch is the working memory of prefetch, reused from batch to
+// batch by one goroutine at a time.
+type probeScratch struct {
+	keys   [][]byte // Store.prefetch's
+	hashes []uint64
+	order  []int32
+	ents   []*rowEntry
+	sink   byte // what prefetch read, kept so that the loads are not dropped
+}
+
+// prefetch looks keys up in one batch so that the reads of them that
+// follow find the table slots and entries they need in the processor's
+// caches. A cached read costs two dependent loads from memory, the key's
+// slot and then its entry, each a cache miss when the cache is large; one
+// read after another, every miss is waited for in turn. Here the loads of
+// many keys do not depend on one another, so the processor overlaps their
+// misses: first every key's home slot, then every entry found there. It
+// changes nothing in the cache and counts neither hits nor misses; a key
+// not at its home slot is passed over (only speed is lost). The keys are
+// taken shard by shard, one hold of each shard's lock, as publish does.
+func (c *rowCache) prefetch(keys [][]byte, sc *probeScratch) {
+	n := len(keys)
+	if n == 0 {
+		return
+	}
+	hashes := slices.Grow(sc.hashes[:0], n)[:n]
+	var perShard [rowCacheShards]int32
+	for i, k := range keys {
+		h := rowHash(c.seed, k)
+		hashes[i] = h
+		perShard[h%rowCacheShards]++
+	}
+	var start [rowCacheShards + 1]int32
+	for i, m := range perShard {
+		start[i+1] = start[i] + m
+	}
+	order := slices.Grow(sc.order[:0], n)[:n]
+	next := start
+	for i, h := range hashes {
+		sh := h % rowCacheShards
+		order[next[sh]] = int32(i)
+		next[sh]++
+	}
+	ents := slices.Grow(sc.ents[:0], n)[:n]
+	sink := sc.sink
+	for i := range c.shards {
+		if perShard[i] == 0 {
+			continue
+		}
+		sh := &c.shards[i]
+		idx := order[start[i]:start[i+1]]
+		found := ents[:0]
+		sh.mu.Lock()
+		if slots := sh.entries.slots; len(slots) > 0 {
+			for _, j := range idx {
+				h := hashes[j]
+				if sl := &slots[sh.entries.home(h)]; sl.hash == h {
+					found = append(found, sl.e)
+				}
+			}
+			for _, e := range found {
+				if d := e.data; len(d) > 0 {
+					sink ^= d[0] ^ d[len(d)-1]
+				}
+			}
+		}
+		sh.mu.Unlock()
+		clear(found)
+	}
+	sc.hashes, sc.order, sc.ents, sc.sink = hashes[:0], order[:0], ents[:0], sink
+}
+
 // writerFill is fill for the writer goroutine, whose database reads are
 // always current (it reads keys the group being published wrote from that
 // group's Pebble batch, not from the database): it caches what the writer read unless the key is cached

@@ -377,6 +377,8 @@ type Store struct {
 	previousGroupReads atomic.Uint64
 	batchSizeHint      int       // the writer's: the last group's Pebble batch size
 	cache              *rowCache // nil when disabled
+	writerProbe        probeScratch
+	probes             sync.Pool // *probeScratch for ViewHinted
 
 	// Read-only transactions (View) bypass the writer; these let them wait
 	// for the durability of what they read. applying counts groups that
@@ -394,8 +396,10 @@ type Store struct {
 }
 
 var (
-	_ kv.Viewer    = (*Store)(nil)
-	_ kv.Submitter = (*Store)(nil)
+	_ kv.Viewer          = (*Store)(nil)
+	_ kv.ViewHinter      = (*Store)(nil)
+	_ kv.Submitter       = (*Store)(nil)
+	_ kv.HintedSubmitter = (*Store)(nil)
 )
 
 var _ kv.Backend = (*Store)(nil)
@@ -403,7 +407,10 @@ var _ kv.Backend = (*Store)(nil)
 type request struct {
 	fns  []kv.TxnFunc
 	errs []error
-	done chan error
+	// hints are the keys each fn is expected to read (SubmitHinted), or
+	// nil: the writer prefetches them from the row cache.
+	hints [][][]byte
+	done  chan error
 }
 
 type group struct {
@@ -558,7 +565,7 @@ func (s *Store) Dir() string { return s.dir }
 // waits for their outcome even if ctx is cancelled: returning early would
 // report as failed work that may still commit.
 func (s *Store) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
-	req, err := s.enqueue(ctx, fns, errs)
+	req, err := s.enqueue(ctx, fns, nil, errs)
 	if err != nil || req == nil {
 		return err
 	}
@@ -569,23 +576,38 @@ func (s *Store) Update(ctx context.Context, fns []kv.TxnFunc, errs []error) erro
 // behind everything queued before, and wait reports their outcome. As with
 // Update, once queued they are waited for even if ctx is cancelled.
 func (s *Store) Submit(ctx context.Context, fns []kv.TxnFunc, errs []error) (wait func() error) {
-	req, err := s.enqueue(ctx, fns, errs)
+	return s.SubmitHinted(ctx, fns, nil, errs)
+}
+
+// SubmitHinted implements kv.HintedSubmitter: it is Submit, except that
+// the writer looks the keys of hints (hints[i] for fns[i], nil for none)
+// up in the row cache in batches just before running the fns that read
+// them (see rowCache.prefetch), so that those reads find what they need
+// in the processor's caches. Hints change only speed.
+func (s *Store) SubmitHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) (wait func() error) {
+	req, err := s.enqueue(ctx, fns, hints, errs)
 	if err != nil || req == nil {
 		return func() error { return err }
 	}
 	return func() error { return <-req.done }
 }
 
-// enqueue hands fns to the writer. It returns a nil request, and no
-// error, when there is nothing to do.
-func (s *Store) enqueue(ctx context.Context, fns []kv.TxnFunc, errs []error) (*request, error) {
+// enqueue hands fns, with their read hints or nil, to the writer. It
+// returns a nil request, and no error, when there is nothing to do.
+func (s *Store) enqueue(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) (*request, error) {
 	if len(fns) != len(errs) {
 		return nil, fmt.Errorf("pebblestore: Update given %d funcs and %d error slots", len(fns), len(errs))
+	}
+	if hints != nil && len(hints) != len(fns) {
+		return nil, fmt.Errorf("pebblestore: Submit given %d funcs and %d read hints", len(fns), len(hints))
 	}
 	if len(fns) == 0 {
 		return nil, nil
 	}
-	req := &request{fns: fns, errs: errs, done: make(chan error, 1)}
+	if s.cache == nil {
+		hints = nil
+	}
+	req := &request{fns: fns, errs: errs, hints: hints, done: make(chan error, 1)}
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()
 	if s.closed {
@@ -766,6 +788,9 @@ func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *
 			break
 		}
 		for i, fn := range r.fns {
+			if r.hints != nil && i%prefetchChunk == 0 {
+				s.prefetch(r.hints[i:min(i+prefetchChunk, len(r.hints))], &s.writerProbe)
+			}
 			m := tx.mark()
 			err := runTxn(fn, tx)
 			tx.closeIter()
@@ -1057,16 +1082,39 @@ func (s *Store) RowCacheStats() RowCacheStats {
 // the database's once a group is released, and a record it got from a
 // group is visible there only after the group is numbered.
 func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error {
+	return s.ViewHinted(ctx, fns, nil, errs)
+}
+
+// ViewHinted implements kv.ViewHinter: it is View, except that the keys of
+// hints (hints[i] for fns[i], nil for none) are looked up in the row cache
+// in batches just before the fns that read them run (see
+// rowCache.prefetch), so that those reads find what they need in the
+// processor's caches. Hints change only speed.
+func (s *Store) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) error {
 	if len(fns) != len(errs) {
 		return fmt.Errorf("pebblestore: View given %d funcs and %d error slots", len(fns), len(errs))
+	}
+	if hints != nil && len(hints) != len(fns) {
+		return fmt.Errorf("pebblestore: View given %d funcs and %d read hints", len(fns), len(hints))
 	}
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()
 	if s.closed {
 		return ErrClosed
 	}
+	var probe *probeScratch
+	if hints != nil && s.cache != nil {
+		probe, _ = s.probes.Get().(*probeScratch)
+		if probe == nil {
+			probe = new(probeScratch)
+		}
+		defer s.probes.Put(probe)
+	}
 	tx := &readTxn{txn: txn{db: s.db, cache: s.cache}}
 	for i, fn := range fns {
+		if probe != nil && i%prefetchChunk == 0 {
+			s.prefetch(hints[i:min(i+prefetchChunk, len(hints))], probe)
+		}
 		errs[i] = runTxn(fn, tx)
 		tx.closeIter()
 	}
@@ -1079,6 +1127,24 @@ func (s *Store) View(ctx context.Context, fns []kv.TxnFunc, errs []error) error 
 		s.relCond.Wait()
 	}
 	return s.broken
+}
+
+// prefetchChunk is how many transactions' read hints are prefetched at a
+// time: enough for the processor to overlap many cache misses, few enough
+// that what they bring in stays in its caches until the reads use it
+// (a few hundred lines of 64 bytes).
+const prefetchChunk = 128
+
+// prefetch runs the row cache's batched probe (rowCache.prefetch) over
+// the keys of hints, with sc's memory.
+func (s *Store) prefetch(hints [][][]byte, sc *probeScratch) {
+	keys := sc.keys[:0]
+	for _, h := range hints {
+		keys = append(keys, h...)
+	}
+	s.cache.prefetch(keys, sc)
+	clear(keys) // the hints belong to the caller
+	sc.keys = keys[:0]
 }
 
 // readTxn is the Txn of View: reads go straight to the database.
