@@ -97,3 +97,55 @@ func TestPebbleLargeReadOnlyBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestPebbleReadHints checks that the connector tells a pebblestore the
+// keys of each slice's reads, for slices the writer runs (increments,
+// through SubmitHinted) and slices read past it (gets, through
+// ViewHinted), and that the results are those of the commands.
+func TestPebbleReadHints(t *testing.T) {
+	ctx := context.Background()
+	store, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kv.New(store, kv.Options{ReclaimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	const keys = 50
+	slice := func(op string) []pipeline.Event {
+		var evs []pipeline.Event
+		for i := range keys {
+			evs = append(evs, kvtest.Event(kvtest.M(fmt.Sprintf(`%q:"k%02d"`, op, i)), ""))
+		}
+		return evs
+	}
+	for round := 1; round <= 2; round++ {
+		em := &countEmitter{}
+		if err := conn.Process(ctx, slice("increment"), em); err != nil || em.out != keys {
+			t.Fatalf("increments: %v, %d results, first error %s", err, em.out, em.firstErr)
+		}
+	}
+	em := &countEmitter{}
+	if err := conn.Process(ctx, slice("get"), em); err != nil || em.out != keys {
+		t.Fatalf("gets: %v, %d results, first error %s", err, em.out, em.firstErr)
+	}
+	if n := store.RowCacheStats().Prefetched; n != 3*keys {
+		t.Errorf("%d keys prefetched for 3 slices of %d commands", n, keys)
+	}
+	capture := &captureEmitter{}
+	if err := conn.Process(ctx, []pipeline.Event{kvtest.Event(kvtest.M(`"get":"k07"`), "")}, capture); err != nil {
+		t.Fatal(err)
+	}
+	if want := pipeline.PortOut + " 2"; len(capture.got) != 1 || capture.got[0] != want {
+		t.Errorf("k07 after two increments: %q, want %q", capture.got, want)
+	}
+}
+
+// captureEmitter keeps each event's port and data.
+type captureEmitter struct{ got []string }
+
+func (c *captureEmitter) Emit(port string, ev pipeline.Event) {
+	c.got = append(c.got, port+" "+string(ev.Data))
+}

@@ -724,6 +724,10 @@ type RowCacheStats struct {
 	// still being applied: neither the cache nor the database was read.
 	// Counted whether or not the cache is enabled.
 	PreviousGroup uint64
+	// Prefetched counts the keys of read hints looked up in batches ahead
+	// of the reads (Store.ViewHinted, Store.SubmitHinted): work done for
+	// speed, not reads.
+	Prefetched uint64
 	// Entries is the number of cached keys (absent ones included) and
 	// Bytes their accounted size, at most Options.RowCacheBytes.
 	Entries int

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -984,5 +985,109 @@ func TestStoreSharesHashSeed(t *testing.T) {
 	}
 	if st := s.RowCacheStats(); st.Entries != 50 {
 		t.Errorf("%d cached entries for 50 keys", st.Entries)
+	}
+}
+
+// TestRowCachePrefetchChangesNothing checks that the batched probe reads
+// only: entries, their records, recency marks and the hit and miss counts
+// are as they were, whatever the keys (cached, absent, unknown, empty, one
+// key many times, in an empty cache).
+func TestRowCachePrefetchChangesNothing(t *testing.T) {
+	keys := [][]byte{[]byte("a"), []byte("gone"), []byte("unknown"), {}, []byte("a"), []byte("b")}
+	for _, tc := range []struct {
+		name string
+		fill func(c *rowCache)
+	}{
+		{"empty", func(*rowCache) {}},
+		{"filled", func(c *rowCache) {
+			c.writerFill([]byte("a"), []byte("1"), false)
+			c.writerFill([]byte("b"), []byte("2"), false)
+			c.writerFill([]byte("gone"), nil, true)
+			for i := range 200 {
+				c.writerFill([]byte(fmt.Sprintf("k%03d", i)), []byte("v"), false)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newRowCache(1 << 20)
+			tc.fill(c)
+			type state struct {
+				key, rec           string
+				absent, referenced bool
+			}
+			snapshot := func() (RowCacheStats, []state) {
+				var all []state
+				for i := range c.shards {
+					for e := c.shards[i].newest; e != nil; e = e.older {
+						all = append(all, state{e.key(), string(e.rec()), e.absent, e.referenced})
+					}
+				}
+				return c.stats(), all
+			}
+			st0, all0 := snapshot()
+			var probe probeScratch
+			for range 3 {
+				c.prefetch(keys, &probe)
+			}
+			st1, all1 := snapshot()
+			if st0 != st1 || !slices.Equal(all0, all1) {
+				t.Errorf("prefetch changed the cache:\n%+v %+v\n%+v %+v", st0, all0, st1, all1)
+			}
+			for _, e := range probe.ents[:cap(probe.ents)] {
+				if e != nil {
+					t.Fatal("the probe's scratch keeps an entry alive")
+				}
+			}
+		})
+	}
+}
+
+// TestStoreReadHints checks that ViewHinted and SubmitHinted give the
+// results View and Submit give, look the hinted keys up ahead of the
+// reads (RowCacheStats.Prefetched), whatever the hints say (a key not
+// read, one read but not hinted, none), and refuse hints that do not
+// match the fns.
+func TestStoreReadHints(t *testing.T) {
+	ctx := context.Background()
+	s := openWith(t, Options{})
+	update(t, s, set("a", "1", 0), set("b", "2", 0))
+	var ga, gb, gc got
+	fns := []kv.TxnFunc{get("a", &ga), get("b", &gb), get("c", &gc)}
+	hints := [][][]byte{{[]byte("a")}, nil, {[]byte("c"), []byte("x")}}
+	errs := make([]error, len(fns))
+	if err := s.ViewHinted(ctx, fns, hints, errs); err != nil || errors.Join(errs...) != nil {
+		t.Fatalf("ViewHinted: %v %v", err, errs)
+	}
+	if ga != (got{"1", 0, true}) || gb != (got{"2", 0, true}) || gc.found {
+		t.Fatalf("ViewHinted read %+v %+v %+v", ga, gb, gc)
+	}
+	if n := s.RowCacheStats().Prefetched; n != 3 {
+		t.Errorf("ViewHinted prefetched %d keys, want 3", n)
+	}
+	ga, gb = got{}, got{}
+	fns = []kv.TxnFunc{get("a", &ga), set("a", "3", 0), get("a", &gb)}
+	hints = [][][]byte{{[]byte("a")}, nil, {[]byte("a")}}
+	if err := s.SubmitHinted(ctx, fns, hints, errs)(); err != nil || errors.Join(errs...) != nil {
+		t.Fatalf("SubmitHinted: %v %v", err, errs)
+	}
+	if ga != (got{"1", 0, true}) || gb != (got{"3", 0, true}) {
+		t.Fatalf("SubmitHinted read %+v then %+v", ga, gb)
+	}
+	if n := s.RowCacheStats().Prefetched; n != 5 {
+		t.Errorf("after SubmitHinted %d keys prefetched, want 5", n)
+	}
+	if err := s.ViewHinted(ctx, fns[:1], hints, errs[:1]); err == nil {
+		t.Error("ViewHinted took 3 hints for 1 fn")
+	}
+	if err := s.SubmitHinted(ctx, fns[:1], hints, errs[:1])(); err == nil {
+		t.Error("SubmitHinted took 3 hints for 1 fn")
+	}
+	// Without a cache there is nothing to prefetch.
+	off := openWith(t, Options{RowCacheBytes: -1})
+	if err := off.ViewHinted(ctx, fns[:1], hints[:1], errs[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if n := off.RowCacheStats().Prefetched; n != 0 {
+		t.Errorf("a store without a cache prefetched %d keys", n)
 	}
 }

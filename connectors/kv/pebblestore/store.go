@@ -375,6 +375,7 @@ type Store struct {
 	// previousGroupReads counts point reads answered from the previous
 	// group's Pebble batch (RowCacheStats.PreviousGroup).
 	previousGroupReads atomic.Uint64
+	prefetched         atomic.Uint64 // RowCacheStats.Prefetched
 	batchSizeHint      int       // the writer's: the last group's Pebble batch size
 	cache              *rowCache // nil when disabled
 	writerProbe        probeScratch
@@ -1069,6 +1070,7 @@ func (s *Store) RowCacheStats() RowCacheStats {
 		st = s.cache.stats()
 	}
 	st.PreviousGroup = s.previousGroupReads.Load()
+	st.Prefetched = s.prefetched.Load()
 	return st
 }
 
@@ -1143,6 +1145,7 @@ func (s *Store) prefetch(hints [][][]byte, sc *probeScratch) {
 		keys = append(keys, h...)
 	}
 	s.cache.prefetch(keys, sc)
+	s.prefetched.Add(uint64(len(keys)))
 	clear(keys) // the hints belong to the caller
 	sc.keys = keys[:0]
 }
