@@ -56,6 +56,20 @@ func (t *hashHeads) get(h uint64) (idx int32, ok bool) {
 	}
 }
 
+// touch reads the first slot a lookup of each hash of hs would read and
+// returns a byte of what it read: a batch of such loads, which do not
+// depend on one another, brings the slots into the processor's caches in
+// about the time of one.
+func (t *hashHeads) touch(hs []uint64) byte {
+	var sink uint32
+	if mask := len(t.slots) - 1; mask > 0 {
+		for _, h := range hs {
+			sink ^= t.slots[int(h)&mask].gen
+		}
+	}
+	return byte(sink)
+}
+
 // set makes idx the entry of hash h; -1 deletes it.
 func (t *hashHeads) set(h uint64, idx int32) {
 	if 2*(t.used+1) > len(t.slots) {

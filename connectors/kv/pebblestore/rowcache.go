@@ -338,12 +338,13 @@ type probeScratch struct {
 // changes nothing in the cache and counts neither hits nor misses; a key
 // not at its home slot is passed over (only speed is lost). The keys are
 // taken shard by shard, one hold of each shard's lock, as publish does.
-func (c *rowCache) prefetch(keys [][]byte, sc *probeScratch) {
+// It returns the keys' hashes, in sc's memory.
+func (c *rowCache) prefetch(keys [][]byte, sc *probeScratch) (hashes []uint64) {
 	n := len(keys)
 	if n == 0 {
-		return
+		return nil
 	}
-	hashes := slices.Grow(sc.hashes[:0], n)[:n]
+	hashes = slices.Grow(sc.hashes[:0], n)[:n]
 	var perShard [rowCacheShards]int32
 	for i, k := range keys {
 		h := rowHash(c.seed, k)
@@ -387,7 +388,8 @@ func (c *rowCache) prefetch(keys [][]byte, sc *probeScratch) {
 		sh.mu.Unlock()
 		clear(found)
 	}
-	sc.hashes, sc.order, sc.ents, sc.sink = hashes[:0], order[:0], ents[:0], sink
+	sc.hashes, sc.order, sc.ents, sc.sink = hashes, order[:0], ents[:0], sink
+	return hashes
 }
 
 // writerFill is fill for the writer goroutine, whose database reads are

@@ -376,8 +376,8 @@ type Store struct {
 	// group's Pebble batch (RowCacheStats.PreviousGroup).
 	previousGroupReads atomic.Uint64
 	prefetched         atomic.Uint64 // RowCacheStats.Prefetched
-	batchSizeHint      int       // the writer's: the last group's Pebble batch size
-	cache              *rowCache // nil when disabled
+	batchSizeHint      int           // the writer's: the last group's Pebble batch size
+	cache              *rowCache     // nil when disabled
 	writerProbe        probeScratch
 	probes             sync.Pool // *probeScratch for ViewHinted
 
@@ -790,7 +790,8 @@ func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *
 		}
 		for i, fn := range r.fns {
 			if r.hints != nil && i%prefetchChunk == 0 {
-				s.prefetch(r.hints[i:min(i+prefetchChunk, len(r.hints))], &s.writerProbe)
+				hs := s.prefetch(r.hints[i:min(i+prefetchChunk, len(r.hints))], &s.writerProbe)
+				s.writerProbe.sink ^= tx.prefetchIndexes(hs)
 			}
 			m := tx.mark()
 			err := runTxn(fn, tx)
@@ -1138,16 +1139,36 @@ func (s *Store) ViewHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]by
 const prefetchChunk = 128
 
 // prefetch runs the row cache's batched probe (rowCache.prefetch) over
-// the keys of hints, with sc's memory.
-func (s *Store) prefetch(hints [][][]byte, sc *probeScratch) {
+// the keys of hints, with sc's memory, and returns the keys' hashes
+// (rowHash with the store's seed), valid until sc is used again.
+func (s *Store) prefetch(hints [][][]byte, sc *probeScratch) []uint64 {
 	keys := sc.keys[:0]
 	for _, h := range hints {
 		keys = append(keys, h...)
 	}
-	s.cache.prefetch(keys, sc)
+	hs := s.cache.prefetch(keys, sc)
 	s.prefetched.Add(uint64(len(keys)))
 	clear(keys) // the hints belong to the caller
 	sc.keys = keys[:0]
+	return hs
+}
+
+// prefetchIndexes loads, for each key hash of hs, the slot where the
+// group's unapplied index and the previous group's would look it up
+// first, so that the reads and writes of the coming transactions find
+// them in the processor's caches (the tables of a large group outgrow
+// the fastest ones). It returns what it read, for the caller to keep so
+// that the loads are not dropped.
+func (t *txn) prefetchIndexes(hs []uint64) byte {
+	var sink byte
+	if t.indexed {
+		return 0
+	}
+	sink ^= t.unapplied.heads.touch(hs)
+	if p := t.prev; p != nil && !p.applied.Load() {
+		sink ^= p.unapplied.heads.touch(hs)
+	}
+	return sink
 }
 
 // readTxn is the Txn of View: reads go straight to the database.
