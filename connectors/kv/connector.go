@@ -216,7 +216,11 @@ func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipelin
 		c.inFlight.Add(1)
 		sc.seq, sc.from, sc.cutFrom, sc.x.submitKeys = c.cut.number(), 0, -1, 0
 		if hs, ok := sub.(HintedSubmitter); ok {
-			sc.wait = hs.SubmitHinted(ctx, sc.fns[:n], c.readHintsOf(sc), sc.txErrs[:n])
+			hints := c.readHintsOf(sc)
+			if len(sc.hintKeys) == 0 {
+				hints = nil // nothing read by key (blind puts): nothing to look up ahead
+			}
+			sc.wait = hs.SubmitHinted(ctx, sc.fns[:n], hints, sc.txErrs[:n])
 		} else {
 			sc.wait = sub.Submit(ctx, sc.fns[:n], sc.txErrs[:n])
 		}

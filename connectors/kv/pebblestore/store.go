@@ -1146,6 +1146,9 @@ func (s *Store) prefetch(hints [][][]byte, sc *probeScratch) []uint64 {
 	for _, h := range hints {
 		keys = append(keys, h...)
 	}
+	if len(keys) == 0 {
+		return nil
+	}
 	hs := s.cache.prefetch(keys, sc)
 	s.prefetched.Add(uint64(len(keys)))
 	clear(keys) // the hints belong to the caller
