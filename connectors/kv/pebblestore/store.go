@@ -1646,11 +1646,13 @@ type refSortKey struct {
 // sortRefsByKey returns the order of refs, records of repr in Pebble batch
 // order, by key, keeping the Pebble batch order of records of the same key: the
 // index into refs of the first record in key order, then of the second,
-// and so on. It reuses scratch. Most comparisons are of one integer: keys of one store share
-// a long prefix (the namespace), so the eight bytes after the group's
-// common prefix usually decide; only equal ones compare the whole key.
-// An unstable sort with the Pebble batch position as the last criterion is
-// stable, and faster than a stable sort.
+// and so on. It reuses scratch. Keys of one store share a long prefix (the
+// namespace), so the eight bytes after the group's common prefix usually
+// decide: a group of radixSortMin records or more is sorted by them with
+// a least-significant-byte-first radix sort (stable, so records with equal
+// bytes stay in Pebble batch order, and a byte equal in every record
+// costs one counting pass), a smaller one with a comparison sort; only
+// records whose eight bytes are equal then compare their whole keys.
 func sortRefsByKey(repr []byte, refs []unappliedRef, scratch []refSortKey) []refSortKey {
 	key := func(r *unappliedRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
 	first := key(&refs[0])
@@ -1664,23 +1666,69 @@ func sortRefsByKey(repr []byte, refs []unappliedRef, scratch []refSortKey) []ref
 		}
 		common = j
 	}
-	keys := scratch[:0]
+	n := len(refs)
+	scratch = slices.Grow(scratch[:0], 2*n)[:2*n]
+	keys, tmp := scratch[:n:n], scratch[n:]
 	for i := range refs {
 		var b [8]byte
 		copy(b[:], key(&refs[i])[common:])
-		keys = append(keys, refSortKey{prefix: binary.BigEndian.Uint64(b[:]), i: int32(i)})
+		keys[i] = refSortKey{prefix: binary.BigEndian.Uint64(b[:]), i: int32(i)}
 	}
-	slices.SortFunc(keys, func(a, b refSortKey) int {
-		if a.prefix != b.prefix {
-			return cmp.Compare(a.prefix, b.prefix)
-		}
+	whole := func(a, b refSortKey) int {
 		if c := bytes.Compare(key(&refs[a.i])[common:], key(&refs[b.i])[common:]); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.i, b.i)
-	})
-	return keys
+	}
+	if n < radixSortMin {
+		slices.SortFunc(keys, func(a, b refSortKey) int {
+			if a.prefix != b.prefix {
+				return cmp.Compare(a.prefix, b.prefix)
+			}
+			return whole(a, b)
+		})
+		return scratch[:n]
+	}
+	src, dst := keys, tmp
+	for shift := 0; shift < 64; shift += 8 {
+		var count [256]int32
+		for _, k := range src {
+			count[byte(k.prefix>>shift)]++
+		}
+		if count[byte(src[0].prefix>>shift)] == int32(n) {
+			continue // every record has this byte: nothing to reorder
+		}
+		var at int32
+		for b, c := range count {
+			count[b] = at
+			at += c
+		}
+		for _, k := range src {
+			b := byte(k.prefix >> shift)
+			dst[count[b]] = k
+			count[b]++
+		}
+		src, dst = dst, src
+	}
+	if &src[0] != &keys[0] {
+		copy(keys, src)
+	}
+	for i := 0; i < n; {
+		j := i + 1
+		for j < n && keys[j].prefix == keys[i].prefix {
+			j++
+		}
+		if j-i > 1 {
+			slices.SortFunc(keys[i:j], whole)
+		}
+		i = j
+	}
+	return scratch[:n]
 }
+
+// radixSortMin is the smallest group sortRefsByKey sorts by radix: below
+// it the radix sort's counting passes cost more than comparisons.
+const radixSortMin = 256
 
 // batchHeaderLen is the size of a Pebble batch representation's header
 // (sequence number and count).

@@ -139,15 +139,22 @@ func TestSortedGroupKeepsLastWrite(t *testing.T) {
 // the common prefix, long shared prefixes and repeated keys.
 func TestSortRefsByKey(t *testing.T) {
 	tests := []struct {
-		name   string
-		prefix string // every key starts with it
-		maxLen int    // of the random part
-		bytes  string // what the random part is made of
+		name    string
+		prefix  string // every key starts with it
+		maxLen  int    // of the random part
+		bytes   string // what the random part is made of
+		records int    // at most, in a group
 	}{
-		{"short, with zero bytes", "", 3, "\x00\x01a\xff"},
-		{"shared prefix", "ns\x00flow\x00", 12, "\x00ab"},
-		{"long random tails", "p", 20, "\x00\x01\x02"},
-		{"all equal but the end", "0123456789abcdef", 2, "\x00z"},
+		{"short, with zero bytes", "", 3, "\x00\x01a\xff", 200},
+		{"shared prefix", "ns\x00flow\x00", 12, "\x00ab", 200},
+		{"long random tails", "p", 20, "\x00\x01\x02", 200},
+		{"all equal but the end", "0123456789abcdef", 2, "\x00z", 200},
+		// Groups large enough for the radix sort.
+		{"radix, short, with zero bytes", "", 3, "\x00\x01a\xff", 3 * radixSortMin},
+		{"radix, shared prefix", "ns\x00flow\x00", 12, "\x00ab", 3 * radixSortMin},
+		{"radix, long random tails", "p", 20, "\x00\x01\x02", 3 * radixSortMin},
+		{"radix, digits", "ns\x00k", 10, "0123456789", 3 * radixSortMin},
+		{"radix, few keys", "ns\x00k", 2, "01", 3 * radixSortMin},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -155,7 +162,7 @@ func TestSortRefsByKey(t *testing.T) {
 			for round := range 50 {
 				p := newUnappliedIndex()
 				b := new(pebble.Batch)
-				for range 1 + rng.IntN(200) {
+				for range 1 + rng.IntN(tt.records) {
 					k := []byte(tt.prefix)
 					for range rng.IntN(tt.maxLen + 1) {
 						k = append(k, tt.bytes[rng.IntN(len(tt.bytes))])
@@ -169,7 +176,11 @@ func TestSortRefsByKey(t *testing.T) {
 				key := func(r unappliedRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
 				want := slices.Clone(p.refs)
 				slices.SortStableFunc(want, func(a, b unappliedRef) int { return bytes.Compare(key(a), key(b)) })
-				for i, k := range sortRefsByKey(repr, p.refs, nil) {
+				got := sortRefsByKey(repr, p.refs, nil)
+				if len(got) != len(want) {
+					t.Fatalf("round %d: %d records sorted, want %d", round, len(got), len(want))
+				}
+				for i, k := range got {
 					if got := p.refs[k.i]; got != want[i] {
 						t.Fatalf("round %d, position %d: record %q at %d, want %q at %d",
 							round, i, key(got), got.keyOff, key(want[i]), want[i].keyOff)
