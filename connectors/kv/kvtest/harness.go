@@ -121,6 +121,15 @@ func (s sharedSubmitter) Submit(ctx context.Context, fns []kv.TxnFunc, errs []er
 	return s.s.Submit(ctx, fns, errs)
 }
 
+// SubmitHinted passes read hints on to a wrapped kv.HintedSubmitter, so
+// the table runs the hinted queued write path of backends that have one.
+func (s sharedSubmitter) SubmitHinted(ctx context.Context, fns []kv.TxnFunc, hints [][][]byte, errs []error) func() error {
+	if h, ok := s.s.(kv.HintedSubmitter); ok {
+		return h.SubmitHinted(ctx, fns, hints, errs)
+	}
+	return s.s.Submit(ctx, fns, errs)
+}
+
 // shareBackend wraps b for a connector of the harness, keeping the
 // optional paths a connector looks for.
 func shareBackend(b kv.Backend) kv.Backend {
