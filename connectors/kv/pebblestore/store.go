@@ -1220,7 +1220,7 @@ type txn struct {
 	// prev is the group built before this one while the committer may
 	// not have applied it yet: point reads of keys it wrote are answered
 	// from its Pebble batch; anything else that reads the database waits for it
-	// (settle). nil for View and once settled. The writer passes only
+	// (settle). nil for View, once settled, and once Get finds it applied. The writer passes only
 	// groups with an unapplied index (write).
 	prev      *group
 	prevReads uint64 // point reads answered by prev
