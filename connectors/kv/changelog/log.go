@@ -86,9 +86,9 @@ type Options struct {
 	// split into consecutive messages. Default DefaultChunkBytes; must
 	// be at least 64 and below the server's max_payload.
 	ChunkBytes int
-	// AckTimeout bounds the wait for each append's acknowledgement, and
-	// for each request about the stream (its state, a reader). Default
-	// DefaultAckTimeout.
+	// AckTimeout bounds the wait for each append's acknowledgement,
+	// counted from its publish, and for each request about the stream
+	// (its state, a reader). Default DefaultAckTimeout.
 	AckTimeout time.Duration
 	// RestoreBatch is how many records Restore applies per Update.
 	// Default DefaultRestoreBatch.
@@ -368,10 +368,15 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 	}
 	w.input = max(w.input, input)
 	w.logBytes += int64(logBytes)
+	// The acknowledgements are due AckTimeout after the publish, not
+	// after the call of wait: a caller that waits for many appends in
+	// turn (Fence: MaxInFlight of them) waits AckTimeout in all when
+	// their acknowledgements were lost, not AckTimeout for each.
 	timeout := w.log.opts.AckTimeout
+	due := time.Now().Add(timeout)
 	pos := Position{Seq: w.last, Epoch: w.epoch, Input: w.input}
 	return pos, id, func() (uint64, error) {
-		timer := time.NewTimer(timeout)
+		timer := time.NewTimer(time.Until(due))
 		defer timer.Stop()
 		defer func() {
 			w.mu.Lock()
