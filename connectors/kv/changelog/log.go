@@ -385,20 +385,37 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 		}()
 		for i, f := range futures {
 			want := first + uint64(i)
-			var err error
-			select {
-			case ack := <-f.Ok():
+			acked := func(ack *jetstream.PubAck) error {
 				if ack.Sequence != want {
-					err = fmt.Errorf("changelog %q: append stored at sequence %d, expected %d (does the server honour Nats-Expected-Last-Sequence?)",
+					return fmt.Errorf("changelog %q: append stored at sequence %d, expected %d (does the server honour Nats-Expected-Last-Sequence?)",
 						w.log.opts.Stream, ack.Sequence, want)
 				}
+				return nil
+			}
+			var err error
+			// An answer already in counts even when the deadline has
+			// passed too (of ready cases, select picks one at random).
+			answered := true
+			select {
+			case ack := <-f.Ok():
+				err = acked(ack)
 			case perr := <-f.Err():
 				err = classify(w.log.opts.Stream, want, perr)
-			case <-timer.C:
-				err = fmt.Errorf("changelog %q: append at sequence %d: no acknowledgement within Options.AckTimeout %v: %w",
-					w.log.opts.Stream, want, timeout, context.DeadlineExceeded)
-			case <-ctx.Done():
-				err = fmt.Errorf("changelog %q: append at sequence %d: %w", w.log.opts.Stream, want, ctx.Err())
+			default:
+				answered = false
+			}
+			if !answered {
+				select {
+				case ack := <-f.Ok():
+					err = acked(ack)
+				case perr := <-f.Err():
+					err = classify(w.log.opts.Stream, want, perr)
+				case <-timer.C:
+					err = fmt.Errorf("changelog %q: append at sequence %d: no acknowledgement within Options.AckTimeout %v of its publish: %w",
+						w.log.opts.Stream, want, timeout, context.DeadlineExceeded)
+				case <-ctx.Done():
+					err = fmt.Errorf("changelog %q: append at sequence %d: %w", w.log.opts.Stream, want, ctx.Err())
+				}
 			}
 			if err != nil {
 				w.mu.Lock()

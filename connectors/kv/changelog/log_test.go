@@ -552,3 +552,25 @@ func TestFenceGivesUpAtOneDeadline(t *testing.T) {
 	}
 	t.Logf("Fence gave up after %v", took)
 }
+
+// TestLateWaitTakesTheAcknowledgement: an append acknowledged in time
+// is acknowledged, however late its wait is called (its deadline counts
+// from the publish, so it has passed by then too).
+func TestLateWaitTakesTheAcknowledgement(t *testing.T) {
+	const ackTimeout = 200 * time.Millisecond
+	l, _ := openLog(t, Options{AckTimeout: ackTimeout})
+	ctx := testContext(t)
+	w := l.NewWriter(0, 1)
+	waits := make([]func() (uint64, error), 20)
+	for i := range waits {
+		var r Record
+		r.Set(fmt.Appendf(nil, "k%d", i), []byte("v"), 0)
+		waits[i] = w.Submit(ctx, &r)
+	}
+	time.Sleep(2 * ackTimeout)
+	for i, wait := range waits {
+		if seq, err := wait(); err != nil || seq != uint64(i+1) {
+			t.Fatalf("append %d waited for late = %d, %v; want sequence %d", i, seq, err, i+1)
+		}
+	}
+}
