@@ -33,14 +33,15 @@ func appendPuback(b []byte, id uint16) []byte {
 	return append(b, packets.Puback<<4, 2, byte(id>>8), byte(id))
 }
 
-// ackConn is the network connection of a source's paho client. Each Write
-// holds the lingerConn's lock, so the connection's batch of PUBACKs never
-// lands inside a packet of paho's (paho writes each packet a subscriber
-// sends — CONNECT, SUBSCRIBE, PINGREQ, PUBREC, PUBCOMP, DISCONNECT — in one
-// Write). Close lingers as lingerConn's does: paho closes the connection
-// right after writing DISCONNECT, and the reset a broker then sending a
-// message would get makes it drop the last acks (TestAcksReachTheBroker).
-type ackConn struct{ lingerConn }
+// ackConn is the network connection of a source's paho client: a
+// lingerConn (reads through a buffer; Close waits for the broker to close
+// first: paho closes the connection right after writing DISCONNECT, and the
+// reset a broker then sending a message would get makes it drop the last
+// acks, TestAcksReachTheBroker) whose every Write holds the lock, so the
+// connection's batch of PUBACKs never lands inside a packet of paho's
+// (paho writes each packet a subscriber sends — CONNECT, SUBSCRIBE,
+// PINGREQ, PUBREC, PUBCOMP, DISCONNECT — in one Write).
+type ackConn struct{ *lingerConn }
 
 // Write implements net.Conn.
 func (c *ackConn) Write(b []byte) (int, error) {
@@ -75,7 +76,7 @@ func openConn(conn **ackConn) paho.OpenConnectionFunc {
 		if err != nil {
 			return nil, err
 		}
-		*conn = &ackConn{lingerConn{Conn: c, linger: o.ConnectTimeout}}
+		*conn = &ackConn{newLingerConn(c, o.ConnectTimeout)}
 		return *conn, nil
 	}
 }

@@ -356,7 +356,7 @@ func TestPahoPacketsTakeTheConnectionLock(t *testing.T) {
 func TestAcksWrittenAtOnce(t *testing.T) {
 	rc := &recordingConn{}
 	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 10)
-	c.net = &ackConn{lingerConn{Conn: rc}}
+	c.net = &ackConn{newLingerConn(rc, 0)}
 	log := &ackLog{}
 	c.queueAcks([]paho.Message{&fakeMessage{id: 7, acks: log}, &fakeMessage{id: 300, acks: log},
 		&fakeMessage{id: 5, acks: log, qos: 2}, &fakeMessage{id: 9, acks: log}})
@@ -401,5 +401,42 @@ func TestAckStoreKeepsNoQoS1Received(t *testing.T) {
 	s.Put("o.3", pub(1, 3))
 	if got := s.All(); len(got) != 2 || s.Get("i.1") != nil || s.Get("i.2") == nil || s.Get("o.3") == nil {
 		t.Errorf("stored %v, want i.2 and o.3", got)
+	}
+}
+
+// countingConn is a connection reading from r, counting its reads.
+type countingConn struct {
+	net.Conn
+	r     *bytes.Reader
+	reads int
+}
+
+func (c *countingConn) Read(b []byte) (int, error) { c.reads++; return c.r.Read(b) }
+
+// TestReadsBuffered: a run of packets the broker sent at once is read with
+// one read of the connection, not three or more per packet (paho reads the
+// first byte, then the length a byte at a time, then the rest).
+func TestReadsBuffered(t *testing.T) {
+	var wire bytes.Buffer
+	for id := uint16(1); id <= 3; id++ {
+		p := packets311.NewControlPacket(packets311.Publish).(*packets311.PublishPacket)
+		p.TopicName, p.Qos, p.MessageID, p.Payload = "t", 1, id, []byte(`{"i":1}`)
+		if err := p.Write(&wire); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc := &countingConn{r: bytes.NewReader(wire.Bytes())}
+	lc := newLingerConn(cc, 0)
+	for id := uint16(1); id <= 3; id++ {
+		cp, err := packets311.ReadPacket(lc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := cp.(*packets311.PublishPacket); !ok || p.MessageID != id || string(p.Payload) != `{"i":1}` {
+			t.Fatalf("packet %v, want PUBLISH %d", cp, id)
+		}
+	}
+	if cc.reads != 1 {
+		t.Errorf("%d reads of the connection for 3 packets, want 1", cc.reads)
 	}
 }
