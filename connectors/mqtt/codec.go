@@ -32,6 +32,13 @@ type decoder struct {
 	idFrom string
 	check  ijson.Checker // used by one goroutine: the client's router
 	fields []metaValue   // direct's scratch space, as check
+	keys   []byte        // direct's scratch space for bus.JSONKeysKey
+	// The last meta.mqtt made, for a message of the same topic and
+	// flags, and the last bus.JSONKeysKey value: strings shared by the
+	// messages of a run instead of one each.
+	last     received
+	lastInfo string
+	lastKeys string
 }
 
 // decode returns the message for r: payload the event's data, metadata

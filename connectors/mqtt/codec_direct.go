@@ -3,7 +3,6 @@ package mqtt
 import (
 	"bytes"
 	"encoding/json"
-	"slices"
 	"strings"
 	"unsafe"
 
@@ -38,7 +37,7 @@ func (d *decoder) direct(r received) *message.Message {
 	if err != nil || rep.BadString != nil {
 		return nil
 	}
-	info := mqttInfo(r)
+	info := d.info(r)
 	md := make(message.Metadata, 4)
 	md[MetaKey] = info
 	fields := append(d.fields[:0], metaValue{name: MetaKey, raw: info})
@@ -66,7 +65,8 @@ func (d *decoder) direct(r received) *message.Message {
 			data = payload[ds:de:de]
 		}
 		msgPayload = data
-		jsonKeys := MetaKey
+		jsonKeys := append(d.keys[:0], MetaKey...)
+		defer func() { d.keys = jsonKeys[:0] }()
 		if hasMeta && payload[ms] == '{' {
 			ok := true
 			gjson.Parse(bytesString(payload[ms:me])).ForEach(func(k, v gjson.Result) bool {
@@ -101,7 +101,7 @@ func (d *decoder) direct(r received) *message.Message {
 					}
 				} else {
 					md[mdKey] = v.Raw
-					jsonKeys += "," + mdKey
+					jsonKeys = append(append(jsonKeys, ','), mdKey...)
 					fields = append(fields, metaValue{name: key, raw: v.Raw})
 				}
 				return true
@@ -114,7 +114,10 @@ func (d *decoder) direct(r received) *message.Message {
 			// decodeMessage reads as a member "" (gjson's ForEach).
 			return nil
 		}
-		md[bus.JSONKeysKey] = jsonKeys
+		if string(jsonKeys) != d.lastKeys {
+			d.lastKeys = string(jsonKeys)
+		}
+		md[bus.JSONKeysKey] = d.lastKeys
 	} else {
 		md[bus.JSONKeysKey] = MetaKey
 	}
@@ -153,10 +156,25 @@ type metaValue struct {
 	quote bool
 }
 
+// info returns mqttInfo(r), the same string as last time when r's topic
+// and flags are the same (the usual case: no allocation).
+func (d *decoder) info(r received) string {
+	if d.lastInfo == "" || r.topic != d.last.topic || r.qos != d.last.qos || r.retained != d.last.retained || r.duplicate != d.last.duplicate {
+		d.last = received{topic: r.topic, qos: r.qos, retained: r.retained, duplicate: r.duplicate}
+		d.lastInfo = mqttInfo(r)
+	}
+	return d.lastInfo
+}
+
 // metaObject returns the meta object of fields, sorted by name as
 // bus.ToEvent sorts them; the names are unique.
 func metaObject(fields []metaValue) []byte {
-	slices.SortFunc(fields, func(a, b metaValue) int { return strings.Compare(a.name, b.name) })
+	// An insertion sort: there are few fields.
+	for i := 1; i < len(fields); i++ {
+		for j := i; j > 0 && fields[j].name < fields[j-1].name; j-- {
+			fields[j], fields[j-1] = fields[j-1], fields[j]
+		}
+	}
 	size := 2
 	for _, f := range fields {
 		size += len(f.name) + len(f.raw) + len(f.str) + 6

@@ -65,9 +65,16 @@ var directCases = []struct {
 // must be theirs, without an error. It returns whether direct took r.
 func checkDirect(t *testing.T, codec, idFrom string, r received) bool {
 	t.Helper()
-	slow := (&decoder{codec: codec, idFrom: idFrom}).decodeMessage(r)
+	return checkDirectWith(t, &decoder{codec: codec, idFrom: idFrom}, r)
+}
+
+// checkDirectWith is checkDirect with d, which may have decoded other
+// messages before.
+func checkDirectWith(t *testing.T, d *decoder, r received) bool {
+	t.Helper()
+	codec := d.codec
+	slow := (&decoder{codec: d.codec, idFrom: d.idFrom}).decodeMessage(r)
 	want, werr := bus.ToEvent(slow)
-	d := &decoder{codec: codec, idFrom: idFrom}
 	fast := d.direct(r)
 	if fast == nil {
 		return false
@@ -102,6 +109,37 @@ func TestDirectMatchesMessage(t *testing.T) {
 		} {
 			if took := checkDirect(t, tc.codec, tc.idFrom, r); took != tc.direct {
 				t.Errorf("%s id_from %q %q: direct took it: %v, want %v", tc.codec, tc.idFrom, tc.payload, took, tc.direct)
+			}
+		}
+	}
+}
+
+// TestDirectSharedDecoder runs every case through one decoder per codec
+// and id_from, topics and flags changing from one message to the next, as
+// a connection's decoder sees them: what it keeps from one message (the
+// last meta.mqtt, the scratch space) never leaks into the next.
+func TestDirectSharedDecoder(t *testing.T) {
+	decoders := map[[2]string]*decoder{}
+	// Each differs from the one before in one field.
+	variants := []received{
+		{topic: "s/a/t", qos: 1}, {topic: "s/a/t", qos: 1}, {topic: "s/a/t", qos: 1, duplicate: true},
+		{topic: "s/a/t", qos: 1, retained: true, duplicate: true}, {topic: "s/a/t", qos: 2, retained: true, duplicate: true},
+		{topic: "s/<b>", qos: 2, retained: true, duplicate: true}, {topic: "s/<b>", qos: 2, retained: true},
+		{topic: "s/<b>", qos: 2}, {topic: "s/<b>", qos: 1},
+	}
+	k := 0
+	for range 3 {
+		for _, tc := range directCases {
+			for range 2 { // the same payload again, if it can
+				d := decoders[[2]string{tc.codec, tc.idFrom}]
+				if d == nil {
+					d = &decoder{codec: tc.codec, idFrom: tc.idFrom}
+					decoders[[2]string{tc.codec, tc.idFrom}] = d
+				}
+				r := variants[k%len(variants)]
+				r.payload = []byte(tc.payload)
+				checkDirectWith(t, d, r)
+				k++
 			}
 		}
 	}
