@@ -76,6 +76,22 @@ func TestAppendLineEscapesSinkName(t *testing.T) {
 	}
 }
 
+// TestCaptureEscapesSinkName checks the lines a capture writes for a sink
+// whose name needs escaping in JSON: the start of its lines is escaped
+// once, when the sink is made, as AppendLine escapes it for every line.
+func TestCaptureEscapesSinkName(t *testing.T) {
+	var out bytes.Buffer
+	capture := NewCapture(&out)
+	const name = "a\"b\\c\n"
+	ev := pipeline.Event{Data: []byte(`1`), Meta: []byte(`{"x":2}`)}
+	sink := capture.Sink(name)
+	must(t, sink.Process(context.Background(), []pipeline.Event{ev}, nil))
+	must(t, capture.Release())
+	if want := string(AppendLine(nil, name, ev)); out.String() != want {
+		t.Fatalf("got %s want %s", out.String(), want)
+	}
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
@@ -134,7 +150,13 @@ func TestSourceWaitsForRoom(t *testing.T) {
 	if slots > 2*(limit+trackChunk) {
 		t.Errorf("the capture's queue grew to %d slots for at most %d input events in flight", slots, limit+trackChunk)
 	}
-	t.Logf("at most %d input events in the flow", most)
+	// The source is woken when there is room, not at every write: once
+	// per wait (a signal left over from a wait that found room by itself
+	// may add one).
+	if capture.wakeups > capture.waits+1 {
+		t.Errorf("the source waited %d times and was woken %d times", capture.waits, capture.wakeups)
+	}
+	t.Logf("at most %d input events in the flow; %d waits, %d wakeups", most, capture.waits, capture.wakeups)
 }
 
 // TestOrderAcrossTrackers feeds several trackers' worth of input events
