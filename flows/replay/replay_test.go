@@ -159,6 +159,59 @@ func TestSourceWaitsForRoom(t *testing.T) {
 	t.Logf("at most %d input events in the flow; %d waits, %d wakeups", most, capture.waits, capture.wakeups)
 }
 
+// TestSourceDoubleBuffers checks the default bound on unwritten events
+// with a source flushing slices of SliceEvents, as flowrun replay's does:
+// each slice reaches the flow whole (a kv store gets it as one request),
+// and the source waits while a slice is in the flow, so that at most the
+// slice in the flow and the one being emitted are unwritten.
+func TestSourceDoubleBuffers(t *testing.T) {
+	const total = 20 * SliceEvents
+	var out bytes.Buffer
+	capture := NewCapture(&out)
+	inner := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
+		for i := 1; i <= total; i++ {
+			emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte(strconv.Itoa(i))})
+			if i%SliceEvents == 0 {
+				if err := emit.Flush(ctx); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	src := &WindowedSource{Inner: inner, Capture: capture}
+	g := pipeline.New(pipeline.Options{QueueDepth: 64, MaxCoalesce: 1})
+	var most uint64
+	var sizes []int
+	slow := func(_ context.Context, b []pipeline.Event, e pipeline.Emitter) error {
+		most = max(most, capture.unwrittenCount())
+		sizes = append(sizes, len(b))
+		time.Sleep(time.Millisecond)
+		for _, ev := range b {
+			e.Emit(pipeline.PortOut, ev)
+		}
+		return nil
+	}
+	must(t, g.AddSource("src", src, pipeline.PortOut))
+	must(t, g.AddProcessor("slow", pipeline.ProcessorFunc(slow), pipeline.PortOut))
+	must(t, g.AddProcessor("all", capture.Sink("all")))
+	must(t, g.Link("src", pipeline.PortOut, "slow"))
+	must(t, g.Link("slow", pipeline.PortOut, "all"))
+	must(t, g.Run(context.Background()))
+	must(t, capture.Release())
+	if capture.Written() != total {
+		t.Fatalf("Written = %d, want %d", capture.Written(), total)
+	}
+	for i, n := range sizes {
+		if n != SliceEvents {
+			t.Fatalf("slice %d of the flow holds %d events, want %d", i, n, SliceEvents)
+		}
+	}
+	if most > 2*SliceEvents {
+		t.Errorf("%d input events were unwritten at once, want at most %d (two slices)", most, 2*SliceEvents)
+	}
+}
+
 // TestOrderAcrossTrackers feeds several trackers' worth of input events
 // through a processor that reverses each slice it gets, so that a sink's
 // slice holds events of two trackers, interleaved, and checks that the
