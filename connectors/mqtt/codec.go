@@ -167,6 +167,11 @@ func (d *decoder) envelope(payload []byte, md message.Metadata, jsonKeys []strin
 	if meta.Exists() && !meta.IsObject() && meta.Type != gjson.Null {
 		return nil, "", jsonKeys, "payload is not " + want + ": meta is not an object"
 	}
+	if !meta.IsObject() {
+		// Absent or null: no fields (ForEach would visit null itself, as
+		// a member named "").
+		return data, id, jsonKeys, ""
+	}
 	meta.ForEach(func(k, v gjson.Result) bool {
 		key := k.String()
 		switch key {
