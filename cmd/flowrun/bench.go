@@ -145,8 +145,8 @@ flowrun_cpu_us_per_op on a busy machine). Needs redis-server,
 redis-cli and redis-benchmark in PATH (Debian: redis-server, redis-tools).
 
 With --http the kv connector is served by an http_server connector on
-loopback, and --clients keep-alive connections send sync requests (put,
-get; default both), each waiting for its answer (closed loop), compared
+loopback, and --clients keep-alive connections (opened before the clock
+starts) send sync requests (put, get; default both), each waiting for its answer (closed loop), compared
 with the same commands fed through stdin in the same run. With --rate N the
 load is open loop instead: N requests/s for --duration, sent on schedule
 whether or not earlier ones were answered, and latency counts from each

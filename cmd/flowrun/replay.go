@@ -123,7 +123,7 @@ func runReplay(ctx context.Context, e env, flowPath, inputPath string, f replayF
 	}
 	reader := jsonl.NewReader(counter, jsonl.ReaderOptions{
 		Name:       inputName,
-		FlushEvery: 1024,
+		FlushEvery: replay.SliceEvents,
 		OnError: func(ev pipeline.Event, lerr error) error {
 			malformed.Add(1)
 			if f.strict {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -87,6 +88,12 @@ func runFlow(ctx context.Context, e env, path, metricsAddr string) error {
 	defer obs.close()
 	built, err := flow.Build(ctx, opts)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			// SIGINT or SIGTERM while connecting or taking partitions:
+			// no event was accepted, so a stop is all that was asked.
+			obs.logger.Log(context.Background(), obs.lifecycle, "flow stopped before it started", "flow", flow.Name)
+			return nil
+		}
 		return err
 	}
 	obs.started(flow, path, built.Graph)

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,6 +85,9 @@ type Decoder struct{ check ijson.Checker }
 
 // ToEvent is ToEvent with d's scratch space: the same event and error.
 func (d *Decoder) ToEvent(msg *message.Message) (pipeline.Event, error) {
+	if ev, ok := attachedEvent(msg); ok {
+		return ev, nil
+	}
 	check := &d.check
 	meta, merr := metaFromMetadata(check, msg.Metadata, msg.UUID)
 	payload := bytes.TrimSpace(msg.Payload)
@@ -116,6 +120,45 @@ func (d *Decoder) ToEvent(msg *message.Message) (pipeline.Event, error) {
 	}
 	meta = setString(meta, "error", what+": "+err.Error())
 	return pipeline.Event{Data: raw, Meta: meta}, err
+}
+
+// WithEvent attaches ev to msg: ToEvent (and so a Source) then returns ev
+// for msg, without an error, instead of converting its payload and
+// metadata. A subscriber that has already made the event of a message
+// while decoding it (the one I-JSON check where its bytes become an
+// event) attaches it, so that the message is not converted twice. ev must
+// be exactly what ToEvent would return for msg, without an error, and msg
+// must keep the payload and metadata ToEvent reads: dead letters and
+// redeliveries are made of them. A message made from msg (a dead letter, a
+// copy) does not carry ev.
+func WithEvent(msg *message.Message, ev pipeline.Event) {
+	msg.SetContext(&eventContext{Context: msg.Context(), ev: ev})
+}
+
+// eventContext is the context of a message WithEvent attached an event
+// to: one allocation per message.
+type eventContext struct {
+	context.Context
+	ev pipeline.Event
+}
+
+// eventKey is the key of the attached event in a message's context.
+type eventKey struct{}
+
+// Value returns the context itself for eventKey.
+func (c *eventContext) Value(key any) any {
+	if key == (eventKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+// attachedEvent returns the event WithEvent attached to msg.
+func attachedEvent(msg *message.Message) (pipeline.Event, bool) {
+	if c, ok := msg.Context().Value(eventKey{}).(*eventContext); ok {
+		return c.ev, true
+	}
+	return pipeline.Event{}, false
 }
 
 // ToMessage converts an event into a message with a new UUID.

@@ -286,3 +286,20 @@ func TestDecoderReusedMatchesToEvent(t *testing.T) {
 		}
 	}
 }
+
+// TestWithEvent checks that ToEvent returns the event a subscriber
+// attached to a message, whatever its payload and metadata, and that a
+// message made from it (a dead letter) does not carry it.
+func TestWithEvent(t *testing.T) {
+	m := message.NewMessage("m-1", []byte(`not json`))
+	m.Metadata.Set("a", "b")
+	attached := pipeline.Event{Data: []byte(`{"x":1}`), Meta: []byte(`{"a":"b","message_id":"m-1"}`)}
+	WithEvent(m, attached)
+	ev, err := ToEvent(m)
+	if err != nil || string(ev.Data) != `{"x":1}` || string(ev.Meta) != string(attached.Meta) {
+		t.Fatalf("ToEvent = %s %s, %v; want the attached event", ev.Data, ev.Meta, err)
+	}
+	if _, err := ToEvent(DeadLetterMessage(m, "failed")); !errors.Is(err, ErrNotJSON) {
+		t.Fatalf("dead letter: error %v, want ErrNotJSON (its own payload read)", err)
+	}
+}

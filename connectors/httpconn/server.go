@@ -660,16 +660,14 @@ func parseEvent(check *ijson.Checker, text []byte, base map[string]json.RawMessa
 	n := check.Members()
 	envelope := hasData && (n == 1 || hasMeta && n == 2)
 	if rep.BadString != nil {
-		if envelope && hasMeta && text[ms] == '{' {
-			if mrep, _ := check.Check(text[ms:me], "meta"); mrep.BadString != nil {
-				mrep.BadString.Offset += ms
-				return pipeline.Event{}, fmt.Errorf("%w: %w", ErrNotIJSON, mrep.BadString)
+		if envelope {
+			if bad := check.BadStringIn(text, "meta"); bad != nil {
+				return pipeline.Event{}, fmt.Errorf("%w: %w", ErrNotIJSON, bad)
 			}
 		}
 		// Only data holds such strings: repaired, so that every
-		// component reads the same U+FFFD. Repair keeps the structure.
-		text = ijson.Repair(make([]byte, 0, len(text)+16), text)
-		if _, err := check.Check(text, ""); err != nil {
+		// component reads the same U+FFFD.
+		if text, err = check.Repaired(text); err != nil {
 			return pipeline.Event{}, fmt.Errorf("%w: %w", ErrNotIJSON, err)
 		}
 		ds, de, _ = check.Member(text, "data")

@@ -276,7 +276,7 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 		}
 		return rd.lineErrorCause(lineNo, line, cerr)
 	}
-	var buf []byte
+	buf := trimmed
 	if rep.BadString == nil {
 		// Copy once; Data and Meta are sub-slices of the copy.
 		buf = append([]byte(nil), trimmed...)
@@ -285,26 +285,21 @@ func (rd *Reader) decode(lineNo uint64, line []byte, tooLong bool, size int) (ev
 		// Metadata (kv keys, correlation) is refused: repairing it would
 		// make different keys equal. Data is repaired, so that every
 		// component reads the same U+FFFD.
-		if ms, me, ok := rd.check.Member(trimmed, "meta"); ok && rd.opts.Codec == CodecEvent && trimmed[ms] == '{' {
-			mrep, _ := rd.check.Check(trimmed[ms:me], "meta")
-			if mrep.BadString != nil {
-				mrep.BadString.Offset += ms
-				return rd.lineErrorCause(lineNo, line, mrep.BadString)
+		if rd.opts.Codec == CodecEvent {
+			if bad := rd.check.BadStringIn(trimmed, "meta"); bad != nil {
+				return rd.lineErrorCause(lineNo, line, bad)
 			}
 		}
-		buf = ijson.Repair(make([]byte, 0, len(trimmed)+16), trimmed)
+		var err error
+		if buf, err = rd.check.Repaired(trimmed); err != nil {
+			return rd.lineErrorCause(lineNo, line, err) // cannot happen: Repair keeps the structure
+		}
 	}
 	if rd.opts.Codec == CodecJSON {
 		return pipeline.Event{Data: buf}, true, nil
 	}
 	if buf[0] != '{' {
 		return rd.lineError(lineNo, line, ErrInvalidLine, `expected an event object {"data": ..., "meta": {...}}`)
-	}
-	if rep.BadString != nil {
-		// Find the members in the repaired copy.
-		if _, err := rd.check.Check(buf, ""); err != nil {
-			return rd.lineErrorCause(lineNo, line, err) // cannot happen: Repair keeps the structure
-		}
 	}
 	ds, de, hasData := rd.check.Member(buf, "data")
 	ms, me, hasMeta := rd.check.Member(buf, "meta")

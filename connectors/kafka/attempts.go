@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+
+	"github.com/flowrun/flowrun/internal/flock"
 )
 
 // attempts is a source's durable attempt record (SourceOptions.AttemptsDir):
@@ -33,6 +35,35 @@ type attempt struct {
 	// past: a restart that reads one again (the commit had not happened)
 	// sets it aside again instead of processing it.
 	Aside []int64 `json:"aside,omitempty"`
+}
+
+// ErrAttemptsInUse: the attempt record of a group and topic is in use by
+// another source, in this process or another.
+var ErrAttemptsInUse = errors.New("attempt record in use")
+
+// lockAttempts creates dir and takes the lock of the attempt record at
+// path: a file beside it (path + ".lock"; the record itself is replaced
+// at each write) flocked for as long as it stays open. Two sources of one
+// group and topic writing one record would each replace it with their
+// own partitions' entries, so the second is refused. On a file system
+// without flock the record is used unlocked.
+func lockAttempts(dir, path string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("attempts_dir: %w", err)
+	}
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("attempts_dir: %w", err)
+	}
+	held, _, err := flock.TryLock(f)
+	if err == nil && held {
+		err = fmt.Errorf("%w: %s is locked by another source of its group and topic: give each process its own attempts_dir", ErrAttemptsInUse, path)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("attempts_dir: %w", err)
+	}
+	return f, nil
 }
 
 // attemptsFile is the file of group and topic in dir.

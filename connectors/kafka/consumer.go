@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -146,9 +145,7 @@ func newConsumer(ctx context.Context, o SourceOptions) (*consumer, error) {
 		parts:   map[int32]*partition{},
 	}
 	if o.AttemptsDir != "" {
-		if err := os.MkdirAll(o.AttemptsDir, 0o755); err != nil {
-			return nil, fmt.Errorf("attempts_dir: %w", err)
-		}
+		// The Source holds the record's lock (lockAttempts).
 		a, err := loadAttempts(attemptsFile(o.AttemptsDir, o.Group, o.Topic), o.Source.MaxDeliveries)
 		if err != nil {
 			return nil, err

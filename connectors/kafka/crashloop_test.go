@@ -2,6 +2,7 @@ package kafka_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -95,4 +96,36 @@ links:
 	if seen["c2"] != 0 {
 		t.Errorf("the record set aside was processed: %v", seen)
 	}
+}
+
+// TestAttemptsRecordHasOneWriter: a second source of the same group and
+// topic on the same attempts_dir (another process of the group on this
+// host, or another node of the flow) is refused at start, naming the
+// record: both would replace the record with their own partitions'
+// entries. Another group or topic, or the same once the first source is
+// closed, starts.
+func TestAttemptsRecordHasOneWriter(t *testing.T) {
+	c := startCluster(t)
+	dir := t.TempDir()
+	opts := func(group string) kafka.SourceOptions {
+		return kafka.SourceOptions{
+			Options:     kafka.Options{Name: "input", Brokers: c.ListenAddrs(), Topic: "t", Group: group},
+			Source:      bus.SourceOptions{MaxDeliveries: 2},
+			AttemptsDir: dir,
+		}
+	}
+	ctx := context.Background()
+	first, err := kafka.NewSource(ctx, nil, opts("g"))
+	must(t, err)
+	_, err = kafka.NewSource(ctx, nil, opts("g"))
+	if !errors.Is(err, kafka.ErrAttemptsInUse) || !strings.Contains(err.Error(), "attempts_dir") {
+		t.Fatalf("second source on the record = %v, want ErrAttemptsInUse naming attempts_dir", err)
+	}
+	other, err := kafka.NewSource(ctx, nil, opts("h"))
+	must(t, err)
+	must(t, other.Close(ctx))
+	must(t, first.Close(ctx))
+	again, err := kafka.NewSource(ctx, nil, opts("g"))
+	must(t, err)
+	must(t, again.Close(ctx))
 }

@@ -205,6 +205,7 @@ type SourceOptions struct {
 	// that a record that kills the process is dead-lettered, unprocessed,
 	// once handling it has begun Source.MaxDeliveries times (see
 	// docs/bus.md). Unset: no record; such a record is read again on every
-	// restart.
+	// restart. One source of a group and topic uses a directory at a time
+	// (ErrAttemptsInUse).
 	AttemptsDir string
 }

@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -41,8 +42,11 @@ type Source struct {
 	// connected is closed once c is set, or connecting has ended.
 	connected chan struct{}
 	c         *consumer
-	life      context.Context // ends at Close: stops connecting
-	stop      context.CancelFunc
+	// attemptsLock holds the attempt record's lock (AttemptsDir) until
+	// Close; nil without one.
+	attemptsLock *os.File
+	life         context.Context // ends at Close: stops connecting
+	stop         context.CancelFunc
 
 	// unsettled counts the records emitted into the graph whose
 	// completion has not been handled yet.
@@ -101,12 +105,20 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*Sourc
 		return nil, fmt.Errorf("source %s: %w: no graph to find fail sinks in", so.Name, bus.ErrSubscribe)
 	}
 	opts.Reconnect.EnsureDefaults()
+	var lock *os.File
+	if opts.AttemptsDir != "" {
+		var err error
+		if lock, err = lockAttempts(opts.AttemptsDir, attemptsFile(opts.AttemptsDir, opts.Group, opts.Topic)); err != nil {
+			return nil, fmt.Errorf("source %s: %w: %w", so.Name, bus.ErrSubscribe, err)
+		}
+	}
 	client, err := newClient(opts.Options)
 	if err != nil {
+		closeLock(lock)
 		return nil, fmt.Errorf("source %s: dead letters: %w", so.Name, err)
 	}
 	s := &Source{
-		opts: opts, so: so, graph: graph,
+		opts: opts, so: so, graph: graph, attemptsLock: lock,
 		dead:        &publisher{client: client, dead: true},
 		connected:   make(chan struct{}),
 		retry:       make(chan struct{}, 1),
@@ -120,6 +132,7 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*Sourc
 		if err != nil {
 			s.stop()
 			_ = s.dead.Close()
+			closeLock(lock)
 			if opts.Health != nil {
 				opts.Health.Set(so.Name, err)
 			}
@@ -132,6 +145,13 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*Sourc
 	}
 	go s.settler()
 	return s, nil
+}
+
+// closeLock releases the attempt record's lock, if any.
+func closeLock(f *os.File) {
+	if f != nil {
+		_ = f.Close()
+	}
 }
 
 // connect makes the consumer, retrying with Reconnect's backoff while the
@@ -408,6 +428,7 @@ func (s *Source) Close(context.Context) error {
 		err = c.release()
 	}
 	_ = s.dead.Close()
+	closeLock(s.attemptsLock)
 	if s.opts.Health != nil {
 		s.opts.Health.Set(s.so.Name, nil)
 	}

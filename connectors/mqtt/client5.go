@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -61,7 +62,7 @@ func (c client5) connect(ctx context.Context) (*paho5.Client, *lingerConn, error
 	if err != nil {
 		return nil, nil, err
 	}
-	lc := &lingerConn{Conn: conn, linger: o.ConnectTimeout}
+	lc := newLingerConn(conn, o.ConnectTimeout)
 	cfg := paho5.ClientConfig{
 		ClientID:      c.clientID,
 		Conn:          lc,
@@ -134,12 +135,37 @@ func disconnect5(client *paho5.Client) {
 // Write calls, and writes from several goroutines (publishes, acks,
 // pings), so without the lock two packets could interleave on the wire.
 // Writes of the connection's user take it too.
+//
+// It reads through a buffer: paho.golang and paho.mqtt.golang read each
+// packet in at least three reads (its first byte, its length a byte at a
+// time, the rest), which were three system calls per message received, and
+// the buffer serves a run of packets with one. Each Read still makes at
+// most one read of the connection, so it waits no longer than the
+// connection would. The client reads from one goroutine at a time.
 type lingerConn struct {
 	net.Conn
 	sync.Mutex // held around each packet written
 	linger     time.Duration
+	r          *bufio.Reader // nil: reads are not buffered
 	once       sync.Once
 	err        error
+}
+
+// readBuffer is the size of a lingerConn's read buffer.
+const readBuffer = 16 << 10
+
+// newLingerConn returns conn lingering at most linger at Close, its reads
+// buffered.
+func newLingerConn(conn net.Conn, linger time.Duration) *lingerConn {
+	return &lingerConn{Conn: conn, linger: linger, r: bufio.NewReaderSize(conn, readBuffer)}
+}
+
+// Read implements net.Conn.
+func (c *lingerConn) Read(b []byte) (int, error) {
+	if c.r == nil {
+		return c.Conn.Read(b)
+	}
+	return c.r.Read(b)
 }
 
 // Close implements net.Conn.

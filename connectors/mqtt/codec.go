@@ -31,14 +31,33 @@ type decoder struct {
 	codec  string
 	idFrom string
 	check  ijson.Checker // used by one goroutine: the client's router
+	fields []metaValue   // direct's scratch space, as check
+	keys   []byte        // direct's scratch space for bus.JSONKeysKey
+	// The last meta.mqtt made, for a message of the same topic and
+	// flags, and the last bus.JSONKeysKey value: strings shared by the
+	// messages of a run instead of one each.
+	last     received
+	lastInfo string
+	lastKeys string
 }
 
 // decode returns the message for r: payload the event's data, metadata
 // its meta (MetaKey with r's MQTT fields; with CodecEvent, the envelope's
 // meta), UUID its message id ("" when it has none). A payload it cannot
 // decode gives a message carrying bus.DecodeErrorKey, which the Source
-// dead-letters.
+// dead-letters. The message of a payload that is an event as it is (the
+// usual case, see direct) carries that event too (bus.WithEvent), so the
+// Source does not convert its metadata back.
 func (d *decoder) decode(r received) *message.Message {
+	if m := d.direct(r); m != nil {
+		return m
+	}
+	return d.decodeMessage(r)
+}
+
+// decodeMessage is decode through the message's metadata alone: the
+// message without an event attached, which bus.ToEvent converts.
+func (d *decoder) decodeMessage(r received) *message.Message {
 	md := message.Metadata{MetaKey: mqttInfo(r)}
 	jsonKeys := []string{MetaKey}
 	finish := func(id string, payload []byte, reason string) *message.Message {
@@ -147,6 +166,11 @@ func (d *decoder) envelope(payload []byte, md message.Metadata, jsonKeys []strin
 	}
 	if meta.Exists() && !meta.IsObject() && meta.Type != gjson.Null {
 		return nil, "", jsonKeys, "payload is not " + want + ": meta is not an object"
+	}
+	if !meta.IsObject() {
+		// Absent or null: no fields (ForEach would visit null itself, as
+		// a member named "").
+		return data, id, jsonKeys, ""
 	}
 	meta.ForEach(func(k, v gjson.Result) bool {
 		key := k.String()

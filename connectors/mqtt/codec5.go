@@ -13,10 +13,12 @@ import (
 // decode5 returns the message for a received MQTT 5 publish: as decode
 // does for MQTT 3.1.1, plus the user properties in its metadata.
 func (d *decoder) decode5(pb *paho5.Publish) *message.Message {
-	m := d.decode(received{topic: pb.Topic, payload: pb.Payload, qos: pb.QoS, retained: pb.Retain, duplicate: pb.Duplicate()})
-	if pb.Properties != nil {
-		withUserProperties(m, pb.Properties.User, d.idFrom)
+	r := received{topic: pb.Topic, payload: pb.Payload, qos: pb.QoS, retained: pb.Retain, duplicate: pb.Duplicate()}
+	if pb.Properties == nil || len(pb.Properties.User) == 0 {
+		return d.decode(r)
 	}
+	m := d.decodeMessage(r)
+	withUserProperties(m, pb.Properties.User, d.idFrom)
 	return m
 }
 

@@ -40,6 +40,7 @@ func TestDecode(t *testing.T) {
 			wantData: `{"n":1}`, wantID: "m-1",
 			wantMeta: map[string]string{"correlation": "7", "kv": `{"get":"k"}`, "tag": `"x"`}},
 		{name: "envelope without meta", codec: CodecEvent, in: r(`{"data":[1]}`), wantData: `[1]`},
+		{name: "envelope with null meta", codec: CodecEvent, in: r(`{"data":[1],"meta":null}`), wantData: `[1]`},
 		{name: "envelope id_from beats meta id", codec: CodecEvent, idFrom: "k", in: r(`{"data":{"k":"d-1"},"meta":{"message_id":"m-1"}}`),
 			wantData: `{"k":"d-1"}`, wantID: "d-1"},
 		{name: "not an envelope", codec: CodecEvent, in: r(`{"t":1}`), wantUndecodable: `unexpected member "t"`},
@@ -70,6 +71,9 @@ func TestDecode(t *testing.T) {
 			if info.Get("topic").String() != "s/a/t" || info.Get("qos").Int() != 1 || !info.Get("retained").Bool() ||
 				info.Get("duplicate").Bool() {
 				t.Errorf("meta.mqtt = %s", info.Raw)
+			}
+			if strings.Contains(string(ev.Meta), `"":`) {
+				t.Errorf("meta %s has a member named \"\"", ev.Meta)
 			}
 			for k, want := range tc.wantMeta {
 				if got := gjson.GetBytes(ev.Meta, k).Raw; got != want {

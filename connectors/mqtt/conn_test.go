@@ -13,6 +13,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
+	paho "github.com/eclipse/paho.mqtt.golang"
+	packets311 "github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/flowrun/flowrun/connectors/bus"
 )
@@ -24,10 +26,16 @@ type fakeMessage struct {
 	// block, when set, holds Ack until it is closed, as paho's ack path
 	// does while its goroutines are busy.
 	block chan struct{}
+	qos   byte // 0 for 1
 }
 
-func (m *fakeMessage) Duplicate() bool   { return false }
-func (m *fakeMessage) Qos() byte         { return 1 }
+func (m *fakeMessage) Duplicate() bool { return false }
+func (m *fakeMessage) Qos() byte {
+	if m.qos != 0 {
+		return m.qos
+	}
+	return 1
+}
 func (m *fakeMessage) Retained() bool    { return false }
 func (m *fakeMessage) Topic() string     { return "t" }
 func (m *fakeMessage) MessageID() uint16 { return m.id }
@@ -339,5 +347,96 @@ func TestPahoPacketsTakeTheConnectionLock(t *testing.T) {
 	<-done
 	if len(rc.got()) == 0 {
 		t.Error("nothing written")
+	}
+}
+
+// TestAcksWrittenAtOnce: the PUBACKs of a run of done MQTT 3.1.1 messages
+// go out in one write on the connection, in order, not through paho; a
+// QoS 2 message is acknowledged through paho (its PUBREC).
+func TestAcksWrittenAtOnce(t *testing.T) {
+	rc := &recordingConn{}
+	c := newConn(slog.Default(), "src", decoder{codec: CodecJSON}, 10)
+	c.net = &ackConn{newLingerConn(rc, 0)}
+	log := &ackLog{}
+	c.queueAcks([]paho.Message{&fakeMessage{id: 7, acks: log}, &fakeMessage{id: 300, acks: log},
+		&fakeMessage{id: 5, acks: log, qos: 2}, &fakeMessage{id: 9, acks: log}})
+	c.sendAcks()
+	writes := rc.got()
+	if len(writes) != 1 {
+		t.Fatalf("%d writes for 3 PUBACKs, want 1", len(writes))
+	}
+	r := bytes.NewReader(writes[0])
+	for _, want := range []uint16{7, 300, 9} {
+		cp, err := packets311.ReadPacket(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pa, ok := cp.(*packets311.PubackPacket)
+		if !ok || pa.MessageID != want {
+			t.Fatalf("packet %v, want PUBACK %d", cp, want)
+		}
+	}
+	if r.Len() != 0 {
+		t.Errorf("%d bytes more", r.Len())
+	}
+	if got := log.get(); len(got) != 1 || got[0] != 5 {
+		t.Errorf("acked through paho: %v, want [5] (the QoS 2 message)", got)
+	}
+}
+
+// TestAckStoreKeepsNoQoS1Received: paho's store of a source connection
+// does not keep the QoS 1 messages received, whose acks paho never sends
+// (it would keep them all until the connection ends), and keeps the rest.
+func TestAckStoreKeepsNoQoS1Received(t *testing.T) {
+	s := ackStore{paho.NewMemoryStore()}
+	s.Open()
+	defer s.Close()
+	pub := func(qos byte, id uint16) *packets311.PublishPacket {
+		p := packets311.NewControlPacket(packets311.Publish).(*packets311.PublishPacket)
+		p.Qos, p.MessageID = qos, id
+		return p
+	}
+	s.Put("i.1", pub(1, 1))
+	s.Put("i.2", pub(2, 2))
+	s.Put("o.3", pub(1, 3))
+	if got := s.All(); len(got) != 2 || s.Get("i.1") != nil || s.Get("i.2") == nil || s.Get("o.3") == nil {
+		t.Errorf("stored %v, want i.2 and o.3", got)
+	}
+}
+
+// countingConn is a connection reading from r, counting its reads.
+type countingConn struct {
+	net.Conn
+	r     *bytes.Reader
+	reads int
+}
+
+func (c *countingConn) Read(b []byte) (int, error) { c.reads++; return c.r.Read(b) }
+
+// TestReadsBuffered: a run of packets the broker sent at once is read with
+// one read of the connection, not three or more per packet (paho reads the
+// first byte, then the length a byte at a time, then the rest).
+func TestReadsBuffered(t *testing.T) {
+	var wire bytes.Buffer
+	for id := uint16(1); id <= 3; id++ {
+		p := packets311.NewControlPacket(packets311.Publish).(*packets311.PublishPacket)
+		p.TopicName, p.Qos, p.MessageID, p.Payload = "t", 1, id, []byte(`{"i":1}`)
+		if err := p.Write(&wire); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc := &countingConn{r: bytes.NewReader(wire.Bytes())}
+	lc := newLingerConn(cc, 0)
+	for id := uint16(1); id <= 3; id++ {
+		cp, err := packets311.ReadPacket(lc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := cp.(*packets311.PublishPacket); !ok || p.MessageID != id || string(p.Payload) != `{"i":1}` {
+			t.Fatalf("packet %v, want PUBLISH %d", cp, id)
+		}
+	}
+	if cc.reads != 1 {
+		t.Errorf("%d reads of the connection for 3 packets, want 1", cc.reads)
 	}
 }

@@ -22,7 +22,16 @@
 //     the connection's intake (intake.go): three goroutines per
 //     connection, whatever the number of messages in flight, one of which
 //     waits for the settlements in arrival order and sends the acks of a
-//     run of done messages at once.
+//     run of done messages at once: the connection writes the run's
+//     PUBACKs in one write itself (acks.go), past paho, which would pass
+//     each through two goroutines and write it alone. The connection also
+//     reads through a buffer (paho reads a packet in three reads or more).
+//   - One pass per message. The source's decoder makes the event of a
+//     usual message (JSON, or a CodecEvent envelope) in one pass over the
+//     payload, with its one I-JSON check, and attaches it to the watermill
+//     message (bus.WithEvent), whose metadata it fills too for dead
+//     letters and redeliveries; anything unusual goes through the
+//     metadata and bus.ToEvent, which give the same events (codec_direct.go).
 //   - No nack. MQTT has no negative acknowledgement, and a broker resends
 //     an unacknowledged message only when the client reconnects with its
 //     session. A message the bus Source nacks is therefore handed to it

@@ -43,6 +43,13 @@ func Dial5(ctx context.Context, opts SourceOptions) (<-chan *message.Message, fu
 	return msgs, release, err
 }
 
+// Dial makes one MQTT 3.1.1 connection of a source with opts, as the
+// source does, subscribed to opts.Topic.
+func Dial(ctx context.Context, opts SourceOptions) (<-chan *message.Message, func() error, error) {
+	opts.EnsureDefaults()
+	return (&subscriber{opts: opts}).dial(ctx, opts.Topic)
+}
+
 // Decode5 reads an MQTT 5 message as the source does, into an event.
 func Decode5(pb *paho5.Publish, codec, idFrom string) (pipeline.Event, error) {
 	d := decoder{codec: codec, idFrom: idFrom}

@@ -329,6 +329,7 @@ func (c *intake[P]) retry(p pending[P]) {
 	for k, v := range p.msg.Metadata {
 		again.Metadata.Set(k, v)
 	}
+	again.SetContext(p.msg.Context()) // the event decode attached, if any
 	p.msg, p.deliveries = again, p.deliveries+1
 	c.mu.Lock()
 	c.queue = append(c.queue, p)

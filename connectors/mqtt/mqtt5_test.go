@@ -361,7 +361,18 @@ func TestReceiveMaximum(t *testing.T) {
 // released. A connection takes the first 4 of 10 queued messages, acks
 // some and ends; the session's next connection gets every message the
 // broker had no acknowledgement for.
-func TestAcksInArrivalOrder5(t *testing.T) {
+func TestAcksInArrivalOrder5(t *testing.T) { testAcksReachTheBroker(t, Protocol5) }
+
+// TestAcksReachTheBroker is TestAcksInArrivalOrder5 with MQTT 3.1.1, whose
+// PUBACKs the connection writes itself, a run of them at once.
+func TestAcksReachTheBroker(t *testing.T) { testAcksReachTheBroker(t, Protocol311) }
+
+// testAcksReachTheBroker takes 4 of 10 queued messages on one connection
+// with protocol, acks some of them and releases the connection: the
+// broker got the acks of the first ones acked in arrival order (those
+// after a message not acked are not sent), and sends the rest again on the
+// next connection.
+func testAcksReachTheBroker(t *testing.T, protocol string) {
 	url := mqttURL(t)
 	for _, tc := range []struct {
 		name    string
@@ -376,14 +387,18 @@ func TestAcksInArrivalOrder5(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			topic := uniqueTopic("ackorder")
 			clientID := "ackorder-" + randomID()
-			createSessionFor(t, Protocol5, url, clientID, topic)
+			createSessionFor(t, protocol, url, clientID, topic)
 			const n, window = 10, 4
 			var payloads [][]byte
 			for i := range n {
 				payloads = append(payloads, []byte(fmt.Sprintf(`{"i":%d}`, i)))
 			}
 			publish(t, url, topic, payloads)
-			msgs, release, err := Dial5(context.Background(), SourceOptions{Options: Options{URL: url, ClientID: clientID, Protocol: Protocol5},
+			dial := Dial5
+			if protocol == Protocol311 {
+				dial = Dial
+			}
+			msgs, release, err := dial(context.Background(), SourceOptions{Options: Options{URL: url, ClientID: clientID, Protocol: protocol},
 				Topic: topic, QoS: 1, MaxInflight: window, Source: bus.SourceOptions{Window: window}})
 			must(t, err)
 			var taken []*message.Message
@@ -401,7 +416,15 @@ func TestAcksInArrivalOrder5(t *testing.T) {
 			must(t, release())
 			var mu sync.Mutex
 			total := 0
-			c := client5(t, url, clientID, false, DefaultSessionExpiry, func(*paho5.Publish) { mu.Lock(); total++; mu.Unlock() })
+			count := func() { mu.Lock(); total++; mu.Unlock() }
+			var stop func()
+			if protocol == Protocol311 {
+				c := connect(t, url, clientID, false, func(paho.Client, paho.Message) { count() })
+				stop = func() { c.Disconnect(0) }
+			} else {
+				c := client5(t, url, clientID, false, DefaultSessionExpiry, func(*paho5.Publish) { count() })
+				stop = func() { disconnect5(c) }
+			}
 			want := n - tc.wantAck
 			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 				mu.Lock()
@@ -412,7 +435,7 @@ func TestAcksInArrivalOrder5(t *testing.T) {
 				}
 			}
 			time.Sleep(100 * time.Millisecond)
-			disconnect5(c)
+			stop()
 			mu.Lock()
 			defer mu.Unlock()
 			if total != want {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -70,7 +71,10 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 		// subscription is renewed have no route: they reach the default
 		// handler, which every message of this client goes to.
 		SetDefaultPublishHandler(c.handle).
-		SetConnectionLostHandler(c.lost)
+		SetConnectionLostHandler(c.lost).
+		// The connection writes its PUBACKs itself (see acks.go).
+		SetCustomOpenConnectionFn(openConn(&c.net)).
+		SetStore(ackStore{paho.NewMemoryStore()})
 	client := paho.NewClient(co)
 	c.client = client
 	if err := wait(ctx, client.Connect(), o.ConnectTimeout, "connect"); err != nil {
@@ -93,14 +97,16 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 }
 
 // conn is one MQTT 3.1.1 connection of the subscriber: an intake (see
-// there) whose acks paho sends (Message.Ack). paho passes each ack through
-// two goroutines of its own before writing it, one at a time, so the
-// connection's acker goroutine sends them, in order, and the intake's
-// settler, which queues them, never waits for paho.
+// there) whose acks the connection's acker goroutine sends, in order, so
+// that the intake's settler, which queues them, never waits for the
+// network: the PUBACKs of a run in one write on the connection (see
+// acks.go), a PUBREC (QoS 2) through paho (Message.Ack).
 type conn struct {
 	*intake[paho.Message]
 	dec    decoder
 	client paho.Client
+	net    *ackConn // set by paho's connect, before start
+	ackBuf []byte   // the acker's
 
 	ackMu     sync.Mutex
 	toAck     []paho.Message // ready, in order, not yet sent
@@ -150,9 +156,20 @@ func (c *conn) sendAcks() {
 	pms := c.toAck
 	c.toAck = nil
 	c.ackMu.Unlock()
+	buf := slices.Grow(c.ackBuf[:0], pubackLen*len(pms))
 	for _, pm := range pms {
+		if pm.Qos() == 1 && c.net != nil {
+			buf = appendPuback(buf, pm.MessageID())
+			continue
+		}
 		pm.Ack()
 	}
+	if len(buf) > 0 {
+		// An error is the connection's end, which paho reports (lost):
+		// the broker resends the messages whose acks are lost with it.
+		_, _ = c.net.Write(buf)
+	}
+	c.ackBuf = buf[:0]
 }
 
 // handle queues a received message. It runs on the client's router

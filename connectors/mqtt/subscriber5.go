@@ -1,7 +1,6 @@
 package mqtt
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -81,7 +80,7 @@ type conn5 struct {
 	conn    *lingerConn // the client's connection
 	session *session5
 	// acks holds the PUBACKs of one flush, written at once.
-	acks        bytes.Buffer
+	acks        []byte
 	releaseOnce sync.Once
 }
 
@@ -104,8 +103,9 @@ func (c *conn5) handle(pr paho5.PublishReceived) (bool, error) {
 func (c *conn5) ack(pbs []*paho5.Publish) {
 	for _, pb := range pbs {
 		if pb.QoS == 1 {
-			pa := packets.Puback{PacketID: pb.PacketID, Properties: &packets.Properties{}}
-			_, _ = pa.WriteTo(&c.acks) // a bytes.Buffer does not fail
+			// Success without properties: the short form, as in 3.1.1
+			// (MQTT 5 §3.4.2.1), written without paho's encoder.
+			c.acks = appendPuback(c.acks, pb.PacketID)
 			continue
 		}
 		c.writeAcks()
@@ -120,17 +120,17 @@ func (c *conn5) ack(pbs []*paho5.Publish) {
 // writeAcks writes the PUBACKs held in c.acks, under the connection's
 // lock, so that they do not interleave with a packet of paho's.
 func (c *conn5) writeAcks() {
-	if c.acks.Len() == 0 {
+	if len(c.acks) == 0 {
 		return
 	}
 	c.conn.Lock()
-	_, err := c.conn.Write(c.acks.Bytes())
+	_, err := c.conn.Write(c.acks)
 	c.conn.Unlock()
 	if err != nil {
 		// The connection is lost: the broker resends the messages.
 		c.logger.Debug("mqtt acks not sent", "node", c.name, "error", err)
 	}
-	c.acks.Reset()
+	c.acks = c.acks[:0]
 }
 
 func (c *conn5) start() {

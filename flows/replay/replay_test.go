@@ -76,6 +76,22 @@ func TestAppendLineEscapesSinkName(t *testing.T) {
 	}
 }
 
+// TestCaptureEscapesSinkName checks the lines a capture writes for a sink
+// whose name needs escaping in JSON: the start of its lines is escaped
+// once, when the sink is made, as AppendLine escapes it for every line.
+func TestCaptureEscapesSinkName(t *testing.T) {
+	var out bytes.Buffer
+	capture := NewCapture(&out)
+	const name = "a\"b\\c\n"
+	ev := pipeline.Event{Data: []byte(`1`), Meta: []byte(`{"x":2}`)}
+	sink := capture.Sink(name)
+	must(t, sink.Process(context.Background(), []pipeline.Event{ev}, nil))
+	must(t, capture.Release())
+	if want := string(AppendLine(nil, name, ev)); out.String() != want {
+		t.Fatalf("got %s want %s", out.String(), want)
+	}
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
@@ -134,7 +150,66 @@ func TestSourceWaitsForRoom(t *testing.T) {
 	if slots > 2*(limit+trackChunk) {
 		t.Errorf("the capture's queue grew to %d slots for at most %d input events in flight", slots, limit+trackChunk)
 	}
-	t.Logf("at most %d input events in the flow", most)
+	// The source is woken when there is room, not at every write: once
+	// per wait (a signal left over from a wait that found room by itself
+	// may add one).
+	if capture.wakeups > capture.waits+1 {
+		t.Errorf("the source waited %d times and was woken %d times", capture.waits, capture.wakeups)
+	}
+	t.Logf("at most %d input events in the flow; %d waits, %d wakeups", most, capture.waits, capture.wakeups)
+}
+
+// TestSourceDoubleBuffers checks the default bound on unwritten events
+// with a source flushing slices of SliceEvents, as flowrun replay's does:
+// each slice reaches the flow whole (a kv store gets it as one request),
+// and the source waits while a slice is in the flow, so that at most the
+// slice in the flow and the one being emitted are unwritten.
+func TestSourceDoubleBuffers(t *testing.T) {
+	const total = 20 * SliceEvents
+	var out bytes.Buffer
+	capture := NewCapture(&out)
+	inner := pipeline.SourceFunc(func(ctx context.Context, emit pipeline.SourceEmitter) error {
+		for i := 1; i <= total; i++ {
+			emit.Emit(pipeline.PortOut, pipeline.Event{Data: []byte(strconv.Itoa(i))})
+			if i%SliceEvents == 0 {
+				if err := emit.Flush(ctx); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	src := &WindowedSource{Inner: inner, Capture: capture}
+	g := pipeline.New(pipeline.Options{QueueDepth: 64, MaxCoalesce: 1})
+	var most uint64
+	var sizes []int
+	slow := func(_ context.Context, b []pipeline.Event, e pipeline.Emitter) error {
+		most = max(most, capture.unwrittenCount())
+		sizes = append(sizes, len(b))
+		time.Sleep(time.Millisecond)
+		for _, ev := range b {
+			e.Emit(pipeline.PortOut, ev)
+		}
+		return nil
+	}
+	must(t, g.AddSource("src", src, pipeline.PortOut))
+	must(t, g.AddProcessor("slow", pipeline.ProcessorFunc(slow), pipeline.PortOut))
+	must(t, g.AddProcessor("all", capture.Sink("all")))
+	must(t, g.Link("src", pipeline.PortOut, "slow"))
+	must(t, g.Link("slow", pipeline.PortOut, "all"))
+	must(t, g.Run(context.Background()))
+	must(t, capture.Release())
+	if capture.Written() != total {
+		t.Fatalf("Written = %d, want %d", capture.Written(), total)
+	}
+	for i, n := range sizes {
+		if n != SliceEvents {
+			t.Fatalf("slice %d of the flow holds %d events, want %d", i, n, SliceEvents)
+		}
+	}
+	if most > 2*SliceEvents {
+		t.Errorf("%d input events were unwritten at once, want at most %d (two slices)", most, 2*SliceEvents)
+	}
 }
 
 // TestOrderAcrossTrackers feeds several trackers' worth of input events

@@ -711,6 +711,39 @@ func Repair(dst, b []byte) []byte {
 	return dst
 }
 
+// BadStringIn returns the first string with invalid UTF-8 or a lone
+// surrogate escape (as Report.BadString, its offset counted in b) in the
+// member name of b's root object, or nil when that member is not an
+// object or holds none. b must have passed Check. A source whose Check
+// reported a BadString calls it to refuse one in meta, where a repaired
+// key or correlation would equal another, before repairing the rest. The
+// member is checked anew: Member and Members then describe it, not b.
+func (c *Checker) BadStringIn(b []byte, name string) *Error {
+	start, end, ok := c.Member(b, name)
+	if !ok || b[start] != '{' {
+		return nil
+	}
+	rep, _ := c.Check(b[start:end], name)
+	if rep.BadString == nil {
+		return nil
+	}
+	bad := *rep.BadString
+	bad.Offset += start
+	return &bad
+}
+
+// Repaired returns a copy of b with its invalid strings repaired (see
+// Repair), checked again so that Member and Members describe the copy.
+// b must have passed Check; Repair keeps its structure, so the check of
+// the copy fails only if b had not.
+func (c *Checker) Repaired(b []byte) ([]byte, error) {
+	out := Repair(make([]byte, 0, len(b)+16), b)
+	if _, err := c.Check(out, ""); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CheckString reports what keeps raw, the JSON text of one string
 // (quotes included, as gjson.Result.Raw gives it), from naming one exact
 // sequence of characters: ErrLoneSurrogate, ErrInvalidUTF8, or ErrSyntax

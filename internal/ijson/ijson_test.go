@@ -312,6 +312,49 @@ func TestMember(t *testing.T) {
 	}
 }
 
+// TestBadStringInAndRepaired: a source refuses an invalid string in meta
+// at its offset in the whole text and repairs one anywhere else, after
+// which Member reads the repaired copy.
+func TestBadStringInAndRepaired(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		badAt    int    // offset of the string refused in meta, -1 for none
+		data     string // the repaired copy's data member
+	}{
+		{name: "in meta", in: `{"data":1,"meta":{"k":"\ud800"}}`, badAt: 22},
+		{name: "deep in meta", in: `{"meta":{"a":{"b":["x","\udc00"]}}}`, badAt: 23},
+		{name: "in data", in: `{"data":"\ud800","meta":{"k":"v"}}`, badAt: -1, data: `"\ufffd"`},
+		{name: "meta not an object", in: `{"data":1,"meta":"\ud800"}`, badAt: -1, data: "1"},
+		{name: "invalid UTF-8 in data", in: "{\"data\":\"a\xffb\"}", badAt: -1, data: "\"a\uFFFDb\""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c Checker
+			in := []byte(tc.in)
+			rep, err := c.Check(in, "")
+			if err != nil || rep.BadString == nil {
+				t.Fatalf("Check = %v, %v; want a BadString", rep, err)
+			}
+			bad := c.BadStringIn(in, "meta")
+			if tc.badAt >= 0 {
+				if bad == nil || bad.Offset != tc.badAt || !errors.Is(bad, ErrLoneSurrogate) {
+					t.Fatalf("BadStringIn = %v, want a lone surrogate at byte %d", bad, tc.badAt)
+				}
+				return
+			}
+			if bad != nil {
+				t.Fatalf("BadStringIn = %v, want nil", bad)
+			}
+			out, err := c.Repaired(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s, e, ok := c.Member(out, "data"); !ok || string(out[s:e]) != tc.data {
+				t.Errorf("data of the repaired copy %q = %q, want %q", out, out[s:e], tc.data)
+			}
+		})
+	}
+}
+
 func TestAppendValid(t *testing.T) {
 	tests := []struct {
 		in, want string

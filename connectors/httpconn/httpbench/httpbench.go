@@ -319,6 +319,14 @@ links:
 		MaxIdleConns: cfg.Clients, MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients,
 		DisableCompression: true,
 	}}
+	// Keep-alive clients are connected before they are measured, as wrk's
+	// are: dialing 64 connections at the first requests put the setup of
+	// TCP connections into the open loop's tail.
+	if err := openConnections(ctx, client, "http://"+addr+"/ping", cfg.Clients); err != nil {
+		stop()
+		<-done
+		return nil, 0, 0, err
+	}
 	lat := make([]time.Duration, n)
 	var errs atomic.Int64
 	start := time.Now()
@@ -359,6 +367,46 @@ func waitReady(ctx context.Context, url string) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// openConnections makes client hold n idle keep-alive connections to
+// url's server: it sends n concurrent GETs of url, each holding its
+// connection (its answer's body unread) until all n are answered, so that
+// none reuses another's connection (url must answer with a body: the
+// connection of an empty answer is free again at once). It fails when a
+// GET fails or answers other than 200.
+func openConnections(ctx context.Context, client *http.Client, url string, n int) error {
+	var answered, finished sync.WaitGroup
+	release := make(chan struct{})
+	errs := make(chan error, n)
+	answered.Add(n)
+	finished.Add(n)
+	for range n {
+		go func() {
+			defer finished.Done()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			var resp *http.Response
+			if err == nil {
+				resp, err = client.Do(req)
+			}
+			answered.Done()
+			if err != nil {
+				errs <- fmt.Errorf("open connections: %w", err)
+				return
+			}
+			<-release
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Errorf("open connections: GET %s: %s", url, resp.Status)
+			}
+		}()
+	}
+	answered.Wait()
+	close(release)
+	finished.Wait()
+	close(errs)
+	return <-errs
 }
 
 // send sends request i and reports whether the answer was a 200 carrying

@@ -3,6 +3,12 @@ package httpbench
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -37,5 +43,47 @@ func TestConfigRefused(t *testing.T) {
 		if err := c.Validate(); !errors.Is(err, ErrConfig) {
 			t.Errorf("%+v: %v", c, err)
 		}
+	}
+}
+
+// TestOpenConnections: the client ends up holding n connections, and the
+// requests that follow dial none.
+func TestOpenConnections(t *testing.T) {
+	var opened atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("pong\n")) }))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	const n = 16
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: n}}
+	if err := openConnections(context.Background(), client, srv.URL, n); err != nil {
+		t.Fatal(err)
+	}
+	if got := opened.Load(); got != n {
+		t.Fatalf("%d connections opened, want %d", got, n)
+	}
+	var wg sync.WaitGroup
+	for range 4 * n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp, err := client.Get(srv.URL); err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if got := opened.Load(); got != n {
+		t.Errorf("%d connections after the requests, want the %d opened before", got, n)
+	}
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	defer bad.Close()
+	if err := openConnections(context.Background(), http.DefaultClient, bad.URL, 3); err == nil {
+		t.Error("openConnections to a server answering 503: no error")
 	}
 }

@@ -86,9 +86,9 @@ type Options struct {
 	// split into consecutive messages. Default DefaultChunkBytes; must
 	// be at least 64 and below the server's max_payload.
 	ChunkBytes int
-	// AckTimeout bounds the wait for each append's acknowledgement, and
-	// for each request about the stream (its state, a reader). Default
-	// DefaultAckTimeout.
+	// AckTimeout bounds the wait for each append's acknowledgement,
+	// counted from its publish, and for each request about the stream
+	// (its state, a reader). Default DefaultAckTimeout.
 	AckTimeout time.Duration
 	// RestoreBatch is how many records Restore applies per Update.
 	// Default DefaultRestoreBatch.
@@ -368,10 +368,15 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 	}
 	w.input = max(w.input, input)
 	w.logBytes += int64(logBytes)
+	// The acknowledgements are due AckTimeout after the publish, not
+	// after the call of wait: a caller that waits for many appends in
+	// turn (Fence: MaxInFlight of them) waits AckTimeout in all when
+	// their acknowledgements were lost, not AckTimeout for each.
 	timeout := w.log.opts.AckTimeout
+	due := time.Now().Add(timeout)
 	pos := Position{Seq: w.last, Epoch: w.epoch, Input: w.input}
 	return pos, id, func() (uint64, error) {
-		timer := time.NewTimer(timeout)
+		timer := time.NewTimer(time.Until(due))
 		defer timer.Stop()
 		defer func() {
 			w.mu.Lock()
@@ -380,20 +385,37 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 		}()
 		for i, f := range futures {
 			want := first + uint64(i)
-			var err error
-			select {
-			case ack := <-f.Ok():
+			acked := func(ack *jetstream.PubAck) error {
 				if ack.Sequence != want {
-					err = fmt.Errorf("changelog %q: append stored at sequence %d, expected %d (does the server honour Nats-Expected-Last-Sequence?)",
+					return fmt.Errorf("changelog %q: append stored at sequence %d, expected %d (does the server honour Nats-Expected-Last-Sequence?)",
 						w.log.opts.Stream, ack.Sequence, want)
 				}
+				return nil
+			}
+			var err error
+			// An answer already in counts even when the deadline has
+			// passed too (of ready cases, select picks one at random).
+			answered := true
+			select {
+			case ack := <-f.Ok():
+				err = acked(ack)
 			case perr := <-f.Err():
 				err = classify(w.log.opts.Stream, want, perr)
-			case <-timer.C:
-				err = fmt.Errorf("changelog %q: append at sequence %d: no acknowledgement within Options.AckTimeout %v: %w",
-					w.log.opts.Stream, want, timeout, context.DeadlineExceeded)
-			case <-ctx.Done():
-				err = fmt.Errorf("changelog %q: append at sequence %d: %w", w.log.opts.Stream, want, ctx.Err())
+			default:
+				answered = false
+			}
+			if !answered {
+				select {
+				case ack := <-f.Ok():
+					err = acked(ack)
+				case perr := <-f.Err():
+					err = classify(w.log.opts.Stream, want, perr)
+				case <-timer.C:
+					err = fmt.Errorf("changelog %q: append at sequence %d: no acknowledgement within Options.AckTimeout %v of its publish: %w",
+						w.log.opts.Stream, want, timeout, context.DeadlineExceeded)
+				case <-ctx.Done():
+					err = fmt.Errorf("changelog %q: append at sequence %d: %w", w.log.opts.Stream, want, ctx.Err())
+				}
 			}
 			if err != nil {
 				w.mu.Lock()

@@ -512,3 +512,65 @@ func TestAppendBehindAFenceIsNotAcknowledged(t *testing.T) {
 		t.Fatalf("stream ends at %d, want 2 (the fence and the append stored behind it)", last)
 	}
 }
+
+// TestFenceGivesUpAtOneDeadline: when no append is acknowledged (here the
+// stream no longer captures the subject and a plain subscriber swallows
+// what is published there), Fence fails after about one AckTimeout, not
+// one AckTimeout for each of its MaxInFlight appends waited for in turn
+// (256 x 10 s by default).
+func TestFenceGivesUpAtOneDeadline(t *testing.T) {
+	const ackTimeout = 300 * time.Millisecond
+	l, js := openLog(t, Options{AckTimeout: ackTimeout})
+	ctx := testContext(t)
+	cfg := l.stream.CachedInfo().Config
+	cfg.Subjects = []string{l.opts.Subject + ".elsewhere"}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(natstest.ClusterURLs(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sub, err := nc.Subscribe(l.opts.Subject, func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = l.Fence(ctx, 1)
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Fence = %v, want a missing acknowledgement (context.DeadlineExceeded)", err)
+	}
+	// Generous for a loaded machine; waiting in turn takes 256 x 300 ms.
+	if took > 20*time.Second {
+		t.Fatalf("Fence gave up after %v, want about %v", took, ackTimeout)
+	}
+	t.Logf("Fence gave up after %v", took)
+}
+
+// TestLateWaitTakesTheAcknowledgement: an append acknowledged in time
+// is acknowledged, however late its wait is called (its deadline counts
+// from the publish, so it has passed by then too).
+func TestLateWaitTakesTheAcknowledgement(t *testing.T) {
+	const ackTimeout = 200 * time.Millisecond
+	l, _ := openLog(t, Options{AckTimeout: ackTimeout})
+	ctx := testContext(t)
+	w := l.NewWriter(0, 1)
+	waits := make([]func() (uint64, error), 20)
+	for i := range waits {
+		var r Record
+		r.Set(fmt.Appendf(nil, "k%d", i), []byte("v"), 0)
+		waits[i] = w.Submit(ctx, &r)
+	}
+	time.Sleep(2 * ackTimeout)
+	for i, wait := range waits {
+		if seq, err := wait(); err != nil || seq != uint64(i+1) {
+			t.Fatalf("append %d waited for late = %d, %v; want sequence %d", i, seq, err, i+1)
+		}
+	}
+}

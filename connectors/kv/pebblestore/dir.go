@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/flowrun/flowrun/internal/flock"
 )
 
 // A store directory is identified by what it is, not by how its path is
@@ -124,7 +126,7 @@ func makeDir(path string) error {
 	return nil
 }
 
-// lockStoreDir opens path as a store directory and locks it (lockDir) for
+// lockStoreDir opens path as a store directory and locks it (flock.TryLock) for
 // the caller to close with the store; the file is nil on a file system
 // without flock. A directory locked elsewhere, by another process or
 // another Store of this process, is ErrLocked.
@@ -133,7 +135,7 @@ func lockStoreDir(path string, l *slog.Logger) (storeDir, *os.File, error) {
 	if err != nil {
 		return d, nil, err
 	}
-	held, unsupported, err := lockDir(f)
+	held, unsupported, err := flock.TryLock(f)
 	switch {
 	case err != nil:
 		_ = f.Close()

@@ -14,9 +14,5 @@ func fileID(*os.File) (dirID, error) { return dirID{}, nil }
 
 func pathID(string) (dirID, error) { return dirID{}, nil }
 
-// lockDir reports the directory lock unsupported: Pebble's own lock
-// guards the store.
-func lockDir(*os.File) (held, unsupported bool, err error) { return false, true, nil }
-
 // fchmod does nothing where file modes are not Unix's.
 func fchmod(uintptr, os.FileMode) error { return nil }
