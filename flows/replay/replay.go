@@ -34,19 +34,20 @@ const trackChunk = 1024
 // reader runs ahead of the store (queues full of events, and outputs held
 // for input order).
 //
-// Together they double-buffer the flow: one slice of 2,048 events is
+// Together they double-buffer the flow: one slice of 4,096 events is
 // read while the one before is in the store. A slice reaches a kv store as
 // one request, so its commit groups hold a whole slice or more, where
-// slices of 1,024 under a bound of 4,096 left them at ~1,500 (the
+// slices of 1,024 under a bound of 4,096 left them at ~1,600 (the
 // in-flight events split between the group being built, the one being
 // applied and the one being synced). Pebble inserts a group into its
 // memtable in key order, each search starting where the last one ended:
 // the larger the group, the closer the next key and the shorter the
-// search. With a lower peak of events in flight (4,096 instead of 5,120)
-// replaying 1,000,000 puts took 0.91x the CPU time (medians; commit groups
-// of 2,300 instead of 1,600) and ~15 MB less peak RSS
-// (docs/performance.md, replay against run).
-const SliceEvents = 2 * trackChunk
+// search. Replaying 1,000,000 puts, slices of 4,096 took 0.83x the CPU
+// time of slices of 1,024 under that bound and about the peak RSS (~105
+// MB) they had; slices of 2,048 took 0.91x with ~15 MB less RSS, but 1.25x
+// run's wall time against 1.10x (docs/performance.md, replay against
+// run).
+const SliceEvents = 4 * trackChunk
 
 const maxUnwritten = SliceEvents
 
