@@ -417,6 +417,27 @@ func TestReaderFlushEvery(t *testing.T) {
 	}
 }
 
+// TestReaderFlushBytes: events of 10,000 bytes are flushed in slices of
+// at most FlushBytes (here 100,000: 10 events), long before FlushEvery,
+// so that a slice of large events is bounded in bytes.
+func TestReaderFlushBytes(t *testing.T) {
+	var b strings.Builder
+	big := strings.Repeat("x", 10_000)
+	for range 1000 {
+		b.WriteString(`{"data":"` + big + `"}` + "\n")
+	}
+	rec := newRecorder()
+	if err := NewReader(strings.NewReader(b.String()), ReaderOptions{FlushEvery: 1000, FlushBytes: 100_000}).Run(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rec.lines("out")); n != 1000 {
+		t.Fatalf("%d events, want 1000", n)
+	}
+	if rec.flushes < 100 || rec.flushes > 102 {
+		t.Errorf("%d flushes for 1000 events of 10 kB with FlushBytes 100,000, want 100", rec.flushes)
+	}
+}
+
 func TestWriterCodecs(t *testing.T) {
 	events := []pipeline.Event{
 		{Data: []byte(`{"a":1}`), Meta: []byte(`{"m":2}`)},

@@ -38,6 +38,10 @@ const (
 	// DefaultFlushEvery is how many events a Reader queues before it
 	// flushes them downstream even while more input is buffered.
 	DefaultFlushEvery = 256
+	// DefaultFlushBytes is how many bytes of events a Reader queues
+	// before it flushes them downstream even while more input is
+	// buffered (1 MiB).
+	DefaultFlushBytes = 1 << 20
 	// DefaultName names the source in error messages.
 	DefaultName = "input"
 	// maxRawErrorBytes bounds the copy of an overlong line kept in the
@@ -103,6 +107,11 @@ type ReaderOptions struct {
 	// downstream as one slice. Default
 	// DefaultFlushEvery.
 	FlushEvery int
+	// FlushBytes is the most bytes of events (their data and meta)
+	// queued before a flush: a slice of large events is flushed before it
+	// reaches FlushEvery, so that a slice, and a queue of slices, is
+	// bounded in bytes too. Default DefaultFlushBytes.
+	FlushBytes int
 	// OnError, when set, is called for every malformed line with the error
 	// event (already emitted on "err") and a *LineError. A non-nil return
 	// stops the Reader, whose Run returns that error; nil goes on.
@@ -122,6 +131,9 @@ func (o *ReaderOptions) EnsureDefaults() {
 	}
 	if o.FlushEvery <= 0 {
 		o.FlushEvery = DefaultFlushEvery
+	}
+	if o.FlushBytes <= 0 {
+		o.FlushBytes = DefaultFlushBytes
 	}
 }
 
@@ -163,17 +175,18 @@ func (rd *Reader) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 	feed := newFeeder(ctx, rd.r)
 	br := bufio.NewReaderSize(feed, chunkSize)
 	var (
-		lineNo  uint64
-		queued  int
-		long    []byte // the overlong line being accumulated, up to the limit
-		tooLong bool   // the current line is over the limit: skip the rest
-		skipped int    // bytes of an overlong line seen so far
+		lineNo      uint64
+		queued      int
+		queuedBytes int    // data and meta of the queued events
+		long        []byte // the overlong line being accumulated, up to the limit
+		tooLong     bool   // the current line is over the limit: skip the rest
+		skipped     int    // bytes of an overlong line seen so far
 	)
 	flush := func() error {
 		if queued == 0 {
 			return nil
 		}
-		queued = 0
+		queued, queuedBytes = 0, 0
 		return emit.Flush(ctx)
 	}
 	for {
@@ -227,6 +240,7 @@ func (rd *Reader) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 			if lerr != nil {
 				emit.Emit(pipeline.PortErr, ev)
 				queued++
+				queuedBytes += len(ev.Data) + len(ev.Meta)
 				if rd.opts.OnError != nil {
 					if herr := rd.opts.OnError(ev, lerr); herr != nil {
 						_ = flush()
@@ -236,6 +250,7 @@ func (rd *Reader) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 			} else if ok {
 				emit.Emit(pipeline.PortOut, ev)
 				queued++
+				queuedBytes += len(ev.Data) + len(ev.Meta)
 			}
 			long, tooLong, skipped = long[:0], false, 0
 			if cap(long) > chunkSize*4 {
@@ -245,7 +260,7 @@ func (rd *Reader) Run(ctx context.Context, emit pipeline.SourceEmitter) error {
 		if err != nil { // io.EOF
 			return flush()
 		}
-		if queued >= rd.opts.FlushEvery || (br.Buffered() == 0 && !feed.ready()) {
+		if queued >= rd.opts.FlushEvery || queuedBytes >= rd.opts.FlushBytes || (br.Buffered() == 0 && !feed.ready()) {
 			if ferr := flush(); ferr != nil {
 				if ctx.Err() != nil {
 					return nil
