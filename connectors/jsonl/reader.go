@@ -36,8 +36,11 @@ const (
 	// DefaultMaxLineBytes is the longest line a Reader accepts (16 MiB).
 	DefaultMaxLineBytes = 16 << 20
 	// DefaultFlushEvery is how many events a Reader queues before it
-	// flushes them downstream even while more input is buffered.
-	DefaultFlushEvery = 256
+	// flushes them downstream even while more input is buffered (or
+	// DefaultFlushBytes of them). Slices of 4,096 let the kv store commit
+	// groups of that many, where Pebble inserts each record for less than
+	// in groups of 256 (docs/performance.md).
+	DefaultFlushEvery = 4096
 	// DefaultFlushBytes is how many bytes of events a Reader queues
 	// before it flushes them downstream even while more input is
 	// buffered (1 MiB).

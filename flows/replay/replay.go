@@ -29,27 +29,26 @@ const trackChunk = 1024
 // SliceEvents is how many input events the source of a replay should
 // flush at once (jsonl.ReaderOptions.FlushEvery), and maxUnwritten, by
 // default, bounds the input events fed into the flow and not yet written
-// to as many: beyond it the source waits, in Flush, for the oldest to be
-// written, so that a replay's memory does not grow with how far the
+// to twice as many: beyond it the source waits, in Flush, for the oldest to
+// be written, so that a replay's memory does not grow with how far the
 // reader runs ahead of the store (queues full of events, and outputs held
 // for input order).
 //
-// Together they double-buffer the flow: one slice of 4,096 events is
-// read while the one before is in the store. A slice reaches a kv store as
-// one request, so its commit groups hold a whole slice or more, where
-// slices of 1,024 under a bound of 4,096 left them at ~1,600 (the
-// in-flight events split between the group being built, the one being
-// applied and the one being synced). Pebble inserts a group into its
-// memtable in key order, each search starting where the last one ended:
-// the larger the group, the closer the next key and the shorter the
-// search. Replaying 1,000,000 puts, slices of 4,096 took 0.83x the CPU
-// time of slices of 1,024 under that bound and about the peak RSS (~105
-// MB) they had; slices of 2,048 took 0.91x with ~15 MB less RSS, but 1.25x
-// run's wall time against 1.10x (docs/performance.md, replay against
-// run).
+// Two slices of 4,096 events are in the store while the next is read. A
+// slice reaches a kv store as one request, so its commit groups hold a
+// whole slice or more, where slices of 1,024 under a bound of 4,096 left
+// them at ~1,600 (the in-flight events split between the group being
+// built, the one being applied and the one being synced). Pebble inserts
+// a group into its memtable in key order, each search starting where the
+// last one ended: the larger the group, the closer the next key and the
+// shorter the search. Replaying 1,000,000 puts on a quiet machine, this
+// took 1.11x the wall time of `flowrun run` (whose reader flushes 4,096
+// events too) against 1.19x with one slice in the store, and 0.83x the CPU
+// of slices of 1,024 under a bound of 4,096, at 112-117 MB of peak RSS
+// against 103-114 MB (docs/performance.md, replay against run).
 const SliceEvents = 4 * trackChunk
 
-const maxUnwritten = SliceEvents
+const maxUnwritten = 2 * SliceEvents
 
 // Capture collects the events reaching a flow's sinks and writes them as
 // JSON lines in input order, as the input events they derive from complete.
