@@ -1,53 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// silentNATS listens on loopback as a NATS server that completes the
-// client's handshake and answers its pings, but never answers a request:
-// a partitioned kv connector built against it waits in its JetStream
-// requests until its context ends.
-func silentNATS(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, `INFO {"server_id":"silent","version":"2.10.0","proto":1,"host":"127.0.0.1","port":%d,"max_payload":1048576,"headers":true,"jetstream":true}`+"\r\n", port)
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if strings.HasPrefix(line, "PING") {
-						_, _ = c.Write([]byte("PONG\r\n"))
-					}
-				}
-			}()
-		}
-	}()
-	return fmt.Sprintf("nats://127.0.0.1:%d", port)
-}
+	"github.com/flowrun/flowrun/internal/natstest"
+)
 
 // TestRunStoppedWhileStarting: SIGINT or SIGTERM (the run's context
 // cancelled) while the flow is still being built, here a partitioned kv
@@ -70,7 +33,7 @@ links:
   - input/out -> store/in
   - store/out -> results/in
   - store/err -> results/in
-`, filepath.Join(dir, "state"), silentNATS(t))), 0o600); err != nil {
+`, filepath.Join(dir, "state"), natstest.BlackHole(t))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
