@@ -95,7 +95,9 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 		return nil, nil, fmt.Errorf("%w at %s: create group %q on stream %q: %w", ErrConnect, s.o.redacted(), s.o.Group, s.o.Stream, err)
 	}
 	sctx, end := context.WithCancel(ctx)
-	out := make(chan *message.Message)
+	// Room for every slot: the reader hands a read's entries over in a
+	// run, not one synchronous handoff each.
+	out := make(chan *message.Message, cap(s.slots))
 	var wg sync.WaitGroup
 	for _, loop := range []func(context.Context, chan<- *message.Message) error{s.read, s.claimLoop, s.retryLoop} {
 		wg.Add(1)
@@ -114,6 +116,11 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 	return out, func() error {
 		end()
 		wg.Wait()
+		// What the session handed out and nobody took is nacked: the
+		// entries stay pending (a closing subscriber drops them).
+		for m := range out {
+			m.Nack()
+		}
 		return nil
 	}, nil
 }
