@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestSettler: the settler queues the ack of each acked message and frees
@@ -99,5 +100,33 @@ func TestSettler(t *testing.T) {
 	case <-settled:
 	case <-time.After(10 * time.Second):
 		t.Error("the settler did not count every message settled")
+	}
+}
+
+// TestAcksWithBlockingRead: the acks ride in the pipeline of a blocking
+// XREADGROUP only when the client's read timeout, which go-redis applies
+// to a pipeline, outlasts the block.
+func TestAcksWithBlockingRead(t *testing.T) {
+	for _, tc := range []struct {
+		url  string
+		want bool
+	}{
+		{url: "redis://127.0.0.1:1", want: true}, // go-redis's default
+		{url: "redis://127.0.0.1:1?read_timeout=100ms", want: false},
+		{url: "redis://127.0.0.1:1?read_timeout=1s", want: false},
+		{url: "redis://127.0.0.1:1?read_timeout=2s", want: true},
+		{url: "redis://127.0.0.1:1?read_timeout=-1", want: true},
+	} {
+		o, err := redis.ParseURL(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newSubscriber(redis.NewClient(o), Options{DialTimeout: time.Second}, 4)
+		if s.ackWithBlock != tc.want {
+			t.Errorf("%s: acks with a blocking read %v, want %v", tc.url, s.ackWithBlock, tc.want)
+		}
+		if err := s.close(); err != nil {
+			t.Error(err)
+		}
 	}
 }

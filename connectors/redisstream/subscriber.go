@@ -33,6 +33,10 @@ const maxAckBatch = 1024
 type subscriber struct {
 	client *redis.Client
 	o      Options
+	// ackWithBlock: the acks may go in the pipeline of a blocking
+	// XREADGROUP, which go-redis reads with the client's read timeout
+	// (a lone XREADGROUP gets BLOCK + 10 s): it is longer than blockFor.
+	ackWithBlock bool
 
 	slots       chan struct{}         // one token per entry in flight
 	freed       chan struct{}         // a slot was freed
@@ -60,18 +64,20 @@ type retry struct {
 }
 
 func newSubscriber(client *redis.Client, o Options, inflight int) *subscriber {
+	rt := client.Options().ReadTimeout
 	s := &subscriber{
 		client: client, o: o,
-		slots:       make(chan struct{}, inflight),
-		freed:       make(chan struct{}, 1),
-		handed:      make(chan *message.Message, inflight),
-		ackWake:     make(chan struct{}, 1),
-		retryWake:   make(chan struct{}, 1),
-		stop:        make(chan struct{}),
-		settlerDone: make(chan struct{}),
-		ackerDone:   make(chan struct{}),
-		inflight:    map[string]bool{},
-		histCursor:  "0",
+		ackWithBlock: rt <= 0 || rt >= blockFor+time.Second, // 0, -1: no timeout
+		slots:        make(chan struct{}, inflight),
+		freed:        make(chan struct{}, 1),
+		handed:       make(chan *message.Message, inflight),
+		ackWake:      make(chan struct{}, 1),
+		retryWake:    make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		settlerDone:  make(chan struct{}),
+		ackerDone:    make(chan struct{}),
+		inflight:     map[string]bool{},
+		histCursor:   "0",
 	}
 	go s.settler()
 	go s.acker()
@@ -248,10 +254,15 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 // readGroup sends XREADGROUP, preceded in one pipeline by an XACK of the
 // acks queued (maxAckBatch at most), as the go-redis benchmark
 // BenchmarkBareXReadGroupAck does: one round trip, and one write to the
-// server's append-only file, for both. Acks the XACK did not confirm are
-// queued again for the acker.
+// server's append-only file, for both; unless the read blocks and the
+// client's read timeout (read_timeout in the URL) is too short for it in
+// a pipeline. Acks the XACK did not confirm are queued again for the
+// acker.
 func (s *subscriber) readGroup(ctx context.Context, args *redis.XReadGroupArgs) ([]redis.XStream, error) {
-	ids := s.takeAcks(maxAckBatch)
+	var ids []string
+	if args.Block < 0 || s.ackWithBlock {
+		ids = s.takeAcks(maxAckBatch)
+	}
 	if len(ids) == 0 {
 		return s.client.XReadGroup(ctx, args).Result()
 	}
