@@ -46,21 +46,30 @@ func entryValues(m *message.Message) []any {
 }
 
 // toMessage turns a stream entry into a message whose UUID is the entry
-// ID, the same on every delivery.
+// ID, the same on every delivery. A metadata key given by two fields,
+// key and MetaPrefix + key (a producer outside flowrun may write both),
+// takes the value of MetaPrefix + key: that field can only mean the key.
 func toMessage(x redis.XMessage) *message.Message {
 	m := message.NewMessage(x.ID, nil)
 	// Room for the fields and the three keys the subscriber adds, so the
 	// map does not grow.
 	m.Metadata = make(message.Metadata, len(x.Values)+3)
+	var prefixed bool
 	for f, v := range x.Values {
-		s := valueString(v)
 		switch {
 		case f == DataField:
-			m.Payload = []byte(s)
+			m.Payload = []byte(valueString(v))
 		case strings.HasPrefix(f, MetaPrefix):
-			m.Metadata.Set(strings.TrimPrefix(f, MetaPrefix), s)
+			prefixed = true
 		default:
-			m.Metadata.Set(f, s)
+			m.Metadata[f] = valueString(v)
+		}
+	}
+	if prefixed {
+		for f, v := range x.Values {
+			if k, ok := strings.CutPrefix(f, MetaPrefix); ok {
+				m.Metadata[k] = valueString(v)
+			}
 		}
 	}
 	return m

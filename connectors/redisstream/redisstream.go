@@ -134,7 +134,9 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 	}
 	client := redis.NewClient(ro)
 	sub := newSubscriber(client, opts.Options, so.InFlight())
-	rs := bus.NewReconnectingSubscriber(so.Name, sub.dial, opts.Reconnect, opts.Health, so.Logger)
+	// The messages reach the source in runs, through a buffer of a
+	// window, rather than one synchronous handoff each.
+	rs := &nackLeftovers{ReconnectingSubscriber: bus.NewReconnectingSubscriber(so.Name, sub.dial, opts.Reconnect, opts.Health, so.Logger).WithBuffer(so.Window)}
 	so.OnClose = func() error {
 		return errors.Join(rs.Close(), sub.close())
 	}
@@ -145,6 +147,35 @@ func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.S
 		return nil, err
 	}
 	return src, nil
+}
+
+// nackLeftovers is a bus.ReconnectingSubscriber whose Close nacks the
+// messages left in the buffer of the channel Subscribe returned (the
+// bus.Source stopped taking them), so that the subscriber sees every
+// message it handed out settled and closes without waiting for them:
+// their entries stay pending, as those of a stopped consumer do.
+type nackLeftovers struct {
+	*bus.ReconnectingSubscriber
+	msgs <-chan *message.Message
+}
+
+// Subscribe implements message.Subscriber; it is called once.
+func (s *nackLeftovers) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	msgs, err := s.ReconnectingSubscriber.Subscribe(ctx, topic)
+	s.msgs = msgs
+	return msgs, err
+}
+
+// Close ends the subscription, which closes its channel, and nacks what
+// was left in it.
+func (s *nackLeftovers) Close() error {
+	err := s.ReconnectingSubscriber.Close()
+	if s.msgs != nil {
+		for m := range s.msgs {
+			m.Nack()
+		}
+	}
+	return err
 }
 
 // NewSink returns a bus.Sink appending every event it receives to

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -22,7 +21,10 @@ const maxAckBatch = 1024
 // retrier) whose channel closes when a command fails, and the
 // bus.ReconnectingSubscriber around it dials again. What outlives a
 // session is owned by the subscriber: the client (go-redis reconnects by
-// itself), the entries in flight, the retries due, the acks not yet sent.
+// itself), the entries in flight, the retries due, the acks not yet sent,
+// and two goroutines: the settler, which waits for the settlement of
+// every message handed out, and the acker, which sends the acks the
+// reader has not sent with its next XREADGROUP.
 //
 // At most inflight entries (window × windows_in_flight) are in flight
 // (read and not yet acknowledged): the next windows are read and processed
@@ -31,17 +33,24 @@ const maxAckBatch = 1024
 type subscriber struct {
 	client *redis.Client
 	o      Options
+	// ackWithBlock: the acks may go in the pipeline of a blocking
+	// XREADGROUP, which go-redis reads with the client's read timeout
+	// (a lone XREADGROUP gets BLOCK + 10 s): it is longer than blockFor.
+	ackWithBlock bool
 
-	slots     chan struct{}  // one token per entry in flight
-	freed     chan struct{}  // a slot was freed
-	acks      chan string    // IDs to XACK, read by the acker
-	retryWake chan struct{}  // a retry was scheduled
-	stop      chan struct{}  // closed by close
-	ackerDone chan struct{}  // closed when the acker has flushed
-	watchers  sync.WaitGroup // one per entry handed out and not settled
+	slots       chan struct{}         // one token per entry in flight
+	freed       chan struct{}         // a slot was freed
+	handed      chan *message.Message // messages handed out, for the settler
+	ackWake     chan struct{}         // acks were queued
+	retryWake   chan struct{}         // a retry was scheduled
+	stop        chan struct{}         // closed by close
+	settlerDone chan struct{}         // closed when the settler has queued its last acks
+	ackerDone   chan struct{}         // closed when the acker has flushed
+	unsettled   sync.WaitGroup        // one per message handed out and not settled
 
 	mu         sync.Mutex
 	inflight   map[string]bool // handed out and not yet XACKed
+	acks       []string        // to XACK: taken by the reader or the acker
 	retries    []retry         // nacked entries waiting for their retry
 	histCursor string          // last entry read back from the pending list
 	histDone   bool            // the pending list has been read back
@@ -55,17 +64,22 @@ type retry struct {
 }
 
 func newSubscriber(client *redis.Client, o Options, inflight int) *subscriber {
+	rt := client.Options().ReadTimeout
 	s := &subscriber{
 		client: client, o: o,
-		slots:      make(chan struct{}, inflight),
-		freed:      make(chan struct{}, 1),
-		acks:       make(chan string, inflight),
-		retryWake:  make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-		ackerDone:  make(chan struct{}),
-		inflight:   map[string]bool{},
-		histCursor: "0",
+		ackWithBlock: rt <= 0 || rt >= blockFor+time.Second, // 0, -1: no timeout
+		slots:        make(chan struct{}, inflight),
+		freed:        make(chan struct{}, 1),
+		handed:       make(chan *message.Message, inflight),
+		ackWake:      make(chan struct{}, 1),
+		retryWake:    make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		settlerDone:  make(chan struct{}),
+		ackerDone:    make(chan struct{}),
+		inflight:     map[string]bool{},
+		histCursor:   "0",
 	}
+	go s.settler()
 	go s.acker()
 	return s
 }
@@ -87,7 +101,9 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 		return nil, nil, fmt.Errorf("%w at %s: create group %q on stream %q: %w", ErrConnect, s.o.redacted(), s.o.Group, s.o.Stream, err)
 	}
 	sctx, end := context.WithCancel(ctx)
-	out := make(chan *message.Message)
+	// Room for every slot: the reader hands a read's entries over in a
+	// run, not one synchronous handoff each.
+	out := make(chan *message.Message, cap(s.slots))
 	var wg sync.WaitGroup
 	for _, loop := range []func(context.Context, chan<- *message.Message) error{s.read, s.claimLoop, s.retryLoop} {
 		wg.Add(1)
@@ -106,6 +122,11 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 	return out, func() error {
 		end()
 		wg.Wait()
+		// What the session handed out and nobody took is nacked: the
+		// entries stay pending (a closing subscriber drops them).
+		for m := range out {
+			m.Nack()
+		}
 		return nil
 	}, nil
 }
@@ -173,6 +194,7 @@ func (s *subscriber) release(n int) {
 // it reads as many entries as slots are free, then takes a slot for each
 // as it hands it out.
 func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) error {
+	d := s.decoder()
 	for {
 		n, err := s.waitFree(ctx)
 		if err != nil {
@@ -191,7 +213,7 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 		if history {
 			before = s.inflightNow()
 		}
-		res, err := s.client.XReadGroup(ctx, args).Result()
+		res, err := s.readGroup(ctx, args)
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
@@ -221,11 +243,39 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 			s.mu.Unlock()
 		}
 		// Entries read but not handed out when the session ends stay
-		// pending; the claimer delivers them after ClaimIdle.
-		if err := s.emit(ctx, out, xs, counts, 0); err != nil {
+		// pending; the claimer delivers them after ClaimIdle. The slots
+		// free now are taken at once, not one per entry.
+		if err := s.emit(ctx, d, out, xs, counts, s.tryAcquire(len(xs))); err != nil {
 			return nil
 		}
 	}
+}
+
+// readGroup sends XREADGROUP, preceded in one pipeline by an XACK of the
+// acks queued (maxAckBatch at most), as the go-redis benchmark
+// BenchmarkBareXReadGroupAck does: one round trip, and one write to the
+// server's append-only file, for both; unless the read blocks and the
+// client's read timeout (read_timeout in the URL) is too short for it in
+// a pipeline. Acks the XACK did not confirm are queued again for the
+// acker.
+func (s *subscriber) readGroup(ctx context.Context, args *redis.XReadGroupArgs) ([]redis.XStream, error) {
+	var ids []string
+	if args.Block < 0 || s.ackWithBlock {
+		ids = s.takeAcks(maxAckBatch)
+	}
+	if len(ids) == 0 {
+		return s.client.XReadGroup(ctx, args).Result()
+	}
+	pipe := s.client.Pipeline()
+	ack := pipe.XAck(ctx, s.o.Stream, s.o.Group, ids...)
+	read := pipe.XReadGroup(ctx, args)
+	_, _ = pipe.Exec(ctx) // each command's error is its own
+	if ack.Err() != nil {
+		s.queueAcks(ids)
+	} else {
+		s.forget(ids...)
+	}
+	return read.Result()
 }
 
 // claimLoop keeps the entries in flight here from looking idle (refresh)
@@ -235,11 +285,12 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 func (s *subscriber) claimLoop(ctx context.Context, out chan<- *message.Message) error {
 	t := time.NewTicker(s.o.claimEvery())
 	defer t.Stop()
+	d := s.decoder()
 	for {
 		if err := s.refresh(ctx); err != nil {
 			return err
 		}
-		if err := s.claimIdle(ctx, out); err != nil {
+		if err := s.claimIdle(ctx, d, out); err != nil {
 			return err
 		}
 		select {
@@ -288,7 +339,7 @@ func (s *subscriber) refresh(ctx context.Context) error {
 	return nil
 }
 
-func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message) error {
+func (s *subscriber) claimIdle(ctx context.Context, d *decoder, out chan<- *message.Message) error {
 	cursor := "0-0"
 	for {
 		n := s.tryAcquire(cap(s.slots))
@@ -317,7 +368,7 @@ func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message)
 		if len(xs) > 0 {
 			s.o.Logger.Info("claimed idle entries", "stream", s.o.Stream, "consumer", s.o.Consumer, "entries", len(xs), "claim_idle", s.o.ClaimIdle)
 		}
-		if err := s.emit(ctx, out, xs, counts, n); err != nil {
+		if err := s.emit(ctx, d, out, xs, counts, n); err != nil {
 			return nil
 		}
 		if next == "0-0" || next == "" {
@@ -332,6 +383,7 @@ func (s *subscriber) claimIdle(ctx context.Context, out chan<- *message.Message)
 func (s *subscriber) retryLoop(ctx context.Context, out chan<- *message.Message) error {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
+	d := s.decoder()
 	for {
 		now := time.Now()
 		s.mu.Lock()
@@ -348,7 +400,7 @@ func (s *subscriber) retryLoop(ctx context.Context, out chan<- *message.Message)
 		s.retries = later
 		s.mu.Unlock()
 		if len(due) > 0 {
-			if err := s.redeliver(ctx, out, due); err != nil {
+			if err := s.redeliver(ctx, d, out, due); err != nil {
 				return err
 			}
 			continue
@@ -374,7 +426,7 @@ func minTime(a, b time.Time) time.Time {
 // and hands them out again. An entry that cannot be claimed back (another
 // consumer took it over, or it was trimmed away) is dropped from this
 // consumer.
-func (s *subscriber) redeliver(ctx context.Context, out chan<- *message.Message, due []retry) error {
+func (s *subscriber) redeliver(ctx context.Context, d *decoder, out chan<- *message.Message, due []retry) error {
 	pipe := s.client.Pipeline()
 	claims := make([]*redis.XMessageSliceCmd, len(due))
 	for i, r := range due {
@@ -414,7 +466,7 @@ func (s *subscriber) redeliver(ctx context.Context, out chan<- *message.Message,
 	}
 	// Each keeps the slot it had.
 	for i, x := range xs {
-		if !s.send(ctx, out, x, counts[x.ID]) {
+		if !s.send(ctx, d, out, x, counts[x.ID]) {
 			s.requeue(xs[i:])
 			return nil
 		}
@@ -501,7 +553,7 @@ func (s *subscriber) forgetAll(xs []redis.XMessage) {
 // acquired, else one it waits for; the held slots left over are released.
 // The error is ctx's, when the session ended before all were handed out;
 // those not handed out are no longer in flight.
-func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs []redis.XMessage, counts map[string]int, held int) error {
+func (s *subscriber) emit(ctx context.Context, d *decoder, out chan<- *message.Message, xs []redis.XMessage, counts map[string]int, held int) error {
 	defer func() { s.release(held) }()
 	for i, x := range xs {
 		if held > 0 {
@@ -518,7 +570,7 @@ func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs [
 		if n == 0 {
 			n = 1
 		}
-		if !s.send(ctx, out, x, n) {
+		if !s.send(ctx, d, out, x, n) {
 			s.release(1)
 			s.forgetAll(xs[i:])
 			return ctx.Err()
@@ -527,55 +579,176 @@ func (s *subscriber) emit(ctx context.Context, out chan<- *message.Message, xs [
 	return nil
 }
 
-// send hands x out, delivered n times, and watches its settlement. It
-// returns false, x not handed out, when ctx ends first.
-func (s *subscriber) send(ctx context.Context, out chan<- *message.Message, x redis.XMessage, n int) bool {
-	m := toMessage(x)
-	m.Metadata.Set(bus.DeliveredKey, strconv.Itoa(n))
-	m.Metadata.Set(StreamMeta, s.o.Stream)
-	m.Metadata.Set(ConsumerMeta, s.o.Consumer)
+// decoder returns a decoder for one of a session's loops.
+func (s *subscriber) decoder() *decoder {
+	return &decoder{stream: s.o.Stream, consumer: s.o.Consumer}
+}
+
+// send hands x out, delivered n times, and gives it to the settler to
+// watch. It returns false, x not handed out, when ctx ends first.
+func (s *subscriber) send(ctx context.Context, d *decoder, out chan<- *message.Message, x redis.XMessage, n int) bool {
+	m := d.decode(x, n)
 	select {
 	case out <- m:
 	case <-ctx.Done():
 		return false
 	}
-	s.watchers.Add(1)
-	go s.watch(m)
+	s.unsettled.Add(1)
+	// Never blocks for long: handed has room for every slot, and each
+	// message handed out holds one until the settler has seen it settled.
+	s.handed <- m
 	return true
 }
 
-// watch settles m: an ack is queued for XACK and frees m's slot; a nack
-// schedules the retry (m keeps its slot), except once the subscriber is
-// closing: then m stays pending, to be read back at the next start or
-// claimed by another consumer.
-func (s *subscriber) watch(m *message.Message) {
-	defer s.watchers.Done()
-	select {
-	case <-m.Acked():
-		s.ack(m.UUID)
-		s.release(1)
-	case <-m.Nacked():
-		s.mu.Lock()
-		if s.closing {
-			delete(s.inflight, m.UUID)
-			s.mu.Unlock()
-			s.release(1)
-			return
-		}
-		s.retries = append(s.retries, retry{id: m.UUID, due: time.Now().Add(s.o.RetryDelay)})
-		s.mu.Unlock()
+// sweepEvery is how often the settler, while it waits for the oldest
+// message handed out, looks for later ones settled meanwhile: how long a
+// slow message can hold back the acks and slots of those after it.
+const sweepEvery = 5 * time.Millisecond
+
+// settler waits for the settlement of each message handed out, in the
+// order they were handed out, and every sweepEvery while the oldest is
+// not settled it takes the later ones that are. An ack queues the
+// entry's XACK (queueAcks) and frees the message's slot; a nack schedules
+// the retry (the message keeps its slot), except once the subscriber is
+// closing: then the entry stays pending, to be read back at the next
+// start or claimed by another consumer. The acks and slots of a run of
+// settled messages are queued and freed together, before each wait: one
+// goroutine for all the messages, where each used to have its own. It
+// returns once stop is closed, having queued its acks.
+func (s *subscriber) settler() {
+	defer close(s.settlerDone)
+	var waiting []*message.Message // handed out, not yet seen settled
+	var acked []string             // to queue for XACK
+	freed := 0                     // slots to release
+	sweep := time.NewTimer(sweepEvery)
+	sweep.Stop()
+	armed := false
+	flush := func() {
+		s.queueAcks(acked)
+		clear(acked)
+		acked = acked[:0]
+		s.release(freed)
+		freed = 0
+	}
+	defer flush()
+	// settle settles m if it is, and reports whether it was.
+	settle := func(m *message.Message) bool {
 		select {
-		case s.retryWake <- struct{}{}:
+		case <-m.Acked():
+			acked = append(acked, m.UUID)
+			freed++
+		case <-m.Nacked():
+			if s.nacked(m.UUID) {
+				freed++
+			}
 		default:
+			return false
+		}
+		s.unsettled.Done()
+		return true
+	}
+	for {
+	take:
+		for {
+			select {
+			case m := <-s.handed:
+				waiting = append(waiting, m)
+			default:
+				break take
+			}
+		}
+		for len(waiting) > 0 && settle(waiting[0]) {
+			waiting[0] = nil
+			waiting = waiting[1:]
+		}
+		flush()
+		var head *message.Message
+		if len(waiting) > 0 {
+			head = waiting[0]
+			if len(waiting) > 1 && !armed {
+				sweep.Reset(sweepEvery)
+				armed = true
+			}
+		} else {
+			waiting = nil // let the backing array go
+		}
+		var acks, nacks <-chan struct{}
+		if head != nil {
+			acks, nacks = head.Acked(), head.Nacked()
+		}
+		select {
+		case m := <-s.handed:
+			waiting = append(waiting, m)
+		case <-acks:
+		case <-nacks:
+		case <-sweep.C:
+			armed = false
+			kept := waiting[:0]
+			for _, m := range waiting {
+				if !settle(m) {
+					kept = append(kept, m)
+				}
+			}
+			clear(waiting[len(kept):])
+			waiting = kept
+		case <-s.stop:
+			return
 		}
 	}
 }
 
-func (s *subscriber) ack(id string) {
-	select {
-	case s.acks <- id:
-	case <-s.ackerDone:
+// nacked schedules the retry of the nacked entry id, or, once the
+// subscriber is closing, drops it from this consumer; it reports whether
+// the entry's slot is to be freed (dropped).
+func (s *subscriber) nacked(id string) bool {
+	s.mu.Lock()
+	if s.closing {
+		delete(s.inflight, id)
+		s.mu.Unlock()
+		return true
 	}
+	s.retries = append(s.retries, retry{id: id, due: time.Now().Add(s.o.RetryDelay)})
+	s.mu.Unlock()
+	select {
+	case s.retryWake <- struct{}{}:
+	default:
+	}
+	return false
+}
+
+// ack queues id for XACK.
+func (s *subscriber) ack(id string) { s.queueAcks([]string{id}) }
+
+// queueAcks queues ids for XACK, by the reader's next XREADGROUP or else
+// the acker.
+func (s *subscriber) queueAcks(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.acks = append(s.acks, ids...)
+	s.mu.Unlock()
+	select {
+	case s.ackWake <- struct{}{}:
+	default:
+	}
+}
+
+// takeAcks takes up to n of the acks queued (n <= 0: all).
+func (s *subscriber) takeAcks(n int) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n <= 0 || n > len(s.acks) {
+		n = len(s.acks)
+	}
+	if n == 0 {
+		return nil
+	}
+	ids := append([]string(nil), s.acks[:n]...)
+	rest := copy(s.acks, s.acks[n:])
+	clear(s.acks[rest:])
+	s.acks = s.acks[:rest]
+	return ids
 }
 
 // inflightNow copies the set of entries in flight. Taken before a read of
@@ -600,47 +773,50 @@ func (s *subscriber) forget(ids ...string) {
 	s.mu.Unlock()
 }
 
-// acker sends the acks, many IDs per XACK, retrying a failed XACK until
-// it succeeds; once stop is closed it sends what is left and returns.
+// ackLinger is how long the acker leaves queued acks to the reader,
+// which sends them with its next XREADGROUP, before it sends them itself:
+// longer than a read's round trip on a busy server, short enough that
+// an entry is not left pending for long after it is done.
+const ackLinger = 10 * time.Millisecond
+
+// acker sends the acks the reader has not sent ackLinger after they were
+// queued (the reader is waiting for new entries, or its session is down),
+// retrying a failed XACK until it succeeds; once the settler has returned
+// it sends what is left and returns.
 func (s *subscriber) acker() {
 	defer close(s.ackerDone)
+	t := time.NewTimer(ackLinger)
+	t.Stop()
 	for {
-		var batch []string
 		select {
-		case id := <-s.acks:
-			batch = append(batch, id)
-		case <-s.stop:
-			for {
-				select {
-				case id := <-s.acks:
-					batch = append(batch, id)
-					continue
-				default:
-				}
-				break
-			}
-			if len(batch) > 0 {
-				s.flushAcks(batch)
-			}
+		case <-s.ackWake:
+		case <-s.settlerDone:
+			s.flushAcks(s.takeAcks(0))
 			return
 		}
-	more:
-		for len(batch) < maxAckBatch {
-			select {
-			case id := <-s.acks:
-				batch = append(batch, id)
-			default:
-				break more
-			}
+		t.Reset(ackLinger)
+		select {
+		case <-t.C:
+		case <-s.settlerDone:
+			t.Stop()
 		}
-		s.flushAcks(batch)
+		s.flushAcks(s.takeAcks(0))
 	}
 }
 
-// flushAcks XACKs ids, retrying with backoff while the server is away;
-// after stop, for DialTimeout at most (the entries stay pending and are
-// delivered again).
+// flushAcks XACKs ids, maxAckBatch per XACK.
 func (s *subscriber) flushAcks(ids []string) {
+	for len(ids) > 0 {
+		n := min(len(ids), maxAckBatch)
+		s.xack(ids[:n])
+		ids = ids[n:]
+	}
+}
+
+// xack XACKs ids, retrying with backoff while the server is away; after
+// stop, for DialTimeout at most (the entries stay pending and are
+// delivered again).
+func (s *subscriber) xack(ids []string) {
 	r := bus.Reconnect{Initial: 50 * time.Millisecond, Max: time.Second}
 	r.EnsureDefaults()
 	var deadline time.Time
@@ -689,7 +865,7 @@ func (s *subscriber) close() error {
 	s.mu.Unlock()
 	settled := make(chan struct{})
 	go func() {
-		s.watchers.Wait()
+		s.unsettled.Wait()
 		close(settled)
 	}()
 	t := time.NewTimer(s.o.DialTimeout)
@@ -700,6 +876,7 @@ func (s *subscriber) close() error {
 	}
 	t.Stop()
 	close(s.stop)
+	<-s.settlerDone
 	<-s.ackerDone
 	return s.client.Close()
 }
