@@ -51,9 +51,21 @@ import (
 // append was acknowledged and its answer stored, as in the flow. The
 // counts are kept in memory (the state the flow keeps in Pebble); a
 // message delivered again is answered again with the count it had.
+// bareParts leaves parts out (flows bare-noack, bare-nolog), to measure
+// their share.
+//
 // Not driven: the partitions' leases (a renewal per partition every few
 // seconds), and all of the flow's own work (decoding, Pebble, the
 // pipeline).
+
+// bareParts says which parts of the traffic a bare run leaves out.
+type bareParts struct {
+	// noAck: the consumers expect no acknowledgements (AckNone) and none
+	// is sent.
+	noAck bool
+	// noLog: no changelog appends.
+	noLog bool
+}
 
 // bareRun is one run of the bare flow: three goroutines per partition
 // (fetch, commit, answer), and its connections.
@@ -63,6 +75,7 @@ type bareRun struct {
 	pubNC  *nats.Conn            // answers and changelog appends
 	js     jetstream.JetStream   // on pubNC: the changelog's appends
 	ans    nats.JetStreamContext // on pubNC: the answers
+	parts  bareParts
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	errc   chan error // the first failure
@@ -79,7 +92,7 @@ type bareGroup struct {
 // partitioned flow of the same run would be: f.Name names its changelog
 // streams, f.Durable its consumers) and returns once every partition's
 // consumer and changelog stream exist. It runs until stop.
-func (b *bench) startBare(ctx context.Context, f incrflow.Flow) (*bareRun, error) {
+func (b *bench) startBare(ctx context.Context, f incrflow.Flow, parts bareParts) (*bareRun, error) {
 	f.EnsureDefaults()
 	nc, err := nats.Connect(b.opts.NATSURLs, nats.Name(f.Name+" input"), nats.Timeout(5*time.Second), nats.MaxReconnects(-1))
 	if err != nil {
@@ -90,7 +103,7 @@ func (b *bench) startBare(ctx context.Context, f incrflow.Flow) (*bareRun, error
 		nc.Close()
 		return nil, fmt.Errorf("bare flow: connect: %w", err)
 	}
-	r := &bareRun{nc: nc, pubNC: pubNC, errc: make(chan error, 1)}
+	r := &bareRun{nc: nc, pubNC: pubNC, parts: parts, errc: make(chan error, 1)}
 	fail := func(err error) (*bareRun, error) {
 		nc.Close()
 		pubNC.Close()
@@ -152,7 +165,7 @@ func (r *bareRun) setUp(ctx context.Context, f incrflow.Flow, p int) (*nats.Subs
 	stream := bus.PartitionStreamName(f.In)
 	subject := partition.Subject(f.In, p)
 	durable := bus.PartitionDurable(f.Durable, p)
-	if _, err := r.legacy.AddConsumer(stream, &nats.ConsumerConfig{
+	cfg := &nats.ConsumerConfig{
 		Durable:       durable,
 		DeliverPolicy: nats.DeliverAllPolicy,
 		AckPolicy:     nats.AckExplicitPolicy,
@@ -160,7 +173,11 @@ func (r *bareRun) setUp(ctx context.Context, f incrflow.Flow, p int) (*nats.Subs
 		MaxAckPending: f.Window,
 		MaxDeliver:    -1,
 		FilterSubject: subject,
-	}, nats.Context(ctx)); err != nil {
+	}
+	if r.parts.noAck {
+		cfg.AckPolicy, cfg.AckWait, cfg.MaxAckPending = nats.AckNonePolicy, 0, 0
+	}
+	if _, err := r.legacy.AddConsumer(stream, cfg, nats.Context(ctx)); err != nil {
 		return nil, "", fmt.Errorf("create consumer %s: %w", durable, err)
 	}
 	sub, err := r.legacy.PullSubscribe(subject, durable, nats.Bind(stream, durable))
@@ -316,22 +333,24 @@ func (r *bareRun) commit(ctx context.Context, logSubject, out string, group, rec
 			a.Data = strconv.AppendInt(nil, v, 10)
 			g.answers = append(g.answers, a)
 		}
-		cl := nats.NewMsg(logSubject)
-		cl.Data = record[:n*recordBytes]
-		f, err := r.js.PublishMsgAsync(cl, jetstream.WithExpectLastSequence(last), jetstream.WithRetryAttempts(0))
-		if err != nil {
-			return fmt.Errorf("append to %s: %w", logSubject, err)
-		}
-		last++
-		timer.Reset(10 * time.Second) // the changelog's AckTimeout
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("append to %s: %w", logSubject, err)
-		case <-timer.C:
-			return fmt.Errorf("append to %s: no acknowledgement within 10 s", logSubject)
-		case <-ctx.Done():
-			return ctx.Err()
+		if !r.parts.noLog {
+			cl := nats.NewMsg(logSubject)
+			cl.Data = record[:n*recordBytes]
+			f, err := r.js.PublishMsgAsync(cl, jetstream.WithExpectLastSequence(last), jetstream.WithRetryAttempts(0))
+			if err != nil {
+				return fmt.Errorf("append to %s: %w", logSubject, err)
+			}
+			last++
+			timer.Reset(10 * time.Second) // the changelog's AckTimeout
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return fmt.Errorf("append to %s: %w", logSubject, err)
+			case <-timer.C:
+				return fmt.Errorf("append to %s: no acknowledgement within 10 s", logSubject)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		select {
 		case groups <- g:
@@ -370,8 +389,10 @@ func (r *bareRun) answer(ctx context.Context, slots <-chan struct{}, groups <-ch
 			}
 		}
 		for _, m := range g.msgs {
-			if err := m.Ack(); err != nil {
-				return fmt.Errorf("ack: %w", err)
+			if !r.parts.noAck {
+				if err := m.Ack(); err != nil {
+					return fmt.Errorf("ack: %w", err)
+				}
 			}
 			<-slots
 		}

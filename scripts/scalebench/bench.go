@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,7 +25,7 @@ import (
 
 // variant is one flow the bench runs once per round.
 type variant struct {
-	Store     string // storePartitioned, storePebble, storeEtcd, storeBare
+	Store     string // storePartitioned, storePebble, storeEtcd, storeBare...
 	Instances int
 }
 
@@ -158,7 +159,7 @@ func Run(ctx context.Context, opts Options, logf func(string, ...any)) (*Report,
 	// own.
 	// The partitioned flow reads the partition subjects; the others read
 	// one subject through one consumer, as an unpartitioned flow would.
-	if opts.wants(storePartitioned) || opts.wants(storeBare) {
+	if opts.wants(storePartitioned) || slices.ContainsFunc(opts.Flows, isBare) {
 		b.in = b.id + ".in"
 		if err := b.publish(ctx, b.in, opts.Events, opts.Partitions); err != nil {
 			return nil, err
@@ -238,7 +239,7 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 		Window: b.opts.Window, Partitions: b.opts.Partitions, NoIdem: b.opts.NoIdem,
 	}
 	switch v.Store {
-	case storePartitioned, storeBare:
+	case storePartitioned, storeBare, storeBareNoAck, storeBareNoLog:
 		// The bare flow drives the partitioned flow's traffic: its
 		// consumers and changelog streams have the same names.
 		f.Store = incrflow.Partitioned
@@ -262,8 +263,8 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 
 	rctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
 	defer cancel()
-	if v.Store == storeBare {
-		return b.runBare(rctx, f, res)
+	if isBare(v.Store) {
+		return b.runBare(rctx, f, bareParts{noAck: v.Store == storeBareNoAck, noLog: v.Store == storeBareNoLog}, res)
 	}
 	natsBefore, etcdBefore := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
 	start := time.Now()
@@ -274,7 +275,15 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 		}
 	}()
 	for i := range v.Instances {
-		in, err := incrflow.Start(b.bin, filepath.Join(dir, fmt.Sprintf("i%d", i+1)), flow)
+		var args []string
+		if b.opts.CPUProfiles != "" {
+			prof, err := filepath.Abs(filepath.Join(b.opts.CPUProfiles, fmt.Sprintf("%s-i%d.prof", id, i+1)))
+			if err != nil {
+				return res, err
+			}
+			args = []string{"--cpuprofile", prof}
+		}
+		in, err := incrflow.Start(b.bin, filepath.Join(dir, fmt.Sprintf("i%d", i+1)), flow, args...)
 		if err != nil {
 			return res, err
 		}
@@ -309,12 +318,12 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 // until the last answer; its CPU is this process's over the run (the
 // polling of the answers stream's state included, a few requests a
 // second).
-func (b *bench) runBare(ctx context.Context, f incrflow.Flow, res RunResult) (RunResult, error) {
+func (b *bench) runBare(ctx context.Context, f incrflow.Flow, parts bareParts, res RunResult) (RunResult, error) {
 	natsBefore, etcdBefore := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
 	self := []int{os.Getpid()}
 	cpuBefore := cpuOf(self)
 	start := time.Now()
-	bare, err := b.startBare(ctx, f)
+	bare, err := b.startBare(ctx, f, parts)
 	if err != nil {
 		return res, err
 	}

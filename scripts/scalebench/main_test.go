@@ -41,6 +41,10 @@ func TestParseFlags(t *testing.T) {
 		{name: "negative rounds", args: []string{"-rounds", "-1"}, wantErr: "-rounds must be positive"},
 		{name: "bare group zero", args: []string{"-bare-group", "0"}, wantErr: "-bare-group must be positive"},
 		{name: "bare without idem", args: []string{"-no-idem"}, wantErr: "run it without -no-idem"},
+		{name: "bare parts", args: []string{"-flows", "bare-noack,bare-nolog,bare"}, check: func(o Options) bool {
+			return slices.Equal(o.Flows, []string{storeBareNoAck, storeBareNoLog, storeBare})
+		}},
+		{name: "bare part without idem", args: []string{"-flows", "bare-nolog", "-no-idem"}, wantErr: "run it without -no-idem"},
 		{name: "no idem without bare", args: []string{"-no-idem", "-flows", "partitioned"}, check: func(o Options) bool { return o.NoIdem }},
 		{name: "arguments", args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}

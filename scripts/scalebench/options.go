@@ -19,7 +19,17 @@ const (
 	// storeBare is the partitioned flow's NATS traffic without flowrun
 	// (bare.go): the broker's ceiling.
 	storeBare = "bare"
+	// storeBareNoAck and storeBareNoLog are the bare flow without one
+	// part of that traffic, to measure its share: a consumer that
+	// expects no acknowledgements (none sent), no changelog appends.
+	storeBareNoAck = "bare-noack"
+	storeBareNoLog = "bare-nolog"
 )
+
+// isBare reports whether flow is the bare flow or one of its parts.
+func isBare(flow string) bool {
+	return flow == storeBare || flow == storeBareNoAck || flow == storeBareNoLog
+}
 
 // Options are the bench's settings; the flags set them.
 type Options struct {
@@ -62,6 +72,10 @@ type Options struct {
 	NATSBase, EtcdBase int
 	// JSON prints the report as JSON.
 	JSON bool
+	// CPUProfiles, when set, is a directory where each flowrun instance
+	// writes a CPU profile of its run (flowrun run --cpuprofile), named
+	// by its flow and instance: sbXXXXr1p1-i1.prof.
+	CPUProfiles string
 
 	// Set by the command once the clusters are up: their URLs and the
 	// servers' pids (whose CPU is reported; none: not reported).
@@ -112,7 +126,7 @@ func (o Options) Validate() error {
 	if len(o.Flows) == 0 {
 		errs = append(errs, errors.New("-flows names no flow"))
 	}
-	if o.wants(storeBare) && o.NoIdem {
+	if slices.ContainsFunc(o.Flows, isBare) && o.NoIdem {
 		errs = append(errs, errors.New("-no-idem: the bare flow's changelog bytes are the flow's with idem_from; run it without -no-idem"))
 	}
 	if o.wants(storePartitioned) && len(o.Instances) == 0 {
@@ -143,7 +157,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.EtcdEvents, "etcd-events", o.EtcdEvents, "increments through the etcd flow")
 	fs.IntVar(&o.Partitions, "partitions", o.Partitions, "partitions of the partitioned flow")
 	instances := fs.String("instances", joinInts(o.Instances), "instance counts of the partitioned flow, comma-separated")
-	flows := fs.String("flows", strings.Join(o.Flows, ","), "flows to run, comma-separated: partitioned, pebble, etcd, bare")
+	flows := fs.String("flows", strings.Join(o.Flows, ","), "flows to run, comma-separated: partitioned, pebble, etcd, bare; bare-noack, bare-nolog")
 	fs.IntVar(&o.BareGroup, "bare-group", o.BareGroup, "bare flow: input messages per changelog append, at most")
 	fs.IntVar(&o.BareRecordBytes, "bare-record-bytes", o.BareRecordBytes, "bare flow: changelog record bytes per input message")
 	fs.IntVar(&o.Rounds, "rounds", o.Rounds, "rounds; each runs every flow once, the order rotated")
@@ -156,6 +170,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.NATSBase, "nats-base", o.NATSBase, "port base of the NATS cluster (scripts/nats-cluster.sh start BASE)")
 	fs.IntVar(&o.EtcdBase, "etcd-base", o.EtcdBase, "port base of the etcd cluster (FLOWRUN_ETCD_PORT_BASE of scripts/etcd-cluster.sh)")
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	fs.StringVar(&o.CPUProfiles, "cpuprofiles", "", "write each flowrun instance's CPU profile to `DIR` (flowrun run --cpuprofile)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -201,9 +216,10 @@ func parseFlows(s string) ([]string, error) {
 			continue
 		}
 		switch f {
-		case storePartitioned, storePebble, storeEtcd, storeBare:
+		case storePartitioned, storePebble, storeEtcd, storeBare, storeBareNoAck, storeBareNoLog:
 		default:
-			return nil, fmt.Errorf("-flows: unknown flow %q: want %s, %s, %s or %s", f, storePartitioned, storePebble, storeEtcd, storeBare)
+			return nil, fmt.Errorf("-flows: unknown flow %q: want %s, %s, %s, %s, %s or %s", f,
+				storePartitioned, storePebble, storeEtcd, storeBare, storeBareNoAck, storeBareNoLog)
 		}
 		if slices.Contains(out, f) {
 			return nil, fmt.Errorf("-flows: %s given twice", f)
