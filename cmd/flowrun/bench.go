@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime/pprof"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -273,15 +272,11 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 	}
 
 	if f.cpuprofile != "" {
-		pf, err := os.Create(f.cpuprofile)
+		end, err := startCPUProfile(f.cpuprofile)
 		if err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
+			return err
 		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+		defer end()
 	}
 
 	asJSON := f.json || !stdoutIsTerminal(e)

@@ -256,3 +256,40 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestRunCPUProfile checks that run --cpuprofile writes a CPU profile
+// (gzipped protobuf, as runtime/pprof writes it) once the flow stops, and
+// that a profile it cannot create fails the run before it starts.
+func TestRunCPUProfile(t *testing.T) {
+	dir := t.TempDir()
+	flow := filepath.Join(dir, "flow.yaml")
+	if err := os.WriteFile(flow, []byte(badInputFlow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		profile  string
+		wantCode int
+	}{
+		{name: "written", profile: filepath.Join(dir, "run.prof"), wantCode: 0},
+		{name: "cannot create", profile: filepath.Join(dir, "missing", "run.prof"), wantCode: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, `{"data":1,"meta":{"kv":{"put":"a"}}}`+"\n", "run", "--cpuprofile", tt.profile, flow)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d: %s", code, tt.wantCode, stderr)
+			}
+			b, err := os.ReadFile(tt.profile)
+			if tt.wantCode != 0 {
+				if err == nil || !strings.Contains(stderr, "cpu profile") {
+					t.Fatalf("profile %s exists (%v) or stderr does not say why: %s", tt.profile, err, stderr)
+				}
+				return
+			}
+			if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+				t.Fatalf("profile %s: %d bytes, %v: not a gzipped profile", tt.profile, len(b), err)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,7 +17,7 @@ import (
 )
 
 func newRunCommand(e env) *cobra.Command {
-	var metricsAddr string
+	var metricsAddr, cpuprofile string
 	cmd := &cobra.Command{
 		Use:   "run FLOW.yaml",
 		Short: "Run a flow until its sources end or a signal arrives",
@@ -27,16 +28,42 @@ flushed and flowrun exits 0. A second signal forces an immediate exit (1).
 Logs go to stderr: one line when the flow starts and stops (with its event
 and error totals), one per failure; events dropped on an unlinked err port
 are logged one by one up to 10 per node, then counted every 10 seconds.
-With --metrics-addr, Prometheus metrics are served while the flow runs.`,
+With --metrics-addr, Prometheus metrics are served while the flow runs; with
+--cpuprofile, a CPU profile of the whole run is written when it stops.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signalContext(cmd.Context(), e)
 			defer stop()
+			if cpuprofile != "" {
+				end, err := startCPUProfile(cpuprofile)
+				if err != nil {
+					return err
+				}
+				defer end()
+			}
 			return runFlow(ctx, e, args[0], metricsAddr)
 		},
 	}
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (port 0: any free port, logged at start)")
+	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE` when the flow stops")
 	return cmd
+}
+
+// startCPUProfile starts a CPU profile written to path; end stops it and
+// closes the file.
+func startCPUProfile(path string) (end func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // signalContext returns a context cancelled by the first SIGINT or SIGTERM;

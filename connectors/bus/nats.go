@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -287,6 +288,12 @@ type natsUnmarshaler struct{}
 
 func (natsUnmarshaler) Unmarshal(m *nats.Msg) (*message.Message, error) {
 	md, mdErr := m.Metadata()
+	return unmarshalNATS(m, md, mdErr), nil
+}
+
+// unmarshalNATS is natsUnmarshaler's Unmarshal of m, whose metadata
+// m.Metadata() returned as md, mdErr.
+func unmarshalNATS(m *nats.Msg, md *nats.MsgMetadata, mdErr error) *message.Message {
 	msg := message.NewMessage(natsMessageID(m, md, mdErr), m.Data)
 	for k, v := range m.Header {
 		switch k {
@@ -298,9 +305,9 @@ func (natsUnmarshaler) Unmarshal(m *nats.Msg) (*message.Message, error) {
 		msg.Metadata.Set(k, strings.Join(v, ", "))
 	}
 	if mdErr == nil {
-		msg.Metadata.Set(DeliveredKey, fmt.Sprint(md.NumDelivered))
+		msg.Metadata.Set(DeliveredKey, strconv.FormatUint(md.NumDelivered, 10))
 	}
-	return msg, nil
+	return msg
 }
 
 // natsMessageID returns an id that is the same on every delivery of m: the

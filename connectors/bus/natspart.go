@@ -76,7 +76,7 @@ const maxPartitionAckWait = 5 * time.Second
 // messages it held come back after this wait (with their delivery counts),
 // about when its lease lapses and another owner takes the partition, not
 // after the 30 s default; a live owner keeps its slow messages with
-// in-progress acks at half the wait.
+// in-progress acks at most half the wait apart (settle).
 func (o *NATSOptions) partitionAckWait() time.Duration {
 	if o.uncappedAckWait {
 		return o.AckWait
@@ -144,9 +144,13 @@ func dialNATSPartitions(ctx context.Context, so SourceOptions, opts NATSOptions,
 	}
 	ps := &natsPartitions{
 		nc: nc, stream: stream, so: so, opts: opts, board: board,
-		out:     make(chan *message.Message),
-		done:    make(chan struct{}),
-		running: map[int]*partitionRun{},
+		out:      make(chan *message.Message),
+		done:     make(chan struct{}),
+		running:  map[int]*partitionRun{},
+		settled:  make(chan settlement, so.Window),
+		tick:     make(chan struct{}),
+		stopAcks: make(chan struct{}),
+		acksDone: make(chan struct{}),
 	}
 	// Pulling ends at release or when the connection closes for good;
 	// waiting for settlements only at release.
@@ -160,6 +164,7 @@ func dialNATSPartitions(ctx context.Context, so SourceOptions, opts NATSOptions,
 		ps.stopPull()
 	}()
 	go ps.run()
+	go ps.ack()
 	dead.set(pub)
 	release := func() error {
 		dead.set(nil)
@@ -170,10 +175,13 @@ func dialNATSPartitions(ctx context.Context, so SourceOptions, opts NATSOptions,
 
 // natsPartitions is one connection of a partitioned source. It owns the
 // goroutines of Board.Watch, of each served partition (pulling its
-// consumer in stream order and handing the messages to out), and of each
-// message handed over (sending its ack or nack once the source settles
-// it). out is closed once Watch and every partition's goroutine have
-// returned.
+// consumer in stream order and handing the messages to out), of each
+// message handed over (waiting until the source settles it, reporting it
+// in progress meanwhile), and the one that sends the acks and nacks of
+// settled messages and ticks for the in-progress reports (ack). out is
+// closed once Watch and every partition's goroutine have returned; ack
+// returns at release, once every message handed over was settled or
+// given up.
 type natsPartitions struct {
 	nc     *natsConn
 	stream string
@@ -190,6 +198,18 @@ type natsPartitions struct {
 
 	loops   sync.WaitGroup // partition goroutines
 	settles sync.WaitGroup // one per message handed over and not settled
+	// settled takes the settled messages to ack, which sends their acks
+	// and nacks: one long-lived goroutine does it, not one per message
+	// (whose stack would grow for each publish).
+	settled  chan settlement
+	stopAcks chan struct{} // closed by release: ack returns
+	acksDone chan struct{} // closed when ack has returned
+
+	// tick is closed, and replaced, every quarter ack wait by ack: a message
+	// waiting to be settled sends an in-progress report then (no timer of
+	// its own). tickMu guards the field.
+	tickMu sync.Mutex
+	tick   chan struct{}
 
 	mu      sync.Mutex
 	running map[int]*partitionRun
@@ -259,6 +279,8 @@ func (s *natsPartitions) consume(ctx context.Context, p int) {
 	defer logger.Debug("partition no longer consumed")
 	window := s.so.Window
 	slots := make(chan struct{}, window) // one token per message not settled
+	// The subject of every message of the consumer (its filter), as JSON.
+	subjectJSON, _ := json.Marshal(subject)
 	for failures := 0; ctx.Err() == nil; {
 		select {
 		case slots <- struct{}{}:
@@ -297,8 +319,15 @@ func (s *natsPartitions) consume(ctx context.Context, p int) {
 		}
 		failures = 0
 		for _, m := range msgs {
-			wm, _ := natsUnmarshaler{}.Unmarshal(m)
-			setPartitionMeta(wm, m, p)
+			md, mdErr := m.Metadata()
+			wm := unmarshalNATS(m, md, mdErr)
+			if mdErr == nil {
+				sj := subjectJSON
+				if m.Subject != subject {
+					sj, _ = json.Marshal(m.Subject)
+				}
+				setPartitionMeta(wm, p, md.Sequence.Stream, sj)
+			}
 			if ctx.Err() == nil {
 				select {
 				case s.out <- wm:
@@ -333,16 +362,20 @@ const NATSMeta = "nats"
 // sets no NATSMeta of its own).
 const NATSSourceMeta = "nats_source"
 
-// setPartitionMeta sets wm's NATSMeta from m, a message of partition p.
+// setPartitionMeta sets wm's NATSMeta for a message of partition p at
+// stream sequence seq, on the subject whose JSON string is subjectJSON.
 // The value is JSON: listed in JSONKeysKey when the message has that
 // list, and recognised as JSON otherwise (it starts with '{').
-func setPartitionMeta(wm *message.Message, m *nats.Msg, p int) {
-	md, err := m.Metadata()
-	if err != nil {
-		return // not from JetStream: no sequence
-	}
-	subject, _ := json.Marshal(m.Subject)
-	wm.Metadata.Set(NATSMeta, fmt.Sprintf(`{"partition":%d,"sequence":%d,"subject":%s}`, p, md.Sequence.Stream, subject))
+func setPartitionMeta(wm *message.Message, p int, seq uint64, subjectJSON []byte) {
+	b := make([]byte, 0, 48+len(subjectJSON))
+	b = append(b, `{"partition":`...)
+	b = strconv.AppendInt(b, int64(p), 10)
+	b = append(b, `,"sequence":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"subject":`...)
+	b = append(b, subjectJSON...)
+	b = append(b, '}')
+	wm.Metadata.Set(NATSMeta, string(b))
 	if keys, marked := wm.Metadata[JSONKeysKey]; marked && !listed(keys, NATSMeta) {
 		if keys != "" {
 			keys += ","
@@ -366,52 +399,105 @@ func (s *natsPartitions) subscribe(ctx context.Context, subject, durable string)
 	return sub, nil
 }
 
-// settle sends m's ack or nack once wm is settled, then frees its slot.
-// At release, a message not settled within ConnectTimeout is left to the
-// broker's ack wait.
+// settlement is a settled message for ack: its ack (ok) or nack, and
+// the slot to free once it is sent.
+type settlement struct {
+	m     *nats.Msg
+	wm    *message.Message
+	ok    bool
+	slots chan struct{}
+}
+
+// settle waits until wm is settled and hands m to ack, which sends its
+// ack or nack and frees its slot. A message still in the flow after half
+// its ack wait is reported in progress, so that the broker does not
+// redeliver it while it is processed (see partitionAckWait): at the first
+// tick (every quarter of the ack wait) at least a quarter of the ack wait
+// after it was handed over or last reported, so at most half the ack wait
+// apart, as with a timer of its own. At release, a message not settled within ConnectTimeout is
+// left to the broker's ack wait.
 func (s *natsPartitions) settle(wm *message.Message, m *nats.Msg, slots chan struct{}) {
-	defer s.settles.Done()
-	defer func() { <-slots }()
-	var err error
-	// A message still in the flow after half its ack wait is reported in
-	// progress, so that the broker does not redeliver it while it is
-	// processed (see partitionAckWait).
-	every := s.opts.partitionAckWait() / 2
-	var progress *time.Timer
-	var tick <-chan time.Time
+	giveUp := func() {
+		<-slots
+		s.settles.Done()
+	}
+	var ok bool
 	select {
 	case <-wm.Acked():
-		err = m.Ack()
-		goto done
+		ok = true
 	case <-wm.Nacked():
-		err = m.Nak()
-		goto done
 	case <-s.settling.Done():
+		giveUp()
 		return
 	default:
+		quiet := s.opts.partitionAckWait() / 4
+		last := time.Now()
+		tick := s.nextTick()
+	wait:
+		for {
+			select {
+			case <-wm.Acked():
+				ok = true
+				break wait
+			case <-wm.Nacked():
+				break wait
+			case <-s.settling.Done():
+				giveUp()
+				return
+			case <-tick:
+				tick = s.nextTick()
+				if now := time.Now(); now.Sub(last) >= quiet {
+					_ = m.InProgress()
+					last = now
+				}
+			}
+		}
 	}
-	progress = time.NewTimer(every)
-	defer progress.Stop()
-	tick = progress.C
+	select {
+	case s.settled <- settlement{m: m, wm: wm, ok: ok, slots: slots}:
+	case <-s.settling.Done():
+		giveUp()
+	}
+}
+
+// nextTick returns the channel closed at the next in-progress tick.
+func (s *natsPartitions) nextTick() <-chan struct{} {
+	s.tickMu.Lock()
+	defer s.tickMu.Unlock()
+	return s.tick
+}
+
+// ack sends the acks and nacks of settled messages, freeing their slots,
+// and ticks for the in-progress reports every quarter ack wait, until
+// release closes stopAcks (once every message handed over was settled or
+// given up, so none is left in settled).
+func (s *natsPartitions) ack() {
+	defer close(s.acksDone)
+	ticker := time.NewTicker(s.opts.partitionAckWait() / 4)
+	defer ticker.Stop()
 	for {
 		select {
-		case <-wm.Acked():
-			err = m.Ack()
-		case <-wm.Nacked():
-			err = m.Nak()
-		case <-s.settling.Done():
+		case st := <-s.settled:
+			var err error
+			if st.ok {
+				err = st.m.Ack()
+			} else {
+				err = st.m.Nak()
+			}
+			if err != nil && !s.nc.conn.IsClosed() {
+				s.opts.Logger.Warn("cannot settle message, the broker redelivers it after ack_wait", "node", s.so.Name,
+					"message", st.wm.UUID, "subject", st.m.Subject, "error", err)
+			}
+			<-st.slots
+			s.settles.Done()
+		case <-ticker.C:
+			s.tickMu.Lock()
+			close(s.tick)
+			s.tick = make(chan struct{})
+			s.tickMu.Unlock()
+		case <-s.stopAcks:
 			return
-		case <-tick:
-			_ = m.InProgress()
-			progress.Reset(every)
-			continue
 		}
-		break
-	}
-done:
-	if err != nil && !s.nc.conn.IsClosed() {
-		s.opts.Logger.Warn("cannot settle message, the broker redelivers it after ack_wait", "node", s.so.Name,
-			"message", wm.UUID, "subject", m.Subject, "error", err)
 	}
 }
 
@@ -438,6 +524,8 @@ func (s *natsPartitions) release() error {
 	}
 	t.Stop()
 	s.stopSettling()
+	close(s.stopAcks)
+	<-s.acksDone
 	return s.nc.drain(s.opts.ConnectTimeout)
 }
 

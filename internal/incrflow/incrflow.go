@@ -388,8 +388,9 @@ type Instance struct {
 }
 
 // Start writes flowYAML to dir/flow.yaml (making dir) and starts bin (the
-// flowrun command) running it from dir; its stderr is kept (Logs).
-func Start(bin, dir, flowYAML string) (*Instance, error) {
+// flowrun command) running it from dir, `bin run [args] dir/flow.yaml`;
+// its stderr is kept (Logs).
+func Start(bin, dir, flowYAML string, args ...string) (*Instance, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -398,7 +399,7 @@ func Start(bin, dir, flowYAML string) (*Instance, error) {
 		return nil, err
 	}
 	in := &Instance{exited: make(chan struct{})}
-	in.cmd = exec.Command(bin, "run", flowPath)
+	in.cmd = exec.Command(bin, append(append([]string{"run"}, args...), flowPath)...)
 	in.cmd.Dir = dir
 	in.cmd.Stderr = &in.logs
 	if err := in.cmd.Start(); err != nil {

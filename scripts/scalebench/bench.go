@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,7 +25,7 @@ import (
 
 // variant is one flow the bench runs once per round.
 type variant struct {
-	Store     string // storePartitioned, storePebble, storeEtcd
+	Store     string // storePartitioned, storePebble, storeEtcd, storeBare...
 	Instances int
 }
 
@@ -81,6 +82,13 @@ type RunResult struct {
 	// Repeated answers (a message answered again from its idempotency
 	// record after a redelivery).
 	Repeated int `json:"repeated"`
+	// What the run stored on the broker, read from its streams before
+	// they are deleted (bytes as the broker counts them: subject, headers
+	// and data): its answers, and the appends to its changelog streams
+	// (partitioned and bare flows).
+	AnswerBytes      uint64 `json:"answer_bytes"`
+	ChangelogAppends uint64 `json:"changelog_appends"`
+	ChangelogBytes   uint64 `json:"changelog_bytes"`
 }
 
 // EventsPerS is the run's throughput, start to last answer.
@@ -99,8 +107,8 @@ type bench struct {
 	js   jetstream.JetStream
 	etcd *clientv3.Client
 	id   string // this run's names start with it
-	// in, plainIn and etcdIn are the input subjects of the partitioned,
-	// pebble and etcd flows.
+	// in, plainIn and etcdIn are the input subjects of the partitioned
+	// (and bare), pebble and etcd flows.
 	in, plainIn, etcdIn string
 }
 
@@ -151,7 +159,7 @@ func Run(ctx context.Context, opts Options, logf func(string, ...any)) (*Report,
 	// own.
 	// The partitioned flow reads the partition subjects; the others read
 	// one subject through one consumer, as an unpartitioned flow would.
-	if opts.wants(storePartitioned) {
+	if opts.wants(storePartitioned) || slices.ContainsFunc(opts.Flows, isBare) {
 		b.in = b.id + ".in"
 		if err := b.publish(ctx, b.in, opts.Events, opts.Partitions); err != nil {
 			return nil, err
@@ -231,7 +239,9 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 		Window: b.opts.Window, Partitions: b.opts.Partitions, NoIdem: b.opts.NoIdem,
 	}
 	switch v.Store {
-	case storePartitioned:
+	case storePartitioned, storeBare, storeBareNoAck, storeBareNoLog:
+		// The bare flow drives the partitioned flow's traffic: its
+		// consumers and changelog streams have the same names.
 		f.Store = incrflow.Partitioned
 	case storePebble:
 		f.Store, f.In = incrflow.Pebble, b.plainIn
@@ -253,6 +263,9 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 
 	rctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
 	defer cancel()
+	if isBare(v.Store) {
+		return b.runBare(rctx, f, bareParts{noAck: v.Store == storeBareNoAck, noLog: v.Store == storeBareNoLog}, res)
+	}
 	natsBefore, etcdBefore := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
 	start := time.Now()
 	var ins []*incrflow.Instance
@@ -262,13 +275,21 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 		}
 	}()
 	for i := range v.Instances {
-		in, err := incrflow.Start(b.bin, filepath.Join(dir, fmt.Sprintf("i%d", i+1)), flow)
+		var args []string
+		if b.opts.CPUProfiles != "" {
+			prof, err := filepath.Abs(filepath.Join(b.opts.CPUProfiles, fmt.Sprintf("%s-i%d.prof", id, i+1)))
+			if err != nil {
+				return res, err
+			}
+			args = []string{"--cpuprofile", prof}
+		}
+		in, err := incrflow.Start(b.bin, filepath.Join(dir, fmt.Sprintf("i%d", i+1)), flow, args...)
 		if err != nil {
 			return res, err
 		}
 		ins = append(ins, in)
 	}
-	sum, flowrunCPU, err := b.await(rctx, f.Out, res.Events, ins)
+	sum, flowrunCPU, err := b.await(rctx, f.Out, res.Events, instancesRunning(ins), func() time.Duration { return cpuOf(pids(ins)) })
 	natsAfter, etcdAfter := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
 	if err != nil {
 		return res, fmt.Errorf("%w\n%s", err, instanceLogs(ins))
@@ -287,15 +308,84 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 	res.NATSCPU = (natsAfter - natsBefore).Seconds()
 	res.EtcdCPU = (etcdAfter - etcdBefore).Seconds()
 	res.Repeated = sum.Repeated
+	b.traffic(ctx, f, &res)
 	return res, nil
 }
 
+// runBare runs the bare flow (bare.go) on f's input and answers, as
+// runOne runs the others: timed from its start (its consumers and
+// changelog streams made, as a flowrun instance makes them once started)
+// until the last answer; its CPU is this process's over the run (the
+// polling of the answers stream's state included, a few requests a
+// second).
+func (b *bench) runBare(ctx context.Context, f incrflow.Flow, parts bareParts, res RunResult) (RunResult, error) {
+	natsBefore, etcdBefore := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
+	self := []int{os.Getpid()}
+	cpuBefore := cpuOf(self)
+	start := time.Now()
+	bare, err := b.startBare(ctx, f, parts)
+	if err != nil {
+		return res, err
+	}
+	defer bare.stop()
+	sum, cpu, err := b.await(ctx, f.Out, res.Events, bare.failed, func() time.Duration { return cpuOf(self) - cpuBefore })
+	natsAfter, etcdAfter := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
+	if err != nil {
+		return res, err
+	}
+	res.Seconds = sum.Last.At.Sub(start).Seconds()
+	res.FirstSeconds = sum.First.At.Sub(start).Seconds()
+	res.FlowrunCPU = cpu.Seconds()
+	res.NATSCPU = (natsAfter - natsBefore).Seconds()
+	res.EtcdCPU = (etcdAfter - etcdBefore).Seconds()
+	res.Repeated = sum.Repeated
+	b.traffic(ctx, f, &res)
+	return res, nil
+}
+
+// instancesRunning returns await's check of flowrun instances: an error
+// once one of them has exited.
+func instancesRunning(ins []*incrflow.Instance) func() error {
+	return func() error {
+		for i, in := range ins {
+			if exited, err := in.Exited(); exited {
+				return fmt.Errorf("instance %d exited before every message was answered: %v", i+1, err)
+			}
+		}
+		return nil
+	}
+}
+
+// traffic fills res's figures of what the run stored on the broker: its
+// answers stream's and changelog streams' bytes and messages. A stream it
+// cannot read counts nothing.
+func (b *bench) traffic(ctx context.Context, f incrflow.Flow, res *RunResult) {
+	state := func(name string) (msgs, bytes uint64) {
+		s, err := b.js.Stream(ctx, name)
+		if err != nil {
+			return 0, 0
+		}
+		st := s.CachedInfo().State
+		return st.Msgs, st.Bytes
+	}
+	_, res.AnswerBytes = state(bus.StreamName(f.Out))
+	if f.Store != incrflow.Partitioned {
+		return
+	}
+	for p := range f.Partitions {
+		name, _ := partitioned.ChangelogStream(f.Name, p)
+		msgs, bytes := state(name)
+		res.ChangelogAppends += msgs
+		res.ChangelogBytes += bytes
+	}
+}
+
 // await waits until every one of n messages is answered on out, checks
-// the answers, and returns what Check found and the instances' CPU time
-// when the last answer was in. It polls the answers stream's count (cheap
-// for the broker, nothing to decode) and reads the answers once there are
-// enough of them.
-func (b *bench) await(ctx context.Context, out string, n int, ins []*incrflow.Instance) (incrflow.Summary, time.Duration, error) {
+// the answers, and returns what Check found and the flow's CPU time
+// (cpu) when the last answer was in. It polls the answers stream's count
+// (cheap for the broker, nothing to decode) and reads the answers once
+// there are enough of them; a failure running reports ends the wait.
+func (b *bench) await(ctx context.Context, out string, n int, running func() error, cpu func() time.Duration) (incrflow.Summary, time.Duration, error) {
 	reader, err := incrflow.NewReader(ctx, b.js, out)
 	if err != nil {
 		return incrflow.Summary{}, 0, err
@@ -313,16 +403,14 @@ func (b *bench) await(ctx context.Context, out string, n int, ins []*incrflow.In
 			return incrflow.Summary{}, 0, fmt.Errorf("%d of %d messages answered: %w", len(answers), n, ctx.Err())
 		case <-tick.C:
 		}
-		for i, in := range ins {
-			if exited, err := in.Exited(); exited {
-				return incrflow.Summary{}, 0, fmt.Errorf("instance %d exited before every message was answered: %v", i+1, err)
-			}
+		if err := running(); err != nil {
+			return incrflow.Summary{}, 0, err
 		}
 		info, err := stream.Info(ctx)
 		if err != nil || info.State.Msgs < uint64(n) {
 			continue
 		}
-		cpu := cpuOf(pids(ins))
+		used := cpu()
 		for reader.LastSeq() < info.State.LastSeq {
 			if answers, err = reader.Fetch(answers, 4096, time.Second); errors.Is(err, incrflow.ErrBadAnswer) {
 				return incrflow.Summary{}, 0, err
@@ -335,7 +423,7 @@ func (b *bench) await(ctx context.Context, out string, n int, ins []*incrflow.In
 		if errors.Is(err, incrflow.ErrIncomplete) {
 			continue // repeated answers: some messages are not answered yet
 		}
-		return sum, cpu, err
+		return sum, used, err
 	}
 }
 

@@ -17,7 +17,12 @@
 //     and 3 `flowrun run` instances (-instances);
 //   - pebble: the same flow unpartitioned on a local Pebble store, one
 //     instance, consuming the same partition subjects;
-//   - etcd: the same flow on the etcd backend, one instance.
+//   - etcd: the same flow on the etcd backend, one instance;
+//   - bare: no flowrun: the partitioned flow's NATS traffic (the same
+//     consumers on the same input, an answer per message, changelog
+//     appends of the same count and bytes) driven by a plain nats.go
+//     client in this process (bare.go): the rate and the servers' CPU per
+//     event the broker alone allows on this machine.
 //
 // Each run is timed from the start of its processes until every message
 // is answered (by the answers' broker timestamps), and every answer is
@@ -27,7 +32,8 @@
 // gives events/s and CPU µs/event per flow over all rounds, and the
 // ratios: partitioned against etcd, partitioned with N instances against
 // 1, partitioned with 1 instance against unpartitioned (the changelog's
-// cost). Progress goes to stderr. Clusters it started are stopped at the
+// cost), bare against etcd and partitioned against bare (the broker's
+// ceiling); and what each flow stored on the broker per event. Progress goes to stderr. Clusters it started are stopped at the
 // end; exit code 1 on a failed run, 2 on bad flags.
 package main
 

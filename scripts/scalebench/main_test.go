@@ -24,7 +24,7 @@ func TestParseFlags(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", args: nil, check: func(o Options) bool {
-			return o.Events == 100_000 && o.EtcdEvents == 10_000 && slices.Equal(o.Instances, []int{1, 2, 3}) && len(o.Flows) == 3 && o.Rounds == 3
+			return o.Events == 100_000 && o.EtcdEvents == 10_000 && slices.Equal(o.Instances, []int{1, 2, 3}) && len(o.Flows) == 4 && o.wants(storeBare) && o.Rounds == 3
 		}},
 		{name: "instances and flows", args: []string{"-instances", "3, 1", "-flows", "partitioned,etcd"}, check: func(o Options) bool {
 			return slices.Equal(o.Instances, []int{3, 1}) && slices.Equal(o.Flows, []string{"partitioned", "etcd"})
@@ -39,6 +39,13 @@ func TestParseFlags(t *testing.T) {
 		{name: "more keys than events", args: []string{"-keys", "300000", "-etcd-events", "400000"}, wantErr: "-keys (300000) must not exceed"},
 		{name: "more keys than etcd events", args: []string{"-keys", "30000"}, wantErr: "-keys (30000) must not exceed"},
 		{name: "negative rounds", args: []string{"-rounds", "-1"}, wantErr: "-rounds must be positive"},
+		{name: "bare group zero", args: []string{"-bare-group", "0"}, wantErr: "-bare-group must be positive"},
+		{name: "bare without idem", args: []string{"-no-idem"}, wantErr: "run it without -no-idem"},
+		{name: "bare parts", args: []string{"-flows", "bare-noack,bare-nolog,bare"}, check: func(o Options) bool {
+			return slices.Equal(o.Flows, []string{storeBareNoAck, storeBareNoLog, storeBare})
+		}},
+		{name: "bare part without idem", args: []string{"-flows", "bare-nolog", "-no-idem"}, wantErr: "run it without -no-idem"},
+		{name: "no idem without bare", args: []string{"-no-idem", "-flows", "partitioned"}, check: func(o Options) bool { return o.NoIdem }},
 		{name: "arguments", args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -69,7 +76,7 @@ func TestBadFlagsExitTwo(t *testing.T) {
 
 func TestSchedule(t *testing.T) {
 	vs := defaultOptions().variants()
-	want := []variant{{storePartitioned, 1}, {storePartitioned, 2}, {storePartitioned, 3}, {storePebble, 1}, {storeEtcd, 1}}
+	want := []variant{{storePartitioned, 1}, {storePartitioned, 2}, {storePartitioned, 3}, {storePebble, 1}, {storeEtcd, 1}, {storeBare, 1}}
 	if !slices.Equal(vs, want) {
 		t.Fatalf("variants %v, want %v", vs, want)
 	}
@@ -102,10 +109,12 @@ func TestSummary(t *testing.T) {
 		{Round: 2, Flow: storePartitioned, Instances: 2, Events: 1000, Seconds: 1, FirstSeconds: 0.2, FlowrunCPU: 0.03},
 		{Round: 1, Flow: storePebble, Instances: 1, Events: 1000, Seconds: 0.5, FlowrunCPU: 0.03},
 		{Round: 1, Flow: storeEtcd, Instances: 1, Events: 100, Seconds: 1, FlowrunCPU: 0.02, EtcdCPU: 0.04, Repeated: 3},
+		{Round: 1, Flow: storeBare, Instances: 1, Events: 1000, Seconds: 0.25, FlowrunCPU: 0.01, NATSCPU: 0.08,
+			AnswerBytes: 240_000, ChangelogAppends: 40, ChangelogBytes: 150_000},
 	}
 	rows := summarizeRuns(runs)
-	if len(rows) != 4 {
-		t.Fatalf("%d rows, want 4: %+v", len(rows), rows)
+	if len(rows) != 5 {
+		t.Fatalf("%d rows, want 5: %+v", len(rows), rows)
 	}
 	p1 := rows[0]
 	if p1.Runs != 2 || p1.Events != 2000 || !near(p1.EventsPerS, 500) || !near(p1.FirstAnswerS, 0.5) ||
@@ -116,17 +125,24 @@ func TestSummary(t *testing.T) {
 	if e := rows[3]; e.Flow != storeEtcd || !near(e.EventsPerS, 100) || !near(e.EtcdCPUus, 400) || e.Repeated != 3 {
 		t.Fatalf("etcd: %+v", e)
 	}
+	if b := rows[4]; b.Flow != storeBare || !near(b.EventsPerS, 4000) || !near(b.NATSCPUus, 80) || !near(b.AnswerBytes, 240) ||
+		!near(b.ChangelogBytes, 150) || !near(b.EventsPerAppend, 25) {
+		t.Fatalf("bare: %+v", b)
+	}
 	got := map[string]float64{}
 	for _, r := range ratios(rows) {
 		got[r.Name] = r.Value
 	}
 	want := map[string]float64{
-		"partitioned x1 / etcd, events/s":                          5,
-		"partitioned x2 / etcd, events/s":                          10,
-		"partitioned x2 / x1, events/s":                            2,
-		"partitioned x2 / x1, flowrun CPU per event":               0.5,
-		"partitioned x1 / pebble, events/s (the changelog's cost)": 0.25,
-		"partitioned x1 / pebble, flowrun CPU per event":           2,
+		"partitioned x1 / etcd, events/s":                              5,
+		"partitioned x2 / etcd, events/s":                              10,
+		"partitioned x2 / x1, events/s":                                2,
+		"partitioned x2 / x1, flowrun CPU per event":                   0.5,
+		"partitioned x1 / pebble, events/s (the changelog's cost)":     0.25,
+		"partitioned x1 / pebble, flowrun CPU per event":               2,
+		"bare / etcd, events/s (the broker's ceiling on this machine)": 40,
+		"partitioned x1 / bare, events/s":                              0.125,
+		"partitioned x1 / bare, NATS CPU per event":                    1.25,
 	}
 	if len(got) != len(want) {
 		t.Fatalf("ratios %v, want %v", got, want)
@@ -139,7 +155,7 @@ func TestSummary(t *testing.T) {
 
 	// Without etcd and pebble runs, only the instance ratios remain.
 	for _, r := range ratios(rows[:2]) {
-		if strings.Contains(r.Name, "etcd") || strings.Contains(r.Name, "pebble") {
+		if strings.Contains(r.Name, "etcd") || strings.Contains(r.Name, "pebble") || strings.Contains(r.Name, "bare") {
 			t.Fatalf("ratio %q without its runs", r.Name)
 		}
 	}
@@ -170,10 +186,10 @@ func TestTinyRun(t *testing.T) {
 	}
 	urls := natstest.ClusterURLs(t)
 	endpoints := os.Getenv("FLOWRUN_ETCD_ENDPOINTS")
-	flows := "partitioned,pebble,etcd"
+	flows := "partitioned,pebble,etcd,bare"
 	if endpoints == "" {
 		t.Log("FLOWRUN_ETCD_ENDPOINTS is not set: the etcd flow is left out")
-		flows = "partitioned,pebble"
+		flows = "partitioned,pebble,bare"
 	}
 	opts, err := parseFlags([]string{"-events", "400", "-keys", "40", "-etcd-events", "80", "-partitions", "4",
 		"-instances", "1,2", "-rounds", "1", "-flows", flows, "-timeout", "3m"}, io.Discard)

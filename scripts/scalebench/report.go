@@ -61,6 +61,11 @@ type Row struct {
 	// their cores, while the servers keep up.
 	PerCore  float64 `json:"events_per_s_per_flowrun_core"`
 	Repeated int     `json:"repeated"`
+	// What the flow stored on the broker per event: answer bytes, and
+	// changelog bytes and events per changelog append (0: no changelog).
+	AnswerBytes     float64 `json:"answer_bytes_per_event"`
+	ChangelogBytes  float64 `json:"changelog_bytes_per_event"`
+	EventsPerAppend float64 `json:"events_per_changelog_append"`
 }
 
 // Ratio is one comparison of two rows.
@@ -81,6 +86,7 @@ func summarizeRuns(runs []RunResult) []Row {
 	type acc struct {
 		row                     Row
 		secs, first, fcpu, n, e float64
+		ans, cl, appends        uint64
 	}
 	byFlow := map[variant]*acc{}
 	var order []variant
@@ -100,6 +106,9 @@ func summarizeRuns(runs []RunResult) []Row {
 		a.fcpu += run.FlowrunCPU
 		a.n += run.NATSCPU
 		a.e += run.EtcdCPU
+		a.ans += run.AnswerBytes
+		a.cl += run.ChangelogBytes
+		a.appends += run.ChangelogAppends
 	}
 	rows := make([]Row, 0, len(order))
 	for _, v := range order {
@@ -112,6 +121,9 @@ func summarizeRuns(runs []RunResult) []Row {
 		row.NATSCPUus = perEvent(a.n, row.Events)
 		row.EtcdCPUus = perEvent(a.e, row.Events)
 		row.PerCore = rate(1e6, row.FlowrunCPUus)
+		row.AnswerBytes = rate(float64(a.ans), float64(row.Events))
+		row.ChangelogBytes = rate(float64(a.cl), float64(row.Events))
+		row.EventsPerAppend = rate(float64(row.Events), float64(a.appends))
 		rows = append(rows, row)
 	}
 	return rows
@@ -119,8 +131,10 @@ func summarizeRuns(runs []RunResult) []Row {
 
 // ratios compares the rows: partitioned against etcd (target 20) and
 // against itself with one instance (throughput, and CPU per event, which
-// should stay about 1), and partitioned with one instance against
-// unpartitioned Pebble (the changelog's cost, target 0.5). A comparison
+// should stay about 1), partitioned with one instance against
+// unpartitioned Pebble (the changelog's cost, target 0.5), and the bare
+// flow (the broker's ceiling) against etcd and partitioned with one
+// instance against it (the share of the ceiling reached). A comparison
 // with a missing or empty side is left out.
 func ratios(rows []Row) []Ratio {
 	find := func(flow string, n int) (Row, bool) {
@@ -155,6 +169,15 @@ func ratios(rows []Row) []Ratio {
 		add("partitioned x1 / pebble, events/s (the changelog's cost)", one.EventsPerS, peb.EventsPerS, ">= 0.5")
 		add("partitioned x1 / pebble, flowrun CPU per event", one.FlowrunCPUus, peb.FlowrunCPUus, "")
 	}
+	if bare, ok := find(storeBare, 1); ok {
+		if hasEtcd {
+			add("bare / etcd, events/s (the broker's ceiling on this machine)", bare.EventsPerS, etcd.EventsPerS, "")
+		}
+		if hasOne {
+			add("partitioned x1 / bare, events/s", one.EventsPerS, bare.EventsPerS, "")
+			add("partitioned x1 / bare, NATS CPU per event", one.NATSCPUus, bare.NATSCPUus, "about 1")
+		}
+	}
 	return out
 }
 
@@ -171,10 +194,11 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "# %d increments over %d keys (etcd: %d), %d partitions, window %d, %s, %d rounds\n",
 		o.Events, o.Keys, o.EtcdEvents, o.Partitions, o.Window, idem, o.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "flow\tinstances\truns\tevents\tevents/s\tfirst answer s\tevents/s after it\tflowrun CPU µs/event\tNATS CPU µs/event\tetcd CPU µs/event\tevents/s per flowrun core\trepeated\t\n")
+	fmt.Fprintf(tw, "flow\tinstances\truns\tevents\tevents/s\tfirst answer s\tevents/s after it\tflowrun CPU µs/event\tNATS CPU µs/event\tetcd CPU µs/event\tevents/s per flowrun core\trepeated\tanswer B/event\tchangelog B/event\tevents/append\t\n")
 	for _, row := range r.Rows {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.0f\t%.2f\t%.0f\t%s\t%s\t%s\t%.0f\t%d\t\n", row.Flow, row.Instances, row.Runs, row.Events,
-			row.EventsPerS, row.FirstAnswerS, row.SteadyPerS, cpuCell(row.FlowrunCPUus), cpuCell(row.NATSCPUus), cpuCell(row.EtcdCPUus), row.PerCore, row.Repeated)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.0f\t%.2f\t%.0f\t%s\t%s\t%s\t%.0f\t%d\t%.0f\t%.0f\t%.1f\t\n", row.Flow, row.Instances, row.Runs, row.Events,
+			row.EventsPerS, row.FirstAnswerS, row.SteadyPerS, cpuCell(row.FlowrunCPUus), cpuCell(row.NATSCPUus), cpuCell(row.EtcdCPUus), row.PerCore, row.Repeated,
+			row.AnswerBytes, row.ChangelogBytes, row.EventsPerAppend)
 	}
 	tw.Flush()
 	for _, ra := range r.Ratios {
