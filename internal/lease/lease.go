@@ -37,6 +37,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -164,6 +165,13 @@ type Table struct {
 
 	mu   sync.Mutex
 	seen map[string]observation
+	// casMu makes the table's writes one at a time; chain is what they
+	// know of the stream (see cas).
+	casMu sync.Mutex
+	chain chain
+	// reads and writes count the stream info reads and the publishes
+	// (tests).
+	reads, writes atomic.Int64
 	// infoMu guards the stream's cached info, which stream.Info updates
 	// and message reads consult, without a lock of their own: Info
 	// holds it exclusively, reads shared.
@@ -172,6 +180,7 @@ type Table struct {
 
 // info reads the stream's state, with the options given.
 func (t *Table) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error) {
+	t.reads.Add(1)
 	t.infoMu.Lock()
 	defer t.infoMu.Unlock()
 	return t.stream.Info(ctx, opts...)
@@ -274,32 +283,106 @@ func (t *Table) revision(ctx context.Context, name string) (uint64, error) {
 // stream's last sequence is read first, then the lease: publishing
 // expecting that sequence succeeds only if nothing at all was written
 // since, so the lease is still at the revision read.
+//
+// A table's writes are made one at a time. Made at once, the renewals of
+// the leases of one process (a partition's owner each, and the member
+// lease) each read the stream's last sequence, and all but one failed
+// on it and read again: n renewals took about n²/2 attempts of three
+// round trips, which on a loaded machine outlasted the leases' deadline,
+// and lost leases were taken over again and again. One at a time, a
+// write also knows what the table's previous write left (see chain): its
+// sequence stands for the stream's last one read first (a publish
+// expecting it fails if anything was written since), and when that run
+// of writes wrote name at expect, the publish is the whole
+// compare-and-set.
 func (t *Table) cas(ctx context.Context, name string, expect uint64, data []byte) (uint64, error) {
+	t.casMu.Lock()
+	defer t.casMu.Unlock()
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		info, err := t.info(ctx)
+		// last is the stream's last sequence as of a moment before the
+		// lease's revision is known: the table's own last write's when
+		// its run is unbroken, read from the stream otherwise.
+		last := t.chain.seq
+		if last == 0 {
+			info, err := t.info(ctx)
+			if err != nil {
+				return 0, fmt.Errorf("lease %q: %w", name, err)
+			}
+			last = info.State.LastSeq
+		}
+		if expect == 0 || t.chain.seq == 0 || t.chain.revs[name] != expect {
+			rev, err := t.revision(ctx, name)
+			if err != nil {
+				return 0, err
+			}
+			if rev != expect {
+				return 0, fmt.Errorf("lease %q: %w: revision %d, expected %d", name, errConflict, rev, expect)
+			}
+		}
+		seq, err := t.publish(ctx, name, data, last)
+		if errors.Is(err, errWrongLastSeq) {
+			t.chain.reset() // something was written since: read again
+			continue
+		}
 		if err != nil {
-			return 0, fmt.Errorf("lease %q: %w", name, err)
-		}
-		rev, err := t.revision(ctx, name)
-		if err != nil {
-			return 0, err
-		}
-		if rev != expect {
-			return 0, fmt.Errorf("lease %q: %w: revision %d, expected %d", name, errConflict, rev, expect)
-		}
-		m := nats.NewMsg(t.prefix + name)
-		m.Data = data
-		ack, err := t.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequence(info.State.LastSeq))
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-			continue // something was written since: read again
-		}
-		if err != nil {
+			t.chain.reset() // written or not: unknown
 			return 0, fmt.Errorf("lease %q: write: %w", name, err)
 		}
-		return ack.Sequence, nil
+		if last != t.chain.seq {
+			t.chain.reset() // a new run, from a read of the stream
+		}
+		t.chain.extend(name, seq)
+		return seq, nil
 	}
 	return 0, fmt.Errorf("lease %q: write: the stream kept changing over %d attempts", name, casAttempts)
+}
+
+// errWrongLastSeq reports a publish refused because the stream's last
+// sequence was not the one expected.
+var errWrongLastSeq = errors.New("the stream's last sequence is not the one expected")
+
+// publish writes data to name's subject if the stream's last sequence is
+// last, and returns the sequence written; errWrongLastSeq if it is not.
+func (t *Table) publish(ctx context.Context, name string, data []byte, last uint64) (uint64, error) {
+	t.writes.Add(1)
+	m := nats.NewMsg(t.prefix + name)
+	m.Data = data
+	ack, err := t.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequence(last))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return 0, errWrongLastSeq
+	}
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// chain is what a table knows of its stream from its own writes: after
+// an unbroken run of them, each published expecting the sequence the one
+// before was written at, seq is the stream's last sequence as of the last
+// (nothing else was written in between), and revs holds the revision
+// (the sequence) of each lease the run wrote, as of seq. Nothing in it
+// is trusted beyond that: a write that expects seq fails if anything was
+// written since.
+type chain struct {
+	seq  uint64            // 0: no run
+	revs map[string]uint64 // lease name → its revision as of seq
+}
+
+// extend records a write of name at seq, the run's next.
+func (c *chain) extend(name string, seq uint64) {
+	if c.revs == nil {
+		c.revs = map[string]uint64{}
+	}
+	c.seq = seq
+	c.revs[name] = seq
+}
+
+// reset forgets the run: a write failed, or others wrote.
+func (c *chain) reset() {
+	c.seq = 0
+	clear(c.revs)
 }
 
 // Acquire takes the lease name if it is free (never written or released)

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -335,5 +336,63 @@ func TestSurveyReportsHoldersAndLapse(t *testing.T) {
 	}
 	if v, err := b.Settle(ctx, "config", []byte("two")); err != nil || string(v) != "one" {
 		t.Fatalf("second Settle = %q, %v; want the first value", v, err)
+	}
+}
+
+// TestConcurrentRenewalsWriteOnceEach: the renewals of many leases of one
+// table, made at once as a process's owners make them, take one publish
+// each and no read of the stream once the table's own writes are the
+// stream's last; made at once against the stream's last sequence, they
+// used to fail on each other's writes and read again, about n²/2
+// attempts of three round trips.
+func TestConcurrentRenewalsWriteOnceEach(t *testing.T) {
+	clock := newFakeClock()
+	ts := tables(t, clock, "a", "b")
+	a, b := ts[0], ts[1]
+	ctx := testContext(t)
+	const n = 16
+	leases := make([]*Lease, n)
+	for i := range leases {
+		leases[i] = mustAcquire(t, a, fmt.Sprintf("c.%03d", i))
+	}
+	renewAll := func() {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i, l := range leases {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = l.Renew(ctx)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("renewal of lease %d: %v", i, err)
+			}
+		}
+	}
+	for round := 0; round < 3; round++ {
+		clock.Advance(a.opts.RenewInterval())
+		reads, writes := a.reads.Load(), a.writes.Load()
+		renewAll()
+		if r, w := a.reads.Load()-reads, a.writes.Load()-writes; r != 0 || w != n {
+			t.Fatalf("round %d: %d renewals read the stream's state %d times and published %d times, want 0 and %d", round, n, r, w, n)
+		}
+	}
+	// Another table's write breaks the run: the next renewal reads the
+	// stream again, once, and the run goes on from there.
+	mustAcquire(t, b, "other")
+	clock.Advance(a.opts.RenewInterval())
+	reads := a.reads.Load()
+	renewAll()
+	if r := a.reads.Load() - reads; r != 1 {
+		t.Fatalf("after another table's write: %d reads of the stream's state, want 1", r)
+	}
+	for _, l := range leases {
+		if !l.Valid() {
+			t.Fatalf("lease %s not valid after the renewals", l.Name())
+		}
 	}
 }
