@@ -6,10 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/batchrepr"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 )
@@ -174,6 +176,75 @@ func BenchmarkRowCachePublish(b *testing.B) {
 	}
 }
 
+// BenchmarkRowCachePublishGroup measures publish as the committer runs it
+// after a group of increments: 100,000 keys cached with a small number as
+// their record, groups of 10,000 sets of random keys in key order, each
+// group's keys drawn anew (64 groups in turn) so that their entries are not
+// in the processor's fastest caches, published with what the writer knows
+// of each record (the entry it read and the key's hash, "known") or
+// without ("lookup": every key found through its shard's table). It
+// reports ns per record.
+func BenchmarkRowCachePublishGroup(b *testing.B) {
+	const (
+		keys    = 100_000
+		perGrp  = 10_000
+		nGroups = 64
+	)
+	for _, withKnown := range []bool{true, false} {
+		b.Run(map[bool]string{true: "known", false: "lookup"}[withKnown], func(b *testing.B) {
+			c := newRowCache(DefaultRowCacheBytes)
+			key := func(k int) []byte { return fmt.Appendf(nil, "\x01data\x00k%010d", k) }
+			rec := kv.AppendStoredRecord(nil, []byte("12345"), 0)
+			for k := range keys {
+				if c.writerFill(key(k), rec, false) == nil {
+					b.Fatal("key not cached")
+				}
+			}
+			rng := rand.New(rand.NewPCG(7, 8))
+			type grp struct {
+				repr  []byte
+				known []knownRecord
+			}
+			groups := make([]grp, nGroups)
+			for g := range groups {
+				ks := make([]int, perGrp)
+				for i := range ks {
+					ks[i] = rng.IntN(keys)
+				}
+				slices.Sort(ks)
+				ks = slices.Compact(ks)
+				batch := new(pebble.Batch)
+				for _, k := range ks {
+					kb := key(k)
+					if err := batch.Set(kb, rec, nil); err != nil {
+						b.Fatal(err)
+					}
+					if withKnown {
+						h := rowHash(c.seed, kb)
+						groups[g].known = append(groups[g].known, knownRecord{entry: c.writerGet(kb, h), hash: h})
+					}
+				}
+				groups[g].repr = batch.Repr()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				g := &groups[i%nGroups]
+				c.beginPublish()
+				c.publish(g.repr, g.known)
+				c.endPublish()
+			}
+			b.StopTimer()
+			records := 0
+			for i := range b.N {
+				h, _ := batchrepr.ReadHeader(groups[i%nGroups].repr)
+				records += int(h.Count)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(records), "ns/record")
+		})
+	}
+}
+
 // BenchmarkStoreSubmitQueued keeps 64 requests of 100 synced puts queued
 // at the writer (a connector that fell behind) and reports ops/s, the mean
 // commit group size and the mean time from Submit to the request's
@@ -200,8 +271,9 @@ func BenchmarkStoreSubmitQueued(b *testing.B) {
 		// (~1,500) and of the size a saturated flowrun run gives
 		// (~4,000): CPU per put falls with the group size, mostly in
 		// Pebble's memtable insert (in a group's key order each record's
-		// search starts where the last one ended, and the larger the
-		// group, the closer the next key).
+		// search runs down much of the path of the one before, which the
+		// processor's caches still hold, and the larger the group, the
+		// closer the next key).
 		{"req=1500/max=1500", 0, 1500, 2, 1500},
 		{"req=4000/max=4000", 0, 4000, 2, 4000},
 	} {
