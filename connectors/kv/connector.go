@@ -660,7 +660,7 @@ func (c *Connector) emit(emit pipeline.Emitter, metas *resultArena, ev pipeline.
 			if i == len(r.rows)-1 {
 				meta = append(meta, `,"last":true`...)
 			}
-			emit.Emit(pipeline.PortOut, ev.Derive(rw.value, closeMeta(meta, corr)))
+			emit.Emit(pipeline.PortOut, ev.Derive(rw.value, metas.shrink(closeMeta(meta, corr))))
 		}
 		return
 	}
@@ -677,7 +677,7 @@ func (c *Connector) emit(emit pipeline.Emitter, metas *resultArena, ev pipeline.
 	if r.replayed {
 		meta = append(meta, `,"replayed":true`...)
 	}
-	emit.Emit(pipeline.PortOut, ev.Derive(r.data, closeMeta(meta, corr)))
+	emit.Emit(pipeline.PortOut, ev.Derive(r.data, metas.shrink(closeMeta(meta, corr))))
 }
 
 // metaSize is room for an out meta of key and corr, so that building it
