@@ -202,8 +202,11 @@ type Replicator interface {
 	// Replicate is called by the store's committer goroutine with the
 	// writes of each group that wrote, in commit order, just before the
 	// group is applied to the database: the writes of its successful
-	// transactions, in the order they were made, values without the
-	// store's expiry encoding, and input, the highest input position its
+	// transactions, values without the store's expiry encoding, in the
+	// order they were made or, in a group of 64 writes or more
+	// (minSortedRecords), in key order with only the last write of each
+	// key (the group applies atomically, so the state after it is the
+	// same; see sortByKey), and input, the highest input position its
 	// transactions noted (kv.NoteInput; 0 when none did). writes and
 	// their bytes are valid only during the call.
 	//
