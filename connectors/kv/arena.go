@@ -1,5 +1,7 @@
 package kv
 
+import "unsafe"
+
 // resultChunk is the size of the chunks a resultArena carves results
 // from: a few dozen small results (values of ~100 bytes, out metas of
 // ~90) per allocation, while a result kept alone keeps at most this much
@@ -30,6 +32,22 @@ func (a *resultArena) alloc(n int) []byte {
 	}
 	a.free = a.free[:l+n]
 	return a.free[l : l : l+n]
+}
+
+// shrink returns b, the slice alloc handed out last with bytes appended
+// to it, with its capacity cut to its length, and gives the room past its
+// length back to the arena for the next alloc. A result is given room for
+// the largest it could be (an out meta for any command, 20 digits for an
+// integer) and usually fills half of it; without shrink the rest would be
+// allocated for nothing, and the garbage collector runs by bytes
+// allocated. A b that is not the last slice handed out, or that moved to
+// its own memory when appended past its capacity, is only cut.
+func (a *resultArena) shrink(b []byte) []byte {
+	end, spare := len(a.free), cap(b)-len(b)
+	if spare > 0 && spare <= end && unsafe.SliceData(b[len(b):cap(b)]) == unsafe.SliceData(a.free[end-spare:end]) {
+		a.free = a.free[:end-spare]
+	}
+	return b[:len(b):len(b)]
 }
 
 // clone returns a copy of b (nil for nil b), as bytes.Clone does.

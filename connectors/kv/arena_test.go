@@ -3,6 +3,7 @@ package kv
 import (
 	"bytes"
 	"testing"
+	"unsafe"
 
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -23,8 +24,23 @@ func TestResultArenaSlicesDoNotOverlap(t *testing.T) {
 			t.Fatalf("alloc(%d): len %d, cap %d", n, len(s), cap(s))
 		}
 		fill := bytes.Repeat([]byte{byte(i)}, n+i%3) // i%3 > 0 appends past the capacity
+		if i%5 == 1 {
+			fill = fill[:n/2] // room left over for shrink to give back
+		}
 		s = append(s, fill...)
+		switch {
+		case i%5 == 1, i%5 == 2:
+			s = a.shrink(s) // the last slice handed out
+		case i%7 == 3 && len(got) > 0:
+			got[len(got)-1] = a.shrink(got[len(got)-1]) // not the last: only cut
+		}
 		got, want = append(got, s), append(want, fill)
+	}
+	for i := range got { // appends past the length must not reach the next slice
+		if cap(got[i]) == len(got[i]) {
+			got[i] = append(got[i], 0xff)
+			want[i] = append(want[i], 0xff)
+		}
 	}
 	for i := range got {
 		if !bytes.Equal(got[i], want[i]) {
@@ -36,6 +52,37 @@ func TestResultArenaSlicesDoNotOverlap(t *testing.T) {
 	}
 	if c := a.clone([]byte{}); c == nil || len(c) != 0 {
 		t.Errorf("clone(empty) = %#v, want empty, not nil", c)
+	}
+}
+
+// TestResultArenaShrinkGivesBackRoom: results given more room than they
+// use share a chunk as densely as their lengths, once shrunk; a shrunk
+// result is cut to its length, so appending to it moves it.
+func TestResultArenaShrinkGivesBackRoom(t *testing.T) {
+	var a resultArena
+	meta := []byte(`{"kv":{"op":"increment","key":"k0000012345","found":true}}`)
+	const room = 91 // what emit reserves for such a meta
+	var first []byte
+	for i := range resultChunk / len(meta) {
+		s := a.shrink(append(a.alloc(room), meta...))
+		if cap(s) != len(s) {
+			t.Fatalf("shrunk result: len %d, cap %d", len(s), cap(s))
+		}
+		if i == 0 {
+			first = s
+			continue
+		}
+		// Every result follows the one before in the same chunk.
+		if want := unsafe.Add(unsafe.Pointer(unsafe.SliceData(first)), i*len(meta)); unsafe.Pointer(unsafe.SliceData(s)) != want {
+			t.Fatalf("result %d does not follow result %d in the chunk", i, i-1)
+		}
+	}
+	moved := append(first, 'x')
+	if unsafe.SliceData(moved) == unsafe.SliceData(first) {
+		t.Error("appending to a shrunk result wrote into the arena")
+	}
+	if !bytes.Equal(first, meta) {
+		t.Errorf("first result now %q", first)
 	}
 }
 

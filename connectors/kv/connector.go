@@ -189,7 +189,7 @@ func (c *Connector) Start(ctx context.Context, events []pipeline.Event) (pipelin
 	sc.x.ctx, sc.x2.ctx = ctx, ctx
 	sc.readOnly = true
 	for i, ev := range events {
-		sc.cmds[i], sc.corrs[i], sc.errs[i] = c.decodeEvent(ev)
+		sc.corrs[i], sc.errs[i] = c.decodeEvent(ev, &sc.cmds[i])
 		if sc.errs[i] != nil {
 			continue
 		}
@@ -520,13 +520,18 @@ func (r corrRef) get(ev pipeline.Event) []byte {
 	return correlation(ev, false)
 }
 
-// decodeEvent reads the command of one event and, in the same pass over
-// the meta's fields, its correlation.
-func (c *Connector) decodeEvent(ev pipeline.Event) (command, corrRef, error) {
-	if cmd, corr, ok := c.decodeSimple(ev); ok {
-		return cmd, corr, nil
+// decodeEvent reads the command of one event into *cmd and, in the same
+// pass over the meta's fields, its correlation.
+func (c *Connector) decodeEvent(ev pipeline.Event, cmd *command) (corrRef, error) {
+	if corr, ok := c.decodeSimple(ev, cmd); ok {
+		return corr, nil
 	}
-	return c.decodeGeneral(ev)
+	var (
+		corr corrRef
+		err  error
+	)
+	*cmd, corr, err = c.decodeGeneral(ev)
+	return corr, err
 }
 
 // decodeGeneral is decodeEvent for any meta: parsed, then checked field by
@@ -655,7 +660,7 @@ func (c *Connector) emit(emit pipeline.Emitter, metas *resultArena, ev pipeline.
 			if i == len(r.rows)-1 {
 				meta = append(meta, `,"last":true`...)
 			}
-			emit.Emit(pipeline.PortOut, ev.Derive(rw.value, closeMeta(meta, corr)))
+			emit.Emit(pipeline.PortOut, ev.Derive(rw.value, metas.shrink(closeMeta(meta, corr))))
 		}
 		return
 	}
@@ -672,7 +677,7 @@ func (c *Connector) emit(emit pipeline.Emitter, metas *resultArena, ev pipeline.
 	if r.replayed {
 		meta = append(meta, `,"replayed":true`...)
 	}
-	emit.Emit(pipeline.PortOut, ev.Derive(r.data, closeMeta(meta, corr)))
+	emit.Emit(pipeline.PortOut, ev.Derive(r.data, metas.shrink(closeMeta(meta, corr))))
 }
 
 // metaSize is room for an out meta of key and corr, so that building it

@@ -23,9 +23,10 @@ func BenchmarkDecodeEvent(b *testing.B) {
 			c := &Connector{}
 			c.opts.EnsureDefaults()
 			c.dec = decoder{opts: &c.opts}
+			var cmd command
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, _, err := c.decodeEvent(bc.ev); err != nil {
+				if _, err := c.decodeEvent(bc.ev, &cmd); err != nil {
 					b.Fatal(err)
 				}
 			}

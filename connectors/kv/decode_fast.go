@@ -25,18 +25,23 @@ import (
 // else, including every input the general path would refuse, ok is false
 // and the caller takes the general path. Options.IdemFrom,
 // Options.InputFrom and Options.Result need the general path.
-func (c *Connector) decodeSimple(ev pipeline.Event) (cmd command, corr corrRef, ok bool) {
+//
+// The command is decoded into *cmd, which is cleared first: a command is
+// a few hundred bytes, holding pointers, and returning it by value cost a
+// copy, with write barriers while the collector marks, for every event.
+func (c *Connector) decodeSimple(ev pipeline.Event, cmd *command) (corr corrRef, ok bool) {
 	if c.opts.IdemFrom != "" || c.opts.InputFrom != "" || c.result != nil {
-		return command{}, corrRef{}, false
+		return corrRef{}, false
 	}
+	*cmd = command{}
 	m := ev.Meta
 	rest, found := bytes.CutPrefix(m, []byte(`{"kv":{"`))
 	if !found {
-		return command{}, corrRef{}, false
+		return corrRef{}, false
 	}
 	name, rest, found := bytes.Cut(rest, []byte(`":"`))
 	if !found {
-		return command{}, corrRef{}, false
+		return corrRef{}, false
 	}
 	switch string(name) {
 	case "get":
@@ -50,14 +55,14 @@ func (c *Connector) decodeSimple(ev pipeline.Event) (cmd command, corr corrRef, 
 	case "increment":
 		cmd.op = opIncrement
 	default:
-		return command{}, corrRef{}, false
+		return corrRef{}, false
 	}
 	n := 0
 	for n < len(rest) && rest[n] >= 0x20 && rest[n] < 0x7f && rest[n] != '"' && rest[n] != '\\' {
 		n++
 	}
 	if n == 0 || n > c.opts.MaxKeyLength || n == len(rest) || rest[n] != '"' {
-		return command{}, corrRef{}, false
+		return corrRef{}, false
 	}
 	cmd.key, cmd.hasKey = bytesString(rest[:n]), true
 	rest = rest[n+1:]
@@ -66,7 +71,7 @@ func (c *Connector) decodeSimple(ev pipeline.Event) (cmd command, corr corrRef, 
 		if after, found := bytes.CutPrefix(rest, []byte(`,"by":`)); found {
 			by, used, isInt := simpleInt(after)
 			if !isInt {
-				return command{}, corrRef{}, false
+				return corrRef{}, false
 			}
 			cmd.byInt, rest = by, after[used:]
 		}
@@ -77,24 +82,24 @@ func (c *Connector) decodeSimple(ev pipeline.Event) (cmd command, corr corrRef, 
 	case bytes.HasPrefix(rest, []byte(`},"correlation":`)) && rest[len(rest)-1] == '}':
 		v := rest[len(`},"correlation":`) : len(rest)-1]
 		if len(v) == 0 || isSpace(v[0]) || isSpace(v[len(v)-1]) || !gjson.ValidBytes(v) {
-			return command{}, corrRef{}, false
+			return corrRef{}, false
 		}
 		corr.raw = v[:len(v):len(v)]
 	default:
-		return command{}, corrRef{}, false
+		return corrRef{}, false
 	}
 	if cmd.op == opPut {
 		// As the general path reads the data; it reports what is wrong.
 		if len(ev.Data) == 0 {
-			return command{}, corrRef{}, false
+			return corrRef{}, false
 		}
 		v, err := canonical(ev.Data)
 		if err != nil || string(v) == "null" || len(v) > c.opts.MaxValueBytes {
-			return command{}, corrRef{}, false
+			return corrRef{}, false
 		}
 		cmd.value = v
 	}
-	return cmd, corr, true
+	return corr, true
 }
 
 // isSpace reports whether b is JSON whitespace.

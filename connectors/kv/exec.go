@@ -613,12 +613,13 @@ func (x *execer) increment(cmd *command) (result, error) {
 		if !strings.ContainsAny(string(out), ".eE") {
 			out = append(out, ".0"...) // stay a float once a float
 		}
+		out = x.results.shrink(out)
 	} else {
 		s := n.i + cmd.byInt
 		if (cmd.byInt > 0 && s < n.i) || (cmd.byInt < 0 && s > n.i) {
 			return result{}, cmd.errf(ErrOverflow, "%d + %d does not fit a 64-bit integer", n.i, cmd.byInt)
 		}
-		out = strconv.AppendInt(x.results.alloc(20), s, 10)
+		out = x.results.shrink(strconv.AppendInt(x.results.alloc(20), s, 10))
 	}
 	// An increment creating the key gives it the command's expiry (none
 	// without ttl or expire_at); one of a live key keeps the key's expiry,

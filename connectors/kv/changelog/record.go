@@ -44,7 +44,10 @@ type Write = kv.Write
 // Record is one commit group of one partition: applied by Restore as one
 // atomic transaction, in the order of its Writes.
 type Record struct {
-	// Writes are the group's writes in the order they were made.
+	// Writes are the group's writes as the store committed them
+	// (pebblestore.Replicator): in the order they were made, or, in a
+	// large group, in key order with only the last write of each key;
+	// applied in this order, either gives the same state.
 	Writes []Write
 	// Input is the highest input position (the partition's input stream
 	// sequence) whose commands are in the group; 0 when none is known.

@@ -56,6 +56,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -401,14 +402,23 @@ func runWorkload(ctx context.Context, cfg Config, name string, p *progress) (Res
 	debug.FreeOSMemory()
 	ResetPeakRSS()
 
-	fr, err := runFlowrun(ctx, cfg, name, dir+"/flowrun", p)
+	// The sides are labelled (and every goroutine they start, Pebble's
+	// flushes and compactions included), so that a CPU profile of the run
+	// separates them: go tool pprof -tagfocus side=flowrun.
+	var fr sideResult
+	pprof.Do(ctx, pprof.Labels("side", "flowrun", "workload", name), func(ctx context.Context) {
+		fr, err = runFlowrun(ctx, cfg, name, dir+"/flowrun", p)
+	})
 	if err != nil {
 		return Result{}, fmt.Errorf("flowrun side: %w", err)
 	}
 	rss := PeakRSSMB()
 	var pr sideResult
 	if cfg.Rate == 0 {
-		if pr, err = runPebble(ctx, cfg, name, dir+"/pebble", p); err != nil {
+		pprof.Do(ctx, pprof.Labels("side", "pebble", "workload", name), func(ctx context.Context) {
+			pr, err = runPebble(ctx, cfg, name, dir+"/pebble", p)
+		})
+		if err != nil {
 			return Result{}, fmt.Errorf("pebble side: %w", err)
 		}
 	}

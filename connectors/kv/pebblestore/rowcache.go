@@ -56,6 +56,7 @@ type rowCache struct {
 	pub struct {
 		recs  []publishedRecord
 		order []int32
+		sink  byte // what publish loaded ahead, kept so that the loads are not dropped
 	}
 }
 
@@ -544,12 +545,13 @@ func (sh *rowShard) evict() {
 // pay for copying every record into a cache its reads never use; a
 // read-modify-write has already cached the key when it read it.
 //
-// entries, when not nil, holds for each record of repr in order the entry
-// the writer read for its key during the group (writerGet, writerFill), or
-// nil: such an entry still in the cache is updated directly, without
-// looking its key up. Only the committer calls publish, between
-// beginPublish and endPublish, one group at a time.
-func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
+// known, when not nil, holds for each record of repr in order what the
+// writer knows of it (recordKnown): the entry it read for the key
+// (writerGet, writerFill), or nil, and the key's hash. Such an entry still
+// in the cache is updated directly, without looking its key up, and a key
+// whose hash is known is not hashed again. Only the committer calls
+// publish, between beginPublish and endPublish, one group at a time.
+func (c *rowCache) publish(repr []byte, known []knownRecord) {
 	// The records are applied shard by shard, each under one hold of its
 	// lock, in Pebble batch order within a shard (a key's records all fall in one
 	// shard, so its last record is applied last). Taking a lock per record
@@ -578,15 +580,15 @@ func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 			return
 		}
 		rec := publishedRecord{key: key, value: value, absent: kind == pebble.InternalKeyKindDelete}
-		if i < len(entries) {
-			rec.known = entries[i]
+		if i < len(known) {
+			rec.known, rec.hash = known[i].entry, known[i].hash
 		}
-		if rec.known != nil && rec.known.shard != nil {
-			rec.shard = rec.known.shard.index
-		} else {
-			rec.shard = c.shardIndex(key)
+		if rec.hash == 0 { // rowHash never returns 0
+			rec.hash = rowHash(c.seed, key)
 		}
-		perShard[rec.shard]++
+		// The shard comes from the hash, not from the known entry: the
+		// entry's memory is loaded once, below.
+		perShard[rec.hash%rowCacheShards]++
 		recs = append(recs, rec)
 	}
 	c.pub.recs = recs
@@ -599,23 +601,49 @@ func (c *rowCache) publish(repr []byte, entries []*rowEntry) {
 	c.pub.order = order
 	next := start
 	for i := range recs {
-		sh := recs[i].shard
+		sh := recs[i].hash % rowCacheShards
 		order[next[sh]] = int32(i)
 		next[sh]++
 	}
+	sink := c.pub.sink
 	for i := range c.shards {
 		if perShard[i] == 0 {
 			continue
 		}
 		sh := &c.shards[i]
+		idx := order[start[i]:start[i+1]]
+		// Load every known entry of the shard, and the end of its
+		// record, before updating any: the writer read them on another
+		// processor, so each is a cache miss here, and loads that do not
+		// depend on one another overlap their misses where the updates,
+		// one after another, would wait for each in turn. Only the
+		// committer writes an entry's data and key length, so the loads
+		// need no lock.
+		for _, j := range idx {
+			if e := recs[j].known; e != nil {
+				if d := e.data; len(d) > 0 {
+					sink ^= d[len(d)-1]
+				}
+			}
+		}
 		sh.mu.Lock()
-		for _, j := range order[start[i]:start[i+1]] {
+		for _, j := range idx {
 			rec := &recs[j]
-			sh.update(rec.known, rec.key, rec.value, rec.absent)
+			sh.update(rec.known, rec.hash, rec.key, rec.value, rec.absent)
 		}
 		sh.mu.Unlock()
 	}
+	c.pub.sink = sink
 	clear(recs) // drop the references into repr until the next group
+}
+
+// knownRecord is what the writer knows of one record of a group's Pebble
+// batch, for publish: the row cache entry it read for the record's key,
+// or nil, and the key's hash (rowHash with the cache's seed; 0 for
+// unknown).
+type knownRecord struct {
+	entry *rowEntry
+	hash  uint64
 }
 
 // publishedRecord is one record of a Pebble batch being published.
@@ -623,7 +651,7 @@ type publishedRecord struct {
 	key, value []byte
 	absent     bool
 	known      *rowEntry
-	shard      int
+	hash       uint64
 }
 
 // beginPublish makes epoch odd: no fill from a database read that may
@@ -652,12 +680,11 @@ func (c *rowCache) endPublish() { c.epoch.Add(1) }
 // made the key recent; moving it again would cost list updates on every
 // write for nothing. known is the key's entry as the writer read it during
 // the group, or nil; if it left the cache since, the key is looked up, as
-// a reader may have cached it again.
+// a reader may have cached it again. h is key's rowHash.
 // The caller holds sh.mu, sh being key's shard.
-func (sh *rowShard) update(known *rowEntry, key, rec []byte, absent bool) {
-	e := known // always key's entry: recordEntries pairs them
+func (sh *rowShard) update(known *rowEntry, h uint64, key, rec []byte, absent bool) {
+	e := known // always key's entry: recordKnown pairs them
 	if e == nil || !e.cached {
-		h := rowHash(sh.seed, key)
 		cached := sh.entries.find(h, key)
 		switch {
 		case cached != nil:

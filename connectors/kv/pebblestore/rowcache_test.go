@@ -601,28 +601,34 @@ func TestRowCachePublishThroughKnownEntries(t *testing.T) {
 		}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := newRowCache(1 << 20)
-			known := c.writerFill([]byte("k"), []byte("old"), false)
-			if known == nil {
-				t.Fatal("writerFill kept nothing")
-			}
-			tt.between(c)
-			b := new(pebble.Batch)
-			if err := b.Set([]byte("k"), []byte("new"), nil); err != nil {
-				t.Fatal(err)
-			}
-			c.beginPublish()
-			c.publish(b.Repr(), []*rowEntry{known})
-			c.endPublish()
-			rec, absent, hit := c.get([]byte("k"), nil)
-			if hit && (absent || string(rec) != "new") {
-				t.Fatalf("after publish the cache holds %q (absent %t), want \"new\"", rec, absent)
-			}
-			if st := c.stats(); st.Entries > 1 {
-				t.Errorf("%d entries for one key", st.Entries)
-			}
-		})
+		for _, withHash := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/hash=%t", tt.name, withHash), func(t *testing.T) {
+				c := newRowCache(1 << 20)
+				known := c.writerFill([]byte("k"), []byte("old"), false)
+				if known == nil {
+					t.Fatal("writerFill kept nothing")
+				}
+				tt.between(c)
+				b := new(pebble.Batch)
+				if err := b.Set([]byte("k"), []byte("new"), nil); err != nil {
+					t.Fatal(err)
+				}
+				kr := knownRecord{entry: known}
+				if withHash {
+					kr.hash = rowHash(c.seed, []byte("k"))
+				}
+				c.beginPublish()
+				c.publish(b.Repr(), []knownRecord{kr})
+				c.endPublish()
+				rec, absent, hit := c.get([]byte("k"), nil)
+				if hit && (absent || string(rec) != "new") {
+					t.Fatalf("after publish the cache holds %q (absent %t), want \"new\"", rec, absent)
+				}
+				if st := c.stats(); st.Entries > 1 {
+					t.Errorf("%d entries for one key", st.Entries)
+				}
+			})
+		}
 	}
 }
 

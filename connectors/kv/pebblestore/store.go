@@ -113,8 +113,9 @@ type Options struct {
 	// group (a group of 8192 puts costs each of them several milliseconds
 	// of build and apply); it does not make groups smaller when nothing is
 	// queued. It costs throughput: Pebble inserts a group's sorted records
-	// into its memtable faster the more of them there are (each search
-	// starts where the one before ended); with groups of about 2,000
+	// into its memtable faster the more of them there are (the closer
+	// consecutive keys, the more of each search's path the one before
+	// left in the processor's caches; see sortByKey); with groups of about 2,000
 	// instead of 5,000-8,000, a saturated increment workload spent 9% more
 	// of its CPU in that insert (CPU profiles, flowrun bench). Default 0:
 	// groups are bounded by MaxGroup only.
@@ -201,8 +202,11 @@ type Replicator interface {
 	// Replicate is called by the store's committer goroutine with the
 	// writes of each group that wrote, in commit order, just before the
 	// group is applied to the database: the writes of its successful
-	// transactions, in the order they were made, values without the
-	// store's expiry encoding, and input, the highest input position its
+	// transactions, values without the store's expiry encoding, in the
+	// order they were made or, in a group of 64 writes or more
+	// (minSortedRecords), in key order with only the last write of each
+	// key (the group applies atomically, so the state after it is the
+	// same; see sortByKey), and input, the highest input position its
 	// transactions noted (kv.NoteInput; 0 when none did). writes and
 	// their bytes are valid only during the call.
 	//
@@ -423,7 +427,7 @@ type group struct {
 	// unapplied indexes the records of repr by key, for reads of the next
 	// group; nil when the group indexed its Pebble batch instead.
 	unapplied *unappliedIndex
-	entries   []*rowEntry // for each record of repr, the row cache entry the writer read for its key, or nil
+	known     []knownRecord // for each record of repr, the row cache entry the writer read for its key (or nil) and the key's hash
 	reqs      []*request
 	err       error // build or commit error, reported to every request
 	// logBytes counts the group's bytes in diskGuard.unsynced from its
@@ -831,7 +835,7 @@ func (s *Store) build(reqs []*request, prev *group, unapplied *unappliedIndex) *
 	g.wrote = true
 	g.batch = tx.batch
 	g.repr = g.batch.Repr()
-	g.entries = tx.recordEntries()
+	g.known = tx.recordKnown()
 	if !tx.indexed {
 		g.unapplied = unapplied
 	}
@@ -900,7 +904,7 @@ func (s *Store) apply(g *group) {
 		// Before the group reaches the syncer, so that no result of it
 		// is released while the cache still holds older records.
 		if err == nil {
-			s.cache.publish(g.repr, g.entries)
+			s.cache.publish(g.repr, g.known)
 		} else {
 			// The store is failed from now on; an empty cache cannot
 			// disagree with whatever the database kept.
@@ -1459,19 +1463,21 @@ func (t *txn) readEntry(key []byte) *rowEntry {
 	return nil
 }
 
-// recordEntries returns, for each record of the Pebble batch in order, the cache
-// entry the writer read for its key (see lastRead) or nil; nil when the
-// txn no longer tracks its records (indexed).
-func (t *txn) recordEntries() []*rowEntry {
+// recordKnown returns, for each record of the Pebble batch in order, the cache
+// entry the writer read for its key (see lastRead) or nil, and the key's
+// hash, which the row cache shares; nil when the txn no longer tracks its
+// records (indexed).
+func (t *txn) recordKnown() []knownRecord {
 	if t.indexed || t.cache == nil {
 		return nil
 	}
-	entries := t.unapplied.entries[:0]
+	known := t.unapplied.known[:0]
 	for i := range t.unapplied.refs {
-		entries = append(entries, t.unapplied.refs[i].entry)
+		r := &t.unapplied.refs[i]
+		known = append(known, knownRecord{entry: r.entry, hash: r.hash})
 	}
-	t.unapplied.entries = entries
-	return entries
+	t.unapplied.known = known
+	return known
 }
 
 // hash returns key's hash for the unapplied index, reusing the last
@@ -1588,48 +1594,76 @@ const maxBatchSizeHint = 1 << 20
 const minSortedRecords = 64
 
 // sortByKey rewrites the group's plain Pebble batch with its records in key
-// order, keeping the order of records of the same key. Pebble inserts a
-// Pebble batch into the memtable's skiplist record by record, starting each
-// search from where the previous one ended: in key order each search is
-// short, where random order searches from the top every time, and that
-// search is most of the cost of a write. The Pebble batch commits atomically
-// under one sequence range, and a key's later record still comes later,
-// so the order of different keys inside it is invisible to readers.
+// order, keeping only the last record of each key. Pebble inserts a
+// Pebble batch into the memtable's skiplist record by record; an insert
+// reuses the previous one's position only when no node of the memtable
+// lies between the two keys, so most are searches from the skiplist's top
+// (arenaskl's findSplice). In key order consecutive searches run down the
+// same nodes, which the processor's caches then hold, where random order
+// misses on most of them, and that search is most of the cost of a write.
+// The Pebble batch commits atomically under one sequence range, so the order
+// of different keys inside it is invisible to readers, and so is a record
+// of a key that a later record of the same group overwrites: Pebble would
+// keep both in the memtable (and flush both until a compaction drops the
+// older), the row cache would copy both, for a state no reader can see.
+// A group of read-modify-writes over 100,000 keys, ~10,000 per group,
+// writes about 5% of its keys twice or more.
 func (t *txn) sortByKey() error {
 	repr := t.batch.Repr()
 	refs := t.unapplied.refs
-	less := func(a, b unappliedRef) int {
-		return bytes.Compare(repr[a.keyOff:a.keyOff+a.keyLen], repr[b.keyOff:b.keyOff+b.keyLen])
+	key := func(r *unappliedRef) []byte { return repr[r.keyOff : r.keyOff+r.keyLen] }
+	increasing := true
+	for i := 1; i < len(refs) && increasing; i++ {
+		increasing = bytes.Compare(key(&refs[i-1]), key(&refs[i])) < 0
 	}
-	if slices.IsSortedFunc(refs, less) {
-		return nil
+	if increasing {
+		return nil // nothing to reorder, no key written twice
 	}
 	keys := sortRefsByKey(repr, refs, t.unapplied.sortKeys)
 	t.unapplied.sortKeys = keys
 	order := t.unapplied.sortBuf[:0]
-	for _, k := range keys {
-		order = append(order, refs[k.i])
+	dropped := 0 // bytes of the records left out
+	for n, k := range keys {
+		r := &refs[k.i]
+		if n+1 < len(keys) {
+			if next := &refs[keys[n+1].i]; next.hash == r.hash && bytes.Equal(key(next), key(r)) {
+				// next, a later record of the key, replaces r. The entry
+				// the writer read for the key goes with the record kept
+				// (a later read of a key the group wrote finds it in
+				// the group and keeps none).
+				if next.entry == nil {
+					next.entry = r.entry
+				}
+				dropped += r.size()
+				continue
+			}
+		}
+		order = append(order, *r)
 	}
 	t.unapplied.sortBuf = order
 	// The records are rewritten in place, from a copy: the Pebble batch keeps
-	// its buffer (no allocation, no new Pebble batch), and a permutation of its
+	// its buffer (no allocation, no new Pebble batch). A permutation of its
 	// records leaves everything Pebble derived from them (count, memtable
-	// size) as it was.
+	// size) as it was; when records were left out, the header's count is
+	// set and Pebble derives the rest again (SetRepr).
 	orig := append(t.unapplied.reprBuf[:0], repr...)
 	t.unapplied.reprBuf = orig
 	w := batchHeaderLen
 	for i := range order {
 		r := &order[i]
 		start := int(r.keyOff) - 1 - uvarintLen(uint64(r.keyLen))
-		end := int(r.keyOff + r.keyLen)
-		if !r.del {
-			end += uvarintLen(uint64(r.valLen)) + int(r.valLen)
-		}
+		end := start + r.size()
 		r.keyOff = uint32(w + int(r.keyOff) - start)
 		w += copy(repr[w:], orig[start:end])
 	}
-	if w != len(repr) {
-		return fmt.Errorf("pebblestore: sorting a group's writes: %d bytes became %d", len(repr), w)
+	if w+dropped != len(repr) {
+		return fmt.Errorf("pebblestore: sorting a group's writes: %d bytes became %d", len(repr)-dropped, w)
+	}
+	if len(order) < len(refs) {
+		binary.LittleEndian.PutUint32(repr[8:batchHeaderLen], uint32(len(order)))
+		if err := t.batch.SetRepr(repr[:w]); err != nil {
+			return fmt.Errorf("pebblestore: sorting a group's writes: %w", err)
+		}
 	}
 	t.unapplied.reindex(order)
 	return nil
@@ -1746,7 +1780,7 @@ type unappliedIndex struct {
 	sortBuf  []unappliedRef // sortByKey's scratch
 	sortKeys []refSortKey   // sortByKey's scratch
 	reprBuf  []byte         // sortByKey's scratch
-	entries  []*rowEntry    // recordEntries' scratch
+	known    []knownRecord  // recordKnown's scratch
 }
 
 type unappliedRef struct {
@@ -1757,6 +1791,16 @@ type unappliedRef struct {
 	valLen uint32 // the value ends where the record ends
 	del    bool
 	entry  *rowEntry // the key's row cache entry as the writer read it, or nil
+}
+
+// size returns the length of r's record in the Pebble batch: kind, uvarint
+// key length, key and, for a set, uvarint value length and value.
+func (r *unappliedRef) size() int {
+	n := 1 + uvarintLen(uint64(r.keyLen)) + int(r.keyLen)
+	if !r.del {
+		n += uvarintLen(uint64(r.valLen)) + int(r.valLen)
+	}
+	return n
 }
 
 func newUnappliedIndex() *unappliedIndex { return newUnappliedIndexSeed(maphash.MakeSeed()) }

@@ -6,10 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/batchrepr"
 
 	"github.com/flowrun/flowrun/connectors/kv"
 )
@@ -174,6 +177,75 @@ func BenchmarkRowCachePublish(b *testing.B) {
 	}
 }
 
+// BenchmarkRowCachePublishGroup measures publish as the committer runs it
+// after a group of increments: 100,000 keys cached with a small number as
+// their record, groups of 10,000 sets of random keys in key order, each
+// group's keys drawn anew (64 groups in turn) so that their entries are not
+// in the processor's fastest caches, published with what the writer knows
+// of each record (the entry it read and the key's hash, "known") or
+// without ("lookup": every key found through its shard's table). It
+// reports ns per record.
+func BenchmarkRowCachePublishGroup(b *testing.B) {
+	const (
+		keys    = 100_000
+		perGrp  = 10_000
+		nGroups = 64
+	)
+	for _, withKnown := range []bool{true, false} {
+		b.Run(map[bool]string{true: "known", false: "lookup"}[withKnown], func(b *testing.B) {
+			c := newRowCache(DefaultRowCacheBytes)
+			key := func(k int) []byte { return fmt.Appendf(nil, "\x01data\x00k%010d", k) }
+			rec := kv.AppendStoredRecord(nil, []byte("12345"), 0)
+			for k := range keys {
+				if c.writerFill(key(k), rec, false) == nil {
+					b.Fatal("key not cached")
+				}
+			}
+			rng := rand.New(rand.NewPCG(7, 8))
+			type grp struct {
+				repr  []byte
+				known []knownRecord
+			}
+			groups := make([]grp, nGroups)
+			for g := range groups {
+				ks := make([]int, perGrp)
+				for i := range ks {
+					ks[i] = rng.IntN(keys)
+				}
+				slices.Sort(ks)
+				ks = slices.Compact(ks)
+				batch := new(pebble.Batch)
+				for _, k := range ks {
+					kb := key(k)
+					if err := batch.Set(kb, rec, nil); err != nil {
+						b.Fatal(err)
+					}
+					if withKnown {
+						h := rowHash(c.seed, kb)
+						groups[g].known = append(groups[g].known, knownRecord{entry: c.writerGet(kb, h), hash: h})
+					}
+				}
+				groups[g].repr = batch.Repr()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				g := &groups[i%nGroups]
+				c.beginPublish()
+				c.publish(g.repr, g.known)
+				c.endPublish()
+			}
+			b.StopTimer()
+			records := 0
+			for i := range b.N {
+				h, _ := batchrepr.ReadHeader(groups[i%nGroups].repr)
+				records += int(h.Count)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(records), "ns/record")
+		})
+	}
+}
+
 // BenchmarkStoreSubmitQueued keeps 64 requests of 100 synced puts queued
 // at the writer (a connector that fell behind) and reports ops/s, the mean
 // commit group size and the mean time from Submit to the request's
@@ -200,8 +272,9 @@ func BenchmarkStoreSubmitQueued(b *testing.B) {
 		// (~1,500) and of the size a saturated flowrun run gives
 		// (~4,000): CPU per put falls with the group size, mostly in
 		// Pebble's memtable insert (in a group's key order each record's
-		// search starts where the last one ended, and the larger the
-		// group, the closer the next key).
+		// search runs down much of the path of the one before, which the
+		// processor's caches still hold, and the larger the group, the
+		// closer the next key).
 		{"req=1500/max=1500", 0, 1500, 2, 1500},
 		{"req=4000/max=4000", 0, 4000, 2, 4000},
 	} {
@@ -289,4 +362,147 @@ func BenchmarkSortRefsByKey(b *testing.B) {
 		scratch = sortRefsByKey(repr, p.refs, scratch)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/records, "ns/record")
+}
+
+// BenchmarkStoreSubmitSaturated runs what a saturated kv connector asks
+// of the store, as flowrun bench does: requests of 5,000 transactions on
+// keys drawn at random from 100,000, submitted with their read hints
+// (SubmitHinted), up to 4 in flight, synced. "increment" reads a counter
+// and writes it plus one, over preloaded keys, and checks afterwards that
+// the counters add up to the increments made; "put" writes a 100-byte
+// value without reading. It reports ops/s, the process's CPU time per
+// operation (cpu-ns/op, which a busy machine moves less than the
+// throughput; Pebble's flushes and compactions are in it) and the mean
+// commit group size.
+func BenchmarkStoreSubmitSaturated(b *testing.B) {
+	for _, workload := range []string{"increment", "put"} {
+		b.Run(workload, func(b *testing.B) { benchSubmitSaturated(b, workload == "increment") })
+	}
+}
+
+func benchSubmitSaturated(b *testing.B, increments bool) {
+	const (
+		keys     = 100_000
+		perReq   = 5000
+		inFlight = 4
+	)
+	var groups, txns int // written by the syncer, read after Close
+	s, err := Open(b.TempDir(), Options{
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnCommit: func(ci CommitInfo) { groups++; txns += ci.Transactions },
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	key := func(k int) []byte { return fmt.Appendf(nil, "\x01data\x00k%010d", k) }
+	if increments {
+		for from := 0; from < keys; from += perReq {
+			fns := make([]kv.TxnFunc, 0, perReq)
+			for k := from; k < min(from+perReq, keys); k++ {
+				kb := key(k)
+				fns = append(fns, func(tx kv.Txn) error { return tx.Set(kb, []byte("0"), 0) })
+			}
+			if err := s.Update(ctx, fns, make([]error, len(fns))); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	increment := func(k []byte) kv.TxnFunc {
+		return func(tx kv.Txn) error {
+			v, _, _, err := tx.Get(k)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.ParseInt(string(v), 10, 64)
+			if err != nil {
+				return err
+			}
+			return tx.Set(k, strconv.AppendInt(nil, n+1, 10), 0)
+		}
+	}
+	put := func(k []byte) kv.TxnFunc {
+		return func(tx kv.Txn) error { return tx.Set(k, benchValue, 0) }
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	reqs := (b.N + perReq - 1) / perReq
+	type sent struct {
+		wait func() error
+		errs []error
+	}
+	window := make(chan sent, inFlight)
+	done := make(chan error)
+	go func() {
+		var err error
+		for r := range window {
+			if werr := r.wait(); werr != nil && err == nil {
+				err = werr
+			}
+			for _, e := range r.errs {
+				if e != nil && err == nil {
+					err = e
+				}
+			}
+		}
+		done <- err
+	}()
+	// The requests are built before the clock starts.
+	fnss, hintss := make([][]kv.TxnFunc, reqs), make([][][][]byte, reqs)
+	for r := range reqs {
+		n := min(perReq, b.N-r*perReq)
+		fnss[r] = make([]kv.TxnFunc, n)
+		if increments {
+			hintss[r] = make([][][]byte, n)
+		}
+		for j := range n {
+			k := key(rng.IntN(keys))
+			if increments {
+				fnss[r][j], hintss[r][j] = increment(k), [][]byte{k}
+			} else {
+				fnss[r][j] = put(k)
+			}
+		}
+	}
+	b.ResetTimer()
+	start, cpu := time.Now(), processCPU()
+	for r := range reqs {
+		errs := make([]error, len(fnss[r]))
+		window <- sent{s.SubmitHinted(ctx, fnss[r], hintss[r], errs), errs}
+	}
+	close(window)
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	elapsed, used := time.Since(start), processCPU()-cpu
+	b.StopTimer()
+	if increments {
+		var sum int64
+		var reads []kv.TxnFunc
+		for k := range keys {
+			kb := key(k)
+			reads = append(reads, func(tx kv.Txn) error {
+				v, _, _, err := tx.Get(kb)
+				if err != nil {
+					return err
+				}
+				n, err := strconv.ParseInt(string(v), 10, 64)
+				sum += n
+				return err
+			})
+		}
+		if err := s.View(ctx, reads, make([]error, len(reads))); err != nil {
+			b.Fatal(err)
+		}
+		if sum != int64(b.N) {
+			b.Fatalf("the counters add up to %d after %d increments", sum, b.N)
+		}
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	b.ReportMetric(float64(txns)/float64(max(groups, 1)), "txns/group")
+	if used > 0 {
+		b.ReportMetric(float64(used.Nanoseconds())/float64(b.N), "cpu-ns/op")
+	}
 }

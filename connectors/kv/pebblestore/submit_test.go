@@ -80,17 +80,25 @@ func TestSubmitKeepsOrderAndReportsOutcomes(t *testing.T) {
 
 // TestSortedGroupKeepsLastWrite commits groups whose writes, in random key
 // order with many rewrites and deletions of the same keys, are put in key
-// order before the commit: the last write of each key must win, and reads
-// inside the group must see the writes before them.
+// order before the commit: the last write of each key must win, reads
+// inside the group must see the writes before them, and the group commits
+// one record per key it wrote, the last (what the Replicator is given is
+// the group's Pebble batch), which the row cache then holds.
 func TestSortedGroupKeepsLastWrite(t *testing.T) {
-	s := openTest(t, t.TempDir())
+	rep := &fakeReplicator{}
+	s, err := Open(t.TempDir(), Options{Replicator: rep})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer s.Close()
 	rng := rand.New(rand.NewPCG(1, 2))
 	want := map[string]string{}
 	for round := range 20 {
 		var fns []kv.TxnFunc
+		touched := map[string]bool{}
 		for i := range 3 * minSortedRecords {
 			key := fmt.Sprintf("k%02d", rng.IntN(40))
+			touched[key] = true
 			switch rng.IntN(4) {
 			case 0:
 				fns = append(fns, func(tx kv.Txn) error { return tx.Delete([]byte(key)) })
@@ -130,6 +138,28 @@ func TestSortedGroupKeepsLastWrite(t *testing.T) {
 		if !slices.Equal(rows, wantRows) {
 			t.Fatalf("round %d: store holds %v, want %v", round, rows, wantRows)
 		}
+		groups := rep.recorded()
+		var wantGroup []string
+		for _, k := range slices.Sorted(maps.Keys(touched)) {
+			if v, ok := want[k]; ok {
+				wantGroup = append(wantGroup, fmt.Sprintf("set %s=%s@0", k, v))
+			} else {
+				wantGroup = append(wantGroup, "delete "+k)
+			}
+		}
+		if g := groups[len(groups)-1]; !slices.Equal(g, wantGroup) {
+			t.Fatalf("round %d: the group committed %d records %v, want the last write of each of its %d keys %v", round, len(g), g, len(wantGroup), wantGroup)
+		}
+		for k := range touched { // through the row cache
+			var g got
+			view(t, s, get(k, &g))
+			if v, ok := want[k]; g.found != ok || g.value != v {
+				t.Fatalf("round %d: %s reads %q (found %t), want %q (found %t)", round, k, g.value, g.found, v, ok)
+			}
+		}
+	}
+	if st := s.RowCacheStats(); st.Hits == 0 {
+		t.Error("no read hit the row cache")
 	}
 }
 
