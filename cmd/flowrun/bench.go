@@ -43,6 +43,8 @@ type benchFlags struct {
 	tick       time.Duration
 	maxGroup   int
 	groupBuild time.Duration
+	paceWork   time.Duration
+	paceRest   time.Duration
 	sweepP99   time.Duration
 	peer       string
 	peerPort   int
@@ -200,6 +202,8 @@ request's scheduled time. One JSON object per workload:
 	fl.DurationVar(&f.tick, "tick", kvbench.DefaultTick, "--rate, --sweep-p99: shortest sleep of the open-loop source between emits; 0 wakes it for every event due")
 	fl.IntVar(&f.maxGroup, "max-group", pebblestore.DefaultMaxGroup, "most transactions in one commit group of the flowrun store")
 	fl.DurationVar(&f.groupBuild, "max-group-build", 0, "bound a commit group of the flowrun store by the time its writer spends building it (0: no bound), as the kv connector's max_group_build")
+	fl.DurationVar(&f.paceWork, "pace-work", pebblestore.DefaultPaceWork, "how long each flush or compaction of the flowrun store writes before it rests, as the kv connector's pace_work")
+	fl.DurationVar(&f.paceRest, "pace-rest", pebblestore.DefaultPaceRest, "how long each flush or compaction of the flowrun store then rests (0: no pacing), as the kv connector's pace_rest")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
 	fl.StringVar(&f.peer, "peer", "", "also measure put, get, increment on a redis-server started for each (redis): SET, GET, INCR by redis-benchmark")
 	fl.IntVar(&f.peerPort, "peer-port", 0, "--peer redis: loopback port of the redis-server (0: a free port)")
@@ -218,6 +222,9 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 	}
 	if f.maxGroup <= 0 || f.groupBuild < 0 {
 		return usageError{fmt.Errorf("--max-group (%d) must be positive and --max-group-build (%v) not negative", f.maxGroup, f.groupBuild)}
+	}
+	if f.paceWork <= 0 || f.paceRest < 0 {
+		return usageError{fmt.Errorf("--pace-work (%v) must be positive and --pace-rest (%v) not negative", f.paceWork, f.paceRest)}
 	}
 	if f.rate < 0 || f.duration <= 0 || f.sweepP99 < 0 || f.tick < 0 {
 		return usageError{fmt.Errorf("--rate (%d) must not be negative, --duration (%v) must be positive, --sweep-p99 (%v) and --tick (%v) must not be negative", f.rate, f.duration, f.sweepP99, f.tick)}
@@ -245,6 +252,8 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		RowCacheBytes: f.rowCache,
 		MaxGroup:      f.maxGroup,
 		MaxGroupBuild: f.groupBuild,
+		Pace:          pebblestore.Pace{Work: f.paceWork, Rest: f.paceRest},
+		NoPace:        f.paceRest == 0,
 	}
 	switch r := etcdstore.ReadConsistency(f.etcdReads); r {
 	case etcdstore.Linearizable, etcdstore.Serializable:

@@ -19,6 +19,7 @@ import (
 // Pebble tuning.
 func (cfg Config) storeOptions() pebblestore.Options {
 	opts := pebblestore.Options{NoSync: !cfg.Sync, RowCacheBytes: cfg.RowCacheBytes, MaxGroup: cfg.MaxGroup, MaxGroupBuild: cfg.MaxGroupBuild,
+		Pace: cfg.Pace, NoPace: cfg.NoPace,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	opts.EnsureDefaults()
 	return opts

@@ -62,6 +62,7 @@ import (
 	"time"
 
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
+	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
 )
 
 // Defaults for Config.
@@ -148,6 +149,11 @@ type Config struct {
 	// a large group waits for the rest of it.
 	MaxGroup      int
 	MaxGroupBuild time.Duration
+	// Pace paces the flowrun store's flushes and compactions
+	// (pebblestore.Options.Pace): the zero Pace for the store's default;
+	// NoPace turns pacing off.
+	Pace   pebblestore.Pace
+	NoPace bool
 	// Dir is where each workload gets its own temporary directory, removed
 	// when the workload ends. Default os.TempDir().
 	Dir string

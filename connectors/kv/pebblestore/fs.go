@@ -24,11 +24,14 @@ const (
 // less the umask). A file is created by the FS it wraps and then given its
 // mode, so the store directory's own mode (dirMode when flowrun created
 // it) is what keeps others out meanwhile.
-type privateFS struct{ vfs.FS }
+type privateFS struct {
+	vfs.FS
+	pacer *pacer // paces flushes and compactions (pace.go); nil: none
+}
 
 func (p privateFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
 	if vfs.Root(p.FS) != vfs.Default {
-		return private(name)(p.FS.Create(name, category))
+		return p.pacer.wrap(category)(private(name)(p.FS.Create(name, category)))
 	}
 	// Born private: Pebble's default Create makes the file with 0666 less
 	// the umask, so setting the mode afterwards would leave it open to
@@ -52,7 +55,7 @@ func (p privateFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File
 		}
 		break
 	}
-	return private(name)(p.FS.OpenReadWrite(name, category))
+	return p.pacer.wrap(category)(private(name)(p.FS.OpenReadWrite(name, category)))
 }
 
 func (p privateFS) OpenReadWrite(name string, category vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
@@ -60,7 +63,7 @@ func (p privateFS) OpenReadWrite(name string, category vfs.DiskWriteCategory, op
 }
 
 func (p privateFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
-	return private(newname)(p.FS.ReuseForWrite(oldname, newname, category))
+	return p.pacer.wrap(category)(private(newname)(p.FS.ReuseForWrite(oldname, newname, category)))
 }
 
 func (p privateFS) MkdirAll(dir string, _ os.FileMode) error {

@@ -41,6 +41,10 @@ func Backend() kv.BackendSpec {
 				Doc: "How long the store may spend running one commit group's commands before it commits the group; the commands already taken go to the next group. Bounds each command's wait for the rest of its group when commands queue up, at some cost in throughput (smaller groups); the commands of one event slice are never split. 0s: groups are bounded by max_group only."},
 			{Name: "max_delay", Type: component.TypeDuration, Default: "0s", Max: "1s",
 				Doc: "How long a commit group may wait to fill up; 0 commits what is queued at once. Every write of the group waits this long."},
+			{Name: "pace_work", Type: component.TypeDuration, Default: DefaultPaceWork.String(), Min: "100us", Max: "1s",
+				Doc: "How long each of the store's background flushes and compactions works before it rests for pace_rest, so that on a machine of few cores it leaves processors to the flow while it runs (the tail latency of a load below saturation). Nothing rests while the store stalls writes on them."},
+			{Name: "pace_rest", Type: component.TypeDuration, Default: DefaultPaceRest.String(), Min: "0s", Max: "1s",
+				Doc: "How long each background flush or compaction sleeps after working for pace_work: at the defaults each takes at most half a processor. 0s: they run flat out."},
 			{Name: "row_cache", Type: component.TypeByteSize, Default: fmt.Sprintf("%dMiB", DefaultRowCacheBytes>>20),
 				Doc: "Memory for recently read and written records kept in front of the store, so reads of hot keys skip the disk structures; reads are exactly as fresh without it. 0 disables it. Connectors sharing a directory share the first one's cache."},
 		},
@@ -63,6 +67,8 @@ func SpecOptions(env *component.Env, c *component.Config) Options {
 		Logger:   env.Logger,
 
 		MaxGroupBuild: c.Duration("max_group_build"),
+		Pace:          Pace{Work: c.Duration("pace_work"), Rest: c.Duration("pace_rest")},
+		NoPace:        c.Duration("pace_rest") == 0,
 
 		RowCacheBytes: rowCacheBytes(c.ByteSize("row_cache")),
 	}

@@ -77,6 +77,11 @@ const (
 	// 32 over put, get, increment and cas). Two memtables may be in memory
 	// at once (one flushing).
 	DefaultMemTableBytes = 16 << 20
+	// DefaultPaceWork and DefaultPaceRest are how a store paces Pebble's
+	// flushes and compactions (Options.Pace): half a processor each at
+	// most, in stretches of 2 ms.
+	DefaultPaceWork = 2 * time.Millisecond
+	DefaultPaceRest = 2 * time.Millisecond
 	// DefaultRowCacheBytes is the row cache size: at about 300 bytes per
 	// entry of a 100-byte value it holds roughly a hundred thousand hot
 	// keys, for a fixed 32 MiB of memory.
@@ -130,6 +135,14 @@ type Options struct {
 	// MemTableBytes is the size Pebble's memtables grow to (they start
 	// small and double). Default DefaultMemTableBytes.
 	MemTableBytes int64
+	// Pace bounds the share of a processor each of Pebble's memtable
+	// flushes and compactions takes while writing its sstables (pace.go),
+	// so that the flow keeps processors while they run: what decides the
+	// tail latency of a load below saturation on a machine of few cores.
+	// Default: DefaultPaceWork and DefaultPaceRest.
+	Pace Pace
+	// NoPace turns pacing off (Pace is then ignored).
+	NoPace bool
 	// RowCacheBytes bounds the row cache: recently read or written records
 	// (and keys recently found absent) kept by key in front of Pebble, so
 	// that reads of hot keys (get, and the read of increment, cas and
@@ -324,6 +337,9 @@ func (o *Options) EnsureDefaults() {
 	if o.RowCacheBytes == 0 {
 		o.RowCacheBytes = DefaultRowCacheBytes
 	}
+	if o.Pace == (Pace{}) {
+		o.Pace = Pace{Work: DefaultPaceWork, Rest: DefaultPaceRest}
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -382,6 +398,7 @@ type Store struct {
 	prefetched         atomic.Uint64 // RowCacheStats.Prefetched
 	batchSizeHint      int           // the writer's: the last group's Pebble batch size
 	cache              *rowCache     // nil when disabled
+	pacer              *pacer        // paces flushes and compactions; nil when off
 	writerProbe        probeScratch
 	probes             sync.Pool // *probeScratch for ViewHinted
 
@@ -487,7 +504,16 @@ func Open(dir string, opts Options) (*Store, error) {
 	popts := opts.PebbleOptions(cache)
 	// The file-mode wrapper sits beneath the fail-stop one, which must be
 	// the outermost filesystem Pebble sees.
-	popts.FS = privateFS{cmp.Or(popts.FS, vfs.Default)}
+	fs := privateFS{FS: cmp.Or(popts.FS, vfs.Default)}
+	if !opts.NoPace && opts.Pace.on() {
+		fs.pacer = newPacer(opts.Pace)
+		l := fs.pacer.listener()
+		if popts.EventListener != nil {
+			l = pebble.TeeEventListener(l, *popts.EventListener)
+		}
+		popts.EventListener = &l
+	}
+	popts.FS = fs
 	releaseLock := func() {
 		if lock != nil {
 			_ = lock.Close()
@@ -530,6 +556,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		where:   where,
 		lock:    lock,
 		opts:    opts,
+		pacer:   fs.pacer,
 		reqs:    make(chan *request, 64),
 		commits: make(chan *group, 1),
 		synced:  make(chan *group, 64),
