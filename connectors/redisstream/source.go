@@ -62,7 +62,8 @@ type SourceOptions struct {
 	Options
 	// Source configures the windowed acknowledgement; its Topic is
 	// Options.Stream and its DeadLetter defaults to Stream + ".dead".
-	// Reject is not used.
+	// Reject and Linger are not used: each read is emitted as it
+	// arrives, in slices of at most Window.
 	Source bus.SourceOptions
 	// Reconnect says how to behave while the server is unreachable.
 	Reconnect bus.Reconnect
