@@ -1,7 +1,6 @@
 package redisstream
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -20,12 +19,13 @@ import (
 // field given twice by comparing names one by one.
 const maxDirectFields = 32
 
-// decoder makes the message (and event) of each entry a subscriber hands
-// out, keeping its scratch space from one entry to the next. Each of a
-// session's loops has its own: a decoder is not safe for concurrent use.
+// decoder makes the event of each entry a Source emits, keeping its
+// scratch space from one entry to the next: a decoder is not safe for
+// concurrent use.
 type decoder struct {
 	stream, consumer string
 	check            ijson.Checker
+	bus              bus.Decoder  // for the entries direct leaves
 	fields, meta     []entryField // scratch: the metadata keys, the meta fields
 }
 
@@ -39,14 +39,20 @@ type entryField struct {
 	json     bool
 }
 
-// decode returns the message of x, delivered n times (its delivery count
-// and the delivery metadata set), with its event attached (direct) unless
-// x is out of the ordinary; bus.ToEvent then makes the event from the
-// message's payload and metadata.
-func (d *decoder) decode(x redis.XMessage, n int) *message.Message {
-	if m := d.direct(x, n); m != nil {
-		return m
+// event returns the event of x, delivered n times: made in one pass
+// (direct) unless x is out of the ordinary, then by bus.ToEvent's code
+// from x's message (message). An error (a payload that is not JSON, say)
+// comes with an event for the "err" port.
+func (d *decoder) event(x redis.XMessage, n int) (pipeline.Event, error) {
+	if ev, ok := d.direct(x); ok {
+		return ev, nil
 	}
+	return d.bus.ToEvent(d.message(x, n))
+}
+
+// message returns the message of x, delivered n times: toMessage's, with
+// the delivery metadata set. Dead letters are made of it.
+func (d *decoder) message(x redis.XMessage, n int) *message.Message {
 	m := toMessage(x)
 	setDelivery(m, n, d.stream, d.consumer)
 	return m
@@ -60,23 +66,21 @@ func setDelivery(m *message.Message, n int, stream, consumer string) {
 	m.Metadata[ConsumerMeta] = consumer
 }
 
-// direct returns the message of x, delivered n times, with its event
-// attached (bus.WithEvent), both made in one pass over the entry's fields:
-// the payload gets its one I-JSON check, the event's data is a view of
-// the message's payload (which nobody modifies), its meta is written in
-// the order bus.ToEvent gives (fields sorted by name), and the message's
-// metadata is filled as toMessage and setDelivery fill it (dead letters
-// are made of it). It returns nil for anything out of the ordinary, which
-// toMessage and bus.ToEvent handle: a payload that is not JSON or not
-// I-JSON or holds strings that need repair, a metadata name or value that
-// is not valid UTF-8, a JSON value flowrun_json lists that is not I-JSON,
-// a field flowrun_decode_error or correlation, a value that is not a
-// string, more than maxDirectFields fields. TestDirectMatchesMessage and
-// FuzzDirectMatchesMessage check that the message and event are those
-// toMessage, setDelivery and bus.ToEvent give.
-func (d *decoder) direct(x redis.XMessage, n int) *message.Message {
+// direct returns the event of x (of any delivery: the count is not in
+// the meta), made in one pass over the entry's fields, without a message:
+// the payload gets its one I-JSON check, the event's data is a copy of it
+// without the spaces around it, and its meta is written in the order
+// bus.ToEvent gives (fields sorted by name). It returns false for anything
+// out of the ordinary, which message and bus.ToEvent handle: a payload
+// that is not JSON or not I-JSON or holds strings that need repair, a
+// metadata name or value that is not valid UTF-8, a JSON value
+// flowrun_json lists that is not I-JSON, a field flowrun_decode_error or
+// correlation, a value that is not a string, more than maxDirectFields
+// fields. TestDirectMatchesMessage and FuzzDirectMatchesMessage check
+// that the event is the one message and bus.ToEvent give.
+func (d *decoder) direct(x redis.XMessage) (pipeline.Event, bool) {
 	if len(x.Values) > maxDirectFields || x.ID == "" {
-		return nil
+		return pipeline.Event{}, false
 	}
 	fields, kept := d.fields[:0], d.meta[:0]
 	defer func() {
@@ -89,7 +93,7 @@ func (d *decoder) direct(x redis.XMessage, n int) *message.Message {
 	for f, v := range x.Values {
 		s, ok := v.(string)
 		if !ok {
-			return nil
+			return pipeline.Event{}, false
 		}
 		if f == DataField {
 			data, hasData = s, true
@@ -103,7 +107,7 @@ func (d *decoder) direct(x redis.XMessage, n int) *message.Message {
 		case bus.DeliveredKey, StreamMeta, ConsumerMeta:
 			continue // set by the subscriber
 		case bus.DecodeErrorKey, bus.CorrelationMeta:
-			return nil
+			return pipeline.Event{}, false
 		}
 		fields = putField(fields, entryField{key: key, text: s, prefixed: prefixed})
 	}
@@ -123,7 +127,7 @@ func (d *decoder) direct(x redis.XMessage, n int) *message.Message {
 			f.key = bus.CorrelationMeta
 		}
 		if !utf8.ValidString(f.key) {
-			return nil
+			return pipeline.Event{}, false
 		}
 		trimmed := strings.TrimSpace(f.text)
 		asJSON := marked && listed(jsonKeys, f.key) ||
@@ -136,11 +140,11 @@ func (d *decoder) direct(x redis.XMessage, n int) *message.Message {
 				continue
 			}
 			if marked {
-				return nil // bus.ToEvent refuses it
+				return pipeline.Event{}, false // bus.ToEvent refuses it
 			}
 		}
 		if !utf8.ValidString(f.text) {
-			return nil
+			return pipeline.Event{}, false
 		}
 		kept = append(kept, f)
 	}
@@ -149,27 +153,15 @@ func (d *decoder) direct(x redis.XMessage, n int) *message.Message {
 		entryField{key: StreamMeta, text: d.stream},
 		entryField{key: ConsumerMeta, text: d.consumer})
 
-	var payload []byte
-	if hasData {
-		payload = []byte(data)
-	}
 	var evData []byte
-	if trimmed := bytes.TrimSpace(payload); len(trimmed) > 0 {
-		rep, err := d.check.Check(trimmed, "")
+	if trimmed := strings.TrimSpace(data); hasData && trimmed != "" {
+		rep, err := d.check.Check(stringBytes(trimmed), "")
 		if err != nil || rep.BadString != nil {
-			return nil
+			return pipeline.Event{}, false
 		}
-		evData = trimmed
+		evData = []byte(trimmed)
 	}
-	m := message.NewMessage(x.ID, payload)
-	for _, f := range fields {
-		m.Metadata[f.key] = f.text
-	}
-	m.Metadata[bus.DeliveredKey] = strconv.Itoa(n)
-	m.Metadata[StreamMeta] = d.stream
-	m.Metadata[ConsumerMeta] = d.consumer
-	bus.WithEvent(m, pipeline.Event{Data: evData, Meta: metaObject(kept)})
-	return m
+	return pipeline.Event{Data: evData, Meta: metaObject(kept)}, true
 }
 
 // putField adds f to fields, unless a field of the same key is there:

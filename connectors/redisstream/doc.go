@@ -1,25 +1,30 @@
 // Package redisstream is the redis_streams connector: a flow source reading a
 // Redis stream through a consumer group, and a sink appending to a stream.
 //
-// The source is a watermill message.Subscriber written on go-redis and
-// driven by bus.Source, so it has the promises of every bus source: each
-// entry is acknowledged (XACK) only once everything derived from it is done,
-// a failed entry is delivered again and dead-lettered after max_deliveries,
+// The source is a pipeline.Source of its own, written on go-redis, with
+// the promises of every bus source (bus.Source): each entry is
+// acknowledged (XACK) only once everything derived from it is done, a
+// failed entry is delivered again and dead-lettered after max_deliveries,
 // and meta.message_id (the entry ID) is the same on every delivery, for
-// idem_from: message_id. What is particular to Redis:
+// idem_from: message_id. The sink is a bus.Sink. What is particular to
+// Redis:
 //
 //   - Reading: XREADGROUP with COUNT up to the free room and BLOCK; at most
 //     window × windows_in_flight entries are unacknowledged in a process
 //     (the next windows are read and processed while earlier ones are
-//     synced and acknowledged).
-//   - Acknowledging: a goroutine (the settler) waits for the settlement of
-//     the messages in the order they were handed out, and queues the acks
-//     of a run of them at once; they go out as one XACK in the same
-//     pipeline as the next XREADGROUP (one round trip, one write to the
-//     server's append-only file), or by themselves 10 ms later when no
-//     read comes.
-//   - Decoding: each entry's message and event are made in one pass
-//     (bus.WithEvent), not through watermill metadata converted back.
+//     synced and acknowledged). The entries of a read are handed to the
+//     source as one slice and emitted, window at a time, with one
+//     pipeline.Tracker: no watermill message, goroutine or channel per
+//     entry.
+//   - Acknowledging: an entry's completion queues its ack and frees its
+//     slot directly; the acks go out as one XACK in the same pipeline as
+//     the next XREADGROUP (one round trip, one write to the server's
+//     append-only file), or by themselves 10 ms later when no read comes.
+//     Failed entries are retried or dead-lettered by one settler
+//     goroutine.
+//   - Decoding: each entry's event is made in one pass over its fields,
+//     not through watermill metadata converted back; the entries out of
+//     the ordinary go through bus.Decoder.
 //   - Restart: a consumer first reads back its own pending entries
 //     (XREADGROUP ... 0): those it had not acknowledged when it stopped.
 //   - Dead consumers: every claim_idle/2 the source takes over (XAUTOCLAIM)

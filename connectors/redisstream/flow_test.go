@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/connectors/redisstream"
 )
 
 // kvEntry is entry i of the flow tests: even ones increment one of 100
@@ -114,6 +115,47 @@ func TestPoisonEntryIsRetriedThenDeadLettered(t *testing.T) {
 		t.Errorf("%d entries pending", p)
 	}
 	t.Logf("dead-lettered after %v", took.Round(time.Millisecond))
+}
+
+// TestUnparsableEntryIsDeadLetteredAtOnce: an entry whose payload is not
+// JSON, which no retry mends, goes to the dead letter at its first
+// delivery (not after max_deliveries), with its fields, the stream and
+// consumer that read it, and the reason; the others are handled and
+// nothing is left pending.
+func TestUnparsableEntryIsDeadLetteredAtOnce(t *testing.T) {
+	url := redisURL(t)
+	c := newClient(t, url)
+	in, out := unique("unparsable.in"), unique("unparsable.out")
+	addEntries(t, c, in, 10, func(i int) []any {
+		if i == 3 {
+			return []any{"data", "hello", "correlation_id", "m-3", "kv", `{"put":"k"}`}
+		}
+		return kvEntry(i)
+	})
+	f := startFlow(t, t.TempDir(), kvFlow(url, in, out, ", max_deliveries: 3, retry_delay: 50ms, claim_idle: 1m"))
+	dead := in + ".dead"
+	waitFor(t, 20*time.Second, "a dead letter and 9 results", func() bool {
+		d, err := c.XLen(context.Background(), dead).Result()
+		o, _ := c.XLen(context.Background(), out).Result()
+		return err == nil && d >= 1 && o >= 9
+	})
+	waitFor(t, 10*time.Second, "nothing pending", func() bool { return pending(t, c, in, "g") == 0 })
+	f.stop(t)
+	xs, err := c.XRange(context.Background(), dead, "-", "+").Result()
+	must(t, err)
+	if len(xs) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(xs))
+	}
+	v := xs[0].Values
+	reason, _ := v["error"].(string)
+	if v["data"] != "hello" || v["correlation_id"] != "m-3" || v["kv"] != `{"put":"k"}` ||
+		v[redisstream.StreamMeta] != in || v[redisstream.ConsumerMeta] != "c1" || !strings.Contains(reason, "delivery 1 of 3") {
+		t.Errorf("dead letter %v, want the entry's fields, stream %s, consumer c1, delivery 1 of 3", v, in)
+	}
+	seen, _ := correlations(t, c, out)
+	if len(seen) != 9 || seen["m-3"] != 0 {
+		t.Errorf("results for %d correlations (m-3: %d), want 9 and 0", len(seen), seen["m-3"])
+	}
 }
 
 // TestServerRestartedMidRun: the private server (append-only, fsync

@@ -2,7 +2,6 @@ package redisstream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -93,89 +92,6 @@ func classify(err error) error {
 		}
 	}
 	return bus.Permanent(err)
-}
-
-// SourceOptions configure NewSource.
-type SourceOptions struct {
-	Options
-	// Source configures the windowed acknowledgement; its Topic is
-	// Options.Stream and its DeadLetter defaults to Stream + ".dead".
-	Source bus.SourceOptions
-	// Reconnect says how to behave while the server is unreachable.
-	Reconnect bus.Reconnect
-	// Health, when set, reports the source not ready while disconnected.
-	Health *component.Health
-}
-
-// NewSource returns a bus.Source reading opts.Stream as consumer
-// opts.Consumer of group opts.Group (created when missing) and feeding
-// graph. Dead letters are appended to opts.Source.DeadLetter. Unless
-// Reconnect.FailFast, the server may be unreachable at start: the source
-// connects when it can.
-func NewSource(ctx context.Context, graph bus.Graph, opts SourceOptions) (*bus.Source, error) {
-	opts.Options.EnsureDefaults()
-	so := opts.Source
-	so.Topic = opts.Stream
-	if so.Logger == nil {
-		so.Logger = opts.Logger
-	}
-	so.EnsureDefaults()
-	switch {
-	case opts.Stream == "":
-		return nil, fmt.Errorf("source %s: %w: no stream", so.Name, ErrConfig)
-	case opts.Group == "":
-		return nil, fmt.Errorf("source %s: %w: no consumer group", so.Name, ErrConfig)
-	case opts.Consumer == "":
-		return nil, fmt.Errorf("source %s: %w: no consumer name", so.Name, ErrConfig)
-	}
-	ro, err := opts.clientOptions(so.Name)
-	if err != nil {
-		return nil, fmt.Errorf("source %s: %w", so.Name, err)
-	}
-	client := redis.NewClient(ro)
-	sub := newSubscriber(client, opts.Options, so.InFlight())
-	// The messages reach the source in runs, through a buffer of a
-	// window, rather than one synchronous handoff each.
-	rs := &nackLeftovers{ReconnectingSubscriber: bus.NewReconnectingSubscriber(so.Name, sub.dial, opts.Reconnect, opts.Health, so.Logger).WithBuffer(so.Window)}
-	so.OnClose = func() error {
-		return errors.Join(rs.Close(), sub.close())
-	}
-	src, err := bus.NewSource(ctx, rs, &publisher{client: client}, graph, so)
-	if err != nil {
-		_ = rs.Close()
-		_ = sub.close()
-		return nil, err
-	}
-	return src, nil
-}
-
-// nackLeftovers is a bus.ReconnectingSubscriber whose Close nacks the
-// messages left in the buffer of the channel Subscribe returned (the
-// bus.Source stopped taking them), so that the subscriber sees every
-// message it handed out settled and closes without waiting for them:
-// their entries stay pending, as those of a stopped consumer do.
-type nackLeftovers struct {
-	*bus.ReconnectingSubscriber
-	msgs <-chan *message.Message
-}
-
-// Subscribe implements message.Subscriber; it is called once.
-func (s *nackLeftovers) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	msgs, err := s.ReconnectingSubscriber.Subscribe(ctx, topic)
-	s.msgs = msgs
-	return msgs, err
-}
-
-// Close ends the subscription, which closes its channel, and nacks what
-// was left in it.
-func (s *nackLeftovers) Close() error {
-	err := s.ReconnectingSubscriber.Close()
-	if s.msgs != nil {
-		for m := range s.msgs {
-			m.Nack()
-		}
-	}
-	return err
 }
 
 // NewSink returns a bus.Sink appending every event it receives to

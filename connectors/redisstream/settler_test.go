@@ -5,40 +5,37 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 )
 
-// TestSettler: the settler queues the ack of each acked message and frees
-// its slot, also while an earlier message is still unsettled (a slow
-// message does not hold back the later ones); a nacked message keeps its
-// slot and is scheduled for a retry, unless the subscriber is closing.
-func TestSettler(t *testing.T) {
+// TestSettle: done queues the ack of its entry and frees its slot, also
+// while an earlier entry is still unsettled (a slow entry does not hold
+// back the later ones); nack keeps the slot and schedules a retry, unless
+// the subscriber is closing: then it frees the slot and drops the entry.
+// Every entry handed out is counted settled.
+func TestSettle(t *testing.T) {
 	const slots = 8
 	s := &subscriber{
-		o:           Options{RetryDelay: time.Hour},
-		slots:       make(chan struct{}, slots),
-		freed:       make(chan struct{}, 1),
-		handed:      make(chan *message.Message, slots),
-		ackWake:     make(chan struct{}, 1),
-		retryWake:   make(chan struct{}, 1),
-		stop:        make(chan struct{}),
-		settlerDone: make(chan struct{}),
-		inflight:    map[string]bool{},
+		o:         Options{RetryDelay: time.Hour},
+		slots:     make(chan struct{}, slots),
+		freed:     make(chan struct{}, 1),
+		ackWake:   make(chan struct{}, 1),
+		retryWake: make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		inflight:  map[string]bool{},
 	}
-	go s.settler()
-	t.Cleanup(func() {
-		close(s.stop)
-		<-s.settlerDone
-	})
-	msgs := map[string]*message.Message{}
+	var xs []redis.XMessage
 	for _, id := range []string{"1-0", "2-0", "3-0", "4-0", "5-0"} {
 		s.slots <- struct{}{}
 		s.inflight[id] = true
-		m := message.NewMessage(id, nil)
-		msgs[id] = m
-		s.unsettled.Add(1)
-		s.handed <- m
+		xs = append(xs, redis.XMessage{ID: id})
+	}
+	out := make(chan []delivery, 1)
+	if !s.send(t.Context(), out, deliveries(xs, nil)) {
+		t.Fatal("send: not handed out")
+	}
+	if ds := <-out; len(ds) != len(xs) || ds[0].n != 1 {
+		t.Fatalf("handed out %v", ds)
 	}
 	state := func() (acks []string, used int, retries []string) {
 		s.mu.Lock()
@@ -49,43 +46,34 @@ func TestSettler(t *testing.T) {
 		return slices.Sorted(slices.Values(s.acks)), len(s.slots), retries
 	}
 	steps := []struct {
-		name      string
-		do        func()
-		acks      []string
-		used      int
-		retries   []string
-		unsettled bool
+		name    string
+		do      func()
+		acks    []string
+		used    int
+		retries []string
 	}{
-		{name: "later ones acked while the first is not settled",
-			do:   func() { msgs["2-0"].Ack(); msgs["3-0"].Ack() },
+		{name: "later ones done while the first is not settled",
+			do:   func() { s.done("2-0"); s.done("3-0") },
 			acks: []string{"2-0", "3-0"}, used: 3},
 		{name: "a nack keeps its slot and schedules a retry",
-			do:   func() { msgs["4-0"].Nack() },
+			do:   func() { s.nack("4-0") },
 			acks: []string{"2-0", "3-0"}, used: 3, retries: []string{"4-0"}},
-		{name: "the first acked",
-			do:   func() { msgs["1-0"].Ack() },
+		{name: "the first done",
+			do:   func() { s.done("1-0") },
 			acks: []string{"1-0", "2-0", "3-0"}, used: 2, retries: []string{"4-0"}},
 		{name: "a nack while closing frees the slot",
 			do: func() {
 				s.mu.Lock()
 				s.closing = true
 				s.mu.Unlock()
-				msgs["5-0"].Nack()
+				s.nack("5-0")
 			},
 			acks: []string{"1-0", "2-0", "3-0"}, used: 1, retries: []string{"4-0"}},
 	}
 	for _, st := range steps {
 		st.do()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			acks, used, retries := state()
-			if slices.Equal(acks, st.acks) && used == st.used && slices.Equal(retries, st.retries) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: acks %v, slots used %d, retries %v; want %v, %d, %v", st.name, acks, used, retries, st.acks, st.used, st.retries)
-			}
-			time.Sleep(time.Millisecond)
+		if acks, used, retries := state(); !slices.Equal(acks, st.acks) || used != st.used || !slices.Equal(retries, st.retries) {
+			t.Fatalf("%s: acks %v, slots used %d, retries %v; want %v, %d, %v", st.name, acks, used, retries, st.acks, st.used, st.retries)
 		}
 	}
 	s.mu.Lock()
@@ -99,7 +87,7 @@ func TestSettler(t *testing.T) {
 	select {
 	case <-settled:
 	case <-time.After(10 * time.Second):
-		t.Error("the settler did not count every message settled")
+		t.Error("not every entry handed out was counted settled")
 	}
 }
 

@@ -2,6 +2,7 @@ package redisstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -48,7 +49,7 @@ func Spec() component.Spec {
 			{Name: "tls_key", Type: component.TypePath, Doc: "PEM file of the client key (with `tls_cert`)."},
 			{Name: "tls_insecure_skip_verify", Type: component.TypeBool, Default: "false",
 				Doc: "Accept any server certificate (tests only); turns TLS on."},
-		}, append(bus.SourceFields(), bus.WindowsInFlightField())...), bus.ReconnectFields()...),
+		}, append(sourceFields(), bus.WindowsInFlightField())...), bus.ReconnectFields()...),
 		Ports:    bus.ModePorts,
 		PortsDoc: "`out`, `err` in mode read; none otherwise",
 		Check:    check,
@@ -61,10 +62,34 @@ func check(c *component.Config) error {
 	if (c.String("tls_cert") == "") != (c.String("tls_key") == "") {
 		return component.OptionErr("tls_cert", fmt.Errorf("tls_cert and tls_key go together"))
 	}
+	if c.Has("linger") {
+		return component.OptionErr("linger", ErrLinger)
+	}
 	if u := c.String("url"); u != "" && !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") && !strings.HasPrefix(u, "unix://") {
 		return component.OptionErr("url", fmt.Errorf("%q: want redis://host:port, rediss://host:port or unix:///path", (&Options{URL: u}).redacted()))
 	}
 	return nil
+}
+
+// ErrLinger refuses linger, which a redis_streams connector would not
+// use.
+var ErrLinger = errors.New("a redis_streams source emits the entries of each read together as they arrive and never waits for more: " +
+	"bound a batch with window")
+
+// sourceFields are bus.SourceFields as a redis_streams source reads
+// them: each read is emitted as it arrives, so linger is refused (check).
+func sourceFields() []component.Field {
+	fs := bus.SourceFields()
+	for i := range fs {
+		switch fs[i].Name {
+		case "window":
+			fs[i].Doc = "read: most entries emitted together (the entries of one read, cut at `window`); also the most held unacknowledged, " +
+				"times `windows_in_flight`. Each entry is acknowledged on its own as soon as everything derived from it is done."
+		case "linger":
+			fs[i].Doc = "refused: a redis_streams source emits the entries of each read together as they arrive and never waits for more."
+		}
+	}
+	return fs
 }
 
 func build(ctx context.Context, env *component.Env, c *component.Config) (component.Component, error) {

@@ -24,6 +24,7 @@ func TestSpecChecks(t *testing.T) {
 		{"key without cert", `{ type: redis_streams, mode: write, stream: s, tls_key: k.pem }`, "tls_cert: tls_cert and tls_key go together"},
 		{"no stream", `{ type: redis_streams, mode: read }`, "stream"},
 		{"negative max_len", `{ type: redis_streams, mode: write, stream: s, max_len: -1 }`, "max_len"},
+		{"linger", `{ type: redis_streams, mode: write, stream: s, linger: 1ms }`, "linger: a redis_streams source emits the entries of each read together"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flowrun/flowrun/connectors/bus"
@@ -16,15 +15,16 @@ import (
 // maxAckBatch bounds the entry IDs acknowledged by one XACK.
 const maxAckBatch = 1024
 
-// subscriber reads one stream through a consumer group. Its dial method is
-// a bus.Dial: each call starts a session (one reader, one claimer, one
-// retrier) whose channel closes when a command fails, and the
-// bus.ReconnectingSubscriber around it dials again. What outlives a
-// session is owned by the subscriber: the client (go-redis reconnects by
-// itself), the entries in flight, the retries due, the acks not yet sent,
-// and two goroutines: the settler, which waits for the settlement of
-// every message handed out, and the acker, which sends the acks the
-// reader has not sent with its next XREADGROUP.
+// subscriber reads one stream through a consumer group. Each call of its
+// dial method starts a session (one reader, one claimer, one retrier)
+// handing out the entries of each read as one slice of deliveries on a
+// channel that closes when a command fails, and the Source dials again.
+// What outlives a session is owned by the subscriber: the client
+// (go-redis reconnects by itself), the entries in flight, the retries
+// due, the acks not yet sent, and one goroutine, the acker, which sends
+// the acks the reader has not sent with its next XREADGROUP. Each entry
+// handed out is settled by a call of done or nack, from whichever
+// goroutine completed it: no goroutine, channel or message per entry.
 //
 // At most inflight entries (window × windows_in_flight) are in flight
 // (read and not yet acknowledged): the next windows are read and processed
@@ -38,15 +38,13 @@ type subscriber struct {
 	// (a lone XREADGROUP gets BLOCK + 10 s): it is longer than blockFor.
 	ackWithBlock bool
 
-	slots       chan struct{}         // one token per entry in flight
-	freed       chan struct{}         // a slot was freed
-	handed      chan *message.Message // messages handed out, for the settler
-	ackWake     chan struct{}         // acks were queued
-	retryWake   chan struct{}         // a retry was scheduled
-	stop        chan struct{}         // closed by close
-	settlerDone chan struct{}         // closed when the settler has queued its last acks
-	ackerDone   chan struct{}         // closed when the acker has flushed
-	unsettled   sync.WaitGroup        // one per message handed out and not settled
+	slots     chan struct{}  // one token per entry in flight
+	freed     chan struct{}  // a slot was freed
+	ackWake   chan struct{}  // acks were queued
+	retryWake chan struct{}  // a retry was scheduled
+	stop      chan struct{}  // closed by close
+	ackerDone chan struct{}  // closed when the acker has flushed
+	unsettled sync.WaitGroup // one per entry handed out and not settled
 
 	mu         sync.Mutex
 	inflight   map[string]bool // handed out and not yet XACKed
@@ -55,6 +53,17 @@ type subscriber struct {
 	histCursor string          // last entry read back from the pending list
 	histDone   bool            // the pending list has been read back
 	closing    bool
+}
+
+// delivery is an entry handed out: taken (in flight here), holding a
+// slot, and delivered n times (the group's count, this delivery
+// included).
+type delivery struct {
+	x redis.XMessage
+	n int
+	// permanent marks an entry whose payload no retry mends (not JSON):
+	// set by the Source, it is dead-lettered at its first failure.
+	permanent bool
 }
 
 // retry is a nacked entry to claim back when due.
@@ -70,26 +79,22 @@ func newSubscriber(client *redis.Client, o Options, inflight int) *subscriber {
 		ackWithBlock: rt <= 0 || rt >= blockFor+time.Second, // 0, -1: no timeout
 		slots:        make(chan struct{}, inflight),
 		freed:        make(chan struct{}, 1),
-		handed:       make(chan *message.Message, inflight),
 		ackWake:      make(chan struct{}, 1),
 		retryWake:    make(chan struct{}, 1),
 		stop:         make(chan struct{}),
-		settlerDone:  make(chan struct{}),
 		ackerDone:    make(chan struct{}),
 		inflight:     map[string]bool{},
 		histCursor:   "0",
 	}
-	go s.settler()
 	go s.acker()
 	return s
 }
 
-// dial implements bus.Dial: it checks the server, creates the group when
-// missing and starts a session.
-func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Message, func() error, error) {
-	if topic != s.o.Stream {
-		return nil, nil, bus.Permanent(fmt.Errorf("stream %q: this subscriber reads %q", topic, s.o.Stream))
-	}
+// dial checks the server, creates the group when missing and starts a
+// session: the channel carries the deliveries of each read, and closes
+// when the session ends (a command failed, or ctx ended); release ends
+// the session and nacks what it handed out and nobody took.
+func (s *subscriber) dial(ctx context.Context) (<-chan []delivery, func(), error) {
 	pctx, cancel := context.WithTimeout(ctx, s.o.DialTimeout)
 	defer cancel()
 	if err := s.client.Ping(pctx).Err(); err != nil {
@@ -101,11 +106,10 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 		return nil, nil, fmt.Errorf("%w at %s: create group %q on stream %q: %w", ErrConnect, s.o.redacted(), s.o.Group, s.o.Stream, err)
 	}
 	sctx, end := context.WithCancel(ctx)
-	// Room for every slot: the reader hands a read's entries over in a
-	// run, not one synchronous handoff each.
-	out := make(chan *message.Message, cap(s.slots))
+	// Room for a few reads: each is one slice.
+	out := make(chan []delivery, 4)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context, chan<- *message.Message) error{s.read, s.claimLoop, s.retryLoop} {
+	for _, loop := range []func(context.Context, chan<- []delivery) error{s.read, s.claimLoop, s.retryLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -119,15 +123,14 @@ func (s *subscriber) dial(ctx context.Context, topic string) (<-chan *message.Me
 		wg.Wait()
 		close(out)
 	}()
-	return out, func() error {
+	return out, func() {
 		end()
 		wg.Wait()
 		// What the session handed out and nobody took is nacked: the
 		// entries stay pending (a closing subscriber drops them).
-		for m := range out {
-			m.Nack()
+		for ds := range out {
+			s.nackAll(ds)
 		}
-		return nil
 	}, nil
 }
 
@@ -193,8 +196,7 @@ func (s *subscriber) release(n int) {
 // no slot while it waits for entries, so the claimer finds free slots:
 // it reads as many entries as slots are free, then takes a slot for each
 // as it hands it out.
-func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) error {
-	d := s.decoder()
+func (s *subscriber) read(ctx context.Context, out chan<- []delivery) error {
 	for {
 		n, err := s.waitFree(ctx)
 		if err != nil {
@@ -245,7 +247,7 @@ func (s *subscriber) read(ctx context.Context, out chan<- *message.Message) erro
 		// Entries read but not handed out when the session ends stay
 		// pending; the claimer delivers them after ClaimIdle. The slots
 		// free now are taken at once, not one per entry.
-		if err := s.emit(ctx, d, out, xs, counts, s.tryAcquire(len(xs))); err != nil {
+		if err := s.emit(ctx, out, xs, counts, s.tryAcquire(len(xs))); err != nil {
 			return nil
 		}
 	}
@@ -282,15 +284,14 @@ func (s *subscriber) readGroup(ctx context.Context, args *redis.XReadGroupArgs) 
 // and takes over, every claimEvery, the group's entries idle for
 // ClaimIdle: those of consumers that died, and this consumer's own
 // failures whose retry did not happen.
-func (s *subscriber) claimLoop(ctx context.Context, out chan<- *message.Message) error {
+func (s *subscriber) claimLoop(ctx context.Context, out chan<- []delivery) error {
 	t := time.NewTicker(s.o.claimEvery())
 	defer t.Stop()
-	d := s.decoder()
 	for {
 		if err := s.refresh(ctx); err != nil {
 			return err
 		}
-		if err := s.claimIdle(ctx, d, out); err != nil {
+		if err := s.claimIdle(ctx, out); err != nil {
 			return err
 		}
 		select {
@@ -339,7 +340,7 @@ func (s *subscriber) refresh(ctx context.Context) error {
 	return nil
 }
 
-func (s *subscriber) claimIdle(ctx context.Context, d *decoder, out chan<- *message.Message) error {
+func (s *subscriber) claimIdle(ctx context.Context, out chan<- []delivery) error {
 	cursor := "0-0"
 	for {
 		n := s.tryAcquire(cap(s.slots))
@@ -368,7 +369,7 @@ func (s *subscriber) claimIdle(ctx context.Context, d *decoder, out chan<- *mess
 		if len(xs) > 0 {
 			s.o.Logger.Info("claimed idle entries", "stream", s.o.Stream, "consumer", s.o.Consumer, "entries", len(xs), "claim_idle", s.o.ClaimIdle)
 		}
-		if err := s.emit(ctx, d, out, xs, counts, n); err != nil {
+		if err := s.emit(ctx, out, xs, counts, n); err != nil {
 			return nil
 		}
 		if next == "0-0" || next == "" {
@@ -380,10 +381,9 @@ func (s *subscriber) claimIdle(ctx context.Context, d *decoder, out chan<- *mess
 
 // retryLoop claims back each nacked entry when its retry is due and
 // delivers it again.
-func (s *subscriber) retryLoop(ctx context.Context, out chan<- *message.Message) error {
+func (s *subscriber) retryLoop(ctx context.Context, out chan<- []delivery) error {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
-	d := s.decoder()
 	for {
 		now := time.Now()
 		s.mu.Lock()
@@ -400,7 +400,7 @@ func (s *subscriber) retryLoop(ctx context.Context, out chan<- *message.Message)
 		s.retries = later
 		s.mu.Unlock()
 		if len(due) > 0 {
-			if err := s.redeliver(ctx, d, out, due); err != nil {
+			if err := s.redeliver(ctx, out, due); err != nil {
 				return err
 			}
 			continue
@@ -426,7 +426,7 @@ func minTime(a, b time.Time) time.Time {
 // and hands them out again. An entry that cannot be claimed back (another
 // consumer took it over, or it was trimmed away) is dropped from this
 // consumer.
-func (s *subscriber) redeliver(ctx context.Context, d *decoder, out chan<- *message.Message, due []retry) error {
+func (s *subscriber) redeliver(ctx context.Context, out chan<- []delivery, due []retry) error {
 	pipe := s.client.Pipeline()
 	claims := make([]*redis.XMessageSliceCmd, len(due))
 	for i, r := range due {
@@ -465,11 +465,8 @@ func (s *subscriber) redeliver(ctx context.Context, d *decoder, out chan<- *mess
 		return err
 	}
 	// Each keeps the slot it had.
-	for i, x := range xs {
-		if !s.send(ctx, d, out, x, counts[x.ID]) {
-			s.requeue(xs[i:])
-			return nil
-		}
+	if !s.send(ctx, out, deliveries(xs, counts)) {
+		s.requeue(xs)
 	}
 	return nil
 }
@@ -548,152 +545,88 @@ func (s *subscriber) forgetAll(xs []redis.XMessage) {
 	}
 }
 
-// emit hands out xs, taken (see take), each delivered counts[ID] times (1
-// when missing) and with a slot: one of the held slots the caller
-// acquired, else one it waits for; the held slots left over are released.
-// The error is ctx's, when the session ended before all were handed out;
-// those not handed out are no longer in flight.
-func (s *subscriber) emit(ctx context.Context, d *decoder, out chan<- *message.Message, xs []redis.XMessage, counts map[string]int, held int) error {
-	defer func() { s.release(held) }()
-	for i, x := range xs {
-		if held > 0 {
-			held--
-		} else {
-			select {
-			case s.slots <- struct{}{}:
-			case <-ctx.Done():
-				s.forgetAll(xs[i:])
-				return ctx.Err()
-			}
-		}
-		n := counts[x.ID]
-		if n == 0 {
-			n = 1
-		}
-		if !s.send(ctx, d, out, x, n) {
-			s.release(1)
-			s.forgetAll(xs[i:])
+// emit hands out xs, taken (see take), as one slice, each delivered
+// counts[ID] times (1 when missing) and with a slot: one of the held
+// slots the caller acquired, else one it waits for; the held slots left
+// over are released. The error is ctx's, when the session ended before
+// the slice was handed out; its entries are then no longer in flight.
+func (s *subscriber) emit(ctx context.Context, out chan<- []delivery, xs []redis.XMessage, counts map[string]int, held int) error {
+	if len(xs) == 0 {
+		s.release(held)
+		return nil
+	}
+	if held > len(xs) {
+		s.release(held - len(xs))
+		held = len(xs)
+	}
+	for held < len(xs) {
+		select {
+		case s.slots <- struct{}{}:
+			held++
+		case <-ctx.Done():
+			s.release(held)
+			s.forgetAll(xs)
 			return ctx.Err()
 		}
+	}
+	if !s.send(ctx, out, deliveries(xs, counts)) {
+		s.release(held)
+		s.forgetAll(xs)
+		return ctx.Err()
 	}
 	return nil
 }
 
-// decoder returns a decoder for one of a session's loops.
-func (s *subscriber) decoder() *decoder {
-	return &decoder{stream: s.o.Stream, consumer: s.o.Consumer}
+// deliveries returns the deliveries of xs, each delivered counts[ID]
+// times (1 when missing).
+func deliveries(xs []redis.XMessage, counts map[string]int) []delivery {
+	ds := make([]delivery, len(xs))
+	for i, x := range xs {
+		ds[i] = delivery{x: x, n: max(1, counts[x.ID])}
+	}
+	return ds
 }
 
-// send hands x out, delivered n times, and gives it to the settler to
-// watch. It returns false, x not handed out, when ctx ends first.
-func (s *subscriber) send(ctx context.Context, d *decoder, out chan<- *message.Message, x redis.XMessage, n int) bool {
-	m := d.decode(x, n)
+// send hands ds out, to be settled each by done or nack. It returns
+// false, ds not handed out, when ctx ends first.
+func (s *subscriber) send(ctx context.Context, out chan<- []delivery, ds []delivery) bool {
+	s.unsettled.Add(len(ds))
 	select {
-	case out <- m:
+	case out <- ds:
+		return true
 	case <-ctx.Done():
+		s.unsettled.Add(-len(ds))
 		return false
 	}
-	s.unsettled.Add(1)
-	// Never blocks for long: handed has room for every slot, and each
-	// message handed out holds one until the settler has seen it settled.
-	s.handed <- m
-	return true
 }
 
-// sweepEvery is how often the settler, while it waits for the oldest
-// message handed out, looks for later ones settled meanwhile: how long a
-// slow message can hold back the acks and slots of those after it.
-const sweepEvery = 5 * time.Millisecond
+// done settles the delivery of id, done: its XACK is queued and its
+// slot freed.
+func (s *subscriber) done(id string) {
+	s.mu.Lock()
+	s.acks = append(s.acks, id)
+	s.mu.Unlock()
+	select {
+	case s.ackWake <- struct{}{}:
+	default:
+	}
+	s.release(1)
+	s.unsettled.Done()
+}
 
-// settler waits for the settlement of each message handed out, in the
-// order they were handed out, and every sweepEvery while the oldest is
-// not settled it takes the later ones that are. An ack queues the
-// entry's XACK (queueAcks) and frees the message's slot; a nack schedules
-// the retry (the message keeps its slot), except once the subscriber is
-// closing: then the entry stays pending, to be read back at the next
-// start or claimed by another consumer. The acks and slots of a run of
-// settled messages are queued and freed together, before each wait: one
-// goroutine for all the messages, where each used to have its own. It
-// returns once stop is closed, having queued its acks.
-func (s *subscriber) settler() {
-	defer close(s.settlerDone)
-	var waiting []*message.Message // handed out, not yet seen settled
-	var acked []string             // to queue for XACK
-	freed := 0                     // slots to release
-	sweep := time.NewTimer(sweepEvery)
-	sweep.Stop()
-	armed := false
-	flush := func() {
-		s.queueAcks(acked)
-		clear(acked)
-		acked = acked[:0]
-		s.release(freed)
-		freed = 0
+// nack settles the delivery of id, failed: the entry stays pending and
+// keeps its slot until its retry (nacked).
+func (s *subscriber) nack(id string) {
+	if s.nacked(id) {
+		s.release(1)
 	}
-	defer flush()
-	// settle settles m if it is, and reports whether it was.
-	settle := func(m *message.Message) bool {
-		select {
-		case <-m.Acked():
-			acked = append(acked, m.UUID)
-			freed++
-		case <-m.Nacked():
-			if s.nacked(m.UUID) {
-				freed++
-			}
-		default:
-			return false
-		}
-		s.unsettled.Done()
-		return true
-	}
-	for {
-	take:
-		for {
-			select {
-			case m := <-s.handed:
-				waiting = append(waiting, m)
-			default:
-				break take
-			}
-		}
-		for len(waiting) > 0 && settle(waiting[0]) {
-			waiting[0] = nil
-			waiting = waiting[1:]
-		}
-		flush()
-		var head *message.Message
-		if len(waiting) > 0 {
-			head = waiting[0]
-			if len(waiting) > 1 && !armed {
-				sweep.Reset(sweepEvery)
-				armed = true
-			}
-		} else {
-			waiting = nil // let the backing array go
-		}
-		var acks, nacks <-chan struct{}
-		if head != nil {
-			acks, nacks = head.Acked(), head.Nacked()
-		}
-		select {
-		case m := <-s.handed:
-			waiting = append(waiting, m)
-		case <-acks:
-		case <-nacks:
-		case <-sweep.C:
-			armed = false
-			kept := waiting[:0]
-			for _, m := range waiting {
-				if !settle(m) {
-					kept = append(kept, m)
-				}
-			}
-			clear(waiting[len(kept):])
-			waiting = kept
-		case <-s.stop:
-			return
-		}
+	s.unsettled.Done()
+}
+
+// nackAll nacks every delivery of ds.
+func (s *subscriber) nackAll(ds []delivery) {
+	for _, d := range ds {
+		s.nack(d.x.ID)
 	}
 }
 
@@ -781,8 +714,8 @@ const ackLinger = 10 * time.Millisecond
 
 // acker sends the acks the reader has not sent ackLinger after they were
 // queued (the reader is waiting for new entries, or its session is down),
-// retrying a failed XACK until it succeeds; once the settler has returned
-// it sends what is left and returns.
+// retrying a failed XACK until it succeeds; once stop is closed it sends
+// what is left and returns.
 func (s *subscriber) acker() {
 	defer close(s.ackerDone)
 	t := time.NewTimer(ackLinger)
@@ -790,14 +723,14 @@ func (s *subscriber) acker() {
 	for {
 		select {
 		case <-s.ackWake:
-		case <-s.settlerDone:
+		case <-s.stop:
 			s.flushAcks(s.takeAcks(0))
 			return
 		}
 		t.Reset(ackLinger)
 		select {
 		case <-t.C:
-		case <-s.settlerDone:
+		case <-s.stop:
 			t.Stop()
 		}
 		s.flushAcks(s.takeAcks(0))
@@ -850,7 +783,7 @@ func (s *subscriber) xack(ids []string) {
 }
 
 // close stops retries, waits (DialTimeout at most) until every entry
-// handed out is settled, sends the last acks and closes the client.
+// handed out is settled (done or nack), sends the last acks and closes the client.
 func (s *subscriber) close() error {
 	s.mu.Lock()
 	if s.closing {
@@ -876,7 +809,6 @@ func (s *subscriber) close() error {
 	}
 	t.Stop()
 	close(s.stop)
-	<-s.settlerDone
 	<-s.ackerDone
 	return s.client.Close()
 }
