@@ -89,6 +89,9 @@ type RunResult struct {
 	AnswerBytes      uint64 `json:"answer_bytes"`
 	ChangelogAppends uint64 `json:"changelog_appends"`
 	ChangelogBytes   uint64 `json:"changelog_bytes"`
+	// Ownership is what the flowrun instances logged of their
+	// partitions' leases (partitioned flow).
+	Ownership Ownership `json:"ownership"`
 }
 
 // EventsPerS is the run's throughput, start to last answer.
@@ -187,6 +190,11 @@ func Run(ctx context.Context, opts Options, logf func(string, ...any)) (*Report,
 			logf("round %d/%d, %v: %d events in %.2f s (first answer after %.2f s): %.0f events/s (%.0f after the first answer), flowrun CPU %.1f µs/event, NATS %.1f, etcd %.1f",
 				r+1, opts.Rounds, v, res.Events, res.Seconds, res.FirstSeconds, res.EventsPerS(), res.SteadyPerS(),
 				perEvent(res.FlowrunCPU, res.Events), perEvent(res.NATSCPU, res.Events), perEvent(res.EtcdCPU, res.Events))
+			if v.Store == storePartitioned {
+				o := res.Ownership
+				logf("round %d/%d, %v: partitions served %d times (max epoch %d), %d owners stopped (%d lost their lease), %d take-overs outlived their lease, %d partitions given back",
+					r+1, opts.Rounds, v, o.Serves, o.MaxEpoch, o.Stops, o.LeaseLost, o.Overdue, o.GiveBacks)
+			}
 			rep.Runs = append(rep.Runs, res)
 		}
 	}
@@ -270,8 +278,16 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 	start := time.Now()
 	var ins []*incrflow.Instance
 	defer func() {
-		for _, in := range ins {
+		for i, in := range ins {
 			in.Kill() // stopped already unless the run failed
+			if b.opts.Logs == "" {
+				continue
+			}
+			// Kept whatever the outcome: a failed run's logs say why.
+			name := filepath.Join(b.opts.Logs, fmt.Sprintf("%s-i%d.log", id, i+1))
+			if err := os.WriteFile(name, []byte(in.Logs()), 0o644); err != nil {
+				b.logf("keep instance %d's log: %v", i+1, err)
+			}
 		}
 	}()
 	for i := range v.Instances {
@@ -293,6 +309,11 @@ func (b *bench) runOne(ctx context.Context, round int, v variant) (RunResult, er
 	natsAfter, etcdAfter := cpuOf(b.opts.NATSPids), cpuOf(b.opts.EtcdPids)
 	if err != nil {
 		return res, fmt.Errorf("%w\n%s", err, instanceLogs(ins))
+	}
+	// What the instances logged of their partitions until the last
+	// answer (not the hand-overs of their stopping).
+	for _, in := range ins {
+		res.Ownership.add(in.Logs())
 	}
 	// An instance stopped while still starting (it took no partition
 	// before the others answered everything) may exit with an error: the

@@ -33,7 +33,10 @@
 // ratios: partitioned against etcd, partitioned with N instances against
 // 1, partitioned with 1 instance against unpartitioned (the changelog's
 // cost), bare against etcd and partitioned against bare (the broker's
-// ceiling); and what each flow stored on the broker per event. Progress goes to stderr. Clusters it started are stopped at the
+// ceiling); and what each flow stored on the broker per event. Progress goes to stderr,
+// with, after each partitioned run, what its instances logged of their
+// partitions until the last answer (Ownership: take-overs, owners that
+// lost their lease, partitions given back); -logs DIR keeps their logs. Clusters it started are stopped at the
 // end; exit code 1 on a failed run, 2 on bad flags.
 package main
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -213,8 +214,50 @@ func TestTinyRun(t *testing.T) {
 		if r.Seconds <= 0 || r.FirstSeconds <= 0 || r.FirstSeconds > r.Seconds || r.FlowrunCPU <= 0 {
 			t.Fatalf("run %+v: times or CPU not measured", r)
 		}
+		// Every partition was served, as flowrun's own log lines say.
+		if r.Flow == storePartitioned && r.Ownership.Serves < opts.Partitions {
+			t.Fatalf("run %+v: %d partitions served by the instances' logs, want at least %d", r, r.Ownership.Serves, opts.Partitions)
+		}
 	}
 	var out bytes.Buffer
 	rep.Print(&out)
 	t.Logf("\n%s", out.String())
+}
+
+func TestOwnershipCountsLogLines(t *testing.T) {
+	// Lines as connectors/kv/partitioned's runtime writes them through
+	// flowrun's text logger.
+	const (
+		serve = `time=2026-12-04T17:40:00.000Z level=INFO msg="partitioned: serving a partition" group=g instance=i1 partition=3 epoch=%d restored_records=0`
+		lost  = `time=2026-12-04T17:40:01.000Z level=WARN msg="partitioned: partition stopped" group=g instance=i1 partition=3 error="lease \"p.003\": lease lost: deadline passed without a renewal"`
+		store = `time=2026-12-04T17:40:01.000Z level=WARN msg="partitioned: partition stopped" group=g instance=i1 partition=4 error="partition 4: the store failed: disk full"`
+		late  = `time=2026-12-04T17:40:02.000Z level=WARN msg="partitioned: the take-over of a partition outlived its lease, starting it again" group=g partition=5 epoch=40`
+		back  = `time=2026-12-04T17:40:03.000Z level=INFO msg="partitioned: giving a partition back" group=g instance=i1 partition=11 members=2 aim=6`
+		other = `time=2026-12-04T17:40:04.000Z level=INFO msg="flow started" epoch=999`
+	)
+	tests := []struct {
+		name string
+		logs []string // one per instance
+		want Ownership
+	}{
+		{name: "empty", logs: []string{""}, want: Ownership{}},
+		{name: "one serve", logs: []string{fmt.Sprintf(serve, 7)}, want: Ownership{Serves: 1, MaxEpoch: 7}},
+		{name: "losses and take-overs over instances",
+			logs: []string{
+				strings.Join([]string{fmt.Sprintf(serve, 7), lost, fmt.Sprintf(serve, 300), store, other}, "\n") + "\n",
+				strings.Join([]string{fmt.Sprintf(serve, 12), late, back}, "\n"),
+			},
+			want: Ownership{Serves: 3, MaxEpoch: 300, Stops: 2, LeaseLost: 1, Overdue: 1, GiveBacks: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var o Ownership
+			for _, l := range tt.logs {
+				o.add(l)
+			}
+			if o != tt.want {
+				t.Errorf("got %+v, want %+v", o, tt.want)
+			}
+		})
+	}
 }

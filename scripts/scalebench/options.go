@@ -76,6 +76,10 @@ type Options struct {
 	// writes a CPU profile of its run (flowrun run --cpuprofile), named
 	// by its flow and instance: sbXXXXr1p1-i1.prof.
 	CPUProfiles string
+	// Logs, when set, is a directory where each flowrun instance's
+	// stderr is kept once its run ends, named as the CPU profiles:
+	// sbXXXXr1p1-i1.log.
+	Logs string
 
 	// Set by the command once the clusters are up: their URLs and the
 	// servers' pids (whose CPU is reported; none: not reported).
@@ -171,6 +175,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.EtcdBase, "etcd-base", o.EtcdBase, "port base of the etcd cluster (FLOWRUN_ETCD_PORT_BASE of scripts/etcd-cluster.sh)")
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	fs.StringVar(&o.CPUProfiles, "cpuprofiles", "", "write each flowrun instance's CPU profile to `DIR` (flowrun run --cpuprofile)")
+	fs.StringVar(&o.Logs, "logs", "", "keep each flowrun instance's stderr in `DIR`")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

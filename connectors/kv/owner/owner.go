@@ -299,8 +299,16 @@ func acquire(ctx context.Context, opts Options) (*lease.Lease, error) {
 	}
 }
 
-// keep renews l every RenewEvery until ctx is done, and cancels with the
-// reason once the lease is lost or its deadline passes.
+// keep renews l at once and then every RenewEvery until ctx is done, and
+// cancels with the reason once the lease is lost or its deadline passes.
+//
+// The first renewal is made at once because the take-over (fence and
+// restore) renews nothing: the lease's deadline still counts from its
+// acquisition. Waiting RenewEvery after a take-over of T left
+// TTL − Margin − T − RenewEvery for the first renewal; in scalebench runs
+// on a loaded machine (docs/scaling.md) take-overs of 1.5-2.5 s left
+// under a second, and owners lost partitions they had just taken, took
+// them again (256 more fence messages each) and lost them again.
 func keep(ctx context.Context, l *lease.Lease, opts Options, cancel context.CancelCauseFunc) {
 	every := opts.RenewEvery
 	if every <= 0 {
@@ -309,29 +317,28 @@ func keep(ctx context.Context, l *lease.Lease, opts Options, cancel context.Canc
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
+		if opts.renewalsPaused == nil || !opts.renewalsPaused() {
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			err := l.Renew(rctx)
+			rcancel()
+			if err != nil {
+				if lerr := l.Err(); lerr != nil {
+					cancel(lerr)
+					return
+				}
+				if errors.Is(err, lease.ErrLost) {
+					cancel(err)
+					return
+				}
+				// Unreachable: try again at the next tick, until the
+				// deadline.
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if opts.renewalsPaused != nil && opts.renewalsPaused() {
-			continue
-		}
-		rctx, rcancel := context.WithTimeout(ctx, every)
-		err := l.Renew(rctx)
-		rcancel()
-		if err == nil {
-			continue
-		}
-		if lerr := l.Err(); lerr != nil {
-			cancel(lerr)
-			return
-		}
-		if errors.Is(err, lease.ErrLost) {
-			cancel(err)
-			return
-		}
-		// Unreachable: try again at the next tick, until the deadline.
 	}
 }
 

@@ -294,6 +294,52 @@ func TestServingStopsWhenTheLeaseIsLost(t *testing.T) {
 	}
 }
 
+// TestLeaseRenewedAtOnceAfterASlowTakeOver: the take-over renews
+// nothing, so an owner whose take-over took most of the lease's deadline
+// renews as soon as it serves, not a renew interval later: with a TTL of
+// 12 s (deadline 10.8 s, renew interval 4 s) and a take-over of more
+// than 7.5 s, a first renewal 4 s after it would find the lease lost.
+// The owner keeps serving past the deadline of its acquisition and past
+// the time such a first renewal would come (acquisition + 7.5 s + the
+// fence and restore + 4 s).
+func TestLeaseRenewedAtOnceAfterASlowTakeOver(t *testing.T) {
+	log, _ := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	js := natstest.JetStream(t)
+	stream := natstest.Name("ownerslow")
+	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), stream) })
+	table, err := lease.Open(ctx, js, stream, "a", lease.Options{TTL: 12 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acquiredAt, servedAt time.Time
+	err = Run(ctx, Options{
+		Dir: filepath.Join(t.TempDir(), "p"), Log: log, Leases: table, Lease: "p.004",
+		Acquired: func(uint64) {
+			acquiredAt = time.Now()
+			time.Sleep(7500 * time.Millisecond) // a slow fence and restore
+		},
+	}, func(sctx context.Context, b kv.Backend, _ Restored) error {
+		servedAt = time.Now()
+		// Serve until past the acquisition's deadline (10.8 s) and a
+		// first renewal a renew interval after the take-over (11.5 s
+		// and more).
+		select {
+		case <-sctx.Done():
+			return fmt.Errorf("serving stopped %v after the acquisition: %w", time.Since(acquiredAt).Round(time.Millisecond), context.Cause(sctx))
+		case <-time.After(time.Until(acquiredAt.Add(16 * time.Second))):
+			return nil
+		}
+	})
+	if servedAt.IsZero() && errors.Is(err, lease.ErrLost) {
+		t.Skipf("the fence and restore alone outlasted the lease's deadline on this machine: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("Run: %v, want the owner still serving 16 s after acquiring its lease", err)
+	}
+}
+
 // TestOwnerCheckpoints: an owner with a small CheckpointEvery writes
 // checkpoints as it goes and purges the log; a new owner on a fresh
 // directory restores from the latest checkpoint and the log after it.
