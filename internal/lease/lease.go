@@ -165,10 +165,11 @@ type Table struct {
 
 	mu   sync.Mutex
 	seen map[string]observation
-	// casMu makes the table's writes one at a time; chain is what they
-	// know of the stream (see cas).
-	casMu sync.Mutex
-	chain chain
+	// casTurn makes the table's writes one at a time (a write holds its
+	// one slot; a write whose context ends while it waits gives up);
+	// chain is what they know of the stream (see cas).
+	casTurn chan struct{}
+	chain   chain
 	// reads and writes count the stream info reads and the publishes
 	// (tests).
 	reads, writes atomic.Int64
@@ -233,7 +234,8 @@ func Open(ctx context.Context, js jetstream.JetStream, stream, holder string, op
 	if err != nil {
 		return nil, err
 	}
-	return &Table{stream: s, js: js, prefix: prefix, holder: holder, opts: opts, val: val, seen: map[string]observation{}}, nil
+	return &Table{stream: s, js: js, prefix: prefix, holder: holder, opts: opts, val: val, seen: map[string]observation{},
+		casTurn: make(chan struct{}, 1)}, nil
 }
 
 // checkName refuses lease names that are not subject tokens.
@@ -296,8 +298,12 @@ func (t *Table) revision(ctx context.Context, name string) (uint64, error) {
 // of writes wrote name at expect, the publish is the whole
 // compare-and-set.
 func (t *Table) cas(ctx context.Context, name string, expect uint64, data []byte) (uint64, error) {
-	t.casMu.Lock()
-	defer t.casMu.Unlock()
+	select {
+	case t.casTurn <- struct{}{}:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("lease %q: waiting for the table's other writes: %w", name, ctx.Err())
+	}
+	defer func() { <-t.casTurn }()
 	for attempt := 0; attempt < casAttempts; attempt++ {
 		// last is the stream's last sequence as of a moment before the
 		// lease's revision is known: the table's own last write's when

@@ -396,3 +396,25 @@ func TestConcurrentRenewalsWriteOnceEach(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteWaitingForItsTurnGivesUp: a renewal waiting behind another
+// write of its table gives up when its context ends, leaving the lease
+// valid until its deadline, instead of waiting on past it.
+func TestWriteWaitingForItsTurnGivesUp(t *testing.T) {
+	clock := newFakeClock()
+	a := tables(t, clock, "a")[0]
+	l := mustAcquire(t, a, "turn")
+	a.casTurn <- struct{}{} // another write holds the turn
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := l.Renew(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Renew waiting for its turn = %v, want the context's deadline", err)
+	}
+	if !l.Valid() {
+		t.Fatal("a renewal that gave up lost the lease")
+	}
+	<-a.casTurn
+	if err := l.Renew(testContext(t)); err != nil {
+		t.Fatalf("Renew once the turn is free: %v", err)
+	}
+}
