@@ -78,10 +78,12 @@ const (
 	// at once (one flushing).
 	DefaultMemTableBytes = 16 << 20
 	// DefaultPaceWork and DefaultPaceRest are how a store paces Pebble's
-	// flushes and compactions (Options.Pace): half a processor each at
-	// most, in stretches of 2 ms.
-	DefaultPaceWork = 2 * time.Millisecond
-	DefaultPaceRest = 2 * time.Millisecond
+	// flushes and compactions (Options.Pace): not at all. Pacing at 2 ms of
+	// work and 2 ms of rest took a quarter off the p99 of puts at half the
+	// saturated rate on 2 cores, but made that of increments and replay's
+	// time worse (docs/performance.md, "Pacing the background work").
+	DefaultPaceWork               = 2 * time.Millisecond
+	DefaultPaceRest time.Duration = 0
 	// DefaultRowCacheBytes is the row cache size: at about 300 bytes per
 	// entry of a 100-byte value it holds roughly a hundred thousand hot
 	// keys, for a fixed 32 MiB of memory.
@@ -139,7 +141,7 @@ type Options struct {
 	// flushes and compactions takes while writing its sstables (pace.go),
 	// so that the flow keeps processors while they run: what decides the
 	// tail latency of a load below saturation on a machine of few cores.
-	// Default: DefaultPaceWork and DefaultPaceRest.
+	// Default: DefaultPaceWork and DefaultPaceRest, no pacing.
 	Pace Pace
 	// NoPace turns pacing off (Pace is then ignored).
 	NoPace bool
