@@ -234,7 +234,7 @@ func metaFromMetadata(check *ijson.Checker, md message.Metadata, uuid string) ([
 		}
 		start := len(vals)
 		trimmed := strings.TrimSpace(v)
-		asJSON := marked && listed(jsonKeys, k) || !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "["))
+		asJSON := marked && Listed(jsonKeys, k) || !marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "["))
 		if asJSON {
 			vals = append(vals, trimmed...)
 			rep, err := check.Check(vals[start:], "meta."+name)
@@ -285,9 +285,10 @@ type metaField struct {
 	start, end int // the value's JSON text in metaFromMetadata's vals
 }
 
-// listed tells whether the comma-separated list (JSONKeysKey's value)
-// names key, ignoring the spaces around each name.
-func listed(list, key string) bool {
+// Listed tells whether the comma-separated list (JSONKeysKey's value)
+// names key, ignoring the spaces around each name, as ToEvent reads it.
+// Connectors that make events in one pass call it to read the list alike.
+func Listed(list, key string) bool {
 	for list != "" {
 		name, rest, _ := strings.Cut(list, ",")
 		if strings.TrimSpace(name) == key {

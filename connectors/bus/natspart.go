@@ -376,7 +376,7 @@ func setPartitionMeta(wm *message.Message, p int, seq uint64, subjectJSON []byte
 	b = append(b, subjectJSON...)
 	b = append(b, '}')
 	wm.Metadata.Set(NATSMeta, string(b))
-	if keys, marked := wm.Metadata[JSONKeysKey]; marked && !listed(keys, NATSMeta) {
+	if keys, marked := wm.Metadata[JSONKeysKey]; marked && !Listed(keys, NATSMeta) {
 		if keys != "" {
 			keys += ","
 		}

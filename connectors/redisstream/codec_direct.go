@@ -130,7 +130,7 @@ func (d *decoder) direct(x redis.XMessage) (pipeline.Event, bool) {
 			return pipeline.Event{}, false
 		}
 		trimmed := strings.TrimSpace(f.text)
-		asJSON := marked && listed(jsonKeys, f.key) ||
+		asJSON := marked && bus.Listed(jsonKeys, f.key) ||
 			!marked && (strings.HasPrefix(trimmed, "{") || strings.HasPrefix(trimmed, "["))
 		if asJSON {
 			rep, err := d.check.Check(stringBytes(trimmed), "")
@@ -177,20 +177,6 @@ func putField(fields []entryField, f entryField) []entryField {
 		}
 	}
 	return append(fields, f)
-}
-
-// listed tells whether the comma-separated list (bus.JSONKeysKey's value)
-// names key, ignoring the spaces around each name, as bus.ToEvent reads
-// it.
-func listed(list, key string) bool {
-	for list != "" {
-		name, rest, _ := strings.Cut(list, ",")
-		if strings.TrimSpace(name) == key {
-			return true
-		}
-		list = rest
-	}
-	return false
 }
 
 // metaObject returns the meta object of fields, sorted by key as
