@@ -18,6 +18,8 @@ func BenchmarkDecodeEvent(b *testing.B) {
 		{"put", pipeline.Event{Meta: []byte(`{"kv":{"put":"k0000012345"}}`), Data: value}},
 		{"increment", pipeline.Event{Meta: []byte(`{"kv":{"increment":"k0000012345","by":1}}`)}},
 		{"get_correlation", pipeline.Event{Meta: []byte(`{"kv":{"get":"k0000012345"},"correlation":"req-000123"}`)}},
+		// As a bus source makes it: the message's meta, sorted, around kv.
+		{"put_bus", pipeline.Event{Meta: []byte(`{"correlation":"m-123","delivery_count":1,"kv":{"put":"k0000012345"},"message_id":"1733333333333-0","stream":"in"}`), Data: value}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			c := &Connector{}

@@ -9,22 +9,25 @@ import (
 )
 
 // decodeSimple decodes, without parsing the meta as a whole, the commands
-// most events carry: exactly
+// most events carry: a meta object whose "kv" member is exactly
 //
-//	{"kv":{"<op>":"<key>"}}            op: get, exists, delete, put
-//	{"kv":{"increment":"<key>"}}
-//	{"kv":{"increment":"<key>","by":<integer of at most 18 digits>}}
+//	{"<op>":"<key>"}            op: get, exists, delete, put
+//	{"increment":"<key>"}
+//	{"increment":"<key>","by":<integer of at most 18 digits>}
 //
-// with nothing else in the meta but, last, a "correlation" (any valid
-// JSON value not starting or ending with whitespace), no whitespace
-// elsewhere, and a key of printable ASCII without quote or backslash within
-// Options.MaxKeyLength. Such a meta is valid JSON, and decodes to exactly
-// the command and correlation the general path (decodeEvent) would give,
-// which
-// TestDecodeSimpleMatchesGeneral and FuzzDecodeSimple check. For anything
-// else, including every input the general path would refuse, ok is false
-// and the caller takes the general path. Options.IdemFrom,
-// Options.InputFrom and Options.Result need the general path.
+// beside any other members, such as the "correlation" (any valid JSON
+// value) and what a bus source adds (message_id, stream, delivery_count,
+// ...): no whitespace between the meta's own members, member names of
+// printable ASCII without quote or backslash, each member's value valid
+// JSON not starting or ending with whitespace, and a key of printable
+// ASCII without quote or backslash within Options.MaxKeyLength. Such a
+// meta is valid JSON, and decodes to exactly the command and correlation
+// the general path (decodeEvent) would give, the first "kv" and the first
+// "correlation" as gjson finds them, which TestDecodeSimpleMatchesGeneral
+// and FuzzDecodeSimple check. For anything else, including every input
+// the general path would refuse, ok is false and the caller takes the
+// general path. Options.IdemFrom, Options.InputFrom and Options.Result
+// need the general path.
 //
 // The command is decoded into *cmd, which is cleared first: a command is
 // a few hundred bytes, holding pointers, and returning it by value cost a
@@ -35,58 +38,43 @@ func (c *Connector) decodeSimple(ev pipeline.Event, cmd *command) (corr corrRef,
 	}
 	*cmd = command{}
 	m := ev.Meta
-	rest, found := bytes.CutPrefix(m, []byte(`{"kv":{"`))
-	if !found {
+	if len(m) < 2 || m[0] != '{' || m[len(m)-1] != '}' {
 		return corrRef{}, false
 	}
-	name, rest, found := bytes.Cut(rest, []byte(`":"`))
-	if !found {
-		return corrRef{}, false
-	}
-	switch string(name) {
-	case "get":
-		cmd.op = opGet
-	case "exists":
-		cmd.op = opExists
-	case "delete":
-		cmd.op = opDelete
-	case "put":
-		cmd.op = opPut
-	case "increment":
-		cmd.op = opIncrement
-	default:
-		return corrRef{}, false
-	}
-	n := 0
-	for n < len(rest) && rest[n] >= 0x20 && rest[n] < 0x7f && rest[n] != '"' && rest[n] != '\\' {
-		n++
-	}
-	if n == 0 || n > c.opts.MaxKeyLength || n == len(rest) || rest[n] != '"' {
-		return corrRef{}, false
-	}
-	cmd.key, cmd.hasKey = bytesString(rest[:n]), true
-	rest = rest[n+1:]
-	cmd.limit, cmd.byInt = c.opts.MaxScan, 1 // the general path's defaults
-	if cmd.op == opIncrement {
-		if after, found := bytes.CutPrefix(rest, []byte(`,"by":`)); found {
-			by, used, isInt := simpleInt(after)
-			if !isInt {
-				return corrRef{}, false
-			}
-			cmd.byInt, rest = by, after[used:]
-		}
-	}
+	seenKV := false
 	corr.known = true
-	switch {
-	case string(rest) == "}}":
-	case bytes.HasPrefix(rest, []byte(`},"correlation":`)) && rest[len(rest)-1] == '}':
-		v := rest[len(`},"correlation":`) : len(rest)-1]
-		if len(v) == 0 || isSpace(v[0]) || isSpace(v[len(v)-1]) || !gjson.ValidBytes(v) {
+	for rest := m[1:]; ; {
+		name, v, ok := memberName(rest)
+		if !ok {
 			return corrRef{}, false
 		}
-		corr.raw = v[:len(v):len(v)]
-	default:
-		return corrRef{}, false
+		var n int
+		switch {
+		case name == "kv" && !seenKV:
+			n, seenKV = c.simpleKV(v, cmd), true
+		case name == "correlation" && corr.raw == nil:
+			if n = valueEnd(v); n > 0 && gjson.ValidBytes(v[:n]) {
+				corr.raw = v[:n:n]
+			} else {
+				n = 0
+			}
+		default:
+			// A later "kv" or "correlation" too: the general path ignores
+			// it, but refuses the meta if it is not valid JSON.
+			if n = valueEnd(v); n > 0 && !gjson.ValidBytes(v[:n]) {
+				n = 0
+			}
+		}
+		if n == 0 || n >= len(v) {
+			return corrRef{}, false
+		}
+		if next := v[n:]; next[0] == ',' {
+			rest = next[1:]
+			continue
+		} else if len(next) != 1 || !seenKV { // one byte left: m's closing brace
+			return corrRef{}, false
+		}
+		break
 	}
 	if cmd.op == opPut {
 		// As the general path reads the data; it reports what is wrong.
@@ -100,6 +88,112 @@ func (c *Connector) decodeSimple(ev pipeline.Event, cmd *command) (corr corrRef,
 		cmd.value = v
 	}
 	return corr, true
+}
+
+// memberName reads the name of an object's member at the start of b,
+// "<name>":, printable ASCII without quote or backslash and no whitespace
+// before the colon, and returns it and the bytes after the colon.
+func memberName(b []byte) (name string, rest []byte, ok bool) {
+	if len(b) == 0 || b[0] != '"' {
+		return "", nil, false
+	}
+	n := 1
+	for n < len(b) && b[n] >= 0x20 && b[n] < 0x7f && b[n] != '"' && b[n] != '\\' {
+		n++
+	}
+	if n+1 >= len(b) || b[n] != '"' || b[n+1] != ':' {
+		return "", nil, false
+	}
+	return bytesString(b[1:n]), b[n+2:], true
+}
+
+// valueEnd returns the length of the JSON value at the start of b, judged
+// by its brackets and strings only (the caller validates it), or 0 when b
+// does not start with a value that ends before b does. A scalar other
+// than a string runs up to the next comma, closing bracket or whitespace.
+func valueEnd(b []byte) int {
+	depth := 0
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '"':
+			for i++; i < len(b) && b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					i++
+				}
+			}
+			if i >= len(b) {
+				return 0
+			}
+			if depth == 0 {
+				return i + 1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			if depth--; depth == 0 {
+				return i + 1
+			}
+		case ',', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return 0
+}
+
+// simpleKV decodes the value of meta's "kv" member at the start of v into
+// cmd when it is one of the shapes decodeSimple takes, and returns its
+// length; 0 when it is not.
+func (c *Connector) simpleKV(v []byte, cmd *command) int {
+	rest, found := bytes.CutPrefix(v, []byte(`{"`))
+	if !found {
+		return 0
+	}
+	name, rest, found := bytes.Cut(rest, []byte(`":"`))
+	if !found {
+		return 0
+	}
+	switch string(name) {
+	case "get":
+		cmd.op = opGet
+	case "exists":
+		cmd.op = opExists
+	case "delete":
+		cmd.op = opDelete
+	case "put":
+		cmd.op = opPut
+	case "increment":
+		cmd.op = opIncrement
+	default:
+		return 0
+	}
+	n := 0
+	for n < len(rest) && rest[n] >= 0x20 && rest[n] < 0x7f && rest[n] != '"' && rest[n] != '\\' {
+		n++
+	}
+	if n == 0 || n > c.opts.MaxKeyLength || n == len(rest) || rest[n] != '"' {
+		return 0
+	}
+	cmd.key, cmd.hasKey = bytesString(rest[:n]), true
+	rest = rest[n+1:]
+	cmd.limit, cmd.byInt = c.opts.MaxScan, 1 // the general path's defaults
+	if cmd.op == opIncrement {
+		if after, found := bytes.CutPrefix(rest, []byte(`,"by":`)); found {
+			by, used, isInt := simpleInt(after)
+			if !isInt {
+				return 0
+			}
+			cmd.byInt, rest = by, after[used:]
+		}
+	}
+	if len(rest) == 0 || rest[0] != '}' {
+		return 0
+	}
+	return len(v) - len(rest) + 1
 }
 
 // isSpace reports whether b is JSON whitespace.

@@ -82,11 +82,39 @@ func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 		{`{"kv":{"get":"a"},"correlation": 1}`, ``, false},
 		{`{"kv":{"get":"a"},"correlation":1 }`, ``, false},
 		{`{"kv":{"get":"a"},"correlation":}`, ``, false},
-		{`{"kv":{"get":"a"},"correlation":1,"x":2}`, ``, false},
-		{`{"kv":{"get":"a"},"correlation":{"a":1},"kv":{"get":"b"}}`, ``, false},
 		{`{"kv":{"get":"a"},"correlation":[1}`, ``, false},
 		{`{"kv":{"get":"a"},"correlation":1}}`, ``, false},
-		{`{"kv":{"get":"a"},"other":1}`, ``, false},
+		// Other members beside kv, as a bus source's meta has them.
+		{`{"kv":{"get":"a"},"correlation":1,"x":2}`, ``, true},
+		{`{"kv":{"get":"a"},"other":1}`, ``, true},
+		{`{"correlation":"m-1","delivery_count":1,"kv":{"put":"p/1"},"message_id":"1-0","stream":"in"}`, `{"i":1}`, true},
+		{`{"a":{"b":["}",{"c":"]"}],"d":"\"{"},"kv":{"increment":"n","by":3},"z":null}`, ``, true},
+		{`{"a":true,"b":false,"c":-1.5e3,"kv":{"get":"a"}}`, ``, true},
+		// The first kv and the first correlation count, as gjson finds them.
+		{`{"kv":{"get":"a"},"correlation":{"a":1},"kv":{"get":"b"}}`, ``, true},
+		{`{"correlation":1,"kv":{"get":"a"},"correlation":2}`, ``, true},
+		{`{"kv":{"get":"a"},"kv":{"scan":"b"}}`, ``, true},
+		{`{"kv":{"scan":"b"},"kv":{"get":"a"}}`, ``, false},
+		// Left to the general path: names with escapes (which may spell
+		// kv), whitespace between members, an invalid member anywhere.
+		{`{"k\u0076":{"get":"a"}}`, ``, false},
+		{`{"x\"":1,"kv":{"get":"a"}}`, ``, false},
+		{`{"correlation":1,"k\u0076":{"get":"b"},"kv":{"get":"a"}}`, ``, false},
+		{`{"kv":{"get":"a"}, "x":1}`, ``, false},
+		{`{"kv":{"get":"a"},"x" :1}`, ``, false},
+		{`{"kv":{"get":"a"},"x":1 }`, ``, false},
+		{`{ "kv":{"get":"a"}}`, ``, false},
+		{`{"kv":{"get":"a"},"x":tru}`, ``, false},
+		{`{"kv":{"get":"a"},"x":"a\nb\u00e9"}`, ``, true},
+		{`{"kv":{"get":"a"},"x":"a` + "\n" + `b"}`, ``, false},
+		{`{"kv":{"get":"a"},"x":"a` + "\x01" + `"}`, ``, false},
+		{`{"kv":{"get":"a"},"x":[1,}`, ``, false},
+		{`{"kv":{"get":"a"},"x":{"y":1}}}`, ``, false},
+		{`{"kv":{"get":"a"},"x":"}`, ``, false},
+		{`{"kv":{"get":"a"},}`, ``, false},
+		{`{"kv":{"get":"a"},"x"}`, ``, false},
+		{`{"x":1}`, ``, false},
+		{`{}`, ``, false},
 		{`{"kv":{"get":"a","default":1}}`, ``, false},
 		{`{"kv": {"get":"a"}}`, ``, false},
 		{`{"kv":{"touch":"a"}}`, ``, false},
@@ -119,7 +147,8 @@ func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 }
 
 func FuzzDecodeSimple(f *testing.F) {
-	for _, s := range []string{`{"kv":{"get":"k1"}}`, `{"kv":{"increment":"k1","by":-7}}`, `{"kv":{"put":"a"}}`, `{"kv":{"get":"k1"},"correlation":{"a":[1]}}`} {
+	for _, s := range []string{`{"kv":{"get":"k1"}}`, `{"kv":{"increment":"k1","by":-7}}`, `{"kv":{"put":"a"}}`, `{"kv":{"get":"k1"},"correlation":{"a":[1]}}`,
+		`{"correlation":"m-1","delivery_count":1,"kv":{"put":"p/1"},"message_id":"1-0","stream":"in"}`, `{"a":["}",{"b":"\\"}],"kv":{"get":"x"},"kv":1}`} {
 		f.Add([]byte(s), []byte(`"v"`))
 	}
 	c := newDecodeConnector(Options{MaxKeyLength: 16})
