@@ -26,14 +26,20 @@ import (
 // "correlation" as gjson finds them, which TestDecodeSimpleMatchesGeneral
 // and FuzzDecodeSimple check. For anything else, including every input
 // the general path would refuse, ok is false and the caller takes the
-// general path. Options.IdemFrom, Options.InputFrom and Options.Result
-// need the general path.
+// general path. Options.InputFrom and Options.Result need the general
+// path, and so does an Options.IdemFrom other than a plain member name
+// (letters, digits, underscores; not kv or correlation): with one, a
+// command that writes takes its idempotency key from the first member of
+// that name, a string of printable ASCII without escapes within
+// Options.MaxKeyLength.
 //
 // The command is decoded into *cmd, which is cleared first: a command is
 // a few hundred bytes, holding pointers, and returning it by value cost a
 // copy, with write barriers while the collector marks, for every event.
 func (c *Connector) decodeSimple(ev pipeline.Event, cmd *command) (corr corrRef, ok bool) {
-	if c.opts.IdemFrom != "" || c.opts.InputFrom != "" || c.result != nil {
+	idemFrom := c.opts.IdemFrom
+	if idemFrom != "" && (!plainName(idemFrom) || idemFrom == "kv" || idemFrom == "correlation") ||
+		c.opts.InputFrom != "" || c.result != nil {
 		return corrRef{}, false
 	}
 	*cmd = command{}
@@ -41,7 +47,8 @@ func (c *Connector) decodeSimple(ev pipeline.Event, cmd *command) (corr corrRef,
 	if len(m) < 2 || m[0] != '{' || m[len(m)-1] != '}' {
 		return corrRef{}, false
 	}
-	seenKV := false
+	seenKV, seenIdem := false, false
+	var idem []byte
 	corr.known = true
 	for rest := m[1:]; ; {
 		name, v, ok := memberName(rest)
@@ -52,6 +59,15 @@ func (c *Connector) decodeSimple(ev pipeline.Event, cmd *command) (corr corrRef,
 		switch {
 		case name == "kv" && !seenKV:
 			n, seenKV = c.simpleKV(v, cmd), true
+		case idemFrom != "" && name == idemFrom && !seenIdem:
+			// The idempotency key, when a command that writes needs it:
+			// a plain string only, as a command's key.
+			n, seenIdem = plainString(v), true
+			if n > 0 {
+				idem = v[1 : n-1]
+			} else if n = valueEnd(v); n > 0 && !gjson.ValidBytes(v[:n]) {
+				n = 0
+			}
 		case name == "correlation" && corr.raw == nil:
 			if n = valueEnd(v); n > 0 && gjson.ValidBytes(v[:n]) {
 				corr.raw = v[:n:n]
@@ -75,6 +91,14 @@ func (c *Connector) decodeSimple(ev pipeline.Event, cmd *command) (corr corrRef,
 			return corrRef{}, false
 		}
 		break
+	}
+	if idemFrom != "" && cmd.op.writes() {
+		// The general path takes the first member named idemFrom and
+		// refuses a missing, empty or non-string one, or one too long.
+		if len(idem) == 0 || len(idem) > c.opts.MaxKeyLength {
+			return corrRef{}, false
+		}
+		cmd.idem = bytesString(idem)
 	}
 	if cmd.op == opPut {
 		// As the general path reads the data; it reports what is wrong.
@@ -105,6 +129,34 @@ func memberName(b []byte) (name string, rest []byte, ok bool) {
 		return "", nil, false
 	}
 	return bytesString(b[1:n]), b[n+2:], true
+}
+
+// plainName reports whether the gjson path s names one member of the
+// top level, as it is: letters, digits and underscores only.
+func plainName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// plainString returns the length of the JSON string at the start of b,
+// quotes included, when it holds printable ASCII only, without escapes;
+// 0 otherwise.
+func plainString(b []byte) int {
+	if len(b) == 0 || b[0] != '"' {
+		return 0
+	}
+	n := 1
+	for n < len(b) && b[n] >= 0x20 && b[n] < 0x7f && b[n] != '"' && b[n] != '\\' {
+		n++
+	}
+	if n == len(b) || b[n] != '"' {
+		return 0
+	}
+	return n + 1
 }
 
 // valueEnd returns the length of the JSON value at the start of b, judged

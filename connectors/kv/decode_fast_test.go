@@ -137,12 +137,60 @@ func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 		checkDecodeSimple(t, c, pipeline.Event{Meta: []byte(tc.meta), Data: data}, want)
 	}
 	// Options that need the general path.
-	ev := pipeline.Event{Meta: []byte(`{"kv":{"put":"k1"}}`), Data: []byte(`1`)}
-	for name, opts := range map[string]Options{"idem_from": {IdemFrom: "id"}} {
+	ev := pipeline.Event{Meta: []byte(`{"kv":{"put":"k1"},"id":"a","x.y":"b","correlation":"c"}`), Data: []byte(`1`)}
+	for name, opts := range map[string]Options{
+		"idem_from missing":     {IdemFrom: "none"},
+		"idem_from a path":      {IdemFrom: "x.y"},
+		"idem_from correlation": {IdemFrom: "correlation"},
+		"input_from":            {InputFrom: "id"},
+	} {
 		var cmd command
 		if _, ok := newDecodeConnector(opts).decodeSimple(ev, &cmd); ok {
 			t.Errorf("%s: simple path taken", name)
 		}
+	}
+}
+
+// TestDecodeSimpleIdemFrom: with idem_from naming a member, the simple
+// path takes a command that writes only with that member a plain string,
+// and then the same idempotency key as the general path.
+func TestDecodeSimpleIdemFrom(t *testing.T) {
+	c := newDecodeConnector(Options{IdemFrom: "message_id", MaxKeyLength: 20})
+	yes, no := true, false
+	for _, tc := range []struct {
+		meta, data string
+		simple     bool
+	}{
+		{`{"delivery_count":1,"kv":{"put":"p/1"},"message_id":"in:7","stream":"in"}`, `1`, true},
+		{`{"kv":{"increment":"n","by":2},"message_id":"m-1"}`, ``, true},
+		{`{"message_id":"m-1","kv":{"delete":"n"}}`, ``, true},
+		{`{"message_id":"m-1","kv":{"get":"n"},"message_id":"m-2"}`, ``, true},
+		{`{"message_id":"m-1","kv":{"put":"n"},"message_id":"m-2"}`, `1`, true},
+		// Reads need no idempotency key.
+		{`{"kv":{"get":"n"}}`, ``, true},
+		{`{"kv":{"exists":"n"},"message_id":7}`, ``, true},
+		// Left to the general path, which refuses or unescapes them.
+		{`{"kv":{"put":"n"}}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":""}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":7}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":null}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":"a\u0062"}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":"é"}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":"` + strings.Repeat("m", 21) + `"}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":"` + strings.Repeat("m", 20) + `"}`, `1`, true},
+		{`{"kv":{"put":"n"},"message_id":"a`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":"a"x}`, `1`, false},
+		{`{"kv":{"put":"n"},"message_id":1x}`, `1`, false},
+	} {
+		want := &no
+		if tc.simple {
+			want = &yes
+		}
+		var data []byte
+		if tc.data != "" {
+			data = []byte(tc.data)
+		}
+		checkDecodeSimple(t, c, pipeline.Event{Meta: []byte(tc.meta), Data: data}, want)
 	}
 }
 
@@ -151,8 +199,11 @@ func FuzzDecodeSimple(f *testing.F) {
 		`{"correlation":"m-1","delivery_count":1,"kv":{"put":"p/1"},"message_id":"1-0","stream":"in"}`, `{"a":["}",{"b":"\\"}],"kv":{"get":"x"},"kv":1}`} {
 		f.Add([]byte(s), []byte(`"v"`))
 	}
+	f.Add([]byte(`{"kv":{"put":"p"},"message_id":"m-1"}`), []byte(`1`))
 	c := newDecodeConnector(Options{MaxKeyLength: 16})
+	idem := newDecodeConnector(Options{MaxKeyLength: 16, IdemFrom: "message_id"})
 	f.Fuzz(func(t *testing.T, meta, data []byte) {
 		checkDecodeSimple(t, c, pipeline.Event{Meta: meta, Data: data}, nil)
+		checkDecodeSimple(t, idem, pipeline.Event{Meta: meta, Data: data}, nil)
 	})
 }
