@@ -262,24 +262,49 @@ func ParseAnswer(m jetstream.Msg) (Answer, error) {
 
 // Reader reads the answers stream in order, each stored answer once.
 type Reader struct {
+	js      jetstream.JetStream
+	stream  string
 	cons    jetstream.Consumer
 	lastSeq uint64
+	// Restarts counts the consumers made again after a gap.
+	Restarts int
 }
 
 // NewReader returns a reader of the answers on subject out, from the
 // stream's first message.
 func NewReader(ctx context.Context, js jetstream.JetStream, out string) (*Reader, error) {
-	cons, err := js.OrderedConsumer(ctx, bus.StreamName(out), jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return nil, fmt.Errorf("answers of %s: %w", out, err)
+	r := &Reader{js: js, stream: bus.StreamName(out)}
+	if err := r.restart(ctx); err != nil {
+		return nil, err
 	}
-	return &Reader{cons: cons}, nil
+	return r, nil
+}
+
+// restart makes the reader's ordered consumer again, from the message
+// after the last one read.
+func (r *Reader) restart(ctx context.Context) error {
+	cfg := jetstream.OrderedConsumerConfig{}
+	if r.lastSeq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.lastSeq+1
+	}
+	cons, err := r.js.OrderedConsumer(ctx, r.stream, cfg)
+	if err != nil {
+		return fmt.Errorf("answers of %s: %w", r.stream, err)
+	}
+	r.cons = cons
+	return nil
 }
 
 // Fetch appends to dst the answers stored since the last call, up to max,
 // waiting at most wait for the first. A failed fetch (the cluster busy,
 // nothing within wait) returns its error and dst unchanged; an answer
 // that does not parse returns an error wrapping ErrBadAnswer.
+//
+// The answers stream is only appended to, so its sequence numbers follow
+// each other: a message past the next one expected means the consumer
+// skipped some (an ordered consumer made again while a node of the
+// cluster was down can), and the reader drops the rest of the batch and
+// reads again from the first one missing, with a new consumer.
 func (r *Reader) Fetch(dst []Answer, max int, wait time.Duration) ([]Answer, error) {
 	batch, err := r.cons.Fetch(max, jetstream.FetchMaxWait(wait))
 	if err != nil {
@@ -290,8 +315,16 @@ func (r *Reader) Fetch(dst []Answer, max int, wait time.Duration) ([]Answer, err
 		if err != nil {
 			return dst, err
 		}
-		if a.Seq <= r.lastSeq {
+		switch {
+		case a.Seq <= r.lastSeq:
 			continue // the ordered consumer delivered it again
+		case a.Seq > r.lastSeq+1:
+			for range batch.Messages() { // let the fetch end
+			}
+			r.Restarts++
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return dst, r.restart(ctx)
 		}
 		r.lastSeq = a.Seq
 		dst = append(dst, a)

@@ -218,6 +218,16 @@ func failover(t *testing.T, scenario string) {
 		mu.Lock()
 		snapshot := slices.Clone(answers)
 		mu.Unlock()
+		// Whether the answers missing are missing from the stream, or
+		// only from what the test read of it.
+		var readTo uint64
+		for _, a := range snapshot {
+			readTo = max(readTo, a.Seq)
+		}
+		if info, err := js.Stream(ctx, bus.StreamName(out)); err == nil {
+			st := info.CachedInfo().State
+			t.Logf("stall: answers stream holds %d messages, last %d; the test read %d of them, up to %d", st.Msgs, st.LastSeq, len(snapshot), readTo)
+		}
 		diagnoseStall(t, js, base, in, parts, snapshot, instances)
 		t.Errorf("no message answered for %v while waiting for %s: %d of %d answered", stallAfter, what, progress, n)
 		return true
@@ -316,6 +326,9 @@ func failover(t *testing.T, scenario string) {
 	stopReading()
 	if err := <-readDone; err != nil {
 		t.Fatal(err)
+	}
+	if reader.Restarts > 0 {
+		t.Logf("the answers' reader skipped messages and read again from the first one missing %d times", reader.Restarts)
 	}
 
 	mu.Lock()
