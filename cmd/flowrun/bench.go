@@ -18,37 +18,39 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 	"github.com/flowrun/flowrun/connectors/kv/kvbench"
 	"github.com/flowrun/flowrun/connectors/kv/pebblestore"
+	"github.com/flowrun/flowrun/pipeline"
 )
 
 type benchFlags struct {
-	workloads  []string
-	ops        int
-	keys       int
-	valueBytes int
-	batch      int
-	sync       bool
-	rowCache   int64
-	dir        string
-	json       bool
-	cpuprofile string
-	backend    string
-	endpoints  string
-	etcdReads  string
-	rounds     int
-	http       bool
-	httpEngine string
-	clients    int
-	rate       int
-	duration   time.Duration
-	tick       time.Duration
-	maxGroup   int
-	groupBuild time.Duration
-	paceWork   time.Duration
-	paceRest   time.Duration
-	sweepP99   time.Duration
-	peer       string
-	peerPort   int
-	peerConns  int
+	workloads   []string
+	ops         int
+	keys        int
+	valueBytes  int
+	batch       int
+	sync        bool
+	rowCache    int64
+	dir         string
+	json        bool
+	cpuprofile  string
+	backend     string
+	endpoints   string
+	etcdReads   string
+	rounds      int
+	http        bool
+	httpEngine  string
+	clients     int
+	rate        int
+	duration    time.Duration
+	tick        time.Duration
+	maxGroup    int
+	groupBuild  time.Duration
+	maxCoalesce int
+	paceWork    time.Duration
+	paceRest    time.Duration
+	sweepP99    time.Duration
+	peer        string
+	peerPort    int
+	peerConns   int
 }
 
 // benchPeerWorkloads are the workloads --peer redis runs by default: those
@@ -121,7 +123,8 @@ are 0); "flowrun_ops_per_s" is the achieved rate, and the JSON adds
 where "diag" breaks the latency down (docs/performance.md, Open loop): the
 generator's lag and the service time per event, commit groups, WAL fsyncs,
 Go scheduler latency, GC. --max-group and --max-group-build set the flowrun
-store's commit group bounds.
+store's commit group bounds, --max-coalesce the graph's merging of the
+slices queued for the kv node.
 With --sweep-p99 D, each workload is run open loop at rising rates from
 --rate (default 1000), doubling then bisecting, for --duration each, to find
 the highest rate whose p99 stays at most D (within 10%). Each trial is
@@ -202,6 +205,7 @@ request's scheduled time. One JSON object per workload:
 	fl.DurationVar(&f.tick, "tick", kvbench.DefaultTick, "--rate, --sweep-p99: shortest sleep of the open-loop source between emits; 0 wakes it for every event due")
 	fl.IntVar(&f.maxGroup, "max-group", pebblestore.DefaultMaxGroup, "most transactions in one commit group of the flowrun store")
 	fl.DurationVar(&f.groupBuild, "max-group-build", 0, "bound a commit group of the flowrun store by the time its writer spends building it (0: no bound), as the kv connector's max_group_build")
+	fl.IntVar(&f.maxCoalesce, "max-coalesce", pipeline.DefaultMaxCoalesce, "most events of the slices queued for the kv node merged into one call (the graph's coalescing; smaller: shorter waits for reads, smaller commit groups for writes)")
 	fl.DurationVar(&f.paceWork, "pace-work", pebblestore.DefaultPaceWork, "how long each flush or compaction of the flowrun store writes before it rests, as the kv connector's pace_work")
 	fl.DurationVar(&f.paceRest, "pace-rest", pebblestore.DefaultPaceRest, "how long each flush or compaction of the flowrun store then rests (0: no pacing), as the kv connector's pace_rest")
 	fl.DurationVar(&f.sweepP99, "sweep-p99", 0, "find the highest open-loop rate whose p99 latency stays at most this `bound` (e.g. 5ms)")
@@ -222,6 +226,9 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 	}
 	if f.maxGroup <= 0 || f.groupBuild < 0 {
 		return usageError{fmt.Errorf("--max-group (%d) must be positive and --max-group-build (%v) not negative", f.maxGroup, f.groupBuild)}
+	}
+	if f.maxCoalesce <= 0 {
+		return usageError{fmt.Errorf("--max-coalesce must be positive, got %d", f.maxCoalesce)}
 	}
 	if f.paceWork <= 0 || f.paceRest < 0 {
 		return usageError{fmt.Errorf("--pace-work (%v) must be positive and --pace-rest (%v) not negative", f.paceWork, f.paceRest)}
@@ -252,6 +259,7 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 		RowCacheBytes: f.rowCache,
 		MaxGroup:      f.maxGroup,
 		MaxGroupBuild: f.groupBuild,
+		MaxCoalesce:   f.maxCoalesce,
 		Pace:          pebblestore.Pace{Work: f.paceWork, Rest: f.paceRest},
 		NoPace:        f.paceRest == 0,
 	}

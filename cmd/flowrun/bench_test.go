@@ -128,6 +128,7 @@ func TestBenchPeerUsage(t *testing.T) {
 		{[]string{"bench", "--peer", "memcached"}, `unknown peer "memcached"`},
 		{[]string{"bench", "--peer", "redis", "--rate", "100"}, "closed loop only"},
 		{[]string{"bench", "--peer", "redis", "--peer-clients", "0"}, "--peer-clients must be positive"},
+		{[]string{"bench", "--max-coalesce", "0"}, "--max-coalesce must be positive"},
 		{[]string{"bench", "--peer", "redis", "--http"}, "--peer do not apply to --http"},
 	} {
 		code, _, stderr := runCLI(t, "", tc.args...)

@@ -93,7 +93,7 @@ func runFlowrunPart(ctx context.Context, cfg Config, workload string, store kv.B
 		close(f.preloaded)
 	}
 
-	g := pipeline.New(pipeline.Options{Logger: quiet})
+	g := pipeline.New(pipeline.Options{Logger: quiet, MaxCoalesce: cfg.MaxCoalesce})
 	steps := []error{
 		g.AddSource("gen", pipeline.SourceFunc(f.generate), pipeline.PortOut),
 		g.AddProcessor("kv", conn, kv.Ports()...), // the graph closes conn, and conn the store

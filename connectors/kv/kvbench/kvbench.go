@@ -149,6 +149,12 @@ type Config struct {
 	// a large group waits for the rest of it.
 	MaxGroup      int
 	MaxGroupBuild time.Duration
+	// MaxCoalesce bounds how many events of the slices queued for the
+	// kv node the graph merges into one Process call
+	// (pipeline.Options.MaxCoalesce): 0 for the graph's default (4096).
+	// Larger merges make larger commit groups when the node is behind;
+	// every event of a merge waits until the whole merge is processed.
+	MaxCoalesce int
 	// Pace paces the flowrun store's flushes and compactions
 	// (pebblestore.Options.Pace): the zero Pace for the store's default;
 	// NoPace turns pacing off.
@@ -262,8 +268,8 @@ func (c *Config) Validate() error {
 	if c.Rate < 0 {
 		return fmt.Errorf("%w: rate %d events/s is negative", ErrBadConfig, c.Rate)
 	}
-	if c.MaxGroup < 0 || c.MaxGroupBuild < 0 {
-		return fmt.Errorf("%w: max group %d and max group build %v must not be negative", ErrBadConfig, c.MaxGroup, c.MaxGroupBuild)
+	if c.MaxGroup < 0 || c.MaxGroupBuild < 0 || c.MaxCoalesce < 0 {
+		return fmt.Errorf("%w: max group %d, max group build %v and max coalesce %d must not be negative", ErrBadConfig, c.MaxGroup, c.MaxGroupBuild, c.MaxCoalesce)
 	}
 	switch c.Backend {
 	case BackendPebble:

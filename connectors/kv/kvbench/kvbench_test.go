@@ -121,6 +121,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{"unknown workload", Config{Workloads: []string{"put", "delete"}}},
 		{"tiny values", Config{ValueBytes: MinValueBytes - 1}},
 		{"too many keys", Config{Keys: maxKeys}},
+		{"negative max coalesce", Config{MaxCoalesce: -1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
