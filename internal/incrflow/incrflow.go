@@ -266,7 +266,12 @@ type Reader struct {
 	stream  string
 	cons    jetstream.Consumer
 	lastSeq uint64
-	// Restarts counts the consumers made again after a gap.
+	// fresh says the consumer was made again from lastSeq+1 and has
+	// delivered nothing since: a gap then is the stream's own (messages
+	// deleted), not one the consumer skipped.
+	fresh bool
+	// Restarts counts the consumers made again after a gap, or after a
+	// fetch that brought nothing while the stream held more.
 	Restarts int
 }
 
@@ -291,7 +296,7 @@ func (r *Reader) restart(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("answers of %s: %w", r.stream, err)
 	}
-	r.cons = cons
+	r.cons, r.fresh = cons, true
 	return nil
 }
 
@@ -304,13 +309,22 @@ func (r *Reader) restart(ctx context.Context) error {
 // each other: a message past the next one expected means the consumer
 // skipped some (an ordered consumer made again while a node of the
 // cluster was down can), and the reader drops the rest of the batch and
-// reads again from the first one missing, with a new consumer.
+// reads again from the first one missing, with a new consumer; so it does
+// after a fetch that brought nothing while the stream holds answers past
+// the last one read (see behind).
 func (r *Reader) Fetch(dst []Answer, max int, wait time.Duration) ([]Answer, error) {
 	batch, err := r.cons.Fetch(max, jetstream.FetchMaxWait(wait))
 	if err != nil {
-		return dst, err
+		return dst, r.behind(err)
 	}
+	got := 0
+	defer func() {
+		if got == 0 {
+			_ = r.behind(nil)
+		}
+	}()
 	for m := range batch.Messages() {
+		got++
 		a, err := ParseAnswer(m)
 		if err != nil {
 			return dst, err
@@ -318,7 +332,7 @@ func (r *Reader) Fetch(dst []Answer, max int, wait time.Duration) ([]Answer, err
 		switch {
 		case a.Seq <= r.lastSeq:
 			continue // the ordered consumer delivered it again
-		case a.Seq > r.lastSeq+1:
+		case a.Seq > r.lastSeq+1 && !r.fresh:
 			for range batch.Messages() { // let the fetch end
 			}
 			r.Restarts++
@@ -326,10 +340,27 @@ func (r *Reader) Fetch(dst []Answer, max int, wait time.Duration) ([]Answer, err
 			defer cancel()
 			return dst, r.restart(ctx)
 		}
-		r.lastSeq = a.Seq
+		r.lastSeq, r.fresh = a.Seq, false
 		dst = append(dst, a)
 	}
 	return dst, batch.Error()
+}
+
+// behind makes the consumer again when a fetch brought nothing (err, or
+// no message) while the stream holds answers past the last one read: an
+// ordered consumer whose server went away can stay silent. It returns err.
+func (r *Reader) behind(err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, serr := r.js.Stream(ctx, r.stream)
+	if serr != nil || st.CachedInfo().State.LastSeq <= r.lastSeq {
+		return err
+	}
+	r.Restarts++
+	if rerr := r.restart(ctx); rerr != nil && err == nil {
+		return rerr
+	}
+	return err
 }
 
 // LastSeq returns the stream sequence of the last answer read.
