@@ -15,6 +15,23 @@ func newDecodeConnector(opts Options) *Connector {
 	return c
 }
 
+// simpleCase is an event's meta and data, and whether decodeSimple takes
+// them.
+type simpleCase struct {
+	meta, data string
+	simple     bool
+}
+
+// checkSimpleCase runs checkDecodeSimple on tc.
+func checkSimpleCase(t *testing.T, c *Connector, tc simpleCase) {
+	t.Helper()
+	var data []byte
+	if tc.data != "" {
+		data = []byte(tc.data)
+	}
+	checkDecodeSimple(t, c, pipeline.Event{Meta: []byte(tc.meta), Data: data}, &tc.simple)
+}
+
 // checkDecodeSimple fails t when decodeSimple accepts ev and the general
 // path does not give the same command, or when it disagrees with wantOK.
 func checkDecodeSimple(t *testing.T, c *Connector, ev pipeline.Event, wantOK *bool) {
@@ -43,12 +60,8 @@ func checkDecodeSimple(t *testing.T, c *Connector, ev pipeline.Event, wantOK *bo
 
 func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 	c := newDecodeConnector(Options{MaxKeyLength: 20, MaxValueBytes: 50})
-	yes, no := true, false
 	long := strings.Repeat("k", 20)
-	for _, tc := range []struct {
-		meta, data string
-		simple     bool
-	}{
+	for _, tc := range []simpleCase{
 		{`{"kv":{"get":"k0000012345"}}`, ``, true},
 		{`{"kv":{"exists":"a b~"}}`, ``, true},
 		{`{"kv":{"delete":"x"}}`, ``, true},
@@ -126,15 +139,7 @@ func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 		{`{"kv":{"get":"a`, ``, false},
 		{``, ``, false},
 	} {
-		want := &no
-		if tc.simple {
-			want = &yes
-		}
-		var data []byte
-		if tc.data != "" {
-			data = []byte(tc.data)
-		}
-		checkDecodeSimple(t, c, pipeline.Event{Meta: []byte(tc.meta), Data: data}, want)
+		checkSimpleCase(t, c, tc)
 	}
 	// Options that need the general path.
 	ev := pipeline.Event{Meta: []byte(`{"kv":{"put":"k1"},"id":"a","x.y":"b","correlation":"c"}`), Data: []byte(`1`)}
@@ -156,11 +161,7 @@ func TestDecodeSimpleMatchesGeneral(t *testing.T) {
 // and then the same idempotency key as the general path.
 func TestDecodeSimpleIdemFrom(t *testing.T) {
 	c := newDecodeConnector(Options{IdemFrom: "message_id", MaxKeyLength: 20})
-	yes, no := true, false
-	for _, tc := range []struct {
-		meta, data string
-		simple     bool
-	}{
+	for _, tc := range []simpleCase{
 		{`{"delivery_count":1,"kv":{"put":"p/1"},"message_id":"in:7","stream":"in"}`, `1`, true},
 		{`{"kv":{"increment":"n","by":2},"message_id":"m-1"}`, ``, true},
 		{`{"message_id":"m-1","kv":{"delete":"n"}}`, ``, true},
@@ -182,15 +183,7 @@ func TestDecodeSimpleIdemFrom(t *testing.T) {
 		{`{"kv":{"put":"n"},"message_id":"a"x}`, `1`, false},
 		{`{"kv":{"put":"n"},"message_id":1x}`, `1`, false},
 	} {
-		want := &no
-		if tc.simple {
-			want = &yes
-		}
-		var data []byte
-		if tc.data != "" {
-			data = []byte(tc.data)
-		}
-		checkDecodeSimple(t, c, pipeline.Event{Meta: []byte(tc.meta), Data: data}, want)
+		checkSimpleCase(t, c, tc)
 	}
 }
 
