@@ -637,6 +637,17 @@ func (p *natsSinkPublisher) PublishBatch(topic string, msgs []*message.Message) 
 	marshaler := wmnats.NATSMarshaler{}
 	futures := make([]nats.PubAckFuture, 0, min(len(msgs), publishBatchChunk))
 	done := 0
+	// fail drops the futures still pending before returning err: an
+	// acknowledgement lost with the stream's leader (a node killed while
+	// the client stays connected to another) never comes, and the
+	// context keeps its future pending for ever; once publishBatchChunk
+	// are, every later publish stalls ("too many outstanding async
+	// published messages") and the sink never recovers. The caller
+	// publishes again from msgs[done:].
+	fail := func(err error) (int, error) {
+		js.CleanupPublisher()
+		return done, err
+	}
 	for done < len(msgs) {
 		chunk := msgs[done:min(len(msgs), done+publishBatchChunk)]
 		futures = futures[:0]
@@ -661,14 +672,14 @@ func (p *natsSinkPublisher) PublishBatch(topic string, msgs []*message.Message) 
 				continue
 			case err := <-f.Err():
 				timeout.Stop()
-				return done, err
+				return fail(err)
 			case <-timeout.C:
-				return done, fmt.Errorf("no acknowledgement within %s: %w", publishAckTimeout, nats.ErrTimeout)
+				return fail(fmt.Errorf("no acknowledgement within %s: %w", publishAckTimeout, nats.ErrTimeout))
 			}
 		}
 		timeout.Stop()
 		if sendErr != nil {
-			return done, sendErr
+			return fail(sendErr)
 		}
 	}
 	return done, nil

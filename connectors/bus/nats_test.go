@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	"github.com/tidwall/gjson"
@@ -236,6 +237,47 @@ func TestNATSSinkPublishesBatches(t *testing.T) {
 			if v := gjson.GetBytes(ev.Data, "i").Int(); v != int64(i) {
 				t.Fatalf("message %d carries i=%d: out of order", i, v)
 			}
+		}
+	})
+	t.Run("acknowledgements lost", func(t *testing.T) {
+		// A batch whose acknowledgements never come (the stream gone, a
+		// subscriber swallowing the publishes without replying, as when
+		// a stream's leader dies with them) times out; once the stream
+		// answers again the next batch is stored: the futures the first
+		// left pending do not stall it.
+		subject := uniqueSubject("ackslost")
+		nc, err := nats.Connect(url)
+		must(t, err)
+		defer nc.Close()
+		js, err := nc.JetStream()
+		must(t, err)
+		stream := strings.ReplaceAll(subject, ".", "_")
+		_, err = js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}})
+		must(t, err)
+		pub := &natsSinkPublisher{name: "lost", opts: NATSOptions{URL: url, Subject: subject}}
+		pub.opts.EnsureDefaults()
+		must(t, pub.connect(context.Background()))
+		defer pub.close()
+		must(t, js.DeleteStream(stream))
+		swallow, err := nc.Subscribe(subject, func(*nats.Msg) {})
+		must(t, err)
+		must(t, nc.Flush())
+		msgs := func(n int) []*message.Message {
+			out := make([]*message.Message, n)
+			for i := range out {
+				out[i] = ToMessage(pipeline.Event{Data: []byte(fmt.Sprintf(`{"i":%d}`, i)), Meta: []byte(`{}`)})
+			}
+			return out
+		}
+		if n, err := pub.PublishBatch(subject, msgs(publishBatchChunk)); n != 0 || !errors.Is(err, nats.ErrTimeout) {
+			t.Fatalf("batch without acknowledgements: %d published, %v; want 0 and a timeout", n, err)
+		}
+		must(t, swallow.Unsubscribe())
+		_, err = js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}})
+		must(t, err)
+		defer js.DeleteStream(stream)
+		if n, err := pub.PublishBatch(subject, msgs(10)); n != 10 || err != nil {
+			t.Fatalf("batch once the stream answers: %d published, %v; want 10", n, err)
 		}
 	})
 	t.Run("refused midway", func(t *testing.T) {
