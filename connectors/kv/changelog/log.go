@@ -353,6 +353,19 @@ func (w *Writer) publish(ctx context.Context, subject string, payloads [][]byte,
 		// comes back before the first publish returned, as it did to an
 		// instance while a NATS node was killed.
 		f, err := w.log.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(w.last), jetstream.WithRetryAttempts(0))
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			// Acknowledgements lost with a stream's leader (a node
+			// killed while the connection stayed with another) never
+			// come, and the context keeps their publishes pending for
+			// ever: once it holds its limit of them, every publish of
+			// the process stalls and no partition recovers. Drop them
+			// and publish again. The publishes of other appends still
+			// waiting fail with them and their writers fail (their
+			// groups are redelivered); the expected last sequence
+			// keeps what was stored meanwhile in order.
+			w.log.js.CleanupPublisher()
+			f, err = w.log.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(w.last), jetstream.WithRetryAttempts(0))
+		}
 		if err != nil {
 			// Parts already published may be stored: the stream's
 			// last sequence is unknown from here on.

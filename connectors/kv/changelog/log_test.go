@@ -574,3 +574,67 @@ func TestLateWaitTakesTheAcknowledgement(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendsRecoverFromLostAcknowledgements: appends whose
+// acknowledgements never come (the stream's subject moved away, a
+// subscriber swallowing the publishes, as when a stream's leader dies with
+// them) fail at AckTimeout and fail their writer; once the stream answers
+// again, a new writer appends, although the publishing context still held
+// the lost ones (as many as its limit of pending publishes).
+func TestAppendsRecoverFromLostAcknowledgements(t *testing.T) {
+	const ackTimeout, pending = 200 * time.Millisecond, 4
+	nc, err := nats.Connect(natstest.ClusterURLs(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(pending))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t)
+	name := natstest.Name("cllost")
+	l, err := Open(ctx, js, Options{Stream: name, Subject: "flowrun.test." + name, AckTimeout: ackTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), name) })
+	cfg := l.stream.CachedInfo().Config
+	moved := cfg
+	moved.Subjects = []string{l.opts.Subject + ".elsewhere"}
+	if _, err := js.UpdateStream(ctx, moved); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.Subscribe(l.opts.Subject, func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	record := func(i int) *Record {
+		var r Record
+		r.Set(fmt.Appendf(nil, "k%d", i), []byte("v"), 0)
+		return &r
+	}
+	lost := l.NewWriter(0, 1)
+	var waits []func() (uint64, error)
+	for i := range pending {
+		waits = append(waits, lost.Submit(ctx, record(i)))
+	}
+	for i, wait := range waits {
+		if _, err := wait(); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("append %d without an acknowledgement: %v, want context.DeadlineExceeded", i, err)
+		}
+	}
+	if err := sub.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	w := l.NewWriter(0, 2)
+	if seq, err := w.Append(ctx, record(0)); err != nil || seq != 1 {
+		t.Fatalf("append once the stream answers again = %d, %v; want sequence 1", seq, err)
+	}
+}
