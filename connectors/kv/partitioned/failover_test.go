@@ -228,6 +228,7 @@ func failover(t *testing.T, scenario string) {
 			st := info.CachedInfo().State
 			t.Logf("stall: answers stream holds %d messages, last %d; the test read %d of them, up to %d", st.Msgs, st.LastSeq, len(snapshot), readTo)
 		}
+		reportMissing(t, snapshot, n, keys, parts)
 		diagnoseStall(t, js, base, in, parts, snapshot, instances)
 		t.Errorf("no message answered for %v while waiting for %s: %d of %d answered", stallAfter, what, progress, n)
 		return true
@@ -595,4 +596,44 @@ func TestRecoveredCountsFinishedPartitions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reportMissing logs, at a stall, which of messages 0..n-1 have no answer
+// (the first few, and how many by partition) and, for their keys, the
+// counts answered: a key whose highest count answered is its number of
+// messages had every increment applied, so its missing answers were
+// lost after the store applied them; a lower one, that they were not
+// applied (or not yet).
+func reportMissing(t *testing.T, answers []incrflow.Answer, n, keys, parts int) {
+	t.Helper()
+	seen := make(map[int]bool, len(answers))
+	top := map[string]int64{}
+	for _, a := range answers {
+		seen[a.Corr] = true
+		top[a.Key] = max(top[a.Key], a.Value)
+	}
+	var first []int
+	byPart := map[int]int{}
+	applied, unapplied := 0, 0
+	perKey := map[string]int64{}
+	for i := range n {
+		perKey[incrflow.StoreKey(i, keys)]++
+	}
+	for i := range n {
+		if seen[i] {
+			continue
+		}
+		if len(first) < 8 {
+			first = append(first, i)
+		}
+		k := incrflow.StoreKey(i, keys)
+		byPart[partition.OfString(k, parts)]++
+		if top[k] == perKey[k] {
+			applied++
+		} else {
+			unapplied++
+		}
+	}
+	t.Logf("stall: %d of %d answered; missing: first %v, by partition %v; %d of them on keys whose every increment was answered for (applied, answer lost), %d on keys short of their count",
+		len(seen), n, first, byPart, applied, unapplied)
 }
