@@ -228,6 +228,11 @@ func failover(t *testing.T, scenario string) {
 			st := info.CachedInfo().State
 			t.Logf("stall: answers stream holds %d messages, last %d; the test read %d of them, up to %d", st.Msgs, st.LastSeq, len(snapshot), readTo)
 		}
+		if info, err := js.Stream(ctx, bus.StreamName(in+bus.DeadLetterSuffix)); err == nil {
+			t.Logf("stall: dead letters: %d", info.CachedInfo().State.Msgs)
+		} else {
+			t.Logf("stall: dead letters: %v", err)
+		}
 		reportMissing(t, snapshot, n, keys, parts)
 		diagnoseStall(t, js, base, in, parts, snapshot, instances)
 		t.Errorf("no message answered for %v while waiting for %s: %d of %d answered", stallAfter, what, progress, n)
