@@ -271,8 +271,9 @@ type Reader struct {
 	// deleted), not one the consumer skipped.
 	fresh bool
 	// Restarts counts the consumers made again after a gap, or after a
-	// fetch that brought nothing while the stream held more.
-	Restarts int
+	// fetch that brought nothing while the stream held more; Gaps, those
+	// after a gap.
+	Restarts, Gaps int
 }
 
 // NewReader returns a reader of the answers on subject out, from the
@@ -336,6 +337,7 @@ func (r *Reader) Fetch(dst []Answer, max int, wait time.Duration) ([]Answer, err
 			for range batch.Messages() { // let the fetch end
 			}
 			r.Restarts++
+			r.Gaps++
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			return dst, r.restart(ctx)
