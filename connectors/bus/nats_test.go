@@ -212,6 +212,22 @@ func TestNATSConnectErrors(t *testing.T) {
 
 var _ BatchPublisher = (*natsSinkPublisher)(nil)
 
+// streamFor connects to url and makes a stream capturing subject with the
+// limits of cfg, deleted (and the connection closed) when the test ends.
+func streamFor(t *testing.T, url, subject string, cfg nats.StreamConfig) (*nats.Conn, nats.JetStreamContext, string) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	must(t, err)
+	t.Cleanup(nc.Close)
+	js, err := nc.JetStream()
+	must(t, err)
+	cfg.Name, cfg.Subjects = strings.ReplaceAll(subject, ".", "_"), []string{subject}
+	_, err = js.AddStream(&cfg)
+	must(t, err)
+	t.Cleanup(func() { _ = js.DeleteStream(cfg.Name) })
+	return nc, js, cfg.Name
+}
+
 // TestNATSSinkPublishesBatches: a slice of events larger than one
 // asynchronous chunk is stored whole and in order; when the stream
 // refuses part of a batch, PublishBatch counts exactly the messages
@@ -246,14 +262,7 @@ func TestNATSSinkPublishesBatches(t *testing.T) {
 		// answers again the next batch is stored: the futures the first
 		// left pending do not stall it.
 		subject := uniqueSubject("ackslost")
-		nc, err := nats.Connect(url)
-		must(t, err)
-		defer nc.Close()
-		js, err := nc.JetStream()
-		must(t, err)
-		stream := strings.ReplaceAll(subject, ".", "_")
-		_, err = js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}})
-		must(t, err)
+		nc, js, stream := streamFor(t, url, subject, nats.StreamConfig{})
 		pub := &natsSinkPublisher{name: "lost", opts: NATSOptions{URL: url, Subject: subject}}
 		pub.opts.EnsureDefaults()
 		must(t, pub.connect(context.Background()))
@@ -275,22 +284,13 @@ func TestNATSSinkPublishesBatches(t *testing.T) {
 		must(t, swallow.Unsubscribe())
 		_, err = js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}})
 		must(t, err)
-		defer js.DeleteStream(stream)
 		if n, err := pub.PublishBatch(subject, msgs(10)); n != 10 || err != nil {
 			t.Fatalf("batch once the stream answers: %d published, %v; want 10", n, err)
 		}
 	})
 	t.Run("refused midway", func(t *testing.T) {
 		subject := uniqueSubject("batchfull")
-		nc, err := nats.Connect(url)
-		must(t, err)
-		defer nc.Close()
-		js, err := nc.JetStream()
-		must(t, err)
-		stream := strings.ReplaceAll(subject, ".", "_")
-		_, err = js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{subject}, MaxMsgs: 100, Discard: nats.DiscardNew})
-		must(t, err)
-		defer js.DeleteStream(stream)
+		_, js, stream := streamFor(t, url, subject, nats.StreamConfig{MaxMsgs: 100, Discard: nats.DiscardNew})
 		sink, err := NewNATSSink(context.Background(), "full", NATSOptions{URL: url, Subject: subject,
 			Reconnect: Reconnect{FailFast: true}})
 		must(t, err)
