@@ -98,12 +98,7 @@ func TestPoisonEntryIsRetriedThenDeadLettered(t *testing.T) {
 		return l >= 19
 	})
 	f.stop(t)
-	xs, err := c.XRange(context.Background(), dead, "-", "+").Result()
-	must(t, err)
-	if len(xs) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(xs))
-	}
-	v := xs[0].Values
+	v := onlyDeadLetter(t, c, dead)
 	if v["correlation_id"] != "m-7" || v["data"] != "{}" || !strings.Contains(v["error"].(string), "delivery 3 of 3") {
 		t.Errorf("dead letter %v", v)
 	}
@@ -141,12 +136,7 @@ func TestUnparsableEntryIsDeadLetteredAtOnce(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "nothing pending", func() bool { return pending(t, c, in, "g") == 0 })
 	f.stop(t)
-	xs, err := c.XRange(context.Background(), dead, "-", "+").Result()
-	must(t, err)
-	if len(xs) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(xs))
-	}
-	v := xs[0].Values
+	v := onlyDeadLetter(t, c, dead)
 	reason, _ := v["error"].(string)
 	if v["data"] != "hello" || v["correlation_id"] != "m-3" || v["kv"] != `{"put":"k"}` ||
 		v[redisstream.StreamMeta] != in || v[redisstream.ConsumerMeta] != "c1" || !strings.Contains(reason, "delivery 1 of 3") {
@@ -384,4 +374,16 @@ links:
 		t.Errorf("the entry took %v, not long past claim_idle: the test shows nothing", took)
 	}
 	t.Logf("the entry took %v", took.Round(time.Millisecond))
+}
+
+// onlyDeadLetter returns the fields of the one entry of the dead-letter
+// stream dead, and fails t unless it holds exactly one.
+func onlyDeadLetter(t *testing.T, c *redis.Client, dead string) map[string]any {
+	t.Helper()
+	xs, err := c.XRange(context.Background(), dead, "-", "+").Result()
+	must(t, err)
+	if len(xs) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(xs))
+	}
+	return xs[0].Values
 }
