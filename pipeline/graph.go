@@ -86,6 +86,8 @@ type Graph struct {
 
 	// failed holds the error that stopped the graph (see Err).
 	failed atomic.Pointer[error]
+	// pool keeps the slices nodes are done with (see slicePool).
+	pool slicePool
 }
 
 type node struct {
@@ -102,6 +104,10 @@ type node struct {
 	upstreamLeft atomic.Int32    // upstream nodes still running; the input closes at 0
 	counts       []atomic.Uint64 // events emitted per port
 	received     atomic.Uint64   // events received on "in"
+	// sharedInput is set when some slice arriving on "in" is also sent to
+	// another node (a port linked to several), so n cannot tell when the
+	// slice is no longer used and must not give it back to the pool.
+	sharedInput bool
 }
 
 // New returns an empty graph.
@@ -265,6 +271,11 @@ func (g *Graph) Run(ctx context.Context) error {
 	}
 	for _, n := range g.order {
 		n.upstreamLeft.Store(int32(len(n.upstream)))
+		for _, ts := range n.targets {
+			for _, t := range ts {
+				t.sharedInput = t.sharedInput || len(ts) > 1
+			}
+		}
 	}
 
 	// hard is cancelled only when a node fails; drain contexts derive from
@@ -314,7 +325,7 @@ func (g *Graph) Run(ctx context.Context) error {
 			} else if sp, ok := n.processor.(StagedProcessor); ok && g.opts.StageDepth > 1 {
 				g.runStaged(hard, n, sp, em, fail)
 			} else {
-				g.receive(hard, n, func(events []Event) {
+				g.receive(hard, n, func(events []Event, own bool) {
 					var flags uint32
 					em.input(len(events))
 					if err := n.processor.Process(hard, events, em); err != nil {
@@ -328,6 +339,7 @@ func (g *Graph) Run(ctx context.Context) error {
 						em.discard()
 					}
 					n.releaseAll(events, flags)
+					g.recycle(events, own)
 				})
 				em.discard()
 			}
@@ -351,6 +363,7 @@ func (g *Graph) Run(ctx context.Context) error {
 type started struct {
 	finish FinishFunc
 	events []Event
+	own    bool // the slice goes back to the pool once finished
 }
 
 // runStaged feeds n's input to sp: this goroutine starts slices in order
@@ -378,17 +391,19 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 				em.discard()
 			}
 			n.releaseAll(s.events, flags)
+			g.recycle(s.events, s.own)
 		}
 		em.discard()
 	}()
-	g.receive(hard, n, func(events []Event) {
+	g.receive(hard, n, func(events []Event, own bool) {
 		finish, err := sp.Start(hard, events)
 		if err != nil {
 			fail(n, err)
 			n.releaseAll(events, flagFailed)
+			g.recycle(events, own)
 			return
 		}
-		queue <- started{finish: finish, events: events}
+		queue <- started{finish: finish, events: events, own: own}
 	})
 	close(queue)
 	<-finished
@@ -396,18 +411,27 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 
 // receive hands each slice arriving at n, merged with those queued behind
 // it (see coalesce), to handle, which must release the slice's events
-// (releaseAll) once done with them. Once the graph is failing, slices are
-// discarded instead, their events released as failed, so upstream never
-// blocks.
-func (g *Graph) receive(hard context.Context, n *node, handle func(events []Event)) {
+// (releaseAll) once done with them and then pass own to recycle. Once the
+// graph is failing, slices are discarded instead, their events released
+// as failed, so upstream never blocks.
+func (g *Graph) receive(hard context.Context, n *node, handle func(events []Event, own bool)) {
 	for events := range n.in {
 		if hard.Err() != nil {
 			n.releaseAll(events, flagFailed)
+			g.recycle(events, !n.sharedInput)
 			continue
 		}
-		events = g.coalesce(n, events)
+		events, merged := g.coalesce(n, events)
 		n.received.Add(uint64(len(events)))
-		handle(events)
+		handle(events, merged || !n.sharedInput)
+	}
+}
+
+// recycle gives events back to the pool when own says that nothing else
+// refers to the slice: every node it was sent to is done with it.
+func (g *Graph) recycle(events []Event, own bool) {
+	if own {
+		g.pool.put(events)
 	}
 }
 
@@ -424,32 +448,35 @@ func (n *node) releaseAll(events []Event, flags uint32) {
 // coalesce appends to first the slices already waiting in n's queue, up to
 // Options.MaxCoalesce events, so that a node that fell behind catches up
 // with fewer, larger Process calls (for the kv connector: larger commit
-// groups, one fsync each). Order is kept.
-func (g *Graph) coalesce(n *node, first []Event) []Event {
+// groups, one fsync each). Order is kept. merged reports that the slice
+// returned is a new one, which only n holds; the slices merged into it go
+// back to the pool unless they were also sent elsewhere.
+func (g *Graph) coalesce(n *node, first []Event) (events []Event, merged bool) {
 	if len(n.in) == 0 || len(first) >= g.opts.MaxCoalesce {
-		return first
+		return first, false
 	}
 	// Downstream nodes may still hold the slice handed over last time, so
-	// a merged slice always gets a fresh backing array. It is sized for
-	// the slices queued now if they are like first, and grows by append:
-	// MaxCoalesce events each time (256 KiB, zeroed) would cost more than
-	// the merge saves when many small slices come in, as from
-	// http_server.
+	// a merged slice always gets another backing array. It is sized for
+	// the slices queued now if they are like first, and grows: MaxCoalesce
+	// events each time (256 KiB) would cost more than the merge saves when
+	// many small slices come in, as from http_server.
 	size := min(g.opts.MaxCoalesce, len(first)*(1+len(n.in)))
-	merged := append(make([]Event, 0, size), first...)
-	for len(merged) < g.opts.MaxCoalesce {
+	events = append(g.pool.get(size), first...)
+	g.recycle(first, !n.sharedInput)
+	for len(events) < g.opts.MaxCoalesce {
 		select {
 		case next, ok := <-n.in:
 			if !ok {
-				return merged
+				return events, true
 			}
-			merged = append(merged, next...)
+			events = append(g.pool.grow(events, len(next)), next...)
+			g.recycle(next, !n.sharedInput)
 			continue
 		default:
 		}
 		break
 	}
-	return merged
+	return events, true
 }
 
 // stoppedBy reports whether err is just ctx's own cancellation, which is
@@ -550,10 +577,10 @@ func (e *emitter) Emit(port string, ev Event) {
 		}
 		o.t.ref(o.i, len(e.n.targets[i]), flags)
 	}
-	if e.buf[i] == nil && e.last[i] > 0 {
-		e.buf[i] = make([]Event, 0, e.sizeFor(i))
+	if e.buf[i] == nil {
+		e.buf[i] = e.g.pool.get(e.sizeFor(i))
 	}
-	e.buf[i] = append(e.buf[i], ev)
+	e.buf[i] = append(e.g.pool.grow(e.buf[i], 1), ev)
 }
 
 // input tells the emitter of a processor that a slice of n events is being

@@ -32,6 +32,7 @@ type benchFlags struct {
 	dir         string
 	json        bool
 	cpuprofile  string
+	trace       string
 	backend     string
 	endpoints   string
 	etcdReads   string
@@ -196,6 +197,7 @@ request's scheduled time. One JSON object per workload:
 	fl.StringVar(&f.dir, "dir", "", "directory for the temporary stores (default: the system temp dir)")
 	fl.BoolVar(&f.json, "json", false, "print JSON lines even on a terminal")
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
+	fl.StringVar(&f.trace, "trace", "", "write an execution trace (go tool trace) of the whole run to `FILE`: where goroutines waited, GC cycles, processor use")
 	fl.StringVar(&f.backend, "backend", kvbench.BackendPebble, "store under test: pebble or etcd")
 	fl.BoolVar(&f.http, "http", false, "measure sync requests to an http_server connector against stdin")
 	fl.IntVar(&f.clients, "clients", 64, "--http: keep-alive connections")
@@ -290,6 +292,13 @@ func runBench(ctx context.Context, e env, f benchFlags) error {
 
 	if f.cpuprofile != "" {
 		end, err := startCPUProfile(f.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer end()
+	}
+	if f.trace != "" {
+		end, err := startTrace(f.trace)
 		if err != nil {
 			return err
 		}
