@@ -15,7 +15,7 @@ const eventSize = int(unsafe.Sizeof(Event{}))
 const (
 	slicePoolMinShift   = 4 // 16 events
 	slicePoolClasses    = 10
-	slicePoolClassBytes = 4 << 20
+	slicePoolClassBytes = 1 << 20
 )
 
 // slicePool keeps the backing arrays of event slices the graph is done
