@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -85,32 +84,13 @@ func TestBenchOpenLoop(t *testing.T) {
 // flowrun bench --trace writes an execution trace of the run, and fails
 // before running when it cannot create the file.
 func TestBenchTrace(t *testing.T) {
-	dir := t.TempDir()
-	for _, tt := range []struct {
-		name, path string
-		wantCode   int
-	}{
-		{"written", filepath.Join(dir, "bench.trace"), 0},
-		{"cannot create", filepath.Join(dir, "missing", "bench.trace"), 1},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			code, _, stderr := runCLI(t, "", "bench", "--rate", "1000", "--duration", "100ms", "--workload", "put",
-				"--keys", "100", "--json", "--dir", t.TempDir(), "--trace", tt.path)
-			if code != tt.wantCode {
-				t.Fatalf("exit %d, want %d: %s", code, tt.wantCode, stderr)
-			}
-			b, err := os.ReadFile(tt.path)
-			if tt.wantCode != 0 {
-				if err == nil || !strings.Contains(stderr, "trace") {
-					t.Fatalf("trace %s exists (%v) or stderr does not say why: %s", tt.path, err, stderr)
-				}
-				return
-			}
-			if err != nil || !bytes.HasPrefix(b, []byte("go 1.")) || !bytes.Contains(b[:16], []byte("trace")) {
-				t.Fatalf("trace %s: %d bytes, %v: not an execution trace (%q)", tt.path, len(b), err, b[:min(len(b), 16)])
-			}
-		})
-	}
+	testRecording(t, "trace", func(path string) (int, string) {
+		code, _, stderr := runCLI(t, "", "bench", "--rate", "1000", "--duration", "100ms", "--workload", "put",
+			"--keys", "100", "--json", "--dir", t.TempDir(), "--trace", path)
+		return code, stderr
+	}, func(b []byte) bool {
+		return bytes.HasPrefix(b, []byte("go 1.")) && bytes.Contains(b[:min(len(b), 16)], []byte("trace"))
+	})
 }
 
 // flowrun bench --sweep-p99 prints one line per workload on stdout and

@@ -266,29 +266,42 @@ func TestRunCPUProfile(t *testing.T) {
 	if err := os.WriteFile(flow, []byte(badInputFlow), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	testRecording(t, "cpu profile", func(path string) (int, string) {
+		code, _, stderr := runCLI(t, `{"data":1,"meta":{"kv":{"put":"a"}}}`+"\n", "run", "--cpuprofile", path, flow)
+		return code, stderr
+	}, func(b []byte) bool { return len(b) >= 2 && b[0] == 0x1f && b[1] == 0x8b })
+}
+
+// testRecording runs a command writing a recording (a profile, a trace)
+// to a path, by run, twice: to a file it can create, which must then hold
+// what valid accepts, and to one in a missing directory, which must fail
+// the command with exit 1 and stderr naming what.
+func testRecording(t *testing.T, what string, run func(path string) (code int, stderr string), valid func([]byte) bool) {
+	t.Helper()
+	dir := t.TempDir()
 	tests := []struct {
 		name     string
-		profile  string
+		path     string
 		wantCode int
 	}{
-		{name: "written", profile: filepath.Join(dir, "run.prof"), wantCode: 0},
-		{name: "cannot create", profile: filepath.Join(dir, "missing", "run.prof"), wantCode: 1},
+		{name: "written", path: filepath.Join(dir, "out"), wantCode: 0},
+		{name: "cannot create", path: filepath.Join(dir, "missing", "out"), wantCode: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, _, stderr := runCLI(t, `{"data":1,"meta":{"kv":{"put":"a"}}}`+"\n", "run", "--cpuprofile", tt.profile, flow)
+			code, stderr := run(tt.path)
 			if code != tt.wantCode {
 				t.Fatalf("exit %d, want %d: %s", code, tt.wantCode, stderr)
 			}
-			b, err := os.ReadFile(tt.profile)
+			b, err := os.ReadFile(tt.path)
 			if tt.wantCode != 0 {
-				if err == nil || !strings.Contains(stderr, "cpu profile") {
-					t.Fatalf("profile %s exists (%v) or stderr does not say why: %s", tt.profile, err, stderr)
+				if err == nil || !strings.Contains(stderr, what) {
+					t.Fatalf("%s %s exists (%v) or stderr does not say why: %s", what, tt.path, err, stderr)
 				}
 				return
 			}
-			if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
-				t.Fatalf("profile %s: %d bytes, %v: not a gzipped profile", tt.profile, len(b), err)
+			if err != nil || !valid(b) {
+				t.Fatalf("%s %s: %d bytes, %v: not a %s (%q)", what, tt.path, len(b), err, what, b[:min(len(b), 16)])
 			}
 		})
 	}

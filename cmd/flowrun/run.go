@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -53,33 +54,29 @@ With --metrics-addr, Prometheus metrics are served while the flow runs; with
 // startCPUProfile starts a CPU profile written to path; end stops it and
 // closes the file.
 func startCPUProfile(path string) (end func(), err error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
+	return startRecording(path, "cpu profile", pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
-// startTrace writes an execution trace (runtime/trace) to path until the
-// returned function is called.
+// startTrace starts an execution trace (runtime/trace) written to path;
+// end stops it and closes the file.
 func startTrace(path string) (end func(), err error) {
+	return startRecording(path, "trace", trace.Start, trace.Stop)
+}
+
+// startRecording creates path and starts a recording of the process into
+// it with start; end stops it with stop and closes the file. what names
+// the recording in errors.
+func startRecording(path, what string, start func(io.Writer) error, stop func()) (end func(), err error) {
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("trace: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := trace.Start(f); err != nil {
+	if err := start(f); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("trace: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return func() {
-		trace.Stop()
+		stop()
 		f.Close()
 	}, nil
 }
