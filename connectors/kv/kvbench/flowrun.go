@@ -66,15 +66,19 @@ func runFlowrunPart(ctx context.Context, cfg Config, workload string, store kv.B
 	}
 	nb := (cfg.Ops + cfg.Batch - 1) / cfg.Batch
 	f := &flowSide{
-		cfg:       cfg,
-		workload:  workload,
-		vals:      newValues(cfg.ValueBytes),
-		base:      time.Now(),
-		starts:    make([]time.Duration, nb),
-		opsIn:     make([]int, nb),
-		arenas:    make([][]byte, nb),
-		lat:       make([]time.Duration, nb),
-		free:      make(chan []byte, 4), // spares; in-flight arenas are bounded by the queues
+		cfg:      cfg,
+		workload: workload,
+		vals:     newValues(cfg.ValueBytes),
+		base:     time.Now(),
+		starts:   make([]time.Duration, nb),
+		opsIn:    make([]int, nb),
+		arenas:   make([][]byte, nb),
+		lat:      make([]time.Duration, nb),
+		// Spares of completed batches' arenas. In-flight arenas are bounded
+		// by the queues: a closed loop keeps a few batches in flight, an
+		// open loop many small groups, whose arenas are kept too so that
+		// the benchmark's own garbage does not add GC cycles to the flow's.
+		free:      make(chan []byte, 64),
 		preloaded: make(chan struct{}),
 		p:         p,
 		gen:       ops,

@@ -84,7 +84,12 @@ func (f *flowSide) generateOpen(ctx context.Context, emit pipeline.SourceEmitter
 			case arena = <-f.free:
 				arena = arena[:0]
 			default:
-				arena = make([]byte, 0, n*perEvent)
+			}
+			if cap(arena) < n*perEvent {
+				// Room for the largest group, so that every spare fits
+				// the next group (one that grows by copying leaves its
+				// first events in the old array).
+				arena = make([]byte, 0, f.cfg.Batch*perEvent)
 			}
 			first := next
 			tr := pipeline.NewTracker(n, func(i int, _ pipeline.Outcome) { o.eventDone(first + i) }, func() {
