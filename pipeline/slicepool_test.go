@@ -33,58 +33,93 @@ func TestSlicePool(t *testing.T) {
 	}
 }
 
-// slowChecker is a sink that, for each slice, waits and then checks that
-// the events still carry what they carried when the slice arrived: a
-// slice reused by another node while it waits would show other data.
-type slowChecker struct {
-	t       *testing.T
-	wait    time.Duration
-	changed int
+// orderChecker is a sink that waits on each slice and checks that the
+// events arrive numbered 0, 1, 2... as sent: a slice reused by another
+// node before this one read it would show other numbers.
+type orderChecker struct {
+	wait time.Duration
+	next int
+	bad  int
 }
 
-func (c *slowChecker) Process(_ context.Context, events []Event, _ Emitter) error {
-	before := make([]string, len(events))
-	for i, ev := range events {
-		before[i] = string(ev.Data)
-	}
+func (c *orderChecker) Process(_ context.Context, events []Event, _ Emitter) error {
 	time.Sleep(c.wait)
-	for i, ev := range events {
-		if string(ev.Data) != before[i] {
-			c.changed++
+	for _, ev := range events {
+		if string(ev.Data) != strconv.Itoa(c.next) {
+			c.bad++
 		}
+		c.next++
 	}
 	return nil
 }
 
-// TestSharedSlicesAreNotReused links one port to two nodes, one fast and
-// one slow: the fast one must not give the slice back to the pool while
-// the slow one still reads it, or the source's next slices would write
-// over it.
-func TestSharedSlicesAreNotReused(t *testing.T) {
-	g := New(Options{QueueDepth: 64, MaxCoalesce: 1})
-	src := SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
-		for i := range 40 {
-			for j := range 16 {
-				emit.Emit(PortOut, Event{Data: []byte(strconv.Itoa(i*16 + j))})
-			}
-			if err := emit.Flush(ctx); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	slow := &slowChecker{t: t, wait: time.Millisecond}
-	fast := &collector{}
-	must(t, g.AddSource("src", src, PortOut))
-	must(t, g.AddProcessor("fast", fast))
-	must(t, g.AddProcessor("slow", slow))
-	must(t, g.Link("src", PortOut, "fast"))
-	must(t, g.Link("src", PortOut, "slow"))
-	must(t, g.Run(context.Background()))
-	if slow.changed != 0 {
-		t.Errorf("%d events changed under the slow node while it held their slice", slow.changed)
+// gate is a sink that reports its first call and holds it until opened,
+// so that the source's next slices queue behind it, and reports its
+// second call, by which time the slices queued were merged (when
+// coalescing).
+type gate struct {
+	entered, open, merged chan struct{}
+	calls                 int
+	got                   int
+}
+
+func (c *gate) Process(_ context.Context, events []Event, _ Emitter) error {
+	c.calls++
+	switch c.calls {
+	case 1:
+		close(c.entered)
+		<-c.open
+	case 2:
+		close(c.merged)
 	}
-	if got := len(fast.datas()); got != 640 {
-		t.Errorf("fast node got %d events, want 640", got)
+	c.got += len(events)
+	return nil
+}
+
+// TestSharedSlicesAreNotReused links one port to two nodes, one that
+// goes on at once and one that takes its time: the first must not give a
+// slice back to the pool while the other still has it queued, or the
+// source's next slices would write over it; neither when it handles the
+// slice itself nor when it merges it with the slices queued behind it.
+func TestSharedSlicesAreNotReused(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		maxCoalesce int
+	}{{"handled", 1}, {"merged", 4096}} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := New(Options{QueueDepth: 64, MaxCoalesce: tt.maxCoalesce})
+			fast := &gate{entered: make(chan struct{}), open: make(chan struct{}), merged: make(chan struct{})}
+			src := SourceFunc(func(ctx context.Context, emit SourceEmitter) error {
+				for i := range 40 {
+					for j := range 16 {
+						emit.Emit(PortOut, Event{Data: []byte(strconv.Itoa(i*16 + j))})
+					}
+					if err := emit.Flush(ctx); err != nil {
+						return err
+					}
+					switch i {
+					case 0:
+						<-fast.entered // slice 0 alone in the first call
+					case 2:
+						close(fast.open)
+						<-fast.merged
+					}
+				}
+				return nil
+			})
+			slow := &orderChecker{wait: time.Millisecond}
+			must(t, g.AddSource("src", src, PortOut))
+			must(t, g.AddProcessor("fast", fast))
+			must(t, g.AddProcessor("slow", slow))
+			must(t, g.Link("src", PortOut, "fast"))
+			must(t, g.Link("src", PortOut, "slow"))
+			must(t, g.Run(context.Background()))
+			if slow.bad != 0 || slow.next != 640 {
+				t.Errorf("slow node: %d of %d events not what was sent in their place", slow.bad, slow.next)
+			}
+			if fast.got != 640 {
+				t.Errorf("fast node got %d events, want 640", fast.got)
+			}
+		})
 	}
 }
