@@ -122,7 +122,8 @@ func (d *diagCollector) addSync(t time.Duration) {
 	d.mu.Unlock()
 }
 
-// result summarises what was collected; o holds the per-event figures.
+// result summarises what was collected; o holds the per-event figures
+// (the caller holds o.mu).
 func (d *diagCollector) result(o *openLoop) *Diag {
 	gc := readGC().since(d.gc0)
 	r := &Diag{
@@ -136,13 +137,7 @@ func (d *diagCollector) result(o *openLoop) *Diag {
 	}
 	if n := o.sched.N; n > 0 {
 		r.CPUusPerOp = float64(processCPU()-d.cpuStart) / float64(time.Microsecond) / float64(n)
-		lag := make([]time.Duration, n)
-		svc := make([]time.Duration, n)
-		for i := range n {
-			lag[i] = o.sent[i] - o.sched.At(i)
-			svc[i] = o.lat[i] - lag[i]
-		}
-		r.GenLag, r.Service = loadgen.Percentiles(lag), loadgen.Percentiles(svc)
+		r.GenLag, r.Service = o.lag.Quantiles(), o.svc.Quantiles()
 	}
 	if len(d.groupTxns) > 0 {
 		var sum time.Duration

@@ -3,7 +3,7 @@ package kvbench
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/flowrun/flowrun/internal/loadgen"
@@ -11,41 +11,51 @@ import (
 )
 
 // openLoop is the state of an open-loop run of the flowrun side. The source
-// writes start before emitting anything; each event's completion writes
-// its own lat entry only, so no lock is needed; the graph's end orders
-// those writes before result reads them.
+// writes start before emitting anything. Events complete on the goroutines
+// of the nodes that release them last, so their figures are counted under
+// mu; the graph's end orders those counts before result reads them.
 type openLoop struct {
-	sched     loadgen.Schedule
-	start     time.Time
-	lat       []time.Duration // per event: completion - scheduled time
-	sent      []time.Duration // per event: handed to the graph, from start
-	completed atomic.Int64
+	sched loadgen.Schedule
+	start time.Time
 	// flushBlocked sums the time Flush calls waited (the source's own).
 	flushBlocked time.Duration
 	diag         diagCollector
+
+	mu        sync.Mutex
+	lat       *loadgen.Histogram // completion - scheduled time
+	lag       *loadgen.Histogram // handed to the graph - scheduled time
+	svc       *loadgen.Histogram // completion - handed to the graph
+	last      time.Duration      // the latest completion, from start
+	completed int
 }
 
 func newOpenLoop(rate, n int) *openLoop {
-	return &openLoop{sched: loadgen.Schedule{Rate: rate, N: n}, lat: make([]time.Duration, n), sent: make([]time.Duration, n)}
+	return &openLoop{sched: loadgen.Schedule{Rate: rate, N: n}, lat: loadgen.NewHistogram(), lag: loadgen.NewHistogram(), svc: loadgen.NewHistogram()}
 }
 
-// eventDone records the latency of event i from its scheduled time.
-func (o *openLoop) eventDone(i int) {
-	o.lat[i] = time.Since(o.start) - o.sched.At(i)
-	o.completed.Add(1)
+// eventDone counts event i, handed to the graph at sent (from start), as
+// complete now.
+func (o *openLoop) eventDone(i int, sent time.Duration) {
+	done := time.Since(o.start)
+	at := o.sched.At(i)
+	o.mu.Lock()
+	o.lat.Record(done - at)
+	o.lag.Record(sent - at)
+	o.svc.Record(done - sent)
+	o.last = max(o.last, done)
+	o.completed++
+	o.mu.Unlock()
 }
 
 // result checks that every event completed and summarises the latencies.
 func (o *openLoop) result() (sideResult, error) {
-	if n := o.completed.Load(); n != int64(o.sched.N) {
-		return sideResult{}, fmt.Errorf("%d of %d events completed", n, o.sched.N)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.completed != o.sched.N {
+		return sideResult{}, fmt.Errorf("%d of %d events completed", o.completed, o.sched.N)
 	}
-	var last time.Duration
-	for i, l := range o.lat {
-		last = max(last, o.sched.At(i)+l)
-	}
-	q := loadgen.Percentiles(o.lat)
-	return sideResult{elapsed: last, p50us: q.P50, p99us: q.P99, q: q, diag: o.diag.result(o)}, nil
+	q := o.lat.Quantiles()
+	return sideResult{elapsed: o.last, p50us: q.P50, p99us: q.P99, q: q, diag: o.diag.result(o)}, nil
 }
 
 // generateOpen emits the timed operations on schedule: whenever events are
@@ -92,7 +102,8 @@ func (f *flowSide) generateOpen(ctx context.Context, emit pipeline.SourceEmitter
 				arena = make([]byte, 0, f.cfg.Batch*perEvent)
 			}
 			first := next
-			tr := pipeline.NewTracker(n, func(i int, _ pipeline.Outcome) { o.eventDone(first + i) }, func() {
+			var sent time.Duration // set before the flush that lets any complete
+			tr := pipeline.NewTracker(n, func(i int, _ pipeline.Outcome) { o.eventDone(first+i, sent) }, func() {
 				select {
 				case f.free <- arena:
 				default:
@@ -104,10 +115,7 @@ func (f *flowSide) generateOpen(ctx context.Context, emit pipeline.SourceEmitter
 				arena, ev = f.appendEvent(arena, g.op(), scanEnd)
 				emit.Emit(pipeline.PortOut, tr.Track(i, ev))
 			}
-			sent := time.Since(o.start)
-			for i := first; i < first+n; i++ {
-				o.sent[i] = sent
-			}
+			sent = time.Since(o.start)
 			next += n
 			if err := emit.Flush(ctx); err != nil {
 				return err
