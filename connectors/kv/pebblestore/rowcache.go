@@ -17,8 +17,9 @@ import (
 // wait for one another.
 const rowCacheShards = 16
 
-// rowEntryOverhead approximates the memory of one entry beyond its key and
-// record bytes: the entry itself and its table slots (see rowTable).
+// rowEntryOverhead approximates the memory of one entry beyond its
+// allocation: its table slots (see rowTable), its ring slot, and the
+// allocator's rounding.
 const rowEntryOverhead = 128
 
 // rowCache holds recently read or written stored records by key, exactly as
@@ -62,20 +63,27 @@ type rowCache struct {
 
 type rowShard struct {
 	mu sync.Mutex
-	// entries and the list from newest to oldest hold the same entries:
-	// the list is the eviction order, the next to go last (see evict).
-	// Our own table and list rather than a cache library's: the writer
-	// updates entries through pointers it already holds, which such
-	// libraries only offer by key (a second hash lookup per read and per
-	// write), and an entry here is one allocation (see rowEntry) where
-	// theirs are four or five, every one of them marked by the garbage
-	// collector at each cycle and a memory access on a lookup.
-	entries        rowTable
-	seed           maphash.Seed // the cache's, to hash a key again
-	newest, oldest *rowEntry
-	count          int
-	bytes          int64 // accounted size of the entries
-	budget         int64
+	// entries and ring hold the same entries: the ring is the eviction
+	// order, the next to go at its head (see evict). Our own table and
+	// ring rather than a cache library's: the writer updates entries
+	// through pointers it already holds, which such libraries only offer
+	// by key (a second hash lookup per read and per write), and an entry
+	// here is one pointer-free allocation (see rowEntry) where theirs are
+	// four or five, every one of them read by the garbage collector at
+	// each cycle and a memory access on a lookup.
+	entries rowTable
+	seed    maphash.Seed // the cache's, to hash a key again
+	// ring holds the cached entries from oldest (at head) to newest (at
+	// the end), with holes (nil) where entries left out of turn: the
+	// eviction order as a queue of pointers rather than a list threaded
+	// through the entries, so that an entry holds no pointer and the
+	// garbage collector marks it without reading it (see rowEntry).
+	ring   []*rowEntry
+	head   int // ring's oldest slot in use
+	holes  int // nil slots in ring[head:]
+	count  int
+	bytes  int64 // accounted size of the entries
+	budget int64
 	// writeAdmit is what written keys may still bring into the shard, in
 	// accounted bytes (see update).
 	writeAdmit int64
@@ -88,26 +96,20 @@ type rowShard struct {
 // rowEntry is a cached stored record, or the knowledge that the key is
 // absent.
 //
-// An entry is usually allocated together with the memory of its key and
-// record (see newRowEntry), which directly follows it; its fields are
-// ordered so that those a hit reads (data, keyLen, absent, referenced)
-// come last, in the cache line where the key starts. A lookup then finds
-// the key, the entry's state and the record in adjacent memory instead of
-// in two allocations, one more dependent memory access per hit at 100,000
-// keys, and the garbage collector marks one object per entry, not two.
+// An entry is one allocation holding its fields and then its key followed
+// by its record (see allocRowEntry), so a lookup whose hash matches (see
+// rowTable) compares the key in the memory it then reads the record from,
+// one dependent memory access per hit instead of two. The allocation holds
+// no pointer: the garbage collector, at every cycle, only sets a bit for
+// each entry (found through the table and the shard's ring) instead of
+// reading it and following its pointers. With 100,000 cached keys, entries
+// with pointers made most of a cycle's marking, and a cycle on two cores
+// is a burst of latency for the flow.
 type rowEntry struct {
-	newer, older *rowEntry // neighbours in the shard's list while cached
-	shard        *rowShard
-	// data is the key followed by the record, so a lookup whose hash
-	// matches (see rowTable) compares the key in the memory it then reads
-	// the record from. The key bytes of an array are never written after
-	// it is made.
-	data   []byte
+	pos    int32  // index in the shard's ring while cached
+	dlen   uint32 // bytes of key and record in the entry's buffer
+	dcap   uint32 // bytes the buffer holds
 	keyLen uint16
-	// inline is the size of the buffer allocated with the entry, in
-	// units of 8 bytes, which data views until a record outgrows it; 0
-	// for none.
-	inline uint8
 	// byWrite marks an entry a write brought into the cache (see
 	// rowShard.update) and no read has used since.
 	byWrite bool
@@ -115,7 +117,7 @@ type rowEntry struct {
 	// referenced records a use since the entry was added or last
 	// spared by evict.
 	referenced bool
-	// cached says the entry is in its shard's map and list; an entry
+	// cached says the entry is in its shard's table and ring; an entry
 	// that left is never cached again, nor changed.
 	cached bool
 	// fresh marks an entry made by the writer for a key it read from the
@@ -124,117 +126,73 @@ type rowEntry struct {
 	fresh bool
 }
 
-// An entry with its buffer, each the size of one of the Go allocator's
-// size classes (80 to 256 bytes with a 56-byte rowEntry).
-type (
-	rowEntry24 struct {
-		e   rowEntry
-		buf [24]byte
-	}
-	rowEntry40 struct {
-		e   rowEntry
-		buf [40]byte
-	}
-	rowEntry72 struct {
-		e   rowEntry
-		buf [72]byte
-	}
-	rowEntry104 struct {
-		e   rowEntry
-		buf [104]byte
-	}
-	rowEntry136 struct {
-		e   rowEntry
-		buf [136]byte
-	}
-	rowEntry200 struct {
-		e   rowEntry
-		buf [200]byte
-	}
-)
+// rowEntryHeader is the size of an entry's fields, before its buffer.
+const rowEntryHeader = (int(unsafe.Sizeof(rowEntry{})) + 7) &^ 7
 
-// allocRowEntry returns a new entry and an empty buffer of at least n
-// bytes, allocated with the entry when n fits one of the sizes above.
-func allocRowEntry(n int) (*rowEntry, []byte) {
-	switch {
-	case n <= 24:
-		s := new(rowEntry24)
-		s.e.inline = uint8(len(s.buf) / 8)
-		return &s.e, s.buf[:0]
-	case n <= 40:
-		s := new(rowEntry40)
-		s.e.inline = uint8(len(s.buf) / 8)
-		return &s.e, s.buf[:0]
-	case n <= 72:
-		s := new(rowEntry72)
-		s.e.inline = uint8(len(s.buf) / 8)
-		return &s.e, s.buf[:0]
-	case n <= 104:
-		s := new(rowEntry104)
-		s.e.inline = uint8(len(s.buf) / 8)
-		return &s.e, s.buf[:0]
-	case n <= 136:
-		s := new(rowEntry136)
-		s.e.inline = uint8(len(s.buf) / 8)
-		return &s.e, s.buf[:0]
-	case n <= 200:
-		s := new(rowEntry200)
-		s.e.inline = uint8(len(s.buf) / 8)
-		return &s.e, s.buf[:0]
-	}
-	return new(rowEntry), make([]byte, 0, n)
+// allocRowEntry returns a new entry with room for n bytes of key and
+// record, in memory the garbage collector does not scan (words of
+// uint64).
+func allocRowEntry(n int) *rowEntry {
+	// At least one byte past the fields, so that the buffer's address is
+	// inside the allocation even when it is empty.
+	words := make([]uint64, (rowEntryHeader+max(n, 1)+7)/8)
+	e := (*rowEntry)(unsafe.Pointer(unsafe.SliceData(words)))
+	e.dcap = uint32(len(words)*8 - rowEntryHeader)
+	return e
 }
+
+// buf returns the entry's whole buffer.
+func (e *rowEntry) buf() []byte {
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(e), rowEntryHeader)), e.dcap)
+}
+
+// data returns the key followed by the record.
+func (e *rowEntry) data() []byte { return e.buf()[:e.dlen:e.dlen] }
 
 // newRowEntry returns an entry, not cached, for key holding rec or absent;
 // nil for a key too long to cache (over 64 KiB).
 func newRowEntry(key, rec []byte, absent bool) *rowEntry {
-	if len(key) > math.MaxUint16 {
+	if len(key) > math.MaxUint16 || len(key)+len(rec) > math.MaxUint32/2 {
 		return nil
 	}
-	n := len(key)
-	if !absent {
-		n += len(rec)
-	}
-	e, data := allocRowEntry(n)
-	data = append(data, key...)
-	if !absent {
-		data = append(data, rec...)
-	}
-	e.data, e.keyLen, e.absent = data, uint16(len(key)), absent
-	return e
-}
-
-// key returns the entry's key, viewing its data.
-func (e *rowEntry) key() string { return unsafe.String(unsafe.SliceData(e.data), int(e.keyLen)) }
-
-// rec returns the record; appending to it copies.
-func (e *rowEntry) rec() []byte { return e.data[e.keyLen:len(e.data):len(e.data)] }
-
-// set gives the entry rec, or makes the key absent, reusing data's memory
-// when it is large enough. It reports whether data moved.
-func (e *rowEntry) set(rec []byte, absent bool) (moved bool) {
-	old := unsafe.SliceData(e.data)
 	if absent {
 		rec = nil
 	}
-	e.data, e.absent = append(e.data[:e.keyLen], rec...), absent
-	return unsafe.SliceData(e.data) != old
+	e := allocRowEntry(len(key) + len(rec))
+	b := e.buf()
+	copy(b[copy(b, key):], rec)
+	e.dlen, e.keyLen, e.absent = uint32(len(key)+len(rec)), uint16(len(key)), absent
+	return e
 }
 
-// inlineData reports whether data views the buffer allocated with the
-// entry.
-func (e *rowEntry) inlineData() bool {
-	return e.inline > 0 && unsafe.Pointer(unsafe.SliceData(e.data)) == unsafe.Add(unsafe.Pointer(e), unsafe.Sizeof(rowEntry{}))
+// key returns the entry's key, viewing its buffer.
+func (e *rowEntry) key() string {
+	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(e), rowEntryHeader)), int(e.keyLen))
 }
 
-// size is the entry's accounted memory: its buffer, and data's memory once
-// a record outgrew the buffer.
-func (e *rowEntry) size() int64 {
-	n := 8*int64(e.inline) + rowEntryOverhead
-	if !e.inlineData() {
-		n += int64(cap(e.data))
+// rec returns the record; appending to it copies.
+func (e *rowEntry) rec() []byte { return e.buf()[e.keyLen:e.dlen:e.dlen] }
+
+// set gives the entry rec, or makes the key absent, in its buffer, and
+// reports whether it fitted; when it did not, the entry is unchanged and
+// the key needs a new entry (see rowShard.update).
+func (e *rowEntry) set(rec []byte, absent bool) (fits bool) {
+	if absent {
+		rec = nil
 	}
-	return n
+	n := int(e.keyLen) + len(rec)
+	if n > int(e.dcap) {
+		return false
+	}
+	copy(e.buf()[e.keyLen:], rec)
+	e.dlen, e.absent = uint32(n), absent
+	return true
+}
+
+// size is the entry's accounted memory: its allocation and what the
+// shard spends on it (see rowEntryOverhead).
+func (e *rowEntry) size() int64 {
+	return int64(rowEntryHeader) + int64(e.dcap) + rowEntryOverhead
 }
 
 // newRowCache returns a cache of at most budget accounted bytes, or nil
@@ -381,7 +339,7 @@ func (c *rowCache) prefetch(keys [][]byte, sc *probeScratch) (hashes []uint64) {
 				}
 			}
 			for _, e := range found {
-				if d := e.data; len(d) > 0 {
+				if d := e.data(); len(d) > 0 {
 					sink ^= d[0] ^ d[len(d)-1]
 				}
 			}
@@ -459,7 +417,7 @@ func (sh *rowShard) add(h uint64, e *rowEntry) bool {
 	if n > sh.budget {
 		return false
 	}
-	e.shard, e.referenced, e.cached = sh, false, true
+	e.referenced, e.cached = false, true
 	sh.pushNewest(e)
 	sh.entries.insert(h, e)
 	sh.count++
@@ -470,69 +428,90 @@ func (sh *rowShard) add(h uint64, e *rowEntry) bool {
 
 // remove takes e out of the shard.
 func (sh *rowShard) remove(e *rowEntry) {
-	sh.entries.delete(rowHashString(sh.seed, e.key()), e)
 	sh.unlink(e)
+	sh.drop(e)
+}
+
+// drop takes e, out of the ring already, out of the table.
+func (sh *rowShard) drop(e *rowEntry) {
+	sh.entries.delete(rowHashString(sh.seed, e.key()), e)
 	e.cached = false
 	sh.count--
 	sh.bytes -= e.size()
 }
 
-// pushNewest puts e, not in the list, at its newest end.
+// pushNewest puts e, not in the ring, at its newest end.
 func (sh *rowShard) pushNewest(e *rowEntry) {
-	e.newer, e.older = nil, sh.newest
-	if sh.newest != nil {
-		sh.newest.newer = e
-	} else {
-		sh.oldest = e
+	if sh.head+sh.holes > len(sh.ring)/2 && len(sh.ring) >= 64 {
+		sh.compact()
 	}
-	sh.newest = e
+	e.pos = int32(len(sh.ring))
+	sh.ring = append(sh.ring, e)
 }
 
-// unlink takes e out of the list.
+// compact moves the ring's entries to its front, in order, dropping the
+// holes.
+func (sh *rowShard) compact() {
+	j := 0
+	for _, e := range sh.ring[sh.head:] {
+		if e != nil {
+			sh.ring[j], e.pos = e, int32(j)
+			j++
+		}
+	}
+	clear(sh.ring[j:])
+	sh.ring, sh.head, sh.holes = sh.ring[:j], 0, 0
+}
+
+// unlink takes e out of the ring, leaving a hole.
 func (sh *rowShard) unlink(e *rowEntry) {
-	if e.newer != nil {
-		e.newer.older = e.older
-	} else {
-		sh.newest = e.older
-	}
-	if e.older != nil {
-		e.older.newer = e.newer
-	} else {
-		sh.oldest = e.newer
-	}
-	e.newer, e.older = nil, nil
+	sh.ring[e.pos], e.pos = nil, -1
+	sh.holes++
 }
 
-// touch records a use of e. Moving an entry to the front of an LRU
-// order on every hit touches two more entries' memory (its list
-// neighbours), which for a large cache costs as much as the lookup
-// itself; marking the entry, which the lookup has just loaded, costs
-// nothing, and evict gives a marked entry a second chance instead.
+// popOldest takes the oldest entry out of the ring; nil when it is empty.
+func (sh *rowShard) popOldest() *rowEntry {
+	for sh.head < len(sh.ring) {
+		e := sh.ring[sh.head]
+		sh.ring[sh.head] = nil
+		sh.head++
+		if e != nil {
+			e.pos = -1
+			return e
+		}
+		sh.holes--
+	}
+	return nil
+}
+
+// touch records a use of e. Moving an entry to the newest end on every
+// hit would write the ring on every read; marking the entry, which the
+// lookup has just loaded, costs nothing, and evict gives a marked entry a
+// second chance instead.
 func (sh *rowShard) touch(e *rowEntry) {
 	if !e.referenced || e.byWrite {
 		e.referenced, e.byWrite = true, false
 	}
 }
 
-// evict removes entries from the back of the order while the shard is
-// over its budget: an entry used since it got there is moved to the front
-// with its mark cleared (a second chance, as CLOCK gives), so that entries
-// read again survive and those not read since they were added go first.
-// Each round clears a mark or removes an entry, so it ends.
+// evict removes entries from the oldest end of the ring while the shard is
+// over its budget: an entry used since it got there is moved to the newest
+// end with its mark cleared (a second chance, as CLOCK gives), so that
+// entries read again survive and those not read since they were added go
+// first. Each round clears a mark or removes an entry, so it ends.
 func (sh *rowShard) evict() {
 	for sh.bytes > sh.budget {
-		e := sh.oldest
+		e := sh.popOldest()
 		if e == nil {
 			sh.bytes = 0
 			return
 		}
 		if e.referenced {
 			e.referenced = false
-			sh.unlink(e)
 			sh.pushNewest(e)
 			continue
 		}
-		sh.remove(e)
+		sh.drop(e)
 	}
 }
 
@@ -621,7 +600,7 @@ func (c *rowCache) publish(repr []byte, known []knownRecord) {
 		// need no lock.
 		for _, j := range idx {
 			if e := recs[j].known; e != nil {
-				if d := e.data; len(d) > 0 {
+				if d := e.data(); len(d) > 0 {
 					sink ^= d[len(d)-1]
 				}
 			}
@@ -691,7 +670,13 @@ func (sh *rowShard) update(known *rowEntry, h uint64, key, rec []byte, absent bo
 			e = cached
 		case known != nil && known.fresh:
 			known.fresh = false
-			known.set(rec, absent)
+			if !known.set(rec, absent) {
+				// Too large for the entry the writer made: a new one.
+				// known stays out of the cache, as an entry that left.
+				if known = newRowEntry(key, rec, absent); known == nil {
+					return
+				}
+			}
 			sh.add(h, known)
 			return
 		case !absent && sh.writeAdmit > 0:
@@ -713,7 +698,21 @@ func (sh *rowShard) update(known *rowEntry, h uint64, key, rec []byte, absent bo
 		return
 	}
 	before := e.size()
-	e.set(rec, absent) // the table holds e, not its memory
+	if !e.set(rec, absent) {
+		// Too large for e's buffer: the key gets a new entry in e's
+		// place in the table and the ring, and e leaves, unchanged.
+		ne := newRowEntry(key, rec, absent)
+		if ne == nil {
+			sh.remove(e)
+			return
+		}
+		sh.entries.delete(h, e)
+		ne.pos, ne.referenced, ne.cached = e.pos, e.referenced, true
+		sh.ring[e.pos] = ne
+		e.pos, e.cached = -1, false
+		sh.entries.insert(h, ne)
+		e = ne
+	}
 	after := e.size()
 	if after > sh.budget {
 		sh.bytes += after - before
@@ -729,13 +728,14 @@ func (c *rowCache) clear() {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.Lock()
-		for e := sh.newest; e != nil; {
-			older := e.older
-			e.cached, e.newer, e.older = false, nil, nil
-			e = older
+		for _, e := range sh.ring[sh.head:] {
+			if e != nil {
+				e.cached, e.pos = false, -1
+			}
 		}
+		clear(sh.ring)
 		sh.entries.reset()
-		sh.newest, sh.oldest, sh.count = nil, nil, 0
+		sh.ring, sh.head, sh.holes, sh.count = sh.ring[:0], 0, 0, 0
 		sh.bytes = 0
 		sh.mu.Unlock()
 	}

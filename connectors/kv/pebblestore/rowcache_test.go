@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/flowrun/flowrun/connectors/kv"
@@ -738,46 +738,43 @@ func TestRowCacheKeysViewEntryData(t *testing.T) {
 	}
 }
 
-// TestRowEntryInline checks entries hold their key and record in memory
-// allocated with them up to 200 bytes, account for it, keep it when a
-// record outgrows it, and that keys too long to cache are refused.
+// TestRowEntryInline checks entries hold their key and record in the one
+// allocation made for them, account for it, hold no pointer (so the
+// garbage collector marks them without reading them), refuse a record
+// larger than their buffer without changing, and that keys too long to
+// cache are refused.
 func TestRowEntryInline(t *testing.T) {
-	if got := unsafe.Sizeof(rowEntry{}); got != 56 {
-		t.Errorf("rowEntry is %d bytes, want 56: the fields a hit reads share the cache line where the key starts", got)
+	rt := reflect.TypeOf(rowEntry{})
+	for i := range rt.NumField() {
+		switch k := rt.Field(i).Type.Kind(); k {
+		case reflect.Pointer, reflect.UnsafePointer, reflect.Slice, reflect.String, reflect.Map, reflect.Chan, reflect.Func, reflect.Interface:
+			t.Errorf("rowEntry.%s is a %v: entries must hold no pointer", rt.Field(i).Name, k)
+		}
 	}
-	for n := 0; n <= 300; n++ {
+	for n := 0; n <= 600; n++ {
 		key := bytes.Repeat([]byte{'k'}, min(n, 10))
 		rec := bytes.Repeat([]byte{'r'}, n-len(key))
 		e := newRowEntry(key, rec, false)
 		if e.key() != string(key) || !bytes.Equal(e.rec(), rec) {
 			t.Fatalf("n=%d: key %q rec %q", n, e.key(), e.rec())
 		}
-		if inline := n <= 200; e.inlineData() != inline {
-			t.Fatalf("n=%d: inline %t, want %t", n, e.inlineData(), inline)
+		if int(e.dcap) < n || e.size() != int64(rowEntryHeader)+int64(e.dcap)+rowEntryOverhead {
+			t.Fatalf("n=%d: buffer %d, size %d", n, e.dcap, e.size())
 		}
-		want := 8*int64(e.inline) + rowEntryOverhead
-		if !e.inlineData() {
-			want += int64(cap(e.data))
-		}
-		if e.size() != want || e.size() < int64(n)+rowEntryOverhead {
-			t.Fatalf("n=%d: size %d, want %d", n, e.size(), want)
-		}
-		if n <= 200 {
-			if allocs := testing.AllocsPerRun(10, func() { newRowEntry(key, rec, false) }); allocs != 1 {
-				t.Fatalf("n=%d: %v allocations per entry, want 1", n, allocs)
-			}
+		if allocs := testing.AllocsPerRun(10, func() { newRowEntry(key, rec, false) }); allocs != 1 {
+			t.Fatalf("n=%d: %v allocations per entry, want 1", n, allocs)
 		}
 	}
 	e := newRowEntry([]byte("key"), []byte("small"), false)
 	before := e.size()
 	big := bytes.Repeat([]byte{'b'}, 500)
-	if !e.set(big, false) || e.key() != "key" || !bytes.Equal(e.rec(), big) || e.inlineData() {
-		t.Fatalf("grown record: moved inline=%t key %q", e.inlineData(), e.key())
+	if e.set(big, false) || e.key() != "key" || string(e.rec()) != "small" || e.size() != before {
+		t.Fatalf("a record larger than the buffer: set reported it fitted, or changed the entry (%q, %q)", e.key(), e.rec())
 	}
-	if e.size() < before+int64(len(big)) {
-		t.Errorf("size after growing %d, want the buffer (%d) kept in the account", e.size(), before)
+	if !e.set([]byte("tiny"), false) || string(e.rec()) != "tiny" || e.size() != before {
+		t.Fatalf("a smaller record: %q, size %d", e.rec(), e.size())
 	}
-	if e.set([]byte("x"), true) || !e.absent || len(e.rec()) != 0 {
+	if !e.set([]byte("x"), true) || !e.absent || len(e.rec()) != 0 || e.key() != "key" {
 		t.Errorf("absent after set: %+v", e)
 	}
 	long := bytes.Repeat([]byte{'k'}, 1<<16)
@@ -794,6 +791,47 @@ func TestRowEntryInline(t *testing.T) {
 	if st := c.stats(); st.Entries != 0 {
 		t.Errorf("%d entries cached", st.Entries)
 	}
+}
+
+// TestRowCacheGrownRecord checks that a cached key whose record outgrows
+// its entry gets a new entry in the table and the ring, with the new
+// record, and that the old entry leaves unchanged (the writer may still
+// hold it).
+func TestRowCacheGrownRecord(t *testing.T) {
+	c := newRowCache(1 << 20)
+	key := []byte("grows")
+	old := c.writerFill(key, []byte(`"small"`), false)
+	if old == nil {
+		t.Fatal("not cached")
+	}
+	big := []byte(`"` + strings.Repeat("b", 400) + `"`)
+	c.beginPublish()
+	sh, h := c.shard(key)
+	sh.mu.Lock()
+	sh.update(old, h, key, big, false)
+	sh.mu.Unlock()
+	c.endPublish()
+	if old.cached || string(old.rec()) != `"small"` {
+		t.Errorf("old entry: cached %t, record %q; want it out of the cache, unchanged", old.cached, old.rec())
+	}
+	got, absent, hit := c.get(key, nil)
+	if !hit || absent || !bytes.Equal(got, big) {
+		t.Errorf("get after growing: %q hit %t absent %t", got, hit, absent)
+	}
+	if err := checkRowTable(sh); err != nil {
+		t.Error(err)
+	}
+}
+
+// ringEntries returns sh's cached entries, newest first.
+func ringEntries(sh *rowShard) []*rowEntry {
+	var all []*rowEntry
+	for i := len(sh.ring) - 1; i >= sh.head; i-- {
+		if e := sh.ring[i]; e != nil {
+			all = append(all, e)
+		}
+	}
+	return all
 }
 
 // TestRowCacheAdmitsWritesWhileCold checks that written keys enter a cold
@@ -898,11 +936,23 @@ func TestRowCacheAdmitsWritesWhileCold(t *testing.T) {
 }
 
 // checkRowTable checks that sh's table holds exactly the entries of its
-// list, each in a slot with its key's hash and found by that key.
+// ring, each in a slot with its key's hash and found by that key, and that
+// each entry knows its place in the ring.
 func checkRowTable(sh *rowShard) error {
 	inList := make(map[*rowEntry]bool)
-	for e := sh.newest; e != nil; e = e.older {
+	holes := 0
+	for i, e := range sh.ring[sh.head:] {
+		if e == nil {
+			holes++
+			continue
+		}
+		if int(e.pos) != sh.head+i {
+			return fmt.Errorf("%q at ring slot %d says it is at %d", e.key(), sh.head+i, e.pos)
+		}
 		inList[e] = true
+	}
+	if holes != sh.holes {
+		return fmt.Errorf("%d holes in the ring, shard counts %d", holes, sh.holes)
 	}
 	used := 0
 	for i, s := range sh.entries.slots {
@@ -916,7 +966,7 @@ func checkRowTable(sh *rowShard) error {
 		switch {
 		case s.hash != rowHashString(sh.seed, s.e.key()):
 			return fmt.Errorf("slot %d: hash of %q is not its key's", i, s.e.key())
-		case !s.e.cached || s.e.shard != sh || !inList[s.e]:
+		case !s.e.cached || int(s.hash%rowCacheShards) != sh.index || !inList[s.e]:
 			return fmt.Errorf("slot %d: %q is in the table, not in the shard (cached %t)", i, s.e.key(), s.e.cached)
 		case sh.entries.find(s.hash, []byte(s.e.key())) != s.e:
 			return fmt.Errorf("slot %d: %q not found by its key", i, s.e.key())
@@ -1024,7 +1074,7 @@ func TestRowCachePrefetchChangesNothing(t *testing.T) {
 			snapshot := func() (RowCacheStats, []state) {
 				var all []state
 				for i := range c.shards {
-					for e := c.shards[i].newest; e != nil; e = e.older {
+					for _, e := range ringEntries(&c.shards[i]) {
 						all = append(all, state{e.key(), string(e.rec()), e.absent, e.referenced})
 					}
 				}
