@@ -338,8 +338,7 @@ func (g *Graph) Run(ctx context.Context) error {
 					if flags != 0 {
 						em.discard()
 					}
-					n.releaseAll(events, flags)
-					g.recycle(events, own)
+					g.releaseSlice(n, events, flags, own)
 				})
 				em.discard()
 			}
@@ -390,8 +389,7 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 			if flags != 0 {
 				em.discard()
 			}
-			n.releaseAll(s.events, flags)
-			g.recycle(s.events, s.own)
+			g.releaseSlice(n, s.events, flags, s.own)
 		}
 		em.discard()
 	}()
@@ -399,8 +397,7 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 		finish, err := sp.Start(hard, events)
 		if err != nil {
 			fail(n, err)
-			n.releaseAll(events, flagFailed)
-			g.recycle(events, own)
+			g.releaseSlice(n, events, flagFailed, own)
 			return
 		}
 		queue <- started{finish: finish, events: events, own: own}
@@ -410,21 +407,27 @@ func (g *Graph) runStaged(hard context.Context, n *node, sp StagedProcessor, em 
 }
 
 // receive hands each slice arriving at n, merged with those queued behind
-// it (see coalesce), to handle, which must release the slice's events
-// (releaseAll) once done with them and then pass own to recycle. Once the
+// it (see coalesce), to handle, which must pass the slice and own to
+// releaseSlice once done with its events. Once the
 // graph is failing, slices are discarded instead, their events released
 // as failed, so upstream never blocks.
 func (g *Graph) receive(hard context.Context, n *node, handle func(events []Event, own bool)) {
 	for events := range n.in {
 		if hard.Err() != nil {
-			n.releaseAll(events, flagFailed)
-			g.recycle(events, !n.sharedInput)
+			g.releaseSlice(n, events, flagFailed, !n.sharedInput)
 			continue
 		}
 		events, merged := g.coalesce(n, events)
 		n.received.Add(uint64(len(events)))
 		handle(events, merged || !n.sharedInput)
 	}
+}
+
+// releaseSlice releases the slice's events as input of n (releaseAll),
+// then gives the slice back to the pool when own says only n held it.
+func (g *Graph) releaseSlice(n *node, events []Event, flags uint32, own bool) {
+	n.releaseAll(events, flags)
+	g.recycle(events, own)
 }
 
 // recycle gives events back to the pool when own says that nothing else
@@ -577,10 +580,13 @@ func (e *emitter) Emit(port string, ev Event) {
 		}
 		o.t.ref(o.i, len(e.n.targets[i]), flags)
 	}
-	if e.buf[i] == nil {
+	switch buf := e.buf[i]; {
+	case buf == nil:
 		e.buf[i] = e.g.pool.get(e.sizeFor(i))
+	case len(buf) == cap(buf):
+		e.buf[i] = e.g.pool.grow(buf, 1) // full: to a larger pooled slice
 	}
-	e.buf[i] = append(e.g.pool.grow(e.buf[i], 1), ev)
+	e.buf[i] = append(e.buf[i], ev)
 }
 
 // input tells the emitter of a processor that a slice of n events is being

@@ -141,10 +141,13 @@ func allocRowEntry(n int) *rowEntry {
 	return e
 }
 
-// buf returns the entry's whole buffer.
-func (e *rowEntry) buf() []byte {
-	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(e), rowEntryHeader)), e.dcap)
+// bufStart is the address of the entry's buffer, just past its fields.
+func (e *rowEntry) bufStart() *byte {
+	return (*byte)(unsafe.Add(unsafe.Pointer(e), rowEntryHeader))
 }
+
+// buf returns the entry's whole buffer.
+func (e *rowEntry) buf() []byte { return unsafe.Slice(e.bufStart(), e.dcap) }
 
 // data returns the key followed by the record.
 func (e *rowEntry) data() []byte { return e.buf()[:e.dlen:e.dlen] }
@@ -166,9 +169,7 @@ func newRowEntry(key, rec []byte, absent bool) *rowEntry {
 }
 
 // key returns the entry's key, viewing its buffer.
-func (e *rowEntry) key() string {
-	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(e), rowEntryHeader)), int(e.keyLen))
-}
+func (e *rowEntry) key() string { return unsafe.String(e.bufStart(), int(e.keyLen)) }
 
 // rec returns the record; appending to it copies.
 func (e *rowEntry) rec() []byte { return e.buf()[e.keyLen:e.dlen:e.dlen] }
