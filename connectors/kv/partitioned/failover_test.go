@@ -107,6 +107,14 @@ func failover(t *testing.T, scenario string) {
 		_ = js.DeleteStream(dctx, bus.StreamName(out))
 	})
 
+	// The witness sees every answer published and every acknowledgement
+	// of one, so that a stall tells which side lost a missing answer.
+	witness, err := incrflow.Watch(urls, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(witness.Close)
+
 	// Publish every increment to its partition's subject, as a producer
 	// that knows the key does (the repartition stage does the same).
 	if err := incrflow.Publish(ctx, js, in, n, keys, parts); err != nil {
@@ -233,7 +241,15 @@ func failover(t *testing.T, scenario string) {
 		} else {
 			t.Logf("stall: dead letters: %v", err)
 		}
-		reportMissing(t, snapshot, n, keys, parts)
+		if missing := reportMissing(t, snapshot, n, keys, parts); len(missing) > 0 {
+			wctx, wcancel := context.WithTimeout(context.Background(), 60*time.Second)
+			e, err := witness.Explain(wctx, js, missing)
+			wcancel()
+			if err != nil {
+				t.Logf("stall: the witness: %v", err)
+			}
+			t.Logf("stall: the witness on the missing answers: %s", e)
+		}
 		diagnoseStall(t, js, base, in, parts, snapshot, instances)
 		t.Errorf("no message answered for %v while waiting for %s: %d of %d answered", stallAfter, what, progress, n)
 		return true
@@ -359,6 +375,12 @@ func failover(t *testing.T, scenario string) {
 		ci := c.CachedInfo()
 		t.Logf("partition %d: %d delivered for %d stream messages, %d redelivered", p, ci.Delivered.Consumer, ci.Delivered.Stream, ci.NumRedelivered)
 	}
+	stored := make(map[uint64]int, len(answers))
+	for _, a := range answers {
+		stored[a.Seq] = a.Corr
+	}
+	acked, lost, details := witness.Audit(stored)
+	t.Logf("the witness saw %d publishes of answers acknowledged; %d of them at a sequence holding another answer or none %q", acked, lost, details)
 	t.Logf("run took %v", time.Since(began).Round(time.Second))
 	for i, mark := range marks {
 		t.Logf("%s %d at %s: every partition answered again %v after it", scenario, i+1, mark.UTC().Format("15:04:05.000"), recovery(answers, mark, parts).Round(time.Millisecond))
@@ -608,8 +630,8 @@ func TestRecoveredCountsFinishedPartitions(t *testing.T) {
 // counts answered: a key whose highest count answered is its number of
 // messages had every increment applied, so its missing answers were
 // lost after the store applied them; a lower one, that they were not
-// applied (or not yet).
-func reportMissing(t *testing.T, answers []incrflow.Answer, n, keys, parts int) {
+// applied (or not yet). It returns the messages without an answer.
+func reportMissing(t *testing.T, answers []incrflow.Answer, n, keys, parts int) (missing []int) {
 	t.Helper()
 	seen := make(map[int]bool, len(answers))
 	top := map[string]int64{}
@@ -631,6 +653,7 @@ func reportMissing(t *testing.T, answers []incrflow.Answer, n, keys, parts int) 
 		if len(first) < 8 {
 			first = append(first, i)
 		}
+		missing = append(missing, i)
 		k := incrflow.StoreKey(i, keys)
 		byPart[partition.OfString(k, parts)]++
 		if top[k] == perKey[k] {
@@ -641,4 +664,5 @@ func reportMissing(t *testing.T, answers []incrflow.Answer, n, keys, parts int) 
 	}
 	t.Logf("stall: %d of %d answered; missing: first %v, by partition %v; %d of them on keys whose every increment was answered for (applied, answer lost), %d on keys short of their count",
 		len(seen), n, first, byPart, applied, unapplied)
+	return missing
 }
