@@ -41,7 +41,8 @@ func TestConformance(t *testing.T) {
 		c := open(t, opts)
 		// Every partition's streams are made before the scenario (and
 		// its clean-up) runs.
-		waitFor(t, time.Minute, "all partitions served", func() bool { return len(c.Serving()) == partitions })
+		waitForOr(t, time.Minute, "all partitions served", func() bool { return len(c.Serving()) == partitions },
+			func() string { return slotStates(c) })
 		return c
 	})
 	if n >= 20 && len(used) != partitions {

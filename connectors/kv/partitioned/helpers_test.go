@@ -2,7 +2,9 @@ package partitioned
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,11 +77,43 @@ func mustExpr(t testing.TB, src string) *expr.Expr {
 // waitFor polls cond every 50ms until it holds or d passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
+	waitForOr(t, d, what, cond, nil)
+}
+
+// waitForOr is waitFor that, on timeout, also reports what describe
+// returns (nil: nothing).
+func waitForOr(t testing.TB, d time.Duration, what string, cond func() bool, describe func() string) {
+	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
+			if describe != nil {
+				t.Fatalf("%s: not within %v; %s", what, d, describe())
+			}
 			t.Fatalf("%s: not within %v", what, d)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// slotStates describes each partition as c sees it: its state and for
+// how long, and whether a run of c holds its lease.
+func slotStates(c *Connector) string {
+	var b strings.Builder
+	for p, sl := range c.rt.slots {
+		sl.mu.Lock()
+		fmt.Fprintf(&b, "partition %d: %s for %v", p, stateText(sl.state), time.Since(sl.since).Round(time.Millisecond))
+		sl.mu.Unlock()
+		c.rt.mu.Lock()
+		if r, ok := c.rt.runs[p]; ok {
+			r.mu.Lock()
+			fmt.Fprintf(&b, " (a run: lease acquired %v, take-over done %v)", r.acquired, r.serving)
+			r.mu.Unlock()
+		} else {
+			b.WriteString(" (no run)")
+		}
+		c.rt.mu.Unlock()
+		b.WriteString("; ")
+	}
+	return b.String()
 }
