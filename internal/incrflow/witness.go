@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -252,31 +253,64 @@ func (w *Witness) explain(corrs []int, at func(seq uint64) (corr int, found bool
 // Audit checks every acknowledgement the Witness saw of an answer against
 // the stream's answers (sequence → correlation, as read): acked counts
 // the acknowledged publishes, lost those whose sequence holds another
-// answer or none, and details tells the first few of them. A stream
-// that loses what it acknowledged shows here even when the input was
-// redelivered and answered again, which hides the loss from the answers.
+// answer or none, and details tells the first few of them: what the
+// sequence holds, every publish of the same answer, and where the stream
+// holds it. A stream that loses what it acknowledged shows here even when
+// the answer was published again (its publisher never got the
+// acknowledgement) or its input redelivered and answered again, either
+// of which hides the loss from the answers.
 func (w *Witness) Audit(stored map[uint64]int) (acked, lost int, details []string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	var lostCorrs []int
 	for inbox, corr := range w.published {
 		a, ok := w.acks[inbox]
 		if !ok || a.Error != nil {
 			continue
 		}
 		acked++
-		holder, found := stored[a.Seq]
-		if found && holder == corr {
+		if holder, found := stored[a.Seq]; found && holder == corr {
 			continue
 		}
 		lost++
-		if len(details) < 8 {
-			what := "nothing"
-			if found {
-				what = "the answer to " + strconv.Itoa(holder)
-			}
-			details = append(details, fmt.Sprintf("answer %d acknowledged as sequence %d, which holds %s", corr, a.Seq, what))
-		}
+		lostCorrs = append(lostCorrs, corr)
 	}
-	sort.Strings(details)
+	if lost == 0 {
+		return acked, 0, nil
+	}
+	at := map[int][]uint64{} // correlation → sequences holding its answer
+	for seq, corr := range stored {
+		at[corr] = append(at[corr], seq)
+	}
+	publishes := map[int][]string{}
+	for inbox, corr := range w.published {
+		publishes[corr] = append(publishes[corr], inbox)
+	}
+	sort.Ints(lostCorrs)
+	for i, corr := range lostCorrs {
+		if len(details) == 8 || (i > 0 && lostCorrs[i-1] == corr) {
+			continue
+		}
+		var pubs []string
+		for _, inbox := range publishes[corr] {
+			a, ok := w.acks[inbox]
+			switch {
+			case !ok:
+				pubs = append(pubs, "no acknowledgement seen")
+			case a.Error != nil:
+				pubs = append(pubs, "refused: "+a.Error.Description)
+			default:
+				what := "nothing"
+				if holder, found := stored[a.Seq]; found {
+					what = "the answer to " + strconv.Itoa(holder)
+				}
+				pubs = append(pubs, fmt.Sprintf("acknowledged as sequence %d, which holds %s", a.Seq, what))
+			}
+		}
+		sort.Strings(pubs)
+		seqs := at[corr]
+		slices.Sort(seqs)
+		details = append(details, fmt.Sprintf("answer %d: published %d times (%s); the stream holds it at %v", corr, len(pubs), strings.Join(pubs, "; "), seqs))
+	}
 	return acked, lost, details
 }

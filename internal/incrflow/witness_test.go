@@ -84,11 +84,11 @@ func TestWitnessTellsTheFate(t *testing.T) {
 		}
 	}
 	acked, lost, details := w.Audit(stored)
-	if acked != n || lost != 1 || len(details) != 1 || details[0] != "answer 3 acknowledged as sequence 4, which holds nothing" {
+	if acked != n || lost != 1 || len(details) != 1 || details[0] != "answer 3: published 1 times (acknowledged as sequence 4, which holds nothing); the stream holds it at []" {
 		t.Errorf("audit: %d acknowledged, %d lost %q; want %d, 1 (answer 3)", acked, lost, details, n)
 	}
-	stored[4] = 5
-	if _, _, details := w.Audit(stored); len(details) != 1 || details[0] != "answer 3 acknowledged as sequence 4, which holds the answer to 5" {
+	stored[4], stored[9] = 5, 3
+	if _, _, details := w.Audit(stored); len(details) != 1 || details[0] != "answer 3: published 1 times (acknowledged as sequence 4, which holds the answer to 5); the stream holds it at [9]" {
 		t.Errorf("audit, sequence 4 holding another answer: %q", details)
 	}
 }
