@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,6 +39,31 @@ type Witness struct {
 	mu        sync.Mutex
 	published map[string]int   // reply inbox → correlation
 	acks      map[string]ackOf // reply inbox → acknowledgement
+	// pubSeen and ackSeen say when each publish and acknowledgement
+	// was first seen, and through which connections.
+	pubSeen, ackSeen map[string]sighting
+}
+
+// sighting is when a message was first seen, and the connections (bit i:
+// the server at urls[i]) it was seen through.
+type sighting struct {
+	at  time.Time
+	via uint8
+}
+
+// see records a sighting of key through connection i.
+func see(m map[string]sighting, key string, i int) {
+	s, ok := m[key]
+	if !ok {
+		s.at = time.Now()
+	}
+	s.via |= 1 << (i % 8)
+	m[key] = s
+}
+
+// String renders s as its time and its connections.
+func (s sighting) String() string {
+	return fmt.Sprintf("%s via %03b", s.at.UTC().Format("15:04:05.000"), s.via)
 }
 
 // ackOf is an acknowledgement JetStream sent to a publish's inbox:
@@ -56,9 +80,10 @@ type ackOf struct {
 // Watch starts a Witness of the answers published to subject out, with a
 // connection to each server of urls (comma-separated).
 func Watch(urls, out string) (*Witness, error) {
-	w := &Witness{stream: bus.StreamName(out), published: map[string]int{}, acks: map[string]ackOf{}}
+	w := &Witness{stream: bus.StreamName(out), published: map[string]int{}, acks: map[string]ackOf{},
+		pubSeen: map[string]sighting{}, ackSeen: map[string]sighting{}}
 	streamField := []byte(`"stream":` + strconv.Quote(w.stream))
-	for _, u := range strings.Split(urls, ",") {
+	for i, u := range strings.Split(urls, ",") {
 		nc, err := nats.Connect(u, nats.Timeout(2*time.Second), nats.MaxReconnects(-1))
 		if err != nil {
 			w.Close()
@@ -76,6 +101,7 @@ func Watch(urls, out string) (*Witness, error) {
 				}
 				w.mu.Lock()
 				w.published[m.Reply] = corr
+				see(w.pubSeen, m.Reply, i)
 				w.mu.Unlock()
 			}},
 			{"_INBOX.>", func(m *nats.Msg) {
@@ -93,6 +119,7 @@ func Watch(urls, out string) (*Witness, error) {
 				if prev, ok := w.acks[m.Subject]; !ok || prev.Error != nil {
 					w.acks[m.Subject] = a
 				}
+				see(w.ackSeen, m.Subject, i)
 				w.mu.Unlock()
 			}},
 		}
@@ -259,7 +286,11 @@ func (w *Witness) explain(corrs []int, at func(seq uint64) (corr int, found bool
 // the answer was published again (its publisher never got the
 // acknowledgement) or its input redelivered and answered again, either
 // of which hides the loss from the answers.
-func (w *Witness) Audit(stored map[uint64]int) (acked, lost int, details []string) {
+func (w *Witness) Audit(answers []Answer) (acked, lost int, details []string) {
+	stored := make(map[uint64]Answer, len(answers))
+	for _, a := range answers {
+		stored[a.Seq] = a
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var lostCorrs []int
@@ -269,7 +300,7 @@ func (w *Witness) Audit(stored map[uint64]int) (acked, lost int, details []strin
 			continue
 		}
 		acked++
-		if holder, found := stored[a.Seq]; found && holder == corr {
+		if holder, found := stored[a.Seq]; found && holder.Corr == corr {
 			continue
 		}
 		lost++
@@ -278,9 +309,9 @@ func (w *Witness) Audit(stored map[uint64]int) (acked, lost int, details []strin
 	if lost == 0 {
 		return acked, 0, nil
 	}
-	at := map[int][]uint64{} // correlation → sequences holding its answer
-	for seq, corr := range stored {
-		at[corr] = append(at[corr], seq)
+	at := map[int][]string{} // correlation → where the stream holds its answer
+	for _, a := range answers {
+		at[a.Corr] = append(at[a.Corr], fmt.Sprintf("%d (stored %s)", a.Seq, a.At.UTC().Format("15:04:05.000")))
 	}
 	publishes := map[int][]string{}
 	for inbox, corr := range w.published {
@@ -294,23 +325,27 @@ func (w *Witness) Audit(stored map[uint64]int) (acked, lost int, details []strin
 		var pubs []string
 		for _, inbox := range publishes[corr] {
 			a, ok := w.acks[inbox]
+			pub := "seen " + w.pubSeen[inbox].String() + ", "
 			switch {
 			case !ok:
-				pubs = append(pubs, "no acknowledgement seen")
+				pub += "no acknowledgement seen"
 			case a.Error != nil:
-				pubs = append(pubs, "refused: "+a.Error.Description)
+				pub += "refused: " + a.Error.Description
 			default:
 				what := "nothing"
 				if holder, found := stored[a.Seq]; found {
-					what = "the answer to " + strconv.Itoa(holder)
+					what = fmt.Sprintf("the answer to %d (stored %s)", holder.Corr, holder.At.UTC().Format("15:04:05.000"))
 				}
-				pubs = append(pubs, fmt.Sprintf("acknowledged as sequence %d, which holds %s", a.Seq, what))
+				dup := ""
+				if a.Duplicate {
+					dup = " as a duplicate"
+				}
+				pub += fmt.Sprintf("acknowledged%s %s as sequence %d, which holds %s", dup, w.ackSeen[inbox], a.Seq, what)
 			}
+			pubs = append(pubs, pub)
 		}
 		sort.Strings(pubs)
-		seqs := at[corr]
-		slices.Sort(seqs)
-		details = append(details, fmt.Sprintf("answer %d: published %d times (%s); the stream holds it at %v", corr, len(pubs), strings.Join(pubs, "; "), seqs))
+		details = append(details, fmt.Sprintf("answer %d: published %d times (%s); the stream holds it at %v", corr, len(pubs), strings.Join(pubs, "; "), at[corr]))
 	}
 	return acked, lost, details
 }
