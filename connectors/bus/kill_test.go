@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/internal/natstest"
 	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -91,7 +91,7 @@ func TestKillAndRestart(t *testing.T) {
 	start := time.Now()
 	dir := t.TempDir()
 	bin := proctest.BuildFlowrun(t, dir)
-	id := strings.ToLower(nuid.Next())
+	id := natstest.Token()
 	in, out := "kill."+id+".in", "kill."+id+".out"
 	flow := fmt.Sprintf(`name: load
 connectors:
@@ -241,7 +241,7 @@ func TestPoisonMessageIsSetAsideAfterMaxDeliveriesRestarts(t *testing.T) {
 	const maxDeliveries = 2
 	dir := t.TempDir()
 	bin := proctest.BuildFlowrun(t, dir)
-	id := strings.ToLower(nuid.Next())
+	id := natstest.Token()
 	in, out, durable := "poison."+id+".in", "poison."+id+".out", "poison_"+id
 	flow := fmt.Sprintf(`name: poison
 connectors:

@@ -15,6 +15,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/flowrun/flowrun/component"
+	"github.com/flowrun/flowrun/internal/natstest"
 	"github.com/flowrun/flowrun/pipeline"
 )
 
@@ -49,7 +50,7 @@ func natsURL(t *testing.T) string {
 // uniqueSubject returns a subject no earlier run used: the broker's
 // storage may outlive test runs.
 func uniqueSubject(prefix string) string {
-	return prefix + "." + strings.ToLower(nuid.Next())
+	return prefix + "." + natstest.Token()
 }
 
 // readSubject returns every message stored so far on subject's stream (up

@@ -14,13 +14,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 
 	"github.com/flowrun/flowrun"
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/internal/natstest"
 	"github.com/flowrun/flowrun/internal/partition"
 )
 
@@ -167,7 +167,7 @@ func TestPartitionedFlowAppliesEachOrderOnce(t *testing.T) {
 	defer nc.Close()
 	js, err := nc.JetStream()
 	must(t, err)
-	base := "orders." + strings.ToLower(nuid.Next())
+	base := "orders." + natstest.Token()
 	_, err = js.AddStream(&nats.StreamConfig{Name: bus.StreamName(base), Subjects: []string{base}})
 	must(t, err)
 	const n, count, customers = 300, 4, 10

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/internal/natstest"
 	"github.com/flowrun/flowrun/internal/proctest"
 	"github.com/flowrun/flowrun/pipeline"
 )
@@ -105,7 +105,7 @@ func TestScaleOutExactlyOnce(t *testing.T) {
 	if maxTxnOps == "" {
 		maxTxnOps = "128"
 	}
-	id := strings.ToLower(nuid.Next())
+	id := natstest.Token()
 	subject, durable, prefix := "scale."+id+".in", "scale_"+id, "flowrun-test/scale-"+id+"/"
 
 	query := fmt.Sprintf(`name: query

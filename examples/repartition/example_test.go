@@ -22,6 +22,7 @@ import (
 	"github.com/flowrun/flowrun/connectors/bus"
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/internal/natstest"
 	"github.com/flowrun/flowrun/internal/partition"
 )
 
@@ -57,7 +58,7 @@ func TestRepartitionExample(t *testing.T) {
 
 	// The example's subject, made unique: the broker's storage outlives
 	// test runs.
-	base := "orders.in." + strings.ToLower(nuid.Next())
+	base := "orders.in." + natstest.Token()
 	src, err := os.ReadFile("flow.yaml")
 	must(t, err)
 	flow := strings.ReplaceAll(string(src), "subject: orders.in", "subject: "+base)

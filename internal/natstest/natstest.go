@@ -6,6 +6,8 @@ package natstest
 
 import (
 	"bytes"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -20,7 +22,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 )
 
 // EnvClusterURLs names the environment variable holding the cluster's
@@ -78,10 +79,20 @@ func JetStreamAt(t testing.TB, urls string) jetstream.JetStream {
 }
 
 // Name returns a name no earlier test run used, made of prefix and
-// letters and digits (valid as a stream, bucket or subject token): the
-// cluster's storage may outlive test runs.
+// Token (valid as a stream, bucket or subject token): the cluster's
+// storage may outlive test runs.
 func Name(prefix string) string {
-	return prefix + strings.ToLower(nuid.Next())
+	return prefix + Token()
+}
+
+// Token returns 24 lowercase hexadecimal digits of a random 96-bit
+// number: unique across test runs and processes. (A NUID lowercased is
+// not: its letters of both cases fold together, and two names of one
+// process were once the same, so that two tests shared a group.)
+func Token() string {
+	var b [12]byte
+	_, _ = crand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
 }
 
 // Cluster is a three-node JetStream cluster of a test's own, started by
