@@ -36,12 +36,6 @@ func TestConformance(t *testing.T) {
 		mu.Unlock()
 		group := testGroup(t, js, partitions)
 		opts := testOptions(t, js, group, "solo", partitions)
-		// One instance per group: its leases never move, and a
-		// take-over that outlives its lease starts again. On a loaded
-		// machine making a partition's streams took longer than the
-		// tests' usual 2 s, over and over; nothing here measures
-		// failover.
-		opts.LeaseTTL = 10 * time.Second
 		opts.KV = kopts
 		opts.PartitionKey = mustExpr(t, fmt.Sprintf("%q", key))
 		c := open(t, opts)
