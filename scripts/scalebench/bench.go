@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -13,7 +15,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -115,9 +116,18 @@ type bench struct {
 	in, plainIn, etcdIn string
 }
 
+// runID returns 20 lowercase hexadecimal digits of a random 80-bit
+// number, unique to each Run. (A NUID's first characters are its
+// process-wide prefix: two Runs of one process took the same names.)
+func runID() string {
+	var b [10]byte
+	_, _ = crand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
 // Run publishes the input, runs every round and returns the report.
 func Run(ctx context.Context, opts Options, logf func(string, ...any)) (*Report, error) {
-	b := &bench{opts: opts, logf: logf, id: "sb" + strings.ToLower(nuid.Next()[:10])}
+	b := &bench{opts: opts, logf: logf, id: "sb" + runID()}
 	rep := &Report{Options: reportOptions(opts), Start: time.Now().UTC(), LoadBefore: loadAverage(), CPUs: cpus()}
 
 	work := opts.Work

@@ -261,3 +261,16 @@ func TestOwnershipCountsLogLines(t *testing.T) {
 		})
 	}
 }
+
+// TestRunIDsDiffer: every Run of one process names its streams and
+// groups apart from the others'.
+func TestRunIDsDiffer(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := runID()
+		if seen[id] {
+			t.Fatalf("run id %q given twice", id)
+		}
+		seen[id] = true
+	}
+}
