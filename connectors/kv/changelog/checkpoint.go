@@ -285,7 +285,7 @@ func (l *Log) read(ctx context.Context, start, end uint64, subject string, fn fu
 	if err != nil {
 		return fmt.Errorf("read from sequence %d: %w", start, err)
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullHeartbeat(readHeartbeat))
 	if err != nil {
 		return fmt.Errorf("read from sequence %d: %w", start, err)
 	}

@@ -38,6 +38,15 @@ var (
 	ErrRecordTooLarge = errors.New("changelog record too large")
 )
 
+// readHeartbeat is the idle heartbeat a read of the log (a restore, a
+// catch-up, a checkpoint's chunks) asks the server for. A pull request
+// the server never answers, with no error and no heartbeat (nats-server
+// 2.11 and later do so now and then; seen with 2.15.3), leaves the read
+// waiting until the ordered consumer has missed two heartbeats and starts
+// over from the last message it got: 10 s with the client's default of
+// 5 s, which outlasted the lease of the owner taking a partition over.
+const readHeartbeat = 500 * time.Millisecond
+
 // Defaults for Options.
 const (
 	// DefaultReplicas keeps a stream available with one server down: an
@@ -666,7 +675,7 @@ func (l *Log) restore(ctx context.Context, b kv.Backend, from Position) (Restore
 	if err != nil {
 		return res, fmt.Errorf("changelog %q: read from sequence %d: %w", l.opts.Stream, after+1, err)
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullHeartbeat(readHeartbeat))
 	if err != nil {
 		return res, fmt.Errorf("changelog %q: read from sequence %d: %w", l.opts.Stream, after+1, err)
 	}
