@@ -56,8 +56,10 @@ const (
 	// NATS server's default max_payload (1 MiB), leaving room for headers.
 	DefaultChunkBytes = 512 << 10
 	// DefaultAckTimeout bounds the wait for an append's acknowledgement:
-	// longer than a stream leader election (a few seconds), far shorter
-	// than a lease.
+	// longer than a stream leader election (a few seconds). It is not
+	// shorter than a partition's lease (lease.DefaultTTL, 5 s): an owner
+	// whose appends wait that long has usually lost its lease too, and the
+	// append then fails on the fence.
 	DefaultAckTimeout = 10 * time.Second
 	// DefaultRestoreBatch is the number of records Restore applies per
 	// kv.Backend Update call.
