@@ -11,13 +11,13 @@ import (
 	"github.com/flowrun/flowrun/internal/natstest"
 )
 
-// TestRestoreOutlivesALostPullRequest: a server that never answers one of
-// a restore's pull requests (nats-server 2.11 and later do so now and
-// then, with no error and no heartbeat) holds the restore up for twice
-// the read heartbeat, not the 10 s of the client's default, which
-// outlasted the lease of the owner taking the partition over. The
-// restore here must finish within 5 s with its second pull request lost.
-func TestRestoreOutlivesALostPullRequest(t *testing.T) {
+// TestReadsOutliveALostPullRequest: a server that never answers one of
+// the pull requests of a read of the log (nats-server 2.11 and later do
+// so now and then, with no error and no heartbeat) holds the read up for
+// twice the read heartbeat, not the 10 s of the client's default, which
+// outlasted the lease of the owner taking the partition over. Each read
+// here must finish within 5 s with its second pull request lost.
+func TestReadsOutliveALostPullRequest(t *testing.T) {
 	first := strings.Split(natstest.ClusterURLs(t), ",")[0]
 	name := natstest.Name("cllostpull")
 	// Only the restore's pull requests are counted: the take-over reads
@@ -36,7 +36,7 @@ func TestRestoreOutlivesALostPullRequest(t *testing.T) {
 	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), name) })
 
 	// More records than the consumer asks for at once (500), so that the
-	// restore sends a second pull request.
+	// reads send a second pull request.
 	const records = 1200
 	w, _, err := l.TakeOver(ctx, openPebble(t), 0, 1)
 	if err != nil {
@@ -56,21 +56,53 @@ func TestRestoreOutlivesALostPullRequest(t *testing.T) {
 		}
 	}
 
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	store := openPebble(t)
-	armed.Store(true)
-	res, err := l.Restore(rctx, store, 0)
-	if err != nil {
-		t.Fatalf("restore with its second pull request lost: %v (pull requests: %d)", err, pulls.Load())
-	}
-	if pulls.Load() < 2 {
-		t.Fatalf("the restore sent %d pull requests; the test needs it to lose its second", pulls.Load())
-	}
-	if want := records + MaxInFlight; res.Records != want {
-		t.Fatalf("restored %d records, want %d", res.Records, want)
-	}
-	if got := contents(t, store); len(got) != records {
-		t.Fatalf("the store holds %d keys, want %d", len(got), records)
+	last := w.Last()
+
+	for _, tt := range []struct {
+		name string
+		run  func(t *testing.T, ctx context.Context) error
+	}{
+		{"restore", func(t *testing.T, ctx context.Context) error {
+			store := openPebble(t)
+			res, err := l.Restore(ctx, store, 0)
+			if err != nil {
+				return err
+			}
+			if want := records + MaxInFlight; res.Records != want {
+				t.Errorf("restored %d records, want %d", res.Records, want)
+			}
+			if got := contents(t, store); len(got) != records {
+				t.Errorf("the store holds %d keys, want %d", len(got), records)
+			}
+			return nil
+		}},
+		// The reads of a catch-up's window and of a checkpoint's chunks.
+		{"read", func(t *testing.T, ctx context.Context) error {
+			n := uint64(0)
+			err := l.read(ctx, 1, last, l.opts.Subject, func(seq uint64, _ string, _ []byte) error {
+				if n++; seq != n {
+					return fmt.Errorf("read sequence %d as message %d", seq, n)
+				}
+				return nil
+			})
+			if err == nil && n != last {
+				t.Errorf("read %d messages, want %d", n, last)
+			}
+			return err
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			pulls.Store(0)
+			armed.Store(true)
+			defer armed.Store(false)
+			if err := tt.run(t, rctx); err != nil {
+				t.Fatalf("%s with its second pull request lost: %v (pull requests: %d)", tt.name, err, pulls.Load())
+			}
+			if pulls.Load() < 2 {
+				t.Fatalf("%s sent %d pull requests; the test needs it to lose its second", tt.name, pulls.Load())
+			}
+		})
 	}
 }
