@@ -14,7 +14,7 @@ import (
 // it (a node killed, the meta leader lost). It returns the server's URL.
 func BlackHole(t testing.TB) string {
 	t.Helper()
-	return "nats://" + listen(t, func(c net.Conn, _ func(net.Conn)) { serveBlackHole(c) })
+	return "nats://" + listen(t, "127.0.0.1:0", func(c net.Conn, _ func(net.Conn)) { serveBlackHole(c) })
 }
 
 // serveBlackHole speaks the server side of the NATS protocol on c until

@@ -16,8 +16,15 @@ import (
 // in order, from the goroutine of the publishing connection.
 func DropProxy(t testing.TB, url string, drop func(subject string) bool) string {
 	t.Helper()
+	return DropProxyAt(t, "127.0.0.1:0", url, drop)
+}
+
+// DropProxyAt is DropProxy listening at addr (host:port): a test can name
+// a server's address before anything listens there.
+func DropProxyAt(t testing.TB, addr, url string, drop func(subject string) bool) string {
+	t.Helper()
 	server := strings.TrimPrefix(url, "nats://")
-	return "nats://" + listen(t, func(c net.Conn, track func(net.Conn)) {
+	return "nats://" + listen(t, addr, func(c net.Conn, track func(net.Conn)) {
 		s, err := net.Dial("tcp", server)
 		if err != nil {
 			return

@@ -10,14 +10,14 @@ import (
 	"testing"
 )
 
-// listen accepts connections on a loopback port of the test's own until
-// the test ends, and runs handle for each on a goroutine of its own,
+// listen accepts connections at addr (host:port; "127.0.0.1:0" for a
+// loopback port of the test's own) until the test ends, and runs handle for each on a goroutine of its own,
 // closing the connection once handle returns. handle registers the
 // connections it opens with track; the test's end closes them all and
 // waits for every handle to return. It returns the address, host:port.
-func listen(t testing.TB, handle func(c net.Conn, track func(net.Conn))) string {
+func listen(t testing.TB, addr string, handle func(c net.Conn, track func(net.Conn))) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -179,10 +181,31 @@ func build(ctx context.Context, env *component.Env, c *component.Config, kopts k
 	if err != nil {
 		return component.Component{}, component.OptionErr("group", err)
 	}
-	nc, err := nats.Connect(sc.urls, nats.Name("flowrun "+env.Flow+" "+c.Node), nats.MaxReconnects(-1), nats.Timeout(5*time.Second))
+	// Servers unreachable at start are waited for, as bus sources wait
+	// for their brokers: nats.go keeps trying (every ReconnectWait).
+	var dialErr atomic.Pointer[error] // the last connection attempt's failure
+	copts := []nats.Option{nats.Name("flowrun " + env.Flow + " " + c.Node), nats.MaxReconnects(-1), nats.Timeout(5 * time.Second)}
+	nc, err := nats.Connect(sc.urls, copts...)
+	if err != nil {
+		first := err
+		dialErr.Store(&first)
+		nc, err = nats.Connect(sc.urls, append(copts, nats.RetryOnFailedConnect(true),
+			nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { dialErr.Store(&err) }))...)
+	}
 	if err != nil {
 		release()
 		return component.Component{}, fmt.Errorf("changelog: connect to %s: %w", sc.urls, err)
+	}
+	lastErr := func() error {
+		if p := dialErr.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}
+	if err := awaitConnected(ctx, nc, c.Node, sc.urls, lastErr, component.HealthOf(env.Resources), env.Logger); err != nil {
+		nc.Close()
+		release()
+		return component.Component{}, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -200,6 +223,42 @@ func build(ctx context.Context, env *component.Env, c *component.Config, kopts k
 		return component.Component{}, err
 	}
 	return component.Component{Processor: &ownedConn{Connector: conn, close: func() { nc.Close(); release() }}}, nil
+}
+
+// awaitReport is how often awaitConnected logs that it is still waiting.
+const awaitReport = 30 * time.Second
+
+// awaitConnected returns once nc is connected to one of the changelog's
+// servers (urls), or ctx's error wrapped when ctx ends first. While it
+// waits, node is reported not ready on health, and the wait is logged at
+// once and every awaitReport, with lastErr's failure of the last attempt.
+func awaitConnected(ctx context.Context, nc *nats.Conn, node, urls string, lastErr func() error, health *component.Health, logger *slog.Logger) error {
+	if nc.IsConnected() {
+		return nil
+	}
+	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(ch)
+	unreachable := fmt.Errorf("changelog: no NATS server of %s reachable", urls)
+	health.Set(node, unreachable)
+	t := time.NewTicker(awaitReport)
+	defer t.Stop()
+	start := time.Now()
+	for !nc.IsConnected() {
+		logger.Warn("changelog servers unreachable, waiting for them", "node", node, "urls", urls,
+			"waited", time.Since(start).Round(time.Second), "error", lastErr())
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", unreachable, ctx.Err())
+		case <-ch:
+		case <-t.C:
+		}
+		if nc.IsClosed() {
+			return fmt.Errorf("%w: the connection was closed", unreachable)
+		}
+	}
+	health.Set(node, nil)
+	logger.Info("changelog servers reached", "node", node, "url", nc.ConnectedUrlRedacted(), "waited", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // ownedConn is a Connector built from a config: closing it closes the

@@ -3,7 +3,9 @@ package partitioned_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/connectors/kv/partitioned"
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/flows/builtin"
@@ -109,5 +112,87 @@ links:
 	}
 	if _, err := flow.Build(ctx, flows.BuildOptions{Stdin: &in, Stdout: &out}); err == nil || !strings.Contains(err.Error(), "Lua scripts cannot use a partitioned kv connector") {
 		t.Fatalf("lua on a partitioned connector: %v", err)
+	}
+}
+
+// TestFlowWaitsForItsChangelogServers: a partitioned kv connector whose
+// changelog servers cannot be reached when the flow is built waits for
+// them, reporting itself not ready, and the flow runs once they answer.
+func TestFlowWaitsForItsChangelogServers(t *testing.T) {
+	first := strings.Split(natstest.ClusterURLs(t), ",")[0]
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String() // nothing listens there until the proxy starts
+	_ = ln.Close()
+	group := natstest.Name("ptwait")
+	js := natstest.JetStream(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = js.DeleteStream(ctx, partitioned.LeaseStream(group))
+		for p := range 2 {
+			s, _ := partitioned.ChangelogStream(group, p)
+			_ = js.DeleteStream(ctx, s)
+		}
+	})
+	dir := t.TempDir()
+	src := fmt.Sprintf(`name: waits
+connectors:
+  input: { type: stdin }
+  store: { type: kv, dir: state, partitions: 2, group: %s, lease_ttl: 2s,
+           changelog: { urls: "nats://%s", replicas: 3 } }
+  out: { type: stdout }
+links:
+  - input/out -> store/in
+  - store/out -> out/in
+  - store/err -> out/in
+`, group, addr)
+	path := filepath.Join(dir, "flow.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flow, diags, err := flows.Load(path, builtin.NewRegistry())
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	var in, out bytes.Buffer
+	for i := range 10 {
+		fmt.Fprintf(&in, `{"data":null,"meta":{"kv":{"increment":"k%d"}}}`+"\n", i%2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res := component.NewResources()
+	type result struct {
+		built *flows.Built
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := flow.Build(ctx, flows.BuildOptions{Stdin: &in, Stdout: &out, Resources: res})
+		done <- result{b, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("the build ended while no changelog server was reachable: %v", r.err)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	if err := component.HealthOf(res).Err(); !errors.Is(err, component.ErrNotReady) || !strings.Contains(err.Error(), "store") {
+		t.Errorf("readiness while waiting = %v, want the store not ready", err)
+	}
+	natstest.DropProxyAt(t, addr, first, func(string) bool { return false })
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("build once the server answers: %v", r.err)
+	}
+	if err := component.HealthOf(res).Err(); err != nil {
+		t.Errorf("readiness once connected = %v, want ready", err)
+	}
+	if err := r.built.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(out.String(), "\n"); got != 10 {
+		t.Fatalf("%d results, want 10:\n%s", got, out.String())
 	}
 }
