@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tidwall/gjson"
 
 	"github.com/flowrun/flowrun/component"
@@ -29,16 +30,7 @@ import (
 func TestFlowWithPartitions(t *testing.T) {
 	dir := t.TempDir()
 	group := natstest.Name("ptflow")
-	js := natstest.JetStream(t)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = js.DeleteStream(ctx, partitioned.LeaseStream(group))
-		for p := range 3 {
-			s, _ := partitioned.ChangelogStream(group, p)
-			_ = js.DeleteStream(ctx, s)
-		}
-	})
+	deleteGroupStreams(t, natstest.JetStream(t), group, 3)
 	src := fmt.Sprintf(`name: counts
 connectors:
   input: { type: stdin }
@@ -127,16 +119,7 @@ func TestFlowWaitsForItsChangelogServers(t *testing.T) {
 	addr := ln.Addr().String() // nothing listens there until the proxy starts
 	_ = ln.Close()
 	group := natstest.Name("ptwait")
-	js := natstest.JetStream(t)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = js.DeleteStream(ctx, partitioned.LeaseStream(group))
-		for p := range 2 {
-			s, _ := partitioned.ChangelogStream(group, p)
-			_ = js.DeleteStream(ctx, s)
-		}
-	})
+	deleteGroupStreams(t, natstest.JetStream(t), group, 2)
 	dir := t.TempDir()
 	src := fmt.Sprintf(`name: waits
 connectors:
@@ -195,4 +178,18 @@ links:
 	if got := strings.Count(out.String(), "\n"); got != 10 {
 		t.Fatalf("%d results, want 10:\n%s", got, out.String())
 	}
+}
+
+// deleteGroupStreams deletes, when the test ends, the lease stream and
+// the changelog streams of the first partitions of group.
+func deleteGroupStreams(t *testing.T, js jetstream.JetStream, group string, partitions int) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = js.DeleteStream(ctx, partitioned.LeaseStream(group))
+		for p := range partitions {
+			s, _ := partitioned.ChangelogStream(group, p)
+			_ = js.DeleteStream(ctx, s)
+		}
+	})
 }
