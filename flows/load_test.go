@@ -91,7 +91,8 @@ func TestBrokenFiles(t *testing.T) {
 			`12:47: error: connectors.inputonly.input_from: applies only to a partitioned connector: set partitions too`,
 			`13:50: error: connectors.ckonly.checkpoint_every: applies only to a partitioned connector: set partitions too`,
 			`14:66: error: connectors.cksmall.checkpoint_every: checkpoint_every is 1KiB, out of range: must be 64KiB to 64GiB`,
-			`15:65: error: connectors.ckbig.checkpoint_every: checkpoint_every is 100GiB, out of range: must be 64KiB to 64GiB`}},
+			`15:65: error: connectors.ckbig.checkpoint_every: checkpoint_every is 100GiB, out of range: must be 64KiB to 64GiB`,
+			`16:58: error: connectors.badff.changelog: fail_fast is "maybe", must be true or false`}},
 		{"unused_node.yaml", []string{
 			`5:3: warning: connectors.spare: connector "spare" is not linked to anything`}},
 	}

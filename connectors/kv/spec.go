@@ -137,7 +137,7 @@ func Spec(backends ...BackendSpec) component.Spec {
 			{Name: "partition_key", Type: component.TypeExpr,
 				Doc: "With `partitions`: the expression giving an event's partition key, a string; it sees `meta.kv.key` set to the command's key (e.g. `substr(meta.kv.key, 0, 8)` keeps `player/7/score` and `player/7/rank` together), and for a `batch` it is evaluated once per element, with `meta.kv` the element. Default: the command's key (scan start, prefix; each batch element's)."},
 			{Name: "changelog", Type: component.TypeMap,
-				Doc: "With `partitions`, required: the JetStream cluster holding the changelogs and leases, `{urls: \"${FLOWRUN_NATS_CLUSTER_URLS}\", replicas: 3}`; `urls` comma-separated, `replicas` 1, 3 (default) or 5."},
+				Doc: "With `partitions`, required: the JetStream cluster holding the changelogs and leases, `{urls: \"${FLOWRUN_NATS_CLUSTER_URLS}\", replicas: 3}`; `urls` comma-separated, `replicas` 1, 3 (default) or 5. When no server answers at start the connector waits for one, not ready meanwhile; `fail_fast: true` fails the start instead."},
 			{Name: "group", Type: component.TypeString,
 				Doc: "With `partitions`: the name the flow's instances share their partitions under (it names the JetStream streams `FLOWRUN_<group>_LEASES` and `FLOWRUN_<group>_CL_<partition>`, `..._CL_<partition>_G<n>` after re-partitioning). Default: the flow's name."},
 			{Name: "instance", Type: component.TypeString,

@@ -48,7 +48,7 @@ func Backend(b kv.BackendSpec) kv.BackendSpec {
 }
 
 // changelogKeys are the keys of the changelog option.
-var changelogKeys = []string{"urls", "replicas"}
+var changelogKeys = []string{"urls", "replicas", "fail_fast"}
 
 // specConfig is what a config gives beyond the kv options.
 type specConfig struct {
@@ -56,6 +56,7 @@ type specConfig struct {
 	opts     Options
 	keySrc   string
 	replicas int
+	failFast bool // the build fails when no changelog server answers
 }
 
 // specOptions reads and checks the partition options of c.
@@ -86,6 +87,13 @@ func specOptions(c *component.Config) (specConfig, error) {
 			return sc, component.OptionErr("changelog", fmt.Errorf("replicas is %q, must be 1, 3 or 5", r))
 		}
 		sc.replicas = n
+	}
+	if f, ok := cl["fail_fast"]; ok {
+		b, err := strconv.ParseBool(strings.TrimSpace(f))
+		if err != nil {
+			return sc, component.OptionErr("changelog", fmt.Errorf("fail_fast is %q, must be true or false", f))
+		}
+		sc.failFast = b
 	}
 	if g := c.String("group"); g != "" && !validToken(g) {
 		return sc, component.OptionErr("group", fmt.Errorf("%q must be letters, digits, '_', '-' or '.'", g))
@@ -183,10 +191,11 @@ func build(ctx context.Context, env *component.Env, c *component.Config, kopts k
 	}
 	// Servers unreachable at start are waited for, as bus sources wait
 	// for their brokers: nats.go keeps trying (every ReconnectWait).
+	// With fail_fast the build fails instead.
 	var dialErr atomic.Pointer[error] // the last connection attempt's failure
 	copts := []nats.Option{nats.Name("flowrun " + env.Flow + " " + c.Node), nats.MaxReconnects(-1), nats.Timeout(5 * time.Second)}
 	nc, err := nats.Connect(sc.urls, copts...)
-	if err != nil {
+	if err != nil && !sc.failFast {
 		first := err
 		dialErr.Store(&first)
 		nc, err = nats.Connect(sc.urls, append(copts, nats.RetryOnFailedConnect(true),

@@ -109,7 +109,8 @@ links:
 
 // TestFlowWaitsForItsChangelogServers: a partitioned kv connector whose
 // changelog servers cannot be reached when the flow is built waits for
-// them, reporting itself not ready, and the flow runs once they answer.
+// them, reporting itself not ready, and the flow runs once they answer;
+// with fail_fast the build fails instead.
 func TestFlowWaitsForItsChangelogServers(t *testing.T) {
 	first := strings.Split(natstest.ClusterURLs(t), ",")[0]
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -146,6 +147,22 @@ links:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+
+	// With fail_fast the build fails at once instead.
+	failFast := filepath.Join(dir, "failfast.yaml")
+	if err := os.WriteFile(failFast, []byte(strings.Replace(src, "replicas: 3 }", "replicas: 3, fail_fast: true }", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ff, diags, err := flows.Load(failFast, builtin.NewRegistry())
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	fctx, fcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer fcancel()
+	if _, err := ff.Build(fctx, flows.BuildOptions{Stdin: &in, Stdout: &out}); err == nil || !strings.Contains(err.Error(), "changelog: connect to") {
+		t.Fatalf("build with fail_fast and no server = %v, want the connection's error", err)
+	}
+
 	res := component.NewResources()
 	type result struct {
 		built *flows.Built
