@@ -44,16 +44,10 @@ links:
   - store/err -> out/in
 `, group)
 	path := filepath.Join(dir, "flow.yaml")
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	flow := loadFlow(t, path, src)
 	var in bytes.Buffer
 	for i := range 100 {
 		fmt.Fprintf(&in, `{"data":null,"meta":{"kv":{"increment":"k%d"}}}`+"\n", i%20)
-	}
-	flow, diags, err := flows.Load(path, builtin.NewRegistry())
-	if err != nil {
-		t.Fatalf("load: %v %v", err, diags)
 	}
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -81,13 +75,7 @@ links:
 	twice := strings.Replace(src, "  out: { type: stdout }", fmt.Sprintf(`  store2: { type: kv, dir: state2, partitions: 3, group: %s,
            changelog: { urls: "${FLOWRUN_NATS_CLUSTER_URLS}" } }
   out: { type: stdout }`, group), 1) + "  - input/out -> store2/in\n  - store2/out -> out/in\n  - store2/err -> out/in\n"
-	if err := os.WriteFile(path, []byte(twice), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	flow, diags, err = flows.Load(path, builtin.NewRegistry())
-	if err != nil {
-		t.Fatalf("load: %v %v", err, diags)
-	}
+	flow = loadFlow(t, path, twice)
 	if _, err := flow.Build(ctx, flows.BuildOptions{Stdin: &in, Stdout: &out}); err == nil || !strings.Contains(err.Error(), "already used by connector") {
 		t.Fatalf("two connectors on one group: %v", err)
 	}
@@ -95,13 +83,7 @@ links:
 	// A Lua node cannot use a partitioned connector.
 	withLua := strings.Replace(src, "  out: { type: stdout }", "  rules: { type: lua, kv: store, script: 'emit(\"out\", event)' }\n  out: { type: stdout }", 1) +
 		"  - input/out -> rules/in\n  - rules/out -> out/in\n  - rules/err -> out/in\n"
-	if err := os.WriteFile(path, []byte(withLua), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	flow, diags, err = flows.Load(path, builtin.NewRegistry())
-	if err != nil {
-		t.Fatalf("load: %v %v", err, diags)
-	}
+	flow = loadFlow(t, path, withLua)
 	if _, err := flow.Build(ctx, flows.BuildOptions{Stdin: &in, Stdout: &out}); err == nil || !strings.Contains(err.Error(), "Lua scripts cannot use a partitioned kv connector") {
 		t.Fatalf("lua on a partitioned connector: %v", err)
 	}
@@ -134,13 +116,7 @@ links:
   - store/err -> out/in
 `, group, addr)
 	path := filepath.Join(dir, "flow.yaml")
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	flow, diags, err := flows.Load(path, builtin.NewRegistry())
-	if err != nil {
-		t.Fatalf("load: %v %v", err, diags)
-	}
+	flow := loadFlow(t, path, src)
 	var in, out bytes.Buffer
 	for i := range 10 {
 		fmt.Fprintf(&in, `{"data":null,"meta":{"kv":{"increment":"k%d"}}}`+"\n", i%2)
@@ -150,13 +126,7 @@ links:
 
 	// With fail_fast the build fails at once instead.
 	failFast := filepath.Join(dir, "failfast.yaml")
-	if err := os.WriteFile(failFast, []byte(strings.Replace(src, "replicas: 3 }", "replicas: 3, fail_fast: true }", 1)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ff, diags, err := flows.Load(failFast, builtin.NewRegistry())
-	if err != nil {
-		t.Fatalf("load: %v %v", err, diags)
-	}
+	ff := loadFlow(t, failFast, strings.Replace(src, "replicas: 3 }", "replicas: 3, fail_fast: true }", 1))
 	fctx, fcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer fcancel()
 	if _, err := ff.Build(fctx, flows.BuildOptions{Stdin: &in, Stdout: &out}); err == nil || !strings.Contains(err.Error(), "changelog: connect to") {
@@ -209,4 +179,17 @@ func deleteGroupStreams(t *testing.T, js jetstream.JetStream, group string, part
 			_ = js.DeleteStream(ctx, s)
 		}
 	})
+}
+
+// loadFlow writes src to path and loads the flow it declares.
+func loadFlow(t *testing.T, path, src string) *flows.Flow {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flow, diags, err := flows.Load(path, builtin.NewRegistry())
+	if err != nil {
+		t.Fatalf("load: %v %v", err, diags)
+	}
+	return flow
 }
