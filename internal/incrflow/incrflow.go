@@ -191,46 +191,135 @@ func AnswerStream(out string) jetstream.StreamConfig {
 // each to its partition's subject of in (of parts partitions), as a
 // producer that knows the key does (the repartition stage does the same),
 // or with parts 0 all to subject in, for an unpartitioned flow: plain JSON
-// {"k": KEY, "i": i}. It returns once the broker acknowledged
-// every message.
+// {"k": KEY, "i": i}. It returns once the broker acknowledged every
+// message: one whose publish failed (no responders while a stream leader
+// is elected, an acknowledgement not received within publishAckWait) is
+// published again under the same message ID, which the stream's
+// duplicate window drops if the first copy was stored, up to
+// publishAttempts times. A message the broker never acknowledged would
+// never be answered: the run waiting for it would stall without a cause.
 func Publish(ctx context.Context, js jetstream.JetStream, in string, n, keys, parts int) error {
+	return publishRange(ctx, js, in, 0, n, keys, parts, publishAckWait)
+}
+
+// PublishRange is Publish of messages from to to-1 only: a run can hold
+// some of its input back.
+func PublishRange(ctx context.Context, js jetstream.JetStream, in string, from, to, keys, parts int) error {
+	return publishRange(ctx, js, in, from, to, keys, parts, publishAckWait)
+}
+
+// publishRange is PublishRange waiting ackWait for each acknowledgement.
+func publishRange(ctx context.Context, js jetstream.JetStream, in string, from, to, keys, parts int, ackWait time.Duration) error {
+	// A JetStream context of its own: the caller's may have no
+	// acknowledgement timeout, and an acknowledgement lost would then
+	// keep the publish pending until ctx ends.
+	pjs, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(ackWait))
+	if err != nil {
+		return err
+	}
 	wait := func() error {
 		select {
-		case <-js.PublishAsyncComplete():
+		case <-pjs.PublishAsyncComplete():
 			return nil
 		case <-ctx.Done():
 			return fmt.Errorf("publishing: %w", ctx.Err())
 		}
 	}
-	for i := range n {
+	// One ID per run of Publish and message: a test publishing twice to
+	// one subject within the duplicate window must not lose the second.
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	send := func(i int) (jetstream.PubAckFuture, error) {
 		k := Key(i, keys)
 		subj := in
 		if parts > 0 {
 			subj = partition.Subject(in, partition.OfString("c/"+k, parts))
 		}
 		for {
-			_, err := js.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i))
+			f, err := pjs.PublishAsync(subj, fmt.Appendf(nil, `{"k":%q,"i":%d}`, k, i), jetstream.WithMsgID(run+"."+strconv.Itoa(i)))
 			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 				// A loaded machine acknowledges slowly: let the
 				// outstanding publishes complete and try again.
 				if err := wait(); err != nil {
-					return err
+					return nil, err
 				}
 				continue
 			}
 			if err != nil {
-				return fmt.Errorf("publish message %d: %w", i, err)
+				return nil, fmt.Errorf("publish message %d: %w", i, err)
 			}
-			break
+			return f, nil
 		}
-		if i%4096 == 4095 {
+	}
+	type sent struct {
+		i int
+		f jetstream.PubAckFuture
+	}
+	// settle waits for the window's acknowledgements and publishes the
+	// messages that failed again, after a pause growing with each
+	// attempt, until each is acknowledged.
+	settle := func(window []sent) error {
+		for attempt := 1; len(window) > 0; attempt++ {
 			if err := wait(); err != nil {
 				return err
 			}
+			var failed []int
+			for _, s := range window {
+				select {
+				case <-s.f.Ok():
+				case err := <-s.f.Err():
+					if attempt == publishAttempts {
+						return fmt.Errorf("publish message %d: not acknowledged in %d attempts: %w", s.i, attempt, err)
+					}
+					failed = append(failed, s.i)
+				}
+			}
+			if len(failed) == 0 {
+				return nil
+			}
+			select {
+			case <-time.After(time.Duration(attempt) * publishPause):
+			case <-ctx.Done():
+				return fmt.Errorf("publishing: %w", ctx.Err())
+			}
+			window = window[:0]
+			for _, i := range failed {
+				f, err := send(i)
+				if err != nil {
+					return err
+				}
+				window = append(window, sent{i, f})
+			}
+		}
+		return nil
+	}
+	window := make([]sent, 0, publishWindow)
+	for i := from; i < to; i++ {
+		f, err := send(i)
+		if err != nil {
+			return err
+		}
+		window = append(window, sent{i, f})
+		if len(window) == publishWindow {
+			if err := settle(window); err != nil {
+				return err
+			}
+			window = window[:0]
 		}
 	}
-	return wait()
+	return settle(window)
 }
+
+// publishWindow is how many messages Publish sends before it waits for
+// their acknowledgements; publishAckWait how long it waits for one (a
+// loaded cluster acknowledges within a second or two); publishAttempts
+// how often it sends a message before it gives up, pausing publishPause
+// times the attempt's number before sending the failed ones again.
+const (
+	publishWindow   = 4096
+	publishAckWait  = 10 * time.Second
+	publishAttempts = 5
+	publishPause    = 250 * time.Millisecond
+)
 
 // Answer is one result the flow published: the increment of input
 // message Corr on Key reached Value.
