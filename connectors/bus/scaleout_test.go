@@ -23,7 +23,7 @@ import (
 
 // Sizes of the scale-out test.
 const (
-	scaleMessages  = 30_000
+	scaleMessages  = 12_000
 	scalePlayers   = 100
 	scaleProcesses = 3
 )
@@ -95,7 +95,7 @@ func TestScaleOutExactlyOnce(t *testing.T) {
 	url := natsURL(t)
 	endpoints := etcdEndpoints(t)
 	if testing.Short() {
-		t.Skip("builds flowrun and moves 30,000 messages through three processes")
+		t.Skip("builds flowrun and moves 12,000 messages through three processes")
 	}
 	start := time.Now()
 	dir := t.TempDir()

@@ -17,8 +17,16 @@ import (
 	"github.com/flowrun/flowrun/connectors/kv/etcdstore"
 )
 
-// testRedisPort is the loopback port the tests start redis-server on.
-const testRedisPort = 26379
+// testRedisPort returns a free loopback port for a test's redis-server: a
+// fixed one would meet a server started there for other work.
+func testRedisPort(t *testing.T) int {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
 
 // needRedis skips the test when the Redis executables are missing, except
 // under CI, where their absence fails it.
@@ -166,7 +174,8 @@ func TestRedisPeerRefusals(t *testing.T) {
 // its persistence settings, then checks stop leaves nothing listening.
 func TestStartRedisDurable(t *testing.T) {
 	needRedis(t)
-	opts := RedisOptions{Port: testRedisPort}
+	port := testRedisPort(t)
+	opts := RedisOptions{Port: port}
 	opts.ensureDefaults()
 	s, err := startRedis(context.Background(), opts, t.TempDir())
 	if err != nil {
@@ -174,7 +183,7 @@ func TestStartRedisDurable(t *testing.T) {
 	}
 	defer s.stop()
 	for name, want := range map[string]string{"appendonly": "yes", "appendfsync": "always", "save": "", "bind": "127.0.0.1"} {
-		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(testRedisPort), "config", "get", name).Output()
+		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(port), "config", "get", name).Output()
 		if err != nil {
 			t.Fatalf("config get %s: %v", name, err)
 		}
@@ -186,7 +195,7 @@ func TestStartRedisDurable(t *testing.T) {
 	if err := s.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if ping(testRedisPort) {
+	if ping(port) {
 		t.Error("redis-server still answers after stop")
 	}
 }
@@ -196,9 +205,10 @@ func TestStartRedisDurable(t *testing.T) {
 // or directory is left behind.
 func TestRunRedisPeer(t *testing.T) {
 	needRedis(t)
+	port := testRedisPort(t)
 	dir := t.TempDir()
 	cfg := Config{Workloads: []string{Put, Get, Increment, CAS}, Ops: 2000, Keys: 200, ValueBytes: 100, Batch: 100,
-		Sync: true, Dir: dir, Peer: PeerRedis, Redis: RedisOptions{Port: testRedisPort, Clients: 4}}
+		Sync: true, Dir: dir, Peer: PeerRedis, Redis: RedisOptions{Port: port, Clients: 4}}
 	results, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +235,7 @@ func TestRunRedisPeer(t *testing.T) {
 	if want := []string{"SET", "GET", "INCR", ""}; !slices.Equal(tests, want) {
 		t.Errorf("redis tests %q, want %q", tests, want)
 	}
-	if ping(testRedisPort) {
+	if ping(port) {
 		t.Error("redis-server still answers after Run")
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 0 {
@@ -237,7 +247,8 @@ func TestRunRedisPeer(t *testing.T) {
 // key holds the value, as on the flowrun side.
 func TestRedisPreloadAnswered(t *testing.T) {
 	needRedis(t)
-	cfg := Config{Keys: 50, ValueBytes: 20, Peer: PeerRedis, Redis: RedisOptions{Port: testRedisPort}}
+	port := testRedisPort(t)
+	cfg := Config{Keys: 50, ValueBytes: 20, Peer: PeerRedis, Redis: RedisOptions{Port: port}}
 	cfg.EnsureDefaults()
 	s, err := startRedis(context.Background(), cfg.Redis, t.TempDir())
 	if err != nil {
@@ -248,7 +259,7 @@ func TestRedisPreloadAnswered(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []int{0, 49} {
-		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(testRedisPort), "get", string(redisKey(nil, "GET", k))).Output()
+		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(port), "get", string(redisKey(nil, "GET", k))).Output()
 		if err != nil || !bytes.Equal(bytes.TrimSpace(out), bytes.Repeat([]byte{'x'}, 20)) {
 			t.Errorf("key %d: %q, %v", k, out, err)
 		}
