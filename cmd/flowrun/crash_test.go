@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/flowrun/flowrun/internal/proctest"
 )
 
 // Environment variables steering TestCrashRecovery, so a failing run can be
@@ -40,42 +42,21 @@ links:
   - store/err -> results/in
 `
 
-// flowrunBuild is the flowrun binary the tests run as a process: built
-// once per test binary by buildFlowrun (each build took 5-20 s of a CI
-// run, nine of them), removed by TestMain.
-var flowrunBuild struct {
-	once sync.Once
-	dir  string
-	bin  string
-	err  error
-}
+// flowrunBuild is the flowrun binary the tests run as a process, built
+// once per test binary.
+var flowrunBuild proctest.SharedBuild
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if flowrunBuild.dir != "" {
-		_ = os.RemoveAll(flowrunBuild.dir)
-	}
+	flowrunBuild.Remove()
 	os.Exit(code)
 }
 
 // buildFlowrun returns the path of the flowrun binary, building it on the
-// first call. Tests run it; none may change it.
+// first call.
 func buildFlowrun(t *testing.T) string {
 	t.Helper()
-	b := &flowrunBuild
-	b.once.Do(func() {
-		if b.dir, b.err = os.MkdirTemp("", "flowrun-cmd-test-"); b.err != nil {
-			return
-		}
-		b.bin = filepath.Join(b.dir, "flowrun")
-		if out, err := exec.Command("go", "build", "-o", b.bin, ".").CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if b.err != nil {
-		t.Fatal(b.err)
-	}
-	return b.bin
+	return flowrunBuild.Flowrun(t)
 }
 
 // child is one running `flowrun run` process.

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/flowrun/flowrun/component"
 	"github.com/flowrun/flowrun/flows"
 	"github.com/flowrun/flowrun/flows/builtin"
+	"github.com/flowrun/flowrun/internal/proctest"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -183,37 +183,20 @@ func (f *runningFlow) stop(t testing.TB) {
 	}
 }
 
-var (
-	flowrunOnce sync.Once
-	flowrunBin  string
-	flowrunErr  error
-	binDir      string
-)
+// flowrunBuild is the flowrun binary the tests run as a process, built
+// once per test binary.
+var flowrunBuild proctest.SharedBuild
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
+	flowrunBuild.Remove()
 	os.Exit(code)
 }
 
 // buildFlowrun builds the flowrun command once per test binary.
 func buildFlowrun(t testing.TB) string {
 	t.Helper()
-	flowrunOnce.Do(func() {
-		binDir, flowrunErr = os.MkdirTemp("", "flowrun-redisstream-")
-		if flowrunErr != nil {
-			return
-		}
-		flowrunBin = filepath.Join(binDir, "flowrun")
-		out, err := exec.Command("go", "build", "-o", flowrunBin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput()
-		if err != nil {
-			flowrunErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	must(t, flowrunErr)
-	return flowrunBin
+	return flowrunBuild.Flowrun(t)
 }
 
 // process is a `flowrun run` process.

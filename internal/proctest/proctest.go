@@ -5,9 +5,11 @@
 package proctest
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -21,6 +23,44 @@ func BuildFlowrun(t testing.TB, dir string) string {
 		t.Fatalf("go build flowrun: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// SharedBuild is a flowrun binary built once and shared by the tests of
+// one test binary (each go build of it takes 5-20 s of a loaded CI run).
+// Declare one per test package and call Remove from TestMain after
+// m.Run. The zero value is ready.
+type SharedBuild struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// Flowrun returns the binary's path, building it on the first call; a
+// failed build fails every test that asks. Tests run it; none may change
+// it.
+func (b *SharedBuild) Flowrun(t testing.TB) string {
+	t.Helper()
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "flowrun-test-bin-"); b.err != nil {
+			return
+		}
+		b.bin = filepath.Join(b.dir, "flowrun")
+		if out, err := exec.Command("go", "build", "-o", b.bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build flowrun: %w\n%s", err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.bin
+}
+
+// Remove deletes the binary, if it was built.
+func (b *SharedBuild) Remove() {
+	if b.dir != "" {
+		_ = os.RemoveAll(b.dir)
+	}
 }
 
 // Tail returns the last n bytes of s, marked with "..." when cut: a
