@@ -18,11 +18,19 @@ import (
 func BuildFlowrun(t testing.TB, dir string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "flowrun")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build flowrun: %v\n%s", err, out)
+	if err := build(bin); err != nil {
+		t.Fatal(err)
 	}
 	return bin
+}
+
+// build builds the flowrun command into the file bin; its error carries
+// the compiler's output.
+func build(bin string) error {
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build flowrun: %w\n%s", err, out)
+	}
+	return nil
 }
 
 // SharedBuild is a flowrun binary built once and shared by the tests of
@@ -46,9 +54,7 @@ func (b *SharedBuild) Flowrun(t testing.TB) string {
 			return
 		}
 		b.bin = filepath.Join(b.dir, "flowrun")
-		if out, err := exec.Command("go", "build", "-o", b.bin, "github.com/flowrun/flowrun/cmd/flowrun").CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("go build flowrun: %w\n%s", err, out)
-		}
+		b.err = build(b.bin)
 	})
 	if b.err != nil {
 		t.Fatal(b.err)
