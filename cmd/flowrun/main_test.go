@@ -186,10 +186,7 @@ func TestRunDrainsOnSIGTERM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the flowrun binary")
 	}
-	bin := filepath.Join(t.TempDir(), "flowrun")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildFlowrun(t)
 	dir := copyExample(t, "kv")
 	cmd := exec.Command(bin, "run", filepath.Join(dir, "flow.yaml"))
 	stdin, err := cmd.StdinPipe()

@@ -175,10 +175,19 @@ func TestServerRestartedMidRun(t *testing.T) {
 	})
 	time.Sleep(300 * time.Millisecond)
 	srv = startPrivateServer(t, port, dir)
-	waitFor(t, 60*time.Second, "every correlation answered after the restart", func() bool {
-		seen, _ := correlations(t, c, out)
-		return len(seen) >= n
-	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		seen, total := correlations(t, c, out)
+		if len(seen) >= n {
+			break
+		}
+		if time.Now().After(deadline) {
+			p, err := c.XPending(context.Background(), in, "g").Result()
+			t.Fatalf("after the restart, %d of %d correlations answered (%d results) in 60s; pending %+v %v; ready: %v",
+				len(seen), n, total, p, err, health.Err())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	waitFor(t, 10*time.Second, "ready again", func() bool { return health.Err() == nil })
 	waitFor(t, 10*time.Second, "nothing pending", func() bool { return pending(t, c, in, "g") == 0 })
 	f.stop(t)

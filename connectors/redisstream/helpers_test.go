@@ -158,7 +158,9 @@ func buildFlow(t testing.TB, dir, yaml string) *runningFlow {
 		t.Fatalf("load: %v %v", err, diags)
 	}
 	res := component.NewResources()
-	built, err := flow.Build(context.Background(), flows.BuildOptions{Logger: quiet, Resources: res})
+	// The flow logs to the test's output, shown when the test fails.
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	built, err := flow.Build(context.Background(), flows.BuildOptions{Logger: logger, Resources: res})
 	must(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &runningFlow{built: built, res: res, ctx: ctx, cancel: cancel, done: make(chan error, 1)}
