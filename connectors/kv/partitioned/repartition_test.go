@@ -189,8 +189,9 @@ func checkStores(t *testing.T, dir string, n int, want map[string]string) {
 	}
 }
 
+// repartOptions make streams of one replica, as testOptions do.
 func repartOptions(t *testing.T, js jetstream.JetStream, group string, to int) RepartitionOptions {
-	return RepartitionOptions{JetStream: js, Group: group, Partitions: to, WorkDir: t.TempDir(), StopWait: 10 * time.Second}
+	return RepartitionOptions{JetStream: js, Group: group, Partitions: to, Replicas: 1, WorkDir: t.TempDir(), StopWait: 10 * time.Second}
 }
 
 func repartition(t *testing.T, opts RepartitionOptions) Repartitioned {
