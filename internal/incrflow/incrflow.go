@@ -199,7 +199,7 @@ func AnswerStream(out string) jetstream.StreamConfig {
 // publishAttempts times. A message the broker never acknowledged would
 // never be answered: the run waiting for it would stall without a cause.
 func Publish(ctx context.Context, js jetstream.JetStream, in string, n, keys, parts int) error {
-	return publishRange(ctx, js, in, 0, n, keys, parts, publishAckWait)
+	return PublishRange(ctx, js, in, 0, n, keys, parts)
 }
 
 // PublishRange is Publish of messages from to to-1 only: a run can hold
