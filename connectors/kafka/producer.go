@@ -265,7 +265,11 @@ func (s *Sink) produceOnce(ctx context.Context, recs []*kgo.Record, errs []error
 	wg.Add(len(idx))
 	for _, i := range idx {
 		r := recs[i]
-		r.Partition, r.Offset = 0, 0
+		// A retry produces the record anew: franz-go fails a batch whose
+		// first record's Timestamp is older than publish_timeout, so a
+		// record keeping its first attempt's would fail at once on every
+		// retry once the brokers had been away that long.
+		r.Partition, r.Offset, r.Timestamp = 0, 0, time.Time{}
 		s.pub.client.Produce(pctx, r, func(_ *kgo.Record, err error) {
 			errs[i] = err
 			wg.Done()
