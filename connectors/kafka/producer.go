@@ -41,6 +41,10 @@ func newClient(o Options, extra ...kgo.Opt) (*kgo.Client, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordDeliveryTimeout(o.PublishTimeout),
 		kgo.AllowAutoTopicCreation(),
+		// A refresh of the brokers' metadata follows a broker's return
+		// within a second rather than franz-go's default five (the Java
+		// client retries after retry.backoff.ms, 100 ms).
+		kgo.MetadataMinAge(time.Second),
 	}
 	if o.TLS != nil {
 		kopts = append(kopts, kgo.DialTLSConfig(o.TLS.Clone()))
@@ -259,8 +263,12 @@ func (s *Sink) produceOnce(ctx context.Context, recs []*kgo.Record, errs []error
 		}
 	}
 	// Not cancelled with the flow: a shutdown waits for the records being
-	// produced (publish_timeout bounds each).
+	// produced. publish_timeout bounds each, except a produce the brokers
+	// may have stored and did not answer, which the idempotent producer
+	// sends again until they do (meanwhile the sink is not ready).
 	pctx := context.WithoutCancel(ctx)
+	stall := s.watchStall()
+	defer stall.stop(errs, idx)
 	var wg sync.WaitGroup
 	wg.Add(len(idx))
 	for _, i := range idx {
@@ -277,6 +285,61 @@ func (s *Sink) produceOnce(ctx context.Context, recs []*kgo.Record, errs []error
 	}
 	wg.Wait()
 	return errs
+}
+
+// ErrNoAnswer reports a produce the brokers have not answered within
+// publish_timeout: the idempotent producer does not fail records it may
+// have stored, so it waits for the brokers to come back, and meanwhile the
+// sink reports itself not ready with this error (which matches
+// bus.ErrDisconnected).
+var ErrNoAnswer = fmt.Errorf("%w: the brokers have not answered a produce", bus.ErrDisconnected)
+
+// stallWatch marks the sink not ready while a produce waits longer than
+// publish_timeout, and ready again when it ends with every record stored.
+type stallWatch struct {
+	s       *Sink
+	timer   *time.Timer
+	mu      sync.Mutex
+	ended   bool
+	stalled bool
+}
+
+// watchStall starts watching a produce.
+func (s *Sink) watchStall() *stallWatch {
+	w := &stallWatch{s: s}
+	if s.opts.Health == nil {
+		return w
+	}
+	w.timer = time.AfterFunc(s.opts.PublishTimeout, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if !w.ended {
+			w.stalled = true
+			s.opts.Health.Set(s.opts.Name, fmt.Errorf("%w for over %s", ErrNoAnswer, s.opts.PublishTimeout))
+		}
+	})
+	return w
+}
+
+// stop ends the watch of a produce whose outcome is errs[i] for each i of
+// idx.
+func (w *stallWatch) stop(errs []error, idx []int) {
+	if w.timer == nil {
+		return
+	}
+	w.timer.Stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ended = true
+	if !w.stalled {
+		return
+	}
+	for _, i := range idx {
+		if errs[i] != nil {
+			return
+		}
+	}
+	w.s.opts.Health.Set(w.s.opts.Name, nil)
 }
 
 // permanent tells a produce error no retry mends.

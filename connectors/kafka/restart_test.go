@@ -127,61 +127,83 @@ func (e *errEmitter) Emit(port string, ev pipeline.Event) {
 	e.errs = append(e.errs, port+": "+gjson.GetBytes(ev.Meta, "error").String())
 }
 
-// TestSinkRetriesPastPublishTimeout: a sink with reconnect starts with
-// its broker away and retries its slice for several publish timeouts;
-// once the broker is back, every record is stored, once, nothing goes to
-// "err", and the sink is ready again. Records retried as they were first
-// produced carried their first attempt's timestamp, which franz-go takes
-// for the start of the publish timeout: every retry then failed at once,
-// for ever.
-func TestSinkRetriesPastPublishTimeout(t *testing.T) {
-	port, dataDir := freePort(t), t.TempDir()
-	opts := []kfake.Opt{kfake.Ports(port), kfake.DataDir(dataDir), kfake.SyncWrites()}
-	c := startCluster(t, opts...)
-	brokers := c.ListenAddrs()
-	createTopics(t, brokers, "out")
-	c.Close()
-	health := &component.Health{}
-	sink, err := kafka.NewSink(kafka.SinkOptions{
-		Options:   kafka.Options{Name: "output", Brokers: brokers, Topic: "out", PublishTimeout: time.Second},
-		Reconnect: &bus.Reconnect{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond},
-		Health:    health,
-	})
-	must(t, err)
-	defer sink.Close(context.Background())
-	const n = 20
-	evs := make([]pipeline.Event, n)
-	for i := range evs {
-		evs[i] = pipeline.Event{Data: []byte(`{}`), Meta: []byte(fmt.Sprintf(`{"correlation":"m-%d"}`, i))}
-	}
-	var em errEmitter
-	done := make(chan error, 1)
-	go func() { done <- sink.Process(context.Background(), evs, &em) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for health.Err() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the sink stayed ready with its broker away")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(3 * time.Second)
-	startCluster(t, opts...)
-	select {
-	case err := <-done:
-		must(t, err)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the slice was not stored 30 s after the broker came back: %v", health.Err())
-	}
-	if len(em.errs) > 0 {
-		t.Fatalf("emitted %v", em.errs)
-	}
-	got := correlations(readTopic(t, brokers, "out").until(t, 20*time.Second, distinct(n)))
-	for i := range n {
-		if k := got[fmt.Sprintf("m-%d", i)]; k != 1 {
-			t.Errorf("m-%d stored %d times, want once", i, k)
-		}
-	}
-	if err := health.Err(); err != nil {
-		t.Errorf("not ready once stored: %v", err)
+// TestSinkBrokerAwayPastPublishTimeout: the broker is away for several
+// publish timeouts while a sink with reconnect holds a slice, either from
+// the sink's start or after it has produced once: the sink reports itself
+// not ready meanwhile, and once the broker is back every record is stored,
+// once, nothing goes to "err", and the sink is ready again.
+//
+// Two faults it caught: records retried as they were first produced kept
+// their first attempt's timestamp, which franz-go takes for the start of
+// the publish timeout, so every retry failed at once, for ever ("at
+// start"); and a produce the broker may have stored before it went away
+// is not failed by the idempotent producer but waited on, with the sink
+// still reporting itself ready ("after a produce").
+func TestSinkBrokerAwayPastPublishTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		warmUp bool
+	}{{"at start", false}, {"after a produce", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			port, dataDir := freePort(t), t.TempDir()
+			opts := []kfake.Opt{kfake.Ports(port), kfake.DataDir(dataDir), kfake.SyncWrites()}
+			c := startCluster(t, opts...)
+			brokers := c.ListenAddrs()
+			createTopics(t, brokers, "out")
+			health := &component.Health{}
+			sink, err := kafka.NewSink(kafka.SinkOptions{
+				Options:   kafka.Options{Name: "output", Brokers: brokers, Topic: "out", PublishTimeout: time.Second},
+				Reconnect: &bus.Reconnect{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond},
+				Health:    health,
+			})
+			must(t, err)
+			defer sink.Close(context.Background())
+			slice := func(from, n int) []pipeline.Event {
+				evs := make([]pipeline.Event, n)
+				for i := range evs {
+					evs[i] = pipeline.Event{Data: []byte(`{}`), Meta: []byte(fmt.Sprintf(`{"correlation":"m-%d"}`, from+i))}
+				}
+				return evs
+			}
+			var em errEmitter
+			n := 0
+			if tc.warmUp {
+				must(t, sink.Process(context.Background(), slice(0, 10), &em))
+				n = 10
+			}
+			c.Close()
+			done := make(chan error, 1)
+			held := slice(n, 20)
+			n += len(held)
+			go func() { done <- sink.Process(context.Background(), held, &em) }()
+			deadline := time.Now().Add(10 * time.Second)
+			for health.Err() == nil {
+				if time.Now().After(deadline) {
+					t.Fatal("the sink stayed ready with its broker away")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Logf("not ready: %v", health.Err())
+			time.Sleep(3 * time.Second)
+			startCluster(t, opts...)
+			select {
+			case err := <-done:
+				must(t, err)
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the slice was not stored 30 s after the broker came back: %v", health.Err())
+			}
+			if len(em.errs) > 0 {
+				t.Fatalf("emitted %v", em.errs)
+			}
+			got := correlations(readTopic(t, brokers, "out").until(t, 20*time.Second, distinct(n)))
+			for i := range n {
+				if k := got[fmt.Sprintf("m-%d", i)]; k != 1 {
+					t.Errorf("m-%d stored %d times, want once", i, k)
+				}
+			}
+			if err := health.Err(); err != nil {
+				t.Errorf("not ready once stored: %v", err)
+			}
+		})
 	}
 }
