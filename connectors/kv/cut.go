@@ -15,7 +15,8 @@ import (
 // the commands of one submission have visited cutKeys keys, the rest of
 // the slice is cut off: those commands return errCut without running, and
 // the slice's FinishFunc submits them again once the first part has
-// committed, so that commands queued meanwhile run in between.
+// committed and once every command queued meanwhile has committed too
+// (passQueued), so that those run in between, in groups of their own.
 //
 // Order holds: while a slice has commands still to run, the commands of
 // every slice submitted after it are cut too, whole, and each slice runs
@@ -116,6 +117,22 @@ func (sc *sliceScratch) cutHere(j int) bool {
 	return true
 }
 
+// passQueued returns once every transaction queued at b before the call
+// has committed: it commits an empty one behind them. A store's writer
+// takes everything queued into its next group, and the commands of a
+// slice's next part, queued right behind the commands that waited for its
+// first part, would otherwise share their group and hold their results
+// for as long as the part's first command runs (up to a script's
+// timeout): "run in between" would hold only when the writer happened to
+// take the queue first.
+func passQueued(ctx context.Context, b Backend) error {
+	errs := []error{nil}
+	if err := b.Update(ctx, []TxnFunc{func(Txn) error { return nil }}, errs); err != nil {
+		return err
+	}
+	return errs[0]
+}
+
 // runCut runs the commands of sc cut off from its submission, each time
 // once no earlier slice has any left, until none is; first is the outcome
 // of the submission that ran first. A command whose later submission
@@ -127,6 +144,9 @@ func (sc *sliceScratch) runCut(ctx context.Context, first error) {
 		from, n := sc.cutFrom, len(sc.idx)
 		sc.from, sc.cutFrom, sc.x.submitKeys = from, -1, 0
 		err := c.cut.awaitTurn(ctx, sc.seq)
+		if err == nil {
+			err = passQueued(ctx, c.b)
+		}
 		if err == nil {
 			err = c.b.Update(ctx, sc.fns[from:n], sc.txErrs[from:n])
 		}
