@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -160,6 +161,9 @@ type Sink struct {
 	pub  *publisher
 	key  *expr.Expr
 	opts SinkOptions
+	// stalled is set while the sink reports itself not ready for a
+	// produce the brokers left unanswered (see stallWatch).
+	stalled atomic.Bool
 }
 
 // NewSink returns a sink producing to opts.Topic. It does not contact the
@@ -295,13 +299,13 @@ func (s *Sink) produceOnce(ctx context.Context, recs []*kgo.Record, errs []error
 var ErrNoAnswer = fmt.Errorf("%w: the brokers have not answered a produce", bus.ErrDisconnected)
 
 // stallWatch marks the sink not ready while a produce waits longer than
-// publish_timeout, and ready again when it ends with every record stored.
+// publish_timeout; the next produce that ends with every record stored
+// marks it ready again.
 type stallWatch struct {
-	s       *Sink
-	timer   *time.Timer
-	mu      sync.Mutex
-	ended   bool
-	stalled bool
+	s     *Sink
+	timer *time.Timer
+	mu    sync.Mutex
+	ended bool
 }
 
 // watchStall starts watching a produce.
@@ -314,7 +318,7 @@ func (s *Sink) watchStall() *stallWatch {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if !w.ended {
-			w.stalled = true
+			s.stalled.Store(true)
 			s.opts.Health.Set(s.opts.Name, fmt.Errorf("%w for over %s", ErrNoAnswer, s.opts.PublishTimeout))
 		}
 	})
@@ -331,15 +335,14 @@ func (w *stallWatch) stop(errs []error, idx []int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.ended = true
-	if !w.stalled {
-		return
-	}
 	for _, i := range idx {
 		if errs[i] != nil {
 			return
 		}
 	}
-	w.s.opts.Health.Set(w.s.opts.Name, nil)
+	if w.s.stalled.CompareAndSwap(true, false) {
+		w.s.opts.Health.Set(w.s.opts.Name, nil)
+	}
 }
 
 // permanent tells a produce error no retry mends.
