@@ -76,6 +76,10 @@ var (
 	// ErrUnroutable reports a mandatory message the broker returned: no
 	// queue is bound to its exchange with its routing key.
 	ErrUnroutable = errors.New("the broker returned the message as unroutable")
+	// ErrBlocked reports a broker that has blocked its publishers
+	// (RabbitMQ's connection.blocked, sent under a memory or disk alarm):
+	// a sink is not ready, its publishes waiting, until it unblocks them.
+	ErrBlocked = errors.New("the broker has blocked publishing")
 )
 
 // Options say how to reach RabbitMQ and what to consume or publish to.

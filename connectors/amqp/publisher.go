@@ -28,6 +28,10 @@ type publisher struct {
 	name string
 	o    Options
 
+	// onBlocked, when set, is told each connection.blocked (nil once
+	// unblocked) the broker sends on the publisher's connections.
+	onBlocked func(error)
+
 	mu      sync.Mutex
 	conn    *amqp091.Connection
 	ch      *amqp091.Channel
@@ -37,6 +41,24 @@ type publisher struct {
 func newPublisher(name string, o Options) *publisher {
 	o.EnsureDefaults()
 	return &publisher{name: name, o: o}
+}
+
+// watchBlocked tells p.onBlocked each change of blocked until it is
+// closed (with its connection): a connection that ends blocked ends its
+// block too, and the next publish connects again.
+func (p *publisher) watchBlocked(blocked <-chan amqp091.Blocking) {
+	active := false
+	for b := range blocked {
+		active = b.Active
+		if active {
+			p.onBlocked(fmt.Errorf("%w: %s", ErrBlocked, b.Reason))
+		} else {
+			p.onBlocked(nil)
+		}
+	}
+	if active {
+		p.onBlocked(nil)
+	}
 }
 
 // connect makes sure p has an open channel in confirm mode. p.mu is held.
@@ -62,6 +84,9 @@ func (p *publisher) connect() error {
 	}
 	p.conn, p.ch = conn, ch
 	p.returns = ch.NotifyReturn(make(chan amqp091.Return, confirmChunk))
+	if p.onBlocked != nil {
+		go p.watchBlocked(conn.NotifyBlocked(make(chan amqp091.Blocking, 1)))
+	}
 	return nil
 }
 

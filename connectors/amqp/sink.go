@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/tidwall/sjson"
@@ -56,6 +57,10 @@ type Sink struct {
 	pub  *publisher
 	opts SinkOptions
 	log  *slog.Logger
+	// blocked holds ErrBlocked while the broker blocks publishing: a
+	// publish that succeeds meanwhile (its confirm was on the way) does
+	// not make the sink ready.
+	blocked atomic.Pointer[error]
 }
 
 // NewSink returns a sink publishing to opts.Exchange (default exchange:
@@ -75,6 +80,21 @@ func NewSink(ctx context.Context, opts SinkOptions) (*Sink, error) {
 		return nil, fmt.Errorf("sink %s: %w", opts.Name, ErrNoTarget)
 	}
 	s := &Sink{pub: newPublisher(opts.Name, opts.Options), opts: opts, log: opts.Logger}
+	if opts.Health != nil {
+		s.pub.onBlocked = func(err error) {
+			if err != nil {
+				s.log.Warn("the broker blocked publishing", "node", opts.Name, "error", err)
+			} else {
+				s.log.Info("the broker unblocked publishing", "node", opts.Name)
+			}
+			if err != nil {
+				s.blocked.Store(&err)
+			} else {
+				s.blocked.Store(nil)
+			}
+			opts.Health.Set(opts.Name, err)
+		}
+	}
 	s.pub.mu.Lock()
 	err := s.pub.connect()
 	s.pub.mu.Unlock()
@@ -135,6 +155,9 @@ func (s *Sink) Process(ctx context.Context, events []pipeline.Event, emit pipeli
 		for j, i := range idx {
 			failed[i] = fmt.Errorf("%w to exchange %q, routing key %q: %w", bus.ErrPublish, s.opts.Exchange, keys[j], err)
 		}
+	}
+	if b := s.blocked.Load(); b != nil && s.opts.Health != nil {
+		s.opts.Health.Set(s.opts.Name, *b)
 	}
 	s.emitFailed(events, failed, emit)
 	return nil
