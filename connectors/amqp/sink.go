@@ -84,12 +84,9 @@ func NewSink(ctx context.Context, opts SinkOptions) (*Sink, error) {
 		s.pub.onBlocked = func(err error) {
 			if err != nil {
 				s.log.Warn("the broker blocked publishing", "node", opts.Name, "error", err)
-			} else {
-				s.log.Info("the broker unblocked publishing", "node", opts.Name)
-			}
-			if err != nil {
 				s.blocked.Store(&err)
 			} else {
+				s.log.Info("the broker unblocked publishing", "node", opts.Name)
 				s.blocked.Store(nil)
 			}
 			opts.Health.Set(opts.Name, err)
